@@ -1,0 +1,17 @@
+//! warren: an AMQP 0-9-1 message broker.
+//!
+//! # Layout
+//!
+//! The code follows the path of a request:
+//!
+//! - [`proto`]: frames, methods, field tables and the per-connection protocol state
+//!   machine. No I/O: bytes in, events out; broker replies in, bytes out.
+//! - [`broker`]: vhosts, exchanges and routing, queues, consumers, acks and confirms, as a
+//!   single state machine fed by connection events. No I/O: persistence is an output that
+//!   the driver completes and reports back.
+//! - [`server`]: the tokio driver: listener, per-connection tasks, the broker task and
+//!   shutdown.
+
+pub mod broker;
+pub mod proto;
+pub mod server;

@@ -1,0 +1,7 @@
+//! The AMQP 0-9-1 wire protocol: codec and connection state machine (no I/O).
+
+pub mod constants;
+pub mod frame;
+pub mod method;
+pub mod props;
+pub mod table;
