@@ -13,5 +13,7 @@
 //!   shutdown.
 
 pub mod broker;
+pub mod config;
 pub mod proto;
 pub mod server;
+pub mod store;

@@ -1,1 +1,148 @@
-fn main() {}
+//! The `warren` command: `warren serve` runs the broker.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use warren::config::FileConfig;
+use warren::server::{ServerConfig, serve};
+use warren::store::memory::MemoryStore;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "An AMQP 0-9-1 message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (AMQP on --amqp-port, management HTTP on --http-port).
+    Serve(ServeArgs),
+}
+
+/// Settings come from flags, then environment variables, then the config file, then
+/// defaults.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file (see README for its keys).
+    #[arg(long, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "WARREN_BIND")]
+    bind: Option<IpAddr>,
+    /// AMQP port [default: 5672].
+    #[arg(long, env = "WARREN_AMQP_PORT")]
+    amqp_port: Option<u16>,
+    /// Management HTTP port [default: 15672].
+    #[arg(long, env = "WARREN_HTTP_PORT")]
+    http_port: Option<u16>,
+    /// Directory for durable state [default: $XDG_DATA_HOME/warren or ~/.local/share/warren].
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "warren=debug".
+    #[arg(long, env = "WARREN_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("warren");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/warren"),
+        None => PathBuf::from("warren-data"),
+    }
+}
+
+fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
+    let mut config = ServerConfig {
+        data_dir: default_data_dir(),
+        ..ServerConfig::default()
+    };
+    if let Some(path) = &args.config {
+        FileConfig::load(path)?.apply(&mut config)?;
+    }
+    if let Some(v) = args.bind {
+        config.bind = v;
+    }
+    if let Some(v) = args.amqp_port {
+        config.amqp_port = v;
+    }
+    if let Some(v) = args.http_port {
+        config.http_port = v;
+    }
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
+    }
+    Ok(config)
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = match server_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("warren: cannot create data directory {}: {e}", config.data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let store = Box::new(MemoryStore::default());
+    tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, "starting warren");
+    match runtime.block_on(serve(config, store, seed, shutdown_signal())) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("warren: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,535 @@
-//! Broker core.
+//! The broker core: vhosts, exchanges and routing, queues, consumers, acks and confirms.
+//!
+//! [`Broker`] is a plain state machine with no I/O. Drivers feed it [`Command`]s from
+//! connections (each already parsed and validated by [`crate::proto::connection`]) with the
+//! current time, and drain [`Output`]s: replies for connections, and batches of
+//! [`StoreOp`]s to persist. When a batch is synced the driver calls
+//! [`Broker::handle_persisted`]; confirms and `tx.commit-ok` that depend on it go out then.
+
+mod auth;
+mod basic;
+mod channel;
+mod declare;
+mod dispatch;
+mod error;
+mod exchange;
+mod queue;
+mod session;
+pub mod topic;
+mod vhost;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+pub use auth::{Access, Permissions, Users, check_password, hash_password};
+pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
+pub use error::{AmqpError, AmqpResult, Scope};
+pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
+pub use queue::{ConsumerRef, Overflow, Queue, QueueLimits, QueuedMessage};
+pub use vhost::VHost;
+
+use crate::proto::command::{Command, ConnId, Message, Reply};
+use crate::proto::method::Method;
+use crate::proto::table::FieldTable;
+use crate::store::{Recovered, StoreOp};
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The vhost created on first start.
+    pub default_vhost: String,
+    /// The user created on first start (with full permissions on the default vhost).
+    pub default_user: String,
+    /// That user's password.
+    pub default_password: String,
+    /// Users who may only connect from a loopback address.
+    pub loopback_users: Vec<String>,
+    /// Bytes of replies a connection may have unwritten before its consumers are paused.
+    pub max_unflushed_bytes_per_connection: usize,
+    /// Bytes of message bodies one open transaction may hold.
+    pub max_tx_bytes: u64,
+    /// Most queues in the broker.
+    pub max_queues: usize,
+    /// Most exchanges per vhost.
+    pub max_exchanges_per_vhost: usize,
+    /// Most bindings per exchange.
+    pub max_bindings_per_exchange: usize,
+    /// Most consumers per channel.
+    pub max_consumers_per_channel: usize,
+    /// Most unacked deliveries per channel when no prefetch limit is set.
+    pub max_unacked_per_channel: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            default_vhost: "/".into(),
+            default_user: "guest".into(),
+            default_password: "guest".into(),
+            loopback_users: vec!["guest".into()],
+            max_unflushed_bytes_per_connection: 4 * 1024 * 1024,
+            max_tx_bytes: 256 * 1024 * 1024,
+            max_queues: 1_000_000,
+            max_exchanges_per_vhost: 100_000,
+            max_bindings_per_exchange: 1_000_000,
+            max_consumers_per_channel: 100_000,
+            max_unacked_per_channel: 1_000_000,
+        }
+    }
+}
+
+/// Facts about a connection's socket, given when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The peer address, for listings and logs.
+    pub peer: String,
+    /// Whether the peer is on a loopback address.
+    pub loopback: bool,
+}
+
+/// An output for the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Replies for one connection, in order.
+    Replies {
+        /// The connection.
+        conn: ConnId,
+        /// What to send.
+        replies: Vec<Reply>,
+    },
+    /// A batch of durable changes to write and sync, then report with
+    /// [`Broker::handle_persisted`]. Batches must be applied in order.
+    Persist {
+        /// The batch number (increasing from 1).
+        batch: u64,
+        /// The changes.
+        ops: Vec<StoreOp>,
+    },
+}
+
+/// A connection as the broker sees it.
+#[derive(Debug)]
+struct Conn {
+    info: ConnInfo,
+    user: Option<String>,
+    vhost: Option<String>,
+    client_properties: FieldTable,
+    /// The client handles server-sent `basic.cancel`.
+    cancel_notify: bool,
+    channels: HashMap<u16, Channel>,
+    /// Bytes of replies produced and not yet reported written.
+    unflushed_bytes: usize,
+    /// Exclusive queues this connection owns.
+    exclusive_queues: Vec<QueueId>,
+}
+
+/// Something held back until a store batch is synced.
+#[derive(Debug)]
+enum Deferred {
+    /// A publisher confirm.
+    Confirm { conn: ConnId, uid: u64, channel: u16, seq: u64 },
+    /// A reply (`tx.commit-ok`).
+    Reply { conn: ConnId, uid: u64, channel: u16, method: Method },
+}
+
+/// Durable changes of the current round, and the reference counts of stored messages.
+#[derive(Debug, Default)]
+struct Journal {
+    ops: Vec<StoreOp>,
+    /// Queues holding each stored message.
+    refs: HashMap<u64, u32>,
+    /// The number the next emitted batch will carry.
+    next_batch: u64,
+}
+
+impl Journal {
+    fn push(&mut self, op: StoreOp) {
+        self.ops.push(op);
+    }
+
+    /// Stores a message entry in a durable queue.
+    fn enqueue(&mut self, queue: QueueId, seq: u64, id: u64, message: &Arc<Message>) {
+        let refs = self.refs.entry(id).or_insert(0);
+        if *refs == 0 {
+            self.ops.push(StoreOp::PutMessage {
+                id,
+                message: message.clone(),
+            });
+        }
+        *refs += 1;
+        self.ops.push(StoreOp::Enqueue {
+            queue,
+            seq,
+            message: id,
+        });
+    }
+
+    /// Drops one queue's reference to a stored message (its entry is removed by the
+    /// caller, or by the queue's deletion).
+    fn unref(&mut self, id: u64) {
+        match self.refs.get_mut(&id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.refs.remove(&id);
+                self.ops.push(StoreOp::DeleteMessage { id });
+            }
+            None => debug_assert!(false, "unref of unknown stored message {id}"),
+        }
+    }
+}
+
+/// Replies waiting to be handed to the driver, per connection, in order.
+#[derive(Debug, Default)]
+struct Outbox {
+    pending: HashMap<ConnId, Vec<Reply>>,
+    order: VecDeque<ConnId>,
+}
+
+impl Outbox {
+    fn push(&mut self, conn: ConnId, reply: Reply) {
+        let entry = self.pending.entry(conn).or_default();
+        if entry.is_empty() {
+            self.order.push_back(conn);
+        }
+        entry.push(reply);
+    }
+
+    fn pop(&mut self) -> Option<(ConnId, Vec<Reply>)> {
+        while let Some(conn) = self.order.pop_front() {
+            if let Some(replies) = self.pending.remove(&conn) {
+                if !replies.is_empty() {
+                    return Some((conn, replies));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The broker state machine.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    rng: SmallRng,
+    now_ms: u64,
+    vhosts: HashMap<String, VHost>,
+    queues: HashMap<QueueId, Queue>,
+    conns: HashMap<ConnId, Conn>,
+    users: Users,
+    next_queue_id: QueueId,
+    next_message_id: u64,
+    next_channel_uid: u64,
+    outbox: Outbox,
+    journal: Journal,
+    deferred: VecDeque<(u64, Deferred)>,
+    /// Queues to run a dispatch pass on at the end of the current command.
+    to_dispatch: Vec<QueueId>,
+    /// Channels whose confirms may be ready to send.
+    confirm_dirty: Vec<(ConnId, u16)>,
+}
+
+impl Broker {
+    /// A broker holding what was recovered from the store. On first start (nothing
+    /// recovered) it creates the default vhost and user and asks for them to be persisted.
+    pub fn new(config: BrokerConfig, seed: u64, recovered: Recovered) -> Self {
+        let mut broker = Broker {
+            config,
+            rng: SmallRng::seed_from_u64(seed),
+            now_ms: 0,
+            vhosts: HashMap::new(),
+            queues: HashMap::new(),
+            conns: HashMap::new(),
+            users: Users::default(),
+            next_queue_id: 1,
+            next_message_id: 1,
+            next_channel_uid: 1,
+            outbox: Outbox::default(),
+            journal: Journal {
+                next_batch: 1,
+                ..Journal::default()
+            },
+            deferred: VecDeque::new(),
+            to_dispatch: Vec::new(),
+            confirm_dirty: Vec::new(),
+        };
+        if recovered.vhosts.is_empty() && recovered.users.is_empty() {
+            broker.create_defaults();
+        } else {
+            broker.restore(recovered);
+        }
+        broker
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// A connection was accepted.
+    pub fn handle_connect(&mut self, conn: ConnId, info: ConnInfo, now_ms: u64) {
+        self.now_ms = now_ms;
+        debug_assert!(!self.conns.contains_key(&conn), "connection id reused");
+        self.conns.insert(
+            conn,
+            Conn {
+                info,
+                user: None,
+                vhost: None,
+                client_properties: FieldTable::default(),
+                cancel_notify: false,
+                channels: HashMap::new(),
+                unflushed_bytes: 0,
+                exclusive_queues: Vec::new(),
+            },
+        );
+    }
+
+    /// An input from a connection. Commands from connections the broker already closed
+    /// are ignored.
+    pub fn handle_command(&mut self, conn: ConnId, command: Command, now_ms: u64) {
+        self.now_ms = now_ms;
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match command {
+            Command::Login(login) => self.login(conn, login),
+            Command::OpenVhost { vhost } => self.open_vhost(conn, &vhost),
+            Command::ChannelOpen { channel } => self.channel_open(conn, channel),
+            Command::ChannelClose { channel } => {
+                if self.close_channel(conn, channel) {
+                    self.send_method(conn, channel, Method::ChannelCloseOk(Default::default()));
+                }
+            }
+            Command::ChannelError { channel, close } => {
+                if self.close_channel(conn, channel) {
+                    self.send_method(conn, channel, Method::ChannelClose(close));
+                }
+            }
+            Command::Method { channel, method } => {
+                if self.has_channel(conn, channel) {
+                    let class_id = method.class_id();
+                    let method_id = method.method_id();
+                    if let Err(e) = self.handle_method(conn, channel, method) {
+                        self.fail(conn, channel, e.on_ids(class_id, method_id));
+                    }
+                }
+            }
+            Command::Publish {
+                channel,
+                publish,
+                message,
+            } => {
+                if self.has_channel(conn, channel) {
+                    if let Err(e) = self.publish(conn, channel, publish, message) {
+                        self.fail(conn, channel, e.on_ids(60, 40));
+                    }
+                }
+            }
+            Command::Drained { bytes } => self.drained(conn, bytes),
+            Command::Closed => self.close_connection(conn),
+        }
+        self.finish_round();
+    }
+
+    /// The store synced every batch up to and including `batch`.
+    pub fn handle_persisted(&mut self, batch: u64) {
+        while let Some((b, _)) = self.deferred.front() {
+            if *b > batch {
+                break;
+            }
+            let Some((_, deferred)) = self.deferred.pop_front() else {
+                break;
+            };
+            match deferred {
+                Deferred::Confirm {
+                    conn,
+                    uid,
+                    channel,
+                    seq,
+                } => self.resolve_confirm(conn, uid, channel, seq, Confirm::Ack),
+                Deferred::Reply {
+                    conn,
+                    uid,
+                    channel,
+                    method,
+                } => {
+                    if self.channel_uid(conn, channel) == Some(uid) {
+                        self.send_method(conn, channel, method);
+                    }
+                }
+            }
+        }
+        self.finish_round();
+    }
+
+    /// The next output for the driver: store batches first, then replies.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if !self.journal.ops.is_empty() {
+            let batch = self.journal.next_batch;
+            self.journal.next_batch += 1;
+            return Some(Output::Persist {
+                batch,
+                ops: std::mem::take(&mut self.journal.ops),
+            });
+        }
+        self.outbox
+            .pop()
+            .map(|(conn, replies)| Output::Replies { conn, replies })
+    }
+
+    /// Work that follows every input: dispatch to consumers, then send ready confirms.
+    fn finish_round(&mut self) {
+        self.run_dispatch();
+        self.flush_confirms();
+        if cfg!(debug_assertions) && self.queues.len() < 64 {
+            self.check_invariants();
+        }
+    }
+
+    // ----- outputs -----
+
+    fn send(&mut self, conn: ConnId, reply: Reply) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.unflushed_bytes += reply.wire_size();
+        }
+        self.outbox.push(conn, reply);
+    }
+
+    fn send_method(&mut self, conn: ConnId, channel: u16, method: Method) {
+        self.send(conn, Reply::Method { channel, method });
+    }
+
+    /// The batch that the changes made now will be part of.
+    fn current_batch(&self) -> u64 {
+        self.journal.next_batch
+    }
+
+    /// Closes the channel or the connection an error belongs to.
+    fn fail(&mut self, conn: ConnId, channel: u16, e: AmqpError) {
+        let text = crate::proto::connection::truncate_shortstr(e.text);
+        match e.scope {
+            Scope::Channel => {
+                if self.close_channel(conn, channel) {
+                    let close = crate::proto::method::ChannelClose {
+                        reply_code: e.code,
+                        reply_text: text,
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    };
+                    self.send_method(conn, channel, Method::ChannelClose(close));
+                }
+            }
+            Scope::Connection => {
+                let close = crate::proto::method::ConnectionClose {
+                    reply_code: e.code,
+                    reply_text: text,
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                };
+                self.send_method(conn, 0, Method::ConnectionClose(close));
+                self.close_connection(conn);
+            }
+        }
+    }
+
+    // ----- lookups -----
+
+    fn has_channel(&self, conn: ConnId, channel: u16) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.channels.contains_key(&channel))
+    }
+
+    fn channel_uid(&self, conn: ConnId, channel: u16) -> Option<u64> {
+        self.conns.get(&conn)?.channels.get(&channel).map(|c| c.uid)
+    }
+
+    fn channel_mut(&mut self, conn: ConnId, channel: u16) -> Option<&mut Channel> {
+        self.conns.get_mut(&conn)?.channels.get_mut(&channel)
+    }
+
+    /// The vhost and user of an open connection.
+    fn session(&self, conn: ConnId) -> Option<(String, String)> {
+        let c = self.conns.get(&conn)?;
+        Some((c.vhost.clone()?, c.user.clone()?))
+    }
+
+    /// Every queue in the broker.
+    pub fn queues(&self) -> impl Iterator<Item = &Queue> {
+        self.queues.values()
+    }
+
+    /// A vhost by name.
+    pub fn vhost(&self, name: &str) -> Option<&VHost> {
+        self.vhosts.get(name)
+    }
+
+    /// A queue by vhost and name.
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<&Queue> {
+        let id = self.vhosts.get(vhost)?.queues.get(name)?;
+        self.queues.get(id)
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The user database.
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    /// Asserts the broker's invariants; panics with a description when one is broken.
+    /// Tests, the simulator and debug builds call it.
+    pub fn check_invariants(&self) {
+        for q in self.queues.values() {
+            q.check_invariants();
+            let vhost = self.vhosts.get(&q.vhost).expect("queue in a known vhost");
+            assert_eq!(vhost.queues.get(&q.name), Some(&q.id), "queue {} indexed", q.name);
+            if let Some(owner) = q.exclusive_owner {
+                assert!(self.conns.contains_key(&owner), "exclusive queue {} outlived its owner", q.name);
+            }
+            for c in &q.consumers {
+                let ch = self
+                    .conns
+                    .get(&c.conn)
+                    .and_then(|conn| conn.channels.get(&c.channel))
+                    .expect("consumer's channel exists");
+                assert_eq!(ch.consumers.get(&c.tag).map(|x| x.queue), Some(q.id), "consumer {} registered", c.tag);
+            }
+        }
+        let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::new();
+        for (id, conn) in &self.conns {
+            for ch in conn.channels.values() {
+                ch.check_invariants();
+                for (tag, consumer) in &ch.consumers {
+                    let q = self.queues.get(&consumer.queue).expect("consumer's queue exists");
+                    assert!(
+                        q.consumers.iter().any(|r| r.conn == *id && r.channel == ch.number && r.tag == *tag),
+                        "consumer {tag} listed by its queue"
+                    );
+                }
+                for u in ch.unacked.iter() {
+                    *unacked_per_queue.entry(u.queue).or_default() += 1;
+                }
+            }
+        }
+        for q in self.queues.values() {
+            assert_eq!(unacked_per_queue.get(&q.id).copied().unwrap_or(0), q.unacked, "queue {} unacked count", q.name);
+        }
+        for v in self.vhosts.values() {
+            for id in v.queues.values() {
+                assert!(self.queues.contains_key(id), "vhost {} lists a deleted queue", v.name);
+            }
+        }
+        let mut last = 0;
+        for (b, _) in &self.deferred {
+            assert!(*b >= last && *b <= self.journal.next_batch, "deferred batches in order");
+            last = *b;
+        }
+    }
+}

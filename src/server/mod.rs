@@ -1,1 +1,174 @@
-//! tokio driver.
+//! The tokio driver: a listener, one task per connection running the protocol state
+//! machine, one task owning the broker core, and a storage worker that writes and syncs
+//! store batches (group commit: batches that arrive during a sync share the next one).
+//!
+//! ```text
+//! socket ─► conn task (proto::Connection) ─► core task (broker::Broker) ─► store worker
+//!        ◄─            replies            ◄─          persisted         ◄─
+//! ```
+
+mod conn;
+mod core;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, BrokerConfig, ConnInfo};
+use crate::proto::connection::ConnectionConfig;
+use crate::store::Store;
+
+pub use self::core::CoreMsg;
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// AMQP port (0 picks a free one).
+    pub amqp_port: u16,
+    /// Management HTTP port.
+    pub http_port: u16,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Protocol limits offered to clients.
+    pub connection: ConnectionConfig,
+    /// Broker settings.
+    pub broker: BrokerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            amqp_port: 5672,
+            http_port: 15672,
+            data_dir: PathBuf::from("warren-data"),
+            max_connections: 65_536,
+            connection: ConnectionConfig::default(),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+/// Milliseconds since the server started, from tokio's clock (virtual under madsim).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now, in milliseconds since start.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The instant `ms` milliseconds after start.
+    pub fn instant(&self, ms: u64) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_millis(ms)
+    }
+}
+
+/// Runs the broker until `shutdown` completes: binds the AMQP port, recovers state from
+/// `store`, serves connections, then closes them (320 CONNECTION_FORCED) and syncs the
+/// store.
+pub async fn serve(
+    config: ServerConfig,
+    store: Box<dyn Store + Send>,
+    seed: u64,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // Recover before listening: clients never see a broker that is still loading.
+    let mut store = store;
+    let recovered = store.recover().map_err(|e| std::io::Error::other(e.to_string()))?;
+    tracing::info!(
+        queues = recovered.queues.len(),
+        messages = recovered.entries.len(),
+        "recovered durable state"
+    );
+    let clock = Clock::new();
+    let broker = Broker::new(config.broker.clone(), seed, recovered);
+    let listener = TcpListener::bind(SocketAddr::new(config.bind, config.amqp_port)).await?;
+    let local = listener.local_addr()?;
+    let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(1024);
+    let mut core = tokio::spawn(self::core::run(broker, store, core_rx, clock));
+    tracing::info!(address = %local, "AMQP listener ready");
+    // A line on stdout that scripts and tests can wait for.
+    println!("warren: AMQP listening on {local}");
+
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut next_id: u64 = 1;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                if live.load(Ordering::Relaxed) >= config.max_connections {
+                    tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+                    drop(stream);
+                    continue;
+                }
+                let id = next_id;
+                next_id += 1;
+                let info = ConnInfo { peer: peer.to_string(), loopback: is_loopback(peer.ip()) };
+                let live = live.clone();
+                live.fetch_add(1, Ordering::Relaxed);
+                let cfg = config.connection.clone();
+                let core_tx = core_tx.clone();
+                tokio::spawn(async move {
+                    conn::run(id, stream, info, cfg, core_tx, clock).await;
+                    live.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            _ = &mut shutdown => break,
+            result = &mut core => {
+                // The core only stops early when the store fails.
+                return match result {
+                    Ok(Ok(())) => Err(std::io::Error::other("broker core stopped")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(std::io::Error::other(format!("broker core failed: {e}"))),
+                };
+            }
+        }
+    }
+    tracing::info!("shutting down: closing connections");
+    drop(listener);
+    let _ = core_tx.send(CoreMsg::Shutdown).await;
+    // Give clients a moment to acknowledge the close before the store's final sync.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while live.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(core_tx);
+    match core.await {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(format!("broker task failed: {e}"))),
+    }
+}
+
+/// Loopback, including IPv4 loopback mapped into IPv6.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}

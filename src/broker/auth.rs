@@ -1,0 +1,190 @@
+//! Users, password hashes and per-vhost permissions.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use crate::store::{PermissionRecord, UserRecord};
+
+/// Hashes a password as RabbitMQ's `rabbit_password_hashing_sha256` does: base64 of a
+/// 4-byte salt followed by SHA-256(salt ++ password).
+pub fn hash_password(password: &str, salt: [u8; 4]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password.as_bytes());
+    let mut raw = salt.to_vec();
+    raw.extend_from_slice(&hasher.finalize());
+    BASE64.encode(raw)
+}
+
+/// Checks a password against a hash made by [`hash_password`].
+pub fn check_password(hash: &str, password: &str) -> bool {
+    let Ok(raw) = BASE64.decode(hash) else {
+        return false;
+    };
+    let Some(salt) = raw.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok()) else {
+        return false;
+    };
+    // Both sides are hashes of fixed length; comparing them leaks nothing useful.
+    hash_password(password, salt) == hash
+}
+
+/// A user's permissions in one vhost, compiled.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    /// The record as configured.
+    pub record: PermissionRecord,
+    configure: Regex,
+    write: Regex,
+    read: Regex,
+}
+
+/// What a permission check asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Declare or delete.
+    Configure,
+    /// Publish to an exchange, bind to a queue.
+    Write,
+    /// Consume from a queue, bind from an exchange.
+    Read,
+}
+
+impl Access {
+    /// The permission's name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
+}
+
+fn compile(pattern: &str) -> Result<Regex, String> {
+    // As in RabbitMQ, the empty pattern is a synonym of ^$ (it matches no name).
+    let pattern = if pattern.is_empty() { "^$" } else { pattern };
+    Regex::new(pattern).map_err(|e| format!("invalid regular expression '{pattern}': {e}"))
+}
+
+impl Permissions {
+    /// Compiles a permission record; fails on an invalid regular expression.
+    pub fn new(record: PermissionRecord) -> Result<Self, String> {
+        Ok(Permissions {
+            configure: compile(&record.configure)?,
+            write: compile(&record.write)?,
+            read: compile(&record.read)?,
+            record,
+        })
+    }
+
+    /// Whether the permission allows `access` to a resource called `name`.
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        let re = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        re.is_match(name)
+    }
+}
+
+/// The user database.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    users: BTreeMap<String, UserRecord>,
+    permissions: BTreeMap<(String, String), Permissions>,
+}
+
+impl Users {
+    /// A user by name.
+    pub fn get(&self, name: &str) -> Option<&UserRecord> {
+        self.users.get(name)
+    }
+
+    /// Every user, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &UserRecord> {
+        self.users.values()
+    }
+
+    /// Adds or replaces a user.
+    pub fn put(&mut self, user: UserRecord) {
+        self.users.insert(user.name.clone(), user);
+    }
+
+    /// Removes a user and its permissions; returns whether it existed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.permissions.retain(|(u, _), _| u != name);
+        self.users.remove(name).is_some()
+    }
+
+    /// Checks credentials; returns the user when they are right.
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<&UserRecord> {
+        self.users.get(name).filter(|u| check_password(&u.password_hash, password))
+    }
+
+    /// Sets a user's permissions in a vhost.
+    pub fn set_permissions(&mut self, perms: Permissions) {
+        let key = (perms.record.user.clone(), perms.record.vhost.clone());
+        self.permissions.insert(key, perms);
+    }
+
+    /// Clears a user's permissions in a vhost; returns whether there were any.
+    pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> bool {
+        self.permissions.remove(&(user.to_string(), vhost.to_string())).is_some()
+    }
+
+    /// Removes every permission in a vhost.
+    pub fn clear_vhost(&mut self, vhost: &str) {
+        self.permissions.retain(|(_, v), _| v != vhost);
+    }
+
+    /// A user's permissions in a vhost.
+    pub fn permissions(&self, user: &str, vhost: &str) -> Option<&Permissions> {
+        self.permissions.get(&(user.to_string(), vhost.to_string()))
+    }
+
+    /// Every permission record.
+    pub fn all_permissions(&self) -> impl Iterator<Item = &PermissionRecord> {
+        self.permissions.values().map(|p| &p.record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_matches_rabbitmq_scheme() {
+        // rabbitmqctl hash_password style: salt CAFEBABE then sha256(salt ++ "test12").
+        let h = hash_password("test12", [0xCA, 0xFE, 0xBA, 0xBE]);
+        let raw = BASE64.decode(&h).unwrap();
+        assert_eq!(&raw[..4], &[0xCA, 0xFE, 0xBA, 0xBE]);
+        let mut d = Sha256::new();
+        d.update([0xCA, 0xFE, 0xBA, 0xBE]);
+        d.update(b"test12");
+        assert_eq!(&raw[4..], d.finalize().as_slice());
+        assert!(check_password(&h, "test12"));
+        assert!(!check_password(&h, "test13"));
+        assert!(!check_password("not base64!", "x"));
+    }
+
+    #[test]
+    fn empty_pattern_matches_nothing() {
+        let p = Permissions::new(PermissionRecord {
+            user: "u".into(),
+            vhost: "/".into(),
+            configure: String::new(),
+            write: "^amq\\.gen".into(),
+            read: ".*".into(),
+        })
+        .unwrap();
+        assert!(!p.allows(Access::Configure, "q"));
+        assert!(p.allows(Access::Write, "amq.gen-abc"));
+        assert!(!p.allows(Access::Write, "q"));
+        assert!(p.allows(Access::Read, ""));
+    }
+}

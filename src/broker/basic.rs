@@ -1,0 +1,597 @@
+//! Method dispatch, and the basic, confirm and tx classes: publishing, consuming,
+//! acknowledging.
+
+use std::sync::Arc;
+
+use crate::proto::command::{ConnId, Message, Reply};
+use crate::proto::constants::NO_ROUTE;
+use crate::proto::method::*;
+
+use super::auth::Access;
+use super::channel::{Confirm, Consumer, Mode, TxOp, Unacked};
+use super::error::*;
+use super::exchange::{Destination, QueueId};
+use super::queue::ConsumerRef;
+use super::{Broker, Deferred};
+
+/// Most exchange-to-exchange hops a message may take while routing.
+const MAX_ROUTING_HOPS: usize = 64;
+
+/// How an ack-like method settles deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+impl Broker {
+    /// Handles a method (without content) on an open channel.
+    pub(super) fn handle_method(&mut self, conn: ConnId, channel: u16, method: Method) -> AmqpResult<()> {
+        match method {
+            Method::ChannelFlow(m) => self.channel_flow(conn, channel, m.active),
+            Method::ChannelFlowOk(_) => Ok(()),
+            Method::AccessRequest(_) => {
+                self.send_method(conn, channel, Method::AccessRequestOk(AccessRequestOk { ticket: 1 }));
+                Ok(())
+            }
+            Method::ExchangeDeclare(m) => self.exchange_declare(conn, channel, m),
+            Method::ExchangeDelete(m) => self.exchange_delete(conn, channel, m),
+            Method::ExchangeBind(m) => self.exchange_bind(conn, channel, m, true),
+            Method::ExchangeUnbind(m) => {
+                let as_bind = ExchangeBind {
+                    ticket: m.ticket,
+                    destination: m.destination,
+                    source: m.source,
+                    routing_key: m.routing_key,
+                    nowait: m.nowait,
+                    arguments: m.arguments,
+                };
+                self.exchange_bind(conn, channel, as_bind, false)
+            }
+            Method::QueueDeclare(m) => self.queue_declare(conn, channel, m),
+            Method::QueueBind(m) => self.queue_bind(conn, channel, m),
+            Method::QueueUnbind(m) => self.queue_unbind(conn, channel, m),
+            Method::QueuePurge(m) => self.queue_purge(conn, channel, m),
+            Method::QueueDelete(m) => self.queue_delete(conn, channel, m),
+            Method::BasicQos(m) => self.basic_qos(conn, channel, m),
+            Method::BasicConsume(m) => self.basic_consume(conn, channel, m),
+            Method::BasicCancel(m) => self.basic_cancel(conn, channel, m),
+            Method::BasicGet(m) => self.basic_get(conn, channel, m),
+            Method::BasicAck(m) => {
+                let settle = Settle::Ack;
+                self.settle(conn, channel, m.delivery_tag, m.multiple, settle)
+            }
+            Method::BasicNack(m) => {
+                let settle = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                self.settle(conn, channel, m.delivery_tag, m.multiple, settle)
+            }
+            Method::BasicReject(m) => {
+                let settle = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                self.settle(conn, channel, m.delivery_tag, false, settle)
+            }
+            Method::BasicRecover(m) => {
+                self.basic_recover(conn, channel, m.requeue)?;
+                self.send_method(conn, channel, Method::BasicRecoverOk(BasicRecoverOk {}));
+                Ok(())
+            }
+            Method::BasicRecoverAsync(m) => self.basic_recover(conn, channel, m.requeue),
+            Method::ConfirmSelect(m) => self.confirm_select(conn, channel, m.nowait),
+            Method::TxSelect(_) => self.tx_select(conn, channel),
+            Method::TxCommit(_) => self.tx_commit(conn, channel),
+            Method::TxRollback(_) => self.tx_rollback(conn, channel),
+            other => Err(command_invalid(format!("unexpected method {} from a client", other.name()))),
+        }
+    }
+
+    fn channel_flow(&mut self, conn: ConnId, channel: u16, active: bool) -> AmqpResult<()> {
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let resumed = active && !ch.flow_active;
+        ch.flow_active = active;
+        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
+        self.send_method(conn, channel, Method::ChannelFlowOk(ChannelFlowOk { active }));
+        if resumed {
+            for q in queues {
+                self.schedule_dispatch(q);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- publish -----
+
+    /// Routes a message from a publisher.
+    pub(super) fn publish(&mut self, conn: ConnId, channel: u16, publish: BasicPublish, message: Arc<Message>) -> AmqpResult<()> {
+        let (vhost, user) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        if publish.immediate {
+            return Err(not_implemented("immediate=true"));
+        }
+        let exchange = if publish.exchange == "amq.default" { "" } else { publish.exchange.as_str() };
+        let x = self
+            .vhosts
+            .get(&vhost)
+            .and_then(|v| v.exchanges.get(exchange))
+            .ok_or_else(|| not_found(format!("no {}", resource("exchange", exchange, &vhost))))?;
+        if x.internal {
+            return Err(access_refused(format!(
+                "cannot publish to internal {}",
+                resource("exchange", exchange, &vhost)
+            )));
+        }
+        self.check_access(conn, Access::Write, "exchange", exchange)?;
+        if let Some(claimed) = &message.properties.user_id {
+            if *claimed != user {
+                return Err(precondition_failed(format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{user}'"
+                )));
+            }
+        }
+        let max_tx_bytes = self.config.max_tx_bytes;
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let seq = match &mut ch.mode {
+            Mode::Tx { ops, bytes } => {
+                *bytes += message.body_len();
+                if *bytes > max_tx_bytes {
+                    return Err(precondition_failed(format!(
+                        "transaction holds more than {max_tx_bytes} bytes of messages"
+                    )));
+                }
+                ops.push(TxOp::Publish(publish, message));
+                return Ok(());
+            }
+            Mode::Confirm { next_seq, .. } => {
+                let seq = *next_seq;
+                *next_seq += 1;
+                Some(seq)
+            }
+            Mode::Plain => None,
+        };
+        let outcome = self.route_and_enqueue(conn, channel, &vhost, &publish, message);
+        if let Some(seq) = seq {
+            self.record_confirm(conn, channel, seq, outcome);
+        }
+        Ok(())
+    }
+
+    /// Records a confirm's outcome in publish order.
+    fn record_confirm(&mut self, conn: ConnId, channel: u16, seq: u64, outcome: Confirm) {
+        let batch = self.current_batch();
+        let Some(ch) = self.channel_mut(conn, channel) else { return };
+        let uid = ch.uid;
+        if let Mode::Confirm { pending, .. } = &mut ch.mode {
+            pending.push_back((seq, outcome));
+        }
+        if outcome == Confirm::Waiting {
+            self.deferred.push_back((
+                batch,
+                Deferred::Confirm {
+                    conn,
+                    uid,
+                    channel,
+                    seq,
+                },
+            ));
+        } else {
+            self.confirm_dirty.push((conn, channel));
+        }
+    }
+
+    /// Routes a message and puts it in every queue it reaches. Returns what its publisher
+    /// confirm must say: refused by a full queue (nack), waiting for the store, or ack.
+    fn route_and_enqueue(&mut self, conn: ConnId, channel: u16, vhost: &str, publish: &BasicPublish, message: Arc<Message>) -> Confirm {
+        let queues = self.route(vhost, &publish.exchange, &message);
+        if queues.is_empty() {
+            if publish.mandatory {
+                let ret = BasicReturn {
+                    reply_code: NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: publish.exchange.clone(),
+                    routing_key: publish.routing_key.clone(),
+                };
+                self.send(
+                    conn,
+                    Reply::Content {
+                        channel,
+                        method: Method::BasicReturn(ret),
+                        message,
+                    },
+                );
+            }
+            return Confirm::Ack;
+        }
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let mut rejected = false;
+        let mut stored = false;
+        for qid in queues {
+            let Some(q) = self.queues.get_mut(&qid) else { continue };
+            if q.rejects(message.body_len()) {
+                rejected = true;
+                continue;
+            }
+            let entry = q.push(id, message.clone());
+            if entry.stored {
+                stored = true;
+                let seq = entry.seq;
+                self.journal.enqueue(qid, seq, id, &message);
+            }
+            let dropped = q.enforce_limits();
+            for d in dropped {
+                self.release(qid, &d);
+            }
+            self.schedule_dispatch(qid);
+        }
+        if rejected {
+            Confirm::Nack
+        } else if stored {
+            Confirm::Waiting
+        } else {
+            Confirm::Ack
+        }
+    }
+
+    /// The queues a message published to `exchange` reaches, following exchange-to-exchange
+    /// bindings and alternate exchanges, each queue once.
+    fn route(&self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
+        let mut queues = Vec::new();
+        let Some(v) = self.vhosts.get(vhost) else { return queues };
+        let exchange = if exchange == "amq.default" { "" } else { exchange };
+        if exchange.is_empty() {
+            if let Some(id) = v.queues.get(&message.routing_key) {
+                queues.push(*id);
+            }
+            return queues;
+        }
+        let headers = message.properties.headers.as_ref();
+        let mut visited: Vec<&str> = Vec::new();
+        let mut pending: Vec<&str> = vec![exchange];
+        while let Some(name) = pending.pop() {
+            if visited.contains(&name) || visited.len() >= MAX_ROUTING_HOPS {
+                continue;
+            }
+            visited.push(name);
+            let Some(x) = v.exchanges.get(name) else { continue };
+            let before = queues.len();
+            let mut reached_exchange = false;
+            x.route(&message.routing_key, headers, &mut |d| match d {
+                Destination::Queue(id) => queues.push(*id),
+                Destination::Exchange(e) => {
+                    reached_exchange = true;
+                    pending.push(e.as_str());
+                }
+            });
+            if queues.len() == before && !reached_exchange {
+                if let Some(ae) = x.alternate_exchange() {
+                    pending.push(ae);
+                }
+            }
+        }
+        queues.sort_unstable();
+        queues.dedup();
+        queues
+    }
+
+    // ----- consume -----
+
+    fn basic_qos(&mut self, conn: ConnId, channel: u16, m: BasicQos) -> AmqpResult<()> {
+        if m.prefetch_size != 0 {
+            return Err(not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
+        }
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        if m.global {
+            ch.channel_prefetch = m.prefetch_count;
+        } else {
+            ch.consumer_prefetch = m.prefetch_count;
+        }
+        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
+        for q in queues {
+            self.schedule_dispatch(q);
+        }
+        self.send_method(conn, channel, Method::BasicQosOk(BasicQosOk {}));
+        Ok(())
+    }
+
+    fn basic_consume(&mut self, conn: ConnId, channel: u16, m: BasicConsume) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = self.expand_queue_name(conn, channel, &m.queue)?;
+        let qid = self.usable_queue(conn, &vhost, &name)?;
+        self.check_access(conn, Access::Read, "queue", &name)?;
+        let tag: Arc<str> = if m.consumer_tag.is_empty() {
+            self.generate_name("amq.ctag-").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        let max = self.config.max_consumers_per_channel;
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        if ch.consumers.contains_key(&tag) {
+            return Err(not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        if ch.consumers.len() >= max {
+            return Err(precondition_failed(format!("channel has the maximum of {max} consumers")));
+        }
+        let q = self.queues.get_mut(&qid).ok_or_else(|| not_found("queue vanished"))?;
+        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+            return Err(access_refused(format!("{} in exclusive use", resource("queue", &name, &vhost))));
+        }
+        q.consumers.push(ConsumerRef {
+            conn,
+            channel,
+            tag: tag.clone(),
+        });
+        q.had_consumer = true;
+        q.exclusive_consumer = m.exclusive;
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let prefetch = ch.consumer_prefetch;
+        ch.consumers.insert(
+            tag.clone(),
+            Consumer {
+                queue: qid,
+                no_ack: m.no_ack,
+                prefetch,
+                unacked: 0,
+            },
+        );
+        ch.last_queue = name;
+        // The consume-ok goes out before any delivery: dispatch runs after this method.
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::BasicConsumeOk(BasicConsumeOk {
+                consumer_tag: tag.to_string(),
+            }),
+        )?;
+        self.schedule_dispatch(qid);
+        Ok(())
+    }
+
+    fn basic_cancel(&mut self, conn: ConnId, channel: u16, m: BasicCancel) -> AmqpResult<()> {
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let removed = ch.consumers.remove(m.consumer_tag.as_str());
+        if removed.is_some() {
+            ch.orphan_deliveries(&m.consumer_tag);
+        }
+        // The cancel-ok precedes the effects of the cancel (an auto-delete queue's
+        // deletion), and unknown tags are cancelled successfully, as in RabbitMQ.
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::BasicCancelOk(BasicCancelOk {
+                consumer_tag: m.consumer_tag.clone(),
+            }),
+        )?;
+        if let Some(consumer) = removed {
+            self.detach_consumer(conn, channel, &m.consumer_tag, consumer.queue);
+        }
+        Ok(())
+    }
+
+    fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = self.expand_queue_name(conn, channel, &m.queue)?;
+        let qid = self.usable_queue(conn, &vhost, &name)?;
+        self.check_access(conn, Access::Read, "queue", &name)?;
+        let max_unacked = self.config.max_unacked_per_channel;
+        let over = self.channel_mut(conn, channel).is_some_and(|ch| ch.unacked.len() >= max_unacked);
+        if over && !m.no_ack {
+            return Err(precondition_failed(format!(
+                "channel has the maximum of {max_unacked} unacknowledged messages"
+            )));
+        }
+        let q = self.queues.get_mut(&qid).ok_or_else(|| not_found("queue vanished"))?;
+        let Some(entry) = q.pop() else {
+            self.send_method(conn, channel, Method::BasicGetEmpty(BasicGetEmpty::default()));
+            return Ok(());
+        };
+        let remaining = q.ready_count() as u32;
+        if !m.no_ack {
+            q.unacked += 1;
+        }
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let tag = ch.next_tag;
+        ch.next_tag += 1;
+        let get_ok = BasicGetOk {
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            exchange: entry.message.exchange.clone(),
+            routing_key: entry.message.routing_key.clone(),
+            message_count: remaining,
+        };
+        let message = entry.message.clone();
+        if m.no_ack {
+            self.release(qid, &entry);
+        } else {
+            ch.unacked.push(Unacked {
+                tag,
+                queue: qid,
+                consumer: None,
+                from_consumer: false,
+                message: entry,
+            });
+        }
+        self.send(
+            conn,
+            Reply::Content {
+                channel,
+                method: Method::BasicGetOk(get_ok),
+                message,
+            },
+        );
+        Ok(())
+    }
+
+    // ----- acknowledgements -----
+
+    fn settle(&mut self, conn: ConnId, channel: u16, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let entries = if multiple && tag == 0 {
+            ch.unacked.take_all()
+        } else if multiple {
+            if !ch.unacked.contains(tag) {
+                return Err(precondition_failed(format!("unknown delivery tag {tag}")));
+            }
+            ch.unacked.take_up_to(tag)
+        } else {
+            match ch.unacked.take(tag) {
+                Some(e) => vec![e],
+                None => return Err(precondition_failed(format!("unknown delivery tag {tag}"))),
+            }
+        };
+        for e in &entries {
+            ch.settle_accounting(e);
+        }
+        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
+        if let Mode::Tx { ops, .. } = &mut ch.mode {
+            let requeue = match how {
+                Settle::Ack => None,
+                Settle::Requeue => Some(true),
+                Settle::Discard => Some(false),
+            };
+            ops.push(TxOp::Settle { entries, requeue });
+        } else {
+            self.apply_settlement(entries, how);
+        }
+        // Freed prefetch capacity lets the channel's consumers take more.
+        for q in queues {
+            self.schedule_dispatch(q);
+        }
+        Ok(())
+    }
+
+    fn apply_settlement(&mut self, entries: Vec<Unacked>, how: Settle) {
+        for e in entries {
+            match how {
+                Settle::Requeue => self.requeue(e),
+                Settle::Ack | Settle::Discard => {
+                    if let Some(q) = self.queues.get_mut(&e.queue) {
+                        q.unacked -= 1;
+                    }
+                    self.release(e.queue, &e.message);
+                }
+            }
+        }
+    }
+
+    fn basic_recover(&mut self, conn: ConnId, channel: u16, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(not_implemented("requeue=false"));
+        }
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let entries = ch.unacked.take_all();
+        for e in &entries {
+            ch.settle_accounting(e);
+        }
+        for e in entries {
+            self.requeue(e);
+        }
+        Ok(())
+    }
+
+    // ----- confirm and tx -----
+
+    fn confirm_select(&mut self, conn: ConnId, channel: u16, nowait: bool) -> AmqpResult<()> {
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        match ch.mode {
+            Mode::Tx { .. } => return Err(precondition_failed("cannot switch from tx to confirm mode")),
+            Mode::Confirm { .. } => {}
+            Mode::Plain => {
+                ch.mode = Mode::Confirm {
+                    next_seq: 1,
+                    pending: Default::default(),
+                }
+            }
+        }
+        self.reply(conn, channel, nowait, Method::ConfirmSelectOk(ConfirmSelectOk {}))
+    }
+
+    fn tx_select(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        match ch.mode {
+            Mode::Confirm { .. } => return Err(precondition_failed("cannot switch from confirm to tx mode")),
+            Mode::Tx { .. } => {}
+            Mode::Plain => {
+                ch.mode = Mode::Tx {
+                    ops: Vec::new(),
+                    bytes: 0,
+                }
+            }
+        }
+        self.send_method(conn, channel, Method::TxSelectOk(TxSelectOk {}));
+        Ok(())
+    }
+
+    fn take_tx(&mut self, conn: ConnId, channel: u16) -> AmqpResult<Vec<TxOp>> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let _ = vhost;
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        match &mut ch.mode {
+            Mode::Tx { ops, bytes } => {
+                *bytes = 0;
+                Ok(std::mem::take(ops))
+            }
+            _ => Err(precondition_failed("channel is not transactional")),
+        }
+    }
+
+    fn tx_commit(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
+        let ops = self.take_tx(conn, channel)?;
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let mut waits_for_store = false;
+        for op in ops {
+            match op {
+                TxOp::Publish(publish, message) => {
+                    // Checked at publish time; the exchange may have gone since, which
+                    // drops the message as unroutable.
+                    let outcome = self.route_and_enqueue(conn, channel, &vhost, &publish, message);
+                    waits_for_store |= outcome == Confirm::Waiting;
+                }
+                TxOp::Settle { entries, requeue } => {
+                    let how = match requeue {
+                        None => Settle::Ack,
+                        Some(true) => Settle::Requeue,
+                        Some(false) => Settle::Discard,
+                    };
+                    self.apply_settlement(entries, how);
+                }
+            }
+        }
+        let ok = Method::TxCommitOk(TxCommitOk {});
+        if waits_for_store {
+            let batch = self.current_batch();
+            let uid = self.channel_uid(conn, channel).unwrap_or_default();
+            self.deferred.push_back((
+                batch,
+                Deferred::Reply {
+                    conn,
+                    uid,
+                    channel,
+                    method: ok,
+                },
+            ));
+        } else {
+            self.send_method(conn, channel, ok);
+        }
+        Ok(())
+    }
+
+    fn tx_rollback(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
+        let ops = self.take_tx(conn, channel)?;
+        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        for op in ops {
+            if let TxOp::Settle { entries, .. } = op {
+                for e in entries {
+                    if e.from_consumer {
+                        ch.consumer_unacked += 1;
+                    }
+                    if let Some(c) = e.consumer.as_ref().and_then(|t| ch.consumers.get_mut(t)) {
+                        c.unacked += 1;
+                    }
+                    ch.unacked.restore(e);
+                }
+            }
+        }
+        self.send_method(conn, channel, Method::TxRollbackOk(TxRollbackOk {}));
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Per-channel broker state: consumers, unacked deliveries, prefetch, confirms and
+//! transactions.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::proto::command::Message;
+use crate::proto::method::BasicPublish;
+
+use super::exchange::QueueId;
+use super::queue::QueuedMessage;
+
+/// A consumer as its channel sees it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The queue consumed from.
+    pub queue: QueueId,
+    /// Deliveries need no ack.
+    pub no_ack: bool,
+    /// Most unacked deliveries (0 = unlimited), fixed when the consumer was created.
+    pub prefetch: u16,
+    /// Deliveries not yet acked.
+    pub unacked: u32,
+}
+
+/// A delivery awaiting its ack.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    /// Delivery tag.
+    pub tag: u64,
+    /// Queue the message came from.
+    pub queue: QueueId,
+    /// Consumer it went to; `None` for `basic.get`, or once the consumer is cancelled.
+    pub consumer: Option<Arc<str>>,
+    /// Delivered to a consumer (not `basic.get`): counts against the channel's prefetch.
+    pub from_consumer: bool,
+    /// The message, to requeue or release.
+    pub message: QueuedMessage,
+}
+
+/// Unacked deliveries in tag order. Acks leave holes that are trimmed from the front, so
+/// in-order acks cost O(1) and out-of-order ones O(log n).
+#[derive(Debug, Default)]
+pub struct UnackedList {
+    slots: VecDeque<(u64, Option<Unacked>)>,
+    live: usize,
+}
+
+impl UnackedList {
+    /// Deliveries awaiting ack.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True when nothing awaits an ack.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Records a delivery; tags must increase.
+    pub fn push(&mut self, entry: Unacked) {
+        debug_assert!(self.slots.back().is_none_or(|(t, _)| *t < entry.tag), "delivery tags must increase");
+        self.slots.push_back((entry.tag, Some(entry)));
+        self.live += 1;
+    }
+
+    /// Puts back an entry taken earlier (a rolled-back transactional ack).
+    pub fn restore(&mut self, entry: Unacked) {
+        let pos = self.slots.partition_point(|(t, _)| *t < entry.tag);
+        match self.slots.get_mut(pos) {
+            Some((t, slot)) if *t == entry.tag => {
+                debug_assert!(slot.is_none());
+                *slot = Some(entry);
+            }
+            _ => self.slots.insert(pos, (entry.tag, Some(entry))),
+        }
+        self.live += 1;
+    }
+
+    /// Whether `tag` awaits an ack.
+    pub fn contains(&self, tag: u64) -> bool {
+        self.find(tag).is_some()
+    }
+
+    fn find(&self, tag: u64) -> Option<usize> {
+        let pos = self.slots.partition_point(|(t, _)| *t < tag);
+        match self.slots.get(pos) {
+            Some((t, Some(_))) if *t == tag => Some(pos),
+            _ => None,
+        }
+    }
+
+    /// Takes the delivery with `tag`.
+    pub fn take(&mut self, tag: u64) -> Option<Unacked> {
+        let pos = self.find(tag)?;
+        let entry = self.slots.get_mut(pos)?.1.take();
+        self.live -= 1;
+        self.trim();
+        entry
+    }
+
+    /// Takes every delivery with a tag up to and including `tag`.
+    pub fn take_up_to(&mut self, tag: u64) -> Vec<Unacked> {
+        let mut out = Vec::new();
+        while let Some((t, _)) = self.slots.front() {
+            if *t > tag {
+                break;
+            }
+            if let Some((_, Some(entry))) = self.slots.pop_front() {
+                out.push(entry);
+            }
+        }
+        self.live -= out.len();
+        out
+    }
+
+    /// Takes every delivery.
+    pub fn take_all(&mut self) -> Vec<Unacked> {
+        self.take_up_to(u64::MAX)
+    }
+
+    /// Deliveries in tag order.
+    pub fn iter(&self) -> impl Iterator<Item = &Unacked> {
+        self.slots.iter().filter_map(|(_, e)| e.as_ref())
+    }
+
+    /// Deliveries in tag order, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Unacked> {
+        self.slots.iter_mut().filter_map(|(_, e)| e.as_mut())
+    }
+
+    fn trim(&mut self) {
+        while matches!(self.slots.front(), Some((_, None))) {
+            self.slots.pop_front();
+        }
+        while matches!(self.slots.back(), Some((_, None))) {
+            self.slots.pop_back();
+        }
+    }
+}
+
+/// The fate of a confirmed publish, in publish order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// Waiting for the store batch holding the message to be synced.
+    Waiting,
+    /// Ready to be acked.
+    Ack,
+    /// Ready to be nacked.
+    Nack,
+}
+
+/// A publish or ack held back by a transaction until `tx.commit`.
+#[derive(Debug, Clone)]
+pub enum TxOp {
+    /// A publish.
+    Publish(BasicPublish, Arc<Message>),
+    /// An ack or reject that already left the unacked list; `requeue` applies to rejects.
+    Settle {
+        /// The settled deliveries.
+        entries: Vec<Unacked>,
+        /// Ack (false) or reject/nack with requeue (true) or discard (None).
+        requeue: Option<bool>,
+    },
+}
+
+/// The channel's mode: plain, publisher confirms, or transactional.
+#[derive(Debug)]
+pub enum Mode {
+    /// Neither confirms nor transactions.
+    Plain,
+    /// `confirm.select` was issued.
+    Confirm {
+        /// The next publish's sequence number.
+        next_seq: u64,
+        /// Publishes whose confirm has not been sent, in sequence order.
+        pending: VecDeque<(u64, Confirm)>,
+    },
+    /// `tx.select` was issued.
+    Tx {
+        /// Publishes and settlements of the open transaction.
+        ops: Vec<TxOp>,
+        /// Bytes of message bodies held by `ops` (bounded).
+        bytes: u64,
+    },
+}
+
+/// A channel as the broker sees it.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub number: u16,
+    /// Broker-wide identity, so that deferred replies never reach a reopened channel.
+    pub uid: u64,
+    /// Consumers by tag.
+    pub consumers: HashMap<Arc<str>, Consumer>,
+    /// Deliveries awaiting ack.
+    pub unacked: UnackedList,
+    /// The next delivery tag.
+    pub next_tag: u64,
+    /// `basic.qos` prefetch for consumers created from now on (global = false).
+    pub consumer_prefetch: u16,
+    /// `basic.qos` prefetch shared by the channel's consumers (global = true).
+    pub channel_prefetch: u16,
+    /// Unacked deliveries to consumers (not `basic.get`), for the shared limit.
+    pub consumer_unacked: u32,
+    /// `channel.flow` from the client: deliveries paused when false.
+    pub flow_active: bool,
+    /// Confirm or transaction mode.
+    pub mode: Mode,
+    /// The queue last declared on this channel, for the empty-name shortcut.
+    pub last_queue: String,
+}
+
+impl Channel {
+    /// A freshly opened channel.
+    pub fn new(number: u16, uid: u64) -> Self {
+        Channel {
+            number,
+            uid,
+            consumers: HashMap::new(),
+            unacked: UnackedList::default(),
+            next_tag: 1,
+            consumer_prefetch: 0,
+            channel_prefetch: 0,
+            consumer_unacked: 0,
+            flow_active: true,
+            mode: Mode::Plain,
+            last_queue: String::new(),
+        }
+    }
+
+    /// Whether the consumer `tag` may receive one more delivery now.
+    pub fn can_deliver(&self, tag: &str) -> bool {
+        if !self.flow_active {
+            return false;
+        }
+        let Some(c) = self.consumers.get(tag) else {
+            return false;
+        };
+        if c.no_ack {
+            return true;
+        }
+        (c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
+            && (self.channel_prefetch == 0 || self.consumer_unacked < u32::from(self.channel_prefetch))
+    }
+
+    /// Takes a delivery's ack accounting off its consumer.
+    pub fn settle_accounting(&mut self, entry: &Unacked) {
+        if entry.from_consumer {
+            debug_assert!(self.consumer_unacked > 0);
+            self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
+        }
+        if let Some(c) = entry.consumer.as_ref().and_then(|tag| self.consumers.get_mut(tag)) {
+            debug_assert!(c.unacked > 0);
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+    }
+
+    /// Forgets a cancelled consumer's name on its outstanding deliveries (they still count
+    /// against the channel until acked).
+    pub fn orphan_deliveries(&mut self, tag: &str) {
+        for u in self.unacked.iter_mut() {
+            if u.consumer.as_deref() == Some(tag) {
+                u.consumer = None;
+            }
+        }
+    }
+
+    /// Checks the channel's own invariants.
+    pub fn check_invariants(&self) {
+        let from_consumers = self.unacked.iter().filter(|u| u.from_consumer).count();
+        assert_eq!(from_consumers as u32, self.consumer_unacked, "channel {} consumer unacked count", self.number);
+        for (tag, c) in &self.consumers {
+            let n = self.unacked.iter().filter(|u| u.consumer.as_deref() == Some(&**tag)).count();
+            assert_eq!(n as u32, c.unacked, "consumer {tag} unacked count");
+            assert!(c.no_ack || c.prefetch == 0 || c.unacked <= u32::from(c.prefetch), "consumer {tag} over prefetch");
+        }
+        assert!(self.unacked.iter().all(|u| u.tag < self.next_tag));
+        if let Mode::Confirm { next_seq, pending } = &self.mode {
+            assert!(pending.iter().zip(pending.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+            assert!(pending.iter().all(|(s, _)| s < next_seq));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::props::BasicProperties;
+    use bytes::Bytes;
+
+    fn entry(tag: u64) -> Unacked {
+        Unacked {
+            tag,
+            queue: 1,
+            consumer: None,
+            from_consumer: false,
+            message: QueuedMessage {
+                seq: tag,
+                message_id: tag,
+                message: Arc::new(Message {
+                    exchange: String::new(),
+                    routing_key: String::new(),
+                    properties: BasicProperties::default(),
+                    body: Bytes::new(),
+                }),
+                redelivered: false,
+                stored: false,
+            },
+        }
+    }
+
+    #[test]
+    fn unacked_list_takes_single_multiple_and_restores() {
+        let mut l = UnackedList::default();
+        for t in 1..=5 {
+            l.push(entry(t));
+        }
+        assert!(l.take(3).is_some());
+        assert!(l.take(3).is_none(), "a tag is acked once");
+        assert_eq!(l.len(), 4);
+        let upto: Vec<u64> = l.take_up_to(4).iter().map(|u| u.tag).collect();
+        assert_eq!(upto, [1, 2, 4]);
+        assert_eq!(l.len(), 1);
+        l.restore(entry(2));
+        assert!(l.contains(2));
+        assert_eq!(l.iter().map(|u| u.tag).collect::<Vec<_>>(), [2, 5]);
+        assert_eq!(l.take_all().len(), 2);
+        assert!(l.is_empty());
+    }
+}

@@ -1,0 +1,693 @@
+//! Topology methods: exchange.* and queue.*, with RabbitMQ's checks and error texts.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+
+use crate::proto::command::ConnId;
+use crate::proto::method::*;
+use crate::proto::table::{FieldTable, FieldValue};
+use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, StoreOp};
+
+use super::auth::Access;
+use super::error::*;
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId};
+use super::queue::{Queue, QueueLimits};
+use super::Broker;
+
+/// Queue arguments whose values must match on redeclaration, as RabbitMQ checks them.
+const EQUIVALENT_QUEUE_ARGS: [&str; 12] = [
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-queue-master-locator",
+];
+
+impl Broker {
+    /// A random name with a prefix, as RabbitMQ makes them (`amq.gen-…`, `amq.ctag-…`).
+    pub(super) fn generate_name(&mut self, prefix: &str) -> String {
+        let mut raw = [0u8; 16];
+        self.rng.fill_bytes(&mut raw);
+        format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// Fails unless the connection's user has `access` to `name` in its vhost.
+    pub(super) fn check_access(&self, conn: ConnId, access: Access, kind: &str, name: &str) -> AmqpResult<()> {
+        let Some((vhost, user)) = self.session(conn) else {
+            return Err(command_invalid("connection not open"));
+        };
+        let allowed = self
+            .users
+            .permissions(&user, &vhost)
+            .is_some_and(|p| p.allows(access, name));
+        if allowed {
+            Ok(())
+        } else {
+            Err(access_refused(format!(
+                "access to {} refused for user '{user}'",
+                resource(kind, name, &vhost)
+            )))
+        }
+    }
+
+    /// Resolves the empty queue name to the channel's last declared queue.
+    pub(super) fn expand_queue_name(&self, conn: ConnId, channel: u16, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        let last = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.channels.get(&channel))
+            .map(|ch| ch.last_queue.clone())
+            .unwrap_or_default();
+        if last.is_empty() {
+            Err(not_found("no previously declared queue"))
+        } else {
+            Ok(last)
+        }
+    }
+
+    /// Finds a queue the connection may use: 404 if missing, 405 if another connection's
+    /// exclusive queue.
+    pub(super) fn usable_queue(&self, conn: ConnId, vhost: &str, name: &str) -> AmqpResult<QueueId> {
+        let id = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.queues.get(name))
+            .copied()
+            .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
+        let q = self.queues.get(&id).ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
+        if q.exclusive_owner.is_some_and(|owner| owner != conn) {
+            return Err(exclusive_lock_error(name, vhost));
+        }
+        Ok(id)
+    }
+
+    fn exchange_exists(&self, vhost: &str, name: &str) -> AmqpResult<&Exchange> {
+        self.vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(name))
+            .ok_or_else(|| not_found(format!("no {}", resource("exchange", name, vhost))))
+    }
+
+    // ----- exchange.* -----
+
+    pub(super) fn exchange_declare(&mut self, conn: ConnId, channel: u16, m: ExchangeDeclare) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = strip_cr_lf(&m.exchange);
+        if m.passive {
+            self.exchange_exists(&vhost, &name)?;
+            return self.reply(conn, channel, m.nowait, Method::ExchangeDeclareOk(ExchangeDeclareOk {}));
+        }
+        let kind = ExchangeKind::parse(&m.kind)
+            .ok_or_else(|| command_invalid(format!("unknown exchange type '{}'", m.kind)))?;
+        if name.is_empty() {
+            return Err(access_refused("operation not permitted on the default exchange"));
+        }
+        self.check_access(conn, Access::Configure, "exchange", &name)?;
+        let max = self.config.max_exchanges_per_vhost;
+        let v = self.vhosts.get_mut(&vhost).ok_or_else(|| not_allowed("vhost gone"))?;
+        match v.exchanges.get(&name) {
+            Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
+            None => {
+                if name.starts_with("amq.") {
+                    return Err(access_refused(format!(
+                        "exchange name '{name}' contains reserved prefix 'amq.*'"
+                    )));
+                }
+                if v.exchanges.len() >= max {
+                    return Err(not_allowed(format!("exchange limit of {max} in vhost '{vhost}' reached")));
+                }
+                let x = Exchange::new(&name, kind, m.durable, m.auto_delete, m.internal, m.arguments.clone());
+                v.exchanges.insert(name.clone(), x);
+                if m.durable {
+                    self.journal.push(StoreOp::PutExchange(ExchangeRecord {
+                        vhost: vhost.clone(),
+                        name,
+                        kind: kind.as_str().into(),
+                        auto_delete: m.auto_delete,
+                        internal: m.internal,
+                        arguments: m.arguments,
+                    }));
+                }
+            }
+        }
+        self.reply(conn, channel, m.nowait, Method::ExchangeDeclareOk(ExchangeDeclareOk {}))
+    }
+
+    pub(super) fn exchange_delete(&mut self, conn: ConnId, channel: u16, m: ExchangeDelete) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = strip_cr_lf(&m.exchange);
+        if name.is_empty() {
+            return Err(access_refused("operation not permitted on the default exchange"));
+        }
+        self.check_access(conn, Access::Configure, "exchange", &name)?;
+        if name.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "deletion of system {} not allowed",
+                resource("exchange", &name, &vhost)
+            )));
+        }
+        if let Some(x) = self.vhosts.get(&vhost).and_then(|v| v.exchanges.get(&name)) {
+            if m.if_unused && !x.bindings().is_empty() {
+                return Err(precondition_failed(format!("{} in use", resource("exchange", &name, &vhost))));
+            }
+            self.delete_exchange(&vhost, &name);
+        }
+        self.reply(conn, channel, m.nowait, Method::ExchangeDeleteOk(ExchangeDeleteOk {}))
+    }
+
+    pub(super) fn exchange_bind(&mut self, conn: ConnId, channel: u16, m: ExchangeBind, bind: bool) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        if m.source.is_empty() || m.destination.is_empty() {
+            return Err(access_refused("operation not permitted on the default exchange"));
+        }
+        self.check_access(conn, Access::Write, "exchange", &m.destination)?;
+        self.check_access(conn, Access::Read, "exchange", &m.source)?;
+        self.exchange_exists(&vhost, &m.source)?;
+        self.exchange_exists(&vhost, &m.destination)?;
+        let binding = Binding {
+            destination: Destination::Exchange(m.destination.clone()),
+            routing_key: m.routing_key,
+            arguments: m.arguments,
+        };
+        if bind {
+            self.add_binding(&vhost, &m.source, binding)?;
+            self.reply(conn, channel, m.nowait, Method::ExchangeBindOk(ExchangeBindOk {}))
+        } else {
+            self.remove_binding(&vhost, &m.source, &binding);
+            self.reply(conn, channel, m.nowait, Method::ExchangeUnbindOk(ExchangeUnbindOk {}))
+        }
+    }
+
+    // ----- queue.* -----
+
+    pub(super) fn queue_declare(&mut self, conn: ConnId, channel: u16, m: QueueDeclare) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let requested = strip_cr_lf(&m.queue);
+        if m.passive {
+            let name = self.expand_queue_name(conn, channel, &requested)?;
+            let id = self.usable_queue(conn, &vhost, &name)?;
+            return self.declare_ok(conn, channel, id, m.nowait);
+        }
+        let name = if requested.is_empty() {
+            self.generate_name("amq.gen-")
+        } else if requested.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "queue name '{requested}' contains reserved prefix 'amq.*'"
+            )));
+        } else {
+            requested
+        };
+        self.check_access(conn, Access::Configure, "queue", &name)?;
+        let existing = self.vhosts.get(&vhost).and_then(|v| v.queues.get(&name)).copied();
+        let id = match existing {
+            Some(id) => {
+                let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
+                if q.exclusive_owner.is_some_and(|o| o != conn) || (m.exclusive && q.exclusive_owner.is_none()) {
+                    return Err(exclusive_lock_error(&name, &vhost));
+                }
+                assert_queue_equivalent(q, &m, &vhost)?;
+                id
+            }
+            None => self.create_queue(conn, &vhost, &name, &m)?,
+        };
+        if let Some(ch) = self.channel_mut(conn, channel) {
+            ch.last_queue = name;
+        }
+        self.declare_ok(conn, channel, id, m.nowait)
+    }
+
+    fn create_queue(&mut self, conn: ConnId, vhost: &str, name: &str, m: &QueueDeclare) -> AmqpResult<QueueId> {
+        let limits = QueueLimits::from_arguments(&m.arguments, name, vhost)?;
+        validate_queue_type(m, name, vhost)?;
+        if self.queues.len() >= self.config.max_queues {
+            return Err(precondition_failed(format!(
+                "cannot declare {}: the broker's limit of {} queues is reached",
+                resource("queue", name, vhost),
+                self.config.max_queues
+            )));
+        }
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        let mut q = Queue::new(id, name, vhost, m.durable, m.auto_delete, m.arguments.clone(), limits);
+        if m.exclusive {
+            q.exclusive_owner = Some(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.exclusive_queues.push(id);
+            }
+        } else if m.durable {
+            // Exclusive queues die with their connection, so they are never stored.
+            self.journal.push(StoreOp::PutQueue(QueueRecord {
+                vhost: vhost.to_string(),
+                name: name.to_string(),
+                id,
+                auto_delete: m.auto_delete,
+                arguments: m.arguments.clone(),
+            }));
+        }
+        // An exclusive durable queue is not stored, so it must not store messages either.
+        q.durable = m.durable && !m.exclusive;
+        self.queues.insert(id, q);
+        if let Some(v) = self.vhosts.get_mut(vhost) {
+            v.queues.insert(name.to_string(), id);
+        }
+        Ok(id)
+    }
+
+    fn declare_ok(&mut self, conn: ConnId, channel: u16, id: QueueId, nowait: bool) -> AmqpResult<()> {
+        let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
+        let ok = QueueDeclareOk {
+            queue: q.name.clone(),
+            message_count: q.ready_count() as u32,
+            consumer_count: q.consumers.len() as u32,
+        };
+        self.reply(conn, channel, nowait, Method::QueueDeclareOk(ok))
+    }
+
+    pub(super) fn queue_bind(&mut self, conn: ConnId, channel: u16, m: QueueBind) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let queue = self.expand_queue_name(conn, channel, &m.queue)?;
+        // With both the queue and the key empty, the key is the last declared queue's name.
+        let routing_key = if m.queue.is_empty() && m.routing_key.is_empty() {
+            queue.clone()
+        } else {
+            m.routing_key
+        };
+        let binding = self.queue_binding(conn, &vhost, &m.exchange, &queue, routing_key, m.arguments)?;
+        self.add_binding(&vhost, &m.exchange, binding)?;
+        self.reply(conn, channel, m.nowait, Method::QueueBindOk(QueueBindOk {}))
+    }
+
+    pub(super) fn queue_unbind(&mut self, conn: ConnId, channel: u16, m: QueueUnbind) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let queue = self.expand_queue_name(conn, channel, &m.queue)?;
+        let binding = self.queue_binding(conn, &vhost, &m.exchange, &queue, m.routing_key, m.arguments)?;
+        self.remove_binding(&vhost, &m.exchange, &binding);
+        self.reply(conn, channel, false, Method::QueueUnbindOk(QueueUnbindOk {}))
+    }
+
+    /// Checks a queue binding's participants and permissions, in RabbitMQ's order.
+    fn queue_binding(
+        &self,
+        conn: ConnId,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        routing_key: String,
+        arguments: FieldTable,
+    ) -> AmqpResult<Binding> {
+        if exchange.is_empty() {
+            return Err(access_refused("operation not permitted on the default exchange"));
+        }
+        self.check_access(conn, Access::Write, "queue", queue)?;
+        self.check_access(conn, Access::Read, "exchange", exchange)?;
+        self.exchange_exists(vhost, exchange)?;
+        let id = self.usable_queue(conn, vhost, queue)?;
+        Ok(Binding {
+            destination: Destination::Queue(id),
+            routing_key,
+            arguments,
+        })
+    }
+
+    pub(super) fn queue_purge(&mut self, conn: ConnId, channel: u16, m: QueuePurge) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = self.expand_queue_name(conn, channel, &m.queue)?;
+        let id = self.usable_queue(conn, &vhost, &name)?;
+        self.check_access(conn, Access::Read, "queue", &name)?;
+        let purged = self.queues.get_mut(&id).map(|q| q.purge()).unwrap_or_default();
+        let count = purged.len() as u32;
+        for entry in purged {
+            self.release(id, &entry);
+        }
+        self.reply(conn, channel, m.nowait, Method::QueuePurgeOk(QueuePurgeOk { message_count: count }))
+    }
+
+    pub(super) fn queue_delete(&mut self, conn: ConnId, channel: u16, m: QueueDelete) -> AmqpResult<()> {
+        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let name = self.expand_queue_name(conn, channel, &m.queue)?;
+        self.check_access(conn, Access::Configure, "queue", &name)?;
+        let count = match self.usable_queue(conn, &vhost, &name) {
+            Ok(id) => {
+                let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
+                if m.if_unused && !q.consumers.is_empty() {
+                    return Err(precondition_failed(format!("{} in use", resource("queue", &name, &vhost))));
+                }
+                if m.if_empty && q.ready_count() > 0 {
+                    return Err(precondition_failed(format!("{} is not empty", resource("queue", &name, &vhost))));
+                }
+                self.delete_queue(id)
+            }
+            // Deleting a queue that does not exist succeeds, as in RabbitMQ.
+            Err(e) if e.code == crate::proto::constants::NOT_FOUND => 0,
+            Err(e) => return Err(e),
+        };
+        self.reply(conn, channel, m.nowait, Method::QueueDeleteOk(QueueDeleteOk { message_count: count as u32 }))
+    }
+
+    // ----- shared mechanics -----
+
+    /// Sends a reply unless the client asked for none.
+    pub(super) fn reply(&mut self, conn: ConnId, channel: u16, nowait: bool, method: Method) -> AmqpResult<()> {
+        if !nowait {
+            self.send_method(conn, channel, method);
+        }
+        Ok(())
+    }
+
+    /// The name of a binding's destination queue ("" for exchange destinations).
+    fn destination_queue_name(&self, destination: &Destination) -> String {
+        match destination {
+            Destination::Queue(id) => self.queues.get(id).map(|q| q.name.clone()).unwrap_or_default(),
+            Destination::Exchange(_) => String::new(),
+        }
+    }
+
+    fn add_binding(&mut self, vhost: &str, source: &str, binding: Binding) -> AmqpResult<()> {
+        let max = self.config.max_bindings_per_exchange;
+        let queue_name = self.destination_queue_name(&binding.destination);
+        let durable_destination = match &binding.destination {
+            Destination::Queue(id) => self.queues.get(id).is_some_and(|q| q.durable),
+            Destination::Exchange(name) => self
+                .vhosts
+                .get(vhost)
+                .and_then(|v| v.exchanges.get(name))
+                .is_some_and(|x| x.durable),
+        };
+        let v = self.vhosts.get_mut(vhost).ok_or_else(|| not_allowed("vhost gone"))?;
+        let x = v
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| not_found(format!("no {}", resource("exchange", source, vhost))))?;
+        if x.bindings().len() >= max {
+            return Err(precondition_failed(format!(
+                "{} has the maximum of {max} bindings",
+                resource("exchange", source, vhost)
+            )));
+        }
+        let record = (x.durable && durable_destination).then(|| binding_record(vhost, source, &binding, &queue_name));
+        if x.bind(binding.clone()) {
+            if let Destination::Queue(id) = binding.destination {
+                if let Some(q) = self.queues.get_mut(&id) {
+                    if !q.bound_from.iter().any(|s| s == source) {
+                        q.bound_from.push(source.to_string());
+                    }
+                }
+            }
+            if let Some(r) = record {
+                self.journal.push(StoreOp::PutBinding(r));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_binding(&mut self, vhost: &str, source: &str, binding: &Binding) {
+        let queue_name = self.destination_queue_name(&binding.destination);
+        let Some(x) = self.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(source)) else {
+            return;
+        };
+        if !x.unbind(binding) {
+            return;
+        }
+        let x_durable = x.durable;
+        let now_unused = x.auto_delete && x.bindings().is_empty();
+        if let Destination::Queue(id) = binding.destination {
+            let still_bound = x.bindings().iter().any(|b| b.destination == binding.destination);
+            if let (false, Some(q)) = (still_bound, self.queues.get_mut(&id)) {
+                q.bound_from.retain(|s| s != source);
+            }
+        }
+        if x_durable {
+            self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, source, binding, &queue_name)));
+        }
+        if now_unused {
+            self.delete_exchange(vhost, source);
+        }
+    }
+
+    /// Deletes a queue: cancels its consumers (telling those that asked to be told),
+    /// removes its bindings and drops its messages. Returns the number of ready messages
+    /// it held.
+    pub(super) fn delete_queue(&mut self, id: QueueId) -> u64 {
+        let Some(mut q) = self.queues.remove(&id) else { return 0 };
+        let consumers = std::mem::take(&mut q.consumers);
+        for c in consumers {
+            let Some(conn) = self.conns.get_mut(&c.conn) else { continue };
+            let notify = conn.cancel_notify;
+            if let Some(ch) = conn.channels.get_mut(&c.channel) {
+                ch.consumers.remove(&c.tag);
+                ch.orphan_deliveries(&c.tag);
+            }
+            if notify {
+                self.send_method(
+                    c.conn,
+                    c.channel,
+                    Method::BasicCancel(BasicCancel {
+                        consumer_tag: c.tag.to_string(),
+                        nowait: true,
+                    }),
+                );
+            }
+        }
+        for source in std::mem::take(&mut q.bound_from) {
+            let Some(x) = self.vhosts.get_mut(&q.vhost).and_then(|v| v.exchanges.get_mut(&source)) else {
+                continue;
+            };
+            let gone = x.unbind_destination(&Destination::Queue(id));
+            let x_durable = x.durable;
+            let now_unused = x.auto_delete && x.bindings().is_empty();
+            if x_durable && q.durable {
+                for b in &gone {
+                    self.journal.push(StoreOp::DeleteBinding(binding_record(&q.vhost, &source, b, &q.name)));
+                }
+            }
+            if now_unused && !gone.is_empty() {
+                self.delete_exchange(&q.vhost, &source);
+            }
+        }
+        if let Some(v) = self.vhosts.get_mut(&q.vhost) {
+            v.queues.remove(&q.name);
+        }
+        if let Some(owner) = q.exclusive_owner.and_then(|o| self.conns.get_mut(&o)) {
+            owner.exclusive_queues.retain(|x| *x != id);
+        }
+        let purged = q.purge();
+        let count = purged.len() as u64;
+        if q.durable {
+            self.journal.push(StoreOp::DeleteQueue {
+                vhost: q.vhost.clone(),
+                name: q.name.clone(),
+                id,
+            });
+        }
+        for entry in purged {
+            // The queue's deletion removes its entries; only the message references remain.
+            if entry.stored {
+                self.journal.unref(entry.message_id);
+            }
+        }
+        count
+    }
+
+    /// Deletes an exchange with its bindings in both directions, and any auto-delete
+    /// exchange that loses its last binding as a result.
+    pub(super) fn delete_exchange(&mut self, vhost: &str, name: &str) {
+        let Some(v) = self.vhosts.get_mut(vhost) else { return };
+        let Some(x) = v.exchanges.remove(name) else { return };
+        debug_assert!(!x.builtin, "predeclared exchanges are never deleted");
+        let mut emptied = Vec::new();
+        let dest = Destination::Exchange(name.to_string());
+        let mut dropped_to_it = Vec::new();
+        for (src_name, src) in v.exchanges.iter_mut() {
+            let gone = src.unbind_destination(&dest);
+            if !gone.is_empty() {
+                if src.auto_delete && src.bindings().is_empty() {
+                    emptied.push(src_name.clone());
+                }
+                if src.durable && x.durable {
+                    dropped_to_it.extend(gone.into_iter().map(|b| (src_name.clone(), b)));
+                }
+            }
+        }
+        for (src, b) in dropped_to_it {
+            self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, &src, &b, "")));
+        }
+        for b in x.bindings() {
+            if let Destination::Queue(id) = b.destination {
+                if let Some(q) = self.queues.get_mut(&id) {
+                    q.bound_from.retain(|s| s != name);
+                }
+            }
+        }
+        if x.durable {
+            // The store drops the exchange's own bindings with it.
+            for b in x.bindings() {
+                let queue_name = self.destination_queue_name(&b.destination);
+                self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, name, b, &queue_name)));
+            }
+            self.journal.push(StoreOp::DeleteExchange {
+                vhost: vhost.to_string(),
+                name: name.to_string(),
+            });
+        }
+        for e in emptied {
+            self.delete_exchange(vhost, &e);
+        }
+    }
+}
+
+/// The store's form of a binding; `queue_name` names the queue of a queue binding.
+fn binding_record(vhost: &str, source: &str, b: &Binding, queue_name: &str) -> BindingRecord {
+    let (destination, to_exchange) = match &b.destination {
+        Destination::Queue(_) => (queue_name.to_string(), false),
+        Destination::Exchange(name) => (name.clone(), true),
+    };
+    let mut arguments = bytes::BytesMut::new();
+    b.arguments.encode(&mut arguments);
+    BindingRecord {
+        vhost: vhost.to_string(),
+        source: source.to_string(),
+        destination,
+        to_exchange,
+        routing_key: b.routing_key.clone(),
+        arguments: arguments.to_vec(),
+    }
+}
+
+/// RabbitMQ strips carriage returns and line feeds from names.
+fn strip_cr_lf(name: &str) -> String {
+    name.chars().filter(|c| *c != '\r' && *c != '\n').collect()
+}
+
+pub(super) fn exclusive_lock_error(name: &str, vhost: &str) -> AmqpError {
+    resource_locked(format!(
+        "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+        resource("queue", name, vhost)
+    ))
+}
+
+fn inequivalent(arg: &str, kind: &str, name: &str, vhost: &str, received: String, current: String) -> AmqpError {
+    precondition_failed(format!(
+        "inequivalent arg '{arg}' for {}: received {received} but current is {current}",
+        resource(kind, name, vhost)
+    ))
+}
+
+fn assert_exchange_equivalent(x: &Exchange, kind: ExchangeKind, m: &ExchangeDeclare, vhost: &str) -> AmqpResult<()> {
+    let q = |s: &str| format!("'{s}'");
+    let b = |v: bool| format!("'{v}'");
+    if x.kind != kind {
+        return Err(inequivalent("type", "exchange", &x.name, vhost, q(kind.as_str()), q(x.kind.as_str())));
+    }
+    if x.durable != m.durable {
+        return Err(inequivalent("durable", "exchange", &x.name, vhost, b(m.durable), b(x.durable)));
+    }
+    if x.auto_delete != m.auto_delete {
+        return Err(inequivalent("auto_delete", "exchange", &x.name, vhost, b(m.auto_delete), b(x.auto_delete)));
+    }
+    if x.internal != m.internal {
+        return Err(inequivalent("internal", "exchange", &x.name, vhost, b(m.internal), b(x.internal)));
+    }
+    let key = "alternate-exchange";
+    if !arg_equivalent(m.arguments.get(key), x.arguments.get(key)) {
+        return Err(inequivalent(
+            key,
+            "exchange",
+            &x.name,
+            vhost,
+            describe(m.arguments.get(key)),
+            describe(x.arguments.get(key)),
+        ));
+    }
+    Ok(())
+}
+
+fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResult<()> {
+    let b = |v: bool| format!("'{v}'");
+    let durable = q.durable || q.exclusive_owner.is_some() && m.durable;
+    if durable != m.durable {
+        return Err(inequivalent("durable", "queue", &q.name, vhost, b(m.durable), b(q.durable)));
+    }
+    if q.auto_delete != m.auto_delete {
+        return Err(inequivalent("auto_delete", "queue", &q.name, vhost, b(m.auto_delete), b(q.auto_delete)));
+    }
+    for key in EQUIVALENT_QUEUE_ARGS {
+        let (new, old) = (m.arguments.get(key), q.arguments.get(key));
+        // A classic queue declared without a type is the same as one declared "classic".
+        if key == "x-queue-type" && queue_type(new) == queue_type(old) {
+            continue;
+        }
+        if !arg_equivalent(new, old) {
+            return Err(inequivalent(key, "queue", &q.name, vhost, describe(new), describe(old)));
+        }
+    }
+    Ok(())
+}
+
+fn queue_type(v: Option<&FieldValue>) -> &str {
+    v.and_then(FieldValue::as_str).unwrap_or("classic")
+}
+
+fn validate_queue_type(m: &QueueDeclare, name: &str, vhost: &str) -> AmqpResult<()> {
+    match m.arguments.get("x-queue-type") {
+        None => Ok(()),
+        Some(v) => match v.as_str() {
+            Some("classic") => Ok(()),
+            Some("quorum") => {
+                // Quorum queues are replicated and durable by design; warren runs them as
+                // classic durable queues and keeps RabbitMQ's restrictions on them.
+                let invalid = |what: &str| {
+                    precondition_failed(format!("invalid property '{what}' for {}", resource("queue", name, vhost)))
+                };
+                if !m.durable {
+                    Err(invalid("non-durable"))
+                } else if m.exclusive {
+                    Err(invalid("exclusive"))
+                } else if m.auto_delete {
+                    Err(invalid("auto-delete"))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(precondition_failed(format!(
+                "invalid arg 'x-queue-type' for {}: {{unsupported_queue_type,{}}}",
+                resource("queue", name, vhost),
+                describe(Some(v))
+            ))),
+        },
+    }
+}
+
+/// Argument equivalence: integers compare by value whatever their width, strings by
+/// content.
+fn arg_equivalent(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x == y,
+        },
+        _ => false,
+    }
+}
+
+fn describe(v: Option<&FieldValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => match (v.as_str(), v.as_i64()) {
+            (Some(s), _) => format!("'{s}'"),
+            (_, Some(n)) => format!("'{n}'"),
+            _ => format!("{v:?}"),
+        },
+    }
+}

@@ -1,0 +1,202 @@
+//! Moving messages: dispatch to consumers, requeue, release, and publisher confirms.
+
+use crate::proto::command::{ConnId, Reply};
+use crate::proto::method::{BasicAck, BasicDeliver, BasicNack, Method};
+
+use super::Broker;
+use super::channel::{Confirm, Mode, Unacked};
+use super::exchange::QueueId;
+use super::queue::QueuedMessage;
+
+impl Broker {
+    /// Asks for a dispatch pass over a queue at the end of the current input.
+    pub(super) fn schedule_dispatch(&mut self, queue: QueueId) {
+        if let Some(q) = self.queues.get_mut(&queue) {
+            if !q.dispatch_scheduled && !q.consumers.is_empty() {
+                q.dispatch_scheduled = true;
+                self.to_dispatch.push(queue);
+            }
+        }
+    }
+
+    pub(super) fn run_dispatch(&mut self) {
+        while let Some(queue) = self.to_dispatch.pop() {
+            if let Some(q) = self.queues.get_mut(&queue) {
+                q.dispatch_scheduled = false;
+            }
+            self.dispatch(queue);
+        }
+    }
+
+    /// Delivers ready messages to the queue's consumers in round-robin order, skipping
+    /// consumers that are at their prefetch limit, paused by flow, or whose connection has
+    /// too much unwritten output. Stops when no consumer can take the next message.
+    fn dispatch(&mut self, queue: QueueId) {
+        let write_limit = self.config.max_unflushed_bytes_per_connection;
+        let unacked_limit = self.config.max_unacked_per_channel;
+        loop {
+            let Some(q) = self.queues.get_mut(&queue) else { return };
+            if q.ready_count() == 0 || q.consumers.is_empty() {
+                return;
+            }
+            let n = q.consumers.len();
+            let conns = &self.conns;
+            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&idx| {
+                let c = &q.consumers[idx];
+                conns.get(&c.conn).is_some_and(|conn| {
+                    conn.unflushed_bytes < write_limit
+                        && conn
+                            .channels
+                            .get(&c.channel)
+                            .is_some_and(|ch| ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit)
+                })
+            });
+            let Some(idx) = chosen else { return };
+            q.next_consumer = (idx + 1) % n;
+            let target = q.consumers[idx].clone();
+            let Some(entry) = q.pop() else { return };
+            let Some(ch) = self
+                .conns
+                .get_mut(&target.conn)
+                .and_then(|c| c.channels.get_mut(&target.channel))
+            else {
+                debug_assert!(false, "consumer without a channel");
+                return;
+            };
+            let Some(consumer) = ch.consumers.get_mut(&target.tag) else {
+                debug_assert!(false, "consumer not registered on its channel");
+                return;
+            };
+            let tag = ch.next_tag;
+            ch.next_tag += 1;
+            let deliver = BasicDeliver {
+                consumer_tag: target.tag.to_string(),
+                delivery_tag: tag,
+                redelivered: entry.redelivered,
+                exchange: entry.message.exchange.clone(),
+                routing_key: entry.message.routing_key.clone(),
+            };
+            let message = entry.message.clone();
+            let consumed = if consumer.no_ack {
+                Some(entry)
+            } else {
+                consumer.unacked += 1;
+                ch.consumer_unacked += 1;
+                ch.unacked.push(Unacked {
+                    tag,
+                    queue,
+                    consumer: Some(target.tag.clone()),
+                    from_consumer: true,
+                    message: entry,
+                });
+                q.unacked += 1;
+                None
+            };
+            self.send(
+                target.conn,
+                Reply::Content {
+                    channel: target.channel,
+                    method: Method::BasicDeliver(deliver),
+                    message,
+                },
+            );
+            if let Some(entry) = consumed {
+                self.release(queue, &entry);
+            }
+        }
+    }
+
+    /// Returns an unacked delivery to its queue at its original position, flagged
+    /// redelivered. If the queue is gone the message is dropped.
+    pub(super) fn requeue(&mut self, entry: Unacked) {
+        match self.queues.get_mut(&entry.queue) {
+            Some(q) => {
+                debug_assert!(q.unacked > 0);
+                q.unacked -= 1;
+                q.requeue(entry.message);
+                self.schedule_dispatch(entry.queue);
+            }
+            None => {
+                if entry.message.stored {
+                    self.journal.unref(entry.message.message_id);
+                }
+            }
+        }
+    }
+
+    /// A queue is done with a message (acked, consumed without ack, dropped or purged):
+    /// forget its stored entry.
+    pub(super) fn release(&mut self, queue: QueueId, entry: &QueuedMessage) {
+        if !entry.stored {
+            return;
+        }
+        if self.queues.contains_key(&queue) {
+            self.journal.push(crate::store::StoreOp::Dequeue { queue, seq: entry.seq });
+        }
+        self.journal.unref(entry.message_id);
+    }
+
+    /// Settles a confirm that was waiting for the store.
+    pub(super) fn resolve_confirm(&mut self, conn: ConnId, uid: u64, channel: u16, seq: u64, outcome: Confirm) {
+        let Some(ch) = self.channel_mut(conn, channel) else { return };
+        if ch.uid != uid {
+            return;
+        }
+        if let Mode::Confirm { pending, .. } = &mut ch.mode {
+            let pos = pending.partition_point(|(s, _)| *s < seq);
+            if let Some((s, state)) = pending.get_mut(pos) {
+                if *s == seq {
+                    *state = outcome;
+                    self.confirm_dirty.push((conn, channel));
+                }
+            }
+        }
+    }
+
+    /// Sends the confirms that are ready, in publish order, coalescing runs of acks into
+    /// one `multiple` ack.
+    pub(super) fn flush_confirms(&mut self) {
+        if self.confirm_dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.confirm_dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for (conn, channel) in dirty {
+            let Some(ch) = self.channel_mut(conn, channel) else { continue };
+            let Mode::Confirm { pending, .. } = &mut ch.mode else { continue };
+            let mut out = Vec::new();
+            let mut run: Option<(u64, u64)> = None;
+            while let Some(&(seq, state)) = pending.front() {
+                match state {
+                    Confirm::Waiting => break,
+                    Confirm::Ack => run = Some((seq, run.map_or(1, |(_, n)| n + 1))),
+                    Confirm::Nack => {
+                        if let Some((last, n)) = run.take() {
+                            out.push(ack(last, n));
+                        }
+                        out.push(Method::BasicNack(BasicNack {
+                            delivery_tag: seq,
+                            multiple: false,
+                            requeue: false,
+                        }));
+                    }
+                }
+                pending.pop_front();
+            }
+            if let Some((last, n)) = run {
+                out.push(ack(last, n));
+            }
+            for m in out {
+                self.send_method(conn, channel, m);
+            }
+        }
+    }
+}
+
+fn ack(last: u64, count: u64) -> Method {
+    Method::BasicAck(BasicAck {
+        delivery_tag: last,
+        multiple: count > 1,
+    })
+}

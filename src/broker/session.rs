@@ -1,0 +1,296 @@
+//! Connection and channel lifecycles: login, vhost access, opening and closing, and the
+//! first-start defaults and recovery of durable state.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::proto::command::{ConnId, Login, Reply, capability};
+use crate::proto::constants::ACCESS_REFUSED;
+use crate::proto::method::{ConnectionClose, ConnectionOpenOk, Method};
+use crate::proto::table::FieldTable;
+use crate::store::{PermissionRecord, Recovered, StoreOp, UserRecord};
+
+use super::auth::{Permissions, hash_password};
+use super::channel::{Channel, Mode};
+use super::error::not_allowed;
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::queue::{Queue, QueueLimits, QueuedMessage};
+use super::vhost::VHost;
+use super::{Broker, Deferred};
+
+impl Broker {
+    /// Creates the default vhost and user with full permissions, and persists them.
+    pub(super) fn create_defaults(&mut self) {
+        let vhost = self.config.default_vhost.clone();
+        self.vhosts.insert(vhost.clone(), VHost::new(&vhost));
+        self.journal.push(StoreOp::PutVhost(vhost.clone()));
+        let mut salt = [0u8; 4];
+        self.rng.fill_bytes(&mut salt);
+        let user = UserRecord {
+            name: self.config.default_user.clone(),
+            password_hash: hash_password(&self.config.default_password, salt),
+            tags: vec!["administrator".into()],
+        };
+        self.users.put(user.clone());
+        self.journal.push(StoreOp::PutUser(user));
+        let perms = PermissionRecord {
+            user: self.config.default_user.clone(),
+            vhost,
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        };
+        if let Ok(p) = Permissions::new(perms.clone()) {
+            self.users.set_permissions(p);
+        }
+        self.journal.push(StoreOp::PutPermission(perms));
+    }
+
+    /// Rebuilds durable state read back from the store.
+    pub(super) fn restore(&mut self, recovered: Recovered) {
+        for v in &recovered.vhosts {
+            self.vhosts.insert(v.clone(), VHost::new(v));
+        }
+        for u in recovered.users {
+            self.users.put(u);
+        }
+        for p in recovered.permissions {
+            if let Ok(p) = Permissions::new(p) {
+                self.users.set_permissions(p);
+            }
+        }
+        for x in recovered.exchanges {
+            let Some(vhost) = self.vhosts.get_mut(&x.vhost) else { continue };
+            let Some(kind) = ExchangeKind::parse(&x.kind) else { continue };
+            if vhost.exchanges.get(&x.name).is_some_and(|e| e.builtin) {
+                continue;
+            }
+            let e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
+            vhost.exchanges.insert(x.name, e);
+        }
+        for q in recovered.queues {
+            let Some(vhost) = self.vhosts.get_mut(&q.vhost) else { continue };
+            let limits = QueueLimits::from_arguments(&q.arguments, &q.name, &q.vhost).unwrap_or(QueueLimits {
+                max_length: None,
+                max_length_bytes: None,
+                overflow: super::queue::Overflow::DropHead,
+            });
+            vhost.queues.insert(q.name.clone(), q.id);
+            self.next_queue_id = self.next_queue_id.max(q.id + 1);
+            let queue = Queue::new(q.id, &q.name, &q.vhost, true, q.auto_delete, q.arguments, limits);
+            self.queues.insert(q.id, queue);
+        }
+        for b in recovered.bindings {
+            let Some(vhost) = self.vhosts.get_mut(&b.vhost) else { continue };
+            let destination = if b.to_exchange {
+                if !vhost.exchanges.contains_key(&b.destination) {
+                    continue;
+                }
+                Destination::Exchange(b.destination.clone())
+            } else {
+                match vhost.queues.get(&b.destination) {
+                    Some(id) => Destination::Queue(*id),
+                    None => continue,
+                }
+            };
+            let arguments = FieldTable::decode(&b.arguments).unwrap_or_default();
+            let Some(x) = vhost.exchanges.get_mut(&b.source) else { continue };
+            x.bind(Binding {
+                destination: destination.clone(),
+                routing_key: b.routing_key,
+                arguments,
+            });
+            if let Destination::Queue(id) = destination {
+                if let Some(q) = self.queues.get_mut(&id) {
+                    if !q.bound_from.contains(&b.source) {
+                        q.bound_from.push(b.source);
+                    }
+                }
+            }
+        }
+        for e in recovered.entries {
+            let Some(q) = self.queues.get_mut(&e.queue) else { continue };
+            self.next_message_id = self.next_message_id.max(e.message_id + 1);
+            *self.journal.refs.entry(e.message_id).or_insert(0) += 1;
+            // Whether it was delivered before the restart is not recorded; like RabbitMQ
+            // for messages it cannot vouch for, flag it so consumers treat it with care.
+            q.restore(QueuedMessage {
+                seq: e.seq,
+                message_id: e.message_id,
+                message: e.message,
+                redelivered: true,
+                stored: true,
+            });
+        }
+    }
+
+    // ----- connection -----
+
+    pub(super) fn login(&mut self, conn: ConnId, login: Login) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let loopback_only = self.config.loopback_users.contains(&login.username);
+        let accepted = self.users.authenticate(&login.username, &login.password).is_some()
+            && (!loopback_only || c.info.loopback);
+        if !accepted {
+            let close_capable = login.has_capability("authentication_failure_close");
+            if close_capable {
+                let text = format!(
+                    "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    login.mechanism
+                );
+                let close = ConnectionClose {
+                    reply_code: ACCESS_REFUSED,
+                    reply_text: text,
+                    class_id: 0,
+                    method_id: 0,
+                };
+                self.send_method(conn, 0, Method::ConnectionClose(close));
+            } else {
+                self.send(conn, Reply::Disconnect);
+            }
+            self.close_connection(conn);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.cancel_notify = capability(&login.client_properties, "consumer_cancel_notify");
+            c.client_properties = login.client_properties;
+            c.user = Some(login.username);
+        }
+        self.send(conn, Reply::LoginOk);
+    }
+
+    pub(super) fn open_vhost(&mut self, conn: ConnId, vhost: &str) {
+        let Some(user) = self.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return;
+        };
+        let result = if !self.vhosts.contains_key(vhost) {
+            Err(not_allowed(format!("vhost {vhost} not found")))
+        } else if self.users.permissions(&user, vhost).is_none() {
+            Err(not_allowed(format!("access to vhost '{vhost}' refused for user '{user}'")))
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.vhost = Some(vhost.to_string());
+                }
+                self.send_method(conn, 0, Method::ConnectionOpenOk(ConnectionOpenOk::default()));
+            }
+            Err(e) => self.fail(conn, 0, e.on_ids(10, 40)),
+        }
+    }
+
+    /// Releases everything a connection holds. Safe to call for a connection already
+    /// gone.
+    pub(super) fn close_connection(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let mut channels: Vec<u16> = c.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for ch in channels {
+            self.close_channel(conn, ch);
+        }
+        let exclusive = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| std::mem::take(&mut c.exclusive_queues))
+            .unwrap_or_default();
+        for q in exclusive {
+            self.delete_queue(q);
+        }
+        self.conns.remove(&conn);
+    }
+
+    pub(super) fn drained(&mut self, conn: ConnId, bytes: usize) {
+        let limit = self.config.max_unflushed_bytes_per_connection;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let was_over = c.unflushed_bytes >= limit;
+        c.unflushed_bytes = c.unflushed_bytes.saturating_sub(bytes);
+        if was_over && c.unflushed_bytes < limit {
+            let queues: Vec<_> = c
+                .channels
+                .values()
+                .flat_map(|ch| ch.consumers.values().map(|x| x.queue))
+                .collect();
+            for q in queues {
+                self.schedule_dispatch(q);
+            }
+        }
+    }
+
+    // ----- channel -----
+
+    pub(super) fn channel_open(&mut self, conn: ConnId, channel: u16) {
+        let uid = self.next_channel_uid;
+        self.next_channel_uid += 1;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            debug_assert!(!c.channels.contains_key(&channel), "channel {channel} opened twice");
+            c.channels.insert(channel, Channel::new(channel, uid));
+        }
+    }
+
+    /// Releases a channel: cancels its consumers and returns its unacked messages to their
+    /// queues, marked redelivered. Returns false if the channel did not exist.
+    pub(super) fn close_channel(&mut self, conn: ConnId, channel: u16) -> bool {
+        let Some(mut ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.remove(&channel)) else {
+            return false;
+        };
+        let tags: Vec<Arc<str>> = ch.consumers.keys().cloned().collect();
+        for tag in tags {
+            if let Some(consumer) = ch.consumers.remove(&tag) {
+                self.detach_consumer(conn, channel, &tag, consumer.queue);
+            }
+        }
+        // Settlements held by an open transaction were never committed: they return too.
+        if let Mode::Tx { ops, .. } = std::mem::replace(&mut ch.mode, Mode::Plain) {
+            for op in ops {
+                if let super::channel::TxOp::Settle { entries, .. } = op {
+                    for e in entries {
+                        ch.unacked.restore(e);
+                    }
+                }
+            }
+        }
+        for entry in ch.unacked.take_all() {
+            self.requeue(entry);
+        }
+        // Deferred replies for this channel can no longer be delivered.
+        self.deferred.retain(|(_, d)| match d {
+            Deferred::Confirm { uid, .. } | Deferred::Reply { uid, .. } => *uid != ch.uid,
+        });
+        true
+    }
+
+    /// Removes a consumer from its queue (the channel side is done by the caller) and
+    /// deletes an auto-delete queue that lost its last consumer.
+    pub(super) fn detach_consumer(&mut self, conn: ConnId, channel: u16, tag: &str, queue: super::QueueId) {
+        let Some(q) = self.queues.get_mut(&queue) else { return };
+        q.remove_consumer(conn, channel, tag);
+        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            self.delete_queue(queue);
+        } else {
+            self.schedule_dispatch(queue);
+        }
+    }
+}
+
+impl Broker {
+    /// Closes every connection with 320 CONNECTION_FORCED, as RabbitMQ does when it stops.
+    pub fn close_all_connections(&mut self, reason: &str, now_ms: u64) {
+        self.now_ms = now_ms;
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        ids.sort_unstable();
+        for conn in ids {
+            let close = ConnectionClose {
+                reply_code: crate::proto::constants::CONNECTION_FORCED,
+                reply_text: format!("CONNECTION_FORCED - broker forced connection closure with reason '{reason}'"),
+                class_id: 0,
+                method_id: 0,
+            };
+            self.send_method(conn, 0, Method::ConnectionClose(close));
+            self.close_connection(conn);
+        }
+        self.finish_round();
+    }
+}

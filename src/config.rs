@@ -1,0 +1,117 @@
+//! Server settings from a TOML file, layered under command-line flags and environment
+//! variables (flags and variables win).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::server::ServerConfig;
+
+/// The settings a config file may hold. Every field is optional; unknown keys are errors.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub bind: Option<IpAddr>,
+    /// AMQP port.
+    pub amqp_port: Option<u16>,
+    /// Management HTTP port.
+    pub http_port: Option<u16>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Most client connections.
+    pub max_connections: Option<usize>,
+    /// Largest frame offered in connection.tune, bytes.
+    pub frame_max_bytes: Option<u32>,
+    /// Highest channel number offered in connection.tune.
+    pub channel_max: Option<u16>,
+    /// Heartbeat offered in connection.tune, seconds.
+    pub heartbeat_s: Option<u16>,
+    /// Largest message body accepted, bytes.
+    pub max_message_bytes: Option<u64>,
+    /// The vhost created on first start.
+    pub default_vhost: Option<String>,
+    /// The user created on first start.
+    pub default_user: Option<String>,
+    /// That user's password.
+    pub default_pass: Option<String>,
+    /// Users who may only connect from loopback.
+    pub loopback_users: Option<Vec<String>>,
+}
+
+impl FileConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+
+    /// Applies the file's settings over the defaults in `config`.
+    pub fn apply(self, config: &mut ServerConfig) -> Result<(), String> {
+        if let Some(v) = self.bind {
+            config.bind = v;
+        }
+        if let Some(v) = self.amqp_port {
+            config.amqp_port = v;
+        }
+        if let Some(v) = self.http_port {
+            config.http_port = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.max_connections {
+            config.max_connections = v;
+        }
+        if let Some(v) = self.frame_max_bytes {
+            if v < crate::proto::constants::FRAME_MIN_SIZE {
+                return Err(format!("frame_max_bytes must be at least {}", crate::proto::constants::FRAME_MIN_SIZE));
+            }
+            config.connection.frame_max_bytes = v;
+        }
+        if let Some(v) = self.channel_max {
+            if v == 0 {
+                return Err("channel_max must be at least 1".into());
+            }
+            config.connection.channel_max = v;
+        }
+        if let Some(v) = self.heartbeat_s {
+            config.connection.heartbeat_s = v;
+        }
+        if let Some(v) = self.max_message_bytes {
+            config.connection.max_message_bytes = v;
+        }
+        if let Some(v) = self.default_vhost {
+            config.broker.default_vhost = v;
+        }
+        if let Some(v) = self.default_user {
+            config.broker.default_user = v;
+        }
+        if let Some(v) = self.default_pass {
+            config.broker.default_password = v;
+        }
+        if let Some(v) = self.loopback_users {
+            config.broker.loopback_users = v;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_apply_and_unknown_keys_are_refused() {
+        let file: FileConfig = toml::from_str("amqp_port = 5999\nheartbeat_s = 10\nloopback_users = []").unwrap();
+        let mut config = ServerConfig::default();
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.amqp_port, 5999);
+        assert_eq!(config.connection.heartbeat_s, 10);
+        assert!(config.broker.loopback_users.is_empty());
+        assert!(toml::from_str::<FileConfig>("amqp_prot = 1").is_err());
+        let bad: FileConfig = toml::from_str("frame_max_bytes = 100").unwrap();
+        assert!(bad.apply(&mut ServerConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! What a connection hands to the broker ([`Command`]) and what the broker hands back
+//! ([`Reply`]).
+//!
+//! The protocol layer ([`super::connection::Connection`]) owns framing, the handshake's
+//! wire mechanics, heartbeats, channel numbering and content assembly. Everything that needs
+//! broker state (credentials, vhosts, queues, consumers) crosses this boundary as a command,
+//! and the answers come back as replies in the order the broker produced them. Replies
+//! for one connection are ordered; that ordering is what makes a `channel.close-ok` from the
+//! broker a safe point to reuse a channel number.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::method::{BasicPublish, ChannelClose, Method};
+use super::props::BasicProperties;
+use super::table::FieldTable;
+
+/// Identifies one client connection for the lifetime of a broker process.
+pub type ConnId = u64;
+
+/// A published message as it arrived: the routing information of its `basic.publish` and
+/// its content. Shared (behind an [`Arc`]) by every queue it was routed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Exchange named by the publisher ("" for the default exchange).
+    pub exchange: String,
+    /// Routing key given by the publisher.
+    pub routing_key: String,
+    /// The content header's properties.
+    pub properties: BasicProperties,
+    /// The body, reassembled from its body frames.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// Bytes this message is charged for in queue length limits (`x-max-length-bytes`),
+    /// which like RabbitMQ's count the body only.
+    pub fn body_len(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    /// True when the publisher asked for the message to survive a restart
+    /// (`delivery_mode = 2`).
+    pub fn is_persistent(&self) -> bool {
+        self.properties.delivery_mode == Some(2)
+    }
+}
+
+/// Credentials and client details presented in `connection.start-ok`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Login {
+    /// The SASL mechanism the client chose (`PLAIN` or `AMQPLAIN`).
+    pub mechanism: String,
+    /// User name decoded from the mechanism's response.
+    pub username: String,
+    /// Password decoded from the mechanism's response.
+    pub password: String,
+    /// The client's properties table, including its `capabilities`.
+    pub client_properties: FieldTable,
+}
+
+impl Login {
+    /// Whether the client advertised a capability (a `true` entry in the `capabilities`
+    /// table of its client properties).
+    pub fn has_capability(&self, name: &str) -> bool {
+        capability(&self.client_properties, name)
+    }
+}
+
+/// Reads a boolean entry of the `capabilities` table of client properties.
+pub fn capability(client_properties: &FieldTable, name: &str) -> bool {
+    match client_properties.get("capabilities") {
+        Some(super::table::FieldValue::Table(caps)) => {
+            caps.get(name).and_then(|v| v.as_bool()).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+/// An input from a connection to the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `connection.start-ok` arrived with these credentials. The broker answers with
+    /// [`Reply::LoginOk`], or refuses the login with `connection.close` (403) or
+    /// [`Reply::Disconnect`].
+    Login(Login),
+    /// `connection.open` for a virtual host. The broker answers `connection.open-ok` or a
+    /// `connection.close`.
+    OpenVhost {
+        /// The virtual host's name.
+        vhost: String,
+    },
+    /// `channel.open` on a channel number that was free. The protocol layer has already
+    /// answered `channel.open-ok`.
+    ChannelOpen {
+        /// The channel number.
+        channel: u16,
+    },
+    /// The client sent `channel.close`. The broker releases the channel (returning its
+    /// unacked messages to their queues) and answers `channel.close-ok`.
+    ChannelClose {
+        /// The channel number.
+        channel: u16,
+    },
+    /// The protocol layer found a channel-level error (such as an oversized message). The
+    /// broker releases the channel and sends this `channel.close` to the client.
+    ChannelError {
+        /// The channel number.
+        channel: u16,
+        /// The close to send, with its reply code and text.
+        close: ChannelClose,
+    },
+    /// Any other method on an open channel that does not carry content.
+    Method {
+        /// The channel number.
+        channel: u16,
+        /// The decoded method.
+        method: Method,
+    },
+    /// A complete `basic.publish`: method, content header and all body frames.
+    Publish {
+        /// The channel number.
+        channel: u16,
+        /// The publish method's fields (mandatory, immediate, exchange, routing key).
+        publish: BasicPublish,
+        /// The message as it will be stored and delivered.
+        message: Arc<Message>,
+    },
+    /// The driver wrote this many bytes of replies to the socket. The broker counts the
+    /// bytes it has produced for each connection and pauses deliveries to a connection
+    /// whose unwritten backlog is over its limit.
+    Drained {
+        /// Bytes written since the previous report.
+        bytes: usize,
+    },
+    /// The connection is gone (closed by either side, a protocol error, or the socket
+    /// dropped). The broker releases everything the connection held. Sent once, last.
+    Closed,
+}
+
+/// An output from the broker to one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A method without content. Connection- and channel-level `close` and `close-ok`
+    /// replies also change the protocol layer's state (see `Connection::handle_reply`).
+    Method {
+        /// The channel number (0 for connection methods).
+        channel: u16,
+        /// The method to send.
+        method: Method,
+    },
+    /// A method that carries content (`basic.deliver`, `basic.get-ok`, `basic.return`).
+    Content {
+        /// The channel number.
+        channel: u16,
+        /// The method to send before the content.
+        method: Method,
+        /// The message whose properties and body follow the method.
+        message: Arc<Message>,
+    },
+    /// The login was accepted; the protocol layer continues with `connection.tune`.
+    LoginOk,
+    /// Close the socket without a closing handshake (a refused login from a client that
+    /// did not advertise `authentication_failure_close`).
+    Disconnect,
+}
+
+impl Reply {
+    /// Approximate bytes this reply occupies on the wire; used for write-backlog accounting.
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Reply::Method { .. } => 64,
+            Reply::Content { message, .. } => 128 + message.body.len(),
+            Reply::LoginOk | Reply::Disconnect => 0,
+        }
+    }
+}

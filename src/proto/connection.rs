@@ -1,0 +1,1008 @@
+//! The per-connection protocol state machine (sans-IO).
+//!
+//! A [`Connection`] turns the bytes a client sends into [`Command`]s for the broker and the
+//! broker's [`Reply`]s into bytes for the client. It owns what needs no broker state: the
+//! protocol header, the wire side of the handshake (start, tune, open), negotiated limits,
+//! heartbeats, channel numbering, and the assembly of `basic.publish` content from its
+//! header and body frames. Errors it detects close the connection (or the channel) with
+//! the reply code RabbitMQ uses.
+//!
+//! The driver calls it in a fixed order:
+//!
+//! 1. [`Connection::handle_bytes`] (or [`Connection::read_buf`] then
+//!    [`Connection::handle_read`]) with what the socket produced, and
+//!    [`Connection::handle_eof`] when the peer closed;
+//! 2. [`Connection::poll_command`] until `None`, handing each command to the broker;
+//! 3. [`Connection::handle_reply`] for each broker reply;
+//! 4. [`Connection::poll_transmit`] and write what it returns;
+//! 5. [`Connection::poll_timeout`] to know when to call [`Connection::handle_timeout`];
+//! 6. once [`Connection::is_closed`] and everything is written, drop the socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::command::{Command, Login, Message, Reply};
+use super::constants::*;
+use super::frame::{
+    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, encode_content, encode_heartbeat,
+    encode_method,
+};
+use super::method::*;
+use super::props::BasicProperties;
+use super::table::{FieldTable, FieldValue};
+
+/// Settings a connection offers and enforces.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest frame offered in `connection.tune` (bytes, including the 8 bytes of framing).
+    pub frame_max_bytes: u32,
+    /// Highest channel number offered in `connection.tune`.
+    pub channel_max: u16,
+    /// Heartbeat interval offered in `connection.tune`, in seconds (0 disables).
+    pub heartbeat_s: u16,
+    /// Largest message body accepted; a larger one is refused with 406 on its channel.
+    pub max_message_bytes: u64,
+    /// Time allowed from the socket opening to `connection.open`.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed for the client's `connection.close-ok` after the server closes.
+    pub close_timeout_ms: u64,
+    /// Largest amount of unprocessed input buffered; beyond it the driver stops reading.
+    pub max_input_buffer_bytes: usize,
+    /// The `server-properties` table of `connection.start`.
+    pub server_properties: FieldTable,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            frame_max_bytes: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            max_message_bytes: 128 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 3_000,
+            max_input_buffer_bytes: 4 * 1024 * 1024,
+            server_properties: server_properties(env!("CARGO_PKG_VERSION"), "warren"),
+        }
+    }
+}
+
+/// The `server-properties` table warren sends in `connection.start`, advertising the
+/// RabbitMQ extensions it implements.
+pub fn server_properties(version: &str, cluster_name: &str) -> FieldTable {
+    let capabilities: FieldTable = [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ]
+    .into_iter()
+    .map(|name| (name.to_string(), FieldValue::Bool(true)))
+    .collect();
+    let text = |s: &str| FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()));
+    [
+        ("capabilities".to_string(), FieldValue::Table(capabilities)),
+        ("cluster_name".to_string(), text(cluster_name)),
+        ("copyright".to_string(), text("Copyright (c) the warren authors")),
+        ("information".to_string(), text("Licensed under the Apache License 2.0")),
+        ("platform".to_string(), text("Rust")),
+        ("product".to_string(), text("warren")),
+        ("version".to_string(), text(version)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHeader,
+    AwaitingStartOk,
+    /// The broker is checking the credentials.
+    AwaitingLogin,
+    AwaitingTuneOk,
+    AwaitingOpen,
+    /// The broker is checking the vhost.
+    AwaitingOpenOk,
+    Open,
+    /// The server sent `connection.close` and waits for `close-ok` until the deadline.
+    Closing {
+        deadline_ms: u64,
+    },
+    /// Nothing more is read; the driver writes what is left and drops the socket.
+    Closed,
+}
+
+/// Content being assembled on a channel.
+#[derive(Debug)]
+enum Assembly {
+    Idle,
+    AwaitingHeader(BasicPublish),
+    AwaitingBody {
+        publish: BasicPublish,
+        properties: BasicProperties,
+        body_size: u64,
+        body: BodyParts,
+    },
+}
+
+/// Body frames collected so far: one frame is kept as it came (no copy); several are
+/// gathered into one buffer.
+#[derive(Debug)]
+enum BodyParts {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl BodyParts {
+    fn len(&self) -> u64 {
+        match self {
+            BodyParts::Empty => 0,
+            BodyParts::One(b) => b.len() as u64,
+            BodyParts::Many(b) => b.len() as u64,
+        }
+    }
+
+    fn push(&mut self, payload: Bytes, body_size: u64) {
+        *self = match std::mem::replace(self, BodyParts::Empty) {
+            BodyParts::Empty => BodyParts::One(payload),
+            BodyParts::One(first) => {
+                // body_size was checked against max_message_bytes before any frame arrived.
+                let mut all = BytesMut::with_capacity(body_size as usize);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&payload);
+                BodyParts::Many(all)
+            }
+            BodyParts::Many(mut all) => {
+                all.extend_from_slice(&payload);
+                BodyParts::Many(all)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            BodyParts::Empty => Bytes::new(),
+            BodyParts::One(b) => b,
+            BodyParts::Many(b) => b.freeze(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ChannelState {
+    Open(Assembly),
+    /// The client sent `channel.close`; the broker's `close-ok` frees the number.
+    ClosingByClient,
+    /// This layer found a channel error and asked the broker to close the channel; frames
+    /// are dropped until the broker's `channel.close` goes out.
+    ErrorPending,
+    /// The server sent `channel.close`; frames are dropped until the client's `close-ok`.
+    ClosingByServer,
+}
+
+/// A connection-level error: the reply code and text of the `connection.close` it causes,
+/// and the method that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionError {
+    /// AMQP reply code (5xx, or 320/402/403 during the handshake).
+    pub code: u16,
+    /// Reply text, prefixed with the code's name as RabbitMQ does.
+    pub text: String,
+    /// Class of the offending method, or 0.
+    pub class_id: u16,
+    /// Id of the offending method, or 0.
+    pub method_id: u16,
+}
+
+impl ConnectionError {
+    fn new(code: u16, detail: impl AsRef<str>) -> Self {
+        ConnectionError {
+            code,
+            text: format!("{} - {}", reply_name(code), detail.as_ref()),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
+    fn on(mut self, method: &Method) -> Self {
+        self.class_id = method.class_id();
+        self.method_id = method.method_id();
+        self
+    }
+}
+
+/// The protocol state machine of one client connection.
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    phase: Phase,
+    decoder: FrameDecoder,
+    input: BytesMut,
+    output: BytesMut,
+    commands: VecDeque<Command>,
+    /// Indexed by channel number; `None` is a free channel. Grows up to channel_max + 1.
+    channels: Vec<Option<ChannelState>>,
+    open_channels: usize,
+    frame_max_bytes: u32,
+    channel_max: u16,
+    heartbeat_ms: u64,
+    opened_at_ms: u64,
+    last_recv_ms: u64,
+    last_send_ms: u64,
+    closed_reported: bool,
+}
+
+impl Connection {
+    /// A connection whose socket was accepted at `now_ms`.
+    pub fn new(config: ConnectionConfig, now_ms: u64) -> Self {
+        let frame_max_bytes = config.frame_max_bytes;
+        let channel_max = config.channel_max;
+        Connection {
+            // Until tune-ok, frames are limited to the protocol minimum, as in RabbitMQ.
+            decoder: FrameDecoder::new(FRAME_MIN_SIZE.max(frame_max_bytes.min(FRAME_MIN_SIZE))),
+            config,
+            phase: Phase::AwaitingHeader,
+            input: BytesMut::with_capacity(4096),
+            output: BytesMut::with_capacity(4096),
+            commands: VecDeque::new(),
+            channels: Vec::new(),
+            open_channels: 0,
+            frame_max_bytes,
+            channel_max,
+            heartbeat_ms: 0,
+            opened_at_ms: now_ms,
+            last_recv_ms: now_ms,
+            last_send_ms: now_ms,
+            closed_reported: false,
+        }
+    }
+
+    /// The buffer the driver may read socket bytes into directly; follow with
+    /// [`Connection::handle_read`].
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Bytes from the socket.
+    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        self.handle_read(now_ms);
+    }
+
+    /// Processes whatever is buffered in [`Connection::read_buf`].
+    pub fn handle_read(&mut self, now_ms: u64) {
+        if !self.input.is_empty() {
+            self.last_recv_ms = now_ms;
+        }
+        self.process(now_ms);
+    }
+
+    /// The peer closed its side of the socket (or the socket failed).
+    pub fn handle_eof(&mut self) {
+        self.input.clear();
+        self.enter_closed();
+    }
+
+    /// The next command for the broker.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Whether the driver should read more from the socket. False while the broker is
+    /// deciding on the handshake, when the input backlog is full, or after close.
+    pub fn wants_read(&self) -> bool {
+        !matches!(
+            self.phase,
+            Phase::AwaitingLogin | Phase::AwaitingOpenOk | Phase::Closed
+        ) && self.input.len() < self.config.max_input_buffer_bytes
+    }
+
+    /// True once nothing more will be read: write out [`Connection::poll_transmit`] and
+    /// drop the socket.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// True once the handshake finished and the connection is usable.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// Negotiated maximum frame size in bytes.
+    pub fn frame_max_bytes(&self) -> u32 {
+        self.frame_max_bytes
+    }
+
+    /// Negotiated heartbeat interval in milliseconds (0 when disabled).
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.heartbeat_ms
+    }
+
+    /// Bytes to write to the socket, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.output.is_empty() {
+            None
+        } else {
+            Some(self.output.split().freeze())
+        }
+    }
+
+    /// Number of bytes waiting in [`Connection::poll_transmit`].
+    pub fn pending_transmit_bytes(&self) -> usize {
+        self.output.len()
+    }
+
+    /// A reply from the broker for this connection.
+    pub fn handle_reply(&mut self, reply: Reply, now_ms: u64) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        match reply {
+            Reply::LoginOk => {
+                if self.phase == Phase::AwaitingLogin {
+                    let tune = ConnectionTune {
+                        channel_max: self.config.channel_max,
+                        frame_max: self.config.frame_max_bytes,
+                        heartbeat: self.config.heartbeat_s,
+                    };
+                    self.send_method(0, &Method::ConnectionTune(tune), now_ms);
+                    self.phase = Phase::AwaitingTuneOk;
+                    self.process(now_ms);
+                }
+            }
+            Reply::Disconnect => self.enter_closed(),
+            Reply::Method { channel, method } => {
+                self.observe_outgoing(channel, &method, now_ms);
+                self.send_method(channel, &method, now_ms);
+                if matches!(self.phase, Phase::Open) {
+                    // A reply may have unblocked buffered input (open-ok after a pause).
+                    self.process(now_ms);
+                }
+            }
+            Reply::Content {
+                channel,
+                method,
+                message,
+            } => {
+                encode_content(
+                    channel,
+                    &method,
+                    &message.properties,
+                    &message.body,
+                    self.frame_max_bytes,
+                    &mut self.output,
+                );
+                self.last_send_ms = now_ms;
+            }
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Closing { deadline_ms } => Some(deadline_ms),
+            Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
+                let send_at = self.last_send_ms + self.heartbeat_ms / 2;
+                let dead_at = self.last_recv_ms + self.heartbeat_ms * 2;
+                Some(send_at.min(dead_at))
+            }
+            Phase::Open => None,
+            _ => Some(self.opened_at_ms + self.config.handshake_timeout_ms),
+        }
+    }
+
+    /// Time has passed: send heartbeats, notice missed ones, give up on a slow handshake
+    /// or a close that was never acknowledged.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Closing { deadline_ms } => {
+                if now_ms >= deadline_ms {
+                    self.enter_closed();
+                }
+            }
+            Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
+                if now_ms >= self.last_recv_ms + self.heartbeat_ms * 2 {
+                    // Missed heartbeats: like RabbitMQ, drop the socket without a close.
+                    self.enter_closed();
+                } else if now_ms >= self.last_send_ms + self.heartbeat_ms / 2 {
+                    encode_heartbeat(&mut self.output);
+                    self.last_send_ms = now_ms;
+                }
+            }
+            Phase::Open => {}
+            _ => {
+                if now_ms >= self.opened_at_ms + self.config.handshake_timeout_ms {
+                    self.enter_closed();
+                }
+            }
+        }
+    }
+
+    // ----- input -----
+
+    fn process(&mut self, now_ms: u64) {
+        loop {
+            match self.phase {
+                Phase::Closed | Phase::AwaitingLogin | Phase::AwaitingOpenOk => return,
+                Phase::AwaitingHeader => {
+                    if !self.read_protocol_header(now_ms) {
+                        return;
+                    }
+                }
+                _ => match self.decoder.decode(&mut self.input) {
+                    Ok(Some(frame)) => {
+                        if let Err(e) = self.handle_frame(frame, now_ms) {
+                            self.close_with(e, now_ms);
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let e = frame_error(e);
+                        self.input.clear();
+                        self.close_with(e, now_ms);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Checks the protocol header as its bytes arrive. Returns true once it was accepted.
+    fn read_protocol_header(&mut self, now_ms: u64) -> bool {
+        const ALTERNATE: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
+        let n = self.input.len().min(8);
+        let seen = &self.input[..n];
+        let matches_prefix = |h: &[u8; 8]| h[..n] == *seen;
+        if !matches_prefix(&PROTOCOL_HEADER) && !matches_prefix(&ALTERNATE) {
+            // Wrong protocol: answer with the one we speak and close, as the spec says.
+            self.output.extend_from_slice(&PROTOCOL_HEADER);
+            self.input.clear();
+            self.enter_closed();
+            return false;
+        }
+        if n < 8 {
+            return false;
+        }
+        let _ = self.input.split_to(8);
+        let start = ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: self.config.server_properties.clone(),
+            mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+            locales: Bytes::from_static(b"en_US"),
+        };
+        self.send_method(0, &Method::ConnectionStart(start), now_ms);
+        self.phase = Phase::AwaitingStartOk;
+        true
+    }
+
+    fn handle_frame(&mut self, frame: Frame, now_ms: u64) -> Result<(), ConnectionError> {
+        if let Phase::Closing { .. } = self.phase {
+            // After sending connection.close only close and close-ok matter.
+            if let Frame::Method { channel: 0, method } = frame {
+                match method {
+                    Method::ConnectionCloseOk(_) => self.enter_closed(),
+                    Method::ConnectionClose(_) => {
+                        self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
+                        self.enter_closed();
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        match frame {
+            Frame::Heartbeat { channel } => {
+                if channel != 0 {
+                    return Err(ConnectionError::new(
+                        FRAME_ERROR,
+                        format!("heartbeat frame on channel {channel}"),
+                    ));
+                }
+                Ok(())
+            }
+            Frame::Method { channel: 0, method } => self.handle_connection_method(method, now_ms),
+            _ if self.phase != Phase::Open => Err(ConnectionError::new(
+                COMMAND_INVALID,
+                "connection is not open: expected a method on channel 0",
+            )),
+            Frame::Method { channel, method } => self.handle_channel_method(channel, method, now_ms),
+            Frame::Header { channel, header } => self.handle_header(channel, header),
+            Frame::Body { channel, payload } => self.handle_body(channel, payload),
+        }
+    }
+
+    fn handle_connection_method(&mut self, method: Method, now_ms: u64) -> Result<(), ConnectionError> {
+        match (self.phase, method) {
+            (Phase::AwaitingStartOk, Method::ConnectionStartOk(ok)) => {
+                let login = parse_login(&ok)?;
+                self.commands.push_back(Command::Login(login));
+                self.phase = Phase::AwaitingLogin;
+                Ok(())
+            }
+            (Phase::AwaitingTuneOk, Method::ConnectionTuneOk(tune)) => self.apply_tune_ok(&tune),
+            (Phase::AwaitingOpen, Method::ConnectionOpen(open)) => {
+                self.commands.push_back(Command::OpenVhost {
+                    vhost: open.virtual_host,
+                });
+                self.phase = Phase::AwaitingOpenOk;
+                Ok(())
+            }
+            (_, Method::ConnectionClose(_)) => {
+                self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
+                self.enter_closed();
+                Ok(())
+            }
+            (Phase::Open, Method::ConnectionUpdateSecret(_)) => {
+                // Secrets are only meaningful to token-based authentication, which warren
+                // does not offer; the password a client logged in with stays valid.
+                self.send_method(0, &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}), now_ms);
+                Ok(())
+            }
+            // A close-ok nobody asked for is harmless.
+            (_, Method::ConnectionCloseOk(_)) => Ok(()),
+            (Phase::Open, m) if m.class_id() == CLASS_CONNECTION => Err(ConnectionError::new(
+                COMMAND_INVALID,
+                format!("unexpected method {} on an open connection", m.name()),
+            )
+            .on(&m)),
+            (Phase::Open, m) => Err(ConnectionError::new(
+                COMMAND_INVALID,
+                format!("{} is not allowed on channel 0", m.name()),
+            )
+            .on(&m)),
+            (_, m) => Err(ConnectionError::new(
+                COMMAND_INVALID,
+                format!("unexpected method {} during the handshake", m.name()),
+            )
+            .on(&m)),
+        }
+    }
+
+    fn apply_tune_ok(&mut self, tune: &ConnectionTuneOk) -> Result<(), ConnectionError> {
+        let server_frame_max = self.config.frame_max_bytes;
+        if tune.frame_max != 0 && tune.frame_max < FRAME_MIN_SIZE {
+            return Err(ConnectionError::new(
+                NOT_ALLOWED,
+                format!("frame_max={} < {} min size", tune.frame_max, FRAME_MIN_SIZE),
+            ));
+        }
+        if tune.frame_max == 0 || tune.frame_max > server_frame_max {
+            return Err(ConnectionError::new(
+                NOT_ALLOWED,
+                format!(
+                    "negotiated frame_max = {} is higher than the maximum allowed value ({})",
+                    tune.frame_max, server_frame_max
+                ),
+            ));
+        }
+        if tune.channel_max == 0 || tune.channel_max > self.config.channel_max {
+            return Err(ConnectionError::new(
+                NOT_ALLOWED,
+                format!(
+                    "negotiated channel_max = {} is higher than the maximum allowed value ({})",
+                    tune.channel_max, self.config.channel_max
+                ),
+            ));
+        }
+        self.frame_max_bytes = tune.frame_max;
+        self.channel_max = tune.channel_max;
+        self.heartbeat_ms = u64::from(tune.heartbeat) * 1000;
+        self.decoder.set_max_frame_bytes(tune.frame_max);
+        self.phase = Phase::AwaitingOpen;
+        Ok(())
+    }
+
+    fn handle_channel_method(
+        &mut self,
+        channel: u16,
+        method: Method,
+        now_ms: u64,
+    ) -> Result<(), ConnectionError> {
+        if channel > self.channel_max {
+            return Err(ConnectionError::new(
+                CHANNEL_ERROR,
+                format!("channel number {channel} exceeds channel_max {}", self.channel_max),
+            )
+            .on(&method));
+        }
+        if method.class_id() == CLASS_CONNECTION {
+            return Err(ConnectionError::new(
+                COMMAND_INVALID,
+                format!("{} is only allowed on channel 0", method.name()),
+            )
+            .on(&method));
+        }
+        let slot = self.channel_slot(channel);
+        match slot.take() {
+            None => match method {
+                Method::ChannelOpen(_) => {
+                    *self.channel_slot(channel) = Some(ChannelState::Open(Assembly::Idle));
+                    self.open_channels += 1;
+                    self.send_method(
+                        channel,
+                        &Method::ChannelOpenOk(ChannelOpenOk {
+                            channel_id: Bytes::new(),
+                        }),
+                        now_ms,
+                    );
+                    self.commands.push_back(Command::ChannelOpen { channel });
+                    Ok(())
+                }
+                // A late close-ok (for a close we both sent) has nothing left to do.
+                Method::ChannelCloseOk(_) => Ok(()),
+                m => Err(ConnectionError::new(
+                    CHANNEL_ERROR,
+                    format!("expected 'channel.open' on channel {channel}"),
+                )
+                .on(&m)),
+            },
+            Some(ChannelState::Open(Assembly::Idle)) => {
+                let state = self.channel_method(channel, method)?;
+                *self.channel_slot(channel) = Some(state);
+                Ok(())
+            }
+            Some(ChannelState::Open(_)) => Err(ConnectionError::new(
+                UNEXPECTED_FRAME,
+                format!(
+                    "expected content header for class 60, got non content header frame instead"
+                ),
+            )
+            .on(&method)),
+            Some(ChannelState::ClosingByServer) => {
+                match method {
+                    Method::ChannelCloseOk(_) => self.free_channel(channel),
+                    Method::ChannelClose(_) => {
+                        // Both sides closed at once: acknowledge theirs; the channel is done.
+                        self.send_method(channel, &Method::ChannelCloseOk(ChannelCloseOk {}), now_ms);
+                        self.free_channel(channel);
+                    }
+                    _ => *self.channel_slot(channel) = Some(ChannelState::ClosingByServer),
+                }
+                Ok(())
+            }
+            Some(other) => {
+                // Closing by the client, or an error pending: drop what arrives.
+                *self.channel_slot(channel) = Some(other);
+                Ok(())
+            }
+        }
+    }
+
+    /// A method on an open channel with no content in progress; returns the channel's
+    /// next state.
+    fn channel_method(&mut self, channel: u16, method: Method) -> Result<ChannelState, ConnectionError> {
+        match method {
+            Method::ChannelOpen(_) => Err(ConnectionError::new(
+                CHANNEL_ERROR,
+                format!("second 'channel.open' seen on channel {channel}"),
+            )
+            .on(&method)),
+            Method::ChannelClose(_) => {
+                self.commands.push_back(Command::ChannelClose { channel });
+                Ok(ChannelState::ClosingByClient)
+            }
+            Method::BasicPublish(publish) => Ok(ChannelState::Open(Assembly::AwaitingHeader(publish))),
+            m => {
+                self.commands.push_back(Command::Method { channel, method: m });
+                Ok(ChannelState::Open(Assembly::Idle))
+            }
+        }
+    }
+
+    fn handle_header(&mut self, channel: u16, header: ContentHeader) -> Result<(), ConnectionError> {
+        let max = self.config.max_message_bytes;
+        let slot = self.channel_slot(channel);
+        match slot.take() {
+            Some(ChannelState::Open(Assembly::AwaitingHeader(publish))) => {
+                if header.class_id != CLASS_BASIC {
+                    return Err(ConnectionError::new(
+                        FRAME_ERROR,
+                        format!("content header for class {} on channel {channel}", header.class_id),
+                    ));
+                }
+                if header.body_size > max {
+                    // Refuse the message on its channel; its body frames are dropped while
+                    // the close is pending.
+                    *self.channel_slot(channel) = Some(ChannelState::ErrorPending);
+                    self.commands.push_back(Command::ChannelError {
+                        channel,
+                        close: ChannelClose {
+                            reply_code: PRECONDITION_FAILED,
+                            reply_text: format!(
+                                "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
+                                header.body_size, max
+                            ),
+                            class_id: CLASS_BASIC,
+                            method_id: 40,
+                        },
+                    });
+                    return Ok(());
+                }
+                let state = if header.body_size == 0 {
+                    self.publish(channel, publish, header.properties, Bytes::new());
+                    Assembly::Idle
+                } else {
+                    Assembly::AwaitingBody {
+                        publish,
+                        properties: header.properties,
+                        body_size: header.body_size,
+                        body: BodyParts::Empty,
+                    }
+                };
+                *self.channel_slot(channel) = Some(ChannelState::Open(state));
+                Ok(())
+            }
+            Some(state @ (ChannelState::ClosingByClient
+            | ChannelState::ClosingByServer
+            | ChannelState::ErrorPending)) => {
+                *self.channel_slot(channel) = Some(state);
+                Ok(())
+            }
+            state => {
+                *self.channel_slot(channel) = state;
+                Err(ConnectionError::new(
+                    UNEXPECTED_FRAME,
+                    format!("unexpected content header frame on channel {channel}"),
+                ))
+            }
+        }
+    }
+
+    fn handle_body(&mut self, channel: u16, payload: Bytes) -> Result<(), ConnectionError> {
+        let slot = self.channel_slot(channel);
+        match slot.take() {
+            Some(ChannelState::Open(Assembly::AwaitingBody {
+                publish,
+                properties,
+                body_size,
+                mut body,
+            })) => {
+                let have = body.len() + payload.len() as u64;
+                if have > body_size {
+                    return Err(ConnectionError::new(
+                        FRAME_ERROR,
+                        format!(
+                            "content body on channel {channel} is longer than the {body_size} bytes its header declared"
+                        ),
+                    ));
+                }
+                body.push(payload, body_size);
+                let state = if have == body_size {
+                    self.publish(channel, publish, properties, body.into_bytes());
+                    Assembly::Idle
+                } else {
+                    Assembly::AwaitingBody {
+                        publish,
+                        properties,
+                        body_size,
+                        body,
+                    }
+                };
+                *self.channel_slot(channel) = Some(ChannelState::Open(state));
+                Ok(())
+            }
+            Some(state @ (ChannelState::ClosingByClient
+            | ChannelState::ClosingByServer
+            | ChannelState::ErrorPending)) => {
+                *self.channel_slot(channel) = Some(state);
+                Ok(())
+            }
+            state => {
+                *self.channel_slot(channel) = state;
+                Err(ConnectionError::new(
+                    UNEXPECTED_FRAME,
+                    format!("unexpected content body frame on channel {channel}"),
+                ))
+            }
+        }
+    }
+
+    fn publish(&mut self, channel: u16, publish: BasicPublish, properties: BasicProperties, body: Bytes) {
+        let message = Arc::new(Message {
+            exchange: publish.exchange.clone(),
+            routing_key: publish.routing_key.clone(),
+            properties,
+            body,
+        });
+        self.commands.push_back(Command::Publish {
+            channel,
+            publish,
+            message,
+        });
+    }
+
+    // ----- output -----
+
+    /// Tracks the state changes that the broker's outgoing methods imply.
+    fn observe_outgoing(&mut self, channel: u16, method: &Method, now_ms: u64) {
+        match method {
+            Method::ConnectionOpenOk(_) if self.phase == Phase::AwaitingOpenOk => {
+                self.phase = Phase::Open;
+            }
+            Method::ConnectionClose(_) => {
+                self.phase = Phase::Closing {
+                    deadline_ms: now_ms + self.config.close_timeout_ms,
+                };
+                self.report_closed();
+            }
+            Method::ChannelClose(_) if channel != 0 => {
+                if let Some(slot @ Some(_)) = self.channels.get_mut(usize::from(channel)) {
+                    *slot = Some(ChannelState::ClosingByServer);
+                }
+            }
+            Method::ChannelCloseOk(_) if channel != 0 => {
+                if let Some(Some(ChannelState::ClosingByClient)) = self.channels.get(usize::from(channel)) {
+                    self.free_channel(channel);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_method(&mut self, channel: u16, method: &Method, now_ms: u64) {
+        encode_method(channel, method, &mut self.output);
+        self.last_send_ms = now_ms;
+    }
+
+    fn close_with(&mut self, error: ConnectionError, now_ms: u64) {
+        debug_assert!(!matches!(self.phase, Phase::Closed));
+        let close = ConnectionClose {
+            reply_code: error.code,
+            reply_text: truncate_shortstr(error.text),
+            class_id: error.class_id,
+            method_id: error.method_id,
+        };
+        self.send_method(0, &Method::ConnectionClose(close), now_ms);
+        self.phase = Phase::Closing {
+            deadline_ms: now_ms + self.config.close_timeout_ms,
+        };
+        self.report_closed();
+    }
+
+    fn enter_closed(&mut self) {
+        self.phase = Phase::Closed;
+        self.report_closed();
+    }
+
+    fn report_closed(&mut self) {
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.commands.push_back(Command::Closed);
+        }
+    }
+
+    fn channel_slot(&mut self, channel: u16) -> &mut Option<ChannelState> {
+        let index = usize::from(channel);
+        if self.channels.len() <= index {
+            // Bounded: channel numbers were checked against channel_max.
+            self.channels.resize_with(index + 1, || None);
+        }
+        &mut self.channels[index]
+    }
+
+    fn free_channel(&mut self, channel: u16) {
+        if let Some(slot) = self.channels.get_mut(usize::from(channel)) {
+            if slot.take().is_some() {
+                self.open_channels -= 1;
+            }
+        }
+    }
+
+    /// Number of channel numbers in use (open or closing).
+    pub fn channel_count(&self) -> usize {
+        self.open_channels
+    }
+}
+
+/// Maps a decoding failure to the connection error RabbitMQ reports for it.
+fn frame_error(error: FrameError) -> ConnectionError {
+    match error {
+        FrameError::TooLarge { size, max } => ConnectionError::new(
+            FRAME_ERROR,
+            format!("frame size {size} is larger than negotiated maximum {max}"),
+        ),
+        FrameError::BadFrameEnd(byte) => {
+            ConnectionError::new(FRAME_ERROR, format!("invalid frame end byte {byte:#04x}"))
+        }
+        FrameError::UnknownFrameType(kind) => {
+            ConnectionError::new(FRAME_ERROR, format!("unknown frame type {kind}"))
+        }
+        FrameError::Method { channel, error } => match error {
+            DecodeError::UnknownClass(class_id) => ConnectionError::new(
+                NOT_IMPLEMENTED,
+                format!("unknown class {class_id} on channel {channel}"),
+            ),
+            DecodeError::UnknownMethod {
+                class_id,
+                method_id,
+            } => ConnectionError {
+                class_id,
+                method_id,
+                ..ConnectionError::new(
+                    NOT_IMPLEMENTED,
+                    format!("unknown method {class_id}.{method_id} on channel {channel}"),
+                )
+            },
+            other => ConnectionError::new(
+                SYNTAX_ERROR,
+                format!("malformed method frame on channel {channel}: {other}"),
+            ),
+        },
+        FrameError::Header { channel, error } => ConnectionError::new(
+            FRAME_ERROR,
+            format!("malformed content header on channel {channel}: {error}"),
+        ),
+    }
+}
+
+/// Decodes the credentials of `connection.start-ok` for PLAIN and AMQPLAIN.
+fn parse_login(ok: &ConnectionStartOk) -> Result<Login, ConnectionError> {
+    let refused = |detail: &str| {
+        ConnectionError::new(ACCESS_REFUSED, detail).on(&Method::ConnectionStartOk(ok.clone()))
+    };
+    let (username, password) = match ok.mechanism.as_str() {
+        "PLAIN" => {
+            // authzid NUL authcid NUL password; the authorization identity is ignored.
+            let mut parts = ok.response.split(|b| *b == 0);
+            let _authzid = parts.next();
+            let user = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
+            let pass = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
+            (
+                String::from_utf8_lossy(user).into_owned(),
+                String::from_utf8_lossy(pass).into_owned(),
+            )
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix.
+            let mut framed = BytesMut::with_capacity(ok.response.len() + 4);
+            framed.extend_from_slice(&(ok.response.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&ok.response);
+            let table = FieldTable::decode(&framed).map_err(|_| refused("malformed AMQPLAIN response"))?;
+            let field = |name: &str| match table.get(name) {
+                Some(FieldValue::LongStr(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+                _ => None,
+            };
+            match (field("LOGIN"), field("PASSWORD")) {
+                (Some(u), Some(p)) => (u, p),
+                _ => return Err(refused("AMQPLAIN response lacks LOGIN or PASSWORD")),
+            }
+        }
+        other => {
+            return Err(refused(&format!(
+                "unsupported authentication mechanism '{other}'"
+            )));
+        }
+    };
+    Ok(Login {
+        mechanism: ok.mechanism.clone(),
+        username,
+        password,
+        client_properties: ok.client_properties.clone(),
+    })
+}
+
+/// Reply texts are shortstrs: keep them within 255 bytes, on a character boundary.
+pub fn truncate_shortstr(mut text: String) -> String {
+    if text.len() > 255 {
+        let mut end = 255;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

@@ -1,0 +1,130 @@
+//! The task driving one client connection: socket bytes in and out of the protocol state
+//! machine, commands to the core, replies back.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::broker::ConnInfo;
+use crate::proto::command::{Command, ConnId};
+use crate::proto::connection::{Connection, ConnectionConfig};
+
+use super::Clock;
+use super::core::CoreMsg;
+
+/// Bytes read from the socket at most per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Serves one connection until it closes.
+pub async fn run(
+    id: ConnId,
+    stream: TcpStream,
+    info: ConnInfo,
+    config: ConnectionConfig,
+    core: mpsc::Sender<CoreMsg>,
+    clock: Clock,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    let peer = info.peer.clone();
+    if core
+        .send(CoreMsg::Connect {
+            id,
+            info,
+            replies: reply_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::debug!(conn = id, %peer, "connection accepted");
+    let (mut rd, mut wr) = stream.into_split();
+    let mut conn = Connection::new(config, clock.now_ms());
+    let mut commands: Vec<Command> = Vec::new();
+    // Reply bytes (as the broker counts them) handed to the socket since the last report.
+    let mut written = 0usize;
+    let mut pending_credit = 0usize;
+    loop {
+        if let Some(bytes) = conn.poll_transmit() {
+            if wr.write_all(&bytes).await.is_err() {
+                conn.handle_eof();
+            }
+            written += std::mem::take(&mut pending_credit);
+        }
+        while let Some(c) = conn.poll_command() {
+            commands.push(c);
+        }
+        if written > 0 {
+            commands.push(Command::Drained { bytes: written });
+            written = 0;
+        }
+        if !commands.is_empty()
+            && core
+                .send(CoreMsg::Commands {
+                    id,
+                    commands: std::mem::take(&mut commands),
+                })
+                .await
+                .is_err()
+        {
+            break;
+        }
+        if conn.is_closed() {
+            break;
+        }
+        let deadline = conn.poll_timeout().map(|ms| clock.instant(ms));
+        let reading = conn.wants_read();
+        let mut buf = std::mem::take(conn.read_buf());
+        buf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            r = rd.read_buf(&mut buf), if reading => {
+                *conn.read_buf() = buf;
+                match r {
+                    Ok(0) | Err(_) => conn.handle_eof(),
+                    Ok(_) => conn.handle_read(clock.now_ms()),
+                }
+            }
+            replies = reply_rx.recv() => {
+                *conn.read_buf() = buf;
+                let Some(replies) = replies else { break };
+                let now = clock.now_ms();
+                for r in replies {
+                    pending_credit += r.wire_size();
+                    conn.handle_reply(r, now);
+                }
+                // Take whatever else is queued so it goes out in one write.
+                while let Ok(more) = reply_rx.try_recv() {
+                    for r in more {
+                        pending_credit += r.wire_size();
+                        conn.handle_reply(r, now);
+                    }
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                *conn.read_buf() = buf;
+                conn.handle_timeout(clock.now_ms());
+            }
+        }
+    }
+    // Make sure the broker hears that the connection is gone, then flush what is left.
+    conn.handle_eof();
+    while let Some(c) = conn.poll_command() {
+        commands.push(c);
+    }
+    if !commands.is_empty() {
+        let _ = core.send(CoreMsg::Commands { id, commands }).await;
+    }
+    if let Some(bytes) = conn.poll_transmit() {
+        let _ = wr.write_all(&bytes).await;
+    }
+    let _ = wr.shutdown().await;
+    tracing::debug!(conn = id, %peer, "connection closed");
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,154 @@
+//! The task that owns the broker core, and the storage worker behind it.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, ConnInfo, Output};
+use crate::proto::command::{Command, ConnId, Reply};
+use crate::store::{Store, StoreOp};
+
+use super::Clock;
+
+/// Most messages the core handles before flushing outputs.
+const MAX_MESSAGES_PER_ROUND: usize = 256;
+
+/// A message to the core task.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// A connection was accepted; its replies go to `replies`.
+    Connect {
+        /// Connection id.
+        id: ConnId,
+        /// Peer facts.
+        info: ConnInfo,
+        /// Where the connection task receives replies.
+        replies: mpsc::UnboundedSender<Vec<Reply>>,
+    },
+    /// Commands from a connection, in order.
+    Commands {
+        /// Connection id.
+        id: ConnId,
+        /// The commands.
+        commands: Vec<Command>,
+    },
+    /// Close every connection; the server is stopping.
+    Shutdown,
+}
+
+/// Runs the broker until every sender is gone, then lets the store finish its last sync.
+pub async fn run(
+    mut broker: Broker,
+    store: Box<dyn Store + Send>,
+    mut rx: mpsc::Receiver<CoreMsg>,
+    clock: Clock,
+) -> std::io::Result<()> {
+    let (persist_tx, mut persisted_rx, worker) = spawn_store_worker(store);
+    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>> = HashMap::new();
+    let mut closed: Vec<ConnId> = Vec::new();
+    let mut open = true;
+    while open {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                handle(&mut broker, &mut conns, &mut closed, msg, &clock);
+                for _ in 0..MAX_MESSAGES_PER_ROUND {
+                    match rx.try_recv() {
+                        Ok(msg) => handle(&mut broker, &mut conns, &mut closed, msg, &clock),
+                        Err(_) => break,
+                    }
+                }
+            }
+            persisted = persisted_rx.recv() => match persisted {
+                Some(batch) => broker.handle_persisted(batch),
+                None => {
+                    // The worker stopped: the store failed. Nothing more can be confirmed.
+                    open = false;
+                }
+            },
+        }
+        while let Some(output) = broker.poll_output() {
+            match output {
+                Output::Replies { conn, replies } => {
+                    if let Some(tx) = conns.get(&conn) {
+                        // A send fails only when the connection task is gone; its Closed
+                        // command is on the way.
+                        let _ = tx.send(replies);
+                    }
+                }
+                Output::Persist { batch, ops } => {
+                    if persist_tx.send((batch, ops)).is_err() {
+                        open = false;
+                    }
+                }
+            }
+        }
+        for id in closed.drain(..) {
+            conns.remove(&id);
+        }
+    }
+    drop(persist_tx);
+    match tokio::task::spawn_blocking(move || worker.join()).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(std::io::Error::other(format!("store failed: {e}"))),
+        _ => Err(std::io::Error::other("store worker panicked")),
+    }
+}
+
+fn handle(
+    broker: &mut Broker,
+    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>>,
+    closed: &mut Vec<ConnId>,
+    msg: CoreMsg,
+    clock: &Clock,
+) {
+    let now = clock.now_ms();
+    match msg {
+        CoreMsg::Connect { id, info, replies } => {
+            conns.insert(id, replies);
+            broker.handle_connect(id, info, now);
+        }
+        CoreMsg::Commands { id, commands } => {
+            for command in commands {
+                if command == Command::Closed {
+                    closed.push(id);
+                }
+                broker.handle_command(id, command, now);
+            }
+        }
+        CoreMsg::Shutdown => broker.close_all_connections("shutdown", now),
+    }
+}
+
+type Batch = (u64, Vec<StoreOp>);
+
+/// Starts the thread that writes and syncs store batches. Batches that queue up while a
+/// sync runs are written together and share the next sync (group commit).
+fn spawn_store_worker(
+    mut store: Box<dyn Store + Send>,
+) -> (
+    mpsc::UnboundedSender<Batch>,
+    mpsc::UnboundedReceiver<u64>,
+    std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let worker = std::thread::Builder::new()
+        .name("warren-store".into())
+        .spawn(move || {
+            while let Some((mut last, ops)) = rx.blocking_recv() {
+                store.write(&ops)?;
+                while let Ok((batch, ops)) = rx.try_recv() {
+                    store.write(&ops)?;
+                    last = batch;
+                }
+                store.sync()?;
+                if done_tx.send(last).is_err() {
+                    break;
+                }
+            }
+            store.sync()
+        })
+        .expect("spawning the store thread");
+    (tx, done_rx, worker)
+}
