@@ -43,7 +43,8 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads a config file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
     }
 
@@ -66,7 +67,10 @@ impl FileConfig {
         }
         if let Some(v) = self.frame_max_bytes {
             if v < crate::proto::constants::FRAME_MIN_SIZE {
-                return Err(format!("frame_max_bytes must be at least {}", crate::proto::constants::FRAME_MIN_SIZE));
+                return Err(format!(
+                    "frame_max_bytes must be at least {}",
+                    crate::proto::constants::FRAME_MIN_SIZE
+                ));
             }
             config.connection.frame_max_bytes = v;
         }
@@ -104,7 +108,8 @@ mod tests {
 
     #[test]
     fn file_settings_apply_and_unknown_keys_are_refused() {
-        let file: FileConfig = toml::from_str("amqp_port = 5999\nheartbeat_s = 10\nloopback_users = []").unwrap();
+        let file: FileConfig =
+            toml::from_str("amqp_port = 5999\nheartbeat_s = 10\nloopback_users = []").unwrap();
         let mut config = ServerConfig::default();
         file.apply(&mut config).unwrap();
         assert_eq!(config.amqp_port, 5999);

@@ -91,7 +91,10 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
 fn run_serve(args: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let config = match server_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -100,17 +103,25 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         }
     };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        eprintln!("warren: cannot create data directory {}: {e}", config.data_dir.display());
+        eprintln!(
+            "warren: cannot create data directory {}: {e}",
+            config.data_dir.display()
+        );
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let store = Box::new(MemoryStore::default());
     tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, "starting warren");
     match runtime.block_on(serve(config, store, seed, shutdown_signal())) {

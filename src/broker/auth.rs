@@ -123,7 +123,9 @@ impl Users {
 
     /// Checks credentials; returns the user when they are right.
     pub fn authenticate(&self, name: &str, password: &str) -> Option<&UserRecord> {
-        self.users.get(name).filter(|u| check_password(&u.password_hash, password))
+        self.users
+            .get(name)
+            .filter(|u| check_password(&u.password_hash, password))
     }
 
     /// Sets a user's permissions in a vhost.
@@ -134,7 +136,9 @@ impl Users {
 
     /// Clears a user's permissions in a vhost; returns whether there were any.
     pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> bool {
-        self.permissions.remove(&(user.to_string(), vhost.to_string())).is_some()
+        self.permissions
+            .remove(&(user.to_string(), vhost.to_string()))
+            .is_some()
     }
 
     /// Removes every permission in a vhost.

@@ -9,9 +9,10 @@ use crate::proto::method::*;
 
 use super::auth::Access;
 use super::channel::{Confirm, Consumer, Mode, TxOp, Unacked};
+use super::deadletter::DeathReason;
 use super::error::*;
 use super::exchange::{Destination, QueueId};
-use super::queue::ConsumerRef;
+use super::queue::{ConsumerRef, Overflow, QueuedMessage};
 use super::{Broker, Deferred};
 
 /// Most exchange-to-exchange hops a message may take while routing.
@@ -27,12 +28,21 @@ enum Settle {
 
 impl Broker {
     /// Handles a method (without content) on an open channel.
-    pub(super) fn handle_method(&mut self, conn: ConnId, channel: u16, method: Method) -> AmqpResult<()> {
+    pub(super) fn handle_method(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        method: Method,
+    ) -> AmqpResult<()> {
         match method {
             Method::ChannelFlow(m) => self.channel_flow(conn, channel, m.active),
             Method::ChannelFlowOk(_) => Ok(()),
             Method::AccessRequest(_) => {
-                self.send_method(conn, channel, Method::AccessRequestOk(AccessRequestOk { ticket: 1 }));
+                self.send_method(
+                    conn,
+                    channel,
+                    Method::AccessRequestOk(AccessRequestOk { ticket: 1 }),
+                );
                 Ok(())
             }
             Method::ExchangeDeclare(m) => self.exchange_declare(conn, channel, m),
@@ -63,11 +73,19 @@ impl Broker {
                 self.settle(conn, channel, m.delivery_tag, m.multiple, settle)
             }
             Method::BasicNack(m) => {
-                let settle = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                let settle = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
                 self.settle(conn, channel, m.delivery_tag, m.multiple, settle)
             }
             Method::BasicReject(m) => {
-                let settle = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                let settle = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
                 self.settle(conn, channel, m.delivery_tag, false, settle)
             }
             Method::BasicRecover(m) => {
@@ -80,16 +98,25 @@ impl Broker {
             Method::TxSelect(_) => self.tx_select(conn, channel),
             Method::TxCommit(_) => self.tx_commit(conn, channel),
             Method::TxRollback(_) => self.tx_rollback(conn, channel),
-            other => Err(command_invalid(format!("unexpected method {} from a client", other.name()))),
+            other => Err(command_invalid(format!(
+                "unexpected method {} from a client",
+                other.name()
+            ))),
         }
     }
 
     fn channel_flow(&mut self, conn: ConnId, channel: u16, active: bool) -> AmqpResult<()> {
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let resumed = active && !ch.flow_active;
         ch.flow_active = active;
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
-        self.send_method(conn, channel, Method::ChannelFlowOk(ChannelFlowOk { active }));
+        self.send_method(
+            conn,
+            channel,
+            Method::ChannelFlowOk(ChannelFlowOk { active }),
+        );
         if resumed {
             for q in queues {
                 self.schedule_dispatch(q);
@@ -101,12 +128,24 @@ impl Broker {
     // ----- publish -----
 
     /// Routes a message from a publisher.
-    pub(super) fn publish(&mut self, conn: ConnId, channel: u16, publish: BasicPublish, message: Arc<Message>) -> AmqpResult<()> {
-        let (vhost, user) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        publish: BasicPublish,
+        message: Arc<Message>,
+    ) -> AmqpResult<()> {
+        let (vhost, user) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         if publish.immediate {
             return Err(not_implemented("immediate=true"));
         }
-        let exchange = if publish.exchange == "amq.default" { "" } else { publish.exchange.as_str() };
+        let exchange = if publish.exchange == "amq.default" {
+            ""
+        } else {
+            publish.exchange.as_str()
+        };
         let x = self
             .vhosts
             .get(&vhost)
@@ -119,6 +158,12 @@ impl Broker {
             )));
         }
         self.check_access(conn, Access::Write, "exchange", exchange)?;
+        if let Err(why) = parse_expiration(&message) {
+            return Err(precondition_failed(format!(
+                "invalid expiration '{}': {why}",
+                message.properties.expiration.as_deref().unwrap_or_default()
+            )));
+        }
         if let Some(claimed) = &message.properties.user_id {
             if *claimed != user {
                 return Err(precondition_failed(format!(
@@ -127,7 +172,9 @@ impl Broker {
             }
         }
         let max_tx_bytes = self.config.max_tx_bytes;
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let seq = match &mut ch.mode {
             Mode::Tx { ops, bytes } => {
                 *bytes += message.body_len();
@@ -156,7 +203,9 @@ impl Broker {
     /// Records a confirm's outcome in publish order.
     fn record_confirm(&mut self, conn: ConnId, channel: u16, seq: u64, outcome: Confirm) {
         let batch = self.current_batch();
-        let Some(ch) = self.channel_mut(conn, channel) else { return };
+        let Some(ch) = self.channel_mut(conn, channel) else {
+            return;
+        };
         let uid = ch.uid;
         if let Mode::Confirm { pending, .. } = &mut ch.mode {
             pending.push_back((seq, outcome));
@@ -178,7 +227,14 @@ impl Broker {
 
     /// Routes a message and puts it in every queue it reaches. Returns what its publisher
     /// confirm must say: refused by a full queue (nack), waiting for the store, or ack.
-    fn route_and_enqueue(&mut self, conn: ConnId, channel: u16, vhost: &str, publish: &BasicPublish, message: Arc<Message>) -> Confirm {
+    fn route_and_enqueue(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        vhost: &str,
+        publish: &BasicPublish,
+        message: Arc<Message>,
+    ) -> Confirm {
         let queues = self.route(vhost, &publish.exchange, &message);
         if queues.is_empty() {
             if publish.mandatory {
@@ -199,28 +255,7 @@ impl Broker {
             }
             return Confirm::Ack;
         }
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        let mut rejected = false;
-        let mut stored = false;
-        for qid in queues {
-            let Some(q) = self.queues.get_mut(&qid) else { continue };
-            if q.rejects(message.body_len()) {
-                rejected = true;
-                continue;
-            }
-            let entry = q.push(id, message.clone());
-            if entry.stored {
-                stored = true;
-                let seq = entry.seq;
-                self.journal.enqueue(qid, seq, id, &message);
-            }
-            let dropped = q.enforce_limits();
-            for d in dropped {
-                self.release(qid, &d);
-            }
-            self.schedule_dispatch(qid);
-        }
+        let (rejected, stored) = self.enqueue_routed(queues, message);
         if rejected {
             Confirm::Nack
         } else if stored {
@@ -230,12 +265,68 @@ impl Broker {
         }
     }
 
+    /// Puts a message in each of `queues`, applying their TTLs and length limits. Returns
+    /// whether a full queue refused it, and whether a durable queue stored it.
+    pub(super) fn enqueue_routed(
+        &mut self,
+        queues: Vec<QueueId>,
+        message: Arc<Message>,
+    ) -> (bool, bool) {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let message_ttl = parse_expiration(&message).ok().flatten();
+        let now = self.now_ms;
+        let mut rejected = false;
+        let mut stored = false;
+        for qid in queues {
+            let Some(q) = self.queues.get_mut(&qid) else {
+                continue;
+            };
+            if q.rejects(message.body_len()) {
+                rejected = true;
+                if q.settings.overflow == Overflow::RejectPublishDlx {
+                    let refused = QueuedMessage {
+                        seq: 0,
+                        message_id: id,
+                        message: message.clone(),
+                        redelivered: false,
+                        stored: false,
+                        expires_at_ms: None,
+                        priority: 0,
+                    };
+                    self.dead_letter(qid, vec![refused], DeathReason::Rejected);
+                }
+                continue;
+            }
+            let ttl = match (q.settings.message_ttl_ms, message_ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let entry = q.push(id, message.clone(), ttl.map(|t| now.saturating_add(t)));
+            if entry.stored {
+                stored = true;
+                let seq = entry.seq;
+                self.journal.enqueue(qid, seq, id, &message);
+            }
+            let dropped = q.enforce_limits();
+            self.dead_letter(qid, dropped, DeathReason::MaxLen);
+            self.schedule_dispatch(qid);
+        }
+        (rejected, stored)
+    }
+
     /// The queues a message published to `exchange` reaches, following exchange-to-exchange
     /// bindings and alternate exchanges, each queue once.
-    fn route(&self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
+    pub(super) fn route(&self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
         let mut queues = Vec::new();
-        let Some(v) = self.vhosts.get(vhost) else { return queues };
-        let exchange = if exchange == "amq.default" { "" } else { exchange };
+        let Some(v) = self.vhosts.get(vhost) else {
+            return queues;
+        };
+        let exchange = if exchange == "amq.default" {
+            ""
+        } else {
+            exchange
+        };
         if exchange.is_empty() {
             if let Some(id) = v.queues.get(&message.routing_key) {
                 queues.push(*id);
@@ -250,7 +341,9 @@ impl Broker {
                 continue;
             }
             visited.push(name);
-            let Some(x) = v.exchanges.get(name) else { continue };
+            let Some(x) = v.exchanges.get(name) else {
+                continue;
+            };
             let before = queues.len();
             let mut reached_exchange = false;
             x.route(&message.routing_key, headers, &mut |d| match d {
@@ -275,9 +368,14 @@ impl Broker {
 
     fn basic_qos(&mut self, conn: ConnId, channel: u16, m: BasicQos) -> AmqpResult<()> {
         if m.prefetch_size != 0 {
-            return Err(not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
+            return Err(not_implemented(format!(
+                "prefetch_size!=0 ({})",
+                m.prefetch_size
+            )));
         }
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         if m.global {
             ch.channel_prefetch = m.prefetch_count;
         } else {
@@ -292,7 +390,9 @@ impl Broker {
     }
 
     fn basic_consume(&mut self, conn: ConnId, channel: u16, m: BasicConsume) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         let qid = self.usable_queue(conn, &vhost, &name)?;
         self.check_access(conn, Access::Read, "queue", &name)?;
@@ -302,25 +402,51 @@ impl Broker {
             m.consumer_tag.as_str().into()
         };
         let max = self.config.max_consumers_per_channel;
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         if ch.consumers.contains_key(&tag) {
-            return Err(not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+            return Err(not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
         }
         if ch.consumers.len() >= max {
-            return Err(precondition_failed(format!("channel has the maximum of {max} consumers")));
+            return Err(precondition_failed(format!(
+                "channel has the maximum of {max} consumers"
+            )));
         }
-        let q = self.queues.get_mut(&qid).ok_or_else(|| not_found("queue vanished"))?;
+        let q = self
+            .queues
+            .get_mut(&qid)
+            .ok_or_else(|| not_found("queue vanished"))?;
         if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
-            return Err(access_refused(format!("{} in exclusive use", resource("queue", &name, &vhost))));
+            return Err(access_refused(format!(
+                "{} in exclusive use",
+                resource("queue", &name, &vhost)
+            )));
         }
-        q.consumers.push(ConsumerRef {
-            conn,
-            channel,
-            tag: tag.clone(),
-        });
-        q.had_consumer = true;
-        q.exclusive_consumer = m.exclusive;
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                precondition_failed(format!(
+                    "invalid arg 'x-priority' for consumer on {}",
+                    resource("queue", &name, &vhost)
+                ))
+            })?,
+        };
+        q.add_consumer(
+            ConsumerRef {
+                conn,
+                channel,
+                tag: tag.clone(),
+                priority,
+            },
+            m.exclusive,
+        );
+        q.last_used_ms = self.now_ms;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let prefetch = ch.consumer_prefetch;
         ch.consumers.insert(
             tag.clone(),
@@ -346,7 +472,9 @@ impl Broker {
     }
 
     fn basic_cancel(&mut self, conn: ConnId, channel: u16, m: BasicCancel) -> AmqpResult<()> {
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let removed = ch.consumers.remove(m.consumer_tag.as_str());
         if removed.is_some() {
             ch.orphan_deliveries(&m.consumer_tag);
@@ -368,27 +496,50 @@ impl Broker {
     }
 
     fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         let qid = self.usable_queue(conn, &vhost, &name)?;
         self.check_access(conn, Access::Read, "queue", &name)?;
         let max_unacked = self.config.max_unacked_per_channel;
-        let over = self.channel_mut(conn, channel).is_some_and(|ch| ch.unacked.len() >= max_unacked);
+        let over = self
+            .channel_mut(conn, channel)
+            .is_some_and(|ch| ch.unacked.len() >= max_unacked);
         if over && !m.no_ack {
             return Err(precondition_failed(format!(
                 "channel has the maximum of {max_unacked} unacknowledged messages"
             )));
         }
-        let q = self.queues.get_mut(&qid).ok_or_else(|| not_found("queue vanished"))?;
+        self.touch_queue(qid);
+        let now = self.now_ms;
+        let q = self
+            .queues
+            .get_mut(&qid)
+            .ok_or_else(|| not_found("queue vanished"))?;
+        let expired = q.drop_expired(now);
+        if !expired.is_empty() {
+            self.dead_letter(qid, expired, DeathReason::Expired);
+        }
+        let q = self
+            .queues
+            .get_mut(&qid)
+            .ok_or_else(|| not_found("queue vanished"))?;
         let Some(entry) = q.pop() else {
-            self.send_method(conn, channel, Method::BasicGetEmpty(BasicGetEmpty::default()));
+            self.send_method(
+                conn,
+                channel,
+                Method::BasicGetEmpty(BasicGetEmpty::default()),
+            );
             return Ok(());
         };
         let remaining = q.ready_count() as u32;
         if !m.no_ack {
             q.unacked += 1;
         }
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let tag = ch.next_tag;
         ch.next_tag += 1;
         let get_ok = BasicGetOk {
@@ -423,8 +574,17 @@ impl Broker {
 
     // ----- acknowledgements -----
 
-    fn settle(&mut self, conn: ConnId, channel: u16, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+    fn settle(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> AmqpResult<()> {
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let entries = if multiple && tag == 0 {
             ch.unacked.take_all()
         } else if multiple {
@@ -467,7 +627,11 @@ impl Broker {
                     if let Some(q) = self.queues.get_mut(&e.queue) {
                         q.unacked -= 1;
                     }
-                    self.release(e.queue, &e.message);
+                    if how == Settle::Discard {
+                        self.dead_letter(e.queue, vec![e.message], DeathReason::Rejected);
+                    } else {
+                        self.release(e.queue, &e.message);
+                    }
                 }
             }
         }
@@ -477,7 +641,9 @@ impl Broker {
         if !requeue {
             return Err(not_implemented("requeue=false"));
         }
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         let entries = ch.unacked.take_all();
         for e in &entries {
             ch.settle_accounting(e);
@@ -491,9 +657,13 @@ impl Broker {
     // ----- confirm and tx -----
 
     fn confirm_select(&mut self, conn: ConnId, channel: u16, nowait: bool) -> AmqpResult<()> {
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         match ch.mode {
-            Mode::Tx { .. } => return Err(precondition_failed("cannot switch from tx to confirm mode")),
+            Mode::Tx { .. } => {
+                return Err(precondition_failed("cannot switch from tx to confirm mode"));
+            }
             Mode::Confirm { .. } => {}
             Mode::Plain => {
                 ch.mode = Mode::Confirm {
@@ -502,13 +672,22 @@ impl Broker {
                 }
             }
         }
-        self.reply(conn, channel, nowait, Method::ConfirmSelectOk(ConfirmSelectOk {}))
+        self.reply(
+            conn,
+            channel,
+            nowait,
+            Method::ConfirmSelectOk(ConfirmSelectOk {}),
+        )
     }
 
     fn tx_select(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         match ch.mode {
-            Mode::Confirm { .. } => return Err(precondition_failed("cannot switch from confirm to tx mode")),
+            Mode::Confirm { .. } => {
+                return Err(precondition_failed("cannot switch from confirm to tx mode"));
+            }
             Mode::Tx { .. } => {}
             Mode::Plain => {
                 ch.mode = Mode::Tx {
@@ -522,9 +701,13 @@ impl Broker {
     }
 
     fn take_tx(&mut self, conn: ConnId, channel: u16) -> AmqpResult<Vec<TxOp>> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let _ = vhost;
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         match &mut ch.mode {
             Mode::Tx { ops, bytes } => {
                 *bytes = 0;
@@ -536,7 +719,9 @@ impl Broker {
 
     fn tx_commit(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
         let ops = self.take_tx(conn, channel)?;
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let mut waits_for_store = false;
         for op in ops {
             match op {
@@ -577,7 +762,9 @@ impl Broker {
 
     fn tx_rollback(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
         let ops = self.take_tx(conn, channel)?;
-        let ch = self.channel_mut(conn, channel).ok_or_else(|| command_invalid("no channel"))?;
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
         for op in ops {
             if let TxOp::Settle { entries, .. } = op {
                 for e in entries {
@@ -593,5 +780,18 @@ impl Broker {
         }
         self.send_method(conn, channel, Method::TxRollbackOk(TxRollbackOk {}));
         Ok(())
+    }
+}
+
+/// The per-message TTL from the `expiration` property: `Ok(None)` when absent, an error
+/// text (as RabbitMQ words it) when it is not a non-negative integer.
+fn parse_expiration(message: &Message) -> Result<Option<u64>, String> {
+    let Some(text) = message.properties.expiration.as_deref() else {
+        return Ok(None);
+    };
+    match text.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(Some(n as u64)),
+        Ok(n) => Err(format!("{{value_negative,{n}}}")),
+        Err(_) => Err("{error,no_integer}".to_string()),
     }
 }

@@ -59,7 +59,10 @@ impl UnackedList {
 
     /// Records a delivery; tags must increase.
     pub fn push(&mut self, entry: Unacked) {
-        debug_assert!(self.slots.back().is_none_or(|(t, _)| *t < entry.tag), "delivery tags must increase");
+        debug_assert!(
+            self.slots.back().is_none_or(|(t, _)| *t < entry.tag),
+            "delivery tags must increase"
+        );
         self.slots.push_back((entry.tag, Some(entry)));
         self.live += 1;
     }
@@ -242,7 +245,8 @@ impl Channel {
             return true;
         }
         (c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
-            && (self.channel_prefetch == 0 || self.consumer_unacked < u32::from(self.channel_prefetch))
+            && (self.channel_prefetch == 0
+                || self.consumer_unacked < u32::from(self.channel_prefetch))
     }
 
     /// Takes a delivery's ack accounting off its consumer.
@@ -251,7 +255,11 @@ impl Channel {
             debug_assert!(self.consumer_unacked > 0);
             self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
         }
-        if let Some(c) = entry.consumer.as_ref().and_then(|tag| self.consumers.get_mut(tag)) {
+        if let Some(c) = entry
+            .consumer
+            .as_ref()
+            .and_then(|tag| self.consumers.get_mut(tag))
+        {
             debug_assert!(c.unacked > 0);
             c.unacked = c.unacked.saturating_sub(1);
         }
@@ -270,15 +278,31 @@ impl Channel {
     /// Checks the channel's own invariants.
     pub fn check_invariants(&self) {
         let from_consumers = self.unacked.iter().filter(|u| u.from_consumer).count();
-        assert_eq!(from_consumers as u32, self.consumer_unacked, "channel {} consumer unacked count", self.number);
+        assert_eq!(
+            from_consumers as u32, self.consumer_unacked,
+            "channel {} consumer unacked count",
+            self.number
+        );
         for (tag, c) in &self.consumers {
-            let n = self.unacked.iter().filter(|u| u.consumer.as_deref() == Some(&**tag)).count();
+            let n = self
+                .unacked
+                .iter()
+                .filter(|u| u.consumer.as_deref() == Some(&**tag))
+                .count();
             assert_eq!(n as u32, c.unacked, "consumer {tag} unacked count");
-            assert!(c.no_ack || c.prefetch == 0 || c.unacked <= u32::from(c.prefetch), "consumer {tag} over prefetch");
+            assert!(
+                c.no_ack || c.prefetch == 0 || c.unacked <= u32::from(c.prefetch),
+                "consumer {tag} over prefetch"
+            );
         }
         assert!(self.unacked.iter().all(|u| u.tag < self.next_tag));
         if let Mode::Confirm { next_seq, pending } = &self.mode {
-            assert!(pending.iter().zip(pending.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+            assert!(
+                pending
+                    .iter()
+                    .zip(pending.iter().skip(1))
+                    .all(|(a, b)| a.0 < b.0)
+            );
             assert!(pending.iter().all(|(s, _)| s < next_seq));
         }
     }
@@ -307,6 +331,8 @@ mod tests {
                 }),
                 redelivered: false,
                 stored: false,
+                expires_at_ms: None,
+                priority: 0,
             },
         }
     }

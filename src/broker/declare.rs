@@ -9,11 +9,11 @@ use crate::proto::method::*;
 use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, StoreOp};
 
+use super::Broker;
 use super::auth::Access;
 use super::error::*;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId};
-use super::queue::{Queue, QueueLimits};
-use super::Broker;
+use super::queue::{Queue, QueueSettings};
 
 /// Queue arguments whose values must match on redeclaration, as RabbitMQ checks them.
 const EQUIVALENT_QUEUE_ARGS: [&str; 12] = [
@@ -40,7 +40,13 @@ impl Broker {
     }
 
     /// Fails unless the connection's user has `access` to `name` in its vhost.
-    pub(super) fn check_access(&self, conn: ConnId, access: Access, kind: &str, name: &str) -> AmqpResult<()> {
+    pub(super) fn check_access(
+        &self,
+        conn: ConnId,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> AmqpResult<()> {
         let Some((vhost, user)) = self.session(conn) else {
             return Err(command_invalid("connection not open"));
         };
@@ -59,7 +65,12 @@ impl Broker {
     }
 
     /// Resolves the empty queue name to the channel's last declared queue.
-    pub(super) fn expand_queue_name(&self, conn: ConnId, channel: u16, name: &str) -> AmqpResult<String> {
+    pub(super) fn expand_queue_name(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        name: &str,
+    ) -> AmqpResult<String> {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
@@ -78,14 +89,22 @@ impl Broker {
 
     /// Finds a queue the connection may use: 404 if missing, 405 if another connection's
     /// exclusive queue.
-    pub(super) fn usable_queue(&self, conn: ConnId, vhost: &str, name: &str) -> AmqpResult<QueueId> {
+    pub(super) fn usable_queue(
+        &self,
+        conn: ConnId,
+        vhost: &str,
+        name: &str,
+    ) -> AmqpResult<QueueId> {
         let id = self
             .vhosts
             .get(vhost)
             .and_then(|v| v.queues.get(name))
             .copied()
             .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
-        let q = self.queues.get(&id).ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
+        let q = self
+            .queues
+            .get(&id)
+            .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
         if q.exclusive_owner.is_some_and(|owner| owner != conn) {
             return Err(exclusive_lock_error(name, vhost));
         }
@@ -101,21 +120,38 @@ impl Broker {
 
     // ----- exchange.* -----
 
-    pub(super) fn exchange_declare(&mut self, conn: ConnId, channel: u16, m: ExchangeDeclare) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn exchange_declare(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = strip_cr_lf(&m.exchange);
         if m.passive {
             self.exchange_exists(&vhost, &name)?;
-            return self.reply(conn, channel, m.nowait, Method::ExchangeDeclareOk(ExchangeDeclareOk {}));
+            return self.reply(
+                conn,
+                channel,
+                m.nowait,
+                Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
+            );
         }
         let kind = ExchangeKind::parse(&m.kind)
             .ok_or_else(|| command_invalid(format!("unknown exchange type '{}'", m.kind)))?;
         if name.is_empty() {
-            return Err(access_refused("operation not permitted on the default exchange"));
+            return Err(access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.check_access(conn, Access::Configure, "exchange", &name)?;
         let max = self.config.max_exchanges_per_vhost;
-        let v = self.vhosts.get_mut(&vhost).ok_or_else(|| not_allowed("vhost gone"))?;
+        let v = self
+            .vhosts
+            .get_mut(&vhost)
+            .ok_or_else(|| not_allowed("vhost gone"))?;
         match v.exchanges.get(&name) {
             Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
             None => {
@@ -125,9 +161,18 @@ impl Broker {
                     )));
                 }
                 if v.exchanges.len() >= max {
-                    return Err(not_allowed(format!("exchange limit of {max} in vhost '{vhost}' reached")));
+                    return Err(not_allowed(format!(
+                        "exchange limit of {max} in vhost '{vhost}' reached"
+                    )));
                 }
-                let x = Exchange::new(&name, kind, m.durable, m.auto_delete, m.internal, m.arguments.clone());
+                let x = Exchange::new(
+                    &name,
+                    kind,
+                    m.durable,
+                    m.auto_delete,
+                    m.internal,
+                    m.arguments.clone(),
+                );
                 v.exchanges.insert(name.clone(), x);
                 if m.durable {
                     self.journal.push(StoreOp::PutExchange(ExchangeRecord {
@@ -141,14 +186,28 @@ impl Broker {
                 }
             }
         }
-        self.reply(conn, channel, m.nowait, Method::ExchangeDeclareOk(ExchangeDeclareOk {}))
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
+        )
     }
 
-    pub(super) fn exchange_delete(&mut self, conn: ConnId, channel: u16, m: ExchangeDelete) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn exchange_delete(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: ExchangeDelete,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = strip_cr_lf(&m.exchange);
         if name.is_empty() {
-            return Err(access_refused("operation not permitted on the default exchange"));
+            return Err(access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.check_access(conn, Access::Configure, "exchange", &name)?;
         if name.starts_with("amq.") {
@@ -159,17 +218,35 @@ impl Broker {
         }
         if let Some(x) = self.vhosts.get(&vhost).and_then(|v| v.exchanges.get(&name)) {
             if m.if_unused && !x.bindings().is_empty() {
-                return Err(precondition_failed(format!("{} in use", resource("exchange", &name, &vhost))));
+                return Err(precondition_failed(format!(
+                    "{} in use",
+                    resource("exchange", &name, &vhost)
+                )));
             }
             self.delete_exchange(&vhost, &name);
         }
-        self.reply(conn, channel, m.nowait, Method::ExchangeDeleteOk(ExchangeDeleteOk {}))
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::ExchangeDeleteOk(ExchangeDeleteOk {}),
+        )
     }
 
-    pub(super) fn exchange_bind(&mut self, conn: ConnId, channel: u16, m: ExchangeBind, bind: bool) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn exchange_bind(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: ExchangeBind,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         if m.source.is_empty() || m.destination.is_empty() {
-            return Err(access_refused("operation not permitted on the default exchange"));
+            return Err(access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.check_access(conn, Access::Write, "exchange", &m.destination)?;
         self.check_access(conn, Access::Read, "exchange", &m.source)?;
@@ -182,17 +259,34 @@ impl Broker {
         };
         if bind {
             self.add_binding(&vhost, &m.source, binding)?;
-            self.reply(conn, channel, m.nowait, Method::ExchangeBindOk(ExchangeBindOk {}))
+            self.reply(
+                conn,
+                channel,
+                m.nowait,
+                Method::ExchangeBindOk(ExchangeBindOk {}),
+            )
         } else {
             self.remove_binding(&vhost, &m.source, &binding);
-            self.reply(conn, channel, m.nowait, Method::ExchangeUnbindOk(ExchangeUnbindOk {}))
+            self.reply(
+                conn,
+                channel,
+                m.nowait,
+                Method::ExchangeUnbindOk(ExchangeUnbindOk {}),
+            )
         }
     }
 
     // ----- queue.* -----
 
-    pub(super) fn queue_declare(&mut self, conn: ConnId, channel: u16, m: QueueDeclare) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn queue_declare(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: QueueDeclare,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let requested = strip_cr_lf(&m.queue);
         if m.passive {
             let name = self.expand_queue_name(conn, channel, &requested)?;
@@ -209,11 +303,20 @@ impl Broker {
             requested
         };
         self.check_access(conn, Access::Configure, "queue", &name)?;
-        let existing = self.vhosts.get(&vhost).and_then(|v| v.queues.get(&name)).copied();
+        let existing = self
+            .vhosts
+            .get(&vhost)
+            .and_then(|v| v.queues.get(&name))
+            .copied();
         let id = match existing {
             Some(id) => {
-                let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
-                if q.exclusive_owner.is_some_and(|o| o != conn) || (m.exclusive && q.exclusive_owner.is_none()) {
+                let q = self
+                    .queues
+                    .get(&id)
+                    .ok_or_else(|| not_found("queue vanished"))?;
+                if q.exclusive_owner.is_some_and(|o| o != conn)
+                    || (m.exclusive && q.exclusive_owner.is_none())
+                {
                     return Err(exclusive_lock_error(&name, &vhost));
                 }
                 assert_queue_equivalent(q, &m, &vhost)?;
@@ -224,11 +327,18 @@ impl Broker {
         if let Some(ch) = self.channel_mut(conn, channel) {
             ch.last_queue = name;
         }
+        self.touch_queue(id);
         self.declare_ok(conn, channel, id, m.nowait)
     }
 
-    fn create_queue(&mut self, conn: ConnId, vhost: &str, name: &str, m: &QueueDeclare) -> AmqpResult<QueueId> {
-        let limits = QueueLimits::from_arguments(&m.arguments, name, vhost)?;
+    fn create_queue(
+        &mut self,
+        conn: ConnId,
+        vhost: &str,
+        name: &str,
+        m: &QueueDeclare,
+    ) -> AmqpResult<QueueId> {
+        let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
         if self.queues.len() >= self.config.max_queues {
             return Err(precondition_failed(format!(
@@ -239,7 +349,16 @@ impl Broker {
         }
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        let mut q = Queue::new(id, name, vhost, m.durable, m.auto_delete, m.arguments.clone(), limits);
+        let mut q = Queue::new(
+            id,
+            name,
+            vhost,
+            m.durable,
+            m.auto_delete,
+            m.arguments.clone(),
+            settings,
+        );
+        q.last_used_ms = self.now_ms;
         if m.exclusive {
             q.exclusive_owner = Some(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -264,8 +383,17 @@ impl Broker {
         Ok(id)
     }
 
-    fn declare_ok(&mut self, conn: ConnId, channel: u16, id: QueueId, nowait: bool) -> AmqpResult<()> {
-        let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
+    fn declare_ok(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        id: QueueId,
+        nowait: bool,
+    ) -> AmqpResult<()> {
+        let q = self
+            .queues
+            .get(&id)
+            .ok_or_else(|| not_found("queue vanished"))?;
         let ok = QueueDeclareOk {
             queue: q.name.clone(),
             message_count: q.ready_count() as u32,
@@ -274,8 +402,15 @@ impl Broker {
         self.reply(conn, channel, nowait, Method::QueueDeclareOk(ok))
     }
 
-    pub(super) fn queue_bind(&mut self, conn: ConnId, channel: u16, m: QueueBind) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn queue_bind(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: QueueBind,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let queue = self.expand_queue_name(conn, channel, &m.queue)?;
         // With both the queue and the key empty, the key is the last declared queue's name.
         let routing_key = if m.queue.is_empty() && m.routing_key.is_empty() {
@@ -283,17 +418,37 @@ impl Broker {
         } else {
             m.routing_key
         };
-        let binding = self.queue_binding(conn, &vhost, &m.exchange, &queue, routing_key, m.arguments)?;
+        let binding =
+            self.queue_binding(conn, &vhost, &m.exchange, &queue, routing_key, m.arguments)?;
         self.add_binding(&vhost, &m.exchange, binding)?;
         self.reply(conn, channel, m.nowait, Method::QueueBindOk(QueueBindOk {}))
     }
 
-    pub(super) fn queue_unbind(&mut self, conn: ConnId, channel: u16, m: QueueUnbind) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn queue_unbind(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: QueueUnbind,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let queue = self.expand_queue_name(conn, channel, &m.queue)?;
-        let binding = self.queue_binding(conn, &vhost, &m.exchange, &queue, m.routing_key, m.arguments)?;
+        let binding = self.queue_binding(
+            conn,
+            &vhost,
+            &m.exchange,
+            &queue,
+            m.routing_key,
+            m.arguments,
+        )?;
         self.remove_binding(&vhost, &m.exchange, &binding);
-        self.reply(conn, channel, false, Method::QueueUnbindOk(QueueUnbindOk {}))
+        self.reply(
+            conn,
+            channel,
+            false,
+            Method::QueueUnbindOk(QueueUnbindOk {}),
+        )
     }
 
     /// Checks a queue binding's participants and permissions, in RabbitMQ's order.
@@ -307,7 +462,9 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<Binding> {
         if exchange.is_empty() {
-            return Err(access_refused("operation not permitted on the default exchange"));
+            return Err(access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.check_access(conn, Access::Write, "queue", queue)?;
         self.check_access(conn, Access::Read, "exchange", exchange)?;
@@ -320,31 +477,66 @@ impl Broker {
         })
     }
 
-    pub(super) fn queue_purge(&mut self, conn: ConnId, channel: u16, m: QueuePurge) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn queue_purge(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: QueuePurge,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         let id = self.usable_queue(conn, &vhost, &name)?;
         self.check_access(conn, Access::Read, "queue", &name)?;
-        let purged = self.queues.get_mut(&id).map(|q| q.purge()).unwrap_or_default();
+        let purged = self
+            .queues
+            .get_mut(&id)
+            .map(|q| q.purge())
+            .unwrap_or_default();
+        self.schedule_dispatch(id);
         let count = purged.len() as u32;
         for entry in purged {
             self.release(id, &entry);
         }
-        self.reply(conn, channel, m.nowait, Method::QueuePurgeOk(QueuePurgeOk { message_count: count }))
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::QueuePurgeOk(QueuePurgeOk {
+                message_count: count,
+            }),
+        )
     }
 
-    pub(super) fn queue_delete(&mut self, conn: ConnId, channel: u16, m: QueueDelete) -> AmqpResult<()> {
-        let (vhost, _) = self.session(conn).ok_or_else(|| command_invalid("connection not open"))?;
+    pub(super) fn queue_delete(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        m: QueueDelete,
+    ) -> AmqpResult<()> {
+        let (vhost, _) = self
+            .session(conn)
+            .ok_or_else(|| command_invalid("connection not open"))?;
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         self.check_access(conn, Access::Configure, "queue", &name)?;
         let count = match self.usable_queue(conn, &vhost, &name) {
             Ok(id) => {
-                let q = self.queues.get(&id).ok_or_else(|| not_found("queue vanished"))?;
+                let q = self
+                    .queues
+                    .get(&id)
+                    .ok_or_else(|| not_found("queue vanished"))?;
                 if m.if_unused && !q.consumers.is_empty() {
-                    return Err(precondition_failed(format!("{} in use", resource("queue", &name, &vhost))));
+                    return Err(precondition_failed(format!(
+                        "{} in use",
+                        resource("queue", &name, &vhost)
+                    )));
                 }
                 if m.if_empty && q.ready_count() > 0 {
-                    return Err(precondition_failed(format!("{} is not empty", resource("queue", &name, &vhost))));
+                    return Err(precondition_failed(format!(
+                        "{} is not empty",
+                        resource("queue", &name, &vhost)
+                    )));
                 }
                 self.delete_queue(id)
             }
@@ -352,13 +544,26 @@ impl Broker {
             Err(e) if e.code == crate::proto::constants::NOT_FOUND => 0,
             Err(e) => return Err(e),
         };
-        self.reply(conn, channel, m.nowait, Method::QueueDeleteOk(QueueDeleteOk { message_count: count as u32 }))
+        self.reply(
+            conn,
+            channel,
+            m.nowait,
+            Method::QueueDeleteOk(QueueDeleteOk {
+                message_count: count as u32,
+            }),
+        )
     }
 
     // ----- shared mechanics -----
 
     /// Sends a reply unless the client asked for none.
-    pub(super) fn reply(&mut self, conn: ConnId, channel: u16, nowait: bool, method: Method) -> AmqpResult<()> {
+    pub(super) fn reply(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        nowait: bool,
+        method: Method,
+    ) -> AmqpResult<()> {
         if !nowait {
             self.send_method(conn, channel, method);
         }
@@ -368,7 +573,11 @@ impl Broker {
     /// The name of a binding's destination queue ("" for exchange destinations).
     fn destination_queue_name(&self, destination: &Destination) -> String {
         match destination {
-            Destination::Queue(id) => self.queues.get(id).map(|q| q.name.clone()).unwrap_or_default(),
+            Destination::Queue(id) => self
+                .queues
+                .get(id)
+                .map(|q| q.name.clone())
+                .unwrap_or_default(),
             Destination::Exchange(_) => String::new(),
         }
     }
@@ -384,7 +593,10 @@ impl Broker {
                 .and_then(|v| v.exchanges.get(name))
                 .is_some_and(|x| x.durable),
         };
-        let v = self.vhosts.get_mut(vhost).ok_or_else(|| not_allowed("vhost gone"))?;
+        let v = self
+            .vhosts
+            .get_mut(vhost)
+            .ok_or_else(|| not_allowed("vhost gone"))?;
         let x = v
             .exchanges
             .get_mut(source)
@@ -395,7 +607,8 @@ impl Broker {
                 resource("exchange", source, vhost)
             )));
         }
-        let record = (x.durable && durable_destination).then(|| binding_record(vhost, source, &binding, &queue_name));
+        let record = (x.durable && durable_destination)
+            .then(|| binding_record(vhost, source, &binding, &queue_name));
         if x.bind(binding.clone()) {
             if let Destination::Queue(id) = binding.destination {
                 if let Some(q) = self.queues.get_mut(&id) {
@@ -413,7 +626,11 @@ impl Broker {
 
     fn remove_binding(&mut self, vhost: &str, source: &str, binding: &Binding) {
         let queue_name = self.destination_queue_name(&binding.destination);
-        let Some(x) = self.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(source)) else {
+        let Some(x) = self
+            .vhosts
+            .get_mut(vhost)
+            .and_then(|v| v.exchanges.get_mut(source))
+        else {
             return;
         };
         if !x.unbind(binding) {
@@ -422,13 +639,21 @@ impl Broker {
         let x_durable = x.durable;
         let now_unused = x.auto_delete && x.bindings().is_empty();
         if let Destination::Queue(id) = binding.destination {
-            let still_bound = x.bindings().iter().any(|b| b.destination == binding.destination);
+            let still_bound = x
+                .bindings()
+                .iter()
+                .any(|b| b.destination == binding.destination);
             if let (false, Some(q)) = (still_bound, self.queues.get_mut(&id)) {
                 q.bound_from.retain(|s| s != source);
             }
         }
         if x_durable {
-            self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, source, binding, &queue_name)));
+            self.journal.push(StoreOp::DeleteBinding(binding_record(
+                vhost,
+                source,
+                binding,
+                &queue_name,
+            )));
         }
         if now_unused {
             self.delete_exchange(vhost, source);
@@ -439,10 +664,14 @@ impl Broker {
     /// removes its bindings and drops its messages. Returns the number of ready messages
     /// it held.
     pub(super) fn delete_queue(&mut self, id: QueueId) -> u64 {
-        let Some(mut q) = self.queues.remove(&id) else { return 0 };
+        let Some(mut q) = self.queues.remove(&id) else {
+            return 0;
+        };
         let consumers = std::mem::take(&mut q.consumers);
         for c in consumers {
-            let Some(conn) = self.conns.get_mut(&c.conn) else { continue };
+            let Some(conn) = self.conns.get_mut(&c.conn) else {
+                continue;
+            };
             let notify = conn.cancel_notify;
             if let Some(ch) = conn.channels.get_mut(&c.channel) {
                 ch.consumers.remove(&c.tag);
@@ -460,7 +689,11 @@ impl Broker {
             }
         }
         for source in std::mem::take(&mut q.bound_from) {
-            let Some(x) = self.vhosts.get_mut(&q.vhost).and_then(|v| v.exchanges.get_mut(&source)) else {
+            let Some(x) = self
+                .vhosts
+                .get_mut(&q.vhost)
+                .and_then(|v| v.exchanges.get_mut(&source))
+            else {
                 continue;
             };
             let gone = x.unbind_destination(&Destination::Queue(id));
@@ -468,7 +701,9 @@ impl Broker {
             let now_unused = x.auto_delete && x.bindings().is_empty();
             if x_durable && q.durable {
                 for b in &gone {
-                    self.journal.push(StoreOp::DeleteBinding(binding_record(&q.vhost, &source, b, &q.name)));
+                    self.journal.push(StoreOp::DeleteBinding(binding_record(
+                        &q.vhost, &source, b, &q.name,
+                    )));
                 }
             }
             if now_unused && !gone.is_empty() {
@@ -502,8 +737,12 @@ impl Broker {
     /// Deletes an exchange with its bindings in both directions, and any auto-delete
     /// exchange that loses its last binding as a result.
     pub(super) fn delete_exchange(&mut self, vhost: &str, name: &str) {
-        let Some(v) = self.vhosts.get_mut(vhost) else { return };
-        let Some(x) = v.exchanges.remove(name) else { return };
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return;
+        };
+        let Some(x) = v.exchanges.remove(name) else {
+            return;
+        };
         debug_assert!(!x.builtin, "predeclared exchanges are never deleted");
         let mut emptied = Vec::new();
         let dest = Destination::Exchange(name.to_string());
@@ -520,7 +759,8 @@ impl Broker {
             }
         }
         for (src, b) in dropped_to_it {
-            self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, &src, &b, "")));
+            self.journal
+                .push(StoreOp::DeleteBinding(binding_record(vhost, &src, &b, "")));
         }
         for b in x.bindings() {
             if let Destination::Queue(id) = b.destination {
@@ -533,7 +773,12 @@ impl Broker {
             // The store drops the exchange's own bindings with it.
             for b in x.bindings() {
                 let queue_name = self.destination_queue_name(&b.destination);
-                self.journal.push(StoreOp::DeleteBinding(binding_record(vhost, name, b, &queue_name)));
+                self.journal.push(StoreOp::DeleteBinding(binding_record(
+                    vhost,
+                    name,
+                    b,
+                    &queue_name,
+                )));
             }
             self.journal.push(StoreOp::DeleteExchange {
                 vhost: vhost.to_string(),
@@ -576,27 +821,67 @@ pub(super) fn exclusive_lock_error(name: &str, vhost: &str) -> AmqpError {
     ))
 }
 
-fn inequivalent(arg: &str, kind: &str, name: &str, vhost: &str, received: String, current: String) -> AmqpError {
+fn inequivalent(
+    arg: &str,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+    received: String,
+    current: String,
+) -> AmqpError {
     precondition_failed(format!(
         "inequivalent arg '{arg}' for {}: received {received} but current is {current}",
         resource(kind, name, vhost)
     ))
 }
 
-fn assert_exchange_equivalent(x: &Exchange, kind: ExchangeKind, m: &ExchangeDeclare, vhost: &str) -> AmqpResult<()> {
+fn assert_exchange_equivalent(
+    x: &Exchange,
+    kind: ExchangeKind,
+    m: &ExchangeDeclare,
+    vhost: &str,
+) -> AmqpResult<()> {
     let q = |s: &str| format!("'{s}'");
     let b = |v: bool| format!("'{v}'");
     if x.kind != kind {
-        return Err(inequivalent("type", "exchange", &x.name, vhost, q(kind.as_str()), q(x.kind.as_str())));
+        return Err(inequivalent(
+            "type",
+            "exchange",
+            &x.name,
+            vhost,
+            q(kind.as_str()),
+            q(x.kind.as_str()),
+        ));
     }
     if x.durable != m.durable {
-        return Err(inequivalent("durable", "exchange", &x.name, vhost, b(m.durable), b(x.durable)));
+        return Err(inequivalent(
+            "durable",
+            "exchange",
+            &x.name,
+            vhost,
+            b(m.durable),
+            b(x.durable),
+        ));
     }
     if x.auto_delete != m.auto_delete {
-        return Err(inequivalent("auto_delete", "exchange", &x.name, vhost, b(m.auto_delete), b(x.auto_delete)));
+        return Err(inequivalent(
+            "auto_delete",
+            "exchange",
+            &x.name,
+            vhost,
+            b(m.auto_delete),
+            b(x.auto_delete),
+        ));
     }
     if x.internal != m.internal {
-        return Err(inequivalent("internal", "exchange", &x.name, vhost, b(m.internal), b(x.internal)));
+        return Err(inequivalent(
+            "internal",
+            "exchange",
+            &x.name,
+            vhost,
+            b(m.internal),
+            b(x.internal),
+        ));
     }
     let key = "alternate-exchange";
     if !arg_equivalent(m.arguments.get(key), x.arguments.get(key)) {
@@ -616,10 +901,24 @@ fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResu
     let b = |v: bool| format!("'{v}'");
     let durable = q.durable || q.exclusive_owner.is_some() && m.durable;
     if durable != m.durable {
-        return Err(inequivalent("durable", "queue", &q.name, vhost, b(m.durable), b(q.durable)));
+        return Err(inequivalent(
+            "durable",
+            "queue",
+            &q.name,
+            vhost,
+            b(m.durable),
+            b(q.durable),
+        ));
     }
     if q.auto_delete != m.auto_delete {
-        return Err(inequivalent("auto_delete", "queue", &q.name, vhost, b(m.auto_delete), b(q.auto_delete)));
+        return Err(inequivalent(
+            "auto_delete",
+            "queue",
+            &q.name,
+            vhost,
+            b(m.auto_delete),
+            b(q.auto_delete),
+        ));
     }
     for key in EQUIVALENT_QUEUE_ARGS {
         let (new, old) = (m.arguments.get(key), q.arguments.get(key));
@@ -628,7 +927,14 @@ fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResu
             continue;
         }
         if !arg_equivalent(new, old) {
-            return Err(inequivalent(key, "queue", &q.name, vhost, describe(new), describe(old)));
+            return Err(inequivalent(
+                key,
+                "queue",
+                &q.name,
+                vhost,
+                describe(new),
+                describe(old),
+            ));
         }
     }
     Ok(())
@@ -647,7 +953,10 @@ fn validate_queue_type(m: &QueueDeclare, name: &str, vhost: &str) -> AmqpResult<
                 // Quorum queues are replicated and durable by design; warren runs them as
                 // classic durable queues and keeps RabbitMQ's restrictions on them.
                 let invalid = |what: &str| {
-                    precondition_failed(format!("invalid property '{what}' for {}", resource("queue", name, vhost)))
+                    precondition_failed(format!(
+                        "invalid property '{what}' for {}",
+                        resource("queue", name, vhost)
+                    ))
                 };
                 if !m.durable {
                     Err(invalid("non-durable"))

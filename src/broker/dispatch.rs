@@ -5,14 +5,15 @@ use crate::proto::method::{BasicAck, BasicDeliver, BasicNack, Method};
 
 use super::Broker;
 use super::channel::{Confirm, Mode, Unacked};
+use super::deadletter::DeathReason;
 use super::exchange::QueueId;
-use super::queue::QueuedMessage;
+use super::queue::{ConsumerRef, QueuedMessage};
 
 impl Broker {
     /// Asks for a dispatch pass over a queue at the end of the current input.
     pub(super) fn schedule_dispatch(&mut self, queue: QueueId) {
         if let Some(q) = self.queues.get_mut(&queue) {
-            if !q.dispatch_scheduled && !q.consumers.is_empty() {
+            if !q.dispatch_scheduled {
                 q.dispatch_scheduled = true;
                 self.to_dispatch.push(queue);
             }
@@ -25,7 +26,16 @@ impl Broker {
                 q.dispatch_scheduled = false;
             }
             self.dispatch(queue);
+            self.reschedule(queue);
         }
+    }
+
+    /// Marks a queue as used now (for `x-expires`).
+    pub(super) fn touch_queue(&mut self, queue: QueueId) {
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.last_used_ms = self.now_ms;
+        }
+        self.schedule_dispatch(queue);
     }
 
     /// Delivers ready messages to the queue's consumers in round-robin order, skipping
@@ -34,23 +44,41 @@ impl Broker {
     fn dispatch(&mut self, queue: QueueId) {
         let write_limit = self.config.max_unflushed_bytes_per_connection;
         let unacked_limit = self.config.max_unacked_per_channel;
+        let now = self.now_ms;
         loop {
-            let Some(q) = self.queues.get_mut(&queue) else { return };
+            let Some(q) = self.queues.get_mut(&queue) else {
+                return;
+            };
             if q.ready_count() == 0 || q.consumers.is_empty() {
                 return;
             }
+            let expired = q.drop_expired(now);
+            if !expired.is_empty() {
+                self.dead_letter(queue, expired, DeathReason::Expired);
+                continue;
+            }
             let n = q.consumers.len();
             let conns = &self.conns;
-            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&idx| {
-                let c = &q.consumers[idx];
+            let can_take = |c: &ConsumerRef| {
                 conns.get(&c.conn).is_some_and(|conn| {
                     conn.unflushed_bytes < write_limit
-                        && conn
-                            .channels
-                            .get(&c.channel)
-                            .is_some_and(|ch| ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit)
+                        && conn.channels.get(&c.channel).is_some_and(|ch| {
+                            ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
+                        })
                 })
-            });
+            };
+            // The highest-priority consumer with capacity, first in round-robin order
+            // among equals.
+            let mut chosen: Option<usize> = None;
+            for idx in q.candidates() {
+                let c = &q.consumers[idx];
+                if chosen.is_some_and(|best| q.consumers[best].priority >= c.priority)
+                    || !can_take(c)
+                {
+                    continue;
+                }
+                chosen = Some(idx);
+            }
             let Some(idx) = chosen else { return };
             q.next_consumer = (idx + 1) % n;
             let target = q.consumers[idx].clone();
@@ -131,14 +159,26 @@ impl Broker {
             return;
         }
         if self.queues.contains_key(&queue) {
-            self.journal.push(crate::store::StoreOp::Dequeue { queue, seq: entry.seq });
+            self.journal.push(crate::store::StoreOp::Dequeue {
+                queue,
+                seq: entry.seq,
+            });
         }
         self.journal.unref(entry.message_id);
     }
 
     /// Settles a confirm that was waiting for the store.
-    pub(super) fn resolve_confirm(&mut self, conn: ConnId, uid: u64, channel: u16, seq: u64, outcome: Confirm) {
-        let Some(ch) = self.channel_mut(conn, channel) else { return };
+    pub(super) fn resolve_confirm(
+        &mut self,
+        conn: ConnId,
+        uid: u64,
+        channel: u16,
+        seq: u64,
+        outcome: Confirm,
+    ) {
+        let Some(ch) = self.channel_mut(conn, channel) else {
+            return;
+        };
         if ch.uid != uid {
             return;
         }
@@ -163,8 +203,12 @@ impl Broker {
         dirty.sort_unstable();
         dirty.dedup();
         for (conn, channel) in dirty {
-            let Some(ch) = self.channel_mut(conn, channel) else { continue };
-            let Mode::Confirm { pending, .. } = &mut ch.mode else { continue };
+            let Some(ch) = self.channel_mut(conn, channel) else {
+                continue;
+            };
+            let Mode::Confirm { pending, .. } = &mut ch.mode else {
+                continue;
+            };
             let mut out = Vec::new();
             let mut run: Option<(u64, u64)> = None;
             while let Some(&(seq, state)) = pending.front() {

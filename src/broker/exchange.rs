@@ -98,7 +98,14 @@ pub struct Exchange {
 
 impl Exchange {
     /// A new exchange without bindings.
-    pub fn new(name: &str, kind: ExchangeKind, durable: bool, auto_delete: bool, internal: bool, arguments: FieldTable) -> Self {
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
         let index = match kind {
             ExchangeKind::Direct => Index::Direct(HashMap::new()),
             ExchangeKind::Fanout => Index::Fanout,
@@ -125,7 +132,9 @@ impl Exchange {
 
     /// The `alternate-exchange` argument, if set.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments.get("alternate-exchange").and_then(FieldValue::as_str)
+        self.arguments
+            .get("alternate-exchange")
+            .and_then(FieldValue::as_str)
     }
 
     /// Adds a binding; returns false if an identical one exists.
@@ -157,8 +166,9 @@ impl Exchange {
 
     /// Removes every binding to `destination`; returns them.
     pub fn unbind_destination(&mut self, destination: &Destination) -> Vec<Binding> {
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.bindings).into_iter().partition(|b| &b.destination == destination);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.bindings)
+            .into_iter()
+            .partition(|b| &b.destination == destination);
         self.bindings = kept;
         for b in &gone {
             self.unindex(b);
@@ -187,7 +197,12 @@ impl Exchange {
 
     /// Calls `found` for each destination a message with this routing key and headers
     /// reaches through this exchange's own bindings (not following other exchanges).
-    pub fn route<'a>(&'a self, routing_key: &str, headers: Option<&FieldTable>, found: &mut impl FnMut(&'a Destination)) {
+    pub fn route<'a>(
+        &'a self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        found: &mut impl FnMut(&'a Destination),
+    ) {
         match &self.index {
             Index::Direct(map) => {
                 if let Some(dests) = map.get(routing_key) {
@@ -212,7 +227,10 @@ impl Exchange {
 /// mode ends in `-with-x`; values must be of the same type class and equal, and a void
 /// pattern value matches a void header.
 pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) -> bool {
-    let mode = binding_args.get("x-match").and_then(FieldValue::as_str).unwrap_or("all");
+    let mode = binding_args
+        .get("x-match")
+        .and_then(FieldValue::as_str)
+        .unwrap_or("all");
     let (all, with_x) = match mode {
         "any" => (false, false),
         "any-with-x" => (false, true),
@@ -226,7 +244,9 @@ pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) ->
         if key == "x-match" || (!with_x && key.starts_with("x-")) {
             continue;
         }
-        let matched = headers.get(key).is_some_and(|value| values_match(pattern, value));
+        let matched = headers
+            .get(key)
+            .is_some_and(|value| values_match(pattern, value));
         if all && !matched {
             return false;
         }
@@ -243,7 +263,9 @@ fn values_match(pattern: &FieldValue, value: &FieldValue) -> bool {
     }
     match (pattern, value) {
         (FieldValue::Void, FieldValue::Void) => true,
-        (FieldValue::F32(a), FieldValue::F64(b)) | (FieldValue::F64(b), FieldValue::F32(a)) => f64::from(*a) == *b,
+        (FieldValue::F32(a), FieldValue::F64(b)) | (FieldValue::F64(b), FieldValue::F32(a)) => {
+            f64::from(*a) == *b
+        }
         (a, b) => a == b,
     }
 }
@@ -258,32 +280,56 @@ mod tests {
     }
 
     fn table(pairs: &[(&str, FieldValue)]) -> FieldTable {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn headers_all_and_any() {
-        let all = table(&[("x-match", s("all")), ("format", s("pdf")), ("type", s("report"))]);
-        let any = table(&[("x-match", s("any")), ("format", s("pdf")), ("type", s("report"))]);
+        let all = table(&[
+            ("x-match", s("all")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]);
+        let any = table(&[
+            ("x-match", s("any")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]);
         let both = table(&[("format", s("pdf")), ("type", s("report"))]);
         let one = table(&[("format", s("pdf")), ("type", s("log"))]);
         assert!(headers_match(&all, Some(&both)));
         assert!(!headers_match(&all, Some(&one)));
         assert!(headers_match(&any, Some(&one)));
         assert!(!headers_match(&any, None));
-        assert!(headers_match(&table(&[]), None), "no conditions: all matches");
+        assert!(
+            headers_match(&table(&[]), None),
+            "no conditions: all matches"
+        );
     }
 
     #[test]
     fn headers_integer_types_compare_by_value() {
         let b = table(&[("n", FieldValue::I8(5))]);
-        assert!(headers_match(&b, Some(&table(&[("n", FieldValue::I64(5))]))));
+        assert!(headers_match(
+            &b,
+            Some(&table(&[("n", FieldValue::I64(5))]))
+        ));
         assert!(!headers_match(&b, Some(&table(&[("n", s("5"))]))));
     }
 
     #[test]
     fn direct_index_follows_bindings() {
-        let mut x = Exchange::new("x", ExchangeKind::Direct, false, false, false, FieldTable::default());
+        let mut x = Exchange::new(
+            "x",
+            ExchangeKind::Direct,
+            false,
+            false,
+            false,
+            FieldTable::default(),
+        );
         let b = Binding {
             destination: Destination::Queue(1),
             routing_key: "k".into(),

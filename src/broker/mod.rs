@@ -9,16 +9,19 @@
 mod auth;
 mod basic;
 mod channel;
+mod deadletter;
 mod declare;
 mod dispatch;
 mod error;
 mod exchange;
 mod queue;
 mod session;
+mod timers;
 pub mod topic;
 mod vhost;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -26,9 +29,10 @@ use rand::rngs::SmallRng;
 
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
+pub use deadletter::{DeathReason, dead_lettered};
 pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
-pub use queue::{ConsumerRef, Overflow, Queue, QueueLimits, QueuedMessage};
+pub use queue::{ConsumerRef, Overflow, Queue, QueueSettings, QueuedMessage};
 pub use vhost::VHost;
 
 use crate::proto::command::{Command, ConnId, Message, Reply};
@@ -130,9 +134,19 @@ struct Conn {
 #[derive(Debug)]
 enum Deferred {
     /// A publisher confirm.
-    Confirm { conn: ConnId, uid: u64, channel: u16, seq: u64 },
+    Confirm {
+        conn: ConnId,
+        uid: u64,
+        channel: u16,
+        seq: u64,
+    },
     /// A reply (`tx.commit-ok`).
-    Reply { conn: ConnId, uid: u64, channel: u16, method: Method },
+    Reply {
+        conn: ConnId,
+        uid: u64,
+        channel: u16,
+        method: Method,
+    },
 }
 
 /// Durable changes of the current round, and the reference counts of stored messages.
@@ -229,6 +243,8 @@ pub struct Broker {
     to_dispatch: Vec<QueueId>,
     /// Channels whose confirms may be ready to send.
     confirm_dirty: Vec<(ConnId, u16)>,
+    /// Queue timers (message expiry, idle deletion), earliest first.
+    timers: BinaryHeap<Reverse<(u64, QueueId)>>,
 }
 
 impl Broker {
@@ -254,6 +270,7 @@ impl Broker {
             deferred: VecDeque::new(),
             to_dispatch: Vec::new(),
             confirm_dirty: Vec::new(),
+            timers: BinaryHeap::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -489,9 +506,18 @@ impl Broker {
         for q in self.queues.values() {
             q.check_invariants();
             let vhost = self.vhosts.get(&q.vhost).expect("queue in a known vhost");
-            assert_eq!(vhost.queues.get(&q.name), Some(&q.id), "queue {} indexed", q.name);
+            assert_eq!(
+                vhost.queues.get(&q.name),
+                Some(&q.id),
+                "queue {} indexed",
+                q.name
+            );
             if let Some(owner) = q.exclusive_owner {
-                assert!(self.conns.contains_key(&owner), "exclusive queue {} outlived its owner", q.name);
+                assert!(
+                    self.conns.contains_key(&owner),
+                    "exclusive queue {} outlived its owner",
+                    q.name
+                );
             }
             for c in &q.consumers {
                 let ch = self
@@ -499,7 +525,12 @@ impl Broker {
                     .get(&c.conn)
                     .and_then(|conn| conn.channels.get(&c.channel))
                     .expect("consumer's channel exists");
-                assert_eq!(ch.consumers.get(&c.tag).map(|x| x.queue), Some(q.id), "consumer {} registered", c.tag);
+                assert_eq!(
+                    ch.consumers.get(&c.tag).map(|x| x.queue),
+                    Some(q.id),
+                    "consumer {} registered",
+                    c.tag
+                );
             }
         }
         let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::new();
@@ -507,9 +538,14 @@ impl Broker {
             for ch in conn.channels.values() {
                 ch.check_invariants();
                 for (tag, consumer) in &ch.consumers {
-                    let q = self.queues.get(&consumer.queue).expect("consumer's queue exists");
+                    let q = self
+                        .queues
+                        .get(&consumer.queue)
+                        .expect("consumer's queue exists");
                     assert!(
-                        q.consumers.iter().any(|r| r.conn == *id && r.channel == ch.number && r.tag == *tag),
+                        q.consumers
+                            .iter()
+                            .any(|r| r.conn == *id && r.channel == ch.number && r.tag == *tag),
                         "consumer {tag} listed by its queue"
                     );
                 }
@@ -519,16 +555,28 @@ impl Broker {
             }
         }
         for q in self.queues.values() {
-            assert_eq!(unacked_per_queue.get(&q.id).copied().unwrap_or(0), q.unacked, "queue {} unacked count", q.name);
+            assert_eq!(
+                unacked_per_queue.get(&q.id).copied().unwrap_or(0),
+                q.unacked,
+                "queue {} unacked count",
+                q.name
+            );
         }
         for v in self.vhosts.values() {
             for id in v.queues.values() {
-                assert!(self.queues.contains_key(id), "vhost {} lists a deleted queue", v.name);
+                assert!(
+                    self.queues.contains_key(id),
+                    "vhost {} lists a deleted queue",
+                    v.name
+                );
             }
         }
         let mut last = 0;
         for (b, _) in &self.deferred {
-            assert!(*b >= last && *b <= self.journal.next_batch, "deferred batches in order");
+            assert!(
+                *b >= last && *b <= self.journal.next_batch,
+                "deferred batches in order"
+            );
             last = *b;
         }
     }

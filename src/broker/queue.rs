@@ -1,4 +1,5 @@
-//! Queues: ready messages in order, consumers in round-robin order, and length limits.
+//! Queues: ready messages in delivery order (by priority, then position), consumers in
+//! round-robin order, and the settings that come from `queue.declare` arguments.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct QueuedMessage {
     /// Whether the store holds this entry (a persistent message in a durable queue).
     /// Kept here because an unacked entry can outlive its queue.
     pub stored: bool,
+    /// When the message expires (queue or per-message TTL), in broker time.
+    pub expires_at_ms: Option<u64>,
+    /// The priority it is queued under (capped by the queue's `x-max-priority`).
+    pub priority: u8,
 }
 
 /// What a full queue does with one more message (`x-overflow`).
@@ -32,23 +37,51 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message; a confirming publisher gets `basic.nack`.
     RejectPublish,
-    /// As `RejectPublish` (dead-lettering of refused messages is not performed).
+    /// Refuse the new message and dead-letter it.
     RejectPublishDlx,
 }
 
-/// Length limits from the queue's arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueLimits {
+/// Behaviour set by `queue.declare` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
     /// `x-max-length`: most ready messages.
     pub max_length: Option<u64>,
     /// `x-max-length-bytes`: most bytes of ready message bodies.
     pub max_length_bytes: Option<u64>,
     /// `x-overflow`.
     pub overflow: Overflow,
+    /// `x-message-ttl`: how long a message may wait, in milliseconds.
+    pub message_ttl_ms: Option<u64>,
+    /// `x-expires`: the queue is deleted after being unused this long, in milliseconds.
+    pub expires_ms: Option<u64>,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`: highest message priority honoured.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: only the first consumer receives messages.
+    pub single_active_consumer: bool,
 }
 
-impl QueueLimits {
-    /// Reads and validates the limit arguments of `queue.declare`, with RabbitMQ's errors.
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            message_ttl_ms: None,
+            expires_ms: None,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            max_priority: None,
+            single_active_consumer: false,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Reads and validates the arguments of `queue.declare`, with RabbitMQ's errors.
     pub fn from_arguments(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
         let invalid = |key: &str, why: String| {
             precondition_failed(format!(
@@ -56,32 +89,72 @@ impl QueueLimits {
                 resource("queue", queue, vhost)
             ))
         };
-        let non_negative = |key: &str| -> AmqpResult<Option<u64>> {
+        let integer = |key: &str, min: i64| -> AmqpResult<Option<u64>> {
             match args.get(key) {
                 None => Ok(None),
                 Some(v) => match v.as_i64() {
-                    Some(n) if n >= 0 => Ok(Some(n as u64)),
-                    Some(n) => Err(invalid(key, format!("{{value_negative,{n}}}"))),
-                    None => Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
+                    Some(n) if n >= min => Ok(Some(n as u64)),
+                    Some(n) if n < 0 => Err(invalid(key, format!("{{value_negative,{n}}}"))),
+                    Some(n) => Err(invalid(key, format!("{{value_zero,{n}}}"))),
+                    None => Err(invalid(
+                        key,
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    )),
                 },
             }
         };
-        let max_length = non_negative("x-max-length")?;
-        let max_length_bytes = non_negative("x-max-length-bytes")?;
-        let overflow = match args.get("x-overflow") {
-            None => Overflow::DropHead,
-            Some(v) => match v.as_str() {
-                Some("drop-head") => Overflow::DropHead,
-                Some("reject-publish") => Overflow::RejectPublish,
-                Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                Some(other) => return Err(invalid("x-overflow", format!("{{unknown_value,<<\"{other}\">>}}"))),
-                None => return Err(invalid("x-overflow", format!("{{unacceptable_type,{}}}", type_name(v)))),
-            },
+        let string = |key: &str| -> AmqpResult<Option<String>> {
+            match args.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_str() {
+                    Some(s) => Ok(Some(s.to_string())),
+                    None => Err(invalid(
+                        key,
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    )),
+                },
+            }
         };
-        Ok(QueueLimits {
-            max_length,
-            max_length_bytes,
+        let overflow = match string("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => {
+                return Err(invalid(
+                    "x-overflow",
+                    format!("{{unknown_value,<<\"{other}\">>}}"),
+                ));
+            }
+        };
+        let max_priority = match integer("x-max-priority", 0)? {
+            None => None,
+            Some(n) if n <= 255 => Some(n as u8),
+            Some(n) => {
+                return Err(invalid(
+                    "x-max-priority",
+                    format!("{{value_too_large,{n},255}}"),
+                ));
+            }
+        };
+        let single_active_consumer = match args.get("x-single-active-consumer") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                invalid(
+                    "x-single-active-consumer",
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                )
+            })?,
+        };
+        Ok(QueueSettings {
+            max_length: integer("x-max-length", 0)?,
+            max_length_bytes: integer("x-max-length-bytes", 0)?,
             overflow,
+            message_ttl_ms: integer("x-message-ttl", 0)?,
+            expires_ms: integer("x-expires", 1)?,
+            dead_letter_exchange: string("x-dead-letter-exchange")?,
+            dead_letter_routing_key: string("x-dead-letter-routing-key")?,
+            max_priority,
+            single_active_consumer,
         })
     }
 }
@@ -92,8 +165,7 @@ pub fn type_name(v: &FieldValue) -> &'static str {
         FieldValue::Bool(_) => "bool",
         FieldValue::I8(_) | FieldValue::U8(_) => "byte",
         FieldValue::I16(_) | FieldValue::U16(_) => "short",
-        FieldValue::I32(_) | FieldValue::U32(_) => "long",
-        FieldValue::I64(_) => "long",
+        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::I64(_) => "long",
         FieldValue::F32(_) => "float",
         FieldValue::F64(_) => "double",
         FieldValue::Decimal(_) => "decimal",
@@ -115,6 +187,8 @@ pub struct ConsumerRef {
     pub channel: u16,
     /// Consumer tag.
     pub tag: Arc<str>,
+    /// `x-priority`: higher-priority consumers are served first while they have capacity.
+    pub priority: i64,
 }
 
 /// A queue.
@@ -134,8 +208,8 @@ pub struct Queue {
     pub auto_delete: bool,
     /// Declaration arguments.
     pub arguments: FieldTable,
-    /// Length limits.
-    pub limits: QueueLimits,
+    /// Behaviour from the arguments.
+    pub settings: QueueSettings,
     /// Consumers in round-robin order.
     pub consumers: Vec<ConsumerRef>,
     /// Index in `consumers` where the next delivery attempt starts.
@@ -150,14 +224,29 @@ pub struct Queue {
     pub dispatch_scheduled: bool,
     /// Exchanges with bindings to this queue (for cleanup on delete).
     pub bound_from: Vec<String>,
-    ready: VecDeque<QueuedMessage>,
+    /// When the queue was last used (declared, consumed from, got from), for `x-expires`.
+    pub last_used_ms: u64,
+    /// The time of the queue's pending timer, if one is scheduled.
+    pub timer_at_ms: Option<u64>,
+    /// Ready messages, one FIFO per priority level (a single one without priorities).
+    buckets: Vec<VecDeque<QueuedMessage>>,
+    ready_len: usize,
     ready_bytes: u64,
     next_seq: u64,
 }
 
 impl Queue {
     /// A new, empty queue.
-    pub fn new(id: QueueId, name: &str, vhost: &str, durable: bool, auto_delete: bool, arguments: FieldTable, limits: QueueLimits) -> Self {
+    pub fn new(
+        id: QueueId,
+        name: &str,
+        vhost: &str,
+        durable: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        settings: QueueSettings,
+    ) -> Self {
+        let levels = settings.max_priority.map_or(1, |p| usize::from(p) + 1);
         Queue {
             id,
             name: name.to_string(),
@@ -166,7 +255,7 @@ impl Queue {
             exclusive_owner: None,
             auto_delete,
             arguments,
-            limits,
+            settings,
             consumers: Vec::new(),
             next_consumer: 0,
             exclusive_consumer: false,
@@ -174,7 +263,10 @@ impl Queue {
             unacked: 0,
             dispatch_scheduled: false,
             bound_from: Vec::new(),
-            ready: VecDeque::new(),
+            last_used_ms: 0,
+            timer_at_ms: None,
+            buckets: (0..levels).map(|_| VecDeque::new()).collect(),
+            ready_len: 0,
             ready_bytes: 0,
             next_seq: 1,
         }
@@ -182,7 +274,7 @@ impl Queue {
 
     /// Ready messages.
     pub fn ready_count(&self) -> u64 {
-        self.ready.len() as u64
+        self.ready_len as u64
     }
 
     /// Bytes of ready message bodies.
@@ -190,9 +282,9 @@ impl Queue {
         self.ready_bytes
     }
 
-    /// Ready messages, front first.
+    /// Ready messages in delivery order.
     pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.ready.iter()
+        self.buckets.iter().rev().flat_map(|b| b.iter())
     }
 
     /// The position the next message will take.
@@ -200,35 +292,59 @@ impl Queue {
         self.next_seq
     }
 
+    /// The priority level a message is queued under.
+    pub fn priority_of(&self, message: &Message) -> u8 {
+        match self.settings.max_priority {
+            None => 0,
+            Some(max) => message.properties.priority.unwrap_or(0).min(max),
+        }
+    }
+
     /// Whether a message of `body_len` bytes would exceed a limit of a reject-publish
     /// queue (drop-head queues always accept and drop from the front).
     pub fn rejects(&self, body_len: u64) -> bool {
-        if self.limits.overflow == Overflow::DropHead {
+        if self.settings.overflow == Overflow::DropHead {
             return false;
         }
-        self.limits.max_length.is_some_and(|max| self.ready_count() >= max)
-            || self.limits.max_length_bytes.is_some_and(|max| self.ready_bytes + body_len > max)
+        self.settings
+            .max_length
+            .is_some_and(|max| self.ready_count() >= max)
+            || self
+                .settings
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes + body_len > max)
     }
 
-    /// Appends a new message; returns its entry.
-    pub fn push(&mut self, message_id: u64, message: Arc<Message>) -> &QueuedMessage {
+    /// Appends a new message that expires at `expires_at_ms`; returns its entry.
+    pub fn push(
+        &mut self,
+        message_id: u64,
+        message: Arc<Message>,
+        expires_at_ms: Option<u64>,
+    ) -> &QueuedMessage {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += message.body_len();
         let stored = self.durable && message.is_persistent();
-        self.ready.push_back(QueuedMessage {
+        let priority = self.priority_of(&message);
+        self.ready_bytes += message.body_len();
+        self.ready_len += 1;
+        let bucket = &mut self.buckets[usize::from(priority)];
+        bucket.push_back(QueuedMessage {
             seq,
             message_id,
             message,
             redelivered: false,
             stored,
+            expires_at_ms,
+            priority,
         });
-        self.ready.back().expect("just pushed")
+        bucket.back().expect("just pushed")
     }
 
     /// Restores a message recovered from the store at its position.
-    pub fn restore(&mut self, entry: QueuedMessage) {
+    pub fn restore(&mut self, mut entry: QueuedMessage) {
         self.next_seq = self.next_seq.max(entry.seq + 1);
+        entry.priority = self.priority_of(&entry.message);
         self.insert_in_order(entry);
     }
 
@@ -236,11 +352,17 @@ impl Queue {
     /// them.
     pub fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
-        if self.limits.overflow != Overflow::DropHead {
+        if self.settings.overflow != Overflow::DropHead {
             return dropped;
         }
-        while self.limits.max_length.is_some_and(|max| self.ready_count() > max)
-            || self.limits.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
+        while self
+            .settings
+            .max_length
+            .is_some_and(|max| self.ready_count() > max)
+            || self
+                .settings
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes > max)
         {
             match self.pop() {
                 Some(m) => dropped.push(m),
@@ -250,11 +372,49 @@ impl Queue {
         dropped
     }
 
-    /// Takes the front ready message.
+    /// Takes the next message to deliver: the front of the highest non-empty priority.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let m = self.ready.pop_front()?;
+        let m = self.buckets.iter_mut().rev().find_map(|b| b.pop_front())?;
+        self.ready_len -= 1;
         self.ready_bytes -= m.message.body_len();
         Some(m)
+    }
+
+    /// Removes expired messages from the fronts of the priority levels (like RabbitMQ,
+    /// a message expires once it reaches the front).
+    pub fn drop_expired(&mut self, now_ms: u64) -> Vec<QueuedMessage> {
+        let mut expired = Vec::new();
+        for bucket in &mut self.buckets {
+            while bucket
+                .front()
+                .is_some_and(|m| m.expires_at_ms.is_some_and(|t| t < now_ms))
+            {
+                if let Some(m) = bucket.pop_front() {
+                    expired.push(m);
+                }
+            }
+        }
+        for m in &expired {
+            self.ready_len -= 1;
+            self.ready_bytes -= m.message.body_len();
+        }
+        expired
+    }
+
+    /// The earliest expiry among the messages at the fronts of the priority levels.
+    pub fn head_expiry_ms(&self) -> Option<u64> {
+        self.buckets
+            .iter()
+            .filter_map(|b| b.front()?.expires_at_ms)
+            .min()
+    }
+
+    /// When an unused `x-expires` queue is due for deletion.
+    pub fn idle_deadline_ms(&self) -> Option<u64> {
+        let expires = self.settings.expires_ms?;
+        self.consumers
+            .is_empty()
+            .then_some(self.last_used_ms + expires)
     }
 
     /// Puts a delivered message back at its original position, marked redelivered.
@@ -265,16 +425,34 @@ impl Queue {
 
     fn insert_in_order(&mut self, entry: QueuedMessage) {
         self.ready_bytes += entry.message.body_len();
+        self.ready_len += 1;
+        let level = usize::from(entry.priority).min(self.buckets.len() - 1);
+        let bucket = &mut self.buckets[level];
         // Requeued messages usually belong at or near the front.
-        let pos = self.ready.partition_point(|m| m.seq < entry.seq);
-        debug_assert!(self.ready.get(pos).is_none_or(|m| m.seq != entry.seq), "duplicate seq in queue");
-        self.ready.insert(pos, entry);
+        let pos = bucket.partition_point(|m| m.seq < entry.seq);
+        debug_assert!(
+            bucket.get(pos).is_none_or(|m| m.seq != entry.seq),
+            "duplicate seq in queue"
+        );
+        bucket.insert(pos, entry);
     }
 
     /// Removes every ready message; returns them.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
-        self.ready.drain(..).collect()
+        self.ready_len = 0;
+        self.buckets
+            .iter_mut()
+            .rev()
+            .flat_map(|b| b.drain(..))
+            .collect()
+    }
+
+    /// Adds a consumer at the end of the round-robin order.
+    pub fn add_consumer(&mut self, consumer: ConsumerRef, exclusive: bool) {
+        self.consumers.push(consumer);
+        self.had_consumer = true;
+        self.exclusive_consumer = exclusive;
     }
 
     /// Removes a consumer; returns whether it was there.
@@ -299,16 +477,42 @@ impl Queue {
         true
     }
 
+    /// The consumers that may receive the next message, in the order to try them: with a
+    /// single active consumer only the first; otherwise round-robin from the cursor.
+    pub fn candidates(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.consumers.len();
+        let count = if self.settings.single_active_consumer {
+            n.min(1)
+        } else {
+            n
+        };
+        let start = if self.settings.single_active_consumer {
+            0
+        } else {
+            self.next_consumer
+        };
+        (0..count).map(move |i| (start + i) % n)
+    }
+
     /// Checks the queue's own invariants.
     pub fn check_invariants(&self) {
-        let bytes: u64 = self.ready.iter().map(|m| m.message.body_len()).sum();
+        let all: Vec<&QueuedMessage> = self.buckets.iter().flat_map(|b| b.iter()).collect();
+        assert_eq!(all.len(), self.ready_len, "queue {} length", self.name);
+        let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
         assert_eq!(bytes, self.ready_bytes, "queue {} byte count", self.name);
-        assert!(
-            self.ready.iter().zip(self.ready.iter().skip(1)).all(|(a, b)| a.seq < b.seq),
-            "queue {} out of order",
-            self.name
-        );
-        assert!(self.ready.iter().all(|m| m.seq < self.next_seq));
+        for (level, b) in self.buckets.iter().enumerate() {
+            assert!(
+                b.iter().zip(b.iter().skip(1)).all(|(x, y)| x.seq < y.seq),
+                "queue {} out of order",
+                self.name
+            );
+            assert!(
+                b.iter().all(|m| usize::from(m.priority) == level),
+                "queue {} priority level",
+                self.name
+            );
+        }
+        assert!(all.iter().all(|m| m.seq < self.next_seq));
         assert!(self.consumers.is_empty() || self.next_consumer < self.consumers.len());
         assert!(!self.exclusive_consumer || self.consumers.len() == 1);
     }

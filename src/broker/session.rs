@@ -15,7 +15,7 @@ use super::auth::{Permissions, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::queue::{Queue, QueueLimits, QueuedMessage};
+use super::queue::{Queue, QueueSettings, QueuedMessage};
 use super::vhost::VHost;
 use super::{Broker, Deferred};
 
@@ -61,8 +61,12 @@ impl Broker {
             }
         }
         for x in recovered.exchanges {
-            let Some(vhost) = self.vhosts.get_mut(&x.vhost) else { continue };
-            let Some(kind) = ExchangeKind::parse(&x.kind) else { continue };
+            let Some(vhost) = self.vhosts.get_mut(&x.vhost) else {
+                continue;
+            };
+            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                continue;
+            };
             if vhost.exchanges.get(&x.name).is_some_and(|e| e.builtin) {
                 continue;
             }
@@ -70,19 +74,30 @@ impl Broker {
             vhost.exchanges.insert(x.name, e);
         }
         for q in recovered.queues {
-            let Some(vhost) = self.vhosts.get_mut(&q.vhost) else { continue };
-            let limits = QueueLimits::from_arguments(&q.arguments, &q.name, &q.vhost).unwrap_or(QueueLimits {
-                max_length: None,
-                max_length_bytes: None,
-                overflow: super::queue::Overflow::DropHead,
-            });
+            let Some(vhost) = self.vhosts.get_mut(&q.vhost) else {
+                continue;
+            };
+            // Arguments were validated when the queue was declared.
+            let settings =
+                QueueSettings::from_arguments(&q.arguments, &q.name, &q.vhost).unwrap_or_default();
             vhost.queues.insert(q.name.clone(), q.id);
             self.next_queue_id = self.next_queue_id.max(q.id + 1);
-            let queue = Queue::new(q.id, &q.name, &q.vhost, true, q.auto_delete, q.arguments, limits);
+            let mut queue = Queue::new(
+                q.id,
+                &q.name,
+                &q.vhost,
+                true,
+                q.auto_delete,
+                q.arguments,
+                settings,
+            );
+            queue.last_used_ms = self.now_ms;
             self.queues.insert(q.id, queue);
         }
         for b in recovered.bindings {
-            let Some(vhost) = self.vhosts.get_mut(&b.vhost) else { continue };
+            let Some(vhost) = self.vhosts.get_mut(&b.vhost) else {
+                continue;
+            };
             let destination = if b.to_exchange {
                 if !vhost.exchanges.contains_key(&b.destination) {
                     continue;
@@ -95,7 +110,9 @@ impl Broker {
                 }
             };
             let arguments = FieldTable::decode(&b.arguments).unwrap_or_default();
-            let Some(x) = vhost.exchanges.get_mut(&b.source) else { continue };
+            let Some(x) = vhost.exchanges.get_mut(&b.source) else {
+                continue;
+            };
             x.bind(Binding {
                 destination: destination.clone(),
                 routing_key: b.routing_key,
@@ -110,7 +127,9 @@ impl Broker {
             }
         }
         for e in recovered.entries {
-            let Some(q) = self.queues.get_mut(&e.queue) else { continue };
+            let Some(q) = self.queues.get_mut(&e.queue) else {
+                continue;
+            };
             self.next_message_id = self.next_message_id.max(e.message_id + 1);
             *self.journal.refs.entry(e.message_id).or_insert(0) += 1;
             // Whether it was delivered before the restart is not recorded; like RabbitMQ
@@ -121,6 +140,8 @@ impl Broker {
                 message: e.message,
                 redelivered: true,
                 stored: true,
+                expires_at_ms: None,
+                priority: 0,
             });
         }
     }
@@ -128,9 +149,14 @@ impl Broker {
     // ----- connection -----
 
     pub(super) fn login(&mut self, conn: ConnId, login: Login) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let loopback_only = self.config.loopback_users.contains(&login.username);
-        let accepted = self.users.authenticate(&login.username, &login.password).is_some()
+        let accepted = self
+            .users
+            .authenticate(&login.username, &login.password)
+            .is_some()
             && (!loopback_only || c.info.loopback);
         if !accepted {
             let close_capable = login.has_capability("authentication_failure_close");
@@ -167,7 +193,9 @@ impl Broker {
         let result = if !self.vhosts.contains_key(vhost) {
             Err(not_allowed(format!("vhost {vhost} not found")))
         } else if self.users.permissions(&user, vhost).is_none() {
-            Err(not_allowed(format!("access to vhost '{vhost}' refused for user '{user}'")))
+            Err(not_allowed(format!(
+                "access to vhost '{vhost}' refused for user '{user}'"
+            )))
         } else {
             Ok(())
         };
@@ -176,7 +204,11 @@ impl Broker {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.vhost = Some(vhost.to_string());
                 }
-                self.send_method(conn, 0, Method::ConnectionOpenOk(ConnectionOpenOk::default()));
+                self.send_method(
+                    conn,
+                    0,
+                    Method::ConnectionOpenOk(ConnectionOpenOk::default()),
+                );
             }
             Err(e) => self.fail(conn, 0, e.on_ids(10, 40)),
         }
@@ -185,7 +217,9 @@ impl Broker {
     /// Releases everything a connection holds. Safe to call for a connection already
     /// gone.
     pub(super) fn close_connection(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let mut channels: Vec<u16> = c.channels.keys().copied().collect();
         channels.sort_unstable();
         for ch in channels {
@@ -204,7 +238,9 @@ impl Broker {
 
     pub(super) fn drained(&mut self, conn: ConnId, bytes: usize) {
         let limit = self.config.max_unflushed_bytes_per_connection;
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let was_over = c.unflushed_bytes >= limit;
         c.unflushed_bytes = c.unflushed_bytes.saturating_sub(bytes);
         if was_over && c.unflushed_bytes < limit {
@@ -225,7 +261,10 @@ impl Broker {
         let uid = self.next_channel_uid;
         self.next_channel_uid += 1;
         if let Some(c) = self.conns.get_mut(&conn) {
-            debug_assert!(!c.channels.contains_key(&channel), "channel {channel} opened twice");
+            debug_assert!(
+                !c.channels.contains_key(&channel),
+                "channel {channel} opened twice"
+            );
             c.channels.insert(channel, Channel::new(channel, uid));
         }
     }
@@ -233,7 +272,11 @@ impl Broker {
     /// Releases a channel: cancels its consumers and returns its unacked messages to their
     /// queues, marked redelivered. Returns false if the channel did not exist.
     pub(super) fn close_channel(&mut self, conn: ConnId, channel: u16) -> bool {
-        let Some(mut ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.remove(&channel)) else {
+        let Some(mut ch) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.channels.remove(&channel))
+        else {
             return false;
         };
         let tags: Vec<Arc<str>> = ch.consumers.keys().cloned().collect();
@@ -264,9 +307,21 @@ impl Broker {
 
     /// Removes a consumer from its queue (the channel side is done by the caller) and
     /// deletes an auto-delete queue that lost its last consumer.
-    pub(super) fn detach_consumer(&mut self, conn: ConnId, channel: u16, tag: &str, queue: super::QueueId) {
-        let Some(q) = self.queues.get_mut(&queue) else { return };
+    pub(super) fn detach_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: &str,
+        queue: super::QueueId,
+    ) {
+        let now = self.now_ms;
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
         q.remove_consumer(conn, channel, tag);
+        if q.consumers.is_empty() {
+            q.last_used_ms = now;
+        }
         if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
             self.delete_queue(queue);
         } else {
@@ -284,7 +339,9 @@ impl Broker {
         for conn in ids {
             let close = ConnectionClose {
                 reply_code: crate::proto::constants::CONNECTION_FORCED,
-                reply_text: format!("CONNECTION_FORCED - broker forced connection closure with reason '{reason}'"),
+                reply_text: format!(
+                    "CONNECTION_FORCED - broker forced connection closure with reason '{reason}'"
+                ),
                 class_id: 0,
                 method_id: 0,
             };

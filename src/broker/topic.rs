@@ -41,7 +41,10 @@ impl<T> Default for Node<T> {
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.children.is_empty() && self.star.is_none() && self.hash.is_none()
+        self.values.is_empty()
+            && self.children.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
     }
 }
 
@@ -94,15 +97,23 @@ fn remove_at<T: PartialEq>(node: &mut Node<T>, words: &[&str], value: &T) -> boo
     let removed;
     match *first {
         "*" | "#" => {
-            let slot = if *first == "*" { &mut node.star } else { &mut node.hash };
-            let Some(child) = slot.as_mut() else { return false };
+            let slot = if *first == "*" {
+                &mut node.star
+            } else {
+                &mut node.hash
+            };
+            let Some(child) = slot.as_mut() else {
+                return false;
+            };
             removed = remove_at(child, rest, value);
             if child.is_empty() {
                 *slot = None;
             }
         }
         w => {
-            let Some(child) = node.children.get_mut(w) else { return false };
+            let Some(child) = node.children.get_mut(w) else {
+                return false;
+            };
             removed = remove_at(child, rest, value);
             if child.is_empty() {
                 node.children.remove(w);
@@ -169,8 +180,14 @@ mod tests {
     #[test]
     fn tutorial_examples() {
         let b = ["*.orange.*", "*.*.rabbit", "lazy.#"];
-        assert_eq!(matching(&b, "quick.orange.rabbit"), ["*.*.rabbit", "*.orange.*"]);
-        assert_eq!(matching(&b, "lazy.orange.elephant"), ["*.orange.*", "lazy.#"]);
+        assert_eq!(
+            matching(&b, "quick.orange.rabbit"),
+            ["*.*.rabbit", "*.orange.*"]
+        );
+        assert_eq!(
+            matching(&b, "lazy.orange.elephant"),
+            ["*.orange.*", "lazy.#"]
+        );
         assert!(matching(&b, "quick.brown.fox").is_empty());
         assert!(matching(&b, "orange").is_empty());
         assert!(matching(&b, "quick.orange.new.rabbit").is_empty());

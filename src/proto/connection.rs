@@ -90,8 +90,14 @@ pub fn server_properties(version: &str, cluster_name: &str) -> FieldTable {
     [
         ("capabilities".to_string(), FieldValue::Table(capabilities)),
         ("cluster_name".to_string(), text(cluster_name)),
-        ("copyright".to_string(), text("Copyright (c) the warren authors")),
-        ("information".to_string(), text("Licensed under the Apache License 2.0")),
+        (
+            "copyright".to_string(),
+            text("Copyright (c) the warren authors"),
+        ),
+        (
+            "information".to_string(),
+            text("Licensed under the Apache License 2.0"),
+        ),
         ("platform".to_string(), text("Rust")),
         ("product".to_string(), text("warren")),
         ("version".to_string(), text(version)),
@@ -496,7 +502,11 @@ impl Connection {
                 match method {
                     Method::ConnectionCloseOk(_) => self.enter_closed(),
                     Method::ConnectionClose(_) => {
-                        self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
+                        self.send_method(
+                            0,
+                            &Method::ConnectionCloseOk(ConnectionCloseOk {}),
+                            now_ms,
+                        );
                         self.enter_closed();
                     }
                     _ => {}
@@ -519,13 +529,19 @@ impl Connection {
                 COMMAND_INVALID,
                 "connection is not open: expected a method on channel 0",
             )),
-            Frame::Method { channel, method } => self.handle_channel_method(channel, method, now_ms),
+            Frame::Method { channel, method } => {
+                self.handle_channel_method(channel, method, now_ms)
+            }
             Frame::Header { channel, header } => self.handle_header(channel, header),
             Frame::Body { channel, payload } => self.handle_body(channel, payload),
         }
     }
 
-    fn handle_connection_method(&mut self, method: Method, now_ms: u64) -> Result<(), ConnectionError> {
+    fn handle_connection_method(
+        &mut self,
+        method: Method,
+        now_ms: u64,
+    ) -> Result<(), ConnectionError> {
         match (self.phase, method) {
             (Phase::AwaitingStartOk, Method::ConnectionStartOk(ok)) => {
                 let login = parse_login(&ok)?;
@@ -549,7 +565,11 @@ impl Connection {
             (Phase::Open, Method::ConnectionUpdateSecret(_)) => {
                 // Secrets are only meaningful to token-based authentication, which warren
                 // does not offer; the password a client logged in with stays valid.
-                self.send_method(0, &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}), now_ms);
+                self.send_method(
+                    0,
+                    &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}),
+                    now_ms,
+                );
                 Ok(())
             }
             // A close-ok nobody asked for is harmless.
@@ -615,7 +635,10 @@ impl Connection {
         if channel > self.channel_max {
             return Err(ConnectionError::new(
                 CHANNEL_ERROR,
-                format!("channel number {channel} exceeds channel_max {}", self.channel_max),
+                format!(
+                    "channel number {channel} exceeds channel_max {}",
+                    self.channel_max
+                ),
             )
             .on(&method));
         }
@@ -667,7 +690,11 @@ impl Connection {
                     Method::ChannelCloseOk(_) => self.free_channel(channel),
                     Method::ChannelClose(_) => {
                         // Both sides closed at once: acknowledge theirs; the channel is done.
-                        self.send_method(channel, &Method::ChannelCloseOk(ChannelCloseOk {}), now_ms);
+                        self.send_method(
+                            channel,
+                            &Method::ChannelCloseOk(ChannelCloseOk {}),
+                            now_ms,
+                        );
                         self.free_channel(channel);
                     }
                     _ => *self.channel_slot(channel) = Some(ChannelState::ClosingByServer),
@@ -684,7 +711,11 @@ impl Connection {
 
     /// A method on an open channel with no content in progress; returns the channel's
     /// next state.
-    fn channel_method(&mut self, channel: u16, method: Method) -> Result<ChannelState, ConnectionError> {
+    fn channel_method(
+        &mut self,
+        channel: u16,
+        method: Method,
+    ) -> Result<ChannelState, ConnectionError> {
         match method {
             Method::ChannelOpen(_) => Err(ConnectionError::new(
                 CHANNEL_ERROR,
@@ -695,15 +726,22 @@ impl Connection {
                 self.commands.push_back(Command::ChannelClose { channel });
                 Ok(ChannelState::ClosingByClient)
             }
-            Method::BasicPublish(publish) => Ok(ChannelState::Open(Assembly::AwaitingHeader(publish))),
+            Method::BasicPublish(publish) => {
+                Ok(ChannelState::Open(Assembly::AwaitingHeader(publish)))
+            }
             m => {
-                self.commands.push_back(Command::Method { channel, method: m });
+                self.commands
+                    .push_back(Command::Method { channel, method: m });
                 Ok(ChannelState::Open(Assembly::Idle))
             }
         }
     }
 
-    fn handle_header(&mut self, channel: u16, header: ContentHeader) -> Result<(), ConnectionError> {
+    fn handle_header(
+        &mut self,
+        channel: u16,
+        header: ContentHeader,
+    ) -> Result<(), ConnectionError> {
         let max = self.config.max_message_bytes;
         let slot = self.channel_slot(channel);
         match slot.take() {
@@ -711,7 +749,10 @@ impl Connection {
                 if header.class_id != CLASS_BASIC {
                     return Err(ConnectionError::new(
                         FRAME_ERROR,
-                        format!("content header for class {} on channel {channel}", header.class_id),
+                        format!(
+                            "content header for class {} on channel {channel}",
+                            header.class_id
+                        ),
                     ));
                 }
                 if header.body_size > max {
@@ -746,9 +787,11 @@ impl Connection {
                 *self.channel_slot(channel) = Some(ChannelState::Open(state));
                 Ok(())
             }
-            Some(state @ (ChannelState::ClosingByClient
-            | ChannelState::ClosingByServer
-            | ChannelState::ErrorPending)) => {
+            Some(
+                state @ (ChannelState::ClosingByClient
+                | ChannelState::ClosingByServer
+                | ChannelState::ErrorPending),
+            ) => {
                 *self.channel_slot(channel) = Some(state);
                 Ok(())
             }
@@ -795,9 +838,11 @@ impl Connection {
                 *self.channel_slot(channel) = Some(ChannelState::Open(state));
                 Ok(())
             }
-            Some(state @ (ChannelState::ClosingByClient
-            | ChannelState::ClosingByServer
-            | ChannelState::ErrorPending)) => {
+            Some(
+                state @ (ChannelState::ClosingByClient
+                | ChannelState::ClosingByServer
+                | ChannelState::ErrorPending),
+            ) => {
                 *self.channel_slot(channel) = Some(state);
                 Ok(())
             }
@@ -811,7 +856,13 @@ impl Connection {
         }
     }
 
-    fn publish(&mut self, channel: u16, publish: BasicPublish, properties: BasicProperties, body: Bytes) {
+    fn publish(
+        &mut self,
+        channel: u16,
+        publish: BasicPublish,
+        properties: BasicProperties,
+        body: Bytes,
+    ) {
         let message = Arc::new(Message {
             exchange: publish.exchange.clone(),
             routing_key: publish.routing_key.clone(),
@@ -845,7 +896,9 @@ impl Connection {
                 }
             }
             Method::ChannelCloseOk(_) if channel != 0 => {
-                if let Some(Some(ChannelState::ClosingByClient)) = self.channels.get(usize::from(channel)) {
+                if let Some(Some(ChannelState::ClosingByClient)) =
+                    self.channels.get(usize::from(channel))
+                {
                     self.free_channel(channel);
                 }
             }
@@ -959,8 +1012,12 @@ fn parse_login(ok: &ConnectionStartOk) -> Result<Login, ConnectionError> {
             // authzid NUL authcid NUL password; the authorization identity is ignored.
             let mut parts = ok.response.split(|b| *b == 0);
             let _authzid = parts.next();
-            let user = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
-            let pass = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
+            let user = parts
+                .next()
+                .ok_or_else(|| refused("malformed PLAIN response"))?;
+            let pass = parts
+                .next()
+                .ok_or_else(|| refused("malformed PLAIN response"))?;
             (
                 String::from_utf8_lossy(user).into_owned(),
                 String::from_utf8_lossy(pass).into_owned(),
@@ -971,7 +1028,8 @@ fn parse_login(ok: &ConnectionStartOk) -> Result<Login, ConnectionError> {
             let mut framed = BytesMut::with_capacity(ok.response.len() + 4);
             framed.extend_from_slice(&(ok.response.len() as u32).to_be_bytes());
             framed.extend_from_slice(&ok.response);
-            let table = FieldTable::decode(&framed).map_err(|_| refused("malformed AMQPLAIN response"))?;
+            let table =
+                FieldTable::decode(&framed).map_err(|_| refused("malformed AMQPLAIN response"))?;
             let field = |name: &str| match table.get(name) {
                 Some(FieldValue::LongStr(s)) => Some(String::from_utf8_lossy(s).into_owned()),
                 _ => None,

@@ -1,5 +1,8 @@
 //! The AMQP 0-9-1 wire protocol: codec and connection state machine (no I/O).
 
+pub mod codec;
+pub mod command;
+pub mod connection;
 pub mod constants;
 pub mod frame;
 pub mod method;

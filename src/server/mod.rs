@@ -93,7 +93,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Recover before listening: clients never see a broker that is still loading.
     let mut store = store;
-    let recovered = store.recover().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let recovered = store
+        .recover()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     tracing::info!(
         queues = recovered.queues.len(),
         messages = recovered.entries.len(),
@@ -169,6 +171,8 @@ pub async fn serve(
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }

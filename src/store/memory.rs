@@ -35,7 +35,12 @@ impl MemoryState {
                 self.vhosts.remove(v);
                 self.permissions.retain(|(_, pv), _| pv != v);
                 self.exchanges.retain(|(xv, _), _| xv != v);
-                let gone: Vec<u64> = self.queues.values().filter(|q| &q.vhost == v).map(|q| q.id).collect();
+                let gone: Vec<u64> = self
+                    .queues
+                    .values()
+                    .filter(|q| &q.vhost == v)
+                    .map(|q| q.id)
+                    .collect();
                 for id in gone {
                     self.drop_queue(id);
                 }
@@ -49,18 +54,21 @@ impl MemoryState {
                 self.permissions.retain(|(u, _), _| u != name);
             }
             StoreOp::PutPermission(p) => {
-                self.permissions.insert((p.user.clone(), p.vhost.clone()), p.clone());
+                self.permissions
+                    .insert((p.user.clone(), p.vhost.clone()), p.clone());
             }
             StoreOp::DeletePermission { user, vhost } => {
                 self.permissions.remove(&(user.clone(), vhost.clone()));
             }
             StoreOp::PutExchange(x) => {
-                self.exchanges.insert((x.vhost.clone(), x.name.clone()), x.clone());
+                self.exchanges
+                    .insert((x.vhost.clone(), x.name.clone()), x.clone());
             }
             StoreOp::DeleteExchange { vhost, name } => {
                 self.exchanges.remove(&(vhost.clone(), name.clone()));
                 self.bindings.retain(|b| {
-                    !(&b.vhost == vhost && (&b.source == name || (b.to_exchange && &b.destination == name)))
+                    !(&b.vhost == vhost
+                        && (&b.source == name || (b.to_exchange && &b.destination == name)))
                 });
             }
             StoreOp::PutQueue(q) => {
@@ -83,7 +91,11 @@ impl MemoryState {
             StoreOp::DeleteMessage { id } => {
                 self.messages.remove(id);
             }
-            StoreOp::Enqueue { queue, seq, message } => {
+            StoreOp::Enqueue {
+                queue,
+                seq,
+                message,
+            } => {
                 self.entries.insert((*queue, *seq), *message);
             }
             StoreOp::Dequeue { queue, seq } => {
@@ -94,7 +106,11 @@ impl MemoryState {
 
     fn drop_queue(&mut self, id: u64) {
         self.queues.remove(&id);
-        let keys: Vec<(u64, u64)> = self.entries.range((id, 0)..=(id, u64::MAX)).map(|(k, _)| *k).collect();
+        let keys: Vec<(u64, u64)> = self
+            .entries
+            .range((id, 0)..=(id, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             self.entries.remove(&k);
         }

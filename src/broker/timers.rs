@@ -1,0 +1,76 @@
+//! Time-driven work: message expiry (TTL) and deletion of unused `x-expires` queues.
+//!
+//! Each queue has at most one live timer, for the earlier of its head message's expiry
+//! and its idle deadline. The heap may hold stale entries (a queue's timer moved earlier);
+//! they are recognised by comparing with the queue's `timer_at_ms` and skipped.
+
+use std::cmp::Reverse;
+
+use super::Broker;
+use super::deadletter::DeathReason;
+use super::exchange::QueueId;
+
+impl Broker {
+    /// When [`Broker::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Time has passed: expire messages and delete unused queues that are due.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        while let Some(Reverse((at, queue))) = self.timers.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.timers.pop();
+            let live = self.queues.get_mut(&queue).is_some_and(|q| {
+                let live = q.timer_at_ms == Some(at);
+                if live {
+                    q.timer_at_ms = None;
+                }
+                live
+            });
+            if live {
+                self.queue_tick(queue);
+            }
+        }
+        self.finish_round();
+    }
+
+    /// Expires due messages at the queue's head and deletes it if unused for too long.
+    pub(super) fn queue_tick(&mut self, queue: QueueId) {
+        let now = self.now_ms;
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        if q.idle_deadline_ms().is_some_and(|t| t <= now) {
+            self.delete_queue(queue);
+            return;
+        }
+        let expired = q.drop_expired(now);
+        if !expired.is_empty() {
+            self.dead_letter(queue, expired, DeathReason::Expired);
+            self.schedule_dispatch(queue);
+        }
+        self.reschedule(queue);
+    }
+
+    /// Makes sure the queue's next timed event has a timer.
+    pub(super) fn reschedule(&mut self, queue: QueueId) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        // A message expires once the clock passes its expiry time.
+        let next = [q.head_expiry_ms().map(|t| t + 1), q.idle_deadline_ms()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(at) = next {
+            if q.timer_at_ms.is_none_or(|t| at < t) {
+                q.timer_at_ms = Some(at);
+                self.timers.push(Reverse((at, queue)));
+            }
+        }
+    }
+}

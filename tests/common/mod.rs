@@ -1,0 +1,326 @@
+//! Shared helpers for end-to-end tests: start a real `warren serve` process on free ports,
+//! and talk raw AMQP to it with warren's own codec.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use warren::proto::constants::PROTOCOL_HEADER;
+use warren::proto::frame::{Frame, FrameDecoder, encode_content, encode_method};
+use warren::proto::method::*;
+use warren::proto::props::BasicProperties;
+use warren::proto::table::{FieldTable, FieldValue};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `warren serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub http_port: u16,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        Server::start_in(data_dir, extra)
+    }
+
+    /// Starts a server on an existing data directory.
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let port = free_port();
+        let http_port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args([
+                "serve",
+                "--bind",
+                "0.0.0.0",
+                "--amqp-port",
+                &port.to_string(),
+            ])
+            .args(["--http-port", &http_port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(extra)
+            .env("WARREN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start warren");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "warren did not start");
+            match lines.next() {
+                Some(Ok(line)) if line.contains("AMQP listening") => break,
+                Some(_) => continue,
+                None => panic!("warren exited during start"),
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            port,
+            http_port,
+            data_dir,
+        }
+    }
+
+    /// Stops the process abruptly (SIGKILL) and hands back its data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw AMQP client for wire-level tests.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+fn longstr(s: &str) -> FieldValue {
+    FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+pub fn client_properties() -> FieldTable {
+    let caps: FieldTable = [
+        "authentication_failure_close",
+        "consumer_cancel_notify",
+        "publisher_confirms",
+        "basic.nack",
+    ]
+    .into_iter()
+    .map(|c| (c.to_string(), FieldValue::Bool(true)))
+    .collect();
+    [
+        ("product".to_string(), longstr("warren-tests")),
+        ("capabilities".to_string(), FieldValue::Table(caps)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        RawClient::connect_to(&format!("127.0.0.1:{port}"))
+    }
+
+    pub fn connect_to(addr: &str) -> RawClient {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(16 * 1024 * 1024),
+        }
+    }
+
+    /// Connects and completes the handshake as guest on vhost "/".
+    pub fn open(port: u16) -> RawClient {
+        let mut c = RawClient::connect(port);
+        c.handshake("guest", "guest", "/", 0);
+        c
+    }
+
+    pub fn handshake(&mut self, user: &str, pass: &str, vhost: &str, heartbeat: u16) {
+        self.send_raw(&PROTOCOL_HEADER);
+        let (_, start) = self.expect_method();
+        assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
+        self.start_ok(user, pass);
+        let (_, tune) = self.expect_method();
+        let Method::ConnectionTune(tune) = tune else {
+            panic!("expected tune, got {tune:?}")
+        };
+        self.send_method(
+            0,
+            Method::ConnectionTuneOk(ConnectionTuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat,
+            }),
+        );
+        self.send_method(
+            0,
+            Method::ConnectionOpen(ConnectionOpen {
+                virtual_host: vhost.into(),
+                ..Default::default()
+            }),
+        );
+        let (_, ok) = self.expect_method();
+        assert!(
+            matches!(ok, Method::ConnectionOpenOk(_)),
+            "expected open-ok, got {ok:?}"
+        );
+    }
+
+    pub fn start_ok(&mut self, user: &str, pass: &str) {
+        let mut response = vec![0u8];
+        response.extend_from_slice(user.as_bytes());
+        response.push(0);
+        response.extend_from_slice(pass.as_bytes());
+        self.send_method(
+            0,
+            Method::ConnectionStartOk(ConnectionStartOk {
+                client_properties: client_properties(),
+                mechanism: "PLAIN".into(),
+                response: Bytes::from(response),
+                locale: "en_US".into(),
+            }),
+        );
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send_method(&mut self, channel: u16, method: Method) {
+        let mut out = BytesMut::new();
+        encode_method(channel, &method, &mut out);
+        self.send_raw(&out);
+    }
+
+    pub fn publish(
+        &mut self,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        props: BasicProperties,
+        body: &[u8],
+    ) {
+        let mut out = BytesMut::new();
+        let m = Method::BasicPublish(BasicPublish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            ..Default::default()
+        });
+        encode_content(channel, &m, &props, body, 131_072, &mut out);
+        self.send_raw(&out);
+    }
+
+    pub fn open_channel(&mut self, channel: u16) {
+        self.send_method(channel, Method::ChannelOpen(ChannelOpen::default()));
+        let (ch, m) = self.expect_method();
+        assert_eq!(ch, channel);
+        assert!(
+            matches!(m, Method::ChannelOpenOk(_)),
+            "expected channel.open-ok, got {m:?}"
+        );
+    }
+
+    /// The next frame, or None when the server closed the socket.
+    pub fn recv_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server sent a malformed frame")
+            {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next method frame (skipping heartbeats).
+    pub fn expect_method(&mut self) -> (u16, Method) {
+        loop {
+            match self.recv_frame() {
+                Some(Frame::Method { channel, method }) => return (channel, method),
+                Some(Frame::Heartbeat { .. }) => continue,
+                Some(other) => panic!("expected a method frame, got {other:?}"),
+                None => panic!("connection closed while expecting a method"),
+            }
+        }
+    }
+
+    /// Reads a method with content: the method, its properties and its body.
+    pub fn expect_content(&mut self) -> (u16, Method, BasicProperties, Vec<u8>) {
+        let (channel, method) = self.expect_method();
+        let Some(Frame::Header { header, .. }) = self.recv_frame() else {
+            panic!("expected a content header")
+        };
+        let mut body = Vec::new();
+        while (body.len() as u64) < header.body_size {
+            match self.recv_frame() {
+                Some(Frame::Body { payload, .. }) => body.extend_from_slice(&payload),
+                other => panic!("expected a body frame, got {other:?}"),
+            }
+        }
+        (channel, method, header.properties, body)
+    }
+
+    /// Expects a connection.close; answers it and returns it.
+    pub fn expect_connection_close(&mut self) -> ConnectionClose {
+        loop {
+            let (ch, m) = self.expect_method();
+            if let Method::ConnectionClose(close) = m {
+                assert_eq!(ch, 0);
+                self.send_method(0, Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                return close;
+            }
+        }
+    }
+
+    /// Expects a channel.close on `channel`; answers it and returns it.
+    pub fn expect_channel_close(&mut self, channel: u16) -> ChannelClose {
+        loop {
+            let (ch, m) = self.expect_method();
+            if let Method::ChannelClose(close) = m {
+                assert_eq!(ch, channel);
+                self.send_method(channel, Method::ChannelCloseOk(ChannelCloseOk {}));
+                return close;
+            }
+        }
+    }
+
+    /// True if the server closes the socket within the read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        loop {
+            match self.recv_frame() {
+                None => return true,
+                Some(_) => continue,
+            }
+        }
+    }
+}
