@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::server::ServerConfig;
+use crate::store::disk::SyncPolicy;
 
 /// The settings a config file may hold. Every field is optional; unknown keys are errors.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -38,6 +39,10 @@ pub struct FileConfig {
     pub default_pass: Option<String>,
     /// Users who may only connect from loopback.
     pub loopback_users: Option<Vec<String>>,
+    /// When publisher confirms are sent: "batch" (after fdatasync) or "none" (after the
+    /// write reaches the OS). Read by `warren serve` when it opens the store; see
+    /// [`SyncPolicy`].
+    pub sync: Option<SyncPolicy>,
 }
 
 impl FileConfig {
@@ -118,5 +123,14 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("amqp_prot = 1").is_err());
         let bad: FileConfig = toml::from_str("frame_max_bytes = 100").unwrap();
         assert!(bad.apply(&mut ServerConfig::default()).is_err());
+    }
+
+    #[test]
+    fn sync_policy_is_read_by_name() {
+        let file: FileConfig = toml::from_str("sync = \"none\"").unwrap();
+        assert_eq!(file.sync, Some(SyncPolicy::None));
+        let file: FileConfig = toml::from_str("sync = \"batch\"").unwrap();
+        assert_eq!(file.sync, Some(SyncPolicy::Batch));
+        assert!(toml::from_str::<FileConfig>("sync = \"always\"").is_err());
     }
 }

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use warren::config::FileConfig;
 use warren::server::{ServerConfig, serve};
-use warren::store::memory::MemoryStore;
+use warren::store::disk::{FjallStore, StoreOptions, SyncPolicy};
 
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "An AMQP 0-9-1 message broker")]
@@ -43,6 +43,10 @@ struct ServeArgs {
     /// Directory for durable state [default: $XDG_DATA_HOME/warren or ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// When publisher confirms go out: "batch" waits for fdatasync (survives power loss),
+    /// "none" for the OS to have the write (survives a broker crash only) [default: batch].
+    #[arg(long, env = "WARREN_SYNC")]
+    sync: Option<SyncPolicy>,
     /// Log filter, e.g. "info" or "warren=debug".
     #[arg(long, env = "WARREN_LOG", default_value = "info")]
     log: String,
@@ -65,13 +69,19 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
+fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), String> {
     let mut config = ServerConfig {
         data_dir: default_data_dir(),
         ..ServerConfig::default()
     };
+    let mut store = StoreOptions::default();
     if let Some(path) = &args.config {
-        FileConfig::load(path)?.apply(&mut config)?;
+        let file = FileConfig::load(path)?;
+        store.sync = file.sync.unwrap_or(store.sync);
+        file.apply(&mut config)?;
+    }
+    if let Some(v) = args.sync {
+        store.sync = v;
     }
     if let Some(v) = args.bind {
         config.bind = v;
@@ -85,7 +95,7 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
     }
-    Ok(config)
+    Ok((config, store))
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
@@ -95,7 +105,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let config = match server_config(&args) {
+    let (config, store_options) = match server_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -122,8 +132,14 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    let store = Box::new(MemoryStore::default());
-    tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, "starting warren");
+    let store = match FjallStore::open(&config.data_dir, store_options) {
+        Ok(store) => Box::new(store),
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, sync = %store_options.sync, "starting warren");
     match runtime.block_on(serve(config, store, seed, shutdown_signal())) {
         Ok(()) => {
             tracing::info!("stopped");

@@ -11,6 +11,7 @@ use crate::proto::connection::{Connection, ConnectionConfig};
 
 use super::Clock;
 use super::core::CoreMsg;
+use super::core::sleep_until;
 
 /// Bytes read from the socket at most per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -120,11 +121,4 @@ pub async fn run(
     }
     let _ = wr.shutdown().await;
     tracing::debug!(conn = id, %peer, "connection closed");
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

@@ -59,6 +59,9 @@ pub async fn run(
                     }
                 }
             }
+            _ = sleep_until(broker.poll_timeout().map(|ms| clock.instant(ms))) => {
+                broker.handle_timeout(clock.now_ms());
+            }
             persisted = persisted_rx.recv() => match persisted {
                 Some(batch) => broker.handle_persisted(batch),
                 None => {
@@ -151,4 +154,12 @@ fn spawn_store_worker(
         })
         .expect("spawning the store thread");
     (tx, done_rx, worker)
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -58,27 +58,35 @@ impl Default for ServerConfig {
     }
 }
 
-/// Milliseconds since the server started, from tokio's clock (virtual under madsim).
+/// Broker time: wall-clock milliseconds since the Unix epoch at start, advanced by tokio's
+/// monotonic clock (virtual under madsim), so timestamps in headers are real dates and
+/// timers never jump.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     start: tokio::time::Instant,
+    start_epoch_ms: u64,
 }
 
 impl Clock {
     fn new() -> Self {
+        let start_epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Clock {
             start: tokio::time::Instant::now(),
+            start_epoch_ms,
         }
     }
 
-    /// Now, in milliseconds since start.
+    /// Now, in broker time.
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.start_epoch_ms + self.start.elapsed().as_millis() as u64
     }
 
-    /// The instant `ms` milliseconds after start.
+    /// The instant at broker time `ms`.
     pub fn instant(&self, ms: u64) -> tokio::time::Instant {
-        self.start + std::time::Duration::from_millis(ms)
+        self.start + std::time::Duration::from_millis(ms.saturating_sub(self.start_epoch_ms))
     }
 }
 

@@ -1,0 +1,324 @@
+//! The store's in-memory copy of its `meta` keyspace, and the translation of each
+//! [`StoreOp`] into key writes.
+//!
+//! Deleting a vhost, a user, an exchange or a queue also deletes records that refer to it
+//! (see [`crate::store::memory::MemoryState`] for the meaning). Those records cannot be found
+//! by a key prefix alone, and some may have been written earlier in the same batch, which
+//! fjall cannot read back before the batch commits. So the store keeps every metadata record
+//! in memory (metadata is small next to messages) and finds the dependants there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::store::{
+    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredEntry,
+    StoreOp, UserRecord,
+};
+
+use super::record::{self, RecordError, tag};
+
+/// The keyspaces of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// Vhosts, users, permissions, exchanges, queues, bindings, generations, format.
+    Meta,
+    /// Message id to content.
+    Messages,
+    /// (queue id, seq) to message id.
+    Entries,
+}
+
+impl Space {
+    /// The keyspace's name in fjall.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Messages => "messages",
+            Space::Entries => "entries",
+        }
+    }
+}
+
+/// The key writes of one batch. A key written twice keeps its last write, so that a batch
+/// such as "enqueue at seq 5, dequeue seq 5" leaves no entry whatever order fjall would
+/// apply two writes of the same key carrying the same sequence number.
+#[derive(Debug, Default)]
+pub struct Staged {
+    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl Staged {
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert((space, key), Some(value));
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.writes.insert((space, key), None);
+    }
+
+    /// The writes, one per key: `Some(value)` to insert, `None` to remove.
+    pub fn into_writes(self) -> impl Iterator<Item = ((Space, Vec<u8>), Option<Vec<u8>>)> {
+        self.writes.into_iter()
+    }
+
+    /// Number of distinct keys written.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+}
+
+/// Metadata records, ordered as [`crate::store::memory::MemoryState`] orders them, plus the
+/// entry generation of every queue id deleted whose stale entries may still be on disk.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    vhosts: BTreeSet<String>,
+    users: BTreeMap<String, UserRecord>,
+    permissions: BTreeMap<(String, String), PermissionRecord>,
+    exchanges: BTreeMap<(String, String), ExchangeRecord>,
+    queues: BTreeMap<u64, QueueRecord>,
+    bindings: BTreeSet<BindingRecord>,
+    /// Queue id to its current entry generation; absent means 0. An entry is live only if
+    /// it carries its queue id's current generation: deleting a queue bumps the generation
+    /// instead of deleting its entries in the writer's batch.
+    generations: HashMap<u64, u64>,
+}
+
+impl Catalog {
+    /// Adds one `meta` record read from disk. The format key is handled by the caller.
+    pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        match key.first().copied() {
+            Some(tag::VHOST) => {
+                self.vhosts.insert(record::decode_vhost(key, value)?);
+            }
+            Some(tag::USER) => {
+                let u = record::decode_user(key, value)?;
+                self.users.insert(u.name.clone(), u);
+            }
+            Some(tag::PERMISSION) => {
+                let p = record::decode_permission(key, value)?;
+                self.permissions
+                    .insert((p.user.clone(), p.vhost.clone()), p);
+            }
+            Some(tag::EXCHANGE) => {
+                let x = record::decode_exchange(key, value)?;
+                self.exchanges.insert((x.vhost.clone(), x.name.clone()), x);
+            }
+            Some(tag::QUEUE) => {
+                let q = record::decode_queue(key, value)?;
+                self.queues.insert(q.id, q);
+            }
+            Some(tag::BINDING) => {
+                self.bindings.insert(record::decode_binding(key, value)?);
+            }
+            Some(tag::GENERATION) => {
+                let id = record::id_of_key(key)?;
+                let generation = record::decode_generation(value)?;
+                if generation == 0 {
+                    // Generation 0 is never written: it is the absence of a record.
+                    return Err(RecordError::KeyMismatch);
+                }
+                self.generations.insert(id, generation);
+            }
+            _ => return Err(RecordError::BadKey),
+        }
+        Ok(())
+    }
+
+    /// The current entry generation of a queue id.
+    pub fn generation(&self, queue: u64) -> u64 {
+        self.generations.get(&queue).copied().unwrap_or(0)
+    }
+
+    /// Queue ids whose generation is recorded.
+    pub fn generation_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.generations.keys().copied()
+    }
+
+    /// Forgets a queue id's generation once no entry of that id is left on disk (its
+    /// record is deleted by the caller in the same batch).
+    pub fn forget_generation(&mut self, queue: u64) {
+        self.generations.remove(&queue);
+    }
+
+    /// Whether a queue record exists.
+    pub fn has_queue(&self, id: u64) -> bool {
+        self.queues.contains_key(&id)
+    }
+
+    /// Applies one operation to the catalog and stages its key writes. Queue ids whose
+    /// entries became garbage are pushed to `dropped`.
+    pub fn apply(&mut self, op: &StoreOp, out: &mut Staged, dropped: &mut Vec<u64>) {
+        match op {
+            StoreOp::PutVhost(v) => {
+                self.vhosts.insert(v.clone());
+                out.put(Space::Meta, record::vhost_key(v), record::encode_vhost());
+            }
+            StoreOp::DeleteVhost(v) => self.delete_vhost(v, out, dropped),
+            StoreOp::PutUser(u) => {
+                self.users.insert(u.name.clone(), u.clone());
+                out.put(
+                    Space::Meta,
+                    record::user_key(&u.name),
+                    record::encode_user(u),
+                );
+            }
+            StoreOp::DeleteUser(name) => {
+                self.users.remove(name);
+                out.delete(Space::Meta, record::user_key(name));
+                self.delete_permissions_where(|(user, _)| user == name, out);
+            }
+            StoreOp::PutPermission(p) => {
+                self.permissions
+                    .insert((p.user.clone(), p.vhost.clone()), p.clone());
+                let key = record::permission_key(&p.user, &p.vhost);
+                out.put(Space::Meta, key, record::encode_permission(p));
+            }
+            StoreOp::DeletePermission { user, vhost } => {
+                self.permissions.remove(&(user.clone(), vhost.clone()));
+                out.delete(Space::Meta, record::permission_key(user, vhost));
+            }
+            StoreOp::PutExchange(x) => {
+                self.exchanges
+                    .insert((x.vhost.clone(), x.name.clone()), x.clone());
+                let key = record::exchange_key(&x.vhost, &x.name);
+                out.put(Space::Meta, key, record::encode_exchange(x));
+            }
+            StoreOp::DeleteExchange { vhost, name } => {
+                self.exchanges.remove(&(vhost.clone(), name.clone()));
+                out.delete(Space::Meta, record::exchange_key(vhost, name));
+                self.delete_bindings_where(
+                    |b| {
+                        &b.vhost == vhost
+                            && (&b.source == name || (b.to_exchange && &b.destination == name))
+                    },
+                    out,
+                );
+            }
+            StoreOp::PutQueue(q) => {
+                self.queues.insert(q.id, q.clone());
+                out.put(
+                    Space::Meta,
+                    record::queue_key(q.id),
+                    record::encode_queue(q),
+                );
+            }
+            StoreOp::DeleteQueue { vhost, name, id } => {
+                self.drop_queue(*id, out, dropped);
+                self.delete_bindings_where(
+                    |b| &b.vhost == vhost && !b.to_exchange && &b.destination == name,
+                    out,
+                );
+            }
+            StoreOp::PutBinding(b) => {
+                self.bindings.insert(b.clone());
+                out.put(
+                    Space::Meta,
+                    record::binding_key(b),
+                    record::encode_binding(b),
+                );
+            }
+            StoreOp::DeleteBinding(b) => {
+                self.bindings.remove(b);
+                out.delete(Space::Meta, record::binding_key(b));
+            }
+            StoreOp::PutMessage { id, message } => {
+                let key = record::message_key(*id).to_vec();
+                out.put(Space::Messages, key, record::encode_message(message));
+            }
+            StoreOp::DeleteMessage { id } => {
+                out.delete(Space::Messages, record::message_key(*id).to_vec());
+            }
+            StoreOp::Enqueue {
+                queue,
+                seq,
+                message,
+            } => {
+                let value = record::encode_entry(*message, self.generation(*queue));
+                out.put(
+                    Space::Entries,
+                    record::entry_key(*queue, *seq).to_vec(),
+                    value,
+                );
+            }
+            StoreOp::Dequeue { queue, seq } => {
+                // Whatever the key holds goes: a live entry, or a stale one of an older
+                // generation (which was invisible anyway).
+                out.delete(Space::Entries, record::entry_key(*queue, *seq).to_vec());
+            }
+        }
+    }
+
+    fn delete_vhost(&mut self, v: &str, out: &mut Staged, dropped: &mut Vec<u64>) {
+        self.vhosts.remove(v);
+        out.delete(Space::Meta, record::vhost_key(v));
+        self.delete_permissions_where(|(_, pv)| pv == v, out);
+        let exchanges: Vec<(String, String)> = self
+            .exchanges
+            .keys()
+            .filter(|(xv, _)| xv == v)
+            .cloned()
+            .collect();
+        for (xv, name) in exchanges {
+            out.delete(Space::Meta, record::exchange_key(&xv, &name));
+            self.exchanges.remove(&(xv, name));
+        }
+        let queues: Vec<u64> = self
+            .queues
+            .values()
+            .filter(|q| q.vhost == v)
+            .map(|q| q.id)
+            .collect();
+        for id in queues {
+            self.drop_queue(id, out, dropped);
+        }
+        self.delete_bindings_where(|b| b.vhost == v, out);
+    }
+
+    /// Deletes a queue record and makes its entries garbage by moving the id to a new
+    /// generation: O(1) in the writer however many entries the queue holds.
+    fn drop_queue(&mut self, id: u64, out: &mut Staged, dropped: &mut Vec<u64>) {
+        self.queues.remove(&id);
+        out.delete(Space::Meta, record::queue_key(id));
+        let generation = self.generation(id) + 1;
+        self.generations.insert(id, generation);
+        out.put(
+            Space::Meta,
+            record::generation_key(id),
+            record::encode_generation(generation),
+        );
+        dropped.push(id);
+    }
+
+    fn delete_permissions_where(
+        &mut self,
+        f: impl Fn(&(String, String)) -> bool,
+        out: &mut Staged,
+    ) {
+        let gone: Vec<(String, String)> =
+            self.permissions.keys().filter(|k| f(k)).cloned().collect();
+        for k in gone {
+            out.delete(Space::Meta, record::permission_key(&k.0, &k.1));
+            self.permissions.remove(&k);
+        }
+    }
+
+    fn delete_bindings_where(&mut self, f: impl Fn(&BindingRecord) -> bool, out: &mut Staged) {
+        let gone: Vec<BindingRecord> = self.bindings.iter().filter(|b| f(b)).cloned().collect();
+        for b in gone {
+            out.delete(Space::Meta, record::binding_key(&b));
+            self.bindings.remove(&b);
+        }
+    }
+
+    /// Everything durable, with `entries` (already filtered and in queue order).
+    pub fn recovered(&self, entries: Vec<RecoveredEntry>) -> Recovered {
+        Recovered {
+            vhosts: self.vhosts.iter().cloned().collect(),
+            users: self.users.values().cloned().collect(),
+            permissions: self.permissions.values().cloned().collect(),
+            exchanges: self.exchanges.values().cloned().collect(),
+            queues: self.queues.values().cloned().collect(),
+            bindings: self.bindings.iter().cloned().collect(),
+            entries,
+        }
+    }
+}
