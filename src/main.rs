@@ -31,7 +31,7 @@ struct ServeArgs {
     /// TOML config file (see README for its keys).
     #[arg(long, env = "WARREN_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0].
+    /// Address to listen on [default: :: (all IPv6 and IPv4 addresses)].
     #[arg(long, env = "WARREN_BIND")]
     bind: Option<IpAddr>,
     /// AMQP port [default: 5672].

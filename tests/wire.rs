@@ -428,7 +428,7 @@ fn redeclaration_with_other_settings_is_refused() {
     assert_eq!(close.reply_code, COMMAND_INVALID);
     assert_eq!(
         close.reply_text,
-        "COMMAND_INVALID - unknown exchange type 'foo'"
+        "COMMAND_INVALID - invalid exchange type 'foo'"
     );
 }
 

@@ -140,7 +140,7 @@ impl Broker {
             );
         }
         let kind = ExchangeKind::parse(&m.kind)
-            .ok_or_else(|| command_invalid(format!("unknown exchange type '{}'", m.kind)))?;
+            .ok_or_else(|| command_invalid(format!("invalid exchange type '{}'", m.kind)))?;
         if name.is_empty() {
             return Err(access_refused(
                 "operation not permitted on the default exchange",
@@ -678,14 +678,14 @@ impl Broker {
                 ch.orphan_deliveries(&c.tag);
             }
             if notify {
-                self.send_method(
+                self.notices.push((
                     c.conn,
                     c.channel,
                     Method::BasicCancel(BasicCancel {
                         consumer_tag: c.tag.to_string(),
                         nowait: true,
                     }),
-                );
+                ));
             }
         }
         for source in std::mem::take(&mut q.bound_from) {

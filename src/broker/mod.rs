@@ -247,6 +247,9 @@ pub struct Broker {
     timers: BinaryHeap<Reverse<(u64, QueueId)>>,
     /// Inputs handled so far.
     rounds: u64,
+    /// Server-sent notifications (consumer cancels) to send after the current input's
+    /// reply, as RabbitMQ orders them.
+    notices: Vec<(ConnId, u16, Method)>,
 }
 
 impl Broker {
@@ -274,6 +277,7 @@ impl Broker {
             confirm_dirty: Vec::new(),
             timers: BinaryHeap::new(),
             rounds: 0,
+            notices: Vec::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -385,8 +389,15 @@ impl Broker {
         self.finish_round();
     }
 
-    /// The next output for the driver: store batches first, then replies.
+    /// The next output for the driver: store batches first, then replies. Call it until it
+    /// returns `None` after each batch of inputs, before [`Broker::poll_timeout`].
+    ///
+    /// Deliveries and publisher confirms are worked out here, once for all the inputs
+    /// handled since the last call: consumers are served in larger batches and runs of
+    /// confirms coalesce into one `multiple` ack.
     pub fn poll_output(&mut self) -> Option<Output> {
+        self.run_dispatch();
+        self.flush_confirms();
         if !self.journal.ops.is_empty() {
             let batch = self.journal.next_batch;
             self.journal.next_batch += 1;
@@ -400,10 +411,13 @@ impl Broker {
             .map(|(conn, replies)| Output::Replies { conn, replies })
     }
 
-    /// Work that follows every input: dispatch to consumers, then send ready confirms.
+    /// Work that follows every input: notifications that must follow the input's reply.
     fn finish_round(&mut self) {
-        self.run_dispatch();
-        self.flush_confirms();
+        for (conn, channel, method) in std::mem::take(&mut self.notices) {
+            if self.has_channel(conn, channel) {
+                self.send_method(conn, channel, method);
+            }
+        }
         // Debug builds audit the whole state now and then (a full check is linear in the
         // number of messages, too slow for every round).
         self.rounds += 1;

@@ -18,7 +18,7 @@
 //! 5. [`Connection::poll_timeout`] to know when to call [`Connection::handle_timeout`];
 //! 6. once [`Connection::is_closed`] and everything is written, drop the socket.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -120,6 +120,12 @@ enum Phase {
     Open,
     /// The server sent `connection.close` and waits for `close-ok` until the deadline.
     Closing {
+        deadline_ms: u64,
+    },
+    /// Input is discarded until the peer drops the socket or the deadline passes: after
+    /// the client's close got its `close-ok` (the spec leaves closing the socket to the
+    /// receiver of `close-ok`), or after a framing error made the byte stream unreadable.
+    Draining {
         deadline_ms: u64,
     },
     /// Nothing more is read; the driver writes what is left and drops the socket.
@@ -235,9 +241,8 @@ pub struct Connection {
     input: BytesMut,
     output: BytesMut,
     commands: VecDeque<Command>,
-    /// Indexed by channel number; `None` is a free channel. Grows up to channel_max + 1.
-    channels: Vec<Option<ChannelState>>,
-    open_channels: usize,
+    /// Channels in use (open or closing), by number; at most channel_max of them.
+    channels: HashMap<u16, ChannelState>,
     frame_max_bytes: u32,
     channel_max: u16,
     heartbeat_ms: u64,
@@ -245,6 +250,8 @@ pub struct Connection {
     last_recv_ms: u64,
     last_send_ms: u64,
     closed_reported: bool,
+    /// The protocol error this layer closed the connection for, if any.
+    error: Option<ConnectionError>,
 }
 
 impl Connection {
@@ -254,14 +261,13 @@ impl Connection {
         let channel_max = config.channel_max;
         Connection {
             // Until tune-ok, frames are limited to the protocol minimum, as in RabbitMQ.
-            decoder: FrameDecoder::new(FRAME_MIN_SIZE.max(frame_max_bytes.min(FRAME_MIN_SIZE))),
+            decoder: FrameDecoder::new(FRAME_MIN_SIZE + FRAME_OVERHEAD),
             config,
             phase: Phase::AwaitingHeader,
             input: BytesMut::with_capacity(4096),
             output: BytesMut::with_capacity(4096),
             commands: VecDeque::new(),
-            channels: Vec::new(),
-            open_channels: 0,
+            channels: HashMap::new(),
             frame_max_bytes,
             channel_max,
             heartbeat_ms: 0,
@@ -269,6 +275,7 @@ impl Connection {
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
             closed_reported: false,
+            error: None,
         }
     }
 
@@ -399,7 +406,7 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
             Phase::Closed => None,
-            Phase::Closing { deadline_ms } => Some(deadline_ms),
+            Phase::Closing { deadline_ms } | Phase::Draining { deadline_ms } => Some(deadline_ms),
             Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
                 let send_at = self.last_send_ms + self.heartbeat_ms / 2;
                 let dead_at = self.last_recv_ms + self.heartbeat_ms * 2;
@@ -415,7 +422,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.phase {
             Phase::Closed => {}
-            Phase::Closing { deadline_ms } => {
+            Phase::Closing { deadline_ms } | Phase::Draining { deadline_ms } => {
                 if now_ms >= deadline_ms {
                     self.enter_closed();
                 }
@@ -444,6 +451,10 @@ impl Connection {
         loop {
             match self.phase {
                 Phase::Closed | Phase::AwaitingLogin | Phase::AwaitingOpenOk => return,
+                Phase::Draining { .. } => {
+                    self.input.clear();
+                    return;
+                }
                 Phase::AwaitingHeader => {
                     if !self.read_protocol_header(now_ms) {
                         return;
@@ -457,9 +468,11 @@ impl Connection {
                     }
                     Ok(None) => return,
                     Err(e) => {
+                        // The byte stream cannot be followed past a framing error: send the
+                        // close, then read nothing more (RabbitMQ does the same).
                         let e = frame_error(e);
-                        self.input.clear();
                         self.close_with(e, now_ms);
+                        self.enter_draining(now_ms);
                     }
                 },
             }
@@ -487,7 +500,7 @@ impl Connection {
             version_major: 0,
             version_minor: 9,
             server_properties: self.config.server_properties.clone(),
-            mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+            mechanisms: Bytes::from_static(b"AMQPLAIN PLAIN"),
             locales: Bytes::from_static(b"en_US"),
         };
         self.send_method(0, &Method::ConnectionStart(start), now_ms);
@@ -507,7 +520,7 @@ impl Connection {
                             &Method::ConnectionCloseOk(ConnectionCloseOk {}),
                             now_ms,
                         );
-                        self.enter_closed();
+                        self.enter_draining(now_ms);
                     }
                     _ => {}
                 }
@@ -518,7 +531,7 @@ impl Connection {
             Frame::Heartbeat { channel } => {
                 if channel != 0 {
                     return Err(ConnectionError::new(
-                        FRAME_ERROR,
+                        UNEXPECTED_FRAME,
                         format!("heartbeat frame on channel {channel}"),
                     ));
                 }
@@ -559,7 +572,7 @@ impl Connection {
             }
             (_, Method::ConnectionClose(_)) => {
                 self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
-                self.enter_closed();
+                self.enter_draining(now_ms);
                 Ok(())
             }
             (Phase::Open, Method::ConnectionUpdateSecret(_)) => {
@@ -574,14 +587,9 @@ impl Connection {
             }
             // A close-ok nobody asked for is harmless.
             (_, Method::ConnectionCloseOk(_)) => Ok(()),
-            (Phase::Open, m) if m.class_id() == CLASS_CONNECTION => Err(ConnectionError::new(
-                COMMAND_INVALID,
-                format!("unexpected method {} on an open connection", m.name()),
-            )
-            .on(&m)),
             (Phase::Open, m) => Err(ConnectionError::new(
-                COMMAND_INVALID,
-                format!("{} is not allowed on channel 0", m.name()),
+                CHANNEL_ERROR,
+                "unexpected method in connection state running",
             )
             .on(&m)),
             (_, m) => Err(ConnectionError::new(
@@ -621,7 +629,10 @@ impl Connection {
         self.frame_max_bytes = tune.frame_max;
         self.channel_max = tune.channel_max;
         self.heartbeat_ms = u64::from(tune.heartbeat) * 1000;
-        self.decoder.set_max_frame_bytes(tune.frame_max);
+        // Like RabbitMQ, accept payloads of up to frame_max bytes (frames of frame_max + 8):
+        // several clients split bodies that way.
+        self.decoder
+            .set_max_frame_bytes(tune.frame_max.saturating_add(FRAME_OVERHEAD));
         self.phase = Phase::AwaitingOpen;
         Ok(())
     }
@@ -632,16 +643,6 @@ impl Connection {
         method: Method,
         now_ms: u64,
     ) -> Result<(), ConnectionError> {
-        if channel > self.channel_max {
-            return Err(ConnectionError::new(
-                CHANNEL_ERROR,
-                format!(
-                    "channel number {channel} exceeds channel_max {}",
-                    self.channel_max
-                ),
-            )
-            .on(&method));
-        }
         if method.class_id() == CLASS_CONNECTION {
             return Err(ConnectionError::new(
                 COMMAND_INVALID,
@@ -649,12 +650,23 @@ impl Connection {
             )
             .on(&method));
         }
-        let slot = self.channel_slot(channel);
-        match slot.take() {
+        match self.channels.remove(&channel) {
             None => match method {
                 Method::ChannelOpen(_) => {
-                    *self.channel_slot(channel) = Some(ChannelState::Open(Assembly::Idle));
-                    self.open_channels += 1;
+                    // Like RabbitMQ, channel_max limits how many channels are open, not
+                    // their numbers.
+                    if self.channels.len() >= usize::from(self.channel_max) {
+                        return Err(ConnectionError::new(
+                            NOT_ALLOWED,
+                            format!(
+                                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                                self.channels.len(),
+                                self.channel_max
+                            ),
+                        ));
+                    }
+                    self.channels
+                        .insert(channel, ChannelState::Open(Assembly::Idle));
                     self.send_method(
                         channel,
                         &Method::ChannelOpenOk(ChannelOpenOk {
@@ -667,24 +679,19 @@ impl Connection {
                 }
                 // A late close-ok (for a close we both sent) has nothing left to do.
                 Method::ChannelCloseOk(_) => Ok(()),
-                m => Err(ConnectionError::new(
-                    CHANNEL_ERROR,
-                    format!("expected 'channel.open' on channel {channel}"),
-                )
-                .on(&m)),
+                m => Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'").on(&m)),
             },
             Some(ChannelState::Open(Assembly::Idle)) => {
                 let state = self.channel_method(channel, method)?;
-                *self.channel_slot(channel) = Some(state);
+                self.channels.insert(channel, state);
                 Ok(())
             }
-            Some(ChannelState::Open(_)) => Err(ConnectionError::new(
-                UNEXPECTED_FRAME,
-                format!(
-                    "expected content header for class 60, got non content header frame instead"
-                ),
-            )
-            .on(&method)),
+            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
+                "expected content header for class 60, got non content header frame instead",
+            )),
+            Some(ChannelState::Open(_)) => Err(publish_error(
+                "expected content body, got non content body frame instead",
+            )),
             Some(ChannelState::ClosingByServer) => {
                 match method {
                     Method::ChannelCloseOk(_) => self.free_channel(channel),
@@ -697,13 +704,15 @@ impl Connection {
                         );
                         self.free_channel(channel);
                     }
-                    _ => *self.channel_slot(channel) = Some(ChannelState::ClosingByServer),
+                    _ => {
+                        self.channels.insert(channel, ChannelState::ClosingByServer);
+                    }
                 }
                 Ok(())
             }
             Some(other) => {
                 // Closing by the client, or an error pending: drop what arrives.
-                *self.channel_slot(channel) = Some(other);
+                self.channels.insert(channel, other);
                 Ok(())
             }
         }
@@ -717,11 +726,9 @@ impl Connection {
         method: Method,
     ) -> Result<ChannelState, ConnectionError> {
         match method {
-            Method::ChannelOpen(_) => Err(ConnectionError::new(
-                CHANNEL_ERROR,
-                format!("second 'channel.open' seen on channel {channel}"),
-            )
-            .on(&method)),
+            Method::ChannelOpen(_) => {
+                Err(ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen").on(&method))
+            }
             Method::ChannelClose(_) => {
                 self.commands.push_back(Command::ChannelClose { channel });
                 Ok(ChannelState::ClosingByClient)
@@ -743,22 +750,18 @@ impl Connection {
         header: ContentHeader,
     ) -> Result<(), ConnectionError> {
         let max = self.config.max_message_bytes;
-        let slot = self.channel_slot(channel);
-        match slot.take() {
+        match self.channels.remove(&channel) {
             Some(ChannelState::Open(Assembly::AwaitingHeader(publish))) => {
                 if header.class_id != CLASS_BASIC {
-                    return Err(ConnectionError::new(
-                        FRAME_ERROR,
-                        format!(
-                            "content header for class {} on channel {channel}",
-                            header.class_id
-                        ),
-                    ));
+                    return Err(publish_error(&format!(
+                        "expected content header for class 60, got one for class {} instead",
+                        header.class_id
+                    )));
                 }
                 if header.body_size > max {
                     // Refuse the message on its channel; its body frames are dropped while
                     // the close is pending.
-                    *self.channel_slot(channel) = Some(ChannelState::ErrorPending);
+                    self.channels.insert(channel, ChannelState::ErrorPending);
                     self.commands.push_back(Command::ChannelError {
                         channel,
                         close: ChannelClose {
@@ -768,7 +771,7 @@ impl Connection {
                                 header.body_size, max
                             ),
                             class_id: CLASS_BASIC,
-                            method_id: 40,
+                            method_id: BasicPublish::METHOD_ID,
                         },
                     });
                     return Ok(());
@@ -784,30 +787,26 @@ impl Connection {
                         body: BodyParts::Empty,
                     }
                 };
-                *self.channel_slot(channel) = Some(ChannelState::Open(state));
+                self.channels.insert(channel, ChannelState::Open(state));
                 Ok(())
             }
+            Some(ChannelState::Open(Assembly::AwaitingBody { .. })) => Err(publish_error(
+                "expected content body, got non content body frame instead",
+            )),
             Some(
                 state @ (ChannelState::ClosingByClient
                 | ChannelState::ClosingByServer
                 | ChannelState::ErrorPending),
             ) => {
-                *self.channel_slot(channel) = Some(state);
+                self.channels.insert(channel, state);
                 Ok(())
             }
-            state => {
-                *self.channel_slot(channel) = state;
-                Err(ConnectionError::new(
-                    UNEXPECTED_FRAME,
-                    format!("unexpected content header frame on channel {channel}"),
-                ))
-            }
+            _ => Err(unexpected_non_method()),
         }
     }
 
     fn handle_body(&mut self, channel: u16, payload: Bytes) -> Result<(), ConnectionError> {
-        let slot = self.channel_slot(channel);
-        match slot.take() {
+        match self.channels.remove(&channel) {
             Some(ChannelState::Open(Assembly::AwaitingBody {
                 publish,
                 properties,
@@ -835,24 +834,21 @@ impl Connection {
                         body,
                     }
                 };
-                *self.channel_slot(channel) = Some(ChannelState::Open(state));
+                self.channels.insert(channel, ChannelState::Open(state));
                 Ok(())
             }
+            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
+                "expected content header for class 60, got non content header frame instead",
+            )),
             Some(
                 state @ (ChannelState::ClosingByClient
                 | ChannelState::ClosingByServer
                 | ChannelState::ErrorPending),
             ) => {
-                *self.channel_slot(channel) = Some(state);
+                self.channels.insert(channel, state);
                 Ok(())
             }
-            state => {
-                *self.channel_slot(channel) = state;
-                Err(ConnectionError::new(
-                    UNEXPECTED_FRAME,
-                    format!("unexpected content body frame on channel {channel}"),
-                ))
-            }
+            _ => Err(unexpected_non_method()),
         }
     }
 
@@ -891,14 +887,12 @@ impl Connection {
                 self.report_closed();
             }
             Method::ChannelClose(_) if channel != 0 => {
-                if let Some(slot @ Some(_)) = self.channels.get_mut(usize::from(channel)) {
-                    *slot = Some(ChannelState::ClosingByServer);
+                if let Some(state) = self.channels.get_mut(&channel) {
+                    *state = ChannelState::ClosingByServer;
                 }
             }
             Method::ChannelCloseOk(_) if channel != 0 => {
-                if let Some(Some(ChannelState::ClosingByClient)) =
-                    self.channels.get(usize::from(channel))
-                {
+                if let Some(ChannelState::ClosingByClient) = self.channels.get(&channel) {
                     self.free_channel(channel);
                 }
             }
@@ -913,6 +907,7 @@ impl Connection {
 
     fn close_with(&mut self, error: ConnectionError, now_ms: u64) {
         debug_assert!(!matches!(self.phase, Phase::Closed));
+        self.error = Some(error.clone());
         let close = ConnectionClose {
             reply_code: error.code,
             reply_text: truncate_shortstr(error.text),
@@ -921,6 +916,14 @@ impl Connection {
         };
         self.send_method(0, &Method::ConnectionClose(close), now_ms);
         self.phase = Phase::Closing {
+            deadline_ms: now_ms + self.config.close_timeout_ms,
+        };
+        self.report_closed();
+    }
+
+    fn enter_draining(&mut self, now_ms: u64) {
+        self.input.clear();
+        self.phase = Phase::Draining {
             deadline_ms: now_ms + self.config.close_timeout_ms,
         };
         self.report_closed();
@@ -938,27 +941,37 @@ impl Connection {
         }
     }
 
-    fn channel_slot(&mut self, channel: u16) -> &mut Option<ChannelState> {
-        let index = usize::from(channel);
-        if self.channels.len() <= index {
-            // Bounded: channel numbers were checked against channel_max.
-            self.channels.resize_with(index + 1, || None);
-        }
-        &mut self.channels[index]
+    fn free_channel(&mut self, channel: u16) {
+        self.channels.remove(&channel);
     }
 
-    fn free_channel(&mut self, channel: u16) {
-        if let Some(slot) = self.channels.get_mut(usize::from(channel)) {
-            if slot.take().is_some() {
-                self.open_channels -= 1;
-            }
-        }
+    /// The protocol error this layer closed the connection for, if it did.
+    pub fn error(&self) -> Option<&ConnectionError> {
+        self.error.as_ref()
     }
 
     /// Number of channel numbers in use (open or closing).
     pub fn channel_count(&self) -> usize {
-        self.open_channels
+        self.channels.len()
     }
+}
+
+/// A content frame out of place while a `basic.publish` awaits its content; RabbitMQ names
+/// the publish as the failing method.
+fn publish_error(detail: &str) -> ConnectionError {
+    ConnectionError {
+        class_id: CLASS_BASIC,
+        method_id: BasicPublish::METHOD_ID,
+        ..ConnectionError::new(UNEXPECTED_FRAME, detail)
+    }
+}
+
+/// A content frame where a method was expected.
+fn unexpected_non_method() -> ConnectionError {
+    ConnectionError::new(
+        UNEXPECTED_FRAME,
+        "expected method frame, got non method frame instead",
+    )
 }
 
 /// Maps a decoding failure to the connection error RabbitMQ reports for it.
@@ -966,7 +979,11 @@ fn frame_error(error: FrameError) -> ConnectionError {
     match error {
         FrameError::TooLarge { size, max } => ConnectionError::new(
             FRAME_ERROR,
-            format!("frame size {size} is larger than negotiated maximum {max}"),
+            format!(
+                "frame payload of {} bytes is larger than the negotiated frame_max {}",
+                size.saturating_sub(FRAME_OVERHEAD),
+                max.saturating_sub(FRAME_OVERHEAD)
+            ),
         ),
         FrameError::BadFrameEnd(byte) => {
             ConnectionError::new(FRAME_ERROR, format!("invalid frame end byte {byte:#04x}"))
@@ -990,6 +1007,11 @@ fn frame_error(error: FrameError) -> ConnectionError {
                     format!("unknown method {class_id}.{method_id} on channel {channel}"),
                 )
             },
+            // RabbitMQ answers arguments cut short with 501 ("cannot decode").
+            DecodeError::Truncated => ConnectionError::new(
+                FRAME_ERROR,
+                format!("cannot decode method frame on channel {channel}: truncated arguments"),
+            ),
             other => ConnectionError::new(
                 SYNTAX_ERROR,
                 format!("malformed method frame on channel {channel}: {other}"),

@@ -46,6 +46,9 @@ pub async fn run(
     // Reply bytes (as the broker counts them) handed to the socket since the last report.
     let mut written = 0usize;
     let mut pending_credit = 0usize;
+    // The core drops its sender once it has handled our Closed; the socket may still be
+    // draining then.
+    let mut replies_open = true;
     loop {
         if let Some(bytes) = conn.poll_transmit() {
             if wr.write_all(&bytes).await.is_err() {
@@ -86,9 +89,12 @@ pub async fn run(
                     Ok(_) => conn.handle_read(clock.now_ms()),
                 }
             }
-            replies = reply_rx.recv() => {
+            replies = reply_rx.recv(), if replies_open => {
                 *conn.read_buf() = buf;
-                let Some(replies) = replies else { break };
+                let Some(replies) = replies else {
+                    replies_open = false;
+                    continue;
+                };
                 let now = clock.now_ms();
                 for r in replies {
                     pending_credit += r.wire_size();
@@ -106,6 +112,8 @@ pub async fn run(
                 *conn.read_buf() = buf;
                 conn.handle_timeout(clock.now_ms());
             }
+            // Nothing left to wait for: the core is gone and the socket is not read.
+            else => break,
         }
     }
     // Make sure the broker hears that the connection is gone, then flush what is left.
@@ -120,5 +128,10 @@ pub async fn run(
         let _ = wr.write_all(&bytes).await;
     }
     let _ = wr.shutdown().await;
-    tracing::debug!(conn = id, %peer, "connection closed");
+    match conn.error() {
+        Some(e) => {
+            tracing::warn!(conn = id, %peer, code = e.code, reason = %e.text, "closed connection on a protocol error")
+        }
+        None => tracing::debug!(conn = id, %peer, "connection closed"),
+    }
 }

@@ -47,7 +47,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            bind: IpAddr::from([0, 0, 0, 0]),
+            // The IPv6 wildcard takes IPv4 connections too on dual-stack hosts.
+            bind: IpAddr::from([0u16; 8]),
             amqp_port: 5672,
             http_port: 15672,
             data_dir: PathBuf::from("warren-data"),
@@ -111,7 +112,19 @@ pub async fn serve(
     );
     let clock = Clock::new();
     let broker = Broker::new(config.broker.clone(), seed, recovered);
-    let listener = TcpListener::bind(SocketAddr::new(config.bind, config.amqp_port)).await?;
+    let listener = match TcpListener::bind(SocketAddr::new(config.bind, config.amqp_port)).await {
+        Ok(l) => l,
+        // A host without IPv6: the IPv4 wildcard is the next best "everywhere".
+        Err(e) if config.bind == IpAddr::from([0u16; 8]) => {
+            tracing::warn!(error = %e, "cannot listen on [::]; listening on 0.0.0.0 only");
+            TcpListener::bind(SocketAddr::new(
+                IpAddr::from([0, 0, 0, 0]),
+                config.amqp_port,
+            ))
+            .await?
+        }
+        Err(e) => return Err(e),
+    };
     let local = listener.local_addr()?;
     let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(1024);
     let mut core = tokio::spawn(self::core::run(broker, store, core_rx, clock));

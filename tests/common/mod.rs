@@ -46,13 +46,7 @@ impl Server {
         let port = free_port();
         let http_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "serve",
-                "--bind",
-                "0.0.0.0",
-                "--amqp-port",
-                &port.to_string(),
-            ])
+            .args(["serve", "--amqp-port", &port.to_string()])
             .args(["--http-port", &http_port.to_string()])
             .arg("--data-dir")
             .arg(data_dir.path())
