@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs every test warren has, installing what the tests need under .deps/ (a Python venv
+# with the client libraries, the amqplib npm package, cargo-fuzz). CI runs exactly this.
+#
+#   scripts/test.sh                 # everything
+#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit clients fuzz sim
+#
+# Steps: build (release, must be warning-free) · unit (cargo test: unit, property and
+# end-to-end tests against real warren processes) · clients (third-party client suites
+# and pika scenarios) · fuzz (bounded cargo-fuzz runs) · sim (a batch of simulator seeds
+# and the madsim tests).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TERM_COLOR=never
+only=${WARREN_TEST_ONLY:-build,unit,clients,fuzz,sim}
+fuzz_seconds=${WARREN_FUZZ_SECONDS:-60}
+failed=()
+started=$(date +%s)
+
+want() { [[ ",$only," == *",$1,"* ]]; }
+step() { echo; echo "=== $1 ($(( $(date +%s) - started ))s elapsed)"; }
+run() {
+  local name=$1; shift
+  local t0=$(date +%s)
+  if "$@"; then
+    echo "--- $name: ok in $(( $(date +%s) - t0 ))s"
+  else
+    echo "--- $name: FAILED in $(( $(date +%s) - t0 ))s"
+    failed+=("$name")
+  fi
+}
+
+build_warning_free() {
+  local log
+  log=$(mktemp)
+  cargo build --release --workspace --all-targets 2>&1 | tee "$log"
+  local status=${PIPESTATUS[0]}
+  if [ "$status" -ne 0 ]; then rm -f "$log"; return "$status"; fi
+  if grep -qE '^warning' "$log"; then
+    echo "the build printed warnings"
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+}
+
+fuzz_targets() {
+  if ! [ -x .deps/cargo/bin/cargo-fuzz ]; then
+    cargo install cargo-fuzz --locked --root .deps/cargo
+  fi
+  local target ok=0
+  for target in $(ls fuzz/fuzz_targets | sed 's/\.rs$//'); do
+    echo "fuzzing $target for ${fuzz_seconds}s"
+    (cd fuzz && ../.deps/cargo/bin/cargo-fuzz run -s none "$target" -- \
+        -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 15) || ok=1
+  done
+  return $ok
+}
+
+if want build; then
+  step "build"
+  run build build_warning_free
+fi
+if want unit; then
+  step "unit, property and end-to-end tests"
+  run unit cargo test --release --workspace
+fi
+if want clients; then
+  step "third-party client suites"
+  run clients python3 tests/clients/run_suites.py \
+    --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
+fi
+if want fuzz; then
+  step "fuzzing"
+  run fuzz fuzz_targets
+fi
+if want sim && [ -x scripts/sim.sh ]; then
+  step "simulation"
+  run sim scripts/sim.sh
+fi
+
+echo
+echo "=== done in $(( $(date +%s) - started ))s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all steps passed"
