@@ -11,7 +11,10 @@
 //!   the driver completes and reports back.
 //! - [`server`]: the tokio driver: listener, per-connection tasks, the broker task and
 //!   shutdown.
+//! - [`admin`]: the management HTTP API and `warren ctl`, over the broker's admin
+//!   operations.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod proto;

@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the broker (AMQP on --amqp-port, management HTTP on --http-port).
     Serve(ServeArgs),
+    /// Administer a node, as rabbitmqctl does (users, vhosts, permissions, listings).
+    #[cfg(not(madsim))]
+    Ctl(warren::admin::ctl::CtlArgs),
 }
 
 /// Settings come from flags, then environment variables, then the config file, then
@@ -56,6 +59,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => run_serve(args),
+        #[cfg(not(madsim))]
+        Command::Ctl(args) => warren::admin::ctl::run(args, default_data_dir()),
     }
 }
 

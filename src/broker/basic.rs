@@ -236,7 +236,9 @@ impl Broker {
         message: Arc<Message>,
     ) -> Confirm {
         let queues = self.route(vhost, &publish.exchange, &message);
+        self.totals.publish += 1;
         if queues.is_empty() {
+            self.totals.unroutable += 1;
             if publish.mandatory {
                 let ret = BasicReturn {
                     reply_code: NO_ROUTE,
@@ -302,6 +304,7 @@ impl Broker {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            q.stats.publish += 1;
             let entry = q.push(id, message.clone(), ttl.map(|t| now.saturating_add(t)));
             if entry.stored {
                 stored = true;
@@ -537,6 +540,8 @@ impl Broker {
         if !m.no_ack {
             q.unacked += 1;
         }
+        q.stats.got(m.no_ack, entry.redelivered);
+        self.totals.got(m.no_ack, entry.redelivered);
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
@@ -626,7 +631,9 @@ impl Broker {
                 Settle::Ack | Settle::Discard => {
                     if let Some(q) = self.queues.get_mut(&e.queue) {
                         q.unacked -= 1;
+                        q.stats.ack += u64::from(how == Settle::Ack);
                     }
+                    self.totals.ack += u64::from(how == Settle::Ack);
                     if how == Settle::Discard {
                         self.dead_letter(e.queue, vec![e.message], DeathReason::Rejected);
                     } else {
@@ -785,7 +792,7 @@ impl Broker {
 
 /// The per-message TTL from the `expiration` property: `Ok(None)` when absent, an error
 /// text (as RabbitMQ words it) when it is not a non-negative integer.
-fn parse_expiration(message: &Message) -> Result<Option<u64>, String> {
+pub(super) fn parse_expiration(message: &Message) -> Result<Option<u64>, String> {
     let Some(text) = message.properties.expiration.as_deref() else {
         return Ok(None);
     };

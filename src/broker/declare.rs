@@ -50,6 +50,12 @@ impl Broker {
         let Some((vhost, user)) = self.session(conn) else {
             return Err(command_invalid("connection not open"));
         };
+        // RabbitMQ names the default exchange "amq.default" in permission checks.
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
         let allowed = self
             .users
             .permissions(&user, &vhost)
@@ -331,7 +337,7 @@ impl Broker {
         self.declare_ok(conn, channel, id, m.nowait)
     }
 
-    fn create_queue(
+    pub(super) fn create_queue(
         &mut self,
         conn: ConnId,
         vhost: &str,
@@ -582,7 +588,12 @@ impl Broker {
         }
     }
 
-    fn add_binding(&mut self, vhost: &str, source: &str, binding: Binding) -> AmqpResult<()> {
+    pub(super) fn add_binding(
+        &mut self,
+        vhost: &str,
+        source: &str,
+        binding: Binding,
+    ) -> AmqpResult<()> {
         let max = self.config.max_bindings_per_exchange;
         let queue_name = self.destination_queue_name(&binding.destination);
         let durable_destination = match &binding.destination {
@@ -624,7 +635,7 @@ impl Broker {
         Ok(())
     }
 
-    fn remove_binding(&mut self, vhost: &str, source: &str, binding: &Binding) {
+    pub(super) fn remove_binding(&mut self, vhost: &str, source: &str, binding: &Binding) {
         let queue_name = self.destination_queue_name(&binding.destination);
         let Some(x) = self
             .vhosts
@@ -835,7 +846,7 @@ fn inequivalent(
     ))
 }
 
-fn assert_exchange_equivalent(
+pub(super) fn assert_exchange_equivalent(
     x: &Exchange,
     kind: ExchangeKind,
     m: &ExchangeDeclare,
@@ -897,7 +908,7 @@ fn assert_exchange_equivalent(
     Ok(())
 }
 
-fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResult<()> {
+pub(super) fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResult<()> {
     let b = |v: bool| format!("'{v}'");
     let durable = q.durable || q.exclusive_owner.is_some() && m.durable;
     if durable != m.durable {

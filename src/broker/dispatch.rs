@@ -21,6 +21,9 @@ impl Broker {
     }
 
     pub(super) fn run_dispatch(&mut self) {
+        // Serve queues in id order whatever order they were scheduled in (callers collect
+        // them from hash maps), so that the outputs depend only on the inputs.
+        self.to_dispatch.sort_unstable_by(|a, b| b.cmp(a));
         while let Some(queue) = self.to_dispatch.pop() {
             if let Some(q) = self.queues.get_mut(&queue) {
                 q.dispatch_scheduled = false;
@@ -105,6 +108,8 @@ impl Broker {
                 routing_key: entry.message.routing_key.clone(),
             };
             let message = entry.message.clone();
+            q.stats.delivered(consumer.no_ack, entry.redelivered);
+            self.totals.delivered(consumer.no_ack, entry.redelivered);
             let consumed = if consumer.no_ack {
                 Some(entry)
             } else {
@@ -210,6 +215,7 @@ impl Broker {
                 continue;
             };
             let mut out = Vec::new();
+            let before = pending.len();
             let mut run: Option<(u64, u64)> = None;
             while let Some(&(seq, state)) = pending.front() {
                 match state {
@@ -231,6 +237,8 @@ impl Broker {
             if let Some((last, n)) = run {
                 out.push(ack(last, n));
             }
+            let confirmed = (before - pending.len()) as u64;
+            self.totals.confirm += confirmed;
             for m in out {
                 self.send_method(conn, channel, m);
             }

@@ -6,6 +6,7 @@
 //! [`StoreOp`]s to persist. When a batch is synced the driver calls
 //! [`Broker::handle_persisted`]; confirms and `tx.commit-ok` that depend on it go out then.
 
+pub mod admin;
 mod auth;
 mod basic;
 mod channel;
@@ -16,6 +17,7 @@ mod error;
 mod exchange;
 mod queue;
 mod session;
+mod stats;
 mod timers;
 pub mod topic;
 mod vhost;
@@ -33,6 +35,7 @@ pub use deadletter::{DeathReason, dead_lettered};
 pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
 pub use queue::{ConsumerRef, Overflow, Queue, QueueSettings, QueuedMessage};
+pub use stats::MessageCounters;
 pub use vhost::VHost;
 
 use crate::proto::command::{Command, ConnId, Message, Reply};
@@ -128,6 +131,8 @@ struct Conn {
     unflushed_bytes: usize,
     /// Exclusive queues this connection owns.
     exclusive_queues: Vec<QueueId>,
+    /// When the connection was accepted, in broker time.
+    connected_at_ms: u64,
 }
 
 /// Something held back until a store batch is synced.
@@ -250,6 +255,10 @@ pub struct Broker {
     /// Server-sent notifications (consumer cancels) to send after the current input's
     /// reply, as RabbitMQ orders them.
     notices: Vec<(ConnId, u16, Method)>,
+    /// Whether clients may log in (`warren ctl stop_app` stops the AMQP side).
+    app_running: bool,
+    /// Message counters for the whole broker (per-queue ones live in each queue).
+    totals: MessageCounters,
 }
 
 impl Broker {
@@ -278,6 +287,8 @@ impl Broker {
             timers: BinaryHeap::new(),
             rounds: 0,
             notices: Vec::new(),
+            app_running: true,
+            totals: MessageCounters::default(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -307,6 +318,7 @@ impl Broker {
                 channels: HashMap::new(),
                 unflushed_bytes: 0,
                 exclusive_queues: Vec::new(),
+                connected_at_ms: now_ms,
             },
         );
     }

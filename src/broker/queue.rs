@@ -228,6 +228,8 @@ pub struct Queue {
     pub last_used_ms: u64,
     /// The time of the queue's pending timer, if one is scheduled.
     pub timer_at_ms: Option<u64>,
+    /// Message counters for the management API.
+    pub stats: super::stats::MessageCounters,
     /// Ready messages, one FIFO per priority level (a single one without priorities).
     buckets: Vec<VecDeque<QueuedMessage>>,
     ready_len: usize,
@@ -265,6 +267,7 @@ impl Queue {
             bound_from: Vec::new(),
             last_used_ms: 0,
             timer_at_ms: None,
+            stats: Default::default(),
             buckets: (0..levels).map(|_| VecDeque::new()).collect(),
             ready_len: 0,
             ready_bytes: 0,

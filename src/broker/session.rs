@@ -152,6 +152,12 @@ impl Broker {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        if !self.app_running {
+            // Stopped by `warren ctl stop_app`: like a node without listeners.
+            self.send(conn, Reply::Disconnect);
+            self.close_connection(conn);
+            return;
+        }
         let loopback_only = self.config.loopback_users.contains(&login.username);
         let accepted = self
             .users

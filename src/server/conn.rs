@@ -40,7 +40,11 @@ pub async fn run(
         return;
     }
     tracing::debug!(conn = id, %peer, "connection accepted");
+    #[cfg(not(madsim))]
     let (mut rd, mut wr) = stream.into_split();
+    // madsim's simulated stream has no owned halves.
+    #[cfg(madsim)]
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut conn = Connection::new(config, clock.now_ms());
     let mut commands: Vec<Command> = Vec::new();
     // Reply bytes (as the broker counts them) handed to the socket since the last report.
@@ -51,7 +55,8 @@ pub async fn run(
     let mut replies_open = true;
     loop {
         if let Some(bytes) = conn.poll_transmit() {
-            if wr.write_all(&bytes).await.is_err() {
+            // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                 conn.handle_eof();
             }
             written += std::mem::take(&mut pending_credit);
@@ -126,6 +131,7 @@ pub async fn run(
     }
     if let Some(bytes) = conn.poll_transmit() {
         let _ = wr.write_all(&bytes).await;
+        let _ = wr.flush().await;
     }
     let _ = wr.shutdown().await;
     match conn.error() {

@@ -9,6 +9,7 @@ use crate::proto::command::{Command, ConnId, Reply};
 use crate::store::{Store, StoreOp};
 
 use super::Clock;
+use super::admin::{AdminReplyTx, AdminWaiters};
 
 /// Most messages the core handles before flushing outputs.
 const MAX_MESSAGES_PER_ROUND: usize = 256;
@@ -34,6 +35,14 @@ pub enum CoreMsg {
     },
     /// Close every connection; the server is stopping.
     Shutdown,
+    /// An administrative request (`warren ctl`, the HTTP API); answered on `reply` once
+    /// its durable changes are synced.
+    Admin {
+        /// The request.
+        request: crate::broker::admin::AdminRequest,
+        /// Where the answer goes.
+        reply: AdminReplyTx,
+    },
 }
 
 /// Runs the broker until every sender is gone, then lets the store finish its last sync.
@@ -46,15 +55,16 @@ pub async fn run(
     let (persist_tx, mut persisted_rx, worker) = spawn_store_worker(store);
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>> = HashMap::new();
     let mut closed: Vec<ConnId> = Vec::new();
+    let mut admin = AdminWaiters::default();
     let mut open = true;
     while open {
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
-                handle(&mut broker, &mut conns, &mut closed, msg, &clock);
+                handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock);
                 for _ in 0..MAX_MESSAGES_PER_ROUND {
                     match rx.try_recv() {
-                        Ok(msg) => handle(&mut broker, &mut conns, &mut closed, msg, &clock),
+                        Ok(msg) => handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock),
                         Err(_) => break,
                     }
                 }
@@ -63,7 +73,10 @@ pub async fn run(
                 broker.handle_timeout(clock.now_ms());
             }
             persisted = persisted_rx.recv() => match persisted {
-                Some(batch) => broker.handle_persisted(batch),
+                Some(batch) => {
+                    broker.handle_persisted(batch);
+                    admin.persisted(batch);
+                }
                 None => {
                     // The worker stopped: the store failed. Nothing more can be confirmed.
                     open = false;
@@ -91,6 +104,14 @@ pub async fn run(
         }
     }
     drop(persist_tx);
+    join_store_worker(worker).await
+}
+
+/// Waits for the store worker to finish its last sync.
+#[cfg(not(madsim))]
+async fn join_store_worker(
+    worker: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+) -> std::io::Result<()> {
     match tokio::task::spawn_blocking(move || worker.join()).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(std::io::Error::other(format!("store failed: {e}"))),
@@ -98,10 +119,23 @@ pub async fn run(
     }
 }
 
+/// Waits for the store worker task to finish its last sync (simulation).
+#[cfg(madsim)]
+async fn join_store_worker(
+    worker: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+) -> std::io::Result<()> {
+    match worker.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(std::io::Error::other(format!("store failed: {e}"))),
+        Err(_) => Err(std::io::Error::other("store worker panicked")),
+    }
+}
+
 fn handle(
     broker: &mut Broker,
     conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>>,
     closed: &mut Vec<ConnId>,
+    admin: &mut AdminWaiters,
     msg: CoreMsg,
     clock: &Clock,
 ) {
@@ -120,6 +154,9 @@ fn handle(
             }
         }
         CoreMsg::Shutdown => broker.close_all_connections("shutdown", now),
+        CoreMsg::Admin { request, reply } => {
+            admin.answer(broker.handle_admin(request, now), reply);
+        }
     }
 }
 
@@ -127,6 +164,7 @@ type Batch = (u64, Vec<StoreOp>);
 
 /// Starts the thread that writes and syncs store batches. Batches that queue up while a
 /// sync runs are written together and share the next sync (group commit).
+#[cfg(not(madsim))]
 fn spawn_store_worker(
     mut store: Box<dyn Store + Send>,
 ) -> (
@@ -153,6 +191,41 @@ fn spawn_store_worker(
             store.sync()
         })
         .expect("spawning the store thread");
+    (tx, done_rx, worker)
+}
+
+/// How long a sync takes under simulation.
+#[cfg(madsim)]
+const SIMULATED_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The store worker under madsim, which cannot run OS threads: a task of the node doing
+/// the same group commit, with a virtual delay standing for the sync. Killing the node
+/// kills it between a write and its sync, as a crash would.
+#[cfg(madsim)]
+fn spawn_store_worker(
+    mut store: Box<dyn Store + Send>,
+) -> (
+    mpsc::UnboundedSender<Batch>,
+    mpsc::UnboundedReceiver<u64>,
+    tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let worker = tokio::spawn(async move {
+        while let Some((mut last, ops)) = rx.recv().await {
+            store.write(&ops)?;
+            while let Ok((batch, ops)) = rx.try_recv() {
+                store.write(&ops)?;
+                last = batch;
+            }
+            tokio::time::sleep(SIMULATED_SYNC).await;
+            store.sync()?;
+            if done_tx.send(last).is_err() {
+                break;
+            }
+        }
+        store.sync()
+    });
     (tx, done_rx, worker)
 }
 

@@ -7,6 +7,7 @@
 //!        ◄─            replies            ◄─          persisted         ◄─
 //! ```
 
+mod admin;
 mod conn;
 mod core;
 
@@ -14,7 +15,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use crate::broker::{Broker, BrokerConfig, ConnInfo};
 use crate::proto::connection::ConnectionConfig;
 use crate::store::Store;
 
+pub use self::admin::AdminHandle;
 pub use self::core::CoreMsg;
 
 /// Settings of a running server.
@@ -131,6 +133,18 @@ pub async fn serve(
     tracing::info!(address = %local, "AMQP listener ready");
     // A line on stdout that scripts and tests can wait for.
     println!("warren: AMQP listening on {local}");
+    // Cleared while the app is stopped (`warren ctl stop_app`): new sockets are dropped.
+    let accepting = Arc::new(AtomicBool::new(true));
+    #[cfg(not(madsim))]
+    let http = {
+        let settings = crate::admin::http::HttpSettings {
+            bind: config.bind,
+            port: config.http_port,
+            data_dir: config.data_dir.clone(),
+            amqp: local,
+        };
+        crate::admin::http::start(settings, AdminHandle::new(&core_tx), accepting.clone()).await?
+    };
 
     let live = Arc::new(AtomicUsize::new(0));
     let mut next_id: u64 = 1;
@@ -145,6 +159,10 @@ pub async fn serve(
                         continue;
                     }
                 };
+                if !accepting.load(Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
                 if live.load(Ordering::Relaxed) >= config.max_connections {
                     tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
                     drop(stream);
@@ -174,6 +192,8 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down: closing connections");
+    #[cfg(not(madsim))]
+    http.stop();
     drop(listener);
     let _ = core_tx.send(CoreMsg::Shutdown).await;
     // Give clients a moment to acknowledge the close before the store's final sync.

@@ -19,7 +19,7 @@ Suites (``--suites``, default all):
   amqplib    amqplib 2.2.0 npm tarball: node --test test/*.test.js
   rabbitpy   rabbitpy 3.0.2 sdist: unittest discover tests
   amqpstorm  amqpstorm 3.1.4 sdist: amqpstorm/tests/functional minus management/ and ssl/
-  pika       ours: tests/clients/test_tutorials.py and test_bulk.py (pika 1.4.4)
+  pika       ours: tests/clients/test_tutorials.py, test_bulk.py and test_admin.py (pika 1.4.4)
 
 Everything is installed under ``--deps`` (default: <repo>/.deps, git-ignored):
 a venv with tests/clients/requirements.txt, the sdists of tests/clients/sdists.txt
@@ -241,6 +241,8 @@ class Target:
     host: str
     port: int
     http_port: int
+    # The broker's ctl command (rabbitmqctl's twin) as a command prefix, when known.
+    ctl: list[str] | None = None
 
 
 class Broker:
@@ -275,7 +277,11 @@ class Broker:
                 raise RuntimeError(f"broker exited with {self.proc.returncode} before accepting connections "
                                    f"(see {self.workdir / 'broker.log'})")
             if amqp_ready(self.host, port, timeout=1.0):
-                self.target = Target(self.host, port, http_port)
+                # warren's ctl finds the node through the node file in its data dir.
+                binary = shlex.split(cmd)[0]
+                ctl = [binary, "ctl", "--data-dir", str(self.data_dir)] \
+                    if Path(binary).name == "warren" else None
+                self.target = Target(self.host, port, http_port, ctl)
                 return self.target
             time.sleep(0.2)
         self.stop()
@@ -455,7 +461,10 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
         env = dict(base_env, AMQP_HOST=t.host, AMQP_PORT=str(t.port))
         if args.bulk_count:
             env["BULK_COUNT"] = str(args.bulk_count)
-        return Spec(pytest_common + ["test_tutorials.py", "test_bulk.py"], cwd, env, "junit-pytest", junit)
+        if t.ctl:
+            env["AMQP_CTL"] = shlex.join(t.ctl)
+        return Spec(pytest_common + ["test_tutorials.py", "test_bulk.py", "test_admin.py"], cwd, env,
+                    "junit-pytest", junit)
     raise ValueError(name)
 
 
@@ -797,9 +806,9 @@ def main(argv=None) -> int:
     ap.add_argument("--node-test-timeout-ms", type=int, default=20000, help="node --test-timeout (ms)")
     ap.add_argument("--cap-reruns", type=int, default=1,
                     help="kombu/py-amqp: cap their @flaky(reruns=5, delay 2 s) to N reruns (-1: as upstream)")
-    ap.add_argument("--amqpstorm-cleanup", choices=("amqp", "http", "none"), default="amqp",
-                    help="how amqpstorm tests delete their queues/exchanges (http needs a management API "
-                    "on {http_port}/--http-port)")
+    ap.add_argument("--amqpstorm-cleanup", choices=("amqp", "http", "none"), default="http",
+                    help="how amqpstorm tests delete their queues/exchanges (default http: through the "
+                    "management API on {http_port}/--http-port, as upstream; amqp for a broker without one)")
     ap.add_argument("--bulk-count", type=int, default=0, help="messages in test_bulk (default 100000)")
     ap.add_argument("--broker-ready-timeout", type=float, default=30.0)
     ap.add_argument("--keep-data", action="store_true", help="keep each broker's data dir")

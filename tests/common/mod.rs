@@ -59,10 +59,11 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The HTTP API's line comes after the AMQP listener's: both are up then.
         loop {
             assert!(Instant::now() < deadline, "warren did not start");
             match lines.next() {
-                Some(Ok(line)) if line.contains("AMQP listening") => break,
+                Some(Ok(line)) if line.contains("HTTP listening") => break,
                 Some(_) => continue,
                 None => panic!("warren exited during start"),
             }
@@ -87,6 +88,37 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Base URL of the management HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs `warren ctl ARGS` against this server (found through its node file);
+    /// returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("ctl")
+            .args(args)
+            .env("WARREN_DATA_DIR", self.data_dir.path())
+            .env_remove("WARREN_NODE")
+            .env_remove("WARREN_USERNAME")
+            .env_remove("WARREN_PASSWORD")
+            .output()
+            .expect("run warren ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `warren ctl ARGS` and panics unless it succeeds; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(args);
+        assert_eq!(code, 0, "warren ctl {args:?} failed: {out}{err}");
+        out
     }
 }
 

@@ -1,0 +1,652 @@
+//! The management HTTP API (axum): RabbitMQ's paths and JSON shapes for the common
+//! operations, HTTP basic auth against the broker's users, and the node token for
+//! `warren ctl`.
+//!
+//! Access follows RabbitMQ's user tags: `administrator` may do everything;
+//! `monitoring` may read everything; `management` and `policymaker` see and use the vhosts
+//! they have permissions in (and their own connections); a user without one of these tags
+//! (or with wrong credentials) gets 401. Operations on queues, exchanges, bindings and
+//! messages also need the user's permissions in the vhost, as over AMQP. The node token
+//! (`Authorization: Bearer`, from the node file) acts as the node itself.
+//!
+//! Every request becomes one or two [`AdminRequest`]s to the core task; nothing here
+//! holds broker state except the rate history.
+
+mod objects;
+mod resources;
+mod status;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::broker::admin::{Actor, AdminError, AdminErrorKind, AdminReply, AdminRequest, Whoami};
+use crate::server::AdminHandle;
+
+use super::nodefile::{NodeFile, new_token, node_name, same_secret};
+use super::rates::RateTracker;
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// The data dir, where the node file goes.
+    pub data_dir: PathBuf,
+    /// The AMQP listener's address (for listings and health checks).
+    pub amqp: SocketAddr,
+}
+
+/// A running HTTP API.
+#[derive(Debug)]
+pub struct HttpServer {
+    /// The address it listens on.
+    pub local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    node_file: PathBuf,
+}
+
+impl HttpServer {
+    /// Stops serving and removes the node file.
+    pub fn stop(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.node_file);
+    }
+}
+
+/// Shared by the handlers.
+struct Ctx {
+    core: AdminHandle,
+    token: String,
+    /// Cleared by `stop_app`: the AMQP listener drops new sockets.
+    accepting: Arc<AtomicBool>,
+    node: String,
+    amqp: SocketAddr,
+    http: SocketAddr,
+    started: Instant,
+    started_epoch_ms: u64,
+    rates: Mutex<RateTracker>,
+}
+
+type State = axum::extract::State<Arc<Ctx>>;
+
+/// Binds the HTTP port, writes the node file and starts serving.
+pub async fn start(
+    settings: HttpSettings,
+    core: AdminHandle,
+    accepting: Arc<AtomicBool>,
+) -> std::io::Result<HttpServer> {
+    let addr = SocketAddr::new(settings.bind, settings.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if settings.bind == IpAddr::from([0u16; 8]) => {
+            tracing::warn!(error = %e, "cannot listen on [::] for HTTP; using 0.0.0.0");
+            let v4 = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), settings.port);
+            tokio::net::TcpListener::bind(v4).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let local = listener.local_addr()?;
+    let node = node_name();
+    let token = new_token()?;
+    let node_file = NodeFile {
+        url: format!("http://{}", loopback_address(local)),
+        token: token.clone(),
+        pid: std::process::id(),
+        node: node.clone(),
+    }
+    .write(&settings.data_dir)?;
+    let ctx = Arc::new(Ctx {
+        core,
+        token,
+        accepting,
+        node,
+        amqp: settings.amqp,
+        http: local,
+        started: Instant::now(),
+        started_epoch_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        rates: Mutex::new(RateTracker::default()),
+    });
+    let app = router()
+        .with_state(ctx)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(address = %local, "HTTP listener ready");
+    println!("warren: HTTP listening on {local}");
+    Ok(HttpServer {
+        local,
+        task,
+        node_file,
+    })
+}
+
+/// How a local client reaches a listener bound to `local`: the loopback address of the
+/// same family when it listens on every address.
+fn loopback_address(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+fn router() -> Router<Arc<Ctx>> {
+    use objects::*;
+    use resources::*;
+    use status::*;
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/extensions", get(extensions))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/vhosts", get(list_vhosts))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(get_vhost).put(put_vhost).delete(delete_vhost),
+        )
+        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route("/api/users", get(list_users))
+        .route("/api/users/bulk-delete", post(bulk_delete_users))
+        .route(
+            "/api/users/{user}",
+            get(get_user).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{user}/permissions", get(user_permissions))
+        .route("/api/permissions", get(list_permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(get_permission)
+                .put(put_permission)
+                .delete(delete_permission),
+        )
+        .route("/api/definitions", get(export_all).post(import_all))
+        .route(
+            "/api/definitions/{vhost}",
+            get(export_vhost).post(import_vhost),
+        )
+        .route("/api/queues", get(list_queues))
+        .route("/api/queues/{vhost}", get(list_queues_in))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(get_queue).put(put_queue).delete(delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(purge_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
+        .route("/api/exchanges", get(list_exchanges))
+        .route("/api/exchanges/{vhost}", get(list_exchanges_in))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(get_exchange).put(put_exchange).delete(delete_exchange),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(exchange_bindings_destination),
+        )
+        .route("/api/bindings", get(list_bindings))
+        .route("/api/bindings/{vhost}", get(list_bindings_in))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
+            get(bindings_between).post(create_binding),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
+            get(get_binding).delete(delete_binding),
+        )
+        .route("/api/connections", get(list_connections))
+        .route(
+            "/api/connections/{name}",
+            get(get_connection).delete(close_connection),
+        )
+        .route("/api/connections/{name}/channels", get(connection_channels))
+        .route("/api/channels", get(list_channels))
+        .route("/api/channels/{name}", get(get_channel))
+        .route("/api/consumers", get(list_consumers))
+        .route("/api/consumers/{vhost}", get(list_consumers_in))
+        .route("/api/health/checks/alarms", get(health_ok))
+        .route("/api/health/checks/local-alarms", get(health_ok))
+        .route("/api/health/checks/virtual-hosts", get(health_ok))
+        .route("/api/health/checks/node-is-quorum-critical", get(health_ok))
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(health_ok),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health_ok),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(protocol_listener),
+        )
+        .route("/api/aliveness-test/{vhost}", get(aliveness_test))
+        .route("/api/warren/authenticate", post(authenticate_user))
+        .route("/api/warren/{action}", post(app_action))
+        .route("/metrics", get(metrics))
+        .fallback(not_found_handler)
+        .layer(axum::middleware::from_fn(peer_layer))
+}
+
+// ----- errors -----
+
+/// An error answer: RabbitMQ's `{"error": ..., "reason": ...}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            reason: reason.into(),
+        }
+    }
+
+    fn bad_request(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+    }
+
+    fn not_authorised(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "reason": self.reason });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED && self.error == "not_authorized" {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+            );
+        }
+        r
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        use AdminErrorKind as K;
+        match e.kind {
+            K::NotAuthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", e.reason)
+            }
+            K::AccessRefused => ApiError::not_authorised(e.reason),
+            K::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.reason),
+            K::AlreadyExists => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "already_exists", e.reason)
+            }
+            K::BadRequest | K::PreconditionFailed | K::Locked => ApiError::bad_request(e.reason),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn not_found_handler() -> ApiError {
+    ApiError::not_found()
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+fn ok_json(v: Value) -> ApiResult {
+    Ok(json_response(StatusCode::OK, v))
+}
+
+fn no_content() -> ApiResult {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn created_or_updated(reply: AdminReply) -> ApiResult {
+    match reply {
+        AdminReply::Put { created: true } => Ok(StatusCode::CREATED.into_response()),
+        _ => no_content(),
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+// ----- authentication -----
+
+/// The authenticated requester.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    name: String,
+    tags: Vec<String>,
+    /// Authenticated with the node token.
+    node: bool,
+    /// Vhosts the user has permissions in.
+    vhosts: Vec<String>,
+}
+
+impl Principal {
+    fn has(&self, tag: &str) -> bool {
+        self.node || self.tags.iter().any(|t| t == tag)
+    }
+
+    fn is_admin(&self) -> bool {
+        self.has("administrator")
+    }
+
+    fn is_monitor(&self) -> bool {
+        self.is_admin() || self.has("monitoring")
+    }
+
+    fn is_mgmt(&self) -> bool {
+        self.is_monitor() || self.has("management") || self.has("policymaker")
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not administrator user"))
+        }
+    }
+
+    fn require_monitor(&self) -> Result<(), ApiError> {
+        if self.is_monitor() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not monitor user"))
+        }
+    }
+
+    /// Whether listings show this vhost's objects.
+    fn sees_vhost(&self, vhost: &str) -> bool {
+        self.is_monitor() || self.vhosts.iter().any(|v| v == vhost)
+    }
+
+    /// Fails unless the user may work in `vhost` (administrators and the node may work in
+    /// any; permissions still apply to what they do there).
+    fn require_vhost(&self, vhost: &str) -> Result<(), ApiError> {
+        if self.is_admin() || self.sees_vhost(vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Access refused."))
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        if self.node {
+            Actor::Node
+        } else {
+            Actor::User(self.name.clone())
+        }
+    }
+}
+
+/// Whether the request came from a loopback address (recorded by [`peer_layer`]).
+fn peer_is_loopback(headers: &HeaderMap) -> bool {
+    headers
+        .get(PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+        .is_some_and(|a| match a.ip() {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        })
+}
+
+/// An internal header carrying the peer address to the handlers; any value a client sent
+/// under this name is replaced.
+const PEER_HEADER: &str = "x-warren-peer";
+
+/// Middleware that records the TCP peer's address in [`PEER_HEADER`].
+async fn peer_layer(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.headers_mut().remove(PEER_HEADER);
+    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+        request.headers_mut().insert(PEER_HEADER, v);
+    }
+    next.run(request).await
+}
+
+/// Authenticates a request: the node token, or basic auth against the broker's users,
+/// for a user with at least one management tag.
+async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed");
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refused)?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        if same_secret(token.trim(), &ctx.token) {
+            return Ok(Principal {
+                name: "warren-ctl".into(),
+                tags: vec!["administrator".into()],
+                node: true,
+                vhosts: Vec::new(),
+            });
+        }
+        return Err(refused());
+    }
+    let encoded = value.strip_prefix("Basic ").ok_or_else(refused)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| refused())?;
+    let text = String::from_utf8(raw).map_err(|_| refused())?;
+    let (username, password) = text.split_once(':').ok_or_else(refused)?;
+    let reply = ctx
+        .core
+        .call(AdminRequest::Authenticate {
+            username: username.into(),
+            password: password.into(),
+            from_loopback: peer_is_loopback(headers),
+        })
+        .await
+        .map_err(|_| refused())?;
+    let AdminReply::Whoami(Whoami { user, vhosts }) = reply else {
+        return Err(refused());
+    };
+    let p = Principal {
+        name: user.name,
+        tags: user.tags,
+        node: false,
+        vhosts,
+    };
+    if !p.is_mgmt() {
+        return Err(ApiError::not_authorised("Not management user"));
+    }
+    Ok(p)
+}
+
+impl Ctx {
+    async fn call(&self, request: AdminRequest) -> Result<AdminReply, ApiError> {
+        Ok(self.core.call(request).await?)
+    }
+
+    fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+// ----- listings: RabbitMQ's query parameters -----
+
+/// Applies `name` (+ `use_regex`), `sort` (+ `sort_reverse`), `columns` and pagination
+/// (`page`, `page_size`, `pagination`) to a listing, as RabbitMQ's API does.
+fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
+    if let Some(name) = q.get("name").filter(|n| !n.is_empty()) {
+        let regex = q.get("use_regex").is_some_and(|v| v == "true");
+        if regex {
+            let re = regex::Regex::new(name)
+                .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+            items.retain(|v| v["name"].as_str().is_some_and(|s| re.is_match(s)));
+        } else {
+            items.retain(|v| {
+                v["name"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(name.as_str()))
+            });
+        }
+    }
+    if let Some(key) = q.get("sort").filter(|k| !k.is_empty()) {
+        let path: Vec<&str> = key.split('.').collect();
+        let at = |v: &Value| {
+            path.iter()
+                .try_fold(v, |v, k| v.get(k))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        items.sort_by(|a, b| compare_json(&at(a), &at(b)));
+        if q.get("sort_reverse").is_some_and(|v| v == "true") {
+            items.reverse();
+        }
+    }
+    if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
+        let cols: Vec<&str> = cols.split(',').collect();
+        items = items.into_iter().map(|v| only_columns(v, &cols)).collect();
+    }
+    let paginate = q.contains_key("page") || q.get("pagination").is_some_and(|v| v == "true");
+    if !paginate {
+        return ok_json(Value::Array(items));
+    }
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let size: usize = q
+        .get("page_size")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 500);
+    let total = items.len();
+    let page_count = total.div_ceil(size).max(1);
+    if page > page_count {
+        return Err(ApiError::bad_request("page out of range"));
+    }
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .collect();
+    ok_json(json!({
+        "filtered_count": total, "item_count": slice.len(), "items": slice,
+        "page": page, "page_count": page_count, "page_size": size, "total_count": total,
+    }))
+}
+
+fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+        (Value::Null, _) => std::cmp::Ordering::Less,
+        (_, Value::Null) => std::cmp::Ordering::Greater,
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+/// Keeps the listed columns ("a" or "a.b") of an object.
+fn only_columns(v: Value, cols: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for col in cols {
+        let mut path = col.split('.');
+        let Some(first) = path.next() else { continue };
+        let rest: Vec<&str> = path.collect();
+        let Some(value) = v.get(first) else { continue };
+        let picked = if rest.is_empty() {
+            value.clone()
+        } else {
+            let joined = rest.join(".");
+            let inner = only_columns(value.clone(), &[joined.as_str()]);
+            match (out.remove(first), inner) {
+                (Some(Value::Object(mut a)), Value::Object(b)) => {
+                    a.extend(b);
+                    Value::Object(a)
+                }
+                (_, inner) => inner,
+            }
+        };
+        out.insert(first.to_string(), picked);
+    }
+    Value::Object(out)
+}
+
+/// A query parameter as a boolean ("true").
+fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v == "true")
+}
+
+/// Rates of `counters` (and of the depth gauges: messages, ready, unacknowledged) from the
+/// history kept under `key`.
+fn rates_of(
+    ctx: &Ctx,
+    key: &str,
+    now: Instant,
+    counters: &crate::broker::MessageCounters,
+    depth: &[u64; 3],
+) -> (super::json::Rates, super::json::DepthRates) {
+    let values: Vec<u64> = counters
+        .named()
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(depth.iter().copied())
+        .collect();
+    let rates = match ctx.rates.lock() {
+        Ok(mut t) => t.observe(key, now, &values),
+        Err(_) => vec![0.0; values.len()],
+    };
+    let mut counter_rates = [0.0; 10];
+    counter_rates.copy_from_slice(&rates[..10]);
+    (counter_rates, [rates[10], rates[11], rates[12]])
+}

@@ -1,0 +1,600 @@
+//! Queues, exchanges, bindings and messages.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::admin::json::{
+    binding_json, exchange_json, json_to_properties, json_to_table, properties_key,
+    properties_to_json, queue_json,
+};
+use crate::broker::admin::{AdminReply, AdminRequest, BindingInfo, BindingSpec, GetAck, QueueInfo};
+
+use super::{
+    ApiError, ApiResult, Ctx, Principal, State, authenticate, created_or_updated, flag, listing,
+    no_content, ok_json, parse_body, rates_of,
+};
+
+/// The exchange name RabbitMQ's API uses for the default exchange.
+fn exchange_name(name: &str) -> String {
+    if name == "amq.default" {
+        String::new()
+    } else {
+        name.to_string()
+    }
+}
+
+// ----- queues -----
+
+pub(super) async fn queue_infos(
+    s: &Ctx,
+    vhost: Option<String>,
+) -> Result<Vec<QueueInfo>, ApiError> {
+    match s.call(AdminRequest::ListQueues { vhost }).await? {
+        AdminReply::Queues(q) => Ok(q),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+pub(super) fn queues_json(s: &Ctx, queues: &[QueueInfo]) -> Vec<Value> {
+    let now = Instant::now();
+    queues
+        .iter()
+        .map(|q| {
+            let depth = [
+                q.messages_ready + q.messages_unacknowledged,
+                q.messages_ready,
+                q.messages_unacknowledged,
+            ];
+            let key = format!("q\0{}\0{}", q.vhost, q.name);
+            let (rates, depth_rates) = rates_of(s, &key, now, &q.stats, &depth);
+            queue_json(q, &s.node, &rates, &depth_rates)
+        })
+        .collect()
+}
+
+async fn visible_queues(
+    s: &Ctx,
+    who: &Principal,
+    vhost: Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+    if let Some(v) = &vhost {
+        who.require_vhost(v)?;
+    }
+    let mut queues = queue_infos(s, vhost).await?;
+    queues.retain(|q| who.sees_vhost(&q.vhost));
+    Ok(queues_json(s, &queues))
+}
+
+pub(super) async fn list_queues(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(visible_queues(&s, &who, None).await?, &q)
+}
+
+pub(super) async fn list_queues_in(
+    s: State,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    require_known_vhost(&s, &vhost).await?;
+    listing(visible_queues(&s, &who, Some(vhost)).await?, &q)
+}
+
+/// 404 for a vhost that does not exist.
+async fn require_known_vhost(s: &Ctx, vhost: &str) -> Result<(), ApiError> {
+    match s.call(AdminRequest::ListVhosts).await? {
+        AdminReply::Vhosts(v) if v.iter().any(|x| x.name == vhost) => Ok(()),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+pub(super) async fn get_queue(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let queues = visible_queues(&s, &who, Some(vhost)).await?;
+    let q = queues
+        .into_iter()
+        .find(|q| q["name"] == name.as_str())
+        .ok_or_else(ApiError::not_found)?;
+    ok_json(q)
+}
+
+pub(super) async fn put_queue(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let reply = s
+        .call(AdminRequest::DeclareQueue {
+            actor: who.actor(),
+            vhost,
+            name,
+            durable: body.get("durable").and_then(Value::as_bool).unwrap_or(true),
+            auto_delete: body
+                .get("auto_delete")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            arguments: json_to_table(body.get("arguments").unwrap_or(&Value::Null)),
+        })
+        .await?;
+    created_or_updated(reply)
+}
+
+pub(super) async fn delete_queue(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    s.call(AdminRequest::DeleteQueue {
+        actor: who.actor(),
+        vhost,
+        name,
+        if_empty: flag(&q, "if-empty"),
+        if_unused: flag(&q, "if-unused"),
+    })
+    .await?;
+    no_content()
+}
+
+pub(super) async fn purge_queue(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    s.call(AdminRequest::PurgeQueue {
+        actor: who.actor(),
+        vhost,
+        name,
+    })
+    .await?;
+    no_content()
+}
+
+pub(super) async fn get_messages(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let ack = match body.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_false") => GetAck::Ack,
+        Some("reject_requeue_true") => GetAck::RejectRequeue,
+        Some("reject_requeue_false") => GetAck::Reject,
+        Some("ack_requeue_true") => GetAck::Requeue,
+        // Older clients send only "requeue".
+        None if body.get("requeue").and_then(Value::as_bool) == Some(false) => GetAck::Ack,
+        None => GetAck::Requeue,
+        Some(other) => return Err(ApiError::bad_request(format!("unknown ackmode '{other}'"))),
+    };
+    let base64_only = body.get("encoding").and_then(Value::as_str) == Some("base64");
+    let truncate = body.get("truncate").and_then(Value::as_u64);
+    let reply = s
+        .call(AdminRequest::Get {
+            actor: who.actor(),
+            vhost,
+            queue: name,
+            count,
+            ack,
+        })
+        .await?;
+    let AdminReply::Messages(messages) = reply else {
+        return Err(ApiError::not_found());
+    };
+    let out: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let body = &m.message.body;
+            let shown = match truncate {
+                Some(n) if (n as usize) < body.len() => &body[..n as usize],
+                _ => &body[..],
+            };
+            let (payload, encoding) = match std::str::from_utf8(shown) {
+                Ok(text) if !base64_only => (text.to_string(), "string"),
+                _ => (BASE64.encode(shown), "base64"),
+            };
+            json!({
+                "payload_bytes": body.len(),
+                "redelivered": m.redelivered,
+                "exchange": m.message.exchange,
+                "routing_key": m.message.routing_key,
+                "message_count": m.message_count,
+                "properties": properties_to_json(&m.message.properties),
+                "payload": payload,
+                "payload_encoding": encoding,
+            })
+        })
+        .collect();
+    ok_json(Value::Array(out))
+}
+
+pub(super) async fn queue_bindings(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let bindings = binding_infos(&s, Some(vhost)).await?;
+    let these: Vec<Value> = bindings
+        .iter()
+        .filter(|b| b.to_queue && b.destination == name)
+        .map(binding_json)
+        .collect();
+    ok_json(Value::Array(these))
+}
+
+// ----- exchanges -----
+
+async fn visible_exchanges(
+    s: &Ctx,
+    who: &Principal,
+    vhost: Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+    if let Some(v) = &vhost {
+        who.require_vhost(v)?;
+    }
+    let AdminReply::Exchanges(xs) = s.call(AdminRequest::ListExchanges { vhost }).await? else {
+        return Err(ApiError::not_found());
+    };
+    Ok(xs
+        .iter()
+        .filter(|x| who.sees_vhost(&x.vhost))
+        .map(exchange_json)
+        .collect())
+}
+
+pub(super) async fn list_exchanges(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(visible_exchanges(&s, &who, None).await?, &q)
+}
+
+pub(super) async fn list_exchanges_in(
+    s: State,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    require_known_vhost(&s, &vhost).await?;
+    listing(visible_exchanges(&s, &who, Some(vhost)).await?, &q)
+}
+
+pub(super) async fn get_exchange(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let name = exchange_name(&name);
+    let xs = visible_exchanges(&s, &who, Some(vhost)).await?;
+    let x = xs
+        .into_iter()
+        .find(|x| x["name"] == name.as_str())
+        .ok_or_else(ApiError::not_found)?;
+    ok_json(x)
+}
+
+pub(super) async fn put_exchange(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let kind = body
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,type}]"))?
+        .to_string();
+    let b = |k: &str, d: bool| body.get(k).and_then(Value::as_bool).unwrap_or(d);
+    let reply = s
+        .call(AdminRequest::DeclareExchange {
+            actor: who.actor(),
+            vhost,
+            name: exchange_name(&name),
+            kind,
+            durable: b("durable", true),
+            auto_delete: b("auto_delete", false),
+            internal: b("internal", false),
+            arguments: json_to_table(body.get("arguments").unwrap_or(&Value::Null)),
+        })
+        .await?;
+    created_or_updated(reply)
+}
+
+pub(super) async fn delete_exchange(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    s.call(AdminRequest::DeleteExchange {
+        actor: who.actor(),
+        vhost,
+        name: exchange_name(&name),
+        if_unused: flag(&q, "if-unused"),
+    })
+    .await?;
+    no_content()
+}
+
+pub(super) async fn publish(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,routing_key}]"))?
+        .to_string();
+    let payload = body
+        .get("payload")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,payload}]"))?;
+    let payload = match body.get("payload_encoding").and_then(Value::as_str) {
+        Some("base64") => Bytes::from(
+            BASE64
+                .decode(payload)
+                .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
+        ),
+        _ => Bytes::copy_from_slice(payload.as_bytes()),
+    };
+    let mut properties = json_to_properties(body.get("properties").unwrap_or(&json!({})))
+        .map_err(ApiError::bad_request)?;
+    if let Some(mode) = body.get("delivery_mode").and_then(Value::as_u64) {
+        properties.delivery_mode = Some(mode.min(2) as u8);
+    }
+    let reply = s
+        .call(AdminRequest::Publish {
+            actor: who.actor(),
+            vhost,
+            exchange: exchange_name(&name),
+            routing_key,
+            properties: Box::new(properties),
+            body: payload,
+        })
+        .await?;
+    let AdminReply::Routed(routed) = reply else {
+        return Err(ApiError::not_found());
+    };
+    ok_json(json!({ "routed": routed }))
+}
+
+async fn exchange_bindings(
+    s: &Ctx,
+    headers: &HeaderMap,
+    vhost: String,
+    name: &str,
+    as_source: bool,
+) -> ApiResult {
+    let who = authenticate(s, headers).await?;
+    who.require_vhost(&vhost)?;
+    let name = exchange_name(name);
+    let bindings = binding_infos(s, Some(vhost)).await?;
+    let these: Vec<Value> = bindings
+        .iter()
+        .filter(|b| {
+            if as_source {
+                b.source == name
+            } else {
+                !b.to_queue && b.destination == name
+            }
+        })
+        .map(binding_json)
+        .collect();
+    ok_json(Value::Array(these))
+}
+
+pub(super) async fn exchange_bindings_source(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    exchange_bindings(&s, &headers, vhost, &name, true).await
+}
+
+pub(super) async fn exchange_bindings_destination(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    exchange_bindings(&s, &headers, vhost, &name, false).await
+}
+
+// ----- bindings -----
+
+async fn binding_infos(s: &Ctx, vhost: Option<String>) -> Result<Vec<BindingInfo>, ApiError> {
+    match s.call(AdminRequest::ListBindings { vhost }).await? {
+        AdminReply::Bindings(b) => Ok(b),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn visible_bindings(
+    s: &Ctx,
+    who: &Principal,
+    vhost: Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+    if let Some(v) = &vhost {
+        who.require_vhost(v)?;
+    }
+    let bindings = binding_infos(s, vhost).await?;
+    Ok(bindings
+        .iter()
+        .filter(|b| who.sees_vhost(&b.vhost))
+        .map(binding_json)
+        .collect())
+}
+
+pub(super) async fn list_bindings(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(visible_bindings(&s, &who, None).await?, &q)
+}
+
+pub(super) async fn list_bindings_in(
+    s: State,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(visible_bindings(&s, &who, Some(vhost)).await?, &q)
+}
+
+fn to_queue(kind: &str) -> Result<bool, ApiError> {
+    match kind {
+        "q" => Ok(true),
+        "e" => Ok(false),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// The bindings from `source` to `dest`.
+async fn between(
+    s: &Ctx,
+    who: &Principal,
+    vhost: &str,
+    source: &str,
+    kind: &str,
+    dest: &str,
+) -> Result<Vec<BindingInfo>, ApiError> {
+    who.require_vhost(vhost)?;
+    let q = to_queue(kind)?;
+    let source = exchange_name(source);
+    let bindings = binding_infos(s, Some(vhost.to_string())).await?;
+    Ok(bindings
+        .into_iter()
+        .filter(|b| b.source == source && b.to_queue == q && b.destination == dest)
+        .collect())
+}
+
+pub(super) async fn bindings_between(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let found = between(&s, &who, &vhost, &source, &kind, &dest).await?;
+    ok_json(Value::Array(found.iter().map(binding_json).collect()))
+}
+
+pub(super) async fn create_binding(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let arguments = json_to_table(body.get("arguments").unwrap_or(&Value::Null));
+    let location = properties_key(&routing_key, &arguments);
+    s.call(AdminRequest::Bind {
+        actor: who.actor(),
+        binding: BindingSpec {
+            vhost,
+            source: exchange_name(&source),
+            destination: dest,
+            to_queue: to_queue(&kind)?,
+            routing_key,
+            arguments,
+        },
+    })
+    .await?;
+    let mut r = StatusCode::CREATED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+pub(super) async fn get_binding(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let found = between(&s, &who, &vhost, &source, &kind, &dest).await?;
+    let b = found
+        .iter()
+        .find(|b| properties_key(&b.routing_key, &b.arguments) == props)
+        .ok_or_else(ApiError::not_found)?;
+    ok_json(binding_json(b))
+}
+
+pub(super) async fn delete_binding(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let found = between(&s, &who, &vhost, &source, &kind, &dest).await?;
+    let b = found
+        .into_iter()
+        .find(|b| properties_key(&b.routing_key, &b.arguments) == props)
+        .ok_or_else(ApiError::not_found)?;
+    s.call(AdminRequest::Unbind {
+        actor: who.actor(),
+        binding: BindingSpec {
+            vhost: b.vhost,
+            source: b.source,
+            destination: b.destination,
+            to_queue: b.to_queue,
+            routing_key: b.routing_key,
+            arguments: b.arguments,
+        },
+    })
+    .await?;
+    no_content()
+}

@@ -1,0 +1,727 @@
+//! The node: overview, nodes, connections, channels, consumers, health checks and the
+//! Prometheus endpoint.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::admin::json::{RABBITMQ_VERSION, message_stats, table_to_json};
+use crate::broker::admin::{
+    AdminReply, AdminRequest, ChannelInfo, ConnectionInfo, ConsumerInfo, Overview,
+    consumer_arguments,
+};
+
+use super::resources::{queue_infos, queues_json};
+use super::{
+    ApiError, ApiResult, Ctx, Principal, State, authenticate, json_response, listing, no_content,
+    ok_json, rates_of,
+};
+
+// ----- naming connections as RabbitMQ does -----
+
+/// An address with IPv4-mapped IPv6 shown as IPv4.
+fn plain(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// The peer's address, and the broker side's as well as it is known (the listener's, or
+/// for a wildcard listener the loopback address a loopback peer used).
+fn ends(ctx: &Ctx, peer: &str) -> (Option<SocketAddr>, SocketAddr) {
+    let peer = peer.parse::<SocketAddr>().ok().map(plain);
+    let mut local = plain(ctx.amqp);
+    if local.ip().is_unspecified()
+        && let Some(p) = peer.filter(|p| p.ip().is_loopback())
+    {
+        local = SocketAddr::new(p.ip(), local.port());
+    }
+    (peer, local)
+}
+
+/// RabbitMQ's connection name: "peer_ip:peer_port -> ip:port".
+fn connection_name(ctx: &Ctx, peer: &str) -> String {
+    match ends(ctx, peer) {
+        (Some(p), local) => format!("{p} -> {local}"),
+        (None, local) => format!("{peer} -> {local}"),
+    }
+}
+
+fn peer_fields(ctx: &Ctx, peer: &str) -> (String, u16, String, u16) {
+    let (p, local) = ends(ctx, peer);
+    (
+        p.map(|p| p.ip().to_string())
+            .unwrap_or_else(|| peer.to_string()),
+        p.map(|p| p.port()).unwrap_or(0),
+        local.ip().to_string(),
+        local.port(),
+    )
+}
+
+fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
+    let (peer_host, peer_port, host, port) = peer_fields(ctx, &c.peer);
+    json!({
+        "name": connection_name(ctx, &c.peer),
+        "pid": format!("<{}.{}.0>", ctx.node, c.id),
+        "node": ctx.node,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "vhost": c.vhost,
+        "peer_host": peer_host,
+        "peer_port": peer_port,
+        "host": host,
+        "port": port,
+        "channels": c.channels,
+        "state": "running",
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": "PLAIN",
+        "ssl": false,
+        "client_properties": table_to_json(&c.client_properties),
+        "connected_at": c.connected_at_ms,
+    })
+}
+
+fn channel_name(ctx: &Ctx, peer: &str, number: u16) -> String {
+    format!("{} ({number})", connection_name(ctx, peer))
+}
+
+fn channel_json(ctx: &Ctx, ch: &ChannelInfo) -> Value {
+    let (peer_host, peer_port, _, _) = peer_fields(ctx, &ch.peer);
+    json!({
+        "name": channel_name(ctx, &ch.peer, ch.number),
+        "number": ch.number,
+        "node": ctx.node,
+        "user": ch.user,
+        "vhost": ch.vhost,
+        "connection_details": {
+            "name": connection_name(ctx, &ch.peer),
+            "peer_host": peer_host,
+            "peer_port": peer_port,
+        },
+        "prefetch_count": ch.prefetch_count,
+        "global_prefetch_count": ch.global_prefetch_count,
+        "messages_unacknowledged": ch.messages_unacknowledged,
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "consumer_count": ch.consumer_count,
+        "confirm": ch.confirm,
+        "transactional": ch.transactional,
+        "state": if ch.flow_blocked { "flow" } else { "running" },
+    })
+}
+
+fn consumer_json(ctx: &Ctx, c: &ConsumerInfo) -> Value {
+    let (peer_host, peer_port, _, _) = peer_fields(ctx, &c.peer);
+    json!({
+        "consumer_tag": c.tag,
+        "queue": { "name": c.queue, "vhost": c.vhost },
+        "channel_details": {
+            "name": channel_name(ctx, &c.peer, c.channel),
+            "number": c.channel,
+            "connection_name": connection_name(ctx, &c.peer),
+            "peer_host": peer_host,
+            "peer_port": peer_port,
+            "user": c.user,
+            "node": ctx.node,
+        },
+        "ack_required": c.ack_required,
+        "prefetch_count": c.prefetch_count,
+        "exclusive": c.exclusive,
+        "arguments": table_to_json(&consumer_arguments(c.priority)),
+        "active": true,
+        "activity_status": "up",
+    })
+}
+
+// ----- overview and nodes -----
+
+async fn overview_of(s: &Ctx) -> Result<Overview, ApiError> {
+    match s.call(AdminRequest::Overview).await? {
+        AdminReply::Overview(o) => Ok(*o),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn listeners(s: &Ctx) -> Value {
+    let amqp = plain(s.amqp);
+    let http = plain(s.http);
+    json!([
+        { "node": s.node, "protocol": "amqp", "ip_address": amqp.ip().to_string(), "port": amqp.port() },
+        { "node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port() },
+    ])
+}
+
+pub(super) async fn overview(s: State, headers: HeaderMap) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let o = overview_of(&s).await?;
+    let messages = o.messages_ready + o.messages_unacknowledged;
+    let depth = [messages, o.messages_ready, o.messages_unacknowledged];
+    let (rates, depth_rates) = rates_of(&s, "totals", Instant::now(), &o.stats, &depth);
+    ok_json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "erlang_version": "none (warren is written in Rust)",
+        "cluster_name": s.node,
+        "node": s.node,
+        "rates_mode": "basic",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "user_tags": who.tags,
+        "statistics_db_event_queue": 0,
+        "message_stats": message_stats(&o.stats, &rates),
+        "queue_totals": {
+            "messages": messages,
+            "messages_details": { "rate": depth_rates[0] },
+            "messages_ready": o.messages_ready,
+            "messages_ready_details": { "rate": depth_rates[1] },
+            "messages_unacknowledged": o.messages_unacknowledged,
+            "messages_unacknowledged_details": { "rate": depth_rates[2] },
+        },
+        "object_totals": {
+            "connections": o.connections,
+            "channels": o.channels,
+            "consumers": o.consumers,
+            "exchanges": o.exchanges,
+            "queues": o.queues,
+        },
+        "listeners": listeners(&s),
+        "contexts": [{ "node": s.node, "description": "warren management", "path": "/",
+                       "port": s.http.port().to_string() }],
+    }))
+}
+
+pub(super) async fn whoami(s: State, headers: HeaderMap) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    ok_json(json!({ "name": who.name, "tags": who.tags }))
+}
+
+pub(super) async fn cluster_name(s: State, headers: HeaderMap) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    ok_json(json!({ "name": s.node }))
+}
+
+pub(super) async fn extensions(s: State, headers: HeaderMap) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    ok_json(json!([]))
+}
+
+/// Resident memory of this process, from /proc (0 where there is none).
+fn memory_used_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn open_files() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+async fn node_json(s: &Ctx) -> Result<Value, ApiError> {
+    let o = overview_of(s).await?;
+    Ok(json!({
+        "name": s.node,
+        "type": "disc",
+        "running": true,
+        "being_drained": !o.app_running,
+        "os_pid": std::process::id().to_string(),
+        "uptime": s.uptime_ms(),
+        "started_at": s.started_epoch_ms,
+        "mem_used": memory_used_bytes(),
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "fd_used": open_files(),
+        "sockets_used": o.connections,
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "partitions": [],
+        "applications": [{ "name": "warren", "description": "warren AMQP 0-9-1 broker",
+                           "version": env!("CARGO_PKG_VERSION") }],
+        "listeners": listeners(s),
+    }))
+}
+
+pub(super) async fn nodes(s: State, headers: HeaderMap) -> ApiResult {
+    authenticate(&s, &headers).await?.require_monitor()?;
+    ok_json(Value::Array(vec![node_json(&s).await?]))
+}
+
+pub(super) async fn node(s: State, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    authenticate(&s, &headers).await?.require_monitor()?;
+    if name != s.node {
+        return Err(ApiError::not_found());
+    }
+    ok_json(node_json(&s).await?)
+}
+
+// ----- connections, channels, consumers -----
+
+async fn connections(s: &Ctx, who: &Principal) -> Result<Vec<ConnectionInfo>, ApiError> {
+    let AdminReply::Connections(mut conns) = s.call(AdminRequest::ListConnections).await? else {
+        return Err(ApiError::not_found());
+    };
+    // Monitoring users see every connection; management users their own.
+    if !who.is_monitor() {
+        conns.retain(|c| c.user.as_deref() == Some(who.name.as_str()));
+    }
+    Ok(conns)
+}
+
+pub(super) async fn list_connections(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let conns = connections(&s, &who).await?;
+    listing(conns.iter().map(|c| connection_json(&s, c)).collect(), &q)
+}
+
+/// A connection by its name (as listed), its pid, or its numeric id.
+fn find_connection<'a>(
+    s: &Ctx,
+    conns: &'a [ConnectionInfo],
+    name: &str,
+) -> Option<&'a ConnectionInfo> {
+    conns.iter().find(|c| {
+        connection_name(s, &c.peer) == name
+            || format!("<{}.{}.0>", s.node, c.id) == name
+            || c.id.to_string() == name
+    })
+}
+
+pub(super) async fn get_connection(
+    s: State,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let conns = connections(&s, &who).await?;
+    let c = find_connection(&s, &conns, &name).ok_or_else(ApiError::not_found)?;
+    ok_json(connection_json(&s, c))
+}
+
+pub(super) async fn close_connection(
+    s: State,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let conns = connections(&s, &who).await?;
+    let c = find_connection(&s, &conns, &name).ok_or_else(ApiError::not_found)?;
+    if !who.is_admin() && c.user.as_deref() != Some(who.name.as_str()) {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_string();
+    s.call(AdminRequest::CloseConnection { id: c.id, reason })
+        .await?;
+    no_content()
+}
+
+async fn channels(s: &Ctx, who: &Principal) -> Result<Vec<ChannelInfo>, ApiError> {
+    let AdminReply::Channels(mut chans) = s.call(AdminRequest::ListChannels).await? else {
+        return Err(ApiError::not_found());
+    };
+    if !who.is_monitor() {
+        chans.retain(|c| c.user == who.name);
+    }
+    Ok(chans)
+}
+
+pub(super) async fn connection_channels(
+    s: State,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let conns = connections(&s, &who).await?;
+    let c = find_connection(&s, &conns, &name).ok_or_else(ApiError::not_found)?;
+    let id = c.id;
+    let chans = channels(&s, &who).await?;
+    let these: Vec<Value> = chans
+        .iter()
+        .filter(|ch| ch.conn == id)
+        .map(|ch| channel_json(&s, ch))
+        .collect();
+    ok_json(Value::Array(these))
+}
+
+pub(super) async fn list_channels(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let chans = channels(&s, &who).await?;
+    listing(chans.iter().map(|c| channel_json(&s, c)).collect(), &q)
+}
+
+pub(super) async fn get_channel(
+    s: State,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    let chans = channels(&s, &who).await?;
+    let ch = chans
+        .iter()
+        .find(|c| channel_name(&s, &c.peer, c.number) == name)
+        .ok_or_else(ApiError::not_found)?;
+    ok_json(channel_json(&s, ch))
+}
+
+async fn consumers(
+    s: &Ctx,
+    who: &Principal,
+    vhost: Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+    if let Some(v) = &vhost {
+        who.require_vhost(v)?;
+    }
+    let AdminReply::Consumers(list) = s.call(AdminRequest::ListConsumers { vhost }).await? else {
+        return Err(ApiError::not_found());
+    };
+    Ok(list
+        .iter()
+        .filter(|c| who.sees_vhost(&c.vhost))
+        .map(|c| consumer_json(s, c))
+        .collect())
+}
+
+pub(super) async fn list_consumers(
+    s: State,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(consumers(&s, &who, None).await?, &q)
+}
+
+pub(super) async fn list_consumers_in(
+    s: State,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    listing(consumers(&s, &who, Some(vhost)).await?, &q)
+}
+
+// ----- health checks -----
+
+fn health_failed(reason: String) -> ApiResult {
+    Ok(json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "status": "failed", "reason": reason }),
+    ))
+}
+
+/// Checks with nothing to fail on a single node without resource alarms.
+pub(super) async fn health_ok(s: State, headers: HeaderMap) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    ok_json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn port_listener(
+    s: State,
+    headers: HeaderMap,
+    Path(port): Path<String>,
+) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid port"))?;
+    let amqp_up = s.accepting.load(Ordering::SeqCst);
+    if port == s.http.port() || (port == s.amqp.port() && amqp_up) {
+        ok_json(json!({ "status": "ok", "port": port }))
+    } else {
+        health_failed(format!("No active listener on port {port}"))
+    }
+}
+
+pub(super) async fn protocol_listener(
+    s: State,
+    headers: HeaderMap,
+    Path(protocol): Path<String>,
+) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    let up = match protocol.as_str() {
+        "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" => s.accepting.load(Ordering::SeqCst),
+        "http" | "management" => true,
+        _ => false,
+    };
+    if up {
+        ok_json(json!({ "status": "ok", "protocol": protocol }))
+    } else {
+        health_failed(format!("No active listener for protocol {protocol}"))
+    }
+}
+
+/// Declares the `aliveness-test` queue, publishes to it and gets the message back.
+pub(super) async fn aliveness_test(
+    s: State,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let queue = "aliveness-test".to_string();
+    s.call(AdminRequest::DeclareQueue {
+        actor: who.actor(),
+        vhost: vhost.clone(),
+        name: queue.clone(),
+        durable: false,
+        auto_delete: false,
+        arguments: Default::default(),
+    })
+    .await?;
+    s.call(AdminRequest::Publish {
+        actor: who.actor(),
+        vhost: vhost.clone(),
+        exchange: String::new(),
+        routing_key: queue.clone(),
+        properties: Box::default(),
+        body: Bytes::from_static(b"test_message"),
+    })
+    .await?;
+    let reply = s
+        .call(AdminRequest::Get {
+            actor: who.actor(),
+            vhost,
+            queue,
+            count: 1,
+            ack: crate::broker::admin::GetAck::Ack,
+        })
+        .await?;
+    match reply {
+        AdminReply::Messages(m) if m.iter().any(|m| &m.message.body[..] == b"test_message") => {
+            ok_json(json!({ "status": "ok" }))
+        }
+        _ => health_failed("aliveness test message not received".into()),
+    }
+}
+
+// ----- Prometheus -----
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `GET /metrics`: Prometheus text format, unauthenticated like RabbitMQ's
+/// rabbitmq_prometheus plugin. Counters carry RabbitMQ's metric names; rates over the
+/// last few seconds are given too, as gauges, for scrapers that want them ready-made.
+pub(super) async fn metrics(s: State) -> ApiResult {
+    let o = overview_of(&s).await?;
+    let queues = queue_infos(&s, None).await?;
+    let views = queues_json(&s, &queues);
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    family(
+        "rabbitmq_connections",
+        "gauge",
+        "Open client connections",
+        &one(o.connections),
+    );
+    family(
+        "rabbitmq_channels",
+        "gauge",
+        "Open channels",
+        &one(o.channels),
+    );
+    family(
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers",
+        &one(o.consumers),
+    );
+    family("rabbitmq_queues", "gauge", "Queues", &one(o.queues));
+    family(
+        "rabbitmq_queue_messages_ready_total",
+        "gauge",
+        "Ready messages in all queues",
+        &one(o.messages_ready),
+    );
+    family(
+        "rabbitmq_queue_messages_unacked_total",
+        "gauge",
+        "Delivered, unacknowledged messages of all queues",
+        &one(o.messages_unacknowledged),
+    );
+    let c = &o.stats;
+    family(
+        "rabbitmq_global_messages_received_total",
+        "counter",
+        "Messages published",
+        &one(c.publish),
+    );
+    family(
+        "rabbitmq_global_messages_delivered_total",
+        "counter",
+        "Messages delivered to consumers and basic.get",
+        &one(c.deliver_get()),
+    );
+    family(
+        "rabbitmq_global_messages_redelivered_total",
+        "counter",
+        "Messages redelivered",
+        &one(c.redeliver),
+    );
+    family(
+        "rabbitmq_global_messages_acknowledged_total",
+        "counter",
+        "Messages acknowledged",
+        &one(c.ack),
+    );
+    family(
+        "rabbitmq_global_messages_confirmed_total",
+        "counter",
+        "Publisher confirms sent",
+        &one(c.confirm),
+    );
+    family(
+        "rabbitmq_global_messages_unroutable_returned_total",
+        "counter",
+        "Messages that reached no queue",
+        &one(c.unroutable),
+    );
+    for alarm in [
+        "memory_used_watermark",
+        "free_disk_space_watermark",
+        "file_descriptor_limit",
+    ] {
+        family(
+            &format!("rabbitmq_alarms_{alarm}"),
+            "gauge",
+            "1 while the alarm is in effect",
+            &one(0),
+        );
+    }
+    family(
+        "rabbitmq_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory",
+        &one(memory_used_bytes()),
+    );
+    family(
+        "rabbitmq_process_open_fds",
+        "gauge",
+        "Open file descriptors",
+        &one(open_files()),
+    );
+    family(
+        "warren_app_running",
+        "gauge",
+        "1 while the AMQP side runs (not stopped by stop_app)",
+        &one(u64::from(o.app_running)),
+    );
+    let per_queue = |field: &dyn Fn(&Value) -> f64| -> Vec<(String, f64)> {
+        views
+            .iter()
+            .map(|q| {
+                let labels = format!(
+                    "{{vhost=\"{}\",queue=\"{}\"}}",
+                    escape_label(q["vhost"].as_str().unwrap_or("")),
+                    escape_label(q["name"].as_str().unwrap_or(""))
+                );
+                (labels, field(q))
+            })
+            .collect()
+    };
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    family(
+        "rabbitmq_queue_messages_ready",
+        "gauge",
+        "Ready messages",
+        &per_queue(&|q| num(&q["messages_ready"])),
+    );
+    family(
+        "rabbitmq_queue_messages_unacked",
+        "gauge",
+        "Unacknowledged messages",
+        &per_queue(&|q| num(&q["messages_unacknowledged"])),
+    );
+    family(
+        "rabbitmq_queue_messages",
+        "gauge",
+        "Ready and unacknowledged messages",
+        &per_queue(&|q| num(&q["messages"])),
+    );
+    family(
+        "rabbitmq_queue_consumers",
+        "gauge",
+        "Consumers",
+        &per_queue(&|q| num(&q["consumers"])),
+    );
+    family(
+        "rabbitmq_queue_messages_published_total",
+        "counter",
+        "Messages that entered the queue",
+        &per_queue(&|q| num(&q["message_stats"]["publish"])),
+    );
+    family(
+        "rabbitmq_queue_messages_delivered_total",
+        "counter",
+        "Deliveries and gets from the queue",
+        &per_queue(&|q| num(&q["message_stats"]["deliver_get"])),
+    );
+    family(
+        "rabbitmq_queue_messages_acked_total",
+        "counter",
+        "Acknowledgements of the queue's messages",
+        &per_queue(&|q| num(&q["message_stats"]["ack"])),
+    );
+    family(
+        "warren_queue_publish_rate",
+        "gauge",
+        "Messages entering the queue per second (last ~5 s)",
+        &per_queue(&|q| num(&q["message_stats"]["publish_details"]["rate"])),
+    );
+    family(
+        "warren_queue_deliver_get_rate",
+        "gauge",
+        "Deliveries and gets per second (last ~5 s)",
+        &per_queue(&|q| num(&q["message_stats"]["deliver_get_details"]["rate"])),
+    );
+    family(
+        "warren_queue_ack_rate",
+        "gauge",
+        "Acknowledgements per second (last ~5 s)",
+        &per_queue(&|q| num(&q["message_stats"]["ack_details"]["rate"])),
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,548 @@
+//! RabbitMQ's JSON shapes: field tables, message properties, definitions documents, and
+//! the objects the management API lists. Field names are RabbitMQ's, because clients
+//! (amqpstorm's management client, rabbitmqadmin-style scripts) read them.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::broker::MessageCounters;
+use crate::broker::admin::{
+    BindingInfo, Definitions, ExchangeDef, ExchangeInfo, QueueDef, QueueInfo,
+};
+use crate::proto::props::BasicProperties;
+use crate::proto::table::{FieldTable, FieldValue};
+use crate::store::{PermissionRecord, UserRecord};
+
+/// The version this API claims to be compatible with (clients check it).
+pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// RabbitMQ's name for its salted SHA-256 password hashing.
+pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
+
+/// A field value as JSON: numbers as numbers, strings as strings, tables as objects.
+pub fn value_to_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Bool(b) => Value::Bool(*b),
+        FieldValue::I8(n) => json!(n),
+        FieldValue::U8(n) => json!(n),
+        FieldValue::I16(n) => json!(n),
+        FieldValue::U16(n) => json!(n),
+        FieldValue::I32(n) => json!(n),
+        FieldValue::U32(n) => json!(n),
+        FieldValue::I64(n) => json!(n),
+        FieldValue::F32(n) => json!(n),
+        FieldValue::F64(n) => json!(n),
+        FieldValue::Decimal(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        FieldValue::LongStr(b) | FieldValue::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => Value::String(BASE64.encode(b)),
+        },
+        FieldValue::Array(items) => Value::Array(items.iter().map(value_to_json).collect()),
+        FieldValue::Timestamp(t) => json!(t),
+        FieldValue::Table(t) => table_to_json(t),
+        FieldValue::Void => Value::Null,
+    }
+}
+
+/// A field table as a JSON object.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+/// A JSON value as a field value, as RabbitMQ's management API converts arguments:
+/// integers become longs, other numbers doubles.
+pub fn json_to_value(v: &Value) -> FieldValue {
+    match v {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes())),
+        Value::Array(items) => FieldValue::Array(items.iter().map(json_to_value).collect()),
+        Value::Object(_) => FieldValue::Table(json_to_table(v)),
+    }
+}
+
+/// A JSON object as a field table (anything else is an empty table).
+pub fn json_to_table(v: &Value) -> FieldTable {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+        _ => FieldTable::default(),
+    }
+}
+
+/// Message properties as the management API shows them.
+pub fn properties_to_json(p: &BasicProperties) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put("content_type", p.content_type.clone().map(Value::String));
+    put(
+        "content_encoding",
+        p.content_encoding.clone().map(Value::String),
+    );
+    put("headers", p.headers.as_ref().map(table_to_json));
+    put("delivery_mode", p.delivery_mode.map(|v| json!(v)));
+    put("priority", p.priority.map(|v| json!(v)));
+    put(
+        "correlation_id",
+        p.correlation_id.clone().map(Value::String),
+    );
+    put("reply_to", p.reply_to.clone().map(Value::String));
+    put("expiration", p.expiration.clone().map(Value::String));
+    put("message_id", p.message_id.clone().map(Value::String));
+    put("timestamp", p.timestamp.map(|v| json!(v)));
+    put("type", p.kind.clone().map(Value::String));
+    put("user_id", p.user_id.clone().map(Value::String));
+    put("app_id", p.app_id.clone().map(Value::String));
+    put("cluster_id", p.cluster_id.clone().map(Value::String));
+    Value::Object(m)
+}
+
+/// Message properties from the management API's JSON (unknown keys are ignored, as
+/// RabbitMQ does).
+pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let small = |k: &str| -> Result<Option<u8>, String> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => match x.as_u64().or_else(|| x.as_str()?.parse().ok()) {
+                Some(n) if n <= 255 => Ok(Some(n as u8)),
+                _ => Err(format!("invalid property {k}: {x}")),
+            },
+        }
+    };
+    Ok(BasicProperties {
+        content_type: text("content_type"),
+        content_encoding: text("content_encoding"),
+        headers: v
+            .get("headers")
+            .filter(|h| h.is_object())
+            .map(json_to_table),
+        delivery_mode: small("delivery_mode")?,
+        priority: small("priority")?,
+        correlation_id: text("correlation_id"),
+        reply_to: text("reply_to"),
+        expiration: match v.get("expiration") {
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => text("expiration"),
+        },
+        message_id: text("message_id"),
+        timestamp: v.get("timestamp").and_then(Value::as_u64),
+        kind: text("type"),
+        user_id: text("user_id"),
+        app_id: text("app_id"),
+        cluster_id: text("cluster_id"),
+    })
+}
+
+/// Per-second rates of a set of counters, as RabbitMQ's `*_details` objects give them.
+pub type Rates = [f64; 10];
+
+/// RabbitMQ's `message_stats` object: each counter and its `_details.rate`.
+pub fn message_stats(c: &MessageCounters, rates: &Rates) -> Value {
+    let mut m = Map::new();
+    for (i, (name, count)) in c.named().iter().enumerate() {
+        m.insert(name.to_string(), json!(count));
+        m.insert(format!("{name}_details"), json!({ "rate": rates[i] }));
+    }
+    Value::Object(m)
+}
+
+fn details(rate: f64) -> Value {
+    json!({ "rate": rate })
+}
+
+/// A user as `/api/users` shows it.
+pub fn user_json(u: &UserRecord) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": HASHING_ALGORITHM,
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+/// A permission as `/api/permissions` shows it.
+pub fn permission_json(p: &PermissionRecord) -> Value {
+    json!({
+        "user": p.user,
+        "vhost": p.vhost,
+        "configure": p.configure,
+        "write": p.write,
+        "read": p.read,
+    })
+}
+
+/// Queue depth rates: messages, ready, unacknowledged (per second).
+pub type DepthRates = [f64; 3];
+
+/// A queue as `/api/queues` shows it.
+pub fn queue_json(q: &QueueInfo, node: &str, rates: &Rates, depth: &DepthRates) -> Value {
+    let messages = q.messages_ready + q.messages_unacknowledged;
+    let mut v = json!({
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.owner.is_some(),
+        "arguments": table_to_json(&q.arguments),
+        "node": node,
+        "state": "running",
+        "type": "classic",
+        "policy": Value::Null,
+        "messages": messages,
+        "messages_details": details(depth[0]),
+        "messages_ready": q.messages_ready,
+        "messages_ready_details": details(depth[1]),
+        "messages_unacknowledged": q.messages_unacknowledged,
+        "messages_unacknowledged_details": details(depth[2]),
+        "message_bytes": q.message_bytes_ready,
+        "message_bytes_ready": q.message_bytes_ready,
+        "message_bytes_unacknowledged": 0,
+        "consumers": q.consumers,
+        "exclusive_consumer_tag": q.exclusive_consumer_tag,
+        "message_stats": message_stats(&q.stats, rates),
+    });
+    if let Some(ms) = q.idle_since_ms {
+        v["idle_since"] = Value::String(format_time(ms));
+    }
+    v
+}
+
+/// An exchange as `/api/exchanges` shows it.
+pub fn exchange_json(x: &ExchangeInfo) -> Value {
+    json!({
+        "name": x.name,
+        "vhost": x.vhost,
+        "type": x.kind,
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": table_to_json(&x.arguments),
+        "user_who_performed_action": "",
+        "policy": Value::Null,
+    })
+}
+
+/// The key that names a binding among those with the same ends in
+/// `/api/bindings/.../{props}`: the routing key ("~" when empty), plus a digest of the
+/// arguments when there are any.
+pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    use sha2::{Digest, Sha256};
+    let key = if routing_key.is_empty() {
+        "~".to_string()
+    } else {
+        routing_key.to_string()
+    };
+    if arguments.is_empty() {
+        return key;
+    }
+    let mut encoded = bytes::BytesMut::new();
+    arguments.encode(&mut encoded);
+    let digest = Sha256::digest(&encoded);
+    let short = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..12]);
+    format!("{}~{short}", routing_key)
+}
+
+/// A binding as `/api/bindings` shows it.
+pub fn binding_json(b: &BindingInfo) -> Value {
+    json!({
+        "source": b.source,
+        "vhost": b.vhost,
+        "destination": b.destination,
+        "destination_type": if b.to_queue { "queue" } else { "exchange" },
+        "routing_key": b.routing_key,
+        "arguments": table_to_json(&b.arguments),
+        "properties_key": properties_key(&b.routing_key, &b.arguments),
+    })
+}
+
+/// A definitions document in RabbitMQ's format.
+pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
+    let queues: Vec<Value> = d
+        .queues
+        .iter()
+        .map(|q| {
+            json!({
+                "name": q.name, "vhost": q.vhost, "durable": q.durable,
+                "auto_delete": q.auto_delete, "arguments": table_to_json(&q.arguments),
+            })
+        })
+        .collect();
+    let exchanges: Vec<Value> = d
+        .exchanges
+        .iter()
+        .map(|x| {
+            json!({
+                "name": x.name, "vhost": x.vhost, "type": x.kind, "durable": x.durable,
+                "auto_delete": x.auto_delete, "internal": x.internal,
+                "arguments": table_to_json(&x.arguments),
+            })
+        })
+        .collect();
+    let bindings: Vec<Value> = d
+        .bindings
+        .iter()
+        .map(|b| {
+            let mut v = binding_json(b);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("properties_key");
+            }
+            v
+        })
+        .collect();
+    let mut doc = json!({
+        "rabbit_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    });
+    if !vhost_only {
+        doc["users"] = Value::Array(d.users.iter().map(user_json).collect());
+        doc["vhosts"] = Value::Array(
+            d.vhosts
+                .iter()
+                .map(|v| json!({ "name": v, "limits": [], "metadata": { "description": "", "tags": [] } }))
+                .collect(),
+        );
+        doc["permissions"] = Value::Array(d.permissions.iter().map(permission_json).collect());
+        doc["topic_permissions"] = json!([]);
+        doc["global_parameters"] = json!([]);
+    }
+    doc
+}
+
+fn text_field(v: &Value, key: &str, what: &str) -> Result<String, String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("{what}: missing or non-string '{key}'"))
+}
+
+fn bool_field(v: &Value, key: &str, default: bool) -> bool {
+    match v.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => default,
+    }
+}
+
+/// Tags as RabbitMQ writes them: a list, or a comma-separated string (older versions).
+pub fn parse_tags(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads a definitions document. With `vhost` set (an import into one vhost), every
+/// object lands in that vhost and users, vhosts and permissions are ignored.
+pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definitions, String> {
+    let list = |key: &str| -> Vec<Value> {
+        doc.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let vhost_of = |v: &Value, what: &str| -> Result<String, String> {
+        match vhost {
+            Some(only) => Ok(only.to_string()),
+            None => text_field(v, "vhost", what),
+        }
+    };
+    let mut d = Definitions::default();
+    if vhost.is_none() {
+        for v in list("vhosts") {
+            d.vhosts.push(text_field(&v, "name", "vhost")?);
+        }
+        for u in list("users") {
+            let name = text_field(&u, "name", "user")?;
+            if let Some(alg) = u.get("hashing_algorithm").and_then(Value::as_str)
+                && alg != HASHING_ALGORITHM
+            {
+                return Err(format!(
+                    "user {name}: unsupported hashing_algorithm '{alg}'"
+                ));
+            }
+            let password_hash = match (u.get("password_hash"), u.get("password")) {
+                (Some(Value::String(h)), _) => h.clone(),
+                (_, Some(Value::String(p))) => plain_password_marker(p),
+                _ => String::new(),
+            };
+            d.users.push(UserRecord {
+                name,
+                password_hash,
+                tags: parse_tags(u.get("tags")),
+            });
+        }
+        for p in list("permissions") {
+            d.permissions.push(PermissionRecord {
+                user: text_field(&p, "user", "permission")?,
+                vhost: text_field(&p, "vhost", "permission")?,
+                configure: text_field(&p, "configure", "permission")?,
+                write: text_field(&p, "write", "permission")?,
+                read: text_field(&p, "read", "permission")?,
+            });
+        }
+    }
+    for q in list("queues") {
+        d.queues.push(QueueDef {
+            vhost: vhost_of(&q, "queue")?,
+            name: text_field(&q, "name", "queue")?,
+            durable: bool_field(&q, "durable", true),
+            auto_delete: bool_field(&q, "auto_delete", false),
+            arguments: json_to_table(q.get("arguments").unwrap_or(&Value::Null)),
+        });
+    }
+    for x in list("exchanges") {
+        d.exchanges.push(ExchangeDef {
+            vhost: vhost_of(&x, "exchange")?,
+            name: text_field(&x, "name", "exchange")?,
+            kind: text_field(&x, "type", "exchange")?,
+            durable: bool_field(&x, "durable", true),
+            auto_delete: bool_field(&x, "auto_delete", false),
+            internal: bool_field(&x, "internal", false),
+            arguments: json_to_table(x.get("arguments").unwrap_or(&Value::Null)),
+        });
+    }
+    for b in list("bindings") {
+        let kind = text_field(&b, "destination_type", "binding")?;
+        d.bindings.push(BindingInfo {
+            vhost: vhost_of(&b, "binding")?,
+            source: text_field(&b, "source", "binding")?,
+            destination: text_field(&b, "destination", "binding")?,
+            to_queue: kind == "queue",
+            routing_key: text_field(&b, "routing_key", "binding").unwrap_or_default(),
+            arguments: json_to_table(b.get("arguments").unwrap_or(&Value::Null)),
+        });
+    }
+    Ok(d)
+}
+
+/// Definitions may carry a plain `password` instead of a hash; it is marked here and
+/// hashed by the HTTP layer before import (the core only takes hashes in imports).
+fn plain_password_marker(p: &str) -> String {
+    format!("\u{0}plain:{p}")
+}
+
+/// The plain password marked by [`definitions_from_json`], if `hash` is one.
+pub fn marked_plain_password(hash: &str) -> Option<&str> {
+    hash.strip_prefix("\u{0}plain:")
+}
+
+/// Milliseconds since the epoch as RabbitMQ prints times: "2024-01-02 03:04:05".
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip_through_json() {
+        let v = json!({"x-message-ttl": 1000, "x-dead-letter-exchange": "dlx", "f": 1.5,
+                       "nested": {"a": [true, null]}});
+        let t = json_to_table(&v);
+        assert_eq!(t.get("x-message-ttl"), Some(&FieldValue::I64(1000)));
+        assert_eq!(table_to_json(&t), v);
+    }
+
+    #[test]
+    fn properties_round_trip_through_json() {
+        let v = json!({"delivery_mode": 2, "headers": {"k": "v"}, "type": "t", "priority": 5,
+                       "expiration": "60000", "timestamp": 17});
+        let p = json_to_properties(&v).unwrap();
+        assert_eq!(p.delivery_mode, Some(2));
+        assert_eq!(p.kind.as_deref(), Some("t"));
+        assert_eq!(properties_to_json(&p), v);
+        assert!(json_to_properties(&json!({"priority": 300})).is_err());
+    }
+
+    #[test]
+    fn definitions_round_trip() {
+        let doc = json!({
+            "users": [{"name": "u", "password_hash": "h", "tags": "administrator,monitoring"}],
+            "vhosts": [{"name": "/"}],
+            "permissions": [{"user": "u", "vhost": "/", "configure": ".*", "write": "", "read": ".*"}],
+            "queues": [{"name": "q", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],
+            "exchanges": [{"name": "x", "vhost": "/", "type": "topic", "durable": true,
+                           "auto_delete": false, "internal": false, "arguments": {}}],
+            "bindings": [{"source": "x", "vhost": "/", "destination": "q", "destination_type": "queue",
+                          "routing_key": "a.#", "arguments": {}}],
+        });
+        let d = definitions_from_json(&doc, None).unwrap();
+        assert_eq!(d.users[0].tags, ["administrator", "monitoring"]);
+        let again = definitions_from_json(&definitions_to_json(&d, false), None).unwrap();
+        assert_eq!(again, d);
+    }
+
+    #[test]
+    fn times_print_like_rabbitmq() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_700_000_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn properties_keys_distinguish_arguments() {
+        let none = FieldTable::default();
+        assert_eq!(properties_key("", &none), "~");
+        assert_eq!(properties_key("k", &none), "k");
+        let args: FieldTable = [("x", FieldValue::I64(1))].into_iter().collect();
+        assert!(properties_key("k", &args).starts_with("k~"));
+    }
+}

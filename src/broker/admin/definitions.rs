@@ -1,0 +1,193 @@
+//! Definitions: users, vhosts, permissions and topology as one document, the content of
+//! RabbitMQ's `export_definitions` / `import_definitions` (the JSON form lives in
+//! `crate::admin::json`).
+
+use crate::proto::table::FieldTable;
+use crate::store::{PermissionRecord, UserRecord};
+
+use super::super::Broker;
+use super::super::exchange::ExchangeKind;
+use super::snapshot::BindingInfo;
+use super::{Actor, AdminReply, AdminResult, BindingSpec, Password, PutMode, bad_request};
+
+/// A queue in a definitions document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDef {
+    /// Vhost.
+    pub vhost: String,
+    /// Name.
+    pub name: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+}
+
+/// An exchange in a definitions document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDef {
+    /// Vhost.
+    pub vhost: String,
+    /// Name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not published to directly.
+    pub internal: bool,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+}
+
+/// Everything an export holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Definitions {
+    /// Users with their password hashes.
+    pub users: Vec<UserRecord>,
+    /// Vhost names.
+    pub vhosts: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<PermissionRecord>,
+    /// Queues (exclusive ones are not exported).
+    pub queues: Vec<QueueDef>,
+    /// Exchanges (the predeclared ones are not exported).
+    pub exchanges: Vec<ExchangeDef>,
+    /// Bindings (the default exchange's implicit ones are not exported).
+    pub bindings: Vec<BindingInfo>,
+}
+
+impl Broker {
+    pub(super) fn export_definitions(&self, vhost: Option<&str>) -> Definitions {
+        let mut defs = Definitions::default();
+        if vhost.is_none() {
+            defs.users = self.users.iter().cloned().collect();
+            defs.vhosts = self.list_vhosts().into_iter().map(|v| v.name).collect();
+            defs.permissions = self.users.all_permissions().cloned().collect();
+        }
+        defs.queues = self
+            .list_queues(vhost)
+            .into_iter()
+            .filter(|q| q.owner.is_none())
+            .map(|q| QueueDef {
+                vhost: q.vhost,
+                name: q.name,
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
+            })
+            .collect();
+        defs.exchanges = self
+            .list_exchanges(vhost)
+            .into_iter()
+            .filter(|x| {
+                self.vhosts
+                    .get(&x.vhost)
+                    .and_then(|v| v.exchanges.get(&x.name))
+                    .is_some_and(|e| !e.builtin)
+            })
+            .map(|x| ExchangeDef {
+                vhost: x.vhost,
+                name: x.name,
+                kind: x.kind,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments,
+            })
+            .collect();
+        let exported_queue = |vhost: &str, name: &str| {
+            defs.queues
+                .iter()
+                .any(|q| q.vhost == vhost && q.name == name)
+        };
+        let bindings: Vec<BindingInfo> = self
+            .list_bindings(vhost)
+            .into_iter()
+            .filter(|b| !b.source.is_empty())
+            .filter(|b| !b.to_queue || exported_queue(&b.vhost, &b.destination))
+            .collect();
+        defs.bindings = bindings;
+        defs
+    }
+
+    /// Checks a document before anything of it is applied, so that a bad one changes
+    /// nothing.
+    fn validate_definitions(&self, defs: &Definitions) -> Result<(), super::AdminError> {
+        let known_vhost =
+            |v: &str| self.vhosts.contains_key(v) || defs.vhosts.iter().any(|d| d == v);
+        let known_user =
+            |u: &str| self.users.get(u).is_some() || defs.users.iter().any(|d| d.name == u);
+        for p in &defs.permissions {
+            if !known_vhost(&p.vhost) || !known_user(&p.user) {
+                return Err(bad_request(format!(
+                    "permission of user '{}' in vhost '{}': no such user or vhost",
+                    p.user, p.vhost
+                )));
+            }
+            super::super::auth::Permissions::new(p.clone()).map_err(bad_request)?;
+        }
+        for x in &defs.exchanges {
+            if ExchangeKind::parse(&x.kind).is_none() {
+                return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
+            }
+        }
+        let vhost_of = defs
+            .queues
+            .iter()
+            .map(|q| q.vhost.as_str())
+            .chain(defs.exchanges.iter().map(|x| x.vhost.as_str()))
+            .chain(defs.bindings.iter().map(|b| b.vhost.as_str()));
+        for v in vhost_of {
+            if !known_vhost(v) {
+                return Err(bad_request(format!("no_such_vhost: {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn import_definitions(&mut self, defs: Definitions) -> AdminResult {
+        self.validate_definitions(&defs)?;
+        for v in &defs.vhosts {
+            self.put_vhost(v, PutMode::Upsert)?;
+        }
+        for u in defs.users {
+            let password = Password::Hash(u.password_hash);
+            self.put_user(&u.name, password, Some(u.tags), PutMode::Upsert)?;
+        }
+        for p in defs.permissions {
+            self.set_permissions(p)?;
+        }
+        let node = Actor::Node;
+        for x in defs.exchanges {
+            let flags = [x.durable, x.auto_delete, x.internal];
+            self.admin_declare_exchange(&node, &x.vhost, &x.name, &x.kind, flags, x.arguments)?;
+        }
+        for q in defs.queues {
+            self.admin_declare_queue(
+                &node,
+                &q.vhost,
+                &q.name,
+                q.durable,
+                q.auto_delete,
+                q.arguments,
+            )?;
+        }
+        for b in defs.bindings {
+            let spec = BindingSpec {
+                vhost: b.vhost,
+                source: b.source,
+                destination: b.destination,
+                to_queue: b.to_queue,
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            };
+            self.admin_bind(&node, spec, true)?;
+        }
+        Ok(AdminReply::Done)
+    }
+}

@@ -1,0 +1,441 @@
+//! Queues, exchanges, bindings and messages operated on by an administrator, with the same
+//! checks and RabbitMQ error texts as the AMQP methods they mirror.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::proto::command::Message;
+use crate::proto::method::{ExchangeDeclare, QueueDeclare};
+use crate::proto::props::BasicProperties;
+use crate::proto::table::FieldTable;
+use crate::store::{ExchangeRecord, StoreOp};
+
+use super::super::auth::Access;
+use super::super::deadletter::DeathReason;
+use super::super::declare::{assert_exchange_equivalent, assert_queue_equivalent};
+use super::super::error::{access_refused, precondition_failed, resource};
+use super::super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::super::{Broker, QueueId};
+use super::{
+    Actor, AdminError, AdminErrorKind, AdminReply, AdminResult, BindingSpec, GetAck, GotMessage,
+    bad_request, not_found,
+};
+
+/// Most messages one [`super::AdminRequest::Get`] takes.
+const MAX_GET_COUNT: usize = 10_000;
+
+impl Broker {
+    /// Fails unless `actor` may have `access` to the named resource in `vhost`.
+    fn admin_check(
+        &self,
+        actor: &Actor,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AdminError> {
+        let Actor::User(user) = actor else {
+            return Ok(());
+        };
+        // RabbitMQ names the default exchange "amq.default" in permission checks.
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let allowed = self
+            .users
+            .permissions(user, vhost)
+            .is_some_and(|p| p.allows(access, name));
+        if allowed {
+            Ok(())
+        } else {
+            Err(access_refused(format!(
+                "access to {} refused for user '{user}'",
+                resource(kind, name, vhost)
+            ))
+            .into())
+        }
+    }
+
+    fn require_vhost(&self, vhost: &str) -> Result<(), AdminError> {
+        if self.vhosts.contains_key(vhost) {
+            Ok(())
+        } else {
+            Err(not_found(format!("Virtual host {vhost} does not exist")))
+        }
+    }
+
+    fn find_queue(&self, vhost: &str, name: &str) -> Result<QueueId, AdminError> {
+        self.require_vhost(vhost)?;
+        self.vhosts
+            .get(vhost)
+            .and_then(|v| v.queues.get(name))
+            .copied()
+            .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))
+    }
+
+    pub(super) fn admin_declare_queue(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> AdminResult {
+        self.require_vhost(vhost)?;
+        if name.is_empty() {
+            return Err(bad_request("queue name must not be empty"));
+        }
+        if name.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            ))
+            .into());
+        }
+        self.admin_check(actor, vhost, Access::Configure, "queue", name)?;
+        let m = QueueDeclare {
+            queue: name.to_string(),
+            durable,
+            auto_delete,
+            arguments,
+            ..QueueDeclare::default()
+        };
+        if let Some(id) = self.vhosts.get(vhost).and_then(|v| v.queues.get(name)) {
+            let q = self
+                .queues
+                .get(id)
+                .ok_or_else(|| not_found("queue vanished"))?;
+            assert_queue_equivalent(q, &m, vhost)?;
+            return Ok(AdminReply::Put { created: false });
+        }
+        // No connection owns it: the id 0 is never a connection's.
+        let id = self.create_queue(0, vhost, name, &m)?;
+        self.touch_queue(id);
+        Ok(AdminReply::Put { created: true })
+    }
+
+    pub(super) fn admin_delete_queue(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        name: &str,
+        if_empty: bool,
+        if_unused: bool,
+    ) -> AdminResult {
+        let id = self.find_queue(vhost, name)?;
+        self.admin_check(actor, vhost, Access::Configure, "queue", name)?;
+        let q = self
+            .queues
+            .get(&id)
+            .ok_or_else(|| not_found("queue vanished"))?;
+        if if_unused && !q.consumers.is_empty() {
+            return Err(
+                precondition_failed(format!("{} in use", resource("queue", name, vhost))).into(),
+            );
+        }
+        if if_empty && q.ready_count() > 0 {
+            return Err(precondition_failed(format!(
+                "{} is not empty",
+                resource("queue", name, vhost)
+            ))
+            .into());
+        }
+        Ok(AdminReply::Count(self.delete_queue(id)))
+    }
+
+    pub(super) fn admin_purge_queue(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        name: &str,
+    ) -> AdminResult {
+        let id = self.find_queue(vhost, name)?;
+        self.admin_check(actor, vhost, Access::Read, "queue", name)?;
+        let purged = self
+            .queues
+            .get_mut(&id)
+            .map(|q| q.purge())
+            .unwrap_or_default();
+        let count = purged.len() as u64;
+        for entry in purged {
+            self.release(id, &entry);
+        }
+        self.schedule_dispatch(id);
+        Ok(AdminReply::Count(count))
+    }
+
+    pub(super) fn admin_declare_exchange(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        name: &str,
+        kind: &str,
+        [durable, auto_delete, internal]: [bool; 3],
+        arguments: FieldTable,
+    ) -> AdminResult {
+        self.require_vhost(vhost)?;
+        let parsed = ExchangeKind::parse(kind)
+            .ok_or_else(|| bad_request(format!("invalid exchange type '{kind}'")))?;
+        if name.is_empty() {
+            return Err(access_refused("operation not permitted on the default exchange").into());
+        }
+        self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
+        let m = ExchangeDeclare {
+            exchange: name.to_string(),
+            kind: kind.to_string(),
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            ..ExchangeDeclare::default()
+        };
+        let max = self.config.max_exchanges_per_vhost;
+        let v = self
+            .vhosts
+            .get_mut(vhost)
+            .ok_or_else(|| not_found(format!("no_such_vhost: {vhost}")))?;
+        if let Some(x) = v.exchanges.get(name) {
+            assert_exchange_equivalent(x, parsed, &m, vhost)?;
+            return Ok(AdminReply::Put { created: false });
+        }
+        if name.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            ))
+            .into());
+        }
+        if v.exchanges.len() >= max {
+            return Err(AdminError::new(
+                AdminErrorKind::PreconditionFailed,
+                format!("exchange limit of {max} in vhost '{vhost}' reached"),
+            ));
+        }
+        let x = Exchange::new(
+            name,
+            parsed,
+            durable,
+            auto_delete,
+            internal,
+            m.arguments.clone(),
+        );
+        v.exchanges.insert(name.to_string(), x);
+        if durable {
+            self.journal.push(StoreOp::PutExchange(ExchangeRecord {
+                vhost: vhost.to_string(),
+                name: name.to_string(),
+                kind: parsed.as_str().into(),
+                auto_delete,
+                internal,
+                arguments: m.arguments,
+            }));
+        }
+        Ok(AdminReply::Put { created: true })
+    }
+
+    pub(super) fn admin_delete_exchange(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+    ) -> AdminResult {
+        self.require_vhost(vhost)?;
+        if name.is_empty() || name == "amq.default" {
+            return Err(access_refused("operation not permitted on the default exchange").into());
+        }
+        self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
+        let x = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(name))
+            .ok_or_else(|| not_found(format!("no {}", resource("exchange", name, vhost))))?;
+        if x.builtin {
+            return Err(access_refused(format!(
+                "deletion of system {} not allowed",
+                resource("exchange", name, vhost)
+            ))
+            .into());
+        }
+        if if_unused && !x.bindings().is_empty() {
+            return Err(precondition_failed(format!(
+                "{} in use",
+                resource("exchange", name, vhost)
+            ))
+            .into());
+        }
+        self.delete_exchange(vhost, name);
+        Ok(AdminReply::Done)
+    }
+
+    pub(super) fn admin_bind(&mut self, actor: &Actor, b: BindingSpec, bind: bool) -> AdminResult {
+        self.require_vhost(&b.vhost)?;
+        if b.source.is_empty() || b.source == "amq.default" {
+            return Err(access_refused("operation not permitted on the default exchange").into());
+        }
+        let dest_kind = if b.to_queue { "queue" } else { "exchange" };
+        self.admin_check(actor, &b.vhost, Access::Write, dest_kind, &b.destination)?;
+        self.admin_check(actor, &b.vhost, Access::Read, "exchange", &b.source)?;
+        let v = self
+            .vhosts
+            .get(&b.vhost)
+            .ok_or_else(|| not_found(format!("no_such_vhost: {}", b.vhost)))?;
+        if !v.exchanges.contains_key(&b.source) {
+            return Err(not_found(format!(
+                "no {}",
+                resource("exchange", &b.source, &b.vhost)
+            )));
+        }
+        let destination = if b.to_queue {
+            let id = v.queues.get(&b.destination).ok_or_else(|| {
+                not_found(format!(
+                    "no {}",
+                    resource("queue", &b.destination, &b.vhost)
+                ))
+            })?;
+            Destination::Queue(*id)
+        } else {
+            if !v.exchanges.contains_key(&b.destination) {
+                return Err(not_found(format!(
+                    "no {}",
+                    resource("exchange", &b.destination, &b.vhost)
+                )));
+            }
+            Destination::Exchange(b.destination.clone())
+        };
+        let binding = Binding {
+            destination,
+            routing_key: b.routing_key,
+            arguments: b.arguments,
+        };
+        if bind {
+            self.add_binding(&b.vhost, &b.source, binding)?;
+        } else {
+            self.remove_binding(&b.vhost, &b.source, &binding);
+        }
+        Ok(AdminReply::Done)
+    }
+
+    pub(super) fn admin_publish(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        exchange: &str,
+        routing_key: String,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> AdminResult {
+        self.require_vhost(vhost)?;
+        let exchange = if exchange == "amq.default" {
+            ""
+        } else {
+            exchange
+        };
+        let x = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(exchange))
+            .ok_or_else(|| not_found(format!("no {}", resource("exchange", exchange, vhost))))?;
+        if x.internal {
+            return Err(access_refused(format!(
+                "cannot publish to internal {}",
+                resource("exchange", exchange, vhost)
+            ))
+            .into());
+        }
+        self.admin_check(actor, vhost, Access::Write, "exchange", exchange)?;
+        if let (Actor::User(user), Some(claimed)) = (actor, &properties.user_id)
+            && claimed != user
+        {
+            return Err(precondition_failed(format!(
+                "user_id property set to '{claimed}' but authenticated user was '{user}'"
+            ))
+            .into());
+        }
+        let message = Message {
+            exchange: exchange.to_string(),
+            routing_key,
+            properties,
+            body,
+        };
+        if let Err(why) = super::super::basic::parse_expiration(&message) {
+            return Err(bad_request(format!("invalid expiration: {why}")));
+        }
+        self.totals.publish += 1;
+        let queues = self.route(vhost, exchange, &message);
+        let routed = !queues.is_empty();
+        if routed {
+            self.enqueue_routed(queues, Arc::new(message));
+        } else {
+            self.totals.unroutable += 1;
+        }
+        Ok(AdminReply::Routed(routed))
+    }
+
+    pub(super) fn admin_get(
+        &mut self,
+        actor: &Actor,
+        vhost: &str,
+        queue: &str,
+        count: usize,
+        ack: GetAck,
+    ) -> AdminResult {
+        let id = self.find_queue(vhost, queue)?;
+        self.admin_check(actor, vhost, Access::Read, "queue", queue)?;
+        let owned = self
+            .queues
+            .get(&id)
+            .is_some_and(|q| q.exclusive_owner.is_some());
+        if owned {
+            return Err(AdminError::from(
+                super::super::declare::exclusive_lock_error(queue, vhost),
+            ));
+        }
+        self.touch_queue(id);
+        let now = self.now_ms;
+        let expired = self
+            .queues
+            .get_mut(&id)
+            .map(|q| q.drop_expired(now))
+            .unwrap_or_default();
+        self.dead_letter(id, expired, DeathReason::Expired);
+        let mut taken = Vec::new();
+        let mut out = Vec::new();
+        if let Some(q) = self.queues.get_mut(&id) {
+            for _ in 0..count.min(MAX_GET_COUNT) {
+                let Some(entry) = q.pop() else { break };
+                q.stats.got(false, entry.redelivered);
+                self.totals.got(false, entry.redelivered);
+                out.push(GotMessage {
+                    message: entry.message.clone(),
+                    redelivered: entry.redelivered,
+                    message_count: q.ready_count(),
+                });
+                taken.push(entry);
+            }
+        }
+        match ack {
+            GetAck::Requeue | GetAck::RejectRequeue => {
+                if let Some(q) = self.queues.get_mut(&id) {
+                    for entry in taken {
+                        q.requeue(entry);
+                    }
+                }
+                self.schedule_dispatch(id);
+            }
+            GetAck::Ack => {
+                if let Some(q) = self.queues.get_mut(&id) {
+                    q.stats.ack += out.len() as u64;
+                }
+                self.totals.ack += out.len() as u64;
+                for entry in taken {
+                    self.release(id, &entry);
+                }
+            }
+            GetAck::Reject => self.dead_letter(id, taken, DeathReason::Rejected),
+        }
+        Ok(AdminReply::Messages(out))
+    }
+}
