@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod perf;
 pub mod proto;
 pub mod server;
 pub mod store;
