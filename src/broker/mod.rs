@@ -6,6 +6,7 @@
 //! [`StoreOp`]s to persist. When a batch is synced the driver calls
 //! [`Broker::handle_persisted`]; confirms and `tx.commit-ok` that depend on it go out then.
 
+mod alarm;
 mod auth;
 mod basic;
 mod channel;
@@ -21,12 +22,13 @@ pub mod topic;
 mod vhost;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+pub use alarm::Resource;
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
 pub use deadletter::{DeathReason, dead_lettered};
@@ -128,6 +130,12 @@ struct Conn {
     unflushed_bytes: usize,
     /// Exclusive queues this connection owns.
     exclusive_queues: Vec<QueueId>,
+    /// Has published at least once (alarms block publishing connections only).
+    has_published: bool,
+    /// Blocked by a resource alarm.
+    blocked: bool,
+    /// The client understands `connection.blocked`.
+    blocked_notify: bool,
 }
 
 /// Something held back until a store batch is synced.
@@ -250,6 +258,8 @@ pub struct Broker {
     /// Server-sent notifications (consumer cancels) to send after the current input's
     /// reply, as RabbitMQ orders them.
     notices: Vec<(ConnId, u16, Method)>,
+    /// Resource alarms in force.
+    alarms: BTreeSet<Resource>,
 }
 
 impl Broker {
@@ -278,6 +288,7 @@ impl Broker {
             timers: BinaryHeap::new(),
             rounds: 0,
             notices: Vec::new(),
+            alarms: BTreeSet::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -307,6 +318,9 @@ impl Broker {
                 channels: HashMap::new(),
                 unflushed_bytes: 0,
                 exclusive_queues: Vec::new(),
+                has_published: false,
+                blocked: false,
+                blocked_notify: false,
             },
         );
     }
@@ -350,6 +364,7 @@ impl Broker {
                     if let Err(e) = self.publish(conn, channel, publish, message) {
                         self.fail(conn, channel, e.on_ids(60, 40));
                     }
+                    self.note_publisher(conn);
                 }
             }
             Command::Drained { bytes } => self.drained(conn, bytes),
