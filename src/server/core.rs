@@ -31,6 +31,8 @@ pub enum CoreMsg {
         id: ConnId,
         /// The commands.
         commands: Vec<Command>,
+        /// Released once the core handled the batch, letting the connection send another.
+        permit: tokio::sync::OwnedSemaphorePermit,
     },
     /// Close every connection; the server is stopping.
     Shutdown,
@@ -138,7 +140,8 @@ fn handle(
             conns.insert(id, replies);
             broker.handle_connect(id, info, now);
         }
-        CoreMsg::Commands { id, commands } => {
+        CoreMsg::Commands { id, commands, permit } => {
+            let _held_until_handled = permit;
             for command in commands {
                 if command == Command::Closed {
                     closed.push(id);
