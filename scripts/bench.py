@@ -166,8 +166,10 @@ class RabbitMQ(Broker):
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        # Debian's default of 1024 open files stops RabbitMQ accepting at ~870 connections
+        # (its file descriptor alarm); give it what warren gets.
+        self.proc = subprocess.Popen(["prlimit", "--nofile=65536:65536", "rabbitmq-server"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if not wait_port(self.port, 180):
             raise SystemExit(f"RabbitMQ did not start; see {self.base}/log")
 

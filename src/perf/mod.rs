@@ -248,7 +248,7 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
     let mut consumers = Vec::new();
     for i in 0..args.consumers {
         let queue = queue_name(&args, i % args.queues.max(1));
-        let conn = Conn::open(&uri).await?;
+        let conn = open_with_timeout(&uri).await?;
         consumers.push(tokio::spawn(consume(
             conn,
             queue,
@@ -261,7 +261,7 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
     }
     let mut producers = Vec::new();
     for i in 0..args.producers {
-        let conn = Conn::open(&uri).await?;
+        let conn = open_with_timeout(&uri).await?;
         let quota = split_quota(args.count, args.producers, i);
         producers.push(tokio::spawn(produce(
             conn,
@@ -378,6 +378,18 @@ fn finished(
         1
     };
     args.consumers == 0 || c.consumed.load(Ordering::Relaxed) >= args.count * copies
+}
+
+/// Opens a connection, giving up after 30 s (a broker that stops accepting, for example
+/// at its file descriptor limit, must not hang the run).
+async fn open_with_timeout(uri: &AmqpUri) -> io::Result<Conn> {
+    match tokio::time::timeout(Duration::from_secs(30), Conn::open(uri)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connecting to the broker timed out",
+        )),
+    }
 }
 
 fn split_quota(total: u64, parts: usize, i: usize) -> u64 {
@@ -550,6 +562,7 @@ async fn consume(
     let mut last_tag = 0u64;
     let mut out = BytesMut::new();
     let multi = args.multi_ack.max(1);
+    let mut last_merge = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // Handle everything buffered, then flush acks, then read more.
         let mut got = 0u64;
@@ -611,7 +624,10 @@ async fn consume(
             wr.write_all(&out).await?;
             out.clear();
         }
-        if args.latency && local.len() >= 1000 {
+        if args.latency
+            && (local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
+        {
+            last_merge = Instant::now();
             if let Ok(mut h) = latency.lock() {
                 let _ = h.add(&local);
             }
@@ -673,7 +689,7 @@ async fn idle(uri: &AmqpUri, args: &PerfArgs) -> io::Result<Summary> {
     let started = Instant::now();
     let mut conns = Vec::with_capacity(args.idle_connections);
     for _ in 0..args.idle_connections {
-        let mut c = Conn::open(uri).await?;
+        let mut c = open_with_timeout(uri).await?;
         c.open_channel(1).await?;
         conns.push(c);
     }

@@ -1,9 +1,9 @@
 //! The task driving one client connection: socket bytes in and out of the protocol state
 //! machine, commands to the core, replies back.
 
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
 
@@ -23,6 +23,10 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// work ahead of everyone else's (acks from consumers wait behind at most this many
 /// batches per connection), and a batch being parsed overlaps one being handled.
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Most commands in one batch, so that one connection's batch keeps the core busy only
+/// briefly (other connections' acks wait behind it).
+const MAX_COMMANDS_PER_BATCH: usize = 128;
 
 /// Serves one connection until it closes.
 pub async fn run(
@@ -73,10 +77,13 @@ pub async fn run(
             written = 0;
         }
         if !commands.is_empty() {
-            if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+            while let (false, Ok(permit)) =
+                (commands.is_empty(), in_flight.clone().try_acquire_owned())
+            {
+                let rest = commands.split_off(commands.len().min(MAX_COMMANDS_PER_BATCH));
                 let batch = CoreMsg::Commands {
                     id,
-                    commands: std::mem::take(&mut commands),
+                    commands: std::mem::replace(&mut commands, rest),
                     permit,
                 };
                 if core.send(batch).await.is_err() {
@@ -138,7 +145,13 @@ pub async fn run(
     }
     if !commands.is_empty() {
         if let Ok(permit) = in_flight.acquire_owned().await {
-            let _ = core.send(CoreMsg::Commands { id, commands, permit }).await;
+            let _ = core
+                .send(CoreMsg::Commands {
+                    id,
+                    commands,
+                    permit,
+                })
+                .await;
         }
     }
     if let Some(bytes) = conn.poll_transmit() {

@@ -140,7 +140,11 @@ fn handle(
             conns.insert(id, replies);
             broker.handle_connect(id, info, now);
         }
-        CoreMsg::Commands { id, commands, permit } => {
+        CoreMsg::Commands {
+            id,
+            commands,
+            permit,
+        } => {
             let _held_until_handled = permit;
             for command in commands {
                 if command == Command::Closed {
