@@ -43,6 +43,11 @@ pub struct FileConfig {
     /// write reaches the OS). Read by `warren serve` when it opens the store; see
     /// [`SyncPolicy`].
     pub sync: Option<SyncPolicy>,
+    /// Memory alarm above this fraction of physical memory (RabbitMQ's
+    /// vm_memory_high_watermark).
+    pub memory_high_watermark: Option<f64>,
+    /// Disk alarm below this many free bytes on the data directory's file system.
+    pub disk_free_limit_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -102,6 +107,15 @@ impl FileConfig {
         }
         if let Some(v) = self.loopback_users {
             config.broker.loopback_users = v;
+        }
+        if let Some(v) = self.memory_high_watermark {
+            if v.is_nan() || v <= 0.0 {
+                return Err("memory_high_watermark must be above 0".into());
+            }
+            config.alarms.memory_high_watermark = v;
+        }
+        if let Some(v) = self.disk_free_limit_bytes {
+            config.alarms.disk_free_limit_bytes = v;
         }
         Ok(())
     }

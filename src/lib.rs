@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod perf;
 pub mod proto;
 pub mod server;
 pub mod store;

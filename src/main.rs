@@ -25,6 +25,8 @@ enum Command {
     /// Administer a node, as rabbitmqctl does (users, vhosts, permissions, listings).
     #[cfg(not(madsim))]
     Ctl(warren::admin::ctl::CtlArgs),
+    /// Generate load against an AMQP 0-9-1 broker and report throughput and latency.
+    Perf(warren::perf::PerfArgs),
 }
 
 /// Settings come from flags, then environment variables, then the config file, then
@@ -61,6 +63,36 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         #[cfg(not(madsim))]
         Command::Ctl(args) => warren::admin::ctl::run(args, default_data_dir()),
+        Command::Perf(args) => run_perf(args),
+    }
+}
+
+fn run_perf(args: warren::perf::PerfArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren perf: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(warren::perf::run(args)) {
+        Ok(summary) => match serde_json::to_string(&summary) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("warren perf: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("warren perf: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

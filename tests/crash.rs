@@ -41,7 +41,9 @@ struct Client {
 impl Client {
     fn open(port: u16) -> IoResult<Client> {
         let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut c = Client {
             stream,
@@ -68,7 +70,13 @@ impl Client {
                 heartbeat: 0,
             }),
         )?;
-        c.send(0, Method::ConnectionOpen(ConnectionOpen { virtual_host: "/".into(), ..Default::default() }))?;
+        c.send(
+            0,
+            Method::ConnectionOpen(ConnectionOpen {
+                virtual_host: "/".into(),
+                ..Default::default()
+            }),
+        )?;
         c.expect(|m| matches!(m, Method::ConnectionOpenOk(_)))?;
         Ok(c)
     }
@@ -85,15 +93,25 @@ impl Client {
 
     fn publish(&mut self, channel: u16, queue: &str, body: &[u8]) -> IoResult<()> {
         let mut out = BytesMut::new();
-        let m = Method::BasicPublish(BasicPublish { routing_key: queue.into(), ..Default::default() });
-        let props = BasicProperties { delivery_mode: Some(2), ..Default::default() };
+        let m = Method::BasicPublish(BasicPublish {
+            routing_key: queue.into(),
+            ..Default::default()
+        });
+        let props = BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
         encode_content(channel, &m, &props, body, 131_072, &mut out);
         self.write(&out)
     }
 
     fn frame(&mut self) -> IoResult<Frame> {
         loop {
-            if let Some(f) = self.decoder.decode(&mut self.buf).map_err(|e| e.to_string())? {
+            if let Some(f) = self
+                .decoder
+                .decode(&mut self.buf)
+                .map_err(|e| e.to_string())?
+            {
                 return Ok(f);
             }
             let mut chunk = [0u8; 65536];
@@ -113,7 +131,9 @@ impl Client {
                     if !method.has_content() {
                         return Ok((channel, method, Vec::new()));
                     }
-                    let Frame::Header { header, .. } = self.frame()? else { return Err("no header".into()) };
+                    let Frame::Header { header, .. } = self.frame()? else {
+                        return Err("no header".into());
+                    };
                     let mut body = Vec::new();
                     while (body.len() as u64) < header.body_size {
                         match self.frame()? {
@@ -131,17 +151,26 @@ impl Client {
 
     fn expect(&mut self, want: impl Fn(&Method) -> bool) -> IoResult<Method> {
         let (_, m, _) = self.next()?;
-        if want(&m) { Ok(m) } else { Err(format!("unexpected {m:?}")) }
+        if want(&m) {
+            Ok(m)
+        } else {
+            Err(format!("unexpected {m:?}"))
+        }
     }
 
     fn open_channel(&mut self, channel: u16) -> IoResult<()> {
         self.send(channel, Method::ChannelOpen(ChannelOpen::default()))?;
-        self.expect(|m| matches!(m, Method::ChannelOpenOk(_))).map(|_| ())
+        self.expect(|m| matches!(m, Method::ChannelOpenOk(_)))
+            .map(|_| ())
     }
 
     fn confirm_select(&mut self, channel: u16) -> IoResult<()> {
-        self.send(channel, Method::ConfirmSelect(ConfirmSelect { nowait: false }))?;
-        self.expect(|m| matches!(m, Method::ConfirmSelectOk(_))).map(|_| ())
+        self.send(
+            channel,
+            Method::ConfirmSelect(ConfirmSelect { nowait: false }),
+        )?;
+        self.expect(|m| matches!(m, Method::ConfirmSelectOk(_)))
+            .map(|_| ())
     }
 }
 
@@ -163,10 +192,12 @@ struct Model {
 impl Model {
     fn on_delivery(&mut self, id: u64, redelivered: bool, epoch: usize) {
         if !self.published.contains(&id) {
-            self.violations.push(format!("delivered id {id} that was never published"));
+            self.violations
+                .push(format!("delivered id {id} that was never published"));
         }
         if self.acked_durably.contains(&id) {
-            self.violations.push(format!("id {id} delivered again after its ack was durable"));
+            self.violations
+                .push(format!("id {id} delivered again after its ack was durable"));
         }
         let seen = self.delivered_in.entry(id).or_default();
         if !seen.is_empty() && !redelivered {
@@ -178,7 +209,12 @@ impl Model {
     }
 }
 
-fn publisher(port: u16, first_id: u64, model: Arc<Mutex<Model>>, stop: Arc<AtomicBool>) -> IoResult<()> {
+fn publisher(
+    port: u16,
+    first_id: u64,
+    model: Arc<Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+) -> IoResult<()> {
     let mut c = Client::open(port)?;
     c.open_channel(1)?;
     c.confirm_select(1)?;
@@ -200,7 +236,13 @@ fn publisher(port: u16, first_id: u64, model: Arc<Mutex<Model>>, stop: Arc<Atomi
                     let done: Vec<u64> = by_seq
                         .keys()
                         .copied()
-                        .filter(|s| if a.multiple { *s <= a.delivery_tag } else { *s == a.delivery_tag })
+                        .filter(|s| {
+                            if a.multiple {
+                                *s <= a.delivery_tag
+                            } else {
+                                *s == a.delivery_tag
+                            }
+                        })
                         .collect();
                     let mut m = model.lock().unwrap();
                     for s in done {
@@ -217,18 +259,38 @@ fn publisher(port: u16, first_id: u64, model: Arc<Mutex<Model>>, stop: Arc<Atomi
     Ok(())
 }
 
-fn consumer(port: u16, epoch: usize, model: Arc<Mutex<Model>>, stop: Arc<AtomicBool>, drain: bool) -> IoResult<usize> {
+fn consumer(
+    port: u16,
+    epoch: usize,
+    model: Arc<Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+    drain: bool,
+) -> IoResult<usize> {
     let mut c = Client::open(port)?;
     // The marker channel first: once consuming, deliveries interleave with replies.
     c.open_channel(2)?;
     c.confirm_select(2)?;
     c.open_channel(1)?;
-    c.send(1, Method::BasicQos(BasicQos { prefetch_count: 20, ..Default::default() }))?;
+    c.send(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 20,
+            ..Default::default()
+        }),
+    )?;
     c.expect(|m| matches!(m, Method::BasicQosOk(_)))?;
-    c.send(1, Method::BasicConsume(BasicConsume { queue: QUEUE.into(), ..Default::default() }))?;
+    c.send(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: QUEUE.into(),
+            ..Default::default()
+        }),
+    )?;
     c.expect(|m| matches!(m, Method::BasicConsumeOk(_)))?;
     if drain {
-        c.stream.set_read_timeout(Some(Duration::from_millis(1500))).map_err(|e| e.to_string())?;
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .map_err(|e| e.to_string())?;
     }
     let mut acked_since_marker: Vec<u64> = Vec::new();
     let mut awaiting: Vec<(u64, Vec<u64>)> = Vec::new();
@@ -245,7 +307,13 @@ fn consumer(port: u16, epoch: usize, model: Arc<Mutex<Model>>, stop: Arc<AtomicB
             Method::BasicDeliver(d) if channel == 1 => {
                 let id = u64::from_be_bytes(body.as_slice().try_into().map_err(|_| "bad body")?);
                 model.lock().unwrap().on_delivery(id, d.redelivered, epoch);
-                c.send(1, Method::BasicAck(BasicAck { delivery_tag: d.delivery_tag, multiple: false }))?;
+                c.send(
+                    1,
+                    Method::BasicAck(BasicAck {
+                        delivery_tag: d.delivery_tag,
+                        multiple: false,
+                    }),
+                )?;
                 consumed += 1;
                 acked_since_marker.push(id);
                 if acked_since_marker.len() >= 10 {
@@ -257,7 +325,11 @@ fn consumer(port: u16, epoch: usize, model: Arc<Mutex<Model>>, stop: Arc<AtomicB
             Method::BasicAck(a) if channel == 2 => {
                 let mut m = model.lock().unwrap();
                 awaiting.retain(|(s, ids)| {
-                    let done = if a.multiple { *s <= a.delivery_tag } else { *s == a.delivery_tag };
+                    let done = if a.multiple {
+                        *s <= a.delivery_tag
+                    } else {
+                        *s == a.delivery_tag
+                    };
                     if done {
                         m.acked_durably.extend(ids.iter().copied());
                     }
@@ -273,23 +345,48 @@ fn consumer(port: u16, epoch: usize, model: Arc<Mutex<Model>>, stop: Arc<AtomicB
 fn declare_queues(port: u16) {
     let mut c = Client::open(port).expect("connect for setup");
     c.open_channel(1).unwrap();
-    c.send(1, Method::QueueDeclare(QueueDeclare { queue: QUEUE.into(), durable: true, ..Default::default() })).unwrap();
-    c.expect(|m| matches!(m, Method::QueueDeclareOk(_))).unwrap();
-    let args = [("x-max-length".to_string(), warren::proto::table::FieldValue::I32(1))].into_iter().collect();
     c.send(
         1,
-        Method::QueueDeclare(QueueDeclare { queue: MARKERS.into(), durable: true, arguments: args, ..Default::default() }),
+        Method::QueueDeclare(QueueDeclare {
+            queue: QUEUE.into(),
+            durable: true,
+            ..Default::default()
+        }),
     )
     .unwrap();
-    c.expect(|m| matches!(m, Method::QueueDeclareOk(_))).unwrap();
+    c.expect(|m| matches!(m, Method::QueueDeclareOk(_)))
+        .unwrap();
+    let args = [(
+        "x-max-length".to_string(),
+        warren::proto::table::FieldValue::I32(1),
+    )]
+    .into_iter()
+    .collect();
+    c.send(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: MARKERS.into(),
+            durable: true,
+            arguments: args,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    c.expect(|m| matches!(m, Method::QueueDeclareOk(_)))
+        .unwrap();
 }
 
 #[test]
 fn confirmed_messages_survive_kill_9_and_durable_acks_stay_acked() {
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        use std::hash::{BuildHasher, Hasher};
-        std::collections::hash_map::RandomState::new().build_hasher().finish()
-    });
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
     println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let model = Arc::new(Mutex::new(Model::default()));
@@ -305,11 +402,15 @@ fn confirmed_messages_survive_kill_9_and_durable_acks_stay_acked() {
         for p in 0..2u64 {
             let (m, s, port) = (model.clone(), stop.clone(), server.port);
             let first = (epoch as u64 * 2 + p) << 32;
-            threads.push(std::thread::spawn(move || publisher(port, first, m, s).map(|_| 0)));
+            threads.push(std::thread::spawn(move || {
+                publisher(port, first, m, s).map(|_| 0)
+            }));
         }
         for _ in 0..2 {
             let (m, s, port) = (model.clone(), stop.clone(), server.port);
-            threads.push(std::thread::spawn(move || consumer(port, epoch, m, s, false)));
+            threads.push(std::thread::spawn(move || {
+                consumer(port, epoch, m, s, false)
+            }));
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
         dir = server.kill();
@@ -333,8 +434,26 @@ fn confirmed_messages_survive_kill_9_and_durable_acks_stay_acked() {
         m.acked_durably.len(),
         drained
     );
-    assert!(m.violations.is_empty(), "violations (seed {seed}):\n{}", m.violations.join("\n"));
-    let lost: Vec<u64> = m.confirmed.iter().filter(|id| !m.delivered_in.contains_key(id)).copied().collect();
-    assert!(lost.is_empty(), "{} confirmed messages lost (seed {seed}), e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    assert!(m.confirmed.len() > 1000, "the load was too light to mean anything: {} confirmed", m.confirmed.len());
+    assert!(
+        m.violations.is_empty(),
+        "violations (seed {seed}):\n{}",
+        m.violations.join("\n")
+    );
+    let lost: Vec<u64> = m
+        .confirmed
+        .iter()
+        .filter(|id| !m.delivered_in.contains_key(id))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} confirmed messages lost (seed {seed}), e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        m.confirmed.len() > 1000,
+        "the load was too light to mean anything: {} confirmed",
+        m.confirmed.len()
+    );
 }

@@ -7,6 +7,7 @@
 //! [`Broker::handle_persisted`]; confirms and `tx.commit-ok` that depend on it go out then.
 
 pub mod admin;
+mod alarm;
 mod auth;
 mod basic;
 mod channel;
@@ -23,12 +24,13 @@ pub mod topic;
 mod vhost;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+pub use alarm::Resource;
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
 pub use deadletter::{DeathReason, dead_lettered};
@@ -133,6 +135,12 @@ struct Conn {
     exclusive_queues: Vec<QueueId>,
     /// When the connection was accepted, in broker time.
     connected_at_ms: u64,
+    /// Has published at least once (alarms block publishing connections only).
+    has_published: bool,
+    /// Blocked by a resource alarm.
+    blocked: bool,
+    /// The client understands `connection.blocked`.
+    blocked_notify: bool,
 }
 
 /// Something held back until a store batch is synced.
@@ -259,6 +267,8 @@ pub struct Broker {
     app_running: bool,
     /// Message counters for the whole broker (per-queue ones live in each queue).
     totals: MessageCounters,
+    /// Resource alarms in force.
+    alarms: BTreeSet<Resource>,
 }
 
 impl Broker {
@@ -289,6 +299,7 @@ impl Broker {
             notices: Vec::new(),
             app_running: true,
             totals: MessageCounters::default(),
+            alarms: BTreeSet::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -319,6 +330,9 @@ impl Broker {
                 unflushed_bytes: 0,
                 exclusive_queues: Vec::new(),
                 connected_at_ms: now_ms,
+                has_published: false,
+                blocked: false,
+                blocked_notify: false,
             },
         );
     }
@@ -362,6 +376,7 @@ impl Broker {
                     if let Err(e) = self.publish(conn, channel, publish, message) {
                         self.fail(conn, channel, e.on_ids(60, 40));
                     }
+                    self.note_publisher(conn);
                 }
             }
             Command::Drained { bytes } => self.drained(conn, bytes),

@@ -186,6 +186,7 @@ impl Broker {
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.cancel_notify = capability(&login.client_properties, "consumer_cancel_notify");
+            c.blocked_notify = capability(&login.client_properties, "connection.blocked");
             c.client_properties = login.client_properties;
             c.user = Some(login.username);
         }

@@ -164,6 +164,9 @@ pub enum Reply {
     /// Close the socket without a closing handshake (a refused login from a client that
     /// did not advertise `authentication_failure_close`).
     Disconnect,
+    /// Stop (true) or resume (false) reading from the client: a resource alarm blocks
+    /// publishing connections, as RabbitMQ's `connection.blocked` does.
+    PauseReading(bool),
 }
 
 impl Reply {
@@ -172,7 +175,7 @@ impl Reply {
         match self {
             Reply::Method { .. } => 64,
             Reply::Content { message, .. } => 128 + message.body.len(),
-            Reply::LoginOk | Reply::Disconnect => 0,
+            Reply::LoginOk | Reply::Disconnect | Reply::PauseReading(_) => 0,
         }
     }
 }

@@ -252,6 +252,8 @@ pub struct Connection {
     closed_reported: bool,
     /// The protocol error this layer closed the connection for, if any.
     error: Option<ConnectionError>,
+    /// Blocked by a resource alarm: input is neither read nor processed.
+    paused: bool,
 }
 
 impl Connection {
@@ -276,6 +278,7 @@ impl Connection {
             last_send_ms: now_ms,
             closed_reported: false,
             error: None,
+            paused: false,
         }
     }
 
@@ -316,10 +319,12 @@ impl Connection {
     /// Whether the driver should read more from the socket. False while the broker is
     /// deciding on the handshake, when the input backlog is full, or after close.
     pub fn wants_read(&self) -> bool {
-        !matches!(
-            self.phase,
-            Phase::AwaitingLogin | Phase::AwaitingOpenOk | Phase::Closed
-        ) && self.input.len() < self.config.max_input_buffer_bytes
+        !self.paused
+            && !matches!(
+                self.phase,
+                Phase::AwaitingLogin | Phase::AwaitingOpenOk | Phase::Closed
+            )
+            && self.input.len() < self.config.max_input_buffer_bytes
     }
 
     /// True once nothing more will be read: write out [`Connection::poll_transmit`] and
@@ -376,6 +381,14 @@ impl Connection {
                 }
             }
             Reply::Disconnect => self.enter_closed(),
+            Reply::PauseReading(paused) => {
+                self.paused = paused;
+                if !paused {
+                    // Time spent blocked does not count against the client's heartbeats.
+                    self.last_recv_ms = now_ms;
+                    self.process(now_ms);
+                }
+            }
             Reply::Method { channel, method } => {
                 self.observe_outgoing(channel, &method, now_ms);
                 self.send_method(channel, &method, now_ms);
@@ -428,7 +441,7 @@ impl Connection {
                 }
             }
             Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
-                if now_ms >= self.last_recv_ms + self.heartbeat_ms * 2 {
+                if now_ms >= self.last_recv_ms + self.heartbeat_ms * 2 && !self.paused {
                     // Missed heartbeats: like RabbitMQ, drop the socket without a close.
                     self.enter_closed();
                 } else if now_ms >= self.last_send_ms + self.heartbeat_ms / 2 {
@@ -448,6 +461,9 @@ impl Connection {
     // ----- input -----
 
     fn process(&mut self, now_ms: u64) {
+        if self.paused {
+            return;
+        }
         loop {
             match self.phase {
                 Phase::Closed | Phase::AwaitingLogin | Phase::AwaitingOpenOk => return,

@@ -1,9 +1,11 @@
 //! The task driving one client connection: socket bytes in and out of the protocol state
 //! machine, commands to the core, replies back.
 
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::broker::ConnInfo;
 use crate::proto::command::{Command, ConnId};
@@ -15,6 +17,16 @@ use super::core::sleep_until;
 
 /// Bytes read from the socket at most per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Batches of commands a connection may have waiting for the core. The socket is not read
+/// while the limit is reached: a fast publisher is held back by TCP instead of queueing
+/// work ahead of everyone else's (acks from consumers wait behind at most this many
+/// batches per connection), and a batch being parsed overlaps one being handled.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Most commands in one batch, so that one connection's batch keeps the core busy only
+/// briefly (other connections' acks wait behind it).
+const MAX_COMMANDS_PER_BATCH: usize = 128;
 
 /// Serves one connection until it closes.
 pub async fn run(
@@ -47,6 +59,7 @@ pub async fn run(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut conn = Connection::new(config, clock.now_ms());
     let mut commands: Vec<Command> = Vec::new();
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     // Reply bytes (as the broker counts them) handed to the socket since the last report.
     let mut written = 0usize;
     let mut pending_credit = 0usize;
@@ -68,16 +81,20 @@ pub async fn run(
             commands.push(Command::Drained { bytes: written });
             written = 0;
         }
-        if !commands.is_empty()
-            && core
-                .send(CoreMsg::Commands {
+        if !commands.is_empty() {
+            while let (false, Ok(permit)) =
+                (commands.is_empty(), in_flight.clone().try_acquire_owned())
+            {
+                let rest = commands.split_off(commands.len().min(MAX_COMMANDS_PER_BATCH));
+                let batch = CoreMsg::Commands {
                     id,
-                    commands: std::mem::take(&mut commands),
-                })
-                .await
-                .is_err()
-        {
-            break;
+                    commands: std::mem::replace(&mut commands, rest),
+                    permit,
+                };
+                if core.send(batch).await.is_err() {
+                    break;
+                }
+            }
         }
         if conn.is_closed() {
             break;
@@ -86,8 +103,9 @@ pub async fn run(
         let reading = conn.wants_read();
         let mut buf = std::mem::take(conn.read_buf());
         buf.reserve(READ_CHUNK_BYTES);
+        let waiting_for_core = !commands.is_empty();
         tokio::select! {
-            r = rd.read_buf(&mut buf), if reading => {
+            r = rd.read_buf(&mut buf), if reading && !waiting_for_core => {
                 *conn.read_buf() = buf;
                 match r {
                     Ok(0) | Err(_) => conn.handle_eof(),
@@ -113,6 +131,10 @@ pub async fn run(
                     }
                 }
             }
+            // The core handled a batch: the loop sends the waiting one.
+            _ = in_flight.clone().acquire_owned(), if waiting_for_core => {
+                *conn.read_buf() = buf;
+            }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 *conn.read_buf() = buf;
                 conn.handle_timeout(clock.now_ms());
@@ -127,7 +149,15 @@ pub async fn run(
         commands.push(c);
     }
     if !commands.is_empty() {
-        let _ = core.send(CoreMsg::Commands { id, commands }).await;
+        if let Ok(permit) = in_flight.acquire_owned().await {
+            let _ = core
+                .send(CoreMsg::Commands {
+                    id,
+                    commands,
+                    permit,
+                })
+                .await;
+        }
     }
     if let Some(bytes) = conn.poll_transmit() {
         let _ = wr.write_all(&bytes).await;

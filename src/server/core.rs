@@ -32,6 +32,8 @@ pub enum CoreMsg {
         id: ConnId,
         /// The commands.
         commands: Vec<Command>,
+        /// Released once the core handled the batch, letting the connection send another.
+        permit: tokio::sync::OwnedSemaphorePermit,
     },
     /// Close every connection; the server is stopping.
     Shutdown,
@@ -45,13 +47,28 @@ pub enum CoreMsg {
     },
 }
 
+/// What the core watches for resource alarms.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    /// The limits.
+    pub limits: super::resources::AlarmLimits,
+    /// The directory whose file system must keep free space.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// How often memory and disk are checked.
+const MONITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the broker until every sender is gone, then lets the store finish its last sync.
 pub async fn run(
     mut broker: Broker,
     store: Box<dyn Store + Send>,
     mut rx: mpsc::Receiver<CoreMsg>,
     clock: Clock,
+    monitor: Monitor,
 ) -> std::io::Result<()> {
+    let mut monitor_tick = tokio::time::interval(MONITOR_INTERVAL);
+    let mut alarms_on = (false, false);
     let (persist_tx, mut persisted_rx, worker) = spawn_store_worker(store);
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>> = HashMap::new();
     let mut closed: Vec<ConnId> = Vec::new();
@@ -68,6 +85,18 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+            }
+            _ = monitor_tick.tick() => {
+                let now = super::resources::check(&monitor.limits, &monitor.data_dir);
+                if now.0 != alarms_on.0 {
+                    tracing::warn!(active = now.0, "memory alarm");
+                    broker.handle_alarm(crate::broker::Resource::Memory, now.0, clock.now_ms());
+                }
+                if now.1 != alarms_on.1 {
+                    tracing::warn!(active = now.1, "disk alarm");
+                    broker.handle_alarm(crate::broker::Resource::Disk, now.1, clock.now_ms());
+                }
+                alarms_on = now;
             }
             _ = sleep_until(broker.poll_timeout().map(|ms| clock.instant(ms))) => {
                 broker.handle_timeout(clock.now_ms());
@@ -145,7 +174,12 @@ fn handle(
             conns.insert(id, replies);
             broker.handle_connect(id, info, now);
         }
-        CoreMsg::Commands { id, commands } => {
+        CoreMsg::Commands {
+            id,
+            commands,
+            permit,
+        } => {
+            let _held_until_handled = permit;
             for command in commands {
                 if command == Command::Closed {
                     closed.push(id);

@@ -10,6 +10,7 @@
 mod admin;
 mod conn;
 mod core;
+pub mod resources;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub connection: ConnectionConfig,
     /// Broker settings.
     pub broker: BrokerConfig,
+    /// When resource alarms go off.
+    pub alarms: resources::AlarmLimits,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             max_connections: 65_536,
             connection: ConnectionConfig::default(),
             broker: BrokerConfig::default(),
+            alarms: resources::AlarmLimits::default(),
         }
     }
 }
@@ -129,7 +133,11 @@ pub async fn serve(
     };
     let local = listener.local_addr()?;
     let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(1024);
-    let mut core = tokio::spawn(self::core::run(broker, store, core_rx, clock));
+    let monitor = self::core::Monitor {
+        limits: config.alarms,
+        data_dir: config.data_dir.clone(),
+    };
+    let mut core = tokio::spawn(self::core::run(broker, store, core_rx, clock, monitor));
     tracing::info!(address = %local, "AMQP listener ready");
     // A line on stdout that scripts and tests can wait for.
     println!("warren: AMQP listening on {local}");

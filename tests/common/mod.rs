@@ -146,6 +146,7 @@ pub fn client_properties() -> FieldTable {
         "consumer_cancel_notify",
         "publisher_confirms",
         "basic.nack",
+        "connection.blocked",
     ]
     .into_iter()
     .map(|c| (c.to_string(), FieldValue::Bool(true)))

@@ -1,0 +1,718 @@
+//! `warren perf`: a load generator in the spirit of RabbitMQ PerfTest and lavinmqperf. It
+//! speaks AMQP 0-9-1 through warren's own codec and works against any broker.
+//!
+//! Each producer and consumer has its own connection. Producers pipeline publishes (with
+//! a window of unconfirmed messages when confirms are on) and consumers ack with
+//! `multiple` every N deliveries, so the client is not the bottleneck.
+
+pub mod client;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::proto::frame::{Frame, encode_content, encode_method};
+use crate::proto::method::*;
+use crate::proto::props::BasicProperties;
+
+use self::client::{AmqpUri, Conn, body_prefix};
+
+/// How messages are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    /// The default exchange, routing key = queue name.
+    Default,
+    /// A direct exchange with one binding per queue.
+    Direct,
+    /// A fanout exchange bound to every queue.
+    Fanout,
+    /// A topic exchange with a `perf.<queue>.#` binding per queue.
+    Topic,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct PerfArgs {
+    /// Broker URI.
+    #[arg(long, default_value = "amqp://guest:guest@localhost:5672/%2f")]
+    pub uri: String,
+    /// Producer connections.
+    #[arg(long, short = 'x', default_value_t = 1)]
+    pub producers: usize,
+    /// Consumer connections.
+    #[arg(long, short = 'y', default_value_t = 1)]
+    pub consumers: usize,
+    /// Message body size in bytes.
+    #[arg(long, short = 's', default_value_t = 16)]
+    pub size: usize,
+    /// Consumers receive without acks.
+    #[arg(long)]
+    pub autoack: bool,
+    /// With manual acks, ack with `multiple` every this many deliveries.
+    #[arg(long, default_value_t = 1)]
+    pub multi_ack: u32,
+    /// Consumer prefetch (basic.qos); 0 is unlimited.
+    #[arg(long, short = 'q', default_value_t = 0)]
+    pub prefetch: u16,
+    /// Publisher confirms with at most this many unconfirmed messages per producer
+    /// (0: no confirms).
+    #[arg(long, short = 'c', default_value_t = 0)]
+    pub confirm: usize,
+    /// Persistent messages (delivery_mode 2) to durable queues.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Total publish rate in messages per second (0: as fast as possible).
+    #[arg(long, short = 'r', default_value_t = 0)]
+    pub rate: u64,
+    /// Number of queues; producers and consumers are spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// Queue name prefix.
+    #[arg(long, default_value = "perf")]
+    pub queue_prefix: String,
+    /// How messages are routed.
+    #[arg(long, value_enum, default_value_t = ExchangeType::Default)]
+    pub exchange_type: ExchangeType,
+    /// Seconds to run (0 with --count: until the count is published and consumed).
+    #[arg(long, short = 'z', default_value_t = 10)]
+    pub duration: u64,
+    /// Stop publishing after this many messages in total (0: no limit).
+    #[arg(long, short = 'C', default_value_t = 0)]
+    pub count: u64,
+    /// Put a timestamp in each body and report latency percentiles.
+    #[arg(long)]
+    pub latency: bool,
+    /// Keep the queues and their contents (default: delete and declare them afresh).
+    #[arg(long)]
+    pub no_purge: bool,
+    /// Instead of moving messages, open this many idle connections with a channel each and
+    /// hold them for --duration seconds.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
+    /// Print the JSON summary only (no per-second progress).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Counters shared by the tasks of a run.
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    confirmed: AtomicU64,
+    nacked: AtomicU64,
+    consumed: AtomicU64,
+    returned: AtomicU64,
+}
+
+/// The result of a run, printed as JSON at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The settings.
+    pub args: PerfArgs,
+    /// Wall-clock seconds measured.
+    pub seconds: f64,
+    /// Messages published.
+    pub published: u64,
+    /// Publishes confirmed (basic.ack).
+    pub confirmed: u64,
+    /// Publishes refused (basic.nack).
+    pub nacked: u64,
+    /// Messages consumed.
+    pub consumed: u64,
+    /// Published messages per second.
+    pub publish_rate: f64,
+    /// Consumed messages per second.
+    pub consume_rate: f64,
+    /// Latency percentiles in microseconds (with --latency).
+    pub latency_us: Option<Latency>,
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest seen.
+    pub max: u64,
+}
+
+fn queue_name(args: &PerfArgs, i: usize) -> String {
+    format!("{}-{i}", args.queue_prefix)
+}
+
+fn exchange_name(args: &PerfArgs) -> String {
+    match args.exchange_type {
+        ExchangeType::Default => String::new(),
+        ExchangeType::Direct => format!("{}.direct", args.queue_prefix),
+        ExchangeType::Fanout => format!("{}.fanout", args.queue_prefix),
+        ExchangeType::Topic => format!("{}.topic", args.queue_prefix),
+    }
+}
+
+fn routing_key(args: &PerfArgs, queue: usize) -> String {
+    match args.exchange_type {
+        ExchangeType::Default | ExchangeType::Direct => queue_name(args, queue),
+        ExchangeType::Fanout => String::new(),
+        ExchangeType::Topic => format!("perf.{}.msg", queue_name(args, queue)),
+    }
+}
+
+/// Declares the exchange and queues (afresh unless asked not to).
+async fn setup(uri: &AmqpUri, args: &PerfArgs) -> io::Result<()> {
+    let mut c = Conn::open(uri).await?;
+    c.open_channel(1).await?;
+    let exchange = exchange_name(args);
+    if !exchange.is_empty() {
+        let kind = match args.exchange_type {
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+            _ => "direct",
+        };
+        c.call(
+            1,
+            Method::ExchangeDeclare(ExchangeDeclare {
+                exchange: exchange.clone(),
+                kind: kind.into(),
+                durable: args.persistent,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    }
+    for i in 0..args.queues {
+        let queue = queue_name(args, i);
+        if !args.no_purge {
+            // A fresh queue each run, so settings of an earlier run never clash.
+            c.call(
+                1,
+                Method::QueueDelete(QueueDelete {
+                    queue: queue.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        }
+        c.call(
+            1,
+            Method::QueueDeclare(QueueDeclare {
+                queue: queue.clone(),
+                durable: args.persistent,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        if !exchange.is_empty() {
+            let key = match args.exchange_type {
+                ExchangeType::Topic => format!("perf.{queue}.#"),
+                _ => routing_key(args, i),
+            };
+            c.call(
+                1,
+                Method::QueueBind(QueueBind {
+                    queue,
+                    exchange: exchange.clone(),
+                    routing_key: key,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        }
+    }
+    c.close().await
+}
+
+/// Runs a benchmark and returns its summary.
+pub async fn run(args: PerfArgs) -> io::Result<Summary> {
+    let uri = AmqpUri::parse(&args.uri).map_err(io::Error::other)?;
+    if args.idle_connections > 0 {
+        return idle(&uri, &args).await;
+    }
+    setup(&uri, &args).await?;
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
+    let epoch = Instant::now();
+
+    let mut consumers = Vec::new();
+    for i in 0..args.consumers {
+        let queue = queue_name(&args, i % args.queues.max(1));
+        let conn = open_with_timeout(&uri).await?;
+        consumers.push(tokio::spawn(consume(
+            conn,
+            queue,
+            args.clone(),
+            counters.clone(),
+            stop.clone(),
+            latency.clone(),
+            epoch,
+        )));
+    }
+    let mut producers = Vec::new();
+    for i in 0..args.producers {
+        let conn = open_with_timeout(&uri).await?;
+        let quota = split_quota(args.count, args.producers, i);
+        producers.push(tokio::spawn(produce(
+            conn,
+            i,
+            quota,
+            args.clone(),
+            counters.clone(),
+            stop.clone(),
+            epoch,
+        )));
+    }
+
+    let started = Instant::now();
+    let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
+    let mut last = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                if !finished(&args, &counters, &producers) { continue; }
+            }
+        }
+        let published = counters.published.load(Ordering::Relaxed);
+        let consumed = counters.consumed.load(Ordering::Relaxed);
+        if !args.quiet && started.elapsed().as_millis() % 1000 < 40 {
+            let lat = if args.latency {
+                let h = latency
+                    .lock()
+                    .map(|h| h.clone())
+                    .unwrap_or_else(|_| new_histogram());
+                format!(
+                    ", latency p50 {} µs p99 {} µs",
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99)
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "time {:>3} s, sent {} msg/s, received {} msg/s{lat}",
+                started.elapsed().as_secs(),
+                published - last.0,
+                consumed - last.1
+            );
+        }
+        last = (published, consumed);
+        if deadline.is_some_and(|d| Instant::now() >= d) || finished(&args, &counters, &producers) {
+            break;
+        }
+        if producers
+            .iter()
+            .chain(consumers.iter())
+            .any(|t| t.is_finished())
+        {
+            // A task ended early: surface its error.
+            for t in producers.iter_mut().chain(consumers.iter_mut()) {
+                if t.is_finished() {
+                    match t.await {
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                        Ok(Ok(())) => {}
+                    }
+                }
+            }
+            if finished(&args, &counters, &producers) {
+                break;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in producers.into_iter().chain(consumers) {
+        t.abort();
+    }
+    let h = latency
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| new_histogram());
+    let published = counters.published.load(Ordering::Relaxed);
+    let consumed = counters.consumed.load(Ordering::Relaxed);
+    Ok(Summary {
+        seconds,
+        published,
+        confirmed: counters.confirmed.load(Ordering::Relaxed),
+        nacked: counters.nacked.load(Ordering::Relaxed),
+        consumed,
+        publish_rate: published as f64 / seconds,
+        consume_rate: consumed as f64 / seconds,
+        latency_us: (args.latency && !h.is_empty()).then(|| Latency {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }),
+        args,
+    })
+}
+
+/// With a message count, the run ends once everything was published (and confirmed) and
+/// the consumers, if any, received what the routing promised them.
+fn finished(
+    args: &PerfArgs,
+    c: &Counters,
+    producers: &[tokio::task::JoinHandle<io::Result<()>>],
+) -> bool {
+    if args.count == 0 || !producers.iter().all(|p| p.is_finished()) {
+        return false;
+    }
+    let copies = if args.exchange_type == ExchangeType::Fanout {
+        args.queues as u64
+    } else {
+        1
+    };
+    args.consumers == 0 || c.consumed.load(Ordering::Relaxed) >= args.count * copies
+}
+
+/// Opens a connection, giving up after 30 s (a broker that stops accepting, for example
+/// at its file descriptor limit, must not hang the run).
+async fn open_with_timeout(uri: &AmqpUri) -> io::Result<Conn> {
+    match tokio::time::timeout(Duration::from_secs(30), Conn::open(uri)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connecting to the broker timed out",
+        )),
+    }
+}
+
+fn split_quota(total: u64, parts: usize, i: usize) -> u64 {
+    if total == 0 {
+        return 0;
+    }
+    let parts = parts as u64;
+    total / parts + u64::from((i as u64) < total % parts)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Publishes until stopped (or the quota is reached), pipelining with a confirm window.
+async fn produce(
+    mut conn: Conn,
+    index: usize,
+    quota: u64,
+    args: PerfArgs,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+) -> io::Result<()> {
+    conn.open_channel(1).await?;
+    if args.confirm > 0 {
+        conn.call(1, Method::ConfirmSelect(ConfirmSelect { nowait: false }))
+            .await?;
+    }
+    let frame_max = conn.frame_max;
+    let (mut rd, mut reader, mut wr) = conn.split();
+    let window = Arc::new(Semaphore::new(args.confirm.max(1)));
+    if args.confirm > 0 {
+        let window = window.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut last_acked = 0u64;
+            loop {
+                let frame = match reader.next(&mut rd).await {
+                    Ok(f) => f,
+                    Err(_) => return,
+                };
+                if let Frame::Method { method, .. } = frame {
+                    let (tag, multiple, nack) = match method {
+                        Method::BasicAck(a) => (a.delivery_tag, a.multiple, false),
+                        Method::BasicNack(n) => (n.delivery_tag, n.multiple, true),
+                        Method::BasicReturn(_) => {
+                            counters.returned.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let n = if multiple {
+                        tag.saturating_sub(last_acked)
+                    } else {
+                        1
+                    };
+                    last_acked = last_acked.max(tag);
+                    let counter = if nack {
+                        &counters.nacked
+                    } else {
+                        &counters.confirmed
+                    };
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    window.add_permits(n as usize);
+                }
+            }
+        });
+    }
+    let queue = index % args.queues.max(1);
+    let publish = Method::BasicPublish(BasicPublish {
+        exchange: exchange_name(&args),
+        routing_key: routing_key(&args, queue),
+        ..Default::default()
+    });
+    let props = BasicProperties {
+        delivery_mode: Some(if args.persistent { 2 } else { 1 }),
+        ..Default::default()
+    };
+    let size = if args.latency {
+        args.size.max(8)
+    } else {
+        args.size
+    };
+    let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut out = BytesMut::with_capacity(256 * 1024);
+    let mut body = vec![0u8; size];
+    while !stop.load(Ordering::Relaxed) && (quota == 0 || sent < quota) {
+        let mut batch = 256u64;
+        if per_producer_rate > 0.0 {
+            let due = (started.elapsed().as_secs_f64() * per_producer_rate) as u64;
+            if due <= sent {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                continue;
+            }
+            batch = batch.min(due - sent);
+        }
+        if quota > 0 {
+            batch = batch.min(quota - sent);
+        }
+        let mut encoded = 0u64;
+        for _ in 0..batch {
+            if args.confirm > 0 {
+                match window.try_acquire() {
+                    Ok(p) => p.forget(),
+                    Err(_) if out.is_empty() => match window.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return Ok(()),
+                    },
+                    Err(_) => break,
+                }
+            }
+            if args.latency {
+                let now = epoch.elapsed().as_micros() as u64;
+                body[..8].copy_from_slice(&now.to_be_bytes());
+            }
+            encode_content(1, &publish, &props, &body, frame_max, &mut out);
+            encoded += 1;
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        sent += encoded;
+        counters.published.fetch_add(encoded, Ordering::Relaxed);
+    }
+    if args.confirm > 0 {
+        // Wait for the last confirms before reporting completion.
+        let _ = window.acquire_many(args.confirm as u32).await;
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}
+
+/// Consumes from a queue, acking every `multi_ack` deliveries, recording latency.
+async fn consume(
+    mut conn: Conn,
+    queue: String,
+    args: PerfArgs,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+    epoch: Instant,
+) -> io::Result<()> {
+    conn.open_channel(1).await?;
+    if args.prefetch > 0 {
+        conn.call(
+            1,
+            Method::BasicQos(BasicQos {
+                prefetch_count: args.prefetch,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    }
+    conn.call(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue,
+            no_ack: args.autoack,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let (mut rd, mut reader, mut wr) = conn.split();
+    let mut local = new_histogram();
+    let mut unacked = 0u32;
+    let mut last_tag = 0u64;
+    let mut out = BytesMut::new();
+    let multi = args.multi_ack.max(1);
+    let mut last_merge = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Handle everything buffered, then flush acks, then read more.
+        let mut got = 0u64;
+        while let Some(frame) = reader.next_buffered()? {
+            match frame {
+                Frame::Method {
+                    method: Method::BasicDeliver(d),
+                    ..
+                } => last_tag = d.delivery_tag,
+                Frame::Body { payload, .. } => {
+                    got += 1;
+                    if args.latency {
+                        if let Some(sent) = body_prefix(&payload) {
+                            let now = epoch.elapsed().as_micros() as u64;
+                            let _ = local.record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                    if !args.autoack {
+                        unacked += 1;
+                        if unacked >= multi {
+                            encode_method(
+                                1,
+                                &Method::BasicAck(BasicAck {
+                                    delivery_tag: last_tag,
+                                    multiple: true,
+                                }),
+                                &mut out,
+                            );
+                            unacked = 0;
+                        }
+                    }
+                }
+                Frame::Header { header, .. } if header.body_size == 0 => got += 1,
+                Frame::Method {
+                    method: Method::ConnectionClose(c),
+                    ..
+                } => {
+                    return Err(io::Error::other(format!(
+                        "connection closed: {} {}",
+                        c.reply_code, c.reply_text
+                    )));
+                }
+                Frame::Method {
+                    method: Method::ChannelClose(c),
+                    ..
+                } => {
+                    return Err(io::Error::other(format!(
+                        "channel closed: {} {}",
+                        c.reply_code, c.reply_text
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if got > 0 {
+            counters.consumed.fetch_add(got, Ordering::Relaxed);
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if args.latency
+            && (local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
+        {
+            last_merge = Instant::now();
+            if let Ok(mut h) = latency.lock() {
+                let _ = h.add(&local);
+            }
+            local.reset();
+        }
+        // With manual acks and prefetch, a partial batch must be acked before the broker
+        // sends more: ack what we have when nothing else is buffered.
+        if !args.autoack
+            && unacked > 0
+            && args.prefetch > 0
+            && unacked >= u32::from(args.prefetch) / 2
+        {
+            encode_method(
+                1,
+                &Method::BasicAck(BasicAck {
+                    delivery_tag: last_tag,
+                    multiple: true,
+                }),
+                &mut out,
+            );
+            wr.write_all(&out).await?;
+            out.clear();
+            unacked = 0;
+        }
+        let read = tokio::time::timeout(Duration::from_millis(50), reader.fill(&mut rd)).await;
+        match read {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Quiet: ack the tail so the broker can send what remains.
+                if !args.autoack && unacked > 0 {
+                    encode_method(
+                        1,
+                        &Method::BasicAck(BasicAck {
+                            delivery_tag: last_tag,
+                            multiple: true,
+                        }),
+                        &mut out,
+                    );
+                    wr.write_all(&out).await?;
+                    out.clear();
+                    unacked = 0;
+                }
+                if args.latency && !local.is_empty() {
+                    if let Ok(mut h) = latency.lock() {
+                        let _ = h.add(&local);
+                    }
+                    local.reset();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens idle connections with a channel each and holds them.
+async fn idle(uri: &AmqpUri, args: &PerfArgs) -> io::Result<Summary> {
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(args.idle_connections);
+    for _ in 0..args.idle_connections {
+        let mut c = open_with_timeout(uri).await?;
+        c.open_channel(1).await?;
+        conns.push(c);
+    }
+    if !args.quiet {
+        eprintln!(
+            "{} idle connections open; holding them for {} s",
+            conns.len(),
+            args.duration
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    for c in conns {
+        let _ = c.close().await;
+    }
+    Ok(Summary {
+        args: args.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        published: 0,
+        confirmed: 0,
+        nacked: 0,
+        consumed: 0,
+        publish_rate: 0.0,
+        consume_rate: 0.0,
+        latency_us: None,
+    })
+}
