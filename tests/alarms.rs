@@ -73,3 +73,44 @@ fn disk_alarm_blocks_publishers_and_lets_consumers_drain() {
         "the blocked publisher's second message was not taken: {m:?}"
     );
 }
+
+#[test]
+fn alarms_show_in_the_health_check_and_metrics() {
+    use base64::Engine;
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(config, "disk_free_limit_bytes = {}", 1u64 << 62).unwrap();
+    let path = config.path().to_str().unwrap().to_string();
+    let server = Server::start_with(&["--config", &path]);
+    std::thread::sleep(Duration::from_millis(300));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("guest:guest")
+    );
+    let mut health = agent
+        .get(format!("{}/api/health/checks/alarms", server.http_url()))
+        .header("authorization", &auth)
+        .call()
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let body = health.body_mut().read_to_string().unwrap();
+    assert!(body.contains("\"resource\":\"disk\""), "{body}");
+    let metrics = agent
+        .get(format!("{}/metrics", server.http_url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("rabbitmq_alarms_free_disk_space_watermark 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rabbitmq_alarms_memory_used_watermark 0"),
+        "{metrics}"
+    );
+}

@@ -233,8 +233,8 @@ fn router() -> Router<Arc<Ctx>> {
         .route("/api/channels/{name}", get(get_channel))
         .route("/api/consumers", get(list_consumers))
         .route("/api/consumers/{vhost}", get(list_consumers_in))
-        .route("/api/health/checks/alarms", get(health_ok))
-        .route("/api/health/checks/local-alarms", get(health_ok))
+        .route("/api/health/checks/alarms", get(health_alarms))
+        .route("/api/health/checks/local-alarms", get(health_alarms))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .route("/api/health/checks/node-is-quorum-critical", get(health_ok))
         .route(

@@ -244,8 +244,8 @@ async fn node_json(s: &Ctx) -> Result<Value, ApiError> {
         "uptime": s.uptime_ms(),
         "started_at": s.started_epoch_ms,
         "mem_used": memory_used_bytes(),
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_alarm": o.alarms.iter().any(|a| a == "memory"),
+        "disk_free_alarm": o.alarms.iter().any(|a| a == "disk"),
         "fd_used": open_files(),
         "sockets_used": o.connections,
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -435,10 +435,28 @@ fn health_failed(reason: String) -> ApiResult {
     ))
 }
 
-/// Checks with nothing to fail on a single node without resource alarms.
+/// Checks with nothing to fail on a single node.
 pub(super) async fn health_ok(s: State, headers: HeaderMap) -> ApiResult {
     authenticate(&s, &headers).await?;
     ok_json(json!({ "status": "ok" }))
+}
+
+/// Fails (503) while a resource alarm is in force, as RabbitMQ's alarms check does.
+pub(super) async fn health_alarms(s: State, headers: HeaderMap) -> ApiResult {
+    authenticate(&s, &headers).await?;
+    let o = overview_of(&s).await?;
+    if o.alarms.is_empty() {
+        return ok_json(json!({ "status": "ok" }));
+    }
+    let alarms: Vec<Value> = o
+        .alarms
+        .iter()
+        .map(|a| json!({ "node": s.node, "resource": a }))
+        .collect();
+    Ok(json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "status": "failed", "reason": "resource alarm(s) in effect", "alarms": alarms }),
+    ))
 }
 
 pub(super) async fn port_listener(
@@ -612,16 +630,16 @@ pub(super) async fn metrics(s: State) -> ApiResult {
         "Messages that reached no queue",
         &one(c.unroutable),
     );
-    for alarm in [
-        "memory_used_watermark",
-        "free_disk_space_watermark",
-        "file_descriptor_limit",
+    for (alarm, resource) in [
+        ("memory_used_watermark", "memory"),
+        ("free_disk_space_watermark", "disk"),
+        ("file_descriptor_limit", "file_descriptors"),
     ] {
         family(
             &format!("rabbitmq_alarms_{alarm}"),
             "gauge",
             "1 while the alarm is in effect",
-            &one(0),
+            &one(u64::from(o.alarms.iter().any(|a| a == resource))),
         );
     }
     family(

@@ -189,6 +189,8 @@ pub struct Overview {
     pub users: u64,
     /// Whether the AMQP side runs.
     pub app_running: bool,
+    /// Resource alarms in force ("memory", "disk").
+    pub alarms: Vec<String>,
 }
 
 fn sum(a: &mut MessageCounters, b: &MessageCounters) {
@@ -419,6 +421,7 @@ impl Broker {
             vhosts: self.vhosts.len() as u64,
             users: self.users.iter().count() as u64,
             app_running: self.app_running,
+            alarms: self.alarms().map(|a| a.as_str().to_string()).collect(),
         };
         for q in self.queues.values() {
             o.messages_ready += q.ready_count();
