@@ -83,6 +83,15 @@ impl Permissions {
 
     /// Whether the permission allows `access` to a resource called `name`.
     pub fn allows(&self, access: Access, name: &str) -> bool {
+        let pattern = match access {
+            Access::Configure => &self.record.configure,
+            Access::Write => &self.record.write,
+            Access::Read => &self.record.read,
+        };
+        // The common grant-everything pattern needs no regex engine.
+        if pattern == ".*" {
+            return true;
+        }
         let re = match access {
             Access::Configure => &self.configure,
             Access::Write => &self.write,
@@ -96,7 +105,8 @@ impl Permissions {
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     users: BTreeMap<String, UserRecord>,
-    permissions: BTreeMap<(String, String), Permissions>,
+    /// By user, then vhost (lookups with borrowed names, no allocation).
+    permissions: BTreeMap<String, BTreeMap<String, Permissions>>,
 }
 
 impl Users {
@@ -117,7 +127,7 @@ impl Users {
 
     /// Removes a user and its permissions; returns whether it existed.
     pub fn remove(&mut self, name: &str) -> bool {
-        self.permissions.retain(|(u, _), _| u != name);
+        self.permissions.remove(name);
         self.users.remove(name).is_some()
     }
 
@@ -130,30 +140,42 @@ impl Users {
 
     /// Sets a user's permissions in a vhost.
     pub fn set_permissions(&mut self, perms: Permissions) {
-        let key = (perms.record.user.clone(), perms.record.vhost.clone());
-        self.permissions.insert(key, perms);
+        self.permissions
+            .entry(perms.record.user.clone())
+            .or_default()
+            .insert(perms.record.vhost.clone(), perms);
     }
 
     /// Clears a user's permissions in a vhost; returns whether there were any.
     pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> bool {
-        self.permissions
-            .remove(&(user.to_string(), vhost.to_string()))
-            .is_some()
+        let Some(of_user) = self.permissions.get_mut(user) else {
+            return false;
+        };
+        let removed = of_user.remove(vhost).is_some();
+        if of_user.is_empty() {
+            self.permissions.remove(user);
+        }
+        removed
     }
 
     /// Removes every permission in a vhost.
     pub fn clear_vhost(&mut self, vhost: &str) {
-        self.permissions.retain(|(_, v), _| v != vhost);
+        for of_user in self.permissions.values_mut() {
+            of_user.remove(vhost);
+        }
+        self.permissions.retain(|_, of_user| !of_user.is_empty());
     }
 
     /// A user's permissions in a vhost.
     pub fn permissions(&self, user: &str, vhost: &str) -> Option<&Permissions> {
-        self.permissions.get(&(user.to_string(), vhost.to_string()))
+        self.permissions.get(user)?.get(vhost)
     }
 
     /// Every permission record.
     pub fn all_permissions(&self) -> impl Iterator<Item = &PermissionRecord> {
-        self.permissions.values().map(|p| &p.record)
+        self.permissions
+            .values()
+            .flat_map(|of_user| of_user.values().map(|p| &p.record))
     }
 }
 

@@ -148,7 +148,7 @@ impl Broker {
         };
         let x = self
             .vhosts
-            .get(&vhost)
+            .get(&*vhost)
             .and_then(|v| v.exchanges.get(exchange))
             .ok_or_else(|| not_found(format!("no {}", resource("exchange", exchange, &vhost))))?;
         if x.internal {
@@ -165,7 +165,7 @@ impl Broker {
             )));
         }
         if let Some(claimed) = &message.properties.user_id {
-            if *claimed != user {
+            if **claimed != *user {
                 return Err(precondition_failed(format!(
                     "user_id property set to '{claimed}' but authenticated user was '{user}'"
                 )));

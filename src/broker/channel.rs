@@ -1,7 +1,9 @@
 //! Per-channel broker state: consumers, unacked deliveries, prefetch, confirms and
 //! transactions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use super::HashMap;
 use std::sync::Arc;
 
 use crate::proto::command::Message;
@@ -221,7 +223,7 @@ impl Channel {
         Channel {
             number,
             uid,
-            consumers: HashMap::new(),
+            consumers: HashMap::default(),
             unacked: UnackedList::default(),
             next_tag: 1,
             consumer_prefetch: 0,

@@ -156,7 +156,7 @@ impl Broker {
         let max = self.config.max_exchanges_per_vhost;
         let v = self
             .vhosts
-            .get_mut(&vhost)
+            .get_mut(&*vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
         match v.exchanges.get(&name) {
             Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
@@ -182,7 +182,7 @@ impl Broker {
                 v.exchanges.insert(name.clone(), x);
                 if m.durable {
                     self.journal.push(StoreOp::PutExchange(ExchangeRecord {
-                        vhost: vhost.clone(),
+                        vhost: vhost.to_string(),
                         name,
                         kind: kind.as_str().into(),
                         auto_delete: m.auto_delete,
@@ -222,7 +222,11 @@ impl Broker {
                 resource("exchange", &name, &vhost)
             )));
         }
-        if let Some(x) = self.vhosts.get(&vhost).and_then(|v| v.exchanges.get(&name)) {
+        if let Some(x) = self
+            .vhosts
+            .get(&*vhost)
+            .and_then(|v| v.exchanges.get(&name))
+        {
             if m.if_unused && !x.bindings().is_empty() {
                 return Err(precondition_failed(format!(
                     "{} in use",
@@ -311,7 +315,7 @@ impl Broker {
         self.check_access(conn, Access::Configure, "queue", &name)?;
         let existing = self
             .vhosts
-            .get(&vhost)
+            .get(&*vhost)
             .and_then(|v| v.queues.get(&name))
             .copied();
         let id = match existing {

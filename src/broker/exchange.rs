@@ -1,6 +1,6 @@
 //! Exchanges, their bindings, and routing.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use crate::proto::table::{FieldTable, FieldValue};
 
@@ -107,7 +107,7 @@ impl Exchange {
         arguments: FieldTable,
     ) -> Self {
         let index = match kind {
-            ExchangeKind::Direct => Index::Direct(HashMap::new()),
+            ExchangeKind::Direct => Index::Direct(HashMap::default()),
             ExchangeKind::Fanout => Index::Fanout,
             ExchangeKind::Topic => Index::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Index::Headers,

@@ -24,7 +24,7 @@ pub mod topic;
 mod vhost;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -44,6 +44,11 @@ use crate::proto::command::{Command, ConnId, Message, Reply};
 use crate::proto::method::Method;
 use crate::proto::table::FieldTable;
 use crate::store::{Recovered, StoreOp};
+
+/// The hash map the broker uses: foldhash with a fixed seed. Fast for the short keys of
+/// routing (names, ids), and its iteration order depends only on the operations applied,
+/// which keeps the simulator's runs reproducible.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -123,8 +128,10 @@ pub enum Output {
 #[derive(Debug)]
 struct Conn {
     info: ConnInfo,
-    user: Option<String>,
-    vhost: Option<String>,
+    /// The logged-in user (shared, so the hot paths copy a pointer, not a string).
+    user: Option<Arc<str>>,
+    /// The open vhost.
+    vhost: Option<Arc<str>>,
     client_properties: FieldTable,
     /// The client handles server-sent `basic.cancel`.
     cancel_notify: bool,
@@ -279,9 +286,9 @@ impl Broker {
             config,
             rng: SmallRng::seed_from_u64(seed),
             now_ms: 0,
-            vhosts: HashMap::new(),
-            queues: HashMap::new(),
-            conns: HashMap::new(),
+            vhosts: HashMap::default(),
+            queues: HashMap::default(),
+            conns: HashMap::default(),
             users: Users::default(),
             next_queue_id: 1,
             next_message_id: 1,
@@ -326,7 +333,7 @@ impl Broker {
                 vhost: None,
                 client_properties: FieldTable::default(),
                 cancel_notify: false,
-                channels: HashMap::new(),
+                channels: HashMap::default(),
                 unflushed_bytes: 0,
                 exclusive_queues: Vec::new(),
                 connected_at_ms: now_ms,
@@ -516,7 +523,7 @@ impl Broker {
     }
 
     /// The vhost and user of an open connection.
-    fn session(&self, conn: ConnId) -> Option<(String, String)> {
+    fn session(&self, conn: ConnId) -> Option<(Arc<str>, Arc<str>)> {
         let c = self.conns.get(&conn)?;
         Some((c.vhost.clone()?, c.user.clone()?))
     }
@@ -580,7 +587,7 @@ impl Broker {
                 );
             }
         }
-        let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::new();
+        let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::default();
         for (id, conn) in &self.conns {
             for ch in conn.channels.values() {
                 ch.check_invariants();

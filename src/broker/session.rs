@@ -188,7 +188,7 @@ impl Broker {
             c.cancel_notify = capability(&login.client_properties, "consumer_cancel_notify");
             c.blocked_notify = capability(&login.client_properties, "connection.blocked");
             c.client_properties = login.client_properties;
-            c.user = Some(login.username);
+            c.user = Some(login.username.into());
         }
         self.send(conn, Reply::LoginOk);
     }
@@ -209,7 +209,7 @@ impl Broker {
         match result {
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.vhost = Some(vhost.to_string());
+                    c.vhost = Some(vhost.into());
                 }
                 self.send_method(
                     conn,

@@ -3,7 +3,7 @@
 //! Matching walks only the branches a routing key can reach, so the cost grows with the
 //! key's length and the number of wildcards on its path, not with the number of bindings.
 
-use std::collections::HashMap;
+use crate::broker::HashMap;
 
 /// Words of a routing or binding key. An empty key has no words, as in RabbitMQ.
 pub fn words(key: &str) -> Vec<&str> {
@@ -31,7 +31,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: HashMap::default(),
             star: None,
             hash: None,
             values: Vec::new(),

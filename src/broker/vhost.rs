@@ -1,6 +1,6 @@
 //! Virtual hosts: a namespace of exchanges and queues.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use crate::proto::table::FieldTable;
 
@@ -43,7 +43,7 @@ impl VHost {
         VHost {
             name: name.to_string(),
             exchanges,
-            queues: HashMap::new(),
+            queues: HashMap::default(),
         }
     }
 }
