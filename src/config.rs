@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::server::ServerConfig;
-use crate::store::disk::SyncPolicy;
+use crate::store::SyncPolicy;
 
 /// The settings a config file may hold. Every field is optional; unknown keys are errors.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

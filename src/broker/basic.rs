@@ -12,8 +12,9 @@ use super::channel::{Confirm, Consumer, Mode, TxOp, Unacked};
 use super::deadletter::DeathReason;
 use super::error::*;
 use super::exchange::{Destination, QueueId};
-use super::queue::{ConsumerRef, Overflow, QueuedMessage};
+use super::queue::{ConsumerRef, Overflow, QueuedMessage, WaitingGet};
 use super::{Broker, Deferred};
+use crate::store::{EntryBody, StoreOp};
 
 /// Most exchange-to-exchange hops a message may take while routing.
 const MAX_ROUTING_HOPS: usize = 64;
@@ -278,13 +279,34 @@ impl Broker {
         self.next_message_id += 1;
         let message_ttl = parse_expiration(&message).ok().flatten();
         let now = self.now_ms;
+        let body_len = message.body_len();
+        // A persistent message for several durable queues is stored once, shared.
+        let storing = queues
+            .iter()
+            .filter_map(|q| self.queues.get(q))
+            .filter(|q| q.durable && message.is_persistent() && !q.rejects(body_len))
+            .count();
+        let shared = (storing >= 2).then(|| {
+            let shared_id = self.next_shared_id;
+            self.next_shared_id += 1;
+            self.journal.push(StoreOp::PutShared {
+                id: shared_id,
+                message: message.clone(),
+                refs: storing as u32,
+            });
+            shared_id
+        });
+        let (queue_budget, broker_budget) = (
+            self.config.queue_memory_budget_bytes,
+            self.config.memory_budget_bytes,
+        );
         let mut rejected = false;
         let mut stored = false;
         for qid in queues {
             let Some(q) = self.queues.get_mut(&qid) else {
                 continue;
             };
-            if q.rejects(message.body_len()) {
+            if q.rejects(body_len) {
                 rejected = true;
                 if q.settings.overflow == Overflow::RejectPublishDlx {
                     let refused = QueuedMessage {
@@ -295,6 +317,7 @@ impl Broker {
                         stored: false,
                         expires_at_ms: None,
                         priority: 0,
+                        shared: None,
                     };
                     self.dead_letter(qid, vec![refused], DeathReason::Rejected);
                 }
@@ -304,12 +327,45 @@ impl Broker {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let expires_at_ms = ttl.map(|t| now.saturating_add(t));
             q.stats.publish += 1;
-            let entry = q.push(id, message.clone(), ttl.map(|t| now.saturating_add(t)));
-            if entry.stored {
+            let seq = q.take_seq();
+            let durable = q.durable && message.is_persistent();
+            if durable {
                 stored = true;
-                let seq = entry.seq;
-                self.journal.enqueue(qid, seq, id, &message);
+                let body = match shared {
+                    Some(sid) => EntryBody::Shared(sid),
+                    None => EntryBody::Inline(message.clone()),
+                };
+                self.journal.push(StoreOp::Enqueue {
+                    queue: qid,
+                    seq,
+                    body,
+                    expires_at_ms,
+                });
+            }
+            if q.pages_next(queue_budget, broker_budget) {
+                // The message lives in the store until consumers get near it.
+                q.page_out(seq, body_len);
+                if !durable {
+                    self.journal.push(StoreOp::PageOut {
+                        queue: qid,
+                        seq,
+                        message: message.clone(),
+                        expires_at_ms,
+                    });
+                }
+            } else {
+                q.push(QueuedMessage {
+                    seq,
+                    message_id: id,
+                    message: message.clone(),
+                    redelivered: false,
+                    stored: durable,
+                    expires_at_ms,
+                    priority: 0,
+                    shared: shared.filter(|_| durable),
+                });
             }
             let dropped = q.enforce_limits();
             self.dead_letter(qid, dropped, DeathReason::MaxLen);
@@ -515,36 +571,66 @@ impl Broker {
             )));
         }
         self.touch_queue(qid);
-        let now = self.now_ms;
+        let channel_uid = self.channel_uid(conn, channel).unwrap_or_default();
         let q = self
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
+        if q.in_memory_count() == 0 && q.paged.count > 0 {
+            // The queue is not empty, its next messages are in the store: answer once they
+            // are read back.
+            q.waiting_gets.push_back(WaitingGet {
+                conn,
+                channel,
+                channel_uid,
+                no_ack: m.no_ack,
+            });
+            self.request_load(qid);
+            return Ok(());
+        }
+        self.get_one(conn, channel, qid, m.no_ack);
+        Ok(())
+    }
+
+    /// Answers a `basic.get` from what the queue holds in memory.
+    pub(super) fn get_one(&mut self, conn: ConnId, channel: u16, qid: QueueId, no_ack: bool) {
+        let now = self.now_ms;
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return;
+        };
         let expired = q.drop_expired(now);
         if !expired.is_empty() {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }
-        let q = self
-            .queues
-            .get_mut(&qid)
-            .ok_or_else(|| not_found("queue vanished"))?;
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return;
+        };
         let Some(entry) = q.pop() else {
             self.send_method(
                 conn,
                 channel,
                 Method::BasicGetEmpty(BasicGetEmpty::default()),
             );
-            return Ok(());
+            return;
         };
         let remaining = q.ready_count() as u32;
-        if !m.no_ack {
+        if !no_ack {
             q.unacked += 1;
         }
-        q.stats.got(m.no_ack, entry.redelivered);
-        self.totals.got(m.no_ack, entry.redelivered);
-        let ch = self
-            .channel_mut(conn, channel)
-            .ok_or_else(|| command_invalid("no channel"))?;
+        q.stats.got(no_ack, entry.redelivered);
+        self.totals.got(no_ack, entry.redelivered);
+        let Some(ch) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.channels.get_mut(&channel))
+        else {
+            // Cannot happen: callers check the channel. Keep the message rather than lose it.
+            if let Some(q) = self.queues.get_mut(&qid) {
+                q.unacked -= u64::from(!no_ack);
+                q.requeue(entry);
+            }
+            return;
+        };
         let tag = ch.next_tag;
         ch.next_tag += 1;
         let get_ok = BasicGetOk {
@@ -555,7 +641,7 @@ impl Broker {
             message_count: remaining,
         };
         let message = entry.message.clone();
-        if m.no_ack {
+        if no_ack {
             self.release(qid, &entry);
         } else {
             ch.unacked.push(Unacked {
@@ -574,7 +660,7 @@ impl Broker {
                 message,
             },
         );
-        Ok(())
+        self.schedule_dispatch(qid);
     }
 
     // ----- acknowledgements -----

@@ -335,6 +335,7 @@ mod tests {
                 stored: false,
                 expires_at_ms: None,
                 priority: 0,
+                shared: None,
             },
         }
     }

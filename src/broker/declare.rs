@@ -367,6 +367,7 @@ impl Broker {
             m.auto_delete,
             m.arguments.clone(),
             settings,
+            self.meter.clone(),
         );
         q.last_used_ms = self.now_ms;
         if m.exclusive {
@@ -499,16 +500,7 @@ impl Broker {
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         let id = self.usable_queue(conn, &vhost, &name)?;
         self.check_access(conn, Access::Read, "queue", &name)?;
-        let purged = self
-            .queues
-            .get_mut(&id)
-            .map(|q| q.purge())
-            .unwrap_or_default();
-        self.schedule_dispatch(id);
-        let count = purged.len() as u32;
-        for entry in purged {
-            self.release(id, &entry);
-        }
+        let count = self.purge_ready(id) as u32;
         self.reply(
             conn,
             channel,
@@ -731,21 +723,42 @@ impl Broker {
         if let Some(owner) = q.exclusive_owner.and_then(|o| self.conns.get_mut(&o)) {
             owner.exclusive_queues.retain(|x| *x != id);
         }
-        let purged = q.purge();
-        let count = purged.len() as u64;
+        let (purged, paged) = q.purge();
+        let count = purged.len() as u64 + paged.map_or(0, |(_, n)| n);
         if q.durable {
+            // Drops the queue's entries, stored and paged, with it.
             self.journal.push(StoreOp::DeleteQueue {
                 vhost: q.vhost.clone(),
                 name: q.name.clone(),
                 id,
             });
+        } else if paged.is_some() {
+            self.journal.push(StoreOp::PurgeFrom {
+                queue: id,
+                from_seq: 0,
+            });
+        }
+        count
+    }
+
+    /// Removes every ready message of a queue, in memory and paged; returns how many.
+    pub(super) fn purge_ready(&mut self, id: QueueId) -> u64 {
+        let Some(q) = self.queues.get_mut(&id) else {
+            return 0;
+        };
+        let (purged, paged) = q.purge();
+        let mut count = purged.len() as u64;
+        if let Some((from_seq, n)) = paged {
+            count += n;
+            self.journal.push(StoreOp::PurgeFrom {
+                queue: id,
+                from_seq,
+            });
         }
         for entry in purged {
-            // The queue's deletion removes its entries; only the message references remain.
-            if entry.stored {
-                self.journal.unref(entry.message_id);
-            }
+            self.release(id, &entry);
         }
+        self.schedule_dispatch(id);
         count
     }
 

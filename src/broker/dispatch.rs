@@ -30,6 +30,7 @@ impl Broker {
             }
             self.dispatch(queue);
             self.reschedule(queue);
+            self.request_load(queue);
         }
     }
 
@@ -149,11 +150,8 @@ impl Broker {
                 q.requeue(entry.message);
                 self.schedule_dispatch(entry.queue);
             }
-            None => {
-                if entry.message.stored {
-                    self.journal.unref(entry.message.message_id);
-                }
-            }
+            // The queue's deletion dropped its stored entries.
+            None => {}
         }
     }
 
@@ -163,13 +161,14 @@ impl Broker {
         if !entry.stored {
             return;
         }
+        // A deleted queue's entries went with it.
         if self.queues.contains_key(&queue) {
             self.journal.push(crate::store::StoreOp::Dequeue {
                 queue,
                 seq: entry.seq,
+                shared: entry.shared,
             });
         }
-        self.journal.unref(entry.message_id);
     }
 
     /// Settles a confirm that was waiting for the store.

@@ -16,6 +16,7 @@ mod declare;
 mod dispatch;
 mod error;
 mod exchange;
+mod paging;
 mod queue;
 mod session;
 mod stats;
@@ -36,11 +37,13 @@ pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
 pub use deadletter::{DeathReason, dead_lettered};
 pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
-pub use queue::{ConsumerRef, Overflow, Queue, QueueSettings, QueuedMessage};
+pub use queue::{
+    ConsumerRef, MESSAGE_OVERHEAD_BYTES, Overflow, Paged, Queue, QueueSettings, QueuedMessage,
+};
 pub use stats::MessageCounters;
 pub use vhost::VHost;
 
-use crate::proto::command::{Command, ConnId, Message, Reply};
+use crate::proto::command::{Command, ConnId, Reply};
 use crate::proto::method::Method;
 use crate::proto::table::FieldTable;
 use crate::store::{Recovered, StoreOp};
@@ -75,6 +78,18 @@ pub struct BrokerConfig {
     pub max_consumers_per_channel: usize,
     /// Most unacked deliveries per channel when no prefetch limit is set.
     pub max_unacked_per_channel: usize,
+    /// Memory a queue may hold in ready messages before new ones go to the store.
+    pub queue_memory_budget_bytes: u64,
+    /// Memory all queues together may hold in ready messages before new ones go to the
+    /// store.
+    pub memory_budget_bytes: u64,
+    /// Entries per queue read at start; the rest is read as consumers need it.
+    pub recovery_head_entries: usize,
+    /// A paged queue reads its next batch when fewer than this many messages are in
+    /// memory.
+    pub page_in_low_water: u64,
+    /// Messages read from the store per batch.
+    pub page_in_batch: usize,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +106,11 @@ impl Default for BrokerConfig {
             max_bindings_per_exchange: 1_000_000,
             max_consumers_per_channel: 100_000,
             max_unacked_per_channel: 1_000_000,
+            queue_memory_budget_bytes: 32 * 1024 * 1024,
+            memory_budget_bytes: 128 * 1024 * 1024,
+            recovery_head_entries: 4096,
+            page_in_low_water: 2048,
+            page_in_batch: 4096,
         }
     }
 }
@@ -121,6 +141,19 @@ pub enum Output {
         batch: u64,
         /// The changes.
         ops: Vec<StoreOp>,
+    },
+    /// Read up to `max` entries of a queue from position `from_seq` on
+    /// ([`crate::store::Store::load`]), after every batch emitted before this output, and
+    /// hand them to [`Broker::handle_loaded`] with the same queue and epoch.
+    Load {
+        /// Queue incarnation.
+        queue: QueueId,
+        /// First position to read.
+        from_seq: u64,
+        /// Most entries to read.
+        max: usize,
+        /// Identifies this read; a purge in the meantime makes it stale.
+        epoch: u64,
     },
 }
 
@@ -169,12 +202,10 @@ enum Deferred {
     },
 }
 
-/// Durable changes of the current round, and the reference counts of stored messages.
+/// Durable changes of the current round.
 #[derive(Debug, Default)]
 struct Journal {
     ops: Vec<StoreOp>,
-    /// Queues holding each stored message.
-    refs: HashMap<u64, u32>,
     /// The number the next emitted batch will carry.
     next_batch: u64,
 }
@@ -182,36 +213,6 @@ struct Journal {
 impl Journal {
     fn push(&mut self, op: StoreOp) {
         self.ops.push(op);
-    }
-
-    /// Stores a message entry in a durable queue.
-    fn enqueue(&mut self, queue: QueueId, seq: u64, id: u64, message: &Arc<Message>) {
-        let refs = self.refs.entry(id).or_insert(0);
-        if *refs == 0 {
-            self.ops.push(StoreOp::PutMessage {
-                id,
-                message: message.clone(),
-            });
-        }
-        *refs += 1;
-        self.ops.push(StoreOp::Enqueue {
-            queue,
-            seq,
-            message: id,
-        });
-    }
-
-    /// Drops one queue's reference to a stored message (its entry is removed by the
-    /// caller, or by the queue's deletion).
-    fn unref(&mut self, id: u64) {
-        match self.refs.get_mut(&id) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.refs.remove(&id);
-                self.ops.push(StoreOp::DeleteMessage { id });
-            }
-            None => debug_assert!(false, "unref of unknown stored message {id}"),
-        }
     }
 }
 
@@ -276,6 +277,12 @@ pub struct Broker {
     totals: MessageCounters,
     /// Resource alarms in force.
     alarms: BTreeSet<Resource>,
+    /// Memory held by ready messages in all queues.
+    meter: queue::MemoryMeter,
+    /// Reads of paged messages to ask the driver for.
+    loads: Vec<(QueueId, u64, usize, u64)>,
+    /// The next shared-message id.
+    next_shared_id: u64,
 }
 
 impl Broker {
@@ -307,6 +314,9 @@ impl Broker {
             app_running: true,
             totals: MessageCounters::default(),
             alarms: BTreeSet::new(),
+            meter: Default::default(),
+            loads: Vec::new(),
+            next_shared_id: 1,
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -438,6 +448,14 @@ impl Broker {
             return Some(Output::Persist {
                 batch,
                 ops: std::mem::take(&mut self.journal.ops),
+            });
+        }
+        if let Some((queue, from_seq, max, epoch)) = self.loads.pop() {
+            return Some(Output::Load {
+                queue,
+                from_seq,
+                max,
+                epoch,
             });
         }
         self.outbox

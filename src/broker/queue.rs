@@ -28,7 +28,52 @@ pub struct QueuedMessage {
     pub expires_at_ms: Option<u64>,
     /// The priority it is queued under (capped by the queue's `x-max-priority`).
     pub priority: u8,
+    /// The shared message the store entry refers to (a persistent message stored once for
+    /// several durable queues).
+    pub shared: Option<u64>,
 }
+
+/// Memory charged for each message held in memory besides its body: the entry, the
+/// shared message with its properties and names, allocator overhead. An estimate; it only
+/// decides when queues start paging.
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
+
+/// Bytes of memory a message held in memory is charged for.
+pub fn memory_cost(message: &Message) -> u64 {
+    message.body_len() + MESSAGE_OVERHEAD_BYTES
+}
+
+/// The tail of a queue that lives in the store instead of memory: every ready message at
+/// position `from_seq` or later. Messages in memory all come before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Paged {
+    /// Messages in the store.
+    pub count: u64,
+    /// Bytes of their bodies.
+    pub bytes: u64,
+    /// The position of the first of them.
+    pub from_seq: u64,
+    /// A read of the next batch is in flight.
+    pub loading: bool,
+    /// Bumped when the paged tail is purged, so that a read in flight is discarded.
+    pub epoch: u64,
+}
+
+/// A `basic.get` answered once the queue's next paged batch is in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingGet {
+    /// Connection.
+    pub conn: ConnId,
+    /// Channel number.
+    pub channel: u16,
+    /// The channel's identity, so a reopened channel is not answered.
+    pub channel_uid: u64,
+    /// The get's no-ack flag.
+    pub no_ack: bool,
+}
+
+/// In-memory bytes of ready messages across all queues, shared by the queues of a broker.
+pub type MemoryMeter = Arc<std::sync::atomic::AtomicU64>;
 
 /// What a full queue does with one more message (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,10 +275,21 @@ pub struct Queue {
     pub timer_at_ms: Option<u64>,
     /// Message counters for the management API.
     pub stats: super::stats::MessageCounters,
-    /// Ready messages, one FIFO per priority level (a single one without priorities).
+    /// The part of the backlog that lives in the store.
+    pub paged: Paged,
+    /// Messages at positions below this were recovered from the last run: when read back
+    /// they are flagged redelivered.
+    pub redelivered_below_seq: u64,
+    /// `basic.get`s waiting for the next paged batch (memory was empty, the store not).
+    pub waiting_gets: VecDeque<WaitingGet>,
+    /// Ready messages in memory, one FIFO per priority level (a single one without
+    /// priorities).
     buckets: Vec<VecDeque<QueuedMessage>>,
     ready_len: usize,
     ready_bytes: u64,
+    /// Memory charged for the ready messages held in memory.
+    memory_bytes: u64,
+    meter: MemoryMeter,
     next_seq: u64,
 }
 
@@ -247,6 +303,7 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         settings: QueueSettings,
+        meter: MemoryMeter,
     ) -> Self {
         let levels = settings.max_priority.map_or(1, |p| usize::from(p) + 1);
         Queue {
@@ -268,24 +325,48 @@ impl Queue {
             last_used_ms: 0,
             timer_at_ms: None,
             stats: Default::default(),
+            paged: Paged::default(),
+            redelivered_below_seq: 0,
+            waiting_gets: VecDeque::new(),
             buckets: (0..levels).map(|_| VecDeque::new()).collect(),
             ready_len: 0,
             ready_bytes: 0,
+            memory_bytes: 0,
+            meter,
             next_seq: 1,
         }
     }
 
-    /// Ready messages.
+    /// Ready messages, in memory and paged.
     pub fn ready_count(&self) -> u64 {
+        self.ready_len as u64 + self.paged.count
+    }
+
+    /// Bytes of ready message bodies, in memory and paged.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes + self.paged.bytes
+    }
+
+    /// Ready messages held in memory.
+    pub fn in_memory_count(&self) -> u64 {
         self.ready_len as u64
     }
 
-    /// Bytes of ready message bodies.
-    pub fn ready_bytes(&self) -> u64 {
-        self.ready_bytes
+    /// Memory charged for the ready messages held in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
-    /// Ready messages in delivery order.
+    /// Whether new messages may be paged out under memory pressure. Queues with
+    /// priorities or length limits stay in memory (their order and limits need the
+    /// messages at hand; length limits bound them anyway).
+    pub fn pageable(&self) -> bool {
+        self.settings.max_priority.is_none()
+            && self.settings.max_length.is_none()
+            && self.settings.max_length_bytes.is_none()
+    }
+
+    /// Ready messages held in memory, in delivery order.
     pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
         self.buckets.iter().rev().flat_map(|b| b.iter())
     }
@@ -315,33 +396,102 @@ impl Queue {
             || self
                 .settings
                 .max_length_bytes
-                .is_some_and(|max| self.ready_bytes + body_len > max)
+                .is_some_and(|max| self.ready_bytes() + body_len > max)
     }
 
-    /// Appends a new message that expires at `expires_at_ms`; returns its entry.
-    pub fn push(
-        &mut self,
-        message_id: u64,
-        message: Arc<Message>,
-        expires_at_ms: Option<u64>,
-    ) -> &QueuedMessage {
+    /// Takes the position for a new message.
+    pub fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let stored = self.durable && message.is_persistent();
-        let priority = self.priority_of(&message);
-        self.ready_bytes += message.body_len();
-        self.ready_len += 1;
-        let bucket = &mut self.buckets[usize::from(priority)];
-        bucket.push_back(QueuedMessage {
-            seq,
-            message_id,
-            message,
-            redelivered: false,
-            stored,
-            expires_at_ms,
-            priority,
-        });
-        bucket.back().expect("just pushed")
+        seq
+    }
+
+    /// Makes sure positions handed out from now on follow `seq` (after recovery).
+    pub fn advance_seq(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+    }
+
+    /// Whether a message arriving now goes to the store instead of memory: once part of
+    /// the queue is paged every later message is (order), and a pageable queue starts
+    /// paging when it or the whole broker is over its memory budget.
+    pub fn pages_next(&self, queue_budget_bytes: u64, broker_budget_bytes: u64) -> bool {
+        self.paged.count > 0
+            || (self.pageable()
+                && (self.memory_bytes >= queue_budget_bytes
+                    || self.meter.load(std::sync::atomic::Ordering::Relaxed)
+                        >= broker_budget_bytes))
+    }
+
+    /// Appends a message in memory at the back of its priority level. Its position must
+    /// follow every message in memory at that level.
+    pub fn push(&mut self, mut entry: QueuedMessage) {
+        entry.priority = self.priority_of(&entry.message);
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        self.charge(&entry.message, true);
+        let bucket = &mut self.buckets[usize::from(entry.priority)];
+        debug_assert!(
+            bucket.back().is_none_or(|m| m.seq < entry.seq),
+            "push out of order"
+        );
+        bucket.push_back(entry);
+    }
+
+    /// Records a message that went to the store instead of memory.
+    pub fn page_out(&mut self, seq: u64, body_len: u64) {
+        debug_assert!(
+            self.ready().all(|m| m.seq < seq),
+            "paged messages follow those in memory"
+        );
+        if self.paged.count == 0 {
+            self.paged.from_seq = seq;
+        }
+        self.paged.count += 1;
+        self.paged.bytes += body_len;
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Records the paged tail of a queue recovered from the store.
+    pub fn restore_paged(&mut self, count: u64, bytes: u64, from_seq: u64) {
+        self.paged.count = count;
+        self.paged.bytes = bytes;
+        self.paged.from_seq = from_seq;
+        self.next_seq = self.next_seq.max(from_seq);
+    }
+
+    /// Whether the queue should read its next paged batch: memory is running low and no
+    /// read is in flight.
+    pub fn wants_load(&self, low_water: u64) -> bool {
+        self.paged.count > 0 && !self.paged.loading && self.in_memory_count() < low_water
+    }
+
+    /// Takes in a batch read from the store (in position order, starting at the paged
+    /// tail). Returns how many entries it took and the last position.
+    pub fn take_loaded(&mut self, entries: Vec<QueuedMessage>) -> Option<u64> {
+        self.paged.loading = false;
+        let last = entries.last().map(|e| e.seq)?;
+        for e in entries {
+            debug_assert!(
+                e.seq >= self.paged.from_seq,
+                "loaded entry before the paged tail"
+            );
+            self.paged.count = self.paged.count.saturating_sub(1);
+            self.paged.bytes = self.paged.bytes.saturating_sub(e.message.body_len());
+            self.push(e);
+        }
+        self.paged.from_seq = last + 1;
+        if self.paged.count == 0 {
+            self.paged.bytes = 0;
+        }
+        Some(last)
+    }
+
+    /// The store had nothing more where `paged` said there was: the count was off (it
+    /// can only be, after a crash lost paged messages); start over from memory.
+    pub fn forget_paged(&mut self) {
+        self.paged = Paged {
+            epoch: self.paged.epoch + 1,
+            ..Paged::default()
+        };
     }
 
     /// Restores a message recovered from the store at its position.
@@ -349,6 +499,23 @@ impl Queue {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         entry.priority = self.priority_of(&entry.message);
         self.insert_in_order(entry);
+    }
+
+    /// Updates the counts of messages held in memory.
+    fn charge(&mut self, message: &Message, add: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cost = memory_cost(message);
+        if add {
+            self.ready_len += 1;
+            self.ready_bytes += message.body_len();
+            self.memory_bytes += cost;
+            self.meter.fetch_add(cost, Relaxed);
+        } else {
+            self.ready_len -= 1;
+            self.ready_bytes -= message.body_len();
+            self.memory_bytes -= cost;
+            self.meter.fetch_sub(cost, Relaxed);
+        }
     }
 
     /// Drops ready messages from the front while a drop-head limit is exceeded; returns
@@ -365,7 +532,7 @@ impl Queue {
             || self
                 .settings
                 .max_length_bytes
-                .is_some_and(|max| self.ready_bytes > max)
+                .is_some_and(|max| self.ready_bytes() > max)
         {
             match self.pop() {
                 Some(m) => dropped.push(m),
@@ -378,8 +545,7 @@ impl Queue {
     /// Takes the next message to deliver: the front of the highest non-empty priority.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         let m = self.buckets.iter_mut().rev().find_map(|b| b.pop_front())?;
-        self.ready_len -= 1;
-        self.ready_bytes -= m.message.body_len();
+        self.charge(&m.message, false);
         Some(m)
     }
 
@@ -398,8 +564,7 @@ impl Queue {
             }
         }
         for m in &expired {
-            self.ready_len -= 1;
-            self.ready_bytes -= m.message.body_len();
+            self.charge(&m.message, false);
         }
         expired
     }
@@ -427,8 +592,7 @@ impl Queue {
     }
 
     fn insert_in_order(&mut self, entry: QueuedMessage) {
-        self.ready_bytes += entry.message.body_len();
-        self.ready_len += 1;
+        self.charge(&entry.message, true);
         let level = usize::from(entry.priority).min(self.buckets.len() - 1);
         let bucket = &mut self.buckets[level];
         // Requeued messages usually belong at or near the front.
@@ -440,15 +604,24 @@ impl Queue {
         bucket.insert(pos, entry);
     }
 
-    /// Removes every ready message; returns them.
-    pub fn purge(&mut self) -> Vec<QueuedMessage> {
-        self.ready_bytes = 0;
-        self.ready_len = 0;
-        self.buckets
+    /// Removes every ready message held in memory and forgets the paged tail; returns
+    /// the messages, and where the paged tail began with how many it held (the caller has
+    /// the store drop them).
+    pub fn purge(&mut self) -> (Vec<QueuedMessage>, Option<(u64, u64)>) {
+        let all: Vec<QueuedMessage> = self
+            .buckets
             .iter_mut()
             .rev()
             .flat_map(|b| b.drain(..))
-            .collect()
+            .collect();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.meter.fetch_sub(self.memory_bytes, Relaxed);
+        self.ready_bytes = 0;
+        self.ready_len = 0;
+        self.memory_bytes = 0;
+        let paged = (self.paged.count > 0).then_some((self.paged.from_seq, self.paged.count));
+        self.forget_paged();
+        (all, paged)
     }
 
     /// Adds a consumer at the end of the round-robin order.
@@ -503,6 +676,14 @@ impl Queue {
         assert_eq!(all.len(), self.ready_len, "queue {} length", self.name);
         let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
         assert_eq!(bytes, self.ready_bytes, "queue {} byte count", self.name);
+        let cost: u64 = all.iter().map(|m| memory_cost(&m.message)).sum();
+        assert_eq!(cost, self.memory_bytes, "queue {} memory charge", self.name);
+        assert!(
+            self.paged.count == 0 || all.iter().all(|m| m.seq < self.paged.from_seq),
+            "queue {} holds in memory a message of its paged tail",
+            self.name
+        );
+        assert!(self.paged.count > 0 || self.paged.bytes == 0);
         for (level, b) in self.buckets.iter().enumerate() {
             assert!(
                 b.iter().zip(b.iter().skip(1)).all(|(x, y)| x.seq < y.seq),
@@ -518,5 +699,13 @@ impl Queue {
         assert!(all.iter().all(|m| m.seq < self.next_seq));
         assert!(self.consumers.is_empty() || self.next_consumer < self.consumers.len());
         assert!(!self.exclusive_consumer || self.consumers.len() == 1);
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // A deleted queue's messages no longer weigh on the broker's memory.
+        self.meter
+            .fetch_sub(self.memory_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -90,6 +90,7 @@ impl Broker {
                 q.auto_delete,
                 q.arguments,
                 settings,
+                self.meter.clone(),
             );
             queue.last_used_ms = self.now_ms;
             self.queues.insert(q.id, queue);
@@ -126,23 +127,41 @@ impl Broker {
                 }
             }
         }
-        for e in recovered.entries {
-            let Some(q) = self.queues.get_mut(&e.queue) else {
+        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
+        for content in recovered.contents {
+            let Some(q) = self.queues.get_mut(&content.queue) else {
                 continue;
             };
-            self.next_message_id = self.next_message_id.max(e.message_id + 1);
-            *self.journal.refs.entry(e.message_id).or_insert(0) += 1;
-            // Whether it was delivered before the restart is not recorded; like RabbitMQ
-            // for messages it cannot vouch for, flag it so consumers treat it with care.
-            q.restore(QueuedMessage {
-                seq: e.seq,
-                message_id: e.message_id,
-                message: e.message,
-                redelivered: true,
-                stored: true,
-                expires_at_ms: None,
-                priority: 0,
-            });
+            // Whether a message was delivered before the restart is not recorded; like
+            // RabbitMQ for messages it cannot vouch for, flag every message of the last run
+            // so consumers treat it with care.
+            q.redelivered_below_seq = content.next_seq;
+            q.advance_seq(content.next_seq);
+            let (mut head_count, mut head_bytes, mut last) = (0u64, 0u64, None);
+            for e in content.head {
+                head_count += 1;
+                head_bytes += e.message.body_len();
+                last = Some(e.seq);
+                q.restore(QueuedMessage {
+                    seq: e.seq,
+                    message_id: 0,
+                    message: e.message,
+                    redelivered: true,
+                    stored: e.durable,
+                    expires_at_ms: e.expires_at_ms,
+                    priority: 0,
+                    shared: e.shared,
+                });
+            }
+            let rest = content.count.saturating_sub(head_count);
+            if rest > 0 {
+                let from_seq = last.map_or(0, |s| s + 1);
+                q.restore_paged(
+                    rest,
+                    content.body_bytes.saturating_sub(head_bytes),
+                    from_seq,
+                );
+            }
         }
     }
 

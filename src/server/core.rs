@@ -101,10 +101,13 @@ pub async fn run(
             _ = sleep_until(broker.poll_timeout().map(|ms| clock.instant(ms))) => {
                 broker.handle_timeout(clock.now_ms());
             }
-            persisted = persisted_rx.recv() => match persisted {
-                Some(batch) => {
+            done = persisted_rx.recv() => match done {
+                Some(StoreDone::Synced(batch)) => {
                     broker.handle_persisted(batch);
                     admin.persisted(batch);
+                }
+                Some(StoreDone::Loaded { queue, epoch, entries }) => {
+                    broker.handle_loaded(queue, epoch, entries, clock.now_ms());
                 }
                 None => {
                     // The worker stopped: the store failed. Nothing more can be confirmed.
@@ -122,7 +125,23 @@ pub async fn run(
                     }
                 }
                 Output::Persist { batch, ops } => {
-                    if persist_tx.send((batch, ops)).is_err() {
+                    if persist_tx.send(StoreJob::Write(batch, ops)).is_err() {
+                        open = false;
+                    }
+                }
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => {
+                    let job = StoreJob::Load {
+                        queue,
+                        from_seq,
+                        max,
+                        epoch,
+                    };
+                    if persist_tx.send(job).is_err() {
                         open = false;
                     }
                 }
@@ -194,32 +213,88 @@ fn handle(
     }
 }
 
-type Batch = (u64, Vec<StoreOp>);
+/// Work for the store worker, in the order the core emitted it.
+enum StoreJob {
+    /// Write a batch (synced with the batches written around it).
+    Write(u64, Vec<StoreOp>),
+    /// Read a queue's paged entries.
+    Load {
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+        epoch: u64,
+    },
+}
 
-/// Starts the thread that writes and syncs store batches. Batches that queue up while a
-/// sync runs are written together and share the next sync (group commit).
+/// What the store worker reports back.
+enum StoreDone {
+    /// Every batch up to this one is synced.
+    Synced(u64),
+    /// A read finished.
+    Loaded {
+        queue: u64,
+        epoch: u64,
+        entries: Vec<crate::store::LoadedEntry>,
+    },
+}
+
+type WorkerResult = Result<(), crate::store::StoreError>;
+
+/// Does one job; returns the batch written, if it was a write. Reads see every batch
+/// written before them, synced or not, and are answered at once.
+fn do_job(
+    store: &mut dyn Store,
+    job: StoreJob,
+    done: &mpsc::UnboundedSender<StoreDone>,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    match job {
+        StoreJob::Write(batch, ops) => {
+            store.write(&ops)?;
+            Ok(Some(batch))
+        }
+        StoreJob::Load {
+            queue,
+            from_seq,
+            max,
+            epoch,
+        } => {
+            let entries = store.load(queue, from_seq, max)?;
+            let _ = done.send(StoreDone::Loaded {
+                queue,
+                epoch,
+                entries,
+            });
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the thread that writes and syncs store batches and serves reads. Batches that
+/// queue up while a sync runs are written together and share the next sync (group
+/// commit).
 #[cfg(not(madsim))]
 fn spawn_store_worker(
     mut store: Box<dyn Store + Send>,
 ) -> (
-    mpsc::UnboundedSender<Batch>,
-    mpsc::UnboundedReceiver<u64>,
-    std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+    mpsc::UnboundedSender<StoreJob>,
+    mpsc::UnboundedReceiver<StoreDone>,
+    std::thread::JoinHandle<WorkerResult>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<StoreJob>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<StoreDone>();
     let worker = std::thread::Builder::new()
         .name("warren-store".into())
         .spawn(move || {
-            while let Some((mut last, ops)) = rx.blocking_recv() {
-                store.write(&ops)?;
-                while let Ok((batch, ops)) = rx.try_recv() {
-                    store.write(&ops)?;
-                    last = batch;
+            while let Some(job) = rx.blocking_recv() {
+                let mut written = do_job(store.as_mut(), job, &done_tx)?;
+                while let Ok(job) = rx.try_recv() {
+                    written = do_job(store.as_mut(), job, &done_tx)?.or(written);
                 }
-                store.sync()?;
-                if done_tx.send(last).is_err() {
-                    break;
+                if let Some(batch) = written {
+                    store.sync()?;
+                    if done_tx.send(StoreDone::Synced(batch)).is_err() {
+                        break;
+                    }
                 }
             }
             store.sync()
@@ -239,23 +314,24 @@ const SIMULATED_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
 fn spawn_store_worker(
     mut store: Box<dyn Store + Send>,
 ) -> (
-    mpsc::UnboundedSender<Batch>,
-    mpsc::UnboundedReceiver<u64>,
-    tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+    mpsc::UnboundedSender<StoreJob>,
+    mpsc::UnboundedReceiver<StoreDone>,
+    tokio::task::JoinHandle<WorkerResult>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<StoreJob>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<StoreDone>();
     let worker = tokio::spawn(async move {
-        while let Some((mut last, ops)) = rx.recv().await {
-            store.write(&ops)?;
-            while let Ok((batch, ops)) = rx.try_recv() {
-                store.write(&ops)?;
-                last = batch;
+        while let Some(job) = rx.recv().await {
+            let mut written = do_job(store.as_mut(), job, &done_tx)?;
+            while let Ok(job) = rx.try_recv() {
+                written = do_job(store.as_mut(), job, &done_tx)?.or(written);
             }
-            tokio::time::sleep(SIMULATED_SYNC).await;
-            store.sync()?;
-            if done_tx.send(last).is_err() {
-                break;
+            if let Some(batch) = written {
+                tokio::time::sleep(SIMULATED_SYNC).await;
+                store.sync()?;
+                if done_tx.send(StoreDone::Synced(batch)).is_err() {
+                    break;
+                }
             }
         }
         store.sync()

@@ -109,11 +109,11 @@ pub async fn serve(
     // Recover before listening: clients never see a broker that is still loading.
     let mut store = store;
     let recovered = store
-        .recover()
+        .recover(config.broker.recovery_head_entries)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     tracing::info!(
         queues = recovered.queues.len(),
-        messages = recovered.entries.len(),
+        messages = recovered.contents.iter().map(|c| c.count).sum::<u64>(),
         "recovered durable state"
     );
     let clock = Clock::new();

@@ -4,7 +4,7 @@
 //! replays the batches that survived a crash through it, and [`MemoryStore`] is a
 //! [`Store`] with no disk at all (for tests and for running without persistence).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::proto::command::Message;
@@ -20,8 +20,13 @@ pub struct MemoryState {
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
-    messages: HashMap<u64, Arc<Message>>,
-    entries: BTreeMap<(u64, u64), u64>,
+    /// Shared messages and how many entries still refer to each.
+    shared: BTreeMap<u64, (Arc<Message>, u32)>,
+    next_shared_id: u64,
+    /// Durable queue entries by (queue, position).
+    entries: BTreeMap<(u64, u64), (EntryBody, Option<u64>)>,
+    /// Paged-out messages by (queue, position).
+    paged: BTreeMap<(u64, u64), (Arc<Message>, Option<u64>)>,
 }
 
 impl MemoryState {
@@ -85,40 +90,139 @@ impl MemoryState {
             StoreOp::DeleteBinding(b) => {
                 self.bindings.remove(b);
             }
-            StoreOp::PutMessage { id, message } => {
-                self.messages.insert(*id, message.clone());
-            }
-            StoreOp::DeleteMessage { id } => {
-                self.messages.remove(id);
+            StoreOp::PutShared { id, message, refs } => {
+                debug_assert!(*refs >= 2, "a message in one queue is stored inline");
+                self.shared.insert(*id, (message.clone(), *refs));
+                self.next_shared_id = self.next_shared_id.max(id + 1);
             }
             StoreOp::Enqueue {
                 queue,
                 seq,
-                message,
+                body,
+                expires_at_ms,
             } => {
-                self.entries.insert((*queue, *seq), *message);
+                self.entries
+                    .insert((*queue, *seq), (body.clone(), *expires_at_ms));
             }
-            StoreOp::Dequeue { queue, seq } => {
-                self.entries.remove(&(*queue, *seq));
+            StoreOp::Dequeue { queue, seq, shared } => {
+                if let Some((body, _)) = self.entries.remove(&(*queue, *seq)) {
+                    debug_assert_eq!(
+                        match &body {
+                            EntryBody::Shared(id) => Some(*id),
+                            EntryBody::Inline(_) => None,
+                        },
+                        *shared,
+                        "dequeue names the entry's shared message"
+                    );
+                    self.release(&body);
+                }
+            }
+            StoreOp::PurgeFrom { queue, from_seq } => {
+                let gone: Vec<(u64, u64)> = self
+                    .entries
+                    .range((*queue, *from_seq)..=(*queue, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in gone {
+                    if let Some((body, _)) = self.entries.remove(&k) {
+                        self.release(&body);
+                    }
+                }
+                self.paged
+                    .retain(|(q, s), _| !(q == queue && s >= from_seq));
+            }
+            StoreOp::PageOut {
+                queue,
+                seq,
+                message,
+                expires_at_ms,
+            } => {
+                self.paged
+                    .insert((*queue, *seq), (message.clone(), *expires_at_ms));
+            }
+            StoreOp::DropPaged { queue, up_to_seq } => {
+                self.paged
+                    .retain(|(q, s), _| !(q == queue && s <= up_to_seq));
+            }
+        }
+    }
+
+    /// An entry is gone: a shared body loses a reference.
+    fn release(&mut self, body: &EntryBody) {
+        if let EntryBody::Shared(id) = body {
+            match self.shared.get_mut(id) {
+                Some((_, refs)) if *refs > 1 => *refs -= 1,
+                Some(_) => {
+                    self.shared.remove(id);
+                }
+                None => debug_assert!(false, "entry refers to unknown shared message {id}"),
             }
         }
     }
 
     fn drop_queue(&mut self, id: u64) {
         self.queues.remove(&id);
-        let keys: Vec<(u64, u64)> = self
-            .entries
-            .range((id, 0)..=(id, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.entries.remove(&k);
-        }
+        self.apply(&StoreOp::PurgeFrom {
+            queue: id,
+            from_seq: 0,
+        });
     }
 
-    /// Number of stored message bodies.
-    pub fn message_count(&self) -> usize {
-        self.messages.len()
+    /// Forgets paged messages, as a store does when it opens.
+    pub fn discard_paged(&mut self) {
+        self.paged.clear();
+    }
+
+    fn loaded(
+        &self,
+        seq: u64,
+        body: &EntryBody,
+        expires_at_ms: Option<u64>,
+    ) -> Option<LoadedEntry> {
+        let (message, shared) = match body {
+            EntryBody::Inline(m) => (m.clone(), None),
+            EntryBody::Shared(id) => (self.shared.get(id)?.0.clone(), Some(*id)),
+        };
+        Some(LoadedEntry {
+            seq,
+            message,
+            shared,
+            durable: true,
+            expires_at_ms,
+        })
+    }
+
+    /// Up to `max` entries of a queue from `from_seq`, durable and paged, in order.
+    pub fn load(&self, queue: u64, from_seq: u64, max: usize) -> Vec<LoadedEntry> {
+        let range = (queue, from_seq)..=(queue, u64::MAX);
+        let durable = self
+            .entries
+            .range(range.clone())
+            .filter_map(|(&(_, seq), (body, exp))| self.loaded(seq, body, *exp));
+        let paged = self
+            .paged
+            .range(range)
+            .map(|(&(_, seq), (m, exp))| LoadedEntry {
+                seq,
+                message: m.clone(),
+                shared: None,
+                durable: false,
+                expires_at_ms: *exp,
+            });
+        let mut all: Vec<LoadedEntry> = durable.chain(paged).collect();
+        all.sort_by_key(|e| e.seq);
+        all.truncate(max);
+        all
+    }
+
+    /// Number of stored shared messages.
+    pub fn shared_count(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Number of paged messages.
+    pub fn paged_count(&self) -> usize {
+        self.paged.len()
     }
 
     /// Number of stored queue entries.
@@ -126,23 +230,31 @@ impl MemoryState {
         self.entries.len()
     }
 
-    /// The state as the broker reads it back on start. Entries whose queue or message is
-    /// missing are left out.
-    pub fn recovered(&self) -> Recovered {
-        let entries = self
-            .entries
-            .iter()
-            .filter(|((q, _), _)| self.queues.contains_key(q))
-            .filter_map(|(&(queue, seq), &message_id)| {
-                let message = self.messages.get(&message_id)?.clone();
-                Some(RecoveredEntry {
-                    queue,
-                    seq,
-                    message_id,
-                    message,
-                })
-            })
-            .collect();
+    /// The state as the broker reads it back on start (paged messages are not part of
+    /// it), with at most `head_limit` entries per queue. Entries whose queue is missing are
+    /// left out.
+    pub fn recovered(&self, head_limit: usize) -> Recovered {
+        let mut contents = Vec::new();
+        for id in self.queues.keys() {
+            let mut q = RecoveredQueue {
+                queue: *id,
+                ..RecoveredQueue::default()
+            };
+            for (&(_, seq), (body, exp)) in self.entries.range((*id, 0)..=(*id, u64::MAX)) {
+                let Some(entry) = self.loaded(seq, body, *exp) else {
+                    continue;
+                };
+                q.count += 1;
+                q.body_bytes += entry.message.body_len();
+                q.next_seq = seq + 1;
+                if q.head.len() < head_limit {
+                    q.head.push(entry);
+                }
+            }
+            if q.count > 0 {
+                contents.push(q);
+            }
+        }
         Recovered {
             vhosts: self.vhosts.iter().cloned().collect(),
             users: self.users.values().cloned().collect(),
@@ -150,7 +262,8 @@ impl MemoryState {
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),
-            entries,
+            contents,
+            next_shared_id: self.next_shared_id,
         }
     }
 }
@@ -170,8 +283,18 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        Ok(self.state.recovered())
+    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+        self.state.discard_paged();
+        Ok(self.state.recovered(head_limit))
+    }
+
+    fn load(
+        &mut self,
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError> {
+        Ok(self.state.load(queue, from_seq, max))
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

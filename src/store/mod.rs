@@ -6,9 +6,11 @@
 //! writes them, syncs, and reports the batch as persisted. Publisher confirms and
 //! `tx.commit-ok` for persistent messages wait for that report.
 
-pub mod disk;
+// pub mod disk;
 pub mod memory;
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::proto::command::Message;
@@ -134,47 +136,107 @@ pub enum StoreOp {
     PutBinding(BindingRecord),
     /// A binding was removed.
     DeleteBinding(BindingRecord),
-    /// A persistent message's content, stored once however many queues hold it.
-    PutMessage {
-        /// Message id.
+    /// A persistent message routed to several durable queues, stored once: each queue's
+    /// entry refers to it (`EntryBody::Shared`). The store deletes it when the last entry
+    /// referring to it is dequeued, purged or dropped with its queue.
+    PutShared {
+        /// Message id, unique for the life of the store.
         id: u64,
         /// The content.
         message: Arc<Message>,
+        /// How many entries will refer to it.
+        refs: u32,
     },
-    /// No queue refers to the message any more.
-    DeleteMessage {
-        /// Message id.
-        id: u64,
-    },
-    /// A queue holds the message at position `seq`.
+    /// A durable queue holds a persistent message at position `seq`.
     Enqueue {
         /// Queue incarnation.
         queue: u64,
         /// Position in the queue.
         seq: u64,
-        /// The message.
-        message: u64,
+        /// The message, or a reference to a shared one.
+        body: EntryBody,
+        /// When the message expires (queue or per-message TTL), in broker time.
+        expires_at_ms: Option<u64>,
     },
-    /// The queue no longer holds the entry at `seq` (acked, purged, dropped).
+    /// The queue no longer holds its entry at `seq` (acked, dropped, dead-lettered).
     Dequeue {
         /// Queue incarnation.
         queue: u64,
         /// Position in the queue.
         seq: u64,
+        /// The shared message the entry refers to, if its body is shared.
+        shared: Option<u64>,
+    },
+    /// Every entry of the queue at position `from_seq` or later is gone, stored or paged
+    /// (a purge of a backlog that is not in memory). Shared messages lose those references.
+    PurgeFrom {
+        /// Queue incarnation.
+        queue: u64,
+        /// The first position purged.
+        from_seq: u64,
+    },
+    /// A message that is not durable (transient, or on a non-durable queue) moved out of
+    /// memory to keep the broker's memory bounded. Paged messages do not survive a restart,
+    /// like the transient messages they are; the store may drop them when it opens.
+    PageOut {
+        /// Queue incarnation.
+        queue: u64,
+        /// Position in the queue.
+        seq: u64,
+        /// The content.
+        message: Arc<Message>,
+        /// When the message expires, in broker time.
+        expires_at_ms: Option<u64>,
+    },
+    /// Paged messages of the queue up to and including `up_to_seq` were read back into
+    /// memory: forget them.
+    DropPaged {
+        /// Queue incarnation.
+        queue: u64,
+        /// The last position dropped.
+        up_to_seq: u64,
     },
 }
 
-/// A message entry recovered into a queue.
+/// What a durable queue entry holds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecoveredEntry {
-    /// Queue incarnation.
-    pub queue: u64,
+pub enum EntryBody {
+    /// The message itself (it is in one durable queue only).
+    Inline(Arc<Message>),
+    /// A reference to a message stored with [`StoreOp::PutShared`].
+    Shared(u64),
+}
+
+/// A queue entry read back from the store, by [`Store::recover`] or [`Store::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedEntry {
     /// Position in the queue.
     pub seq: u64,
-    /// Message id.
-    pub message_id: u64,
     /// The content.
     pub message: Arc<Message>,
+    /// The shared message id, when the entry refers to a shared message.
+    pub shared: Option<u64>,
+    /// True for a durable entry ([`StoreOp::Enqueue`]), false for a paged one
+    /// ([`StoreOp::PageOut`]).
+    pub durable: bool,
+    /// When the message expires, in broker time.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// What a durable queue held at start: its first entries and the size of the rest, which
+/// stays in the store until the queue needs it ([`Store::load`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveredQueue {
+    /// Queue incarnation.
+    pub queue: u64,
+    /// Entries in the queue, including those in `head`.
+    pub count: u64,
+    /// Bytes of message bodies of all its entries.
+    pub body_bytes: u64,
+    /// One past the highest position in the store (0 when empty).
+    pub next_seq: u64,
+    /// The first entries, in position order (at most the limit given to `recover`).
+    pub head: Vec<LoadedEntry>,
 }
 
 /// Everything durable, as read back at start.
@@ -192,8 +254,50 @@ pub struct Recovered {
     pub queues: Vec<QueueRecord>,
     /// Bindings.
     pub bindings: Vec<BindingRecord>,
-    /// Message entries, in queue order within each queue.
-    pub entries: Vec<RecoveredEntry>,
+    /// The contents of durable queues that hold entries, by queue id.
+    pub contents: Vec<RecoveredQueue>,
+    /// One past the highest shared message id ever stored (ids are never reused).
+    pub next_shared_id: u64,
+}
+
+/// How hard [`Store::sync`] works to make written batches durable. Named `batch` and
+/// `none` on the command line and in config files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// `sync()` writes the journal and `fdatasync`s it: once it returns, the batches
+    /// written before survive a process crash, a kernel panic and a power loss. Publisher
+    /// confirms mean "on disk". The default.
+    #[default]
+    Batch,
+    /// `sync()` only hands the journal to the operating system: the batches survive a
+    /// crash of the broker process, but the last few seconds of them may be lost if the
+    /// machine loses power or the kernel crashes. Faster on disks with slow flushes;
+    /// confirms then mean "in the OS page cache".
+    None,
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "batch" => Ok(SyncPolicy::Batch),
+            "none" => Ok(SyncPolicy::None),
+            other => Err(format!(
+                "unknown sync policy {other:?} (expected \"batch\" or \"none\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SyncPolicy::Batch => "batch",
+            SyncPolicy::None => "none",
+        })
+    }
 }
 
 /// A failure of the storage layer.
@@ -209,10 +313,20 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 /// Durable storage. Writes are buffered until [`Store::sync`] returns; after a crash the
-/// store holds a prefix of the batches written, each batch whole or absent.
+/// store holds a prefix of the batches written, each batch whole or absent. Reads
+/// ([`Store::load`]) see every batch written, synced or not.
 pub trait Store {
-    /// Reads back everything durable.
-    fn recover(&mut self) -> Result<Recovered, StoreError>;
+    /// Reads back everything durable, with at most `head_limit` entries per queue; paged
+    /// messages of an earlier run are discarded.
+    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError>;
+    /// Up to `max` entries of a queue at positions `from_seq` or later, durable and paged
+    /// together, in position order.
+    fn load(
+        &mut self,
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError>;
     /// Applies one batch atomically (not yet durable).
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
     /// Makes every batch written so far durable.

@@ -154,17 +154,7 @@ impl Broker {
     ) -> AdminResult {
         let id = self.find_queue(vhost, name)?;
         self.admin_check(actor, vhost, Access::Read, "queue", name)?;
-        let purged = self
-            .queues
-            .get_mut(&id)
-            .map(|q| q.purge())
-            .unwrap_or_default();
-        let count = purged.len() as u64;
-        for entry in purged {
-            self.release(id, &entry);
-        }
-        self.schedule_dispatch(id);
-        Ok(AdminReply::Count(count))
+        Ok(AdminReply::Count(self.purge_ready(id)))
     }
 
     pub(super) fn admin_declare_exchange(

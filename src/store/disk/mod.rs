@@ -60,6 +60,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Pers
 use crate::proto::command::Message;
 
 use self::catalog::{Catalog, Space, Staged};
+pub use super::SyncPolicy;
 use super::{Recovered, RecoveredEntry, Store, StoreError, StoreOp};
 
 /// Values of this many bytes or more are kept in fjall's blob files.
@@ -71,46 +72,6 @@ pub const GC_KEYS_PER_SYNC: usize = 4096;
 
 /// Most deletions in one batch of the sweep that [`Store::recover`] does.
 const RECOVERY_SWEEP_BATCH_KEYS: usize = 10_000;
-
-/// How hard [`Store::sync`] works to make written batches durable. Named `batch` and
-/// `none` on the command line and in config files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncPolicy {
-    /// `sync()` writes the journal and `fdatasync`s it: once it returns, the batches
-    /// written before survive a process crash, a kernel panic and a power loss. Publisher
-    /// confirms mean "on disk". The default.
-    #[default]
-    Batch,
-    /// `sync()` only hands the journal to the operating system: the batches survive a
-    /// crash of the broker process, but the last few seconds of them may be lost if the
-    /// machine loses power or the kernel crashes. Faster on disks with slow flushes;
-    /// confirms then mean "in the OS page cache".
-    None,
-}
-
-impl FromStr for SyncPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "batch" => Ok(SyncPolicy::Batch),
-            "none" => Ok(SyncPolicy::None),
-            other => Err(format!(
-                "unknown sync policy {other:?} (expected \"batch\" or \"none\")"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SyncPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SyncPolicy::Batch => "batch",
-            SyncPolicy::None => "none",
-        })
-    }
-}
 
 /// Settings of a [`FjallStore`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

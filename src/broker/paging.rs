@@ -1,0 +1,98 @@
+//! Paging: the backlog of a queue beyond the memory budgets lives in the store and is read
+//! back in batches as consumers get near it ([`Output::Load`] and
+//! [`Broker::handle_loaded`]).
+
+use crate::store::{LoadedEntry, StoreOp};
+
+use super::Broker;
+use super::exchange::QueueId;
+use super::queue::QueuedMessage;
+
+impl Broker {
+    /// Memory charged for ready messages held in memory, across all queues.
+    pub fn memory_bytes(&self) -> u64 {
+        self.meter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks for the queue's next paged batch if it is running low in memory.
+    pub(super) fn request_load(&mut self, queue: QueueId) {
+        let (low_water, batch) = (self.config.page_in_low_water, self.config.page_in_batch);
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        let needed = q.wants_load(low_water)
+            || (!q.waiting_gets.is_empty() && q.paged.count > 0 && !q.paged.loading);
+        if needed {
+            q.paged.loading = true;
+            self.loads
+                .push((queue, q.paged.from_seq, batch, q.paged.epoch));
+        }
+    }
+
+    /// Entries the store read for an [`Output::Load`].
+    pub fn handle_loaded(
+        &mut self,
+        queue: QueueId,
+        epoch: u64,
+        entries: Vec<LoadedEntry>,
+        now_ms: u64,
+    ) {
+        self.now_ms = now_ms;
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        if q.paged.epoch != epoch || !q.paged.loading {
+            // Purged (or the queue recreated its tail) while the read was in flight.
+            return;
+        }
+        if entries.is_empty() {
+            // The store holds fewer than counted: paged messages of a non-durable queue
+            // are gone after a crash of the store's process. Start afresh from memory.
+            tracing::warn!(queue = %q.name, missing = q.paged.count, "paged messages missing from the store");
+            q.forget_paged();
+        } else {
+            let last_paged = entries.iter().filter(|e| !e.durable).map(|e| e.seq).max();
+            let redelivered_below = q.redelivered_below_seq;
+            let taken: Vec<QueuedMessage> = entries
+                .into_iter()
+                .map(|e| QueuedMessage {
+                    seq: e.seq,
+                    message_id: 0,
+                    redelivered: e.seq < redelivered_below,
+                    message: e.message,
+                    stored: e.durable,
+                    expires_at_ms: e.expires_at_ms,
+                    priority: 0,
+                    shared: e.shared,
+                })
+                .collect();
+            q.take_loaded(taken);
+            if let Some(up_to_seq) = last_paged {
+                self.journal.push(StoreOp::DropPaged { queue, up_to_seq });
+            }
+        }
+        self.serve_waiting_gets(queue);
+        self.schedule_dispatch(queue);
+        self.finish_round();
+    }
+
+    /// Answers the `basic.get`s that waited for a batch.
+    fn serve_waiting_gets(&mut self, queue: QueueId) {
+        loop {
+            let Some(q) = self.queues.get_mut(&queue) else {
+                return;
+            };
+            if q.in_memory_count() == 0 && q.paged.count > 0 {
+                // Still nothing in memory: wait for the next batch.
+                self.request_load(queue);
+                return;
+            }
+            let Some(get) = q.waiting_gets.pop_front() else {
+                return;
+            };
+            if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid) {
+                self.get_one(get.conn, get.channel, queue, get.no_ack);
+            }
+        }
+    }
+}
