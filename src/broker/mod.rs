@@ -17,6 +17,8 @@ mod dispatch;
 mod error;
 mod exchange;
 mod paging;
+#[cfg(test)]
+mod paging_tests;
 mod queue;
 mod session;
 mod stats;
