@@ -17,6 +17,8 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+// The load generator uses tokio's owned TCP halves, which madsim does not simulate.
+#[cfg(not(madsim))]
 pub mod perf;
 pub mod proto;
 pub mod server;

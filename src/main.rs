@@ -26,6 +26,7 @@ enum Command {
     #[cfg(not(madsim))]
     Ctl(warren::admin::ctl::CtlArgs),
     /// Generate load against an AMQP 0-9-1 broker and report throughput and latency.
+    #[cfg(not(madsim))]
     Perf(warren::perf::PerfArgs),
 }
 
@@ -63,10 +64,12 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         #[cfg(not(madsim))]
         Command::Ctl(args) => warren::admin::ctl::run(args, default_data_dir()),
+        #[cfg(not(madsim))]
         Command::Perf(args) => run_perf(args),
     }
 }
 
+#[cfg(not(madsim))]
 fn run_perf(args: warren::perf::PerfArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

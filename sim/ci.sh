@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The simulator's share of CI: a bounded batch of seeds, a determinism check, and the
+# madsim tests (by default); also the broker property tests and bounded fuzz runs, which
+# scripts/test.sh already runs in its unit and fuzz steps.
+#
+#   sim/ci.sh                       # seeds, determinism, madsim
+#   sim/ci.sh props fuzz            # the other parts
+#   SIM_SEEDS=200 sim/ci.sh seeds
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+parts=${*:-seeds determinism madsim}
+seeds=${SIM_SEEDS:-1000}
+# CI builds the workspace in the default target directory first, and nothing else builds
+# at the same time there: reuse it. Elsewhere keep out of other builds' way.
+if [ "${CI:-}" = true ]; then
+  sim_target=${SIM_TARGET_DIR:-$root/target}
+else
+  sim_target=${SIM_TARGET_DIR:-$root/target-sim}
+fi
+fuzz_secs=${SIM_FUZZ_SECS:-60}
+
+for part in $parts; do
+  case $part in
+    seeds)
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release -- --seed 1 --seeds "$seeds"
+      ;;
+    determinism)
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release -- \
+        --seed 100000 --seeds "${SIM_DETERMINISM_SEEDS:-40}" --check-determinism
+      ;;
+    props)
+      CARGO_TARGET_DIR=$sim_target cargo test -p warren-sim --release
+      ;;
+    madsim)
+      RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=$root/target-madsim MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-8} \
+        cargo test -p warren-sim --release --test madsim
+      ;;
+    fuzz)
+      export PATH=$root/.deps/cargo/bin:$PATH
+      command -v cargo-fuzz >/dev/null ||
+        cargo install cargo-fuzz --locked --root "$root/.deps/cargo"
+      for target in frame_decoder method_decoder broker_inputs; do
+        (cd fuzz && cargo fuzz run -s none "$target" -- -max_total_time="$fuzz_secs")
+      done
+      ;;
+    *) echo "unknown part: $part" >&2; exit 2 ;;
+  esac
+done

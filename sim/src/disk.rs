@@ -1,0 +1,158 @@
+//! The virtual disk: a [`Store`] whose writes are buffered until a sync completes, and
+//! whose crash loses every unsynced batch, possibly keeping a prefix of them (the OS had
+//! flushed some pages) with the next one torn and discarded whole. That is fjall's
+//! contract: after a crash, recovery yields a prefix of whole batches.
+//!
+//! The disk is shared (`Arc<Mutex<_>>`) so that a broker can be dropped and rebuilt from
+//! it, and so that the madsim test can hand a clone to `warren::server::serve`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use warren::store::memory::MemoryState;
+use warren::store::{Recovered, Store, StoreError, StoreOp};
+
+/// What the disk holds.
+#[derive(Debug, Default)]
+pub struct DiskState {
+    /// Batches that survive any crash, applied.
+    durable: MemoryState,
+    /// Batches ever made durable (synced, or kept by a crash).
+    durable_batches: u64,
+    /// Written and not yet synced, in write order.
+    unsynced: Vec<Vec<StoreOp>>,
+    /// Unsynced batches a sync in progress covers (the first `syncing` of `unsynced`).
+    syncing: usize,
+    /// Crashes so far.
+    crashes: u64,
+}
+
+/// A handle on the shared virtual disk.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+/// What a crash did to the unsynced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashOutcome {
+    /// Unsynced batches that survived whole (a prefix of them).
+    pub kept: usize,
+    /// Unsynced batches lost (the first of them possibly torn).
+    pub lost: usize,
+}
+
+impl VirtualDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        // A panic while holding the lock is a simulator bug; the state is still usable
+        // for reporting it.
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Appends a batch (not yet durable).
+    pub fn write_batch(&self, ops: &[StoreOp]) {
+        self.lock().unsynced.push(ops.to_vec());
+    }
+
+    /// Starts a sync covering every batch written so far; returns how many unsynced
+    /// batches it covers. Batches written while it runs wait for the next one.
+    pub fn begin_sync(&self) -> usize {
+        let mut s = self.lock();
+        s.syncing = s.unsynced.len();
+        s.syncing
+    }
+
+    /// Completes the sync in progress: its batches become durable.
+    pub fn complete_sync(&self) {
+        let mut s = self.lock();
+        let n = s.syncing.min(s.unsynced.len());
+        let done: Vec<Vec<StoreOp>> = s.unsynced.drain(..n).collect();
+        for batch in &done {
+            for op in batch {
+                s.durable.apply(op);
+            }
+        }
+        s.durable_batches += done.len() as u64;
+        s.syncing = 0;
+    }
+
+    /// The machine lost power: unsynced batches are lost, except a prefix of `keep`
+    /// whole batches that had reached the platter.
+    pub fn crash(&self, keep: usize) -> CrashOutcome {
+        let mut s = self.lock();
+        let keep = keep.min(s.unsynced.len());
+        let all: Vec<Vec<StoreOp>> = std::mem::take(&mut s.unsynced);
+        let lost = all.len() - keep;
+        for batch in all.iter().take(keep) {
+            for op in batch {
+                s.durable.apply(op);
+            }
+        }
+        s.durable_batches += keep as u64;
+        s.syncing = 0;
+        s.crashes += 1;
+        CrashOutcome { kept: keep, lost }
+    }
+
+    /// Unsynced batches right now.
+    pub fn unsynced_batches(&self) -> usize {
+        self.lock().unsynced.len()
+    }
+
+    /// Batches made durable so far.
+    pub fn durable_batches(&self) -> u64 {
+        self.lock().durable_batches
+    }
+
+    /// What a broker starting now reads back.
+    pub fn recovered(&self) -> Recovered {
+        self.lock().durable.recovered()
+    }
+}
+
+impl Store for VirtualDisk {
+    fn recover(&mut self) -> Result<Recovered, StoreError> {
+        Ok(self.recovered())
+    }
+
+    fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.write_batch(ops);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.begin_sync();
+        self.complete_sync();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vhost(name: &str) -> Vec<StoreOp> {
+        vec![StoreOp::PutVhost(name.into())]
+    }
+
+    #[test]
+    fn crash_keeps_synced_and_a_prefix_of_unsynced() {
+        let disk = VirtualDisk::new();
+        disk.write_batch(&vhost("a"));
+        disk.begin_sync();
+        disk.write_batch(&vhost("b"));
+        disk.complete_sync();
+        disk.write_batch(&vhost("c"));
+        assert_eq!(disk.recovered().vhosts, ["a"]);
+        let out = disk.crash(1);
+        assert_eq!(out, CrashOutcome { kept: 1, lost: 1 });
+        assert_eq!(disk.recovered().vhosts, ["a", "b"]);
+    }
+}

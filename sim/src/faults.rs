@@ -1,0 +1,78 @@
+//! Fault settings, drawn per seed ("swarm testing": each seed runs with its own mix, some
+//! features off entirely, so that rare interleavings get their turn).
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+/// What can go wrong in a run, and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Mean virtual time between broker crashes; `None` disables crashes.
+    pub crash_mean_ms: Option<u64>,
+    /// How long the broker stays down after a crash.
+    pub restart_delay_ms: (u64, u64),
+    /// Chance per client action that its connection is dropped (mid-frame: a random
+    /// prefix of the bytes in flight is delivered first).
+    pub drop_per_tick: f64,
+    /// Largest chunk a socket read returns.
+    pub max_chunk_bytes: usize,
+    /// Chance that a read returns at most 16 bytes.
+    pub small_chunk_prob: f64,
+    /// One-way network latency.
+    pub latency_ms: (u64, u64),
+    /// Time a disk sync takes.
+    pub sync_latency_ms: (u64, u64),
+    /// Chance that a crash keeps a prefix of the unsynced batches (and tears the next).
+    pub torn_prob: f64,
+    /// Heartbeat interval the server offers (0: none).
+    pub heartbeat_s: u16,
+    /// Chance that the broker handles more inputs before draining its outputs.
+    pub batch_inputs_prob: f64,
+}
+
+impl Faults {
+    /// A random mix.
+    pub fn generate(rng: &mut SmallRng) -> Faults {
+        Faults {
+            crash_mean_ms: [None, Some(1_500), Some(4_000), Some(10_000)][rng.gen_range(0..4)],
+            restart_delay_ms: [(0, 10), (10, 500)][rng.gen_range(0..2)],
+            drop_per_tick: [0.0, 0.002, 0.01, 0.03][rng.gen_range(0..4)],
+            max_chunk_bytes: [1500, 16_384, 65_536][rng.gen_range(0..3)],
+            small_chunk_prob: [0.0, 0.05, 0.3][rng.gen_range(0..3)],
+            latency_ms: [(0, 0), (0, 2), (1, 30)][rng.gen_range(0..3)],
+            sync_latency_ms: [(0, 1), (1, 10), (5, 80)][rng.gen_range(0..3)],
+            torn_prob: [0.0, 0.5, 1.0][rng.gen_range(0..3)],
+            heartbeat_s: [0, 0, 1, 3][rng.gen_range(0..4)],
+            batch_inputs_prob: [0.0, 0.5, 0.9][rng.gen_range(0..3)],
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={}",
+            self.crash_mean_ms
+                .map_or("off".to_string(), |m| format!("{m}ms")),
+            self.restart_delay_ms,
+            self.drop_per_tick,
+            self.max_chunk_bytes,
+            self.small_chunk_prob,
+            self.latency_ms,
+            self.sync_latency_ms,
+            self.torn_prob,
+            self.heartbeat_s,
+            self.batch_inputs_prob,
+        )
+    }
+}
+
+/// SplitMix64: derives independent generator seeds from the run's seed.
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed
+        ^ stream
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x632B_E59B_D9B4_E019);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

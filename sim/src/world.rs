@@ -1,0 +1,848 @@
+//! The seeded world and its scheduler: simulated clients, the virtual network, the broker
+//! core behind the same sans-IO protocol layer production runs, and the virtual disk.
+//!
+//! The driver contract is the tokio server's (`src/server/core.rs`, `conn.rs`): commands
+//! from each connection go to the broker in order, outputs are drained after each batch
+//! of inputs, replies go back through the connection's protocol state machine, store
+//! batches go to the disk, and `handle_persisted` follows each completed sync (several
+//! batches per sync: group commit). `Command::Drained` reports reply bytes the client read.
+//!
+//! Each step picks one due event at random (a chunk of bytes on some pipe, a client
+//! action, a sync completing, a drain of the broker's outputs, a timer, a fault), so the
+//! traffic of different connections interleaves in a seed-determined order.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use warren::broker::{Broker, BrokerConfig, ConnInfo, Output};
+use warren::proto::command::{Command, ConnId};
+use warren::proto::connection::{Connection, ConnectionConfig};
+
+use crate::checker::{Model, Stats, Violation};
+use crate::client::{Client, Observed, RunPhase};
+use crate::disk::VirtualDisk;
+use crate::faults::{Faults, derive_seed};
+use crate::net::Pipe;
+use crate::workload::Spec;
+
+/// Length of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunConfig {
+    /// Virtual time with faults and the full workload.
+    pub safety_ms: u64,
+    /// Virtual time allowed for draining once faults stop.
+    pub liveness_ms: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            safety_ms: 8_000,
+            liveness_ms: 120_000,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The seed.
+    pub seed: u64,
+    /// Hash of the event trace (for the determinism check).
+    pub trace_hash: u64,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+    /// Virtual time at the end (or at the violation).
+    pub now_ms: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// The seed's fault settings.
+    pub faults: Faults,
+    /// Checker counters.
+    pub stats: Stats,
+    /// Connection drops injected.
+    pub drops: u64,
+    /// Messages published by the clients.
+    pub published: u64,
+    /// Crashes that kept a prefix of the unsynced batches (the next one torn).
+    pub torn_crashes: u64,
+    /// Crashes that lost at least one unsynced batch.
+    pub lossy_crashes: u64,
+}
+
+/// One connection: the server's protocol state machine and the two pipes.
+#[derive(Debug)]
+struct Link {
+    client: usize,
+    conn: ConnId,
+    /// `None` once the server side dropped the socket.
+    server: Option<Connection>,
+    /// False once the client closed its side.
+    client_open: bool,
+    to_server: Pipe,
+    to_client: Pipe,
+    /// Reply bytes (broker's count) handed to `server` and not yet written.
+    pending_credit: usize,
+}
+
+/// The simulated world of one seed.
+pub struct World {
+    seed: u64,
+    cfg: RunConfig,
+    now_ms: u64,
+    phase: RunPhase,
+    sched: SmallRng,
+    fault_rng: SmallRng,
+    faults: Faults,
+    spec: Spec,
+    clients: Vec<Client>,
+    next_tick_ms: Vec<u64>,
+    reconnect_at_ms: Vec<Option<u64>>,
+    links: BTreeMap<u64, Link>,
+    next_link: u64,
+    broker: Option<Broker>,
+    broker_config: BrokerConfig,
+    conn_config: ConnectionConfig,
+    incarnation: u64,
+    dirty: bool,
+    restart_at_ms: Option<u64>,
+    next_crash_ms: Option<u64>,
+    /// The next crash waits for a sync in flight (the window where writes are unsynced).
+    crash_in_sync: bool,
+    disk: VirtualDisk,
+    /// Durable batches on disk when the current broker started.
+    disk_base: u64,
+    last_written: u64,
+    sync: Option<(u64, u64)>,
+    model: Model,
+    trace: u64,
+    steps: u64,
+    drops: u64,
+    torn_crashes: u64,
+    lossy_crashes: u64,
+}
+
+/// Most events a run may take (a guard against a livelock in the simulator).
+const MAX_STEPS: u64 = 20_000_000;
+
+impl World {
+    /// The world of `seed`.
+    pub fn new(seed: u64, cfg: RunConfig) -> World {
+        let mut workload_rng = SmallRng::seed_from_u64(derive_seed(seed, 1));
+        let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
+        let spec = Spec::generate(&mut workload_rng);
+        let faults = Faults::generate(&mut fault_rng);
+        let clients: Vec<Client> = spec
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let rng = SmallRng::seed_from_u64(derive_seed(seed, 100 + i as u64));
+                Client::new(i, plan.clone(), rng)
+            })
+            .collect();
+        let n = clients.len();
+        let conn_config = ConnectionConfig {
+            heartbeat_s: faults.heartbeat_s,
+            ..ConnectionConfig::default()
+        };
+        let disk = VirtualDisk::new();
+        let model = Model::new(&disk.recovered());
+        World {
+            seed,
+            cfg,
+            now_ms: 0,
+            phase: RunPhase::Safety,
+            sched: SmallRng::seed_from_u64(derive_seed(seed, 3)),
+            fault_rng,
+            faults,
+            spec,
+            clients,
+            next_tick_ms: vec![0; n],
+            reconnect_at_ms: (0..n).map(|i| Some(i as u64)).collect(),
+            links: BTreeMap::new(),
+            next_link: 1,
+            broker: None,
+            broker_config: BrokerConfig::default(),
+            conn_config,
+            incarnation: 0,
+            dirty: false,
+            restart_at_ms: Some(0),
+            next_crash_ms: None,
+            crash_in_sync: false,
+            disk,
+            disk_base: 0,
+            last_written: 0,
+            sync: None,
+            model,
+            trace: 0xcbf2_9ce4_8422_2325,
+            steps: 0,
+            drops: 0,
+            torn_crashes: 0,
+            lossy_crashes: 0,
+        }
+    }
+
+    /// Runs the seed to the end or to the first violation.
+    pub fn run(mut self) -> RunResult {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_inner()));
+        let violation = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(v)) => Some(v),
+            Err(panic) => Some(Violation(format!("panic: {}", panic_text(&*panic)))),
+        };
+        if violation.is_some() && std::env::var_os("WARREN_SIM_DEBUG").is_some() {
+            for c in &self.clients {
+                eprintln!("{c:#?}");
+            }
+            for (id, l) in &self.links {
+                eprintln!(
+                    "link {id}: client {} conn {} server={} client_open={} to_server={}B to_client={}B",
+                    l.client,
+                    l.conn,
+                    l.server.is_some(),
+                    l.client_open,
+                    l.to_server.len(),
+                    l.to_client.len()
+                );
+            }
+        }
+        RunResult {
+            seed: self.seed,
+            trace_hash: self.trace,
+            violation,
+            now_ms: self.now_ms,
+            steps: self.steps,
+            faults: self.faults.clone(),
+            stats: self.model.stats.clone(),
+            drops: self.drops,
+            published: self.clients.iter().map(|c| c.published).sum(),
+            torn_crashes: self.torn_crashes,
+            lossy_crashes: self.lossy_crashes,
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<(), Violation> {
+        self.schedule_crash();
+        let end_ms = self.cfg.safety_ms + self.cfg.liveness_ms;
+        loop {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                return Err(Violation("the simulator took too many steps".into()));
+            }
+            if self.phase == RunPhase::Safety && self.now_ms >= self.cfg.safety_ms {
+                self.heal();
+            }
+            if self.phase == RunPhase::Liveness && self.quiescent() {
+                if let Some(b) = &self.broker {
+                    if self.model.drained(b).is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            if self.now_ms >= end_ms {
+                let Some(b) = &self.broker else {
+                    return Err(Violation("liveness: the broker is down at the end".into()));
+                };
+                return self.model.drained(b);
+            }
+            let due = self.due_events();
+            if due.is_empty() {
+                let next = self.next_event_ms().unwrap_or(end_ms).min(end_ms);
+                self.now_ms = next.max(self.now_ms + 1).min(end_ms.max(self.now_ms + 1));
+                continue;
+            }
+            let ev = due[self.sched.gen_range(0..due.len())];
+            self.step(ev)?;
+        }
+    }
+
+    /// Faults stop: the broker comes back if it is down and nothing more is injected.
+    fn heal(&mut self) {
+        self.phase = RunPhase::Liveness;
+        self.next_crash_ms = None;
+        if self.restart_at_ms.is_some() {
+            self.restart_at_ms = Some(self.now_ms);
+        }
+        self.mix(b"heal", &[]);
+    }
+
+    fn quiescent(&self) -> bool {
+        !self.dirty
+            && self.sync.is_none()
+            && self
+                .links
+                .values()
+                .all(|l| l.to_server.is_empty() && l.to_client.is_empty())
+            && self.clients.iter().all(|c| c.connected())
+    }
+
+    fn schedule_crash(&mut self) {
+        self.crash_in_sync = self.fault_rng.gen_bool(0.6);
+        self.next_crash_ms = self.faults.crash_mean_ms.map(|mean| {
+            // Exponential inter-arrival times.
+            let u: f64 = self.fault_rng.gen_range(0.0001..1.0);
+            self.now_ms + (-(u.ln()) * mean as f64) as u64 + 1
+        });
+    }
+
+    // ----- events -----
+
+    fn due_events(&self) -> Vec<Event> {
+        let now = self.now_ms;
+        let mut due = Vec::new();
+        if self.dirty {
+            due.push(Event::Drain);
+        }
+        if self.restart_at_ms.is_some_and(|t| t <= now) {
+            due.push(Event::Restart);
+        }
+        if self.next_crash_ms.is_some_and(|t| t <= now)
+            && self.broker.is_some()
+            && (self.sync.is_some() || !self.crash_in_sync)
+        {
+            due.push(Event::Crash);
+        }
+        if self.sync.is_some_and(|(t, _)| t <= now) {
+            due.push(Event::SyncDone);
+        }
+        if let Some(b) = &self.broker {
+            if b.poll_timeout().is_some_and(|t| t <= now) {
+                due.push(Event::BrokerTimer);
+            }
+        }
+        for (id, l) in &self.links {
+            let server_reads = l.server.as_ref().is_some_and(|s| s.wants_read());
+            if server_reads && l.to_server.next_ready_ms().is_some_and(|t| t <= now) {
+                due.push(Event::ToServer(*id));
+            }
+            if l.client_open && l.to_client.next_ready_ms().is_some_and(|t| t <= now) {
+                due.push(Event::ToClient(*id));
+            }
+            if l.server
+                .as_ref()
+                .and_then(|s| s.poll_timeout())
+                .is_some_and(|t| t <= now)
+            {
+                due.push(Event::ConnTimer(*id));
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.connected() && self.next_tick_ms[i] <= now {
+                due.push(Event::Tick(i));
+            }
+            if !c.connected() && self.reconnect_at_ms[i].is_some_and(|t| t <= now) {
+                due.push(Event::Connect(i));
+            }
+        }
+        due
+    }
+
+    fn next_event_ms(&self) -> Option<u64> {
+        let mut times: Vec<u64> = Vec::new();
+        times.extend(self.restart_at_ms);
+        if self.broker.is_some() {
+            // A crash waiting for a sync comes with the event that starts one.
+            let waiting = self.crash_in_sync && self.sync.is_none();
+            times.extend(self.next_crash_ms.filter(|t| !waiting || *t > self.now_ms));
+        }
+        times.extend(self.sync.map(|(t, _)| t));
+        if let Some(b) = &self.broker {
+            times.extend(b.poll_timeout());
+        }
+        for l in self.links.values() {
+            if l.server.as_ref().is_some_and(|s| s.wants_read()) {
+                times.extend(l.to_server.next_ready_ms());
+            }
+            if l.client_open {
+                times.extend(l.to_client.next_ready_ms());
+            }
+            times.extend(l.server.as_ref().and_then(|s| s.poll_timeout()));
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.connected() {
+                times.push(self.next_tick_ms[i]);
+            } else {
+                times.extend(self.reconnect_at_ms[i]);
+            }
+        }
+        times.into_iter().min()
+    }
+
+    fn step(&mut self, ev: Event) -> Result<(), Violation> {
+        self.model.now_ms = self.now_ms;
+        match ev {
+            Event::Drain => self.drain(),
+            Event::Restart => {
+                self.restart();
+                Ok(())
+            }
+            Event::Crash => self.crash(),
+            Event::SyncDone => self.sync_done(),
+            Event::BrokerTimer => {
+                let now = self.now_ms;
+                if let Some(b) = self.broker.as_mut() {
+                    b.handle_timeout(now);
+                }
+                self.dirty = true;
+                Ok(())
+            }
+            Event::ToServer(id) => self.to_server(id),
+            Event::ToClient(id) => self.to_client(id),
+            Event::ConnTimer(id) => {
+                let now = self.now_ms;
+                if let Some(s) = self.links.get_mut(&id).and_then(|l| l.server.as_mut()) {
+                    s.handle_timeout(now);
+                }
+                self.pump_server(id)
+            }
+            Event::Tick(i) => self.tick(i),
+            Event::Connect(i) => self.connect(i),
+        }
+    }
+
+    // ----- broker and disk -----
+
+    fn restart(&mut self) {
+        self.restart_at_ms = None;
+        self.incarnation += 1;
+        let recovered = self.disk.recovered();
+        let seed = derive_seed(self.seed, 1000 + self.incarnation);
+        self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
+        self.disk_base = self.disk.durable_batches();
+        self.last_written = 0;
+        self.sync = None;
+        self.dirty = true;
+        self.mix(b"restart", &self.incarnation.to_le_bytes());
+    }
+
+    fn crash(&mut self) -> Result<(), Violation> {
+        self.broker = None;
+        self.dirty = false;
+        self.sync = None;
+        // Every connection dies with the process; bytes in flight are lost.
+        let ids: Vec<u64> = self.links.keys().copied().collect();
+        for id in ids {
+            if let Some(l) = self.links.remove(&id) {
+                self.client_lost(l.client);
+            }
+        }
+        let unsynced = self.disk.unsynced_batches();
+        let keep = if unsynced > 0 && self.fault_rng.gen_bool(self.faults.torn_prob) {
+            self.fault_rng.gen_range(0..=unsynced)
+        } else {
+            0
+        };
+        let out = self.disk.crash(keep);
+        self.torn_crashes += u64::from(out.kept > 0);
+        self.lossy_crashes += u64::from(out.lost > 0);
+        let surviving = self.disk.durable_batches() - self.disk_base;
+        self.mix(b"crash", &[out.kept as u8, out.lost as u8]);
+        let recovered = self.disk.recovered();
+        self.model.crash(surviving, &recovered)?;
+        let (lo, hi) = self.faults.restart_delay_ms;
+        self.restart_at_ms = Some(self.now_ms + self.fault_rng.gen_range(lo..=hi));
+        self.schedule_crash();
+        Ok(())
+    }
+
+    fn sync_done(&mut self) -> Result<(), Violation> {
+        let Some((_, upto)) = self.sync.take() else {
+            return Ok(());
+        };
+        self.disk.complete_sync();
+        self.model.synced(upto);
+        if let Some(b) = self.broker.as_mut() {
+            b.handle_persisted(upto);
+        }
+        self.dirty = true;
+        self.mix(b"synced", &upto.to_le_bytes());
+        self.start_sync();
+        Ok(())
+    }
+
+    fn start_sync(&mut self) {
+        if self.sync.is_some() || self.disk.unsynced_batches() == 0 {
+            return;
+        }
+        self.disk.begin_sync();
+        let (lo, hi) = self.faults.sync_latency_ms;
+        let at = self.now_ms + self.fault_rng.gen_range(lo..=hi);
+        self.sync = Some((at, self.last_written));
+    }
+
+    /// Drains the broker's outputs, checks them, and routes them.
+    fn drain(&mut self) -> Result<(), Violation> {
+        // Several inputs may be handled before the driver drains (the real core handles up
+        // to 256 messages per round).
+        if self.faults.batch_inputs_prob > 0.0
+            && self.phase == RunPhase::Safety
+            && self.fault_rng.gen_bool(self.faults.batch_inputs_prob)
+            && self.due_events().len() > 1
+        {
+            // Leave the drain due; another input goes first.
+            let due = self.due_events();
+            let others: Vec<Event> = due.into_iter().filter(|e| *e != Event::Drain).collect();
+            let ev = others[self.sched.gen_range(0..others.len())];
+            return self.step(ev);
+        }
+        self.dirty = false;
+        let Some(broker) = self.broker.as_mut() else {
+            return Ok(());
+        };
+        let mut outputs = Vec::new();
+        while let Some(o) = broker.poll_output() {
+            outputs.push(o);
+        }
+        self.model.outputs(&outputs)?;
+        let now = self.now_ms;
+        for o in outputs {
+            match o {
+                Output::Persist { batch, ops } => {
+                    self.model.persist(batch)?;
+                    self.disk.write_batch(&ops);
+                    self.last_written = batch;
+                    self.mix(b"persist", &batch.to_le_bytes());
+                }
+                Output::Replies { conn, replies } => {
+                    let Some((id, link)) = self.links.iter_mut().find(|(_, l)| l.conn == conn)
+                    else {
+                        continue;
+                    };
+                    let id = *id;
+                    if let Some(server) = link.server.as_mut() {
+                        for r in replies {
+                            link.pending_credit += r.wire_size();
+                            server.handle_reply(r, now);
+                        }
+                    }
+                    self.pump_server(id)?;
+                }
+            }
+        }
+        self.start_sync();
+        if let Some(b) = &self.broker {
+            b.check_invariants();
+            self.model.compare(b)?;
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, conn: ConnId, cmd: Command) -> Result<(), Violation> {
+        self.model.command(conn, &cmd)?;
+        let now = self.now_ms;
+        if let Some(b) = self.broker.as_mut() {
+            b.handle_command(conn, cmd, now);
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    // ----- connections -----
+
+    fn connect(&mut self, i: usize) -> Result<(), Violation> {
+        self.reconnect_at_ms[i] = None;
+        if self.broker.is_none() {
+            // Connection refused: try again later.
+            self.reconnect_at_ms[i] = Some(self.now_ms + self.sched.gen_range(5..50));
+            return Ok(());
+        }
+        let id = self.next_link;
+        self.next_link += 1;
+        let conn = id;
+        let now = self.now_ms;
+        if let Some(b) = self.broker.as_mut() {
+            let info = ConnInfo {
+                peer: format!("127.0.0.1:{}", 10_000 + id),
+                loopback: true,
+            };
+            b.handle_connect(conn, info, now);
+        }
+        self.model.connect(conn);
+        self.links.insert(
+            id,
+            Link {
+                client: i,
+                conn,
+                server: Some(Connection::new(self.conn_config.clone(), now)),
+                client_open: true,
+                to_server: Pipe::default(),
+                to_client: Pipe::default(),
+                pending_credit: 0,
+            },
+        );
+        self.clients[i].connect(now);
+        self.next_tick_ms[i] = now;
+        self.mix(b"connect", &id.to_le_bytes());
+        self.flush_client(i);
+        Ok(())
+    }
+
+    fn link_of(&self, client: usize) -> Option<u64> {
+        self.links
+            .iter()
+            .find(|(_, l)| l.client == client && l.client_open)
+            .map(|(id, _)| *id)
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (lo, hi) = self.faults.latency_ms;
+        self.now_ms + self.sched.gen_range(lo..=hi)
+    }
+
+    fn chunk(&mut self) -> usize {
+        if self.sched.gen_bool(self.faults.small_chunk_prob) {
+            self.sched.gen_range(1..=16)
+        } else {
+            self.sched.gen_range(1..=self.faults.max_chunk_bytes)
+        }
+    }
+
+    fn flush_client(&mut self, i: usize) {
+        let Some(id) = self.link_of(i) else {
+            return;
+        };
+        if let Some(bytes) = self.clients[i].poll_transmit() {
+            let at = self.latency();
+            if let Some(l) = self.links.get_mut(&id) {
+                l.to_server.push(at, bytes, 0);
+            }
+        }
+        if self.clients[i].done() {
+            // The closing handshake is over: the client drops its socket.
+            if let Some(l) = self.links.get_mut(&id) {
+                l.client_open = false;
+                l.to_client.clear();
+            }
+            self.client_lost(i);
+        }
+    }
+
+    /// Feeds the server side's commands to the broker and its bytes to the pipe; retires
+    /// the link when both sides are done.
+    fn pump_server(&mut self, id: u64) -> Result<(), Violation> {
+        let mut commands = Vec::new();
+        let Some(l) = self.links.get_mut(&id) else {
+            return Ok(());
+        };
+        let conn = l.conn;
+        if let Some(s) = l.server.as_mut() {
+            while let Some(c) = s.poll_command() {
+                commands.push(c);
+            }
+        }
+        for c in commands {
+            self.command(conn, c)?;
+        }
+        let at = self.latency();
+        let Some(l) = self.links.get_mut(&id) else {
+            return Ok(());
+        };
+        let written = l.server.as_mut().and_then(|s| s.poll_transmit());
+        if let Some(bytes) = written {
+            let credit = std::mem::take(&mut l.pending_credit);
+            l.server_wrote(at, bytes, credit);
+        }
+        if l.server.as_ref().is_some_and(|s| s.is_closed()) {
+            l.server = None;
+            l.to_server.clear();
+        }
+        self.retire(id);
+        Ok(())
+    }
+
+    /// Removes a link whose two sides are done; tells a client its server side is gone.
+    fn retire(&mut self, id: u64) {
+        let Some(l) = self.links.get(&id) else {
+            return;
+        };
+        if l.server.is_none() && l.client_open && l.to_client.is_empty() {
+            let client = l.client;
+            if let Some(l) = self.links.get_mut(&id) {
+                l.client_open = false;
+            }
+            self.client_lost(client);
+        }
+        let Some(l) = self.links.get(&id) else {
+            return;
+        };
+        if l.server.is_none() && !l.client_open {
+            self.links.remove(&id);
+        }
+    }
+
+    fn client_lost(&mut self, i: usize) {
+        self.clients[i].disconnected();
+        let delay = self.sched.gen_range(1..100);
+        self.reconnect_at_ms[i] = Some(self.now_ms + delay);
+    }
+
+    fn to_server(&mut self, id: u64) -> Result<(), Violation> {
+        let n = self.chunk();
+        let now = self.now_ms;
+        let Some(l) = self.links.get_mut(&id) else {
+            return Ok(());
+        };
+        let (data, _) = l.to_server.take(now, n);
+        if let Some(s) = l.server.as_mut() {
+            s.handle_bytes(&data, now);
+        }
+        self.mix(b"to-server", &data);
+        // The client closed and everything it sent has arrived: the server sees EOF.
+        if let Some(l) = self.links.get_mut(&id) {
+            if !l.client_open && l.to_server.is_empty() {
+                if let Some(s) = l.server.as_mut() {
+                    s.handle_eof();
+                }
+            }
+        }
+        self.pump_server(id)
+    }
+
+    fn to_client(&mut self, id: u64) -> Result<(), Violation> {
+        let n = self.chunk();
+        let now = self.now_ms;
+        let Some(l) = self.links.get_mut(&id) else {
+            return Ok(());
+        };
+        let (data, credit) = l.to_client.take(now, n);
+        let client = l.client;
+        let conn = l.conn;
+        let server_alive = l.server.is_some();
+        if credit > 0 && server_alive {
+            self.command(conn, Command::Drained { bytes: credit })?;
+        }
+        self.mix(b"to-client", &data);
+        let mut seen: Vec<Observed> = Vec::new();
+        let spec = self.spec.clone();
+        self.clients[client]
+            .handle_bytes(&data, now, &spec, &mut seen)
+            .map_err(Violation)?;
+        for o in &seen {
+            self.model.observed(client, o)?;
+        }
+        if self.phase == RunPhase::Liveness {
+            self.clients[client].ack_received(now);
+        }
+        self.flush_client(client);
+        if self.links.contains_key(&id) {
+            let l = &self.links[&id];
+            if !l.client_open && l.to_server.is_empty() {
+                if let Some(s) = self.links.get_mut(&id).and_then(|l| l.server.as_mut()) {
+                    s.handle_eof();
+                }
+            }
+            self.pump_server(id)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, i: usize) -> Result<(), Violation> {
+        let (lo, hi) = self.clients_think(i);
+        self.next_tick_ms[i] = self.now_ms + self.sched.gen_range(lo..=hi).max(1);
+        if self.phase == RunPhase::Safety
+            && self.faults.drop_per_tick > 0.0
+            && self.fault_rng.gen_bool(self.faults.drop_per_tick)
+        {
+            return self.drop_link(i);
+        }
+        let now = self.now_ms;
+        let spec = self.spec.clone();
+        self.clients[i].tick(now, self.phase, &spec);
+        self.flush_client(i);
+        Ok(())
+    }
+
+    fn clients_think(&self, i: usize) -> (u64, u64) {
+        self.spec.clients[i].think_ms
+    }
+
+    /// The connection breaks: a random prefix of what the client sent arrives (often cut
+    /// mid-frame), the rest and everything towards the client is lost.
+    fn drop_link(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(id) = self.link_of(i) else {
+            return Ok(());
+        };
+        self.drops += 1;
+        let now = self.now_ms;
+        let Some(l) = self.links.get_mut(&id) else {
+            return Ok(());
+        };
+        let inflight = l.to_server.len();
+        let n = if inflight > 0 {
+            self.fault_rng.gen_range(0..=inflight)
+        } else {
+            0
+        };
+        let (data, _) = l.to_server.take(u64::MAX, n);
+        if let Some(s) = l.server.as_mut() {
+            s.handle_bytes(&data, now);
+            s.handle_eof();
+        }
+        l.to_server.clear();
+        l.to_client.clear();
+        l.client_open = false;
+        self.mix(b"drop", &data);
+        self.client_lost(i);
+        self.pump_server(id)?;
+        if let Some(l) = self.links.get_mut(&id) {
+            l.server = None;
+        }
+        self.retire(id);
+        Ok(())
+    }
+
+    /// Mixes an event into the trace hash (FNV-1a).
+    fn mix(&mut self, tag: &[u8], data: &[u8]) {
+        let mut h = self.trace;
+        for b in self
+            .now_ms
+            .to_le_bytes()
+            .iter()
+            .chain(tag)
+            .chain(&(data.len() as u64).to_le_bytes())
+            .chain(data)
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.trace = h;
+    }
+}
+
+impl Link {
+    /// The server wrote `bytes` to its socket; they reach the client after the latency.
+    fn server_wrote(&mut self, at: u64, bytes: Bytes, credit: usize) {
+        self.to_client.push(at, bytes, credit);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Drain,
+    Restart,
+    Crash,
+    SyncDone,
+    BrokerTimer,
+    ToServer(u64),
+    ToClient(u64),
+    ConnTimer(u64),
+    Tick(usize),
+    Connect(usize),
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = crate::take_last_panic() {
+        text
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
