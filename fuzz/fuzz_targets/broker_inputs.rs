@@ -155,6 +155,16 @@ impl Harness {
                             }
                         }
                     }
+                    Output::Load {
+                        queue,
+                        from_seq,
+                        max,
+                        epoch,
+                    } => {
+                        let entries = self.store.load(queue, from_seq, max).expect("memory store");
+                        self.broker
+                            .handle_loaded(queue, epoch, entries, self.now_ms);
+                    }
                 }
             }
             self.conns.retain(|(_, c)| !c.is_closed());

@@ -272,8 +272,8 @@ impl Model {
                 },
             );
         }
-        for e in &recovered.entries {
-            let (Some(name), Some(key)) = (names.get(&e.queue), key_of(&e.message)) else {
+        for (queue, e) in recovered.entries() {
+            let (Some(name), Some(key)) = (names.get(&queue), key_of(&e.message)) else {
                 continue;
             };
             let name = name.clone();
@@ -1252,8 +1252,8 @@ impl Model {
             .map(|q| (q.id, q.name.as_str()))
             .collect();
         let mut actual = BTreeSet::new();
-        for e in &recovered.entries {
-            let (Some(name), Some(key)) = (names.get(&e.queue), key_of(&e.message)) else {
+        for (queue, e) in recovered.entries() {
+            let (Some(name), Some(key)) = (names.get(&queue), key_of(&e.message)) else {
                 return fail("recovered an entry of an unknown queue or without a message id");
             };
             if !actual.insert((name.to_string(), key)) {

@@ -9,13 +9,15 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use warren::store::memory::MemoryState;
-use warren::store::{Recovered, Store, StoreError, StoreOp};
+use warren::store::{LoadedEntry, Recovered, Store, StoreError, StoreOp};
 
 /// What the disk holds.
 #[derive(Debug, Default)]
 pub struct DiskState {
     /// Batches that survive any crash, applied.
     durable: MemoryState,
+    /// Every batch written, synced or not, applied: what reads see.
+    visible: MemoryState,
     /// Batches ever made durable (synced, or kept by a crash).
     durable_batches: u64,
     /// Written and not yet synced, in write order.
@@ -58,7 +60,16 @@ impl VirtualDisk {
 
     /// Appends a batch (not yet durable).
     pub fn write_batch(&self, ops: &[StoreOp]) {
-        self.lock().unsynced.push(ops.to_vec());
+        let mut s = self.lock();
+        for op in ops {
+            s.visible.apply(op);
+        }
+        s.unsynced.push(ops.to_vec());
+    }
+
+    /// A read of a queue's entries, seeing every batch written.
+    pub fn load(&self, queue: u64, from_seq: u64, max: usize) -> Vec<LoadedEntry> {
+        self.lock().visible.load(queue, from_seq, max)
     }
 
     /// Starts a sync covering every batch written so far; returns how many unsynced
@@ -98,6 +109,9 @@ impl VirtualDisk {
         s.durable_batches += keep as u64;
         s.syncing = 0;
         s.crashes += 1;
+        // What survived is all a restarted broker can read; paged messages die with it.
+        s.durable.discard_paged();
+        s.visible = s.durable.clone();
         CrashOutcome { kept: keep, lost }
     }
 
@@ -111,15 +125,32 @@ impl VirtualDisk {
         self.lock().durable_batches
     }
 
-    /// What a broker starting now reads back.
+    /// Everything on the disk, every entry included (for the checker).
     pub fn recovered(&self) -> Recovered {
-        self.lock().durable.recovered()
+        self.lock().durable.recovered(usize::MAX)
+    }
+
+    /// What a broker starting now reads back: at most `head_limit` entries per queue.
+    pub fn recovered_head(&self, head_limit: usize) -> Recovered {
+        self.lock().durable.recovered(head_limit)
     }
 }
 
 impl Store for VirtualDisk {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        Ok(self.recovered())
+    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+        let mut s = self.lock();
+        s.durable.discard_paged();
+        s.visible.discard_paged();
+        Ok(s.durable.recovered(head_limit))
+    }
+
+    fn load(
+        &mut self,
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError> {
+        Ok(VirtualDisk::load(self, queue, from_seq, max))
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

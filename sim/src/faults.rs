@@ -28,6 +28,9 @@ pub struct Faults {
     pub heartbeat_s: u16,
     /// Chance that the broker handles more inputs before draining its outputs.
     pub batch_inputs_prob: f64,
+    /// The broker pages queues out to the store almost at once (tiny memory budgets,
+    /// small recovery heads and read batches).
+    pub tiny_memory: bool,
 }
 
 impl Faults {
@@ -44,13 +47,14 @@ impl Faults {
             torn_prob: [0.0, 0.5, 1.0][rng.gen_range(0..3)],
             heartbeat_s: [0, 0, 1, 3][rng.gen_range(0..4)],
             batch_inputs_prob: [0.0, 0.5, 0.9][rng.gen_range(0..3)],
+            tiny_memory: rng.gen_bool(0.5),
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={}",
+            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={}",
             self.crash_mean_ms
                 .map_or("off".to_string(), |m| format!("{m}ms")),
             self.restart_delay_ms,
@@ -62,7 +66,24 @@ impl Faults {
             self.torn_prob,
             self.heartbeat_s,
             self.batch_inputs_prob,
+            self.tiny_memory,
         )
+    }
+
+    /// The broker settings for this mix.
+    pub fn broker_config(&self) -> warren::broker::BrokerConfig {
+        let base = warren::broker::BrokerConfig::default();
+        if !self.tiny_memory {
+            return base;
+        }
+        warren::broker::BrokerConfig {
+            queue_memory_budget_bytes: 4 * 1024,
+            memory_budget_bytes: 12 * 1024,
+            recovery_head_entries: 3,
+            page_in_low_water: 2,
+            page_in_batch: 5,
+            ..base
+        }
     }
 }
 

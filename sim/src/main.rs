@@ -135,6 +135,8 @@ struct Totals {
     lossy_crashes: u64,
     seeds_with_small_chunks: u64,
     seeds_with_heartbeats: u64,
+    loads: u64,
+    seeds_paging: u64,
 }
 
 impl Totals {
@@ -157,11 +159,13 @@ impl Totals {
         self.lossy_crashes += r.lossy_crashes;
         self.seeds_with_small_chunks += u64::from(r.faults.small_chunk_prob > 0.0);
         self.seeds_with_heartbeats += u64::from(r.faults.heartbeat_s > 0);
+        self.loads += r.loads;
+        self.seeds_paging += u64::from(r.loads > 0);
     }
 
     fn print(&self) {
         println!(
-            "covered: {} seeds; {} published, {} confirmed, {} nacked, {} delivered ({} redelivered), {} requeued, {} channel errors; {} crashes in {} seeds ({} lost unsynced batches, {} kept a prefix of them with the next torn; {} entries recovered and checked); {} connection drops in {} seeds; small chunks in {} seeds; heartbeats in {} seeds",
+            "covered: {} seeds; {} published, {} confirmed, {} nacked, {} delivered ({} redelivered), {} requeued, {} channel errors; {} crashes in {} seeds ({} lost unsynced batches, {} kept a prefix of them with the next torn; {} entries recovered and checked); {} connection drops in {} seeds; small chunks in {} seeds; heartbeats in {} seeds; {} paged reads in {} seeds",
             self.seeds,
             self.published,
             self.confirms,
@@ -179,6 +183,8 @@ impl Totals {
             self.seeds_with_drops,
             self.seeds_with_small_chunks,
             self.seeds_with_heartbeats,
+            self.loads,
+            self.seeds_paging,
         );
     }
 }

@@ -72,6 +72,8 @@ pub struct RunResult {
     pub torn_crashes: u64,
     /// Crashes that lost at least one unsynced batch.
     pub lossy_crashes: u64,
+    /// Reads of paged messages the broker asked for.
+    pub loads: u64,
 }
 
 /// One connection: the server's protocol state machine and the two pipes.
@@ -123,6 +125,7 @@ pub struct World {
     steps: u64,
     drops: u64,
     torn_crashes: u64,
+    loads: u64,
     lossy_crashes: u64,
 }
 
@@ -152,6 +155,7 @@ impl World {
         };
         let disk = VirtualDisk::new();
         let model = Model::new(&disk.recovered());
+        let broker_config = faults.broker_config();
         World {
             seed,
             cfg,
@@ -167,7 +171,7 @@ impl World {
             links: BTreeMap::new(),
             next_link: 1,
             broker: None,
-            broker_config: BrokerConfig::default(),
+            broker_config,
             conn_config,
             incarnation: 0,
             dirty: false,
@@ -183,6 +187,7 @@ impl World {
             steps: 0,
             drops: 0,
             torn_crashes: 0,
+            loads: 0,
             lossy_crashes: 0,
         }
     }
@@ -222,6 +227,7 @@ impl World {
             drops: self.drops,
             published: self.clients.iter().map(|c| c.published).sum(),
             torn_crashes: self.torn_crashes,
+            loads: self.loads,
             lossy_crashes: self.lossy_crashes,
         }
     }
@@ -410,7 +416,9 @@ impl World {
     fn restart(&mut self) {
         self.restart_at_ms = None;
         self.incarnation += 1;
-        let recovered = self.disk.recovered();
+        let recovered = self
+            .disk
+            .recovered_head(self.broker_config.recovery_head_entries);
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
         self.disk_base = self.disk.durable_batches();
@@ -507,6 +515,24 @@ impl World {
                     self.disk.write_batch(&ops);
                     self.last_written = batch;
                     self.mix(b"persist", &batch.to_le_bytes());
+                }
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => {
+                    // Reads are served at once; the next drain sees what they brought.
+                    let entries = self.disk.load(queue, from_seq, max);
+                    self.loads += 1;
+                    self.mix(
+                        b"load",
+                        &[queue.to_le_bytes(), from_seq.to_le_bytes()].concat(),
+                    );
+                    if let Some(b) = self.broker.as_mut() {
+                        b.handle_loaded(queue, epoch, entries, now);
+                        self.dirty = true;
+                    }
                 }
                 Output::Replies { conn, replies } => {
                     let Some((id, link)) = self.links.iter_mut().find(|(_, l)| l.conn == conn)

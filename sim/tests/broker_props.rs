@@ -163,6 +163,16 @@ impl Harness {
                         self.observe(r);
                     }
                 }
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => {
+                    let entries = self.disk.load(queue, from_seq, max);
+                    self.broker
+                        .handle_loaded(queue, epoch, entries, self.now_ms);
+                }
             }
         }
         self.broker.check_invariants();

@@ -300,6 +300,15 @@ impl fmt::Display for SyncPolicy {
     }
 }
 
+impl Recovered {
+    /// Every recovered entry held in the queues' heads, with its queue id.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &LoadedEntry)> {
+        self.contents
+            .iter()
+            .flat_map(|c| c.head.iter().map(move |e| (c.queue, e)))
+    }
+}
+
 /// A failure of the storage layer.
 #[derive(Debug)]
 pub struct StoreError(pub String);
