@@ -26,12 +26,16 @@ use bytes::{Bytes, BytesMut};
 use super::command::{Command, Login, Message, Reply};
 use super::constants::*;
 use super::frame::{
-    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, encode_content, encode_heartbeat,
-    encode_method,
+    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, encode_content,
+    encode_content_zero_copy, encode_heartbeat, encode_method,
 };
 use super::method::*;
 use super::props::BasicProperties;
 use super::table::{FieldTable, FieldValue};
+
+/// Bodies this large are sent from the message's own buffer instead of being copied into
+/// the output (below it, one copy is cheaper than another buffer to write).
+pub const ZERO_COPY_BODY_BYTES: usize = 4096;
 
 /// Settings a connection offers and enforces.
 #[derive(Debug, Clone)]
@@ -240,6 +244,9 @@ pub struct Connection {
     decoder: FrameDecoder,
     input: BytesMut,
     output: BytesMut,
+    /// Bytes to send before `output`: cut from it around message bodies that are sent
+    /// without copying.
+    chunks: VecDeque<Bytes>,
     commands: VecDeque<Command>,
     /// Channels in use (open or closing), by number; at most channel_max of them.
     channels: HashMap<u16, ChannelState>,
@@ -268,6 +275,7 @@ impl Connection {
             phase: Phase::AwaitingHeader,
             input: BytesMut::with_capacity(4096),
             output: BytesMut::with_capacity(4096),
+            chunks: VecDeque::new(),
             commands: VecDeque::new(),
             channels: HashMap::new(),
             frame_max_bytes,
@@ -350,16 +358,29 @@ impl Connection {
 
     /// Bytes to write to the socket, if any.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if self.output.is_empty() {
-            None
-        } else {
-            Some(self.output.split().freeze())
+        if self.chunks.is_empty() {
+            return (!self.output.is_empty()).then(|| self.output.split().freeze());
+        }
+        let mut all = BytesMut::with_capacity(self.pending_transmit_bytes());
+        for c in self.chunks.drain(..) {
+            all.extend_from_slice(&c);
+        }
+        all.extend_from_slice(&self.output.split());
+        Some(all.freeze())
+    }
+
+    /// Bytes to write to the socket, in order, as separate buffers (large message bodies
+    /// are not copied); for vectored writes.
+    pub fn poll_transmit_chunks(&mut self, out: &mut Vec<Bytes>) {
+        out.extend(self.chunks.drain(..));
+        if !self.output.is_empty() {
+            out.push(self.output.split().freeze());
         }
     }
 
     /// Number of bytes waiting in [`Connection::poll_transmit`].
     pub fn pending_transmit_bytes(&self) -> usize {
-        self.output.len()
+        self.output.len() + self.chunks.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// A reply from the broker for this connection.
@@ -396,6 +417,22 @@ impl Connection {
                     // A reply may have unblocked buffered input (open-ok after a pause).
                     self.process(now_ms);
                 }
+            }
+            Reply::Content {
+                channel,
+                method,
+                message,
+            } if message.body.len() >= ZERO_COPY_BODY_BYTES => {
+                encode_content_zero_copy(
+                    channel,
+                    &method,
+                    &message.properties,
+                    &message.body,
+                    self.frame_max_bytes,
+                    &mut self.output,
+                    &mut self.chunks,
+                );
+                self.last_send_ms = now_ms;
             }
             Reply::Content {
                 channel,

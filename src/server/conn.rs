@@ -59,6 +59,8 @@ pub async fn run(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut conn = Connection::new(config, clock.now_ms());
     let mut commands: Vec<Command> = Vec::new();
+    // Buffers to write, reused.
+    let mut out: Vec<bytes::Bytes> = Vec::new();
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     // Reply bytes (as the broker counts them) handed to the socket since the last report.
     let mut written = 0usize;
@@ -67,9 +69,10 @@ pub async fn run(
     // draining then.
     let mut replies_open = true;
     loop {
-        if let Some(bytes) = conn.poll_transmit() {
+        conn.poll_transmit_chunks(&mut out);
+        if !out.is_empty() {
             // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
-            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+            if write_chunks(&mut wr, &mut out).await.is_err() || wr.flush().await.is_err() {
                 conn.handle_eof();
             }
             written += std::mem::take(&mut pending_credit);
@@ -159,8 +162,9 @@ pub async fn run(
                 .await;
         }
     }
-    if let Some(bytes) = conn.poll_transmit() {
-        let _ = wr.write_all(&bytes).await;
+    conn.poll_transmit_chunks(&mut out);
+    if !out.is_empty() {
+        let _ = write_chunks(&mut wr, &mut out).await;
         let _ = wr.flush().await;
     }
     let _ = wr.shutdown().await;
@@ -170,4 +174,39 @@ pub async fn run(
         }
         None => tracing::debug!(conn = id, %peer, "connection closed"),
     }
+}
+
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Writes every buffer, in order, with vectored writes; leaves `chunks` empty.
+async fn write_chunks(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    chunks: &mut Vec<bytes::Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
