@@ -48,6 +48,11 @@ pub struct FileConfig {
     pub memory_high_watermark: Option<f64>,
     /// Disk alarm below this many free bytes on the data directory's file system.
     pub disk_free_limit_bytes: Option<u64>,
+    /// Memory one queue may hold in ready messages before new ones go to the store.
+    pub queue_memory_budget_bytes: Option<u64>,
+    /// Memory all queues together may hold in ready messages before new ones go to the
+    /// store.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -116,6 +121,12 @@ impl FileConfig {
         }
         if let Some(v) = self.disk_free_limit_bytes {
             config.alarms.disk_free_limit_bytes = v;
+        }
+        if let Some(v) = self.queue_memory_budget_bytes {
+            config.broker.queue_memory_budget_bytes = v;
+        }
+        if let Some(v) = self.memory_budget_bytes {
+            config.broker.memory_budget_bytes = v;
         }
         Ok(())
     }
