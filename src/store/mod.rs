@@ -6,7 +6,7 @@
 //! writes them, syncs, and reports the batch as persisted. Publisher confirms and
 //! `tx.commit-ok` for persistent messages wait for that report.
 
-// pub mod disk;
+pub mod disk;
 pub mod memory;
 
 use std::fmt;

@@ -1,5 +1,5 @@
-//! The store's in-memory copy of its `meta` keyspace, and the translation of each
-//! [`StoreOp`] into key writes.
+//! The store's in-memory copy of its `meta` keyspace, the translation of each metadata
+//! [`StoreOp`] into key writes, and the staged writes of a batch (`Staged`).
 //!
 //! Deleting a vhost, a user, an exchange or a queue also deletes records that refer to it
 //! (see [`crate::store::memory::MemoryState`] for the meaning). Those records cannot be found
@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredEntry,
+    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredQueue,
     StoreOp, UserRecord,
 };
 
@@ -19,21 +19,42 @@ use super::record::{self, RecordError, tag};
 /// The keyspaces of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Space {
-    /// Vhosts, users, permissions, exchanges, queues, bindings, generations, format.
+    /// Vhosts, users, permissions, exchanges, queues, bindings, generations, the shared
+    /// message id counter, format.
     Meta,
-    /// Message id to content.
+    /// Shared message id to content.
     Messages,
-    /// (queue id, seq) to message id.
+    /// Shared message id to its reference count and body length.
+    Refs,
+    /// (queue id, generation, seq) to an entry: header, and the message unless apart.
     Entries,
+    /// (queue id, generation, seq) to the message of an entry whose value is too big for
+    /// `entries`.
+    Bodies,
+    /// (queue id, generation, seq) to a paged message; emptied whenever the store opens.
+    Paged,
 }
 
 impl Space {
+    /// Every keyspace, in the order they are opened.
+    pub const ALL: [Space; 6] = [
+        Space::Meta,
+        Space::Messages,
+        Space::Refs,
+        Space::Entries,
+        Space::Bodies,
+        Space::Paged,
+    ];
+
     /// The keyspace's name in fjall.
     pub fn name(self) -> &'static str {
         match self {
             Space::Meta => "meta",
             Space::Messages => "messages",
+            Space::Refs => "refs",
             Space::Entries => "entries",
+            Space::Bodies => "bodies",
+            Space::Paged => "paged",
         }
     }
 }
@@ -47,12 +68,34 @@ pub struct Staged {
 }
 
 impl Staged {
-    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+    /// Inserts `value` under `key`.
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert((space, key), Some(value));
     }
 
-    fn delete(&mut self, space: Space, key: Vec<u8>) {
+    /// Removes `key`.
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
         self.writes.insert((space, key), None);
+    }
+
+    /// The write staged for `key`, if any: `Some(None)` for a removal.
+    pub fn get(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.writes
+            .get(&(space, key.to_vec()))
+            .map(|v| v.as_deref())
+    }
+
+    /// The writes staged for keys in `from..=to`, in key order.
+    pub fn range(&self, space: Space, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.writes
+            .range((space, from.to_vec())..=(space, to.to_vec()))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
     }
 
     /// The writes, one per key: `Some(value)` to insert, `None` to remove.
@@ -67,7 +110,8 @@ impl Staged {
 }
 
 /// Metadata records, ordered as [`crate::store::memory::MemoryState`] orders them, plus the
-/// entry generation of every queue id deleted whose stale entries may still be on disk.
+/// entry generation of every queue id deleted whose stale entries may still be on disk, and
+/// the shared message id counter.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     vhosts: BTreeSet<String>,
@@ -80,6 +124,8 @@ pub struct Catalog {
     /// it carries its queue id's current generation: deleting a queue bumps the generation
     /// instead of deleting its entries in the writer's batch.
     generations: HashMap<u64, u64>,
+    /// One past the highest shared message id ever stored.
+    next_shared_id: u64,
 }
 
 impl Catalog {
@@ -111,12 +157,15 @@ impl Catalog {
             }
             Some(tag::GENERATION) => {
                 let id = record::id_of_key(key)?;
-                let generation = record::decode_generation(value)?;
+                let generation = record::decode_counter(value)?;
                 if generation == 0 {
                     // Generation 0 is never written: it is the absence of a record.
                     return Err(RecordError::KeyMismatch);
                 }
                 self.generations.insert(id, generation);
+            }
+            Some(tag::NEXT_SHARED) if key.len() == 1 => {
+                self.next_shared_id = record::decode_counter(value)?;
             }
             _ => return Err(RecordError::BadKey),
         }
@@ -139,13 +188,26 @@ impl Catalog {
         self.generations.remove(&queue);
     }
 
+    /// Notes that shared message `id` was stored.
+    pub fn note_shared(&mut self, id: u64, out: &mut Staged) {
+        let next = id.saturating_add(1);
+        if next > self.next_shared_id {
+            self.next_shared_id = next;
+            out.put(
+                Space::Meta,
+                record::next_shared_key(),
+                record::encode_counter(next),
+            );
+        }
+    }
+
     /// Whether a queue record exists.
     pub fn has_queue(&self, id: u64) -> bool {
         self.queues.contains_key(&id)
     }
 
-    /// Applies one operation to the catalog and stages its key writes. Queue ids whose
-    /// entries became garbage are pushed to `dropped`.
+    /// Applies one metadata operation to the catalog and stages its key writes. Queue ids
+    /// whose contents became garbage are pushed to `dropped`.
     pub fn apply(&mut self, op: &StoreOp, out: &mut Staged, dropped: &mut Vec<u64>) {
         match op {
             StoreOp::PutVhost(v) => {
@@ -220,29 +282,13 @@ impl Catalog {
                 self.bindings.remove(b);
                 out.delete(Space::Meta, record::binding_key(b));
             }
-            StoreOp::PutMessage { id, message } => {
-                let key = record::message_key(*id).to_vec();
-                out.put(Space::Messages, key, record::encode_message(message));
-            }
-            StoreOp::DeleteMessage { id } => {
-                out.delete(Space::Messages, record::message_key(*id).to_vec());
-            }
-            StoreOp::Enqueue {
-                queue,
-                seq,
-                message,
-            } => {
-                let value = record::encode_entry(*message, self.generation(*queue));
-                out.put(
-                    Space::Entries,
-                    record::entry_key(*queue, *seq).to_vec(),
-                    value,
-                );
-            }
-            StoreOp::Dequeue { queue, seq } => {
-                // Whatever the key holds goes: a live entry, or a stale one of an older
-                // generation (which was invisible anyway).
-                out.delete(Space::Entries, record::entry_key(*queue, *seq).to_vec());
+            StoreOp::PutShared { .. }
+            | StoreOp::Enqueue { .. }
+            | StoreOp::Dequeue { .. }
+            | StoreOp::PurgeFrom { .. }
+            | StoreOp::PageOut { .. }
+            | StoreOp::DropPaged { .. } => {
+                debug_assert!(false, "queue contents are not catalog records: {op:?}");
             }
         }
     }
@@ -273,8 +319,8 @@ impl Catalog {
         self.delete_bindings_where(|b| b.vhost == v, out);
     }
 
-    /// Deletes a queue record and makes its entries garbage by moving the id to a new
-    /// generation: O(1) in the writer however many entries the queue holds.
+    /// Deletes a queue record and makes its entries and paged messages garbage by moving the
+    /// id to a new generation: O(1) in the writer however many the queue holds.
     fn drop_queue(&mut self, id: u64, out: &mut Staged, dropped: &mut Vec<u64>) {
         self.queues.remove(&id);
         out.delete(Space::Meta, record::queue_key(id));
@@ -283,7 +329,7 @@ impl Catalog {
         out.put(
             Space::Meta,
             record::generation_key(id),
-            record::encode_generation(generation),
+            record::encode_counter(generation),
         );
         dropped.push(id);
     }
@@ -309,8 +355,8 @@ impl Catalog {
         }
     }
 
-    /// Everything durable, with `entries` (already filtered and in queue order).
-    pub fn recovered(&self, entries: Vec<RecoveredEntry>) -> Recovered {
+    /// Everything durable, with the contents of queues (already filtered, by queue id).
+    pub fn recovered(&self, contents: Vec<RecoveredQueue>) -> Recovered {
         Recovered {
             vhosts: self.vhosts.iter().cloned().collect(),
             users: self.users.values().cloned().collect(),
@@ -318,7 +364,8 @@ impl Catalog {
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),
-            entries,
+            contents,
+            next_shared_id: self.next_shared_id,
         }
     }
 }

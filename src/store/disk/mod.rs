@@ -2,76 +2,115 @@
 //!
 //! # Layout
 //!
-//! One fjall database in the data directory, with three keyspaces:
+//! One fjall database in the data directory, with six keyspaces (byte layouts in `record`
+//! and `entry`):
 //!
 //! - `meta`: small records keyed by a tag byte (see `record::tag`): vhosts, users,
 //!   permissions, exchanges, queues (by id), bindings (by a digest of the whole record),
-//!   queue-id generations, and the format version key. All of it is also kept in memory
-//!   (`catalog::Catalog`), loaded when the store opens.
-//! - `messages`: message id (u64 BE) to the encoded message. Each message is stored once,
-//!   however many queues hold it. Values of 1 KiB or more (so every body of 1 KiB or more)
-//!   go to fjall's blob files (key-value separation), so compactions of the tree move small
-//!   pointers instead of bodies.
-//! - `entries`: (queue id BE, seq BE) to message id, so one queue's entries are contiguous
-//!   and iterate in queue order.
+//!   queue-id generations, the shared message id counter, and the format version key. All
+//!   of it is also kept in memory (`catalog::Catalog`), loaded when the store opens.
+//! - `entries`: (queue id, generation, seq), all u64 big-endian, to an entry: a fixed
+//!   header (format, flags, expiry, body length or shared id) followed by the encoded
+//!   message when the whole value stays under [`BLOB_THRESHOLD_BYTES`]. One queue
+//!   incarnation's entries are contiguous and iterate in queue order.
+//! - `bodies`: same key, the encoded message of an inline entry too big for `entries`
+//!   (flag APART). Values of 1 KiB or more go to fjall's blob files (key-value separation),
+//!   so compactions move pointers instead of bodies, and a scan of `entries` never reads a
+//!   blob file.
+//! - `messages`: shared message id (u64 BE) to the encoded message, written once by
+//!   [`StoreOp::PutShared`] for a message in several durable queues (blob files at 1 KiB).
+//! - `refs`: shared message id to its reference count and body length. A dequeue rewrites
+//!   this 13-byte value, never the message; the count reaching zero deletes both records.
+//!   The counts are also kept in memory, loaded when the store opens.
+//! - `paged`: (queue id, generation, seq) to a paged-out non-durable message with its
+//!   expiry (blob files at 1 KiB).
 //!
 //! Each [`Store::write`] is one fjall write batch, hence atomic; each [`Store::sync`] is one
 //! journal persist. After a crash fjall's journal recovers a prefix of whole batches (a
-//! torn last batch is dropped), which is exactly the [`Store`] contract.
+//! torn last batch is dropped), which is exactly the [`Store`] contract. Reads
+//! ([`Store::load`]) see every committed batch, synced or not.
+//!
+//! Format version 2. Stores written in version 1 (one message record per message,
+//! entries naming it) are refused at open with the version found; there is no migration.
+//!
+//! # Paged messages
+//!
+//! Paged messages are transient: they must not survive a restart. The `paged` keyspace is
+//! dropped with `Database::delete_keyspace` and created afresh whenever the store opens
+//! (and again by [`Store::recover`] if anything was paged since), so discarding them costs
+//! one keyspace deletion, not a scan, however many there were.
 //!
 //! # Deleting a queue
 //!
 //! A queue can hold millions of entries, and deleting them in the writer's batch would
 //! stall every publisher's confirm behind it. Instead each queue id has a *generation*
-//! (0 unless the id was deleted before), every entry value records the generation it was
-//! written in, and `DeleteQueue` just bumps the id's generation (one small `meta` write):
-//! entries of older generations are garbage from then on and are never recovered, even if
-//! the same queue id is declared again (the broker reuses ids after a restart).
+//! (0 unless the id was deleted before), part of every content key, and `DeleteQueue` just
+//! bumps the id's generation (one small `meta` write): keys of older generations are
+//! garbage from then on, never read by [`Store::load`] or recovered, and never overwritten,
+//! even when the same queue id is declared again (the broker reuses ids after a restart).
 //!
 //! Garbage is collected in two places: [`Store::sync`] sweeps a bounded number of a
-//! deleted queue's entries after each persist ([`GC_KEYS_PER_SYNC`]), and [`Store::recover`]
-//! deletes every stale entry it meets while scanning (it reads them all anyway). A
-//! generation record is removed once its queue id has no entries left, so the catalog does
-//! not grow with every queue ever deleted. Recovery also deletes messages that no entry
-//! refers to (left behind when a queue is deleted while one of its messages is unacked and
-//! the broker stops before the ack): the broker rebuilds its reference counts from the
-//! recovered entries, so it writes such a message again before any new entry uses its id.
+//! deleted queue's keys after each persist ([`GC_KEYS_PER_SYNC`]), and [`Store::recover`]
+//! deletes every stale entry it meets while scanning (it reads them all anyway). Sweeping a
+//! stale entry also deletes its body and releases its shared message reference, so a
+//! shared message outlives a deleted queue only until the sweep passes. A generation
+//! record is removed once its queue id has no keys left, so the catalog does not grow with
+//! every queue ever deleted.
+//!
+//! # Shared messages
+//!
+//! `PutShared` stores the message and its count; each entry referring to it going away
+//! (dequeue, purge, or the sweep of a deleted queue) decrements the count, and the last one
+//! deletes the message. Recovery reconciles the counts with the entries it scanned: a count
+//! left too high (a queue's entries overwritten, or references never written) is corrected,
+//! and a shared message no entry refers to is deleted.
+//!
+//! An `Enqueue` is written blind (no read): the broker never enqueues at a position its
+//! queue incarnation still holds. A `Dequeue` reads the entry first, so that it releases
+//! the shared message the entry names (nothing if the entry is gone, as in
+//! `MemoryState`) and deletes its body when it is apart.
+//!
+//! # Recovery cost
+//!
+//! [`Store::recover`] reads every entry's header to count entries, sum body sizes and find
+//! `next_seq`, but decodes messages (and reads `bodies` or `messages`) only for the first
+//! `head_limit` entries of each queue.
 //!
 //! # Corruption
 //!
 //! A record that does not decode, or a read that fjall fails (a checksum mismatch in a
-//! table, say), makes [`FjallStore::open`] or [`Store::recover`] fail with a
-//! [`StoreError`] naming the data directory, the keyspace and the key. A corrupt store is
-//! refused, never read as empty.
+//! table, say), makes [`FjallStore::open`], [`Store::recover`] or [`Store::load`] fail
+//! with a [`StoreError`] naming the data directory, the keyspace and the key. A corrupt
+//! store is refused, never read as empty.
 
 mod catalog;
+mod contents;
+mod entry;
+mod gc;
+mod read;
 mod record;
+mod recovery;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
-use crate::proto::command::Message;
-
 use self::catalog::{Catalog, Space, Staged};
+use self::gc::GcTask;
 pub use super::SyncPolicy;
-use super::{Recovered, RecoveredEntry, Store, StoreError, StoreOp};
+use super::{LoadedEntry, Recovered, Store, StoreError, StoreOp};
 
-/// Values of this many bytes or more are kept in fjall's blob files.
+/// Values of this many bytes or more are kept in fjall's blob files; inline entries whose
+/// value would reach it keep their message in `bodies`.
 pub const BLOB_THRESHOLD_BYTES: u32 = 1024;
 
-/// Most entry keys the garbage collector visits after one sync. It bounds the latency the
+/// Most keys the garbage collector visits after one sync. It bounds the latency the
 /// collector adds to the writer: a few milliseconds.
 pub const GC_KEYS_PER_SYNC: usize = 4096;
-
-/// Most deletions in one batch of the sweep that [`Store::recover`] does.
-const RECOVERY_SWEEP_BATCH_KEYS: usize = 10_000;
 
 /// Settings of a [`FjallStore`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,16 +119,11 @@ pub struct StoreOptions {
     pub sync: SyncPolicy,
 }
 
-/// A deleted queue id whose stale entries are being swept.
-#[derive(Debug, Clone, Copy, Default)]
-struct GcTask {
-    /// The next seq to look at.
-    cursor: u64,
-    /// An entry of the current generation was passed: the generation record stays.
-    live_seen: bool,
-    /// The id was enqueued to during the sweep (maybe behind the cursor): the generation
-    /// record stays.
-    touched: bool,
+/// A shared message's reference count and body length, as `refs` holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SharedCount {
+    refs: u32,
+    body_len: u64,
 }
 
 /// The durable [`Store`]: a fjall database in a data directory. See the module docs for
@@ -100,14 +134,24 @@ pub struct FjallStore {
     db: Database,
     meta: Keyspace,
     messages: Keyspace,
+    refs: Keyspace,
     entries: Keyspace,
+    bodies: Keyspace,
+    paged: Keyspace,
     catalog: Catalog,
-    /// Deleted queue ids with entries possibly left, by id.
+    /// Every shared message stored, by id (the `refs` keyspace).
+    shared: HashMap<u64, SharedCount>,
+    /// Deleted queue ids with stale keys possibly left, by id.
     gc: BTreeMap<u64, GcTask>,
-    /// Entry keys swept after each sync ([`GC_KEYS_PER_SYNC`]; tests make it small).
+    /// Keys swept after each sync ([`GC_KEYS_PER_SYNC`]; tests make it small).
     gc_keys_per_sync: usize,
-    /// Why the store stopped accepting work: a failed write leaves the catalog ahead of the
-    /// disk, so nothing more may be written.
+    /// Per queue id, a position below which its current generation has no paged message,
+    /// so that dropping paged messages does not rescan the tombstones of earlier drops.
+    paged_floor: HashMap<u64, u64>,
+    /// Something was paged since `paged` was last emptied.
+    paged_written: bool,
+    /// Why the store stopped accepting work: a failed write leaves the in-memory state
+    /// ahead of the disk, so nothing more may be written.
     failed: Option<String>,
 }
 
@@ -121,10 +165,21 @@ impl fmt::Debug for FjallStore {
     }
 }
 
+fn keyspace_options(space: Space) -> KeyspaceCreateOptions {
+    match space {
+        Space::Messages | Space::Bodies | Space::Paged => KeyspaceCreateOptions::default()
+            .with_kv_separation(Some(
+                KvSeparationOptions::default().separation_threshold(BLOB_THRESHOLD_BYTES),
+            )),
+        Space::Meta | Space::Refs | Space::Entries => KeyspaceCreateOptions::default(),
+    }
+}
+
 impl FjallStore {
-    /// Opens the store in `dir`, creating it if the directory holds no store yet. Fails if
-    /// another process has it open, if it was written in an unknown format, or if any
-    /// metadata record is corrupt.
+    /// Opens the store in `dir`, creating it if the directory holds no store yet, and
+    /// discards the paged messages of the previous run. Fails if another process has it
+    /// open, if it was written in another format, or if any metadata record or reference
+    /// count is corrupt.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<FjallStore, StoreError> {
         let db = Database::builder(dir)
             // Batches stay in the journal's buffer until `sync`, which decides how far
@@ -132,36 +187,46 @@ impl FjallStore {
             .manual_journal_persist(true)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        let keyspace = |space: Space, options: fn() -> KeyspaceCreateOptions| {
-            db.keyspace(space.name(), options).map_err(|e| {
-                StoreError(format!(
-                    "cannot open keyspace `{}` of the store in {}: {e}",
-                    space.name(),
-                    dir.display()
-                ))
-            })
+        let keyspace = |space: Space| {
+            db.keyspace(space.name(), || keyspace_options(space))
+                .map_err(|e| keyspace_error(dir, space, e))
         };
-        let meta = keyspace(Space::Meta, KeyspaceCreateOptions::default)?;
-        let messages = keyspace(Space::Messages, || {
-            KeyspaceCreateOptions::default().with_kv_separation(Some(
-                KvSeparationOptions::default().separation_threshold(BLOB_THRESHOLD_BYTES),
-            ))
-        })?;
-        let entries = keyspace(Space::Entries, KeyspaceCreateOptions::default)?;
+        let meta = keyspace(Space::Meta)?;
+        // Refuse another format before creating anything in its directory.
+        let format = meta
+            .get(record::FORMAT_KEY)
+            .map_err(|e| keyspace_error(dir, Space::Meta, e))?;
+        if let Some(value) = &format {
+            check_version(dir, value)?;
+        }
+        let paged = fresh_keyspace(&db, dir, Space::Paged)?;
         let mut store = FjallStore {
             dir: dir.to_path_buf(),
             options,
+            messages: keyspace(Space::Messages)?,
+            refs: keyspace(Space::Refs)?,
+            entries: keyspace(Space::Entries)?,
+            bodies: keyspace(Space::Bodies)?,
+            paged,
             db,
             meta,
-            messages,
-            entries,
             catalog: Catalog::default(),
+            shared: HashMap::new(),
             gc: BTreeMap::new(),
             gc_keys_per_sync: GC_KEYS_PER_SYNC,
+            paged_floor: HashMap::new(),
+            paged_written: false,
             failed: None,
         };
-        store.check_format()?;
+        if format.is_none() {
+            store.initialise()?;
+        }
         store.load_catalog()?;
+        store.load_refs()?;
+        // Deleted queue ids may have stale keys left from the last run.
+        for id in store.catalog.generation_ids() {
+            store.gc.insert(id, GcTask::default());
+        }
         Ok(store)
     }
 
@@ -174,55 +239,36 @@ impl FjallStore {
         match space {
             Space::Meta => &self.meta,
             Space::Messages => &self.messages,
+            Space::Refs => &self.refs,
             Space::Entries => &self.entries,
+            Space::Bodies => &self.bodies,
+            Space::Paged => &self.paged,
         }
     }
 
-    /// Checks the format version key, writing it if the store is new.
-    fn check_format(&mut self) -> Result<(), StoreError> {
+    /// Writes the format version key of a new store, after checking that the directory
+    /// holds no data of a store that lost it.
+    fn initialise(&mut self) -> Result<(), StoreError> {
         let key = record::FORMAT_KEY;
-        let found = self
-            .meta
-            .get(key)
-            .map_err(|e| self.read_error(Space::Meta, Some(key), e))?;
-        match found {
-            Some(value) => {
-                let version =
-                    record::decode_format(&value).map_err(|e| self.corrupt(Space::Meta, key, e))?;
-                if version != record::FORMAT_VERSION {
-                    return Err(self.corrupt(
-                        Space::Meta,
-                        key,
-                        format!(
-                            "the store has format version {version}; this build reads version {}",
-                            record::FORMAT_VERSION
-                        ),
-                    ));
-                }
-                Ok(())
-            }
-            None => {
-                for space in [Space::Meta, Space::Messages, Space::Entries] {
-                    let empty = self
-                        .keyspace(space)
-                        .is_empty()
-                        .map_err(|e| self.read_error(space, None, e))?;
-                    if !empty {
-                        return Err(self.corrupt(
-                            Space::Meta,
-                            key,
-                            format!("missing, but keyspace `{}` holds data", space.name()),
-                        ));
-                    }
-                }
-                let mut batch = self.db.batch();
-                batch.insert(&self.meta, key, vec![record::FORMAT_VERSION]);
-                batch
-                    .commit()
-                    .and_then(|()| self.db.persist(PersistMode::SyncAll))
-                    .map_err(|e| self.engine_error("cannot initialise a new store", e))
+        for space in Space::ALL {
+            let empty = self
+                .keyspace(space)
+                .is_empty()
+                .map_err(|e| self.read_error(space, None, e))?;
+            if !empty {
+                return Err(self.corrupt(
+                    Space::Meta,
+                    key,
+                    format!("missing, but keyspace `{}` holds data", space.name()),
+                ));
             }
         }
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, key, vec![record::FORMAT_VERSION]);
+        batch
+            .commit()
+            .and_then(|()| self.db.persist(PersistMode::SyncAll))
+            .map_err(|e| self.engine_error("cannot initialise a new store", e))
     }
 
     fn load_catalog(&mut self) -> Result<(), StoreError> {
@@ -243,144 +289,64 @@ impl FjallStore {
         Ok(())
     }
 
-    /// Every stored message, decoded, with a flag for "some live entry refers to it".
-    fn load_messages(&self) -> Result<HashMap<u64, (Arc<Message>, bool)>, StoreError> {
-        let mut messages = HashMap::new();
+    fn load_refs(&mut self) -> Result<(), StoreError> {
+        let mut shared = HashMap::new();
         let mut last: Option<fjall::UserKey> = None;
-        for item in self.messages.iter() {
+        for item in self.refs.iter() {
             let (key, value) = item
                 .into_inner()
-                .map_err(|e| self.scan_error(Space::Messages, last.as_deref(), e))?;
-            let id = record::message_id_of_key(&key)
-                .map_err(|e| self.corrupt(Space::Messages, &key, e))?;
-            let message = record::decode_message_arc(&value)
-                .map_err(|e| self.corrupt(Space::Messages, &key, e))?;
-            messages.insert(id, (message, false));
+                .map_err(|e| self.scan_error(Space::Refs, last.as_deref(), e))?;
+            let id =
+                entry::shared_id_of_key(&key).map_err(|e| self.corrupt(Space::Refs, &key, e))?;
+            let (refs, body_len) =
+                entry::decode_refs(&value).map_err(|e| self.corrupt(Space::Refs, &key, e))?;
+            shared.insert(id, SharedCount { refs, body_len });
             last = Some(key);
         }
-        Ok(messages)
-    }
-
-    /// Reads every entry in (queue, seq) order: live entries of existing queues whose
-    /// message exists are returned; entries of older generations are swept.
-    fn recover_entries(
-        &self,
-        messages: &mut HashMap<u64, (Arc<Message>, bool)>,
-        sweep: &mut Sweeper,
-    ) -> Result<Vec<RecoveredEntry>, StoreError> {
-        let mut entries = Vec::new();
-        // Queue ids with a generation record that still have entries of that generation.
-        let mut generation_in_use: Vec<u64> = Vec::new();
-        let mut last: Option<fjall::UserKey> = None;
-        for item in self.entries.iter() {
-            let (key, value) = item
-                .into_inner()
-                .map_err(|e| self.scan_error(Space::Entries, last.as_deref(), e))?;
-            let (queue, seq) = record::decode_entry_key(&key)
-                .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-            let (message_id, generation) =
-                record::decode_entry(&value).map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-            let current = self.catalog.generation(queue);
-            self.check_generation(&key, generation, current)?;
-            if generation != current {
-                sweep.remove(self, Space::Entries, key.to_vec())?;
-                last = Some(key);
-                continue;
-            }
-            if current != 0 && generation_in_use.last() != Some(&queue) {
-                generation_in_use.push(queue);
-            }
-            last = Some(key);
-            let Some((message, referenced)) = messages.get_mut(&message_id) else {
-                continue;
-            };
-            // An entry of a missing queue is kept (as MemoryState keeps it), and so is the
-            // message it names.
-            *referenced = true;
-            if self.catalog.has_queue(queue) {
-                entries.push(RecoveredEntry {
-                    queue,
-                    seq,
-                    message_id,
-                    message: message.clone(),
-                });
-            }
-        }
-        // Queue ids whose entries are all gone: their generation can restart at 0.
-        let unused: Vec<u64> = self
-            .catalog
-            .generation_ids()
-            .filter(|id| generation_in_use.binary_search(id).is_err())
-            .collect();
-        for id in unused {
-            sweep.remove(self, Space::Meta, record::generation_key(id))?;
-            sweep.forget_generation(id);
-        }
-        Ok(entries)
-    }
-
-    /// Sweeps up to `budget` entry keys of deleted queues, in one batch.
-    fn collect_garbage(&mut self, mut budget: usize) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        let mut forgotten = Vec::new();
-        while budget > 0 {
-            let Some((&queue, &task)) = self.gc.first_key_value() else {
-                break;
-            };
-            let current = self.catalog.generation(queue);
-            let mut task = task;
-            let mut finished = true;
-            for item in self.entries.range(record::entry_range(queue, task.cursor)) {
-                if budget == 0 {
-                    finished = false;
-                    break;
-                }
-                budget -= 1;
-                let (key, value) = item
-                    .into_inner()
-                    .map_err(|e| self.read_error(Space::Entries, None, e))?;
-                let (_, seq) = record::decode_entry_key(&key)
-                    .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-                let (_, generation) = record::decode_entry(&value)
-                    .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-                self.check_generation(&key, generation, current)?;
-                if generation == current {
-                    task.live_seen = true;
-                } else {
-                    batch.remove(&self.entries, key);
-                }
-                match seq.checked_add(1) {
-                    Some(next) => task.cursor = next,
-                    None => break,
-                }
-            }
-            if finished {
-                self.gc.remove(&queue);
-                if !task.live_seen && !task.touched {
-                    batch.remove(&self.meta, record::generation_key(queue));
-                    forgotten.push(queue);
-                }
-            } else {
-                self.gc.insert(queue, task);
-            }
-        }
-        batch.commit().map_err(|e| {
-            self.fail(self.engine_error("cannot write a garbage-collection batch", e))
-        })?;
-        for queue in forgotten {
-            self.catalog.forget_generation(queue);
-        }
+        self.shared = shared;
         Ok(())
     }
 
-    /// Generations only grow, and one is forgotten only when no entry carries it, so an
-    /// entry newer than its queue id's generation means a lost or damaged `meta` record.
-    fn check_generation(&self, key: &[u8], entry: u64, current: u64) -> Result<(), StoreError> {
-        if entry > current {
+    /// Empties `paged` if anything was paged since it was last emptied.
+    fn discard_paged(&mut self) -> Result<(), StoreError> {
+        if self.paged_written {
+            self.paged = fresh_keyspace(&self.db, &self.dir, Space::Paged)?;
+            self.paged_written = false;
+        }
+        self.paged_floor.clear();
+        Ok(())
+    }
+
+    /// Commits one batch of staged writes.
+    fn commit(&self, staged: Staged, what: &str) -> Result<(), StoreError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), staged.len());
+        for ((space, key), value) in staged.into_writes() {
+            let keyspace = self.keyspace(space);
+            match value {
+                Some(value) => batch.insert(keyspace, key, value),
+                None => batch.remove(keyspace, key),
+            }
+        }
+        batch.commit().map_err(|e| self.engine_error(what, e))
+    }
+
+    /// Generations only grow, and one is forgotten only when no key carries it, so a key
+    /// newer than its queue id's generation means a lost or damaged `meta` record.
+    fn check_generation(
+        &self,
+        space: Space,
+        key: &[u8],
+        found: u64,
+        current: u64,
+    ) -> Result<(), StoreError> {
+        if found > current {
             return Err(self.corrupt(
-                Space::Entries,
+                space,
                 key,
-                format!("entry of generation {entry}, but its queue id is at generation {current}"),
+                format!("key of generation {found}, but its queue id is at generation {current}"),
             ));
         }
         Ok(())
@@ -442,23 +408,19 @@ impl FjallStore {
 }
 
 impl Store for FjallStore {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
         self.usable()?;
-        let mut messages = self.load_messages()?;
-        let mut sweep = Sweeper::new(self.db.batch());
-        let entries = self.recover_entries(&mut messages, &mut sweep)?;
-        for (id, (_, referenced)) in &messages {
-            if !referenced {
-                sweep.remove(self, Space::Messages, record::message_key(*id).to_vec())?;
-            }
-        }
-        let forgotten = sweep.finish(self)?;
-        for id in forgotten {
-            self.catalog.forget_generation(id);
-        }
-        // Recovery swept everything: no deleted queue has entries left.
-        self.gc.clear();
-        Ok(self.catalog.recovered(entries))
+        self.recover_all(head_limit).map_err(|e| self.fail(e))
+    }
+
+    fn load(
+        &mut self,
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError> {
+        self.usable()?;
+        self.load_queue(queue, from_seq, max)
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
@@ -466,29 +428,18 @@ impl Store for FjallStore {
         let mut staged = Staged::default();
         let mut dropped = Vec::new();
         for op in ops {
+            if contents::is_content(op) {
+                self.apply_content(op, &mut staged)
+                    .map_err(|e| self.fail(e))?;
+                continue;
+            }
             self.catalog.apply(op, &mut staged, &mut dropped);
             for id in dropped.drain(..) {
-                // A new deletion restarts the sweep of that id: entries it had passed as
-                // live are stale now.
-                self.gc.insert(id, GcTask::default());
-            }
-            if let StoreOp::Enqueue { queue, .. } = op
-                && let Some(task) = self.gc.get_mut(queue)
-            {
-                task.touched = true;
+                self.queue_dropped(id);
             }
         }
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), staged.len());
-        for ((space, key), value) in staged.into_writes() {
-            let keyspace = self.keyspace(space);
-            match value {
-                Some(value) => batch.insert(keyspace, key, value),
-                None => batch.remove(keyspace, key),
-            }
-        }
-        batch
-            .commit()
-            .map_err(|e| self.fail(self.engine_error("cannot write a batch", e)))
+        self.commit(staged, "cannot write a batch")
+            .map_err(|e| self.fail(e))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -503,48 +454,51 @@ impl Store for FjallStore {
         // After the persist, so that the sweep never delays a confirm; its deletions are
         // made durable by the next sync.
         if !self.gc.is_empty() {
-            self.collect_garbage(self.gc_keys_per_sync)?;
+            self.collect_garbage(self.gc_keys_per_sync)
+                .map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
 }
 
-/// Deletions made by [`Store::recover`], committed in bounded batches. Generation records
-/// are deleted in the last batch, after every stale entry of their id.
-struct Sweeper {
-    batch: fjall::OwnedWriteBatch,
-    generations: Vec<u64>,
+/// Checks the format key's value against the version this build reads.
+fn check_version(dir: &Path, value: &[u8]) -> Result<(), StoreError> {
+    let corrupt = |what: String| {
+        StoreError(format!(
+            "corrupt store in {}: keyspace `meta`, key {}: {what}",
+            dir.display(),
+            describe_key(Space::Meta, record::FORMAT_KEY)
+        ))
+    };
+    let version = record::decode_format(value).map_err(|e| corrupt(e.to_string()))?;
+    if version != record::FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "the store has format version {version}; this build reads version {}",
+            record::FORMAT_VERSION
+        )));
+    }
+    Ok(())
 }
 
-impl Sweeper {
-    fn new(batch: fjall::OwnedWriteBatch) -> Self {
-        Sweeper {
-            batch,
-            generations: Vec::new(),
-        }
+/// Opens `space` empty: deletes it first if it exists.
+fn fresh_keyspace(db: &Database, dir: &Path, space: Space) -> Result<Keyspace, StoreError> {
+    if db.keyspace_exists(space.name()) {
+        let old = db
+            .keyspace(space.name(), || keyspace_options(space))
+            .map_err(|e| keyspace_error(dir, space, e))?;
+        db.delete_keyspace(old)
+            .map_err(|e| keyspace_error(dir, space, e))?;
     }
+    db.keyspace(space.name(), || keyspace_options(space))
+        .map_err(|e| keyspace_error(dir, space, e))
+}
 
-    fn remove(&mut self, store: &FjallStore, space: Space, key: Vec<u8>) -> Result<(), StoreError> {
-        self.batch.remove(store.keyspace(space), key);
-        if self.batch.len() >= RECOVERY_SWEEP_BATCH_KEYS {
-            let full = std::mem::replace(&mut self.batch, store.db.batch());
-            full.commit()
-                .map_err(|e| store.engine_error("cannot write a recovery sweep batch", e))?;
-        }
-        Ok(())
-    }
-
-    fn forget_generation(&mut self, id: u64) {
-        self.generations.push(id);
-    }
-
-    /// Commits what is left; returns the ids whose generation record was deleted.
-    fn finish(self, store: &FjallStore) -> Result<Vec<u64>, StoreError> {
-        self.batch
-            .commit()
-            .map_err(|e| store.engine_error("cannot write a recovery sweep batch", e))?;
-        Ok(self.generations)
-    }
+fn keyspace_error(dir: &Path, space: Space, e: fjall::Error) -> StoreError {
+    StoreError(format!(
+        "cannot open keyspace `{}` of the store in {}: {e}",
+        space.name(),
+        dir.display()
+    ))
 }
 
 fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
@@ -563,11 +517,11 @@ fn describe_key(space: Space, key: &[u8]) -> String {
     let hex: String = key.iter().take(64).map(|b| format!("{b:02x}")).collect();
     let more = if key.len() > 64 { "…" } else { "" };
     let meaning = match space {
-        Space::Messages => record::message_id_of_key(key)
-            .map(|id| format!(" (message {id})"))
+        Space::Messages | Space::Refs => entry::shared_id_of_key(key)
+            .map(|id| format!(" (shared message {id})"))
             .unwrap_or_default(),
-        Space::Entries => record::decode_entry_key(key)
-            .map(|(q, s)| format!(" (queue {q}, seq {s})"))
+        Space::Entries | Space::Bodies | Space::Paged => entry::decode_content_key(key)
+            .map(|(q, g, s)| format!(" (queue {q}, generation {g}, seq {s})"))
             .unwrap_or_default(),
         Space::Meta => {
             let text: String = key

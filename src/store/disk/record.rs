@@ -20,8 +20,9 @@ use crate::proto::table::FieldTable;
 use crate::store::{BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, UserRecord};
 
 /// The version byte every value starts with. A store written with a different version is
-/// refused at open (there is nothing to migrate from yet).
-pub const FORMAT_VERSION: u8 = 1;
+/// refused at open: version 1 (one message record per message, entries naming it) is not
+/// read by this build, and there is no migration from it.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The `meta` key holding the store's format version (its 0 first byte is no record tag).
 pub const FORMAT_KEY: &[u8] = b"\x00format";
@@ -42,6 +43,8 @@ pub mod tag {
     pub const BINDING: u8 = b'b';
     /// A queue id's entry generation: tag, id (u64 BE).
     pub const GENERATION: u8 = b'g';
+    /// One past the highest shared message id ever stored: the tag alone.
+    pub const NEXT_SHARED: u8 = b's';
 }
 
 /// Why a stored value could not be decoded.
@@ -86,7 +89,7 @@ impl From<DecodeError> for RecordError {
     }
 }
 
-type Result<T> = std::result::Result<T, RecordError>;
+pub(super) type Result<T> = std::result::Result<T, RecordError>;
 
 // ----- primitives -----
 
@@ -109,7 +112,7 @@ fn read_table(r: &mut Reader<'_>) -> Result<FieldTable> {
 }
 
 /// A reader past the version byte, which must be [`FORMAT_VERSION`].
-fn open_value(value: &[u8]) -> Result<Reader<'_>> {
+pub(super) fn open_value(value: &[u8]) -> Result<Reader<'_>> {
     let (&version, rest) = value.split_first().ok_or(RecordError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(RecordError::Version(version));
@@ -117,14 +120,14 @@ fn open_value(value: &[u8]) -> Result<Reader<'_>> {
     Ok(Reader::new(rest))
 }
 
-fn finish<T>(r: Reader<'_>, value: T) -> Result<T> {
+pub(super) fn finish<T>(r: Reader<'_>, value: T) -> Result<T> {
     match r.rest().len() {
         0 => Ok(value),
         n => Err(RecordError::Trailing(n)),
     }
 }
 
-fn new_value(capacity: usize) -> BytesMut {
+pub(super) fn new_value(capacity: usize) -> BytesMut {
     let mut out = BytesMut::with_capacity(capacity + 1);
     out.put_u8(FORMAT_VERSION);
     out
@@ -136,7 +139,7 @@ fn put_key_part(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+pub(super) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
     Some(u64::from_be_bytes(raw))
 }
@@ -378,18 +381,23 @@ pub fn decode_binding(key: &[u8], value: &[u8]) -> Result<BindingRecord> {
     Ok(b)
 }
 
-/// Encodes a queue id's entry generation.
-pub fn encode_generation(generation: u64) -> Vec<u8> {
+/// The key of the shared message id counter.
+pub fn next_shared_key() -> Vec<u8> {
+    vec![tag::NEXT_SHARED]
+}
+
+/// Encodes a counter: a queue id's entry generation, or the next shared message id.
+pub fn encode_counter(value: u64) -> Vec<u8> {
     let mut out = new_value(8);
-    out.put_u64(generation);
+    out.put_u64(value);
     out.to_vec()
 }
 
-/// Decodes a queue id's entry generation.
-pub fn decode_generation(value: &[u8]) -> Result<u64> {
+/// Decodes a counter written by [`encode_counter`].
+pub fn decode_counter(value: &[u8]) -> Result<u64> {
     let mut r = open_value(value)?;
-    let generation = r.u64()?;
-    finish(r, generation)
+    let counter = r.u64()?;
+    finish(r, counter)
 }
 
 /// Decodes the format key's value: the version the store was written with.
@@ -401,7 +409,7 @@ pub fn decode_format(value: &[u8]) -> Result<u8> {
     }
 }
 
-fn read_flags(r: &mut Reader<'_>, allowed: u8) -> Result<u8> {
+pub(super) fn read_flags(r: &mut Reader<'_>, allowed: u8) -> Result<u8> {
     let flags = r.u8()?;
     if flags & !allowed != 0 {
         return Err(RecordError::BadFlags(flags));
@@ -419,101 +427,65 @@ fn check_key(key: &[u8], expected: &[u8]) -> Result<()> {
 
 // ----- messages -----
 
-/// The key of a stored message.
-pub fn message_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
-
-/// The id in a message key.
-pub fn message_id_of_key(key: &[u8]) -> Result<u64> {
-    match key.len() {
-        8 => u64_at(key, 0).ok_or(RecordError::BadKey),
-        _ => Err(RecordError::BadKey),
-    }
-}
-
-/// Encodes a message: exchange, routing key, properties (as a long string holding their
-/// content-header encoding), body (as a long string).
+/// Encodes a message: the version byte, then [`put_message`].
 pub fn encode_message(m: &Message) -> Vec<u8> {
-    let mut props = BytesMut::with_capacity(64);
-    m.properties.encode(&mut props);
-    let mut out =
-        new_value(16 + m.exchange.len() + m.routing_key.len() + props.len() + m.body.len());
-    put_str(&mut out, &m.exchange);
-    put_str(&mut out, &m.routing_key);
-    codec::put_longstr(&mut out, &props);
-    codec::put_longstr(&mut out, &m.body);
+    let mut out = new_value(message_capacity(m));
+    put_message(&mut out, m);
     out.to_vec()
 }
 
-/// Decodes a message.
+/// Bytes a message takes encoded, near enough to size a buffer.
+pub fn message_capacity(m: &Message) -> usize {
+    64 + m.exchange.len() + m.routing_key.len() + m.body.len()
+}
+
+/// Appends a message's fields: exchange, routing key, properties (as a long string holding
+/// their content-header encoding), body (as a long string).
+pub fn put_message(out: &mut BytesMut, m: &Message) {
+    put_str(out, &m.exchange);
+    put_str(out, &m.routing_key);
+    let at = codec::begin_u32_len(out);
+    m.properties.encode(out);
+    codec::end_u32_len(out, at);
+    codec::put_longstr(out, &m.body);
+}
+
+/// Decodes a message written by [`encode_message`].
 pub fn decode_message(value: &[u8]) -> Result<Message> {
     let mut r = open_value(value)?;
-    let exchange = read_string(&mut r)?;
-    let routing_key = read_string(&mut r)?;
+    let m = read_message(&mut r)?;
+    finish(r, m)
+}
+
+/// Reads the fields [`put_message`] wrote; the caller checks that nothing follows.
+pub fn read_message(r: &mut Reader<'_>) -> Result<Message> {
+    #[cfg(test)]
+    MESSAGES_DECODED.with(|n| n.set(n.get() + 1));
+    let exchange = read_string(r)?;
+    let routing_key = read_string(r)?;
     let mut props = Reader::new(r.longstr()?);
     let properties = BasicProperties::read(&mut props)?;
     if !props.is_empty() {
         return Err(RecordError::Trailing(props.rest().len()));
     }
     let body = Bytes::copy_from_slice(r.longstr()?);
-    finish(
-        r,
-        Message {
-            exchange,
-            routing_key,
-            properties,
-            body,
-        },
-    )
+    Ok(Message {
+        exchange,
+        routing_key,
+        properties,
+        body,
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Messages decoded by this thread: tests check that recovery decodes only the head.
+    pub static MESSAGES_DECODED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Decodes a message into the shared form queues hold.
 pub fn decode_message_arc(value: &[u8]) -> Result<Arc<Message>> {
     decode_message(value).map(Arc::new)
-}
-
-// ----- entries -----
-
-/// The key of a queue entry: queue id then position, both big-endian, so that a queue's
-/// entries are contiguous and iterate in queue order.
-pub fn entry_key(queue: u64, seq: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&queue.to_be_bytes());
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// The queue id and position in an entry key.
-pub fn decode_entry_key(key: &[u8]) -> Result<(u64, u64)> {
-    match (key.len(), u64_at(key, 0), u64_at(key, 8)) {
-        (16, Some(queue), Some(seq)) => Ok((queue, seq)),
-        _ => Err(RecordError::BadKey),
-    }
-}
-
-/// The first and last possible entry keys of a queue.
-pub fn entry_range(queue: u64, from_seq: u64) -> std::ops::RangeInclusive<[u8; 16]> {
-    entry_key(queue, from_seq)..=entry_key(queue, u64::MAX)
-}
-
-/// An entry's value: the message id, then the queue id's generation when it is not 0 (the
-/// common case of a queue id never deleted before keeps entries at 9 bytes).
-pub fn encode_entry(message: u64, generation: u64) -> Vec<u8> {
-    let mut out = new_value(16);
-    out.put_u64(message);
-    if generation != 0 {
-        out.put_u64(generation);
-    }
-    out.to_vec()
-}
-
-/// The message id and generation in an entry's value.
-pub fn decode_entry(value: &[u8]) -> Result<(u64, u64)> {
-    let mut r = open_value(value)?;
-    let message = r.u64()?;
-    let generation = if r.is_empty() { 0 } else { r.u64()? };
-    finish(r, (message, generation))
 }
 
 #[cfg(test)]
@@ -577,16 +549,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_and_entries() {
+    fn versions_and_counters() {
         let mut v = encode_message(&sample_message(1));
         v[0] = 9;
         assert_eq!(decode_message(&v), Err(RecordError::Version(9)));
         assert_eq!(decode_message(&[]), Err(RecordError::Empty));
-        assert_eq!(decode_entry(&encode_entry(5, 0)), Ok((5, 0)));
-        assert_eq!(encode_entry(5, 0).len(), 9);
-        assert_eq!(decode_entry(&encode_entry(5, 3)), Ok((5, 3)));
-        assert!(decode_entry(&encode_entry(5, 3)[..12]).is_err());
-        assert_eq!(decode_entry_key(&entry_key(7, 9)), Ok((7, 9)));
-        assert!(entry_key(1, u64::MAX) < entry_key(2, 0));
+        assert_eq!(decode_counter(&encode_counter(7)), Ok(7));
+        assert!(decode_counter(&encode_counter(7)[..5]).is_err());
     }
 }

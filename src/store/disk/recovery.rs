@@ -1,0 +1,186 @@
+//! [`crate::store::Store::recover`]: one scan of `entries` that sizes every queue, decodes
+//! only the head of each, sweeps stale generations, and reconciles shared message counts.
+
+use std::collections::HashMap;
+
+use crate::store::{Recovered, RecoveredQueue, StoreError};
+
+use super::catalog::Space;
+use super::entry::{self, Payload};
+use super::read::SharedCache;
+use super::{FjallStore, SharedCount, record};
+
+/// Most writes in one batch of the sweep that recovery does.
+const RECOVERY_SWEEP_BATCH_KEYS: usize = 10_000;
+
+impl FjallStore {
+    /// Reads back everything durable, with at most `head_limit` decoded entries per queue.
+    pub(super) fn recover_all(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+        self.discard_paged()?;
+        let mut sweep = Sweeper::new(self.db.batch());
+        let scan = self.scan_entries(head_limit, &mut sweep)?;
+        // Queue ids whose keys are all gone: their generation can restart at 0.
+        let unused: Vec<u64> = self
+            .catalog
+            .generation_ids()
+            .filter(|id| scan.generation_in_use.binary_search(id).is_err())
+            .collect();
+        // After the scan, every entry left is live, and the broker has no publish in
+        // flight: each shared message has exactly as many references as entries name it.
+        let mut counts: Vec<(u64, Option<SharedCount>)> = Vec::new();
+        for (&id, count) in &self.shared {
+            let refs = scan.references.get(&id).copied().unwrap_or(0);
+            if refs == count.refs {
+                continue;
+            }
+            let key = entry::shared_key(id).to_vec();
+            if refs == 0 {
+                sweep.write(self, Space::Messages, key.clone(), None)?;
+                sweep.write(self, Space::Refs, key, None)?;
+                counts.push((id, None));
+            } else {
+                let value = entry::encode_refs(refs, count.body_len);
+                sweep.write(self, Space::Refs, key, Some(value))?;
+                counts.push((
+                    id,
+                    Some(SharedCount {
+                        refs,
+                        body_len: count.body_len,
+                    }),
+                ));
+            }
+        }
+        // Generation records go last, after every stale entry of their id.
+        for &id in &unused {
+            sweep.write(self, Space::Meta, record::generation_key(id), None)?;
+        }
+        sweep.finish(self)?;
+        for id in unused {
+            self.catalog.forget_generation(id);
+        }
+        for (id, count) in counts {
+            match count {
+                Some(count) => self.shared.insert(id, count),
+                None => self.shared.remove(&id),
+            };
+        }
+        // Recovery swept everything: no deleted queue has keys left.
+        self.gc.clear();
+        Ok(self.catalog.recovered(scan.contents))
+    }
+
+    /// Reads every entry's header in (queue, generation, seq) order: live entries of
+    /// existing queues are counted (and decoded within the head); stale ones are swept.
+    fn scan_entries(&self, head_limit: usize, sweep: &mut Sweeper) -> Result<Scan, StoreError> {
+        let mut scan = Scan::default();
+        let mut cache = SharedCache::new();
+        let mut last: Option<fjall::UserKey> = None;
+        for item in self.entries.iter() {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| self.scan_error(Space::Entries, last.as_deref(), e))?;
+            let (queue, generation, seq) = entry::decode_content_key(&key)
+                .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
+            let header =
+                entry::decode_entry(&value).map_err(|e| self.corrupt(Space::Entries, &key, e))?;
+            let current = self.catalog.generation(queue);
+            self.check_generation(Space::Entries, &key, generation, current)?;
+            last = Some(key.clone());
+            if generation != current {
+                sweep.write(self, Space::Entries, key.to_vec(), None)?;
+                if header.apart() {
+                    sweep.write(self, Space::Bodies, key.to_vec(), None)?;
+                }
+                continue;
+            }
+            if current != 0 && scan.generation_in_use.last() != Some(&queue) {
+                scan.generation_in_use.push(queue);
+            }
+            if let Some(id) = header.shared() {
+                let refs = scan.references.entry(id).or_default();
+                *refs = refs.saturating_add(1);
+            }
+            // An entry of a missing queue is kept (as `MemoryState` keeps it), and counts
+            // as a reference, but is not recovered.
+            if !self.catalog.has_queue(queue) {
+                continue;
+            }
+            let body_len = match header.payload {
+                Payload::Shared(id) => match self.shared.get(&id) {
+                    Some(count) => count.body_len,
+                    // Its shared message is gone: skipped, as `MemoryState` skips it.
+                    None => continue,
+                },
+                Payload::Inline { body_len, .. } | Payload::Apart { body_len } => body_len,
+            };
+            let q = match scan.contents.last_mut() {
+                Some(q) if q.queue == queue => q,
+                _ => {
+                    scan.contents.push(RecoveredQueue {
+                        queue,
+                        ..RecoveredQueue::default()
+                    });
+                    scan.contents.last_mut().expect("just pushed")
+                }
+            };
+            q.count += 1;
+            q.body_bytes += body_len;
+            q.next_seq = seq.saturating_add(1);
+            if q.head.len() < head_limit
+                && let Some(e) = self.loaded_entry(&key, seq, &header, &mut cache)?
+            {
+                q.head.push(e);
+            }
+        }
+        Ok(scan)
+    }
+}
+
+/// What the scan of `entries` found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Queues with live entries, by id.
+    contents: Vec<RecoveredQueue>,
+    /// Queue ids at a generation above 0 that have live entries, ascending.
+    generation_in_use: Vec<u64>,
+    /// Live entries referring to each shared message.
+    references: HashMap<u64, u32>,
+}
+
+/// Writes made by recovery, committed in bounded batches (each key written once, so the
+/// order fjall applies a batch's writes in never matters).
+struct Sweeper {
+    batch: fjall::OwnedWriteBatch,
+}
+
+impl Sweeper {
+    fn new(batch: fjall::OwnedWriteBatch) -> Self {
+        Sweeper { batch }
+    }
+
+    fn write(
+        &mut self,
+        store: &FjallStore,
+        space: Space,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let keyspace = store.keyspace(space);
+        match value {
+            Some(value) => self.batch.insert(keyspace, key, value),
+            None => self.batch.remove(keyspace, key),
+        }
+        if self.batch.len() >= RECOVERY_SWEEP_BATCH_KEYS {
+            let full = std::mem::replace(&mut self.batch, store.db.batch());
+            full.commit()
+                .map_err(|e| store.engine_error("cannot write a recovery sweep batch", e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, store: &FjallStore) -> Result<(), StoreError> {
+        self.batch
+            .commit()
+            .map_err(|e| store.engine_error("cannot write a recovery sweep batch", e))
+    }
+}
