@@ -733,9 +733,12 @@ impl Broker {
                 id,
             });
         } else if paged.is_some() {
-            self.journal.push(StoreOp::PurgeFrom {
-                queue: id,
-                from_seq: 0,
+            // Dropping the queue id's contents wholesale costs one write, where a purge
+            // would visit every paged message.
+            self.journal.push(StoreOp::DeleteQueue {
+                vhost: q.vhost.clone(),
+                name: q.name.clone(),
+                id,
             });
         }
         count
