@@ -1049,8 +1049,9 @@ impl Model {
         let seen = self.delivered.contains(&(queue.clone(), key));
         if seen && !d.redelivered {
             return fail(format!(
-                "{} re-delivered from queue {queue} without the redelivered flag",
-                msg_id_text(key)
+                "{} re-delivered from queue {queue} without the redelivered flag [history: {}]",
+                msg_id_text(key),
+                self.history_of(key)
             ));
         }
         if d.redelivered {

@@ -3,7 +3,7 @@
 //! (`connection.blocked` to clients that understand it, and their input is no longer
 //! read); consumers keep draining. When every alarm clears they are unblocked.
 
-use crate::proto::command::{ConnId, Reply};
+use crate::proto::command::ConnId;
 use crate::proto::method::{ConnectionBlocked, ConnectionUnblocked, Method};
 
 use super::Broker;
@@ -98,7 +98,7 @@ impl Broker {
                 }),
             );
         }
-        self.send(conn, Reply::PauseReading(true));
+        self.set_paused(conn, super::flow::PAUSED_BY_ALARM, true);
     }
 
     fn unblock(&mut self, conn: ConnId) {
@@ -112,7 +112,7 @@ impl Broker {
         if c.blocked_notify {
             self.send_method(conn, 0, Method::ConnectionUnblocked(ConnectionUnblocked {}));
         }
-        self.send(conn, Reply::PauseReading(false));
+        self.set_paused(conn, super::flow::PAUSED_BY_ALARM, false);
     }
 }
 

@@ -198,6 +198,7 @@ impl Broker {
         if let Some(seq) = seq {
             self.record_confirm(conn, channel, seq, outcome);
         }
+        self.flow_after_publish(conn);
         Ok(())
     }
 
@@ -366,6 +367,9 @@ impl Broker {
                     priority: 0,
                     shared: shared.filter(|_| durable),
                 });
+            }
+            if !q.consumers.is_empty() && q.memory_bytes() >= queue_budget / 2 {
+                self.flow_hot.push(qid);
             }
             let dropped = q.enforce_limits();
             self.dead_letter(qid, dropped, DeathReason::MaxLen);

@@ -674,6 +674,8 @@ impl Broker {
         let Some(mut q) = self.queues.remove(&id) else {
             return 0;
         };
+        let waiters = std::mem::take(&mut q.flow_waiters);
+        self.release_waiters(id, waiters);
         let consumers = std::mem::take(&mut q.consumers);
         for c in consumers {
             let Some(conn) = self.conns.get_mut(&c.conn) else {

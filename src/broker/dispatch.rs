@@ -31,6 +31,7 @@ impl Broker {
             self.dispatch(queue);
             self.reschedule(queue);
             self.request_load(queue);
+            self.flow_release(queue);
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod alarm;
+mod flow;
 mod auth;
 mod basic;
 mod channel;
@@ -183,6 +184,10 @@ struct Conn {
     blocked: bool,
     /// The client understands `connection.blocked`.
     blocked_notify: bool,
+    /// Why reading from the connection is paused (`flow::PAUSED_BY_*` bits).
+    paused: u8,
+    /// The queue a flow-controlled publisher waits on.
+    flow_queue: Option<QueueId>,
 }
 
 /// Something held back until a store batch is synced.
@@ -285,6 +290,8 @@ pub struct Broker {
     loads: Vec<(QueueId, u64, usize, u64)>,
     /// The next shared-message id.
     next_shared_id: u64,
+    /// Queues that crossed their flow-control mark during the current publish.
+    flow_hot: Vec<QueueId>,
 }
 
 impl Broker {
@@ -319,6 +326,7 @@ impl Broker {
             meter: Default::default(),
             loads: Vec::new(),
             next_shared_id: 1,
+            flow_hot: Vec::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -352,6 +360,8 @@ impl Broker {
                 has_published: false,
                 blocked: false,
                 blocked_notify: false,
+                paused: 0,
+                flow_queue: None,
             },
         );
     }

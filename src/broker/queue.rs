@@ -282,6 +282,8 @@ pub struct Queue {
     pub redelivered_below_seq: u64,
     /// `basic.get`s waiting for the next paged batch (memory was empty, the store not).
     pub waiting_gets: VecDeque<WaitingGet>,
+    /// Publishers paused until the queue's consumers catch up.
+    pub flow_waiters: Vec<ConnId>,
     /// Ready messages in memory, one FIFO per priority level (a single one without
     /// priorities).
     buckets: Vec<VecDeque<QueuedMessage>>,
@@ -328,6 +330,7 @@ impl Queue {
             paged: Paged::default(),
             redelivered_below_seq: 0,
             waiting_gets: VecDeque::new(),
+            flow_waiters: Vec::new(),
             buckets: (0..levels).map(|_| VecDeque::new()).collect(),
             ready_len: 0,
             ready_bytes: 0,

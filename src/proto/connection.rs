@@ -459,6 +459,10 @@ impl Connection {
             Phase::Closing { deadline_ms } | Phase::Draining { deadline_ms } => Some(deadline_ms),
             Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
                 let send_at = self.last_send_ms + self.heartbeat_ms / 2;
+                if self.paused {
+                    // Not reading: the client's silence is ours, not a missed heartbeat.
+                    return Some(send_at);
+                }
                 let dead_at = self.last_recv_ms + self.heartbeat_ms * 2;
                 Some(send_at.min(dead_at))
             }

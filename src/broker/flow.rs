@@ -1,0 +1,86 @@
+//! Flow control between publishers and consumers.
+//!
+//! While a queue has consumers, a publisher faster than them would only grow the queue
+//! until it spills into the store; instead, once the queue holds half its memory budget,
+//! the publisher's connection stops being read until the consumers have taken the queue
+//! back under a quarter of it (TCP holds the publisher back meanwhile). A queue without
+//! consumers still takes everything: absorbing bursts is what queues are for. Connections
+//! that consume are never paused this way, since their acks must keep flowing.
+
+use crate::proto::command::{ConnId, Reply};
+
+use super::Broker;
+use super::exchange::QueueId;
+
+/// Reading is paused by a resource alarm.
+pub const PAUSED_BY_ALARM: u8 = 1;
+/// Reading is paused until a queue's consumers catch up.
+pub const PAUSED_BY_FLOW: u8 = 2;
+
+impl Broker {
+    /// Sets or clears one reason for not reading a connection; tells the connection when
+    /// the first reason appears and when the last one goes.
+    pub(super) fn set_paused(&mut self, conn: ConnId, reason: u8, on: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let before = c.paused;
+        if on {
+            c.paused |= reason;
+        } else {
+            c.paused &= !reason;
+        }
+        match (before == 0, c.paused == 0) {
+            (true, false) => self.send(conn, Reply::PauseReading(true)),
+            (false, true) => self.send(conn, Reply::PauseReading(false)),
+            _ => {}
+        }
+    }
+
+    /// After a publish: pauses the publisher if a queue it reached is filling up faster
+    /// than its consumers empty it.
+    pub(super) fn flow_after_publish(&mut self, conn: ConnId) {
+        if self.flow_hot.is_empty() {
+            return;
+        }
+        let hot = std::mem::take(&mut self.flow_hot);
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.flow_queue.is_some() || c.channels.values().any(|ch| !ch.consumers.is_empty()) {
+            return;
+        }
+        let Some(&queue) = hot.first() else { return };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.flow_queue = Some(queue);
+        }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.flow_waiters.push(conn);
+        }
+        self.set_paused(conn, PAUSED_BY_FLOW, true);
+    }
+
+    /// Resumes the publishers waiting on a queue once it is back under a quarter of its
+    /// budget, or has no consumers left.
+    pub(super) fn flow_release(&mut self, queue: QueueId) {
+        let budget = self.config.queue_memory_budget_bytes;
+        let Some(q) = self.queues.get_mut(&queue) else { return };
+        if q.flow_waiters.is_empty() || (q.memory_bytes() > budget / 4 && !q.consumers.is_empty()) {
+            return;
+        }
+        let waiters = std::mem::take(&mut q.flow_waiters);
+        self.release_waiters(queue, waiters);
+    }
+
+    /// Resumes publishers that waited on a queue (which may be gone).
+    pub(super) fn release_waiters(&mut self, queue: QueueId, waiters: Vec<ConnId>) {
+        for conn in waiters {
+            let waiting = self.conns.get_mut(&conn).is_some_and(|c| {
+                let here = c.flow_queue == Some(queue);
+                if here {
+                    c.flow_queue = None;
+                }
+                here
+            });
+            if waiting {
+                self.set_paused(conn, PAUSED_BY_FLOW, false);
+            }
+        }
+    }
+}
