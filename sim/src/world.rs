@@ -137,8 +137,18 @@ impl World {
     pub fn new(seed: u64, cfg: RunConfig) -> World {
         let mut workload_rng = SmallRng::seed_from_u64(derive_seed(seed, 1));
         let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
-        let spec = Spec::generate(&mut workload_rng);
+        let mut spec = Spec::generate(&mut workload_rng);
         let faults = Faults::generate(&mut fault_rng);
+        if faults.tiny_memory {
+            // The model answers a basic.get when the broker receives it. A get that must
+            // wait for paged messages is answered later (the broker holds its connection
+            // meanwhile), an order the model does not follow; with tiny budgets that is
+            // common, so these seeds check paging through consumers, and the broker's unit
+            // tests check parked gets.
+            for c in &mut spec.clients {
+                c.gets = false;
+            }
+        }
         let clients: Vec<Client> = spec
             .clients
             .iter()

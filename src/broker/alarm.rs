@@ -124,7 +124,7 @@ mod tests {
 
     use super::*;
     use crate::broker::{BrokerConfig, ConnInfo, Output};
-    use crate::proto::command::{Command, Login, Message};
+    use crate::proto::command::{Command, Login, Message, Reply};
     use crate::proto::method::BasicPublish;
     use crate::proto::props::BasicProperties;
     use crate::proto::table::{FieldTable, FieldValue};

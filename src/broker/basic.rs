@@ -521,6 +521,7 @@ impl Broker {
             },
         );
         ch.last_queue = name;
+        self.flow_consumer_added(conn);
         // The consume-ok goes out before any delivery: dispatch runs after this method.
         self.reply(
             conn,
@@ -589,6 +590,8 @@ impl Broker {
                 channel_uid,
                 no_ack: m.no_ack,
             });
+            self.held.entry(conn).or_default();
+            self.set_paused(conn, super::flow::PAUSED_BY_GET, true);
             self.request_load(qid);
             return Ok(());
         }

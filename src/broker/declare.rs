@@ -676,6 +676,8 @@ impl Broker {
         };
         let waiters = std::mem::take(&mut q.flow_waiters);
         self.release_waiters(id, waiters);
+        let gets = std::mem::take(&mut q.waiting_gets);
+        self.fail_waiting_gets(gets);
         let consumers = std::mem::take(&mut q.consumers);
         for c in consumers {
             let Some(conn) = self.conns.get_mut(&c.conn) else {
@@ -763,6 +765,7 @@ impl Broker {
         for entry in purged {
             self.release(id, &entry);
         }
+        self.serve_waiting_gets(id);
         self.schedule_dispatch(id);
         count
     }

@@ -64,13 +64,17 @@ impl Broker {
             }
             let n = q.consumers.len();
             let conns = &self.conns;
+            let held = &self.held;
             let can_take = |c: &ConsumerRef| {
-                conns.get(&c.conn).is_some_and(|conn| {
-                    conn.unflushed_bytes < write_limit
-                        && conn.channels.get(&c.channel).is_some_and(|ch| {
-                            ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
-                        })
-                })
+                // A connection whose get waits for the store gets nothing else meanwhile,
+                // as behind a synchronous get.
+                !held.contains_key(&c.conn)
+                    && conns.get(&c.conn).is_some_and(|conn| {
+                        conn.unflushed_bytes < write_limit
+                            && conn.channels.get(&c.channel).is_some_and(|ch| {
+                                ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
+                            })
+                    })
             };
             // The highest-priority consumer with capacity, first in round-robin order
             // among equals.

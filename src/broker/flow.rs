@@ -16,12 +16,16 @@ use super::exchange::QueueId;
 pub const PAUSED_BY_ALARM: u8 = 1;
 /// Reading is paused until a queue's consumers catch up.
 pub const PAUSED_BY_FLOW: u8 = 2;
+/// Reading is paused while a basic.get waits for the store.
+pub const PAUSED_BY_GET: u8 = 4;
 
 impl Broker {
     /// Sets or clears one reason for not reading a connection; tells the connection when
     /// the first reason appears and when the last one goes.
     pub(super) fn set_paused(&mut self, conn: ConnId, reason: u8, on: bool) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let before = c.paused;
         if on {
             c.paused |= reason;
@@ -42,7 +46,9 @@ impl Broker {
             return;
         }
         let hot = std::mem::take(&mut self.flow_hot);
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         if c.flow_queue.is_some() || c.channels.values().any(|ch| !ch.consumers.is_empty()) {
             return;
         }
@@ -60,12 +66,25 @@ impl Broker {
     /// budget, or has no consumers left.
     pub(super) fn flow_release(&mut self, queue: QueueId) {
         let budget = self.config.queue_memory_budget_bytes;
-        let Some(q) = self.queues.get_mut(&queue) else { return };
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
         if q.flow_waiters.is_empty() || (q.memory_bytes() > budget / 4 && !q.consumers.is_empty()) {
             return;
         }
         let waiters = std::mem::take(&mut q.flow_waiters);
         self.release_waiters(queue, waiters);
+    }
+
+    /// A paused publisher started consuming: its acks must flow, so it is read again.
+    pub(super) fn flow_consumer_added(&mut self, conn: ConnId) {
+        let Some(queue) = self.conns.get(&conn).and_then(|c| c.flow_queue) else {
+            return;
+        };
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.flow_waiters.retain(|c| *c != conn);
+        }
+        self.release_waiters(queue, vec![conn]);
     }
 
     /// Resumes publishers that waited on a queue (which may be gone).

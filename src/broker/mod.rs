@@ -8,7 +8,6 @@
 
 pub mod admin;
 mod alarm;
-mod flow;
 mod auth;
 mod basic;
 mod channel;
@@ -17,6 +16,7 @@ mod declare;
 mod dispatch;
 mod error;
 mod exchange;
+mod flow;
 mod paging;
 #[cfg(test)]
 mod paging_tests;
@@ -292,6 +292,11 @@ pub struct Broker {
     next_shared_id: u64,
     /// Queues that crossed their flow-control mark during the current publish.
     flow_hot: Vec<QueueId>,
+    /// Connections whose basic.get waits for the store, with the commands that arrived
+    /// behind it.
+    held: HashMap<ConnId, VecDeque<Command>>,
+    /// Held connections whose get was answered.
+    to_resume: Vec<ConnId>,
 }
 
 impl Broker {
@@ -327,6 +332,8 @@ impl Broker {
             loads: Vec::new(),
             next_shared_id: 1,
             flow_hot: Vec::new(),
+            held: HashMap::default(),
+            to_resume: Vec::new(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -373,6 +380,21 @@ impl Broker {
         if !self.conns.contains_key(&conn) {
             return;
         }
+        if let Some(held) = self.held.get_mut(&conn) {
+            // A basic.get of this connection waits for the store: what follows waits
+            // behind it, as it would behind a synchronous get. A connection that is gone
+            // is gone at once (its get is dropped with it).
+            if !matches!(command, Command::Closed | Command::Drained { .. }) {
+                held.push_back(command);
+                return;
+            }
+        }
+        self.run_command(conn, command);
+        self.finish_round();
+    }
+
+    /// Carries out one command.
+    fn run_command(&mut self, conn: ConnId, command: Command) {
         match command {
             Command::Login(login) => self.login(conn, login),
             Command::OpenVhost { vhost } => self.open_vhost(conn, &vhost),
@@ -411,7 +433,26 @@ impl Broker {
             Command::Drained { bytes } => self.drained(conn, bytes),
             Command::Closed => self.close_connection(conn),
         }
-        self.finish_round();
+    }
+
+    /// A connection's parked get was answered: carries out the commands that waited
+    /// behind it, until one parks again.
+    fn resume_held(&mut self, conn: ConnId) {
+        let Some(mut waiting) = self.held.remove(&conn) else {
+            return;
+        };
+        self.set_paused(conn, flow::PAUSED_BY_GET, false);
+        while let Some(command) = waiting.pop_front() {
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+            self.run_command(conn, command);
+            if let Some(held) = self.held.get_mut(&conn) {
+                // Parked again: the rest waits behind this get.
+                held.extend(waiting);
+                return;
+            }
+        }
     }
 
     /// The store synced every batch up to and including `batch`.
@@ -477,6 +518,9 @@ impl Broker {
 
     /// Work that follows every input: notifications that must follow the input's reply.
     fn finish_round(&mut self) {
+        while let Some(conn) = self.to_resume.pop() {
+            self.resume_held(conn);
+        }
         for (conn, channel, method) in std::mem::take(&mut self.notices) {
             if self.has_channel(conn, channel) {
                 self.send_method(conn, channel, method);

@@ -76,8 +76,9 @@ impl Broker {
         self.finish_round();
     }
 
-    /// Answers the `basic.get`s that waited for a batch.
-    fn serve_waiting_gets(&mut self, queue: QueueId) {
+    /// Answers the `basic.get`s that waited for a batch (or for nothing, once the queue
+    /// was purged), and lets their connections go on.
+    pub(super) fn serve_waiting_gets(&mut self, queue: QueueId) {
         loop {
             let Some(q) = self.queues.get_mut(&queue) else {
                 return;
@@ -93,6 +94,24 @@ impl Broker {
             if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid) {
                 self.get_one(get.conn, get.channel, queue, get.no_ack);
             }
+            self.to_resume.push(get.conn);
+        }
+    }
+
+    /// A queue with parked gets is gone: they find it empty.
+    pub(super) fn fail_waiting_gets(
+        &mut self,
+        waiting: impl IntoIterator<Item = super::queue::WaitingGet>,
+    ) {
+        for get in waiting {
+            if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid) {
+                self.send_method(
+                    get.conn,
+                    get.channel,
+                    crate::proto::method::Method::BasicGetEmpty(Default::default()),
+                );
+            }
+            self.to_resume.push(get.conn);
         }
     }
 }

@@ -170,7 +170,7 @@ impl Rig {
 
     /// A no-ack basic.get: the body as a number and its redelivered flag, or None.
     fn get(&mut self, conn: ConnId, queue: &str) -> Option<(u32, bool)> {
-        let r = self.method(
+        let mut r = self.method(
             conn,
             Method::BasicGet(BasicGet {
                 queue: queue.into(),
@@ -178,6 +178,8 @@ impl Rig {
                 ..Default::default()
             }),
         );
+        // A get that waited for the store held the connection meanwhile.
+        r.retain(|(_, r)| !matches!(r, Reply::PauseReading(_)));
         match r.as_slice() {
             [
                 (
@@ -433,6 +435,10 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
                 } => held_load = Some((queue, from_seq, max, epoch)),
                 Output::Replies { replies, .. } => {
                     for r in replies {
+                        if r == Reply::PauseReading(true) {
+                            // The get parked and holds its connection.
+                            continue;
+                        }
                         let Reply::Content { message, .. } = r else {
                             panic!("unexpected {r:?}")
                         };
@@ -452,8 +458,21 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
     let entries = rig.store.load(queue, from_seq, max).unwrap();
     rig.broker.handle_loaded(queue, epoch, entries, rig.now);
     let r = rig.drain();
+    assert_eq!(
+        r.iter()
+            .map(|(_, r)| r.clone())
+            .filter(|r| matches!(r, Reply::PauseReading(_)))
+            .collect::<Vec<_>>(),
+        [Reply::PauseReading(false)],
+        "the connection was held while its get waited, and is let go"
+    );
+    let answers: Vec<&Reply> = r
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| !matches!(r, Reply::PauseReading(_)))
+        .collect();
     assert!(
-        matches!(r.as_slice(), [(_, Reply::Content { message, .. })] if message.body.as_ref() == next.to_be_bytes()),
+        matches!(answers.as_slice(), [Reply::Content { message, .. }] if message.body.as_ref() == next.to_be_bytes()),
         "the parked get is answered with the next message: {r:?}"
     );
     next += 1;
@@ -462,4 +481,90 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
         next += 1;
     }
     assert_eq!(next, N);
+}
+
+#[test]
+fn commands_behind_a_parked_get_wait_for_it() {
+    let mut rig = Rig::new(small_budget());
+    rig.open(1);
+    rig.declare(1, "q", false);
+    for i in 0..N {
+        rig.publish(1, "", "q", i, false);
+    }
+    let get = Method::BasicGet(BasicGet {
+        queue: "q".into(),
+        no_ack: true,
+        ..Default::default()
+    });
+    // Drain memory without answering reads, until a get parks.
+    let mut held_load = None;
+    loop {
+        rig.now += 1;
+        rig.broker.handle_command(
+            1,
+            Command::Method {
+                channel: 1,
+                method: get.clone(),
+            },
+            rig.now,
+        );
+        let mut answered = false;
+        while let Some(out) = rig.broker.poll_output() {
+            match out {
+                Output::Persist { batch, ops } => {
+                    rig.store.write(&ops).unwrap();
+                    rig.broker.handle_persisted(batch);
+                }
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => held_load = Some((queue, from_seq, max, epoch)),
+                Output::Replies { replies, .. } => {
+                    answered |= replies.iter().any(|r| matches!(r, Reply::Content { .. }))
+                }
+            }
+        }
+        if !answered {
+            break;
+        }
+    }
+    // A command behind the parked get gets no answer yet...
+    let passive = Method::QueueDeclare(QueueDeclare {
+        queue: "q".into(),
+        passive: true,
+        ..Default::default()
+    });
+    let r = rig.command(
+        1,
+        Command::Method {
+            channel: 1,
+            method: passive,
+        },
+    );
+    assert!(
+        r.iter().all(|(_, r)| matches!(r, Reply::PauseReading(_))),
+        "answered too early: {r:?}"
+    );
+    // ...and is answered after the get, once the read is in.
+    let (queue, from_seq, max, epoch) = held_load.expect("a read was asked for");
+    let entries = rig.store.load(queue, from_seq, max).unwrap();
+    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+    let r = rig.drain();
+    let order: Vec<&str> = r
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Reply::Content {
+                method: Method::BasicGetOk(_),
+                ..
+            } => Some("get-ok"),
+            Reply::Method {
+                method: Method::QueueDeclareOk(_),
+                ..
+            } => Some("declare-ok"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["get-ok", "declare-ok"]);
 }

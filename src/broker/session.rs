@@ -260,6 +260,7 @@ impl Broker {
             self.delete_queue(q);
         }
         self.conns.remove(&conn);
+        self.held.remove(&conn);
     }
 
     pub(super) fn drained(&mut self, conn: ConnId, bytes: usize) {
