@@ -93,6 +93,10 @@ pub struct BrokerConfig {
     pub page_in_low_water: u64,
     /// Messages read from the store per batch.
     pub page_in_batch: usize,
+    /// Bytes of store batches handed to the driver and not yet synced beyond which the
+    /// broker takes no new input ([`Broker::wants_input`]): a disk slower than the
+    /// publishers holds them back instead of filling memory with batches.
+    pub max_unsynced_store_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -109,11 +113,12 @@ impl Default for BrokerConfig {
             max_bindings_per_exchange: 1_000_000,
             max_consumers_per_channel: 100_000,
             max_unacked_per_channel: 1_000_000,
-            queue_memory_budget_bytes: 32 * 1024 * 1024,
-            memory_budget_bytes: 128 * 1024 * 1024,
+            queue_memory_budget_bytes: 16 * 1024 * 1024,
+            memory_budget_bytes: 64 * 1024 * 1024,
             recovery_head_entries: 4096,
             page_in_low_water: 2048,
             page_in_batch: 4096,
+            max_unsynced_store_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -215,6 +220,24 @@ struct Journal {
     ops: Vec<StoreOp>,
     /// The number the next emitted batch will carry.
     next_batch: u64,
+    /// Batches emitted and not yet synced, with their approximate size.
+    unsynced: VecDeque<(u64, u64)>,
+    /// Sum of the sizes in `unsynced`.
+    unsynced_bytes: u64,
+}
+
+/// Approximate bytes a store operation takes in the driver's queue and the store's
+/// write buffer.
+fn op_bytes(op: &StoreOp) -> u64 {
+    let body = match op {
+        StoreOp::PutShared { message, .. } | StoreOp::PageOut { message, .. } => message.body_len(),
+        StoreOp::Enqueue {
+            body: crate::store::EntryBody::Inline(m),
+            ..
+        } => m.body_len(),
+        _ => 0,
+    };
+    body + 128
 }
 
 impl Journal {
@@ -455,8 +478,22 @@ impl Broker {
         }
     }
 
+    /// Whether the driver should hand over new input from connections now. False while
+    /// too much of what was sent to the store is not synced yet; store completions, timers
+    /// and admin requests are still taken.
+    pub fn wants_input(&self) -> bool {
+        self.journal.unsynced_bytes < self.config.max_unsynced_store_bytes
+    }
+
     /// The store synced every batch up to and including `batch`.
     pub fn handle_persisted(&mut self, batch: u64) {
+        while let Some(&(b, bytes)) = self.journal.unsynced.front() {
+            if b > batch {
+                break;
+            }
+            self.journal.unsynced.pop_front();
+            self.journal.unsynced_bytes -= bytes;
+        }
         while let Some((b, _)) = self.deferred.front() {
             if *b > batch {
                 break;
@@ -498,6 +535,9 @@ impl Broker {
         if !self.journal.ops.is_empty() {
             let batch = self.journal.next_batch;
             self.journal.next_batch += 1;
+            let bytes: u64 = self.journal.ops.iter().map(op_bytes).sum();
+            self.journal.unsynced.push_back((batch, bytes));
+            self.journal.unsynced_bytes += bytes;
             return Some(Output::Persist {
                 batch,
                 ops: std::mem::take(&mut self.journal.ops),

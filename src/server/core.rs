@@ -76,10 +76,14 @@ pub async fn run(
     let mut open = true;
     while open {
         tokio::select! {
-            msg = rx.recv() => {
+            // While the store lags, connections wait (TCP holds their clients back).
+            msg = rx.recv(), if broker.wants_input() => {
                 let Some(msg) = msg else { break };
                 handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock);
                 for _ in 0..MAX_MESSAGES_PER_ROUND {
+                    if !broker.wants_input() {
+                        break;
+                    }
                     match rx.try_recv() {
                         Ok(msg) => handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock),
                         Err(_) => break,

@@ -166,14 +166,22 @@ impl fmt::Debug for FjallStore {
 }
 
 fn keyspace_options(space: Space) -> KeyspaceCreateOptions {
+    // Small memtables: the store is the overflow of a memory-bounded broker, so its own
+    // write buffers must stay small too.
+    let base = KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     match space {
-        Space::Messages | Space::Bodies | Space::Paged => KeyspaceCreateOptions::default()
-            .with_kv_separation(Some(
-                KvSeparationOptions::default().separation_threshold(BLOB_THRESHOLD_BYTES),
-            )),
-        Space::Meta | Space::Refs | Space::Entries => KeyspaceCreateOptions::default(),
+        Space::Messages | Space::Bodies | Space::Paged => base.with_kv_separation(Some(
+            KvSeparationOptions::default().separation_threshold(BLOB_THRESHOLD_BYTES),
+        )),
+        Space::Meta | Space::Refs | Space::Entries => base,
     }
 }
+
+/// Largest memtable of a keyspace before it is flushed to a table file.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// fjall's block cache.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl FjallStore {
     /// Opens the store in `dir`, creating it if the directory holds no store yet, and
@@ -185,6 +193,7 @@ impl FjallStore {
             // Batches stay in the journal's buffer until `sync`, which decides how far
             // they go (see `SyncPolicy`).
             .manual_journal_persist(true)
+            .cache_size(CACHE_BYTES)
             .open()
             .map_err(|e| open_error(dir, e))?;
         let keyspace = |space: Space| {
