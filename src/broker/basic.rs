@@ -136,9 +136,7 @@ impl Broker {
         publish: BasicPublish,
         message: Arc<Message>,
     ) -> AmqpResult<()> {
-        let (vhost, user) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, user) = self.open_session(conn)?;
         if publish.immediate {
             return Err(not_implemented("immediate=true"));
         }
@@ -453,12 +451,7 @@ impl Broker {
     }
 
     fn basic_consume(&mut self, conn: ConnId, channel: u16, m: BasicConsume) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
-        let name = self.expand_queue_name(conn, channel, &m.queue)?;
-        let qid = self.usable_queue(conn, &vhost, &name)?;
-        self.check_access(conn, Access::Read, "queue", &name)?;
+        let (qid, name, vhost) = self.readable_queue(conn, channel, &m.queue)?;
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
             self.generate_name("amq.ctag-").into()
         } else {
@@ -560,12 +553,7 @@ impl Broker {
     }
 
     fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
-        let name = self.expand_queue_name(conn, channel, &m.queue)?;
-        let qid = self.usable_queue(conn, &vhost, &name)?;
-        self.check_access(conn, Access::Read, "queue", &name)?;
+        let (qid, _, _) = self.readable_queue(conn, channel, &m.queue)?;
         let max_unacked = self.config.max_unacked_per_channel;
         let over = self
             .channel_mut(conn, channel)
@@ -801,9 +789,7 @@ impl Broker {
     }
 
     fn take_tx(&mut self, conn: ConnId, channel: u16) -> AmqpResult<Vec<TxOp>> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let _ = vhost;
         let ch = self
             .channel_mut(conn, channel)
@@ -819,9 +805,7 @@ impl Broker {
 
     fn tx_commit(&mut self, conn: ConnId, channel: u16) -> AmqpResult<()> {
         let ops = self.take_tx(conn, channel)?;
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let mut waits_for_store = false;
         for op in ops {
             match op {

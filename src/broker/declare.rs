@@ -1,5 +1,7 @@
 //! Topology methods: exchange.* and queue.*, with RabbitMQ's checks and error texts.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -93,6 +95,21 @@ impl Broker {
         }
     }
 
+    /// A queue the connection may read from (consume, get, purge), by the name a method
+    /// gave (empty: the channel's last declared queue): its id, name and vhost.
+    pub(super) fn readable_queue(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        name: &str,
+    ) -> AmqpResult<(QueueId, String, Arc<str>)> {
+        let (vhost, _) = self.open_session(conn)?;
+        let name = self.expand_queue_name(conn, channel, name)?;
+        let id = self.usable_queue(conn, &vhost, &name)?;
+        self.check_access(conn, Access::Read, "queue", &name)?;
+        Ok((id, name, vhost))
+    }
+
     /// Finds a queue the connection may use: 404 if missing, 405 if another connection's
     /// exclusive queue.
     pub(super) fn usable_queue(
@@ -132,9 +149,7 @@ impl Broker {
         channel: u16,
         m: ExchangeDeclare,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let name = strip_cr_lf(&m.exchange);
         if m.passive {
             self.exchange_exists(&vhost, &name)?;
@@ -206,9 +221,7 @@ impl Broker {
         channel: u16,
         m: ExchangeDelete,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let name = strip_cr_lf(&m.exchange);
         if name.is_empty() {
             return Err(access_refused(
@@ -250,9 +263,7 @@ impl Broker {
         m: ExchangeBind,
         bind: bool,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         if m.source.is_empty() || m.destination.is_empty() {
             return Err(access_refused(
                 "operation not permitted on the default exchange",
@@ -294,9 +305,7 @@ impl Broker {
         channel: u16,
         m: QueueDeclare,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let requested = strip_cr_lf(&m.queue);
         if m.passive {
             let name = self.expand_queue_name(conn, channel, &requested)?;
@@ -419,9 +428,7 @@ impl Broker {
         channel: u16,
         m: QueueBind,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let queue = self.expand_queue_name(conn, channel, &m.queue)?;
         // With both the queue and the key empty, the key is the last declared queue's name.
         let routing_key = if m.queue.is_empty() && m.routing_key.is_empty() {
@@ -441,9 +448,7 @@ impl Broker {
         channel: u16,
         m: QueueUnbind,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let queue = self.expand_queue_name(conn, channel, &m.queue)?;
         let binding = self.queue_binding(
             conn,
@@ -494,12 +499,7 @@ impl Broker {
         channel: u16,
         m: QueuePurge,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
-        let name = self.expand_queue_name(conn, channel, &m.queue)?;
-        let id = self.usable_queue(conn, &vhost, &name)?;
-        self.check_access(conn, Access::Read, "queue", &name)?;
+        let (id, _, _) = self.readable_queue(conn, channel, &m.queue)?;
         let count = self.purge_ready(id) as u32;
         self.reply(
             conn,
@@ -517,9 +517,7 @@ impl Broker {
         channel: u16,
         m: QueueDelete,
     ) -> AmqpResult<()> {
-        let (vhost, _) = self
-            .session(conn)
-            .ok_or_else(|| command_invalid("connection not open"))?;
+        let (vhost, _) = self.open_session(conn)?;
         let name = self.expand_queue_name(conn, channel, &m.queue)?;
         self.check_access(conn, Access::Configure, "queue", &name)?;
         let count = match self.usable_queue(conn, &vhost, &name) {

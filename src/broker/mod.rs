@@ -642,6 +642,12 @@ impl Broker {
         Some((c.vhost.clone()?, c.user.clone()?))
     }
 
+    /// The vhost and user of an open connection; 503 before `connection.open`.
+    fn open_session(&self, conn: ConnId) -> AmqpResult<(Arc<str>, Arc<str>)> {
+        self.session(conn)
+            .ok_or_else(|| error::command_invalid("connection not open"))
+    }
+
     /// Every queue in the broker.
     pub fn queues(&self) -> impl Iterator<Item = &Queue> {
         self.queues.values()

@@ -402,6 +402,86 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
     for i in 0..N {
         rig.publish(1, "", "q", i, false);
     }
+    let ((queue, from_seq, max, epoch), mut next) = park_a_get(&mut rig);
+    let entries = rig.store.load(queue, from_seq, max).unwrap();
+    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+    let r = rig.drain();
+    assert_eq!(
+        r.iter()
+            .map(|(_, r)| r.clone())
+            .filter(|r| matches!(r, Reply::PauseReading(_)))
+            .collect::<Vec<_>>(),
+        [Reply::PauseReading(false)],
+        "the connection was held while its get waited, and is let go"
+    );
+    let answers: Vec<&Reply> = r
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| !matches!(r, Reply::PauseReading(_)))
+        .collect();
+    assert!(
+        matches!(answers.as_slice(), [Reply::Content { message, .. }] if message.body.as_ref() == next.to_be_bytes()),
+        "the parked get is answered with the next message: {r:?}"
+    );
+    next += 1;
+    while let Some((i, _)) = rig.get(1, "q") {
+        assert_eq!(i, next);
+        next += 1;
+    }
+    assert_eq!(next, N);
+}
+
+#[test]
+fn commands_behind_a_parked_get_wait_for_it() {
+    let mut rig = Rig::new(small_budget());
+    rig.open(1);
+    rig.declare(1, "q", false);
+    for i in 0..N {
+        rig.publish(1, "", "q", i, false);
+    }
+    let ((queue, from_seq, max, epoch), _) = park_a_get(&mut rig);
+    // A command behind the parked get gets no answer yet...
+    let passive = Method::QueueDeclare(QueueDeclare {
+        queue: "q".into(),
+        passive: true,
+        ..Default::default()
+    });
+    let r = rig.command(
+        1,
+        Command::Method {
+            channel: 1,
+            method: passive,
+        },
+    );
+    assert!(
+        r.iter().all(|(_, r)| matches!(r, Reply::PauseReading(_))),
+        "answered too early: {r:?}"
+    );
+    // ...and is answered after the get, once the read is in.
+    let entries = rig.store.load(queue, from_seq, max).unwrap();
+    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+    let r = rig.drain();
+    let order: Vec<&str> = r
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Reply::Content {
+                method: Method::BasicGetOk(_),
+                ..
+            } => Some("get-ok"),
+            Reply::Method {
+                method: Method::QueueDeclareOk(_),
+                ..
+            } => Some("declare-ok"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["get-ok", "declare-ok"]);
+}
+
+/// Takes messages with no-ack gets while holding back every read of the store, until
+/// memory runs dry and a get parks. Returns the read held back and how many gets were
+/// answered (the bodies are 0, 1, ... in order).
+fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64), u32) {
     let get = Method::BasicGet(BasicGet {
         queue: "q".into(),
         no_ack: true,
@@ -450,121 +530,8 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
             }
         }
         if !answered {
-            break;
+            return (held_load.expect("a read was asked for"), next);
         }
         assert!(next < N, "memory never ran dry");
     }
-    let (queue, from_seq, max, epoch) = held_load.expect("a read was asked for");
-    let entries = rig.store.load(queue, from_seq, max).unwrap();
-    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
-    let r = rig.drain();
-    assert_eq!(
-        r.iter()
-            .map(|(_, r)| r.clone())
-            .filter(|r| matches!(r, Reply::PauseReading(_)))
-            .collect::<Vec<_>>(),
-        [Reply::PauseReading(false)],
-        "the connection was held while its get waited, and is let go"
-    );
-    let answers: Vec<&Reply> = r
-        .iter()
-        .map(|(_, r)| r)
-        .filter(|r| !matches!(r, Reply::PauseReading(_)))
-        .collect();
-    assert!(
-        matches!(answers.as_slice(), [Reply::Content { message, .. }] if message.body.as_ref() == next.to_be_bytes()),
-        "the parked get is answered with the next message: {r:?}"
-    );
-    next += 1;
-    while let Some((i, _)) = rig.get(1, "q") {
-        assert_eq!(i, next);
-        next += 1;
-    }
-    assert_eq!(next, N);
-}
-
-#[test]
-fn commands_behind_a_parked_get_wait_for_it() {
-    let mut rig = Rig::new(small_budget());
-    rig.open(1);
-    rig.declare(1, "q", false);
-    for i in 0..N {
-        rig.publish(1, "", "q", i, false);
-    }
-    let get = Method::BasicGet(BasicGet {
-        queue: "q".into(),
-        no_ack: true,
-        ..Default::default()
-    });
-    // Drain memory without answering reads, until a get parks.
-    let mut held_load = None;
-    loop {
-        rig.now += 1;
-        rig.broker.handle_command(
-            1,
-            Command::Method {
-                channel: 1,
-                method: get.clone(),
-            },
-            rig.now,
-        );
-        let mut answered = false;
-        while let Some(out) = rig.broker.poll_output() {
-            match out {
-                Output::Persist { batch, ops } => {
-                    rig.store.write(&ops).unwrap();
-                    rig.broker.handle_persisted(batch);
-                }
-                Output::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    epoch,
-                } => held_load = Some((queue, from_seq, max, epoch)),
-                Output::Replies { replies, .. } => {
-                    answered |= replies.iter().any(|r| matches!(r, Reply::Content { .. }))
-                }
-            }
-        }
-        if !answered {
-            break;
-        }
-    }
-    // A command behind the parked get gets no answer yet...
-    let passive = Method::QueueDeclare(QueueDeclare {
-        queue: "q".into(),
-        passive: true,
-        ..Default::default()
-    });
-    let r = rig.command(
-        1,
-        Command::Method {
-            channel: 1,
-            method: passive,
-        },
-    );
-    assert!(
-        r.iter().all(|(_, r)| matches!(r, Reply::PauseReading(_))),
-        "answered too early: {r:?}"
-    );
-    // ...and is answered after the get, once the read is in.
-    let (queue, from_seq, max, epoch) = held_load.expect("a read was asked for");
-    let entries = rig.store.load(queue, from_seq, max).unwrap();
-    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
-    let r = rig.drain();
-    let order: Vec<&str> = r
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Reply::Content {
-                method: Method::BasicGetOk(_),
-                ..
-            } => Some("get-ok"),
-            Reply::Method {
-                method: Method::QueueDeclareOk(_),
-                ..
-            } => Some("declare-ok"),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(order, ["get-ok", "declare-ok"]);
 }
