@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -167,8 +168,10 @@ class RabbitMQ(Broker):
 
     def start(self):
         # Debian's default of 1024 open files stops RabbitMQ accepting at ~870 connections
-        # (its file descriptor alarm); give it what warren gets.
-        self.proc = subprocess.Popen(["prlimit", "--nofile=65536:65536", "rabbitmq-server"], env=self.env,
+        # (its file descriptor alarm); give it what warren gets: up to 65536, within the hard limit.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+        self.proc = subprocess.Popen(["prlimit", f"--nofile={nofile}:{nofile}", "rabbitmq-server"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if not wait_port(self.port, 180):
             raise SystemExit(f"RabbitMQ did not start; see {self.base}/log")
