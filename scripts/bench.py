@@ -168,11 +168,18 @@ class RabbitMQ(Broker):
 
     def start(self):
         # Debian's default of 1024 open files stops RabbitMQ accepting at ~870 connections
-        # (its file descriptor alarm); give it what warren gets: up to 65536, within the hard limit.
+        # (its file descriptor alarm); give it what warren gets: up to 65536, within the hard
+        # limit. Debian's wrapper switches to the rabbitmq user with su, whose PAM session
+        # resets the soft limit, so switch here and raise it after the switch.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         nofile = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-        self.proc = subprocess.Popen(["prlimit", f"--nofile={nofile}:{nofile}", "rabbitmq-server"], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if os.geteuid() == 0:
+            cmd = ["su", "rabbitmq", "-s", "/bin/sh", "-c",
+                   f"ulimit -n {nofile} && cd /var/lib/rabbitmq && exec /usr/lib/rabbitmq/bin/rabbitmq-server"]
+        else:
+            cmd = ["rabbitmq-server"]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         if not wait_port(self.port, 180):
             raise SystemExit(f"RabbitMQ did not start; see {self.base}/log")
 
