@@ -15,8 +15,15 @@ use super::Clock;
 use super::core::CoreMsg;
 use super::core::sleep_until;
 
-/// Bytes read from the socket at most per read.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Room made in the read buffer before a read. It starts small, so that an idle
+/// connection holds little, and doubles while reads fill it: up to READ_CHUNK_SMALL_FRAMES
+/// for any busy stream, and on up to READ_CHUNK_MAX while reads also leave a large partial
+/// frame behind (large messages), so that each read takes several frames and the partial
+/// frame, moved when the buffer is renewed, is a smaller share of what was read. It halves
+/// again when reads come back small. Small frames keep a buffer that stays in cache.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+const READ_CHUNK_SMALL_FRAMES: usize = 64 * 1024;
+const READ_CHUNK_MAX: usize = 512 * 1024;
 
 /// Batches of commands a connection may have waiting for the core. The socket is not read
 /// while the limit is reached: a fast publisher is held back by TCP instead of queueing
@@ -68,6 +75,7 @@ pub async fn run(
     // The core drops its sender once it has handled our Closed; the socket may still be
     // draining then.
     let mut replies_open = true;
+    let mut read_chunk = READ_CHUNK_MIN;
     loop {
         conn.poll_transmit_chunks(&mut out);
         if !out.is_empty() {
@@ -105,14 +113,27 @@ pub async fn run(
         let deadline = conn.poll_timeout().map(|ms| clock.instant(ms));
         let reading = conn.wants_read();
         let mut buf = std::mem::take(conn.read_buf());
-        buf.reserve(READ_CHUNK_BYTES);
+        buf.reserve(read_chunk);
+        let room = buf.capacity() - buf.len();
         let waiting_for_core = !commands.is_empty();
         tokio::select! {
             r = rd.read_buf(&mut buf), if reading && !waiting_for_core => {
                 *conn.read_buf() = buf;
                 match r {
                     Ok(0) | Err(_) => conn.handle_eof(),
-                    Ok(_) => conn.handle_read(clock.now_ms()),
+                    Ok(n) => {
+                        conn.handle_read(clock.now_ms());
+                        // What is left is the start of a frame still arriving.
+                        let partial = conn.read_buf().len();
+                        if n >= room
+                            && (read_chunk < READ_CHUNK_SMALL_FRAMES
+                                || partial >= READ_CHUNK_SMALL_FRAMES / 4)
+                        {
+                            read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
+                        } else if n < room / 4 {
+                            read_chunk = (read_chunk / 2).max(READ_CHUNK_MIN);
+                        }
+                    }
                 }
             }
             replies = reply_rx.recv(), if replies_open => {
