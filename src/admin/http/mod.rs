@@ -187,7 +187,7 @@ fn router() -> Router<Arc<Ctx>> {
             get(export_vhost).post(import_vhost),
         )
         .route("/api/queues", get(list_queues))
-        .route("/api/queues/{vhost}", get(list_queues_in))
+        .route("/api/queues/{vhost}", get(list_queues))
         .route(
             "/api/queues/{vhost}/{name}",
             get(get_queue).put(put_queue).delete(delete_queue),
@@ -199,7 +199,7 @@ fn router() -> Router<Arc<Ctx>> {
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/exchanges", get(list_exchanges))
-        .route("/api/exchanges/{vhost}", get(list_exchanges_in))
+        .route("/api/exchanges/{vhost}", get(list_exchanges))
         .route(
             "/api/exchanges/{vhost}/{name}",
             get(get_exchange).put(put_exchange).delete(delete_exchange),
@@ -214,7 +214,7 @@ fn router() -> Router<Arc<Ctx>> {
             get(exchange_bindings_destination),
         )
         .route("/api/bindings", get(list_bindings))
-        .route("/api/bindings/{vhost}", get(list_bindings_in))
+        .route("/api/bindings/{vhost}", get(list_bindings))
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
             get(bindings_between).post(create_binding),
@@ -232,7 +232,7 @@ fn router() -> Router<Arc<Ctx>> {
         .route("/api/channels", get(list_channels))
         .route("/api/channels/{name}", get(get_channel))
         .route("/api/consumers", get(list_consumers))
-        .route("/api/consumers/{vhost}", get(list_consumers_in))
+        .route("/api/consumers/{vhost}", get(list_consumers))
         .route("/api/health/checks/alarms", get(health_alarms))
         .route("/api/health/checks/local-alarms", get(health_alarms))
         .route("/api/health/checks/virtual-hosts", get(health_ok))

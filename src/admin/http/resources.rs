@@ -73,24 +73,19 @@ async fn visible_queues(
     Ok(queues_json(s, &queues))
 }
 
+/// `/api/queues` and `/api/queues/{vhost}`.
 pub(super) async fn list_queues(
     s: State,
     headers: HeaderMap,
+    vhost: Option<Path<String>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
-    listing(visible_queues(&s, &who, None).await?, &q)
-}
-
-pub(super) async fn list_queues_in(
-    s: State,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let who = authenticate(&s, &headers).await?;
-    require_known_vhost(&s, &vhost).await?;
-    listing(visible_queues(&s, &who, Some(vhost)).await?, &q)
+    let vhost = vhost.map(|Path(v)| v);
+    if let Some(vhost) = &vhost {
+        require_known_vhost(&s, vhost).await?;
+    }
+    listing(visible_queues(&s, &who, vhost).await?, &q)
 }
 
 /// 404 for a vhost that does not exist.
@@ -272,24 +267,19 @@ async fn visible_exchanges(
         .collect())
 }
 
+/// `/api/exchanges` and `/api/exchanges/{vhost}`.
 pub(super) async fn list_exchanges(
     s: State,
     headers: HeaderMap,
+    vhost: Option<Path<String>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
-    listing(visible_exchanges(&s, &who, None).await?, &q)
-}
-
-pub(super) async fn list_exchanges_in(
-    s: State,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let who = authenticate(&s, &headers).await?;
-    require_known_vhost(&s, &vhost).await?;
-    listing(visible_exchanges(&s, &who, Some(vhost)).await?, &q)
+    let vhost = vhost.map(|Path(v)| v);
+    if let Some(vhost) = &vhost {
+        require_known_vhost(&s, vhost).await?;
+    }
+    listing(visible_exchanges(&s, &who, vhost).await?, &q)
 }
 
 pub(super) async fn get_exchange(
@@ -468,23 +458,16 @@ async fn visible_bindings(
         .collect())
 }
 
+/// `/api/bindings` and `/api/bindings/{vhost}`.
 pub(super) async fn list_bindings(
     s: State,
     headers: HeaderMap,
+    vhost: Option<Path<String>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
-    listing(visible_bindings(&s, &who, None).await?, &q)
-}
-
-pub(super) async fn list_bindings_in(
-    s: State,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let who = authenticate(&s, &headers).await?;
-    listing(visible_bindings(&s, &who, Some(vhost)).await?, &q)
+    let vhost = vhost.map(|Path(v)| v);
+    listing(visible_bindings(&s, &who, vhost).await?, &q)
 }
 
 fn to_queue(kind: &str) -> Result<bool, ApiError> {

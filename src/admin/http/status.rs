@@ -407,23 +407,16 @@ async fn consumers(
         .collect())
 }
 
+/// `/api/consumers` and `/api/consumers/{vhost}`.
 pub(super) async fn list_consumers(
     s: State,
     headers: HeaderMap,
+    vhost: Option<Path<String>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
-    listing(consumers(&s, &who, None).await?, &q)
-}
-
-pub(super) async fn list_consumers_in(
-    s: State,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let who = authenticate(&s, &headers).await?;
-    listing(consumers(&s, &who, Some(vhost)).await?, &q)
+    let vhost = vhost.map(|Path(v)| v);
+    listing(consumers(&s, &who, vhost).await?, &q)
 }
 
 // ----- health checks -----

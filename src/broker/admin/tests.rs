@@ -93,6 +93,18 @@ impl Harness {
         ok
     }
 
+    fn declare_durable_queue(&mut self, actor: Actor, vhost: &str, name: &str) {
+        self.admin(AdminRequest::DeclareQueue {
+            actor,
+            vhost: vhost.into(),
+            name: name.into(),
+            durable: true,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        })
+        .unwrap();
+    }
+
     fn add_user(&mut self, name: &str, pass: &str, vhost: &str, perms: [&str; 3]) {
         self.admin(AdminRequest::PutUser {
             name: name.into(),
@@ -256,15 +268,7 @@ fn deleting_a_vhost_closes_connections_and_drops_its_queues() {
 fn http_publish_and_get_follow_permissions() {
     let mut h = Harness::new();
     h.add_user("reader", "p", "/", ["", "", ".*"]);
-    h.admin(AdminRequest::DeclareQueue {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        name: "q".into(),
-        durable: true,
-        auto_delete: false,
-        arguments: FieldTable::default(),
-    })
-    .unwrap();
+    h.declare_durable_queue(Actor::Node, "/", "q");
     let denied = h.admin(publish(Actor::User("reader".into()), "q", b"x", false));
     let e = denied.unwrap_err();
     assert_eq!(e.kind, AdminErrorKind::AccessRefused);
@@ -319,15 +323,7 @@ fn http_publish_and_get_follow_permissions() {
 fn stop_app_closes_connections_and_reset_restores_first_start() {
     let mut h = Harness::new();
     h.add_user("u", "p", "/", [".*", ".*", ".*"]);
-    h.admin(AdminRequest::DeclareQueue {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        name: "q".into(),
-        durable: true,
-        auto_delete: false,
-        arguments: FieldTable::default(),
-    })
-    .unwrap();
+    h.declare_durable_queue(Actor::Node, "/", "q");
     h.admin(publish(Actor::Node, "q", b"m", true)).unwrap();
     assert!(h.login(1, "u", "p", "/"));
     let refused = h.admin(AdminRequest::Reset);
@@ -387,15 +383,7 @@ fn definitions_round_trip_into_a_fresh_broker() {
         arguments: FieldTable::default(),
     })
     .unwrap();
-    h.admin(AdminRequest::DeclareQueue {
-        actor: Actor::User("u".into()),
-        vhost: "v".into(),
-        name: "q".into(),
-        durable: true,
-        auto_delete: false,
-        arguments: FieldTable::default(),
-    })
-    .unwrap();
+    h.declare_durable_queue(Actor::User("u".into()), "v", "q");
     h.admin(AdminRequest::Bind {
         actor: Actor::Node,
         binding: BindingSpec {

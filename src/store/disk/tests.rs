@@ -581,6 +581,19 @@ fn shared_entry(queue: u64, seq: u64, id: u64) -> StoreOp {
     }
 }
 
+/// Message `id` (`size` bytes) stored once and enqueued at seq `id` in queues `a` and `b`.
+fn shared_by_two(a: u64, b: u64, id: u64, size: usize) -> [StoreOp; 3] {
+    [
+        StoreOp::PutShared {
+            id,
+            message: message(id, size),
+            refs: 2,
+        },
+        shared_entry(a, id, id),
+        shared_entry(b, id, id),
+    ]
+}
+
 fn delete_queue(id: u64, name: &str) -> StoreOp {
     StoreOp::DeleteQueue {
         vhost: "/".into(),
@@ -666,13 +679,7 @@ fn a_queue_id_reused_after_restart_never_sees_its_predecessors_entries() {
         StoreOp::PutQueue(queue(8, "other")),
     ];
     for seq in 0..50 {
-        ops.push(StoreOp::PutShared {
-            id: seq,
-            message: message(seq, 16),
-            refs: 2,
-        });
-        ops.push(shared_entry(7, seq, seq));
-        ops.push(shared_entry(8, seq, seq));
+        ops.extend(shared_by_two(7, 8, seq, 16));
     }
     ops.push(delete_queue(7, "old"));
     write_both(&mut store, &mut model, &ops);
@@ -715,13 +722,7 @@ fn half_swept_queue() -> (tempfile::TempDir, FjallStore, MemoryState) {
         StoreOp::PutQueue(queue(2, "r")),
     ];
     for seq in 0..10 {
-        ops.push(StoreOp::PutShared {
-            id: seq,
-            message: message(seq, 16),
-            refs: 2,
-        });
-        ops.push(shared_entry(1, seq, seq));
-        ops.push(shared_entry(2, seq, seq));
+        ops.extend(shared_by_two(1, 2, seq, 16));
     }
     ops.push(delete_queue(1, "q"));
     write_both(&mut store, &mut model, &ops);
@@ -978,13 +979,7 @@ fn recovery_decodes_only_the_head_of_each_queue() {
     }
     let mut ops: Vec<StoreOp> = (0..2000).map(|seq| inline(2, seq, 2000)).collect();
     for id in 0..1000 {
-        ops.push(StoreOp::PutShared {
-            id,
-            message: message(id, 100),
-            refs: 2,
-        });
-        ops.push(shared_entry(3, id, id));
-        ops.push(shared_entry(4, id, id));
+        ops.extend(shared_by_two(3, 4, id, 100));
     }
     write_both(&mut store, &mut model, &ops);
     store.sync().expect("sync");
@@ -1024,15 +1019,7 @@ fn numbered_batch(i: u64) -> Vec<StoreOp> {
     match i % 3 {
         0 => vec![inline(1, i, 2000)],
         1 => vec![inline(1, i, 16)],
-        _ => vec![
-            StoreOp::PutShared {
-                id: i,
-                message: message(i, 16),
-                refs: 2,
-            },
-            shared_entry(1, i, i),
-            shared_entry(2, i, i),
-        ],
+        _ => shared_by_two(1, 2, i, 16).to_vec(),
     }
 }
 
