@@ -15,7 +15,9 @@ use crate::admin::json::{
     binding_json, exchange_json, json_to_properties, json_to_table, properties_key,
     properties_to_json, queue_json,
 };
-use crate::broker::admin::{AdminReply, AdminRequest, BindingInfo, BindingSpec, GetAck, QueueInfo};
+use crate::broker::admin::{
+    AdminReply, AdminRequest, BindingInfo, BindingSpec, ExchangeInfo, GetAck, QueueInfo,
+};
 
 use super::{
     ApiError, ApiResult, Ctx, Principal, State, authenticate, created_or_updated, flag, listing,
@@ -39,6 +41,13 @@ pub(super) async fn queue_infos(
 ) -> Result<Vec<QueueInfo>, ApiError> {
     match s.call(AdminRequest::ListQueues { vhost }).await? {
         AdminReply::Queues(q) => Ok(q),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn exchange_infos(s: &Ctx, vhost: Option<String>) -> Result<Vec<ExchangeInfo>, ApiError> {
+    match s.call(AdminRequest::ListExchanges { vhost }).await? {
+        AdminReply::Exchanges(x) => Ok(x),
         _ => Err(ApiError::not_found()),
     }
 }
@@ -102,12 +111,14 @@ pub(super) async fn get_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
-    let queues = visible_queues(&s, &who, Some(vhost)).await?;
-    let q = queues
+    who.require_vhost(&vhost)?;
+    let q = queue_infos(&s, Some(vhost))
+        .await?
         .into_iter()
-        .find(|q| q["name"] == name.as_str())
+        .find(|q| q.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok_json(q)
+    let mut rendered = queues_json(&s, std::slice::from_ref(&q));
+    ok_json(rendered.pop().expect("one queue rendered"))
 }
 
 pub(super) async fn put_queue(
@@ -257,10 +268,8 @@ async fn visible_exchanges(
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    let AdminReply::Exchanges(xs) = s.call(AdminRequest::ListExchanges { vhost }).await? else {
-        return Err(ApiError::not_found());
-    };
-    Ok(xs
+    Ok(exchange_infos(s, vhost)
+        .await?
         .iter()
         .filter(|x| who.sees_vhost(&x.vhost))
         .map(exchange_json)
@@ -288,13 +297,14 @@ pub(super) async fn get_exchange(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
     let name = exchange_name(&name);
-    let xs = visible_exchanges(&s, &who, Some(vhost)).await?;
-    let x = xs
+    let x = exchange_infos(&s, Some(vhost))
+        .await?
         .into_iter()
-        .find(|x| x["name"] == name.as_str())
+        .find(|x| x.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok_json(x)
+    ok_json(exchange_json(&x))
 }
 
 pub(super) async fn put_exchange(
