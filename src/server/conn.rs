@@ -25,6 +25,18 @@ const READ_CHUNK_MIN: usize = 4 * 1024;
 const READ_CHUNK_SMALL_FRAMES: usize = 64 * 1024;
 const READ_CHUNK_MAX: usize = 512 * 1024;
 
+/// The room to make before the next read, after a read of `read` bytes into `room` left
+/// `partial` bytes of an incomplete frame.
+fn next_read_chunk(chunk: usize, room: usize, read: usize, partial: usize) -> usize {
+    if read >= room && (chunk < READ_CHUNK_SMALL_FRAMES || partial >= READ_CHUNK_SMALL_FRAMES / 4) {
+        (chunk * 2).min(READ_CHUNK_MAX)
+    } else if read < room / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
+
 /// Batches of commands a connection may have waiting for the core. The socket is not read
 /// while the limit is reached: a fast publisher is held back by TCP instead of queueing
 /// work ahead of everyone else's (acks from consumers wait behind at most this many
@@ -124,15 +136,7 @@ pub async fn run(
                     Ok(n) => {
                         conn.handle_read(clock.now_ms());
                         // What is left is the start of a frame still arriving.
-                        let partial = conn.read_buf().len();
-                        if n >= room
-                            && (read_chunk < READ_CHUNK_SMALL_FRAMES
-                                || partial >= READ_CHUNK_SMALL_FRAMES / 4)
-                        {
-                            read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
-                        } else if n < room / 4 {
-                            read_chunk = (read_chunk / 2).max(READ_CHUNK_MIN);
-                        }
+                        read_chunk = next_read_chunk(read_chunk, room, n, conn.read_buf().len());
                     }
                 }
             }
@@ -230,4 +234,25 @@ async fn write_chunks(
     }
     chunks.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_room_grows_past_small_frames_only_for_large_partial_frames() {
+        const K: usize = 1024;
+        // A busy stream of small frames grows to 64 KiB and stays there.
+        assert_eq!(next_read_chunk(4 * K, 4 * K, 4 * K, 20), 8 * K);
+        assert_eq!(next_read_chunk(64 * K, 64 * K, 64 * K, 20), 64 * K);
+        // Large frames left half-read take it on to 512 KiB, no further.
+        assert_eq!(next_read_chunk(64 * K, 64 * K, 64 * K, 40 * K), 128 * K);
+        assert_eq!(next_read_chunk(512 * K, 512 * K, 512 * K, 40 * K), 512 * K);
+        // Small reads shrink it back, no lower than 4 KiB.
+        assert_eq!(next_read_chunk(64 * K, 64 * K, 100, 0), 32 * K);
+        assert_eq!(next_read_chunk(4 * K, 4 * K, 100, 0), 4 * K);
+        // In between, it stays.
+        assert_eq!(next_read_chunk(64 * K, 64 * K, 32 * K, 0), 64 * K);
+    }
 }
