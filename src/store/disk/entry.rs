@@ -129,7 +129,7 @@ pub fn encode_entry(body: &EntryBody, expires_at_ms: Option<u64>) -> (Vec<u8>, O
         EntryBody::Shared(id) => {
             let mut out = header(SHARED, 0);
             out.put_u64(*id);
-            (out.to_vec(), None)
+            (Vec::from(out), None)
         }
         EntryBody::Inline(m) => {
             let mut out = header(0, record::message_capacity(m));
@@ -137,7 +137,7 @@ pub fn encode_entry(body: &EntryBody, expires_at_ms: Option<u64>) -> (Vec<u8>, O
             let fixed = out.len();
             record::put_message(&mut out, m);
             if out.len() < BLOB_THRESHOLD_BYTES as usize {
-                return (out.to_vec(), None);
+                return (Vec::from(out), None);
             }
             // The message goes to `bodies`, with a version byte of its own.
             let mut apart = Vec::with_capacity(1 + out.len() - fixed);
@@ -145,6 +145,7 @@ pub fn encode_entry(body: &EntryBody, expires_at_ms: Option<u64>) -> (Vec<u8>, O
             apart.extend_from_slice(&out[fixed..]);
             out.truncate(fixed);
             out[1] |= APART;
+            // A copy of the short header, so the message-sized buffer is freed.
             (out.to_vec(), Some(apart))
         }
     }
@@ -214,7 +215,7 @@ pub fn encode_paged(message: &Message, expires_at_ms: Option<u64>) -> Vec<u8> {
         None => out.put_u8(0),
     }
     record::put_message(&mut out, message);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a paged message.
@@ -240,7 +241,7 @@ pub fn encode_refs(refs: u32, body_len: u64) -> Vec<u8> {
     let mut out: BytesMut = record::new_value(12);
     out.put_u32(refs);
     out.put_u64(body_len);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a `refs` value.

@@ -235,7 +235,7 @@ pub fn encode_user(u: &UserRecord) -> Vec<u8> {
     for t in &u.tags {
         put_str(&mut out, t);
     }
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a user and checks it belongs under `key`.
@@ -265,7 +265,7 @@ pub fn encode_permission(p: &PermissionRecord) -> Vec<u8> {
     for s in [&p.user, &p.vhost, &p.configure, &p.write, &p.read] {
         put_str(&mut out, s);
     }
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes permissions and checks they belong under `key`.
@@ -290,7 +290,7 @@ pub fn encode_exchange(x: &ExchangeRecord) -> Vec<u8> {
     put_str(&mut out, &x.kind);
     out.put_u8(u8::from(x.auto_delete) | (u8::from(x.internal) << 1));
     put_table(&mut out, &x.arguments);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes an exchange and checks it belongs under `key`.
@@ -320,7 +320,7 @@ pub fn encode_queue(q: &QueueRecord) -> Vec<u8> {
     out.put_u64(q.id);
     out.put_u8(u8::from(q.auto_delete));
     put_table(&mut out, &q.arguments);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a queue and checks it belongs under `key`.
@@ -357,7 +357,7 @@ pub fn encode_binding(b: &BindingRecord) -> Vec<u8> {
     let body = binding_body(b);
     let mut out = new_value(body.len());
     out.put_slice(&body);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a binding and checks its digest against `key`.
@@ -390,7 +390,7 @@ pub fn next_shared_key() -> Vec<u8> {
 pub fn encode_counter(value: u64) -> Vec<u8> {
     let mut out = new_value(8);
     out.put_u64(value);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a counter written by [`encode_counter`].
@@ -431,7 +431,7 @@ fn check_key(key: &[u8], expected: &[u8]) -> Result<()> {
 pub fn encode_message(m: &Message) -> Vec<u8> {
     let mut out = new_value(message_capacity(m));
     put_message(&mut out, m);
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Bytes a message takes encoded, near enough to size a buffer.
