@@ -24,8 +24,6 @@ pub struct DiskState {
     unsynced: Vec<Vec<StoreOp>>,
     /// Unsynced batches a sync in progress covers (the first `syncing` of `unsynced`).
     syncing: usize,
-    /// Crashes so far.
-    crashes: u64,
 }
 
 /// A handle on the shared virtual disk.
@@ -108,7 +106,6 @@ impl VirtualDisk {
         }
         s.durable_batches += keep as u64;
         s.syncing = 0;
-        s.crashes += 1;
         // What survived is all a restarted broker can read; paged messages die with it.
         s.durable.discard_paged();
         s.visible = s.durable.clone();

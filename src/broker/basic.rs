@@ -274,8 +274,6 @@ impl Broker {
         queues: Vec<QueueId>,
         message: Arc<Message>,
     ) -> (bool, bool) {
-        let id = self.next_message_id;
-        self.next_message_id += 1;
         let message_ttl = parse_expiration(&message).ok().flatten();
         let now = self.now_ms;
         let body_len = message.body_len();
@@ -310,7 +308,6 @@ impl Broker {
                 if q.settings.overflow == Overflow::RejectPublishDlx {
                     let refused = QueuedMessage {
                         seq: 0,
-                        message_id: id,
                         message: message.clone(),
                         redelivered: false,
                         stored: false,
@@ -357,7 +354,6 @@ impl Broker {
             } else {
                 q.push(QueuedMessage {
                     seq,
-                    message_id: id,
                     message: message.clone(),
                     redelivered: false,
                     stored: durable,

@@ -324,7 +324,6 @@ mod tests {
             from_consumer: false,
             message: QueuedMessage {
                 seq: tag,
-                message_id: tag,
                 message: Arc::new(Message {
                     exchange: String::new(),
                     routing_key: String::new(),

@@ -285,7 +285,6 @@ pub struct Broker {
     conns: HashMap<ConnId, Conn>,
     users: Users,
     next_queue_id: QueueId,
-    next_message_id: u64,
     next_channel_uid: u64,
     outbox: Outbox,
     journal: Journal,
@@ -335,7 +334,6 @@ impl Broker {
             conns: HashMap::default(),
             users: Users::default(),
             next_queue_id: 1,
-            next_message_id: 1,
             next_channel_uid: 1,
             outbox: Outbox::default(),
             journal: Journal {

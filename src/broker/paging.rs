@@ -57,7 +57,6 @@ impl Broker {
                 .into_iter()
                 .map(|e| QueuedMessage {
                     seq: e.seq,
-                    message_id: 0,
                     redelivered: e.seq < redelivered_below,
                     message: e.message,
                     stored: e.durable,

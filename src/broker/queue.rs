@@ -15,8 +15,6 @@ use super::exchange::QueueId;
 pub struct QueuedMessage {
     /// Position in the queue: increasing in publish order, kept on requeue.
     pub seq: u64,
-    /// Broker-wide message id (the store's key for persistent messages).
-    pub message_id: u64,
     /// The content, shared with the other queues it was routed to.
     pub message: Arc<Message>,
     /// Whether it was delivered before.

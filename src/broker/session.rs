@@ -144,7 +144,6 @@ impl Broker {
                 last = Some(e.seq);
                 q.restore(QueuedMessage {
                     seq: e.seq,
-                    message_id: 0,
                     message: e.message,
                     redelivered: true,
                     stored: e.durable,

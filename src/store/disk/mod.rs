@@ -239,11 +239,6 @@ impl FjallStore {
         Ok(store)
     }
 
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn keyspace(&self, space: Space) -> &Keyspace {
         match space {
             Space::Meta => &self.meta,
