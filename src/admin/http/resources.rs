@@ -16,7 +16,7 @@ use crate::admin::json::{
     properties_to_json, queue_json,
 };
 use crate::broker::admin::{
-    AdminReply, AdminRequest, BindingInfo, BindingSpec, ExchangeInfo, GetAck, QueueInfo,
+    AdminReply, AdminRequest, BindingInfo, ExchangeInfo, GetAck, QueueInfo,
 };
 
 use super::{
@@ -535,7 +535,7 @@ pub(super) async fn create_binding(
     let location = properties_key(&routing_key, &arguments);
     s.call(AdminRequest::Bind {
         actor: who.actor(),
-        binding: BindingSpec {
+        binding: BindingInfo {
             vhost,
             source: exchange_name(&source),
             destination: dest,
@@ -579,7 +579,7 @@ pub(super) async fn delete_binding(
         .ok_or_else(ApiError::not_found)?;
     s.call(AdminRequest::Unbind {
         actor: who.actor(),
-        binding: BindingSpec {
+        binding: BindingInfo {
             vhost: b.vhost,
             source: b.source,
             destination: b.destination,

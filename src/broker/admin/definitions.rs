@@ -8,7 +8,7 @@ use crate::store::{PermissionRecord, UserRecord};
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
 use super::snapshot::BindingInfo;
-use super::{Actor, AdminReply, AdminResult, BindingSpec, Password, PutMode, bad_request};
+use super::{Actor, AdminReply, AdminResult, Password, PutMode, bad_request};
 
 /// A queue in a definitions document.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,15 +178,7 @@ impl Broker {
             )?;
         }
         for b in defs.bindings {
-            let spec = BindingSpec {
-                vhost: b.vhost,
-                source: b.source,
-                destination: b.destination,
-                to_queue: b.to_queue,
-                routing_key: b.routing_key,
-                arguments: b.arguments,
-            };
-            self.admin_bind(&node, spec, true)?;
+            self.admin_bind(&node, b, true)?;
         }
         Ok(AdminReply::Done)
     }

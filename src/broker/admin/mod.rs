@@ -83,23 +83,6 @@ pub enum GetAck {
     Reject,
 }
 
-/// A binding between an exchange and a queue or another exchange.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BindingSpec {
-    /// Virtual host.
-    pub vhost: String,
-    /// Source exchange.
-    pub source: String,
-    /// Destination queue or exchange.
-    pub destination: String,
-    /// True when the destination is a queue.
-    pub to_queue: bool,
-    /// Binding key.
-    pub routing_key: String,
-    /// Binding arguments.
-    pub arguments: FieldTable,
-}
-
 /// An administrative operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AdminRequest {
@@ -260,14 +243,14 @@ pub enum AdminRequest {
         /// Who asks.
         actor: Actor,
         /// The binding.
-        binding: BindingSpec,
+        binding: BindingInfo,
     },
     /// Removes a binding (succeeds when there is none).
     Unbind {
         /// Who asks.
         actor: Actor,
         /// The binding.
-        binding: BindingSpec,
+        binding: BindingInfo,
     },
     /// Publishes a message; answers [`AdminReply::Routed`].
     Publish {

@@ -72,7 +72,8 @@ pub struct ExchangeInfo {
     pub arguments: FieldTable,
 }
 
-/// A binding.
+/// A binding between an exchange and a queue or another exchange, as listed and as
+/// asked for by bind/unbind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingInfo {
     /// Vhost.

@@ -386,7 +386,7 @@ fn definitions_round_trip_into_a_fresh_broker() {
     h.declare_durable_queue(Actor::User("u".into()), "v", "q");
     h.admin(AdminRequest::Bind {
         actor: Actor::Node,
-        binding: BindingSpec {
+        binding: BindingInfo {
             vhost: "v".into(),
             source: "x".into(),
             destination: "q".into(),

@@ -18,7 +18,7 @@ use super::super::error::{access_refused, precondition_failed, resource};
 use super::super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::super::{Broker, QueueId};
 use super::{
-    Actor, AdminError, AdminErrorKind, AdminReply, AdminResult, BindingSpec, GetAck, GotMessage,
+    Actor, AdminError, AdminErrorKind, AdminReply, AdminResult, BindingInfo, GetAck, GotMessage,
     bad_request, not_found,
 };
 
@@ -260,7 +260,7 @@ impl Broker {
         Ok(AdminReply::Done)
     }
 
-    pub(super) fn admin_bind(&mut self, actor: &Actor, b: BindingSpec, bind: bool) -> AdminResult {
+    pub(super) fn admin_bind(&mut self, actor: &Actor, b: BindingInfo, bind: bool) -> AdminResult {
         self.require_vhost(&b.vhost)?;
         if b.source.is_empty() || b.source == "amq.default" {
             return Err(access_refused("operation not permitted on the default exchange").into());
