@@ -8,7 +8,7 @@ use crate::proto::constants::NO_ROUTE;
 use crate::proto::method::*;
 
 use super::auth::Access;
-use super::channel::{Confirm, Consumer, Mode, TxOp, Unacked};
+use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
 use super::deadletter::DeathReason;
 use super::error::*;
 use super::exchange::{Destination, QueueId};
@@ -18,14 +18,6 @@ use crate::store::{EntryBody, StoreOp};
 
 /// Most exchange-to-exchange hops a message may take while routing.
 const MAX_ROUTING_HOPS: usize = 64;
-
-/// How an ack-like method settles deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Requeue,
-    Discard,
-}
 
 impl Broker {
     /// Handles a method (without content) on an open channel.
@@ -685,12 +677,7 @@ impl Broker {
         }
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         if let Mode::Tx { ops, .. } = &mut ch.mode {
-            let requeue = match how {
-                Settle::Ack => None,
-                Settle::Requeue => Some(true),
-                Settle::Discard => Some(false),
-            };
-            ops.push(TxOp::Settle { entries, requeue });
+            ops.push(TxOp::Settle { entries, how });
         } else {
             self.apply_settlement(entries, how);
         }
@@ -785,8 +772,7 @@ impl Broker {
     }
 
     fn take_tx(&mut self, conn: ConnId, channel: u16) -> AmqpResult<Vec<TxOp>> {
-        let (vhost, _) = self.open_session(conn)?;
-        let _ = vhost;
+        self.open_session(conn)?;
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
@@ -811,12 +797,7 @@ impl Broker {
                     let outcome = self.route_and_enqueue(conn, channel, &vhost, &publish, message);
                     waits_for_store |= outcome == Confirm::Waiting;
                 }
-                TxOp::Settle { entries, requeue } => {
-                    let how = match requeue {
-                        None => Settle::Ack,
-                        Some(true) => Settle::Requeue,
-                        Some(false) => Settle::Discard,
-                    };
+                TxOp::Settle { entries, how } => {
                     self.apply_settlement(entries, how);
                 }
             }

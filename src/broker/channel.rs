@@ -160,13 +160,24 @@ pub enum Confirm {
 pub enum TxOp {
     /// A publish.
     Publish(BasicPublish, Arc<Message>),
-    /// An ack or reject that already left the unacked list; `requeue` applies to rejects.
+    /// An ack or reject that already left the unacked list.
     Settle {
         /// The settled deliveries.
         entries: Vec<Unacked>,
-        /// Ack (false) or reject/nack with requeue (true) or discard (None).
-        requeue: Option<bool>,
+        /// What settles them.
+        how: Settle,
     },
+}
+
+/// How an ack-like method settles deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject/nack with requeue: back into the queue.
+    Requeue,
+    /// basic.reject/nack without requeue: dropped, or dead-lettered.
+    Discard,
 }
 
 /// The channel's mode: plain, publisher confirms, or transactional.

@@ -662,11 +662,6 @@ impl Broker {
         self.queues.get(id)
     }
 
-    /// Number of open connections.
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// The user database.
     pub fn users(&self) -> &Users {
         &self.users

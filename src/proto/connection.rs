@@ -249,7 +249,8 @@ pub struct Connection {
     chunks: VecDeque<Bytes>,
     commands: VecDeque<Command>,
     /// Channels in use (open or closing), by number; at most channel_max of them.
-    channels: HashMap<u16, ChannelState>,
+    /// Looked up on every frame, so hashed with foldhash (keys are small channel numbers).
+    channels: HashMap<u16, ChannelState, foldhash::fast::FixedState>,
     frame_max_bytes: u32,
     channel_max: u16,
     heartbeat_ms: u64,
@@ -277,7 +278,7 @@ impl Connection {
             output: BytesMut::with_capacity(4096),
             chunks: VecDeque::new(),
             commands: VecDeque::new(),
-            channels: HashMap::new(),
+            channels: HashMap::default(),
             frame_max_bytes,
             channel_max,
             heartbeat_ms: 0,
@@ -339,21 +340,6 @@ impl Connection {
     /// drop the socket.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
-    }
-
-    /// True once the handshake finished and the connection is usable.
-    pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open)
-    }
-
-    /// Negotiated maximum frame size in bytes.
-    pub fn frame_max_bytes(&self) -> u32 {
-        self.frame_max_bytes
-    }
-
-    /// Negotiated heartbeat interval in milliseconds (0 when disabled).
-    pub fn heartbeat_ms(&self) -> u64 {
-        self.heartbeat_ms
     }
 
     /// Bytes to write to the socket, if any.
@@ -1005,11 +991,6 @@ impl Connection {
     /// The protocol error this layer closed the connection for, if it did.
     pub fn error(&self) -> Option<&ConnectionError> {
         self.error.as_ref()
-    }
-
-    /// Number of channel numbers in use (open or closing).
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
     }
 }
 
