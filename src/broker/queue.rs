@@ -287,8 +287,6 @@ pub struct Queue {
     buckets: Vec<VecDeque<QueuedMessage>>,
     ready_len: usize,
     ready_bytes: u64,
-    /// Memory charged for the ready messages held in memory.
-    memory_bytes: u64,
     meter: MemoryMeter,
     next_seq: u64,
 }
@@ -332,7 +330,6 @@ impl Queue {
             buckets: (0..levels).map(|_| VecDeque::new()).collect(),
             ready_len: 0,
             ready_bytes: 0,
-            memory_bytes: 0,
             meter,
             next_seq: 1,
         }
@@ -355,7 +352,7 @@ impl Queue {
 
     /// Memory charged for the ready messages held in memory.
     pub fn memory_bytes(&self) -> u64 {
-        self.memory_bytes
+        self.ready_bytes + self.ready_len as u64 * MESSAGE_OVERHEAD_BYTES
     }
 
     /// Whether new messages may be paged out under memory pressure. Queues with
@@ -418,7 +415,7 @@ impl Queue {
     pub fn pages_next(&self, queue_budget_bytes: u64, broker_budget_bytes: u64) -> bool {
         self.paged.count > 0
             || (self.pageable()
-                && (self.memory_bytes >= queue_budget_bytes
+                && (self.memory_bytes() >= queue_budget_bytes
                     || self.meter.load(std::sync::atomic::Ordering::Relaxed)
                         >= broker_budget_bytes))
     }
@@ -509,12 +506,10 @@ impl Queue {
         if add {
             self.ready_len += 1;
             self.ready_bytes += message.body_len();
-            self.memory_bytes += cost;
             self.meter.fetch_add(cost, Relaxed);
         } else {
             self.ready_len -= 1;
             self.ready_bytes -= message.body_len();
-            self.memory_bytes -= cost;
             self.meter.fetch_sub(cost, Relaxed);
         }
     }
@@ -616,10 +611,9 @@ impl Queue {
             .flat_map(|b| b.drain(..))
             .collect();
         use std::sync::atomic::Ordering::Relaxed;
-        self.meter.fetch_sub(self.memory_bytes, Relaxed);
+        self.meter.fetch_sub(self.memory_bytes(), Relaxed);
         self.ready_bytes = 0;
         self.ready_len = 0;
-        self.memory_bytes = 0;
         let paged = (self.paged.count > 0).then_some((self.paged.from_seq, self.paged.count));
         self.forget_paged();
         (all, paged)
@@ -678,7 +672,7 @@ impl Queue {
         let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
         assert_eq!(bytes, self.ready_bytes, "queue {} byte count", self.name);
         let cost: u64 = all.iter().map(|m| memory_cost(&m.message)).sum();
-        assert_eq!(cost, self.memory_bytes, "queue {} memory charge", self.name);
+        assert_eq!(cost, self.memory_bytes(), "queue {} memory charge", self.name);
         assert!(
             self.paged.count == 0 || all.iter().all(|m| m.seq < self.paged.from_seq),
             "queue {} holds in memory a message of its paged tail",
@@ -707,6 +701,6 @@ impl Drop for Queue {
     fn drop(&mut self) {
         // A deleted queue's messages no longer weigh on the broker's memory.
         self.meter
-            .fetch_sub(self.memory_bytes, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(self.memory_bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 }
