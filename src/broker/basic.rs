@@ -292,6 +292,7 @@ impl Broker {
         let mut rejected = false;
         let mut stored = false;
         for qid in queues {
+            self.work += 1;
             let Some(q) = self.queues.get_mut(&qid) else {
                 continue;
             };
@@ -365,51 +366,15 @@ impl Broker {
     }
 
     /// The queues a message published to `exchange` reaches, following exchange-to-exchange
-    /// bindings and alternate exchanges, each queue once.
-    pub(super) fn route(&self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
-        let mut queues = Vec::new();
-        let Some(v) = self.vhosts.get(vhost) else {
-            return queues;
+    /// bindings and alternate exchanges, each queue once. Counts the routing steps in
+    /// [`Broker::work_done`].
+    pub(super) fn route(&mut self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
+        let mut work = 0;
+        let queues = match self.vhosts.get(vhost) {
+            Some(v) => route_in(v, exchange, message, &mut work),
+            None => Vec::new(),
         };
-        let exchange = if exchange == "amq.default" {
-            ""
-        } else {
-            exchange
-        };
-        if exchange.is_empty() {
-            if let Some(id) = v.queues.get(&message.routing_key) {
-                queues.push(*id);
-            }
-            return queues;
-        }
-        let headers = message.properties.headers.as_ref();
-        let mut visited: Vec<&str> = Vec::new();
-        let mut pending: Vec<&str> = vec![exchange];
-        while let Some(name) = pending.pop() {
-            if visited.contains(&name) || visited.len() >= MAX_ROUTING_HOPS {
-                continue;
-            }
-            visited.push(name);
-            let Some(x) = v.exchanges.get(name) else {
-                continue;
-            };
-            let before = queues.len();
-            let mut reached_exchange = false;
-            x.route(&message.routing_key, headers, &mut |d| match d {
-                Destination::Queue(id) => queues.push(*id),
-                Destination::Exchange(e) => {
-                    reached_exchange = true;
-                    pending.push(e.as_str());
-                }
-            });
-            if queues.len() == before && !reached_exchange {
-                if let Some(ae) = x.alternate_exchange() {
-                    pending.push(ae);
-                }
-            }
-        }
-        queues.sort_unstable();
-        queues.dedup();
+        self.work += work;
         queues
     }
 
@@ -855,4 +820,52 @@ pub(super) fn parse_expiration(message: &Message) -> Result<Option<u64>, String>
         Ok(n) => Err(format!("{{value_negative,{n}}}")),
         Err(_) => Err("{error,no_integer}".to_string()),
     }
+}
+
+/// Routes a message published to `exchange` within vhost `v` (see [`Broker::route`]),
+/// adding the steps taken to `work`.
+fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64) -> Vec<QueueId> {
+    let mut queues = Vec::new();
+    let exchange = if exchange == "amq.default" {
+        ""
+    } else {
+        exchange
+    };
+    *work += 1;
+    if exchange.is_empty() {
+        if let Some(id) = v.queues.get(&message.routing_key) {
+            queues.push(*id);
+        }
+        return queues;
+    }
+    let headers = message.properties.headers.as_ref();
+    let mut visited: Vec<&str> = Vec::new();
+    let mut pending: Vec<&str> = vec![exchange];
+    while let Some(name) = pending.pop() {
+        *work += 1;
+        if visited.contains(&name) || visited.len() >= MAX_ROUTING_HOPS {
+            continue;
+        }
+        visited.push(name);
+        let Some(x) = v.exchanges.get(name) else {
+            continue;
+        };
+        let before = queues.len();
+        let mut reached_exchange = false;
+        x.route(&message.routing_key, headers, work, &mut |d| match d {
+            Destination::Queue(id) => queues.push(*id),
+            Destination::Exchange(e) => {
+                reached_exchange = true;
+                pending.push(e.as_str());
+            }
+        });
+        if queues.len() == before && !reached_exchange {
+            if let Some(ae) = x.alternate_exchange() {
+                pending.push(ae);
+            }
+        }
+    }
+    queues.sort_unstable();
+    queues.dedup();
+    queues
 }

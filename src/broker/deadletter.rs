@@ -154,6 +154,7 @@ impl Broker {
             ))
         });
         for entry in entries {
+            self.work += 1;
             self.release(source, &entry);
             let Some((vhost, queue, dlx, dlrk)) = &target else {
                 continue;

@@ -196,23 +196,32 @@ impl Exchange {
     }
 
     /// Calls `found` for each destination a message with this routing key and headers
-    /// reaches through this exchange's own bindings (not following other exchanges).
+    /// reaches through this exchange's own bindings (not following other exchanges). Adds
+    /// the routing steps taken (index nodes visited, bindings and header entries compared)
+    /// to `work`.
     pub fn route<'a>(
         &'a self,
         routing_key: &str,
         headers: Option<&FieldTable>,
+        work: &mut u64,
         found: &mut impl FnMut(&'a Destination),
     ) {
+        *work += 1;
         match &self.index {
             Index::Direct(map) => {
                 if let Some(dests) = map.get(routing_key) {
+                    *work += dests.len() as u64;
                     dests.iter().for_each(found);
                 }
             }
-            Index::Fanout => self.bindings.iter().for_each(|b| found(&b.destination)),
-            Index::Topic(trie) => trie.matches(routing_key, found),
+            Index::Fanout => {
+                *work += self.bindings.len() as u64;
+                self.bindings.iter().for_each(|b| found(&b.destination));
+            }
+            Index::Topic(trie) => trie.matches(routing_key, work, found),
             Index::Headers => {
                 for b in &self.bindings {
+                    *work += 1 + b.arguments.len() as u64;
                     if headers_match(&b.arguments, headers) {
                         found(&b.destination);
                     }
@@ -338,11 +347,11 @@ mod tests {
         assert!(x.bind(b.clone()));
         assert!(!x.bind(b.clone()));
         let mut hits = Vec::new();
-        x.route("k", None, &mut |d| hits.push(d.clone()));
+        x.route("k", None, &mut 0, &mut |d| hits.push(d.clone()));
         assert_eq!(hits, [Destination::Queue(1)]);
         assert!(x.unbind(&b));
         hits.clear();
-        x.route("k", None, &mut |d| hits.push(d.clone()));
+        x.route("k", None, &mut 0, &mut |d| hits.push(d.clone()));
         assert!(hits.is_empty());
     }
 }

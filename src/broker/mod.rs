@@ -319,6 +319,8 @@ pub struct Broker {
     held: HashMap<ConnId, VecDeque<Command>>,
     /// Held connections whose get was answered.
     to_resume: Vec<ConnId>,
+    /// Routing and dead-lettering steps taken since start ([`Broker::work_done`]).
+    work: u64,
 }
 
 impl Broker {
@@ -355,6 +357,7 @@ impl Broker {
             flow_hot: Vec::new(),
             held: HashMap::default(),
             to_resume: Vec::new(),
+            work: 0,
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -362,6 +365,14 @@ impl Broker {
             broker.restore(recovered);
         }
         broker
+    }
+
+    /// Routing steps taken since the broker started: exchanges and index nodes visited,
+    /// bindings and header entries compared, queues enqueued to, dead-letter hops. The
+    /// simulator and the fuzzer hold each input to a budget of these, so that an input
+    /// whose cost explodes is a failure even when it finishes.
+    pub fn work_done(&self) -> u64 {
+        self.work
     }
 
     /// The settings in force.

@@ -672,7 +672,12 @@ impl Queue {
         let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
         assert_eq!(bytes, self.ready_bytes, "queue {} byte count", self.name);
         let cost: u64 = all.iter().map(|m| memory_cost(&m.message)).sum();
-        assert_eq!(cost, self.memory_bytes(), "queue {} memory charge", self.name);
+        assert_eq!(
+            cost,
+            self.memory_bytes(),
+            "queue {} memory charge",
+            self.name
+        );
         assert!(
             self.paged.count == 0 || all.iter().all(|m| m.seq < self.paged.from_seq),
             "queue {} holds in memory a message of its paged tail",

@@ -78,9 +78,10 @@ impl<T: PartialEq> TopicTrie<T> {
 
     /// Calls `found` for every value whose binding key matches `routing_key`. A value
     /// reachable along several paths is reported once per path; callers deduplicate.
-    pub fn matches<'a>(&'a self, routing_key: &str, found: &mut impl FnMut(&'a T)) {
+    /// Adds the number of trie nodes visited to `work`.
+    pub fn matches<'a>(&'a self, routing_key: &str, work: &mut u64, found: &mut impl FnMut(&'a T)) {
         let words = words(routing_key);
-        walk(&self.root, &words, found);
+        walk(&self.root, &words, work, found);
     }
 }
 
@@ -123,11 +124,12 @@ fn remove_at<T: PartialEq>(node: &mut Node<T>, words: &[&str], value: &T) -> boo
     removed
 }
 
-fn walk<'a, T>(node: &'a Node<T>, words: &[&str], found: &mut impl FnMut(&'a T)) {
+fn walk<'a, T>(node: &'a Node<T>, words: &[&str], work: &mut u64, found: &mut impl FnMut(&'a T)) {
+    *work += 1;
     if let Some(hash) = &node.hash {
         // `#` swallows zero or more words: try every split point.
         for skip in 0..=words.len() {
-            walk(hash, &words[skip..], found);
+            walk(hash, &words[skip..], work, found);
         }
     }
     let Some((first, rest)) = words.split_first() else {
@@ -135,10 +137,10 @@ fn walk<'a, T>(node: &'a Node<T>, words: &[&str], found: &mut impl FnMut(&'a T))
         return;
     };
     if let Some(child) = node.children.get(*first) {
-        walk(child, rest, found);
+        walk(child, rest, work, found);
     }
     if let Some(star) = &node.star {
-        walk(star, rest, found);
+        walk(star, rest, work, found);
     }
 }
 
@@ -152,7 +154,7 @@ mod tests {
             trie.insert(b, b.to_string());
         }
         let mut out = Vec::new();
-        trie.matches(key, &mut |v: &String| out.push(v.clone()));
+        trie.matches(key, &mut 0, &mut |v: &String| out.push(v.clone()));
         out.sort();
         out.dedup();
         out
@@ -210,7 +212,7 @@ mod tests {
         assert!(trie.remove("a.#", &1));
         assert!(!trie.remove("a.#", &1));
         let mut out = Vec::new();
-        trie.matches("a.b", &mut |v| out.push(*v));
+        trie.matches("a.b", &mut 0, &mut |v| out.push(*v));
         out.sort();
         assert_eq!(out, [2, 3]);
         assert!(trie.remove("a.#", &2));

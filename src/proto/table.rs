@@ -316,6 +316,136 @@ impl FieldTable {
     }
 }
 
+/// The largest encoded field table warren accepts where a table enters from outside a
+/// frame that already bounds it: queue, exchange and binding arguments (over AMQP and
+/// HTTP), message properties published over HTTP, definitions imports. With
+/// [`MAX_FIELD_DEPTH`] it is the one limit every stored table keeps, so that the store
+/// never holds a table it cannot read back.
+pub const MAX_TABLE_BYTES: usize = 128 * 1024;
+
+/// Why a table is refused by [`FieldTable::check_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableLimitError {
+    /// Tables or arrays nest deeper than [`MAX_FIELD_DEPTH`].
+    TooDeep,
+    /// The encoded table is larger than [`MAX_TABLE_BYTES`].
+    TooLarge,
+}
+
+impl std::fmt::Display for TableLimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableLimitError::TooDeep => write!(
+                f,
+                "field tables and arrays nested deeper than {MAX_FIELD_DEPTH} levels"
+            ),
+            TableLimitError::TooLarge => {
+                write!(f, "field table larger than {MAX_TABLE_BYTES} bytes encoded")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TableLimitError {}
+
+/// Encoded bytes of a value's type tag and payload, not counting nested values.
+fn own_encoded_len(value: &FieldValue) -> usize {
+    1 + match value {
+        FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
+        FieldValue::I16(_) | FieldValue::U16(_) => 2,
+        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
+        FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
+        FieldValue::Decimal(_) => 5,
+        FieldValue::LongStr(b) | FieldValue::Bytes(b) => 4 + b.len(),
+        FieldValue::Array(_) | FieldValue::Table(_) => 4,
+        FieldValue::Void => 0,
+    }
+}
+
+/// Encoded bytes of a table key (a short string, truncated to 255 bytes on the wire).
+fn key_encoded_len(key: &str) -> usize {
+    1 + codec::shortstr_prefix(key).len()
+}
+
+impl FieldTable {
+    /// Checks the limits every table that warren stores or routes on must keep: nesting of
+    /// at most [`MAX_FIELD_DEPTH`] (what the decoder and the store read back) and at most
+    /// [`MAX_TABLE_BYTES`] encoded. Iterative, and it stops as soon as a limit is passed,
+    /// so its cost is bounded whatever the table (a table built from JSON can be deeper
+    /// than any decoded one).
+    pub fn check_limits(&self) -> Result<(), TableLimitError> {
+        self.measure(MAX_TABLE_BYTES).map(|_| ())
+    }
+
+    /// The number of bytes [`FieldTable::encode`] writes. Iterative; a table deeper than
+    /// [`MAX_FIELD_DEPTH`] still measures correctly.
+    pub fn encoded_len(&self) -> usize {
+        let mut total = 4;
+        let mut stack: Vec<&FieldValue> = Vec::new();
+        for (key, value) in &self.0 {
+            total += key_encoded_len(key);
+            stack.push(value);
+        }
+        while let Some(value) = stack.pop() {
+            total += own_encoded_len(value);
+            match value {
+                FieldValue::Array(values) => stack.extend(values.iter()),
+                FieldValue::Table(table) => {
+                    for (key, value) in &table.0 {
+                        total += key_encoded_len(key);
+                        stack.push(value);
+                    }
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+
+    /// The encoded length, failing once it passes `max_bytes` or the nesting passes
+    /// [`MAX_FIELD_DEPTH`].
+    fn measure(&self, max_bytes: usize) -> Result<usize, TableLimitError> {
+        let mut total = 4;
+        // Values with the depth of the table or array holding them (the top table is 1).
+        let mut stack: Vec<(&FieldValue, usize)> = Vec::new();
+        for (key, value) in &self.0 {
+            total += key_encoded_len(key);
+            if total > max_bytes {
+                return Err(TableLimitError::TooLarge);
+            }
+            stack.push((value, 1));
+        }
+        while let Some((value, depth)) = stack.pop() {
+            total += own_encoded_len(value);
+            if total > max_bytes {
+                return Err(TableLimitError::TooLarge);
+            }
+            match value {
+                FieldValue::Array(values) => {
+                    if depth + 1 > MAX_FIELD_DEPTH {
+                        return Err(TableLimitError::TooDeep);
+                    }
+                    stack.extend(values.iter().map(|v| (v, depth + 1)));
+                }
+                FieldValue::Table(table) => {
+                    if depth + 1 > MAX_FIELD_DEPTH {
+                        return Err(TableLimitError::TooDeep);
+                    }
+                    for (key, value) in &table.0 {
+                        total += key_encoded_len(key);
+                        if total > max_bytes {
+                            return Err(TableLimitError::TooLarge);
+                        }
+                        stack.push((value, depth + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(total)
+    }
+}
+
 impl<K: Into<String>> FromIterator<(K, FieldValue)> for FieldTable {
     /// Collects entries with [`FieldTable::insert`]: a repeated key keeps its first position
     /// and its last value.
@@ -507,6 +637,35 @@ mod tests {
         }
         bytes.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(FieldTable::decode(&bytes), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn limits_match_what_the_decoder_reads_back() {
+        for deep in [nested_tables, nested_arrays] {
+            let at_limit = deep(MAX_FIELD_DEPTH);
+            assert_eq!(at_limit.check_limits(), Ok(()));
+            assert_eq!(at_limit.encoded_len(), encoded(&at_limit).len());
+            let over = deep(MAX_FIELD_DEPTH + 1);
+            assert_eq!(over.check_limits(), Err(TableLimitError::TooDeep));
+            assert!(FieldTable::decode(&encoded(&over)).is_err());
+        }
+        let big: FieldTable = [(
+            "k",
+            FieldValue::LongStr(Bytes::from(vec![b'x'; MAX_TABLE_BYTES - 10])),
+        )]
+        .into_iter()
+        .collect();
+        // 4 (table) + 2 (key) + 1 (tag) + 4 (length) + the bytes.
+        assert_eq!(big.encoded_len(), MAX_TABLE_BYTES + 1);
+        assert_eq!(big.check_limits(), Err(TableLimitError::TooLarge));
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_len_is_exact(table in arb::table()) {
+            prop_assert_eq!(table.encoded_len(), encoded(&table).len());
+            prop_assert_eq!(table.check_limits(), Ok(()));
+        }
     }
 
     #[test]
