@@ -291,6 +291,9 @@ impl Broker {
         );
         let mut rejected = false;
         let mut stored = false;
+        // Dead letters wait until this message is in every queue it reached: routing them
+        // now could change those queues under this loop (and the shared message's count).
+        let mut dead: Vec<(QueueId, Vec<QueuedMessage>)> = Vec::new();
         for qid in queues {
             self.work += 1;
             let Some(q) = self.queues.get_mut(&qid) else {
@@ -299,6 +302,7 @@ impl Broker {
             if q.rejects(body_len) {
                 rejected = true;
                 if q.settings.overflow == Overflow::RejectPublishDlx {
+                    // RabbitMQ dead-letters a refused publish as `maxlen`.
                     let refused = QueuedMessage {
                         seq: 0,
                         message: message.clone(),
@@ -308,7 +312,7 @@ impl Broker {
                         priority: 0,
                         shared: None,
                     };
-                    self.dead_letter(qid, vec![refused], DeathReason::Rejected);
+                    dead.push((qid, vec![refused]));
                 }
                 continue;
             }
@@ -359,9 +363,15 @@ impl Broker {
                 self.flow_hot.push(qid);
             }
             let dropped = q.enforce_limits();
-            self.dead_letter(qid, dropped, DeathReason::MaxLen);
+            if !dropped.is_empty() {
+                dead.push((qid, dropped));
+            }
             self.schedule_dispatch(qid);
         }
+        for (qid, entries) in dead {
+            self.queue_dead_letters(qid, entries, DeathReason::MaxLen);
+        }
+        self.route_dead_letters();
         (rejected, stored)
     }
 

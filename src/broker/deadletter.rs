@@ -68,8 +68,9 @@ pub fn dead_lettered(
                 FieldValue::Table(t) => t,
                 _ => FieldTable::default(),
             };
+            // The count may come from a client: it saturates instead of overflowing.
             let count = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
-            t.insert("count", FieldValue::I64(count + 1));
+            t.insert("count", FieldValue::I64(count.saturating_add(1)));
             t.insert("time", FieldValue::Timestamp(now_ms / 1000));
             t
         }
@@ -108,8 +109,13 @@ pub fn dead_lettered(
 }
 
 /// Whether a dead-lettered message arriving at `queue` would go round a cycle with no
-/// client in it: it already died there, and never by rejection (RabbitMQ drops these).
-fn is_cycle(message: &Message, queue: &str) -> bool {
+/// client in it, as RabbitMQ decides: the most recent deaths up to and including the last
+/// one in `queue` (its `x-death` history is ordered by recency) include no rejection.
+/// Dead letters of rejected messages are never cycles (a client decided each time).
+fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
+    if reason == DeathReason::Rejected {
+        return false;
+    }
     let Some(FieldValue::Array(deaths)) = message
         .properties
         .headers
@@ -118,24 +124,82 @@ fn is_cycle(message: &Message, queue: &str) -> bool {
     else {
         return false;
     };
-    let tables = deaths.iter().filter_map(|d| match d {
-        FieldValue::Table(t) => Some(t),
-        _ => None,
-    });
-    let mut seen_here = false;
-    for t in tables {
+    for death in deaths {
+        let FieldValue::Table(t) = death else {
+            // Something a client put there: not a fully automatic cycle.
+            return false;
+        };
         if t.get("reason").and_then(FieldValue::as_str) == Some("rejected") {
             return false;
         }
-        seen_here |= t.get("queue").and_then(FieldValue::as_str) == Some(queue);
+        if t.get("queue").and_then(FieldValue::as_str) == Some(queue) {
+            return true;
+        }
     }
-    seen_here
+    false
+}
+
+/// Most dead-letterings one message may go through in a row within one input (a message
+/// dead-lettered into a queue that dead-letters it on at once, and so on). RabbitMQ's cycle
+/// rule stops loops through the same queue; this stops chains through distinct ones.
+pub const MAX_DEAD_LETTER_HOPS: u32 = 16;
+
+/// Dead letters that one input may produce beyond its first hop, per message it released
+/// itself, and a floor, so that fan-out through chains of dead-letter exchanges cannot
+/// multiply one publish into an unbounded amount of work. Past it, further dead letters
+/// of that input are dropped (as RabbitMQ drops dead letters it cannot route) and logged.
+const CHAINED_DEAD_LETTERS_PER_MESSAGE: u64 = 16;
+const CHAINED_DEAD_LETTERS_FLOOR: u64 = 64;
+
+/// A message on its way to a dead-letter exchange.
+#[derive(Debug)]
+pub(super) struct DeadLetter {
+    vhost: String,
+    exchange: String,
+    /// The message as it is republished: its `x-death` updated.
+    message: Message,
+    reason: DeathReason,
+    /// Dead-letterings in a row that led to this one within the current input (1 for a
+    /// message released by the input itself).
+    hops: u32,
+}
+
+/// Dead letters waiting to be routed: a work list drained iteratively, so that a chain of
+/// dead-letter exchanges never becomes a recursion.
+#[derive(Debug, Default)]
+pub(super) struct DeadLetters {
+    pending: std::collections::VecDeque<DeadLetter>,
+    /// Being drained: new dead letters join the list instead of being routed at once.
+    draining: bool,
+    /// The hop count of the dead letter being routed.
+    current_hops: u32,
 }
 
 impl Broker {
     /// Releases messages a queue no longer holds and republishes them to its dead-letter
-    /// exchange, if it has one.
+    /// exchange, if it has one. Routing happens here unless a dead letter is being routed
+    /// already, in which case they join the work list that is being drained.
     pub(super) fn dead_letter(
+        &mut self,
+        source: QueueId,
+        entries: Vec<QueuedMessage>,
+        reason: DeathReason,
+    ) {
+        self.queue_dead_letters(source, entries, reason);
+        self.route_dead_letters();
+    }
+
+    /// Routes the dead letters waiting, unless that is under way already.
+    pub(super) fn route_dead_letters(&mut self) {
+        if !self.dead_letters.draining && !self.dead_letters.pending.is_empty() {
+            self.drain_dead_letters();
+        }
+    }
+
+    /// Releases messages a queue no longer holds and adds them to the dead letters to
+    /// route, if the queue has a dead-letter exchange; [`Broker::route_dead_letters`]
+    /// routes them.
+    pub(super) fn queue_dead_letters(
         &mut self,
         source: QueueId,
         entries: Vec<QueuedMessage>,
@@ -153,6 +217,7 @@ impl Broker {
                 q.settings.dead_letter_routing_key.clone(),
             ))
         });
+        let hops = self.dead_letters.current_hops + 1;
         for entry in entries {
             self.work += 1;
             self.release(source, &entry);
@@ -167,13 +232,49 @@ impl Broker {
                 dlrk.as_deref(),
                 self.now_ms,
             );
-            let mut targets = self.route(vhost, dlx, &message);
+            self.dead_letters.pending.push_back(DeadLetter {
+                vhost: vhost.clone(),
+                exchange: dlx.clone(),
+                message,
+                reason,
+                hops,
+            });
+        }
+    }
+
+    /// Routes dead letters until none is left, including those that routing them produces.
+    fn drain_dead_letters(&mut self) {
+        self.dead_letters.draining = true;
+        let first_hop = self.dead_letters.pending.len() as u64;
+        let mut chained_budget =
+            CHAINED_DEAD_LETTERS_FLOOR + first_hop.saturating_mul(CHAINED_DEAD_LETTERS_PER_MESSAGE);
+        let mut dropped = 0u64;
+        while let Some(dl) = self.dead_letters.pending.pop_front() {
+            if dl.hops > 1 {
+                if dl.hops > MAX_DEAD_LETTER_HOPS || chained_budget == 0 {
+                    dropped += 1;
+                    continue;
+                }
+                chained_budget -= 1;
+            }
+            self.work += 1;
+            self.dead_letters.current_hops = dl.hops;
+            let mut targets = self.route(&dl.vhost, &dl.exchange, &dl.message);
             targets.retain(|q| {
                 self.queues
                     .get(q)
-                    .is_some_and(|q| !is_cycle(&message, &q.name))
+                    .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.name))
             });
-            self.enqueue_routed(targets, Arc::new(message));
+            self.enqueue_routed(targets, Arc::new(dl.message));
+        }
+        self.dead_letters.current_hops = 0;
+        self.dead_letters.draining = false;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                max_hops = MAX_DEAD_LETTER_HOPS,
+                "dropped dead letters of a chain of dead-letter exchanges that grew past its bounds"
+            );
         }
     }
 }
@@ -258,12 +359,34 @@ mod tests {
     #[test]
     fn cycles_without_rejection_are_detected() {
         let expired = dead_lettered(&msg(None), "q1", DeathReason::Expired, "dlx", None, 0);
-        assert!(is_cycle(&expired, "q1"));
-        assert!(!is_cycle(&expired, "q2"));
+        assert!(is_cycle(&expired, DeathReason::Expired, "q1"));
+        assert!(!is_cycle(&expired, DeathReason::Expired, "q2"));
         let rejected = dead_lettered(&expired, "q2", DeathReason::Rejected, "dlx", None, 0);
         assert!(
-            !is_cycle(&rejected, "q1"),
+            !is_cycle(&rejected, DeathReason::Rejected, "q1"),
             "a client rejected it: not a silent cycle"
         );
+        // A rejection older than the last death in q1 does not break the cycle.
+        let again = dead_lettered(&rejected, "q1", DeathReason::MaxLen, "dlx", None, 0);
+        let later = dead_lettered(&again, "q3", DeathReason::Expired, "dlx", None, 0);
+        assert!(is_cycle(&later, DeathReason::Expired, "q1"));
+        assert!(
+            !is_cycle(&later, DeathReason::Expired, "q2"),
+            "q2's death was a rejection"
+        );
+    }
+
+    #[test]
+    fn client_supplied_death_counts_saturate() {
+        let mut death = FieldTable::default();
+        death.insert("count", FieldValue::I64(i64::MAX));
+        death.insert("reason", text("expired"));
+        death.insert("queue", text("q1"));
+        let mut headers = FieldTable::default();
+        headers.insert("x-death", FieldValue::Array(vec![FieldValue::Table(death)]));
+        let mut m = msg(None);
+        m.properties.headers = Some(headers);
+        let d = dead_lettered(&m, "q1", DeathReason::Expired, "dlx", None, 0);
+        assert_eq!(deaths(&d)[0].get("count"), Some(&FieldValue::I64(i64::MAX)));
     }
 }

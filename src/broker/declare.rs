@@ -240,7 +240,7 @@ impl Broker {
             .get(&*vhost)
             .and_then(|v| v.exchanges.get(&name))
         {
-            if m.if_unused && !x.bindings().is_empty() {
+            if m.if_unused && x.binding_count() > 0 {
                 return Err(precondition_failed(format!(
                     "{} in use",
                     resource("exchange", &name, &vhost)
@@ -606,7 +606,7 @@ impl Broker {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| not_found(format!("no {}", resource("exchange", source, vhost))))?;
-        if x.bindings().len() >= max {
+        if x.binding_count() >= max {
             return Err(precondition_failed(format!(
                 "{} has the maximum of {max} bindings",
                 resource("exchange", source, vhost)
@@ -615,10 +615,15 @@ impl Broker {
         let record = (x.durable && durable_destination)
             .then(|| binding_record(vhost, source, &binding, &queue_name));
         if x.bind(binding.clone()) {
-            if let Destination::Queue(id) = binding.destination {
-                if let Some(q) = self.queues.get_mut(&id) {
-                    if !q.bound_from.iter().any(|s| s == source) {
-                        q.bound_from.push(source.to_string());
+            match &binding.destination {
+                Destination::Queue(id) => {
+                    if let Some(q) = self.queues.get_mut(id) {
+                        q.bound_from.insert(source.to_string());
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Some(d) = v.exchanges.get_mut(name) {
+                        d.bound_from.insert(source.to_string());
                     }
                 }
             }
@@ -642,14 +647,23 @@ impl Broker {
             return;
         }
         let x_durable = x.durable;
-        let now_unused = x.auto_delete && x.bindings().is_empty();
-        if let Destination::Queue(id) = binding.destination {
-            let still_bound = x
-                .bindings()
-                .iter()
-                .any(|b| b.destination == binding.destination);
-            if let (false, Some(q)) = (still_bound, self.queues.get_mut(&id)) {
-                q.bound_from.retain(|s| s != source);
+        let now_unused = x.auto_delete && x.binding_count() == 0;
+        if !x.binds_to(&binding.destination) {
+            match &binding.destination {
+                Destination::Queue(id) => {
+                    if let Some(q) = self.queues.get_mut(id) {
+                        q.bound_from.remove(source);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Some(d) = self
+                        .vhosts
+                        .get_mut(vhost)
+                        .and_then(|v| v.exchanges.get_mut(name))
+                    {
+                        d.bound_from.remove(source);
+                    }
+                }
             }
         }
         if x_durable {
@@ -707,7 +721,7 @@ impl Broker {
             };
             let gone = x.unbind_destination(&Destination::Queue(id));
             let x_durable = x.durable;
-            let now_unused = x.auto_delete && x.bindings().is_empty();
+            let now_unused = x.auto_delete && x.binding_count() == 0;
             if x_durable && q.durable {
                 for b in &gone {
                     self.journal.push(StoreOp::DeleteBinding(binding_record(
@@ -769,39 +783,63 @@ impl Broker {
     }
 
     /// Deletes an exchange with its bindings in both directions, and any auto-delete
-    /// exchange that loses its last binding as a result.
+    /// exchange that loses its last binding as a result (and so on, as a work list: a
+    /// chain of auto-delete exchanges is as long as a client made it).
     pub(super) fn delete_exchange(&mut self, vhost: &str, name: &str) {
+        let mut doomed = vec![name.to_string()];
+        while let Some(name) = doomed.pop() {
+            self.work += 1;
+            let emptied = self.delete_one_exchange(vhost, &name);
+            doomed.extend(emptied);
+        }
+    }
+
+    /// Deletes one exchange with its bindings in both directions; returns the auto-delete
+    /// exchanges that lost their last binding.
+    fn delete_one_exchange(&mut self, vhost: &str, name: &str) -> Vec<String> {
+        let mut emptied = Vec::new();
         let Some(v) = self.vhosts.get_mut(vhost) else {
-            return;
+            return emptied;
         };
-        let Some(x) = v.exchanges.remove(name) else {
-            return;
+        let Some(mut x) = v.exchanges.remove(name) else {
+            return emptied;
         };
         debug_assert!(!x.builtin, "predeclared exchanges are never deleted");
-        let mut emptied = Vec::new();
         let dest = Destination::Exchange(name.to_string());
         let mut dropped_to_it = Vec::new();
-        for (src_name, src) in v.exchanges.iter_mut() {
+        for src_name in std::mem::take(&mut x.bound_from) {
+            let Some(src) = v.exchanges.get_mut(&src_name) else {
+                continue;
+            };
             let gone = src.unbind_destination(&dest);
-            if !gone.is_empty() {
-                if src.auto_delete && src.bindings().is_empty() {
-                    emptied.push(src_name.clone());
+            debug_assert!(
+                !gone.is_empty(),
+                "bound_from names a source without bindings"
+            );
+            if src.auto_delete && src.binding_count() == 0 {
+                emptied.push(src_name.clone());
+            }
+            if src.durable && x.durable {
+                dropped_to_it.extend(gone.into_iter().map(|b| (src_name.clone(), b)));
+            }
+        }
+        for b in x.bindings() {
+            match &b.destination {
+                Destination::Queue(id) => {
+                    if let Some(q) = self.queues.get_mut(id) {
+                        q.bound_from.remove(name);
+                    }
                 }
-                if src.durable && x.durable {
-                    dropped_to_it.extend(gone.into_iter().map(|b| (src_name.clone(), b)));
+                Destination::Exchange(d) => {
+                    if let Some(d) = v.exchanges.get_mut(d) {
+                        d.bound_from.remove(name);
+                    }
                 }
             }
         }
         for (src, b) in dropped_to_it {
             self.journal
                 .push(StoreOp::DeleteBinding(binding_record(vhost, &src, &b, "")));
-        }
-        for b in x.bindings() {
-            if let Destination::Queue(id) = b.destination {
-                if let Some(q) = self.queues.get_mut(&id) {
-                    q.bound_from.retain(|s| s != name);
-                }
-            }
         }
         if x.durable {
             // The store drops the exchange's own bindings with it.
@@ -819,9 +857,7 @@ impl Broker {
                 name: name.to_string(),
             });
         }
-        for e in emptied {
-            self.delete_exchange(vhost, &e);
-        }
+        emptied
     }
 }
 

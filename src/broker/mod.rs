@@ -17,12 +17,16 @@ mod dispatch;
 mod error;
 mod exchange;
 mod flow;
+#[cfg(test)]
+mod hostile_tests;
 mod paging;
 #[cfg(test)]
 mod paging_tests;
 mod queue;
 mod session;
 mod stats;
+#[cfg(test)]
+mod test_rig;
 mod timers;
 pub mod topic;
 mod vhost;
@@ -321,6 +325,8 @@ pub struct Broker {
     to_resume: Vec<ConnId>,
     /// Routing and dead-lettering steps taken since start ([`Broker::work_done`]).
     work: u64,
+    /// Dead letters being routed.
+    dead_letters: deadletter::DeadLetters,
 }
 
 impl Broker {
@@ -358,6 +364,7 @@ impl Broker {
             held: HashMap::default(),
             to_resume: Vec::new(),
             work: 0,
+            dead_letters: Default::default(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -690,6 +697,16 @@ impl Broker {
                 "queue {} indexed",
                 q.name
             );
+            for source in &q.bound_from {
+                assert!(
+                    vhost
+                        .exchanges
+                        .get(source)
+                        .is_some_and(|x| x.binds_to(&Destination::Queue(q.id))),
+                    "queue {} bound from {source}",
+                    q.name
+                );
+            }
             if let Some(owner) = q.exclusive_owner {
                 assert!(
                     self.conns.contains_key(&owner),
@@ -741,6 +758,34 @@ impl Broker {
             );
         }
         for v in self.vhosts.values() {
+            for x in v.exchanges.values() {
+                x.check_invariants();
+                for b in x.bindings() {
+                    let back = match &b.destination {
+                        Destination::Queue(id) => {
+                            self.queues.get(id).map(|q| q.bound_from.contains(&x.name))
+                        }
+                        Destination::Exchange(d) => {
+                            v.exchanges.get(d).map(|d| d.bound_from.contains(&x.name))
+                        }
+                    };
+                    assert_eq!(
+                        back,
+                        Some(true),
+                        "binding of {} indexed at its destination",
+                        x.name
+                    );
+                }
+                for source in &x.bound_from {
+                    assert!(
+                        v.exchanges
+                            .get(source)
+                            .is_some_and(|s| s.binds_to(&Destination::Exchange(x.name.clone()))),
+                        "exchange {} bound from {source}",
+                        x.name
+                    );
+                }
+            }
             for id in v.queues.values() {
                 assert!(
                     self.queues.contains_key(id),

@@ -266,7 +266,7 @@ pub struct Queue {
     /// Queued for a dispatch pass at the end of the current command.
     pub dispatch_scheduled: bool,
     /// Exchanges with bindings to this queue (for cleanup on delete).
-    pub bound_from: Vec<String>,
+    pub bound_from: std::collections::BTreeSet<String>,
     /// When the queue was last used (declared, consumed from, got from), for `x-expires`.
     pub last_used_ms: u64,
     /// The time of the queue's pending timer, if one is scheduled.
@@ -319,7 +319,7 @@ impl Queue {
             had_consumer: false,
             unacked: 0,
             dispatch_scheduled: false,
-            bound_from: Vec::new(),
+            bound_from: Default::default(),
             last_used_ms: 0,
             timer_at_ms: None,
             stats: Default::default(),

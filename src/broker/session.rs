@@ -119,10 +119,15 @@ impl Broker {
                 routing_key: b.routing_key,
                 arguments,
             });
-            if let Destination::Queue(id) = destination {
-                if let Some(q) = self.queues.get_mut(&id) {
-                    if !q.bound_from.contains(&b.source) {
-                        q.bound_from.push(b.source);
+            match destination {
+                Destination::Queue(id) => {
+                    if let Some(q) = self.queues.get_mut(&id) {
+                        q.bound_from.insert(b.source);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Some(d) = vhost.exchanges.get_mut(&name) {
+                        d.bound_from.insert(b.source);
                     }
                 }
             }

@@ -1,7 +1,12 @@
 //! A trie of topic binding keys: `*` matches one word, `#` zero or more.
 //!
-//! Matching walks only the branches a routing key can reach, so the cost grows with the
-//! key's length and the number of wildcards on its path, not with the number of bindings.
+//! Matching walks only the branches a routing key can reach. A `#` can swallow any number
+//! of words, so several paths may reach the same node at the same word; the walk visits
+//! each (node, word) pair once, which bounds a match by (trie nodes × (words + 1)) however
+//! the patterns combine `#` and `*`. Consecutive `#`s mean the same as one and are merged
+//! when a key is inserted, so `#.#.#` costs what `#` costs.
+
+use std::hash::Hash;
 
 use crate::broker::HashMap;
 
@@ -14,10 +19,22 @@ pub fn words(key: &str) -> Vec<&str> {
     }
 }
 
-/// A topic trie mapping binding keys to values of type `T`.
+/// The words of a binding key as the trie stores it: runs of `#` merged into one.
+fn pattern_words(binding_key: &str) -> Vec<&str> {
+    let mut out = words(binding_key);
+    out.dedup_by(|a, b| *a == "#" && *b == "#");
+    out
+}
+
+/// A topic trie mapping binding keys to values of type `T`. The same value may be stored
+/// under one key several times (bindings that differ only in their arguments); it matches
+/// once.
 #[derive(Debug, Clone)]
 pub struct TopicTrie<T> {
     root: Node<T>,
+    /// Nodes reached through a `#` edge. While there are none, no two paths of a walk can
+    /// meet, and the walk needs no record of where it has been.
+    hash_nodes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -25,7 +42,8 @@ struct Node<T> {
     children: HashMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
-    values: Vec<T>,
+    /// Values bound at this node, each with the number of bindings holding it.
+    values: HashMap<T, u32>,
 }
 
 impl<T> Default for Node<T> {
@@ -34,7 +52,7 @@ impl<T> Default for Node<T> {
             children: HashMap::default(),
             star: None,
             hash: None,
-            values: Vec::new(),
+            values: HashMap::default(),
         }
     }
 }
@@ -52,95 +70,123 @@ impl<T> Default for TopicTrie<T> {
     fn default() -> Self {
         TopicTrie {
             root: Node::default(),
+            hash_nodes: 0,
         }
     }
 }
 
-impl<T: PartialEq> TopicTrie<T> {
+impl<T: Eq + Hash> TopicTrie<T> {
     /// Adds `value` under `binding_key`.
     pub fn insert(&mut self, binding_key: &str, value: T) {
         let mut node = &mut self.root;
-        for word in words(binding_key) {
+        for word in pattern_words(binding_key) {
             node = match word {
                 "*" => node.star.get_or_insert_with(Box::default),
-                "#" => node.hash.get_or_insert_with(Box::default),
+                "#" => {
+                    if node.hash.is_none() {
+                        self.hash_nodes += 1;
+                    }
+                    node.hash.get_or_insert_with(Box::default)
+                }
                 w => node.children.entry(w.into()).or_default(),
             };
         }
-        node.values.push(value);
+        *node.values.entry(value).or_insert(0) += 1;
     }
 
     /// Removes one `value` stored under `binding_key`; returns whether it was there.
+    /// Iterative: binding keys are short strings, but nothing recurses on client data.
     pub fn remove(&mut self, binding_key: &str, value: &T) -> bool {
-        let words = words(binding_key);
-        remove_at(&mut self.root, &words, value)
+        let words = pattern_words(binding_key);
+        // Find the node, then prune the emptied tail of the path from the bottom up.
+        let Some(node) = self.find_mut(&words) else {
+            return false;
+        };
+        match node.values.get_mut(value) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return true;
+            }
+            Some(_) => {
+                node.values.remove(value);
+            }
+            None => return false,
+        }
+        for depth in (0..words.len()).rev() {
+            let Some(parent) = self.find_mut(&words[..depth]) else {
+                break;
+            };
+            let emptied = match words[depth] {
+                "*" => parent.star.as_ref().is_some_and(|c| c.is_empty()),
+                "#" => parent.hash.as_ref().is_some_and(|c| c.is_empty()),
+                w => parent.children.get(w).is_some_and(|c| c.is_empty()),
+            };
+            if !emptied {
+                break;
+            }
+            match words[depth] {
+                "*" => parent.star = None,
+                "#" => {
+                    parent.hash = None;
+                    self.hash_nodes -= 1;
+                }
+                w => {
+                    parent.children.remove(w);
+                }
+            }
+        }
+        true
     }
 
-    /// Calls `found` for every value whose binding key matches `routing_key`. A value
-    /// reachable along several paths is reported once per path; callers deduplicate.
-    /// Adds the number of trie nodes visited to `work`.
+    fn find_mut(&mut self, words: &[&str]) -> Option<&mut Node<T>> {
+        let mut node = &mut self.root;
+        for word in words {
+            node = match *word {
+                "*" => node.star.as_deref_mut()?,
+                "#" => node.hash.as_deref_mut()?,
+                w => node.children.get_mut(w)?,
+            };
+        }
+        Some(node)
+    }
+
+    /// Calls `found` for every distinct value whose binding key matches `routing_key`
+    /// (a value bound under several matching keys may be reported once per key). Adds the
+    /// number of (node, word) steps taken to `work`.
     pub fn matches<'a>(&'a self, routing_key: &str, work: &mut u64, found: &mut impl FnMut(&'a T)) {
         let words = words(routing_key);
-        walk(&self.root, &words, work, found);
-    }
-}
-
-fn remove_at<T: PartialEq>(node: &mut Node<T>, words: &[&str], value: &T) -> bool {
-    let Some((first, rest)) = words.split_first() else {
-        return match node.values.iter().position(|v| v == value) {
-            Some(i) => {
-                node.values.swap_remove(i);
-                true
+        // Each entry: a node, whether it was reached through a `#` edge (so it may swallow
+        // further words itself), and the index of the next word to match.
+        let mut stack: Vec<(&Node<T>, bool, usize)> = vec![(&self.root, false, 0)];
+        let mut seen: Option<
+            std::collections::HashSet<(usize, usize), foldhash::fast::FixedState>,
+        > = (self.hash_nodes > 0).then(Default::default);
+        while let Some((node, is_hash, i)) = stack.pop() {
+            if let Some(seen) = seen.as_mut() {
+                if !seen.insert((std::ptr::from_ref(node) as usize, i)) {
+                    continue;
+                }
             }
-            None => false,
-        };
-    };
-    let removed;
-    match *first {
-        "*" | "#" => {
-            let slot = if *first == "*" {
-                &mut node.star
-            } else {
-                &mut node.hash
-            };
-            let Some(child) = slot.as_mut() else {
-                return false;
-            };
-            removed = remove_at(child, rest, value);
-            if child.is_empty() {
-                *slot = None;
+            *work += 1;
+            if is_hash && i < words.len() {
+                // The `#` swallows one more word.
+                stack.push((node, true, i + 1));
             }
-        }
-        w => {
-            let Some(child) = node.children.get_mut(w) else {
-                return false;
+            if let Some(hash) = node.hash.as_deref() {
+                // A `#` here may swallow nothing: its node matches from the same word.
+                stack.push((hash, true, i));
+            }
+            let Some(word) = words.get(i) else {
+                node.values.keys().for_each(&mut *found);
+                continue;
             };
-            removed = remove_at(child, rest, value);
-            if child.is_empty() {
-                node.children.remove(w);
+            if let Some(child) = node.children.get(*word) {
+                stack.push((child, false, i + 1));
+            }
+            if let Some(star) = node.star.as_deref() {
+                stack.push((star, false, i + 1));
             }
         }
-    }
-    removed
-}
-
-fn walk<'a, T>(node: &'a Node<T>, words: &[&str], work: &mut u64, found: &mut impl FnMut(&'a T)) {
-    *work += 1;
-    if let Some(hash) = &node.hash {
-        // `#` swallows zero or more words: try every split point.
-        for skip in 0..=words.len() {
-            walk(hash, &words[skip..], work, found);
-        }
-    }
-    let Some((first, rest)) = words.split_first() else {
-        node.values.iter().for_each(&mut *found);
-        return;
-    };
-    if let Some(child) = node.children.get(*first) {
-        walk(child, rest, work, found);
-    }
-    if let Some(star) = &node.star {
-        walk(star, rest, work, found);
     }
 }
 
@@ -177,6 +223,11 @@ mod tests {
         assert_eq!(matching(&["a.#.c"], "a.c"), ["a.#.c"]);
         assert!(matching(&["a.#.c"], "a.b").is_empty());
         assert_eq!(matching(&["#.#"], "x"), ["#.#"]);
+        assert_eq!(matching(&["#.*"], "x"), ["#.*"]);
+        assert!(matching(&["#.*"], "").is_empty());
+        assert_eq!(matching(&["*.#.*"], "a.b"), ["*.#.*"]);
+        assert!(matching(&["*.#.*"], "a").is_empty());
+        assert_eq!(matching(&["#.a.#"], "x.a.y.a"), ["#.a.#"]);
     }
 
     #[test]
@@ -208,6 +259,7 @@ mod tests {
         let mut trie = TopicTrie::default();
         trie.insert("a.#", 1);
         trie.insert("a.#", 2);
+        trie.insert("a.#", 2);
         trie.insert("a.b", 3);
         assert!(trie.remove("a.#", &1));
         assert!(!trie.remove("a.#", &1));
@@ -216,7 +268,61 @@ mod tests {
         out.sort();
         assert_eq!(out, [2, 3]);
         assert!(trie.remove("a.#", &2));
+        assert!(trie.remove("a.#.#", &2), "runs of # are one #");
+        assert!(!trie.remove("a.#", &2));
         assert!(trie.remove("a.b", &3));
         assert!(trie.root.is_empty());
+        assert_eq!(trie.hash_nodes, 0);
+    }
+
+    /// The reference meaning of a topic pattern, by backtracking (exponential, fine for
+    /// short keys).
+    fn reference(pattern: &str, key: &str) -> bool {
+        fn go(p: &[&str], k: &[&str]) -> bool {
+            match (p.first(), k.first()) {
+                (None, None) => true,
+                (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+                (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+                (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+                _ => false,
+            }
+        }
+        go(&words(pattern), &words(key))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_reference(
+            patterns in proptest::collection::vec("(a|b|\\*|#)(\\.(a|b|\\*|#)){0,5}", 1..6),
+            key in "((a|b|c)(\\.(a|b|c)){0,6})?",
+        ) {
+            let mut trie = TopicTrie::default();
+            for (i, p) in patterns.iter().enumerate() {
+                trie.insert(p, i);
+            }
+            let mut got = Vec::new();
+            trie.matches(&key, &mut 0, &mut |v| got.push(*v));
+            got.sort();
+            let want: Vec<usize> = (0..patterns.len())
+                .filter(|i| reference(&patterns[*i], &key))
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn hashes_cost_linear_work() {
+        let mut trie = TopicTrie::default();
+        let pattern = vec!["#"; 30].join(".");
+        trie.insert(&pattern, 1);
+        trie.insert("#.*.#.*.#.*.#.*.#.*.#.*.#.*.#.*", 2);
+        let key = vec!["w"; 127].join(".");
+        let mut work = 0;
+        let mut out = Vec::new();
+        trie.matches(&key, &mut work, &mut |v| out.push(*v));
+        out.sort();
+        assert_eq!(out, [1, 2]);
+        // 17 nodes, 128 word positions, two entries per (node, position) at most.
+        assert!(work < 17 * 128 * 2, "work {work}");
     }
 }

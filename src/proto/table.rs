@@ -95,6 +95,32 @@ impl PartialEq for FieldValue {
 
 impl Eq for FieldValue {}
 
+/// Hashes agree with `PartialEq`: the type, then the value, floats by bit pattern.
+impl std::hash::Hash for FieldValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        use FieldValue::*;
+        self.type_tag().hash(state);
+        match self {
+            Bool(v) => v.hash(state),
+            I8(v) => v.hash(state),
+            U8(v) => v.hash(state),
+            I16(v) => v.hash(state),
+            U16(v) => v.hash(state),
+            I32(v) => v.hash(state),
+            U32(v) => v.hash(state),
+            I64(v) => v.hash(state),
+            F32(v) => v.to_bits().hash(state),
+            F64(v) => v.to_bits().hash(state),
+            Decimal(d) => (d.scale, d.value).hash(state),
+            LongStr(b) | Bytes(b) => b.hash(state),
+            Array(values) => values.hash(state),
+            Timestamp(v) => v.hash(state),
+            Table(t) => t.hash(state),
+            Void => {}
+        }
+    }
+}
+
 impl FieldValue {
     /// The type tag written before the value on the wire.
     pub fn type_tag(&self) -> u8 {
@@ -228,7 +254,7 @@ fn read_array(r: &mut Reader<'_>, depth: usize) -> Result<Vec<FieldValue>, Decod
 }
 
 /// A field table: short-string keys to typed values, in wire order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct FieldTable(Vec<(String, FieldValue)>);
 
 impl FieldTable {

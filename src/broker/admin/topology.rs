@@ -249,7 +249,7 @@ impl Broker {
             ))
             .into());
         }
-        if if_unused && !x.bindings().is_empty() {
+        if if_unused && x.binding_count() > 0 {
             return Err(precondition_failed(format!(
                 "{} in use",
                 resource("exchange", name, vhost)

@@ -1,0 +1,300 @@
+//! Inputs a client can send to make routing or dead-lettering expensive: each must be
+//! answered normally, with work bounded by what the client built.
+
+use bytes::Bytes;
+
+use crate::broker::BrokerConfig;
+use crate::broker::test_rig::Rig;
+use crate::proto::command::{ConnId, Reply};
+use crate::proto::method::*;
+use crate::proto::table::{FieldTable, FieldValue};
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn args(pairs: &[(&str, FieldValue)]) -> FieldTable {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn ok(r: &[(ConnId, Reply)]) {
+    assert!(
+        !r.iter().any(|(_, r)| matches!(
+            r,
+            Reply::Method {
+                method: Method::ChannelClose(_) | Method::ConnectionClose(_),
+                ..
+            }
+        )),
+        "{r:?}"
+    );
+}
+
+fn declare_with(rig: &mut Rig, queue: &str, arguments: FieldTable) {
+    let r = rig.method(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: queue.into(),
+            arguments,
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+}
+
+fn exchange(rig: &mut Rig, name: &str, kind: &str) {
+    let r = rig.method(
+        1,
+        Method::ExchangeDeclare(ExchangeDeclare {
+            exchange: name.into(),
+            kind: kind.into(),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+}
+
+fn bind(rig: &mut Rig, queue: &str, exchange: &str, key: &str, arguments: FieldTable) {
+    let r = rig.method(
+        1,
+        Method::QueueBind(QueueBind {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            arguments,
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+}
+
+fn rig() -> Rig {
+    let mut rig = Rig::new(BrokerConfig::default());
+    rig.open(1);
+    rig
+}
+
+/// The work one publish costs.
+fn publish_work(rig: &mut Rig, exchange: &str, key: &str) -> u64 {
+    let before = rig.broker.work_done();
+    rig.publish(1, exchange, key, 7, false);
+    rig.broker.check_invariants();
+    rig.broker.work_done() - before
+}
+
+#[test]
+fn a_full_reject_publish_dlx_queue_dead_lettering_to_itself_drops_the_message() {
+    let mut rig = rig();
+    declare_with(
+        &mut rig,
+        "loop",
+        args(&[
+            ("x-max-length", FieldValue::I32(0)),
+            ("x-overflow", text("reject-publish-dlx")),
+            ("x-dead-letter-exchange", text("")),
+        ]),
+    );
+    let work = publish_work(&mut rig, "", "loop");
+    assert!(work < 20, "work {work}");
+    assert_eq!(rig.message_count(1, "loop"), 0);
+}
+
+#[test]
+fn a_ttl_zero_cycle_between_two_queues_ends() {
+    let mut rig = rig();
+    for (q, next) in [("a", "b"), ("b", "a")] {
+        declare_with(
+            &mut rig,
+            q,
+            args(&[
+                ("x-message-ttl", FieldValue::I32(0)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(next)),
+            ]),
+        );
+    }
+    rig.publish(1, "", "a", 1, false);
+    for _ in 0..10 {
+        rig.now += 10;
+        rig.broker.handle_timeout(rig.now);
+        rig.drain();
+    }
+    assert_eq!(rig.message_count(1, "a") + rig.message_count(1, "b"), 0);
+    assert_eq!(rig.broker.poll_timeout(), None, "no timer left running");
+}
+
+#[test]
+fn fan_out_through_chains_of_dead_letter_exchanges_is_bounded() {
+    let mut rig = rig();
+    // Three levels of fanout exchanges, each feeding 30 queues that refuse everything and
+    // dead-letter to the next level: 27,000 copies unbounded.
+    const WIDTH: usize = 30;
+    for level in 0..3 {
+        exchange(&mut rig, &format!("f{level}"), "fanout");
+    }
+    for level in 0..3 {
+        for i in 0..WIDTH {
+            let q = format!("q{level}.{i}");
+            let next = format!("f{}", (level + 1) % 3);
+            declare_with(
+                &mut rig,
+                &q,
+                args(&[
+                    ("x-max-length", FieldValue::I32(0)),
+                    ("x-overflow", text("reject-publish-dlx")),
+                    ("x-dead-letter-exchange", text(&next)),
+                ]),
+            );
+            bind(
+                &mut rig,
+                &q,
+                &format!("f{level}"),
+                "",
+                FieldTable::default(),
+            );
+        }
+    }
+    let work = publish_work(&mut rig, "f0", "");
+    assert!(work < 200_000, "work {work}");
+}
+
+#[test]
+fn stacked_hashes_in_a_topic_binding_cost_linear_work() {
+    let mut rig = rig();
+    declare_with(&mut rig, "t", FieldTable::default());
+    let pattern = vec!["#"; 12].join(".");
+    bind(&mut rig, "t", "amq.topic", &pattern, FieldTable::default());
+    bind(
+        &mut rig,
+        "t",
+        "amq.topic",
+        "#.*.#.*.#.*.#.*.#.*.#.*",
+        FieldTable::default(),
+    );
+    let key = vec!["word"; 40].join(".");
+    let work = publish_work(&mut rig, "amq.topic", &key);
+    assert!(work < 14 * 41 * 2 + 100, "work {work}");
+    assert_eq!(rig.message_count(1, "t"), 1, "delivered once");
+}
+
+#[test]
+fn headers_matching_is_linear_in_the_tables() {
+    let mut rig = rig();
+    declare_with(&mut rig, "h", FieldTable::default());
+    const KEYS: usize = 3000;
+    let mut binding: FieldTable = (0..KEYS)
+        .map(|i| (format!("k{i}"), FieldValue::I32(i as i32)))
+        .collect();
+    binding.insert("x-match", text("all"));
+    bind(&mut rig, "h", "amq.headers", "", binding);
+    let headers: FieldTable = (0..KEYS)
+        .rev()
+        .map(|i| (format!("k{i}"), FieldValue::I64(i as i64)))
+        .collect();
+    let before = rig.broker.work_done();
+    rig.publish_with(1, "amq.headers", "", headers);
+    assert!(rig.broker.work_done() - before < 3 * KEYS as u64 + 100);
+    assert_eq!(rig.message_count(1, "h"), 1);
+}
+
+#[test]
+fn bindings_come_and_go_one_at_a_time() {
+    let mut rig = rig();
+    declare_with(&mut rig, "b", FieldTable::default());
+    const N: usize = 2000;
+    for i in 0..N {
+        bind(
+            &mut rig,
+            "b",
+            "amq.direct",
+            &format!("k{i}"),
+            FieldTable::default(),
+        );
+        bind(
+            &mut rig,
+            "b",
+            "amq.topic",
+            &format!("*.k{i}.#"),
+            FieldTable::default(),
+        );
+    }
+    rig.broker.check_invariants();
+    let work = publish_work(&mut rig, "amq.direct", "k77");
+    assert!(work <= 6, "work {work}");
+    for i in (0..N).step_by(2) {
+        let r = rig.method(
+            1,
+            Method::QueueUnbind(QueueUnbind {
+                queue: "b".into(),
+                exchange: "amq.topic".into(),
+                routing_key: format!("*.k{i}.#"),
+                ..Default::default()
+            }),
+        );
+        ok(&r);
+    }
+    rig.broker.check_invariants();
+    rig.publish(1, "amq.topic", "x.k4.y", 1, false);
+    rig.publish(1, "amq.topic", "x.k5.y", 2, false);
+    assert_eq!(
+        rig.message_count(1, "b"),
+        2,
+        "k4's binding is gone, k5's is there"
+    );
+    let r = rig.method(
+        1,
+        Method::QueueDelete(QueueDelete {
+            queue: "b".into(),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn a_long_chain_of_auto_delete_exchanges_is_deleted_without_recursion() {
+    let mut rig = rig();
+    const N: usize = 20_000;
+    for i in 0..N {
+        let r = rig.method(
+            1,
+            Method::ExchangeDeclare(ExchangeDeclare {
+                exchange: format!("e{i}"),
+                kind: "fanout".into(),
+                auto_delete: true,
+                ..Default::default()
+            }),
+        );
+        ok(&r);
+    }
+    for i in 1..N {
+        let r = rig.method(
+            1,
+            Method::ExchangeBind(ExchangeBind {
+                destination: format!("e{i}"),
+                source: format!("e{}", i - 1),
+                ..Default::default()
+            }),
+        );
+        ok(&r);
+    }
+    let r = rig.method(
+        1,
+        Method::ExchangeDelete(ExchangeDelete {
+            exchange: format!("e{}", N - 1),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    assert!(
+        rig.broker
+            .vhost("/")
+            .is_some_and(|v| !v.exchanges.contains_key("e0")),
+        "the whole chain went"
+    );
+    rig.broker.check_invariants();
+}

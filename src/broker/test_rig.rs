@@ -1,0 +1,260 @@
+//! A driver for broker tests: a broker with an in-memory store, driven the way the server
+//! drives it with fjall.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::broker::{Broker, BrokerConfig, ConnInfo, Output};
+use crate::proto::command::{Command, ConnId, Login, Message, Reply};
+use crate::proto::method::*;
+use crate::proto::props::BasicProperties;
+use crate::proto::table::FieldTable;
+use crate::store::memory::MemoryStore;
+use crate::store::{Recovered, Store};
+
+pub(super) struct Rig {
+    pub broker: Broker,
+    pub store: MemoryStore,
+    pub now: u64,
+}
+
+pub(super) fn small_budget() -> BrokerConfig {
+    BrokerConfig {
+        queue_memory_budget_bytes: 64 * 1024,
+        memory_budget_bytes: 1024 * 1024 * 1024,
+        page_in_low_water: 50,
+        page_in_batch: 100,
+        recovery_head_entries: 100,
+        ..BrokerConfig::default()
+    }
+}
+
+impl Rig {
+    pub fn new(config: BrokerConfig) -> Rig {
+        Rig::with_store(config, MemoryStore::default(), Recovered::default())
+    }
+
+    pub fn with_store(config: BrokerConfig, store: MemoryStore, recovered: Recovered) -> Rig {
+        let mut rig = Rig {
+            broker: Broker::new(config, 3, recovered),
+            store,
+            now: 1_000,
+        };
+        rig.drain();
+        rig
+    }
+
+    /// Restarts the broker on the store's state, as after a crash.
+    pub fn restart(self) -> Rig {
+        let config = self.broker.config().clone();
+        let mut store = self.store;
+        let recovered = store.recover(config.recovery_head_entries).unwrap();
+        Rig::with_store(config, store, recovered)
+    }
+
+    /// Runs the driver loop until the broker is idle: persists and syncs batches, answers
+    /// reads, collects replies.
+    pub fn drain(&mut self) -> Vec<(ConnId, Reply)> {
+        let mut replies = Vec::new();
+        while let Some(out) = self.broker.poll_output() {
+            match out {
+                Output::Persist { batch, ops } => {
+                    self.store.write(&ops).unwrap();
+                    self.store.sync().unwrap();
+                    self.broker.handle_persisted(batch);
+                }
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => {
+                    let entries = self.store.load(queue, from_seq, max).unwrap();
+                    self.broker.handle_loaded(queue, epoch, entries, self.now);
+                }
+                Output::Replies { conn, replies: r } => {
+                    replies.extend(r.into_iter().map(|x| (conn, x)))
+                }
+            }
+        }
+        replies
+    }
+
+    pub fn command(&mut self, conn: ConnId, c: Command) -> Vec<(ConnId, Reply)> {
+        self.now += 1;
+        self.broker.handle_command(conn, c, self.now);
+        self.drain()
+    }
+
+    pub fn method(&mut self, conn: ConnId, m: Method) -> Vec<(ConnId, Reply)> {
+        self.command(
+            conn,
+            Command::Method {
+                channel: 1,
+                method: m,
+            },
+        )
+    }
+
+    pub fn open(&mut self, conn: ConnId) {
+        let info = ConnInfo {
+            peer: "test".into(),
+            loopback: true,
+        };
+        self.broker.handle_connect(conn, info, self.now);
+        let login = Login {
+            mechanism: "PLAIN".into(),
+            username: "guest".into(),
+            password: "guest".into(),
+            client_properties: FieldTable::default(),
+        };
+        self.command(conn, Command::Login(login));
+        self.command(conn, Command::OpenVhost { vhost: "/".into() });
+        self.command(conn, Command::ChannelOpen { channel: 1 });
+    }
+
+    pub fn declare(&mut self, conn: ConnId, queue: &str, durable: bool) {
+        let r = self.method(
+            conn,
+            Method::QueueDeclare(QueueDeclare {
+                queue: queue.into(),
+                durable,
+                ..Default::default()
+            }),
+        );
+        assert!(
+            r.iter().any(|(_, r)| matches!(
+                r,
+                Reply::Method {
+                    method: Method::QueueDeclareOk(_),
+                    ..
+                }
+            )),
+            "{r:?}"
+        );
+    }
+
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        exchange: &str,
+        routing_key: &str,
+        body: u32,
+        persistent: bool,
+    ) {
+        let properties = BasicProperties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        };
+        self.publish_props(conn, exchange, routing_key, body, properties);
+    }
+
+    /// Publishes a transient message with these headers.
+    pub fn publish_with(
+        &mut self,
+        conn: ConnId,
+        exchange: &str,
+        routing_key: &str,
+        headers: FieldTable,
+    ) {
+        let properties = BasicProperties {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        self.publish_props(conn, exchange, routing_key, 0, properties);
+    }
+
+    /// Publishes a message whose body is `body` as 4 bytes, and expects no reply.
+    pub fn publish_props(
+        &mut self,
+        conn: ConnId,
+        exchange: &str,
+        routing_key: &str,
+        body: u32,
+        properties: BasicProperties,
+    ) {
+        let message = Arc::new(Message {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            properties,
+            body: Bytes::copy_from_slice(&body.to_be_bytes()),
+        });
+        let publish = BasicPublish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            ..Default::default()
+        };
+        let r = self.command(
+            conn,
+            Command::Publish {
+                channel: 1,
+                publish,
+                message,
+            },
+        );
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    /// A no-ack basic.get: the body as a number and its redelivered flag, or None.
+    pub fn get(&mut self, conn: ConnId, queue: &str) -> Option<(u32, bool)> {
+        let mut r = self.method(
+            conn,
+            Method::BasicGet(BasicGet {
+                queue: queue.into(),
+                no_ack: true,
+                ..Default::default()
+            }),
+        );
+        // A get that waited for the store held the connection meanwhile.
+        r.retain(|(_, r)| !matches!(r, Reply::PauseReading(_)));
+        match r.as_slice() {
+            [
+                (
+                    _,
+                    Reply::Content {
+                        method: Method::BasicGetOk(ok),
+                        message,
+                        ..
+                    },
+                ),
+            ] => {
+                let body: [u8; 4] = message.body.as_ref().try_into().unwrap();
+                Some((u32::from_be_bytes(body), ok.redelivered))
+            }
+            [
+                (
+                    _,
+                    Reply::Method {
+                        method: Method::BasicGetEmpty(_),
+                        ..
+                    },
+                ),
+            ] => None,
+            other => panic!("unexpected replies to basic.get: {other:?}"),
+        }
+    }
+
+    pub fn message_count(&mut self, conn: ConnId, queue: &str) -> u32 {
+        let r = self.method(
+            conn,
+            Method::QueueDeclare(QueueDeclare {
+                queue: queue.into(),
+                passive: true,
+                ..Default::default()
+            }),
+        );
+        match r.as_slice() {
+            [
+                (
+                    _,
+                    Reply::Method {
+                        method: Method::QueueDeclareOk(ok),
+                        ..
+                    },
+                ),
+            ] => ok.message_count,
+            other => panic!("{other:?}"),
+        }
+    }
+}
