@@ -155,6 +155,9 @@ impl Broker {
                 message.properties.expiration.as_deref().unwrap_or_default()
             )));
         }
+        if let Some(Err(e)) = message.properties.headers.as_ref().map(|h| h.check_limits()) {
+            return Err(precondition_failed(format!("invalid message headers: {e}")));
+        }
         if let Some(claimed) = &message.properties.user_id {
             if **claimed != *user {
                 return Err(precondition_failed(format!(

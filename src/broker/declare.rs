@@ -186,6 +186,22 @@ impl Broker {
                         "exchange limit of {max} in vhost '{vhost}' reached"
                     )));
                 }
+                check_table_limits(&m.arguments, "exchange", &name, &vhost)?;
+                if let Some(ae) = m.arguments.get("alternate-exchange") {
+                    let Some(ae) = ae.as_str() else {
+                        return Err(precondition_failed(format!(
+                            "invalid type '{}' for arg 'alternate-exchange' in {}",
+                            super::queue::type_name(ae),
+                            resource("exchange", &name, &vhost)
+                        )));
+                    };
+                    // Unroutable messages are published to it on the declarer's behalf.
+                    self.check_access(conn, Access::Read, "exchange", &name)?;
+                    self.check_access(conn, Access::Write, "exchange", ae)?;
+                }
+                let Some(v) = self.vhosts.get_mut(&*vhost) else {
+                    return Err(not_allowed("vhost gone"));
+                };
                 let x = Exchange::new(
                     &name,
                     kind,
@@ -273,6 +289,7 @@ impl Broker {
         self.check_access(conn, Access::Read, "exchange", &m.source)?;
         self.exchange_exists(&vhost, &m.source)?;
         self.exchange_exists(&vhost, &m.destination)?;
+        check_table_limits(&m.arguments, "exchange", &m.destination, &vhost)?;
         let binding = Binding {
             destination: Destination::Exchange(m.destination.clone()),
             routing_key: m.routing_key,
@@ -357,8 +374,14 @@ impl Broker {
         name: &str,
         m: &QueueDeclare,
     ) -> AmqpResult<QueueId> {
+        check_table_limits(&m.arguments, "queue", name, vhost)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
+        if let Some(dlx) = &settings.dead_letter_exchange {
+            // Dead letters are published to the exchange on the declarer's behalf.
+            self.check_access(conn, Access::Read, "queue", name)?;
+            self.check_access(conn, Access::Write, "exchange", dlx)?;
+        }
         if self.queues.len() >= self.config.max_queues {
             return Err(precondition_failed(format!(
                 "cannot declare {}: the broker's limit of {} queues is reached",
@@ -486,6 +509,7 @@ impl Broker {
         self.check_access(conn, Access::Read, "exchange", exchange)?;
         self.exchange_exists(vhost, exchange)?;
         let id = self.usable_queue(conn, vhost, queue)?;
+        check_table_limits(&arguments, "queue", queue, vhost)?;
         Ok(Binding {
             destination: Destination::Queue(id),
             routing_key,
@@ -877,6 +901,16 @@ fn binding_record(vhost: &str, source: &str, b: &Binding, queue_name: &str) -> B
         routing_key: b.routing_key.clone(),
         arguments: arguments.to_vec(),
     }
+}
+
+/// Refuses arguments that are nested too deeply or too large to store and read back.
+fn check_table_limits(args: &FieldTable, kind: &str, name: &str, vhost: &str) -> AmqpResult<()> {
+    args.check_limits().map_err(|e| {
+        precondition_failed(format!(
+            "invalid arguments for {}: {e}",
+            resource(kind, name, vhost)
+        ))
+    })
 }
 
 /// RabbitMQ strips carriage returns and line feeds from names.

@@ -298,3 +298,87 @@ fn a_long_chain_of_auto_delete_exchanges_is_deleted_without_recursion() {
     );
     rig.broker.check_invariants();
 }
+
+/// The reply code of the channel close in `r`, if any.
+fn close_code(r: &[(ConnId, Reply)]) -> Option<(u16, String)> {
+    r.iter().find_map(|(_, r)| match r {
+        Reply::Method {
+            method: Method::ChannelClose(c),
+            ..
+        } => Some((c.reply_code, c.reply_text.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn dead_letter_and_alternate_exchanges_need_write_permission_on_them() {
+    let mut rig = rig();
+    exchange(&mut rig, "secret", "fanout");
+    // May configure and read anything, write only to "mine.*".
+    rig.add_user("u", "p", [".*", "^mine", ".*"]);
+    rig.open_as(2, "u", "p");
+    let r = rig.method(
+        2,
+        Method::QueueDeclare(QueueDeclare {
+            queue: "q".into(),
+            arguments: args(&[("x-dead-letter-exchange", text("secret"))]),
+            ..Default::default()
+        }),
+    );
+    let (code, text_) = close_code(&r).expect("refused");
+    assert_eq!(code, 403, "{text_}");
+    assert!(text_.contains("exchange 'secret'"), "{text_}");
+    rig.command(2, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    let r = rig.method(
+        2,
+        Method::ExchangeDeclare(ExchangeDeclare {
+            exchange: "x".into(),
+            kind: "direct".into(),
+            arguments: args(&[("alternate-exchange", text("secret"))]),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(close_code(&r).map(|c| c.0), Some(403));
+    rig.command(2, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    let r = rig.method(
+        2,
+        Method::QueueDeclare(QueueDeclare {
+            queue: "q2".into(),
+            arguments: args(&[("x-dead-letter-exchange", text("mine.dlx"))]),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+}
+
+#[test]
+fn arguments_past_the_table_limits_are_refused() {
+    use crate::proto::table::{MAX_FIELD_DEPTH, MAX_TABLE_BYTES};
+    let mut rig = rig();
+    let mut deep = FieldValue::Array(Vec::new());
+    for _ in 0..MAX_FIELD_DEPTH {
+        deep = FieldValue::Table(args(&[("k", deep)]));
+    }
+    let r = rig.method(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: "deep".into(),
+            arguments: args(&[("x-custom", deep)]),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(close_code(&r).map(|c| c.0), Some(406), "{r:?}");
+    rig.command(1, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    let big = FieldValue::LongStr(Bytes::from(vec![b'x'; MAX_TABLE_BYTES]));
+    let r = rig.method(
+        1,
+        Method::ExchangeDeclare(ExchangeDeclare {
+            exchange: "big".into(),
+            kind: "topic".into(),
+            arguments: args(&[("x-custom", big)]),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(close_code(&r).map(|c| c.0), Some(406), "{r:?}");
+    rig.broker.check_invariants();
+}

@@ -98,6 +98,11 @@ impl Rig {
     }
 
     pub fn open(&mut self, conn: ConnId) {
+        self.open_as(conn, "guest", "guest");
+    }
+
+    /// Opens a connection with a channel 1 as `user`.
+    pub fn open_as(&mut self, conn: ConnId, user: &str, password: &str) {
         let info = ConnInfo {
             peer: "test".into(),
             loopback: true,
@@ -105,13 +110,35 @@ impl Rig {
         self.broker.handle_connect(conn, info, self.now);
         let login = Login {
             mechanism: "PLAIN".into(),
-            username: "guest".into(),
-            password: "guest".into(),
+            username: user.into(),
+            password: password.into(),
             client_properties: FieldTable::default(),
         };
         self.command(conn, Command::Login(login));
         self.command(conn, Command::OpenVhost { vhost: "/".into() });
         self.command(conn, Command::ChannelOpen { channel: 1 });
+    }
+
+    /// Creates a user with these permissions (configure, write, read) on vhost `/`.
+    pub fn add_user(&mut self, user: &str, password: &str, perms: [&str; 3]) {
+        use crate::broker::admin::{AdminRequest, Password, PutMode};
+        let put = AdminRequest::PutUser {
+            name: user.into(),
+            password: Password::Plain(password.into()),
+            tags: Some(Vec::new()),
+            mode: PutMode::CreateOnly,
+        };
+        assert!(self.broker.handle_admin(put, self.now).result.is_ok());
+        let record = crate::store::PermissionRecord {
+            user: user.into(),
+            vhost: "/".into(),
+            configure: perms[0].into(),
+            write: perms[1].into(),
+            read: perms[2].into(),
+        };
+        let set = AdminRequest::SetPermissions(record);
+        assert!(self.broker.handle_admin(set, self.now).result.is_ok());
+        self.drain();
     }
 
     pub fn declare(&mut self, conn: ConnId, queue: &str, durable: bool) {
