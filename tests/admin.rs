@@ -578,7 +578,7 @@ fn passwords_are_stored_hashed() {
     assert!(scanned > 0);
     use warren::store::Store;
     let mut store = warren::store::disk::FjallStore::open(dir.path(), Default::default()).unwrap();
-    let recovered = store.recover(0).unwrap();
+    let recovered = store.recover(warren::store::HeadLimit::entries(0)).unwrap();
     let user = recovered
         .users
         .iter()

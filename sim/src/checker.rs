@@ -313,7 +313,10 @@ impl Model {
             return Ok(());
         }
         match command {
-            Command::Login(_) | Command::OpenVhost { .. } | Command::Drained { .. } => Ok(()),
+            Command::Login(_)
+            | Command::OpenVhost { .. }
+            | Command::Drained { .. }
+            | Command::Publishing => Ok(()),
             Command::ChannelOpen { channel } => {
                 let c = self.conn(conn);
                 if c.channels.contains_key(channel) {

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use warren::store::memory::MemoryState;
-use warren::store::{LoadedEntry, Recovered, Store, StoreError, StoreOp};
+use warren::store::{HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreOp};
 
 /// What the disk holds.
 #[derive(Debug, Default)]
@@ -124,17 +124,17 @@ impl VirtualDisk {
 
     /// Everything on the disk, every entry included (for the checker).
     pub fn recovered(&self) -> Recovered {
-        self.lock().durable.recovered(usize::MAX)
+        self.lock().durable.recovered(HeadLimit::ALL)
     }
 
     /// What a broker starting now reads back: at most `head_limit` entries per queue.
-    pub fn recovered_head(&self, head_limit: usize) -> Recovered {
+    pub fn recovered_head(&self, head_limit: HeadLimit) -> Recovered {
         self.lock().durable.recovered(head_limit)
     }
 }
 
 impl Store for VirtualDisk {
-    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError> {
         let mut s = self.lock();
         s.durable.discard_paged();
         s.visible.discard_paged();

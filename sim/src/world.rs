@@ -426,9 +426,7 @@ impl World {
     fn restart(&mut self) {
         self.restart_at_ms = None;
         self.incarnation += 1;
-        let recovered = self
-            .disk
-            .recovered_head(self.broker_config.recovery_head_entries);
+        let recovered = self.disk.recovered_head(self.broker_config.head_limit());
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
         self.disk_base = self.disk.durable_batches();

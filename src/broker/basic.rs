@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::command::{ConnId, Message, Reply};
+use crate::proto::command::{Command, ConnId, Message, Reply};
 use crate::proto::constants::NO_ROUTE;
 use crate::proto::method::*;
 
@@ -155,7 +155,12 @@ impl Broker {
                 message.properties.expiration.as_deref().unwrap_or_default()
             )));
         }
-        if let Some(Err(e)) = message.properties.headers.as_ref().map(|h| h.check_limits()) {
+        if let Some(Err(e)) = message
+            .properties
+            .headers
+            .as_ref()
+            .map(|h| h.check_limits())
+        {
             return Err(precondition_failed(format!("invalid message headers: {e}")));
         }
         if let Some(claimed) = &message.properties.user_id {
@@ -171,7 +176,9 @@ impl Broker {
             .ok_or_else(|| command_invalid("no channel"))?;
         let seq = match &mut ch.mode {
             Mode::Tx { ops, bytes } => {
-                *bytes += message.body_len();
+                // Charged like a queued message, headers and overhead included, so that
+                // neither many empty messages nor large headers escape the limit.
+                *bytes += super::queue::memory_cost(&message);
                 if *bytes > max_tx_bytes {
                     return Err(precondition_failed(format!(
                         "transaction holds more than {max_tx_bytes} bytes of messages"
@@ -520,6 +527,21 @@ impl Broker {
 
     fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
         let (qid, _, _) = self.readable_queue(conn, channel, &m.queue)?;
+        let write_limit = self.config.max_unflushed_bytes_per_connection;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.unflushed_bytes >= write_limit {
+                // Like a delivery, a get-ok waits until the client reads what it was sent;
+                // the commands behind it wait too, as behind a synchronous get.
+                c.get_waits_for_drain = true;
+                let get = Command::Method {
+                    channel,
+                    method: Method::BasicGet(m),
+                };
+                self.held.entry(conn).or_default().push_front(get);
+                self.set_paused(conn, super::flow::PAUSED_BY_GET, true);
+                return Ok(());
+            }
+        }
         let max_unacked = self.config.max_unacked_per_channel;
         let over = self
             .channel_mut(conn, channel)

@@ -16,8 +16,19 @@ use super::exchange::QueueId;
 pub const PAUSED_BY_ALARM: u8 = 1;
 /// Reading is paused until a queue's consumers catch up.
 pub const PAUSED_BY_FLOW: u8 = 2;
-/// Reading is paused while a basic.get waits for the store.
+/// Reading is paused while a basic.get waits for the store, or for the connection's
+/// unwritten replies to drain.
 pub const PAUSED_BY_GET: u8 = 4;
+/// Reading is paused because the client does not read the replies it causes: its
+/// unwritten backlog passed [`OUTPUT_PAUSE_FACTOR`] times the delivery limit.
+pub const PAUSED_BY_OUTPUT: u8 = 8;
+
+/// Deliveries to a connection stop at `max_unflushed_bytes_per_connection` of unwritten
+/// replies; its input stops being read at this many times that (replies to its own
+/// methods: confirms, returns, declare-oks), and is read again at half of it. The gap
+/// keeps a client that publishes and consumes on one connection from being stopped by
+/// its own deliveries.
+pub const OUTPUT_PAUSE_FACTOR: usize = 4;
 
 impl Broker {
     /// Sets or clears one reason for not reading a connection; tells the connection when

@@ -328,7 +328,10 @@ fn dead_letter_and_alternate_exchanges_need_write_permission_on_them() {
     let (code, text_) = close_code(&r).expect("refused");
     assert_eq!(code, 403, "{text_}");
     assert!(text_.contains("exchange 'secret'"), "{text_}");
-    rig.command(2, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    rig.command(
+        2,
+        crate::proto::command::Command::ChannelOpen { channel: 1 },
+    );
     let r = rig.method(
         2,
         Method::ExchangeDeclare(ExchangeDeclare {
@@ -339,7 +342,10 @@ fn dead_letter_and_alternate_exchanges_need_write_permission_on_them() {
         }),
     );
     assert_eq!(close_code(&r).map(|c| c.0), Some(403));
-    rig.command(2, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    rig.command(
+        2,
+        crate::proto::command::Command::ChannelOpen { channel: 1 },
+    );
     let r = rig.method(
         2,
         Method::QueueDeclare(QueueDeclare {
@@ -368,7 +374,10 @@ fn arguments_past_the_table_limits_are_refused() {
         }),
     );
     assert_eq!(close_code(&r).map(|c| c.0), Some(406), "{r:?}");
-    rig.command(1, crate::proto::command::Command::ChannelOpen { channel: 1 });
+    rig.command(
+        1,
+        crate::proto::command::Command::ChannelOpen { channel: 1 },
+    );
     let big = FieldValue::LongStr(Bytes::from(vec![b'x'; MAX_TABLE_BYTES]));
     let r = rig.method(
         1,
@@ -380,5 +389,85 @@ fn arguments_past_the_table_limits_are_refused() {
         }),
     );
     assert_eq!(close_code(&r).map(|c| c.0), Some(406), "{r:?}");
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn empty_messages_with_large_headers_are_charged_for_their_headers() {
+    let mut rig = rig();
+    declare_with(&mut rig, "m", FieldTable::default());
+    let headers: FieldTable = (0..1000)
+        .map(|i| {
+            (
+                format!("header-{i:05}"),
+                FieldValue::LongStr(Bytes::from(vec![b'v'; 100])),
+            )
+        })
+        .collect();
+    let before = rig.broker.memory_bytes();
+    rig.publish_with(1, "", "m", headers.clone());
+    let charged = rig.broker.memory_bytes() - before;
+    assert!(
+        charged >= headers.encoded_len() as u64,
+        "charged {charged} for {} bytes of headers",
+        headers.encoded_len()
+    );
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn a_get_waits_while_the_client_does_not_read_its_replies() {
+    let mut rig = Rig::new(BrokerConfig {
+        max_unflushed_bytes_per_connection: 1000,
+        ..BrokerConfig::default()
+    });
+    rig.open(1);
+    declare_with(&mut rig, "g", FieldTable::default());
+    for i in 0..3 {
+        rig.publish_props(
+            1,
+            "",
+            "g",
+            i,
+            crate::proto::props::BasicProperties {
+                headers: Some(args(&[("pad", text(&"x".repeat(600)))])),
+                ..Default::default()
+            },
+        );
+    }
+    let get = || {
+        Method::BasicGet(BasicGet {
+            queue: "g".into(),
+            no_ack: true,
+            ..Default::default()
+        })
+    };
+    // Replies so far (open, declare) plus the first get-ok stay under 1000 bytes unread;
+    // the next get waits, and so do the ones behind it.
+    let mut answered = 0;
+    let mut waited = false;
+    for _ in 0..4 {
+        let r = rig.method(1, get());
+        answered += r
+            .iter()
+            .filter(|(_, r)| matches!(r, Reply::Content { .. }))
+            .count();
+        waited |= r.iter().any(|(_, r)| *r == Reply::PauseReading(true));
+    }
+    assert!(waited, "a get waited for the client to read");
+    assert!(
+        answered < 3,
+        "answered {answered} gets while the client read nothing"
+    );
+    let r = rig.command(
+        1,
+        crate::proto::command::Command::Drained { bytes: 100_000 },
+    );
+    let after: usize = r
+        .iter()
+        .filter(|(_, r)| matches!(r, Reply::Content { .. } | Reply::Method { .. }))
+        .count();
+    assert!(after >= 1, "{r:?}");
+    assert!(r.iter().any(|(_, r)| *r == Reply::PauseReading(false)));
     rig.broker.check_invariants();
 }

@@ -55,10 +55,50 @@ use crate::proto::method::Method;
 use crate::proto::table::FieldTable;
 use crate::store::{Recovered, StoreOp};
 
-/// The hash map the broker uses: foldhash with a fixed seed. Fast for the short keys of
-/// routing (names, ids), and its iteration order depends only on the operations applied,
-/// which keeps the simulator's runs reproducible.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// The hash map the broker uses: foldhash, fast for the short keys of routing (names,
+/// ids), seeded per process ([`seed_hashes`]) so that clients cannot choose names that
+/// collide. Without a seed (the simulator, tests) the seed is fixed and iteration orders
+/// depend only on the operations applied, which keeps simulated runs reproducible.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, HashState>;
+
+/// The hash seed of this process, set by [`seed_hashes`].
+static HASH_SEED: std::sync::OnceLock<(u64, foldhash::SharedSeed)> = std::sync::OnceLock::new();
+
+/// Seeds every broker hash map created from now on. The server calls it once at start
+/// with a random value; later calls are ignored, so maps never mix seeds.
+pub fn seed_hashes(seed: u64) {
+    let _ = HASH_SEED.set((seed, foldhash::SharedSeed::from_u64(seed.rotate_left(32))));
+}
+
+/// The [`std::hash::BuildHasher`] of [`HashMap`].
+#[derive(Debug, Clone, Copy)]
+pub struct HashState {
+    per_map: u64,
+    shared: &'static foldhash::SharedSeed,
+}
+
+impl Default for HashState {
+    fn default() -> Self {
+        match HASH_SEED.get() {
+            Some((seed, shared)) => HashState {
+                per_map: *seed,
+                shared,
+            },
+            None => HashState {
+                per_map: 0,
+                shared: foldhash::SharedSeed::global_fixed(),
+            },
+        }
+    }
+}
+
+impl std::hash::BuildHasher for HashState {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        foldhash::fast::SeedableRandomState::with_seed(self.per_map, self.shared).build_hasher()
+    }
+}
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -73,7 +113,8 @@ pub struct BrokerConfig {
     pub loopback_users: Vec<String>,
     /// Bytes of replies a connection may have unwritten before its consumers are paused.
     pub max_unflushed_bytes_per_connection: usize,
-    /// Bytes of message bodies one open transaction may hold.
+    /// Bytes of messages (bodies, properties and per-message overhead) one open
+    /// transaction may hold.
     pub max_tx_bytes: u64,
     /// Most queues in the broker.
     pub max_queues: usize,
@@ -90,7 +131,8 @@ pub struct BrokerConfig {
     /// Memory all queues together may hold in ready messages before new ones go to the
     /// store.
     pub memory_budget_bytes: u64,
-    /// Entries per queue read at start; the rest is read as consumers need it.
+    /// Entries per queue read at start (within the memory budgets); the rest is read as
+    /// consumers need it.
     pub recovery_head_entries: usize,
     /// A paged queue reads its next batch when fewer than this many messages are in
     /// memory.
@@ -101,6 +143,18 @@ pub struct BrokerConfig {
     /// broker takes no new input ([`Broker::wants_input`]): a disk slower than the
     /// publishers holds them back instead of filling memory with batches.
     pub max_unsynced_store_bytes: u64,
+}
+
+impl BrokerConfig {
+    /// How much of each durable queue to read at start: `recovery_head_entries`, within
+    /// the queues' memory budgets.
+    pub fn head_limit(&self) -> crate::store::HeadLimit {
+        crate::store::HeadLimit {
+            entries: self.recovery_head_entries,
+            queue_bytes: self.queue_memory_budget_bytes,
+            total_bytes: self.memory_budget_bytes,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -193,6 +247,9 @@ struct Conn {
     blocked: bool,
     /// The client understands `connection.blocked`.
     blocked_notify: bool,
+    /// A basic.get waits (with the commands behind it, in `held`) for the unwritten
+    /// replies to drain below the delivery limit.
+    get_waits_for_drain: bool,
     /// Why reading from the connection is paused (`flow::PAUSED_BY_*` bits).
     paused: u8,
     /// The queue a flow-controlled publisher waits on.
@@ -406,6 +463,7 @@ impl Broker {
                 has_published: false,
                 blocked: false,
                 blocked_notify: false,
+                get_waits_for_drain: false,
                 paused: 0,
                 flow_queue: None,
             },
@@ -469,6 +527,7 @@ impl Broker {
                     self.note_publisher(conn);
                 }
             }
+            Command::Publishing => self.note_publisher(conn),
             Command::Drained { bytes } => self.drained(conn, bytes),
             Command::Closed => self.close_connection(conn),
         }
@@ -593,10 +652,16 @@ impl Broker {
     // ----- outputs -----
 
     fn send(&mut self, conn: ConnId, reply: Reply) {
+        let pause_at = self.config.max_unflushed_bytes_per_connection * flow::OUTPUT_PAUSE_FACTOR;
+        let mut pause = false;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.unflushed_bytes += reply.wire_size();
+            pause = c.unflushed_bytes >= pause_at && c.paused & flow::PAUSED_BY_OUTPUT == 0;
         }
         self.outbox.push(conn, reply);
+        if pause {
+            self.set_paused(conn, flow::PAUSED_BY_OUTPUT, true);
+        }
     }
 
     fn send_method(&mut self, conn: ConnId, channel: u16, method: Method) {

@@ -31,14 +31,16 @@ pub struct QueuedMessage {
     pub shared: Option<u64>,
 }
 
-/// Memory charged for each message held in memory besides its body: the entry, the
-/// shared message with its properties and names, allocator overhead. An estimate; it only
-/// decides when queues start paging.
+/// Memory charged for each message held in memory besides its body and properties: the
+/// entry, the shared message with its names, allocator overhead. An estimate; with the
+/// body and the encoded properties it decides when queues start paging.
 pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
 
-/// Bytes of memory a message held in memory is charged for.
+/// Bytes of memory a message held in memory is charged for: its body, its properties
+/// (headers included, as encoded), and a fixed overhead. A message with an empty body and
+/// large headers weighs what its headers weigh.
 pub fn memory_cost(message: &Message) -> u64 {
-    message.body_len() + MESSAGE_OVERHEAD_BYTES
+    message.body_len() + message.properties.encoded_len() as u64 + MESSAGE_OVERHEAD_BYTES
 }
 
 /// The tail of a queue that lives in the store instead of memory: every ready message at
@@ -287,6 +289,8 @@ pub struct Queue {
     buckets: Vec<VecDeque<QueuedMessage>>,
     ready_len: usize,
     ready_bytes: u64,
+    /// Encoded properties of the ready messages in memory (their headers weigh too).
+    ready_properties_bytes: u64,
     meter: MemoryMeter,
     next_seq: u64,
 }
@@ -330,6 +334,7 @@ impl Queue {
             buckets: (0..levels).map(|_| VecDeque::new()).collect(),
             ready_len: 0,
             ready_bytes: 0,
+            ready_properties_bytes: 0,
             meter,
             next_seq: 1,
         }
@@ -352,7 +357,9 @@ impl Queue {
 
     /// Memory charged for the ready messages held in memory.
     pub fn memory_bytes(&self) -> u64 {
-        self.ready_bytes + self.ready_len as u64 * MESSAGE_OVERHEAD_BYTES
+        self.ready_bytes
+            + self.ready_properties_bytes
+            + self.ready_len as u64 * MESSAGE_OVERHEAD_BYTES
     }
 
     /// Whether new messages may be paged out under memory pressure. Queues with
@@ -502,14 +509,18 @@ impl Queue {
     /// Updates the counts of messages held in memory.
     fn charge(&mut self, message: &Message, add: bool) {
         use std::sync::atomic::Ordering::Relaxed;
-        let cost = memory_cost(message);
+        let properties = message.properties.encoded_len() as u64;
+        let cost = message.body_len() + properties + MESSAGE_OVERHEAD_BYTES;
+        debug_assert_eq!(cost, memory_cost(message));
         if add {
             self.ready_len += 1;
             self.ready_bytes += message.body_len();
+            self.ready_properties_bytes += properties;
             self.meter.fetch_add(cost, Relaxed);
         } else {
             self.ready_len -= 1;
             self.ready_bytes -= message.body_len();
+            self.ready_properties_bytes -= properties;
             self.meter.fetch_sub(cost, Relaxed);
         }
     }
@@ -613,6 +624,7 @@ impl Queue {
         use std::sync::atomic::Ordering::Relaxed;
         self.meter.fetch_sub(self.memory_bytes(), Relaxed);
         self.ready_bytes = 0;
+        self.ready_properties_bytes = 0;
         self.ready_len = 0;
         let paged = (self.paged.count > 0).then_some((self.paged.from_seq, self.paged.count));
         self.forget_paged();

@@ -274,6 +274,19 @@ impl Broker {
         };
         let was_over = c.unflushed_bytes >= limit;
         c.unflushed_bytes = c.unflushed_bytes.saturating_sub(bytes);
+        let resume_reading = c.paused & super::flow::PAUSED_BY_OUTPUT != 0
+            && c.unflushed_bytes < limit * super::flow::OUTPUT_PAUSE_FACTOR / 2;
+        let resume_get = c.get_waits_for_drain && c.unflushed_bytes < limit;
+        if resume_get {
+            c.get_waits_for_drain = false;
+            self.to_resume.push(conn);
+        }
+        if resume_reading {
+            self.set_paused(conn, super::flow::PAUSED_BY_OUTPUT, false);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if was_over && c.unflushed_bytes < limit {
             let queues: Vec<_> = c
                 .channels

@@ -49,7 +49,7 @@ impl Rig {
     pub fn restart(self) -> Rig {
         let config = self.broker.config().clone();
         let mut store = self.store;
-        let recovered = store.recover(config.recovery_head_entries).unwrap();
+        let recovered = store.recover(config.head_limit()).unwrap();
         Rig::with_store(config, store, recovered)
     }
 

@@ -158,9 +158,8 @@ impl<T: Eq + Hash> TopicTrie<T> {
         // Each entry: a node, whether it was reached through a `#` edge (so it may swallow
         // further words itself), and the index of the next word to match.
         let mut stack: Vec<(&Node<T>, bool, usize)> = vec![(&self.root, false, 0)];
-        let mut seen: Option<
-            std::collections::HashSet<(usize, usize), foldhash::fast::FixedState>,
-        > = (self.hash_nodes > 0).then(Default::default);
+        let mut seen: Option<std::collections::HashSet<(usize, usize), crate::broker::HashState>> =
+            (self.hash_nodes > 0).then(Default::default);
         while let Some((node, is_hash, i)) = stack.pop() {
             if let Some(seen) = seen.as_mut() {
                 if !seen.insert((std::ptr::from_ref(node) as usize, i)) {

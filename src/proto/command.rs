@@ -118,6 +118,10 @@ pub enum Command {
         /// The decoded method.
         method: Method,
     },
+    /// The connection's first `basic.publish` method frame arrived (sent once, before its
+    /// content). From now on the connection counts as a publisher: a resource alarm
+    /// blocks it even while the content of this first message is still arriving.
+    Publishing,
     /// A complete `basic.publish`: method, content header and all body frames.
     Publish {
         /// The channel number.
@@ -174,7 +178,10 @@ impl Reply {
     pub fn wire_size(&self) -> usize {
         match self {
             Reply::Method { .. } => 64,
-            Reply::Content { message, .. } => 128 + message.body.len(),
+            // Headers count: a message with an empty body can carry a large header.
+            Reply::Content { message, .. } => {
+                128 + message.body.len() + message.properties.encoded_len()
+            }
             Reply::LoginOk | Reply::Disconnect | Reply::PauseReading(_) => 0,
         }
     }

@@ -167,12 +167,13 @@ impl BodyParts {
         }
     }
 
-    fn push(&mut self, payload: Bytes, body_size: u64) {
+    fn push(&mut self, payload: Bytes) {
         *self = match std::mem::replace(self, BodyParts::Empty) {
             BodyParts::Empty => BodyParts::One(payload),
             BodyParts::One(first) => {
-                // body_size was checked against max_message_bytes before any frame arrived.
-                let mut all = BytesMut::with_capacity(body_size as usize);
+                // The buffer grows with the bytes that arrive, not with the size the header
+                // announced: a client cannot make the broker reserve memory it never fills.
+                let mut all = BytesMut::with_capacity(first.len() + payload.len());
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&payload);
                 BodyParts::Many(all)
@@ -262,6 +263,10 @@ pub struct Connection {
     error: Option<ConnectionError>,
     /// Blocked by a resource alarm: input is neither read nor processed.
     paused: bool,
+    /// A `basic.publish` arrived (and [`Command::Publishing`] was sent).
+    publishing: bool,
+    /// Bytes of message bodies still being assembled, on all channels.
+    partial_body_bytes: u64,
 }
 
 impl Connection {
@@ -288,6 +293,8 @@ impl Connection {
             closed_reported: false,
             error: None,
             paused: false,
+            publishing: false,
+            partial_body_bytes: 0,
         }
     }
 
@@ -777,6 +784,10 @@ impl Connection {
                 Ok(ChannelState::ClosingByClient)
             }
             Method::BasicPublish(publish) => {
+                if !self.publishing {
+                    self.publishing = true;
+                    self.commands.push_back(Command::Publishing);
+                }
                 Ok(ChannelState::Open(Assembly::AwaitingHeader(publish)))
             }
             m => {
@@ -865,8 +876,29 @@ impl Connection {
                         ),
                     ));
                 }
-                body.push(payload, body_size);
+                let limit = self.config.max_message_bytes;
+                if self.partial_body_bytes + payload.len() as u64 > limit {
+                    // Bodies in progress on all channels together stay within one
+                    // message's worth: a client cannot hold a partial message per channel.
+                    self.partial_body_bytes -= body.len();
+                    self.channels.insert(channel, ChannelState::ErrorPending);
+                    self.commands.push_back(Command::ChannelError {
+                        channel,
+                        close: ChannelClose {
+                            reply_code: PRECONDITION_FAILED,
+                            reply_text: format!(
+                                "PRECONDITION_FAILED - message bodies in progress on this connection exceed {limit} bytes"
+                            ),
+                            class_id: CLASS_BASIC,
+                            method_id: BasicPublish::METHOD_ID,
+                        },
+                    });
+                    return Ok(());
+                }
+                self.partial_body_bytes += payload.len() as u64;
+                body.push(payload);
                 let state = if have == body_size {
+                    self.partial_body_bytes -= have;
                     self.publish(channel, publish, properties, body.into_bytes());
                     Assembly::Idle
                 } else {
@@ -878,6 +910,7 @@ impl Connection {
                     }
                 };
                 self.channels.insert(channel, ChannelState::Open(state));
+                debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
                 Ok(())
             }
             Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
@@ -892,6 +925,28 @@ impl Connection {
                 Ok(())
             }
             _ => Err(unexpected_non_method()),
+        }
+    }
+
+    /// Bytes of message bodies held by channels whose content is still arriving.
+    fn bodies_in_progress(&self) -> u64 {
+        self.channels
+            .values()
+            .map(|state| match state {
+                ChannelState::Open(Assembly::AwaitingBody { body, .. }) => body.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Sets a channel's state, forgetting the bytes of a body in progress that it drops.
+    fn replace_channel_state(&mut self, channel: u16, state: Option<ChannelState>) {
+        let old = match state {
+            Some(state) => self.channels.insert(channel, state),
+            None => self.channels.remove(&channel),
+        };
+        if let Some(ChannelState::Open(Assembly::AwaitingBody { body, .. })) = old {
+            self.partial_body_bytes -= body.len();
         }
     }
 
@@ -930,8 +985,8 @@ impl Connection {
                 self.report_closed();
             }
             Method::ChannelClose(_) if channel != 0 => {
-                if let Some(state) = self.channels.get_mut(&channel) {
-                    *state = ChannelState::ClosingByServer;
+                if self.channels.contains_key(&channel) {
+                    self.replace_channel_state(channel, Some(ChannelState::ClosingByServer));
                 }
             }
             Method::ChannelCloseOk(_) if channel != 0 => {
@@ -985,7 +1040,7 @@ impl Connection {
     }
 
     fn free_channel(&mut self, channel: u16) {
-        self.channels.remove(&channel);
+        self.replace_channel_state(channel, None);
     }
 
     /// The protocol error this layer closed the connection for, if it did.
@@ -1124,3 +1179,7 @@ pub fn truncate_shortstr(mut text: String) -> String {
     }
     text
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

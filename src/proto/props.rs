@@ -125,6 +125,29 @@ impl BasicProperties {
         shortstr(out, &self.cluster_id);
     }
 
+    /// The number of bytes [`BasicProperties::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        let shortstr = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map_or(0, |s| 1 + codec::shortstr_prefix(s).len())
+        };
+        2 + shortstr(&self.content_type)
+            + shortstr(&self.content_encoding)
+            + self.headers.as_ref().map_or(0, FieldTable::encoded_len)
+            + usize::from(self.delivery_mode.is_some())
+            + usize::from(self.priority.is_some())
+            + shortstr(&self.correlation_id)
+            + shortstr(&self.reply_to)
+            + shortstr(&self.expiration)
+            + shortstr(&self.message_id)
+            + if self.timestamp.is_some() { 8 } else { 0 }
+            + shortstr(&self.kind)
+            + shortstr(&self.user_id)
+            + shortstr(&self.app_id)
+            + shortstr(&self.cluster_id)
+    }
+
     /// Decodes properties from the start of `buf`; bytes after them are ignored.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         Self::read(&mut Reader::new(buf))
@@ -283,6 +306,7 @@ mod tests {
         #[test]
         fn arbitrary_properties_round_trip(props in arb::properties()) {
             let bytes = encoded(&props);
+            prop_assert_eq!(props.encoded_len(), bytes.len());
             prop_assert_eq!(BasicProperties::decode(&bytes), Ok(props));
             for end in 0..bytes.len() {
                 prop_assert!(BasicProperties::decode(&bytes[..end]).is_err());

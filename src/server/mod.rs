@@ -109,7 +109,7 @@ pub async fn serve(
     // Recover before listening: clients never see a broker that is still loading.
     let mut store = store;
     let recovered = store
-        .recover(config.broker.recovery_head_entries)
+        .recover(config.broker.head_limit())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     tracing::info!(
         queues = recovered.queues.len(),
@@ -117,6 +117,8 @@ pub async fn serve(
         "recovered durable state"
     );
     let clock = Clock::new();
+    // Hash maps keyed by names clients choose get this process's seed.
+    crate::broker::seed_hashes(seed);
     let broker = Broker::new(config.broker.clone(), seed, recovered);
     let listener = match TcpListener::bind(SocketAddr::new(config.bind, config.amqp_port)).await {
         Ok(l) => l,

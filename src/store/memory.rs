@@ -231,15 +231,18 @@ impl MemoryState {
     }
 
     /// The state as the broker reads it back on start (paged messages are not part of
-    /// it), with at most `head_limit` entries per queue. Entries whose queue is missing are
+    /// it), each queue's head within `head_limit`. Entries whose queue is missing are
     /// left out.
-    pub fn recovered(&self, head_limit: usize) -> Recovered {
+    pub fn recovered(&self, head_limit: HeadLimit) -> Recovered {
         let mut contents = Vec::new();
+        let mut budget = HeadBudget::new(head_limit);
         for id in self.queues.keys() {
             let mut q = RecoveredQueue {
                 queue: *id,
                 ..RecoveredQueue::default()
             };
+            let mut head_bytes = 0;
+            let mut head_open = true;
             for (&(_, seq), (body, exp)) in self.entries.range((*id, 0)..=(*id, u64::MAX)) {
                 let Some(entry) = self.loaded(seq, body, *exp) else {
                     continue;
@@ -247,7 +250,10 @@ impl MemoryState {
                 q.count += 1;
                 q.body_bytes += entry.message.body_len();
                 q.next_seq = seq + 1;
-                if q.head.len() < head_limit {
+                let body_len = entry.message.body_len();
+                head_open = head_open && budget.take(q.head.len(), head_bytes, body_len);
+                if head_open {
+                    head_bytes += HeadLimit::cost(body_len);
                     q.head.push(entry);
                 }
             }
@@ -283,7 +289,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError> {
         self.state.discard_paged();
         Ok(self.state.recovered(head_limit))
     }

@@ -235,8 +235,72 @@ pub struct RecoveredQueue {
     pub body_bytes: u64,
     /// One past the highest position in the store (0 when empty).
     pub next_seq: u64,
-    /// The first entries, in position order (at most the limit given to `recover`).
+    /// The first entries, in position order (within the limit given to `recover`).
     pub head: Vec<LoadedEntry>,
+}
+
+/// How much of each durable queue [`Store::recover`] reads into memory at start; the rest
+/// stays in the store until the queue needs it ([`Store::load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimit {
+    /// Most entries per queue.
+    pub entries: usize,
+    /// Most bytes per queue, counting each entry as [`HeadLimit::cost`].
+    pub queue_bytes: u64,
+    /// Most bytes across all queues together.
+    pub total_bytes: u64,
+}
+
+impl HeadLimit {
+    /// Every entry of every queue (for checks that compare whole stores).
+    pub const ALL: HeadLimit = HeadLimit {
+        entries: usize::MAX,
+        queue_bytes: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+
+    /// At most `n` entries per queue, whatever their size.
+    pub const fn entries(n: usize) -> HeadLimit {
+        HeadLimit {
+            entries: n,
+            queue_bytes: u64::MAX,
+            total_bytes: u64::MAX,
+        }
+    }
+
+    /// What an entry of `body_len` bytes counts against the byte limits: its body and a
+    /// fixed allowance for the rest of the message.
+    pub fn cost(body_len: u64) -> u64 {
+        body_len.saturating_add(crate::broker::MESSAGE_OVERHEAD_BYTES)
+    }
+}
+
+/// Tracks a recovery's use of a [`HeadLimit`].
+#[derive(Debug)]
+pub struct HeadBudget {
+    limit: HeadLimit,
+    total: u64,
+}
+
+impl HeadBudget {
+    /// A budget with nothing spent.
+    pub fn new(limit: HeadLimit) -> Self {
+        HeadBudget { limit, total: 0 }
+    }
+
+    /// Whether a queue whose head holds `entries` entries of `bytes` may take one more of
+    /// `body_len` bytes; spends it if so. Once an entry does not fit, the queue's head
+    /// ends there (a head is always a prefix of the queue).
+    pub fn take(&mut self, entries: usize, bytes: u64, body_len: u64) -> bool {
+        let cost = HeadLimit::cost(body_len);
+        let fits = entries < self.limit.entries
+            && bytes.saturating_add(cost) <= self.limit.queue_bytes
+            && self.total.saturating_add(cost) <= self.limit.total_bytes;
+        if fits {
+            self.total += cost;
+        }
+        fits
+    }
 }
 
 /// Everything durable, as read back at start.
@@ -325,9 +389,9 @@ impl std::error::Error for StoreError {}
 /// store holds a prefix of the batches written, each batch whole or absent. Reads
 /// ([`Store::load`]) see every batch written, synced or not.
 pub trait Store {
-    /// Reads back everything durable, with at most `head_limit` entries per queue; paged
-    /// messages of an earlier run are discarded.
-    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError>;
+    /// Reads back everything durable, each queue's head within `head_limit`; paged messages
+    /// of an earlier run are discarded.
+    fn recover(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError>;
     /// Up to `max` entries of a queue at positions `from_seq` or later, durable and paged
     /// together, in position order.
     fn load(

@@ -357,7 +357,7 @@ fn stop_app_closes_connections_and_reset_restores_first_start() {
     for op in &h.ops {
         state.apply(op);
     }
-    let recovered = state.recovered(usize::MAX);
+    let recovered = state.recovered(crate::store::HeadLimit::ALL);
     assert_eq!(recovered.vhosts, ["/"]);
     assert_eq!(recovered.users.len(), 1);
     assert!(recovered.queues.is_empty() && recovered.contents.is_empty());

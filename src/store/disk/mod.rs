@@ -412,7 +412,7 @@ impl FjallStore {
 }
 
 impl Store for FjallStore {
-    fn recover(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, head_limit: crate::store::HeadLimit) -> Result<Recovered, StoreError> {
         self.usable()?;
         self.recover_all(head_limit).map_err(|e| self.fail(e))
     }

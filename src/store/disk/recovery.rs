@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::{Recovered, RecoveredQueue, StoreError};
+use crate::store::{HeadBudget, HeadLimit, Recovered, RecoveredQueue, StoreError};
 
 use super::catalog::Space;
 use super::entry::{self, Payload};
@@ -14,8 +14,8 @@ use super::{FjallStore, SharedCount, record};
 const RECOVERY_SWEEP_BATCH_KEYS: usize = 10_000;
 
 impl FjallStore {
-    /// Reads back everything durable, with at most `head_limit` decoded entries per queue.
-    pub(super) fn recover_all(&mut self, head_limit: usize) -> Result<Recovered, StoreError> {
+    /// Reads back everything durable, each queue's decoded head within `head_limit`.
+    pub(super) fn recover_all(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError> {
         self.discard_paged()?;
         let mut sweep = Sweeper::new(self.db.batch());
         let scan = self.scan_entries(head_limit, &mut sweep)?;
@@ -71,8 +71,12 @@ impl FjallStore {
 
     /// Reads every entry's header in (queue, generation, seq) order: live entries of
     /// existing queues are counted (and decoded within the head); stale ones are swept.
-    fn scan_entries(&self, head_limit: usize, sweep: &mut Sweeper) -> Result<Scan, StoreError> {
+    fn scan_entries(&self, head_limit: HeadLimit, sweep: &mut Sweeper) -> Result<Scan, StoreError> {
         let mut scan = Scan::default();
+        let mut budget = HeadBudget::new(head_limit);
+        // The current queue's head: bytes counted, and whether it is still growing.
+        let mut head_bytes = 0u64;
+        let mut head_open = true;
         let mut cache = SharedCache::new();
         let mut last: Option<fjall::UserKey> = None;
         for item in self.entries.iter() {
@@ -120,15 +124,17 @@ impl FjallStore {
                         queue,
                         ..RecoveredQueue::default()
                     });
+                    head_bytes = 0;
+                    head_open = true;
                     scan.contents.last_mut().expect("just pushed")
                 }
             };
             q.count += 1;
             q.body_bytes += body_len;
             q.next_seq = seq.saturating_add(1);
-            if q.head.len() < head_limit
-                && let Some(e) = self.loaded_entry(&key, seq, &header, &mut cache)?
-            {
+            head_open = head_open && budget.take(q.head.len(), head_bytes, body_len);
+            if head_open && let Some(e) = self.loaded_entry(&key, seq, &header, &mut cache)? {
+                head_bytes += HeadLimit::cost(body_len);
                 q.head.push(e);
             }
         }

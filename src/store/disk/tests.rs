@@ -12,8 +12,8 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::memory::MemoryState;
 use crate::store::{
-    BindingRecord, EntryBody, ExchangeRecord, PermissionRecord, QueueRecord, RecoveredQueue,
-    UserRecord,
+    BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, QueueRecord,
+    RecoveredQueue, UserRecord,
 };
 
 fn open(dir: &Path) -> FjallStore {
@@ -478,13 +478,25 @@ fn reopen_and_compare(
     model.discard_paged();
     // The first recovery sweeps garbage; the later ones must read the same.
     for head_limit in [2, 0, 1, 5, usize::MAX] {
-        let recovered = store.recover(head_limit).map_err(fail)?;
+        let recovered = store
+            .recover(HeadLimit::entries(head_limit))
+            .map_err(fail)?;
         prop_assert_eq!(
             recovered,
-            model.recovered(head_limit),
+            model.recovered(HeadLimit::entries(head_limit)),
             "head limit {}",
             head_limit
         );
+    }
+    // Byte budgets cut heads the same way: per queue, and across queues in id order.
+    for (queue_bytes, total_bytes) in [(600, u64::MAX), (3000, 4000), (u64::MAX, 1500)] {
+        let limit = HeadLimit {
+            entries: usize::MAX,
+            queue_bytes,
+            total_bytes,
+        };
+        let recovered = store.recover(limit).map_err(fail)?;
+        prop_assert_eq!(recovered, model.recovered(limit), "head limit {:?}", limit);
     }
     // Recovery reconciled the counts: exactly the model's shared messages are stored.
     prop_assert_eq!(store.shared.len(), model.shared_count());
@@ -663,7 +675,10 @@ fn deleting_a_big_queue_is_one_small_write_and_gc_sweeps_it_in_steps() {
     );
     assert!(store.gc.is_empty());
     for h in [0, 10] {
-        assert_eq!(store.recover(h).expect("recover"), model.recovered(h));
+        assert_eq!(
+            store.recover(HeadLimit::entries(h)).expect("recover"),
+            model.recovered(HeadLimit::entries(h))
+        );
     }
 }
 
@@ -695,8 +710,10 @@ fn a_queue_id_reused_after_restart_never_sees_its_predecessors_entries() {
     store.sync().expect("sync");
     drop(store);
     let mut store = open(dir.path());
-    let recovered = store.recover(usize::MAX).expect("recover");
-    assert_eq!(recovered, model.recovered(usize::MAX));
+    let recovered = store
+        .recover(HeadLimit::entries(usize::MAX))
+        .expect("recover");
+    assert_eq!(recovered, model.recovered(HeadLimit::entries(usize::MAX)));
     assert_eq!(recovered.contents[0].count, 1);
     assert_eq!(
         key_count(&store, Space::Entries),
@@ -787,7 +804,10 @@ fn deleting_a_queue_again_extends_its_sweep() {
         "and the generation forgotten"
     );
     assert!(store.shared.values().all(|c| c.refs == 1));
-    assert_eq!(store.recover(3).expect("recover"), model.recovered(3));
+    assert_eq!(
+        store.recover(HeadLimit::entries(3)).expect("recover"),
+        model.recovered(HeadLimit::entries(3))
+    );
 }
 
 // ----- shared messages -----
@@ -874,8 +894,10 @@ fn a_shared_message_goes_exactly_when_its_last_reference_does() {
     assert_eq!(key_count(&store, Space::Refs), 0);
     assert_eq!(model.shared_count(), 0);
     drop(store);
-    let recovered = open(dir.path()).recover(10).expect("recover");
-    assert_eq!(recovered, model.recovered(10));
+    let recovered = open(dir.path())
+        .recover(HeadLimit::entries(10))
+        .expect("recover");
+    assert_eq!(recovered, model.recovered(HeadLimit::entries(10)));
     assert_eq!(recovered.next_shared_id, 7, "ids are never reused");
 }
 
@@ -906,7 +928,13 @@ fn a_batch_that_stores_and_releases_a_shared_message_leaves_nothing() {
     for space in [Space::Messages, Space::Refs, Space::Entries] {
         assert_eq!(key_count(&store, space), 0, "{}", space.name());
     }
-    assert_eq!(store.recover(1).expect("recover").next_shared_id, 2);
+    assert_eq!(
+        store
+            .recover(HeadLimit::entries(1))
+            .expect("recover")
+            .next_shared_id,
+        2
+    );
 }
 
 // ----- paged messages and loads -----
@@ -959,7 +987,10 @@ fn paged_messages_merge_with_entries_and_are_gone_after_a_reopen() {
     }];
     store.write(&page).expect("write");
     assert_eq!(store.load(1, 25, 10).expect("load").len(), 1);
-    assert_eq!(store.recover(3).expect("recover"), model.recovered(3));
+    assert_eq!(
+        store.recover(HeadLimit::entries(3)).expect("recover"),
+        model.recovered(HeadLimit::entries(3))
+    );
     assert_eq!(store.load(1, 25, 10).expect("load"), Vec::new());
 }
 
@@ -989,7 +1020,7 @@ fn recovery_decodes_only_the_head_of_each_queue() {
     let head = 50;
     record::MESSAGES_DECODED.with(|n| n.set(0));
     let start = std::time::Instant::now();
-    let recovered = store.recover(head).expect("recover");
+    let recovered = store.recover(HeadLimit::entries(head)).expect("recover");
     let took = start.elapsed();
     let decoded = record::MESSAGES_DECODED.with(|n| n.get());
     // Queues 3 and 4 share their head messages: each decoded once.
@@ -1008,7 +1039,7 @@ fn recovery_decodes_only_the_head_of_each_queue() {
             (1000, 100_000, 1000, head),
         ]
     );
-    assert_eq!(recovered, model.recovered(head));
+    assert_eq!(recovered, model.recovered(HeadLimit::entries(head)));
     println!("recovered 204,000 entries, 150 decoded, in {took:?}");
 }
 
@@ -1029,7 +1060,7 @@ fn model_after(batches: &[Vec<StoreOp>], n: usize) -> Recovered {
     for op in batches[..n].iter().flatten() {
         model.apply(op);
     }
-    model.recovered(usize::MAX)
+    model.recovered(HeadLimit::entries(usize::MAX))
 }
 
 /// Asserts that `recovered` is the state after some prefix of `batches` of at least
@@ -1062,7 +1093,9 @@ fn synced_batches_survive_a_drop_without_a_final_sync() {
         store.write(b).expect("write");
     }
     drop(store);
-    let recovered = open(dir.path()).recover(usize::MAX).expect("recover");
+    let recovered = open(dir.path())
+        .recover(HeadLimit::entries(usize::MAX))
+        .expect("recover");
     assert_prefix(&recovered, &batches, 30);
 }
 
@@ -1083,7 +1116,9 @@ fn a_crash_image_holds_every_synced_batch_and_a_torn_journal_tail_opens() {
     let image = tempfile::tempdir().expect("a temporary directory");
     copy_dir(dir.path(), image.path());
     drop(store);
-    let recovered = open(image.path()).recover(usize::MAX).expect("recover");
+    let recovered = open(image.path())
+        .recover(HeadLimit::entries(usize::MAX))
+        .expect("recover");
     assert_prefix(&recovered, &batches, 45);
 
     // Tear the journal's tail: cut it at points inside the last batches written. Each cut
@@ -1112,7 +1147,7 @@ fn a_crash_image_holds_every_synced_batch_and_a_torn_journal_tail_opens() {
         cut_bytes[cut..].fill(0);
         std::fs::write(&torn_journal, &cut_bytes).expect("writing the torn journal");
         let recovered = open(torn.path())
-            .recover(usize::MAX)
+            .recover(HeadLimit::entries(usize::MAX))
             .expect("a torn tail must open");
         let n = assert_prefix(&recovered, &batches, 0);
         assert!(
@@ -1148,7 +1183,7 @@ fn a_corrupt_shared_message_fails_recovery_naming_its_location() {
     store.db.persist(PersistMode::SyncAll).expect("persist");
     drop(store);
     let err = open(dir.path())
-        .recover(usize::MAX)
+        .recover(HeadLimit::entries(usize::MAX))
         .expect_err("a corrupt record must fail recovery");
     assert_names(
         &err,
@@ -1170,7 +1205,9 @@ fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
         .entries
         .insert(key, value[..5].to_vec())
         .expect("insert");
-    let err = store.recover(1).expect_err("a cut header fails recovery");
+    let err = store
+        .recover(HeadLimit::entries(1))
+        .expect_err("a cut header fails recovery");
     assert_names(
         &err,
         dir.path(),
@@ -1193,7 +1230,7 @@ fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
         &["keyspace `bodies`", "(queue 1, generation 0, seq 3)"],
     );
     assert!(
-        store.recover(2).is_ok(),
+        store.recover(HeadLimit::entries(2)).is_ok(),
         "outside the head, bodies are not read"
     );
 }
@@ -1213,7 +1250,7 @@ fn an_entry_newer_than_its_queue_generation_is_refused() {
         .expect("insert");
     drop(store);
     let err = open(dir.path())
-        .recover(1)
+        .recover(HeadLimit::entries(1))
         .expect_err("generation from nowhere");
     assert_names(
         &err,
@@ -1297,7 +1334,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
     std::fs::write(&table, &bytes).expect("scribbling the table");
 
     let outcome = FjallStore::open(dir.path(), StoreOptions::default())
-        .and_then(|mut s| s.recover(usize::MAX));
+        .and_then(|mut s| s.recover(HeadLimit::entries(usize::MAX)));
     match outcome {
         Ok(r) => panic!(
             "a damaged table recovered {:?} without an error",
@@ -1360,7 +1397,9 @@ fn measure_recovery_and_throughput() {
         let start = Instant::now();
         let mut store = open(dir.path());
         let opened = start.elapsed();
-        let recovered = store.recover(head_limit).expect("recover");
+        let recovered = store
+            .recover(HeadLimit::entries(head_limit))
+            .expect("recover");
         println!(
             "memtables flushed before: {flushed}: open {opened:?}, open+recover({head_limit}) {:?} for {} entries",
             start.elapsed(),

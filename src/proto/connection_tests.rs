@@ -1,0 +1,142 @@
+//! The connection state machine driven with bytes, as a client would send them.
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::proto::frame::{encode_content, encode_method};
+
+fn open(config: ConnectionConfig) -> Connection {
+    let mut c = Connection::new(config, 0);
+    c.handle_bytes(&PROTOCOL_HEADER, 0);
+    let mut out = BytesMut::new();
+    encode_method(
+        0,
+        &Method::ConnectionStartOk(ConnectionStartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+        }),
+        &mut out,
+    );
+    c.handle_bytes(&out, 0);
+    assert!(matches!(c.poll_command(), Some(Command::Login(_))));
+    c.handle_reply(Reply::LoginOk, 0);
+    let mut out = BytesMut::new();
+    encode_method(
+        0,
+        &Method::ConnectionTuneOk(ConnectionTuneOk {
+            channel_max: 16,
+            frame_max: 4096,
+            heartbeat: 0,
+        }),
+        &mut out,
+    );
+    encode_method(
+        0,
+        &Method::ConnectionOpen(ConnectionOpen::default()),
+        &mut out,
+    );
+    c.handle_bytes(&out, 0);
+    assert!(matches!(c.poll_command(), Some(Command::OpenVhost { .. })));
+    c.handle_reply(
+        Reply::Method {
+            channel: 0,
+            method: Method::ConnectionOpenOk(ConnectionOpenOk::default()),
+        },
+        0,
+    );
+    c
+}
+
+fn channel_open(c: &mut Connection, channel: u16) {
+    let mut out = BytesMut::new();
+    encode_method(
+        channel,
+        &Method::ChannelOpen(ChannelOpen::default()),
+        &mut out,
+    );
+    c.handle_bytes(&out, 0);
+    assert_eq!(c.poll_command(), Some(Command::ChannelOpen { channel }));
+}
+
+/// A publish's method and header frames announcing `body_size`, without the body.
+fn publish_header(channel: u16, body_size: u64) -> BytesMut {
+    let mut full = BytesMut::new();
+    let body = vec![0u8; body_size as usize];
+    encode_content(
+        channel,
+        &Method::BasicPublish(BasicPublish::default()),
+        &BasicProperties::default(),
+        &body,
+        4096,
+        &mut full,
+    );
+    // Method frame, then header frame; body frames follow.
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut rest = full.clone();
+    let mut len = 0;
+    for _ in 0..2 {
+        let before = rest.len();
+        decoder.decode(&mut rest).expect("frame").expect("whole");
+        len += before - rest.len();
+    }
+    full.truncate(len);
+    full
+}
+
+fn body_frame(channel: u16, bytes: usize) -> Vec<u8> {
+    let mut out = vec![3u8];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(bytes as u32).to_be_bytes());
+    out.extend(std::iter::repeat_n(7u8, bytes));
+    out.push(0xce);
+    out
+}
+
+#[test]
+fn the_first_publish_announces_a_publisher_once() {
+    let mut c = open(ConnectionConfig::default());
+    channel_open(&mut c, 1);
+    c.handle_bytes(&publish_header(1, 0), 0);
+    assert_eq!(c.poll_command(), Some(Command::Publishing));
+    assert!(matches!(c.poll_command(), Some(Command::Publish { .. })));
+    c.handle_bytes(&publish_header(1, 0), 0);
+    assert!(matches!(c.poll_command(), Some(Command::Publish { .. })));
+    assert_eq!(c.poll_command(), None);
+}
+
+#[test]
+fn bodies_in_progress_on_all_channels_stay_within_one_message() {
+    let config = ConnectionConfig {
+        max_message_bytes: 10_000,
+        ..ConnectionConfig::default()
+    };
+    let mut c = open(config);
+    for ch in 1..=4 {
+        channel_open(&mut c, ch);
+    }
+    for ch in 1..=4 {
+        // Each announces a legal 4,000-byte body and sends 3,000 bytes of it.
+        c.handle_bytes(&publish_header(ch, 4_000), 0);
+        c.handle_bytes(&body_frame(ch, 3_000), 0);
+    }
+    let commands: Vec<Command> = std::iter::from_fn(|| c.poll_command()).collect();
+    let errors: Vec<u16> = commands
+        .iter()
+        .filter_map(|cmd| match cmd {
+            Command::ChannelError { channel, close } => {
+                assert_eq!(close.reply_code, PRECONDITION_FAILED);
+                Some(*channel)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors, [4], "{commands:?}");
+    assert_eq!(c.partial_body_bytes, 9_000);
+    // The others complete normally.
+    c.handle_bytes(&body_frame(1, 1_000), 0);
+    assert!(matches!(c.poll_command(), Some(Command::Publish { .. })));
+    assert_eq!(c.partial_body_bytes, 6_000);
+    assert_eq!(c.partial_body_bytes, c.bodies_in_progress());
+}
