@@ -78,15 +78,18 @@
 //!
 //! # Corruption
 //!
-//! A record that does not decode, or a read that fjall fails (a checksum mismatch in a
-//! table, say), makes [`FjallStore::open`], [`Store::recover`] or [`Store::load`] fail
-//! with a [`StoreError`] naming the data directory, the keyspace and the key. A corrupt
-//! store is refused, never read as empty.
+//! A read that fjall fails (a checksum mismatch in a table, say), or a counter that does
+//! not decode, makes [`FjallStore::open`], [`Store::recover`] or [`Store::load`] fail with
+//! a [`StoreError`] naming the data directory, the keyspace and the key: a corrupt store
+//! is refused, never read as empty. A metadata record or a message that does not decode
+//! is set aside in the `quarantine` keyspace with a loud log line, and the broker goes on
+//! without it (see `quarantine`).
 
 mod catalog;
 mod contents;
 mod entry;
 mod gc;
+mod quarantine;
 mod read;
 mod record;
 mod recovery;
@@ -138,6 +141,10 @@ pub struct FjallStore {
     entries: Keyspace,
     bodies: Keyspace,
     paged: Keyspace,
+    /// Records that did not decode, set aside (see `quarantine`).
+    quarantine: Keyspace,
+    /// Shared messages set aside: entries referring to them are skipped.
+    quarantined_shared: std::sync::Mutex<std::collections::HashSet<u64>>,
     catalog: Catalog,
     /// Every shared message stored, by id (the `refs` keyspace).
     shared: HashMap<u64, SharedCount>,
@@ -177,6 +184,9 @@ fn keyspace_options(space: Space) -> KeyspaceCreateOptions {
     }
 }
 
+/// The keyspace of records set aside because they do not decode.
+const QUARANTINE: &str = "quarantine";
+
 /// Largest memtable of a keyspace before it is flushed to a table file.
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -209,6 +219,14 @@ impl FjallStore {
             check_version(dir, value)?;
         }
         let paged = fresh_keyspace(&db, dir, Space::Paged)?;
+        let quarantine = db
+            .keyspace(QUARANTINE, KeyspaceCreateOptions::default)
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot open keyspace `{QUARANTINE}` of the store in {}: {e}",
+                    dir.display()
+                ))
+            })?;
         let mut store = FjallStore {
             dir: dir.to_path_buf(),
             options,
@@ -217,6 +235,8 @@ impl FjallStore {
             entries: keyspace(Space::Entries)?,
             bodies: keyspace(Space::Bodies)?,
             paged,
+            quarantine,
+            quarantined_shared: Default::default(),
             db,
             meta,
             catalog: Catalog::default(),
@@ -283,9 +303,15 @@ impl FjallStore {
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Meta, last.as_deref(), e))?;
             if &*key != record::FORMAT_KEY {
-                catalog
-                    .load(&key, &value)
-                    .map_err(|e| self.corrupt(Space::Meta, &key, e))?;
+                match catalog.load(&key, &value) {
+                    Ok(()) => {}
+                    // A vhost, user, permission, exchange, queue or binding that does not
+                    // decode is set aside; counters and generations must decode.
+                    Err(e) if record::can_set_aside(&key) => {
+                        self.set_aside(Space::Meta, &key, &value, &e)?;
+                    }
+                    Err(e) => return Err(self.corrupt(Space::Meta, &key, e)),
+                }
             }
             last = Some(key);
         }

@@ -16,6 +16,17 @@ use super::{FjallStore, record};
 /// Shared messages already decoded, by id: a message in several queues is read once.
 pub(super) type SharedCache = HashMap<u64, Arc<Message>>;
 
+/// An entry read back for the broker.
+pub(super) enum Loaded {
+    /// The entry and its message.
+    Entry(LoadedEntry),
+    /// It refers to a shared message that is gone (or was set aside): skipped, as
+    /// `MemoryState` skips it.
+    Gone,
+    /// Its message does not decode; the caller sets the entry aside.
+    Undecodable(String),
+}
+
 impl FjallStore {
     /// Up to `max` entries of the queue's current generation from `from_seq`, durable and
     /// paged merged in position order (a durable entry first on a tie, as in
@@ -50,25 +61,31 @@ impl FjallStore {
                 let Some((key, seq, value)) = next_durable.take() else {
                     break;
                 };
-                let header = entry::decode_entry(&value)
-                    .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-                if let Some(e) = self.loaded_entry(&key, seq, &header, &mut cache)? {
-                    out.push(e);
+                match entry::decode_entry(&value) {
+                    Err(e) => self.set_aside(Space::Entries, &key, &value, &e)?,
+                    Ok(header) => match self.loaded_entry(&key, seq, &header, &mut cache)? {
+                        Loaded::Entry(e) => out.push(e),
+                        Loaded::Gone => {}
+                        Loaded::Undecodable(why) => {
+                            self.set_aside(Space::Entries, &key, &value, &why)?
+                        }
+                    },
                 }
                 next_durable = self.next_item(Space::Entries, &mut durable, Some(&key))?;
             } else {
                 let Some((key, seq, value)) = next_paged.take() else {
                     break;
                 };
-                let (message, expires_at_ms) =
-                    entry::decode_paged(&value).map_err(|e| self.corrupt(Space::Paged, &key, e))?;
-                out.push(LoadedEntry {
-                    seq,
-                    message: Arc::new(message),
-                    shared: None,
-                    durable: false,
-                    expires_at_ms,
-                });
+                match entry::decode_paged(&value) {
+                    Ok((message, expires_at_ms)) => out.push(LoadedEntry {
+                        seq,
+                        message: Arc::new(message),
+                        shared: None,
+                        durable: false,
+                        expires_at_ms,
+                    }),
+                    Err(e) => self.set_aside(Space::Paged, &key, &value, &e)?,
+                }
                 next_paged = self.next_item(Space::Paged, &mut paged, Some(&key))?;
             }
         }
@@ -93,43 +110,42 @@ impl FjallStore {
         Ok(Some((key, seq, value)))
     }
 
-    /// An entry as the broker reads it back, decoding its message; `None` when it refers
-    /// to a shared message that is gone (as `MemoryState` skips it).
+    /// An entry as the broker reads it back, decoding its message.
     pub(super) fn loaded_entry(
         &self,
         key: &[u8],
         seq: u64,
         header: &EntryHeader<'_>,
         cache: &mut SharedCache,
-    ) -> Result<Option<LoadedEntry>, StoreError> {
+    ) -> Result<Loaded, StoreError> {
         let (message, shared) = match header.payload {
             Payload::Shared(id) => match self.shared_message(id, cache)? {
                 Some(m) => (m, Some(id)),
-                None => return Ok(None),
+                None => return Ok(Loaded::Gone),
             },
             Payload::Inline { body_len, message } => {
-                let m = entry::decode_inline(message, body_len)
-                    .map_err(|e| self.corrupt(Space::Entries, key, e))?;
-                (Arc::new(m), None)
+                match entry::decode_inline(message, body_len) {
+                    Ok(m) => (Arc::new(m), None),
+                    Err(e) => return Ok(Loaded::Undecodable(e.to_string())),
+                }
             }
             Payload::Apart { body_len } => {
                 let value = self
                     .bodies
                     .get(key)
-                    .map_err(|e| self.read_error(Space::Bodies, Some(key), e))?
-                    .ok_or_else(|| {
-                        self.corrupt(
-                            Space::Bodies,
-                            key,
-                            "missing: its entry says the message is here",
-                        )
-                    })?;
-                let m = entry::decode_apart(&value, body_len)
-                    .map_err(|e| self.corrupt(Space::Bodies, key, e))?;
-                (Arc::new(m), None)
+                    .map_err(|e| self.read_error(Space::Bodies, Some(key), e))?;
+                let Some(value) = value else {
+                    return Ok(Loaded::Undecodable(
+                        "its message is missing from `bodies`".into(),
+                    ));
+                };
+                match entry::decode_apart(&value, body_len) {
+                    Ok(m) => (Arc::new(m), None),
+                    Err(e) => return Ok(Loaded::Undecodable(e.to_string())),
+                }
             }
         };
-        Ok(Some(LoadedEntry {
+        Ok(Loaded::Entry(LoadedEntry {
             seq,
             message,
             shared,
@@ -144,7 +160,7 @@ impl FjallStore {
         id: u64,
         cache: &mut SharedCache,
     ) -> Result<Option<Arc<Message>>, StoreError> {
-        if !self.shared.contains_key(&id) {
+        if !self.shared.contains_key(&id) || self.shared_set_aside(id) {
             return Ok(None);
         }
         if let Some(m) = cache.get(&id) {
@@ -156,8 +172,13 @@ impl FjallStore {
             .get(key)
             .map_err(|e| self.read_error(Space::Messages, Some(&key), e))?
             .ok_or_else(|| self.corrupt(Space::Messages, &key, "missing, but `refs` counts it"))?;
-        let m = record::decode_message_arc(&value)
-            .map_err(|e| self.corrupt(Space::Messages, &key, e))?;
+        let m = match record::decode_message_arc(&value) {
+            Ok(m) => m,
+            Err(e) => {
+                self.set_aside(Space::Messages, &key, &value, &e)?;
+                return Ok(None);
+            }
+        };
         cache.insert(id, m.clone());
         Ok(Some(m))
     }

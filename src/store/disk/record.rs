@@ -47,6 +47,16 @@ pub mod tag {
     pub const NEXT_SHARED: u8 = b's';
 }
 
+/// Whether a metadata record with this key may be set aside when it does not decode: the
+/// objects (vhosts, users, permissions, exchanges, queues, bindings), not the counters
+/// that keep the store consistent.
+pub fn can_set_aside(key: &[u8]) -> bool {
+    matches!(
+        key.first().copied(),
+        Some(tag::VHOST | tag::USER | tag::PERMISSION | tag::EXCHANGE | tag::QUEUE | tag::BINDING)
+    )
+}
+
 /// Why a stored value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordError {

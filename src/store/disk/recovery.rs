@@ -7,7 +7,7 @@ use crate::store::{HeadBudget, HeadLimit, Recovered, RecoveredQueue, StoreError}
 
 use super::catalog::Space;
 use super::entry::{self, Payload};
-use super::read::SharedCache;
+use super::read::{Loaded, SharedCache};
 use super::{FjallStore, SharedCount, record};
 
 /// Most writes in one batch of the sweep that recovery does.
@@ -83,10 +83,15 @@ impl FjallStore {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Entries, last.as_deref(), e))?;
-            let (queue, generation, seq) = entry::decode_content_key(&key)
-                .map_err(|e| self.corrupt(Space::Entries, &key, e))?;
-            let header =
-                entry::decode_entry(&value).map_err(|e| self.corrupt(Space::Entries, &key, e))?;
+            let decoded = entry::decode_content_key(&key)
+                .and_then(|k| entry::decode_entry(&value).map(|h| (k, h)));
+            let ((queue, generation, seq), header) = match decoded {
+                Ok(d) => d,
+                Err(e) => {
+                    self.set_aside(Space::Entries, &key, &value, &e)?;
+                    continue;
+                }
+            };
             let current = self.catalog.generation(queue);
             self.check_generation(Space::Entries, &key, generation, current)?;
             last = Some(key.clone());
@@ -133,9 +138,24 @@ impl FjallStore {
             q.body_bytes += body_len;
             q.next_seq = seq.saturating_add(1);
             head_open = head_open && budget.take(q.head.len(), head_bytes, body_len);
-            if head_open && let Some(e) = self.loaded_entry(&key, seq, &header, &mut cache)? {
-                head_bytes += HeadLimit::cost(body_len);
-                q.head.push(e);
+            if head_open {
+                match self.loaded_entry(&key, seq, &header, &mut cache)? {
+                    Loaded::Entry(e) => {
+                        head_bytes += HeadLimit::cost(body_len);
+                        q.head.push(e);
+                    }
+                    Loaded::Gone => {}
+                    Loaded::Undecodable(why) => {
+                        q.count -= 1;
+                        q.body_bytes -= body_len;
+                        if let Some(id) = header.shared() {
+                            if let Some(refs) = scan.references.get_mut(&id) {
+                                *refs = refs.saturating_sub(1);
+                            }
+                        }
+                        self.set_aside(Space::Entries, &key, &value, &why)?;
+                    }
+                }
             }
         }
         Ok(scan)

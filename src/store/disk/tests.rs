@@ -1170,7 +1170,7 @@ fn assert_names(err: &StoreError, dir: &Path, parts: &[&str]) {
 }
 
 #[test]
-fn a_corrupt_shared_message_fails_recovery_naming_its_location() {
+fn a_shared_message_that_does_not_decode_is_set_aside_and_its_entries_skipped() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut store = open(dir.path());
     store.write(&numbered_batches(10).concat()).expect("write");
@@ -1181,19 +1181,23 @@ fn a_corrupt_shared_message_fails_recovery_naming_its_location() {
         .insert(entry::shared_key(8), b"\x02garbage".to_vec())
         .expect("insert");
     store.db.persist(PersistMode::SyncAll).expect("persist");
+    let clean = model_after(&numbered_batches(10), 10);
     drop(store);
-    let err = open(dir.path())
+    let mut store = open(dir.path());
+    let recovered = store
         .recover(HeadLimit::entries(usize::MAX))
-        .expect_err("a corrupt record must fail recovery");
-    assert_names(
-        &err,
-        dir.path(),
-        &["keyspace `messages`", "(shared message 8)"],
+        .expect("recovery goes on without it");
+    assert_eq!(store.set_aside_count().expect("count"), 1);
+    let entries = |r: &Recovered| r.entries().count();
+    assert!(
+        entries(&recovered) < entries(&clean),
+        "its entries are skipped"
     );
+    assert_eq!(recovered.queues, clean.queues);
 }
 
 #[test]
-fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
+fn entries_that_do_not_decode_are_set_aside_at_recovery_and_at_load() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut store = open(dir.path());
     store.write(&numbered_batches(10).concat()).expect("write");
@@ -1205,34 +1209,66 @@ fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
         .entries
         .insert(key, value[..5].to_vec())
         .expect("insert");
-    let err = store
+    let recovered = store
         .recover(HeadLimit::entries(1))
-        .expect_err("a cut header fails recovery");
-    assert_names(
-        &err,
-        dir.path(),
-        &["keyspace `entries`", "(queue 1, generation 0, seq 4)"],
-    );
+        .expect("recovery goes on without it");
+    assert_eq!(store.set_aside_count().expect("count"), 1);
+    assert!(store.entries.get(key).expect("get").is_none(), "moved away");
+    let queue_1 = recovered
+        .contents
+        .iter()
+        .find(|q| q.queue == 1)
+        .expect("queue 1");
+    let loaded = store.load(1, 0, 100).expect("load");
+    assert_eq!(loaded.len() as u64, queue_1.count, "counted as loaded");
+    assert!(loaded.iter().all(|e| e.seq != 4));
     drop(store);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut store = open(dir.path());
     store.write(&numbered_batches(10).concat()).expect("write");
-    // Entry 3 keeps its 2000-byte message in `bodies`.
+    // Entry 3 keeps its 2000-byte message in `bodies`; it is lost below the store.
     store
         .bodies
         .remove(entry::content_key(1, 0, 3))
         .expect("remove");
-    let err = store.load(1, 0, 10).expect_err("a lost body fails a load");
-    assert_names(
-        &err,
-        dir.path(),
-        &["keyspace `bodies`", "(queue 1, generation 0, seq 3)"],
-    );
-    assert!(
-        store.recover(HeadLimit::entries(2)).is_ok(),
-        "outside the head, bodies are not read"
-    );
+    let loaded = store
+        .load(1, 0, 10)
+        .expect("a load skips the message it cannot read");
+    assert!(loaded.iter().all(|e| e.seq != 3));
+    assert!(loaded.iter().any(|e| e.seq == 4), "and reads on past it");
+    assert_eq!(store.set_aside_count().expect("count"), 1);
+}
+
+#[test]
+fn metadata_that_does_not_decode_is_set_aside_when_the_store_opens() {
+    use crate::proto::table::{FieldValue, MAX_FIELD_DEPTH};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = open(dir.path());
+    // A queue whose arguments nest deeper than the decoder reads (as an unchecked path
+    // could once store them), next to a sound one.
+    let mut deep = FieldValue::Void;
+    for _ in 0..MAX_FIELD_DEPTH + 4 {
+        deep = FieldValue::Table([("k", deep)].into_iter().collect());
+    }
+    let mut bad = queue(7, "deep");
+    bad.arguments.insert("x-deep", deep);
+    store
+        .write(&[
+            StoreOp::PutVhost("/".into()),
+            StoreOp::PutQueue(queue(6, "fine")),
+            StoreOp::PutQueue(bad),
+        ])
+        .expect("write");
+    store.sync().expect("sync");
+    drop(store);
+    let mut store = open(dir.path());
+    assert_eq!(store.set_aside_count().expect("count"), 1);
+    let recovered = store
+        .recover(HeadLimit::entries(usize::MAX))
+        .expect("recover");
+    let names: Vec<&str> = recovered.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["fine"]);
 }
 
 #[test]
@@ -1264,15 +1300,16 @@ fn an_entry_newer_than_its_queue_generation_is_refused() {
 }
 
 #[test]
-fn a_corrupt_metadata_record_count_or_format_refuses_to_open() {
+fn a_corrupt_count_or_format_refuses_to_open() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(dir.path());
     store
         .meta
-        .insert(record::queue_key(3), vec![2, 0, 0])
+        .insert(record::generation_key(3), vec![2, 0, 0])
         .expect("insert");
     drop(store);
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("corrupt queue");
+    let err =
+        FjallStore::open(dir.path(), StoreOptions::default()).expect_err("corrupt generation");
     assert_names(&err, dir.path(), &["keyspace `meta`"]);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
