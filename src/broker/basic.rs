@@ -431,6 +431,16 @@ impl Broker {
             m.consumer_tag.as_str().into()
         };
         let max = self.config.max_consumers_per_channel;
+        let max_per_conn = self.config.max_consumers_per_connection;
+        let on_conn: usize = self
+            .conns
+            .get(&conn)
+            .map_or(0, |c| c.channels.values().map(|ch| ch.consumers.len()).sum());
+        if on_conn >= max_per_conn {
+            return Err(precondition_failed(format!(
+                "connection has the maximum of {max_per_conn} consumers"
+            )));
+        }
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;

@@ -124,6 +124,8 @@ pub struct BrokerConfig {
     pub max_bindings_per_exchange: usize,
     /// Most consumers per channel.
     pub max_consumers_per_channel: usize,
+    /// Most consumers per connection, all channels together.
+    pub max_consumers_per_connection: usize,
     /// Most unacked deliveries per channel when no prefetch limit is set.
     pub max_unacked_per_channel: usize,
     /// Memory a queue may hold in ready messages before new ones go to the store.
@@ -170,6 +172,7 @@ impl Default for BrokerConfig {
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,
             max_consumers_per_channel: 100_000,
+            max_consumers_per_connection: 100_000,
             max_unacked_per_channel: 1_000_000,
             queue_memory_budget_bytes: 16 * 1024 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,
