@@ -432,10 +432,9 @@ impl Broker {
         };
         let max = self.config.max_consumers_per_channel;
         let max_per_conn = self.config.max_consumers_per_connection;
-        let on_conn: usize = self
-            .conns
-            .get(&conn)
-            .map_or(0, |c| c.channels.values().map(|ch| ch.consumers.len()).sum());
+        let on_conn: usize = self.conns.get(&conn).map_or(0, |c| {
+            c.channels.values().map(|ch| ch.consumers.len()).sum()
+        });
         if on_conn >= max_per_conn {
             return Err(precondition_failed(format!(
                 "connection has the maximum of {max_per_conn} consumers"
@@ -888,7 +887,8 @@ fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64)
     let mut pending: Vec<&str> = vec![exchange];
     while let Some(name) = pending.pop() {
         *work += 1;
-        if visited.contains(&name) || visited.len() >= MAX_ROUTING_HOPS {
+        // At most MAX_ROUTING_HOPS exchanges: a linear scan of them is cheap.
+        if visited.len() >= MAX_ROUTING_HOPS || visited.contains(&name) {
             continue;
         }
         visited.push(name);

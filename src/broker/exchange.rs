@@ -113,6 +113,8 @@ pub struct Exchange {
     pub builtin: bool,
     /// Exchanges with bindings to this one (for cleanup on delete).
     pub bound_from: BTreeSet<String>,
+    /// The `alternate-exchange` argument, looked up once.
+    alternate: Option<String>,
     bindings: Bindings,
     index: Index,
 }
@@ -127,6 +129,10 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
+        let alternate = arguments
+            .get("alternate-exchange")
+            .and_then(FieldValue::as_str)
+            .map(str::to_string);
         let index = match kind {
             ExchangeKind::Direct => Index::Direct(HashMap::default()),
             ExchangeKind::Fanout => Index::Fanout,
@@ -142,6 +148,7 @@ impl Exchange {
             arguments,
             builtin: false,
             bound_from: BTreeSet::new(),
+            alternate,
             bindings: Bindings::default(),
             index,
         }
@@ -164,9 +171,7 @@ impl Exchange {
 
     /// The `alternate-exchange` argument, if set.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments
-            .get("alternate-exchange")
-            .and_then(FieldValue::as_str)
+        self.alternate.as_deref()
     }
 
     /// Adds a binding; returns false if an identical one exists.
