@@ -357,6 +357,7 @@ impl Broker {
         name: &str,
         m: &QueueDeclare,
     ) -> AmqpResult<QueueId> {
+        self.check_queue_limit(vhost, name)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
         if self.queues.len() >= self.config.max_queues {

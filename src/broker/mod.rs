@@ -17,6 +17,7 @@ mod dispatch;
 mod error;
 mod exchange;
 mod flow;
+mod limits;
 mod paging;
 #[cfg(test)]
 mod paging_tests;
@@ -321,6 +322,8 @@ pub struct Broker {
     to_resume: Vec<ConnId>,
     /// Routing and dead-lettering steps taken since start ([`Broker::work_done`]).
     work: u64,
+    /// Vhost and user limits, and the usage they are checked against.
+    tenants: limits::Tenants,
 }
 
 impl Broker {
@@ -358,6 +361,7 @@ impl Broker {
             held: HashMap::default(),
             to_resume: Vec::new(),
             work: 0,
+            tenants: limits::Tenants::default(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -749,6 +753,7 @@ impl Broker {
                 );
             }
         }
+        self.check_tenant_invariants();
         let mut last = 0;
         for (b, _) in &self.deferred {
             assert!(

@@ -3,7 +3,7 @@
 //! `crate::admin::json`).
 
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, UserRecord};
+use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
 
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
@@ -59,6 +59,10 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     /// Bindings (the default exchange's implicit ones are not exported).
     pub bindings: Vec<BindingInfo>,
+    /// Vhosts' limits (RabbitMQ's `vhost-limits` parameters).
+    pub vhost_limits: Vec<(String, VhostLimits)>,
+    /// Users' limits (each user's `limits` in RabbitMQ's documents).
+    pub user_limits: Vec<(String, UserLimits)>,
 }
 
 impl Broker {
@@ -68,7 +72,16 @@ impl Broker {
             defs.users = self.users.iter().cloned().collect();
             defs.vhosts = self.list_vhosts().into_iter().map(|v| v.name).collect();
             defs.permissions = self.users.all_permissions().cloned().collect();
+            if let Ok(AdminReply::UserLimits(l)) = self.list_user_limits(None) {
+                defs.user_limits = l;
+            }
         }
+        let limits = self.tenants.vhost_limits.iter();
+        defs.vhost_limits = limits
+            .filter(|(v, _)| vhost.is_none_or(|only| only == v.as_str()))
+            .map(|(v, l)| (v.clone(), *l))
+            .collect();
+        defs.vhost_limits.sort_by(|a, b| a.0.cmp(&b.0));
         defs.queues = self
             .list_queues(vhost)
             .into_iter()
@@ -131,6 +144,30 @@ impl Broker {
             }
             super::super::auth::Permissions::new(p.clone()).map_err(bad_request)?;
         }
+        for (user, _) in &defs.user_limits {
+            if !known_user(user) {
+                return Err(bad_request(format!(
+                    "limits of user '{user}': no such user"
+                )));
+            }
+        }
+        let tables = defs
+            .queues
+            .iter()
+            .map(|q| (&q.arguments, "queue", &q.name))
+            .chain(
+                defs.exchanges
+                    .iter()
+                    .map(|x| (&x.arguments, "exchange", &x.name)),
+            )
+            .chain(
+                defs.bindings
+                    .iter()
+                    .map(|b| (&b.arguments, "binding to", &b.destination)),
+            );
+        for (arguments, kind, name) in tables {
+            super::check_table(arguments, &format!("arguments of {kind} '{name}'"))?;
+        }
         for x in &defs.exchanges {
             if ExchangeKind::parse(&x.kind).is_none() {
                 return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
@@ -141,7 +178,8 @@ impl Broker {
             .iter()
             .map(|q| q.vhost.as_str())
             .chain(defs.exchanges.iter().map(|x| x.vhost.as_str()))
-            .chain(defs.bindings.iter().map(|b| b.vhost.as_str()));
+            .chain(defs.bindings.iter().map(|b| b.vhost.as_str()))
+            .chain(defs.vhost_limits.iter().map(|(v, _)| v.as_str()));
         for v in vhost_of {
             if !known_vhost(v) {
                 return Err(bad_request(format!("no_such_vhost: {v}")));
@@ -161,6 +199,12 @@ impl Broker {
         }
         for p in defs.permissions {
             self.set_permissions(p)?;
+        }
+        for (user, limits) in defs.user_limits {
+            self.set_user_limits(&user, limits)?;
+        }
+        for (vhost, limits) in defs.vhost_limits {
+            self.store_vhost_limits(&vhost, limits);
         }
         let node = Actor::Node;
         for x in defs.exchanges {
