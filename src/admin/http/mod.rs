@@ -453,6 +453,16 @@ fn peer_of(headers: &HeaderMap) -> Option<SocketAddr> {
         .and_then(|v| v.parse::<SocketAddr>().ok())
 }
 
+/// A peer address with an IPv4-mapped IPv6 address shown as IPv4.
+fn plain_peer(p: SocketAddr) -> SocketAddr {
+    match p.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(p, |v4| SocketAddr::new(IpAddr::V4(v4), p.port())),
+        IpAddr::V4(_) => p,
+    }
+}
+
 /// Whether the request came from a loopback address.
 fn peer_is_loopback(headers: &HeaderMap) -> bool {
     peer_of(headers).is_some_and(|a| match a.ip() {
@@ -505,7 +515,8 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
         && e.status == StatusCode::UNAUTHORIZED
         && e.error == "not_authorized"
     {
-        let shown = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let shown = peer.map_or_else(|| "unknown".to_string(), |p| plain_peer(p).to_string());
+        let user = user.as_deref().unwrap_or("");
         // Debug formatting escapes what a client put in the name (no forged log lines).
         tracing::warn!(peer = %shown, user = ?user, "HTTP API login failed");
         if let Some(p) = peer {
@@ -621,8 +632,8 @@ fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
         }
     }
     if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
-        let cols: Vec<&str> = cols.split(',').collect();
-        items = items.into_iter().map(|v| only_columns(v, &cols)).collect();
+        let cols: Vec<Vec<&str>> = cols.split(',').map(|c| c.split('.').collect()).collect();
+        items = items.iter().map(|v| only_columns(v, &cols)).collect();
     }
     let paginate = q.contains_key("page") || q.get("pagination").is_some_and(|v| v == "true");
     if !paginate {
@@ -668,30 +679,29 @@ fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-/// Keeps the listed columns ("a" or "a.b") of an object.
-fn only_columns(v: Value, cols: &[&str]) -> Value {
-    let mut out = serde_json::Map::new();
-    for col in cols {
-        let mut path = col.split('.');
-        let Some(first) = path.next() else { continue };
-        let rest: Vec<&str> = path.collect();
-        let Some(value) = v.get(first) else { continue };
-        let picked = if rest.is_empty() {
-            value.clone()
-        } else {
-            let joined = rest.join(".");
-            let inner = only_columns(value.clone(), &[joined.as_str()]);
-            match (out.remove(first), inner) {
-                (Some(Value::Object(mut a)), Value::Object(b)) => {
-                    a.extend(b);
-                    Value::Object(a)
-                }
-                (_, inner) => inner,
-            }
+/// Keeps the listed columns (paths such as "a" or "a.b") of an object. A path is walked
+/// only as deep as the object goes, whatever its length, and without recursion.
+fn only_columns(v: &Value, cols: &[Vec<&str>]) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in cols {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
         };
-        out.insert(first.to_string(), picked);
+        let Some(leaf) = path.iter().try_fold(v, |v, k| v.get(k)) else {
+            continue;
+        };
+        let mut slot = &mut out;
+        for k in parents {
+            let Value::Object(m) = slot else { break };
+            slot = m
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+        if let Value::Object(m) = slot {
+            m.insert(last.to_string(), leaf.clone());
+        }
     }
-    Value::Object(out)
+    out
 }
 
 /// A query parameter as a boolean ("true").
@@ -721,4 +731,25 @@ fn rates_of(
     let mut counter_rates = [0.0; 10];
     counter_rates.copy_from_slice(&rates[..10]);
     (counter_rates, [rates[10], rates[11], rates[12]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_pick_nested_fields_and_long_paths_cost_nothing() {
+        let v = json!({"name": "q", "message_stats": {"publish": 3, "ack": 1}, "x": 1});
+        let cols = vec![
+            vec!["name"],
+            vec!["message_stats", "publish"],
+            vec!["nope", "a"],
+        ];
+        assert_eq!(
+            only_columns(&v, &cols),
+            json!({"name": "q", "message_stats": {"publish": 3}})
+        );
+        let long: Vec<&str> = std::iter::repeat_n("message_stats", 200_000).collect();
+        assert_eq!(only_columns(&v, &[long]), json!({}));
+    }
 }
