@@ -122,7 +122,9 @@ pub fn json_to_table(v: Option<&Value>, what: &str) -> Result<FieldTable, String
         TableLimitError::TooDeep => format!("{what}: {e}"),
     };
     let table = match v {
+        // Erlang writes an empty proplist as [], which some documents carry for {}.
         None | Some(Value::Null) => return Ok(FieldTable::default()),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(FieldTable::default()),
         Some(Value::Object(m)) => object_to_table(m, 1).map_err(refuse)?,
         Some(other) => return Err(format!("{what}: expected a JSON object, got {other}")),
     };
@@ -688,6 +690,10 @@ mod tests {
         assert_eq!(table_to_json(&t), v);
         assert_eq!(json_to_table(None, "a"), Ok(FieldTable::default()));
         assert!(json_to_table(Some(&json!([1])), "a").is_err());
+        assert_eq!(
+            json_to_table(Some(&json!([])), "a"),
+            Ok(FieldTable::default())
+        );
     }
 
     /// Nested JSON deeper than a stored table may be, or larger, is refused with a reason;

@@ -36,13 +36,16 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Whether `origin` (scheme://host[:port]) names the host the request was sent to.
+/// Whether `origin` (scheme://host[:port]) names the host the request was sent to. The
+/// scheme may be https: behind a TLS-terminating proxy that keeps the Host header, the
+/// page's origin is https while this server speaks http.
 fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     origin
         .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
         .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
@@ -221,6 +224,18 @@ mod tests {
         ];
         let e = check_cross_site(&Method::DELETE, &headers(&foreign)).unwrap_err();
         assert_eq!(e.status, StatusCode::FORBIDDEN);
+        let proxied = [
+            ("content-type", "application/json"),
+            ("host", "broker.example"),
+            ("origin", "https://broker.example"),
+        ];
+        assert!(check_cross_site(&Method::PUT, &headers(&proxied)).is_ok());
+        let other_port = [
+            ("content-type", "application/json"),
+            ("host", "localhost:15672"),
+            ("origin", "http://localhost:8080"),
+        ];
+        assert!(check_cross_site(&Method::PUT, &headers(&other_port)).is_err());
         let null = [("content-type", "application/json"), ("origin", "null")];
         assert!(check_cross_site(&Method::POST, &headers(&null)).is_err());
     }
