@@ -168,6 +168,7 @@ impl Broker {
         for (arguments, kind, name) in tables {
             super::check_table(arguments, &format!("arguments of {kind} '{name}'"))?;
         }
+        self.validate_queue_limits(defs)?;
         for x in &defs.exchanges {
             if ExchangeKind::parse(&x.kind).is_none() {
                 return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
@@ -188,6 +189,43 @@ impl Broker {
         Ok(())
     }
 
+    /// Refuses a document whose new queues would pass a queue limit already in force, so
+    /// that the import fails whole instead of half-way.
+    fn validate_queue_limits(&self, defs: &Definitions) -> Result<(), super::AdminError> {
+        let mut new_queues: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+            Default::default();
+        for q in &defs.queues {
+            let exists = self
+                .vhosts
+                .get(&q.vhost)
+                .is_some_and(|v| v.queues.contains_key(&q.name));
+            if !exists {
+                new_queues.entry(&q.vhost).or_default().insert(&q.name);
+            }
+        }
+        for (vhost, names) in new_queues {
+            let existing = self.vhosts.get(vhost).map_or(0, |v| v.queues.len());
+            let limit = self
+                .tenants
+                .vhost_limits
+                .get(vhost)
+                .and_then(|l| l.max_queues)
+                .filter(|n| *n >= 0);
+            if let Some(limit) = limit
+                && (existing + names.len()) as u64 > limit as u64
+            {
+                let name = names.iter().next().copied().unwrap_or_default();
+                return Err(super::AdminError::new(
+                    super::AdminErrorKind::PreconditionFailed,
+                    format!(
+                        "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({limit}) is reached"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn import_definitions(&mut self, defs: Definitions) -> AdminResult {
         self.validate_definitions(&defs)?;
         for v in &defs.vhosts {
@@ -202,9 +240,6 @@ impl Broker {
         }
         for (user, limits) in defs.user_limits {
             self.set_user_limits(&user, limits)?;
-        }
-        for (vhost, limits) in defs.vhost_limits {
-            self.store_vhost_limits(&vhost, limits);
         }
         let node = Actor::Node;
         for x in defs.exchanges {
@@ -223,6 +258,11 @@ impl Broker {
         }
         for b in defs.bindings {
             self.admin_bind(&node, b, true)?;
+        }
+        // After the queues, as RabbitMQ's import does not hold a document's queues to the
+        // limits the same document sets.
+        for (vhost, limits) in defs.vhost_limits {
+            self.store_vhost_limits(&vhost, limits);
         }
         Ok(AdminReply::Done)
     }

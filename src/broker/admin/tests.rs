@@ -797,6 +797,47 @@ fn limits_are_durable_and_go_with_their_vhost_or_user() {
 }
 
 #[test]
+fn an_import_past_a_queue_limit_fails_whole() {
+    let mut h = Harness::new();
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: None,
+            max_queues: Some(1),
+        },
+    );
+    let queue = |name: &str| QueueDef {
+        vhost: "/".into(),
+        name: name.into(),
+        durable: true,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    };
+    let defs = Definitions {
+        queues: vec![queue("a"), queue("b")],
+        ..Definitions::default()
+    };
+    let r = h.admin(AdminRequest::ImportDefinitions(Box::new(defs)));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::PreconditionFailed);
+    assert!(h.queues().is_empty(), "nothing imported");
+    // A document's own limits do not hold its own queues back (as in RabbitMQ).
+    let defs = Definitions {
+        queues: vec![queue("a")],
+        vhost_limits: vec![(
+            "/".into(),
+            VhostLimits {
+                max_connections: None,
+                max_queues: Some(0),
+            },
+        )],
+        ..Definitions::default()
+    };
+    h.admin(AdminRequest::ImportDefinitions(Box::new(defs)))
+        .unwrap();
+    assert_eq!(h.queues().len(), 1);
+}
+
+#[test]
 fn limits_round_trip_through_definitions() {
     let mut h = Harness::new();
     h.add_user("u", "p", "/", [".*", ".*", ".*"]);
