@@ -331,6 +331,8 @@ impl Model {
                         ..MChan::default()
                     },
                 );
+                // The broker answers channel.open-ok (it may refuse the channel instead).
+                self.expect(conn, *channel, Exp::Method("channel.open-ok"));
                 Ok(())
             }
             Command::ChannelClose { channel } => {

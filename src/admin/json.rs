@@ -9,14 +9,20 @@ use serde_json::{Map, Value, json};
 
 use crate::broker::MessageCounters;
 use crate::broker::admin::{
-    BindingInfo, Definitions, ExchangeDef, ExchangeInfo, QueueDef, QueueInfo,
+    BindingInfo, Definitions, ExchangeDef, ExchangeInfo, MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES,
+    QueueDef, QueueInfo,
 };
 use crate::proto::props::BasicProperties;
-use crate::proto::table::{FieldTable, FieldValue};
-use crate::store::{PermissionRecord, UserRecord};
+use crate::proto::table::{
+    FieldTable, FieldValue, MAX_FIELD_DEPTH, MAX_TABLE_BYTES, TableLimitError,
+};
+use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
 
 /// The version this API claims to be compatible with (clients check it).
 pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// The runtime parameter component RabbitMQ keeps vhost limits under (in definitions).
+pub const VHOST_LIMITS_COMPONENT: &str = "vhost-limits";
 
 /// RabbitMQ's name for its salted SHA-256 password hashing.
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
@@ -56,9 +62,11 @@ pub fn table_to_json(t: &FieldTable) -> Value {
 }
 
 /// A JSON value as a field value, as RabbitMQ's management API converts arguments:
-/// integers become longs, other numbers doubles.
-pub fn json_to_value(v: &Value) -> FieldValue {
-    match v {
+/// integers become longs, other numbers doubles. `depth` is the nesting of the table or
+/// array holding the value (the top table is 1); past [`MAX_FIELD_DEPTH`] the conversion
+/// stops, so it recurses at most that deep whatever the document.
+fn json_to_value(v: &Value, depth: usize) -> Result<FieldValue, TableLimitError> {
+    Ok(match v {
         Value::Null => FieldValue::Void,
         Value::Bool(b) => FieldValue::Bool(*b),
         Value::Number(n) => match n.as_i64() {
@@ -66,20 +74,62 @@ pub fn json_to_value(v: &Value) -> FieldValue {
             None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
         },
         Value::String(s) => FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes())),
-        Value::Array(items) => FieldValue::Array(items.iter().map(json_to_value).collect()),
-        Value::Object(_) => FieldValue::Table(json_to_table(v)),
-    }
+        Value::Array(items) => {
+            if depth >= MAX_FIELD_DEPTH {
+                return Err(TableLimitError::TooDeep);
+            }
+            let items = items
+                .iter()
+                .map(|item| json_to_value(item, depth + 1))
+                .collect::<Result<_, _>>()?;
+            FieldValue::Array(items)
+        }
+        Value::Object(m) => {
+            if depth >= MAX_FIELD_DEPTH {
+                return Err(TableLimitError::TooDeep);
+            }
+            FieldValue::Table(object_to_table(m, depth + 1)?)
+        }
+    })
 }
 
-/// A JSON object as a field table (anything else is an empty table).
-pub fn json_to_table(v: &Value) -> FieldTable {
-    match v {
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-        _ => FieldTable::default(),
+fn object_to_table(m: &Map<String, Value>, depth: usize) -> Result<FieldTable, TableLimitError> {
+    let mut entries = Vec::with_capacity(m.len());
+    let mut bytes = 4usize;
+    for (k, v) in m {
+        // Keys are AMQP short strings: a longer one could only be stored cut short.
+        if k.len() > 255 {
+            return Err(TableLimitError::TooLarge);
+        }
+        bytes += 1 + k.len();
+        if bytes > MAX_TABLE_BYTES {
+            return Err(TableLimitError::TooLarge);
+        }
+        entries.push((k.clone(), json_to_value(v, depth)?));
     }
+    // A JSON object's keys are distinct already.
+    Ok(FieldTable::from_distinct(entries))
+}
+
+/// A JSON object as a field table (null or absent is an empty table), refused unless it
+/// keeps the limits every stored table keeps ([`FieldTable::check_limits`]): `what` names
+/// the table in the error.
+pub fn json_to_table(v: Option<&Value>, what: &str) -> Result<FieldTable, String> {
+    let refuse = |e: TableLimitError| match e {
+        TableLimitError::TooLarge => format!(
+            "{what}: field table larger than {MAX_TABLE_BYTES} bytes encoded, or a key longer than 255 bytes"
+        ),
+        TableLimitError::TooDeep => format!("{what}: {e}"),
+    };
+    let table = match v {
+        // Erlang writes an empty proplist as [], which some documents carry for {}.
+        None | Some(Value::Null) => return Ok(FieldTable::default()),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(FieldTable::default()),
+        Some(Value::Object(m)) => object_to_table(m, 1).map_err(refuse)?,
+        Some(other) => return Err(format!("{what}: expected a JSON object, got {other}")),
+    };
+    table.check_limits().map_err(refuse)?;
+    Ok(table)
 }
 
 /// Message properties as the management API shows them.
@@ -114,8 +164,16 @@ pub fn properties_to_json(p: &BasicProperties) -> Value {
 }
 
 /// Message properties from the management API's JSON (unknown keys are ignored, as
-/// RabbitMQ does).
+/// RabbitMQ does). Text properties are AMQP short strings and the headers a field table:
+/// values that could only be stored cut short or not read back are refused.
 pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
+    for (k, x) in v.as_object().into_iter().flatten() {
+        if let Value::String(text) = x
+            && text.len() > 255
+        {
+            return Err(format!("invalid property {k}: longer than 255 bytes"));
+        }
+    }
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let small = |k: &str| -> Result<Option<u8>, String> {
         match v.get(k) {
@@ -129,10 +187,10 @@ pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
     Ok(BasicProperties {
         content_type: text("content_type"),
         content_encoding: text("content_encoding"),
-        headers: v
-            .get("headers")
-            .filter(|h| h.is_object())
-            .map(json_to_table),
+        headers: match v.get("headers") {
+            Some(h) if h.is_object() => Some(json_to_table(Some(h), "headers")?),
+            _ => None,
+        },
         delivery_mode: small("delivery_mode")?,
         priority: small("priority")?,
         correlation_id: text("correlation_id"),
@@ -167,14 +225,115 @@ fn details(rate: f64) -> Value {
     json!({ "rate": rate })
 }
 
-/// A user as `/api/users` shows it.
-pub fn user_json(u: &UserRecord) -> Value {
+/// A user as `/api/users` shows it, with its limits (`{}` when it has none).
+pub fn user_json(u: &UserRecord, limits: Option<&UserLimits>) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": HASHING_ALGORITHM,
         "tags": u.tags,
-        "limits": {},
+        "limits": user_limits_json(&limits.copied().unwrap_or_default()),
+    })
+}
+
+// ----- limits -----
+
+fn limits_object(pairs: &[(&str, Option<i64>)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), json!(v))))
+            .collect(),
+    )
+}
+
+/// A vhost's limits as RabbitMQ shows them: the set ones, by name.
+pub fn vhost_limits_json(l: &VhostLimits) -> Value {
+    limits_object(&[
+        (MAX_CONNECTIONS, l.max_connections),
+        (MAX_QUEUES, l.max_queues),
+    ])
+}
+
+/// A user's limits as RabbitMQ shows them: the set ones, by name.
+pub fn user_limits_json(l: &UserLimits) -> Value {
+    limits_object(&[
+        (MAX_CHANNELS, l.max_channels),
+        (MAX_CONNECTIONS, l.max_connections),
+    ])
+}
+
+/// A JSON value as RabbitMQ's validation messages print it (an Erlang term).
+fn erlang_term(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("<<\"{s}\">>"),
+        other => other.to_string(),
+    }
+}
+
+/// Reads limits named in `names` from a JSON object, with RabbitMQ's validation messages
+/// (`scope` is "limits" for a vhost's, "user-limits" for a user's).
+fn limits_from_json<const N: usize>(
+    v: &Value,
+    names: [&str; N],
+    scope: &str,
+) -> Result<[Option<i64>; N], String> {
+    let vhost = scope == "limits";
+    let failed = |why: String| {
+        if vhost {
+            format!("Validation failed\n\n{why}\n")
+        } else {
+            why
+        }
+    };
+    let Value::Object(m) = v else {
+        return Err(failed(format!(
+            "{scope} should be a JSON object, actually was {}",
+            erlang_term(v)
+        )));
+    };
+    let mut out = [None; N];
+    let mut unknown = Vec::new();
+    for (k, x) in m {
+        match names.iter().position(|n| n == k) {
+            Some(i) => match x.as_i64() {
+                Some(n) => out[i] = Some(n),
+                None => {
+                    return Err(failed(format!(
+                        "{k} should be a number, actually was {}",
+                        erlang_term(x)
+                    )));
+                }
+            },
+            None => unknown.push(format!("{{<<\"{k}\">>,{}}}", erlang_term(x))),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(failed(format!(
+            "Unrecognised terms [{}] in {scope}",
+            unknown.join(",")
+        )));
+    }
+    Ok(out)
+}
+
+/// A vhost's limits from a JSON object (`set_vhost_limits`' argument).
+pub fn vhost_limits_from_json(v: &Value) -> Result<VhostLimits, String> {
+    let [max_connections, max_queues] =
+        limits_from_json(v, [MAX_CONNECTIONS, MAX_QUEUES], "limits")?;
+    Ok(VhostLimits {
+        max_connections,
+        max_queues,
+    })
+}
+
+/// A user's limits from a JSON object (`set_user_limits`' argument).
+pub fn user_limits_from_json(v: &Value) -> Result<UserLimits, String> {
+    let [max_connections, max_channels] =
+        limits_from_json(v, [MAX_CONNECTIONS, MAX_CHANNELS], "user-limits")?;
+    Ok(UserLimits {
+        max_connections,
+        max_channels,
     })
 }
 
@@ -307,19 +466,40 @@ pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
             v
         })
         .collect();
+    let parameters: Vec<Value> = d
+        .vhost_limits
+        .iter()
+        .map(|(vhost, l)| {
+            json!({
+                "value": vhost_limits_json(l), "vhost": vhost,
+                "component": VHOST_LIMITS_COMPONENT, "name": "limits",
+            })
+        })
+        .collect();
     let mut doc = json!({
         "rabbit_version": RABBITMQ_VERSION,
         "rabbitmq_version": RABBITMQ_VERSION,
         "product_name": "warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "parameters": [],
+        "parameters": parameters,
         "policies": [],
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
     });
     if !vhost_only {
-        doc["users"] = Value::Array(d.users.iter().map(user_json).collect());
+        let limits_of = |name: &str| {
+            d.user_limits
+                .iter()
+                .find(|(u, _)| u == name)
+                .map(|(_, l)| l)
+        };
+        doc["users"] = Value::Array(
+            d.users
+                .iter()
+                .map(|u| user_json(u, limits_of(&u.name)))
+                .collect(),
+        );
         doc["vhosts"] = Value::Array(
             d.vhosts
                 .iter()
@@ -400,6 +580,12 @@ pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definit
                 (_, Some(Value::String(p))) => plain_password_marker(p),
                 _ => String::new(),
             };
+            if let Some(l) = u.get("limits") {
+                let limits = user_limits_from_json(l).map_err(|e| format!("user {name}: {e}"))?;
+                if !limits.is_empty() {
+                    d.user_limits.push((name.clone(), limits));
+                }
+            }
             d.users.push(UserRecord {
                 name,
                 password_hash,
@@ -416,13 +602,25 @@ pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definit
             });
         }
     }
+    for p in list("parameters") {
+        // Other components (federation, shovels) are features warren does not have; as
+        // before, they are not imported.
+        if p.get("component").and_then(Value::as_str) != Some(VHOST_LIMITS_COMPONENT) {
+            continue;
+        }
+        let vhost = vhost_of(&p, "parameter")?;
+        let limits = vhost_limits_from_json(p.get("value").unwrap_or(&Value::Null))
+            .map_err(|e| format!("limits of vhost {vhost}: {e}"))?;
+        d.vhost_limits.retain(|(v, _)| *v != vhost);
+        d.vhost_limits.push((vhost, limits));
+    }
     for q in list("queues") {
         d.queues.push(QueueDef {
             vhost: vhost_of(&q, "queue")?,
             name: text_field(&q, "name", "queue")?,
             durable: bool_field(&q, "durable", true),
             auto_delete: bool_field(&q, "auto_delete", false),
-            arguments: json_to_table(q.get("arguments").unwrap_or(&Value::Null)),
+            arguments: json_to_table(q.get("arguments"), "queue arguments")?,
         });
     }
     for x in list("exchanges") {
@@ -433,7 +631,7 @@ pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definit
             durable: bool_field(&x, "durable", true),
             auto_delete: bool_field(&x, "auto_delete", false),
             internal: bool_field(&x, "internal", false),
-            arguments: json_to_table(x.get("arguments").unwrap_or(&Value::Null)),
+            arguments: json_to_table(x.get("arguments"), "exchange arguments")?,
         });
     }
     for b in list("bindings") {
@@ -444,7 +642,7 @@ pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definit
             destination: text_field(&b, "destination", "binding")?,
             to_queue: kind == "queue",
             routing_key: text_field(&b, "routing_key", "binding").unwrap_or_default(),
-            arguments: json_to_table(b.get("arguments").unwrap_or(&Value::Null)),
+            arguments: json_to_table(b.get("arguments"), "binding arguments")?,
         });
     }
     Ok(d)
@@ -461,32 +659,22 @@ pub fn marked_plain_password(hash: &str) -> Option<&str> {
     hash.strip_prefix("\u{0}plain:")
 }
 
-/// Milliseconds since the epoch as RabbitMQ prints times: "2024-01-02 03:04:05".
+/// Milliseconds since the epoch as RabbitMQ prints times: "2024-01-02 03:04:05" (UTC).
 pub fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        // Past the year 9999: not a time the broker's clock gives.
+        Err(_) => format!("{secs}"),
+    }
 }
 
 #[cfg(test)]
@@ -497,9 +685,51 @@ mod tests {
     fn tables_round_trip_through_json() {
         let v = json!({"x-message-ttl": 1000, "x-dead-letter-exchange": "dlx", "f": 1.5,
                        "nested": {"a": [true, null]}});
-        let t = json_to_table(&v);
+        let t = json_to_table(Some(&v), "arguments").unwrap();
         assert_eq!(t.get("x-message-ttl"), Some(&FieldValue::I64(1000)));
         assert_eq!(table_to_json(&t), v);
+        assert_eq!(json_to_table(None, "a"), Ok(FieldTable::default()));
+        assert!(json_to_table(Some(&json!([1])), "a").is_err());
+        assert_eq!(
+            json_to_table(Some(&json!([])), "a"),
+            Ok(FieldTable::default())
+        );
+    }
+
+    /// Nested JSON deeper than a stored table may be, or larger, is refused with a reason;
+    /// the conversion stops at the limit instead of following the document down.
+    #[test]
+    fn deep_wide_or_long_keyed_tables_are_refused() {
+        let mut deep = json!(1);
+        for i in 0..120 {
+            deep = if i % 2 == 0 {
+                json!({ "k": deep })
+            } else {
+                json!([deep])
+            };
+        }
+        let e = json_to_table(Some(&json!({ "x": deep })), "arguments").unwrap_err();
+        assert!(
+            e.starts_with("arguments: field tables and arrays nested deeper"),
+            "{e}"
+        );
+        let mut ok = json!(1);
+        for _ in 0..(MAX_FIELD_DEPTH - 1) {
+            ok = json!({ "k": ok });
+        }
+        let t = json_to_table(Some(&ok), "arguments").unwrap();
+        assert_eq!(t.check_limits(), Ok(()));
+        let big: Map<String, Value> = (0..20_000)
+            .map(|i| (format!("key-{i:08}"), json!(i)))
+            .collect();
+        let e = json_to_table(Some(&Value::Object(big)), "headers").unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        let long_key = json!({ "k".repeat(256): 1 });
+        assert!(json_to_table(Some(&long_key), "a").is_err());
+        let long_text = json!({ "content_type": "t".repeat(256) });
+        assert!(json_to_properties(&long_text).is_err());
+        let deep_headers = json!({ "headers": { "x": deep } });
+        assert!(json_to_properties(&deep_headers).is_err());
     }
 
     #[test]
@@ -532,9 +762,61 @@ mod tests {
     }
 
     #[test]
+    fn limits_parse_and_print_like_rabbitmq() {
+        let l = vhost_limits_from_json(&json!({"max-queues": 10, "max-connections": -1})).unwrap();
+        assert_eq!(l.max_queues, Some(10));
+        assert_eq!(
+            vhost_limits_json(&l).to_string(),
+            r#"{"max-connections":-1,"max-queues":10}"#
+        );
+        assert_eq!(
+            vhost_limits_from_json(&json!({"max-queues": "x"})).unwrap_err(),
+            "Validation failed\n\nmax-queues should be a number, actually was <<\"x\">>\n"
+        );
+        assert_eq!(
+            vhost_limits_from_json(&json!({"max-foo": 1})).unwrap_err(),
+            "Validation failed\n\nUnrecognised terms [{<<\"max-foo\">>,1}] in limits\n"
+        );
+        assert!(vhost_limits_from_json(&json!({"max-queues": 1.5})).is_err());
+        let u = user_limits_from_json(&json!({"max-connections": 2, "max-channels": 0})).unwrap();
+        assert_eq!(
+            user_limits_json(&u).to_string(),
+            r#"{"max-channels":0,"max-connections":2}"#
+        );
+        assert_eq!(
+            user_limits_from_json(&json!({"max-queues": 1})).unwrap_err(),
+            r#"Unrecognised terms [{<<"max-queues">>,1}] in user-limits"#
+        );
+        assert_eq!(user_limits_json(&UserLimits::default()), json!({}));
+    }
+
+    #[test]
+    fn limits_travel_in_definitions() {
+        let doc = json!({
+            "users": [{"name": "u", "password_hash": "", "tags": [], "limits": {"max-channels": 3}}],
+            "vhosts": [{"name": "v"}],
+            "parameters": [
+                {"value": {"max-queues": 1}, "vhost": "v", "component": "vhost-limits", "name": "limits"},
+                {"value": {"uri": "amqp://"}, "vhost": "v", "component": "federation-upstream", "name": "up"}
+            ],
+        });
+        let d = definitions_from_json(&doc, None).unwrap();
+        assert_eq!(d.user_limits[0].1.max_channels, Some(3));
+        assert_eq!(d.vhost_limits[0].1.max_queues, Some(1));
+        let out = definitions_to_json(&d, false);
+        assert_eq!(out["parameters"][0]["component"], "vhost-limits");
+        assert_eq!(out["users"][0]["limits"], json!({"max-channels": 3}));
+        assert_eq!(definitions_from_json(&out, None).unwrap(), d);
+        let bad = json!({"parameters": [{"value": {"max-queues": "x"}, "vhost": "v",
+                                          "component": "vhost-limits", "name": "limits"}]});
+        assert!(definitions_from_json(&bad, None).is_err());
+    }
+
+    #[test]
     fn times_print_like_rabbitmq() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 
     #[test]

@@ -1,18 +1,23 @@
 //! Rates from counters sampled over time. The core only counts; whoever looks at the
 //! counters (the HTTP layer) keeps a short history of them per object and works out
 //! per-second rates, over about the last five seconds as RabbitMQ's default sampling does.
+//!
+//! The history is bounded: a few samples per object (those a rate can still be taken
+//! from), objects nobody asked about for a minute are forgotten, objects a full listing no
+//! longer shows (deleted ones) are forgotten at once, and past [`MAX_KEYS`] objects the
+//! tracker starts over.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(5);
 /// Samples closer together than this are not kept (one per second at most).
 const MIN_SPACING: Duration = Duration::from_secs(1);
-/// Samples older than this are dropped.
+/// Objects not observed for this long are forgotten.
 const MAX_AGE: Duration = Duration::from_secs(60);
 /// Most objects tracked; past this the tracker starts over (a bound on memory).
-const MAX_KEYS: usize = 200_000;
+const MAX_KEYS: usize = 100_000;
 
 /// Sampled counter histories, per object key.
 #[derive(Debug, Default)]
@@ -59,13 +64,32 @@ impl RateTracker {
         {
             history.push_back((now, values.to_vec()));
         }
+        // A sample is needed only while no newer one is a window old: the rate's base is
+        // the newest sample at least a window old.
         while history
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > MAX_AGE)
+            .get(1)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= WINDOW)
         {
             history.pop_front();
         }
         rates
+    }
+
+    /// Forgets the objects whose keys start with `prefix` and are not in `live` (a full
+    /// listing of that kind of object: the others were deleted).
+    pub fn retain_live(&mut self, prefix: &str, live: &HashSet<String>) {
+        self.series
+            .retain(|k, _| !k.starts_with(prefix) || live.contains(k));
+    }
+
+    /// Objects tracked.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether no object is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
     }
 
     /// Forgets objects nobody asked about for a while.
@@ -109,5 +133,22 @@ mod tests {
             vec![10.0, 0.7]
         );
         assert_eq!(t.observe("other", t0, &[5]), vec![0.0]);
+    }
+
+    #[test]
+    fn history_stays_short_and_deleted_objects_are_forgotten() {
+        let mut t = RateTracker::default();
+        let t0 = Instant::now();
+        for s in 0..100 {
+            t.observe("q\0/\0a", t0 + Duration::from_secs(s), &[s]);
+        }
+        let kept = t.series.values().map(VecDeque::len).max().unwrap_or(0);
+        assert!(kept <= 7, "{kept} samples kept");
+        t.observe("q\0/\0b", t0, &[1]);
+        t.observe("v\0/", t0, &[1]);
+        let live: HashSet<String> = ["q\0/\0b".to_string()].into();
+        t.retain_live("q\0", &live);
+        assert_eq!(t.len(), 2);
+        assert!(t.series.contains_key("v\0/"));
     }
 }

@@ -374,6 +374,7 @@ impl Broker {
         name: &str,
         m: &QueueDeclare,
     ) -> AmqpResult<QueueId> {
+        self.check_queue_limit(vhost, name)?;
         check_table_limits(&m.arguments, "queue", name, vhost)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;

@@ -19,6 +19,7 @@ mod exchange;
 mod flow;
 #[cfg(test)]
 mod hostile_tests;
+mod limits;
 mod paging;
 #[cfg(test)]
 mod paging_tests;
@@ -387,6 +388,8 @@ pub struct Broker {
     work: u64,
     /// Dead letters being routed.
     dead_letters: deadletter::DeadLetters,
+    /// Vhost and user limits, and the usage they are checked against.
+    tenants: limits::Tenants,
 }
 
 impl Broker {
@@ -425,6 +428,7 @@ impl Broker {
             to_resume: Vec::new(),
             work: 0,
             dead_letters: Default::default(),
+            tenants: limits::Tenants::default(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -862,6 +866,7 @@ impl Broker {
                 );
             }
         }
+        self.check_tenant_invariants();
         let mut last = 0;
         for (b, _) in &self.deferred {
             assert!(

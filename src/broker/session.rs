@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use crate::proto::command::{ConnId, Login, Reply, capability};
 use crate::proto::constants::ACCESS_REFUSED;
-use crate::proto::method::{ConnectionClose, ConnectionOpenOk, Method};
+use crate::proto::method::{ChannelOpenOk, ConnectionClose, ConnectionOpenOk, Method};
 use crate::proto::table::FieldTable;
 use crate::store::{PermissionRecord, Recovered, StoreOp, UserRecord};
 
@@ -60,6 +60,7 @@ impl Broker {
                 self.users.set_permissions(p);
             }
         }
+        self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);
         for x in recovered.exchanges {
             let Some(vhost) = self.vhosts.get_mut(&x.vhost) else {
                 continue;
@@ -222,6 +223,8 @@ impl Broker {
         };
         let result = if !self.vhosts.contains_key(vhost) {
             Err(not_allowed(format!("vhost {vhost} not found")))
+        } else if let Err(e) = self.check_connection_limits(&user, vhost) {
+            Err(e)
         } else if self.users.permissions(&user, vhost).is_none() {
             Err(not_allowed(format!(
                 "access to vhost '{vhost}' refused for user '{user}'"
@@ -234,6 +237,7 @@ impl Broker {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.vhost = Some(vhost.into());
                 }
+                self.connection_opened(conn);
                 self.send_method(
                     conn,
                     0,
@@ -263,6 +267,7 @@ impl Broker {
         for q in exclusive {
             self.delete_queue(q);
         }
+        self.connection_closed(conn);
         self.conns.remove(&conn);
         self.held.remove(&conn);
     }
@@ -302,15 +307,24 @@ impl Broker {
     // ----- channel -----
 
     pub(super) fn channel_open(&mut self, conn: ConnId, channel: u16) {
+        if let Err(e) = self.check_channel_limit(conn) {
+            return self.fail(conn, 0, e);
+        }
         let uid = self.next_channel_uid;
         self.next_channel_uid += 1;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            debug_assert!(
-                !c.channels.contains_key(&channel),
-                "channel {channel} opened twice"
-            );
-            c.channels.insert(channel, Channel::new(channel, uid));
-        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        debug_assert!(
+            !c.channels.contains_key(&channel),
+            "channel {channel} opened twice"
+        );
+        c.channels.insert(channel, Channel::new(channel, uid));
+        self.channel_opened(conn);
+        let ok = ChannelOpenOk {
+            channel_id: bytes::Bytes::new(),
+        };
+        self.send_method(conn, channel, Method::ChannelOpenOk(ok));
     }
 
     /// Releases a channel: cancels its consumers and returns its unacked messages to their
@@ -323,6 +337,7 @@ impl Broker {
         else {
             return false;
         };
+        self.channel_closed(conn);
         let tags: Vec<Arc<str>> = ch.consumers.keys().cloned().collect();
         for tag in tags {
             if let Some(consumer) = ch.consumers.remove(&tag) {

@@ -717,13 +717,8 @@ impl Connection {
                     }
                     self.channels
                         .insert(channel, ChannelState::Open(Assembly::Idle));
-                    self.send_method(
-                        channel,
-                        &Method::ChannelOpenOk(ChannelOpenOk {
-                            channel_id: Bytes::new(),
-                        }),
-                        now_ms,
-                    );
+                    // The broker answers channel.open-ok, or refuses the channel (a user's
+                    // channel limit) by closing the connection.
                     self.commands.push_back(Command::ChannelOpen { channel });
                     Ok(())
                 }

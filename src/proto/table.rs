@@ -263,6 +263,19 @@ impl FieldTable {
         FieldTable(Vec::new())
     }
 
+    /// A table of entries whose keys are already distinct (a JSON object's, say), built in
+    /// linear time; [`FromIterator`] checks every key against the ones before it.
+    pub fn from_distinct(entries: Vec<(String, FieldValue)>) -> Self {
+        debug_assert!(
+            {
+                let mut seen = std::collections::HashSet::new();
+                entries.iter().all(|(k, _)| seen.insert(k.as_str()))
+            },
+            "keys are distinct"
+        );
+        FieldTable(entries)
+    }
+
     /// The value of the first entry named `key`.
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)

@@ -17,6 +17,8 @@ pub struct MemoryState {
     vhosts: BTreeSet<String>,
     users: BTreeMap<String, UserRecord>,
     permissions: BTreeMap<(String, String), PermissionRecord>,
+    vhost_limits: BTreeMap<String, VhostLimits>,
+    user_limits: BTreeMap<String, UserLimits>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -38,6 +40,7 @@ impl MemoryState {
             }
             StoreOp::DeleteVhost(v) => {
                 self.vhosts.remove(v);
+                self.vhost_limits.remove(v);
                 self.permissions.retain(|(_, pv), _| pv != v);
                 self.exchanges.retain(|(xv, _), _| xv != v);
                 let gone: Vec<u64> = self
@@ -56,7 +59,22 @@ impl MemoryState {
             }
             StoreOp::DeleteUser(name) => {
                 self.users.remove(name);
+                self.user_limits.remove(name);
                 self.permissions.retain(|(u, _), _| u != name);
+            }
+            StoreOp::PutVhostLimits { vhost, limits } => {
+                if limits.is_empty() {
+                    self.vhost_limits.remove(vhost);
+                } else {
+                    self.vhost_limits.insert(vhost.clone(), *limits);
+                }
+            }
+            StoreOp::PutUserLimits { user, limits } => {
+                if limits.is_empty() {
+                    self.user_limits.remove(user);
+                } else {
+                    self.user_limits.insert(user.clone(), *limits);
+                }
             }
             StoreOp::PutPermission(p) => {
                 self.permissions
@@ -265,6 +283,16 @@ impl MemoryState {
             vhosts: self.vhosts.iter().cloned().collect(),
             users: self.users.values().cloned().collect(),
             permissions: self.permissions.values().cloned().collect(),
+            vhost_limits: self
+                .vhost_limits
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            user_limits: self
+                .user_limits
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

@@ -92,6 +92,40 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// A vhost's limits, as RabbitMQ's `set_vhost_limits` sets them. `None` is a limit not set;
+/// a negative value is set but means "no limit", and 0 allows none, as in RabbitMQ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhostLimits {
+    /// `max-connections`: client connections open in the vhost.
+    pub max_connections: Option<i64>,
+    /// `max-queues`: queues in the vhost.
+    pub max_queues: Option<i64>,
+}
+
+/// A user's limits, as RabbitMQ's `set_user_limits` sets them (same meaning of values as
+/// [`VhostLimits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// `max-connections`: client connections the user has open.
+    pub max_connections: Option<i64>,
+    /// `max-channels`: channels open on all the user's connections together.
+    pub max_channels: Option<i64>,
+}
+
+impl VhostLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl UserLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One change to durable state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
@@ -105,6 +139,22 @@ pub enum StoreOp {
     DeleteUser(String),
     /// Permissions were set.
     PutPermission(PermissionRecord),
+    /// A vhost's limits were set; empty limits remove the record. Deleting the vhost
+    /// removes them too.
+    PutVhostLimits {
+        /// Virtual host.
+        vhost: String,
+        /// The limits now in force.
+        limits: VhostLimits,
+    },
+    /// A user's limits were set; empty limits remove the record. Deleting the user
+    /// removes them too.
+    PutUserLimits {
+        /// User name.
+        user: String,
+        /// The limits now in force.
+        limits: UserLimits,
+    },
     /// Permissions were cleared.
     DeletePermission {
         /// User name.
@@ -312,6 +362,10 @@ pub struct Recovered {
     pub users: Vec<UserRecord>,
     /// Permissions.
     pub permissions: Vec<PermissionRecord>,
+    /// Vhosts' limits (only vhosts with some limit set).
+    pub vhost_limits: Vec<(String, VhostLimits)>,
+    /// Users' limits (only users with some limit set).
+    pub user_limits: Vec<(String, UserLimits)>,
     /// Durable exchanges.
     pub exchanges: Vec<ExchangeRecord>,
     /// Durable queues.

@@ -162,7 +162,7 @@ impl Client {
     }
 }
 
-fn reason_of(a: &Answer) -> String {
+pub(super) fn reason_of(a: &Answer) -> String {
     match (&a.body["reason"], &a.body) {
         (Value::String(r), _) => r.clone(),
         (_, Value::String(s)) => s.clone(),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 mod client;
 mod table;
 
-use client::{Client, seg};
+use client::{Answer, Client, reason_of, seg};
 use table::*;
 
 /// `warren ctl`'s own flags (the command's flags may also come after the command).
@@ -57,7 +57,11 @@ Commands (as rabbitmqctl's; -p VHOST, -q, -s, --formatter json may go anywhere):
   delete_queue [-p VHOST] QUEUE [--if-empty] [--if-unused]
   close_connection NAME|PID EXPLANATION
   status    ping    stop_app    start_app    reset
-  export_definitions PATH|-         import_definitions PATH|-";
+  export_definitions PATH|-         import_definitions PATH|-
+  set_vhost_limits [-p VHOST] '{\"max-connections\":N,\"max-queues\":N}'
+  clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST | --global]
+  set_user_limits USER '{\"max-connections\":N,\"max-channels\":N}'
+  clear_user_limits USER LIMIT|all  list_user_limits [--user USER | --global]";
 
 /// Exit codes, as rabbitmqctl's (sysexits).
 const EX_USAGE: u8 = 64;
@@ -95,6 +99,10 @@ struct Invocation {
     json: bool,
     if_empty: bool,
     if_unused: bool,
+    /// `--global`: list every vhost's or user's limits.
+    global: bool,
+    /// `--user USER` of `list_user_limits`.
+    user: Option<String>,
 }
 
 fn parse_invocation(words: &[String]) -> CtlResult<Invocation> {
@@ -125,6 +133,13 @@ fn parse_invocation(words: &[String]) -> CtlResult<Invocation> {
                 inv.json = set_formatter(f)?;
             }
             "-e" | "--if-empty" => inv.if_empty = true,
+            "--global" => inv.global = true,
+            "--user" => {
+                let user = it
+                    .next()
+                    .ok_or_else(|| Failure::usage("--user needs a user name"))?;
+                inv.user = Some(user.clone());
+            }
             "-u" | "--if-unused" => inv.if_unused = true,
             "-t" | "--timeout" => {
                 it.next();
@@ -132,6 +147,8 @@ fn parse_invocation(words: &[String]) -> CtlResult<Invocation> {
             _ => {
                 if let Some(v) = w.strip_prefix("--vhost=") {
                     inv.vhost = v.into();
+                } else if let Some(u) = w.strip_prefix("--user=") {
+                    inv.user = Some(u.into());
                 } else if let Some(f) = w.strip_prefix("--formatter=") {
                     inv.json = set_formatter(f)?;
                 } else if w.starts_with("--timeout=") {
@@ -225,6 +242,13 @@ impl<W: Write> Ctl<W> {
             ("reset", []) => self.app("reset", "Resetting node"),
             ("export_definitions", [path]) => self.export_definitions(path),
             ("import_definitions", [path]) => self.import_definitions(path),
+            ("set_vhost_limits", [definition]) => self.set_vhost_limits(definition),
+            ("clear_vhost_limits", []) => self.clear_vhost_limits(),
+            ("list_vhost_limits", []) => self.list_vhost_limits(),
+            ("set_user_limits", [user, definition]) => self.set_user_limits(user, definition),
+            ("clear_user_limits", [user, limit]) => self.clear_user_limits(user, limit),
+            ("list_user_limits", []) => self.list_user_limits(None),
+            ("list_user_limits", [user]) => self.list_user_limits(Some(user)),
             ("help", _) => {
                 self.say(COMMANDS_HELP);
                 Ok(())
@@ -713,6 +737,187 @@ impl<W: Write> Ctl<W> {
             .must("POST", "/api/definitions", Some(&doc), &[])?;
         self.info("Successfully imported definitions");
         Ok(())
+    }
+}
+
+/// A limits definition given on the command line, as JSON.
+fn limits_argument(definition: &str) -> CtlResult<Value> {
+    serde_json::from_str(definition).map_err(|e| Failure {
+        code: EX_UNAVAILABLE,
+        message: format!("Error:\nJSON decoding error. Reason: {e}"),
+    })
+}
+
+/// A failed limits command, as rabbitmqctl reports it: the node's validation message.
+fn limits_failure(a: &Answer) -> Failure {
+    Failure {
+        code: EX_UNAVAILABLE,
+        message: format!("Error:\n{}", reason_of(a)),
+    }
+}
+
+/// The limits object of a listing entry, printed as rabbitmqctl prints it.
+fn limits_text(entry: &Value) -> String {
+    entry["value"].to_string()
+}
+
+impl<W: Write> Ctl<W> {
+    // ----- limits -----
+
+    fn vhost_missing(vhost: &str) -> Failure {
+        Failure {
+            code: EX_DATAERR,
+            message: format!("Virtual host '{vhost}' does not exist"),
+        }
+    }
+
+    fn user_missing(user: &str) -> Failure {
+        Failure {
+            code: EX_NOUSER,
+            message: format!("Error:\nUser \"{user}\" does not exist"),
+        }
+    }
+
+    fn set_vhost_limits(&mut self, definition: &str) -> CtlResult {
+        let vhost = self.vhost();
+        self.info(format!(
+            "Setting vhost limits to \"{definition}\" for vhost \"{vhost}\" ..."
+        ));
+        let value = limits_argument(definition)?;
+        let path = format!("/api/vhost-limits/{}", seg(&vhost));
+        let a = self
+            .client
+            .request("PUT", &path, Some(&json!({ "value": value })), &[])?;
+        match a.status {
+            200..=299 => Ok(()),
+            404 => Err(Self::vhost_missing(&vhost)),
+            _ => Err(limits_failure(&a)),
+        }
+    }
+
+    fn clear_vhost_limits(&mut self) -> CtlResult {
+        let vhost = self.vhost();
+        self.info(format!("Clearing vhost \"{vhost}\" limits ..."));
+        let path = format!("/api/vhost-limits/{}", seg(&vhost));
+        let a = self.client.request("DELETE", &path, None, &[])?;
+        match a.status {
+            200..=299 => Ok(()),
+            404 => Err(Failure {
+                code: EX_UNAVAILABLE,
+                message: "Error:\nParameter does not exist".into(),
+            }),
+            _ => Err(limits_failure(&a)),
+        }
+    }
+
+    fn list_vhost_limits(&mut self) -> CtlResult {
+        if self.inv.global {
+            self.info("Listing limits for all vhosts ...");
+            let all = self.client.get("/api/vhost-limits")?;
+            let rows = Self::limit_rows(&all, "vhost");
+            return self.table(
+                &rows,
+                &[("vhost", "vhost"), ("limits", "limits")],
+                &["vhost", "limits"],
+            );
+        }
+        let vhost = self.vhost();
+        self.info(format!("Listing limits for vhost \"{vhost}\" ..."));
+        let path = format!("/api/vhost-limits/{}", seg(&vhost));
+        let a = self.client.request("GET", &path, None, &[])?;
+        match a.status {
+            200..=299 => {}
+            404 => return Err(Self::vhost_missing(&vhost)),
+            _ => return Err(limits_failure(&a)),
+        }
+        let text = a.body.get(0).map(limits_text).unwrap_or_default();
+        if self.inv.json {
+            let node = self.client.node_name.clone();
+            self.say(json!({ "node": node, "result": "ok", "value": text }).to_string());
+        } else {
+            self.say(text);
+        }
+        Ok(())
+    }
+
+    fn set_user_limits(&mut self, user: &str, definition: &str) -> CtlResult {
+        self.info(format!(
+            "Setting user limits to \"{definition}\" for user \"{user}\" ..."
+        ));
+        let value = limits_argument(definition)?;
+        let path = format!("/api/user-limits/{}", seg(user));
+        let a = self
+            .client
+            .request("PUT", &path, Some(&json!({ "value": value })), &[])?;
+        match a.status {
+            200..=299 => Ok(()),
+            404 => Err(Self::user_missing(user)),
+            _ => Err(limits_failure(&a)),
+        }
+    }
+
+    fn clear_user_limits(&mut self, user: &str, limit: &str) -> CtlResult {
+        let path = if limit == "all" {
+            self.info(format!("Clearing all limits for user \"{user}\" ..."));
+            format!("/api/user-limits/{}", seg(user))
+        } else {
+            self.info(format!(
+                "Clearing \"{limit}\" limit for user \"{user}\" ..."
+            ));
+            format!("/api/user-limits/{}/{}", seg(user), seg(limit))
+        };
+        let a = self.client.request("DELETE", &path, None, &[])?;
+        match a.status {
+            200..=299 => Ok(()),
+            404 => Err(Self::user_missing(user)),
+            _ => Err(limits_failure(&a)),
+        }
+    }
+
+    /// `list_user_limits [--user USER | USER | --global]`; with no user, rabbitmqctl's
+    /// default user, guest.
+    fn list_user_limits(&mut self, positional: Option<&str>) -> CtlResult {
+        if self.inv.global {
+            self.info("Listing limits for all users ...");
+            let all = self.client.get("/api/user-limits")?;
+            let rows = Self::limit_rows(&all, "user");
+            return self.table(
+                &rows,
+                &[("user", "user"), ("limits", "limits")],
+                &["user", "limits"],
+            );
+        }
+        let user = positional
+            .map(str::to_string)
+            .or_else(|| self.inv.user.clone())
+            .unwrap_or_else(|| "guest".into());
+        self.info(format!("Listing limits for user \"{user}\" ..."));
+        let path = format!("/api/user-limits/{}", seg(&user));
+        let a = self.client.request("GET", &path, None, &[])?;
+        match a.status {
+            200..=299 => {}
+            404 => return Err(Self::user_missing(&user)),
+            _ => return Err(limits_failure(&a)),
+        }
+        let text = a.body.get(0).map_or_else(|| "{}".to_string(), limits_text);
+        if self.inv.json {
+            self.say(json!({ "message": text }).to_string());
+        } else {
+            self.say(text);
+        }
+        Ok(())
+    }
+
+    /// A limits listing as table rows: the owner (`key`) and the limits as JSON text.
+    fn limit_rows(all: &Value, key: &str) -> Value {
+        let empty = Vec::new();
+        Value::Array(
+            all.as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|e| json!({ key: e[key], "limits": limits_text(e) }))
+                .collect(),
+        )
     }
 }
 

@@ -12,8 +12,11 @@
 //! Every request becomes one or two [`AdminRequest`]s to the core task; nothing here
 //! holds broker state except the rate history.
 
+mod guard;
+mod limits;
 mod objects;
 mod resources;
+mod serve;
 mod status;
 
 use std::collections::HashMap;
@@ -78,6 +81,8 @@ struct Ctx {
     started: Instant,
     started_epoch_ms: u64,
     rates: Mutex<RateTracker>,
+    /// Failed logins per peer.
+    logins: guard::LoginThrottle,
 }
 
 type State = axum::extract::State<Arc<Ctx>>;
@@ -121,15 +126,10 @@ pub async fn start(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         rates: Mutex::new(RateTracker::default()),
+        logins: guard::LoginThrottle::default(),
     });
-    let app = router()
-        .with_state(ctx)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let app = router().with_state(ctx);
+    let task = tokio::spawn(serve::serve(listener, app));
     tracing::info!(address = %local, "HTTP listener ready");
     println!("warren: HTTP listening on {local}");
     Ok(HttpServer {
@@ -175,6 +175,28 @@ fn router() -> Router<Arc<Ctx>> {
         )
         .route("/api/users/{user}/permissions", get(user_permissions))
         .route("/api/permissions", get(list_permissions))
+        .route("/api/vhost-limits", get(limits::list_vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}",
+            get(limits::get_vhost_limits)
+                .put(limits::put_vhost_limits)
+                .delete(limits::delete_vhost_limits),
+        )
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(limits::list_user_limits))
+        .route(
+            "/api/user-limits/{user}",
+            get(limits::get_user_limits)
+                .put(limits::put_user_limits)
+                .delete(limits::delete_user_limits),
+        )
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(limits::put_user_limit).delete(limits::delete_user_limit),
+        )
         .route(
             "/api/permissions/{vhost}/{user}",
             get(get_permission)
@@ -258,6 +280,7 @@ fn router() -> Router<Arc<Ctx>> {
         .route("/api/warren/{action}", post(app_action))
         .route("/metrics", get(metrics))
         .fallback(not_found_handler)
+        .layer(axum::middleware::from_fn(guard::cross_site_layer))
         .layer(axum::middleware::from_fn(peer_layer))
 }
 
@@ -293,17 +316,13 @@ impl ApiError {
     }
 }
 
+/// Errors carry no `WWW-Authenticate` challenge, not even a 401: a browser that got one
+/// would prompt for credentials and then send them with every request to this origin,
+/// which is what cross-site requests exploit.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.error, "reason": self.reason });
-        let mut r = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED && self.error == "not_authorized" {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
-        }
-        r
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -426,18 +445,32 @@ impl Principal {
     }
 }
 
-/// Whether the request came from a loopback address (recorded by [`peer_layer`]).
-fn peer_is_loopback(headers: &HeaderMap) -> bool {
+/// The peer's address (recorded by [`peer_layer`]).
+fn peer_of(headers: &HeaderMap) -> Option<SocketAddr> {
     headers
         .get(PEER_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<SocketAddr>().ok())
-        .is_some_and(|a| match a.ip() {
-            IpAddr::V4(v4) => v4.is_loopback(),
-            IpAddr::V6(v6) => {
-                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
-        })
+}
+
+/// A peer address with an IPv4-mapped IPv6 address shown as IPv4.
+fn plain_peer(p: SocketAddr) -> SocketAddr {
+    match p.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(p, |v4| SocketAddr::new(IpAddr::V4(v4), p.port())),
+        IpAddr::V4(_) => p,
+    }
+}
+
+/// Whether the request came from a loopback address.
+fn peer_is_loopback(headers: &HeaderMap) -> bool {
+    peer_of(headers).is_some_and(|a| match a.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    })
 }
 
 /// An internal header carrying the peer address to the handlers; any value a client sent
@@ -458,13 +491,57 @@ async fn peer_layer(
 }
 
 /// Authenticates a request: the node token, or basic auth against the broker's users,
-/// for a user with at least one management tag.
+/// for a user with at least one management tag. Failures are logged with the peer's
+/// address and slow down that peer's next attempts ([`guard::LoginThrottle`]).
 async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed");
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(refused)?;
+    let peer = peer_of(headers);
+    // The node token (256 random bits) cannot be guessed, so `warren ctl` is never held up
+    // by someone else's failed passwords from the same address.
+    let is_token = value.starts_with("Bearer ");
+    if let Some(ip) = peer.map(|p| p.ip()).filter(|_| !is_token) {
+        match ctx.logins.admit(ip, Instant::now()) {
+            Some(wait) if wait.is_zero() => {}
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => {
+                tracing::warn!(peer = %ip, "HTTP API login refused: too many failed attempts");
+                return Err(refused());
+            }
+        }
+    }
+    let result = check_credentials(ctx, headers, value).await;
+    if let Err((user, e)) = &result
+        && e.status == StatusCode::UNAUTHORIZED
+        && e.error == "not_authorized"
+    {
+        let shown = peer.map_or_else(|| "unknown".to_string(), |p| plain_peer(p).to_string());
+        let user = user.as_deref().unwrap_or("");
+        // Debug formatting escapes what a client put in the name (no forged log lines).
+        tracing::warn!(peer = %shown, user = ?user, "HTTP API login failed");
+        if let Some(p) = peer {
+            ctx.logins.failed(p.ip(), Instant::now());
+        }
+    }
+    result.map_err(|(_, e)| e)
+}
+
+/// Checks the `Authorization` header's credentials; a failure comes with the user name it
+/// named, if any.
+async fn check_credentials(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    value: &str,
+) -> Result<Principal, (Option<String>, ApiError)> {
+    let refused = || {
+        (
+            None,
+            ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed"),
+        )
+    };
     if let Some(token) = value.strip_prefix("Bearer ") {
         if same_secret(token.trim(), &ctx.token) {
             return Ok(Principal {
@@ -482,6 +559,7 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
         .map_err(|_| refused())?;
     let text = String::from_utf8(raw).map_err(|_| refused())?;
     let (username, password) = text.split_once(':').ok_or_else(refused)?;
+    let named = |e: ApiError| (Some(username.to_string()), e);
     let reply = ctx
         .core
         .call(AdminRequest::Authenticate {
@@ -490,9 +568,9 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
             from_loopback: peer_is_loopback(headers),
         })
         .await
-        .map_err(|_| refused())?;
+        .map_err(|_| named(refused().1))?;
     let AdminReply::Whoami(Whoami { user, vhosts }) = reply else {
-        return Err(refused());
+        return Err(named(refused().1));
     };
     let p = Principal {
         name: user.name,
@@ -501,7 +579,7 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
         vhosts,
     };
     if !p.is_mgmt() {
-        return Err(ApiError::not_authorised("Not management user"));
+        return Err(named(ApiError::not_authorised("Not management user")));
     }
     Ok(p)
 }
@@ -509,6 +587,14 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
 impl Ctx {
     async fn call(&self, request: AdminRequest) -> Result<AdminReply, ApiError> {
         Ok(self.core.call(request).await?)
+    }
+
+    /// Forgets the rate history of objects of one kind (`prefix`) that a full listing no
+    /// longer shows.
+    fn forget_rates(&self, prefix: &str, live: &std::collections::HashSet<String>) {
+        if let Ok(mut t) = self.rates.lock() {
+            t.retain_live(prefix, live);
+        }
     }
 
     fn uptime_ms(&self) -> u64 {
@@ -549,8 +635,8 @@ fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
         }
     }
     if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
-        let cols: Vec<&str> = cols.split(',').collect();
-        items = items.into_iter().map(|v| only_columns(v, &cols)).collect();
+        let cols: Vec<Vec<&str>> = cols.split(',').map(|c| c.split('.').collect()).collect();
+        items = items.iter().map(|v| only_columns(v, &cols)).collect();
     }
     let paginate = q.contains_key("page") || q.get("pagination").is_some_and(|v| v == "true");
     if !paginate {
@@ -596,30 +682,29 @@ fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-/// Keeps the listed columns ("a" or "a.b") of an object.
-fn only_columns(v: Value, cols: &[&str]) -> Value {
-    let mut out = serde_json::Map::new();
-    for col in cols {
-        let mut path = col.split('.');
-        let Some(first) = path.next() else { continue };
-        let rest: Vec<&str> = path.collect();
-        let Some(value) = v.get(first) else { continue };
-        let picked = if rest.is_empty() {
-            value.clone()
-        } else {
-            let joined = rest.join(".");
-            let inner = only_columns(value.clone(), &[joined.as_str()]);
-            match (out.remove(first), inner) {
-                (Some(Value::Object(mut a)), Value::Object(b)) => {
-                    a.extend(b);
-                    Value::Object(a)
-                }
-                (_, inner) => inner,
-            }
+/// Keeps the listed columns (paths such as "a" or "a.b") of an object. A path is walked
+/// only as deep as the object goes, whatever its length, and without recursion.
+fn only_columns(v: &Value, cols: &[Vec<&str>]) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in cols {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
         };
-        out.insert(first.to_string(), picked);
+        let Some(leaf) = path.iter().try_fold(v, |v, k| v.get(k)) else {
+            continue;
+        };
+        let mut slot = &mut out;
+        for k in parents {
+            let Value::Object(m) = slot else { break };
+            slot = m
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+        if let Value::Object(m) = slot {
+            m.insert(last.to_string(), leaf.clone());
+        }
     }
-    Value::Object(out)
+    out
 }
 
 /// A query parameter as a boolean ("true").
@@ -649,4 +734,25 @@ fn rates_of(
     let mut counter_rates = [0.0; 10];
     counter_rates.copy_from_slice(&rates[..10]);
     (counter_rates, [rates[10], rates[11], rates[12]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_pick_nested_fields_and_long_paths_cost_nothing() {
+        let v = json!({"name": "q", "message_stats": {"publish": 3, "ack": 1}, "x": 1});
+        let cols = vec![
+            vec!["name"],
+            vec!["message_stats", "publish"],
+            vec!["nope", "a"],
+        ];
+        assert_eq!(
+            only_columns(&v, &cols),
+            json!({"name": "q", "message_stats": {"publish": 3}})
+        );
+        let long: Vec<&str> = std::iter::repeat_n("message_stats", 200_000).collect();
+        assert_eq!(only_columns(&v, &[long]), json!({}));
+    }
 }

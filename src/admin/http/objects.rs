@@ -45,7 +45,15 @@ pub(super) async fn list_users(
     let AdminReply::Users(users) = s.call(AdminRequest::ListUsers).await? else {
         return Err(ApiError::not_found());
     };
-    listing(users.iter().map(user_json).collect(), &q)
+    let limits = super::limits::all_user_limits(&s).await?;
+    let limits_of = |name: &str| limits.iter().find(|(u, _)| u == name).map(|(_, l)| l);
+    listing(
+        users
+            .iter()
+            .map(|u| user_json(u, limits_of(&u.name)))
+            .collect(),
+        &q,
+    )
 }
 
 pub(super) async fn get_user(s: State, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -57,7 +65,9 @@ pub(super) async fn get_user(s: State, headers: HeaderMap, Path(name): Path<Stri
         .iter()
         .find(|u| u.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok_json(user_json(user))
+    let limits = super::limits::all_user_limits(&s).await?;
+    let mine = limits.iter().find(|(u, _)| *u == name).map(|(_, l)| l);
+    ok_json(user_json(user, mine))
 }
 
 pub(super) async fn put_user(
@@ -170,6 +180,10 @@ async fn vhost_json(s: &Ctx, name: Option<&str>) -> Result<Vec<Value>, ApiError>
     let AdminReply::Vhosts(vhosts) = s.call(AdminRequest::ListVhosts).await? else {
         return Err(ApiError::not_found());
     };
+    if name.is_none() {
+        let live = vhosts.iter().map(|v| format!("v\0{}", v.name)).collect();
+        s.forget_rates("v\0", &live);
+    }
     let now = std::time::Instant::now();
     let mut out = Vec::new();
     for v in vhosts.iter().filter(|v| name.is_none_or(|n| n == v.name)) {

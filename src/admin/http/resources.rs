@@ -35,14 +35,28 @@ fn exchange_name(name: &str) -> String {
 
 // ----- queues -----
 
+/// The key of a queue's rate history.
+fn queue_rate_key(q: &QueueInfo) -> String {
+    format!("{QUEUE_RATES}{}\0{}", q.vhost, q.name)
+}
+
+/// The prefix of queues' rate history keys.
+const QUEUE_RATES: &str = "q\0";
+
 pub(super) async fn queue_infos(
     s: &Ctx,
     vhost: Option<String>,
 ) -> Result<Vec<QueueInfo>, ApiError> {
-    match s.call(AdminRequest::ListQueues { vhost }).await? {
-        AdminReply::Queues(q) => Ok(q),
-        _ => Err(ApiError::not_found()),
+    let every = vhost.is_none();
+    let AdminReply::Queues(queues) = s.call(AdminRequest::ListQueues { vhost }).await? else {
+        return Err(ApiError::not_found());
+    };
+    if every {
+        // A full listing: the history of queues not in it (deleted) goes.
+        let live = queues.iter().map(queue_rate_key).collect();
+        s.forget_rates(QUEUE_RATES, &live);
     }
+    Ok(queues)
 }
 
 async fn exchange_infos(s: &Ctx, vhost: Option<String>) -> Result<Vec<ExchangeInfo>, ApiError> {
@@ -62,8 +76,7 @@ pub(super) fn queues_json(s: &Ctx, queues: &[QueueInfo]) -> Vec<Value> {
                 q.messages_ready,
                 q.messages_unacknowledged,
             ];
-            let key = format!("q\0{}\0{}", q.vhost, q.name);
-            let (rates, depth_rates) = rates_of(s, &key, now, &q.stats, &depth);
+            let (rates, depth_rates) = rates_of(s, &queue_rate_key(q), now, &q.stats, &depth);
             queue_json(q, &s.node, &rates, &depth_rates)
         })
         .collect()
@@ -140,7 +153,8 @@ pub(super) async fn put_queue(
                 .get("auto_delete")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            arguments: json_to_table(body.get("arguments").unwrap_or(&Value::Null)),
+            arguments: json_to_table(body.get("arguments"), "arguments")
+                .map_err(ApiError::bad_request)?,
         })
         .await?;
     created_or_updated(reply)
@@ -331,7 +345,8 @@ pub(super) async fn put_exchange(
             durable: b("durable", true),
             auto_delete: b("auto_delete", false),
             internal: b("internal", false),
-            arguments: json_to_table(body.get("arguments").unwrap_or(&Value::Null)),
+            arguments: json_to_table(body.get("arguments"), "arguments")
+                .map_err(ApiError::bad_request)?,
         })
         .await?;
     created_or_updated(reply)
@@ -531,7 +546,8 @@ pub(super) async fn create_binding(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let arguments = json_to_table(body.get("arguments").unwrap_or(&Value::Null));
+    let arguments =
+        json_to_table(body.get("arguments"), "arguments").map_err(ApiError::bad_request)?;
     let location = properties_key(&routing_key, &arguments);
     s.call(AdminRequest::Bind {
         actor: who.actor(),

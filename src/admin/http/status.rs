@@ -13,7 +13,9 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::admin::json::{RABBITMQ_VERSION, message_stats, table_to_json};
+use crate::admin::json::{
+    RABBITMQ_VERSION, message_stats, table_to_json, user_limits_json, vhost_limits_json,
+};
 use crate::broker::admin::{
     AdminReply, AdminRequest, ChannelInfo, ConnectionInfo, ConsumerInfo, Overview,
     consumer_arguments,
@@ -546,6 +548,13 @@ pub(super) async fn metrics(s: State) -> ApiResult {
     let o = overview_of(&s).await?;
     let queues = queue_infos(&s, None).await?;
     let views = queues_json(&s, &queues);
+    let AdminReply::VhostLimits(vhost_limits) = s
+        .call(AdminRequest::ListVhostLimits { vhost: None })
+        .await?
+    else {
+        return Err(ApiError::not_found());
+    };
+    let user_limits = super::limits::all_user_limits(&s).await?;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -652,6 +661,42 @@ pub(super) async fn metrics(s: State) -> ApiResult {
         "gauge",
         "1 while the AMQP side runs (not stopped by stop_app)",
         &one(u64::from(o.app_running)),
+    );
+    let limit_samples = |owner: &str, entries: Vec<(String, Value)>| -> Vec<(String, f64)> {
+        let mut samples = Vec::new();
+        for (name, limits) in entries {
+            for (limit, value) in limits.as_object().into_iter().flatten() {
+                samples.push((
+                    format!("{{{owner}=\"{}\",limit=\"{limit}\"}}", escape_label(&name)),
+                    value.as_f64().unwrap_or(0.0),
+                ));
+            }
+        }
+        samples
+    };
+    family(
+        "warren_vhost_limit",
+        "gauge",
+        "Limits set on vhosts (set_vhost_limits); a negative value does not limit",
+        &limit_samples(
+            "vhost",
+            vhost_limits
+                .iter()
+                .map(|(v, l)| (v.clone(), vhost_limits_json(l)))
+                .collect(),
+        ),
+    );
+    family(
+        "warren_user_limit",
+        "gauge",
+        "Limits set on users (set_user_limits); a negative value does not limit",
+        &limit_samples(
+            "user",
+            user_limits
+                .iter()
+                .map(|(u, l)| (u.clone(), user_limits_json(l)))
+                .collect(),
+        ),
     );
     let per_queue = |field: &dyn Fn(&Value) -> f64| -> Vec<(String, f64)> {
         views

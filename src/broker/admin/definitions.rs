@@ -3,7 +3,7 @@
 //! `crate::admin::json`).
 
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, UserRecord};
+use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
 
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
@@ -59,6 +59,10 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     /// Bindings (the default exchange's implicit ones are not exported).
     pub bindings: Vec<BindingInfo>,
+    /// Vhosts' limits (RabbitMQ's `vhost-limits` parameters).
+    pub vhost_limits: Vec<(String, VhostLimits)>,
+    /// Users' limits (each user's `limits` in RabbitMQ's documents).
+    pub user_limits: Vec<(String, UserLimits)>,
 }
 
 impl Broker {
@@ -68,7 +72,16 @@ impl Broker {
             defs.users = self.users.iter().cloned().collect();
             defs.vhosts = self.list_vhosts().into_iter().map(|v| v.name).collect();
             defs.permissions = self.users.all_permissions().cloned().collect();
+            if let Ok(AdminReply::UserLimits(l)) = self.list_user_limits(None) {
+                defs.user_limits = l;
+            }
         }
+        let limits = self.tenants.vhost_limits.iter();
+        defs.vhost_limits = limits
+            .filter(|(v, _)| vhost.is_none_or(|only| only == v.as_str()))
+            .map(|(v, l)| (v.clone(), *l))
+            .collect();
+        defs.vhost_limits.sort_by(|a, b| a.0.cmp(&b.0));
         defs.queues = self
             .list_queues(vhost)
             .into_iter()
@@ -131,6 +144,31 @@ impl Broker {
             }
             super::super::auth::Permissions::new(p.clone()).map_err(bad_request)?;
         }
+        for (user, _) in &defs.user_limits {
+            if !known_user(user) {
+                return Err(bad_request(format!(
+                    "limits of user '{user}': no such user"
+                )));
+            }
+        }
+        let tables = defs
+            .queues
+            .iter()
+            .map(|q| (&q.arguments, "queue", &q.name))
+            .chain(
+                defs.exchanges
+                    .iter()
+                    .map(|x| (&x.arguments, "exchange", &x.name)),
+            )
+            .chain(
+                defs.bindings
+                    .iter()
+                    .map(|b| (&b.arguments, "binding to", &b.destination)),
+            );
+        for (arguments, kind, name) in tables {
+            super::check_table(arguments, &format!("arguments of {kind} '{name}'"))?;
+        }
+        self.validate_queue_limits(defs)?;
         for x in &defs.exchanges {
             if ExchangeKind::parse(&x.kind).is_none() {
                 return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
@@ -141,10 +179,48 @@ impl Broker {
             .iter()
             .map(|q| q.vhost.as_str())
             .chain(defs.exchanges.iter().map(|x| x.vhost.as_str()))
-            .chain(defs.bindings.iter().map(|b| b.vhost.as_str()));
+            .chain(defs.bindings.iter().map(|b| b.vhost.as_str()))
+            .chain(defs.vhost_limits.iter().map(|(v, _)| v.as_str()));
         for v in vhost_of {
             if !known_vhost(v) {
                 return Err(bad_request(format!("no_such_vhost: {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a document whose new queues would pass a queue limit already in force, so
+    /// that the import fails whole instead of half-way.
+    fn validate_queue_limits(&self, defs: &Definitions) -> Result<(), super::AdminError> {
+        let mut new_queues: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+            Default::default();
+        for q in &defs.queues {
+            let exists = self
+                .vhosts
+                .get(&q.vhost)
+                .is_some_and(|v| v.queues.contains_key(&q.name));
+            if !exists {
+                new_queues.entry(&q.vhost).or_default().insert(&q.name);
+            }
+        }
+        for (vhost, names) in new_queues {
+            let existing = self.vhosts.get(vhost).map_or(0, |v| v.queues.len());
+            let limit = self
+                .tenants
+                .vhost_limits
+                .get(vhost)
+                .and_then(|l| l.max_queues)
+                .filter(|n| *n >= 0);
+            if let Some(limit) = limit
+                && (existing + names.len()) as u64 > limit as u64
+            {
+                let name = names.iter().next().copied().unwrap_or_default();
+                return Err(super::AdminError::new(
+                    super::AdminErrorKind::PreconditionFailed,
+                    format!(
+                        "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({limit}) is reached"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -161,6 +237,9 @@ impl Broker {
         }
         for p in defs.permissions {
             self.set_permissions(p)?;
+        }
+        for (user, limits) in defs.user_limits {
+            self.set_user_limits(&user, limits)?;
         }
         let node = Actor::Node;
         for x in defs.exchanges {
@@ -179,6 +258,11 @@ impl Broker {
         }
         for b in defs.bindings {
             self.admin_bind(&node, b, true)?;
+        }
+        // After the queues, as RabbitMQ's import does not hold a document's queues to the
+        // limits the same document sets.
+        for (vhost, limits) in defs.vhost_limits {
+            self.store_vhost_limits(&vhost, limits);
         }
         Ok(AdminReply::Done)
     }

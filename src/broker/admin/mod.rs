@@ -13,6 +13,7 @@
 //! checked, like `rabbitmqctl`'s.
 
 mod definitions;
+mod limits;
 mod snapshot;
 mod topology;
 mod users;
@@ -25,13 +26,14 @@ use crate::proto::command::{ConnId, Message};
 use crate::proto::constants;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, UserRecord};
+use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
 
 use super::Broker;
 use super::error::AmqpError;
 use super::stats::MessageCounters;
 
 pub use definitions::{Definitions, ExchangeDef, QueueDef};
+pub use limits::{MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES};
 pub use snapshot::{
     BindingInfo, ChannelInfo, ConnectionInfo, ConsumerInfo, ExchangeInfo, Overview, QueueInfo,
     VhostInfo, consumer_arguments,
@@ -145,6 +147,48 @@ pub enum AdminRequest {
         user: String,
         /// Vhost name.
         vhost: String,
+    },
+    /// The limits of one vhost or of all that have some; answers
+    /// [`AdminReply::VhostLimits`].
+    ListVhostLimits {
+        /// Only this vhost.
+        vhost: Option<String>,
+    },
+    /// Sets a vhost's limits.
+    SetVhostLimits {
+        /// Vhost name.
+        vhost: String,
+        /// The limits given.
+        limits: VhostLimits,
+        /// Replace every limit (`set_vhost_limits`), or set only those given.
+        replace: bool,
+    },
+    /// Clears a vhost's limit by name, or all of them.
+    ClearVhostLimits {
+        /// Vhost name.
+        vhost: String,
+        /// The limit ("max-connections", "max-queues"), or `None` for all.
+        name: Option<String>,
+    },
+    /// The limits of one user or of all that have some; answers
+    /// [`AdminReply::UserLimits`].
+    ListUserLimits {
+        /// Only this user.
+        user: Option<String>,
+    },
+    /// Sets the given limits of a user, keeping the others.
+    SetUserLimits {
+        /// User name.
+        user: String,
+        /// The limits given.
+        limits: UserLimits,
+    },
+    /// Clears a user's limit by name, or all of them.
+    ClearUserLimits {
+        /// User name.
+        user: String,
+        /// The limit ("max-connections", "max-channels"), or `None` for all.
+        name: Option<String>,
     },
     /// Queues, in one vhost or all; answers [`AdminReply::Queues`].
     ListQueues {
@@ -347,6 +391,10 @@ pub enum AdminReply {
     Vhosts(Vec<VhostInfo>),
     /// Permissions.
     Permissions(Vec<PermissionRecord>),
+    /// Vhosts' limits, by vhost name.
+    VhostLimits(Vec<(String, VhostLimits)>),
+    /// Users' limits, by user name.
+    UserLimits(Vec<(String, UserLimits)>),
     /// Queues.
     Queues(Vec<QueueInfo>),
     /// Exchanges.
@@ -440,6 +488,14 @@ pub struct AdminResponse {
     pub durable_batch: Option<u64>,
 }
 
+/// Refuses a field table the store could not read back (too deep or too large), naming
+/// what it belongs to.
+fn check_table(table: &FieldTable, what: &str) -> Result<(), AdminError> {
+    table
+        .check_limits()
+        .map_err(|e| bad_request(format!("{what}: {e}")))
+}
+
 fn not_found(what: impl Into<String>) -> AdminError {
     AdminError::new(AdminErrorKind::NotFound, what)
 }
@@ -499,6 +555,16 @@ impl Broker {
             )),
             R::SetPermissions(p) => self.set_permissions(p),
             R::ClearPermissions { user, vhost } => self.clear_permissions(&user, &vhost),
+            R::ListVhostLimits { vhost } => self.list_vhost_limits(vhost.as_deref()),
+            R::SetVhostLimits {
+                vhost,
+                limits,
+                replace,
+            } => self.set_vhost_limits(&vhost, limits, replace),
+            R::ClearVhostLimits { vhost, name } => self.clear_vhost_limits(&vhost, name.as_deref()),
+            R::ListUserLimits { user } => self.list_user_limits(user.as_deref()),
+            R::SetUserLimits { user, limits } => self.set_user_limits(&user, limits),
+            R::ClearUserLimits { user, name } => self.clear_user_limits(&user, name.as_deref()),
             R::ListQueues { vhost } => Ok(AdminReply::Queues(self.list_queues(vhost.as_deref()))),
             R::ListExchanges { vhost } => {
                 Ok(AdminReply::Exchanges(self.list_exchanges(vhost.as_deref())))

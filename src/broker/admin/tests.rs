@@ -8,7 +8,7 @@ use crate::proto::constants::CONNECTION_FORCED;
 use crate::proto::method::{ChannelOpen, Method, QueueDeclare};
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, Recovered, StoreOp};
+use crate::store::{PermissionRecord, Recovered, StoreOp, UserLimits, VhostLimits};
 
 use super::*;
 
@@ -462,4 +462,561 @@ fn loopback_only_users_authenticate_from_loopback_only() {
     assert!(matches!(h.admin(ask(true)), Ok(AdminReply::Whoami(_))));
     let remote = h.admin(ask(false)).unwrap_err();
     assert_eq!(remote.kind, AdminErrorKind::NotAuthenticated);
+}
+
+// ----- limits -----
+
+/// The connection.close or channel.close `conn` got, as (channel, code, text).
+fn close_of(replies: &[(ConnId, Reply)], conn: ConnId) -> Option<(u16, u16, String)> {
+    replies.iter().find_map(|(c, r)| match r {
+        Reply::Method {
+            method: Method::ConnectionClose(close),
+            ..
+        } if *c == conn => Some((0, close.reply_code, close.reply_text.clone())),
+        Reply::Method {
+            channel,
+            method: Method::ChannelClose(close),
+        } if *c == conn => Some((*channel, close.reply_code, close.reply_text.clone())),
+        _ => None,
+    })
+}
+
+impl Harness {
+    /// Connects, logs in and opens `vhost`; returns the replies to the open.
+    fn open(&mut self, conn: ConnId, user: &str, pass: &str, vhost: &str) -> Vec<(ConnId, Reply)> {
+        let info = ConnInfo {
+            peer: format!("127.0.0.1:{}", 40000 + conn),
+            loopback: true,
+        };
+        self.broker.handle_connect(conn, info, self.now);
+        let login = Login {
+            mechanism: "PLAIN".into(),
+            username: user.into(),
+            password: pass.into(),
+            client_properties: FieldTable::default(),
+        };
+        self.command(conn, Command::Login(login));
+        let vhost = vhost.into();
+        self.command(conn, Command::OpenVhost { vhost });
+        self.drain()
+    }
+
+    fn channel(&mut self, conn: ConnId, channel: u16) -> Vec<(ConnId, Reply)> {
+        self.command(conn, Command::ChannelOpen { channel });
+        self.drain()
+    }
+
+    fn declare(&mut self, conn: ConnId, queue: &str) -> Vec<(ConnId, Reply)> {
+        let declare = QueueDeclare {
+            queue: queue.into(),
+            ..QueueDeclare::default()
+        };
+        let method = Method::QueueDeclare(declare);
+        self.command(conn, Command::Method { channel: 1, method });
+        self.drain()
+    }
+
+    fn vhost_limits(&mut self, vhost: &str, definition: VhostLimits) {
+        let request = AdminRequest::SetVhostLimits {
+            vhost: vhost.into(),
+            limits: definition,
+            replace: true,
+        };
+        self.admin(request).unwrap();
+        self.drain();
+    }
+
+    fn user_limits(&mut self, user: &str, definition: UserLimits) {
+        let request = AdminRequest::SetUserLimits {
+            user: user.into(),
+            limits: definition,
+        };
+        self.admin(request).unwrap();
+        self.drain();
+    }
+}
+
+fn opened(replies: &[(ConnId, Reply)], conn: ConnId) -> bool {
+    replies.iter().any(|(c, r)| {
+        *c == conn
+            && matches!(
+                r,
+                Reply::Method {
+                    method: Method::ConnectionOpenOk(_),
+                    ..
+                }
+            )
+    })
+}
+
+#[test]
+fn vhost_connection_limit_refuses_connection_open_with_530() {
+    let mut h = Harness::new();
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: Some(1),
+            max_queues: None,
+        },
+    );
+    assert!(opened(&h.open(1, "guest", "guest", "/"), 1));
+    let replies = h.open(2, "guest", "guest", "/");
+    let close = close_of(&replies, 2).expect("refused");
+    assert_eq!(
+        close,
+        (
+            0,
+            530,
+            "NOT_ALLOWED - access to vhost '/' refused for user 'guest': connection limit (1) is reached"
+                .into()
+        )
+    );
+    // The refused connection is gone and uncounted; closing the first frees the slot.
+    h.command(1, Command::Closed);
+    h.drain();
+    assert!(opened(&h.open(3, "guest", "guest", "/"), 3));
+    h.broker.check_invariants();
+    // -1 does not limit; 0 allows none.
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: Some(-1),
+            max_queues: None,
+        },
+    );
+    assert!(opened(&h.open(4, "guest", "guest", "/"), 4));
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: Some(0),
+            max_queues: None,
+        },
+    );
+    let close = close_of(&h.open(5, "guest", "guest", "/"), 5).expect("refused");
+    assert!(
+        close.2.ends_with("connection limit (0) is reached"),
+        "{close:?}"
+    );
+    h.broker.check_invariants();
+}
+
+#[test]
+fn user_limits_refuse_connections_and_channels_with_530() {
+    let mut h = Harness::new();
+    h.add_user("u", "p", "/", [".*", ".*", ".*"]);
+    h.user_limits(
+        "u",
+        UserLimits {
+            max_connections: Some(2),
+            max_channels: None,
+        },
+    );
+    h.user_limits(
+        "u",
+        UserLimits {
+            max_connections: None,
+            max_channels: Some(2),
+        },
+    );
+    let Ok(AdminReply::UserLimits(l)) = h.admin(AdminRequest::ListUserLimits { user: None }) else {
+        panic!()
+    };
+    assert_eq!(
+        l,
+        [(
+            "u".to_string(),
+            UserLimits {
+                max_connections: Some(2),
+                max_channels: Some(2)
+            }
+        )],
+        "set_user_limits keeps the limits it was not given"
+    );
+    assert!(opened(&h.open(1, "u", "p", "/"), 1));
+    assert!(opened(&h.open(2, "u", "p", "/"), 2));
+    let close = close_of(&h.open(3, "u", "p", "/"), 3).expect("refused");
+    assert_eq!(
+        close.2,
+        "NOT_ALLOWED - connection refused for user 'u': user connection limit (2) is reached"
+    );
+    // Channels count across the user's connections.
+    let ok = |r: &[(ConnId, Reply)]| {
+        r.iter().any(|(_, r)| {
+            matches!(
+                r,
+                Reply::Method {
+                    method: Method::ChannelOpenOk(_),
+                    ..
+                }
+            )
+        })
+    };
+    assert!(ok(&h.channel(1, 1)));
+    assert!(ok(&h.channel(2, 1)));
+    let replies = h.channel(1, 2);
+    assert!(!ok(&replies), "no open-ok for a refused channel");
+    assert_eq!(
+        close_of(&replies, 1),
+        Some((
+            0,
+            530,
+            "NOT_ALLOWED - number of channels opened for user 'u' has reached the maximum allowed user limit of (2)"
+                .into()
+        ))
+    );
+    // The refusal closed connection 1 and its channel: connection 2 may open another.
+    assert!(ok(&h.channel(2, 2)));
+    h.command(2, Command::ChannelClose { channel: 2 });
+    h.drain();
+    assert!(ok(&h.channel(2, 3)));
+    h.broker.check_invariants();
+    // Guest is not limited by u's limits.
+    assert!(opened(&h.open(9, "guest", "guest", "/"), 9));
+    h.admin(AdminRequest::ClearUserLimits {
+        user: "u".into(),
+        name: Some("max-channels".into()),
+    })
+    .unwrap();
+    assert!(ok(&h.channel(2, 4)));
+    h.broker.check_invariants();
+}
+
+#[test]
+fn vhost_queue_limit_refuses_new_queues_only() {
+    let mut h = Harness::new();
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: None,
+            max_queues: Some(1),
+        },
+    );
+    assert!(opened(&h.open(1, "guest", "guest", "/"), 1));
+    h.channel(1, 1);
+    assert_eq!(close_of(&h.declare(1, "q1"), 1), None);
+    assert_eq!(
+        close_of(&h.declare(1, "q1"), 1),
+        None,
+        "redeclaring is fine"
+    );
+    assert_eq!(
+        close_of(&h.declare(1, "q2"), 1),
+        Some((
+            1,
+            406,
+            "PRECONDITION_FAILED - cannot declare queue 'q2': queue limit in vhost '/' (1) is reached"
+                .into()
+        ))
+    );
+    let over_http = h.admin(AdminRequest::DeclareQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: "q3".into(),
+        durable: true,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    });
+    assert_eq!(
+        over_http.unwrap_err().kind,
+        AdminErrorKind::PreconditionFailed
+    );
+    h.admin(AdminRequest::ClearVhostLimits {
+        vhost: "/".into(),
+        name: None,
+    })
+    .unwrap();
+    h.channel(1, 1);
+    assert_eq!(close_of(&h.declare(1, "q2"), 1), None);
+    let again = h.admin(AdminRequest::ClearVhostLimits {
+        vhost: "/".into(),
+        name: None,
+    });
+    assert_eq!(again.unwrap_err().reason, "Parameter does not exist");
+    h.broker.check_invariants();
+}
+
+#[test]
+fn limits_are_durable_and_go_with_their_vhost_or_user() {
+    let mut h = Harness::new();
+    h.admin(AdminRequest::PutVhost {
+        name: "v".into(),
+        mode: PutMode::CreateOnly,
+    })
+    .unwrap();
+    h.add_user("u", "p", "v", [".*", ".*", ".*"]);
+    let vl = VhostLimits {
+        max_connections: Some(3),
+        max_queues: Some(-1),
+    };
+    let ul = UserLimits {
+        max_connections: None,
+        max_channels: Some(7),
+    };
+    h.vhost_limits("v", vl);
+    h.user_limits("u", ul);
+    let replay = |ops: &[StoreOp]| {
+        let mut state = crate::store::memory::MemoryState::default();
+        for op in ops {
+            state.apply(op);
+        }
+        Broker::new(BrokerConfig::default(), 1, state.recovered(crate::store::HeadLimit::ALL))
+    };
+    let mut restarted = replay(&h.ops);
+    let listed = restarted.handle_admin(AdminRequest::ListVhostLimits { vhost: None }, 1);
+    assert_eq!(
+        listed.result,
+        Ok(AdminReply::VhostLimits(vec![("v".into(), vl)]))
+    );
+    let listed = restarted.handle_admin(AdminRequest::ListUserLimits { user: None }, 1);
+    assert_eq!(
+        listed.result,
+        Ok(AdminReply::UserLimits(vec![("u".into(), ul)]))
+    );
+    h.admin(AdminRequest::DeleteVhost { name: "v".into() })
+        .unwrap();
+    h.admin(AdminRequest::DeleteUser { name: "u".into() })
+        .unwrap();
+    h.drain();
+    h.admin(AdminRequest::PutVhost {
+        name: "v".into(),
+        mode: PutMode::CreateOnly,
+    })
+    .unwrap();
+    assert_eq!(
+        h.admin(AdminRequest::ListVhostLimits { vhost: None }),
+        Ok(AdminReply::VhostLimits(vec![]))
+    );
+    let restarted = replay(&h.ops);
+    assert!(restarted.tenants.vhost_limits.is_empty());
+    assert!(restarted.tenants.user_limits.is_empty());
+    let missing = h.admin(AdminRequest::SetUserLimits {
+        user: "u".into(),
+        limits: ul,
+    });
+    assert_eq!(missing.unwrap_err().kind, AdminErrorKind::NotFound);
+}
+
+#[test]
+fn an_import_past_a_queue_limit_fails_whole() {
+    let mut h = Harness::new();
+    h.vhost_limits(
+        "/",
+        VhostLimits {
+            max_connections: None,
+            max_queues: Some(1),
+        },
+    );
+    let queue = |name: &str| QueueDef {
+        vhost: "/".into(),
+        name: name.into(),
+        durable: true,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    };
+    let defs = Definitions {
+        queues: vec![queue("a"), queue("b")],
+        ..Definitions::default()
+    };
+    let r = h.admin(AdminRequest::ImportDefinitions(Box::new(defs)));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::PreconditionFailed);
+    assert!(h.queues().is_empty(), "nothing imported");
+    // A document's own limits do not hold its own queues back (as in RabbitMQ).
+    let defs = Definitions {
+        queues: vec![queue("a")],
+        vhost_limits: vec![(
+            "/".into(),
+            VhostLimits {
+                max_connections: None,
+                max_queues: Some(0),
+            },
+        )],
+        ..Definitions::default()
+    };
+    h.admin(AdminRequest::ImportDefinitions(Box::new(defs)))
+        .unwrap();
+    assert_eq!(h.queues().len(), 1);
+}
+
+#[test]
+fn limits_round_trip_through_definitions() {
+    let mut h = Harness::new();
+    h.add_user("u", "p", "/", [".*", ".*", ".*"]);
+    let vl = VhostLimits {
+        max_connections: None,
+        max_queues: Some(5),
+    };
+    let ul = UserLimits {
+        max_connections: Some(1),
+        max_channels: None,
+    };
+    h.vhost_limits("/", vl);
+    h.user_limits("u", ul);
+    let Ok(AdminReply::Definitions(defs)) =
+        h.admin(AdminRequest::ExportDefinitions { vhost: None })
+    else {
+        panic!()
+    };
+    assert_eq!(defs.vhost_limits, [("/".to_string(), vl)]);
+    assert_eq!(defs.user_limits, [("u".to_string(), ul)]);
+    let mut fresh = Harness::new();
+    fresh.admin(AdminRequest::ImportDefinitions(defs)).unwrap();
+    assert_eq!(
+        fresh.admin(AdminRequest::ListUserLimits {
+            user: Some("u".into())
+        }),
+        Ok(AdminReply::UserLimits(vec![("u".into(), ul)]))
+    );
+    assert_eq!(
+        fresh.admin(AdminRequest::ListVhostLimits {
+            vhost: Some("/".into())
+        }),
+        Ok(AdminReply::VhostLimits(vec![("/".into(), vl)]))
+    );
+}
+
+// ----- exclusive queues and tables over the admin paths -----
+
+#[test]
+fn users_cannot_touch_another_connections_exclusive_queue() {
+    let mut h = Harness::new();
+    assert!(h.login(1, "guest", "guest", "/"));
+    let declare = QueueDeclare {
+        queue: "mine".into(),
+        exclusive: true,
+        ..QueueDeclare::default()
+    };
+    let method = Method::QueueDeclare(declare);
+    h.command(1, Command::Method { channel: 1, method });
+    h.drain();
+    let user = || Actor::User("guest".into());
+    let locked = |r: AdminResult| {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, AdminErrorKind::Locked, "{e:?}");
+        assert!(
+            e.reason
+                .contains("cannot obtain exclusive access to locked queue 'mine'")
+        );
+    };
+    locked(h.admin(AdminRequest::PurgeQueue {
+        actor: user(),
+        vhost: "/".into(),
+        name: "mine".into(),
+    }));
+    locked(h.admin(AdminRequest::DeleteQueue {
+        actor: user(),
+        vhost: "/".into(),
+        name: "mine".into(),
+        if_empty: false,
+        if_unused: false,
+    }));
+    let binding = BindingInfo {
+        vhost: "/".into(),
+        source: "amq.direct".into(),
+        destination: "mine".into(),
+        to_queue: true,
+        routing_key: "k".into(),
+        arguments: FieldTable::default(),
+    };
+    locked(h.admin(AdminRequest::Bind {
+        actor: user(),
+        binding: binding.clone(),
+    }));
+    locked(h.admin(AdminRequest::DeclareQueue {
+        actor: user(),
+        vhost: "/".into(),
+        name: "mine".into(),
+        durable: false,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    }));
+    locked(h.admin(AdminRequest::Get {
+        actor: user(),
+        vhost: "/".into(),
+        queue: "mine".into(),
+        count: 1,
+        ack: GetAck::Requeue,
+    }));
+    assert_eq!(h.queues().len(), 1, "still there");
+    // The node itself may delete it, as rabbitmqctl may.
+    h.admin(AdminRequest::DeleteQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: "mine".into(),
+        if_empty: false,
+        if_unused: false,
+    })
+    .unwrap();
+    assert!(h.queues().is_empty());
+    h.drain();
+    h.broker.check_invariants();
+}
+
+#[test]
+fn tables_the_store_could_not_read_back_are_refused() {
+    use crate::proto::table::FieldValue;
+    let mut h = Harness::new();
+    let mut deep = FieldValue::Bool(true);
+    for _ in 0..40 {
+        deep = FieldValue::Table([("k", deep)].into_iter().collect());
+    }
+    let deep: FieldTable = [("x", deep)].into_iter().collect();
+    let big: FieldTable = [(
+        "x",
+        FieldValue::LongStr(Bytes::from(vec![b'a'; 200 * 1024])),
+    )]
+    .into_iter()
+    .collect();
+    for arguments in [deep.clone(), big] {
+        let r = h.admin(AdminRequest::DeclareQueue {
+            actor: Actor::Node,
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: arguments.clone(),
+        });
+        assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+        let r = h.admin(AdminRequest::DeclareExchange {
+            actor: Actor::Node,
+            vhost: "/".into(),
+            name: "x".into(),
+            kind: "headers".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments,
+        });
+        assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    }
+    let r = h.admin(AdminRequest::Publish {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        exchange: "amq.default".into(),
+        routing_key: "q".into(),
+        properties: Box::new(BasicProperties {
+            headers: Some(deep.clone()),
+            ..BasicProperties::default()
+        }),
+        body: Bytes::new(),
+    });
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    let defs = Definitions {
+        queues: vec![QueueDef {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: deep,
+        }],
+        ..Definitions::default()
+    };
+    let r = h.admin(AdminRequest::ImportDefinitions(Box::new(defs)));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    assert!(h.queues().is_empty());
+    assert!(
+        !h.ops
+            .iter()
+            .any(|op| matches!(op, StoreOp::PutQueue(_) | StoreOp::PutExchange(_))),
+        "nothing stored"
+    );
 }

@@ -13,13 +13,15 @@ use crate::store::{ExchangeRecord, StoreOp};
 
 use super::super::auth::Access;
 use super::super::deadletter::DeathReason;
-use super::super::declare::{assert_exchange_equivalent, assert_queue_equivalent};
+use super::super::declare::{
+    assert_exchange_equivalent, assert_queue_equivalent, exclusive_lock_error,
+};
 use super::super::error::{access_refused, precondition_failed, resource};
 use super::super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::super::{Broker, QueueId};
 use super::{
     Actor, AdminError, AdminErrorKind, AdminReply, AdminResult, BindingInfo, GetAck, GotMessage,
-    bad_request, not_found,
+    bad_request, check_table, not_found,
 };
 
 /// Most messages one [`super::AdminRequest::Get`] takes.
@@ -76,6 +78,19 @@ impl Broker {
             .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))
     }
 
+    /// Refuses a user's operation on an exclusive queue: over HTTP no connection owns it,
+    /// so it is always another connection's (RabbitMQ's RESOURCE_LOCKED text). The node
+    /// itself may purge and delete one, as `rabbitmqctl` may.
+    fn check_not_locked(&self, actor: &Actor, id: QueueId) -> Result<(), AdminError> {
+        let Some(q) = self.queues.get(&id) else {
+            return Ok(());
+        };
+        if q.exclusive_owner.is_some() && matches!(actor, Actor::User(_)) {
+            return Err(exclusive_lock_error(&q.name, &q.vhost).into());
+        }
+        Ok(())
+    }
+
     pub(super) fn admin_declare_queue(
         &mut self,
         actor: &Actor,
@@ -96,6 +111,7 @@ impl Broker {
             .into());
         }
         self.admin_check(actor, vhost, Access::Configure, "queue", name)?;
+        check_table(&arguments, "arguments")?;
         let m = QueueDeclare {
             queue: name.to_string(),
             durable,
@@ -103,10 +119,11 @@ impl Broker {
             arguments,
             ..QueueDeclare::default()
         };
-        if let Some(id) = self.vhosts.get(vhost).and_then(|v| v.queues.get(name)) {
+        if let Some(&id) = self.vhosts.get(vhost).and_then(|v| v.queues.get(name)) {
+            self.check_not_locked(actor, id)?;
             let q = self
                 .queues
-                .get(id)
+                .get(&id)
                 .ok_or_else(|| not_found("queue vanished"))?;
             assert_queue_equivalent(q, &m, vhost)?;
             return Ok(AdminReply::Put { created: false });
@@ -127,6 +144,7 @@ impl Broker {
     ) -> AdminResult {
         let id = self.find_queue(vhost, name)?;
         self.admin_check(actor, vhost, Access::Configure, "queue", name)?;
+        self.check_not_locked(actor, id)?;
         let q = self
             .queues
             .get(&id)
@@ -154,6 +172,7 @@ impl Broker {
     ) -> AdminResult {
         let id = self.find_queue(vhost, name)?;
         self.admin_check(actor, vhost, Access::Read, "queue", name)?;
+        self.check_not_locked(actor, id)?;
         Ok(AdminReply::Count(self.purge_ready(id)))
     }
 
@@ -173,6 +192,7 @@ impl Broker {
             return Err(access_refused("operation not permitted on the default exchange").into());
         }
         self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
+        check_table(&arguments, "arguments")?;
         let m = ExchangeDeclare {
             exchange: name.to_string(),
             kind: kind.to_string(),
@@ -268,6 +288,7 @@ impl Broker {
         let dest_kind = if b.to_queue { "queue" } else { "exchange" };
         self.admin_check(actor, &b.vhost, Access::Write, dest_kind, &b.destination)?;
         self.admin_check(actor, &b.vhost, Access::Read, "exchange", &b.source)?;
+        check_table(&b.arguments, "arguments")?;
         let v = self
             .vhosts
             .get(&b.vhost)
@@ -285,7 +306,9 @@ impl Broker {
                     resource("queue", &b.destination, &b.vhost)
                 ))
             })?;
-            Destination::Queue(*id)
+            let id = *id;
+            self.check_not_locked(actor, id)?;
+            Destination::Queue(id)
         } else {
             if !v.exchanges.contains_key(&b.destination) {
                 return Err(not_found(format!(
@@ -336,6 +359,9 @@ impl Broker {
             .into());
         }
         self.admin_check(actor, vhost, Access::Write, "exchange", exchange)?;
+        if let Some(headers) = &properties.headers {
+            check_table(headers, "headers")?;
+        }
         if let (Actor::User(user), Some(claimed)) = (actor, &properties.user_id)
             && claimed != user
         {
@@ -379,9 +405,7 @@ impl Broker {
             .get(&id)
             .is_some_and(|q| q.exclusive_owner.is_some());
         if owned {
-            return Err(AdminError::from(
-                super::super::declare::exclusive_lock_error(queue, vhost),
-            ));
+            return Err(exclusive_lock_error(queue, vhost).into());
         }
         self.touch_queue(id);
         let now = self.now_ms;

@@ -137,6 +137,7 @@ impl Broker {
         if !self.users.remove(name) {
             return Err(not_found(format!("User \"{name}\" does not exist")));
         }
+        self.forget_user_limits(name);
         // The store drops the user's permissions with it.
         self.journal.push(StoreOp::DeleteUser(name.to_string()));
         let reason = format!("user '{name}' is deleted");
@@ -185,6 +186,7 @@ impl Broker {
             self.delete_queue(q);
         }
         self.vhosts.remove(name);
+        self.forget_vhost_limits(name);
         self.users.clear_vhost(name);
         // The store drops the vhost's exchanges, bindings and permissions with it.
         self.journal.push(StoreOp::DeleteVhost(name.to_string()));
@@ -241,6 +243,7 @@ impl Broker {
         let users: Vec<String> = self.users.iter().map(|u| u.name.clone()).collect();
         for u in users {
             self.users.remove(&u);
+            self.forget_user_limits(&u);
             self.journal.push(StoreOp::DeleteUser(u));
         }
         self.totals = Default::default();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
     BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredQueue,
-    StoreOp, UserRecord,
+    StoreOp, UserLimits, UserRecord, VhostLimits,
 };
 
 use super::record::{self, RecordError, tag};
@@ -117,6 +117,8 @@ pub struct Catalog {
     vhosts: BTreeSet<String>,
     users: BTreeMap<String, UserRecord>,
     permissions: BTreeMap<(String, String), PermissionRecord>,
+    vhost_limits: BTreeMap<String, VhostLimits>,
+    user_limits: BTreeMap<String, UserLimits>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -143,6 +145,14 @@ impl Catalog {
                 let p = record::decode_permission(key, value)?;
                 self.permissions
                     .insert((p.user.clone(), p.vhost.clone()), p);
+            }
+            Some(tag::VHOST_LIMITS) => {
+                let (vhost, limits) = record::decode_vhost_limits(key, value)?;
+                self.vhost_limits.insert(vhost, limits);
+            }
+            Some(tag::USER_LIMITS) => {
+                let (user, limits) = record::decode_user_limits(key, value)?;
+                self.user_limits.insert(user, limits);
             }
             Some(tag::EXCHANGE) => {
                 let x = record::decode_exchange(key, value)?;
@@ -226,7 +236,30 @@ impl Catalog {
             StoreOp::DeleteUser(name) => {
                 self.users.remove(name);
                 out.delete(Space::Meta, record::user_key(name));
+                if self.user_limits.remove(name).is_some() {
+                    out.delete(Space::Meta, record::user_limits_key(name));
+                }
                 self.delete_permissions_where(|(user, _)| user == name, out);
+            }
+            StoreOp::PutVhostLimits { vhost, limits } => {
+                let key = record::vhost_limits_key(vhost);
+                if limits.is_empty() {
+                    self.vhost_limits.remove(vhost);
+                    out.delete(Space::Meta, key);
+                } else {
+                    self.vhost_limits.insert(vhost.clone(), *limits);
+                    out.put(Space::Meta, key, record::encode_vhost_limits(limits));
+                }
+            }
+            StoreOp::PutUserLimits { user, limits } => {
+                let key = record::user_limits_key(user);
+                if limits.is_empty() {
+                    self.user_limits.remove(user);
+                    out.delete(Space::Meta, key);
+                } else {
+                    self.user_limits.insert(user.clone(), *limits);
+                    out.put(Space::Meta, key, record::encode_user_limits(limits));
+                }
             }
             StoreOp::PutPermission(p) => {
                 self.permissions
@@ -296,6 +329,9 @@ impl Catalog {
     fn delete_vhost(&mut self, v: &str, out: &mut Staged, dropped: &mut Vec<u64>) {
         self.vhosts.remove(v);
         out.delete(Space::Meta, record::vhost_key(v));
+        if self.vhost_limits.remove(v).is_some() {
+            out.delete(Space::Meta, record::vhost_limits_key(v));
+        }
         self.delete_permissions_where(|(_, pv)| pv == v, out);
         let exchanges: Vec<(String, String)> = self
             .exchanges
@@ -361,6 +397,16 @@ impl Catalog {
             vhosts: self.vhosts.iter().cloned().collect(),
             users: self.users.values().cloned().collect(),
             permissions: self.permissions.values().cloned().collect(),
+            vhost_limits: self
+                .vhost_limits
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            user_limits: self
+                .user_limits
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

@@ -17,7 +17,10 @@ use crate::proto::codec::{self, DecodeError, Reader};
 use crate::proto::command::Message;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, UserRecord};
+use crate::store::{
+    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, UserLimits, UserRecord,
+    VhostLimits,
+};
 
 /// The version byte every value starts with. A store written with a different version is
 /// refused at open: version 1 (one message record per message, entries naming it) is not
@@ -45,6 +48,10 @@ pub mod tag {
     pub const GENERATION: u8 = b'g';
     /// One past the highest shared message id ever stored: the tag alone.
     pub const NEXT_SHARED: u8 = b's';
+    /// A vhost's limits: tag, vhost name.
+    pub const VHOST_LIMITS: u8 = b'V';
+    /// A user's limits: tag, user name.
+    pub const USER_LIMITS: u8 = b'U';
 }
 
 /// Whether a metadata record with this key may be set aside when it does not decode: the
@@ -170,6 +177,20 @@ pub fn user_key(name: &str) -> Vec<u8> {
     key
 }
 
+/// The key of a vhost's limits.
+pub fn vhost_limits_key(vhost: &str) -> Vec<u8> {
+    let mut key = vec![tag::VHOST_LIMITS];
+    key.extend_from_slice(vhost.as_bytes());
+    key
+}
+
+/// The key of a user's limits.
+pub fn user_limits_key(user: &str) -> Vec<u8> {
+    let mut key = vec![tag::USER_LIMITS];
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
 /// The key of a user's permissions in a vhost.
 pub fn permission_key(user: &str, vhost: &str) -> Vec<u8> {
     let mut key = vec![tag::PERMISSION];
@@ -267,6 +288,70 @@ pub fn decode_user(key: &[u8], value: &[u8]) -> Result<UserRecord> {
     };
     check_key(key, &user_key(&user.name))?;
     finish(r, user)
+}
+
+/// Encodes two optional limits: a flags octet saying which are set, then each set one as
+/// a signed 64-bit integer.
+fn encode_limit_pair(pair: [Option<i64>; 2]) -> Vec<u8> {
+    let mut out = new_value(17);
+    let flags = pair
+        .iter()
+        .enumerate()
+        .fold(0u8, |f, (i, v)| f | (u8::from(v.is_some()) << i));
+    out.put_u8(flags);
+    for v in pair.into_iter().flatten() {
+        out.put_i64(v);
+    }
+    Vec::from(out)
+}
+
+/// Decodes what [`encode_limit_pair`] wrote; the name comes from the key.
+fn decode_limit_pair(key: &[u8], value: &[u8]) -> Result<(String, [Option<i64>; 2])> {
+    let mut r = open_value(value)?;
+    let flags = read_flags(&mut r, 0b11)?;
+    let mut pair = [None; 2];
+    for (i, slot) in pair.iter_mut().enumerate() {
+        if flags & (1 << i) != 0 {
+            *slot = Some(r.i64()?);
+        }
+    }
+    let name = key.get(1..).ok_or(RecordError::BadKey)?;
+    let name = std::str::from_utf8(name).map_err(|_| RecordError::BadKey)?;
+    finish(r, (name.to_owned(), pair))
+}
+
+/// Encodes a vhost's limits (the vhost name is the key).
+pub fn encode_vhost_limits(l: &VhostLimits) -> Vec<u8> {
+    encode_limit_pair([l.max_connections, l.max_queues])
+}
+
+/// Decodes a vhost's limits and the vhost name from its key.
+pub fn decode_vhost_limits(key: &[u8], value: &[u8]) -> Result<(String, VhostLimits)> {
+    let (name, [max_connections, max_queues]) = decode_limit_pair(key, value)?;
+    Ok((
+        name,
+        VhostLimits {
+            max_connections,
+            max_queues,
+        },
+    ))
+}
+
+/// Encodes a user's limits (the user name is the key).
+pub fn encode_user_limits(l: &UserLimits) -> Vec<u8> {
+    encode_limit_pair([l.max_connections, l.max_channels])
+}
+
+/// Decodes a user's limits and the user name from its key.
+pub fn decode_user_limits(key: &[u8], value: &[u8]) -> Result<(String, UserLimits)> {
+    let (name, [max_connections, max_channels]) = decode_limit_pair(key, value)?;
+    Ok((
+        name,
+        UserLimits {
+            max_connections,
+            max_channels,
+        },
+    ))
 }
 
 /// Encodes permissions.
@@ -555,6 +640,39 @@ mod tests {
         assert_eq!(
             decode_binding(&binding_key(&other), &v),
             Err(RecordError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn limits_round_trip_and_refuse_damage() {
+        let l = VhostLimits {
+            max_connections: Some(-1),
+            max_queues: Some(i64::MAX),
+        };
+        let v = encode_vhost_limits(&l);
+        let key = vhost_limits_key("v/1");
+        assert_eq!(decode_vhost_limits(&key, &v), Ok(("v/1".into(), l)));
+        for end in 0..v.len() {
+            assert!(
+                decode_vhost_limits(&key, &v[..end]).is_err(),
+                "prefix {end}"
+            );
+        }
+        let u = UserLimits {
+            max_connections: None,
+            max_channels: Some(0),
+        };
+        let v = encode_user_limits(&u);
+        assert_eq!(v.len(), 1 + 1 + 8, "only the set limit is written");
+        assert_eq!(
+            decode_user_limits(&user_limits_key("u"), &v),
+            Ok(("u".into(), u))
+        );
+        let mut bad = v.clone();
+        bad[1] = 0b100;
+        assert_eq!(
+            decode_user_limits(&user_limits_key("u"), &bad),
+            Err(RecordError::BadFlags(0b100))
         );
     }
 

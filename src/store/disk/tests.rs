@@ -13,7 +13,7 @@ use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::memory::MemoryState;
 use crate::store::{
     BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, QueueRecord,
-    RecoveredQueue, UserRecord,
+    RecoveredQueue, UserLimits, UserRecord, VhostLimits,
 };
 
 fn open(dir: &Path) -> FjallStore {
@@ -272,7 +272,25 @@ fn meta_op() -> impl Strategy<Value = StoreOp> {
             arguments,
         },
     );
+    let limit = || prop_oneof![2 => Just(None), 1 => (-2i64..3).prop_map(Some), 1 => any::<i64>().prop_map(Some)];
+    let vhost_limits =
+        (vhost(), limit(), limit()).prop_map(|(vhost, c, q)| StoreOp::PutVhostLimits {
+            vhost,
+            limits: VhostLimits {
+                max_connections: c,
+                max_queues: q,
+            },
+        });
+    let user_limits = (name(), limit(), limit()).prop_map(|(user, c, ch)| StoreOp::PutUserLimits {
+        user,
+        limits: UserLimits {
+            max_connections: c,
+            max_channels: ch,
+        },
+    });
     prop_oneof![
+        1 => vhost_limits,
+        1 => user_limits,
         2 => vhost().prop_map(StoreOp::PutVhost),
         1 => vhost().prop_map(StoreOp::DeleteVhost),
         1 => user.prop_map(StoreOp::PutUser),

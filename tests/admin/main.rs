@@ -1,8 +1,12 @@
 //! End-to-end tests of administration against a real `warren serve`: the seed's
 //! rabbitmqctl workflow through `warren ctl`, the management HTTP API with real HTTP
-//! requests (including denials by tag), stop_app/reset, definitions, and passwords at rest.
+//! requests (including denials by tag), stop_app/reset, definitions, and passwords at rest;
+//! tenant limits (`limits`) and the HTTP API's protections (`http_guard`).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod http_guard;
+mod limits;
 
 use std::time::Duration;
 
@@ -14,13 +18,18 @@ use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 
 /// An HTTP answer: status, JSON body (null when empty) and the WWW-Authenticate header.
-struct Http {
-    status: u16,
-    body: Value,
-    challenge: Option<String>,
+pub(crate) struct Http {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) challenge: Option<String>,
 }
 
-fn http(method: &str, url: &str, auth: Option<(&str, &str)>, body: Option<Value>) -> Http {
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<Value>,
+) -> Http {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(20)))
@@ -77,10 +86,119 @@ fn http(method: &str, url: &str, auth: Option<(&str, &str)>, body: Option<Value>
     }
 }
 
-const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+pub(crate) const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+/// An HTTP request with every header as given (no content type unless one is given);
+/// `body` is sent as is.
+pub(crate) fn raw_http(
+    method: &str,
+    url: &str,
+    auth: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Http {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut all: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some((u, p)) = auth {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        all.push(("authorization".into(), format!("Basic {encoded}")));
+    }
+    let response = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            for (k, v) in &all {
+                r = r.header(k, v);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = if method == "PUT" {
+                agent.put(url)
+            } else {
+                agent.post(url)
+            };
+            for (k, v) in &all {
+                r = r.header(k, v);
+            }
+            match body {
+                Some(b) => r.send(b),
+                None => r.send_empty(),
+            }
+        }
+    }
+    .expect("HTTP request");
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    });
+    Http {
+        status,
+        body,
+        challenge,
+    }
+}
+
+/// Connects as `user` to `vhost`; returns the client, or the connection.close that refused
+/// the login or the vhost.
+pub(crate) fn open_on(
+    port: u16,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> Result<RawClient, ConnectionClose> {
+    let mut c = RawClient::connect(port);
+    c.send_raw(&warren::proto::constants::PROTOCOL_HEADER);
+    let (_, start) = c.expect_method();
+    assert!(matches!(start, Method::ConnectionStart(_)));
+    c.start_ok(user, pass);
+    let tune = match c.expect_method() {
+        (_, Method::ConnectionTune(tune)) => tune,
+        (_, Method::ConnectionClose(close)) => return Err(close),
+        (_, other) => panic!("unexpected {other:?}"),
+    };
+    c.send_method(
+        0,
+        Method::ConnectionTuneOk(ConnectionTuneOk {
+            channel_max: tune.channel_max,
+            frame_max: tune.frame_max,
+            heartbeat: 0,
+        }),
+    );
+    c.send_method(
+        0,
+        Method::ConnectionOpen(ConnectionOpen {
+            virtual_host: vhost.into(),
+            ..Default::default()
+        }),
+    );
+    match c.expect_method() {
+        (_, Method::ConnectionOpenOk(_)) => Ok(c),
+        (_, Method::ConnectionClose(close)) => Err(close),
+        (_, other) => panic!("unexpected {other:?}"),
+    }
+}
 
 /// Connects as `user`; returns the client, or the connection.close that refused it.
-fn try_login(port: u16, user: &str, pass: &str) -> Result<RawClient, ConnectionClose> {
+pub(crate) fn try_login(port: u16, user: &str, pass: &str) -> Result<RawClient, ConnectionClose> {
     let mut c = RawClient::connect(port);
     c.send_raw(&warren::proto::constants::PROTOCOL_HEADER);
     let (_, start) = c.expect_method();
@@ -112,7 +230,7 @@ fn try_login(port: u16, user: &str, pass: &str) -> Result<RawClient, ConnectionC
     }
 }
 
-fn declare(c: &mut RawClient, channel: u16, queue: &str) {
+pub(crate) fn declare(c: &mut RawClient, channel: u16, queue: &str) {
     c.send_method(
         channel,
         Method::QueueDeclare(QueueDeclare {
@@ -286,11 +404,14 @@ fn http_api_authenticates_and_checks_tags() {
     let server = Server::start();
     let url = |p: &str| format!("{}{p}", server.http_url());
 
+    // No WWW-Authenticate challenge: a browser would cache the credentials it prompted for.
     let anon = http("GET", &url("/api/overview"), None, None);
     assert_eq!(anon.status, 401);
-    assert!(anon.challenge.is_some(), "basic auth is offered");
+    assert_eq!(anon.challenge, None);
+    assert_eq!(anon.body["error"], "not_authorized");
     let wrong = http("GET", &url("/api/overview"), Some(("guest", "nope")), None);
     assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.challenge, None);
     let me = http("GET", &url("/api/whoami"), GUEST, None);
     assert_eq!(me.status, 200);
     assert_eq!(me.body, json!({"name": "guest", "tags": ["administrator"]}));
