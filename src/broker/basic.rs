@@ -9,15 +9,12 @@ use crate::proto::method::*;
 
 use super::auth::Access;
 use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
-use super::deadletter::DeathReason;
+use super::deadletter::{Allowance, DeathReason};
 use super::error::*;
 use super::exchange::{Destination, QueueId};
 use super::queue::{ConsumerRef, Overflow, QueuedMessage, WaitingGet};
 use super::{Broker, Deferred};
 use crate::store::{EntryBody, StoreOp};
-
-/// Most exchange-to-exchange hops a message may take while routing.
-const MAX_ROUTING_HOPS: usize = 64;
 
 impl Broker {
     /// Handles a method (without content) on an open channel.
@@ -259,7 +256,7 @@ impl Broker {
             }
             return Confirm::Ack;
         }
-        let (rejected, stored) = self.enqueue_routed(queues, message);
+        let (rejected, stored) = self.enqueue_routed(queues, message, Allowance::FRESH);
         if rejected {
             Confirm::Nack
         } else if stored {
@@ -275,6 +272,7 @@ impl Broker {
         &mut self,
         queues: Vec<QueueId>,
         message: Arc<Message>,
+        allowance: Allowance,
     ) -> (bool, bool) {
         let message_ttl = parse_expiration(&message).ok().flatten();
         let now = self.now_ms;
@@ -321,6 +319,7 @@ impl Broker {
                         expires_at_ms: None,
                         priority: 0,
                         shared: None,
+                        allowance,
                     };
                     dead.push((qid, vec![refused]));
                 }
@@ -367,6 +366,7 @@ impl Broker {
                     expires_at_ms,
                     priority: 0,
                     shared: shared.filter(|_| durable),
+                    allowance,
                 });
             }
             if !q.consumers.is_empty() && q.memory_bytes() >= queue_budget / 2 {
@@ -883,15 +883,15 @@ fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64)
         return queues;
     }
     let headers = message.properties.headers.as_ref();
-    let mut visited: Vec<&str> = Vec::new();
+    // Each exchange is visited once, as in RabbitMQ: the work is bounded by the
+    // exchanges and bindings the vhost holds, however they are chained.
+    let mut visited = Visited::default();
     let mut pending: Vec<&str> = vec![exchange];
     while let Some(name) = pending.pop() {
         *work += 1;
-        // At most MAX_ROUTING_HOPS exchanges: a linear scan of them is cheap.
-        if visited.len() >= MAX_ROUTING_HOPS || visited.contains(&name) {
+        if !visited.insert(name) {
             continue;
         }
-        visited.push(name);
         let Some(x) = v.exchanges.get(name) else {
             continue;
         };
@@ -913,4 +913,28 @@ fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64)
     queues.sort_unstable();
     queues.dedup();
     queues
+}
+
+/// The exchanges a routing has visited: a few in place (most routings visit one), a set
+/// beyond.
+#[derive(Default)]
+struct Visited<'a> {
+    few: [&'a str; 4],
+    len: usize,
+    many: std::collections::HashSet<&'a str, super::HashState>,
+}
+
+impl<'a> Visited<'a> {
+    /// Records `name`; false if it was visited already.
+    fn insert(&mut self, name: &'a str) -> bool {
+        if self.few[..self.len].contains(&name) {
+            return false;
+        }
+        if self.len < self.few.len() {
+            self.few[self.len] = name;
+            self.len += 1;
+            return true;
+        }
+        self.many.insert(name)
+    }
 }

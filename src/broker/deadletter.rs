@@ -139,17 +139,70 @@ fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
     false
 }
 
-/// Most dead-letterings one message may go through in a row within one input (a message
-/// dead-lettered into a queue that dead-letters it on at once, and so on). RabbitMQ's cycle
-/// rule stops loops through the same queue; this stops chains through distinct ones.
-pub const MAX_DEAD_LETTER_HOPS: u32 = 16;
+/// Most dead-letterings in a row, with no client rejection in between, that one message
+/// and its copies may go through. RabbitMQ's cycle rule stops loops through the same
+/// queue; this stops chains through distinct ones.
+pub const MAX_DEAD_LETTER_HOPS: u8 = 16;
 
-/// Dead letters that one input may produce beyond its first hop, per message it released
-/// itself, and a floor, so that fan-out through chains of dead-letter exchanges cannot
-/// multiply one publish into an unbounded amount of work. Past it, further dead letters
-/// of that input are dropped (as RabbitMQ drops dead letters it cannot route) and logged.
-const CHAINED_DEAD_LETTERS_PER_MESSAGE: u64 = 16;
-const CHAINED_DEAD_LETTERS_FLOOR: u64 = 64;
+/// Copies that the dead-lettering of one queued message may fan out into, counted over
+/// every hop that follows without a client rejection in between (a message that expires
+/// and is dead-lettered to more queues than this reaches the first ones, by declaration
+/// order). Dead-letter exchanges
+/// that fan out to queues which dead-letter on again would otherwise multiply one
+/// message into a number of copies growing with the product of the fan-outs (RabbitMQ
+/// lets it grow); here each copy inherits a share of what its parent had left.
+pub const MAX_DEAD_LETTER_COPIES: u32 = 1024;
+
+/// What dead-lettering a queued message may still cause: the copies its dead letters may
+/// fan out into, and the automatic dead-letterings it has been through in a row. A
+/// published message starts [`Allowance::FRESH`]; so does a dead letter a client caused
+/// by rejecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Copies left for this message's dead letters and theirs.
+    copies: u32,
+    /// Dead-letterings in a row without a rejection.
+    hops: u8,
+}
+
+impl Allowance {
+    /// The allowance of a message that a client published (or rejected).
+    pub const FRESH: Allowance = Allowance {
+        copies: MAX_DEAD_LETTER_COPIES,
+        hops: 0,
+    };
+
+    /// The allowance of this message's dead letter, or `None` when it may not have one.
+    fn dead_letter(self, reason: DeathReason) -> Option<Allowance> {
+        if reason == DeathReason::Rejected {
+            return Some(Allowance::FRESH);
+        }
+        let hops = self.hops + 1;
+        (hops <= MAX_DEAD_LETTER_HOPS).then_some(Allowance { hops, ..self })
+    }
+
+    /// How many of `targets` queues a dead letter with this allowance may reach, and the
+    /// allowance each copy inherits: what is left, shared.
+    fn split(self, targets: usize) -> (usize, Allowance) {
+        let allowed = targets.min(self.copies as usize);
+        let left = self.copies.saturating_sub(allowed as u32);
+        let each = if allowed == 0 {
+            0
+        } else {
+            left / allowed as u32
+        };
+        (
+            allowed,
+            Allowance {
+                copies: each,
+                hops: self.hops,
+            },
+        )
+    }
+}
+
+/// Dead letters routed in one round at most.
+pub const DEAD_LETTERS_PER_ROUND: usize = 4096;
 
 /// A message on its way to a dead-letter exchange.
 #[derive(Debug)]
@@ -159,9 +212,7 @@ pub(super) struct DeadLetter {
     /// The message as it is republished: its `x-death` updated.
     message: Message,
     reason: DeathReason,
-    /// Dead-letterings in a row that led to this one within the current input (1 for a
-    /// message released by the input itself).
-    hops: u32,
+    allowance: Allowance,
 }
 
 /// Dead letters waiting to be routed: a work list drained iteratively, so that a chain of
@@ -171,8 +222,6 @@ pub(super) struct DeadLetters {
     pending: std::collections::VecDeque<DeadLetter>,
     /// Being drained: new dead letters join the list instead of being routed at once.
     draining: bool,
-    /// The hop count of the dead letter being routed.
-    current_hops: u32,
 }
 
 impl Broker {
@@ -196,6 +245,12 @@ impl Broker {
         }
     }
 
+    /// Whether dead letters wait for a later round ([`Broker::poll_timeout`] asks for
+    /// one at once).
+    pub(super) fn dead_letters_waiting(&self) -> bool {
+        !self.dead_letters.pending.is_empty()
+    }
+
     /// Releases messages a queue no longer holds and adds them to the dead letters to
     /// route, if the queue has a dead-letter exchange; [`Broker::route_dead_letters`]
     /// routes them.
@@ -217,11 +272,15 @@ impl Broker {
                 q.settings.dead_letter_routing_key.clone(),
             ))
         });
-        let hops = self.dead_letters.current_hops + 1;
+        let mut dropped = 0u64;
         for entry in entries {
             self.work += 1;
             self.release(source, &entry);
             let Some((vhost, queue, dlx, dlrk)) = &target else {
+                continue;
+            };
+            let Some(allowance) = entry.allowance.dead_letter(reason) else {
+                dropped += 1;
                 continue;
             };
             let message = dead_lettered(
@@ -237,43 +296,49 @@ impl Broker {
                 exchange: dlx.clone(),
                 message,
                 reason,
-                hops,
+                allowance,
             });
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                max_hops = MAX_DEAD_LETTER_HOPS,
+                "dropped dead letters of messages dead-lettered too many times in a row"
+            );
         }
     }
 
-    /// Routes dead letters until none is left, including those that routing them produces.
+    /// Routes dead letters, including those that routing them produces, up to
+    /// [`DEAD_LETTERS_PER_ROUND`]; the rest wait for the next round, so that one input
+    /// that sets off many dead letters does not hold up everyone else's.
     fn drain_dead_letters(&mut self) {
         self.dead_letters.draining = true;
-        let first_hop = self.dead_letters.pending.len() as u64;
-        let mut chained_budget =
-            CHAINED_DEAD_LETTERS_FLOOR + first_hop.saturating_mul(CHAINED_DEAD_LETTERS_PER_MESSAGE);
-        let mut dropped = 0u64;
-        while let Some(dl) = self.dead_letters.pending.pop_front() {
-            if dl.hops > 1 {
-                if dl.hops > MAX_DEAD_LETTER_HOPS || chained_budget == 0 {
-                    dropped += 1;
-                    continue;
-                }
-                chained_budget -= 1;
-            }
+        let mut truncated = 0u64;
+        for _ in 0..DEAD_LETTERS_PER_ROUND {
+            let Some(dl) = self.dead_letters.pending.pop_front() else {
+                break;
+            };
             self.work += 1;
-            self.dead_letters.current_hops = dl.hops;
             let mut targets = self.route(&dl.vhost, &dl.exchange, &dl.message);
             targets.retain(|q| {
                 self.queues
                     .get(q)
                     .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.name))
             });
-            self.enqueue_routed(targets, Arc::new(dl.message));
+            let (allowed, inherited) = dl.allowance.split(targets.len());
+            if allowed < targets.len() {
+                truncated += (targets.len() - allowed) as u64;
+                // Route ids come sorted: the queues declared first keep their copies.
+                targets.truncate(allowed);
+            }
+            self.enqueue_routed(targets, Arc::new(dl.message), inherited);
         }
-        self.dead_letters.current_hops = 0;
         self.dead_letters.draining = false;
-        if dropped > 0 {
+        if truncated > 0 {
             tracing::warn!(
-                dropped,
-                max_hops = MAX_DEAD_LETTER_HOPS,
-                "dropped dead letters of a chain of dead-letter exchanges that grew past its bounds"
+                truncated,
+                max_copies = MAX_DEAD_LETTER_COPIES,
+                "dead letters not copied to every queue they route to: chains of dead-letter exchanges multiplied one message past its allowance"
             );
         }
     }
@@ -388,5 +453,30 @@ mod tests {
         m.properties.headers = Some(headers);
         let d = dead_lettered(&m, "q1", DeathReason::Expired, "dlx", None, 0);
         assert_eq!(deaths(&d)[0].get("count"), Some(&FieldValue::I64(i64::MAX)));
+    }
+}
+
+#[cfg(test)]
+mod allowance_tests {
+    use super::*;
+
+    #[test]
+    fn copies_split_among_children_and_hops_are_capped() {
+        let fresh = Allowance::FRESH;
+        let first = fresh.dead_letter(DeathReason::Expired).expect("allowed");
+        assert_eq!(first.hops, 1);
+        let (allowed, child) = first.split(4);
+        assert_eq!(allowed, 4);
+        assert_eq!(child.copies, (MAX_DEAD_LETTER_COPIES - 4) / 4);
+        // A share too small for the fan-out truncates it; nothing left, nothing goes.
+        let poor = Allowance { copies: 3, hops: 2 };
+        assert_eq!(poor.split(10), (3, Allowance { copies: 0, hops: 2 }));
+        assert_eq!(Allowance { copies: 0, hops: 2 }.split(10).0, 0);
+        let mut a = fresh;
+        for _ in 0..MAX_DEAD_LETTER_HOPS {
+            a = a.dead_letter(DeathReason::MaxLen).expect("within the cap");
+        }
+        assert_eq!(a.dead_letter(DeathReason::Expired), None);
+        assert_eq!(a.dead_letter(DeathReason::Rejected), Some(Allowance::FRESH));
     }
 }

@@ -11,7 +11,7 @@ mod alarm;
 mod auth;
 mod basic;
 mod channel;
-mod deadletter;
+pub(crate) mod deadletter;
 mod declare;
 mod dispatch;
 mod error;

@@ -63,6 +63,7 @@ impl Broker {
                     expires_at_ms: e.expires_at_ms,
                     priority: 0,
                     shared: e.shared,
+                    allowance: crate::broker::deadletter::Allowance::FRESH,
                 })
                 .collect();
             q.take_loaded(taken);

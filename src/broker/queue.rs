@@ -29,6 +29,8 @@ pub struct QueuedMessage {
     /// The shared message the store entry refers to (a persistent message stored once for
     /// several durable queues).
     pub shared: Option<u64>,
+    /// What dead-lettering this message may still cause.
+    pub allowance: super::deadletter::Allowance,
 }
 
 /// Memory charged for each message held in memory besides its body and properties: the

@@ -156,6 +156,7 @@ impl Broker {
                     expires_at_ms: e.expires_at_ms,
                     priority: 0,
                     shared: e.shared,
+                    allowance: crate::broker::deadletter::Allowance::FRESH,
                 });
             }
             let rest = content.count.saturating_sub(head_count);

@@ -10,16 +10,29 @@ use super::Broker;
 use super::deadletter::DeathReason;
 use super::exchange::QueueId;
 
+/// Queue timers handled in one call of [`Broker::handle_timeout`] at most.
+const TIMERS_PER_ROUND: usize = 4096;
+
 impl Broker {
     /// When [`Broker::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.dead_letters_waiting() {
+            // Dead letters left over from the last round: at once.
+            return Some(self.now_ms);
+        }
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Time has passed: expire messages and delete unused queues that are due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        while let Some(Reverse((at, queue))) = self.timers.peek().copied() {
+        self.route_dead_letters();
+        // A bounded number of queues per round: due timers left over keep
+        // `poll_timeout` in the past, so the driver calls again at once, between inputs.
+        for _ in 0..TIMERS_PER_ROUND {
+            let Some(Reverse((at, queue))) = self.timers.peek().copied() else {
+                break;
+            };
             if at > now_ms {
                 break;
             }

@@ -759,7 +759,11 @@ fn limits_are_durable_and_go_with_their_vhost_or_user() {
         for op in ops {
             state.apply(op);
         }
-        Broker::new(BrokerConfig::default(), 1, state.recovered(crate::store::HeadLimit::ALL))
+        Broker::new(
+            BrokerConfig::default(),
+            1,
+            state.recovered(crate::store::HeadLimit::ALL),
+        )
     };
     let mut restarted = replay(&h.ops);
     let listed = restarted.handle_admin(AdminRequest::ListVhostLimits { vhost: None }, 1);

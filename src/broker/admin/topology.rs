@@ -383,7 +383,11 @@ impl Broker {
         let queues = self.route(vhost, exchange, &message);
         let routed = !queues.is_empty();
         if routed {
-            self.enqueue_routed(queues, Arc::new(message));
+            self.enqueue_routed(
+                queues,
+                Arc::new(message),
+                crate::broker::deadletter::Allowance::FRESH,
+            );
         } else {
             self.totals.unroutable += 1;
         }
