@@ -11,6 +11,7 @@ mod admin;
 mod conn;
 mod core;
 pub mod resources;
+mod storage;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

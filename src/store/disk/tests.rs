@@ -16,8 +16,16 @@ use crate::store::{
     UserRecord,
 };
 
+/// Options for tests: no space reserve (tests that need one ask for it).
+fn options() -> StoreOptions {
+    StoreOptions {
+        reserve_bytes: 0,
+        ..StoreOptions::default()
+    }
+}
+
 fn open(dir: &Path) -> FjallStore {
-    FjallStore::open(dir, StoreOptions::default()).expect("opening the store")
+    FjallStore::open(dir, options()).expect("opening the store")
 }
 
 /// A store whose syncs skip `fdatasync`: enough for tests that reopen within the process.
@@ -26,6 +34,7 @@ fn open_unsynced(dir: &Path) -> FjallStore {
         dir,
         StoreOptions {
             sync: SyncPolicy::None,
+            ..options()
         },
     )
     .expect("opening the store")
@@ -490,23 +499,24 @@ fn reopen_and_compare(
     prop_assert_eq!(store.shared.len(), model.shared_count());
     prop_assert_eq!(
         store
-            .messages
+            .keyspace(Space::Messages)
             .len()
             .map_err(|e| fail(store.read_error(Space::Messages, None, e)))?,
         model.shared_count()
     );
     prop_assert_eq!(
         store
-            .refs
+            .keyspace(Space::Refs)
             .len()
             .map_err(|e| fail(store.read_error(Space::Refs, None, e)))?,
         model.shared_count()
     );
-    prop_assert!(store.paged.is_empty().map_err(|e| fail(store.read_error(
-        Space::Paged,
-        None,
-        e
-    )))?);
+    prop_assert!(
+        store
+            .keyspace(Space::Paged)
+            .is_empty()
+            .map_err(|e| fail(store.read_error(Space::Paged, None, e)))?
+    );
     compare_loads(&mut store, model)?;
     Ok(store)
 }
@@ -684,7 +694,7 @@ fn a_queue_id_reused_after_restart_never_sees_its_predecessors_entries() {
     ops.push(delete_queue(7, "old"));
     write_both(&mut store, &mut model, &ops);
     // Synced, but the store stops before any garbage collection ran.
-    store.db.persist(PersistMode::SyncData).expect("persist");
+    store.db().persist(PersistMode::SyncData).expect("persist");
     drop(store);
 
     let mut store = open(dir.path());
@@ -800,9 +810,13 @@ fn a_shared_message_goes_exactly_when_its_last_reference_does() {
     let mut model = MemoryState::default();
     let stored = |store: &FjallStore, id: u64| {
         let key = entry::shared_key(id);
-        let message = store.messages.get(key).expect("get").is_some();
+        let message = store
+            .keyspace(Space::Messages)
+            .get(key)
+            .expect("get")
+            .is_some();
         let refs = store
-            .refs
+            .keyspace(Space::Refs)
             .get(key)
             .expect("get")
             .map(|v| entry::decode_refs(&v).expect("a count").0);
@@ -1142,10 +1156,10 @@ fn a_corrupt_shared_message_fails_recovery_naming_its_location() {
     store.sync().expect("sync");
     // Garbage under shared message 8, written through fjall below the store.
     store
-        .messages
+        .keyspace(Space::Messages)
         .insert(entry::shared_key(8), b"\x02garbage".to_vec())
         .expect("insert");
-    store.db.persist(PersistMode::SyncAll).expect("persist");
+    store.db().persist(PersistMode::SyncAll).expect("persist");
     drop(store);
     let err = open(dir.path())
         .recover(usize::MAX)
@@ -1165,9 +1179,13 @@ fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
     store.sync().expect("sync");
     // A header cut short under an entry beyond every head: recovery reads all headers.
     let key = entry::content_key(1, 0, 4);
-    let value = store.entries.get(key).expect("get").expect("entry 4");
+    let value = store
+        .keyspace(Space::Entries)
+        .get(key)
+        .expect("get")
+        .expect("entry 4");
     store
-        .entries
+        .keyspace(Space::Entries)
         .insert(key, value[..5].to_vec())
         .expect("insert");
     let err = store.recover(1).expect_err("a cut header fails recovery");
@@ -1183,7 +1201,7 @@ fn a_corrupt_entry_or_body_fails_recovery_and_load_naming_its_location() {
     store.write(&numbered_batches(10).concat()).expect("write");
     // Entry 3 keeps its 2000-byte message in `bodies`.
     store
-        .bodies
+        .keyspace(Space::Bodies)
         .remove(entry::content_key(1, 0, 3))
         .expect("remove");
     let err = store.load(1, 0, 10).expect_err("a lost body fails a load");
@@ -1208,7 +1226,7 @@ fn an_entry_newer_than_its_queue_generation_is_refused() {
         .expect("write");
     let (value, _) = entry::encode_entry(&EntryBody::Inline(message(1, 16)), None);
     store
-        .entries
+        .keyspace(Space::Entries)
         .insert(entry::content_key(1, 2, 1), value)
         .expect("insert");
     drop(store);
@@ -1231,21 +1249,21 @@ fn a_corrupt_metadata_record_count_or_format_refuses_to_open() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(dir.path());
     store
-        .meta
+        .keyspace(Space::Meta)
         .insert(record::queue_key(3), vec![2, 0, 0])
         .expect("insert");
     drop(store);
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("corrupt queue");
+    let err = FjallStore::open(dir.path(), options()).expect_err("corrupt queue");
     assert_names(&err, dir.path(), &["keyspace `meta`"]);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(dir.path());
     store
-        .refs
+        .keyspace(Space::Refs)
         .insert(entry::shared_key(4), entry::encode_refs(0, 1))
         .expect("insert");
     drop(store);
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("a zero count");
+    let err = FjallStore::open(dir.path(), options()).expect_err("a zero count");
     assert_names(&err, dir.path(), &["keyspace `refs`", "(shared message 4)"]);
 
     // A store of format version 1 (the previous layout) is refused, naming the version.
@@ -1253,12 +1271,11 @@ fn a_corrupt_metadata_record_count_or_format_refuses_to_open() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = open(dir.path());
         store
-            .meta
+            .keyspace(Space::Meta)
             .insert(record::FORMAT_KEY, vec![version])
             .expect("insert");
         drop(store);
-        let err =
-            FjallStore::open(dir.path(), StoreOptions::default()).expect_err("unknown format");
+        let err = FjallStore::open(dir.path(), options()).expect_err("unknown format");
         assert_names(
             &err,
             dir.path(),
@@ -1283,7 +1300,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
             .rotate_memtable_and_wait()
             .expect("flush");
     }
-    let entries_dir = store.entries.path().to_path_buf();
+    let entries_dir = store.keyspace(Space::Entries).path().to_path_buf();
     drop(store);
     let table = files(&entries_dir.join("tables"))
         .into_iter()
@@ -1296,8 +1313,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
     }
     std::fs::write(&table, &bytes).expect("scribbling the table");
 
-    let outcome = FjallStore::open(dir.path(), StoreOptions::default())
-        .and_then(|mut s| s.recover(usize::MAX));
+    let outcome = FjallStore::open(dir.path(), options()).and_then(|mut s| s.recover(usize::MAX));
     match outcome {
         Ok(r) => panic!(
             "a damaged table recovered {:?} without an error",
@@ -1314,7 +1330,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
 fn a_store_in_use_is_refused_naming_its_lock_file() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let _store = open(dir.path());
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("locked");
+    let err = FjallStore::open(dir.path(), options()).expect_err("locked");
     assert_names(&err, dir.path(), &["lock"]);
 }
 
@@ -1384,7 +1400,14 @@ fn measure_recovery_and_throughput() {
 
     for policy in [SyncPolicy::Batch, SyncPolicy::None] {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut store = FjallStore::open(dir.path(), StoreOptions { sync: policy }).expect("open");
+        let mut store = FjallStore::open(
+            dir.path(),
+            StoreOptions {
+                sync: policy,
+                ..options()
+            },
+        )
+        .expect("open");
         store
             .write(&[StoreOp::PutQueue(queue(1, "q"))])
             .expect("write");
@@ -1429,4 +1452,83 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         let m = std::fs::metadata(f).expect("metadata");
         (a + m.len(), b + m.blocks() * 512)
     })
+}
+
+// ----- failures: reopen and the space reserve -----
+
+#[test]
+fn a_reopen_counts_the_batches_written_since_the_last_sync_and_keeps_paged_messages() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = open(dir.path());
+    let mut model = MemoryState::default();
+    write_both(&mut store, &mut model, &[StoreOp::PutQueue(queue(1, "q"))]);
+    write_both(&mut store, &mut model, &[inline(1, 0, 16)]);
+    store.sync().expect("sync");
+    // Two more batches, not synced; one pages a message out.
+    write_both(&mut store, &mut model, &[inline(1, 1, 2000)]);
+    let page = StoreOp::PageOut {
+        queue: 1,
+        seq: 2,
+        message: message(2, 16),
+        expires_at_ms: None,
+    };
+    write_both(&mut store, &mut model, std::slice::from_ref(&page));
+    // As after a failure: the database is closed and opened again from the disk.
+    store.failed = Some("test".into());
+    assert!(
+        store.write(&[inline(1, 3, 16)]).is_err(),
+        "a failed store refuses work"
+    );
+    assert_eq!(
+        store.reopen().expect("reopen"),
+        2,
+        "both unsynced batches held"
+    );
+    assert!(store.failed.is_none());
+    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    // Nothing was written since: a second reopen holds nothing new.
+    assert_eq!(store.reopen().expect("reopen"), 0);
+    write_both(&mut store, &mut model, &[inline(1, 3, 16)]);
+    store.sync().expect("sync");
+    assert_eq!(
+        store.reopen().expect("reopen"),
+        0,
+        "synced batches are not in doubt"
+    );
+    write_both(&mut store, &mut model, &[inline(1, 4, 16)]);
+    assert_eq!(store.reopen().expect("reopen"), 1);
+    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    // The counter survives a restart, and is no catalog record.
+    drop(store);
+    let mut store = open(dir.path());
+    model.discard_paged();
+    assert_eq!(store.writes, 6);
+    assert_eq!(store.recover(10).expect("recover"), model.recovered(10));
+}
+
+#[test]
+fn the_space_reserve_is_set_aside_at_open_and_given_up_for_lack_of_space_only() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let options = StoreOptions {
+        reserve_bytes: 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    let reserve = dir.path().join(reserve::RESERVE_FILE);
+    let mut store = FjallStore::open(dir.path(), options).expect("open");
+    assert_eq!(
+        std::fs::metadata(&reserve).expect("reserve").len(),
+        1024 * 1024
+    );
+    assert!(store.ready());
+    let _ = store.fail(StoreError::new(super::super::StoreErrorKind::Io, "eio"));
+    assert!(reserve.exists(), "an I/O error is no lack of space");
+    assert!(!store.ready(), "not ready while failed");
+    let _ = store.fail(StoreError::new(
+        super::super::StoreErrorKind::NoSpace,
+        "full",
+    ));
+    assert!(!reserve.exists(), "released for lack of space");
+    store.reopen().expect("reopen");
+    assert!(store.ready(), "set aside again");
+    assert!(reserve.exists());
 }
