@@ -65,8 +65,15 @@ impl VirtualDisk {
         }
     }
 
+    /// Appends a batch (not yet durable) to a disk with no write fault injected.
+    pub fn write_batch(&self, ops: &[StoreOp]) {
+        if let Err(kind) = self.try_write_batch(ops) {
+            panic!("write_batch on a disk that fails writes ({kind:?}); use try_write_batch");
+        }
+    }
+
     /// Appends a batch (not yet durable), unless writes fail: then nothing of it is kept.
-    pub fn write_batch(&self, ops: &[StoreOp]) -> Result<(), StoreErrorKind> {
+    pub fn try_write_batch(&self, ops: &[StoreOp]) -> Result<(), StoreErrorKind> {
         let mut s = self.lock();
         if let Some(kind) = s.write_fault {
             return Err(kind);
@@ -169,7 +176,7 @@ impl Store for VirtualDisk {
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        self.write_batch(ops)
+        self.try_write_batch(ops)
             .map_err(|kind| StoreError::new(kind, "simulated write failure"))
     }
 
@@ -280,11 +287,11 @@ mod tests {
     #[test]
     fn crash_keeps_synced_and_a_prefix_of_unsynced() {
         let disk = VirtualDisk::new();
-        disk.write_batch(&vhost("a")).unwrap();
+        disk.write_batch(&vhost("a"));
         disk.begin_sync();
-        disk.write_batch(&vhost("b")).unwrap();
+        disk.write_batch(&vhost("b"));
         disk.complete_sync();
-        disk.write_batch(&vhost("c")).unwrap();
+        disk.write_batch(&vhost("c"));
         assert_eq!(disk.recovered().vhosts, ["a"]);
         let out = disk.crash(1);
         assert_eq!(out, CrashOutcome { kept: 1, lost: 1 });
@@ -294,14 +301,17 @@ mod tests {
     #[test]
     fn a_failed_write_keeps_nothing_and_loses_nothing() {
         let disk = VirtualDisk::new();
-        disk.write_batch(&vhost("a")).unwrap();
+        disk.write_batch(&vhost("a"));
         disk.set_write_fault(Some(StoreErrorKind::NoSpace));
-        assert_eq!(disk.write_batch(&vhost("b")), Err(StoreErrorKind::NoSpace));
+        assert_eq!(
+            disk.try_write_batch(&vhost("b")),
+            Err(StoreErrorKind::NoSpace)
+        );
         let mut store = disk.clone();
         assert!(store.reopen().is_err(), "still failing");
         disk.set_write_fault(None);
         assert_eq!(store.reopen().unwrap(), 1, "a is held");
-        disk.write_batch(&vhost("b")).unwrap();
+        disk.write_batch(&vhost("b"));
         disk.begin_sync();
         disk.complete_sync();
         assert_eq!(disk.recovered().vhosts, ["a", "b"]);

@@ -642,7 +642,7 @@ impl World {
         let now = self.now_ms;
         while let Some(job) = self.held.pop_front() {
             match job {
-                HeldJob::Write(batch, ops) => match self.disk.write_batch(&ops) {
+                HeldJob::Write(batch, ops) => match self.disk.try_write_batch(&ops) {
                     Ok(()) => {
                         self.last_written = batch;
                         self.mix(b"persist", &batch.to_le_bytes());

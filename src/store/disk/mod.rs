@@ -89,8 +89,8 @@
 //! At open the store sets aside a reserve file of [`StoreOptions::reserve_bytes`] in its
 //! directory (allocated, not sparse). A write that fails for lack of space deletes it, so
 //! that the writes the broker still makes while it refuses publishes (acks, paging) find
-//! room; [`Store::ready`] allocates it again, and answers true only once it could, with as
-//! much space again left free.
+//! room; [`Store::ready`] allocates it again once twice its size is free, and answers true
+//! only then.
 //!
 //! After a failed `fdatasync` the kernel may have dropped the pages it could not write
 //! while the reopened journal reads back from its cache, so a batch counted as held can
@@ -657,10 +657,15 @@ impl Store for FjallStore {
         if self.failed.is_some() {
             return false;
         }
-        // As much space again must be free, or the first publishes would fill the disk
-        // again at once.
-        self.reserve.restore().is_ok()
-            && reserve::free_bytes(&self.dir).is_none_or(|free| free >= self.options.reserve_bytes)
+        // As much space again as the reserve must be free besides it, or the first
+        // publishes would fill the disk again at once. The reserve is set aside only then,
+        // so that until then the space stays for acks and paging.
+        let wanted = self.options.reserve_bytes;
+        let free = reserve::free_bytes(&self.dir);
+        if self.reserve.is_held() {
+            return free.is_none_or(|free| free >= wanted);
+        }
+        free.is_none_or(|free| free >= wanted.saturating_mul(2)) && self.reserve.restore().is_ok()
     }
 }
 
