@@ -205,6 +205,56 @@ fn missed_heartbeats_close_a_consumer_whose_socket_is_full() {
     assert!(closed_within(&mut stuck.stream, Duration::from_secs(5)));
 }
 
+/// Whether the TCP socket bound to local `port` is still established (Linux).
+fn established(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
+    })
+}
+
+#[test]
+fn a_close_that_a_stuck_peer_never_reads_still_ends_its_connection() {
+    // The send timeout is far away: only the close deadline can end it in time.
+    let (server, _config) = start("send_timeout_ms = 60000\n");
+    let mut publisher = RawClient::open(server.port);
+    publisher.open_channel(1);
+    declare(&mut publisher, "closing");
+    publish_confirmed(&mut publisher, "closing", 400);
+    let stuck = stuck_consumer(server.port, "closing", 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let port = stuck.stream.local_addr().unwrap().port();
+    assert!(established(port));
+
+    // The broker closes it; the connection.close waits behind what the peer never reads.
+    let name = format!("127.0.0.1:{port} -> 127.0.0.1:{}", server.port);
+    let start = Instant::now();
+    server.ctl_ok(&["close_connection", &name, "go away"]);
+    while established(port) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stuck socket was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "stuck socket dropped {:?} after its close (close timeout 3 s)",
+        start.elapsed()
+    );
+    let mut bystander = RawClient::open(server.port);
+    bystander.open_channel(1);
+    consume(&mut bystander, "closing", "bystander");
+    let (got, redelivered) = drain(
+        &mut bystander,
+        400,
+        Instant::now() + Duration::from_secs(10),
+    );
+    assert_eq!(got, 400);
+    assert!(redelivered > 0);
+}
+
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_timed_out() {
     let (server, _config) = start("send_timeout_ms = 1500\n");

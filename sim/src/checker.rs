@@ -529,12 +529,11 @@ impl Model {
                 .any(|n| self.queues.get(n).is_some_and(|q| q.durable));
         if refused {
             // The broker refuses (nacks) what it would have to store while the store fails.
-            if let Some(seq) = seq {
-                if let Some((_, pending)) =
+            if let Some(seq) = seq
+                && let Some((_, pending)) =
                     self.chan(conn, channel).and_then(|c| c.confirm.as_mut())
-                {
-                    pending.insert(seq, (key, Outcome::Nack));
-                }
+            {
+                pending.insert(seq, (key, Outcome::Nack));
             }
             return Ok(());
         }

@@ -234,9 +234,7 @@ impl DiskFaults {
 
     /// Makes the due change and schedules the one after; returns what writes do now.
     pub fn change(&mut self, now_ms: u64) -> Option<StoreErrorKind> {
-        let Some((_, fault)) = self.next.take() else {
-            return None;
-        };
+        let (_, fault) = self.next.take()?;
         match fault {
             Some(_) => {
                 let (lo, hi) = self.window_ms;

@@ -144,6 +144,7 @@ pub async fn run(
     // madsim's simulated stream has no owned halves.
     #[cfg(madsim)]
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let close_timeout = Duration::from_millis(config.close_timeout_ms);
     let mut conn = Connection::new(config, clock.now_ms());
     let mut commands: Vec<Command> = Vec::new();
     let mut produced: Vec<Bytes> = Vec::new();
@@ -256,6 +257,7 @@ pub async fn run(
             }
             _ = sleep_until(send_deadline), if send_deadline.is_some() => {
                 *conn.read_buf() = buf;
+                // The unsent bytes are dropped with the socket, below.
                 tracing::warn!(
                     conn = id,
                     %peer,
@@ -276,34 +278,26 @@ pub async fn run(
     while let Some(c) = conn.poll_command() {
         commands.push(c);
     }
-    if !commands.is_empty() {
-        if let Ok(permit) = in_flight.acquire_owned().await {
-            let _ = core
-                .send(CoreMsg::Commands {
-                    id,
-                    commands,
-                    permit,
-                })
-                .await;
-        }
+    if !commands.is_empty()
+        && let Ok(permit) = in_flight.acquire_owned().await
+    {
+        let _ = core
+            .send(CoreMsg::Commands {
+                id,
+                commands,
+                permit,
+            })
+            .await;
     }
     if !send_timed_out {
         conn.poll_transmit_chunks(&mut produced);
         out.push(produced.drain(..), 0, Instant::now());
-        // The peer gets what is left within the send timeout, counted from when it last
-        // took a byte.
-        while let Some(since) = out.stalled_since() {
-            let left = (since + settings.send_timeout).saturating_duration_since(Instant::now());
-            let written = tokio::time::timeout(left, write_some(&mut wr, &out)).await;
-            match written {
-                Ok(Ok(n)) if n > 0 => out.advance(n, Instant::now()),
-                _ => break,
-            }
-            if wr.flush().await.is_err() {
-                break;
-            }
-        }
+        flush_before_close(&mut wr, &mut out, settings.send_timeout, close_timeout).await;
+    }
+    if out.is_empty() {
         let _ = wr.shutdown().await;
+    } else {
+        abort(&wr);
     }
     drop(handshake);
     match conn.error() {
@@ -313,6 +307,40 @@ pub async fn run(
         None => tracing::debug!(conn = id, %peer, "connection closed"),
     }
 }
+
+/// Writes what is left for a closing connection, as long as the peer keeps taking bytes:
+/// it may stall for the send timeout or the close timeout, whichever is shorter, counted
+/// from when it last took one. A peer dropped for missed heartbeats or an unanswered close
+/// has stalled for longer already, and is not waited for again.
+async fn flush_before_close(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    out: &mut Outgoing,
+    send_timeout: Duration,
+    close_timeout: Duration,
+) {
+    let patience = send_timeout.min(close_timeout);
+    while let Some(since) = out.stalled_since() {
+        let left = (since + patience).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, write_some(wr, out)).await {
+            Ok(Ok(n)) if n > 0 => out.advance(n, Instant::now()),
+            _ => return,
+        }
+        if wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drops the socket with a reset instead of a FIN: the kernel would otherwise keep the
+/// unsent bytes (and the socket) for a peer that does not read them, for minutes.
+#[cfg(not(madsim))]
+fn abort(wr: &tokio::net::tcp::OwnedWriteHalf) {
+    let _ = rustix::net::sockopt::set_socket_linger(wr.as_ref(), Some(Duration::ZERO));
+}
+
+/// Under simulation a dropped socket is gone at once.
+#[cfg(madsim)]
+fn abort<W>(_: &W) {}
 
 /// Hands the core's replies to the protocol layer.
 struct Taker<'a> {

@@ -347,7 +347,6 @@ impl Refusals {
 }
 
 /// Loopback, including IPv4 loopback mapped into IPv6.
-
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
