@@ -355,3 +355,43 @@ fn is_loopback(ip: IpAddr) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepts_pause_when_out_of_descriptors_only() {
+        let mut b = AcceptBackoff::default();
+        b.failed(&std::io::Error::from_raw_os_error(
+            rustix::io::Errno::CONNABORTED.raw_os_error(),
+        ));
+        assert!(
+            b.until().is_none(),
+            "a peer that gave up is no reason to pause"
+        );
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            b.failed(&emfile);
+            assert!(b.until().is_some());
+            pauses.push(b.delay.as_millis());
+            b.resume();
+        }
+        assert_eq!(&pauses[..4], [10, 20, 40, 80], "doubling");
+        assert_eq!(pauses[9], 1000, "up to a second");
+        b.reset();
+        b.failed(&emfile);
+        assert_eq!(b.delay.as_millis(), 10, "an accepted socket starts over");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_logged_once_a_second_with_a_count() {
+        let mut r = Refusals::default();
+        assert_eq!(r.log(), Some(0));
+        assert_eq!(r.log(), None);
+        assert_eq!(r.log(), None);
+        r.last_log = r.last_log.map(|t| t - std::time::Duration::from_secs(2));
+        assert_eq!(r.log(), Some(2));
+    }
+}
