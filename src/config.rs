@@ -21,8 +21,13 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
-    /// Most client connections.
+    /// Most client connections (lowered at start if the open-file limit is too low).
     pub max_connections: Option<usize>,
+    /// A connection whose socket takes no byte for this long is closed, milliseconds.
+    pub send_timeout_ms: Option<u64>,
+    /// Most connections from one address that have not completed `connection.open`
+    /// (0: no limit).
+    pub max_handshakes_per_address: Option<usize>,
     /// Largest frame offered in connection.tune, bytes.
     pub frame_max_bytes: Option<u32>,
     /// Highest channel number offered in connection.tune.
@@ -48,6 +53,9 @@ pub struct FileConfig {
     pub memory_high_watermark: Option<f64>,
     /// Disk alarm below this many free bytes on the data directory's file system.
     pub disk_free_limit_bytes: Option<u64>,
+    /// Space the store sets aside in the data directory for the writes it makes while the
+    /// disk is full (0: none). Read by `warren serve` when it opens the store.
+    pub store_reserve_bytes: Option<u64>,
     /// Memory one queue may hold in ready messages before new ones go to the store.
     pub queue_memory_budget_bytes: Option<u64>,
     /// Memory all queues together may hold in ready messages before new ones go to the
@@ -78,7 +86,19 @@ impl FileConfig {
             config.data_dir = v;
         }
         if let Some(v) = self.max_connections {
+            if v == 0 {
+                return Err("max_connections must be at least 1".into());
+            }
             config.max_connections = v;
+        }
+        if let Some(v) = self.send_timeout_ms {
+            if v == 0 {
+                return Err("send_timeout_ms must be at least 1".into());
+            }
+            config.send_timeout_ms = v;
+        }
+        if let Some(v) = self.max_handshakes_per_address {
+            config.max_handshakes_per_address = v;
         }
         if let Some(v) = self.frame_max_bytes {
             if v < crate::proto::constants::FRAME_MIN_SIZE {
@@ -148,6 +168,22 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("amqp_prot = 1").is_err());
         let bad: FileConfig = toml::from_str("frame_max_bytes = 100").unwrap();
         assert!(bad.apply(&mut ServerConfig::default()).is_err());
+    }
+
+    #[test]
+    fn slow_peer_and_handshake_limits_are_read() {
+        let file: FileConfig = toml::from_str(
+            "send_timeout_ms = 2000\nmax_handshakes_per_address = 3\nstore_reserve_bytes = 0",
+        )
+        .unwrap();
+        assert_eq!(file.store_reserve_bytes, Some(0));
+        let mut config = ServerConfig::default();
+        assert_eq!(config.send_timeout_ms, 15_000, "RabbitMQ's default");
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.send_timeout_ms, 2000);
+        assert_eq!(config.max_handshakes_per_address, 3);
+        let zero: FileConfig = toml::from_str("send_timeout_ms = 0").unwrap();
+        assert!(zero.apply(&mut ServerConfig::default()).is_err());
     }
 
     #[test]

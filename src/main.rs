@@ -34,7 +34,8 @@ enum Command {
 /// defaults.
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// TOML config file (see README for its keys).
+    /// TOML config file (see README for its keys: limits, send timeout, handshakes per
+    /// address, store reserve, alarms).
     #[arg(long, env = "WARREN_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: :: (all IPv6 and IPv4 addresses)].
@@ -46,7 +47,8 @@ struct ServeArgs {
     /// Management HTTP port [default: 15672].
     #[arg(long, env = "WARREN_HTTP_PORT")]
     http_port: Option<u16>,
-    /// Directory for durable state [default: $XDG_DATA_HOME/warren or ~/.local/share/warren].
+    /// Directory for durable state, created with mode 0700 [default: $XDG_DATA_HOME/warren
+    /// or ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// When publisher confirms go out: "batch" waits for fdatasync (survives power loss),
@@ -118,6 +120,7 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     if let Some(path) = &args.config {
         let file = FileConfig::load(path)?;
         store.sync = file.sync.unwrap_or(store.sync);
+        store.reserve_bytes = file.store_reserve_bytes.unwrap_or(store.reserve_bytes);
         file.apply(&mut config)?;
     }
     if let Some(v) = args.sync {
@@ -145,18 +148,22 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let (config, store_options) = match server_config(&args) {
+    let (mut config, mut store_options) = match server_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("warren: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+    if let Err(e) = create_data_dir(&config.data_dir) {
         eprintln!(
             "warren: cannot create data directory {}: {e}",
             config.data_dir.display()
         );
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = fit_descriptors(&mut config, &mut store_options) {
+        eprintln!("warren: {e}");
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -192,6 +199,53 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Creates the data directory (and missing parents) readable by the broker's user only:
+/// it holds the messages and the node file's admin token. An existing directory keeps its
+/// mode.
+fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Raises the open-file limit to the hard limit and fits the connection limit and the
+/// store's open files under it; logs what was chosen.
+fn fit_descriptors(config: &mut ServerConfig, store: &mut StoreOptions) -> Result<(), String> {
+    use warren::server::descriptors;
+    let open_files = descriptors::raise_open_file_limit();
+    let Some(plan) = descriptors::plan(open_files, config.max_connections, store.max_open_files)
+    else {
+        return Err(format!(
+            "the open-file limit ({}) is too low to serve any connection",
+            open_files.unwrap_or_default()
+        ));
+    };
+    // The default is lowered quietly; a limit the operator chose is lowered loudly.
+    let chosen = config.max_connections != ServerConfig::default().max_connections;
+    if plan.max_connections < config.max_connections && chosen {
+        tracing::warn!(
+            configured = config.max_connections,
+            max_connections = plan.max_connections,
+            open_file_limit = plan.open_files,
+            "max_connections lowered to fit the open-file limit"
+        );
+    }
+    tracing::info!(
+        open_file_limit = plan.open_files,
+        max_connections = plan.max_connections,
+        store_files = plan.store_files,
+        "file descriptors"
+    );
+    config.max_connections = plan.max_connections;
+    store.max_open_files = plan.store_files;
+    Ok(())
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -211,5 +265,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_directory_is_created_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a/b");
+        create_data_dir(&dir).unwrap();
+        for d in [base.path().join("a"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
+        // An existing directory is left as it is.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_data_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o750);
     }
 }

@@ -187,6 +187,8 @@ pub struct Model {
     pub now_ms: u64,
     /// What happened to each message, for violation reports.
     history: BTreeMap<MsgKey, Vec<String>>,
+    /// The broker was told the store fails: it refuses what it would have to store.
+    store_failing: bool,
 }
 
 /// The predeclared exchanges the workload may use.
@@ -222,6 +224,11 @@ impl Model {
         let mut m = Model::default();
         m.restart(recovered);
         m
+    }
+
+    /// The broker was told the store fails (`true`) or works again.
+    pub fn store_fault(&mut self, failing: bool) {
+        self.store_failing = failing;
     }
 
     /// A new broker incarnation starts from `recovered` (the state the disk returned).
@@ -520,6 +527,21 @@ impl Model {
         });
         let routes = self.route(exchange, &message.routing_key);
         self.note(key, format!("published on conn {conn} ch {channel} (confirm seq {seq:?}) persistent={persistent} routes={routes:?} batch={}", self.next_batch));
+        let refused = self.store_failing
+            && persistent
+            && routes
+                .iter()
+                .any(|n| self.queues.get(n).is_some_and(|q| q.durable));
+        if refused {
+            // The broker refuses (nacks) what it would have to store while the store fails.
+            if let Some(seq) = seq
+                && let Some((_, pending)) =
+                    self.chan(conn, channel).and_then(|c| c.confirm.as_mut())
+            {
+                pending.insert(seq, (key, Outcome::Nack));
+            }
+            return Ok(());
+        }
         let mut rejected = false;
         let mut stored = false;
         let batch = self.next_batch;

@@ -5,11 +5,20 @@
 //!
 //! The disk is shared (`Arc<Mutex<_>>`) so that a broker can be dropped and rebuilt from
 //! it, and so that the madsim test can hand a clone to `warren::server::serve`.
+//!
+//! Writes can be made to fail ([`VirtualDisk::set_write_fault`]), as a full or failing
+//! disk fails them: a failed write keeps nothing of its batch, and the batches written
+//! before it stay as they were.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use warren::store::memory::MemoryState;
-use warren::store::{HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreOp};
+use warren::store::{
+    HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreErrorKind, StoreOp,
+};
 
 /// What the disk holds.
 #[derive(Debug, Default)]
@@ -24,6 +33,8 @@ pub struct DiskState {
     unsynced: Vec<Vec<StoreOp>>,
     /// Unsynced batches a sync in progress covers (the first `syncing` of `unsynced`).
     syncing: usize,
+    /// Writes fail with this error while it is set.
+    write_fault: Option<StoreErrorKind>,
 }
 
 /// A handle on the shared virtual disk.
@@ -56,13 +67,29 @@ impl VirtualDisk {
         }
     }
 
-    /// Appends a batch (not yet durable).
+    /// Appends a batch (not yet durable) to a disk with no write fault injected.
     pub fn write_batch(&self, ops: &[StoreOp]) {
+        if let Err(kind) = self.try_write_batch(ops) {
+            panic!("write_batch on a disk that fails writes ({kind:?}); use try_write_batch");
+        }
+    }
+
+    /// Appends a batch (not yet durable), unless writes fail: then nothing of it is kept.
+    pub fn try_write_batch(&self, ops: &[StoreOp]) -> Result<(), StoreErrorKind> {
         let mut s = self.lock();
+        if let Some(kind) = s.write_fault {
+            return Err(kind);
+        }
         for op in ops {
             s.visible.apply(op);
         }
         s.unsynced.push(ops.to_vec());
+        Ok(())
+    }
+
+    /// Makes writes fail with `fault` from now on, or work again (`None`).
+    pub fn set_write_fault(&self, fault: Option<StoreErrorKind>) {
+        self.lock().write_fault = fault;
     }
 
     /// A read of a queue's entries, seeing every batch written.
@@ -151,14 +178,101 @@ impl Store for VirtualDisk {
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        self.write_batch(ops);
-        Ok(())
+        self.try_write_batch(ops)
+            .map_err(|kind| StoreError::new(kind, "simulated write failure"))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
         self.begin_sync();
         self.complete_sync();
         Ok(())
+    }
+
+    fn reopen(&mut self) -> Result<usize, StoreError> {
+        // A failed write kept nothing and lost nothing: every batch written since the last
+        // sync is held.
+        let s = self.lock();
+        match s.write_fault {
+            Some(kind) => Err(StoreError::new(kind, "simulated disk still failing")),
+            None => Ok(s.unsynced.len()),
+        }
+    }
+}
+
+/// A seed's schedule of disk failures: windows during which every write fails, with no
+/// space left or with an I/O error. A quarter of the seeds have them.
+#[derive(Debug, Clone)]
+pub struct DiskFaults {
+    rng: SmallRng,
+    /// Mean virtual time between windows; `None`: this seed's disk never fails.
+    mean_gap_ms: Option<u64>,
+    /// How long a window lasts.
+    window_ms: (u64, u64),
+    /// The next change: when, and what writes do from then on.
+    next: Option<(u64, Option<StoreErrorKind>)>,
+}
+
+impl DiskFaults {
+    /// The schedule drawn from `seed` (a stream of its own, so that the other draws of a
+    /// seed stay as they were).
+    pub fn generate(seed: u64) -> DiskFaults {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mean_gap_ms = [None, None, None, Some(800), Some(3_000)][rng.gen_range(0..5)];
+        let window_ms = [(1, 50), (20, 400), (200, 2_000)][rng.gen_range(0..3)];
+        let mut faults = DiskFaults {
+            rng,
+            mean_gap_ms,
+            window_ms,
+            next: None,
+        };
+        faults.schedule_start(0);
+        faults
+    }
+
+    /// When the next change is due.
+    pub fn next_change_ms(&self) -> Option<u64> {
+        self.next.map(|(at, _)| at)
+    }
+
+    /// Makes the due change and schedules the one after; returns what writes do now.
+    pub fn change(&mut self, now_ms: u64) -> Option<StoreErrorKind> {
+        let (_, fault) = self.next.take()?;
+        match fault {
+            Some(_) => {
+                let (lo, hi) = self.window_ms;
+                self.next = Some((now_ms + self.rng.gen_range(lo..=hi), None));
+            }
+            None => self.schedule_start(now_ms),
+        }
+        fault
+    }
+
+    /// No more failures (the liveness phase).
+    pub fn stop(&mut self) {
+        self.mean_gap_ms = None;
+        self.next = None;
+    }
+
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        match self.mean_gap_ms {
+            None => "disk_faults=off".into(),
+            Some(gap) => format!("disk_faults=every~{gap}ms for {:?}ms", self.window_ms),
+        }
+    }
+
+    fn schedule_start(&mut self, now_ms: u64) {
+        self.next = self.mean_gap_ms.map(|mean| {
+            // Exponential inter-arrival times.
+            let u: f64 = self.rng.gen_range(0.0001..1.0);
+            let at = now_ms + (-(u.ln()) * mean as f64) as u64 + 1;
+            let kind = if self.rng.gen_bool(0.5) {
+                StoreErrorKind::NoSpace
+            } else {
+                StoreErrorKind::Io
+            };
+            (at, Some(kind))
+        });
     }
 }
 
@@ -181,6 +295,25 @@ mod tests {
         assert_eq!(disk.recovered().vhosts, ["a"]);
         let out = disk.crash(1);
         assert_eq!(out, CrashOutcome { kept: 1, lost: 1 });
+        assert_eq!(disk.recovered().vhosts, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_nothing_and_loses_nothing() {
+        let disk = VirtualDisk::new();
+        disk.write_batch(&vhost("a"));
+        disk.set_write_fault(Some(StoreErrorKind::NoSpace));
+        assert_eq!(
+            disk.try_write_batch(&vhost("b")),
+            Err(StoreErrorKind::NoSpace)
+        );
+        let mut store = disk.clone();
+        assert!(store.reopen().is_err(), "still failing");
+        disk.set_write_fault(None);
+        assert_eq!(store.reopen().unwrap(), 1, "a is held");
+        disk.write_batch(&vhost("b"));
+        disk.begin_sync();
+        disk.complete_sync();
         assert_eq!(disk.recovered().vhosts, ["a", "b"]);
     }
 }

@@ -6,25 +6,30 @@
 //! of inputs, replies go back through the connection's protocol state machine, store
 //! batches go to the disk, and `handle_persisted` follows each completed sync (several
 //! batches per sync: group commit). `Command::Drained` reports reply bytes the client read.
+//! When the disk fails a write (its seed's [`DiskFaults`]), the broker hears it through
+//! `handle_store_failed`, the batch and every store job behind it are held and written
+//! again in order every [`STORE_RETRY_MS`], and `handle_store_recovered` follows once the
+//! disk works and nothing is held, as the tokio driver's storage worker does.
 //!
 //! Each step picks one due event at random (a chunk of bytes on some pipe, a client
 //! action, a sync completing, a drain of the broker's outputs, a timer, a fault), so the
 //! traffic of different connections interleaves in a seed-determined order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use warren::broker::{Broker, BrokerConfig, ConnInfo, Output};
+use warren::broker::{Broker, BrokerConfig, ConnInfo, Output, StoreFault};
 use warren::proto::command::{Command, ConnId};
 use warren::proto::connection::{Connection, ConnectionConfig};
+use warren::store::{StoreErrorKind, StoreOp};
 
 use crate::checker::{Model, Stats, Violation};
 use crate::client::{Client, Observed, RunPhase};
-use crate::disk::VirtualDisk;
+use crate::disk::{DiskFaults, VirtualDisk};
 use crate::faults::{Faults, derive_seed};
 use crate::net::Pipe;
 use crate::workload::Spec;
@@ -120,6 +125,14 @@ pub struct World {
     disk_base: u64,
     last_written: u64,
     sync: Option<(u64, u64)>,
+    /// When the disk fails its writes.
+    disk_faults: DiskFaults,
+    /// Store jobs waiting behind a failed write, in order.
+    held: VecDeque<HeldJob>,
+    /// When the held jobs are tried again.
+    store_retry_ms: Option<u64>,
+    /// The fault the broker was told of, until it is told the store recovered.
+    store_fault: Option<StoreFault>,
     model: Model,
     trace: u64,
     steps: u64,
@@ -131,6 +144,21 @@ pub struct World {
 
 /// Most events a run may take (a guard against a livelock in the simulator).
 const MAX_STEPS: u64 = 20_000_000;
+
+/// How often writes held behind a failed one are tried again (virtual time).
+pub const STORE_RETRY_MS: u64 = 100;
+
+/// A store job held behind a failed write.
+#[derive(Debug)]
+enum HeldJob {
+    Write(u64, Vec<StoreOp>),
+    Load {
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+        epoch: u64,
+    },
+}
 
 impl World {
     /// The world of `seed`.
@@ -192,6 +220,10 @@ impl World {
             disk_base: 0,
             last_written: 0,
             sync: None,
+            disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
+            held: VecDeque::new(),
+            store_retry_ms: None,
+            store_fault: None,
             model,
             trace: 0xcbf2_9ce4_8422_2325,
             steps: 0,
@@ -281,6 +313,11 @@ impl World {
     fn heal(&mut self) {
         self.phase = RunPhase::Liveness;
         self.next_crash_ms = None;
+        self.disk_faults.stop();
+        self.disk.set_write_fault(None);
+        if self.store_fault.is_some() || !self.held.is_empty() {
+            self.store_retry_ms = Some(self.now_ms);
+        }
         if self.restart_at_ms.is_some() {
             self.restart_at_ms = Some(self.now_ms);
         }
@@ -290,6 +327,8 @@ impl World {
     fn quiescent(&self) -> bool {
         !self.dirty
             && self.sync.is_none()
+            && self.held.is_empty()
+            && self.store_fault.is_none()
             && self
                 .links
                 .values()
@@ -325,6 +364,12 @@ impl World {
         }
         if self.sync.is_some_and(|(t, _)| t <= now) {
             due.push(Event::SyncDone);
+        }
+        if self.disk_faults.next_change_ms().is_some_and(|t| t <= now) {
+            due.push(Event::DiskFault);
+        }
+        if self.broker.is_some() && self.store_retry_ms.is_some_and(|t| t <= now) {
+            due.push(Event::StoreRetry);
         }
         if let Some(b) = &self.broker {
             if b.poll_timeout().is_some_and(|t| t <= now) {
@@ -367,6 +412,10 @@ impl World {
             times.extend(self.next_crash_ms.filter(|t| !waiting || *t > self.now_ms));
         }
         times.extend(self.sync.map(|(t, _)| t));
+        times.extend(self.disk_faults.next_change_ms());
+        if self.broker.is_some() {
+            times.extend(self.store_retry_ms);
+        }
         if let Some(b) = &self.broker {
             times.extend(b.poll_timeout());
         }
@@ -399,6 +448,16 @@ impl World {
             }
             Event::Crash => self.crash(),
             Event::SyncDone => self.sync_done(),
+            Event::DiskFault => {
+                let fault = self.disk_faults.change(self.now_ms);
+                self.disk.set_write_fault(fault);
+                self.mix(b"disk fault", &[fault.map_or(0, |k| k as u8 + 1)]);
+                if fault.is_none() && (self.store_fault.is_some() || !self.held.is_empty()) {
+                    self.store_retry_ms = Some(self.now_ms);
+                }
+                Ok(())
+            }
+            Event::StoreRetry => self.store_retry(),
             Event::BrokerTimer => {
                 let now = self.now_ms;
                 if let Some(b) = self.broker.as_mut() {
@@ -440,6 +499,12 @@ impl World {
         self.broker = None;
         self.dirty = false;
         self.sync = None;
+        // Held jobs die with the process, never written; the next broker hears of a
+        // failing disk when its own first write fails.
+        self.held.clear();
+        self.store_retry_ms = None;
+        self.store_fault = None;
+        self.model.store_fault(false);
         // Every connection dies with the process; bytes in flight are lost.
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
@@ -520,9 +585,8 @@ impl World {
             match o {
                 Output::Persist { batch, ops } => {
                     self.model.persist(batch)?;
-                    self.disk.write_batch(&ops);
-                    self.last_written = batch;
-                    self.mix(b"persist", &batch.to_le_bytes());
+                    self.held.push_back(HeldJob::Write(batch, ops));
+                    self.run_store_jobs();
                 }
                 Output::Load {
                     queue,
@@ -530,17 +594,15 @@ impl World {
                     max,
                     epoch,
                 } => {
-                    // Reads are served at once; the next drain sees what they brought.
-                    let entries = self.disk.load(queue, from_seq, max);
-                    self.loads += 1;
-                    self.mix(
-                        b"load",
-                        &[queue.to_le_bytes(), from_seq.to_le_bytes()].concat(),
-                    );
-                    if let Some(b) = self.broker.as_mut() {
-                        b.handle_loaded(queue, epoch, entries, now);
-                        self.dirty = true;
-                    }
+                    // Reads are served at once (after the writes held before them); the
+                    // next drain sees what they brought.
+                    self.held.push_back(HeldJob::Load {
+                        queue,
+                        from_seq,
+                        max,
+                        epoch,
+                    });
+                    self.run_store_jobs();
                 }
                 Output::Replies { conn, replies } => {
                     let Some((id, link)) = self.links.iter_mut().find(|(_, l)| l.conn == conn)
@@ -563,6 +625,88 @@ impl World {
             b.check_invariants();
             self.model.compare(b)?;
         }
+        Ok(())
+    }
+
+    /// Does the store jobs in order until one fails; unless one is already waiting for a
+    /// retry, which the later ones wait behind.
+    fn run_store_jobs(&mut self) {
+        if self.store_retry_ms.is_none() {
+            self.do_store_jobs();
+        }
+    }
+
+    fn do_store_jobs(&mut self) {
+        let now = self.now_ms;
+        while let Some(job) = self.held.pop_front() {
+            match job {
+                HeldJob::Write(batch, ops) => match self.disk.try_write_batch(&ops) {
+                    Ok(()) => {
+                        self.last_written = batch;
+                        self.mix(b"persist", &batch.to_le_bytes());
+                    }
+                    Err(kind) => {
+                        self.held.push_front(HeldJob::Write(batch, ops));
+                        self.store_failed(kind);
+                        return;
+                    }
+                },
+                HeldJob::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    epoch,
+                } => {
+                    let entries = self.disk.load(queue, from_seq, max);
+                    self.loads += 1;
+                    self.mix(
+                        b"load",
+                        &[queue.to_le_bytes(), from_seq.to_le_bytes()].concat(),
+                    );
+                    if let Some(b) = self.broker.as_mut() {
+                        b.handle_loaded(queue, epoch, entries, now);
+                        self.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A write failed: the broker hears of it (again only if the kind changed), and the
+    /// held jobs are tried again later.
+    fn store_failed(&mut self, kind: StoreErrorKind) {
+        let fault = match kind {
+            StoreErrorKind::NoSpace => StoreFault::NoSpace,
+            StoreErrorKind::Io | StoreErrorKind::Other => StoreFault::Io,
+        };
+        self.store_retry_ms = Some(self.now_ms + STORE_RETRY_MS);
+        if self.store_fault == Some(fault) {
+            return;
+        }
+        self.store_fault = Some(fault);
+        self.model.store_fault(true);
+        let now = self.now_ms;
+        if let Some(b) = self.broker.as_mut() {
+            b.handle_store_failed(fault, now);
+            self.dirty = true;
+        }
+        self.mix(b"store failed", &[fault as u8]);
+    }
+
+    /// Tries the held jobs again; once none is left, the broker takes publishes again.
+    fn store_retry(&mut self) -> Result<(), Violation> {
+        self.store_retry_ms = None;
+        self.do_store_jobs();
+        if self.held.is_empty() && self.store_fault.take().is_some() {
+            self.model.store_fault(false);
+            let now = self.now_ms;
+            if let Some(b) = self.broker.as_mut() {
+                b.handle_store_recovered(now);
+                self.dirty = true;
+            }
+            self.mix(b"store recovered", &[]);
+        }
+        self.start_sync();
         Ok(())
     }
 
@@ -862,6 +1006,8 @@ enum Event {
     Crash,
     SyncDone,
     BrokerTimer,
+    DiskFault,
+    StoreRetry,
     ToServer(u64),
     ToClient(u64),
     ConnTimer(u64),

@@ -2,11 +2,21 @@
 //! free disk space below its limit, connections that publish are blocked
 //! (`connection.blocked` to clients that understand it, and their input is no longer
 //! read); consumers keep draining. When every alarm clears they are unblocked.
+//!
+//! A failing store raises one more: from [`Broker::handle_store_failed`] until
+//! [`Broker::handle_store_recovered`], publishers are blocked the same way and a publish
+//! that would have to be stored (a persistent message reaching a durable queue) is refused
+//! (`basic.nack` in confirm mode) instead of being confirmed late or not at all. Everything
+//! else goes on: consumers are served and their acks are written as the store allows.
+//! Batches already handed to the driver are retried by it, in order; the confirms that
+//! depend on them wait for [`Broker::handle_persisted`] as always, so nothing is confirmed
+//! that is not on disk.
 
-use crate::proto::command::ConnId;
+use crate::proto::command::{ConnId, Message};
 use crate::proto::method::{ConnectionBlocked, ConnectionUnblocked, Method};
 
 use super::Broker;
+use super::exchange::QueueId;
 
 /// A watched resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,14 +25,35 @@ pub enum Resource {
     Memory,
     /// Free disk space fell below the limit.
     Disk,
+    /// The store fails its writes.
+    Store,
 }
 
 impl Resource {
-    /// RabbitMQ's name, as in `/api/health/checks/alarms`.
+    /// RabbitMQ's name, as in `/api/health/checks/alarms` (`store` is warren's own).
     pub fn as_str(self) -> &'static str {
         match self {
             Resource::Memory => "memory",
             Resource::Disk => "disk",
+            Resource::Store => "store",
+        }
+    }
+}
+
+/// Why the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// The disk is full.
+    NoSpace,
+    /// The disk fails writes (or reads) for another reason.
+    Io,
+}
+
+impl StoreFault {
+    fn reason(self) -> &'static str {
+        match self {
+            StoreFault::NoSpace => "store out of disk space",
+            StoreFault::Io => "store failing I/O",
         }
     }
 }
@@ -64,6 +95,38 @@ impl Broker {
         self.alarms.iter().copied()
     }
 
+    /// The store failed a write, a sync or a read: publishes that need it are refused and
+    /// publishers blocked until [`Broker::handle_store_recovered`]. The driver keeps the
+    /// batches it was given and writes them again, in order; a fault reported again (the
+    /// retry failed too) changes only its kind.
+    pub fn handle_store_failed(&mut self, fault: StoreFault, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.store_fault = Some(fault);
+        self.handle_alarm(Resource::Store, true, now_ms);
+    }
+
+    /// The store writes again and has room: publishes are taken again.
+    pub fn handle_store_recovered(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.store_fault = None;
+        self.handle_alarm(Resource::Store, false, now_ms);
+    }
+
+    /// The store fault in force, if any.
+    pub fn store_fault(&self) -> Option<StoreFault> {
+        self.store_fault
+    }
+
+    /// Whether a publish of `message` to `queues` must be refused because it would need
+    /// the failing store.
+    pub(super) fn store_refuses(&self, queues: &[QueueId], message: &Message) -> bool {
+        self.store_fault.is_some()
+            && message.is_persistent()
+            && queues
+                .iter()
+                .any(|q| self.queues.get(q).is_some_and(|q| q.durable))
+    }
+
     /// Called after a connection published: blocks it if an alarm is in force.
     pub(super) fn note_publisher(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -75,15 +138,30 @@ impl Broker {
         }
     }
 
-    fn block(&mut self, conn: ConnId) {
-        let reason = match (
+    /// The text of `connection.blocked`: RabbitMQ's for memory and disk, then the store's.
+    fn block_reason(&self) -> String {
+        let low = match (
             self.alarms.contains(&Resource::Memory),
             self.alarms.contains(&Resource::Disk),
         ) {
-            (true, true) => "low on memory & disk",
-            (true, false) => "low on memory",
-            _ => "low on disk",
+            (true, true) => Some("low on memory & disk"),
+            (true, false) => Some("low on memory"),
+            (false, true) => Some("low on disk"),
+            (false, false) => None,
         };
+        let store = self
+            .store_fault
+            .filter(|_| self.alarms.contains(&Resource::Store))
+            .map(StoreFault::reason);
+        match (low, store) {
+            (Some(low), Some(store)) => format!("{low}; {store}"),
+            (Some(one), None) | (None, Some(one)) => one.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn block(&mut self, conn: ConnId) {
+        let reason = self.block_reason();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -93,9 +171,7 @@ impl Broker {
             self.send_method(
                 conn,
                 0,
-                Method::ConnectionBlocked(ConnectionBlocked {
-                    reason: reason.to_string(),
-                }),
+                Method::ConnectionBlocked(ConnectionBlocked { reason }),
             );
         }
         self.set_paused(conn, super::flow::PAUSED_BY_ALARM, true);
@@ -168,6 +244,68 @@ mod tests {
         b.handle_command(conn, Command::OpenVhost { vhost: "/".into() }, 0);
         b.handle_command(conn, Command::ChannelOpen { channel: 1 }, 0);
         replies(b);
+    }
+
+    fn method(b: &mut Broker, conn: ConnId, method: Method) {
+        b.handle_command(conn, Command::Method { channel: 1, method }, 0);
+    }
+
+    fn publish_to(b: &mut Broker, conn: ConnId, queue: &str, persistent: bool) {
+        let properties = BasicProperties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        };
+        let message = Arc::new(Message {
+            exchange: String::new(),
+            routing_key: queue.into(),
+            properties,
+            body: Bytes::from_static(b"x"),
+        });
+        let publish = BasicPublish {
+            routing_key: queue.into(),
+            ..Default::default()
+        };
+        b.handle_command(
+            conn,
+            Command::Publish {
+                channel: 1,
+                publish,
+                message,
+            },
+            0,
+        );
+    }
+
+    /// Drains the outputs like a driver whose store takes batches but has not synced
+    /// them: returns the replies and the numbers of the batches emitted.
+    fn outputs(b: &mut Broker) -> (Vec<Reply>, Vec<u64>) {
+        let mut replies = Vec::new();
+        let mut batches = Vec::new();
+        while let Some(o) = b.poll_output() {
+            match o {
+                Output::Replies { replies: r, .. } => replies.extend(r),
+                Output::Persist { batch, .. } => batches.push(batch),
+                Output::Load { .. } => panic!("nothing is paged here"),
+            }
+        }
+        (replies, batches)
+    }
+
+    fn confirms(replies: &[Reply]) -> Vec<(bool, u64)> {
+        replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Method {
+                    method: Method::BasicAck(a),
+                    ..
+                } => Some((true, a.delivery_tag)),
+                Reply::Method {
+                    method: Method::BasicNack(n),
+                    ..
+                } => Some((false, n.delivery_tag)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn publish(b: &mut Broker, conn: ConnId) {
@@ -249,5 +387,139 @@ mod tests {
             3
         );
         assert_eq!(b.alarms().count(), 0);
+    }
+
+    #[test]
+    fn a_failing_store_refuses_what_it_would_have_to_store_and_confirms_nothing_unsynced() {
+        use crate::proto::method::{BasicConsume, ConfirmSelect, QueueDeclare};
+        let mut b = Broker::new(BrokerConfig::default(), 1, Recovered::default());
+        open(&mut b, 1, true);
+        open(&mut b, 2, true);
+        for (queue, durable) in [("durable", true), ("transient", false)] {
+            method(
+                &mut b,
+                1,
+                Method::QueueDeclare(QueueDeclare {
+                    queue: queue.into(),
+                    durable,
+                    ..Default::default()
+                }),
+            );
+        }
+        method(
+            &mut b,
+            1,
+            Method::ConfirmSelect(ConfirmSelect { nowait: false }),
+        );
+        // Two stored messages for the consumer, in a batch the store has not synced yet.
+        publish_to(&mut b, 1, "durable", true);
+        publish_to(&mut b, 1, "durable", true);
+        let (got, batches) = outputs(&mut b);
+        assert!(confirms(&got).is_empty(), "not synced, not confirmed");
+        let before = *batches.last().expect("a batch for the durable queue");
+
+        b.handle_store_failed(StoreFault::NoSpace, 10);
+        assert_eq!(b.store_fault(), Some(StoreFault::NoSpace));
+        assert!(b.alarms().any(|a| a == Resource::Store));
+        let (got, _) = outputs(&mut b);
+        assert!(
+            got.contains(&Reply::Method {
+                channel: 0,
+                method: Method::ConnectionBlocked(ConnectionBlocked {
+                    reason: "store out of disk space".into()
+                }),
+            }),
+            "the publisher is blocked with the reason: {got:?}"
+        );
+        assert!(confirms(&got).is_empty(), "the failure confirms nothing");
+
+        // A persistent message for a durable queue is refused; others are taken.
+        publish_to(&mut b, 1, "durable", true);
+        publish_to(&mut b, 1, "durable", false);
+        publish_to(&mut b, 1, "transient", true);
+        let (got, batches) = outputs(&mut b);
+        assert!(
+            confirms(&got).is_empty(),
+            "confirms go out in order, behind the unsynced ones"
+        );
+        assert!(batches.is_empty(), "nothing to store");
+        assert_eq!(b.queue("/", "durable").map(|q| q.ready_count()), Some(3));
+
+        // Consumers are served, and their acks still go to the store.
+        method(
+            &mut b,
+            2,
+            Method::BasicConsume(BasicConsume {
+                queue: "durable".into(),
+                consumer_tag: "c".into(),
+                ..Default::default()
+            }),
+        );
+        let (got, _) = outputs(&mut b);
+        let delivered = got
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Reply::Content {
+                        method: Method::BasicDeliver(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(delivered, 3);
+        method(
+            &mut b,
+            2,
+            Method::BasicAck(crate::proto::method::BasicAck {
+                delivery_tag: 3,
+                multiple: true,
+            }),
+        );
+        let (_, batches) = outputs(&mut b);
+        assert_eq!(batches.len(), 1, "the acks of stored messages are written");
+
+        // The retried batch is synced: its confirms go out, then those behind them; the
+        // fault still holds.
+        b.handle_persisted(before);
+        let (got, _) = outputs(&mut b);
+        assert_eq!(confirms(&got), [(true, 2), (false, 3), (true, 5)]);
+        publish_to(&mut b, 1, "durable", true);
+        let (got, _) = outputs(&mut b);
+        assert_eq!(confirms(&got), [(false, 6)]);
+
+        b.handle_store_recovered(20);
+        assert_eq!(b.store_fault(), None);
+        let (got, _) = outputs(&mut b);
+        assert!(got.contains(&Reply::Method {
+            channel: 0,
+            method: Method::ConnectionUnblocked(ConnectionUnblocked {}),
+        }));
+        publish_to(&mut b, 1, "durable", true);
+        let (got, batches) = outputs(&mut b);
+        assert!(
+            confirms(&got).is_empty() && batches.len() == 1,
+            "stored again"
+        );
+        b.check_invariants();
+    }
+
+    #[test]
+    fn the_block_reason_names_every_alarm() {
+        let mut b = Broker::new(BrokerConfig::default(), 1, Recovered::default());
+        open(&mut b, 1, true);
+        publish(&mut b, 1);
+        replies(&mut b);
+        b.handle_alarm(Resource::Disk, true, 1);
+        b.handle_store_failed(StoreFault::Io, 2);
+        assert_eq!(b.block_reason(), "low on disk; store failing I/O");
+        replies(&mut b);
+        b.handle_alarm(Resource::Disk, false, 3);
+        assert_eq!(b.block_reason(), "store failing I/O");
+        assert!(
+            replies(&mut b).is_empty(),
+            "the store alarm keeps the publisher blocked"
+        );
     }
 }

@@ -236,6 +236,9 @@ impl Broker {
     ) -> Confirm {
         let queues = self.route(vhost, &publish.exchange, &message);
         self.totals.publish += 1;
+        if self.store_refuses(&queues, &message) {
+            return Confirm::Nack;
+        }
         if queues.is_empty() {
             self.totals.unroutable += 1;
             if publish.mandatory {

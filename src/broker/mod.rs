@@ -39,7 +39,7 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-pub use alarm::Resource;
+pub use alarm::{Resource, StoreFault};
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
 pub use deadletter::{DeathReason, dead_lettered};
@@ -371,6 +371,8 @@ pub struct Broker {
     totals: MessageCounters,
     /// Resource alarms in force.
     alarms: BTreeSet<Resource>,
+    /// Why the store fails, while it does.
+    store_fault: Option<StoreFault>,
     /// Memory held by ready messages in all queues.
     meter: queue::MemoryMeter,
     /// Reads of paged messages to ask the driver for.
@@ -420,6 +422,7 @@ impl Broker {
             app_running: true,
             totals: MessageCounters::default(),
             alarms: BTreeSet::new(),
+            store_fault: None,
             meter: Default::default(),
             loads: Vec::new(),
             next_shared_id: 1,

@@ -1,19 +1,33 @@
 //! The task driving one client connection: socket bytes in and out of the protocol state
 //! machine, commands to the core, replies back.
+//!
+//! Reading, writing, replies from the core and timers are branches of one `select!`, so a
+//! peer that stops reading blocks nothing else: heartbeats are still due, a missed
+//! heartbeat or an unanswered close still ends the connection, and a socket that takes no
+//! byte for the send timeout is closed. Output waiting for the socket is bounded: the
+//! broker pauses deliveries past its limit on unwritten bytes, and input is not read past
+//! [`READ_PAUSE_OUTPUT_BYTES`].
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::broker::ConnInfo;
-use crate::proto::command::{Command, ConnId};
+use crate::proto::command::{Command, ConnId, Reply};
 use crate::proto::connection::{Connection, ConnectionConfig};
+use crate::proto::method::Method;
 
 use super::Clock;
 use super::core::CoreMsg;
 use super::core::sleep_until;
+use super::handshakes::HandshakeSlot;
 
 /// Room made in the read buffer before a read. It starts small, so that an idle
 /// connection holds little, and doubles while reads fill it: up to READ_CHUNK_SMALL_FRAMES
@@ -47,15 +61,69 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// briefly (other connections' acks wait behind it).
 const MAX_COMMANDS_PER_BATCH: usize = 128;
 
+/// The driver's own settings for connection tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    /// A connection whose socket takes no byte of its pending output for this long is
+    /// closed (RabbitMQ's `send_timeout`).
+    pub send_timeout: Duration,
+}
+
+/// An accepted socket and what the listener knows of it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection id.
+    pub id: ConnId,
+    /// The socket.
+    pub stream: TcpStream,
+    /// Peer facts for the broker.
+    pub info: ConnInfo,
+    /// Its place among its address's unfinished handshakes.
+    pub handshake: HandshakeSlot,
+}
+
+/// Output waiting for the socket beyond which the connection's input is not read: a
+/// client that sends requests without reading the replies is held back by TCP instead of
+/// growing this buffer. Twice the broker's default limit on unwritten deliveries
+/// (`max_unflushed_bytes_per_connection`), so that a consumer falling behind meets that
+/// limit, which pauses deliveries only, first.
+const READ_PAUSE_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why the protocol layer is told to stop reading: the broker's reasons (alarms, flow
+/// control, a parked get) and the driver's own (too much output waiting). The protocol
+/// layer hears the union, so that the peer's silence while we do not read is not taken
+/// for missed heartbeats.
+#[derive(Debug, Default)]
+struct Pause {
+    broker: bool,
+    output: bool,
+    applied: bool,
+}
+
+impl Pause {
+    fn apply(&mut self, conn: &mut Connection, now_ms: u64) {
+        let paused = self.broker || self.output;
+        if paused != self.applied {
+            self.applied = paused;
+            conn.handle_reply(Reply::PauseReading(paused), now_ms);
+        }
+    }
+}
+
 /// Serves one connection until it closes.
 pub async fn run(
-    id: ConnId,
-    stream: TcpStream,
-    info: ConnInfo,
+    accepted: Accepted,
     config: ConnectionConfig,
+    settings: ConnSettings,
     core: mpsc::Sender<CoreMsg>,
     clock: Clock,
 ) {
+    let Accepted {
+        id,
+        stream,
+        info,
+        mut handshake,
+    } = accepted;
     let _ = stream.set_nodelay(true);
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let peer = info.peer.clone();
@@ -76,33 +144,34 @@ pub async fn run(
     // madsim's simulated stream has no owned halves.
     #[cfg(madsim)]
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let close_timeout = Duration::from_millis(config.close_timeout_ms);
     let mut conn = Connection::new(config, clock.now_ms());
     let mut commands: Vec<Command> = Vec::new();
-    // Buffers to write, reused.
-    let mut out: Vec<bytes::Bytes> = Vec::new();
+    let mut produced: Vec<Bytes> = Vec::new();
+    let mut out = Outgoing::default();
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    // Reply bytes (as the broker counts them) handed to the socket since the last report.
-    let mut written = 0usize;
+    // Reply bytes (as the broker counts them) handed to the protocol layer and not yet
+    // queued for the socket.
     let mut pending_credit = 0usize;
     // The core drops its sender once it has handled our Closed; the socket may still be
     // draining then.
     let mut replies_open = true;
     let mut read_chunk = READ_CHUNK_MIN;
+    let mut send_timed_out = false;
+    let mut pause = Pause::default();
     loop {
-        conn.poll_transmit_chunks(&mut out);
-        if !out.is_empty() {
-            // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
-            if write_chunks(&mut wr, &mut out).await.is_err() || wr.flush().await.is_err() {
-                conn.handle_eof();
-            }
-            written += std::mem::take(&mut pending_credit);
-        }
+        conn.poll_transmit_chunks(&mut produced);
+        out.push(
+            produced.drain(..),
+            std::mem::take(&mut pending_credit),
+            Instant::now(),
+        );
         while let Some(c) = conn.poll_command() {
             commands.push(c);
         }
+        let written = out.take_released();
         if written > 0 {
             commands.push(Command::Drained { bytes: written });
-            written = 0;
         }
         if !commands.is_empty() {
             while let (false, Ok(permit)) =
@@ -123,11 +192,16 @@ pub async fn run(
             break;
         }
         let deadline = conn.poll_timeout().map(|ms| clock.instant(ms));
+        let send_deadline = out.stalled_since().map(|t| t + settings.send_timeout);
+        pause.output = out.len() >= READ_PAUSE_OUTPUT_BYTES;
+        pause.apply(&mut conn, clock.now_ms());
         let reading = conn.wants_read();
         let mut buf = std::mem::take(conn.read_buf());
         buf.reserve(read_chunk);
         let room = buf.capacity() - buf.len();
         let waiting_for_core = !commands.is_empty();
+        // Writing is one branch among the others: while the peer does not read, timers,
+        // replies and the core's permits are still handled.
         tokio::select! {
             r = rd.read_buf(&mut buf), if reading && !waiting_for_core => {
                 *conn.read_buf() = buf;
@@ -140,6 +214,19 @@ pub async fn run(
                     }
                 }
             }
+            r = write_some(&mut wr, &out), if !out.is_empty() => {
+                *conn.read_buf() = buf;
+                // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
+                match r {
+                    Ok(n) if n > 0 => {
+                        out.advance(n, Instant::now());
+                        if wr.flush().await.is_err() {
+                            conn.handle_eof();
+                        }
+                    }
+                    _ => conn.handle_eof(),
+                }
+            }
             replies = reply_rx.recv(), if replies_open => {
                 *conn.read_buf() = buf;
                 let Some(replies) = replies else {
@@ -147,16 +234,17 @@ pub async fn run(
                     continue;
                 };
                 let now = clock.now_ms();
-                for r in replies {
-                    pending_credit += r.wire_size();
-                    conn.handle_reply(r, now);
-                }
+                let mut taker = Taker {
+                    conn: &mut conn,
+                    now,
+                    credit: &mut pending_credit,
+                    handshake: &mut handshake,
+                    pause: &mut pause,
+                };
+                taker.take(replies);
                 // Take whatever else is queued so it goes out in one write.
                 while let Ok(more) = reply_rx.try_recv() {
-                    for r in more {
-                        pending_credit += r.wire_size();
-                        conn.handle_reply(r, now);
-                    }
+                    taker.take(more);
                 }
             }
             // The core handled a batch: the loop sends the waiting one.
@@ -167,32 +255,51 @@ pub async fn run(
                 *conn.read_buf() = buf;
                 conn.handle_timeout(clock.now_ms());
             }
+            _ = sleep_until(send_deadline), if send_deadline.is_some() => {
+                *conn.read_buf() = buf;
+                // The unsent bytes are dropped with the socket, below.
+                tracing::warn!(
+                    conn = id,
+                    %peer,
+                    timeout_ms = settings.send_timeout.as_millis() as u64,
+                    unsent_bytes = out.len(),
+                    "closing connection: the peer read nothing for the send timeout"
+                );
+                send_timed_out = true;
+                conn.handle_eof();
+            }
             // Nothing left to wait for: the core is gone and the socket is not read.
             else => break,
         }
     }
-    // Make sure the broker hears that the connection is gone, then flush what is left.
+    // Make sure the broker hears that the connection is gone (its unacked messages go
+    // back to their queues), then flush what is left.
     conn.handle_eof();
     while let Some(c) = conn.poll_command() {
         commands.push(c);
     }
-    if !commands.is_empty() {
-        if let Ok(permit) = in_flight.acquire_owned().await {
-            let _ = core
-                .send(CoreMsg::Commands {
-                    id,
-                    commands,
-                    permit,
-                })
-                .await;
-        }
+    if !commands.is_empty()
+        && let Ok(permit) = in_flight.acquire_owned().await
+    {
+        let _ = core
+            .send(CoreMsg::Commands {
+                id,
+                commands,
+                permit,
+            })
+            .await;
     }
-    conn.poll_transmit_chunks(&mut out);
-    if !out.is_empty() {
-        let _ = write_chunks(&mut wr, &mut out).await;
-        let _ = wr.flush().await;
+    if !send_timed_out {
+        conn.poll_transmit_chunks(&mut produced);
+        out.push(produced.drain(..), 0, Instant::now());
+        flush_before_close(&mut wr, &mut out, settings.send_timeout, close_timeout).await;
     }
-    let _ = wr.shutdown().await;
+    if out.is_empty() {
+        let _ = wr.shutdown().await;
+    } else {
+        abort(&wr);
+    }
+    drop(handshake);
     match conn.error() {
         Some(e) => {
             tracing::warn!(conn = id, %peer, code = e.code, reason = %e.text, "closed connection on a protocol error")
@@ -201,39 +308,179 @@ pub async fn run(
     }
 }
 
-/// Most buffers handed to one vectored write.
-const MAX_IOVECS: usize = 64;
-
-/// Writes every buffer, in order, with vectored writes; leaves `chunks` empty.
-async fn write_chunks(
+/// Writes what is left for a closing connection, as long as the peer keeps taking bytes:
+/// it may stall for the send timeout or the close timeout, whichever is shorter, counted
+/// from when it last took one. A peer dropped for missed heartbeats or an unanswered close
+/// has stalled for longer already, and is not waited for again.
+async fn flush_before_close(
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
-    chunks: &mut Vec<bytes::Bytes>,
-) -> std::io::Result<()> {
-    use bytes::Buf;
-    let mut first = 0;
-    while first < chunks.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|c| std::io::IoSlice::new(c))
-            .collect();
-        let mut n = wr.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+    out: &mut Outgoing,
+    send_timeout: Duration,
+    close_timeout: Duration,
+) {
+    let patience = send_timeout.min(close_timeout);
+    while let Some(since) = out.stalled_since() {
+        let left = (since + patience).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, write_some(wr, out)).await {
+            Ok(Ok(n)) if n > 0 => out.advance(n, Instant::now()),
+            _ => return,
         }
-        while n > 0 && first < chunks.len() {
-            let len = chunks[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                chunks[first].advance(n);
-                n = 0;
+        if wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drops the socket with a reset instead of a FIN: the kernel would otherwise keep the
+/// unsent bytes (and the socket) for a peer that does not read them, for minutes.
+#[cfg(not(madsim))]
+fn abort(wr: &tokio::net::tcp::OwnedWriteHalf) {
+    let _ = rustix::net::sockopt::set_socket_linger(wr.as_ref(), Some(Duration::ZERO));
+}
+
+/// Under simulation a dropped socket is gone at once.
+#[cfg(madsim)]
+fn abort<W>(_: &W) {}
+
+/// Hands the core's replies to the protocol layer.
+struct Taker<'a> {
+    conn: &'a mut Connection,
+    now: u64,
+    /// Reply bytes (the broker's count) handed over.
+    credit: &'a mut usize,
+    handshake: &'a mut HandshakeSlot,
+    pause: &'a mut Pause,
+}
+
+impl Taker<'_> {
+    fn take(&mut self, replies: Vec<Reply>) {
+        for r in replies {
+            *self.credit += r.wire_size();
+            match r {
+                Reply::PauseReading(paused) => {
+                    self.pause.broker = paused;
+                    self.pause.apply(self.conn, self.now);
+                }
+                Reply::Method {
+                    method: Method::ConnectionOpenOk(_),
+                    ..
+                } => {
+                    self.handshake.complete();
+                    self.conn.handle_reply(r, self.now);
+                }
+                r => self.conn.handle_reply(r, self.now),
             }
         }
     }
-    chunks.clear();
-    Ok(())
+}
+
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// One vectored write of the front of `out`.
+async fn write_some(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    out: &Outgoing,
+) -> std::io::Result<usize> {
+    let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+    let n = out.io_slices(&mut iov);
+    wr.write_vectored(&iov[..n]).await
+}
+
+/// Bytes waiting for the socket, in order, with the broker's count of the replies they
+/// carry, released as their bytes are written (`Command::Drained`).
+#[derive(Debug, Default)]
+struct Outgoing {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    bytes: usize,
+    /// Bytes ever queued and ever written.
+    queued: u64,
+    written: u64,
+    /// Reply credit to release once `written` reaches the offset, in offset order.
+    credits: VecDeque<(u64, usize)>,
+    /// Credit whose bytes were written, not yet reported.
+    released: usize,
+    /// Since when the socket has taken no byte while output waited.
+    stalled_since: Option<Instant>,
+}
+
+impl Outgoing {
+    /// Queues `chunks`, which carry replies the broker counted as `credit` bytes.
+    fn push(&mut self, chunks: impl Iterator<Item = Bytes>, credit: usize, now: Instant) {
+        for c in chunks {
+            if !c.is_empty() {
+                self.bytes += c.len();
+                self.queued += c.len() as u64;
+                self.chunks.push_back(c);
+            }
+        }
+        if credit > 0 {
+            if self.bytes == 0 {
+                self.released += credit;
+            } else {
+                self.credits.push_back((self.queued, credit));
+            }
+        }
+        if self.bytes > 0 && self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+    }
+
+    /// `n` bytes from the front were written.
+    fn advance(&mut self, mut n: usize, now: Instant) {
+        debug_assert!(n <= self.bytes, "wrote more than was queued");
+        n = n.min(self.bytes);
+        self.bytes -= n;
+        self.written += n as u64;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        while let Some(&(at, credit)) = self.credits.front() {
+            if at > self.written {
+                break;
+            }
+            self.credits.pop_front();
+            self.released += credit;
+        }
+        self.stalled_since = (self.bytes > 0).then_some(now);
+    }
+
+    /// Credit released since the last call.
+    fn take_released(&mut self) -> usize {
+        std::mem::take(&mut self.released)
+    }
+
+    fn len(&self) -> usize {
+        self.bytes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
+    }
+
+    /// Fills `iov` with the first chunks; returns how many.
+    fn io_slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, chunk) in iov.iter_mut().zip(&self.chunks) {
+            *slot = IoSlice::new(chunk);
+            n += 1;
+        }
+        n
+    }
 }
 
 #[cfg(test)]
@@ -254,5 +501,44 @@ mod tests {
         assert_eq!(next_read_chunk(4 * K, 4 * K, 100, 0), 4 * K);
         // In between, it stays.
         assert_eq!(next_read_chunk(64 * K, 64 * K, 32 * K, 0), 64 * K);
+    }
+
+    fn chunk(n: usize) -> Bytes {
+        Bytes::from(vec![7u8; n])
+    }
+
+    #[test]
+    fn reply_credit_is_released_as_its_bytes_are_written() {
+        let t0 = Instant::now();
+        let mut out = Outgoing::default();
+        assert!(out.stalled_since().is_none());
+        out.push([chunk(10), chunk(5)].into_iter(), 64, t0);
+        out.push([chunk(20)].into_iter(), 192, t0);
+        assert_eq!((out.len(), out.stalled_since()), (35, Some(t0)));
+        // Part of the first reply's bytes: nothing released, but the socket moved.
+        let t1 = t0 + Duration::from_millis(5);
+        out.advance(12, t1);
+        assert_eq!(out.take_released(), 0);
+        assert_eq!(out.stalled_since(), Some(t1));
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        assert_eq!(out.io_slices(&mut iov), 2);
+        assert_eq!((iov[0].len(), iov[1].len()), (3, 20));
+        out.advance(3, t1);
+        assert_eq!(out.take_released(), 64);
+        out.advance(20, t1);
+        assert_eq!(out.take_released(), 192);
+        assert!(out.is_empty() && out.stalled_since().is_none());
+        // Credit for replies that wrote nothing (a pause) is released at once.
+        out.push(std::iter::empty(), 5, t1);
+        assert_eq!(out.take_released(), 5);
+        assert!(out.stalled_since().is_none());
+    }
+
+    #[test]
+    fn at_most_max_iovecs_chunks_go_to_one_write() {
+        let mut out = Outgoing::default();
+        out.push((0..100).map(|_| chunk(1)), 0, Instant::now());
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        assert_eq!(out.io_slices(&mut iov), MAX_IOVECS);
     }
 }

@@ -1,4 +1,4 @@
-//! The task that owns the broker core, and the storage worker behind it.
+//! The task that owns the broker core.
 
 use std::collections::HashMap;
 
@@ -6,10 +6,11 @@ use tokio::sync::mpsc;
 
 use crate::broker::{Broker, ConnInfo, Output};
 use crate::proto::command::{Command, ConnId, Reply};
-use crate::store::{Store, StoreOp};
+use crate::store::Store;
 
 use super::Clock;
 use super::admin::{AdminReplyTx, AdminWaiters};
+use super::storage::{self, StoreDone, StoreJob};
 
 /// Most messages the core handles before flushing outputs.
 const MAX_MESSAGES_PER_ROUND: usize = 256;
@@ -69,7 +70,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut monitor_tick = tokio::time::interval(MONITOR_INTERVAL);
     let mut alarms_on = (false, false);
-    let (persist_tx, mut persisted_rx, worker) = spawn_store_worker(store);
+    let (persist_tx, mut persisted_rx, worker) = storage::spawn(store);
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>> = HashMap::new();
     let mut closed: Vec<ConnId> = Vec::new();
     let mut admin = AdminWaiters::default();
@@ -113,8 +114,14 @@ pub async fn run(
                 Some(StoreDone::Loaded { queue, epoch, entries }) => {
                     broker.handle_loaded(queue, epoch, entries, clock.now_ms());
                 }
+                Some(StoreDone::Failed(fault)) => {
+                    broker.handle_store_failed(fault, clock.now_ms());
+                }
+                Some(StoreDone::Recovered) => {
+                    broker.handle_store_recovered(clock.now_ms());
+                }
                 None => {
-                    // The worker stopped: the store failed. Nothing more can be confirmed.
+                    // The worker is gone (it panicked). Nothing more can be confirmed.
                     open = false;
                 }
             },
@@ -215,132 +222,6 @@ fn handle(
             admin.answer(broker.handle_admin(request, now), reply);
         }
     }
-}
-
-/// Work for the store worker, in the order the core emitted it.
-enum StoreJob {
-    /// Write a batch (synced with the batches written around it).
-    Write(u64, Vec<StoreOp>),
-    /// Read a queue's paged entries.
-    Load {
-        queue: u64,
-        from_seq: u64,
-        max: usize,
-        epoch: u64,
-    },
-}
-
-/// What the store worker reports back.
-enum StoreDone {
-    /// Every batch up to this one is synced.
-    Synced(u64),
-    /// A read finished.
-    Loaded {
-        queue: u64,
-        epoch: u64,
-        entries: Vec<crate::store::LoadedEntry>,
-    },
-}
-
-type WorkerResult = Result<(), crate::store::StoreError>;
-
-/// Does one job; returns the batch written, if it was a write. Reads see every batch
-/// written before them, synced or not, and are answered at once.
-fn do_job(
-    store: &mut dyn Store,
-    job: StoreJob,
-    done: &mpsc::UnboundedSender<StoreDone>,
-) -> Result<Option<u64>, crate::store::StoreError> {
-    match job {
-        StoreJob::Write(batch, ops) => {
-            store.write(&ops)?;
-            Ok(Some(batch))
-        }
-        StoreJob::Load {
-            queue,
-            from_seq,
-            max,
-            epoch,
-        } => {
-            let entries = store.load(queue, from_seq, max)?;
-            let _ = done.send(StoreDone::Loaded {
-                queue,
-                epoch,
-                entries,
-            });
-            Ok(None)
-        }
-    }
-}
-
-/// Starts the thread that writes and syncs store batches and serves reads. Batches that
-/// queue up while a sync runs are written together and share the next sync (group
-/// commit).
-#[cfg(not(madsim))]
-fn spawn_store_worker(
-    mut store: Box<dyn Store + Send>,
-) -> (
-    mpsc::UnboundedSender<StoreJob>,
-    mpsc::UnboundedReceiver<StoreDone>,
-    std::thread::JoinHandle<WorkerResult>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<StoreJob>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<StoreDone>();
-    let worker = std::thread::Builder::new()
-        .name("warren-store".into())
-        .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                let mut written = do_job(store.as_mut(), job, &done_tx)?;
-                while let Ok(job) = rx.try_recv() {
-                    written = do_job(store.as_mut(), job, &done_tx)?.or(written);
-                }
-                if let Some(batch) = written {
-                    store.sync()?;
-                    if done_tx.send(StoreDone::Synced(batch)).is_err() {
-                        break;
-                    }
-                }
-            }
-            store.sync()
-        })
-        .expect("spawning the store thread");
-    (tx, done_rx, worker)
-}
-
-/// How long a sync takes under simulation.
-#[cfg(madsim)]
-const SIMULATED_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// The store worker under madsim, which cannot run OS threads: a task of the node doing
-/// the same group commit, with a virtual delay standing for the sync. Killing the node
-/// kills it between a write and its sync, as a crash would.
-#[cfg(madsim)]
-fn spawn_store_worker(
-    mut store: Box<dyn Store + Send>,
-) -> (
-    mpsc::UnboundedSender<StoreJob>,
-    mpsc::UnboundedReceiver<StoreDone>,
-    tokio::task::JoinHandle<WorkerResult>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<StoreJob>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<StoreDone>();
-    let worker = tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
-            let mut written = do_job(store.as_mut(), job, &done_tx)?;
-            while let Ok(job) = rx.try_recv() {
-                written = do_job(store.as_mut(), job, &done_tx)?.or(written);
-            }
-            if let Some(batch) = written {
-                tokio::time::sleep(SIMULATED_SYNC).await;
-                store.sync()?;
-                if done_tx.send(StoreDone::Synced(batch)).is_err() {
-                    break;
-                }
-            }
-        }
-        store.sync()
-    });
-    (tx, done_rx, worker)
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -10,7 +10,10 @@
 mod admin;
 mod conn;
 mod core;
+pub mod descriptors;
+mod handshakes;
 pub mod resources;
+mod storage;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +44,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Most simultaneous client connections.
     pub max_connections: usize,
+    /// A connection whose socket takes no byte of its pending output for this long is
+    /// closed, and its unacked messages requeued (RabbitMQ's `send_timeout`, 15 s).
+    pub send_timeout_ms: u64,
+    /// Most connections from one peer address (IPv6: one /64) that have not completed
+    /// `connection.open`; its further sockets are refused meanwhile (0: no limit).
+    pub max_handshakes_per_address: usize,
     /// Protocol limits offered to clients.
     pub connection: ConnectionConfig,
     /// Broker settings.
@@ -58,6 +67,8 @@ impl Default for ServerConfig {
             http_port: 15672,
             data_dir: PathBuf::from("warren-data"),
             max_connections: 65_536,
+            send_timeout_ms: 15_000,
+            max_handshakes_per_address: 64,
             connection: ConnectionConfig::default(),
             broker: BrokerConfig::default(),
             alarms: resources::AlarmLimits::default(),
@@ -157,15 +168,25 @@ pub async fn serve(
     };
 
     let live = Arc::new(AtomicUsize::new(0));
+    let handshakes = handshakes::Handshakes::new(config.max_handshakes_per_address);
+    let settings = conn::ConnSettings {
+        send_timeout: std::time::Duration::from_millis(config.send_timeout_ms),
+    };
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = Refusals::default();
     let mut next_id: u64 = 1;
     tokio::pin!(shutdown);
     loop {
+        let paused_until = backoff.until();
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = listener.accept(), if paused_until.is_none() => {
                 let (stream, peer) = match accepted {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff.reset();
+                        x
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        backoff.failed(&e);
                         continue;
                     }
                 };
@@ -174,25 +195,43 @@ pub async fn serve(
                     continue;
                 }
                 if live.load(Ordering::Relaxed) >= config.max_connections {
-                    tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+                    if let Some(more) = refusals.log() {
+                        tracing::warn!(%peer, limit = config.max_connections, refused_since_last_log = more, "connection limit reached; refusing");
+                    }
                     drop(stream);
                     continue;
                 }
-                let id = next_id;
+                let Some(handshake) = handshakes.claim(peer.ip()) else {
+                    if let Some(more) = refusals.log() {
+                        tracing::warn!(%peer, limit = config.max_handshakes_per_address, refused_since_last_log = more, "too many unfinished handshakes from this address; refusing");
+                    }
+                    drop(stream);
+                    continue;
+                };
+                #[cfg(not(madsim))]
+                if let Err(e) = set_keepalive(&stream) {
+                    tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
+                }
+                let accepted = conn::Accepted {
+                    id: next_id,
+                    stream,
+                    info: ConnInfo { peer: peer.to_string(), loopback: is_loopback(peer.ip()) },
+                    handshake,
+                };
                 next_id += 1;
-                let info = ConnInfo { peer: peer.to_string(), loopback: is_loopback(peer.ip()) };
                 let live = live.clone();
                 live.fetch_add(1, Ordering::Relaxed);
                 let cfg = config.connection.clone();
                 let core_tx = core_tx.clone();
                 tokio::spawn(async move {
-                    conn::run(id, stream, info, cfg, core_tx, clock).await;
+                    conn::run(accepted, cfg, settings, core_tx, clock).await;
                     live.fetch_sub(1, Ordering::Relaxed);
                 });
             }
+            _ = self::core::sleep_until(paused_until), if paused_until.is_some() => backoff.resume(),
             _ = &mut shutdown => break,
             result = &mut core => {
-                // The core only stops early when the store fails.
+                // The core stops early only if the store worker died.
                 return match result {
                     Ok(Ok(())) => Err(std::io::Error::other("broker core stopped")),
                     Ok(Err(e)) => Err(e),
@@ -218,6 +257,97 @@ pub async fn serve(
     }
 }
 
+/// Idle time before TCP keepalive probes start, the time between probes, and how many
+/// go unanswered before the kernel drops the connection: a peer that vanished without a
+/// word (no FIN, no RST) is noticed within two minutes even when it negotiated no
+/// heartbeats.
+#[cfg(not(madsim))]
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+#[cfg(not(madsim))]
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+#[cfg(not(madsim))]
+const KEEPALIVE_PROBES: u32 = 6;
+
+#[cfg(not(madsim))]
+fn set_keepalive(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    Ok(())
+}
+
+/// Accepting pauses after an error that another accept would only repeat: out of
+/// descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM). The pending
+/// connections wait in the listen backlog meanwhile, instead of the loop spinning.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    paused_until: Option<tokio::time::Instant>,
+    delay: std::time::Duration,
+}
+
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl AcceptBackoff {
+    fn until(&self) -> Option<tokio::time::Instant> {
+        self.paused_until
+    }
+
+    fn failed(&mut self, e: &std::io::Error) {
+        use rustix::io::Errno;
+        let exhausted = e.raw_os_error().is_some_and(|code| {
+            [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+                .iter()
+                .any(|errno| errno.raw_os_error() == code)
+        });
+        if !exhausted {
+            // The peer gave up before we took its socket (ECONNABORTED) and the like.
+            tracing::debug!(error = %e, "accept failed");
+            return;
+        }
+        self.delay = (self.delay * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+        if self.delay == ACCEPT_BACKOFF_MIN || self.delay == ACCEPT_BACKOFF_MAX {
+            tracing::warn!(error = %e, pause_ms = self.delay.as_millis() as u64, "accept failed: out of resources; pausing accepts");
+        }
+        self.paused_until = Some(tokio::time::Instant::now() + self.delay);
+    }
+
+    fn resume(&mut self) {
+        self.paused_until = None;
+    }
+
+    fn reset(&mut self) {
+        self.delay = std::time::Duration::ZERO;
+    }
+}
+
+/// Refused sockets are logged at most once a second, with a count of those not logged,
+/// so that a flood of them does not flood the log too.
+#[derive(Debug, Default)]
+struct Refusals {
+    last_log: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    /// Whether to log this refusal; if so, how many went unlogged before it.
+    fn log(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now < t + std::time::Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 /// Loopback, including IPv4 loopback mapped into IPv6.
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
@@ -225,5 +355,45 @@ fn is_loopback(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepts_pause_when_out_of_descriptors_only() {
+        let mut b = AcceptBackoff::default();
+        b.failed(&std::io::Error::from_raw_os_error(
+            rustix::io::Errno::CONNABORTED.raw_os_error(),
+        ));
+        assert!(
+            b.until().is_none(),
+            "a peer that gave up is no reason to pause"
+        );
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            b.failed(&emfile);
+            assert!(b.until().is_some());
+            pauses.push(b.delay.as_millis());
+            b.resume();
+        }
+        assert_eq!(&pauses[..4], [10, 20, 40, 80], "doubling");
+        assert_eq!(pauses[9], 1000, "up to a second");
+        b.reset();
+        b.failed(&emfile);
+        assert_eq!(b.delay.as_millis(), 10, "an accepted socket starts over");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_logged_once_a_second_with_a_count() {
+        let mut r = Refusals::default();
+        assert_eq!(r.log(), Some(0));
+        assert_eq!(r.log(), None);
+        assert_eq!(r.log(), None);
+        r.last_log = r.last_log.map(|t| t - std::time::Duration::from_secs(2));
+        assert_eq!(r.log(), Some(2));
     }
 }

@@ -307,6 +307,8 @@ impl MemoryState {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: MemoryState,
+    /// Batches written since the last sync.
+    unsynced: usize,
 }
 
 impl MemoryStore {
@@ -335,10 +337,17 @@ impl Store for MemoryStore {
         for op in ops {
             self.state.apply(op);
         }
+        self.unsynced += 1;
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        self.unsynced = 0;
         Ok(())
+    }
+
+    fn reopen(&mut self) -> Result<usize, StoreError> {
+        // Memory never fails a write: everything written is held.
+        Ok(std::mem::take(&mut self.unsynced))
     }
 }

@@ -427,13 +427,75 @@ impl Recovered {
     }
 }
 
+/// What kind of failure a [`StoreError`] is: what the driver can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The file system is full (ENOSPC) or the user's quota is spent (EDQUOT): writes may
+    /// work again once space is freed.
+    NoSpace,
+    /// Another I/O error (EIO, say), or the storage engine refusing writes after one: the
+    /// disk may recover, or may not.
+    Io,
+    /// Anything else: a record that does not decode, a store in another format, a lock
+    /// held by another process. Retrying does not help.
+    Other,
+}
+
 /// A failure of the storage layer.
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    /// An error of `kind`, described by `message`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An error that is neither a lack of space nor an I/O failure (corruption, say).
+    pub fn other(message: impl Into<String>) -> Self {
+        StoreError::new(StoreErrorKind::Other, message)
+    }
+
+    /// An error from an I/O operation, classified by its OS error code.
+    pub fn from_io(e: &std::io::Error, message: impl Into<String>) -> Self {
+        StoreError::new(io_error_kind(e), message)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Classifies an I/O error: lack of space (ENOSPC, EDQUOT) or another I/O failure.
+pub fn io_error_kind(e: &std::io::Error) -> StoreErrorKind {
+    use std::io::ErrorKind;
+    let no_space = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || e.raw_os_error().is_some_and(|code| {
+            code == rustix::io::Errno::NOSPC.raw_os_error()
+                || code == rustix::io::Errno::DQUOT.raw_os_error()
+        });
+    if no_space {
+        StoreErrorKind::NoSpace
+    } else {
+        StoreErrorKind::Io
+    }
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -458,4 +520,16 @@ pub trait Store {
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
     /// Makes every batch written so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// After a [`Store::write`] or [`Store::sync`] failed: brings the store back to what
+    /// reached the disk, durably, and returns how many of the batches passed to `write`
+    /// since the last successful sync (the failed one included) it now holds: a prefix of
+    /// them, each whole. The caller writes the others again, in order. Fails while the disk
+    /// still fails; the caller tries again later.
+    fn reopen(&mut self) -> Result<usize, StoreError>;
+    /// While the store is recovering from a failure: whether it is ready for publishers
+    /// again. A disk that ran out of space is ready once the store could set its space
+    /// reserve aside again (see [`disk::FjallStore`]).
+    fn ready(&mut self) -> bool {
+        true
+    }
 }

@@ -200,7 +200,7 @@ impl FjallStore {
         let from = self.current_key(queue, from_seq);
         let to = self.current_key(queue, u64::MAX);
         let in_batch = staged.range(Space::Entries, &from, &to);
-        let entries: Keyspace = self.entries.clone();
+        let entries: Keyspace = self.keyspace(Space::Entries).clone();
         let mut last: Option<fjall::UserKey> = None;
         for item in entries.range(from..=to) {
             let (key, value) = item
@@ -241,7 +241,7 @@ impl FjallStore {
             }
         }
         let mut last: Option<fjall::UserKey> = None;
-        for item in self.paged.range(from..=to) {
+        for item in self.keyspace(Space::Paged).range(from..=to) {
             // The key alone: a paged value may sit in a blob file.
             let key = item
                 .key()

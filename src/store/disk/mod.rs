@@ -76,6 +76,26 @@
 //! `next_seq`, but decodes messages (and reads `bodies` or `messages`) only for the first
 //! `head_limit` entries of each queue.
 //!
+//! # Failures and the space reserve
+//!
+//! fjall refuses every write after one failed (its database is "poisoned"): a failed
+//! [`Store::write`] or [`Store::sync`] marks the store failed, and [`Store::reopen`] closes
+//! the database and opens it again from what reached the disk, as a restart would, keeping
+//! the paged messages the broker still refers to. To tell the caller which of the batches
+//! written since the last sync survived, each batch also writes a counter (`meta` key
+//! `WRITES_KEY`): its value after the reopen, less its value at the last sync, is the
+//! number of batches the store holds.
+//!
+//! At open the store sets aside a reserve file of [`StoreOptions::reserve_bytes`] in its
+//! directory (allocated, not sparse). A write that fails for lack of space deletes it, so
+//! that the writes the broker still makes while it refuses publishes (acks, paging) find
+//! room; [`Store::ready`] allocates it again once twice its size is free, and answers true
+//! only then.
+//!
+//! After a failed `fdatasync` the kernel may have dropped the pages it could not write
+//! while the reopened journal reads back from its cache, so a batch counted as held can
+//! still be lost if the machine then loses power. No file system API closes that window.
+//!
 //! # Corruption
 //!
 //! A read that fjall fails (a checksum mismatch in a table, say), or a counter that does
@@ -93,6 +113,7 @@ mod quarantine;
 mod read;
 mod record;
 mod recovery;
+mod reserve;
 #[cfg(test)]
 mod tests;
 
@@ -116,11 +137,35 @@ pub const BLOB_THRESHOLD_BYTES: u32 = 1024;
 pub const GC_KEYS_PER_SYNC: usize = 4096;
 
 /// Settings of a [`FjallStore`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// What [`Store::sync`] guarantees.
     pub sync: SyncPolicy,
+    /// Most file descriptors fjall keeps open for its table and blob files (at least 10).
+    pub max_open_files: usize,
+    /// Space set aside in the data directory for the writes made while the disk is full
+    /// (0 for none).
+    pub reserve_bytes: u64,
 }
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: SyncPolicy::default(),
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+        }
+    }
+}
+
+/// fjall's own default for cached file descriptors on Linux.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 900;
+
+/// The default space reserve: room for a memtable flush of acks and a few MiB of paging.
+pub const DEFAULT_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// fjall's smallest descriptor cache.
+const MIN_OPEN_FILES: usize = 10;
 
 /// A shared message's reference count and body length, as `refs` holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,15 +179,9 @@ struct SharedCount {
 pub struct FjallStore {
     dir: PathBuf,
     options: StoreOptions,
-    db: Database,
-    meta: Keyspace,
-    messages: Keyspace,
-    refs: Keyspace,
-    entries: Keyspace,
-    bodies: Keyspace,
-    paged: Keyspace,
-    /// Records that did not decode, set aside (see `quarantine`).
-    quarantine: Keyspace,
+    /// The open database: `None` only after a failure, until [`Store::reopen`] succeeds
+    /// (`failed` is set meanwhile, and every entry point checks it first).
+    engine: Option<Engine>,
     /// Shared messages set aside: entries referring to them are skipped.
     quarantined_shared: std::sync::Mutex<std::collections::HashSet<u64>>,
     catalog: Catalog,
@@ -158,8 +197,82 @@ pub struct FjallStore {
     /// Something was paged since `paged` was last emptied.
     paged_written: bool,
     /// Why the store stopped accepting work: a failed write leaves the in-memory state
-    /// ahead of the disk, so nothing more may be written.
+    /// ahead of the disk, so nothing more may be written until [`Store::reopen`].
     failed: Option<String>,
+    /// Batches committed by [`Store::write`] over the store's life (`WRITES_KEY`).
+    writes: u64,
+    /// `writes` when the last sync succeeded: every batch up to it is durable.
+    synced_writes: u64,
+    /// The space set aside for writes while the disk is full.
+    reserve: reserve::Reserve,
+}
+
+/// The fjall database and its keyspaces.
+struct Engine {
+    db: Database,
+    meta: Keyspace,
+    messages: Keyspace,
+    refs: Keyspace,
+    entries: Keyspace,
+    bodies: Keyspace,
+    paged: Keyspace,
+    /// Records that did not decode, set aside (see `quarantine`).
+    quarantine: Keyspace,
+}
+
+impl Engine {
+    /// Opens the database in `dir`; `fresh_paged` empties the paged keyspace (at start,
+    /// not when reopening after a failure). Returns the format key's value, if any.
+    fn open(
+        dir: &Path,
+        options: StoreOptions,
+        fresh_paged: bool,
+    ) -> Result<(Engine, Option<fjall::UserValue>), StoreError> {
+        let db = Database::builder(dir)
+            // Batches stay in the journal's buffer until `sync`, which decides how far
+            // they go (see `SyncPolicy`).
+            .manual_journal_persist(true)
+            .cache_size(CACHE_BYTES)
+            .max_cached_files(Some(options.max_open_files.max(MIN_OPEN_FILES)))
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let keyspace = |space: Space| {
+            db.keyspace(space.name(), || keyspace_options(space))
+                .map_err(|e| keyspace_error(dir, space, e))
+        };
+        let meta = keyspace(Space::Meta)?;
+        // Refuse another format before creating anything in its directory.
+        let format = meta
+            .get(record::FORMAT_KEY)
+            .map_err(|e| keyspace_error(dir, Space::Meta, e))?;
+        if let Some(value) = &format {
+            check_version(dir, value)?;
+        }
+        let paged = if fresh_paged {
+            fresh_keyspace(&db, dir, Space::Paged)?
+        } else {
+            keyspace(Space::Paged)?
+        };
+        let quarantine = db
+            .keyspace(QUARANTINE, KeyspaceCreateOptions::default)
+            .map_err(|e| {
+                StoreError::other(format!(
+                    "cannot open keyspace `{QUARANTINE}` of the store in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let engine = Engine {
+            quarantine,
+            messages: keyspace(Space::Messages)?,
+            refs: keyspace(Space::Refs)?,
+            entries: keyspace(Space::Entries)?,
+            bodies: keyspace(Space::Bodies)?,
+            paged,
+            meta,
+            db,
+        };
+        Ok((engine, format))
+    }
 }
 
 impl fmt::Debug for FjallStore {
@@ -199,46 +312,12 @@ impl FjallStore {
     /// open, if it was written in another format, or if any metadata record or reference
     /// count is corrupt.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<FjallStore, StoreError> {
-        let db = Database::builder(dir)
-            // Batches stay in the journal's buffer until `sync`, which decides how far
-            // they go (see `SyncPolicy`).
-            .manual_journal_persist(true)
-            .cache_size(CACHE_BYTES)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
-        let keyspace = |space: Space| {
-            db.keyspace(space.name(), || keyspace_options(space))
-                .map_err(|e| keyspace_error(dir, space, e))
-        };
-        let meta = keyspace(Space::Meta)?;
-        // Refuse another format before creating anything in its directory.
-        let format = meta
-            .get(record::FORMAT_KEY)
-            .map_err(|e| keyspace_error(dir, Space::Meta, e))?;
-        if let Some(value) = &format {
-            check_version(dir, value)?;
-        }
-        let paged = fresh_keyspace(&db, dir, Space::Paged)?;
-        let quarantine = db
-            .keyspace(QUARANTINE, KeyspaceCreateOptions::default)
-            .map_err(|e| {
-                StoreError(format!(
-                    "cannot open keyspace `{QUARANTINE}` of the store in {}: {e}",
-                    dir.display()
-                ))
-            })?;
+        let (engine, format) = Engine::open(dir, options, true)?;
         let mut store = FjallStore {
             dir: dir.to_path_buf(),
             options,
-            messages: keyspace(Space::Messages)?,
-            refs: keyspace(Space::Refs)?,
-            entries: keyspace(Space::Entries)?,
-            bodies: keyspace(Space::Bodies)?,
-            paged,
-            quarantine,
+            engine: Some(engine),
             quarantined_shared: Default::default(),
-            db,
-            meta,
             catalog: Catalog::default(),
             shared: HashMap::new(),
             gc: BTreeMap::new(),
@@ -246,27 +325,64 @@ impl FjallStore {
             paged_floor: HashMap::new(),
             paged_written: false,
             failed: None,
+            writes: 0,
+            synced_writes: 0,
+            reserve: reserve::Reserve::new(dir, options.reserve_bytes),
         };
         if format.is_none() {
             store.initialise()?;
         }
-        store.load_catalog()?;
-        store.load_refs()?;
-        // Deleted queue ids may have stale keys left from the last run.
-        for id in store.catalog.generation_ids() {
-            store.gc.insert(id, GcTask::default());
+        store.load_state()?;
+        if let Err(e) = store.reserve.restore() {
+            // A disk already full at start: the first write that fails releases nothing,
+            // and the broker refuses publishes until there is room.
+            tracing::warn!(error = %e, "cannot set aside the store's space reserve");
         }
         Ok(store)
     }
 
+    /// Loads what the store keeps in memory: the catalog, the shared message counts, the
+    /// garbage left by deleted queues and the write counter.
+    fn load_state(&mut self) -> Result<(), StoreError> {
+        self.load_catalog()?;
+        self.load_refs()?;
+        // Deleted queue ids may have stale keys left from the last run.
+        self.gc.clear();
+        for id in self.catalog.generation_ids() {
+            self.gc.insert(id, GcTask::default());
+        }
+        self.paged_floor.clear();
+        let writes = self
+            .keyspace(Space::Meta)
+            .get(record::WRITES_KEY)
+            .map_err(|e| self.read_error(Space::Meta, Some(record::WRITES_KEY), e))?;
+        self.writes = match writes {
+            Some(value) => record::decode_counter(&value)
+                .map_err(|e| self.corrupt(Space::Meta, record::WRITES_KEY, e))?,
+            None => 0,
+        };
+        Ok(())
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine
+            .as_ref()
+            .expect("the store is used only while its database is open")
+    }
+
+    fn db(&self) -> &Database {
+        &self.engine().db
+    }
+
     fn keyspace(&self, space: Space) -> &Keyspace {
+        let e = self.engine();
         match space {
-            Space::Meta => &self.meta,
-            Space::Messages => &self.messages,
-            Space::Refs => &self.refs,
-            Space::Entries => &self.entries,
-            Space::Bodies => &self.bodies,
-            Space::Paged => &self.paged,
+            Space::Meta => &e.meta,
+            Space::Messages => &e.messages,
+            Space::Refs => &e.refs,
+            Space::Entries => &e.entries,
+            Space::Bodies => &e.bodies,
+            Space::Paged => &e.paged,
         }
     }
 
@@ -287,22 +403,26 @@ impl FjallStore {
                 ));
             }
         }
-        let mut batch = self.db.batch();
-        batch.insert(&self.meta, key, vec![record::FORMAT_VERSION]);
+        let mut batch = self.db().batch();
+        batch.insert(
+            self.keyspace(Space::Meta),
+            key,
+            vec![record::FORMAT_VERSION],
+        );
         batch
             .commit()
-            .and_then(|()| self.db.persist(PersistMode::SyncAll))
+            .and_then(|()| self.db().persist(PersistMode::SyncAll))
             .map_err(|e| self.engine_error("cannot initialise a new store", e))
     }
 
     fn load_catalog(&mut self) -> Result<(), StoreError> {
         let mut catalog = Catalog::default();
         let mut last: Option<fjall::UserKey> = None;
-        for item in self.meta.iter() {
+        for item in self.keyspace(Space::Meta).iter() {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Meta, last.as_deref(), e))?;
-            if &*key != record::FORMAT_KEY {
+            if &*key != record::FORMAT_KEY && &*key != record::WRITES_KEY {
                 match catalog.load(&key, &value) {
                     Ok(()) => {}
                     // A vhost, user, permission, exchange, queue or binding that does not
@@ -322,7 +442,7 @@ impl FjallStore {
     fn load_refs(&mut self) -> Result<(), StoreError> {
         let mut shared = HashMap::new();
         let mut last: Option<fjall::UserKey> = None;
-        for item in self.refs.iter() {
+        for item in self.keyspace(Space::Refs).iter() {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Refs, last.as_deref(), e))?;
@@ -340,7 +460,10 @@ impl FjallStore {
     /// Empties `paged` if anything was paged since it was last emptied.
     fn discard_paged(&mut self) -> Result<(), StoreError> {
         if self.paged_written {
-            self.paged = fresh_keyspace(&self.db, &self.dir, Space::Paged)?;
+            let paged = fresh_keyspace(self.db(), &self.dir, Space::Paged)?;
+            if let Some(engine) = self.engine.as_mut() {
+                engine.paged = paged;
+            }
             self.paged_written = false;
         }
         self.paged_floor.clear();
@@ -352,7 +475,7 @@ impl FjallStore {
         if staged.is_empty() {
             return Ok(());
         }
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), staged.len());
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db().clone(), staged.len());
         for ((space, key), value) in staged.into_writes() {
             let keyspace = self.keyspace(space);
             match value {
@@ -385,21 +508,39 @@ impl FjallStore {
     fn usable(&self) -> Result<(), StoreError> {
         match &self.failed {
             None => Ok(()),
-            Some(why) => Err(StoreError(format!(
-                "the store in {} refuses work after an earlier failure: {why}",
-                self.dir.display()
-            ))),
+            // The same kind as the failure: the store needs a reopen, as it did then.
+            Some(why) => Err(StoreError::new(
+                super::StoreErrorKind::Io,
+                format!(
+                    "the store in {} refuses work after an earlier failure: {why}",
+                    self.dir.display()
+                ),
+            )),
         }
     }
 
-    /// Records that the store may no longer be written, and returns the error.
+    /// Records that the store may no longer be written until it is reopened, and returns
+    /// the error. A failure for lack of space gives up the space reserve, so that the
+    /// writes made while publishers are refused have room.
     fn fail(&mut self, e: StoreError) -> StoreError {
-        self.failed = Some(e.0.clone());
+        // fjall reports a failed background flush only as a refusal of later writes; on a
+        // file system with no room left, lack of space is what it met.
+        let e = if e.kind() == super::StoreErrorKind::Io
+            && reserve::free_bytes(&self.dir).is_some_and(|free| free < reserve::NEARLY_FULL_BYTES)
+        {
+            StoreError::new(super::StoreErrorKind::NoSpace, e.message())
+        } else {
+            e
+        };
+        self.failed = Some(e.message().to_string());
+        if e.kind() == super::StoreErrorKind::NoSpace && self.reserve.release() {
+            tracing::warn!(dir = %self.dir.display(), "the disk is full: released the store's space reserve");
+        }
         e
     }
 
     fn corrupt(&self, space: Space, key: &[u8], what: impl fmt::Display) -> StoreError {
-        StoreError(format!(
+        StoreError::other(format!(
             "corrupt store in {}: keyspace `{}`, key {}: {what}",
             self.dir.display(),
             space.name(),
@@ -411,11 +552,14 @@ impl FjallStore {
         let at = key
             .map(|k| format!(", key {}", describe_key(space, k)))
             .unwrap_or_default();
-        StoreError(format!(
-            "cannot read the store in {}: keyspace `{}`{at}: {e}",
-            self.dir.display(),
-            space.name()
-        ))
+        engine_failure(
+            &e,
+            format!(
+                "cannot read the store in {}: keyspace `{}`{at}: {e}",
+                self.dir.display(),
+                space.name()
+            ),
+        )
     }
 
     /// A failed read during a scan; the key that failed is unknown, so name the last one
@@ -425,15 +569,18 @@ impl FjallStore {
             Some(k) => format!("after key {}", describe_key(space, k)),
             None => "at its first key".to_string(),
         };
-        StoreError(format!(
-            "cannot read the store in {}: keyspace `{}`, {at}: {e}",
-            self.dir.display(),
-            space.name()
-        ))
+        engine_failure(
+            &e,
+            format!(
+                "cannot read the store in {}: keyspace `{}`, {at}: {e}",
+                self.dir.display(),
+                space.name()
+            ),
+        )
     }
 
     fn engine_error(&self, what: &str, e: fjall::Error) -> StoreError {
-        StoreError(format!("store in {}: {what}: {e}", self.dir.display()))
+        engine_failure(&e, format!("store in {}: {what}: {e}", self.dir.display()))
     }
 }
 
@@ -456,6 +603,11 @@ impl Store for FjallStore {
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         self.usable()?;
         let mut staged = Staged::default();
+        staged.put(
+            Space::Meta,
+            record::WRITES_KEY.to_vec(),
+            record::encode_counter(self.writes + 1),
+        );
         let mut dropped = Vec::new();
         for op in ops {
             if contents::is_content(op) {
@@ -469,7 +621,9 @@ impl Store for FjallStore {
             }
         }
         self.commit(staged, "cannot write a batch")
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        self.writes += 1;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -478,9 +632,10 @@ impl Store for FjallStore {
             SyncPolicy::Batch => PersistMode::SyncData,
             SyncPolicy::None => PersistMode::Buffer,
         };
-        self.db
+        self.db()
             .persist(mode)
             .map_err(|e| self.fail(self.engine_error("cannot sync the journal", e)))?;
+        self.synced_writes = self.writes;
         // After the persist, so that the sweep never delays a confirm; its deletions are
         // made durable by the next sync.
         if !self.gc.is_empty() {
@@ -489,12 +644,61 @@ impl Store for FjallStore {
         }
         Ok(())
     }
+
+    fn reopen(&mut self) -> Result<usize, StoreError> {
+        // fjall locks its directory: the failed database must be closed first. Dropping
+        // it flushes what its journal buffered, as a crash would have left it at best.
+        self.engine = None;
+        self.failed = Some("reopening after a failure".into());
+        let (engine, format) = Engine::open(&self.dir, self.options, false)?;
+        self.engine = Some(engine);
+        if format.is_none() {
+            return Err(self.corrupt(Space::Meta, record::FORMAT_KEY, "missing after a reopen"));
+        }
+        self.load_state()?;
+        // A restarted broker would find every paged message gone; this one still refers
+        // to them, so they stay, and a later `recover` discards them.
+        self.paged_written = true;
+        if self.writes < self.synced_writes {
+            return Err(self.corrupt(
+                Space::Meta,
+                record::WRITES_KEY,
+                format!(
+                    "{} batches written, but {} were synced before the failure",
+                    self.writes, self.synced_writes
+                ),
+            ));
+        }
+        // What the journal gave back is made durable before it is counted as held.
+        self.db()
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.engine_error("cannot sync the reopened journal", e))?;
+        let held = self.writes - self.synced_writes;
+        self.synced_writes = self.writes;
+        self.failed = None;
+        Ok(usize::try_from(held).unwrap_or(usize::MAX))
+    }
+
+    fn ready(&mut self) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        // As much space again as the reserve must be free besides it, or the first
+        // publishes would fill the disk again at once. The reserve is set aside only then,
+        // so that until then the space stays for acks and paging.
+        let wanted = self.options.reserve_bytes;
+        let free = reserve::free_bytes(&self.dir);
+        if self.reserve.is_held() {
+            return free.is_none_or(|free| free >= wanted);
+        }
+        free.is_none_or(|free| free >= wanted.saturating_mul(2)) && self.reserve.restore().is_ok()
+    }
 }
 
 /// Checks the format key's value against the version this build reads.
 fn check_version(dir: &Path, value: &[u8]) -> Result<(), StoreError> {
     let corrupt = |what: String| {
-        StoreError(format!(
+        StoreError::other(format!(
             "corrupt store in {}: keyspace `meta`, key {}: {what}",
             dir.display(),
             describe_key(Space::Meta, record::FORMAT_KEY)
@@ -524,22 +728,43 @@ fn fresh_keyspace(db: &Database, dir: &Path, space: Space) -> Result<Keyspace, S
 }
 
 fn keyspace_error(dir: &Path, space: Space, e: fjall::Error) -> StoreError {
-    StoreError(format!(
-        "cannot open keyspace `{}` of the store in {}: {e}",
-        space.name(),
-        dir.display()
-    ))
+    engine_failure(
+        &e,
+        format!(
+            "cannot open keyspace `{}` of the store in {}: {e}",
+            space.name(),
+            dir.display()
+        ),
+    )
 }
 
 fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
     match e {
-        fjall::Error::Locked => StoreError(format!(
+        fjall::Error::Locked => StoreError::other(format!(
             "cannot open the store in {}: another process holds its lock file {}",
             dir.display(),
             dir.join("lock").display()
         )),
-        e => StoreError(format!("cannot open the store in {}: {e}", dir.display())),
+        e => engine_failure(
+            &e,
+            format!("cannot open the store in {}: {e}", dir.display()),
+        ),
     }
+}
+
+/// A fjall error as a [`StoreError`] of the right kind: fjall wraps the operating system's
+/// error in its own (and lsm-tree's) `Io` variants; `Poisoned` means an earlier write or a
+/// background flush failed, for a reason fjall logged but does not return.
+fn engine_failure(e: &fjall::Error, message: String) -> StoreError {
+    use super::StoreErrorKind;
+    let kind = match e {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => {
+            super::io_error_kind(io)
+        }
+        fjall::Error::Poisoned => StoreErrorKind::Io,
+        _ => StoreErrorKind::Other,
+    };
+    StoreError::new(kind, message)
 }
 
 /// A key as an error message shows it.

@@ -31,21 +31,22 @@ impl FjallStore {
             data_dir = %self.dir.display(),
             "a stored record does not decode: it is set aside in the `quarantine` keyspace and the broker goes on without it"
         );
-        let mut batch = self.db.batch();
-        batch.insert(&self.quarantine, quarantine_key(space, key), value);
+        let quarantine = &self.engine().quarantine;
+        let mut batch = self.db().batch();
+        batch.insert(quarantine, quarantine_key(space, key), value);
         batch.remove(self.keyspace(space), key);
         if space == Space::Entries {
             let body = self
-                .bodies
+                .keyspace(Space::Bodies)
                 .get(key)
                 .map_err(|e| self.read_error(Space::Bodies, Some(key), e))?;
             if let Some(body) = body {
                 batch.insert(
-                    &self.quarantine,
+                    quarantine,
                     quarantine_key(Space::Bodies, key),
                     body.to_vec(),
                 );
-                batch.remove(&self.bodies, key);
+                batch.remove(self.keyspace(Space::Bodies), key);
             }
         }
         if space == Space::Messages {
@@ -69,7 +70,8 @@ impl FjallStore {
 
     /// Number of records set aside, for tests and operators.
     pub fn set_aside_count(&self) -> Result<usize, StoreError> {
-        self.quarantine
+        self.engine()
+            .quarantine
             .len()
             .map_err(|e| self.engine_error("cannot count the quarantine", e))
     }

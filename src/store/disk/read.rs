@@ -42,10 +42,12 @@ impl FjallStore {
             return Ok(out);
         }
         let to = self.current_key(queue, u64::MAX);
-        let mut durable = self.entries.range(self.current_key(queue, from_seq)..=to);
+        let mut durable = self
+            .keyspace(Space::Entries)
+            .range(self.current_key(queue, from_seq)..=to);
         let floor = self.paged_floor.get(&queue).copied().unwrap_or(0);
         let mut paged = self
-            .paged
+            .keyspace(Space::Paged)
             .range(self.current_key(queue, from_seq.max(floor))..=to);
         let mut next_durable = self.next_item(Space::Entries, &mut durable, None)?;
         let mut next_paged = self.next_item(Space::Paged, &mut paged, None)?;
@@ -131,7 +133,7 @@ impl FjallStore {
             }
             Payload::Apart { body_len } => {
                 let value = self
-                    .bodies
+                    .keyspace(Space::Bodies)
                     .get(key)
                     .map_err(|e| self.read_error(Space::Bodies, Some(key), e))?;
                 let Some(value) = value else {
@@ -168,7 +170,7 @@ impl FjallStore {
         }
         let key = entry::shared_key(id);
         let value = self
-            .messages
+            .keyspace(Space::Messages)
             .get(key)
             .map_err(|e| self.read_error(Space::Messages, Some(&key), e))?
             .ok_or_else(|| self.corrupt(Space::Messages, &key, "missing, but `refs` counts it"))?;

@@ -30,6 +30,11 @@ pub const FORMAT_VERSION: u8 = 2;
 /// The `meta` key holding the store's format version (its 0 first byte is no record tag).
 pub const FORMAT_KEY: &[u8] = b"\x00format";
 
+/// The `meta` key counting the batches written over the store's life (a counter value,
+/// rewritten by every batch), so that a store reopened after a failure knows how many of
+/// the batches in doubt it kept.
+pub const WRITES_KEY: &[u8] = b"\x00writes";
+
 /// Tags of `meta` keys: the first byte says what the key names.
 pub mod tag {
     /// A vhost: tag, name.

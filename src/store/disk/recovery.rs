@@ -17,7 +17,7 @@ impl FjallStore {
     /// Reads back everything durable, each queue's decoded head within `head_limit`.
     pub(super) fn recover_all(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError> {
         self.discard_paged()?;
-        let mut sweep = Sweeper::new(self.db.batch());
+        let mut sweep = Sweeper::new(self.db().batch());
         let scan = self.scan_entries(head_limit, &mut sweep)?;
         // Queue ids whose keys are all gone: their generation can restart at 0.
         let unused: Vec<u64> = self
@@ -79,7 +79,7 @@ impl FjallStore {
         let mut head_open = true;
         let mut cache = SharedCache::new();
         let mut last: Option<fjall::UserKey> = None;
-        for item in self.entries.iter() {
+        for item in self.keyspace(Space::Entries).iter() {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Entries, last.as_deref(), e))?;
@@ -197,7 +197,7 @@ impl Sweeper {
             None => self.batch.remove(keyspace, key),
         }
         if self.batch.len() >= RECOVERY_SWEEP_BATCH_KEYS {
-            let full = std::mem::replace(&mut self.batch, store.db.batch());
+            let full = std::mem::replace(&mut self.batch, store.db().batch());
             full.commit()
                 .map_err(|e| store.engine_error("cannot write a recovery sweep batch", e))?;
         }

@@ -16,8 +16,16 @@ use crate::store::{
     RecoveredQueue, UserLimits, UserRecord, VhostLimits,
 };
 
+/// Options for tests: no space reserve (tests that need one ask for it).
+fn options() -> StoreOptions {
+    StoreOptions {
+        reserve_bytes: 0,
+        ..StoreOptions::default()
+    }
+}
+
 fn open(dir: &Path) -> FjallStore {
-    FjallStore::open(dir, StoreOptions::default()).expect("opening the store")
+    FjallStore::open(dir, options()).expect("opening the store")
 }
 
 /// A store whose syncs skip `fdatasync`: enough for tests that reopen within the process.
@@ -26,6 +34,7 @@ fn open_unsynced(dir: &Path) -> FjallStore {
         dir,
         StoreOptions {
             sync: SyncPolicy::None,
+            ..options()
         },
     )
     .expect("opening the store")
@@ -520,23 +529,24 @@ fn reopen_and_compare(
     prop_assert_eq!(store.shared.len(), model.shared_count());
     prop_assert_eq!(
         store
-            .messages
+            .keyspace(Space::Messages)
             .len()
             .map_err(|e| fail(store.read_error(Space::Messages, None, e)))?,
         model.shared_count()
     );
     prop_assert_eq!(
         store
-            .refs
+            .keyspace(Space::Refs)
             .len()
             .map_err(|e| fail(store.read_error(Space::Refs, None, e)))?,
         model.shared_count()
     );
-    prop_assert!(store.paged.is_empty().map_err(|e| fail(store.read_error(
-        Space::Paged,
-        None,
-        e
-    )))?);
+    prop_assert!(
+        store
+            .keyspace(Space::Paged)
+            .is_empty()
+            .map_err(|e| fail(store.read_error(Space::Paged, None, e)))?
+    );
     compare_loads(&mut store, model)?;
     Ok(store)
 }
@@ -717,7 +727,7 @@ fn a_queue_id_reused_after_restart_never_sees_its_predecessors_entries() {
     ops.push(delete_queue(7, "old"));
     write_both(&mut store, &mut model, &ops);
     // Synced, but the store stops before any garbage collection ran.
-    store.db.persist(PersistMode::SyncData).expect("persist");
+    store.db().persist(PersistMode::SyncData).expect("persist");
     drop(store);
 
     let mut store = open(dir.path());
@@ -838,9 +848,13 @@ fn a_shared_message_goes_exactly_when_its_last_reference_does() {
     let mut model = MemoryState::default();
     let stored = |store: &FjallStore, id: u64| {
         let key = entry::shared_key(id);
-        let message = store.messages.get(key).expect("get").is_some();
+        let message = store
+            .keyspace(Space::Messages)
+            .get(key)
+            .expect("get")
+            .is_some();
         let refs = store
-            .refs
+            .keyspace(Space::Refs)
             .get(key)
             .expect("get")
             .map(|v| entry::decode_refs(&v).expect("a count").0);
@@ -1195,10 +1209,10 @@ fn a_shared_message_that_does_not_decode_is_set_aside_and_its_entries_skipped() 
     store.sync().expect("sync");
     // Garbage under shared message 8, written through fjall below the store.
     store
-        .messages
+        .keyspace(Space::Messages)
         .insert(entry::shared_key(8), b"\x02garbage".to_vec())
         .expect("insert");
-    store.db.persist(PersistMode::SyncAll).expect("persist");
+    store.db().persist(PersistMode::SyncAll).expect("persist");
     let clean = model_after(&numbered_batches(10), 10);
     drop(store);
     let mut store = open(dir.path());
@@ -1222,16 +1236,27 @@ fn entries_that_do_not_decode_are_set_aside_at_recovery_and_at_load() {
     store.sync().expect("sync");
     // A header cut short under an entry beyond every head: recovery reads all headers.
     let key = entry::content_key(1, 0, 4);
-    let value = store.entries.get(key).expect("get").expect("entry 4");
+    let value = store
+        .keyspace(Space::Entries)
+        .get(key)
+        .expect("get")
+        .expect("entry 4");
     store
-        .entries
+        .keyspace(Space::Entries)
         .insert(key, value[..5].to_vec())
         .expect("insert");
     let recovered = store
         .recover(HeadLimit::entries(1))
         .expect("recovery goes on without it");
     assert_eq!(store.set_aside_count().expect("count"), 1);
-    assert!(store.entries.get(key).expect("get").is_none(), "moved away");
+    assert!(
+        store
+            .keyspace(Space::Entries)
+            .get(key)
+            .expect("get")
+            .is_none(),
+        "moved away"
+    );
     let queue_1 = recovered
         .contents
         .iter()
@@ -1247,7 +1272,7 @@ fn entries_that_do_not_decode_are_set_aside_at_recovery_and_at_load() {
     store.write(&numbered_batches(10).concat()).expect("write");
     // Entry 3 keeps its 2000-byte message in `bodies`; it is lost below the store.
     store
-        .bodies
+        .keyspace(Space::Bodies)
         .remove(entry::content_key(1, 0, 3))
         .expect("remove");
     let loaded = store
@@ -1299,7 +1324,7 @@ fn an_entry_newer_than_its_queue_generation_is_refused() {
         .expect("write");
     let (value, _) = entry::encode_entry(&EntryBody::Inline(message(1, 16)), None);
     store
-        .entries
+        .keyspace(Space::Entries)
         .insert(entry::content_key(1, 2, 1), value)
         .expect("insert");
     drop(store);
@@ -1322,22 +1347,21 @@ fn a_corrupt_count_or_format_refuses_to_open() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(dir.path());
     store
-        .meta
+        .keyspace(Space::Meta)
         .insert(record::generation_key(3), vec![2, 0, 0])
         .expect("insert");
     drop(store);
-    let err =
-        FjallStore::open(dir.path(), StoreOptions::default()).expect_err("corrupt generation");
+    let err = FjallStore::open(dir.path(), options()).expect_err("corrupt generation");
     assert_names(&err, dir.path(), &["keyspace `meta`"]);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(dir.path());
     store
-        .refs
+        .keyspace(Space::Refs)
         .insert(entry::shared_key(4), entry::encode_refs(0, 1))
         .expect("insert");
     drop(store);
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("a zero count");
+    let err = FjallStore::open(dir.path(), options()).expect_err("a zero count");
     assert_names(&err, dir.path(), &["keyspace `refs`", "(shared message 4)"]);
 
     // A store of format version 1 (the previous layout) is refused, naming the version.
@@ -1345,12 +1369,11 @@ fn a_corrupt_count_or_format_refuses_to_open() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = open(dir.path());
         store
-            .meta
+            .keyspace(Space::Meta)
             .insert(record::FORMAT_KEY, vec![version])
             .expect("insert");
         drop(store);
-        let err =
-            FjallStore::open(dir.path(), StoreOptions::default()).expect_err("unknown format");
+        let err = FjallStore::open(dir.path(), options()).expect_err("unknown format");
         assert_names(
             &err,
             dir.path(),
@@ -1375,7 +1398,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
             .rotate_memtable_and_wait()
             .expect("flush");
     }
-    let entries_dir = store.entries.path().to_path_buf();
+    let entries_dir = store.keyspace(Space::Entries).path().to_path_buf();
     drop(store);
     let table = files(&entries_dir.join("tables"))
         .into_iter()
@@ -1388,7 +1411,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
     }
     std::fs::write(&table, &bytes).expect("scribbling the table");
 
-    let outcome = FjallStore::open(dir.path(), StoreOptions::default())
+    let outcome = FjallStore::open(dir.path(), options())
         .and_then(|mut s| s.recover(HeadLimit::entries(usize::MAX)));
     match outcome {
         Ok(r) => panic!(
@@ -1406,7 +1429,7 @@ fn a_scribbled_table_file_is_refused_not_read_as_empty() {
 fn a_store_in_use_is_refused_naming_its_lock_file() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let _store = open(dir.path());
-    let err = FjallStore::open(dir.path(), StoreOptions::default()).expect_err("locked");
+    let err = FjallStore::open(dir.path(), options()).expect_err("locked");
     assert_names(&err, dir.path(), &["lock"]);
 }
 
@@ -1478,7 +1501,14 @@ fn measure_recovery_and_throughput() {
 
     for policy in [SyncPolicy::Batch, SyncPolicy::None] {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut store = FjallStore::open(dir.path(), StoreOptions { sync: policy }).expect("open");
+        let mut store = FjallStore::open(
+            dir.path(),
+            StoreOptions {
+                sync: policy,
+                ..options()
+            },
+        )
+        .expect("open");
         store
             .write(&[StoreOp::PutQueue(queue(1, "q"))])
             .expect("write");
@@ -1523,4 +1553,86 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         let m = std::fs::metadata(f).expect("metadata");
         (a + m.len(), b + m.blocks() * 512)
     })
+}
+
+// ----- failures: reopen and the space reserve -----
+
+#[test]
+fn a_reopen_counts_the_batches_written_since_the_last_sync_and_keeps_paged_messages() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = open(dir.path());
+    let mut model = MemoryState::default();
+    write_both(&mut store, &mut model, &[StoreOp::PutQueue(queue(1, "q"))]);
+    write_both(&mut store, &mut model, &[inline(1, 0, 16)]);
+    store.sync().expect("sync");
+    // Two more batches, not synced; one pages a message out.
+    write_both(&mut store, &mut model, &[inline(1, 1, 2000)]);
+    let page = StoreOp::PageOut {
+        queue: 1,
+        seq: 2,
+        message: message(2, 16),
+        expires_at_ms: None,
+    };
+    write_both(&mut store, &mut model, std::slice::from_ref(&page));
+    // As after a failure: the database is closed and opened again from the disk.
+    store.failed = Some("test".into());
+    assert!(
+        store.write(&[inline(1, 3, 16)]).is_err(),
+        "a failed store refuses work"
+    );
+    assert_eq!(
+        store.reopen().expect("reopen"),
+        2,
+        "both unsynced batches held"
+    );
+    assert!(store.failed.is_none());
+    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    // Nothing was written since: a second reopen holds nothing new.
+    assert_eq!(store.reopen().expect("reopen"), 0);
+    write_both(&mut store, &mut model, &[inline(1, 3, 16)]);
+    store.sync().expect("sync");
+    assert_eq!(
+        store.reopen().expect("reopen"),
+        0,
+        "synced batches are not in doubt"
+    );
+    write_both(&mut store, &mut model, &[inline(1, 4, 16)]);
+    assert_eq!(store.reopen().expect("reopen"), 1);
+    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    // The counter survives a restart, and is no catalog record.
+    drop(store);
+    let mut store = open(dir.path());
+    model.discard_paged();
+    assert_eq!(store.writes, 6);
+    assert_eq!(
+        store.recover(HeadLimit::entries(10)).expect("recover"),
+        model.recovered(HeadLimit::entries(10))
+    );
+}
+
+#[test]
+fn the_space_reserve_is_set_aside_at_open_and_given_up_for_lack_of_space_only() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let options = StoreOptions {
+        reserve_bytes: 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    let reserve = dir.path().join(reserve::RESERVE_FILE);
+    let mut store = FjallStore::open(dir.path(), options).expect("open");
+    assert_eq!(
+        std::fs::metadata(&reserve).expect("reserve").len(),
+        1024 * 1024
+    );
+    assert!(store.ready());
+    let _ = store.fail(StoreError::new(super::super::StoreErrorKind::Io, "eio"));
+    assert!(reserve.exists(), "an I/O error is no lack of space");
+    assert!(!store.ready(), "not ready while failed");
+    let _ = store.fail(StoreError::new(
+        super::super::StoreErrorKind::NoSpace,
+        "full",
+    ));
+    assert!(!reserve.exists(), "released for lack of space");
+    store.reopen().expect("reopen");
+    assert!(store.ready(), "set aside again");
+    assert!(reserve.exists());
 }
