@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use warren::proto::constants::PROTOCOL_HEADER;
 
 use crate::client::Amqp;
-use crate::harness::{Attack, Ctx, Outcome, bystander_during};
+use crate::harness::{Attack, Ctx, Outcome, bystander_during, cpu_ticks};
 use crate::http;
 
 const CLASS: &str = "connections";
@@ -238,17 +238,6 @@ pub fn nofile_limits(pid: u32) -> Option<(u64, u64)> {
     let soft = fields.next()?.parse().ok()?;
     let hard = fields.next()?.parse().ok()?;
     Some((soft, hard))
-}
-
-/// CPU time of a process in clock ticks (user + system).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of the whole line are the 12th and 13th after the command name.
-    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    utime + stime
 }
 
 /// Started with a soft limit below what it needs: the broker raises it to the hard limit.

@@ -7,7 +7,7 @@ use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 
 use crate::client::{Amqp, persistent, table, text};
-use crate::harness::{Attack, Ctx, Outcome};
+use crate::harness::{Attack, Ctx, Outcome, goes_idle};
 
 const CLASS: &str = "dead-letter";
 
@@ -163,7 +163,7 @@ fn cycle(
         ));
     }
     // With a TTL of 0 everything dies and the cycle rule drops it; with a length limit
-    // each queue keeps at most that many.
+    // each queue keeps at most that many. Either way nothing keeps going round.
     let most = max_len.unwrap_or(0) as u32;
     for q in &names {
         let n = settle_count(
@@ -178,6 +178,7 @@ fn cycle(
             ));
         }
     }
+    goes_idle(ctx)?;
     delete_all(&mut c, &names)?;
     c.close();
     Ok(format!("{publishes} acked in {took:.2}s"))
@@ -436,6 +437,8 @@ pub fn attacks() -> Vec<Attack> {
                         return Err(format!("{q} still holds {n} messages"));
                     }
                 }
+                // Queues that look empty prove nothing if messages still go round.
+                goes_idle(ctx)?;
                 let took = started.elapsed().as_secs_f64();
                 delete_all(&mut c, &names)?;
                 c.close();

@@ -925,6 +925,38 @@ pub fn bystander_during(ctx: &Ctx) -> Result<Duration, String> {
     check_bystander(ctx.port, n, Bystander::Normal)
 }
 
+/// CPU time of a process in clock ticks (1/100 s), user and system.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    utime + stime
+}
+
+/// Waits (up to 3 s) for the broker to go idle: half a second in which it uses under 20%
+/// of a core. Work an attack started that never ends (messages going round a loop for
+/// ever) keeps it busy although every queue may look empty.
+pub fn goes_idle(ctx: &Ctx) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = cpu_ticks(ctx.pid);
+        std::thread::sleep(Duration::from_millis(500));
+        let used = cpu_ticks(ctx.pid).saturating_sub(before);
+        if used < 10 {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "the broker stays busy ({}% of a core) after the attack ended: work that never finishes",
+                used * 2
+            ));
+        }
+    }
+}
+
 /// Runs `warren ctl ARGS` against the server (found through its node file); returns
 /// (exit code, stdout and stderr).
 pub fn ctl(ctx: &Ctx, args: &[&str]) -> (i32, String) {
