@@ -316,7 +316,7 @@ pub fn attacks() -> Vec<Attack> {
                     BasicProperties::default(),
                     &vec![b'b'; HEADER_BYTES],
                     3200,
-                    48 * MIB,
+                    64 * MIB,
                 )
             },
         )
@@ -333,7 +333,7 @@ pub fn attacks() -> Vec<Attack> {
                     big_headers(HEADER_BYTES),
                     b"",
                     3200,
-                    48 * MIB,
+                    64 * MIB,
                 )
             },
         )
@@ -359,7 +359,7 @@ pub fn attacks() -> Vec<Attack> {
         Attack::new(
             CLASS,
             "1 connection pushes 64 x 8 MiB unfinished bodies",
-            128,
+            192,
             30,
             |ctx| in_flight(ctx, 64, 8 * MIB, Duration::from_secs(4)),
         )
