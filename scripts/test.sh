@@ -3,17 +3,19 @@
 # with the client libraries, the amqplib npm package, cargo-fuzz). CI runs exactly this.
 #
 #   scripts/test.sh                 # everything
-#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit clients fuzz sim
+#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit hostile clients fuzz sim
 #
 # Steps: build (release, must be warning-free) · unit (cargo test: unit, property and
-# end-to-end tests against real warren processes) · clients (third-party client suites
-# and pika scenarios) · fuzz (bounded cargo-fuzz runs) · sim (a batch of simulator seeds
-# and the madsim tests).
+# end-to-end tests against real warren processes) · hostile (the hostile-client suite,
+# tests/hostile: attacks on a real warren, each followed by liveness, bystander, memory and
+# ledger checks; prints a table of them) · clients (third-party client suites and pika
+# scenarios) · fuzz (bounded cargo-fuzz runs) · sim (a batch of simulator seeds and the
+# madsim tests).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TERM_COLOR=never
-only=${WARREN_TEST_ONLY:-build,unit,clients,fuzz,sim}
+only=${WARREN_TEST_ONLY:-build,unit,hostile,clients,fuzz,sim}
 fuzz_seconds=${WARREN_FUZZ_SECONDS:-60}
 failed=()
 started=$(date +%s)
@@ -62,9 +64,15 @@ if want build; then
   step "build"
   run build build_warning_free
 fi
+# The hostile suite has a step of its own, where its table is shown.
+hostile_test=hostile_clients_cannot_crash_freeze_or_bloat_warren
 if want unit; then
   step "unit, property and end-to-end tests"
-  run unit cargo test --release --workspace
+  run unit cargo test --release --workspace -- --skip "$hostile_test"
+fi
+if want hostile; then
+  step "hostile-client suite"
+  run hostile cargo test --release --test hostile -- --nocapture --test-threads=1 "$hostile_test"
 fi
 if want clients; then
   step "third-party client suites"

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -43,9 +43,44 @@ impl Server {
 
     /// Starts a server on an existing data directory.
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::try_start_logging_to(data_dir, extra, Stdio::inherit())
+            .unwrap_or_else(|(e, _)| panic!("{e}"))
+    }
+
+    /// Starts a server on an existing data directory with its log (stderr) going to `log`;
+    /// on failure, says why and hands the data directory back.
+    pub fn try_start_logging_to(
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+        log: Stdio,
+    ) -> Result<Server, (String, tempfile::TempDir)> {
+        Server::try_start_limited(data_dir, extra, log, None)
+    }
+
+    /// Like [`Server::try_start_logging_to`], with the soft open-file limit the process
+    /// starts with and, if given, a lower hard limit (set by the shell that execs it, so
+    /// the pid is warren's).
+    pub fn try_start_limited(
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+        log: Stdio,
+        nofile: Option<(u64, Option<u64>)>,
+    ) -> Result<Server, (String, tempfile::TempDir)> {
         let port = free_port();
         let http_port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_warren")),
+            Some((soft, hard)) => {
+                // The soft limit is lowered first: a hard limit below it is refused.
+                let hard = hard.map_or(String::new(), |h| format!(" && ulimit -H -n {h}"));
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -S -n {soft}{hard} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_warren"));
+                c
+            }
+        };
+        let mut child = command
             .args(["serve", "--amqp-port", &port.to_string()])
             .args(["--http-port", &http_port.to_string()])
             .arg("--data-dir")
@@ -53,29 +88,56 @@ impl Server {
             .args(extra)
             .env("WARREN_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start warren");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // The HTTP API's line comes after the AMQP listener's: both are up then.
-        loop {
-            assert!(Instant::now() < deadline, "warren did not start");
-            match lines.next() {
-                Some(Ok(line)) if line.contains("HTTP listening") => break,
-                Some(_) => continue,
-                None => panic!("warren exited during start"),
+        // The HTTP API's line comes after the AMQP listener's: both are up then. Lines are
+        // read on a thread, which keeps draining stdout so the child never blocks on a
+        // full pipe, and the wait for them has a deadline.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) if line.contains("HTTP listening") => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
+        });
+        let failure = match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Some("warren did not start within 30 s".to_string())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                Some(format!(
+                    "warren exited during start ({})",
+                    child
+                        .try_wait()
+                        .ok()
+                        .flatten()
+                        .map_or("still running".to_string(), |s| s.to_string())
+                ))
+            }
+        };
+        if let Some(why) = failure {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err((why, data_dir));
         }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
+        Ok(Server {
             child,
             port,
             http_port,
             data_dir,
-        }
+        })
     }
 
     /// Stops the process abruptly (SIGKILL) and hands back its data directory.
@@ -84,6 +146,30 @@ impl Server {
         let _ = self.child.wait();
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it; kills it if it
+    /// is still running then. Returns the data directory and whether it stopped by itself.
+    pub fn terminate(mut self, grace: Duration) -> (tempfile::TempDir, bool) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        let mut stopped = false;
+        while Instant::now() < deadline {
+            if self.exit_status().is_some() {
+                stopped = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        (dir, stopped)
     }
 
     pub fn pid(&self) -> u32 {
@@ -165,7 +251,12 @@ impl RawClient {
     }
 
     pub fn connect_to(addr: &str) -> RawClient {
-        let stream = TcpStream::connect(addr).unwrap();
+        RawClient::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Wraps a connected socket (one set up by the caller: a source address, buffer
+    /// sizes) with a 10 s read timeout.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -271,20 +362,29 @@ impl RawClient {
 
     /// The next frame, or None when the server closed the socket.
     pub fn recv_frame(&mut self) -> Option<Frame> {
+        match self.try_recv_frame() {
+            Ok(frame) => frame,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// The next frame, None when the server closed the socket, or the read error (a
+    /// timeout among them).
+    pub fn try_recv_frame(&mut self) -> std::io::Result<Option<Frame>> {
         loop {
             if let Some(frame) = self
                 .decoder
                 .decode(&mut self.buf)
                 .expect("server sent a malformed frame")
             {
-                return Some(frame);
+                return Ok(Some(frame));
             }
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read failed: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }

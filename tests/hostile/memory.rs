@@ -1,0 +1,441 @@
+//! Memory accounting: what a message really costs (headers too), bodies that are declared
+//! huge and never finished, publishers under a memory alarm, transaction buffers.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use warren::proto::method::{Method, TxRollback, TxSelect};
+use warren::proto::props::BasicProperties;
+use warren::proto::table::{FieldTable, FieldValue};
+
+use crate::client::{Amqp, Closed, Event, body_frame, publish_header, table};
+use crate::deadletter::confirmed;
+use crate::harness::{Attack, Ctx, MIB, Outcome};
+
+const CLASS: &str = "memory";
+
+/// Headers of about `bytes` encoded bytes.
+fn big_headers(bytes: usize) -> BasicProperties {
+    BasicProperties {
+        headers: Some(table([(
+            "h",
+            FieldValue::LongStr(vec![b'h'; bytes].into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Most header bytes one content header frame can carry at frame_max 131072.
+const HEADER_BYTES: usize = 120 * 1024;
+
+/// Fills a queue with `count` messages of `props` and `body`, confirmed, and deletes it.
+/// Once a queue holds more than its memory budget, further messages go to the store: the
+/// broker's resident memory must stop growing. So the check is on the last third of the
+/// messages: the broker may gain at most `last_third_bound` while they arrive (a broker
+/// that keeps them all in memory gains their full size).
+fn fill(
+    ctx: &Ctx,
+    queue: &str,
+    props: BasicProperties,
+    body: &[u8],
+    count: usize,
+    last_third_bound: u64,
+) -> Outcome {
+    let mut c = confirmed(ctx)?;
+    c.queue(1, queue, false, FieldTable::default())?;
+    let rss0 = ctx.rss();
+    let first = count - count / 3;
+    let took = c.publish_many(1, "", queue, &props, body, first, 32)?;
+    let rss1 = ctx.rss();
+    let took = took + c.publish_many(1, "", queue, &props, body, count - first, 32)?;
+    let rss2 = ctx.rss();
+    let n = c.count(1, queue)?;
+    if n != count as u32 {
+        return Err(format!("the queue holds {n} of {count}"));
+    }
+    c.delete_queue(1, queue)?;
+    c.close();
+    let mut encoded = bytes::BytesMut::new();
+    props.encode(&mut encoded);
+    let message = (encoded.len() + body.len()) as u64;
+    let last_third = (count - first) as u64 * message;
+    let grown = rss2.saturating_sub(rss1);
+    let note = format!(
+        "{count} in {:.1}s; RSS +{} MiB for the first {} MiB, +{} MiB for the last {} MiB",
+        took.as_secs_f64(),
+        rss1.saturating_sub(rss0) / MIB,
+        first as u64 * message / MIB,
+        grown / MIB,
+        last_third / MIB
+    );
+    if grown > last_third_bound {
+        return Err(format!(
+            "memory kept growing as the queue filled: {note} (bound {} MiB)",
+            last_third_bound / MIB
+        ));
+    }
+    Ok(note)
+}
+
+/// `connections` connections with `channels` channels each start a publish declaring
+/// `body_size` bytes and send two small body frames (the second is where a buffer for the
+/// whole body would be made); they hold while memory is sampled, then go.
+fn unfinished_bodies(ctx: &Ctx, connections: usize, channels: u16, body_size: u64) -> Outcome {
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let mut c = Amqp::open(ctx.port)?;
+        for ch in 1..=channels {
+            c.open_channel(ch)?;
+        }
+        let mut out = Vec::new();
+        for ch in 1..=channels {
+            out.extend_from_slice(&publish_header(
+                ch,
+                "",
+                "mem-nowhere",
+                BasicProperties::default(),
+                body_size,
+            ));
+            out.extend_from_slice(&body_frame(ch, &[b'x'; 2048]));
+            out.extend_from_slice(&body_frame(ch, &[b'y'; 2048]));
+        }
+        c.send_bytes(&out);
+        conns.push(c);
+    }
+    // Held while the harness samples the broker's memory.
+    std::thread::sleep(Duration::from_secs(1));
+    let n = conns.len();
+    drop(conns);
+    Ok(format!(
+        "{n} x {channels} bodies of {} MiB started",
+        body_size / MIB
+    ))
+}
+
+/// Writes `frames` to `c` for at most `for_` (the broker may stop reading: that is the
+/// point); returns the bytes the socket took.
+fn push(c: &mut Amqp, frames: impl Iterator<Item = Vec<u8>>, for_: Duration) -> u64 {
+    let end = Instant::now() + for_;
+    let _ = c
+        .raw
+        .stream
+        .set_write_timeout(Some(Duration::from_millis(200)));
+    let mut sent = 0u64;
+    for frame in frames {
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            if Instant::now() >= end {
+                return sent;
+            }
+            match c.raw.stream.write(rest) {
+                Ok(0) => return sent,
+                Ok(n) => {
+                    sent += n as u64;
+                    rest = &rest[n..];
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return sent,
+            }
+        }
+    }
+    sent
+}
+
+/// Body frames of 128 KiB for `channels` channels, round-robin, `per_channel` bytes each.
+fn body_stream(
+    channels: u16,
+    per_channel: u64,
+    frame_payload: usize,
+) -> impl Iterator<Item = Vec<u8>> {
+    let frames_each = per_channel.div_ceil(frame_payload as u64);
+    (0..frames_each).flat_map(move |_| {
+        (1..=channels).map(move |ch| body_frame(ch, &vec![b'z'; frame_payload]).to_vec())
+    })
+}
+
+/// One connection opens `channels` publishes of `body_size` bytes and pushes their bodies
+/// for `for_`; the broker must bound what one connection has in flight.
+fn in_flight(ctx: &Ctx, channels: u16, body_size: u64, for_: Duration) -> Outcome {
+    let mut c = Amqp::open(ctx.port)?;
+    for ch in 1..=channels {
+        c.open_channel(ch)?;
+    }
+    let mut headers = Vec::new();
+    for ch in 1..=channels {
+        headers.extend_from_slice(&publish_header(
+            ch,
+            "",
+            "mem-nowhere",
+            BasicProperties::default(),
+            body_size,
+        ));
+    }
+    c.send_bytes(&headers);
+    let frame_payload = (c.frame_max as usize).saturating_sub(8).min(128 * 1024);
+    let sent = push(
+        &mut c,
+        body_stream(channels, body_size - 1, frame_payload),
+        for_,
+    );
+    Ok(format!(
+        "{} MiB of unfinished bodies taken by the socket",
+        sent / MIB
+    ))
+}
+
+/// Under a memory alarm: `connections` publishers each start a body of `body_size` bytes
+/// and push it for `for_`. A connection is a publisher from its first basic.publish, so it
+/// is blocked and no longer read: the bytes stay in the kernel, not in the broker.
+fn under_alarm(ctx: &Ctx, connections: usize, body_size: u64, for_: Duration) -> Outcome {
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let mut c = Amqp::open(ctx.port)?;
+        c.open_channel(1)?;
+        c.send_bytes(&publish_header(
+            1,
+            "",
+            "mem-alarm",
+            BasicProperties::default(),
+            body_size,
+        ));
+        conns.push(c);
+    }
+    let handles: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let frame_payload = (c.frame_max as usize).saturating_sub(8).min(128 * 1024);
+                let sent = push(&mut c, body_stream(1, body_size - 1, frame_payload), for_);
+                // RabbitMQ tells a blocked publisher so.
+                c.set_timeout(Duration::from_secs(3));
+                let mut blocked = c.blocked.clone();
+                while blocked.is_none() {
+                    match c.next() {
+                        Ok(Event::Method(0, Method::ConnectionBlocked(b))) => {
+                            blocked = Some(b.reason)
+                        }
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    }
+                }
+                (sent, blocked)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut unblocked = 0;
+    for h in handles {
+        let (sent, blocked) = h.join().map_err(|_| "pusher thread panicked".to_string())?;
+        total += sent;
+        if blocked.is_none() {
+            unblocked += 1;
+        }
+    }
+    if unblocked > 0 {
+        return Err(format!(
+            "{unblocked} of {connections} publishers never got connection.blocked"
+        ));
+    }
+    Ok(format!("{} MiB pushed, all blocked", total / MIB))
+}
+
+/// A transaction that buffers `count` publishes and is rolled back (or committed).
+fn transaction(
+    ctx: &Ctx,
+    queue: &str,
+    props: BasicProperties,
+    body: Vec<u8>,
+    count: usize,
+    commit: bool,
+) -> Outcome {
+    let mut c = Amqp::open(ctx.port)?;
+    c.open_channel(1)?;
+    c.queue(1, queue, false, FieldTable::default())?;
+    match c.call(1, Method::TxSelect(TxSelect {}))? {
+        Event::Method(_, Method::TxSelectOk(_)) => {}
+        other => return Err(format!("tx.select: {}", other.method().name())),
+    }
+    let rss0 = ctx.rss();
+    for _ in 0..count {
+        c.publish(1, "", queue, &props, &body);
+    }
+    c.set_timeout(Duration::from_secs(60));
+    let finish = if commit {
+        Method::TxCommit(Default::default())
+    } else {
+        Method::TxRollback(TxRollback {})
+    };
+    let started = Instant::now();
+    let reply = c.call(1, finish);
+    let grown = ctx.rss().saturating_sub(rss0) / MIB;
+    match reply {
+        Ok(Event::Method(_, Method::TxCommitOk(_) | Method::TxRollbackOk(_))) => {}
+        Ok(other) => {
+            return Err(format!(
+                "expected commit/rollback-ok, got {}",
+                other.method().name()
+            ));
+        }
+        // A cap on the transaction buffer is a refusal with a code, not a silent close.
+        Err(Closed::Channel(code, text)) | Err(Closed::Connection(code, text)) if code >= 400 => {
+            return Ok(format!("refused: {code} {text}"));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let took = started.elapsed().as_secs_f64();
+    let mut c2 = Amqp::open(ctx.port)?;
+    c2.open_channel(1)?;
+    let n = c2.count(1, queue)?;
+    let want = if commit { count as u32 } else { 0 };
+    if n != want {
+        return Err(format!(
+            "the queue holds {n} after the transaction, expected {want}"
+        ));
+    }
+    c2.delete_queue(1, queue)?;
+    c2.close();
+    Ok(format!(
+        "{count} buffered, {} in {took:.1}s; RSS +{grown} MiB",
+        if commit { "committed" } else { "rolled back" }
+    ))
+}
+
+pub fn attacks() -> Vec<Attack> {
+    vec![
+        Attack::new(
+            CLASS,
+            "control: 3,200 messages of 120 KiB bodies in one queue",
+            512,
+            90,
+            |ctx| {
+                fill(
+                    ctx,
+                    "mem-bodies",
+                    BasicProperties::default(),
+                    &vec![b'b'; HEADER_BYTES],
+                    3200,
+                    64 * MIB,
+                )
+            },
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "3,200 0-byte messages with 120 KiB headers",
+            512,
+            90,
+            |ctx| {
+                fill(
+                    ctx,
+                    "mem-headers",
+                    big_headers(HEADER_BYTES),
+                    b"",
+                    3200,
+                    64 * MIB,
+                )
+            },
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "300 connections start 128 MiB bodies",
+            96,
+            30,
+            |ctx| unfinished_bodies(ctx, 300, 1, 128 * MIB),
+        )
+        .vm_limit_mib(2048)
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "1 connection, 1,000 channels start 128 MiB bodies",
+            96,
+            30,
+            |ctx| unfinished_bodies(ctx, 1, 1000, 128 * MIB),
+        )
+        .vm_limit_mib(2048)
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "1 connection pushes 64 x 8 MiB unfinished bodies",
+            192,
+            30,
+            |ctx| in_flight(ctx, 64, 8 * MIB, Duration::from_secs(4)),
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "tx: 100 MiB of 256 KiB bodies, rolled back",
+            224,
+            60,
+            |ctx| {
+                transaction(
+                    ctx,
+                    "mem-tx-bodies",
+                    BasicProperties::default(),
+                    vec![b't'; 256 * 1024],
+                    400,
+                    false,
+                )
+            },
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "tx: 800 publishes with 120 KiB headers, committed",
+            224,
+            60,
+            |ctx| {
+                transaction(
+                    ctx,
+                    "mem-tx-headers",
+                    big_headers(HEADER_BYTES),
+                    Vec::new(),
+                    800,
+                    true,
+                )
+            },
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "tx: 200,000 empty publishes, rolled back",
+            128,
+            60,
+            |ctx| {
+                transaction(
+                    ctx,
+                    "mem-tx-many",
+                    BasicProperties::default(),
+                    Vec::new(),
+                    200_000,
+                    false,
+                )
+            },
+        )
+        .fresh(),
+    ]
+}
+
+/// Run with the memory alarm on from the start.
+pub fn alarm_attacks() -> Vec<Attack> {
+    vec![
+        Attack::new(
+            CLASS,
+            "alarm: a publisher never finishes a 128 MiB body",
+            48,
+            30,
+            |ctx| under_alarm(ctx, 1, 128 * MIB, Duration::from_secs(3)),
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "alarm: 10 publishers push 64 MiB bodies",
+            64,
+            30,
+            |ctx| under_alarm(ctx, 10, 64 * MIB, Duration::from_secs(3)),
+        )
+        .fresh(),
+    ]
+}
