@@ -159,9 +159,10 @@ impl Harness {
                         queue,
                         from_seq,
                         max,
+                        max_bytes,
                         epoch,
                     } => {
-                        let entries = self.store.load(queue, from_seq, max).expect("memory store");
+                        let entries = self.store.load(queue, from_seq, max, max_bytes).expect("memory store");
                         self.broker
                             .handle_loaded(queue, epoch, entries, self.now_ms);
                     }

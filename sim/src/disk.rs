@@ -93,8 +93,8 @@ impl VirtualDisk {
     }
 
     /// A read of a queue's entries, seeing every batch written.
-    pub fn load(&self, queue: u64, from_seq: u64, max: usize) -> Vec<LoadedEntry> {
-        self.lock().visible.load(queue, from_seq, max)
+    pub fn load(&self, queue: u64, from_seq: u64, max: usize, max_bytes: u64) -> Vec<LoadedEntry> {
+        self.lock().visible.load(queue, from_seq, max, max_bytes)
     }
 
     /// Starts a sync covering every batch written so far; returns how many unsynced
@@ -173,8 +173,9 @@ impl Store for VirtualDisk {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
-        Ok(VirtualDisk::load(self, queue, from_seq, max))
+        Ok(VirtualDisk::load(self, queue, from_seq, max, max_bytes))
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

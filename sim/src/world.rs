@@ -156,6 +156,7 @@ enum HeldJob {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
         epoch: u64,
     },
 }
@@ -592,6 +593,7 @@ impl World {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
                 } => {
                     // Reads are served at once (after the writes held before them); the
@@ -600,6 +602,7 @@ impl World {
                         queue,
                         from_seq,
                         max,
+                        max_bytes,
                         epoch,
                     });
                     self.run_store_jobs();
@@ -655,9 +658,10 @@ impl World {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
                 } => {
-                    let entries = self.disk.load(queue, from_seq, max);
+                    let entries = self.disk.load(queue, from_seq, max, max_bytes);
                     self.loads += 1;
                     self.mix(
                         b"load",

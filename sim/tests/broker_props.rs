@@ -167,9 +167,10 @@ impl Harness {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
                 } => {
-                    let entries = self.disk.load(queue, from_seq, max);
+                    let entries = self.disk.load(queue, from_seq, max, max_bytes);
                     self.broker
                         .handle_loaded(queue, epoch, entries, self.now_ms);
                 }

@@ -480,3 +480,24 @@ fn a_get_waits_while_the_client_does_not_read_its_replies() {
     assert!(r.iter().any(|(_, r)| *r == Reply::PauseReading(false)));
     rig.broker.check_invariants();
 }
+
+#[test]
+fn messages_with_large_headers_are_paged_like_large_bodies() {
+    let mut rig = Rig::new(crate::broker::test_rig::small_budget());
+    rig.open(1);
+    declare_with(&mut rig, "p", FieldTable::default());
+    let headers = args(&[(
+        "h",
+        FieldValue::LongStr(Bytes::from(vec![b'h'; 120 * 1024])),
+    )]);
+    for _ in 0..200 {
+        rig.publish_with(1, "", "p", headers.clone());
+    }
+    let budget = rig.broker.config().queue_memory_budget_bytes;
+    assert!(
+        rig.broker.memory_bytes() <= budget + 130 * 1024,
+        "memory {} over budget {budget}",
+        rig.broker.memory_bytes()
+    );
+    assert!(rig.store.state().paged_count() > 150);
+}

@@ -47,6 +47,7 @@ pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
 pub use queue::{
     ConsumerRef, MESSAGE_OVERHEAD_BYTES, Overflow, Paged, Queue, QueueSettings, QueuedMessage,
+    memory_cost,
 };
 pub use stats::MessageCounters;
 pub use vhost::VHost;
@@ -222,6 +223,9 @@ pub enum Output {
         from_seq: u64,
         /// Most entries to read.
         max: usize,
+        /// Most bytes to read, as [`memory_cost`] weighs messages (the first entry is
+        /// read whatever its size).
+        max_bytes: u64,
         /// Identifies this read; a purge in the meantime makes it stale.
         epoch: u64,
     },
@@ -376,7 +380,7 @@ pub struct Broker {
     /// Memory held by ready messages in all queues.
     meter: queue::MemoryMeter,
     /// Reads of paged messages to ask the driver for.
-    loads: Vec<(QueueId, u64, usize, u64)>,
+    loads: Vec<(QueueId, u64, usize, u64, u64)>,
     /// The next shared-message id.
     next_shared_id: u64,
     /// Queues that crossed their flow-control mark during the current publish.
@@ -628,11 +632,12 @@ impl Broker {
                 ops: std::mem::take(&mut self.journal.ops),
             });
         }
-        if let Some((queue, from_seq, max, epoch)) = self.loads.pop() {
+        if let Some((queue, from_seq, max, max_bytes, epoch)) = self.loads.pop() {
             return Some(Output::Load {
                 queue,
                 from_seq,
                 max,
+                max_bytes,
                 epoch,
             });
         }

@@ -14,18 +14,36 @@ impl Broker {
         self.meter.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Asks for the queue's next paged batch if it is running low in memory.
+    /// Asks for the queue's next paged batch if it is running low in memory. A read brings
+    /// back what fits in the queue's memory budget; for a queue nobody consumes from, also
+    /// what fits in the broker's, so that backlogs waiting for consumers stay in the store.
+    /// A `basic.get` waiting on an empty queue reads one message at least.
     pub(super) fn request_load(&mut self, queue: QueueId) {
         let (low_water, batch) = (self.config.page_in_low_water, self.config.page_in_batch);
+        let (queue_budget, broker_budget) = (
+            self.config.queue_memory_budget_bytes,
+            self.config.memory_budget_bytes,
+        );
+        let broker_room = broker_budget.saturating_sub(self.memory_bytes());
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        let needed = q.wants_load(low_water)
-            || (!q.waiting_gets.is_empty() && q.paged.count > 0 && !q.paged.loading);
-        if needed {
+        if q.paged.count == 0 || q.paged.loading {
+            return;
+        }
+        let queue_room = queue_budget.saturating_sub(q.memory_bytes());
+        let active = !q.consumers.is_empty() || !q.waiting_gets.is_empty();
+        let room = if active {
+            queue_room
+        } else {
+            queue_room.min(broker_room)
+        };
+        let low = q.in_memory_count() < low_water && room >= queue_budget / 2;
+        let get_starved = !q.waiting_gets.is_empty() && q.in_memory_count() == 0;
+        if low || get_starved {
             q.paged.loading = true;
             self.loads
-                .push((queue, q.paged.from_seq, batch, q.paged.epoch));
+                .push((queue, q.paged.from_seq, batch, room.max(1), q.paged.epoch));
         }
     }
 

@@ -178,8 +178,8 @@ fn a_get_on_an_empty_head_waits_for_the_next_batch() {
     for i in 0..N {
         rig.publish(1, "", "q", i, false);
     }
-    let ((queue, from_seq, max, epoch), mut next) = park_a_get(&mut rig);
-    let entries = rig.store.load(queue, from_seq, max).unwrap();
+    let ((queue, from_seq, max, max_bytes, epoch), mut next) = park_a_get(&mut rig);
+    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
     rig.broker.handle_loaded(queue, epoch, entries, rig.now);
     let r = rig.drain();
     assert_eq!(
@@ -215,7 +215,7 @@ fn commands_behind_a_parked_get_wait_for_it() {
     for i in 0..N {
         rig.publish(1, "", "q", i, false);
     }
-    let ((queue, from_seq, max, epoch), _) = park_a_get(&mut rig);
+    let ((queue, from_seq, max, max_bytes, epoch), _) = park_a_get(&mut rig);
     // A command behind the parked get gets no answer yet...
     let passive = Method::QueueDeclare(QueueDeclare {
         queue: "q".into(),
@@ -234,7 +234,7 @@ fn commands_behind_a_parked_get_wait_for_it() {
         "answered too early: {r:?}"
     );
     // ...and is answered after the get, once the read is in.
-    let entries = rig.store.load(queue, from_seq, max).unwrap();
+    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
     rig.broker.handle_loaded(queue, epoch, entries, rig.now);
     let r = rig.drain();
     let order: Vec<&str> = r
@@ -257,7 +257,7 @@ fn commands_behind_a_parked_get_wait_for_it() {
 /// Takes messages with no-ack gets while holding back every read of the store, until
 /// memory runs dry and a get parks. Returns the read held back and how many gets were
 /// answered (the bodies are 0, 1, ... in order).
-fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64), u32) {
+fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64, u64), u32) {
     let get = Method::BasicGet(BasicGet {
         queue: "q".into(),
         no_ack: true,
@@ -287,8 +287,9 @@ fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64), u32) {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
-                } => held_load = Some((queue, from_seq, max, epoch)),
+                } => held_load = Some((queue, from_seq, max, max_bytes, epoch)),
                 Output::Replies { replies, .. } => {
                     for r in replies {
                         if r == Reply::PauseReading(true) {

@@ -465,12 +465,6 @@ impl Queue {
         self.next_seq = self.next_seq.max(from_seq);
     }
 
-    /// Whether the queue should read its next paged batch: memory is running low and no
-    /// read is in flight.
-    pub fn wants_load(&self, low_water: u64) -> bool {
-        self.paged.count > 0 && !self.paged.loading && self.in_memory_count() < low_water
-    }
-
     /// Takes in a batch read from the store (in position order, starting at the paged
     /// tail). Returns how many entries it took and the last position.
     pub fn take_loaded(&mut self, entries: Vec<QueuedMessage>) -> Option<u64> {

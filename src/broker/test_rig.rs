@@ -68,9 +68,10 @@ impl Rig {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
                 } => {
-                    let entries = self.store.load(queue, from_seq, max).unwrap();
+                    let entries = self.store.load(queue, from_seq, max, max_bytes).unwrap();
                     self.broker.handle_loaded(queue, epoch, entries, self.now);
                 }
                 Output::Replies { conn, replies: r } => {

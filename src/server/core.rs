@@ -144,12 +144,14 @@ pub async fn run(
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
                 } => {
                     let job = StoreJob::Load {
                         queue,
                         from_seq,
                         max,
+                        max_bytes,
                         epoch,
                     };
                     if persist_tx.send(job).is_err() {

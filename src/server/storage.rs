@@ -32,6 +32,7 @@ pub enum StoreJob {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
         epoch: u64,
     },
 }
@@ -135,8 +136,9 @@ impl Worker {
                     queue,
                     from_seq,
                     max,
+                    max_bytes,
                     epoch,
-                } => match self.store.load(queue, from_seq, max) {
+                } => match self.store.load(queue, from_seq, max, max_bytes) {
                     Ok(entries) => self.report(StoreDone::Loaded {
                         queue,
                         epoch,
@@ -147,6 +149,7 @@ impl Worker {
                             queue,
                             from_seq,
                             max,
+                            max_bytes,
                             epoch,
                         });
                         self.failed(&e);
@@ -402,11 +405,17 @@ mod tests {
         fn recover(&mut self, _: crate::store::HeadLimit) -> Result<Recovered, StoreError> {
             Ok(Recovered::default())
         }
-        fn load(&mut self, q: u64, from: u64, max: usize) -> Result<Vec<LoadedEntry>, StoreError> {
+        fn load(
+            &mut self,
+            q: u64,
+            from: u64,
+            max: usize,
+            max_bytes: u64,
+        ) -> Result<Vec<LoadedEntry>, StoreError> {
             let s = self.0.lock().unwrap();
             match s.fail_writes {
                 Some(kind) => Err(StoreError::new(kind, "read failed")),
-                None => Ok(s.state.load(q, from, max)),
+                None => Ok(s.state.load(q, from, max, max_bytes)),
             }
         }
         fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
@@ -487,6 +496,7 @@ mod tests {
             queue: 9,
             from_seq: 0,
             max: 1,
+            max_bytes: u64::MAX,
             epoch: 1,
         });
         assert!(!w.run());

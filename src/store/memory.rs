@@ -210,8 +210,9 @@ impl MemoryState {
         })
     }
 
-    /// Up to `max` entries of a queue from `from_seq`, durable and paged, in order.
-    pub fn load(&self, queue: u64, from_seq: u64, max: usize) -> Vec<LoadedEntry> {
+    /// Up to `max` entries of a queue from `from_seq`, durable and paged, in order, within
+    /// `max_bytes` (as [`Store::load`] counts them).
+    pub fn load(&self, queue: u64, from_seq: u64, max: usize, max_bytes: u64) -> Vec<LoadedEntry> {
         let range = (queue, from_seq)..=(queue, u64::MAX);
         let durable = self
             .entries
@@ -229,7 +230,13 @@ impl MemoryState {
             });
         let mut all: Vec<LoadedEntry> = durable.chain(paged).collect();
         all.sort_by_key(|e| e.seq);
-        all.truncate(max);
+        let mut bytes = 0;
+        let mut taken = 0;
+        while taken < all.len() && load_may_take(taken, bytes, max, max_bytes) {
+            bytes += load_cost(&all[taken]);
+            taken += 1;
+        }
+        all.truncate(taken);
         all
     }
 
@@ -329,8 +336,9 @@ impl Store for MemoryStore {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
-        Ok(self.state.load(queue, from_seq, max))
+        Ok(self.state.load(queue, from_seq, max, max_bytes))
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

@@ -325,6 +325,17 @@ impl HeadLimit {
     }
 }
 
+/// What a loaded entry weighs against the `max_bytes` of [`Store::load`]: what the broker
+/// charges for the message in memory.
+pub fn load_cost(entry: &LoadedEntry) -> u64 {
+    crate::broker::memory_cost(&entry.message)
+}
+
+/// Whether a load that has read `taken` entries weighing `bytes` may read one more.
+pub fn load_may_take(taken: usize, bytes: u64, max: usize, max_bytes: u64) -> bool {
+    taken < max && (taken == 0 || bytes < max_bytes)
+}
+
 /// Tracks a recovery's use of a [`HeadLimit`].
 #[derive(Debug)]
 pub struct HeadBudget {
@@ -509,12 +520,14 @@ pub trait Store {
     /// of an earlier run are discarded.
     fn recover(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError>;
     /// Up to `max` entries of a queue at positions `from_seq` or later, durable and paged
-    /// together, in position order.
+    /// together, in position order, stopping once they weigh `max_bytes` in memory (see
+    /// [`load_cost`]; the first entry is read whatever its size).
     fn load(
         &mut self,
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<LoadedEntry>, StoreError>;
     /// Applies one batch atomically (not yet durable).
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;

@@ -595,9 +595,10 @@ impl Store for FjallStore {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
         self.usable()?;
-        self.load_queue(queue, from_seq, max)
+        self.load_queue(queue, from_seq, max, max_bytes)
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use fjall::UserKey;
 
 use crate::proto::command::Message;
-use crate::store::{LoadedEntry, StoreError};
+use crate::store::{LoadedEntry, StoreError, load_cost, load_may_take};
 
 use super::catalog::Space;
 use super::entry::{self, EntryHeader, Payload};
@@ -36,6 +36,7 @@ impl FjallStore {
         queue: u64,
         from_seq: u64,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
         let mut out = Vec::new();
         if max == 0 {
@@ -52,7 +53,15 @@ impl FjallStore {
         let mut next_durable = self.next_item(Space::Entries, &mut durable, None)?;
         let mut next_paged = self.next_item(Space::Paged, &mut paged, None)?;
         let mut cache = SharedCache::new();
-        while out.len() < max {
+        // What the entries read so far weigh (the first `counted` of them).
+        let mut bytes = 0;
+        let mut counted = 0;
+        loop {
+            bytes += out[counted..].iter().map(load_cost).sum::<u64>();
+            counted = out.len();
+            if !load_may_take(out.len(), bytes, max, max_bytes) {
+                break;
+            }
             let take_durable = match (&next_durable, &next_paged) {
                 (None, None) => break,
                 (Some(_), None) => true,

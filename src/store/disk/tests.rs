@@ -373,7 +373,7 @@ impl Harness {
 
     /// Every position the queue holds, durable and paged.
     fn held(&self, queue: u64) -> Vec<LoadedEntry> {
-        self.model.load(queue, 0, usize::MAX)
+        self.model.load(queue, 0, usize::MAX, u64::MAX)
     }
 
     fn ops(&mut self, actions: &[Action]) -> Vec<StoreOp> {
@@ -487,8 +487,13 @@ fn fail(e: StoreError) -> TestCaseError {
 /// Every queue id's contents, paged included, as `load` and the model read them.
 fn compare_loads(store: &mut FjallStore, model: &MemoryState) -> Result<(), TestCaseError> {
     for queue in QUEUE_IDS {
-        let loaded = store.load(queue, 0, usize::MAX).map_err(fail)?;
-        prop_assert_eq!(loaded, model.load(queue, 0, usize::MAX), "queue {}", queue);
+        let loaded = store.load(queue, 0, usize::MAX, u64::MAX).map_err(fail)?;
+        prop_assert_eq!(
+            loaded,
+            model.load(queue, 0, usize::MAX, u64::MAX),
+            "queue {}",
+            queue
+        );
     }
     Ok(())
 }
@@ -568,8 +573,13 @@ fn run_model(steps: &[Step], gc_keys: usize) -> Result<(), TestCaseError> {
                 from_seq,
                 max,
             } => {
-                let loaded = store.load(*queue, *from_seq, *max).map_err(fail)?;
-                prop_assert_eq!(loaded, harness.model.load(*queue, *from_seq, *max));
+                let loaded = store
+                    .load(*queue, *from_seq, *max, u64::MAX)
+                    .map_err(fail)?;
+                prop_assert_eq!(
+                    loaded,
+                    harness.model.load(*queue, *from_seq, *max, u64::MAX)
+                );
             }
             Step::Reopen => {
                 compare_loads(&mut store, &harness.model)?;
@@ -734,7 +744,10 @@ fn a_queue_id_reused_after_restart_never_sees_its_predecessors_entries() {
     assert_eq!(store.catalog.generation(7), 1);
     let again = [StoreOp::PutQueue(queue(7, "new")), inline(7, 3, 16)];
     write_both(&mut store, &mut model, &again);
-    assert_eq!(store.load(7, 0, 100).expect("load"), model.load(7, 0, 100));
+    assert_eq!(
+        store.load(7, 0, 100, u64::MAX).expect("load"),
+        model.load(7, 0, 100, u64::MAX)
+    );
     store.sync().expect("sync");
     drop(store);
     let mut store = open(dir.path());
@@ -795,7 +808,10 @@ fn entries_written_during_the_sweep_are_live() {
         1,
         "the new entries are of generation 1"
     );
-    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    assert_eq!(
+        store.load(1, 0, 10, u64::MAX).expect("load"),
+        model.load(1, 0, 10, u64::MAX)
+    );
     let store = reopen_and_compare(dir.path(), store, &mut model, 4).expect("same as the model");
     assert_eq!(key_count(&store, Space::Entries), 12);
 }
@@ -992,8 +1008,8 @@ fn paged_messages_merge_with_entries_and_are_gone_after_a_reopen() {
     write_both(&mut store, &mut model, &ops);
     for (from, max) in [(0, 5), (4, 3), (0, 100), (19, 1), (20, 4)] {
         assert_eq!(
-            store.load(1, from, max).expect("load"),
-            model.load(1, from, max)
+            store.load(1, from, max, u64::MAX).expect("load"),
+            model.load(1, from, max, u64::MAX)
         );
     }
     let drop_paged = [StoreOp::DropPaged {
@@ -1001,7 +1017,10 @@ fn paged_messages_merge_with_entries_and_are_gone_after_a_reopen() {
         up_to_seq: 10,
     }];
     write_both(&mut store, &mut model, &drop_paged);
-    assert_eq!(store.load(1, 0, 100).expect("load"), model.load(1, 0, 100));
+    assert_eq!(
+        store.load(1, 0, 100, u64::MAX).expect("load"),
+        model.load(1, 0, 100, u64::MAX)
+    );
     assert_eq!(store.paged_floor.get(&1), Some(&11));
     store.sync().expect("sync");
     drop(store);
@@ -1009,7 +1028,10 @@ fn paged_messages_merge_with_entries_and_are_gone_after_a_reopen() {
     let mut store = open_unsynced(dir.path());
     assert_eq!(key_count(&store, Space::Paged), 0, "discarded at open");
     model.discard_paged();
-    assert_eq!(store.load(1, 0, 100).expect("load"), model.load(1, 0, 100));
+    assert_eq!(
+        store.load(1, 0, 100, u64::MAX).expect("load"),
+        model.load(1, 0, 100, u64::MAX)
+    );
     // Paged after the open, then discarded by recovery.
     let page = [StoreOp::PageOut {
         queue: 1,
@@ -1018,12 +1040,12 @@ fn paged_messages_merge_with_entries_and_are_gone_after_a_reopen() {
         expires_at_ms: None,
     }];
     store.write(&page).expect("write");
-    assert_eq!(store.load(1, 25, 10).expect("load").len(), 1);
+    assert_eq!(store.load(1, 25, 10, u64::MAX).expect("load").len(), 1);
     assert_eq!(
         store.recover(HeadLimit::entries(3)).expect("recover"),
         model.recovered(HeadLimit::entries(3))
     );
-    assert_eq!(store.load(1, 25, 10).expect("load"), Vec::new());
+    assert_eq!(store.load(1, 25, 10, u64::MAX).expect("load"), Vec::new());
 }
 
 #[test]
@@ -1262,7 +1284,7 @@ fn entries_that_do_not_decode_are_set_aside_at_recovery_and_at_load() {
         .iter()
         .find(|q| q.queue == 1)
         .expect("queue 1");
-    let loaded = store.load(1, 0, 100).expect("load");
+    let loaded = store.load(1, 0, 100, u64::MAX).expect("load");
     assert_eq!(loaded.len() as u64, queue_1.count, "counted as loaded");
     assert!(loaded.iter().all(|e| e.seq != 4));
     drop(store);
@@ -1276,7 +1298,7 @@ fn entries_that_do_not_decode_are_set_aside_at_recovery_and_at_load() {
         .remove(entry::content_key(1, 0, 3))
         .expect("remove");
     let loaded = store
-        .load(1, 0, 10)
+        .load(1, 0, 10, u64::MAX)
         .expect("a load skips the message it cannot read");
     assert!(loaded.iter().all(|e| e.seq != 3));
     assert!(loaded.iter().any(|e| e.seq == 4), "and reads on past it");
@@ -1586,7 +1608,10 @@ fn a_reopen_counts_the_batches_written_since_the_last_sync_and_keeps_paged_messa
         "both unsynced batches held"
     );
     assert!(store.failed.is_none());
-    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    assert_eq!(
+        store.load(1, 0, 10, u64::MAX).expect("load"),
+        model.load(1, 0, 10, u64::MAX)
+    );
     // Nothing was written since: a second reopen holds nothing new.
     assert_eq!(store.reopen().expect("reopen"), 0);
     write_both(&mut store, &mut model, &[inline(1, 3, 16)]);
@@ -1598,7 +1623,10 @@ fn a_reopen_counts_the_batches_written_since_the_last_sync_and_keeps_paged_messa
     );
     write_both(&mut store, &mut model, &[inline(1, 4, 16)]);
     assert_eq!(store.reopen().expect("reopen"), 1);
-    assert_eq!(store.load(1, 0, 10).expect("load"), model.load(1, 0, 10));
+    assert_eq!(
+        store.load(1, 0, 10, u64::MAX).expect("load"),
+        model.load(1, 0, 10, u64::MAX)
+    );
     // The counter survives a restart, and is no catalog record.
     drop(store);
     let mut store = open(dir.path());
