@@ -358,7 +358,18 @@ impl Broker {
                 assert_queue_equivalent(q, &m, &vhost)?;
                 id
             }
-            None => self.create_queue(conn, &vhost, &name, &m)?,
+            None => {
+                if let Some(dlx) = m
+                    .arguments
+                    .get("x-dead-letter-exchange")
+                    .and_then(|v| v.as_str())
+                {
+                    // Dead letters are published to the exchange on the declarer's behalf.
+                    self.check_access(conn, Access::Read, "queue", &name)?;
+                    self.check_access(conn, Access::Write, "exchange", dlx)?;
+                }
+                self.create_queue(conn, &vhost, &name, &m)?
+            }
         };
         if let Some(ch) = self.channel_mut(conn, channel) {
             ch.last_queue = name;
@@ -378,11 +389,6 @@ impl Broker {
         check_table_limits(&m.arguments, "queue", name, vhost)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
-        if let Some(dlx) = &settings.dead_letter_exchange {
-            // Dead letters are published to the exchange on the declarer's behalf.
-            self.check_access(conn, Access::Read, "queue", name)?;
-            self.check_access(conn, Access::Write, "exchange", dlx)?;
-        }
         if self.queues.len() >= self.config.max_queues {
             return Err(precondition_failed(format!(
                 "cannot declare {}: the broker's limit of {} queues is reached",

@@ -86,8 +86,9 @@ pub(super) async fn cross_site_layer(request: Request, next: Next) -> Response {
 const FREE_FAILURES: u32 = 3;
 /// The spacing between attempts after the first slowed one; it doubles per failure.
 const BASE_SPACING: Duration = Duration::from_millis(250);
-/// The largest spacing between attempts.
-const MAX_SPACING: Duration = Duration::from_secs(4);
+/// The largest spacing between attempts: a peer guessing passwords gets one guess a
+/// second at most.
+const MAX_SPACING: Duration = Duration::from_secs(1);
 /// Attempts that would wait longer than this are refused at once.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 /// Failures older than this are forgotten.
@@ -112,7 +113,7 @@ pub(super) struct LoginThrottle {
 
 /// Whom failures are counted against: an IPv4 address, or an IPv6 /64 (one host usually
 /// holds a whole /64, so single IPv6 addresses would be free to change).
-fn peer_key(ip: IpAddr) -> IpAddr {
+pub(super) fn peer_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -128,6 +128,15 @@ impl Broker {
             assert_queue_equivalent(q, &m, vhost)?;
             return Ok(AdminReply::Put { created: false });
         }
+        if let Some(dlx) = m
+            .arguments
+            .get("x-dead-letter-exchange")
+            .and_then(crate::proto::table::FieldValue::as_str)
+        {
+            // Dead letters are published to the exchange on the declarer's behalf.
+            self.admin_check(actor, vhost, Access::Read, "queue", name)?;
+            self.admin_check(actor, vhost, Access::Write, "exchange", dlx)?;
+        }
         // No connection owns it: the id 0 is never a connection's.
         let id = self.create_queue(0, vhost, name, &m)?;
         self.touch_queue(id);
@@ -223,6 +232,18 @@ impl Broker {
                 format!("exchange limit of {max} in vhost '{vhost}' reached"),
             ));
         }
+        if let Some(ae) = m
+            .arguments
+            .get("alternate-exchange")
+            .and_then(crate::proto::table::FieldValue::as_str)
+        {
+            // Unroutable messages are published to it on the declarer's behalf.
+            self.admin_check(actor, vhost, Access::Read, "exchange", name)?;
+            self.admin_check(actor, vhost, Access::Write, "exchange", ae)?;
+        }
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return Err(not_found(format!("no_such_vhost: {vhost}")).into());
+        };
         let x = Exchange::new(
             name,
             parsed,
