@@ -54,8 +54,10 @@ fuzz_targets() {
   local target ok=0
   for target in $(ls fuzz/fuzz_targets | sed 's/\.rs$//'); do
     echo "fuzzing $target for ${fuzz_seconds}s"
+    # A freeze (an input still running after 5 s) and a memory blow-up are crashes too.
     (cd fuzz && ../.deps/cargo/bin/cargo-fuzz run -s none "$target" -- \
-        -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 15) || ok=1
+        -max_total_time="$fuzz_seconds" -timeout=5 -rss_limit_mb=2048 \
+        -print_final_stats=1 2>&1 | tail -n 15) || ok=1
   done
   return $ok
 }

@@ -41,7 +41,9 @@ for part in $parts; do
       command -v cargo-fuzz >/dev/null ||
         cargo install cargo-fuzz --locked --root "$root/.deps/cargo"
       for target in frame_decoder method_decoder broker_inputs; do
-        (cd fuzz && cargo fuzz run -s none "$target" -- -max_total_time="$fuzz_secs")
+        # A freeze (an input still running after 5 s) and a memory blow-up are crashes too.
+        (cd fuzz && cargo fuzz run -s none "$target" -- -max_total_time="$fuzz_secs" \
+          -timeout=5 -rss_limit_mb=2048)
       done
       ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;

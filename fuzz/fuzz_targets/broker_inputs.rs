@@ -10,8 +10,24 @@
 //! write credit, or a dropped connection. After each step the driver loop runs (commands
 //! in, outputs drained, replies back to the connections) and the broker's invariants must
 //! hold. Nothing may panic.
+//!
+//! The inputs include what hostile clients send: queue arguments for dead-lettering (to
+//! the default exchange too, with a routing key that routes back), every `x-overflow`
+//! mode, `x-max-length` and `x-message-ttl` of 0, `x-max-length-bytes`, `x-expires`;
+//! exchanges of every type with alternate exchanges and exchange-to-exchange bindings;
+//! topic patterns of `#` runs, `*` and words, and routing keys of up to 63 words; headers
+//! bindings with `x-match` all/any and many keys; tables nested to the depth limit and
+//! past it; forged `x-death` headers with counts up to `i64::MAX`; adversarial names.
+//!
+//! Each step runs under a work budget: the routing work it caused
+//! ([`Broker::work_done`]) must stay within [`WORK_BUDGET_PER_STEP`], so that a matcher or
+//! a dead-letter loop whose cost explodes with its input fails as a crash even when it
+//! finishes. (Freezes and memory blow-ups are crashes through libFuzzer's `-timeout` and
+//! `-rss_limit_mb`, which CI passes.)
 
 #![no_main]
+
+use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
@@ -22,13 +38,42 @@ use warren::proto::constants::PROTOCOL_HEADER;
 use warren::proto::frame::{encode_content, encode_method};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
-use warren::proto::table::{FieldTable, FieldValue};
-use warren::store::Store;
+use warren::proto::table::{FieldTable, FieldValue, MAX_FIELD_DEPTH};
 use warren::store::memory::MemoryStore;
+use warren::store::{PermissionRecord, Recovered, Store, StoreOp};
 
-const QUEUES: [&str; 3] = ["q0", "q1", ""];
-const EXCHANGES: [&str; 4] = ["", "amq.direct", "amq.fanout", "x"];
+/// Queue names: two plain ones, the server-named "", and adversarial ones.
+const QUEUES: [&str; 6] = ["q0", "q1", "", "h.#.*", "队列-ü", LONG_NAME];
+/// Exchange names: the default, the predeclared ones, and two the input declares.
+const EXCHANGES: [&str; 7] = [
+    "",
+    "amq.direct",
+    "amq.fanout",
+    "x",
+    "amq.topic",
+    "amq.headers",
+    "y",
+];
 const KEYS: [&str; 4] = ["q0", "q1", "k", "#"];
+const WORDS: [&str; 4] = ["a", "b", "", "k"];
+/// 255 bytes, the longest short string.
+const LONG_NAME: &str = "hnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn";
+
+/// Most routing work ([`Broker::work_done`]) one step may cause. Legitimate steps here
+/// stay in the thousands (a step is at most a few dozen methods over a few queues and
+/// exchanges); the simulator holds its steps to the same bound.
+const WORK_BUDGET_PER_STEP: u64 = 1_000_000;
+
+/// The step kinds (see `Harness::step`) by the low five bits of a step's first byte:
+/// publishes, declares and bindings, which build what routing and dead-lettering work on,
+/// come up more often.
+const OPS: [u8; 32] = [
+    0, 1, 1, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 7, 7, 7, 8, 8, 8, 8, 8, 9, 9, 10, 11, 12, 13,
+    14, 15,
+];
+
+/// The frame size the fuzzed connections agree (room for large headers tables).
+const FRAME_MAX: u32 = 131_072;
 
 struct Input<'a> {
     data: &'a [u8],
@@ -49,6 +94,157 @@ impl Input<'_> {
         self.byte().is_some_and(|b| b & 1 == 1)
     }
 
+    /// A topic binding pattern: up to 40 segments, each a run of 1 to 16 `#`, a `*` or a
+    /// word (one byte each).
+    fn pattern(&mut self) -> String {
+        let n = self.u(41);
+        let mut tokens: Vec<&str> = Vec::new();
+        for _ in 0..n {
+            let b = self.byte().unwrap_or(0);
+            match b % 4 {
+                0 => tokens.extend(std::iter::repeat_n("#", 1 + usize::from(b >> 2) % 16)),
+                1 => tokens.push("*"),
+                _ => tokens.push(WORDS[usize::from(b >> 2) % WORDS.len()]),
+            }
+        }
+        fit(tokens.join("."))
+    }
+
+    /// A routing key: up to 63 words, their mix from one byte (so that a long key costs
+    /// the fuzzer two bytes).
+    fn routing_key(&mut self) -> String {
+        let n = self.u(64);
+        let style = usize::from(self.byte().unwrap_or(0));
+        let words: Vec<&str> = (0..n)
+            .map(|i| WORDS[(style + i * (style >> 4)) % WORDS.len()])
+            .collect();
+        fit(words.join("."))
+    }
+
+    /// A key: one of the fixed ones, a pattern or a generated routing key.
+    fn key(&mut self) -> String {
+        match self.u(6) {
+            0 => self.pattern(),
+            1 => self.routing_key(),
+            _ => KEYS[self.u(KEYS.len())].to_string(),
+        }
+    }
+
+    /// A value nested `levels` deep (tables, or tables and arrays), built without recursion.
+    fn nested(&mut self, levels: usize) -> FieldValue {
+        let arrays = self.bit();
+        let mut v = FieldValue::LongStr(Bytes::from_static(b"bottom"));
+        for i in 0..levels {
+            v = if arrays && i % 2 == 1 {
+                FieldValue::Array(vec![v])
+            } else {
+                FieldValue::Table([("n", v)].into_iter().collect())
+            };
+        }
+        v
+    }
+
+    /// How many levels a nested value gets: mostly right at the depth limit of its table.
+    fn levels(&mut self) -> usize {
+        match self.u(4) {
+            0 => self.u(8),
+            1 => MAX_FIELD_DEPTH - 1,
+            2 => MAX_FIELD_DEPTH,
+            _ => MAX_FIELD_DEPTH + 1,
+        }
+    }
+
+    /// A headers table: up to 63 keys from a small key space, so that bindings match.
+    fn headers(&mut self, binding: bool) -> FieldTable {
+        let mut t = FieldTable::new();
+        if binding {
+            let mode = ["all", "any", "all-with-x", "any-with-x"][self.u(4)];
+            t.insert("x-match", text(mode));
+        }
+        let n = self.u(64);
+        let style = usize::from(self.byte().unwrap_or(0));
+        for i in 0..n {
+            let k = (style + i * 7) % 40;
+            let v = if style & 1 == 0 {
+                FieldValue::I32(k as i32)
+            } else {
+                FieldValue::LongStr(Bytes::from(format!("v{k}")))
+            };
+            t.insert(format!("k{k}"), v);
+        }
+        t
+    }
+
+    /// A forged `x-death` history naming the queues, counts up to `i64::MAX`.
+    fn x_death(&mut self) -> FieldValue {
+        let n = 1 + self.u(3);
+        let mut deaths = Vec::new();
+        for _ in 0..n {
+            let count = [0, 1, i64::MAX - 1, i64::MAX][self.u(4)];
+            let reason = ["rejected", "expired", "maxlen", "other"][self.u(4)];
+            let queue = QUEUES[self.u(QUEUES.len())];
+            let mut t = FieldTable::new();
+            t.insert("count", FieldValue::I64(count));
+            t.insert("reason", text(reason));
+            t.insert("queue", text(queue));
+            t.insert("exchange", text(""));
+            t.insert("routing-keys", FieldValue::Array(vec![text(queue)]));
+            deaths.push(FieldValue::Table(t));
+        }
+        FieldValue::Array(deaths)
+    }
+
+    /// Queue arguments: a flags byte picks which, each value from the next bytes.
+    fn queue_arguments(&mut self) -> FieldTable {
+        let mut t = FieldTable::new();
+        let flags = self.byte().unwrap_or(0);
+        if flags & 1 != 0 {
+            t.insert("x-max-length", FieldValue::I32(self.u(4) as i32));
+        }
+        if flags & 2 != 0 {
+            let mode = [
+                "drop-head",
+                "reject-publish",
+                "reject-publish-dlx",
+                "reject-publish-dlx",
+                "bogus",
+            ][self.u(5)];
+            t.insert("x-overflow", text(mode));
+        }
+        if flags & 4 != 0 {
+            // The default exchange routes straight back by queue name: the likeliest loop.
+            let dlx = if self.bit() {
+                ""
+            } else {
+                EXCHANGES[self.u(EXCHANGES.len())]
+            };
+            t.insert("x-dead-letter-exchange", text(dlx));
+        }
+        if flags & 8 != 0 {
+            let dlrk = QUEUES[self.u(QUEUES.len())];
+            t.insert("x-dead-letter-routing-key", text(dlrk));
+        }
+        if flags & 16 != 0 {
+            t.insert("x-message-ttl", FieldValue::I32(self.u(30) as i32));
+        }
+        if flags & 32 != 0 {
+            t.insert("x-max-length-bytes", FieldValue::I64(self.u(200) as i64));
+        }
+        if flags & 64 != 0 {
+            let (key, value) = match self.u(3) {
+                0 => ("x-expires", FieldValue::I32(1 + self.u(100) as i32)),
+                1 => ("x-max-priority", FieldValue::I32(self.u(12) as i32)),
+                _ => ("x-queue-mode", text("lazy")),
+            };
+            t.insert(key, value);
+        }
+        if flags & 128 != 0 {
+            let levels = self.levels();
+            t.insert("x-nest", self.nested(levels));
+        }
+        t
+    }
+
     fn take(&mut self, n: usize) -> &[u8] {
         let n = n.min(self.data.len());
         let (head, rest) = self.data.split_at(n);
@@ -65,6 +261,53 @@ struct Harness {
     now_ms: u64,
     last_batch: u64,
     next_msg: u64,
+    /// The exchange of the last binding and the last queue declared: publishes often go
+    /// there, as a client publishes to what it just set up, so that the fuzzer needs no
+    /// luck to route a message through the arguments and patterns it chose.
+    last_exchange: String,
+    last_queue: String,
+}
+
+/// Tells libFuzzer how much routing work a step caused: each power of two is a branch of
+/// its own, so an input that reaches a new one counts as new coverage and is kept. The
+/// fuzzer then climbs towards inputs whose cost grows fastest (longer keys, more
+/// wildcards, more hops), which is where a cost that explodes is found.
+fn work_feedback(work: u64) {
+    macro_rules! buckets {
+        ($($n:literal => $f:ident),* $(,)?) => {
+            $(
+                #[inline(never)]
+                fn $f() {
+                    std::hint::black_box($n);
+                }
+            )*
+            match 64 - work.leading_zeros() {
+                $($n => $f(),)*
+                _ => {}
+            }
+        };
+    }
+    buckets!(
+        4 => w4, 5 => w5, 6 => w6, 7 => w7, 8 => w8, 9 => w9, 10 => w10, 11 => w11,
+        12 => w12, 13 => w13, 14 => w14, 15 => w15, 16 => w16, 17 => w17, 18 => w18,
+        19 => w19, 20 => w20,
+    );
+}
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// The longest prefix of `s` a short string carries, on a char boundary.
+fn fit(s: String) -> String {
+    if s.len() <= 255 {
+        return s;
+    }
+    let mut end = 255;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 fn handshake() -> Vec<u8> {
@@ -83,7 +326,7 @@ fn handshake() -> Vec<u8> {
         }),
         Method::ConnectionTuneOk(ConnectionTuneOk {
             channel_max: 8,
-            frame_max: 4096,
+            frame_max: FRAME_MAX,
             heartbeat: 0,
         }),
         Method::ConnectionOpen(ConnectionOpen {
@@ -97,19 +340,63 @@ fn handshake() -> Vec<u8> {
     for ch in [1, 2] {
         encode_method(ch, &Method::ChannelOpen(ChannelOpen::default()), &mut out);
     }
+    // A plain queue to bind and publish to, so that the fuzzer's bytes go to bindings,
+    // patterns and keys (the other names are free for declares with arguments).
+    let q0 = QueueDeclare {
+        queue: "q0".into(),
+        ..Default::default()
+    };
+    encode_method(1, &Method::QueueDeclare(q0), &mut out);
     out.to_vec()
+}
+
+/// The default vhost, user and permissions, as a first start stores them, made once. Each
+/// input's broker starts from them with the permission patterns `^` instead of `.*`: both
+/// allow every name (a pattern matches anywhere in a name), but with coverage
+/// instrumentation compiling `.*`'s automaton took most of each input's run time.
+fn defaults() -> &'static Recovered {
+    static DEFAULTS: OnceLock<Recovered> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        let mut broker = Broker::new(BrokerConfig::default(), 1, Recovered::default());
+        let mut recovered = Recovered::default();
+        while let Some(output) = broker.poll_output() {
+            let Output::Persist { ops, .. } = output else {
+                continue;
+            };
+            for op in ops {
+                match op {
+                    StoreOp::PutVhost(v) => recovered.vhosts.push(v),
+                    StoreOp::PutUser(u) => recovered.users.push(u),
+                    StoreOp::PutPermission(p) => recovered.permissions.push(PermissionRecord {
+                        configure: "^".into(),
+                        write: "^".into(),
+                        read: "^".into(),
+                        ..p
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            !recovered.users.is_empty() && !recovered.permissions.is_empty(),
+            "a first start stores the default user and its permissions"
+        );
+        recovered
+    })
 }
 
 impl Harness {
     fn new() -> Harness {
         let mut h = Harness {
-            broker: Broker::new(BrokerConfig::default(), 1, Default::default()),
+            broker: Broker::new(BrokerConfig::default(), 1, defaults().clone()),
             store: MemoryStore::default(),
             conns: Vec::new(),
             next_id: 1,
             now_ms: 0,
             last_batch: 0,
             next_msg: 1,
+            last_exchange: String::new(),
+            last_queue: String::new(),
         };
         h.connect();
         h
@@ -198,20 +485,43 @@ impl Harness {
         let conn = usize::from(op >> 6) % self.conns.len();
         let channel = if input.bit() { 1 } else { 2 };
         let queue = QUEUES[input.u(QUEUES.len())].to_string();
-        match op & 0x0f {
+        match OPS[usize::from(op & 0x1f)] {
             0 => {
                 let n = input.u(64);
                 let raw = input.take(n).to_vec();
                 self.bytes(conn, &raw);
             }
             1 => {
-                let exchange = EXCHANGES[input.u(EXCHANGES.len())].to_string();
-                let routing_key = KEYS[input.u(KEYS.len())].to_string();
+                let (exchange, routing_key) = match input.u(4) {
+                    0 => (self.last_exchange.clone(), input.routing_key()),
+                    1 => (String::new(), self.last_queue.clone()),
+                    2 => (
+                        EXCHANGES[input.u(EXCHANGES.len())].to_string(),
+                        input.routing_key(),
+                    ),
+                    _ => (
+                        EXCHANGES[input.u(EXCHANGES.len())].to_string(),
+                        QUEUES[input.u(QUEUES.len())].to_string(),
+                    ),
+                };
+                let mut headers = None;
+                if input.bit() {
+                    let mut t = input.headers(false);
+                    if input.bit() {
+                        t.insert("x-death", input.x_death());
+                    }
+                    if input.bit() {
+                        let levels = input.levels();
+                        t.insert("x-nest", input.nested(levels));
+                    }
+                    headers = Some(t);
+                }
                 let props = BasicProperties {
                     delivery_mode: Some(1 + u8::from(input.bit())),
                     message_id: Some(self.next_msg.to_string()),
                     expiration: input.bit().then(|| (input.u(50)).to_string()),
                     priority: input.bit().then(|| input.u(10) as u8),
+                    headers,
                     ..Default::default()
                 };
                 self.next_msg += 1;
@@ -223,7 +533,7 @@ impl Harness {
                 });
                 let body = vec![7u8; input.u(200) * 50];
                 let mut out = BytesMut::new();
-                encode_content(channel, &publish, &props, &body, 4096, &mut out);
+                encode_content(channel, &publish, &props, &body, FRAME_MAX, &mut out);
                 self.bytes(conn, &out);
             }
             2 => {
@@ -277,24 +587,8 @@ impl Harness {
                 self.method(conn, channel, Method::BasicQos(m));
             }
             7 => {
-                let mut arguments = FieldTable::new();
-                match input.u(6) {
-                    1 => arguments.insert("x-max-length", FieldValue::I32(input.u(4) as i32)),
-                    2 => {
-                        arguments.insert("x-max-length", FieldValue::I32(input.u(4) as i32));
-                        arguments.insert(
-                            "x-overflow",
-                            FieldValue::LongStr(Bytes::from_static(b"reject-publish")),
-                        );
-                    }
-                    3 => arguments.insert("x-message-ttl", FieldValue::I32(input.u(30) as i32)),
-                    4 => arguments.insert(
-                        "x-dead-letter-exchange",
-                        FieldValue::LongStr(Bytes::from_static(b"amq.fanout")),
-                    ),
-                    5 => arguments.insert("x-max-priority", FieldValue::I32(input.u(5) as i32)),
-                    _ => {}
-                }
+                let arguments = input.queue_arguments();
+                self.last_queue.clone_from(&queue);
                 let m = QueueDeclare {
                     queue,
                     durable: input.bit(),
@@ -307,20 +601,79 @@ impl Harness {
             }
             8 => {
                 let exchange = EXCHANGES[1 + input.u(EXCHANGES.len() - 1)].to_string();
-                let m = match input.u(4) {
-                    0 => Method::QueueBind(QueueBind {
+                let m = match input.u(6) {
+                    0 => {
+                        let routing_key = if input.bit() {
+                            input.pattern()
+                        } else {
+                            input.key()
+                        };
+                        let arguments = if input.bit() {
+                            input.headers(true)
+                        } else {
+                            FieldTable::new()
+                        };
+                        self.last_exchange.clone_from(&exchange);
+                        Method::QueueBind(QueueBind {
+                            queue,
+                            exchange,
+                            routing_key,
+                            arguments,
+                            ..Default::default()
+                        })
+                    }
+                    1 => {
+                        let mut arguments = FieldTable::new();
+                        if input.bit() {
+                            let ae = EXCHANGES[input.u(EXCHANGES.len())];
+                            arguments.insert("alternate-exchange", text(ae));
+                        }
+                        if input.bit() {
+                            let levels = input.levels();
+                            arguments.insert("x-nest", input.nested(levels));
+                        }
+                        Method::ExchangeDeclare(ExchangeDeclare {
+                            exchange: ["x", "y"][input.u(2)].into(),
+                            kind: ["direct", "fanout", "topic", "headers"][input.u(4)].into(),
+                            durable: input.bit(),
+                            arguments,
+                            ..Default::default()
+                        })
+                    }
+                    2 => {
+                        let routing_key = input.key();
+                        let arguments = if input.bit() {
+                            input.headers(true)
+                        } else {
+                            FieldTable::new()
+                        };
+                        self.last_exchange.clone_from(&exchange);
+                        let m = ExchangeBind {
+                            destination: EXCHANGES[1 + input.u(EXCHANGES.len() - 1)].into(),
+                            source: exchange,
+                            routing_key,
+                            arguments,
+                            ..Default::default()
+                        };
+                        if input.bit() {
+                            Method::ExchangeBind(m)
+                        } else {
+                            Method::ExchangeUnbind(ExchangeUnbind {
+                                destination: m.destination,
+                                source: m.source,
+                                routing_key: m.routing_key,
+                                arguments: m.arguments,
+                                ..Default::default()
+                            })
+                        }
+                    }
+                    3 => Method::QueueUnbind(QueueUnbind {
                         queue,
                         exchange,
-                        routing_key: KEYS[input.u(KEYS.len())].into(),
+                        routing_key: input.key(),
                         ..Default::default()
                     }),
-                    1 => Method::ExchangeDeclare(ExchangeDeclare {
-                        exchange: "x".into(),
-                        kind: ["direct", "fanout", "topic", "headers"][input.u(4)].into(),
-                        durable: input.bit(),
-                        ..Default::default()
-                    }),
-                    2 => Method::QueuePurge(QueuePurge {
+                    4 => Method::QueuePurge(QueuePurge {
                         queue,
                         ..Default::default()
                     }),
@@ -408,11 +761,27 @@ fuzz_target!(|data: &[u8]| {
     let mut h = Harness::new();
     let mut input = Input { data };
     let mut steps = 0;
-    while steps < 512 && h.step(&mut input) {
+    loop {
+        let before = h.broker.work_done();
+        if steps >= 512 || !h.step(&mut input) {
+            break;
+        }
+        let work = h.broker.work_done() - before;
+        work_feedback(work);
+        assert!(
+            work <= WORK_BUDGET_PER_STEP,
+            "step {steps} made the broker do {work} routing steps, over the budget of {WORK_BUDGET_PER_STEP}"
+        );
         steps += 1;
     }
     // Settle everything: sync, then expire and dispatch what is left.
+    let before = h.broker.work_done();
     h.store.sync().expect("memory store");
     h.broker.handle_persisted(h.last_batch);
     h.pump();
+    let work = h.broker.work_done() - before;
+    assert!(
+        work <= WORK_BUDGET_PER_STEP,
+        "settling made the broker do {work} routing steps, over the budget of {WORK_BUDGET_PER_STEP}"
+    );
 });

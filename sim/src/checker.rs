@@ -17,6 +17,7 @@ use warren::proto::method::Method;
 use warren::store::Recovered;
 
 use crate::client::{Observed, queue_of_tag};
+use crate::hostile::{Reserved, is_hostile_id, plan::strip_cr_lf};
 use crate::workload::{Kind, MsgKey, msg_id_text, parse_msg_id, topic_matches};
 
 /// A broken guarantee.
@@ -189,6 +190,11 @@ pub struct Model {
     history: BTreeMap<MsgKey, Vec<String>>,
     /// The broker was told the store fails: it refuses what it would have to store.
     store_failing: bool,
+    /// The modelled names, when hostile clients share the broker (`None`: every queue is
+    /// modelled).
+    namespace: Option<Reserved>,
+    /// Connections of hostile clients, whose traffic is not modelled.
+    hostile_conns: BTreeSet<ConnId>,
 }
 
 /// The predeclared exchanges the workload may use.
@@ -244,12 +250,16 @@ impl Model {
         }
         self.queues.clear();
         self.conns.clear();
+        self.hostile_conns.clear();
         self.instances.clear();
         self.stored.clear();
         self.next_batch = 1;
         self.synced = 0;
         let mut names: BTreeMap<u64, String> = BTreeMap::new();
         for q in &recovered.queues {
+            if !self.modelled_queue(&q.name) {
+                continue;
+            }
             self.next_inst += 1;
             let inst = self.next_inst;
             names.insert(q.id, q.name.clone());
@@ -307,6 +317,17 @@ impl Model {
         }
     }
 
+    /// Hostile clients share the broker: only the `modelled` queues and exchanges are
+    /// modelled, and hostile traffic must never touch them.
+    pub fn isolate(&mut self, modelled: Reserved) {
+        self.namespace = Some(modelled);
+    }
+
+    /// Whether queue `name` is modelled (and not a hostile client's).
+    fn modelled_queue(&self, name: &str) -> bool {
+        self.namespace.as_ref().is_none_or(|n| n.is_queue(name))
+    }
+
     // ----- inputs to the broker -----
 
     /// A connection was accepted.
@@ -314,8 +335,16 @@ impl Model {
         self.conns.insert(conn, MConn::default());
     }
 
+    /// A hostile client's connection was accepted.
+    pub fn connect_hostile(&mut self, conn: ConnId) {
+        self.hostile_conns.insert(conn);
+    }
+
     /// The broker is about to handle `command` from `conn`.
     pub fn command(&mut self, conn: ConnId, command: &Command) -> Check {
+        if self.hostile_conns.contains(&conn) {
+            return self.hostile_command(command);
+        }
         if self.conns.get(&conn).is_none_or(|c| c.closed) {
             return Ok(());
         }
@@ -909,6 +938,9 @@ impl Model {
         reply: &Reply,
         taken: &mut BTreeMap<String, Vec<(u64, MsgKey)>>,
     ) -> Check {
+        if self.hostile_conns.contains(&conn) {
+            return self.hostile_reply(conn, reply);
+        }
         let (channel, method, message) = match reply {
             Reply::LoginOk | Reply::PauseReading(_) => return Ok(()),
             Reply::Disconnect => return fail(format!("connection {conn} refused")),
@@ -1007,7 +1039,10 @@ impl Model {
         taken: &mut BTreeMap<String, Vec<(u64, MsgKey)>>,
     ) -> Check {
         let Some(key) = key_of(message) else {
-            return fail("delivery without a message id");
+            return fail(format!(
+                "isolation: message {:?}, which no modelled client published, delivered to modelled consumer {}",
+                message.properties.message_id, d.consumer_tag
+            ));
         };
         let queue = queue_of_tag(&d.consumer_tag);
         let Some(ch) = self
@@ -1203,6 +1238,12 @@ impl Model {
                     "queue {name} exists in the model but not in the broker"
                 ));
             };
+            if let Some(m) = bq.ready().find(|m| key_of(&m.message).is_none()) {
+                return fail(format!(
+                    "isolation: queue {name} holds message {:?}, which no modelled client published (a hostile message in a modelled queue)",
+                    m.message.properties.message_id
+                ));
+            }
             if bq.ready_count() != q.ready.len() as u64 {
                 let missing: Vec<String> = q
                     .ready
@@ -1219,7 +1260,8 @@ impl Model {
             }
         }
         for q in broker.queues() {
-            if q.vhost == "/" && !self.queues.contains_key(&q.name) {
+            if q.vhost == "/" && self.modelled_queue(&q.name) && !self.queues.contains_key(&q.name)
+            {
                 return fail(format!(
                     "queue {} exists in the broker but not in the model",
                     q.name
@@ -1281,8 +1323,18 @@ impl Model {
             .collect();
         let mut actual = BTreeSet::new();
         for (queue, e) in recovered.entries() {
-            let (Some(name), Some(key)) = (names.get(&queue), key_of(&e.message)) else {
-                return fail("recovered an entry of an unknown queue or without a message id");
+            let Some(name) = names.get(&queue) else {
+                return fail(format!("recovered an entry of unknown queue id {queue}"));
+            };
+            if !self.modelled_queue(name) {
+                // A hostile client's queue: its entries are not modelled.
+                continue;
+            }
+            let Some(key) = key_of(&e.message) else {
+                return fail(format!(
+                    "isolation: recovered message {:?} in modelled queue {name}, which no modelled client published",
+                    e.message.properties.message_id
+                ));
             };
             if !actual.insert((name.to_string(), key)) {
                 return fail(format!(
@@ -1359,6 +1411,9 @@ impl Model {
             }
         }
         for q in broker.queues() {
+            if !self.modelled_queue(&q.name) {
+                continue;
+            }
             if q.ready_count() > 0 || q.unacked > 0 {
                 return fail(format!(
                     "liveness: broker queue {} holds {} ready and {} unacked at the end",
@@ -1369,6 +1424,107 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    // ----- hostile traffic -----
+
+    /// A hostile client's command: not modelled, but it must keep to its namespace (a
+    /// hostile command that names a modelled queue or exchange is a simulator bug, which
+    /// would make the modelled clients' checks meaningless).
+    fn hostile_command(&mut self, command: &Command) -> Check {
+        let Some(ns) = &self.namespace else {
+            return fail("a hostile connection in a run without a hostile namespace");
+        };
+        let queue = |q: &str| ns.is_queue(q);
+        let exchange = |x: &str| ns.is_exchange(x);
+        let text = |t: Option<&warren::proto::table::FieldValue>| {
+            t.and_then(|v| v.as_str()).map(strip_cr_lf)
+        };
+        let touched = match command {
+            Command::Publish {
+                publish, message, ..
+            } => {
+                if key_of(message).is_some()
+                    || message
+                        .properties
+                        .message_id
+                        .as_deref()
+                        .is_none_or(|id| !is_hostile_id(id))
+                {
+                    return fail(format!(
+                        "simulator: a hostile client published message id {:?}",
+                        message.properties.message_id
+                    ));
+                }
+                exchange(&publish.exchange) || queue(&message.routing_key)
+            }
+            Command::Method { method, .. } => match method {
+                Method::QueueDeclare(m) => {
+                    let dlx = text(m.arguments.get("x-dead-letter-exchange"));
+                    let dlrk = text(m.arguments.get("x-dead-letter-routing-key"));
+                    queue(&m.queue)
+                        || dlx.is_some_and(|x| exchange(&x))
+                        || dlrk.is_some_and(|k| queue(&k))
+                }
+                Method::QueueBind(m) => queue(&m.queue) || exchange(&m.exchange),
+                Method::QueueUnbind(m) => queue(&m.queue) || exchange(&m.exchange),
+                Method::QueuePurge(m) => queue(&m.queue),
+                Method::QueueDelete(m) => queue(&m.queue),
+                Method::BasicConsume(m) => queue(&m.queue),
+                Method::BasicGet(m) => queue(&m.queue),
+                Method::ExchangeDeclare(m) => {
+                    let ae = text(m.arguments.get("alternate-exchange"));
+                    exchange(&m.exchange) || ae.is_some_and(|x| exchange(&x))
+                }
+                Method::ExchangeDelete(m) => exchange(&m.exchange),
+                Method::ExchangeBind(m) => exchange(&m.source) || exchange(&m.destination),
+                Method::ExchangeUnbind(m) => exchange(&m.source) || exchange(&m.destination),
+                _ => false,
+            },
+            _ => false,
+        };
+        if touched {
+            return fail(format!(
+                "simulator: a hostile client's command touches the modelled namespace: {command:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A reply to a hostile client: not modelled, but no modelled message may reach it,
+    /// and the broker must not fail internally.
+    fn hostile_reply(&mut self, conn: ConnId, reply: &Reply) -> Check {
+        match reply {
+            Reply::Content {
+                method, message, ..
+            } => {
+                if let Some(key) = key_of(message) {
+                    return fail(format!(
+                        "isolation: {} ({}) of a modelled client sent to hostile connection {conn} [history: {}]",
+                        msg_id_text(key),
+                        method.name(),
+                        self.history_of(key)
+                    ));
+                }
+                Ok(())
+            }
+            Reply::Method { method, .. } => {
+                let close = match method {
+                    Method::ConnectionClose(c) => Some((c.reply_code, &c.reply_text)),
+                    Method::ChannelClose(c) => Some((c.reply_code, &c.reply_text)),
+                    _ => None,
+                };
+                match close {
+                    Some((code, text)) if code == warren::proto::constants::INTERNAL_ERROR => {
+                        fail(format!(
+                            "broker failed internally on hostile connection {conn}: {code} {text}"
+                        ))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     // ----- client side -----

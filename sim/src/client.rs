@@ -295,7 +295,13 @@ impl Client {
         };
         let key = props.message_id.as_deref().and_then(parse_msg_id);
         let Some(key) = key else {
-            return Err(format!("client {}: content without a message id", self.id));
+            return Err(match props.message_id {
+                Some(id) => format!(
+                    "isolation: client {} received {id}, which no modelled client published (a hostile message reached a modelled queue)",
+                    self.id
+                ),
+                None => format!("client {}: content without a message id", self.id),
+            });
         };
         let intact = body_for(key, body.len()) == body[..];
         match method {

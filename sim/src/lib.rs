@@ -8,19 +8,43 @@
 //! - [`disk`]: the virtual disk behind the `Store` trait: unsynced writes vanish on crash,
 //!   a crash may keep a prefix of whole batches.
 //! - [`client`]: a simulated AMQP client speaking real bytes through warren's codec.
+//! - [`hostile`]: hostile clients, which send what an attacker would (dead-letter loops,
+//!   every overflow mode, zero TTLs and lengths, alternate exchanges, exchange-to-exchange
+//!   bindings, topic patterns of `#` runs with long routing keys, headers bindings with
+//!   many keys, tables nested past the depth limit, forged `x-death` counts, adversarial
+//!   names) in a namespace of their own.
+//! - [`actor`]: either kind of client, as the world drives it.
 //! - [`workload`]: the topology and the clients' plans drawn from the seed.
 //! - [`faults`]: the seed's fault settings (swarm testing).
 //! - [`checker`]: the reference model, fed by every event at the broker's boundary and by
 //!   what clients see, asserting the guarantees at each step.
+//! - [`watchdog`]: what cannot be caught inside a run (a freeze, a memory blow-up, a
+//!   stack overflow), still reported with the seed and its replay command.
 //!
 //! One `u64` seed derives everything through separate generators; time is virtual; the
 //! same seed gives the same trace.
+//!
+//! # What a seed must not do
+//!
+//! Break a guarantee the model checks for the modelled clients (exact queue contents,
+//! deliveries, confirms, crash recovery, liveness); let hostile traffic reach them or
+//! theirs reach it; send a hostile client anything that does not decode, an `x-death`
+//! count below zero or a 541; make the broker do more than
+//! [`world::WORK_BUDGET_PER_STEP`] routing steps ([`warren::broker::Broker::work_done`])
+//! in one step; run a seed past its wall-clock deadline or memory limit; or abort the
+//! process. The model is exact only for the modelled clients' subset of AMQP; hostile
+//! traffic (dead-lettering, overflow modes, TTLs, expiry, alternate exchanges,
+//! exchange-to-exchange and headers bindings) is checked for sanity and isolation, not
+//! modelled (see the README's simulation section).
 
+pub mod actor;
 pub mod checker;
 pub mod client;
 pub mod disk;
 pub mod faults;
+pub mod hostile;
 pub mod net;
+pub mod watchdog;
 pub mod workload;
 pub mod world;
 

@@ -6,13 +6,18 @@
 //! cargo run -p warren-sim --release -- --seeds 50 --check-determinism
 //! cargo run -p warren-sim --release                            # a random seed
 //! ```
+//!
+//! A batch (`--seeds` above 1) runs in a worker process watched by this one, so that a
+//! seed that aborts the process, freezes or blows up memory is still reported with its
+//! replay command (see [`warren_sim::watchdog`]).
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use warren_sim::world::{RunConfig, RunResult, World};
+use warren_sim::watchdog::{self, BatchEnd, Limits, SEED_END, SEED_START};
+use warren_sim::world::{RunConfig, RunResult, WORK_BUDGET_PER_STEP, World};
 
 /// Deterministic simulation of the warren broker.
 #[derive(Debug, Parser)]
@@ -39,6 +44,25 @@ struct Args {
     /// Print one line per seed even when it passes.
     #[arg(long, short)]
     verbose: bool,
+    /// Wall-clock seconds one seed may run before it counts as a freeze.
+    #[arg(long, default_value_t = 30)]
+    seed_timeout_s: u64,
+    /// Resident memory (MiB) past which a seed counts as a blow-up.
+    #[arg(long, default_value_t = 2048)]
+    max_rss_mib: u64,
+    /// Run the seeds in this process, announcing each on standard output for the
+    /// supervising simulator process (internal).
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        Limits {
+            seed_wall: Duration::from_secs(self.seed_timeout_s),
+            rss_bytes: self.max_rss_mib << 20,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -52,43 +76,46 @@ fn main() -> ExitCode {
         safety_ms: args.safety_ms,
         liveness_ms: args.liveness_ms,
     };
+    if args.seeds > 1 && !args.worker {
+        return supervise(&args, first, cfg);
+    }
+    // One seed, or a worker's batch: in this process.
+    let mut announce: Box<dyn FnMut(u64, bool)> = if args.worker {
+        Box::new(|seed, start| {
+            println!("{}{seed}", if start { SEED_START } else { SEED_END });
+        })
+    } else {
+        let replay_args = (args.check_determinism, args.seeds);
+        let current = watchdog::watch_in_process(args.limits(), move |seed| {
+            replay_for(seed, cfg, replay_args.0 && replay_args.1 == 1)
+        });
+        Box::new(move |seed, start| {
+            let mut c = match current.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *c = start.then(|| (seed, Instant::now()));
+        })
+    };
     let started = Instant::now();
     let mut passed = 0u64;
     let mut failed = 0u64;
     let mut totals = Totals::default();
     let mut failing: Vec<u64> = Vec::new();
     for seed in first..first.saturating_add(args.seeds) {
+        announce(seed, true);
         let result = World::new(seed, cfg).run();
-        if args.check_determinism {
-            // A failing run must fail the same way again, too.
-            let again = World::new(seed, cfg).run();
-            if again.trace_hash != result.trace_hash || again.violation != result.violation {
+        let result = check_seed(result, &args, cfg, &mut totals);
+        announce(seed, false);
+        match result {
+            Ok(()) => passed += 1,
+            Err(()) => {
                 failed += 1;
                 failing.push(seed);
-                println!(
-                    "seed {seed} NOT DETERMINISTIC: trace {:016x} then {:016x}",
-                    result.trace_hash, again.trace_hash
-                );
-                println!("replay: {}", replay_command(seed, &args, cfg, true));
                 if !args.keep_going {
                     break;
                 }
-                continue;
             }
-        }
-        if let Some(v) = &result.violation {
-            failed += 1;
-            failing.push(seed);
-            report_failure(&result, v, &args, cfg);
-            if !args.keep_going {
-                break;
-            }
-            continue;
-        }
-        passed += 1;
-        totals.add(&result);
-        if args.verbose || args.seeds == 1 {
-            print_ok(&result);
         }
     }
     if args.keep_going && !failing.is_empty() {
@@ -109,6 +136,107 @@ fn main() -> ExitCode {
         }
     );
     if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Checks one seed's run (and its second run with `--check-determinism`), printing its
+/// failure or, when asked, its success.
+fn check_seed(
+    result: RunResult,
+    args: &Args,
+    cfg: RunConfig,
+    totals: &mut Totals,
+) -> Result<(), ()> {
+    let seed = result.seed;
+    if args.check_determinism {
+        // A failing run must fail the same way again, too.
+        let again = World::new(seed, cfg).run();
+        if again.trace_hash != result.trace_hash || again.violation != result.violation {
+            println!(
+                "seed {seed} NOT DETERMINISTIC: trace {:016x} then {:016x}",
+                result.trace_hash, again.trace_hash
+            );
+            println!("replay: {}", replay_for(seed, cfg, true));
+            return Err(());
+        }
+    }
+    if let Some(v) = &result.violation {
+        report_failure(&result, v, args, cfg);
+        return Err(());
+    }
+    totals.add(&result);
+    if args.verbose || (args.seeds == 1 && !args.worker) {
+        print_ok(&result);
+    }
+    Ok(())
+}
+
+/// Runs a batch in worker processes, reporting the seeds that abort, freeze or blow up
+/// one as failed (and with `--keep-going` going on with the next seed in a new worker).
+fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
+    let end = first.saturating_add(args.seeds);
+    let mut next = first;
+    let mut failing: Vec<u64> = Vec::new();
+    let mut lost = false;
+    let mut worker_failed = false;
+    while next < end {
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                println!("warren-sim: cannot find its own executable to run a worker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut worker = std::process::Command::new(exe);
+        worker.args([
+            "--worker".to_string(),
+            format!("--seed={next}"),
+            format!("--seeds={}", end - next),
+            format!("--safety-ms={}", cfg.safety_ms),
+            format!("--liveness-ms={}", cfg.liveness_ms),
+        ]);
+        for (on, flag) in [
+            (args.check_determinism, "--check-determinism"),
+            (args.keep_going, "--keep-going"),
+            (args.verbose, "--verbose"),
+        ] {
+            if on {
+                worker.arg(flag);
+            }
+        }
+        match watchdog::supervise(worker, args.limits(), &mut failing) {
+            Ok(BatchEnd::Finished(status)) => {
+                worker_failed = !status.success();
+                break;
+            }
+            Ok(BatchEnd::Lost(l)) => {
+                println!("seed {} FAILED: {}", l.seed, l.reason);
+                println!(
+                    "replay: {}",
+                    replay_for(l.seed, cfg, args.check_determinism && args.seeds == 1)
+                );
+                failing.push(l.seed);
+                lost = true;
+                if !args.keep_going {
+                    break;
+                }
+                next = l.seed + 1;
+            }
+            Err(e) => {
+                println!("warren-sim: cannot run a worker process: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if lost && args.keep_going {
+        failing.sort_unstable();
+        failing.dedup();
+        println!("warren-sim: failing seeds in all: {failing:?}");
+    }
+    if worker_failed || lost {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -137,6 +265,47 @@ struct Totals {
     seeds_with_heartbeats: u64,
     loads: u64,
     seeds_paging: u64,
+    seeds_hostile: u64,
+    hostile_clients: u64,
+    hostile_published: u64,
+    hostile_methods: u64,
+    hostile_received: u64,
+    hostile_channel_closes: u64,
+    hostile_connection_closes: u64,
+    /// Seeds with each class of hostile input, in [`FEATURES`] order.
+    hostile_features: [u64; FEATURES.len()],
+    max_step_work: u64,
+}
+
+/// The classes of hostile input, for the coverage report.
+const FEATURES: [&str; 11] = [
+    "dead-letter",
+    "overflow",
+    "ttl",
+    "expires",
+    "alternate",
+    "e2e",
+    "topic",
+    "headers",
+    "nesting",
+    "x-death",
+    "names",
+];
+
+fn features(f: &warren_sim::hostile::Features) -> [bool; FEATURES.len()] {
+    [
+        f.dead_letter,
+        f.overflow,
+        f.ttl,
+        f.expires,
+        f.alternate,
+        f.e2e,
+        f.topic,
+        f.headers,
+        f.nesting,
+        f.x_death,
+        f.names,
+    ]
 }
 
 impl Totals {
@@ -161,6 +330,23 @@ impl Totals {
         self.seeds_with_heartbeats += u64::from(r.faults.heartbeat_s > 0);
         self.loads += r.loads;
         self.seeds_paging += u64::from(r.loads > 0);
+        self.seeds_hostile += u64::from(!r.hostile.is_empty());
+        let mut seen = [false; FEATURES.len()];
+        for (plan, stats) in &r.hostile {
+            self.hostile_clients += 1;
+            self.hostile_published += stats.published;
+            self.hostile_methods += stats.methods;
+            self.hostile_received += stats.received;
+            self.hostile_channel_closes += stats.channel_closes;
+            self.hostile_connection_closes += stats.connection_closes;
+            for (s, on) in seen.iter_mut().zip(features(&plan.features)) {
+                *s |= on;
+            }
+        }
+        for (n, on) in self.hostile_features.iter_mut().zip(seen) {
+            *n += u64::from(on);
+        }
+        self.max_step_work = self.max_step_work.max(r.max_step_work);
     }
 
     fn print(&self) {
@@ -185,6 +371,26 @@ impl Totals {
             self.seeds_with_heartbeats,
             self.loads,
             self.seeds_paging,
+        );
+        let per_feature: Vec<String> = FEATURES
+            .iter()
+            .zip(self.hostile_features)
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect();
+        println!(
+            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received; the broker closed {} of their channels and {} connections; seeds per class: {}",
+            self.hostile_clients,
+            self.seeds_hostile,
+            self.hostile_published,
+            self.hostile_methods,
+            self.hostile_received,
+            self.hostile_channel_closes,
+            self.hostile_connection_closes,
+            per_feature.join(", "),
+        );
+        println!(
+            "work: the largest step took {} routing steps (budget {WORK_BUDGET_PER_STEP})",
+            self.max_step_work
         );
     }
 }
@@ -211,6 +417,21 @@ fn print_ok(r: &RunResult) {
         r.trace_hash
     );
     println!("  faults: {}", r.faults.describe());
+    print_hostile(r);
+}
+
+fn print_hostile(r: &RunResult) {
+    for (plan, stats) in &r.hostile {
+        println!(
+            "  hostile: {} (published {}, other methods {}, received {}, channels closed {}, connections closed {})",
+            plan.describe(),
+            stats.published,
+            stats.methods,
+            stats.received,
+            stats.channel_closes,
+            stats.connection_closes
+        );
+    }
 }
 
 fn report_failure(r: &RunResult, v: &warren_sim::checker::Violation, args: &Args, cfg: RunConfig) {
@@ -219,11 +440,16 @@ fn report_failure(r: &RunResult, v: &warren_sim::checker::Violation, args: &Args
         r.seed, r.now_ms, r.steps
     );
     println!("  faults: {}", r.faults.describe());
+    print_hostile(r);
     println!("  trace {:016x}", r.trace_hash);
-    println!("replay: {}", replay_command(r.seed, args, cfg, false));
+    println!(
+        "replay: {}",
+        replay_for(r.seed, cfg, args.check_determinism && args.seeds == 1)
+    );
 }
 
-fn replay_command(seed: u64, args: &Args, cfg: RunConfig, determinism: bool) -> String {
+/// The command that replays `seed` in process.
+fn replay_for(seed: u64, cfg: RunConfig, determinism: bool) -> String {
     let defaults = RunConfig::default();
     let mut cmd = format!("cargo run -p warren-sim --release -- --seed {seed}");
     if cfg.safety_ms != defaults.safety_ms {
@@ -232,7 +458,7 @@ fn replay_command(seed: u64, args: &Args, cfg: RunConfig, determinism: bool) -> 
     if cfg.liveness_ms != defaults.liveness_ms {
         cmd += &format!(" --liveness-ms {}", cfg.liveness_ms);
     }
-    if determinism || (args.check_determinism && args.seeds == 1) {
+    if determinism {
         cmd += " --check-determinism";
     }
     cmd

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -27,10 +28,12 @@ use warren::proto::command::{Command, ConnId};
 use warren::proto::connection::{Connection, ConnectionConfig};
 use warren::store::{StoreErrorKind, StoreOp};
 
+use crate::actor::Actor;
 use crate::checker::{Model, Stats, Violation};
 use crate::client::{Client, Observed, RunPhase};
 use crate::disk::{DiskFaults, VirtualDisk};
 use crate::faults::{Faults, derive_seed};
+use crate::hostile::{HostileClient, HostilePlan, HostileStats, Reserved};
 use crate::net::Pipe;
 use crate::workload::Spec;
 
@@ -79,6 +82,10 @@ pub struct RunResult {
     pub lossy_crashes: u64,
     /// Reads of paged messages the broker asked for.
     pub loads: u64,
+    /// The hostile clients' plans and what they did.
+    pub hostile: Vec<(HostilePlan, HostileStats)>,
+    /// The most routing work the broker did for one step ([`Broker::work_done`]).
+    pub max_step_work: u64,
 }
 
 /// One connection: the server's protocol state machine and the two pipes.
@@ -105,8 +112,9 @@ pub struct World {
     sched: SmallRng,
     fault_rng: SmallRng,
     faults: Faults,
-    spec: Spec,
-    clients: Vec<Client>,
+    /// Shared with each action (clients read it while the world is borrowed).
+    spec: Rc<Spec>,
+    clients: Vec<Actor>,
     next_tick_ms: Vec<u64>,
     reconnect_at_ms: Vec<Option<u64>>,
     links: BTreeMap<u64, Link>,
@@ -140,6 +148,7 @@ pub struct World {
     torn_crashes: u64,
     loads: u64,
     lossy_crashes: u64,
+    max_step_work: u64,
 }
 
 /// Most events a run may take (a guard against a livelock in the simulator).
@@ -161,6 +170,15 @@ enum HeldJob {
     },
 }
 
+/// Most routing work ([`Broker::work_done`]: exchanges and topic-trie nodes visited,
+/// bindings and header entries compared, queues enqueued to, dead-letter hops) the broker
+/// may do for one step of the world: one chunk of bytes from a client (a few commands), a
+/// timer, a completed sync. Legitimate steps of the simulated topologies, hostile ones
+/// included, stay below a few tens of thousands (the batch reports the largest); a
+/// matcher or a dead-letter loop whose cost explodes with its input passes this within a
+/// step, and fails the seed even when the step finishes.
+pub const WORK_BUDGET_PER_STEP: u64 = 1_000_000;
+
 impl World {
     /// The world of `seed`.
     pub fn new(seed: u64, cfg: RunConfig) -> World {
@@ -178,22 +196,41 @@ impl World {
                 c.gets = false;
             }
         }
-        let clients: Vec<Client> = spec
+        let mut clients: Vec<Actor> = spec
             .clients
             .iter()
             .enumerate()
             .map(|(i, plan)| {
                 let rng = SmallRng::seed_from_u64(derive_seed(seed, 100 + i as u64));
-                Client::new(i, plan.clone(), rng)
+                Actor::Modelled(Client::new(i, plan.clone(), rng))
             })
             .collect();
+        // Hostile clients come from their own stream, so that a seed's modelled workload
+        // does not depend on them.
+        let mut hostile_rng = SmallRng::seed_from_u64(derive_seed(seed, 4));
+        let reserved = Reserved {
+            queues: spec.queues.iter().map(|q| q.name.clone()).collect(),
+            exchanges: spec.exchanges.iter().map(|(x, _)| x.clone()).collect(),
+        };
+        for _ in 0..[0, 1, 1, 2][hostile_rng.gen_range(0..4)] {
+            let id = clients.len();
+            let plan = HostilePlan::generate(&mut hostile_rng);
+            let rng = SmallRng::seed_from_u64(derive_seed(seed, 100 + id as u64));
+            clients.push(Actor::Hostile(HostileClient::new(
+                id,
+                plan,
+                rng,
+                reserved.clone(),
+            )));
+        }
         let n = clients.len();
         let conn_config = ConnectionConfig {
             heartbeat_s: faults.heartbeat_s,
             ..ConnectionConfig::default()
         };
         let disk = VirtualDisk::new();
-        let model = Model::new(&disk.recovered());
+        let mut model = Model::new(&disk.recovered());
+        model.isolate(reserved);
         let broker_config = faults.broker_config();
         World {
             seed,
@@ -203,7 +240,7 @@ impl World {
             sched: SmallRng::seed_from_u64(derive_seed(seed, 3)),
             fault_rng,
             faults,
-            spec,
+            spec: Rc::new(spec),
             clients,
             next_tick_ms: vec![0; n],
             reconnect_at_ms: (0..n).map(|i| Some(i as u64)).collect(),
@@ -232,6 +269,7 @@ impl World {
             torn_crashes: 0,
             loads: 0,
             lossy_crashes: 0,
+            max_step_work: 0,
         }
     }
 
@@ -268,10 +306,26 @@ impl World {
             faults: self.faults.clone(),
             stats: self.model.stats.clone(),
             drops: self.drops,
-            published: self.clients.iter().map(|c| c.published).sum(),
+            published: self
+                .clients
+                .iter()
+                .map(|c| match c {
+                    Actor::Modelled(c) => c.published,
+                    Actor::Hostile(_) => 0,
+                })
+                .sum(),
             torn_crashes: self.torn_crashes,
             loads: self.loads,
             lossy_crashes: self.lossy_crashes,
+            hostile: self
+                .clients
+                .iter()
+                .filter_map(|c| match c {
+                    Actor::Hostile(h) => Some((h.plan().clone(), h.stats)),
+                    Actor::Modelled(_) => None,
+                })
+                .collect(),
+            max_step_work: self.max_step_work,
         }
     }
 
@@ -439,7 +493,29 @@ impl World {
         times.into_iter().min()
     }
 
+    /// One event, under the work budget.
     fn step(&mut self, ev: Event) -> Result<(), Violation> {
+        let before = self
+            .broker
+            .as_ref()
+            .map(|b| (self.incarnation, b.work_done()));
+        let result = self.step_unbudgeted(ev);
+        // A crash or restart in the step replaces the broker and its count.
+        if let (Some((incarnation, work_before)), Some(b)) = (before, &self.broker)
+            && incarnation == self.incarnation
+        {
+            let work = b.work_done().saturating_sub(work_before);
+            self.max_step_work = self.max_step_work.max(work);
+            if work > WORK_BUDGET_PER_STEP {
+                return Err(Violation(format!(
+                    "work budget: one step ({ev:?}) made the broker do {work} routing steps, over the budget of {WORK_BUDGET_PER_STEP} (a matcher or dead-letter loop whose cost explodes with its input)"
+                )));
+            }
+        }
+        result
+    }
+
+    fn step_unbudgeted(&mut self, ev: Event) -> Result<(), Violation> {
         self.model.now_ms = self.now_ms;
         match ev {
             Event::Drain => self.drain(),
@@ -744,7 +820,11 @@ impl World {
             };
             b.handle_connect(conn, info, now);
         }
-        self.model.connect(conn);
+        if self.clients[i].is_hostile() {
+            self.model.connect_hostile(conn);
+        } else {
+            self.model.connect(conn);
+        }
         self.links.insert(
             id,
             Link {
@@ -900,7 +980,7 @@ impl World {
         }
         self.mix(b"to-client", &data);
         let mut seen: Vec<Observed> = Vec::new();
-        let spec = self.spec.clone();
+        let spec = Rc::clone(&self.spec);
         self.clients[client]
             .handle_bytes(&data, now, &spec, &mut seen)
             .map_err(Violation)?;
@@ -933,14 +1013,14 @@ impl World {
             return self.drop_link(i);
         }
         let now = self.now_ms;
-        let spec = self.spec.clone();
+        let spec = Rc::clone(&self.spec);
         self.clients[i].tick(now, self.phase, &spec);
         self.flush_client(i);
         Ok(())
     }
 
     fn clients_think(&self, i: usize) -> (u64, u64) {
-        self.spec.clients[i].think_ms
+        self.clients[i].think_ms(&self.spec)
     }
 
     /// The connection breaks: a random prefix of what the client sent arrives (often cut

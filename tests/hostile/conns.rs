@@ -144,8 +144,18 @@ fn churn(ctx: &Ctx, n: usize) -> Outcome {
     ))
 }
 
+/// A socket to the HTTP port from the attacker's address.
 fn http_socket(ctx: &Ctx) -> Result<TcpStream, String> {
-    let s = TcpStream::connect(("127.0.0.1", ctx.http_port)).map_err(|e| e.to_string())?;
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket
+        .bind(&std::net::SocketAddr::new(ATTACKER, 0).into())
+        .map_err(|e| format!("bind {ATTACKER}: {e}"))?;
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.http_port));
+    socket
+        .connect_timeout(&server.into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    let s: TcpStream = socket.into();
     let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
     Ok(s)
 }

@@ -1,0 +1,457 @@
+//! A hostile client: speaks real AMQP bytes like the modelled clients, but pipelines
+//! whatever its plan draws (declares with hostile arguments, bindings with hostile
+//! patterns and tables, publishes with hostile keys and headers, consumes, settles,
+//! deletes) in its own namespace, and takes whatever comes back. It checks only protocol
+//! sanity and isolation: what it receives decodes, carries one of the hostile message
+//! ids (never a modelled one) and no `x-death` count below zero.
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use warren::proto::constants::PROTOCOL_HEADER;
+use warren::proto::frame::{Frame, FrameDecoder, encode_method};
+use warren::proto::method::*;
+use warren::proto::props::BasicProperties;
+use warren::proto::table::{FieldTable, FieldValue};
+
+use super::plan::{Gen, HostilePlan, Reserved};
+use crate::workload::{body_for, parse_msg_id};
+
+mod actions;
+
+/// The publishing channel.
+const CH_PUB: u16 = 1;
+/// The channel for everything else.
+const CH_OTHER: u16 = 2;
+/// Most deliveries it remembers to settle per channel.
+const UNACKED_MAX: usize = 256;
+
+/// The prefix of hostile message ids (`h<client>.<n>`), which no modelled id has.
+pub const HOSTILE_ID_PREFIX: &str = "h";
+
+/// Whether a `message-id` is in the hostile space.
+pub fn is_hostile_id(id: &str) -> bool {
+    id.starts_with(HOSTILE_ID_PREFIX)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitStart,
+    AwaitTune,
+    AwaitOpenOk,
+    Open,
+    Closing,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChanState {
+    #[default]
+    Closed,
+    Opening,
+    Open,
+    Closing,
+}
+
+#[derive(Debug, Default)]
+struct Chan {
+    state: ChanState,
+    /// Delivery tags received and not yet settled.
+    unacked: Vec<u64>,
+    consumers: Vec<String>,
+    /// Content being assembled: method, header, body so far.
+    partial: Option<(Method, Option<(BasicProperties, u64)>, BytesMut)>,
+}
+
+#[derive(Debug)]
+struct Session {
+    phase: Phase,
+    decoder: FrameDecoder,
+    input: BytesMut,
+    output: BytesMut,
+    frame_max: u32,
+    heartbeat_ms: u64,
+    last_send_ms: u64,
+    /// Channels 1 and 2.
+    channels: [Chan; 2],
+}
+
+impl Session {
+    fn chan(&mut self, channel: u16) -> Option<&mut Chan> {
+        self.channels.get_mut(usize::from(channel).checked_sub(1)?)
+    }
+
+    fn send(&mut self, channel: u16, method: &Method, now_ms: u64) {
+        encode_method(channel, method, &mut self.output);
+        self.last_send_ms = now_ms;
+    }
+
+    fn open(&self, channel: u16) -> bool {
+        self.channels
+            .get(usize::from(channel).saturating_sub(1))
+            .is_some_and(|c| c.state == ChanState::Open)
+    }
+}
+
+/// What a hostile client did and saw, for the closing report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostileStats {
+    /// Messages published.
+    pub published: u64,
+    /// Methods other than publishes sent.
+    pub methods: u64,
+    /// Deliveries and gets received.
+    pub received: u64,
+    /// Channels the broker closed.
+    pub channel_closes: u64,
+    /// Connections the broker closed.
+    pub connection_closes: u64,
+}
+
+/// A hostile client.
+#[derive(Debug)]
+pub struct HostileClient {
+    /// Index among all clients of the run.
+    pub id: usize,
+    g: Gen,
+    reserved: Reserved,
+    session: Option<Session>,
+    /// Its queues, as it declared them (server-named ones as a passive declare of the
+    /// broker's name), so that it can declare them again before using them: names go
+    /// stale as queues expire, auto-delete or die with their connection.
+    queues: Vec<QueueDeclare>,
+    /// Its exchanges, as it declared them.
+    exchanges: Vec<ExchangeDeclare>,
+    next_msg: u64,
+    next_tag: u64,
+    /// Counters.
+    pub stats: HostileStats,
+}
+
+impl HostileClient {
+    /// A hostile client following `plan`, kept out of the `reserved` names.
+    pub fn new(id: usize, plan: HostilePlan, rng: SmallRng, reserved: Reserved) -> Self {
+        HostileClient {
+            id,
+            g: Gen::new(id, plan, rng),
+            reserved,
+            session: None,
+            queues: Vec::new(),
+            exchanges: Vec::new(),
+            next_msg: 1,
+            next_tag: 1,
+            stats: HostileStats::default(),
+        }
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &HostilePlan {
+        &self.g.plan
+    }
+
+    /// Whether a session is in progress.
+    pub fn connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Whether the session finished its closing handshake.
+    pub fn done(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Done)
+    }
+
+    /// Starts a session on a fresh socket.
+    pub fn connect(&mut self, now_ms: u64) {
+        let mut output = BytesMut::new();
+        output.extend_from_slice(&PROTOCOL_HEADER);
+        self.session = Some(Session {
+            phase: Phase::AwaitStart,
+            decoder: FrameDecoder::new(131_072 + 8),
+            input: BytesMut::new(),
+            output,
+            frame_max: 4096,
+            heartbeat_ms: 0,
+            last_send_ms: now_ms,
+            channels: Default::default(),
+        });
+    }
+
+    /// The socket is gone.
+    pub fn disconnected(&mut self) {
+        self.session = None;
+    }
+
+    /// Bytes to write to the socket.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        let s = self.session.as_mut()?;
+        (!s.output.is_empty()).then(|| s.output.split().freeze())
+    }
+
+    /// Bytes from the socket. An error is a broken guarantee: a stream that does not
+    /// decode, a modelled message in a hostile queue, an `x-death` count that overflowed.
+    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64) -> Result<(), String> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        s.input.extend_from_slice(data);
+        loop {
+            let Some(s) = self.session.as_mut() else {
+                return Ok(());
+            };
+            if s.phase == Phase::Done {
+                s.input.clear();
+                return Ok(());
+            }
+            let frame = match s.decoder.decode(&mut s.input) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("hostile client {} cannot decode: {e:?}", self.id)),
+            };
+            self.handle_frame(frame, now_ms)?;
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame, now_ms: u64) -> Result<(), String> {
+        let id = self.id;
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        match frame {
+            Frame::Heartbeat { .. } => Ok(()),
+            Frame::Method { channel: 0, method } => {
+                self.connection_method(method, now_ms);
+                Ok(())
+            }
+            Frame::Method { channel, method } => {
+                if method.has_content() {
+                    if let Some(ch) = s.chan(channel) {
+                        ch.partial = Some((method, None, BytesMut::new()));
+                    }
+                    return Ok(());
+                }
+                self.channel_method(channel, method, now_ms);
+                Ok(())
+            }
+            Frame::Header { channel, header } => {
+                let Some((_, h, _)) = s.chan(channel).and_then(|c| c.partial.as_mut()) else {
+                    return Err(format!("hostile client {id}: header without a method"));
+                };
+                *h = Some((header.properties, header.body_size));
+                self.maybe_content_done(channel)
+            }
+            Frame::Body { channel, payload } => {
+                let Some((_, Some(_), body)) = s.chan(channel).and_then(|c| c.partial.as_mut())
+                else {
+                    return Err(format!("hostile client {id}: body without a header"));
+                };
+                body.extend_from_slice(&payload);
+                self.maybe_content_done(channel)
+            }
+        }
+    }
+
+    fn maybe_content_done(&mut self, channel: u16) -> Result<(), String> {
+        let id = self.id;
+        let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) else {
+            return Ok(());
+        };
+        let complete =
+            matches!(&ch.partial, Some((_, Some((_, size)), body)) if body.len() as u64 >= *size);
+        if !complete {
+            return Ok(());
+        }
+        let Some((method, Some((props, _)), body)) = ch.partial.take() else {
+            return Ok(());
+        };
+        let what = method.name();
+        let Some(msg_id) = props.message_id.as_deref() else {
+            return Err(format!(
+                "hostile client {id} got a {what} without a message id"
+            ));
+        };
+        if !is_hostile_id(msg_id) {
+            let kind = if parse_msg_id(msg_id).is_some() {
+                "modelled message"
+            } else {
+                "message never published"
+            };
+            return Err(format!(
+                "isolation: hostile client {id} got a {what} of {kind} {msg_id} (a modelled message reached a hostile queue)"
+            ));
+        }
+        if body[..] != body_for(hostile_key(msg_id), body.len())[..] {
+            return Err(format!(
+                "hostile client {id} got {msg_id} with a corrupt body"
+            ));
+        }
+        check_x_death(props.headers.as_ref())
+            .map_err(|e| format!("hostile client {id} got {msg_id} ({what}): {e}"))?;
+        let tag = match method {
+            Method::BasicDeliver(d) => Some(d.delivery_tag),
+            Method::BasicGetOk(g) => Some(g.delivery_tag),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            self.stats.received += 1;
+            if ch.unacked.len() < UNACKED_MAX {
+                ch.unacked.push(tag);
+            }
+        }
+        Ok(())
+    }
+
+    fn connection_method(&mut self, method: Method, now_ms: u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        match (s.phase, method) {
+            (Phase::AwaitStart, Method::ConnectionStart(_)) => {
+                let ok = ConnectionStartOk {
+                    client_properties: FieldTable::new(),
+                    mechanism: "PLAIN".into(),
+                    response: Bytes::from_static(b"\0guest\0guest"),
+                    locale: "en_US".into(),
+                };
+                s.send(0, &Method::ConnectionStartOk(ok), now_ms);
+                s.phase = Phase::AwaitTune;
+            }
+            (Phase::AwaitTune, Method::ConnectionTune(t)) => {
+                let frame_max = if t.frame_max == 0 {
+                    131_072
+                } else {
+                    t.frame_max.min(131_072)
+                };
+                s.frame_max = frame_max;
+                s.heartbeat_ms = u64::from(t.heartbeat) * 1000;
+                s.decoder.set_max_frame_bytes(frame_max + 8);
+                let ok = ConnectionTuneOk {
+                    channel_max: t.channel_max.min(8),
+                    frame_max,
+                    heartbeat: t.heartbeat,
+                };
+                s.send(0, &Method::ConnectionTuneOk(ok), now_ms);
+                let open = ConnectionOpen {
+                    virtual_host: "/".into(),
+                    ..Default::default()
+                };
+                s.send(0, &Method::ConnectionOpen(open), now_ms);
+                s.phase = Phase::AwaitOpenOk;
+            }
+            (Phase::AwaitOpenOk, Method::ConnectionOpenOk(_)) => {
+                s.phase = Phase::Open;
+                self.open_channels(now_ms);
+            }
+            (Phase::Closing, Method::ConnectionCloseOk(_)) => s.phase = Phase::Done,
+            (_, Method::ConnectionClose(_)) => {
+                self.stats.connection_closes += 1;
+                s.send(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
+                s.phase = Phase::Done;
+            }
+            // Blocked, unblocked, and anything else: hostile clients take what comes.
+            _ => {}
+        }
+    }
+
+    fn channel_method(&mut self, channel: u16, method: Method, now_ms: u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let mut reply = None;
+        if let Some(ch) = s.chan(channel) {
+            match method {
+                Method::ChannelOpenOk(_) if ch.state == ChanState::Opening => {
+                    ch.state = ChanState::Open;
+                }
+                Method::ChannelClose(_) => {
+                    *ch = Chan::default();
+                    self.stats.channel_closes += 1;
+                    reply = Some(Method::ChannelCloseOk(ChannelCloseOk {}));
+                }
+                Method::ChannelCloseOk(_) => *ch = Chan::default(),
+                Method::BasicCancel(c) => ch.consumers.retain(|t| *t != c.consumer_tag),
+                Method::BasicConsumeOk(ok) if !ch.consumers.contains(&ok.consumer_tag) => {
+                    ch.consumers.push(ok.consumer_tag);
+                }
+                Method::QueueDeclareOk(ok) if !self.queues.iter().any(|q| q.queue == ok.queue) => {
+                    let m = QueueDeclare {
+                        queue: ok.queue,
+                        passive: true,
+                        ..Default::default()
+                    };
+                    remember(&mut self.queues, m, self.g.plan.names_max, &mut self.g.rng);
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = reply {
+            s.send(channel, &m, now_ms);
+        }
+    }
+
+    fn open_channels(&mut self, now_ms: u64) {
+        let confirm = self.g.plan.confirm;
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        for channel in [CH_PUB, CH_OTHER] {
+            let closed = s
+                .chan(channel)
+                .is_some_and(|c| c.state == ChanState::Closed);
+            if !closed {
+                continue;
+            }
+            s.send(
+                channel,
+                &Method::ChannelOpen(ChannelOpen::default()),
+                now_ms,
+            );
+            if channel == CH_PUB && confirm {
+                s.send(
+                    channel,
+                    &Method::ConfirmSelect(ConfirmSelect { nowait: false }),
+                    now_ms,
+                );
+            }
+            if let Some(ch) = s.chan(channel) {
+                ch.state = ChanState::Opening;
+            }
+        }
+    }
+}
+
+/// Keeps at most `max` names: past it a random one makes room.
+fn remember<T>(names: &mut Vec<T>, name: T, max: usize, rng: &mut SmallRng) {
+    if names.len() >= max.max(1) {
+        let i = rng.gen_range(0..names.len());
+        names[i] = name;
+    } else {
+        names.push(name);
+    }
+}
+
+/// The body seed of a hostile message id.
+fn hostile_key(msg_id: &str) -> u64 {
+    // FNV-1a: ids are unique per run, and bodies only need to be checkable.
+    msg_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Client-supplied `x-death` counts are never negative, so a negative one was made by the
+/// broker: a count that overflowed.
+fn check_x_death(headers: Option<&FieldTable>) -> Result<(), String> {
+    let Some(FieldValue::Array(deaths)) = headers.and_then(|h| h.get("x-death")) else {
+        return Ok(());
+    };
+    for d in deaths {
+        if let FieldValue::Table(t) = d
+            && let Some(count) = t.get("count").and_then(FieldValue::as_i64)
+            && count < 0
+        {
+            return Err(format!("an x-death count of {count} (overflowed)"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! What a hostile client does on each tick: declares, bindings, publishes, consumes,
+//! settlements and deletions, drawn from its plan and pipelined without waiting for
+//! replies.
+
+use rand::Rng;
+
+use warren::proto::frame::{encode_content, encode_heartbeat};
+use warren::proto::method::*;
+use warren::proto::props::BasicProperties;
+use warren::proto::table::FieldTable;
+
+use super::{
+    CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, Phase, UNACKED_MAX, hostile_key,
+    remember,
+};
+use crate::client::RunPhase;
+use crate::hostile::plan::{AMQ_EXCHANGES, nested};
+use crate::workload::body_for;
+
+impl HostileClient {
+    /// One step of the hostile workload; in the liveness phase it only settles what it
+    /// holds.
+    pub fn tick(&mut self, now_ms: u64, phase: RunPhase) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if s.phase != Phase::Open {
+            return;
+        }
+        if s.heartbeat_ms > 0 && now_ms >= s.last_send_ms + s.heartbeat_ms / 2 {
+            encode_heartbeat(&mut s.output);
+            s.last_send_ms = now_ms;
+        }
+        self.open_channels(now_ms);
+        if phase == RunPhase::Liveness {
+            for channel in [CH_PUB, CH_OTHER] {
+                self.ack_all(channel, now_ms);
+            }
+            return;
+        }
+        let roll = self.g.rng.gen_range(0..100);
+        match roll {
+            0..=11 => self.declare_queue(now_ms),
+            12..=17 => self.declare_exchange(now_ms),
+            18..=29 => self.bind_queue(now_ms),
+            30..=34 => self.bind_exchange(now_ms),
+            35..=36 => self.unbind(now_ms),
+            37..=64 => self.publish(now_ms),
+            65..=70 => self.consume(now_ms),
+            71..=80 => self.settle(now_ms),
+            81..=84 => self.get(now_ms),
+            85..=86 => self.cancel(now_ms),
+            87..=88 => self.purge(now_ms),
+            89..=91 => self.delete_queue(now_ms),
+            92..=93 => self.delete_exchange(now_ms),
+            94 => self.close_channel(now_ms),
+            95 if self.g.one_in(4) => self.close_connection(now_ms),
+            _ => {}
+        }
+    }
+
+    /// A channel that is open, drawn at random (`None` if neither is).
+    fn some_channel(&mut self) -> Option<u16> {
+        let first = if self.g.one_in(2) { CH_PUB } else { CH_OTHER };
+        let s = self.session.as_ref()?;
+        [first, CH_PUB + CH_OTHER - first]
+            .into_iter()
+            .find(|c| s.open(*c))
+    }
+
+    fn send(&mut self, channel: u16, method: Method, now_ms: u64) {
+        if let Some(s) = self.session.as_mut() {
+            s.send(channel, &method, now_ms);
+            self.stats.methods += 1;
+        }
+    }
+
+    fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.queue.clone()).collect()
+    }
+
+    fn exchange_names(&self) -> Vec<String> {
+        self.exchanges.iter().map(|x| x.exchange.clone()).collect()
+    }
+
+    /// One of its queues, often declared again first (pipelined) so that it exists; now
+    /// and then "" for the channel's last declared queue.
+    fn some_queue(&mut self, channel: u16, now_ms: u64) -> Option<String> {
+        if self.queues.is_empty() {
+            return None;
+        }
+        if self.g.one_in(20) {
+            return Some(String::new());
+        }
+        let m = self.queues[self.g.rng.gen_range(0..self.queues.len())].clone();
+        let name = m.queue.clone();
+        if self.g.one_in(2) {
+            self.send(channel, Method::QueueDeclare(m), now_ms);
+        }
+        Some(name)
+    }
+
+    /// One of its exchanges, often declared again first, or a predeclared `amq.*` one;
+    /// with its kind.
+    fn some_exchange(&mut self, channel: u16, now_ms: u64) -> (String, String) {
+        if self.exchanges.is_empty() || self.g.one_in(3) {
+            let (n, k) = AMQ_EXCHANGES[self.g.rng.gen_range(0..AMQ_EXCHANGES.len())];
+            return (n.to_string(), k.to_string());
+        }
+        let m = self.exchanges[self.g.rng.gen_range(0..self.exchanges.len())].clone();
+        let named = (m.exchange.clone(), m.kind.clone());
+        if self.g.one_in(2) {
+            self.send(channel, Method::ExchangeDeclare(m), now_ms);
+        }
+        named
+    }
+
+    /// A binding key and arguments suited to an exchange of `kind`.
+    fn binding_for(&mut self, kind: &str) -> (String, FieldTable) {
+        let f = self.g.plan.features;
+        match kind {
+            "topic" => (self.g.topic_pattern(), FieldTable::new()),
+            "headers" if f.headers => (String::new(), self.g.headers_binding()),
+            _ => {
+                let key = if !self.queues.is_empty() && self.g.one_in(2) {
+                    self.queues[self.g.rng.gen_range(0..self.queues.len())]
+                        .queue
+                        .clone()
+                } else {
+                    self.g.routing_key(&self.reserved)
+                };
+                let mut args = FieldTable::new();
+                if f.nesting && self.g.one_in(4) {
+                    let depth = self.g.depth();
+                    args.insert("x-nest", nested(depth.saturating_sub(1), true));
+                }
+                (key, args)
+            }
+        }
+    }
+
+    fn declare_queue(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let name = if !self.queues.is_empty() && self.g.one_in(8) {
+            // A redeclare with other arguments (406 inequivalent, most of the time).
+            self.queues[self.g.rng.gen_range(0..self.queues.len())]
+                .queue
+                .clone()
+        } else {
+            self.g.name(&self.reserved)
+        };
+        let exchanges = self.exchange_names();
+        let queues = self.queue_names();
+        let arguments = self.g.queue_arguments(&name, &exchanges, &queues);
+        let m = QueueDeclare {
+            queue: name.clone(),
+            durable: self.g.one_in(2),
+            exclusive: self.g.one_in(8),
+            auto_delete: self.g.one_in(8),
+            arguments,
+            ..Default::default()
+        };
+        // Names the broker refuses are not worth using again.
+        if !name.is_empty() && !name.starts_with("amq.") && !queues.contains(&name) {
+            remember(
+                &mut self.queues,
+                m.clone(),
+                self.g.plan.names_max,
+                &mut self.g.rng,
+            );
+        }
+        self.send(channel, Method::QueueDeclare(m), now_ms);
+    }
+
+    fn declare_exchange(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let f = self.g.plan.features;
+        let mut kinds = vec!["direct", "fanout"];
+        if f.topic {
+            kinds.extend(["topic", "topic"]);
+        }
+        if f.headers {
+            kinds.extend(["headers", "headers"]);
+        }
+        if self.g.one_in(20) {
+            kinds = vec!["x-bogus"];
+        }
+        let kind = kinds[self.g.rng.gen_range(0..kinds.len())];
+        let name = self.g.name(&self.reserved);
+        let exchanges = self.exchange_names();
+        let arguments = self.g.exchange_arguments(&name, &exchanges);
+        let m = ExchangeDeclare {
+            exchange: name.clone(),
+            kind: kind.into(),
+            durable: self.g.one_in(2),
+            auto_delete: self.g.one_in(8),
+            internal: self.g.one_in(20),
+            arguments,
+            ..Default::default()
+        };
+        if !name.is_empty()
+            && !name.starts_with("amq.")
+            && kind != "x-bogus"
+            && !exchanges.contains(&name)
+        {
+            remember(
+                &mut self.exchanges,
+                m.clone(),
+                self.g.plan.names_max,
+                &mut self.g.rng,
+            );
+        }
+        self.send(channel, Method::ExchangeDeclare(m), now_ms);
+    }
+
+    fn bind_queue(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let Some(queue) = self.some_queue(channel, now_ms) else {
+            return;
+        };
+        let (exchange, kind) = self.some_exchange(channel, now_ms);
+        let (routing_key, arguments) = self.binding_for(&kind);
+        let m = QueueBind {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+            ..Default::default()
+        };
+        self.send(channel, Method::QueueBind(m), now_ms);
+    }
+
+    fn bind_exchange(&mut self, now_ms: u64) {
+        if !self.g.plan.features.e2e || self.exchanges.is_empty() {
+            return;
+        }
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let (source, kind) = self.some_exchange(channel, now_ms);
+        let (destination, _) = self.some_exchange(channel, now_ms);
+        let (routing_key, arguments) = self.binding_for(&kind);
+        let m = ExchangeBind {
+            destination,
+            source,
+            routing_key,
+            arguments,
+            ..Default::default()
+        };
+        self.send(channel, Method::ExchangeBind(m), now_ms);
+    }
+
+    fn unbind(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let Some(queue) = self.some_queue(channel, now_ms) else {
+            return;
+        };
+        let (exchange, kind) = self.some_exchange(channel, now_ms);
+        let (routing_key, arguments) = self.binding_for(&kind);
+        let m = QueueUnbind {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+            ..Default::default()
+        };
+        self.send(channel, Method::QueueUnbind(m), now_ms);
+    }
+
+    fn publish(&mut self, now_ms: u64) {
+        if !self.session.as_ref().is_some_and(|s| s.open(CH_PUB)) {
+            return;
+        }
+        let n = self.g.rng.gen_range(1..=3);
+        let queues = self.queue_names();
+        for _ in 0..n {
+            let (exchange, kind) = if self.g.one_in(4) {
+                (String::new(), "direct".to_string())
+            } else {
+                self.some_exchange(CH_PUB, now_ms)
+            };
+            let routing_key = if kind == "direct" && !self.queues.is_empty() && self.g.one_in(2) {
+                self.queues[self.g.rng.gen_range(0..self.queues.len())]
+                    .queue
+                    .clone()
+            } else {
+                self.g.routing_key(&self.reserved)
+            };
+            let msg_id = format!("{HOSTILE_ID_PREFIX}{}.{}", self.id, self.next_msg);
+            self.next_msg += 1;
+            let persistent = self.g.rng.gen_bool(self.g.plan.persistent_prob);
+            let props = BasicProperties {
+                delivery_mode: Some(if persistent { 2 } else { 1 }),
+                message_id: Some(msg_id.clone()),
+                expiration: self.g.expiration(),
+                headers: self.g.message_headers(&queues),
+                priority: self.g.one_in(4).then(|| self.g.rng.gen_range(0..=10)),
+                ..Default::default()
+            };
+            let len = self.g.rng.gen_range(0..=self.g.plan.body_max_bytes);
+            let body = body_for(hostile_key(&msg_id), len);
+            let publish = Method::BasicPublish(BasicPublish {
+                exchange,
+                routing_key,
+                mandatory: self.g.one_in(3),
+                ..Default::default()
+            });
+            let Some(s) = self.session.as_mut() else {
+                return;
+            };
+            encode_content(CH_PUB, &publish, &props, &body, s.frame_max, &mut s.output);
+            s.last_send_ms = now_ms;
+            self.stats.published += 1;
+        }
+    }
+
+    fn consume(&mut self, now_ms: u64) {
+        if !self.session.as_ref().is_some_and(|s| s.open(CH_OTHER)) {
+            return;
+        }
+        let Some(queue) = self.some_queue(CH_OTHER, now_ms) else {
+            return;
+        };
+        if self.g.one_in(3) {
+            let qos = BasicQos {
+                prefetch_size: 0,
+                prefetch_count: [0, 1, 5][self.g.rng.gen_range(0..3)],
+                global: self.g.one_in(2),
+            };
+            self.send(CH_OTHER, Method::BasicQos(qos), now_ms);
+        }
+        let consumer_tag = if self.g.one_in(4) {
+            String::new()
+        } else {
+            self.next_tag += 1;
+            format!("h{}-{}", self.id, self.next_tag)
+        };
+        let m = BasicConsume {
+            queue,
+            consumer_tag,
+            no_ack: self.g.one_in(3),
+            exclusive: self.g.one_in(10),
+            ..Default::default()
+        };
+        self.send(CH_OTHER, Method::BasicConsume(m), now_ms);
+    }
+
+    /// Acks, nacks or rejects one held delivery; without requeue it is dead-lettered.
+    fn settle(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let roll = self.g.rng.gen_range(0..4);
+        let requeue = self.g.one_in(3);
+        let multiple = self.g.one_in(4);
+        let pick = self.g.rng.gen_range(0..UNACKED_MAX);
+        let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) else {
+            return;
+        };
+        if ch.unacked.is_empty() {
+            return;
+        }
+        let tag = ch.unacked[pick % ch.unacked.len()];
+        if multiple {
+            ch.unacked.retain(|t| *t > tag);
+        } else {
+            ch.unacked.retain(|t| *t != tag);
+        }
+        let m = match roll {
+            0 => Method::BasicAck(BasicAck {
+                delivery_tag: tag,
+                multiple,
+            }),
+            1 | 2 => Method::BasicNack(BasicNack {
+                delivery_tag: tag,
+                multiple,
+                requeue,
+            }),
+            _ => Method::BasicReject(BasicReject {
+                delivery_tag: tag,
+                requeue,
+            }),
+        };
+        self.send(channel, m, now_ms);
+    }
+
+    fn ack_all(&mut self, channel: u16, now_ms: u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if !s.open(channel) {
+            return;
+        }
+        let Some(ch) = s.chan(channel) else {
+            return;
+        };
+        let Some(last) = ch.unacked.iter().copied().max() else {
+            return;
+        };
+        ch.unacked.clear();
+        let m = Method::BasicAck(BasicAck {
+            delivery_tag: last,
+            multiple: true,
+        });
+        s.send(channel, &m, now_ms);
+    }
+
+    fn get(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let Some(queue) = self.some_queue(channel, now_ms) else {
+            return;
+        };
+        let m = BasicGet {
+            queue,
+            no_ack: self.g.one_in(3),
+            ..Default::default()
+        };
+        self.send(channel, Method::BasicGet(m), now_ms);
+    }
+
+    fn cancel(&mut self, now_ms: u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if !s.open(CH_OTHER) {
+            return;
+        }
+        let Some(tag) = s.chan(CH_OTHER).and_then(|c| c.consumers.pop()) else {
+            return;
+        };
+        let m = BasicCancel {
+            consumer_tag: tag,
+            nowait: false,
+        };
+        self.send(CH_OTHER, Method::BasicCancel(m), now_ms);
+    }
+
+    fn purge(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let Some(queue) = self.some_queue(channel, now_ms) else {
+            return;
+        };
+        let m = QueuePurge {
+            queue,
+            ..Default::default()
+        };
+        self.send(channel, Method::QueuePurge(m), now_ms);
+    }
+
+    fn delete_queue(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let Some(queue) = self.some_queue(channel, now_ms) else {
+            return;
+        };
+        let m = QueueDelete {
+            queue,
+            if_unused: self.g.one_in(4),
+            if_empty: self.g.one_in(4),
+            ..Default::default()
+        };
+        self.send(channel, Method::QueueDelete(m), now_ms);
+    }
+
+    fn delete_exchange(&mut self, now_ms: u64) {
+        if self.exchanges.is_empty() {
+            return;
+        }
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        let exchange = self.exchanges[self.g.rng.gen_range(0..self.exchanges.len())]
+            .exchange
+            .clone();
+        let m = ExchangeDelete {
+            exchange,
+            if_unused: self.g.one_in(4),
+            ..Default::default()
+        };
+        self.send(channel, Method::ExchangeDelete(m), now_ms);
+    }
+
+    fn close_channel(&mut self, now_ms: u64) {
+        let Some(channel) = self.some_channel() else {
+            return;
+        };
+        if let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) {
+            ch.state = ChanState::Closing;
+        }
+        self.send(
+            channel,
+            Method::ChannelClose(ChannelClose::default()),
+            now_ms,
+        );
+    }
+
+    fn close_connection(&mut self, now_ms: u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let m = ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        };
+        s.send(0, &Method::ConnectionClose(m), now_ms);
+        s.phase = Phase::Closing;
+    }
+}
