@@ -1,6 +1,5 @@
 //! The `warren` command: `warren serve` runs the broker.
 
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,9 +175,8 @@ fn run_serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let seed = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    // The broker's names, and the seed of its hash maps, come from the OS's randomness.
+    let seed = rand::RngCore::next_u64(&mut rand::rngs::OsRng);
     let store = match FjallStore::open(&config.data_dir, store_options) {
         Ok(store) => Box::new(store),
         Err(e) => {

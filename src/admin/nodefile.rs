@@ -79,9 +79,11 @@ impl NodeFile {
 
 /// A fresh secret: 32 random bytes from the operating system, hex-encoded.
 pub fn new_token() -> std::io::Result<String> {
-    use std::io::Read;
+    use rand::RngCore;
     let mut raw = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut raw)
+        .map_err(std::io::Error::other)?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
