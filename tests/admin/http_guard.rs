@@ -329,29 +329,68 @@ fn failed_logins_are_logged_with_the_peer_and_slowed_down() {
     );
 }
 
+/// A client socket from the loopback address `127.0.0.<host>`, so that one test can act as
+/// several peers.
+fn connect_from(host: u8, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let local = std::net::SocketAddr::from(([127, 0, 0, host], 0));
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&remote.into()).unwrap();
+    socket.into()
+}
+
 #[test]
 fn idle_connections_time_out_and_connections_are_capped() {
     let server = Server::start();
-    let addr = format!("127.0.0.1:{}", server.http_port);
+    let port = server.http_port;
+    let mut buf = [0u8; 256];
+
+    // One peer gets at most 32 connections: the 33rd is closed at once, while another
+    // peer is still served.
+    let held: Vec<TcpStream> = (0..32).map(|_| connect_from(10, port)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = connect_from(10, port);
+    let _ = refused.write_all(b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        matches!(refused.read(&mut buf), Ok(0) | Err(_)),
+        "a peer's 33rd connection was served"
+    );
+    let mut other = connect_from(11, port);
+    other
+        .write_all(b"GET /api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    other.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    drop(held);
+    drop(refused);
+    std::thread::sleep(Duration::from_millis(300));
+
     let started = Instant::now();
-    // Half a request head, then silence; and enough idle connections to fill every slot.
-    let mut partial = TcpStream::connect(&addr).unwrap();
+    // Half a request head, then silence; and enough idle connections, from eight peers,
+    // to fill every slot.
+    let mut partial = connect_from(2, port);
     partial
         .write_all(b"GET /api/overview HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     let idle: Vec<TcpStream> = (0..255)
-        .map(|_| TcpStream::connect(&addr).unwrap())
+        .map(|i| connect_from(2 + ((i + 1) / 32) as u8, port))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // One more is not served while the slots are held...
-    let mut waiting = TcpStream::connect(&addr).unwrap();
+    let mut waiting = connect_from(1, port);
     waiting
         .write_all(b"GET /api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     waiting
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    let mut buf = [0u8; 256];
     assert!(
         waiting.read(&mut buf).is_err(),
         "a connection past the cap was served"
