@@ -255,35 +255,49 @@ struct LoggedServer {
 }
 
 impl LoggedServer {
+    /// Starts on free ports, trying again on others if a test running in parallel took
+    /// one first.
     fn start() -> LoggedServer {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = dir.path().join("stderr.log");
-        let http_port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["serve", "--amqp-port", &free_port().to_string()])
-            .args(["--http-port", &http_port.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("WARREN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .expect("start warren");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("HTTP listening") => break,
-                Some(_) => continue,
-                None => panic!("warren exited during start"),
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let log = dir.path().join("stderr.log");
+            let http_port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["serve", "--amqp-port", &free_port().to_string()])
+                .args(["--http-port", &http_port.to_string()])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("WARREN_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).expect("a log file"))
+                .spawn()
+                .expect("start warren");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+            let started = loop {
+                match lines.next() {
+                    Some(Ok(line)) if line.contains("HTTP listening") => break true,
+                    Some(_) => continue,
+                    None => break false,
+                }
+            };
+            if !started {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!(
+                    "warren exited during start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                continue;
             }
+            std::thread::spawn(move || for _ in lines {});
+            return LoggedServer {
+                child,
+                http_port,
+                log,
+                _dir: dir,
+            };
         }
-        std::thread::spawn(move || for _ in lines {});
-        LoggedServer {
-            child,
-            http_port,
-            log,
-            _dir: dir,
-        }
+        panic!("warren did not start in four tries");
     }
 }
 

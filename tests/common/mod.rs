@@ -42,9 +42,23 @@ impl Server {
     }
 
     /// Starts a server on an existing data directory.
-    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        Server::try_start_logging_to(data_dir, extra, Stdio::inherit())
-            .unwrap_or_else(|(e, _)| panic!("{e}"))
+    ///
+    /// The ports are picked free a moment before the server binds them, and another test
+    /// running in parallel may take one in between: a start that fails is tried again, on
+    /// fresh ports, a few times.
+    pub fn start_in(mut data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        const ATTEMPTS: usize = 4;
+        for attempt in 1..=ATTEMPTS {
+            match Server::try_start_logging_to(data_dir, extra, Stdio::inherit()) {
+                Ok(server) => return server,
+                Err((why, _)) if attempt == ATTEMPTS => panic!("{why}"),
+                Err((why, dir)) => {
+                    eprintln!("warren did not start ({why}); trying again on other ports");
+                    data_dir = dir;
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Starts a server on an existing data directory with its log (stderr) going to `log`;
