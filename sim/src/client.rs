@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use warren::proto::constants::PROTOCOL_HEADER;
-use warren::proto::frame::{Frame, FrameDecoder, encode_content, encode_heartbeat, encode_method};
+use warren::proto::frame::Frame;
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 
+use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link};
 use crate::workload::{ClientPlan, MsgKey, Spec, body_for, msg_id_text, msg_key, parse_msg_id};
 
 /// The publishing channel.
@@ -67,19 +67,6 @@ pub enum Observed {
     },
 }
 
-/// Handshake progress and life of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    AwaitStart,
-    AwaitTune,
-    AwaitOpenOk,
-    Open,
-    /// We sent connection.close.
-    Closing,
-    /// Done: the world drops the socket.
-    Done,
-}
-
 /// A reply the client waits for on a channel, in order.
 #[derive(Debug, Clone, PartialEq)]
 enum Expect {
@@ -103,8 +90,8 @@ struct Chan {
     confirm: bool,
     next_seq: u64,
     unconfirmed: BTreeMap<u64, MsgKey>,
-    /// Content being assembled: method, header, body so far.
-    partial: Option<(Method, Option<(BasicProperties, u64)>, BytesMut)>,
+    /// Content being assembled.
+    partial: Option<Content>,
 }
 
 impl Chan {
@@ -116,13 +103,7 @@ impl Chan {
 /// One connection of a client.
 #[derive(Debug)]
 struct Session {
-    phase: Phase,
-    decoder: FrameDecoder,
-    input: BytesMut,
-    output: BytesMut,
-    frame_max: u32,
-    heartbeat_ms: u64,
-    last_send_ms: u64,
+    link: Link,
     channels: BTreeMap<u16, Chan>,
 }
 
@@ -175,21 +156,13 @@ impl Client {
     pub fn done(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| s.phase == Phase::Done)
+            .is_some_and(|s| s.link.phase() == crate::link::Phase::Done)
     }
 
     /// Starts a session on a fresh socket: sends the protocol header.
     pub fn connect(&mut self, now_ms: u64) {
-        let mut output = BytesMut::new();
-        output.extend_from_slice(&PROTOCOL_HEADER);
         self.session = Some(Session {
-            phase: Phase::AwaitStart,
-            decoder: FrameDecoder::new(131_072 + 8),
-            input: BytesMut::new(),
-            output,
-            frame_max: 4096,
-            heartbeat_ms: 0,
-            last_send_ms: now_ms,
+            link: Link::new(now_ms),
             channels: BTreeMap::new(),
         });
     }
@@ -201,8 +174,7 @@ impl Client {
 
     /// Bytes to write to the socket.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        let s = self.session.as_mut()?;
-        (!s.output.is_empty()).then(|| s.output.split().freeze())
+        self.session.as_mut()?.link.poll_transmit()
     }
 
     /// Bytes from the socket. Returns what the checks need to see, or an error when the
@@ -217,19 +189,15 @@ impl Client {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
-        s.input.extend_from_slice(data);
+        s.link.receive(data);
         loop {
             let Some(s) = self.session.as_mut() else {
                 return Ok(());
             };
-            if s.phase == Phase::Done {
-                s.input.clear();
-                return Ok(());
-            }
-            let frame = match s.decoder.decode(&mut s.input) {
+            let frame = match s.link.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("client {} cannot decode: {e:?}", self.id)),
+                Err(e) => return Err(format!("client {}: {e}", self.id)),
             };
             self.handle_frame(frame, now_ms, spec, out)?;
         }
@@ -255,7 +223,7 @@ impl Client {
             Frame::Method { channel, method } => {
                 if method.has_content() {
                     let ch = s.channels.entry(channel).or_default();
-                    ch.partial = Some((method, None, BytesMut::new()));
+                    ch.partial = Some(Content::start(method));
                     return Ok(());
                 }
                 self.channel_method(channel, method, now_ms, out);
@@ -263,36 +231,39 @@ impl Client {
             }
             Frame::Header { channel, header } => {
                 let ch = s.channels.entry(channel).or_default();
-                let Some((_, h, _)) = ch.partial.as_mut() else {
-                    return Err(format!("client {id}: header without a method"));
-                };
-                *h = Some((header.properties, header.body_size));
-                self.maybe_content_done(channel, out)
+                match Content::header(&mut ch.partial, header.properties, header.body_size) {
+                    Ok(Some(arrived)) => self.content(channel, arrived, out),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(format!("client {id}: {e}")),
+                }
             }
             Frame::Body { channel, payload } => {
                 let ch = s.channels.entry(channel).or_default();
-                let Some((_, Some(_), body)) = ch.partial.as_mut() else {
-                    return Err(format!("client {id}: body without a header"));
-                };
-                body.extend_from_slice(&payload);
-                self.maybe_content_done(channel, out)
+                match Content::body(&mut ch.partial, &payload) {
+                    Ok(Some(arrived)) => self.content(channel, arrived, out),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(format!("client {id}: {e}")),
+                }
             }
         }
     }
 
-    fn maybe_content_done(&mut self, channel: u16, out: &mut Vec<Observed>) -> Result<(), String> {
+    /// A message that arrived whole on `channel`.
+    fn content(
+        &mut self,
+        channel: u16,
+        arrived: Arrived,
+        out: &mut Vec<Observed>,
+    ) -> Result<(), String> {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
         let ch = s.channels.entry(channel).or_default();
-        let complete =
-            matches!(&ch.partial, Some((_, Some((_, size)), body)) if body.len() as u64 >= *size);
-        if !complete {
-            return Ok(());
-        }
-        let Some((method, Some((props, _)), body)) = ch.partial.take() else {
-            return Ok(());
-        };
+        let Arrived {
+            method,
+            properties: props,
+            body,
+        } = arrived;
         let key = props.message_id.as_deref().and_then(parse_msg_id);
         let Some(key) = key else {
             return Err(match props.message_id {
@@ -392,71 +363,25 @@ impl Client {
         spec: &Spec,
         out: &mut Vec<Observed>,
     ) {
-        let frame_max_wanted = self.plan.frame_max;
+        let hello = Hello {
+            client_properties: client_properties(),
+            frame_max: self.plan.frame_max,
+            channel_max: 16,
+        };
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        match (s.phase, method) {
-            (Phase::AwaitStart, Method::ConnectionStart(_)) => {
-                let mut caps = FieldTable::new();
-                caps.insert("consumer_cancel_notify", FieldValue::Bool(true));
-                caps.insert("publisher_confirms", FieldValue::Bool(true));
-                caps.insert("basic.nack", FieldValue::Bool(true));
-                let mut props = FieldTable::new();
-                props.insert("capabilities", FieldValue::Table(caps));
-                let ok = ConnectionStartOk {
-                    client_properties: props,
-                    mechanism: "PLAIN".into(),
-                    response: Bytes::from_static(b"\0guest\0guest"),
-                    locale: "en_US".into(),
-                };
-                send(s, 0, Method::ConnectionStartOk(ok), now_ms);
-                s.phase = Phase::AwaitTune;
-            }
-            (Phase::AwaitTune, Method::ConnectionTune(t)) => {
-                let frame_max = if t.frame_max == 0 {
-                    frame_max_wanted
-                } else {
-                    t.frame_max.min(frame_max_wanted)
-                };
-                s.frame_max = frame_max;
-                s.heartbeat_ms = u64::from(t.heartbeat) * 1000;
-                s.decoder.set_max_frame_bytes(frame_max + 8);
-                let ok = ConnectionTuneOk {
-                    channel_max: t.channel_max.min(16),
-                    frame_max,
-                    heartbeat: t.heartbeat,
-                };
-                send(s, 0, Method::ConnectionTuneOk(ok), now_ms);
-                let open = ConnectionOpen {
-                    virtual_host: "/".into(),
-                    capabilities: String::new(),
-                    insist: false,
-                };
-                send(s, 0, Method::ConnectionOpen(open), now_ms);
-                s.phase = Phase::AwaitOpenOk;
-            }
-            (Phase::AwaitOpenOk, Method::ConnectionOpenOk(_)) => {
-                s.phase = Phase::Open;
+        match s.link.connection_method(method, &hello, now_ms) {
+            ConnectionEvent::Step => {}
+            ConnectionEvent::Opened => {
                 self.open_channel(CH_PUB, now_ms, spec);
                 self.open_channel(CH_CONSUME, now_ms, spec);
                 self.open_channel(CH_MISC, now_ms, spec);
             }
-            (Phase::Closing, Method::ConnectionCloseOk(_)) => s.phase = Phase::Done,
-            (_, Method::ConnectionClose(c)) => {
-                send(
-                    s,
-                    0,
-                    Method::ConnectionCloseOk(ConnectionCloseOk {}),
-                    now_ms,
-                );
-                s.phase = Phase::Done;
-                out.push(Observed::ConnectionClosed {
-                    code: c.reply_code,
-                    text: c.reply_text,
-                });
+            ConnectionEvent::Closed { code, text } => {
+                out.push(Observed::ConnectionClosed { code, text });
             }
-            (_, other) => out.push(Observed::Unexpected {
+            ConnectionEvent::Other(other) => out.push(Observed::Unexpected {
                 channel: 0,
                 method: other.name(),
             }),
@@ -663,13 +588,10 @@ impl Client {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.phase != Phase::Open {
+        if !s.link.is_open() {
             return;
         }
-        if s.heartbeat_ms > 0 && now_ms >= s.last_send_ms + s.heartbeat_ms / 2 {
-            encode_heartbeat(&mut s.output);
-            s.last_send_ms = now_ms;
-        }
+        s.link.keep_alive(now_ms);
         // Reopen channels the broker closed.
         for channel in [CH_PUB, CH_CONSUME, CH_MISC] {
             let missing = self.session.as_ref().is_some_and(|s| {
@@ -751,8 +673,7 @@ impl Client {
                 mandatory,
                 ..Default::default()
             });
-            encode_content(CH_PUB, &publish, &props, &body, s.frame_max, &mut s.output);
-            s.last_send_ms = now_ms;
+            s.link.send_content(CH_PUB, &publish, &props, &body, now_ms);
             if let Some(ch) = s.channels.get_mut(&CH_PUB) {
                 if ch.confirm {
                     ch.next_seq += 1;
@@ -831,11 +752,7 @@ impl Client {
 
     /// Liveness: acks what arrived at once, as a draining consumer would.
     pub fn ack_received(&mut self, now_ms: u64) {
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Open)
-        {
+        if self.session.as_ref().is_some_and(|s| s.link.is_open()) {
             self.ack_all(CH_CONSUME, now_ms);
             self.ack_all(CH_MISC, now_ms);
         }
@@ -1020,20 +937,23 @@ impl Client {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let m = ConnectionClose {
-            reply_code: 200,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        };
-        send(s, 0, Method::ConnectionClose(m), now_ms);
-        s.phase = Phase::Closing;
+        s.link.close(now_ms);
     }
 }
 
 fn send(s: &mut Session, channel: u16, method: Method, now_ms: u64) {
-    encode_method(channel, &method, &mut s.output);
-    s.last_send_ms = now_ms;
+    s.link.send(channel, &method, now_ms);
+}
+
+/// What a modelled client tells the broker about itself: the capabilities it relies on.
+fn client_properties() -> FieldTable {
+    let mut caps = FieldTable::new();
+    caps.insert("consumer_cancel_notify", FieldValue::Bool(true));
+    caps.insert("publisher_confirms", FieldValue::Bool(true));
+    caps.insert("basic.nack", FieldValue::Bool(true));
+    let mut props = FieldTable::new();
+    props.insert("capabilities", FieldValue::Table(caps));
+    props
 }
 
 fn settle_confirms(ch: &mut Chan, tag: u64, multiple: bool, out: &mut Vec<Observed>) {

@@ -13,6 +13,8 @@
 //!   bindings, topic patterns of `#` runs with long routing keys, headers bindings with
 //!   many keys, tables nested past the depth limit, forged `x-death` counts, adversarial
 //!   names) in a namespace of their own.
+//! - [`link`]: one connection as either kind of client holds it: bytes, frames, the
+//!   handshake, heartbeats and content assembly.
 //! - [`actor`]: either kind of client, as the world drives it.
 //! - [`workload`]: the topology and the clients' plans drawn from the seed.
 //! - [`faults`]: the seed's fault settings (swarm testing).
@@ -43,6 +45,7 @@ pub mod client;
 pub mod disk;
 pub mod faults;
 pub mod hostile;
+pub mod link;
 pub mod net;
 pub mod watchdog;
 pub mod workload;

@@ -5,17 +5,16 @@
 //! sanity and isolation: what it receives decodes, carries one of the hostile message
 //! ids (never a modelled one) and no `x-death` count below zero.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use warren::proto::constants::PROTOCOL_HEADER;
-use warren::proto::frame::{Frame, FrameDecoder, encode_method};
+use warren::proto::frame::Frame;
 use warren::proto::method::*;
-use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 
 use super::plan::{Gen, HostilePlan, Reserved};
+use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link, Phase};
 use crate::workload::{body_for, parse_msg_id};
 
 mod actions;
@@ -35,16 +34,6 @@ pub fn is_hostile_id(id: &str) -> bool {
     id.starts_with(HOSTILE_ID_PREFIX)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    AwaitStart,
-    AwaitTune,
-    AwaitOpenOk,
-    Open,
-    Closing,
-    Done,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum ChanState {
     #[default]
@@ -60,19 +49,13 @@ struct Chan {
     /// Delivery tags received and not yet settled.
     unacked: Vec<u64>,
     consumers: Vec<String>,
-    /// Content being assembled: method, header, body so far.
-    partial: Option<(Method, Option<(BasicProperties, u64)>, BytesMut)>,
+    /// Content being assembled.
+    partial: Option<Content>,
 }
 
 #[derive(Debug)]
 struct Session {
-    phase: Phase,
-    decoder: FrameDecoder,
-    input: BytesMut,
-    output: BytesMut,
-    frame_max: u32,
-    heartbeat_ms: u64,
-    last_send_ms: u64,
+    link: Link,
     /// Channels 1 and 2.
     channels: [Chan; 2],
 }
@@ -83,8 +66,7 @@ impl Session {
     }
 
     fn send(&mut self, channel: u16, method: &Method, now_ms: u64) {
-        encode_method(channel, method, &mut self.output);
-        self.last_send_ms = now_ms;
+        self.link.send(channel, method, now_ms);
     }
 
     fn open(&self, channel: u16) -> bool {
@@ -159,21 +141,13 @@ impl HostileClient {
     pub fn done(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| s.phase == Phase::Done)
+            .is_some_and(|s| s.link.phase() == Phase::Done)
     }
 
     /// Starts a session on a fresh socket.
     pub fn connect(&mut self, now_ms: u64) {
-        let mut output = BytesMut::new();
-        output.extend_from_slice(&PROTOCOL_HEADER);
         self.session = Some(Session {
-            phase: Phase::AwaitStart,
-            decoder: FrameDecoder::new(131_072 + 8),
-            input: BytesMut::new(),
-            output,
-            frame_max: 4096,
-            heartbeat_ms: 0,
-            last_send_ms: now_ms,
+            link: Link::new(now_ms),
             channels: Default::default(),
         });
     }
@@ -185,8 +159,7 @@ impl HostileClient {
 
     /// Bytes to write to the socket.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        let s = self.session.as_mut()?;
-        (!s.output.is_empty()).then(|| s.output.split().freeze())
+        self.session.as_mut()?.link.poll_transmit()
     }
 
     /// Bytes from the socket. An error is a broken guarantee: a stream that does not
@@ -195,19 +168,15 @@ impl HostileClient {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
-        s.input.extend_from_slice(data);
+        s.link.receive(data);
         loop {
             let Some(s) = self.session.as_mut() else {
                 return Ok(());
             };
-            if s.phase == Phase::Done {
-                s.input.clear();
-                return Ok(());
-            }
-            let frame = match s.decoder.decode(&mut s.input) {
+            let frame = match s.link.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("hostile client {} cannot decode: {e:?}", self.id)),
+                Err(e) => return Err(format!("hostile client {}: {e}", self.id)),
             };
             self.handle_frame(frame, now_ms)?;
         }
@@ -227,7 +196,7 @@ impl HostileClient {
             Frame::Method { channel, method } => {
                 if method.has_content() {
                     if let Some(ch) = s.chan(channel) {
-                        ch.partial = Some((method, None, BytesMut::new()));
+                        ch.partial = Some(Content::start(method));
                     }
                     return Ok(());
                 }
@@ -235,36 +204,37 @@ impl HostileClient {
                 Ok(())
             }
             Frame::Header { channel, header } => {
-                let Some((_, h, _)) = s.chan(channel).and_then(|c| c.partial.as_mut()) else {
-                    return Err(format!("hostile client {id}: header without a method"));
-                };
-                *h = Some((header.properties, header.body_size));
-                self.maybe_content_done(channel)
+                let mut none = None;
+                let slot = s.chan(channel).map_or(&mut none, |c| &mut c.partial);
+                match Content::header(slot, header.properties, header.body_size) {
+                    Ok(Some(arrived)) => self.content(channel, arrived),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(format!("hostile client {id}: {e}")),
+                }
             }
             Frame::Body { channel, payload } => {
-                let Some((_, Some(_), body)) = s.chan(channel).and_then(|c| c.partial.as_mut())
-                else {
-                    return Err(format!("hostile client {id}: body without a header"));
-                };
-                body.extend_from_slice(&payload);
-                self.maybe_content_done(channel)
+                let mut none = None;
+                let slot = s.chan(channel).map_or(&mut none, |c| &mut c.partial);
+                match Content::body(slot, &payload) {
+                    Ok(Some(arrived)) => self.content(channel, arrived),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(format!("hostile client {id}: {e}")),
+                }
             }
         }
     }
 
-    fn maybe_content_done(&mut self, channel: u16) -> Result<(), String> {
+    /// A message that arrived whole on `channel`.
+    fn content(&mut self, channel: u16, arrived: Arrived) -> Result<(), String> {
         let id = self.id;
         let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) else {
             return Ok(());
         };
-        let complete =
-            matches!(&ch.partial, Some((_, Some((_, size)), body)) if body.len() as u64 >= *size);
-        if !complete {
-            return Ok(());
-        }
-        let Some((method, Some((props, _)), body)) = ch.partial.take() else {
-            return Ok(());
-        };
+        let Arrived {
+            method,
+            properties: props,
+            body,
+        } = arrived;
         let what = method.name();
         let Some(msg_id) = props.message_id.as_deref() else {
             return Err(format!(
@@ -306,51 +276,16 @@ impl HostileClient {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        match (s.phase, method) {
-            (Phase::AwaitStart, Method::ConnectionStart(_)) => {
-                let ok = ConnectionStartOk {
-                    client_properties: FieldTable::new(),
-                    mechanism: "PLAIN".into(),
-                    response: Bytes::from_static(b"\0guest\0guest"),
-                    locale: "en_US".into(),
-                };
-                s.send(0, &Method::ConnectionStartOk(ok), now_ms);
-                s.phase = Phase::AwaitTune;
-            }
-            (Phase::AwaitTune, Method::ConnectionTune(t)) => {
-                let frame_max = if t.frame_max == 0 {
-                    131_072
-                } else {
-                    t.frame_max.min(131_072)
-                };
-                s.frame_max = frame_max;
-                s.heartbeat_ms = u64::from(t.heartbeat) * 1000;
-                s.decoder.set_max_frame_bytes(frame_max + 8);
-                let ok = ConnectionTuneOk {
-                    channel_max: t.channel_max.min(8),
-                    frame_max,
-                    heartbeat: t.heartbeat,
-                };
-                s.send(0, &Method::ConnectionTuneOk(ok), now_ms);
-                let open = ConnectionOpen {
-                    virtual_host: "/".into(),
-                    ..Default::default()
-                };
-                s.send(0, &Method::ConnectionOpen(open), now_ms);
-                s.phase = Phase::AwaitOpenOk;
-            }
-            (Phase::AwaitOpenOk, Method::ConnectionOpenOk(_)) => {
-                s.phase = Phase::Open;
-                self.open_channels(now_ms);
-            }
-            (Phase::Closing, Method::ConnectionCloseOk(_)) => s.phase = Phase::Done,
-            (_, Method::ConnectionClose(_)) => {
-                self.stats.connection_closes += 1;
-                s.send(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
-                s.phase = Phase::Done;
-            }
+        let hello = Hello {
+            client_properties: FieldTable::new(),
+            frame_max: 131_072,
+            channel_max: 8,
+        };
+        match s.link.connection_method(method, &hello, now_ms) {
+            ConnectionEvent::Opened => self.open_channels(now_ms),
+            ConnectionEvent::Closed { .. } => self.stats.connection_closes += 1,
             // Blocked, unblocked, and anything else: hostile clients take what comes.
-            _ => {}
+            ConnectionEvent::Step | ConnectionEvent::Other(_) => {}
         }
     }
 

@@ -4,13 +4,12 @@
 
 use rand::Rng;
 
-use warren::proto::frame::{encode_content, encode_heartbeat};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 use warren::proto::table::FieldTable;
 
 use super::{
-    CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, Phase, UNACKED_MAX, hostile_key,
+    CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, UNACKED_MAX, hostile_key,
     remember,
 };
 use crate::client::RunPhase;
@@ -24,13 +23,10 @@ impl HostileClient {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.phase != Phase::Open {
+        if !s.link.is_open() {
             return;
         }
-        if s.heartbeat_ms > 0 && now_ms >= s.last_send_ms + s.heartbeat_ms / 2 {
-            encode_heartbeat(&mut s.output);
-            s.last_send_ms = now_ms;
-        }
+        s.link.keep_alive(now_ms);
         self.open_channels(now_ms);
         if phase == RunPhase::Liveness {
             for channel in [CH_PUB, CH_OTHER] {
@@ -316,8 +312,7 @@ impl HostileClient {
             let Some(s) = self.session.as_mut() else {
                 return;
             };
-            encode_content(CH_PUB, &publish, &props, &body, s.frame_max, &mut s.output);
-            s.last_send_ms = now_ms;
+            s.link.send_content(CH_PUB, &publish, &props, &body, now_ms);
             self.stats.published += 1;
         }
     }
@@ -511,13 +506,6 @@ impl HostileClient {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let m = ConnectionClose {
-            reply_code: 200,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        };
-        s.send(0, &Method::ConnectionClose(m), now_ms);
-        s.phase = Phase::Closing;
+        s.link.close(now_ms);
     }
 }
