@@ -89,6 +89,18 @@ pub struct Accepted {
 /// limit, which pauses deliveries only, first.
 const READ_PAUSE_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
 
+/// How often a connection with output waiting checks it against the send timeout: a
+/// sixteenth of the timeout, within these bounds. A timer armed and dropped on every pass
+/// of a busy connection's loop would cost as much as the write it guards; one periodic
+/// check costs nothing while the socket drains.
+const SEND_CHECK_MIN: Duration = Duration::from_millis(10);
+const SEND_CHECK_MAX: Duration = Duration::from_secs(1);
+
+/// The period of the send-timeout check for `send_timeout`.
+fn send_check_period(send_timeout: Duration) -> Duration {
+    (send_timeout / 16).clamp(SEND_CHECK_MIN, SEND_CHECK_MAX)
+}
+
 /// Why the protocol layer is told to stop reading: the broker's reasons (alarms, flow
 /// control, a parked get) and the driver's own (too much output waiting). The protocol
 /// layer hears the union, so that the peer's silence while we do not read is not taken
@@ -159,6 +171,8 @@ pub async fn run(
     let mut read_chunk = READ_CHUNK_MIN;
     let mut send_timed_out = false;
     let mut pause = Pause::default();
+    let mut send_check = tokio::time::interval(send_check_period(settings.send_timeout));
+    send_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         conn.poll_transmit_chunks(&mut produced);
         out.push(
@@ -192,7 +206,6 @@ pub async fn run(
             break;
         }
         let deadline = conn.poll_timeout().map(|ms| clock.instant(ms));
-        let send_deadline = out.stalled_since().map(|t| t + settings.send_timeout);
         pause.output = out.len() >= READ_PAUSE_OUTPUT_BYTES;
         pause.apply(&mut conn, clock.now_ms());
         let reading = conn.wants_read();
@@ -255,8 +268,14 @@ pub async fn run(
                 *conn.read_buf() = buf;
                 conn.handle_timeout(clock.now_ms());
             }
-            _ = sleep_until(send_deadline), if send_deadline.is_some() => {
+            _ = send_check.tick(), if !out.is_empty() => {
                 *conn.read_buf() = buf;
+                let stalled_for = out
+                    .stalled_since()
+                    .map_or(Duration::ZERO, |since| since.elapsed());
+                if stalled_for < settings.send_timeout {
+                    continue;
+                }
                 // The unsent bytes are dropped with the socket, below.
                 tracing::warn!(
                     conn = id,
