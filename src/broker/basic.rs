@@ -862,10 +862,34 @@ pub(super) fn parse_expiration(message: &Message) -> Result<Option<u64>, String>
     let Some(text) = message.properties.expiration.as_deref() else {
         return Ok(None);
     };
-    match text.parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(Some(n as u64)),
-        Ok(n) => Err(format!("{{value_negative,{n}}}")),
-        Err(_) => Err("{error,no_integer}".to_string()),
+    // As Erlang's `string:to_integer`, which RabbitMQ uses: an optional sign and digits,
+    // and nothing after them.
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let digits = unsigned.len()
+        - unsigned
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    if digits == 0 {
+        return Err("no_integer".to_string());
+    }
+    let (number, rest) = unsigned.split_at(digits);
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,{rest:?}}}"));
+    }
+    let number = number.trim_start_matches('0');
+    if number.is_empty() {
+        return Ok(Some(0));
+    }
+    if negative {
+        return Err(format!("{{value_negative,-{number}}}"));
+    }
+    match number.parse::<u64>() {
+        Ok(n) if n <= super::queue::MAX_EXPIRY_MS => Ok(Some(n)),
+        _ => Err(format!("{{value_too_large,{number}}}")),
     }
 }
 
@@ -939,5 +963,50 @@ impl<'a> Visited<'a> {
             return true;
         }
         self.many.insert(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::props::BasicProperties;
+    use bytes::Bytes;
+
+    fn expiration(text: &str) -> Result<Option<u64>, String> {
+        let message = Message {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: BasicProperties {
+                expiration: Some(text.into()),
+                ..Default::default()
+            },
+            body: Bytes::new(),
+        };
+        parse_expiration(&message)
+    }
+
+    #[test]
+    fn expirations_are_read_as_rabbitmq_reads_them() {
+        assert_eq!(expiration("5000"), Ok(Some(5000)));
+        assert_eq!(expiration("+5"), Ok(Some(5)));
+        assert_eq!(expiration("007"), Ok(Some(7)));
+        assert_eq!(expiration("-0"), Ok(Some(0)));
+        assert_eq!(expiration("315360000000"), Ok(Some(315_360_000_000)));
+        for (text, why) in [
+            ("", "no_integer"),
+            ("abc", "no_integer"),
+            (" 5", "no_integer"),
+            ("-", "no_integer"),
+            ("1.5", "{leftover_string,\".5\"}"),
+            ("5 ", "{leftover_string,\" \"}"),
+            ("-5", "{value_negative,-5}"),
+            ("315360000001", "{value_too_large,315360000001}"),
+            (
+                "99999999999999999999999",
+                "{value_too_large,99999999999999999999999}",
+            ),
+        ] {
+            assert_eq!(expiration(text), Err(why.to_string()), "{text:?}");
+        }
     }
 }

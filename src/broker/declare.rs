@@ -1069,20 +1069,20 @@ fn validate_queue_type(m: &QueueDeclare, name: &str, vhost: &str) -> AmqpResult<
                         resource("queue", name, vhost)
                     ))
                 };
-                if !m.durable {
-                    Err(invalid("non-durable"))
-                } else if m.exclusive {
-                    Err(invalid("exclusive"))
-                } else if m.auto_delete {
+                if m.auto_delete {
                     Err(invalid("auto-delete"))
+                } else if m.exclusive {
+                    Err(invalid("exclusive-owner"))
+                } else if !m.durable {
+                    Err(invalid("non-durable"))
                 } else {
                     Ok(())
                 }
             }
             _ => Err(precondition_failed(format!(
-                "invalid arg 'x-queue-type' for {}: {{unsupported_queue_type,{}}}",
+                "invalid arg 'x-queue-type' for {}: \"unsupported queue type '{}'\"",
                 resource("queue", name, vhost),
-                describe(Some(v))
+                v.as_str().map_or_else(|| describe(Some(v)), str::to_string)
             ))),
         },
     }

@@ -145,9 +145,18 @@ impl QueueSettings {
                     Some(n) => Err(invalid(key, format!("{{value_zero,{n}}}"))),
                     None => Err(invalid(
                         key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                        format!("\"expected integer, got {}\"", type_name(v)),
                     )),
                 },
+            }
+        };
+        // Times past RabbitMQ's ten years are refused as it refuses them.
+        let duration = |key: &str, min: i64| -> AmqpResult<Option<u64>> {
+            match integer(key, min)? {
+                Some(n) if n > MAX_EXPIRY_MS => {
+                    Err(invalid(key, format!("{{value_too_large,{n}}}")))
+                }
+                n => Ok(n),
             }
         };
         let string = |key: &str| -> AmqpResult<Option<String>> {
@@ -166,12 +175,7 @@ impl QueueSettings {
             None | Some("drop-head") => Overflow::DropHead,
             Some("reject-publish") => Overflow::RejectPublish,
             Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-            Some(other) => {
-                return Err(invalid(
-                    "x-overflow",
-                    format!("{{unknown_value,<<\"{other}\">>}}"),
-                ));
-            }
+            Some(_) => return Err(invalid("x-overflow", "invalid_overflow".into())),
         };
         let max_priority = match integer("x-max-priority", 0)? {
             None => None,
@@ -179,7 +183,7 @@ impl QueueSettings {
             Some(n) => {
                 return Err(invalid(
                     "x-max-priority",
-                    format!("{{value_too_large,{n},255}}"),
+                    format!("{{max_value_exceeded,{n}}}"),
                 ));
             }
         };
@@ -192,27 +196,52 @@ impl QueueSettings {
                 )
             })?,
         };
+        let dead_letter_exchange = match args.get("x-dead-letter-exchange") {
+            None => None,
+            Some(v) => Some(v.as_str().map(str::to_string).ok_or_else(|| {
+                precondition_failed(format!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in {}",
+                    type_name(v),
+                    resource("queue", queue, vhost)
+                ))
+            })?),
+        };
+        let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
+        if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".into(),
+            ));
+        }
         Ok(QueueSettings {
             max_length: integer("x-max-length", 0)?,
             max_length_bytes: integer("x-max-length-bytes", 0)?,
             overflow,
-            message_ttl_ms: integer("x-message-ttl", 0)?,
-            expires_ms: integer("x-expires", 1)?,
-            dead_letter_exchange: string("x-dead-letter-exchange")?,
-            dead_letter_routing_key: string("x-dead-letter-routing-key")?,
+            message_ttl_ms: duration("x-message-ttl", 0)?,
+            expires_ms: duration("x-expires", 1)?,
+            dead_letter_exchange,
+            dead_letter_routing_key,
             max_priority,
             single_active_consumer,
         })
     }
 }
 
+/// The longest message TTL, queue expiry or per-message expiration RabbitMQ accepts, in
+/// milliseconds: ten years.
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
 /// RabbitMQ's name for a field value's type, used in argument errors.
 pub fn type_name(v: &FieldValue) -> &'static str {
     match v {
         FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) | FieldValue::U8(_) => "byte",
-        FieldValue::I16(_) | FieldValue::U16(_) => "short",
-        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::I64(_) => "long",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) => "long",
         FieldValue::F32(_) => "float",
         FieldValue::F64(_) => "double",
         FieldValue::Decimal(_) => "decimal",
@@ -715,5 +744,84 @@ impl Drop for Queue {
         // A deleted queue's messages no longer weigh on the broker's memory.
         self.meter
             .fetch_sub(self.memory_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(args: &[(&str, FieldValue)]) -> String {
+        let table: FieldTable = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let e = QueueSettings::from_arguments(&table, "q", "/").expect_err("refused");
+        assert_eq!(e.code, 406, "{e:?}");
+        e.text
+    }
+
+    fn text(s: &str) -> FieldValue {
+        FieldValue::LongStr(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn bad_arguments_get_rabbitmqs_reasons() {
+        let cases: Vec<(Vec<(&str, FieldValue)>, &str)> = vec![
+            (
+                vec![("x-message-ttl", text("abc"))],
+                "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\"",
+            ),
+            (
+                vec![("x-max-length", FieldValue::Bool(true))],
+                "invalid arg 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got bool\"",
+            ),
+            (
+                vec![("x-message-ttl", FieldValue::I64(MAX_EXPIRY_MS as i64 + 1))],
+                "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_too_large,315360000001}",
+            ),
+            (
+                vec![("x-expires", FieldValue::I64(1 << 40))],
+                "invalid arg 'x-expires' for queue 'q' in vhost '/': {value_too_large,1099511627776}",
+            ),
+            (
+                vec![("x-overflow", text("bogus"))],
+                "invalid arg 'x-overflow' for queue 'q' in vhost '/': invalid_overflow",
+            ),
+            (
+                vec![("x-overflow", FieldValue::I32(1))],
+                "invalid arg 'x-overflow' for queue 'q' in vhost '/': {unacceptable_type,signedint}",
+            ),
+            (
+                vec![("x-max-priority", FieldValue::I32(256))],
+                "invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,256}",
+            ),
+            (
+                vec![("x-dead-letter-routing-key", text("k"))],
+                "invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined",
+            ),
+            (
+                vec![("x-dead-letter-exchange", FieldValue::I64(1))],
+                "invalid type 'long' for arg 'x-dead-letter-exchange' in queue 'q' in vhost '/'",
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(reason(&args), format!("PRECONDITION_FAILED - {expected}"));
+        }
+        // The largest times are accepted.
+        let table: FieldTable = [
+            (
+                "x-message-ttl".to_string(),
+                FieldValue::I64(MAX_EXPIRY_MS as i64),
+            ),
+            (
+                "x-expires".to_string(),
+                FieldValue::I64(MAX_EXPIRY_MS as i64),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let s = QueueSettings::from_arguments(&table, "q", "/").expect("accepted");
+        assert_eq!(s.message_ttl_ms, Some(MAX_EXPIRY_MS));
     }
 }
