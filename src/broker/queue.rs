@@ -130,6 +130,35 @@ impl Default for QueueSettings {
 impl QueueSettings {
     /// Reads and validates the arguments of `queue.declare`, with RabbitMQ's errors.
     pub fn from_arguments(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
+        let settings = QueueSettings::read(args, queue, vhost)?;
+        let invalid = |key: &str, why: String| {
+            precondition_failed(format!(
+                "invalid arg '{key}' for {}: {why}",
+                resource("queue", queue, vhost)
+            ))
+        };
+        // Times past RabbitMQ's ten years are refused as it refuses them.
+        for (key, ms) in [
+            ("x-message-ttl", settings.message_ttl_ms),
+            ("x-expires", settings.expires_ms),
+        ] {
+            if let Some(n) = ms.filter(|n| *n > MAX_EXPIRY_MS) {
+                return Err(invalid(key, format!("{{value_too_large,{n}}}")));
+            }
+        }
+        if settings.dead_letter_routing_key.is_some() && settings.dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".into(),
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// Reads the arguments of a queue, refusing what warren cannot run. A queue recovered
+    /// from the store is read with this alone: it was declared under the checks of its
+    /// day, and [`QueueSettings::from_arguments`] may have added some since.
+    pub fn read(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
         let invalid = |key: &str, why: String| {
             precondition_failed(format!(
                 "invalid arg '{key}' for {}: {why}",
@@ -150,15 +179,7 @@ impl QueueSettings {
                 },
             }
         };
-        // Times past RabbitMQ's ten years are refused as it refuses them.
-        let duration = |key: &str, min: i64| -> AmqpResult<Option<u64>> {
-            match integer(key, min)? {
-                Some(n) if n > MAX_EXPIRY_MS => {
-                    Err(invalid(key, format!("{{value_too_large,{n}}}")))
-                }
-                n => Ok(n),
-            }
-        };
+
         let string = |key: &str| -> AmqpResult<Option<String>> {
             match args.get(key) {
                 None => Ok(None),
@@ -207,18 +228,12 @@ impl QueueSettings {
             })?),
         };
         let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
-        if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
-            return Err(invalid(
-                "x-dead-letter-routing-key",
-                "routing_key_but_no_dlx_defined".into(),
-            ));
-        }
         Ok(QueueSettings {
             max_length: integer("x-max-length", 0)?,
             max_length_bytes: integer("x-max-length-bytes", 0)?,
             overflow,
-            message_ttl_ms: duration("x-message-ttl", 0)?,
-            expires_ms: duration("x-expires", 1)?,
+            message_ttl_ms: integer("x-message-ttl", 0)?,
+            expires_ms: integer("x-expires", 1)?,
             dead_letter_exchange,
             dead_letter_routing_key,
             max_priority,
@@ -823,5 +838,20 @@ mod tests {
         .collect();
         let s = QueueSettings::from_arguments(&table, "q", "/").expect("accepted");
         assert_eq!(s.message_ttl_ms, Some(MAX_EXPIRY_MS));
+    }
+
+    #[test]
+    fn queues_declared_under_earlier_checks_are_read_back_as_declared() {
+        let table: FieldTable = [
+            ("x-message-ttl".to_string(), FieldValue::I64(1 << 40)),
+            ("x-max-length".to_string(), FieldValue::I32(5)),
+            ("x-dead-letter-routing-key".to_string(), text("k")),
+        ]
+        .into_iter()
+        .collect();
+        assert!(QueueSettings::from_arguments(&table, "q", "/").is_err());
+        let s = QueueSettings::read(&table, "q", "/").expect("read back");
+        assert_eq!(s.message_ttl_ms, Some(1 << 40));
+        assert_eq!(s.max_length, Some(5));
     }
 }

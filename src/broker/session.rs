@@ -79,8 +79,18 @@ impl Broker {
                 continue;
             };
             // Arguments were validated when the queue was declared.
-            let settings =
-                QueueSettings::from_arguments(&q.arguments, &q.name, &q.vhost).unwrap_or_default();
+            let settings = match QueueSettings::read(&q.arguments, &q.name, &q.vhost) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    tracing::error!(
+                        queue = %q.name,
+                        vhost = %q.vhost,
+                        error = %e.text,
+                        "a recovered queue's arguments cannot be read; it runs without them"
+                    );
+                    QueueSettings::default()
+                }
+            };
             vhost.queues.insert(q.name.clone(), q.id);
             self.next_queue_id = self.next_queue_id.max(q.id + 1);
             let mut queue = Queue::new(
