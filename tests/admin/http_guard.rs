@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use warren::proto::method::*;
 
-use crate::common::{RawClient, Server, free_port};
+use crate::common::{RawClient, Server, listening_port};
 use crate::{GUEST, http, raw_http};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -255,49 +255,39 @@ struct LoggedServer {
 }
 
 impl LoggedServer {
-    /// Starts on free ports, trying again on others if a test running in parallel took
-    /// one first.
+    /// Starts on ports the kernel picks.
     fn start() -> LoggedServer {
-        for _ in 0..4 {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let log = dir.path().join("stderr.log");
-            let http_port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-                .args(["serve", "--amqp-port", &free_port().to_string()])
-                .args(["--http-port", &http_port.to_string()])
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .env("WARREN_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log).expect("a log file"))
-                .spawn()
-                .expect("start warren");
-            let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-            let started = loop {
-                match lines.next() {
-                    Some(Ok(line)) if line.contains("HTTP listening") => break true,
-                    Some(_) => continue,
-                    None => break false,
-                }
-            };
-            if !started {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!(
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["serve", "--amqp-port", "0", "--http-port", "0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("WARREN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("start warren");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let http_port = loop {
+            match lines.next() {
+                Some(Ok(line)) => match listening_port(&line, "HTTP") {
+                    Some(port) => break port,
+                    None => continue,
+                },
+                _ => panic!(
                     "warren exited during start: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                continue;
+                ),
             }
-            std::thread::spawn(move || for _ in lines {});
-            return LoggedServer {
-                child,
-                http_port,
-                log,
-                _dir: dir,
-            };
+        };
+        std::thread::spawn(move || for _ in lines {});
+        LoggedServer {
+            child,
+            http_port,
+            log,
+            _dir: dir,
         }
-        panic!("warren did not start in four tries");
     }
 }
 

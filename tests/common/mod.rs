@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,14 @@ use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The port of a `warren: <what> listening on <address>` line of `warren serve`.
+pub fn listening_port(line: &str, what: &str) -> Option<u16> {
+    let address = line.strip_prefix(&format!("warren: {what} listening on "))?;
+    address
+        .trim()
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.port())
 }
 
 /// A running `warren serve`, killed on drop.
@@ -42,23 +43,9 @@ impl Server {
     }
 
     /// Starts a server on an existing data directory.
-    ///
-    /// The ports are picked free a moment before the server binds them, and another test
-    /// running in parallel may take one in between: a start that fails is tried again, on
-    /// fresh ports, a few times.
-    pub fn start_in(mut data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        const ATTEMPTS: usize = 4;
-        for attempt in 1..=ATTEMPTS {
-            match Server::try_start_logging_to(data_dir, extra, Stdio::inherit()) {
-                Ok(server) => return server,
-                Err((why, _)) if attempt == ATTEMPTS => panic!("{why}"),
-                Err((why, dir)) => {
-                    eprintln!("warren did not start ({why}); trying again on other ports");
-                    data_dir = dir;
-                }
-            }
-        }
-        unreachable!("the last attempt returns or panics")
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::try_start_logging_to(data_dir, extra, Stdio::inherit())
+            .unwrap_or_else(|(e, _)| panic!("{e}"))
     }
 
     /// Starts a server on an existing data directory with its log (stderr) going to `log`;
@@ -80,8 +67,6 @@ impl Server {
         log: Stdio,
         nofile: Option<(u64, Option<u64>)>,
     ) -> Result<Server, (String, tempfile::TempDir)> {
-        let port = free_port();
-        let http_port = free_port();
         let mut command = match nofile {
             None => Command::new(env!("CARGO_BIN_EXE_warren")),
             Some((soft, hard)) => {
@@ -95,8 +80,8 @@ impl Server {
             }
         };
         let mut child = command
-            .args(["serve", "--amqp-port", &port.to_string()])
-            .args(["--http-port", &http_port.to_string()])
+            // The kernel picks free ports; the server says which on stdout.
+            .args(["serve", "--amqp-port", "0", "--http-port", "0"])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(extra)
@@ -112,20 +97,25 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
+            let mut amqp = None;
             for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(line) if line.contains("HTTP listening") => {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
+                let Ok(line) = line else { break };
+                if let Some(port) = listening_port(&line, "AMQP") {
+                    amqp = Some(port);
+                }
+                if let (Some(http), Some(amqp)) = (listening_port(&line, "HTTP"), amqp) {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send((amqp, http));
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
                 }
             }
         });
+        let mut ports = (0, 0);
         let failure = match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(()) => None,
+            Ok(bound) => {
+                ports = bound;
+                None
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 Some("warren did not start within 30 s".to_string())
             }
@@ -146,6 +136,7 @@ impl Server {
             let _ = child.wait();
             return Err((why, data_dir));
         }
+        let (port, http_port) = ports;
         Ok(Server {
             child,
             port,
