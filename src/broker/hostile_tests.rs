@@ -501,3 +501,41 @@ fn messages_with_large_headers_are_paged_like_large_bodies() {
     );
     assert!(rig.store.state().paged_count() > 150);
 }
+
+fn expiration(text: &str) -> Result<Option<u64>, String> {
+    let message = crate::proto::command::Message {
+        exchange: String::new(),
+        routing_key: "q".into(),
+        properties: crate::proto::props::BasicProperties {
+            expiration: Some(text.into()),
+            ..Default::default()
+        },
+        body: Bytes::new(),
+    };
+    crate::broker::basic::parse_expiration(&message)
+}
+
+#[test]
+fn expirations_are_read_as_rabbitmq_reads_them() {
+    assert_eq!(expiration("5000"), Ok(Some(5000)));
+    assert_eq!(expiration("+5"), Ok(Some(5)));
+    assert_eq!(expiration("007"), Ok(Some(7)));
+    assert_eq!(expiration("-0"), Ok(Some(0)));
+    assert_eq!(expiration("315360000000"), Ok(Some(315_360_000_000)));
+    for (text, why) in [
+        ("", "no_integer"),
+        ("abc", "no_integer"),
+        (" 5", "no_integer"),
+        ("-", "no_integer"),
+        ("1.5", "{leftover_string,\".5\"}"),
+        ("5 ", "{leftover_string,\" \"}"),
+        ("-5", "{value_negative,-5}"),
+        ("315360000001", "{value_too_large,315360000001}"),
+        (
+            "99999999999999999999999",
+            "{value_too_large,99999999999999999999999}",
+        ),
+    ] {
+        assert_eq!(expiration(text), Err(why.to_string()), "{text:?}");
+    }
+}
