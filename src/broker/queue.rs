@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::proto::command::{ConnId, Message};
 use crate::proto::table::{FieldTable, FieldValue};
 
-use super::error::{AmqpResult, precondition_failed, resource};
+use super::error::{AmqpError, AmqpResult, precondition_failed, resource};
 use super::exchange::QueueId;
 
 /// A message held by a queue (ready, or delivered and not yet acked).
@@ -131,12 +131,7 @@ impl QueueSettings {
     /// Reads and validates the arguments of `queue.declare`, with RabbitMQ's errors.
     pub fn from_arguments(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
         let settings = QueueSettings::read(args, queue, vhost)?;
-        let invalid = |key: &str, why: String| {
-            precondition_failed(format!(
-                "invalid arg '{key}' for {}: {why}",
-                resource("queue", queue, vhost)
-            ))
-        };
+        let invalid = |key: &str, why: String| invalid_arg(key, why, queue, vhost);
         // Times past RabbitMQ's ten years are refused as it refuses them.
         for (key, ms) in [
             ("x-message-ttl", settings.message_ttl_ms),
@@ -159,12 +154,7 @@ impl QueueSettings {
     /// from the store is read with this alone: it was declared under the checks of its
     /// day, and [`QueueSettings::from_arguments`] may have added some since.
     pub fn read(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
-        let invalid = |key: &str, why: String| {
-            precondition_failed(format!(
-                "invalid arg '{key}' for {}: {why}",
-                resource("queue", queue, vhost)
-            ))
-        };
+        let invalid = |key: &str, why: String| invalid_arg(key, why, queue, vhost);
         let integer = |key: &str, min: i64| -> AmqpResult<Option<u64>> {
             match args.get(key) {
                 None => Ok(None),
@@ -179,7 +169,6 @@ impl QueueSettings {
                 },
             }
         };
-
         let string = |key: &str| -> AmqpResult<Option<String>> {
             match args.get(key) {
                 None => Ok(None),
@@ -240,6 +229,14 @@ impl QueueSettings {
             single_active_consumer,
         })
     }
+}
+
+/// A `queue.declare` argument refused, in RabbitMQ's words.
+fn invalid_arg(key: &str, why: String, queue: &str, vhost: &str) -> AmqpError {
+    precondition_failed(format!(
+        "invalid arg '{key}' for {}: {why}",
+        resource("queue", queue, vhost)
+    ))
 }
 
 /// The longest message TTL, queue expiry or per-message expiration RabbitMQ accepts, in
