@@ -137,10 +137,10 @@ impl FileConfig {
             if v.is_nan() || v <= 0.0 {
                 return Err("memory_high_watermark must be above 0".into());
             }
-            config.alarms.memory_high_watermark = v;
+            config.broker.alarms.memory_high_watermark = v;
         }
         if let Some(v) = self.disk_free_limit_bytes {
-            config.alarms.disk_free_limit_bytes = v;
+            config.broker.alarms.disk_free_limit_bytes = v;
         }
         if let Some(v) = self.queue_memory_budget_bytes {
             config.broker.queue_memory_budget_bytes = v;

@@ -17,6 +17,9 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+// The node runs the HTTP API, which runs on real tokio only.
+#[cfg(not(madsim))]
+pub mod node;
 // The load generator uses tokio's owned TCP halves, which madsim does not simulate.
 #[cfg(not(madsim))]
 pub mod perf;

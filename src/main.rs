@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use warren::config::FileConfig;
-use warren::server::{ServerConfig, serve};
+use warren::server::ServerConfig;
 use warren::store::disk::{FjallStore, StoreOptions, SyncPolicy};
 
 #[derive(Parser, Debug)]
@@ -185,7 +185,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, sync = %store_options.sync, "starting warren");
-    match runtime.block_on(serve(config, store, seed, shutdown_signal())) {
+    match runtime.block_on(warren::node::run(config, store, seed, shutdown_signal())) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

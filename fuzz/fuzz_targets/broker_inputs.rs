@@ -442,6 +442,7 @@ impl Harness {
                             }
                         }
                     }
+                    Output::Admin { .. } => {}
                     Output::Load {
                         queue,
                         from_seq,

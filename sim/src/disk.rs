@@ -191,12 +191,17 @@ impl Store for VirtualDisk {
 
     fn reopen(&mut self) -> Result<usize, StoreError> {
         // A failed write kept nothing and lost nothing: every batch written since the last
-        // sync is held.
-        let s = self.lock();
-        match s.write_fault {
-            Some(kind) => Err(StoreError::new(kind, "simulated disk still failing")),
-            None => Ok(s.unsynced.len()),
+        // sync is held, and the reopen makes it durable (as a journal replay does).
+        let mut s = self.lock();
+        if let Some(kind) = s.write_fault {
+            return Err(StoreError::new(kind, "simulated disk still failing"));
         }
+        assert_eq!(s.syncing, 0, "no reopen while a sync runs");
+        let held = s.unsynced.len();
+        s.syncing = held;
+        drop(s);
+        self.complete_sync();
+        Ok(held)
     }
 }
 

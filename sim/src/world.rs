@@ -4,18 +4,18 @@
 //! The driver contract is the tokio server's (`src/server/core.rs`, `conn.rs`): commands
 //! from each connection go to the broker in order, outputs are drained after each batch
 //! of inputs, replies go back through the connection's protocol state machine, store
-//! batches go to the disk, and `handle_persisted` follows each completed sync (several
-//! batches per sync: group commit). `Command::Drained` reports reply bytes the client read.
-//! When the disk fails a write (its seed's [`DiskFaults`]), the broker hears it through
-//! `handle_store_failed`, the batch and every store job behind it are held and written
-//! again in order every [`STORE_RETRY_MS`], and `handle_store_recovered` follows once the
-//! disk works and nothing is held, as the tokio driver's storage worker does.
+//! jobs go through the same group-commit state machine as the tokio store thread
+//! ([`GroupCommit`]) to the virtual disk, whose syncs take virtual time (a crash can fall
+//! inside one), and its reports reach the broker (`handle_persisted`, `handle_loaded`,
+//! `handle_store_failed`, `handle_store_recovered`). `Command::Drained` reports reply
+//! bytes the client read. When the disk fails writes (its seed's [`DiskFaults`]), the
+//! state machine holds the jobs and retries every [`STORE_RETRY_MS`].
 //!
 //! Each step picks one due event at random (a chunk of bytes on some pipe, a client
 //! action, a sync completing, a drain of the broker's outputs, a timer, a fault), so the
 //! traffic of different connections interleaves in a seed-determined order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
@@ -23,10 +23,10 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use warren::broker::{Broker, BrokerConfig, ConnInfo, Output, StoreFault};
+use warren::broker::{Broker, BrokerConfig, ConnInfo, Output};
 use warren::proto::command::{Command, ConnId};
 use warren::proto::connection::{Connection, ConnectionConfig};
-use warren::store::{StoreErrorKind, StoreOp};
+use warren::store::commit::{GroupCommit, StoreDone, StoreJob};
 
 use crate::actor::Actor;
 use crate::checker::{Model, Stats, Violation};
@@ -131,16 +131,12 @@ pub struct World {
     disk: VirtualDisk,
     /// Durable batches on disk when the current broker started.
     disk_base: u64,
-    last_written: u64,
-    sync: Option<(u64, u64)>,
+    /// The current broker's store jobs, between it and the disk.
+    commit: GroupCommit,
+    /// When the sync in flight completes.
+    sync_at: Option<u64>,
     /// When the disk fails its writes.
     disk_faults: DiskFaults,
-    /// Store jobs waiting behind a failed write, in order.
-    held: VecDeque<HeldJob>,
-    /// When the held jobs are tried again.
-    store_retry_ms: Option<u64>,
-    /// The fault the broker was told of, until it is told the store recovered.
-    store_fault: Option<StoreFault>,
     model: Model,
     trace: u64,
     steps: u64,
@@ -156,19 +152,6 @@ const MAX_STEPS: u64 = 20_000_000;
 
 /// How often writes held behind a failed one are tried again (virtual time).
 pub const STORE_RETRY_MS: u64 = 100;
-
-/// A store job held behind a failed write.
-#[derive(Debug)]
-enum HeldJob {
-    Write(u64, Vec<StoreOp>),
-    Load {
-        queue: u64,
-        from_seq: u64,
-        max: usize,
-        max_bytes: u64,
-        epoch: u64,
-    },
-}
 
 /// Most routing work ([`Broker::work_done`]: exchanges and topic-trie nodes visited,
 /// bindings and header entries compared, queues enqueued to, dead-letter hops) the broker
@@ -256,12 +239,9 @@ impl World {
             crash_in_sync: false,
             disk,
             disk_base: 0,
-            last_written: 0,
-            sync: None,
+            commit: GroupCommit::new(STORE_RETRY_MS),
+            sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
-            held: VecDeque::new(),
-            store_retry_ms: None,
-            store_fault: None,
             model,
             trace: 0xcbf2_9ce4_8422_2325,
             steps: 0,
@@ -370,9 +350,6 @@ impl World {
         self.next_crash_ms = None;
         self.disk_faults.stop();
         self.disk.set_write_fault(None);
-        if self.store_fault.is_some() || !self.held.is_empty() {
-            self.store_retry_ms = Some(self.now_ms);
-        }
         if self.restart_at_ms.is_some() {
             self.restart_at_ms = Some(self.now_ms);
         }
@@ -381,9 +358,9 @@ impl World {
 
     fn quiescent(&self) -> bool {
         !self.dirty
-            && self.sync.is_none()
-            && self.held.is_empty()
-            && self.store_fault.is_none()
+            && self.sync_at.is_none()
+            && self.commit.backlog() == 0
+            && !self.commit.faulted()
             && self
                 .links
                 .values()
@@ -413,17 +390,17 @@ impl World {
         }
         if self.next_crash_ms.is_some_and(|t| t <= now)
             && self.broker.is_some()
-            && (self.sync.is_some() || !self.crash_in_sync)
+            && (self.sync_at.is_some() || !self.crash_in_sync)
         {
             due.push(Event::Crash);
         }
-        if self.sync.is_some_and(|(t, _)| t <= now) {
+        if self.sync_at.is_some_and(|t| t <= now) {
             due.push(Event::SyncDone);
         }
         if self.disk_faults.next_change_ms().is_some_and(|t| t <= now) {
             due.push(Event::DiskFault);
         }
-        if self.broker.is_some() && self.store_retry_ms.is_some_and(|t| t <= now) {
+        if self.broker.is_some() && self.commit.wake_at().is_some_and(|t| t <= now) {
             due.push(Event::StoreRetry);
         }
         if let Some(b) = &self.broker {
@@ -463,13 +440,13 @@ impl World {
         times.extend(self.restart_at_ms);
         if self.broker.is_some() {
             // A crash waiting for a sync comes with the event that starts one.
-            let waiting = self.crash_in_sync && self.sync.is_none();
+            let waiting = self.crash_in_sync && self.sync_at.is_none();
             times.extend(self.next_crash_ms.filter(|t| !waiting || *t > self.now_ms));
         }
-        times.extend(self.sync.map(|(t, _)| t));
+        times.extend(self.sync_at);
         times.extend(self.disk_faults.next_change_ms());
         if self.broker.is_some() {
-            times.extend(self.store_retry_ms);
+            times.extend(self.commit.wake_at());
         }
         if let Some(b) = &self.broker {
             times.extend(b.poll_timeout());
@@ -529,12 +506,12 @@ impl World {
                 let fault = self.disk_faults.change(self.now_ms);
                 self.disk.set_write_fault(fault);
                 self.mix(b"disk fault", &[fault.map_or(0, |k| k as u8 + 1)]);
-                if fault.is_none() && (self.store_fault.is_some() || !self.held.is_empty()) {
-                    self.store_retry_ms = Some(self.now_ms);
-                }
                 Ok(())
             }
-            Event::StoreRetry => self.store_retry(),
+            Event::StoreRetry => {
+                self.run_store();
+                Ok(())
+            }
             Event::BrokerTimer => {
                 let now = self.now_ms;
                 if let Some(b) = self.broker.as_mut() {
@@ -566,8 +543,8 @@ impl World {
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
         self.disk_base = self.disk.durable_batches();
-        self.last_written = 0;
-        self.sync = None;
+        self.commit = GroupCommit::new(STORE_RETRY_MS);
+        self.sync_at = None;
         self.dirty = true;
         self.mix(b"restart", &self.incarnation.to_le_bytes());
     }
@@ -575,12 +552,10 @@ impl World {
     fn crash(&mut self) -> Result<(), Violation> {
         self.broker = None;
         self.dirty = false;
-        self.sync = None;
+        self.sync_at = None;
         // Held jobs die with the process, never written; the next broker hears of a
         // failing disk when its own first write fails.
-        self.held.clear();
-        self.store_retry_ms = None;
-        self.store_fault = None;
+        self.commit = GroupCommit::new(STORE_RETRY_MS);
         self.model.store_fault(false);
         // Every connection dies with the process; bytes in flight are lost.
         let ids: Vec<u64> = self.links.keys().copied().collect();
@@ -609,28 +584,66 @@ impl World {
     }
 
     fn sync_done(&mut self) -> Result<(), Violation> {
-        let Some((_, upto)) = self.sync.take() else {
+        if self.sync_at.take().is_none() {
             return Ok(());
-        };
-        self.disk.complete_sync();
-        self.model.synced(upto);
-        if let Some(b) = self.broker.as_mut() {
-            b.handle_persisted(upto);
         }
-        self.dirty = true;
-        self.mix(b"synced", &upto.to_le_bytes());
-        self.start_sync();
+        self.disk.complete_sync();
+        self.commit.sync_done(Ok(()));
+        self.run_store();
         Ok(())
     }
 
-    fn start_sync(&mut self) {
-        if self.sync.is_some() || self.disk.unsynced_batches() == 0 {
+    /// Runs the store jobs through the group commit, hands its reports to the broker and
+    /// the model, and starts a sync if one is due.
+    fn run_store(&mut self) {
+        if self.broker.is_none() {
             return;
         }
-        self.disk.begin_sync();
-        let (lo, hi) = self.faults.sync_latency_ms;
-        let at = self.now_ms + self.fault_rng.gen_range(lo..=hi);
-        self.sync = Some((at, self.last_written));
+        let now = self.now_ms;
+        let sync_due = self.commit.run(&mut self.disk, now);
+        while let Some(done) = self.commit.poll_done() {
+            self.store_done(done);
+        }
+        if sync_due {
+            self.commit.begin_sync();
+            self.disk.begin_sync();
+            let (lo, hi) = self.faults.sync_latency_ms;
+            self.sync_at = Some(self.now_ms + self.fault_rng.gen_range(lo..=hi));
+        }
+    }
+
+    fn store_done(&mut self, done: StoreDone) {
+        let now = self.now_ms;
+        self.dirty = true;
+        let Some(b) = self.broker.as_mut() else {
+            return;
+        };
+        match done {
+            StoreDone::Synced(batch) => {
+                self.model.synced(batch);
+                b.handle_persisted(batch);
+                self.mix(b"synced", &batch.to_le_bytes());
+            }
+            StoreDone::Loaded {
+                queue,
+                epoch,
+                entries,
+            } => {
+                self.loads += 1;
+                b.handle_loaded(queue, epoch, entries, now);
+                self.mix(b"load", &queue.to_le_bytes());
+            }
+            StoreDone::Failed(fault) => {
+                self.model.store_fault(true);
+                b.handle_store_failed(fault, now);
+                self.mix(b"store failed", &[fault as u8]);
+            }
+            StoreDone::Recovered => {
+                self.model.store_fault(false);
+                b.handle_store_recovered(now);
+                self.mix(b"store recovered", &[]);
+            }
+        }
     }
 
     /// Drains the broker's outputs, checks them, and routes them.
@@ -662,8 +675,8 @@ impl World {
             match o {
                 Output::Persist { batch, ops } => {
                     self.model.persist(batch)?;
-                    self.held.push_back(HeldJob::Write(batch, ops));
-                    self.run_store_jobs();
+                    self.commit.push(StoreJob::Write(batch, ops));
+                    self.run_store();
                 }
                 Output::Load {
                     queue,
@@ -674,15 +687,16 @@ impl World {
                 } => {
                     // Reads are served at once (after the writes held before them); the
                     // next drain sees what they brought.
-                    self.held.push_back(HeldJob::Load {
+                    self.commit.push(StoreJob::Load {
                         queue,
                         from_seq,
                         max,
                         max_bytes,
                         epoch,
                     });
-                    self.run_store_jobs();
+                    self.run_store();
                 }
+                Output::Admin { .. } => {}
                 Output::Replies { conn, replies } => {
                     let Some((id, link)) = self.links.iter_mut().find(|(_, l)| l.conn == conn)
                     else {
@@ -699,94 +713,10 @@ impl World {
                 }
             }
         }
-        self.start_sync();
         if let Some(b) = &self.broker {
             b.check_invariants();
             self.model.compare(b)?;
         }
-        Ok(())
-    }
-
-    /// Does the store jobs in order until one fails; unless one is already waiting for a
-    /// retry, which the later ones wait behind.
-    fn run_store_jobs(&mut self) {
-        if self.store_retry_ms.is_none() {
-            self.do_store_jobs();
-        }
-    }
-
-    fn do_store_jobs(&mut self) {
-        let now = self.now_ms;
-        while let Some(job) = self.held.pop_front() {
-            match job {
-                HeldJob::Write(batch, ops) => match self.disk.try_write_batch(&ops) {
-                    Ok(()) => {
-                        self.last_written = batch;
-                        self.mix(b"persist", &batch.to_le_bytes());
-                    }
-                    Err(kind) => {
-                        self.held.push_front(HeldJob::Write(batch, ops));
-                        self.store_failed(kind);
-                        return;
-                    }
-                },
-                HeldJob::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    max_bytes,
-                    epoch,
-                } => {
-                    let entries = self.disk.load(queue, from_seq, max, max_bytes);
-                    self.loads += 1;
-                    self.mix(
-                        b"load",
-                        &[queue.to_le_bytes(), from_seq.to_le_bytes()].concat(),
-                    );
-                    if let Some(b) = self.broker.as_mut() {
-                        b.handle_loaded(queue, epoch, entries, now);
-                        self.dirty = true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A write failed: the broker hears of it (again only if the kind changed), and the
-    /// held jobs are tried again later.
-    fn store_failed(&mut self, kind: StoreErrorKind) {
-        let fault = match kind {
-            StoreErrorKind::NoSpace => StoreFault::NoSpace,
-            StoreErrorKind::Io | StoreErrorKind::Other => StoreFault::Io,
-        };
-        self.store_retry_ms = Some(self.now_ms + STORE_RETRY_MS);
-        if self.store_fault == Some(fault) {
-            return;
-        }
-        self.store_fault = Some(fault);
-        self.model.store_fault(true);
-        let now = self.now_ms;
-        if let Some(b) = self.broker.as_mut() {
-            b.handle_store_failed(fault, now);
-            self.dirty = true;
-        }
-        self.mix(b"store failed", &[fault as u8]);
-    }
-
-    /// Tries the held jobs again; once none is left, the broker takes publishes again.
-    fn store_retry(&mut self) -> Result<(), Violation> {
-        self.store_retry_ms = None;
-        self.do_store_jobs();
-        if self.held.is_empty() && self.store_fault.take().is_some() {
-            self.model.store_fault(false);
-            let now = self.now_ms;
-            if let Some(b) = self.broker.as_mut() {
-                b.handle_store_recovered(now);
-                self.dirty = true;
-            }
-            self.mix(b"store recovered", &[]);
-        }
-        self.start_sync();
         Ok(())
     }
 

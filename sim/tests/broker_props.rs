@@ -163,6 +163,7 @@ impl Harness {
                         self.observe(r);
                     }
                 }
+                Output::Admin { .. } => {}
                 Output::Load {
                     queue,
                     from_seq,

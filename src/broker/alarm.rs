@@ -17,6 +17,7 @@ use crate::proto::method::{ConnectionBlocked, ConnectionUnblocked, Method};
 
 use super::Broker;
 use super::exchange::QueueId;
+pub use crate::store::commit::StoreFault;
 
 /// A watched resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,13 +41,49 @@ impl Resource {
     }
 }
 
-/// Why the store fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreFault {
-    /// The disk is full.
-    NoSpace,
-    /// The disk fails writes (or reads) for another reason.
-    Io,
+/// Limits that raise the memory and disk alarms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlarmLimits {
+    /// Memory alarm when resident memory exceeds this fraction of physical memory.
+    pub memory_high_watermark: f64,
+    /// Disk alarm when free space on the data directory's file system falls below this.
+    pub disk_free_limit_bytes: u64,
+}
+
+impl Default for AlarmLimits {
+    /// RabbitMQ's defaults: 40% of memory, 50 MB of disk.
+    fn default() -> Self {
+        AlarmLimits {
+            memory_high_watermark: 0.4,
+            disk_free_limit_bytes: 50_000_000,
+        }
+    }
+}
+
+/// What the driver measured of the machine; a figure it could not read is `None` and
+/// raises nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceReading {
+    /// This process's resident memory.
+    pub memory_used_bytes: Option<u64>,
+    /// Physical memory.
+    pub memory_total_bytes: Option<u64>,
+    /// Free space on the data directory's file system.
+    pub disk_free_bytes: Option<u64>,
+}
+
+impl AlarmLimits {
+    /// Whether each alarm should be on for `reading`: (memory, disk).
+    pub fn alarms(&self, reading: &ResourceReading) -> (bool, bool) {
+        let memory = match (reading.memory_used_bytes, reading.memory_total_bytes) {
+            (Some(used), Some(total)) => used as f64 > self.memory_high_watermark * total as f64,
+            _ => false,
+        };
+        let disk = reading
+            .disk_free_bytes
+            .is_some_and(|free| free < self.disk_free_limit_bytes);
+        (memory, disk)
+    }
 }
 
 impl StoreFault {
@@ -59,6 +96,18 @@ impl StoreFault {
 }
 
 impl Broker {
+    /// The driver measured memory and disk: alarms are raised or cleared against
+    /// [`BrokerConfig::alarms`](super::BrokerConfig::alarms).
+    pub fn handle_resources(&mut self, reading: ResourceReading, now_ms: u64) {
+        let (memory, disk) = self.config.alarms.alarms(&reading);
+        for (resource, on) in [(Resource::Memory, memory), (Resource::Disk, disk)] {
+            if self.alarms.contains(&resource) != on {
+                tracing::warn!(alarm = resource.as_str(), active = on, "resource alarm");
+                self.handle_alarm(resource, on, now_ms);
+            }
+        }
+    }
+
     /// A resource alarm was raised (`active`) or cleared.
     pub fn handle_alarm(&mut self, resource: Resource, active: bool, now_ms: u64) {
         self.now_ms = now_ms;
@@ -286,6 +335,7 @@ mod tests {
                 Output::Replies { replies: r, .. } => replies.extend(r),
                 Output::Persist { batch, .. } => batches.push(batch),
                 Output::Load { .. } => panic!("nothing is paged here"),
+                Output::Admin { .. } => panic!("no admin requests here"),
             }
         }
         (replies, batches)

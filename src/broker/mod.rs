@@ -39,7 +39,7 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-pub use alarm::{Resource, StoreFault};
+pub use alarm::{AlarmLimits, Resource, ResourceReading, StoreFault};
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
 pub use deadletter::{DeathReason, dead_lettered};
@@ -147,6 +147,8 @@ pub struct BrokerConfig {
     /// broker takes no new input ([`Broker::wants_input`]): a disk slower than the
     /// publishers holds them back instead of filling memory with batches.
     pub max_unsynced_store_bytes: u64,
+    /// When the memory and disk alarms go off.
+    pub alarms: AlarmLimits,
 }
 
 impl BrokerConfig {
@@ -182,6 +184,7 @@ impl Default for BrokerConfig {
             page_in_low_water: 2048,
             page_in_batch: 4096,
             max_unsynced_store_bytes: 16 * 1024 * 1024,
+            alarms: AlarmLimits::default(),
         }
     }
 }
@@ -228,6 +231,14 @@ pub enum Output {
         max_bytes: u64,
         /// Identifies this read; a purge in the meantime makes it stale.
         epoch: u64,
+    },
+    /// The answer to the administrative request the driver numbered `id`
+    /// ([`Broker::handle_admin`]), given once its durable changes are synced.
+    Admin {
+        /// The driver's number for the request.
+        id: admin::AdminId,
+        /// The outcome.
+        result: admin::AdminResult,
     },
 }
 
@@ -281,6 +292,11 @@ enum Deferred {
         channel: u16,
         method: Method,
     },
+    /// The answer to an administrative request.
+    Admin {
+        id: admin::AdminId,
+        result: admin::AdminResult,
+    },
 }
 
 /// Durable changes of the current round.
@@ -315,11 +331,13 @@ impl Journal {
     }
 }
 
-/// Replies waiting to be handed to the driver, per connection, in order.
+/// Replies waiting to be handed to the driver, per connection, in order, and answers to
+/// administrative requests.
 #[derive(Debug, Default)]
 struct Outbox {
     pending: HashMap<ConnId, Vec<Reply>>,
     order: VecDeque<ConnId>,
+    answers: VecDeque<(admin::AdminId, admin::AdminResult)>,
 }
 
 impl Outbox {
@@ -607,6 +625,7 @@ impl Broker {
                         self.send_method(conn, channel, method);
                     }
                 }
+                Deferred::Admin { id, result } => self.outbox.answers.push_back((id, result)),
             }
         }
         self.finish_round();
@@ -641,9 +660,13 @@ impl Broker {
                 epoch,
             });
         }
+        if let Some((conn, replies)) = self.outbox.pop() {
+            return Some(Output::Replies { conn, replies });
+        }
         self.outbox
-            .pop()
-            .map(|(conn, replies)| Output::Replies { conn, replies })
+            .answers
+            .pop_front()
+            .map(|(id, result)| Output::Admin { id, result })
     }
 
     /// Work that follows every input: notifications that must follow the input's reply.

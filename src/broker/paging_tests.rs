@@ -290,6 +290,7 @@ fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64, u64), u32) {
                     max_bytes,
                     epoch,
                 } => held_load = Some((queue, from_seq, max, max_bytes, epoch)),
+                Output::Admin { .. } => panic!("no admin requests here"),
                 Output::Replies { replies, .. } => {
                     for r in replies {
                         if r == Reply::PauseReading(true) {

@@ -371,6 +371,7 @@ impl Broker {
         // Deferred replies for this channel can no longer be delivered.
         self.deferred.retain(|(_, d)| match d {
             Deferred::Confirm { uid, .. } | Deferred::Reply { uid, .. } => *uid != ch.uid,
+            Deferred::Admin { .. } => true,
         });
         true
     }

@@ -19,6 +19,67 @@ pub(super) struct Rig {
     pub now: u64,
 }
 
+/// What an administrative request came to, driven as a driver whose store syncs
+/// whenever asked.
+pub(super) struct AdminOutcome {
+    pub result: crate::broker::admin::AdminResult,
+    /// The answer waited for a store batch to be synced.
+    pub waited_for_sync: bool,
+    /// Replies that came out on the way.
+    pub replies: Vec<(ConnId, Reply)>,
+    /// What was persisted on the way.
+    pub ops: Vec<crate::store::StoreOp>,
+}
+
+/// Hands `request` to the broker and drains its outputs until the answer comes: first
+/// without syncing anything (an answer then did not wait for the store), then reporting
+/// every batch synced.
+pub(super) fn admin_answer(
+    broker: &mut Broker,
+    request: crate::broker::admin::AdminRequest,
+    now: u64,
+) -> AdminOutcome {
+    const ID: u64 = 77;
+    broker.handle_admin(ID, request, now);
+    let mut outcome = AdminOutcome {
+        result: Ok(crate::broker::admin::AdminReply::Done),
+        waited_for_sync: false,
+        replies: Vec::new(),
+        ops: Vec::new(),
+    };
+    let mut answer = None;
+    let mut last_batch = None;
+    for synced in [false, true] {
+        if synced {
+            outcome.waited_for_sync = true;
+            if let Some(batch) = last_batch {
+                broker.handle_persisted(batch);
+            }
+        }
+        while let Some(out) = broker.poll_output() {
+            match out {
+                Output::Persist { batch, ops } => {
+                    outcome.ops.extend(ops);
+                    last_batch = Some(batch);
+                }
+                Output::Replies { conn, replies } => outcome
+                    .replies
+                    .extend(replies.into_iter().map(|r| (conn, r))),
+                Output::Admin { id, result } => {
+                    assert_eq!(id, ID);
+                    answer = Some(result);
+                }
+                Output::Load { .. } => panic!("no reads expected"),
+            }
+        }
+        if let Some(result) = answer.take() {
+            outcome.result = result;
+            return outcome;
+        }
+    }
+    panic!("no answer once every batch was synced");
+}
+
 pub(super) fn small_budget() -> BrokerConfig {
     BrokerConfig {
         queue_memory_budget_bytes: 64 * 1024,
@@ -77,6 +138,7 @@ impl Rig {
                 Output::Replies { conn, replies: r } => {
                     replies.extend(r.into_iter().map(|x| (conn, x)))
                 }
+                Output::Admin { .. } => {}
             }
         }
         replies
@@ -129,7 +191,9 @@ impl Rig {
             tags: Some(Vec::new()),
             mode: PutMode::CreateOnly,
         };
-        assert!(self.broker.handle_admin(put, self.now).result.is_ok());
+        let put = admin_answer(&mut self.broker, put, self.now);
+        assert!(put.result.is_ok());
+        self.store.write(&put.ops).unwrap();
         let record = crate::store::PermissionRecord {
             user: user.into(),
             vhost: "/".into(),
@@ -138,7 +202,10 @@ impl Rig {
             read: perms[2].into(),
         };
         let set = AdminRequest::SetPermissions(record);
-        assert!(self.broker.handle_admin(set, self.now).result.is_ok());
+        let set = admin_answer(&mut self.broker, set, self.now);
+        assert!(set.result.is_ok());
+        self.store.write(&set.ops).unwrap();
+        self.store.sync().unwrap();
         self.drain();
     }
 

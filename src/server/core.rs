@@ -2,18 +2,26 @@
 
 use std::collections::HashMap;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::broker::admin::{AdminId, AdminRequest, AdminResult};
 use crate::broker::{Broker, ConnInfo, Output};
 use crate::proto::command::{Command, ConnId, Reply};
 use crate::store::Store;
+use crate::store::commit::{StoreDone, StoreJob};
 
 use super::Clock;
-use super::admin::{AdminReplyTx, AdminWaiters};
-use super::storage::{self, StoreDone, StoreJob};
+use super::storage;
+
+/// Where the core task sends an administrative answer.
+pub type AdminReplyTx = oneshot::Sender<AdminResult>;
 
 /// Most messages the core handles before flushing outputs.
 const MAX_MESSAGES_PER_ROUND: usize = 256;
+
+/// Administrative answers waiting past this many make the core forget the requesters
+/// that gave up. The ones still waiting are bounded by the HTTP server's connections.
+const ADMIN_PRUNE_AT: usize = 1024;
 
 /// A message to the core task.
 #[derive(Debug)]
@@ -42,19 +50,32 @@ pub enum CoreMsg {
     /// its durable changes are synced.
     Admin {
         /// The request.
-        request: crate::broker::admin::AdminRequest,
+        request: AdminRequest,
         /// Where the answer goes.
         reply: AdminReplyTx,
     },
 }
 
-/// What the core watches for resource alarms.
-#[derive(Debug, Clone)]
-pub struct Monitor {
-    /// The limits.
-    pub limits: super::resources::AlarmLimits,
+/// What the core task reports to the rest of the node.
+#[derive(Debug)]
+pub struct CoreViews {
+    /// Whether the AMQP side runs (false after `warren ctl stop_app`): the broker's own
+    /// lifecycle state, published after every round.
+    pub app_running: watch::Sender<bool>,
     /// The directory whose file system must keep free space.
     pub data_dir: std::path::PathBuf,
+}
+
+/// The core task's ends of its channels and its own books: the connections' reply
+/// channels and the administrative requests waiting for their answers.
+struct Driver {
+    conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>>,
+    closed: Vec<ConnId>,
+    admin: HashMap<AdminId, AdminReplyTx>,
+    next_admin: AdminId,
+    persist_tx: storage::JobSender,
+    /// The store worker is gone.
+    store_gone: bool,
 }
 
 /// How often memory and disk are checked.
@@ -66,106 +87,69 @@ pub async fn run(
     store: Box<dyn Store + Send>,
     mut rx: mpsc::Receiver<CoreMsg>,
     clock: Clock,
-    monitor: Monitor,
+    views: CoreViews,
 ) -> std::io::Result<()> {
     let mut monitor_tick = tokio::time::interval(MONITOR_INTERVAL);
-    let mut alarms_on = (false, false);
     let (persist_tx, mut persisted_rx, worker) = storage::spawn(store);
-    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>> = HashMap::new();
-    let mut closed: Vec<ConnId> = Vec::new();
-    let mut admin = AdminWaiters::default();
-    let mut open = true;
-    while open {
+    let mut d = Driver {
+        conns: HashMap::new(),
+        closed: Vec::new(),
+        admin: HashMap::new(),
+        next_admin: 1,
+        persist_tx,
+        store_gone: false,
+    };
+    while !d.store_gone {
         tokio::select! {
             // While the store lags, connections wait (TCP holds their clients back).
             msg = rx.recv(), if broker.wants_input() => {
                 let Some(msg) = msg else { break };
-                handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock);
+                d.handle(&mut broker, msg, &clock);
                 for _ in 0..MAX_MESSAGES_PER_ROUND {
                     if !broker.wants_input() {
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(msg) => handle(&mut broker, &mut conns, &mut closed, &mut admin, msg, &clock),
+                        Ok(msg) => d.handle(&mut broker, msg, &clock),
                         Err(_) => break,
                     }
                 }
             }
             _ = monitor_tick.tick() => {
-                let now = super::resources::check(&monitor.limits, &monitor.data_dir);
-                if now.0 != alarms_on.0 {
-                    tracing::warn!(active = now.0, "memory alarm");
-                    broker.handle_alarm(crate::broker::Resource::Memory, now.0, clock.now_ms());
-                }
-                if now.1 != alarms_on.1 {
-                    tracing::warn!(active = now.1, "disk alarm");
-                    broker.handle_alarm(crate::broker::Resource::Disk, now.1, clock.now_ms());
-                }
-                alarms_on = now;
+                broker.handle_resources(super::resources::read(&views.data_dir), clock.now_ms());
             }
             _ = sleep_until(broker.poll_timeout().map(|ms| clock.instant(ms))) => {
                 broker.handle_timeout(clock.now_ms());
             }
             done = persisted_rx.recv() => match done {
-                Some(StoreDone::Synced(batch)) => {
-                    broker.handle_persisted(batch);
-                    admin.persisted(batch);
-                }
-                Some(StoreDone::Loaded { queue, epoch, entries }) => {
-                    broker.handle_loaded(queue, epoch, entries, clock.now_ms());
-                }
-                Some(StoreDone::Failed(fault)) => {
-                    broker.handle_store_failed(fault, clock.now_ms());
-                }
-                Some(StoreDone::Recovered) => {
-                    broker.handle_store_recovered(clock.now_ms());
-                }
-                None => {
-                    // The worker is gone (it panicked). Nothing more can be confirmed.
-                    open = false;
-                }
+                Some(done) => store_done(&mut broker, done, &clock),
+                // The worker is gone (it panicked). Nothing more can be confirmed.
+                None => d.store_gone = true,
             },
         }
-        while let Some(output) = broker.poll_output() {
-            match output {
-                Output::Replies { conn, replies } => {
-                    if let Some(tx) = conns.get(&conn) {
-                        // A send fails only when the connection task is gone; its Closed
-                        // command is on the way.
-                        let _ = tx.send(replies);
-                    }
-                }
-                Output::Persist { batch, ops } => {
-                    if persist_tx.send(StoreJob::Write(batch, ops)).is_err() {
-                        open = false;
-                    }
-                }
-                Output::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    max_bytes,
-                    epoch,
-                } => {
-                    let job = StoreJob::Load {
-                        queue,
-                        from_seq,
-                        max,
-                        max_bytes,
-                        epoch,
-                    };
-                    if persist_tx.send(job).is_err() {
-                        open = false;
-                    }
-                }
-            }
-        }
-        for id in closed.drain(..) {
-            conns.remove(&id);
-        }
+        d.flush(&mut broker);
+        views.app_running.send_if_modified(|running| {
+            let changed = *running != broker.app_running();
+            *running = broker.app_running();
+            changed
+        });
     }
-    drop(persist_tx);
+    drop(d);
     join_store_worker(worker).await
+}
+
+/// Hands a store report to the broker.
+fn store_done(broker: &mut Broker, done: StoreDone, clock: &Clock) {
+    match done {
+        StoreDone::Synced(batch) => broker.handle_persisted(batch),
+        StoreDone::Loaded {
+            queue,
+            epoch,
+            entries,
+        } => broker.handle_loaded(queue, epoch, entries, clock.now_ms()),
+        StoreDone::Failed(fault) => broker.handle_store_failed(fault, clock.now_ms()),
+        StoreDone::Recovered => broker.handle_store_recovered(clock.now_ms()),
+    }
 }
 
 /// Waits for the store worker to finish its last sync.
@@ -192,36 +176,83 @@ async fn join_store_worker(
     }
 }
 
-fn handle(
-    broker: &mut Broker,
-    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<Reply>>>,
-    closed: &mut Vec<ConnId>,
-    admin: &mut AdminWaiters,
-    msg: CoreMsg,
-    clock: &Clock,
-) {
-    let now = clock.now_ms();
-    match msg {
-        CoreMsg::Connect { id, info, replies } => {
-            conns.insert(id, replies);
-            broker.handle_connect(id, info, now);
-        }
-        CoreMsg::Commands {
-            id,
-            commands,
-            permit,
-        } => {
-            let _held_until_handled = permit;
-            for command in commands {
-                if command == Command::Closed {
-                    closed.push(id);
+impl Driver {
+    fn handle(&mut self, broker: &mut Broker, msg: CoreMsg, clock: &Clock) {
+        let now = clock.now_ms();
+        match msg {
+            CoreMsg::Connect { id, info, replies } => {
+                self.conns.insert(id, replies);
+                broker.handle_connect(id, info, now);
+            }
+            CoreMsg::Commands {
+                id,
+                commands,
+                permit,
+            } => {
+                let _held_until_handled = permit;
+                for command in commands {
+                    if command == Command::Closed {
+                        self.closed.push(id);
+                    }
+                    broker.handle_command(id, command, now);
                 }
-                broker.handle_command(id, command, now);
+            }
+            CoreMsg::Shutdown => broker.close_all_connections("shutdown", now),
+            CoreMsg::Admin { request, reply } => {
+                let id = self.next_admin;
+                self.next_admin += 1;
+                if self.admin.len() >= ADMIN_PRUNE_AT {
+                    // Requesters that gave up (an HTTP deadline) leave their slot behind.
+                    self.admin.retain(|_, waiting| !waiting.is_closed());
+                }
+                self.admin.insert(id, reply);
+                broker.handle_admin(id, request, now);
             }
         }
-        CoreMsg::Shutdown => broker.close_all_connections("shutdown", now),
-        CoreMsg::Admin { request, reply } => {
-            admin.answer(broker.handle_admin(request, now), reply);
+    }
+
+    /// Hands the broker's outputs to the connections, the store and the administrative
+    /// requesters.
+    fn flush(&mut self, broker: &mut Broker) {
+        while let Some(output) = broker.poll_output() {
+            match output {
+                Output::Replies { conn, replies } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        // A send fails only when the connection task is gone; its Closed
+                        // command is on the way.
+                        let _ = tx.send(replies);
+                    }
+                }
+                Output::Persist { batch, ops } => self.to_store(StoreJob::Write(batch, ops)),
+                Output::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    max_bytes,
+                    epoch,
+                } => self.to_store(StoreJob::Load {
+                    queue,
+                    from_seq,
+                    max,
+                    max_bytes,
+                    epoch,
+                }),
+                Output::Admin { id, result } => {
+                    // The requester may have given up; nothing to do then.
+                    if let Some(reply) = self.admin.remove(&id) {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        for id in self.closed.drain(..) {
+            self.conns.remove(&id);
+        }
+    }
+
+    fn to_store(&mut self, job: StoreJob) {
+        if self.persist_tx.send(job).is_err() {
+            self.store_gone = true;
         }
     }
 }

@@ -19,10 +19,10 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerConfig, ConnInfo};
 use crate::proto::connection::ConnectionConfig;
@@ -52,10 +52,8 @@ pub struct ServerConfig {
     pub max_handshakes_per_address: usize,
     /// Protocol limits offered to clients.
     pub connection: ConnectionConfig,
-    /// Broker settings.
+    /// Broker settings (resource alarm limits included).
     pub broker: BrokerConfig,
-    /// When resource alarms go off.
-    pub alarms: resources::AlarmLimits,
 }
 
 impl Default for ServerConfig {
@@ -71,7 +69,6 @@ impl Default for ServerConfig {
             max_handshakes_per_address: 64,
             connection: ConnectionConfig::default(),
             broker: BrokerConfig::default(),
-            alarms: resources::AlarmLimits::default(),
         }
     }
 }
@@ -108,15 +105,39 @@ impl Clock {
     }
 }
 
-/// Runs the broker until `shutdown` completes: binds the AMQP port, recovers state from
-/// `store`, serves connections, then closes them (320 CONNECTION_FORCED) and syncs the
-/// store.
+/// Runs the AMQP side until `shutdown` completes: [`start`], [`Amqp::accept_until`],
+/// [`Amqp::stop`]. The node ([`crate::node`]) runs the HTTP API beside it.
 pub async fn serve(
     config: ServerConfig,
     store: Box<dyn Store + Send>,
     seed: u64,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let mut amqp = start(config, store, seed).await?;
+    amqp.accept_until(shutdown).await?;
+    amqp.stop().await
+}
+
+/// The AMQP side of a node: its listener, the core task and the connections.
+#[derive(Debug)]
+pub struct Amqp {
+    config: ServerConfig,
+    listener: TcpListener,
+    local: SocketAddr,
+    clock: Clock,
+    core_tx: mpsc::Sender<CoreMsg>,
+    core: tokio::task::JoinHandle<std::io::Result<()>>,
+    app_running: watch::Receiver<bool>,
+    live: Arc<AtomicUsize>,
+}
+
+/// Recovers the broker from `store`, binds the AMQP port and starts the core task; clients
+/// are accepted once [`Amqp::accept_until`] runs.
+pub async fn start(
+    config: ServerConfig,
+    store: Box<dyn Store + Send>,
+    seed: u64,
+) -> std::io::Result<Amqp> {
     // Recover before listening: clients never see a broker that is still loading.
     let mut store = store;
     let recovered = store
@@ -131,129 +152,186 @@ pub async fn serve(
     // Hash maps keyed by names clients choose get this process's seed.
     crate::broker::seed_hashes(seed);
     let broker = Broker::new(config.broker.clone(), seed, recovered);
-    let listener = match TcpListener::bind(SocketAddr::new(config.bind, config.amqp_port)).await {
-        Ok(l) => l,
-        // A host without IPv6: the IPv4 wildcard is the next best "everywhere".
-        Err(e) if config.bind == IpAddr::from([0u16; 8]) => {
-            tracing::warn!(error = %e, "cannot listen on [::]; listening on 0.0.0.0 only");
-            TcpListener::bind(SocketAddr::new(
-                IpAddr::from([0, 0, 0, 0]),
-                config.amqp_port,
-            ))
-            .await?
-        }
-        Err(e) => return Err(e),
-    };
+    let listener = bind(config.bind, config.amqp_port).await?;
     let local = listener.local_addr()?;
-    let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(1024);
-    let monitor = self::core::Monitor {
-        limits: config.alarms,
+    let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_CHANNEL);
+    let (app_tx, app_running) = watch::channel(broker.app_running());
+    let views = self::core::CoreViews {
+        app_running: app_tx,
         data_dir: config.data_dir.clone(),
     };
-    let mut core = tokio::spawn(self::core::run(broker, store, core_rx, clock, monitor));
+    let core = tokio::spawn(self::core::run(broker, store, core_rx, clock, views));
     tracing::info!(address = %local, "AMQP listener ready");
     // A line on stdout that scripts and tests can wait for.
     println!("warren: AMQP listening on {local}");
-    // Cleared while the app is stopped (`warren ctl stop_app`): new sockets are dropped.
-    let accepting = Arc::new(AtomicBool::new(true));
-    #[cfg(not(madsim))]
-    let http = {
-        let settings = crate::admin::http::HttpSettings {
-            bind: config.bind,
-            port: config.http_port,
-            data_dir: config.data_dir.clone(),
-            amqp: local,
-        };
-        crate::admin::http::start(settings, AdminHandle::new(&core_tx), accepting.clone()).await?
-    };
+    Ok(Amqp {
+        config,
+        listener,
+        local,
+        clock,
+        core_tx,
+        core,
+        app_running,
+        live: Arc::new(AtomicUsize::new(0)),
+    })
+}
 
-    let live = Arc::new(AtomicUsize::new(0));
-    let handshakes = handshakes::Handshakes::new(config.max_handshakes_per_address);
-    let settings = conn::ConnSettings {
-        send_timeout: std::time::Duration::from_millis(config.send_timeout_ms),
-    };
-    let mut backoff = AcceptBackoff::default();
-    let mut refusals = Refusals::default();
-    let mut next_id: u64 = 1;
-    tokio::pin!(shutdown);
-    loop {
-        let paused_until = backoff.until();
-        tokio::select! {
-            accepted = listener.accept(), if paused_until.is_none() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => {
-                        backoff.reset();
-                        x
+/// Messages in flight to the core task.
+const CORE_CHANNEL: usize = 1024;
+
+/// Binds the AMQP port; a host without IPv6 gets the IPv4 wildcard instead of `[::]`.
+async fn bind(addr: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(SocketAddr::new(addr, port)).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr == IpAddr::from([0u16; 8]) => {
+            tracing::warn!(error = %e, "cannot listen on [::]; listening on 0.0.0.0 only");
+            TcpListener::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Amqp {
+    /// The address the AMQP listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A handle for administrative requests (the HTTP API).
+    pub fn admin(&self) -> AdminHandle {
+        AdminHandle::new(&self.core_tx, self.app_running.clone())
+    }
+
+    /// Accepts connections until `shutdown` completes. Fails if the core stopped on its
+    /// own (its store worker died).
+    pub async fn accept_until(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handshakes = handshakes::Handshakes::new(self.config.max_handshakes_per_address);
+        let settings = conn::ConnSettings {
+            send_timeout: std::time::Duration::from_millis(self.config.send_timeout_ms),
+        };
+        let mut backoff = AcceptBackoff::default();
+        let mut refusals = Refusals::default();
+        let mut next_id: u64 = 1;
+        tokio::pin!(shutdown);
+        loop {
+            let paused_until = backoff.until();
+            tokio::select! {
+                accepted = self.listener.accept(), if paused_until.is_none() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => {
+                            backoff.reset();
+                            x
+                        }
+                        Err(e) => {
+                            backoff.failed(&e);
+                            continue;
+                        }
+                    };
+                    if let Some(handshake) = self.admit(peer, &handshakes, &mut refusals) {
+                        self.spawn_connection(next_id, stream, peer, handshake, settings);
+                        next_id += 1;
                     }
-                    Err(e) => {
-                        backoff.failed(&e);
-                        continue;
-                    }
-                };
-                if !accepting.load(Ordering::SeqCst) {
-                    drop(stream);
-                    continue;
                 }
-                if live.load(Ordering::Relaxed) >= config.max_connections {
-                    if let Some(more) = refusals.log() {
-                        tracing::warn!(%peer, limit = config.max_connections, refused_since_last_log = more, "connection limit reached; refusing");
-                    }
-                    drop(stream);
-                    continue;
+                _ = self::core::sleep_until(paused_until), if paused_until.is_some() => backoff.resume(),
+                _ = &mut shutdown => return Ok(()),
+                result = &mut self.core => {
+                    // The core stops early only if the store worker died.
+                    return match result {
+                        Ok(Ok(())) => Err(std::io::Error::other("broker core stopped")),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(std::io::Error::other(format!("broker core failed: {e}"))),
+                    };
                 }
-                let Some(handshake) = handshakes.claim(peer.ip()) else {
-                    if let Some(more) = refusals.log() {
-                        tracing::warn!(%peer, limit = config.max_handshakes_per_address, refused_since_last_log = more, "too many unfinished handshakes from this address; refusing");
-                    }
-                    drop(stream);
-                    continue;
-                };
-                #[cfg(not(madsim))]
-                if let Err(e) = set_keepalive(&stream) {
-                    tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
-                }
-                let accepted = conn::Accepted {
-                    id: next_id,
-                    stream,
-                    info: ConnInfo { peer: peer.to_string(), loopback: is_loopback(peer.ip()) },
-                    handshake,
-                };
-                next_id += 1;
-                let live = live.clone();
-                live.fetch_add(1, Ordering::Relaxed);
-                let cfg = config.connection.clone();
-                let core_tx = core_tx.clone();
-                tokio::spawn(async move {
-                    conn::run(accepted, cfg, settings, core_tx, clock).await;
-                    live.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            _ = self::core::sleep_until(paused_until), if paused_until.is_some() => backoff.resume(),
-            _ = &mut shutdown => break,
-            result = &mut core => {
-                // The core stops early only if the store worker died.
-                return match result {
-                    Ok(Ok(())) => Err(std::io::Error::other("broker core stopped")),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(std::io::Error::other(format!("broker core failed: {e}"))),
-                };
             }
         }
     }
-    tracing::info!("shutting down: closing connections");
-    #[cfg(not(madsim))]
-    http.stop();
-    drop(listener);
-    let _ = core_tx.send(CoreMsg::Shutdown).await;
-    // Give clients a moment to acknowledge the close before the store's final sync.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while live.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    /// Whether a socket from `peer` may start a connection: the app runs (the broker
+    /// core's state), the connection limit and the peer's unfinished handshakes allow it.
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        handshakes: &handshakes::Handshakes,
+        refusals: &mut Refusals,
+    ) -> Option<handshakes::HandshakeSlot> {
+        if !*self.app_running.borrow() {
+            // Stopped by `warren ctl stop_app`: like a node without listeners.
+            return None;
+        }
+        let max_connections = self.config.max_connections;
+        if self.live.load(Ordering::Relaxed) >= max_connections {
+            if let Some(more) = refusals.log() {
+                tracing::warn!(%peer, limit = max_connections, refused_since_last_log = more, "connection limit reached; refusing");
+            }
+            return None;
+        }
+        let claim = handshakes.claim(peer.ip());
+        if claim.is_none() {
+            if let Some(more) = refusals.log() {
+                tracing::warn!(%peer, limit = self.config.max_handshakes_per_address, refused_since_last_log = more, "too many unfinished handshakes from this address; refusing");
+            }
+        }
+        claim
     }
-    drop(core_tx);
-    match core.await {
-        Ok(result) => result,
-        Err(e) => Err(std::io::Error::other(format!("broker task failed: {e}"))),
+
+    fn spawn_connection(
+        &self,
+        id: u64,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        handshake: handshakes::HandshakeSlot,
+        settings: conn::ConnSettings,
+    ) {
+        #[cfg(not(madsim))]
+        if let Err(e) = set_keepalive(&stream) {
+            tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
+        }
+        let accepted = conn::Accepted {
+            id,
+            stream,
+            info: ConnInfo {
+                peer: peer.to_string(),
+                loopback: is_loopback(peer.ip()),
+            },
+            handshake,
+        };
+        let live = self.live.clone();
+        live.fetch_add(1, Ordering::Relaxed);
+        let cfg = self.config.connection.clone();
+        let core_tx = self.core_tx.clone();
+        let clock = self.clock;
+        tokio::spawn(async move {
+            conn::run(accepted, cfg, settings, core_tx, clock).await;
+            live.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Stops accepting, closes every connection (320 CONNECTION_FORCED), gives clients a
+    /// moment to acknowledge, and waits for the core's last store sync.
+    pub async fn stop(self) -> std::io::Result<()> {
+        tracing::info!("shutting down: closing connections");
+        let Amqp {
+            listener,
+            core_tx,
+            core,
+            live,
+            ..
+        } = self;
+        drop(listener);
+        let _ = core_tx.send(CoreMsg::Shutdown).await;
+        // Give clients a moment to acknowledge the close before the store's final sync.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while live.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(core_tx);
+        match core.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(format!("broker task failed: {e}"))),
+        }
     }
 }
 

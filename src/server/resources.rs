@@ -2,24 +2,7 @@
 
 use std::path::Path;
 
-/// Limits that raise alarms.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AlarmLimits {
-    /// Memory alarm when resident memory exceeds this fraction of physical memory.
-    pub memory_high_watermark: f64,
-    /// Disk alarm when free space on the data directory's file system falls below this.
-    pub disk_free_limit_bytes: u64,
-}
-
-impl Default for AlarmLimits {
-    /// RabbitMQ's defaults: 40% of memory, 50 MB of disk.
-    fn default() -> Self {
-        AlarmLimits {
-            memory_high_watermark: 0.4,
-            disk_free_limit_bytes: 50_000_000,
-        }
-    }
-}
+use crate::broker::ResourceReading;
 
 /// This process's resident memory in bytes, if it can be read.
 pub fn resident_bytes() -> Option<u64> {
@@ -42,34 +25,35 @@ pub fn free_disk_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Whether each alarm should be on now: (memory, disk). Unreadable figures raise nothing.
-pub fn check(limits: &AlarmLimits, data_dir: &Path) -> (bool, bool) {
-    let memory = match (resident_bytes(), total_memory_bytes()) {
-        (Some(rss), Some(total)) => rss as f64 > limits.memory_high_watermark * total as f64,
-        _ => false,
-    };
-    let disk = free_disk_bytes(data_dir).is_some_and(|free| free < limits.disk_free_limit_bytes);
-    (memory, disk)
+/// Memory and disk as they are now, for [`crate::broker::Broker::handle_resources`].
+pub fn read(data_dir: &Path) -> ResourceReading {
+    ResourceReading {
+        memory_used_bytes: resident_bytes(),
+        memory_total_bytes: total_memory_bytes(),
+        disk_free_bytes: free_disk_bytes(data_dir),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::AlarmLimits;
 
     #[test]
     fn figures_are_readable_here() {
         assert!(resident_bytes().is_some_and(|b| b > 0));
         assert!(total_memory_bytes().is_some_and(|b| b > 0));
         assert!(free_disk_bytes(Path::new("/")).is_some());
+        let reading = read(Path::new("/"));
         let never = AlarmLimits {
             memory_high_watermark: 1e9,
             disk_free_limit_bytes: 0,
         };
-        assert_eq!(check(&never, Path::new("/")), (false, false));
+        assert_eq!(never.alarms(&reading), (false, false));
         let always = AlarmLimits {
             memory_high_watermark: 0.0,
             disk_free_limit_bytes: u64::MAX,
         };
-        assert_eq!(check(&always, Path::new("/")), (true, true));
+        assert_eq!(always.alarms(&reading), (true, true));
     }
 }

@@ -6,6 +6,8 @@
 //! writes them, syncs, and reports the batch as persisted. Publisher confirms and
 //! `tx.commit-ok` for persistent messages wait for that report.
 
+pub mod commit;
+pub use commit::StoreFault;
 pub mod disk;
 pub mod memory;
 

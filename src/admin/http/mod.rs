@@ -22,7 +22,6 @@ mod status;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -73,8 +72,6 @@ impl HttpServer {
 struct Ctx {
     core: AdminHandle,
     token: String,
-    /// Cleared by `stop_app`: the AMQP listener drops new sockets.
-    accepting: Arc<AtomicBool>,
     node: String,
     amqp: SocketAddr,
     http: SocketAddr,
@@ -88,11 +85,7 @@ struct Ctx {
 type State = axum::extract::State<Arc<Ctx>>;
 
 /// Binds the HTTP port, writes the node file and starts serving.
-pub async fn start(
-    settings: HttpSettings,
-    core: AdminHandle,
-    accepting: Arc<AtomicBool>,
-) -> std::io::Result<HttpServer> {
+pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result<HttpServer> {
     let addr = SocketAddr::new(settings.bind, settings.port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -116,7 +109,6 @@ pub async fn start(
     let ctx = Arc::new(Ctx {
         core,
         token,
-        accepting,
         node,
         amqp: settings.amqp,
         http: local,

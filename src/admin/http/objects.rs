@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
@@ -413,14 +412,13 @@ pub(super) async fn app_action(
     authenticate(&s, &headers).await?.require_admin()?;
     let ctx: &Arc<Ctx> = &s;
     match action.as_str() {
+        // The listener follows the broker's state; a client accepted just before the
+        // stop is refused at login.
         "stop_app" => {
-            // Stop accepting first, so that no client slips in between.
-            ctx.accepting.store(false, Ordering::SeqCst);
             ctx.call(AdminRequest::StopApp).await?;
         }
         "start_app" => {
             ctx.call(AdminRequest::StartApp).await?;
-            ctx.accepting.store(true, Ordering::SeqCst);
         }
         "reset" => {
             ctx.call(AdminRequest::Reset).await?;

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{Path, Query};
@@ -463,7 +462,7 @@ pub(super) async fn port_listener(
     let port: u16 = port
         .parse()
         .map_err(|_| ApiError::bad_request("invalid port"))?;
-    let amqp_up = s.accepting.load(Ordering::SeqCst);
+    let amqp_up = s.core.app_running();
     if port == s.http.port() || (port == s.amqp.port() && amqp_up) {
         ok_json(json!({ "status": "ok", "port": port }))
     } else {
@@ -478,7 +477,7 @@ pub(super) async fn protocol_listener(
 ) -> ApiResult {
     authenticate(&s, &headers).await?;
     let up = match protocol.as_str() {
-        "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" => s.accepting.load(Ordering::SeqCst),
+        "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" => s.core.app_running(),
         "http" | "management" => true,
         _ => false,
     };

@@ -1,11 +1,12 @@
 //! Administration: the operations behind `warren ctl` and the management HTTP API, as
 //! inputs and outputs of the broker state machine.
 //!
-//! A driver hands [`Broker::handle_admin`] an [`AdminRequest`] and gets an
-//! [`AdminResponse`]. Durable changes go to the store like any other (as
-//! [`StoreOp`]s in the next [`super::Output::Persist`] batch); the response names that
-//! batch in [`AdminResponse::durable_batch`], and the driver answers only once the batch
-//! is synced, so a `warren ctl add_user` that returned has been written to disk.
+//! A driver hands [`Broker::handle_admin`] an [`AdminRequest`] with a number of its own,
+//! and the answer comes back as an [`super::Output::Admin`] with that number. Durable
+//! changes go to the store like any other (as [`StoreOp`]s in the next
+//! [`super::Output::Persist`] batch), and the answer waits, like a publisher confirm,
+//! until that batch is synced, so a `warren ctl add_user` that returned has been written
+//! to disk.
 //!
 //! Permissions apply to operations on vhost resources requested by a user
 //! ([`Actor::User`]), exactly as they apply to the same operation over AMQP; requests made
@@ -28,9 +29,9 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
 use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
 
-use super::Broker;
 use super::error::AmqpError;
 use super::stats::MessageCounters;
+use super::{Broker, Deferred};
 
 pub use definitions::{Definitions, ExchangeDef, QueueDef};
 pub use limits::{MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES};
@@ -477,16 +478,9 @@ impl From<AmqpError> for AdminError {
 /// The result of an operation.
 pub type AdminResult = Result<AdminReply, AdminError>;
 
-/// The answer to an [`AdminRequest`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminResponse {
-    /// The outcome.
-    pub result: AdminResult,
-    /// The store batch holding the operation's durable changes: answer the requester only
-    /// once [`Broker::handle_persisted`] has reported it. `None` when nothing durable
-    /// changed.
-    pub durable_batch: Option<u64>,
-}
+/// The driver's number for an administrative request, echoed in its answer
+/// ([`crate::broker::Output::Admin`]).
+pub type AdminId = u64;
 
 /// Refuses a field table the store could not read back (too deep or too large), naming
 /// what it belongs to.
@@ -508,14 +502,20 @@ impl Broker {
     /// Handles an administrative operation at `now_ms`. Replies and store batches it causes
     /// (connections closed, consumers cancelled) come out of [`Broker::poll_output`] as
     /// usual.
-    pub fn handle_admin(&mut self, request: AdminRequest, now_ms: u64) -> AdminResponse {
+    ///
+    /// The answer comes out of [`Broker::poll_output`] as [`Output::Admin`] carrying `id`:
+    /// at once when nothing durable changed, otherwise once [`Broker::handle_persisted`]
+    /// reports the batch holding the changes, as publisher confirms wait.
+    pub fn handle_admin(&mut self, id: AdminId, request: AdminRequest, now_ms: u64) {
         self.now_ms = now_ms;
         let result = self.admin_dispatch(request);
         self.finish_round();
-        let durable_batch = (!self.journal.ops.is_empty()).then_some(self.journal.next_batch);
-        AdminResponse {
-            result,
-            durable_batch,
+        if self.journal.ops.is_empty() {
+            self.outbox.answers.push_back((id, result));
+        } else {
+            let batch = self.current_batch();
+            self.deferred
+                .push_back((batch, Deferred::Admin { id, result }));
         }
     }
 

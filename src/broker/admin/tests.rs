@@ -11,12 +11,15 @@ use crate::proto::table::FieldTable;
 use crate::store::{PermissionRecord, Recovered, StoreOp, UserLimits, VhostLimits};
 
 use super::*;
+use crate::broker::test_rig::{AdminOutcome, admin_answer};
 
 struct Harness {
     broker: Broker,
     now: u64,
     /// Everything persisted so far, in order.
     ops: Vec<StoreOp>,
+    /// Replies that came out while an admin request was run, not yet drained.
+    pending: Vec<(ConnId, Reply)>,
 }
 
 impl Harness {
@@ -25,6 +28,7 @@ impl Harness {
             broker: Broker::new(BrokerConfig::default(), 7, Recovered::default()),
             now: 1_000,
             ops: Vec::new(),
+            pending: Vec::new(),
         };
         h.drain();
         h
@@ -33,7 +37,7 @@ impl Harness {
     /// Drains outputs, acknowledging every batch as synced; returns the replies per
     /// connection.
     fn drain(&mut self) -> Vec<(ConnId, Reply)> {
-        let mut replies = Vec::new();
+        let mut replies = std::mem::take(&mut self.pending);
         while let Some(out) = self.broker.poll_output() {
             match out {
                 Output::Persist { batch, ops } => {
@@ -44,6 +48,7 @@ impl Harness {
                     replies.extend(r.into_iter().map(|x| (conn, x)))
                 }
                 Output::Load { .. } => panic!("these tests never page"),
+                Output::Admin { .. } => panic!("answers are taken by `run_admin`"),
             }
         }
         replies
@@ -51,8 +56,15 @@ impl Harness {
 
     fn admin(&mut self, request: AdminRequest) -> AdminResult {
         self.now += 1;
-        let r = self.broker.handle_admin(request, self.now);
-        r.result
+        self.run_admin(request, self.now).result
+    }
+
+    /// Runs an admin request to its answer; the replies it caused wait for `drain`.
+    fn run_admin(&mut self, request: AdminRequest, now: u64) -> AdminOutcome {
+        let mut outcome = admin_answer(&mut self.broker, request, now);
+        self.ops.extend(outcome.ops.iter().cloned());
+        self.pending.append(&mut outcome.replies);
+        outcome
     }
 
     fn command(&mut self, conn: ConnId, c: Command) {
@@ -208,12 +220,10 @@ fn deleting_a_user_closes_its_connections_with_320() {
     h.add_user("u", "p", "/", [".*", ".*", ".*"]);
     assert!(h.login(1, "u", "p", "/"));
     assert!(h.login(2, "guest", "guest", "/"));
-    let r = h
-        .broker
-        .handle_admin(AdminRequest::DeleteUser { name: "u".into() }, 5_000);
+    let r = h.run_admin(AdminRequest::DeleteUser { name: "u".into() }, 5_000);
     assert!(r.result.is_ok());
     assert!(
-        r.durable_batch.is_some(),
+        r.waited_for_sync,
         "the deletion is durable before the answer"
     );
     let replies = h.drain();
@@ -276,12 +286,10 @@ fn http_publish_and_get_follow_permissions() {
         e.reason,
         "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'reader'"
     );
-    let r = h
-        .broker
-        .handle_admin(publish(Actor::Node, "q", b"hello", true), 9_000);
+    let r = h.run_admin(publish(Actor::Node, "q", b"hello", true), 9_000);
     assert_eq!(r.result, Ok(AdminReply::Routed(true)));
     assert!(
-        r.durable_batch.is_some(),
+        r.waited_for_sync,
         "a persistent message waits for the store"
     );
     h.drain();
@@ -430,9 +438,9 @@ fn listings_need_no_store_batch() {
         AdminRequest::ListBindings { vhost: None },
         AdminRequest::Overview,
     ] {
-        let r = h.broker.handle_admin(request, 2_000);
+        let r = h.run_admin(request, 2_000);
         assert!(r.result.is_ok());
-        assert_eq!(r.durable_batch, None);
+        assert!(!r.waited_for_sync);
     }
     let Ok(AdminReply::Exchanges(x)) = h.admin(AdminRequest::ListExchanges {
         vhost: Some("/".into()),
@@ -766,12 +774,20 @@ fn limits_are_durable_and_go_with_their_vhost_or_user() {
         )
     };
     let mut restarted = replay(&h.ops);
-    let listed = restarted.handle_admin(AdminRequest::ListVhostLimits { vhost: None }, 1);
+    let listed = admin_answer(
+        &mut restarted,
+        AdminRequest::ListVhostLimits { vhost: None },
+        1,
+    );
     assert_eq!(
         listed.result,
         Ok(AdminReply::VhostLimits(vec![("v".into(), vl)]))
     );
-    let listed = restarted.handle_admin(AdminRequest::ListUserLimits { user: None }, 1);
+    let listed = admin_answer(
+        &mut restarted,
+        AdminRequest::ListUserLimits { user: None },
+        1,
+    );
     assert_eq!(
         listed.result,
         Ok(AdminReply::UserLimits(vec![("u".into(), ul)]))

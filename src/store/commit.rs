@@ -1,0 +1,618 @@
+//! Group commit: the one state machine between the broker core's store outputs and a
+//! [`Store`], run by the tokio store thread, by the madsim store task and by the
+//! simulator's world alike.
+//!
+//! Jobs (batches to write, reads of paged messages) are done in the order the core emitted
+//! them. Batches written while a sync is in flight wait for the next one, which covers
+//! them all: one sync for every batch that arrived during the last (group commit). The
+//! driver decides only how a sync is carried out and when time passes: a thread calls
+//! [`Store::sync`] at once ([`GroupCommit::sync_now`]); the simulator starts it
+//! ([`GroupCommit::begin_sync`]) and completes it later ([`GroupCommit::sync_done`]), so
+//! that a crash can fall between.
+//!
+//! When the store fails a write, a sync or a read, the core hears of it once
+//! ([`StoreDone::Failed`]), and from then on every job is kept in order: the batches
+//! written since the last good sync (whose fate is in doubt), the one that failed, and
+//! whatever arrives after. Every retry interval the store is reopened; it says how many
+//! of the doubtful batches reached the disk, those are reported synced, and the rest are
+//! written again, in order, until the store takes them. Once nothing is left over and
+//! the store is ready again ([`Store::ready`]), [`StoreDone::Recovered`] tells the core
+//! to take publishes again.
+
+use std::collections::VecDeque;
+
+use super::{LoadedEntry, Store, StoreError, StoreErrorKind, StoreOp};
+
+/// Why the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// The disk is full.
+    NoSpace,
+    /// The disk fails writes (or reads) for another reason.
+    Io,
+}
+
+impl From<StoreErrorKind> for StoreFault {
+    fn from(kind: StoreErrorKind) -> Self {
+        match kind {
+            StoreErrorKind::NoSpace => StoreFault::NoSpace,
+            StoreErrorKind::Io | StoreErrorKind::Other => StoreFault::Io,
+        }
+    }
+}
+
+/// Work for the store, in the order the core emitted it.
+#[derive(Debug)]
+pub enum StoreJob {
+    /// Write a batch (synced with the batches written around it).
+    Write(u64, Vec<StoreOp>),
+    /// Read a queue's paged entries.
+    Load {
+        /// Queue incarnation.
+        queue: u64,
+        /// First position to read.
+        from_seq: u64,
+        /// Most entries.
+        max: usize,
+        /// Most bytes.
+        max_bytes: u64,
+        /// Identifies the read.
+        epoch: u64,
+    },
+}
+
+/// What the store reports back to the core.
+#[derive(Debug)]
+pub enum StoreDone {
+    /// Every batch up to this one is synced.
+    Synced(u64),
+    /// A read finished.
+    Loaded {
+        /// Queue incarnation.
+        queue: u64,
+        /// The read's epoch.
+        epoch: u64,
+        /// What was read.
+        entries: Vec<LoadedEntry>,
+    },
+    /// The store failed; the jobs from the first one not done on are kept and retried.
+    Failed(StoreFault),
+    /// The store works again, with room to spare.
+    Recovered,
+}
+
+/// Most reports held for the driver: a driver collects them after each call, so more than
+/// this means it does not.
+const MAX_REPORTS: usize = 1 << 20;
+
+/// The group-commit state machine.
+#[derive(Debug)]
+pub struct GroupCommit {
+    /// Jobs not done yet, in order.
+    waiting: VecDeque<StoreJob>,
+    /// Batches written since the last good sync, in order: kept until they are synced,
+    /// since a failure leaves their fate in doubt.
+    unsynced: Vec<(u64, Vec<StoreOp>)>,
+    /// How many of `unsynced` (a prefix) the sync in flight covers.
+    syncing: Option<usize>,
+    /// The fault reported to the core, until the store recovers.
+    fault: Option<StoreFault>,
+    /// The store failed and must be reopened before it takes more work.
+    broken: bool,
+    /// While faulted: when the store is tried again (reopening replays the journal, so it
+    /// is tried once per `retry_ms`, not for every job that arrives meanwhile).
+    retry_at_ms: Option<u64>,
+    /// While faulted with nothing left to write: when to ask the store again whether it
+    /// is ready (`None`: at once).
+    ready_at_ms: Option<u64>,
+    retry_ms: u64,
+    /// The time of the current call.
+    now_ms: u64,
+    /// Reports for the core, in order.
+    done: VecDeque<StoreDone>,
+}
+
+impl GroupCommit {
+    /// A state machine that retries a failed store every `retry_ms`.
+    pub fn new(retry_ms: u64) -> Self {
+        GroupCommit {
+            waiting: VecDeque::new(),
+            unsynced: Vec::new(),
+            syncing: None,
+            fault: None,
+            broken: false,
+            retry_at_ms: None,
+            ready_at_ms: None,
+            retry_ms,
+            now_ms: 0,
+            done: VecDeque::new(),
+        }
+    }
+
+    /// Queues a job behind the others.
+    pub fn push(&mut self, job: StoreJob) {
+        self.waiting.push_back(job);
+    }
+
+    /// Queues `first` and every job `next` yields (the ones already waiting in a channel).
+    pub fn push_all(
+        &mut self,
+        first: Option<StoreJob>,
+        mut next: impl FnMut() -> Option<StoreJob>,
+    ) {
+        if let Some(job) = first {
+            self.push(job);
+        }
+        while let Some(job) = next() {
+            self.push(job);
+        }
+    }
+
+    /// The next report for the core.
+    #[must_use]
+    pub fn poll_done(&mut self) -> Option<StoreDone> {
+        self.done.pop_front()
+    }
+
+    /// Whether the store is failing.
+    pub fn faulted(&self) -> bool {
+        self.fault.is_some()
+    }
+
+    /// When [`GroupCommit::run`] must be called again even if no job arrives: while the
+    /// store is failing, the time of the next reopen or readiness check.
+    pub fn wake_at(&self) -> Option<u64> {
+        self.fault?;
+        if self.broken {
+            return Some(self.retry_at_ms.unwrap_or(0));
+        }
+        if self.syncing.is_some() || !self.waiting.is_empty() || !self.unsynced.is_empty() {
+            // The jobs and the sync in flight move it on.
+            return None;
+        }
+        Some(self.ready_at_ms.unwrap_or(0))
+    }
+
+    /// Jobs not yet done and batches not yet synced.
+    pub fn backlog(&self) -> usize {
+        self.waiting.len() + self.unsynced.len()
+    }
+
+    /// Does the waiting jobs in order with `store` at `now_ms`, until they are done or the
+    /// store fails (reopening it first, once the retry is due, if an earlier failure broke
+    /// it); then, while faulted with nothing left over, asks the store whether it is ready.
+    /// Returns whether a sync is due ([`GroupCommit::sync_now`] or
+    /// [`GroupCommit::begin_sync`]).
+    #[must_use]
+    pub fn run(&mut self, store: &mut dyn Store, now_ms: u64) -> bool {
+        self.now_ms = now_ms;
+        if self.broken {
+            if self.syncing.is_some() || self.retry_at_ms.is_some_and(|at| now_ms < at) {
+                return false;
+            }
+            self.retry_at_ms = Some(now_ms.saturating_add(self.retry_ms));
+            if !self.reopen(store) {
+                return false;
+            }
+        }
+        while let Some(job) = self.waiting.pop_front() {
+            if !self.do_job(store, job) {
+                return false;
+            }
+        }
+        self.check_recovered(store);
+        self.sync_due()
+    }
+
+    /// [`GroupCommit::run`], then the sync if one is due, for drivers whose sync blocks.
+    pub fn step(&mut self, store: &mut dyn Store, now_ms: u64) {
+        if self.run(store, now_ms) {
+            self.sync_now(store);
+            self.check_recovered(store);
+        }
+    }
+
+    /// Whether written batches wait for a sync and none is in flight.
+    pub fn sync_due(&self) -> bool {
+        !self.broken && self.syncing.is_none() && self.unsynced.len() > self.synced_prefix()
+    }
+
+    fn synced_prefix(&self) -> usize {
+        self.syncing.unwrap_or(0)
+    }
+
+    /// Starts a sync covering every batch written so far (the driver syncs the store and
+    /// calls [`GroupCommit::sync_done`]).
+    pub fn begin_sync(&mut self) {
+        assert!(self.syncing.is_none(), "one sync at a time");
+        self.syncing = Some(self.unsynced.len());
+    }
+
+    /// The sync in flight finished with `result`.
+    pub fn sync_done(&mut self, result: Result<(), StoreError>) {
+        let Some(covered) = self.syncing.take() else {
+            return;
+        };
+        debug_assert!(covered <= self.unsynced.len());
+        match result {
+            Ok(()) => {
+                let rest = self.unsynced.split_off(covered.min(self.unsynced.len()));
+                if let Some((batch, _)) = self.unsynced.last() {
+                    self.report(StoreDone::Synced(*batch));
+                }
+                self.unsynced = rest;
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Syncs `store` now, for drivers whose sync blocks.
+    pub fn sync_now(&mut self, store: &mut dyn Store) {
+        self.begin_sync();
+        let result = store.sync();
+        self.sync_done(result);
+    }
+
+    /// The final sync at shutdown; fails if the store is still failing.
+    pub fn finish(&mut self, store: &mut dyn Store, now_ms: u64) -> Result<(), StoreError> {
+        // The retry is due now, whenever the last one was.
+        self.retry_at_ms = None;
+        self.ready_at_ms = None;
+        if self.run(store, now_ms) {
+            self.sync_now(store);
+        }
+        if self.broken || !self.waiting.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                format!(
+                    "the store is still failing at shutdown; {} jobs were not written",
+                    self.backlog()
+                ),
+            ));
+        }
+        store.sync()
+    }
+
+    /// Does one job; returns false if the store failed (the job is kept).
+    fn do_job(&mut self, store: &mut dyn Store, job: StoreJob) -> bool {
+        match job {
+            StoreJob::Write(batch, ops) => {
+                debug_assert!(
+                    self.unsynced.last().is_none_or(|(b, _)| *b < batch),
+                    "batches are written in order"
+                );
+                let result = store.write(&ops);
+                // In doubt until synced, written or not: a failed write is written again
+                // after the reopen unless the store says it holds it.
+                self.unsynced.push((batch, ops));
+                if let Err(e) = result {
+                    self.failed(&e);
+                    return false;
+                }
+                true
+            }
+            StoreJob::Load {
+                queue,
+                from_seq,
+                max,
+                max_bytes,
+                epoch,
+            } => match store.load(queue, from_seq, max, max_bytes) {
+                Ok(entries) => {
+                    self.report(StoreDone::Loaded {
+                        queue,
+                        epoch,
+                        entries,
+                    });
+                    true
+                }
+                Err(e) => {
+                    self.waiting.push_front(StoreJob::Load {
+                        queue,
+                        from_seq,
+                        max,
+                        max_bytes,
+                        epoch,
+                    });
+                    self.failed(&e);
+                    false
+                }
+            },
+        }
+    }
+
+    /// While faulted, once every job is done and synced: whether the store is ready for
+    /// publishers again; the core hears when it is.
+    fn check_recovered(&mut self, store: &mut dyn Store) {
+        if self.fault.is_none()
+            || self.broken
+            || self.syncing.is_some()
+            || !self.waiting.is_empty()
+            || !self.unsynced.is_empty()
+        {
+            return;
+        }
+        if self.ready_at_ms.is_some_and(|at| self.now_ms < at) {
+            return;
+        }
+        if store.ready() {
+            tracing::warn!("the store works again: publishes are taken again");
+            self.fault = None;
+            self.retry_at_ms = None;
+            self.ready_at_ms = None;
+            self.report(StoreDone::Recovered);
+        } else {
+            self.ready_at_ms = Some(self.now_ms.saturating_add(self.retry_ms));
+        }
+    }
+
+    fn failed(&mut self, e: &StoreError) {
+        self.broken = true;
+        if self.retry_at_ms.is_none_or(|at| at <= self.now_ms) {
+            self.retry_at_ms = Some(self.now_ms.saturating_add(self.retry_ms));
+        }
+        let fault = StoreFault::from(e.kind());
+        if self.fault != Some(fault) {
+            tracing::error!(error = %e, "store failed: refusing persistent publishes and retrying");
+            self.fault = Some(fault);
+            self.report(StoreDone::Failed(fault));
+        } else {
+            tracing::debug!(error = %e, "store still failing");
+        }
+    }
+
+    /// Reopens a broken store: the batches it kept are reported synced and the others go
+    /// back to the front of the waiting jobs. Returns whether the store works.
+    fn reopen(&mut self, store: &mut dyn Store) -> bool {
+        debug_assert!(self.syncing.is_none());
+        let held = match store.reopen() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::debug!(error = %e, "store still failing");
+                return false;
+            }
+        };
+        self.broken = false;
+        let held = held.min(self.unsynced.len());
+        let rest = self.unsynced.split_off(held);
+        if let Some((batch, _)) = self.unsynced.last() {
+            self.report(StoreDone::Synced(*batch));
+        }
+        self.unsynced.clear();
+        for (batch, ops) in rest.into_iter().rev() {
+            self.waiting.push_front(StoreJob::Write(batch, ops));
+        }
+        true
+    }
+
+    fn report(&mut self, done: StoreDone) {
+        assert!(
+            self.done.len() < MAX_REPORTS,
+            "the driver does not collect the store's reports"
+        );
+        self.done.push_back(done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::store::memory::MemoryState;
+    use crate::store::{LoadedEntry, Recovered};
+
+    /// A store that fails on demand: writes fail while `fail_writes` is set (keeping
+    /// nothing of the failed batch), and a reopen keeps `keep_on_reopen` of the batches in
+    /// doubt.
+    #[derive(Default)]
+    struct Flaky {
+        state: MemoryState,
+        written: Vec<u64>,
+        unsynced: Vec<Vec<StoreOp>>,
+        fail_writes: Option<StoreErrorKind>,
+        fail_reopen: bool,
+        ready: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Flaky>>);
+
+    fn vhost_of(ops: &[StoreOp]) -> u64 {
+        match ops.first() {
+            Some(StoreOp::PutVhost(name)) => name.parse().unwrap(),
+            _ => panic!("test batches name a vhost"),
+        }
+    }
+
+    impl Store for Shared {
+        fn recover(&mut self, _: crate::store::HeadLimit) -> Result<Recovered, StoreError> {
+            Ok(Recovered::default())
+        }
+        fn load(
+            &mut self,
+            q: u64,
+            from: u64,
+            max: usize,
+            max_bytes: u64,
+        ) -> Result<Vec<LoadedEntry>, StoreError> {
+            let s = self.0.lock().unwrap();
+            match s.fail_writes {
+                Some(kind) => Err(StoreError::new(kind, "read failed")),
+                None => Ok(s.state.load(q, from, max, max_bytes)),
+            }
+        }
+        fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            let mut s = self.0.lock().unwrap();
+            if let Some(kind) = s.fail_writes {
+                return Err(StoreError::new(kind, "write failed"));
+            }
+            s.unsynced.push(ops.to_vec());
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            let mut s = self.0.lock().unwrap();
+            for ops in std::mem::take(&mut s.unsynced) {
+                s.written.push(vhost_of(&ops));
+                for op in &ops {
+                    s.state.apply(op);
+                }
+            }
+            Ok(())
+        }
+        fn reopen(&mut self) -> Result<usize, StoreError> {
+            let mut s = self.0.lock().unwrap();
+            if s.fail_reopen {
+                return Err(StoreError::new(StoreErrorKind::Io, "still failing"));
+            }
+            // The batches written before the failure reached the disk.
+            let held = s.unsynced.len();
+            for ops in std::mem::take(&mut s.unsynced) {
+                s.written.push(vhost_of(&ops));
+            }
+            Ok(held)
+        }
+        fn ready(&mut self) -> bool {
+            self.0.lock().unwrap().ready
+        }
+    }
+
+    fn batch(n: u64) -> StoreJob {
+        StoreJob::Write(n, vec![StoreOp::PutVhost(n.to_string())])
+    }
+
+    fn drain(gc: &mut GroupCommit) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = gc.poll_done() {
+            out.push(match d {
+                StoreDone::Synced(b) => format!("synced {b}"),
+                StoreDone::Loaded { queue, .. } => format!("loaded {queue}"),
+                StoreDone::Failed(f) => format!("failed {f:?}"),
+                StoreDone::Recovered => "recovered".into(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_in_order_with_the_ones_behind_it() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(0);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.sync_now(&mut store);
+        assert_eq!(drain(&mut w), ["synced 1"]);
+
+        // Batch 2 is written, then batch 3 fails: 2 is in doubt, 3 and 4 wait.
+        w.push(batch(2));
+        assert!(w.run(&mut store, 0));
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::NoSpace);
+        w.push(batch(3));
+        w.push(batch(4));
+        assert!(!w.run(&mut store, 0));
+        assert!(w.faulted());
+        assert_eq!(drain(&mut w), ["failed NoSpace"]);
+        // A failed reopen changes nothing.
+        shared.0.lock().unwrap().fail_reopen = true;
+        w.push(StoreJob::Load {
+            queue: 9,
+            from_seq: 0,
+            max: 1,
+            max_bytes: u64::MAX,
+            epoch: 1,
+        });
+        assert!(!w.run(&mut store, 0));
+        assert!(drain(&mut w).is_empty());
+
+        // The disk comes back: 2 was held, 3 and 4 are written again, then the load.
+        {
+            let mut s = shared.0.lock().unwrap();
+            s.fail_reopen = false;
+            s.fail_writes = None;
+        }
+        assert!(w.run(&mut store, 0));
+        w.sync_now(&mut store);
+        assert_eq!(
+            drain(&mut w),
+            ["synced 2", "loaded 9", "synced 4"],
+            "the batch held by the reopen is synced at once"
+        );
+        assert_eq!(shared.0.lock().unwrap().written, [1, 2, 3, 4]);
+        // Not ready yet (the reserve could not be set aside): still faulted.
+        assert!(!w.run(&mut store, 0));
+        assert!(w.faulted() && drain(&mut w).is_empty());
+        shared.0.lock().unwrap().ready = true;
+        assert!(!w.run(&mut store, 0));
+        assert!(!w.faulted());
+        assert_eq!(drain(&mut w), ["recovered"]);
+        assert_eq!(w.wake_at(), None);
+    }
+
+    #[test]
+    fn a_failure_while_faulted_is_reported_again_only_if_its_kind_changes() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(0);
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::Io);
+        w.push(batch(1));
+        assert!(!w.run(&mut store, 0));
+        assert!(!w.run(&mut store, 0));
+        assert_eq!(drain(&mut w), ["failed Io"]);
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::NoSpace);
+        assert!(!w.run(&mut store, 0));
+        assert_eq!(drain(&mut w), ["failed NoSpace"]);
+        assert!(
+            w.finish(&mut store, 0).is_err(),
+            "still failing at shutdown"
+        );
+        shared.0.lock().unwrap().fail_writes = None;
+        w.finish(&mut store, 0).unwrap();
+        assert_eq!(shared.0.lock().unwrap().written, [1]);
+        assert_eq!(drain(&mut w), ["synced 1"]);
+    }
+
+    #[test]
+    fn batches_written_during_a_sync_share_the_next_one() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.begin_sync();
+        // Written while the sync runs: not covered by it, and no second sync starts.
+        w.push(batch(2));
+        w.push(batch(3));
+        assert!(!w.run(&mut store, 1));
+        assert!(!w.sync_due());
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert_eq!(drain(&mut w), ["synced 1"]);
+        assert!(w.sync_due(), "2 and 3 wait for the next sync");
+        w.sync_now(&mut store);
+        assert_eq!(drain(&mut w), ["synced 3"]);
+        assert!(!w.sync_due());
+    }
+
+    #[test]
+    fn a_broken_store_is_reopened_once_per_retry_interval() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::Io);
+        w.push(batch(1));
+        assert!(!w.run(&mut store, 10));
+        assert_eq!(drain(&mut w), ["failed Io"]);
+        assert_eq!(w.wake_at(), Some(110));
+        shared.0.lock().unwrap().fail_writes = None;
+        // Before the retry is due, arriving jobs wait behind the failed one.
+        w.push(batch(2));
+        assert!(!w.run(&mut store, 50));
+        assert!(shared.0.lock().unwrap().written.is_empty());
+        shared.0.lock().unwrap().ready = true;
+        w.step(&mut store, 110);
+        assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
+        assert_eq!(shared.0.lock().unwrap().written, [1, 2]);
+        assert_eq!(w.wake_at(), None);
+    }
+}
