@@ -40,6 +40,8 @@
 //! modelled (see the README's simulation section).
 
 pub mod actor;
+pub mod admin;
+pub mod alarms;
 pub mod checker;
 pub mod client;
 pub mod disk;

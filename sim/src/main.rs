@@ -275,6 +275,13 @@ struct Totals {
     /// Seeds with each class of hostile input, in [`FEATURES`] order.
     hostile_features: [u64; FEATURES.len()],
     max_step_work: u64,
+    admin_requests: u64,
+    admin_durable: u64,
+    admin_forced_closes: u64,
+    admin_recoveries: u64,
+    seeds_admin_recoveries: u64,
+    alarm_windows: u64,
+    seeds_alarms: u64,
 }
 
 /// The classes of hostile input, for the coverage report.
@@ -347,6 +354,13 @@ impl Totals {
             *n += u64::from(on);
         }
         self.max_step_work = self.max_step_work.max(r.max_step_work);
+        self.admin_requests += r.admin.answered;
+        self.admin_durable += r.admin.durable;
+        self.admin_forced_closes += r.admin.forced_closes;
+        self.admin_recoveries += r.admin.recoveries_checked;
+        self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
+        self.alarm_windows += r.alarm_windows;
+        self.seeds_alarms += u64::from(r.alarm_windows > 0);
     }
 
     fn print(&self) {
@@ -387,6 +401,16 @@ impl Totals {
             self.hostile_channel_closes,
             self.hostile_connection_closes,
             per_feature.join(", "),
+        );
+        println!(
+            "admin: {} requests answered and checked ({} durable changes answered after their sync), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds",
+            self.admin_requests,
+            self.admin_durable,
+            self.admin_forced_closes,
+            self.admin_recoveries,
+            self.seeds_admin_recoveries,
+            self.alarm_windows,
+            self.seeds_alarms,
         );
         println!(
             "work: the largest step took {} routing steps (budget {WORK_BUDGET_PER_STEP})",

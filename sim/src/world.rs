@@ -23,12 +23,14 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use warren::broker::{Broker, BrokerConfig, ConnInfo, Output};
+use warren::broker::{Broker, BrokerConfig, ConnInfo, Output, Resource};
 use warren::proto::command::{Command, ConnId};
 use warren::proto::connection::{Connection, ConnectionConfig};
 use warren::store::commit::{GroupCommit, StoreDone, StoreJob};
 
 use crate::actor::Actor;
+use crate::admin::{AdminStats, Operator};
+use crate::alarms::AlarmFaults;
 use crate::checker::{Model, Stats, Violation};
 use crate::client::{Client, Observed, RunPhase};
 use crate::disk::{DiskFaults, VirtualDisk};
@@ -86,6 +88,10 @@ pub struct RunResult {
     pub hostile: Vec<(HostilePlan, HostileStats)>,
     /// The most routing work the broker did for one step ([`Broker::work_done`]).
     pub max_step_work: u64,
+    /// What the operator did.
+    pub admin: AdminStats,
+    /// Resource alarm windows (memory or disk short).
+    pub alarm_windows: u64,
 }
 
 /// One connection: the server's protocol state machine and the two pipes.
@@ -137,6 +143,12 @@ pub struct World {
     sync_at: Option<u64>,
     /// When the disk fails its writes.
     disk_faults: DiskFaults,
+    /// The last batch the store synced (this broker's numbering).
+    synced_batch: u64,
+    /// Administrative requests, checked.
+    operator: Operator,
+    /// When memory or disk run short.
+    alarms: AlarmFaults,
     model: Model,
     trace: u64,
     steps: u64,
@@ -242,6 +254,9 @@ impl World {
             commit: GroupCommit::new(STORE_RETRY_MS),
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
+            synced_batch: 0,
+            operator: Operator::new(SmallRng::seed_from_u64(derive_seed(seed, 5))),
+            alarms: AlarmFaults::generate(derive_seed(seed, 6)),
             model,
             trace: 0xcbf2_9ce4_8422_2325,
             steps: 0,
@@ -306,6 +321,8 @@ impl World {
                 })
                 .collect(),
             max_step_work: self.max_step_work,
+            admin: self.operator.stats,
+            alarm_windows: self.alarms.windows,
         }
     }
 
@@ -350,6 +367,8 @@ impl World {
         self.next_crash_ms = None;
         self.disk_faults.stop();
         self.disk.set_write_fault(None);
+        self.operator.stop();
+        self.alarms.stop(self.now_ms);
         if self.restart_at_ms.is_some() {
             self.restart_at_ms = Some(self.now_ms);
         }
@@ -361,6 +380,8 @@ impl World {
             && self.sync_at.is_none()
             && self.commit.backlog() == 0
             && !self.commit.faulted()
+            && !self.operator.waiting()
+            && self.alarms.next_change_ms().is_none()
             && self
                 .links
                 .values()
@@ -402,6 +423,12 @@ impl World {
         }
         if self.broker.is_some() && self.commit.wake_at().is_some_and(|t| t <= now) {
             due.push(Event::StoreRetry);
+        }
+        if self.broker.is_some() && self.operator.next_ms().is_some_and(|t| t <= now) {
+            due.push(Event::Operator);
+        }
+        if self.alarms.next_change_ms().is_some_and(|t| t <= now) {
+            due.push(Event::Alarm);
         }
         if let Some(b) = &self.broker {
             if b.poll_timeout().is_some_and(|t| t <= now) {
@@ -447,7 +474,9 @@ impl World {
         times.extend(self.disk_faults.next_change_ms());
         if self.broker.is_some() {
             times.extend(self.commit.wake_at());
+            times.extend(self.operator.next_ms());
         }
+        times.extend(self.alarms.next_change_ms());
         if let Some(b) = &self.broker {
             times.extend(b.poll_timeout());
         }
@@ -496,10 +525,7 @@ impl World {
         self.model.now_ms = self.now_ms;
         match ev {
             Event::Drain => self.drain(),
-            Event::Restart => {
-                self.restart();
-                Ok(())
-            }
+            Event::Restart => self.restart(),
             Event::Crash => self.crash(),
             Event::SyncDone => self.sync_done(),
             Event::DiskFault => {
@@ -511,6 +537,21 @@ impl World {
             Event::StoreRetry => {
                 self.run_store();
                 Ok(())
+            }
+            Event::Operator => {
+                let now = self.now_ms;
+                if let Some(b) = self.broker.as_mut() {
+                    if let Some(session) = self.operator.act(b, now) {
+                        self.model.connect_hostile(session);
+                    }
+                    self.dirty = true;
+                }
+                self.mix(b"operator", &now.to_le_bytes());
+                Ok(())
+            }
+            Event::Alarm => {
+                self.alarms.change(self.now_ms);
+                self.report_resources()
             }
             Event::BrokerTimer => {
                 let now = self.now_ms;
@@ -536,7 +577,7 @@ impl World {
 
     // ----- broker and disk -----
 
-    fn restart(&mut self) {
+    fn restart(&mut self) -> Result<(), Violation> {
         self.restart_at_ms = None;
         self.incarnation += 1;
         let recovered = self.disk.recovered_head(self.broker_config.head_limit());
@@ -545,8 +586,11 @@ impl World {
         self.disk_base = self.disk.durable_batches();
         self.commit = GroupCommit::new(STORE_RETRY_MS);
         self.sync_at = None;
+        self.synced_batch = 0;
         self.dirty = true;
+        // The driver's monitor reads memory and disk as soon as it starts.
         self.mix(b"restart", &self.incarnation.to_le_bytes());
+        self.report_resources()
     }
 
     fn crash(&mut self) -> Result<(), Violation> {
@@ -557,6 +601,7 @@ impl World {
         // failing disk when its own first write fails.
         self.commit = GroupCommit::new(STORE_RETRY_MS);
         self.model.store_fault(false);
+        self.operator.crashed();
         // Every connection dies with the process; bytes in flight are lost.
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
@@ -577,9 +622,30 @@ impl World {
         self.mix(b"crash", &[out.kept as u8, out.lost as u8]);
         let recovered = self.disk.recovered();
         self.model.crash(surviving, &recovered)?;
+        self.operator.recovered(&recovered)?;
         let (lo, hi) = self.faults.restart_delay_ms;
         self.restart_at_ms = Some(self.now_ms + self.fault_rng.gen_range(lo..=hi));
         self.schedule_crash();
+        Ok(())
+    }
+
+    /// The monitor's reading of memory and disk, to the broker.
+    fn report_resources(&mut self) -> Result<(), Violation> {
+        let reading = self.alarms.reading(&self.broker_config.alarms);
+        let now = self.now_ms;
+        if let Some(b) = self.broker.as_mut() {
+            b.handle_resources(reading, now);
+            self.dirty = true;
+            let raised: Vec<Resource> = b.alarms().filter(|r| *r != Resource::Store).collect();
+            if raised != self.alarms.expected() {
+                return Err(Violation(format!(
+                    "alarms: the broker has {raised:?} in force after reading {reading:?}, expected {:?}",
+                    self.alarms.expected()
+                )));
+            }
+        }
+        let starved = [reading.memory_used_bytes, reading.disk_free_bytes];
+        self.mix(b"resources", &starved.map(|x| x.unwrap_or(0) as u8));
         Ok(())
     }
 
@@ -620,6 +686,7 @@ impl World {
         };
         match done {
             StoreDone::Synced(batch) => {
+                self.synced_batch = batch;
                 self.model.synced(batch);
                 b.handle_persisted(batch);
                 self.mix(b"synced", &batch.to_le_bytes());
@@ -675,6 +742,7 @@ impl World {
             match o {
                 Output::Persist { batch, ops } => {
                     self.model.persist(batch)?;
+                    self.operator.batch_emitted(batch);
                     self.commit.push(StoreJob::Write(batch, ops));
                     self.run_store();
                 }
@@ -696,7 +764,19 @@ impl World {
                     });
                     self.run_store();
                 }
-                Output::Admin { .. } => {}
+                Output::Admin { id, result } => {
+                    self.operator.answered(id, result, self.synced_batch)?;
+                }
+                Output::Replies { conn, replies } if self.operator.owns(conn) => {
+                    for r in &replies {
+                        if let Some(command) = self.operator.session_reply(r)? {
+                            if let Some(b) = self.broker.as_mut() {
+                                b.handle_command(conn, command, now);
+                                self.dirty = true;
+                            }
+                        }
+                    }
+                }
                 Output::Replies { conn, replies } => {
                     let Some((id, link)) = self.links.iter_mut().find(|(_, l)| l.conn == conn)
                     else {
@@ -1019,6 +1099,8 @@ enum Event {
     Restart,
     Crash,
     SyncDone,
+    Operator,
+    Alarm,
     BrokerTimer,
     DiskFault,
     StoreRetry,

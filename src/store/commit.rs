@@ -163,10 +163,14 @@ impl GroupCommit {
     /// store is failing, the time of the next reopen or readiness check.
     pub fn wake_at(&self) -> Option<u64> {
         self.fault?;
+        if self.syncing.is_some() {
+            // The sync's completion moves it on (the driver runs it again then).
+            return None;
+        }
         if self.broken {
             return Some(self.retry_at_ms.unwrap_or(0));
         }
-        if self.syncing.is_some() || !self.waiting.is_empty() || !self.unsynced.is_empty() {
+        if !self.waiting.is_empty() || !self.unsynced.is_empty() {
             // The jobs and the sync in flight move it on.
             return None;
         }
@@ -614,5 +618,30 @@ mod tests {
         assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
         assert_eq!(shared.0.lock().unwrap().written, [1, 2]);
         assert_eq!(w.wake_at(), None);
+    }
+
+    #[test]
+    fn a_write_failing_during_a_sync_waits_for_the_sync_before_any_retry() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.begin_sync();
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::Io);
+        w.push(batch(2));
+        assert!(!w.run(&mut store, 1));
+        assert_eq!(drain(&mut w), ["failed Io"]);
+        // Nothing to do until the sync completes, however late.
+        assert_eq!(w.wake_at(), None);
+        assert!(!w.run(&mut store, 500));
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert_eq!(drain(&mut w), ["synced 1"]);
+        assert_eq!(w.wake_at(), Some(101));
+        shared.0.lock().unwrap().fail_writes = None;
+        shared.0.lock().unwrap().ready = true;
+        w.step(&mut store, 600);
+        assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
     }
 }

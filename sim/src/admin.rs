@@ -1,0 +1,636 @@
+//! An operator in the simulated world: administrative requests (`warren ctl`, the HTTP
+//! API) through [`Broker::handle_admin`], one at a time, on users, vhosts and permissions
+//! of its own, with a session (a connection logged in as one of its users, on one of its
+//! vhosts) that its deletes must close.
+//!
+//! It keeps the state its answered requests left and checks:
+//! - each answer against that state (a create says created exactly when the object was
+//!   new; a delete of a missing object is refused; listings show exactly what it expects);
+//! - that deleting a user or a vhost closes the session on it (320 CONNECTION_FORCED)
+//!   before the answer comes;
+//! - that an answered change survives a crash: answers wait for the store, so what a
+//!   restarted broker recovers holds every answered change. A request in flight at the
+//!   crash may or may not have reached the disk; what was recovered decides for the
+//!   objects it touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use warren::broker::admin::{AdminId, AdminReply, AdminRequest, AdminResult, Password, PutMode};
+use warren::broker::{Broker, ConnInfo};
+use warren::proto::command::{Command, ConnId, Login, Reply};
+use warren::proto::constants::CONNECTION_FORCED;
+use warren::proto::method::Method;
+use warren::proto::table::FieldTable;
+use warren::store::{PermissionRecord, Recovered};
+
+use crate::checker::Violation;
+
+/// The operator's users and vhosts: names no other client uses.
+const USERS: [&str; 3] = ["op-u0", "op-u1", "op-u2"];
+const VHOSTS: [&str; 2] = ["op-v0", "op-v1"];
+const PASSWORD: &str = "op-secret";
+
+/// Mean virtual time between two requests.
+const MEAN_GAP_MS: u64 = 150;
+
+/// What the operator did (for the seed summary).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Answers received and checked.
+    pub answered: u64,
+    /// Answers that waited for a store batch (a durable change).
+    pub durable: u64,
+    /// Sessions the broker closed because their user or vhost was deleted.
+    pub forced_closes: u64,
+    /// Crash recoveries whose users, vhosts and permissions were checked.
+    pub recoveries_checked: u64,
+}
+
+/// One object the operator owns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    User(String),
+    Vhost(String),
+    Permission(String, String),
+}
+
+/// The operator.
+#[derive(Debug)]
+pub struct Operator {
+    rng: SmallRng,
+    next_at_ms: u64,
+    next_id: AdminId,
+    /// The request in flight: its number, the request, and whether it was answered
+    /// before its batch was synced (set when the answer comes).
+    in_flight: Option<(AdminId, AdminRequest)>,
+    /// What answered requests left.
+    users: BTreeSet<String>,
+    vhosts: BTreeSet<String>,
+    /// Permission (user, vhost) -> configure pattern.
+    permissions: BTreeMap<(String, String), String>,
+    /// The session: its connection, user and vhost, and whether it is open.
+    session: Option<Session>,
+    /// Objects whose state a crash left in doubt until the next recovery is checked.
+    doubtful: BTreeSet<Key>,
+    /// Connection ids for sessions (far above the world's links).
+    next_conn: ConnId,
+    /// The first store batch emitted since the request in flight was sent: the one that
+    /// holds its changes, if it made any.
+    change_batch: Option<u64>,
+    /// No more requests (the liveness phase).
+    stopped: bool,
+    pub stats: AdminStats,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    conn: ConnId,
+    user: String,
+    vhost: String,
+    /// Logged in and opened (the broker said so).
+    open: bool,
+}
+
+impl Operator {
+    /// An operator drawing its choices from `rng`.
+    pub fn new(rng: SmallRng) -> Self {
+        Operator {
+            rng,
+            next_at_ms: 50,
+            next_id: 1,
+            in_flight: None,
+            users: BTreeSet::new(),
+            vhosts: BTreeSet::new(),
+            permissions: BTreeMap::new(),
+            session: None,
+            doubtful: BTreeSet::new(),
+            next_conn: 1 << 40,
+            change_batch: None,
+            stopped: false,
+            stats: AdminStats::default(),
+        }
+    }
+
+    /// When the operator acts next, if it is not waiting for an answer.
+    pub fn next_ms(&self) -> Option<u64> {
+        (self.in_flight.is_none() && !self.stopped).then_some(self.next_at_ms)
+    }
+
+    /// No more requests once the one in flight is answered.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Whether a request waits for its answer.
+    pub fn waiting(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The broker emitted store batch `batch`.
+    pub fn batch_emitted(&mut self, batch: u64) {
+        if self.in_flight.is_some() && self.change_batch.is_none() {
+            self.change_batch = Some(batch);
+        }
+    }
+
+    /// Whether `conn` is the operator's session.
+    pub fn owns(&self, conn: ConnId) -> bool {
+        self.session.as_ref().is_some_and(|s| s.conn == conn)
+    }
+
+    /// The session's connection, while there is one.
+    pub fn session_conn(&self) -> Option<ConnId> {
+        self.session.as_ref().map(|s| s.conn)
+    }
+
+    /// Acts: opens a session (returning its connection) or sends a request.
+    pub fn act(&mut self, broker: &mut Broker, now_ms: u64) -> Option<ConnId> {
+        let gap = self.rng.gen_range(1..=2 * MEAN_GAP_MS);
+        self.next_at_ms = now_ms + gap;
+        if self.session.is_none() && self.rng.gen_bool(0.4) {
+            return Some(self.open_session(broker, now_ms));
+        }
+        let request = self.pick();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.requests += 1;
+        self.change_batch = None;
+        self.in_flight = Some((id, request.clone()));
+        broker.handle_admin(id, request, now_ms);
+        None
+    }
+
+    fn pick(&mut self) -> AdminRequest {
+        let user = USERS[self.rng.gen_range(0..USERS.len())].to_string();
+        let vhost = VHOSTS[self.rng.gen_range(0..VHOSTS.len())].to_string();
+        match self.rng.gen_range(0..10) {
+            0 | 1 => AdminRequest::PutUser {
+                name: user,
+                password: Password::Plain(PASSWORD.into()),
+                tags: Some(Vec::new()),
+                mode: PutMode::Upsert,
+            },
+            2 => AdminRequest::DeleteUser { name: user },
+            3 | 4 => AdminRequest::PutVhost {
+                name: vhost,
+                mode: PutMode::Upsert,
+            },
+            5 => AdminRequest::DeleteVhost { name: vhost },
+            6 | 7 => AdminRequest::SetPermissions(PermissionRecord {
+                user,
+                vhost,
+                configure: format!("^c{}$", self.rng.gen_range(0..3)),
+                write: ".*".into(),
+                read: ".*".into(),
+            }),
+            8 => AdminRequest::ClearPermissions { user, vhost },
+            _ => match self.rng.gen_range(0..3) {
+                0 => AdminRequest::ListUsers,
+                1 => AdminRequest::ListVhosts,
+                _ => AdminRequest::ListPermissions,
+            },
+        }
+    }
+
+    /// Connects as one of its users to one of its vhosts, straight to the broker (the
+    /// session exists to be closed by deletes; its protocol is the clients' business).
+    fn open_session(&mut self, broker: &mut Broker, now_ms: u64) -> ConnId {
+        // Mostly as a user that may open the vhost (a session for the deletes to close),
+        // sometimes as anyone (a login or an open the broker must refuse).
+        let permitted: Vec<&(String, String)> = self.permissions.keys().collect();
+        let (user, vhost) = if !permitted.is_empty() && self.rng.gen_bool(0.8) {
+            permitted[self.rng.gen_range(0..permitted.len())].clone()
+        } else {
+            (
+                USERS[self.rng.gen_range(0..USERS.len())].to_string(),
+                VHOSTS[self.rng.gen_range(0..VHOSTS.len())].to_string(),
+            )
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let info = ConnInfo {
+            peer: format!("10.0.0.9:{}", conn % 60_000),
+            loopback: false,
+        };
+        broker.handle_connect(conn, info, now_ms);
+        broker.handle_command(
+            conn,
+            Command::Login(Login {
+                mechanism: "PLAIN".into(),
+                username: user.clone(),
+                password: PASSWORD.into(),
+                client_properties: FieldTable::default(),
+            }),
+            now_ms,
+        );
+        broker.handle_command(
+            conn,
+            Command::OpenVhost {
+                vhost: vhost.clone(),
+            },
+            now_ms,
+        );
+        self.session = Some(Session {
+            conn,
+            user,
+            vhost,
+            open: false,
+        });
+        conn
+    }
+
+    /// A reply on the session. Returns the command the connection's driver would send
+    /// back, if any (the connection is gone once the broker closed it).
+    pub fn session_reply(&mut self, reply: &Reply) -> Result<Option<Command>, Violation> {
+        let Some(s) = self.session.clone() else {
+            return Ok(None);
+        };
+        match reply {
+            Reply::Method {
+                channel: 0,
+                method: Method::ConnectionOpenOk(_),
+            } => {
+                let may = self.users.contains(&s.user)
+                    && self.vhosts.contains(&s.vhost)
+                    && self
+                        .permissions
+                        .contains_key(&(s.user.clone(), s.vhost.clone()));
+                let doubtful = self.doubtful.contains(&Key::User(s.user.clone()))
+                    || self.doubtful.contains(&Key::Vhost(s.vhost.clone()))
+                    || self
+                        .doubtful
+                        .contains(&Key::Permission(s.user.clone(), s.vhost.clone()));
+                if !may && !doubtful && !self.changing(&s.user, &s.vhost) {
+                    return Err(Violation(format!(
+                        "operator: session {} opened vhost {} as {} without the user, the vhost or a permission",
+                        s.conn, s.vhost, s.user
+                    )));
+                }
+                if let Some(session) = self.session.as_mut() {
+                    session.open = true;
+                }
+                Ok(None)
+            }
+            Reply::Method {
+                channel: 0,
+                method: Method::ConnectionClose(c),
+            } => {
+                if s.open && c.reply_code == CONNECTION_FORCED {
+                    self.stats.forced_closes += 1;
+                }
+                self.session = None;
+                Ok(Some(Command::Closed))
+            }
+            Reply::Disconnect => {
+                self.session = None;
+                Ok(Some(Command::Closed))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the request in flight changes `user`, `vhost` or their permission (its
+    /// effect on a login is then not known yet).
+    fn changing(&self, user: &str, vhost: &str) -> bool {
+        self.in_flight.as_ref().is_some_and(|(_, r)| match r {
+            AdminRequest::PutUser { name, .. } | AdminRequest::DeleteUser { name } => name == user,
+            AdminRequest::PutVhost { name, .. } | AdminRequest::DeleteVhost { name } => {
+                name == vhost
+            }
+            AdminRequest::SetPermissions(p) => p.user == user && p.vhost == vhost,
+            AdminRequest::ClearPermissions { user: u, vhost: v } => u == user && v == vhost,
+            _ => false,
+        })
+    }
+
+    /// The broker answered request `id`; `synced` is the last batch synced now.
+    pub fn answered(
+        &mut self,
+        id: AdminId,
+        result: AdminResult,
+        synced: u64,
+    ) -> Result<(), Violation> {
+        let Some((expected_id, request)) = self.in_flight.take() else {
+            return Err(Violation(format!(
+                "operator: answer {id} with no request in flight"
+            )));
+        };
+        if id != expected_id {
+            return Err(Violation(format!(
+                "operator: answer {id} while {expected_id} was in flight"
+            )));
+        }
+        self.stats.answered += 1;
+        let changed = self.check_answer(&request, &result)?;
+        if changed {
+            if !self.change_batch.is_some_and(|b| b <= synced) {
+                return Err(Violation(format!(
+                    "operator: {request:?} answered before its change was synced (its batch {:?}, last synced {synced})",
+                    self.change_batch
+                )));
+            }
+            self.stats.durable += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks an answer against the operator's state and applies it; returns whether
+    /// the request changed something durable.
+    fn check_answer(
+        &mut self,
+        request: &AdminRequest,
+        result: &AdminResult,
+    ) -> Result<bool, Violation> {
+        let fail = |what: String| {
+            Err(Violation(format!(
+                "operator: {request:?}: {what}; got {result:?}"
+            )))
+        };
+        match request {
+            AdminRequest::PutUser { name, .. } => {
+                let created = !self.users.contains(name);
+                if self.doubtful.remove(&Key::User(name.clone())) {
+                    // Either answer is right; the state is now known.
+                } else if !matches!(result, Ok(AdminReply::Put { created: c }) if *c == created) {
+                    return fail(format!("expected created={created}"));
+                }
+                self.users.insert(name.clone());
+                Ok(true)
+            }
+            AdminRequest::DeleteUser { name } => {
+                let existed = self.users.remove(name);
+                let doubtful = self.doubtful.remove(&Key::User(name.clone()));
+                if !doubtful && existed != result.is_ok() {
+                    return fail(format!("user existed: {existed}"));
+                }
+                self.permissions.retain(|(u, _), _| u != name);
+                if result.is_ok() {
+                    self.session_gone(|s| s.user == *name)?;
+                }
+                Ok(result.is_ok())
+            }
+            AdminRequest::PutVhost { name, .. } => {
+                let created = !self.vhosts.contains(name);
+                if self.doubtful.remove(&Key::Vhost(name.clone())) {
+                } else if !matches!(result, Ok(AdminReply::Put { created: c }) if *c == created) {
+                    return fail(format!("expected created={created}"));
+                }
+                self.vhosts.insert(name.clone());
+                Ok(created)
+            }
+            AdminRequest::DeleteVhost { name } => {
+                let existed = self.vhosts.remove(name);
+                let doubtful = self.doubtful.remove(&Key::Vhost(name.clone()));
+                if !doubtful && existed != result.is_ok() {
+                    return fail(format!("vhost existed: {existed}"));
+                }
+                self.permissions.retain(|(_, v), _| v != name);
+                if result.is_ok() {
+                    self.session_gone(|s| s.vhost == *name)?;
+                }
+                Ok(result.is_ok())
+            }
+            AdminRequest::SetPermissions(p) => {
+                let key = (p.user.clone(), p.vhost.clone());
+                let may = self.users.contains(&p.user) && self.vhosts.contains(&p.vhost);
+                let doubtful = self.doubt_of(&p.user, &p.vhost);
+                if !doubtful && may != result.is_ok() {
+                    return fail(format!("user and vhost exist: {may}"));
+                }
+                self.doubtful
+                    .remove(&Key::Permission(key.0.clone(), key.1.clone()));
+                if result.is_ok() {
+                    self.permissions.insert(key, p.configure.clone());
+                }
+                Ok(result.is_ok())
+            }
+            AdminRequest::ClearPermissions { user, vhost } => {
+                let may = self.users.contains(user) && self.vhosts.contains(vhost);
+                let doubtful = self.doubt_of(user, vhost);
+                if !doubtful && may != result.is_ok() {
+                    return fail(format!("user and vhost exist: {may}"));
+                }
+                self.doubtful
+                    .remove(&Key::Permission(user.clone(), vhost.clone()));
+                let had = self
+                    .permissions
+                    .remove(&(user.clone(), vhost.clone()))
+                    .is_some();
+                Ok(result.is_ok() && had)
+            }
+            AdminRequest::ListUsers => {
+                let Ok(AdminReply::Users(users)) = result else {
+                    return fail("expected users".into());
+                };
+                let seen: BTreeSet<String> = users
+                    .iter()
+                    .map(|u| u.name.clone())
+                    .filter(|n| n.starts_with("op-"))
+                    .collect();
+                self.check_listing(&seen, &self.users.clone(), Key::User, "users")?;
+                Ok(false)
+            }
+            AdminRequest::ListVhosts => {
+                let Ok(AdminReply::Vhosts(vhosts)) = result else {
+                    return fail("expected vhosts".into());
+                };
+                let seen: BTreeSet<String> = vhosts
+                    .iter()
+                    .map(|v| v.name.clone())
+                    .filter(|n| n.starts_with("op-"))
+                    .collect();
+                self.check_listing(&seen, &self.vhosts.clone(), Key::Vhost, "vhosts")?;
+                Ok(false)
+            }
+            AdminRequest::ListPermissions => {
+                let Ok(AdminReply::Permissions(perms)) = result else {
+                    return fail("expected permissions".into());
+                };
+                let seen: BTreeMap<(String, String), String> = perms
+                    .iter()
+                    .filter(|p| p.user.starts_with("op-"))
+                    .map(|p| ((p.user.clone(), p.vhost.clone()), p.configure.clone()))
+                    .collect();
+                self.check_permissions(&seen)?;
+                Ok(false)
+            }
+            other => Err(Violation(format!("operator: unexpected request {other:?}"))),
+        }
+    }
+
+    fn doubt_of(&self, user: &str, vhost: &str) -> bool {
+        self.doubtful.contains(&Key::User(user.into()))
+            || self.doubtful.contains(&Key::Vhost(vhost.into()))
+    }
+
+    /// A delete answered: the session on what it deleted must have been closed already
+    /// (the close goes out with the delete, the answer after the sync).
+    fn session_gone(&mut self, on: impl Fn(&Session) -> bool) -> Result<(), Violation> {
+        match &self.session {
+            Some(s) if s.open && on(s) => Err(Violation(format!(
+                "operator: session {} as {} on {} still open after the delete was answered",
+                s.conn, s.user, s.vhost
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_listing(
+        &mut self,
+        seen: &BTreeSet<String>,
+        expected: &BTreeSet<String>,
+        key: fn(String) -> Key,
+        what: &str,
+    ) -> Result<(), Violation> {
+        for name in seen.symmetric_difference(expected) {
+            if !self.doubtful.contains(&key(name.clone())) {
+                return Err(Violation(format!(
+                    "operator: {what} listed {seen:?}, expected {expected:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_permissions(
+        &self,
+        seen: &BTreeMap<(String, String), String>,
+    ) -> Result<(), Violation> {
+        let keys: BTreeSet<&(String, String)> =
+            seen.keys().chain(self.permissions.keys()).collect();
+        for key in keys {
+            if self.doubt_of(&key.0, &key.1)
+                || self
+                    .doubtful
+                    .contains(&Key::Permission(key.0.clone(), key.1.clone()))
+            {
+                continue;
+            }
+            if seen.get(key) != self.permissions.get(key) {
+                return Err(Violation(format!(
+                    "operator: permissions of {key:?}: listed {:?}, expected {:?}",
+                    seen.get(key),
+                    self.permissions.get(key)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker crashed: the session is gone, and the objects a request in flight
+    /// touched are in doubt.
+    pub fn crashed(&mut self) {
+        self.session = None;
+        if let Some((_, request)) = self.in_flight.take() {
+            match request {
+                AdminRequest::PutUser { name, .. } | AdminRequest::DeleteUser { name } => {
+                    // Deleting a user deletes its permissions too.
+                    for v in VHOSTS {
+                        self.doubtful
+                            .insert(Key::Permission(name.clone(), v.into()));
+                    }
+                    self.doubtful.insert(Key::User(name));
+                }
+                AdminRequest::PutVhost { name, .. } | AdminRequest::DeleteVhost { name } => {
+                    for u in USERS {
+                        self.doubtful
+                            .insert(Key::Permission(u.into(), name.clone()));
+                    }
+                    self.doubtful.insert(Key::Vhost(name));
+                }
+                AdminRequest::SetPermissions(p) => {
+                    self.doubtful.insert(Key::Permission(p.user, p.vhost));
+                }
+                AdminRequest::ClearPermissions { user, vhost } => {
+                    self.doubtful.insert(Key::Permission(user, vhost));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// What a restarted broker recovered: every answered change is there; objects in
+    /// doubt take the recovered state.
+    pub fn recovered(&mut self, r: &Recovered) -> Result<(), Violation> {
+        self.stats.recoveries_checked += 1;
+        let users: BTreeSet<String> = r
+            .users
+            .iter()
+            .map(|u| u.name.clone())
+            .filter(|n| n.starts_with("op-"))
+            .collect();
+        let vhosts: BTreeSet<String> = r
+            .vhosts
+            .iter()
+            .filter(|n| n.starts_with("op-"))
+            .cloned()
+            .collect();
+        let perms: BTreeMap<(String, String), String> = r
+            .permissions
+            .iter()
+            .filter(|p| p.user.starts_with("op-"))
+            .map(|p| ((p.user.clone(), p.vhost.clone()), p.configure.clone()))
+            .collect();
+        let lost = |what: String| Err(Violation(format!("operator: after a crash, {what}")));
+        for u in USERS {
+            let key = Key::User(u.into());
+            if self.doubtful.remove(&key) {
+                if users.contains(u) {
+                    self.users.insert(u.into());
+                } else {
+                    self.users.remove(u);
+                }
+            } else if users.contains(u) != self.users.contains(u) {
+                return lost(format!(
+                    "user {u} recovered: {}, answered state: {}",
+                    users.contains(u),
+                    self.users.contains(u)
+                ));
+            }
+        }
+        for v in VHOSTS {
+            let key = Key::Vhost(v.into());
+            if self.doubtful.remove(&key) {
+                if vhosts.contains(v) {
+                    self.vhosts.insert(v.into());
+                } else {
+                    self.vhosts.remove(v);
+                }
+            } else if vhosts.contains(v) != self.vhosts.contains(v) {
+                return lost(format!(
+                    "vhost {v} recovered: {}, answered state: {}",
+                    vhosts.contains(v),
+                    self.vhosts.contains(v)
+                ));
+            }
+        }
+        for u in USERS {
+            for v in VHOSTS {
+                let key = (u.to_string(), v.to_string());
+                let doubtful = self
+                    .doubtful
+                    .remove(&Key::Permission(key.0.clone(), key.1.clone()));
+                let got = perms.get(&key);
+                if doubtful {
+                    match got {
+                        Some(c) => self.permissions.insert(key, c.clone()),
+                        None => self.permissions.remove(&key),
+                    };
+                } else if got != self.permissions.get(&key) {
+                    return lost(format!(
+                        "permission of {u} on {v} recovered as {got:?}, answered state: {:?}",
+                        self.permissions.get(&key)
+                    ));
+                }
+            }
+        }
+        debug_assert!(self.doubtful.is_empty());
+        self.doubtful.clear();
+        Ok(())
+    }
+}
