@@ -122,6 +122,16 @@ impl Pause {
     }
 }
 
+/// The socket's halves (tokio's owned halves; madsim's stream has none).
+#[cfg(not(madsim))]
+type ReadHalf = tokio::net::tcp::OwnedReadHalf;
+#[cfg(not(madsim))]
+type WriteHalf = tokio::net::tcp::OwnedWriteHalf;
+#[cfg(madsim)]
+type ReadHalf = tokio::io::ReadHalf<TcpStream>;
+#[cfg(madsim)]
+type WriteHalf = tokio::io::WriteHalf<TcpStream>;
+
 /// Serves one connection until it closes.
 pub async fn run(
     accepted: Accepted,
@@ -130,200 +140,281 @@ pub async fn run(
     core: mpsc::Sender<CoreMsg>,
     clock: Clock,
 ) {
-    let Accepted {
-        id,
-        stream,
-        info,
-        mut handshake,
-    } = accepted;
-    let _ = stream.set_nodelay(true);
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
-    let peer = info.peer.clone();
-    if core
-        .send(CoreMsg::Connect {
+    let Some(mut task) = ConnTask::start(accepted, config, settings, core, clock).await else {
+        return;
+    };
+    while task.turn().await {}
+    task.finish().await;
+}
+
+/// One connection's state between turns of its loop.
+struct ConnTask {
+    id: ConnId,
+    peer: String,
+    rd: ReadHalf,
+    wr: WriteHalf,
+    handshake: HandshakeSlot,
+    reply_rx: mpsc::UnboundedReceiver<Vec<Reply>>,
+    core: mpsc::Sender<CoreMsg>,
+    clock: Clock,
+    settings: ConnSettings,
+    close_timeout: Duration,
+    conn: Connection,
+    /// Commands not yet handed to the core.
+    commands: Vec<Command>,
+    produced: Vec<Bytes>,
+    out: Outgoing,
+    /// Batches of commands the core may still be handling.
+    in_flight: Arc<Semaphore>,
+    /// Reply bytes (as the broker counts them) handed to the protocol layer and not yet
+    /// queued for the socket.
+    pending_credit: usize,
+    /// The core drops its sender once it has handled our Closed; the socket may still be
+    /// draining then.
+    replies_open: bool,
+    read_chunk: usize,
+    send_timed_out: bool,
+    pause: Pause,
+    send_check: tokio::time::Interval,
+}
+
+impl ConnTask {
+    /// Introduces the connection to the core; `None` if the core is gone.
+    async fn start(
+        accepted: Accepted,
+        config: ConnectionConfig,
+        settings: ConnSettings,
+        core: mpsc::Sender<CoreMsg>,
+        clock: Clock,
+    ) -> Option<ConnTask> {
+        let Accepted {
+            id,
+            stream,
+            info,
+            handshake,
+        } = accepted;
+        let _ = stream.set_nodelay(true);
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let peer = info.peer.clone();
+        let connect = CoreMsg::Connect {
             id,
             info,
             replies: reply_tx,
+        };
+        if core.send(connect).await.is_err() {
+            return None;
+        }
+        tracing::debug!(conn = id, %peer, "connection accepted");
+        #[cfg(not(madsim))]
+        let (rd, wr) = stream.into_split();
+        #[cfg(madsim)]
+        let (rd, wr) = tokio::io::split(stream);
+        let mut send_check = tokio::time::interval(send_check_period(settings.send_timeout));
+        send_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Some(ConnTask {
+            id,
+            peer,
+            rd,
+            wr,
+            handshake,
+            reply_rx,
+            core,
+            clock,
+            settings,
+            close_timeout: Duration::from_millis(config.close_timeout_ms),
+            conn: Connection::new(config, clock.now_ms()),
+            commands: Vec::new(),
+            produced: Vec::new(),
+            out: Outgoing::default(),
+            in_flight: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
+            pending_credit: 0,
+            replies_open: true,
+            read_chunk: READ_CHUNK_MIN,
+            send_timed_out: false,
+            pause: Pause::default(),
+            send_check,
         })
-        .await
-        .is_err()
-    {
-        return;
     }
-    tracing::debug!(conn = id, %peer, "connection accepted");
-    #[cfg(not(madsim))]
-    let (mut rd, mut wr) = stream.into_split();
-    // madsim's simulated stream has no owned halves.
-    #[cfg(madsim)]
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let close_timeout = Duration::from_millis(config.close_timeout_ms);
-    let mut conn = Connection::new(config, clock.now_ms());
-    let mut commands: Vec<Command> = Vec::new();
-    let mut produced: Vec<Bytes> = Vec::new();
-    let mut out = Outgoing::default();
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    // Reply bytes (as the broker counts them) handed to the protocol layer and not yet
-    // queued for the socket.
-    let mut pending_credit = 0usize;
-    // The core drops its sender once it has handled our Closed; the socket may still be
-    // draining then.
-    let mut replies_open = true;
-    let mut read_chunk = READ_CHUNK_MIN;
-    let mut send_timed_out = false;
-    let mut pause = Pause::default();
-    let mut send_check = tokio::time::interval(send_check_period(settings.send_timeout));
-    send_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        conn.poll_transmit_chunks(&mut produced);
-        out.push(
-            produced.drain(..),
-            std::mem::take(&mut pending_credit),
-            Instant::now(),
-        );
-        while let Some(c) = conn.poll_command() {
-            commands.push(c);
+
+    /// One turn: hands output to the socket queue and commands to the core, then waits
+    /// for the first of a read, a write, replies, a permit, a timer. Returns false once
+    /// the connection is done.
+    async fn turn(&mut self) -> bool {
+        self.conn.poll_transmit_chunks(&mut self.produced);
+        let credit = std::mem::take(&mut self.pending_credit);
+        self.out
+            .push(self.produced.drain(..), credit, Instant::now());
+        while let Some(c) = self.conn.poll_command() {
+            self.commands.push(c);
         }
-        let written = out.take_released();
+        let written = self.out.take_released();
         if written > 0 {
-            commands.push(Command::Drained { bytes: written });
+            self.commands.push(Command::Drained { bytes: written });
         }
-        if !commands.is_empty() {
-            while let (false, Ok(permit)) =
-                (commands.is_empty(), in_flight.clone().try_acquire_owned())
-            {
-                let rest = commands.split_off(commands.len().min(MAX_COMMANDS_PER_BATCH));
-                let batch = CoreMsg::Commands {
-                    id,
-                    commands: std::mem::replace(&mut commands, rest),
-                    permit,
-                };
-                if core.send(batch).await.is_err() {
-                    break;
-                }
-            }
+        self.send_commands().await;
+        if self.conn.is_closed() {
+            return false;
         }
-        if conn.is_closed() {
-            break;
-        }
-        let deadline = conn.poll_timeout().map(|ms| clock.instant(ms));
-        pause.output = out.len() >= READ_PAUSE_OUTPUT_BYTES;
-        pause.apply(&mut conn, clock.now_ms());
-        let reading = conn.wants_read();
-        let mut buf = std::mem::take(conn.read_buf());
-        buf.reserve(read_chunk);
+        let deadline = self.conn.poll_timeout().map(|ms| self.clock.instant(ms));
+        self.pause.output = self.out.len() >= READ_PAUSE_OUTPUT_BYTES;
+        self.pause.apply(&mut self.conn, self.clock.now_ms());
+        let reading = self.conn.wants_read();
+        let mut buf = std::mem::take(self.conn.read_buf());
+        buf.reserve(self.read_chunk);
         let room = buf.capacity() - buf.len();
-        let waiting_for_core = !commands.is_empty();
+        let waiting_for_core = !self.commands.is_empty();
         // Writing is one branch among the others: while the peer does not read, timers,
         // replies and the core's permits are still handled.
         tokio::select! {
-            r = rd.read_buf(&mut buf), if reading && !waiting_for_core => {
-                *conn.read_buf() = buf;
-                match r {
-                    Ok(0) | Err(_) => conn.handle_eof(),
-                    Ok(n) => {
-                        conn.handle_read(clock.now_ms());
-                        // What is left is the start of a frame still arriving.
-                        read_chunk = next_read_chunk(read_chunk, room, n, conn.read_buf().len());
-                    }
-                }
+            r = self.rd.read_buf(&mut buf), if reading && !waiting_for_core => {
+                *self.conn.read_buf() = buf;
+                self.on_read(r, room);
             }
-            r = write_some(&mut wr, &out), if !out.is_empty() => {
-                *conn.read_buf() = buf;
-                // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
-                match r {
-                    Ok(n) if n > 0 => {
-                        out.advance(n, Instant::now());
-                        if wr.flush().await.is_err() {
-                            conn.handle_eof();
-                        }
-                    }
-                    _ => conn.handle_eof(),
-                }
+            r = write_some(&mut self.wr, &self.out), if !self.out.is_empty() => {
+                *self.conn.read_buf() = buf;
+                self.on_written(r).await;
             }
-            replies = reply_rx.recv(), if replies_open => {
-                *conn.read_buf() = buf;
-                let Some(replies) = replies else {
-                    replies_open = false;
-                    continue;
-                };
-                let now = clock.now_ms();
-                let mut taker = Taker {
-                    conn: &mut conn,
-                    now,
-                    credit: &mut pending_credit,
-                    handshake: &mut handshake,
-                    pause: &mut pause,
-                };
-                taker.take(replies);
-                // Take whatever else is queued so it goes out in one write.
-                while let Ok(more) = reply_rx.try_recv() {
-                    taker.take(more);
-                }
+            replies = self.reply_rx.recv(), if self.replies_open => {
+                *self.conn.read_buf() = buf;
+                self.on_replies(replies);
             }
-            // The core handled a batch: the loop sends the waiting one.
-            _ = in_flight.clone().acquire_owned(), if waiting_for_core => {
-                *conn.read_buf() = buf;
+            // The core handled a batch: the next turn sends the waiting one.
+            _ = self.in_flight.clone().acquire_owned(), if waiting_for_core => {
+                *self.conn.read_buf() = buf;
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
-                *conn.read_buf() = buf;
-                conn.handle_timeout(clock.now_ms());
+                *self.conn.read_buf() = buf;
+                self.conn.handle_timeout(self.clock.now_ms());
             }
-            _ = send_check.tick(), if !out.is_empty() => {
-                *conn.read_buf() = buf;
-                let stalled_for = out
-                    .stalled_since()
-                    .map_or(Duration::ZERO, |since| since.elapsed());
-                if stalled_for < settings.send_timeout {
-                    continue;
-                }
-                // The unsent bytes are dropped with the socket, below.
-                tracing::warn!(
-                    conn = id,
-                    %peer,
-                    timeout_ms = settings.send_timeout.as_millis() as u64,
-                    unsent_bytes = out.len(),
-                    "closing connection: the peer read nothing for the send timeout"
-                );
-                send_timed_out = true;
-                conn.handle_eof();
+            _ = self.send_check.tick(), if !self.out.is_empty() => {
+                *self.conn.read_buf() = buf;
+                self.check_send_timeout();
             }
             // Nothing left to wait for: the core is gone and the socket is not read.
-            else => break,
+            else => return false,
         }
+        true
     }
-    // Make sure the broker hears that the connection is gone (its unacked messages go
-    // back to their queues), then flush what is left.
-    conn.handle_eof();
-    while let Some(c) = conn.poll_command() {
-        commands.push(c);
-    }
-    if !commands.is_empty()
-        && let Ok(permit) = in_flight.acquire_owned().await
-    {
-        let _ = core
-            .send(CoreMsg::Commands {
-                id,
-                commands,
+
+    /// Hands the waiting commands to the core, as many batches as it has room for.
+    async fn send_commands(&mut self) {
+        while let (false, Ok(permit)) = (
+            self.commands.is_empty(),
+            self.in_flight.clone().try_acquire_owned(),
+        ) {
+            let rest = self
+                .commands
+                .split_off(self.commands.len().min(MAX_COMMANDS_PER_BATCH));
+            let batch = CoreMsg::Commands {
+                id: self.id,
+                commands: std::mem::replace(&mut self.commands, rest),
                 permit,
-            })
-            .await;
-    }
-    if !send_timed_out {
-        conn.poll_transmit_chunks(&mut produced);
-        out.push(produced.drain(..), 0, Instant::now());
-        flush_before_close(&mut wr, &mut out, settings.send_timeout, close_timeout).await;
-    }
-    if out.is_empty() {
-        let _ = wr.shutdown().await;
-    } else {
-        abort(&wr);
-    }
-    drop(handshake);
-    match conn.error() {
-        Some(e) => {
-            tracing::warn!(conn = id, %peer, code = e.code, reason = %e.text, "closed connection on a protocol error")
+            };
+            if self.core.send(batch).await.is_err() {
+                break;
+            }
         }
-        None => tracing::debug!(conn = id, %peer, "connection closed"),
+    }
+
+    fn on_read(&mut self, r: std::io::Result<usize>, room: usize) {
+        match r {
+            Ok(0) | Err(_) => self.conn.handle_eof(),
+            Ok(n) => {
+                self.conn.handle_read(self.clock.now_ms());
+                // What is left is the start of a frame still arriving.
+                let partial = self.conn.read_buf().len();
+                self.read_chunk = next_read_chunk(self.read_chunk, room, n, partial);
+            }
+        }
+    }
+
+    async fn on_written(&mut self, r: std::io::Result<usize>) {
+        // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
+        match r {
+            Ok(n) if n > 0 => {
+                self.out.advance(n, Instant::now());
+                if self.wr.flush().await.is_err() {
+                    self.conn.handle_eof();
+                }
+            }
+            _ => self.conn.handle_eof(),
+        }
+    }
+
+    fn on_replies(&mut self, replies: Option<Vec<Reply>>) {
+        let Some(replies) = replies else {
+            self.replies_open = false;
+            return;
+        };
+        let mut taker = Taker {
+            conn: &mut self.conn,
+            now: self.clock.now_ms(),
+            credit: &mut self.pending_credit,
+            handshake: &mut self.handshake,
+            pause: &mut self.pause,
+        };
+        taker.take(replies);
+        // Take whatever else is queued so it goes out in one write.
+        while let Ok(more) = self.reply_rx.try_recv() {
+            taker.take(more);
+        }
+    }
+
+    fn check_send_timeout(&mut self) {
+        let stalled_for = self
+            .out
+            .stalled_since()
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        if stalled_for < self.settings.send_timeout {
+            return;
+        }
+        // The unsent bytes are dropped with the socket, in `finish`.
+        tracing::warn!(
+            conn = self.id,
+            peer = %self.peer,
+            timeout_ms = self.settings.send_timeout.as_millis() as u64,
+            unsent_bytes = self.out.len(),
+            "closing connection: the peer read nothing for the send timeout"
+        );
+        self.send_timed_out = true;
+        self.conn.handle_eof();
+    }
+
+    /// Makes sure the broker hears that the connection is gone (its unacked messages go
+    /// back to their queues), then flushes what is left and closes the socket.
+    async fn finish(mut self) {
+        self.conn.handle_eof();
+        while let Some(c) = self.conn.poll_command() {
+            self.commands.push(c);
+        }
+        if !self.commands.is_empty()
+            && let Ok(permit) = self.in_flight.clone().acquire_owned().await
+        {
+            let last = CoreMsg::Commands {
+                id: self.id,
+                commands: std::mem::take(&mut self.commands),
+                permit,
+            };
+            let _ = self.core.send(last).await;
+        }
+        if !self.send_timed_out {
+            self.conn.poll_transmit_chunks(&mut self.produced);
+            self.out.push(self.produced.drain(..), 0, Instant::now());
+            let (send_timeout, close_timeout) = (self.settings.send_timeout, self.close_timeout);
+            flush_before_close(&mut self.wr, &mut self.out, send_timeout, close_timeout).await;
+        }
+        if self.out.is_empty() {
+            let _ = self.wr.shutdown().await;
+        } else {
+            abort(&self.wr);
+        }
+        let (id, peer) = (self.id, self.peer.clone());
+        match self.conn.error() {
+            Some(e) => {
+                tracing::warn!(conn = id, %peer, code = e.code, reason = %e.text, "closed connection on a protocol error")
+            }
+            None => tracing::debug!(conn = id, %peer, "connection closed"),
+        }
     }
 }
 

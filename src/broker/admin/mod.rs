@@ -530,15 +530,31 @@ impl Broker {
     }
 
     fn admin_dispatch(&mut self, request: AdminRequest) -> AdminResult {
+        // Each area takes its own requests and hands the others back.
+        let request = match self.admin_accounts(request) {
+            Ok(answer) => return answer,
+            Err(other) => other,
+        };
+        let request = match self.admin_listing(request) {
+            Ok(answer) => return answer,
+            Err(other) => other,
+        };
+        match self.admin_objects(request) {
+            Ok(answer) => answer,
+            Err(other) => self.admin_node(other),
+        }
+    }
+
+    /// Users, vhosts, permissions and limits.
+    fn admin_accounts(&mut self, request: AdminRequest) -> Result<AdminResult, AdminRequest> {
         use AdminRequest as R;
-        match request {
+        Ok(match request {
             R::Authenticate {
                 username,
                 password,
                 from_loopback,
             } => self.authenticate(&username, &password, from_loopback),
             R::Whoami { username } => self.whoami(&username),
-            R::Overview => Ok(AdminReply::Overview(Box::new(self.overview()))),
             R::ListUsers => Ok(AdminReply::Users(self.users.iter().cloned().collect())),
             R::PutUser {
                 name,
@@ -565,6 +581,15 @@ impl Broker {
             R::ListUserLimits { user } => self.list_user_limits(user.as_deref()),
             R::SetUserLimits { user, limits } => self.set_user_limits(&user, limits),
             R::ClearUserLimits { user, name } => self.clear_user_limits(&user, name.as_deref()),
+            other => return Err(other),
+        })
+    }
+
+    /// Listings and totals.
+    fn admin_listing(&mut self, request: AdminRequest) -> Result<AdminResult, AdminRequest> {
+        use AdminRequest as R;
+        Ok(match request {
+            R::Overview => Ok(AdminReply::Overview(Box::new(self.overview()))),
             R::ListQueues { vhost } => Ok(AdminReply::Queues(self.list_queues(vhost.as_deref()))),
             R::ListExchanges { vhost } => {
                 Ok(AdminReply::Exchanges(self.list_exchanges(vhost.as_deref())))
@@ -577,6 +602,14 @@ impl Broker {
             R::ListConsumers { vhost } => {
                 Ok(AdminReply::Consumers(self.list_consumers(vhost.as_deref())))
             }
+            other => return Err(other),
+        })
+    }
+
+    /// Queues, exchanges, bindings, messages and connections.
+    fn admin_objects(&mut self, request: AdminRequest) -> Result<AdminResult, AdminRequest> {
+        use AdminRequest as R;
+        Ok(match request {
             R::DeclareQueue {
                 actor,
                 vhost,
@@ -634,6 +667,14 @@ impl Broker {
                 ack,
             } => self.admin_get(&actor, &vhost, &queue, count, ack),
             R::CloseConnection { id, reason } => self.admin_close_connection(id, &reason),
+            other => return Err(other),
+        })
+    }
+
+    /// The node: its app, a reset, definitions.
+    fn admin_node(&mut self, request: AdminRequest) -> AdminResult {
+        use AdminRequest as R;
+        match request {
             R::StopApp => {
                 if self.app_running {
                     self.app_running = false;
@@ -651,6 +692,8 @@ impl Broker {
                 self.export_definitions(vhost.as_deref()),
             ))),
             R::ImportDefinitions(defs) => self.import_definitions(*defs),
+            // Every other request belongs to an area above.
+            _ => Err(bad_request("unsupported request")),
         }
     }
 
