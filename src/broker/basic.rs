@@ -284,7 +284,7 @@ impl Broker {
         let storing = queues
             .iter()
             .filter_map(|q| self.queues.get(q))
-            .filter(|q| q.durable && message.is_persistent() && !q.rejects(body_len))
+            .filter(|q| q.decl.durable && message.is_persistent() && !q.rejects(body_len))
             .count();
         let shared = (storing >= 2).then(|| {
             let shared_id = self.next_shared_id;
@@ -312,7 +312,7 @@ impl Broker {
             };
             if q.rejects(body_len) {
                 rejected = true;
-                if q.settings.overflow == Overflow::RejectPublishDlx {
+                if q.decl.settings.overflow == Overflow::RejectPublishDlx {
                     // RabbitMQ dead-letters a refused publish as `maxlen`.
                     let refused = QueuedMessage {
                         seq: 0,
@@ -328,14 +328,14 @@ impl Broker {
                 }
                 continue;
             }
-            let ttl = match (q.settings.message_ttl_ms, message_ttl) {
+            let ttl = match (q.decl.settings.message_ttl_ms, message_ttl) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let expires_at_ms = ttl.map(|t| now.saturating_add(t));
             q.stats.publish += 1;
-            let seq = q.take_seq();
-            let durable = q.durable && message.is_persistent();
+            let seq = q.messages.take_seq();
+            let durable = q.decl.durable && message.is_persistent();
             if durable {
                 stored = true;
                 let body = match shared {
@@ -351,7 +351,7 @@ impl Broker {
             }
             if q.pages_next(queue_budget, broker_budget) {
                 // The message lives in the store until consumers get near it.
-                q.page_out(seq, body_len);
+                q.messages.page_out(seq, body_len);
                 if !durable {
                     self.journal.push(StoreOp::PageOut {
                         queue: qid,
@@ -361,7 +361,7 @@ impl Broker {
                     });
                 }
             } else {
-                q.push(QueuedMessage {
+                q.messages.push(QueuedMessage {
                     seq,
                     message: message.clone(),
                     redelivered: false,
@@ -372,7 +372,7 @@ impl Broker {
                     allowance,
                 });
             }
-            if !q.consumers.is_empty() && q.memory_bytes() >= queue_budget / 2 {
+            if !q.consumers.is_empty() && q.messages.memory_bytes() >= queue_budget / 2 {
                 self.flow_hot.push(qid);
             }
             let dropped = q.enforce_limits();
@@ -460,7 +460,7 @@ impl Broker {
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
-        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+        if q.consumers.exclusive() || (m.exclusive && !q.consumers.is_empty()) {
             return Err(access_refused(format!(
                 "{} in exclusive use",
                 resource("queue", &name, &vhost)
@@ -475,7 +475,7 @@ impl Broker {
                 ))
             })?,
         };
-        q.add_consumer(
+        q.consumers.add(
             ConsumerRef {
                 conn,
                 channel,
@@ -484,7 +484,7 @@ impl Broker {
             },
             m.exclusive,
         );
-        q.last_used_ms = self.now_ms;
+        q.expiry.touch(self.now_ms);
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
@@ -569,7 +569,7 @@ impl Broker {
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
-        if q.in_memory_count() == 0 && q.paged.count > 0 {
+        if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
             // The queue is not empty, its next messages are in the store: answer once they
             // are read back.
             q.waiting_gets.push_back(WaitingGet {
@@ -593,14 +593,14 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&qid) else {
             return;
         };
-        let expired = q.drop_expired(now);
+        let expired = q.messages.drop_expired(now);
         if !expired.is_empty() {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }
         let Some(q) = self.queues.get_mut(&qid) else {
             return;
         };
-        let Some(entry) = q.pop() else {
+        let Some(entry) = q.messages.pop() else {
             self.send_method(
                 conn,
                 channel,
@@ -610,7 +610,7 @@ impl Broker {
         };
         let remaining = q.ready_count() as u32;
         if !no_ack {
-            q.unacked += 1;
+            q.messages.unacked += 1;
         }
         q.stats.got(no_ack, entry.redelivered);
         self.totals.got(no_ack, entry.redelivered);
@@ -621,8 +621,8 @@ impl Broker {
         else {
             // Cannot happen: callers check the channel. Keep the message rather than lose it.
             if let Some(q) = self.queues.get_mut(&qid) {
-                q.unacked -= u64::from(!no_ack);
-                q.requeue(entry);
+                q.messages.unacked -= u64::from(!no_ack);
+                q.messages.requeue(entry);
             }
             return;
         };
@@ -706,7 +706,7 @@ impl Broker {
                 Settle::Requeue => self.requeue(e),
                 Settle::Ack | Settle::Discard => {
                     if let Some(q) = self.queues.get_mut(&e.queue) {
-                        q.unacked -= 1;
+                        q.messages.unacked -= 1;
                         q.stats.ack += u64::from(how == Settle::Ack);
                     }
                     self.totals.ack += u64::from(how == Settle::Ack);

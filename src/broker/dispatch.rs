@@ -38,7 +38,7 @@ impl Broker {
     /// Marks a queue as used now (for `x-expires`).
     pub(super) fn touch_queue(&mut self, queue: QueueId) {
         if let Some(q) = self.queues.get_mut(&queue) {
-            q.last_used_ms = self.now_ms;
+            q.expiry.touch(self.now_ms);
         }
         self.schedule_dispatch(queue);
     }
@@ -57,12 +57,11 @@ impl Broker {
             if q.ready_count() == 0 || q.consumers.is_empty() {
                 return;
             }
-            let expired = q.drop_expired(now);
+            let expired = q.messages.drop_expired(now);
             if !expired.is_empty() {
                 self.dead_letter(queue, expired, DeathReason::Expired);
                 continue;
             }
-            let n = q.consumers.len();
             let conns = &self.conns;
             let held = &self.held;
             let can_take = |c: &ConsumerRef| {
@@ -76,22 +75,13 @@ impl Broker {
                             })
                     })
             };
-            // The highest-priority consumer with capacity, first in round-robin order
-            // among equals.
-            let mut chosen: Option<usize> = None;
-            for idx in q.candidates() {
-                let c = &q.consumers[idx];
-                if chosen.is_some_and(|best| q.consumers[best].priority >= c.priority)
-                    || !can_take(c)
-                {
-                    continue;
-                }
-                chosen = Some(idx);
-            }
-            let Some(idx) = chosen else { return };
-            q.next_consumer = (idx + 1) % n;
-            let target = q.consumers[idx].clone();
-            let Some(entry) = q.pop() else { return };
+            let single_active = q.decl.settings.single_active_consumer;
+            let Some(target) = q.consumers.choose(single_active, can_take) else {
+                return;
+            };
+            let Some(entry) = q.messages.pop() else {
+                return;
+            };
             let Some(ch) = self
                 .conns
                 .get_mut(&target.conn)
@@ -128,7 +118,7 @@ impl Broker {
                     from_consumer: true,
                     message: entry,
                 });
-                q.unacked += 1;
+                q.messages.unacked += 1;
                 None
             };
             self.send(
@@ -150,9 +140,9 @@ impl Broker {
     pub(super) fn requeue(&mut self, entry: Unacked) {
         match self.queues.get_mut(&entry.queue) {
             Some(q) => {
-                debug_assert!(q.unacked > 0);
-                q.unacked -= 1;
-                q.requeue(entry.message);
+                debug_assert!(q.messages.unacked > 0);
+                q.messages.unacked -= 1;
+                q.messages.requeue(entry.message);
                 self.schedule_dispatch(entry.queue);
             }
             // The queue's deletion dropped its stored entries.

@@ -15,7 +15,7 @@ use super::auth::{Permissions, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::queue::{Queue, QueueSettings, QueuedMessage};
+use super::queue::{Declaration, Queue, QueueSettings, QueuedMessage};
 use super::vhost::VHost;
 use super::{Broker, Deferred};
 
@@ -93,17 +93,16 @@ impl Broker {
             };
             vhost.queues.insert(q.name.clone(), q.id);
             self.next_queue_id = self.next_queue_id.max(q.id + 1);
-            let mut queue = Queue::new(
-                q.id,
-                &q.name,
-                &q.vhost,
-                true,
-                q.auto_delete,
-                q.arguments,
+            let decl = Declaration {
+                name: q.name,
+                vhost: q.vhost,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
                 settings,
-                self.meter.clone(),
-            );
-            queue.last_used_ms = self.now_ms;
+            };
+            let queue = Queue::new(q.id, decl, self.meter.clone(), self.now_ms);
             self.queues.insert(q.id, queue);
         }
         for b in recovered.bindings {
@@ -151,14 +150,14 @@ impl Broker {
             // Whether a message was delivered before the restart is not recorded; like
             // RabbitMQ for messages it cannot vouch for, flag every message of the last run
             // so consumers treat it with care.
-            q.redelivered_below_seq = content.next_seq;
-            q.advance_seq(content.next_seq);
+            q.messages.redelivered_below_seq = content.next_seq;
+            q.messages.advance_seq(content.next_seq);
             let (mut head_count, mut head_bytes, mut last) = (0u64, 0u64, None);
             for e in content.head {
                 head_count += 1;
                 head_bytes += e.message.body_len();
                 last = Some(e.seq);
-                q.restore(QueuedMessage {
+                q.messages.restore(QueuedMessage {
                     seq: e.seq,
                     message: e.message,
                     redelivered: true,
@@ -172,7 +171,7 @@ impl Broker {
             let rest = content.count.saturating_sub(head_count);
             if rest > 0 {
                 let from_seq = last.map_or(0, |s| s + 1);
-                q.restore_paged(
+                q.messages.restore_paged(
                     rest,
                     content.body_bytes.saturating_sub(head_bytes),
                     from_seq,
@@ -388,11 +387,11 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        q.remove_consumer(conn, channel, tag);
+        q.consumers.remove(conn, channel, tag);
         if q.consumers.is_empty() {
-            q.last_used_ms = now;
+            q.expiry.touch(now);
         }
-        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+        if q.decl.auto_delete && q.consumers.had_consumer() && q.consumers.is_empty() {
             self.delete_queue(queue);
         } else {
             self.schedule_dispatch(queue);
