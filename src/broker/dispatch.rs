@@ -47,8 +47,6 @@ impl Broker {
     /// consumers that are at their prefetch limit, paused by flow, or whose connection has
     /// too much unwritten output. Stops when no consumer can take the next message.
     fn dispatch(&mut self, queue: QueueId) {
-        let write_limit = self.config.max_unflushed_bytes_per_connection;
-        let unacked_limit = self.config.max_unacked_per_channel;
         let now = self.now_ms;
         loop {
             let Some(q) = self.queues.get_mut(&queue) else {
@@ -62,77 +60,100 @@ impl Broker {
                 self.dead_letter(queue, expired, DeathReason::Expired);
                 continue;
             }
-            let conns = &self.conns;
-            let held = &self.held;
-            let can_take = |c: &ConsumerRef| {
-                // A connection whose get waits for the store gets nothing else meanwhile,
-                // as behind a synchronous get.
-                !held.contains_key(&c.conn)
-                    && conns.get(&c.conn).is_some_and(|conn| {
-                        conn.unflushed_bytes < write_limit
-                            && conn.channels.get(&c.channel).is_some_and(|ch| {
-                                ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
-                            })
-                    })
-            };
-            let single_active = q.decl.settings.single_active_consumer;
-            let Some(target) = q.consumers.choose(single_active, can_take) else {
+            let Some(target) = self.choose_consumer(queue) else {
                 return;
             };
-            let Some(entry) = q.messages.pop() else {
+            let Some(entry) = self.queues.get_mut(&queue).and_then(|q| q.messages.pop()) else {
                 return;
             };
-            let Some(ch) = self
-                .conns
-                .get_mut(&target.conn)
-                .and_then(|c| c.channels.get_mut(&target.channel))
-            else {
-                debug_assert!(false, "consumer without a channel");
+            if !self.deliver(queue, &target, entry) {
                 return;
-            };
-            let Some(consumer) = ch.consumers.get_mut(&target.tag) else {
-                debug_assert!(false, "consumer not registered on its channel");
-                return;
-            };
-            let tag = ch.next_tag;
-            ch.next_tag += 1;
-            let deliver = BasicDeliver {
-                consumer_tag: target.tag.to_string(),
-                delivery_tag: tag,
-                redelivered: entry.redelivered,
-                exchange: entry.message.exchange.clone(),
-                routing_key: entry.message.routing_key.clone(),
-            };
-            let message = entry.message.clone();
-            q.stats.delivered(consumer.no_ack, entry.redelivered);
-            self.totals.delivered(consumer.no_ack, entry.redelivered);
-            let consumed = if consumer.no_ack {
-                Some(entry)
-            } else {
-                consumer.unacked += 1;
-                ch.consumer_unacked += 1;
-                ch.unacked.push(Unacked {
-                    tag,
-                    queue,
-                    consumer: Some(target.tag.clone()),
-                    from_consumer: true,
-                    message: entry,
-                });
-                q.messages.unacked += 1;
-                None
-            };
-            self.send(
-                target.conn,
-                Reply::Content {
-                    channel: target.channel,
-                    method: Method::BasicDeliver(deliver),
-                    message,
-                },
-            );
-            if let Some(entry) = consumed {
-                self.release(queue, &entry);
             }
         }
+    }
+
+    /// The consumer of `queue` that receives its next message, with the queue's
+    /// round-robin cursor moved past it; None when none of them can take one now.
+    fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
+        let write_limit = self.config.max_unflushed_bytes_per_connection;
+        let unacked_limit = self.config.max_unacked_per_channel;
+        let q = self.queues.get_mut(&queue)?;
+        let conns = &self.conns;
+        let held = &self.held;
+        let can_take = |c: &ConsumerRef| {
+            // A connection whose get waits for the store gets nothing else meanwhile,
+            // as behind a synchronous get.
+            !held.contains_key(&c.conn)
+                && conns.get(&c.conn).is_some_and(|conn| {
+                    conn.unflushed_bytes < write_limit
+                        && conn.channels.get(&c.channel).is_some_and(|ch| {
+                            ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
+                        })
+                })
+        };
+        let single_active = q.decl.settings.single_active_consumer;
+        q.consumers.choose(single_active, can_take)
+    }
+
+    /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless
+    /// the consumer acks nothing (then the queue is done with it). Returns false, having
+    /// lost the message, if the queue or the consumer is gone, which cannot happen.
+    fn deliver(&mut self, queue: QueueId, target: &ConsumerRef, entry: QueuedMessage) -> bool {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            debug_assert!(false, "delivery from a deleted queue");
+            return false;
+        };
+        let Some(ch) = self
+            .conns
+            .get_mut(&target.conn)
+            .and_then(|c| c.channels.get_mut(&target.channel))
+        else {
+            debug_assert!(false, "consumer without a channel");
+            return false;
+        };
+        let Some(consumer) = ch.consumers.get_mut(&target.tag) else {
+            debug_assert!(false, "consumer not registered on its channel");
+            return false;
+        };
+        let tag = ch.next_tag;
+        ch.next_tag += 1;
+        let deliver = BasicDeliver {
+            consumer_tag: target.tag.to_string(),
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            exchange: entry.message.exchange.clone(),
+            routing_key: entry.message.routing_key.clone(),
+        };
+        let message = entry.message.clone();
+        q.stats.delivered(consumer.no_ack, entry.redelivered);
+        self.totals.delivered(consumer.no_ack, entry.redelivered);
+        let consumed = if consumer.no_ack {
+            Some(entry)
+        } else {
+            consumer.unacked += 1;
+            ch.consumer_unacked += 1;
+            ch.unacked.push(Unacked {
+                tag,
+                queue,
+                consumer: Some(target.tag.clone()),
+                from_consumer: true,
+                message: entry,
+            });
+            q.messages.unacked += 1;
+            None
+        };
+        self.send(
+            target.conn,
+            Reply::Content {
+                channel: target.channel,
+                method: Method::BasicDeliver(deliver),
+                message,
+            },
+        );
+        if let Some(entry) = consumed {
+            self.release(queue, &entry);
+        }
+        true
     }
 
     /// Returns an unacked delivery to its queue at its original position, flagged
