@@ -168,67 +168,98 @@ impl Broker {
             ));
         }
         self.check_access(conn, Access::Configure, "exchange", &name)?;
-        let max = self.config.max_exchanges_per_vhost;
+        let nowait = m.nowait;
         let v = self
             .vhosts
-            .get_mut(&*vhost)
+            .get(&*vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
         match v.exchanges.get(&name) {
             Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
             None => {
-                if name.starts_with("amq.") {
-                    return Err(access_refused(format!(
-                        "exchange name '{name}' contains reserved prefix 'amq.*'"
-                    )));
-                }
-                if v.exchanges.len() >= max {
-                    return Err(not_allowed(format!(
-                        "exchange limit of {max} in vhost '{vhost}' reached"
-                    )));
-                }
-                check_table_limits(&m.arguments, "exchange", &name, &vhost)?;
-                if let Some(ae) = m.arguments.get("alternate-exchange") {
-                    let Some(ae) = ae.as_str() else {
-                        return Err(precondition_failed(format!(
-                            "invalid type '{}' for arg 'alternate-exchange' in {}",
-                            super::queue::type_name(ae),
-                            resource("exchange", &name, &vhost)
-                        )));
-                    };
-                    // Unroutable messages are published to it on the declarer's behalf.
-                    self.check_access(conn, Access::Read, "exchange", &name)?;
-                    self.check_access(conn, Access::Write, "exchange", ae)?;
-                }
-                let Some(v) = self.vhosts.get_mut(&*vhost) else {
-                    return Err(not_allowed("vhost gone"));
-                };
-                let x = Exchange::new(
-                    &name,
-                    kind,
-                    m.durable,
-                    m.auto_delete,
-                    m.internal,
-                    m.arguments.clone(),
-                );
-                v.exchanges.insert(name.clone(), x);
-                if m.durable {
-                    self.journal.push(StoreOp::PutExchange(ExchangeRecord {
-                        vhost: vhost.to_string(),
-                        name,
-                        kind: kind.as_str().into(),
-                        auto_delete: m.auto_delete,
-                        internal: m.internal,
-                        arguments: m.arguments,
-                    }));
-                }
+                self.check_new_exchange(conn, &vhost, &name, &m)?;
+                self.add_exchange(&vhost, name, kind, m)?;
             }
         }
         self.reply(
             conn,
             channel,
-            m.nowait,
+            nowait,
             Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
         )
+    }
+
+    /// Refuses an exchange `exchange.declare` would create: a reserved name, one past the
+    /// vhost's limit, arguments past the table limits, or an alternate exchange the
+    /// declarer may not use.
+    fn check_new_exchange(
+        &self,
+        conn: ConnId,
+        vhost: &str,
+        name: &str,
+        m: &ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        if name.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let max = self.config.max_exchanges_per_vhost;
+        if self
+            .vhosts
+            .get(vhost)
+            .is_some_and(|v| v.exchanges.len() >= max)
+        {
+            return Err(not_allowed(format!(
+                "exchange limit of {max} in vhost '{vhost}' reached"
+            )));
+        }
+        check_table_limits(&m.arguments, "exchange", name, vhost)?;
+        if let Some(ae) = m.arguments.get("alternate-exchange") {
+            let Some(ae) = ae.as_str() else {
+                return Err(precondition_failed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in {}",
+                    super::queue::type_name(ae),
+                    resource("exchange", name, vhost)
+                )));
+            };
+            // Unroutable messages are published to it on the declarer's behalf.
+            self.check_access(conn, Access::Read, "exchange", name)?;
+            self.check_access(conn, Access::Write, "exchange", ae)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the exchange an `exchange.declare` asked for, and stores it if durable.
+    fn add_exchange(
+        &mut self,
+        vhost: &str,
+        name: String,
+        kind: ExchangeKind,
+        m: ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return Err(not_allowed("vhost gone"));
+        };
+        let x = Exchange::new(
+            &name,
+            kind,
+            m.durable,
+            m.auto_delete,
+            m.internal,
+            m.arguments.clone(),
+        );
+        v.exchanges.insert(name.clone(), x);
+        if m.durable {
+            self.journal.push(StoreOp::PutExchange(ExchangeRecord {
+                vhost: vhost.to_string(),
+                name,
+                kind: kind.as_str().into(),
+                auto_delete: m.auto_delete,
+                internal: m.internal,
+                arguments: m.arguments,
+            }));
+        }
+        Ok(())
     }
 
     pub(super) fn exchange_delete(
