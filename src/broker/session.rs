@@ -9,7 +9,10 @@ use crate::proto::command::{ConnId, Login, Reply, capability};
 use crate::proto::constants::ACCESS_REFUSED;
 use crate::proto::method::{ChannelOpenOk, ConnectionClose, ConnectionOpenOk, Method};
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, Recovered, StoreOp, UserRecord};
+use crate::store::{
+    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredQueue,
+    StoreOp, UserRecord,
+};
 
 use super::auth::{Permissions, hash_password};
 use super::channel::{Channel, Mode};
@@ -61,7 +64,16 @@ impl Broker {
             }
         }
         self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);
-        for x in recovered.exchanges {
+        self.restore_exchanges(recovered.exchanges);
+        self.restore_queues(recovered.queues);
+        self.restore_bindings(recovered.bindings);
+        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
+        self.restore_contents(recovered.contents);
+    }
+
+    /// Recreates the durable exchanges (the built-in ones exist already).
+    fn restore_exchanges(&mut self, exchanges: Vec<ExchangeRecord>) {
+        for x in exchanges {
             let Some(vhost) = self.vhosts.get_mut(&x.vhost) else {
                 continue;
             };
@@ -74,7 +86,11 @@ impl Broker {
             let e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
             vhost.exchanges.insert(x.name, e);
         }
-        for q in recovered.queues {
+    }
+
+    /// Recreates the durable queues, empty; [`Broker::restore_contents`] fills them.
+    fn restore_queues(&mut self, queues: Vec<QueueRecord>) {
+        for q in queues {
             let Some(vhost) = self.vhosts.get_mut(&q.vhost) else {
                 continue;
             };
@@ -105,7 +121,11 @@ impl Broker {
             let queue = Queue::new(q.id, decl, self.meter.clone(), self.now_ms);
             self.queues.insert(q.id, queue);
         }
-        for b in recovered.bindings {
+    }
+
+    /// Rebinds the durable bindings whose source and destination were recovered.
+    fn restore_bindings(&mut self, bindings: Vec<BindingRecord>) {
+        for b in bindings {
             let Some(vhost) = self.vhosts.get_mut(&b.vhost) else {
                 continue;
             };
@@ -142,8 +162,12 @@ impl Broker {
                 }
             }
         }
-        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
-        for content in recovered.contents {
+    }
+
+    /// Puts the recovered messages back in their queues: the head read from the store in
+    /// memory, the rest as the queue's paged tail.
+    fn restore_contents(&mut self, contents: Vec<RecoveredQueue>) {
+        for content in contents {
             let Some(q) = self.queues.get_mut(&content.queue) else {
                 continue;
             };
