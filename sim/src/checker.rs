@@ -1238,7 +1238,7 @@ impl Model {
                     "queue {name} exists in the model but not in the broker"
                 ));
             };
-            if let Some(m) = bq.ready().find(|m| key_of(&m.message).is_none()) {
+            if let Some(m) = bq.messages.ready().find(|m| key_of(&m.message).is_none()) {
                 return fail(format!(
                     "isolation: queue {name} holds message {:?}, which no modelled client published (a hostile message in a modelled queue)",
                     m.message.properties.message_id
@@ -1248,7 +1248,11 @@ impl Model {
                 let missing: Vec<String> = q
                     .ready
                     .values()
-                    .filter(|c| !bq.ready().any(|m| key_of(&m.message) == Some(c.key)))
+                    .filter(|c| {
+                        !bq.messages
+                            .ready()
+                            .any(|m| key_of(&m.message) == Some(c.key))
+                    })
                     .take(3)
                     .map(|c| self.describe(c.key))
                     .collect();
@@ -1260,11 +1264,13 @@ impl Model {
             }
         }
         for q in broker.queues() {
-            if q.vhost == "/" && self.modelled_queue(&q.name) && !self.queues.contains_key(&q.name)
+            if q.decl.vhost == "/"
+                && self.modelled_queue(&q.decl.name)
+                && !self.queues.contains_key(&q.decl.name)
             {
                 return fail(format!(
                     "queue {} exists in the broker but not in the model",
-                    q.name
+                    q.decl.name
                 ));
             }
         }
@@ -1411,15 +1417,15 @@ impl Model {
             }
         }
         for q in broker.queues() {
-            if !self.modelled_queue(&q.name) {
+            if !self.modelled_queue(&q.decl.name) {
                 continue;
             }
-            if q.ready_count() > 0 || q.unacked > 0 {
+            if q.ready_count() > 0 || q.messages.unacked > 0 {
                 return fail(format!(
                     "liveness: broker queue {} holds {} ready and {} unacked at the end",
-                    q.name,
+                    q.decl.name,
                     q.ready_count(),
-                    q.unacked
+                    q.messages.unacked
                 ));
             }
         }

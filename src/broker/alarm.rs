@@ -173,7 +173,7 @@ impl Broker {
             && message.is_persistent()
             && queues
                 .iter()
-                .any(|q| self.queues.get(q).is_some_and(|q| q.durable))
+                .any(|q| self.queues.get(q).is_some_and(|q| q.decl.durable))
     }
 
     /// Called after a connection published: blocks it if an alarm is in force.

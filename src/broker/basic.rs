@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::proto::command::{Command, ConnId, Message, Reply};
 use crate::proto::constants::NO_ROUTE;
 use crate::proto::method::*;
+use crate::proto::table::FieldTable;
 
 use super::auth::Access;
 use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
@@ -278,15 +279,49 @@ impl Broker {
         allowance: Allowance,
     ) -> (bool, bool) {
         let message_ttl = parse_expiration(&message).ok().flatten();
-        let now = self.now_ms;
         let body_len = message.body_len();
-        // A persistent message for several durable queues is stored once, shared.
+        let shared = self.store_shared(&queues, &message);
+        let mut rejected = false;
+        let mut stored = false;
+        // Dead letters wait until this message is in every queue it reached: routing them
+        // now could change those queues under this loop (and the shared message's count).
+        let mut dead: Vec<(QueueId, Vec<QueuedMessage>)> = Vec::new();
+        for qid in queues {
+            self.work += 1;
+            let Some(q) = self.queues.get(&qid) else {
+                continue;
+            };
+            if q.rejects(body_len) {
+                rejected = true;
+                if q.decl.settings.overflow == Overflow::RejectPublishDlx {
+                    // RabbitMQ dead-letters a refused publish as `maxlen`.
+                    dead.push((qid, vec![refused(&message, allowance)]));
+                }
+                continue;
+            }
+            let (durable, dropped) = self.enqueue_in(qid, &message, message_ttl, shared, allowance);
+            stored |= durable;
+            if !dropped.is_empty() {
+                dead.push((qid, dropped));
+            }
+        }
+        for (qid, entries) in dead {
+            self.queue_dead_letters(qid, entries, DeathReason::MaxLen);
+        }
+        self.route_dead_letters();
+        (rejected, stored)
+    }
+
+    /// Stores a persistent message once for the durable queues among `queues` that will
+    /// take it, when there are several; returns the id their entries refer to.
+    fn store_shared(&mut self, queues: &[QueueId], message: &Arc<Message>) -> Option<u64> {
+        let body_len = message.body_len();
         let storing = queues
             .iter()
             .filter_map(|q| self.queues.get(q))
-            .filter(|q| q.durable && message.is_persistent() && !q.rejects(body_len))
+            .filter(|q| q.decl.durable && message.is_persistent() && !q.rejects(body_len))
             .count();
-        let shared = (storing >= 2).then(|| {
+        (storing >= 2).then(|| {
             let shared_id = self.next_shared_id;
             self.next_shared_id += 1;
             self.journal.push(StoreOp::PutShared {
@@ -295,97 +330,78 @@ impl Broker {
                 refs: storing as u32,
             });
             shared_id
-        });
+        })
+    }
+
+    /// Puts a message in a queue that accepts it, under the shorter of the queue's and
+    /// the message's TTL: in the store if the queue is durable and the message
+    /// persistent, and in memory unless the queue pages it out. Returns whether it was
+    /// stored, and the messages a drop-head limit then pushed out.
+    fn enqueue_in(
+        &mut self,
+        qid: QueueId,
+        message: &Arc<Message>,
+        message_ttl: Option<u64>,
+        shared: Option<u64>,
+        allowance: Allowance,
+    ) -> (bool, Vec<QueuedMessage>) {
         let (queue_budget, broker_budget) = (
             self.config.queue_memory_budget_bytes,
             self.config.memory_budget_bytes,
         );
-        let mut rejected = false;
-        let mut stored = false;
-        // Dead letters wait until this message is in every queue it reached: routing them
-        // now could change those queues under this loop (and the shared message's count).
-        let mut dead: Vec<(QueueId, Vec<QueuedMessage>)> = Vec::new();
-        for qid in queues {
-            self.work += 1;
-            let Some(q) = self.queues.get_mut(&qid) else {
-                continue;
+        let now = self.now_ms;
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return (false, Vec::new());
+        };
+        let ttl = match (q.decl.settings.message_ttl_ms, message_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at_ms = ttl.map(|t| now.saturating_add(t));
+        q.stats.publish += 1;
+        let seq = q.messages.take_seq();
+        let durable = q.decl.durable && message.is_persistent();
+        if durable {
+            let body = match shared {
+                Some(sid) => EntryBody::Shared(sid),
+                None => EntryBody::Inline(message.clone()),
             };
-            if q.rejects(body_len) {
-                rejected = true;
-                if q.settings.overflow == Overflow::RejectPublishDlx {
-                    // RabbitMQ dead-letters a refused publish as `maxlen`.
-                    let refused = QueuedMessage {
-                        seq: 0,
-                        message: message.clone(),
-                        redelivered: false,
-                        stored: false,
-                        expires_at_ms: None,
-                        priority: 0,
-                        shared: None,
-                        allowance,
-                    };
-                    dead.push((qid, vec![refused]));
-                }
-                continue;
-            }
-            let ttl = match (q.settings.message_ttl_ms, message_ttl) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let expires_at_ms = ttl.map(|t| now.saturating_add(t));
-            q.stats.publish += 1;
-            let seq = q.take_seq();
-            let durable = q.durable && message.is_persistent();
-            if durable {
-                stored = true;
-                let body = match shared {
-                    Some(sid) => EntryBody::Shared(sid),
-                    None => EntryBody::Inline(message.clone()),
-                };
-                self.journal.push(StoreOp::Enqueue {
+            self.journal.push(StoreOp::Enqueue {
+                queue: qid,
+                seq,
+                body,
+                expires_at_ms,
+            });
+        }
+        if q.pages_next(queue_budget, broker_budget) {
+            // The message lives in the store until consumers get near it.
+            q.messages.page_out(seq, message.body_len());
+            if !durable {
+                self.journal.push(StoreOp::PageOut {
                     queue: qid,
                     seq,
-                    body,
-                    expires_at_ms,
-                });
-            }
-            if q.pages_next(queue_budget, broker_budget) {
-                // The message lives in the store until consumers get near it.
-                q.page_out(seq, body_len);
-                if !durable {
-                    self.journal.push(StoreOp::PageOut {
-                        queue: qid,
-                        seq,
-                        message: message.clone(),
-                        expires_at_ms,
-                    });
-                }
-            } else {
-                q.push(QueuedMessage {
-                    seq,
                     message: message.clone(),
-                    redelivered: false,
-                    stored: durable,
                     expires_at_ms,
-                    priority: 0,
-                    shared: shared.filter(|_| durable),
-                    allowance,
                 });
             }
-            if !q.consumers.is_empty() && q.memory_bytes() >= queue_budget / 2 {
-                self.flow_hot.push(qid);
-            }
-            let dropped = q.enforce_limits();
-            if !dropped.is_empty() {
-                dead.push((qid, dropped));
-            }
-            self.schedule_dispatch(qid);
+        } else {
+            q.messages.push(QueuedMessage {
+                seq,
+                message: message.clone(),
+                redelivered: false,
+                stored: durable,
+                expires_at_ms,
+                priority: 0,
+                shared: shared.filter(|_| durable),
+                allowance,
+            });
         }
-        for (qid, entries) in dead {
-            self.queue_dead_letters(qid, entries, DeathReason::MaxLen);
+        if !q.consumers.is_empty() && q.messages.memory_bytes() >= queue_budget / 2 {
+            self.flow_hot.push(qid);
         }
-        self.route_dead_letters();
-        (rejected, stored)
+        let dropped = q.enforce_limits();
+        self.schedule_dispatch(qid);
+        (durable, dropped)
     }
 
     /// The queues a message published to `exchange` reaches, following exchange-to-exchange
@@ -433,49 +449,19 @@ impl Broker {
         } else {
             m.consumer_tag.as_str().into()
         };
-        let max = self.config.max_consumers_per_channel;
-        let max_per_conn = self.config.max_consumers_per_connection;
-        let on_conn: usize = self.conns.get(&conn).map_or(0, |c| {
-            c.channels.values().map(|ch| ch.consumers.len()).sum()
-        });
-        if on_conn >= max_per_conn {
-            return Err(precondition_failed(format!(
-                "connection has the maximum of {max_per_conn} consumers"
-            )));
-        }
-        let ch = self
-            .channel_mut(conn, channel)
-            .ok_or_else(|| command_invalid("no channel"))?;
-        if ch.consumers.contains_key(&tag) {
-            return Err(not_allowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
-        }
-        if ch.consumers.len() >= max {
-            return Err(precondition_failed(format!(
-                "channel has the maximum of {max} consumers"
-            )));
-        }
+        self.check_consumer_room(conn, channel, &tag)?;
         let q = self
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
-        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+        if q.consumers.exclusive() || (m.exclusive && !q.consumers.is_empty()) {
             return Err(access_refused(format!(
                 "{} in exclusive use",
                 resource("queue", &name, &vhost)
             )));
         }
-        let priority = match m.arguments.get("x-priority") {
-            None => 0,
-            Some(v) => v.as_i64().ok_or_else(|| {
-                precondition_failed(format!(
-                    "invalid arg 'x-priority' for consumer on {}",
-                    resource("queue", &name, &vhost)
-                ))
-            })?,
-        };
-        q.add_consumer(
+        let priority = consumer_priority(&m.arguments, &name, &vhost)?;
+        q.consumers.add(
             ConsumerRef {
                 conn,
                 channel,
@@ -484,7 +470,7 @@ impl Broker {
             },
             m.exclusive,
         );
-        q.last_used_ms = self.now_ms;
+        q.expiry.touch(self.now_ms);
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
@@ -510,6 +496,35 @@ impl Broker {
             }),
         )?;
         self.schedule_dispatch(qid);
+        Ok(())
+    }
+
+    /// Refuses a consumer tag the channel already uses, and a consumer past the
+    /// connection's or the channel's limit.
+    fn check_consumer_room(&mut self, conn: ConnId, channel: u16, tag: &str) -> AmqpResult<()> {
+        let max = self.config.max_consumers_per_channel;
+        let max_per_conn = self.config.max_consumers_per_connection;
+        let on_conn: usize = self.conns.get(&conn).map_or(0, |c| {
+            c.channels.values().map(|ch| ch.consumers.len()).sum()
+        });
+        if on_conn >= max_per_conn {
+            return Err(precondition_failed(format!(
+                "connection has the maximum of {max_per_conn} consumers"
+            )));
+        }
+        let ch = self
+            .channel_mut(conn, channel)
+            .ok_or_else(|| command_invalid("no channel"))?;
+        if ch.consumers.contains_key(tag) {
+            return Err(not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        if ch.consumers.len() >= max {
+            return Err(precondition_failed(format!(
+                "channel has the maximum of {max} consumers"
+            )));
+        }
         Ok(())
     }
 
@@ -569,7 +584,7 @@ impl Broker {
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
-        if q.in_memory_count() == 0 && q.paged.count > 0 {
+        if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
             // The queue is not empty, its next messages are in the store: answer once they
             // are read back.
             q.waiting_gets.push_back(WaitingGet {
@@ -593,14 +608,14 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&qid) else {
             return;
         };
-        let expired = q.drop_expired(now);
+        let expired = q.messages.drop_expired(now);
         if !expired.is_empty() {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }
         let Some(q) = self.queues.get_mut(&qid) else {
             return;
         };
-        let Some(entry) = q.pop() else {
+        let Some(entry) = q.messages.pop() else {
             self.send_method(
                 conn,
                 channel,
@@ -610,7 +625,7 @@ impl Broker {
         };
         let remaining = q.ready_count() as u32;
         if !no_ack {
-            q.unacked += 1;
+            q.messages.unacked += 1;
         }
         q.stats.got(no_ack, entry.redelivered);
         self.totals.got(no_ack, entry.redelivered);
@@ -621,8 +636,8 @@ impl Broker {
         else {
             // Cannot happen: callers check the channel. Keep the message rather than lose it.
             if let Some(q) = self.queues.get_mut(&qid) {
-                q.unacked -= u64::from(!no_ack);
-                q.requeue(entry);
+                q.messages.unacked -= u64::from(!no_ack);
+                q.messages.requeue(entry);
             }
             return;
         };
@@ -706,7 +721,7 @@ impl Broker {
                 Settle::Requeue => self.requeue(e),
                 Settle::Ack | Settle::Discard => {
                     if let Some(q) = self.queues.get_mut(&e.queue) {
-                        q.unacked -= 1;
+                        q.messages.unacked -= 1;
                         q.stats.ack += u64::from(how == Settle::Ack);
                     }
                     self.totals.ack += u64::from(how == Settle::Ack);
@@ -853,6 +868,34 @@ impl Broker {
         }
         self.send_method(conn, channel, Method::TxRollbackOk(TxRollbackOk {}));
         Ok(())
+    }
+}
+
+/// A consumer's `x-priority` argument: an integer, 0 when absent.
+fn consumer_priority(arguments: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
+    match arguments.get("x-priority") {
+        None => Ok(0),
+        Some(v) => v.as_i64().ok_or_else(|| {
+            precondition_failed(format!(
+                "invalid arg 'x-priority' for consumer on {}",
+                resource("queue", queue, vhost)
+            ))
+        }),
+    }
+}
+
+/// The entry a publish refused by a full `reject-publish-dlx` queue is dead-lettered as:
+/// it never took a position in the queue.
+fn refused(message: &Arc<Message>, allowance: Allowance) -> QueuedMessage {
+    QueuedMessage {
+        seq: 0,
+        message: message.clone(),
+        redelivered: false,
+        stored: false,
+        expires_at_ms: None,
+        priority: 0,
+        shared: None,
+        allowance,
     }
 }
 

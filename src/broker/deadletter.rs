@@ -264,12 +264,12 @@ impl Broker {
             return;
         }
         let target = self.queues.get(&source).and_then(|q| {
-            let dlx = q.settings.dead_letter_exchange.clone()?;
+            let dlx = q.decl.settings.dead_letter_exchange.clone()?;
             Some((
-                q.vhost.clone(),
-                q.name.clone(),
+                q.decl.vhost.clone(),
+                q.decl.name.clone(),
                 dlx,
-                q.settings.dead_letter_routing_key.clone(),
+                q.decl.settings.dead_letter_routing_key.clone(),
             ))
         });
         let mut dropped = 0u64;
@@ -323,7 +323,7 @@ impl Broker {
             targets.retain(|q| {
                 self.queues
                     .get(q)
-                    .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.name))
+                    .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.decl.name))
             });
             let (allowed, inherited) = dl.allowance.split(targets.len());
             if allowed < targets.len() {

@@ -15,7 +15,7 @@ use super::Broker;
 use super::auth::Access;
 use super::error::*;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId};
-use super::queue::{Queue, QueueSettings};
+use super::queue::{Declaration, Queue, QueueSettings};
 
 /// Queue arguments whose values must match on redeclaration, as RabbitMQ checks them.
 const EQUIVALENT_QUEUE_ARGS: [&str; 12] = [
@@ -128,7 +128,7 @@ impl Broker {
             .queues
             .get(&id)
             .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
-        if q.exclusive_owner.is_some_and(|owner| owner != conn) {
+        if q.decl.exclusive_owner.is_some_and(|owner| owner != conn) {
             return Err(exclusive_lock_error(name, vhost));
         }
         Ok(id)
@@ -168,67 +168,98 @@ impl Broker {
             ));
         }
         self.check_access(conn, Access::Configure, "exchange", &name)?;
-        let max = self.config.max_exchanges_per_vhost;
+        let nowait = m.nowait;
         let v = self
             .vhosts
-            .get_mut(&*vhost)
+            .get(&*vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
         match v.exchanges.get(&name) {
             Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
             None => {
-                if name.starts_with("amq.") {
-                    return Err(access_refused(format!(
-                        "exchange name '{name}' contains reserved prefix 'amq.*'"
-                    )));
-                }
-                if v.exchanges.len() >= max {
-                    return Err(not_allowed(format!(
-                        "exchange limit of {max} in vhost '{vhost}' reached"
-                    )));
-                }
-                check_table_limits(&m.arguments, "exchange", &name, &vhost)?;
-                if let Some(ae) = m.arguments.get("alternate-exchange") {
-                    let Some(ae) = ae.as_str() else {
-                        return Err(precondition_failed(format!(
-                            "invalid type '{}' for arg 'alternate-exchange' in {}",
-                            super::queue::type_name(ae),
-                            resource("exchange", &name, &vhost)
-                        )));
-                    };
-                    // Unroutable messages are published to it on the declarer's behalf.
-                    self.check_access(conn, Access::Read, "exchange", &name)?;
-                    self.check_access(conn, Access::Write, "exchange", ae)?;
-                }
-                let Some(v) = self.vhosts.get_mut(&*vhost) else {
-                    return Err(not_allowed("vhost gone"));
-                };
-                let x = Exchange::new(
-                    &name,
-                    kind,
-                    m.durable,
-                    m.auto_delete,
-                    m.internal,
-                    m.arguments.clone(),
-                );
-                v.exchanges.insert(name.clone(), x);
-                if m.durable {
-                    self.journal.push(StoreOp::PutExchange(ExchangeRecord {
-                        vhost: vhost.to_string(),
-                        name,
-                        kind: kind.as_str().into(),
-                        auto_delete: m.auto_delete,
-                        internal: m.internal,
-                        arguments: m.arguments,
-                    }));
-                }
+                self.check_new_exchange(conn, &vhost, &name, &m)?;
+                self.add_exchange(&vhost, name, kind, m)?;
             }
         }
         self.reply(
             conn,
             channel,
-            m.nowait,
+            nowait,
             Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
         )
+    }
+
+    /// Refuses an exchange `exchange.declare` would create: a reserved name, one past the
+    /// vhost's limit, arguments past the table limits, or an alternate exchange the
+    /// declarer may not use.
+    fn check_new_exchange(
+        &self,
+        conn: ConnId,
+        vhost: &str,
+        name: &str,
+        m: &ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        if name.starts_with("amq.") {
+            return Err(access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let max = self.config.max_exchanges_per_vhost;
+        if self
+            .vhosts
+            .get(vhost)
+            .is_some_and(|v| v.exchanges.len() >= max)
+        {
+            return Err(not_allowed(format!(
+                "exchange limit of {max} in vhost '{vhost}' reached"
+            )));
+        }
+        check_table_limits(&m.arguments, "exchange", name, vhost)?;
+        if let Some(ae) = m.arguments.get("alternate-exchange") {
+            let Some(ae) = ae.as_str() else {
+                return Err(precondition_failed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in {}",
+                    super::queue::type_name(ae),
+                    resource("exchange", name, vhost)
+                )));
+            };
+            // Unroutable messages are published to it on the declarer's behalf.
+            self.check_access(conn, Access::Read, "exchange", name)?;
+            self.check_access(conn, Access::Write, "exchange", ae)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the exchange an `exchange.declare` asked for, and stores it if durable.
+    fn add_exchange(
+        &mut self,
+        vhost: &str,
+        name: String,
+        kind: ExchangeKind,
+        m: ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return Err(not_allowed("vhost gone"));
+        };
+        let x = Exchange::new(
+            &name,
+            kind,
+            m.durable,
+            m.auto_delete,
+            m.internal,
+            m.arguments.clone(),
+        );
+        v.exchanges.insert(name.clone(), x);
+        if m.durable {
+            self.journal.push(StoreOp::PutExchange(ExchangeRecord {
+                vhost: vhost.to_string(),
+                name,
+                kind: kind.as_str().into(),
+                auto_delete: m.auto_delete,
+                internal: m.internal,
+                arguments: m.arguments,
+            }));
+        }
+        Ok(())
     }
 
     pub(super) fn exchange_delete(
@@ -350,8 +381,8 @@ impl Broker {
                     .queues
                     .get(&id)
                     .ok_or_else(|| not_found("queue vanished"))?;
-                if q.exclusive_owner.is_some_and(|o| o != conn)
-                    || (m.exclusive && q.exclusive_owner.is_none())
+                if q.decl.exclusive_owner.is_some_and(|o| o != conn)
+                    || (m.exclusive && q.decl.exclusive_owner.is_none())
                 {
                     return Err(exclusive_lock_error(&name, &vhost));
                 }
@@ -398,19 +429,19 @@ impl Broker {
         }
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        let mut q = Queue::new(
-            id,
-            name,
-            vhost,
-            m.durable,
-            m.auto_delete,
-            m.arguments.clone(),
+        let decl = Declaration {
+            name: name.to_string(),
+            vhost: vhost.to_string(),
+            // An exclusive durable queue is not stored, so it must not store messages
+            // either.
+            durable: m.durable && !m.exclusive,
+            exclusive_owner: m.exclusive.then_some(conn),
+            auto_delete: m.auto_delete,
+            arguments: m.arguments.clone(),
             settings,
-            self.meter.clone(),
-        );
-        q.last_used_ms = self.now_ms;
+        };
+        let q = Queue::new(id, decl, self.meter.clone(), self.now_ms);
         if m.exclusive {
-            q.exclusive_owner = Some(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.exclusive_queues.push(id);
             }
@@ -424,8 +455,6 @@ impl Broker {
                 arguments: m.arguments.clone(),
             }));
         }
-        // An exclusive durable queue is not stored, so it must not store messages either.
-        q.durable = m.durable && !m.exclusive;
         self.queues.insert(id, q);
         if let Some(v) = self.vhosts.get_mut(vhost) {
             v.queues.insert(name.to_string(), id);
@@ -445,7 +474,7 @@ impl Broker {
             .get(&id)
             .ok_or_else(|| not_found("queue vanished"))?;
         let ok = QueueDeclareOk {
-            queue: q.name.clone(),
+            queue: q.decl.name.clone(),
             message_count: q.ready_count() as u32,
             consumer_count: q.consumers.len() as u32,
         };
@@ -607,7 +636,7 @@ impl Broker {
             Destination::Queue(id) => self
                 .queues
                 .get(id)
-                .map(|q| q.name.clone())
+                .map(|q| q.decl.name.clone())
                 .unwrap_or_default(),
             Destination::Exchange(_) => String::new(),
         }
@@ -622,7 +651,7 @@ impl Broker {
         let max = self.config.max_bindings_per_exchange;
         let queue_name = self.destination_queue_name(&binding.destination);
         let durable_destination = match &binding.destination {
-            Destination::Queue(id) => self.queues.get(id).is_some_and(|q| q.durable),
+            Destination::Queue(id) => self.queues.get(id).is_some_and(|q| q.decl.durable),
             Destination::Exchange(name) => self
                 .vhosts
                 .get(vhost)
@@ -745,7 +774,7 @@ impl Broker {
         for source in std::mem::take(&mut q.bound_from) {
             let Some(x) = self
                 .vhosts
-                .get_mut(&q.vhost)
+                .get_mut(&q.decl.vhost)
                 .and_then(|v| v.exchanges.get_mut(&source))
             else {
                 continue;
@@ -753,38 +782,41 @@ impl Broker {
             let gone = x.unbind_destination(&Destination::Queue(id));
             let x_durable = x.durable;
             let now_unused = x.auto_delete && x.binding_count() == 0;
-            if x_durable && q.durable {
+            if x_durable && q.decl.durable {
                 for b in &gone {
                     self.journal.push(StoreOp::DeleteBinding(binding_record(
-                        &q.vhost, &source, b, &q.name,
+                        &q.decl.vhost,
+                        &source,
+                        b,
+                        &q.decl.name,
                     )));
                 }
             }
             if now_unused && !gone.is_empty() {
-                self.delete_exchange(&q.vhost, &source);
+                self.delete_exchange(&q.decl.vhost, &source);
             }
         }
-        if let Some(v) = self.vhosts.get_mut(&q.vhost) {
-            v.queues.remove(&q.name);
+        if let Some(v) = self.vhosts.get_mut(&q.decl.vhost) {
+            v.queues.remove(&q.decl.name);
         }
-        if let Some(owner) = q.exclusive_owner.and_then(|o| self.conns.get_mut(&o)) {
+        if let Some(owner) = q.decl.exclusive_owner.and_then(|o| self.conns.get_mut(&o)) {
             owner.exclusive_queues.retain(|x| *x != id);
         }
-        let (purged, paged) = q.purge();
+        let (purged, paged) = q.messages.purge();
         let count = purged.len() as u64 + paged.map_or(0, |(_, n)| n);
-        if q.durable {
+        if q.decl.durable {
             // Drops the queue's entries, stored and paged, with it.
             self.journal.push(StoreOp::DeleteQueue {
-                vhost: q.vhost.clone(),
-                name: q.name.clone(),
+                vhost: q.decl.vhost.clone(),
+                name: q.decl.name.clone(),
                 id,
             });
         } else if paged.is_some() {
             // Dropping the queue id's contents wholesale costs one write, where a purge
             // would visit every paged message.
             self.journal.push(StoreOp::DeleteQueue {
-                vhost: q.vhost.clone(),
-                name: q.name.clone(),
+                vhost: q.decl.vhost.clone(),
+                name: q.decl.name.clone(),
                 id,
             });
         }
@@ -796,7 +828,7 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&id) else {
             return 0;
         };
-        let (purged, paged) = q.purge();
+        let (purged, paged) = q.messages.purge();
         let mut count = purged.len() as u64;
         if let Some((from_seq, n)) = paged {
             count += n;
@@ -1010,29 +1042,29 @@ pub(super) fn assert_exchange_equivalent(
 
 pub(super) fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) -> AmqpResult<()> {
     let b = |v: bool| format!("'{v}'");
-    let durable = q.durable || q.exclusive_owner.is_some() && m.durable;
+    let durable = q.decl.durable || q.decl.exclusive_owner.is_some() && m.durable;
     if durable != m.durable {
         return Err(inequivalent(
             "durable",
             "queue",
-            &q.name,
+            &q.decl.name,
             vhost,
             b(m.durable),
-            b(q.durable),
+            b(q.decl.durable),
         ));
     }
-    if q.auto_delete != m.auto_delete {
+    if q.decl.auto_delete != m.auto_delete {
         return Err(inequivalent(
             "auto_delete",
             "queue",
-            &q.name,
+            &q.decl.name,
             vhost,
             b(m.auto_delete),
-            b(q.auto_delete),
+            b(q.decl.auto_delete),
         ));
     }
     for key in EQUIVALENT_QUEUE_ARGS {
-        let (new, old) = (m.arguments.get(key), q.arguments.get(key));
+        let (new, old) = (m.arguments.get(key), q.decl.arguments.get(key));
         // A classic queue declared without a type is the same as one declared "classic".
         if key == "x-queue-type" && queue_type(new) == queue_type(old) {
             continue;
@@ -1041,7 +1073,7 @@ pub(super) fn assert_queue_equivalent(q: &Queue, m: &QueueDeclare, vhost: &str) 
             return Err(inequivalent(
                 key,
                 "queue",
-                &q.name,
+                &q.decl.name,
                 vhost,
                 describe(new),
                 describe(old),

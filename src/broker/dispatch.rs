@@ -38,7 +38,7 @@ impl Broker {
     /// Marks a queue as used now (for `x-expires`).
     pub(super) fn touch_queue(&mut self, queue: QueueId) {
         if let Some(q) = self.queues.get_mut(&queue) {
-            q.last_used_ms = self.now_ms;
+            q.expiry.touch(self.now_ms);
         }
         self.schedule_dispatch(queue);
     }
@@ -47,8 +47,6 @@ impl Broker {
     /// consumers that are at their prefetch limit, paused by flow, or whose connection has
     /// too much unwritten output. Stops when no consumer can take the next message.
     fn dispatch(&mut self, queue: QueueId) {
-        let write_limit = self.config.max_unflushed_bytes_per_connection;
-        let unacked_limit = self.config.max_unacked_per_channel;
         let now = self.now_ms;
         loop {
             let Some(q) = self.queues.get_mut(&queue) else {
@@ -57,92 +55,105 @@ impl Broker {
             if q.ready_count() == 0 || q.consumers.is_empty() {
                 return;
             }
-            let expired = q.drop_expired(now);
+            let expired = q.messages.drop_expired(now);
             if !expired.is_empty() {
                 self.dead_letter(queue, expired, DeathReason::Expired);
                 continue;
             }
-            let n = q.consumers.len();
-            let conns = &self.conns;
-            let held = &self.held;
-            let can_take = |c: &ConsumerRef| {
-                // A connection whose get waits for the store gets nothing else meanwhile,
-                // as behind a synchronous get.
-                !held.contains_key(&c.conn)
-                    && conns.get(&c.conn).is_some_and(|conn| {
-                        conn.unflushed_bytes < write_limit
-                            && conn.channels.get(&c.channel).is_some_and(|ch| {
-                                ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
-                            })
-                    })
-            };
-            // The highest-priority consumer with capacity, first in round-robin order
-            // among equals.
-            let mut chosen: Option<usize> = None;
-            for idx in q.candidates() {
-                let c = &q.consumers[idx];
-                if chosen.is_some_and(|best| q.consumers[best].priority >= c.priority)
-                    || !can_take(c)
-                {
-                    continue;
-                }
-                chosen = Some(idx);
-            }
-            let Some(idx) = chosen else { return };
-            q.next_consumer = (idx + 1) % n;
-            let target = q.consumers[idx].clone();
-            let Some(entry) = q.pop() else { return };
-            let Some(ch) = self
-                .conns
-                .get_mut(&target.conn)
-                .and_then(|c| c.channels.get_mut(&target.channel))
-            else {
-                debug_assert!(false, "consumer without a channel");
+            let Some(target) = self.choose_consumer(queue) else {
                 return;
             };
-            let Some(consumer) = ch.consumers.get_mut(&target.tag) else {
-                debug_assert!(false, "consumer not registered on its channel");
+            let Some(entry) = self.queues.get_mut(&queue).and_then(|q| q.messages.pop()) else {
                 return;
             };
-            let tag = ch.next_tag;
-            ch.next_tag += 1;
-            let deliver = BasicDeliver {
-                consumer_tag: target.tag.to_string(),
-                delivery_tag: tag,
-                redelivered: entry.redelivered,
-                exchange: entry.message.exchange.clone(),
-                routing_key: entry.message.routing_key.clone(),
-            };
-            let message = entry.message.clone();
-            q.stats.delivered(consumer.no_ack, entry.redelivered);
-            self.totals.delivered(consumer.no_ack, entry.redelivered);
-            let consumed = if consumer.no_ack {
-                Some(entry)
-            } else {
-                consumer.unacked += 1;
-                ch.consumer_unacked += 1;
-                ch.unacked.push(Unacked {
-                    tag,
-                    queue,
-                    consumer: Some(target.tag.clone()),
-                    from_consumer: true,
-                    message: entry,
-                });
-                q.unacked += 1;
-                None
-            };
-            self.send(
-                target.conn,
-                Reply::Content {
-                    channel: target.channel,
-                    method: Method::BasicDeliver(deliver),
-                    message,
-                },
-            );
-            if let Some(entry) = consumed {
-                self.release(queue, &entry);
+            if !self.deliver(queue, &target, entry) {
+                return;
             }
         }
+    }
+
+    /// The consumer of `queue` that receives its next message, with the queue's
+    /// round-robin cursor moved past it; None when none of them can take one now.
+    fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
+        let write_limit = self.config.max_unflushed_bytes_per_connection;
+        let unacked_limit = self.config.max_unacked_per_channel;
+        let q = self.queues.get_mut(&queue)?;
+        let conns = &self.conns;
+        let held = &self.held;
+        let can_take = |c: &ConsumerRef| {
+            // A connection whose get waits for the store gets nothing else meanwhile,
+            // as behind a synchronous get.
+            !held.contains_key(&c.conn)
+                && conns.get(&c.conn).is_some_and(|conn| {
+                    conn.unflushed_bytes < write_limit
+                        && conn.channels.get(&c.channel).is_some_and(|ch| {
+                            ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
+                        })
+                })
+        };
+        let single_active = q.decl.settings.single_active_consumer;
+        q.consumers.choose(single_active, can_take)
+    }
+
+    /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless
+    /// the consumer acks nothing (then the queue is done with it). Returns false, having
+    /// lost the message, if the queue or the consumer is gone, which cannot happen.
+    fn deliver(&mut self, queue: QueueId, target: &ConsumerRef, entry: QueuedMessage) -> bool {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            debug_assert!(false, "delivery from a deleted queue");
+            return false;
+        };
+        let Some(ch) = self
+            .conns
+            .get_mut(&target.conn)
+            .and_then(|c| c.channels.get_mut(&target.channel))
+        else {
+            debug_assert!(false, "consumer without a channel");
+            return false;
+        };
+        let Some(consumer) = ch.consumers.get_mut(&target.tag) else {
+            debug_assert!(false, "consumer not registered on its channel");
+            return false;
+        };
+        let tag = ch.next_tag;
+        ch.next_tag += 1;
+        let deliver = BasicDeliver {
+            consumer_tag: target.tag.to_string(),
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            exchange: entry.message.exchange.clone(),
+            routing_key: entry.message.routing_key.clone(),
+        };
+        let message = entry.message.clone();
+        q.stats.delivered(consumer.no_ack, entry.redelivered);
+        self.totals.delivered(consumer.no_ack, entry.redelivered);
+        let consumed = if consumer.no_ack {
+            Some(entry)
+        } else {
+            consumer.unacked += 1;
+            ch.consumer_unacked += 1;
+            ch.unacked.push(Unacked {
+                tag,
+                queue,
+                consumer: Some(target.tag.clone()),
+                from_consumer: true,
+                message: entry,
+            });
+            q.messages.unacked += 1;
+            None
+        };
+        self.send(
+            target.conn,
+            Reply::Content {
+                channel: target.channel,
+                method: Method::BasicDeliver(deliver),
+                message,
+            },
+        );
+        if let Some(entry) = consumed {
+            self.release(queue, &entry);
+        }
+        true
     }
 
     /// Returns an unacked delivery to its queue at its original position, flagged
@@ -150,9 +161,9 @@ impl Broker {
     pub(super) fn requeue(&mut self, entry: Unacked) {
         match self.queues.get_mut(&entry.queue) {
             Some(q) => {
-                debug_assert!(q.unacked > 0);
-                q.unacked -= 1;
-                q.requeue(entry.message);
+                debug_assert!(q.messages.unacked > 0);
+                q.messages.unacked -= 1;
+                q.messages.requeue(entry.message);
                 self.schedule_dispatch(entry.queue);
             }
             // The queue's deletion dropped its stored entries.

@@ -80,7 +80,9 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        if q.flow_waiters.is_empty() || (q.memory_bytes() > budget / 4 && !q.consumers.is_empty()) {
+        if q.flow_waiters.is_empty()
+            || (q.messages.memory_bytes() > budget / 4 && !q.consumers.is_empty())
+        {
             return;
         }
         let waiters = std::mem::take(&mut q.flow_waiters);

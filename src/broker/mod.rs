@@ -46,8 +46,8 @@ pub use deadletter::{DeathReason, dead_lettered};
 pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
 pub use queue::{
-    ConsumerRef, MESSAGE_OVERHEAD_BYTES, Overflow, Paged, Queue, QueueSettings, QueuedMessage,
-    memory_cost,
+    ConsumerRef, Consumers, Declaration, Expiry, MESSAGE_OVERHEAD_BYTES, Messages, Overflow, Paged,
+    Queue, QueueSettings, QueuedMessage, memory_cost,
 };
 pub use stats::MessageCounters;
 pub use vhost::VHost;
@@ -793,12 +793,15 @@ impl Broker {
     pub fn check_invariants(&self) {
         for q in self.queues.values() {
             q.check_invariants();
-            let vhost = self.vhosts.get(&q.vhost).expect("queue in a known vhost");
+            let vhost = self
+                .vhosts
+                .get(&q.decl.vhost)
+                .expect("queue in a known vhost");
             assert_eq!(
-                vhost.queues.get(&q.name),
+                vhost.queues.get(&q.decl.name),
                 Some(&q.id),
                 "queue {} indexed",
-                q.name
+                q.decl.name
             );
             for source in &q.bound_from {
                 assert!(
@@ -807,14 +810,14 @@ impl Broker {
                         .get(source)
                         .is_some_and(|x| x.binds_to(&Destination::Queue(q.id))),
                     "queue {} bound from {source}",
-                    q.name
+                    q.decl.name
                 );
             }
-            if let Some(owner) = q.exclusive_owner {
+            if let Some(owner) = q.decl.exclusive_owner {
                 assert!(
                     self.conns.contains_key(&owner),
                     "exclusive queue {} outlived its owner",
-                    q.name
+                    q.decl.name
                 );
             }
             for c in &q.consumers {
@@ -855,9 +858,9 @@ impl Broker {
         for q in self.queues.values() {
             assert_eq!(
                 unacked_per_queue.get(&q.id).copied().unwrap_or(0),
-                q.unacked,
+                q.messages.unacked,
                 "queue {} unacked count",
-                q.name
+                q.decl.name
             );
         }
         for v in self.vhosts.values() {

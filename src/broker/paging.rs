@@ -28,22 +28,23 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        if q.paged.count == 0 || q.paged.loading {
+        if q.messages.paged.count == 0 || q.messages.paged.loading {
             return;
         }
-        let queue_room = queue_budget.saturating_sub(q.memory_bytes());
+        let queue_room = queue_budget.saturating_sub(q.messages.memory_bytes());
         let active = !q.consumers.is_empty() || !q.waiting_gets.is_empty();
         let room = if active {
             queue_room
         } else {
             queue_room.min(broker_room)
         };
-        let low = q.in_memory_count() < low_water && room >= queue_budget / 2;
-        let get_starved = !q.waiting_gets.is_empty() && q.in_memory_count() == 0;
+        let low = q.messages.in_memory_count() < low_water && room >= queue_budget / 2;
+        let get_starved = !q.waiting_gets.is_empty() && q.messages.in_memory_count() == 0;
         if low || get_starved {
-            q.paged.loading = true;
+            let paged = &mut q.messages.paged;
+            paged.loading = true;
             self.loads
-                .push((queue, q.paged.from_seq, batch, room.max(1), q.paged.epoch));
+                .push((queue, paged.from_seq, batch, room.max(1), paged.epoch));
         }
     }
 
@@ -59,18 +60,18 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        if q.paged.epoch != epoch || !q.paged.loading {
+        if q.messages.paged.epoch != epoch || !q.messages.paged.loading {
             // Purged (or the queue recreated its tail) while the read was in flight.
             return;
         }
         if entries.is_empty() {
             // The store holds fewer than counted: paged messages of a non-durable queue
             // are gone after a crash of the store's process. Start afresh from memory.
-            tracing::warn!(queue = %q.name, missing = q.paged.count, "paged messages missing from the store");
-            q.forget_paged();
+            tracing::warn!(queue = %q.decl.name, missing = q.messages.paged.count, "paged messages missing from the store");
+            q.messages.forget_paged();
         } else {
             let last_paged = entries.iter().filter(|e| !e.durable).map(|e| e.seq).max();
-            let redelivered_below = q.redelivered_below_seq;
+            let redelivered_below = q.messages.redelivered_below_seq;
             let taken: Vec<QueuedMessage> = entries
                 .into_iter()
                 .map(|e| QueuedMessage {
@@ -84,7 +85,7 @@ impl Broker {
                     allowance: crate::broker::deadletter::Allowance::FRESH,
                 })
                 .collect();
-            q.take_loaded(taken);
+            q.messages.take_loaded(taken);
             if let Some(up_to_seq) = last_paged {
                 self.journal.push(StoreOp::DropPaged { queue, up_to_seq });
             }
@@ -101,7 +102,7 @@ impl Broker {
             let Some(q) = self.queues.get_mut(&queue) else {
                 return;
             };
-            if q.in_memory_count() == 0 && q.paged.count > 0 {
+            if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
                 // Still nothing in memory: wait for the next batch.
                 self.request_load(queue);
                 return;

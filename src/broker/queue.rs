@@ -1,8 +1,15 @@
-//! Queues: ready messages in delivery order (by priority, then position), consumers in
-//! round-robin order, and the settings that come from `queue.declare` arguments.
+//! Queues: what declared them and the settings that come from `queue.declare` arguments,
+//! their messages ([`Messages`]: ready ones in delivery order, by priority then position),
+//! their consumers ([`Consumers`], in round-robin order) and their timers ([`Expiry`]).
 
-use std::collections::VecDeque;
+mod consumers;
+mod messages;
+
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+
+pub use consumers::{ConsumerRef, Consumers};
+pub use messages::{Messages, Paged};
 
 use crate::proto::command::{ConnId, Message};
 use crate::proto::table::{FieldTable, FieldValue};
@@ -43,22 +50,6 @@ pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
 /// large headers weighs what its headers weigh.
 pub fn memory_cost(message: &Message) -> u64 {
     message.body_len() + message.properties.encoded_len() as u64 + MESSAGE_OVERHEAD_BYTES
-}
-
-/// The tail of a queue that lives in the store instead of memory: every ready message at
-/// position `from_seq` or later. Messages in memory all come before it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Paged {
-    /// Messages in the store.
-    pub count: u64,
-    /// Bytes of their bodies.
-    pub bytes: u64,
-    /// The position of the first of them.
-    pub from_seq: u64,
-    /// A read of the next batch is in flight.
-    pub loading: bool,
-    /// Bumped when the paged tail is purged, so that a read in flight is discarded.
-    pub epoch: u64,
 }
 
 /// A `basic.get` answered once the queue's next paged batch is in memory.
@@ -128,6 +119,19 @@ impl Default for QueueSettings {
 }
 
 impl QueueSettings {
+    /// How many priority levels a queue keeps its messages in: one per priority up to
+    /// `x-max-priority`, or a single one.
+    pub fn priority_levels(&self) -> usize {
+        self.max_priority.map_or(1, |p| usize::from(p) + 1)
+    }
+
+    /// Whether new messages may be paged out under memory pressure. Queues with
+    /// priorities or length limits stay in memory (their order and limits need the
+    /// messages at hand; length limits bound them anyway).
+    pub fn pageable(&self) -> bool {
+        self.max_priority.is_none() && self.max_length.is_none() && self.max_length_bytes.is_none()
+    }
+
     /// Reads and validates the arguments of `queue.declare`, with RabbitMQ's errors.
     pub fn from_arguments(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
         let settings = QueueSettings::read(args, queue, vhost)?;
@@ -266,24 +270,9 @@ pub fn type_name(v: &FieldValue) -> &'static str {
     }
 }
 
-/// A consumer as a queue sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerRef {
-    /// Owning connection.
-    pub conn: ConnId,
-    /// Channel number on that connection.
-    pub channel: u16,
-    /// Consumer tag.
-    pub tag: Arc<str>,
-    /// `x-priority`: higher-priority consumers are served first while they have capacity.
-    pub priority: i64,
-}
-
-/// A queue.
+/// What `queue.declare` said about a queue: its name, owner and settings.
 #[derive(Debug)]
-pub struct Queue {
-    /// Broker-wide identity.
-    pub id: QueueId,
+pub struct Declaration {
     /// Name within the vhost.
     pub name: String,
     /// Virtual host.
@@ -298,287 +287,138 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// Behaviour from the arguments.
     pub settings: QueueSettings,
+}
+
+/// When a queue was last used, for `x-expires`, and when its pending timer fires.
+#[derive(Debug, Default)]
+pub struct Expiry {
+    /// When the queue was last used (declared, consumed from, got from).
+    pub last_used_ms: u64,
+    /// The time of the queue's pending timer, if one is scheduled.
+    timer_at_ms: Option<u64>,
+}
+
+impl Expiry {
+    /// Marks the queue as used at `now_ms`.
+    pub fn touch(&mut self, now_ms: u64) {
+        self.last_used_ms = now_ms;
+    }
+
+    /// Makes `at_ms` the pending timer unless one is due by then; returns whether it did
+    /// (then the caller schedules a timer for `at_ms`).
+    pub fn arm(&mut self, at_ms: u64) -> bool {
+        let earlier = self.timer_at_ms.is_none_or(|t| at_ms < t);
+        if earlier {
+            self.timer_at_ms = Some(at_ms);
+        }
+        earlier
+    }
+
+    /// A timer scheduled for `at_ms` is due: returns whether it is the pending one (a
+    /// timer moved earlier leaves stale ones behind), and if so clears it.
+    pub fn fire(&mut self, at_ms: u64) -> bool {
+        let live = self.timer_at_ms == Some(at_ms);
+        if live {
+            self.timer_at_ms = None;
+        }
+        live
+    }
+}
+
+/// A queue: what declared it, its messages, its consumers and its timers, with what ties
+/// it to the rest of the broker (bindings, waiting gets and publishers, counters).
+#[derive(Debug)]
+pub struct Queue {
+    /// Broker-wide identity.
+    pub id: QueueId,
+    /// Name, vhost, owner and settings.
+    pub decl: Declaration,
+    /// Ready messages, in memory and paged, and deliveries not yet acked.
+    pub messages: Messages,
     /// Consumers in round-robin order.
-    pub consumers: Vec<ConsumerRef>,
-    /// Index in `consumers` where the next delivery attempt starts.
-    pub next_consumer: usize,
-    /// A consumer holds exclusive access.
-    pub exclusive_consumer: bool,
-    /// Has ever had a consumer (auto-delete only applies after one).
-    pub had_consumer: bool,
-    /// Messages delivered to consumers or basic.get and not yet acked.
-    pub unacked: u64,
+    pub consumers: Consumers,
+    /// Last use and pending timer.
+    pub expiry: Expiry,
     /// Queued for a dispatch pass at the end of the current command.
     pub dispatch_scheduled: bool,
     /// Exchanges with bindings to this queue (for cleanup on delete).
-    pub bound_from: std::collections::BTreeSet<String>,
-    /// When the queue was last used (declared, consumed from, got from), for `x-expires`.
-    pub last_used_ms: u64,
-    /// The time of the queue's pending timer, if one is scheduled.
-    pub timer_at_ms: Option<u64>,
+    pub bound_from: BTreeSet<String>,
     /// Message counters for the management API.
     pub stats: super::stats::MessageCounters,
-    /// The part of the backlog that lives in the store.
-    pub paged: Paged,
-    /// Messages at positions below this were recovered from the last run: when read back
-    /// they are flagged redelivered.
-    pub redelivered_below_seq: u64,
     /// `basic.get`s waiting for the next paged batch (memory was empty, the store not).
     pub waiting_gets: VecDeque<WaitingGet>,
     /// Publishers paused until the queue's consumers catch up.
     pub flow_waiters: Vec<ConnId>,
-    /// Ready messages in memory, one FIFO per priority level (a single one without
-    /// priorities).
-    buckets: Vec<VecDeque<QueuedMessage>>,
-    ready_len: usize,
-    ready_bytes: u64,
-    /// Encoded properties of the ready messages in memory (their headers weigh too).
-    ready_properties_bytes: u64,
-    meter: MemoryMeter,
-    next_seq: u64,
 }
 
 impl Queue {
-    /// A new, empty queue.
-    pub fn new(
-        id: QueueId,
-        name: &str,
-        vhost: &str,
-        durable: bool,
-        auto_delete: bool,
-        arguments: FieldTable,
-        settings: QueueSettings,
-        meter: MemoryMeter,
-    ) -> Self {
-        let levels = settings.max_priority.map_or(1, |p| usize::from(p) + 1);
+    /// A new, empty queue, last used at `now_ms`; what it holds in memory is charged to
+    /// `meter`.
+    pub fn new(id: QueueId, decl: Declaration, meter: MemoryMeter, now_ms: u64) -> Self {
+        let levels = decl.settings.priority_levels();
         Queue {
             id,
-            name: name.to_string(),
-            vhost: vhost.to_string(),
-            durable,
-            exclusive_owner: None,
-            auto_delete,
-            arguments,
-            settings,
-            consumers: Vec::new(),
-            next_consumer: 0,
-            exclusive_consumer: false,
-            had_consumer: false,
-            unacked: 0,
+            decl,
+            messages: Messages::new(levels, meter),
+            consumers: Consumers::default(),
+            expiry: Expiry {
+                last_used_ms: now_ms,
+                timer_at_ms: None,
+            },
             dispatch_scheduled: false,
-            bound_from: Default::default(),
-            last_used_ms: 0,
-            timer_at_ms: None,
+            bound_from: BTreeSet::new(),
             stats: Default::default(),
-            paged: Paged::default(),
-            redelivered_below_seq: 0,
             waiting_gets: VecDeque::new(),
             flow_waiters: Vec::new(),
-            buckets: (0..levels).map(|_| VecDeque::new()).collect(),
-            ready_len: 0,
-            ready_bytes: 0,
-            ready_properties_bytes: 0,
-            meter,
-            next_seq: 1,
         }
     }
 
     /// Ready messages, in memory and paged.
     pub fn ready_count(&self) -> u64 {
-        self.ready_len as u64 + self.paged.count
-    }
-
-    /// Bytes of ready message bodies, in memory and paged.
-    pub fn ready_bytes(&self) -> u64 {
-        self.ready_bytes + self.paged.bytes
-    }
-
-    /// Ready messages held in memory.
-    pub fn in_memory_count(&self) -> u64 {
-        self.ready_len as u64
-    }
-
-    /// Memory charged for the ready messages held in memory.
-    pub fn memory_bytes(&self) -> u64 {
-        self.ready_bytes
-            + self.ready_properties_bytes
-            + self.ready_len as u64 * MESSAGE_OVERHEAD_BYTES
-    }
-
-    /// Whether new messages may be paged out under memory pressure. Queues with
-    /// priorities or length limits stay in memory (their order and limits need the
-    /// messages at hand; length limits bound them anyway).
-    pub fn pageable(&self) -> bool {
-        self.settings.max_priority.is_none()
-            && self.settings.max_length.is_none()
-            && self.settings.max_length_bytes.is_none()
-    }
-
-    /// Ready messages held in memory, in delivery order.
-    pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.buckets.iter().rev().flat_map(|b| b.iter())
-    }
-
-    /// The position the next message will take.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// The priority level a message is queued under.
-    pub fn priority_of(&self, message: &Message) -> u8 {
-        match self.settings.max_priority {
-            None => 0,
-            Some(max) => message.properties.priority.unwrap_or(0).min(max),
-        }
-    }
-
-    /// Whether a message of `body_len` bytes would exceed a limit of a reject-publish
-    /// queue (drop-head queues always accept and drop from the front).
-    pub fn rejects(&self, body_len: u64) -> bool {
-        if self.settings.overflow == Overflow::DropHead {
-            return false;
-        }
-        self.settings
-            .max_length
-            .is_some_and(|max| self.ready_count() >= max)
-            || self
-                .settings
-                .max_length_bytes
-                .is_some_and(|max| self.ready_bytes() + body_len > max)
-    }
-
-    /// Takes the position for a new message.
-    pub fn take_seq(&mut self) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        seq
-    }
-
-    /// Makes sure positions handed out from now on follow `seq` (after recovery).
-    pub fn advance_seq(&mut self, next_seq: u64) {
-        self.next_seq = self.next_seq.max(next_seq);
+        self.messages.ready_count()
     }
 
     /// Whether a message arriving now goes to the store instead of memory: once part of
     /// the queue is paged every later message is (order), and a pageable queue starts
     /// paging when it or the whole broker is over its memory budget.
     pub fn pages_next(&self, queue_budget_bytes: u64, broker_budget_bytes: u64) -> bool {
-        self.paged.count > 0
-            || (self.pageable()
-                && (self.memory_bytes() >= queue_budget_bytes
-                    || self.meter.load(std::sync::atomic::Ordering::Relaxed)
-                        >= broker_budget_bytes))
+        self.messages.paged.count > 0
+            || (self.decl.settings.pageable()
+                && (self.messages.memory_bytes() >= queue_budget_bytes
+                    || self.messages.broker_memory_bytes() >= broker_budget_bytes))
     }
 
-    /// Appends a message in memory at the back of its priority level. Its position must
-    /// follow every message in memory at that level.
-    pub fn push(&mut self, mut entry: QueuedMessage) {
-        entry.priority = self.priority_of(&entry.message);
-        self.next_seq = self.next_seq.max(entry.seq + 1);
-        self.charge(&entry.message, true);
-        let bucket = &mut self.buckets[usize::from(entry.priority)];
-        debug_assert!(
-            bucket.back().is_none_or(|m| m.seq < entry.seq),
-            "push out of order"
-        );
-        bucket.push_back(entry);
-    }
-
-    /// Records a message that went to the store instead of memory.
-    pub fn page_out(&mut self, seq: u64, body_len: u64) {
-        debug_assert!(
-            self.ready().all(|m| m.seq < seq),
-            "paged messages follow those in memory"
-        );
-        if self.paged.count == 0 {
-            self.paged.from_seq = seq;
+    /// Whether a message of `body_len` bytes would exceed a limit of a reject-publish
+    /// queue (drop-head queues always accept and drop from the front).
+    pub fn rejects(&self, body_len: u64) -> bool {
+        let settings = &self.decl.settings;
+        if settings.overflow == Overflow::DropHead {
+            return false;
         }
-        self.paged.count += 1;
-        self.paged.bytes += body_len;
-        self.next_seq = self.next_seq.max(seq + 1);
-    }
-
-    /// Records the paged tail of a queue recovered from the store.
-    pub fn restore_paged(&mut self, count: u64, bytes: u64, from_seq: u64) {
-        self.paged.count = count;
-        self.paged.bytes = bytes;
-        self.paged.from_seq = from_seq;
-        self.next_seq = self.next_seq.max(from_seq);
-    }
-
-    /// Takes in a batch read from the store (in position order, starting at the paged
-    /// tail). Returns how many entries it took and the last position.
-    pub fn take_loaded(&mut self, entries: Vec<QueuedMessage>) -> Option<u64> {
-        self.paged.loading = false;
-        let last = entries.last().map(|e| e.seq)?;
-        for e in entries {
-            debug_assert!(
-                e.seq >= self.paged.from_seq,
-                "loaded entry before the paged tail"
-            );
-            self.paged.count = self.paged.count.saturating_sub(1);
-            self.paged.bytes = self.paged.bytes.saturating_sub(e.message.body_len());
-            self.push(e);
-        }
-        self.paged.from_seq = last + 1;
-        if self.paged.count == 0 {
-            self.paged.bytes = 0;
-        }
-        Some(last)
-    }
-
-    /// The store had nothing more where `paged` said there was: the count was off (it
-    /// can only be, after a crash lost paged messages); start over from memory.
-    pub fn forget_paged(&mut self) {
-        self.paged = Paged {
-            epoch: self.paged.epoch + 1,
-            ..Paged::default()
-        };
-    }
-
-    /// Restores a message recovered from the store at its position.
-    pub fn restore(&mut self, mut entry: QueuedMessage) {
-        self.next_seq = self.next_seq.max(entry.seq + 1);
-        entry.priority = self.priority_of(&entry.message);
-        self.insert_in_order(entry);
-    }
-
-    /// Updates the counts of messages held in memory.
-    fn charge(&mut self, message: &Message, add: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let properties = message.properties.encoded_len() as u64;
-        let cost = message.body_len() + properties + MESSAGE_OVERHEAD_BYTES;
-        debug_assert_eq!(cost, memory_cost(message));
-        if add {
-            self.ready_len += 1;
-            self.ready_bytes += message.body_len();
-            self.ready_properties_bytes += properties;
-            self.meter.fetch_add(cost, Relaxed);
-        } else {
-            self.ready_len -= 1;
-            self.ready_bytes -= message.body_len();
-            self.ready_properties_bytes -= properties;
-            self.meter.fetch_sub(cost, Relaxed);
-        }
+        settings
+            .max_length
+            .is_some_and(|max| self.messages.ready_count() >= max)
+            || settings
+                .max_length_bytes
+                .is_some_and(|max| self.messages.ready_bytes() + body_len > max)
     }
 
     /// Drops ready messages from the front while a drop-head limit is exceeded; returns
     /// them.
     pub fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
-        if self.settings.overflow != Overflow::DropHead {
+        let settings = &self.decl.settings;
+        if settings.overflow != Overflow::DropHead {
             return dropped;
         }
-        while self
-            .settings
+        while settings
             .max_length
-            .is_some_and(|max| self.ready_count() > max)
-            || self
-                .settings
+            .is_some_and(|max| self.messages.ready_count() > max)
+            || settings
                 .max_length_bytes
-                .is_some_and(|max| self.ready_bytes() > max)
+                .is_some_and(|max| self.messages.ready_bytes() > max)
         {
-            match self.pop() {
+            match self.messages.pop() {
                 Some(m) => dropped.push(m),
                 None => break,
             }
@@ -586,176 +426,25 @@ impl Queue {
         dropped
     }
 
-    /// Takes the next message to deliver: the front of the highest non-empty priority.
-    pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let m = self.buckets.iter_mut().rev().find_map(|b| b.pop_front())?;
-        self.charge(&m.message, false);
-        Some(m)
-    }
-
-    /// Removes expired messages from the fronts of the priority levels (like RabbitMQ,
-    /// a message expires once it reaches the front).
-    pub fn drop_expired(&mut self, now_ms: u64) -> Vec<QueuedMessage> {
-        let mut expired = Vec::new();
-        for bucket in &mut self.buckets {
-            while bucket
-                .front()
-                .is_some_and(|m| m.expires_at_ms.is_some_and(|t| t < now_ms))
-            {
-                if let Some(m) = bucket.pop_front() {
-                    expired.push(m);
-                }
-            }
-        }
-        for m in &expired {
-            self.charge(&m.message, false);
-        }
-        expired
-    }
-
-    /// The earliest expiry among the messages at the fronts of the priority levels.
-    pub fn head_expiry_ms(&self) -> Option<u64> {
-        self.buckets
-            .iter()
-            .filter_map(|b| b.front()?.expires_at_ms)
-            .min()
-    }
-
     /// When an unused `x-expires` queue is due for deletion.
     pub fn idle_deadline_ms(&self) -> Option<u64> {
-        let expires = self.settings.expires_ms?;
+        let expires = self.decl.settings.expires_ms?;
         self.consumers
             .is_empty()
-            .then_some(self.last_used_ms + expires)
+            .then_some(self.expiry.last_used_ms + expires)
     }
 
-    /// Puts a delivered message back at its original position, marked redelivered.
-    pub fn requeue(&mut self, mut entry: QueuedMessage) {
-        entry.redelivered = true;
-        self.insert_in_order(entry);
-    }
-
-    fn insert_in_order(&mut self, entry: QueuedMessage) {
-        self.charge(&entry.message, true);
-        let level = usize::from(entry.priority).min(self.buckets.len() - 1);
-        let bucket = &mut self.buckets[level];
-        // Requeued messages usually belong at or near the front.
-        let pos = bucket.partition_point(|m| m.seq < entry.seq);
-        debug_assert!(
-            bucket.get(pos).is_none_or(|m| m.seq != entry.seq),
-            "duplicate seq in queue"
-        );
-        bucket.insert(pos, entry);
-    }
-
-    /// Removes every ready message held in memory and forgets the paged tail; returns
-    /// the messages, and where the paged tail began with how many it held (the caller has
-    /// the store drop them).
-    pub fn purge(&mut self) -> (Vec<QueuedMessage>, Option<(u64, u64)>) {
-        let all: Vec<QueuedMessage> = self
-            .buckets
-            .iter_mut()
-            .rev()
-            .flat_map(|b| b.drain(..))
-            .collect();
-        use std::sync::atomic::Ordering::Relaxed;
-        self.meter.fetch_sub(self.memory_bytes(), Relaxed);
-        self.ready_bytes = 0;
-        self.ready_properties_bytes = 0;
-        self.ready_len = 0;
-        let paged = (self.paged.count > 0).then_some((self.paged.from_seq, self.paged.count));
-        self.forget_paged();
-        (all, paged)
-    }
-
-    /// Adds a consumer at the end of the round-robin order.
-    pub fn add_consumer(&mut self, consumer: ConsumerRef, exclusive: bool) {
-        self.consumers.push(consumer);
-        self.had_consumer = true;
-        self.exclusive_consumer = exclusive;
-    }
-
-    /// Removes a consumer; returns whether it was there.
-    pub fn remove_consumer(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
-        let Some(pos) = self
-            .consumers
-            .iter()
-            .position(|c| c.conn == conn && c.channel == channel && &*c.tag == tag)
-        else {
-            return false;
-        };
-        self.consumers.remove(pos);
-        if pos < self.next_consumer {
-            self.next_consumer -= 1;
-        }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
-        if self.consumers.is_empty() {
-            self.exclusive_consumer = false;
-        }
-        true
-    }
-
-    /// The consumers that may receive the next message, in the order to try them: with a
-    /// single active consumer only the first; otherwise round-robin from the cursor.
-    pub fn candidates(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.consumers.len();
-        let count = if self.settings.single_active_consumer {
-            n.min(1)
-        } else {
-            n
-        };
-        let start = if self.settings.single_active_consumer {
-            0
-        } else {
-            self.next_consumer
-        };
-        (0..count).map(move |i| (start + i) % n)
-    }
-
-    /// Checks the queue's own invariants.
+    /// Checks the queue's own invariants: those of its messages and consumers, and that
+    /// its messages are kept in as many priority levels as its settings ask for.
     pub fn check_invariants(&self) {
-        let all: Vec<&QueuedMessage> = self.buckets.iter().flat_map(|b| b.iter()).collect();
-        assert_eq!(all.len(), self.ready_len, "queue {} length", self.name);
-        let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
-        assert_eq!(bytes, self.ready_bytes, "queue {} byte count", self.name);
-        let cost: u64 = all.iter().map(|m| memory_cost(&m.message)).sum();
+        let name = &self.decl.name;
+        self.messages.check_invariants(name);
+        self.consumers.check_invariants(name);
         assert_eq!(
-            cost,
-            self.memory_bytes(),
-            "queue {} memory charge",
-            self.name
+            self.messages.levels(),
+            self.decl.settings.priority_levels(),
+            "queue {name} priority levels"
         );
-        assert!(
-            self.paged.count == 0 || all.iter().all(|m| m.seq < self.paged.from_seq),
-            "queue {} holds in memory a message of its paged tail",
-            self.name
-        );
-        assert!(self.paged.count > 0 || self.paged.bytes == 0);
-        for (level, b) in self.buckets.iter().enumerate() {
-            assert!(
-                b.iter().zip(b.iter().skip(1)).all(|(x, y)| x.seq < y.seq),
-                "queue {} out of order",
-                self.name
-            );
-            assert!(
-                b.iter().all(|m| usize::from(m.priority) == level),
-                "queue {} priority level",
-                self.name
-            );
-        }
-        assert!(all.iter().all(|m| m.seq < self.next_seq));
-        assert!(self.consumers.is_empty() || self.next_consumer < self.consumers.len());
-        assert!(!self.exclusive_consumer || self.consumers.len() == 1);
-    }
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        // A deleted queue's messages no longer weigh on the broker's memory.
-        self.meter
-            .fetch_sub(self.memory_bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

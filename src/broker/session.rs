@@ -9,13 +9,16 @@ use crate::proto::command::{ConnId, Login, Reply, capability};
 use crate::proto::constants::ACCESS_REFUSED;
 use crate::proto::method::{ChannelOpenOk, ConnectionClose, ConnectionOpenOk, Method};
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, Recovered, StoreOp, UserRecord};
+use crate::store::{
+    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredQueue,
+    StoreOp, UserRecord,
+};
 
 use super::auth::{Permissions, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::queue::{Queue, QueueSettings, QueuedMessage};
+use super::queue::{Declaration, Queue, QueueSettings, QueuedMessage};
 use super::vhost::VHost;
 use super::{Broker, Deferred};
 
@@ -61,7 +64,16 @@ impl Broker {
             }
         }
         self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);
-        for x in recovered.exchanges {
+        self.restore_exchanges(recovered.exchanges);
+        self.restore_queues(recovered.queues);
+        self.restore_bindings(recovered.bindings);
+        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
+        self.restore_contents(recovered.contents);
+    }
+
+    /// Recreates the durable exchanges (the built-in ones exist already).
+    fn restore_exchanges(&mut self, exchanges: Vec<ExchangeRecord>) {
+        for x in exchanges {
             let Some(vhost) = self.vhosts.get_mut(&x.vhost) else {
                 continue;
             };
@@ -74,7 +86,11 @@ impl Broker {
             let e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
             vhost.exchanges.insert(x.name, e);
         }
-        for q in recovered.queues {
+    }
+
+    /// Recreates the durable queues, empty; [`Broker::restore_contents`] fills them.
+    fn restore_queues(&mut self, queues: Vec<QueueRecord>) {
+        for q in queues {
             let Some(vhost) = self.vhosts.get_mut(&q.vhost) else {
                 continue;
             };
@@ -93,20 +109,23 @@ impl Broker {
             };
             vhost.queues.insert(q.name.clone(), q.id);
             self.next_queue_id = self.next_queue_id.max(q.id + 1);
-            let mut queue = Queue::new(
-                q.id,
-                &q.name,
-                &q.vhost,
-                true,
-                q.auto_delete,
-                q.arguments,
+            let decl = Declaration {
+                name: q.name,
+                vhost: q.vhost,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
                 settings,
-                self.meter.clone(),
-            );
-            queue.last_used_ms = self.now_ms;
+            };
+            let queue = Queue::new(q.id, decl, self.meter.clone(), self.now_ms);
             self.queues.insert(q.id, queue);
         }
-        for b in recovered.bindings {
+    }
+
+    /// Rebinds the durable bindings whose source and destination were recovered.
+    fn restore_bindings(&mut self, bindings: Vec<BindingRecord>) {
+        for b in bindings {
             let Some(vhost) = self.vhosts.get_mut(&b.vhost) else {
                 continue;
             };
@@ -143,22 +162,26 @@ impl Broker {
                 }
             }
         }
-        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
-        for content in recovered.contents {
+    }
+
+    /// Puts the recovered messages back in their queues: the head read from the store in
+    /// memory, the rest as the queue's paged tail.
+    fn restore_contents(&mut self, contents: Vec<RecoveredQueue>) {
+        for content in contents {
             let Some(q) = self.queues.get_mut(&content.queue) else {
                 continue;
             };
             // Whether a message was delivered before the restart is not recorded; like
             // RabbitMQ for messages it cannot vouch for, flag every message of the last run
             // so consumers treat it with care.
-            q.redelivered_below_seq = content.next_seq;
-            q.advance_seq(content.next_seq);
+            q.messages.redelivered_below_seq = content.next_seq;
+            q.messages.advance_seq(content.next_seq);
             let (mut head_count, mut head_bytes, mut last) = (0u64, 0u64, None);
             for e in content.head {
                 head_count += 1;
                 head_bytes += e.message.body_len();
                 last = Some(e.seq);
-                q.restore(QueuedMessage {
+                q.messages.restore(QueuedMessage {
                     seq: e.seq,
                     message: e.message,
                     redelivered: true,
@@ -172,7 +195,7 @@ impl Broker {
             let rest = content.count.saturating_sub(head_count);
             if rest > 0 {
                 let from_seq = last.map_or(0, |s| s + 1);
-                q.restore_paged(
+                q.messages.restore_paged(
                     rest,
                     content.body_bytes.saturating_sub(head_bytes),
                     from_seq,
@@ -389,11 +412,11 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
-        q.remove_consumer(conn, channel, tag);
+        q.consumers.remove(conn, channel, tag);
         if q.consumers.is_empty() {
-            q.last_used_ms = now;
+            q.expiry.touch(now);
         }
-        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+        if q.decl.auto_delete && q.consumers.had_consumer() && q.consumers.is_empty() {
             self.delete_queue(queue);
         } else {
             self.schedule_dispatch(queue);

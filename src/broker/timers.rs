@@ -2,7 +2,7 @@
 //!
 //! Each queue has at most one live timer, for the earlier of its head message's expiry
 //! and its idle deadline. The heap may hold stale entries (a queue's timer moved earlier);
-//! they are recognised by comparing with the queue's `timer_at_ms` and skipped.
+//! they are recognised by [`Expiry::fire`](super::queue::Expiry::fire) and skipped.
 
 use std::cmp::Reverse;
 
@@ -37,13 +37,10 @@ impl Broker {
                 break;
             }
             self.timers.pop();
-            let live = self.queues.get_mut(&queue).is_some_and(|q| {
-                let live = q.timer_at_ms == Some(at);
-                if live {
-                    q.timer_at_ms = None;
-                }
-                live
-            });
+            let live = self
+                .queues
+                .get_mut(&queue)
+                .is_some_and(|q| q.expiry.fire(at));
             if live {
                 self.queue_tick(queue);
             }
@@ -61,7 +58,7 @@ impl Broker {
             self.delete_queue(queue);
             return;
         }
-        let expired = q.drop_expired(now);
+        let expired = q.messages.drop_expired(now);
         if !expired.is_empty() {
             self.dead_letter(queue, expired, DeathReason::Expired);
             self.schedule_dispatch(queue);
@@ -75,13 +72,15 @@ impl Broker {
             return;
         };
         // A message expires once the clock passes its expiry time.
-        let next = [q.head_expiry_ms().map(|t| t + 1), q.idle_deadline_ms()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            q.messages.head_expiry_ms().map(|t| t + 1),
+            q.idle_deadline_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Some(at) = next {
-            if q.timer_at_ms.is_none_or(|t| at < t) {
-                q.timer_at_ms = Some(at);
+            if q.expiry.arm(at) {
                 self.timers.push(Reverse((at, queue)));
             }
         }

@@ -222,9 +222,9 @@ impl Broker {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         for q in self.queues.values() {
-            if let Ok(i) = out.binary_search_by(|v| v.name.as_str().cmp(&q.vhost)) {
+            if let Ok(i) = out.binary_search_by(|v| v.name.as_str().cmp(&q.decl.vhost)) {
                 out[i].messages_ready += q.ready_count();
-                out[i].messages_unacknowledged += q.unacked;
+                out[i].messages_unacknowledged += q.messages.unacked;
                 sum(&mut out[i].stats, &q.stats);
             }
         }
@@ -235,23 +235,20 @@ impl Broker {
         let mut out: Vec<QueueInfo> = self
             .queues
             .values()
-            .filter(|q| in_vhost(vhost, &q.vhost))
+            .filter(|q| in_vhost(vhost, &q.decl.vhost))
             .map(|q| QueueInfo {
-                vhost: q.vhost.clone(),
-                name: q.name.clone(),
-                durable: q.durable,
-                auto_delete: q.auto_delete,
-                owner: q.exclusive_owner,
-                arguments: q.arguments.clone(),
+                vhost: q.decl.vhost.clone(),
+                name: q.decl.name.clone(),
+                durable: q.decl.durable,
+                auto_delete: q.decl.auto_delete,
+                owner: q.decl.exclusive_owner,
+                arguments: q.decl.arguments.clone(),
                 messages_ready: q.ready_count(),
-                messages_unacknowledged: q.unacked,
-                message_bytes_ready: q.ready_bytes(),
+                messages_unacknowledged: q.messages.unacked,
+                message_bytes_ready: q.messages.ready_bytes(),
                 consumers: q.consumers.len() as u64,
-                exclusive_consumer_tag: q
-                    .exclusive_consumer
-                    .then(|| q.consumers.first().map(|c| c.tag.to_string()))
-                    .flatten(),
-                idle_since_ms: q.consumers.is_empty().then_some(q.last_used_ms),
+                exclusive_consumer_tag: q.consumers.exclusive_holder().map(|c| c.tag.to_string()),
+                idle_since_ms: q.consumers.is_empty().then_some(q.expiry.last_used_ms),
                 stats: q.stats,
             })
             .collect();
@@ -308,7 +305,7 @@ impl Broker {
                 for b in x.bindings() {
                     let (destination, to_queue) = match &b.destination {
                         Destination::Queue(id) => match self.queues.get(id) {
-                            Some(q) => (q.name.clone(), true),
+                            Some(q) => (q.decl.name.clone(), true),
                             None => continue,
                         },
                         Destination::Exchange(name) => (name.clone(), false),
@@ -376,7 +373,7 @@ impl Broker {
     pub(super) fn list_consumers(&self, vhost: Option<&str>) -> Vec<ConsumerInfo> {
         let mut out = Vec::new();
         for q in self.queues.values() {
-            if !in_vhost(vhost, &q.vhost) {
+            if !in_vhost(vhost, &q.decl.vhost) {
                 continue;
             }
             for r in &q.consumers {
@@ -395,12 +392,12 @@ impl Broker {
                     peer: c.info.peer.clone(),
                     channel: r.channel,
                     user: c.user.as_deref().unwrap_or_default().to_string(),
-                    vhost: q.vhost.clone(),
-                    queue: q.name.clone(),
+                    vhost: q.decl.vhost.clone(),
+                    queue: q.decl.name.clone(),
                     tag: r.tag.to_string(),
                     ack_required: !consumer.no_ack,
                     prefetch_count: consumer.prefetch,
-                    exclusive: q.exclusive_consumer,
+                    exclusive: q.consumers.exclusive(),
                     priority: r.priority,
                 });
             }
@@ -426,7 +423,7 @@ impl Broker {
         };
         for q in self.queues.values() {
             o.messages_ready += q.ready_count();
-            o.messages_unacknowledged += q.unacked;
+            o.messages_unacknowledged += q.messages.unacked;
             o.consumers += q.consumers.len() as u64;
         }
         o.channels = self.conns.values().map(|c| c.channels.len() as u64).sum();

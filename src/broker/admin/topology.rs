@@ -85,8 +85,8 @@ impl Broker {
         let Some(q) = self.queues.get(&id) else {
             return Ok(());
         };
-        if q.exclusive_owner.is_some() && matches!(actor, Actor::User(_)) {
-            return Err(exclusive_lock_error(&q.name, &q.vhost).into());
+        if q.decl.exclusive_owner.is_some() && matches!(actor, Actor::User(_)) {
+            return Err(exclusive_lock_error(&q.decl.name, &q.decl.vhost).into());
         }
         Ok(())
     }
@@ -428,7 +428,7 @@ impl Broker {
         let owned = self
             .queues
             .get(&id)
-            .is_some_and(|q| q.exclusive_owner.is_some());
+            .is_some_and(|q| q.decl.exclusive_owner.is_some());
         if owned {
             return Err(exclusive_lock_error(queue, vhost).into());
         }
@@ -437,14 +437,14 @@ impl Broker {
         let expired = self
             .queues
             .get_mut(&id)
-            .map(|q| q.drop_expired(now))
+            .map(|q| q.messages.drop_expired(now))
             .unwrap_or_default();
         self.dead_letter(id, expired, DeathReason::Expired);
         let mut taken = Vec::new();
         let mut out = Vec::new();
         if let Some(q) = self.queues.get_mut(&id) {
             for _ in 0..count.min(MAX_GET_COUNT) {
-                let Some(entry) = q.pop() else { break };
+                let Some(entry) = q.messages.pop() else { break };
                 q.stats.got(false, entry.redelivered);
                 self.totals.got(false, entry.redelivered);
                 out.push(GotMessage {
@@ -459,7 +459,7 @@ impl Broker {
             GetAck::Requeue | GetAck::RejectRequeue => {
                 if let Some(q) = self.queues.get_mut(&id) {
                     for entry in taken {
-                        q.requeue(entry);
+                        q.messages.requeue(entry);
                     }
                 }
                 self.schedule_dispatch(id);

@@ -1,0 +1,153 @@
+//! The consumers of a queue, in round-robin order, and who holds it exclusively.
+
+use std::sync::Arc;
+
+use crate::proto::command::ConnId;
+
+/// A consumer as a queue sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRef {
+    /// Owning connection.
+    pub conn: ConnId,
+    /// Channel number on that connection.
+    pub channel: u16,
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// `x-priority`: higher-priority consumers are served first while they have capacity.
+    pub priority: i64,
+}
+
+/// A queue's consumers in round-robin order, with the cursor where the next delivery
+/// attempt starts.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    list: Vec<ConsumerRef>,
+    /// Index in `list` where the next delivery attempt starts.
+    next: usize,
+    /// A consumer holds exclusive access.
+    exclusive: bool,
+    /// Has ever had a consumer (auto-delete only applies after one).
+    had_consumer: bool,
+}
+
+impl Consumers {
+    /// Whether the queue has no consumer.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// How many consumers the queue has.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The consumers in round-robin order (from the start of the list, not the cursor).
+    pub fn iter(&self) -> std::slice::Iter<'_, ConsumerRef> {
+        self.list.iter()
+    }
+
+    /// Whether a consumer holds exclusive access.
+    pub fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// The consumer holding exclusive access, if one does.
+    pub fn exclusive_holder(&self) -> Option<&ConsumerRef> {
+        self.list.first().filter(|_| self.exclusive)
+    }
+
+    /// Whether the queue ever had a consumer.
+    pub fn had_consumer(&self) -> bool {
+        self.had_consumer
+    }
+
+    /// Adds a consumer at the end of the round-robin order.
+    pub fn add(&mut self, consumer: ConsumerRef, exclusive: bool) {
+        self.list.push(consumer);
+        self.had_consumer = true;
+        self.exclusive = exclusive;
+    }
+
+    /// Removes a consumer; returns whether it was there.
+    pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
+        let Some(pos) = self
+            .list
+            .iter()
+            .position(|c| c.conn == conn && c.channel == channel && &*c.tag == tag)
+        else {
+            return false;
+        };
+        self.list.remove(pos);
+        if pos < self.next {
+            self.next -= 1;
+        }
+        if self.next >= self.list.len() {
+            self.next = 0;
+        }
+        if self.list.is_empty() {
+            self.exclusive = false;
+        }
+        true
+    }
+
+    /// The consumers that may receive the next message, in the order to try them: with a
+    /// single active consumer only the first; otherwise round-robin from the cursor.
+    fn candidates(&self, single_active: bool) -> impl Iterator<Item = usize> + '_ {
+        let n = self.list.len();
+        let count = if single_active { n.min(1) } else { n };
+        let start = if single_active { 0 } else { self.next };
+        (0..count).map(move |i| (start + i) % n)
+    }
+
+    /// Chooses the consumer for the next message and moves the cursor past it: the
+    /// highest-priority candidate that `can_take` it, first in round-robin order among
+    /// equals. None when no candidate can.
+    pub fn choose(
+        &mut self,
+        single_active: bool,
+        can_take: impl Fn(&ConsumerRef) -> bool,
+    ) -> Option<ConsumerRef> {
+        let mut chosen: Option<usize> = None;
+        for idx in self.candidates(single_active) {
+            let c = &self.list[idx];
+            if chosen.is_some_and(|best| self.list[best].priority >= c.priority) || !can_take(c) {
+                continue;
+            }
+            chosen = Some(idx);
+        }
+        let idx = chosen?;
+        self.next = (idx + 1) % self.list.len();
+        Some(self.list[idx].clone())
+    }
+
+    /// Checks that the cursor is within the list and that an exclusive consumer is alone.
+    /// `queue` names the queue in the panic message.
+    pub fn check_invariants(&self, queue: &str) {
+        assert!(
+            self.list.is_empty() || self.next < self.list.len(),
+            "queue {queue} consumer cursor"
+        );
+        assert!(
+            !self.exclusive || self.list.len() == 1,
+            "queue {queue} exclusive consumer not alone"
+        );
+    }
+}
+
+impl IntoIterator for Consumers {
+    type Item = ConsumerRef;
+    type IntoIter = std::vec::IntoIter<ConsumerRef>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Consumers {
+    type Item = &'a ConsumerRef;
+    type IntoIter = std::slice::Iter<'a, ConsumerRef>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
