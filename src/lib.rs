@@ -2,17 +2,27 @@
 //!
 //! # Layout
 //!
-//! The code follows the path of a request:
+//! The code follows the path of a request, each layer using only the ones before it
+//! (`tests/layering.rs` checks that no module imports one that imports it back):
 //!
 //! - [`proto`]: frames, methods, field tables and the per-connection protocol state
 //!   machine. No I/O: bytes in, events out; broker replies in, bytes out.
-//! - [`broker`]: vhosts, exchanges and routing, queues, consumers, acks and confirms, as a
-//!   single state machine fed by connection events. No I/O: persistence is an output that
-//!   the driver completes and reports back.
-//! - [`server`]: the tokio driver: listener, per-connection tasks, the broker task and
-//!   shutdown.
+//! - [`store`]: the [`store::Store`] trait (fjall on disk, an in-memory model), and the
+//!   group-commit state machine ([`store::commit::GroupCommit`]) between the broker's
+//!   batches and a store, which the tokio store thread, the madsim task and the simulator
+//!   all run.
+//! - [`broker`]: vhosts, exchanges and routing, queues, consumers, acks and confirms,
+//!   administration and resource alarms, as a single state machine fed by connection
+//!   commands, admin requests, store reports, resource readings and time. No I/O:
+//!   persistence is an output the driver completes and reports back; answers that depend
+//!   on it (confirms, `tx.commit-ok`, admin answers) wait for it inside the broker.
+//! - [`server`]: the tokio driver of the AMQP side: listener, one task per connection,
+//!   the core task owning the broker, the store thread. It moves bytes, runs store jobs
+//!   and reports completions and time; it decides nothing the simulator cannot see.
 //! - [`admin`]: the management HTTP API and `warren ctl`, over the broker's admin
-//!   operations.
+//!   operations (an [`server::AdminHandle`] on the core).
+//! - `node`: a running node: the AMQP server and the HTTP API side by side over one admin
+//!   handle.
 
 pub mod admin;
 pub mod broker;
