@@ -101,7 +101,7 @@ impl Broker {
     pub fn handle_resources(&mut self, reading: ResourceReading, now_ms: u64) {
         let (memory, disk) = self.config.alarms.alarms(&reading);
         for (resource, on) in [(Resource::Memory, memory), (Resource::Disk, disk)] {
-            if self.alarms.contains(&resource) != on {
+            if self.node.alarms.contains(&resource) != on {
                 tracing::warn!(alarm = resource.as_str(), active = on, "resource alarm");
                 self.handle_alarm(resource, on, now_ms);
             }
@@ -112,22 +112,23 @@ impl Broker {
     pub fn handle_alarm(&mut self, resource: Resource, active: bool, now_ms: u64) {
         self.now_ms = now_ms;
         let changed = if active {
-            self.alarms.insert(resource)
+            self.node.alarms.insert(resource)
         } else {
-            self.alarms.remove(&resource)
+            self.node.alarms.remove(&resource)
         };
         if !changed {
             return;
         }
-        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut ids: Vec<ConnId> = self.sessions.conns.keys().copied().collect();
         ids.sort_unstable();
-        if self.alarms.is_empty() {
+        if self.node.alarms.is_empty() {
             for conn in ids {
                 self.unblock(conn);
             }
         } else {
             for conn in ids {
                 if self
+                    .sessions
                     .conns
                     .get(&conn)
                     .is_some_and(|c| c.has_published && !c.blocked)
@@ -141,7 +142,7 @@ impl Broker {
 
     /// The alarms in force.
     pub fn alarms(&self) -> impl Iterator<Item = Resource> + '_ {
-        self.alarms.iter().copied()
+        self.node.alarms.iter().copied()
     }
 
     /// The store failed a write, a sync or a read: publishes that need it are refused and
@@ -150,39 +151,39 @@ impl Broker {
     /// retry failed too) changes only its kind.
     pub fn handle_store_failed(&mut self, fault: StoreFault, now_ms: u64) {
         self.now_ms = now_ms;
-        self.store_fault = Some(fault);
+        self.node.store_fault = Some(fault);
         self.handle_alarm(Resource::Store, true, now_ms);
     }
 
     /// The store writes again and has room: publishes are taken again.
     pub fn handle_store_recovered(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        self.store_fault = None;
+        self.node.store_fault = None;
         self.handle_alarm(Resource::Store, false, now_ms);
     }
 
     /// The store fault in force, if any.
     pub fn store_fault(&self) -> Option<StoreFault> {
-        self.store_fault
+        self.node.store_fault
     }
 
     /// Whether a publish of `message` to `queues` must be refused because it would need
     /// the failing store.
     pub(super) fn store_refuses(&self, queues: &[QueueId], message: &Message) -> bool {
-        self.store_fault.is_some()
+        self.node.store_fault.is_some()
             && message.is_persistent()
             && queues
                 .iter()
-                .any(|q| self.queues.get(q).is_some_and(|q| q.decl.durable))
+                .any(|q| self.topology.queues.get(q).is_some_and(|q| q.decl.durable))
     }
 
     /// Called after a connection published: blocks it if an alarm is in force.
     pub(super) fn note_publisher(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         c.has_published = true;
-        if !self.alarms.is_empty() && !c.blocked {
+        if !self.node.alarms.is_empty() && !c.blocked {
             self.block(conn);
         }
     }
@@ -190,8 +191,8 @@ impl Broker {
     /// The text of `connection.blocked`: RabbitMQ's for memory and disk, then the store's.
     fn block_reason(&self) -> String {
         let low = match (
-            self.alarms.contains(&Resource::Memory),
-            self.alarms.contains(&Resource::Disk),
+            self.node.alarms.contains(&Resource::Memory),
+            self.node.alarms.contains(&Resource::Disk),
         ) {
             (true, true) => Some("low on memory & disk"),
             (true, false) => Some("low on memory"),
@@ -199,8 +200,9 @@ impl Broker {
             (false, false) => None,
         };
         let store = self
+            .node
             .store_fault
-            .filter(|_| self.alarms.contains(&Resource::Store))
+            .filter(|_| self.node.alarms.contains(&Resource::Store))
             .map(StoreFault::reason);
         match (low, store) {
             (Some(low), Some(store)) => format!("{low}; {store}"),
@@ -211,7 +213,7 @@ impl Broker {
 
     fn block(&mut self, conn: ConnId) {
         let reason = self.block_reason();
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         c.blocked = true;
@@ -227,7 +229,7 @@ impl Broker {
     }
 
     fn unblock(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         if !c.blocked {

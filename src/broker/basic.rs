@@ -136,6 +136,7 @@ impl Broker {
             publish.exchange.as_str()
         };
         let x = self
+            .topology
             .vhosts
             .get(&*vhost)
             .and_then(|v| v.exchanges.get(exchange))
@@ -211,7 +212,7 @@ impl Broker {
             pending.push_back((seq, outcome));
         }
         if outcome == Confirm::Waiting {
-            self.deferred.push_back((
+            self.round.deferred.push_back((
                 batch,
                 Deferred::Confirm {
                     conn,
@@ -221,7 +222,7 @@ impl Broker {
                 },
             ));
         } else {
-            self.confirm_dirty.push((conn, channel));
+            self.round.confirm_dirty.push((conn, channel));
         }
     }
 
@@ -236,12 +237,12 @@ impl Broker {
         message: Arc<Message>,
     ) -> Confirm {
         let queues = self.route(vhost, &publish.exchange, &message);
-        self.totals.publish += 1;
+        self.counters.totals.publish += 1;
         if self.store_refuses(&queues, &message) {
             return Confirm::Nack;
         }
         if queues.is_empty() {
-            self.totals.unroutable += 1;
+            self.counters.totals.unroutable += 1;
             if publish.mandatory {
                 let ret = BasicReturn {
                     reply_code: NO_ROUTE,
@@ -287,8 +288,8 @@ impl Broker {
         // now could change those queues under this loop (and the shared message's count).
         let mut dead: Vec<(QueueId, Vec<QueuedMessage>)> = Vec::new();
         for qid in queues {
-            self.work += 1;
-            let Some(q) = self.queues.get(&qid) else {
+            self.counters.work += 1;
+            let Some(q) = self.topology.queues.get(&qid) else {
                 continue;
             };
             if q.rejects(body_len) {
@@ -318,13 +319,13 @@ impl Broker {
         let body_len = message.body_len();
         let storing = queues
             .iter()
-            .filter_map(|q| self.queues.get(q))
+            .filter_map(|q| self.topology.queues.get(q))
             .filter(|q| q.decl.durable && message.is_persistent() && !q.rejects(body_len))
             .count();
         (storing >= 2).then(|| {
-            let shared_id = self.next_shared_id;
-            self.next_shared_id += 1;
-            self.journal.push(StoreOp::PutShared {
+            let shared_id = self.topology.next_shared_id;
+            self.topology.next_shared_id += 1;
+            self.round.journal.push(StoreOp::PutShared {
                 id: shared_id,
                 message: message.clone(),
                 refs: storing as u32,
@@ -350,7 +351,7 @@ impl Broker {
             self.config.memory_budget_bytes,
         );
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&qid) else {
+        let Some(q) = self.topology.queues.get_mut(&qid) else {
             return (false, Vec::new());
         };
         let ttl = match (q.decl.settings.message_ttl_ms, message_ttl) {
@@ -366,7 +367,7 @@ impl Broker {
                 Some(sid) => EntryBody::Shared(sid),
                 None => EntryBody::Inline(message.clone()),
             };
-            self.journal.push(StoreOp::Enqueue {
+            self.round.journal.push(StoreOp::Enqueue {
                 queue: qid,
                 seq,
                 body,
@@ -377,7 +378,7 @@ impl Broker {
             // The message lives in the store until consumers get near it.
             q.messages.page_out(seq, message.body_len());
             if !durable {
-                self.journal.push(StoreOp::PageOut {
+                self.round.journal.push(StoreOp::PageOut {
                     queue: qid,
                     seq,
                     message: message.clone(),
@@ -397,7 +398,7 @@ impl Broker {
             });
         }
         if !q.consumers.is_empty() && q.messages.memory_bytes() >= queue_budget / 2 {
-            self.flow_hot.push(qid);
+            self.round.flow_hot.push(qid);
         }
         let dropped = q.enforce_limits();
         self.schedule_dispatch(qid);
@@ -409,11 +410,11 @@ impl Broker {
     /// [`Broker::work_done`].
     pub(super) fn route(&mut self, vhost: &str, exchange: &str, message: &Message) -> Vec<QueueId> {
         let mut work = 0;
-        let queues = match self.vhosts.get(vhost) {
+        let queues = match self.topology.vhosts.get(vhost) {
             Some(v) => route_in(v, exchange, message, &mut work),
             None => Vec::new(),
         };
-        self.work += work;
+        self.counters.work += work;
         queues
     }
 
@@ -451,6 +452,7 @@ impl Broker {
         };
         self.check_consumer_room(conn, channel, &tag)?;
         let q = self
+            .topology
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
@@ -504,7 +506,7 @@ impl Broker {
     fn check_consumer_room(&mut self, conn: ConnId, channel: u16, tag: &str) -> AmqpResult<()> {
         let max = self.config.max_consumers_per_channel;
         let max_per_conn = self.config.max_consumers_per_connection;
-        let on_conn: usize = self.conns.get(&conn).map_or(0, |c| {
+        let on_conn: usize = self.sessions.conns.get(&conn).map_or(0, |c| {
             c.channels.values().map(|ch| ch.consumers.len()).sum()
         });
         if on_conn >= max_per_conn {
@@ -555,7 +557,7 @@ impl Broker {
     fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
         let (qid, _, _) = self.readable_queue(conn, channel, &m.queue)?;
         let write_limit = self.config.max_unflushed_bytes_per_connection;
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
             if c.unflushed_bytes >= write_limit {
                 // Like a delivery, a get-ok waits until the client reads what it was sent;
                 // the commands behind it wait too, as behind a synchronous get.
@@ -564,7 +566,7 @@ impl Broker {
                     channel,
                     method: Method::BasicGet(m),
                 };
-                self.held.entry(conn).or_default().push_front(get);
+                self.sessions.held.entry(conn).or_default().push_front(get);
                 self.set_paused(conn, super::flow::PAUSED_BY_GET, true);
                 return Ok(());
             }
@@ -581,6 +583,7 @@ impl Broker {
         self.touch_queue(qid);
         let channel_uid = self.channel_uid(conn, channel).unwrap_or_default();
         let q = self
+            .topology
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
@@ -593,7 +596,7 @@ impl Broker {
                 channel_uid,
                 no_ack: m.no_ack,
             });
-            self.held.entry(conn).or_default();
+            self.sessions.held.entry(conn).or_default();
             self.set_paused(conn, super::flow::PAUSED_BY_GET, true);
             self.request_load(qid);
             return Ok(());
@@ -605,14 +608,14 @@ impl Broker {
     /// Answers a `basic.get` from what the queue holds in memory.
     pub(super) fn get_one(&mut self, conn: ConnId, channel: u16, qid: QueueId, no_ack: bool) {
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&qid) else {
+        let Some(q) = self.topology.queues.get_mut(&qid) else {
             return;
         };
         let expired = q.messages.drop_expired(now);
         if !expired.is_empty() {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }
-        let Some(q) = self.queues.get_mut(&qid) else {
+        let Some(q) = self.topology.queues.get_mut(&qid) else {
             return;
         };
         let Some(entry) = q.messages.pop() else {
@@ -628,14 +631,15 @@ impl Broker {
             q.messages.unacked += 1;
         }
         q.stats.got(no_ack, entry.redelivered);
-        self.totals.got(no_ack, entry.redelivered);
+        self.counters.totals.got(no_ack, entry.redelivered);
         let Some(ch) = self
+            .sessions
             .conns
             .get_mut(&conn)
             .and_then(|c| c.channels.get_mut(&channel))
         else {
             // Cannot happen: callers check the channel. Keep the message rather than lose it.
-            if let Some(q) = self.queues.get_mut(&qid) {
+            if let Some(q) = self.topology.queues.get_mut(&qid) {
                 q.messages.unacked -= u64::from(!no_ack);
                 q.messages.requeue(entry);
             }
@@ -720,11 +724,11 @@ impl Broker {
             match how {
                 Settle::Requeue => self.requeue(e),
                 Settle::Ack | Settle::Discard => {
-                    if let Some(q) = self.queues.get_mut(&e.queue) {
+                    if let Some(q) = self.topology.queues.get_mut(&e.queue) {
                         q.messages.unacked -= 1;
                         q.stats.ack += u64::from(how == Settle::Ack);
                     }
-                    self.totals.ack += u64::from(how == Settle::Ack);
+                    self.counters.totals.ack += u64::from(how == Settle::Ack);
                     if how == Settle::Discard {
                         self.dead_letter(e.queue, vec![e.message], DeathReason::Rejected);
                     } else {
@@ -833,7 +837,7 @@ impl Broker {
         if waits_for_store {
             let batch = self.current_batch();
             let uid = self.channel_uid(conn, channel).unwrap_or_default();
-            self.deferred.push_back((
+            self.round.deferred.push_back((
                 batch,
                 Deferred::Reply {
                     conn,

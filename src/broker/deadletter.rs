@@ -240,7 +240,7 @@ impl Broker {
 
     /// Routes the dead letters waiting, unless that is under way already.
     pub(super) fn route_dead_letters(&mut self) {
-        if !self.dead_letters.draining && !self.dead_letters.pending.is_empty() {
+        if !self.round.dead_letters.draining && !self.round.dead_letters.pending.is_empty() {
             self.drain_dead_letters();
         }
     }
@@ -248,7 +248,7 @@ impl Broker {
     /// Whether dead letters wait for a later round ([`Broker::poll_timeout`] asks for
     /// one at once).
     pub(super) fn dead_letters_waiting(&self) -> bool {
-        !self.dead_letters.pending.is_empty()
+        !self.round.dead_letters.pending.is_empty()
     }
 
     /// Releases messages a queue no longer holds and adds them to the dead letters to
@@ -263,7 +263,7 @@ impl Broker {
         if entries.is_empty() {
             return;
         }
-        let target = self.queues.get(&source).and_then(|q| {
+        let target = self.topology.queues.get(&source).and_then(|q| {
             let dlx = q.decl.settings.dead_letter_exchange.clone()?;
             Some((
                 q.decl.vhost.clone(),
@@ -274,7 +274,7 @@ impl Broker {
         });
         let mut dropped = 0u64;
         for entry in entries {
-            self.work += 1;
+            self.counters.work += 1;
             self.release(source, &entry);
             let Some((vhost, queue, dlx, dlrk)) = &target else {
                 continue;
@@ -291,7 +291,7 @@ impl Broker {
                 dlrk.as_deref(),
                 self.now_ms,
             );
-            self.dead_letters.pending.push_back(DeadLetter {
+            self.round.dead_letters.pending.push_back(DeadLetter {
                 vhost: vhost.clone(),
                 exchange: dlx.clone(),
                 message,
@@ -312,16 +312,17 @@ impl Broker {
     /// [`DEAD_LETTERS_PER_ROUND`]; the rest wait for the next round, so that one input
     /// that sets off many dead letters does not hold up everyone else's.
     fn drain_dead_letters(&mut self) {
-        self.dead_letters.draining = true;
+        self.round.dead_letters.draining = true;
         let mut truncated = 0u64;
         for _ in 0..DEAD_LETTERS_PER_ROUND {
-            let Some(dl) = self.dead_letters.pending.pop_front() else {
+            let Some(dl) = self.round.dead_letters.pending.pop_front() else {
                 break;
             };
-            self.work += 1;
+            self.counters.work += 1;
             let mut targets = self.route(&dl.vhost, &dl.exchange, &dl.message);
             targets.retain(|q| {
-                self.queues
+                self.topology
+                    .queues
                     .get(q)
                     .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.decl.name))
             });
@@ -333,7 +334,7 @@ impl Broker {
             }
             self.enqueue_routed(targets, Arc::new(dl.message), inherited);
         }
-        self.dead_letters.draining = false;
+        self.round.dead_letters.draining = false;
         if truncated > 0 {
             tracing::warn!(
                 truncated,

@@ -59,6 +59,7 @@ impl Broker {
             name
         };
         let allowed = self
+            .accounts
             .users
             .permissions(&user, &vhost)
             .is_some_and(|p| p.allows(access, name));
@@ -83,6 +84,7 @@ impl Broker {
             return Ok(name.to_string());
         }
         let last = self
+            .sessions
             .conns
             .get(&conn)
             .and_then(|c| c.channels.get(&channel))
@@ -119,12 +121,14 @@ impl Broker {
         name: &str,
     ) -> AmqpResult<QueueId> {
         let id = self
+            .topology
             .vhosts
             .get(vhost)
             .and_then(|v| v.queues.get(name))
             .copied()
             .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
         let q = self
+            .topology
             .queues
             .get(&id)
             .ok_or_else(|| not_found(format!("no {}", resource("queue", name, vhost))))?;
@@ -135,7 +139,8 @@ impl Broker {
     }
 
     fn exchange_exists(&self, vhost: &str, name: &str) -> AmqpResult<&Exchange> {
-        self.vhosts
+        self.topology
+            .vhosts
             .get(vhost)
             .and_then(|v| v.exchanges.get(name))
             .ok_or_else(|| not_found(format!("no {}", resource("exchange", name, vhost))))
@@ -170,6 +175,7 @@ impl Broker {
         self.check_access(conn, Access::Configure, "exchange", &name)?;
         let nowait = m.nowait;
         let v = self
+            .topology
             .vhosts
             .get(&*vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
@@ -205,6 +211,7 @@ impl Broker {
         }
         let max = self.config.max_exchanges_per_vhost;
         if self
+            .topology
             .vhosts
             .get(vhost)
             .is_some_and(|v| v.exchanges.len() >= max)
@@ -237,7 +244,7 @@ impl Broker {
         kind: ExchangeKind,
         m: ExchangeDeclare,
     ) -> AmqpResult<()> {
-        let Some(v) = self.vhosts.get_mut(vhost) else {
+        let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return Err(not_allowed("vhost gone"));
         };
         let x = Exchange::new(
@@ -250,14 +257,16 @@ impl Broker {
         );
         v.exchanges.insert(name.clone(), x);
         if m.durable {
-            self.journal.push(StoreOp::PutExchange(ExchangeRecord {
-                vhost: vhost.to_string(),
-                name,
-                kind: kind.as_str().into(),
-                auto_delete: m.auto_delete,
-                internal: m.internal,
-                arguments: m.arguments,
-            }));
+            self.round
+                .journal
+                .push(StoreOp::PutExchange(ExchangeRecord {
+                    vhost: vhost.to_string(),
+                    name,
+                    kind: kind.as_str().into(),
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: m.arguments,
+                }));
         }
         Ok(())
     }
@@ -283,6 +292,7 @@ impl Broker {
             )));
         }
         if let Some(x) = self
+            .topology
             .vhosts
             .get(&*vhost)
             .and_then(|v| v.exchanges.get(&name))
@@ -371,6 +381,7 @@ impl Broker {
         };
         self.check_access(conn, Access::Configure, "queue", &name)?;
         let existing = self
+            .topology
             .vhosts
             .get(&*vhost)
             .and_then(|v| v.queues.get(&name))
@@ -378,6 +389,7 @@ impl Broker {
         let id = match existing {
             Some(id) => {
                 let q = self
+                    .topology
                     .queues
                     .get(&id)
                     .ok_or_else(|| not_found("queue vanished"))?;
@@ -420,15 +432,15 @@ impl Broker {
         check_table_limits(&m.arguments, "queue", name, vhost)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
-        if self.queues.len() >= self.config.max_queues {
+        if self.topology.queues.len() >= self.config.max_queues {
             return Err(precondition_failed(format!(
                 "cannot declare {}: the broker's limit of {} queues is reached",
                 resource("queue", name, vhost),
                 self.config.max_queues
             )));
         }
-        let id = self.next_queue_id;
-        self.next_queue_id += 1;
+        let id = self.topology.next_queue_id;
+        self.topology.next_queue_id += 1;
         let decl = Declaration {
             name: name.to_string(),
             vhost: vhost.to_string(),
@@ -440,14 +452,14 @@ impl Broker {
             arguments: m.arguments.clone(),
             settings,
         };
-        let q = Queue::new(id, decl, self.meter.clone(), self.now_ms);
+        let q = Queue::new(id, decl, self.topology.meter.clone(), self.now_ms);
         if m.exclusive {
-            if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(c) = self.sessions.conns.get_mut(&conn) {
                 c.exclusive_queues.push(id);
             }
         } else if m.durable {
             // Exclusive queues die with their connection, so they are never stored.
-            self.journal.push(StoreOp::PutQueue(QueueRecord {
+            self.round.journal.push(StoreOp::PutQueue(QueueRecord {
                 vhost: vhost.to_string(),
                 name: name.to_string(),
                 id,
@@ -455,8 +467,8 @@ impl Broker {
                 arguments: m.arguments.clone(),
             }));
         }
-        self.queues.insert(id, q);
-        if let Some(v) = self.vhosts.get_mut(vhost) {
+        self.topology.queues.insert(id, q);
+        if let Some(v) = self.topology.vhosts.get_mut(vhost) {
             v.queues.insert(name.to_string(), id);
         }
         Ok(id)
@@ -470,6 +482,7 @@ impl Broker {
         nowait: bool,
     ) -> AmqpResult<()> {
         let q = self
+            .topology
             .queues
             .get(&id)
             .ok_or_else(|| not_found("queue vanished"))?;
@@ -583,6 +596,7 @@ impl Broker {
         let count = match self.usable_queue(conn, &vhost, &name) {
             Ok(id) => {
                 let q = self
+                    .topology
                     .queues
                     .get(&id)
                     .ok_or_else(|| not_found("queue vanished"))?;
@@ -634,6 +648,7 @@ impl Broker {
     fn destination_queue_name(&self, destination: &Destination) -> String {
         match destination {
             Destination::Queue(id) => self
+                .topology
                 .queues
                 .get(id)
                 .map(|q| q.decl.name.clone())
@@ -651,14 +666,16 @@ impl Broker {
         let max = self.config.max_bindings_per_exchange;
         let queue_name = self.destination_queue_name(&binding.destination);
         let durable_destination = match &binding.destination {
-            Destination::Queue(id) => self.queues.get(id).is_some_and(|q| q.decl.durable),
+            Destination::Queue(id) => self.topology.queues.get(id).is_some_and(|q| q.decl.durable),
             Destination::Exchange(name) => self
+                .topology
                 .vhosts
                 .get(vhost)
                 .and_then(|v| v.exchanges.get(name))
                 .is_some_and(|x| x.durable),
         };
         let v = self
+            .topology
             .vhosts
             .get_mut(vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
@@ -677,7 +694,7 @@ impl Broker {
         if x.bind(binding.clone()) {
             match &binding.destination {
                 Destination::Queue(id) => {
-                    if let Some(q) = self.queues.get_mut(id) {
+                    if let Some(q) = self.topology.queues.get_mut(id) {
                         q.bound_from.insert(source.to_string());
                     }
                 }
@@ -688,7 +705,7 @@ impl Broker {
                 }
             }
             if let Some(r) = record {
-                self.journal.push(StoreOp::PutBinding(r));
+                self.round.journal.push(StoreOp::PutBinding(r));
             }
         }
         Ok(())
@@ -697,6 +714,7 @@ impl Broker {
     pub(super) fn remove_binding(&mut self, vhost: &str, source: &str, binding: &Binding) {
         let queue_name = self.destination_queue_name(&binding.destination);
         let Some(x) = self
+            .topology
             .vhosts
             .get_mut(vhost)
             .and_then(|v| v.exchanges.get_mut(source))
@@ -711,12 +729,13 @@ impl Broker {
         if !x.binds_to(&binding.destination) {
             match &binding.destination {
                 Destination::Queue(id) => {
-                    if let Some(q) = self.queues.get_mut(id) {
+                    if let Some(q) = self.topology.queues.get_mut(id) {
                         q.bound_from.remove(source);
                     }
                 }
                 Destination::Exchange(name) => {
                     if let Some(d) = self
+                        .topology
                         .vhosts
                         .get_mut(vhost)
                         .and_then(|v| v.exchanges.get_mut(name))
@@ -727,12 +746,14 @@ impl Broker {
             }
         }
         if x_durable {
-            self.journal.push(StoreOp::DeleteBinding(binding_record(
-                vhost,
-                source,
-                binding,
-                &queue_name,
-            )));
+            self.round
+                .journal
+                .push(StoreOp::DeleteBinding(binding_record(
+                    vhost,
+                    source,
+                    binding,
+                    &queue_name,
+                )));
         }
         if now_unused {
             self.delete_exchange(vhost, source);
@@ -743,7 +764,7 @@ impl Broker {
     /// removes its bindings and drops its messages. Returns the number of ready messages
     /// it held.
     pub(super) fn delete_queue(&mut self, id: QueueId) -> u64 {
-        let Some(mut q) = self.queues.remove(&id) else {
+        let Some(mut q) = self.topology.queues.remove(&id) else {
             return 0;
         };
         let waiters = std::mem::take(&mut q.flow_waiters);
@@ -752,7 +773,7 @@ impl Broker {
         self.fail_waiting_gets(gets);
         let consumers = std::mem::take(&mut q.consumers);
         for c in consumers {
-            let Some(conn) = self.conns.get_mut(&c.conn) else {
+            let Some(conn) = self.sessions.conns.get_mut(&c.conn) else {
                 continue;
             };
             let notify = conn.cancel_notify;
@@ -761,7 +782,7 @@ impl Broker {
                 ch.orphan_deliveries(&c.tag);
             }
             if notify {
-                self.notices.push((
+                self.round.notices.push((
                     c.conn,
                     c.channel,
                     Method::BasicCancel(BasicCancel {
@@ -773,6 +794,7 @@ impl Broker {
         }
         for source in std::mem::take(&mut q.bound_from) {
             let Some(x) = self
+                .topology
                 .vhosts
                 .get_mut(&q.decl.vhost)
                 .and_then(|v| v.exchanges.get_mut(&source))
@@ -784,29 +806,35 @@ impl Broker {
             let now_unused = x.auto_delete && x.binding_count() == 0;
             if x_durable && q.decl.durable {
                 for b in &gone {
-                    self.journal.push(StoreOp::DeleteBinding(binding_record(
-                        &q.decl.vhost,
-                        &source,
-                        b,
-                        &q.decl.name,
-                    )));
+                    self.round
+                        .journal
+                        .push(StoreOp::DeleteBinding(binding_record(
+                            &q.decl.vhost,
+                            &source,
+                            b,
+                            &q.decl.name,
+                        )));
                 }
             }
             if now_unused && !gone.is_empty() {
                 self.delete_exchange(&q.decl.vhost, &source);
             }
         }
-        if let Some(v) = self.vhosts.get_mut(&q.decl.vhost) {
+        if let Some(v) = self.topology.vhosts.get_mut(&q.decl.vhost) {
             v.queues.remove(&q.decl.name);
         }
-        if let Some(owner) = q.decl.exclusive_owner.and_then(|o| self.conns.get_mut(&o)) {
+        if let Some(owner) = q
+            .decl
+            .exclusive_owner
+            .and_then(|o| self.sessions.conns.get_mut(&o))
+        {
             owner.exclusive_queues.retain(|x| *x != id);
         }
         let (purged, paged) = q.messages.purge();
         let count = purged.len() as u64 + paged.map_or(0, |(_, n)| n);
         if q.decl.durable {
             // Drops the queue's entries, stored and paged, with it.
-            self.journal.push(StoreOp::DeleteQueue {
+            self.round.journal.push(StoreOp::DeleteQueue {
                 vhost: q.decl.vhost.clone(),
                 name: q.decl.name.clone(),
                 id,
@@ -814,7 +842,7 @@ impl Broker {
         } else if paged.is_some() {
             // Dropping the queue id's contents wholesale costs one write, where a purge
             // would visit every paged message.
-            self.journal.push(StoreOp::DeleteQueue {
+            self.round.journal.push(StoreOp::DeleteQueue {
                 vhost: q.decl.vhost.clone(),
                 name: q.decl.name.clone(),
                 id,
@@ -825,14 +853,14 @@ impl Broker {
 
     /// Removes every ready message of a queue, in memory and paged; returns how many.
     pub(super) fn purge_ready(&mut self, id: QueueId) -> u64 {
-        let Some(q) = self.queues.get_mut(&id) else {
+        let Some(q) = self.topology.queues.get_mut(&id) else {
             return 0;
         };
         let (purged, paged) = q.messages.purge();
         let mut count = purged.len() as u64;
         if let Some((from_seq, n)) = paged {
             count += n;
-            self.journal.push(StoreOp::PurgeFrom {
+            self.round.journal.push(StoreOp::PurgeFrom {
                 queue: id,
                 from_seq,
             });
@@ -851,7 +879,7 @@ impl Broker {
     pub(super) fn delete_exchange(&mut self, vhost: &str, name: &str) {
         let mut doomed = vec![name.to_string()];
         while let Some(name) = doomed.pop() {
-            self.work += 1;
+            self.counters.work += 1;
             let emptied = self.delete_one_exchange(vhost, &name);
             doomed.extend(emptied);
         }
@@ -861,7 +889,7 @@ impl Broker {
     /// exchanges that lost their last binding.
     fn delete_one_exchange(&mut self, vhost: &str, name: &str) -> Vec<String> {
         let mut emptied = Vec::new();
-        let Some(v) = self.vhosts.get_mut(vhost) else {
+        let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return emptied;
         };
         let Some(mut x) = v.exchanges.remove(name) else {
@@ -889,7 +917,7 @@ impl Broker {
         for b in x.bindings() {
             match &b.destination {
                 Destination::Queue(id) => {
-                    if let Some(q) = self.queues.get_mut(id) {
+                    if let Some(q) = self.topology.queues.get_mut(id) {
                         q.bound_from.remove(name);
                     }
                 }
@@ -901,21 +929,24 @@ impl Broker {
             }
         }
         for (src, b) in dropped_to_it {
-            self.journal
+            self.round
+                .journal
                 .push(StoreOp::DeleteBinding(binding_record(vhost, &src, &b, "")));
         }
         if x.durable {
             // The store drops the exchange's own bindings with it.
             for b in x.bindings() {
                 let queue_name = self.destination_queue_name(&b.destination);
-                self.journal.push(StoreOp::DeleteBinding(binding_record(
-                    vhost,
-                    name,
-                    b,
-                    &queue_name,
-                )));
+                self.round
+                    .journal
+                    .push(StoreOp::DeleteBinding(binding_record(
+                        vhost,
+                        name,
+                        b,
+                        &queue_name,
+                    )));
             }
-            self.journal.push(StoreOp::DeleteExchange {
+            self.round.journal.push(StoreOp::DeleteExchange {
                 vhost: vhost.to_string(),
                 name: name.to_string(),
             });

@@ -12,10 +12,10 @@ use super::queue::{ConsumerRef, QueuedMessage};
 impl Broker {
     /// Asks for a dispatch pass over a queue at the end of the current input.
     pub(super) fn schedule_dispatch(&mut self, queue: QueueId) {
-        if let Some(q) = self.queues.get_mut(&queue) {
+        if let Some(q) = self.topology.queues.get_mut(&queue) {
             if !q.dispatch_scheduled {
                 q.dispatch_scheduled = true;
-                self.to_dispatch.push(queue);
+                self.round.to_dispatch.push(queue);
             }
         }
     }
@@ -23,9 +23,9 @@ impl Broker {
     pub(super) fn run_dispatch(&mut self) {
         // Serve queues in id order whatever order they were scheduled in (callers collect
         // them from hash maps), so that the outputs depend only on the inputs.
-        self.to_dispatch.sort_unstable_by(|a, b| b.cmp(a));
-        while let Some(queue) = self.to_dispatch.pop() {
-            if let Some(q) = self.queues.get_mut(&queue) {
+        self.round.to_dispatch.sort_unstable_by(|a, b| b.cmp(a));
+        while let Some(queue) = self.round.to_dispatch.pop() {
+            if let Some(q) = self.topology.queues.get_mut(&queue) {
                 q.dispatch_scheduled = false;
             }
             self.dispatch(queue);
@@ -37,7 +37,7 @@ impl Broker {
 
     /// Marks a queue as used now (for `x-expires`).
     pub(super) fn touch_queue(&mut self, queue: QueueId) {
-        if let Some(q) = self.queues.get_mut(&queue) {
+        if let Some(q) = self.topology.queues.get_mut(&queue) {
             q.expiry.touch(self.now_ms);
         }
         self.schedule_dispatch(queue);
@@ -49,7 +49,7 @@ impl Broker {
     fn dispatch(&mut self, queue: QueueId) {
         let now = self.now_ms;
         loop {
-            let Some(q) = self.queues.get_mut(&queue) else {
+            let Some(q) = self.topology.queues.get_mut(&queue) else {
                 return;
             };
             if q.ready_count() == 0 || q.consumers.is_empty() {
@@ -63,7 +63,12 @@ impl Broker {
             let Some(target) = self.choose_consumer(queue) else {
                 return;
             };
-            let Some(entry) = self.queues.get_mut(&queue).and_then(|q| q.messages.pop()) else {
+            let Some(entry) = self
+                .topology
+                .queues
+                .get_mut(&queue)
+                .and_then(|q| q.messages.pop())
+            else {
                 return;
             };
             if !self.deliver(queue, &target, entry) {
@@ -77,9 +82,9 @@ impl Broker {
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
         let write_limit = self.config.max_unflushed_bytes_per_connection;
         let unacked_limit = self.config.max_unacked_per_channel;
-        let q = self.queues.get_mut(&queue)?;
-        let conns = &self.conns;
-        let held = &self.held;
+        let q = self.topology.queues.get_mut(&queue)?;
+        let conns = &self.sessions.conns;
+        let held = &self.sessions.held;
         let can_take = |c: &ConsumerRef| {
             // A connection whose get waits for the store gets nothing else meanwhile,
             // as behind a synchronous get.
@@ -99,11 +104,12 @@ impl Broker {
     /// the consumer acks nothing (then the queue is done with it). Returns false, having
     /// lost the message, if the queue or the consumer is gone, which cannot happen.
     fn deliver(&mut self, queue: QueueId, target: &ConsumerRef, entry: QueuedMessage) -> bool {
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             debug_assert!(false, "delivery from a deleted queue");
             return false;
         };
         let Some(ch) = self
+            .sessions
             .conns
             .get_mut(&target.conn)
             .and_then(|c| c.channels.get_mut(&target.channel))
@@ -126,7 +132,9 @@ impl Broker {
         };
         let message = entry.message.clone();
         q.stats.delivered(consumer.no_ack, entry.redelivered);
-        self.totals.delivered(consumer.no_ack, entry.redelivered);
+        self.counters
+            .totals
+            .delivered(consumer.no_ack, entry.redelivered);
         let consumed = if consumer.no_ack {
             Some(entry)
         } else {
@@ -159,7 +167,7 @@ impl Broker {
     /// Returns an unacked delivery to its queue at its original position, flagged
     /// redelivered. If the queue is gone the message is dropped.
     pub(super) fn requeue(&mut self, entry: Unacked) {
-        match self.queues.get_mut(&entry.queue) {
+        match self.topology.queues.get_mut(&entry.queue) {
             Some(q) => {
                 debug_assert!(q.messages.unacked > 0);
                 q.messages.unacked -= 1;
@@ -178,8 +186,8 @@ impl Broker {
             return;
         }
         // A deleted queue's entries went with it.
-        if self.queues.contains_key(&queue) {
-            self.journal.push(crate::store::StoreOp::Dequeue {
+        if self.topology.queues.contains_key(&queue) {
+            self.round.journal.push(crate::store::StoreOp::Dequeue {
                 queue,
                 seq: entry.seq,
                 shared: entry.shared,
@@ -207,7 +215,7 @@ impl Broker {
             if let Some((s, state)) = pending.get_mut(pos) {
                 if *s == seq {
                     *state = outcome;
-                    self.confirm_dirty.push((conn, channel));
+                    self.round.confirm_dirty.push((conn, channel));
                 }
             }
         }
@@ -216,10 +224,10 @@ impl Broker {
     /// Sends the confirms that are ready, in publish order, coalescing runs of acks into
     /// one `multiple` ack.
     pub(super) fn flush_confirms(&mut self) {
-        if self.confirm_dirty.is_empty() {
+        if self.round.confirm_dirty.is_empty() {
             return;
         }
-        let mut dirty = std::mem::take(&mut self.confirm_dirty);
+        let mut dirty = std::mem::take(&mut self.round.confirm_dirty);
         dirty.sort_unstable();
         dirty.dedup();
         for (conn, channel) in dirty {
@@ -253,7 +261,7 @@ impl Broker {
                 out.push(ack(last, n));
             }
             let confirmed = (before - pending.len()) as u64;
-            self.totals.confirm += confirmed;
+            self.counters.totals.confirm += confirmed;
             for m in out {
                 self.send_method(conn, channel, m);
             }

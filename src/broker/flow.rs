@@ -34,7 +34,7 @@ impl Broker {
     /// Sets or clears one reason for not reading a connection; tells the connection when
     /// the first reason appears and when the last one goes.
     pub(super) fn set_paused(&mut self, conn: ConnId, reason: u8, on: bool) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         let before = c.paused;
@@ -53,21 +53,21 @@ impl Broker {
     /// After a publish: pauses the publisher if a queue it reached is filling up faster
     /// than its consumers empty it.
     pub(super) fn flow_after_publish(&mut self, conn: ConnId) {
-        if self.flow_hot.is_empty() {
+        if self.round.flow_hot.is_empty() {
             return;
         }
-        let hot = std::mem::take(&mut self.flow_hot);
-        let Some(c) = self.conns.get(&conn) else {
+        let hot = std::mem::take(&mut self.round.flow_hot);
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
         if c.flow_queue.is_some() || c.channels.values().any(|ch| !ch.consumers.is_empty()) {
             return;
         }
         let Some(&queue) = hot.first() else { return };
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
             c.flow_queue = Some(queue);
         }
-        if let Some(q) = self.queues.get_mut(&queue) {
+        if let Some(q) = self.topology.queues.get_mut(&queue) {
             q.flow_waiters.push(conn);
         }
         self.set_paused(conn, PAUSED_BY_FLOW, true);
@@ -77,7 +77,7 @@ impl Broker {
     /// budget, or has no consumers left.
     pub(super) fn flow_release(&mut self, queue: QueueId) {
         let budget = self.config.queue_memory_budget_bytes;
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         if q.flow_waiters.is_empty()
@@ -91,10 +91,10 @@ impl Broker {
 
     /// A paused publisher started consuming: its acks must flow, so it is read again.
     pub(super) fn flow_consumer_added(&mut self, conn: ConnId) {
-        let Some(queue) = self.conns.get(&conn).and_then(|c| c.flow_queue) else {
+        let Some(queue) = self.sessions.conns.get(&conn).and_then(|c| c.flow_queue) else {
             return;
         };
-        if let Some(q) = self.queues.get_mut(&queue) {
+        if let Some(q) = self.topology.queues.get_mut(&queue) {
             q.flow_waiters.retain(|c| *c != conn);
         }
         self.release_waiters(queue, vec![conn]);
@@ -103,7 +103,7 @@ impl Broker {
     /// Resumes publishers that waited on a queue (which may be gone).
     pub(super) fn release_waiters(&mut self, queue: QueueId, waiters: Vec<ConnId>) {
         for conn in waiters {
-            let waiting = self.conns.get_mut(&conn).is_some_and(|c| {
+            let waiting = self.sessions.conns.get_mut(&conn).is_some_and(|c| {
                 let here = c.flow_queue == Some(queue);
                 if here {
                     c.flow_queue = None;

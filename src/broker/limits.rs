@@ -66,7 +66,7 @@ impl Broker {
     /// Refuses a connection.open that would pass the vhost's or the user's connection
     /// limit (530 NOT_ALLOWED, as `rabbit_reader` does before checking vhost access).
     pub(super) fn check_connection_limits(&self, user: &str, vhost: &str) -> AmqpResult<()> {
-        let t = &self.tenants;
+        let t = &self.accounts.tenants;
         let open = Tenants::count(&t.vhost_connections, vhost);
         if let Some(limit) = reached(t.vhost(vhost).max_connections, open) {
             return Err(not_allowed(format!(
@@ -85,10 +85,15 @@ impl Broker {
     /// Refuses a channel.open that would pass the user's channel limit (530 NOT_ALLOWED,
     /// closing the connection, as RabbitMQ does).
     pub(super) fn check_channel_limit(&self, conn: ConnId) -> AmqpResult<()> {
-        let Some(user) = self.conns.get(&conn).and_then(|c| c.user.as_deref()) else {
+        let Some(user) = self
+            .sessions
+            .conns
+            .get(&conn)
+            .and_then(|c| c.user.as_deref())
+        else {
             return Ok(());
         };
-        let t = &self.tenants;
+        let t = &self.accounts.tenants;
         let open = Tenants::count(&t.user_channels, user);
         match reached(t.user(user).max_channels, open) {
             Some(limit) => Err(not_allowed(format!(
@@ -101,8 +106,12 @@ impl Broker {
     /// Refuses to create a queue in a vhost whose queue limit is reached (406
     /// PRECONDITION_FAILED, as `rabbit_channel` does for queues that do not exist yet).
     pub(super) fn check_queue_limit(&self, vhost: &str, name: &str) -> AmqpResult<()> {
-        let queues = self.vhosts.get(vhost).map_or(0, |v| v.queues.len());
-        match reached(self.tenants.vhost(vhost).max_queues, queues) {
+        let queues = self
+            .topology
+            .vhosts
+            .get(vhost)
+            .map_or(0, |v| v.queues.len());
+        match reached(self.accounts.tenants.vhost(vhost).max_queues, queues) {
             Some(limit) => Err(precondition_failed(format!(
                 "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({limit}) is reached"
             ))),
@@ -117,50 +126,61 @@ impl Broker {
         user_limits: &[(String, UserLimits)],
     ) {
         for (vhost, limits) in vhost_limits {
-            if self.vhosts.contains_key(vhost) && !limits.is_empty() {
-                self.tenants.vhost_limits.insert(vhost.clone(), *limits);
+            if self.topology.vhosts.contains_key(vhost) && !limits.is_empty() {
+                self.accounts
+                    .tenants
+                    .vhost_limits
+                    .insert(vhost.clone(), *limits);
             }
         }
         for (user, limits) in user_limits {
-            if self.users.get(user).is_some() && !limits.is_empty() {
-                self.tenants.user_limits.insert(user.clone(), *limits);
+            if self.accounts.users.get(user).is_some() && !limits.is_empty() {
+                self.accounts
+                    .tenants
+                    .user_limits
+                    .insert(user.clone(), *limits);
             }
         }
     }
 
     /// Counts a connection that opened its vhost.
     pub(super) fn connection_opened(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
         if let (Some(user), Some(vhost)) = (&c.user, &c.vhost) {
-            count_up(&mut self.tenants.vhost_connections, vhost);
-            count_up(&mut self.tenants.user_connections, user);
+            count_up(&mut self.accounts.tenants.vhost_connections, vhost);
+            count_up(&mut self.accounts.tenants.user_connections, user);
         }
     }
 
     /// Uncounts a connection that is closing (call before it is removed).
     pub(super) fn connection_closed(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
         if let (Some(user), Some(vhost)) = (&c.user, &c.vhost) {
-            count_down(&mut self.tenants.vhost_connections, vhost);
-            count_down(&mut self.tenants.user_connections, user);
+            count_down(&mut self.accounts.tenants.vhost_connections, vhost);
+            count_down(&mut self.accounts.tenants.user_connections, user);
         }
     }
 
     /// Counts a channel that opened.
     pub(super) fn channel_opened(&mut self, conn: ConnId) {
-        if let Some(user) = self.conns.get(&conn).and_then(|c| c.user.as_ref()) {
-            count_up(&mut self.tenants.user_channels, user);
+        if let Some(user) = self.sessions.conns.get(&conn).and_then(|c| c.user.as_ref()) {
+            count_up(&mut self.accounts.tenants.user_channels, user);
         }
     }
 
     /// Uncounts a channel that closed.
     pub(super) fn channel_closed(&mut self, conn: ConnId) {
-        if let Some(user) = self.conns.get(&conn).and_then(|c| c.user.as_deref()) {
-            count_down(&mut self.tenants.user_channels, user);
+        if let Some(user) = self
+            .sessions
+            .conns
+            .get(&conn)
+            .and_then(|c| c.user.as_deref())
+        {
+            count_down(&mut self.accounts.tenants.user_channels, user);
         }
     }
 
@@ -169,7 +189,7 @@ impl Broker {
         let mut vhosts: HashMap<&str, u32> = HashMap::default();
         let mut users: HashMap<&str, u32> = HashMap::default();
         let mut channels: HashMap<&str, u32> = HashMap::default();
-        for c in self.conns.values() {
+        for c in self.sessions.conns.values() {
             if let (Some(user), Some(vhost)) = (c.user.as_deref(), c.vhost.as_deref()) {
                 *vhosts.entry(vhost).or_default() += 1;
                 *users.entry(user).or_default() += 1;
@@ -186,7 +206,7 @@ impl Broker {
                     .iter()
                     .all(|(k, n)| actual.get(&**k).copied() == Some(*n))
         };
-        let t = &self.tenants;
+        let t = &self.accounts.tenants;
         assert!(
             same(&t.vhost_connections, &vhosts),
             "vhost connection counts"

@@ -23,6 +23,7 @@ mod limits;
 mod paging;
 #[cfg(test)]
 mod paging_tests;
+mod parts;
 mod queue;
 mod session;
 mod stats;
@@ -32,8 +33,7 @@ mod timers;
 pub mod topic;
 mod vhost;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -361,59 +361,26 @@ impl Outbox {
     }
 }
 
-/// The broker state machine.
+/// The broker state machine. Its state is held in parts named after what they hold
+/// ([`parts`]); each part checks its own invariants and [`Broker::check_invariants`]
+/// adds the ones that tie parts together.
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
     rng: SmallRng,
     now_ms: u64,
-    vhosts: HashMap<String, VHost>,
-    queues: HashMap<QueueId, Queue>,
-    conns: HashMap<ConnId, Conn>,
-    users: Users,
-    next_queue_id: QueueId,
-    next_channel_uid: u64,
-    outbox: Outbox,
-    journal: Journal,
-    deferred: VecDeque<(u64, Deferred)>,
-    /// Queues to run a dispatch pass on at the end of the current command.
-    to_dispatch: Vec<QueueId>,
-    /// Channels whose confirms may be ready to send.
-    confirm_dirty: Vec<(ConnId, u16)>,
-    /// Queue timers (message expiry, idle deletion), earliest first.
-    timers: BinaryHeap<Reverse<(u64, QueueId)>>,
-    /// Inputs handled so far.
-    rounds: u64,
-    /// Server-sent notifications (consumer cancels) to send after the current input's
-    /// reply, as RabbitMQ orders them.
-    notices: Vec<(ConnId, u16, Method)>,
-    /// Whether clients may log in (`warren ctl stop_app` stops the AMQP side).
-    app_running: bool,
-    /// Message counters for the whole broker (per-queue ones live in each queue).
-    totals: MessageCounters,
-    /// Resource alarms in force.
-    alarms: BTreeSet<Resource>,
-    /// Why the store fails, while it does.
-    store_fault: Option<StoreFault>,
-    /// Memory held by ready messages in all queues.
-    meter: queue::MemoryMeter,
-    /// Reads of paged messages to ask the driver for.
-    loads: Vec<(QueueId, u64, usize, u64, u64)>,
-    /// The next shared-message id.
-    next_shared_id: u64,
-    /// Queues that crossed their flow-control mark during the current publish.
-    flow_hot: Vec<QueueId>,
-    /// Connections whose basic.get waits for the store, with the commands that arrived
-    /// behind it.
-    held: HashMap<ConnId, VecDeque<Command>>,
-    /// Held connections whose get was answered.
-    to_resume: Vec<ConnId>,
-    /// Routing and dead-lettering steps taken since start ([`Broker::work_done`]).
-    work: u64,
-    /// Dead letters being routed.
-    dead_letters: deadletter::DeadLetters,
-    /// Vhost and user limits, and the usage they are checked against.
-    tenants: limits::Tenants,
+    /// Vhosts, exchanges, queues and their timers and memory.
+    topology: parts::Topology,
+    /// Connections and their channels, and work held for them.
+    sessions: parts::Sessions,
+    /// Users, permissions and tenant limits.
+    accounts: parts::Accounts,
+    /// The current round's work and what waits to go out.
+    round: parts::Round,
+    /// The node's lifecycle and health: app running, alarms, store fault.
+    node: parts::NodeState,
+    /// Counters.
+    counters: parts::Counters,
 }
 
 impl Broker {
@@ -424,36 +391,12 @@ impl Broker {
             config,
             rng: SmallRng::seed_from_u64(seed),
             now_ms: 0,
-            vhosts: HashMap::default(),
-            queues: HashMap::default(),
-            conns: HashMap::default(),
-            users: Users::default(),
-            next_queue_id: 1,
-            next_channel_uid: 1,
-            outbox: Outbox::default(),
-            journal: Journal {
-                next_batch: 1,
-                ..Journal::default()
-            },
-            deferred: VecDeque::new(),
-            to_dispatch: Vec::new(),
-            confirm_dirty: Vec::new(),
-            timers: BinaryHeap::new(),
-            rounds: 0,
-            notices: Vec::new(),
-            app_running: true,
-            totals: MessageCounters::default(),
-            alarms: BTreeSet::new(),
-            store_fault: None,
-            meter: Default::default(),
-            loads: Vec::new(),
-            next_shared_id: 1,
-            flow_hot: Vec::new(),
-            held: HashMap::default(),
-            to_resume: Vec::new(),
-            work: 0,
-            dead_letters: Default::default(),
-            tenants: limits::Tenants::default(),
+            topology: parts::Topology::default(),
+            sessions: parts::Sessions::default(),
+            accounts: parts::Accounts::default(),
+            round: parts::Round::default(),
+            node: parts::NodeState::default(),
+            counters: parts::Counters::default(),
         };
         if recovered.vhosts.is_empty() && recovered.users.is_empty() {
             broker.create_defaults();
@@ -468,7 +411,7 @@ impl Broker {
     /// simulator and the fuzzer hold each input to a budget of these, so that an input
     /// whose cost explodes is a failure even when it finishes.
     pub fn work_done(&self) -> u64 {
-        self.work
+        self.counters.work
     }
 
     /// The settings in force.
@@ -479,8 +422,11 @@ impl Broker {
     /// A connection was accepted.
     pub fn handle_connect(&mut self, conn: ConnId, info: ConnInfo, now_ms: u64) {
         self.now_ms = now_ms;
-        debug_assert!(!self.conns.contains_key(&conn), "connection id reused");
-        self.conns.insert(
+        debug_assert!(
+            !self.sessions.conns.contains_key(&conn),
+            "connection id reused"
+        );
+        self.sessions.conns.insert(
             conn,
             Conn {
                 info,
@@ -506,10 +452,10 @@ impl Broker {
     /// are ignored.
     pub fn handle_command(&mut self, conn: ConnId, command: Command, now_ms: u64) {
         self.now_ms = now_ms;
-        if !self.conns.contains_key(&conn) {
+        if !self.sessions.conns.contains_key(&conn) {
             return;
         }
-        if let Some(held) = self.held.get_mut(&conn) {
+        if let Some(held) = self.sessions.held.get_mut(&conn) {
             // A basic.get of this connection waits for the store: what follows waits
             // behind it, as it would behind a synchronous get. A connection that is gone
             // is gone at once (its get is dropped with it).
@@ -568,16 +514,16 @@ impl Broker {
     /// A connection's parked get was answered: carries out the commands that waited
     /// behind it, until one parks again.
     fn resume_held(&mut self, conn: ConnId) {
-        let Some(mut waiting) = self.held.remove(&conn) else {
+        let Some(mut waiting) = self.sessions.held.remove(&conn) else {
             return;
         };
         self.set_paused(conn, flow::PAUSED_BY_GET, false);
         while let Some(command) = waiting.pop_front() {
-            if !self.conns.contains_key(&conn) {
+            if !self.sessions.conns.contains_key(&conn) {
                 return;
             }
             self.run_command(conn, command);
-            if let Some(held) = self.held.get_mut(&conn) {
+            if let Some(held) = self.sessions.held.get_mut(&conn) {
                 // Parked again: the rest waits behind this get.
                 held.extend(waiting);
                 return;
@@ -589,23 +535,23 @@ impl Broker {
     /// too much of what was sent to the store is not synced yet; store completions, timers
     /// and admin requests are still taken.
     pub fn wants_input(&self) -> bool {
-        self.journal.unsynced_bytes < self.config.max_unsynced_store_bytes
+        self.round.journal.unsynced_bytes < self.config.max_unsynced_store_bytes
     }
 
     /// The store synced every batch up to and including `batch`.
     pub fn handle_persisted(&mut self, batch: u64) {
-        while let Some(&(b, bytes)) = self.journal.unsynced.front() {
+        while let Some(&(b, bytes)) = self.round.journal.unsynced.front() {
             if b > batch {
                 break;
             }
-            self.journal.unsynced.pop_front();
-            self.journal.unsynced_bytes -= bytes;
+            self.round.journal.unsynced.pop_front();
+            self.round.journal.unsynced_bytes -= bytes;
         }
-        while let Some((b, _)) = self.deferred.front() {
+        while let Some((b, _)) = self.round.deferred.front() {
             if *b > batch {
                 break;
             }
-            let Some((_, deferred)) = self.deferred.pop_front() else {
+            let Some((_, deferred)) = self.round.deferred.pop_front() else {
                 break;
             };
             match deferred {
@@ -625,7 +571,7 @@ impl Broker {
                         self.send_method(conn, channel, method);
                     }
                 }
-                Deferred::Admin { id, result } => self.outbox.answers.push_back((id, result)),
+                Deferred::Admin { id, result } => self.round.outbox.answers.push_back((id, result)),
             }
         }
         self.finish_round();
@@ -637,21 +583,22 @@ impl Broker {
     /// Deliveries and publisher confirms are worked out here, once for all the inputs
     /// handled since the last call: consumers are served in larger batches and runs of
     /// confirms coalesce into one `multiple` ack.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.run_dispatch();
         self.flush_confirms();
-        if !self.journal.ops.is_empty() {
-            let batch = self.journal.next_batch;
-            self.journal.next_batch += 1;
-            let bytes: u64 = self.journal.ops.iter().map(op_bytes).sum();
-            self.journal.unsynced.push_back((batch, bytes));
-            self.journal.unsynced_bytes += bytes;
+        if !self.round.journal.ops.is_empty() {
+            let batch = self.round.journal.next_batch;
+            self.round.journal.next_batch += 1;
+            let bytes: u64 = self.round.journal.ops.iter().map(op_bytes).sum();
+            self.round.journal.unsynced.push_back((batch, bytes));
+            self.round.journal.unsynced_bytes += bytes;
             return Some(Output::Persist {
                 batch,
-                ops: std::mem::take(&mut self.journal.ops),
+                ops: std::mem::take(&mut self.round.journal.ops),
             });
         }
-        if let Some((queue, from_seq, max, max_bytes, epoch)) = self.loads.pop() {
+        if let Some((queue, from_seq, max, max_bytes, epoch)) = self.round.loads.pop() {
             return Some(Output::Load {
                 queue,
                 from_seq,
@@ -660,10 +607,11 @@ impl Broker {
                 epoch,
             });
         }
-        if let Some((conn, replies)) = self.outbox.pop() {
+        if let Some((conn, replies)) = self.round.outbox.pop() {
             return Some(Output::Replies { conn, replies });
         }
-        self.outbox
+        self.round
+            .outbox
             .answers
             .pop_front()
             .map(|(id, result)| Output::Admin { id, result })
@@ -671,18 +619,18 @@ impl Broker {
 
     /// Work that follows every input: notifications that must follow the input's reply.
     fn finish_round(&mut self) {
-        while let Some(conn) = self.to_resume.pop() {
+        while let Some(conn) = self.sessions.to_resume.pop() {
             self.resume_held(conn);
         }
-        for (conn, channel, method) in std::mem::take(&mut self.notices) {
+        for (conn, channel, method) in std::mem::take(&mut self.round.notices) {
             if self.has_channel(conn, channel) {
                 self.send_method(conn, channel, method);
             }
         }
         // Debug builds audit the whole state now and then (a full check is linear in the
         // number of messages, too slow for every round).
-        self.rounds += 1;
-        if cfg!(debug_assertions) && self.rounds % 1024 == 0 {
+        self.counters.rounds += 1;
+        if cfg!(debug_assertions) && self.counters.rounds % 1024 == 0 {
             self.check_invariants();
         }
     }
@@ -692,11 +640,11 @@ impl Broker {
     fn send(&mut self, conn: ConnId, reply: Reply) {
         let pause_at = self.config.max_unflushed_bytes_per_connection * flow::OUTPUT_PAUSE_FACTOR;
         let mut pause = false;
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
             c.unflushed_bytes += reply.wire_size();
             pause = c.unflushed_bytes >= pause_at && c.paused & flow::PAUSED_BY_OUTPUT == 0;
         }
-        self.outbox.push(conn, reply);
+        self.round.outbox.push(conn, reply);
         if pause {
             self.set_paused(conn, flow::PAUSED_BY_OUTPUT, true);
         }
@@ -708,7 +656,7 @@ impl Broker {
 
     /// The batch that the changes made now will be part of.
     fn current_batch(&self) -> u64 {
-        self.journal.next_batch
+        self.round.journal.next_batch
     }
 
     /// Closes the channel or the connection an error belongs to.
@@ -742,22 +690,32 @@ impl Broker {
     // ----- lookups -----
 
     fn has_channel(&self, conn: ConnId, channel: u16) -> bool {
-        self.conns
+        self.sessions
+            .conns
             .get(&conn)
             .is_some_and(|c| c.channels.contains_key(&channel))
     }
 
     fn channel_uid(&self, conn: ConnId, channel: u16) -> Option<u64> {
-        self.conns.get(&conn)?.channels.get(&channel).map(|c| c.uid)
+        self.sessions
+            .conns
+            .get(&conn)?
+            .channels
+            .get(&channel)
+            .map(|c| c.uid)
     }
 
     fn channel_mut(&mut self, conn: ConnId, channel: u16) -> Option<&mut Channel> {
-        self.conns.get_mut(&conn)?.channels.get_mut(&channel)
+        self.sessions
+            .conns
+            .get_mut(&conn)?
+            .channels
+            .get_mut(&channel)
     }
 
     /// The vhost and user of an open connection.
     fn session(&self, conn: ConnId) -> Option<(Arc<str>, Arc<str>)> {
-        let c = self.conns.get(&conn)?;
+        let c = self.sessions.conns.get(&conn)?;
         Some((c.vhost.clone()?, c.user.clone()?))
     }
 
@@ -769,59 +727,46 @@ impl Broker {
 
     /// Every queue in the broker.
     pub fn queues(&self) -> impl Iterator<Item = &Queue> {
-        self.queues.values()
+        self.topology.queues.values()
     }
 
     /// A vhost by name.
     pub fn vhost(&self, name: &str) -> Option<&VHost> {
-        self.vhosts.get(name)
+        self.topology.vhosts.get(name)
     }
 
     /// A queue by vhost and name.
     pub fn queue(&self, vhost: &str, name: &str) -> Option<&Queue> {
-        let id = self.vhosts.get(vhost)?.queues.get(name)?;
-        self.queues.get(id)
+        let id = self.topology.vhosts.get(vhost)?.queues.get(name)?;
+        self.topology.queues.get(id)
     }
 
     /// The user database.
     pub fn users(&self) -> &Users {
-        &self.users
+        &self.accounts.users
     }
 
     /// Asserts the broker's invariants; panics with a description when one is broken.
     /// Tests, the simulator and debug builds call it.
     pub fn check_invariants(&self) {
-        for q in self.queues.values() {
-            q.check_invariants();
-            let vhost = self
-                .vhosts
-                .get(&q.decl.vhost)
-                .expect("queue in a known vhost");
-            assert_eq!(
-                vhost.queues.get(&q.decl.name),
-                Some(&q.id),
-                "queue {} indexed",
-                q.decl.name
-            );
-            for source in &q.bound_from {
-                assert!(
-                    vhost
-                        .exchanges
-                        .get(source)
-                        .is_some_and(|x| x.binds_to(&Destination::Queue(q.id))),
-                    "queue {} bound from {source}",
-                    q.decl.name
-                );
-            }
+        self.topology.check_invariants();
+        self.sessions.check_invariants();
+        self.round.check_invariants();
+        self.node.check_invariants();
+        self.check_tenant_invariants();
+        // What ties topology and sessions: exclusive owners, consumers registered on both
+        // sides, unacked counts.
+        for q in self.topology.queues.values() {
             if let Some(owner) = q.decl.exclusive_owner {
                 assert!(
-                    self.conns.contains_key(&owner),
+                    self.sessions.conns.contains_key(&owner),
                     "exclusive queue {} outlived its owner",
                     q.decl.name
                 );
             }
             for c in &q.consumers {
                 let ch = self
+                    .sessions
                     .conns
                     .get(&c.conn)
                     .and_then(|conn| conn.channels.get(&c.channel))
@@ -835,11 +780,12 @@ impl Broker {
             }
         }
         let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::default();
-        for (id, conn) in &self.conns {
+        for (id, conn) in &self.sessions.conns {
             for ch in conn.channels.values() {
                 ch.check_invariants();
                 for (tag, consumer) in &ch.consumers {
                     let q = self
+                        .topology
                         .queues
                         .get(&consumer.queue)
                         .expect("consumer's queue exists");
@@ -855,59 +801,13 @@ impl Broker {
                 }
             }
         }
-        for q in self.queues.values() {
+        for q in self.topology.queues.values() {
             assert_eq!(
                 unacked_per_queue.get(&q.id).copied().unwrap_or(0),
                 q.messages.unacked,
                 "queue {} unacked count",
                 q.decl.name
             );
-        }
-        for v in self.vhosts.values() {
-            for x in v.exchanges.values() {
-                x.check_invariants();
-                for b in x.bindings() {
-                    let back = match &b.destination {
-                        Destination::Queue(id) => {
-                            self.queues.get(id).map(|q| q.bound_from.contains(&x.name))
-                        }
-                        Destination::Exchange(d) => {
-                            v.exchanges.get(d).map(|d| d.bound_from.contains(&x.name))
-                        }
-                    };
-                    assert_eq!(
-                        back,
-                        Some(true),
-                        "binding of {} indexed at its destination",
-                        x.name
-                    );
-                }
-                for source in &x.bound_from {
-                    assert!(
-                        v.exchanges
-                            .get(source)
-                            .is_some_and(|s| s.binds_to(&Destination::Exchange(x.name.clone()))),
-                        "exchange {} bound from {source}",
-                        x.name
-                    );
-                }
-            }
-            for id in v.queues.values() {
-                assert!(
-                    self.queues.contains_key(id),
-                    "vhost {} lists a deleted queue",
-                    v.name
-                );
-            }
-        }
-        self.check_tenant_invariants();
-        let mut last = 0;
-        for (b, _) in &self.deferred {
-            assert!(
-                *b >= last && *b <= self.journal.next_batch,
-                "deferred batches in order"
-            );
-            last = *b;
         }
     }
 }

@@ -11,7 +11,9 @@ use super::queue::QueuedMessage;
 impl Broker {
     /// Memory charged for ready messages held in memory, across all queues.
     pub fn memory_bytes(&self) -> u64 {
-        self.meter.load(std::sync::atomic::Ordering::Relaxed)
+        self.topology
+            .meter
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks for the queue's next paged batch if it is running low in memory. A read brings
@@ -25,7 +27,7 @@ impl Broker {
             self.config.memory_budget_bytes,
         );
         let broker_room = broker_budget.saturating_sub(self.memory_bytes());
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         if q.messages.paged.count == 0 || q.messages.paged.loading {
@@ -43,7 +45,8 @@ impl Broker {
         if low || get_starved {
             let paged = &mut q.messages.paged;
             paged.loading = true;
-            self.loads
+            self.round
+                .loads
                 .push((queue, paged.from_seq, batch, room.max(1), paged.epoch));
         }
     }
@@ -57,7 +60,7 @@ impl Broker {
         now_ms: u64,
     ) {
         self.now_ms = now_ms;
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         if q.messages.paged.epoch != epoch || !q.messages.paged.loading {
@@ -87,7 +90,9 @@ impl Broker {
                 .collect();
             q.messages.take_loaded(taken);
             if let Some(up_to_seq) = last_paged {
-                self.journal.push(StoreOp::DropPaged { queue, up_to_seq });
+                self.round
+                    .journal
+                    .push(StoreOp::DropPaged { queue, up_to_seq });
             }
         }
         self.serve_waiting_gets(queue);
@@ -99,7 +104,7 @@ impl Broker {
     /// was purged), and lets their connections go on.
     pub(super) fn serve_waiting_gets(&mut self, queue: QueueId) {
         loop {
-            let Some(q) = self.queues.get_mut(&queue) else {
+            let Some(q) = self.topology.queues.get_mut(&queue) else {
                 return;
             };
             if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
@@ -113,7 +118,7 @@ impl Broker {
             if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid) {
                 self.get_one(get.conn, get.channel, queue, get.no_ack);
             }
-            self.to_resume.push(get.conn);
+            self.sessions.to_resume.push(get.conn);
         }
     }
 
@@ -130,7 +135,7 @@ impl Broker {
                     crate::proto::method::Method::BasicGetEmpty(Default::default()),
                 );
             }
-            self.to_resume.push(get.conn);
+            self.sessions.to_resume.push(get.conn);
         }
     }
 }

@@ -26,8 +26,10 @@ impl Broker {
     /// Creates the default vhost and user with full permissions, and persists them.
     pub(super) fn create_defaults(&mut self) {
         let vhost = self.config.default_vhost.clone();
-        self.vhosts.insert(vhost.clone(), VHost::new(&vhost));
-        self.journal.push(StoreOp::PutVhost(vhost.clone()));
+        self.topology
+            .vhosts
+            .insert(vhost.clone(), VHost::new(&vhost));
+        self.round.journal.push(StoreOp::PutVhost(vhost.clone()));
         let mut salt = [0u8; 4];
         self.rng.fill_bytes(&mut salt);
         let user = UserRecord {
@@ -35,8 +37,8 @@ impl Broker {
             password_hash: hash_password(&self.config.default_password, salt),
             tags: vec!["administrator".into()],
         };
-        self.users.put(user.clone());
-        self.journal.push(StoreOp::PutUser(user));
+        self.accounts.users.put(user.clone());
+        self.round.journal.push(StoreOp::PutUser(user));
         let perms = PermissionRecord {
             user: self.config.default_user.clone(),
             vhost,
@@ -45,36 +47,36 @@ impl Broker {
             read: ".*".into(),
         };
         if let Ok(p) = Permissions::new(perms.clone()) {
-            self.users.set_permissions(p);
+            self.accounts.users.set_permissions(p);
         }
-        self.journal.push(StoreOp::PutPermission(perms));
+        self.round.journal.push(StoreOp::PutPermission(perms));
     }
 
     /// Rebuilds durable state read back from the store.
     pub(super) fn restore(&mut self, recovered: Recovered) {
         for v in &recovered.vhosts {
-            self.vhosts.insert(v.clone(), VHost::new(v));
+            self.topology.vhosts.insert(v.clone(), VHost::new(v));
         }
         for u in recovered.users {
-            self.users.put(u);
+            self.accounts.users.put(u);
         }
         for p in recovered.permissions {
             if let Ok(p) = Permissions::new(p) {
-                self.users.set_permissions(p);
+                self.accounts.users.set_permissions(p);
             }
         }
         self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);
         self.restore_exchanges(recovered.exchanges);
         self.restore_queues(recovered.queues);
         self.restore_bindings(recovered.bindings);
-        self.next_shared_id = self.next_shared_id.max(recovered.next_shared_id);
+        self.topology.next_shared_id = self.topology.next_shared_id.max(recovered.next_shared_id);
         self.restore_contents(recovered.contents);
     }
 
     /// Recreates the durable exchanges (the built-in ones exist already).
     fn restore_exchanges(&mut self, exchanges: Vec<ExchangeRecord>) {
         for x in exchanges {
-            let Some(vhost) = self.vhosts.get_mut(&x.vhost) else {
+            let Some(vhost) = self.topology.vhosts.get_mut(&x.vhost) else {
                 continue;
             };
             let Some(kind) = ExchangeKind::parse(&x.kind) else {
@@ -91,7 +93,7 @@ impl Broker {
     /// Recreates the durable queues, empty; [`Broker::restore_contents`] fills them.
     fn restore_queues(&mut self, queues: Vec<QueueRecord>) {
         for q in queues {
-            let Some(vhost) = self.vhosts.get_mut(&q.vhost) else {
+            let Some(vhost) = self.topology.vhosts.get_mut(&q.vhost) else {
                 continue;
             };
             // Arguments were validated when the queue was declared.
@@ -108,7 +110,7 @@ impl Broker {
                 }
             };
             vhost.queues.insert(q.name.clone(), q.id);
-            self.next_queue_id = self.next_queue_id.max(q.id + 1);
+            self.topology.next_queue_id = self.topology.next_queue_id.max(q.id + 1);
             let decl = Declaration {
                 name: q.name,
                 vhost: q.vhost,
@@ -118,15 +120,15 @@ impl Broker {
                 arguments: q.arguments,
                 settings,
             };
-            let queue = Queue::new(q.id, decl, self.meter.clone(), self.now_ms);
-            self.queues.insert(q.id, queue);
+            let queue = Queue::new(q.id, decl, self.topology.meter.clone(), self.now_ms);
+            self.topology.queues.insert(q.id, queue);
         }
     }
 
     /// Rebinds the durable bindings whose source and destination were recovered.
     fn restore_bindings(&mut self, bindings: Vec<BindingRecord>) {
         for b in bindings {
-            let Some(vhost) = self.vhosts.get_mut(&b.vhost) else {
+            let Some(vhost) = self.topology.vhosts.get_mut(&b.vhost) else {
                 continue;
             };
             let destination = if b.to_exchange {
@@ -151,7 +153,7 @@ impl Broker {
             });
             match destination {
                 Destination::Queue(id) => {
-                    if let Some(q) = self.queues.get_mut(&id) {
+                    if let Some(q) = self.topology.queues.get_mut(&id) {
                         q.bound_from.insert(b.source);
                     }
                 }
@@ -168,7 +170,7 @@ impl Broker {
     /// memory, the rest as the queue's paged tail.
     fn restore_contents(&mut self, contents: Vec<RecoveredQueue>) {
         for content in contents {
-            let Some(q) = self.queues.get_mut(&content.queue) else {
+            let Some(q) = self.topology.queues.get_mut(&content.queue) else {
                 continue;
             };
             // Whether a message was delivered before the restart is not recorded; like
@@ -207,10 +209,10 @@ impl Broker {
     // ----- connection -----
 
     pub(super) fn login(&mut self, conn: ConnId, login: Login) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
-        if !self.app_running {
+        if !self.node.app_running {
             // Stopped by `warren ctl stop_app`: like a node without listeners.
             self.send(conn, Reply::Disconnect);
             self.close_connection(conn);
@@ -218,6 +220,7 @@ impl Broker {
         }
         let loopback_only = self.config.loopback_users.contains(&login.username);
         let accepted = self
+            .accounts
             .users
             .authenticate(&login.username, &login.password)
             .is_some()
@@ -242,7 +245,7 @@ impl Broker {
             self.close_connection(conn);
             return;
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
             c.cancel_notify = capability(&login.client_properties, "consumer_cancel_notify");
             c.blocked_notify = capability(&login.client_properties, "connection.blocked");
             c.client_properties = login.client_properties;
@@ -252,14 +255,14 @@ impl Broker {
     }
 
     pub(super) fn open_vhost(&mut self, conn: ConnId, vhost: &str) {
-        let Some(user) = self.conns.get(&conn).and_then(|c| c.user.clone()) else {
+        let Some(user) = self.sessions.conns.get(&conn).and_then(|c| c.user.clone()) else {
             return;
         };
-        let result = if !self.vhosts.contains_key(vhost) {
+        let result = if !self.topology.vhosts.contains_key(vhost) {
             Err(not_allowed(format!("vhost {vhost} not found")))
         } else if let Err(e) = self.check_connection_limits(&user, vhost) {
             Err(e)
-        } else if self.users.permissions(&user, vhost).is_none() {
+        } else if self.accounts.users.permissions(&user, vhost).is_none() {
             Err(not_allowed(format!(
                 "access to vhost '{vhost}' refused for user '{user}'"
             )))
@@ -268,7 +271,7 @@ impl Broker {
         };
         match result {
             Ok(()) => {
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.sessions.conns.get_mut(&conn) {
                     c.vhost = Some(vhost.into());
                 }
                 self.connection_opened(conn);
@@ -285,7 +288,7 @@ impl Broker {
     /// Releases everything a connection holds. Safe to call for a connection already
     /// gone.
     pub(super) fn close_connection(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
         let mut channels: Vec<u16> = c.channels.keys().copied().collect();
@@ -294,6 +297,7 @@ impl Broker {
             self.close_channel(conn, ch);
         }
         let exclusive = self
+            .sessions
             .conns
             .get_mut(&conn)
             .map(|c| std::mem::take(&mut c.exclusive_queues))
@@ -302,13 +306,13 @@ impl Broker {
             self.delete_queue(q);
         }
         self.connection_closed(conn);
-        self.conns.remove(&conn);
-        self.held.remove(&conn);
+        self.sessions.conns.remove(&conn);
+        self.sessions.held.remove(&conn);
     }
 
     pub(super) fn drained(&mut self, conn: ConnId, bytes: usize) {
         let limit = self.config.max_unflushed_bytes_per_connection;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         let was_over = c.unflushed_bytes >= limit;
@@ -318,12 +322,12 @@ impl Broker {
         let resume_get = c.get_waits_for_drain && c.unflushed_bytes < limit;
         if resume_get {
             c.get_waits_for_drain = false;
-            self.to_resume.push(conn);
+            self.sessions.to_resume.push(conn);
         }
         if resume_reading {
             self.set_paused(conn, super::flow::PAUSED_BY_OUTPUT, false);
         }
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         if was_over && c.unflushed_bytes < limit {
@@ -344,9 +348,9 @@ impl Broker {
         if let Err(e) = self.check_channel_limit(conn) {
             return self.fail(conn, 0, e);
         }
-        let uid = self.next_channel_uid;
-        self.next_channel_uid += 1;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let uid = self.sessions.next_channel_uid;
+        self.sessions.next_channel_uid += 1;
+        let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };
         debug_assert!(
@@ -365,6 +369,7 @@ impl Broker {
     /// queues, marked redelivered. Returns false if the channel did not exist.
     pub(super) fn close_channel(&mut self, conn: ConnId, channel: u16) -> bool {
         let Some(mut ch) = self
+            .sessions
             .conns
             .get_mut(&conn)
             .and_then(|c| c.channels.remove(&channel))
@@ -392,7 +397,7 @@ impl Broker {
             self.requeue(entry);
         }
         // Deferred replies for this channel can no longer be delivered.
-        self.deferred.retain(|(_, d)| match d {
+        self.round.deferred.retain(|(_, d)| match d {
             Deferred::Confirm { uid, .. } | Deferred::Reply { uid, .. } => *uid != ch.uid,
             Deferred::Admin { .. } => true,
         });
@@ -409,7 +414,7 @@ impl Broker {
         queue: super::QueueId,
     ) {
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         q.consumers.remove(conn, channel, tag);
@@ -428,7 +433,7 @@ impl Broker {
     /// Closes every connection with 320 CONNECTION_FORCED, as RabbitMQ does when it stops.
     pub fn close_all_connections(&mut self, reason: &str, now_ms: u64) {
         self.now_ms = now_ms;
-        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut ids: Vec<ConnId> = self.sessions.conns.keys().copied().collect();
         ids.sort_unstable();
         for conn in ids {
             let close = ConnectionClose {

@@ -15,12 +15,13 @@ const TIMERS_PER_ROUND: usize = 4096;
 
 impl Broker {
     /// When [`Broker::handle_timeout`] should next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.dead_letters_waiting() {
             // Dead letters left over from the last round: at once.
             return Some(self.now_ms);
         }
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        self.topology.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Time has passed: expire messages and delete unused queues that are due.
@@ -30,14 +31,15 @@ impl Broker {
         // A bounded number of queues per round: due timers left over keep
         // `poll_timeout` in the past, so the driver calls again at once, between inputs.
         for _ in 0..TIMERS_PER_ROUND {
-            let Some(Reverse((at, queue))) = self.timers.peek().copied() else {
+            let Some(Reverse((at, queue))) = self.topology.timers.peek().copied() else {
                 break;
             };
             if at > now_ms {
                 break;
             }
-            self.timers.pop();
+            self.topology.timers.pop();
             let live = self
+                .topology
                 .queues
                 .get_mut(&queue)
                 .is_some_and(|q| q.expiry.fire(at));
@@ -51,7 +53,7 @@ impl Broker {
     /// Expires due messages at the queue's head and deletes it if unused for too long.
     pub(super) fn queue_tick(&mut self, queue: QueueId) {
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         if q.idle_deadline_ms().is_some_and(|t| t <= now) {
@@ -68,7 +70,7 @@ impl Broker {
 
     /// Makes sure the queue's next timed event has a timer.
     pub(super) fn reschedule(&mut self, queue: QueueId) {
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         // A message expires once the clock passes its expiry time.
@@ -81,7 +83,7 @@ impl Broker {
         .min();
         if let Some(at) = next {
             if q.expiry.arm(at) {
-                self.timers.push(Reverse((at, queue)));
+                self.topology.timers.push(Reverse((at, queue)));
             }
         }
     }

@@ -328,6 +328,7 @@ impl Connection {
     }
 
     /// The next command for the broker.
+    #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
@@ -350,6 +351,7 @@ impl Connection {
     }
 
     /// Bytes to write to the socket, if any.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.chunks.is_empty() {
             return (!self.output.is_empty()).then(|| self.output.split().freeze());
@@ -446,6 +448,7 @@ impl Connection {
     }
 
     /// When [`Connection::handle_timeout`] should next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
             Phase::Closed => None,

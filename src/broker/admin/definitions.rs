@@ -69,14 +69,14 @@ impl Broker {
     pub(super) fn export_definitions(&self, vhost: Option<&str>) -> Definitions {
         let mut defs = Definitions::default();
         if vhost.is_none() {
-            defs.users = self.users.iter().cloned().collect();
+            defs.users = self.accounts.users.iter().cloned().collect();
             defs.vhosts = self.list_vhosts().into_iter().map(|v| v.name).collect();
-            defs.permissions = self.users.all_permissions().cloned().collect();
+            defs.permissions = self.accounts.users.all_permissions().cloned().collect();
             if let Ok(AdminReply::UserLimits(l)) = self.list_user_limits(None) {
                 defs.user_limits = l;
             }
         }
-        let limits = self.tenants.vhost_limits.iter();
+        let limits = self.accounts.tenants.vhost_limits.iter();
         defs.vhost_limits = limits
             .filter(|(v, _)| vhost.is_none_or(|only| only == v.as_str()))
             .map(|(v, l)| (v.clone(), *l))
@@ -98,7 +98,8 @@ impl Broker {
             .list_exchanges(vhost)
             .into_iter()
             .filter(|x| {
-                self.vhosts
+                self.topology
+                    .vhosts
                     .get(&x.vhost)
                     .and_then(|v| v.exchanges.get(&x.name))
                     .is_some_and(|e| !e.builtin)
@@ -132,9 +133,10 @@ impl Broker {
     /// nothing.
     fn validate_definitions(&self, defs: &Definitions) -> Result<(), super::AdminError> {
         let known_vhost =
-            |v: &str| self.vhosts.contains_key(v) || defs.vhosts.iter().any(|d| d == v);
-        let known_user =
-            |u: &str| self.users.get(u).is_some() || defs.users.iter().any(|d| d.name == u);
+            |v: &str| self.topology.vhosts.contains_key(v) || defs.vhosts.iter().any(|d| d == v);
+        let known_user = |u: &str| {
+            self.accounts.users.get(u).is_some() || defs.users.iter().any(|d| d.name == u)
+        };
         for p in &defs.permissions {
             if !known_vhost(&p.vhost) || !known_user(&p.user) {
                 return Err(bad_request(format!(
@@ -196,6 +198,7 @@ impl Broker {
             Default::default();
         for q in &defs.queues {
             let exists = self
+                .topology
                 .vhosts
                 .get(&q.vhost)
                 .is_some_and(|v| v.queues.contains_key(&q.name));
@@ -204,8 +207,13 @@ impl Broker {
             }
         }
         for (vhost, names) in new_queues {
-            let existing = self.vhosts.get(vhost).map_or(0, |v| v.queues.len());
+            let existing = self
+                .topology
+                .vhosts
+                .get(vhost)
+                .map_or(0, |v| v.queues.len());
             let limit = self
+                .accounts
                 .tenants
                 .vhost_limits
                 .get(vhost)

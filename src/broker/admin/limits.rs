@@ -35,11 +35,12 @@ impl Broker {
 
     pub(super) fn list_vhost_limits(&self, vhost: Option<&str>) -> AdminResult {
         if let Some(v) = vhost
-            && !self.vhosts.contains_key(v)
+            && !self.topology.vhosts.contains_key(v)
         {
             return Err(Self::vhost_missing(v));
         }
         let mut all: Vec<(String, VhostLimits)> = self
+            .accounts
             .tenants
             .vhost_limits
             .iter()
@@ -52,11 +53,12 @@ impl Broker {
 
     pub(super) fn list_user_limits(&self, user: Option<&str>) -> AdminResult {
         if let Some(u) = user
-            && self.users.get(u).is_none()
+            && self.accounts.users.get(u).is_none()
         {
             return Err(Self::user_missing(u));
         }
         let mut all: Vec<(String, UserLimits)> = self
+            .accounts
             .tenants
             .user_limits
             .iter()
@@ -74,7 +76,7 @@ impl Broker {
         given: VhostLimits,
         replace: bool,
     ) -> AdminResult {
-        if !self.vhosts.contains_key(vhost) {
+        if !self.topology.vhosts.contains_key(vhost) {
             return Err(Self::vhost_missing(vhost));
         }
         let limits = if replace {
@@ -94,7 +96,7 @@ impl Broker {
     /// RabbitMQ), or all of them. Clearing all of a vhost that has none is an error, as
     /// `rabbitmqctl clear_vhost_limits` makes it.
     pub(super) fn clear_vhost_limits(&mut self, vhost: &str, name: Option<&str>) -> AdminResult {
-        if !self.vhosts.contains_key(vhost) {
+        if !self.topology.vhosts.contains_key(vhost) {
             return Err(Self::vhost_missing(vhost));
         }
         let mut limits = self.vhost_limits_of(vhost);
@@ -111,7 +113,7 @@ impl Broker {
 
     /// Sets the given limits of a user, keeping the others.
     pub(super) fn set_user_limits(&mut self, user: &str, given: UserLimits) -> AdminResult {
-        if self.users.get(user).is_none() {
+        if self.accounts.users.get(user).is_none() {
             return Err(Self::user_missing(user));
         }
         let old = self.user_limits_of(user);
@@ -126,7 +128,7 @@ impl Broker {
     /// Clears one limit of a user by name (an unknown name changes nothing, as in
     /// RabbitMQ), or all of them.
     pub(super) fn clear_user_limits(&mut self, user: &str, name: Option<&str>) -> AdminResult {
-        if self.users.get(user).is_none() {
+        if self.accounts.users.get(user).is_none() {
             return Err(Self::user_missing(user));
         }
         let mut limits = self.user_limits_of(user);
@@ -141,7 +143,8 @@ impl Broker {
     }
 
     fn vhost_limits_of(&self, vhost: &str) -> VhostLimits {
-        self.tenants
+        self.accounts
+            .tenants
             .vhost_limits
             .get(vhost)
             .copied()
@@ -149,7 +152,8 @@ impl Broker {
     }
 
     fn user_limits_of(&self, user: &str) -> UserLimits {
-        self.tenants
+        self.accounts
+            .tenants
             .user_limits
             .get(user)
             .copied()
@@ -162,11 +166,14 @@ impl Broker {
             return;
         }
         if limits.is_empty() {
-            self.tenants.vhost_limits.remove(vhost);
+            self.accounts.tenants.vhost_limits.remove(vhost);
         } else {
-            self.tenants.vhost_limits.insert(vhost.to_string(), limits);
+            self.accounts
+                .tenants
+                .vhost_limits
+                .insert(vhost.to_string(), limits);
         }
-        self.journal.push(StoreOp::PutVhostLimits {
+        self.round.journal.push(StoreOp::PutVhostLimits {
             vhost: vhost.to_string(),
             limits,
         });
@@ -178,11 +185,14 @@ impl Broker {
             return;
         }
         if limits.is_empty() {
-            self.tenants.user_limits.remove(user);
+            self.accounts.tenants.user_limits.remove(user);
         } else {
-            self.tenants.user_limits.insert(user.to_string(), limits);
+            self.accounts
+                .tenants
+                .user_limits
+                .insert(user.to_string(), limits);
         }
-        self.journal.push(StoreOp::PutUserLimits {
+        self.round.journal.push(StoreOp::PutUserLimits {
             user: user.to_string(),
             limits,
         });
@@ -190,11 +200,11 @@ impl Broker {
 
     /// Forgets the limits of a vhost being deleted (the store drops them with it).
     pub(super) fn forget_vhost_limits(&mut self, vhost: &str) {
-        self.tenants.vhost_limits.remove(vhost);
+        self.accounts.tenants.vhost_limits.remove(vhost);
     }
 
     /// Forgets the limits of a user being deleted (the store drops them with it).
     pub(super) fn forget_user_limits(&mut self, user: &str) {
-        self.tenants.user_limits.remove(user);
+        self.accounts.tenants.user_limits.remove(user);
     }
 }

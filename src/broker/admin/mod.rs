@@ -510,23 +510,24 @@ impl Broker {
         self.now_ms = now_ms;
         let result = self.admin_dispatch(request);
         self.finish_round();
-        if self.journal.ops.is_empty() {
-            self.outbox.answers.push_back((id, result));
+        if self.round.journal.ops.is_empty() {
+            self.round.outbox.answers.push_back((id, result));
         } else {
             let batch = self.current_batch();
-            self.deferred
+            self.round
+                .deferred
                 .push_back((batch, Deferred::Admin { id, result }));
         }
     }
 
     /// Whether the AMQP side is running (not stopped by [`AdminRequest::StopApp`]).
     pub fn app_running(&self) -> bool {
-        self.app_running
+        self.node.app_running
     }
 
     /// Message counters for the whole broker.
     pub fn message_totals(&self) -> MessageCounters {
-        self.totals
+        self.counters.totals
     }
 
     fn admin_dispatch(&mut self, request: AdminRequest) -> AdminResult {
@@ -555,7 +556,9 @@ impl Broker {
                 from_loopback,
             } => self.authenticate(&username, &password, from_loopback),
             R::Whoami { username } => self.whoami(&username),
-            R::ListUsers => Ok(AdminReply::Users(self.users.iter().cloned().collect())),
+            R::ListUsers => Ok(AdminReply::Users(
+                self.accounts.users.iter().cloned().collect(),
+            )),
             R::PutUser {
                 name,
                 password,
@@ -567,7 +570,7 @@ impl Broker {
             R::PutVhost { name, mode } => self.put_vhost(&name, mode),
             R::DeleteVhost { name } => self.delete_vhost(&name),
             R::ListPermissions => Ok(AdminReply::Permissions(
-                self.users.all_permissions().cloned().collect(),
+                self.accounts.users.all_permissions().cloned().collect(),
             )),
             R::SetPermissions(p) => self.set_permissions(p),
             R::ClearPermissions { user, vhost } => self.clear_permissions(&user, &vhost),
@@ -676,15 +679,15 @@ impl Broker {
         use AdminRequest as R;
         match request {
             R::StopApp => {
-                if self.app_running {
-                    self.app_running = false;
+                if self.node.app_running {
+                    self.node.app_running = false;
                     let now = self.now_ms;
                     self.close_all_connections("shutdown", now);
                 }
                 Ok(AdminReply::Done)
             }
             R::StartApp => {
-                self.app_running = true;
+                self.node.app_running = true;
                 Ok(AdminReply::Done)
             }
             R::Reset => self.reset(),
@@ -717,7 +720,7 @@ impl Broker {
     }
 
     fn admin_close_connection(&mut self, id: ConnId, reason: &str) -> AdminResult {
-        if !self.conns.contains_key(&id) {
+        if !self.sessions.conns.contains_key(&id) {
             return Err(not_found(format!("connection {id} not found")));
         }
         self.force_close(id, reason);
@@ -727,6 +730,7 @@ impl Broker {
     /// Closes every connection matching `pred` with 320 and `reason`.
     fn force_close_where(&mut self, reason: &str, pred: impl Fn(&super::Conn) -> bool) {
         let mut ids: Vec<ConnId> = self
+            .sessions
             .conns
             .iter()
             .filter(|(_, c)| pred(c))

@@ -211,6 +211,7 @@ fn in_vhost(filter: Option<&str>, vhost: &str) -> bool {
 impl Broker {
     pub(super) fn list_vhosts(&self) -> Vec<VhostInfo> {
         let mut out: Vec<VhostInfo> = self
+            .topology
             .vhosts
             .keys()
             .map(|name| VhostInfo {
@@ -221,7 +222,7 @@ impl Broker {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        for q in self.queues.values() {
+        for q in self.topology.queues.values() {
             if let Ok(i) = out.binary_search_by(|v| v.name.as_str().cmp(&q.decl.vhost)) {
                 out[i].messages_ready += q.ready_count();
                 out[i].messages_unacknowledged += q.messages.unacked;
@@ -233,6 +234,7 @@ impl Broker {
 
     pub(super) fn list_queues(&self, vhost: Option<&str>) -> Vec<QueueInfo> {
         let mut out: Vec<QueueInfo> = self
+            .topology
             .queues
             .values()
             .filter(|q| in_vhost(vhost, &q.decl.vhost))
@@ -258,6 +260,7 @@ impl Broker {
 
     pub(super) fn list_exchanges(&self, vhost: Option<&str>) -> Vec<ExchangeInfo> {
         let mut out: Vec<ExchangeInfo> = self
+            .topology
             .vhosts
             .values()
             .filter(|v| in_vhost(vhost, &v.name))
@@ -280,6 +283,7 @@ impl Broker {
     pub(super) fn list_bindings(&self, vhost: Option<&str>) -> Vec<BindingInfo> {
         let mut out = Vec::new();
         let mut vhosts: Vec<_> = self
+            .topology
             .vhosts
             .values()
             .filter(|v| in_vhost(vhost, &v.name))
@@ -304,7 +308,7 @@ impl Broker {
             for x in exchanges {
                 for b in x.bindings() {
                     let (destination, to_queue) = match &b.destination {
-                        Destination::Queue(id) => match self.queues.get(id) {
+                        Destination::Queue(id) => match self.topology.queues.get(id) {
                             Some(q) => (q.decl.name.clone(), true),
                             None => continue,
                         },
@@ -326,6 +330,7 @@ impl Broker {
 
     pub(super) fn list_connections(&self) -> Vec<ConnectionInfo> {
         let mut out: Vec<ConnectionInfo> = self
+            .sessions
             .conns
             .iter()
             .filter(|(_, c)| c.user.is_some())
@@ -345,7 +350,7 @@ impl Broker {
 
     pub(super) fn list_channels(&self) -> Vec<ChannelInfo> {
         let mut out = Vec::new();
-        for (id, c) in &self.conns {
+        for (id, c) in &self.sessions.conns {
             let (Some(user), Some(vhost)) = (&c.user, &c.vhost) else {
                 continue;
             };
@@ -372,12 +377,12 @@ impl Broker {
 
     pub(super) fn list_consumers(&self, vhost: Option<&str>) -> Vec<ConsumerInfo> {
         let mut out = Vec::new();
-        for q in self.queues.values() {
+        for q in self.topology.queues.values() {
             if !in_vhost(vhost, &q.decl.vhost) {
                 continue;
             }
             for r in &q.consumers {
-                let Some(c) = self.conns.get(&r.conn) else {
+                let Some(c) = self.sessions.conns.get(&r.conn) else {
                     continue;
                 };
                 let Some(consumer) = c
@@ -408,25 +413,40 @@ impl Broker {
 
     pub(super) fn overview(&self) -> Overview {
         let mut o = Overview {
-            stats: self.totals,
+            stats: self.counters.totals,
             messages_ready: 0,
             messages_unacknowledged: 0,
-            connections: self.conns.values().filter(|c| c.user.is_some()).count() as u64,
+            connections: self
+                .sessions
+                .conns
+                .values()
+                .filter(|c| c.user.is_some())
+                .count() as u64,
             channels: 0,
             consumers: 0,
-            queues: self.queues.len() as u64,
-            exchanges: self.vhosts.values().map(|v| v.exchanges.len() as u64).sum(),
-            vhosts: self.vhosts.len() as u64,
-            users: self.users.iter().count() as u64,
-            app_running: self.app_running,
+            queues: self.topology.queues.len() as u64,
+            exchanges: self
+                .topology
+                .vhosts
+                .values()
+                .map(|v| v.exchanges.len() as u64)
+                .sum(),
+            vhosts: self.topology.vhosts.len() as u64,
+            users: self.accounts.users.iter().count() as u64,
+            app_running: self.node.app_running,
             alarms: self.alarms().map(|a| a.as_str().to_string()).collect(),
         };
-        for q in self.queues.values() {
+        for q in self.topology.queues.values() {
             o.messages_ready += q.ready_count();
             o.messages_unacknowledged += q.messages.unacked;
             o.consumers += q.consumers.len() as u64;
         }
-        o.channels = self.conns.values().map(|c| c.channels.len() as u64).sum();
+        o.channels = self
+            .sessions
+            .conns
+            .values()
+            .map(|c| c.channels.len() as u64)
+            .sum();
         o
     }
 }

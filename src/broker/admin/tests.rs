@@ -807,8 +807,8 @@ fn limits_are_durable_and_go_with_their_vhost_or_user() {
         Ok(AdminReply::VhostLimits(vec![]))
     );
     let restarted = replay(&h.ops);
-    assert!(restarted.tenants.vhost_limits.is_empty());
-    assert!(restarted.tenants.user_limits.is_empty());
+    assert!(restarted.accounts.tenants.vhost_limits.is_empty());
+    assert!(restarted.accounts.tenants.user_limits.is_empty());
     let missing = h.admin(AdminRequest::SetUserLimits {
         user: "u".into(),
         limits: ul,

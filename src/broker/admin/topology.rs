@@ -47,6 +47,7 @@ impl Broker {
             name
         };
         let allowed = self
+            .accounts
             .users
             .permissions(user, vhost)
             .is_some_and(|p| p.allows(access, name));
@@ -62,7 +63,7 @@ impl Broker {
     }
 
     fn require_vhost(&self, vhost: &str) -> Result<(), AdminError> {
-        if self.vhosts.contains_key(vhost) {
+        if self.topology.vhosts.contains_key(vhost) {
             Ok(())
         } else {
             Err(not_found(format!("Virtual host {vhost} does not exist")))
@@ -71,7 +72,8 @@ impl Broker {
 
     fn find_queue(&self, vhost: &str, name: &str) -> Result<QueueId, AdminError> {
         self.require_vhost(vhost)?;
-        self.vhosts
+        self.topology
+            .vhosts
             .get(vhost)
             .and_then(|v| v.queues.get(name))
             .copied()
@@ -82,7 +84,7 @@ impl Broker {
     /// so it is always another connection's (RabbitMQ's RESOURCE_LOCKED text). The node
     /// itself may purge and delete one, as `rabbitmqctl` may.
     fn check_not_locked(&self, actor: &Actor, id: QueueId) -> Result<(), AdminError> {
-        let Some(q) = self.queues.get(&id) else {
+        let Some(q) = self.topology.queues.get(&id) else {
             return Ok(());
         };
         if q.decl.exclusive_owner.is_some() && matches!(actor, Actor::User(_)) {
@@ -119,9 +121,15 @@ impl Broker {
             arguments,
             ..QueueDeclare::default()
         };
-        if let Some(&id) = self.vhosts.get(vhost).and_then(|v| v.queues.get(name)) {
+        if let Some(&id) = self
+            .topology
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.queues.get(name))
+        {
             self.check_not_locked(actor, id)?;
             let q = self
+                .topology
                 .queues
                 .get(&id)
                 .ok_or_else(|| not_found("queue vanished"))?;
@@ -155,6 +163,7 @@ impl Broker {
         self.admin_check(actor, vhost, Access::Configure, "queue", name)?;
         self.check_not_locked(actor, id)?;
         let q = self
+            .topology
             .queues
             .get(&id)
             .ok_or_else(|| not_found("queue vanished"))?;
@@ -213,6 +222,7 @@ impl Broker {
         };
         let max = self.config.max_exchanges_per_vhost;
         let v = self
+            .topology
             .vhosts
             .get_mut(vhost)
             .ok_or_else(|| not_found(format!("no_such_vhost: {vhost}")))?;
@@ -241,7 +251,7 @@ impl Broker {
             self.admin_check(actor, vhost, Access::Read, "exchange", name)?;
             self.admin_check(actor, vhost, Access::Write, "exchange", ae)?;
         }
-        let Some(v) = self.vhosts.get_mut(vhost) else {
+        let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return Err(not_found(format!("no_such_vhost: {vhost}")).into());
         };
         let x = Exchange::new(
@@ -254,14 +264,16 @@ impl Broker {
         );
         v.exchanges.insert(name.to_string(), x);
         if durable {
-            self.journal.push(StoreOp::PutExchange(ExchangeRecord {
-                vhost: vhost.to_string(),
-                name: name.to_string(),
-                kind: parsed.as_str().into(),
-                auto_delete,
-                internal,
-                arguments: m.arguments,
-            }));
+            self.round
+                .journal
+                .push(StoreOp::PutExchange(ExchangeRecord {
+                    vhost: vhost.to_string(),
+                    name: name.to_string(),
+                    kind: parsed.as_str().into(),
+                    auto_delete,
+                    internal,
+                    arguments: m.arguments,
+                }));
         }
         Ok(AdminReply::Put { created: true })
     }
@@ -279,6 +291,7 @@ impl Broker {
         }
         self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
         let x = self
+            .topology
             .vhosts
             .get(vhost)
             .and_then(|v| v.exchanges.get(name))
@@ -311,6 +324,7 @@ impl Broker {
         self.admin_check(actor, &b.vhost, Access::Read, "exchange", &b.source)?;
         check_table(&b.arguments, "arguments")?;
         let v = self
+            .topology
             .vhosts
             .get(&b.vhost)
             .ok_or_else(|| not_found(format!("no_such_vhost: {}", b.vhost)))?;
@@ -368,6 +382,7 @@ impl Broker {
             exchange
         };
         let x = self
+            .topology
             .vhosts
             .get(vhost)
             .and_then(|v| v.exchanges.get(exchange))
@@ -400,7 +415,7 @@ impl Broker {
         if let Err(why) = super::super::basic::parse_expiration(&message) {
             return Err(bad_request(format!("invalid expiration: {why}")));
         }
-        self.totals.publish += 1;
+        self.counters.totals.publish += 1;
         let queues = self.route(vhost, exchange, &message);
         let routed = !queues.is_empty();
         if routed {
@@ -410,7 +425,7 @@ impl Broker {
                 crate::broker::deadletter::Allowance::FRESH,
             );
         } else {
-            self.totals.unroutable += 1;
+            self.counters.totals.unroutable += 1;
         }
         Ok(AdminReply::Routed(routed))
     }
@@ -426,6 +441,7 @@ impl Broker {
         let id = self.find_queue(vhost, queue)?;
         self.admin_check(actor, vhost, Access::Read, "queue", queue)?;
         let owned = self
+            .topology
             .queues
             .get(&id)
             .is_some_and(|q| q.decl.exclusive_owner.is_some());
@@ -435,6 +451,7 @@ impl Broker {
         self.touch_queue(id);
         let now = self.now_ms;
         let expired = self
+            .topology
             .queues
             .get_mut(&id)
             .map(|q| q.messages.drop_expired(now))
@@ -442,11 +459,11 @@ impl Broker {
         self.dead_letter(id, expired, DeathReason::Expired);
         let mut taken = Vec::new();
         let mut out = Vec::new();
-        if let Some(q) = self.queues.get_mut(&id) {
+        if let Some(q) = self.topology.queues.get_mut(&id) {
             for _ in 0..count.min(MAX_GET_COUNT) {
                 let Some(entry) = q.messages.pop() else { break };
                 q.stats.got(false, entry.redelivered);
-                self.totals.got(false, entry.redelivered);
+                self.counters.totals.got(false, entry.redelivered);
                 out.push(GotMessage {
                     message: entry.message.clone(),
                     redelivered: entry.redelivered,
@@ -457,7 +474,7 @@ impl Broker {
         }
         match ack {
             GetAck::Requeue | GetAck::RejectRequeue => {
-                if let Some(q) = self.queues.get_mut(&id) {
+                if let Some(q) = self.topology.queues.get_mut(&id) {
                     for entry in taken {
                         q.messages.requeue(entry);
                     }
@@ -465,10 +482,10 @@ impl Broker {
                 self.schedule_dispatch(id);
             }
             GetAck::Ack => {
-                if let Some(q) = self.queues.get_mut(&id) {
+                if let Some(q) = self.topology.queues.get_mut(&id) {
                     q.stats.ack += out.len() as u64;
                 }
-                self.totals.ack += out.len() as u64;
+                self.counters.totals.ack += out.len() as u64;
                 for entry in taken {
                     self.release(id, &entry);
                 }

@@ -47,7 +47,11 @@ impl Broker {
         from_loopback: bool,
     ) -> AdminResult {
         let loopback_only = self.config.loopback_users.iter().any(|u| u == username);
-        if self.users.authenticate(username, password).is_none()
+        if self
+            .accounts
+            .users
+            .authenticate(username, password)
+            .is_none()
             || (loopback_only && !from_loopback)
         {
             return Err(AdminError::new(
@@ -60,11 +64,13 @@ impl Broker {
 
     pub(super) fn whoami(&self, username: &str) -> AdminResult {
         let user = self
+            .accounts
             .users
             .get(username)
             .cloned()
             .ok_or_else(|| not_found(format!("User \"{username}\" does not exist")))?;
         let vhosts = self
+            .accounts
             .users
             .all_permissions()
             .filter(|p| p.user == username)
@@ -81,7 +87,7 @@ impl Broker {
         mode: PutMode,
     ) -> AdminResult {
         check_name("user", name)?;
-        let existing = self.users.get(name).cloned();
+        let existing = self.accounts.users.get(name).cloned();
         match (&existing, mode) {
             (Some(_), PutMode::CreateOnly) => {
                 return Err(AdminError::new(
@@ -126,20 +132,22 @@ impl Broker {
             password_hash,
             tags,
         };
-        self.users.put(user.clone());
-        self.journal.push(StoreOp::PutUser(user));
+        self.accounts.users.put(user.clone());
+        self.round.journal.push(StoreOp::PutUser(user));
         Ok(AdminReply::Put {
             created: existing.is_none(),
         })
     }
 
     pub(super) fn delete_user(&mut self, name: &str) -> AdminResult {
-        if !self.users.remove(name) {
+        if !self.accounts.users.remove(name) {
             return Err(not_found(format!("User \"{name}\" does not exist")));
         }
         self.forget_user_limits(name);
         // The store drops the user's permissions with it.
-        self.journal.push(StoreOp::DeleteUser(name.to_string()));
+        self.round
+            .journal
+            .push(StoreOp::DeleteUser(name.to_string()));
         let reason = format!("user '{name}' is deleted");
         self.force_close_where(&reason, |c| c.user.as_deref() == Some(name));
         Ok(AdminReply::Done)
@@ -147,7 +155,7 @@ impl Broker {
 
     pub(super) fn put_vhost(&mut self, name: &str, mode: PutMode) -> AdminResult {
         check_name("vhost", name)?;
-        if self.vhosts.contains_key(name) {
+        if self.topology.vhosts.contains_key(name) {
             if mode == PutMode::CreateOnly {
                 return Err(AdminError::new(
                     AdminErrorKind::AlreadyExists,
@@ -159,13 +167,15 @@ impl Broker {
         if mode == PutMode::UpdateOnly {
             return Err(not_found(format!("Virtual host '{name}' does not exist")));
         }
-        self.vhosts.insert(name.to_string(), VHost::new(name));
-        self.journal.push(StoreOp::PutVhost(name.to_string()));
+        self.topology
+            .vhosts
+            .insert(name.to_string(), VHost::new(name));
+        self.round.journal.push(StoreOp::PutVhost(name.to_string()));
         Ok(AdminReply::Put { created: true })
     }
 
     pub(super) fn delete_vhost(&mut self, name: &str) -> AdminResult {
-        if !self.vhosts.contains_key(name) {
+        if !self.topology.vhosts.contains_key(name) {
             return Err(not_found(format!("Virtual host '{name}' does not exist")));
         }
         let reason = format!("vhost '{name}' is deleted");
@@ -178,6 +188,7 @@ impl Broker {
     /// Its connections must be closed already.
     fn drop_vhost(&mut self, name: &str) {
         let queues: Vec<QueueId> = self
+            .topology
             .vhosts
             .get(name)
             .map(|v| v.queues.values().copied().collect())
@@ -185,38 +196,40 @@ impl Broker {
         for q in queues {
             self.delete_queue(q);
         }
-        self.vhosts.remove(name);
+        self.topology.vhosts.remove(name);
         self.forget_vhost_limits(name);
-        self.users.clear_vhost(name);
+        self.accounts.users.clear_vhost(name);
         // The store drops the vhost's exchanges, bindings and permissions with it.
-        self.journal.push(StoreOp::DeleteVhost(name.to_string()));
+        self.round
+            .journal
+            .push(StoreOp::DeleteVhost(name.to_string()));
     }
 
     pub(super) fn set_permissions(&mut self, record: PermissionRecord) -> AdminResult {
-        if self.users.get(&record.user).is_none() {
+        if self.accounts.users.get(&record.user).is_none() {
             return Err(not_found(format!("User {} does not exist", record.user)));
         }
-        if !self.vhosts.contains_key(&record.vhost) {
+        if !self.topology.vhosts.contains_key(&record.vhost) {
             return Err(not_found(format!(
                 "Virtual host {} does not exist",
                 record.vhost
             )));
         }
         let perms = Permissions::new(record.clone()).map_err(bad_request)?;
-        self.users.set_permissions(perms);
-        self.journal.push(StoreOp::PutPermission(record));
+        self.accounts.users.set_permissions(perms);
+        self.round.journal.push(StoreOp::PutPermission(record));
         Ok(AdminReply::Done)
     }
 
     pub(super) fn clear_permissions(&mut self, user: &str, vhost: &str) -> AdminResult {
-        if self.users.get(user).is_none() {
+        if self.accounts.users.get(user).is_none() {
             return Err(not_found(format!("User {user} does not exist")));
         }
-        if !self.vhosts.contains_key(vhost) {
+        if !self.topology.vhosts.contains_key(vhost) {
             return Err(not_found(format!("Virtual host {vhost} does not exist")));
         }
-        if self.users.clear_permissions(user, vhost) {
-            self.journal.push(StoreOp::DeletePermission {
+        if self.accounts.users.clear_permissions(user, vhost) {
+            self.round.journal.push(StoreOp::DeletePermission {
                 user: user.to_string(),
                 vhost: vhost.to_string(),
             });
@@ -228,25 +241,25 @@ impl Broker {
     /// messages), user and permission goes, then the first-start defaults are created
     /// again, all in one store batch.
     pub(super) fn reset(&mut self) -> AdminResult {
-        if self.app_running {
+        if self.node.app_running {
             return Err(AdminError::new(
                 AdminErrorKind::PreconditionFailed,
                 "the broker app is still running; stop it with `warren ctl stop_app` first",
             ));
         }
-        debug_assert!(self.conns.values().all(|c| c.user.is_none()));
-        let mut vhosts: Vec<String> = self.vhosts.keys().cloned().collect();
+        debug_assert!(self.sessions.conns.values().all(|c| c.user.is_none()));
+        let mut vhosts: Vec<String> = self.topology.vhosts.keys().cloned().collect();
         vhosts.sort();
         for v in vhosts {
             self.drop_vhost(&v);
         }
-        let users: Vec<String> = self.users.iter().map(|u| u.name.clone()).collect();
+        let users: Vec<String> = self.accounts.users.iter().map(|u| u.name.clone()).collect();
         for u in users {
-            self.users.remove(&u);
+            self.accounts.users.remove(&u);
             self.forget_user_limits(&u);
-            self.journal.push(StoreOp::DeleteUser(u));
+            self.round.journal.push(StoreOp::DeleteUser(u));
         }
-        self.totals = Default::default();
+        self.counters.totals = Default::default();
         self.create_defaults();
         Ok(AdminReply::Done)
     }
