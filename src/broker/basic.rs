@@ -10,7 +10,7 @@ use crate::proto::table::FieldTable;
 
 use super::auth::Access;
 use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
-use super::deadletter::{Allowance, DeathReason};
+use super::death::{Allowance, DeathReason};
 use super::error::*;
 use super::exchange::{Destination, QueueId};
 use super::queue::{ConsumerRef, Overflow, QueuedMessage, WaitingGet};

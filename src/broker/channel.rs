@@ -346,7 +346,7 @@ mod tests {
                 expires_at_ms: None,
                 priority: 0,
                 shared: None,
-                allowance: crate::broker::deadletter::Allowance::FRESH,
+                allowance: crate::broker::death::Allowance::FRESH,
             },
         }
     }

@@ -5,7 +5,7 @@ use crate::proto::method::{BasicAck, BasicDeliver, BasicNack, Method};
 
 use super::Broker;
 use super::channel::{Confirm, Mode, Unacked};
-use super::deadletter::DeathReason;
+use super::death::DeathReason;
 use super::exchange::QueueId;
 use super::queue::{ConsumerRef, QueuedMessage};
 

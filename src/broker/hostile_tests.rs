@@ -160,7 +160,7 @@ fn fan_out_through_chains_of_dead_letter_exchanges_is_bounded() {
     // Each of the 30 refused copies may fan out into MAX_DEAD_LETTER_COPIES in all, at
     // some forty steps of routing each.
     let work = publish_work(&mut rig, "f0", "");
-    let bound = 30 * u64::from(crate::broker::deadletter::MAX_DEAD_LETTER_COPIES) * 40;
+    let bound = 30 * u64::from(crate::broker::death::MAX_DEAD_LETTER_COPIES) * 40;
     assert!(work < bound, "work {work}");
     // Routing was spread over rounds of bounded size, and is finished.
     while rig.broker.poll_timeout().is_some() {

@@ -12,6 +12,7 @@ mod auth;
 mod basic;
 mod channel;
 pub(crate) mod deadletter;
+pub(crate) mod death;
 mod declare;
 mod dispatch;
 mod error;
@@ -42,7 +43,8 @@ use rand::rngs::SmallRng;
 pub use alarm::{AlarmLimits, Resource, ResourceReading, StoreFault};
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
 pub use channel::{Channel, Confirm, Consumer, Mode, Unacked};
-pub use deadletter::{DeathReason, dead_lettered};
+pub use deadletter::dead_lettered;
+pub use death::DeathReason;
 pub use error::{AmqpError, AmqpResult, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId, headers_match};
 pub use queue::{

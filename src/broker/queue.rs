@@ -37,20 +37,10 @@ pub struct QueuedMessage {
     /// several durable queues).
     pub shared: Option<u64>,
     /// What dead-lettering this message may still cause.
-    pub allowance: super::deadletter::Allowance,
+    pub allowance: super::death::Allowance,
 }
 
-/// Memory charged for each message held in memory besides its body and properties: the
-/// entry, the shared message with its names, allocator overhead. An estimate; with the
-/// body and the encoded properties it decides when queues start paging.
-pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
-
-/// Bytes of memory a message held in memory is charged for: its body, its properties
-/// (headers included, as encoded), and a fixed overhead. A message with an empty body and
-/// large headers weighs what its headers weigh.
-pub fn memory_cost(message: &Message) -> u64 {
-    message.body_len() + message.properties.encoded_len() as u64 + MESSAGE_OVERHEAD_BYTES
-}
+pub use crate::store::{MESSAGE_OVERHEAD_BYTES, memory_cost};
 
 /// A `basic.get` answered once the queue's next paged batch is in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

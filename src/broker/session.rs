@@ -191,7 +191,7 @@ impl Broker {
                     expires_at_ms: e.expires_at_ms,
                     priority: 0,
                     shared: e.shared,
-                    allowance: crate::broker::deadletter::Allowance::FRESH,
+                    allowance: crate::broker::death::Allowance::FRESH,
                 });
             }
             let rest = content.count.saturating_sub(head_count);

@@ -7,7 +7,7 @@
 use std::cmp::Reverse;
 
 use super::Broker;
-use super::deadletter::DeathReason;
+use super::death::DeathReason;
 use super::exchange::QueueId;
 
 /// Queue timers handled in one call of [`Broker::handle_timeout`] at most.

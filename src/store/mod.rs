@@ -323,14 +323,26 @@ impl HeadLimit {
     /// What an entry of `body_len` bytes counts against the byte limits: its body and a
     /// fixed allowance for the rest of the message.
     pub fn cost(body_len: u64) -> u64 {
-        body_len.saturating_add(crate::broker::MESSAGE_OVERHEAD_BYTES)
+        body_len.saturating_add(MESSAGE_OVERHEAD_BYTES)
     }
+}
+
+/// Memory charged for each message held in memory besides its body and properties: the
+/// entry, the shared message with its names, allocator overhead. An estimate; with the
+/// body and the encoded properties it decides when queues start paging.
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
+
+/// Bytes of memory a message held in memory is charged for: its body, its properties
+/// (headers included, as encoded), and a fixed overhead. A message with an empty body and
+/// large headers weighs what its headers weigh.
+pub fn memory_cost(message: &Message) -> u64 {
+    message.body_len() + message.properties.encoded_len() as u64 + MESSAGE_OVERHEAD_BYTES
 }
 
 /// What a loaded entry weighs against the `max_bytes` of [`Store::load`]: what the broker
 /// charges for the message in memory.
 pub fn load_cost(entry: &LoadedEntry) -> u64 {
-    crate::broker::memory_cost(&entry.message)
+    memory_cost(&entry.message)
 }
 
 /// Whether a load that has read `taken` entries weighing `bytes` may read one more.

@@ -12,7 +12,7 @@ use crate::proto::table::FieldTable;
 use crate::store::{ExchangeRecord, StoreOp};
 
 use super::super::auth::Access;
-use super::super::deadletter::DeathReason;
+use super::super::death::DeathReason;
 use super::super::declare::{
     assert_exchange_equivalent, assert_queue_equivalent, exclusive_lock_error,
 };
@@ -422,7 +422,7 @@ impl Broker {
             self.enqueue_routed(
                 queues,
                 Arc::new(message),
-                crate::broker::deadletter::Allowance::FRESH,
+                crate::broker::death::Allowance::FRESH,
             );
         } else {
             self.counters.totals.unroutable += 1;
