@@ -143,10 +143,10 @@ impl FileConfig {
             config.broker.alarms.disk_free_limit_bytes = v;
         }
         if let Some(v) = self.queue_memory_budget_bytes {
-            config.broker.queue_memory_budget_bytes = v;
+            config.broker.memory.queue_memory_budget_bytes = v;
         }
         if let Some(v) = self.memory_budget_bytes {
-            config.broker.memory_budget_bytes = v;
+            config.broker.memory.memory_budget_bytes = v;
         }
         Ok(())
     }

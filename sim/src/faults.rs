@@ -77,11 +77,14 @@ impl Faults {
             return base;
         }
         warren::broker::BrokerConfig {
-            queue_memory_budget_bytes: 4 * 1024,
-            memory_budget_bytes: 12 * 1024,
-            recovery_head_entries: 3,
-            page_in_low_water: 2,
-            page_in_batch: 5,
+            memory: warren::broker::MemoryConfig {
+                queue_memory_budget_bytes: 4 * 1024,
+                memory_budget_bytes: 12 * 1024,
+                recovery_head_entries: 3,
+                page_in_low_water: 2,
+                page_in_batch: 5,
+                ..base.memory
+            },
             ..base
         }
     }

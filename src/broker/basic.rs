@@ -169,7 +169,7 @@ impl Broker {
                 )));
             }
         }
-        let max_tx_bytes = self.config.max_tx_bytes;
+        let max_tx_bytes = self.config.limits.max_tx_bytes;
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
@@ -347,8 +347,8 @@ impl Broker {
         allowance: Allowance,
     ) -> (bool, Vec<QueuedMessage>) {
         let (queue_budget, broker_budget) = (
-            self.config.queue_memory_budget_bytes,
-            self.config.memory_budget_bytes,
+            self.config.memory.queue_memory_budget_bytes,
+            self.config.memory.memory_budget_bytes,
         );
         let now = self.now_ms;
         let Some(q) = self.topology.queues.get_mut(&qid) else {
@@ -504,8 +504,8 @@ impl Broker {
     /// Refuses a consumer tag the channel already uses, and a consumer past the
     /// connection's or the channel's limit.
     fn check_consumer_room(&mut self, conn: ConnId, channel: u16, tag: &str) -> AmqpResult<()> {
-        let max = self.config.max_consumers_per_channel;
-        let max_per_conn = self.config.max_consumers_per_connection;
+        let max = self.config.limits.max_consumers_per_channel;
+        let max_per_conn = self.config.limits.max_consumers_per_connection;
         let on_conn: usize = self.sessions.conns.get(&conn).map_or(0, |c| {
             c.channels.values().map(|ch| ch.consumers.len()).sum()
         });
@@ -556,7 +556,7 @@ impl Broker {
 
     fn basic_get(&mut self, conn: ConnId, channel: u16, m: BasicGet) -> AmqpResult<()> {
         let (qid, _, _) = self.readable_queue(conn, channel, &m.queue)?;
-        let write_limit = self.config.max_unflushed_bytes_per_connection;
+        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
         if let Some(c) = self.sessions.conns.get_mut(&conn) {
             if c.unflushed_bytes >= write_limit {
                 // Like a delivery, a get-ok waits until the client reads what it was sent;
@@ -571,7 +571,7 @@ impl Broker {
                 return Ok(());
             }
         }
-        let max_unacked = self.config.max_unacked_per_channel;
+        let max_unacked = self.config.limits.max_unacked_per_channel;
         let over = self
             .channel_mut(conn, channel)
             .is_some_and(|ch| ch.unacked.len() >= max_unacked);

@@ -209,7 +209,7 @@ impl Broker {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let max = self.config.max_exchanges_per_vhost;
+        let max = self.config.limits.max_exchanges_per_vhost;
         if self
             .topology
             .vhosts
@@ -432,11 +432,11 @@ impl Broker {
         check_table_limits(&m.arguments, "queue", name, vhost)?;
         let settings = QueueSettings::from_arguments(&m.arguments, name, vhost)?;
         validate_queue_type(m, name, vhost)?;
-        if self.topology.queues.len() >= self.config.max_queues {
+        if self.topology.queues.len() >= self.config.limits.max_queues {
             return Err(precondition_failed(format!(
                 "cannot declare {}: the broker's limit of {} queues is reached",
                 resource("queue", name, vhost),
-                self.config.max_queues
+                self.config.limits.max_queues
             )));
         }
         let id = self.topology.next_queue_id;
@@ -663,7 +663,7 @@ impl Broker {
         source: &str,
         binding: Binding,
     ) -> AmqpResult<()> {
-        let max = self.config.max_bindings_per_exchange;
+        let max = self.config.limits.max_bindings_per_exchange;
         let queue_name = self.destination_queue_name(&binding.destination);
         let durable_destination = match &binding.destination {
             Destination::Queue(id) => self.topology.queues.get(id).is_some_and(|q| q.decl.durable),

@@ -80,8 +80,8 @@ impl Broker {
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
-        let write_limit = self.config.max_unflushed_bytes_per_connection;
-        let unacked_limit = self.config.max_unacked_per_channel;
+        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
+        let unacked_limit = self.config.limits.max_unacked_per_channel;
         let q = self.topology.queues.get_mut(&queue)?;
         let conns = &self.sessions.conns;
         let held = &self.sessions.held;

@@ -76,7 +76,7 @@ impl Broker {
     /// Resumes the publishers waiting on a queue once it is back under a quarter of its
     /// budget, or has no consumers left.
     pub(super) fn flow_release(&mut self, queue: QueueId) {
-        let budget = self.config.queue_memory_budget_bytes;
+        let budget = self.config.memory.queue_memory_budget_bytes;
         let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };

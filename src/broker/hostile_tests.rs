@@ -426,10 +426,9 @@ fn empty_messages_with_large_headers_are_charged_for_their_headers() {
 
 #[test]
 fn a_get_waits_while_the_client_does_not_read_its_replies() {
-    let mut rig = Rig::new(BrokerConfig {
-        max_unflushed_bytes_per_connection: 1000,
-        ..BrokerConfig::default()
-    });
+    let mut config = BrokerConfig::default();
+    config.limits.max_unflushed_bytes_per_connection = 1000;
+    let mut rig = Rig::new(config);
     rig.open(1);
     declare_with(&mut rig, "g", FieldTable::default());
     for i in 0..3 {
@@ -493,7 +492,7 @@ fn messages_with_large_headers_are_paged_like_large_bodies() {
     for _ in 0..200 {
         rig.publish_with(1, "", "p", headers.clone());
     }
-    let budget = rig.broker.config().queue_memory_budget_bytes;
+    let budget = rig.broker.config().memory.queue_memory_budget_bytes;
     assert!(
         rig.broker.memory_bytes() <= budget + 130 * 1024,
         "memory {} over budget {budget}",

@@ -115,6 +115,43 @@ pub struct BrokerConfig {
     pub default_password: String,
     /// Users who may only connect from a loopback address.
     pub loopback_users: Vec<String>,
+    /// What one client may create and hold.
+    pub limits: ClientLimits,
+    /// Memory budgets, paging and the store backlog.
+    pub memory: MemoryConfig,
+    /// When the memory and disk alarms go off.
+    pub alarms: AlarmLimits,
+}
+
+impl BrokerConfig {
+    /// How much of each durable queue to read at start: `recovery_head_entries`, within
+    /// the queues' memory budgets.
+    pub fn head_limit(&self) -> crate::store::HeadLimit {
+        crate::store::HeadLimit {
+            entries: self.memory.recovery_head_entries,
+            queue_bytes: self.memory.queue_memory_budget_bytes,
+            total_bytes: self.memory.memory_budget_bytes,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            default_vhost: "/".into(),
+            default_user: "guest".into(),
+            default_password: "guest".into(),
+            loopback_users: vec!["guest".into()],
+            limits: ClientLimits::default(),
+            memory: MemoryConfig::default(),
+            alarms: AlarmLimits::default(),
+        }
+    }
+}
+
+/// What one client may create and hold: the bounds on everything a client controls.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
     /// Bytes of replies a connection may have unwritten before its consumers are paused.
     pub max_unflushed_bytes_per_connection: usize,
     /// Bytes of messages (bodies, properties and per-message overhead) one open
@@ -132,6 +169,26 @@ pub struct BrokerConfig {
     pub max_consumers_per_connection: usize,
     /// Most unacked deliveries per channel when no prefetch limit is set.
     pub max_unacked_per_channel: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_unflushed_bytes_per_connection: 4 * 1024 * 1024,
+            max_tx_bytes: 256 * 1024 * 1024,
+            max_queues: 1_000_000,
+            max_exchanges_per_vhost: 100_000,
+            max_bindings_per_exchange: 1_000_000,
+            max_consumers_per_channel: 100_000,
+            max_consumers_per_connection: 100_000,
+            max_unacked_per_channel: 1_000_000,
+        }
+    }
+}
+
+/// Memory budgets for ready messages, paging to and from the store, and the store backlog.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
     /// Memory a queue may hold in ready messages before new ones go to the store.
     pub queue_memory_budget_bytes: u64,
     /// Memory all queues together may hold in ready messages before new ones go to the
@@ -149,44 +206,17 @@ pub struct BrokerConfig {
     /// broker takes no new input ([`Broker::wants_input`]): a disk slower than the
     /// publishers holds them back instead of filling memory with batches.
     pub max_unsynced_store_bytes: u64,
-    /// When the memory and disk alarms go off.
-    pub alarms: AlarmLimits,
 }
 
-impl BrokerConfig {
-    /// How much of each durable queue to read at start: `recovery_head_entries`, within
-    /// the queues' memory budgets.
-    pub fn head_limit(&self) -> crate::store::HeadLimit {
-        crate::store::HeadLimit {
-            entries: self.recovery_head_entries,
-            queue_bytes: self.queue_memory_budget_bytes,
-            total_bytes: self.memory_budget_bytes,
-        }
-    }
-}
-
-impl Default for BrokerConfig {
+impl Default for MemoryConfig {
     fn default() -> Self {
-        BrokerConfig {
-            default_vhost: "/".into(),
-            default_user: "guest".into(),
-            default_password: "guest".into(),
-            loopback_users: vec!["guest".into()],
-            max_unflushed_bytes_per_connection: 4 * 1024 * 1024,
-            max_tx_bytes: 256 * 1024 * 1024,
-            max_queues: 1_000_000,
-            max_exchanges_per_vhost: 100_000,
-            max_bindings_per_exchange: 1_000_000,
-            max_consumers_per_channel: 100_000,
-            max_consumers_per_connection: 100_000,
-            max_unacked_per_channel: 1_000_000,
+        MemoryConfig {
             queue_memory_budget_bytes: 16 * 1024 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,
             recovery_head_entries: 4096,
             page_in_low_water: 2048,
             page_in_batch: 4096,
             max_unsynced_store_bytes: 16 * 1024 * 1024,
-            alarms: AlarmLimits::default(),
         }
     }
 }
@@ -537,7 +567,7 @@ impl Broker {
     /// too much of what was sent to the store is not synced yet; store completions, timers
     /// and admin requests are still taken.
     pub fn wants_input(&self) -> bool {
-        self.round.journal.unsynced_bytes < self.config.max_unsynced_store_bytes
+        self.round.journal.unsynced_bytes < self.config.memory.max_unsynced_store_bytes
     }
 
     /// The store synced every batch up to and including `batch`.
@@ -640,7 +670,8 @@ impl Broker {
     // ----- outputs -----
 
     fn send(&mut self, conn: ConnId, reply: Reply) {
-        let pause_at = self.config.max_unflushed_bytes_per_connection * flow::OUTPUT_PAUSE_FACTOR;
+        let pause_at =
+            self.config.limits.max_unflushed_bytes_per_connection * flow::OUTPUT_PAUSE_FACTOR;
         let mut pause = false;
         if let Some(c) = self.sessions.conns.get_mut(&conn) {
             c.unflushed_bytes += reply.wire_size();

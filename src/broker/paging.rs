@@ -21,10 +21,13 @@ impl Broker {
     /// what fits in the broker's, so that backlogs waiting for consumers stay in the store.
     /// A `basic.get` waiting on an empty queue reads one message at least.
     pub(super) fn request_load(&mut self, queue: QueueId) {
-        let (low_water, batch) = (self.config.page_in_low_water, self.config.page_in_batch);
+        let (low_water, batch) = (
+            self.config.memory.page_in_low_water,
+            self.config.memory.page_in_batch,
+        );
         let (queue_budget, broker_budget) = (
-            self.config.queue_memory_budget_bytes,
-            self.config.memory_budget_bytes,
+            self.config.memory.queue_memory_budget_bytes,
+            self.config.memory.memory_budget_bytes,
         );
         let broker_room = broker_budget.saturating_sub(self.memory_bytes());
         let Some(q) = self.topology.queues.get_mut(&queue) else {

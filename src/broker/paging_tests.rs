@@ -18,7 +18,7 @@ fn a_transient_backlog_beyond_the_budget_is_paged_and_read_back_in_order() {
         rig.publish(1, "", "q", i, false);
     }
     assert_eq!(rig.message_count(1, "q"), N);
-    let budget = rig.broker.config().queue_memory_budget_bytes;
+    let budget = rig.broker.config().memory.queue_memory_budget_bytes;
     assert!(
         rig.broker.memory_bytes() <= budget + 1024,
         "memory {} over budget {budget}",

@@ -311,7 +311,7 @@ impl Broker {
     }
 
     pub(super) fn drained(&mut self, conn: ConnId, bytes: usize) {
-        let limit = self.config.max_unflushed_bytes_per_connection;
+        let limit = self.config.limits.max_unflushed_bytes_per_connection;
         let Some(c) = self.sessions.conns.get_mut(&conn) else {
             return;
         };

@@ -82,11 +82,14 @@ pub(super) fn admin_answer(
 
 pub(super) fn small_budget() -> BrokerConfig {
     BrokerConfig {
-        queue_memory_budget_bytes: 64 * 1024,
-        memory_budget_bytes: 1024 * 1024 * 1024,
-        page_in_low_water: 50,
-        page_in_batch: 100,
-        recovery_head_entries: 100,
+        memory: crate::broker::MemoryConfig {
+            queue_memory_budget_bytes: 64 * 1024,
+            memory_budget_bytes: 1024 * 1024 * 1024,
+            page_in_low_water: 50,
+            page_in_batch: 100,
+            recovery_head_entries: 100,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     }
 }

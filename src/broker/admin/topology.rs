@@ -220,7 +220,7 @@ impl Broker {
             arguments,
             ..ExchangeDeclare::default()
         };
-        let max = self.config.max_exchanges_per_vhost;
+        let max = self.config.limits.max_exchanges_per_vhost;
         let v = self
             .topology
             .vhosts
