@@ -266,6 +266,9 @@ struct Harness {
     /// luck to route a message through the arguments and patterns it chose.
     last_exchange: String,
     last_queue: String,
+    /// Administrative requests not yet answered: each must be, once its batch is synced.
+    admin_waiting: Vec<u64>,
+    next_admin: u64,
 }
 
 /// Tells libFuzzer how much routing work a step caused: each power of two is a branch of
@@ -397,6 +400,8 @@ impl Harness {
             next_msg: 1,
             last_exchange: String::new(),
             last_queue: String::new(),
+            admin_waiting: Vec::new(),
+            next_admin: 1,
         };
         h.connect();
         h
@@ -442,7 +447,11 @@ impl Harness {
                             }
                         }
                     }
-                    Output::Admin { .. } => {}
+                    Output::Admin { id, .. } => {
+                        let before = self.admin_waiting.len();
+                        self.admin_waiting.retain(|w| *w != id);
+                        assert_eq!(self.admin_waiting.len() + 1, before, "answer {id} expected once");
+                    }
                     Output::Load {
                         queue,
                         from_seq,
@@ -483,7 +492,9 @@ impl Harness {
         if self.conns.is_empty() {
             self.connect();
         }
-        let conn = usize::from(op >> 6) % self.conns.len();
+        // No connection at all while the app is stopped (logins are refused): the
+        // connection steps are no-ops then.
+        let conn = usize::from(op >> 6) % self.conns.len().max(1);
         let channel = if input.bit() { 1 } else { 2 };
         let queue = QUEUES[input.u(QUEUES.len())].to_string();
         match OPS[usize::from(op & 0x1f)] {
@@ -747,14 +758,85 @@ impl Harness {
                     self.method(conn, channel, m);
                 }
             }
-            _ => {
-                if self.conns.len() < 3 {
-                    self.connect();
+            _ => match input.u(4) {
+                0 => self.admin(input),
+                1 => {
+                    // A monitor reading: memory and disk near their limits either way.
+                    let limits = self.broker.config().alarms;
+                    let total = 1u64 << 30;
+                    let watermark = (limits.memory_high_watermark * total as f64) as u64;
+                    let reading = warren::broker::ResourceReading {
+                        memory_used_bytes: input.bit().then(|| watermark - 512 + input.u(1024) as u64),
+                        memory_total_bytes: Some(total),
+                        disk_free_bytes: input
+                            .bit()
+                            .then(|| limits.disk_free_limit_bytes - 512 + input.u(1024) as u64),
+                    };
+                    self.broker.handle_resources(reading, self.now_ms);
                 }
-            }
+                _ => {
+                    if self.conns.len() < 3 {
+                        self.connect();
+                    }
+                }
+            },
         }
         self.pump();
         true
+    }
+
+    /// An administrative request from a menu, with fuzzer-chosen names and patterns.
+    fn admin(&mut self, input: &mut Input<'_>) {
+        use warren::broker::admin::{Actor, AdminRequest, Password, PutMode};
+        const USERS: [&str; 3] = ["guest", "u", "v"];
+        const VHOSTS: [&str; 3] = ["/", "w", "队"];
+        let user = USERS[input.u(USERS.len())].to_string();
+        let vhost = VHOSTS[input.u(VHOSTS.len())].to_string();
+        fn pattern(input: &mut Input<'_>) -> String {
+            [".*", "^q", "", "(", "^amq\\.", "a{2,}"][input.u(6)].into()
+        }
+        let request = match input.u(12) {
+            0 => AdminRequest::PutUser {
+                name: user,
+                password: Password::Plain("p".into()),
+                tags: Some(vec!["administrator".into()]),
+                mode: PutMode::Upsert,
+            },
+            1 => AdminRequest::DeleteUser { name: user },
+            2 => AdminRequest::PutVhost {
+                name: vhost,
+                mode: PutMode::Upsert,
+            },
+            3 => AdminRequest::DeleteVhost { name: vhost },
+            4 => AdminRequest::SetPermissions(PermissionRecord {
+                user,
+                vhost,
+                configure: pattern(input),
+                write: pattern(input),
+                read: pattern(input),
+            }),
+            5 => AdminRequest::ClearPermissions { user, vhost },
+            6 => AdminRequest::StopApp,
+            7 => AdminRequest::StartApp,
+            8 => AdminRequest::PurgeQueue {
+                actor: Actor::Node,
+                vhost: "/".into(),
+                name: QUEUES[input.u(QUEUES.len())].into(),
+            },
+            9 => AdminRequest::DeleteQueue {
+                actor: Actor::User(user),
+                vhost: "/".into(),
+                name: QUEUES[input.u(QUEUES.len())].into(),
+                if_empty: input.bit(),
+                if_unused: input.bit(),
+            },
+            10 => AdminRequest::ListQueues { vhost: None },
+            _ => AdminRequest::Overview,
+        };
+        let id = self.next_admin;
+        self.next_admin += 1;
+        self.admin_waiting.push(id);
+        self.broker.handle_admin(id, request, self.now_ms);
     }
 }
 
@@ -780,6 +862,11 @@ fuzz_target!(|data: &[u8]| {
     h.store.sync().expect("memory store");
     h.broker.handle_persisted(h.last_batch);
     h.pump();
+    assert!(
+        h.admin_waiting.is_empty(),
+        "administrative requests never answered: {:?}",
+        h.admin_waiting
+    );
     let work = h.broker.work_done() - before;
     assert!(
         work <= WORK_BUDGET_PER_STEP,
