@@ -549,103 +549,145 @@ pub fn parse_tags(v: Option<&Value>) -> Vec<String> {
 /// Reads a definitions document. With `vhost` set (an import into one vhost), every
 /// object lands in that vhost and users, vhosts and permissions are ignored.
 pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definitions, String> {
-    let list = |key: &str| -> Vec<Value> {
-        doc.get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let vhost_of = |v: &Value, what: &str| -> Result<String, String> {
-        match vhost {
-            Some(only) => Ok(only.to_string()),
-            None => text_field(v, "vhost", what),
-        }
-    };
     let mut d = Definitions::default();
     if vhost.is_none() {
-        for v in list("vhosts") {
-            d.vhosts.push(text_field(&v, "name", "vhost")?);
-        }
-        for u in list("users") {
-            let name = text_field(&u, "name", "user")?;
-            if let Some(alg) = u.get("hashing_algorithm").and_then(Value::as_str)
-                && alg != HASHING_ALGORITHM
-            {
-                return Err(format!(
-                    "user {name}: unsupported hashing_algorithm '{alg}'"
-                ));
-            }
-            let password_hash = match (u.get("password_hash"), u.get("password")) {
-                (Some(Value::String(h)), _) => h.clone(),
-                (_, Some(Value::String(p))) => plain_password_marker(p),
-                _ => String::new(),
-            };
-            if let Some(l) = u.get("limits") {
-                let limits = user_limits_from_json(l).map_err(|e| format!("user {name}: {e}"))?;
-                if !limits.is_empty() {
-                    d.user_limits.push((name.clone(), limits));
-                }
-            }
-            d.users.push(UserRecord {
-                name,
-                password_hash,
-                tags: parse_tags(u.get("tags")),
-            });
-        }
-        for p in list("permissions") {
-            d.permissions.push(PermissionRecord {
-                user: text_field(&p, "user", "permission")?,
-                vhost: text_field(&p, "vhost", "permission")?,
-                configure: text_field(&p, "configure", "permission")?,
-                write: text_field(&p, "write", "permission")?,
-                read: text_field(&p, "read", "permission")?,
-            });
+        read_access_definitions(doc, &mut d)?;
+    }
+    read_vhost_limit_definitions(doc, vhost, &mut d)?;
+    for q in definitions_list(doc, "queues") {
+        d.queues.push(queue_definition(q, vhost)?);
+    }
+    for x in definitions_list(doc, "exchanges") {
+        d.exchanges.push(exchange_definition(x, vhost)?);
+    }
+    for b in definitions_list(doc, "bindings") {
+        d.bindings.push(binding_definition(b, vhost)?);
+    }
+    Ok(d)
+}
+
+/// The array under `key` of a definitions document (none if absent or not an array).
+fn definitions_list<'a>(doc: &'a Value, key: &str) -> &'a [Value] {
+    doc.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The vhost of a definition: `vhost` for an import into one vhost, else its own.
+fn definition_vhost(v: &Value, vhost: Option<&str>, what: &str) -> Result<String, String> {
+    match vhost {
+        Some(only) => Ok(only.to_string()),
+        None => text_field(v, "vhost", what),
+    }
+}
+
+/// The vhosts, users (with their limits) and permissions of a definitions document.
+fn read_access_definitions(doc: &Value, d: &mut Definitions) -> Result<(), String> {
+    for v in definitions_list(doc, "vhosts") {
+        d.vhosts.push(text_field(v, "name", "vhost")?);
+    }
+    for u in definitions_list(doc, "users") {
+        read_user_definition(u, d)?;
+    }
+    for p in definitions_list(doc, "permissions") {
+        d.permissions.push(PermissionRecord {
+            user: text_field(p, "user", "permission")?,
+            vhost: text_field(p, "vhost", "permission")?,
+            configure: text_field(p, "configure", "permission")?,
+            write: text_field(p, "write", "permission")?,
+            read: text_field(p, "read", "permission")?,
+        });
+    }
+    Ok(())
+}
+
+/// One user of a definitions document, and its limits if it has any.
+fn read_user_definition(u: &Value, d: &mut Definitions) -> Result<(), String> {
+    let name = text_field(u, "name", "user")?;
+    if let Some(alg) = u.get("hashing_algorithm").and_then(Value::as_str)
+        && alg != HASHING_ALGORITHM
+    {
+        return Err(format!(
+            "user {name}: unsupported hashing_algorithm '{alg}'"
+        ));
+    }
+    let password_hash = match (u.get("password_hash"), u.get("password")) {
+        (Some(Value::String(h)), _) => h.clone(),
+        (_, Some(Value::String(p))) => plain_password_marker(p),
+        _ => String::new(),
+    };
+    if let Some(l) = u.get("limits") {
+        let limits = user_limits_from_json(l).map_err(|e| format!("user {name}: {e}"))?;
+        if !limits.is_empty() {
+            d.user_limits.push((name.clone(), limits));
         }
     }
-    for p in list("parameters") {
+    d.users.push(UserRecord {
+        name,
+        password_hash,
+        tags: parse_tags(u.get("tags")),
+    });
+    Ok(())
+}
+
+/// The vhost limits among the parameters of a definitions document (the last of a vhost
+/// wins).
+fn read_vhost_limit_definitions(
+    doc: &Value,
+    vhost: Option<&str>,
+    d: &mut Definitions,
+) -> Result<(), String> {
+    for p in definitions_list(doc, "parameters") {
         // Other components (federation, shovels) are features warren does not have; as
         // before, they are not imported.
         if p.get("component").and_then(Value::as_str) != Some(VHOST_LIMITS_COMPONENT) {
             continue;
         }
-        let vhost = vhost_of(&p, "parameter")?;
+        let vhost = definition_vhost(p, vhost, "parameter")?;
         let limits = vhost_limits_from_json(p.get("value").unwrap_or(&Value::Null))
             .map_err(|e| format!("limits of vhost {vhost}: {e}"))?;
         d.vhost_limits.retain(|(v, _)| *v != vhost);
         d.vhost_limits.push((vhost, limits));
     }
-    for q in list("queues") {
-        d.queues.push(QueueDef {
-            vhost: vhost_of(&q, "queue")?,
-            name: text_field(&q, "name", "queue")?,
-            durable: bool_field(&q, "durable", true),
-            auto_delete: bool_field(&q, "auto_delete", false),
-            arguments: json_to_table(q.get("arguments"), "queue arguments")?,
-        });
-    }
-    for x in list("exchanges") {
-        d.exchanges.push(ExchangeDef {
-            vhost: vhost_of(&x, "exchange")?,
-            name: text_field(&x, "name", "exchange")?,
-            kind: text_field(&x, "type", "exchange")?,
-            durable: bool_field(&x, "durable", true),
-            auto_delete: bool_field(&x, "auto_delete", false),
-            internal: bool_field(&x, "internal", false),
-            arguments: json_to_table(x.get("arguments"), "exchange arguments")?,
-        });
-    }
-    for b in list("bindings") {
-        let kind = text_field(&b, "destination_type", "binding")?;
-        d.bindings.push(BindingInfo {
-            vhost: vhost_of(&b, "binding")?,
-            source: text_field(&b, "source", "binding")?,
-            destination: text_field(&b, "destination", "binding")?,
-            to_queue: kind == "queue",
-            routing_key: text_field(&b, "routing_key", "binding").unwrap_or_default(),
-            arguments: json_to_table(b.get("arguments"), "binding arguments")?,
-        });
-    }
-    Ok(d)
+    Ok(())
+}
+
+/// One queue of a definitions document.
+fn queue_definition(q: &Value, vhost: Option<&str>) -> Result<QueueDef, String> {
+    Ok(QueueDef {
+        vhost: definition_vhost(q, vhost, "queue")?,
+        name: text_field(q, "name", "queue")?,
+        durable: bool_field(q, "durable", true),
+        auto_delete: bool_field(q, "auto_delete", false),
+        arguments: json_to_table(q.get("arguments"), "queue arguments")?,
+    })
+}
+
+/// One exchange of a definitions document.
+fn exchange_definition(x: &Value, vhost: Option<&str>) -> Result<ExchangeDef, String> {
+    Ok(ExchangeDef {
+        vhost: definition_vhost(x, vhost, "exchange")?,
+        name: text_field(x, "name", "exchange")?,
+        kind: text_field(x, "type", "exchange")?,
+        durable: bool_field(x, "durable", true),
+        auto_delete: bool_field(x, "auto_delete", false),
+        internal: bool_field(x, "internal", false),
+        arguments: json_to_table(x.get("arguments"), "exchange arguments")?,
+    })
+}
+
+/// One binding of a definitions document.
+fn binding_definition(b: &Value, vhost: Option<&str>) -> Result<BindingInfo, String> {
+    let kind = text_field(b, "destination_type", "binding")?;
+    Ok(BindingInfo {
+        vhost: definition_vhost(b, vhost, "binding")?,
+        source: text_field(b, "source", "binding")?,
+        destination: text_field(b, "destination", "binding")?,
+        to_queue: kind == "queue",
+        routing_key: text_field(b, "routing_key", "binding").unwrap_or_default(),
+        arguments: json_to_table(b.get("arguments"), "binding arguments")?,
+    })
 }
 
 /// Definitions may carry a plain `password` instead of a hash; it is marked here and

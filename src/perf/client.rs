@@ -145,6 +145,39 @@ impl FrameReader {
     }
 }
 
+/// The connection.start-ok of `warren perf`: its client properties, and a PLAIN login as
+/// the URI's user.
+fn start_ok(uri: &AmqpUri) -> Method {
+    let caps: FieldTable = [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+    ]
+    .into_iter()
+    .map(|c| (c.to_string(), FieldValue::Bool(true)))
+    .collect();
+    let props: FieldTable = [
+        (
+            "product".to_string(),
+            FieldValue::LongStr(Bytes::from_static(b"warren perf")),
+        ),
+        ("capabilities".to_string(), FieldValue::Table(caps)),
+    ]
+    .into_iter()
+    .collect();
+    let mut response = vec![0u8];
+    response.extend_from_slice(uri.user.as_bytes());
+    response.push(0);
+    response.extend_from_slice(uri.password.as_bytes());
+    Method::ConnectionStartOk(ConnectionStartOk {
+        client_properties: props,
+        mechanism: "PLAIN".into(),
+        response: Bytes::from(response),
+        locale: "en_US".into(),
+    })
+}
+
 fn unexpected(what: impl std::fmt::Debug) -> io::Error {
     io::Error::other(format!("unexpected reply from the broker: {what:?}"))
 }
@@ -164,61 +197,8 @@ impl Conn {
             (_, Method::ConnectionStart(_)) => {}
             other => return Err(unexpected(other)),
         }
-        let caps: FieldTable = [
-            "publisher_confirms",
-            "basic.nack",
-            "consumer_cancel_notify",
-            "connection.blocked",
-        ]
-        .into_iter()
-        .map(|c| (c.to_string(), FieldValue::Bool(true)))
-        .collect();
-        let props: FieldTable = [
-            (
-                "product".to_string(),
-                FieldValue::LongStr(Bytes::from_static(b"warren perf")),
-            ),
-            ("capabilities".to_string(), FieldValue::Table(caps)),
-        ]
-        .into_iter()
-        .collect();
-        let mut response = vec![0u8];
-        response.extend_from_slice(uri.user.as_bytes());
-        response.push(0);
-        response.extend_from_slice(uri.password.as_bytes());
-        conn.send(
-            0,
-            Method::ConnectionStartOk(ConnectionStartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response: Bytes::from(response),
-                locale: "en_US".into(),
-            }),
-        )
-        .await?;
-        let tune = match conn.next_method().await? {
-            (_, Method::ConnectionTune(t)) => t,
-            other => return Err(unexpected(other)),
-        };
-        conn.frame_max = if tune.frame_max == 0 {
-            131_072
-        } else {
-            tune.frame_max
-        };
-        let channel_max = if tune.channel_max == 0 {
-            2047
-        } else {
-            tune.channel_max
-        };
-        conn.send(
-            0,
-            Method::ConnectionTuneOk(ConnectionTuneOk {
-                channel_max,
-                frame_max: conn.frame_max,
-                heartbeat: 0,
-            }),
-        )
-        .await?;
+        conn.send(0, start_ok(uri)).await?;
+        conn.tune().await?;
         conn.send(
             0,
             Method::ConnectionOpen(ConnectionOpen {
@@ -231,6 +211,34 @@ impl Conn {
             (_, Method::ConnectionOpenOk(_)) => Ok(conn),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Takes the broker's connection.tune (0 meaning no limit of its own), with heartbeats
+    /// off.
+    async fn tune(&mut self) -> io::Result<()> {
+        let tune = match self.next_method().await? {
+            (_, Method::ConnectionTune(t)) => t,
+            other => return Err(unexpected(other)),
+        };
+        self.frame_max = if tune.frame_max == 0 {
+            131_072
+        } else {
+            tune.frame_max
+        };
+        let channel_max = if tune.channel_max == 0 {
+            2047
+        } else {
+            tune.channel_max
+        };
+        self.send(
+            0,
+            Method::ConnectionTuneOk(ConnectionTuneOk {
+                channel_max,
+                frame_max: self.frame_max,
+                heartbeat: 0,
+            }),
+        )
+        .await
     }
 
     /// Sends one method.

@@ -8,21 +8,22 @@
 pub mod client;
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 
 use crate::proto::frame::{Frame, encode_content, encode_method};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 
-use self::client::{AmqpUri, Conn, body_prefix};
+use self::client::{AmqpUri, Conn, FrameReader, body_prefix};
 
 /// How messages are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -233,6 +234,19 @@ async fn setup(uri: &AmqpUri, args: &PerfArgs) -> io::Result<()> {
     c.close().await
 }
 
+/// What the tasks of a run share.
+#[derive(Clone)]
+struct Shared {
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    /// The clock of the timestamps in bodies.
+    epoch: Instant,
+}
+
+/// A producer or consumer task.
+type Task = tokio::task::JoinHandle<io::Result<()>>;
+
 /// Runs a benchmark and returns its summary.
 pub async fn run(args: PerfArgs) -> io::Result<Summary> {
     let uri = AmqpUri::parse(&args.uri).map_err(io::Error::other)?;
@@ -240,41 +254,67 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
         return idle(&uri, &args).await;
     }
     setup(&uri, &args).await?;
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
-    let epoch = Instant::now();
+    let shared = Shared {
+        counters: Arc::new(Counters::default()),
+        stop: Arc::new(AtomicBool::new(false)),
+        latency: Arc::new(Mutex::new(new_histogram())),
+        epoch: Instant::now(),
+    };
+    let mut consumers = start_consumers(&uri, &args, &shared).await?;
+    let mut producers = start_producers(&uri, &args, &shared).await?;
+    let started = Instant::now();
+    watch(&args, &shared, started, &mut producers, &mut consumers).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in producers.into_iter().chain(consumers) {
+        t.abort();
+    }
+    Ok(summary(args, seconds, &shared))
+}
 
+/// Opens a connection per consumer and starts them, spread over the queues.
+async fn start_consumers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io::Result<Vec<Task>> {
     let mut consumers = Vec::new();
     for i in 0..args.consumers {
-        let queue = queue_name(&args, i % args.queues.max(1));
-        let conn = open_with_timeout(&uri).await?;
+        let queue = queue_name(args, i % args.queues.max(1));
+        let conn = open_with_timeout(uri).await?;
         consumers.push(tokio::spawn(consume(
             conn,
             queue,
             args.clone(),
-            counters.clone(),
-            stop.clone(),
-            latency.clone(),
-            epoch,
+            shared.clone(),
         )));
     }
+    Ok(consumers)
+}
+
+/// Opens a connection per producer and starts them, each with its share of the count.
+async fn start_producers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io::Result<Vec<Task>> {
     let mut producers = Vec::new();
     for i in 0..args.producers {
-        let conn = open_with_timeout(&uri).await?;
+        let conn = open_with_timeout(uri).await?;
         let quota = split_quota(args.count, args.producers, i);
         producers.push(tokio::spawn(produce(
             conn,
             i,
             quota,
             args.clone(),
-            counters.clone(),
-            stop.clone(),
-            epoch,
+            shared.clone(),
         )));
     }
+    Ok(producers)
+}
 
-    let started = Instant::now();
+/// Waits for the end of the run: the duration is over or the count done. Reports progress
+/// every second unless quiet; the error of a task that ends early ends the run.
+async fn watch(
+    args: &PerfArgs,
+    shared: &Shared,
+    started: Instant,
+    producers: &mut [Task],
+    consumers: &mut [Task],
+) -> io::Result<()> {
+    let counters = &shared.counters;
     let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
     let mut last = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -283,22 +323,14 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
         tokio::select! {
             _ = tick.tick() => {}
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                if !finished(&args, &counters, &producers) { continue; }
+                if !finished(args, counters, producers) { continue; }
             }
         }
         let published = counters.published.load(Ordering::Relaxed);
         let consumed = counters.consumed.load(Ordering::Relaxed);
         if !args.quiet && started.elapsed().as_millis() % 1000 < 40 {
             let lat = if args.latency {
-                let h = latency
-                    .lock()
-                    .map(|h| h.clone())
-                    .unwrap_or_else(|_| new_histogram());
-                format!(
-                    ", latency p50 {} µs p99 {} µs",
-                    h.value_at_quantile(0.5),
-                    h.value_at_quantile(0.99)
-                )
+                latency_progress(&shared.latency)
             } else {
                 String::new()
             };
@@ -310,8 +342,8 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
             );
         }
         last = (published, consumed);
-        if deadline.is_some_and(|d| Instant::now() >= d) || finished(&args, &counters, &producers) {
-            break;
+        if deadline.is_some_and(|d| Instant::now() >= d) || finished(args, counters, producers) {
+            return Ok(());
         }
         if producers
             .iter()
@@ -319,32 +351,53 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
             .any(|t| t.is_finished())
         {
             // A task ended early: surface its error.
-            for t in producers.iter_mut().chain(consumers.iter_mut()) {
-                if t.is_finished() {
-                    match t.await {
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => return Err(io::Error::other(e.to_string())),
-                        Ok(Ok(())) => {}
-                    }
-                }
-            }
-            if finished(&args, &counters, &producers) {
-                break;
+            ended_tasks_error(producers, consumers).await?;
+            if finished(args, counters, producers) {
+                return Ok(());
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in producers.into_iter().chain(consumers) {
-        t.abort();
+}
+
+/// The latency part of a progress line.
+fn latency_progress(latency: &Mutex<Histogram<u64>>) -> String {
+    let h = latency_snapshot(latency);
+    format!(
+        ", latency p50 {} µs p99 {} µs",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99)
+    )
+}
+
+/// The error of the first task that ended with one, if any.
+async fn ended_tasks_error(producers: &mut [Task], consumers: &mut [Task]) -> io::Result<()> {
+    for t in producers.iter_mut().chain(consumers.iter_mut()) {
+        if t.is_finished() {
+            match t.await {
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+                Ok(Ok(())) => {}
+            }
+        }
     }
-    let h = latency
+    Ok(())
+}
+
+/// A copy of the run's latency histogram (an empty one if a task panicked holding it).
+fn latency_snapshot(latency: &Mutex<Histogram<u64>>) -> Histogram<u64> {
+    latency
         .lock()
         .map(|h| h.clone())
-        .unwrap_or_else(|_| new_histogram());
+        .unwrap_or_else(|_| new_histogram())
+}
+
+/// The summary of a run that measured `seconds`.
+fn summary(args: PerfArgs, seconds: f64, shared: &Shared) -> Summary {
+    let h = latency_snapshot(&shared.latency);
+    let counters = &shared.counters;
     let published = counters.published.load(Ordering::Relaxed);
     let consumed = counters.consumed.load(Ordering::Relaxed);
-    Ok(Summary {
+    Summary {
         seconds,
         published,
         confirmed: counters.confirmed.load(Ordering::Relaxed),
@@ -359,7 +412,7 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
             max: h.max(),
         }),
         args,
-    })
+    }
 }
 
 /// With a message count, the run ends once everything was published (and confirmed) and
@@ -410,9 +463,7 @@ async fn produce(
     index: usize,
     quota: u64,
     args: PerfArgs,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    epoch: Instant,
+    shared: Shared,
 ) -> io::Result<()> {
     conn.open_channel(1).await?;
     if args.confirm > 0 {
@@ -420,103 +471,34 @@ async fn produce(
             .await?;
     }
     let frame_max = conn.frame_max;
-    let (mut rd, mut reader, mut wr) = conn.split();
+    let (rd, reader, mut wr) = conn.split();
     let window = Arc::new(Semaphore::new(args.confirm.max(1)));
     if args.confirm > 0 {
-        let window = window.clone();
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut last_acked = 0u64;
-            loop {
-                let frame = match reader.next(&mut rd).await {
-                    Ok(f) => f,
-                    Err(_) => return,
-                };
-                if let Frame::Method { method, .. } = frame {
-                    let (tag, multiple, nack) = match method {
-                        Method::BasicAck(a) => (a.delivery_tag, a.multiple, false),
-                        Method::BasicNack(n) => (n.delivery_tag, n.multiple, true),
-                        Method::BasicReturn(_) => {
-                            counters.returned.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    let n = if multiple {
-                        tag.saturating_sub(last_acked)
-                    } else {
-                        1
-                    };
-                    last_acked = last_acked.max(tag);
-                    let counter = if nack {
-                        &counters.nacked
-                    } else {
-                        &counters.confirmed
-                    };
-                    counter.fetch_add(n, Ordering::Relaxed);
-                    window.add_permits(n as usize);
-                }
-            }
-        });
+        tokio::spawn(count_confirms(
+            rd,
+            reader,
+            window.clone(),
+            shared.counters.clone(),
+        ));
     }
-    let queue = index % args.queues.max(1);
-    let publish = Method::BasicPublish(BasicPublish {
-        exchange: exchange_name(&args),
-        routing_key: routing_key(&args, queue),
-        ..Default::default()
-    });
-    let props = BasicProperties {
-        delivery_mode: Some(if args.persistent { 2 } else { 1 }),
-        ..Default::default()
-    };
-    let size = if args.latency {
-        args.size.max(8)
-    } else {
-        args.size
-    };
+    let mut publisher = Publisher::new(&args, index, frame_max, shared.epoch, window.clone());
     let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut out = BytesMut::with_capacity(256 * 1024);
-    let mut body = vec![0u8; size];
-    while !stop.load(Ordering::Relaxed) && (quota == 0 || sent < quota) {
-        let mut batch = 256u64;
-        if per_producer_rate > 0.0 {
-            let due = (started.elapsed().as_secs_f64() * per_producer_rate) as u64;
-            if due <= sent {
-                tokio::time::sleep(Duration::from_micros(500)).await;
-                continue;
-            }
-            batch = batch.min(due - sent);
-        }
-        if quota > 0 {
-            batch = batch.min(quota - sent);
-        }
-        let mut encoded = 0u64;
-        for _ in 0..batch {
-            if args.confirm > 0 {
-                match window.try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) if out.is_empty() => match window.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => return Ok(()),
-                    },
-                    Err(_) => break,
-                }
-            }
-            if args.latency {
-                let now = epoch.elapsed().as_micros() as u64;
-                body[..8].copy_from_slice(&now.to_be_bytes());
-            }
-            encode_content(1, &publish, &props, &body, frame_max, &mut out);
-            encoded += 1;
-        }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
-        }
+    while !shared.stop.load(Ordering::Relaxed) && (quota == 0 || sent < quota) {
+        let Some(batch) = next_batch(per_producer_rate, started, sent, quota) else {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+            continue;
+        };
+        let Some(encoded) = publisher.encode(batch).await else {
+            return Ok(());
+        };
+        write_out(&mut wr, &mut publisher.out).await?;
         sent += encoded;
-        counters.published.fetch_add(encoded, Ordering::Relaxed);
+        shared
+            .counters
+            .published
+            .fetch_add(encoded, Ordering::Relaxed);
     }
     if args.confirm > 0 {
         // Wait for the last confirms before reporting completion.
@@ -526,16 +508,204 @@ async fn produce(
     Ok(())
 }
 
-/// Consumes from a queue, acking every `multi_ack` deliveries, recording latency.
-async fn consume(
-    mut conn: Conn,
-    queue: String,
-    args: PerfArgs,
+/// How many publishes go in the next batch: at most 256, no more than the quota leaves
+/// nor, at a rate, than are due (None while none is).
+fn next_batch(rate: f64, started: Instant, sent: u64, quota: u64) -> Option<u64> {
+    let mut batch = 256u64;
+    if rate > 0.0 {
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        if due <= sent {
+            return None;
+        }
+        batch = batch.min(due - sent);
+    }
+    if quota > 0 {
+        batch = batch.min(quota - sent);
+    }
+    Some(batch)
+}
+
+/// Writes and clears what is encoded in `out`, if anything.
+async fn write_out(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Reads a producer's confirms (and returns), counting them and giving their places in
+/// the window back, until the connection ends.
+async fn count_confirms(
+    mut rd: OwnedReadHalf,
+    mut reader: FrameReader,
+    window: Arc<Semaphore>,
     counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+) {
+    let mut last_acked = 0u64;
+    loop {
+        let frame = match reader.next(&mut rd).await {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        if let Frame::Method { method, .. } = frame {
+            let (tag, multiple, nack) = match method {
+                Method::BasicAck(a) => (a.delivery_tag, a.multiple, false),
+                Method::BasicNack(n) => (n.delivery_tag, n.multiple, true),
+                Method::BasicReturn(_) => {
+                    counters.returned.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => continue,
+            };
+            let n = if multiple {
+                tag.saturating_sub(last_acked)
+            } else {
+                1
+            };
+            last_acked = last_acked.max(tag);
+            let counter = if nack {
+                &counters.nacked
+            } else {
+                &counters.confirmed
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+            window.add_permits(n as usize);
+        }
+    }
+}
+
+/// A producer's publishes, encoded in batches within its confirm window.
+struct Publisher {
+    publish: Method,
+    props: BasicProperties,
+    body: Vec<u8>,
+    frame_max: u32,
+    confirm: bool,
+    latency: bool,
     epoch: Instant,
-) -> io::Result<()> {
+    window: Arc<Semaphore>,
+    /// Encoded, not yet written.
+    out: BytesMut,
+}
+
+impl Publisher {
+    fn new(
+        args: &PerfArgs,
+        index: usize,
+        frame_max: u32,
+        epoch: Instant,
+        window: Arc<Semaphore>,
+    ) -> Self {
+        let queue = index % args.queues.max(1);
+        let size = if args.latency {
+            args.size.max(8)
+        } else {
+            args.size
+        };
+        Publisher {
+            publish: Method::BasicPublish(BasicPublish {
+                exchange: exchange_name(args),
+                routing_key: routing_key(args, queue),
+                ..Default::default()
+            }),
+            props: BasicProperties {
+                delivery_mode: Some(if args.persistent { 2 } else { 1 }),
+                ..Default::default()
+            },
+            body: vec![0u8; size],
+            frame_max,
+            confirm: args.confirm > 0,
+            latency: args.latency,
+            epoch,
+            window,
+            out: BytesMut::with_capacity(256 * 1024),
+        }
+    }
+
+    /// Encodes up to `batch` publishes, each taking a place in the confirm window (waiting
+    /// for one only when nothing is encoded yet): how many it encoded, None once the window
+    /// is closed.
+    async fn encode(&mut self, batch: u64) -> Option<u64> {
+        let mut encoded = 0u64;
+        for _ in 0..batch {
+            if self.confirm {
+                match self.window.try_acquire() {
+                    Ok(p) => p.forget(),
+                    Err(_) if self.out.is_empty() => match self.window.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return None,
+                    },
+                    Err(_) => break,
+                }
+            }
+            if self.latency {
+                let now = self.epoch.elapsed().as_micros() as u64;
+                self.body[..8].copy_from_slice(&now.to_be_bytes());
+            }
+            encode_content(
+                1,
+                &self.publish,
+                &self.props,
+                &self.body,
+                self.frame_max,
+                &mut self.out,
+            );
+            encoded += 1;
+        }
+        Some(encoded)
+    }
+}
+
+/// Consumes from a queue, acking every `multi_ack` deliveries, recording latency.
+async fn consume(mut conn: Conn, queue: String, args: PerfArgs, shared: Shared) -> io::Result<()> {
+    subscribe(&mut conn, queue, &args).await?;
+    let (mut rd, mut reader, mut wr) = conn.split();
+    let mut c = Deliveries::new(&args, shared.epoch);
+    let mut last_merge = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Handle everything buffered, then flush acks, then read more.
+        let got = c.take_buffered(&mut reader)?;
+        if got > 0 {
+            shared.counters.consumed.fetch_add(got, Ordering::Relaxed);
+        }
+        write_out(&mut wr, &mut c.out).await?;
+        if args.latency
+            && (c.local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
+        {
+            last_merge = Instant::now();
+            c.merge_latency(&shared.latency);
+        }
+        // With manual acks and prefetch, a partial batch must be acked before the broker
+        // sends more: ack what we have when nothing else is buffered.
+        if !args.autoack
+            && c.unacked > 0
+            && args.prefetch > 0
+            && c.unacked >= u32::from(args.prefetch) / 2
+        {
+            c.ack_now(&mut wr).await?;
+        }
+        let read = tokio::time::timeout(Duration::from_millis(50), reader.fill(&mut rd)).await;
+        match read {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Quiet: ack the tail so the broker can send what remains.
+                if !args.autoack && c.unacked > 0 {
+                    c.ack_now(&mut wr).await?;
+                }
+                if args.latency && !c.local.is_empty() {
+                    c.merge_latency(&shared.latency);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the channel, sets the prefetch if asked, and starts consuming from `queue`.
+async fn subscribe(conn: &mut Conn, queue: String, args: &PerfArgs) -> io::Result<()> {
     conn.open_channel(1).await?;
     if args.prefetch > 0 {
         conn.call(
@@ -556,44 +726,52 @@ async fn consume(
         }),
     )
     .await?;
-    let (mut rd, mut reader, mut wr) = conn.split();
-    let mut local = new_histogram();
-    let mut unacked = 0u32;
-    let mut last_tag = 0u64;
-    let mut out = BytesMut::new();
-    let multi = args.multi_ack.max(1);
-    let mut last_merge = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        // Handle everything buffered, then flush acks, then read more.
+    Ok(())
+}
+
+/// What a consumer keeps between reads: the acks it owes and the latency it recorded.
+struct Deliveries {
+    autoack: bool,
+    latency: bool,
+    /// Ack (with `multiple`) every this many deliveries.
+    multi: u32,
+    epoch: Instant,
+    /// Latency recorded since the last merge into the run's histogram.
+    local: Histogram<u64>,
+    /// Deliveries not acked yet.
+    unacked: u32,
+    last_tag: u64,
+    /// Acks encoded, not yet written.
+    out: BytesMut,
+}
+
+impl Deliveries {
+    fn new(args: &PerfArgs, epoch: Instant) -> Self {
+        Deliveries {
+            autoack: args.autoack,
+            latency: args.latency,
+            multi: args.multi_ack.max(1),
+            epoch,
+            local: new_histogram(),
+            unacked: 0,
+            last_tag: 0,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Handles every frame already buffered: the number of messages received; a close of
+    /// the channel or connection is an error.
+    fn take_buffered(&mut self, reader: &mut FrameReader) -> io::Result<u64> {
         let mut got = 0u64;
         while let Some(frame) = reader.next_buffered()? {
             match frame {
                 Frame::Method {
                     method: Method::BasicDeliver(d),
                     ..
-                } => last_tag = d.delivery_tag,
+                } => self.last_tag = d.delivery_tag,
                 Frame::Body { payload, .. } => {
                     got += 1;
-                    if args.latency {
-                        if let Some(sent) = body_prefix(&payload) {
-                            let now = epoch.elapsed().as_micros() as u64;
-                            let _ = local.record(now.saturating_sub(sent).max(1));
-                        }
-                    }
-                    if !args.autoack {
-                        unacked += 1;
-                        if unacked >= multi {
-                            encode_method(
-                                1,
-                                &Method::BasicAck(BasicAck {
-                                    delivery_tag: last_tag,
-                                    multiple: true,
-                                }),
-                                &mut out,
-                            );
-                            unacked = 0;
-                        }
-                    }
+                    self.on_body(&payload);
                 }
                 Frame::Header { header, .. } if header.body_size == 0 => got += 1,
                 Frame::Method {
@@ -617,71 +795,53 @@ async fn consume(
                 _ => {}
             }
         }
-        if got > 0 {
-            counters.consumed.fetch_add(got, Ordering::Relaxed);
-        }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
-        }
-        if args.latency
-            && (local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
+        Ok(got)
+    }
+
+    /// A body frame: its latency, and an ack every `multi` of them.
+    fn on_body(&mut self, payload: &Bytes) {
+        if self.latency
+            && let Some(sent) = body_prefix(payload)
         {
-            last_merge = Instant::now();
-            if let Ok(mut h) = latency.lock() {
-                let _ = h.add(&local);
-            }
-            local.reset();
+            let now = self.epoch.elapsed().as_micros() as u64;
+            let _ = self.local.record(now.saturating_sub(sent).max(1));
         }
-        // With manual acks and prefetch, a partial batch must be acked before the broker
-        // sends more: ack what we have when nothing else is buffered.
-        if !args.autoack
-            && unacked > 0
-            && args.prefetch > 0
-            && unacked >= u32::from(args.prefetch) / 2
-        {
-            encode_method(
-                1,
-                &Method::BasicAck(BasicAck {
-                    delivery_tag: last_tag,
-                    multiple: true,
-                }),
-                &mut out,
-            );
-            wr.write_all(&out).await?;
-            out.clear();
-            unacked = 0;
-        }
-        let read = tokio::time::timeout(Duration::from_millis(50), reader.fill(&mut rd)).await;
-        match read {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                // Quiet: ack the tail so the broker can send what remains.
-                if !args.autoack && unacked > 0 {
-                    encode_method(
-                        1,
-                        &Method::BasicAck(BasicAck {
-                            delivery_tag: last_tag,
-                            multiple: true,
-                        }),
-                        &mut out,
-                    );
-                    wr.write_all(&out).await?;
-                    out.clear();
-                    unacked = 0;
-                }
-                if args.latency && !local.is_empty() {
-                    if let Ok(mut h) = latency.lock() {
-                        let _ = h.add(&local);
-                    }
-                    local.reset();
-                }
+        if !self.autoack {
+            self.unacked += 1;
+            if self.unacked >= self.multi {
+                self.encode_ack();
             }
         }
     }
-    Ok(())
+
+    /// Encodes an ack of everything delivered so far.
+    fn encode_ack(&mut self) {
+        encode_method(
+            1,
+            &Method::BasicAck(BasicAck {
+                delivery_tag: self.last_tag,
+                multiple: true,
+            }),
+            &mut self.out,
+        );
+        self.unacked = 0;
+    }
+
+    /// Acks everything delivered so far, now.
+    async fn ack_now(&mut self, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+        self.encode_ack();
+        wr.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Adds the latency recorded here to the run's histogram.
+    fn merge_latency(&mut self, latency: &Mutex<Histogram<u64>>) {
+        if let Ok(mut h) = latency.lock() {
+            let _ = h.add(&self.local);
+        }
+        self.local.reset();
+    }
 }
 
 /// Opens idle connections with a channel each and holds them.

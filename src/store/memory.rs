@@ -38,44 +38,13 @@ impl MemoryState {
             StoreOp::PutVhost(v) => {
                 self.vhosts.insert(v.clone());
             }
-            StoreOp::DeleteVhost(v) => {
-                self.vhosts.remove(v);
-                self.vhost_limits.remove(v);
-                self.permissions.retain(|(_, pv), _| pv != v);
-                self.exchanges.retain(|(xv, _), _| xv != v);
-                let gone: Vec<u64> = self
-                    .queues
-                    .values()
-                    .filter(|q| &q.vhost == v)
-                    .map(|q| q.id)
-                    .collect();
-                for id in gone {
-                    self.drop_queue(id);
-                }
-                self.bindings.retain(|b| &b.vhost != v);
-            }
+            StoreOp::DeleteVhost(v) => self.delete_vhost(v),
             StoreOp::PutUser(u) => {
                 self.users.insert(u.name.clone(), u.clone());
             }
-            StoreOp::DeleteUser(name) => {
-                self.users.remove(name);
-                self.user_limits.remove(name);
-                self.permissions.retain(|(u, _), _| u != name);
-            }
-            StoreOp::PutVhostLimits { vhost, limits } => {
-                if limits.is_empty() {
-                    self.vhost_limits.remove(vhost);
-                } else {
-                    self.vhost_limits.insert(vhost.clone(), *limits);
-                }
-            }
-            StoreOp::PutUserLimits { user, limits } => {
-                if limits.is_empty() {
-                    self.user_limits.remove(user);
-                } else {
-                    self.user_limits.insert(user.clone(), *limits);
-                }
-            }
+            StoreOp::DeleteUser(name) => self.delete_user(name),
+            StoreOp::PutVhostLimits { vhost, limits } => self.put_vhost_limits(vhost, limits),
+            StoreOp::PutUserLimits { user, limits } => self.put_user_limits(user, limits),
             StoreOp::PutPermission(p) => {
                 self.permissions
                     .insert((p.user.clone(), p.vhost.clone()), p.clone());
@@ -87,32 +56,18 @@ impl MemoryState {
                 self.exchanges
                     .insert((x.vhost.clone(), x.name.clone()), x.clone());
             }
-            StoreOp::DeleteExchange { vhost, name } => {
-                self.exchanges.remove(&(vhost.clone(), name.clone()));
-                self.bindings.retain(|b| {
-                    !(&b.vhost == vhost
-                        && (&b.source == name || (b.to_exchange && &b.destination == name)))
-                });
-            }
+            StoreOp::DeleteExchange { vhost, name } => self.delete_exchange(vhost, name),
             StoreOp::PutQueue(q) => {
                 self.queues.insert(q.id, q.clone());
             }
-            StoreOp::DeleteQueue { vhost, name, id } => {
-                self.drop_queue(*id);
-                self.bindings
-                    .retain(|b| !(&b.vhost == vhost && !b.to_exchange && &b.destination == name));
-            }
+            StoreOp::DeleteQueue { vhost, name, id } => self.delete_queue(vhost, name, *id),
             StoreOp::PutBinding(b) => {
                 self.bindings.insert(b.clone());
             }
             StoreOp::DeleteBinding(b) => {
                 self.bindings.remove(b);
             }
-            StoreOp::PutShared { id, message, refs } => {
-                debug_assert!(*refs >= 2, "a message in one queue is stored inline");
-                self.shared.insert(*id, (message.clone(), *refs));
-                self.next_shared_id = self.next_shared_id.max(id + 1);
-            }
+            StoreOp::PutShared { id, message, refs } => self.put_shared(*id, message, *refs),
             StoreOp::Enqueue {
                 queue,
                 seq,
@@ -122,33 +77,8 @@ impl MemoryState {
                 self.entries
                     .insert((*queue, *seq), (body.clone(), *expires_at_ms));
             }
-            StoreOp::Dequeue { queue, seq, shared } => {
-                if let Some((body, _)) = self.entries.remove(&(*queue, *seq)) {
-                    debug_assert_eq!(
-                        match &body {
-                            EntryBody::Shared(id) => Some(*id),
-                            EntryBody::Inline(_) => None,
-                        },
-                        *shared,
-                        "dequeue names the entry's shared message"
-                    );
-                    self.release(&body);
-                }
-            }
-            StoreOp::PurgeFrom { queue, from_seq } => {
-                let gone: Vec<(u64, u64)> = self
-                    .entries
-                    .range((*queue, *from_seq)..=(*queue, u64::MAX))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in gone {
-                    if let Some((body, _)) = self.entries.remove(&k) {
-                        self.release(&body);
-                    }
-                }
-                self.paged
-                    .retain(|(q, s), _| !(q == queue && s >= from_seq));
-            }
+            StoreOp::Dequeue { queue, seq, shared } => self.dequeue(*queue, *seq, *shared),
+            StoreOp::PurgeFrom { queue, from_seq } => self.purge_from(*queue, *from_seq),
             StoreOp::PageOut {
                 queue,
                 seq,
@@ -158,11 +88,111 @@ impl MemoryState {
                 self.paged
                     .insert((*queue, *seq), (message.clone(), *expires_at_ms));
             }
-            StoreOp::DropPaged { queue, up_to_seq } => {
-                self.paged
-                    .retain(|(q, s), _| !(q == queue && s <= up_to_seq));
+            StoreOp::DropPaged { queue, up_to_seq } => self.drop_paged(*queue, *up_to_seq),
+        }
+    }
+
+    /// A vhost goes, with its limits, permissions, exchanges, queues and bindings.
+    fn delete_vhost(&mut self, v: &str) {
+        self.vhosts.remove(v);
+        self.vhost_limits.remove(v);
+        self.permissions.retain(|(_, pv), _| pv != v);
+        self.exchanges.retain(|(xv, _), _| xv != v);
+        let gone: Vec<u64> = self
+            .queues
+            .values()
+            .filter(|q| q.vhost == v)
+            .map(|q| q.id)
+            .collect();
+        for id in gone {
+            self.drop_queue(id);
+        }
+        self.bindings.retain(|b| b.vhost != v);
+    }
+
+    /// A user goes, with its limits and permissions.
+    fn delete_user(&mut self, name: &str) {
+        self.users.remove(name);
+        self.user_limits.remove(name);
+        self.permissions.retain(|(u, _), _| u != name);
+    }
+
+    /// Sets a vhost's limits; no limit at all removes the record.
+    fn put_vhost_limits(&mut self, vhost: &str, limits: &VhostLimits) {
+        if limits.is_empty() {
+            self.vhost_limits.remove(vhost);
+        } else {
+            self.vhost_limits.insert(vhost.to_string(), *limits);
+        }
+    }
+
+    /// Sets a user's limits; no limit at all removes the record.
+    fn put_user_limits(&mut self, user: &str, limits: &UserLimits) {
+        if limits.is_empty() {
+            self.user_limits.remove(user);
+        } else {
+            self.user_limits.insert(user.to_string(), *limits);
+        }
+    }
+
+    /// An exchange goes, with the bindings from it and to it.
+    fn delete_exchange(&mut self, vhost: &str, name: &str) {
+        self.exchanges
+            .remove(&(vhost.to_string(), name.to_string()));
+        self.bindings.retain(|b| {
+            !(b.vhost == vhost && (b.source == name || (b.to_exchange && b.destination == name)))
+        });
+    }
+
+    /// A queue goes, with its contents and the bindings to it.
+    fn delete_queue(&mut self, vhost: &str, name: &str, id: u64) {
+        self.drop_queue(id);
+        self.bindings
+            .retain(|b| !(b.vhost == vhost && !b.to_exchange && b.destination == name));
+    }
+
+    /// A message stored once for the `refs` entries that will name it.
+    fn put_shared(&mut self, id: u64, message: &Arc<Message>, refs: u32) {
+        debug_assert!(refs >= 2, "a message in one queue is stored inline");
+        self.shared.insert(id, (message.clone(), refs));
+        self.next_shared_id = self.next_shared_id.max(id + 1);
+    }
+
+    /// An entry goes; a shared body loses a reference.
+    fn dequeue(&mut self, queue: u64, seq: u64, shared: Option<u64>) {
+        if let Some((body, _)) = self.entries.remove(&(queue, seq)) {
+            debug_assert_eq!(
+                match &body {
+                    EntryBody::Shared(id) => Some(*id),
+                    EntryBody::Inline(_) => None,
+                },
+                shared,
+                "dequeue names the entry's shared message"
+            );
+            self.release(&body);
+        }
+    }
+
+    /// A queue's paged messages up to `up_to_seq` go.
+    fn drop_paged(&mut self, queue: u64, up_to_seq: u64) {
+        self.paged
+            .retain(|&(q, s), _| !(q == queue && s <= up_to_seq));
+    }
+
+    /// A queue's entries and paged messages from `from_seq` on go.
+    fn purge_from(&mut self, queue: u64, from_seq: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .entries
+            .range((queue, from_seq)..=(queue, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some((body, _)) = self.entries.remove(&k) {
+                self.release(&body);
             }
         }
+        self.paged
+            .retain(|&(q, s), _| !(q == queue && s >= from_seq));
     }
 
     /// An entry is gone: a shared body loses a reference.

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Run real third-party AMQP 0-9-1 client test suites against a broker.
 
-Against a broker binary (each suite gets a fresh broker process, on free ports,
-with a fresh data dir; stopped afterwards):
+Against a broker binary (each suite gets a fresh broker process, with a fresh
+data dir; stopped afterwards). The command gets 0 for {port} and {http_port}, so
+the kernel picks free ports, and the broker's ``warren: AMQP listening on
+<address>`` and ``warren: HTTP listening on <address>`` lines on stdout give the
+ports it bound (``--probe-free-ports`` for a broker that does not print them):
 
     python3 tests/clients/run_suites.py \\
         --broker-cmd "target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import tomllib
 import xml.etree.ElementTree as ET
@@ -217,6 +221,22 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+# What `warren serve` prints on stdout once a listener is bound (see listening_port in
+# tests/common/mod.rs): "warren: AMQP listening on 127.0.0.1:5672", "... on [::]:15672".
+LISTENING = re.compile(r"^warren: (AMQP|HTTP) listening on (\S+)$")
+
+
+def listening_port(line: str) -> tuple[str, int] | None:
+    """("AMQP" or "HTTP", port) of a `warren: <what> listening on <address>` line."""
+    m = LISTENING.match(line.strip())
+    if not m:
+        return None
+    try:
+        return m.group(1), int(m.group(2).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def amqp_ready(host: str, port: int, timeout: float = 2.0) -> bool:
     """True when the broker answers the AMQP 0-9-1 header with a connection.start method frame."""
     try:
@@ -246,32 +266,49 @@ class Target:
 
 
 class Broker:
-    def __init__(self, template: str, host: str, workdir: Path, ready_timeout: float, keep_data: bool):
+    def __init__(self, template: str, host: str, workdir: Path, ready_timeout: float, keep_data: bool,
+                 probe_ports: bool = False):
         self.template, self.host, self.workdir = template, host, workdir
         self.ready_timeout, self.keep_data = ready_timeout, keep_data
+        # Ports probed free beforehand (racing other processes for them) instead of 0.
+        self.probe_ports = probe_ports
         self.proc: subprocess.Popen | None = None
         self.logf = None
         self.data_dir: Path | None = None
         self.target: Target | None = None
         self.died_rc: int | None = None
+        # The stdout reader: the ports announced so far, and whether stdout has closed.
+        self.stdout_reader: threading.Thread | None = None
+        self.announced: dict[str, int] = {}
+        self.stdout_closed = False
+        self.announce = threading.Condition()
 
     def start(self) -> Target:
-        port = free_port(self.host)
-        http_port = free_port(self.host)
-        while http_port == port:
+        if self.probe_ports:
+            port = free_port(self.host)
             http_port = free_port(self.host)
+            while http_port == port:
+                http_port = free_port(self.host)
+        else:
+            port = http_port = 0
         self.data_dir = self.workdir / "broker-data"
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True)
         cmd = self.template.format(port=port, http_port=http_port, dir=self.data_dir,
                                    data_dir=self.data_dir, host=self.host)
-        self.logf = open(self.workdir / "broker.log", "w")
+        # Append mode: the broker's stderr and the stdout reader both write to the log.
+        self.logf = open(self.workdir / "broker.log", "a")
         self.logf.write(f"$ {cmd}\n")
         self.logf.flush()
-        self.proc = subprocess.Popen(shlex.split(cmd), cwd=REPO, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(shlex.split(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=self.logf,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     text=True, encoding="utf-8", errors="replace")
+        self.stdout_reader = threading.Thread(target=self._read_stdout, name="broker-stdout", daemon=True)
+        self.stdout_reader.start()
         deadline = time.monotonic() + self.ready_timeout
+        if not self.probe_ports:
+            port, http_port = self._announced_ports(deadline)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode} before accepting connections "
@@ -287,6 +324,48 @@ class Broker:
         self.stop()
         raise RuntimeError(f"broker not answering AMQP on {self.host}:{port} after {self.ready_timeout}s")
 
+    def _read_stdout(self) -> None:
+        """Copies the broker's stdout to its log until the broker closes it (so that the
+        broker never blocks on a full pipe), noting the ports it announces."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            announced = listening_port(line)
+            if announced is not None:
+                with self.announce:
+                    self.announced[announced[0]] = announced[1]
+                    self.announce.notify_all()
+            try:
+                self.logf.write(line)
+                self.logf.flush()
+            except ValueError:  # the log was closed by stop()
+                pass
+        with self.announce:
+            self.stdout_closed = True
+            self.announce.notify_all()
+
+    def _announced_ports(self, deadline: float) -> tuple[int, int]:
+        """The AMQP and HTTP ports the broker printed on stdout, waiting for them until
+        `deadline`; RuntimeError if it exits or the deadline passes first."""
+        log_path = self.workdir / "broker.log"
+        with self.announce:
+            while not ("AMQP" in self.announced and "HTTP" in self.announced):
+                remaining = deadline - time.monotonic()
+                if self.stdout_closed or self.proc.poll() is not None or remaining <= 0:
+                    break
+                self.announce.wait(timeout=min(remaining, 0.5))
+            ports = (self.announced.get("AMQP"), self.announced.get("HTTP"))
+        if ports[0] is not None and ports[1] is not None:
+            return ports
+        missing = " and ".join(w for w, p in zip(("AMQP", "HTTP"), ports) if p is None)
+        missing += " ports" if " and " in missing else " port"
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {self.proc.returncode} before printing its {missing} "
+                               f"(see {log_path})")
+        self.stop()
+        raise RuntimeError(f"broker did not print its {missing} on stdout within {self.ready_timeout}s "
+                           f"(expected 'warren: AMQP listening on <address>' and 'warren: HTTP listening "
+                           f"on <address>' lines; see {log_path})")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -297,6 +376,9 @@ class Broker:
             self.died_rc = self.proc.returncode
         else:
             _kill_group(self.proc, grace=10.0)
+        if self.stdout_reader is not None:
+            # The broker is gone: its stdout ends (unless something it started holds it).
+            self.stdout_reader.join(timeout=5.0)
         if self.logf:
             self.logf.close()
         if not self.keep_data and self.data_dir and self.data_dir.exists():
@@ -579,7 +661,8 @@ def run_suite(name: str, inst: Installer, args, results_root: Path) -> Outcome:
     t0 = time.monotonic()
     try:
         if args.broker_cmd:
-            broker = Broker(args.broker_cmd, args.host, out_dir, args.broker_ready_timeout, args.keep_data)
+            broker = Broker(args.broker_cmd, args.host, out_dir, args.broker_ready_timeout, args.keep_data,
+                            probe_ports=args.probe_free_ports)
             try:
                 target = broker.start()
             except RuntimeError as exc:
@@ -786,7 +869,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--broker-cmd", help="command line template to start the broker; {port}, {http_port}, "
-                   "{dir} (alias {data_dir}) and {host} are substituted. Run from the repo root.")
+                   "{dir} (alias {data_dir}) and {host} are substituted. Run from the repo root. "
+                   "{port} and {http_port} are 0: the broker binds ports the kernel picks and prints "
+                   "them on stdout ('warren: AMQP listening on <address>', 'warren: HTTP listening on "
+                   "<address>'), read within --broker-ready-timeout.")
     g.add_argument("--port", type=int, help="AMQP port of an already-running broker")
     ap.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     ap.add_argument("--http-port", type=int, default=15672,
@@ -810,7 +896,11 @@ def main(argv=None) -> int:
                     help="how amqpstorm tests delete their queues/exchanges (default http: through the "
                     "management API on {http_port}/--http-port, as upstream; amqp for a broker without one)")
     ap.add_argument("--bulk-count", type=int, default=0, help="messages in test_bulk (default 100000)")
-    ap.add_argument("--broker-ready-timeout", type=float, default=30.0)
+    ap.add_argument("--broker-ready-timeout", type=float, default=30.0,
+                    help="seconds for a --broker-cmd broker to print its ports and answer AMQP (default 30)")
+    ap.add_argument("--probe-free-ports", action="store_true",
+                    help="--broker-cmd: substitute ports probed free beforehand for {port} and {http_port} "
+                    "instead of 0, for a broker that does not print warren's 'listening on' lines")
     ap.add_argument("--keep-data", action="store_true", help="keep each broker's data dir")
     ap.add_argument("--max-names", type=int, default=100, help="failing test names printed per suite (0: all)")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo suite output")

@@ -142,17 +142,39 @@ fn loopback_address(local: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, local.port())
 }
 
+/// Every route of the API, behind the cross-site and peer layers.
 fn router() -> Router<Arc<Ctx>> {
-    use objects::*;
-    use resources::*;
+    let router = Router::new();
+    let router = status_routes(router);
+    let router = object_routes(router);
+    let router = limit_routes(router);
+    let router = queue_and_exchange_routes(router);
+    let router = binding_routes(router);
+    let router = connection_routes(router);
+    let router = health_routes(router);
+    let router = app_routes(router);
+    router
+        .fallback(not_found_handler)
+        .layer(axum::middleware::from_fn(guard::cross_site_layer))
+        .layer(axum::middleware::from_fn(peer_layer))
+}
+
+/// The overview, identity and node routes.
+fn status_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
     use status::*;
-    Router::new()
+    router
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
         .route("/api/cluster-name", get(cluster_name))
         .route("/api/extensions", get(extensions))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
+}
+
+/// Virtual hosts, users, permissions and definitions.
+fn object_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use objects::*;
+    router
         .route("/api/vhosts", get(list_vhosts))
         .route(
             "/api/vhosts/{vhost}",
@@ -167,28 +189,6 @@ fn router() -> Router<Arc<Ctx>> {
         )
         .route("/api/users/{user}/permissions", get(user_permissions))
         .route("/api/permissions", get(list_permissions))
-        .route("/api/vhost-limits", get(limits::list_vhost_limits))
-        .route(
-            "/api/vhost-limits/{vhost}",
-            get(limits::get_vhost_limits)
-                .put(limits::put_vhost_limits)
-                .delete(limits::delete_vhost_limits),
-        )
-        .route(
-            "/api/vhost-limits/{vhost}/{name}",
-            axum::routing::put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
-        )
-        .route("/api/user-limits", get(limits::list_user_limits))
-        .route(
-            "/api/user-limits/{user}",
-            get(limits::get_user_limits)
-                .put(limits::put_user_limits)
-                .delete(limits::delete_user_limits),
-        )
-        .route(
-            "/api/user-limits/{user}/{name}",
-            axum::routing::put(limits::put_user_limit).delete(limits::delete_user_limit),
-        )
         .route(
             "/api/permissions/{vhost}/{user}",
             get(get_permission)
@@ -200,6 +200,40 @@ fn router() -> Router<Arc<Ctx>> {
             "/api/definitions/{vhost}",
             get(export_vhost).post(import_vhost),
         )
+}
+
+/// Per-vhost and per-user limits.
+fn limit_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use limits::*;
+    router
+        .route("/api/vhost-limits", get(list_vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}",
+            get(get_vhost_limits)
+                .put(put_vhost_limits)
+                .delete(delete_vhost_limits),
+        )
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(list_user_limits))
+        .route(
+            "/api/user-limits/{user}",
+            get(get_user_limits)
+                .put(put_user_limits)
+                .delete(delete_user_limits),
+        )
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(put_user_limit).delete(delete_user_limit),
+        )
+}
+
+/// Queues and exchanges, their messages and their bindings.
+fn queue_and_exchange_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use resources::*;
+    router
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}", get(list_queues))
         .route(
@@ -227,6 +261,12 @@ fn router() -> Router<Arc<Ctx>> {
             "/api/exchanges/{vhost}/{name}/bindings/destination",
             get(exchange_bindings_destination),
         )
+}
+
+/// Bindings.
+fn binding_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use resources::*;
+    router
         .route("/api/bindings", get(list_bindings))
         .route("/api/bindings/{vhost}", get(list_bindings))
         .route(
@@ -237,6 +277,12 @@ fn router() -> Router<Arc<Ctx>> {
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
             get(get_binding).delete(delete_binding),
         )
+}
+
+/// Connections, channels and consumers.
+fn connection_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use status::*;
+    router
         .route("/api/connections", get(list_connections))
         .route(
             "/api/connections/{name}",
@@ -247,6 +293,12 @@ fn router() -> Router<Arc<Ctx>> {
         .route("/api/channels/{name}", get(get_channel))
         .route("/api/consumers", get(list_consumers))
         .route("/api/consumers/{vhost}", get(list_consumers))
+}
+
+/// The health checks and the aliveness test.
+fn health_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use status::*;
+    router
         .route("/api/health/checks/alarms", get(health_alarms))
         .route("/api/health/checks/local-alarms", get(health_alarms))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
@@ -268,12 +320,14 @@ fn router() -> Router<Arc<Ctx>> {
             get(protocol_listener),
         )
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
-        .route("/api/warren/authenticate", post(authenticate_user))
-        .route("/api/warren/{action}", post(app_action))
-        .route("/metrics", get(metrics))
-        .fallback(not_found_handler)
-        .layer(axum::middleware::from_fn(guard::cross_site_layer))
-        .layer(axum::middleware::from_fn(peer_layer))
+}
+
+/// warren's own actions (`warren ctl`) and the Prometheus metrics.
+fn app_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    router
+        .route("/api/warren/authenticate", post(objects::authenticate_user))
+        .route("/api/warren/{action}", post(objects::app_action))
+        .route("/metrics", get(status::metrics))
 }
 
 // ----- errors -----

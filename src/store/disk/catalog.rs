@@ -220,101 +220,22 @@ impl Catalog {
     /// whose contents became garbage are pushed to `dropped`.
     pub fn apply(&mut self, op: &StoreOp, out: &mut Staged, dropped: &mut Vec<u64>) {
         match op {
-            StoreOp::PutVhost(v) => {
-                self.vhosts.insert(v.clone());
-                out.put(Space::Meta, record::vhost_key(v), record::encode_vhost());
-            }
+            StoreOp::PutVhost(v) => self.put_vhost(v, out),
             StoreOp::DeleteVhost(v) => self.delete_vhost(v, out, dropped),
-            StoreOp::PutUser(u) => {
-                self.users.insert(u.name.clone(), u.clone());
-                out.put(
-                    Space::Meta,
-                    record::user_key(&u.name),
-                    record::encode_user(u),
-                );
-            }
-            StoreOp::DeleteUser(name) => {
-                self.users.remove(name);
-                out.delete(Space::Meta, record::user_key(name));
-                if self.user_limits.remove(name).is_some() {
-                    out.delete(Space::Meta, record::user_limits_key(name));
-                }
-                self.delete_permissions_where(|(user, _)| user == name, out);
-            }
-            StoreOp::PutVhostLimits { vhost, limits } => {
-                let key = record::vhost_limits_key(vhost);
-                if limits.is_empty() {
-                    self.vhost_limits.remove(vhost);
-                    out.delete(Space::Meta, key);
-                } else {
-                    self.vhost_limits.insert(vhost.clone(), *limits);
-                    out.put(Space::Meta, key, record::encode_vhost_limits(limits));
-                }
-            }
-            StoreOp::PutUserLimits { user, limits } => {
-                let key = record::user_limits_key(user);
-                if limits.is_empty() {
-                    self.user_limits.remove(user);
-                    out.delete(Space::Meta, key);
-                } else {
-                    self.user_limits.insert(user.clone(), *limits);
-                    out.put(Space::Meta, key, record::encode_user_limits(limits));
-                }
-            }
-            StoreOp::PutPermission(p) => {
-                self.permissions
-                    .insert((p.user.clone(), p.vhost.clone()), p.clone());
-                let key = record::permission_key(&p.user, &p.vhost);
-                out.put(Space::Meta, key, record::encode_permission(p));
-            }
-            StoreOp::DeletePermission { user, vhost } => {
-                self.permissions.remove(&(user.clone(), vhost.clone()));
-                out.delete(Space::Meta, record::permission_key(user, vhost));
-            }
-            StoreOp::PutExchange(x) => {
-                self.exchanges
-                    .insert((x.vhost.clone(), x.name.clone()), x.clone());
-                let key = record::exchange_key(&x.vhost, &x.name);
-                out.put(Space::Meta, key, record::encode_exchange(x));
-            }
-            StoreOp::DeleteExchange { vhost, name } => {
-                self.exchanges.remove(&(vhost.clone(), name.clone()));
-                out.delete(Space::Meta, record::exchange_key(vhost, name));
-                self.delete_bindings_where(
-                    |b| {
-                        &b.vhost == vhost
-                            && (&b.source == name || (b.to_exchange && &b.destination == name))
-                    },
-                    out,
-                );
-            }
-            StoreOp::PutQueue(q) => {
-                self.queues.insert(q.id, q.clone());
-                out.put(
-                    Space::Meta,
-                    record::queue_key(q.id),
-                    record::encode_queue(q),
-                );
-            }
+            StoreOp::PutUser(u) => self.put_user(u, out),
+            StoreOp::DeleteUser(name) => self.delete_user(name, out),
+            StoreOp::PutVhostLimits { vhost, limits } => self.put_vhost_limits(vhost, limits, out),
+            StoreOp::PutUserLimits { user, limits } => self.put_user_limits(user, limits, out),
+            StoreOp::PutPermission(p) => self.put_permission(p, out),
+            StoreOp::DeletePermission { user, vhost } => self.delete_permission(user, vhost, out),
+            StoreOp::PutExchange(x) => self.put_exchange(x, out),
+            StoreOp::DeleteExchange { vhost, name } => self.delete_exchange(vhost, name, out),
+            StoreOp::PutQueue(q) => self.put_queue(q, out),
             StoreOp::DeleteQueue { vhost, name, id } => {
-                self.drop_queue(*id, out, dropped);
-                self.delete_bindings_where(
-                    |b| &b.vhost == vhost && !b.to_exchange && &b.destination == name,
-                    out,
-                );
+                self.delete_queue(vhost, name, *id, out, dropped)
             }
-            StoreOp::PutBinding(b) => {
-                self.bindings.insert(b.clone());
-                out.put(
-                    Space::Meta,
-                    record::binding_key(b),
-                    record::encode_binding(b),
-                );
-            }
-            StoreOp::DeleteBinding(b) => {
-                self.bindings.remove(b);
-                out.delete(Space::Meta, record::binding_key(b));
-            }
+            StoreOp::PutBinding(b) => self.put_binding(b, out),
+            StoreOp::DeleteBinding(b) => self.delete_binding(b, out),
             StoreOp::PutShared { .. }
             | StoreOp::Enqueue { .. }
             | StoreOp::Dequeue { .. }
@@ -324,6 +245,124 @@ impl Catalog {
                 debug_assert!(false, "queue contents are not catalog records: {op:?}");
             }
         }
+    }
+
+    fn put_vhost(&mut self, v: &str, out: &mut Staged) {
+        self.vhosts.insert(v.to_string());
+        out.put(Space::Meta, record::vhost_key(v), record::encode_vhost());
+    }
+
+    fn put_user(&mut self, u: &UserRecord, out: &mut Staged) {
+        self.users.insert(u.name.clone(), u.clone());
+        out.put(
+            Space::Meta,
+            record::user_key(&u.name),
+            record::encode_user(u),
+        );
+    }
+
+    /// Deletes a user with its limits and permissions.
+    fn delete_user(&mut self, name: &str, out: &mut Staged) {
+        self.users.remove(name);
+        out.delete(Space::Meta, record::user_key(name));
+        if self.user_limits.remove(name).is_some() {
+            out.delete(Space::Meta, record::user_limits_key(name));
+        }
+        self.delete_permissions_where(|(user, _)| user == name, out);
+    }
+
+    /// Sets a vhost's limits; no limit at all deletes the record.
+    fn put_vhost_limits(&mut self, vhost: &str, limits: &VhostLimits, out: &mut Staged) {
+        let key = record::vhost_limits_key(vhost);
+        if limits.is_empty() {
+            self.vhost_limits.remove(vhost);
+            out.delete(Space::Meta, key);
+        } else {
+            self.vhost_limits.insert(vhost.to_string(), *limits);
+            out.put(Space::Meta, key, record::encode_vhost_limits(limits));
+        }
+    }
+
+    /// Sets a user's limits; no limit at all deletes the record.
+    fn put_user_limits(&mut self, user: &str, limits: &UserLimits, out: &mut Staged) {
+        let key = record::user_limits_key(user);
+        if limits.is_empty() {
+            self.user_limits.remove(user);
+            out.delete(Space::Meta, key);
+        } else {
+            self.user_limits.insert(user.to_string(), *limits);
+            out.put(Space::Meta, key, record::encode_user_limits(limits));
+        }
+    }
+
+    fn put_permission(&mut self, p: &PermissionRecord, out: &mut Staged) {
+        self.permissions
+            .insert((p.user.clone(), p.vhost.clone()), p.clone());
+        let key = record::permission_key(&p.user, &p.vhost);
+        out.put(Space::Meta, key, record::encode_permission(p));
+    }
+
+    fn delete_permission(&mut self, user: &str, vhost: &str, out: &mut Staged) {
+        self.permissions
+            .remove(&(user.to_string(), vhost.to_string()));
+        out.delete(Space::Meta, record::permission_key(user, vhost));
+    }
+
+    fn put_exchange(&mut self, x: &ExchangeRecord, out: &mut Staged) {
+        self.exchanges
+            .insert((x.vhost.clone(), x.name.clone()), x.clone());
+        let key = record::exchange_key(&x.vhost, &x.name);
+        out.put(Space::Meta, key, record::encode_exchange(x));
+    }
+
+    /// Deletes an exchange with the bindings from it and to it.
+    fn delete_exchange(&mut self, vhost: &str, name: &str, out: &mut Staged) {
+        self.exchanges
+            .remove(&(vhost.to_string(), name.to_string()));
+        out.delete(Space::Meta, record::exchange_key(vhost, name));
+        self.delete_bindings_where(
+            |b| b.vhost == vhost && (b.source == name || (b.to_exchange && b.destination == name)),
+            out,
+        );
+    }
+
+    fn put_queue(&mut self, q: &QueueRecord, out: &mut Staged) {
+        self.queues.insert(q.id, q.clone());
+        out.put(
+            Space::Meta,
+            record::queue_key(q.id),
+            record::encode_queue(q),
+        );
+    }
+
+    /// Deletes a queue (see [`Catalog::drop_queue`]) with the bindings to it.
+    fn delete_queue(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        id: u64,
+        out: &mut Staged,
+        dropped: &mut Vec<u64>,
+    ) {
+        self.drop_queue(id, out, dropped);
+        self.delete_bindings_where(
+            |b| b.vhost == vhost && !b.to_exchange && b.destination == name,
+            out,
+        );
+    }
+
+    fn put_binding(&mut self, b: &BindingRecord, out: &mut Staged) {
+        self.bindings.insert(b.clone());
+        out.put(
+            Space::Meta,
+            record::binding_key(b),
+            record::encode_binding(b),
+        );
+    }
+
+    fn delete_binding(&mut self, b: &BindingRecord, out: &mut Staged) {
+        self.bindings.remove(b);
+        out.delete(Space::Meta, record::binding_key(b));
     }
 
     fn delete_vhost(&mut self, v: &str, out: &mut Staged, dropped: &mut Vec<u64>) {

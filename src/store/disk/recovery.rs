@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::store::{HeadBudget, HeadLimit, Recovered, RecoveredQueue, StoreError};
 
 use super::catalog::Space;
-use super::entry::{self, Payload};
+use super::entry::{self, EntryHeader, Payload};
 use super::read::{Loaded, SharedCache};
 use super::{FjallStore, SharedCount, record};
 
@@ -73,11 +73,7 @@ impl FjallStore {
     /// existing queues are counted (and decoded within the head); stale ones are swept.
     fn scan_entries(&self, head_limit: HeadLimit, sweep: &mut Sweeper) -> Result<Scan, StoreError> {
         let mut scan = Scan::default();
-        let mut budget = HeadBudget::new(head_limit);
-        // The current queue's head: bytes counted, and whether it is still growing.
-        let mut head_bytes = 0u64;
-        let mut head_open = true;
-        let mut cache = SharedCache::new();
+        let mut head = HeadReader::new(head_limit);
         let mut last: Option<fjall::UserKey> = None;
         for item in self.keyspace(Space::Entries).iter() {
             let (key, value) = item
@@ -102,63 +98,119 @@ impl FjallStore {
                 }
                 continue;
             }
-            if current != 0 && scan.generation_in_use.last() != Some(&queue) {
-                scan.generation_in_use.push(queue);
-            }
-            if let Some(id) = header.shared() {
-                let refs = scan.references.entry(id).or_default();
-                *refs = refs.saturating_add(1);
-            }
-            // An entry of a missing queue is kept (as `MemoryState` keeps it), and counts
-            // as a reference, but is not recovered.
-            if !self.catalog.has_queue(queue) {
-                continue;
-            }
-            let body_len = match header.payload {
-                Payload::Shared(id) => match self.shared.get(&id) {
-                    Some(count) => count.body_len,
-                    // Its shared message is gone: skipped, as `MemoryState` skips it.
-                    None => continue,
-                },
-                Payload::Inline { body_len, .. } | Payload::Apart { body_len } => body_len,
+            scan.note_live(queue, current, &header);
+            let live = LiveEntry {
+                key: &key,
+                value: &value,
+                queue,
+                seq,
+                header,
             };
-            let q = match scan.contents.last_mut() {
-                Some(q) if q.queue == queue => q,
-                _ => {
-                    scan.contents.push(RecoveredQueue {
-                        queue,
-                        ..RecoveredQueue::default()
-                    });
-                    head_bytes = 0;
-                    head_open = true;
-                    scan.contents.last_mut().expect("just pushed")
-                }
-            };
-            q.count += 1;
-            q.body_bytes += body_len;
-            q.next_seq = seq.saturating_add(1);
-            head_open = head_open && budget.take(q.head.len(), head_bytes, body_len);
-            if head_open {
-                match self.loaded_entry(&key, seq, &header, &mut cache)? {
-                    Loaded::Entry(e) => {
-                        head_bytes += HeadLimit::cost(body_len);
-                        q.head.push(e);
-                    }
-                    Loaded::Gone => {}
-                    Loaded::Undecodable(why) => {
-                        q.count -= 1;
-                        q.body_bytes -= body_len;
-                        if let Some(id) = header.shared() {
-                            if let Some(refs) = scan.references.get_mut(&id) {
-                                *refs = refs.saturating_sub(1);
-                            }
-                        }
-                        self.set_aside(Space::Entries, &key, &value, &why)?;
-                    }
-                }
-            }
+            self.recover_entry(&mut scan, &mut head, &live)?;
         }
         Ok(scan)
+    }
+
+    /// Counts a live entry into its queue's contents, and decodes it while the queue's head
+    /// still grows. An entry of a missing queue is kept (as `MemoryState` keeps it), and
+    /// counts as a reference, but is not recovered.
+    fn recover_entry(
+        &self,
+        scan: &mut Scan,
+        head: &mut HeadReader,
+        live: &LiveEntry<'_>,
+    ) -> Result<(), StoreError> {
+        if !self.catalog.has_queue(live.queue) {
+            return Ok(());
+        }
+        let body_len = match live.header.payload {
+            Payload::Shared(id) => match self.shared.get(&id) {
+                Some(count) => count.body_len,
+                // Its shared message is gone: skipped, as `MemoryState` skips it.
+                None => return Ok(()),
+            },
+            Payload::Inline { body_len, .. } | Payload::Apart { body_len } => body_len,
+        };
+        let q = head.contents_of(&mut scan.contents, live.queue);
+        q.count += 1;
+        q.body_bytes += body_len;
+        q.next_seq = live.seq.saturating_add(1);
+        if !head.admits(q, body_len) {
+            return Ok(());
+        }
+        match self.loaded_entry(live.key, live.seq, &live.header, &mut head.cache)? {
+            Loaded::Entry(e) => {
+                head.bytes += HeadLimit::cost(body_len);
+                q.head.push(e);
+            }
+            Loaded::Gone => {}
+            Loaded::Undecodable(why) => {
+                q.count -= 1;
+                q.body_bytes -= body_len;
+                if let Some(id) = live.header.shared()
+                    && let Some(refs) = scan.references.get_mut(&id)
+                {
+                    *refs = refs.saturating_sub(1);
+                }
+                self.set_aside(Space::Entries, live.key, live.value, &why)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An entry of the current generation of its queue id, as the scan read it.
+struct LiveEntry<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+    queue: u64,
+    seq: u64,
+    header: EntryHeader<'a>,
+}
+
+/// The decoding of queue heads during the scan: the budget shared by every queue, the
+/// current queue's head bytes and whether its head still grows, and the shared messages
+/// read so far.
+struct HeadReader {
+    budget: HeadBudget,
+    bytes: u64,
+    open: bool,
+    cache: SharedCache,
+}
+
+impl HeadReader {
+    fn new(limit: HeadLimit) -> Self {
+        HeadReader {
+            budget: HeadBudget::new(limit),
+            bytes: 0,
+            open: true,
+            cache: SharedCache::new(),
+        }
+    }
+
+    /// The contents of `queue`, the last in `contents` or a new one (whose head starts
+    /// empty).
+    fn contents_of<'a>(
+        &mut self,
+        contents: &'a mut Vec<RecoveredQueue>,
+        queue: u64,
+    ) -> &'a mut RecoveredQueue {
+        if contents.last().is_none_or(|q| q.queue != queue) {
+            contents.push(RecoveredQueue {
+                queue,
+                ..RecoveredQueue::default()
+            });
+            self.bytes = 0;
+            self.open = true;
+        }
+        contents.last_mut().expect("present or just pushed")
+    }
+
+    /// Whether the next entry of `q`, of `body_len` bytes, goes in its head; once one does
+    /// not, the head is closed.
+    fn admits(&mut self, q: &RecoveredQueue, body_len: u64) -> bool {
+        self.open = self.open && self.budget.take(q.head.len(), self.bytes, body_len);
+        self.open
     }
 }
 
@@ -171,6 +223,20 @@ struct Scan {
     generation_in_use: Vec<u64>,
     /// Live entries referring to each shared message.
     references: HashMap<u64, u32>,
+}
+
+impl Scan {
+    /// Notes a live entry of `queue` (at generation `current`): its generation is in use,
+    /// and its shared message, if any, has one more reference.
+    fn note_live(&mut self, queue: u64, current: u64, header: &EntryHeader<'_>) {
+        if current != 0 && self.generation_in_use.last() != Some(&queue) {
+            self.generation_in_use.push(queue);
+        }
+        if let Some(id) = header.shared() {
+            let refs = self.references.entry(id).or_default();
+            *refs = refs.saturating_add(1);
+        }
+    }
 }
 
 /// Writes made by recovery, committed in bounded batches (each key written once, so the
