@@ -1,6 +1,9 @@
 //! The tokio driver: a listener, one task per connection running the protocol state
-//! machine, one task owning the broker core, and a storage worker that writes and syncs
-//! store batches (group commit: batches that arrive during a sync share the next one).
+//! machine, one task owning the broker core, and a store thread running the group-commit
+//! state machine ([`crate::store::commit::GroupCommit`]: batches that arrive during a sync
+//! share the next one). The driver moves bytes, runs store jobs and reports completions,
+//! readings and time; what to do with them is the broker's decision. The HTTP API runs
+//! beside it in [`crate::node`], over an [`AdminHandle`].
 //!
 //! ```text
 //! socket ─► conn task (proto::Connection) ─► core task (broker::Broker) ─► store worker
