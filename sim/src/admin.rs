@@ -577,35 +577,28 @@ impl Operator {
             .map(|p| ((p.user.clone(), p.vhost.clone()), p.configure.clone()))
             .collect();
         let lost = |what: String| Err(Violation(format!("operator: after a crash, {what}")));
-        for u in USERS {
-            let key = Key::User(u.into());
+        let names = USERS.iter().map(|u| (Key::User(u.to_string()), u, &users));
+        let names = names.chain(
+            VHOSTS
+                .iter()
+                .map(|v| (Key::Vhost(v.to_string()), v, &vhosts)),
+        );
+        for (key, name, recovered) in names.collect::<Vec<_>>() {
+            let answered = match key {
+                Key::User(_) => &mut self.users,
+                _ => &mut self.vhosts,
+            };
+            let back = recovered.contains(*name);
             if self.doubtful.remove(&key) {
-                if users.contains(u) {
-                    self.users.insert(u.into());
+                if back {
+                    answered.insert(name.to_string());
                 } else {
-                    self.users.remove(u);
+                    answered.remove(*name);
                 }
-            } else if users.contains(u) != self.users.contains(u) {
+            } else if back != answered.contains(*name) {
                 return lost(format!(
-                    "user {u} recovered: {}, answered state: {}",
-                    users.contains(u),
-                    self.users.contains(u)
-                ));
-            }
-        }
-        for v in VHOSTS {
-            let key = Key::Vhost(v.into());
-            if self.doubtful.remove(&key) {
-                if vhosts.contains(v) {
-                    self.vhosts.insert(v.into());
-                } else {
-                    self.vhosts.remove(v);
-                }
-            } else if vhosts.contains(v) != self.vhosts.contains(v) {
-                return lost(format!(
-                    "vhost {v} recovered: {}, answered state: {}",
-                    vhosts.contains(v),
-                    self.vhosts.contains(v)
+                    "{key:?} recovered: {back}, answered state: {}",
+                    answered.contains(*name)
                 ));
             }
         }

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use warren::broker::{Broker, BrokerConfig, ConnInfo, Output, Resource};
 use warren::proto::command::{Command, ConnId};
 use warren::proto::connection::{Connection, ConnectionConfig};
-use warren::store::commit::{GroupCommit, StoreDone, StoreJob};
+use warren::store::commit::{GroupCommit, StoreDone};
 
 use crate::actor::Actor;
 use crate::admin::{AdminStats, Operator};
@@ -740,28 +740,16 @@ impl World {
         let now = self.now_ms;
         for o in outputs {
             match o {
-                Output::Persist { batch, ops } => {
-                    self.model.persist(batch)?;
-                    self.operator.batch_emitted(batch);
-                    self.commit.push(StoreJob::Write(batch, ops));
-                    self.run_store();
-                }
-                Output::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    max_bytes,
-                    epoch,
-                } => {
+                Output::Persist { .. } | Output::Load { .. } => {
+                    if let Output::Persist { batch, .. } = &o {
+                        self.model.persist(*batch)?;
+                        self.operator.batch_emitted(*batch);
+                    }
                     // Reads are served at once (after the writes held before them); the
                     // next drain sees what they brought.
-                    self.commit.push(StoreJob::Load {
-                        queue,
-                        from_seq,
-                        max,
-                        max_bytes,
-                        epoch,
-                    });
+                    if let Ok(job) = o.into_store_job() {
+                        self.commit.push(job);
+                    }
                     self.run_store();
                 }
                 Output::Admin { id, result } => {

@@ -274,6 +274,31 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// The store job a [`Output::Persist`] or [`Output::Load`] asks for; any other output
+    /// is handed back.
+    pub fn into_store_job(self) -> Result<crate::store::commit::StoreJob, Output> {
+        use crate::store::commit::StoreJob;
+        match self {
+            Output::Persist { batch, ops } => Ok(StoreJob::Write(batch, ops)),
+            Output::Load {
+                queue,
+                from_seq,
+                max,
+                max_bytes,
+                epoch,
+            } => Ok(StoreJob::Load {
+                queue,
+                from_seq,
+                max,
+                max_bytes,
+                epoch,
+            }),
+            other => Err(other),
+        }
+    }
+}
+
 /// A connection as the broker sees it.
 #[derive(Debug)]
 struct Conn {

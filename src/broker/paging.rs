@@ -1,5 +1,5 @@
 //! Paging: the backlog of a queue beyond the memory budgets lives in the store and is read
-//! back in batches as consumers get near it ([`Output::Load`] and
+//! back in batches as consumers get near it ([`Output::Load`](super::Output::Load) and
 //! [`Broker::handle_loaded`]).
 
 use crate::store::{LoadedEntry, StoreOp};
@@ -54,7 +54,7 @@ impl Broker {
         }
     }
 
-    /// Entries the store read for an [`Output::Load`].
+    /// Entries the store read for an [`Output::Load`](super::Output::Load).
     pub fn handle_loaded(
         &mut self,
         queue: QueueId,

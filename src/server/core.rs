@@ -215,6 +215,13 @@ impl Driver {
     /// requesters.
     fn flush(&mut self, broker: &mut Broker) {
         while let Some(output) = broker.poll_output() {
+            let output = match output.into_store_job() {
+                Ok(job) => {
+                    self.to_store(job);
+                    continue;
+                }
+                Err(other) => other,
+            };
             match output {
                 Output::Replies { conn, replies } => {
                     if let Some(tx) = self.conns.get(&conn) {
@@ -223,26 +230,13 @@ impl Driver {
                         let _ = tx.send(replies);
                     }
                 }
-                Output::Persist { batch, ops } => self.to_store(StoreJob::Write(batch, ops)),
-                Output::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    max_bytes,
-                    epoch,
-                } => self.to_store(StoreJob::Load {
-                    queue,
-                    from_seq,
-                    max,
-                    max_bytes,
-                    epoch,
-                }),
                 Output::Admin { id, result } => {
                     // The requester may have given up; nothing to do then.
                     if let Some(reply) = self.admin.remove(&id) {
                         let _ = reply.send(result);
                     }
                 }
+                Output::Persist { .. } | Output::Load { .. } => {}
             }
         }
         for id in self.closed.drain(..) {

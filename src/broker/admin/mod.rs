@@ -3,7 +3,7 @@
 //!
 //! A driver hands [`Broker::handle_admin`] an [`AdminRequest`] with a number of its own,
 //! and the answer comes back as an [`super::Output::Admin`] with that number. Durable
-//! changes go to the store like any other (as [`StoreOp`]s in the next
+//! changes go to the store like any other (as [`StoreOp`](crate::store::StoreOp)s in the next
 //! [`super::Output::Persist`] batch), and the answer waits, like a publisher confirm,
 //! until that batch is synced, so a `warren ctl add_user` that returned has been written
 //! to disk.
