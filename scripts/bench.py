@@ -33,6 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WARREN = ROOT / "target" / "release" / "warren"
+# The broker binary and the `warren perf` client binary (--warren-bin, --perf-bin): two
+# builds of warren can be compared with one client.
+WARREN_BIN = WARREN
+PERF_BIN = WARREN
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -122,7 +126,7 @@ class Warren(Broker):
 
     def start(self):
         self.proc = subprocess.Popen(
-            [str(WARREN), "serve", "--amqp-port", str(self.port), "--http-port", str(self.http_port),
+            [str(WARREN_BIN), "serve", "--amqp-port", str(self.port), "--http-port", str(self.http_port),
              "--data-dir", str(self.dir), "--sync", self.sync],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, WARREN_LOG="warn"))
         if not wait_port(self.port, 120):
@@ -239,7 +243,7 @@ def scenarios(duration: int) -> list[Scenario]:
 
 
 def perf(broker: Broker, args: list[str], timeout: float) -> dict:
-    cmd = [str(WARREN), "perf", "--uri", f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f", "--quiet", *args]
+    cmd = [str(PERF_BIN), "perf", "--uri", f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f", "--quiet", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"perf failed against {broker.name}: {out.stderr.strip()[-500:]}")
@@ -298,7 +302,12 @@ def main() -> int:
     ap.add_argument("--sync", default="batch", help="warren's --sync setting")
     ap.add_argument("--json", help="write raw figures here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--warren-bin", help="the warren binary to serve (default: the release build)")
+    ap.add_argument("--perf-bin", help="the warren binary whose `perf` is the client (default: the release build)")
     args = ap.parse_args()
+    global WARREN_BIN, PERF_BIN
+    WARREN_BIN = Path(args.warren_bin).resolve() if args.warren_bin else WARREN
+    PERF_BIN = Path(args.perf_bin).resolve() if args.perf_bin else WARREN
 
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--bin", "warren"], cwd=ROOT, check=True)

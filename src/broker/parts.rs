@@ -2,7 +2,7 @@
 //! invariants it can check on its own.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use crate::proto::command::{Command, ConnId};
 use crate::proto::method::Method;
@@ -12,7 +12,7 @@ use super::exchange::{Destination, QueueId};
 use super::queue::{MemoryMeter, Queue};
 use super::stats::MessageCounters;
 use super::vhost::VHost;
-use super::{Conn, Deferred, Journal, Outbox, Resource, StoreFault, deadletter, limits};
+use super::{Conn, Deferred, HashMap, Journal, Outbox, Resource, StoreFault, deadletter, limits};
 
 /// Vhosts with their exchanges and queue names, the queues, their timers, and the memory
 /// their ready messages hold.

@@ -298,6 +298,9 @@ impl ConnTask {
 
     /// Hands the waiting commands to the core, as many batches as it has room for.
     async fn send_commands(&mut self) {
+        if self.commands.is_empty() {
+            return;
+        }
         while let (false, Ok(permit)) = (
             self.commands.is_empty(),
             self.in_flight.clone().try_acquire_owned(),

@@ -90,6 +90,7 @@ pub async fn run(
     views: CoreViews,
 ) -> std::io::Result<()> {
     let mut monitor_tick = tokio::time::interval(MONITOR_INTERVAL);
+    let mut app_running = *views.app_running.borrow();
     let (persist_tx, mut persisted_rx, worker) = storage::spawn(store);
     let mut d = Driver {
         conns: HashMap::new(),
@@ -128,11 +129,10 @@ pub async fn run(
             },
         }
         d.flush(&mut broker);
-        views.app_running.send_if_modified(|running| {
-            let changed = *running != broker.app_running();
-            *running = broker.app_running();
-            changed
-        });
+        if broker.app_running() != app_running {
+            app_running = broker.app_running();
+            views.app_running.send_replace(app_running);
+        }
     }
     drop(d);
     join_store_worker(worker).await
@@ -215,13 +215,6 @@ impl Driver {
     /// requesters.
     fn flush(&mut self, broker: &mut Broker) {
         while let Some(output) = broker.poll_output() {
-            let output = match output.into_store_job() {
-                Ok(job) => {
-                    self.to_store(job);
-                    continue;
-                }
-                Err(other) => other,
-            };
             match output {
                 Output::Replies { conn, replies } => {
                     if let Some(tx) = self.conns.get(&conn) {
@@ -236,7 +229,11 @@ impl Driver {
                         let _ = reply.send(result);
                     }
                 }
-                Output::Persist { .. } | Output::Load { .. } => {}
+                store @ (Output::Persist { .. } | Output::Load { .. }) => {
+                    if let Ok(job) = store.into_store_job() {
+                        self.to_store(job);
+                    }
+                }
             }
         }
         for id in self.closed.drain(..) {
