@@ -297,3 +297,30 @@ fn the_reader_sees_the_edges_that_exist() {
             .collect()
     );
 }
+
+#[test]
+fn the_broker_uses_its_own_hash_map() {
+    // `broker::HashMap` is foldhash, seeded per process and fixed in the simulator; std's
+    // SipHash with a random state is slower on the hot paths and makes iteration orders
+    // differ from one process to the next.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/broker");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let code = code_of(&std::fs::read_to_string(&file).unwrap());
+        for line in code.lines() {
+            let std_map = line.contains("std::collections::")
+                && line.contains("HashMap")
+                && !line.contains("pub type HashMap<K, V>");
+            if std_map {
+                found.push(format!("{}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "std's HashMap in the broker:\n{}",
+        found.join("\n")
+    );
+}
