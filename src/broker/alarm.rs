@@ -99,6 +99,7 @@ impl Broker {
     /// The driver measured memory and disk: alarms are raised or cleared against
     /// [`BrokerConfig::alarms`](super::BrokerConfig::alarms).
     pub fn handle_resources(&mut self, reading: ResourceReading, now_ms: u64) {
+        self.node.last_reading = reading;
         let (memory, disk) = self.config.alarms.alarms(&reading);
         for (resource, on) in [(Resource::Memory, memory), (Resource::Disk, disk)] {
             if self.node.alarms.contains(&resource) != on {

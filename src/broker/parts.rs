@@ -12,7 +12,7 @@ use super::exchange::{Destination, QueueId};
 use super::queue::{MemoryMeter, Queue};
 use super::stats::MessageCounters;
 use super::vhost::VHost;
-use super::{Conn, Deferred, HashMap, Journal, Outbox, Resource, StoreFault, deadletter, limits};
+use super::{Conn, Deferred, HashMap, Journal, Outbox, Resource, ResourceReading, StoreFault, deadletter, limits};
 
 /// Vhosts with their exchanges and queue names, the queues, their timers, and the memory
 /// their ready messages hold.
@@ -247,6 +247,8 @@ pub(super) struct NodeState {
     pub(super) alarms: BTreeSet<Resource>,
     /// Why the store fails, while it does.
     pub(super) store_fault: Option<StoreFault>,
+    /// The driver's last reading of memory and disk.
+    pub(super) last_reading: ResourceReading,
 }
 
 impl Default for NodeState {
@@ -255,6 +257,7 @@ impl Default for NodeState {
             app_running: true,
             alarms: BTreeSet::new(),
             store_fault: None,
+            last_reading: ResourceReading::default(),
         }
     }
 }

@@ -17,7 +17,9 @@ mod limits;
 mod objects;
 mod resources;
 mod serve;
+mod session;
 mod status;
+mod ui;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +82,8 @@ struct Ctx {
     rates: Mutex<RateTracker>,
     /// Failed logins per peer.
     logins: guard::LoginThrottle,
+    /// Web UI sessions.
+    sessions: session::Sessions,
 }
 
 type State = axum::extract::State<Arc<Ctx>>;
@@ -119,8 +123,9 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
             .unwrap_or(0),
         rates: Mutex::new(RateTracker::default()),
         logins: guard::LoginThrottle::default(),
+        sessions: session::Sessions::default(),
     });
-    let app = router().with_state(ctx);
+    let app = router(ctx);
     let task = tokio::spawn(serve::serve(listener, app));
     tracing::info!(address = %local, "HTTP listener ready");
     println!("warren: HTTP listening on {local}");
@@ -143,8 +148,9 @@ fn loopback_address(local: SocketAddr) -> SocketAddr {
 }
 
 /// Every route of the API, behind the cross-site and peer layers.
-fn router() -> Router<Arc<Ctx>> {
+fn router(ctx: Arc<Ctx>) -> Router {
     let router = Router::new();
+    let router = ui::routes(router);
     let router = status_routes(router);
     let router = object_routes(router);
     let router = limit_routes(router);
@@ -155,8 +161,13 @@ fn router() -> Router<Arc<Ctx>> {
     let router = app_routes(router);
     router
         .fallback(not_found_handler)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            session::session_layer,
+        ))
         .layer(axum::middleware::from_fn(guard::cross_site_layer))
         .layer(axum::middleware::from_fn(peer_layer))
+        .with_state(ctx)
 }
 
 /// The overview, identity and node routes.
@@ -245,6 +256,7 @@ fn queue_and_exchange_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
             axum::routing::delete(purge_queue),
         )
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/api/queues/{vhost}/{name}/republish", post(republish))
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/exchanges", get(list_exchanges))
         .route("/api/exchanges/{vhost}", get(list_exchanges))
@@ -325,6 +337,9 @@ fn health_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
 /// warren's own actions (`warren ctl`) and the Prometheus metrics.
 fn app_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
     router
+        .route("/api/login", post(session::login))
+        .route("/api/logout", post(session::logout))
+        .route("/api/session", get(session::session))
         .route("/api/warren/authenticate", post(objects::authenticate_user))
         .route("/api/warren/{action}", post(objects::app_action))
         .route("/metrics", get(status::metrics))
@@ -536,30 +551,57 @@ async fn peer_layer(
     next.run(request).await
 }
 
-/// Authenticates a request: the node token, or basic auth against the broker's users,
-/// for a user with at least one management tag. Failures are logged with the peer's
-/// address and slow down that peer's next attempts ([`guard::LoginThrottle`]).
+/// Authenticates a request: the node token, basic auth against the broker's users for a
+/// user with at least one management tag, or a web UI session ([`session`]). Failed
+/// passwords are logged with the peer's address and slow down that peer's next attempts
+/// ([`guard::LoginThrottle`]).
 async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed");
-    let value = headers
+    let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(refused)?;
-    let peer = peer_of(headers);
+    else {
+        return session_principal(ctx, headers).await;
+    };
     // The node token (256 random bits) cannot be guessed, so `warren ctl` is never held up
     // by someone else's failed passwords from the same address.
     let is_token = value.starts_with("Bearer ");
-    if let Some(ip) = peer.map(|p| p.ip()).filter(|_| !is_token) {
+    throttled(ctx, headers, !is_token, check_credentials(ctx, headers, value)).await
+}
+
+/// Checks a user's password (the web UI's login form) as basic auth checks it.
+async fn login_with_password(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    username: &str,
+    password: &str,
+) -> Result<Principal, ApiError> {
+    throttled(ctx, headers, true, check_password(ctx, headers, username, password)).await
+}
+
+fn login_failed() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed")
+}
+
+/// Runs a credential check under the peer's login throttle (when `throttle`), and logs and
+/// counts its failure.
+async fn throttled(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    throttle: bool,
+    check: impl std::future::Future<Output = Result<Principal, (Option<String>, ApiError)>>,
+) -> Result<Principal, ApiError> {
+    let peer = peer_of(headers);
+    if let Some(ip) = peer.map(|p| p.ip()).filter(|_| throttle) {
         match ctx.logins.admit(ip, Instant::now()) {
             Some(wait) if wait.is_zero() => {}
             Some(wait) => tokio::time::sleep(wait).await,
             None => {
                 tracing::warn!(peer = %ip, "HTTP API login refused: too many failed attempts");
-                return Err(refused());
+                return Err(login_failed());
             }
         }
     }
-    let result = check_credentials(ctx, headers, value).await;
+    let result = check.await;
     if let Err((user, e)) = &result
         && e.status == StatusCode::UNAUTHORIZED
         && e.error == "not_authorized"
@@ -575,6 +617,36 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
     result.map_err(|(_, e)| e)
 }
 
+/// The user of a web UI session, looked up again: a deleted user or one without a
+/// management tag any more ends its sessions.
+async fn session_principal(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let user = headers
+        .get(session::SESSION_USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(login_failed)?;
+    let reply = ctx
+        .core
+        .call(AdminRequest::Whoami {
+            username: user.to_string(),
+        })
+        .await;
+    let Ok(AdminReply::Whoami(Whoami { user: record, vhosts })) = reply else {
+        ctx.sessions.end_user(user);
+        return Err(login_failed());
+    };
+    let p = Principal {
+        name: record.name,
+        tags: record.tags,
+        node: false,
+        vhosts,
+    };
+    if !p.is_mgmt() {
+        ctx.sessions.end_user(user);
+        return Err(ApiError::not_authorised("Not management user"));
+    }
+    Ok(p)
+}
+
 /// Checks the `Authorization` header's credentials; a failure comes with the user name it
 /// named, if any.
 async fn check_credentials(
@@ -582,12 +654,7 @@ async fn check_credentials(
     headers: &HeaderMap,
     value: &str,
 ) -> Result<Principal, (Option<String>, ApiError)> {
-    let refused = || {
-        (
-            None,
-            ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed"),
-        )
-    };
+    let refused = || (None, login_failed());
     if let Some(token) = value.strip_prefix("Bearer ") {
         if same_secret(token.trim(), &ctx.token) {
             return Ok(Principal {
@@ -605,6 +672,16 @@ async fn check_credentials(
         .map_err(|_| refused())?;
     let text = String::from_utf8(raw).map_err(|_| refused())?;
     let (username, password) = text.split_once(':').ok_or_else(refused)?;
+    check_password(ctx, headers, username, password).await
+}
+
+/// Checks a user's password and that the user has a management tag.
+async fn check_password(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    username: &str,
+    password: &str,
+) -> Result<Principal, (Option<String>, ApiError)> {
     let named = |e: ApiError| (Some(username.to_string()), e);
     let reply = ctx
         .core
@@ -614,9 +691,9 @@ async fn check_credentials(
             from_loopback: peer_is_loopback(headers),
         })
         .await
-        .map_err(|_| named(refused().1))?;
+        .map_err(|_| named(login_failed()))?;
     let AdminReply::Whoami(Whoami { user, vhosts }) = reply else {
-        return Err(named(refused().1));
+        return Err(named(login_failed()));
     };
     let p = Principal {
         name: user.name,
@@ -650,68 +727,135 @@ impl Ctx {
 
 // ----- listings: RabbitMQ's query parameters -----
 
+/// The name filter of a listing's query (`name`, plain or with `use_regex=true`), if any.
+fn name_filter(q: &HashMap<String, String>) -> Result<Option<NameFilter>, ApiError> {
+    let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if flag(q, "use_regex") {
+        let re = regex::RegexBuilder::new(name)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+        Ok(Some(NameFilter::Regex(re)))
+    } else {
+        Ok(Some(NameFilter::Contains(name.clone())))
+    }
+}
+
+/// How a listing's `name` parameter selects items.
+enum NameFilter {
+    /// Names containing this text.
+    Contains(String),
+    /// Names the expression matches.
+    Regex(regex::Regex),
+}
+
+impl NameFilter {
+    fn accepts(&self, name: &str) -> bool {
+        match self {
+            NameFilter::Contains(part) => name.contains(part.as_str()),
+            NameFilter::Regex(re) => re.is_match(name),
+        }
+    }
+}
+
+/// The page a listing asks for (`page`, `page_size`, `pagination`), if it asks for one.
+#[derive(Debug, Clone, Copy)]
+struct PageRequest {
+    page: usize,
+    size: usize,
+}
+
+fn page_request(q: &HashMap<String, String>) -> Option<PageRequest> {
+    let paginate = q.contains_key("page") || flag(q, "pagination");
+    if !paginate {
+        return None;
+    }
+    let page = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1usize)
+        .max(1);
+    let size = q
+        .get("page_size")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100usize)
+        .clamp(1, 500);
+    Some(PageRequest { page, size })
+}
+
+impl PageRequest {
+    /// The index range of this page among `total` items, and the page count; an error for a
+    /// page past the last.
+    fn range(self, total: usize) -> Result<(std::ops::Range<usize>, usize), ApiError> {
+        let page_count = total.div_ceil(self.size).max(1);
+        if self.page > page_count {
+            return Err(ApiError::bad_request("page out of range"));
+        }
+        let start = (self.page - 1) * self.size;
+        Ok((start..(start + self.size).min(total), page_count))
+    }
+
+    /// RabbitMQ's paged answer: the page's items with the counts.
+    fn answer(self, items: Vec<Value>, total: usize, page_count: usize) -> ApiResult {
+        ok_json(json!({
+            "filtered_count": total, "item_count": items.len(), "items": items,
+            "page": self.page, "page_count": page_count, "page_size": self.size,
+            "total_count": total,
+        }))
+    }
+}
+
+/// Keeps only the `columns` a listing's query names, if it names any.
+fn pick_columns(items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
+    match q.get("columns").filter(|c| !c.is_empty()) {
+        Some(cols) => {
+            let cols: Vec<Vec<&str>> = cols.split(',').map(|c| c.split('.').collect()).collect();
+            items.iter().map(|v| only_columns(v, &cols)).collect()
+        }
+        None => items,
+    }
+}
+
 /// Applies `name` (+ `use_regex`), `sort` (+ `sort_reverse`), `columns` and pagination
 /// (`page`, `page_size`, `pagination`) to a listing, as RabbitMQ's API does.
 fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
-    if let Some(name) = q.get("name").filter(|n| !n.is_empty()) {
-        let regex = q.get("use_regex").is_some_and(|v| v == "true");
-        if regex {
-            let re = regex::Regex::new(name)
-                .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
-            items.retain(|v| v["name"].as_str().is_some_and(|s| re.is_match(s)));
-        } else {
-            items.retain(|v| {
-                v["name"]
-                    .as_str()
-                    .is_some_and(|s| s.contains(name.as_str()))
-            });
-        }
+    if let Some(filter) = name_filter(q)? {
+        items.retain(|v| v["name"].as_str().is_some_and(|s| filter.accepts(s)));
     }
     if let Some(key) = q.get("sort").filter(|k| !k.is_empty()) {
         let path: Vec<&str> = key.split('.').collect();
-        let at = |v: &Value| {
-            path.iter()
-                .try_fold(v, |v, k| v.get(k))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        items.sort_by(|a, b| compare_json(&at(a), &at(b)));
-        if q.get("sort_reverse").is_some_and(|v| v == "true") {
+        // Each item's key is looked up once, not at every comparison.
+        let mut keyed: Vec<(Value, Value)> = items
+            .into_iter()
+            .map(|v| {
+                let k = path
+                    .iter()
+                    .try_fold(&v, |v, k| v.get(k))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                (k, v)
+            })
+            .collect();
+        keyed.sort_by(|a, b| compare_json(&a.0, &b.0));
+        items = keyed.into_iter().map(|(_, v)| v).collect();
+        if flag(q, "sort_reverse") {
             items.reverse();
         }
     }
-    if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
-        let cols: Vec<Vec<&str>> = cols.split(',').map(|c| c.split('.').collect()).collect();
-        items = items.iter().map(|v| only_columns(v, &cols)).collect();
-    }
-    let paginate = q.contains_key("page") || q.get("pagination").is_some_and(|v| v == "true");
-    if !paginate {
+    let items = pick_columns(items, q);
+    let Some(page) = page_request(q) else {
         return ok_json(Value::Array(items));
-    }
-    let page: usize = q
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    let size: usize = q
-        .get("page_size")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(100)
-        .clamp(1, 500);
+    };
     let total = items.len();
-    let page_count = total.div_ceil(size).max(1);
-    if page > page_count {
-        return Err(ApiError::bad_request("page out of range"));
-    }
+    let (range, page_count) = page.range(total)?;
     let slice: Vec<Value> = items
         .into_iter()
-        .skip((page - 1) * size)
-        .take(size)
+        .skip(range.start)
+        .take(range.len())
         .collect();
-    ok_json(json!({
-        "filtered_count": total, "item_count": slice.len(), "items": slice,
-        "page": page, "page_count": page_count, "page_size": size, "total_count": total,
-    }))
+    page.answer(slice, total, page_count)
 }
 
 fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {

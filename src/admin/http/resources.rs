@@ -1,5 +1,6 @@
 //! Queues, exchanges, bindings and messages.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -16,12 +17,13 @@ use crate::admin::json::{
     properties_to_json, queue_json,
 };
 use crate::broker::admin::{
-    AdminReply, AdminRequest, BindingInfo, ExchangeInfo, GetAck, QueueInfo,
+    AdminReply, AdminRequest, BindingInfo, ExchangeInfo, GetAck, MAX_REPUBLISH_COUNT, QueueInfo,
 };
 
 use super::{
-    ApiError, ApiResult, Ctx, Principal, State, authenticate, created_or_updated, flag, listing,
-    no_content, ok_json, parse_body, rates_of,
+    ApiError, ApiResult, Ctx, PageRequest, Principal, State, authenticate, created_or_updated,
+    flag, listing, name_filter, no_content, ok_json, page_request, parse_body, pick_columns,
+    rates_of,
 };
 
 /// The exchange name RabbitMQ's API uses for the default exchange.
@@ -107,7 +109,62 @@ pub(super) async fn list_queues(
     if let Some(vhost) = &vhost {
         require_known_vhost(&s, vhost).await?;
     }
+    let sort = q.get("sort").map_or("", String::as_str);
+    if let (Some(page), Some(order)) = (page_request(&q), queue_order(sort)) {
+        return queue_page(&s, &who, vhost, &q, page, order).await;
+    }
     listing(visible_queues(&s, &who, vhost).await?, &q)
+}
+
+/// How a queue listing sorted by `key` orders the queues themselves, for the sort keys that
+/// are plain fields of a queue ("" is the broker's own order).
+fn queue_order(key: &str) -> Option<fn(&QueueInfo, &QueueInfo) -> Ordering> {
+    Some(match key {
+        "" | "node" | "state" | "type" | "policy" => |_, _| Ordering::Equal,
+        "name" => |a, b| a.name.cmp(&b.name),
+        "vhost" => |a, b| a.vhost.cmp(&b.vhost),
+        "durable" => |a, b| a.durable.cmp(&b.durable),
+        "auto_delete" => |a, b| a.auto_delete.cmp(&b.auto_delete),
+        "exclusive" => |a, b| a.owner.is_some().cmp(&b.owner.is_some()),
+        "messages" => |a, b| {
+            (a.messages_ready + a.messages_unacknowledged)
+                .cmp(&(b.messages_ready + b.messages_unacknowledged))
+        },
+        "messages_ready" => |a, b| a.messages_ready.cmp(&b.messages_ready),
+        "messages_unacknowledged" => |a, b| a.messages_unacknowledged.cmp(&b.messages_unacknowledged),
+        "message_bytes" | "message_bytes_ready" => {
+            |a, b| a.message_bytes_ready.cmp(&b.message_bytes_ready)
+        }
+        "consumers" => |a, b| a.consumers.cmp(&b.consumers),
+        _ => return None,
+    })
+}
+
+/// A page of a queue listing, filtered, sorted and cut before any queue is rendered, so that
+/// its cost is one pass and a sort over the queues, whatever their number; the same answer
+/// as [`listing`] gives for the rendered queues.
+async fn queue_page(
+    s: &Ctx,
+    who: &Principal,
+    vhost: Option<String>,
+    q: &HashMap<String, String>,
+    page: PageRequest,
+    order: fn(&QueueInfo, &QueueInfo) -> Ordering,
+) -> ApiResult {
+    if let Some(v) = &vhost {
+        who.require_vhost(v)?;
+    }
+    let filter = name_filter(q)?;
+    let mut queues = queue_infos(s, vhost).await?;
+    queues.retain(|x| who.sees_vhost(&x.vhost) && filter.as_ref().is_none_or(|f| f.accepts(&x.name)));
+    queues.sort_by(order);
+    if flag(q, "sort_reverse") {
+        queues.reverse();
+    }
+    let total = queues.len();
+    let (range, page_count) = page.range(total)?;
+    let items = pick_columns(queues_json(s, &queues[range]), q);
+    page.answer(items, total, page_count)
 }
 
 /// 404 for a vhost that does not exist.
@@ -205,7 +262,9 @@ pub(super) async fn get_messages(
     who.require_vhost(&vhost)?;
     let body = parse_body(&body)?;
     let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let peek = body.get("ackmode").and_then(Value::as_str) == Some("peek");
     let ack = match body.get("ackmode").and_then(Value::as_str) {
+        Some("peek") => GetAck::Requeue,
         Some("ack_requeue_false") => GetAck::Ack,
         Some("reject_requeue_true") => GetAck::RejectRequeue,
         Some("reject_requeue_false") => GetAck::Reject,
@@ -217,16 +276,24 @@ pub(super) async fn get_messages(
     };
     let base64_only = body.get("encoding").and_then(Value::as_str) == Some("base64");
     let truncate = body.get("truncate").and_then(Value::as_u64);
-    let reply = s
-        .call(AdminRequest::Get {
+    // "peek" (warren's own mode) reads without taking: nothing is redelivered.
+    let request = if peek {
+        AdminRequest::Peek {
+            actor: who.actor(),
+            vhost,
+            queue: name,
+            count,
+        }
+    } else {
+        AdminRequest::Get {
             actor: who.actor(),
             vhost,
             queue: name,
             count,
             ack,
-        })
-        .await?;
-    let AdminReply::Messages(messages) = reply else {
+        }
+    };
+    let AdminReply::Messages(messages) = s.call(request).await? else {
         return Err(ApiError::not_found());
     };
     let out: Vec<Value> = messages
@@ -247,6 +314,7 @@ pub(super) async fn get_messages(
                 "exchange": m.message.exchange,
                 "routing_key": m.message.routing_key,
                 "message_count": m.message_count,
+                "position": m.position,
                 "properties": properties_to_json(&m.message.properties),
                 "payload": payload,
                 "payload_encoding": encoding,
@@ -254,6 +322,44 @@ pub(super) async fn get_messages(
         })
         .collect();
     ok_json(Value::Array(out))
+}
+
+/// `POST /api/queues/{vhost}/{name}/republish` with `{"positions": [...]}`: sends the dead
+/// letters at these positions (from a peek or get) back to the exchange and routing key
+/// they were first published with; answers `{"republished": n}`.
+pub(super) async fn republish(
+    s: State,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let who = authenticate(&s, &headers).await?;
+    who.require_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let Some(list) = body.get("positions").and_then(Value::as_array) else {
+        return Err(ApiError::bad_request("positions: expected a list of message positions"));
+    };
+    if list.len() > MAX_REPUBLISH_COUNT {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_REPUBLISH_COUNT} messages can be republished at once"
+        )));
+    }
+    let positions = list
+        .iter()
+        .map(|v| v.as_u64().ok_or_else(|| ApiError::bad_request("positions: expected integers")))
+        .collect::<Result<Vec<u64>, ApiError>>()?;
+    let reply = s
+        .call(AdminRequest::Republish {
+            actor: who.actor(),
+            vhost,
+            queue: name,
+            positions,
+        })
+        .await?;
+    let AdminReply::Count(n) = reply else {
+        return Err(ApiError::not_found());
+    };
+    ok_json(json!({ "republished": n }))
 }
 
 pub(super) async fn queue_bindings(

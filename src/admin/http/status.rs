@@ -247,6 +247,12 @@ async fn node_json(s: &Ctx) -> Result<Value, ApiError> {
         "uptime": s.uptime_ms(),
         "started_at": s.started_epoch_ms,
         "mem_used": memory_used_bytes(),
+        "mem_limit": o.resources.memory_total_bytes
+            .map(|total| (total as f64 * o.limits.memory_high_watermark) as u64),
+        "mem_total": o.resources.memory_total_bytes,
+        "disk_free": o.resources.disk_free_bytes,
+        "disk_free_limit": o.limits.disk_free_limit_bytes,
+        "alarms": o.alarms,
         "mem_alarm": o.alarms.iter().any(|a| a == "memory"),
         "disk_free_alarm": o.alarms.iter().any(|a| a == "disk"),
         "fd_used": open_files(),

@@ -14,6 +14,7 @@
 //! checked, like `rabbitmqctl`'s.
 
 mod definitions;
+mod inspect;
 mod limits;
 mod snapshot;
 mod topology;
@@ -34,6 +35,7 @@ use super::stats::MessageCounters;
 use super::{Broker, Deferred};
 
 pub use definitions::{Definitions, ExchangeDef, QueueDef};
+pub use inspect::{MAX_PEEK_COUNT, MAX_REPUBLISH_COUNT};
 pub use limits::{MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES};
 pub use snapshot::{
     BindingInfo, ChannelInfo, ConnectionInfo, ConsumerInfo, ExchangeInfo, Overview, QueueInfo,
@@ -325,6 +327,36 @@ pub enum AdminRequest {
         /// What happens to them.
         ack: GetAck,
     },
+    /// Reads up to `count` ready messages from the head of a queue, in delivery order,
+    /// without taking them: they stay where they are, not flagged redelivered, and no
+    /// counter moves. Only messages held in memory are read (a paged-out tail is not);
+    /// answers [`AdminReply::Messages`].
+    Peek {
+        /// Who asks.
+        actor: Actor,
+        /// Vhost.
+        vhost: String,
+        /// Queue name.
+        queue: String,
+        /// Most messages to read.
+        count: usize,
+    },
+    /// Takes the ready messages at these positions ([`GotMessage::position`]) out of a
+    /// queue of dead letters and publishes each again to the exchange and with the routing
+    /// key it had when it first died (the oldest entry of its `x-death`); answers
+    /// [`AdminReply::Count`] (messages republished). Every message must still be in the
+    /// queue and carry an `x-death` naming an exchange the actor may write to, or nothing
+    /// is moved.
+    Republish {
+        /// Who asks.
+        actor: Actor,
+        /// Vhost.
+        vhost: String,
+        /// Queue name.
+        queue: String,
+        /// Positions of the messages.
+        positions: Vec<u64>,
+    },
     /// Closes a client connection with 320 CONNECTION_FORCED and this reason.
     CloseConnection {
         /// The connection.
@@ -355,8 +387,11 @@ pub struct GotMessage {
     pub message: Arc<Message>,
     /// Delivered before.
     pub redelivered: bool,
-    /// Ready messages left in the queue after this one was taken.
+    /// Ready messages left in the queue after this one was taken (for a peek: the ready
+    /// messages in the queue).
     pub message_count: u64,
+    /// Its position in the queue (increasing in publish order).
+    pub position: u64,
 }
 
 /// A user with the vhosts it has permissions in.
@@ -669,6 +704,18 @@ impl Broker {
                 count,
                 ack,
             } => self.admin_get(&actor, &vhost, &queue, count, ack),
+            R::Peek {
+                actor,
+                vhost,
+                queue,
+                count,
+            } => self.admin_peek(&actor, &vhost, &queue, count),
+            R::Republish {
+                actor,
+                vhost,
+                queue,
+                positions,
+            } => self.admin_republish(&actor, &vhost, &queue, &positions),
             R::CloseConnection { id, reason } => self.admin_close_connection(id, &reason),
             other => return Err(other),
         })

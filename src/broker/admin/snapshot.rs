@@ -192,6 +192,10 @@ pub struct Overview {
     pub app_running: bool,
     /// Resource alarms in force ("memory", "disk").
     pub alarms: Vec<String>,
+    /// The last reading of memory and disk.
+    pub resources: crate::broker::ResourceReading,
+    /// The limits the alarms compare it with.
+    pub limits: crate::broker::AlarmLimits,
 }
 
 fn sum(a: &mut MessageCounters, b: &MessageCounters) {
@@ -435,6 +439,8 @@ impl Broker {
             users: self.accounts.users.iter().count() as u64,
             app_running: self.node.app_running,
             alarms: self.alarms().map(|a| a.as_str().to_string()).collect(),
+            resources: self.node.last_reading,
+            limits: self.config.alarms,
         };
         for q in self.topology.queues.values() {
             o.messages_ready += q.ready_count();

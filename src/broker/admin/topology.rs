@@ -29,7 +29,7 @@ const MAX_GET_COUNT: usize = 10_000;
 
 impl Broker {
     /// Fails unless `actor` may have `access` to the named resource in `vhost`.
-    fn admin_check(
+    pub(super) fn admin_check(
         &self,
         actor: &Actor,
         vhost: &str,
@@ -70,7 +70,7 @@ impl Broker {
         }
     }
 
-    fn find_queue(&self, vhost: &str, name: &str) -> Result<QueueId, AdminError> {
+    pub(super) fn find_queue(&self, vhost: &str, name: &str) -> Result<QueueId, AdminError> {
         self.require_vhost(vhost)?;
         self.topology
             .vhosts
@@ -438,16 +438,7 @@ impl Broker {
         count: usize,
         ack: GetAck,
     ) -> AdminResult {
-        let id = self.find_queue(vhost, queue)?;
-        self.admin_check(actor, vhost, Access::Read, "queue", queue)?;
-        let owned = self
-            .topology
-            .queues
-            .get(&id)
-            .is_some_and(|q| q.decl.exclusive_owner.is_some());
-        if owned {
-            return Err(exclusive_lock_error(queue, vhost).into());
-        }
+        let id = self.inspectable_queue(actor, vhost, queue)?;
         self.touch_queue(id);
         let now = self.now_ms;
         let expired = self
@@ -468,6 +459,7 @@ impl Broker {
                     message: entry.message.clone(),
                     redelivered: entry.redelivered,
                     message_count: q.ready_count(),
+                    position: entry.seq,
                 });
                 taken.push(entry);
             }

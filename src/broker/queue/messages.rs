@@ -225,6 +225,29 @@ impl Messages {
         Some(m)
     }
 
+    /// The ready message in memory at position `seq`, if there is one.
+    pub fn find(&self, seq: u64) -> Option<&QueuedMessage> {
+        // Each level is in position order.
+        self.buckets.iter().find_map(|b| {
+            let pos = b.partition_point(|m| m.seq < seq);
+            b.get(pos).filter(|m| m.seq == seq)
+        })
+    }
+
+    /// Takes the ready message in memory at position `seq` out of the queue, if there is one.
+    pub fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
+        let m = self.buckets.iter_mut().find_map(|b| {
+            let pos = b.partition_point(|m| m.seq < seq);
+            if b.get(pos).is_some_and(|m| m.seq == seq) {
+                b.remove(pos)
+            } else {
+                None
+            }
+        })?;
+        self.charge(&m.message, false);
+        Some(m)
+    }
+
     /// Removes expired messages from the fronts of the priority levels (like RabbitMQ,
     /// a message expires once it reaches the front).
     pub fn drop_expired(&mut self, now_ms: u64) -> Vec<QueuedMessage> {
