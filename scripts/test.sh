@@ -3,19 +3,21 @@
 # with the client libraries, the amqplib npm package, cargo-fuzz). CI runs exactly this.
 #
 #   scripts/test.sh                 # everything
-#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit hostile clients fuzz sim
+#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit hostile clients browser fuzz sim
 #
 # Steps: build (release, must be warning-free) · unit (cargo test: unit, property and
 # end-to-end tests against real warren processes) · hostile (the hostile-client suite,
 # tests/hostile: attacks on a real warren, each followed by liveness, bystander, memory and
 # ledger checks; prints a table of them) · clients (third-party client suites and pika
-# scenarios) · fuzz (bounded cargo-fuzz runs) · sim (a batch of simulator seeds and the
-# madsim tests).
+# scenarios) · browser (the management web UI in headless Chromium: Debian's chromium
+# package, installed if missing, driven by Playwright for Python from .deps/ui-venv; its
+# screenshots and timings go to target/ui-test) · fuzz (bounded cargo-fuzz runs) · sim (a
+# batch of simulator seeds and the madsim tests).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TERM_COLOR=never
-only=${WARREN_TEST_ONLY:-build,unit,hostile,clients,fuzz,sim}
+only=${WARREN_TEST_ONLY:-build,unit,hostile,clients,browser,fuzz,sim}
 fuzz_seconds=${WARREN_FUZZ_SECONDS:-60}
 failed=()
 started=$(date +%s)
@@ -62,6 +64,23 @@ fuzz_targets() {
   return $ok
 }
 
+browser_test() {
+  if ! [ -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }
+    else
+      sudo apt-get install -y -q chromium >/dev/null
+    fi
+  fi
+  local venv=.deps/ui-venv
+  if ! [ -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import playwright" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/browser/requirements.txt
+  fi
+  "$venv/bin/python" tests/browser/test_ui.py --warren target/release/warren \
+    --out target/ui-test --chromium /usr/bin/chromium
+}
+
 if want build; then
   step "build"
   run build build_warning_free
@@ -80,6 +99,10 @@ if want clients; then
   step "third-party client suites"
   run clients python3 tests/clients/run_suites.py \
     --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
+fi
+if want browser; then
+  step "management web UI in a browser"
+  run browser browser_test
 fi
 if want fuzz; then
   step "fuzzing"

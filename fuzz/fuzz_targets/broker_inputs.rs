@@ -787,7 +787,7 @@ impl Harness {
 
     /// An administrative request from a menu, with fuzzer-chosen names and patterns.
     fn admin(&mut self, input: &mut Input<'_>) {
-        use warren::broker::admin::{Actor, AdminRequest, Password, PutMode};
+        use warren::broker::admin::{Actor, AdminRequest, GetAck, Password, PutMode};
         const USERS: [&str; 3] = ["guest", "u", "v"];
         const VHOSTS: [&str; 3] = ["/", "w", "队"];
         let user = USERS[input.u(USERS.len())].to_string();
@@ -795,7 +795,7 @@ impl Harness {
         fn pattern(input: &mut Input<'_>) -> String {
             [".*", "^q", "", "(", "^amq\\.", "a{2,}"][input.u(6)].into()
         }
-        let request = match input.u(12) {
+        let request = match input.u(15) {
             0 => AdminRequest::PutUser {
                 name: user,
                 password: Password::Plain("p".into()),
@@ -831,6 +831,26 @@ impl Harness {
                 if_unused: input.bit(),
             },
             10 => AdminRequest::ListQueues { vhost: None },
+            11 => AdminRequest::Peek {
+                actor: Actor::User(user),
+                vhost: "/".into(),
+                queue: QUEUES[input.u(QUEUES.len())].into(),
+                count: input.u(4),
+            },
+            // Positions near those messages get: some taken, some not, some twice.
+            12 => AdminRequest::Republish {
+                actor: if input.bit() { Actor::Node } else { Actor::User(user) },
+                vhost: "/".into(),
+                queue: QUEUES[input.u(QUEUES.len())].into(),
+                positions: (0..input.u(4)).map(|_| input.u(12) as u64).collect(),
+            },
+            13 => AdminRequest::Get {
+                actor: Actor::Node,
+                vhost: "/".into(),
+                queue: QUEUES[input.u(QUEUES.len())].into(),
+                count: input.u(3),
+                ack: [GetAck::Requeue, GetAck::Ack, GetAck::RejectRequeue, GetAck::Reject][input.u(4)],
+            },
             _ => AdminRequest::Overview,
         };
         let id = self.next_admin;

@@ -1040,3 +1040,160 @@ fn tables_the_store_could_not_read_back_are_refused() {
         "nothing stored"
     );
 }
+
+fn ready(h: &mut Harness, name: &str) -> u64 {
+    h.queues()
+        .iter()
+        .find(|q| q.name == name)
+        .map(|q| q.messages_ready)
+        .unwrap()
+}
+
+fn peek(h: &mut Harness, actor: Actor, queue: &str) -> Vec<GotMessage> {
+    match h.admin(AdminRequest::Peek {
+        actor,
+        vhost: "/".into(),
+        queue: queue.into(),
+        count: 10,
+    }) {
+        Ok(AdminReply::Messages(m)) => m,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn republish(actor: Actor, queue: &str, positions: Vec<u64>) -> AdminRequest {
+    AdminRequest::Republish {
+        actor,
+        vhost: "/".into(),
+        queue: queue.into(),
+        positions,
+    }
+}
+
+#[test]
+fn peek_reads_without_taking_or_flagging() {
+    let mut h = Harness::new();
+    h.add_user("reader", "p", "/", ["", "", ".*"]);
+    h.add_user("nobody", "p", "/", ["", "", ""]);
+    h.declare_durable_queue(Actor::Node, "/", "q");
+    for body in [&b"one"[..], b"two"] {
+        h.admin(publish(Actor::Node, "q", body, true)).unwrap();
+    }
+    h.drain();
+    for _ in 0..3 {
+        let m = peek(&mut h, Actor::User("reader".into()), "q");
+        assert_eq!(m.len(), 2);
+        assert_eq!(&m[0].message.body[..], b"one");
+        assert!(m.iter().all(|m| !m.redelivered));
+        assert!(m[0].position < m[1].position);
+    }
+    assert_eq!(ready(&mut h, "q"), 2);
+    let stats = h.queues()[0].stats;
+    assert_eq!((stats.get, stats.ack, stats.redeliver), (0, 0, 0));
+    let denied = h.admin(AdminRequest::Peek {
+        actor: Actor::User("nobody".into()),
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 1,
+    });
+    assert_eq!(denied.unwrap_err().kind, AdminErrorKind::AccessRefused);
+    // The first delivery after a peek is still a first delivery.
+    let Ok(AdminReply::Messages(m)) = h.admin(AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 1,
+        ack: GetAck::Ack,
+    }) else {
+        panic!()
+    };
+    assert!(!m[0].redelivered);
+    h.drain();
+    h.broker.check_invariants();
+}
+
+#[test]
+fn republish_sends_dead_letters_back_or_moves_nothing() {
+    use crate::proto::table::FieldValue;
+    let mut h = Harness::new();
+    h.add_user("reader", "p", "/", ["", "", ".*"]);
+    h.declare_durable_queue(Actor::Node, "/", "parked");
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange", FieldValue::LongStr(Bytes::new()));
+    args.insert(
+        "x-dead-letter-routing-key",
+        FieldValue::LongStr(Bytes::from_static(b"parked")),
+    );
+    h.admin(AdminRequest::DeclareQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: "work".into(),
+        durable: true,
+        auto_delete: false,
+        arguments: args,
+    })
+    .unwrap();
+    h.admin(publish(Actor::Node, "work", b"retry me", true)).unwrap();
+    h.admin(AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "work".into(),
+        count: 1,
+        ack: GetAck::Reject,
+    })
+    .unwrap();
+    h.drain();
+    assert_eq!((ready(&mut h, "work"), ready(&mut h, "parked")), (0, 1));
+    // A message that never died has nowhere to go back to.
+    h.admin(publish(Actor::Node, "parked", b"plain", true)).unwrap();
+    h.drain();
+    let m = peek(&mut h, Actor::Node, "parked");
+    let (dead, plain) = (m[0].position, m[1].position);
+    let e = h.admin(republish(Actor::Node, "parked", vec![dead, plain])).unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::BadRequest);
+    assert!(e.reason.contains("no x-death"), "{}", e.reason);
+    // Writing to the original exchange needs the write permission.
+    let e = h
+        .admin(republish(Actor::User("reader".into()), "parked", vec![dead]))
+        .unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::AccessRefused);
+    assert_eq!(ready(&mut h, "parked"), 2, "nothing moved");
+
+    h.ops.clear();
+    let r = h.run_admin(republish(Actor::Node, "parked", vec![dead, dead]), 9_000);
+    assert_eq!(r.result, Ok(AdminReply::Count(1)));
+    assert!(r.waited_for_sync, "the move is answered once it is on disk");
+    assert!(h.ops.iter().any(|op| matches!(op, StoreOp::Dequeue { .. })));
+    assert_eq!((ready(&mut h, "work"), ready(&mut h, "parked")), (1, 1));
+    let back = peek(&mut h, Actor::Node, "work");
+    assert_eq!(&back[0].message.body[..], b"retry me");
+    assert_eq!(back[0].message.routing_key, "work");
+    let e = h.admin(republish(Actor::Node, "parked", vec![dead])).unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::NotFound);
+
+    // A dead letter whose queue is gone would route nowhere: it stays.
+    h.admin(AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "work".into(),
+        count: 1,
+        ack: GetAck::Reject,
+    })
+    .unwrap();
+    h.admin(AdminRequest::DeleteQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: "work".into(),
+        if_empty: false,
+        if_unused: false,
+    })
+    .unwrap();
+    h.drain();
+    let again = peek(&mut h, Actor::Node, "parked");
+    let last = again.last().unwrap().position;
+    let e = h.admin(republish(Actor::Node, "parked", vec![last])).unwrap_err();
+    assert!(e.reason.contains("would route to no queue"), "{}", e.reason);
+    assert_eq!(ready(&mut h, "parked"), 2);
+    h.drain();
+    h.broker.check_invariants();
+}
