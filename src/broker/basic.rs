@@ -173,6 +173,7 @@ impl Broker {
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
+        ch.stats.publish += 1;
         let seq = match &mut ch.mode {
             Mode::Tx { ops, bytes } => {
                 // Charged like a queued message, headers and overhead included, so that
@@ -647,6 +648,7 @@ impl Broker {
         };
         let tag = ch.next_tag;
         ch.next_tag += 1;
+        ch.stats.got(no_ack, entry.redelivered);
         let get_ok = BasicGetOk {
             delivery_tag: tag,
             redelivered: entry.redelivered,
@@ -705,6 +707,9 @@ impl Broker {
         };
         for e in &entries {
             ch.settle_accounting(e);
+        }
+        if how == Settle::Ack {
+            ch.stats.ack += entries.len() as u64;
         }
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         if let Mode::Tx { ops, .. } = &mut ch.mode {

@@ -226,6 +226,8 @@ pub struct Channel {
     pub mode: Mode,
     /// The queue last declared on this channel, for the empty-name shortcut.
     pub last_queue: String,
+    /// Messages published, delivered, got, acked and confirmed on this channel.
+    pub stats: super::stats::MessageCounters,
 }
 
 impl Channel {
@@ -243,6 +245,7 @@ impl Channel {
             flow_active: true,
             mode: Mode::Plain,
             last_queue: String::new(),
+            stats: super::stats::MessageCounters::default(),
         }
     }
 

@@ -132,6 +132,7 @@ impl Broker {
         };
         let message = entry.message.clone();
         q.stats.delivered(consumer.no_ack, entry.redelivered);
+        ch.stats.delivered(consumer.no_ack, entry.redelivered);
         self.counters
             .totals
             .delivered(consumer.no_ack, entry.redelivered);
@@ -261,6 +262,7 @@ impl Broker {
                 out.push(ack(last, n));
             }
             let confirmed = (before - pending.len()) as u64;
+            ch.stats.confirm += confirmed;
             self.counters.totals.confirm += confirmed;
             for m in out {
                 self.send_method(conn, channel, m);

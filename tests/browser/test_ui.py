@@ -141,9 +141,9 @@ def amqp_open_connection(port: int) -> socket.socket:
             body += s.recv(size + 1 - len(body))
         return body[:-1]
 
-    def method(cls: int, mid: int, args: bytes) -> None:
+    def method(cls: int, mid: int, args: bytes, channel: int = 0) -> None:
         payload = struct.pack(">HH", cls, mid) + args
-        s.sendall(struct.pack(">BHI", 1, 0, len(payload)) + payload + b"\xce")
+        s.sendall(struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce")
 
     def shortstr(v: bytes) -> bytes:
         return bytes([len(v)]) + v
@@ -159,6 +159,8 @@ def amqp_open_connection(port: int) -> socket.socket:
     method(10, 31, struct.pack(">HIH", 16, 131072, 0))
     method(10, 40, shortstr(b"/") + shortstr(b"") + b"\x00")
     read_frame()  # connection.open-ok
+    method(20, 10, shortstr(b""), channel=1)
+    read_frame()  # channel.open-ok
     return s
 
 
@@ -249,7 +251,8 @@ def walk(page: Page, ctx, w: Warren, shots: Shots) -> None:
     expect(page.get_by_role("heading", name=re.compile("^Connection "))).to_be_visible()
     shots.take(page, "connection")
     page.get_by_role("link", name="Channels").click()
-    expect(page.get_by_role("heading", name="Channels")).to_be_visible()
+    expect(page.locator("main table")).to_contain_text("(1)")
+    shots.take(page, "channels")
 
     step("create a durable queue from the form")
     page.get_by_role("link", name="Queues").click()

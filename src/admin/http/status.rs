@@ -101,8 +101,13 @@ fn channel_name(ctx: &Ctx, peer: &str, number: u16) -> String {
     format!("{} ({number})", connection_name(ctx, peer))
 }
 
+/// The prefix of channels' rate history keys.
+const CHANNEL_RATES: &str = "ch\0";
+
 fn channel_json(ctx: &Ctx, ch: &ChannelInfo) -> Value {
     let (peer_host, peer_port, _, _) = peer_fields(ctx, &ch.peer);
+    let key = format!("{CHANNEL_RATES}{}\0{}", ch.conn, ch.number);
+    let (rates, _) = rates_of(ctx, &key, Instant::now(), &ch.stats, &[0; 3]);
     json!({
         "name": channel_name(ctx, &ch.peer, ch.number),
         "number": ch.number,
@@ -124,6 +129,7 @@ fn channel_json(ctx: &Ctx, ch: &ChannelInfo) -> Value {
         "confirm": ch.confirm,
         "transactional": ch.transactional,
         "state": if ch.flow_blocked { "flow" } else { "running" },
+        "message_stats": message_stats(&ch.stats, &rates),
     })
 }
 

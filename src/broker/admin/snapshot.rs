@@ -136,6 +136,8 @@ pub struct ChannelInfo {
     pub transactional: bool,
     /// Paused by `channel.flow`.
     pub flow_blocked: bool,
+    /// Messages published, delivered, got, acked and confirmed on the channel.
+    pub stats: MessageCounters,
 }
 
 /// A consumer.
@@ -372,6 +374,7 @@ impl Broker {
                     confirm: matches!(ch.mode, Mode::Confirm { .. }),
                     transactional: matches!(ch.mode, Mode::Tx { .. }),
                     flow_blocked: !ch.flow_active,
+                    stats: ch.stats,
                 });
             }
         }

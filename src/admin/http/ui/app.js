@@ -399,6 +399,10 @@ function channelTable(chans) {
     { title: 'Prefetch', num: true, cell: (c) => num(c.prefetch_count) },
     { title: 'Unacked', num: true, cell: (c) => num(c.messages_unacknowledged) },
     { title: 'Consumers', num: true, cell: (c) => num(c.consumer_count) },
+    { title: 'Publish', num: true, cell: (c) => rate(rateOf(c.message_stats, 'publish')) },
+    { title: 'Confirm', num: true, cell: (c) => rate(rateOf(c.message_stats, 'confirm')) },
+    { title: 'Deliver / get', num: true, cell: (c) => rate(rateOf(c.message_stats, 'deliver_get')) },
+    { title: 'Ack', num: true, cell: (c) => rate(rateOf(c.message_stats, 'ack')) },
     { title: 'State', cell: (c) => c.state },
   ], chans, { empty: 'No channels.' });
 }
