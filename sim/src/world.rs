@@ -784,6 +784,7 @@ impl World {
         if let Some(b) = &self.broker {
             b.check_invariants();
             self.model.compare(b)?;
+            check_store_weights(b, &self.commit)?;
         }
         Ok(())
     }
@@ -1109,4 +1110,39 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     } else {
         "unknown panic".into()
     }
+}
+
+/// The broker holds back input once the batches it sent to the store and that are not yet
+/// synced weigh `max_unsynced_store_bytes`; that bound is only as good as the weights. Each
+/// batch the store holds must have been charged at least the message bytes it carries
+/// (bodies and encoded properties, measured here independently of the broker's own sum).
+fn check_store_weights(
+    broker: &warren::broker::Broker,
+    commit: &GroupCommit,
+) -> Result<(), Violation> {
+    use warren::store::{EntryBody, StoreOp};
+    let charged: std::collections::BTreeMap<u64, u64> = broker.unsynced_batches().collect();
+    for (batch, ops) in commit.held_batches() {
+        let Some(&weight) = charged.get(&batch) else {
+            continue;
+        };
+        let held: u64 = ops
+            .iter()
+            .map(|op| match op {
+                StoreOp::PutShared { message, .. }
+                | StoreOp::PageOut { message, .. }
+                | StoreOp::Enqueue {
+                    body: EntryBody::Inline(message),
+                    ..
+                } => (message.body.len() + message.properties.encoded_len()) as u64,
+                _ => 0,
+            })
+            .sum();
+        if weight < held {
+            return Err(Violation(format!(
+                "store batch {batch} holds {held} bytes of messages but the broker charged it {weight} against its unsynced-bytes bound"
+            )));
+        }
+    }
+    Ok(())
 }

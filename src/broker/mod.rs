@@ -371,15 +371,19 @@ struct Journal {
 /// Approximate bytes a store operation takes in the driver's queue and the store's
 /// write buffer.
 fn op_bytes(op: &StoreOp) -> u64 {
-    let body = match op {
-        StoreOp::PutShared { message, .. } | StoreOp::PageOut { message, .. } => message.body_len(),
+    // What the op holds until it is written: the whole message (properties too; a message
+    // of empty body and 120 KiB of headers weighs its headers), or a small fixed record.
+    let message = match op {
+        StoreOp::PutShared { message, .. } | StoreOp::PageOut { message, .. } => {
+            crate::store::memory_cost(message)
+        }
         StoreOp::Enqueue {
             body: crate::store::EntryBody::Inline(m),
             ..
-        } => m.body_len(),
+        } => crate::store::memory_cost(m),
         _ => 0,
     };
-    body + 128
+    message + 128
 }
 
 impl Journal {
@@ -593,6 +597,12 @@ impl Broker {
     /// and admin requests are still taken.
     pub fn wants_input(&self) -> bool {
         self.round.journal.unsynced_bytes < self.config.memory.max_unsynced_store_bytes
+    }
+
+    /// The batches emitted and not yet synced, with the bytes each was charged against
+    /// `max_unsynced_store_bytes` (what [`Broker::wants_input`] weighs).
+    pub fn unsynced_batches(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.round.journal.unsynced.iter().copied()
     }
 
     /// The store synced every batch up to and including `batch`.

@@ -12,7 +12,10 @@ use super::exchange::{Destination, QueueId};
 use super::queue::{MemoryMeter, Queue};
 use super::stats::MessageCounters;
 use super::vhost::VHost;
-use super::{Conn, Deferred, HashMap, Journal, Outbox, Resource, ResourceReading, StoreFault, deadletter, limits};
+use super::{
+    Conn, Deferred, HashMap, Journal, Outbox, Resource, ResourceReading, StoreFault, deadletter,
+    limits,
+};
 
 /// Vhosts with their exchanges and queue names, the queues, their timers, and the memory
 /// their ready messages hold.

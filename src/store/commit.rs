@@ -177,6 +177,18 @@ impl GroupCommit {
         Some(self.ready_at_ms.unwrap_or(0))
     }
 
+    /// The write batches held (written and not yet synced, or waiting), with their ops.
+    pub fn held_batches(&self) -> impl Iterator<Item = (u64, &[StoreOp])> + '_ {
+        let waiting = self.waiting.iter().filter_map(|j| match j {
+            StoreJob::Write(batch, ops) => Some((*batch, ops.as_slice())),
+            StoreJob::Load { .. } => None,
+        });
+        self.unsynced
+            .iter()
+            .map(|(batch, ops)| (*batch, ops.as_slice()))
+            .chain(waiting)
+    }
+
     /// Jobs not yet done and batches not yet synced.
     pub fn backlog(&self) -> usize {
         self.waiting.len() + self.unsynced.len()

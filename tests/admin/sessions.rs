@@ -79,10 +79,20 @@ fn the_page_is_served_with_its_security_headers() {
     assert!(header(&page, "content-type").starts_with("text/html"));
     assert!(header(&page, "content-security-policy").contains("frame-ancestors 'none'"));
     assert!(matches!(&page.body, Value::String(s) if s.contains("/ui/app.js")));
-    let js = call("GET", &format!("{}/ui/app.js", server.http_url()), &[], None);
+    let js = call(
+        "GET",
+        &format!("{}/ui/app.js", server.http_url()),
+        &[],
+        None,
+    );
     assert_eq!(js.status, 200);
     assert!(header(&js, "content-type").starts_with("text/javascript"));
-    let none = call("GET", &format!("{}/ui/../../etc/passwd", server.http_url()), &[], None);
+    let none = call(
+        "GET",
+        &format!("{}/ui/../../etc/passwd", server.http_url()),
+        &[],
+        None,
+    );
     assert_eq!(none.status, 404);
 }
 
@@ -94,15 +104,30 @@ fn sessions_need_the_csrf_token_and_end_with_logout_or_the_user() {
     server.ctl_ok(&["add_user", "plain", "pw"]);
     let url = |p: &str| format!("{}{p}", server.http_url());
 
-    let wrong = call("POST", &url("/api/login"), &[], Some(json!({"username": "xjk", "password": "no"})));
+    let wrong = call(
+        "POST",
+        &url("/api/login"),
+        &[],
+        Some(json!({"username": "xjk", "password": "no"})),
+    );
     assert_eq!(wrong.status, 401);
     assert!(wrong.cookie.is_none());
-    let untagged = call("POST", &url("/api/login"), &[], Some(json!({"username": "plain", "password": "pw"})));
+    let untagged = call(
+        "POST",
+        &url("/api/login"),
+        &[],
+        Some(json!({"username": "plain", "password": "pw"})),
+    );
     assert_eq!(untagged.status, 401);
     assert_eq!(untagged.body["reason"], "Not management user");
     assert!(untagged.cookie.is_none());
 
-    let login = call("POST", &url("/api/login"), &[], Some(json!({"username": "xjk", "password": "123"})));
+    let login = call(
+        "POST",
+        &url("/api/login"),
+        &[],
+        Some(json!({"username": "xjk", "password": "123"})),
+    );
     assert_eq!(login.status, 200, "{:?}", login.body);
     let set = login.cookie.expect("a session cookie");
     for part in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
@@ -116,41 +141,82 @@ fn sessions_need_the_csrf_token_and_end_with_logout_or_the_user() {
     let me = call("GET", &url("/api/session"), &[("cookie", &cookie)], None);
     assert_eq!(me.status, 200);
     assert_eq!(me.body["csrf_token"], csrf.as_str());
-    assert_eq!(call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status, 200);
+    assert_eq!(
+        call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status,
+        200
+    );
 
     // A change without the token, or with another, is refused and does nothing.
     let vhost = url("/api/vhosts/made-by-session");
     let bare = call("PUT", &vhost, &[("cookie", &cookie)], Some(json!({})));
     assert_eq!(bare.status, 403);
-    let forged = call("PUT", &vhost, &[("cookie", &cookie), ("x-csrf-token", &"0".repeat(64))], Some(json!({})));
+    let forged = call(
+        "PUT",
+        &vhost,
+        &[("cookie", &cookie), ("x-csrf-token", &"0".repeat(64))],
+        Some(json!({})),
+    );
     assert_eq!(forged.status, 403);
     let foreign = call(
         "PUT",
         &vhost,
-        &[("cookie", &cookie), ("x-csrf-token", &csrf), ("origin", "http://evil.example")],
+        &[
+            ("cookie", &cookie),
+            ("x-csrf-token", &csrf),
+            ("origin", "http://evil.example"),
+        ],
         Some(json!({})),
     );
     assert_eq!(foreign.status, 403);
     assert!(!server.ctl_ok(&["list_vhosts"]).contains("made-by-session"));
-    let ok = call("PUT", &vhost, &[("cookie", &cookie), ("x-csrf-token", &csrf)], Some(json!({})));
+    let ok = call(
+        "PUT",
+        &vhost,
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        Some(json!({})),
+    );
     assert_eq!(ok.status, 201, "{:?}", ok.body);
 
     // A client cannot claim a session user with the internal header.
-    let claimed = call("GET", &url("/api/overview"), &[("x-warren-session-user", "xjk")], None);
+    let claimed = call(
+        "GET",
+        &url("/api/overview"),
+        &[("x-warren-session-user", "xjk")],
+        None,
+    );
     assert_eq!(claimed.status, 401);
 
     // Logging out ends the session.
-    let out = call("POST", &url("/api/logout"), &[("cookie", &cookie), ("x-csrf-token", &csrf)], None);
+    let out = call(
+        "POST",
+        &url("/api/logout"),
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        None,
+    );
     assert_eq!(out.status, 204);
     assert!(out.cookie.unwrap().contains("Max-Age=0"));
-    assert_eq!(call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status, 401);
+    assert_eq!(
+        call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status,
+        401
+    );
 
     // Removing the user's tags ends what a live session may do at once.
-    let again = call("POST", &url("/api/login"), &[], Some(json!({"username": "xjk", "password": "123"})));
+    let again = call(
+        "POST",
+        &url("/api/login"),
+        &[],
+        Some(json!({"username": "xjk", "password": "123"})),
+    );
     let cookie = again.cookie.unwrap().split(';').next().unwrap().to_string();
-    assert_eq!(call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status, 200);
+    assert_eq!(
+        call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status,
+        200
+    );
     server.ctl_ok(&["set_user_tags", "xjk"]);
-    assert_eq!(call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status, 401);
+    assert_eq!(
+        call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status,
+        401
+    );
     server.ctl_ok(&["set_user_tags", "xjk", "administrator"]);
     assert_eq!(
         call("GET", &url("/api/overview"), &[("cookie", &cookie)], None).status,

@@ -565,7 +565,13 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiEr
     // The node token (256 random bits) cannot be guessed, so `warren ctl` is never held up
     // by someone else's failed passwords from the same address.
     let is_token = value.starts_with("Bearer ");
-    throttled(ctx, headers, !is_token, check_credentials(ctx, headers, value)).await
+    throttled(
+        ctx,
+        headers,
+        !is_token,
+        check_credentials(ctx, headers, value),
+    )
+    .await
 }
 
 /// Checks a user's password (the web UI's login form) as basic auth checks it.
@@ -575,7 +581,13 @@ async fn login_with_password(
     username: &str,
     password: &str,
 ) -> Result<Principal, ApiError> {
-    throttled(ctx, headers, true, check_password(ctx, headers, username, password)).await
+    throttled(
+        ctx,
+        headers,
+        true,
+        check_password(ctx, headers, username, password),
+    )
+    .await
 }
 
 fn login_failed() -> ApiError {
@@ -630,7 +642,11 @@ async fn session_principal(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, 
             username: user.to_string(),
         })
         .await;
-    let Ok(AdminReply::Whoami(Whoami { user: record, vhosts })) = reply else {
+    let Ok(AdminReply::Whoami(Whoami {
+        user: record,
+        vhosts,
+    })) = reply
+    else {
         ctx.sessions.end_user(user);
         return Err(login_failed());
     };

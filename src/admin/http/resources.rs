@@ -131,7 +131,9 @@ fn queue_order(key: &str) -> Option<fn(&QueueInfo, &QueueInfo) -> Ordering> {
                 .cmp(&(b.messages_ready + b.messages_unacknowledged))
         },
         "messages_ready" => |a, b| a.messages_ready.cmp(&b.messages_ready),
-        "messages_unacknowledged" => |a, b| a.messages_unacknowledged.cmp(&b.messages_unacknowledged),
+        "messages_unacknowledged" => {
+            |a, b| a.messages_unacknowledged.cmp(&b.messages_unacknowledged)
+        }
         "message_bytes" | "message_bytes_ready" => {
             |a, b| a.message_bytes_ready.cmp(&b.message_bytes_ready)
         }
@@ -156,7 +158,8 @@ async fn queue_page(
     }
     let filter = name_filter(q)?;
     let mut queues = queue_infos(s, vhost).await?;
-    queues.retain(|x| who.sees_vhost(&x.vhost) && filter.as_ref().is_none_or(|f| f.accepts(&x.name)));
+    queues
+        .retain(|x| who.sees_vhost(&x.vhost) && filter.as_ref().is_none_or(|f| f.accepts(&x.name)));
     queues.sort_by(order);
     if flag(q, "sort_reverse") {
         queues.reverse();
@@ -337,7 +340,9 @@ pub(super) async fn republish(
     who.require_vhost(&vhost)?;
     let body = parse_body(&body)?;
     let Some(list) = body.get("positions").and_then(Value::as_array) else {
-        return Err(ApiError::bad_request("positions: expected a list of message positions"));
+        return Err(ApiError::bad_request(
+            "positions: expected a list of message positions",
+        ));
     };
     if list.len() > MAX_REPUBLISH_COUNT {
         return Err(ApiError::bad_request(format!(
@@ -346,7 +351,10 @@ pub(super) async fn republish(
     }
     let positions = list
         .iter()
-        .map(|v| v.as_u64().ok_or_else(|| ApiError::bad_request("positions: expected integers")))
+        .map(|v| {
+            v.as_u64()
+                .ok_or_else(|| ApiError::bad_request("positions: expected integers"))
+        })
         .collect::<Result<Vec<u64>, ApiError>>()?;
     let reply = s
         .call(AdminRequest::Republish {

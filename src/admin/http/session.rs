@@ -180,16 +180,21 @@ fn set_cookie(value: &str, max_age: Duration) -> HeaderValue {
 
 /// `POST /api/login`.
 pub(super) async fn login(s: State, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
-    let login: Login = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("expected {{\"username\", \"password\"}}: {e}")))?;
+    let login: Login = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("expected {{\"username\", \"password\"}}: {e}"))
+    })?;
     let who = super::login_with_password(&s, &headers, &login.username, &login.password).await?;
-    let (id, csrf) = s
-        .sessions
-        .start(&who.name, Instant::now())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?;
+    let (id, csrf) = s.sessions.start(&who.name, Instant::now()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?;
     tracing::info!(user = ?who.name, "web UI login");
     let mut response =
-        axum::Json(json!({ "name": who.name, "tags": who.tags, "csrf_token": csrf })).into_response();
+        axum::Json(json!({ "name": who.name, "tags": who.tags, "csrf_token": csrf }))
+            .into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&id, LIFETIME));
@@ -247,10 +252,16 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; warren_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; warren_session=abc; b=2"),
+        );
         assert_eq!(cookie_of(&h).as_deref(), Some("abc"));
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("xwarren_session=abc"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("xwarren_session=abc"),
+        );
         assert_eq!(cookie_of(&h), None);
     }
 }

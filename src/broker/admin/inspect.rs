@@ -124,7 +124,9 @@ impl Broker {
                 .vhosts
                 .get(vhost)
                 .and_then(|v| v.exchanges.get(&exchange))
-                .ok_or_else(|| not_found(format!("no {}", resource("exchange", &exchange, vhost))))?;
+                .ok_or_else(|| {
+                    not_found(format!("no {}", resource("exchange", &exchange, vhost)))
+                })?;
             if x.internal {
                 return Err(bad_request(format!(
                     "cannot publish to internal {}",

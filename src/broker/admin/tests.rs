@@ -1133,7 +1133,8 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
         arguments: args,
     })
     .unwrap();
-    h.admin(publish(Actor::Node, "work", b"retry me", true)).unwrap();
+    h.admin(publish(Actor::Node, "work", b"retry me", true))
+        .unwrap();
     h.admin(AdminRequest::Get {
         actor: Actor::Node,
         vhost: "/".into(),
@@ -1145,16 +1146,23 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
     h.drain();
     assert_eq!((ready(&mut h, "work"), ready(&mut h, "parked")), (0, 1));
     // A message that never died has nowhere to go back to.
-    h.admin(publish(Actor::Node, "parked", b"plain", true)).unwrap();
+    h.admin(publish(Actor::Node, "parked", b"plain", true))
+        .unwrap();
     h.drain();
     let m = peek(&mut h, Actor::Node, "parked");
     let (dead, plain) = (m[0].position, m[1].position);
-    let e = h.admin(republish(Actor::Node, "parked", vec![dead, plain])).unwrap_err();
+    let e = h
+        .admin(republish(Actor::Node, "parked", vec![dead, plain]))
+        .unwrap_err();
     assert_eq!(e.kind, AdminErrorKind::BadRequest);
     assert!(e.reason.contains("no x-death"), "{}", e.reason);
     // Writing to the original exchange needs the write permission.
     let e = h
-        .admin(republish(Actor::User("reader".into()), "parked", vec![dead]))
+        .admin(republish(
+            Actor::User("reader".into()),
+            "parked",
+            vec![dead],
+        ))
         .unwrap_err();
     assert_eq!(e.kind, AdminErrorKind::AccessRefused);
     assert_eq!(ready(&mut h, "parked"), 2, "nothing moved");
@@ -1168,7 +1176,9 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
     let back = peek(&mut h, Actor::Node, "work");
     assert_eq!(&back[0].message.body[..], b"retry me");
     assert_eq!(back[0].message.routing_key, "work");
-    let e = h.admin(republish(Actor::Node, "parked", vec![dead])).unwrap_err();
+    let e = h
+        .admin(republish(Actor::Node, "parked", vec![dead]))
+        .unwrap_err();
     assert_eq!(e.kind, AdminErrorKind::NotFound);
 
     // A dead letter whose queue is gone would route nowhere: it stays.
@@ -1191,7 +1201,9 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
     h.drain();
     let again = peek(&mut h, Actor::Node, "parked");
     let last = again.last().unwrap().position;
-    let e = h.admin(republish(Actor::Node, "parked", vec![last])).unwrap_err();
+    let e = h
+        .admin(republish(Actor::Node, "parked", vec![last]))
+        .unwrap_err();
     assert!(e.reason.contains("would route to no queue"), "{}", e.reason);
     assert_eq!(ready(&mut h, "parked"), 2);
     h.drain();

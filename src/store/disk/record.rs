@@ -536,7 +536,7 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
 
 /// Bytes a message takes encoded, near enough to size a buffer.
 pub fn message_capacity(m: &Message) -> usize {
-    64 + m.exchange.len() + m.routing_key.len() + m.body.len()
+    64 + m.exchange.len() + m.routing_key.len() + m.properties.encoded_len() + m.body.len()
 }
 
 /// Appends a message's fields: exchange, routing key, properties (as a long string holding
