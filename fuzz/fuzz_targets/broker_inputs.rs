@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use warren::broker::{Broker, BrokerConfig, ConnInfo, Output};
-use warren::proto::command::ConnId;
+use warren::proto::command::{ConnId, Reply};
 use warren::proto::connection::{Connection, ConnectionConfig};
 use warren::proto::constants::PROTOCOL_HEADER;
 use warren::proto::frame::{encode_content, encode_method};
@@ -43,7 +43,16 @@ use warren::store::memory::MemoryStore;
 use warren::store::{PermissionRecord, Recovered, Store, StoreOp};
 
 /// Queue names: two plain ones, the server-named "", and adversarial ones.
-const QUEUES: [&str; 6] = ["q0", "q1", "", "h.#.*", "队列-ü", LONG_NAME];
+/// Names of queues, with the direct reply-to pseudo-queue among them.
+const QUEUES: [&str; 7] = [
+    "q0",
+    "q1",
+    "",
+    "h.#.*",
+    "队列-ü",
+    LONG_NAME,
+    "amq.rabbitmq.reply-to",
+];
 /// Exchange names: the default, the predeclared ones, and two the input declares.
 const EXCHANGES: [&str; 7] = [
     "",
@@ -266,6 +275,8 @@ struct Harness {
     /// luck to route a message through the arguments and patterns it chose.
     last_exchange: String,
     last_queue: String,
+    /// The last direct reply-to address a delivery carried: replies go there.
+    last_reply_to: String,
     /// Administrative requests not yet answered: each must be, once its batch is synced.
     admin_waiting: Vec<u64>,
     next_admin: u64,
@@ -400,6 +411,7 @@ impl Harness {
             next_msg: 1,
             last_exchange: String::new(),
             last_queue: String::new(),
+            last_reply_to: String::new(),
             admin_waiting: Vec::new(),
             next_admin: 1,
         };
@@ -441,6 +453,14 @@ impl Harness {
                         self.last_batch = batch;
                     }
                     Output::Replies { conn, replies } => {
+                        for r in &replies {
+                            if let Reply::Content { message, .. } = r
+                                && let Some(to) = &message.properties.reply_to
+                                && to.starts_with("amq.rabbitmq.reply-to.")
+                            {
+                                self.last_reply_to.clone_from(to);
+                            }
+                        }
                         if let Some((_, c)) = self.conns.iter_mut().find(|(id, _)| *id == conn) {
                             for r in replies {
                                 c.handle_reply(r, self.now_ms);
@@ -504,8 +524,19 @@ impl Harness {
                 self.bytes(conn, &raw);
             }
             1 => {
-                let (exchange, routing_key) = match input.u(4) {
+                let (exchange, routing_key) = match input.u(6) {
                     0 => (self.last_exchange.clone(), input.routing_key()),
+                    4 => (String::new(), self.last_reply_to.clone()),
+                    5 => {
+                        // A forged address: right length, wrong or random token.
+                        let mut forged = self.last_reply_to.clone();
+                        if let Some(last) = forged.pop() {
+                            forged.push(if last == 'A' { 'B' } else { 'A' });
+                        } else {
+                            forged = format!("amq.rabbitmq.reply-to.{}", input.routing_key());
+                        }
+                        (String::new(), forged)
+                    }
                     1 => (String::new(), self.last_queue.clone()),
                     2 => (
                         EXCHANGES[input.u(EXCHANGES.len())].to_string(),
@@ -533,6 +564,7 @@ impl Harness {
                     message_id: Some(self.next_msg.to_string()),
                     expiration: input.bit().then(|| (input.u(50)).to_string()),
                     priority: input.bit().then(|| input.u(10) as u8),
+                    reply_to: input.bit().then(|| "amq.rabbitmq.reply-to".to_string()),
                     headers,
                     ..Default::default()
                 };

@@ -272,6 +272,7 @@ struct Totals {
     hostile_received: u64,
     hostile_channel_closes: u64,
     hostile_connection_closes: u64,
+    hostile_direct_replies: u64,
     /// Seeds with each class of hostile input, in [`FEATURES`] order.
     hostile_features: [u64; FEATURES.len()],
     max_step_work: u64,
@@ -346,6 +347,7 @@ impl Totals {
             self.hostile_received += stats.received;
             self.hostile_channel_closes += stats.channel_closes;
             self.hostile_connection_closes += stats.connection_closes;
+            self.hostile_direct_replies += stats.direct_replies;
             for (s, on) in seen.iter_mut().zip(features(&plan.features)) {
                 *s |= on;
             }
@@ -392,12 +394,13 @@ impl Totals {
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
         println!(
-            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received; the broker closed {} of their channels and {} connections; seeds per class: {}",
+            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); the broker closed {} of their channels and {} connections; seeds per class: {}",
             self.hostile_clients,
             self.seeds_hostile,
             self.hostile_published,
             self.hostile_methods,
             self.hostile_received,
+            self.hostile_direct_replies,
             self.hostile_channel_closes,
             self.hostile_connection_closes,
             per_feature.join(", "),
@@ -447,11 +450,12 @@ fn print_ok(r: &RunResult) {
 fn print_hostile(r: &RunResult) {
     for (plan, stats) in &r.hostile {
         println!(
-            "  hostile: {} (published {}, other methods {}, received {}, channels closed {}, connections closed {})",
+            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), channels closed {}, connections closed {})",
             plan.describe(),
             stats.published,
             stats.methods,
             stats.received,
+            stats.direct_replies,
             stats.channel_closes,
             stats.connection_closes
         );

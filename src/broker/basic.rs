@@ -169,6 +169,7 @@ impl Broker {
                 )));
             }
         }
+        let message = self.rewrite_reply_to(conn, channel, message)?;
         let max_tx_bytes = self.config.limits.max_tx_bytes;
         let ch = self
             .channel_mut(conn, channel)
@@ -237,8 +238,14 @@ impl Broker {
         publish: &BasicPublish,
         message: Arc<Message>,
     ) -> Confirm {
-        let queues = self.route(vhost, &publish.exchange, &message);
         self.counters.totals.publish += 1;
+        if (publish.exchange.is_empty() || publish.exchange == "amq.default")
+            && super::reply_to::is_reply_address(&publish.routing_key)
+            && self.deliver_reply(vhost, &publish.routing_key, message.clone())
+        {
+            return Confirm::Ack;
+        }
+        let queues = self.route(vhost, &publish.exchange, &message);
         if self.store_refuses(&queues, &message) {
             return Confirm::Nack;
         }
@@ -445,6 +452,9 @@ impl Broker {
     }
 
     fn basic_consume(&mut self, conn: ConnId, channel: u16, m: BasicConsume) -> AmqpResult<()> {
+        if m.queue == super::reply_to::REPLY_TO {
+            return self.reply_consume(conn, channel, m);
+        }
         let (qid, name, vhost) = self.readable_queue(conn, channel, &m.queue)?;
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
             self.generate_name("amq.ctag-").into()
@@ -518,7 +528,9 @@ impl Broker {
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
-        if ch.consumers.contains_key(tag) {
+        if ch.consumers.contains_key(tag)
+            || ch.reply_consumer.as_ref().is_some_and(|r| &*r.tag == tag)
+        {
             return Err(not_allowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -538,6 +550,8 @@ impl Broker {
         let removed = ch.consumers.remove(m.consumer_tag.as_str());
         if removed.is_some() {
             ch.orphan_deliveries(&m.consumer_tag);
+        } else {
+            self.reply_cancel(conn, channel, &m.consumer_tag);
         }
         // The cancel-ok precedes the effects of the cancel (an auto-delete queue's
         // deletion), and unknown tags are cancelled successfully, as in RabbitMQ.

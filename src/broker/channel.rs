@@ -228,6 +228,8 @@ pub struct Channel {
     pub last_queue: String,
     /// Messages published, delivered, got, acked and confirmed on this channel.
     pub stats: super::stats::MessageCounters,
+    /// The direct reply-to consumer (`basic.consume` on `amq.rabbitmq.reply-to`).
+    pub reply_consumer: Option<super::reply_to::ReplyConsumer>,
 }
 
 impl Channel {
@@ -246,6 +248,7 @@ impl Channel {
             mode: Mode::Plain,
             last_queue: String::new(),
             stats: super::stats::MessageCounters::default(),
+            reply_consumer: None,
         }
     }
 

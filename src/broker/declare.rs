@@ -157,6 +157,11 @@ impl Broker {
         let (vhost, _) = self.open_session(conn)?;
         let name = strip_cr_lf(&m.exchange);
         if m.passive {
+            if name.is_empty() {
+                return Err(access_refused(
+                    "operation not permitted on the default exchange",
+                ));
+            }
             self.exchange_exists(&vhost, &name)?;
             return self.reply(
                 conn,
@@ -328,8 +333,12 @@ impl Broker {
         }
         self.check_access(conn, Access::Write, "exchange", &m.destination)?;
         self.check_access(conn, Access::Read, "exchange", &m.source)?;
-        self.exchange_exists(&vhost, &m.source)?;
-        self.exchange_exists(&vhost, &m.destination)?;
+        if bind {
+            self.exchange_exists(&vhost, &m.source)?;
+            self.exchange_exists(&vhost, &m.destination)?;
+        }
+        // Unbinding is idempotent, as in RabbitMQ: a binding whose exchanges are gone is
+        // gone too, and removing it succeeds.
         check_table_limits(&m.arguments, "exchange", &m.destination, &vhost)?;
         let binding = Binding {
             destination: Destination::Exchange(m.destination.clone()),
@@ -366,6 +375,9 @@ impl Broker {
         let (vhost, _) = self.open_session(conn)?;
         let requested = strip_cr_lf(&m.queue);
         if m.passive {
+            if let Some(answer) = self.reply_declare(conn, channel, &requested, m.nowait) {
+                return answer;
+            }
             let name = self.expand_queue_name(conn, channel, &requested)?;
             let id = self.usable_queue(conn, &vhost, &name)?;
             return self.declare_ok(conn, channel, id, m.nowait);
@@ -522,15 +534,29 @@ impl Broker {
     ) -> AmqpResult<()> {
         let (vhost, _) = self.open_session(conn)?;
         let queue = self.expand_queue_name(conn, channel, &m.queue)?;
-        let binding = self.queue_binding(
-            conn,
-            &vhost,
-            &m.exchange,
-            &queue,
-            m.routing_key,
-            m.arguments,
-        )?;
-        self.remove_binding(&vhost, &m.exchange, &binding);
+        // Unbinding is idempotent, as in RabbitMQ: with the exchange or the queue gone, the
+        // binding is gone and the unbind succeeds (after the same permission checks).
+        let gone = self.exchange_exists(&vhost, &m.exchange).is_err()
+            || self
+                .topology
+                .vhosts
+                .get(&*vhost)
+                .is_none_or(|v| !v.queues.contains_key(&queue));
+        if gone && !m.exchange.is_empty() {
+            self.check_access(conn, Access::Write, "queue", &queue)?;
+            self.check_access(conn, Access::Read, "exchange", &m.exchange)?;
+            check_table_limits(&m.arguments, "queue", &queue, &vhost)?;
+        } else {
+            let binding = self.queue_binding(
+                conn,
+                &vhost,
+                &m.exchange,
+                &queue,
+                m.routing_key,
+                m.arguments,
+            )?;
+            self.remove_binding(&vhost, &m.exchange, &binding);
+        }
         self.reply(
             conn,
             channel,

@@ -26,6 +26,7 @@ mod paging;
 mod paging_tests;
 mod parts;
 mod queue;
+mod reply_to;
 mod session;
 mod stats;
 #[cfg(test)]
@@ -38,7 +39,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use rand::SeedableRng;
-use rand::rngs::SmallRng;
+use rand::rngs::{SmallRng, StdRng};
 
 pub use alarm::{AlarmLimits, Resource, ResourceReading, StoreFault};
 pub use auth::{Access, Permissions, Users, check_password, hash_password};
@@ -429,6 +430,10 @@ impl Outbox {
 pub struct Broker {
     config: BrokerConfig,
     rng: SmallRng,
+    /// Draws what clients must not predict (direct reply-to nonces). `rng`'s outputs are
+    /// visible in generated names, so this one is separate, and the server reseeds it from
+    /// the OS ([`Broker::reseed_secrets`]).
+    secret_rng: StdRng,
     now_ms: u64,
     /// Vhosts, exchanges, queues and their timers and memory.
     topology: parts::Topology,
@@ -451,6 +456,7 @@ impl Broker {
         let mut broker = Broker {
             config,
             rng: SmallRng::seed_from_u64(seed),
+            secret_rng: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed_5ec2_e75e_ed00),
             now_ms: 0,
             topology: parts::Topology::default(),
             sessions: parts::Sessions::default(),
@@ -465,6 +471,12 @@ impl Broker {
             broker.restore(recovered);
         }
         broker
+    }
+
+    /// Reseeds the generator of secrets from `seed` (the server passes the OS's entropy;
+    /// the simulator keeps the one derived from the broker's seed, for replays).
+    pub fn reseed_secrets(&mut self, seed: [u8; 32]) {
+        self.secret_rng = StdRng::from_seed(seed);
     }
 
     /// Routing steps taken since the broker started: exchanges and index nodes visited,

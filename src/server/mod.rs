@@ -154,7 +154,9 @@ pub async fn start(
     let clock = Clock::new();
     // Hash maps keyed by names clients choose get this process's seed.
     crate::broker::seed_hashes(seed);
-    let broker = Broker::new(config.broker.clone(), seed, recovered);
+    let mut broker = Broker::new(config.broker.clone(), seed, recovered);
+    // Direct reply-to nonces come from the OS's entropy, not from the broker's seed.
+    broker.reseed_secrets(rand::random());
     let listener = bind(config.bind, config.amqp_port).await?;
     let local = listener.local_addr()?;
     let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_CHANNEL);

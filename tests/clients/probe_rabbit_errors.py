@@ -1205,6 +1205,216 @@ def p_after_channel_error(ctx):
     return _observe(c)
 
 
+def queue_bind(ch, queue, exchange, key="", unbind=False):
+    if unbind:
+        return method(ch, 50, 50, struct.pack(">H", 0) + shortstr(queue) + shortstr(exchange)
+                      + shortstr(key) + table({}))
+    return method(ch, 50, 20, struct.pack(">H", 0) + shortstr(queue) + shortstr(exchange)
+                  + shortstr(key) + bits(False) + table({}))
+
+
+def exchange_unbind(ch, destination, source, key=""):
+    return method(ch, 40, 40, struct.pack(">H", 0) + shortstr(destination) + shortstr(source)
+                  + shortstr(key) + bits(False) + table({}))
+
+
+def basic_consume(ch, queue, tag="", no_ack=False, exclusive=False):
+    return method(ch, 60, 20, struct.pack(">H", 0) + shortstr(queue) + shortstr(tag)
+                  + bits(False, no_ack, exclusive, False) + table({}))
+
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+@probe("26a. queue.unbind from an exchange that does not exist (the queue exists)")
+def p_unbind_missing_exchange(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(queue_declare(1, "probe-unbind-q", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.mark()
+    c.send(queue_bind(1, "probe-unbind-q", "probe-no-such-exchange", "k", unbind=True))
+    return _observe(c)
+
+
+@probe("26b. queue.unbind of a queue that does not exist (from amq.direct)")
+def p_unbind_missing_queue(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(queue_bind(1, "probe-no-such-queue", "amq.direct", "k", unbind=True))
+    return _observe(c)
+
+
+@probe("26c. queue.unbind of a binding that was never made (queue and exchange exist)")
+def p_unbind_missing_binding(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(queue_declare(1, "probe-unbind-q2", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.mark()
+    c.send(queue_bind(1, "probe-unbind-q2", "amq.direct", "never", unbind=True))
+    return _observe(c)
+
+
+@probe("26d. exchange.unbind with a source exchange that does not exist")
+def p_exchange_unbind_missing(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(exchange_unbind(1, "amq.fanout", "probe-no-such-exchange", "k"))
+    return _observe(c)
+
+
+@probe("26e. queue.unbind from the default exchange")
+def p_unbind_default(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(queue_declare(1, "probe-unbind-q3", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.mark()
+    c.send(queue_bind(1, "probe-unbind-q3", "", "probe-unbind-q3", unbind=True))
+    return _observe(c)
+
+
+@probe("27a. passive exchange.declare of the default exchange ''")
+def p_passive_default_exchange(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(exchange_declare(1, "", "direct", passive=True))
+    return _observe(c)
+
+
+@probe("27b. passive exchange.declare of amq.direct")
+def p_passive_amq_direct(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(exchange_declare(1, "amq.direct", "direct", passive=True))
+    return _observe(c)
+
+
+@probe("28a. an exclusive consumer, then another exclusive consume on the queue (same connection)")
+def p_second_exclusive_consumer(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.open_channel(2)
+    c.send(queue_declare(1, "probe-excl-consumer", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.send(basic_consume(1, "probe-excl-consumer", "first", exclusive=True))
+    c.expect_method("basic.consume-ok")
+    c.mark()
+    c.send(basic_consume(2, "probe-excl-consumer", "second", exclusive=True))
+    return _observe(c)
+
+
+@probe("28b. an exclusive consumer, then a plain consume on the queue from another connection")
+def p_consume_after_exclusive_consumer(ctx):
+    a = _new(ctx)
+    a.open_channel(1)
+    a.send(queue_declare(1, "probe-excl-consumer2", auto_delete=True))
+    a.expect_method("queue.declare-ok")
+    a.send(basic_consume(1, "probe-excl-consumer2", "first", exclusive=True))
+    a.expect_method("basic.consume-ok")
+    b = _new(ctx)
+    b.open_channel(1)
+    b.mark()
+    b.send(basic_consume(1, "probe-excl-consumer2", "second"))
+    ev = _observe(b)
+    a.close()
+    return ev
+
+
+@probe("28c. a plain consumer, then an exclusive consume on the queue")
+def p_exclusive_after_consumer(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.open_channel(2)
+    c.send(queue_declare(1, "probe-excl-consumer3", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.send(basic_consume(1, "probe-excl-consumer3", "first"))
+    c.expect_method("basic.consume-ok")
+    c.mark()
+    c.send(basic_consume(2, "probe-excl-consumer3", "second", exclusive=True))
+    return _observe(c)
+
+
+@probe("28d. basic.consume on another connection's exclusive queue")
+def p_consume_other_exclusive_queue(ctx):
+    a = _new(ctx)
+    a.open_channel(1)
+    a.send(queue_declare(1, "probe-exclusive3", exclusive=True))
+    a.expect_method("queue.declare-ok")
+    b = _new(ctx)
+    b.open_channel(1)
+    b.mark()
+    b.send(basic_consume(1, "probe-exclusive3", "other"))
+    ev = _observe(b)
+    a.close()
+    return ev
+
+
+@probe("29a. direct reply-to: publish with reply_to amq.rabbitmq.reply-to and no reply consumer")
+def p_reply_to_without_consumer(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(basic_publish(1, "", "probe-rpc-server")
+           + content_header(1, 60, 0, flags=0x0200, props=shortstr(REPLY_TO)))
+    return _observe(c)
+
+
+@probe("29b. direct reply-to: basic.consume on amq.rabbitmq.reply-to without no-ack")
+def p_reply_to_with_acks(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(basic_consume(1, REPLY_TO, "", no_ack=False))
+    return _observe(c)
+
+
+@probe("29c. direct reply-to: passive queue.declare of amq.rabbitmq.reply-to")
+def p_reply_to_passive(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(queue_declare(1, REPLY_TO, passive=True))
+    return _observe(c)
+
+
+@probe("29d. direct reply-to: consume no-ack, then publish with reply_to (no queue named by the key)")
+def p_reply_to_round(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(basic_consume(1, REPLY_TO, "rpc", no_ack=True))
+    c.expect_method("basic.consume-ok")
+    c.mark()
+    c.send(basic_publish(1, "", "probe-rpc-server", mandatory=True)
+           + content_header(1, 60, 0, flags=0x0200, props=shortstr(REPLY_TO)))
+    return _observe(c)
+
+
+@probe("29e. direct reply-to: publish to amq.rabbitmq.reply-to.<unknown token>")
+def p_reply_to_unknown_token(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(publish_message(1, "", REPLY_TO + ".g2dkAA1yYWJiaXQAAAAA", b"x", mandatory=True))
+    return _observe(c)
+
+
+@probe("29f. direct reply-to: a second basic.consume on amq.rabbitmq.reply-to on the same channel")
+def p_reply_to_twice(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(basic_consume(1, REPLY_TO, "rpc", no_ack=True))
+    c.expect_method("basic.consume-ok")
+    c.mark()
+    c.send(basic_consume(1, REPLY_TO, "rpc2", no_ack=True))
+    return _observe(c)
+
+
 @dataclass
 class Ctx:
     host: str

@@ -19,6 +19,11 @@ use crate::workload::{body_for, parse_msg_id};
 
 mod actions;
 
+/// The direct reply-to pseudo-queue.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// The prefix of the addresses the broker rewrites `reply_to` to.
+const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
 /// The publishing channel.
 const CH_PUB: u16 = 1;
 /// The channel for everything else.
@@ -89,6 +94,8 @@ pub struct HostileStats {
     pub channel_closes: u64,
     /// Connections the broker closed.
     pub connection_closes: u64,
+    /// Direct replies received (deliveries routed to an `amq.rabbitmq.reply-to.…` address).
+    pub direct_replies: u64,
 }
 
 /// A hostile client.
@@ -107,6 +114,9 @@ pub struct HostileClient {
     exchanges: Vec<ExchangeDeclare>,
     next_msg: u64,
     next_tag: u64,
+    /// Direct reply-to addresses seen in the `reply_to` of what it received: it publishes
+    /// replies to them, and to forged variants of them.
+    reply_addresses: Vec<String>,
     /// Counters.
     pub stats: HostileStats,
 }
@@ -123,6 +133,7 @@ impl HostileClient {
             exchanges: Vec::new(),
             next_msg: 1,
             next_tag: 1,
+            reply_addresses: Vec::new(),
             stats: HostileStats::default(),
         }
     }
@@ -258,6 +269,20 @@ impl HostileClient {
         }
         check_x_death(props.headers.as_ref())
             .map_err(|e| format!("hostile client {id} got {msg_id} ({what}): {e}"))?;
+        if let Some(to) = &props.reply_to {
+            if to.starts_with(REPLY_TO_PREFIX) {
+                remember(&mut self.reply_addresses, to.clone(), 4, &mut self.g.rng);
+            } else if to == REPLY_TO {
+                return Err(format!(
+                    "hostile client {id} got {msg_id} with reply_to still {REPLY_TO} (not rewritten)"
+                ));
+            }
+        }
+        if let Method::BasicDeliver(d) = &method {
+            if d.routing_key.starts_with(REPLY_TO_PREFIX) {
+                self.stats.direct_replies += 1;
+            }
+        }
         let tag = match method {
             Method::BasicDeliver(d) => Some(d.delivery_tag),
             Method::BasicGetOk(g) => Some(g.delivery_tag),

@@ -9,12 +9,15 @@ use warren::proto::props::BasicProperties;
 use warren::proto::table::FieldTable;
 
 use super::{
-    CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, UNACKED_MAX, hostile_key,
-    remember,
+    CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, REPLY_TO, UNACKED_MAX,
+    hostile_key, remember,
 };
 use crate::client::RunPhase;
 use crate::hostile::plan::{AMQ_EXCHANGES, nested};
 use crate::workload::body_for;
+
+/// Marks the consumer tags of direct reply-to consumers.
+const REPLY_TAG: &str = "-reply-";
 
 impl HostileClient {
     /// One step of the hostile workload; in the liveness phase it only settles what it
@@ -277,13 +280,23 @@ impl HostileClient {
         }
         let n = self.g.rng.gen_range(1..=3);
         let queues = self.queue_names();
+        let has_reply_consumer = self
+            .session
+            .as_mut()
+            .and_then(|s| s.chan(CH_PUB))
+            .is_some_and(|c| c.consumers.iter().any(|t| t.contains(REPLY_TAG)));
         for _ in 0..n {
             let (exchange, kind) = if self.g.one_in(4) {
                 (String::new(), "direct".to_string())
             } else {
                 self.some_exchange(CH_PUB, now_ms)
             };
-            let routing_key = if kind == "direct" && !self.queues.is_empty() && self.g.one_in(2) {
+            let reply =
+                (exchange.is_empty() && !self.reply_addresses.is_empty() && self.g.one_in(3))
+                    .then(|| self.reply_address());
+            let routing_key = if let Some(address) = reply {
+                address
+            } else if kind == "direct" && !self.queues.is_empty() && self.g.one_in(2) {
                 self.queues[self.g.rng.gen_range(0..self.queues.len())]
                     .queue
                     .clone()
@@ -299,6 +312,11 @@ impl HostileClient {
                 expiration: self.g.expiration(),
                 headers: self.g.message_headers(&queues),
                 priority: self.g.one_in(4).then(|| self.g.rng.gen_range(0..=10)),
+                // Needs a reply consumer on the channel, or the broker closes it (406).
+                reply_to: self
+                    .g
+                    .one_in(if has_reply_consumer { 2 } else { 30 })
+                    .then(|| REPLY_TO.to_string()),
                 ..Default::default()
             };
             let len = self.g.rng.gen_range(0..=self.g.plan.body_max_bytes);
@@ -317,7 +335,41 @@ impl HostileClient {
         }
     }
 
+    /// A reply address it saw, or a forgery of one (another channel, another nonce).
+    fn reply_address(&mut self) -> String {
+        let i = self.g.rng.gen_range(0..self.reply_addresses.len());
+        let mut address = self.reply_addresses[i].clone();
+        if self.g.one_in(3) {
+            let at = self
+                .g
+                .rng
+                .gen_range(REPLY_TO.len() + 1..address.len().max(REPLY_TO.len() + 2));
+            if at < address.len() {
+                let c = if address.as_bytes()[at] == b'A' {
+                    "B"
+                } else {
+                    "A"
+                };
+                address.replace_range(at..=at, c);
+            }
+        }
+        address
+    }
+
     fn consume(&mut self, now_ms: u64) {
+        if self.g.one_in(6) && self.session.as_ref().is_some_and(|s| s.open(CH_PUB)) {
+            // The direct reply-to consumer sits on the publishing channel; one that acks
+            // is refused (406), and so is a second one on the channel.
+            self.next_tag += 1;
+            let m = BasicConsume {
+                queue: REPLY_TO.to_string(),
+                consumer_tag: format!("h{}{REPLY_TAG}{}", self.id, self.next_tag),
+                no_ack: !self.g.one_in(8),
+                ..Default::default()
+            };
+            self.send(CH_PUB, Method::BasicConsume(m), now_ms);
+            return;
+        }
         if !self.session.as_ref().is_some_and(|s| s.open(CH_OTHER)) {
             return;
         }

@@ -1,0 +1,124 @@
+"""Direct reply-to RPC and RabbitMQ's idempotent unbinds, with pika (the tutorial's RPC,
+without a reply queue): run against warren and against RabbitMQ, these pass on both."""
+from __future__ import annotations
+
+import pika
+import pika.exceptions
+import pytest
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def _serve_one(ch, queue: str) -> None:
+    """Answers one request on `queue`: the body upper-cased, to the request's reply_to."""
+    for _ in range(100):
+        method, props, body = ch.basic_get(queue)
+        if method is not None:
+            break
+        ch.connection.sleep(0.05)
+    assert method is not None, "no request arrived"
+    ch.basic_publish(
+        "",
+        props.reply_to,
+        body.upper(),
+        pika.BasicProperties(correlation_id=props.correlation_id),
+    )
+    ch.basic_ack(method.delivery_tag)
+
+
+def test_direct_reply_to_round_trip(connect, uid):
+    server = connect().channel()
+    queue = f"rpc-{uid}"
+    server.queue_declare(queue, auto_delete=True)
+
+    client = connect().channel()
+    replies = []
+    client.basic_consume(REPLY_TO, lambda ch, m, p, b: replies.append((m, p, b)), auto_ack=True)
+    for i in range(3):
+        client.basic_publish(
+            "",
+            queue,
+            f"hello {i}".encode(),
+            pika.BasicProperties(reply_to=REPLY_TO, correlation_id=str(i)),
+        )
+        _serve_one(server, queue)
+        client.connection.process_data_events(time_limit=5)
+        while len(replies) <= i:
+            client.connection.process_data_events(time_limit=1)
+        method, props, body = replies[i]
+        assert body == f"HELLO {i}".encode()
+        assert props.correlation_id == str(i)
+        assert method.routing_key.startswith(REPLY_TO + ".")
+        assert method.exchange == ""
+
+
+def test_the_server_sees_a_routable_reply_address(connect, uid):
+    server = connect().channel()
+    queue = f"rpc-addr-{uid}"
+    server.queue_declare(queue, auto_delete=True)
+    client = connect().channel()
+    client.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
+    client.basic_publish("", queue, b"x", pika.BasicProperties(reply_to=REPLY_TO))
+    method, props, _ = server.basic_get(queue, auto_ack=True)
+    assert method is not None
+    assert props.reply_to.startswith(REPLY_TO + ".") and props.reply_to != REPLY_TO + "."
+    # The pseudo-queue and the address are there for a passive declare.
+    assert server.queue_declare(REPLY_TO, passive=True).method.queue == REPLY_TO
+    assert server.queue_declare(props.reply_to, passive=True).method.consumer_count == 1
+
+
+def test_a_reply_to_a_closed_channel_is_returned(connect, uid):
+    server = connect().channel()
+    queue = f"rpc-gone-{uid}"
+    server.queue_declare(queue, auto_delete=True)
+    client_conn = connect()
+    client = client_conn.channel()
+    client.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
+    client.basic_publish("", queue, b"x", pika.BasicProperties(reply_to=REPLY_TO))
+    _, props, _ = server.basic_get(queue, auto_ack=True)
+    client.close()
+    server.confirm_delivery()
+    with pytest.raises(pika.exceptions.UnroutableError):
+        server.basic_publish("", props.reply_to, b"late", mandatory=True)
+
+
+def test_publishing_with_reply_to_needs_a_reply_consumer(connect, uid):
+    ch = connect().channel()
+    ch.basic_publish("", f"nowhere-{uid}", b"x", pika.BasicProperties(reply_to=REPLY_TO))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        ch.queue_declare(f"after-{uid}", auto_delete=True)
+    assert err.value.reply_code == 406
+    assert "fast reply consumer does not exist" in err.value.reply_text
+
+
+def test_the_reply_consumer_does_not_ack(connect):
+    ch = connect().channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=False)
+    assert err.value.reply_code == 406
+
+
+def test_unbinding_what_is_gone_succeeds(connect, uid):
+    """aio-pika's RPC deletes its auto-delete exchange before unbinding from it."""
+    ch = connect().channel()
+    queue = f"unbind-{uid}"
+    exchange = f"unbind-x-{uid}"
+    ch.queue_declare(queue, auto_delete=True)
+    ch.exchange_declare(exchange, "direct", auto_delete=True)
+    ch.queue_bind(queue, exchange, "k")
+    ch.exchange_delete(exchange)
+    ch.queue_unbind(queue, exchange, "k")
+    ch.queue_unbind(f"no-such-queue-{uid}", "amq.direct", "k")
+    ch.queue_unbind(queue, "amq.direct", "never-bound")
+    ch.exchange_unbind("amq.fanout", f"no-such-exchange-{uid}", "k")
+    # The channel is still open and the queue still works.
+    ch.basic_publish("", queue, b"still here")
+    method, _, body = ch.basic_get(queue, auto_ack=True)
+    assert body == b"still here"
+
+
+def test_the_default_exchange_refuses_a_passive_declare(connect):
+    ch = connect().channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        ch.exchange_declare("", passive=True)
+    assert err.value.reply_code == 403
