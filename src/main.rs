@@ -50,6 +50,10 @@ struct ServeArgs {
     /// or ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The node's name, by which `warren ctl -n NAME` tells local nodes apart [default:
+    /// warren@<hostname>].
+    #[arg(long, env = "WARREN_NODENAME")]
+    node_name: Option<String>,
     /// When publisher confirms go out: "batch" waits for fdatasync (survives power loss),
     /// "none" for the OS to have the write (survives a broker crash only) [default: batch].
     #[arg(long, env = "WARREN_SYNC")]
@@ -136,6 +140,9 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
+    }
+    if let Some(v) = &args.node_name {
+        config.node_name = Some(v.clone());
     }
     Ok((config, store))
 }

@@ -18,12 +18,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (bind, port, data_dir) = (config.bind, config.http_port, config.data_dir.clone());
+    let node_name = config.node_name.clone();
     let mut amqp = server::start(config, store, seed).await?;
     let settings = HttpSettings {
         bind,
         port,
         data_dir,
         amqp: amqp.local_addr(),
+        node_name,
     };
     let http = http::start(settings, amqp.admin()).await?;
     let accepted = amqp.accept_until(shutdown).await;

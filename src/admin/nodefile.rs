@@ -1,7 +1,9 @@
 //! The node file: how `warren ctl` finds and authenticates to the local node with no
 //! flags. `warren serve` writes `<data dir>/node.json` (mode 0600: only the broker's own
 //! user can read it) with the HTTP API's address and a random token that the API accepts
-//! as an administrator; `warren ctl` reads it from the same default data dir.
+//! as an administrator, and registers the same under its node name in the runtime
+//! registry ([`registry_dir`]), where `warren ctl` looks first, whatever data dir the
+//! node has.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub struct NodeFile {
     pub pid: u32,
     /// The node's name.
     pub node: String,
+    /// The node's data dir (empty if the file did not say).
+    pub data_dir: String,
 }
 
 impl NodeFile {
@@ -30,10 +34,16 @@ impl NodeFile {
         data_dir.join(NODE_FILE)
     }
 
-    /// Writes the file, readable by its owner only, replacing any earlier one.
+    /// Writes the file in `data_dir`, readable by its owner only, replacing any earlier one.
     pub fn write(&self, data_dir: &Path) -> std::io::Result<PathBuf> {
         let path = Self::path(data_dir);
-        let tmp = data_dir.join(format!("{NODE_FILE}.tmp"));
+        self.write_at(&path)?;
+        Ok(path)
+    }
+
+    /// Writes the file at `path` (through a temporary file and a rename, mode 0600).
+    fn write_at(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -43,23 +53,28 @@ impl NodeFile {
             options.mode(0o600);
         }
         let mut f = options.open(&tmp)?;
-        let doc =
-            json!({ "url": self.url, "token": self.token, "pid": self.pid, "node": self.node });
+        let doc = json!({
+            "url": self.url,
+            "token": self.token,
+            "pid": self.pid,
+            "node": self.node,
+            "data_dir": self.data_dir,
+        });
         f.write_all(doc.to_string().as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(path)
+        std::fs::rename(&tmp, path)
     }
 
     /// Reads the node file of `data_dir`.
     pub fn read(data_dir: &Path) -> Result<NodeFile, String> {
-        let path = Self::path(data_dir);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "cannot read {}: {e} (is `warren serve` running with this data dir?)",
-                path.display()
-            )
-        })?;
+        Self::read_at(&Self::path(data_dir))
+            .map_err(|e| format!("{e} (is `warren serve` running with this data dir?)"))
+    }
+
+    /// Reads a node file at `path`.
+    fn read_at(path: &Path) -> Result<NodeFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| format!("{} is not a node file: {e}", path.display()))?;
         let field = |k: &str| {
@@ -73,7 +88,132 @@ impl NodeFile {
             token: field("token")?,
             pid: v.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32,
             node: field("node").unwrap_or_default(),
+            data_dir: field("data_dir").unwrap_or_default(),
         })
+    }
+
+    /// Registers the node under its name in the runtime registry, unless another live
+    /// process holds that name there. Returns the registry file written.
+    pub fn register(&self) -> Result<PathBuf, String> {
+        let dir = registry_dir()?;
+        let path = dir.join(format!("{}.json", file_stem(&self.node)));
+        if let Ok(other) = Self::read_at(&path) {
+            if other.pid != self.pid && alive(other.pid) {
+                return Err(format!(
+                    "node {} is already registered in {} by process {} (data dir {}); `warren ctl` reaches this one with --data-dir",
+                    self.node,
+                    dir.display(),
+                    other.pid,
+                    other.data_dir
+                ));
+            }
+        }
+        self.write_at(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Removes a registry file written by [`NodeFile::register`] if it is still this
+/// process's.
+pub fn unregister(path: &Path) {
+    if NodeFile::read_at(path).is_ok_and(|nf| nf.pid == std::process::id()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The local nodes registered and running, by name.
+pub fn registered() -> Vec<NodeFile> {
+    let Ok(dir) = registry_dir() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<NodeFile> = entries
+        .flatten()
+        .take(MAX_REGISTERED)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| NodeFile::read_at(&e.path()).ok())
+        .filter(|nf| alive(nf.pid))
+        .collect();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    nodes
+}
+
+/// Most registry entries read (a registry is a handful of local nodes).
+const MAX_REGISTERED: usize = 1024;
+
+/// Where local nodes register: `$WARREN_RUNTIME_DIR`, else `/run/warren` for root, else
+/// `$XDG_RUNTIME_DIR/warren`, else `<temp dir>/warren-<uid>`. The directory is made with
+/// mode 0700 and refused unless it is this user's and private.
+pub fn registry_dir() -> Result<PathBuf, String> {
+    let uid = rustix::process::geteuid();
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = if let Some(dir) = env("WARREN_RUNTIME_DIR") {
+        dir
+    } else if uid.is_root() {
+        PathBuf::from("/run/warren")
+    } else if let Some(run) = env("XDG_RUNTIME_DIR") {
+        run.join("warren")
+    } else {
+        std::env::temp_dir().join(format!("warren-{}", uid.as_raw()))
+    };
+    private_dir(&dir, uid)?;
+    Ok(dir)
+}
+
+/// Makes `dir` (mode 0700) if missing; fails unless it is a directory owned by `uid` that
+/// no one else may write or read.
+fn private_dir(dir: &Path, uid: rustix::process::Uid) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != uid.as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not a private directory of this user (mode 0700): not used",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A node name as a file name: what is not alphanumeric, `@`, `-`, `_` or `.` becomes `_`.
+fn file_stem(node: &str) -> String {
+    node.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
+/// Whether process `pid` exists.
+fn alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
     }
 }
 
@@ -119,6 +259,7 @@ mod tests {
             token: new_token().unwrap(),
             pid: 7,
             node: "warren@h".into(),
+            data_dir: "/somewhere".into(),
         };
         assert_eq!(nf.token.len(), 64);
         let path = nf.write(dir.path()).unwrap();

@@ -1082,6 +1082,10 @@ fn frame_error(error: FrameError) -> ConnectionError {
         FrameError::UnknownFrameType(kind) => {
             ConnectionError::new(FRAME_ERROR, format!("unknown frame type {kind}"))
         }
+        FrameError::HeartbeatPayload(n) => ConnectionError::new(
+            FRAME_ERROR,
+            format!("heartbeat frame with a payload of {n} bytes"),
+        ),
         FrameError::Method { channel, error } => match error {
             DecodeError::UnknownClass(class_id) => ConnectionError::new(
                 NOT_IMPLEMENTED,

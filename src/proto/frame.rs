@@ -100,6 +100,8 @@ pub enum FrameError {
     BadFrameEnd(u8),
     /// The type octet is not method, header, body or heartbeat.
     UnknownFrameType(u8),
+    /// A heartbeat frame with a payload (RabbitMQ refuses it too).
+    HeartbeatPayload(u32),
     /// A method frame's payload could not be decoded.
     Method {
         /// The frame's channel.
@@ -124,6 +126,7 @@ impl fmt::Display for FrameError {
             }
             FrameError::BadFrameEnd(octet) => write!(f, "bad frame end octet {octet:#04x}"),
             FrameError::UnknownFrameType(kind) => write!(f, "unknown frame type {kind}"),
+            FrameError::HeartbeatPayload(n) => write!(f, "heartbeat frame with {n} payload bytes"),
             FrameError::Method { channel, error } => {
                 write!(f, "bad method frame on channel {channel}: {error}")
             }
@@ -148,7 +151,8 @@ impl std::error::Error for FrameError {
 /// On [`FrameError::TooLarge`], [`FrameError::BadFrameEnd`] and
 /// [`FrameError::UnknownFrameType`] the stream has lost its framing: nothing is consumed and
 /// the connection must close. On [`FrameError::Method`] and [`FrameError::Header`] the bad
-/// frame is consumed, since its boundaries were sound.
+/// frame is consumed, since its boundaries were sound; so is a heartbeat with a payload
+/// ([`FrameError::HeartbeatPayload`]), after which the connection must close too.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_frame_bytes: u32,
@@ -228,7 +232,8 @@ impl FrameDecoder {
                 channel,
                 payload: payload.freeze(),
             },
-            // A heartbeat's payload should be empty; like RabbitMQ we do not insist.
+            // A heartbeat's payload is empty; RabbitMQ closes the connection otherwise.
+            _ if payload_size > 0 => return Err(FrameError::HeartbeatPayload(payload_size)),
             _ => Frame::Heartbeat { channel },
         };
         Ok(Some(frame))
@@ -350,6 +355,23 @@ mod tests {
     use crate::proto::props::arb::properties;
     use proptest::prelude::*;
     use proptest::strategy::Union;
+
+    #[test]
+    fn a_heartbeat_with_a_payload_is_a_frame_error() {
+        let mut decoder = FrameDecoder::new(4096);
+        let mut buf =
+            BytesMut::from(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 2, b'x', b'x', FRAME_END][..]);
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Err(FrameError::HeartbeatPayload(2))
+        );
+        let mut buf = BytesMut::new();
+        encode_heartbeat(&mut buf);
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Ok(Some(Frame::Heartbeat { channel: 0 }))
+        );
+    }
 
     #[test]
     fn zero_copy_content_is_the_same_bytes_without_copying_the_body() {

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// Where durable state lives.
     pub data_dir: PathBuf,
+    /// The node's name (`warren@<hostname>` if none), as `warren ctl -n` and the HTTP API
+    /// know it.
+    pub node_name: Option<String>,
     /// Most simultaneous client connections.
     pub max_connections: usize,
     /// A connection whose socket takes no byte of its pending output for this long is
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             amqp_port: 5672,
             http_port: 15672,
             data_dir: PathBuf::from("warren-data"),
+            node_name: None,
             max_connections: 65_536,
             send_timeout_ms: 15_000,
             max_handshakes_per_address: 64,

@@ -30,6 +30,9 @@ pub struct Server {
     pub port: u16,
     pub http_port: u16,
     pub data_dir: tempfile::TempDir,
+    /// Where it registers for `warren ctl` (its own, so that test servers stay out of
+    /// the machine's registry).
+    pub runtime_dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -79,7 +82,9 @@ impl Server {
                 c
             }
         };
+        let runtime_dir = tempfile::tempdir().unwrap();
         let mut child = command
+            .env("WARREN_RUNTIME_DIR", runtime_dir.path().join("run"))
             // The kernel picks free ports; the server says which on stdout.
             .args(["serve", "--amqp-port", "0", "--http-port", "0"])
             .arg("--data-dir")
@@ -142,6 +147,7 @@ impl Server {
             port,
             http_port,
             data_dir,
+            runtime_dir,
         })
     }
 

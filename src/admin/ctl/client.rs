@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 
-use super::super::nodefile::NodeFile;
+use super::super::nodefile::{NodeFile, registered};
 use super::{CtlArgs, CtlResult, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_UNAVAILABLE, Failure};
 
 /// Talks to one node's HTTP API.
@@ -34,20 +34,16 @@ impl Client {
             )
         };
         let (base, auth, node_name) = match &args.node {
-            Some(url) => {
+            Some(url) if url.contains("://") => {
                 let (Some(user), Some(pass)) = (&args.username, &args.password) else {
                     return Err(Failure::usage(
-                        "--node needs --username and --password (or WARREN_USERNAME/WARREN_PASSWORD)",
+                        "--node URL needs --username and --password (or WARREN_USERNAME/WARREN_PASSWORD)",
                     ));
                 };
                 (url.clone(), basic(user, pass), url.clone())
             }
-            None => {
-                let dir = args.data_dir.clone().unwrap_or(default_data_dir);
-                let nf = NodeFile::read(&dir).map_err(|e| Failure {
-                    code: EX_UNAVAILABLE,
-                    message: format!("Error: unable to find the local node: {e}"),
-                })?;
+            name => {
+                let nf = find_local_node(args, name.as_deref(), default_data_dir)?;
                 let auth = match (&args.username, &args.password) {
                     (Some(u), Some(p)) => basic(u, p),
                     _ => format!("Bearer {}", nf.token),
@@ -182,4 +178,57 @@ pub(super) fn seg(s: &str) -> String {
         }
     }
     out
+}
+
+/// The local node to talk to: the one named `name` among the registered nodes; else the
+/// node of `--data-dir`; else the only registered node; else the node of the default data
+/// dir. Several registered nodes and no name is an error that lists them.
+fn find_local_node(
+    args: &CtlArgs,
+    name: Option<&str>,
+    default_data_dir: PathBuf,
+) -> CtlResult<NodeFile> {
+    let unavailable = |message: String| Failure {
+        code: EX_UNAVAILABLE,
+        message,
+    };
+    let listed = |nodes: &[NodeFile]| {
+        nodes
+            .iter()
+            .map(|n| format!("  {} (pid {}, data dir {})", n.node, n.pid, n.data_dir))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if let Some(name) = name {
+        let nodes = registered();
+        return nodes
+            .iter()
+            .find(|n| n.node == name)
+            .cloned()
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "Error: no local node named {name} is running. Running here:\n{}",
+                    if nodes.is_empty() {
+                        "  none".to_string()
+                    } else {
+                        listed(&nodes)
+                    }
+                ))
+            });
+    }
+    if let Some(dir) = &args.data_dir {
+        return NodeFile::read(dir)
+            .map_err(|e| unavailable(format!("Error: unable to find the local node: {e}")));
+    }
+    let nodes = registered();
+    match nodes.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => NodeFile::read(&default_data_dir)
+            .map_err(|e| unavailable(format!("Error: unable to find the local node: {e}"))),
+        several => Err(unavailable(format!(
+            "Error: {} local nodes are running; choose one with -n NAME (or --data-dir):\n{}",
+            several.len(),
+            listed(several)
+        ))),
+    }
 }

@@ -23,7 +23,8 @@ use table::*;
 #[derive(clap::Args, Debug)]
 #[command(after_help = COMMANDS_HELP)]
 pub struct CtlArgs {
-    /// A remote node's HTTP API, e.g. http://broker:15672 (needs --username/--password).
+    /// A local node's name (as `warren serve --node-name` gave it, e.g. warren@host), or a
+    /// remote node's HTTP API, e.g. http://broker:15672 (needs --username/--password).
     #[arg(long, short = 'n', env = "WARREN_NODE")]
     pub node: Option<String>,
     /// User for basic auth (instead of the local node file's token).
@@ -32,7 +33,8 @@ pub struct CtlArgs {
     /// Password for basic auth.
     #[arg(long, env = "WARREN_PASSWORD")]
     pub password: Option<String>,
-    /// Data dir of the local node, where its node file is [default: warren serve's].
+    /// Data dir of the local node, where its node file is [default: the only node
+    /// running here, else warren serve's default data dir].
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The command and its arguments, as rabbitmqctl takes them.

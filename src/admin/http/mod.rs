@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use crate::broker::admin::{Actor, AdminError, AdminErrorKind, AdminReply, AdminRequest, Whoami};
 use crate::server::AdminHandle;
 
-use super::nodefile::{NodeFile, new_token, node_name, same_secret};
+use super::nodefile::{NodeFile, new_token, node_name, same_secret, unregister};
 use super::rates::RateTracker;
 
 /// Where and how to serve.
@@ -51,6 +51,8 @@ pub struct HttpSettings {
     pub data_dir: PathBuf,
     /// The AMQP listener's address (for listings and health checks).
     pub amqp: SocketAddr,
+    /// The node's name (`warren@<hostname>` if none).
+    pub node_name: Option<String>,
 }
 
 /// A running HTTP API.
@@ -60,13 +62,18 @@ pub struct HttpServer {
     pub local: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     node_file: PathBuf,
+    /// The node's entry in the runtime registry, if it has one.
+    registered: Option<PathBuf>,
 }
 
 impl HttpServer {
-    /// Stops serving and removes the node file.
+    /// Stops serving and removes the node file and the registry entry.
     pub fn stop(self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.node_file);
+        if let Some(path) = &self.registered {
+            unregister(path);
+        }
     }
 }
 
@@ -101,15 +108,24 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
         Err(e) => return Err(e),
     };
     let local = listener.local_addr()?;
-    let node = node_name();
+    let node = settings.node_name.clone().unwrap_or_else(node_name);
     let token = new_token()?;
-    let node_file = NodeFile {
+    let file = NodeFile {
         url: format!("http://{}", loopback_address(local)),
         token: token.clone(),
         pid: std::process::id(),
         node: node.clone(),
-    }
-    .write(&settings.data_dir)?;
+        data_dir: settings.data_dir.display().to_string(),
+    };
+    let node_file = file.write(&settings.data_dir)?;
+    // `warren ctl` with no flags finds the node here, whatever its data dir.
+    let registered = match file.register() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            tracing::warn!("not registered for `warren ctl`: {e}");
+            None
+        }
+    };
     let ctx = Arc::new(Ctx {
         core,
         token,
@@ -133,6 +149,7 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
         local,
         task,
         node_file,
+        registered,
     })
 }
 
