@@ -676,9 +676,16 @@ impl Harness {
                             let levels = input.levels();
                             arguments.insert("x-nest", input.nested(levels));
                         }
+                        let kind = ["direct", "fanout", "topic", "headers", "x-consistent-hash"]
+                            [input.u(5)];
+                        if kind == "x-consistent-hash" && input.bit() {
+                            let on = ["hash-header", "hash-property"][input.u(2)];
+                            let what = ["h", "message_id", "timestamp", "body"][input.u(4)];
+                            arguments.insert(on, text(what));
+                        }
                         Method::ExchangeDeclare(ExchangeDeclare {
                             exchange: ["x", "y"][input.u(2)].into(),
-                            kind: ["direct", "fanout", "topic", "headers"][input.u(4)].into(),
+                            kind: kind.into(),
                             durable: input.bit(),
                             arguments,
                             ..Default::default()

@@ -226,6 +226,10 @@ impl Broker {
             )));
         }
         check_table_limits(&m.arguments, "exchange", name, vhost)?;
+        if let Some(kind) = ExchangeKind::parse(&m.kind) {
+            kind.check_arguments(&m.arguments)
+                .map_err(precondition_failed)?;
+        }
         if let Some(ae) = m.arguments.get("alternate-exchange") {
             let Some(ae) = ae.as_str() else {
                 return Err(precondition_failed(format!(
@@ -709,12 +713,20 @@ impl Broker {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| not_found(format!("no {}", resource("exchange", source, vhost))))?;
+        let max = if x.kind == ExchangeKind::ConsistentHash {
+            max.min(super::exchange::MAX_HASH_BINDINGS)
+        } else {
+            max
+        };
         if x.binding_count() >= max {
             return Err(precondition_failed(format!(
                 "{} has the maximum of {max} bindings",
                 resource("exchange", source, vhost)
             )));
         }
+        x.kind
+            .check_binding(&binding)
+            .map_err(precondition_failed)?;
         let record = (x.durable && durable_destination)
             .then(|| binding_record(vhost, source, &binding, &queue_name));
         if x.bind(binding.clone()) {

@@ -12,7 +12,7 @@ use super::topic::TopicTrie;
 /// Identity of a queue for the life of the broker (and, for durable queues, in the store).
 pub type QueueId = u64;
 
-/// The four exchange types.
+/// The exchange types: AMQP's four and the consistent-hash exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
     /// Routes on exact routing key.
@@ -23,6 +23,10 @@ pub enum ExchangeKind {
     Topic,
     /// Routes on message headers (`x-match` all or any).
     Headers,
+    /// `x-consistent-hash` (RabbitMQ's plugin): each message goes to one binding, chosen
+    /// by a hash of its routing key (or a header or property), with the bindings'
+    /// weights given as their binding keys.
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -33,6 +37,7 @@ impl ExchangeKind {
             "fanout" => Some(ExchangeKind::Fanout),
             "topic" => Some(ExchangeKind::Topic),
             "headers" => Some(ExchangeKind::Headers),
+            "x-consistent-hash" => Some(ExchangeKind::ConsistentHash),
             _ => None,
         }
     }
@@ -44,8 +49,206 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
         }
     }
+
+    /// Checks the declaration arguments this type reads; the error is RabbitMQ's text.
+    pub fn check_arguments(self, arguments: &FieldTable) -> Result<(), String> {
+        if self != ExchangeKind::ConsistentHash {
+            return Ok(());
+        }
+        hash_on(arguments).map(|_| ())
+    }
+
+    /// Checks a binding this type would take: for `x-consistent-hash`, a weight.
+    pub fn check_binding(self, binding: &Binding) -> Result<(), String> {
+        if self != ExchangeKind::ConsistentHash {
+            return Ok(());
+        }
+        weight(&binding.routing_key).map(|_| ())
+    }
+}
+
+/// Most bindings of an `x-consistent-hash` exchange: its ring is rebuilt when they change.
+pub const MAX_HASH_BINDINGS: usize = 1_000;
+
+/// Largest binding weight of an `x-consistent-hash` exchange.
+pub const MAX_HASH_WEIGHT: u64 = 1_000_000;
+
+/// A consistent-hash binding's weight: its binding key, an integer from 1 to
+/// [`MAX_HASH_WEIGHT`].
+fn weight(key: &str) -> Result<u64, String> {
+    match key.trim().parse::<i64>() {
+        Ok(n) if n < 1 => Err("The binding key must be greater than 0".into()),
+        Ok(n) if n as u64 > MAX_HASH_WEIGHT => {
+            Err(format!("The binding key must be at most {MAX_HASH_WEIGHT}"))
+        }
+        Ok(n) => Ok(n as u64),
+        Err(_) => Err(format!(
+            "The binding key must be an integer: <<\"{}\">>",
+            key.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+/// What a consistent-hash exchange hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HashOn {
+    RoutingKey,
+    /// A header's value (messages without it are not routed).
+    Header(String),
+    /// A message property (messages without it are not routed).
+    Property(HashProperty),
+}
+
+/// The properties a consistent-hash exchange may hash on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashProperty {
+    MessageId,
+    CorrelationId,
+    Timestamp,
+    AppId,
+    Type,
+    UserId,
+    ReplyTo,
+    ContentType,
+    ContentEncoding,
+    Priority,
+    DeliveryMode,
+    Expiration,
+    ClusterId,
+}
+
+impl HashProperty {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "message_id" => HashProperty::MessageId,
+            "correlation_id" => HashProperty::CorrelationId,
+            "timestamp" => HashProperty::Timestamp,
+            "app_id" => HashProperty::AppId,
+            "type" => HashProperty::Type,
+            "user_id" => HashProperty::UserId,
+            "reply_to" => HashProperty::ReplyTo,
+            "content_type" => HashProperty::ContentType,
+            "content_encoding" => HashProperty::ContentEncoding,
+            "priority" => HashProperty::Priority,
+            "delivery_mode" => HashProperty::DeliveryMode,
+            "expiration" => HashProperty::Expiration,
+            "cluster_id" => HashProperty::ClusterId,
+            _ => return None,
+        })
+    }
+}
+
+/// The `hash-header` / `hash-property` arguments of a consistent-hash exchange.
+fn hash_on(arguments: &FieldTable) -> Result<HashOn, String> {
+    let text = |key: &str| -> Result<Option<&str>, String> {
+        match arguments.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| format!("{key} must be a string")),
+        }
+    };
+    match (text("hash-header")?, text("hash-property")?) {
+        (Some(_), Some(_)) => Err("hash-header and hash-property are mutually exclusive".into()),
+        (Some(h), None) => Ok(HashOn::Header(h.to_string())),
+        (None, Some(p)) => HashProperty::parse(p)
+            .map(HashOn::Property)
+            .ok_or_else(|| format!("hash-property '{p}' is not a message property")),
+        (None, None) => Ok(HashOn::RoutingKey),
+    }
+}
+
+/// A consistent-hash exchange's ring: each binding owns as many buckets as its weight,
+/// in the order the bindings were made; a message's hash picks a bucket with jump
+/// consistent hashing, so that adding a binding moves only the messages it takes.
+#[derive(Debug, Clone)]
+struct HashRing {
+    on: HashOn,
+    /// Each binding's destination with the end (exclusive) of its buckets.
+    ends: Vec<(u64, Destination)>,
+}
+
+impl HashRing {
+    fn rebuild(&mut self, bindings: &BTreeMap<u64, Arc<Binding>>) {
+        self.ends.clear();
+        let mut end = 0u64;
+        for b in bindings.values() {
+            // Bindings were checked when made; one that is not a weight owns nothing.
+            let w = weight(&b.routing_key).unwrap_or(0);
+            if w > 0 {
+                end += w;
+                self.ends.push((end, b.destination.clone()));
+            }
+        }
+    }
+
+    /// The destination a message goes to, if any.
+    fn pick(
+        &self,
+        routing_key: &str,
+        message: Option<&crate::proto::props::BasicProperties>,
+        headers: Option<&FieldTable>,
+        work: &mut u64,
+    ) -> Option<&Destination> {
+        let total = self.ends.last()?.0;
+        let key: std::borrow::Cow<'_, [u8]> = match &self.on {
+            HashOn::RoutingKey => routing_key.as_bytes().into(),
+            HashOn::Header(h) => {
+                let value = headers?.get(h)?;
+                let mut out = bytes::BytesMut::new();
+                value.encode(&mut out);
+                out.to_vec().into()
+            }
+            HashOn::Property(p) => property_bytes(*p, message?)?.into(),
+        };
+        let bucket = jump_hash(fnv1a(&key), total, work);
+        let i = self.ends.partition_point(|(end, _)| *end <= bucket);
+        self.ends.get(i).map(|(_, d)| d)
+    }
+}
+
+/// A property's value as bytes, if the message has it.
+fn property_bytes(p: HashProperty, m: &crate::proto::props::BasicProperties) -> Option<Vec<u8>> {
+    let s = |v: &Option<String>| v.as_ref().map(|v| v.as_bytes().to_vec());
+    match p {
+        HashProperty::MessageId => s(&m.message_id),
+        HashProperty::CorrelationId => s(&m.correlation_id),
+        HashProperty::AppId => s(&m.app_id),
+        HashProperty::Type => s(&m.kind),
+        HashProperty::UserId => s(&m.user_id),
+        HashProperty::ReplyTo => s(&m.reply_to),
+        HashProperty::ContentType => s(&m.content_type),
+        HashProperty::ContentEncoding => s(&m.content_encoding),
+        HashProperty::Expiration => s(&m.expiration),
+        HashProperty::ClusterId => s(&m.cluster_id),
+        HashProperty::Timestamp => m.timestamp.map(|t| t.to_be_bytes().to_vec()),
+        HashProperty::Priority => m.priority.map(|p| vec![p]),
+        HashProperty::DeliveryMode => m.delivery_mode.map(|d| vec![d]),
+    }
+}
+
+/// FNV-1a: a fixed hash, so that a key goes to the same binding in every run.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Jump consistent hash (Lamping and Veach): a bucket in `0..buckets` for `key`, moving
+/// only 1/n of the keys when a bucket is added. Takes about ln(buckets) steps.
+fn jump_hash(mut key: u64, buckets: u64, work: &mut u64) -> u64 {
+    let (mut b, mut j) = (0u64, 0u64);
+    while j < buckets {
+        *work += 1;
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as u64;
+    }
+    b
 }
 
 /// Where a binding leads.
@@ -78,6 +281,8 @@ enum Index {
     Topic(TopicTrie<Destination>),
     /// Headers exchanges compare each binding's table with the message's headers.
     Headers,
+    /// Consistent-hash exchanges pick one binding by the message's hash.
+    Hash(HashRing),
 }
 
 /// An exchange's bindings, indexed so that adding one, removing one, and removing every
@@ -138,6 +343,10 @@ impl Exchange {
             ExchangeKind::Fanout => Index::Fanout,
             ExchangeKind::Topic => Index::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Index::Headers,
+            ExchangeKind::ConsistentHash => Index::Hash(HashRing {
+                on: hash_on(&arguments).unwrap_or(HashOn::RoutingKey),
+                ends: Vec::new(),
+            }),
         };
         Exchange {
             name: name.to_string(),
@@ -187,7 +396,7 @@ impl Exchange {
                     .or_insert(0) += 1;
             }
             Index::Topic(trie) => trie.insert(&binding.routing_key, binding.destination.clone()),
-            Index::Fanout | Index::Headers => {}
+            Index::Fanout | Index::Headers | Index::Hash(_) => {}
         }
         let b = &mut self.bindings;
         let id = b.next_id;
@@ -200,6 +409,9 @@ impl Exchange {
         b.order.insert(id, binding.clone());
         b.ids.insert(binding, id);
         debug_assert_eq!(b.ids.len(), b.order.len());
+        if let Index::Hash(ring) = &mut self.index {
+            ring.rebuild(&self.bindings.order);
+        }
         true
     }
 
@@ -289,6 +501,7 @@ impl Exchange {
             Index::Topic(trie) => {
                 trie.remove(&binding.routing_key, &binding.destination);
             }
+            Index::Hash(ring) => ring.rebuild(&self.bindings.order),
             Index::Fanout | Index::Headers => {}
         }
     }
@@ -302,12 +515,18 @@ impl Exchange {
     pub fn route<'a>(
         &'a self,
         routing_key: &str,
-        headers: Option<&FieldTable>,
+        properties: &crate::proto::props::BasicProperties,
         work: &mut u64,
         found: &mut impl FnMut(&'a Destination),
     ) {
         *work += 1;
+        let headers = properties.headers.as_ref();
         match &self.index {
+            Index::Hash(ring) => {
+                if let Some(d) = ring.pick(routing_key, Some(properties), headers, work) {
+                    found(d);
+                }
+            }
             Index::Direct(map) => {
                 if let Some(dests) = map.get(routing_key) {
                     *work += dests.len() as u64;
@@ -497,11 +716,15 @@ mod tests {
         assert!(x.bind(b.clone()));
         assert!(!x.bind(b.clone()));
         let mut hits = Vec::new();
-        x.route("k", None, &mut 0, &mut |d| hits.push(d.clone()));
+        x.route("k", &Default::default(), &mut 0, &mut |d| {
+            hits.push(d.clone())
+        });
         assert_eq!(hits, [Destination::Queue(1)]);
         assert!(x.unbind(&b));
         hits.clear();
-        x.route("k", None, &mut 0, &mut |d| hits.push(d.clone()));
+        x.route("k", &Default::default(), &mut 0, &mut |d| {
+            hits.push(d.clone())
+        });
         assert!(hits.is_empty());
     }
 }

@@ -19,6 +19,8 @@ mod error;
 mod exchange;
 mod flow;
 #[cfg(test)]
+mod hash_exchange_tests;
+#[cfg(test)]
 mod hostile_tests;
 mod limits;
 mod paging;

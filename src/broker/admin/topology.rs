@@ -211,6 +211,7 @@ impl Broker {
         }
         self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
         check_table(&arguments, "arguments")?;
+        parsed.check_arguments(&arguments).map_err(bad_request)?;
         let m = ExchangeDeclare {
             exchange: name.to_string(),
             kind: kind.to_string(),

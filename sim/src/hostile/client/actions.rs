@@ -6,7 +6,7 @@ use rand::Rng;
 
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
-use warren::proto::table::FieldTable;
+use warren::proto::table::{FieldTable, FieldValue};
 
 use super::{
     CH_OTHER, CH_PUB, ChanState, HOSTILE_ID_PREFIX, HostileClient, REPLY_TO, UNACKED_MAX,
@@ -120,6 +120,16 @@ impl HostileClient {
         match kind {
             "topic" => (self.g.topic_pattern(), FieldTable::new()),
             "headers" if f.headers => (String::new(), self.g.headers_binding()),
+            // Weights, and now and then one that is not (refused with a 406).
+            "x-consistent-hash" => {
+                let key = match self.g.rng.gen_range(0..8) {
+                    0 => "zero".to_string(),
+                    1 => "0".to_string(),
+                    2 => "1000000".to_string(),
+                    _ => self.g.rng.gen_range(1..=10).to_string(),
+                };
+                (key, FieldTable::new())
+            }
             _ => {
                 let key = if !self.queues.is_empty() && self.g.one_in(2) {
                     self.queues[self.g.rng.gen_range(0..self.queues.len())]
@@ -185,13 +195,23 @@ impl HostileClient {
         if f.headers {
             kinds.extend(["headers", "headers"]);
         }
+        kinds.push("x-consistent-hash");
         if self.g.one_in(20) {
             kinds = vec!["x-bogus"];
         }
         let kind = kinds[self.g.rng.gen_range(0..kinds.len())];
         let name = self.g.name(&self.reserved);
         let exchanges = self.exchange_names();
-        let arguments = self.g.exchange_arguments(&name, &exchanges);
+        let mut arguments = self.g.exchange_arguments(&name, &exchanges);
+        if kind == "x-consistent-hash" && self.g.one_in(3) {
+            let (on, what) = [
+                ("hash-header", "k0"),
+                ("hash-property", "message_id"),
+                ("hash-property", "priority"),
+                ("hash-property", "no-such-property"),
+            ][self.g.rng.gen_range(0..4)];
+            arguments.insert(on, FieldValue::LongStr(what.into()));
+        }
         let m = ExchangeDeclare {
             exchange: name.clone(),
             kind: kind.into(),

@@ -423,7 +423,7 @@ async function exchangesPage(vhost, name) {
     h('div', { class: 'fields' },
       field('Virtual host', 'vhost', vhostSelect()),
       field('Name', 'name', input({ required: true })),
-      field('Type', 'type', select(['direct', 'fanout', 'topic', 'headers'])),
+      field('Type', 'type', select(['direct', 'fanout', 'topic', 'headers', 'x-consistent-hash'])),
       field('Durable', 'durable', checkbox(true)),
       field('Auto-delete', 'auto_delete', checkbox(false)),
       field('Internal', 'internal', checkbox(false)),
