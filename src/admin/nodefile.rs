@@ -97,16 +97,17 @@ impl NodeFile {
     pub fn register(&self) -> Result<PathBuf, String> {
         let dir = registry_dir()?;
         let path = dir.join(format!("{}.json", file_stem(&self.node)));
-        if let Ok(other) = Self::read_at(&path) {
-            if other.pid != self.pid && alive(other.pid) {
-                return Err(format!(
-                    "node {} is already registered in {} by process {} (data dir {}); `warren ctl` reaches this one with --data-dir",
-                    self.node,
-                    dir.display(),
-                    other.pid,
-                    other.data_dir
-                ));
-            }
+        if let Ok(other) = Self::read_at(&path)
+            && other.pid != self.pid
+            && alive(other.pid)
+        {
+            return Err(format!(
+                "node {} is already registered in {} by process {} (data dir {}); `warren ctl` reaches this one with --data-dir",
+                self.node,
+                dir.display(),
+                other.pid,
+                other.data_dir
+            ));
         }
         self.write_at(&path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
