@@ -31,7 +31,7 @@ enum Command {
 
 /// Settings come from flags, then environment variables, then the config file, then
 /// defaults.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// TOML config file (see README for its keys: limits, send timeout, handshakes per
     /// address, store reserve, alarms).
@@ -192,7 +192,14 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, sync = %store_options.sync, "starting warren");
-    match runtime.block_on(warren::node::run(config, store, seed, shutdown_signal())) {
+    let reloads = reload_on_hangup(&runtime, args);
+    match runtime.block_on(warren::node::run(
+        config,
+        store,
+        seed,
+        shutdown_signal(),
+        reloads,
+    )) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -249,6 +256,44 @@ fn fit_descriptors(config: &mut ServerConfig, store: &mut StoreOptions) -> Resul
     config.max_connections = plan.max_connections;
     store.max_open_files = plan.store_files;
     Ok(())
+}
+
+/// On each SIGHUP (`systemctl reload warren`), reads the settings again as at start
+/// (flags, environment, config file) and hands them to the node, which takes what may
+/// change while it runs; a file that does not parse is reported and changes nothing.
+fn reload_on_hangup(
+    runtime: &tokio::runtime::Runtime,
+    args: ServeArgs,
+) -> Option<tokio::sync::mpsc::Receiver<Box<ServerConfig>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match runtime.block_on(async { signal(SignalKind::hangup()) }) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the config cannot be reloaded");
+            return None;
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    runtime.spawn(async move {
+        while hangups.recv().await.is_some() {
+            let mut config = match server_config(&args) {
+                Ok((config, _)) => config,
+                Err(e) => {
+                    tracing::error!("config not reloaded: {e}");
+                    continue;
+                }
+            };
+            let mut store = StoreOptions::default();
+            if let Err(e) = fit_descriptors(&mut config, &mut store) {
+                tracing::error!("config not reloaded: {e}");
+                continue;
+            }
+            if tx.send(Box::new(config)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Some(rx)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

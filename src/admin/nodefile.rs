@@ -123,49 +123,86 @@ pub fn unregister(path: &Path) {
     }
 }
 
-/// The local nodes registered and running, by name.
+/// The local nodes registered and running, by name, from every registry this user may
+/// read ([`registry_dirs_to_read`]).
 pub fn registered() -> Vec<NodeFile> {
-    let Ok(dir) = registry_dir() else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut nodes: Vec<NodeFile> = entries
-        .flatten()
-        .take(MAX_REGISTERED)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| NodeFile::read_at(&e.path()).ok())
-        .filter(|nf| alive(nf.pid))
-        .collect();
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut nodes: Vec<NodeFile> = Vec::new();
+    for dir in registry_dirs_to_read() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        nodes.extend(
+            entries
+                .flatten()
+                .take(MAX_REGISTERED)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| NodeFile::read_at(&e.path()).ok())
+                .filter(|nf| alive(nf.pid)),
+        );
+    }
+    nodes.sort_by(|a, b| (&a.node, a.pid).cmp(&(&b.node, b.pid)));
+    nodes.dedup_by(|a, b| a.node == b.node && a.pid == b.pid);
     nodes
 }
 
 /// Most registry entries read (a registry is a handful of local nodes).
 const MAX_REGISTERED: usize = 1024;
 
-/// Where local nodes register: `$WARREN_RUNTIME_DIR`, else `/run/warren` for root, else
-/// `$XDG_RUNTIME_DIR/warren`, else `<temp dir>/warren-<uid>`. The directory is made with
-/// mode 0700 and refused unless it is this user's and private.
+/// The system registry, where a node run as a service registers (systemd's
+/// `RuntimeDirectory=warren`).
+const SYSTEM_REGISTRY: &str = "/run/warren";
+
+fn env_dir(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The registry of this user: `$XDG_RUNTIME_DIR/warren`, else `<temp dir>/warren-<uid>`.
+fn user_registry(uid: rustix::process::Uid) -> PathBuf {
+    match env_dir("XDG_RUNTIME_DIR") {
+        Some(run) => run.join("warren"),
+        None => std::env::temp_dir().join(format!("warren-{}", uid.as_raw())),
+    }
+}
+
+/// Where a node registers: `$WARREN_RUNTIME_DIR`, else `/run/warren` for root, else
+/// this user's registry. The directory is made with mode 0700 and refused unless it is
+/// this user's and private.
 pub fn registry_dir() -> Result<PathBuf, String> {
     let uid = rustix::process::geteuid();
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = if let Some(dir) = env("WARREN_RUNTIME_DIR") {
+    let dir = if let Some(dir) = env_dir("WARREN_RUNTIME_DIR") {
         dir
     } else if uid.is_root() {
-        PathBuf::from("/run/warren")
-    } else if let Some(run) = env("XDG_RUNTIME_DIR") {
-        run.join("warren")
+        PathBuf::from(SYSTEM_REGISTRY)
     } else {
-        std::env::temp_dir().join(format!("warren-{}", uid.as_raw()))
+        user_registry(uid)
     };
     private_dir(&dir, uid)?;
     Ok(dir)
+}
+
+/// Where `warren ctl` looks: `$WARREN_RUNTIME_DIR` alone if set; else the system registry
+/// and this user's. A directory is read only if no one but its owner may write to it,
+/// and its owner is this user, root, or (for root) anyone: a service's registry is its
+/// own user's.
+pub fn registry_dirs_to_read() -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid();
+    let candidates = match env_dir("WARREN_RUNTIME_DIR") {
+        Some(dir) => vec![dir],
+        None => vec![PathBuf::from(SYSTEM_REGISTRY), user_registry(uid)],
+    };
+    candidates
+        .into_iter()
+        .filter(|dir| {
+            std::fs::symlink_metadata(dir).is_ok_and(|m| {
+                m.is_dir()
+                    && m.mode() & 0o022 == 0
+                    && (uid.is_root() || m.uid() == uid.as_raw() || m.uid() == 0)
+            })
+        })
+        .collect()
 }
 
 /// Makes `dir` (mode 0700) if missing; fails unless it is a directory owned by `uid` that

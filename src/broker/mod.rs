@@ -475,6 +475,16 @@ impl Broker {
         broker
     }
 
+    /// Takes the settings that may change while running (a reload of the config file):
+    /// the memory budgets, the alarm limits and the loopback-only users. The rest (the
+    /// defaults created on first start, the client limits) keeps its value; alarms are
+    /// judged against the new limits at the next resource reading.
+    pub fn reload_config(&mut self, new: &BrokerConfig) {
+        self.config.memory = new.memory.clone();
+        self.config.alarms = new.alarms.clone();
+        self.config.loopback_users = new.loopback_users.clone();
+    }
+
     /// Reseeds the generator of secrets from `seed` (the server passes the OS's entropy;
     /// the simulator keeps the one derived from the broker's seed, for replays).
     pub fn reseed_secrets(&mut self, seed: [u8; 32]) {

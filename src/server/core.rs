@@ -46,6 +46,8 @@ pub enum CoreMsg {
     },
     /// Close every connection; the server is stopping.
     Shutdown,
+    /// The config file was read again: take its reloadable broker settings.
+    Reload(Box<crate::broker::BrokerConfig>),
     /// An administrative request (`warren ctl`, the HTTP API); answered on `reply` once
     /// its durable changes are synced.
     Admin {
@@ -198,6 +200,7 @@ impl Driver {
                 }
             }
             CoreMsg::Shutdown => broker.close_all_connections("shutdown", now),
+            CoreMsg::Reload(config) => broker.reload_config(&config),
             CoreMsg::Admin { request, reply } => {
                 let id = self.next_admin;
                 self.next_admin += 1;

@@ -45,6 +45,11 @@ impl Handshakes {
         }
     }
 
+    /// Changes the limit for claims from now on (a config reload); claims held stay.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     fn counts(&self) -> MutexGuard<'_, HashMap<Peer, usize>> {
         // The map holds plain counts: a panic elsewhere cannot leave it inconsistent.
         match self.counts.lock() {

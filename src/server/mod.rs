@@ -136,6 +136,8 @@ pub struct Amqp {
     core: tokio::task::JoinHandle<std::io::Result<()>>,
     app_running: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
+    /// Configs read again on SIGHUP ([`Amqp::set_reloads`]).
+    reloads: Option<mpsc::Receiver<Box<ServerConfig>>>,
 }
 
 /// Recovers the broker from `store`, binds the AMQP port and starts the core task; clients
@@ -182,6 +184,7 @@ pub async fn start(
         core,
         app_running,
         live: Arc::new(AtomicUsize::new(0)),
+        reloads: None,
     })
 }
 
@@ -217,8 +220,8 @@ impl Amqp {
         &mut self,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let handshakes = handshakes::Handshakes::new(self.config.max_handshakes_per_address);
-        let settings = conn::ConnSettings {
+        let mut handshakes = handshakes::Handshakes::new(self.config.max_handshakes_per_address);
+        let mut settings = conn::ConnSettings {
             send_timeout: std::time::Duration::from_millis(self.config.send_timeout_ms),
         };
         let mut backoff = AcceptBackoff::default();
@@ -245,6 +248,9 @@ impl Amqp {
                     }
                 }
                 _ = self::core::sleep_until(paused_until), if paused_until.is_some() => backoff.resume(),
+                Some(new) = next_reload(&mut self.reloads) => {
+                    self.reload(*new, &mut handshakes, &mut settings).await;
+                }
                 _ = &mut shutdown => return Ok(()),
                 result = &mut self.core => {
                     // The core stops early only if the store worker died.
@@ -256,6 +262,56 @@ impl Amqp {
                 }
             }
         }
+    }
+
+    /// Takes a config read again (SIGHUP): connection limits, timeouts and the settings
+    /// offered to new connections at once, the broker's budgets and alarm limits through
+    /// the core. Where to listen and store changes only with a restart.
+    async fn reload(
+        &mut self,
+        new: ServerConfig,
+        handshakes: &mut handshakes::Handshakes,
+        settings: &mut conn::ConnSettings,
+    ) {
+        let old = &self.config;
+        if (new.bind, new.amqp_port, new.http_port, &new.data_dir)
+            != (old.bind, old.amqp_port, old.http_port, &old.data_dir)
+        {
+            tracing::warn!("bind, ports and data_dir change only with a restart");
+        }
+        handshakes.set_limit(new.max_handshakes_per_address);
+        settings.send_timeout = std::time::Duration::from_millis(new.send_timeout_ms);
+        if self
+            .core_tx
+            .send(CoreMsg::Reload(Box::new(new.broker.clone())))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker core is gone; its settings were not reloaded");
+        }
+        let config = &mut self.config;
+        config.max_connections = new.max_connections;
+        config.send_timeout_ms = new.send_timeout_ms;
+        config.max_handshakes_per_address = new.max_handshakes_per_address;
+        config.connection = new.connection;
+        config.broker = new.broker;
+        tracing::info!(
+            max_connections = config.max_connections,
+            send_timeout_ms = config.send_timeout_ms,
+            max_handshakes_per_address = config.max_handshakes_per_address,
+            frame_max = config.connection.frame_max_bytes,
+            channel_max = config.connection.channel_max,
+            heartbeat_s = config.connection.heartbeat_s,
+            max_message_bytes = config.connection.max_message_bytes,
+            memory_high_watermark = config.broker.alarms.memory_high_watermark,
+            disk_free_limit_bytes = config.broker.alarms.disk_free_limit_bytes,
+            "configuration reloaded"
+        );
+    }
+
+    /// Hands `accept_until` the configs read again on SIGHUP.
+    pub fn set_reloads(&mut self, reloads: mpsc::Receiver<Box<ServerConfig>>) {
+        self.reloads = Some(reloads);
     }
 
     /// Whether a socket from `peer` may start a connection: the app runs (the broker
@@ -482,5 +538,21 @@ mod tests {
         assert_eq!(r.log(), None);
         r.last_log = r.last_log.map(|t| t - std::time::Duration::from_secs(2));
         assert_eq!(r.log(), Some(2));
+    }
+}
+
+/// The next reloaded config, or never if there is no reload channel (or it closed).
+async fn next_reload(
+    reloads: &mut Option<mpsc::Receiver<Box<ServerConfig>>>,
+) -> Option<Box<ServerConfig>> {
+    match reloads {
+        Some(rx) => match rx.recv().await {
+            Some(new) => Some(new),
+            None => {
+                *reloads = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }

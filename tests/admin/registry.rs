@@ -1,6 +1,7 @@
-//! `warren ctl` finds local nodes with no flags, whatever data dir they have: each
-//! `warren serve` registers under its node name in the runtime registry, and `-n NAME`
-//! tells several apart.
+//! Running warren as a local service: `warren ctl` finds local nodes with no flags,
+//! whatever data dir they have (each `warren serve` registers under its node name in the
+//! runtime registry, and `-n NAME` tells several apart), and `warren serve` tells systemd
+//! when it is ready and when it stops.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -151,4 +152,112 @@ fn ctl_finds_local_nodes_by_registry_and_name() {
         0,
         "stopped nodes unregister"
     );
+}
+
+/// Run as a systemd `Type=notify` service, `warren serve` says READY=1 once both
+/// listeners are up, and STOPPING=1 when a SIGTERM stops it.
+#[test]
+fn serve_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--amqp-port", "0", "--http-port", "0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WARREN_RUNTIME_DIR", dir.path().join("run"))
+        .env("WARREN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start warren");
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains("AMQP on") && ready.contains("HTTP on"),
+        "{ready}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let n = socket.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a SIGTERM stops warren cleanly: {status}");
+}
+
+/// Whether a new AMQP socket gets `connection.start` (true) or is closed unanswered.
+fn greeted(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 8];
+    matches!(s.read(&mut buf), Ok(n) if n > 0 && buf[0] == 1)
+}
+
+/// SIGHUP (`systemctl reload`) reads the config file again: a lower connection limit
+/// applies to new sockets while open connections stay; a file that does not parse
+/// changes nothing and the broker keeps running.
+#[test]
+fn sighup_reloads_the_limits_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warren.toml");
+    std::fs::write(&path, "max_connections = 1000\n").unwrap();
+    let server = crate::common::Server::start_with(&["--config", path.to_str().unwrap()]);
+    let hup = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    };
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = crate::common::RawClient::connect(server.port);
+            c.handshake("guest", "guest", "/", 0);
+            c
+        })
+        .collect();
+    assert!(greeted(server.port));
+
+    std::fs::write(&path, "max_connections = 2\n").unwrap();
+    hup(server.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while greeted(server.port) {
+        assert!(Instant::now() < deadline, "the new limit was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken file is refused; the broker runs on with what it had.
+    std::fs::write(&path, "max_connections = \"many\"\n").unwrap();
+    hup(server.pid());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!greeted(server.port), "still the reloaded limit");
+
+    std::fs::write(&path, "max_connections = 1000\n").unwrap();
+    hup(server.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !greeted(server.port) {
+        assert!(
+            Instant::now() < deadline,
+            "the raised limit was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
 }
