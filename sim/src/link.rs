@@ -227,7 +227,14 @@ impl Link {
     /// follows is dropped). An error is a stream that does not decode.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
         if self.phase == Phase::Done {
-            self.input.clear();
+            if !self.input.is_empty() {
+                // Nothing may follow the broker's connection.close or close-ok.
+                let n = self.input.len();
+                self.input.clear();
+                return Err(format!(
+                    "the broker sent {n} bytes after its connection.close or close-ok"
+                ));
+            }
             return Ok(None);
         }
         self.decoder

@@ -383,6 +383,14 @@ impl Connection {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
+        if matches!(self.phase, Phase::Closing { .. } | Phase::Draining { .. })
+            && matches!(reply, Reply::Method { .. } | Reply::Content { .. })
+        {
+            // Nothing follows a connection.close or its close-ok on the wire: replies the
+            // broker made for commands before the close are dropped, as RabbitMQ sends
+            // nothing after its close.
+            return;
+        }
         match reply {
             Reply::LoginOk => {
                 if self.phase == Phase::AwaitingLogin {

@@ -140,3 +140,30 @@ fn bodies_in_progress_on_all_channels_stay_within_one_message() {
     assert_eq!(c.partial_body_bytes, 6_000);
     assert_eq!(c.partial_body_bytes, c.bodies_in_progress());
 }
+
+/// Nothing follows a `connection.close` on the wire: a reply the broker made for a command
+/// sent before a connection error (here the open-ok of a channel opened just before) is
+/// dropped, not written after the close.
+#[test]
+fn nothing_is_sent_after_the_servers_connection_close() {
+    let mut c = open(ConnectionConfig::default());
+    let _ = c.poll_transmit();
+    channel_open(&mut c, 1);
+    // A method frame on channel 0 that belongs on a channel: a connection error.
+    let mut out = BytesMut::new();
+    encode_method(0, &Method::BasicQos(BasicQos::default()), &mut out);
+    c.handle_bytes(&out, 0);
+    let close = c.poll_transmit().expect("the connection.close");
+    assert_eq!(close.first(), Some(&1u8), "a method frame");
+    c.handle_reply(
+        Reply::Method {
+            channel: 1,
+            method: Method::ChannelOpenOk(ChannelOpenOk::default()),
+        },
+        0,
+    );
+    assert!(
+        c.poll_transmit().is_none_or(|b| b.is_empty()),
+        "the open-ok went out after the close"
+    );
+}
