@@ -538,3 +538,92 @@ fn expirations_are_read_as_rabbitmq_reads_them() {
         assert_eq!(expiration(text), Err(why.to_string()), "{text:?}");
     }
 }
+
+/// Direct replies wait in no queue: to an RPC client that does not read, they are refused
+/// (returned to a mandatory publisher) once its connection holds the delivery limit
+/// unwritten, instead of piling up in the broker.
+#[test]
+fn direct_replies_to_a_client_that_does_not_read_stop_at_the_limit() {
+    use crate::proto::command::{Command, Message};
+    use crate::proto::props::BasicProperties;
+    use std::sync::Arc;
+
+    let mut config = BrokerConfig::default();
+    config.limits.max_unflushed_bytes_per_connection = 4000;
+    let mut rig = Rig::new(config);
+    rig.open(1);
+    rig.open(2);
+    declare_with(&mut rig, "rpc", FieldTable::default());
+    let r = rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "amq.rabbitmq.reply-to".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    let publish = |rig: &mut Rig, conn: ConnId, key: &str, props: BasicProperties| {
+        let message = Arc::new(Message {
+            exchange: String::new(),
+            routing_key: key.into(),
+            properties: props,
+            body: Bytes::from(vec![b'r'; 500]),
+        });
+        rig.command(
+            conn,
+            Command::Publish {
+                channel: 1,
+                publish: BasicPublish {
+                    routing_key: key.into(),
+                    mandatory: true,
+                    ..Default::default()
+                },
+                message,
+            },
+        )
+    };
+    let request = BasicProperties {
+        reply_to: Some("amq.rabbitmq.reply-to".into()),
+        ..Default::default()
+    };
+    ok(&publish(&mut rig, 1, "rpc", request));
+    let got = rig.method(
+        2,
+        Method::BasicGet(BasicGet {
+            queue: "rpc".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    );
+    let address = got
+        .iter()
+        .find_map(|(_, r)| match r {
+            Reply::Content { message, .. } => message.properties.reply_to.clone(),
+            _ => None,
+        })
+        .expect("the request with its reply address");
+    assert!(address.starts_with("amq.rabbitmq.reply-to."), "{address}");
+    let (mut delivered, mut returned) = (0, 0);
+    for _ in 0..40 {
+        for (conn, r) in publish(&mut rig, 2, &address, BasicProperties::default()) {
+            match r {
+                Reply::Content {
+                    method: Method::BasicDeliver(_),
+                    ..
+                } if conn == 1 => delivered += 1,
+                Reply::Content {
+                    method: Method::BasicReturn(_),
+                    ..
+                } if conn == 2 => returned += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(delivered >= 1, "replies reach a reading client");
+    assert!(
+        delivered <= 8 && returned >= 32,
+        "{delivered} delivered and {returned} returned while the client read nothing"
+    );
+    rig.broker.check_invariants();
+}

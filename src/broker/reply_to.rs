@@ -196,6 +196,18 @@ impl Broker {
         let Some((conn, channel, tag)) = self.reply_target(vhost, routing_key) else {
             return false;
         };
+        // A reply waits in no queue: to a client that does not read what it was sent, it
+        // is refused (unroutable) once its connection holds the delivery limit unwritten,
+        // so that replies cannot pile up without bound.
+        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
+        if self
+            .sessions
+            .conns
+            .get(&conn)
+            .is_none_or(|c| c.unflushed_bytes >= write_limit)
+        {
+            return false;
+        }
         let Some(ch) = self.channel_mut(conn, channel) else {
             return false;
         };

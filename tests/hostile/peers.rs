@@ -1,5 +1,6 @@
 //! Slow and stuck peers: consumers that stop reading with a backlog on its way to them,
-//! and a client that asks for messages with basic.get without reading the answers. The
+//! a client that asks for messages with basic.get without reading the answers, and an
+//! RPC client that stops reading while direct replies are published to it. The
 //! broker must close such a connection after its send timeout (RabbitMQ's is 15 s) and
 //! give its unacknowledged messages to others, with its own memory bounded meanwhile.
 
@@ -166,6 +167,72 @@ fn get_flood(ctx: &Ctx, count: usize, size: usize, gets: usize) -> Outcome {
     ))
 }
 
+/// An RPC client consumes direct replies (`amq.rabbitmq.reply-to`), sends one request,
+/// and stops reading; a server publishes `count` replies of `size` bytes to its address.
+/// Replies wait in no queue, so past the connection's delivery limit they must be
+/// refused, not held: the broker's memory stays bounded.
+fn reply_flood(ctx: &Ctx, count: usize, size: usize) -> Outcome {
+    let queue = "reply-rpc";
+    let mut server = confirmed(ctx)?;
+    server.queue(1, queue, false, FieldTable::default())?;
+    let mut stuck = stuck_client(ctx)?;
+    let ok = stuck.call(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "amq.rabbitmq.reply-to".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    )?;
+    if !matches!(ok.method(), Method::BasicConsumeOk(_)) {
+        return Err(format!("reply consumer: {:?}", ok.method()));
+    }
+    let request = BasicProperties {
+        reply_to: Some("amq.rabbitmq.reply-to".into()),
+        ..Default::default()
+    };
+    stuck.publish(1, "", queue, &request, b"request");
+    let started = Instant::now();
+    let address = loop {
+        if let Some((_, props, _)) = server.get(1, queue, true)? {
+            break props.reply_to.unwrap_or_default();
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            return Err("the request never reached the server's queue".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !address.starts_with("amq.rabbitmq.reply-to.") {
+        return Err(format!("reply_to was not rewritten: {address:?}"));
+    }
+    let rss0 = ctx.rss();
+    let body = vec![b'r'; size];
+    for _ in 0..count {
+        server.publish(1, "", &address, &BasicProperties::default(), &body);
+        while server.unconfirmed(1) >= 256 {
+            server.pump()?;
+        }
+    }
+    server.wait_confirms(1)?;
+    let took = started.elapsed().as_secs_f64();
+    let grown = ctx.rss().saturating_sub(rss0);
+    let during = bystander_during(ctx)?;
+    if grown > 48 * MIB {
+        return Err(format!(
+            "{} MiB more resident memory for {count} replies of {size} B to a client that reads nothing",
+            grown / MIB
+        ));
+    }
+    drop(stuck);
+    server.delete_queue(1, queue)?;
+    server.close();
+    Ok(format!(
+        "{count} replies published in {took:.1}s; RSS +{} MiB; bystander {} ms",
+        grown / MIB,
+        during.as_millis()
+    ))
+}
+
 pub fn attacks() -> Vec<Attack> {
     let deadline = (SEND_TIMEOUT + SLACK).as_secs() + 20;
     vec![
@@ -182,6 +249,13 @@ pub fn attacks() -> Vec<Attack> {
             128,
             deadline,
             |ctx| stuck_consumer(ctx, "stuck-large", 100, 512 * 1024),
+        ),
+        Attack::new(
+            CLASS,
+            "direct replies to an RPC client that stopped reading: 20,000 x 8 KiB",
+            96,
+            deadline,
+            |ctx| reply_flood(ctx, 20_000, 8192),
         ),
         Attack::new(
             CLASS,
