@@ -230,9 +230,11 @@ impl Link {
             if !self.input.is_empty() {
                 // Nothing may follow the broker's connection.close or close-ok.
                 let n = self.input.len();
+                let first = self.decoder.decode(&mut self.input);
                 self.input.clear();
                 return Err(format!(
-                    "the broker sent {n} bytes after its connection.close or close-ok"
+                    "the broker sent {n} bytes after its connection.close or close-ok, \
+                     starting with {first:?}"
                 ));
             }
             return Ok(None);

@@ -530,9 +530,12 @@ impl Connection {
                     Ok(None) => return,
                     Err(e) => {
                         // The byte stream cannot be followed past a framing error: send the
-                        // close, then read nothing more (RabbitMQ does the same).
-                        let e = frame_error(e);
-                        self.close_with(e, now_ms);
+                        // close, then read nothing more (RabbitMQ does the same). After our
+                        // own close the close-ok can no longer be found in the stream: stop
+                        // waiting for it, and send nothing more.
+                        if !matches!(self.phase, Phase::Closing { .. }) {
+                            self.close_with(frame_error(e), now_ms);
+                        }
                         self.enter_draining(now_ms);
                     }
                 },
@@ -1010,7 +1013,15 @@ impl Connection {
     }
 
     fn close_with(&mut self, error: ConnectionError, now_ms: u64) {
-        debug_assert!(!matches!(self.phase, Phase::Closed));
+        // One connection.close a connection, and nothing after it.
+        assert!(
+            !matches!(
+                self.phase,
+                Phase::Closed | Phase::Closing { .. } | Phase::Draining { .. }
+            ),
+            "a second connection.close in {:?}",
+            self.phase
+        );
         self.error = Some(error.clone());
         let close = ConnectionClose {
             reply_code: error.code,

@@ -167,3 +167,30 @@ fn nothing_is_sent_after_the_servers_connection_close() {
         "the open-ok went out after the close"
     );
 }
+
+/// A frame that does not decode, arriving after the broker's `connection.close`, ends the
+/// wait for `close-ok` without a second close on the wire (the simulator's hostile clients
+/// sent one at seed 375: a deeply nested content header pipelined behind a close-worthy
+/// method).
+#[test]
+fn a_framing_error_after_the_servers_close_sends_no_second_close() {
+    let mut c = open(ConnectionConfig::default());
+    let _ = c.poll_transmit();
+    let mut out = BytesMut::new();
+    encode_method(0, &Method::BasicQos(BasicQos::default()), &mut out);
+    // A frame of an unknown type right behind it.
+    out.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, FRAME_END]);
+    c.handle_bytes(&out, 0);
+    let sent = c.poll_transmit().expect("the connection.close");
+    let mut decoder = crate::proto::frame::FrameDecoder::new(1 << 20);
+    let mut sent = BytesMut::from(&sent[..]);
+    assert!(matches!(
+        decoder.decode(&mut sent),
+        Ok(Some(Frame::Method {
+            method: Method::ConnectionClose(_),
+            ..
+        }))
+    ));
+    assert!(sent.is_empty(), "a second frame followed the close: {sent:?}");
+    assert!(c.poll_transmit().is_none_or(|b| b.is_empty()));
+}
