@@ -16,13 +16,16 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::{
     FieldTable, FieldValue, MAX_FIELD_DEPTH, MAX_TABLE_BYTES, TableLimitError,
 };
-use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
 
 /// The version this API claims to be compatible with (clients check it).
 pub const RABBITMQ_VERSION: &str = "3.10.8";
 
 /// The runtime parameter component RabbitMQ keeps vhost limits under (in definitions).
 pub const VHOST_LIMITS_COMPONENT: &str = "vhost-limits";
+
+/// The runtime-parameter component of operator policies in definitions documents.
+pub const OPERATOR_POLICY_COMPONENT: &str = "operator_policy";
 
 /// RabbitMQ's name for its salted SHA-256 password hashing.
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
@@ -337,6 +340,87 @@ pub fn user_limits_from_json(v: &Value) -> Result<UserLimits, String> {
     })
 }
 
+/// A policy as `/api/policies` and `/api/operator-policies` show it.
+pub fn policy_json(p: &PolicyRecord) -> Value {
+    json!({
+        "vhost": p.vhost,
+        "name": p.name,
+        "pattern": p.pattern,
+        "apply-to": p.apply_to,
+        "definition": table_to_json(&p.definition),
+        "priority": p.priority,
+    })
+}
+
+/// A policy from the body of `PUT /api/policies/VHOST/NAME` (or a definitions entry,
+/// which also names its vhost and name), with RabbitMQ's defaults: apply to all, priority
+/// 0. `pattern` and `definition` are required.
+pub fn policy_from_json(
+    v: &Value,
+    operator: bool,
+    vhost: &str,
+    name: &str,
+) -> Result<PolicyRecord, String> {
+    let failed = |why: String| format!("Validation failed\n\n{why}\n");
+    let Value::Object(m) = v else {
+        return Err(failed(format!(
+            "a policy should be a JSON object, actually was {}",
+            erlang_term(v)
+        )));
+    };
+    let pattern = match m.get("pattern") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(failed(format!(
+                "pattern should be a string, actually was {}",
+                erlang_term(other)
+            )));
+        }
+        None => return Err(failed("Key \"pattern\" not found in policy".into())),
+    };
+    let definition = match m.get("definition") {
+        Some(d @ Value::Object(_)) => json_to_table(Some(d), "policy definition")?,
+        Some(other) => {
+            return Err(failed(format!(
+                "definition should be a JSON object, actually was {}",
+                erlang_term(other)
+            )));
+        }
+        None => return Err(failed("Key \"definition\" not found in policy".into())),
+    };
+    let priority = match m.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(p) => match p.as_i64() {
+            Some(n) => n,
+            None => {
+                return Err(failed(format!(
+                    "priority should be a number, actually was {}",
+                    erlang_term(p)
+                )));
+            }
+        },
+    };
+    let apply_to = match m.get("apply-to") {
+        None | Some(Value::Null) => "all".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(failed(format!(
+                "apply-to should be a string, actually was {}",
+                erlang_term(other)
+            )));
+        }
+    };
+    Ok(PolicyRecord {
+        operator,
+        vhost: vhost.to_string(),
+        name: name.to_string(),
+        pattern,
+        apply_to,
+        priority,
+        definition,
+    })
+}
+
 /// A permission as `/api/permissions` shows it.
 pub fn permission_json(p: &PermissionRecord) -> Value {
     json!({
@@ -364,7 +448,9 @@ pub fn queue_json(q: &QueueInfo, node: &str, rates: &Rates, depth: &DepthRates) 
         "node": node,
         "state": "running",
         "type": "classic",
-        "policy": Value::Null,
+        "policy": q.policy,
+        "operator_policy": q.operator_policy,
+        "effective_policy_definition": table_to_json(&q.effective_policy_definition),
         "messages": messages,
         "messages_details": details(depth[0]),
         "messages_ready": q.messages_ready,
@@ -395,7 +481,7 @@ pub fn exchange_json(x: &ExchangeInfo) -> Value {
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "",
-        "policy": Value::Null,
+        "policy": x.policy,
     })
 }
 
@@ -466,6 +552,18 @@ pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
             v
         })
         .collect();
+    // Operator policies are runtime parameters in RabbitMQ's documents.
+    let operator_policies = d.policies.iter().filter(|p| p.operator).map(|p| {
+        let mut value = policy_json(p);
+        if let Some(m) = value.as_object_mut() {
+            m.remove("vhost");
+            m.remove("name");
+        }
+        json!({
+            "value": value, "vhost": p.vhost,
+            "component": OPERATOR_POLICY_COMPONENT, "name": p.name,
+        })
+    });
     let parameters: Vec<Value> = d
         .vhost_limits
         .iter()
@@ -475,6 +573,13 @@ pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
                 "component": VHOST_LIMITS_COMPONENT, "name": "limits",
             })
         })
+        .chain(operator_policies)
+        .collect();
+    let policies: Vec<Value> = d
+        .policies
+        .iter()
+        .filter(|p| !p.operator)
+        .map(policy_json)
         .collect();
     let mut doc = json!({
         "rabbit_version": RABBITMQ_VERSION,
@@ -482,7 +587,7 @@ pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
         "product_name": "warren",
         "product_version": env!("CARGO_PKG_VERSION"),
         "parameters": parameters,
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -554,6 +659,13 @@ pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definit
         read_access_definitions(doc, &mut d)?;
     }
     read_vhost_limit_definitions(doc, vhost, &mut d)?;
+    for p in definitions_list(doc, "policies") {
+        let v = definition_vhost(p, vhost, "policy")?;
+        let name = text_field(p, "name", "policy")?;
+        let policy = policy_from_json(p, false, &v, &name)
+            .map_err(|e| format!("policy {name} in vhost {v}: {e}"))?;
+        d.policies.push(policy);
+    }
     for q in definitions_list(doc, "queues") {
         d.queues.push(queue_definition(q, vhost)?);
     }
@@ -639,9 +751,19 @@ fn read_vhost_limit_definitions(
     d: &mut Definitions,
 ) -> Result<(), String> {
     for p in definitions_list(doc, "parameters") {
+        let component = p.get("component").and_then(Value::as_str);
+        if component == Some(OPERATOR_POLICY_COMPONENT) {
+            let vhost = definition_vhost(p, vhost, "parameter")?;
+            let name = text_field(p, "name", "operator policy")?;
+            let value = p.get("value").unwrap_or(&Value::Null);
+            let policy = policy_from_json(value, true, &vhost, &name)
+                .map_err(|e| format!("operator policy {name} in vhost {vhost}: {e}"))?;
+            d.policies.push(policy);
+            continue;
+        }
         // Other components (federation, shovels) are features warren does not have; as
         // before, they are not imported.
-        if p.get("component").and_then(Value::as_str) != Some(VHOST_LIMITS_COMPONENT) {
+        if component != Some(VHOST_LIMITS_COMPONENT) {
             continue;
         }
         let vhost = definition_vhost(p, vhost, "parameter")?;

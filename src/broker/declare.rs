@@ -15,6 +15,7 @@ use super::Broker;
 use super::auth::Access;
 use super::error::*;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, QueueId};
+use super::policy::Target;
 use super::queue::{Declaration, Queue, QueueSettings};
 
 /// Queue arguments whose values must match on redeclaration, as RabbitMQ checks them.
@@ -256,7 +257,7 @@ impl Broker {
         let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return Err(not_allowed("vhost gone"));
         };
-        let x = Exchange::new(
+        let mut x = Exchange::new(
             &name,
             kind,
             m.durable,
@@ -264,6 +265,7 @@ impl Broker {
             m.internal,
             m.arguments.clone(),
         );
+        x.apply(v.policies.applied(&name, Target::Exchange));
         v.exchanges.insert(name.clone(), x);
         if m.durable {
             self.round
@@ -457,7 +459,7 @@ impl Broker {
         }
         let id = self.topology.next_queue_id;
         self.topology.next_queue_id += 1;
-        let decl = Declaration {
+        let mut decl = Declaration {
             name: name.to_string(),
             vhost: vhost.to_string(),
             // An exclusive durable queue is not stored, so it must not store messages
@@ -466,8 +468,13 @@ impl Broker {
             exclusive_owner: m.exclusive.then_some(conn),
             auto_delete: m.auto_delete,
             arguments: m.arguments.clone(),
+            declared: settings.clone(),
+            applied: Default::default(),
             settings,
         };
+        if let Some(v) = self.topology.vhosts.get(vhost) {
+            decl.apply(v.policies.applied(name, Target::Queue));
+        }
         let q = Queue::new(id, decl, self.topology.meter.clone(), self.now_ms);
         if m.exclusive {
             if let Some(c) = self.sessions.conns.get_mut(&conn) {

@@ -318,8 +318,11 @@ pub struct Exchange {
     pub builtin: bool,
     /// Exchanges with bindings to this one (for cleanup on delete).
     pub bound_from: BTreeSet<String>,
-    /// The `alternate-exchange` argument, looked up once.
+    /// The alternate exchange in force: the `alternate-exchange` argument, else the
+    /// policy's.
     alternate: Option<String>,
+    /// The policy in force, by name.
+    pub policy: Option<String>,
     bindings: Bindings,
     index: Index,
 }
@@ -358,6 +361,7 @@ impl Exchange {
             builtin: false,
             bound_from: BTreeSet::new(),
             alternate,
+            policy: None,
             bindings: Bindings::default(),
             index,
         }
@@ -378,9 +382,21 @@ impl Exchange {
         self.bindings.by_destination.contains_key(destination)
     }
 
-    /// The `alternate-exchange` argument, if set.
+    /// The alternate exchange in force, if any.
     pub fn alternate_exchange(&self) -> Option<&str> {
         self.alternate.as_deref()
+    }
+
+    /// Puts a policy in force: its alternate exchange applies unless the arguments name
+    /// one.
+    pub fn apply(&mut self, applied: super::policy::Applied) {
+        self.alternate = self
+            .arguments
+            .get("alternate-exchange")
+            .and_then(FieldValue::as_str)
+            .map(str::to_string)
+            .or(applied.definition.alternate_exchange);
+        self.policy = applied.policy;
     }
 
     /// Adds a binding; returns false if an identical one exists.

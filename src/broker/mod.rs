@@ -27,6 +27,7 @@ mod paging;
 #[cfg(test)]
 mod paging_tests;
 mod parts;
+pub mod policy;
 mod queue;
 mod reply_to;
 mod session;

@@ -61,6 +61,15 @@ impl Topology {
                 .vhosts
                 .get(&q.decl.vhost)
                 .expect("queue in a known vhost");
+            // What a queue runs under is what its vhost's policies say now.
+            assert_eq!(
+                q.decl.applied,
+                vhost
+                    .policies
+                    .applied(&q.decl.name, super::policy::Target::Queue),
+                "queue {} runs under stale policies",
+                q.decl.name
+            );
             assert_eq!(
                 vhost.queues.get(&q.decl.name),
                 Some(&q.id),
@@ -69,6 +78,7 @@ impl Topology {
             );
         }
         for v in self.vhosts.values() {
+            v.policies.check_invariants();
             for id in v.queues.values() {
                 assert!(
                     self.queues.contains_key(id),

@@ -275,8 +275,25 @@ pub struct Declaration {
     pub auto_delete: bool,
     /// Declaration arguments.
     pub arguments: FieldTable,
-    /// Behaviour from the arguments.
+    /// Behaviour from the arguments alone.
+    pub declared: QueueSettings,
+    /// The policy and operator policy in force, and their merged definition.
+    pub applied: super::policy::Applied,
+    /// Behaviour in force: the arguments under the policies ([`Declaration::apply`]).
     pub settings: QueueSettings,
+}
+
+impl Declaration {
+    /// Puts `applied` in force; returns whether the settings changed.
+    pub fn apply(&mut self, applied: super::policy::Applied) -> bool {
+        let settings = applied.definition.settle(&self.declared, &self.arguments);
+        self.applied = applied;
+        let changed = settings != self.settings;
+        // A policy cannot change how many priority levels the queue's messages use.
+        assert_eq!(settings.max_priority, self.declared.max_priority);
+        self.settings = settings;
+        changed
+    }
 }
 
 /// When a queue was last used, for `x-expires`, and when its pending timer fires.

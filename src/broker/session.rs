@@ -18,6 +18,7 @@ use super::auth::{Permissions, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::policy::{Policy, Target};
 use super::queue::{Declaration, Queue, QueueSettings, QueuedMessage};
 use super::vhost::VHost;
 use super::{Broker, Deferred};
@@ -66,11 +67,35 @@ impl Broker {
             }
         }
         self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);
+        self.restore_policies(recovered.policies);
         self.restore_exchanges(recovered.exchanges);
         self.restore_queues(recovered.queues);
         self.restore_bindings(recovered.bindings);
         self.topology.next_shared_id = self.topology.next_shared_id.max(recovered.next_shared_id);
         self.restore_contents(recovered.contents);
+    }
+
+    /// Puts the stored policies back in their vhosts, before the queues and exchanges
+    /// they apply to.
+    fn restore_policies(&mut self, policies: Vec<crate::store::PolicyRecord>) {
+        for p in policies {
+            let Some(vhost) = self.topology.vhosts.get_mut(&p.vhost) else {
+                continue;
+            };
+            if vhost.policies.len() >= super::policy::MAX_POLICIES_PER_VHOST {
+                continue;
+            }
+            match Policy::new(p) {
+                Ok(p) => vhost.policies.put(p),
+                Err(e) => tracing::error!(error = %e, "a recovered policy is invalid; it is not applied"),
+            }
+        }
+        // The predeclared exchanges exist already.
+        for vhost in self.topology.vhosts.values_mut() {
+            for (name, x) in vhost.exchanges.iter_mut() {
+                x.apply(vhost.policies.applied(name, Target::Exchange));
+            }
+        }
     }
 
     /// Recreates the durable exchanges (the built-in ones exist already).
@@ -85,7 +110,8 @@ impl Broker {
             if vhost.exchanges.get(&x.name).is_some_and(|e| e.builtin) {
                 continue;
             }
-            let e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
+            let mut e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
+            e.apply(vhost.policies.applied(&x.name, Target::Exchange));
             vhost.exchanges.insert(x.name, e);
         }
     }
@@ -111,15 +137,19 @@ impl Broker {
             };
             vhost.queues.insert(q.name.clone(), q.id);
             self.topology.next_queue_id = self.topology.next_queue_id.max(q.id + 1);
-            let decl = Declaration {
+            let applied = vhost.policies.applied(&q.name, Target::Queue);
+            let mut decl = Declaration {
                 name: q.name,
                 vhost: q.vhost,
                 durable: true,
                 exclusive_owner: None,
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
+                declared: settings.clone(),
+                applied: Default::default(),
                 settings,
             };
+            decl.apply(applied);
             let queue = Queue::new(q.id, decl, self.topology.meter.clone(), self.now_ms);
             self.topology.queues.insert(q.id, queue);
         }

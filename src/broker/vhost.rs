@@ -15,6 +15,8 @@ pub struct VHost {
     pub exchanges: HashMap<String, Exchange>,
     /// Queues by name.
     pub queues: HashMap<String, QueueId>,
+    /// Policies and operator policies.
+    pub policies: super::policy::Policies,
 }
 
 /// The exchanges every vhost starts with, which cannot be deleted.
@@ -44,6 +46,7 @@ impl VHost {
             name: name.to_string(),
             exchanges,
             queues: HashMap::default(),
+            policies: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct MemoryState {
     permissions: BTreeMap<(String, String), PermissionRecord>,
     vhost_limits: BTreeMap<String, VhostLimits>,
     user_limits: BTreeMap<String, UserLimits>,
+    policies: BTreeMap<(bool, String, String), PolicyRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -51,6 +52,18 @@ impl MemoryState {
             }
             StoreOp::DeletePermission { user, vhost } => {
                 self.permissions.remove(&(user.clone(), vhost.clone()));
+            }
+            StoreOp::PutPolicy(p) => {
+                self.policies
+                    .insert((p.operator, p.vhost.clone(), p.name.clone()), p.clone());
+            }
+            StoreOp::DeletePolicy {
+                operator,
+                vhost,
+                name,
+            } => {
+                self.policies
+                    .remove(&(*operator, vhost.clone(), name.clone()));
             }
             StoreOp::PutExchange(x) => {
                 self.exchanges
@@ -96,6 +109,7 @@ impl MemoryState {
     fn delete_vhost(&mut self, v: &str) {
         self.vhosts.remove(v);
         self.vhost_limits.remove(v);
+        self.policies.retain(|(_, pv, _), _| pv != v);
         self.permissions.retain(|(_, pv), _| pv != v);
         self.exchanges.retain(|(xv, _), _| xv != v);
         let gone: Vec<u64> = self
@@ -330,6 +344,7 @@ impl MemoryState {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            policies: self.policies.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

@@ -94,6 +94,27 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// A policy or an operator policy (`set_policy`, `set_operator_policy`): a definition
+/// applied to the queues and exchanges whose names match a pattern. Validated by the
+/// broker before it is stored; the store keeps it as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRecord {
+    /// An operator policy (caps set by the node's operator) rather than a user's policy.
+    pub operator: bool,
+    /// Virtual host.
+    pub vhost: String,
+    /// Name, unique among the vhost's policies of its kind.
+    pub name: String,
+    /// The regular expression names are matched against.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all`.
+    pub apply_to: String,
+    /// The highest-priority matching policy applies.
+    pub priority: i64,
+    /// The settings, RabbitMQ's keys (`max-length`, `message-ttl`, ...) to their values.
+    pub definition: FieldTable,
+}
+
 /// A vhost's limits, as RabbitMQ's `set_vhost_limits` sets them. `None` is a limit not set;
 /// a negative value is set but means "no limit", and 0 allows none, as in RabbitMQ.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,6 +177,18 @@ pub enum StoreOp {
         user: String,
         /// The limits now in force.
         limits: UserLimits,
+    },
+    /// A policy or an operator policy was set.
+    PutPolicy(PolicyRecord),
+    /// A policy or an operator policy was cleared. Deleting the vhost removes its
+    /// policies too.
+    DeletePolicy {
+        /// An operator policy.
+        operator: bool,
+        /// Virtual host.
+        vhost: String,
+        /// Policy name.
+        name: String,
     },
     /// Permissions were cleared.
     DeletePermission {
@@ -391,6 +424,8 @@ pub struct Recovered {
     pub vhost_limits: Vec<(String, VhostLimits)>,
     /// Users' limits (only users with some limit set).
     pub user_limits: Vec<(String, UserLimits)>,
+    /// Policies and operator policies.
+    pub policies: Vec<PolicyRecord>,
     /// Durable exchanges.
     pub exchanges: Vec<ExchangeRecord>,
     /// Durable queues.

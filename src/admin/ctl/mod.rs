@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 mod client;
+mod policies;
 mod table;
 
 use client::{Answer, Client, reason_of, seg};
@@ -63,7 +64,11 @@ Commands (as rabbitmqctl's; -p VHOST, -q, -s, --formatter json may go anywhere):
   set_vhost_limits [-p VHOST] '{\"max-connections\":N,\"max-queues\":N}'
   clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST | --global]
   set_user_limits USER '{\"max-connections\":N,\"max-channels\":N}'
-  clear_user_limits USER LIMIT|all  list_user_limits [--user USER | --global]";
+  clear_user_limits USER LIMIT|all  list_user_limits [--user USER | --global]
+  set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN DEFINITION
+  clear_policy [-p VHOST] NAME      list_policies [-p VHOST]
+  set_operator_policy [-p VHOST] [--priority N] [--apply-to queues|all] NAME PATTERN DEFINITION
+  clear_operator_policy [-p VHOST] NAME                list_operator_policies [-p VHOST]";
 
 /// Exit codes, as rabbitmqctl's (sysexits).
 const EX_USAGE: u8 = 64;
@@ -105,6 +110,10 @@ struct Invocation {
     global: bool,
     /// `--user USER` of `list_user_limits`.
     user: Option<String>,
+    /// `--priority N` of `set_policy`.
+    priority: Option<i64>,
+    /// `--apply-to queues|exchanges|all` of `set_policy`.
+    apply_to: Option<String>,
 }
 
 fn parse_invocation(words: &[String]) -> CtlResult<Invocation> {
@@ -143,6 +152,21 @@ fn parse_invocation(words: &[String]) -> CtlResult<Invocation> {
                 inv.user = Some(user.clone());
             }
             "-u" | "--if-unused" => inv.if_unused = true,
+            "--priority" => {
+                let n = it
+                    .next()
+                    .ok_or_else(|| Failure::usage("--priority needs a number"))?;
+                inv.priority = Some(
+                    n.parse()
+                        .map_err(|_| Failure::usage(format!("--priority {n}: not an integer")))?,
+                );
+            }
+            "--apply-to" => {
+                let a = it
+                    .next()
+                    .ok_or_else(|| Failure::usage("--apply-to needs queues, exchanges or all"))?;
+                inv.apply_to = Some(a.clone());
+            }
             "-t" | "--timeout" => {
                 it.next();
             }
@@ -251,6 +275,16 @@ impl<W: Write> Ctl<W> {
             ("clear_user_limits", [user, limit]) => self.clear_user_limits(user, limit),
             ("list_user_limits", []) => self.list_user_limits(None),
             ("list_user_limits", [user]) => self.list_user_limits(Some(user)),
+            ("set_policy", [name, pattern, definition]) => {
+                self.set_policy(false, name, pattern, definition)
+            }
+            ("clear_policy", [name]) => self.clear_policy(false, name),
+            ("list_policies", []) => self.list_policies(false),
+            ("set_operator_policy", [name, pattern, definition]) => {
+                self.set_policy(true, name, pattern, definition)
+            }
+            ("clear_operator_policy", [name]) => self.clear_policy(true, name),
+            ("list_operator_policies", []) => self.list_policies(true),
             ("help", _) => {
                 self.say(COMMANDS_HELP);
                 Ok(())

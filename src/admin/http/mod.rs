@@ -15,6 +15,7 @@
 mod guard;
 mod limits;
 mod objects;
+mod policies;
 mod resources;
 mod serve;
 mod session;
@@ -171,6 +172,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
     let router = status_routes(router);
     let router = object_routes(router);
     let router = limit_routes(router);
+    let router = policy_routes(router);
     let router = queue_and_exchange_routes(router);
     let router = binding_routes(router);
     let router = connection_routes(router);
@@ -227,6 +229,26 @@ fn object_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
         .route(
             "/api/definitions/{vhost}",
             get(export_vhost).post(import_vhost),
+        )
+}
+
+/// Policies and operator policies.
+fn policy_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use policies::*;
+    router
+        .route("/api/policies", get(list_policies))
+        .route("/api/policies/{vhost}", get(vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/api/operator-policies", get(list_operator_policies))
+        .route("/api/operator-policies/{vhost}", get(vhost_operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(get_operator_policy)
+                .put(put_operator_policy)
+                .delete(delete_operator_policy),
         )
 }
 

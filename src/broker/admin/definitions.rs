@@ -3,7 +3,7 @@
 //! `crate::admin::json`).
 
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
 
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
@@ -63,6 +63,8 @@ pub struct Definitions {
     pub vhost_limits: Vec<(String, VhostLimits)>,
     /// Users' limits (each user's `limits` in RabbitMQ's documents).
     pub user_limits: Vec<(String, UserLimits)>,
+    /// Policies and operator policies.
+    pub policies: Vec<PolicyRecord>,
 }
 
 impl Broker {
@@ -82,6 +84,11 @@ impl Broker {
             .map(|(v, l)| (v.clone(), *l))
             .collect();
         defs.vhost_limits.sort_by(|a, b| a.0.cmp(&b.0));
+        for operator in [false, true] {
+            if let Ok(AdminReply::Policies(ps)) = self.list_policies(operator, vhost) {
+                defs.policies.extend(ps);
+            }
+        }
         defs.queues = self
             .list_queues(vhost)
             .into_iter()
@@ -171,6 +178,14 @@ impl Broker {
             super::check_table(arguments, &format!("arguments of {kind} '{name}'"))?;
         }
         self.validate_queue_limits(defs)?;
+        for p in &defs.policies {
+            super::super::policy::Policy::new(p.clone()).map_err(|e| {
+                bad_request(format!(
+                    "policy '{}' in vhost '{}': Validation failed\n\n{e}\n",
+                    p.name, p.vhost
+                ))
+            })?;
+        }
         for x in &defs.exchanges {
             if ExchangeKind::parse(&x.kind).is_none() {
                 return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
@@ -182,7 +197,8 @@ impl Broker {
             .map(|q| q.vhost.as_str())
             .chain(defs.exchanges.iter().map(|x| x.vhost.as_str()))
             .chain(defs.bindings.iter().map(|b| b.vhost.as_str()))
-            .chain(defs.vhost_limits.iter().map(|(v, _)| v.as_str()));
+            .chain(defs.vhost_limits.iter().map(|(v, _)| v.as_str()))
+            .chain(defs.policies.iter().map(|p| p.vhost.as_str()));
         for v in vhost_of {
             if !known_vhost(v) {
                 return Err(bad_request(format!("no_such_vhost: {v}")));
@@ -271,6 +287,9 @@ impl Broker {
         // limits the same document sets.
         for (vhost, limits) in defs.vhost_limits {
             self.store_vhost_limits(&vhost, limits);
+        }
+        for p in defs.policies {
+            self.set_policy(p)?;
         }
         Ok(AdminReply::Done)
     }

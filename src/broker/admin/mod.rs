@@ -16,6 +16,7 @@
 mod definitions;
 mod inspect;
 mod limits;
+mod policies;
 mod snapshot;
 mod topology;
 mod users;
@@ -28,7 +29,7 @@ use crate::proto::command::{ConnId, Message};
 use crate::proto::constants;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
 
 use super::error::AmqpError;
 use super::stats::MessageCounters;
@@ -192,6 +193,25 @@ pub enum AdminRequest {
         user: String,
         /// The limit ("max-connections", "max-channels"), or `None` for all.
         name: Option<String>,
+    },
+    /// Policies or operator policies, in one vhost or all; answers
+    /// [`AdminReply::Policies`].
+    ListPolicies {
+        /// Operator policies rather than policies.
+        operator: bool,
+        /// Only this vhost.
+        vhost: Option<String>,
+    },
+    /// Sets a policy or an operator policy (validated; applied at once to what matches).
+    SetPolicy(PolicyRecord),
+    /// Clears a policy or an operator policy.
+    ClearPolicy {
+        /// An operator policy.
+        operator: bool,
+        /// Vhost name.
+        vhost: String,
+        /// Policy name.
+        name: String,
     },
     /// Queues, in one vhost or all; answers [`AdminReply::Queues`].
     ListQueues {
@@ -431,6 +451,8 @@ pub enum AdminReply {
     VhostLimits(Vec<(String, VhostLimits)>),
     /// Users' limits, by user name.
     UserLimits(Vec<(String, UserLimits)>),
+    /// Policies, by vhost then precedence.
+    Policies(Vec<PolicyRecord>),
     /// Queues.
     Queues(Vec<QueueInfo>),
     /// Exchanges.
@@ -619,6 +641,13 @@ impl Broker {
             R::ListUserLimits { user } => self.list_user_limits(user.as_deref()),
             R::SetUserLimits { user, limits } => self.set_user_limits(&user, limits),
             R::ClearUserLimits { user, name } => self.clear_user_limits(&user, name.as_deref()),
+            R::ListPolicies { operator, vhost } => self.list_policies(operator, vhost.as_deref()),
+            R::SetPolicy(p) => self.set_policy(p),
+            R::ClearPolicy {
+                operator,
+                vhost,
+                name,
+            } => self.clear_policy(operator, &vhost, &name),
             other => return Err(other),
         })
     }

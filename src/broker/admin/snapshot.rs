@@ -49,6 +49,12 @@ pub struct QueueInfo {
     pub exclusive_consumer_tag: Option<String>,
     /// When it was last used, if idle (no consumer), in broker time.
     pub idle_since_ms: Option<u64>,
+    /// The policy in force.
+    pub policy: Option<String>,
+    /// The operator policy in force.
+    pub operator_policy: Option<String>,
+    /// Their merged definition (`effective_policy_definition`).
+    pub effective_policy_definition: FieldTable,
     /// Message counters.
     pub stats: MessageCounters,
 }
@@ -70,6 +76,8 @@ pub struct ExchangeInfo {
     pub internal: bool,
     /// Declaration arguments.
     pub arguments: FieldTable,
+    /// The policy in force.
+    pub policy: Option<String>,
 }
 
 /// A binding between an exchange and a queue or another exchange, as listed and as
@@ -257,6 +265,9 @@ impl Broker {
                 consumers: q.consumers.len() as u64,
                 exclusive_consumer_tag: q.consumers.exclusive_holder().map(|c| c.tag.to_string()),
                 idle_since_ms: q.consumers.is_empty().then_some(q.expiry.last_used_ms),
+                policy: q.decl.applied.policy.clone(),
+                operator_policy: q.decl.applied.operator_policy.clone(),
+                effective_policy_definition: q.decl.applied.definition.to_table(),
                 stats: q.stats,
             })
             .collect();
@@ -279,6 +290,7 @@ impl Broker {
                     auto_delete: x.auto_delete,
                     internal: x.internal,
                     arguments: x.arguments.clone(),
+                    policy: x.policy.clone(),
                 })
             })
             .collect();

@@ -1209,3 +1209,5 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
     h.drain();
     h.broker.check_invariants();
 }
+
+mod policies;

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, Recovered, RecoveredQueue,
-    StoreOp, UserLimits, UserRecord, VhostLimits,
+    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord, Recovered,
+    RecoveredQueue, StoreOp, UserLimits, UserRecord, VhostLimits,
 };
 
 use super::record::{self, RecordError, tag};
@@ -119,6 +119,8 @@ pub struct Catalog {
     permissions: BTreeMap<(String, String), PermissionRecord>,
     vhost_limits: BTreeMap<String, VhostLimits>,
     user_limits: BTreeMap<String, UserLimits>,
+    /// Policies by (operator, vhost, name).
+    policies: BTreeMap<(bool, String, String), PolicyRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -153,6 +155,11 @@ impl Catalog {
             Some(tag::USER_LIMITS) => {
                 let (user, limits) = record::decode_user_limits(key, value)?;
                 self.user_limits.insert(user, limits);
+            }
+            Some(tag::POLICY) => {
+                let p = record::decode_policy(key, value)?;
+                self.policies
+                    .insert((p.operator, p.vhost.clone(), p.name.clone()), p);
             }
             Some(tag::EXCHANGE) => {
                 let x = record::decode_exchange(key, value)?;
@@ -228,6 +235,21 @@ impl Catalog {
             StoreOp::PutUserLimits { user, limits } => self.put_user_limits(user, limits, out),
             StoreOp::PutPermission(p) => self.put_permission(p, out),
             StoreOp::DeletePermission { user, vhost } => self.delete_permission(user, vhost, out),
+            StoreOp::PutPolicy(p) => {
+                let key = record::policy_key(p.operator, &p.vhost, &p.name);
+                out.put(Space::Meta, key, record::encode_policy(p));
+                self.policies
+                    .insert((p.operator, p.vhost.clone(), p.name.clone()), p.clone());
+            }
+            StoreOp::DeletePolicy {
+                operator,
+                vhost,
+                name,
+            } => {
+                out.delete(Space::Meta, record::policy_key(*operator, vhost, name));
+                self.policies
+                    .remove(&(*operator, vhost.clone(), name.clone()));
+            }
             StoreOp::PutExchange(x) => self.put_exchange(x, out),
             StoreOp::DeleteExchange { vhost, name } => self.delete_exchange(vhost, name, out),
             StoreOp::PutQueue(q) => self.put_queue(q, out),
@@ -371,6 +393,16 @@ impl Catalog {
         if self.vhost_limits.remove(v).is_some() {
             out.delete(Space::Meta, record::vhost_limits_key(v));
         }
+        let policies: Vec<(bool, String, String)> = self
+            .policies
+            .keys()
+            .filter(|(_, pv, _)| pv == v)
+            .cloned()
+            .collect();
+        for (operator, pv, name) in policies {
+            out.delete(Space::Meta, record::policy_key(operator, &pv, &name));
+            self.policies.remove(&(operator, pv, name));
+        }
         self.delete_permissions_where(|(_, pv)| pv == v, out);
         let exchanges: Vec<(String, String)> = self
             .exchanges
@@ -446,6 +478,7 @@ impl Catalog {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            policies: self.policies.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

@@ -18,8 +18,8 @@ use crate::proto::command::Message;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, QueueRecord, UserLimits, UserRecord,
-    VhostLimits,
+    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord, UserLimits,
+    UserRecord, VhostLimits,
 };
 
 /// The version byte every value starts with. A store written with a different version is
@@ -57,6 +57,9 @@ pub mod tag {
     pub const VHOST_LIMITS: u8 = b'V';
     /// A user's limits: tag, user name.
     pub const USER_LIMITS: u8 = b'U';
+    /// A policy: tag, kind (0 a user's policy, 1 an operator policy), vhost (u32 length,
+    /// bytes), name (u32 length, bytes).
+    pub const POLICY: u8 = b'P';
 }
 
 /// Whether a metadata record with this key may be set aside when it does not decode: the
@@ -65,7 +68,15 @@ pub mod tag {
 pub fn can_set_aside(key: &[u8]) -> bool {
     matches!(
         key.first().copied(),
-        Some(tag::VHOST | tag::USER | tag::PERMISSION | tag::EXCHANGE | tag::QUEUE | tag::BINDING)
+        Some(
+            tag::VHOST
+                | tag::USER
+                | tag::PERMISSION
+                | tag::EXCHANGE
+                | tag::QUEUE
+                | tag::BINDING
+                | tag::POLICY
+        )
     )
 }
 
@@ -201,6 +212,14 @@ pub fn permission_key(user: &str, vhost: &str) -> Vec<u8> {
     let mut key = vec![tag::PERMISSION];
     put_key_part(&mut key, user);
     put_key_part(&mut key, vhost);
+    key
+}
+
+/// The key of a policy.
+pub fn policy_key(operator: bool, vhost: &str, name: &str) -> Vec<u8> {
+    let mut key = vec![tag::POLICY, u8::from(operator)];
+    put_key_part(&mut key, vhost);
+    put_key_part(&mut key, name);
     key
 }
 
@@ -379,6 +398,36 @@ pub fn decode_permission(key: &[u8], value: &[u8]) -> Result<PermissionRecord> {
         read: read_string(&mut r)?,
     };
     check_key(key, &permission_key(&p.user, &p.vhost))?;
+    finish(r, p)
+}
+
+/// Encodes a policy.
+pub fn encode_policy(p: &PolicyRecord) -> Vec<u8> {
+    let mut out = new_value(64);
+    out.put_u8(u8::from(p.operator));
+    put_str(&mut out, &p.vhost);
+    put_str(&mut out, &p.name);
+    put_str(&mut out, &p.pattern);
+    put_str(&mut out, &p.apply_to);
+    out.put_i64(p.priority);
+    put_table(&mut out, &p.definition);
+    Vec::from(out)
+}
+
+/// Decodes a policy and checks it belongs under `key`.
+pub fn decode_policy(key: &[u8], value: &[u8]) -> Result<PolicyRecord> {
+    let mut r = open_value(value)?;
+    let operator = read_flags(&mut r, 1)? == 1;
+    let p = PolicyRecord {
+        operator,
+        vhost: read_string(&mut r)?,
+        name: read_string(&mut r)?,
+        pattern: read_string(&mut r)?,
+        apply_to: read_string(&mut r)?,
+        priority: r.i64()?,
+        definition: read_table(&mut r)?,
+    };
+    check_key(key, &policy_key(p.operator, &p.vhost, &p.name))?;
     finish(r, p)
 }
 

@@ -12,8 +12,8 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::memory::MemoryState;
 use crate::store::{
-    BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, QueueRecord,
-    RecoveredQueue, UserLimits, UserRecord, VhostLimits,
+    BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, PolicyRecord,
+    QueueRecord, RecoveredQueue, UserLimits, UserRecord, VhostLimits,
 };
 
 /// Options for tests: no space reserve (tests that need one ask for it).
@@ -297,7 +297,30 @@ fn meta_op() -> impl Strategy<Value = StoreOp> {
             max_channels: ch,
         },
     });
+    let policy = (
+        any::<bool>(),
+        vhost(),
+        name(),
+        name(),
+        pick(&["queues", "exchanges", "all"]),
+        any::<i64>(),
+        arguments(),
+    )
+        .prop_map(
+            |(operator, vhost, name, pattern, apply_to, priority, definition)| PolicyRecord {
+                operator,
+                vhost,
+                name,
+                pattern,
+                apply_to,
+                priority,
+                definition,
+            },
+        );
     prop_oneof![
+        1 => policy.prop_map(StoreOp::PutPolicy),
+        1 => (any::<bool>(), vhost(), name())
+            .prop_map(|(operator, vhost, name)| StoreOp::DeletePolicy { operator, vhost, name }),
         1 => vhost_limits,
         1 => user_limits,
         2 => vhost().prop_map(StoreOp::PutVhost),
