@@ -27,6 +27,7 @@ use warren::proto::table::FieldTable;
 use warren::store::{PermissionRecord, Recovered};
 
 use crate::checker::Violation;
+use crate::policies::PolicyBook;
 
 /// The operator's users and vhosts: names no other client uses.
 const USERS: [&str; 3] = ["op-u0", "op-u1", "op-u2"];
@@ -49,6 +50,13 @@ pub struct AdminStats {
     pub forced_closes: u64,
     /// Crash recoveries whose users, vhosts and permissions were checked.
     pub recoveries_checked: u64,
+    /// Policy changes the broker applied (set or cleared, both kinds, and the workload's
+    /// limit policy).
+    pub policy_changes: u64,
+    /// Queue listings checked against the policy rules.
+    pub policy_checks: u64,
+    /// Changes of the workload's limit policy.
+    pub limit_changes: u64,
 }
 
 /// One object the operator owns.
@@ -84,6 +92,10 @@ pub struct Operator {
     change_batch: Option<u64>,
     /// No more requests (the liveness phase).
     stopped: bool,
+    /// Policies, operator policies and the queues they govern.
+    policies: PolicyBook,
+    /// The workload's limit policy as the last request set it, for the message model.
+    limit_change: Option<Option<(String, u64)>>,
     pub stats: AdminStats,
 }
 
@@ -112,6 +124,8 @@ impl Operator {
             next_conn: 1 << 40,
             change_batch: None,
             stopped: false,
+            policies: PolicyBook::default(),
+            limit_change: None,
             stats: AdminStats::default(),
         }
     }
@@ -138,6 +152,12 @@ impl Operator {
         }
     }
 
+    /// The workload's limit policy as the request just sent set it (`Some(None)`:
+    /// cleared): the broker applied it as it took the request.
+    pub fn take_limit_change(&mut self) -> Option<Option<(String, u64)>> {
+        self.limit_change.take()
+    }
+
     /// Whether `conn` is the operator's session.
     pub fn owns(&self, conn: ConnId) -> bool {
         self.session.as_ref().is_some_and(|s| s.conn == conn)
@@ -155,7 +175,15 @@ impl Operator {
         if self.session.is_none() && self.rng.gen_bool(0.4) {
             return Some(self.open_session(broker, now_ms));
         }
-        let request = self.pick();
+        let request = if self.rng.gen_bool(0.35) {
+            self.policies.pick(&mut self.rng, &VHOSTS)
+        } else {
+            self.pick()
+        };
+        self.limit_change = PolicyBook::limit_change(&request);
+        if self.limit_change.is_some() {
+            self.stats.limit_changes += 1;
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.stats.requests += 1;
@@ -346,6 +374,16 @@ impl Operator {
         request: &AdminRequest,
         result: &AdminResult,
     ) -> Result<bool, Violation> {
+        if PolicyBook::owns(request) {
+            let (vhosts, doubtful) = (&self.vhosts, &self.doubtful);
+            let known = |v: &str| {
+                (!doubtful.contains(&Key::Vhost(v.to_string()))).then(|| vhosts.contains(v))
+            };
+            let changed = self.policies.answered(request, result, known)?;
+            self.stats.policy_changes = self.policies.changes;
+            self.stats.policy_checks = self.policies.checked;
+            return Ok(changed);
+        }
         let fail = |what: String| {
             Err(Violation(format!(
                 "operator: {request:?}: {what}; got {result:?}"
@@ -391,6 +429,7 @@ impl Operator {
                 }
                 self.permissions.retain(|(_, v), _| v != name);
                 if result.is_ok() {
+                    self.policies.vhost_deleted(name);
                     self.session_gone(|s| s.vhost == *name)?;
                 }
                 Ok(result.is_ok())
@@ -527,6 +566,7 @@ impl Operator {
     pub fn crashed(&mut self) {
         self.session = None;
         if let Some((_, request)) = self.in_flight.take() {
+            self.policies.crashed(&request);
             match request {
                 AdminRequest::PutUser { name, .. } | AdminRequest::DeleteUser { name } => {
                     // Deleting a user deletes its permissions too.
@@ -624,6 +664,6 @@ impl Operator {
         }
         debug_assert!(self.doubtful.is_empty());
         self.doubtful.clear();
-        Ok(())
+        self.policies.recovered(r)
     }
 }

@@ -48,7 +48,10 @@ struct Copy {
 struct MQueue {
     inst: u64,
     durable: bool,
-    max_length: Option<u32>,
+    /// The reject-publish `x-max-length` its arguments set.
+    arg_max_length: Option<u64>,
+    /// The limit in force: the smaller of the argument's and the limit policy's.
+    max_length: Option<u64>,
     bindings: BTreeSet<(String, String)>,
     /// Ready copies by queue position.
     ready: BTreeMap<u64, Copy>,
@@ -195,6 +198,8 @@ pub struct Model {
     namespace: Option<Reserved>,
     /// Connections of hostile clients, whose traffic is not modelled.
     hostile_conns: BTreeSet<ConnId>,
+    /// The limit policy the operator set on the workload's queues.
+    limit_policy: Option<LimitPolicy>,
 }
 
 /// The predeclared exchanges the workload may use.
@@ -218,10 +223,28 @@ fn key_of(message: &Message) -> Option<MsgKey> {
         .and_then(parse_msg_id)
 }
 
-fn max_length_of(args: &warren::proto::table::FieldTable) -> Option<u32> {
+fn max_length_of(args: &warren::proto::table::FieldTable) -> Option<u64> {
     let reject = args.get("x-overflow").and_then(|v| v.as_str()) == Some("reject-publish");
     let n = args.get("x-max-length").and_then(|v| v.as_i64())?;
-    reject.then_some(n as u32)
+    reject.then_some(n.max(0) as u64)
+}
+
+/// The workload's limit policy: which queues, and their most ready messages (with
+/// `reject-publish`, which a queue's own `x-overflow` leaves as it is).
+#[derive(Debug, Clone)]
+struct LimitPolicy {
+    pattern: regex::Regex,
+    max_length: u64,
+}
+
+impl LimitPolicy {
+    /// The limit a queue named `name` runs under, given its argument's.
+    fn limit(policy: Option<&LimitPolicy>, name: &str, arg: Option<u64>) -> Option<u64> {
+        match policy.filter(|p| p.pattern.is_match(name)) {
+            Some(p) => Some(arg.map_or(p.max_length, |a| a.min(p.max_length))),
+            None => arg,
+        }
+    }
 }
 
 impl Model {
@@ -237,8 +260,29 @@ impl Model {
         self.store_failing = failing;
     }
 
+    /// The operator set (or cleared) the limit policy on the workload's queues: the
+    /// broker put it in force as it took the request.
+    pub fn set_limit_policy(&mut self, limit: Option<(String, u64)>) {
+        self.limit_policy = limit.and_then(|(pattern, max_length)| {
+            Some(LimitPolicy {
+                pattern: regex::Regex::new(&pattern).ok()?,
+                max_length,
+            })
+        });
+        let policy = self.limit_policy.as_ref();
+        for (name, q) in self.queues.iter_mut() {
+            q.max_length = LimitPolicy::limit(policy, name, q.arg_max_length);
+        }
+    }
+
     /// A new broker incarnation starts from `recovered` (the state the disk returned).
     pub fn restart(&mut self, recovered: &Recovered) {
+        let limit = recovered
+            .policies
+            .iter()
+            .find(|p| !p.operator && p.vhost == "/" && p.name == crate::policies::LIMIT_POLICY)
+            .and_then(crate::policies::limit_of);
+        self.set_limit_policy(limit);
         self.exchanges = predeclared();
         for x in &recovered.exchanges {
             let kind = match x.kind.as_str() {
@@ -281,7 +325,12 @@ impl Model {
                 MQueue {
                     inst,
                     durable: true,
-                    max_length: max_length_of(&q.arguments),
+                    arg_max_length: max_length_of(&q.arguments),
+                    max_length: LimitPolicy::limit(
+                        self.limit_policy.as_ref(),
+                        &q.name,
+                        max_length_of(&q.arguments),
+                    ),
                     bindings,
                     ready: BTreeMap::new(),
                     next_pos: 1,
@@ -578,9 +627,7 @@ impl Model {
             let Some(q) = self.queues.get_mut(name) else {
                 continue;
             };
-            if q.max_length
-                .is_some_and(|max| q.ready.len() as u64 >= u64::from(max))
-            {
+            if q.max_length.is_some_and(|max| q.ready.len() as u64 >= max) {
                 rejected = true;
                 continue;
             }
@@ -647,7 +694,12 @@ impl Model {
                         MQueue {
                             inst,
                             durable: m.durable,
-                            max_length: max_length_of(&m.arguments),
+                            arg_max_length: max_length_of(&m.arguments),
+                            max_length: LimitPolicy::limit(
+                                self.limit_policy.as_ref(),
+                                &m.queue,
+                                max_length_of(&m.arguments),
+                            ),
                             bindings: BTreeSet::new(),
                             ready: BTreeMap::new(),
                             next_pos: 1,

@@ -49,6 +49,7 @@ pub mod faults;
 pub mod hostile;
 pub mod link;
 pub mod net;
+pub mod policies;
 pub mod watchdog;
 pub mod workload;
 pub mod world;

@@ -139,6 +139,9 @@ pub struct Link {
     frame_max: u32,
     heartbeat_ms: u64,
     last_send_ms: u64,
+    /// Both sides sent connection.close at once: the broker answers ours with a close-ok
+    /// after its own close (as the spec and RabbitMQ do), and nothing else may follow.
+    close_ok_owed: bool,
 }
 
 impl Link {
@@ -154,6 +157,7 @@ impl Link {
             frame_max: 4096,
             heartbeat_ms: 0,
             last_send_ms: now_ms,
+            close_ok_owed: false,
         }
     }
 
@@ -227,6 +231,20 @@ impl Link {
     /// follows is dropped). An error is a stream that does not decode.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
         if self.phase == Phase::Done {
+            if self.close_ok_owed {
+                match self.decoder.decode(&mut self.input) {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionCloseOk(_),
+                    })) => self.close_ok_owed = false,
+                    other => {
+                        return Err(format!(
+                            "after a close in both directions the broker sent {other:?}, not the close-ok it owed"
+                        ));
+                    }
+                }
+            }
             if !self.input.is_empty() {
                 // Nothing may follow the broker's connection.close or close-ok.
                 let n = self.input.len();
@@ -296,8 +314,9 @@ impl Link {
                 self.phase = Phase::Done;
                 ConnectionEvent::Step
             }
-            (_, Method::ConnectionClose(c)) => {
+            (phase, Method::ConnectionClose(c)) => {
                 self.send(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
+                self.close_ok_owed = phase == Phase::Closing;
                 self.phase = Phase::Done;
                 ConnectionEvent::Closed {
                     code: c.reply_code,

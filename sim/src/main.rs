@@ -281,6 +281,10 @@ struct Totals {
     admin_forced_closes: u64,
     admin_recoveries: u64,
     seeds_admin_recoveries: u64,
+    policy_changes: u64,
+    policy_checks: u64,
+    limit_changes: u64,
+    seeds_limit_changes: u64,
     alarm_windows: u64,
     seeds_alarms: u64,
 }
@@ -361,6 +365,10 @@ impl Totals {
         self.admin_forced_closes += r.admin.forced_closes;
         self.admin_recoveries += r.admin.recoveries_checked;
         self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
+        self.policy_changes += r.admin.policy_changes;
+        self.policy_checks += r.admin.policy_checks;
+        self.limit_changes += r.admin.limit_changes;
+        self.seeds_limit_changes += u64::from(r.admin.limit_changes > 0);
         self.alarm_windows += r.alarm_windows;
         self.seeds_alarms += u64::from(r.alarm_windows > 0);
     }
@@ -414,6 +422,10 @@ impl Totals {
             self.seeds_admin_recoveries,
             self.alarm_windows,
             self.seeds_alarms,
+        );
+        println!(
+            "policies: {} changes applied, {} queue listings checked against the rules; the workload's limit policy changed {} times in {} seeds",
+            self.policy_changes, self.policy_checks, self.limit_changes, self.seeds_limit_changes,
         );
         println!(
             "work: the largest step took {} routing steps (budget {WORK_BUDGET_PER_STEP})",

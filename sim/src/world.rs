@@ -544,6 +544,9 @@ impl World {
                     if let Some(session) = self.operator.act(b, now) {
                         self.model.connect_hostile(session);
                     }
+                    if let Some(limit) = self.operator.take_limit_change() {
+                        self.model.set_limit_policy(limit);
+                    }
                     self.dirty = true;
                 }
                 self.mix(b"operator", &now.to_le_bytes());

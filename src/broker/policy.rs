@@ -296,9 +296,7 @@ impl Policy {
             ));
         }
         if record.pattern.len() > MAX_PATTERN_BYTES {
-            return Err(format!(
-                "pattern is longer than {MAX_PATTERN_BYTES} bytes"
-            ));
+            return Err(format!("pattern is longer than {MAX_PATTERN_BYTES} bytes"));
         }
         let apply_to = ApplyTo::parse(&record.apply_to).ok_or_else(|| {
             format!(
@@ -378,11 +376,16 @@ impl Policies {
         self.remove(policy.record.operator, &policy.record.name);
         self.list.push(policy);
         self.list.sort_by(|a, b| {
-            (a.record.operator, -i128::from(a.record.priority), &a.record.name).cmp(&(
-                b.record.operator,
-                -i128::from(b.record.priority),
-                &b.record.name,
-            ))
+            (
+                a.record.operator,
+                -i128::from(a.record.priority),
+                &a.record.name,
+            )
+                .cmp(&(
+                    b.record.operator,
+                    -i128::from(b.record.priority),
+                    &b.record.name,
+                ))
         });
         assert!(
             self.list.len() <= MAX_POLICIES_PER_VHOST,
@@ -474,7 +477,10 @@ mod tests {
         let cases: Vec<(FieldTable, bool, &str)> = vec![
             (table(&[]), false, "no policy provided"),
             (
-                table(&[("max-length", FieldValue::I64(5)), ("foo", FieldValue::I64(1))]),
+                table(&[
+                    ("max-length", FieldValue::I64(5)),
+                    ("foo", FieldValue::I64(1)),
+                ]),
                 false,
                 "[{<<\"foo\">>,1}] are not recognised policy settings",
             ),
@@ -572,12 +578,18 @@ mod tests {
         assert_eq!(a.definition.dead_letter_exchange, None);
         let b = ps.applied("qx", Target::Queue);
         assert_eq!(b.policy.as_deref(), Some("low"));
-        assert_eq!(b.definition.dead_letter_exchange.as_deref(), Some("dlx-low"));
+        assert_eq!(
+            b.definition.dead_letter_exchange.as_deref(),
+            Some("dlx-low")
+        );
         // Operator policies do not apply to exchanges.
         let x = ps.applied("q.x", Target::Exchange);
         assert_eq!(x.operator_policy, None);
         assert!(ps.remove(false, "high"));
-        assert_eq!(ps.applied("q.1", Target::Queue).policy.as_deref(), Some("low"));
+        assert_eq!(
+            ps.applied("q.1", Target::Queue).policy.as_deref(),
+            Some("low")
+        );
     }
 
     #[test]

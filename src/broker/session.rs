@@ -87,7 +87,9 @@ impl Broker {
             }
             match Policy::new(p) {
                 Ok(p) => vhost.policies.put(p),
-                Err(e) => tracing::error!(error = %e, "a recovered policy is invalid; it is not applied"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a recovered policy is invalid; it is not applied")
+                }
             }
         }
         // The predeclared exchanges exist already.

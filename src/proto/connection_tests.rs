@@ -191,6 +191,9 @@ fn a_framing_error_after_the_servers_close_sends_no_second_close() {
             ..
         }))
     ));
-    assert!(sent.is_empty(), "a second frame followed the close: {sent:?}");
+    assert!(
+        sent.is_empty(),
+        "a second frame followed the close: {sent:?}"
+    );
     assert!(c.poll_transmit().is_none_or(|b| b.is_empty()));
 }

@@ -7,6 +7,7 @@
 mod common;
 mod http_guard;
 mod limits;
+mod policies;
 mod registry;
 mod sessions;
 

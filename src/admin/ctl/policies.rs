@@ -71,7 +71,11 @@ impl<W: Write> Ctl<W> {
 
     pub(super) fn clear_policy(&mut self, operator: bool, name: &str) -> CtlResult {
         let vhost = self.vhost();
-        let what = if operator { "operator policy" } else { "policy" };
+        let what = if operator {
+            "operator policy"
+        } else {
+            "policy"
+        };
         self.info(format!(
             "Clearing {what} \"{name}\" on vhost \"{vhost}\" ..."
         ));

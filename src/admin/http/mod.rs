@@ -243,7 +243,10 @@ fn policy_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
             get(get_policy).put(put_policy).delete(delete_policy),
         )
         .route("/api/operator-policies", get(list_operator_policies))
-        .route("/api/operator-policies/{vhost}", get(vhost_operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(vhost_operator_policies),
+        )
         .route(
             "/api/operator-policies/{vhost}/{name}",
             get(get_operator_policy)

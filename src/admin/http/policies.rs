@@ -33,7 +33,9 @@ async fn list(s: State, headers: HeaderMap, operator: bool, vhost: Option<String
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    let AdminReply::Policies(all) = s.call(AdminRequest::ListPolicies { operator, vhost }).await?
+    let AdminReply::Policies(all) = s
+        .call(AdminRequest::ListPolicies { operator, vhost })
+        .await?
     else {
         return Err(ApiError::not_found());
     };
@@ -45,7 +47,13 @@ async fn list(s: State, headers: HeaderMap, operator: bool, vhost: Option<String
     ok_json(Value::Array(shown))
 }
 
-async fn get_one(s: State, headers: HeaderMap, operator: bool, vhost: String, name: String) -> ApiResult {
+async fn get_one(
+    s: State,
+    headers: HeaderMap,
+    operator: bool,
+    vhost: String,
+    name: String,
+) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
     require_policy_rights(&who, operator)?;
     who.require_vhost(&vhost)?;
@@ -73,8 +81,7 @@ async fn put_one(
     require_policy_rights(&who, operator)?;
     who.require_vhost(&vhost)?;
     let body = parse_body(&body)?;
-    let record =
-        policy_from_json(&body, operator, &vhost, &name).map_err(ApiError::bad_request)?;
+    let record = policy_from_json(&body, operator, &vhost, &name).map_err(ApiError::bad_request)?;
     created_or_updated(s.call(AdminRequest::SetPolicy(record)).await?)
 }
 
@@ -102,7 +109,11 @@ pub(super) async fn list_policies(s: State, headers: HeaderMap) -> ApiResult {
 }
 
 /// `GET /api/policies/{vhost}`.
-pub(super) async fn vhost_policies(s: State, headers: HeaderMap, Path(v): Path<String>) -> ApiResult {
+pub(super) async fn vhost_policies(
+    s: State,
+    headers: HeaderMap,
+    Path(v): Path<String>,
+) -> ApiResult {
     list(s, headers, false, Some(v)).await
 }
 

@@ -5,7 +5,13 @@ use super::*;
 use crate::proto::table::FieldValue;
 use crate::store::PolicyRecord;
 
-fn policy(operator: bool, name: &str, pattern: &str, priority: i64, def: &[(&str, i64)]) -> AdminRequest {
+fn policy(
+    operator: bool,
+    name: &str,
+    pattern: &str,
+    priority: i64,
+    def: &[(&str, i64)],
+) -> AdminRequest {
     AdminRequest::SetPolicy(PolicyRecord {
         operator,
         vhost: "/".into(),
@@ -56,8 +62,10 @@ fn a_policy_applies_at_once_to_existing_queues_and_the_operator_caps_it() {
     fill(&mut h, "other", 8);
     fill(&mut h, "jobs.b", 3);
     // The highest priority wins; the lower one is not merged in.
-    h.admin(policy(false, "high", "^jobs\\.", 5, &[("max-length", 5)])).unwrap();
-    h.admin(policy(false, "low", "^jobs", 0, &[("max-length", 1)])).unwrap();
+    h.admin(policy(false, "high", "^jobs\\.", 5, &[("max-length", 5)]))
+        .unwrap();
+    h.admin(policy(false, "low", "^jobs", 0, &[("max-length", 1)]))
+        .unwrap();
     h.drain();
     let a = queue_info(&mut h, "jobs.a");
     assert_eq!(a.policy.as_deref(), Some("high"));
@@ -69,7 +77,8 @@ fn a_policy_applies_at_once_to_existing_queues_and_the_operator_caps_it() {
         "the argument (3) is smaller than the policy (5)"
     );
     // An operator policy caps the policy.
-    h.admin(policy(true, "cap", ".*", 0, &[("max-length", 2)])).unwrap();
+    h.admin(policy(true, "cap", ".*", 0, &[("max-length", 2)]))
+        .unwrap();
     h.drain();
     let a = queue_info(&mut h, "jobs.a");
     assert_eq!(a.operator_policy.as_deref(), Some("cap"));
@@ -78,7 +87,11 @@ fn a_policy_applies_at_once_to_existing_queues_and_the_operator_caps_it() {
         a.effective_policy_definition.get("max-length"),
         Some(&FieldValue::I64(2))
     );
-    assert_eq!(ready(&mut h, "other"), 2, "operator policies match on their own");
+    assert_eq!(
+        ready(&mut h, "other"),
+        2,
+        "operator policies match on their own"
+    );
     assert_eq!(ready(&mut h, "jobs.b"), 2);
     // Cleared, the limits go with them: the queue takes messages again.
     h.admin(AdminRequest::ClearPolicy {
@@ -109,11 +122,24 @@ fn invalid_policies_are_refused_with_rabbitmqs_reasons_and_change_nothing() {
         .admin(policy(false, "p", "^q", 0, &[("max-length", -1)]))
         .unwrap_err();
     assert_eq!(e.kind, AdminErrorKind::BadRequest);
-    assert_eq!(e.reason, "Validation failed\n\n-1 is not a valid maximum length\n");
-    let e = h.admin(policy(true, "p", "^q", 0, &[("max-priority", 3)])).unwrap_err();
-    assert!(e.reason.contains("are not recognised policy settings"), "{e:?}");
-    let e = h.admin(policy(false, "p", "(", 0, &[("max-length", 1)])).unwrap_err();
-    assert!(e.reason.contains("pattern should be regular expression"), "{e:?}");
+    assert_eq!(
+        e.reason,
+        "Validation failed\n\n-1 is not a valid maximum length\n"
+    );
+    let e = h
+        .admin(policy(true, "p", "^q", 0, &[("max-priority", 3)]))
+        .unwrap_err();
+    assert!(
+        e.reason.contains("are not recognised policy settings"),
+        "{e:?}"
+    );
+    let e = h
+        .admin(policy(false, "p", "(", 0, &[("max-length", 1)]))
+        .unwrap_err();
+    assert!(
+        e.reason.contains("pattern should be regular expression"),
+        "{e:?}"
+    );
     assert_eq!(h.ops.len(), before, "nothing stored");
     assert_eq!(
         h.admin(AdminRequest::ListPolicies {
@@ -128,7 +154,8 @@ fn invalid_policies_are_refused_with_rabbitmqs_reasons_and_change_nothing() {
 fn policies_are_durable_and_apply_to_recovered_queues_and_exchanges() {
     let mut h = Harness::new();
     h.declare_durable_queue(Actor::Node, "/", "jobs.a");
-    h.admin(policy(false, "p", "^jobs", 0, &[("max-length", 2)])).unwrap();
+    h.admin(policy(false, "p", "^jobs", 0, &[("max-length", 2)]))
+        .unwrap();
     let mut ae = FieldTable::default();
     ae.insert(
         "alternate-exchange",
@@ -153,17 +180,20 @@ fn policies_are_durable_and_apply_to_recovered_queues_and_exchanges() {
     assert_eq!(recovered.policies.len(), 2);
     let mut restarted = Broker::new(BrokerConfig::default(), 1, recovered);
     restarted.check_invariants();
-    let queues = match admin_answer(&mut restarted, AdminRequest::ListQueues { vhost: None }, 1)
-        .result
-    {
-        Ok(AdminReply::Queues(q)) => q,
-        other => panic!("{other:?}"),
-    };
+    let queues =
+        match admin_answer(&mut restarted, AdminRequest::ListQueues { vhost: None }, 1).result {
+            Ok(AdminReply::Queues(q)) => q,
+            other => panic!("{other:?}"),
+        };
     let q = queues.iter().find(|q| q.name == "jobs.a").unwrap();
     assert_eq!(q.policy.as_deref(), Some("p"));
     assert_eq!(q.messages_ready, 2);
     let x = restarted.topology.vhosts["/"].exchanges["amq.direct"].alternate_exchange();
-    assert_eq!(x, Some("amq.fanout"), "the predeclared exchange gets the policy");
+    assert_eq!(
+        x,
+        Some("amq.fanout"),
+        "the predeclared exchange gets the policy"
+    );
     // Deleting the vhost deletes its policies with it.
     h.admin(AdminRequest::PutVhost {
         name: "v".into(),
@@ -182,7 +212,8 @@ fn policies_are_durable_and_apply_to_recovered_queues_and_exchanges() {
             .collect(),
     }))
     .unwrap();
-    h.admin(AdminRequest::DeleteVhost { name: "v".into() }).unwrap();
+    h.admin(AdminRequest::DeleteVhost { name: "v".into() })
+        .unwrap();
     let mut state = crate::store::memory::MemoryState::default();
     for op in &h.ops {
         state.apply(op);
@@ -194,8 +225,16 @@ fn policies_are_durable_and_apply_to_recovered_queues_and_exchanges() {
 #[test]
 fn policies_round_trip_through_definitions() {
     let mut h = Harness::new();
-    h.admin(policy(false, "p", "^jobs", 4, &[("message-ttl", 60_000)])).unwrap();
-    h.admin(policy(true, "cap", ".*", 0, &[("max-length-bytes", 1 << 20)])).unwrap();
+    h.admin(policy(false, "p", "^jobs", 4, &[("message-ttl", 60_000)]))
+        .unwrap();
+    h.admin(policy(
+        true,
+        "cap",
+        ".*",
+        0,
+        &[("max-length-bytes", 1 << 20)],
+    ))
+    .unwrap();
     let Ok(AdminReply::Definitions(defs)) =
         h.admin(AdminRequest::ExportDefinitions { vhost: None })
     else {
