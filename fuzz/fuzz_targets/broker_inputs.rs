@@ -834,7 +834,7 @@ impl Harness {
         fn pattern(input: &mut Input<'_>) -> String {
             [".*", "^q", "", "(", "^amq\\.", "a{2,}"][input.u(6)].into()
         }
-        let request = match input.u(15) {
+        let request = match input.u(17) {
             0 => AdminRequest::PutUser {
                 name: user,
                 password: Password::Plain("p".into()),
@@ -889,6 +889,40 @@ impl Harness {
                 queue: QUEUES[input.u(QUEUES.len())].into(),
                 count: input.u(3),
                 ack: [GetAck::Requeue, GetAck::Ack, GetAck::RejectRequeue, GetAck::Reject][input.u(4)],
+            },
+            // Policies over the queues the inputs publish to: any key, any value type, any
+            // pattern, both kinds; limits and dead-lettering put in force on full queues.
+            14 => {
+                const KEYS: [&str; 10] = [
+                    "max-length", "max-length-bytes", "message-ttl", "expires", "overflow",
+                    "dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange",
+                    "max-priority", "queue-mode",
+                ];
+                const TEXTS: [&str; 5] = ["reject-publish", "drop-head", "reject-publish-dlx", "amq.fanout", ""];
+                let mut definition = warren::proto::table::FieldTable::default();
+                for _ in 0..1 + input.u(3) {
+                    let key = KEYS[input.u(KEYS.len())];
+                    let value = match input.u(3) {
+                        0 => FieldValue::I64(input.u(6) as i64 - 1),
+                        1 => FieldValue::I64(i64::MAX - input.u(2) as i64),
+                        _ => FieldValue::LongStr(TEXTS[input.u(TEXTS.len())].as_bytes().to_vec().into()),
+                    };
+                    definition.insert(key, value);
+                }
+                AdminRequest::SetPolicy(warren::store::PolicyRecord {
+                    operator: input.bit(),
+                    vhost,
+                    name: ["p", "q", ""][input.u(3)].into(),
+                    pattern: pattern(input),
+                    apply_to: ["queues", "exchanges", "all", "bogus"][input.u(4)].into(),
+                    priority: input.u(5) as i64 - 2,
+                    definition,
+                })
+            }
+            15 => AdminRequest::ClearPolicy {
+                operator: input.bit(),
+                vhost,
+                name: ["p", "q"][input.u(2)].into(),
             },
             _ => AdminRequest::Overview,
         };

@@ -331,6 +331,20 @@ def walk(page: Page, ctx, w: Warren, shots: Shots) -> None:
     user = w.api("GET", "/api/users/ops")
     assert user["tags"] == ["management"], user
 
+    step("set a policy from the admin page; the queue it matches runs under it")
+    pol = page.get_by_role("form", name="Add or update a policy")
+    pol.get_by_label("Name").fill("work-limit")
+    pol.get_by_label(re.compile("^Pattern")).fill("^work$")
+    pol.get_by_label(re.compile("^Definition")).fill('{"max-length": 5000, "bogus": 1}')
+    pol.get_by_role("button", name="Save policy").click()
+    expect(notice(page)).to_contain_text("are not recognised policy settings")
+    pol.get_by_label(re.compile("^Definition")).fill('{"max-length": 5000}')
+    pol.get_by_role("button", name="Save policy").click()
+    expect(notice(page)).to_contain_text("Policy saved")
+    expect(page.get_by_role("cell", name='{"max-length":5000}')).to_be_visible()
+    work = w.api("GET", "/api/queues/%2F/work")
+    assert work["policy"] == "work-limit" and work["effective_policy_definition"] == {"max-length": 5000}, work
+
     step("export definitions, and preview an import")
     page.get_by_role("button", name="Export definitions").click()
     exported = page.locator("#exported")

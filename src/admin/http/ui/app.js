@@ -452,7 +452,10 @@ function features(o) {
   if (o.internal) f.push('internal');
   if (o.exclusive) f.push('exclusive');
   for (const k of Object.keys(o.arguments || {})) f.push(k);
-  return f.map((t) => h('span', { class: 'tag' }, t));
+  const tags = f.map((t) => h('span', { class: 'tag' }, t));
+  if (o.policy) tags.push(h('span', { class: 'tag', title: 'policy' }, 'policy: ' + o.policy));
+  if (o.operator_policy) tags.push(h('span', { class: 'tag', title: 'operator policy' }, 'operator policy: ' + o.operator_policy));
+  return tags;
 }
 
 function bindingsTable(list, vhost) {
@@ -785,8 +788,9 @@ async function adminPage() {
     page('Admin', h('p', {}, 'Users, virtual hosts, permissions and definitions need the administrator tag.'));
     return;
   }
-  const [users, vhosts, perms, limits] = await Promise.all([
-    api('GET', '/api/users'), api('GET', '/api/vhosts'), api('GET', '/api/permissions'), api('GET', '/api/vhost-limits')]);
+  const [users, vhosts, perms, limits, policies, opPolicies] = await Promise.all([
+    api('GET', '/api/users'), api('GET', '/api/vhosts'), api('GET', '/api/permissions'), api('GET', '/api/vhost-limits'),
+    api('GET', '/api/policies'), api('GET', '/api/operator-policies')]);
   state.vhosts = vhosts.map((v) => v.name);
   const userForm = h('form', { class: 'box', 'aria-label': 'Add or update a user' }, h('h2', {}, 'Add or update a user'),
     h('div', { class: 'fields' },
@@ -863,8 +867,42 @@ async function adminPage() {
         await adminPage();
       }, 'Virtual host deleted.') }, 'Delete') },
     ], vhosts), vhostForm, limitForm,
-    h('h2', {}, 'Definitions'), definitionsBox(),
-    h('h2', {}, 'Policies'), h('p', { class: 'muted' }, 'warren has no policies: queue behaviour is set by declaration arguments.'));
+    h('h2', {}, 'Policies'), policiesBox(policies, opPolicies),
+    h('h2', {}, 'Definitions'), definitionsBox());
+}
+
+function policiesBox(policies, opPolicies) {
+  const rows = policies.map((p) => ({ ...p, kind: 'policy' })).concat(opPolicies.map((p) => ({ ...p, kind: 'operator policy' })));
+  const base = (p) => (p.kind === 'policy' ? '/api/policies/' : '/api/operator-policies/') + `${enc(p.vhost)}/${enc(p.name)}`;
+  const form = h('form', { class: 'box', 'aria-label': 'Add or update a policy' }, h('h3', {}, 'Add or update a policy'),
+    h('div', { class: 'fields' },
+      field('Kind', 'kind', select(['policy', 'operator policy'])),
+      field('Virtual host', 'vhost', vhostSelect()),
+      field('Name', 'name', input({ required: true, autocomplete: 'off' })),
+      field('Pattern (regular expression on names)', 'pattern', input({ required: true, value: '^' })),
+      field('Apply to', 'applyTo', select(['queues', 'exchanges', 'all'])),
+      field('Priority', 'priority', input({ inputmode: 'numeric', value: '0' })),
+      field('Definition (JSON: message-ttl, expires, max-length, max-length-bytes, overflow, dead-letter-exchange, dead-letter-routing-key, alternate-exchange)',
+        'definition', h('textarea', { required: true }, '{"max-length": 10000}'))),
+    h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Save policy')));
+  form.addEventListener('submit', act(async () => {
+    let definition;
+    try { definition = JSON.parse(formValue(form, 'definition')); } catch (e) { throw new Error('The definition is not valid JSON: ' + e.message); }
+    const p = { kind: formValue(form, 'kind'), vhost: formValue(form, 'vhost'), name: formValue(form, 'name') };
+    await api('PUT', base(p), { pattern: formValue(form, 'pattern'), 'apply-to': formValue(form, 'applyTo'),
+      priority: Number(formValue(form, 'priority') || 0), definition });
+    await adminPage();
+  }, 'Policy saved.'));
+  return h('div', {},
+    table([
+      { title: 'Kind', cell: (p) => p.kind }, { title: 'Vhost', cell: (p) => p.vhost }, { title: 'Name', cell: (p) => p.name },
+      { title: 'Pattern', cell: (p) => p.pattern }, { title: 'Apply to', cell: (p) => p['apply-to'] },
+      { title: 'Definition', cell: (p) => JSON.stringify(p.definition) }, { title: 'Priority', num: true, cell: (p) => num(p.priority) },
+      { title: '', cell: (p) => h('button', { type: 'button', class: 'plain', onclick: act(async () => {
+        await api('DELETE', base(p));
+        await adminPage();
+      }, 'Policy cleared.') }, 'Clear') },
+    ], rows, { empty: 'No policies: queues and exchanges run as declared.' }), form);
 }
 
 function definitionsBox() {
@@ -912,6 +950,7 @@ function diffDefinitions(current, next) {
     ['exchanges', 'exchange', (x) => `${x.vhost} ${x.name}`, (x) => [x.type, x.durable, x.auto_delete, x.internal, x.arguments]],
     ['queues', 'queue', (x) => `${x.vhost} ${x.name}`, (x) => [x.durable, x.auto_delete, x.arguments]],
     ['bindings', 'binding', (x) => `${x.vhost} ${x.source} → ${x.destination_type} ${x.destination} (${x.routing_key})`, (x) => x.arguments],
+    ['policies', 'policy', (x) => `${x.vhost} ${x.name}`, (x) => [x.pattern, x['apply-to'], x.priority, x.definition]],
   ];
   const out = [];
   for (const [key, kind, id, body] of kinds) {
