@@ -834,7 +834,7 @@ impl Harness {
         fn pattern(input: &mut Input<'_>) -> String {
             [".*", "^q", "", "(", "^amq\\.", "a{2,}"][input.u(6)].into()
         }
-        let request = match input.u(17) {
+        let request = match input.u(19) {
             0 => AdminRequest::PutUser {
                 name: user,
                 password: Password::Plain("p".into()),
@@ -919,6 +919,19 @@ impl Harness {
                     definition,
                 })
             }
+            // Topic permissions on the topic exchanges the inputs publish and bind to.
+            16 => AdminRequest::SetTopicPermissions(warren::store::TopicPermissionRecord {
+                user,
+                vhost,
+                exchange: ["amq.topic", "x.topic", "amq.direct", ""][input.u(4)].into(),
+                write: pattern(input),
+                read: pattern(input),
+            }),
+            17 => AdminRequest::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange: input.bit().then(|| "amq.topic".to_string()),
+            },
             15 => AdminRequest::ClearPolicy {
                 operator: input.bit(),
                 vhost,

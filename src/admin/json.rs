@@ -16,7 +16,9 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::{
     FieldTable, FieldValue, MAX_FIELD_DEPTH, MAX_TABLE_BYTES, TableLimitError,
 };
-use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{
+    PermissionRecord, PolicyRecord, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
+};
 
 /// The version this API claims to be compatible with (clients check it).
 pub const RABBITMQ_VERSION: &str = "3.10.8";
@@ -421,6 +423,17 @@ pub fn policy_from_json(
     })
 }
 
+/// Topic permissions as `/api/topic-permissions` shows them.
+pub fn topic_permission_json(p: &TopicPermissionRecord) -> Value {
+    json!({
+        "user": p.user,
+        "vhost": p.vhost,
+        "exchange": p.exchange,
+        "write": p.write,
+        "read": p.read,
+    })
+}
+
 /// A permission as `/api/permissions` shows it.
 pub fn permission_json(p: &PermissionRecord) -> Value {
     json!({
@@ -612,7 +625,12 @@ pub fn definitions_to_json(d: &Definitions, vhost_only: bool) -> Value {
                 .collect(),
         );
         doc["permissions"] = Value::Array(d.permissions.iter().map(permission_json).collect());
-        doc["topic_permissions"] = json!([]);
+        doc["topic_permissions"] = Value::Array(
+            d.topic_permissions
+                .iter()
+                .map(topic_permission_json)
+                .collect(),
+        );
         doc["global_parameters"] = json!([]);
     }
     doc
@@ -709,6 +727,15 @@ fn read_access_definitions(doc: &Value, d: &mut Definitions) -> Result<(), Strin
             configure: text_field(p, "configure", "permission")?,
             write: text_field(p, "write", "permission")?,
             read: text_field(p, "read", "permission")?,
+        });
+    }
+    for p in definitions_list(doc, "topic_permissions") {
+        d.topic_permissions.push(TopicPermissionRecord {
+            user: text_field(p, "user", "topic permission")?,
+            vhost: text_field(p, "vhost", "topic permission")?,
+            exchange: text_field(p, "exchange", "topic permission")?,
+            write: text_field(p, "write", "topic permission")?,
+            read: text_field(p, "read", "topic permission")?,
         });
     }
     Ok(())

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use crate::store::{PermissionRecord, UserRecord};
+use crate::store::{PermissionRecord, TopicPermissionRecord, UserRecord};
 
 /// Hashes a password as RabbitMQ's `rabbit_password_hashing_sha256` does: base64 of a
 /// 4-byte salt followed by SHA-256(salt ++ password).
@@ -101,12 +101,51 @@ impl Permissions {
     }
 }
 
+/// A user's topic permissions on one exchange, compiled: `{username}` and `{vhost}` in the
+/// patterns stand for the record's user and vhost, as in RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct TopicPermission {
+    /// As set.
+    pub record: TopicPermissionRecord,
+    write: Regex,
+    read: Regex,
+}
+
+impl TopicPermission {
+    /// Compiles a record; fails on an invalid regular expression.
+    pub fn new(record: TopicPermissionRecord) -> Result<Self, String> {
+        let expand = |p: &str| {
+            p.replace("{username}", &record.user)
+                .replace("{vhost}", &record.vhost)
+        };
+        Ok(TopicPermission {
+            write: compile(&expand(&record.write))?,
+            read: compile(&expand(&record.read))?,
+            record,
+        })
+    }
+
+    /// Whether the user may publish with (write) or bind with (read) `routing_key`.
+    pub fn allows(&self, access: Access, routing_key: &str) -> bool {
+        match access {
+            Access::Write => self.write.is_match(routing_key),
+            Access::Read => self.read.is_match(routing_key),
+            Access::Configure => true,
+        }
+    }
+}
+
+/// The most topic permissions one user holds in one vhost (one per exchange).
+pub const MAX_TOPIC_PERMISSIONS_PER_USER_VHOST: usize = 1000;
+
 /// The user database.
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     users: BTreeMap<String, UserRecord>,
     /// By user, then vhost (lookups with borrowed names, no allocation).
     permissions: BTreeMap<String, BTreeMap<String, Permissions>>,
+    /// Topic permissions by user, then vhost, then exchange.
+    topic: BTreeMap<String, BTreeMap<String, BTreeMap<String, TopicPermission>>>,
 }
 
 impl Users {
@@ -128,6 +167,7 @@ impl Users {
     /// Removes a user and its permissions; returns whether it existed.
     pub fn remove(&mut self, name: &str) -> bool {
         self.permissions.remove(name);
+        self.topic.remove(name);
         self.users.remove(name).is_some()
     }
 
@@ -164,6 +204,68 @@ impl Users {
             of_user.remove(vhost);
         }
         self.permissions.retain(|_, of_user| !of_user.is_empty());
+        for of_user in self.topic.values_mut() {
+            of_user.remove(vhost);
+        }
+        self.topic.retain(|_, of_user| !of_user.is_empty());
+    }
+
+    /// Sets a user's topic permissions on an exchange; false when the user already has
+    /// the most a user may hold in the vhost and this exchange is not one of them.
+    pub fn set_topic(&mut self, p: TopicPermission) -> bool {
+        let r = &p.record;
+        let of_vhost = self
+            .topic
+            .entry(r.user.clone())
+            .or_default()
+            .entry(r.vhost.clone())
+            .or_default();
+        if !of_vhost.contains_key(&r.exchange)
+            && of_vhost.len() >= MAX_TOPIC_PERMISSIONS_PER_USER_VHOST
+        {
+            return false;
+        }
+        of_vhost.insert(r.exchange.clone(), p);
+        true
+    }
+
+    /// Clears a user's topic permissions in a vhost on one exchange or all; returns the
+    /// exchanges cleared.
+    pub fn clear_topic(&mut self, user: &str, vhost: &str, exchange: Option<&str>) -> Vec<String> {
+        let Some(of_user) = self.topic.get_mut(user) else {
+            return Vec::new();
+        };
+        let Some(of_vhost) = of_user.get_mut(vhost) else {
+            return Vec::new();
+        };
+        let cleared: Vec<String> = match exchange {
+            Some(x) => of_vhost
+                .remove(x)
+                .map(|_| x.to_string())
+                .into_iter()
+                .collect(),
+            None => std::mem::take(of_vhost).into_keys().collect(),
+        };
+        if of_vhost.is_empty() {
+            of_user.remove(vhost);
+        }
+        if of_user.is_empty() {
+            self.topic.remove(user);
+        }
+        cleared
+    }
+
+    /// A user's topic permissions on an exchange of a vhost, if it has any.
+    pub fn topic(&self, user: &str, vhost: &str, exchange: &str) -> Option<&TopicPermission> {
+        self.topic.get(user)?.get(vhost)?.get(exchange)
+    }
+
+    /// Every topic permission record, by user, vhost and exchange.
+    pub fn all_topic(&self) -> impl Iterator<Item = &TopicPermissionRecord> {
+        self.topic
+            .values()
+            .flat_map(|v| v.values())
+            .flat_map(|x| x.values().map(|p| &p.record))
     }
 
     /// A user's permissions in a vhost.

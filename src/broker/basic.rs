@@ -148,6 +148,7 @@ impl Broker {
             )));
         }
         self.check_access(conn, Access::Write, "exchange", exchange)?;
+        self.check_topic(&user, &vhost, Access::Write, exchange, &publish.routing_key)?;
         if let Err(why) = parse_expiration(&message) {
             return Err(precondition_failed(format!(
                 "invalid expiration '{}': {why}",

@@ -43,6 +43,46 @@ impl Broker {
     }
 
     /// Fails unless the connection's user has `access` to `name` in its vhost.
+    /// RabbitMQ's topic authorisation: on a topic exchange where the user has topic
+    /// permissions, a publish's routing key must match the write pattern and a binding's
+    /// key the read pattern (elsewhere, and without topic permissions, anything goes).
+    pub(super) fn check_topic(
+        &self,
+        user: &str,
+        vhost: &str,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> AmqpResult<()> {
+        let Some(p) = self.accounts.users.topic(user, vhost, exchange) else {
+            return Ok(());
+        };
+        let is_topic = self
+            .topology
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(exchange))
+            .is_some_and(|x| x.kind == ExchangeKind::Topic);
+        if !is_topic || p.allows(access, routing_key) {
+            return Ok(());
+        }
+        Err(access_refused(format!(
+            "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+        )))
+    }
+
+    /// [`Broker::check_topic`] for the user and vhost of a connection.
+    pub(super) fn check_topic_access(
+        &self,
+        conn: ConnId,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> AmqpResult<()> {
+        let (vhost, user) = self.open_session(conn)?;
+        self.check_topic(&user, &vhost, access, exchange, routing_key)
+    }
+
     pub(super) fn check_access(
         &self,
         conn: ConnId,
@@ -339,6 +379,7 @@ impl Broker {
         }
         self.check_access(conn, Access::Write, "exchange", &m.destination)?;
         self.check_access(conn, Access::Read, "exchange", &m.source)?;
+        self.check_topic_access(conn, Access::Read, &m.source, &m.routing_key)?;
         if bind {
             self.exchange_exists(&vhost, &m.source)?;
             self.exchange_exists(&vhost, &m.destination)?;
@@ -594,6 +635,7 @@ impl Broker {
         self.check_access(conn, Access::Write, "queue", queue)?;
         self.check_access(conn, Access::Read, "exchange", exchange)?;
         self.exchange_exists(vhost, exchange)?;
+        self.check_topic_access(conn, Access::Read, exchange, &routing_key)?;
         let id = self.usable_queue(conn, vhost, queue)?;
         check_table_limits(&arguments, "queue", queue, vhost)?;
         Ok(Binding {

@@ -14,7 +14,7 @@ use crate::store::{
     StoreOp, UserRecord,
 };
 
-use super::auth::{Permissions, hash_password};
+use super::auth::{Permissions, TopicPermission, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -64,6 +64,11 @@ impl Broker {
         for p in recovered.permissions {
             if let Ok(p) = Permissions::new(p) {
                 self.accounts.users.set_permissions(p);
+            }
+        }
+        for p in recovered.topic_permissions {
+            if let Ok(p) = TopicPermission::new(p) {
+                self.accounts.users.set_topic(p);
             }
         }
         self.restore_limits(&recovered.vhost_limits, &recovered.user_limits);

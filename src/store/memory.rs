@@ -20,6 +20,7 @@ pub struct MemoryState {
     vhost_limits: BTreeMap<String, VhostLimits>,
     user_limits: BTreeMap<String, UserLimits>,
     policies: BTreeMap<(bool, String, String), PolicyRecord>,
+    topic_permissions: BTreeMap<(String, String, String), TopicPermissionRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -52,6 +53,20 @@ impl MemoryState {
             }
             StoreOp::DeletePermission { user, vhost } => {
                 self.permissions.remove(&(user.clone(), vhost.clone()));
+            }
+            StoreOp::PutTopicPermission(p) => {
+                self.topic_permissions.insert(
+                    (p.user.clone(), p.vhost.clone(), p.exchange.clone()),
+                    p.clone(),
+                );
+            }
+            StoreOp::DeleteTopicPermission {
+                user,
+                vhost,
+                exchange,
+            } => {
+                self.topic_permissions
+                    .remove(&(user.clone(), vhost.clone(), exchange.clone()));
             }
             StoreOp::PutPolicy(p) => {
                 self.policies
@@ -110,6 +125,7 @@ impl MemoryState {
         self.vhosts.remove(v);
         self.vhost_limits.remove(v);
         self.policies.retain(|(_, pv, _), _| pv != v);
+        self.topic_permissions.retain(|(_, tv, _), _| tv != v);
         self.permissions.retain(|(_, pv), _| pv != v);
         self.exchanges.retain(|(xv, _), _| xv != v);
         let gone: Vec<u64> = self
@@ -129,6 +145,7 @@ impl MemoryState {
         self.users.remove(name);
         self.user_limits.remove(name);
         self.permissions.retain(|(u, _), _| u != name);
+        self.topic_permissions.retain(|(u, _, _), _| u != name);
     }
 
     /// Sets a vhost's limits; no limit at all removes the record.
@@ -345,6 +362,7 @@ impl MemoryState {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             policies: self.policies.values().cloned().collect(),
+            topic_permissions: self.topic_permissions.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

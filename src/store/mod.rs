@@ -94,6 +94,23 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// A user's topic permissions on one exchange of a vhost (`set_topic_permissions`): the
+/// routing keys it may publish with and bind with, as regular expressions in which
+/// `{username}` and `{vhost}` stand for the user's name and the vhost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPermissionRecord {
+    /// User name.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// The topic exchange.
+    pub exchange: String,
+    /// Routing keys the user may publish with.
+    pub write: String,
+    /// Binding keys the user may bind (and unbind) queues and exchanges with.
+    pub read: String,
+}
+
 /// A policy or an operator policy (`set_policy`, `set_operator_policy`): a definition
 /// applied to the queues and exchanges whose names match a pattern. Validated by the
 /// broker before it is stored; the store keeps it as given.
@@ -177,6 +194,18 @@ pub enum StoreOp {
         user: String,
         /// The limits now in force.
         limits: UserLimits,
+    },
+    /// Topic permissions were set.
+    PutTopicPermission(TopicPermissionRecord),
+    /// Topic permissions on one exchange were cleared. Deleting the user or the vhost
+    /// removes them too.
+    DeleteTopicPermission {
+        /// User name.
+        user: String,
+        /// Virtual host.
+        vhost: String,
+        /// The exchange.
+        exchange: String,
     },
     /// A policy or an operator policy was set.
     PutPolicy(PolicyRecord),
@@ -426,6 +455,8 @@ pub struct Recovered {
     pub user_limits: Vec<(String, UserLimits)>,
     /// Policies and operator policies.
     pub policies: Vec<PolicyRecord>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermissionRecord>,
     /// Durable exchanges.
     pub exchanges: Vec<ExchangeRecord>,
     /// Durable queues.

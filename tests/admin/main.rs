@@ -10,6 +10,7 @@ mod limits;
 mod policies;
 mod registry;
 mod sessions;
+mod topic;
 
 use std::time::Duration;
 

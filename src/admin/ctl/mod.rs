@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 mod client;
 mod policies;
 mod table;
+mod topic;
 
 use client::{Answer, Client, reason_of, seg};
 use table::*;
@@ -53,6 +54,9 @@ Commands (as rabbitmqctl's; -p VHOST, -q, -s, --formatter json may go anywhere):
   set_permissions [-p VHOST] USER CONF WRITE READ
   clear_permissions [-p VHOST] USER
   list_permissions [-p VHOST]       list_user_permissions USER
+  set_topic_permissions [-p VHOST] USER EXCHANGE WRITE READ
+  clear_topic_permissions [-p VHOST] USER [EXCHANGE]
+  list_topic_permissions [-p VHOST] list_user_topic_permissions USER
   list_queues [-p VHOST] [COLUMN ...]      list_exchanges [-p VHOST] [COLUMN ...]
   list_bindings [-p VHOST] [COLUMN ...]    list_consumers [-p VHOST] [COLUMN ...]
   list_connections [COLUMN ...]            list_channels [COLUMN ...]
@@ -252,6 +256,15 @@ impl<W: Write> Ctl<W> {
             ("clear_permissions", [user]) => self.clear_permissions(user),
             ("list_permissions", []) => self.list_permissions(),
             ("list_user_permissions", [user]) => self.list_user_permissions(user),
+            ("set_topic_permissions", [user, exchange, write, read]) => {
+                self.set_topic_permissions(user, exchange, write, read)
+            }
+            ("clear_topic_permissions", [user]) => self.clear_topic_permissions(user, None),
+            ("clear_topic_permissions", [user, exchange]) => {
+                self.clear_topic_permissions(user, Some(exchange))
+            }
+            ("list_topic_permissions", []) => self.list_topic_permissions(),
+            ("list_user_topic_permissions", [user]) => self.list_user_topic_permissions(user),
             ("list_queues", cols) => self.list_vhost_objects("queues", cols),
             ("list_exchanges", cols) => self.list_vhost_objects("exchanges", cols),
             ("list_bindings", cols) => self.list_vhost_objects("bindings", cols),

@@ -20,6 +20,7 @@ mod resources;
 mod serve;
 mod session;
 mod status;
+mod topic;
 mod ui;
 
 use std::collections::HashMap;
@@ -173,6 +174,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
     let router = object_routes(router);
     let router = limit_routes(router);
     let router = policy_routes(router);
+    let router = topic_routes(router);
     let router = queue_and_exchange_routes(router);
     let router = binding_routes(router);
     let router = connection_routes(router);
@@ -229,6 +231,31 @@ fn object_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
         .route(
             "/api/definitions/{vhost}",
             get(export_vhost).post(import_vhost),
+        )
+}
+
+/// Topic permissions.
+fn topic_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
+    use topic::*;
+    router
+        .route("/api/topic-permissions", get(list_topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(get_topic_permissions)
+                .put(put_topic_permissions)
+                .delete(delete_topic_permissions),
+        )
+        .route(
+            "/api/topic-permissions/{vhost}/{user}/{exchange}",
+            axum::routing::delete(delete_topic_permission),
+        )
+        .route(
+            "/api/users/{user}/topic-permissions",
+            get(user_topic_permissions),
+        )
+        .route(
+            "/api/vhosts/{vhost}/topic-permissions",
+            get(vhost_topic_permissions),
         )
 }
 

@@ -3,7 +3,9 @@
 //! `crate::admin::json`).
 
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{
+    PermissionRecord, PolicyRecord, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
+};
 
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
@@ -65,6 +67,8 @@ pub struct Definitions {
     pub user_limits: Vec<(String, UserLimits)>,
     /// Policies and operator policies.
     pub policies: Vec<PolicyRecord>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermissionRecord>,
 }
 
 impl Broker {
@@ -74,6 +78,7 @@ impl Broker {
             defs.users = self.accounts.users.iter().cloned().collect();
             defs.vhosts = self.list_vhosts().into_iter().map(|v| v.name).collect();
             defs.permissions = self.accounts.users.all_permissions().cloned().collect();
+            defs.topic_permissions = self.accounts.users.all_topic().cloned().collect();
             if let Ok(AdminReply::UserLimits(l)) = self.list_user_limits(None) {
                 defs.user_limits = l;
             }
@@ -152,6 +157,15 @@ impl Broker {
                 )));
             }
             super::super::auth::Permissions::new(p.clone()).map_err(bad_request)?;
+        }
+        for p in &defs.topic_permissions {
+            if !known_vhost(&p.vhost) || !known_user(&p.user) {
+                return Err(bad_request(format!(
+                    "topic permission of user '{}' in vhost '{}': no such user or vhost",
+                    p.user, p.vhost
+                )));
+            }
+            super::super::auth::TopicPermission::new(p.clone()).map_err(bad_request)?;
         }
         for (user, _) in &defs.user_limits {
             if !known_user(user) {
@@ -261,6 +275,9 @@ impl Broker {
         }
         for p in defs.permissions {
             self.set_permissions(p)?;
+        }
+        for p in defs.topic_permissions {
+            self.set_topic_permissions(p)?;
         }
         for (user, limits) in defs.user_limits {
             self.set_user_limits(&user, limits)?;

@@ -29,7 +29,9 @@ use crate::proto::command::{ConnId, Message};
 use crate::proto::constants;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, PolicyRecord, UserLimits, UserRecord, VhostLimits};
+use crate::store::{
+    PermissionRecord, PolicyRecord, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
+};
 
 use super::error::AmqpError;
 use super::stats::MessageCounters;
@@ -193,6 +195,19 @@ pub enum AdminRequest {
         user: String,
         /// The limit ("max-connections", "max-channels"), or `None` for all.
         name: Option<String>,
+    },
+    /// Every topic permission; answers [`AdminReply::TopicPermissions`].
+    ListTopicPermissions,
+    /// Sets a user's topic permissions on an exchange of a vhost.
+    SetTopicPermissions(TopicPermissionRecord),
+    /// Clears a user's topic permissions in a vhost, on one exchange or all.
+    ClearTopicPermissions {
+        /// User name.
+        user: String,
+        /// Vhost name.
+        vhost: String,
+        /// Only this exchange.
+        exchange: Option<String>,
     },
     /// Policies or operator policies, in one vhost or all; answers
     /// [`AdminReply::Policies`].
@@ -453,6 +468,8 @@ pub enum AdminReply {
     UserLimits(Vec<(String, UserLimits)>),
     /// Policies, by vhost then precedence.
     Policies(Vec<PolicyRecord>),
+    /// Topic permissions, by user, vhost and exchange.
+    TopicPermissions(Vec<TopicPermissionRecord>),
     /// Queues.
     Queues(Vec<QueueInfo>),
     /// Exchanges.
@@ -631,6 +648,15 @@ impl Broker {
             )),
             R::SetPermissions(p) => self.set_permissions(p),
             R::ClearPermissions { user, vhost } => self.clear_permissions(&user, &vhost),
+            R::ListTopicPermissions => Ok(AdminReply::TopicPermissions(
+                self.accounts.users.all_topic().cloned().collect(),
+            )),
+            R::SetTopicPermissions(p) => self.set_topic_permissions(p),
+            R::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => self.clear_topic_permissions(&user, &vhost, exchange.as_deref()),
             R::ListVhostLimits { vhost } => self.list_vhost_limits(vhost.as_deref()),
             R::SetVhostLimits {
                 vhost,

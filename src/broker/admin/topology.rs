@@ -323,6 +323,9 @@ impl Broker {
         let dest_kind = if b.to_queue { "queue" } else { "exchange" };
         self.admin_check(actor, &b.vhost, Access::Write, dest_kind, &b.destination)?;
         self.admin_check(actor, &b.vhost, Access::Read, "exchange", &b.source)?;
+        if let Actor::User(user) = actor {
+            self.check_topic(user, &b.vhost, Access::Read, &b.source, &b.routing_key)?;
+        }
         check_table(&b.arguments, "arguments")?;
         let v = self
             .topology
@@ -396,6 +399,9 @@ impl Broker {
             .into());
         }
         self.admin_check(actor, vhost, Access::Write, "exchange", exchange)?;
+        if let Actor::User(user) = actor {
+            self.check_topic(user, vhost, Access::Write, exchange, &routing_key)?;
+        }
         if let Some(headers) = &properties.headers {
             check_table(headers, "headers")?;
         }

@@ -2,9 +2,9 @@
 
 use rand::RngCore;
 
-use crate::store::{PermissionRecord, StoreOp, UserRecord};
+use crate::store::{PermissionRecord, StoreOp, TopicPermissionRecord, UserRecord};
 
-use super::super::auth::{Permissions, hash_password};
+use super::super::auth::{Permissions, TopicPermission, hash_password};
 use super::super::vhost::VHost;
 use super::super::{Broker, QueueId};
 use super::{
@@ -232,6 +232,55 @@ impl Broker {
             self.round.journal.push(StoreOp::DeletePermission {
                 user: user.to_string(),
                 vhost: vhost.to_string(),
+            });
+        }
+        Ok(AdminReply::Done)
+    }
+
+    pub(super) fn set_topic_permissions(&mut self, record: TopicPermissionRecord) -> AdminResult {
+        if self.accounts.users.get(&record.user).is_none() {
+            return Err(not_found(format!("User {} does not exist", record.user)));
+        }
+        if !self.topology.vhosts.contains_key(&record.vhost) {
+            return Err(not_found(format!(
+                "Virtual host {} does not exist",
+                record.vhost
+            )));
+        }
+        if record.exchange.is_empty() {
+            return Err(bad_request("topic permissions need an exchange"));
+        }
+        let perms = TopicPermission::new(record.clone()).map_err(bad_request)?;
+        if !self.accounts.users.set_topic(perms) {
+            return Err(bad_request(format!(
+                "user {} has topic permissions on {} exchanges of vhost {}, the most a user may hold",
+                record.user,
+                super::super::auth::MAX_TOPIC_PERMISSIONS_PER_USER_VHOST,
+                record.vhost
+            )));
+        }
+        self.round.journal.push(StoreOp::PutTopicPermission(record));
+        Ok(AdminReply::Done)
+    }
+
+    /// Clears a user's topic permissions in a vhost, on one exchange or all.
+    pub(super) fn clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> AdminResult {
+        if self.accounts.users.get(user).is_none() {
+            return Err(not_found(format!("User {user} does not exist")));
+        }
+        if !self.topology.vhosts.contains_key(vhost) {
+            return Err(not_found(format!("Virtual host {vhost} does not exist")));
+        }
+        for exchange in self.accounts.users.clear_topic(user, vhost, exchange) {
+            self.round.journal.push(StoreOp::DeleteTopicPermission {
+                user: user.to_string(),
+                vhost: vhost.to_string(),
+                exchange,
             });
         }
         Ok(AdminReply::Done)

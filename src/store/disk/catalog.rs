@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
     BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord, Recovered,
-    RecoveredQueue, StoreOp, UserLimits, UserRecord, VhostLimits,
+    RecoveredQueue, StoreOp, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
 use super::record::{self, RecordError, tag};
@@ -121,6 +121,8 @@ pub struct Catalog {
     user_limits: BTreeMap<String, UserLimits>,
     /// Policies by (operator, vhost, name).
     policies: BTreeMap<(bool, String, String), PolicyRecord>,
+    /// Topic permissions by (user, vhost, exchange).
+    topic_permissions: BTreeMap<(String, String, String), TopicPermissionRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -155,6 +157,11 @@ impl Catalog {
             Some(tag::USER_LIMITS) => {
                 let (user, limits) = record::decode_user_limits(key, value)?;
                 self.user_limits.insert(user, limits);
+            }
+            Some(tag::TOPIC_PERMISSION) => {
+                let p = record::decode_topic_permission(key, value)?;
+                self.topic_permissions
+                    .insert((p.user.clone(), p.vhost.clone(), p.exchange.clone()), p);
             }
             Some(tag::POLICY) => {
                 let p = record::decode_policy(key, value)?;
@@ -235,6 +242,24 @@ impl Catalog {
             StoreOp::PutUserLimits { user, limits } => self.put_user_limits(user, limits, out),
             StoreOp::PutPermission(p) => self.put_permission(p, out),
             StoreOp::DeletePermission { user, vhost } => self.delete_permission(user, vhost, out),
+            StoreOp::PutTopicPermission(p) => {
+                let key = record::topic_permission_key(&p.user, &p.vhost, &p.exchange);
+                out.put(Space::Meta, key, record::encode_topic_permission(p));
+                self.topic_permissions.insert(
+                    (p.user.clone(), p.vhost.clone(), p.exchange.clone()),
+                    p.clone(),
+                );
+            }
+            StoreOp::DeleteTopicPermission {
+                user,
+                vhost,
+                exchange,
+            } => {
+                self.delete_topic_permissions_where(
+                    |(u, v, x)| u == user && v == vhost && x == exchange,
+                    out,
+                );
+            }
             StoreOp::PutPolicy(p) => {
                 let key = record::policy_key(p.operator, &p.vhost, &p.name);
                 out.put(Space::Meta, key, record::encode_policy(p));
@@ -291,6 +316,7 @@ impl Catalog {
             out.delete(Space::Meta, record::user_limits_key(name));
         }
         self.delete_permissions_where(|(user, _)| user == name, out);
+        self.delete_topic_permissions_where(|(user, _, _)| user == name, out);
     }
 
     /// Sets a vhost's limits; no limit at all deletes the record.
@@ -403,6 +429,7 @@ impl Catalog {
             out.delete(Space::Meta, record::policy_key(operator, &pv, &name));
             self.policies.remove(&(operator, pv, name));
         }
+        self.delete_topic_permissions_where(|(_, tv, _)| tv == v, out);
         self.delete_permissions_where(|(_, pv)| pv == v, out);
         let exchanges: Vec<(String, String)> = self
             .exchanges
@@ -462,6 +489,23 @@ impl Catalog {
         }
     }
 
+    fn delete_topic_permissions_where(
+        &mut self,
+        f: impl Fn(&(String, String, String)) -> bool,
+        out: &mut Staged,
+    ) {
+        let gone: Vec<(String, String, String)> = self
+            .topic_permissions
+            .keys()
+            .filter(|k| f(k))
+            .cloned()
+            .collect();
+        for (u, v, x) in gone {
+            out.delete(Space::Meta, record::topic_permission_key(&u, &v, &x));
+            self.topic_permissions.remove(&(u, v, x));
+        }
+    }
+
     /// Everything durable, with the contents of queues (already filtered, by queue id).
     pub fn recovered(&self, contents: Vec<RecoveredQueue>) -> Recovered {
         Recovered {
@@ -479,6 +523,7 @@ impl Catalog {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             policies: self.policies.values().cloned().collect(),
+            topic_permissions: self.topic_permissions.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

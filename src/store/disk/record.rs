@@ -18,8 +18,8 @@ use crate::proto::command::Message;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord, UserLimits,
-    UserRecord, VhostLimits,
+    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord,
+    TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
 /// The version byte every value starts with. A store written with a different version is
@@ -60,6 +60,8 @@ pub mod tag {
     /// A policy: tag, kind (0 a user's policy, 1 an operator policy), vhost (u32 length,
     /// bytes), name (u32 length, bytes).
     pub const POLICY: u8 = b'P';
+    /// Topic permissions: tag, user, vhost, exchange (each u32 length, bytes).
+    pub const TOPIC_PERMISSION: u8 = b't';
 }
 
 /// Whether a metadata record with this key may be set aside when it does not decode: the
@@ -76,6 +78,7 @@ pub fn can_set_aside(key: &[u8]) -> bool {
                 | tag::QUEUE
                 | tag::BINDING
                 | tag::POLICY
+                | tag::TOPIC_PERMISSION
         )
     )
 }
@@ -213,6 +216,38 @@ pub fn permission_key(user: &str, vhost: &str) -> Vec<u8> {
     put_key_part(&mut key, user);
     put_key_part(&mut key, vhost);
     key
+}
+
+/// The key of a user's topic permissions on an exchange of a vhost.
+pub fn topic_permission_key(user: &str, vhost: &str, exchange: &str) -> Vec<u8> {
+    let mut key = vec![tag::TOPIC_PERMISSION];
+    put_key_part(&mut key, user);
+    put_key_part(&mut key, vhost);
+    put_key_part(&mut key, exchange);
+    key
+}
+
+/// Encodes topic permissions.
+pub fn encode_topic_permission(p: &TopicPermissionRecord) -> Vec<u8> {
+    let mut out = new_value(64);
+    for s in [&p.user, &p.vhost, &p.exchange, &p.write, &p.read] {
+        put_str(&mut out, s);
+    }
+    Vec::from(out)
+}
+
+/// Decodes topic permissions and checks they belong under `key`.
+pub fn decode_topic_permission(key: &[u8], value: &[u8]) -> Result<TopicPermissionRecord> {
+    let mut r = open_value(value)?;
+    let p = TopicPermissionRecord {
+        user: read_string(&mut r)?,
+        vhost: read_string(&mut r)?,
+        exchange: read_string(&mut r)?,
+        write: read_string(&mut r)?,
+        read: read_string(&mut r)?,
+    };
+    check_key(key, &topic_permission_key(&p.user, &p.vhost, &p.exchange))?;
+    finish(r, p)
 }
 
 /// The key of a policy.

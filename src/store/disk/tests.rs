@@ -13,7 +13,7 @@ use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::memory::MemoryState;
 use crate::store::{
     BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, PolicyRecord,
-    QueueRecord, RecoveredQueue, UserLimits, UserRecord, VhostLimits,
+    QueueRecord, RecoveredQueue, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
 /// Options for tests: no space reserve (tests that need one ask for it).
@@ -317,7 +317,20 @@ fn meta_op() -> impl Strategy<Value = StoreOp> {
                 definition,
             },
         );
+    let topic = (name(), vhost(), name(), name(), name()).prop_map(
+        |(user, vhost, exchange, write, read)| TopicPermissionRecord {
+            user,
+            vhost,
+            exchange,
+            write,
+            read,
+        },
+    );
     prop_oneof![
+        1 => topic.prop_map(StoreOp::PutTopicPermission),
+        1 => (name(), vhost(), name()).prop_map(|(user, vhost, exchange)| {
+            StoreOp::DeleteTopicPermission { user, vhost, exchange }
+        }),
         1 => policy.prop_map(StoreOp::PutPolicy),
         1 => (any::<bool>(), vhost(), name())
             .prop_map(|(operator, vhost, name)| StoreOp::DeletePolicy { operator, vhost, name }),
