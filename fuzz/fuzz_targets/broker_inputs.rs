@@ -181,6 +181,19 @@ impl Input<'_> {
             };
             t.insert(format!("k{k}"), v);
         }
+        if !binding && style & 2 != 0 {
+            // A delay for delayed-message exchanges: in range, at its edges, past them,
+            // and of other types.
+            let delay = match self.u(6) {
+                0 => FieldValue::I32(1 + self.u(50) as i32),
+                1 => FieldValue::I64(4_294_967_295),
+                2 => FieldValue::I64(4_294_967_296),
+                3 => FieldValue::I64(i64::MIN),
+                4 => FieldValue::I8(-1),
+                _ => text("10"),
+            };
+            t.insert("x-delay", delay);
+        }
         t
     }
 
@@ -676,8 +689,18 @@ impl Harness {
                             let levels = input.levels();
                             arguments.insert("x-nest", input.nested(levels));
                         }
-                        let kind = ["direct", "fanout", "topic", "headers", "x-consistent-hash"]
-                            [input.u(5)];
+                        let kind = [
+                            "direct",
+                            "fanout",
+                            "topic",
+                            "headers",
+                            "x-consistent-hash",
+                            "x-delayed-message",
+                        ][input.u(6)];
+                        if kind == "x-delayed-message" && input.bit() {
+                            let inner = ["direct", "topic", "x-delayed-message", "bogus"][input.u(4)];
+                            arguments.insert("x-delayed-type", text(inner));
+                        }
                         if kind == "x-consistent-hash" && input.bit() {
                             let on = ["hash-header", "hash-property"][input.u(2)];
                             let what = ["h", "message_id", "timestamp", "body"][input.u(4)];

@@ -283,6 +283,11 @@ struct Totals {
     seeds_admin_recoveries: u64,
     policy_changes: u64,
     policy_checks: u64,
+    delayed_published: u64,
+    delayed_confirmed: u64,
+    delayed_delivered: u64,
+    delayed_crash_checks: u64,
+    seeds_delayed_crash_checks: u64,
     limit_changes: u64,
     seeds_limit_changes: u64,
     alarm_windows: u64,
@@ -366,6 +371,11 @@ impl Totals {
         self.admin_recoveries += r.admin.recoveries_checked;
         self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
         self.policy_changes += r.admin.policy_changes;
+        self.delayed_published += r.delays.published;
+        self.delayed_confirmed += r.delays.confirmed;
+        self.delayed_delivered += r.delays.delivered;
+        self.delayed_crash_checks += r.delays.crashes_checked;
+        self.seeds_delayed_crash_checks += u64::from(r.delays.crashes_checked > 0);
         self.policy_checks += r.admin.policy_checks;
         self.limit_changes += r.admin.limit_changes;
         self.seeds_limit_changes += u64::from(r.admin.limit_changes > 0);
@@ -426,6 +436,14 @@ impl Totals {
         println!(
             "policies: {} changes applied, {} queue listings checked against the rules; the workload's limit policy changed {} times in {} seeds",
             self.policy_changes, self.policy_checks, self.limit_changes, self.seeds_limit_changes,
+        );
+        println!(
+            "delayed: {} published with x-delay, {} confirmed, {} delivered none before its delay; confirmed ones found in the store after {} crashes in {} seeds",
+            self.delayed_published,
+            self.delayed_confirmed,
+            self.delayed_delivered,
+            self.delayed_crash_checks,
+            self.seeds_delayed_crash_checks,
         );
         println!(
             "work: the largest step took {} routing steps (budget {WORK_BUDGET_PER_STEP})",

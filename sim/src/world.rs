@@ -90,6 +90,8 @@ pub struct RunResult {
     pub max_step_work: u64,
     /// What the operator did.
     pub admin: AdminStats,
+    /// What the delayed-message probe did.
+    pub delays: crate::delays::DelayStats,
     /// Resource alarm windows (memory or disk short).
     pub alarm_windows: u64,
 }
@@ -147,6 +149,8 @@ pub struct World {
     synced_batch: u64,
     /// Administrative requests, checked.
     operator: Operator,
+    /// A client of the delayed-message exchange.
+    delays: crate::delays::DelayProbe,
     /// When memory or disk run short.
     alarms: AlarmFaults,
     model: Model,
@@ -256,6 +260,7 @@ impl World {
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
             synced_batch: 0,
             operator: Operator::new(SmallRng::seed_from_u64(derive_seed(seed, 5))),
+            delays: crate::delays::DelayProbe::new(SmallRng::seed_from_u64(derive_seed(seed, 6))),
             alarms: AlarmFaults::generate(derive_seed(seed, 6)),
             model,
             trace: 0xcbf2_9ce4_8422_2325,
@@ -322,6 +327,7 @@ impl World {
                 .collect(),
             max_step_work: self.max_step_work,
             admin: self.operator.stats,
+            delays: self.delays.stats,
             alarm_windows: self.alarms.windows,
         }
     }
@@ -337,7 +343,7 @@ impl World {
             if self.phase == RunPhase::Safety && self.now_ms >= self.cfg.safety_ms {
                 self.heal();
             }
-            if self.phase == RunPhase::Liveness && self.quiescent() {
+            if self.phase == RunPhase::Liveness && self.quiescent() && !self.delays.waiting() {
                 if let Some(b) = &self.broker {
                     if self.model.drained(b).is_ok() {
                         return Ok(());
@@ -348,7 +354,8 @@ impl World {
                 let Some(b) = &self.broker else {
                     return Err(Violation("liveness: the broker is down at the end".into()));
                 };
-                return self.model.drained(b);
+                self.model.drained(b)?;
+                return self.delays.finish();
             }
             let due = self.due_events();
             if due.is_empty() {
@@ -368,6 +375,7 @@ impl World {
         self.disk_faults.stop();
         self.disk.set_write_fault(None);
         self.operator.stop();
+        self.delays.stop();
         self.alarms.stop(self.now_ms);
         if self.restart_at_ms.is_some() {
             self.restart_at_ms = Some(self.now_ms);
@@ -427,6 +435,9 @@ impl World {
         if self.broker.is_some() && self.operator.next_ms().is_some_and(|t| t <= now) {
             due.push(Event::Operator);
         }
+        if self.broker.is_some() && self.delays.next_ms().is_some_and(|t| t <= now) {
+            due.push(Event::Delays);
+        }
         if self.alarms.next_change_ms().is_some_and(|t| t <= now) {
             due.push(Event::Alarm);
         }
@@ -475,6 +486,7 @@ impl World {
         if self.broker.is_some() {
             times.extend(self.commit.wake_at());
             times.extend(self.operator.next_ms());
+            times.extend(self.delays.next_ms());
         }
         times.extend(self.alarms.next_change_ms());
         if let Some(b) = &self.broker {
@@ -552,6 +564,17 @@ impl World {
                 self.mix(b"operator", &now.to_le_bytes());
                 Ok(())
             }
+            Event::Delays => {
+                let now = self.now_ms;
+                if let Some(b) = self.broker.as_mut() {
+                    if let Some(conn) = self.delays.act(b, now) {
+                        self.model.connect_hostile(conn);
+                    }
+                    self.dirty = true;
+                }
+                self.mix(b"delays", &now.to_le_bytes());
+                Ok(())
+            }
             Event::Alarm => {
                 self.alarms.change(self.now_ms);
                 self.report_resources()
@@ -605,6 +628,7 @@ impl World {
         self.commit = GroupCommit::new(STORE_RETRY_MS);
         self.model.store_fault(false);
         self.operator.crashed();
+        self.delays.crashed();
         // Every connection dies with the process; bytes in flight are lost.
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
@@ -626,6 +650,7 @@ impl World {
         let recovered = self.disk.recovered();
         self.model.crash(surviving, &recovered)?;
         self.operator.recovered(&recovered)?;
+        self.delays.recovered(&recovered)?;
         let (lo, hi) = self.faults.restart_delay_ms;
         self.restart_at_ms = Some(self.now_ms + self.fault_rng.gen_range(lo..=hi));
         self.schedule_crash();
@@ -757,6 +782,14 @@ impl World {
                 }
                 Output::Admin { id, result } => {
                     self.operator.answered(id, result, self.synced_batch)?;
+                }
+                Output::Replies { conn, replies } if self.delays.owns(conn) => {
+                    for command in self.delays.replies(&replies, now)? {
+                        if let Some(b) = self.broker.as_mut() {
+                            b.handle_command(conn, command, now);
+                            self.dirty = true;
+                        }
+                    }
                 }
                 Output::Replies { conn, replies } if self.operator.owns(conn) => {
                     for r in &replies {
@@ -1092,6 +1125,7 @@ enum Event {
     Crash,
     SyncDone,
     Operator,
+    Delays,
     Alarm,
     BrokerTimer,
     DiskFault,

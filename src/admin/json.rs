@@ -485,7 +485,7 @@ pub fn queue_json(q: &QueueInfo, node: &str, rates: &Rates, depth: &DepthRates) 
 
 /// An exchange as `/api/exchanges` shows it.
 pub fn exchange_json(x: &ExchangeInfo) -> Value {
-    json!({
+    let mut v = json!({
         "name": x.name,
         "vhost": x.vhost,
         "type": x.kind,
@@ -495,7 +495,11 @@ pub fn exchange_json(x: &ExchangeInfo) -> Value {
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "",
         "policy": x.policy,
-    })
+    });
+    if let Some(n) = x.messages_delayed {
+        v["messages_delayed"] = json!(n);
+    }
+    v
 }
 
 /// The key that names a binding among those with the same ends in
@@ -871,6 +875,41 @@ pub fn format_time(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Policies go out as RabbitMQ writes them (operator policies as runtime parameters)
+    /// and come back the same; topic permissions too.
+    #[test]
+    fn policies_and_topic_permissions_round_trip_through_definitions() {
+        let definition = json_to_table(Some(&json!({"max-length": 5})), "d").unwrap();
+        let policy = |operator: bool, name: &str| PolicyRecord {
+            operator,
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: "^q".into(),
+            apply_to: "queues".into(),
+            priority: 3,
+            definition: definition.clone(),
+        };
+        let defs = Definitions {
+            policies: vec![policy(false, "p"), policy(true, "cap")],
+            topic_permissions: vec![TopicPermissionRecord {
+                user: "u".into(),
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                write: "^a".into(),
+                read: ".*".into(),
+            }],
+            ..Definitions::default()
+        };
+        let doc = definitions_to_json(&defs, false);
+        assert_eq!(doc["policies"][0]["apply-to"], "queues");
+        assert_eq!(doc["parameters"][0]["component"], "operator_policy");
+        let back = definitions_from_json(&doc, None).unwrap();
+        assert_eq!(back.policies, vec![policy(true, "cap"), policy(false, "p")]);
+        assert_eq!(back.topic_permissions, defs.topic_permissions);
+        let bad = json!({"policies": [{"vhost": "/", "name": "x", "definition": {}}]});
+        assert!(definitions_from_json(&bad, None).is_err(), "no pattern");
+    }
 
     #[test]
     fn tables_round_trip_through_json() {

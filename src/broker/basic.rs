@@ -246,6 +246,9 @@ impl Broker {
         {
             return Confirm::Ack;
         }
+        if let Some(delay_ms) = self.delay_for(vhost, &publish.exchange, &message) {
+            return self.hold_delayed(vhost, &publish.exchange, message, delay_ms);
+        }
         let queues = self.route(vhost, &publish.exchange, &message);
         if self.store_refuses(&queues, &message) {
             return Confirm::Nack;

@@ -211,8 +211,11 @@ impl Broker {
                 Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
             );
         }
-        let kind = ExchangeKind::parse(&m.kind)
-            .ok_or_else(|| command_invalid(format!("invalid exchange type '{}'", m.kind)))?;
+        let (kind, delayed) =
+            ExchangeKind::parse_declared(&m.kind, &m.arguments).map_err(|e| match e {
+                Some(text) => precondition_failed(text),
+                None => command_invalid(format!("invalid exchange type '{}'", m.kind)),
+            })?;
         if name.is_empty() {
             return Err(access_refused(
                 "operation not permitted on the default exchange",
@@ -226,10 +229,10 @@ impl Broker {
             .get(&*vhost)
             .ok_or_else(|| not_allowed("vhost gone"))?;
         match v.exchanges.get(&name) {
-            Some(x) => assert_exchange_equivalent(x, kind, &m, &vhost)?,
+            Some(x) => assert_exchange_equivalent(x, (kind, delayed), &m, &vhost)?,
             None => {
                 self.check_new_exchange(conn, &vhost, &name, &m)?;
-                self.add_exchange(&vhost, name, kind, m)?;
+                self.add_exchange(&vhost, name, (kind, delayed), m)?;
             }
         }
         self.reply(
@@ -267,7 +270,7 @@ impl Broker {
             )));
         }
         check_table_limits(&m.arguments, "exchange", name, vhost)?;
-        if let Some(kind) = ExchangeKind::parse(&m.kind) {
+        if let Ok((kind, _)) = ExchangeKind::parse_declared(&m.kind, &m.arguments) {
             kind.check_arguments(&m.arguments)
                 .map_err(precondition_failed)?;
         }
@@ -291,7 +294,7 @@ impl Broker {
         &mut self,
         vhost: &str,
         name: String,
-        kind: ExchangeKind,
+        (kind, delayed): (ExchangeKind, bool),
         m: ExchangeDeclare,
     ) -> AmqpResult<()> {
         let Some(v) = self.topology.vhosts.get_mut(vhost) else {
@@ -305,7 +308,11 @@ impl Broker {
             m.internal,
             m.arguments.clone(),
         );
-        x.apply(v.policies.applied(&name, Target::Exchange));
+        v.policies
+            .applied(&name, Target::Exchange)
+            .apply_to_exchange(&mut x);
+        x.delayed = delayed;
+        let type_name = x.type_name();
         v.exchanges.insert(name.clone(), x);
         if m.durable {
             self.round
@@ -313,7 +320,7 @@ impl Broker {
                 .push(StoreOp::PutExchange(ExchangeRecord {
                     vhost: vhost.to_string(),
                     name,
-                    kind: kind.as_str().into(),
+                    kind: type_name.into(),
                     auto_delete: m.auto_delete,
                     internal: m.internal,
                     arguments: m.arguments,
@@ -510,11 +517,13 @@ impl Broker {
             auto_delete: m.auto_delete,
             arguments: m.arguments.clone(),
             declared: settings.clone(),
-            applied: Default::default(),
+            policy: Default::default(),
             settings,
         };
         if let Some(v) = self.topology.vhosts.get(vhost) {
-            decl.apply(v.policies.applied(name, Target::Queue));
+            v.policies
+                .applied(name, Target::Queue)
+                .apply_to_queue(&mut decl);
         }
         let q = Queue::new(id, decl, self.topology.meter.clone(), self.now_ms);
         if m.exclusive {
@@ -982,6 +991,12 @@ impl Broker {
         let Some(mut x) = v.exchanges.remove(name) else {
             return emptied;
         };
+        if x.delayed {
+            self.drop_delayed(vhost, Some(name));
+        }
+        let Some(v) = self.topology.vhosts.get_mut(vhost) else {
+            return emptied;
+        };
         debug_assert!(!x.builtin, "predeclared exchanges are never deleted");
         let dest = Destination::Exchange(name.to_string());
         let mut dropped_to_it = Vec::new();
@@ -1098,20 +1113,30 @@ fn inequivalent(
 
 pub(super) fn assert_exchange_equivalent(
     x: &Exchange,
-    kind: ExchangeKind,
+    (kind, delayed): (ExchangeKind, bool),
     m: &ExchangeDeclare,
     vhost: &str,
 ) -> AmqpResult<()> {
     let q = |s: &str| format!("'{s}'");
     let b = |v: bool| format!("'{v}'");
-    if x.kind != kind {
+    let declared = if delayed {
+        super::exchange::DELAYED_TYPE
+    } else {
+        kind.as_str()
+    };
+    if x.kind != kind || x.delayed != delayed {
+        let name = if x.kind != kind && x.delayed == delayed {
+            kind.as_str()
+        } else {
+            declared
+        };
         return Err(inequivalent(
             "type",
             "exchange",
             &x.name,
             vhost,
-            q(kind.as_str()),
-            q(x.kind.as_str()),
+            q(name),
+            q(x.type_name()),
         ));
     }
     if x.durable != m.durable {

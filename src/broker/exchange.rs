@@ -12,6 +12,9 @@ use super::topic::TopicTrie;
 /// Identity of a queue for the life of the broker (and, for durable queues, in the store).
 pub type QueueId = u64;
 
+/// The type name of RabbitMQ's delayed-message exchange (see `super::delayed`).
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
 /// The exchange types: AMQP's four and the consistent-hash exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -39,6 +42,28 @@ impl ExchangeKind {
             "headers" => Some(ExchangeKind::Headers),
             "x-consistent-hash" => Some(ExchangeKind::ConsistentHash),
             _ => None,
+        }
+    }
+
+    /// Parses the type of an `exchange.declare` with its arguments: the kind that routes,
+    /// and whether it is RabbitMQ's delayed-message exchange (`x-delayed-message`, routing
+    /// as its `x-delayed-type` says). `Err(None)` is an unknown type, `Err(Some(text))` a
+    /// delayed exchange without a usable `x-delayed-type` (RabbitMQ's 406 text).
+    pub fn parse_declared(
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Result<(Self, bool), Option<String>> {
+        if name != DELAYED_TYPE {
+            return Self::parse(name).map(|k| (k, false)).ok_or(None);
+        }
+        match arguments.get("x-delayed-type").and_then(FieldValue::as_str) {
+            Some(DELAYED_TYPE) => Err(Some(
+                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'".into(),
+            )),
+            Some(inner) => Self::parse(inner).map(|k| (k, true)).ok_or(None),
+            None => Err(Some(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type".into(),
+            )),
         }
     }
 
@@ -323,6 +348,9 @@ pub struct Exchange {
     alternate: Option<String>,
     /// The policy in force, by name.
     pub policy: Option<String>,
+    /// An `x-delayed-message` exchange: messages with an `x-delay` header wait that long
+    /// before `kind` routes them.
+    pub delayed: bool,
     bindings: Bindings,
     index: Index,
 }
@@ -362,6 +390,7 @@ impl Exchange {
             bound_from: BTreeSet::new(),
             alternate,
             policy: None,
+            delayed: false,
             bindings: Bindings::default(),
             index,
         }
@@ -382,21 +411,30 @@ impl Exchange {
         self.bindings.by_destination.contains_key(destination)
     }
 
+    /// The type name as declared.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            DELAYED_TYPE
+        } else {
+            self.kind.as_str()
+        }
+    }
+
     /// The alternate exchange in force, if any.
     pub fn alternate_exchange(&self) -> Option<&str> {
         self.alternate.as_deref()
     }
 
-    /// Puts a policy in force: its alternate exchange applies unless the arguments name
-    /// one.
-    pub fn apply(&mut self, applied: super::policy::Applied) {
+    /// Puts a policy in force (by name, with the alternate exchange it sets): its
+    /// alternate exchange applies unless the arguments name one.
+    pub fn apply(&mut self, policy: Option<String>, alternate: Option<String>) {
         self.alternate = self
             .arguments
             .get("alternate-exchange")
             .and_then(FieldValue::as_str)
             .map(str::to_string)
-            .or(applied.definition.alternate_exchange);
-        self.policy = applied.policy;
+            .or(alternate);
+        self.policy = policy;
     }
 
     /// Adds a binding; returns false if an identical one exists.

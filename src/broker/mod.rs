@@ -14,6 +14,9 @@ mod channel;
 pub(crate) mod deadletter;
 pub(crate) mod death;
 mod declare;
+pub mod delayed;
+#[cfg(test)]
+mod delayed_tests;
 mod dispatch;
 mod error;
 mod exchange;
@@ -381,6 +384,7 @@ fn op_bytes(op: &StoreOp) -> u64 {
         StoreOp::PutShared { message, .. } | StoreOp::PageOut { message, .. } => {
             crate::store::memory_cost(message)
         }
+        StoreOp::PutDelayed(d) => crate::store::memory_cost(&d.message),
         StoreOp::Enqueue {
             body: crate::store::EntryBody::Inline(m),
             ..

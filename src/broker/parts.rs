@@ -30,6 +30,8 @@ pub(super) struct Topology {
     pub(super) timers: BinaryHeap<Reverse<(u64, QueueId)>>,
     /// Memory held by ready messages in all queues.
     pub(super) meter: MemoryMeter,
+    /// Messages waiting in delayed-message exchanges.
+    pub(super) delayed: super::delayed::DelayedMessages,
 }
 
 impl Default for Topology {
@@ -41,6 +43,7 @@ impl Default for Topology {
             next_shared_id: 1,
             timers: BinaryHeap::new(),
             meter: MemoryMeter::default(),
+            delayed: Default::default(),
         }
     }
 }
@@ -63,10 +66,11 @@ impl Topology {
                 .expect("queue in a known vhost");
             // What a queue runs under is what its vhost's policies say now.
             assert_eq!(
-                q.decl.applied,
+                q.decl.policy,
                 vhost
                     .policies
-                    .applied(&q.decl.name, super::policy::Target::Queue),
+                    .applied(&q.decl.name, super::policy::Target::Queue)
+                    .names(),
                 "queue {} runs under stale policies",
                 q.decl.name
             );
@@ -77,6 +81,7 @@ impl Topology {
                 q.decl.name
             );
         }
+        self.delayed.check_invariants();
         for v in self.vhosts.values() {
             v.policies.check_invariants();
             for id in v.queues.values() {

@@ -330,6 +330,28 @@ impl Policy {
     }
 }
 
+impl Applied {
+    /// Puts this in force on a queue; returns whether its settings changed.
+    pub fn apply_to_queue(self, decl: &mut super::queue::Declaration) -> bool {
+        let settings = self.definition.settle(&decl.declared, &decl.arguments);
+        decl.apply(self.names(), settings)
+    }
+
+    /// Puts this in force on an exchange.
+    pub fn apply_to_exchange(self, x: &mut super::exchange::Exchange) {
+        x.apply(self.policy, self.definition.alternate_exchange);
+    }
+
+    /// The names and merged definition, as a queue lists them.
+    pub fn names(&self) -> super::queue::PolicyNames {
+        super::queue::PolicyNames {
+            policy: self.policy.clone(),
+            operator_policy: self.operator_policy.clone(),
+            definition: self.definition.to_table(),
+        }
+    }
+}
+
 /// What applies to one queue or exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {

@@ -277,17 +277,28 @@ pub struct Declaration {
     pub arguments: FieldTable,
     /// Behaviour from the arguments alone.
     pub declared: QueueSettings,
-    /// The policy and operator policy in force, and their merged definition.
-    pub applied: super::policy::Applied,
+    /// The policy and operator policy in force, by name, and their merged definition in
+    /// RabbitMQ's keys (`effective_policy_definition`).
+    pub policy: PolicyNames,
     /// Behaviour in force: the arguments under the policies ([`Declaration::apply`]).
     pub settings: QueueSettings,
 }
 
+/// What policies a queue runs under, as listings show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyNames {
+    /// The policy in force.
+    pub policy: Option<String>,
+    /// The operator policy in force.
+    pub operator_policy: Option<String>,
+    /// Their merged definition.
+    pub definition: FieldTable,
+}
+
 impl Declaration {
-    /// Puts `applied` in force; returns whether the settings changed.
-    pub fn apply(&mut self, applied: super::policy::Applied) -> bool {
-        let settings = applied.definition.settle(&self.declared, &self.arguments);
-        self.applied = applied;
+    /// Puts the settings the policies give in force; returns whether they changed.
+    pub fn apply(&mut self, names: PolicyNames, settings: QueueSettings) -> bool {
+        self.policy = names;
         let changed = settings != self.settings;
         // A policy cannot change how many priority levels the queue's messages use.
         assert_eq!(settings.max_priority, self.declared.max_priority);

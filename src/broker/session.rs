@@ -78,6 +78,7 @@ impl Broker {
         self.restore_bindings(recovered.bindings);
         self.topology.next_shared_id = self.topology.next_shared_id.max(recovered.next_shared_id);
         self.restore_contents(recovered.contents);
+        self.restore_delayed(recovered.delayed);
     }
 
     /// Puts the stored policies back in their vhosts, before the queues and exchanges
@@ -100,7 +101,10 @@ impl Broker {
         // The predeclared exchanges exist already.
         for vhost in self.topology.vhosts.values_mut() {
             for (name, x) in vhost.exchanges.iter_mut() {
-                x.apply(vhost.policies.applied(name, Target::Exchange));
+                vhost
+                    .policies
+                    .applied(name, Target::Exchange)
+                    .apply_to_exchange(x);
             }
         }
     }
@@ -111,14 +115,18 @@ impl Broker {
             let Some(vhost) = self.topology.vhosts.get_mut(&x.vhost) else {
                 continue;
             };
-            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+            let Ok((kind, delayed)) = ExchangeKind::parse_declared(&x.kind, &x.arguments) else {
                 continue;
             };
             if vhost.exchanges.get(&x.name).is_some_and(|e| e.builtin) {
                 continue;
             }
             let mut e = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, x.arguments);
-            e.apply(vhost.policies.applied(&x.name, Target::Exchange));
+            e.delayed = delayed;
+            vhost
+                .policies
+                .applied(&x.name, Target::Exchange)
+                .apply_to_exchange(&mut e);
             vhost.exchanges.insert(x.name, e);
         }
     }
@@ -153,10 +161,10 @@ impl Broker {
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
                 declared: settings.clone(),
-                applied: Default::default(),
+                policy: Default::default(),
                 settings,
             };
-            decl.apply(applied);
+            applied.apply_to_queue(&mut decl);
             let queue = Queue::new(q.id, decl, self.topology.meter.clone(), self.now_ms);
             self.topology.queues.insert(q.id, queue);
         }

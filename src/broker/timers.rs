@@ -21,13 +21,18 @@ impl Broker {
             // Dead letters left over from the last round: at once.
             return Some(self.now_ms);
         }
-        self.topology.timers.peek().map(|Reverse((t, _))| *t)
+        let queue_timer = self.topology.timers.peek().map(|Reverse((t, _))| *t);
+        [queue_timer, self.next_delayed_ms()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Time has passed: expire messages and delete unused queues that are due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         self.route_dead_letters();
+        self.release_delayed();
         // A bounded number of queues per round: due timers left over keep
         // `poll_timeout` in the past, so the driver calls again at once, between inputs.
         for _ in 0..TIMERS_PER_ROUND {

@@ -21,6 +21,7 @@ pub struct MemoryState {
     user_limits: BTreeMap<String, UserLimits>,
     policies: BTreeMap<(bool, String, String), PolicyRecord>,
     topic_permissions: BTreeMap<(String, String, String), TopicPermissionRecord>,
+    delayed: BTreeMap<u64, DelayedRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -53,6 +54,12 @@ impl MemoryState {
             }
             StoreOp::DeletePermission { user, vhost } => {
                 self.permissions.remove(&(user.clone(), vhost.clone()));
+            }
+            StoreOp::PutDelayed(d) => {
+                self.delayed.insert(d.id, d.clone());
+            }
+            StoreOp::DeleteDelayed { id } => {
+                self.delayed.remove(id);
             }
             StoreOp::PutTopicPermission(p) => {
                 self.topic_permissions.insert(
@@ -126,6 +133,7 @@ impl MemoryState {
         self.vhost_limits.remove(v);
         self.policies.retain(|(_, pv, _), _| pv != v);
         self.topic_permissions.retain(|(_, tv, _), _| tv != v);
+        self.delayed.retain(|_, d| d.vhost != v);
         self.permissions.retain(|(_, pv), _| pv != v);
         self.exchanges.retain(|(xv, _), _| xv != v);
         let gone: Vec<u64> = self
@@ -363,6 +371,7 @@ impl MemoryState {
                 .collect(),
             policies: self.policies.values().cloned().collect(),
             topic_permissions: self.topic_permissions.values().cloned().collect(),
+            delayed: self.delayed.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

@@ -111,6 +111,22 @@ pub struct TopicPermissionRecord {
     pub read: String,
 }
 
+/// A message published with `x-delay` to a durable delayed-message exchange, held until
+/// it is due and then routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayedRecord {
+    /// Unique for the life of the store.
+    pub id: u64,
+    /// Virtual host.
+    pub vhost: String,
+    /// The `x-delayed-message` exchange it was published to.
+    pub exchange: String,
+    /// When it is routed, in broker time (milliseconds since the Unix epoch).
+    pub due_ms: u64,
+    /// The message.
+    pub message: Arc<Message>,
+}
+
 /// A policy or an operator policy (`set_policy`, `set_operator_policy`): a definition
 /// applied to the queues and exchanges whose names match a pattern. Validated by the
 /// broker before it is stored; the store keeps it as given.
@@ -194,6 +210,14 @@ pub enum StoreOp {
         user: String,
         /// The limits now in force.
         limits: UserLimits,
+    },
+    /// A delayed message is held (a persistent message to a durable delayed exchange).
+    PutDelayed(DelayedRecord),
+    /// A delayed message was routed, or dropped with its exchange. Deleting the vhost
+    /// removes its delayed messages too.
+    DeleteDelayed {
+        /// Its id.
+        id: u64,
     },
     /// Topic permissions were set.
     PutTopicPermission(TopicPermissionRecord),
@@ -457,6 +481,8 @@ pub struct Recovered {
     pub policies: Vec<PolicyRecord>,
     /// Topic permissions.
     pub topic_permissions: Vec<TopicPermissionRecord>,
+    /// Delayed messages, by id.
+    pub delayed: Vec<DelayedRecord>,
     /// Durable exchanges.
     pub exchanges: Vec<ExchangeRecord>,
     /// Durable queues.

@@ -333,7 +333,7 @@ def walk(page: Page, ctx, w: Warren, shots: Shots) -> None:
 
     step("set a policy from the admin page; the queue it matches runs under it")
     pol = page.get_by_role("form", name="Add or update a policy")
-    pol.get_by_label("Name").fill("work-limit")
+    pol.get_by_label("Name", exact=True).fill("work-limit")
     pol.get_by_label(re.compile("^Pattern")).fill("^work$")
     pol.get_by_label(re.compile("^Definition")).fill('{"max-length": 5000, "bogus": 1}')
     pol.get_by_role("button", name="Save policy").click()

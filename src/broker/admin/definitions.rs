@@ -201,7 +201,7 @@ impl Broker {
             })?;
         }
         for x in &defs.exchanges {
-            if ExchangeKind::parse(&x.kind).is_none() {
+            if ExchangeKind::parse_declared(&x.kind, &x.arguments).is_err() {
                 return Err(bad_request(format!("invalid exchange type '{}'", x.kind)));
             }
         }

@@ -78,7 +78,9 @@ impl Broker {
             return;
         };
         for (name, x) in v.exchanges.iter_mut() {
-            x.apply(v.policies.applied(name, Target::Exchange));
+            v.policies
+                .applied(name, Target::Exchange)
+                .apply_to_exchange(x);
         }
         let mut queues: Vec<(QueueId, super::super::policy::Applied)> = v
             .queues
@@ -102,7 +104,7 @@ impl Broker {
             return;
         };
         let expires_before = q.decl.settings.expires_ms;
-        if !q.decl.apply(applied) {
+        if !applied.apply_to_queue(&mut q.decl) {
             return;
         }
         if q.decl.settings.expires_ms != expires_before {

@@ -78,6 +78,8 @@ pub struct ExchangeInfo {
     pub arguments: FieldTable,
     /// The policy in force.
     pub policy: Option<String>,
+    /// Messages waiting in a delayed-message exchange (none for other types).
+    pub messages_delayed: Option<u64>,
 }
 
 /// A binding between an exchange and a queue or another exchange, as listed and as
@@ -265,9 +267,9 @@ impl Broker {
                 consumers: q.consumers.len() as u64,
                 exclusive_consumer_tag: q.consumers.exclusive_holder().map(|c| c.tag.to_string()),
                 idle_since_ms: q.consumers.is_empty().then_some(q.expiry.last_used_ms),
-                policy: q.decl.applied.policy.clone(),
-                operator_policy: q.decl.applied.operator_policy.clone(),
-                effective_policy_definition: q.decl.applied.definition.to_table(),
+                policy: q.decl.policy.policy.clone(),
+                operator_policy: q.decl.policy.operator_policy.clone(),
+                effective_policy_definition: q.decl.policy.definition.clone(),
                 stats: q.stats,
             })
             .collect();
@@ -285,12 +287,15 @@ impl Broker {
                 v.exchanges.values().map(|x| ExchangeInfo {
                     vhost: v.name.clone(),
                     name: x.name.clone(),
-                    kind: x.kind.as_str().to_string(),
+                    kind: x.type_name().to_string(),
                     durable: x.durable,
                     auto_delete: x.auto_delete,
                     internal: x.internal,
                     arguments: x.arguments.clone(),
                     policy: x.policy.clone(),
+                    messages_delayed: x
+                        .delayed
+                        .then(|| self.topology.delayed.count_in(&v.name, &x.name)),
                 })
             })
             .collect();

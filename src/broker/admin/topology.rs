@@ -204,14 +204,15 @@ impl Broker {
         arguments: FieldTable,
     ) -> AdminResult {
         self.require_vhost(vhost)?;
-        let parsed = ExchangeKind::parse(kind)
-            .ok_or_else(|| bad_request(format!("invalid exchange type '{kind}'")))?;
+        let parsed = ExchangeKind::parse_declared(kind, &arguments).map_err(|e| {
+            bad_request(e.unwrap_or_else(|| format!("invalid exchange type '{kind}'")))
+        })?;
         if name.is_empty() {
             return Err(access_refused("operation not permitted on the default exchange").into());
         }
         self.admin_check(actor, vhost, Access::Configure, "exchange", name)?;
         check_table(&arguments, "arguments")?;
-        parsed.check_arguments(&arguments).map_err(bad_request)?;
+        parsed.0.check_arguments(&arguments).map_err(bad_request)?;
         let m = ExchangeDeclare {
             exchange: name.to_string(),
             kind: kind.to_string(),
@@ -255,14 +256,19 @@ impl Broker {
         let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return Err(not_found(format!("no_such_vhost: {vhost}")).into());
         };
-        let x = Exchange::new(
+        let mut x = Exchange::new(
             name,
-            parsed,
+            parsed.0,
             durable,
             auto_delete,
             internal,
             m.arguments.clone(),
         );
+        x.delayed = parsed.1;
+        v.policies
+            .applied(name, super::super::policy::Target::Exchange)
+            .apply_to_exchange(&mut x);
+        let type_name = x.type_name();
         v.exchanges.insert(name.to_string(), x);
         if durable {
             self.round
@@ -270,7 +276,7 @@ impl Broker {
                 .push(StoreOp::PutExchange(ExchangeRecord {
                     vhost: vhost.to_string(),
                     name: name.to_string(),
-                    kind: parsed.as_str().into(),
+                    kind: type_name.into(),
                     auto_delete,
                     internal,
                     arguments: m.arguments,
@@ -423,14 +429,17 @@ impl Broker {
             return Err(bad_request(format!("invalid expiration: {why}")));
         }
         self.counters.totals.publish += 1;
+        let message = Arc::new(message);
+        if let Some(delay_ms) = self.delay_for(vhost, exchange, &message) {
+            // Held, not routed yet: "routed" says whether it was taken.
+            let taken = self.hold_delayed(vhost, exchange, message, delay_ms)
+                != crate::broker::channel::Confirm::Nack;
+            return Ok(AdminReply::Routed(taken));
+        }
         let queues = self.route(vhost, exchange, &message);
         let routed = !queues.is_empty();
         if routed {
-            self.enqueue_routed(
-                queues,
-                Arc::new(message),
-                crate::broker::death::Allowance::FRESH,
-            );
+            self.enqueue_routed(queues, message, crate::broker::death::Allowance::FRESH);
         } else {
             self.counters.totals.unroutable += 1;
         }

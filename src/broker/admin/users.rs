@@ -196,6 +196,7 @@ impl Broker {
         for q in queues {
             self.delete_queue(q);
         }
+        self.drop_delayed(name, None);
         self.topology.vhosts.remove(name);
         self.forget_vhost_limits(name);
         self.accounts.users.clear_vhost(name);

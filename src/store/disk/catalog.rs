@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord, Recovered,
-    RecoveredQueue, StoreOp, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
+    BindingRecord, DelayedRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord,
+    Recovered, RecoveredQueue, StoreOp, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
 use super::record::{self, RecordError, tag};
@@ -123,6 +123,8 @@ pub struct Catalog {
     policies: BTreeMap<(bool, String, String), PolicyRecord>,
     /// Topic permissions by (user, vhost, exchange).
     topic_permissions: BTreeMap<(String, String, String), TopicPermissionRecord>,
+    /// Delayed messages by id (their messages shared with the broker's copies).
+    delayed: BTreeMap<u64, DelayedRecord>,
     exchanges: BTreeMap<(String, String), ExchangeRecord>,
     queues: BTreeMap<u64, QueueRecord>,
     bindings: BTreeSet<BindingRecord>,
@@ -157,6 +159,10 @@ impl Catalog {
             Some(tag::USER_LIMITS) => {
                 let (user, limits) = record::decode_user_limits(key, value)?;
                 self.user_limits.insert(user, limits);
+            }
+            Some(tag::DELAYED) => {
+                let d = record::decode_delayed(key, value)?;
+                self.delayed.insert(d.id, d);
             }
             Some(tag::TOPIC_PERMISSION) => {
                 let p = record::decode_topic_permission(key, value)?;
@@ -242,6 +248,19 @@ impl Catalog {
             StoreOp::PutUserLimits { user, limits } => self.put_user_limits(user, limits, out),
             StoreOp::PutPermission(p) => self.put_permission(p, out),
             StoreOp::DeletePermission { user, vhost } => self.delete_permission(user, vhost, out),
+            StoreOp::PutDelayed(d) => {
+                out.put(
+                    Space::Meta,
+                    record::delayed_key(d.id),
+                    record::encode_delayed(d),
+                );
+                self.delayed.insert(d.id, d.clone());
+            }
+            StoreOp::DeleteDelayed { id } => {
+                if self.delayed.remove(id).is_some() {
+                    out.delete(Space::Meta, record::delayed_key(*id));
+                }
+            }
             StoreOp::PutTopicPermission(p) => {
                 let key = record::topic_permission_key(&p.user, &p.vhost, &p.exchange);
                 out.put(Space::Meta, key, record::encode_topic_permission(p));
@@ -430,6 +449,16 @@ impl Catalog {
             self.policies.remove(&(operator, pv, name));
         }
         self.delete_topic_permissions_where(|(_, tv, _)| tv == v, out);
+        let delayed: Vec<u64> = self
+            .delayed
+            .values()
+            .filter(|d| d.vhost == v)
+            .map(|d| d.id)
+            .collect();
+        for id in delayed {
+            out.delete(Space::Meta, record::delayed_key(id));
+            self.delayed.remove(&id);
+        }
         self.delete_permissions_where(|(_, pv)| pv == v, out);
         let exchanges: Vec<(String, String)> = self
             .exchanges
@@ -524,6 +553,7 @@ impl Catalog {
                 .collect(),
             policies: self.policies.values().cloned().collect(),
             topic_permissions: self.topic_permissions.values().cloned().collect(),
+            delayed: self.delayed.values().cloned().collect(),
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings: self.bindings.iter().cloned().collect(),

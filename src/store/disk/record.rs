@@ -18,7 +18,7 @@ use crate::proto::command::Message;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
 use crate::store::{
-    BindingRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord,
+    BindingRecord, DelayedRecord, ExchangeRecord, PermissionRecord, PolicyRecord, QueueRecord,
     TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
@@ -62,6 +62,8 @@ pub mod tag {
     pub const POLICY: u8 = b'P';
     /// Topic permissions: tag, user, vhost, exchange (each u32 length, bytes).
     pub const TOPIC_PERMISSION: u8 = b't';
+    /// A delayed message: tag, id (u64 BE).
+    pub const DELAYED: u8 = b'd';
 }
 
 /// Whether a metadata record with this key may be set aside when it does not decode: the
@@ -79,6 +81,7 @@ pub fn can_set_aside(key: &[u8]) -> bool {
                 | tag::BINDING
                 | tag::POLICY
                 | tag::TOPIC_PERMISSION
+                | tag::DELAYED
         )
     )
 }
@@ -248,6 +251,45 @@ pub fn decode_topic_permission(key: &[u8], value: &[u8]) -> Result<TopicPermissi
     };
     check_key(key, &topic_permission_key(&p.user, &p.vhost, &p.exchange))?;
     finish(r, p)
+}
+
+/// The key of a delayed message.
+pub fn delayed_key(id: u64) -> Vec<u8> {
+    let mut key = vec![tag::DELAYED];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Encodes a delayed message.
+pub fn encode_delayed(d: &DelayedRecord) -> Vec<u8> {
+    let mut out = new_value(message_capacity(&d.message) + 64);
+    put_str(&mut out, &d.vhost);
+    put_str(&mut out, &d.exchange);
+    out.put_u64(d.due_ms);
+    put_message(&mut out, &d.message);
+    Vec::from(out)
+}
+
+/// Decodes a delayed message and checks it belongs under `key`.
+pub fn decode_delayed(key: &[u8], value: &[u8]) -> Result<DelayedRecord> {
+    let id = u64_at(key, 1)
+        .filter(|_| key.len() == 9)
+        .ok_or(RecordError::BadKey)?;
+    let mut r = open_value(value)?;
+    let vhost = read_string(&mut r)?;
+    let exchange = read_string(&mut r)?;
+    let due_ms = r.u64()?;
+    let message = Arc::new(read_message(&mut r)?);
+    finish(
+        r,
+        DelayedRecord {
+            id,
+            vhost,
+            exchange,
+            due_ms,
+            message,
+        },
+    )
 }
 
 /// The key of a policy.

@@ -12,8 +12,9 @@ use crate::proto::props::BasicProperties;
 use crate::proto::table::{FieldTable, FieldValue};
 use crate::store::memory::MemoryState;
 use crate::store::{
-    BindingRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord, PolicyRecord,
-    QueueRecord, RecoveredQueue, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
+    BindingRecord, DelayedRecord, EntryBody, ExchangeRecord, HeadLimit, PermissionRecord,
+    PolicyRecord, QueueRecord, RecoveredQueue, TopicPermissionRecord, UserLimits, UserRecord,
+    VhostLimits,
 };
 
 /// Options for tests: no space reserve (tests that need one ask for it).
@@ -326,7 +327,18 @@ fn meta_op() -> impl Strategy<Value = StoreOp> {
             read,
         },
     );
+    let delayed = (0u64..6, vhost(), name(), any::<u64>(), any_message()).prop_map(
+        |(id, vhost, exchange, due_ms, message)| DelayedRecord {
+            id,
+            vhost,
+            exchange,
+            due_ms,
+            message,
+        },
+    );
     prop_oneof![
+        1 => delayed.prop_map(StoreOp::PutDelayed),
+        1 => (0u64..6).prop_map(|id| StoreOp::DeleteDelayed { id }),
         1 => topic.prop_map(StoreOp::PutTopicPermission),
         1 => (name(), vhost(), name()).prop_map(|(user, vhost, exchange)| {
             StoreOp::DeleteTopicPermission { user, vhost, exchange }
