@@ -92,6 +92,18 @@ impl PolicyBook {
                 vhost,
                 name,
             },
+            // Exchanges too: the broker's invariants check that each runs under its
+            // vhost's policies, however it was declared.
+            6 if rng.gen_bool(0.3) => AdminRequest::DeclareExchange {
+                actor: Actor::Node,
+                vhost,
+                name: ["pa.x", "px"][rng.gen_range(0..2)].into(),
+                kind: "direct".into(),
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            },
             6 => AdminRequest::DeclareQueue {
                 actor: Actor::Node,
                 vhost,
@@ -137,6 +149,7 @@ impl PolicyBook {
             | AdminRequest::ClearPolicy { .. }
             | AdminRequest::ListPolicies { .. } => true,
             AdminRequest::DeclareQueue { vhost, .. }
+            | AdminRequest::DeclareExchange { vhost, .. }
             | AdminRequest::ListQueues { vhost: Some(vhost) } => vhost.starts_with("op-"),
             _ => false,
         }
@@ -203,6 +216,11 @@ impl PolicyBook {
                     _ => fail(format!("the policy existed: {had}")),
                 }
             }
+            AdminRequest::DeclareExchange { vhost, .. } => match (known(vhost), result) {
+                (Some(true) | None, Ok(AdminReply::Put { created })) => Ok(*created),
+                (Some(false) | None, _) if not_found => Ok(false),
+                _ => fail("a plain durable exchange was refused, or declared in a missing vhost".into()),
+            },
             AdminRequest::DeclareQueue { vhost, name, .. } => match (known(vhost), result) {
                 (Some(true) | None, Ok(_)) => Ok(self.queues.insert((vhost.clone(), name.clone()))),
                 (Some(false) | None, _) if not_found => Ok(false),
