@@ -87,10 +87,11 @@ impl Topology {
             // What an exchange runs under is what its vhost's policies say now, however
             // it was declared (AMQP, HTTP, definitions, recovery).
             for (name, x) in &v.exchanges {
-                let applied = v
-                    .policies
-                    .applied(name, super::policy::Target::Exchange);
-                assert_eq!(x.policy, applied.policy, "exchange {name} runs under a stale policy");
+                let applied = v.policies.applied(name, super::policy::Target::Exchange);
+                assert_eq!(
+                    x.policy, applied.policy,
+                    "exchange {name} runs under a stale policy"
+                );
             }
             for id in v.queues.values() {
                 assert!(
