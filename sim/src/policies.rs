@@ -33,10 +33,8 @@ const PATTERNS: [&str; 5] = ["^p", "^pa", "\\.1$", ".*", "^pb$"];
 const LIMIT_PATTERNS: [&str; 4] = ["^q[0-4]$", "^q[02]$", "^q1$", "^q[34]$"];
 
 /// Compares tables by content, whatever their key order.
-fn by_key(t: &FieldTable) -> BTreeMap<String, String> {
-    t.iter()
-        .map(|(k, v)| (k.to_string(), format!("{v:?}")))
-        .collect()
+fn by_key(t: &FieldTable) -> BTreeMap<String, FieldValue> {
+    t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn text(s: &str) -> FieldValue {
@@ -48,7 +46,7 @@ fn text(s: &str) -> FieldValue {
 struct Expected {
     policy: Option<String>,
     operator_policy: Option<String>,
-    definition: BTreeMap<String, String>,
+    definition: BTreeMap<String, FieldValue>,
 }
 
 /// The operator's policies and policy-governed queues.
@@ -305,13 +303,10 @@ impl PolicyBook {
         let mut definition = user.map(|p| by_key(&p.definition)).unwrap_or_default();
         if let Some(op) = op {
             for (k, v) in op.definition.iter() {
-                let cap = v.as_i64();
-                let merged = match (definition.get(k), cap) {
-                    (Some(mine), Some(cap)) => {
-                        let mine = parse_i64(mine);
-                        format!("{:?}", FieldValue::I64(mine.map_or(cap, |m| m.min(cap))))
-                    }
-                    _ => format!("{v:?}"),
+                // Numbers: the smaller of the two; anything else: the operator's.
+                let merged = match (definition.get(k).and_then(FieldValue::as_i64), v.as_i64()) {
+                    (Some(mine), Some(cap)) => FieldValue::I64(mine.min(cap)),
+                    _ => v.clone(),
                 };
                 definition.insert(k.to_string(), merged);
             }
@@ -385,13 +380,6 @@ impl PolicyBook {
         self.doubtful.clear();
         Ok(())
     }
-}
-
-fn parse_i64(debug: &str) -> Option<i64> {
-    debug
-        .strip_prefix("I64(")
-        .and_then(|s| s.strip_suffix(')'))
-        .and_then(|s| s.parse().ok())
 }
 
 /// The limit policy's pattern and length.
