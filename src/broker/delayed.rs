@@ -182,13 +182,16 @@ impl Broker {
     /// Whether a publish to `exchange` must wait first: the exchange is a delayed one and
     /// the message asks for a delay.
     pub(super) fn delay_for(&self, vhost: &str, exchange: &str, message: &Message) -> Option<u64> {
+        // Every publish comes here: the header (usually absent) is checked before the
+        // exchange is looked up.
+        let delay = delay_of(message)?;
         let delayed = self
             .topology
             .vhosts
             .get(vhost)
             .and_then(|v| v.exchanges.get(exchange))
             .is_some_and(|x| x.delayed);
-        if delayed { delay_of(message) } else { None }
+        delayed.then_some(delay)
     }
 
     /// Holds a published message for `delay_ms`; returns what its confirm says.
