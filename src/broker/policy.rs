@@ -324,6 +324,13 @@ impl Policy {
         })
     }
 
+    /// The order lookups go in: policies before operator policies, then the highest
+    /// priority, then the first name (names are unique within a kind).
+    fn precedence(&self) -> (bool, i128, &str) {
+        let r = &self.record;
+        (r.operator, -i128::from(r.priority), r.name.as_str())
+    }
+
     /// Whether it applies to `name`, a queue or an exchange.
     pub fn matches(&self, name: &str, target: Target) -> bool {
         self.apply_to.covers(target) && self.regex.is_match(name)
@@ -397,18 +404,7 @@ impl Policies {
     pub fn put(&mut self, policy: Policy) {
         self.remove(policy.record.operator, &policy.record.name);
         self.list.push(policy);
-        self.list.sort_by(|a, b| {
-            (
-                a.record.operator,
-                -i128::from(a.record.priority),
-                &a.record.name,
-            )
-                .cmp(&(
-                    b.record.operator,
-                    -i128::from(b.record.priority),
-                    &b.record.name,
-                ))
-        });
+        self.list.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
         assert!(
             self.list.len() <= MAX_POLICIES_PER_VHOST,
             "policies past the vhost's limit"
@@ -455,11 +451,8 @@ impl Policies {
     pub fn check_invariants(&self) {
         assert!(self.list.len() <= MAX_POLICIES_PER_VHOST);
         for pair in self.list.windows(2) {
-            let key = |p: &Policy| (p.record.operator, -i128::from(p.record.priority));
             assert!(
-                key(&pair[0]) < key(&pair[1])
-                    || (key(&pair[0]) == key(&pair[1])
-                        && pair[0].record.name < pair[1].record.name),
+                pair[0].precedence() < pair[1].precedence(),
                 "policies out of precedence order"
             );
         }
