@@ -404,7 +404,8 @@ impl Policies {
     pub fn put(&mut self, policy: Policy) {
         self.remove(policy.record.operator, &policy.record.name);
         self.list.push(policy);
-        self.list.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        self.list
+            .sort_by(|a, b| a.precedence().cmp(&b.precedence()));
         assert!(
             self.list.len() <= MAX_POLICIES_PER_VHOST,
             "policies past the vhost's limit"

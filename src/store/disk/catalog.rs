@@ -274,10 +274,13 @@ impl Catalog {
                 vhost,
                 exchange,
             } => {
-                self.delete_topic_permissions_where(
-                    |(u, v, x)| u == user && v == vhost && x == exchange,
-                    out,
-                );
+                let key = (user.clone(), vhost.clone(), exchange.clone());
+                if self.topic_permissions.remove(&key).is_some() {
+                    out.delete(
+                        Space::Meta,
+                        record::topic_permission_key(user, vhost, exchange),
+                    );
+                }
             }
             StoreOp::PutPolicy(p) => {
                 let key = record::policy_key(p.operator, &p.vhost, &p.name);
@@ -335,7 +338,12 @@ impl Catalog {
             out.delete(Space::Meta, record::user_limits_key(name));
         }
         self.delete_permissions_where(|(user, _)| user == name, out);
-        self.delete_topic_permissions_where(|(user, _, _)| user == name, out);
+        drop_records(
+            &mut self.topic_permissions,
+            |(user, _, _), _| user == name,
+            |(u, tv, x)| record::topic_permission_key(u, tv, x),
+            out,
+        );
     }
 
     /// Sets a vhost's limits; no limit at all deletes the record.
@@ -438,27 +446,24 @@ impl Catalog {
         if self.vhost_limits.remove(v).is_some() {
             out.delete(Space::Meta, record::vhost_limits_key(v));
         }
-        let policies: Vec<(bool, String, String)> = self
-            .policies
-            .keys()
-            .filter(|(_, pv, _)| pv == v)
-            .cloned()
-            .collect();
-        for (operator, pv, name) in policies {
-            out.delete(Space::Meta, record::policy_key(operator, &pv, &name));
-            self.policies.remove(&(operator, pv, name));
-        }
-        self.delete_topic_permissions_where(|(_, tv, _)| tv == v, out);
-        let delayed: Vec<u64> = self
-            .delayed
-            .values()
-            .filter(|d| d.vhost == v)
-            .map(|d| d.id)
-            .collect();
-        for id in delayed {
-            out.delete(Space::Meta, record::delayed_key(id));
-            self.delayed.remove(&id);
-        }
+        drop_records(
+            &mut self.policies,
+            |(_, pv, _), _| pv == v,
+            |(o, pv, n)| record::policy_key(*o, pv, n),
+            out,
+        );
+        drop_records(
+            &mut self.topic_permissions,
+            |(_, tv, _), _| tv == v,
+            |(u, tv, x)| record::topic_permission_key(u, tv, x),
+            out,
+        );
+        drop_records(
+            &mut self.delayed,
+            |_, d| d.vhost == v,
+            |id| record::delayed_key(*id),
+            out,
+        );
         self.delete_permissions_where(|(_, pv)| pv == v, out);
         let exchanges: Vec<(String, String)> = self
             .exchanges
@@ -518,23 +523,6 @@ impl Catalog {
         }
     }
 
-    fn delete_topic_permissions_where(
-        &mut self,
-        f: impl Fn(&(String, String, String)) -> bool,
-        out: &mut Staged,
-    ) {
-        let gone: Vec<(String, String, String)> = self
-            .topic_permissions
-            .keys()
-            .filter(|k| f(k))
-            .cloned()
-            .collect();
-        for (u, v, x) in gone {
-            out.delete(Space::Meta, record::topic_permission_key(&u, &v, &x));
-            self.topic_permissions.remove(&(u, v, x));
-        }
-    }
-
     /// Everything durable, with the contents of queues (already filtered, by queue id).
     pub fn recovered(&self, contents: Vec<RecoveredQueue>) -> Recovered {
         Recovered {
@@ -560,5 +548,24 @@ impl Catalog {
             contents,
             next_shared_id: self.next_shared_id,
         }
+    }
+}
+
+/// Removes the records `gone` picks from `map` and stages the deletion of each under the
+/// key `key_of` gives it.
+fn drop_records<K: Ord + Clone, V>(
+    map: &mut BTreeMap<K, V>,
+    gone: impl Fn(&K, &V) -> bool,
+    key_of: impl Fn(&K) -> Vec<u8>,
+    out: &mut Staged,
+) {
+    let keys: Vec<K> = map
+        .iter()
+        .filter(|(k, v)| gone(k, v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        out.delete(Space::Meta, key_of(&k));
+        map.remove(&k);
     }
 }
