@@ -498,6 +498,14 @@ fn created_or_updated(reply: AdminReply) -> ApiResult {
     }
 }
 
+/// A string field a request body must have, or RabbitMQ's `key_missing` error.
+fn required_text(body: &Value, key: &str) -> Result<String, ApiError> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{key}}}]")))
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));

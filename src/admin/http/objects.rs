@@ -17,7 +17,7 @@ use crate::store::PermissionRecord;
 
 use super::{
     ApiError, ApiResult, Ctx, State, authenticate, created_or_updated, json_response, listing,
-    no_content, ok_json, parse_body, rates_of,
+    no_content, ok_json, parse_body, rates_of, required_text,
 };
 
 /// `If-None-Match: *` makes a PUT create-only, `If-Match: *` update-only (RFC 9110);
@@ -302,12 +302,7 @@ pub(super) async fn put_permission(
 ) -> ApiResult {
     authenticate(&s, &headers).await?.require_admin()?;
     let body = parse_body(&body)?;
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{k}}}]")))
-    };
+    let field = |k: &str| required_text(&body, k);
     let record = PermissionRecord {
         user,
         vhost,

@@ -10,7 +10,9 @@ use crate::admin::json::topic_permission_json;
 use crate::broker::admin::{AdminReply, AdminRequest};
 use crate::store::TopicPermissionRecord;
 
-use super::{ApiError, ApiResult, Ctx, State, authenticate, no_content, ok_json, parse_body};
+use super::{
+    ApiError, ApiResult, Ctx, State, authenticate, no_content, ok_json, parse_body, required_text,
+};
 
 async fn all(s: &Ctx) -> Result<Vec<TopicPermissionRecord>, ApiError> {
     match s.call(AdminRequest::ListTopicPermissions).await? {
@@ -75,12 +77,7 @@ pub(super) async fn put_topic_permissions(
 ) -> ApiResult {
     authenticate(&s, &headers).await?.require_admin()?;
     let body = parse_body(&body)?;
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{k}}}]")))
-    };
+    let field = |k: &str| required_text(&body, k);
     let record = TopicPermissionRecord {
         user,
         vhost,
