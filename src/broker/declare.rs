@@ -290,7 +290,7 @@ impl Broker {
     }
 
     /// Creates the exchange an `exchange.declare` asked for, and stores it if durable.
-    fn add_exchange(
+    pub(super) fn add_exchange(
         &mut self,
         vhost: &str,
         name: String,

@@ -9,7 +9,6 @@ use crate::proto::command::Message;
 use crate::proto::method::{ExchangeDeclare, QueueDeclare};
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{ExchangeRecord, StoreOp};
 
 use super::super::auth::Access;
 use super::super::death::DeathReason;
@@ -17,7 +16,7 @@ use super::super::declare::{
     assert_exchange_equivalent, assert_queue_equivalent, exclusive_lock_error,
 };
 use super::super::error::{access_refused, precondition_failed, resource};
-use super::super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::super::exchange::{Binding, Destination, ExchangeKind};
 use super::super::{Broker, QueueId};
 use super::{
     Actor, AdminError, AdminErrorKind, AdminReply, AdminResult, BindingInfo, GetAck, GotMessage,
@@ -253,35 +252,11 @@ impl Broker {
             self.admin_check(actor, vhost, Access::Read, "exchange", name)?;
             self.admin_check(actor, vhost, Access::Write, "exchange", ae)?;
         }
-        let Some(v) = self.topology.vhosts.get_mut(vhost) else {
+        if !self.topology.vhosts.contains_key(vhost) {
             return Err(not_found(format!("no_such_vhost: {vhost}")).into());
-        };
-        let mut x = Exchange::new(
-            name,
-            parsed.0,
-            durable,
-            auto_delete,
-            internal,
-            m.arguments.clone(),
-        );
-        x.delayed = parsed.1;
-        v.policies
-            .applied(name, super::super::policy::Target::Exchange)
-            .apply_to_exchange(&mut x);
-        let type_name = x.type_name();
-        v.exchanges.insert(name.to_string(), x);
-        if durable {
-            self.round
-                .journal
-                .push(StoreOp::PutExchange(ExchangeRecord {
-                    vhost: vhost.to_string(),
-                    name: name.to_string(),
-                    kind: type_name.into(),
-                    auto_delete,
-                    internal,
-                    arguments: m.arguments,
-                }));
         }
+        // The same creation as exchange.declare's: policies, delayed type, store record.
+        self.add_exchange(vhost, name.to_string(), parsed, m)?;
         Ok(AdminReply::Put { created: true })
     }
 
