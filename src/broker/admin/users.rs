@@ -206,16 +206,19 @@ impl Broker {
             .push(StoreOp::DeleteVhost(name.to_string()));
     }
 
+    /// RabbitMQ's 404s for permissions of a user or in a vhost that does not exist.
+    fn require_user_and_vhost(&self, user: &str, vhost: &str) -> Result<(), AdminError> {
+        if self.accounts.users.get(user).is_none() {
+            return Err(not_found(format!("User {user} does not exist")));
+        }
+        if !self.topology.vhosts.contains_key(vhost) {
+            return Err(not_found(format!("Virtual host {vhost} does not exist")));
+        }
+        Ok(())
+    }
+
     pub(super) fn set_permissions(&mut self, record: PermissionRecord) -> AdminResult {
-        if self.accounts.users.get(&record.user).is_none() {
-            return Err(not_found(format!("User {} does not exist", record.user)));
-        }
-        if !self.topology.vhosts.contains_key(&record.vhost) {
-            return Err(not_found(format!(
-                "Virtual host {} does not exist",
-                record.vhost
-            )));
-        }
+        self.require_user_and_vhost(&record.user, &record.vhost)?;
         let perms = Permissions::new(record.clone()).map_err(bad_request)?;
         self.accounts.users.set_permissions(perms);
         self.round.journal.push(StoreOp::PutPermission(record));
@@ -223,12 +226,7 @@ impl Broker {
     }
 
     pub(super) fn clear_permissions(&mut self, user: &str, vhost: &str) -> AdminResult {
-        if self.accounts.users.get(user).is_none() {
-            return Err(not_found(format!("User {user} does not exist")));
-        }
-        if !self.topology.vhosts.contains_key(vhost) {
-            return Err(not_found(format!("Virtual host {vhost} does not exist")));
-        }
+        self.require_user_and_vhost(user, vhost)?;
         if self.accounts.users.clear_permissions(user, vhost) {
             self.round.journal.push(StoreOp::DeletePermission {
                 user: user.to_string(),
@@ -239,15 +237,7 @@ impl Broker {
     }
 
     pub(super) fn set_topic_permissions(&mut self, record: TopicPermissionRecord) -> AdminResult {
-        if self.accounts.users.get(&record.user).is_none() {
-            return Err(not_found(format!("User {} does not exist", record.user)));
-        }
-        if !self.topology.vhosts.contains_key(&record.vhost) {
-            return Err(not_found(format!(
-                "Virtual host {} does not exist",
-                record.vhost
-            )));
-        }
+        self.require_user_and_vhost(&record.user, &record.vhost)?;
         if record.exchange.is_empty() {
             return Err(bad_request("topic permissions need an exchange"));
         }
@@ -271,12 +261,7 @@ impl Broker {
         vhost: &str,
         exchange: Option<&str>,
     ) -> AdminResult {
-        if self.accounts.users.get(user).is_none() {
-            return Err(not_found(format!("User {user} does not exist")));
-        }
-        if !self.topology.vhosts.contains_key(vhost) {
-            return Err(not_found(format!("Virtual host {vhost} does not exist")));
-        }
+        self.require_user_and_vhost(user, vhost)?;
         for exchange in self.accounts.users.clear_topic(user, vhost, exchange) {
             self.round.journal.push(StoreOp::DeleteTopicPermission {
                 user: user.to_string(),
