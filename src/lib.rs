@@ -16,6 +16,8 @@
 //!   commands, admin requests, store reports, resource readings and time. No I/O:
 //!   persistence is an output the driver completes and reports back; answers that depend
 //!   on it (confirms, `tx.commit-ok`, admin answers) wait for it inside the broker.
+//! - [`tls`]: TLS settings, rustls configurations from PEM files, and their reload; the
+//!   server and the HTTP API run it as a byte transport under their own protocols.
 //! - [`server`]: the tokio driver of the AMQP side: listener, one task per connection,
 //!   the core task owning the broker, the store thread. It moves bytes, runs store jobs
 //!   and reports completions and time; it decides nothing the simulator cannot see.
@@ -36,3 +38,4 @@ pub mod perf;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
