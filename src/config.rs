@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::server::ServerConfig;
 use crate::store::SyncPolicy;
+use crate::tls::{self, TlsSettings, TlsVersion, Verify};
 
 /// The settings a config file may hold. Every field is optional; unknown keys are errors.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -61,6 +62,62 @@ pub struct FileConfig {
     /// Memory all queues together may hold in ready messages before new ones go to the
     /// store.
     pub memory_budget_bytes: Option<u64>,
+    /// `[tls]`: AMQP over TLS on its own port, beside the plain listener.
+    pub tls: Option<TlsFile>,
+    /// `[http_tls]`: the management API over HTTPS on its own port, beside the plain
+    /// HTTP listener (which `warren ctl` uses on this machine).
+    pub http_tls: Option<TlsFile>,
+}
+
+/// A `[tls]` or `[http_tls]` section: RabbitMQ's `ssl_options` names.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The port (5671 for AMQPS, 15671 for HTTPS if not given).
+    pub port: Option<u16>,
+    /// PEM file: the server certificate, then its intermediates.
+    pub certfile: Option<PathBuf>,
+    /// PEM file: the server certificate's private key.
+    pub keyfile: Option<PathBuf>,
+    /// PEM file: the CAs that client certificates must chain to.
+    pub cacertfile: Option<PathBuf>,
+    /// "verify_none" (the default) or "verify_peer".
+    pub verify: Option<Verify>,
+    /// With verify_peer, refuse clients that send no certificate (default false).
+    pub fail_if_no_peer_cert: Option<bool>,
+    /// A socket must complete the TLS handshake within this long (default 5000).
+    pub handshake_timeout_ms: Option<u64>,
+    /// Versions offered: "tlsv1.3", "tlsv1.2" (default both).
+    pub versions: Option<Vec<TlsVersion>>,
+}
+
+impl TlsFile {
+    /// The listener's settings; `section` names it in errors.
+    fn settings(self, section: &str, default_port: u16) -> Result<TlsSettings, String> {
+        let (Some(certfile), Some(keyfile)) = (self.certfile, self.keyfile) else {
+            return Err(format!("[{section}] needs certfile and keyfile"));
+        };
+        let mut s = TlsSettings::new(self.port.unwrap_or(default_port), certfile, keyfile);
+        s.cacertfile = self.cacertfile;
+        s.verify = self.verify.unwrap_or(s.verify);
+        s.fail_if_no_peer_cert = self.fail_if_no_peer_cert.unwrap_or(false);
+        s.handshake_timeout_ms = self.handshake_timeout_ms.unwrap_or(s.handshake_timeout_ms);
+        s.versions = self.versions.unwrap_or(s.versions);
+        s.validate().map_err(|e| format!("[{section}] {e}"))?;
+        Ok(s)
+    }
+
+    /// Makes the file paths relative to `dir` (the config file's directory) absolute.
+    fn resolve(&mut self, dir: &Path) {
+        for path in [&mut self.certfile, &mut self.keyfile, &mut self.cacertfile]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        }
+    }
 }
 
 impl FileConfig {
@@ -68,7 +125,14 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+        let mut file: FileConfig =
+            toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        // Certificate paths are read relative to the config file, wherever warren runs.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for section in [&mut file.tls, &mut file.http_tls].into_iter().flatten() {
+            section.resolve(dir);
+        }
+        Ok(file)
     }
 
     /// Applies the file's settings over the defaults in `config`.
@@ -148,6 +212,12 @@ impl FileConfig {
         if let Some(v) = self.memory_budget_bytes {
             config.broker.memory.memory_budget_bytes = v;
         }
+        if let Some(v) = self.tls {
+            config.tls = Some(v.settings("tls", tls::DEFAULT_AMQPS_PORT)?);
+        }
+        if let Some(v) = self.http_tls {
+            config.http_tls = Some(v.settings("http_tls", tls::DEFAULT_HTTPS_PORT)?);
+        }
         Ok(())
     }
 }
@@ -184,6 +254,46 @@ mod tests {
         assert_eq!(config.max_handshakes_per_address, 3);
         let zero: FileConfig = toml::from_str("send_timeout_ms = 0").unwrap();
         assert!(zero.apply(&mut ServerConfig::default()).is_err());
+    }
+
+    #[test]
+    fn tls_sections_take_rabbitmqs_names_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncertfile = \"server.pem\"\nkeyfile = \"/etc/k.pem\"\ncacertfile = \"ca.pem\"\n\
+             verify = \"verify_peer\"\nfail_if_no_peer_cert = true\nversions = [\"tlsv1.3\"]\n\
+             [http_tls]\ncertfile = \"c\"\nkeyfile = \"k\"\nport = 8443\n",
+        )
+        .unwrap();
+        let mut config = ServerConfig::default();
+        FileConfig::load(&path).unwrap().apply(&mut config).unwrap();
+        let amqps = config.tls.unwrap();
+        assert_eq!(amqps.port, 5671);
+        assert_eq!(
+            amqps.certfile,
+            dir.path().join("server.pem"),
+            "relative to the file"
+        );
+        assert_eq!(amqps.keyfile, PathBuf::from("/etc/k.pem"));
+        assert_eq!(amqps.verify, Verify::VerifyPeer);
+        assert!(amqps.fail_if_no_peer_cert);
+        assert_eq!(amqps.versions, vec![TlsVersion::Tls13]);
+        assert_eq!(amqps.handshake_timeout_ms, 5000);
+        let https = config.http_tls.unwrap();
+        assert_eq!((https.port, https.verify), (8443, Verify::VerifyNone));
+        for bad in [
+            "[tls]\ncertfile = \"c\"",
+            "[tls]\ncertfile = \"c\"\nkeyfile = \"k\"\nverify = \"verify_peer\"",
+            "[tls]\ncertfile = \"c\"\nkeyfile = \"k\"\nversions = [\"tlsv1.1\"]",
+            "[tls]\ncertfile = \"c\"\nkeyfile = \"k\"\nssl_port = 1",
+        ] {
+            let refused = toml::from_str::<FileConfig>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.apply(&mut ServerConfig::default()));
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// TOML config file (see README for its keys: limits, send timeout, handshakes per
-    /// address, store reserve, alarms).
+    /// address, store reserve, alarms, and TLS: [tls] for AMQPS, [http_tls] for HTTPS).
     #[arg(long, env = "WARREN_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: :: (all IPv6 and IPv4 addresses)].
@@ -46,6 +46,14 @@ struct ServeArgs {
     /// Management HTTP port [default: 15672].
     #[arg(long, env = "WARREN_HTTP_PORT")]
     http_port: Option<u16>,
+    /// AMQPS (AMQP over TLS) port; needs a [tls] section in the config file [default:
+    /// 5671, or the section's port].
+    #[arg(long, env = "WARREN_AMQPS_PORT")]
+    amqps_port: Option<u16>,
+    /// Management HTTPS port; needs an [http_tls] section in the config file [default:
+    /// 15671, or the section's port].
+    #[arg(long, env = "WARREN_HTTPS_PORT")]
+    https_port: Option<u16>,
     /// Directory for durable state, created with mode 0700 [default: $XDG_DATA_HOME/warren
     /// or ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR")]
@@ -137,6 +145,23 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     }
     if let Some(v) = args.http_port {
         config.http_port = v;
+    }
+    if let Some(v) = args.amqps_port {
+        let Some(tls) = &mut config.tls else {
+            return Err(
+                "--amqps-port needs a [tls] section (certfile, keyfile) in the config file".into(),
+            );
+        };
+        tls.port = v;
+    }
+    if let Some(v) = args.https_port {
+        let Some(tls) = &mut config.http_tls else {
+            return Err(
+                "--https-port needs an [http_tls] section (certfile, keyfile) in the config file"
+                    .into(),
+            );
+        };
+        tls.port = v;
     }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();

@@ -3,9 +3,12 @@
 //! core. Neither knows of the other; this is where they meet.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::admin::http::{self, HttpSettings};
-use crate::server::{self, ServerConfig};
+use crate::server::{self, ServerConfig, TlsListener};
 use crate::store::Store;
 
 /// Runs a node until `shutdown` completes: recovers the broker from `store`, listens for
@@ -16,24 +19,41 @@ pub async fn run(
     store: Box<dyn Store + Send>,
     seed: u64,
     shutdown: impl Future<Output = ()>,
-    reloads: Option<tokio::sync::mpsc::Receiver<Box<ServerConfig>>>,
+    reloads: Option<mpsc::Receiver<Box<ServerConfig>>>,
 ) -> std::io::Result<()> {
     let (bind, port, data_dir) = (config.bind, config.http_port, config.data_dir.clone());
     let node_name = config.node_name.clone();
+    // The HTTPS certificates are checked before the broker recovers, as AMQPS's are.
+    let https = match &config.http_tls {
+        Some(tls) => Some(Arc::new(
+            TlsListener::bind("HTTPS", bind, tls, &[b"http/1.1"]).await?,
+        )),
+        None => None,
+    };
     let mut amqp = server::start(config, store, seed).await?;
     if let Some(reloads) = reloads {
-        amqp.set_reloads(reloads);
+        amqp.set_reloads(reload_https(reloads, https.clone()));
     }
     let settings = HttpSettings {
         bind,
         port,
         data_dir,
         amqp: amqp.local_addr(),
+        amqps: amqp.tls_local_addr(),
+        https,
         node_name,
     };
     let http = http::start(settings, amqp.admin()).await?;
+    let tls = match (amqp.tls_local_addr(), http.https) {
+        (None, None) => String::new(),
+        (amqps, https) => format!(
+            " (TLS: AMQPS on {}, HTTPS on {})",
+            amqps.map_or("none".into(), |a| a.to_string()),
+            https.map_or("none".into(), |a| a.to_string())
+        ),
+    };
     notify_service_manager(&format!(
-        "READY=1\nSTATUS=AMQP on {}, HTTP on {}",
+        "READY=1\nSTATUS=AMQP on {}, HTTP on {}{tls}",
         amqp.local_addr(),
         http.local
     ));
@@ -42,6 +62,30 @@ pub async fn run(
     http.stop();
     accepted?;
     amqp.stop().await
+}
+
+/// Takes the HTTPS listener's share of each config read again (its certificates) and
+/// passes the config on to the AMQP side.
+fn reload_https(
+    mut reloads: mpsc::Receiver<Box<ServerConfig>>,
+    https: Option<Arc<TlsListener>>,
+) -> mpsc::Receiver<Box<ServerConfig>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(new) = reloads.recv().await {
+            match &https {
+                Some(https) => https.reload(new.http_tls.as_ref(), "http_tls"),
+                None if new.http_tls.is_some() => tracing::warn!(
+                    "[http_tls] was added to the config; HTTPS starts only with a restart"
+                ),
+                None => {}
+            }
+            if tx.send(new).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Tells systemd how the node is doing when it runs as a `Type=notify` service (the

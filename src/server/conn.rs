@@ -7,15 +7,20 @@
 //! byte for the send timeout is closed. Output waiting for the socket is bounded: the
 //! broker pauses deliveries past its limit on unwritten bytes, and input is not read past
 //! [`READ_PAUSE_OUTPUT_BYTES`].
+//!
+//! The task is generic over its [`Transport`]: a TCP socket or TLS over one. Bytes a TLS
+//! stream took may still wait in its record buffer (bounded by rustls, 64 KiB); they are
+//! flushed as one more branch of the same `select!`, never by waiting outside it.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -28,6 +33,7 @@ use super::Clock;
 use super::core::CoreMsg;
 use super::core::sleep_until;
 use super::handshakes::HandshakeSlot;
+use super::transport::Transport;
 
 /// Room made in the read buffer before a read. It starts small, so that an idle
 /// connection holds little, and doubles while reads fill it: up to READ_CHUNK_SMALL_FRAMES
@@ -69,13 +75,13 @@ pub struct ConnSettings {
     pub send_timeout: Duration,
 }
 
-/// An accepted socket and what the listener knows of it.
+/// An accepted stream and what the listener knows of it.
 #[derive(Debug)]
-pub struct Accepted {
+pub struct Accepted<S> {
     /// The connection id.
     pub id: ConnId,
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, or TLS over it.
+    pub stream: S,
     /// Peer facts for the broker.
     pub info: ConnInfo,
     /// Its place among its address's unfinished handshakes.
@@ -122,19 +128,9 @@ impl Pause {
     }
 }
 
-/// The socket's halves (tokio's owned halves; madsim's stream has none).
-#[cfg(not(madsim))]
-type ReadHalf = tokio::net::tcp::OwnedReadHalf;
-#[cfg(not(madsim))]
-type WriteHalf = tokio::net::tcp::OwnedWriteHalf;
-#[cfg(madsim)]
-type ReadHalf = tokio::io::ReadHalf<TcpStream>;
-#[cfg(madsim)]
-type WriteHalf = tokio::io::WriteHalf<TcpStream>;
-
 /// Serves one connection until it closes.
-pub async fn run(
-    accepted: Accepted,
+pub async fn run<T: Transport>(
+    accepted: Accepted<T>,
     config: ConnectionConfig,
     settings: ConnSettings,
     core: mpsc::Sender<CoreMsg>,
@@ -148,11 +144,13 @@ pub async fn run(
 }
 
 /// One connection's state between turns of its loop.
-struct ConnTask {
+struct ConnTask<T: Transport> {
     id: ConnId,
     peer: String,
-    rd: ReadHalf,
-    wr: WriteHalf,
+    rd: T::Read,
+    wr: T::Write,
+    /// Bytes the stream took may not have reached the socket yet (TLS records).
+    unflushed: bool,
     handshake: HandshakeSlot,
     reply_rx: mpsc::UnboundedReceiver<Vec<Reply>>,
     core: mpsc::Sender<CoreMsg>,
@@ -178,22 +176,21 @@ struct ConnTask {
     send_check: tokio::time::Interval,
 }
 
-impl ConnTask {
+impl<T: Transport> ConnTask<T> {
     /// Introduces the connection to the core; `None` if the core is gone.
     async fn start(
-        accepted: Accepted,
+        accepted: Accepted<T>,
         config: ConnectionConfig,
         settings: ConnSettings,
         core: mpsc::Sender<CoreMsg>,
         clock: Clock,
-    ) -> Option<ConnTask> {
+    ) -> Option<ConnTask<T>> {
         let Accepted {
             id,
             stream,
             info,
             handshake,
         } = accepted;
-        let _ = stream.set_nodelay(true);
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let peer = info.peer.clone();
         let connect = CoreMsg::Connect {
@@ -205,10 +202,7 @@ impl ConnTask {
             return None;
         }
         tracing::debug!(conn = id, %peer, "connection accepted");
-        #[cfg(not(madsim))]
-        let (rd, wr) = stream.into_split();
-        #[cfg(madsim)]
-        let (rd, wr) = tokio::io::split(stream);
+        let (rd, wr) = stream.split();
         let mut send_check = tokio::time::interval(send_check_period(settings.send_timeout));
         send_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Some(ConnTask {
@@ -216,6 +210,7 @@ impl ConnTask {
             peer,
             rd,
             wr,
+            unflushed: false,
             handshake,
             reply_rx,
             core,
@@ -270,9 +265,17 @@ impl ConnTask {
                 *self.conn.read_buf() = buf;
                 self.on_read(r, room);
             }
-            r = write_some(&mut self.wr, &self.out), if !self.out.is_empty() => {
+            step = write_or_flush(&mut self.wr, &self.out), if !self.out.is_empty() || self.unflushed => {
                 *self.conn.read_buf() = buf;
-                self.on_written(r).await;
+                match step {
+                    WriteStep::Wrote(r) => self.on_written(r),
+                    WriteStep::Flushed(r) => {
+                        self.unflushed = false;
+                        if r.is_err() {
+                            self.conn.handle_eof();
+                        }
+                    }
+                }
             }
             replies = self.reply_rx.recv(), if self.replies_open => {
                 *self.conn.read_buf() = buf;
@@ -331,13 +334,17 @@ impl ConnTask {
         }
     }
 
-    async fn on_written(&mut self, r: std::io::Result<usize>) {
-        // The flush is a no-op on tokio's TCP; madsim's stream sends on flush only.
+    fn on_written(&mut self, r: std::io::Result<usize>) {
+        // The flush completes at once on tokio's TCP and on madsim's stream (which sends
+        // on flush only); on TLS it may wait for the socket, and is then left to the
+        // flush branch of `turn`.
         match r {
             Ok(n) if n > 0 => {
                 self.out.advance(n, Instant::now());
-                if self.wr.flush().await.is_err() {
-                    self.conn.handle_eof();
+                match flush_now(&mut self.wr) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(_)) => self.conn.handle_eof(),
+                    Poll::Pending => self.unflushed = true,
                 }
             }
             _ => self.conn.handle_eof(),
@@ -406,17 +413,23 @@ impl ConnTask {
             let (send_timeout, close_timeout) = (self.settings.send_timeout, self.close_timeout);
             flush_before_close(&mut self.wr, &mut self.out, send_timeout, close_timeout).await;
         }
-        if self.out.is_empty() {
-            let _ = self.wr.shutdown().await;
-        } else {
-            abort(&self.wr);
-        }
-        let (id, peer) = (self.id, self.peer.clone());
+        let (id, peer) = (self.id, &self.peer);
         match self.conn.error() {
             Some(e) => {
                 tracing::warn!(conn = id, %peer, code = e.code, reason = %e.text, "closed connection on a protocol error")
             }
             None => tracing::debug!(conn = id, %peer, "connection closed"),
+        }
+        // A TLS shutdown writes its close_notify alert: a peer that takes no byte gets
+        // the same patience as for the rest of the output.
+        let patience = self.settings.send_timeout.min(self.close_timeout);
+        let closed = self.out.is_empty()
+            && matches!(
+                tokio::time::timeout(patience, self.wr.shutdown()).await,
+                Ok(Ok(()))
+            );
+        if !closed {
+            T::reset(self.rd, self.wr);
         }
     }
 }
@@ -434,26 +447,46 @@ async fn flush_before_close(
     let patience = send_timeout.min(close_timeout);
     while let Some(since) = out.stalled_since() {
         let left = (since + patience).saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, write_some(wr, out)).await {
+        let written = tokio::time::timeout(left, async {
+            let n = write_some(wr, out).await?;
+            wr.flush().await?;
+            Ok::<_, std::io::Error>(n)
+        })
+        .await;
+        match written {
             Ok(Ok(n)) if n > 0 => out.advance(n, Instant::now()),
             _ => return,
-        }
-        if wr.flush().await.is_err() {
-            return;
         }
     }
 }
 
-/// Drops the socket with a reset instead of a FIN: the kernel would otherwise keep the
-/// unsent bytes (and the socket) for a peer that does not read them, for minutes.
-#[cfg(not(madsim))]
-fn abort(wr: &tokio::net::tcp::OwnedWriteHalf) {
-    let _ = rustix::net::sockopt::set_socket_linger(wr.as_ref(), Some(Duration::ZERO));
+/// What one write branch of a turn did.
+enum WriteStep {
+    /// A write of queued output: bytes of it written.
+    Wrote(std::io::Result<usize>),
+    /// Nothing was queued: the stream's own buffer was flushed.
+    Flushed(std::io::Result<()>),
 }
 
-/// Under simulation a dropped socket is gone at once.
-#[cfg(madsim)]
-fn abort<W>(_: &W) {}
+/// Writes the front of `out` or, with nothing queued, flushes what the stream still
+/// holds (a TLS stream's records); with output queued, the write pushes those out first.
+async fn write_or_flush(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    out: &Outgoing,
+) -> WriteStep {
+    if out.is_empty() {
+        WriteStep::Flushed(wr.flush().await)
+    } else {
+        WriteStep::Wrote(write_some(wr, out).await)
+    }
+}
+
+/// Flushes `wr` if that can be done without waiting.
+fn flush_now(wr: &mut (impl AsyncWrite + Unpin)) -> Poll<std::io::Result<()>> {
+    // A pending flush registers no interest here: `turn` polls it again in its
+    // `select!`, with the task's own waker.
+    Pin::new(wr).poll_flush(&mut Context::from_waker(Waker::noop()))
+}
 
 /// Hands the core's replies to the protocol layer.
 struct Taker<'a> {

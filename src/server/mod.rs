@@ -5,6 +5,11 @@
 //! readings and time; what to do with them is the broker's decision. The HTTP API runs
 //! beside it in [`crate::node`], over an [`AdminHandle`].
 //!
+//! With TLS configured, a second listener (AMQPS) hands its sockets to the same
+//! connection tasks once their TLS handshake completes ([`crate::tls::Certs::accept`]);
+//! the sockets count against the same connection and handshake limits from the moment
+//! they are accepted.
+//!
 //! ```text
 //! socket ─► conn task (proto::Connection) ─► core task (broker::Broker) ─► store worker
 //!        ◄─            replies            ◄─          persisted         ◄─
@@ -17,6 +22,7 @@ pub mod descriptors;
 mod handshakes;
 pub mod resources;
 mod storage;
+mod transport;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::{Broker, BrokerConfig, ConnInfo};
 use crate::proto::connection::ConnectionConfig;
 use crate::store::Store;
+use crate::tls::{Certs, TlsSettings};
 
 pub use self::admin::AdminHandle;
 pub use self::core::CoreMsg;
@@ -60,6 +67,11 @@ pub struct ServerConfig {
     pub connection: ConnectionConfig,
     /// Broker settings (resource alarm limits included).
     pub broker: BrokerConfig,
+    /// AMQP over TLS on its own port, if configured.
+    pub tls: Option<TlsSettings>,
+    /// The management API over HTTPS on its own port, if configured (served by the node,
+    /// beside the plain HTTP listener).
+    pub http_tls: Option<TlsSettings>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +88,8 @@ impl Default for ServerConfig {
             max_handshakes_per_address: 64,
             connection: ConnectionConfig::default(),
             broker: BrokerConfig::default(),
+            tls: None,
+            http_tls: None,
         }
     }
 }
@@ -138,6 +152,80 @@ pub struct Amqp {
     live: Arc<AtomicUsize>,
     /// Configs read again on SIGHUP ([`Amqp::set_reloads`]).
     reloads: Option<mpsc::Receiver<Box<ServerConfig>>>,
+    /// The AMQPS listener, if TLS is configured.
+    amqps: Option<TlsListener>,
+}
+
+/// A listener whose sockets speak TLS, with the certificates it hands new connections.
+#[derive(Debug)]
+pub struct TlsListener {
+    listener: TcpListener,
+    local: SocketAddr,
+    certs: Arc<Certs>,
+    /// Reloads the certificates when their files change.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Reads the certificates `settings` name and binds their port on `addr`; a file
+    /// that cannot be used is an error naming it. `what` names the listener in logs;
+    /// `alpn` is offered to clients.
+    pub async fn bind(
+        what: &'static str,
+        addr: IpAddr,
+        settings: &TlsSettings,
+        alpn: &[&'static [u8]],
+    ) -> std::io::Result<TlsListener> {
+        let certs = Certs::load(what, settings.clone(), alpn)
+            .map_err(|e| std::io::Error::other(format!("{what}: {e}")))?;
+        let listener = bind(addr, settings.port).await?;
+        let local = listener.local_addr()?;
+        let watcher = certs.watch();
+        Ok(TlsListener {
+            listener,
+            local,
+            certs,
+            watcher,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Takes the settings read again on SIGHUP: new connections get the certificates
+    /// they name; a port change waits for a restart; files that do not make a valid
+    /// configuration change nothing.
+    pub fn reload(&self, new: Option<&TlsSettings>, section: &str) {
+        match new {
+            Some(new) => {
+                if new.port != self.certs.settings().port {
+                    tracing::warn!("[{section}] port changes only with a restart");
+                }
+                self.certs.reload_and_log(new, "reload");
+            }
+            None => tracing::warn!(
+                "[{section}] was removed from the config; its listener stops only with a restart"
+            ),
+        }
+    }
+
+    /// The next socket.
+    pub async fn accept(&self) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+        self.listener.accept().await
+    }
+
+    /// The certificates in force.
+    pub fn certs(&self) -> &Arc<Certs> {
+        &self.certs
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 /// Recovers the broker from `store`, binds the AMQP port and starts the core task; clients
@@ -147,6 +235,11 @@ pub async fn start(
     store: Box<dyn Store + Send>,
     seed: u64,
 ) -> std::io::Result<Amqp> {
+    // Certificates first: a broken file fails the start before a long recovery.
+    let amqps = match &config.tls {
+        Some(settings) => Some(TlsListener::bind("AMQPS", config.bind, settings, &[]).await?),
+        None => None,
+    };
     // Recover before listening: clients never see a broker that is still loading.
     let mut store = store;
     let recovered = store
@@ -173,6 +266,10 @@ pub async fn start(
     };
     let core = tokio::spawn(self::core::run(broker, store, core_rx, clock, views));
     tracing::info!(address = %local, "AMQP listener ready");
+    if let Some(amqps) = &amqps {
+        tracing::info!(address = %amqps.local, "AMQPS listener ready");
+        println!("warren: AMQPS listening on {}", amqps.local);
+    }
     // A line on stdout that scripts and tests can wait for.
     println!("warren: AMQP listening on {local}");
     Ok(Amqp {
@@ -185,6 +282,7 @@ pub async fn start(
         app_running,
         live: Arc::new(AtomicUsize::new(0)),
         reloads: None,
+        amqps,
     })
 }
 
@@ -207,6 +305,11 @@ impl Amqp {
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The address the AMQPS listener is bound to, if TLS is configured.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.amqps.as_ref().map(|l| l.local)
     }
 
     /// A handle for administrative requests (the HTTP API).
@@ -232,18 +335,21 @@ impl Amqp {
             let paused_until = backoff.until();
             tokio::select! {
                 accepted = self.listener.accept(), if paused_until.is_none() => {
-                    let (stream, peer) = match accepted {
-                        Ok(x) => {
-                            backoff.reset();
-                            x
-                        }
-                        Err(e) => {
-                            backoff.failed(&e);
-                            continue;
-                        }
+                    let Some((stream, peer)) = backoff.accepted(accepted) else {
+                        continue;
                     };
                     if let Some(handshake) = self.admit(peer, &handshakes, &mut refusals) {
-                        self.spawn_connection(next_id, stream, peer, handshake, settings);
+                        self.spawn_connection(next_id, stream, peer, handshake, settings, None);
+                        next_id += 1;
+                    }
+                }
+                accepted = accept_tls(&self.amqps), if paused_until.is_none() => {
+                    let Some((stream, peer)) = backoff.accepted(accepted) else {
+                        continue;
+                    };
+                    if let Some(handshake) = self.admit(peer, &handshakes, &mut refusals) {
+                        let certs = self.amqps.as_ref().map(|l| l.certs.clone());
+                        self.spawn_connection(next_id, stream, peer, handshake, settings, certs);
                         next_id += 1;
                     }
                 }
@@ -278,6 +384,13 @@ impl Amqp {
             != (old.bind, old.amqp_port, old.http_port, &old.data_dir)
         {
             tracing::warn!("bind, ports and data_dir change only with a restart");
+        }
+        match &self.amqps {
+            Some(amqps) => amqps.reload(new.tls.as_ref(), "tls"),
+            None if new.tls.is_some() => {
+                tracing::warn!("[tls] was added to the config; AMQPS starts only with a restart")
+            }
+            None => {}
         }
         handshakes.set_limit(new.max_handshakes_per_address);
         settings.send_timeout = std::time::Duration::from_millis(new.send_timeout_ms);
@@ -342,6 +455,9 @@ impl Amqp {
         claim
     }
 
+    /// Runs a connection on its own task; with `tls`, after a TLS handshake within its
+    /// timeout. The socket counts as live (against `max_connections`) and holds its
+    /// handshake slot from now on, through the TLS handshake.
     fn spawn_connection(
         &self,
         id: u64,
@@ -349,19 +465,16 @@ impl Amqp {
         peer: SocketAddr,
         handshake: handshakes::HandshakeSlot,
         settings: conn::ConnSettings,
+        tls: Option<Arc<Certs>>,
     ) {
         #[cfg(not(madsim))]
         if let Err(e) = set_keepalive(&stream) {
             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
         }
-        let accepted = conn::Accepted {
-            id,
-            stream,
-            info: ConnInfo {
-                peer: peer.to_string(),
-                loopback: is_loopback(peer.ip()),
-            },
-            handshake,
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            peer: peer.to_string(),
+            loopback: is_loopback(peer.ip()),
         };
         let live = self.live.clone();
         live.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +482,29 @@ impl Amqp {
         let core_tx = self.core_tx.clone();
         let clock = self.clock;
         tokio::spawn(async move {
-            conn::run(accepted, cfg, settings, core_tx, clock).await;
+            match tls {
+                None => {
+                    let accepted = conn::Accepted {
+                        id,
+                        stream,
+                        info,
+                        handshake,
+                    };
+                    conn::run(accepted, cfg, settings, core_tx, clock).await;
+                }
+                Some(certs) => match certs.accept(stream).await {
+                    Ok(stream) => {
+                        let accepted = conn::Accepted {
+                            id,
+                            stream,
+                            info,
+                            handshake,
+                        };
+                        conn::run(accepted, cfg, settings, core_tx, clock).await;
+                    }
+                    Err(e) => certs.log_handshake_failure(&peer, &e),
+                },
+            }
             live.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -383,9 +518,11 @@ impl Amqp {
             core_tx,
             core,
             live,
+            amqps,
             ..
         } = self;
         drop(listener);
+        drop(amqps);
         let _ = core_tx.send(CoreMsg::Shutdown).await;
         // Give clients a moment to acknowledge the close before the store's final sync.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -462,6 +599,21 @@ impl AcceptBackoff {
         self.paused_until = None;
     }
 
+    /// The socket of a successful accept; after a failed one, `None` (and a pause if the
+    /// failure calls for one).
+    fn accepted<S>(&mut self, accepted: std::io::Result<S>) -> Option<S> {
+        match accepted {
+            Ok(x) => {
+                self.reset();
+                Some(x)
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
     fn reset(&mut self) {
         self.delay = std::time::Duration::ZERO;
     }
@@ -488,6 +640,16 @@ impl Refusals {
         }
         self.last_log = Some(now);
         Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// The next socket of the AMQPS listener, or never if there is none.
+async fn accept_tls(
+    amqps: &Option<TlsListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match amqps {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,7 +37,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::broker::admin::{Actor, AdminError, AdminErrorKind, AdminReply, AdminRequest, Whoami};
-use crate::server::AdminHandle;
+use crate::server::{AdminHandle, TlsListener};
 
 use super::nodefile::{NodeFile, new_token, node_name, same_secret, unregister};
 use super::rates::RateTracker;
@@ -53,6 +53,11 @@ pub struct HttpSettings {
     pub data_dir: PathBuf,
     /// The AMQP listener's address (for listings and health checks).
     pub amqp: SocketAddr,
+    /// The AMQPS listener's address, if there is one (for listings and health checks).
+    pub amqps: Option<SocketAddr>,
+    /// The HTTPS listener, if configured: bound already, so that its certificates were
+    /// checked before the broker started.
+    pub https: Option<Arc<TlsListener>>,
     /// The node's name (`warren@<hostname>` if none).
     pub node_name: Option<String>,
 }
@@ -62,7 +67,10 @@ pub struct HttpSettings {
 pub struct HttpServer {
     /// The address it listens on.
     pub local: SocketAddr,
+    /// The address of its HTTPS listener, if it has one.
+    pub https: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    https_task: Option<tokio::task::JoinHandle<()>>,
     node_file: PathBuf,
     /// The node's entry in the runtime registry, if it has one.
     registered: Option<PathBuf>,
@@ -72,6 +80,9 @@ impl HttpServer {
     /// Stops serving and removes the node file and the registry entry.
     pub fn stop(self) {
         self.task.abort();
+        if let Some(task) = &self.https_task {
+            task.abort();
+        }
         let _ = std::fs::remove_file(&self.node_file);
         if let Some(path) = &self.registered {
             unregister(path);
@@ -86,6 +97,9 @@ struct Ctx {
     node: String,
     amqp: SocketAddr,
     http: SocketAddr,
+    /// The TLS listeners' addresses, if any.
+    amqps: Option<SocketAddr>,
+    https: Option<SocketAddr>,
     started: Instant,
     started_epoch_ms: u64,
     rates: Mutex<RateTracker>,
@@ -134,6 +148,8 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
         node,
         amqp: settings.amqp,
         http: local,
+        amqps: settings.amqps,
+        https: settings.https.as_ref().map(|l| l.local_addr()),
         started: Instant::now(),
         started_epoch_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -144,12 +160,24 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
         sessions: session::Sessions::default(),
     });
     let app = router(ctx);
-    let task = tokio::spawn(serve::serve(listener, app));
+    let limits = serve::Limits::default();
+    let https = settings.https.as_ref().map(|l| l.local_addr());
+    let https_task = settings.https.map(|l| {
+        let listener = serve::Listener::Tls(l);
+        tokio::spawn(serve::serve(listener, app.clone(), limits.clone()))
+    });
+    if let Some(address) = https {
+        tracing::info!(%address, "HTTPS listener ready");
+        println!("warren: HTTPS listening on {address}");
+    }
+    let task = tokio::spawn(serve::serve(serve::Listener::Plain(listener), app, limits));
     tracing::info!(address = %local, "HTTP listener ready");
     println!("warren: HTTP listening on {local}");
     Ok(HttpServer {
         local,
+        https,
         task,
+        https_task,
         node_file,
         registered,
     })

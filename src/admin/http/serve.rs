@@ -8,6 +8,10 @@
 //! a request (its body included) must be answered within [`REQUEST_TIMEOUT`], and at most
 //! [`MAX_CONNECTIONS`] connections are served at once (further ones wait in the listen
 //! backlog until one closes), at most [`MAX_CONNECTIONS_PER_PEER`] of them for one peer.
+//!
+//! The HTTPS listener, when configured, shares these limits with the plain one: a socket
+//! takes its slots when accepted and holds them through its TLS handshake, which must
+//! complete within the listener's handshake timeout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +24,10 @@ use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt as _;
+
+use crate::server::TlsListener;
 
 use super::ApiError;
 
@@ -76,10 +83,43 @@ impl Drop for PeerSlot {
     }
 }
 
+/// The connection slots all listeners of the API share.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    slots: Arc<tokio::sync::Semaphore>,
+    peers: Arc<PerPeer>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            peers: Arc::default(),
+        }
+    }
+}
+
+/// Where the API is served: plain HTTP, or HTTPS.
+#[derive(Debug)]
+pub enum Listener {
+    /// Plain HTTP.
+    Plain(tokio::net::TcpListener),
+    /// HTTPS, with the certificates in force for each new connection.
+    Tls(Arc<TlsListener>),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+        match self {
+            Listener::Plain(l) => l.accept().await,
+            Listener::Tls(l) => l.accept().await,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let peers = Arc::new(PerPeer::default());
+pub async fn serve(listener: Listener, app: Router, limits: Limits) {
+    let Limits { slots, peers } = limits;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -98,18 +138,37 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
             continue;
         };
         let app = app.clone();
+        let certs = match &listener {
+            Listener::Plain(_) => None,
+            Listener::Tls(l) => Some(l.certs().clone()),
+        };
         tokio::spawn(async move {
-            serve_connection(stream, peer, app).await;
+            match certs {
+                None => serve_connection(stream, peer, app, OverTls(false)).await,
+                Some(certs) => match certs.accept(stream).await {
+                    Ok(stream) => serve_connection(stream, peer, app, OverTls(true)).await,
+                    Err(e) => certs.log_handshake_failure(&peer, &e),
+                },
+            }
             drop(peer_slot);
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Router) {
+/// Whether a request came over HTTPS (a request extension): the session cookie is then
+/// marked `Secure`, so that a browser never sends it to the plain HTTP port.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls(pub bool);
+
+async fn serve_connection<IO>(stream: IO, peer: SocketAddr, app: Router, tls: OverTls)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(tls);
         let app = app.clone();
         async move {
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(request)).await {

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::nodefile::{new_token, same_secret};
+use super::serve::OverTls;
 use super::{ApiError, ApiResult, State};
 
 /// The cookie's name.
@@ -170,16 +172,27 @@ pub(super) struct Login {
     password: String,
 }
 
-fn set_cookie(value: &str, max_age: Duration) -> HeaderValue {
+fn set_cookie(value: &str, max_age: Duration, tls: OverTls) -> HeaderValue {
+    let secure = if tls.0 { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         max_age.as_secs()
     );
     HeaderValue::from_str(&cookie).expect("a cookie of hex digits is a header value")
 }
 
+/// Whether the request came over HTTPS (requests built in tests carry no mark).
+fn over_tls(tls: Option<Extension<OverTls>>) -> OverTls {
+    tls.map_or(OverTls(false), |Extension(t)| t)
+}
+
 /// `POST /api/login`.
-pub(super) async fn login(s: State, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
+pub(super) async fn login(
+    s: State,
+    tls: Option<Extension<OverTls>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
     let login: Login = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("expected {{\"username\", \"password\"}}: {e}"))
     })?;
@@ -197,7 +210,7 @@ pub(super) async fn login(s: State, headers: HeaderMap, body: axum::body::Bytes)
             .into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&id, LIFETIME));
+        .insert(header::SET_COOKIE, set_cookie(&id, LIFETIME, over_tls(tls)));
     Ok(response)
 }
 
@@ -212,14 +225,19 @@ pub(super) async fn session(s: State, headers: HeaderMap) -> ApiResult {
 }
 
 /// `POST /api/logout`: ends the session (the CSRF check already ran) and clears the cookie.
-pub(super) async fn logout(s: State, headers: HeaderMap) -> ApiResult {
+pub(super) async fn logout(
+    s: State,
+    tls: Option<Extension<OverTls>>,
+    headers: HeaderMap,
+) -> ApiResult {
     if let Some(id) = cookie_of(&headers) {
         s.sessions.end(&id);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie("", Duration::ZERO));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie("", Duration::ZERO, over_tls(tls)),
+    );
     Ok(response)
 }
 

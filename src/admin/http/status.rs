@@ -165,13 +165,23 @@ async fn overview_of(s: &Ctx) -> Result<Overview, ApiError> {
     }
 }
 
+/// The listeners, named by protocol as RabbitMQ names them ("amqp/ssl" for AMQPS).
 fn listeners(s: &Ctx) -> Value {
-    let amqp = plain(s.amqp);
-    let http = plain(s.http);
-    json!([
-        { "node": s.node, "protocol": "amqp", "ip_address": amqp.ip().to_string(), "port": amqp.port() },
-        { "node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port() },
-    ])
+    let all = [
+        ("amqp", Some(s.amqp)),
+        ("amqp/ssl", s.amqps),
+        ("http", Some(s.http)),
+        ("https", s.https),
+    ];
+    let listed: Vec<Value> = all
+        .into_iter()
+        .filter_map(|(protocol, address)| {
+            let address = plain(address?);
+            Some(json!({ "node": s.node, "protocol": protocol,
+                         "ip_address": address.ip().to_string(), "port": address.port() }))
+        })
+        .collect();
+    Value::Array(listed)
 }
 
 pub(super) async fn overview(s: State, headers: HeaderMap) -> ApiResult {
@@ -477,7 +487,10 @@ pub(super) async fn port_listener(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid port"))?;
     let amqp_up = s.core.app_running();
-    if port == s.http.port() || (port == s.amqp.port() && amqp_up) {
+    let is = |address: Option<SocketAddr>| address.is_some_and(|a| a.port() == port);
+    let http = is(Some(s.http)) || is(s.https);
+    let amqp = is(Some(s.amqp)) || is(s.amqps);
+    if http || (amqp && amqp_up) {
         ok_json(json!({ "status": "ok", "port": port }))
     } else {
         health_failed(format!("No active listener on port {port}"))
@@ -492,7 +505,9 @@ pub(super) async fn protocol_listener(
     authenticate(&s, &headers).await?;
     let up = match protocol.as_str() {
         "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" => s.core.app_running(),
+        "amqp/ssl" | "amqps" => s.amqps.is_some() && s.core.app_running(),
         "http" | "management" => true,
+        "https" => s.https.is_some(),
         _ => false,
     };
     if up {
