@@ -24,11 +24,23 @@ pub fn listening_port(line: &str, what: &str) -> Option<u16> {
         .map(|a| a.port())
 }
 
+/// What and where of a `warren: <what> listening on <address>` line.
+fn listening_line(line: &str) -> Option<(String, u16)> {
+    let (what, address) = line
+        .strip_prefix("warren: ")?
+        .split_once(" listening on ")?;
+    let port = address.trim().parse::<std::net::SocketAddr>().ok()?.port();
+    Some((what.to_string(), port))
+}
+
 /// A running `warren serve`, killed on drop.
 pub struct Server {
     child: Child,
     pub port: u16,
     pub http_port: u16,
+    /// Every listener announced on stdout by start-up (AMQP, AMQPS, HTTPS, HTTP), with
+    /// its port.
+    pub listeners: std::collections::HashMap<String, u16>,
     pub data_dir: tempfile::TempDir,
     /// Where it registers for `warren ctl` (its own, so that test servers stay out of
     /// the machine's registry).
@@ -102,20 +114,21 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
-            let mut amqp = None;
+            let mut listeners = std::collections::HashMap::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(port) = listening_port(&line, "AMQP") {
-                    amqp = Some(port);
+                if let Some((what, port)) = listening_line(&line) {
+                    listeners.insert(what, port);
                 }
-                if let (Some(http), Some(amqp)) = (listening_port(&line, "HTTP"), amqp) {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send((amqp, http));
-                    }
+                let amqp = listeners.get("AMQP").copied();
+                if let (Some(http), Some(amqp)) = (listening_port(&line, "HTTP"), amqp)
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send((amqp, http, listeners.clone()));
                 }
             }
         });
-        let mut ports = (0, 0);
+        let mut ports = (0, 0, std::collections::HashMap::new());
         let failure = match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(bound) => {
                 ports = bound;
@@ -141,11 +154,12 @@ impl Server {
             let _ = child.wait();
             return Err((why, data_dir));
         }
-        let (port, http_port) = ports;
+        let (port, http_port, listeners) = ports;
         Ok(Server {
             child,
             port,
             http_port,
+            listeners,
             data_dir,
             runtime_dir,
         })
@@ -226,9 +240,10 @@ impl Drop for Server {
     }
 }
 
-/// A raw AMQP client for wire-level tests.
-pub struct RawClient {
-    pub stream: TcpStream,
+/// A raw AMQP client for wire-level tests, over a TCP socket or any other byte stream
+/// (TLS over one).
+pub struct RawClient<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
@@ -254,6 +269,17 @@ pub fn client_properties() -> FieldTable {
     ]
     .into_iter()
     .collect()
+}
+
+impl<S: Read + Write> RawClient<S> {
+    /// Wraps a connected stream set up by the caller (its read timeout included).
+    pub fn over(stream: S) -> RawClient<S> {
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(16 * 1024 * 1024),
+        }
+    }
 }
 
 impl RawClient {
@@ -285,7 +311,9 @@ impl RawClient {
         c.handshake("guest", "guest", "/", 0);
         c
     }
+}
 
+impl<S: Read + Write> RawClient<S> {
     pub fn handshake(&mut self, user: &str, pass: &str, vhost: &str, heartbeat: u16) {
         self.send_raw(&PROTOCOL_HEADER);
         let (_, start) = self.expect_method();
