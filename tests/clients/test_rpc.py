@@ -9,14 +9,20 @@ import pytest
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
+def _get_one(ch, queue: str, auto_ack: bool = False):
+    """The next message on `queue`, waiting up to 5 s: one published on another connection
+    may still be on its way when this channel asks."""
+    for _ in range(100):
+        method, props, body = ch.basic_get(queue, auto_ack=auto_ack)
+        if method is not None:
+            return method, props, body
+        ch.connection.sleep(0.05)
+    raise AssertionError(f"no message arrived on {queue}")
+
+
 def _serve_one(ch, queue: str) -> None:
     """Answers one request on `queue`: the body upper-cased, to the request's reply_to."""
-    for _ in range(100):
-        method, props, body = ch.basic_get(queue)
-        if method is not None:
-            break
-        ch.connection.sleep(0.05)
-    assert method is not None, "no request arrived"
+    method, props, body = _get_one(ch, queue)
     ch.basic_publish(
         "",
         props.reply_to,
@@ -59,8 +65,7 @@ def test_the_server_sees_a_routable_reply_address(connect, uid):
     client = connect().channel()
     client.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
     client.basic_publish("", queue, b"x", pika.BasicProperties(reply_to=REPLY_TO))
-    method, props, _ = server.basic_get(queue, auto_ack=True)
-    assert method is not None
+    method, props, _ = _get_one(server, queue, auto_ack=True)
     assert props.reply_to.startswith(REPLY_TO + ".") and props.reply_to != REPLY_TO + "."
     # The pseudo-queue and the address are there for a passive declare.
     assert server.queue_declare(REPLY_TO, passive=True).method.queue == REPLY_TO
@@ -75,7 +80,7 @@ def test_a_reply_to_a_closed_channel_is_returned(connect, uid):
     client = client_conn.channel()
     client.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
     client.basic_publish("", queue, b"x", pika.BasicProperties(reply_to=REPLY_TO))
-    _, props, _ = server.basic_get(queue, auto_ack=True)
+    _, props, _ = _get_one(server, queue, auto_ack=True)
     client.close()
     server.confirm_delivery()
     with pytest.raises(pika.exceptions.UnroutableError):
