@@ -22,7 +22,8 @@ Suites (``--suites``, default all):
   amqplib    amqplib 2.2.0 npm tarball: node --test test/*.test.js
   rabbitpy   rabbitpy 3.0.2 sdist: unittest discover tests
   amqpstorm  amqpstorm 3.1.4 sdist: amqpstorm/tests/functional minus management/ and ssl/
-  pika       ours: tests/clients/test_tutorials.py, test_bulk.py, test_rpc.py, test_delayed.py and test_admin.py (pika 1.4.4)
+  pika       ours: tests/clients/test_tutorials.py, test_bulk.py, test_rpc.py, test_delayed.py, test_admin.py
+             (pika 1.4.4) and test_tls.py (pika and kombu over TLS, against a warren of its own)
 
 Everything is installed under ``--deps`` (default: <repo>/.deps, git-ignored):
 a venv with tests/clients/requirements.txt, the sdists of tests/clients/sdists.txt
@@ -545,7 +546,10 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
             env["BULK_COUNT"] = str(args.bulk_count)
         if t.ctl:
             env["AMQP_CTL"] = shlex.join(t.ctl)
-        return Spec(pytest_common + ["test_tutorials.py", "test_bulk.py", "test_rpc.py", "test_delayed.py", "test_admin.py"], cwd, env,
+            # test_tls.py starts the same binary with TLS certificates of its own.
+            env["WARREN_BIN"] = t.ctl[0]
+        return Spec(pytest_common + ["test_tutorials.py", "test_bulk.py", "test_rpc.py", "test_delayed.py", "test_admin.py",
+                                     "test_tls.py"], cwd, env,
                     "junit-pytest", junit)
     raise ValueError(name)
 
