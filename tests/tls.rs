@@ -317,13 +317,6 @@ fn amqp_runs_over_tls_beside_the_plain_port_and_https_serves_the_api() {
     plain.open_channel(1);
     round_trip(&mut plain, "over-tcp", b"hello over TCP");
 
-    // Both versions are offered; the client's pick is used.
-    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let tls = tls_connect(port, client_config(&ca, None, &[version])).unwrap();
-        assert_eq!(tls.conn.protocol_version(), Some(version.version));
-        assert!(amqp_answers(tls));
-    }
-
     // The management API over HTTPS lists the listeners as RabbitMQ names them.
     let https = server.listeners["HTTPS"];
     let (status, body) = https_get(https, &ca, "/api/overview");
@@ -346,8 +339,43 @@ fn amqp_runs_over_tls_beside_the_plain_port_and_https_serves_the_api() {
         &format!("/api/health/checks/port-listener/{port}"),
     );
     assert!(status.contains(" 200 "), "{status}");
+
+    // The connection listing tells TLS connections by their listener and session.
+    let (_, body) = https_get(https, &ca, "/api/connections");
+    let connections: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let over_tls: Vec<_> = connections.iter().filter(|c| c["ssl"] == true).collect();
+    let plain_ones: Vec<_> = connections.iter().filter(|c| c["ssl"] == false).collect();
+    assert_eq!((over_tls.len(), plain_ones.len()), (1, 1), "{body}");
+    assert_eq!(over_tls[0]["port"], port);
+    assert!(
+        over_tls[0]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}"))
+    );
+    assert!(
+        over_tls[0]["ssl_protocol"]
+            .as_str()
+            .unwrap()
+            .starts_with("tlsv1.")
+    );
+    assert!(
+        over_tls[0]["ssl_cipher"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS")
+    );
+    assert_eq!(plain_ones[0]["port"], server.port);
+    assert!(plain_ones[0]["ssl_protocol"].is_null());
     // Plain HTTP stays up for `warren ctl`.
     assert!(server.ctl_ok(&["status"]).contains("protocol: amqp/ssl"));
+
+    // Both versions are offered; the client's pick is used.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let tls = tls_connect(port, client_config(&ca, None, &[version])).unwrap();
+        assert_eq!(tls.conn.protocol_version(), Some(version.version));
+        assert!(amqp_answers(tls));
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::admin::{AdminError, AdminErrorKind, AdminRequest, AdminResult};
 
 use super::core::CoreMsg;
+use super::tls_sessions::{TlsSession, TlsSessions};
 
 /// A handle on the core for administrative requests. It holds the core's channel weakly,
 /// so that an idle HTTP connection never keeps a stopping broker alive.
@@ -14,15 +15,28 @@ use super::core::CoreMsg;
 pub struct AdminHandle {
     core: mpsc::WeakSender<CoreMsg>,
     app_running: watch::Receiver<bool>,
+    tls_sessions: TlsSessions,
 }
 
 impl AdminHandle {
-    /// A handle on the core behind `core`, whose lifecycle state `app_running` follows.
-    pub(super) fn new(core: &mpsc::Sender<CoreMsg>, app_running: watch::Receiver<bool>) -> Self {
+    /// A handle on the core behind `core`, whose lifecycle state `app_running` follows,
+    /// and on the driver's record of TLS sessions.
+    pub(super) fn new(
+        core: &mpsc::Sender<CoreMsg>,
+        app_running: watch::Receiver<bool>,
+        tls_sessions: TlsSessions,
+    ) -> Self {
         AdminHandle {
             core: core.downgrade(),
             app_running,
+            tls_sessions,
         }
+    }
+
+    /// The TLS session of the live connection from `peer` (as the broker's listings name
+    /// it), if it came over TLS.
+    pub fn tls_session(&self, peer: &str) -> Option<TlsSession> {
+        self.tls_sessions.get(peer)
     }
 
     /// Whether the AMQP side runs (not stopped by `warren ctl stop_app`), as the broker

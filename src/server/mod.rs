@@ -22,6 +22,7 @@ pub mod descriptors;
 mod handshakes;
 pub mod resources;
 mod storage;
+mod tls_sessions;
 mod transport;
 
 use std::future::Future;
@@ -40,6 +41,7 @@ use crate::tls::{Certs, TlsSettings};
 
 pub use self::admin::AdminHandle;
 pub use self::core::CoreMsg;
+pub use self::tls_sessions::TlsSession;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -154,6 +156,8 @@ pub struct Amqp {
     reloads: Option<mpsc::Receiver<Box<ServerConfig>>>,
     /// The AMQPS listener, if TLS is configured.
     amqps: Option<TlsListener>,
+    /// The sessions of live TLS connections, for the listings.
+    tls_sessions: tls_sessions::TlsSessions,
 }
 
 /// A listener whose sockets speak TLS, with the certificates it hands new connections.
@@ -283,6 +287,7 @@ pub async fn start(
         live: Arc::new(AtomicUsize::new(0)),
         reloads: None,
         amqps,
+        tls_sessions: tls_sessions::TlsSessions::default(),
     })
 }
 
@@ -314,7 +319,11 @@ impl Amqp {
 
     /// A handle for administrative requests (the HTTP API).
     pub fn admin(&self) -> AdminHandle {
-        AdminHandle::new(&self.core_tx, self.app_running.clone())
+        AdminHandle::new(
+            &self.core_tx,
+            self.app_running.clone(),
+            self.tls_sessions.clone(),
+        )
     }
 
     /// Accepts connections until `shutdown` completes. Fails if the core stopped on its
@@ -481,6 +490,7 @@ impl Amqp {
         let cfg = self.config.connection.clone();
         let core_tx = self.core_tx.clone();
         let clock = self.clock;
+        let tls_sessions = self.tls_sessions.clone();
         tokio::spawn(async move {
             match tls {
                 None => {
@@ -494,6 +504,8 @@ impl Amqp {
                 }
                 Some(certs) => match certs.accept(stream).await {
                     Ok(stream) => {
+                        let session = tls_sessions::TlsSession::of(stream.get_ref().1);
+                        let _listed = tls_sessions.register(info.peer.clone(), session);
                         let accepted = conn::Accepted {
                             id,
                             stream,

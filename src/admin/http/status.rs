@@ -41,11 +41,16 @@ fn plain(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The peer's address, and the broker side's as well as it is known (the listener's, or
-/// for a wildcard listener the loopback address a loopback peer used).
+/// The peer's address, and the broker side's as well as it is known (the listener's —
+/// AMQPS for a connection that came over TLS — or for a wildcard listener the loopback
+/// address a loopback peer used).
 fn ends(ctx: &Ctx, peer: &str) -> (Option<SocketAddr>, SocketAddr) {
+    let listener = match ctx.amqps {
+        Some(amqps) if ctx.core.tls_session(peer).is_some() => amqps,
+        _ => ctx.amqp,
+    };
     let peer = peer.parse::<SocketAddr>().ok().map(plain);
-    let mut local = plain(ctx.amqp);
+    let mut local = plain(listener);
     if local.ip().is_unspecified()
         && let Some(p) = peer.filter(|p| p.ip().is_loopback())
     {
@@ -75,6 +80,7 @@ fn peer_fields(ctx: &Ctx, peer: &str) -> (String, u16, String, u16) {
 
 fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
     let (peer_host, peer_port, host, port) = peer_fields(ctx, &c.peer);
+    let tls = ctx.core.tls_session(&c.peer);
     json!({
         "name": connection_name(ctx, &c.peer),
         "pid": format!("<{}.{}.0>", ctx.node, c.id),
@@ -91,7 +97,9 @@ fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": "PLAIN",
-        "ssl": false,
+        "ssl": tls.is_some(),
+        "ssl_protocol": tls.as_ref().map(|t| t.protocol),
+        "ssl_cipher": tls.as_ref().map(|t| t.cipher.clone()),
         "client_properties": table_to_json(&c.client_properties),
         "connected_at": c.connected_at_ms,
     })
