@@ -297,6 +297,27 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_and_its_commented_tls_example_parse() {
+        let text = include_str!("../contrib/warren.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        file.apply(&mut ServerConfig::default()).unwrap();
+        let start = text.find("# [tls]").unwrap();
+        let example: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: FileConfig = toml::from_str(&example).unwrap();
+        let mut config = ServerConfig::default();
+        file.apply(&mut config).unwrap();
+        assert_eq!(
+            config.tls.map(|t| (t.port, t.verify)),
+            Some((5671, Verify::VerifyPeer))
+        );
+        assert_eq!(config.http_tls.map(|t| t.port), Some(15671));
+    }
+
+    #[test]
     fn sync_policy_is_read_by_name() {
         let file: FileConfig = toml::from_str("sync = \"none\"").unwrap();
         assert_eq!(file.sync, Some(SyncPolicy::None));

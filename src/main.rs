@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the broker (AMQP on --amqp-port, management HTTP on --http-port).
+    /// Run the broker (AMQP on --amqp-port, management HTTP on --http-port; AMQPS and
+    /// HTTPS beside them when the config file has [tls] and [http_tls]).
     Serve(ServeArgs),
     /// Administer a node, as rabbitmqctl does (users, vhosts, permissions, listings).
     #[cfg(not(madsim))]
