@@ -223,7 +223,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         config,
         store,
         seed,
-        shutdown_signal(),
+        shutdown_signal(&runtime),
         reloads,
     )) {
         Ok(()) => {
@@ -322,25 +322,33 @@ fn reload_on_hangup(
     Some(rx)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed before it
+/// returns, so before the node tells systemd it is ready: a SIGTERM right after READY=1
+/// stops the broker gracefully instead of killing it.
+fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (interrupt, term) = runtime.block_on(async {
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    });
+    let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+        match s {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for a stop signal");
+                std::future::pending::<()>().await
+            }
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async move {
+        tokio::select! {
+            _ = wait(interrupt) => {}
+            _ = wait(term) => {}
+        }
     }
 }
 
