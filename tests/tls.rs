@@ -654,6 +654,34 @@ fn broken_certificate_files_stop_the_start_with_a_message_naming_them() {
             "{what}: {stderr}"
         );
     }
+    // A port in use is named too.
+    replace(&files.path("server.key"), &server_cert.key);
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let mut args = files.config("", "");
+    args[3] = taken_port.clone();
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "serve",
+            "--amqp-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(&args)
+        .env("WARREN_RUNTIME_DIR", data.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen for AMQPS on port {taken_port}")),
+        "{stderr}"
+    );
+
     // A flag for a listener that is not configured is a usage error.
     let data = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))

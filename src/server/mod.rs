@@ -182,7 +182,12 @@ impl TlsListener {
     ) -> std::io::Result<TlsListener> {
         let certs = Certs::load(what, settings.clone(), alpn)
             .map_err(|e| std::io::Error::other(format!("{what}: {e}")))?;
-        let listener = bind(addr, settings.port).await?;
+        let listener = bind(addr, settings.port).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen for {what} on port {}: {e}", settings.port),
+            )
+        })?;
         let local = listener.local_addr()?;
         let watcher = certs.watch();
         Ok(TlsListener {
