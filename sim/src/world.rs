@@ -24,7 +24,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use warren::broker::{Broker, BrokerConfig, ConnInfo, Output, Resource};
-use warren::proto::command::{Command, ConnId};
+use warren::proto::command::{Command, ConnId, DrainReport};
 use warren::proto::connection::{Connection, ConnectionConfig};
 use warren::store::commit::{GroupCommit, StoreDone};
 
@@ -109,6 +109,8 @@ struct Link {
     to_client: Pipe,
     /// Reply bytes (broker's count) handed to `server` and not yet written.
     pending_credit: usize,
+    /// Reply bytes written and not yet reported, as the server's connection task keeps them.
+    drain: DrainReport,
 }
 
 /// The simulated world of one seed.
@@ -870,6 +872,9 @@ impl World {
                 to_server: Pipe::default(),
                 to_client: Pipe::default(),
                 pending_credit: 0,
+                drain: DrainReport::new(
+                    self.broker_config.limits.max_unflushed_bytes_per_connection,
+                ),
             },
         );
         self.clients[i].connect(now);
@@ -930,6 +935,9 @@ impl World {
         if let Some(s) = l.server.as_mut() {
             while let Some(c) = s.poll_command() {
                 commands.push(c);
+            }
+            if let Some(report) = l.drain.take(!commands.is_empty()) {
+                commands.push(report);
             }
         }
         for c in commands {
@@ -1010,8 +1018,14 @@ impl World {
         let client = l.client;
         let conn = l.conn;
         let server_alive = l.server.is_some();
-        if credit > 0 && server_alive {
-            self.command(conn, Command::Drained { bytes: credit })?;
+        let report = if server_alive {
+            l.drain.written(credit);
+            l.drain.take(false)
+        } else {
+            None
+        };
+        if let Some(report) = report {
+            self.command(conn, report)?;
         }
         self.mix(b"to-client", &data);
         let mut seen: Vec<Observed> = Vec::new();

@@ -143,6 +143,55 @@ pub enum Command {
     Closed,
 }
 
+/// Most reply bytes a driver writes before it reports them to the broker on their own.
+pub const DRAIN_REPORT_BYTES: usize = 16 * 1024;
+
+/// When a driver reports written reply bytes (`Command::Drained`). A report of its own is
+/// one more hand-off to the broker per write; so written bytes ride along with the next
+/// commands the connection sends anyway (a consumer's ack follows its delivery), and are
+/// reported alone only once `threshold` of them have gathered. The broker then counts at
+/// most `threshold` bytes more than are really waiting, and its limit on unwritten bytes
+/// must be larger, or a connection it paused for output would never hear that the output
+/// was written: [`DrainReport::new`] takes at most a quarter of the limit.
+#[derive(Debug, Clone)]
+pub struct DrainReport {
+    threshold: usize,
+    unreported: usize,
+}
+
+impl DrainReport {
+    /// Reports for a broker whose limit on a connection's unwritten bytes is `limit`.
+    pub fn new(limit: usize) -> Self {
+        DrainReport {
+            threshold: DRAIN_REPORT_BYTES.min(limit / 4).max(1),
+            unreported: 0,
+        }
+    }
+
+    /// `bytes` of replies (as the broker counted them) were written.
+    pub fn written(&mut self, bytes: usize) {
+        self.unreported = self.unreported.saturating_add(bytes);
+    }
+
+    /// The report to send now, if any: with other commands whenever something was
+    /// written, alone once the threshold is reached.
+    #[must_use]
+    pub fn take(&mut self, with_other_commands: bool) -> Option<Command> {
+        let due = self.unreported >= self.threshold || (with_other_commands && self.unreported > 0);
+        if !due {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.unreported);
+        debug_assert!(bytes > 0);
+        Some(Command::Drained { bytes })
+    }
+
+    /// Bytes written and not reported yet (always below the threshold between calls).
+    pub fn unreported(&self) -> usize {
+        self.unreported
+    }
+}
+
 /// An output from the broker to one connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -184,5 +233,47 @@ impl Reply {
             }
             Reply::LoginOk | Reply::Disconnect | Reply::PauseReading(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_bytes_ride_along_with_commands_and_are_reported_alone_at_the_threshold() {
+        let mut d = DrainReport::new(4 * 1024 * 1024);
+        assert_eq!(d.take(true), None, "nothing written, nothing to report");
+        d.written(100);
+        assert_eq!(
+            d.take(false),
+            None,
+            "a small write waits for other commands"
+        );
+        assert_eq!(d.take(true), Some(Command::Drained { bytes: 100 }));
+        assert_eq!(d.unreported(), 0);
+        d.written(DRAIN_REPORT_BYTES - 1);
+        assert_eq!(d.take(false), None);
+        d.written(1);
+        assert_eq!(
+            d.take(false),
+            Some(Command::Drained {
+                bytes: DRAIN_REPORT_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn a_small_limit_lowers_the_threshold_below_it() {
+        // A broker that pauses a connection at 1,000 unwritten bytes hears of every 250
+        // written, so a paused connection always hears its output was written.
+        let mut d = DrainReport::new(1000);
+        d.written(249);
+        assert_eq!(d.take(false), None);
+        d.written(1);
+        assert_eq!(d.take(false), Some(Command::Drained { bytes: 250 }));
+        let mut tiny = DrainReport::new(0);
+        tiny.written(1);
+        assert_eq!(tiny.take(false), Some(Command::Drained { bytes: 1 }));
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::broker::ConnInfo;
-use crate::proto::command::{Command, ConnId, Reply};
+use crate::proto::command::{Command, ConnId, DrainReport, Reply};
 use crate::proto::connection::{Connection, ConnectionConfig};
 use crate::proto::method::Method;
 
@@ -73,6 +73,9 @@ pub struct ConnSettings {
     /// A connection whose socket takes no byte of its pending output for this long is
     /// closed (RabbitMQ's `send_timeout`).
     pub send_timeout: Duration,
+    /// The broker's limit on a connection's unwritten reply bytes, which bounds how long
+    /// written bytes may go unreported ([`DrainReport`]).
+    pub unflushed_limit: usize,
 }
 
 /// An accepted stream and what the listener knows of it.
@@ -167,6 +170,8 @@ struct ConnTask<T: Transport> {
     /// Reply bytes (as the broker counts them) handed to the protocol layer and not yet
     /// queued for the socket.
     pending_credit: usize,
+    /// Reply bytes written and not yet reported to the broker.
+    drain: DrainReport,
     /// The core drops its sender once it has handled our Closed; the socket may still be
     /// draining then.
     replies_open: bool,
@@ -223,6 +228,7 @@ impl<T: Transport> ConnTask<T> {
             out: Outgoing::default(),
             in_flight: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
             pending_credit: 0,
+            drain: DrainReport::new(settings.unflushed_limit),
             replies_open: true,
             read_chunk: READ_CHUNK_MIN,
             send_timed_out: false,
@@ -242,9 +248,9 @@ impl<T: Transport> ConnTask<T> {
         while let Some(c) = self.conn.poll_command() {
             self.commands.push(c);
         }
-        let written = self.out.take_released();
-        if written > 0 {
-            self.commands.push(Command::Drained { bytes: written });
+        self.drain.written(self.out.take_released());
+        if let Some(report) = self.drain.take(!self.commands.is_empty()) {
+            self.commands.push(report);
         }
         self.send_commands().await;
         if self.conn.is_closed() {

@@ -340,6 +340,7 @@ impl Amqp {
         let mut handshakes = handshakes::Handshakes::new(self.config.max_handshakes_per_address);
         let mut settings = conn::ConnSettings {
             send_timeout: std::time::Duration::from_millis(self.config.send_timeout_ms),
+            unflushed_limit: self.config.broker.limits.max_unflushed_bytes_per_connection,
         };
         let mut backoff = AcceptBackoff::default();
         let mut refusals = Refusals::default();
@@ -408,6 +409,7 @@ impl Amqp {
         }
         handshakes.set_limit(new.max_handshakes_per_address);
         settings.send_timeout = std::time::Duration::from_millis(new.send_timeout_ms);
+        settings.unflushed_limit = new.broker.limits.max_unflushed_bytes_per_connection;
         if self
             .core_tx
             .send(CoreMsg::Reload(Box::new(new.broker.clone())))
