@@ -70,6 +70,12 @@ struct ServeArgs {
     /// Log filter, e.g. "info" or "warren=debug".
     #[arg(long, env = "WARREN_LOG", default_value = "info")]
     log: String,
+    /// Threads that run the connections and the broker core: 1 runs them all on one
+    /// thread, so that handing a message from a connection to the core and on to a
+    /// consumer wakes no other thread; more is a work-stealing pool of that many (0: one
+    /// per core) [default: 1].
+    #[arg(long, env = "WARREN_THREADS", default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +179,20 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     Ok((config, store))
 }
 
+/// The runtime of `warren serve`: one thread, or a pool of `threads` (0: one per core).
+fn serve_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all().build()
+}
+
 fn run_serve(args: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -198,10 +218,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         eprintln!("warren: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match serve_runtime(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren: cannot start the runtime: {e}");
