@@ -37,6 +37,8 @@ WARREN = ROOT / "target" / "release" / "warren"
 # builds of warren can be compared with one client.
 WARREN_BIN = WARREN
 PERF_BIN = WARREN
+# More `warren serve` arguments (--warren-args), e.g. "--threads 2".
+WARREN_ARGS: list[str] = []
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -127,7 +129,7 @@ class Warren(Broker):
     def start(self):
         self.proc = subprocess.Popen(
             [str(WARREN_BIN), "serve", "--amqp-port", str(self.port), "--http-port", str(self.http_port),
-             "--data-dir", str(self.dir), "--sync", self.sync],
+             "--data-dir", str(self.dir), "--sync", self.sync, *WARREN_ARGS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, WARREN_LOG="warn"))
         if not wait_port(self.port, 120):
             raise SystemExit("warren did not start")
@@ -232,6 +234,21 @@ def scenarios(duration: int) -> list[Scenario]:
                   "--latency", "--multi-ack", "10", "--prefetch", "100", *d], metric="latency"),
         Scenario("latency", "1p1c at 10,000 msg/s: latency", ["--size", "16", "--rate", "10000", "--latency", *d],
                  metric="latency"),
+        # Ordinary clients: every publish and every ack is its own write (`--unbatched`),
+        # as pika, amqplib, lapin and the Go and Java clients do.
+        Scenario("u-transient", "unbatched: 10 producers x 1,000 msg/s, 10 consumers ack each",
+                 ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "10000",
+                  "--unbatched", "--prefetch", "100", "--latency", *d], metric="latency"),
+        Scenario("u-persistent", "unbatched: same, persistent + confirms (window 20)",
+                 ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "10000",
+                  "--unbatched", "--prefetch", "100", "--persistent", "--confirm", "20", "--latency", *d],
+                 metric="latency"),
+        Scenario("u-conns", "unbatched: 1,000 producers x 10 msg/s, 10 consumers ack each",
+                 ["--size", "16", "--producers", "1000", "--consumers", "10", "--queues", "10", "--rate", "10000",
+                  "--unbatched", "--prefetch", "100", "--latency", *d], metric="latency"),
+        Scenario("u-rpc", "unbatched: 100 RPC clients, 10 servers, round trip per call",
+                 ["--size", "16", "--rpc", "--producers", "100", "--consumers", "10", "--prefetch", "10", *d],
+                 metric="latency"),
         Scenario("idle", "1,000 idle connections with a channel each: broker memory per connection",
                  ["--idle-connections", "1000", "--duration", "5"], metric="idle_rss"),
         Scenario("restart", "restart with 1,000,000 persistent messages queued",
@@ -283,7 +300,12 @@ def headline(sc: Scenario, row: dict) -> tuple[str, float, bool]:
         return fmt_rate(r["consume_rate"]), r["consume_rate"], True
     if sc.metric == "latency":
         lat = r.get("latency_us") or {}
-        return f"p50 {lat.get('p50', 0)} µs p99 {lat.get('p99', 0)} µs", float(lat.get("p99", 0)), False
+        text = (f"{lat.get('p50', 0)}/{lat.get('p99', 0)}/{lat.get('p999', 0)} µs "
+                f"{r['consume_rate']:,.0f}/s")
+        conf = r.get("confirm_latency_us")
+        if conf:
+            text += f" confirm {conf['p50']}/{conf['p99']}/{conf['p999']} µs"
+        return text, float(lat.get("p99", 0)), False
     if sc.metric == "idle_rss":
         per = (row["peak_rss"] - row["rss_before"]) / 1000
         return f"{per / 1024:,.1f} KiB/conn", per, False
@@ -304,8 +326,10 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--warren-bin", help="the warren binary to serve (default: the release build)")
     ap.add_argument("--perf-bin", help="the warren binary whose `perf` is the client (default: the release build)")
+    ap.add_argument("--warren-args", default="", help="more `warren serve` arguments, e.g. \"--threads 2\"")
     args = ap.parse_args()
-    global WARREN_BIN, PERF_BIN
+    global WARREN_BIN, PERF_BIN, WARREN_ARGS
+    WARREN_ARGS = args.warren_args.split()
     WARREN_BIN = Path(args.warren_bin).resolve() if args.warren_bin else WARREN
     PERF_BIN = Path(args.perf_bin).resolve() if args.perf_bin else WARREN
 
@@ -333,7 +357,7 @@ def main() -> int:
                 broker.cleanup()
 
     print()
-    head = f"{'scenario':<64} " + " ".join(f"{n:>34}" for n in names)
+    head = f"{'scenario':<64} " + " ".join(f"{n:>64}" for n in names)
     if len(names) == 2:
         head += f" {'ratio':>8} {'CPU µs/msg':>22}"
     print(head)
@@ -349,7 +373,7 @@ def main() -> int:
             text, value, higher = headline(sc, row)
             cells.append(f"{text} [{fmt_mib(row['peak_rss'])}]")
             values.append(value)
-        line = f"{sc.title:<64} " + " ".join(f"{c:>34}" for c in cells)
+        line = f"{sc.title:<64} " + " ".join(f"{c:>64}" for c in cells)
         if len(names) == 2 and None not in values and values[0] and values[1]:
             ratio = values[0] / values[1] if higher else values[1] / values[0]
             cpu = [results[n][sc.key]["cpu_us_per_msg"] for n in names]
@@ -357,6 +381,9 @@ def main() -> int:
             line += f" {ratio:>7.2f}x {cpu_text:>22}"
         print(line)
     print("\nratio: how many times better warren is (higher throughput, or lower latency/memory/time).")
+    print("latency rows: p50/p99/p99.9 of publish-to-delivery (RPC: the round trip of a call), then")
+    print("messages (RPC: calls) received per second, and with confirms p50/p99/p99.9 of publish-to-confirm;")
+    print("CPU µs/msg is per message received (RPC: per call).")
     print("[brackets]: the broker's peak resident memory during the scenario.")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -1,11 +1,15 @@
 //! `warren perf`: a load generator in the spirit of RabbitMQ PerfTest and lavinmqperf. It
 //! speaks AMQP 0-9-1 through warren's own codec and works against any broker.
 //!
-//! Each producer and consumer has its own connection. Producers pipeline publishes (with
-//! a window of unconfirmed messages when confirms are on) and consumers ack with
-//! `multiple` every N deliveries, so the client is not the bottleneck.
+//! Each producer and consumer has its own connection. By default producers pipeline
+//! publishes (with a window of unconfirmed messages when confirms are on) and consumers ack
+//! with `multiple` every N deliveries, so the client is not the bottleneck. With
+//! `--unbatched` they behave as ordinary client libraries do instead: one write per
+//! publish and one `basic.ack` (without `multiple`) written per delivery. With `--rpc`,
+//! producers are request/reply clients and consumers the servers answering them ([`rpc`]).
 
 pub mod client;
+mod rpc;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,6 +102,17 @@ pub struct PerfArgs {
     /// hold them for --duration seconds.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: usize,
+    /// Write each publish, and each ack, on its own, as pika, amqplib, lapin and the Go
+    /// and Java clients do: a socket write per message and `basic.ack` without `multiple`
+    /// for every delivery (instead of pipelined batches and `--multi-ack`).
+    #[arg(long)]
+    pub unbatched: bool,
+    /// Request/reply: each producer is a client that publishes a request to the first
+    /// queue with `reply_to` its own exclusive queue and waits for the answer before the
+    /// next (at most --rate in all); each consumer is a server that answers every request
+    /// and acks it. Latency is the round trip of a call. Implies --unbatched.
+    #[arg(long)]
+    pub rpc: bool,
     /// Print the JSON summary only (no per-second progress).
     #[arg(long)]
     pub quiet: bool,
@@ -134,6 +149,9 @@ pub struct Summary {
     pub consume_rate: f64,
     /// Latency percentiles in microseconds (with --latency).
     pub latency_us: Option<Latency>,
+    /// Percentiles of the time from a publish to its confirm, microseconds (with
+    /// --latency and --confirm).
+    pub confirm_latency_us: Option<Latency>,
 }
 
 /// Latency percentiles, microseconds.
@@ -240,6 +258,8 @@ struct Shared {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     latency: Arc<Mutex<Histogram<u64>>>,
+    /// Publish-to-confirm times.
+    confirm_latency: Arc<Mutex<Histogram<u64>>>,
     /// The clock of the timestamps in bodies.
     epoch: Instant,
 }
@@ -253,11 +273,18 @@ pub async fn run(args: PerfArgs) -> io::Result<Summary> {
     if args.idle_connections > 0 {
         return idle(&uri, &args).await;
     }
+    let mut args = args;
+    if args.rpc {
+        args.unbatched = true;
+        args.latency = true;
+        args.exchange_type = ExchangeType::Default;
+    }
     setup(&uri, &args).await?;
     let shared = Shared {
         counters: Arc::new(Counters::default()),
         stop: Arc::new(AtomicBool::new(false)),
         latency: Arc::new(Mutex::new(new_histogram())),
+        confirm_latency: Arc::new(Mutex::new(new_histogram())),
         epoch: Instant::now(),
     };
     let mut consumers = start_consumers(&uri, &args, &shared).await?;
@@ -278,12 +305,12 @@ async fn start_consumers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io:
     for i in 0..args.consumers {
         let queue = queue_name(args, i % args.queues.max(1));
         let conn = open_with_timeout(uri).await?;
-        consumers.push(tokio::spawn(consume(
-            conn,
-            queue,
-            args.clone(),
-            shared.clone(),
-        )));
+        let task = if args.rpc {
+            tokio::spawn(rpc::serve(conn, queue, args.clone(), shared.clone()))
+        } else {
+            tokio::spawn(consume(conn, queue, args.clone(), shared.clone()))
+        };
+        consumers.push(task);
     }
     Ok(consumers)
 }
@@ -294,13 +321,12 @@ async fn start_producers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io:
     for i in 0..args.producers {
         let conn = open_with_timeout(uri).await?;
         let quota = split_quota(args.count, args.producers, i);
-        producers.push(tokio::spawn(produce(
-            conn,
-            i,
-            quota,
-            args.clone(),
-            shared.clone(),
-        )));
+        let task = if args.rpc {
+            tokio::spawn(rpc::call(conn, quota, args.clone(), shared.clone()))
+        } else {
+            tokio::spawn(produce(conn, i, quota, args.clone(), shared.clone()))
+        };
+        producers.push(task);
     }
     Ok(producers)
 }
@@ -405,14 +431,23 @@ fn summary(args: PerfArgs, seconds: f64, shared: &Shared) -> Summary {
         consumed,
         publish_rate: published as f64 / seconds,
         consume_rate: consumed as f64 / seconds,
-        latency_us: (args.latency && !h.is_empty()).then(|| Latency {
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }),
+        latency_us: args.latency.then(|| percentiles(&h)).flatten(),
+        confirm_latency_us: args
+            .latency
+            .then(|| percentiles(&latency_snapshot(&shared.confirm_latency)))
+            .flatten(),
         args,
     }
+}
+
+/// The percentiles of `h`, None if it is empty.
+fn percentiles(h: &Histogram<u64>) -> Option<Latency> {
+    (!h.is_empty()).then(|| Latency {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    })
 }
 
 /// With a message count, the run ends once everything was published (and confirmed) and
@@ -473,21 +508,25 @@ async fn produce(
     let frame_max = conn.frame_max;
     let (rd, reader, mut wr) = conn.split();
     let window = Arc::new(Semaphore::new(args.confirm.max(1)));
+    let sent_at = (args.confirm > 0 && args.latency).then(SentAt::default);
     if args.confirm > 0 {
         tokio::spawn(count_confirms(
             rd,
             reader,
             window.clone(),
-            shared.counters.clone(),
+            sent_at.clone(),
+            shared.clone(),
         ));
     }
     let mut publisher = Publisher::new(&args, index, frame_max, shared.epoch, window.clone());
+    publisher.sent_at = sent_at;
     let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
     let started = Instant::now();
     let mut sent = 0u64;
+    let most = if args.unbatched { 1 } else { 256 };
     while !shared.stop.load(Ordering::Relaxed) && (quota == 0 || sent < quota) {
-        let Some(batch) = next_batch(per_producer_rate, started, sent, quota) else {
-            tokio::time::sleep(Duration::from_micros(500)).await;
+        let Some(batch) = next_batch(per_producer_rate, started, sent, quota, most) else {
+            pace(per_producer_rate, started, sent).await;
             continue;
         };
         let Some(encoded) = publisher.encode(batch).await else {
@@ -508,10 +547,10 @@ async fn produce(
     Ok(())
 }
 
-/// How many publishes go in the next batch: at most 256, no more than the quota leaves
+/// How many publishes go in the next batch: at most `most`, no more than the quota leaves
 /// nor, at a rate, than are due (None while none is).
-fn next_batch(rate: f64, started: Instant, sent: u64, quota: u64) -> Option<u64> {
-    let mut batch = 256u64;
+fn next_batch(rate: f64, started: Instant, sent: u64, quota: u64, most: u64) -> Option<u64> {
+    let mut batch = most;
     if rate > 0.0 {
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         if due <= sent {
@@ -525,6 +564,14 @@ fn next_batch(rate: f64, started: Instant, sent: u64, quota: u64) -> Option<u64>
     Some(batch)
 }
 
+/// At a rate, waits until the message after the `sent` first is due.
+async fn pace(rate: f64, started: Instant, sent: u64) {
+    if rate > 0.0 {
+        let due = started + Duration::from_secs_f64((sent + 1) as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
 /// Writes and clears what is encoded in `out`, if anything.
 async fn write_out(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
     if !out.is_empty() {
@@ -534,15 +581,23 @@ async fn write_out(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()
     Ok(())
 }
 
+/// When each unconfirmed publish of a producer was encoded (µs since the run's epoch), in
+/// publish order: the first is sequence number `confirmed + 1`.
+type SentAt = Arc<Mutex<std::collections::VecDeque<u64>>>;
+
 /// Reads a producer's confirms (and returns), counting them and giving their places in
-/// the window back, until the connection ends.
+/// the window back, until the connection ends; with `sent_at`, records how long each
+/// publish waited for its confirm (confirms come in publish order).
 async fn count_confirms(
     mut rd: OwnedReadHalf,
     mut reader: FrameReader,
     window: Arc<Semaphore>,
-    counters: Arc<Counters>,
+    sent_at: Option<SentAt>,
+    shared: Shared,
 ) {
+    let counters = &shared.counters;
     let mut last_acked = 0u64;
+    let mut timed = 0u64;
     loop {
         let frame = match reader.next(&mut rd).await {
             Ok(f) => f,
@@ -570,6 +625,22 @@ async fn count_confirms(
                 &counters.confirmed
             };
             counter.fetch_add(n, Ordering::Relaxed);
+            if let Some(sent_at) = &sent_at {
+                let now = shared.epoch.elapsed().as_micros() as u64;
+                let mut times = Vec::new();
+                if let Ok(mut q) = sent_at.lock() {
+                    while timed < last_acked {
+                        let Some(at) = q.pop_front() else { break };
+                        timed += 1;
+                        times.push(now.saturating_sub(at).max(1));
+                    }
+                }
+                if let Ok(mut h) = shared.confirm_latency.lock() {
+                    for t in times {
+                        let _ = h.record(t);
+                    }
+                }
+            }
             window.add_permits(n as usize);
         }
     }
@@ -585,6 +656,8 @@ struct Publisher {
     latency: bool,
     epoch: Instant,
     window: Arc<Semaphore>,
+    /// With confirms and --latency, when each unconfirmed publish was encoded.
+    sent_at: Option<SentAt>,
     /// Encoded, not yet written.
     out: BytesMut,
 }
@@ -619,6 +692,7 @@ impl Publisher {
             latency: args.latency,
             epoch,
             window,
+            sent_at: None,
             out: BytesMut::with_capacity(256 * 1024),
         }
     }
@@ -642,6 +716,9 @@ impl Publisher {
             if self.latency {
                 let now = self.epoch.elapsed().as_micros() as u64;
                 self.body[..8].copy_from_slice(&now.to_be_bytes());
+                if let Some(Ok(mut q)) = self.sent_at.as_ref().map(|s| s.lock()) {
+                    q.push_back(now);
+                }
             }
             encode_content(
                 1,
@@ -669,6 +746,7 @@ async fn consume(mut conn: Conn, queue: String, args: PerfArgs, shared: Shared) 
         if got > 0 {
             shared.counters.consumed.fetch_add(got, Ordering::Relaxed);
         }
+        c.write_single_acks(&mut wr).await?;
         write_out(&mut wr, &mut c.out).await?;
         if args.latency
             && (c.local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
@@ -738,9 +816,12 @@ struct Deliveries {
     epoch: Instant,
     /// Latency recorded since the last merge into the run's histogram.
     local: Histogram<u64>,
-    /// Deliveries not acked yet.
+    /// Deliveries not acked yet (batched acks).
     unacked: u32,
     last_tag: u64,
+    /// With --unbatched, the deliveries to ack one write each.
+    single_acks: Vec<u64>,
+    unbatched: bool,
     /// Acks encoded, not yet written.
     out: BytesMut,
 }
@@ -755,6 +836,8 @@ impl Deliveries {
             local: new_histogram(),
             unacked: 0,
             last_tag: 0,
+            single_acks: Vec::new(),
+            unbatched: args.unbatched,
             out: BytesMut::new(),
         }
     }
@@ -771,9 +854,13 @@ impl Deliveries {
                 } => self.last_tag = d.delivery_tag,
                 Frame::Body { payload, .. } => {
                     got += 1;
-                    self.on_body(&payload);
+                    self.on_latency(&payload);
+                    self.on_delivered();
                 }
-                Frame::Header { header, .. } if header.body_size == 0 => got += 1,
+                Frame::Header { header, .. } if header.body_size == 0 => {
+                    got += 1;
+                    self.on_delivered();
+                }
                 Frame::Method {
                     method: Method::ConnectionClose(c),
                     ..
@@ -798,20 +885,47 @@ impl Deliveries {
         Ok(got)
     }
 
-    /// A body frame: its latency, and an ack every `multi` of them.
-    fn on_body(&mut self, payload: &Bytes) {
+    /// A body frame: its latency.
+    fn on_latency(&mut self, payload: &Bytes) {
         if self.latency
             && let Some(sent) = body_prefix(payload)
         {
             let now = self.epoch.elapsed().as_micros() as u64;
             let _ = self.local.record(now.saturating_sub(sent).max(1));
         }
-        if !self.autoack {
+    }
+
+    /// A whole message: an ack of its own, or one every `multi` of them.
+    fn on_delivered(&mut self) {
+        if self.autoack {
+            return;
+        }
+        if self.unbatched {
+            self.single_acks.push(self.last_tag);
+        } else {
             self.unacked += 1;
             if self.unacked >= self.multi {
                 self.encode_ack();
             }
         }
+    }
+
+    /// With --unbatched, writes the ack of each delivery on its own.
+    async fn write_single_acks(&mut self, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+        let mut one = BytesMut::with_capacity(32);
+        for tag in self.single_acks.drain(..) {
+            encode_method(
+                1,
+                &Method::BasicAck(BasicAck {
+                    delivery_tag: tag,
+                    multiple: false,
+                }),
+                &mut one,
+            );
+            wr.write_all(&one).await?;
+            one.clear();
+        }
+        Ok(())
     }
 
     /// Encodes an ack of everything delivered so far.
@@ -874,5 +988,6 @@ async fn idle(uri: &AmqpUri, args: &PerfArgs) -> io::Result<Summary> {
         publish_rate: 0.0,
         consume_rate: 0.0,
         latency_us: None,
+        confirm_latency_us: None,
     })
 }
