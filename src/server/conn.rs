@@ -31,7 +31,6 @@ use crate::proto::method::Method;
 
 use super::Clock;
 use super::core::CoreMsg;
-use super::core::sleep_until;
 use super::handshakes::HandshakeSlot;
 use super::transport::Transport;
 
@@ -179,6 +178,12 @@ struct ConnTask<T: Transport> {
     send_timed_out: bool,
     pause: Pause,
     send_check: tokio::time::Interval,
+    /// The protocol layer's timer (heartbeats, handshake and close deadlines), armed for
+    /// `armed`. Its deadline moves with every byte sent or received; the timer is moved
+    /// only when the deadline comes earlier, and otherwise fires early, finds nothing due
+    /// and is armed again: one timer per heartbeat interval instead of one per turn.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
 }
 
 impl<T: Transport> ConnTask<T> {
@@ -234,6 +239,8 @@ impl<T: Transport> ConnTask<T> {
             send_timed_out: false,
             pause: Pause::default(),
             send_check,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
         })
     }
 
@@ -257,6 +264,15 @@ impl<T: Transport> ConnTask<T> {
             return false;
         }
         let deadline = self.conn.poll_timeout().map(|ms| self.clock.instant(ms));
+        match (deadline, self.armed) {
+            (Some(d), Some(a)) if d >= a => {}
+            (Some(d), _) => {
+                self.timer.as_mut().reset(d);
+                self.armed = Some(d);
+            }
+            // Nothing is due any more: a timer still armed fires and finds nothing.
+            (None, _) => {}
+        }
         self.pause.output = self.out.len() >= READ_PAUSE_OUTPUT_BYTES;
         self.pause.apply(&mut self.conn, self.clock.now_ms());
         let reading = self.conn.wants_read();
@@ -291,8 +307,9 @@ impl<T: Transport> ConnTask<T> {
             _ = self.in_flight.clone().acquire_owned(), if waiting_for_core => {
                 *self.conn.read_buf() = buf;
             }
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = self.timer.as_mut(), if self.armed.is_some() => {
                 *self.conn.read_buf() = buf;
+                self.armed = None;
                 self.conn.handle_timeout(self.clock.now_ms());
             }
             _ = self.send_check.tick(), if !self.out.is_empty() => {
