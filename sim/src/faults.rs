@@ -31,6 +31,10 @@ pub struct Faults {
     /// The broker pages queues out to the store almost at once (tiny memory budgets,
     /// small recovery heads and read batches).
     pub tiny_memory: bool,
+    /// The broker pauses deliveries to a connection at a few KiB of unwritten replies
+    /// (instead of 4 MiB), so that output pauses happen and the drivers' reports of
+    /// written bytes decide whether a paused connection ever gets more.
+    pub small_output_limit: bool,
 }
 
 impl Faults {
@@ -48,13 +52,14 @@ impl Faults {
             heartbeat_s: [0, 0, 1, 3][rng.gen_range(0..4)],
             batch_inputs_prob: [0.0, 0.5, 0.9][rng.gen_range(0..3)],
             tiny_memory: rng.gen_bool(0.5),
+            small_output_limit: rng.gen_bool(0.3),
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={}",
+            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={} small_output_limit={}",
             self.crash_mean_ms
                 .map_or("off".to_string(), |m| format!("{m}ms")),
             self.restart_delay_ms,
@@ -67,12 +72,16 @@ impl Faults {
             self.heartbeat_s,
             self.batch_inputs_prob,
             self.tiny_memory,
+            self.small_output_limit,
         )
     }
 
     /// The broker settings for this mix.
     pub fn broker_config(&self) -> warren::broker::BrokerConfig {
-        let base = warren::broker::BrokerConfig::default();
+        let mut base = warren::broker::BrokerConfig::default();
+        if self.small_output_limit {
+            base.limits.max_unflushed_bytes_per_connection = SMALL_OUTPUT_LIMIT;
+        }
         if !self.tiny_memory {
             return base;
         }
@@ -89,6 +98,9 @@ impl Faults {
         }
     }
 }
+
+/// The unwritten-bytes limit of `small_output_limit` runs.
+const SMALL_OUTPUT_LIMIT: usize = 2 * 1024;
 
 /// SplitMix64: derives independent generator seeds from the run's seed.
 pub fn derive_seed(seed: u64, stream: u64) -> u64 {

@@ -187,12 +187,13 @@ impl World {
         let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
         let mut spec = Spec::generate(&mut workload_rng);
         let faults = Faults::generate(&mut fault_rng);
-        if faults.tiny_memory {
+        if faults.tiny_memory || faults.small_output_limit {
             // The model answers a basic.get when the broker receives it. A get that must
-            // wait for paged messages is answered later (the broker holds its connection
-            // meanwhile), an order the model does not follow; with tiny budgets that is
-            // common, so these seeds check paging through consumers, and the broker's unit
-            // tests check parked gets.
+            // wait for paged messages, or for the connection's unwritten output to drain,
+            // is answered later (the broker holds its connection meanwhile), an order the
+            // model does not follow; with tiny budgets or a small output limit that is
+            // common, so these seeds check paging and output pauses through consumers,
+            // and the broker's unit tests check parked gets.
             for c in &mut spec.clients {
                 c.gets = false;
             }
