@@ -3,10 +3,11 @@
 nobody trusts), ``verify = "verify_peer"`` and ``fail_if_no_peer_cert = true``.
 
 Checked: a client with the right chain and a client certificate publishes and consumes;
-a client trusting another CA, a client without a certificate and a client whose
-certificate comes from another CA are refused; after the server certificate is replaced
-and SIGHUP sent, new connections get the new one while a connection opened before goes
-on.
+a client trusting another CA, a client without a certificate, a client whose certificate
+comes from another CA and a client whose certificate has expired are refused; a broker
+serving an expired certificate is refused by the clients; after the server certificate is
+replaced and SIGHUP sent, new connections get the new one while a connection opened
+before goes on.
 
 The warren binary is given by env ``WARREN_BIN`` (run_suites.py sets it for a warren
 started with ``--broker-cmd``); without it the tests skip.
@@ -23,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+import datetime
+
 import amqp.exceptions
 import kombu
 import kombu.exceptions
@@ -37,6 +40,10 @@ pytestmark = pytest.mark.skipif(not WARREN, reason="WARREN_BIN (a warren binary 
 
 LISTENING = re.compile(r"^warren: (\S+) listening on (\S+)$")
 
+# A certificate that was valid for a day, a month ago.
+_NOW = datetime.datetime.now(datetime.timezone.utc)
+EXPIRED = {"not_before": _NOW - datetime.timedelta(days=31), "not_after": _NOW - datetime.timedelta(days=30)}
+
 
 class Pki:
     """The certificates of one broker and its clients, written where the broker reads them."""
@@ -48,13 +55,14 @@ class Pki:
         self.stranger_ca = trustme.CA()
         self.client = self.client_ca.issue_cert("app@clients")
         self.stranger = self.stranger_ca.issue_cert("app@clients")
+        self.expired_client = self.client_ca.issue_cert("app@clients", **EXPIRED)
         self.client_ca.cert_pem.write_to_path(str(directory / "clients-ca.pem"))
         self.install(self.server_ca)
 
-    def install(self, ca: trustme.CA) -> None:
-        """Replaces the server's chain and key with a new certificate of `ca`, renaming new
-        files over the old ones as certificate tools do."""
-        leaf = ca.issue_cert("localhost", "127.0.0.1")
+    def install(self, ca: trustme.CA, **validity) -> None:
+        """Replaces the server's chain and key with a new certificate of `ca` (valid now,
+        or over `validity`), renaming new files over the old ones as certificate tools do."""
+        leaf = ca.issue_cert("localhost", "127.0.0.1", **validity)
         chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
         for name, data in (("server.pem", chain), ("server.key", leaf.private_key_pem.bytes())):
             tmp = self.dir / (name + ".tmp")
@@ -226,6 +234,31 @@ def test_a_client_certificate_is_required_and_must_come_from_the_client_ca(broke
     assert kombu_refused(kombu_connection(broker.amqps, server_ca, None))
     stranger = pki.files(pki.stranger, "stranger-client")
     assert kombu_refused(kombu_connection(broker.amqps, server_ca, stranger))
+
+
+def test_an_expired_client_certificate_is_refused(broker, pki):
+    assert pika_refused(pika_params(broker.amqps, pki.server_ca, pki.expired_client))
+    expired = pki.files(pki.expired_client, "expired-client")
+    assert kombu_refused(kombu_connection(broker.amqps, pki.ca_file(pki.server_ca, "server"), expired))
+
+
+def test_clients_refuse_a_broker_serving_an_expired_certificate(tmp_path):
+    pki = Pki(tmp_path)
+    pki.install(pki.server_ca, **EXPIRED)
+    broker = Broker(tmp_path)
+    try:
+        assert pika_refused(pika_params(broker.amqps, pki.server_ca, pki.client))
+        client = pki.files(pki.client, "client")
+        assert kombu_refused(kombu_connection(broker.amqps, pki.ca_file(pki.server_ca, "server"), client))
+        # The same chain, valid, is taken once it is in force: the refusal was the date.
+        pki.install(pki.server_ca)
+        broker.hang_up()
+        deadline = time.monotonic() + 10
+        while pika_refused(pika_params(broker.amqps, pki.server_ca, pki.client)):
+            assert time.monotonic() < deadline, "the valid certificate was not put in force"
+            time.sleep(0.2)
+    finally:
+        broker.stop()
 
 
 def test_new_connections_get_a_reloaded_certificate_while_open_ones_go_on(tmp_path):
