@@ -289,6 +289,27 @@ fn hang_up(server: &Server) {
 }
 
 /// Waits up to `limit` for `f` to hold.
+/// Runs `warren serve` on ports the kernel picks with `args` (a config file) until it
+/// exits on its own, as it must for a configuration it refuses.
+fn serve_until_it_stops(args: &[String]) -> std::process::Output {
+    let data = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "serve",
+            "--amqp-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(args)
+        .env("WARREN_RUNTIME_DIR", data.path().join("run"))
+        .env("WARREN_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -629,23 +650,7 @@ fn broken_certificate_files_stop_the_start_with_a_message_naming_them() {
         if let Some(key) = key {
             replace(&files.path("server.key"), key);
         }
-        let args = files.config("", "");
-        let data = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "serve",
-                "--amqp-port",
-                "0",
-                "--http-port",
-                "0",
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .args(&args)
-            .env("WARREN_RUNTIME_DIR", data.path().join("run"))
-            .env("WARREN_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = serve_until_it_stops(&files.config("", ""));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: started anyway");
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
@@ -660,21 +665,7 @@ fn broken_certificate_files_stop_the_start_with_a_message_naming_them() {
     let taken_port = taken.local_addr().unwrap().port().to_string();
     let mut args = files.config("", "");
     args[3] = taken_port.clone();
-    let data = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "serve",
-            "--amqp-port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .args(&args)
-        .env("WARREN_RUNTIME_DIR", data.path().join("run"))
-        .output()
-        .unwrap();
+    let out = serve_until_it_stops(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

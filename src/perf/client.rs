@@ -178,6 +178,16 @@ fn start_ok(uri: &AmqpUri) -> Method {
     })
 }
 
+/// The error a channel or connection close from the broker ends a client task with.
+pub fn close_error(method: &Method) -> Option<io::Error> {
+    let (what, code, text) = match method {
+        Method::ChannelClose(c) => ("channel", c.reply_code, &c.reply_text),
+        Method::ConnectionClose(c) => ("connection", c.reply_code, &c.reply_text),
+        _ => return None,
+    };
+    Some(io::Error::other(format!("{what} closed: {code} {text}")))
+}
+
 fn unexpected(what: impl std::fmt::Debug) -> io::Error {
     io::Error::other(format!("unexpected reply from the broker: {what:?}"))
 }
@@ -261,16 +271,10 @@ impl Conn {
     /// Sends a synchronous method and returns the broker's answer; a close is an error.
     pub async fn call(&mut self, channel: u16, method: Method) -> io::Result<Method> {
         self.send(channel, method).await?;
-        match self.next_method().await? {
-            (_, Method::ChannelClose(c)) => Err(io::Error::other(format!(
-                "channel closed: {} {}",
-                c.reply_code, c.reply_text
-            ))),
-            (_, Method::ConnectionClose(c)) => Err(io::Error::other(format!(
-                "connection closed: {} {}",
-                c.reply_code, c.reply_text
-            ))),
-            (_, m) => Ok(m),
+        let (_, answer) = self.next_method().await?;
+        match close_error(&answer) {
+            Some(e) => Err(e),
+            None => Ok(answer),
         }
     }
 

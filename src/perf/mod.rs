@@ -27,7 +27,7 @@ use crate::proto::frame::{Frame, encode_content, encode_method};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 
-use self::client::{AmqpUri, Conn, FrameReader, body_prefix};
+use self::client::{AmqpUri, Conn, FrameReader, body_prefix, close_error};
 
 /// How messages are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -861,23 +861,10 @@ impl Deliveries {
                     got += 1;
                     self.on_delivered();
                 }
-                Frame::Method {
-                    method: Method::ConnectionClose(c),
-                    ..
-                } => {
-                    return Err(io::Error::other(format!(
-                        "connection closed: {} {}",
-                        c.reply_code, c.reply_text
-                    )));
-                }
-                Frame::Method {
-                    method: Method::ChannelClose(c),
-                    ..
-                } => {
-                    return Err(io::Error::other(format!(
-                        "channel closed: {} {}",
-                        c.reply_code, c.reply_text
-                    )));
+                Frame::Method { method, .. } => {
+                    if let Some(e) = close_error(&method) {
+                        return Err(e);
+                    }
                 }
                 _ => {}
             }

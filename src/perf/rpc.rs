@@ -16,7 +16,7 @@ use crate::proto::frame::{Frame, encode_content, encode_method};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 
-use super::client::{Conn, FrameReader, body_prefix};
+use super::client::{Conn, FrameReader, body_prefix, close_error};
 use super::{PerfArgs, Shared, pace, queue_name};
 
 /// The largest request body a server accepts (the body size the run asks for, with room).
@@ -53,23 +53,10 @@ async fn next_message(rd: &mut OwnedReadHalf, reader: &mut FrameReader) -> io::R
                 props = Some(header.properties);
             }
             Frame::Body { payload, .. } if props.is_some() => body.extend_from_slice(&payload),
-            Frame::Method {
-                method: Method::ChannelClose(c),
-                ..
-            } => {
-                return Err(io::Error::other(format!(
-                    "channel closed: {} {}",
-                    c.reply_code, c.reply_text
-                )));
-            }
-            Frame::Method {
-                method: Method::ConnectionClose(c),
-                ..
-            } => {
-                return Err(io::Error::other(format!(
-                    "connection closed: {} {}",
-                    c.reply_code, c.reply_text
-                )));
+            Frame::Method { method, .. } => {
+                if let Some(e) = close_error(&method) {
+                    return Err(e);
+                }
             }
             _ => {}
         }
