@@ -9,6 +9,8 @@
 //! producers are request/reply clients and consumers the servers answering them ([`rpc`]).
 
 pub mod client;
+mod consume;
+mod produce;
 mod rpc;
 
 use std::io;
@@ -16,18 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Semaphore;
+use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::proto::frame::{Frame, encode_content, encode_method};
 use crate::proto::method::*;
-use crate::proto::props::BasicProperties;
 
-use self::client::{AmqpUri, Conn, FrameReader, body_prefix, close_error};
+use self::client::{AmqpUri, Conn};
 
 /// How messages are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -308,7 +307,7 @@ async fn start_consumers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io:
         let task = if args.rpc {
             tokio::spawn(rpc::serve(conn, queue, args.clone(), shared.clone()))
         } else {
-            tokio::spawn(consume(conn, queue, args.clone(), shared.clone()))
+            tokio::spawn(consume::consume(conn, queue, args.clone(), shared.clone()))
         };
         consumers.push(task);
     }
@@ -324,7 +323,13 @@ async fn start_producers(uri: &AmqpUri, args: &PerfArgs, shared: &Shared) -> io:
         let task = if args.rpc {
             tokio::spawn(rpc::call(conn, quota, args.clone(), shared.clone()))
         } else {
-            tokio::spawn(produce(conn, i, quota, args.clone(), shared.clone()))
+            tokio::spawn(produce::produce(
+                conn,
+                i,
+                quota,
+                args.clone(),
+                shared.clone(),
+            ))
         };
         producers.push(task);
     }
@@ -492,78 +497,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Publishes until stopped (or the quota is reached), pipelining with a confirm window.
-async fn produce(
-    mut conn: Conn,
-    index: usize,
-    quota: u64,
-    args: PerfArgs,
-    shared: Shared,
-) -> io::Result<()> {
-    conn.open_channel(1).await?;
-    if args.confirm > 0 {
-        conn.call(1, Method::ConfirmSelect(ConfirmSelect { nowait: false }))
-            .await?;
-    }
-    let frame_max = conn.frame_max;
-    let (rd, reader, mut wr) = conn.split();
-    let window = Arc::new(Semaphore::new(args.confirm.max(1)));
-    let sent_at = (args.confirm > 0 && args.latency).then(SentAt::default);
-    if args.confirm > 0 {
-        tokio::spawn(count_confirms(
-            rd,
-            reader,
-            window.clone(),
-            sent_at.clone(),
-            shared.clone(),
-        ));
-    }
-    let mut publisher = Publisher::new(&args, index, frame_max, shared.epoch, window.clone());
-    publisher.sent_at = sent_at;
-    let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let most = if args.unbatched { 1 } else { 256 };
-    while !shared.stop.load(Ordering::Relaxed) && (quota == 0 || sent < quota) {
-        let Some(batch) = next_batch(per_producer_rate, started, sent, quota, most) else {
-            pace(per_producer_rate, started, sent).await;
-            continue;
-        };
-        let Some(encoded) = publisher.encode(batch).await else {
-            return Ok(());
-        };
-        write_out(&mut wr, &mut publisher.out).await?;
-        sent += encoded;
-        shared
-            .counters
-            .published
-            .fetch_add(encoded, Ordering::Relaxed);
-    }
-    if args.confirm > 0 {
-        // Wait for the last confirms before reporting completion.
-        let _ = window.acquire_many(args.confirm as u32).await;
-    }
-    let _ = wr.shutdown().await;
-    Ok(())
-}
-
-/// How many publishes go in the next batch: at most `most`, no more than the quota leaves
-/// nor, at a rate, than are due (None while none is).
-fn next_batch(rate: f64, started: Instant, sent: u64, quota: u64, most: u64) -> Option<u64> {
-    let mut batch = most;
-    if rate > 0.0 {
-        let due = (started.elapsed().as_secs_f64() * rate) as u64;
-        if due <= sent {
-            return None;
-        }
-        batch = batch.min(due - sent);
-    }
-    if quota > 0 {
-        batch = batch.min(quota - sent);
-    }
-    Some(batch)
-}
-
 /// At a rate, waits until the message after the `sent` first is due.
 async fn pace(rate: f64, started: Instant, sent: u64) {
     if rate > 0.0 {
@@ -579,370 +512,6 @@ async fn write_out(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()
         out.clear();
     }
     Ok(())
-}
-
-/// When each unconfirmed publish of a producer was encoded (µs since the run's epoch), in
-/// publish order: the first is sequence number `confirmed + 1`.
-type SentAt = Arc<Mutex<std::collections::VecDeque<u64>>>;
-
-/// Reads a producer's confirms (and returns), counting them and giving their places in
-/// the window back, until the connection ends; with `sent_at`, records how long each
-/// publish waited for its confirm (confirms come in publish order).
-async fn count_confirms(
-    mut rd: OwnedReadHalf,
-    mut reader: FrameReader,
-    window: Arc<Semaphore>,
-    sent_at: Option<SentAt>,
-    shared: Shared,
-) {
-    let counters = &shared.counters;
-    let mut last_acked = 0u64;
-    let mut timed = 0u64;
-    loop {
-        let frame = match reader.next(&mut rd).await {
-            Ok(f) => f,
-            Err(_) => return,
-        };
-        if let Frame::Method { method, .. } = frame {
-            let (tag, multiple, nack) = match method {
-                Method::BasicAck(a) => (a.delivery_tag, a.multiple, false),
-                Method::BasicNack(n) => (n.delivery_tag, n.multiple, true),
-                Method::BasicReturn(_) => {
-                    counters.returned.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                _ => continue,
-            };
-            let n = if multiple {
-                tag.saturating_sub(last_acked)
-            } else {
-                1
-            };
-            last_acked = last_acked.max(tag);
-            let counter = if nack {
-                &counters.nacked
-            } else {
-                &counters.confirmed
-            };
-            counter.fetch_add(n, Ordering::Relaxed);
-            if let Some(sent_at) = &sent_at {
-                let now = shared.epoch.elapsed().as_micros() as u64;
-                let mut times = Vec::new();
-                if let Ok(mut q) = sent_at.lock() {
-                    while timed < last_acked {
-                        let Some(at) = q.pop_front() else { break };
-                        timed += 1;
-                        times.push(now.saturating_sub(at).max(1));
-                    }
-                }
-                if let Ok(mut h) = shared.confirm_latency.lock() {
-                    for t in times {
-                        let _ = h.record(t);
-                    }
-                }
-            }
-            window.add_permits(n as usize);
-        }
-    }
-}
-
-/// A producer's publishes, encoded in batches within its confirm window.
-struct Publisher {
-    publish: Method,
-    props: BasicProperties,
-    body: Vec<u8>,
-    frame_max: u32,
-    confirm: bool,
-    latency: bool,
-    epoch: Instant,
-    window: Arc<Semaphore>,
-    /// With confirms and --latency, when each unconfirmed publish was encoded.
-    sent_at: Option<SentAt>,
-    /// Encoded, not yet written.
-    out: BytesMut,
-}
-
-impl Publisher {
-    fn new(
-        args: &PerfArgs,
-        index: usize,
-        frame_max: u32,
-        epoch: Instant,
-        window: Arc<Semaphore>,
-    ) -> Self {
-        let queue = index % args.queues.max(1);
-        let size = if args.latency {
-            args.size.max(8)
-        } else {
-            args.size
-        };
-        Publisher {
-            publish: Method::BasicPublish(BasicPublish {
-                exchange: exchange_name(args),
-                routing_key: routing_key(args, queue),
-                ..Default::default()
-            }),
-            props: BasicProperties {
-                delivery_mode: Some(if args.persistent { 2 } else { 1 }),
-                ..Default::default()
-            },
-            body: vec![0u8; size],
-            frame_max,
-            confirm: args.confirm > 0,
-            latency: args.latency,
-            epoch,
-            window,
-            sent_at: None,
-            out: BytesMut::with_capacity(256 * 1024),
-        }
-    }
-
-    /// Encodes up to `batch` publishes, each taking a place in the confirm window (waiting
-    /// for one only when nothing is encoded yet): how many it encoded, None once the window
-    /// is closed.
-    async fn encode(&mut self, batch: u64) -> Option<u64> {
-        let mut encoded = 0u64;
-        for _ in 0..batch {
-            if self.confirm {
-                match self.window.try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) if self.out.is_empty() => match self.window.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => return None,
-                    },
-                    Err(_) => break,
-                }
-            }
-            if self.latency {
-                let now = self.epoch.elapsed().as_micros() as u64;
-                self.body[..8].copy_from_slice(&now.to_be_bytes());
-                if let Some(Ok(mut q)) = self.sent_at.as_ref().map(|s| s.lock()) {
-                    q.push_back(now);
-                }
-            }
-            encode_content(
-                1,
-                &self.publish,
-                &self.props,
-                &self.body,
-                self.frame_max,
-                &mut self.out,
-            );
-            encoded += 1;
-        }
-        Some(encoded)
-    }
-}
-
-/// Consumes from a queue, acking every `multi_ack` deliveries, recording latency.
-async fn consume(mut conn: Conn, queue: String, args: PerfArgs, shared: Shared) -> io::Result<()> {
-    subscribe(&mut conn, queue, &args).await?;
-    let (mut rd, mut reader, mut wr) = conn.split();
-    let mut c = Deliveries::new(&args, shared.epoch);
-    let mut last_merge = Instant::now();
-    while !shared.stop.load(Ordering::Relaxed) {
-        // Handle everything buffered, then flush acks, then read more.
-        let got = c.take_buffered(&mut reader)?;
-        if got > 0 {
-            shared.counters.consumed.fetch_add(got, Ordering::Relaxed);
-        }
-        c.write_single_acks(&mut wr).await?;
-        write_out(&mut wr, &mut c.out).await?;
-        if args.latency
-            && (c.local.len() >= 1000 || last_merge.elapsed() >= Duration::from_millis(200))
-        {
-            last_merge = Instant::now();
-            c.merge_latency(&shared.latency);
-        }
-        // With manual acks and prefetch, a partial batch must be acked before the broker
-        // sends more: ack what we have when nothing else is buffered.
-        if !args.autoack
-            && c.unacked > 0
-            && args.prefetch > 0
-            && c.unacked >= u32::from(args.prefetch) / 2
-        {
-            c.ack_now(&mut wr).await?;
-        }
-        let read = tokio::time::timeout(Duration::from_millis(50), reader.fill(&mut rd)).await;
-        match read {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                // Quiet: ack the tail so the broker can send what remains.
-                if !args.autoack && c.unacked > 0 {
-                    c.ack_now(&mut wr).await?;
-                }
-                if args.latency && !c.local.is_empty() {
-                    c.merge_latency(&shared.latency);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Opens the channel, sets the prefetch if asked, and starts consuming from `queue`.
-async fn subscribe(conn: &mut Conn, queue: String, args: &PerfArgs) -> io::Result<()> {
-    conn.open_channel(1).await?;
-    if args.prefetch > 0 {
-        conn.call(
-            1,
-            Method::BasicQos(BasicQos {
-                prefetch_count: args.prefetch,
-                ..Default::default()
-            }),
-        )
-        .await?;
-    }
-    conn.call(
-        1,
-        Method::BasicConsume(BasicConsume {
-            queue,
-            no_ack: args.autoack,
-            ..Default::default()
-        }),
-    )
-    .await?;
-    Ok(())
-}
-
-/// What a consumer keeps between reads: the acks it owes and the latency it recorded.
-struct Deliveries {
-    autoack: bool,
-    latency: bool,
-    /// Ack (with `multiple`) every this many deliveries.
-    multi: u32,
-    epoch: Instant,
-    /// Latency recorded since the last merge into the run's histogram.
-    local: Histogram<u64>,
-    /// Deliveries not acked yet (batched acks).
-    unacked: u32,
-    last_tag: u64,
-    /// With --unbatched, the deliveries to ack one write each.
-    single_acks: Vec<u64>,
-    unbatched: bool,
-    /// Acks encoded, not yet written.
-    out: BytesMut,
-}
-
-impl Deliveries {
-    fn new(args: &PerfArgs, epoch: Instant) -> Self {
-        Deliveries {
-            autoack: args.autoack,
-            latency: args.latency,
-            multi: args.multi_ack.max(1),
-            epoch,
-            local: new_histogram(),
-            unacked: 0,
-            last_tag: 0,
-            single_acks: Vec::new(),
-            unbatched: args.unbatched,
-            out: BytesMut::new(),
-        }
-    }
-
-    /// Handles every frame already buffered: the number of messages received; a close of
-    /// the channel or connection is an error.
-    fn take_buffered(&mut self, reader: &mut FrameReader) -> io::Result<u64> {
-        let mut got = 0u64;
-        while let Some(frame) = reader.next_buffered()? {
-            match frame {
-                Frame::Method {
-                    method: Method::BasicDeliver(d),
-                    ..
-                } => self.last_tag = d.delivery_tag,
-                Frame::Body { payload, .. } => {
-                    got += 1;
-                    self.on_latency(&payload);
-                    self.on_delivered();
-                }
-                Frame::Header { header, .. } if header.body_size == 0 => {
-                    got += 1;
-                    self.on_delivered();
-                }
-                Frame::Method { method, .. } => {
-                    if let Some(e) = close_error(&method) {
-                        return Err(e);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(got)
-    }
-
-    /// A body frame: its latency.
-    fn on_latency(&mut self, payload: &Bytes) {
-        if self.latency
-            && let Some(sent) = body_prefix(payload)
-        {
-            let now = self.epoch.elapsed().as_micros() as u64;
-            let _ = self.local.record(now.saturating_sub(sent).max(1));
-        }
-    }
-
-    /// A whole message: an ack of its own, or one every `multi` of them.
-    fn on_delivered(&mut self) {
-        if self.autoack {
-            return;
-        }
-        if self.unbatched {
-            self.single_acks.push(self.last_tag);
-        } else {
-            self.unacked += 1;
-            if self.unacked >= self.multi {
-                self.encode_ack();
-            }
-        }
-    }
-
-    /// With --unbatched, writes the ack of each delivery on its own.
-    async fn write_single_acks(&mut self, wr: &mut OwnedWriteHalf) -> io::Result<()> {
-        let mut one = BytesMut::with_capacity(32);
-        for tag in self.single_acks.drain(..) {
-            encode_method(
-                1,
-                &Method::BasicAck(BasicAck {
-                    delivery_tag: tag,
-                    multiple: false,
-                }),
-                &mut one,
-            );
-            wr.write_all(&one).await?;
-            one.clear();
-        }
-        Ok(())
-    }
-
-    /// Encodes an ack of everything delivered so far.
-    fn encode_ack(&mut self) {
-        encode_method(
-            1,
-            &Method::BasicAck(BasicAck {
-                delivery_tag: self.last_tag,
-                multiple: true,
-            }),
-            &mut self.out,
-        );
-        self.unacked = 0;
-    }
-
-    /// Acks everything delivered so far, now.
-    async fn ack_now(&mut self, wr: &mut OwnedWriteHalf) -> io::Result<()> {
-        self.encode_ack();
-        wr.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(())
-    }
-
-    /// Adds the latency recorded here to the run's histogram.
-    fn merge_latency(&mut self, latency: &Mutex<Histogram<u64>>) {
-        if let Ok(mut h) = latency.lock() {
-            let _ = h.add(&self.local);
-        }
-        self.local.reset();
-    }
 }
 
 /// Opens idle connections with a channel each and holds them.
