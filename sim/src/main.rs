@@ -261,6 +261,7 @@ struct Totals {
     seeds_with_drops: u64,
     torn_crashes: u64,
     lossy_crashes: u64,
+    cancelled_pairs: u64,
     seeds_with_small_chunks: u64,
     seeds_with_heartbeats: u64,
     loads: u64,
@@ -343,6 +344,7 @@ impl Totals {
         self.seeds_with_drops += u64::from(r.drops > 0);
         self.torn_crashes += r.torn_crashes;
         self.lossy_crashes += r.lossy_crashes;
+        self.cancelled_pairs += r.cancelled_pairs;
         self.seeds_with_small_chunks += u64::from(r.faults.small_chunk_prob > 0.0);
         self.seeds_with_heartbeats += u64::from(r.faults.heartbeat_s > 0);
         self.loads += r.loads;
@@ -385,7 +387,7 @@ impl Totals {
 
     fn print(&self) {
         println!(
-            "covered: {} seeds; {} published, {} confirmed, {} nacked, {} delivered ({} redelivered), {} requeued, {} channel errors; {} crashes in {} seeds ({} lost unsynced batches, {} kept a prefix of them with the next torn; {} entries recovered and checked); {} connection drops in {} seeds; small chunks in {} seeds; heartbeats in {} seeds; {} paged reads in {} seeds",
+            "covered: {} seeds; {} published, {} confirmed, {} nacked, {} delivered ({} redelivered), {} requeued, {} channel errors; {} crashes in {} seeds ({} lost unsynced batches, {} kept a prefix of them with the next torn; {} entries recovered and checked; {} enqueues cancelled by their ack before reaching the disk); {} connection drops in {} seeds; small chunks in {} seeds; heartbeats in {} seeds; {} paged reads in {} seeds",
             self.seeds,
             self.published,
             self.confirms,
@@ -399,6 +401,7 @@ impl Totals {
             self.lossy_crashes,
             self.torn_crashes,
             self.recovered,
+            self.cancelled_pairs,
             self.drops,
             self.seeds_with_drops,
             self.seeds_with_small_chunks,

@@ -82,6 +82,8 @@ pub struct RunResult {
     pub torn_crashes: u64,
     /// Crashes that lost at least one unsynced batch.
     pub lossy_crashes: u64,
+    /// Enqueues cancelled by their dequeue in the same store write.
+    pub cancelled_pairs: u64,
     /// Reads of paged messages the broker asked for.
     pub loads: u64,
     /// The hostile clients' plans and what they did.
@@ -139,8 +141,6 @@ pub struct World {
     /// The next crash waits for a sync in flight (the window where writes are unsynced).
     crash_in_sync: bool,
     disk: VirtualDisk,
-    /// Durable batches on disk when the current broker started.
-    disk_base: u64,
     /// The current broker's store jobs, between it and the disk.
     commit: GroupCommit,
     /// When the sync in flight completes.
@@ -160,6 +160,8 @@ pub struct World {
     steps: u64,
     drops: u64,
     torn_crashes: u64,
+    /// Enqueue/dequeue pairs cancelled by the group commits of earlier incarnations.
+    cancelled_pairs: u64,
     loads: u64,
     lossy_crashes: u64,
     max_step_work: u64,
@@ -257,7 +259,6 @@ impl World {
             next_crash_ms: None,
             crash_in_sync: false,
             disk,
-            disk_base: 0,
             commit: GroupCommit::new(STORE_RETRY_MS),
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
@@ -270,6 +271,7 @@ impl World {
             steps: 0,
             drops: 0,
             torn_crashes: 0,
+            cancelled_pairs: 0,
             loads: 0,
             lossy_crashes: 0,
             max_step_work: 0,
@@ -320,6 +322,7 @@ impl World {
             torn_crashes: self.torn_crashes,
             loads: self.loads,
             lossy_crashes: self.lossy_crashes,
+            cancelled_pairs: self.cancelled_pairs + self.commit.cancelled_pairs(),
             hostile: self
                 .clients
                 .iter()
@@ -612,7 +615,6 @@ impl World {
         let recovered = self.disk.recovered_head(self.broker_config.head_limit());
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
-        self.disk_base = self.disk.durable_batches();
         self.commit = GroupCommit::new(STORE_RETRY_MS);
         self.sync_at = None;
         self.synced_batch = 0;
@@ -626,6 +628,10 @@ impl World {
         self.broker = None;
         self.dirty = false;
         self.sync_at = None;
+        // The last batch of each write not yet synced: a crash keeps a prefix of the
+        // writes, each whole (a write may hold several batches).
+        let writes: Vec<u64> = self.commit.unsynced_writes().collect();
+        self.cancelled_pairs += self.commit.cancelled_pairs();
         // Held jobs die with the process, never written; the next broker hears of a
         // failing disk when its own first write fails.
         self.commit = GroupCommit::new(STORE_RETRY_MS);
@@ -648,7 +654,18 @@ impl World {
         let out = self.disk.crash(keep);
         self.torn_crashes += u64::from(out.kept > 0);
         self.lossy_crashes += u64::from(out.lost > 0);
-        let surviving = self.disk.durable_batches() - self.disk_base;
+        // A failed write is in doubt for the group commit but was never taken by the disk,
+        // so the disk's unsynced writes are a prefix of the group commit's.
+        if unsynced > writes.len() {
+            return Err(Violation(format!(
+                "the disk holds {unsynced} unsynced writes, the group commit made only {}",
+                writes.len()
+            )));
+        }
+        let surviving = match out.kept {
+            0 => self.synced_batch,
+            kept => writes[kept - 1],
+        };
         self.mix(b"crash", &[out.kept as u8, out.lost as u8]);
         let recovered = self.disk.recovered();
         self.model.crash(surviving, &recovered)?;
@@ -1174,10 +1191,13 @@ fn check_store_weights(
 ) -> Result<(), Violation> {
     use warren::store::{EntryBody, StoreOp};
     let charged: std::collections::BTreeMap<u64, u64> = broker.unsynced_batches().collect();
-    for (batch, ops) in commit.held_batches() {
-        let Some(&weight) = charged.get(&batch) else {
+    for (first, batch, ops) in commit.held_batches() {
+        // A write of several batches was charged for each of them.
+        let weights: Vec<u64> = charged.range(first..=batch).map(|(_, w)| *w).collect();
+        if weights.len() as u64 != batch - first + 1 {
             continue;
-        };
+        }
+        let weight: u64 = weights.iter().sum();
         let held: u64 = ops
             .iter()
             .map(|op| match op {
@@ -1192,7 +1212,7 @@ fn check_store_weights(
             .sum();
         if weight < held {
             return Err(Violation(format!(
-                "store batch {batch} holds {held} bytes of messages but the broker charged it {weight} against its unsynced-bytes bound"
+                "store batches {first}..={batch} hold {held} bytes of messages but the broker charged them {weight} against its unsynced-bytes bound"
             )));
         }
     }

@@ -3,9 +3,13 @@
 //! simulator's world alike.
 //!
 //! Jobs (batches to write, reads of paged messages) are done in the order the core emitted
-//! them. Batches written while a sync is in flight wait for the next one, which covers
-//! them all: one sync for every batch that arrived during the last (group commit). The
-//! driver decides only how a sync is carried out and when time passes: a thread calls
+//! them. Batches that arrive while a sync is in flight wait for it, unwritten, unless a read
+//! needs them; then they are written together as one store write and share the next sync,
+//! which covers them all: one sync for every batch that arrived during the last (group
+//! commit). In such a write, a message enqueued and dequeued (published and acked) within
+//! it is not written at all: the pair cancels out ([`cancel_pairs`]), as it would have once
+//! both were on the disk. The driver decides only how a sync is carried out and when time
+//! passes: a thread calls
 //! [`Store::sync`] at once ([`GroupCommit::sync_now`]); the simulator starts it
 //! ([`GroupCommit::begin_sync`]) and completes it later ([`GroupCommit::sync_done`]), so
 //! that a crash can fall between.
@@ -19,9 +23,9 @@
 //! the store is ready again ([`Store::ready`]), [`StoreDone::Recovered`] tells the core
 //! to take publishes again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use super::{LoadedEntry, Store, StoreError, StoreErrorKind, StoreOp};
+use super::{EntryBody, LoadedEntry, Store, StoreError, StoreErrorKind, StoreOp};
 
 /// Why the store fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,16 +89,32 @@ pub enum StoreDone {
 /// this means it does not.
 const MAX_REPORTS: usize = 1 << 20;
 
+/// Most ops in one store write made of several batches (a batch larger than this is still
+/// written whole, on its own).
+const MAX_MERGED_OPS: usize = 1 << 16;
+
+/// One store write: the batches `first..=last`, in order, as one atomic write.
+#[derive(Debug)]
+struct Write {
+    first: u64,
+    last: u64,
+    ops: Vec<StoreOp>,
+}
+
 /// The group-commit state machine.
 #[derive(Debug)]
 pub struct GroupCommit {
     /// Jobs not done yet, in order.
     waiting: VecDeque<StoreJob>,
-    /// Batches written since the last good sync, in order: kept until they are synced,
-    /// since a failure leaves their fate in doubt.
-    unsynced: Vec<(u64, Vec<StoreOp>)>,
+    /// Writes the store did not take, to be made again, in order, before `waiting`.
+    rewrite: VecDeque<Write>,
+    /// Writes made since the last good sync, in order: kept until they are synced, since a
+    /// failure leaves their fate in doubt.
+    unsynced: Vec<Write>,
     /// How many of `unsynced` (a prefix) the sync in flight covers.
     syncing: Option<usize>,
+    /// Enqueues cancelled by a dequeue in the same write, so far.
+    cancelled: u64,
     /// The fault reported to the core, until the store recovers.
     fault: Option<StoreFault>,
     /// The store failed and must be reopened before it takes more work.
@@ -117,8 +137,10 @@ impl GroupCommit {
     pub fn new(retry_ms: u64) -> Self {
         GroupCommit {
             waiting: VecDeque::new(),
+            rewrite: VecDeque::new(),
             unsynced: Vec::new(),
             syncing: None,
+            cancelled: 0,
             fault: None,
             broken: false,
             retry_at_ms: None,
@@ -170,28 +192,41 @@ impl GroupCommit {
         if self.broken {
             return Some(self.retry_at_ms.unwrap_or(0));
         }
-        if !self.waiting.is_empty() || !self.unsynced.is_empty() {
+        if !self.waiting.is_empty() || !self.rewrite.is_empty() || !self.unsynced.is_empty() {
             // The jobs and the sync in flight move it on.
             return None;
         }
         Some(self.ready_at_ms.unwrap_or(0))
     }
 
-    /// The write batches held (written and not yet synced, or waiting), with their ops.
-    pub fn held_batches(&self) -> impl Iterator<Item = (u64, &[StoreOp])> + '_ {
+    /// The writes held (made and not yet synced, or waiting to be made), each as the range
+    /// of batches it holds and its ops.
+    pub fn held_batches(&self) -> impl Iterator<Item = (u64, u64, &[StoreOp])> + '_ {
         let waiting = self.waiting.iter().filter_map(|j| match j {
-            StoreJob::Write(batch, ops) => Some((*batch, ops.as_slice())),
+            StoreJob::Write(batch, ops) => Some((*batch, *batch, ops.as_slice())),
             StoreJob::Load { .. } => None,
         });
         self.unsynced
             .iter()
-            .map(|(batch, ops)| (*batch, ops.as_slice()))
+            .chain(self.rewrite.iter())
+            .map(|w| (w.first, w.last, w.ops.as_slice()))
             .chain(waiting)
     }
 
-    /// Jobs not yet done and batches not yet synced.
+    /// The last batch of each write made since the last good sync, in order (a crash keeps
+    /// a prefix of these writes).
+    pub fn unsynced_writes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.unsynced.iter().map(|w| w.last)
+    }
+
+    /// How many enqueues were cancelled by their dequeue before they were written.
+    pub fn cancelled_pairs(&self) -> u64 {
+        self.cancelled
+    }
+
+    /// Jobs not yet done and writes not yet synced.
     pub fn backlog(&self) -> usize {
-        self.waiting.len() + self.unsynced.len()
+        self.waiting.len() + self.rewrite.len() + self.unsynced.len()
     }
 
     /// Does the waiting jobs in order with `store` at `now_ms`, until they are done or the
@@ -211,13 +246,48 @@ impl GroupCommit {
                 return false;
             }
         }
+        while let Some(write) = self.rewrite.pop_front() {
+            if !self.write(store, write) {
+                return false;
+            }
+        }
+        if self.syncing.is_some() && !self.waiting.iter().any(StoreJob::is_load) {
+            // Held for the sync in flight: written together when it is done.
+            return false;
+        }
         while let Some(job) = self.waiting.pop_front() {
-            if !self.do_job(store, job) {
+            let done = match job {
+                StoreJob::Write(batch, ops) => {
+                    let write = self.merge_writes(batch, ops);
+                    self.write(store, write)
+                }
+                load => self.load(store, load),
+            };
+            if !done {
                 return false;
             }
         }
         self.check_recovered(store);
         self.sync_due()
+    }
+
+    /// `ops`, batch `first`, and the write batches waiting right behind it, as one write
+    /// (up to [`MAX_MERGED_OPS`]), with the enqueue/dequeue pairs within it cancelled.
+    fn merge_writes(&mut self, first: u64, mut ops: Vec<StoreOp>) -> Write {
+        let mut last = first;
+        while let Some(StoreJob::Write(_, next)) = self.waiting.front() {
+            if ops.len() + next.len() > MAX_MERGED_OPS {
+                break;
+            }
+            let Some(StoreJob::Write(batch, next)) = self.waiting.pop_front() else {
+                unreachable!("the front is a write");
+            };
+            debug_assert!(batch > last, "batches arrive in order");
+            last = batch;
+            ops.extend(next);
+        }
+        self.cancelled += cancel_pairs(&mut ops);
+        Write { first, last, ops }
     }
 
     /// [`GroupCommit::run`], then the sync if one is due, for drivers whose sync blocks.
@@ -253,8 +323,8 @@ impl GroupCommit {
         match result {
             Ok(()) => {
                 let rest = self.unsynced.split_off(covered.min(self.unsynced.len()));
-                if let Some((batch, _)) = self.unsynced.last() {
-                    self.report(StoreDone::Synced(*batch));
+                if let Some(w) = self.unsynced.last() {
+                    self.report(StoreDone::Synced(w.last));
                 }
                 self.unsynced = rest;
             }
@@ -277,7 +347,7 @@ impl GroupCommit {
         if self.run(store, now_ms) {
             self.sync_now(store);
         }
-        if self.broken || !self.waiting.is_empty() {
+        if self.broken || !self.waiting.is_empty() || !self.rewrite.is_empty() {
             return Err(StoreError::new(
                 StoreErrorKind::Io,
                 format!(
@@ -289,51 +359,49 @@ impl GroupCommit {
         store.sync()
     }
 
-    /// Does one job; returns false if the store failed (the job is kept).
-    fn do_job(&mut self, store: &mut dyn Store, job: StoreJob) -> bool {
-        match job {
-            StoreJob::Write(batch, ops) => {
-                debug_assert!(
-                    self.unsynced.last().is_none_or(|(b, _)| *b < batch),
-                    "batches are written in order"
-                );
-                let result = store.write(&ops);
-                // In doubt until synced, written or not: a failed write is written again
-                // after the reopen unless the store says it holds it.
-                self.unsynced.push((batch, ops));
-                if let Err(e) = result {
-                    self.failed(&e);
-                    return false;
-                }
+    /// Makes one write; returns false if the store failed (the write is kept, in doubt).
+    fn write(&mut self, store: &mut dyn Store, write: Write) -> bool {
+        debug_assert!(
+            self.unsynced.last().is_none_or(|w| w.last < write.first),
+            "batches are written in order"
+        );
+        let result = store.write(&write.ops);
+        // In doubt until synced, written or not: a failed write is made again after the
+        // reopen unless the store says it holds it.
+        self.unsynced.push(write);
+        if let Err(e) = result {
+            self.failed(&e);
+            return false;
+        }
+        true
+    }
+
+    /// Does one read; returns false if the store failed (the read is kept).
+    fn load(&mut self, store: &mut dyn Store, job: StoreJob) -> bool {
+        let StoreJob::Load {
+            queue,
+            from_seq,
+            max,
+            max_bytes,
+            epoch,
+        } = job
+        else {
+            unreachable!("writes are merged, not loaded");
+        };
+        match store.load(queue, from_seq, max, max_bytes) {
+            Ok(entries) => {
+                self.report(StoreDone::Loaded {
+                    queue,
+                    epoch,
+                    entries,
+                });
                 true
             }
-            StoreJob::Load {
-                queue,
-                from_seq,
-                max,
-                max_bytes,
-                epoch,
-            } => match store.load(queue, from_seq, max, max_bytes) {
-                Ok(entries) => {
-                    self.report(StoreDone::Loaded {
-                        queue,
-                        epoch,
-                        entries,
-                    });
-                    true
-                }
-                Err(e) => {
-                    self.waiting.push_front(StoreJob::Load {
-                        queue,
-                        from_seq,
-                        max,
-                        max_bytes,
-                        epoch,
-                    });
-                    self.failed(&e);
-                    false
-                }
-            },
+            Err(e) => {
+                self.waiting.push_front(job);
+                self.failed(&e);
+                false
+            }
         }
     }
 
@@ -344,6 +412,7 @@ impl GroupCommit {
             || self.broken
             || self.syncing.is_some()
             || !self.waiting.is_empty()
+            || !self.rewrite.is_empty()
             || !self.unsynced.is_empty()
         {
             return;
@@ -391,12 +460,12 @@ impl GroupCommit {
         self.broken = false;
         let held = held.min(self.unsynced.len());
         let rest = self.unsynced.split_off(held);
-        if let Some((batch, _)) = self.unsynced.last() {
-            self.report(StoreDone::Synced(*batch));
+        if let Some(w) = self.unsynced.last() {
+            self.report(StoreDone::Synced(w.last));
         }
         self.unsynced.clear();
-        for (batch, ops) in rest.into_iter().rev() {
-            self.waiting.push_front(StoreJob::Write(batch, ops));
+        for write in rest.into_iter().rev() {
+            self.rewrite.push_front(write);
         }
         true
     }
@@ -408,6 +477,61 @@ impl GroupCommit {
         );
         self.done.push_back(done);
     }
+}
+
+impl StoreJob {
+    fn is_load(&self) -> bool {
+        matches!(self, StoreJob::Load { .. })
+    }
+}
+
+/// Drops every enqueue of a message of its own (not shared) that a dequeue later in `ops`
+/// takes away, together with that dequeue: written as one atomic write, the pair leaves
+/// the store as it was. A purge or a deletion in between ends the matching (it may take
+/// entries in ways the pairs do not show). Returns how many pairs were cancelled.
+fn cancel_pairs(ops: &mut Vec<StoreOp>) -> u64 {
+    // Enqueued positions not yet dequeued: (queue, seq) -> index in `ops`.
+    let mut open: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut drop = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            StoreOp::Enqueue {
+                queue,
+                seq,
+                body: EntryBody::Inline(_),
+                ..
+            } => {
+                open.insert((*queue, *seq), i);
+            }
+            StoreOp::Dequeue {
+                queue,
+                seq,
+                shared: None,
+            } => {
+                if let Some(at) = open.remove(&(*queue, *seq)) {
+                    drop.push(at);
+                    drop.push(i);
+                }
+            }
+            StoreOp::PurgeFrom { .. } | StoreOp::DeleteQueue { .. } | StoreOp::DeleteVhost(_) => {
+                open.clear();
+            }
+            _ => {}
+        }
+    }
+    if drop.is_empty() {
+        return 0;
+    }
+    let pairs = (drop.len() / 2) as u64;
+    drop.sort_unstable();
+    let mut next = drop.iter().peekable();
+    let mut i = 0;
+    ops.retain(|_| {
+        let keep = next.next_if(|&&at| at == i).is_none();
+        i += 1;
+        keep
+    });
+    pairs
 }
 
 #[cfg(test)]
@@ -434,11 +558,12 @@ mod tests {
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Flaky>>);
 
-    fn vhost_of(ops: &[StoreOp]) -> u64 {
-        match ops.first() {
-            Some(StoreOp::PutVhost(name)) => name.parse().unwrap(),
-            _ => panic!("test batches name a vhost"),
-        }
+    /// The test batches each name a vhost; a write holds one or more of them.
+    fn vhosts_of(ops: &[StoreOp]) -> impl Iterator<Item = u64> + '_ {
+        ops.iter().filter_map(|op| match op {
+            StoreOp::PutVhost(name) => Some(name.parse().unwrap()),
+            _ => None,
+        })
     }
 
     impl Store for Shared {
@@ -469,7 +594,7 @@ mod tests {
         fn sync(&mut self) -> Result<(), StoreError> {
             let mut s = self.0.lock().unwrap();
             for ops in std::mem::take(&mut s.unsynced) {
-                s.written.push(vhost_of(&ops));
+                s.written.extend(vhosts_of(&ops));
                 for op in &ops {
                     s.state.apply(op);
                 }
@@ -484,7 +609,7 @@ mod tests {
             // The batches written before the failure reached the disk.
             let held = s.unsynced.len();
             for ops in std::mem::take(&mut s.unsynced) {
-                s.written.push(vhost_of(&ops));
+                s.written.extend(vhosts_of(&ops));
             }
             Ok(held)
         }
@@ -495,6 +620,16 @@ mod tests {
 
     fn batch(n: u64) -> StoreJob {
         StoreJob::Write(n, vec![StoreOp::PutVhost(n.to_string())])
+    }
+
+    fn load(queue: u64) -> StoreJob {
+        StoreJob::Load {
+            queue,
+            from_seq: 0,
+            max: 1,
+            max_bytes: u64::MAX,
+            epoch: 1,
+        }
     }
 
     fn drain(gc: &mut GroupCommit) -> Vec<String> {
@@ -589,25 +724,172 @@ mod tests {
     }
 
     #[test]
-    fn batches_written_during_a_sync_share_the_next_one() {
+    fn batches_arriving_during_a_sync_wait_for_it_and_share_the_next_one() {
         let shared = Shared::default();
         let mut store = shared.clone();
         let mut w = GroupCommit::new(100);
         w.push(batch(1));
         assert!(w.run(&mut store, 0));
         w.begin_sync();
-        // Written while the sync runs: not covered by it, and no second sync starts.
+        // Arriving while the sync runs: held, not written, and no second sync starts.
         w.push(batch(2));
         w.push(batch(3));
         assert!(!w.run(&mut store, 1));
         assert!(!w.sync_due());
+        assert_eq!(shared.0.lock().unwrap().unsynced.len(), 1, "only batch 1");
         store.sync().unwrap();
         w.sync_done(Ok(()));
         assert_eq!(drain(&mut w), ["synced 1"]);
-        assert!(w.sync_due(), "2 and 3 wait for the next sync");
+        assert!(
+            w.run(&mut store, 2),
+            "2 and 3 are written and wait for a sync"
+        );
+        assert_eq!(shared.0.lock().unwrap().unsynced.len(), 1, "as one write");
+        assert_eq!(w.unsynced_writes().collect::<Vec<_>>(), [3]);
         w.sync_now(&mut store);
         assert_eq!(drain(&mut w), ["synced 3"]);
         assert!(!w.sync_due());
+        assert_eq!(shared.0.lock().unwrap().written, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_read_during_a_sync_writes_the_batches_before_it_first() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.begin_sync();
+        w.push(batch(2));
+        w.push(load(7));
+        w.push(batch(3));
+        assert!(!w.run(&mut store, 1), "the sync in flight is not done");
+        assert_eq!(drain(&mut w), ["loaded 7"]);
+        assert_eq!(
+            shared.0.lock().unwrap().unsynced.len(),
+            3,
+            "1, then 2 before the read, then 3"
+        );
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert_eq!(drain(&mut w), ["synced 1"]);
+        w.step(&mut store, 2);
+        assert_eq!(drain(&mut w), ["synced 3"]);
+    }
+
+    #[test]
+    fn a_write_failing_during_a_sync_waits_for_the_sync_before_any_retry() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.begin_sync();
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::Io);
+        // A read makes batch 2 be written while the sync runs.
+        w.push(batch(2));
+        w.push(load(9));
+        assert!(!w.run(&mut store, 1));
+        assert_eq!(drain(&mut w), ["failed Io"]);
+        // Nothing to do until the sync completes, however late.
+        assert_eq!(w.wake_at(), None);
+        assert!(!w.run(&mut store, 500));
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert_eq!(drain(&mut w), ["synced 1"]);
+        assert_eq!(w.wake_at(), Some(101));
+        shared.0.lock().unwrap().fail_writes = None;
+        shared.0.lock().unwrap().ready = true;
+        w.step(&mut store, 600);
+        assert_eq!(drain(&mut w), ["loaded 9", "synced 2", "recovered"]);
+    }
+
+    fn message() -> Arc<crate::proto::command::Message> {
+        Arc::new(crate::proto::command::Message {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: Default::default(),
+            body: bytes::Bytes::from_static(b"m"),
+        })
+    }
+
+    fn enqueue(queue: u64, seq: u64) -> StoreOp {
+        StoreOp::Enqueue {
+            queue,
+            seq,
+            body: EntryBody::Inline(message()),
+            expires_at_ms: None,
+        }
+    }
+
+    fn dequeue(queue: u64, seq: u64, shared: Option<u64>) -> StoreOp {
+        StoreOp::Dequeue { queue, seq, shared }
+    }
+
+    fn shape(ops: &[StoreOp]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                StoreOp::Enqueue { queue, seq, .. } => format!("+{queue}.{seq}"),
+                StoreOp::Dequeue { queue, seq, .. } => format!("-{queue}.{seq}"),
+                StoreOp::PurgeFrom { queue, from_seq } => format!("purge {queue}.{from_seq}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_enqueue_and_its_dequeue_in_one_write_cancel_out() {
+        let mut ops = vec![
+            enqueue(1, 1),
+            enqueue(1, 2),
+            enqueue(2, 1),
+            dequeue(1, 1, None),
+            // A dequeue of an entry written before: kept.
+            dequeue(1, 0, None),
+            StoreOp::Enqueue {
+                queue: 3,
+                seq: 1,
+                body: EntryBody::Shared(5),
+                expires_at_ms: None,
+            },
+            // Shared bodies keep their reference counts: never cancelled.
+            dequeue(3, 1, Some(5)),
+            // A purge ends the matching: 1.2 and 2.1 are taken by it, not cancelled.
+            StoreOp::PurgeFrom {
+                queue: 2,
+                from_seq: 0,
+            },
+            dequeue(1, 2, None),
+            enqueue(2, 2),
+            dequeue(2, 2, None),
+        ];
+        assert_eq!(cancel_pairs(&mut ops), 2);
+        assert_eq!(
+            shape(&ops),
+            ["+1.2", "+2.1", "-1.0", "+3.1", "-3.1", "purge 2.0", "-1.2"]
+        );
+    }
+
+    #[test]
+    fn a_message_published_and_acked_between_two_syncs_is_never_written() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100);
+        w.push(batch(1));
+        assert!(w.run(&mut store, 0));
+        w.begin_sync();
+        w.push(StoreJob::Write(2, vec![enqueue(4, 1), enqueue(4, 2)]));
+        w.push(StoreJob::Write(3, vec![dequeue(4, 1, None)]));
+        assert!(!w.run(&mut store, 1));
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert!(w.run(&mut store, 2));
+        let written = shared.0.lock().unwrap().unsynced.clone();
+        assert_eq!(written.len(), 1);
+        assert_eq!(shape(&written[0]), ["+4.2"]);
+        assert_eq!(w.cancelled_pairs(), 1);
+        w.sync_now(&mut store);
+        assert_eq!(drain(&mut w), ["synced 1", "synced 3"]);
     }
 
     #[test]
@@ -630,30 +912,5 @@ mod tests {
         assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
         assert_eq!(shared.0.lock().unwrap().written, [1, 2]);
         assert_eq!(w.wake_at(), None);
-    }
-
-    #[test]
-    fn a_write_failing_during_a_sync_waits_for_the_sync_before_any_retry() {
-        let shared = Shared::default();
-        let mut store = shared.clone();
-        let mut w = GroupCommit::new(100);
-        w.push(batch(1));
-        assert!(w.run(&mut store, 0));
-        w.begin_sync();
-        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::Io);
-        w.push(batch(2));
-        assert!(!w.run(&mut store, 1));
-        assert_eq!(drain(&mut w), ["failed Io"]);
-        // Nothing to do until the sync completes, however late.
-        assert_eq!(w.wake_at(), None);
-        assert!(!w.run(&mut store, 500));
-        store.sync().unwrap();
-        w.sync_done(Ok(()));
-        assert_eq!(drain(&mut w), ["synced 1"]);
-        assert_eq!(w.wake_at(), Some(101));
-        shared.0.lock().unwrap().fail_writes = None;
-        shared.0.lock().unwrap().ready = true;
-        w.step(&mut store, 600);
-        assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
     }
 }
