@@ -12,6 +12,10 @@ memory) of both brokers and their ratio, plus each broker's CPU time per message
 /proc/PID/stat) and peak resident memory (sampled from /proc/PID/status) during the
 scenario. Use --json FILE to keep the raw figures.
 
+The `l-` scenarios use an independent client instead of `warren perf`: bench/lapin-perf,
+built on lapin (a Rust AMQP client applications use), which writes each publish and each
+ack on its own. It is built here (cargo, release) the first time one of them runs.
+
 The machine is shared and noisy: compare the ratios of one run, not absolute numbers
 across runs.
 """
@@ -37,6 +41,9 @@ WARREN = ROOT / "target" / "release" / "warren"
 # builds of warren can be compared with one client.
 WARREN_BIN = WARREN
 PERF_BIN = WARREN
+# The independent client (bench/lapin-perf), for the scenarios whose client is "lapin".
+LAPIN_DIR = ROOT / "bench" / "lapin-perf"
+LAPIN_BIN = LAPIN_DIR / "target" / "release" / "lapin-perf"
 # More `warren serve` arguments (--warren-args), e.g. "--threads 2".
 WARREN_ARGS: list[str] = []
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -215,6 +222,7 @@ class Scenario:
     args: list[str]
     metric: str = "consume_rate"   # consume_rate | latency | idle_rss | restart | backlog_rss
     extra: dict = field(default_factory=dict)
+    client: str = "warren"         # warren (`warren perf`) | lapin (bench/lapin-perf)
 
 
 def scenarios(duration: int) -> list[Scenario]:
@@ -249,6 +257,13 @@ def scenarios(duration: int) -> list[Scenario]:
         Scenario("u-rpc", "unbatched: 100 RPC clients, 10 servers, round trip per call",
                  ["--size", "16", "--rpc", "--producers", "100", "--consumers", "10", "--prefetch", "10", *d],
                  metric="latency"),
+        # The same load from an independent client built on lapin.
+        Scenario("l-transient", "lapin: 10 producers x 1,000 msg/s, 10 consumers ack each",
+                 ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "10000",
+                  "--prefetch", "100", *d], metric="latency", client="lapin"),
+        Scenario("l-persistent", "lapin: same, persistent + confirms (window 20)",
+                 ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "10000",
+                  "--prefetch", "100", "--persistent", "--confirm", "20", *d], metric="latency", client="lapin"),
         Scenario("idle", "1,000 idle connections with a channel each: broker memory per connection",
                  ["--idle-connections", "1000", "--duration", "5"], metric="idle_rss"),
         Scenario("restart", "restart with 1,000,000 persistent messages queued",
@@ -259,11 +274,15 @@ def scenarios(duration: int) -> list[Scenario]:
     ]
 
 
-def perf(broker: Broker, args: list[str], timeout: float) -> dict:
-    cmd = [str(PERF_BIN), "perf", "--uri", f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f", "--quiet", *args]
+def perf(broker: Broker, sc: Scenario, timeout: float) -> dict:
+    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
+    if sc.client == "lapin":
+        cmd = [str(LAPIN_BIN), "--uri", uri, *sc.args]
+    else:
+        cmd = [str(PERF_BIN), "perf", "--uri", uri, "--quiet", *sc.args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
-        raise RuntimeError(f"perf failed against {broker.name}: {out.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{sc.client} client failed against {broker.name}: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -272,7 +291,7 @@ def run_scenario(broker: Broker, sc: Scenario, timeout: float) -> dict:
     cpu0, rss0 = cpu_seconds(pid), rss_bytes(pid)
     sampler = Sampler(pid)
     t0 = time.time()
-    result = perf(broker, sc.args, timeout)
+    result = perf(broker, sc, timeout)
     wall = time.time() - t0
     peak = sampler.stop()
     cpu = cpu_seconds(pid) - cpu0
@@ -339,6 +358,9 @@ def main() -> int:
     if args.only:
         keys = set(args.only.split(","))
         chosen = [s for s in chosen if s.key in keys]
+    if any(s.client == "lapin" for s in chosen) and (not args.no_build or not LAPIN_BIN.exists()):
+        subprocess.run(["cargo", "build", "--release", "--manifest-path", str(LAPIN_DIR / "Cargo.toml")],
+                       check=True)
     names = args.brokers.split(",")
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
     for sc in chosen:
