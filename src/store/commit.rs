@@ -870,6 +870,107 @@ mod tests {
         );
     }
 
+    /// An op of a generated sequence: 0 enqueue, 1 dequeue, 2 purge, 3 delete the queue,
+    /// 4 enqueue a shared body.
+    type Step = (u8, u64, u64);
+
+    /// Positions ever enqueued, with the shared body each names, and queues deleted.
+    #[derive(Default)]
+    struct Emitted {
+        enqueued: HashMap<(u64, u64), Option<u64>>,
+        deleted: std::collections::HashSet<u64>,
+    }
+
+    /// A sequence the broker could emit: no position is enqueued twice in a queue
+    /// incarnation, a dequeue names the body its entry has, and a deleted incarnation gets
+    /// no more ops.
+    fn ops_of(steps: &[Step], emitted: &mut Emitted) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        for &(kind, queue, seq) in steps {
+            if emitted.deleted.contains(&queue) {
+                continue;
+            }
+            match kind {
+                0 | 4 if !emitted.enqueued.contains_key(&(queue, seq)) => {
+                    let shared = (kind == 4).then_some(7);
+                    emitted.enqueued.insert((queue, seq), shared);
+                    ops.push(StoreOp::Enqueue {
+                        queue,
+                        seq,
+                        body: match shared {
+                            Some(id) => EntryBody::Shared(id),
+                            None => EntryBody::Inline(message()),
+                        },
+                        expires_at_ms: None,
+                    });
+                }
+                1 => {
+                    let shared = emitted.enqueued.get(&(queue, seq)).copied().flatten();
+                    ops.push(dequeue(queue, seq, shared));
+                }
+                2 => ops.push(StoreOp::PurgeFrom {
+                    queue,
+                    from_seq: seq,
+                }),
+                3 => {
+                    emitted.deleted.insert(queue);
+                    ops.push(StoreOp::DeleteQueue {
+                        vhost: "/".into(),
+                        name: format!("q{queue}"),
+                        id: queue,
+                    });
+                }
+                _ => {}
+            }
+        }
+        ops
+    }
+
+    proptest::proptest! {
+        /// Written as one write, the ops left by `cancel_pairs` leave the store exactly as
+        /// the ops given would have, whatever the store held before.
+        #[test]
+        fn cancelling_pairs_never_changes_what_a_write_leaves(
+            before in proptest::collection::vec((0u8..2, 1u64..4, 0u64..8), 0..12),
+            steps in proptest::collection::vec((0u8..5, 1u64..4, 0u64..16), 0..40),
+        ) {
+            let mut start = MemoryState::default();
+            start.apply(&StoreOp::PutVhost("/".into()));
+            start.apply(&StoreOp::PutShared { id: 7, message: message(), refs: 1_000 });
+            for q in 1..4 {
+                start.apply(&StoreOp::PutQueue(crate::store::QueueRecord {
+                    vhost: "/".into(),
+                    name: format!("q{q}"),
+                    id: q,
+                    auto_delete: false,
+                    arguments: Default::default(),
+                }));
+            }
+            // Earlier writes, then the write under test (which never enqueues a position
+            // enqueued before).
+            let mut emitted = Emitted::default();
+            for op in ops_of(&before, &mut emitted) {
+                start.apply(&op);
+            }
+            let ops = ops_of(&steps, &mut emitted);
+            let mut cancelled = ops.clone();
+            let pairs = cancel_pairs(&mut cancelled);
+            proptest::prop_assert_eq!(cancelled.len() as u64 + 2 * pairs, ops.len() as u64);
+            let (mut want, mut got) = (start.clone(), start);
+            for op in &ops {
+                want.apply(op);
+            }
+            for op in &cancelled {
+                got.apply(op);
+            }
+            let all = crate::store::HeadLimit::ALL;
+            proptest::prop_assert_eq!(
+                format!("{:?}", want.recovered(all)),
+                format!("{:?}", got.recovered(all))
+            );
+        }
+    }
+
     #[test]
     fn a_message_published_and_acked_between_two_syncs_is_never_written() {
         let shared = Shared::default();
