@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// write reaches the OS). Read by `warren serve` when it opens the store; see
     /// [`SyncPolicy`].
     pub sync: Option<SyncPolicy>,
+    /// With `sync = "batch"`: the least milliseconds between the starts of two syncs (at
+    /// most 1,000). Read by `warren serve` when it opens the store.
+    pub sync_gap_ms: Option<u64>,
     /// Memory alarm above this fraction of physical memory (RabbitMQ's
     /// vm_memory_high_watermark).
     pub memory_high_watermark: Option<f64>,

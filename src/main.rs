@@ -67,6 +67,12 @@ struct ServeArgs {
     /// "none" for the OS to have the write (survives a broker crash only) [default: batch].
     #[arg(long, env = "WARREN_SYNC")]
     sync: Option<SyncPolicy>,
+    /// With --sync batch: the least time in milliseconds between the starts of two
+    /// fdatasyncs. Batches arriving in between are written together (a message acked
+    /// before its batch is written is never written), for up to this much more confirm
+    /// latency; 0 syncs as soon as the last sync is done [default: 2].
+    #[arg(long, env = "WARREN_SYNC_GAP_MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    sync_gap_ms: Option<u64>,
     /// Log filter, e.g. "info" or "warren=debug".
     #[arg(long, env = "WARREN_LOG", default_value = "info")]
     log: String,
@@ -139,10 +145,20 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
         let file = FileConfig::load(path)?;
         store.sync = file.sync.unwrap_or(store.sync);
         store.reserve_bytes = file.store_reserve_bytes.unwrap_or(store.reserve_bytes);
+        store.sync_gap_ms = file.sync_gap_ms.unwrap_or(store.sync_gap_ms);
         file.apply(&mut config)?;
     }
     if let Some(v) = args.sync {
         store.sync = v;
+    }
+    if let Some(v) = args.sync_gap_ms {
+        store.sync_gap_ms = v;
+    }
+    if store.sync_gap_ms > 1000 {
+        return Err(format!(
+            "sync_gap_ms = {} is more than 1000: confirms would wait that long",
+            store.sync_gap_ms
+        ));
     }
     if let Some(v) = args.bind {
         config.bind = v;

@@ -35,6 +35,9 @@ pub struct Faults {
     /// (instead of 4 MiB), so that output pauses happen and the drivers' reports of
     /// written bytes decide whether a paused connection ever gets more.
     pub small_output_limit: bool,
+    /// The group commit's least gap between syncs (0: none), as `warren serve
+    /// --sync-gap-ms` sets it.
+    pub sync_gap_ms: u64,
 }
 
 impl Faults {
@@ -53,13 +56,14 @@ impl Faults {
             batch_inputs_prob: [0.0, 0.5, 0.9][rng.gen_range(0..3)],
             tiny_memory: rng.gen_bool(0.5),
             small_output_limit: rng.gen_bool(0.3),
+            sync_gap_ms: [0, 2, 2, 10][rng.gen_range(0..4)],
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={} small_output_limit={}",
+            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={} small_output_limit={} sync_gap={}ms",
             self.crash_mean_ms
                 .map_or("off".to_string(), |m| format!("{m}ms")),
             self.restart_delay_ms,
@@ -73,6 +77,7 @@ impl Faults {
             self.batch_inputs_prob,
             self.tiny_memory,
             self.small_output_limit,
+            self.sync_gap_ms,
         )
     }
 

@@ -189,6 +189,7 @@ impl World {
         let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
         let mut spec = Spec::generate(&mut workload_rng);
         let faults = Faults::generate(&mut fault_rng);
+        let sync_gap_ms = faults.sync_gap_ms;
         if faults.tiny_memory || faults.small_output_limit {
             // The model answers a basic.get when the broker receives it. A get that must
             // wait for paged messages, or for the connection's unwritten output to drain,
@@ -259,7 +260,7 @@ impl World {
             next_crash_ms: None,
             crash_in_sync: false,
             disk,
-            commit: GroupCommit::new(STORE_RETRY_MS),
+            commit: GroupCommit::new(STORE_RETRY_MS).with_sync_gap(sync_gap_ms),
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
             synced_batch: 0,
@@ -615,7 +616,7 @@ impl World {
         let recovered = self.disk.recovered_head(self.broker_config.head_limit());
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
-        self.commit = GroupCommit::new(STORE_RETRY_MS);
+        self.commit = GroupCommit::new(STORE_RETRY_MS).with_sync_gap(self.faults.sync_gap_ms);
         self.sync_at = None;
         self.synced_batch = 0;
         self.dirty = true;
@@ -634,7 +635,7 @@ impl World {
         self.cancelled_pairs += self.commit.cancelled_pairs();
         // Held jobs die with the process, never written; the next broker hears of a
         // failing disk when its own first write fails.
-        self.commit = GroupCommit::new(STORE_RETRY_MS);
+        self.commit = GroupCommit::new(STORE_RETRY_MS).with_sync_gap(self.faults.sync_gap_ms);
         self.model.store_fault(false);
         self.operator.crashed();
         self.delays.crashed();

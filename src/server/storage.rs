@@ -56,7 +56,7 @@ pub fn spawn(
         .name("warren-store".into())
         .spawn(move || {
             let start = tokio::time::Instant::now();
-            let mut commit = GroupCommit::new(retry_ms);
+            let mut commit = GroupCommit::new(retry_ms).with_sync_gap(store.sync_gap_ms());
             loop {
                 let first = match commit.wake_at() {
                     Some(at) => {
@@ -106,7 +106,7 @@ pub fn spawn(
     let retry_ms = RETRY_INTERVAL.as_millis() as u64;
     let task = tokio::spawn(async move {
         let start = tokio::time::Instant::now();
-        let mut commit = GroupCommit::new(retry_ms);
+        let mut commit = GroupCommit::new(retry_ms).with_sync_gap(store.sync_gap_ms());
         'jobs: loop {
             let first = match commit.wake_at() {
                 Some(at) => {

@@ -115,6 +115,10 @@ pub struct GroupCommit {
     syncing: Option<usize>,
     /// Enqueues cancelled by a dequeue in the same write, so far.
     cancelled: u64,
+    /// The least time from one sync's start to the next one's (0: none).
+    sync_gap_ms: u64,
+    /// When the last sync started.
+    last_sync_ms: Option<u64>,
     /// The fault reported to the core, until the store recovers.
     fault: Option<StoreFault>,
     /// The store failed and must be reopened before it takes more work.
@@ -141,6 +145,8 @@ impl GroupCommit {
             unsynced: Vec::new(),
             syncing: None,
             cancelled: 0,
+            sync_gap_ms: 0,
+            last_sync_ms: None,
             fault: None,
             broken: false,
             retry_at_ms: None,
@@ -149,6 +155,21 @@ impl GroupCommit {
             now_ms: 0,
             done: VecDeque::new(),
         }
+    }
+
+    /// Starts syncs at least `gap_ms` apart: batches that arrive in between wait, unwritten,
+    /// and are written together when the next sync is due, so that fewer syncs carry more
+    /// and more enqueue/ack pairs cancel out. A confirm waits up to `gap_ms` longer; an
+    /// idle store syncs a lone batch at once.
+    pub fn with_sync_gap(mut self, gap_ms: u64) -> Self {
+        self.sync_gap_ms = gap_ms;
+        self
+    }
+
+    /// While the last sync started less than the gap ago: when the next may start.
+    fn gap_until(&self) -> Option<u64> {
+        let next = self.last_sync_ms?.saturating_add(self.sync_gap_ms);
+        (next > self.now_ms).then_some(next)
     }
 
     /// Queues a job behind the others.
@@ -181,21 +202,22 @@ impl GroupCommit {
         self.fault.is_some()
     }
 
-    /// When [`GroupCommit::run`] must be called again even if no job arrives: while the
-    /// store is failing, the time of the next reopen or readiness check.
+    /// When [`GroupCommit::run`] must be called again even if no job arrives: the end of
+    /// the gap between syncs while batches wait for it; while the store is failing, the
+    /// time of the next reopen or readiness check.
     pub fn wake_at(&self) -> Option<u64> {
-        self.fault?;
         if self.syncing.is_some() {
             // The sync's completion moves it on (the driver runs it again then).
             return None;
         }
-        if self.broken {
+        if self.fault.is_some() && self.broken {
             return Some(self.retry_at_ms.unwrap_or(0));
         }
         if !self.waiting.is_empty() || !self.rewrite.is_empty() || !self.unsynced.is_empty() {
-            // The jobs and the sync in flight move it on.
-            return None;
+            // Held for the gap between syncs; otherwise the jobs move it on.
+            return self.gap_until();
         }
+        self.fault?;
         Some(self.ready_at_ms.unwrap_or(0))
     }
 
@@ -251,8 +273,12 @@ impl GroupCommit {
                 return false;
             }
         }
-        if self.syncing.is_some() && !self.waiting.iter().any(StoreJob::is_load) {
-            // Held for the sync in flight: written together when it is done.
+        if !self.waiting.is_empty()
+            && (self.syncing.is_some() || self.gap_until().is_some())
+            && !self.waiting.iter().any(StoreJob::is_load)
+        {
+            // Held for the sync in flight, or for the gap after the last one: written
+            // together when the next sync is due.
             return false;
         }
         while let Some(job) = self.waiting.pop_front() {
@@ -300,7 +326,10 @@ impl GroupCommit {
 
     /// Whether written batches wait for a sync and none is in flight.
     pub fn sync_due(&self) -> bool {
-        !self.broken && self.syncing.is_none() && self.unsynced.len() > self.synced_prefix()
+        !self.broken
+            && self.syncing.is_none()
+            && self.gap_until().is_none()
+            && self.unsynced.len() > self.synced_prefix()
     }
 
     fn synced_prefix(&self) -> usize {
@@ -312,6 +341,7 @@ impl GroupCommit {
     pub fn begin_sync(&mut self) {
         assert!(self.syncing.is_none(), "one sync at a time");
         self.syncing = Some(self.unsynced.len());
+        self.last_sync_ms = Some(self.now_ms);
     }
 
     /// The sync in flight finished with `result`.
@@ -341,9 +371,10 @@ impl GroupCommit {
 
     /// The final sync at shutdown; fails if the store is still failing.
     pub fn finish(&mut self, store: &mut dyn Store, now_ms: u64) -> Result<(), StoreError> {
-        // The retry is due now, whenever the last one was.
+        // The retry and the sync are due now, whenever the last ones were.
         self.retry_at_ms = None;
         self.ready_at_ms = None;
+        self.last_sync_ms = None;
         if self.run(store, now_ms) {
             self.sync_now(store);
         }
@@ -750,6 +781,57 @@ mod tests {
         assert_eq!(drain(&mut w), ["synced 3"]);
         assert!(!w.sync_due());
         assert_eq!(shared.0.lock().unwrap().written, [1, 2, 3]);
+    }
+
+    #[test]
+    fn syncs_start_at_least_the_gap_apart_and_batches_wait_for_it() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100).with_sync_gap(5);
+        // An idle store syncs a lone batch at once.
+        w.push(batch(1));
+        w.step(&mut store, 10);
+        assert_eq!(drain(&mut w), ["synced 1"]);
+        // Within the gap: held, unwritten, until it ends.
+        w.push(batch(2));
+        w.step(&mut store, 12);
+        w.push(batch(3));
+        w.step(&mut store, 14);
+        assert!(drain(&mut w).is_empty());
+        assert_eq!(w.wake_at(), Some(15));
+        assert_eq!(shared.0.lock().unwrap().written, [1]);
+        w.step(&mut store, 15);
+        assert_eq!(drain(&mut w), ["synced 3"]);
+        assert_eq!(shared.0.lock().unwrap().written, [1, 2, 3]);
+        assert_eq!(w.wake_at(), None);
+    }
+
+    #[test]
+    fn a_recovering_store_is_asked_whether_it_is_ready_during_the_gap() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100).with_sync_gap(10);
+        w.push(batch(1));
+        w.step(&mut store, 0);
+        shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::NoSpace);
+        w.push(batch(2));
+        w.step(&mut store, 20);
+        assert_eq!(drain(&mut w), ["synced 1", "failed NoSpace"]);
+        {
+            let mut s = shared.0.lock().unwrap();
+            s.fail_writes = None;
+            s.ready = true;
+        }
+        // The reopen at the retry writes 2 again; its sync runs; the readiness check
+        // after it must not wait for a gap with nothing to write.
+        assert!(w.run(&mut store, 120));
+        w.begin_sync();
+        store.sync().unwrap();
+        w.sync_done(Ok(()));
+        assert!(!w.run(&mut store, 121));
+        assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
+        assert!(!w.faulted());
+        assert_eq!(w.wake_at(), None);
     }
 
     #[test]

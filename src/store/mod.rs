@@ -645,6 +645,11 @@ pub trait Store {
     /// them, each whole. The caller writes the others again, in order. Fails while the disk
     /// still fails; the caller tries again later.
     fn reopen(&mut self) -> Result<usize, StoreError>;
+    /// The least time between the starts of two syncs, for the group commit
+    /// ([`commit::GroupCommit::with_sync_gap`]); 0 syncs as soon as the last sync is done.
+    fn sync_gap_ms(&self) -> u64 {
+        0
+    }
     /// While the store is recovering from a failure: whether it is ready for publishers
     /// again. A disk that ran out of space is ready once the store could set its space
     /// reserve aside again (see [`disk::FjallStore`]).
