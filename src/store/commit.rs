@@ -89,6 +89,13 @@ pub enum StoreDone {
 /// this means it does not.
 const MAX_REPORTS: usize = 1 << 20;
 
+/// The ops waiting at which the gap between syncs ends early.
+pub const GAP_MAX_OPS: usize = 128;
+
+/// The batches the last sync must have covered for the gap after it to apply: a client
+/// that waits for each confirm brings its publish and, with a consumer, an ack or two.
+pub const GAP_MIN_BATCHES: u64 = 4;
+
 /// Most ops in one store write made of several batches (a batch larger than this is still
 /// written whole, on its own).
 const MAX_MERGED_OPS: usize = 1 << 16;
@@ -119,6 +126,8 @@ pub struct GroupCommit {
     sync_gap_ms: u64,
     /// When the last sync started.
     last_sync_ms: Option<u64>,
+    /// How many batches the last sync covered.
+    last_sync_batches: u64,
     /// The fault reported to the core, until the store recovers.
     fault: Option<StoreFault>,
     /// The store failed and must be reopened before it takes more work.
@@ -147,6 +156,7 @@ impl GroupCommit {
             cancelled: 0,
             sync_gap_ms: 0,
             last_sync_ms: None,
+            last_sync_batches: 0,
             fault: None,
             broken: false,
             retry_at_ms: None,
@@ -157,19 +167,42 @@ impl GroupCommit {
         }
     }
 
-    /// Starts syncs at least `gap_ms` apart: batches that arrive in between wait, unwritten,
-    /// and are written together when the next sync is due, so that fewer syncs carry more
-    /// and more enqueue/ack pairs cancel out. A confirm waits up to `gap_ms` longer; an
-    /// idle store syncs a lone batch at once.
+    /// Starts syncs at least `gap_ms` apart while several clients keep the store busy with
+    /// small batches: batches that arrive in between wait, unwritten, and are written
+    /// together when the next sync is due, so that fewer syncs carry more and more
+    /// enqueue/ack pairs cancel out. A confirm waits up to `gap_ms` longer. There is no
+    /// wait after a sync that covered fewer than [`GAP_MIN_BATCHES`] batches (an idle
+    /// store, or one client waiting for each confirm, whose next publish can only follow
+    /// it), nor once [`GAP_MAX_OPS`] ops wait (a sync is worth its cost then: waiting would
+    /// only hold up publishers whose confirm windows are full).
     pub fn with_sync_gap(mut self, gap_ms: u64) -> Self {
         self.sync_gap_ms = gap_ms;
         self
     }
 
-    /// While the last sync started less than the gap ago: when the next may start.
+    /// While the last sync started less than the gap ago and the gap applies: when the
+    /// next may start.
     fn gap_until(&self) -> Option<u64> {
         let next = self.last_sync_ms?.saturating_add(self.sync_gap_ms);
-        (next > self.now_ms).then_some(next)
+        if next <= self.now_ms || self.last_sync_batches < GAP_MIN_BATCHES {
+            return None;
+        }
+        // Ops for the next sync: written since the last one started, or waiting.
+        let written = self.unsynced[self.synced_prefix()..]
+            .iter()
+            .map(|w| w.ops.len());
+        let waiting = self.waiting.iter().map(|job| match job {
+            StoreJob::Write(_, ops) => ops.len(),
+            StoreJob::Load { .. } => 0,
+        });
+        let mut held = 0;
+        for n in written.chain(waiting) {
+            held += n;
+            if held >= GAP_MAX_OPS {
+                return None;
+            }
+        }
+        Some(next)
     }
 
     /// Queues a job behind the others.
@@ -342,6 +375,10 @@ impl GroupCommit {
         assert!(self.syncing.is_none(), "one sync at a time");
         self.syncing = Some(self.unsynced.len());
         self.last_sync_ms = Some(self.now_ms);
+        self.last_sync_batches = match (self.unsynced.first(), self.unsynced.last()) {
+            (Some(first), Some(last)) => last.last - first.first + 1,
+            _ => 0,
+        };
     }
 
     /// The sync in flight finished with `result`.
@@ -784,26 +821,55 @@ mod tests {
     }
 
     #[test]
-    fn syncs_start_at_least_the_gap_apart_and_batches_wait_for_it() {
+    fn syncs_start_at_least_the_gap_apart_while_several_batches_share_them() {
         let shared = Shared::default();
         let mut store = shared.clone();
         let mut w = GroupCommit::new(100).with_sync_gap(5);
-        // An idle store syncs a lone batch at once.
+        // A sync of fewer than GAP_MIN_BATCHES (one client waiting for its confirm, and
+        // its consumer's ack): no gap after it.
         w.push(batch(1));
-        w.step(&mut store, 10);
-        assert_eq!(drain(&mut w), ["synced 1"]);
-        // Within the gap: held, unwritten, until it ends.
         w.push(batch(2));
-        w.step(&mut store, 12);
+        w.step(&mut store, 10);
         w.push(batch(3));
-        w.step(&mut store, 14);
+        w.step(&mut store, 11);
+        assert_eq!(drain(&mut w), ["synced 2", "synced 3"]);
+        // A sync of four: the batches after it wait, unwritten, until the gap ends.
+        for b in 4..8 {
+            w.push(batch(b));
+        }
+        w.step(&mut store, 20);
+        assert_eq!(drain(&mut w), ["synced 7"]);
+        w.push(batch(8));
+        w.step(&mut store, 22);
+        w.push(batch(9));
+        w.step(&mut store, 24);
         assert!(drain(&mut w).is_empty());
-        assert_eq!(w.wake_at(), Some(15));
-        assert_eq!(shared.0.lock().unwrap().written, [1]);
-        w.step(&mut store, 15);
-        assert_eq!(drain(&mut w), ["synced 3"]);
-        assert_eq!(shared.0.lock().unwrap().written, [1, 2, 3]);
+        assert_eq!(w.wake_at(), Some(25));
+        assert_eq!(shared.0.lock().unwrap().written, (1..8).collect::<Vec<_>>());
+        w.step(&mut store, 25);
+        assert_eq!(drain(&mut w), ["synced 9"]);
+        assert_eq!(
+            shared.0.lock().unwrap().written,
+            (1..10).collect::<Vec<_>>()
+        );
         assert_eq!(w.wake_at(), None);
+        // After a sync of two (8 and 9), a batch goes at once.
+        w.push(batch(10));
+        w.step(&mut store, 26);
+        assert_eq!(drain(&mut w), ["synced 10"]);
+        // Enough ops waiting end the gap early.
+        for b in 11..15 {
+            w.push(batch(b));
+        }
+        w.step(&mut store, 30);
+        assert_eq!(drain(&mut w), ["synced 14"]);
+        w.push(batch(15));
+        w.step(&mut store, 31);
+        assert!(drain(&mut w).is_empty());
+        let many = (0..GAP_MAX_OPS as u64).map(|i| StoreOp::PutVhost(format!("{}", 100 + i)));
+        w.push(StoreJob::Write(16, many.collect()));
+        w.step(&mut store, 32);
+        assert_eq!(drain(&mut w), ["synced 16"]);
     }
 
     #[test]
@@ -811,12 +877,16 @@ mod tests {
         let shared = Shared::default();
         let mut store = shared.clone();
         let mut w = GroupCommit::new(100).with_sync_gap(10);
-        w.push(batch(1));
+        for b in 1..5 {
+            w.push(batch(b));
+        }
         w.step(&mut store, 0);
         shared.0.lock().unwrap().fail_writes = Some(StoreErrorKind::NoSpace);
-        w.push(batch(2));
+        for b in 5..9 {
+            w.push(batch(b));
+        }
         w.step(&mut store, 20);
-        assert_eq!(drain(&mut w), ["synced 1", "failed NoSpace"]);
+        assert_eq!(drain(&mut w), ["synced 4", "failed NoSpace"]);
         {
             let mut s = shared.0.lock().unwrap();
             s.fail_writes = None;
@@ -829,7 +899,7 @@ mod tests {
         store.sync().unwrap();
         w.sync_done(Ok(()));
         assert!(!w.run(&mut store, 121));
-        assert_eq!(drain(&mut w), ["synced 2", "recovered"]);
+        assert_eq!(drain(&mut w), ["synced 8", "recovered"]);
         assert!(!w.faulted());
         assert_eq!(w.wake_at(), None);
     }
