@@ -27,6 +27,8 @@ pub struct DiskState {
     durable: MemoryState,
     /// Every batch written, synced or not, applied: what reads see.
     visible: MemoryState,
+    /// Batches ever made durable (synced, or kept by a crash).
+    durable_batches: u64,
     /// Written and not yet synced, in write order.
     unsynced: Vec<Vec<StoreOp>>,
     /// Unsynced batches a sync in progress covers (the first `syncing` of `unsynced`).
@@ -113,6 +115,7 @@ impl VirtualDisk {
                 s.durable.apply(op);
             }
         }
+        s.durable_batches += done.len() as u64;
         s.syncing = 0;
     }
 
@@ -128,6 +131,7 @@ impl VirtualDisk {
                 s.durable.apply(op);
             }
         }
+        s.durable_batches += keep as u64;
         s.syncing = 0;
         // What survived is all a restarted broker can read; paged messages die with it.
         s.durable.discard_paged();
@@ -138,6 +142,12 @@ impl VirtualDisk {
     /// Unsynced batches right now.
     pub fn unsynced_batches(&self) -> usize {
         self.lock().unsynced.len()
+    }
+
+    /// Writes made durable so far: batches, for a caller that writes each batch on its own
+    /// (the group commit may write several batches as one).
+    pub fn durable_batches(&self) -> u64 {
+        self.lock().durable_batches
     }
 
     /// Everything on the disk, every entry included (for the checker).
