@@ -125,11 +125,10 @@ pub fn spawn(
                 },
             };
             commit.push_all(first, || rx.try_recv().ok());
-            if commit.run(&mut *store, elapsed_ms(start)) {
+            while commit.run(&mut *store, elapsed_ms(start)) {
                 commit.begin_sync();
                 tokio::time::sleep(SIMULATED_SYNC).await;
                 commit.sync_done(store.sync());
-                let _ = commit.run(&mut *store, elapsed_ms(start));
             }
             while let Some(d) = commit.poll_done() {
                 if done_tx.send(d).await.is_err() {

@@ -106,6 +106,9 @@ struct Write {
     first: u64,
     last: u64,
     ops: Vec<StoreOp>,
+    /// The ops the batches held before enqueue/dequeue pairs were cancelled (what the
+    /// gap between syncs counts, so that cancelling never brings a gap back).
+    merged: usize,
 }
 
 /// The group-commit state machine.
@@ -190,7 +193,7 @@ impl GroupCommit {
         // Ops for the next sync: written since the last one started, or waiting.
         let written = self.unsynced[self.synced_prefix()..]
             .iter()
-            .map(|w| w.ops.len());
+            .map(|w| w.merged);
         let waiting = self.waiting.iter().map(|job| match job {
             StoreJob::Write(_, ops) => ops.len(),
             StoreJob::Load { .. } => 0,
@@ -345,8 +348,14 @@ impl GroupCommit {
             last = batch;
             ops.extend(next);
         }
+        let merged = ops.len();
         self.cancelled += cancel_pairs(&mut ops);
-        Write { first, last, ops }
+        Write {
+            first,
+            last,
+            ops,
+            merged,
+        }
     }
 
     /// [`GroupCommit::run`], then the sync if one is due, for drivers whose sync blocks.
@@ -873,6 +882,27 @@ mod tests {
     }
 
     #[test]
+    fn cancelled_pairs_do_not_bring_the_gap_back() {
+        let shared = Shared::default();
+        let mut store = shared.clone();
+        let mut w = GroupCommit::new(100).with_sync_gap(5);
+        for b in 1..5 {
+            w.push(batch(b));
+        }
+        w.step(&mut store, 10);
+        assert_eq!(drain(&mut w), ["synced 4"]);
+        // GAP_MAX_OPS ops arrive within the gap, 20 pairs among them: the gap ends, and
+        // the sync is due although fewer ops are left after cancelling.
+        let mut ops: Vec<StoreOp> = (0..GAP_MAX_OPS as u64 - 20)
+            .map(|s| enqueue(9, s))
+            .collect();
+        ops.extend((0..20).map(|s| dequeue(9, s, None)));
+        w.push(StoreJob::Write(5, ops));
+        assert!(w.run(&mut store, 11), "the sync is due at once");
+        assert_eq!(w.cancelled_pairs(), 20);
+    }
+
+    #[test]
     fn a_recovering_store_is_asked_whether_it_is_ready_during_the_gap() {
         let shared = Shared::default();
         let mut store = shared.clone();
@@ -892,7 +922,7 @@ mod tests {
             s.fail_writes = None;
             s.ready = true;
         }
-        // The reopen at the retry writes 2 again; its sync runs; the readiness check
+        // The reopen at the retry writes 5 to 8 again; its sync runs; the readiness check
         // after it must not wait for a gap with nothing to write.
         assert!(w.run(&mut store, 120));
         w.begin_sync();
