@@ -288,7 +288,6 @@ fn hang_up(server: &Server) {
     assert!(status.success());
 }
 
-/// Waits up to `limit` for `f` to hold.
 /// Runs `warren serve` on ports the kernel picks with `args` (a config file) until it
 /// exits on its own, as it must for a configuration it refuses.
 fn serve_until_it_stops(args: &[String]) -> std::process::Output {
@@ -310,6 +309,7 @@ fn serve_until_it_stops(args: &[String]) -> std::process::Output {
         .unwrap()
 }
 
+/// Waits up to `limit` for `f` to hold.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
