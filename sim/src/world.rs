@@ -189,7 +189,7 @@ impl World {
         let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
         let mut spec = Spec::generate(&mut workload_rng);
         let faults = Faults::generate(&mut fault_rng);
-        let sync_gap_ms = faults.sync_gap_ms;
+        let commit = new_commit(&faults);
         if faults.tiny_memory || faults.small_output_limit {
             // The model answers a basic.get when the broker receives it. A get that must
             // wait for paged messages, or for the connection's unwritten output to drain,
@@ -260,7 +260,7 @@ impl World {
             next_crash_ms: None,
             crash_in_sync: false,
             disk,
-            commit: GroupCommit::new(STORE_RETRY_MS).with_sync_gap(sync_gap_ms),
+            commit,
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
             synced_batch: 0,
@@ -616,13 +616,20 @@ impl World {
         let recovered = self.disk.recovered_head(self.broker_config.head_limit());
         let seed = derive_seed(self.seed, 1000 + self.incarnation);
         self.broker = Some(Broker::new(self.broker_config.clone(), seed, recovered));
-        self.commit = GroupCommit::new(STORE_RETRY_MS).with_sync_gap(self.faults.sync_gap_ms);
+        self.replace_commit();
         self.sync_at = None;
         self.synced_batch = 0;
         self.dirty = true;
         // The driver's monitor reads memory and disk as soon as it starts.
         self.mix(b"restart", &self.incarnation.to_le_bytes());
         self.report_resources()
+    }
+
+    /// A fresh group commit for the next broker; the old one's count of cancelled pairs
+    /// is kept.
+    fn replace_commit(&mut self) {
+        let fresh = new_commit(&self.faults);
+        self.cancelled_pairs += std::mem::replace(&mut self.commit, fresh).cancelled_pairs();
     }
 
     fn crash(&mut self) -> Result<(), Violation> {
@@ -632,10 +639,9 @@ impl World {
         // The last batch of each write not yet synced: a crash keeps a prefix of the
         // writes, each whole (a write may hold several batches).
         let writes: Vec<u64> = self.commit.unsynced_writes().collect();
-        self.cancelled_pairs += self.commit.cancelled_pairs();
         // Held jobs die with the process, never written; the next broker hears of a
         // failing disk when its own first write fails.
-        self.commit = GroupCommit::new(STORE_RETRY_MS).with_sync_gap(self.faults.sync_gap_ms);
+        self.replace_commit();
         self.model.store_fault(false);
         self.operator.crashed();
         self.delays.crashed();
@@ -1180,6 +1186,11 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     } else {
         "unknown panic".into()
     }
+}
+
+/// A group commit as this seed's store driver runs it.
+fn new_commit(faults: &Faults) -> GroupCommit {
+    GroupCommit::new(STORE_RETRY_MS).with_sync_gap(faults.sync_gap_ms)
 }
 
 /// The broker holds back input once the batches it sent to the store and that are not yet
