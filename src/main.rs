@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use warren::config::FileConfig;
 use warren::server::ServerConfig;
-use warren::store::disk::{FjallStore, StoreOptions, SyncPolicy};
+use warren::store::disk::{FjallStore, MAX_SYNC_GAP_MS, StoreOptions, SyncPolicy};
 
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "An AMQP 0-9-1 message broker")]
@@ -71,7 +71,7 @@ struct ServeArgs {
     /// fdatasyncs. Batches arriving in between are written together (a message acked
     /// before its batch is written is never written), for up to this much more confirm
     /// latency; 0 syncs as soon as the last sync is done [default: 2].
-    #[arg(long, env = "WARREN_SYNC_GAP_MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "WARREN_SYNC_GAP_MS", value_parser = clap::value_parser!(u64).range(0..=MAX_SYNC_GAP_MS))]
     sync_gap_ms: Option<u64>,
     /// Log filter, e.g. "info" or "warren=debug".
     #[arg(long, env = "WARREN_LOG", default_value = "info")]
@@ -154,9 +154,9 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     if let Some(v) = args.sync_gap_ms {
         store.sync_gap_ms = v;
     }
-    if store.sync_gap_ms > 1000 {
+    if store.sync_gap_ms > MAX_SYNC_GAP_MS {
         return Err(format!(
-            "sync_gap_ms = {} is more than 1000: confirms would wait that long",
+            "sync_gap_ms = {} is more than {MAX_SYNC_GAP_MS}: confirms would wait that long",
             store.sync_gap_ms
         ));
     }

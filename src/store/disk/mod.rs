@@ -167,6 +167,9 @@ impl Default for StoreOptions {
 /// so neither is) for about 1.5 ms more confirm latency.
 pub const DEFAULT_SYNC_GAP_MS: u64 = 2;
 
+/// The largest gap between syncs a setting may ask for.
+pub const MAX_SYNC_GAP_MS: u64 = 1000;
+
 /// fjall's own default for cached file descriptors on Linux.
 pub const DEFAULT_MAX_OPEN_FILES: usize = 900;
 
