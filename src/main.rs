@@ -10,6 +10,12 @@ use warren::config::FileConfig;
 use warren::server::ServerConfig;
 use warren::store::disk::{FjallStore, MAX_SYNC_GAP_MS, StoreOptions, SyncPolicy};
 
+/// mimalloc: pipelined publishing about 20% faster than glibc's malloc for the same CPU,
+/// and the 10-million-message backlog still well under 200 MB (see README, Performance).
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "An AMQP 0-9-1 message broker")]
 struct Cli {
