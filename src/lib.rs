@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 // The node runs the HTTP API, which runs on real tokio only.
 #[cfg(not(madsim))]

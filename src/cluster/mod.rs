@@ -1,0 +1,508 @@
+//! Replication of the broker's store batches through Raft: one node of a cluster.
+//!
+//! The Raft engine is tikv's raft-rs (`raft` crate), not a protocol of warren's own. It is
+//! chosen over openraft because its `RawNode` is sans-IO, the same shape as warren's core:
+//! the caller ticks it, steps it with messages, and carries out what each `Ready` asks
+//! (persist these entries, send these messages, apply these committed entries). So one
+//! [`Replica`] runs unchanged on real sockets or inside the seeded simulator, which drives
+//! three of them through partitions, crashes and lost, duplicated and reordered messages.
+//!
+//! A [`Replica`] turns raft-rs's `Ready` into [`Output`]s for its driver:
+//! - [`Output::Persist`]: entries and hard state to write to this node's log and sync; the
+//!   driver then calls [`Replica::persisted`] (in order). Messages that raft-rs allows only
+//!   after that sync (votes, append responses) are held until then.
+//! - [`Output::Send`]: a message for a peer.
+//! - [`Output::Apply`]: entries a majority holds durably, to apply to the store in order.
+//!   A batch this node proposed while leader carries its proposal id: the broker confirms
+//!   the batch's messages then, never earlier.
+//! - [`Output::Deposed`]: this node stopped being leader; the proposals it had not seen
+//!   committed may or may not commit under the next leader, so the broker closes their
+//!   connections without confirming them.
+//!
+//! Determinism: raft-rs draws each election timeout from the thread's random generator.
+//! A replica pins the range to one value ([`ReplicaConfig::election_ticks`]), which its
+//! driver picks from the seeded generator when it creates the replica, so a simulator seed
+//! replays exactly. raft-rs's peer maps use a fixed hasher, so its message order is fixed.
+//!
+//! Bounds: proposals are refused while [`MAX_UNCOMMITTED_BYTES`] of proposed batches are
+//! not yet committed, and a message carries at most [`MAX_MESSAGE_BYTES`] of entries and
+//! [`MAX_INFLIGHT_MESSAGES`] appends are in flight per follower.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::prelude::Message;
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+
+/// raft-rs's message, entry and hard-state types, for drivers.
+pub mod raftpb {
+    pub use raft::eraftpb::{Entry, HardState, Message, MessageType};
+}
+
+/// A node's id in its cluster (never 0).
+pub type NodeId = u64;
+
+/// Bytes of proposed batches not yet committed past which a leader refuses proposals.
+pub const MAX_UNCOMMITTED_BYTES: u64 = 64 << 20;
+/// Most bytes of entries in one append message.
+pub const MAX_MESSAGE_BYTES: u64 = 1 << 20;
+/// Most append messages in flight to one follower.
+pub const MAX_INFLIGHT_MESSAGES: usize = 256;
+/// Most proposals a leader tracks until they commit (each is a store batch, which already
+/// carries many messages).
+pub const MAX_PROPOSALS_IN_FLIGHT: usize = 65_536;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub members: Vec<NodeId>,
+    /// Ticks without a leader's heartbeat before this node campaigns. Pick it at random
+    /// per node (from a seeded generator in the simulator), between 10 and 20 ticks, so
+    /// that elections rarely split.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+}
+
+/// What a node holds durably in its Raft log: what a restart starts from.
+#[derive(Debug, Clone, Default)]
+pub struct LogState {
+    /// Term, vote and commit index, as last persisted.
+    pub hard_state: HardState,
+    /// The persisted entries, in index order, from index 1.
+    pub entries: Vec<Entry>,
+}
+
+impl LogState {
+    /// Applies a completed [`Output::Persist`]: entries from the first one's index replace
+    /// what the log held from there on.
+    pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+        if let Some(first) = entries.first() {
+            let keep = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
+            self.entries.truncate(keep);
+            assert_eq!(
+                self.entries.len() as u64 + 1,
+                first.index,
+                "a persisted batch of entries must follow the log without a gap"
+            );
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+    }
+
+    /// The last index held.
+    pub fn last_index(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.index)
+    }
+}
+
+/// This node's part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes entries from a leader.
+    Follower,
+    /// Asks whether an election could be won (pre-vote), without raising the term.
+    PreCandidate,
+    /// Campaigns for votes.
+    Candidate,
+    /// Accepts proposals.
+    Leader,
+}
+
+/// A committed entry, to apply to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its index in the log.
+    pub index: u64,
+    /// The term it was proposed in.
+    pub term: u64,
+    /// The batch (empty for the entry a new leader appends to commit its term).
+    pub data: Vec<u8>,
+    /// The proposal id, when this node proposed it while leader.
+    pub proposal: Option<u64>,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Write these entries (replacing the log from the first one's index on) and this hard
+    /// state, sync, then call [`Replica::persisted`] with `number`.
+    Persist {
+        /// Completion order: persists complete in increasing numbers.
+        number: u64,
+        /// Entries to write.
+        entries: Vec<Entry>,
+        /// The new hard state, when it changed.
+        hard_state: Option<HardState>,
+    },
+    /// Send this message to `message.to`.
+    Send(Message),
+    /// Apply these committed entries to the store, in order.
+    Apply(Vec<Committed>),
+    /// This node was leader and is not any more. These proposals were not seen committed:
+    /// they may still commit under another leader, or not.
+    Deposed {
+        /// The term it led.
+        term: u64,
+        /// Proposal ids, in the order proposed.
+        uncertain: Vec<u64>,
+    },
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is the one it knows of.
+    NotLeader {
+        /// The leader, when known.
+        leader: Option<NodeId>,
+    },
+    /// Too much proposed and not yet committed: the caller waits (flow control).
+    Busy,
+}
+
+/// Why a replica could not start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot start the Raft node: {}", self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A persist handed to the driver and not yet reported done.
+#[derive(Debug)]
+struct PendingPersist {
+    number: u64,
+    /// Messages raft-rs allows only once the entries are durable.
+    after: Vec<Message>,
+}
+
+/// A proposal this node made as leader, until it is committed or overwritten.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    term: u64,
+    proposal: u64,
+    bytes: u64,
+}
+
+/// One cluster member's Raft node (sans-IO).
+pub struct Replica {
+    node: RawNode<MemStorage>,
+    pending: VecDeque<PendingPersist>,
+    /// By log index.
+    in_flight: BTreeMap<u64, InFlight>,
+    uncommitted_bytes: u64,
+    /// The term this node leads, while it leads.
+    leading: Option<u64>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.node.raft.id)
+            .field("term", &self.node.raft.term)
+            .field("role", &self.role())
+            .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Starts a node from what its log holds (empty for a new cluster) and the last index
+    /// its store has applied.
+    pub fn start(cfg: &ReplicaConfig, log: &LogState, applied: u64) -> Result<Self, StartError> {
+        if cfg.id == 0 || !cfg.members.contains(&cfg.id) {
+            return Err(StartError(format!(
+                "node id {} is not one of the members {:?}",
+                cfg.id, cfg.members
+            )));
+        }
+        let storage =
+            MemStorage::new_with_conf_state(ConfState::from((cfg.members.clone(), vec![])));
+        let last = log.last_index();
+        if applied > last {
+            return Err(StartError(format!(
+                "the store applied index {applied}, past the log's last index {last}"
+            )));
+        }
+        {
+            let mut core = storage.wl();
+            core.append(&log.entries)
+                .map_err(|e| StartError(format!("the log does not load: {e}")))?;
+            let mut hs = log.hard_state.clone();
+            // What the store applied was committed, even when the commit index persisted
+            // with the hard state is older.
+            hs.commit = hs.commit.max(applied).min(last);
+            core.set_hardstate(hs);
+        }
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: cfg.election_ticks + 1,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: MAX_MESSAGE_BYTES,
+            max_inflight_msgs: MAX_INFLIGHT_MESSAGES,
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node =
+            RawNode::new(&config, storage, &logger).map_err(|e| StartError(e.to_string()))?;
+        Ok(Self {
+            node,
+            pending: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            uncommitted_bytes: 0,
+            leading: None,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.node.raft.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        match self.node.raft.state {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.node.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The last index in this node's log (persisted or not).
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// How far each member's log matches the leader's, on the leader: (id, matched index).
+    pub fn progress(&self) -> Vec<(NodeId, u64)> {
+        let mut all: Vec<(NodeId, u64)> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Proposals waiting for their commit.
+    pub fn proposals_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Advances the logical clock by one tick (the driver ticks every few milliseconds).
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Takes a message from a peer. Messages from other terms or non-members are raft-rs's
+    /// to ignore; what it refuses is dropped, as a lost message would be.
+    pub fn step(&mut self, message: Message) {
+        // A proposal from a peer would be one forwarded by a follower: warren's followers
+        // run no broker, and forward clients rather than proposals.
+        if message.get_msg_type() == raft::prelude::MessageType::MsgPropose {
+            return;
+        }
+        let _ = self.node.step(message);
+    }
+
+    /// Proposes a batch, when this node leads. `proposal` is the caller's id for it,
+    /// reported back in [`Committed::proposal`] or [`Output::Deposed`].
+    pub fn propose(&mut self, proposal: u64, data: Vec<u8>) -> Result<(), ProposeError> {
+        if self.node.raft.state != StateRole::Leader || self.node.raft.lead_transferee.is_some() {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let bytes = data.len() as u64;
+        if self.in_flight.len() >= MAX_PROPOSALS_IN_FLIGHT
+            || self.uncommitted_bytes.saturating_add(bytes) > MAX_UNCOMMITTED_BYTES
+        {
+            return Err(ProposeError::Busy);
+        }
+        let before = self.node.raft.raft_log.last_index();
+        match self.node.propose(vec![], data) {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => return Err(ProposeError::Busy),
+            Err(_) => {
+                return Err(ProposeError::NotLeader {
+                    leader: self.leader(),
+                });
+            }
+        }
+        let index = self.node.raft.raft_log.last_index();
+        assert_eq!(index, before + 1, "a proposal is one entry");
+        self.in_flight.insert(
+            index,
+            InFlight {
+                term: self.node.raft.term,
+                proposal,
+                bytes,
+            },
+        );
+        self.uncommitted_bytes += bytes;
+        Ok(())
+    }
+
+    /// Collects what the driver must do now.
+    pub fn poll(&mut self, out: &mut Vec<Output>) {
+        self.check_leadership(out);
+        if !self.node.has_ready() {
+            return;
+        }
+        let mut ready = self.node.ready();
+        assert!(
+            ready.snapshot().data.is_empty() && ready.snapshot().get_metadata().index == 0,
+            "the log is never compacted, so no snapshot is ever sent"
+        );
+        out.extend(ready.take_messages().into_iter().map(Output::Send));
+        let committed = ready.take_committed_entries();
+        self.apply(committed, out);
+        let entries = ready.take_entries();
+        let hard_state = ready.hs().cloned();
+        let after = ready.take_persisted_messages();
+        let number = ready.number();
+        // raft-rs reads its log from the storage as soon as the ready is advanced: the
+        // in-memory view takes the entries now, and `persisted` reports when they are
+        // durable (raft-rs counts votes and acknowledges appends only from then on).
+        {
+            let mut core = self.node.mut_store().wl();
+            if !entries.is_empty() {
+                core.append(&entries)
+                    .expect("a ready's entries follow the log it was made from");
+            }
+            if let Some(hs) = &hard_state {
+                core.set_hardstate(hs.clone());
+            }
+        }
+        self.node.advance_append_async(ready);
+        if entries.is_empty() && hard_state.is_none() && self.pending.is_empty() {
+            // Nothing to make durable, and nothing before it: done at once.
+            out.extend(after.into_iter().map(Output::Send));
+            self.node.on_persist_ready(number);
+        } else {
+            out.push(Output::Persist {
+                number,
+                entries,
+                hard_state,
+            });
+            self.pending.push_back(PendingPersist { number, after });
+        }
+        self.check_leadership(out);
+    }
+
+    /// The driver made persist `number` (and every one before it) durable.
+    pub fn persisted(&mut self, number: u64, out: &mut Vec<Output>) {
+        let mut done = None;
+        while let Some(p) = self.pending.front() {
+            if p.number > number {
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            out.extend(p.after.into_iter().map(Output::Send));
+            done = Some(p.number);
+        }
+        if let Some(n) = done {
+            self.node.on_persist_ready(n);
+        }
+        self.poll(out);
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            assert_eq!(
+                e.get_entry_type(),
+                EntryType::EntryNormal,
+                "membership changes are not proposed"
+            );
+            let proposal = match self.in_flight.remove(&e.index) {
+                Some(f) => {
+                    self.uncommitted_bytes -= f.bytes;
+                    // An entry of another term at the index is another leader's: this
+                    // proposal was overwritten, and is not confirmed.
+                    (f.term == e.term).then_some(f.proposal)
+                }
+                None => None,
+            };
+            batch.push(Committed {
+                index: e.index,
+                term: e.term,
+                data: e.data.to_vec(),
+                proposal,
+            });
+        }
+        self.node.advance_apply_to(last);
+        out.push(Output::Apply(batch));
+    }
+
+    /// Reports the end of this node's leadership, with what it had not seen committed.
+    fn check_leadership(&mut self, out: &mut Vec<Output>) {
+        let leads = self.node.raft.state == StateRole::Leader;
+        let term = self.node.raft.term;
+        match self.leading {
+            Some(t) if !leads || t != term => {
+                let uncertain = std::mem::take(&mut self.in_flight)
+                    .into_values()
+                    .map(|f| f.proposal)
+                    .collect();
+                self.uncommitted_bytes = 0;
+                out.push(Output::Deposed { term: t, uncertain });
+                self.leading = leads.then_some(term);
+            }
+            None if leads => self.leading = Some(term),
+            _ => {}
+        }
+    }
+}
+
+/// The entries of a committed log that carry batches (not a new leader's empty entry).
+pub fn is_batch(entry: &Committed) -> bool {
+    !entry.data.is_empty()
+}
+
+#[cfg(test)]
+mod tests;

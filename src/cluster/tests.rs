@@ -1,0 +1,265 @@
+//! Three replicas on a perfect in-memory network, persisting at once unless told not to.
+
+use super::*;
+
+struct Node {
+    replica: Replica,
+    log: LogState,
+    applied: Vec<Committed>,
+    /// Persists not yet made durable (the driver holds them while `hold_persists`).
+    waiting: Vec<(u64, Vec<Entry>, Option<HardState>)>,
+    hold_persists: bool,
+    deposed: Vec<(u64, Vec<u64>)>,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    /// Nodes whose messages are dropped, both ways.
+    cut: Vec<NodeId>,
+}
+
+fn config(id: NodeId) -> ReplicaConfig {
+    ReplicaConfig {
+        id,
+        members: vec![1, 2, 3],
+        election_ticks: 10 + id as usize,
+        heartbeat_ticks: 2,
+    }
+}
+
+impl Net {
+    fn new() -> Self {
+        let nodes = (1..=3)
+            .map(|id| Node {
+                replica: Replica::start(&config(id), &LogState::default(), 0).expect("start"),
+                log: LogState::default(),
+                applied: Vec::new(),
+                waiting: Vec::new(),
+                hold_persists: false,
+                deposed: Vec::new(),
+            })
+            .collect();
+        Self {
+            nodes,
+            cut: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Carries out outputs and delivers messages until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let mut mail = Vec::new();
+            for n in &mut self.nodes {
+                let mut out = Vec::new();
+                if !n.hold_persists {
+                    for (number, entries, hs) in std::mem::take(&mut n.waiting) {
+                        n.log.persist(&entries, hs.as_ref());
+                        n.replica.persisted(number, &mut out);
+                    }
+                }
+                n.replica.poll(&mut out);
+                for o in out {
+                    moved = true;
+                    match o {
+                        Output::Persist {
+                            number,
+                            entries,
+                            hard_state,
+                        } => n.waiting.push((number, entries, hard_state)),
+                        Output::Send(m) => mail.push(m),
+                        Output::Apply(c) => n.applied.extend(c),
+                        Output::Deposed { term, uncertain } => n.deposed.push((term, uncertain)),
+                    }
+                }
+            }
+            for m in mail {
+                if self.cut.contains(&m.from) || self.cut.contains(&m.to) {
+                    continue;
+                }
+                self.node(m.to).replica.step(m);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    fn tick_until_leader(&mut self) -> NodeId {
+        for _ in 0..200 {
+            for n in &mut self.nodes {
+                n.replica.tick();
+            }
+            self.settle();
+            let leaders: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|n| n.replica.role() == Role::Leader && !self.cut.contains(&n.replica.id()))
+                .map(|n| n.replica.id())
+                .collect();
+            if let [one] = leaders[..] {
+                return one;
+            }
+        }
+        panic!("no leader elected");
+    }
+}
+
+fn batches(applied: &[Committed]) -> Vec<(Vec<u8>, Option<u64>)> {
+    applied
+        .iter()
+        .filter(|c| is_batch(c))
+        .map(|c| (c.data.clone(), c.proposal))
+        .collect()
+}
+
+#[test]
+fn a_proposal_is_applied_on_every_member_and_confirmed_on_the_leader() {
+    let mut net = Net::new();
+    let leader = net.tick_until_leader();
+    net.node(leader)
+        .replica
+        .propose(7, b"batch-7".to_vec())
+        .expect("the leader takes proposals");
+    net.settle();
+    for n in &net.nodes {
+        let got = batches(&n.applied);
+        let proposal = (n.replica.id() == leader).then_some(7);
+        assert_eq!(
+            got,
+            vec![(b"batch-7".to_vec(), proposal)],
+            "node {}",
+            n.replica.id()
+        );
+    }
+    let follower = if leader == 1 { 2 } else { 1 };
+    assert_eq!(
+        net.node(follower).replica.propose(8, b"x".to_vec()),
+        Err(ProposeError::NotLeader {
+            leader: Some(leader)
+        })
+    );
+}
+
+#[test]
+fn nothing_is_applied_before_a_majority_persisted_it() {
+    let mut net = Net::new();
+    let leader = net.tick_until_leader();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &others {
+        net.node(id).hold_persists = true;
+    }
+    net.node(leader)
+        .replica
+        .propose(1, b"one".to_vec())
+        .expect("propose");
+    net.settle();
+    // The leader holds it durably, the followers have it but not synced: no commit.
+    assert!(
+        net.node(leader)
+            .log
+            .entries
+            .iter()
+            .any(|e| &e.data[..] == b"one")
+    );
+    assert!(batches(&net.node(leader).applied).is_empty());
+    // One follower's sync makes a majority.
+    net.node(others[0]).hold_persists = false;
+    net.settle();
+    assert_eq!(
+        batches(&net.node(leader).applied),
+        vec![(b"one".to_vec(), Some(1))]
+    );
+    assert!(batches(&net.node(others[1]).applied).is_empty());
+}
+
+#[test]
+fn a_cut_off_leader_is_deposed_and_its_proposal_never_confirmed() {
+    let mut net = Net::new();
+    let old = net.tick_until_leader();
+    net.cut.push(old);
+    net.node(old)
+        .replica
+        .propose(1, b"lost".to_vec())
+        .expect("it still believes it leads");
+    let new = net.tick_until_leader();
+    assert_ne!(new, old);
+    // The old leader steps down (check-quorum) and reports what it had not seen commit.
+    for _ in 0..40 {
+        net.node(old).replica.tick();
+        net.settle();
+    }
+    assert_eq!(net.node(old).deposed.last(), Some(&(1, vec![1])));
+    net.node(new)
+        .replica
+        .propose(2, b"kept".to_vec())
+        .expect("propose");
+    net.settle();
+    net.cut.clear();
+    for _ in 0..40 {
+        for n in &mut net.nodes {
+            n.replica.tick();
+        }
+        net.settle();
+    }
+    // Every member ends with the new leader's batch and without the cut-off one's.
+    for n in &net.nodes {
+        let got: Vec<Vec<u8>> = batches(&n.applied).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(got, vec![b"kept".to_vec()], "node {}", n.replica.id());
+    }
+}
+
+#[test]
+fn a_restarted_member_keeps_its_log_and_catches_up() {
+    let mut net = Net::new();
+    let leader = net.tick_until_leader();
+    net.node(leader)
+        .replica
+        .propose(1, b"a".to_vec())
+        .expect("propose");
+    net.settle();
+    let down = if leader == 3 { 2 } else { 3 };
+    net.cut.push(down);
+    net.node(leader)
+        .replica
+        .propose(2, b"b".to_vec())
+        .expect("propose");
+    net.settle();
+    // Restart it from its durable log and what it applied.
+    let n = net.node(down);
+    let applied = n.applied.last().map_or(0, |c| c.index);
+    n.replica = Replica::start(&config(down), &n.log, applied).expect("restart");
+    net.cut.clear();
+    for _ in 0..20 {
+        for n in &mut net.nodes {
+            n.replica.tick();
+        }
+        net.settle();
+    }
+    let got: Vec<Vec<u8>> = batches(&net.node(down).applied)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+}
+
+#[test]
+fn a_store_ahead_of_its_log_is_refused() {
+    let err = Replica::start(&config(1), &LogState::default(), 5).expect_err("refused");
+    assert!(
+        err.to_string().contains("past the log's last index"),
+        "{err}"
+    );
+    let err = Replica::start(
+        &ReplicaConfig { id: 4, ..config(1) },
+        &LogState::default(),
+        0,
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("not one of the members"), "{err}");
+}
