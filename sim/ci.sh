@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The simulator's share of CI: a bounded batch of seeds, a determinism check, and the
-# madsim tests (by default); also the broker property tests and bounded fuzz runs, which
-# scripts/test.sh already runs in its unit and fuzz steps.
+# The simulator's share of CI: a bounded batch of seeds, a determinism check, the madsim
+# tests and the cluster simulator's seeds with its own determinism check (by default);
+# also the broker property tests and bounded fuzz runs, which scripts/test.sh already runs
+# in its unit and fuzz steps.
 #
-#   sim/ci.sh                       # seeds, determinism, madsim
+#   sim/ci.sh                       # seeds, determinism, madsim, cluster
 #   sim/ci.sh props fuzz            # the other parts
 #   SIM_SEEDS=200 sim/ci.sh seeds
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-parts=${*:-seeds determinism madsim}
+parts=${*:-seeds determinism madsim cluster}
 seeds=${SIM_SEEDS:-1000}
 # CI builds the workspace in the default target directory first, and nothing else builds
 # at the same time there: reuse it. Elsewhere keep out of other builds' way.
@@ -28,6 +29,13 @@ for part in $parts; do
     determinism)
       CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release -- \
         --seed 100000 --seeds "${SIM_DETERMINISM_SEEDS:-40}" --check-determinism
+      ;;
+    cluster)
+      # Three Raft nodes under partitions, crashes, lost and duplicated messages.
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
+        --seed 1 --seeds "${SIM_CLUSTER_SEEDS:-3000}"
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
+        --seed 100000 --seeds 200 --check-determinism
       ;;
     props)
       CARGO_TARGET_DIR=$sim_target cargo test -p warren-sim --release

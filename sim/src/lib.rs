@@ -44,6 +44,7 @@ pub mod admin;
 pub mod alarms;
 pub mod checker;
 pub mod client;
+pub mod cluster;
 pub mod delays;
 pub mod disk;
 pub mod faults;

@@ -1,0 +1,206 @@
+//! The cluster simulator's command line: three Raft nodes under seeded faults.
+//!
+//! ```text
+//! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed 42             # a replay
+//! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed 1 --seeds 500
+//! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seeds 50 --check-determinism
+//! ```
+//!
+//! A seed that panics is reported like one that breaks a guarantee: with its replay command.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use warren_sim::cluster::{ClusterConfig, ClusterResult, ClusterStats, ClusterWorld};
+
+/// Deterministic simulation of a three-node warren cluster's replication.
+#[derive(Debug, Parser)]
+#[command(name = "warren-cluster-sim")]
+struct Args {
+    /// The first seed (a random one when absent).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many consecutive seeds to run from --seed.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Run each seed twice and compare the hashes of their event traces.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Virtual milliseconds with faults on.
+    #[arg(long, default_value_t = ClusterConfig::default().safety_ms)]
+    safety_ms: u64,
+    /// Virtual milliseconds allowed, faults off, for every batch to be confirmed.
+    #[arg(long, default_value_t = ClusterConfig::default().liveness_ms)]
+    liveness_ms: u64,
+    /// Run every seed even after a failure, and list the failing ones at the end.
+    #[arg(long)]
+    keep_going: bool,
+    /// Print one line per seed even when it passes.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    warren_sim::install_panic_hook();
+    let first = args.seed.unwrap_or_else(|| {
+        use std::hash::{BuildHasher, RandomState};
+        let seed = RandomState::new().hash_one(std::process::id());
+        println!("warren-cluster-sim: no --seed given; chose seed {seed}");
+        seed
+    });
+    let cfg = ClusterConfig {
+        safety_ms: args.safety_ms,
+        liveness_ms: args.liveness_ms,
+    };
+    let started = Instant::now();
+    let (mut passed, mut failing) = (0u64, Vec::new());
+    let mut totals = ClusterStats::default();
+    for seed in first..first.saturating_add(args.seeds) {
+        match run_seed(seed, cfg, &args) {
+            Ok(r) => {
+                passed += 1;
+                add(&mut totals, &r.stats);
+                if args.verbose || args.seeds == 1 {
+                    print_ok(&r);
+                }
+            }
+            Err(()) => {
+                failing.push(seed);
+                if !args.keep_going {
+                    break;
+                }
+            }
+        }
+    }
+    if passed > 1 {
+        let t = &totals;
+        println!(
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
+            t.proposed,
+            t.confirmed,
+            t.uncertain,
+            t.leader_terms,
+            t.crashes,
+            t.crashes_mid_persist,
+            t.reapplied,
+            t.partitions,
+            t.leader_isolations,
+            t.dropped,
+            t.duplicated,
+            t.applied
+        );
+    }
+    if args.keep_going && !failing.is_empty() {
+        println!("failing seeds: {failing:?}");
+    }
+    println!(
+        "warren-cluster-sim: {passed} passed, {} failed ({:.1}s{})",
+        failing.len(),
+        started.elapsed().as_secs_f64(),
+        if args.check_determinism {
+            ", each run twice"
+        } else {
+            ""
+        }
+    );
+    if failing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs one seed (twice with --check-determinism), printing its failure.
+fn run_seed(seed: u64, cfg: ClusterConfig, args: &Args) -> Result<ClusterResult, ()> {
+    let run = || {
+        catch_unwind(AssertUnwindSafe(|| ClusterWorld::new(seed, cfg).run()))
+            .map_err(|_| warren_sim::take_last_panic().unwrap_or_else(|| "a panic".to_string()))
+    };
+    let fail = |what: String| {
+        println!("seed {seed} FAILED: {what}");
+        println!("replay: {}", replay(seed, cfg, args.check_determinism));
+    };
+    let result = match run() {
+        Ok(r) => r,
+        Err(panic) => {
+            fail(format!("panicked: {panic}"));
+            return Err(());
+        }
+    };
+    if let Some(v) = &result.violation {
+        fail(format!("at {}ms virtual: {v}", result.now_ms));
+        println!("  faults: {}", result.faults.describe());
+        return Err(());
+    }
+    if args.check_determinism {
+        match run() {
+            Ok(again) if again.trace_hash == result.trace_hash => {}
+            Ok(again) => {
+                fail(format!(
+                    "NOT DETERMINISTIC: trace {:016x} then {:016x}",
+                    result.trace_hash, again.trace_hash
+                ));
+                return Err(());
+            }
+            Err(panic) => {
+                fail(format!("panicked on the second run: {panic}"));
+                return Err(());
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn replay(seed: u64, cfg: ClusterConfig, determinism: bool) -> String {
+    let defaults = ClusterConfig::default();
+    let mut cmd =
+        format!("cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed {seed}");
+    if cfg.safety_ms != defaults.safety_ms {
+        cmd += &format!(" --safety-ms {}", cfg.safety_ms);
+    }
+    if cfg.liveness_ms != defaults.liveness_ms {
+        cmd += &format!(" --liveness-ms {}", cfg.liveness_ms);
+    }
+    if determinism {
+        cmd += " --check-determinism";
+    }
+    cmd
+}
+
+fn print_ok(r: &ClusterResult) {
+    let s = &r.stats;
+    println!(
+        "seed {} ok: {}ms virtual, proposed {}, confirmed {}, uncertain {}, leader terms {}, crashes {}, partitions {}, lost {}, duplicated {}, trace {:016x}",
+        r.seed,
+        r.now_ms,
+        s.proposed,
+        s.confirmed,
+        s.uncertain,
+        s.leader_terms,
+        s.crashes,
+        s.partitions,
+        s.dropped,
+        s.duplicated,
+        r.trace_hash
+    );
+    println!("  faults: {}", r.faults.describe());
+}
+
+fn add(t: &mut ClusterStats, s: &ClusterStats) {
+    t.proposed += s.proposed;
+    t.confirmed += s.confirmed;
+    t.uncertain += s.uncertain;
+    t.leader_terms += s.leader_terms;
+    t.crashes += s.crashes;
+    t.crashes_mid_persist += s.crashes_mid_persist;
+    t.partitions += s.partitions;
+    t.leader_isolations += s.leader_isolations;
+    t.dropped += s.dropped;
+    t.duplicated += s.duplicated;
+    t.applied += s.applied;
+    t.reapplied += s.reapplied;
+}

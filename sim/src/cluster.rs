@@ -1,0 +1,836 @@
+//! The cluster mode: three [`Replica`]s (warren's Raft nodes) on a seeded network and
+//! seeded disks, with clients proposing batches to whichever node leads.
+//!
+//! Faults, drawn per seed: messages between nodes lost, duplicated and delayed (so
+//! reordered); partitions that cut one node off both ways, that cut one direction only,
+//! and that isolate the current leader; crashes at any point of the commit path (a crash
+//! keeps a random prefix of the persists the node's disk had not reported, and a random
+//! prefix of what its store had applied but not synced); and clock skew (each node ticks
+//! at its own rate, with jitter).
+//!
+//! What the checker asserts, at every step:
+//! - a batch is confirmed (its leader applied it with its proposal id) only when a majority
+//!   of nodes hold the entry durably in their logs;
+//! - at most one node leads in a term;
+//! - every node applies the same entry at the same index, with no gap (so a reader of any
+//!   node's store never sees an entry that was not committed);
+//!
+//! and at the end, after the faults stop and every node is back: every confirmed batch is
+//! in the committed log; each client's batches first appear in the order it proposed them;
+//! every client's batches were all confirmed; every node applied the same log.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use warren::cluster::raftpb::{Entry, HardState, Message};
+use warren::cluster::{
+    Committed, LogState, NodeId, Output, ProposeError, Replica, ReplicaConfig, Role,
+};
+
+/// Nodes in the simulated cluster.
+pub const NODES: u64 = 3;
+/// Clients proposing batches.
+const CLIENTS: u64 = 3;
+/// Batches each client proposes.
+const BATCHES_PER_CLIENT: u64 = 150;
+/// Batches a client has proposed and not seen settled at once.
+const CLIENT_WINDOW: usize = 4;
+/// Most events one seed may run (a livelock ends the seed as a failure).
+const MAX_EVENTS: u64 = 3_000_000;
+
+/// How long each phase runs, in virtual milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    /// Faults on.
+    pub safety_ms: u64,
+    /// Faults off: every node back, every client's batches must be confirmed in this time.
+    pub liveness_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            safety_ms: 4_000,
+            liveness_ms: 6_000,
+        }
+    }
+}
+
+/// The seed's fault settings.
+#[derive(Debug, Clone)]
+pub struct ClusterFaults {
+    /// Chance a message between nodes is lost.
+    pub drop: f64,
+    /// Chance a message is delivered twice.
+    pub duplicate: f64,
+    /// Largest one-way delay between nodes, µs (messages are reordered within it).
+    pub max_delay_us: u64,
+    /// Mean time between crashes, ms (0: none).
+    pub crash_every_ms: u64,
+    /// Mean time between partitions, ms (0: none).
+    pub partition_every_ms: u64,
+    /// Each node's tick, µs (clock skew).
+    pub tick_us: Vec<u64>,
+    /// Longest disk sync, µs.
+    pub max_sync_us: u64,
+}
+
+impl ClusterFaults {
+    fn draw(rng: &mut SmallRng) -> Self {
+        let pick = |rng: &mut SmallRng, xs: &[f64]| xs[rng.gen_range(0..xs.len())];
+        Self {
+            drop: pick(rng, &[0.0, 0.01, 0.05, 0.2]),
+            duplicate: pick(rng, &[0.0, 0.01, 0.1]),
+            max_delay_us: [200, 2_000, 10_000][rng.gen_range(0..3)],
+            crash_every_ms: [0, 300, 800][rng.gen_range(0..3)],
+            partition_every_ms: [0, 250, 700][rng.gen_range(0..3)],
+            tick_us: (0..NODES).map(|_| rng.gen_range(8_000..=12_500)).collect(),
+            max_sync_us: [300, 3_000][rng.gen_range(0..2)],
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs sync ≤{}µs",
+            self.drop,
+            self.duplicate,
+            self.max_delay_us,
+            self.crash_every_ms,
+            self.partition_every_ms,
+            self.tick_us,
+            self.max_sync_us
+        )
+    }
+}
+
+/// What one seed covered.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    /// Batches proposed (retries included).
+    pub proposed: u64,
+    /// Batches confirmed.
+    pub confirmed: u64,
+    /// Proposals a deposed or crashed leader left uncertain (retried by their client).
+    pub uncertain: u64,
+    /// Terms with a leader.
+    pub leader_terms: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Crashes that kept persists the node had not reported.
+    pub crashes_mid_persist: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Partitions that cut off the leader.
+    pub leader_isolations: u64,
+    /// Messages lost, duplicated.
+    pub dropped: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Entries applied, on all nodes.
+    pub applied: u64,
+    /// Entries re-applied after a crash lost the store's unsynced tail.
+    pub reapplied: u64,
+}
+
+/// How one seed ended.
+#[derive(Debug)]
+pub struct ClusterResult {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual time at the end, ms.
+    pub now_ms: u64,
+    /// The first broken guarantee.
+    pub violation: Option<String>,
+    /// A hash of every event, for the determinism check.
+    pub trace_hash: u64,
+    /// Coverage.
+    pub stats: ClusterStats,
+    /// The seed's faults.
+    pub faults: ClusterFaults,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Event {
+    Tick(NodeId),
+    Deliver(u64),
+    PersistDone { node: NodeId, life: u64 },
+    Client(u64),
+    Crash,
+    Restart(NodeId),
+    Partition,
+    Heal,
+    Liveness,
+}
+
+/// One node: its replica (None while down), its disk and its store.
+struct Node {
+    replica: Option<Replica>,
+    cfg: ReplicaConfig,
+    /// The durable log.
+    log: LogState,
+    /// Persists handed to the disk, in order, with when each completes.
+    persisting: VecDeque<(u64, Vec<Entry>, Option<HardState>, u64)>,
+    /// What the store applied; `synced` of them are durable.
+    applied: Vec<Committed>,
+    synced: usize,
+    /// Restarts so far: completions of an earlier life are ignored.
+    life: u64,
+}
+
+struct Client {
+    next_seq: u64,
+    /// Proposed and not settled: seq → node it went to.
+    outstanding: BTreeMap<u64, NodeId>,
+    /// To propose again, in order.
+    retry: BTreeSet<u64>,
+    confirmed: BTreeSet<u64>,
+    target: NodeId,
+}
+
+/// The seeded cluster.
+pub struct ClusterWorld {
+    seed: u64,
+    cfg: ClusterConfig,
+    rng: SmallRng,
+    faults: ClusterFaults,
+    now_us: u64,
+    seq: u64,
+    events: BinaryHeap<std::cmp::Reverse<(u64, u64, Event)>>,
+    mail: HashMap<u64, Message>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    /// Directed links that are cut: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    faults_on: bool,
+    /// The committed log as seen by every node that applied it: index → (term, data).
+    committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    leaders: BTreeMap<u64, NodeId>,
+    /// Confirmed batches: (client, seq) → (index, term).
+    confirmed: BTreeMap<(u64, u64), (u64, u64)>,
+    trace: DefaultHasher,
+    stats: ClusterStats,
+}
+
+fn encode(client: u64, seq: u64) -> Vec<u8> {
+    format!("c{client}:{seq}").into_bytes()
+}
+
+fn decode(data: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(data).ok()?.strip_prefix('c')?;
+    let (c, q) = s.split_once(':')?;
+    Some((c.parse().ok()?, q.parse().ok()?))
+}
+
+impl ClusterWorld {
+    /// The world of `seed`.
+    pub fn new(seed: u64, cfg: ClusterConfig) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0xc105_7e12);
+        let faults = ClusterFaults::draw(&mut rng);
+        let members: Vec<NodeId> = (1..=NODES).collect();
+        let nodes = members
+            .iter()
+            .map(|&id| Node {
+                replica: None,
+                cfg: ReplicaConfig {
+                    id,
+                    members: members.clone(),
+                    election_ticks: rng.gen_range(10..=20),
+                    heartbeat_ticks: 2,
+                },
+                log: LogState::default(),
+                persisting: VecDeque::new(),
+                applied: Vec::new(),
+                synced: 0,
+                life: 0,
+            })
+            .collect();
+        let clients = (0..CLIENTS)
+            .map(|_| Client {
+                next_seq: 0,
+                outstanding: BTreeMap::new(),
+                retry: BTreeSet::new(),
+                confirmed: BTreeSet::new(),
+                target: rng.gen_range(1..=NODES),
+            })
+            .collect();
+        let mut w = Self {
+            seed,
+            cfg,
+            rng,
+            faults,
+            now_us: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            mail: HashMap::new(),
+            nodes,
+            clients,
+            cut: BTreeSet::new(),
+            faults_on: true,
+            committed: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
+            trace: DefaultHasher::new(),
+            stats: ClusterStats::default(),
+        };
+        for id in 1..=NODES {
+            w.boot(id);
+        }
+        for c in 0..CLIENTS {
+            let at = w.rng.gen_range(0..5_000);
+            w.at(at, Event::Client(c));
+        }
+        if w.faults.crash_every_ms > 0 {
+            let at = w.rng.gen_range(0..w.faults.crash_every_ms * 2_000);
+            w.at(at, Event::Crash);
+        }
+        if w.faults.partition_every_ms > 0 {
+            let at = w.rng.gen_range(0..w.faults.partition_every_ms * 2_000);
+            w.at(at, Event::Partition);
+        }
+        w.at(cfg.safety_ms * 1_000, Event::Liveness);
+        w
+    }
+
+    fn at(&mut self, delay_us: u64, event: Event) {
+        self.seq += 1;
+        self.events
+            .push(std::cmp::Reverse((self.now_us + delay_us, self.seq, event)));
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn boot(&mut self, id: NodeId) {
+        let n = self.node(id);
+        n.life += 1;
+        n.persisting.clear();
+        let applied = n.applied.last().map_or(0, |c| c.index);
+        let replica = Replica::start(&n.cfg, &n.log, applied)
+            .unwrap_or_else(|e| panic!("node {id} does not restart: {e}"));
+        n.replica = Some(replica);
+        let tick = self.faults.tick_us[(id - 1) as usize];
+        let first = self.rng.gen_range(0..tick);
+        self.at(first, Event::Tick(id));
+    }
+
+    /// Runs the seed to its end or its first violation.
+    pub fn run(mut self) -> ClusterResult {
+        let end_us = (self.cfg.safety_ms + self.cfg.liveness_ms) * 1_000;
+        let mut events = 0u64;
+        let violation = loop {
+            let Some(std::cmp::Reverse((t, _, event))) = self.events.pop() else {
+                break Some("no events left".to_string());
+            };
+            if t > end_us {
+                break self.final_check(false).err();
+            }
+            events += 1;
+            if events > MAX_EVENTS {
+                break Some(format!("more than {MAX_EVENTS} events: a livelock"));
+            }
+            self.now_us = t;
+            self.trace_event(&event);
+            if let Err(v) = self.handle(event).and_then(|()| self.check_leaders()) {
+                break Some(v);
+            }
+            if !self.faults_on && self.all_done() {
+                break self.final_check(true).err();
+            }
+        };
+        ClusterResult {
+            seed: self.seed,
+            now_ms: self.now_us / 1_000,
+            violation,
+            trace_hash: self.trace.finish(),
+            stats: self.stats,
+            faults: self.faults,
+        }
+    }
+
+    fn trace_event(&mut self, event: &Event) {
+        self.now_us.hash(&mut self.trace);
+        event.hash(&mut self.trace);
+        if let Event::Deliver(k) = event
+            && let Some(m) = self.mail.get(k)
+        {
+            (
+                m.from,
+                m.to,
+                m.term,
+                m.index,
+                m.commit,
+                m.get_msg_type() as i32,
+                m.entries.len(),
+            )
+                .hash(&mut self.trace);
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Tick(id) => {
+                let tick = self.faults.tick_us[(id - 1) as usize];
+                let jitter = self.rng.gen_range(0..=tick / 10);
+                if let Some(r) = self.node(id).replica.as_mut() {
+                    r.tick();
+                    self.at(tick + jitter, Event::Tick(id));
+                    self.drive(id)?;
+                }
+            }
+            Event::Deliver(k) => {
+                if let Some(m) = self.mail.remove(&k) {
+                    let to = m.to;
+                    if let Some(r) = self.node(to).replica.as_mut() {
+                        r.step(m);
+                        self.drive(to)?;
+                    }
+                }
+            }
+            Event::PersistDone { node, life } => {
+                if self.node(node).life == life
+                    && let Some((number, entries, hs, _)) = self.node(node).persisting.pop_front()
+                {
+                    let n = self.node(node);
+                    n.log.persist(&entries, hs.as_ref());
+                    let mut out = Vec::new();
+                    if let Some(r) = n.replica.as_mut() {
+                        r.persisted(number, &mut out);
+                    }
+                    self.outputs(node, out)?;
+                }
+            }
+            Event::Client(c) => {
+                self.client_turn(c)?;
+                if self.clients[c as usize].confirmed.len() < BATCHES_PER_CLIENT as usize {
+                    let gap = self.rng.gen_range(500..3_000);
+                    self.at(gap, Event::Client(c));
+                }
+            }
+            Event::Crash => {
+                if self.faults_on {
+                    self.crash()?;
+                    let every = self.faults.crash_every_ms * 1_000;
+                    let gap = self.rng.gen_range(every / 2..every * 3 / 2);
+                    self.at(gap, Event::Crash);
+                }
+            }
+            Event::Restart(id) => {
+                if self.node(id).replica.is_none() {
+                    self.boot(id);
+                    self.drive(id)?;
+                }
+            }
+            Event::Partition => {
+                if self.faults_on {
+                    self.partition();
+                    let every = self.faults.partition_every_ms * 1_000;
+                    let gap = self.rng.gen_range(every / 2..every * 3 / 2);
+                    self.at(gap, Event::Partition);
+                }
+            }
+            Event::Heal => self.cut.clear(),
+            Event::Liveness => {
+                self.faults_on = false;
+                self.cut.clear();
+                for id in 1..=NODES {
+                    if self.node(id).replica.is_none() {
+                        self.boot(id);
+                        self.drive(id)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects a node's outputs and carries them out.
+    fn drive(&mut self, id: NodeId) -> Result<(), String> {
+        let mut out = Vec::new();
+        if let Some(r) = self.node(id).replica.as_mut() {
+            r.poll(&mut out);
+        }
+        self.outputs(id, out)
+    }
+
+    fn outputs(&mut self, id: NodeId, out: Vec<Output>) -> Result<(), String> {
+        for o in out {
+            match o {
+                Output::Persist {
+                    number,
+                    entries,
+                    hard_state,
+                } => {
+                    let sync = self.rng.gen_range(50..=self.faults.max_sync_us);
+                    let now = self.now_us;
+                    let n = self.node(id);
+                    let done = n.persisting.back().map_or(0, |p| p.3).max(now + sync);
+                    let life = n.life;
+                    n.persisting.push_back((number, entries, hard_state, done));
+                    let delay = done - self.now_us;
+                    self.at(delay, Event::PersistDone { node: id, life });
+                }
+                Output::Send(m) => self.send(m),
+                Output::Apply(entries) => {
+                    for c in entries {
+                        self.apply(id, c)?;
+                    }
+                }
+                Output::Deposed { uncertain, .. } => self.uncertain(id, &uncertain),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.cut.contains(&(m.from, m.to)) {
+            self.stats.dropped += 1;
+            return;
+        }
+        if self.faults_on && self.rng.gen_bool(self.faults.drop) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.faults_on && self.rng.gen_bool(self.faults.duplicate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.rng.gen_range(20..=self.faults.max_delay_us);
+            self.seq += 1;
+            let key = self.seq;
+            self.mail.insert(key, m.clone());
+            self.at(delay, Event::Deliver(key));
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, c: Committed) -> Result<(), String> {
+        // First: a confirm (the leader applying its own proposal) needs a majority.
+        if let Some(p) = c.proposal {
+            let (client, seq) = (p >> 32, p & 0xffff_ffff);
+            if decode(&c.data) != Some((client, seq)) {
+                return Err(format!(
+                    "node {id} confirmed client {client}'s batch {seq} with the entry {:?}",
+                    String::from_utf8_lossy(&c.data)
+                ));
+            }
+            // Durable on a majority: the logs of the nodes, up or down.
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.log
+                        .entries
+                        .get((c.index - 1) as usize)
+                        .is_some_and(|e| e.term == c.term)
+                })
+                .count();
+            if holders * 2 <= NODES as usize {
+                return Err(format!(
+                    "node {id} confirmed client {client}'s batch {seq} (index {}, term {}) held durably by {holders} of {NODES} nodes",
+                    c.index, c.term
+                ));
+            }
+        }
+        let n = self.node(id);
+        let expected = n.applied.last().map_or(1, |l| l.index + 1);
+        if c.index != expected {
+            return Err(format!(
+                "node {id} applied index {} after {}: a gap or a repeat",
+                c.index,
+                expected - 1
+            ));
+        }
+        n.applied.push(c.clone());
+        // The store syncs now and then; a crash loses what it applied since.
+        if self.rng.gen_bool(0.3) {
+            let n = self.node(id);
+            n.synced = n.applied.len();
+        }
+        self.stats.applied += 1;
+        match self.committed.get(&c.index) {
+            Some((term, data)) if (*term, data) != (c.term, &c.data) => {
+                return Err(format!(
+                    "node {id} applied index {} as term {} {:?}, another node as term {term} {:?}",
+                    c.index,
+                    c.term,
+                    String::from_utf8_lossy(&c.data),
+                    String::from_utf8_lossy(data)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.committed.insert(c.index, (c.term, c.data.clone()));
+            }
+        }
+        if let Some(p) = c.proposal {
+            let (client, seq) = (p >> 32, p & 0xffff_ffff);
+            self.confirmed
+                .entry((client, seq))
+                .or_insert((c.index, c.term));
+            let cl = &mut self.clients[client as usize];
+            if cl.outstanding.remove(&seq).is_some() || cl.retry.remove(&seq) {
+                self.stats.confirmed += 1;
+            }
+            cl.confirmed.insert(seq);
+        }
+        Ok(())
+    }
+
+    /// Proposals a leader could not settle go back to their clients.
+    fn uncertain(&mut self, id: NodeId, proposals: &[u64]) {
+        for &p in proposals {
+            let (client, seq) = (p >> 32, p & 0xffff_ffff);
+            let cl = &mut self.clients[client as usize];
+            if cl.outstanding.get(&seq) == Some(&id) {
+                cl.outstanding.remove(&seq);
+                cl.retry.insert(seq);
+                self.stats.uncertain += 1;
+            }
+        }
+    }
+
+    fn client_turn(&mut self, c: u64) -> Result<(), String> {
+        loop {
+            let cl = &self.clients[c as usize];
+            if cl.outstanding.len() >= CLIENT_WINDOW {
+                return Ok(());
+            }
+            let seq = match cl.retry.first() {
+                Some(&s) => s,
+                None if cl.next_seq < BATCHES_PER_CLIENT => cl.next_seq,
+                None => return Ok(()),
+            };
+            let target = cl.target;
+            let Some(r) = self.node(target).replica.as_mut() else {
+                self.clients[c as usize].target = target % NODES + 1;
+                return Ok(());
+            };
+            match r.propose((c << 32) | seq, encode(c, seq)) {
+                Ok(()) => {
+                    self.stats.proposed += 1;
+                    let cl = &mut self.clients[c as usize];
+                    cl.retry.remove(&seq);
+                    if seq == cl.next_seq {
+                        cl.next_seq += 1;
+                    }
+                    cl.outstanding.insert(seq, target);
+                    self.drive(target)?;
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    let next = leader.unwrap_or(target % NODES + 1);
+                    self.clients[c as usize].target = next;
+                    return Ok(());
+                }
+                Err(ProposeError::Busy) => return Ok(()),
+            }
+        }
+    }
+
+    fn crash(&mut self) -> Result<(), String> {
+        let up: Vec<NodeId> = (1..=NODES)
+            .filter(|&id| self.node(id).replica.is_some())
+            .collect();
+        // Keep a majority up most of the time; sometimes take it down too.
+        if up.len() < NODES as usize && self.rng.gen_bool(0.7) {
+            return Ok(());
+        }
+        // Half the time, a node in the middle of a sync, if there is one.
+        let syncing: Vec<NodeId> = up
+            .iter()
+            .copied()
+            .filter(|&id| !self.node(id).persisting.is_empty())
+            .collect();
+        let pool = if !syncing.is_empty() && self.rng.gen_bool(0.5) {
+            syncing
+        } else {
+            up
+        };
+        let Some(&id) = pool.get(self.rng.gen_range(0..pool.len().max(1))) else {
+            return Ok(());
+        };
+        self.stats.crashes += 1;
+        // The disk may have made some unreported persists durable, in order.
+        let pending = self.node(id).persisting.len();
+        let kept = self.rng.gen_range(0..=pending);
+        if kept > 0 {
+            self.stats.crashes_mid_persist += 1;
+        }
+        let (from, to) = (self.node(id).synced, self.node(id).applied.len());
+        // The store loses what it applied after its last sync, or some of it.
+        let synced = self.rng.gen_range(from..=to);
+        self.stats.reapplied += (to - synced) as u64;
+        let n = self.node(id);
+        for (_, entries, hs, _) in n.persisting.drain(..).take(kept) {
+            n.log.persist(&entries, hs.as_ref());
+        }
+        n.persisting.clear();
+        n.applied.truncate(synced);
+        n.synced = synced;
+        n.replica = None;
+        n.life += 1;
+        // Whatever went to this node is uncertain to its clients.
+        for cl in &mut self.clients {
+            let lost: Vec<u64> = cl
+                .outstanding
+                .iter()
+                .filter(|(_, to)| **to == id)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in lost {
+                cl.outstanding.remove(&s);
+                cl.retry.insert(s);
+                self.stats.uncertain += 1;
+            }
+        }
+        let down = self.rng.gen_range(20_000..600_000);
+        self.at(down, Event::Restart(id));
+        Ok(())
+    }
+
+    fn partition(&mut self) {
+        self.stats.partitions += 1;
+        self.cut.clear();
+        let leader = (1..=NODES).find(|&id| {
+            self.nodes[(id - 1) as usize]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+        });
+        let kind = self.rng.gen_range(0..3);
+        let victim = match (kind, leader) {
+            (0, Some(l)) => {
+                self.stats.leader_isolations += 1;
+                l
+            }
+            _ => self.rng.gen_range(1..=NODES),
+        };
+        for other in (1..=NODES).filter(|&o| o != victim) {
+            match kind {
+                // One way only: the victim hears the others but is not heard, or the
+                // reverse.
+                2 => {
+                    if self.rng.gen_bool(0.5) {
+                        self.cut.insert((victim, other));
+                    } else {
+                        self.cut.insert((other, victim));
+                    }
+                }
+                _ => {
+                    self.cut.insert((victim, other));
+                    self.cut.insert((other, victim));
+                }
+            }
+        }
+        let heal = self.rng.gen_range(50_000..800_000);
+        self.at(heal, Event::Heal);
+    }
+
+    fn check_leaders(&mut self) -> Result<(), String> {
+        for n in &self.nodes {
+            let Some(r) = &n.replica else { continue };
+            if r.role() != Role::Leader {
+                continue;
+            }
+            match self.leaders.get(&r.term()) {
+                Some(&l) if l != r.id() => {
+                    return Err(format!(
+                        "nodes {l} and {} both led term {}",
+                        r.id(),
+                        r.term()
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(r.term(), r.id());
+                    self.stats.leader_terms += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all_done(&self) -> bool {
+        let confirmed = self
+            .clients
+            .iter()
+            .all(|c| c.confirmed.len() as u64 == BATCHES_PER_CLIENT);
+        let top = self
+            .nodes
+            .iter()
+            .map(|n| n.applied.len())
+            .max()
+            .unwrap_or(0);
+        confirmed
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.applied.len() == top && n.replica.is_some())
+    }
+
+    fn final_check(&self, settled: bool) -> Result<(), String> {
+        for ((client, seq), (index, term)) in &self.confirmed {
+            match self.committed.get(index) {
+                Some((t, data)) if t == term && decode(data) == Some((*client, *seq)) => {}
+                other => {
+                    return Err(format!(
+                        "client {client}'s batch {seq}, confirmed at index {index} term {term}, is not in the committed log (there: {:?})",
+                        other.map(|(t, d)| (t, String::from_utf8_lossy(d).into_owned()))
+                    ));
+                }
+            }
+        }
+        let mut first_seen: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
+        for (index, (_, data)) in &self.committed {
+            let Some((c, s)) = decode(data) else { continue };
+            if seen.insert((c, s)) {
+                if let Some(&prev) = first_seen.get(&c)
+                    && s < prev
+                {
+                    return Err(format!(
+                        "client {c}'s batch {s} first appears at index {index}, after its batch {prev}"
+                    ));
+                }
+                first_seen.insert(c, s);
+            }
+        }
+        if !settled {
+            let missing: Vec<(u64, usize)> = self
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as u64, c.confirmed.len()))
+                .filter(|(_, n)| *n as u64 != BATCHES_PER_CLIENT)
+                .collect();
+            let applied: Vec<usize> = self.nodes.iter().map(|n| n.applied.len()).collect();
+            return Err(format!(
+                "not settled {} ms after the faults stopped: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}",
+                self.cfg.liveness_ms
+            ));
+        }
+        let log = |n: &Node| -> Vec<(u64, u64, Vec<u8>)> {
+            n.applied
+                .iter()
+                .map(|c| (c.index, c.term, c.data.clone()))
+                .collect()
+        };
+        let reference = log(&self.nodes[0]);
+        for n in &self.nodes[1..] {
+            if log(n) != reference {
+                return Err(format!(
+                    "node {} applied a log other than node 1's",
+                    n.cfg.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
