@@ -105,6 +105,7 @@
 //! is set aside in the `quarantine` keyspace with a loud log line, and the broker goes on
 //! without it (see `quarantine`).
 
+mod batch;
 mod catalog;
 mod contents;
 mod entry;
@@ -123,8 +124,10 @@ use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
+pub use self::batch::{decode_batch, encode_batch};
 use self::catalog::{Catalog, Space, Staged};
 use self::gc::GcTask;
+pub use self::record::RecordError;
 pub use super::SyncPolicy;
 use super::{LoadedEntry, Recovered, Store, StoreError, StoreOp};
 

@@ -103,6 +103,8 @@ pub enum RecordError {
     KeyMismatch,
     /// A flags octet has bits set that no version defines.
     BadFlags(u8),
+    /// An encoded batch holds an operation tag that no version defines.
+    UnknownOp(u8),
 }
 
 impl std::fmt::Display for RecordError {
@@ -118,6 +120,7 @@ impl std::fmt::Display for RecordError {
             RecordError::BadKey => f.write_str("malformed key"),
             RecordError::KeyMismatch => f.write_str("the value does not match its key"),
             RecordError::BadFlags(b) => write!(f, "undefined flag bits {b:#04x}"),
+            RecordError::UnknownOp(t) => write!(f, "unknown store operation tag {t}"),
         }
     }
 }

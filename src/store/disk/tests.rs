@@ -1712,3 +1712,78 @@ fn the_space_reserve_is_set_aside_at_open_and_given_up_for_lack_of_space_only() 
     assert!(store.ready(), "set aside again");
     assert!(reserve.exists());
 }
+
+fn content_op() -> impl Strategy<Value = StoreOp> {
+    prop_oneof![
+        (QUEUE_IDS, any::<u64>(), any_message(), expiry()).prop_map(
+            |(queue, seq, message, expires_at_ms)| StoreOp::Enqueue {
+                queue,
+                seq,
+                body: EntryBody::Inline(message),
+                expires_at_ms,
+            }
+        ),
+        (QUEUE_IDS, any::<u64>(), any::<u64>(), expiry()).prop_map(
+            |(queue, seq, id, expires_at_ms)| StoreOp::Enqueue {
+                queue,
+                seq,
+                body: EntryBody::Shared(id),
+                expires_at_ms,
+            }
+        ),
+        (QUEUE_IDS, any::<u64>(), expiry()).prop_map(|(queue, seq, shared)| StoreOp::Dequeue {
+            queue,
+            seq,
+            shared
+        }),
+        (QUEUE_IDS, any::<u64>())
+            .prop_map(|(queue, from_seq)| StoreOp::PurgeFrom { queue, from_seq }),
+        (QUEUE_IDS, any::<u64>(), any_message(), expiry()).prop_map(
+            |(queue, seq, message, expires_at_ms)| StoreOp::PageOut {
+                queue,
+                seq,
+                message,
+                expires_at_ms,
+            }
+        ),
+        (QUEUE_IDS, any::<u64>())
+            .prop_map(|(queue, up_to_seq)| StoreOp::DropPaged { queue, up_to_seq }),
+        (any::<u64>(), any_message(), any::<u32>())
+            .prop_map(|(id, message, refs)| StoreOp::PutShared { id, message, refs }),
+        (vhost(), name(), QUEUE_IDS).prop_map(|(vhost, name, id)| StoreOp::DeleteQueue {
+            vhost,
+            name,
+            id
+        }),
+    ]
+}
+
+proptest! {
+    /// A batch read back from its encoding (a cluster's Raft entry) is the batch.
+    #[test]
+    fn a_batch_decodes_to_the_ops_encoded(
+        ops in proptest::collection::vec(prop_oneof![meta_op(), content_op()], 0..20),
+    ) {
+        let bytes = encode_batch(&ops);
+        prop_assert_eq!(decode_batch(&bytes), Ok(ops));
+    }
+
+    /// A cut or damaged encoding is an error or some other batch, never a panic; a cut one
+    /// is always an error.
+    #[test]
+    fn a_damaged_batch_never_panics(
+        ops in proptest::collection::vec(prop_oneof![meta_op(), content_op()], 1..8),
+        cut in any::<prop::sample::Index>(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let bytes = encode_batch(&ops);
+        let at = cut.index(bytes.len());
+        prop_assert!(decode_batch(&bytes[..at]).is_err());
+        let mut damaged = bytes.clone();
+        for (i, b) in flips {
+            let i = i.index(damaged.len());
+            damaged[i] ^= b;
+        }
+        let _ = decode_batch(&damaged);
+    }
+}
