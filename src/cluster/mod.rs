@@ -504,5 +504,7 @@ pub fn is_batch(entry: &Committed) -> bool {
     !entry.data.is_empty()
 }
 
+pub mod disk;
+
 #[cfg(test)]
 mod tests;
