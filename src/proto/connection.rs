@@ -149,13 +149,24 @@ enum Assembly {
     },
 }
 
-/// Body frames collected so far: one frame is kept as it came (no copy); several are
-/// gathered into one buffer.
+/// Bytes of each chunk a body in progress is copied into.
+const BODY_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Body frames collected so far. A body that arrives in one frame is kept as it came (no
+/// copy). A body still arriving is copied out of the read buffer, so that a small frame of
+/// a body that never ends does not keep a whole read buffer alive, into chunks of
+/// up to [`BODY_CHUNK_BYTES`] (however small its frames, the memory is about the bytes that
+/// arrived, and no buffer is grown by reallocation, which would leave freed copies behind
+/// with some allocators); the chunks are joined once, when the body is complete.
 #[derive(Debug)]
 enum BodyParts {
     Empty,
     One(Bytes),
-    Many(BytesMut),
+    Chunks {
+        full: Vec<Bytes>,
+        tail: BytesMut,
+        len: u64,
+    },
 }
 
 impl BodyParts {
@@ -163,24 +174,49 @@ impl BodyParts {
         match self {
             BodyParts::Empty => 0,
             BodyParts::One(b) => b.len() as u64,
-            BodyParts::Many(b) => b.len() as u64,
+            BodyParts::Chunks { len, .. } => *len,
         }
     }
 
-    fn push(&mut self, payload: Bytes) {
-        *self = match std::mem::replace(self, BodyParts::Empty) {
-            BodyParts::Empty => BodyParts::One(payload),
-            BodyParts::One(first) => {
-                // The buffer grows with the bytes that arrive, not with the size the header
-                // announced: a client cannot make the broker reserve memory it never fills.
-                let mut all = BytesMut::with_capacity(first.len() + payload.len());
-                all.extend_from_slice(&first);
-                all.extend_from_slice(&payload);
-                BodyParts::Many(all)
+    /// Adds a frame's payload; `complete` when it ends the body.
+    fn push(&mut self, payload: Bytes, complete: bool) {
+        match self {
+            BodyParts::Empty if complete => *self = BodyParts::One(payload),
+            BodyParts::Empty => {
+                *self = BodyParts::Chunks {
+                    full: Vec::new(),
+                    tail: BytesMut::new(),
+                    len: 0,
+                };
+                self.push(payload, complete);
             }
-            BodyParts::Many(mut all) => {
-                all.extend_from_slice(&payload);
-                BodyParts::Many(all)
+            BodyParts::One(first) => {
+                let first = std::mem::take(first);
+                *self = BodyParts::Empty;
+                self.push(first, false);
+                self.push(payload, complete);
+            }
+            BodyParts::Chunks { full, tail, len } => {
+                let mut rest = &payload[..];
+                while !rest.is_empty() {
+                    if tail.len() == tail.capacity() {
+                        // Chunks grow with the body (each about the size of what came
+                        // before it), so a body that stops early wastes at most what it
+                        // sent.
+                        let size = usize::try_from(*len)
+                            .unwrap_or(usize::MAX)
+                            .max(rest.len())
+                            .min(BODY_CHUNK_BYTES);
+                        let done = std::mem::replace(tail, BytesMut::with_capacity(size));
+                        if !done.is_empty() {
+                            full.push(done.freeze());
+                        }
+                    }
+                    let n = rest.len().min(tail.capacity() - tail.len());
+                    tail.extend_from_slice(&rest[..n]);
+                    *len += n as u64;
+                    rest = &rest[n..];
+                }
             }
         }
     }
@@ -189,7 +225,15 @@ impl BodyParts {
         match self {
             BodyParts::Empty => Bytes::new(),
             BodyParts::One(b) => b,
-            BodyParts::Many(b) => b.freeze(),
+            BodyParts::Chunks { full, tail, .. } if full.is_empty() => tail.freeze(),
+            BodyParts::Chunks { full, tail, len } => {
+                let mut all = BytesMut::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
+                for chunk in &full {
+                    all.extend_from_slice(chunk);
+                }
+                all.extend_from_slice(&tail);
+                all.freeze()
+            }
         }
     }
 }
@@ -905,7 +949,7 @@ impl Connection {
                     return Ok(());
                 }
                 self.partial_body_bytes += payload.len() as u64;
-                body.push(payload);
+                body.push(payload, have == body_size);
                 let state = if have == body_size {
                     self.partial_body_bytes -= have;
                     self.publish(channel, publish, properties, body.into_bytes());
