@@ -197,30 +197,3 @@ fn a_framing_error_after_the_servers_close_sends_no_second_close() {
     );
     assert!(c.poll_transmit().is_none_or(|b| b.is_empty()));
 }
-
-proptest::proptest! {
-    /// A body assembled from frames of any sizes is the bytes sent, in order; its chunks
-    /// hold about what arrived, never a buffer sized by the header's announcement.
-    #[test]
-    fn a_body_is_assembled_from_frames_of_any_size(
-        sizes in proptest::collection::vec(
-            proptest::prop_oneof![1usize..16, 100usize..5_000, 120_000usize..300_000],
-            1..12,
-        ),
-    ) {
-        let total: usize = sizes.iter().sum();
-        let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
-        let mut parts = BodyParts::Empty;
-        let mut at = 0;
-        for (i, n) in sizes.iter().enumerate() {
-            parts.push(Bytes::copy_from_slice(&data[at..at + n]), i + 1 == sizes.len());
-            at += n;
-            proptest::prop_assert_eq!(parts.len(), at as u64);
-            if let BodyParts::Chunks { full, tail, .. } = &parts {
-                let held: usize = full.iter().map(|c| c.len()).sum::<usize>() + tail.capacity();
-                proptest::prop_assert!(held <= 2 * at + BODY_CHUNK_BYTES, "{held} held for {at}");
-            }
-        }
-        proptest::prop_assert_eq!(parts.into_bytes(), Bytes::from(data));
-    }
-}

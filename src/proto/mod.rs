@@ -1,5 +1,6 @@
 //! The AMQP 0-9-1 wire protocol: codec and connection state machine (no I/O).
 
+mod body;
 pub mod codec;
 pub mod command;
 pub mod connection;
