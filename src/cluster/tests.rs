@@ -90,6 +90,16 @@ impl Net {
         panic!("the network did not settle");
     }
 
+    /// Ticks every node `ticks` times, settling after each.
+    fn run_ticks(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            for n in &mut self.nodes {
+                n.replica.tick();
+            }
+            self.settle();
+        }
+    }
+
     fn tick_until_leader(&mut self) -> NodeId {
         for _ in 0..200 {
             for n in &mut self.nodes {
@@ -201,12 +211,7 @@ fn a_cut_off_leader_is_deposed_and_its_proposal_never_confirmed() {
         .expect("propose");
     net.settle();
     net.cut.clear();
-    for _ in 0..40 {
-        for n in &mut net.nodes {
-            n.replica.tick();
-        }
-        net.settle();
-    }
+    net.run_ticks(40);
     // Every member ends with the new leader's batch and without the cut-off one's.
     for n in &net.nodes {
         let got: Vec<Vec<u8>> = batches(&n.applied).into_iter().map(|(d, _)| d).collect();
@@ -235,12 +240,7 @@ fn a_restarted_member_keeps_its_log_and_catches_up() {
     let applied = n.applied.last().map_or(0, |c| c.index);
     n.replica = Replica::start(&config(down), &n.log, applied).expect("restart");
     net.cut.clear();
-    for _ in 0..20 {
-        for n in &mut net.nodes {
-            n.replica.tick();
-        }
-        net.settle();
-    }
+    net.run_ticks(20);
     let got: Vec<Vec<u8>> = batches(&net.node(down).applied)
         .into_iter()
         .map(|(d, _)| d)
