@@ -58,6 +58,27 @@ pub mod world;
 
 use std::cell::RefCell;
 
+/// The seeds a simulator command runs, and how (shared by `warren-sim` and
+/// `warren-cluster-sim`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    /// The first seed (a random one when absent).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many consecutive seeds to run from --seed.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Run each seed twice and compare the hashes of their event traces.
+    #[arg(long)]
+    pub check_determinism: bool,
+    /// Run every seed even after a failure, and list the failing ones at the end.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print one line per seed even when it passes.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }

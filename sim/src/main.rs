@@ -23,27 +23,14 @@ use warren_sim::world::{RunConfig, RunResult, WORK_BUDGET_PER_STEP, World};
 #[derive(Debug, Parser)]
 #[command(name = "warren-sim")]
 struct Args {
-    /// The first seed (a random one when absent).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// How many consecutive seeds to run from --seed.
-    #[arg(long, default_value_t = 1)]
-    seeds: u64,
-    /// Run each seed twice and compare the hashes of their event traces.
-    #[arg(long)]
-    check_determinism: bool,
+    #[command(flatten)]
+    run: warren_sim::SeedArgs,
     /// Virtual milliseconds of the safety phase (faults on).
     #[arg(long, default_value_t = RunConfig::default().safety_ms)]
     safety_ms: u64,
     /// Virtual milliseconds allowed for the liveness phase (faults off, drain everything).
     #[arg(long, default_value_t = RunConfig::default().liveness_ms)]
     liveness_ms: u64,
-    /// Run every seed even after a failure, and list the failing ones at the end.
-    #[arg(long)]
-    keep_going: bool,
-    /// Print one line per seed even when it passes.
-    #[arg(long, short)]
-    verbose: bool,
     /// Wall-clock seconds one seed may run before it counts as a freeze.
     #[arg(long, default_value_t = 30)]
     seed_timeout_s: u64,
@@ -68,15 +55,15 @@ impl Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     warren_sim::install_panic_hook();
-    let first = args.seed.unwrap_or_else(random_seed);
-    if args.seed.is_none() {
+    let first = args.run.seed.unwrap_or_else(random_seed);
+    if args.run.seed.is_none() {
         println!("warren-sim: no --seed given; chose seed {first}");
     }
     let cfg = RunConfig {
         safety_ms: args.safety_ms,
         liveness_ms: args.liveness_ms,
     };
-    if args.seeds > 1 && !args.worker {
+    if args.run.seeds > 1 && !args.worker {
         return supervise(&args, first, cfg);
     }
     // One seed, or a worker's batch: in this process.
@@ -85,7 +72,7 @@ fn main() -> ExitCode {
             println!("{}{seed}", if start { SEED_START } else { SEED_END });
         })
     } else {
-        let replay_args = (args.check_determinism, args.seeds);
+        let replay_args = (args.run.check_determinism, args.run.seeds);
         let current = watchdog::watch_in_process(args.limits(), move |seed| {
             replay_for(seed, cfg, replay_args.0 && replay_args.1 == 1)
         });
@@ -102,7 +89,7 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     let mut totals = Totals::default();
     let mut failing: Vec<u64> = Vec::new();
-    for seed in first..first.saturating_add(args.seeds) {
+    for seed in first..first.saturating_add(args.run.seeds) {
         announce(seed, true);
         let result = World::new(seed, cfg).run();
         let result = check_seed(result, &args, cfg, &mut totals);
@@ -112,13 +99,13 @@ fn main() -> ExitCode {
             Err(()) => {
                 failed += 1;
                 failing.push(seed);
-                if !args.keep_going {
+                if !args.run.keep_going {
                     break;
                 }
             }
         }
     }
-    if args.keep_going && !failing.is_empty() {
+    if args.run.keep_going && !failing.is_empty() {
         println!("failing seeds: {failing:?}");
     }
     let secs = started.elapsed().as_secs_f64();
@@ -129,7 +116,7 @@ fn main() -> ExitCode {
         "warren-sim: {passed} passed, {failed} failed ({:.1}s, {:.0} seeds/min{})",
         secs,
         passed as f64 * 60.0 / secs.max(1e-9),
-        if args.check_determinism {
+        if args.run.check_determinism {
             ", each run twice"
         } else {
             ""
@@ -151,7 +138,7 @@ fn check_seed(
     totals: &mut Totals,
 ) -> Result<(), ()> {
     let seed = result.seed;
-    if args.check_determinism {
+    if args.run.check_determinism {
         // A failing run must fail the same way again, too.
         let again = World::new(seed, cfg).run();
         if again.trace_hash != result.trace_hash || again.violation != result.violation {
@@ -168,7 +155,7 @@ fn check_seed(
         return Err(());
     }
     totals.add(&result);
-    if args.verbose || (args.seeds == 1 && !args.worker) {
+    if args.run.verbose || (args.run.seeds == 1 && !args.worker) {
         print_ok(&result);
     }
     Ok(())
@@ -177,7 +164,7 @@ fn check_seed(
 /// Runs a batch in worker processes, reporting the seeds that abort, freeze or blow up
 /// one as failed (and with `--keep-going` going on with the next seed in a new worker).
 fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
-    let end = first.saturating_add(args.seeds);
+    let end = first.saturating_add(args.run.seeds);
     let mut next = first;
     let mut failing: Vec<u64> = Vec::new();
     let mut lost = false;
@@ -199,9 +186,9 @@ fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
             format!("--liveness-ms={}", cfg.liveness_ms),
         ]);
         for (on, flag) in [
-            (args.check_determinism, "--check-determinism"),
-            (args.keep_going, "--keep-going"),
-            (args.verbose, "--verbose"),
+            (args.run.check_determinism, "--check-determinism"),
+            (args.run.keep_going, "--keep-going"),
+            (args.run.verbose, "--verbose"),
         ] {
             if on {
                 worker.arg(flag);
@@ -216,11 +203,15 @@ fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
                 println!("seed {} FAILED: {}", l.seed, l.reason);
                 println!(
                     "replay: {}",
-                    replay_for(l.seed, cfg, args.check_determinism && args.seeds == 1)
+                    replay_for(
+                        l.seed,
+                        cfg,
+                        args.run.check_determinism && args.run.seeds == 1
+                    )
                 );
                 failing.push(l.seed);
                 lost = true;
-                if !args.keep_going {
+                if !args.run.keep_going {
                     break;
                 }
                 next = l.seed + 1;
@@ -231,7 +222,7 @@ fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
             }
         }
     }
-    if lost && args.keep_going {
+    if lost && args.run.keep_going {
         failing.sort_unstable();
         failing.dedup();
         println!("warren-sim: failing seeds in all: {failing:?}");
@@ -505,7 +496,11 @@ fn report_failure(r: &RunResult, v: &warren_sim::checker::Violation, args: &Args
     println!("  trace {:016x}", r.trace_hash);
     println!(
         "replay: {}",
-        replay_for(r.seed, cfg, args.check_determinism && args.seeds == 1)
+        replay_for(
+            r.seed,
+            cfg,
+            args.run.check_determinism && args.run.seeds == 1
+        )
     );
 }
 

@@ -20,33 +20,20 @@ use warren_sim::cluster::{ClusterConfig, ClusterResult, ClusterStats, ClusterWor
 #[derive(Debug, Parser)]
 #[command(name = "warren-cluster-sim")]
 struct Args {
-    /// The first seed (a random one when absent).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// How many consecutive seeds to run from --seed.
-    #[arg(long, default_value_t = 1)]
-    seeds: u64,
-    /// Run each seed twice and compare the hashes of their event traces.
-    #[arg(long)]
-    check_determinism: bool,
+    #[command(flatten)]
+    run: warren_sim::SeedArgs,
     /// Virtual milliseconds with faults on.
     #[arg(long, default_value_t = ClusterConfig::default().safety_ms)]
     safety_ms: u64,
     /// Virtual milliseconds allowed, faults off, for every batch to be confirmed.
     #[arg(long, default_value_t = ClusterConfig::default().liveness_ms)]
     liveness_ms: u64,
-    /// Run every seed even after a failure, and list the failing ones at the end.
-    #[arg(long)]
-    keep_going: bool,
-    /// Print one line per seed even when it passes.
-    #[arg(long, short)]
-    verbose: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     warren_sim::install_panic_hook();
-    let first = args.seed.unwrap_or_else(|| {
+    let first = args.run.seed.unwrap_or_else(|| {
         use std::hash::{BuildHasher, RandomState};
         let seed = RandomState::new().hash_one(std::process::id());
         println!("warren-cluster-sim: no --seed given; chose seed {seed}");
@@ -59,18 +46,18 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failing) = (0u64, Vec::new());
     let mut totals = ClusterStats::default();
-    for seed in first..first.saturating_add(args.seeds) {
+    for seed in first..first.saturating_add(args.run.seeds) {
         match run_seed(seed, cfg, &args) {
             Ok(r) => {
                 passed += 1;
                 add(&mut totals, &r.stats);
-                if args.verbose || args.seeds == 1 {
+                if args.run.verbose || args.run.seeds == 1 {
                     print_ok(&r);
                 }
             }
             Err(()) => {
                 failing.push(seed);
-                if !args.keep_going {
+                if !args.run.keep_going {
                     break;
                 }
             }
@@ -94,14 +81,14 @@ fn main() -> ExitCode {
             t.applied
         );
     }
-    if args.keep_going && !failing.is_empty() {
+    if args.run.keep_going && !failing.is_empty() {
         println!("failing seeds: {failing:?}");
     }
     println!(
         "warren-cluster-sim: {passed} passed, {} failed ({:.1}s{})",
         failing.len(),
         started.elapsed().as_secs_f64(),
-        if args.check_determinism {
+        if args.run.check_determinism {
             ", each run twice"
         } else {
             ""
@@ -122,7 +109,7 @@ fn run_seed(seed: u64, cfg: ClusterConfig, args: &Args) -> Result<ClusterResult,
     };
     let fail = |what: String| {
         println!("seed {seed} FAILED: {what}");
-        println!("replay: {}", replay(seed, cfg, args.check_determinism));
+        println!("replay: {}", replay(seed, cfg, args.run.check_determinism));
     };
     let result = match run() {
         Ok(r) => r,
@@ -136,7 +123,7 @@ fn run_seed(seed: u64, cfg: ClusterConfig, args: &Args) -> Result<ClusterResult,
         println!("  faults: {}", result.faults.describe());
         return Err(());
     }
-    if args.check_determinism {
+    if args.run.check_determinism {
         match run() {
             Ok(again) if again.trace_hash == result.trace_hash => {}
             Ok(again) => {
