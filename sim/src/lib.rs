@@ -58,6 +58,28 @@ pub mod world;
 
 use std::cell::RefCell;
 
+/// The command that replays `seed` with `bin`'s arguments: the phase lengths only when
+/// they are not the defaults, and `--check-determinism` when asked.
+pub fn replay_command(
+    bin: &str,
+    seed: u64,
+    phases_ms: (u64, u64),
+    default_phases_ms: (u64, u64),
+    determinism: bool,
+) -> String {
+    let mut cmd = format!("cargo run -p warren-sim --release {bin}-- --seed {seed}");
+    if phases_ms.0 != default_phases_ms.0 {
+        cmd += &format!(" --safety-ms {}", phases_ms.0);
+    }
+    if phases_ms.1 != default_phases_ms.1 {
+        cmd += &format!(" --liveness-ms {}", phases_ms.1);
+    }
+    if determinism {
+        cmd += " --check-determinism";
+    }
+    cmd
+}
+
 /// The seeds a simulator command runs, and how (shared by `warren-sim` and
 /// `warren-cluster-sim`).
 #[derive(Debug, Clone, clap::Args)]

@@ -506,18 +506,14 @@ fn report_failure(r: &RunResult, v: &warren_sim::checker::Violation, args: &Args
 
 /// The command that replays `seed` in process.
 fn replay_for(seed: u64, cfg: RunConfig, determinism: bool) -> String {
-    let defaults = RunConfig::default();
-    let mut cmd = format!("cargo run -p warren-sim --release -- --seed {seed}");
-    if cfg.safety_ms != defaults.safety_ms {
-        cmd += &format!(" --safety-ms {}", cfg.safety_ms);
-    }
-    if cfg.liveness_ms != defaults.liveness_ms {
-        cmd += &format!(" --liveness-ms {}", cfg.liveness_ms);
-    }
-    if determinism {
-        cmd += " --check-determinism";
-    }
-    cmd
+    let d = RunConfig::default();
+    warren_sim::replay_command(
+        "",
+        seed,
+        (cfg.safety_ms, cfg.liveness_ms),
+        (d.safety_ms, d.liveness_ms),
+        determinism,
+    )
 }
 
 /// A seed from the OS's hasher keys, only when the user gave none (printed, so the run

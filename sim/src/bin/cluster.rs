@@ -143,19 +143,14 @@ fn run_seed(seed: u64, cfg: ClusterConfig, args: &Args) -> Result<ClusterResult,
 }
 
 fn replay(seed: u64, cfg: ClusterConfig, determinism: bool) -> String {
-    let defaults = ClusterConfig::default();
-    let mut cmd =
-        format!("cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed {seed}");
-    if cfg.safety_ms != defaults.safety_ms {
-        cmd += &format!(" --safety-ms {}", cfg.safety_ms);
-    }
-    if cfg.liveness_ms != defaults.liveness_ms {
-        cmd += &format!(" --liveness-ms {}", cfg.liveness_ms);
-    }
-    if determinism {
-        cmd += " --check-determinism";
-    }
-    cmd
+    let d = ClusterConfig::default();
+    warren_sim::replay_command(
+        "--bin warren-cluster-sim ",
+        seed,
+        (cfg.safety_ms, cfg.liveness_ms),
+        (d.safety_ms, d.liveness_ms),
+        determinism,
+    )
 }
 
 fn print_ok(r: &ClusterResult) {
