@@ -437,7 +437,7 @@ impl FjallStore {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Meta, last.as_deref(), e))?;
-            if &*key != record::FORMAT_KEY && &*key != record::WRITES_KEY {
+            if ![record::FORMAT_KEY, record::WRITES_KEY, record::APPLIED_KEY].contains(&&*key) {
                 match catalog.load(&key, &value) {
                     Ok(()) => {}
                     // A vhost, user, permission, exchange, queue or binding that does not
@@ -482,6 +482,62 @@ impl FjallStore {
             self.paged_written = false;
         }
         self.paged_floor.clear();
+        Ok(())
+    }
+
+    /// The Raft log index and term of the last entry applied to this store, when it is a
+    /// cluster member's ((0, 0) before the first).
+    pub fn applied(&self) -> Result<(u64, u64), StoreError> {
+        let value = self
+            .keyspace(Space::Meta)
+            .get(record::APPLIED_KEY)
+            .map_err(|e| self.read_error(Space::Meta, Some(record::APPLIED_KEY), e))?;
+        match value {
+            Some(v) => record::decode_applied(&v)
+                .map_err(|e| self.corrupt(Space::Meta, record::APPLIED_KEY, e)),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Applies a committed Raft entry's batch (not yet durable), recording its index and
+    /// term in the same atomic write ([`FjallStore::applied`]).
+    pub fn write_applied(
+        &mut self,
+        ops: &[StoreOp],
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let mut staged = Staged::default();
+        staged.put(
+            Space::Meta,
+            record::APPLIED_KEY.to_vec(),
+            record::encode_applied(index, term),
+        );
+        self.write_staged(ops, staged)
+    }
+
+    fn write_staged(&mut self, ops: &[StoreOp], mut staged: Staged) -> Result<(), StoreError> {
+        self.usable()?;
+        staged.put(
+            Space::Meta,
+            record::WRITES_KEY.to_vec(),
+            record::encode_counter(self.writes + 1),
+        );
+        let mut dropped = Vec::new();
+        for op in ops {
+            if contents::is_content(op) {
+                self.apply_content(op, &mut staged)
+                    .map_err(|e| self.fail(e))?;
+                continue;
+            }
+            self.catalog.apply(op, &mut staged, &mut dropped);
+            for id in dropped.drain(..) {
+                self.queue_dropped(id);
+            }
+        }
+        self.commit(staged, "cannot write a batch")
+            .map_err(|e| self.fail(e))?;
+        self.writes += 1;
         Ok(())
     }
 
@@ -617,29 +673,7 @@ impl Store for FjallStore {
     }
 
     fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        self.usable()?;
-        let mut staged = Staged::default();
-        staged.put(
-            Space::Meta,
-            record::WRITES_KEY.to_vec(),
-            record::encode_counter(self.writes + 1),
-        );
-        let mut dropped = Vec::new();
-        for op in ops {
-            if contents::is_content(op) {
-                self.apply_content(op, &mut staged)
-                    .map_err(|e| self.fail(e))?;
-                continue;
-            }
-            self.catalog.apply(op, &mut staged, &mut dropped);
-            for id in dropped.drain(..) {
-                self.queue_dropped(id);
-            }
-        }
-        self.commit(staged, "cannot write a batch")
-            .map_err(|e| self.fail(e))?;
-        self.writes += 1;
-        Ok(())
+        self.write_staged(ops, Staged::default())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

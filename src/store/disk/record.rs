@@ -35,6 +35,11 @@ pub const FORMAT_KEY: &[u8] = b"\x00format";
 /// the batches in doubt it kept.
 pub const WRITES_KEY: &[u8] = b"\x00writes";
 
+/// The `meta` key of a cluster member's store holding the Raft log index and term of the
+/// last entry applied to it, written in the same batch as the entry's operations, so that
+/// a restarted member applies the log from exactly the entry after it.
+pub const APPLIED_KEY: &[u8] = b"\x00applied";
+
 /// Tags of `meta` keys: the first byte says what the key names.
 pub mod tag {
     /// A vhost: tag, name.
@@ -627,6 +632,22 @@ pub fn decode_counter(value: &[u8]) -> Result<u64> {
     let mut r = open_value(value)?;
     let counter = r.u64()?;
     finish(r, counter)
+}
+
+/// Encodes the applied key's value: a Raft log index and its term.
+pub fn encode_applied(index: u64, term: u64) -> Vec<u8> {
+    let mut out = new_value(16);
+    out.put_u64(index);
+    out.put_u64(term);
+    Vec::from(out)
+}
+
+/// Decodes a value written by [`encode_applied`].
+pub fn decode_applied(value: &[u8]) -> Result<(u64, u64)> {
+    let mut r = open_value(value)?;
+    let index = r.u64()?;
+    let term = r.u64()?;
+    finish(r, (index, term))
 }
 
 /// Decodes the format key's value: the version the store was written with.
