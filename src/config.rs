@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::cluster::settings::ClusterFile;
 use crate::server::ServerConfig;
 use crate::store::SyncPolicy;
 use crate::tls::{self, TlsSettings, TlsVersion, Verify};
@@ -70,6 +71,9 @@ pub struct FileConfig {
     /// `[http_tls]`: the management API over HTTPS on its own port, beside the plain
     /// HTTP listener (which `warren ctl` uses on this machine).
     pub http_tls: Option<TlsFile>,
+    /// `[cluster]`: this node is a member of a replicated cluster (see
+    /// [`crate::cluster::settings`]).
+    pub cluster: Option<ClusterFile>,
 }
 
 /// A `[tls]` or `[http_tls]` section: RabbitMQ's `ssl_options` names.

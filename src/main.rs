@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use warren::cluster::settings::ClusterSettings;
 use warren::config::FileConfig;
 use warren::server::ServerConfig;
 use warren::store::disk::{FjallStore, MAX_SYNC_GAP_MS, StoreOptions, SyncPolicy};
@@ -141,14 +142,22 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), String> {
+/// The settings of `warren serve`: the server's, the store's, and the `[cluster]`
+/// section's when the node is a cluster member.
+type Settings = (ServerConfig, StoreOptions, Option<ClusterSettings>);
+
+fn server_config(args: &ServeArgs) -> Result<Settings, String> {
     let mut config = ServerConfig {
         data_dir: default_data_dir(),
         ..ServerConfig::default()
     };
     let mut store = StoreOptions::default();
+    let mut cluster = None;
     if let Some(path) = &args.config {
-        let file = FileConfig::load(path)?;
+        let mut file = FileConfig::load(path)?;
+        if let Some(section) = file.cluster.take() {
+            cluster = Some(section.settings()?);
+        }
         store.sync = file.sync.unwrap_or(store.sync);
         store.reserve_bytes = file.store_reserve_bytes.unwrap_or(store.reserve_bytes);
         store.sync_gap_ms = file.sync_gap_ms.unwrap_or(store.sync_gap_ms);
@@ -198,7 +207,7 @@ fn server_config(args: &ServeArgs) -> Result<(ServerConfig, StoreOptions), Strin
     if let Some(v) = &args.node_name {
         config.node_name = Some(v.clone());
     }
-    Ok((config, store))
+    Ok((config, store, cluster))
 }
 
 /// The runtime of `warren serve`: one thread, or a pool of `threads` (0: one per core).
@@ -222,7 +231,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let (mut config, mut store_options) = match server_config(&args) {
+    let (mut config, mut store_options, cluster) = match server_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -250,21 +259,33 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     // The broker's names, and the seed of its hash maps, come from the OS's randomness.
     let seed = rand::RngCore::next_u64(&mut rand::rngs::OsRng);
     let store = match FjallStore::open(&config.data_dir, store_options) {
-        Ok(store) => Box::new(store),
+        Ok(store) => store,
         Err(e) => {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }
     };
     tracing::info!(data_dir = %config.data_dir.display(), amqp_port = config.amqp_port, sync = %store_options.sync, "starting warren");
-    let reloads = reload_on_hangup(&runtime, args);
-    match runtime.block_on(warren::node::run(
-        config,
-        store,
-        seed,
-        shutdown_signal(&runtime),
-        reloads,
-    )) {
+    let served = match cluster {
+        Some(cluster) => runtime.block_on(warren::node::cluster::run(
+            config,
+            cluster,
+            store,
+            seed,
+            shutdown_signal(&runtime),
+        )),
+        None => {
+            let reloads = reload_on_hangup(&runtime, args);
+            runtime.block_on(warren::node::run(
+                config,
+                Box::new(store),
+                seed,
+                shutdown_signal(&runtime),
+                reloads,
+            ))
+        }
+    };
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -342,7 +363,7 @@ fn reload_on_hangup(
     runtime.spawn(async move {
         while hangups.recv().await.is_some() {
             let mut config = match server_config(&args) {
-                Ok((config, _)) => config,
+                Ok((config, _, _)) => config,
                 Err(e) => {
                     tracing::error!("config not reloaded: {e}");
                     continue;

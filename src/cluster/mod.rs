@@ -505,6 +505,11 @@ pub fn is_batch(entry: &Committed) -> bool {
 }
 
 pub mod disk;
+#[cfg(not(madsim))]
+pub mod member;
+pub mod settings;
+#[cfg(not(madsim))]
+pub mod transport;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,9 @@ use crate::admin::http::{self, HttpSettings};
 use crate::server::{self, ServerConfig, TlsListener};
 use crate::store::Store;
 
+#[cfg(not(madsim))]
+pub mod cluster;
+
 /// Runs a node until `shutdown` completes: recovers the broker from `store`, listens for
 /// AMQP and HTTP (taking the configs `reloads` brings meanwhile), then stops the HTTP
 /// API, closes the AMQP connections and syncs the store.

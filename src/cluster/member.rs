@@ -1,0 +1,515 @@
+//! A cluster member's Raft thread (the driver of one [`Replica`]) and the store the
+//! leader's broker writes through it ([`ReplicatedStore`]).
+//!
+//! The thread owns the Raft log ([`FjallLog`]) and this node's broker store
+//! ([`FjallStore`]). It ticks the replica, steps it with the other members' messages,
+//! makes each persist durable before reporting it, hands messages to the transport, and
+//! applies every committed entry's batch to the store, recording the entry's index and
+//! term with it ([`FjallStore::write_applied`]). Leader or follower, the store is written
+//! only by committed entries, in log order, so every member's store is a valid warren
+//! store holding exactly the committed log's prefix.
+//!
+//! The leader's broker runs on a [`ReplicatedStore`]: its writes become one Raft entry
+//! per group commit, and a sync returns once that entry is committed by a majority and
+//! applied here. A sync that fails (leadership lost, or the proposal not taken in time)
+//! leaves the batches in doubt; the broker above is then stopped and started again from
+//! the store, as after a restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::disk::FjallLog;
+use super::raftpb::Message;
+use super::{LogState, NodeId, Output, ProposeError, Replica, ReplicaConfig, Role};
+use crate::store::disk::{FjallStore, decode_batch, encode_batch};
+use crate::store::{HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreOp};
+
+/// One tick of the Raft clock.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Ticks between a leader's heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// Fewest ticks without a heartbeat before a follower campaigns (a node picks its own
+/// between this and twice this, at random).
+pub const ELECTION_TICKS: usize = 10;
+/// Most inputs waiting for the Raft thread; peer messages past it are dropped.
+pub const INBOX: usize = 8192;
+/// How often the store's applied writes are synced (the log holds them meanwhile).
+const STORE_SYNC: Duration = Duration::from_secs(1);
+/// Inputs taken per round before the replica is polled.
+const INPUTS_PER_ROUND: usize = 1024;
+/// How long a proposal may wait for room (the replica refuses while too much is
+/// uncommitted) before the sync fails.
+const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why a proposal was not committed.
+#[derive(Debug)]
+pub enum ProposeFailure {
+    /// Too much in flight: propose again shortly.
+    Busy,
+    /// This node does not lead, or stopped leading before the entry was seen committed
+    /// (it may still commit under the next leader).
+    Lost(String),
+}
+
+/// Work for the Raft thread.
+#[derive(Debug)]
+pub enum MemberIn {
+    /// A message from a peer.
+    Peer(Message),
+    /// Propose a batch; the reply comes once it is committed and applied, or failed.
+    Propose {
+        /// The encoded batch ([`encode_batch`]).
+        data: Vec<u8>,
+        /// Where the outcome goes.
+        reply: SyncSender<Result<(), ProposeFailure>>,
+    },
+    /// Read a queue's entries from the store.
+    Load {
+        /// Queue incarnation.
+        queue: u64,
+        /// First position.
+        from_seq: u64,
+        /// Most entries.
+        max: usize,
+        /// Most bytes.
+        max_bytes: u64,
+        /// Where the entries go.
+        reply: SyncSender<Result<Vec<LoadedEntry>, StoreError>>,
+    },
+    /// Stop the thread (after syncing the store).
+    Stop,
+    /// Read back the store for a new broker.
+    Recover {
+        /// Each queue's head.
+        head_limit: HeadLimit,
+        /// Where the state goes.
+        reply: SyncSender<Result<Recovered, StoreError>>,
+    },
+}
+
+/// What a member knows of the cluster, published after every round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The last index applied to the store.
+    pub applied: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// On the leader: each member's matched index.
+    pub progress: Vec<(NodeId, u64)>,
+    /// This node leads and its store holds every committed entry, its own term's first
+    /// included: a broker started from the store now has all that was ever confirmed.
+    pub ready: bool,
+    /// Proposals not yet committed. A broker is started from the store only when none
+    /// is: one that commits later would be in the store but not in the broker.
+    pub in_flight: usize,
+    /// Set when the thread stopped on an error: the node must stop.
+    pub failed: Option<String>,
+}
+
+/// The handle on a running Raft thread.
+#[derive(Debug)]
+pub struct Member {
+    /// Inputs for the thread.
+    pub inbox: SyncSender<MemberIn>,
+    /// The member's status.
+    pub status: watch::Receiver<Status>,
+    /// The thread; it ends on [`MemberIn::Stop`].
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// The thread's state.
+struct Driver {
+    replica: Replica,
+    log: FjallLog,
+    store: FjallStore,
+    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+    waiting: HashMap<u64, SyncSender<Result<(), ProposeFailure>>>,
+    next_proposal: u64,
+    applied: u64,
+    applied_term: u64,
+    unsynced_store: bool,
+    status: watch::Sender<Status>,
+}
+
+/// Starts the Raft thread. `inbox` is the receiving end of the channel whose senders the
+/// transport and the broker hold; `peers` sends to each other member.
+pub fn start(
+    cfg: &ReplicaConfig,
+    log: FjallLog,
+    state: &LogState,
+    store: FjallStore,
+    inbox: (SyncSender<MemberIn>, Receiver<MemberIn>),
+    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+) -> Result<Member, String> {
+    let (applied, applied_term) = store.applied().map_err(|e| e.to_string())?;
+    let replica = Replica::start(cfg, state, applied).map_err(|e| e.to_string())?;
+    if applied > 0 {
+        let logged = state
+            .entries
+            .get(usize::try_from(applied - 1).unwrap_or(usize::MAX))
+            .map(|e| e.term);
+        if logged != Some(applied_term) {
+            return Err(format!(
+                "the store applied entry {applied} of term {applied_term}, but the Raft log \
+                 holds {logged:?} there"
+            ));
+        }
+    }
+    let status = Status {
+        id: cfg.id,
+        role: replica.role(),
+        term: replica.term(),
+        leader: replica.leader(),
+        commit: replica.commit_index(),
+        applied,
+        last_index: replica.last_index(),
+        progress: Vec::new(),
+        ready: false,
+        in_flight: 0,
+        failed: None,
+    };
+    let (status_tx, status_rx) = watch::channel(status);
+    let mut driver = Driver {
+        replica,
+        log,
+        store,
+        peers,
+        waiting: HashMap::new(),
+        next_proposal: 0,
+        applied,
+        applied_term,
+        unsynced_store: false,
+        status: status_tx,
+    };
+    let (tx, rx) = inbox;
+    let thread = std::thread::Builder::new()
+        .name("warren-raft".into())
+        .spawn(move || {
+            let result = driver.run(&rx);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the Raft thread stopped");
+            }
+            driver.finish(result.err());
+        })
+        .map_err(|e| format!("cannot start the Raft thread: {e}"))?;
+    Ok(Member {
+        inbox: tx,
+        status: status_rx,
+        thread,
+    })
+}
+
+impl Driver {
+    fn run(&mut self, inbox: &Receiver<MemberIn>) -> Result<(), String> {
+        let mut next_tick = Instant::now() + TICK;
+        let mut next_sync = Instant::now() + STORE_SYNC;
+        let mut out = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.replica.tick();
+                next_tick = (next_tick + TICK).max(now);
+            }
+            if now >= next_sync {
+                if self.unsynced_store {
+                    self.store.sync().map_err(|e| e.to_string())?;
+                    self.unsynced_store = false;
+                }
+                next_sync = now + STORE_SYNC;
+            }
+            match inbox.recv_timeout(next_tick.saturating_duration_since(now)) {
+                Ok(input) => {
+                    if !self.take(input)? {
+                        return Ok(());
+                    }
+                    for _ in 1..INPUTS_PER_ROUND {
+                        match inbox.try_recv() {
+                            Ok(input) => {
+                                if !self.take(input)? {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            self.replica.poll(&mut out);
+            while !out.is_empty() {
+                let mut more = Vec::new();
+                for o in out.drain(..) {
+                    self.carry_out(o, &mut more)?;
+                }
+                out = more;
+            }
+            self.publish();
+        }
+    }
+
+    /// Takes one input; false for [`MemberIn::Stop`].
+    fn take(&mut self, input: MemberIn) -> Result<bool, String> {
+        match input {
+            MemberIn::Stop => return Ok(false),
+            MemberIn::Peer(m) => self.replica.step(m),
+            MemberIn::Propose { data, reply } => {
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                match self.replica.propose(id, data) {
+                    Ok(()) => {
+                        self.waiting.insert(id, reply);
+                    }
+                    Err(ProposeError::Busy) => {
+                        let _ = reply.send(Err(ProposeFailure::Busy));
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(ProposeFailure::Lost(format!(
+                            "this node is not the leader (the leader is {leader:?})"
+                        ))));
+                    }
+                }
+            }
+            MemberIn::Load {
+                queue,
+                from_seq,
+                max,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.store.load(queue, from_seq, max, max_bytes));
+            }
+            MemberIn::Recover { head_limit, reply } => {
+                let _ = reply.send(self.store.recover(head_limit));
+            }
+        }
+        Ok(true)
+    }
+
+    fn carry_out(&mut self, output: Output, more: &mut Vec<Output>) -> Result<(), String> {
+        match output {
+            Output::Persist {
+                number,
+                entries,
+                hard_state,
+            } => {
+                self.log
+                    .persist(&entries, hard_state.as_ref())
+                    .map_err(|e| e.to_string())?;
+                self.replica.persisted(number, more);
+            }
+            Output::Send(m) => {
+                if let Some(peer) = self.peers.get(&m.to) {
+                    match peer.try_send(m) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err("the Raft transport stopped".into());
+                        }
+                    }
+                }
+            }
+            Output::Apply(entries) => {
+                for c in entries {
+                    assert!(
+                        c.index == self.applied + 1,
+                        "entries are applied in order: {} after {}",
+                        c.index,
+                        self.applied
+                    );
+                    let ops = if c.data.is_empty() {
+                        Vec::new()
+                    } else {
+                        decode_batch(&c.data).map_err(|e| {
+                            format!("committed entry {} does not decode: {e}", c.index)
+                        })?
+                    };
+                    self.store
+                        .write_applied(&ops, c.index, c.term)
+                        .map_err(|e| e.to_string())?;
+                    self.unsynced_store = true;
+                    self.applied = c.index;
+                    self.applied_term = c.term;
+                    if let Some(reply) = c.proposal.and_then(|p| self.waiting.remove(&p)) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+            Output::Deposed { term, uncertain } => {
+                tracing::warn!(term, "this node stopped leading");
+                for p in uncertain {
+                    if let Some(reply) = self.waiting.remove(&p) {
+                        let _ = reply.send(Err(ProposeFailure::Lost(format!(
+                            "leadership of term {term} was lost before the batch was committed"
+                        ))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let role = self.replica.role();
+        let term = self.replica.term();
+        let commit = self.replica.commit_index();
+        let status = Status {
+            id: self.replica.id(),
+            role,
+            term,
+            leader: self.replica.leader(),
+            commit,
+            applied: self.applied,
+            last_index: self.replica.last_index(),
+            progress: if role == Role::Leader {
+                self.replica.progress()
+            } else {
+                Vec::new()
+            },
+            ready: role == Role::Leader && self.applied == commit && self.applied_term == term,
+            in_flight: self.replica.proposals_in_flight(),
+            failed: None,
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    /// Syncs what was applied and publishes the end.
+    fn finish(&mut self, error: Option<String>) {
+        for (_, reply) in self.waiting.drain() {
+            let _ = reply.send(Err(ProposeFailure::Lost("the Raft thread stopped".into())));
+        }
+        if self.unsynced_store
+            && let Err(e) = self.store.sync()
+        {
+            tracing::warn!(error = %e, "cannot sync the store at stop");
+        }
+        self.status.send_modify(|s| {
+            s.ready = false;
+            s.failed = Some(error.unwrap_or_else(|| "stopped".into()));
+        });
+    }
+}
+
+/// The leader's broker store: batches go through the Raft log.
+#[derive(Debug)]
+pub struct ReplicatedStore {
+    inbox: SyncSender<MemberIn>,
+    pending: Vec<StoreOp>,
+    /// Woken when a sync fails: the node stops this broker and starts another from the
+    /// store.
+    lost: Arc<Notify>,
+}
+
+impl ReplicatedStore {
+    /// A store for a broker on the leader; `lost` is notified when a batch's fate is in
+    /// doubt.
+    pub fn new(inbox: SyncSender<MemberIn>, lost: Arc<Notify>) -> Self {
+        ReplicatedStore {
+            inbox,
+            pending: Vec::new(),
+            lost,
+        }
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> MemberIn) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inbox
+            .send(make(tx))
+            .map_err(|_| StoreError::other("the Raft thread stopped"))?;
+        rx.recv()
+            .map_err(|_| StoreError::other("the Raft thread stopped"))
+    }
+
+    fn fail(&self, why: String) -> StoreError {
+        self.lost.notify_one();
+        StoreError::other(format!("replication failed: {why}"))
+    }
+}
+
+impl Store for ReplicatedStore {
+    fn recover(&mut self, head_limit: HeadLimit) -> Result<Recovered, StoreError> {
+        self.ask(|reply| MemberIn::Recover { head_limit, reply })?
+    }
+
+    fn load(
+        &mut self,
+        queue: u64,
+        from_seq: u64,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<LoadedEntry>, StoreError> {
+        // What the broker wrote must be in the store before it is read back.
+        self.sync()?;
+        self.ask(|reply| MemberIn::Load {
+            queue,
+            from_seq,
+            max,
+            max_bytes,
+            reply,
+        })?
+    }
+
+    fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.pending.extend_from_slice(ops);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = encode_batch(&self.pending);
+        let deadline = Instant::now() + PROPOSE_PATIENCE;
+        loop {
+            let data = data.clone();
+            match self.ask(|reply| MemberIn::Propose { data, reply }) {
+                Ok(Ok(())) => {
+                    self.pending.clear();
+                    return Ok(());
+                }
+                Ok(Err(ProposeFailure::Busy)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(Err(ProposeFailure::Busy)) => {
+                    return Err(self.fail("the cluster took no batch for 10 s".into()));
+                }
+                Ok(Err(ProposeFailure::Lost(why))) => return Err(self.fail(why)),
+                Err(e) => return Err(self.fail(e.to_string())),
+            }
+        }
+    }
+
+    fn reopen(&mut self) -> Result<usize, StoreError> {
+        // The batches in doubt may still commit under another leader: only a broker
+        // started afresh from the store knows. This one is being replaced.
+        self.lost.notify_one();
+        Err(StoreError::other(
+            "replication failed; the broker restarts from the store",
+        ))
+    }
+}
+
+/// Hands a peer message to the thread without waiting: a full inbox drops it, as the
+/// network might.
+pub fn deliver(inbox: &SyncSender<MemberIn>, message: Message) {
+    match inbox.try_send(MemberIn::Peer(message)) {
+        Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+    }
+}

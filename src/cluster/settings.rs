@@ -1,0 +1,171 @@
+//! A cluster member's settings: the `[cluster]` section of the config file.
+//!
+//! ```toml
+//! [cluster]
+//! node_id = 1
+//! cookie = "a secret every member shares"
+//! members = [
+//!   { id = 1, raft = "10.0.0.1:25672", amqp = "10.0.0.1:5672" },
+//!   { id = 2, raft = "10.0.0.2:25672", amqp = "10.0.0.2:5672" },
+//!   { id = 3, raft = "10.0.0.3:25672", amqp = "10.0.0.3:5672" },
+//! ]
+//! ```
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::NodeId;
+
+/// Most members of a cluster: Raft's majorities grow with it, and past seven every commit
+/// waits on more fsyncs than it gains in safety.
+pub const MAX_MEMBERS: usize = 7;
+/// Fewest bytes of a cookie.
+pub const MIN_COOKIE_BYTES: usize = 16;
+/// Most bytes of a cookie.
+pub const MAX_COOKIE_BYTES: usize = 255;
+
+/// One member, as every member's config lists it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAddress {
+    /// Its node id (1 or more, unique in the cluster).
+    pub id: NodeId,
+    /// Where it listens for the other members' Raft messages.
+    pub raft: SocketAddr,
+    /// Where clients reach its AMQP listener (named to clients a follower turns away).
+    pub amqp: SocketAddr,
+}
+
+/// The `[cluster]` section as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This node's id.
+    pub node_id: Option<NodeId>,
+    /// The secret a member presents to another before any Raft message.
+    pub cookie: Option<String>,
+    /// Every member, this node included.
+    #[serde(default)]
+    pub members: Vec<MemberAddress>,
+}
+
+/// A checked cluster configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The shared secret.
+    pub cookie: String,
+    /// Every member, this node included, by id.
+    pub members: Vec<MemberAddress>,
+}
+
+impl ClusterFile {
+    /// Checks the section: a node id among the members, distinct ids and addresses, at
+    /// most [`MAX_MEMBERS`], and a cookie of a sane length.
+    pub fn settings(self) -> Result<ClusterSettings, String> {
+        let node_id = self.node_id.ok_or("[cluster] needs node_id")?;
+        let cookie = self.cookie.ok_or("[cluster] needs cookie")?;
+        if !(MIN_COOKIE_BYTES..=MAX_COOKIE_BYTES).contains(&cookie.len()) {
+            return Err(format!(
+                "[cluster] cookie must be {MIN_COOKIE_BYTES} to {MAX_COOKIE_BYTES} bytes"
+            ));
+        }
+        let mut members = self.members;
+        if members.is_empty() || members.len() > MAX_MEMBERS {
+            return Err(format!(
+                "[cluster] members must list 1 to {MAX_MEMBERS} nodes"
+            ));
+        }
+        members.sort_by_key(|m| m.id);
+        for pair in members.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(format!(
+                    "[cluster] member id {} is listed twice",
+                    pair[0].id
+                ));
+            }
+        }
+        for (i, m) in members.iter().enumerate() {
+            if m.id == 0 {
+                return Err("[cluster] member ids start at 1".into());
+            }
+            if members[..i].iter().any(|o| o.raft == m.raft) {
+                return Err(format!("[cluster] raft address {} is listed twice", m.raft));
+            }
+        }
+        if !members.iter().any(|m| m.id == node_id) {
+            return Err(format!(
+                "[cluster] node_id {node_id} is not one of the members"
+            ));
+        }
+        Ok(ClusterSettings {
+            node_id,
+            cookie,
+            members,
+        })
+    }
+}
+
+impl ClusterSettings {
+    /// This node's entry.
+    pub fn me(&self) -> &MemberAddress {
+        self.member(self.node_id)
+            .expect("settings are checked to list this node")
+    }
+
+    /// A member's entry.
+    pub fn member(&self, id: NodeId) -> Option<&MemberAddress> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The member ids.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, port: u16) -> MemberAddress {
+        MemberAddress {
+            id,
+            raft: SocketAddr::from(([127, 0, 0, 1], port)),
+            amqp: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+        }
+    }
+
+    fn file(node_id: NodeId, members: Vec<MemberAddress>) -> ClusterFile {
+        ClusterFile {
+            node_id: Some(node_id),
+            cookie: Some("0123456789abcdef".into()),
+            members,
+        }
+    }
+
+    #[test]
+    fn a_section_is_checked() {
+        let ok = file(2, vec![member(3, 30), member(1, 10), member(2, 20)])
+            .settings()
+            .unwrap();
+        assert_eq!(ok.ids(), vec![1, 2, 3]);
+        assert_eq!(ok.me().raft.port(), 20);
+        let err = |f: ClusterFile| f.settings().unwrap_err();
+        assert!(err(file(4, vec![member(1, 10)])).contains("not one of the members"));
+        assert!(err(file(1, vec![member(1, 10), member(1, 20)])).contains("twice"));
+        assert!(err(file(1, vec![member(1, 10), member(2, 10)])).contains("twice"));
+        assert!(err(file(0, vec![member(0, 10)])).contains("start at 1"));
+        assert!(err(file(1, vec![])).contains("1 to 7"));
+        let mut short = file(1, vec![member(1, 10)]);
+        short.cookie = Some("short".into());
+        assert!(err(short).contains("cookie"));
+        let parsed: ClusterFile = toml::from_str(
+            "node_id = 1\ncookie = \"0123456789abcdef\"\nmembers = [{ id = 1, raft = \"127.0.0.1:25672\", amqp = \"127.0.0.1:5672\" }]",
+        )
+        .unwrap();
+        assert_eq!(parsed.settings().unwrap().me().amqp.port(), 5672);
+    }
+}

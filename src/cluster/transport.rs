@@ -1,0 +1,245 @@
+//! Raft messages between members over TCP (the driver's side; the Raft logic is in
+//! [`super::Replica`]).
+//!
+//! A connection carries one direction: the dialling member writes, the listening member
+//! reads. It opens with the cluster's cookie and the dialler's node id; a connection with
+//! the wrong cookie is closed before any message is read. Then each message is its
+//! protobuf bytes after a 4-byte big-endian length, at most [`MAX_FRAME_BYTES`].
+//!
+//! Raft tolerates lost messages, so neither side waits for the other: a full queue, a
+//! refused connection or a broken one drops messages, and the writer dials again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use super::NodeId;
+use super::raftpb::Message;
+
+/// Most bytes of one message on the wire. An append carries at most
+/// [`super::MAX_MESSAGE_BYTES`] of entries, or one entry however large: a store batch,
+/// which the broker bounds by its unsynced-bytes credit.
+pub const MAX_FRAME_BYTES: u32 = 256 << 20;
+/// Messages queued for one peer; more are dropped (Raft sends them again).
+pub const PEER_QUEUE: usize = 4096;
+/// How long a writer waits before dialling a peer again.
+const REDIAL: Duration = Duration::from_millis(200);
+/// How long a dial or the opening of a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most inbound connections at once (a few per member are plenty).
+const MAX_INBOUND: usize = 64;
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The opening of a connection: cookie length, cookie, the dialler's id.
+fn hello(cookie: &str, from: NodeId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cookie.len() + 9);
+    out.push(u8::try_from(cookie.len()).expect("cookies are checked to fit a byte"));
+    out.extend_from_slice(cookie.as_bytes());
+    out.extend_from_slice(&from.to_be_bytes());
+    out
+}
+
+/// Listens on `listener` for the other members' messages and hands each one addressed to
+/// `me` from the member that opened the connection to `deliver`.
+pub fn listen<F>(
+    listener: TcpListener,
+    cookie: String,
+    me: NodeId,
+    members: Vec<NodeId>,
+    deliver: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Message) + Clone + Send + 'static,
+{
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a Raft connection");
+                    tokio::time::sleep(REDIAL).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue;
+            };
+            let (cookie, members, deliver) = (cookie.clone(), members.clone(), deliver.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = read_peer(stream, &cookie, me, &members, deliver).await {
+                    tracing::debug!(%peer, error = %e, "Raft connection closed");
+                }
+            });
+        }
+    })
+}
+
+async fn read_peer<F: Fn(Message)>(
+    mut stream: TcpStream,
+    cookie: &str,
+    me: NodeId,
+    members: &[NodeId],
+    deliver: F,
+) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let from = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let len = stream.read_u8().await?;
+        let mut presented = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut presented).await?;
+        if !same_secret(&presented, cookie.as_bytes()) {
+            tracing::warn!("a Raft connection presented the wrong cookie");
+            return Err(bad("wrong cookie"));
+        }
+        stream.read_u64().await
+    })
+    .await
+    .map_err(|_| bad("no opening in time"))??;
+    if from == me || !members.contains(&from) {
+        return Err(bad("not a member"));
+    }
+    let mut buf = Vec::new();
+    loop {
+        let len = stream.read_u32().await?;
+        if len > MAX_FRAME_BYTES {
+            return Err(bad("message too large"));
+        }
+        buf.resize(len as usize, 0);
+        stream.read_exact(&mut buf).await?;
+        let message = Message::parse_from_bytes(&buf).map_err(|_| bad("bad message"))?;
+        if message.from != from || message.to != me {
+            return Err(bad("misaddressed message"));
+        }
+        deliver(message);
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::new();
+        }
+    }
+}
+
+/// Connects to `addr`, from `source` when given (a node bound to one address dials from
+/// it too, so that its traffic is told apart by address).
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source.filter(|ip| !ip.is_unspecified()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Starts the writer of messages to one peer; its sender takes them without waiting
+/// (`try_send`: a full queue drops the message).
+pub fn dial(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    cookie: String,
+    me: NodeId,
+) -> mpsc::Sender<Message> {
+    let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
+    tokio::spawn(async move {
+        let opening = hello(&cookie, me);
+        loop {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(addr, source)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    // While the peer is away, what was queued for it is stale.
+                    while rx.try_recv().is_ok() {}
+                    if rx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(REDIAL).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match write_peer(stream, &opening, &mut rx).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "Raft connection lost");
+                    tokio::time::sleep(REDIAL).await;
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Writes queued messages until the queue closes (Ok) or the connection fails.
+async fn write_peer(
+    stream: TcpStream,
+    opening: &[u8],
+    rx: &mut mpsc::Receiver<Message>,
+) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    out.write_all(opening).await?;
+    out.flush().await?;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Whatever else is queued goes out in the same write.
+        while let Some(message) = next {
+            let bytes = message
+                .write_to_bytes()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let len = u32::try_from(bytes.len())
+                .ok()
+                .filter(|l| *l <= MAX_FRAME_BYTES)
+                .ok_or_else(|| std::io::Error::other("a Raft message too large to send"))?;
+            out.write_u32(len).await?;
+            out.write_all(&bytes).await?;
+            next = rx.try_recv().ok();
+        }
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_reach_the_member_they_are_for_and_a_wrong_cookie_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let cookie = "0123456789abcdef".to_string();
+        let _server = listen(listener, cookie.clone(), 1, vec![1, 2, 3], move |m| {
+            let _ = got_tx.send(m);
+        });
+        let wrong = dial(addr, None, "fedcba9876543210".into(), 2);
+        let right = dial(addr, Some([127, 0, 0, 1].into()), cookie, 2);
+        let message = |to: NodeId, term: u64| {
+            let mut m = Message::default();
+            m.from = 2;
+            m.to = to;
+            m.term = term;
+            m
+        };
+        wrong.send(message(1, 7)).await.unwrap();
+        right.send(message(1, 8)).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.term, 8);
+        // Nothing from the dialler with the wrong cookie arrives.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), got.recv())
+                .await
+                .is_err()
+        );
+    }
+}

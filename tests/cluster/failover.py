@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Failover of a three-node warren cluster, driven by pika.
+
+Three `warren serve` processes on loopback (127.0.0.1, .2 and .3, free ports) form one
+cluster. A pika publisher sends persistent messages with publisher confirms and a pika
+consumer acks each delivery, both given all three addresses, while:
+
+  * the leader is killed with SIGKILL, five times in a row, and restarted each time once
+    another node leads (it rejoins as a follower);
+  * then, twice, the leader's Raft traffic is dropped with iptables (its AMQP port stays
+    reachable), and let through again once another node leads.
+
+At the end every confirmed message must have been delivered, the old leader must have
+closed its AMQP listener while cut off, and the time from each kill or cut to the first
+confirm on the new leader is printed (goal: under 5 s).
+
+    tests/cluster/failover.py --warren target/release/warren [--kills 5] [--cuts 2]
+
+Needs root and iptables for the cuts (`--cuts 0` skips them).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pika
+
+QUEUE = "failover"
+COOKIE = "failover-test-cookie-0123456789"
+FAILOVER_GOAL_S = 5.0
+# Longest a failover may take before the test gives up on it.
+FAILOVER_LIMIT_S = 30.0
+
+
+def free_port(host):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def listening(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Node:
+    def __init__(self, root, warren, i, members):
+        self.i = i
+        self.host = f"127.0.0.{i}"
+        self.amqp = members[i]["amqp"]
+        self.http = free_port(self.host)
+        self.raft = members[i]["raft"]
+        self.dir = os.path.join(root, f"node{i}")
+        self.config = os.path.join(root, f"node{i}.toml")
+        self.log = os.path.join(root, f"node{i}.log")
+        self.warren = warren
+        self.proc = None
+        lines = "\n".join(
+            f'  {{ id = {j}, raft = "127.0.0.{j}:{m["raft"]}", amqp = "127.0.0.{j}:{m["amqp"]}" }},'
+            for j, m in sorted(members.items())
+        )
+        with open(self.config, "w") as f:
+            f.write(f'[cluster]\nnode_id = {i}\ncookie = "{COOKIE}"\nmembers = [\n{lines}\n]\n')
+
+    def start(self):
+        log = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [self.warren, "serve", "--config", self.config, "--bind", self.host,
+             "--amqp-port", str(self.amqp), "--http-port", str(self.http),
+             "--data-dir", self.dir, "--node-name", f"warren{self.i}@localhost",
+             "--log", "warn"],
+            stdout=log, stderr=log)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def serving(self):
+        return self.proc.poll() is None and listening(self.host, self.amqp)
+
+
+class Ledger:
+    """What the clients saw, shared by their threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.confirmed = {}  # id -> (time confirmed, host of the node that confirmed it)
+        self.delivered = set()
+        self.redelivered = 0
+        self.publish_errors = 0
+        self.consume_errors = 0
+        self.stop = threading.Event()
+
+    def first_confirm_after(self, t, not_by):
+        """The first confirm after `t` from a node other than `not_by`."""
+        with self.lock:
+            times = [c for c, host in self.confirmed.values() if c > t and host != not_by]
+        return min(times) if times else None
+
+
+def parameters(nodes):
+    return [pika.ConnectionParameters(host=n.host, port=n.amqp, heartbeat=10,
+                                      blocked_connection_timeout=30,
+                                      connection_attempts=1, socket_timeout=2)
+            for n in nodes]
+
+
+def connect(nodes, ledger):
+    while not ledger.stop.is_set():
+        try:
+            return pika.BlockingConnection(parameters(nodes))
+        except pika.exceptions.AMQPError:
+            time.sleep(0.1)
+    return None
+
+
+def publisher(nodes, ledger):
+    next_id = 0
+    while not ledger.stop.is_set():
+        conn = connect(nodes, ledger)
+        if conn is None:
+            return
+        host = conn._impl.params.host
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(QUEUE, durable=True)
+            props = pika.BasicProperties(delivery_mode=2)
+            while not ledger.stop.is_set():
+                body = str(next_id).encode()
+                next_id += 1
+                # With confirms on, this returns once the broker confirmed the message.
+                ch.basic_publish("", QUEUE, body, props, mandatory=True)
+                with ledger.lock:
+                    ledger.confirmed[int(body)] = (time.monotonic(), host)
+            conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            with ledger.lock:
+                ledger.publish_errors += 1
+            time.sleep(0.05)
+
+
+def consumer(nodes, ledger, done):
+    while not done.is_set():
+        conn = connect(nodes, ledger) if not ledger.stop.is_set() else None
+        if conn is None:
+            try:
+                conn = pika.BlockingConnection(parameters(nodes))
+            except pika.exceptions.AMQPError:
+                time.sleep(0.1)
+                continue
+        try:
+            ch = conn.channel()
+            ch.queue_declare(QUEUE, durable=True)
+            ch.basic_qos(prefetch_count=200)
+            for method, props, body in ch.consume(QUEUE, inactivity_timeout=0.5):
+                if done.is_set():
+                    break
+                if method is None:
+                    continue
+                with ledger.lock:
+                    ledger.delivered.add(int(body))
+                    ledger.redelivered += method.redelivered
+                ch.basic_ack(method.delivery_tag)
+            conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            with ledger.lock:
+                ledger.consume_errors += 1
+            time.sleep(0.05)
+
+
+def wait_for(what, check, limit):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
+
+
+def leader_of(nodes):
+    serving = [n for n in nodes if n.serving()]
+    return serving[0] if len(serving) == 1 else None
+
+
+def iptables(action, node, nodes):
+    """Drops (-I) or lets through again (-D) the Raft traffic to and from `node`."""
+    raft_ports = ",".join(str(n.raft) for n in nodes)
+    rules = [
+        ["-s", node.host, "-p", "tcp", "-m", "multiport", "--dports", raft_ports],
+        ["-d", node.host, "-p", "tcp", "--dport", str(node.raft)],
+    ]
+    for rule in rules:
+        subprocess.run(["iptables", action, "INPUT", *rule, "-j", "DROP"], check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--warren", required=True)
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--cuts", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the data and logs")
+    args = ap.parse_args()
+    warren = os.path.abspath(args.warren)
+    if args.cuts and not shutil.which("iptables"):
+        sys.exit("the cut rounds need iptables (or pass --cuts 0)")
+
+    root = tempfile.mkdtemp(prefix="warren-failover-")
+    members = {i: {"raft": free_port(f"127.0.0.{i}"), "amqp": free_port(f"127.0.0.{i}")}
+               for i in (1, 2, 3)}
+    nodes = [Node(root, warren, i, members) for i in (1, 2, 3)]
+    ledger = Ledger()
+    done = threading.Event()
+    rounds = []
+    cut = None
+    ok = False
+    try:
+        for n in nodes:
+            n.start()
+        wait_for("a leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+        threads = [threading.Thread(target=publisher, args=(nodes, ledger), daemon=True),
+                   threading.Thread(target=consumer, args=(nodes, ledger, done), daemon=True)]
+        for t in threads:
+            t.start()
+        plan = ["kill"] * args.kills + ["cut"] * args.cuts
+        for kind in plan:
+            time.sleep(3)
+            old = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+            before = len(ledger.confirmed)
+            t0 = time.monotonic()
+            if kind == "kill":
+                old.kill()
+            else:
+                iptables("-I", old, nodes)
+                cut = old
+            first = wait_for("a confirm after the failure",
+                             lambda: ledger.first_confirm_after(t0, old.host), FAILOVER_LIMIT_S)
+            new = wait_for("the new leader",
+                           lambda: next((n for n in nodes if n is not old and n.serving()), None),
+                           FAILOVER_LIMIT_S)
+            if kind == "kill":
+                old.start()
+            else:
+                # Cut off from the majority, the old leader stops its broker.
+                wait_for(f"node {old.i} to close its AMQP listener",
+                         lambda: not listening(old.host, old.amqp), FAILOVER_LIMIT_S)
+                iptables("-D", old, nodes)
+                cut = None
+            rounds.append((kind, old.i, new.i, first - t0, before))
+            print(f"{kind}: node {old.i} -> node {new.i}: first confirm after "
+                  f"{first - t0:.2f} s ({before} confirmed before)", flush=True)
+        time.sleep(2)
+        ledger.stop.set()
+        threads[0].join(timeout=30)
+        confirmed = set(ledger.confirmed)
+        # Every confirmed message must arrive.
+        try:
+            wait_for("every confirmed message to be delivered",
+                     lambda: confirmed <= ledger.delivered, 60)
+        except AssertionError:
+            pass
+        done.set()
+        threads[1].join(timeout=30)
+        with ledger.lock:
+            missing = sorted(confirmed - ledger.delivered)
+            delivered = len(ledger.delivered)
+            redelivered = ledger.redelivered
+        print()
+        print(f"{'round':<6} {'kind':<5} {'old':>4} {'new':>4} {'kill/cut to first confirm':>26}")
+        for r, (kind, old, new, secs, _) in enumerate(rounds, 1):
+            print(f"{r:<6} {kind:<5} {old:>4} {new:>4} {secs:>24.2f} s")
+        worst = max((r[3] for r in rounds), default=0.0)
+        print(f"confirmed {len(confirmed)}, delivered {delivered} distinct "
+              f"({redelivered} flagged redelivered), confirmed but never delivered "
+              f"{len(missing)}; publisher reconnects {ledger.publish_errors}, consumer "
+              f"reconnects {ledger.consume_errors}; slowest failover {worst:.2f} s "
+              f"(goal {FAILOVER_GOAL_S:.0f} s)")
+        assert not missing, f"confirmed messages lost: {missing[:20]}"
+        assert len(confirmed) > 1000, "too few messages confirmed to mean anything"
+        for kind, old, new, _, before in rounds:
+            assert before > 0
+        ok = True
+    finally:
+        done.set()
+        ledger.stop.set()
+        if cut is not None:
+            iptables("-D", cut, nodes)
+        for n in nodes:
+            n.stop()
+        if not ok:
+            for n in nodes:
+                print(f"--- node {n.i} log (last 30 lines)")
+                with open(n.log, errors="replace") as f:
+                    print("".join(f.readlines()[-30:]))
+        if args.keep or not ok:
+            print(f"data and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print("cluster failover: ok")
+
+
+if __name__ == "__main__":
+    main()
