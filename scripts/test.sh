@@ -3,13 +3,15 @@
 # with the client libraries, the amqplib npm package, cargo-fuzz). CI runs exactly this.
 #
 #   scripts/test.sh                 # everything
-#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit hostile clients browser fuzz sim
+#   WARREN_TEST_ONLY=build,unit scripts/test.sh    # some steps: build unit hostile clients cluster browser fuzz sim
 #
 # Steps: build (release, must be warning-free) · unit (cargo test: unit, property and
 # end-to-end tests against real warren processes) · hostile (the hostile-client suite,
 # tests/hostile: attacks on a real warren, each followed by liveness, bystander, memory and
 # ledger checks; prints a table of them) · clients (third-party client suites and pika
-# scenarios) · browser (the management web UI in headless Chromium: Debian's chromium
+# scenarios) · cluster (three warren processes as one cluster, pika publishing with
+# confirms and consuming while the leader is killed with SIGKILL and cut off with iptables,
+# installed if missing) · browser (the management web UI in headless Chromium: Debian's chromium
 # package, installed if missing, driven by Playwright for Python from .deps/ui-venv; its
 # screenshots and timings go to target/ui-test) · fuzz (bounded cargo-fuzz runs) · sim (a
 # batch of simulator seeds and the madsim tests).
@@ -17,7 +19,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TERM_COLOR=never
-only=${WARREN_TEST_ONLY:-build,unit,hostile,clients,browser,fuzz,sim}
+only=${WARREN_TEST_ONLY:-build,unit,hostile,clients,cluster,browser,fuzz,sim}
 fuzz_seconds=${WARREN_FUZZ_SECONDS:-60}
 failed=()
 started=$(date +%s)
@@ -64,14 +66,26 @@ fuzz_targets() {
   return $ok
 }
 
-browser_test() {
-  if ! [ -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-      apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }
-    else
-      sudo apt-get install -y -q chromium >/dev/null
-    fi
+install_package() {
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get install -y -q "$1" >/dev/null || { apt-get update -q && apt-get install -y -q "$1" >/dev/null; }
+  else
+    sudo apt-get install -y -q "$1" >/dev/null
   fi
+}
+
+cluster_test() {
+  command -v iptables >/dev/null || install_package iptables
+  local venv=.deps/cluster-venv
+  if ! [ -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pika" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$(grep -i '^pika==' tests/clients/requirements.txt)"
+  fi
+  "$venv/bin/python" tests/cluster/failover.py --warren target/release/warren
+}
+
+browser_test() {
+  [ -x /usr/bin/chromium ] || install_package chromium
   local venv=.deps/ui-venv
   if ! [ -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import playwright" 2>/dev/null; then
     python3 -m venv "$venv"
@@ -99,6 +113,10 @@ if want clients; then
   step "third-party client suites"
   run clients python3 tests/clients/run_suites.py \
     --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
+fi
+if want cluster; then
+  step "cluster failover"
+  run cluster cluster_test
 fi
 if want browser; then
   step "management web UI in a browser"
