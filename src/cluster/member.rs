@@ -383,6 +383,10 @@ impl Driver {
             in_flight: self.replica.proposals_in_flight(),
             failed: None,
         };
+        let before = self.status.borrow().clone();
+        if (before.role, before.term, before.leader) != (status.role, status.term, status.leader) {
+            tracing::info!(role = ?status.role, term = status.term, leader = ?status.leader, commit = status.commit, last_index = status.last_index, "Raft role");
+        }
         self.status.send_if_modified(|s| {
             let changed = *s != status;
             *s = status;

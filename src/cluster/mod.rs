@@ -20,9 +20,10 @@
 //!   connections without confirming them.
 //!
 //! Determinism: raft-rs draws each election timeout from the thread's random generator.
-//! A replica pins the range to one value ([`ReplicaConfig::election_ticks`]), which its
-//! driver picks from the seeded generator when it creates the replica, so a simulator seed
-//! replays exactly. raft-rs's peer maps use a fixed hasher, so its message order is fixed.
+//! A replica draws it instead, between [`ReplicaConfig::election_ticks`] and twice that, as
+//! a function of its id, term and role, each time raft-rs restarts its election timer, so a
+//! simulator seed replays exactly, and nodes whose votes split draw again for the next
+//! term. raft-rs's peer maps use a fixed hasher, so its message order is fixed.
 //!
 //! Bounds: proposals are refused while [`MAX_UNCOMMITTED_BYTES`] of proposed batches are
 //! not yet committed, and a message carries at most [`MAX_MESSAGE_BYTES`] of entries and
@@ -60,9 +61,9 @@ pub struct ReplicaConfig {
     pub id: NodeId,
     /// Every voting member, this node included.
     pub members: Vec<NodeId>,
-    /// Ticks without a leader's heartbeat before this node campaigns. Pick it at random
-    /// per node (from a seeded generator in the simulator), between 10 and 20 ticks, so
-    /// that elections rarely split.
+    /// The least ticks without a leader's heartbeat before this node campaigns; each
+    /// election timeout is drawn between this and twice this. Leader leases (check-quorum)
+    /// last this long.
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
@@ -204,6 +205,10 @@ pub struct Replica {
     uncommitted_bytes: u64,
     /// The term this node leads, while it leads.
     leading: Option<u64>,
+    /// The term and role the election timeout was last drawn for.
+    timer: (u64, StateRole),
+    /// The least election timeout.
+    election_ticks: usize,
 }
 
 impl std::fmt::Debug for Replica {
@@ -250,7 +255,7 @@ impl Replica {
             id: cfg.id,
             election_tick: cfg.election_ticks,
             min_election_tick: cfg.election_ticks,
-            max_election_tick: cfg.election_ticks + 1,
+            max_election_tick: 2 * cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             applied,
             max_size_per_msg: MAX_MESSAGE_BYTES,
@@ -263,13 +268,41 @@ impl Replica {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node =
             RawNode::new(&config, storage, &logger).map_err(|e| StartError(e.to_string()))?;
-        Ok(Self {
+        let mut replica = Self {
             node,
             pending: VecDeque::new(),
             in_flight: BTreeMap::new(),
             uncommitted_bytes: 0,
             leading: None,
-        })
+            timer: (u64::MAX, StateRole::Follower),
+            election_ticks: cfg.election_ticks,
+        };
+        replica.draw_election_timeout();
+        Ok(replica)
+    }
+
+    /// Draws the election timeout anew whenever raft-rs restarted its election timer (a
+    /// new term or role), between `election_ticks` and twice that. raft-rs would draw it
+    /// from the thread's random generator; this draw is a function of the node, the term
+    /// and the role, so a simulator seed replays, and two nodes whose elections split
+    /// draw different timeouts for the next term (a fixed timeout per node would let two
+    /// nodes with the same one split every election forever).
+    fn draw_election_timeout(&mut self) {
+        let raft = &mut self.node.raft;
+        let timer = (raft.term, raft.state);
+        if timer == self.timer {
+            return;
+        }
+        self.timer = timer;
+        let min = self.election_ticks;
+        let span = min.max(1) as u64;
+        let mut x = raft.id ^ raft.term.rotate_left(32) ^ ((raft.state as u64) << 7);
+        // splitmix64's finaliser.
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        raft.set_randomized_election_timeout(min + (x % span) as usize);
     }
 
     /// This node's id.
@@ -331,6 +364,7 @@ impl Replica {
     /// Advances the logical clock by one tick (the driver ticks every few milliseconds).
     pub fn tick(&mut self) {
         self.node.tick();
+        self.draw_election_timeout();
     }
 
     /// Takes a message from a peer. Messages from other terms or non-members are raft-rs's
@@ -342,6 +376,7 @@ impl Replica {
             return;
         }
         let _ = self.node.step(message);
+        self.draw_election_timeout();
     }
 
     /// Proposes a batch, when this node leads. `proposal` is the caller's id for it,
