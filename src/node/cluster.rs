@@ -2,8 +2,9 @@
 //! run for the node's whole life, and the broker (AMQP and HTTP) runs only while this node
 //! leads, started afresh from the store each time it becomes leader.
 //!
-//! While the node follows, its AMQP and HTTP ports are closed, so that a client given
-//! every member's address moves on to the next. When it stops leading (deposed, cut off
+//! While the node follows, it answers AMQP clients with `connection.start` and then closes
+//! the connection (`CONNECTION_FORCED`, naming the leader and the members), so that a
+//! client given every member's address moves on to the next; its HTTP port is closed. When it stops leading (deposed, cut off
 //! from the majority, or a batch whose fate is in doubt), its broker stops: connections
 //! close, and nothing not committed was confirmed.
 
@@ -13,13 +14,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
 
 use crate::cluster::disk::FjallLog;
-use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore};
+use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore, Status};
 use crate::cluster::settings::ClusterSettings;
 use crate::cluster::{ReplicaConfig, transport};
+use crate::proto::connection::{server_properties, truncate_shortstr};
+use crate::proto::constants::{CONNECTION_FORCED, PROTOCOL_HEADER};
+use crate::proto::frame::{Frame, FrameDecoder, encode_method};
+use crate::proto::method::{ConnectionClose, ConnectionStart, ConnectionTune, Method};
 use crate::server::ServerConfig;
 use crate::store::disk::FjallStore;
 
@@ -69,8 +78,7 @@ pub async fn run(
     let cfg = ReplicaConfig {
         id: me.id,
         members: ids,
-        // Each node its own timeout, so that elections rarely split.
-        election_ticks: ELECTION_TICKS + (seed % ELECTION_TICKS as u64) as usize,
+        election_ticks: ELECTION_TICKS,
         heartbeat_ticks: HEARTBEAT_TICKS,
     };
     let member =
@@ -80,11 +88,24 @@ pub async fn run(
     let mut status = member.status.clone();
     tokio::pin!(shutdown);
     let result = loop {
-        // Wait to lead.
+        // Wait to lead, turning clients away meanwhile.
+        let amqp = SocketAddr::new(config.bind, config.amqp_port);
+        let refusing = match TcpListener::bind(amqp).await {
+            Ok(l) => Some(turn_clients_away(l, status.clone(), cluster.clone())),
+            Err(e) => {
+                tracing::warn!(address = %amqp, error = %e, "cannot listen to turn clients away");
+                None
+            }
+        };
         let ready = tokio::select! {
             () = &mut shutdown => break Ok(()),
             s = status.wait_for(|s| (s.ready && s.in_flight == 0) || s.failed.is_some()) => s.map(|s| s.clone()),
         };
+        if let Some(task) = refusing {
+            task.abort();
+            // The listener is dropped with the task: the port is free for the broker.
+            let _ = task.await;
+        }
         let Ok(ready) = ready else {
             break Err(err("the Raft thread is gone".into()));
         };
@@ -126,4 +147,115 @@ pub async fn run(
     let thread = member.thread;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result
+}
+
+/// How long a client turned away by a follower may take over its handshake.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes a turned-away client may send before its `connection.start-ok`.
+const REFUSAL_INPUT_BYTES: usize = 64 * 1024;
+/// Most clients being turned away at once.
+const REFUSALS_AT_ONCE: usize = 256;
+
+/// Why this node turns clients away, with where to go instead.
+pub fn refusal_text(status: &Status, cluster: &ClusterSettings) -> String {
+    let leader = match status.leader.and_then(|id| cluster.member(id)) {
+        Some(m) if m.id != status.id => format!("the leader is node {} (AMQP {})", m.id, m.amqp),
+        _ => "no leader is known yet".to_string(),
+    };
+    let members: Vec<String> = cluster.members.iter().map(|m| m.amqp.to_string()).collect();
+    truncate_shortstr(format!(
+        "CONNECTION_FORCED - node {} does not lead the cluster; {leader}; members: {}",
+        status.id,
+        members.join(", ")
+    ))
+}
+
+/// While this node follows: answers each AMQP client's handshake up to its
+/// `connection.open` (no login is checked: nothing is served), then closes the connection with [`CONNECTION_FORCED`] and [`refusal_text`], so that the client
+/// moves on to the next address it was given, and its user sees why.
+fn turn_clients_away(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    cluster: ClusterSettings,
+) -> tokio::task::JoinHandle<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue;
+            };
+            let text = refusal_text(&status.borrow(), &cluster);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, text)).await;
+            });
+        }
+    })
+}
+
+async fn refuse(mut stream: TcpStream, text: String) -> std::io::Result<()> {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await?;
+    if header != PROTOCOL_HEADER {
+        return stream.write_all(&PROTOCOL_HEADER).await;
+    }
+    let mut out = BytesMut::new();
+    let start = ConnectionStart {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: server_properties(env!("CARGO_PKG_VERSION"), "warren"),
+        mechanisms: Bytes::from_static(b"AMQPLAIN PLAIN"),
+        locales: Bytes::from_static(b"en_US"),
+    };
+    encode_method(0, &Method::ConnectionStart(start), &mut out);
+    stream.write_all(&out).await?;
+    // The client's start-ok is answered with tune, and its connection.open with the close:
+    // closed there, clients report the broker's reason rather than a failed login.
+    let mut decoder = FrameDecoder::new(REFUSAL_INPUT_BYTES as u32);
+    let mut input = BytesMut::new();
+    loop {
+        match decoder.decode(&mut input) {
+            Ok(Some(Frame::Method {
+                method: Method::ConnectionStartOk(_),
+                ..
+            })) => {
+                out.clear();
+                let tune = ConnectionTune {
+                    channel_max: 1,
+                    frame_max: REFUSAL_INPUT_BYTES as u32,
+                    heartbeat: 0,
+                };
+                encode_method(0, &Method::ConnectionTune(tune), &mut out);
+                stream.write_all(&out).await?;
+            }
+            Ok(Some(Frame::Method {
+                method: Method::ConnectionOpen(_),
+                ..
+            })) => break,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if input.len() >= REFUSAL_INPUT_BYTES || stream.read_buf(&mut input).await? == 0 {
+                    return Ok(());
+                }
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    out.clear();
+    let close = ConnectionClose {
+        reply_code: CONNECTION_FORCED,
+        reply_text: text,
+        class_id: 0,
+        method_id: 0,
+    };
+    encode_method(0, &Method::ConnectionClose(close), &mut out);
+    stream.write_all(&out).await?;
+    // The client answers close-ok and closes; either ends this.
+    let mut rest = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut rest)).await;
+    Ok(())
 }

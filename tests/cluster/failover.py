@@ -11,7 +11,8 @@ consumer acks each delivery, both given all three addresses, while:
     reachable), and let through again once another node leads.
 
 At the end every confirmed message must have been delivered, the old leader must have
-closed its AMQP listener while cut off, and the time from each kill or cut to the first
+stopped its broker while cut off and turn clients away with CONNECTION_FORCED and the
+members' addresses, and the time from each kill or cut to the first
 confirm on the new leader is printed (goal: under 5 s).
 
     tests/cluster/failover.py --warren target/release/warren [--kills 5] [--cuts 2]
@@ -78,7 +79,7 @@ class Node:
             [self.warren, "serve", "--config", self.config, "--bind", self.host,
              "--amqp-port", str(self.amqp), "--http-port", str(self.http),
              "--data-dir", self.dir, "--node-name", f"warren{self.i}@localhost",
-             "--log", "warn"],
+             "--log", "warn,warren::node=info"],
             stdout=log, stderr=log)
 
     def kill(self):
@@ -95,7 +96,20 @@ class Node:
                 self.proc.wait()
 
     def serving(self):
-        return self.proc.poll() is None and listening(self.host, self.amqp)
+        """Whether this node runs the broker: only the leader serves HTTP."""
+        return self.proc.poll() is None and listening(self.host, self.http)
+
+    def refusal(self):
+        """The reason this node gives a client it turns away, or None if it takes it."""
+        try:
+            conn = pika.BlockingConnection(pika.ConnectionParameters(
+                host=self.host, port=self.amqp, connection_attempts=1, socket_timeout=2))
+        except pika.exceptions.AMQPError as e:
+            # pika guesses at a login or vhost failure when a broker closes a connection
+            # during the handshake; the broker's code and text are in the message.
+            return str(e)
+        conn.close()
+        return None
 
 
 class Ledger:
@@ -261,9 +275,14 @@ def main():
             if kind == "kill":
                 old.start()
             else:
-                # Cut off from the majority, the old leader stops its broker.
-                wait_for(f"node {old.i} to close its AMQP listener",
-                         lambda: not listening(old.host, old.amqp), FAILOVER_LIMIT_S)
+                # Cut off from the majority, the old leader stops its broker and turns
+                # clients away, saying why.
+                wait_for(f"node {old.i} to stop its broker",
+                         lambda: not old.serving(), FAILOVER_LIMIT_S)
+                why = wait_for(f"node {old.i} to turn clients away", old.refusal,
+                               FAILOVER_LIMIT_S)
+                assert "(320)" in why and "does not lead the cluster" in why, why
+                print(f"  node {old.i} turns clients away: {why}", flush=True)
                 iptables("-D", old, nodes)
                 cut = None
             rounds.append((kind, old.i, new.i, first - t0, before))
