@@ -4,6 +4,8 @@
     scripts/bench.py                    # every scenario, both brokers
     scripts/bench.py --only transient,latency --duration 5
     scripts/bench.py --brokers warren   # warren alone
+    scripts/bench.py --brokers warren,warren-cluster --only persistent,u-persistent,l-persistent
+                                        # one node against a three-node cluster
 
 It builds warren (release), installs Debian's rabbitmq-server if it is missing, starts
 each broker on its own free port with its own data directory, runs the same
@@ -57,14 +59,19 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout: float) -> bool:
+    return wait_port_on("127.0.0.1", port, timeout)
+
+
+def wait_port_on(host: str, port: int, timeout: float) -> bool:
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
+            if time.time() >= deadline:
+                return False
             time.sleep(0.1)
-    return False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -148,6 +155,64 @@ class Warren(Broker):
 
     def pid(self) -> int:
         return self.proc.pid
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class WarrenCluster(Broker):
+    """Three warren processes on this machine as one cluster (127.0.0.1, .2, .3); clients
+    use the leader, whose process is the one measured. Against `warren`, the figures show
+    what replication costs: every batch is fsynced by two of the three before its confirm."""
+    name = "warren-cluster"
+
+    def __init__(self, sync: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+        self.sync = sync
+        self.nodes = []
+        for i in (1, 2, 3):
+            host = f"127.0.0.{i}"
+            self.nodes.append({"i": i, "host": host, "amqp": free_port(), "http": free_port(),
+                               "raft": free_port(), "proc": None})
+        members = "\n".join(f'  {{ id = {n["i"]}, raft = "{n["host"]}:{n["raft"]}", amqp = "{n["host"]}:{n["amqp"]}" }},'
+                            for n in self.nodes)
+        for n in self.nodes:
+            (self.dir / f"node{n['i']}.toml").write_text(
+                f'[cluster]\nnode_id = {n["i"]}\ncookie = "bench-cluster-cookie-0123"\nmembers = [\n{members}\n]\n')
+        self.leader = None
+        self.port = 0
+
+    def start(self):
+        for n in self.nodes:
+            n["proc"] = subprocess.Popen(
+                [str(WARREN_BIN), "serve", "--config", str(self.dir / f"node{n['i']}.toml"), "--bind", n["host"],
+                 "--amqp-port", str(n["amqp"]), "--http-port", str(n["http"]),
+                 "--data-dir", str(self.dir / f"data{n['i']}"), "--node-name", f"bench{n['i']}@localhost",
+                 "--sync", self.sync, *WARREN_ARGS],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, WARREN_LOG="warn"))
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            # Only the leader serves HTTP.
+            serving = [n for n in self.nodes if wait_port_on(n["host"], n["http"], 0.1)]
+            if len(serving) == 1:
+                self.leader = serving[0]
+                self.port = self.leader["amqp"]
+                self.host = self.leader["host"]
+                return
+            time.sleep(0.1)
+        raise SystemExit("the warren cluster elected no leader")
+
+    def stop(self):
+        for n in self.nodes:
+            if n["proc"] and n["proc"].poll() is None:
+                n["proc"].terminate()
+        for n in self.nodes:
+            if n["proc"]:
+                n["proc"].wait(120)
+
+    def pid(self) -> int:
+        return self.leader["proc"].pid
 
     def cleanup(self):
         self.stop()
@@ -275,7 +340,7 @@ def scenarios(duration: int) -> list[Scenario]:
 
 
 def perf(broker: Broker, sc: Scenario, timeout: float) -> dict:
-    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
+    uri = f"amqp://guest:guest@{getattr(broker, 'host', '127.0.0.1')}:{broker.port}/%2f"
     if sc.client == "lapin":
         cmd = [str(LAPIN_BIN), "--uri", uri, *sc.args]
     else:
@@ -339,7 +404,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated scenario keys")
     ap.add_argument("--duration", type=int, default=10, help="seconds per throughput scenario")
-    ap.add_argument("--brokers", default="warren,rabbitmq")
+    ap.add_argument("--brokers", default="warren,rabbitmq",
+                    help="two or more of warren, rabbitmq, warren-cluster (three warren nodes replicating)")
     ap.add_argument("--sync", default="batch", help="warren's --sync setting")
     ap.add_argument("--json", help="write raw figures here")
     ap.add_argument("--no-build", action="store_true")
@@ -366,7 +432,8 @@ def main() -> int:
     for sc in chosen:
         for name in names:
             # A fresh broker per scenario, so no scenario inherits another's memory.
-            broker = Warren(args.sync) if name == "warren" else RabbitMQ()
+            broker = (Warren(args.sync) if name == "warren" else
+                      WarrenCluster(args.sync) if name == "warren-cluster" else RabbitMQ())
             print(f"{name}: {sc.title} ...", file=sys.stderr, flush=True)
             try:
                 broker.start()
