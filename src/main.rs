@@ -282,6 +282,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
                 seed,
                 shutdown_signal(&runtime),
                 reloads,
+                None,
             ))
         }
     };

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::disk::FjallLog;
 use super::raftpb::Message;
+use super::status::Status;
 use super::{LogState, NodeId, Output, ProposeError, Replica, ReplicaConfig, Role};
 use crate::store::disk::{FjallStore, decode_batch, encode_batch};
 use crate::store::{HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreOp};
@@ -91,35 +92,6 @@ pub enum MemberIn {
     },
 }
 
-/// What a member knows of the cluster, published after every round.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// This node.
-    pub id: NodeId,
-    /// Its role.
-    pub role: Role,
-    /// The current term.
-    pub term: u64,
-    /// The leader it knows of.
-    pub leader: Option<NodeId>,
-    /// The highest index known committed.
-    pub commit: u64,
-    /// The last index applied to the store.
-    pub applied: u64,
-    /// The last index in the log.
-    pub last_index: u64,
-    /// On the leader: each member's matched index.
-    pub progress: Vec<(NodeId, u64)>,
-    /// This node leads and its store holds every committed entry, its own term's first
-    /// included: a broker started from the store now has all that was ever confirmed.
-    pub ready: bool,
-    /// Proposals not yet committed. A broker is started from the store only when none
-    /// is: one that commits later would be in the store but not in the broker.
-    pub in_flight: usize,
-    /// Set when the thread stopped on an error: the node must stop.
-    pub failed: Option<String>,
-}
-
 /// The handle on a running Raft thread.
 #[derive(Debug)]
 pub struct Member {
@@ -178,6 +150,7 @@ pub fn start(
         applied,
         last_index: replica.last_index(),
         progress: Vec::new(),
+        active: Vec::new(),
         ready: false,
         in_flight: 0,
         failed: None,
@@ -376,6 +349,11 @@ impl Driver {
             last_index: self.replica.last_index(),
             progress: if role == Role::Leader {
                 self.replica.progress()
+            } else {
+                Vec::new()
+            },
+            active: if role == Role::Leader {
+                self.replica.recently_active()
             } else {
                 Vec::new()
             },

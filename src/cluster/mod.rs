@@ -356,6 +356,21 @@ impl Replica {
         all
     }
 
+    /// On the leader: the members heard from within the last election timeout (raft-rs's
+    /// check-quorum activity), this node included.
+    pub fn recently_active(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id == self.node.raft.id || p.recent_active)
+            .map(|(id, _)| *id)
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Proposals waiting for their commit.
     pub fn proposals_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -543,6 +558,7 @@ pub mod disk;
 #[cfg(not(madsim))]
 pub mod member;
 pub mod settings;
+pub mod status;
 #[cfg(not(madsim))]
 pub mod transport;
 

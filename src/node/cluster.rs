@@ -22,8 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::cluster::disk::FjallLog;
-use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore, Status};
+use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore};
 use crate::cluster::settings::ClusterSettings;
+use crate::cluster::status::{ClusterView, Status};
 use crate::cluster::{ReplicaConfig, transport};
 use crate::proto::connection::{server_properties, truncate_shortstr};
 use crate::proto::constants::{CONNECTION_FORCED, PROTOCOL_HEADER};
@@ -129,7 +130,19 @@ pub async fn run(
                 () = lost.notified() => {}
             }
         };
-        let served = super::run(config.clone(), Box::new(store), seed, until, None).await;
+        let view = ClusterView {
+            members: cluster.members.clone(),
+            status: status.clone(),
+        };
+        let served = super::run(
+            config.clone(),
+            Box::new(store),
+            seed,
+            until,
+            None,
+            Some(view),
+        )
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the broker stopped on an error");
             if stopping.get() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::admin::http::{self, HttpSettings};
+use crate::cluster::status::ClusterView;
 use crate::server::{self, ServerConfig, TlsListener};
 use crate::store::Store;
 
@@ -23,6 +24,7 @@ pub async fn run(
     seed: u64,
     shutdown: impl Future<Output = ()>,
     reloads: Option<mpsc::Receiver<Box<ServerConfig>>>,
+    cluster: Option<ClusterView>,
 ) -> std::io::Result<()> {
     let (bind, port, data_dir) = (config.bind, config.http_port, config.data_dir.clone());
     let node_name = config.node_name.clone();
@@ -45,6 +47,7 @@ pub async fn run(
         amqps: amqp.tls_local_addr(),
         https,
         node_name,
+        cluster,
     };
     let http = http::start(settings, amqp.admin()).await?;
     let tls = match (amqp.tls_local_addr(), http.https) {

@@ -21,6 +21,8 @@ Needs root and iptables for the cuts (`--cuts 0` skips them).
 """
 
 import argparse
+import base64
+import json
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pika
 
@@ -212,6 +215,28 @@ def wait_for(what, check, limit):
     raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
 
 
+def api_nodes(node):
+    """The leader's /api/nodes, or None."""
+    req = urllib.request.Request(f"http://{node.host}:{node.http}/api/nodes")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return json.load(r)
+    except OSError:
+        return None
+
+
+def all_in_step(nodes):
+    """Whether the leader lists every member running, its log at most 1,000 entries behind."""
+    leader = leader_of(nodes)
+    listed = api_nodes(leader) if leader else None
+    if not listed or len(listed) != len(nodes):
+        return None
+    if all(n.get("running") and (n.get("raft_lag") or 0) < 1000 for n in listed):
+        return listed
+    return None
+
+
 def leader_of(nodes):
     serving = [n for n in nodes if n.serving()]
     return serving[0] if len(serving) == 1 else None
@@ -288,7 +313,10 @@ def main():
             rounds.append((kind, old.i, new.i, first - t0, before))
             print(f"{kind}: node {old.i} -> node {new.i}: first confirm after "
                   f"{first - t0:.2f} s ({before} confirmed before)", flush=True)
-        time.sleep(2)
+        # Every member is back, and the leader's /api/nodes says so once their logs match.
+        listed = wait_for("every member running and in step", lambda: all_in_step(nodes),
+                          FAILOVER_LIMIT_S)
+        print("nodes: " + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed))
         ledger.stop.set()
         threads[0].join(timeout=30)
         confirmed = set(ledger.confirmed)

@@ -63,7 +63,7 @@ Commands (as rabbitmqctl's; -p VHOST, -q, -s, --formatter json may go anywhere):
   purge_queue [-p VHOST] QUEUE
   delete_queue [-p VHOST] QUEUE [--if-empty] [--if-unused]
   close_connection NAME|PID EXPLANATION
-  status    ping    stop_app    start_app    reset
+  status    ping    stop_app    start_app    reset    cluster_status
   export_definitions PATH|-         import_definitions PATH|-
   set_vhost_limits [-p VHOST] '{\"max-connections\":N,\"max-queues\":N}'
   clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST | --global]
@@ -275,6 +275,7 @@ impl<W: Write> Ctl<W> {
             ("delete_queue", [queue]) => self.delete_queue(queue),
             ("close_connection", [name, why]) => self.close_connection(name, why),
             ("status", []) => self.status(),
+            ("cluster_status", []) => self.cluster_status(),
             ("ping", []) => self.ping(),
             ("stop_app", []) => self.app("stop_app", "Stopping warren application on node"),
             ("start_app", []) => self.app("start_app", "Starting node"),
@@ -663,6 +664,68 @@ impl<W: Write> Ctl<W> {
         ));
         self.client.get("/api/health/checks/alarms")?;
         self.say("Ping succeeded");
+        Ok(())
+    }
+
+    /// rabbitmqctl's cluster_status: the members, which of them run, and (warren's
+    /// addition) each one's Raft role and how far its log is behind the leader's.
+    fn cluster_status(&mut self) -> CtlResult {
+        let o = self.client.get("/api/overview")?;
+        let nodes = self.client.get("/api/nodes")?;
+        let nodes = nodes.as_array().cloned().unwrap_or_default();
+        if self.inv.json {
+            self.say(json!({ "cluster_name": o["cluster_name"], "nodes": nodes }).to_string());
+            return Ok(());
+        }
+        let me = o["node"].as_str().unwrap_or("?").to_string();
+        self.info(format!("Cluster status of node {me} ..."));
+        let name = |n: &Value| n["name"].as_str().unwrap_or("?").to_string();
+        let mut lines = vec![
+            "Basics".to_string(),
+            String::new(),
+            format!(
+                "Cluster name: {}",
+                o["cluster_name"].as_str().unwrap_or(&me)
+            ),
+            String::new(),
+            "Disk Nodes".to_string(),
+            String::new(),
+        ];
+        lines.extend(nodes.iter().map(name));
+        lines.extend([String::new(), "Running Nodes".to_string(), String::new()]);
+        lines.extend(
+            nodes
+                .iter()
+                .filter(|n| n["running"].as_bool() == Some(true))
+                .map(name),
+        );
+        if nodes.iter().any(|n| n.get("cluster_role").is_some()) {
+            lines.extend([String::new(), "Raft".to_string(), String::new()]);
+            for n in &nodes {
+                let index = n
+                    .get("raft_match_index")
+                    .or_else(|| n.get("raft_last_index"))
+                    .and_then(Value::as_u64)
+                    .map_or("unknown".to_string(), |i| i.to_string());
+                let lag = n["raft_lag"]
+                    .as_u64()
+                    .map_or("unknown".to_string(), |l| l.to_string());
+                lines.push(format!(
+                    "{}: {}, log index {index}, lag {lag}",
+                    name(n),
+                    n["cluster_role"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        lines.extend([
+            String::new(),
+            "Network Partitions".to_string(),
+            String::new(),
+            "(none)".to_string(),
+        ]);
+        for line in lines {
+            self.say(line);
+        }
         Ok(())
     }
 

@@ -37,6 +37,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::broker::admin::{Actor, AdminError, AdminErrorKind, AdminReply, AdminRequest, Whoami};
+use crate::cluster::status::ClusterView;
 use crate::server::{AdminHandle, TlsListener};
 
 use super::nodefile::{NodeFile, new_token, node_name, same_secret, unregister};
@@ -60,6 +61,8 @@ pub struct HttpSettings {
     pub https: Option<Arc<TlsListener>>,
     /// The node's name (`warren@<hostname>` if none).
     pub node_name: Option<String>,
+    /// The cluster, when this node is a member of one.
+    pub cluster: Option<ClusterView>,
 }
 
 /// A running HTTP API.
@@ -107,6 +110,8 @@ struct Ctx {
     logins: guard::LoginThrottle,
     /// Web UI sessions.
     sessions: session::Sessions,
+    /// The cluster, when this node is a member of one.
+    cluster: Option<ClusterView>,
 }
 
 type State = axum::extract::State<Arc<Ctx>>;
@@ -150,6 +155,7 @@ pub async fn start(settings: HttpSettings, core: AdminHandle) -> std::io::Result
         http: local,
         amqps: settings.amqps,
         https: settings.https.as_ref().map(|l| l.local_addr()),
+        cluster: settings.cluster.clone(),
         started: Instant::now(),
         started_epoch_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -289,9 +289,51 @@ async fn node_json(s: &Ctx) -> Result<Value, ApiError> {
     }))
 }
 
+/// The fields a cluster member adds to its node object, and the other members' objects:
+/// each one's role, how far its Raft log matches the leader's, and how far behind it is.
+fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
+    let Some(view) = &s.cluster else {
+        return Vec::new();
+    };
+    let status = view.status.borrow().clone();
+    me["cluster_id"] = json!(status.id);
+    me["cluster_role"] = json!(status.role.name());
+    me["raft_term"] = json!(status.term);
+    me["raft_last_index"] = json!(status.last_index);
+    me["raft_commit_index"] = json!(status.commit);
+    me["raft_applied_index"] = json!(status.applied);
+    me["raft_lag"] = json!(0);
+    let mut others = Vec::new();
+    for m in view.members.iter().filter(|m| m.id != status.id) {
+        let matched = status
+            .progress
+            .iter()
+            .find(|(id, _)| *id == m.id)
+            .map(|(_, i)| *i);
+        let lag = matched.map(|i| status.last_index.saturating_sub(i));
+        others.push(json!({
+            "name": format!("warren-{}@{}", m.id, m.amqp.ip()),
+            "type": "disc",
+            // What the leader can tell: whether it heard from the member within the last
+            // election timeout.
+            "running": status.active.contains(&m.id),
+            "cluster_id": m.id,
+            "cluster_role": if status.leader == Some(m.id) { "leader" } else { "follower" },
+            "raft_match_index": matched,
+            "raft_lag": lag,
+            "listeners": [{ "protocol": "amqp", "ip_address": m.amqp.ip().to_string(), "port": m.amqp.port() }],
+        }));
+    }
+    others
+}
+
 pub(super) async fn nodes(s: State, headers: HeaderMap) -> ApiResult {
     authenticate(&s, &headers).await?.require_monitor()?;
-    ok_json(Value::Array(vec![node_json(&s).await?]))
+    let mut me = node_json(&s).await?;
+    let others = cluster_nodes(&s, &mut me);
+    let mut all = vec![me];
+    all.extend(others);
+    ok_json(Value::Array(all))
 }
 
 pub(super) async fn node(s: State, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -299,7 +341,9 @@ pub(super) async fn node(s: State, headers: HeaderMap, Path(name): Path<String>)
     if name != s.node {
         return Err(ApiError::not_found());
     }
-    ok_json(node_json(&s).await?)
+    let mut me = node_json(&s).await?;
+    cluster_nodes(&s, &mut me);
+    ok_json(me)
 }
 
 // ----- connections, channels, consumers -----

@@ -1,0 +1,58 @@
+//! What a cluster member knows of the cluster, as its Raft thread publishes it for the
+//! node's supervisor and the HTTP API.
+
+use tokio::sync::watch;
+
+use super::settings::MemberAddress;
+use super::{NodeId, Role};
+
+/// What a member knows of the cluster, published after every round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The last index applied to the store.
+    pub applied: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// On the leader: each member's matched index.
+    pub progress: Vec<(NodeId, u64)>,
+    /// On the leader: the members heard from within the last election timeout.
+    pub active: Vec<NodeId>,
+    /// This node leads and its store holds every committed entry, its own term's first
+    /// included: a broker started from the store now has all that was ever confirmed.
+    pub ready: bool,
+    /// Proposals not yet committed. A broker is started from the store only when none
+    /// is: one that commits later would be in the store but not in the broker.
+    pub in_flight: usize,
+    /// Set when the thread stopped on an error: the node must stop.
+    pub failed: Option<String>,
+}
+
+/// The HTTP API's view of the cluster: the members and this one's status.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Every member, this node included.
+    pub members: Vec<MemberAddress>,
+    /// This node's status.
+    pub status: watch::Receiver<Status>,
+}
+
+impl Role {
+    /// The role as the HTTP API and `warren ctl` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate | Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
