@@ -5,7 +5,9 @@
 //! its entry; keyspace `state` holds the hard state (term, vote, commit). Entries and hard
 //! state are raft-rs's protobuf encodings. [`FjallLog::persist`] writes one
 //! [`Output::Persist`](super::Output::Persist) as one atomic batch and syncs it before it
-//! returns, which is what lets the replica send its vote or its acknowledgement.
+//! returns, which is what lets the replica send its vote or its acknowledgement. A persist
+//! that fails leaves the log unknown (the batch may or may not be on disk), so it poisons
+//! the log: every later persist fails too, and the node restarts from what it reads back.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,8 @@ pub struct FjallLog {
     state: Keyspace,
     /// The last index held (0 when empty).
     last: u64,
+    /// Why an earlier persist failed: the log refuses writes from then on.
+    poisoned: Option<String>,
 }
 
 impl std::fmt::Debug for FjallLog {
@@ -99,18 +103,34 @@ impl FjallLog {
                 log,
                 state,
                 last,
+                poisoned: None,
             },
             read,
         ))
     }
 
     /// Writes entries (replacing the log from the first one's index on) and the hard state
-    /// as one batch, and syncs it.
+    /// as one batch, and syncs it. After a failure, every later call fails.
     pub fn persist(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), LogError> {
+        if let Some(why) = &self.poisoned {
+            return Err(LogError(format!(
+                "the Raft log in {} refuses writes after an earlier failure ({why}): restart \
+                 the node",
+                self.dir.display()
+            )));
+        }
+        let written = self.write(entries, hard_state);
+        if let Err(e) = &written {
+            self.poisoned = Some(e.to_string());
+        }
+        written
+    }
+
+    fn write(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), LogError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             LogError(format!(
                 "cannot {what} the Raft log in {}: {e}",
@@ -187,8 +207,12 @@ mod tests {
             .map(|e| (e.index, e.term, e.data.to_vec()))
             .collect();
         assert_eq!(got, vec![(1, 1, vec![]), (2, 2, b"c".to_vec())]);
-        // A write past a gap is refused.
+        // A write past a gap is refused, and so is every write after a refusal.
         assert!(log.persist(&[entry(5, 2, b"x")], None).is_err());
+        let err = log
+            .persist(&[entry(3, 2, b"d")], None)
+            .expect_err("poisoned");
+        assert!(err.to_string().contains("earlier failure"), "{err}");
     }
 
     #[test]
