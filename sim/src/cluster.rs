@@ -310,8 +310,8 @@ impl ClusterWorld {
         let n = self.node(id);
         n.life += 1;
         n.persisting.clear();
-        let applied = n.applied.last().map_or(0, |c| c.index);
-        let replica = Replica::start(&n.cfg, &n.log, applied)
+        let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+        let replica = Replica::start(&n.cfg, &n.log, applied, applied_term)
             .unwrap_or_else(|e| panic!("node {id} does not restart: {e}"));
         n.replica = Some(replica);
         let tick = self.faults.tick_us[(id - 1) as usize];

@@ -228,7 +228,7 @@ mod tests {
         let mut applied = Vec::new();
         {
             let (mut log, state) = FjallLog::open(dir.path()).expect("open");
-            let mut r = Replica::start(&cfg, &state, 0).expect("start");
+            let mut r = Replica::start(&cfg, &state, 0, 0).expect("start");
             // A single member elects itself and commits alone.
             let mut proposed = false;
             for _ in 0..100 {
@@ -258,9 +258,9 @@ mod tests {
             assert!(applied.iter().any(|c| c.data == b"batch"));
         }
         let (_, state) = FjallLog::open(dir.path()).expect("reopen");
-        let last = applied.last().map_or(0, |c| c.index);
+        let (last, last_term) = applied.last().map_or((0, 0), |c| (c.index, c.term));
         assert_eq!(state.last_index(), last);
-        let r = Replica::start(&cfg, &state, last).expect("restart");
+        let r = Replica::start(&cfg, &state, last, last_term).expect("restart");
         assert_eq!(r.commit_index(), last);
         assert!(r.term() >= 1);
     }

@@ -128,7 +128,7 @@ pub fn start(
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
 ) -> Result<Member, String> {
     let (applied, applied_term) = store.applied().map_err(|e| e.to_string())?;
-    let replica = Replica::start(cfg, state, applied).map_err(|e| e.to_string())?;
+    let replica = Replica::start(cfg, state, applied, applied_term).map_err(|e| e.to_string())?;
     if applied > 0 {
         let logged = state
             .entries

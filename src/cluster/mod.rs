@@ -224,23 +224,27 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// Starts a node from what its log holds (empty for a new cluster) and the last index
-    /// its store has applied.
-    pub fn start(cfg: &ReplicaConfig, log: &LogState, applied: u64) -> Result<Self, StartError> {
+    /// Starts a node from what its log holds (empty for a new cluster) and the last entry
+    /// its store has applied: its index and term (0 and 0 when none).
+    ///
+    /// Refused: a log that does not hold that entry with that term (the store and the log
+    /// are of different histories, or the log lost what the store applied), and a hard
+    /// state committing past the log's end (the log lost committed entries).
+    pub fn start(
+        cfg: &ReplicaConfig,
+        log: &LogState,
+        applied: u64,
+        applied_term: u64,
+    ) -> Result<Self, StartError> {
         if cfg.id == 0 || !cfg.members.contains(&cfg.id) {
             return Err(StartError(format!(
                 "node id {} is not one of the members {:?}",
                 cfg.id, cfg.members
             )));
         }
+        check_log(log, applied, applied_term)?;
         let storage =
             MemStorage::new_with_conf_state(ConfState::from((cfg.members.clone(), vec![])));
-        let last = log.last_index();
-        if applied > last {
-            return Err(StartError(format!(
-                "the store applied index {applied}, past the log's last index {last}"
-            )));
-        }
         {
             let mut core = storage.wl();
             core.append(&log.entries)
@@ -248,7 +252,7 @@ impl Replica {
             let mut hs = log.hard_state.clone();
             // What the store applied was committed, even when the commit index persisted
             // with the hard state is older.
-            hs.commit = hs.commit.max(applied).min(last);
+            hs.commit = hs.commit.max(applied);
             core.set_hardstate(hs);
         }
         let config = Config {
@@ -547,6 +551,45 @@ impl Replica {
             _ => {}
         }
     }
+}
+
+/// Checks a log against the last entry the store applied, before a restart.
+fn check_log(log: &LogState, applied: u64, applied_term: u64) -> Result<(), StartError> {
+    if let Some((position, e)) = log
+        .entries
+        .iter()
+        .enumerate()
+        .find(|(position, e)| e.index != *position as u64 + 1)
+    {
+        return Err(StartError(format!(
+            "the log holds index {} at position {}: it must run from index 1 without a gap",
+            e.index,
+            position + 1
+        )));
+    }
+    let last = log.last_index();
+    if applied > last {
+        return Err(StartError(format!(
+            "the store applied index {applied}, past the log's last index {last}"
+        )));
+    }
+    if applied > 0 {
+        let logged = log.entries[(applied - 1) as usize].term;
+        if logged != applied_term {
+            return Err(StartError(format!(
+                "the store applied index {applied} of term {applied_term}, but the log holds \
+                 term {logged} there"
+            )));
+        }
+    }
+    let commit = log.hard_state.commit;
+    if commit > last {
+        return Err(StartError(format!(
+            "the hard state commits index {commit}, past the log's last index {last}: the \
+             log lost committed entries"
+        )));
+    }
+    Ok(())
 }
 
 /// The entries of a committed log that carry batches (not a new leader's empty entry).

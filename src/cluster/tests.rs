@@ -31,7 +31,7 @@ impl Net {
     fn new() -> Self {
         let nodes = (1..=3)
             .map(|id| Node {
-                replica: Replica::start(&config(id), &LogState::default(), 0).expect("start"),
+                replica: Replica::start(&config(id), &LogState::default(), 0, 0).expect("start"),
                 log: LogState::default(),
                 applied: Vec::new(),
                 waiting: Vec::new(),
@@ -237,8 +237,8 @@ fn a_restarted_member_keeps_its_log_and_catches_up() {
     net.settle();
     // Restart it from its durable log and what it applied.
     let n = net.node(down);
-    let applied = n.applied.last().map_or(0, |c| c.index);
-    n.replica = Replica::start(&config(down), &n.log, applied).expect("restart");
+    let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+    n.replica = Replica::start(&config(down), &n.log, applied, applied_term).expect("restart");
     net.cut.clear();
     net.run_ticks(20);
     let got: Vec<Vec<u8>> = batches(&net.node(down).applied)
@@ -248,9 +248,17 @@ fn a_restarted_member_keeps_its_log_and_catches_up() {
     assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
 }
 
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.to_vec().into();
+    e
+}
+
 #[test]
 fn a_store_ahead_of_its_log_is_refused() {
-    let err = Replica::start(&config(1), &LogState::default(), 5).expect_err("refused");
+    let err = Replica::start(&config(1), &LogState::default(), 5, 1).expect_err("refused");
     assert!(
         err.to_string().contains("past the log's last index"),
         "{err}"
@@ -259,7 +267,36 @@ fn a_store_ahead_of_its_log_is_refused() {
         &ReplicaConfig { id: 4, ..config(1) },
         &LogState::default(),
         0,
+        0,
     )
     .expect_err("refused");
     assert!(err.to_string().contains("not one of the members"), "{err}");
+}
+
+#[test]
+fn a_log_that_does_not_hold_what_the_store_applied_is_refused() {
+    let mut log = LogState::default();
+    log.persist(
+        &[entry(1, 1, b""), entry(2, 1, b"a"), entry(3, 2, b"b")],
+        None,
+    );
+    log.hard_state.term = 2;
+    log.hard_state.commit = 3;
+    // The store applied index 3 of term 2: this log holds it.
+    Replica::start(&config(1), &log, 3, 2).expect("the log holds what was applied");
+    Replica::start(&config(1), &log, 2, 1).expect("the log holds what was applied");
+    // The store applied index 3 of another term: another history.
+    let err = Replica::start(&config(1), &log, 3, 1).expect_err("refused");
+    assert!(err.to_string().contains("holds term 2 there"), "{err}");
+    // A hard state committing past the log's end: the log lost committed entries.
+    log.hard_state.commit = 4;
+    let err = Replica::start(&config(1), &log, 3, 2).expect_err("refused");
+    assert!(err.to_string().contains("commits index 4"), "{err}");
+    // A gap in the log.
+    let gapped = LogState {
+        hard_state: HardState::default(),
+        entries: vec![entry(1, 1, b""), entry(3, 1, b"")],
+    };
+    let err = Replica::start(&config(1), &gapped, 0, 0).expect_err("refused");
+    assert!(err.to_string().contains("without a gap"), "{err}");
 }
