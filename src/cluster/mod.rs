@@ -10,14 +10,19 @@
 //! A [`Replica`] turns raft-rs's `Ready` into [`Output`]s for its driver:
 //! - [`Output::Persist`]: entries and hard state to write to this node's log and sync; the
 //!   driver then calls [`Replica::persisted`] (in order). Messages that raft-rs allows only
-//!   after that sync (votes, append responses) are held until then.
+//!   after that sync (votes, append responses) are held until then. A persist that rewrites
+//!   indexes an earlier one wrote (a new leader's entries replacing a suffix) holds the
+//!   earlier one too: raft-rs hears of neither, and their messages wait, until both are
+//!   durable, because until then the disk may still lose what the earlier one wrote.
 //! - [`Output::Send`]: a message for a peer.
 //! - [`Output::Apply`]: entries a majority holds durably, to apply to the store in order.
 //!   A batch this node proposed while leader carries its proposal id: the broker confirms
 //!   the batch's messages then, never earlier.
 //! - [`Output::Deposed`]: this node stopped being leader; the proposals it had not seen
 //!   committed may or may not commit under the next leader, so the broker closes their
-//!   connections without confirming them.
+//!   connections without confirming them. Proposals it knows committed when it steps down
+//!   (its commit index covers them, with their term) are not in that list: they come in a
+//!   later [`Output::Apply`] with their proposal ids, once this node holds them durably.
 //!
 //! Determinism: raft-rs draws each election timeout from the thread's random generator.
 //! A replica draws it instead, between [`ReplicaConfig::election_ticks`] and twice that, as
@@ -146,8 +151,10 @@ pub enum Output {
     Send(Message),
     /// Apply these committed entries to the store, in order.
     Apply(Vec<Committed>),
-    /// This node was leader and is not any more. These proposals were not seen committed:
-    /// they may still commit under another leader, or not.
+    /// This node was leader and is not any more. These proposals were not known committed
+    /// when it stepped down: they may still commit under another leader, or not (and if
+    /// they do, their [`Committed::proposal`] is `None`). Those known committed then are
+    /// confirmed later as usual, in an [`Output::Apply`].
     Deposed {
         /// The term it led.
         term: u64,
@@ -180,10 +187,16 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A persist handed to the driver and not yet reported done.
+/// A persist handed to the driver and not yet reported done to raft-rs.
 #[derive(Debug)]
 struct PendingPersist {
+    /// The number of its [`Output::Persist`], which the driver reports.
     number: u64,
+    /// The last ready it stands for: readies with nothing to persist that came after it
+    /// fold into it, since they are done when it is.
+    ready: u64,
+    /// The indexes it writes, first and last, when it writes entries.
+    writes: Option<(u64, u64)>,
     /// Messages raft-rs allows only once the entries are durable.
     after: Vec<Message>,
 }
@@ -199,7 +212,11 @@ struct InFlight {
 /// One cluster member's Raft node (sans-IO).
 pub struct Replica {
     node: RawNode<MemStorage>,
+    /// In order. Those numbered up to `durable` wait only for a later persist that rewrites
+    /// their indexes.
     pending: VecDeque<PendingPersist>,
+    /// The highest persist number the driver reported durable.
+    durable: u64,
     /// By log index.
     in_flight: BTreeMap<u64, InFlight>,
     uncommitted_bytes: u64,
@@ -275,6 +292,7 @@ impl Replica {
         let mut replica = Self {
             node,
             pending: VecDeque::new(),
+            durable: 0,
             in_flight: BTreeMap::new(),
             uncommitted_bytes: 0,
             leading: None,
@@ -454,6 +472,10 @@ impl Replica {
         let hard_state = ready.hs().cloned();
         let after = ready.take_persisted_messages();
         let number = ready.number();
+        let writes = entries
+            .first()
+            .zip(entries.last())
+            .map(|(f, l)| (f.index, l.index));
         // raft-rs reads its log from the storage as soon as the ready is advanced: the
         // in-memory view takes the entries now, and `persisted` reports when they are
         // durable (raft-rs counts votes and acknowledges appends only from then on).
@@ -468,33 +490,63 @@ impl Replica {
             }
         }
         self.node.advance_append_async(ready);
-        if entries.is_empty() && hard_state.is_none() && self.pending.is_empty() {
-            // Nothing to make durable, and nothing before it: done at once.
-            out.extend(after.into_iter().map(Output::Send));
-            self.node.on_persist_ready(number);
+        if entries.is_empty() && hard_state.is_none() {
+            match self.pending.back_mut() {
+                // Nothing to make durable: done when what is before it is, without a sync
+                // of its own.
+                Some(last) => {
+                    last.ready = number;
+                    last.after.extend(after);
+                }
+                None => {
+                    out.extend(after.into_iter().map(Output::Send));
+                    self.node.on_persist_ready(number);
+                }
+            }
         } else {
             out.push(Output::Persist {
                 number,
                 entries,
                 hard_state,
             });
-            self.pending.push_back(PendingPersist { number, after });
+            self.pending.push_back(PendingPersist {
+                number,
+                ready: number,
+                writes,
+                after,
+            });
         }
         self.check_leadership(out);
     }
 
     /// The driver made persist `number` (and every one before it) durable.
+    ///
+    /// raft-rs hears of it (and its held messages go out) once no persist still to come
+    /// rewrites what it wrote. raft-rs checks a reported entry only by its index and term
+    /// against the log in memory, which already holds the later persists: after a suffix
+    /// is replaced and then written back as it was, an earlier persist would pass for the
+    /// log's current state while the disk, which may yet complete the replacing persist
+    /// and crash before the one writing it back, does not hold it.
     pub fn persisted(&mut self, number: u64, out: &mut Vec<Output>) {
+        self.durable = self.durable.max(number);
+        let rewritten_from = self
+            .pending
+            .iter()
+            .filter(|p| p.number > self.durable)
+            .filter_map(|p| p.writes.map(|(first, _)| first))
+            .min();
         let mut done = None;
         while let Some(p) = self.pending.front() {
-            if p.number > number {
+            let rewritten =
+                matches!((p.writes, rewritten_from), (Some((_, last)), Some(from)) if last >= from);
+            if p.number > self.durable || rewritten {
                 break;
             }
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
             out.extend(p.after.into_iter().map(Output::Send));
-            done = Some(p.number);
+            done = Some(p.ready);
         }
         if let Some(n) = done {
             self.node.on_persist_ready(n);
@@ -539,11 +591,20 @@ impl Replica {
         let term = self.node.raft.term;
         match self.leading {
             Some(t) if !leads || t != term => {
-                let uncertain = std::mem::take(&mut self.in_flight)
-                    .into_values()
-                    .map(|f| f.proposal)
-                    .collect();
-                self.uncommitted_bytes = 0;
+                // A proposal the commit index covers, with the term it was proposed in at
+                // its index, is committed (it may have become so in the very step that
+                // deposed this node): it stays, to be confirmed when applied.
+                let log = &self.node.raft.raft_log;
+                let committed = log.committed;
+                let (known, uncertain): (BTreeMap<u64, InFlight>, BTreeMap<u64, InFlight>) =
+                    std::mem::take(&mut self.in_flight)
+                        .into_iter()
+                        .partition(|(index, f)| {
+                            *index <= committed && log.term(*index).ok() == Some(f.term)
+                        });
+                self.uncommitted_bytes = known.values().map(|f| f.bytes).sum();
+                self.in_flight = known;
+                let uncertain = uncertain.into_values().map(|f| f.proposal).collect();
                 out.push(Output::Deposed { term: t, uncertain });
                 self.leading = leads.then_some(term);
             }

@@ -1,4 +1,5 @@
-//! Three replicas on a perfect in-memory network, persisting at once unless told not to.
+//! Three replicas on a perfect in-memory network, persisting at once unless told not to;
+//! and one replica stepped with messages written by hand, for orders a network rarely makes.
 
 use super::*;
 
@@ -98,6 +99,31 @@ impl Net {
             }
             self.settle();
         }
+    }
+
+    /// Polls one node and carries out its outputs, persisting at once; returns its messages
+    /// instead of delivering them.
+    fn drive(&mut self, id: NodeId) -> Vec<Message> {
+        let n = self.node(id);
+        let mut out = Vec::new();
+        n.replica.poll(&mut out);
+        let mut mail = Vec::new();
+        while !out.is_empty() {
+            match out.remove(0) {
+                Output::Persist {
+                    number,
+                    entries,
+                    hard_state,
+                } => {
+                    n.log.persist(&entries, hard_state.as_ref());
+                    n.replica.persisted(number, &mut out);
+                }
+                Output::Send(m) => mail.push(m),
+                Output::Apply(c) => n.applied.extend(c),
+                Output::Deposed { term, uncertain } => n.deposed.push((term, uncertain)),
+            }
+        }
+        mail
     }
 
     fn tick_until_leader(&mut self) -> NodeId {
@@ -299,4 +325,146 @@ fn a_log_that_does_not_hold_what_the_store_applied_is_refused() {
     };
     let err = Replica::start(&config(1), &gapped, 0, 0).expect_err("refused");
     assert!(err.to_string().contains("without a gap"), "{err}");
+}
+
+#[test]
+fn a_leader_deposed_in_the_step_that_commits_its_proposal_still_confirms_it() {
+    let mut net = Net::new();
+    let leader = net.tick_until_leader();
+    let term = net.node(leader).replica.term();
+    net.node(leader)
+        .replica
+        .propose(1, b"one".to_vec())
+        .expect("propose");
+    let appends = net.drive(leader);
+    let mut acks = Vec::new();
+    for m in appends {
+        let to = m.to;
+        net.node(to).replica.step(m);
+        acks.extend(net.drive(to));
+    }
+    let other = acks.first().expect("the followers acknowledge").from;
+    // The acknowledgements commit the proposal, and a message of a later term deposes
+    // the leader, both before it polls.
+    let r = &mut net.node(leader).replica;
+    for m in acks {
+        r.step(m);
+    }
+    assert!(r.commit_index() >= 2, "the proposal is committed");
+    r.step(append(other, leader, term + 1, (0, 0), vec![], 0));
+    assert_ne!(r.role(), Role::Leader);
+    let _ = net.drive(leader);
+    let n = net.node(leader);
+    assert_eq!(n.deposed, vec![(term, vec![])], "nothing is uncertain");
+    assert_eq!(batches(&n.applied), vec![(b"one".to_vec(), Some(1))]);
+}
+
+/// A message from a leader with entries after `prev` (index, term).
+fn append(
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    prev: (u64, u64),
+    entries: Vec<Entry>,
+    commit: u64,
+) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(raftpb::MessageType::MsgAppend);
+    (m.from, m.to, m.term) = (from, to, term);
+    (m.index, m.log_term, m.commit) = (prev.0, prev.1, commit);
+    m.set_entries(entries.into());
+    m
+}
+
+/// Polls a replica and returns the number of the one persist it asks for.
+fn one_persist(r: &mut Replica) -> u64 {
+    let mut out = Vec::new();
+    r.poll(&mut out);
+    match &out[..] {
+        [Output::Persist { number, .. }] => *number,
+        other => panic!("expected one persist and nothing else, got {other:?}"),
+    }
+}
+
+/// Append responses as (to, term, index), and applied indexes.
+fn acks_and_applied(out: &[Output]) -> (Vec<(NodeId, u64, u64)>, Vec<u64>) {
+    let mut acks = Vec::new();
+    let mut applied = Vec::new();
+    for o in out {
+        match o {
+            Output::Send(m) if m.get_msg_type() == raftpb::MessageType::MsgAppendResponse => {
+                acks.push((m.to, m.term, m.index));
+            }
+            Output::Apply(c) => applied.extend(c.iter().map(|c| c.index)),
+            _ => {}
+        }
+    }
+    (acks, applied)
+}
+
+#[test]
+fn a_persist_rewritten_by_a_later_one_is_not_reported_done_before_that_one() {
+    let mut r = Replica::start(&config(2), &LogState::default(), 0, 0).expect("start");
+    // The leader of term 2 sends entries 1 to 3.
+    let first = vec![entry(1, 2, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")];
+    r.step(append(1, 2, 2, (0, 0), first, 0));
+    let p1 = one_persist(&mut r);
+    // The leader of term 3 replaces them from index 2 on.
+    r.step(append(3, 2, 3, (1, 2), vec![entry(2, 3, b"x")], 0));
+    let p2 = one_persist(&mut r);
+    // The first leader, elected again in term 4, writes back its entries 2 and 3, and
+    // tells they are committed. The log in memory now reads as the first persist wrote.
+    let back = vec![entry(2, 2, b"b"), entry(3, 2, b"c")];
+    r.step(append(1, 2, 4, (1, 2), back, 3));
+    let p3 = one_persist(&mut r);
+    // The first persist is durable; the disk may still complete the second and crash
+    // before the third, holding index 2 of term 3 and no index 3: nothing is applied
+    // and nothing acknowledged.
+    let mut out = Vec::new();
+    r.persisted(p1, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    r.persisted(p2, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // With the third durable, the acknowledgements go in order, and the entries apply.
+    r.persisted(p3, &mut out);
+    let (acks, applied) = acks_and_applied(&out);
+    assert_eq!(acks, vec![(1, 2, 3), (3, 3, 2), (1, 4, 3)]);
+    assert_eq!(applied, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_ready_with_nothing_to_persist_waits_behind_a_pending_persist_without_a_sync() {
+    let mut r = Replica::start(&config(2), &LogState::default(), 0, 0).expect("start");
+    r.step(append(1, 2, 2, (0, 0), vec![entry(1, 2, b"a")], 0));
+    let p1 = one_persist(&mut r);
+    // A heartbeat needs nothing persisted, but its response goes after the append's.
+    let mut beat = Message::default();
+    beat.set_msg_type(raftpb::MessageType::MsgHeartbeat);
+    (beat.from, beat.to, beat.term) = (1, 2, 2);
+    r.step(beat);
+    let mut out = Vec::new();
+    r.poll(&mut out);
+    assert!(
+        out.is_empty(),
+        "no persist of its own, nothing sent: {out:?}"
+    );
+    r.persisted(p1, &mut out);
+    let sent: Vec<raftpb::MessageType> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(m.get_msg_type()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            raftpb::MessageType::MsgAppendResponse,
+            raftpb::MessageType::MsgHeartbeatResponse
+        ]
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Persist { .. })),
+        "{out:?}"
+    );
 }
