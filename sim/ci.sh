@@ -31,11 +31,16 @@ for part in $parts; do
         --seed 100000 --seeds "${SIM_DETERMINISM_SEEDS:-40}" --check-determinism
       ;;
     cluster)
-      # Three Raft nodes under partitions, crashes, lost and duplicated messages.
+      # Three Raft nodes under partitions, crashes, disk stalls, lost and duplicated
+      # messages; then five, where a partition can cut off two.
       CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
         --seed 1 --seeds "${SIM_CLUSTER_SEEDS:-3000}"
       CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
         --seed 100000 --seeds 200 --check-determinism
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
+        --nodes 5 --seed 1 --seeds "${SIM_CLUSTER5_SEEDS:-500}"
+      CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
+        --nodes 5 --seed 100000 --seeds 100 --check-determinism
       ;;
     props)
       CARGO_TARGET_DIR=$sim_target cargo test -p warren-sim --release

@@ -1,8 +1,10 @@
-//! The cluster simulator's command line: three Raft nodes under seeded faults.
+//! The cluster simulator's command line: three (or `--nodes`) Raft nodes under seeded
+//! faults.
 //!
 //! ```text
 //! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed 42             # a replay
 //! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed 1 --seeds 500
+//! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seed 1 --seeds 200 --nodes 5
 //! cargo run -p warren-sim --release --bin warren-cluster-sim -- --seeds 50 --check-determinism
 //! ```
 //!
@@ -14,14 +16,17 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use warren_sim::cluster::{ClusterConfig, ClusterResult, ClusterStats, ClusterWorld};
+use warren_sim::cluster::{ClusterConfig, ClusterResult, ClusterStats, ClusterWorld, MAX_NODES};
 
-/// Deterministic simulation of a three-node warren cluster's replication.
+/// Deterministic simulation of a warren cluster's replication (three nodes by default).
 #[derive(Debug, Parser)]
 #[command(name = "warren-cluster-sim")]
 struct Args {
     #[command(flatten)]
     run: warren_sim::SeedArgs,
+    /// Voting members: an odd number up to 7.
+    #[arg(long, default_value_t = ClusterConfig::default().nodes, value_parser = parse_nodes)]
+    nodes: u64,
     /// Virtual milliseconds with faults on.
     #[arg(long, default_value_t = ClusterConfig::default().safety_ms)]
     safety_ms: u64,
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         seed
     });
     let cfg = ClusterConfig {
+        nodes: args.nodes,
         safety_ms: args.safety_ms,
         liveness_ms: args.liveness_ms,
     };
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
     if passed > 1 {
         let t = &totals;
         println!(
-            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
             t.proposed,
             t.confirmed,
             t.uncertain,
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
             t.crashes,
             t.crashes_mid_persist,
             t.reapplied,
+            t.rewrites_in_flight,
             t.partitions,
             t.leader_isolations,
             t.dropped,
@@ -144,13 +151,26 @@ fn run_seed(seed: u64, cfg: ClusterConfig, args: &Args) -> Result<ClusterResult,
 
 fn replay(seed: u64, cfg: ClusterConfig, determinism: bool) -> String {
     let d = ClusterConfig::default();
-    warren_sim::replay_command(
+    let mut cmd = warren_sim::replay_command(
         "--bin warren-cluster-sim ",
         seed,
         (cfg.safety_ms, cfg.liveness_ms),
         (d.safety_ms, d.liveness_ms),
         determinism,
-    )
+    );
+    if cfg.nodes != d.nodes {
+        cmd += &format!(" --nodes {}", cfg.nodes);
+    }
+    cmd
+}
+
+fn parse_nodes(s: &str) -> Result<u64, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if n % 2 == 1 && (1..=MAX_NODES).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("an odd number from 1 to {MAX_NODES}"))
+    }
 }
 
 fn print_ok(r: &ClusterResult) {
@@ -179,6 +199,7 @@ fn add(t: &mut ClusterStats, s: &ClusterStats) {
     t.leader_terms += s.leader_terms;
     t.crashes += s.crashes;
     t.crashes_mid_persist += s.crashes_mid_persist;
+    t.rewrites_in_flight += s.rewrites_in_flight;
     t.partitions += s.partitions;
     t.leader_isolations += s.leader_isolations;
     t.dropped += s.dropped;
