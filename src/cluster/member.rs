@@ -128,19 +128,8 @@ pub fn start(
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
 ) -> Result<Member, String> {
     let (applied, applied_term) = store.applied().map_err(|e| e.to_string())?;
+    // The replica refuses a log that does not hold the entry the store applied last.
     let replica = Replica::start(cfg, state, applied, applied_term).map_err(|e| e.to_string())?;
-    if applied > 0 {
-        let logged = state
-            .entries
-            .get(usize::try_from(applied - 1).unwrap_or(usize::MAX))
-            .map(|e| e.term);
-        if logged != Some(applied_term) {
-            return Err(format!(
-                "the store applied entry {applied} of term {applied_term}, but the Raft log \
-                 holds {logged:?} there"
-            ));
-        }
-    }
     let status = Status {
         id: cfg.id,
         role: replica.role(),
