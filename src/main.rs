@@ -42,7 +42,8 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// TOML config file (see README for its keys: limits, send timeout, handshakes per
-    /// address, store reserve, alarms, and TLS: [tls] for AMQPS, [http_tls] for HTTPS).
+    /// address, store reserve, alarms, TLS: [tls] for AMQPS, [http_tls] for HTTPS, and
+    /// [cluster] to run as a member of a replicated cluster).
     #[arg(long, env = "WARREN_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: :: (all IPv6 and IPv4 addresses)].
