@@ -32,7 +32,9 @@ for part in $parts; do
       ;;
     cluster)
       # Three Raft nodes under partitions, crashes, disk stalls, lost and duplicated
-      # messages; then five, where a partition can cut off two.
+      # messages; then five, where a partition can cut off two. A third of the seeds run
+      # identical nodes (one election timeout, clocks in step), and half lose their leader
+      # for good once the faults stop: the others must elect one and settle without it.
       CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \
         --seed 1 --seeds "${SIM_CLUSTER_SEEDS:-3000}"
       CARGO_TARGET_DIR=$sim_target cargo run -p warren-sim --release --bin warren-cluster-sim -- \

@@ -7,7 +7,15 @@
 //! any point of the commit path (a crash keeps a random prefix of the persists the node's
 //! disk had not reported, and a random prefix of what its store had applied but not
 //! synced); disks that stall, holding the persists behind a slow sync; and clock skew
-//! (each node ticks at its own rate, with jitter).
+//! (each node ticks at its own rate, with jitter). Each node draws its own election
+//! timeout, except in a third of the seeds, where the nodes are identical: one election
+//! timeout for all, clocks in step (one rate, ticks on one grid, jitter of a thousandth of
+//! a tick), and once the faults stop, a steady network and steady disks (each message and
+//! each sync takes the same time, within 2%), as in a deployment of one configuration on
+//! like machines; there, should a node's timeout not change from term to term, two nodes
+//! campaigning on the same tick would split every vote forever. And in half the seeds,
+//! the leader (or, with none, some node) crashes early in the liveness phase and stays
+//! down: the others must elect a leader and settle every client's batches without it.
 //!
 //! What the checker asserts, at every step:
 //! - an entry is applied (on any node; by its leader with its proposal id, which confirms
@@ -20,10 +28,12 @@
 //! - a node restarts: its log holds the last entry its store kept, and its hard state
 //!   commits no further than its log's end;
 //!
-//! and at the end, after the faults stop and every node is back: every confirmed batch is
+//! and at the end, after the faults stop and every node is back (but the one kept down):
+//! every client's batches were all confirmed, within the liveness budget; then the node
+//! kept down restarts and catches up, within the same budget; every confirmed batch is
 //! still held durably by a majority of the nodes' logs, at the index and term it was
 //! confirmed with; each client's batches first appear in the order it proposed them; every
-//! client's batches were all confirmed; every node applied the same log.
+//! node applied the same log.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -57,7 +67,9 @@ pub struct ClusterConfig {
     pub nodes: u64,
     /// Faults on.
     pub safety_ms: u64,
-    /// Faults off: every node back, every client's batches must be confirmed in this time.
+    /// Faults off: every node back (but one, in some seeds, crashed early in it and kept
+    /// down until every client's batches are confirmed), every client's batches must be
+    /// confirmed, and every node caught up, in this time.
     pub liveness_ms: u64,
 }
 
@@ -84,8 +96,19 @@ pub struct ClusterFaults {
     pub crash_every_ms: u64,
     /// Mean time between partitions, ms (0: none).
     pub partition_every_ms: u64,
-    /// Each node's tick, µs (clock skew).
+    /// Each node's tick, µs (clock skew; one for all when the nodes are identical).
     pub tick_us: Vec<u64>,
+    /// The nodes are identical: one election timeout, clocks in step (every node ticks on
+    /// the same grid of `tick_us`, each tick late by up to a thousandth of one), and with
+    /// the faults off, every message takes half `max_delay_us` and every sync half
+    /// `max_sync_us`, within 2%.
+    pub identical: bool,
+    /// Each node's least election timeout, ticks ([`ReplicaConfig::election_ticks`]); one
+    /// for all when the nodes are identical.
+    pub election_ticks: Vec<usize>,
+    /// When, after the liveness phase starts, the leader (or, with none then, some node)
+    /// crashes and stays down until every client's batches are confirmed, ms.
+    pub kill_after_ms: Option<u64>,
     /// Longest disk sync, µs.
     pub max_sync_us: u64,
     /// Chance a sync stalls for a tenth of a second or more (the persists behind it wait):
@@ -95,15 +118,41 @@ pub struct ClusterFaults {
 }
 
 impl ClusterFaults {
-    fn draw(rng: &mut SmallRng, nodes: u64) -> Self {
+    fn draw(rng: &mut SmallRng, cfg: &ClusterConfig) -> Self {
+        let nodes = cfg.nodes;
         let pick = |rng: &mut SmallRng, xs: &[f64]| xs[rng.gen_range(0..xs.len())];
+        // Identical nodes: the same configuration, on the same hardware.
+        let identical = rng.gen_ratio(1, 3);
+        let (tick, election) = (rng.gen_range(8_000..=12_500), rng.gen_range(10..=20));
+        // A node to lose for good needs a majority left without it.
+        let kill = nodes >= 3 && rng.gen_bool(0.5);
+        let kill_after_ms = rng.gen_range(0..=cfg.liveness_ms / 8);
         Self {
             drop: pick(rng, &[0.0, 0.01, 0.05, 0.2]),
             duplicate: pick(rng, &[0.0, 0.01, 0.1]),
             max_delay_us: [200, 2_000, 10_000][rng.gen_range(0..3)],
             crash_every_ms: [0, 300, 800][rng.gen_range(0..3)],
             partition_every_ms: [0, 250, 700][rng.gen_range(0..3)],
-            tick_us: (0..nodes).map(|_| rng.gen_range(8_000..=12_500)).collect(),
+            tick_us: (0..nodes)
+                .map(|_| {
+                    if identical {
+                        tick
+                    } else {
+                        rng.gen_range(8_000..=12_500)
+                    }
+                })
+                .collect(),
+            election_ticks: (0..nodes)
+                .map(|_| {
+                    if identical {
+                        election
+                    } else {
+                        rng.gen_range(10..=20)
+                    }
+                })
+                .collect(),
+            identical: identical && nodes > 1,
+            kill_after_ms: kill.then_some(kill_after_ms),
             // A slow disk keeps persists pending across ticks and messages: crashes land
             // mid-persist, and a new leader's entries rewrite ones still being written.
             max_sync_us: [300, 3_000, 30_000][rng.gen_range(0..3)],
@@ -114,15 +163,21 @@ impl ClusterFaults {
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs sync ≤{}µs stall {}",
+            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs{} election ticks {:?} sync ≤{}µs stall {}{}",
             self.drop,
             self.duplicate,
             self.max_delay_us,
             self.crash_every_ms,
             self.partition_every_ms,
             self.tick_us,
+            if self.identical { " in step" } else { "" },
+            self.election_ticks,
             self.max_sync_us,
-            self.stall
+            self.stall,
+            match self.kill_after_ms {
+                Some(ms) => format!(" leader crashed and kept down {ms}ms into the liveness phase"),
+                None => String::new(),
+            }
         )
     }
 }
@@ -140,6 +195,10 @@ pub struct ClusterStats {
     pub leader_terms: u64,
     /// Node crashes.
     pub crashes: u64,
+    /// Leaders crashed in the liveness phase and kept down while the others settled.
+    pub leaders_killed: u64,
+    /// Seeds whose nodes were identical (one election timeout, clocks in step).
+    pub identical: u64,
     /// Crashes that kept persists the node had not reported.
     pub crashes_mid_persist: u64,
     /// Persists that rewrote indexes an earlier persist, still being written, wrote.
@@ -190,6 +249,8 @@ enum Event {
     Client(u64),
     Crash,
     Restart(NodeId),
+    /// The leader crashes, to stay down until the others settle every client's batches.
+    Kill,
     Partition,
     Heal,
     Liveness,
@@ -265,6 +326,9 @@ pub struct ClusterWorld {
     /// Directed links that are cut: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
+    /// The node crashed in the liveness phase and kept down, the last term it knew of,
+    /// and whether it was restarted once the others settled.
+    kept_down: Option<(NodeId, u64, bool)>,
     /// The committed log as seen by every node that applied it: index → (term, data).
     committed: BTreeMap<u64, (u64, Vec<u8>)>,
     leaders: BTreeMap<u64, NodeId>,
@@ -293,7 +357,7 @@ impl ClusterWorld {
             cfg.nodes
         );
         let mut rng = SmallRng::seed_from_u64(seed ^ 0xc105_7e12);
-        let faults = ClusterFaults::draw(&mut rng, cfg.nodes);
+        let faults = ClusterFaults::draw(&mut rng, &cfg);
         let members: Vec<NodeId> = (1..=cfg.nodes).collect();
         let nodes = members
             .iter()
@@ -302,7 +366,7 @@ impl ClusterWorld {
                 cfg: ReplicaConfig {
                     id,
                     members: members.clone(),
-                    election_ticks: rng.gen_range(10..=20),
+                    election_ticks: faults.election_ticks[(id - 1) as usize],
                     heartbeat_ticks: 2,
                 },
                 log: LogState::default(),
@@ -334,6 +398,7 @@ impl ClusterWorld {
             clients,
             cut: BTreeSet::new(),
             faults_on: true,
+            kept_down: None,
             committed: BTreeMap::new(),
             leaders: BTreeMap::new(),
             confirmed: BTreeMap::new(),
@@ -356,6 +421,10 @@ impl ClusterWorld {
             w.at(at, Event::Partition);
         }
         w.at(cfg.safety_ms * 1_000, Event::Liveness);
+        if let Some(ms) = w.faults.kill_after_ms {
+            w.at((cfg.safety_ms + ms) * 1_000, Event::Kill);
+        }
+        w.stats.identical = u64::from(w.faults.identical);
         w
     }
 
@@ -388,9 +457,23 @@ impl ClusterWorld {
             .unwrap_or_else(|e| panic!("node {id} does not restart: {e}"));
         n.replica = Some(replica);
         let life = n.life;
-        let tick = self.faults.tick_us[(id - 1) as usize];
-        let first = self.rng.gen_range(0..tick);
+        let first = self.next_tick(id, true);
         self.at(first, Event::Tick { node: id, life });
+    }
+
+    /// How long until the node's next tick: a tick (and jitter of up to a tenth of one)
+    /// away, or its first at random; on the cluster's grid when the nodes are identical.
+    fn next_tick(&mut self, id: NodeId, first: bool) -> u64 {
+        let tick = self.faults.tick_us[(id - 1) as usize];
+        if self.faults.identical {
+            let jitter = self.rng.gen_range(0..=tick / 1_000);
+            let grid = (self.now_us / tick + 1) * tick;
+            grid + jitter - self.now_us
+        } else if first {
+            self.rng.gen_range(0..tick)
+        } else {
+            tick + self.rng.gen_range(0..=tick / 10)
+        }
     }
 
     /// Runs the seed to its end or its first violation.
@@ -414,6 +497,15 @@ impl ClusterWorld {
                 break Some(v);
             }
             if !self.faults_on && self.all_done() {
+                // The node kept down comes back now, and must catch up in the same budget.
+                if let Some((id, term, false)) = self.kept_down {
+                    self.kept_down = Some((id, term, true));
+                    self.boot(id);
+                    if let Err(v) = self.drive(id) {
+                        break Some(v);
+                    }
+                    continue;
+                }
                 break self.final_check(true).err();
             }
         };
@@ -449,14 +541,13 @@ impl ClusterWorld {
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Tick { node: id, life } => {
-                let tick = self.faults.tick_us[(id - 1) as usize];
-                let jitter = self.rng.gen_range(0..=tick / 10);
+                let next = self.next_tick(id, false);
                 let n = self.node(id);
                 if n.life == life
                     && let Some(r) = n.replica.as_mut()
                 {
                     r.tick();
-                    self.at(tick + jitter, Event::Tick { node: id, life });
+                    self.at(next, Event::Tick { node: id, life });
                     self.drive(id)?;
                 }
             }
@@ -498,7 +589,7 @@ impl ClusterWorld {
                 }
             }
             Event::Restart(id) => {
-                if self.node(id).replica.is_none() {
+                if self.node(id).replica.is_none() && self.kept_down.is_none_or(|(k, ..)| k != id) {
                     self.boot(id);
                     self.drive(id)?;
                 }
@@ -512,6 +603,36 @@ impl ClusterWorld {
                 }
             }
             Event::Heal => self.cut.clear(),
+            Event::Kill => {
+                let leader = (1..=self.size()).find(|&id| {
+                    self.nodes[(id - 1) as usize]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.role() == Role::Leader)
+                });
+                // With no leader yet, wait a little for one (up to a second).
+                let waited = self.now_us
+                    >= (self.cfg.safety_ms + self.faults.kill_after_ms.unwrap_or(0) + 1_000)
+                        * 1_000;
+                match leader {
+                    None if !waited => self.at(20_000, Event::Kill),
+                    _ => {
+                        let id = leader.unwrap_or_else(|| self.rng.gen_range(1..=self.size()));
+                        if leader.is_some() {
+                            self.stats.leaders_killed += 1;
+                        }
+                        let term = (1..=self.size())
+                            .filter_map(|id| self.nodes[(id - 1) as usize].replica.as_ref())
+                            .map(|r| r.term())
+                            .max()
+                            .unwrap_or(0);
+                        if self.node(id).replica.is_some() {
+                            self.crash_node(id)?;
+                        }
+                        self.kept_down = Some((id, term, false));
+                    }
+                }
+            }
             Event::Liveness => {
                 self.faults_on = false;
                 self.cut.clear();
@@ -546,6 +667,8 @@ impl ClusterWorld {
                     let stall = self.faults_on && self.rng.gen_bool(self.faults.stall);
                     let sync = if stall {
                         self.rng.gen_range(100_000..=800_000)
+                    } else if self.steady() {
+                        self.steady_draw(self.faults.max_sync_us / 2)
                     } else {
                         self.rng.gen_range(50..=self.faults.max_sync_us)
                     };
@@ -581,6 +704,16 @@ impl ClusterWorld {
         Ok(())
     }
 
+    /// Identical nodes, faults off: messages and syncs take a steady time.
+    fn steady(&self) -> bool {
+        self.faults.identical && !self.faults_on
+    }
+
+    /// `base`, give or take 2%.
+    fn steady_draw(&mut self, base: u64) -> u64 {
+        base - base / 50 + self.rng.gen_range(0..=base / 25)
+    }
+
     fn send(&mut self, m: Message) {
         if self.cut.contains(&(m.from, m.to)) {
             self.stats.dropped += 1;
@@ -597,7 +730,11 @@ impl ClusterWorld {
             1
         };
         for _ in 0..copies {
-            let delay = self.rng.gen_range(20..=self.faults.max_delay_us);
+            let delay = if self.steady() {
+                self.steady_draw(self.faults.max_delay_us / 2)
+            } else {
+                self.rng.gen_range(20..=self.faults.max_delay_us)
+            };
             self.seq += 1;
             let key = self.seq;
             self.mail.insert(key, m.clone());
@@ -762,6 +899,15 @@ impl ClusterWorld {
         let Some(&id) = pool.get(self.rng.gen_range(0..pool.len().max(1))) else {
             return Ok(());
         };
+        self.crash_node(id)?;
+        let down = self.rng.gen_range(20_000..600_000);
+        self.at(down, Event::Restart(id));
+        Ok(())
+    }
+
+    /// Crashes a node that is up: its disk keeps some of what it had not reported, its
+    /// store loses some of what it had not synced.
+    fn crash_node(&mut self, id: NodeId) -> Result<(), String> {
         self.stats.crashes += 1;
         // The disk may have made some unreported persists durable, in order.
         let pending = self.node(id).persisting.len();
@@ -796,8 +942,6 @@ impl ClusterWorld {
                 self.stats.uncertain += 1;
             }
         }
-        let down = self.rng.gen_range(20_000..600_000);
-        self.at(down, Event::Restart(id));
         Ok(())
     }
 
@@ -887,10 +1031,31 @@ impl ClusterWorld {
             .map(|n| n.applied.len())
             .max()
             .unwrap_or(0);
+        // A node is to be crashed and kept down: not done before that.
+        if self.faults.kill_after_ms.is_some() && self.kept_down.is_none() {
+            return false;
+        }
+        // The node kept down is left out until it is restarted, once the others have
+        // elected a leader after it and applied an entry of that leader's (its first, if
+        // every client's batches were confirmed before).
+        let kept_down = match self.kept_down {
+            Some((id, term, false)) => {
+                if !self
+                    .nodes
+                    .iter()
+                    .any(|n| n.applied.last().is_some_and(|c| c.term > term))
+                {
+                    return false;
+                }
+                Some(id)
+            }
+            _ => None,
+        };
         confirmed
             && self
                 .nodes
                 .iter()
+                .filter(|n| Some(n.cfg.id) != kept_down)
                 .all(|n| n.applied.len() == top && n.replica.is_some())
     }
 
@@ -940,8 +1105,25 @@ impl ClusterWorld {
                 .filter(|(_, n)| *n as u64 != BATCHES_PER_CLIENT)
                 .collect();
             let applied: Vec<usize> = self.nodes.iter().map(|n| n.applied.len()).collect();
+            let roles: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match &n.replica {
+                    Some(r) => format!("{:?} in term {}", r.role(), r.term()),
+                    None => "down".to_string(),
+                })
+                .collect();
+            let kept_down = match self.kept_down {
+                Some((id, term, false)) => format!(
+                    "; node {id} crashed in it (in term {term}) and kept down, the others to elect a leader and settle"
+                ),
+                Some((id, _, true)) => format!(
+                    "; node {id} crashed in it, kept down until every batch was confirmed, then restarted"
+                ),
+                None => String::new(),
+            };
             return Err(format!(
-                "not settled {} ms after the faults stopped: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}",
+                "not settled {} ms after the faults stopped{kept_down}: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}, nodes {roles:?}",
                 self.cfg.liveness_ms
             ));
         }

@@ -30,6 +30,11 @@ fn config(id: NodeId) -> ReplicaConfig {
 
 impl Net {
     fn new() -> Self {
+        Self::with(config)
+    }
+
+    /// Three members set up by `config`.
+    fn with(config: impl Fn(NodeId) -> ReplicaConfig) -> Self {
         let nodes = (1..=3)
             .map(|id| Node {
                 replica: Replica::start(&config(id), &LogState::default(), 0, 0).expect("start"),
@@ -272,6 +277,72 @@ fn a_restarted_member_keeps_its_log_and_catches_up() {
         .map(|(d, _)| d)
         .collect();
     assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+}
+
+/// Members configured alike (one election timeout for all): when the leader dies, the two
+/// left campaign on the same tick. With a timeout fixed per node they would campaign on the
+/// same tick again every term, each voting for itself, and never elect a leader; drawn
+/// anew for each term, their timeouts part, and one of them wins.
+#[test]
+fn members_with_one_election_timeout_elect_a_leader_when_the_leader_dies() {
+    const ELECTION_TICKS: usize = 10;
+    let mut net = Net::with(|id| ReplicaConfig {
+        election_ticks: ELECTION_TICKS,
+        ..config(id)
+    });
+    // Node 1 alone ticks, so it campaigns first and leads; then all tick together, the
+    // followers' election timers restarting on the same heartbeats.
+    for _ in 0..10 * ELECTION_TICKS {
+        if net.node(1).replica.role() == Role::Leader {
+            break;
+        }
+        net.node(1).replica.tick();
+        net.settle();
+    }
+    assert_eq!(net.node(1).replica.role(), Role::Leader);
+    net.run_ticks(3 * ELECTION_TICKS);
+    let term = net.node(1).replica.term();
+    assert_eq!(net.node(1).replica.role(), Role::Leader);
+    assert_eq!(net.node(2).replica.leader(), Some(1));
+    assert_eq!(net.node(3).replica.leader(), Some(1));
+    // Node 1 dies: nothing to or from it, and it no longer ticks.
+    net.cut.push(1);
+    let mut leader = None;
+    for _ in 0..10 * ELECTION_TICKS {
+        for id in [2, 3] {
+            net.node(id).replica.tick();
+        }
+        net.settle();
+        leader = [2, 3]
+            .into_iter()
+            .find(|&id| net.node(id).replica.role() == Role::Leader);
+        if leader.is_some() {
+            break;
+        }
+    }
+    let terms: Vec<(Role, u64)> = [2, 3]
+        .iter()
+        .map(|&id| (net.node(id).replica.role(), net.node(id).replica.term()))
+        .collect();
+    let leader = leader.unwrap_or_else(|| {
+        panic!(
+            "no leader in {} ticks after the leader of term {term} died: nodes 2 and 3 are {terms:?}",
+            10 * ELECTION_TICKS
+        )
+    });
+    // And it commits with the one member left.
+    net.node(leader)
+        .replica
+        .propose(1, b"after".to_vec())
+        .expect("the new leader takes proposals");
+    net.settle();
+    for id in [2, 3] {
+        let got: Vec<Vec<u8>> = batches(&net.node(id).applied)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(got, vec![b"after".to_vec()], "node {id}");
+    }
 }
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {

@@ -72,11 +72,13 @@ fn main() -> ExitCode {
     if passed > 1 {
         let t = &totals;
         println!(
-            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
             t.proposed,
             t.confirmed,
             t.uncertain,
             t.leader_terms,
+            t.identical,
+            t.leaders_killed,
             t.crashes,
             t.crashes_mid_persist,
             t.reapplied,
@@ -198,6 +200,8 @@ fn add(t: &mut ClusterStats, s: &ClusterStats) {
     t.uncertain += s.uncertain;
     t.leader_terms += s.leader_terms;
     t.crashes += s.crashes;
+    t.leaders_killed += s.leaders_killed;
+    t.identical += s.identical;
     t.crashes_mid_persist += s.crashes_mid_persist;
     t.rewrites_in_flight += s.rewrites_in_flight;
     t.partitions += s.partitions;
