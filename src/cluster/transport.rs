@@ -33,6 +33,55 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most inbound connections at once (a few per member are plenty).
 const MAX_INBOUND: usize = 64;
 
+/// The transport's own thread and runtime: Raft messages keep flowing while the node's
+/// runtime is busy (a new leader's broker recovering a large store holds it for seconds,
+/// longer than an election timeout).
+#[derive(Debug)]
+pub struct NetThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetThread {
+    /// Starts the thread.
+    pub fn start() -> std::io::Result<NetThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("warren-raft-net".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(NetThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Its runtime, to start the listener and the writers on.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for NetThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Compares two secrets in time independent of where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -49,33 +49,41 @@ pub async fn run(
         FjallLog::open(&config.data_dir.join(LOG_DIR)).map_err(|e| err(e.to_string()))?;
     let me = cluster.me().clone();
     let ids = cluster.ids();
-    let listener = TcpListener::bind(SocketAddr::new(config.bind, me.raft.port()))
-        .await
+    let raft_port = me.raft.port();
+    let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, raft_port))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("cannot listen for Raft on port {}: {e}", me.raft.port()),
+                format!("cannot listen for Raft on port {raft_port}: {e}"),
             )
         })?;
     let raft_local = listener.local_addr()?;
     let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(member::INBOX);
     let deliver_to = inbox_tx.clone();
-    let listening = transport::listen(
-        listener,
-        cluster.cookie.clone(),
-        me.id,
-        ids.clone(),
-        move |m| member::deliver(&deliver_to, m),
-    );
-    let peers: HashMap<_, _> = cluster
-        .members
-        .iter()
-        .filter(|m| m.id != me.id)
-        .map(|m| {
-            let tx = transport::dial(m.raft, Some(config.bind), cluster.cookie.clone(), me.id);
-            (m.id, tx)
-        })
-        .collect();
+    // The transport runs on a thread of its own, so that a busy node runtime never holds
+    // up heartbeats.
+    let net = transport::NetThread::start()?;
+    let (listening, peers) = {
+        let _on_net = net.handle().enter();
+        let listening = transport::listen(
+            TcpListener::from_std(listener)?,
+            cluster.cookie.clone(),
+            me.id,
+            ids.clone(),
+            move |m| member::deliver(&deliver_to, m),
+        );
+        let peers: HashMap<_, _> = cluster
+            .members
+            .iter()
+            .filter(|m| m.id != me.id)
+            .map(|m| {
+                let tx = transport::dial(m.raft, Some(config.bind), cluster.cookie.clone(), me.id);
+                (m.id, tx)
+            })
+            .collect();
+        (listening, peers)
+    };
     let cfg = ReplicaConfig {
         id: me.id,
         members: ids,
@@ -156,9 +164,10 @@ pub async fn run(
     };
     listening.abort();
     let _ = member.inbox.send(member::MemberIn::Stop);
-    // The thread syncs the store as it ends.
+    // The thread syncs the store as it ends; the transport stops after it.
     let thread = member.thread;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    drop(net);
     result
 }
 
