@@ -25,7 +25,7 @@ use crate::cluster::disk::FjallLog;
 use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore};
 use crate::cluster::settings::ClusterSettings;
 use crate::cluster::status::{ClusterView, Status};
-use crate::cluster::{ReplicaConfig, transport};
+use crate::cluster::{ReplicaConfig, Role, transport};
 use crate::proto::connection::{server_properties, truncate_shortstr};
 use crate::proto::constants::{CONNECTION_FORCED, PROTOCOL_HEADER};
 use crate::proto::frame::{Frame, FrameDecoder, encode_method};
@@ -134,7 +134,7 @@ pub async fn run(
         let until = async {
             tokio::select! {
                 () = &mut shutdown => stopping.set(true),
-                _ = watching.wait_for(|s| !s.ready || s.term != term) => {}
+                _ = watching.wait_for(|s| s.role != Role::Leader || s.term != term || s.failed.is_some()) => {}
                 () = lost.notified() => {}
             }
         };
@@ -156,6 +156,8 @@ pub async fn run(
             if stopping.get() {
                 break Err(e);
             }
+            // Not at once again: whatever failed may not have passed yet.
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if stopping.get() {
             break Ok(());
