@@ -141,8 +141,9 @@ def parameters(nodes):
             for n in nodes]
 
 
-def connect(nodes, ledger):
-    while not ledger.stop.is_set():
+def connect(nodes, until):
+    """A connection to whichever node takes it, tried until the event `until` is set."""
+    while not until.is_set():
         try:
             return pika.BlockingConnection(parameters(nodes))
         except pika.exceptions.AMQPError:
@@ -153,7 +154,7 @@ def connect(nodes, ledger):
 def publisher(nodes, ledger):
     next_id = 0
     while not ledger.stop.is_set():
-        conn = connect(nodes, ledger)
+        conn = connect(nodes, ledger.stop)
         if conn is None:
             return
         host = conn._impl.params.host
@@ -178,13 +179,10 @@ def publisher(nodes, ledger):
 
 def consumer(nodes, ledger, done):
     while not done.is_set():
-        conn = connect(nodes, ledger) if not ledger.stop.is_set() else None
+        # The consumer goes on after the publisher stops, until every message is in.
+        conn = connect(nodes, done)
         if conn is None:
-            try:
-                conn = pika.BlockingConnection(parameters(nodes))
-            except pika.exceptions.AMQPError:
-                time.sleep(0.1)
-                continue
+            return
         try:
             ch = conn.channel()
             ch.queue_declare(QUEUE, durable=True)
