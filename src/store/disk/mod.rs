@@ -104,6 +104,11 @@
 //! is refused, never read as empty. A metadata record or a message that does not decode
 //! is set aside in the `quarantine` keyspace with a loud log line, and the broker goes on
 //! without it (see `quarantine`).
+//!
+//! # Snapshots
+//!
+//! A cluster member too far behind its leader's Raft log is sent the leader's whole store
+//! and replaces its own with it, crash-safely: see [`snapshot`].
 
 mod batch;
 mod catalog;
@@ -115,6 +120,7 @@ mod read;
 mod record;
 mod recovery;
 mod reserve;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -220,6 +226,10 @@ pub struct FjallStore {
     synced_writes: u64,
     /// The space set aside for writes while the disk is full.
     reserve: reserve::Reserve,
+    /// The staging directory of a snapshot install that began and did not finish: the
+    /// store's content is then partly replaced, and only installing again (or a restart,
+    /// which does) repairs it, not [`Store::reopen`].
+    installing: Option<PathBuf>,
 }
 
 /// The fjall database and its keyspaces.
@@ -343,6 +353,7 @@ impl FjallStore {
             writes: 0,
             synced_writes: 0,
             reserve: reserve::Reserve::new(dir, options.reserve_bytes),
+            installing: None,
         };
         if format.is_none() {
             store.initialise()?;
@@ -696,6 +707,14 @@ impl Store for FjallStore {
     }
 
     fn reopen(&mut self) -> Result<usize, StoreError> {
+        if let Some(staging) = &self.installing {
+            return Err(StoreError::other(format!(
+                "the store in {} was being replaced by the snapshot staged in {}: it must be \
+                 installed again, not reopened half replaced",
+                self.dir.display(),
+                staging.display()
+            )));
+        }
         // fjall locks its directory: the failed database must be closed first. Dropping
         // it flushes what its journal buffered, as a crash would have left it at best.
         self.engine = None;
