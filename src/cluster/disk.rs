@@ -2,8 +2,10 @@
 //! directory), beside the broker's store.
 //!
 //! Keyspace `log` maps each index (8 bytes, big-endian, so the log iterates in order) to
-//! its entry; keyspace `state` holds the hard state (term, vote, commit). Entries and hard
-//! state are raft-rs's protobuf encodings. [`FjallLog::persist`] writes one
+//! its entry; keyspace `state` holds the hard state (term, vote, commit) and the point the
+//! log was compacted through or replaced by a snapshot (index and term, 8 bytes each,
+//! big-endian), which the entries follow. Entries and hard state are raft-rs's protobuf
+//! encodings. [`FjallLog::persist`] writes one
 //! [`Output::Persist`](super::Output::Persist) as one atomic batch and syncs it before it
 //! returns, which is what lets the replica send its vote or its acknowledgement. A persist
 //! that fails leaves the log unknown (the batch may or may not be on disk), so it poisons
@@ -15,9 +17,23 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState};
 
-use super::LogState;
+use super::{LogState, Point};
 
 const HARD_STATE_KEY: &[u8] = b"hard_state";
+const COMPACTED_KEY: &[u8] = b"compacted";
+
+fn encode_point((index, term): Point) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&index.to_be_bytes());
+    out[8..].copy_from_slice(&term.to_be_bytes());
+    out
+}
+
+fn decode_point(bytes: &[u8]) -> Option<Point> {
+    let index = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let term = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+    (bytes.len() == 16).then_some((index, term))
+}
 
 /// Why the log could not be read or written.
 #[derive(Debug)]
@@ -37,7 +53,9 @@ pub struct FjallLog {
     db: Database,
     log: Keyspace,
     state: Keyspace,
-    /// The last index held (0 when empty).
+    /// The point the entries follow.
+    compacted: Point,
+    /// The last index held (the compaction point's when no entry is).
     last: u64,
     /// Why an earlier persist failed: the log refuses writes from then on.
     poisoned: Option<String>,
@@ -76,7 +94,14 @@ impl FjallLog {
             read.hard_state = HardState::parse_from_bytes(&v)
                 .map_err(|e| fail("undecodable hard state in", &e))?;
         }
-        for item in log.iter() {
+        if let Some(v) = state
+            .get(COMPACTED_KEY)
+            .map_err(|e| fail("cannot read", &e))?
+        {
+            read.compacted =
+                decode_point(&v).ok_or_else(|| fail("an undecodable compaction point in", &""))?;
+        }
+        for item in log.range((read.compacted.0 + 1).to_be_bytes()..) {
             let (key, value) = item.into_inner().map_err(|e| fail("cannot read", &e))?;
             let index = <[u8; 8]>::try_from(&key[..])
                 .map(u64::from_be_bytes)
@@ -102,6 +127,7 @@ impl FjallLog {
                 db,
                 log,
                 state,
+                compacted: read.compacted,
                 last,
                 poisoned: None,
             },
@@ -109,28 +135,77 @@ impl FjallLog {
         ))
     }
 
-    /// Writes entries (replacing the log from the first one's index on) and the hard state
-    /// as one batch, and syncs it. After a failure, every later call fails.
+    /// Writes a snapshot's point (replacing every entry), entries (replacing the log from
+    /// the first one's index on) and the hard state as one batch, and syncs it. After a
+    /// failure, every later call fails.
     pub fn persist(
         &mut self,
+        snapshot: Option<Point>,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), LogError> {
-        if let Some(why) = &self.poisoned {
-            return Err(LogError(format!(
-                "the Raft log in {} refuses writes after an earlier failure ({why}): restart \
-                 the node",
-                self.dir.display()
-            )));
-        }
-        let written = self.write(entries, hard_state);
+        self.usable()?;
+        let written = self.write(snapshot, entries, hard_state);
         if let Err(e) = &written {
             self.poisoned = Some(e.to_string());
         }
         written
     }
 
-    fn write(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), LogError> {
+    /// Drops the entries through `through` (of term `term`), without a sync: a crash keeps
+    /// them or not, and either log is valid.
+    pub fn compact(&mut self, through: u64, term: u64) -> Result<(), LogError> {
+        self.usable()?;
+        let fail = |e: &dyn std::fmt::Display| {
+            LogError(format!(
+                "cannot compact the Raft log in {}: {e}",
+                self.dir.display()
+            ))
+        };
+        if through <= self.compacted.0 {
+            return Ok(());
+        }
+        if through > self.last {
+            return Err(fail(&format!(
+                "index {through} is past the last index {}",
+                self.last
+            )));
+        }
+        let mut batch = self.db.batch();
+        for index in self.compacted.0 + 1..=through {
+            batch.remove(&self.log, index.to_be_bytes());
+        }
+        batch.insert(&self.state, COMPACTED_KEY, encode_point((through, term)));
+        let written = batch.commit().map_err(|e| fail(&e));
+        match written {
+            Ok(()) => {
+                self.compacted = (through, term);
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn usable(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(why) => Err(LogError(format!(
+                "the Raft log in {} refuses writes after an earlier failure ({why}): restart \
+                 the node",
+                self.dir.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn write(
+        &mut self,
+        snapshot: Option<Point>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), LogError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             LogError(format!(
                 "cannot {what} the Raft log in {}: {e}",
@@ -139,15 +214,24 @@ impl FjallLog {
         };
         let mut batch = self.db.batch();
         let mut last = self.last;
+        let mut compacted = self.compacted;
+        if let Some(point) = snapshot {
+            for index in compacted.0 + 1..=self.last {
+                batch.remove(&self.log, index.to_be_bytes());
+            }
+            batch.insert(&self.state, COMPACTED_KEY, encode_point(point));
+            compacted = point;
+            last = point.0;
+        }
         if let Some(first) = entries.first() {
-            if first.index == 0 || first.index > self.last + 1 {
+            if first.index <= compacted.0 || first.index > last + 1 {
                 return Err(fail(
                     "write",
                     &format!("entry {} after the last index {}", first.index, self.last),
                 ));
             }
             // A leader's entries replace a conflicting suffix.
-            for index in first.index..=self.last {
+            for index in first.index..=last {
                 batch.remove(&self.log, index.to_be_bytes());
             }
             for e in entries {
@@ -165,6 +249,7 @@ impl FjallLog {
             .persist(PersistMode::SyncAll)
             .map_err(|e| fail("sync", &e))?;
         self.last = last;
+        self.compacted = compacted;
         Ok(())
     }
 }
@@ -191,12 +276,14 @@ mod tests {
             hs.term = 2;
             hs.vote = 3;
             log.persist(
+                None,
                 &[entry(1, 1, b""), entry(2, 1, b"a"), entry(3, 1, b"b")],
                 Some(&hs),
             )
             .expect("persist");
             // A new leader's entries from index 2 on replace the old suffix.
-            log.persist(&[entry(2, 2, b"c")], None).expect("persist");
+            log.persist(None, &[entry(2, 2, b"c")], None)
+                .expect("persist");
         }
         let (mut log, read) = FjallLog::open(dir.path()).expect("reopen");
         assert_eq!(read.hard_state.term, 2);
@@ -208,9 +295,9 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(1, 1, vec![]), (2, 2, b"c".to_vec())]);
         // A write past a gap is refused, and so is every write after a refusal.
-        assert!(log.persist(&[entry(5, 2, b"x")], None).is_err());
+        assert!(log.persist(None, &[entry(5, 2, b"x")], None).is_err());
         let err = log
-            .persist(&[entry(3, 2, b"d")], None)
+            .persist(None, &[entry(3, 2, b"d")], None)
             .expect_err("poisoned");
         assert!(err.to_string().contains("earlier failure"), "{err}");
     }
@@ -224,6 +311,8 @@ mod tests {
             members: vec![1],
             election_ticks: 10,
             heartbeat_ticks: 2,
+            retain_entries: super::super::RETAIN_ENTRIES,
+            retain_bytes: super::super::RETAIN_BYTES,
         };
         let mut applied = Vec::new();
         {
@@ -240,14 +329,19 @@ mod tests {
                     match out.remove(0) {
                         Output::Persist {
                             number,
+                            snapshot,
                             entries,
                             hard_state,
                         } => {
-                            log.persist(&entries, hard_state.as_ref()).expect("persist");
+                            log.persist(snapshot, &entries, hard_state.as_ref())
+                                .expect("persist");
                             r.persisted(number, &mut out);
                         }
                         Output::Apply(c) => applied.extend(c),
-                        Output::Send(_) | Output::Deposed { .. } => {}
+                        Output::Compact { through, term } => {
+                            log.compact(through, term).expect("compact");
+                        }
+                        Output::Send(_) | Output::SendSnapshot(_) | Output::Deposed { .. } => {}
                     }
                 }
                 if r.role() == Role::Leader && !proposed {
@@ -263,5 +357,58 @@ mod tests {
         let r = Replica::start(&cfg, &state, last, last_term).expect("restart");
         assert_eq!(r.commit_index(), last);
         assert!(r.term() >= 1);
+    }
+}
+
+#[cfg(test)]
+mod compaction_tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = index.to_be_bytes().to_vec().into();
+        e
+    }
+
+    fn indexes(read: &LogState) -> Vec<u64> {
+        read.entries.iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn a_compacted_log_reads_back_from_its_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = FjallLog::open(dir.path()).expect("open");
+            let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
+            log.persist(None, &entries, None).expect("persist");
+            log.compact(4, 1).expect("compact");
+            // An old point is a no-op, a point past the end an error.
+            log.compact(2, 1).expect("compact");
+            assert!(log.compact(9, 1).is_err());
+        }
+        let (mut log, read) = FjallLog::open(dir.path()).expect("reopen");
+        assert_eq!(read.compacted, (4, 1));
+        assert_eq!(indexes(&read), vec![5, 6]);
+        // Writing at or before the point is refused.
+        assert!(log.persist(None, &[entry(4, 2)], None).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_replaces_every_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = FjallLog::open(dir.path()).expect("open");
+            let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+            log.persist(None, &entries, None).expect("persist");
+            // A snapshot at 10 of term 3, and the entries after it, in one persist.
+            log.persist(Some((10, 3)), &[entry(11, 3)], None)
+                .expect("persist");
+        }
+        let (_, read) = FjallLog::open(dir.path()).expect("reopen");
+        assert_eq!(read.compacted, (10, 3));
+        assert_eq!(indexes(&read), vec![11]);
+        assert_eq!(read.term(10), Some(3));
     }
 }

@@ -33,13 +33,23 @@
 //! Bounds: proposals are refused while [`MAX_UNCOMMITTED_BYTES`] of proposed batches are
 //! not yet committed, and a message carries at most [`MAX_MESSAGE_BYTES`] of entries and
 //! [`MAX_INFLIGHT_MESSAGES`] appends are in flight per follower.
+//!
+//! Compaction and snapshots: a member's store is the snapshot of its log. Once the driver
+//! reports the store synced ([`Replica::store_synced`]), the log drops the entries it
+//! holds ([`Output::Compact`]), keeping [`ReplicaConfig::retain_entries`] (and at most
+//! [`ReplicaConfig::retain_bytes`]) for members a little behind. A member further behind
+//! is sent the leader's store ([`Output::SendSnapshot`]); a member that takes one installs
+//! it as its store before its log records the point ([`Output::Persist`] with a snapshot),
+//! and [`snapshot_to_restore`] mends a crash between the two.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
-use raft::prelude::Message;
-use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, HardState};
+use raft::prelude::{Message, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
+
+use log_store::LogStore;
+pub use log_store::Point;
 
 /// raft-rs's message, entry and hard-state types, for drivers.
 pub mod raftpb {
@@ -58,6 +68,13 @@ pub const MAX_INFLIGHT_MESSAGES: usize = 256;
 /// Most proposals a leader tracks until they commit (each is a store batch, which already
 /// carries many messages).
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 65_536;
+/// Entries a log keeps behind what its store holds durably, for followers a little behind
+/// (further behind, they are sent the store instead); see [`ReplicaConfig::retain_entries`].
+pub const RETAIN_ENTRIES: u64 = 10_000;
+/// Most bytes of entries a log keeps behind what its store holds durably.
+pub const RETAIN_BYTES: u64 = 64 << 20;
+/// Bytes an entry counts for besides its data, towards [`ReplicaConfig::retain_bytes`].
+const ENTRY_OVERHEAD: u64 = 32;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -72,6 +89,13 @@ pub struct ReplicaConfig {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// Most entries the log keeps before the point its store holds durably. The log is
+    /// compacted up to that point, except for what a member is still to receive, within
+    /// this and [`ReplicaConfig::retain_bytes`]: a member further behind is sent a snapshot
+    /// (the leader's store).
+    pub retain_entries: u64,
+    /// Most bytes of entries kept so.
+    pub retain_bytes: u64,
 }
 
 /// What a node holds durably in its Raft log: what a restart starts from.
@@ -79,22 +103,32 @@ pub struct ReplicaConfig {
 pub struct LogState {
     /// Term, vote and commit index, as last persisted.
     pub hard_state: HardState,
-    /// The persisted entries, in index order, from index 1.
+    /// The last entry compacted away, or the snapshot the log was replaced by ((0, 0) when
+    /// neither): the entries follow it.
+    pub compacted: Point,
+    /// The persisted entries, in index order, from `compacted.0 + 1`.
     pub entries: Vec<Entry>,
 }
 
 impl LogState {
-    /// Applies a completed [`Output::Persist`]: entries from the first one's index replace
-    /// what the log held from there on.
-    pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+    /// Applies a completed [`Output::Persist`]: a snapshot replaces the whole log, and
+    /// entries from the first one's index replace what the log held from there on.
+    pub fn persist(
+        &mut self,
+        snapshot: Option<Point>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) {
+        if let Some(point) = snapshot {
+            self.install(point);
+        }
         if let Some(first) = entries.first() {
-            let keep = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
-            self.entries.truncate(keep);
-            assert_eq!(
-                self.entries.len() as u64 + 1,
-                first.index,
+            assert!(
+                first.index > self.compacted.0 && first.index <= self.last_index() + 1,
                 "a persisted batch of entries must follow the log without a gap"
             );
+            let keep = usize::try_from(first.index - self.compacted.0 - 1).unwrap_or(usize::MAX);
+            self.entries.truncate(keep);
             self.entries.extend_from_slice(entries);
         }
         if let Some(hs) = hard_state {
@@ -102,9 +136,37 @@ impl LogState {
         }
     }
 
-    /// The last index held.
+    /// Replaces the log by a snapshot's point, which is committed.
+    pub fn install(&mut self, point: Point) {
+        self.entries.clear();
+        self.compacted = point;
+        self.hard_state.commit = self.hard_state.commit.max(point.0);
+    }
+
+    /// Applies an [`Output::Compact`].
+    pub fn compact(&mut self, through: u64, term: u64) {
+        let drop = usize::try_from(through.saturating_sub(self.compacted.0)).unwrap_or(usize::MAX);
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.compacted = (through, term);
+    }
+
+    /// The entry at `index`, when held.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let offset = index.checked_sub(self.compacted.0 + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    /// The term at `index`, when known (the compaction point's included).
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.compacted.0 {
+            return Some(self.compacted.1);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    /// The last index held (the compaction point when no entry is).
     pub fn last_index(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.index)
+        self.entries.last().map_or(self.compacted.0, |e| e.index)
     }
 }
 
@@ -139,9 +201,15 @@ pub struct Committed {
 pub enum Output {
     /// Write these entries (replacing the log from the first one's index on) and this hard
     /// state, sync, then call [`Replica::persisted`] with `number`.
+    ///
+    /// With a snapshot: first make the store the snapshot received from the leader (which
+    /// holds the committed log through that point), durably; then replace the whole log by
+    /// the point, before the entries.
     Persist {
         /// Completion order: persists complete in increasing numbers.
         number: u64,
+        /// The snapshot to install, when the leader sent one this node took.
+        snapshot: Option<Point>,
         /// Entries to write.
         entries: Vec<Entry>,
         /// The new hard state, when it changed.
@@ -149,6 +217,18 @@ pub enum Output {
     },
     /// Send this message to `message.to`.
     Send(Message),
+    /// Send this node's store to `message.to` as a snapshot, then the message itself, with
+    /// its metadata set to the point the store holds (never before the point raft-rs put
+    /// there); then call [`Replica::snapshot_sent`].
+    SendSnapshot(Message),
+    /// Drop the log's entries through `through` (whose term is `term`), which the store
+    /// holds durably. It need not be synced: a crash keeps them or not.
+    Compact {
+        /// The last index dropped.
+        through: u64,
+        /// Its term.
+        term: u64,
+    },
     /// Apply these committed entries to the store, in order.
     Apply(Vec<Committed>),
     /// This node was leader and is not any more. These proposals were not known committed
@@ -195,8 +275,11 @@ struct PendingPersist {
     /// The last ready it stands for: readies with nothing to persist that came after it
     /// fold into it, since they are done when it is.
     ready: u64,
-    /// The indexes it writes, first and last, when it writes entries.
+    /// The indexes it writes, first and last, when it writes entries (a snapshot rewrites
+    /// the log from its start).
     writes: Option<(u64, u64)>,
+    /// The snapshot it installs.
+    snapshot: Option<Point>,
     /// Messages raft-rs allows only once the entries are durable.
     after: Vec<Message>,
 }
@@ -211,7 +294,7 @@ struct InFlight {
 
 /// One cluster member's Raft node (sans-IO).
 pub struct Replica {
-    node: RawNode<MemStorage>,
+    node: RawNode<LogStore>,
     /// In order. Those numbered up to `durable` wait only for a later persist that rewrites
     /// their indexes.
     pending: VecDeque<PendingPersist>,
@@ -226,6 +309,12 @@ pub struct Replica {
     timer: (u64, StateRole),
     /// The least election timeout.
     election_ticks: usize,
+    /// The last index the store holds durably ([`Replica::store_synced`]).
+    store_synced: u64,
+    /// The store synced since the log was last considered for compaction.
+    compact_due: bool,
+    retain_entries: u64,
+    retain_bytes: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -245,8 +334,10 @@ impl Replica {
     /// its store has applied: its index and term (0 and 0 when none).
     ///
     /// Refused: a log that does not hold that entry with that term (the store and the log
-    /// are of different histories, or the log lost what the store applied), and a hard
-    /// state committing past the log's end (the log lost committed entries).
+    /// are of different histories, or the log lost what the store applied), a log
+    /// compacted past it, and a hard state committing past the log's end (the log lost
+    /// committed entries). A store installed from a snapshot the log has not caught up
+    /// with is reconciled first ([`snapshot_to_restore`]).
     pub fn start(
         cfg: &ReplicaConfig,
         log: &LogState,
@@ -260,18 +351,13 @@ impl Replica {
             )));
         }
         check_log(log, applied, applied_term)?;
-        let storage =
-            MemStorage::new_with_conf_state(ConfState::from((cfg.members.clone(), vec![])));
-        {
-            let mut core = storage.wl();
-            core.append(&log.entries)
-                .map_err(|e| StartError(format!("the log does not load: {e}")))?;
-            let mut hs = log.hard_state.clone();
-            // What the store applied was committed, even when the commit index persisted
-            // with the hard state is older.
-            hs.commit = hs.commit.max(applied);
-            core.set_hardstate(hs);
-        }
+        let mut hs = log.hard_state.clone();
+        // What the store applied was committed, even when the commit index persisted with
+        // the hard state is older.
+        hs.commit = hs.commit.max(applied);
+        let mut storage = LogStore::new(cfg.members.clone(), log.compacted, hs);
+        storage.append(&log.entries);
+        storage.set_applied((applied, applied_term));
         let config = Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -298,6 +384,10 @@ impl Replica {
             leading: None,
             timer: (u64::MAX, StateRole::Follower),
             election_ticks: cfg.election_ticks,
+            store_synced: applied,
+            compact_due: true,
+            retain_entries: cfg.retain_entries,
+            retain_bytes: cfg.retain_bytes,
         };
         replica.draw_election_timeout();
         Ok(replica)
@@ -399,7 +489,15 @@ impl Replica {
     }
 
     /// Advances the logical clock by one tick (the driver ticks every few milliseconds).
+    ///
+    /// A follower installing a snapshot does not tick until the install is durable: raft-rs
+    /// moves its applied index to the snapshot's only then, and an election timeout before
+    /// would have it read the entries between the two, which the log no longer holds (a
+    /// fatal error in raft-rs's campaign).
     pub fn tick(&mut self) {
+        if self.pending.iter().any(|p| p.snapshot.is_some()) {
+            return;
+        }
         self.node.tick();
         self.draw_election_timeout();
     }
@@ -409,8 +507,13 @@ impl Replica {
     pub fn step(&mut self, message: Message) {
         // A proposal from a peer would be one forwarded by a follower: warren's followers
         // run no broker, and forward clients rather than proposals.
-        if message.get_msg_type() == raft::prelude::MessageType::MsgPropose {
+        if message.get_msg_type() == MessageType::MsgPropose {
             return;
+        }
+        let mut message = message;
+        // A snapshot's content is the store, which the driver installs itself.
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            message.mut_snapshot().data = Default::default();
         }
         let _ = self.node.step(message);
         self.draw_election_timeout();
@@ -454,43 +557,77 @@ impl Replica {
         Ok(())
     }
 
+    /// The store holds every entry through `index` durably (the driver synced it): the
+    /// log may drop them.
+    pub fn store_synced(&mut self, index: u64) {
+        if index > self.store_synced {
+            self.store_synced = index;
+            self.compact_due = true;
+        }
+    }
+
+    /// The driver sent (`sent`) or failed to send the snapshot of an
+    /// [`Output::SendSnapshot`] to `to`. Either way the leader probes that member again;
+    /// after a failure it sends another snapshot when still needed.
+    pub fn snapshot_sent(&mut self, to: NodeId, sent: bool) {
+        let status = if sent {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// The log's first index (entries before it were compacted away).
+    pub fn first_index(&self) -> u64 {
+        self.node.store().first()
+    }
+
     /// Collects what the driver must do now.
     pub fn poll(&mut self, out: &mut Vec<Output>) {
         self.check_leadership(out);
+        self.maybe_compact(out);
         if !self.node.has_ready() {
             return;
         }
         let mut ready = self.node.ready();
-        assert!(
-            ready.snapshot().data.is_empty() && ready.snapshot().get_metadata().index == 0,
-            "the log is never compacted, so no snapshot is ever sent"
-        );
-        out.extend(ready.take_messages().into_iter().map(Output::Send));
+        let snapshot = {
+            let meta = ready.snapshot().get_metadata();
+            (meta.index != 0).then_some((meta.index, meta.term))
+        };
+        out.extend(ready.take_messages().into_iter().map(outgoing));
         let committed = ready.take_committed_entries();
+        assert!(
+            snapshot.is_none() || committed.is_empty(),
+            "a ready with a snapshot commits no entries"
+        );
         self.apply(committed, out);
         let entries = ready.take_entries();
         let hard_state = ready.hs().cloned();
         let after = ready.take_persisted_messages();
         let number = ready.number();
-        let writes = entries
+        let mut writes = entries
             .first()
             .zip(entries.last())
             .map(|(f, l)| (f.index, l.index));
+        if let Some((index, _)) = snapshot {
+            writes = Some((1, writes.map_or(index, |(_, last)| last.max(index))));
+        }
         // raft-rs reads its log from the storage as soon as the ready is advanced: the
         // in-memory view takes the entries now, and `persisted` reports when they are
         // durable (raft-rs counts votes and acknowledges appends only from then on).
         {
-            let mut core = self.node.mut_store().wl();
-            if !entries.is_empty() {
-                core.append(&entries)
-                    .expect("a ready's entries follow the log it was made from");
+            let log = self.node.mut_store();
+            if let Some(point) = snapshot {
+                log.install(point);
             }
+            log.append(&entries);
             if let Some(hs) = &hard_state {
-                core.set_hardstate(hs.clone());
+                log.set_hard_state(hs.clone());
             }
         }
         self.node.advance_append_async(ready);
-        if entries.is_empty() && hard_state.is_none() {
+        if snapshot.is_none() && entries.is_empty() && hard_state.is_none() {
             match self.pending.back_mut() {
                 // Nothing to make durable: done when what is before it is, without a sync
                 // of its own.
@@ -499,13 +636,14 @@ impl Replica {
                     last.after.extend(after);
                 }
                 None => {
-                    out.extend(after.into_iter().map(Output::Send));
+                    out.extend(after.into_iter().map(outgoing));
                     self.node.on_persist_ready(number);
                 }
             }
         } else {
             out.push(Output::Persist {
                 number,
+                snapshot,
                 entries,
                 hard_state,
             });
@@ -513,6 +651,7 @@ impl Replica {
                 number,
                 ready: number,
                 writes,
+                snapshot,
                 after,
             });
         }
@@ -536,6 +675,7 @@ impl Replica {
             .filter_map(|p| p.writes.map(|(first, _)| first))
             .min();
         let mut done = None;
+        let mut installed = None;
         while let Some(p) = self.pending.front() {
             let rewritten =
                 matches!((p.writes, rewritten_from), (Some((_, last)), Some(from)) if last >= from);
@@ -545,11 +685,19 @@ impl Replica {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            out.extend(p.after.into_iter().map(Output::Send));
+            out.extend(p.after.into_iter().map(outgoing));
             done = Some(p.ready);
+            installed = p.snapshot.or(installed);
         }
         if let Some(n) = done {
             self.node.on_persist_ready(n);
+        }
+        // The store holds the snapshot durably (the driver installed it before the log):
+        // it is applied.
+        if let Some(point) = installed {
+            self.node.advance_apply_to(point.0);
+            self.node.mut_store().set_applied(point);
+            self.store_synced(point.0);
         }
         self.poll(out);
     }
@@ -582,7 +730,60 @@ impl Replica {
             });
         }
         self.node.advance_apply_to(last);
+        if let Some(c) = batch.last() {
+            self.node.mut_store().set_applied((c.index, c.term));
+        }
         out.push(Output::Apply(batch));
+    }
+
+    /// Drops the entries the store holds durably from the log, except those a member may
+    /// still need, within [`ReplicaConfig::retain_entries`] and
+    /// [`ReplicaConfig::retain_bytes`]. Compacts in steps of a quarter of what it keeps, so
+    /// as not to rewrite the log for every entry.
+    fn maybe_compact(&mut self, out: &mut Vec<Output>) {
+        if !self.compact_due {
+            return;
+        }
+        self.compact_due = false;
+        let log = self.node.store();
+        let upper = self.store_synced.min(log.applied().0);
+        let first = log.first();
+        if upper < first {
+            return;
+        }
+        // A leader keeps what the member furthest behind has yet to receive; another
+        // member keeps a tail, for the members behind should it lead.
+        let keep_from = if self.node.raft.state == StateRole::Leader {
+            self.node
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, p)| p.matched)
+                .min()
+                .unwrap_or(upper)
+        } else {
+            upper.saturating_sub(self.retain_entries)
+        };
+        let mut through = upper
+            .min(keep_from)
+            .max(upper.saturating_sub(self.retain_entries));
+        let mut bytes = 0u64;
+        for e in log.entries().rev().skip_while(|e| e.index > upper) {
+            if e.index <= through {
+                break;
+            }
+            bytes += e.data.len() as u64 + ENTRY_OVERHEAD;
+            if bytes > self.retain_bytes {
+                through = e.index;
+                break;
+            }
+        }
+        let step = (self.retain_entries / 4).max(1);
+        if through < first || through + 1 - first < step {
+            return;
+        }
+        let term = self.node.mut_store().compact(through);
+        out.push(Output::Compact { through, term });
     }
 
     /// Reports the end of this node's leadership, with what it had not seen committed.
@@ -614,16 +815,44 @@ impl Replica {
     }
 }
 
+/// A message for the driver to send: a snapshot is the store, which the driver sends.
+fn outgoing(m: Message) -> Output {
+    if m.get_msg_type() == MessageType::MsgSnapshot {
+        Output::SendSnapshot(m)
+    } else {
+        Output::Send(m)
+    }
+}
+
+/// The point a log must be replaced by before a restart, when the store holds a snapshot
+/// the log did not record: the node crashed after installing the leader's snapshot in its
+/// store and before replacing its log. The store's point is committed (a leader sends
+/// only what its store applied), so the log's entries up to it are not needed, and those
+/// that disagree with it were never committed. A store whose point the log contradicts
+/// within its commit index is not reconciled: [`Replica::start`] refuses it.
+pub fn snapshot_to_restore(log: &LogState, applied: u64, applied_term: u64) -> Option<Point> {
+    if applied <= log.compacted.0 {
+        return None;
+    }
+    match log.term(applied) {
+        Some(t) if t == applied_term => None,
+        Some(_) if applied <= log.hard_state.commit => None,
+        _ => Some((applied, applied_term)),
+    }
+}
+
 /// Checks a log against the last entry the store applied, before a restart.
 fn check_log(log: &LogState, applied: u64, applied_term: u64) -> Result<(), StartError> {
+    let start = log.compacted.0 + 1;
     if let Some((position, e)) = log
         .entries
         .iter()
         .enumerate()
-        .find(|(position, e)| e.index != *position as u64 + 1)
+        .find(|(position, e)| e.index != start + *position as u64)
     {
         return Err(StartError(format!(
-            "the log holds index {} at position {}: it must run from index 1 without a gap",
+            "the log holds index {} at position {}: it must run from index {start} without a \
+             gap",
             e.index,
             position + 1
         )));
@@ -634,8 +863,15 @@ fn check_log(log: &LogState, applied: u64, applied_term: u64) -> Result<(), Star
             "the store applied index {applied}, past the log's last index {last}"
         )));
     }
+    if applied < log.compacted.0 {
+        return Err(StartError(format!(
+            "the store applied index {applied}, but the log was compacted through index {}: \
+             the store lost what the log dropped",
+            log.compacted.0
+        )));
+    }
     if applied > 0 {
-        let logged = log.entries[(applied - 1) as usize].term;
+        let logged = log.term(applied).unwrap_or(0);
         if logged != applied_term {
             return Err(StartError(format!(
                 "the store applied index {applied} of term {applied_term}, but the log holds \
@@ -659,6 +895,7 @@ pub fn is_batch(entry: &Committed) -> bool {
 }
 
 pub mod disk;
+mod log_store;
 #[cfg(not(madsim))]
 pub mod member;
 pub mod settings;

@@ -9,13 +9,16 @@
 //!   { id = 2, raft = "10.0.0.2:25672", amqp = "10.0.0.2:5672" },
 //!   { id = 3, raft = "10.0.0.3:25672", amqp = "10.0.0.3:5672" },
 //! ]
+//! # Entries the Raft log keeps behind what the store holds durably (default 10000):
+//! # a member further behind is sent the leader's store instead.
+//! log_retain_entries = 10000
 //! ```
 
 use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::NodeId;
+use super::{NodeId, RETAIN_ENTRIES};
 
 /// Most members of a cluster: Raft's majorities grow with it, and past seven every commit
 /// waits on more fsyncs than it gains in safety.
@@ -24,6 +27,8 @@ pub const MAX_MEMBERS: usize = 7;
 pub const MIN_COOKIE_BYTES: usize = 16;
 /// Most bytes of a cookie.
 pub const MAX_COOKIE_BYTES: usize = 255;
+/// Most entries a log may be set to keep behind its store ([`ClusterFile::log_retain_entries`]).
+pub const MAX_RETAIN_ENTRIES: u64 = 1_000_000;
 
 /// One member, as every member's config lists it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -48,6 +53,9 @@ pub struct ClusterFile {
     /// Every member, this node included.
     #[serde(default)]
     pub members: Vec<MemberAddress>,
+    /// Entries the Raft log keeps behind what the store holds durably, for members a
+    /// little behind; a member further behind is sent the leader's store.
+    pub log_retain_entries: Option<u64>,
 }
 
 /// A checked cluster configuration.
@@ -59,6 +67,8 @@ pub struct ClusterSettings {
     pub cookie: String,
     /// Every member, this node included, by id.
     pub members: Vec<MemberAddress>,
+    /// Entries the Raft log keeps behind what the store holds durably.
+    pub retain_entries: u64,
 }
 
 impl ClusterFile {
@@ -100,10 +110,17 @@ impl ClusterFile {
                 "[cluster] node_id {node_id} is not one of the members"
             ));
         }
+        let retain_entries = self.log_retain_entries.unwrap_or(RETAIN_ENTRIES);
+        if !(1..=MAX_RETAIN_ENTRIES).contains(&retain_entries) {
+            return Err(format!(
+                "[cluster] log_retain_entries must be 1 to {MAX_RETAIN_ENTRIES}"
+            ));
+        }
         Ok(ClusterSettings {
             node_id,
             cookie,
             members,
+            retain_entries,
         })
     }
 }
@@ -143,6 +160,7 @@ mod tests {
             node_id: Some(node_id),
             cookie: Some("0123456789abcdef".into()),
             members,
+            log_retain_entries: None,
         }
     }
 
@@ -162,6 +180,9 @@ mod tests {
         let mut short = file(1, vec![member(1, 10)]);
         short.cookie = Some("short".into());
         assert!(err(short).contains("cookie"));
+        let mut none_kept = file(1, vec![member(1, 10)]);
+        none_kept.log_retain_entries = Some(0);
+        assert!(err(none_kept).contains("log_retain_entries"));
         let parsed: ClusterFile = toml::from_str(
             "node_id = 1\ncookie = \"0123456789abcdef\"\nmembers = [{ id = 1, raft = \"127.0.0.1:25672\", amqp = \"127.0.0.1:5672\" }]",
         )

@@ -23,6 +23,13 @@ pub struct Status {
     pub applied: u64,
     /// The last index in the log.
     pub last_index: u64,
+    /// The first index in the log: those before were compacted away, the store holding
+    /// them.
+    pub first_index: u64,
+    /// Snapshots (this node's store) sent to members too far behind for the log.
+    pub snapshots_sent: u64,
+    /// Snapshots received from a leader and installed as this node's store.
+    pub snapshots_installed: u64,
     /// On the leader: each member's matched index.
     pub progress: Vec<(NodeId, u64)>,
     /// On the leader: the members heard from within the last election timeout.

@@ -3,14 +3,44 @@
 
 use super::*;
 
+/// A persist the driver was asked for: its number, snapshot, entries and hard state.
+type Waiting = (u64, Option<Point>, Vec<Entry>, Option<HardState>);
+
 struct Node {
     replica: Replica,
     log: LogState,
+    /// The store: every entry applied, or installed from a snapshot.
     applied: Vec<Committed>,
     /// Persists not yet made durable (the driver holds them while `hold_persists`).
-    waiting: Vec<(u64, Vec<Entry>, Option<HardState>)>,
+    waiting: Vec<Waiting>,
     hold_persists: bool,
     deposed: Vec<(u64, Vec<u64>)>,
+    /// A snapshot received and not installed: its point and the store it carries.
+    staged: Option<(Point, Vec<Committed>)>,
+    /// Snapshots sent and installed.
+    snapshots_sent: usize,
+    snapshots_installed: usize,
+}
+
+impl Node {
+    /// Makes a persist durable: a snapshot's store first, then the log.
+    fn persist(&mut self, (number, snapshot, entries, hs): Waiting, out: &mut Vec<Output>) {
+        if let Some(point) = snapshot {
+            let (at, store) = self.staged.take().expect("a snapshot was received");
+            assert_eq!(at, point, "the snapshot installed is the one received");
+            self.applied = store;
+            self.snapshots_installed += 1;
+        }
+        self.log.persist(snapshot, &entries, hs.as_ref());
+        self.replica.persisted(number, out);
+    }
+
+    /// The store syncs everything applied.
+    fn sync_store(&mut self) {
+        if let Some(last) = self.applied.last() {
+            self.replica.store_synced(last.index);
+        }
+    }
 }
 
 struct Net {
@@ -25,6 +55,27 @@ fn config(id: NodeId) -> ReplicaConfig {
         members: vec![1, 2, 3],
         election_ticks: 10 + id as usize,
         heartbeat_ticks: 2,
+        retain_entries: RETAIN_ENTRIES,
+        retain_bytes: RETAIN_BYTES,
+    }
+}
+
+impl Node {
+    /// A snapshot message with the store as of now.
+    fn snapshot(&mut self, mut m: Message) -> (Message, Option<Vec<Committed>>) {
+        let last = self
+            .applied
+            .last()
+            .expect("a snapshot is of a store that applied");
+        let meta = m.mut_snapshot().mut_metadata();
+        assert!(
+            last.index >= meta.index,
+            "the store is not behind the snapshot"
+        );
+        (meta.index, meta.term) = (last.index, last.term);
+        self.replica.snapshot_sent(m.to, true);
+        self.snapshots_sent += 1;
+        (m, Some(self.applied.clone()))
     }
 }
 
@@ -43,6 +94,9 @@ impl Net {
                 waiting: Vec::new(),
                 hold_persists: false,
                 deposed: Vec::new(),
+                staged: None,
+                snapshots_sent: 0,
+                snapshots_installed: 0,
             })
             .collect();
         Self {
@@ -63,9 +117,8 @@ impl Net {
             for n in &mut self.nodes {
                 let mut out = Vec::new();
                 if !n.hold_persists {
-                    for (number, entries, hs) in std::mem::take(&mut n.waiting) {
-                        n.log.persist(&entries, hs.as_ref());
-                        n.replica.persisted(number, &mut out);
+                    for w in std::mem::take(&mut n.waiting) {
+                        n.persist(w, &mut out);
                     }
                 }
                 n.replica.poll(&mut out);
@@ -74,20 +127,28 @@ impl Net {
                     match o {
                         Output::Persist {
                             number,
+                            snapshot,
                             entries,
                             hard_state,
-                        } => n.waiting.push((number, entries, hard_state)),
-                        Output::Send(m) => mail.push(m),
+                        } => n.waiting.push((number, snapshot, entries, hard_state)),
+                        Output::SendSnapshot(m) => mail.push(n.snapshot(m)),
+                        Output::Send(m) => mail.push((m, None)),
                         Output::Apply(c) => n.applied.extend(c),
+                        Output::Compact { through, term } => n.log.compact(through, term),
                         Output::Deposed { term, uncertain } => n.deposed.push((term, uncertain)),
                     }
                 }
             }
-            for m in mail {
+            for (m, store) in mail {
                 if self.cut.contains(&m.from) || self.cut.contains(&m.to) {
                     continue;
                 }
-                self.node(m.to).replica.step(m);
+                let to = self.node(m.to);
+                if let Some(store) = store {
+                    let meta = m.get_snapshot().get_metadata();
+                    to.staged = Some(((meta.index, meta.term), store));
+                }
+                to.replica.step(m);
             }
             if !moved {
                 return;
@@ -117,14 +178,14 @@ impl Net {
             match out.remove(0) {
                 Output::Persist {
                     number,
+                    snapshot,
                     entries,
                     hard_state,
-                } => {
-                    n.log.persist(&entries, hard_state.as_ref());
-                    n.replica.persisted(number, &mut out);
-                }
+                } => n.persist((number, snapshot, entries, hard_state), &mut out),
                 Output::Send(m) => mail.push(m),
+                Output::SendSnapshot(m) => mail.push(n.snapshot(m).0),
                 Output::Apply(c) => n.applied.extend(c),
+                Output::Compact { through, term } => n.log.compact(through, term),
                 Output::Deposed { term, uncertain } => n.deposed.push((term, uncertain)),
             }
         }
@@ -374,6 +435,7 @@ fn a_store_ahead_of_its_log_is_refused() {
 fn a_log_that_does_not_hold_what_the_store_applied_is_refused() {
     let mut log = LogState::default();
     log.persist(
+        None,
         &[entry(1, 1, b""), entry(2, 1, b"a"), entry(3, 2, b"b")],
         None,
     );
@@ -392,6 +454,7 @@ fn a_log_that_does_not_hold_what_the_store_applied_is_refused() {
     // A gap in the log.
     let gapped = LogState {
         hard_state: HardState::default(),
+        compacted: (0, 0),
         entries: vec![entry(1, 1, b""), entry(3, 1, b"")],
     };
     let err = Replica::start(&config(1), &gapped, 0, 0).expect_err("refused");
@@ -538,4 +601,138 @@ fn a_ready_with_nothing_to_persist_waits_behind_a_pending_persist_without_a_sync
         !out.iter().any(|o| matches!(o, Output::Persist { .. })),
         "{out:?}"
     );
+}
+
+/// Members that keep only a few entries behind what their stores hold durably.
+fn short_log(id: NodeId) -> ReplicaConfig {
+    ReplicaConfig {
+        retain_entries: 4,
+        ..config(id)
+    }
+}
+
+/// Proposes `count` batches on the leader, syncing every store after each.
+fn propose_many(net: &mut Net, leader: NodeId, from: u64, count: u64) {
+    for p in from..from + count {
+        net.node(leader)
+            .replica
+            .propose(p, format!("batch-{p}").into_bytes())
+            .expect("propose");
+        net.settle();
+        for n in &mut net.nodes {
+            n.sync_store();
+        }
+        net.settle();
+    }
+}
+
+fn store(n: &Node) -> Vec<(u64, u64, Vec<u8>)> {
+    n.applied
+        .iter()
+        .map(|c| (c.index, c.term, c.data.clone()))
+        .collect()
+}
+
+#[test]
+fn the_log_drops_only_what_the_store_holds_durably() {
+    let mut net = Net::with(short_log);
+    let leader = net.tick_until_leader();
+    for p in 0..20 {
+        net.node(leader)
+            .replica
+            .propose(p, vec![1; 8])
+            .expect("propose");
+        net.settle();
+    }
+    // Nothing synced: every entry stays in every log.
+    for n in &net.nodes {
+        assert_eq!(n.log.compacted, (0, 0), "node {}", n.replica.id());
+        assert_eq!(n.replica.first_index(), 1);
+    }
+    // The stores sync. Every member holds every entry: the leader's log keeps none of
+    // what its store holds; a follower's keeps the last 4, for members behind should it
+    // lead.
+    let synced = net.node(leader).applied.last().expect("applied").index;
+    for n in &mut net.nodes {
+        n.sync_store();
+    }
+    net.settle();
+    for n in &net.nodes {
+        let (through, term) = n.log.compacted;
+        let kept = if n.replica.id() == leader { 0 } else { 4 };
+        assert_eq!(through, synced - kept, "node {}", n.replica.id());
+        assert_eq!(term, n.applied[(through - 1) as usize].term);
+        assert_eq!(n.replica.first_index(), through + 1);
+        assert_eq!(n.log.entries.len() as u64, kept);
+        assert_eq!(n.log.last_index(), synced);
+    }
+}
+
+#[test]
+fn a_member_far_behind_catches_up_from_the_leaders_store() {
+    let mut net = Net::with(short_log);
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 0, 3);
+    let down = if leader == 3 { 2 } else { 3 };
+    net.cut.push(down);
+    propose_many(&mut net, leader, 3, 40);
+    let first = net.node(leader).replica.first_index();
+    let behind = net.node(down).applied.last().expect("applied").index;
+    assert!(
+        first > behind + 1,
+        "the leader dropped what the member lacks: first index {first}, member at {behind}"
+    );
+    // It restarts from what it holds, and is let back in.
+    let n = net.node(down);
+    let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+    n.replica = Replica::start(&short_log(down), &n.log, applied, applied_term).expect("restart");
+    net.cut.clear();
+    net.run_ticks(30);
+    assert!(net.node(leader).snapshots_sent >= 1);
+    assert!(net.node(down).snapshots_installed >= 1);
+    // Its store is the leader's, and new batches reach it from the log.
+    propose_many(&mut net, leader, 43, 5);
+    let reference = store(net.node(leader));
+    assert_eq!(
+        reference.len() as u64,
+        net.node(leader).replica.commit_index()
+    );
+    for n in &net.nodes {
+        assert_eq!(store(n), reference, "node {}", n.replica.id());
+    }
+    // Its log starts at the snapshot, and it restarts from there.
+    let n = net.node(down);
+    assert!(n.log.compacted.0 > behind, "{:?}", n.log.compacted);
+    let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+    Replica::start(&short_log(down), &n.log, applied, applied_term).expect("restart");
+}
+
+#[test]
+fn a_store_installed_before_the_log_recorded_the_snapshot_is_reconciled_at_restart() {
+    let mut log = LogState::default();
+    log.persist(
+        None,
+        &[entry(1, 1, b""), entry(2, 1, b"a"), entry(3, 1, b"b")],
+        None,
+    );
+    log.hard_state.term = 1;
+    log.hard_state.commit = 2;
+    // The store holds the leader's snapshot at index 10, term 3: past the log's end.
+    assert!(Replica::start(&config(1), &log, 10, 3).is_err());
+    assert_eq!(snapshot_to_restore(&log, 10, 3), Some((10, 3)));
+    // At index 3, uncommitted here and of another term: the snapshot wins.
+    assert_eq!(snapshot_to_restore(&log, 3, 3), Some((3, 3)));
+    // What the log holds as it is, or contradicts within its commit index, is left alone.
+    assert_eq!(snapshot_to_restore(&log, 3, 1), None);
+    assert_eq!(snapshot_to_restore(&log, 2, 2), None);
+    let mut fixed = log.clone();
+    fixed.install((10, 3));
+    assert_eq!(fixed.last_index(), 10);
+    assert_eq!(fixed.hard_state.commit, 10);
+    let r = Replica::start(&config(1), &fixed, 10, 3).expect("starts from the snapshot");
+    assert_eq!(r.first_index(), 11);
+    assert_eq!(r.commit_index(), 10);
+    // A store behind the compaction point lost what the log dropped.
+    let err = Replica::start(&config(1), &fixed, 0, 0).expect_err("refused");
+    assert!(err.to_string().contains("compacted through"), "{err}");
 }

@@ -89,9 +89,19 @@ pub async fn run(
         members: ids,
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: HEARTBEAT_TICKS,
+        retain_entries: cluster.retain_entries,
+        retain_bytes: crate::cluster::RETAIN_BYTES,
     };
-    let member =
-        member::start(&cfg, log, &state, store, (inbox_tx, inbox_rx), peers).map_err(err)?;
+    let member = member::start(
+        &cfg,
+        log,
+        &state,
+        store,
+        config.data_dir.join(member::SNAPSHOT_DIR),
+        (inbox_tx, inbox_rx),
+        peers,
+    )
+    .map_err(err)?;
     tracing::info!(id = me.id, raft = %raft_local, members = cluster.members.len(), "cluster member started");
     println!("warren: cluster member {} (Raft on {raft_local})", me.id);
     let mut status = member.status.clone();

@@ -5,6 +5,9 @@ Three `warren serve` processes on loopback (127.0.0.1, .2 and .3, free ports) fo
 cluster. A pika publisher sends persistent messages with publisher confirms and a pika
 consumer acks each delivery, both given all three addresses, while:
 
+  * a follower is killed and kept down until the leader's Raft log has dropped what it
+    lacks (the members keep only 100 entries behind their stores), then restarted: it must
+    catch up from a snapshot of the leader's store, which the leader reports sending;
   * the leader is killed with SIGKILL, five times in a row, and restarted each time once
     another node leads (it rejoins as a follower);
   * then, twice, the leader's Raft traffic is dropped with iptables (its AMQP port stays
@@ -38,6 +41,9 @@ import pika
 
 QUEUE = "failover"
 COOKIE = "failover-test-cookie-0123456789"
+# Entries a member's Raft log keeps behind its store: few, so that a member down for a
+# second or two must catch up from a snapshot.
+RETAIN_ENTRIES = 100
 FAILOVER_GOAL_S = 5.0
 # Longest a failover may take before the test gives up on it.
 FAILOVER_LIMIT_S = 30.0
@@ -74,7 +80,8 @@ class Node:
             for j, m in sorted(members.items())
         )
         with open(self.config, "w") as f:
-            f.write(f'[cluster]\nnode_id = {i}\ncookie = "{COOKIE}"\nmembers = [\n{lines}\n]\n')
+            f.write(f'[cluster]\nnode_id = {i}\ncookie = "{COOKIE}"\n'
+                    f'log_retain_entries = {RETAIN_ENTRIES}\nmembers = [\n{lines}\n]\n')
 
     def start(self):
         log = open(self.log, "a")
@@ -235,6 +242,41 @@ def all_in_step(nodes):
     return None
 
 
+def member_entry(listed, node):
+    return next((n for n in listed or [] if n.get("cluster_id") == node.i), None)
+
+
+# How far past the stopped member's last acknowledged index the leader's log must start
+# before it is restarted: more than the appends that may have reached it unacknowledged.
+MARGIN = 1000
+
+
+def snapshot_round(nodes):
+    """Kills a follower until the leader's log no longer holds what it lacks, restarts it,
+    and checks that it caught up from a snapshot. Returns the leader's account."""
+    leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+    follower = next(n for n in nodes if n is not leader)
+    follower.kill()
+
+    def compacted_past():
+        listed = api_nodes(leader)
+        me, other = member_entry(listed, leader), member_entry(listed, follower)
+        if me and other and other.get("raft_match_index") is not None \
+                and me["raft_first_index"] > other["raft_match_index"] + MARGIN:
+            return (me["raft_first_index"], other["raft_match_index"])
+        return None
+
+    first, matched = wait_for("the leader's log to drop what the stopped member lacks",
+                              compacted_past, 60)
+    follower.start()
+    wait_for("every member running and in step", lambda: all_in_step(nodes), 60)
+    me = member_entry(api_nodes(leader), leader)
+    assert me and me["raft_snapshots_sent"] >= 1, f"no snapshot sent: {me}"
+    print(f"snapshot: node {follower.i} held index {matched}, the leader's log started at "
+          f"{first}; it caught up from {me['raft_snapshots_sent']} snapshot(s)", flush=True)
+    return follower.i, matched, first
+
+
 def leader_of(nodes):
     serving = [n for n in nodes if n.serving()]
     return serving[0] if len(serving) == 1 else None
@@ -279,6 +321,8 @@ def main():
                    threading.Thread(target=consumer, args=(nodes, ledger, done), daemon=True)]
         for t in threads:
             t.start()
+        time.sleep(2)
+        snapshot = snapshot_round(nodes)
         plan = ["kill"] * args.kills + ["cut"] * args.cuts
         for kind in plan:
             time.sleep(3)
@@ -335,6 +379,8 @@ def main():
         for r, (kind, old, new, secs, _) in enumerate(rounds, 1):
             print(f"{r:<6} {kind:<5} {old:>4} {new:>4} {secs:>24.2f} s")
         worst = max((r[3] for r in rounds), default=0.0)
+        print(f"snapshot round: node {snapshot[0]} caught up from index {snapshot[1]} "
+              f"with the leader's log starting at {snapshot[2]}")
         print(f"confirmed {len(confirmed)}, delivered {delivered} distinct "
               f"({redelivered} flagged redelivered), confirmed but never delivered "
               f"{len(missing)}; publisher reconnects {ledger.publish_errors}, consumer "

@@ -302,6 +302,9 @@ fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
     me["raft_last_index"] = json!(status.last_index);
     me["raft_commit_index"] = json!(status.commit);
     me["raft_applied_index"] = json!(status.applied);
+    me["raft_first_index"] = json!(status.first_index);
+    me["raft_snapshots_sent"] = json!(status.snapshots_sent);
+    me["raft_snapshots_installed"] = json!(status.snapshots_installed);
     me["raft_lag"] = json!(0);
     let mut others = Vec::new();
     for m in view.members.iter().filter(|m| m.id != status.id) {
