@@ -17,16 +17,32 @@
 //! the leader (or, with none, some node) crashes early in the liveness phase and stays
 //! down: the others must elect a leader and settle every client's batches without it.
 //!
+//! Compaction and snapshots: each seed draws how few entries (2 to 40) and, in a third of
+//! the seeds, how few bytes a log keeps behind what its store holds durably, so logs
+//! compact and a member behind is sent the leader's store in most seeds. A snapshot is
+//! mail like any other (lost, duplicated, delayed, a little longer for its size), carrying
+//! a copy of the leader's store; the receiver stages it (a crash loses it) and installs it
+//! when its replica asks. The disk drops compacted entries at once or later, and a crash
+//! may undo that; a crash may land after a snapshot became the store and before the log
+//! recorded it (a restart mends the log with [`snapshot_to_restore`]).
+//!
 //! What the checker asserts, at every step:
 //! - an entry is applied (on any node; by its leader with its proposal id, which confirms
-//!   it) only when a majority of nodes hold it, same term and data, durably in their logs;
+//!   it) only when a majority of nodes hold it, same term and data, durably in their logs
+//!   or, once compacted from them, in their stores' synced part;
 //! - at most one node leads in a term;
 //! - every node applies the same entry at the same index, with no gap (so a reader of any
 //!   node's store never sees an entry that was not committed);
 //! - no persist rewrites or removes, in a node's durable log, an entry its store applied
 //!   (a committed entry never changes);
 //! - a node restarts: its log holds the last entry its store kept, and its hard state
-//!   commits no further than its log's end;
+//!   commits no further than its log's end; its log is mended only after a crash between
+//!   a snapshot's install in the store and in the log;
+//! - a log compacts only what its store holds durably, and a crash leaves no gap between
+//!   what the store kept and what the log holds;
+//! - a leader's snapshot is never behind the point raft-rs asked for; the one a node
+//!   installs is the one it received with that point, and holds exactly the committed
+//!   log through it, whose last entry a majority holds durably;
 //!
 //! and at the end, after the faults stop and every node is back (but the one kept down):
 //! every client's batches were all confirmed, within the liveness budget; then the node
@@ -44,7 +60,8 @@ use rand::{Rng, SeedableRng};
 
 use warren::cluster::raftpb::{Entry, HardState, Message};
 use warren::cluster::{
-    Committed, LogState, NodeId, Output, ProposeError, Replica, ReplicaConfig, Role,
+    Committed, LogState, NodeId, Output, Point, ProposeError, RETAIN_BYTES, Replica, ReplicaConfig,
+    Role, snapshot_to_restore,
 };
 
 /// Nodes in the simulated cluster, unless told otherwise.
@@ -115,6 +132,13 @@ pub struct ClusterFaults {
     /// a node then takes entries it cannot yet acknowledge, and a new leader's entries
     /// rewrite some still being written.
     pub stall: f64,
+    /// Entries a node's log keeps behind what its store holds durably
+    /// ([`ReplicaConfig::retain_entries`]): few, so that logs compact and a member behind
+    /// is sent a snapshot in most seeds.
+    pub retain_entries: u64,
+    /// Bytes of entries a log keeps so ([`ReplicaConfig::retain_bytes`]): the production
+    /// bound, or in a third of the seeds a few entries' worth.
+    pub retain_bytes: u64,
 }
 
 impl ClusterFaults {
@@ -157,13 +181,19 @@ impl ClusterFaults {
             // mid-persist, and a new leader's entries rewrite ones still being written.
             max_sync_us: [300, 3_000, 30_000][rng.gen_range(0..3)],
             stall: pick(rng, &[0.0, 0.01, 0.05]),
+            retain_entries: rng.gen_range(2..=40),
+            retain_bytes: if rng.gen_ratio(1, 3) {
+                rng.gen_range(40..=1_000)
+            } else {
+                RETAIN_BYTES
+            },
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs{} election ticks {:?} sync ≤{}µs stall {}{}",
+            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs{} election ticks {:?} sync ≤{}µs stall {} retain {} entries, {} bytes{}",
             self.drop,
             self.duplicate,
             self.max_delay_us,
@@ -174,6 +204,8 @@ impl ClusterFaults {
             self.election_ticks,
             self.max_sync_us,
             self.stall,
+            self.retain_entries,
+            self.retain_bytes,
             match self.kill_after_ms {
                 Some(ms) => format!(" leader crashed and kept down {ms}ms into the liveness phase"),
                 None => String::new(),
@@ -215,6 +247,19 @@ pub struct ClusterStats {
     pub applied: u64,
     /// Entries re-applied after a crash lost the store's unsynced tail.
     pub reapplied: u64,
+    /// Log compactions ([`Output::Compact`]).
+    pub compactions: u64,
+    /// Compactions a crash undid (the disk had not yet dropped the entries).
+    pub compactions_lost: u64,
+    /// Snapshots a leader sent (its store, to a member its log no longer reaches).
+    pub snapshots_sent: u64,
+    /// Snapshots a member installed as its store, and its log replaced by.
+    pub snapshots_installed: u64,
+    /// Crashes after a member installed a snapshot as its store and before its log
+    /// recorded it.
+    pub crashes_store_not_log: u64,
+    /// Logs mended at a restart ([`snapshot_to_restore`]).
+    pub logs_mended: u64,
 }
 
 /// How one seed ended.
@@ -246,8 +291,20 @@ enum Event {
         node: NodeId,
         life: u64,
     },
+    /// A leader's snapshot to `to` was streamed (`sent`) or failed: its driver reports it.
+    SnapshotSent {
+        node: NodeId,
+        life: u64,
+        to: NodeId,
+        sent: bool,
+    },
     Client(u64),
     Crash,
+    /// A node crashes while it installs a snapshot (if still in that life).
+    CrashInstalling {
+        node: NodeId,
+        life: u64,
+    },
     Restart(NodeId),
     /// The leader crashes, to stay down until the others settle every client's batches.
     Kill,
@@ -256,28 +313,60 @@ enum Event {
     Liveness,
 }
 
+/// A persist handed to the disk.
+struct Persisting {
+    number: u64,
+    /// The snapshot it installs: its point, and the store's content through it.
+    snapshot: Option<(Point, Vec<Committed>)>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    /// When the disk completes it, µs.
+    done_us: u64,
+}
+
 /// One node: its replica (None while down), its disk and its store.
 struct Node {
     replica: Option<Replica>,
     cfg: ReplicaConfig,
     /// The durable log.
     log: LogState,
-    /// Persists handed to the disk, in order, with when each completes.
-    persisting: VecDeque<(u64, Vec<Entry>, Option<HardState>, u64)>,
-    /// What the store applied; `synced` of them are durable.
+    /// Persists handed to the disk, in order.
+    persisting: VecDeque<Persisting>,
+    /// Compactions ([`Output::Compact`]) the disk has not yet carried out, in order: a
+    /// crash keeps a prefix of them.
+    compacting: Vec<Point>,
+    /// The store: what it applied, the full history from index 1 (so `applied[i]` is
+    /// index `i + 1`, also after a snapshot replaced it); `synced` of them are durable.
     applied: Vec<Committed>,
     synced: usize,
+    /// The last snapshot delivered from a leader and not yet installed: its point, and
+    /// its content (the leader's store through it). A crash loses it.
+    staged: Option<(Point, Vec<Committed>)>,
+    /// A crash came after a snapshot was installed as the store and before the log
+    /// recorded it: the next boot must mend the log.
+    store_ahead: bool,
     /// Crashes and restarts so far: ticks and completions of an earlier life are ignored.
     life: u64,
 }
 
 impl Node {
-    /// Writes a persist the disk completed into the durable log. An entry the store
-    /// applied was committed, and a committed entry never changes: a persist that rewrites
-    /// or removes one is a violation, whether or not a crash would have exposed it.
-    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), String> {
+    /// Writes a persist the disk completed: first the snapshot into the store (durably),
+    /// then the log. An entry the store applied was committed, and a committed entry never
+    /// changes: a persist that rewrites or removes one is a violation, whether or not a
+    /// crash would have exposed it.
+    fn persist(&mut self, p: Persisting) -> Result<(), String> {
         let id = self.cfg.id;
-        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+        let point = p.snapshot.as_ref().map(|(point, _)| *point);
+        if let Some(((index, _), content)) = p.snapshot {
+            let applied = self.applied.len() as u64;
+            if index < applied {
+                return Err(format!(
+                    "node {id} installed a snapshot through index {index}, behind index {applied} its store applied"
+                ));
+            }
+            self.install_store(content);
+        }
+        if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
             let applied = self.applied.last().map_or(0, |c| c.index);
             if last.index < applied {
                 return Err(format!(
@@ -285,7 +374,14 @@ impl Node {
                     last.index, first.index
                 ));
             }
-            for e in entries {
+            let compacted = point.unwrap_or(self.log.compacted).0;
+            if first.index <= compacted {
+                return Err(format!(
+                    "node {id} wrote index {} into its durable log, compacted through index {compacted}",
+                    first.index
+                ));
+            }
+            for e in &p.entries {
                 if let Some(a) = self.applied.get((e.index - 1) as usize)
                     && (a.term, &a.data[..]) != (e.term, &e.data[..])
                 {
@@ -296,8 +392,30 @@ impl Node {
                 }
             }
         }
-        self.log.persist(entries, hs);
+        self.log.persist(point, &p.entries, p.hard_state.as_ref());
         Ok(())
+    }
+
+    /// Makes a snapshot's content the store, durably.
+    fn install_store(&mut self, content: Vec<Committed>) {
+        self.applied = content;
+        self.synced = self.applied.len();
+    }
+
+    /// Drops the log's entries through `through` on the disk. A log replaced since by a
+    /// later snapshot has nothing left to drop.
+    fn compact(&mut self, (through, term): Point) {
+        if through > self.log.compacted.0 {
+            self.log.compact(through, term);
+        }
+    }
+
+    /// Whether the store holds, durably, this entry.
+    fn store_holds(&self, index: u64, term: u64, data: &[u8]) -> bool {
+        index >= 1
+            && self.applied[..self.synced]
+                .get((index - 1) as usize)
+                .is_some_and(|c| c.index == index && c.term == term && c.data == data)
     }
 }
 
@@ -321,6 +439,9 @@ pub struct ClusterWorld {
     seq: u64,
     events: BinaryHeap<std::cmp::Reverse<(u64, u64, Event)>>,
     mail: HashMap<u64, Message>,
+    /// The content of the snapshots in the mail (a copy of the sender's store through the
+    /// message's point), by mail key.
+    snapshots: HashMap<u64, Vec<Committed>>,
     nodes: Vec<Node>,
     clients: Vec<Client>,
     /// Directed links that are cut: (from, to).
@@ -368,11 +489,16 @@ impl ClusterWorld {
                     members: members.clone(),
                     election_ticks: faults.election_ticks[(id - 1) as usize],
                     heartbeat_ticks: 2,
+                    retain_entries: faults.retain_entries,
+                    retain_bytes: faults.retain_bytes,
                 },
                 log: LogState::default(),
                 persisting: VecDeque::new(),
+                compacting: Vec::new(),
                 applied: Vec::new(),
                 synced: 0,
+                staged: None,
+                store_ahead: false,
                 life: 0,
             })
             .collect();
@@ -394,6 +520,7 @@ impl ClusterWorld {
             seq: 0,
             events: BinaryHeap::new(),
             mail: HashMap::new(),
+            snapshots: HashMap::new(),
             nodes,
             clients,
             cut: BTreeSet::new(),
@@ -406,7 +533,8 @@ impl ClusterWorld {
             stats: ClusterStats::default(),
         };
         for id in 1..=cfg.nodes {
-            w.boot(id);
+            w.boot(id)
+                .expect("a node with an empty log and store boots");
         }
         for c in 0..CLIENTS {
             let at = w.rng.gen_range(0..5_000);
@@ -448,17 +576,33 @@ impl ClusterWorld {
         id % self.size() + 1
     }
 
-    fn boot(&mut self, id: NodeId) {
+    fn boot(&mut self, id: NodeId) -> Result<(), String> {
         let n = self.node(id);
         n.life += 1;
         n.persisting.clear();
         let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+        // A crash between installing a snapshot as the store and replacing the log by it
+        // leaves the log behind the store: the log takes the store's point first.
+        let store_ahead = std::mem::take(&mut n.store_ahead);
+        if let Some(point) = snapshot_to_restore(&n.log, applied, applied_term) {
+            if !store_ahead {
+                return Err(format!(
+                    "node {id} would replace its log (compacted through {:?}, last index {}) by its store's point {point:?} at a restart, with no snapshot installed since",
+                    n.log.compacted,
+                    n.log.last_index()
+                ));
+            }
+            n.log.install(point);
+            self.stats.logs_mended += 1;
+        }
+        let n = self.node(id);
         let replica = Replica::start(&n.cfg, &n.log, applied, applied_term)
             .unwrap_or_else(|e| panic!("node {id} does not restart: {e}"));
         n.replica = Some(replica);
         let life = n.life;
         let first = self.next_tick(id, true);
         self.at(first, Event::Tick { node: id, life });
+        Ok(())
     }
 
     /// How long until the node's next tick: a tick (and jitter of up to a tenth of one)
@@ -500,8 +644,7 @@ impl ClusterWorld {
                 // The node kept down comes back now, and must catch up in the same budget.
                 if let Some((id, term, false)) = self.kept_down {
                     self.kept_down = Some((id, term, true));
-                    self.boot(id);
-                    if let Err(v) = self.drive(id) {
+                    if let Err(v) = self.boot(id).and_then(|()| self.drive(id)) {
                         break Some(v);
                     }
                     continue;
@@ -533,6 +676,7 @@ impl ClusterWorld {
                 m.commit,
                 m.get_msg_type() as i32,
                 m.entries.len(),
+                m.get_snapshot().get_metadata().index,
             )
                 .hash(&mut self.trace);
         }
@@ -553,24 +697,59 @@ impl ClusterWorld {
             }
             Event::Deliver(k) => {
                 if let Some(m) = self.mail.remove(&k) {
-                    let to = m.to;
-                    if let Some(r) = self.node(to).replica.as_mut() {
-                        r.step(m);
+                    let snapshot = self.snapshots.remove(&k);
+                    let n = self.node(m.to);
+                    if n.replica.is_some() {
+                        // The driver keeps a snapshot's content until the replica asks
+                        // for it to be installed (or a later one comes).
+                        if let Some(content) = snapshot {
+                            let meta = m.get_snapshot().get_metadata();
+                            n.staged = Some(((meta.index, meta.term), content));
+                        }
+                        let to = m.to;
+                        if let Some(r) = self.node(to).replica.as_mut() {
+                            r.step(m);
+                        }
                         self.drive(to)?;
                     }
                 }
             }
             Event::PersistDone { node, life } => {
                 if self.node(node).life == life
-                    && let Some((number, entries, hs, _)) = self.node(node).persisting.pop_front()
+                    && let Some(p) = self.node(node).persisting.pop_front()
                 {
+                    let number = p.number;
+                    if p.snapshot.is_some() {
+                        self.stats.snapshots_installed += 1;
+                    }
+                    self.node(node).persist(p)?;
+                    // The disk gets round to compactions it put off, now and then.
+                    if !self.node(node).compacting.is_empty() && self.rng.gen_bool(0.3) {
+                        let n = self.node(node);
+                        for point in std::mem::take(&mut n.compacting) {
+                            n.compact(point);
+                        }
+                    }
                     let n = self.node(node);
-                    n.persist(&entries, hs.as_ref())?;
                     let mut out = Vec::new();
                     if let Some(r) = n.replica.as_mut() {
                         r.persisted(number, &mut out);
                     }
                     self.outputs(node, out)?;
+                }
+            }
+            Event::SnapshotSent {
+                node,
+                life,
+                to,
+                sent,
+            } => {
+                let n = self.node(node);
+                if n.life == life
+                    && let Some(r) = n.replica.as_mut()
+                {
+                    r.snapshot_sent(to, sent);
+                    self.drive(node)?;
                 }
             }
             Event::Client(c) => {
@@ -588,9 +767,19 @@ impl ClusterWorld {
                     self.at(gap, Event::Crash);
                 }
             }
+            Event::CrashInstalling { node, life } => {
+                if self.faults_on
+                    && self.node(node).life == life
+                    && self.node(node).replica.is_some()
+                {
+                    self.crash_node(node)?;
+                    let down = self.rng.gen_range(20_000..600_000);
+                    self.at(down, Event::Restart(node));
+                }
+            }
             Event::Restart(id) => {
                 if self.node(id).replica.is_none() && self.kept_down.is_none_or(|(k, ..)| k != id) {
-                    self.boot(id);
+                    self.boot(id)?;
                     self.drive(id)?;
                 }
             }
@@ -638,7 +827,7 @@ impl ClusterWorld {
                 self.cut.clear();
                 for id in 1..=self.size() {
                     if self.node(id).replica.is_none() {
-                        self.boot(id);
+                        self.boot(id)?;
                         self.drive(id)?;
                     }
                 }
@@ -661,44 +850,174 @@ impl ClusterWorld {
             match o {
                 Output::Persist {
                     number,
+                    snapshot,
                     entries,
                     hard_state,
                 } => {
-                    let stall = self.faults_on && self.rng.gen_bool(self.faults.stall);
-                    let sync = if stall {
-                        self.rng.gen_range(100_000..=800_000)
-                    } else if self.steady() {
-                        self.steady_draw(self.faults.max_sync_us / 2)
-                    } else {
-                        self.rng.gen_range(50..=self.faults.max_sync_us)
+                    let snapshot = match snapshot {
+                        Some(point) => Some((point, self.take_staged(id, point)?)),
+                        None => None,
                     };
-                    let now = self.now_us;
-                    let n = self.node(id);
-                    let writing = n
-                        .persisting
-                        .iter()
-                        .filter_map(|p| p.1.last())
-                        .map(|e| e.index)
-                        .max();
-                    if let (Some(first), Some(last)) = (entries.first(), writing)
-                        && first.index <= last
-                    {
-                        self.stats.rewrites_in_flight += 1;
-                    }
-                    let n = self.node(id);
-                    let done = n.persisting.back().map_or(0, |p| p.3).max(now + sync);
-                    let life = n.life;
-                    n.persisting.push_back((number, entries, hard_state, done));
-                    let delay = done - self.now_us;
-                    self.at(delay, Event::PersistDone { node: id, life });
+                    self.persist(
+                        id,
+                        Persisting {
+                            number,
+                            snapshot,
+                            entries,
+                            hard_state,
+                            done_us: 0,
+                        },
+                    );
                 }
                 Output::Send(m) => self.send(m),
+                Output::SendSnapshot(m) => self.send_snapshot(id, m)?,
+                Output::Compact { through, term } => self.compact(id, (through, term))?,
                 Output::Apply(entries) => {
                     for c in entries {
                         self.apply(id, c)?;
                     }
                 }
                 Output::Deposed { uncertain, .. } => self.uncertain(id, &uncertain),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a persist to the node's disk, to complete after those before it.
+    fn persist(&mut self, id: NodeId, mut p: Persisting) {
+        let stall = self.faults_on && self.rng.gen_bool(self.faults.stall);
+        let mut sync = if stall {
+            self.rng.gen_range(100_000..=800_000)
+        } else if self.steady() {
+            self.steady_draw(self.faults.max_sync_us / 2)
+        } else {
+            self.rng.gen_range(50..=self.faults.max_sync_us)
+        };
+        // A snapshot is a whole store to write.
+        if let Some((_, content)) = &p.snapshot {
+            sync += 5 * content.len() as u64;
+        }
+        let now = self.now_us;
+        let n = self.node(id);
+        let writing = n
+            .persisting
+            .iter()
+            .filter_map(|p| p.entries.last())
+            .map(|e| e.index)
+            .max();
+        if let (Some(first), Some(last)) = (p.entries.first(), writing)
+            && first.index <= last
+        {
+            self.stats.rewrites_in_flight += 1;
+        }
+        let n = self.node(id);
+        p.done_us = n.persisting.back().map_or(0, |p| p.done_us).max(now + sync);
+        let (life, delay) = (n.life, p.done_us - now);
+        let installs = p.snapshot.is_some();
+        n.persisting.push_back(p);
+        self.at(delay, Event::PersistDone { node: id, life });
+        // Crashes during a snapshot's install, which random crashes seldom hit.
+        if installs && self.faults_on && self.faults.crash_every_ms > 0 && self.rng.gen_bool(0.2) {
+            let at = self.rng.gen_range(0..delay.max(1));
+            self.at(at, Event::CrashInstalling { node: id, life });
+        }
+    }
+
+    /// The content of the snapshot the replica installs: the one staged with that point.
+    /// It must be the committed log through the point.
+    fn take_staged(&mut self, id: NodeId, point: Point) -> Result<Vec<Committed>, String> {
+        let n = self.node(id);
+        let content = match n.staged.take() {
+            Some((p, content)) if p == point => content,
+            other => {
+                return Err(format!(
+                    "node {id} is to install a snapshot at {point:?}, but the one it received is at {:?}",
+                    other.map(|(p, _)| p)
+                ));
+            }
+        };
+        let last = content.last().map_or((0, 0), |c| (c.index, c.term));
+        if last != point || content.len() as u64 != point.0 {
+            return Err(format!(
+                "node {id} is to install a snapshot at {point:?}, whose content holds {} entries through {last:?}",
+                content.len()
+            ));
+        }
+        for c in &content {
+            if self.committed.get(&c.index) != Some(&(c.term, c.data.clone())) {
+                return Err(format!(
+                    "node {id} received a snapshot holding index {} as term {} {:?}, not what was applied there ({:?})",
+                    c.index,
+                    c.term,
+                    String::from_utf8_lossy(&c.data),
+                    self.committed.get(&c.index)
+                ));
+            }
+        }
+        // The point was committed: a majority holds it durably, in its log or its store.
+        let holders = self.durable_holders(last.0, last.1, &content[content.len() - 1].data);
+        if holders * 2 <= self.size() as usize {
+            return Err(format!(
+                "node {id} is to install a snapshot at {point:?}, held durably by {holders} of {} nodes",
+                self.size()
+            ));
+        }
+        Ok(content)
+    }
+
+    /// A leader sends its store as a snapshot: a copy of what it applied, through its last
+    /// applied entry, which the message then names.
+    fn send_snapshot(&mut self, id: NodeId, mut m: Message) -> Result<(), String> {
+        let (life, to) = (self.node(id).life, m.to);
+        let content = self.node(id).applied.clone();
+        let point = content.last().map_or((0, 0), |c| (c.index, c.term));
+        let meta = m.mut_snapshot().mut_metadata();
+        if point.0 < meta.index {
+            return Err(format!(
+                "node {id} is to send a snapshot at index {} to node {to}, but its store holds only through {point:?}",
+                meta.index
+            ));
+        }
+        (meta.index, meta.term) = point;
+        self.stats.snapshots_sent += 1;
+        // The leader hears how the stream went once it ended: delivered, or failed (a cut
+        // link, or a lost stream the sender may or may not notice).
+        let (delay, sent) = match self.deliver(m, Some(content)) {
+            Some(delay) => (delay, true),
+            None => {
+                let delay = self.rng.gen_range(20..=self.faults.max_delay_us);
+                (delay, self.rng.gen_bool(0.5))
+            }
+        };
+        self.at(
+            delay,
+            Event::SnapshotSent {
+                node: id,
+                life,
+                to,
+                sent,
+            },
+        );
+        Ok(())
+    }
+
+    /// A log compaction: the disk drops the entries now, or later, or a crash comes first.
+    fn compact(&mut self, id: NodeId, (through, term): Point) -> Result<(), String> {
+        self.stats.compactions += 1;
+        let now = self.rng.gen_bool(0.5);
+        let n = self.node(id);
+        // The log drops only what the store holds durably.
+        if through > n.synced as u64 || n.applied[through as usize - 1].term != term {
+            return Err(format!(
+                "node {id} compacts its log through index {through} (term {term}), but its store holds durably only through index {} ({:?})",
+                n.synced,
+                n.applied.get(through as usize - 1).map(|c| c.term)
+            ));
+        }
+        n.compacting.push((through, term));
+        if now {
+            for point in std::mem::take(&mut n.compacting) {
+                n.compact(point);
             }
         }
         Ok(())
@@ -715,13 +1034,19 @@ impl ClusterWorld {
     }
 
     fn send(&mut self, m: Message) {
+        self.deliver(m, None);
+    }
+
+    /// Puts a message (and a snapshot's content) in the mail, lost, duplicated and delayed
+    /// at random: when it goes, how long until its first copy arrives, µs.
+    fn deliver(&mut self, m: Message, snapshot: Option<Vec<Committed>>) -> Option<u64> {
         if self.cut.contains(&(m.from, m.to)) {
             self.stats.dropped += 1;
-            return;
+            return None;
         }
         if self.faults_on && self.rng.gen_bool(self.faults.drop) {
             self.stats.dropped += 1;
-            return;
+            return None;
         }
         let copies = if self.faults_on && self.rng.gen_bool(self.faults.duplicate) {
             self.stats.duplicated += 1;
@@ -729,28 +1054,47 @@ impl ClusterWorld {
         } else {
             1
         };
+        // A snapshot is a whole store to stream: it takes longer.
+        let streaming = snapshot.as_ref().map_or(0, |s| 20 * s.len() as u64);
+        let mut first = None;
         for _ in 0..copies {
-            let delay = if self.steady() {
-                self.steady_draw(self.faults.max_delay_us / 2)
-            } else {
-                self.rng.gen_range(20..=self.faults.max_delay_us)
-            };
+            let delay = streaming
+                + if self.steady() {
+                    self.steady_draw(self.faults.max_delay_us / 2)
+                } else {
+                    self.rng.gen_range(20..=self.faults.max_delay_us)
+                };
+            first = first.or(Some(delay));
             self.seq += 1;
             let key = self.seq;
             self.mail.insert(key, m.clone());
+            if let Some(content) = &snapshot {
+                self.snapshots.insert(key, content.clone());
+            }
             self.at(delay, Event::Deliver(key));
         }
+        first
     }
 
-    /// Nodes whose durable log (up or down) holds this entry: its index, term and data.
+    /// Nodes (up or down) that hold this entry durably: its index, term and data, in
+    /// their durable log, or in their store's synced part once the log dropped it.
+    ///
+    /// The store counts because it is what the log compacted into, and holds the entry
+    /// as well as the log did: it survives every crash (a crash keeps at least what the
+    /// store synced), a restart starts from it (the log's compaction point, or a snapshot
+    /// point [`snapshot_to_restore`] mends the log with, is never behind the entries it
+    /// dropped, so the node's last (index, term), which its vote goes by, still covers the
+    /// entry), and a leader serves it to a member behind as a snapshot. What quorum
+    /// intersection needs of a holder is exactly that: after any crash it can neither
+    /// lose the entry nor vote for a log without it.
     fn durable_holders(&self, index: u64, term: u64, data: &[u8]) -> usize {
         self.nodes
             .iter()
             .filter(|n| {
                 n.log
-                    .entries
-                    .get((index - 1) as usize)
+                    .entry(index)
                     .is_some_and(|e| e.index == index && e.term == term && e.data == data)
+                    || n.store_holds(index, term, data)
             })
             .count()
     }
@@ -792,10 +1136,14 @@ impl ClusterWorld {
             ));
         }
         n.applied.push(c.clone());
-        // The store syncs now and then; a crash loses what it applied since.
+        // The store syncs now and then; a crash loses what it applied since. Once synced,
+        // the log may drop what the store holds.
         if self.rng.gen_bool(0.3) {
             let n = self.node(id);
             n.synced = n.applied.len();
+            if let Some(r) = n.replica.as_mut() {
+                r.store_synced(c.index);
+            }
         }
         self.stats.applied += 1;
         match self.committed.get(&c.index) {
@@ -885,14 +1233,29 @@ impl ClusterWorld {
         if up.len() < self.size() as usize && self.rng.gen_bool(0.7) {
             return Ok(());
         }
-        // Half the time, a node in the middle of a sync, if there is one.
+        // Half the time, a node in the middle of a sync, if there is one; of those, one
+        // installing a snapshot half the time, if there is one.
         let syncing: Vec<NodeId> = up
             .iter()
             .copied()
             .filter(|&id| !self.node(id).persisting.is_empty())
             .collect();
+        let installing: Vec<NodeId> = syncing
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.node(id)
+                    .persisting
+                    .iter()
+                    .any(|p| p.snapshot.is_some())
+            })
+            .collect();
         let pool = if !syncing.is_empty() && self.rng.gen_bool(0.5) {
-            syncing
+            if !installing.is_empty() && self.rng.gen_bool(0.5) {
+                installing
+            } else {
+                syncing
+            }
         } else {
             up
         };
@@ -915,19 +1278,50 @@ impl ClusterWorld {
         if kept > 0 {
             self.stats.crashes_mid_persist += 1;
         }
-        let (from, to) = (self.node(id).synced, self.node(id).applied.len());
+        let mut persisting = std::mem::take(&mut self.node(id).persisting).into_iter();
+        for p in persisting.by_ref().take(kept) {
+            self.stats.snapshots_installed += u64::from(p.snapshot.is_some());
+            self.node(id).persist(p)?;
+        }
+        // The next persist may have installed its snapshot as the store, and not yet
+        // replaced the log by it: the next boot mends the log.
+        if let Some(Persisting {
+            snapshot: Some((_, content)),
+            ..
+        }) = persisting.next()
+            && self.rng.gen_bool(0.5)
+        {
+            self.stats.crashes_store_not_log += 1;
+            let n = self.node(id);
+            n.install_store(content);
+            n.store_ahead = true;
+        }
+        // The disk carried out some of the compactions it had not yet, in order.
+        let compactions = self.node(id).compacting.len();
+        let done = self.rng.gen_range(0..=compactions);
+        self.stats.compactions_lost += (compactions - done) as u64;
+        let n = self.node(id);
+        for point in std::mem::take(&mut n.compacting).into_iter().take(done) {
+            n.compact(point);
+        }
+        let (from, to) = (n.synced, n.applied.len());
         // The store loses what it applied after its last sync, or some of it.
         let synced = self.rng.gen_range(from..=to);
         self.stats.reapplied += (to - synced) as u64;
         let n = self.node(id);
-        for (_, entries, hs, _) in std::mem::take(&mut n.persisting).into_iter().take(kept) {
-            n.persist(&entries, hs.as_ref())?;
-        }
-        n.persisting.clear();
         n.applied.truncate(synced);
         n.synced = synced;
+        n.staged = None;
         n.replica = None;
         n.life += 1;
+        // Together the store and the log still hold every entry through the log's end.
+        if (n.applied.len() as u64) < n.log.compacted.0 {
+            return Err(format!(
+                "node {id} crashed holding entries through index {} in its store and from index {} in its log: entries in between are lost",
+                n.applied.len(),
+                n.log.compacted.0 + 1
+            ));
+        }
         // Whatever went to this node is uncertain to its clients.
         for cl in &mut self.clients {
             let lost: Vec<u64> = cl
@@ -1070,8 +1464,7 @@ impl ClusterWorld {
                     .iter()
                     .map(|n| {
                         n.log
-                            .entries
-                            .get((index - 1) as usize)
+                            .entry(*index)
                             .map(|e| (e.term, String::from_utf8_lossy(&e.data).into_owned()))
                     })
                     .collect();

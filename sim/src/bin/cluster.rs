@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     if passed > 1 {
         let t = &totals;
         println!(
-            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied",
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied; {} log compactions ({} undone by a crash); {} snapshots sent, {} installed ({} crashes between the store's install and the log's, {} logs mended at a restart)",
             t.proposed,
             t.confirmed,
             t.uncertain,
@@ -87,7 +87,13 @@ fn main() -> ExitCode {
             t.leader_isolations,
             t.dropped,
             t.duplicated,
-            t.applied
+            t.applied,
+            t.compactions,
+            t.compactions_lost,
+            t.snapshots_sent,
+            t.snapshots_installed,
+            t.crashes_store_not_log,
+            t.logs_mended
         );
     }
     if args.run.keep_going && !failing.is_empty() {
@@ -178,7 +184,7 @@ fn parse_nodes(s: &str) -> Result<u64, String> {
 fn print_ok(r: &ClusterResult) {
     let s = &r.stats;
     println!(
-        "seed {} ok: {}ms virtual, proposed {}, confirmed {}, uncertain {}, leader terms {}, crashes {}, partitions {}, lost {}, duplicated {}, trace {:016x}",
+        "seed {} ok: {}ms virtual, proposed {}, confirmed {}, uncertain {}, leader terms {}, crashes {}, partitions {}, lost {}, duplicated {}, compactions {}, snapshots sent {} installed {}, trace {:016x}",
         r.seed,
         r.now_ms,
         s.proposed,
@@ -189,6 +195,9 @@ fn print_ok(r: &ClusterResult) {
         s.partitions,
         s.dropped,
         s.duplicated,
+        s.compactions,
+        s.snapshots_sent,
+        s.snapshots_installed,
         r.trace_hash
     );
     println!("  faults: {}", r.faults.describe());
@@ -210,4 +219,10 @@ fn add(t: &mut ClusterStats, s: &ClusterStats) {
     t.duplicated += s.duplicated;
     t.applied += s.applied;
     t.reapplied += s.reapplied;
+    t.compactions += s.compactions;
+    t.compactions_lost += s.compactions_lost;
+    t.snapshots_sent += s.snapshots_sent;
+    t.snapshots_installed += s.snapshots_installed;
+    t.crashes_store_not_log += s.crashes_store_not_log;
+    t.logs_mended += s.logs_mended;
 }
