@@ -496,6 +496,18 @@ impl FjallStore {
         Ok(())
     }
 
+    /// Makes everything written durable, whatever the sync policy: a cluster member's Raft
+    /// log drops the entries its store holds, so the store must hold them on the disk, not
+    /// only in the page cache.
+    pub fn sync_all(&mut self) -> Result<(), StoreError> {
+        self.usable()?;
+        self.db()
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(self.engine_error("cannot sync the journal", e)))?;
+        self.synced_writes = self.writes;
+        Ok(())
+    }
+
     /// The Raft log index and term of the last entry applied to this store, when it is a
     /// cluster member's ((0, 0) before the first).
     pub fn applied(&self) -> Result<(u64, u64), StoreError> {
