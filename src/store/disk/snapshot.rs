@@ -456,6 +456,10 @@ impl FjallStore {
         };
         staged.verify(point)?;
         staged.mark(INSTALLING_KEY, vec![1], "cannot mark it as being installed")?;
+        // The mark outside the staging database tells a restart to open it: a staging
+        // directory without it is only a transfer's leftover, removed unopened (a stop
+        // while fjall was creating it can leave one that no longer opens).
+        write_synced_marker(&marker_of(staging)?)?;
 
         let was_failed = self.failed.is_some() || self.engine.is_none();
         self.installing = Some(staging.to_path_buf());
@@ -476,6 +480,7 @@ impl FjallStore {
         // Until the staging directory is gone, a restart would install it again over
         // whatever this store holds by then, so the store stays failed meanwhile.
         remove_staging(staging).map_err(|e| self.fail(e))?;
+        remove_file(&marker_of(staging)?).map_err(|e| self.fail(e))?;
         self.installing = None;
         self.failed = None;
         Ok(point)
@@ -489,7 +494,13 @@ impl FjallStore {
     /// only whole copy of a store whose own content is half replaced.
     pub fn resume_install(&mut self, staging: &Path) -> Result<Option<(u64, u64)>, StoreError> {
         remove_tree(&trash_of(staging)?)?;
+        let marker = marker_of(staging)?;
         if !exists(staging)? {
+            remove_file(&marker)?;
+            return Ok(None);
+        }
+        if !exists(&marker)? {
+            remove_staging(staging)?;
             return Ok(None);
         }
         let installing = Staging::open(staging)
@@ -674,6 +685,33 @@ fn remove_staging(dir: &Path) -> Result<(), StoreError> {
         tracing::warn!(error = %e, "cannot delete a removed snapshot staging directory");
     }
     Ok(())
+}
+
+/// The file beside a staging directory that says its install began.
+fn marker_of(dir: &Path) -> Result<PathBuf, StoreError> {
+    let mut marker = trash_of(dir)?.into_os_string();
+    marker.push(".installing");
+    Ok(PathBuf::from(marker))
+}
+
+fn write_synced_marker(marker: &Path) -> Result<(), StoreError> {
+    std::fs::File::create(marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_failure(&e, "cannot write the install mark of", marker))?;
+    if let Some(parent) = marker.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_failure(&e, "cannot sync", parent))?;
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_failure(&e, "cannot remove", path)),
+    }
 }
 
 fn remove_tree(dir: &Path) -> Result<(), StoreError> {

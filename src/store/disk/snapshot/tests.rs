@@ -344,6 +344,7 @@ fn an_install_interrupted_by_a_stop_is_finished_at_the_next_start() {
     staged
         .mark(INSTALLING_KEY, vec![1], "mark")
         .expect("the installing mark");
+    write_synced_marker(&marker_of(&staging).expect("the mark's path")).expect("the mark");
     for space in [Space::Messages, Space::Refs, Space::Entries] {
         target.keyspace(space).clear().expect("clear");
     }
@@ -554,4 +555,20 @@ fn sources_and_their_chunks_can_move_to_another_thread() {
     let records = decode_chunk(&all[0]).expect("decodes");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, record::FORMAT_KEY);
+}
+
+#[test]
+fn a_staging_directory_left_half_created_is_removed_at_start_unopened() {
+    let to_dir = tempfile::tempdir().expect("a temporary directory");
+    let staging = to_dir.path().join("raft-snapshot");
+    let mut target = open(to_dir.path());
+    populate_other(&mut target);
+    let before = recover_all(&mut target);
+    // What a stop while fjall creates a database can leave: files, no version marker.
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("0.jnl"), b"").expect("a journal");
+    std::fs::write(staging.join("lock"), b"").expect("a lock");
+    assert_eq!(target.resume_install(&staging).expect("resume"), None);
+    assert!(!staging.exists());
+    assert_eq!(recover_all(&mut target), before);
 }
