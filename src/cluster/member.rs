@@ -142,8 +142,6 @@ struct Driver {
     staged: Option<Point>,
     /// Members a snapshot is being sent to.
     sending: HashSet<NodeId>,
-    /// For transfer ids.
-    transfers: u64,
     snapshots_sent: u64,
     snapshots_installed: u64,
     /// Where transfer threads report.
@@ -222,7 +220,6 @@ pub fn start(
         incoming: None,
         staged: None,
         sending: HashSet::new(),
-        transfers: 0,
         snapshots_sent: 0,
         snapshots_installed: 0,
         inbox: tx.clone(),
@@ -441,6 +438,11 @@ impl Driver {
             );
             return Ok(());
         };
+        // A leader of an older term, or a point this node has committed already: Raft would
+        // ignore the snapshot, so its chunks are not staged.
+        if m.term < self.replica.term() || point.0 <= self.replica.commit_index() {
+            return Ok(());
+        }
         match part {
             transfer::Part::Chunk { id, seq, data } => {
                 if seq == 0 {
@@ -544,8 +546,9 @@ impl Driver {
             let meta = m.mut_snapshot().mut_metadata();
             (meta.index, meta.term) = point;
         }
-        self.transfers += 1;
-        let id = (self.replica.id() << 48) | (self.transfers & 0xffff_ffff_ffff);
+        // Random, so that a restarted leader's transfer is never taken for the chunks of
+        // one from before its restart.
+        let id: u64 = rand::random();
         let inbox = self.inbox.clone();
         let started = std::thread::Builder::new()
             .name("warren-snapshot".into())
