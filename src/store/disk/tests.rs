@@ -25,7 +25,7 @@ fn options() -> StoreOptions {
     }
 }
 
-fn open(dir: &Path) -> FjallStore {
+pub(super) fn open(dir: &Path) -> FjallStore {
     FjallStore::open(dir, options()).expect("opening the store")
 }
 
@@ -661,7 +661,7 @@ fn write_both(store: &mut FjallStore, model: &mut MemoryState, ops: &[StoreOp]) 
     ops.iter().for_each(|op| model.apply(op));
 }
 
-fn inline(queue: u64, seq: u64, body_len: usize) -> StoreOp {
+pub(super) fn inline(queue: u64, seq: u64, body_len: usize) -> StoreOp {
     StoreOp::Enqueue {
         queue,
         seq,

@@ -13,7 +13,7 @@ use super::*;
 use crate::proto::command::Message;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::disk::StoreOptions;
+use crate::store::disk::tests::{inline, open};
 use crate::store::{
     BindingRecord, EntryBody, ExchangeRecord, HeadLimit, QueueRecord, Recovered, Store, StoreOp,
 };
@@ -23,14 +23,6 @@ const CHUNK_BYTES: usize = 4096;
 
 /// A body far over [`CHUNK_BYTES`]: its record gets a chunk of its own.
 const LARGE_BODY_BYTES: usize = 256 * 1024;
-
-fn open(dir: &Path) -> FjallStore {
-    let options = StoreOptions {
-        reserve_bytes: 0,
-        ..StoreOptions::default()
-    };
-    FjallStore::open(dir, options).expect("opening the store")
-}
 
 fn message(id: u64, body_len: usize) -> Arc<Message> {
     Arc::new(Message {
@@ -51,15 +43,6 @@ fn queue(vhost: &str, id: u64, name: &str) -> QueueRecord {
         id,
         auto_delete: false,
         arguments: FieldTable::new(),
-    }
-}
-
-fn inline(queue: u64, seq: u64, body_len: usize) -> StoreOp {
-    StoreOp::Enqueue {
-        queue,
-        seq,
-        body: EntryBody::Inline(message(seq, body_len)),
-        expires_at_ms: None,
     }
 }
 
@@ -196,16 +179,29 @@ fn count(store: &FjallStore, space: Space) -> usize {
     store.keyspace(space).len().expect("counting keys")
 }
 
-#[test]
-fn a_store_installed_elsewhere_recovers_the_same_queues_and_messages() {
+/// A populated source store and a target store holding other things, each in a
+/// directory of its own, and the staging directory where the cluster puts it: inside the
+/// target's.
+fn two_stores() -> (
+    tempfile::TempDir,
+    FjallStore,
+    tempfile::TempDir,
+    PathBuf,
+    FjallStore,
+) {
     let from_dir = tempfile::tempdir().expect("a temporary directory");
     let mut source = open(from_dir.path());
     populate(&mut source);
     let to_dir = tempfile::tempdir().expect("a temporary directory");
+    let staging = to_dir.path().join("raft-snapshot");
     let mut target = open(to_dir.path());
     populate_other(&mut target);
-    // Where the cluster stages it: inside the store's own directory.
-    let staging = to_dir.path().join("raft-snapshot");
+    (from_dir, source, to_dir, staging, target)
+}
+
+#[test]
+fn a_store_installed_elsewhere_recovers_the_same_queues_and_messages() {
+    let (_from_dir, mut source, to_dir, staging, mut target) = two_stores();
 
     let chunks = stage(&source, &staging);
     assert!(chunks > 10, "{chunks} chunks");
@@ -328,14 +324,8 @@ fn writes_after_the_snapshot_is_taken_are_not_in_it() {
 
 #[test]
 fn an_install_interrupted_by_a_stop_is_finished_at_the_next_start() {
-    let from_dir = tempfile::tempdir().expect("a temporary directory");
-    let mut source = open(from_dir.path());
-    populate(&mut source);
+    let (_from_dir, mut source, to_dir, staging, target) = two_stores();
     let expected = recover_all(&mut source);
-    let to_dir = tempfile::tempdir().expect("a temporary directory");
-    let staging = to_dir.path().join("raft-snapshot");
-    let mut target = open(to_dir.path());
-    populate_other(&mut target);
     stage(&source, &staging);
 
     // What `install_snapshot` does up to a stop half-way through the copy: the mark, the
@@ -378,13 +368,7 @@ fn an_install_interrupted_by_a_stop_is_finished_at_the_next_start() {
 
 #[test]
 fn a_staged_snapshot_not_being_installed_is_removed_at_start() {
-    let from_dir = tempfile::tempdir().expect("a temporary directory");
-    let mut source = open(from_dir.path());
-    populate(&mut source);
-    let to_dir = tempfile::tempdir().expect("a temporary directory");
-    let staging = to_dir.path().join("raft-snapshot");
-    let mut target = open(to_dir.path());
-    populate_other(&mut target);
+    let (_from_dir, source, _to_dir, staging, mut target) = two_stores();
     let before = recover_all(&mut target);
 
     // No staging directory.
@@ -426,14 +410,8 @@ fn a_staged_snapshot_not_being_installed_is_removed_at_start() {
 
 #[test]
 fn a_failed_store_is_installed_into_and_a_half_installed_one_refuses_reopen() {
-    let from_dir = tempfile::tempdir().expect("a temporary directory");
-    let mut source = open(from_dir.path());
-    populate(&mut source);
+    let (_from_dir, mut source, _to_dir, staging, mut target) = two_stores();
     let expected = recover_all(&mut source);
-    let to_dir = tempfile::tempdir().expect("a temporary directory");
-    let staging = to_dir.path().join("raft-snapshot");
-    let mut target = open(to_dir.path());
-    populate_other(&mut target);
 
     // As after an install that failed half-way: only installing again repairs it.
     target.failed = Some("a failure".into());
