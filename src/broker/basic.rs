@@ -363,6 +363,7 @@ impl Broker {
             self.config.memory.memory_budget_bytes,
         );
         let now = self.now_ms;
+        let batch = self.current_batch();
         let Some(q) = self.topology.queues.get_mut(&qid) else {
             return (false, Vec::new());
         };
@@ -385,6 +386,10 @@ impl Broker {
                 body,
                 expires_at_ms,
             });
+            if self.config.deliver_after_sync {
+                q.messages.hold(seq, batch);
+                self.round.holding.insert(qid);
+            }
         }
         if q.pages_next(queue_budget, broker_budget) {
             // The message lives in the store until consumers get near it.

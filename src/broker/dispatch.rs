@@ -35,6 +35,23 @@ impl Broker {
         }
     }
 
+    /// Store batches through `synced` are synced: the messages they hold back may go out.
+    pub(super) fn release_held(&mut self, synced: u64) {
+        let holding = std::mem::take(&mut self.round.holding);
+        for queue in holding {
+            let Some(q) = self.topology.queues.get_mut(&queue) else {
+                continue;
+            };
+            let released = q.messages.release(synced);
+            if q.messages.holding() {
+                self.round.holding.insert(queue);
+            }
+            if released {
+                self.schedule_dispatch(queue);
+            }
+        }
+    }
+
     /// Marks a queue as used now (for `x-expires`).
     pub(super) fn touch_queue(&mut self, queue: QueueId) {
         if let Some(q) = self.topology.queues.get_mut(&queue) {
@@ -59,6 +76,10 @@ impl Broker {
             if !expired.is_empty() {
                 self.dead_letter(queue, expired, DeathReason::Expired);
                 continue;
+            }
+            if q.messages.head_held() {
+                // Dispatch resumes when the batch is synced (`release_held`).
+                return;
             }
             let Some(target) = self.choose_consumer(queue) else {
                 return;

@@ -24,6 +24,8 @@ mod flow;
 #[cfg(test)]
 mod hash_exchange_tests;
 #[cfg(test)]
+mod hold_tests;
+#[cfg(test)]
 mod hostile_tests;
 mod limits;
 mod paging;
@@ -128,6 +130,12 @@ pub struct BrokerConfig {
     pub memory: MemoryConfig,
     /// When the memory and disk alarms go off.
     pub alarms: AlarmLimits,
+    /// Deliver a persistent message from a durable queue (to consumers, `basic.get` and
+    /// the management API's get) only once the store batch holding it is synced, and
+    /// nothing queued behind it before then. A cluster's leader sets it, since there
+    /// "synced" means committed by a majority: a consumer never sees a message that a
+    /// failover could lose. One node delivers at once, as RabbitMQ's classic queues do.
+    pub deliver_after_sync: bool,
 }
 
 impl BrokerConfig {
@@ -152,6 +160,7 @@ impl Default for BrokerConfig {
             limits: ClientLimits::default(),
             memory: MemoryConfig::default(),
             alarms: AlarmLimits::default(),
+            deliver_after_sync: false,
         }
     }
 }
@@ -643,6 +652,7 @@ impl Broker {
             self.round.journal.unsynced.pop_front();
             self.round.journal.unsynced_bytes -= bytes;
         }
+        self.release_held(batch);
         while let Some((b, _)) = self.round.deferred.front() {
             if *b > batch {
                 break;
@@ -854,6 +864,11 @@ impl Broker {
         // What ties topology and sessions: exclusive owners, consumers registered on both
         // sides, unacked counts.
         for q in self.topology.queues.values() {
+            assert!(
+                !q.messages.holding() || self.round.holding.contains(&q.id),
+                "queue {} holds messages back unknown to the round",
+                q.decl.name
+            );
             if let Some(owner) = q.decl.exclusive_owner {
                 assert!(
                     self.sessions.conns.contains_key(&owner),

@@ -209,6 +209,9 @@ pub(super) struct Round {
     pub(super) deferred: VecDeque<(u64, Deferred)>,
     /// Queues to run a dispatch pass on at the end of the current command.
     pub(super) to_dispatch: Vec<QueueId>,
+    /// Queues holding messages back until their store batch is synced
+    /// ([`super::BrokerConfig::deliver_after_sync`]).
+    pub(super) holding: std::collections::BTreeSet<QueueId>,
     /// Channels whose confirms may be ready to send.
     pub(super) confirm_dirty: Vec<(ConnId, u16)>,
     /// Server-sent notifications (consumer cancels) to send after the current input's
@@ -232,6 +235,7 @@ impl Default for Round {
             },
             deferred: VecDeque::new(),
             to_dispatch: Vec::new(),
+            holding: std::collections::BTreeSet::new(),
             confirm_dirty: Vec::new(),
             notices: Vec::new(),
             loads: Vec::new(),

@@ -436,7 +436,7 @@ impl Queue {
                 .max_length_bytes
                 .is_some_and(|max| self.messages.ready_bytes() > max)
         {
-            match self.messages.pop() {
+            match self.messages.pop_head() {
                 Some(m) => dropped.push(m),
                 None => break,
             }

@@ -46,6 +46,11 @@ pub struct Messages {
     pub redelivered_below_seq: u64,
     /// Messages delivered to consumers or basic.get and not yet acked.
     pub unacked: u64,
+    /// Positions of stored messages whose store batch is not yet synced, with that batch,
+    /// when the broker delivers only what is synced ([`Messages::hold`]): no message at
+    /// or after the first of them is delivered. In position and batch order; one entry
+    /// per message in a batch not yet synced, so the store backlog's bound bounds it.
+    held: VecDeque<(u64, u64)>,
 }
 
 impl Messages {
@@ -63,6 +68,7 @@ impl Messages {
             paged: Paged::default(),
             redelivered_below_seq: 0,
             unacked: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -218,8 +224,56 @@ impl Messages {
         }
     }
 
-    /// Takes the next message to deliver: the front of the highest non-empty priority.
+    /// Holds back the message at position `seq`, and every later one, until store batch
+    /// `batch` (which stores it) is synced. Positions and batches must not go back.
+    pub fn hold(&mut self, seq: u64, batch: u64) {
+        debug_assert!(
+            self.held.back().is_none_or(|&(s, b)| s < seq && b <= batch),
+            "holds out of order"
+        );
+        self.held.push_back((seq, batch));
+    }
+
+    /// Store batches through `synced` are synced: their messages may be delivered.
+    /// Returns whether any was held.
+    pub fn release(&mut self, synced: u64) -> bool {
+        let before = self.held.len();
+        while self.held.front().is_some_and(|&(_, b)| b <= synced) {
+            self.held.pop_front();
+        }
+        self.held.len() < before
+    }
+
+    /// Whether a message waits for its store batch.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Whether the next message to deliver waits for its store batch (or follows one that
+    /// does).
+    pub fn head_held(&self) -> bool {
+        let Some(&(from, _)) = self.held.front() else {
+            return false;
+        };
+        self.buckets
+            .iter()
+            .rev()
+            .find_map(|b| b.front())
+            .is_some_and(|m| m.seq >= from)
+    }
+
+    /// Takes the next message to deliver: the front of the highest non-empty priority,
+    /// unless it waits for its store batch ([`Messages::hold`]).
     pub fn pop(&mut self) -> Option<QueuedMessage> {
+        if self.head_held() {
+            return None;
+        }
+        self.pop_head()
+    }
+
+    /// Takes the front of the highest non-empty priority, held or not (a length limit
+    /// drops it).
+    pub fn pop_head(&mut self) -> Option<QueuedMessage> {
         let m = self.buckets.iter_mut().rev().find_map(|b| b.pop_front())?;
         self.charge(&m.message, false);
         Some(m)
@@ -311,6 +365,7 @@ impl Messages {
         self.ready_len = 0;
         let paged = (self.paged.count > 0).then_some((self.paged.from_seq, self.paged.count));
         self.forget_paged();
+        self.held.clear();
         (all, paged)
     }
 
@@ -340,6 +395,14 @@ impl Messages {
             );
         }
         assert!(all.iter().all(|m| m.seq < self.next_seq));
+        assert!(
+            self.held
+                .iter()
+                .zip(self.held.iter().skip(1))
+                .all(|(x, y)| x.0 < y.0 && x.1 <= y.1),
+            "queue {queue} holds out of order"
+        );
+        assert!(self.held.iter().all(|&(seq, _)| seq < self.next_seq));
     }
 }
 
