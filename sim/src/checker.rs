@@ -10,6 +10,7 @@
 //! choice was allowed (queue order, prefetch, tags, redelivered).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use warren::broker::{Broker, Output};
 use warren::proto::command::{Command, ConnId, Message, Reply};
@@ -123,6 +124,10 @@ enum Exp {
         redelivered: bool,
     },
     GetEmpty,
+    /// A `basic.get` on a queue whose head waited for its store batch: get-empty, or,
+    /// when the get waited for a read from the store during which the batch was synced,
+    /// get-ok with the queue's head then.
+    GetHeld(String),
     PurgeOk(u32),
     DeleteOk(u32),
     Return(MsgKey),
@@ -166,6 +171,14 @@ pub struct Stats {
     pub crashes: u64,
     /// Entries recovered and checked.
     pub recovered_entries: u64,
+    /// Stored messages delivered (or got) under `deliver_after_sync`, each checked to
+    /// have its batch synced.
+    pub synced_deliveries: u64,
+    /// Gets that found the queue's head waiting for its batch, and of those, how many
+    /// were answered after a read during which the batch was synced.
+    pub held_gets: u64,
+    /// See `held_gets`.
+    pub late_gets: u64,
 }
 
 /// The reference model.
@@ -200,6 +213,9 @@ pub struct Model {
     hostile_conns: BTreeSet<ConnId>,
     /// The limit policy the operator set on the workload's queues.
     limit_policy: Option<LimitPolicy>,
+    /// The broker delivers a stored message only once its batch is synced
+    /// (`BrokerConfig::deliver_after_sync`).
+    deliver_after_sync: bool,
 }
 
 /// The predeclared exchanges the workload may use.
@@ -253,6 +269,19 @@ impl Model {
         let mut m = Model::default();
         m.restart(recovered);
         m
+    }
+
+    /// The broker delivers a stored message only once its batch is synced.
+    pub fn set_deliver_after_sync(&mut self, on: bool) {
+        self.deliver_after_sync = on;
+    }
+
+    /// Whether the broker must hold `copy` back: it is stored in a batch not yet synced.
+    fn held(&self, copy: &Copy) -> bool {
+        self.deliver_after_sync
+            && copy
+                .stored
+                .is_some_and(|i| self.stored[i].enqueued_in > self.synced)
     }
 
     /// The broker was told the store fails (`true`) or works again.
@@ -837,18 +866,49 @@ impl Model {
     }
 
     fn get(&mut self, conn: ConnId, channel: u16, queue: &str) -> Check {
-        let Some(q) = self.queues.get_mut(queue) else {
+        let Some(q) = self.queues.get(queue) else {
             return self.channel_error(conn, channel, 404);
         };
-        let inst = q.inst;
-        let Some((pos, copy)) = q.ready.pop_first() else {
+        let Some((&pos, copy)) = q.ready.first_key_value() else {
             self.expect(conn, channel, Exp::GetEmpty);
             return Ok(());
         };
-        let redelivered = self.delivered.contains(&(queue.to_string(), copy.key));
-        let Some(ch) = self.chan(conn, channel) else {
+        if self.held(copy) {
+            self.stats.held_gets += 1;
+            self.expect(conn, channel, Exp::GetHeld(queue.to_string()));
             return Ok(());
-        };
+        }
+        if self.deliver_after_sync && copy.stored.is_some() {
+            self.stats.synced_deliveries += 1;
+        }
+        if let Some((key, tag, redelivered)) = self.take_for_get(conn, channel, queue, pos) {
+            self.expect(
+                conn,
+                channel,
+                Exp::GetOk {
+                    key,
+                    tag,
+                    redelivered,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes the copy at `pos` of `queue` for a `basic.get` on the channel: its key, the
+    /// delivery tag and whether it must be flagged redelivered.
+    fn take_for_get(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: &str,
+        pos: u64,
+    ) -> Option<(MsgKey, u64, bool)> {
+        let q = self.queues.get_mut(queue)?;
+        let inst = q.inst;
+        let copy = q.ready.remove(&pos)?;
+        let redelivered = self.delivered.contains(&(queue.to_string(), copy.key));
+        let ch = self.chan(conn, channel)?;
         let tag = ch.next_tag;
         ch.next_tag += 1;
         let key = copy.key;
@@ -869,15 +929,48 @@ impl Model {
             format!("got from {queue} by conn {conn} ch {channel} tag {tag}"),
         );
         self.stats.deliveries += 1;
-        self.expect(
-            conn,
-            channel,
-            Exp::GetOk {
-                key,
-                tag,
-                redelivered,
-            },
-        );
+        Some((key, tag, redelivered))
+    }
+
+    /// A get-ok answering a get the model expected to find the head held: the get waited
+    /// for a read, and the batch was synced meanwhile. It must bring the queue's head.
+    fn late_get(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: &str,
+        ok: &warren::proto::method::BasicGetOk,
+        message: Option<&Arc<Message>>,
+    ) -> Check {
+        let Some(key) = message.and_then(|m| key_of(m)) else {
+            return fail("get-ok without a modelled message");
+        };
+        let head = self
+            .queues
+            .get(queue)
+            .and_then(|q| q.ready.first_key_value())
+            .map(|(&pos, c)| (pos, c.clone()));
+        let Some((pos, copy)) = head.filter(|(_, c)| c.key == key) else {
+            return fail(format!(
+                "basic.get on {queue} brought {}, which is not the queue's head",
+                msg_id_text(key)
+            ));
+        };
+        if self.held(&copy) {
+            return fail(format!(
+                "basic.get on {queue} brought {} before its store batch was synced",
+                msg_id_text(key)
+            ));
+        }
+        self.stats.late_gets += 1;
+        let Some((_, tag, redelivered)) = self.take_for_get(conn, channel, queue, pos) else {
+            return Ok(());
+        };
+        if ok.delivery_tag != tag || (redelivered && !ok.redelivered) {
+            return fail(format!(
+                "basic.get on {queue}: {ok:?} where the model expected tag {tag}, redelivered {redelivered}"
+            ));
+        }
         Ok(())
     }
 
@@ -1039,6 +1132,15 @@ impl Model {
                 method.name()
             ));
         };
+        if let Exp::GetHeld(queue) = &expected {
+            return match method {
+                Method::BasicGetEmpty(_) => Ok(()),
+                Method::BasicGetOk(ok) => self.late_get(conn, channel, &queue.clone(), ok, message),
+                _ => fail(format!(
+                    "broker sent {method:?} on channel {channel} of connection {conn} where the model expected {expected:?}"
+                )),
+            };
+        }
         let mismatch = || {
             fail(format!(
                 "broker sent {method:?} on channel {channel} of connection {conn} where the model expected {expected:?}"
@@ -1160,6 +1262,17 @@ impl Model {
         };
         let copy = q.ready.remove(&pos).expect("found above");
         let inst = q.inst;
+        if self.held(&copy) {
+            return fail(format!(
+                "{} delivered from queue {queue} before its store batch ({}) was synced (synced through {})",
+                msg_id_text(key),
+                copy.stored.map_or(0, |i| self.stored[i].enqueued_in),
+                self.synced
+            ));
+        }
+        if self.deliver_after_sync && copy.stored.is_some() {
+            self.stats.synced_deliveries += 1;
+        }
         let seen = self.delivered.contains(&(queue.clone(), key));
         if seen && !d.redelivered {
             return fail(format!(

@@ -38,6 +38,9 @@ pub struct Faults {
     /// The group commit's least gap between syncs (0: none), as `warren serve
     /// --sync-gap-ms` sets it.
     pub sync_gap_ms: u64,
+    /// The broker delivers a stored message only once its batch is synced, as a
+    /// cluster's leader does (`BrokerConfig::deliver_after_sync`).
+    pub deliver_after_sync: bool,
 }
 
 impl Faults {
@@ -57,13 +60,14 @@ impl Faults {
             tiny_memory: rng.gen_bool(0.5),
             small_output_limit: rng.gen_bool(0.3),
             sync_gap_ms: [0, 2, 2, 10][rng.gen_range(0..4)],
+            deliver_after_sync: rng.gen_bool(0.5),
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={} small_output_limit={} sync_gap={}ms",
+            "crash_mean={} restart={:?}ms drop/tick={} chunk<={}B small_chunks={} latency={:?}ms sync={:?}ms torn={} heartbeat={}s batching={} tiny_memory={} small_output_limit={} sync_gap={}ms deliver_after_sync={}",
             self.crash_mean_ms
                 .map_or("off".to_string(), |m| format!("{m}ms")),
             self.restart_delay_ms,
@@ -78,12 +82,16 @@ impl Faults {
             self.tiny_memory,
             self.small_output_limit,
             self.sync_gap_ms,
+            self.deliver_after_sync,
         )
     }
 
     /// The broker settings for this mix.
     pub fn broker_config(&self) -> warren::broker::BrokerConfig {
-        let mut base = warren::broker::BrokerConfig::default();
+        let mut base = warren::broker::BrokerConfig {
+            deliver_after_sync: self.deliver_after_sync,
+            ..Default::default()
+        };
         if self.small_output_limit {
             base.limits.max_unflushed_bytes_per_connection = SMALL_OUTPUT_LIMIT;
         }

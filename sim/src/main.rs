@@ -238,6 +238,10 @@ fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
 #[derive(Debug, Default)]
 struct Totals {
     seeds: u64,
+    seeds_after_sync: u64,
+    synced_deliveries: u64,
+    held_gets: u64,
+    late_gets: u64,
     published: u64,
     confirms: u64,
     nacks: u64,
@@ -372,6 +376,10 @@ impl Totals {
         self.policy_checks += r.admin.policy_checks;
         self.limit_changes += r.admin.limit_changes;
         self.seeds_limit_changes += u64::from(r.admin.limit_changes > 0);
+        self.seeds_after_sync += u64::from(r.faults.deliver_after_sync);
+        self.synced_deliveries += s.synced_deliveries;
+        self.held_gets += s.held_gets;
+        self.late_gets += s.late_gets;
         self.alarm_windows += r.alarm_windows;
         self.seeds_alarms += u64::from(r.alarm_windows > 0);
     }
@@ -399,6 +407,10 @@ impl Totals {
             self.seeds_with_heartbeats,
             self.loads,
             self.seeds_paging,
+        );
+        println!(
+            "deliver after sync: {} seeds; {} stored messages delivered, each after its batch's sync; {} gets found the head waiting ({} answered after a read during which it was synced)",
+            self.seeds_after_sync, self.synced_deliveries, self.held_gets, self.late_gets,
         );
         let per_feature: Vec<String> = FEATURES
             .iter()

@@ -236,6 +236,7 @@ impl World {
         let disk = VirtualDisk::new();
         let mut model = Model::new(&disk.recovered());
         model.isolate(reserved);
+        model.set_deliver_after_sync(faults.deliver_after_sync);
         let broker_config = faults.broker_config();
         World {
             seed,
