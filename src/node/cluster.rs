@@ -45,6 +45,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let err = |e: String| std::io::Error::other(e);
+    // A store batch is synced once a majority committed it: consumers get only that.
+    let mut config = config;
+    config.broker.deliver_after_sync = true;
     let (log, state) =
         FjallLog::open(&config.data_dir.join(LOG_DIR)).map_err(|e| err(e.to_string()))?;
     let me = cluster.me().clone();
