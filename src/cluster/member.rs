@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::disk::FjallLog;
+use super::latency::{CommitLatency, LatencyMeter};
 use super::raftpb::{Message, MessageType};
 use super::status::Status;
 use super::{
@@ -147,7 +148,9 @@ struct Driver {
     /// Where transfer threads report.
     inbox: SyncSender<MemberIn>,
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
-    waiting: HashMap<u64, SyncSender<Result<(), ProposeFailure>>>,
+    /// Proposals waiting to be applied: when each was proposed, and whom to tell.
+    waiting: HashMap<u64, (Instant, SyncSender<Result<(), ProposeFailure>>)>,
+    latency: LatencyMeter,
     next_proposal: u64,
     applied: u64,
     applied_term: u64,
@@ -208,6 +211,7 @@ pub fn start(
         active: Vec::new(),
         ready: false,
         in_flight: 0,
+        commit_latency: CommitLatency::default(),
         failed: None,
     };
     let (status_tx, status_rx) = watch::channel(status);
@@ -225,6 +229,7 @@ pub fn start(
         inbox: tx.clone(),
         peers,
         waiting: HashMap::new(),
+        latency: LatencyMeter::new(Instant::now()),
         next_proposal: 0,
         applied,
         applied_term,
@@ -327,7 +332,7 @@ impl Driver {
                 self.next_proposal += 1;
                 match self.replica.propose(id, data) {
                     Ok(()) => {
-                        self.waiting.insert(id, reply);
+                        self.waiting.insert(id, (Instant::now(), reply));
                     }
                     Err(ProposeError::Busy) => {
                         let _ = reply.send(Err(ProposeFailure::Busy));
@@ -406,7 +411,10 @@ impl Driver {
                     self.unsynced_store = true;
                     self.applied = c.index;
                     self.applied_term = c.term;
-                    if let Some(reply) = c.proposal.and_then(|p| self.waiting.remove(&p)) {
+                    if let Some((proposed, reply)) =
+                        c.proposal.and_then(|p| self.waiting.remove(&p))
+                    {
+                        self.latency.record(proposed, Instant::now());
                         let _ = reply.send(Ok(()));
                     }
                 }
@@ -414,7 +422,7 @@ impl Driver {
             Output::Deposed { term, uncertain } => {
                 tracing::warn!(term, "this node stopped leading");
                 for p in uncertain {
-                    if let Some(reply) = self.waiting.remove(&p) {
+                    if let Some((_, reply)) = self.waiting.remove(&p) {
                         let _ = reply.send(Err(ProposeFailure::Lost(format!(
                             "leadership of term {term} was lost before the batch was committed"
                         ))));
@@ -603,6 +611,7 @@ impl Driver {
             },
             ready: role == Role::Leader && self.applied == commit && self.applied_term == term,
             in_flight: self.replica.proposals_in_flight(),
+            commit_latency: self.latency.summary(Instant::now()),
             failed: None,
         };
         let before = self.status.borrow().clone();
@@ -618,7 +627,7 @@ impl Driver {
 
     /// Syncs what was applied and publishes the end.
     fn finish(&mut self, error: Option<String>) {
-        for (_, reply) in self.waiting.drain() {
+        for (_, (_, reply)) in self.waiting.drain() {
             let _ = reply.send(Err(ProposeFailure::Lost("the Raft thread stopped".into())));
         }
         if self.unsynced_store

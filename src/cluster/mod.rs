@@ -895,6 +895,7 @@ pub fn is_batch(entry: &Committed) -> bool {
 }
 
 pub mod disk;
+pub mod latency;
 mod log_store;
 #[cfg(not(madsim))]
 pub mod member;

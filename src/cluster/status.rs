@@ -40,6 +40,8 @@ pub struct Status {
     /// Proposals not yet committed. A broker is started from the store only when none
     /// is: one that commits later would be in the store but not in the broker.
     pub in_flight: usize,
+    /// On the leader: how long its batches took to commit.
+    pub commit_latency: super::latency::CommitLatency,
     /// Set when the thread stopped on an error: the node must stop.
     pub failed: Option<String>,
 }

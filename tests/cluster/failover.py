@@ -242,6 +242,24 @@ def all_in_step(nodes):
     return None
 
 
+def commit_latency(nodes):
+    """The leader's commit latency from /api/nodes once a window with batches closed,
+    checked against its /metrics."""
+    leader = leader_of(nodes)
+    me = member_entry(api_nodes(leader), leader) if leader else None
+    latency = (me or {}).get("raft_commit_latency")
+    if not latency or not latency["window_commits"]:
+        return None
+    assert 0 < latency["p50_us"] <= latency["p99_us"] <= latency["max_us"], latency
+    with urllib.request.urlopen(f"http://{leader.host}:{leader.http}/metrics", timeout=2) as r:
+        metrics = r.read().decode()
+    counts = [line.split()[1] for line in metrics.splitlines()
+              if line.startswith("warren_raft_commit_latency_seconds_count ")]
+    assert counts and int(counts[0]) >= latency["commits"], counts
+    assert "warren_raft_leader 1" in metrics.splitlines()
+    return latency
+
+
 def member_entry(listed, node):
     return next((n for n in listed or [] if n.get("cluster_id") == node.i), None)
 
@@ -359,6 +377,11 @@ def main():
         listed = wait_for("every member running and in step", lambda: all_in_step(nodes),
                           FAILOVER_LIMIT_S)
         print("nodes: " + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed))
+        latency = wait_for("the leader's commit latency", lambda: commit_latency(nodes), 15)
+        print(f"commit latency on the leader over {latency['window_s']} s: "
+              f"p50 {latency['p50_us'] / 1000:.1f} ms, p99 {latency['p99_us'] / 1000:.1f} ms, "
+              f"max {latency['max_us'] / 1000:.1f} ms ({latency['window_commits']} batches; "
+              f"{latency['commits']} since it started)", flush=True)
         ledger.stop.set()
         threads[0].join(timeout=30)
         confirmed = set(ledger.confirmed)

@@ -22,11 +22,14 @@ use crate::broker::admin::{
 };
 use crate::store::{UserLimits, VhostLimits};
 
+mod cluster;
+
 use super::resources::{queue_infos, queues_json};
 use super::{
     ApiError, ApiResult, Ctx, Principal, State, authenticate, json_response, listing, no_content,
     ok_json, rates_of,
 };
+use cluster::cluster_nodes;
 
 // ----- naming connections as RabbitMQ does -----
 
@@ -287,47 +290,6 @@ async fn node_json(s: &Ctx) -> Result<Value, ApiError> {
                            "version": env!("CARGO_PKG_VERSION") }],
         "listeners": listeners(s),
     }))
-}
-
-/// The fields a cluster member adds to its node object, and the other members' objects:
-/// each one's role, how far its Raft log matches the leader's, and how far behind it is.
-fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
-    let Some(view) = &s.cluster else {
-        return Vec::new();
-    };
-    let status = view.status.borrow().clone();
-    me["cluster_id"] = json!(status.id);
-    me["cluster_role"] = json!(status.role.name());
-    me["raft_term"] = json!(status.term);
-    me["raft_last_index"] = json!(status.last_index);
-    me["raft_commit_index"] = json!(status.commit);
-    me["raft_applied_index"] = json!(status.applied);
-    me["raft_first_index"] = json!(status.first_index);
-    me["raft_snapshots_sent"] = json!(status.snapshots_sent);
-    me["raft_snapshots_installed"] = json!(status.snapshots_installed);
-    me["raft_lag"] = json!(0);
-    let mut others = Vec::new();
-    for m in view.members.iter().filter(|m| m.id != status.id) {
-        let matched = status
-            .progress
-            .iter()
-            .find(|(id, _)| *id == m.id)
-            .map(|(_, i)| *i);
-        let lag = matched.map(|i| status.last_index.saturating_sub(i));
-        others.push(json!({
-            "name": format!("warren-{}@{}", m.id, m.amqp.ip()),
-            "type": "disc",
-            // What the leader can tell: whether it heard from the member within the last
-            // election timeout.
-            "running": status.active.contains(&m.id),
-            "cluster_id": m.id,
-            "cluster_role": if status.leader == Some(m.id) { "leader" } else { "follower" },
-            "raft_match_index": matched,
-            "raft_lag": lag,
-            "listeners": [{ "protocol": "amqp", "ip_address": m.amqp.ip().to_string(), "port": m.amqp.port() }],
-        }));
-    }
-    others
 }
 
 pub(super) async fn nodes(s: State, headers: HeaderMap) -> ApiResult {
@@ -644,6 +606,9 @@ pub(super) async fn metrics(s: State) -> ApiResult {
     out.node_state(&o);
     out.limits(&vhost_limits, &user_limits);
     out.queues(&views);
+    if let Some(view) = &s.cluster {
+        out.cluster(view);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,162 @@
+//! What a cluster member adds to the node objects of `/api/nodes` and to `/metrics`: each
+//! member's role, Raft log position and lag behind the leader, and the leader's commit
+//! latency.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::Exposition;
+use crate::admin::http::Ctx;
+use crate::cluster::Role;
+use crate::cluster::latency::WINDOW;
+use crate::cluster::status::ClusterView;
+
+/// The fields a cluster member adds to its node object, and the other members' objects:
+/// each one's role, how far its Raft log matches the leader's, and how far behind it is.
+pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
+    let Some(view) = &s.cluster else {
+        return Vec::new();
+    };
+    let status = view.status.borrow().clone();
+    me["cluster_id"] = json!(status.id);
+    me["cluster_role"] = json!(status.role.name());
+    me["raft_term"] = json!(status.term);
+    me["raft_last_index"] = json!(status.last_index);
+    me["raft_commit_index"] = json!(status.commit);
+    me["raft_applied_index"] = json!(status.applied);
+    me["raft_first_index"] = json!(status.first_index);
+    me["raft_snapshots_sent"] = json!(status.snapshots_sent);
+    me["raft_snapshots_installed"] = json!(status.snapshots_installed);
+    me["raft_lag"] = json!(0);
+    if status.role == Role::Leader {
+        let l = status.commit_latency;
+        me["raft_commit_latency"] = json!({
+            "commits": l.count,
+            "sum_us": l.sum_us,
+            "window_s": WINDOW.as_secs(),
+            "window_commits": l.window_count,
+            "p50_us": l.p50_us,
+            "p99_us": l.p99_us,
+            "max_us": l.max_us,
+        });
+    }
+    let mut others = Vec::new();
+    for m in view.members.iter().filter(|m| m.id != status.id) {
+        let matched = status
+            .progress
+            .iter()
+            .find(|(id, _)| *id == m.id)
+            .map(|(_, i)| *i);
+        let lag = matched.map(|i| status.last_index.saturating_sub(i));
+        others.push(json!({
+            "name": format!("warren-{}@{}", m.id, m.amqp.ip()),
+            "type": "disc",
+            // What the leader can tell: whether it heard from the member within the last
+            // election timeout.
+            "running": status.active.contains(&m.id),
+            "cluster_id": m.id,
+            "cluster_role": if status.leader == Some(m.id) { "leader" } else { "follower" },
+            "raft_match_index": matched,
+            "raft_lag": lag,
+            "listeners": [{ "protocol": "amqp", "ip_address": m.amqp.ip().to_string(), "port": m.amqp.port() }],
+        }));
+    }
+    others
+}
+
+impl Exposition {
+    /// The Raft families: this node's role and log, the leader's commit latency, and each
+    /// other member's lag behind the leader (on the leader only).
+    pub(super) fn cluster(&mut self, view: &ClusterView) {
+        let status = view.status.borrow().clone();
+        let leader = status.role == Role::Leader;
+        self.singles(&[
+            (
+                "warren_raft_leader",
+                "gauge",
+                "1 while this node leads the cluster",
+                u64::from(leader),
+            ),
+            (
+                "warren_raft_term",
+                "gauge",
+                "The current Raft term",
+                status.term,
+            ),
+            (
+                "warren_raft_commit_index",
+                "gauge",
+                "The highest log index known committed",
+                status.commit,
+            ),
+            (
+                "warren_raft_applied_index",
+                "gauge",
+                "The last log index applied to the store",
+                status.applied,
+            ),
+            (
+                "warren_raft_first_index",
+                "gauge",
+                "The first index in the log (those before are compacted away)",
+                status.first_index,
+            ),
+            (
+                "warren_raft_snapshots_sent_total",
+                "counter",
+                "Store snapshots sent to members too far behind for the log",
+                status.snapshots_sent,
+            ),
+            (
+                "warren_raft_snapshots_installed_total",
+                "counter",
+                "Store snapshots received and installed",
+                status.snapshots_installed,
+            ),
+        ]);
+        if !leader {
+            return;
+        }
+        let l = status.commit_latency;
+        let seconds = |us: u64| us as f64 / 1e6;
+        let name = "warren_raft_commit_latency_seconds";
+        self.family(
+            name,
+            "summary",
+            &format!(
+                "From a store batch's proposal to its commit by a majority, on the leader (quantiles over the last {} s)",
+                WINDOW.as_secs()
+            ),
+            &[
+                ("{quantile=\"0.5\"}".to_string(), seconds(l.p50_us)),
+                ("{quantile=\"0.99\"}".to_string(), seconds(l.p99_us)),
+                ("{quantile=\"1\"}".to_string(), seconds(l.max_us)),
+            ],
+        );
+        let _ = writeln!(self.text, "{name}_sum {}", seconds(l.sum_us));
+        let _ = writeln!(self.text, "{name}_count {}", l.count);
+        let lag: Vec<(String, f64)> = view
+            .members
+            .iter()
+            .filter(|m| m.id != status.id)
+            .map(|m| {
+                let matched = status
+                    .progress
+                    .iter()
+                    .find(|(id, _)| *id == m.id)
+                    .map_or(0, |(_, i)| *i);
+                (
+                    format!("{{member=\"{}\"}}", m.id),
+                    status.last_index.saturating_sub(matched) as f64,
+                )
+            })
+            .collect();
+        self.family(
+            "warren_raft_follower_lag_entries",
+            "gauge",
+            "How many log entries each other member is behind the leader",
+            &lag,
+        );
+    }
+}
