@@ -6,6 +6,8 @@
 //! cookie = "a secret every member shares"
 //! members = [
 //!   { id = 1, raft = "10.0.0.1:25672", amqp = "10.0.0.1:5672" },
+//!   # `http`: where a follower redirects HTTP clients when this member leads (by
+//!   # default the `amqp` IP with this node's HTTP port).
 //!   { id = 2, raft = "10.0.0.2:25672", amqp = "10.0.0.2:5672" },
 //!   { id = 3, raft = "10.0.0.3:25672", amqp = "10.0.0.3:5672" },
 //! ]
@@ -40,6 +42,10 @@ pub struct MemberAddress {
     pub raft: SocketAddr,
     /// Where clients reach its AMQP listener (named to clients a follower turns away).
     pub amqp: SocketAddr,
+    /// Where its management HTTP API listens, to which a follower redirects HTTP
+    /// clients; by default the IP of `amqp` with the member's own `--http-port`.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
 }
 
 /// The `[cluster]` section as written.
@@ -152,6 +158,7 @@ mod tests {
             id,
             raft: SocketAddr::from(([127, 0, 0, 1], port)),
             amqp: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            http: None,
         }
     }
 
@@ -187,6 +194,15 @@ mod tests {
             "node_id = 1\ncookie = \"0123456789abcdef\"\nmembers = [{ id = 1, raft = \"127.0.0.1:25672\", amqp = \"127.0.0.1:5672\" }]",
         )
         .unwrap();
-        assert_eq!(parsed.settings().unwrap().me().amqp.port(), 5672);
+        assert_eq!(parsed.clone().settings().unwrap().me().amqp.port(), 5672);
+        assert_eq!(parsed.settings().unwrap().me().http, None);
+        let parsed: ClusterFile = toml::from_str(
+            "node_id = 1\ncookie = \"0123456789abcdef\"\nmembers = [{ id = 1, raft = \"127.0.0.1:25672\", amqp = \"127.0.0.1:5672\", http = \"127.0.0.1:15672\" }]",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.settings().unwrap().me().http.map(|a| a.port()),
+            Some(15672)
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! While the node follows, it answers AMQP clients with `connection.start` and then closes
 //! the connection (`CONNECTION_FORCED`, naming the leader and the members), so that a
-//! client given every member's address moves on to the next; its HTTP port is closed. When it stops leading (deposed, cut off
+//! client given every member's address moves on to the next; its HTTP port redirects to the
+//! leader's (`admin::http::follower`). When it stops leading (deposed, cut off
 //! from the majority, or a batch whose fate is in doubt), its broker stops: connections
 //! close, and nothing not committed was confirmed.
 
@@ -21,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+use crate::admin::http::follower::{FollowerView, serve_follower};
 use crate::cluster::disk::FjallLog;
 use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore};
 use crate::cluster::settings::ClusterSettings;
@@ -119,13 +121,34 @@ pub async fn run(
                 None
             }
         };
+        let http = SocketAddr::new(config.bind, config.http_port);
+        let redirecting = match TcpListener::bind(http).await {
+            Ok(l) => {
+                let view = FollowerView {
+                    cluster: ClusterView {
+                        members: cluster.members.clone(),
+                        status: status.clone(),
+                    },
+                    http_port: config.http_port,
+                };
+                Some(tokio::spawn(serve_follower(l, view)))
+            }
+            Err(e) => {
+                tracing::warn!(address = %http, error = %e, "cannot listen to redirect HTTP clients");
+                None
+            }
+        };
         let ready = tokio::select! {
             () = &mut shutdown => break Ok(()),
             s = status.wait_for(|s| (s.ready && s.in_flight == 0) || s.failed.is_some()) => s.map(|s| s.clone()),
         };
+        // The listeners are dropped with the tasks: the ports are free for the broker.
         if let Some(task) = refusing {
             task.abort();
-            // The listener is dropped with the task: the port is free for the broker.
+            let _ = task.await;
+        }
+        if let Some(task) = redirecting {
+            task.abort();
             let _ = task.await;
         }
         let Ok(ready) = ready else {

@@ -25,6 +25,7 @@ Needs root and iptables for the cuts (`--cuts 0` skips them).
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -68,7 +69,7 @@ class Node:
         self.i = i
         self.host = f"127.0.0.{i}"
         self.amqp = members[i]["amqp"]
-        self.http = free_port(self.host)
+        self.http = members[i]["http"]
         self.raft = members[i]["raft"]
         self.dir = os.path.join(root, f"node{i}")
         self.config = os.path.join(root, f"node{i}.toml")
@@ -76,7 +77,8 @@ class Node:
         self.warren = warren
         self.proc = None
         lines = "\n".join(
-            f'  {{ id = {j}, raft = "127.0.0.{j}:{m["raft"]}", amqp = "127.0.0.{j}:{m["amqp"]}" }},'
+            f'  {{ id = {j}, raft = "127.0.0.{j}:{m["raft"]}", amqp = "127.0.0.{j}:{m["amqp"]}", '
+            f'http = "127.0.0.{j}:{m["http"]}" }},'
             for j, m in sorted(members.items())
         )
         with open(self.config, "w") as f:
@@ -105,9 +107,27 @@ class Node:
                 self.proc.kill()
                 self.proc.wait()
 
+    def http_get(self, path):
+        """(status, headers, body) of a GET on this node's management port, redirects not
+        followed; None if it does not answer."""
+        conn = http.client.HTTPConnection(self.host, self.http, timeout=2)
+        try:
+            conn.request("GET", path, headers={
+                "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
     def serving(self):
-        """Whether this node runs the broker: only the leader serves HTTP."""
-        return self.proc.poll() is None and listening(self.host, self.http)
+        """Whether this node runs the broker: only the leader answers the API itself (a
+        follower redirects to it)."""
+        if self.proc.poll() is not None or not listening(self.host, self.http):
+            return False
+        answer = self.http_get("/api/overview")
+        return answer is not None and answer[0] == 200
 
     def refusal(self):
         """The reason this node gives a client it turns away, or None if it takes it."""
@@ -260,6 +280,24 @@ def commit_latency(nodes):
     return latency
 
 
+def check_follower_http(nodes):
+    """A follower redirects API requests to the leader's management port and serves its
+    own Raft metrics."""
+    leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+    for n in nodes:
+        if n is leader:
+            continue
+        status, headers, body = n.http_get("/api/nodes?columns=name")
+        want = f"http://{leader.host}:{leader.http}/api/nodes?columns=name"
+        assert status == 307 and headers.get("location") == want, (status, headers, body)
+        assert json.loads(body)["error"] == "not_leader", body
+        status, _, body = n.http_get("/metrics")
+        lines = body.decode().splitlines()
+        assert status == 200 and "warren_raft_leader 0" in lines, body
+    print(f"followers redirect the API to {leader.host}:{leader.http} and serve their metrics",
+          flush=True)
+
+
 def member_entry(listed, node):
     return next((n for n in listed or [] if n.get("cluster_id") == node.i), None)
 
@@ -323,7 +361,8 @@ def main():
         sys.exit("the cut rounds need iptables (or pass --cuts 0)")
 
     root = tempfile.mkdtemp(prefix="warren-failover-")
-    members = {i: {"raft": free_port(f"127.0.0.{i}"), "amqp": free_port(f"127.0.0.{i}")}
+    members = {i: {"raft": free_port(f"127.0.0.{i}"), "amqp": free_port(f"127.0.0.{i}"),
+                   "http": free_port(f"127.0.0.{i}")}
                for i in (1, 2, 3)}
     nodes = [Node(root, warren, i, members) for i in (1, 2, 3)]
     ledger = Ledger()
@@ -377,6 +416,7 @@ def main():
         listed = wait_for("every member running and in step", lambda: all_in_step(nodes),
                           FAILOVER_LIMIT_S)
         print("nodes: " + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed))
+        check_follower_http(nodes)
         latency = wait_for("the leader's commit latency", lambda: commit_latency(nodes), 15)
         print(f"commit latency on the leader over {latency['window_s']} s: "
               f"p50 {latency['p50_us'] / 1000:.1f} ms, p99 {latency['p99_us'] / 1000:.1f} ms, "

@@ -12,6 +12,7 @@
 //! Every request becomes one or two [`AdminRequest`]s to the core task; nothing here
 //! holds broker state except the rate history.
 
+pub mod follower;
 mod guard;
 mod limits;
 mod objects;

@@ -29,6 +29,7 @@ use super::{
     ApiError, ApiResult, Ctx, Principal, State, authenticate, json_response, listing, no_content,
     ok_json, rates_of,
 };
+pub(super) use cluster::cluster_metrics;
 use cluster::cluster_nodes;
 
 // ----- naming connections as RabbitMQ does -----

@@ -65,6 +65,13 @@ pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
     others
 }
 
+/// The Raft families alone, as a follower's management port serves them.
+pub(crate) fn cluster_metrics(view: &ClusterView) -> String {
+    let mut out = Exposition::default();
+    out.cluster(view);
+    out.text
+}
+
 impl Exposition {
     /// The Raft families: this node's role and log, the leader's commit latency, and each
     /// other member's lag behind the leader (on the leader only).
