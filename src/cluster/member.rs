@@ -24,9 +24,11 @@
 //! replaces this node's store (crash-safely, see [`FjallStore::install_snapshot`]), and
 //! then the log is replaced by the snapshot's point.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -141,12 +143,15 @@ struct Driver {
     incoming: Option<transfer::Incoming>,
     /// The point of a snapshot received whole, staged and handed to Raft.
     staged: Option<Point>,
-    /// Members a snapshot is being sent to.
-    sending: HashSet<NodeId>,
+    /// Members a snapshot is being sent to, each with the flag that stops its transfer
+    /// (raised when this node stops leading).
+    sending: HashMap<NodeId, Arc<AtomicBool>>,
     snapshots_sent: u64,
     snapshots_installed: u64,
     /// Where transfer threads report.
     inbox: SyncSender<MemberIn>,
+    /// Bytes of snapshot messages in the inbox ([`PeerInbox`]).
+    snapshot_backlog: Arc<AtomicUsize>,
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
     /// Proposals waiting to be applied: when each was proposed, and whom to tell.
     waiting: HashMap<u64, (Instant, SyncSender<Result<(), ProposeFailure>>)>,
@@ -168,6 +173,7 @@ pub fn start(
     mut store: FjallStore,
     staging: PathBuf,
     inbox: (SyncSender<MemberIn>, Receiver<MemberIn>),
+    snapshot_backlog: Arc<AtomicUsize>,
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
 ) -> Result<Member, String> {
     // A snapshot being installed when the node stopped is installed again.
@@ -223,10 +229,11 @@ pub fn start(
         staging,
         incoming: None,
         staged: None,
-        sending: HashSet::new(),
+        sending: HashMap::new(),
         snapshots_sent: 0,
         snapshots_installed: 0,
         inbox: tx.clone(),
+        snapshot_backlog,
         peers,
         waiting: HashMap::new(),
         latency: LatencyMeter::new(Instant::now()),
@@ -317,6 +324,9 @@ impl Driver {
         match input {
             MemberIn::Stop => return Ok(false),
             MemberIn::Peer(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
+                let bytes = snapshot_bytes(&m);
+                let before = self.snapshot_backlog.fetch_sub(bytes, Relaxed);
+                debug_assert!(before >= bytes, "snapshot backlog counted");
                 self.receive_snapshot(m)?;
             }
             MemberIn::Peer(m) => self.replica.step(m),
@@ -546,7 +556,7 @@ impl Driver {
             self.replica.snapshot_sent(to, false);
             return;
         };
-        if self.sending.contains(&to) || point.0 < wanted.0 {
+        if self.sending.contains_key(&to) || point.0 < wanted.0 {
             self.replica.snapshot_sent(to, false);
             return;
         }
@@ -558,10 +568,12 @@ impl Driver {
         // one from before its restart.
         let id: u64 = rand::random();
         let inbox = self.inbox.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
         let started = std::thread::Builder::new()
             .name("warren-snapshot".into())
             .spawn(move || {
-                let sent = match transfer::send(source, m, id, &peer) {
+                let sent = match transfer::send(source, m, id, &peer, &cancelled) {
                     Ok(chunks) => {
                         tracing::info!(to, index = point.0, chunks, "sent a snapshot");
                         true
@@ -575,7 +587,7 @@ impl Driver {
             });
         match started {
             Ok(_) => {
-                self.sending.insert(to);
+                self.sending.insert(to, cancel);
             }
             Err(e) => {
                 tracing::warn!(to, error = %e, "cannot start a snapshot transfer");
@@ -587,6 +599,12 @@ impl Driver {
     fn publish(&mut self) {
         let role = self.replica.role();
         let term = self.replica.term();
+        if role != Role::Leader {
+            // A transfer started as leader stops at its next chunk.
+            for cancel in self.sending.values() {
+                cancel.store(true, Relaxed);
+            }
+        }
         let commit = self.replica.commit_index();
         let status = Status {
             id: self.replica.id(),
@@ -741,10 +759,57 @@ impl Store for ReplicatedStore {
     }
 }
 
-/// Hands a peer message to the thread without waiting: a full inbox drops it, as the
-/// network might.
-pub fn deliver(inbox: &SyncSender<MemberIn>, message: Message) {
-    match inbox.try_send(MemberIn::Peer(message)) {
-        Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+/// Bytes of snapshot chunks waiting in the inbox at which the transport stops reading
+/// from the peers ([`PeerInbox::backlogged`]): TCP then holds the leader's transfer back,
+/// so a disk slower than the network does not fill memory with chunks.
+pub const SNAPSHOT_BACKLOG_BYTES: usize = 32 * transfer::CHUNK_BYTES;
+
+/// The Raft thread's inbox as the transport feeds it, counting the snapshot bytes in it.
+#[derive(Debug, Clone)]
+pub struct PeerInbox {
+    tx: SyncSender<MemberIn>,
+    snapshot_bytes: Arc<AtomicUsize>,
+}
+
+impl PeerInbox {
+    /// Feeds `tx`, the inbox whose receiver goes to [`start`] with [`PeerInbox::counter`].
+    pub fn new(tx: SyncSender<MemberIn>) -> Self {
+        PeerInbox {
+            tx,
+            snapshot_bytes: Arc::default(),
+        }
+    }
+
+    /// What the Raft thread takes off the count as it takes snapshot messages.
+    pub fn counter(&self) -> Arc<AtomicUsize> {
+        self.snapshot_bytes.clone()
+    }
+
+    /// Hands a peer message to the thread without waiting: a full inbox drops it, as the
+    /// network might.
+    pub fn deliver(&self, message: Message) {
+        let bytes = snapshot_bytes(&message);
+        self.snapshot_bytes.fetch_add(bytes, Relaxed);
+        match self.tx.try_send(MemberIn::Peer(message)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.snapshot_bytes.fetch_sub(bytes, Relaxed);
+            }
+        }
+    }
+
+    /// Whether the thread has enough snapshot chunks to write: the transport reads no
+    /// more until it has written some.
+    pub fn backlogged(&self) -> bool {
+        self.snapshot_bytes.load(Relaxed) >= SNAPSHOT_BACKLOG_BYTES
+    }
+}
+
+/// The bytes a message adds to the snapshot backlog.
+fn snapshot_bytes(m: &Message) -> usize {
+    if m.get_msg_type() == MessageType::MsgSnapshot {
+        m.get_snapshot().data.len()
+    } else {
+        0
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::NodeId;
+use super::member::PeerInbox;
 use super::raftpb::Message;
 
 /// Most bytes of one message on the wire. An append carries at most
@@ -32,6 +33,8 @@ const REDIAL: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most inbound connections at once (a few per member are plenty).
 const MAX_INBOUND: usize = 64;
+/// How often a connection paused for the snapshot backlog looks again.
+const BACKLOG_WAIT: Duration = Duration::from_millis(2);
 
 /// The transport's own thread and runtime: Raft messages keep flowing while the node's
 /// runtime is busy (a new leader's broker recovering a large store holds it for seconds,
@@ -97,17 +100,15 @@ fn hello(cookie: &str, from: NodeId) -> Vec<u8> {
 }
 
 /// Listens on `listener` for the other members' messages and hands each one addressed to
-/// `me` from the member that opened the connection to `deliver`.
-pub fn listen<F>(
+/// `me` from the member that opened the connection to `deliver`, reading nothing while
+/// its snapshot backlog is full.
+pub fn listen(
     listener: TcpListener,
     cookie: String,
     me: NodeId,
     members: Vec<NodeId>,
-    deliver: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(Message) + Clone + Send + 'static,
-{
+    deliver: PeerInbox,
+) -> tokio::task::JoinHandle<()> {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     tokio::spawn(async move {
         loop {
@@ -133,12 +134,12 @@ where
     })
 }
 
-async fn read_peer<F: Fn(Message)>(
+async fn read_peer(
     mut stream: TcpStream,
     cookie: &str,
     me: NodeId,
     members: &[NodeId],
-    deliver: F,
+    inbox: PeerInbox,
 ) -> std::io::Result<()> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let from = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -158,6 +159,11 @@ async fn read_peer<F: Fn(Message)>(
     }
     let mut buf = Vec::new();
     loop {
+        // While the Raft thread has snapshot chunks enough to write, nothing more is read:
+        // TCP holds the sender back.
+        while inbox.backlogged() {
+            tokio::time::sleep(BACKLOG_WAIT).await;
+        }
         let len = stream.read_u32().await?;
         if len > MAX_FRAME_BYTES {
             return Err(bad("message too large"));
@@ -168,7 +174,7 @@ async fn read_peer<F: Fn(Message)>(
         if message.from != from || message.to != me {
             return Err(bad("misaddressed message"));
         }
-        deliver(message);
+        inbox.deliver(message);
         if buf.capacity() > 1 << 20 {
             buf = Vec::new();
         }
@@ -257,38 +263,89 @@ async fn write_peer(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    use super::super::member::{MemberIn, SNAPSHOT_BACKLOG_BYTES};
+    use super::super::raftpb::MessageType;
     use super::*;
+
+    /// The next peer message in the inbox, waiting up to `wait`.
+    async fn next(rx: &Receiver<MemberIn>, wait: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Ok(MemberIn::Peer(m)) = rx.try_recv() {
+                return Some(m);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn message(to: NodeId, term: u64) -> Message {
+        let mut m = Message::default();
+        m.from = 2;
+        m.to = to;
+        m.term = term;
+        m
+    }
 
     #[tokio::test]
     async fn messages_reach_the_member_they_are_for_and_a_wrong_cookie_is_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let (tx, rx) = sync_channel(16);
         let cookie = "0123456789abcdef".to_string();
-        let _server = listen(listener, cookie.clone(), 1, vec![1, 2, 3], move |m| {
-            let _ = got_tx.send(m);
-        });
+        let _server = listen(
+            listener,
+            cookie.clone(),
+            1,
+            vec![1, 2, 3],
+            PeerInbox::new(tx),
+        );
         let wrong = dial(addr, None, "fedcba9876543210".into(), 2);
         let right = dial(addr, Some([127, 0, 0, 1].into()), cookie, 2);
-        let message = |to: NodeId, term: u64| {
-            let mut m = Message::default();
-            m.from = 2;
-            m.to = to;
-            m.term = term;
-            m
-        };
         wrong.send(message(1, 7)).await.unwrap();
         right.send(message(1, 8)).await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(5), got.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = next(&rx, Duration::from_secs(5)).await.unwrap();
         assert_eq!(m.term, 8);
         // Nothing from the dialler with the wrong cookie arrives.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), got.recv())
-                .await
-                .is_err()
-        );
+        assert!(next(&rx, Duration::from_millis(300)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_snapshot_backlog_stops_the_reading_until_the_thread_takes_some() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = sync_channel(1024);
+        let inbox = PeerInbox::new(tx);
+        let backlog = inbox.counter();
+        let cookie = "0123456789abcdef".to_string();
+        let _server = listen(listener, cookie.clone(), 1, vec![1, 2, 3], inbox);
+        let peer = dial(addr, None, cookie, 2);
+        const CHUNK: usize = 1 << 20;
+        let chunks = SNAPSHOT_BACKLOG_BYTES / CHUNK;
+        for term in 0..chunks as u64 + 4 {
+            let mut m = message(1, term);
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m.mut_snapshot().data = vec![0u8; CHUNK].into();
+            peer.send(m).await.unwrap();
+        }
+        // The reader stops once the backlog is full: the rest waits in TCP.
+        let mut taken = Vec::new();
+        while let Some(m) = next(&rx, Duration::from_millis(500)).await {
+            taken.push(m);
+        }
+        assert_eq!(taken.len(), chunks);
+        assert_eq!(backlog.load(Relaxed), SNAPSHOT_BACKLOG_BYTES);
+        // The Raft thread writes them: the rest comes.
+        backlog.fetch_sub(SNAPSHOT_BACKLOG_BYTES, Relaxed);
+        let mut rest = Vec::new();
+        while let Some(m) = next(&rx, Duration::from_millis(500)).await {
+            rest.push(m.term);
+        }
+        assert_eq!(rest, (chunks as u64..chunks as u64 + 4).collect::<Vec<_>>());
     }
 }

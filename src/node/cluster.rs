@@ -65,7 +65,8 @@ pub async fn run(
         })?;
     let raft_local = listener.local_addr()?;
     let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(member::INBOX);
-    let deliver_to = inbox_tx.clone();
+    let peer_inbox = member::PeerInbox::new(inbox_tx.clone());
+    let snapshot_backlog = peer_inbox.counter();
     // The transport runs on a thread of its own, so that a busy node runtime never holds
     // up heartbeats.
     let net = transport::NetThread::start()?;
@@ -76,7 +77,7 @@ pub async fn run(
             cluster.cookie.clone(),
             me.id,
             ids.clone(),
-            move |m| member::deliver(&deliver_to, m),
+            peer_inbox,
         );
         let peers: HashMap<_, _> = cluster
             .members
@@ -104,6 +105,7 @@ pub async fn run(
         store,
         config.data_dir.join(member::SNAPSHOT_DIR),
         (inbox_tx, inbox_rx),
+        snapshot_backlog,
         peers,
     )
     .map_err(err)?;

@@ -3,6 +3,8 @@
 //! and, for a chunk, the store's records.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -54,34 +56,41 @@ impl<'a> Part<'a> {
 }
 
 /// Sends a store's chunks, then `m` (whose metadata holds the store's point), to
-/// `m.to`; returns the chunks sent.
+/// `m.to`; returns the chunks sent. Raising `cancel` stops it at the next chunk.
 pub fn send(
     source: SnapshotSource,
     m: Message,
     id: u64,
     peer: &mpsc::Sender<Message>,
+    cancel: &AtomicBool,
 ) -> Result<u32, String> {
     let mut seq: u32 = 0;
     for chunk in source.chunks(CHUNK_BYTES) {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let mut part = m.clone();
         part.mut_snapshot().data = Part::encode(CHUNK, id, seq, &chunk).into();
-        queue(peer, part)?;
+        queue(peer, part, cancel)?;
         seq = seq
             .checked_add(1)
             .ok_or("a snapshot of more than 2^32 chunks")?;
     }
     let mut end = m;
     end.mut_snapshot().data = Part::encode(END, id, seq, &[]).into();
-    queue(peer, end)?;
+    queue(peer, end, cancel)?;
     Ok(seq)
 }
 
 /// Queues a message once the queue holds few enough.
-fn queue(peer: &mpsc::Sender<Message>, m: Message) -> Result<(), String> {
+fn queue(peer: &mpsc::Sender<Message>, m: Message, cancel: &AtomicBool) -> Result<(), String> {
     let mut deadline = Instant::now() + STALL;
     let mut queued = peer.max_capacity() - peer.capacity();
-    while peer.max_capacity() - peer.capacity() > QUEUED {
+    loop {
+        if cancel.load(Relaxed) {
+            return Err("this node no longer leads".into());
+        }
+        if peer.max_capacity() - peer.capacity() <= QUEUED {
+            break;
+        }
         if peer.is_closed() {
             return Err("the Raft transport stopped".into());
         }
