@@ -163,8 +163,8 @@ struct Driver {
     status: watch::Sender<Status>,
 }
 
-/// Starts the Raft thread. `inbox` is the receiving end of the channel whose senders the
-/// transport and the broker hold; `peers` sends to each other member; `staging` is where
+/// Starts the Raft thread. `inbox` is the transport's side of the thread's channel (the
+/// broker's store gets a sender from [`Member`]) and its receiving end; `peers` sends to each other member; `staging` is where
 /// snapshots are received ([`SNAPSHOT_DIR`] in the data directory).
 pub fn start(
     cfg: &ReplicaConfig,
@@ -172,8 +172,7 @@ pub fn start(
     state: &LogState,
     mut store: FjallStore,
     staging: PathBuf,
-    inbox: (SyncSender<MemberIn>, Receiver<MemberIn>),
-    snapshot_backlog: Arc<AtomicUsize>,
+    inbox: (&PeerInbox, Receiver<MemberIn>),
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
 ) -> Result<Member, String> {
     // A snapshot being installed when the node stopped is installed again.
@@ -221,7 +220,7 @@ pub fn start(
         failed: None,
     };
     let (status_tx, status_rx) = watch::channel(status);
-    let (tx, rx) = inbox;
+    let (tx, snapshot_backlog, rx) = (inbox.0.tx.clone(), inbox.0.counter(), inbox.1);
     let mut driver = Driver {
         replica,
         log,
@@ -772,7 +771,7 @@ pub struct PeerInbox {
 }
 
 impl PeerInbox {
-    /// Feeds `tx`, the inbox whose receiver goes to [`start`] with [`PeerInbox::counter`].
+    /// Feeds `tx`, the inbox whose receiver goes to [`start`] with this.
     pub fn new(tx: SyncSender<MemberIn>) -> Self {
         PeerInbox {
             tx,

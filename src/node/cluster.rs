@@ -65,8 +65,7 @@ pub async fn run(
         })?;
     let raft_local = listener.local_addr()?;
     let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(member::INBOX);
-    let peer_inbox = member::PeerInbox::new(inbox_tx.clone());
-    let snapshot_backlog = peer_inbox.counter();
+    let peer_inbox = member::PeerInbox::new(inbox_tx);
     // The transport runs on a thread of its own, so that a busy node runtime never holds
     // up heartbeats.
     let net = transport::NetThread::start()?;
@@ -77,7 +76,7 @@ pub async fn run(
             cluster.cookie.clone(),
             me.id,
             ids.clone(),
-            peer_inbox,
+            peer_inbox.clone(),
         );
         let peers: HashMap<_, _> = cluster
             .members
@@ -104,8 +103,7 @@ pub async fn run(
         &state,
         store,
         config.data_dir.join(member::SNAPSHOT_DIR),
-        (inbox_tx, inbox_rx),
-        snapshot_backlog,
+        (&peer_inbox, inbox_rx),
         peers,
     )
     .map_err(err)?;
