@@ -24,6 +24,8 @@ across runs.
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import os
 import resource
@@ -72,6 +74,20 @@ def wait_port_on(host: str, port: int, timeout: float) -> bool:
             if time.time() >= deadline:
                 return False
             time.sleep(0.1)
+
+
+def answers_api(host: str, port: int) -> bool:
+    """Whether GET /api/overview on this management port answers 200 (a cluster's leader;
+    a follower redirects), redirects not followed."""
+    conn = http.client.HTTPConnection(host, port, timeout=1)
+    try:
+        conn.request("GET", "/api/overview",
+                     headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,8 +209,8 @@ class WarrenCluster(Broker):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, WARREN_LOG="warn"))
         deadline = time.time() + 120
         while time.time() < deadline:
-            # Only the leader serves HTTP.
-            serving = [n for n in self.nodes if wait_port_on(n["host"], n["http"], 0.1)]
+            # Only the leader answers the API itself (followers redirect to it).
+            serving = [n for n in self.nodes if answers_api(n["host"], n["http"])]
             if len(serving) == 1:
                 self.leader = serving[0]
                 self.port = self.leader["amqp"]

@@ -422,6 +422,13 @@ def main():
               f"p50 {latency['p50_us'] / 1000:.1f} ms, p99 {latency['p99_us'] / 1000:.1f} ms, "
               f"max {latency['max_us'] / 1000:.1f} ms ({latency['window_commits']} batches; "
               f"{latency['commits']} since it started)", flush=True)
+        leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+        ctl = subprocess.run([warren, "ctl", "--data-dir", leader.dir, "cluster_status"],
+                             capture_output=True, text=True, timeout=30)
+        assert ctl.returncode == 0, ctl.stderr
+        raft = [line for line in ctl.stdout.splitlines() if ", log index " in line]
+        assert len(raft) == len(nodes), ctl.stdout
+        assert "Commit latency on the leader" in ctl.stdout, ctl.stdout
         ledger.stop.set()
         threads[0].join(timeout=30)
         confirmed = set(ledger.confirmed)

@@ -716,6 +716,18 @@ impl<W: Write> Ctl<W> {
                     n["cluster_role"].as_str().unwrap_or("?")
                 ));
             }
+            if let Some(l) = nodes.iter().find_map(|n| n.get("raft_commit_latency")) {
+                let ms = |key: &str| l[key].as_u64().unwrap_or(0) as f64 / 1000.0;
+                lines.push(format!(
+                    "Commit latency on the leader over the last {} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} batches; {} since it started)",
+                    l["window_s"].as_u64().unwrap_or(0),
+                    ms("p50_us"),
+                    ms("p99_us"),
+                    ms("max_us"),
+                    l["window_commits"].as_u64().unwrap_or(0),
+                    l["commits"].as_u64().unwrap_or(0),
+                ));
+            }
         }
         lines.extend([
             String::new(),
