@@ -225,6 +225,9 @@ pub struct ClusterStats {
     pub uncertain: u64,
     /// Terms with a leader.
     pub leader_terms: u64,
+    /// Steps at which a leader was ready to serve, each checked to hold every confirmed
+    /// batch in its store.
+    pub ready_checks: u64,
     /// Node crashes.
     pub crashes: u64,
     /// Leaders crashed in the liveness phase and kept down while the others settled.
@@ -455,6 +458,8 @@ pub struct ClusterWorld {
     leaders: BTreeMap<u64, NodeId>,
     /// Confirmed batches: (client, seq) → (index, term).
     confirmed: BTreeMap<(u64, u64), (u64, u64)>,
+    /// The confirmed batch at the highest index: (index, term, client, seq).
+    newest_confirmed: Option<(u64, u64, u64, u64)>,
     trace: DefaultHasher,
     stats: ClusterStats,
 }
@@ -529,6 +534,7 @@ impl ClusterWorld {
             committed: BTreeMap::new(),
             leaders: BTreeMap::new(),
             confirmed: BTreeMap::new(),
+            newest_confirmed: None,
             trace: DefaultHasher::new(),
             stats: ClusterStats::default(),
         };
@@ -1166,6 +1172,12 @@ impl ClusterWorld {
             self.confirmed
                 .entry((client, seq))
                 .or_insert((c.index, c.term));
+            if self
+                .newest_confirmed
+                .is_none_or(|(index, ..)| index < c.index)
+            {
+                self.newest_confirmed = Some((c.index, c.term, client, seq));
+            }
             let cl = &mut self.clients[client as usize];
             if cl.outstanding.remove(&seq).is_some() || cl.retry.remove(&seq) {
                 self.stats.confirmed += 1;
@@ -1395,6 +1407,21 @@ impl ClusterWorld {
             let Some(r) = &n.replica else { continue };
             if r.role() != Role::Leader {
                 continue;
+            }
+            // A broker started now would recover from this store: every batch ever
+            // confirmed must be in it.
+            let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
+            if r.ready_to_serve(applied, applied_term) {
+                self.stats.ready_checks += 1;
+                if let Some((index, term, client, seq)) =
+                    self.newest_confirmed.filter(|(index, ..)| *index > applied)
+                {
+                    return Err(format!(
+                        "node {} may serve in term {} from a store that applied through index {applied}, without client {client}'s batch {seq}, confirmed at index {index} term {term}",
+                        r.id(),
+                        r.term()
+                    ));
+                }
             }
             match self.leaders.get(&r.term()) {
                 Some(&l) if l != r.id() => {

@@ -626,7 +626,7 @@ impl Driver {
             } else {
                 Vec::new()
             },
-            ready: role == Role::Leader && self.applied == commit && self.applied_term == term,
+            ready: self.replica.ready_to_serve(self.applied, self.applied_term),
             in_flight: self.replica.proposals_in_flight(),
             commit_latency: self.latency.summary(Instant::now()),
             failed: None,

@@ -488,6 +488,18 @@ impl Replica {
         self.in_flight.len()
     }
 
+    /// Whether a broker may be started on this node now, from its store: it leads, its
+    /// store applied every committed entry (`applied` and `applied_term` are the last
+    /// index and term the store applied), its own term's first among them, so that every
+    /// batch an earlier leader confirmed is in the store, and none of its own proposals
+    /// waits (one committed later would be in the store but not in the broker).
+    pub fn ready_to_serve(&self, applied: u64, applied_term: u64) -> bool {
+        self.role() == Role::Leader
+            && applied == self.commit_index()
+            && applied_term == self.term()
+            && self.in_flight.is_empty()
+    }
+
     /// Advances the logical clock by one tick (the driver ticks every few milliseconds).
     ///
     /// A follower installing a snapshot does not tick until the install is durable: raft-rs

@@ -34,11 +34,10 @@ pub struct Status {
     pub progress: Vec<(NodeId, u64)>,
     /// On the leader: the members heard from within the last election timeout.
     pub active: Vec<NodeId>,
-    /// This node leads and its store holds every committed entry, its own term's first
-    /// included: a broker started from the store now has all that was ever confirmed.
+    /// A broker may be started from this node's store now ([`super::Replica::ready_to_serve`]):
+    /// it would have all that was ever confirmed, and nothing would commit behind its back.
     pub ready: bool,
-    /// Proposals not yet committed. A broker is started from the store only when none
-    /// is: one that commits later would be in the store but not in the broker.
+    /// Proposals not yet committed.
     pub in_flight: usize,
     /// On the leader: how long its batches took to commit.
     pub commit_latency: super::latency::CommitLatency,

@@ -140,7 +140,7 @@ pub async fn run(
         };
         let ready = tokio::select! {
             () = &mut shutdown => break Ok(()),
-            s = status.wait_for(|s| (s.ready && s.in_flight == 0) || s.failed.is_some()) => s.map(|s| s.clone()),
+            s = status.wait_for(|s| s.ready || s.failed.is_some()) => s.map(|s| s.clone()),
         };
         // The listeners are dropped with the tasks: the ports are free for the broker.
         if let Some(task) = refusing {

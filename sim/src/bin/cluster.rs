@@ -72,11 +72,12 @@ fn main() -> ExitCode {
     if passed > 1 {
         let t = &totals;
         println!(
-            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied; {} log compactions ({} undone by a crash); {} snapshots sent, {} installed ({} crashes between the store's install and the log's, {} logs mended at a restart)",
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} steps at which a leader was ready to serve, each checked to hold every confirmed batch; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied; {} log compactions ({} undone by a crash); {} snapshots sent, {} installed ({} crashes between the store's install and the log's, {} logs mended at a restart)",
             t.proposed,
             t.confirmed,
             t.uncertain,
             t.leader_terms,
+            t.ready_checks,
             t.identical,
             t.leaders_killed,
             t.crashes,
@@ -208,6 +209,7 @@ fn add(t: &mut ClusterStats, s: &ClusterStats) {
     t.confirmed += s.confirmed;
     t.uncertain += s.uncertain;
     t.leader_terms += s.leader_terms;
+    t.ready_checks += s.ready_checks;
     t.crashes += s.crashes;
     t.leaders_killed += s.leaders_killed;
     t.identical += s.identical;
