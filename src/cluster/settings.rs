@@ -43,7 +43,8 @@ pub struct MemberAddress {
     /// Where clients reach its AMQP listener (named to clients a follower turns away).
     pub amqp: SocketAddr,
     /// Where its management HTTP API listens, to which a follower redirects HTTP
-    /// clients; by default the IP of `amqp` with the member's own `--http-port`.
+    /// clients; by default the IP of `amqp` with the `--http-port` of the node reading
+    /// it (members on one IP with ports of their own must set it).
     #[serde(default)]
     pub http: Option<SocketAddr>,
 }

@@ -52,10 +52,15 @@ pub async fn serve_follower(listener: tokio::net::TcpListener, view: FollowerVie
 
 async fn metrics(State(view): State<Arc<FollowerView>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            // Every answer closes its connection: one kept open would outlive the
+            // follower's port once this node leads.
+            (header::CONNECTION, "close"),
+        ],
         cluster_metrics(&view.cluster),
     )
         .into_response()
@@ -69,19 +74,28 @@ async fn redirect(State(view): State<Arc<FollowerView>>, uri: Uri) -> Response {
         .iter()
         .map(|m| format!("http://{}", view.http_of(m)))
         .collect();
+    let me = view.cluster.members.iter().find(|m| m.id == status.id);
     let leader = status
         .leader
         .filter(|&id| id != status.id)
         .and_then(|id| view.cluster.members.iter().find(|m| m.id == id));
-    let Some(leader) = leader else {
+    // Members on one IP with their own ports need their `http` addresses configured: the
+    // default would send a client back here.
+    let unknown = leader.is_some_and(|l| me.is_some_and(|me| view.http_of(l) == view.http_of(me)));
+    let (Some(leader), false) = (leader, unknown) else {
+        let why = if unknown {
+            "its management address is not known (set `http` in the cluster's members)"
+        } else {
+            "no leader is known yet"
+        };
         let reason = format!(
-            "node {} does not lead the cluster; no leader is known yet; members: {}",
+            "node {} does not lead the cluster; {why}; members: {}",
             status.id,
             members.join(", ")
         );
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
+            [(header::RETRY_AFTER, "1"), (header::CONNECTION, "close")],
             axum::Json(json!({ "error": "not_leader", "reason": reason, "members": members })),
         )
             .into_response();
@@ -94,7 +108,10 @@ async fn redirect(State(view): State<Arc<FollowerView>>, uri: Uri) -> Response {
     );
     (
         StatusCode::TEMPORARY_REDIRECT,
-        [(header::LOCATION, target)],
+        [
+            (header::LOCATION, target),
+            (header::CONNECTION, "close".to_string()),
+        ],
         axum::Json(json!({
             "error": "not_leader",
             "reason": reason,
