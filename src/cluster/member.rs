@@ -215,7 +215,6 @@ pub fn start(
         progress: Vec::new(),
         active: Vec::new(),
         ready: false,
-        in_flight: 0,
         commit_latency: CommitLatency::default(),
         failed: None,
     };
@@ -627,7 +626,6 @@ impl Driver {
                 Vec::new()
             },
             ready: self.replica.ready_to_serve(self.applied, self.applied_term),
-            in_flight: self.replica.proposals_in_flight(),
             commit_latency: self.latency.summary(Instant::now()),
             failed: None,
         };

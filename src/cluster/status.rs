@@ -37,8 +37,6 @@ pub struct Status {
     /// A broker may be started from this node's store now ([`super::Replica::ready_to_serve`]):
     /// it would have all that was ever confirmed, and nothing would commit behind its back.
     pub ready: bool,
-    /// Proposals not yet committed.
-    pub in_flight: usize,
     /// On the leader: how long its batches took to commit.
     pub commit_latency: super::latency::CommitLatency,
     /// Set when the thread stopped on an error: the node must stop.

@@ -110,6 +110,11 @@ pub async fn run(
     tracing::info!(id = me.id, raft = %raft_local, members = cluster.members.len(), "cluster member started");
     println!("warren: cluster member {} (Raft on {raft_local})", me.id);
     let mut status = member.status.clone();
+    // What the HTTP API shows of the cluster, leader or follower.
+    let view = ClusterView {
+        members: cluster.members.clone(),
+        status: member.status.clone(),
+    };
     tokio::pin!(shutdown);
     let result = loop {
         // Wait to lead, turning clients away meanwhile.
@@ -124,14 +129,11 @@ pub async fn run(
         let http = SocketAddr::new(config.bind, config.http_port);
         let redirecting = match TcpListener::bind(http).await {
             Ok(l) => {
-                let view = FollowerView {
-                    cluster: ClusterView {
-                        members: cluster.members.clone(),
-                        status: status.clone(),
-                    },
+                let follower = FollowerView {
+                    cluster: view.clone(),
                     http_port: config.http_port,
                 };
-                Some(tokio::spawn(serve_follower(l, view)))
+                Some(tokio::spawn(serve_follower(l, follower)))
             }
             Err(e) => {
                 tracing::warn!(address = %http, error = %e, "cannot listen to redirect HTTP clients");
@@ -174,17 +176,13 @@ pub async fn run(
                 () = lost.notified() => {}
             }
         };
-        let view = ClusterView {
-            members: cluster.members.clone(),
-            status: status.clone(),
-        };
         let served = super::run(
             config.clone(),
             Box::new(store),
             seed,
             until,
             None,
-            Some(view),
+            Some(view.clone()),
         )
         .await;
         if let Err(e) = served {
