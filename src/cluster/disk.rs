@@ -309,6 +309,7 @@ mod tests {
         let cfg = ReplicaConfig {
             id: 1,
             members: vec![1],
+            learners: vec![],
             election_ticks: 10,
             heartbeat_ticks: 2,
             retain_entries: super::super::RETAIN_ENTRIES,

@@ -25,11 +25,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// A log for these voters, starting after `compacted`.
-    pub fn new(voters: Vec<u64>, compacted: Point, hard_state: HardState) -> Self {
+    /// A log for this configuration, starting after `compacted`.
+    pub fn new(conf_state: ConfState, compacted: Point, hard_state: HardState) -> Self {
         LogStore {
             hard_state,
-            conf_state: ConfState::from((voters, vec![])),
+            conf_state,
             compacted,
             entries: VecDeque::new(),
             applied: (0, 0),
@@ -77,6 +77,12 @@ impl LogStore {
         let keep = usize::try_from(first.index - self.first()).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
         self.entries.extend(entries.iter().cloned());
+    }
+
+    /// Sets the configuration in effect (a membership change was applied): a snapshot
+    /// taken from now on carries it.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
     }
 
     /// Sets the hard state.

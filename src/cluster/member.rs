@@ -36,11 +36,12 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::disk::FjallLog;
 use super::latency::{CommitLatency, LatencyMeter};
-use super::raftpb::{Message, MessageType};
+use super::raftpb::{HardState, Message, MessageType};
+use super::settings::{MemberAddress, Membership};
 use super::status::Status;
 use super::{
-    LogState, NodeId, Output, Point, ProposeError, Replica, ReplicaConfig, Role,
-    snapshot_to_restore,
+    BOOTSTRAP, Change, LogState, NodeId, Output, Point, ProposeError, Replica, ReplicaConfig, Role,
+    conf_state, snapshot_to_restore,
 };
 use crate::store::disk::snapshot::{SnapshotSink, SnapshotSource};
 use crate::store::disk::{FjallStore, decode_batch, encode_batch};
@@ -111,6 +112,14 @@ pub enum MemberIn {
         /// Where the state goes.
         reply: SyncSender<Result<Recovered, StoreError>>,
     },
+    /// Change the cluster's members (on the leader); the reply comes once the change is
+    /// committed and applied here, or failed.
+    Change {
+        /// The change.
+        change: Change,
+        /// Where the outcome goes.
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
     /// A snapshot transfer to a member ended: every chunk and the message were queued
     /// (`sent`), or it gave up.
     SnapshotSent {
@@ -152,9 +161,21 @@ struct Driver {
     inbox: SyncSender<MemberIn>,
     /// Bytes of snapshot messages in the inbox ([`PeerInbox`]).
     snapshot_backlog: Arc<AtomicUsize>,
+    /// The members as of the last entry applied, with their addresses.
+    membership: Membership,
+    /// The members of a cluster started before its stores recorded them (their config's).
+    bootstrap: Membership,
+    /// The configured members, to reach until this node knows the cluster's own list (a
+    /// node waiting to join answers the leader at its configured address).
+    contacts: Vec<MemberAddress>,
+    /// Starts the writer of messages to a member's Raft address.
+    dial: Dialer,
+    /// A writer per member messages were sent to.
     peers: HashMap<NodeId, mpsc::Sender<Message>>,
     /// Proposals waiting to be applied: when each was proposed, and whom to tell.
     waiting: HashMap<u64, (Instant, SyncSender<Result<(), ProposeFailure>>)>,
+    /// Membership changes waiting to be applied, and whom to tell.
+    changes: HashMap<u64, tokio::sync::oneshot::Sender<Result<(), String>>>,
     latency: LatencyMeter,
     next_proposal: u64,
     applied: u64,
@@ -163,9 +184,28 @@ struct Driver {
     status: watch::Sender<Status>,
 }
 
+/// Starts the writer of Raft messages to an address (the transport's `dial`).
+pub type Dialer = Box<dyn Fn(std::net::SocketAddr) -> mpsc::Sender<Message> + Send>;
+
+/// Who the members are when a node starts.
+pub struct Members {
+    /// The configured members (this node included): a new cluster's first members, and
+    /// whom a node waiting to join answers.
+    pub configured: Vec<MemberAddress>,
+    /// This node waits to be added to a running cluster rather than start one.
+    pub join: bool,
+    /// Starts a writer to a member.
+    pub dial: Dialer,
+}
+
 /// Starts the Raft thread. `inbox` is the transport's side of the thread's channel (the
-/// broker's store gets a sender from [`Member`]) and its receiving end; `peers` sends to each other member; `staging` is where
-/// snapshots are received ([`SNAPSHOT_DIR`] in the data directory).
+/// broker's store gets a sender from [`Member`]) and its receiving end; `members` says who
+/// the members are (the store's record wins once it has one); `staging` is where
+/// snapshots are received ([`SNAPSHOT_DIR`] in the data directory). `cfg`'s members are
+/// set here, from the store.
+///
+/// A new cluster's member (an empty store and log, not joining) starts its store and log
+/// at [`BOOTSTRAP`], the store recording the configured members there.
 pub fn start(
     cfg: &ReplicaConfig,
     mut log: FjallLog,
@@ -173,8 +213,25 @@ pub fn start(
     mut store: FjallStore,
     staging: PathBuf,
     inbox: (&PeerInbox, Receiver<MemberIn>),
-    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+    members: Members,
 ) -> Result<Member, String> {
+    let bootstrap = Membership::bootstrap(&members.configured);
+    let fresh = state.compacted == (0, 0)
+        && state.entries.is_empty()
+        && state.hard_state == HardState::default();
+    let mut state = state.clone();
+    if fresh && !members.join && store.applied().map_err(|e| e.to_string())? == (0, 0) {
+        let record = bootstrap.encode();
+        store
+            .write_applied(&[], BOOTSTRAP.0, BOOTSTRAP.1, Some(&record))
+            .map_err(|e| e.to_string())?;
+        store.sync_all().map_err(|e| e.to_string())?;
+        state.install(BOOTSTRAP);
+        state.hard_state.term = BOOTSTRAP.1;
+        log.persist(Some(BOOTSTRAP), &[], Some(&state.hard_state))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(members = ?bootstrap.voters, "started a new cluster");
+    }
     // A snapshot being installed when the node stopped is installed again.
     if let Some(point) = store.resume_install(&staging).map_err(|e| e.to_string())? {
         tracing::warn!(
@@ -187,8 +244,17 @@ pub fn start(
     // takes it as durable (the log may drop it), so it is made so.
     store.sync_all().map_err(|e| e.to_string())?;
     let (applied, applied_term) = store.applied().map_err(|e| e.to_string())?;
+    // The members as of what the store applied: its record; a store older than records
+    // was started with the configured members; a node waiting to join knows none yet.
+    let membership = match store.members().map_err(|e| e.to_string())? {
+        Some(bytes) => Membership::decode(&bytes)?,
+        None if members.join && applied == 0 => Membership::default(),
+        None => bootstrap.clone(),
+    };
+    let mut cfg = cfg.clone();
+    cfg.members = membership.voters.clone();
+    cfg.learners = membership.learners.clone();
     // A store installed from a snapshot that the log did not record yet.
-    let mut state = state.clone();
     if let Some(point) = snapshot_to_restore(&state, applied, applied_term) {
         tracing::warn!(
             index = point.0,
@@ -200,7 +266,7 @@ pub fn start(
             .map_err(|e| e.to_string())?;
     }
     // The replica refuses a log that does not hold the entry the store applied last.
-    let replica = Replica::start(cfg, &state, applied, applied_term).map_err(|e| e.to_string())?;
+    let replica = Replica::start(&cfg, &state, applied, applied_term).map_err(|e| e.to_string())?;
     let status = Status {
         id: cfg.id,
         role: replica.role(),
@@ -216,9 +282,15 @@ pub fn start(
         active: Vec::new(),
         ready: false,
         commit_latency: CommitLatency::default(),
+        membership: membership.clone(),
         failed: None,
     };
     let (status_tx, status_rx) = watch::channel(status);
+    let contacts = members
+        .configured
+        .into_iter()
+        .filter(|m| m.id != cfg.id)
+        .collect();
     let (tx, snapshot_backlog, rx) = (inbox.0.tx.clone(), inbox.0.counter(), inbox.1);
     let mut driver = Driver {
         replica,
@@ -232,8 +304,13 @@ pub fn start(
         snapshots_installed: 0,
         inbox: tx.clone(),
         snapshot_backlog,
-        peers,
+        membership,
+        bootstrap,
+        contacts,
+        dial: members.dial,
+        peers: HashMap::new(),
         waiting: HashMap::new(),
+        changes: HashMap::new(),
         latency: LatencyMeter::new(Instant::now()),
         next_proposal: 0,
         applied,
@@ -342,13 +419,50 @@ impl Driver {
                     Ok(()) => {
                         self.waiting.insert(id, (Instant::now(), reply));
                     }
-                    Err(ProposeError::Busy) => {
+                    Err(ProposeError::Busy | ProposeError::Refused(_)) => {
                         let _ = reply.send(Err(ProposeFailure::Busy));
                     }
                     Err(ProposeError::NotLeader { leader }) => {
                         let _ = reply.send(Err(ProposeFailure::Lost(format!(
                             "this node is not the leader (the leader is {leader:?})"
                         ))));
+                    }
+                }
+            }
+            MemberIn::Change { change, reply } => {
+                let clash = match &change {
+                    Change::AddLearner(new) => self
+                        .membership
+                        .members
+                        .iter()
+                        .find(|m| m.id != new.id && (m.raft == new.raft || m.amqp == new.amqp)),
+                    _ => None,
+                };
+                if let Some(m) = clash {
+                    let _ = reply.send(Err(format!(
+                        "node {} already has the address {} or {}",
+                        m.id, m.raft, m.amqp
+                    )));
+                    return Ok(true);
+                }
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                match self.replica.propose_change(id, change) {
+                    Ok(()) => {
+                        self.changes.insert(id, reply);
+                    }
+                    Err(ProposeError::Refused(why)) => {
+                        let _ = reply.send(Err(why));
+                    }
+                    Err(ProposeError::Busy) => {
+                        let _ = reply.send(Err(
+                            "too much is waiting to be committed; try again shortly".into(),
+                        ));
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(format!(
+                            "this node is not the leader (the leader is {leader:?})"
+                        )));
                     }
                 }
             }
@@ -389,7 +503,7 @@ impl Driver {
             }
             Output::SendSnapshot(m) => self.send_snapshot(m),
             Output::Send(m) => {
-                if let Some(peer) = self.peers.get(&m.to) {
+                if let Some(peer) = self.peer(m.to) {
                     match peer.try_send(m) {
                         Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -413,8 +527,12 @@ impl Driver {
                             format!("committed entry {} does not decode: {e}", c.index)
                         })?
                     };
+                    let record = c.change.as_ref().map(|change| {
+                        self.membership.apply(change);
+                        self.membership.encode()
+                    });
                     self.store
-                        .write_applied(&ops, c.index, c.term)
+                        .write_applied(&ops, c.index, c.term, record.as_deref())
                         .map_err(|e| e.to_string())?;
                     self.unsynced_store = true;
                     self.applied = c.index;
@@ -425,11 +543,33 @@ impl Driver {
                         self.latency.record(proposed, Instant::now());
                         let _ = reply.send(Ok(()));
                     }
+                    if let Some(change) = &c.change {
+                        tracing::warn!(?change, voters = ?self.membership.voters, learners = ?self.membership.learners, "the cluster's members changed");
+                        if let Change::Remove(id) = change {
+                            self.peers.remove(id);
+                        }
+                        if let Some(reply) = c.proposal.and_then(|p| self.changes.remove(&p)) {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    if self.replica.removed() {
+                        return Err(format!(
+                            "node {} was removed from the cluster (forget_cluster_node): it stops; \
+                             to join again, start it with an empty data directory and `join`",
+                            self.replica.id()
+                        ));
+                    }
                 }
             }
             Output::Deposed { term, uncertain } => {
                 tracing::warn!(term, "this node stopped leading");
                 for p in uncertain {
+                    if let Some(reply) = self.changes.remove(&p) {
+                        let _ = reply.send(Err(format!(
+                            "leadership of term {term} was lost before the change was committed: \
+                             it may or may not take effect"
+                        )));
+                    }
                     if let Some((_, reply)) = self.waiting.remove(&p) {
                         let _ = reply.send(Err(ProposeFailure::Lost(format!(
                             "leadership of term {term} was lost before the batch was committed"
@@ -530,6 +670,11 @@ impl Driver {
         (self.applied, self.applied_term) = point;
         self.unsynced_store = false;
         self.snapshots_installed += 1;
+        if let Some(bytes) = self.store.members().map_err(|e| e.to_string())? {
+            self.membership = Membership::decode(&bytes)?;
+            let membership = &self.membership;
+            self.peers.retain(|id, _| membership.contains(*id));
+        }
         tracing::warn!(
             index = point.0,
             term = point.1,
@@ -541,18 +686,29 @@ impl Driver {
     /// Starts sending this node's store to a member, unless a transfer to it runs.
     fn send_snapshot(&mut self, mut m: Message) {
         let to = m.to;
-        let peer = self.peers.get(&to).cloned();
+        let peer = self.peer(to).cloned();
         let source = self.store.snapshot_source().and_then(|s| {
             let point = s.applied()?;
-            Ok((s, point))
+            let members = s.members()?;
+            Ok((s, point, members))
         });
         let wanted = {
             let meta = m.get_snapshot().get_metadata();
             (meta.index, meta.term)
         };
-        let (Some(peer), Ok((source, point))) = (peer, source) else {
+        let (Some(peer), Ok((source, point, members))) = (peer, source) else {
             self.replica.snapshot_sent(to, false);
             return;
+        };
+        // The configuration the store holds, which the member takes with it.
+        let membership = match members.map(|b| Membership::decode(&b)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot send a snapshot");
+                self.replica.snapshot_sent(to, false);
+                return;
+            }
+            None => self.bootstrap.clone(),
         };
         if self.sending.contains_key(&to) || point.0 < wanted.0 {
             self.replica.snapshot_sent(to, false);
@@ -561,6 +717,7 @@ impl Driver {
         {
             let meta = m.mut_snapshot().mut_metadata();
             (meta.index, meta.term) = point;
+            meta.set_conf_state(conf_state(&membership.voters, &membership.learners));
         }
         // Random, so that a restarted leader's transfer is never taken for the chunks of
         // one from before its restart.
@@ -592,6 +749,20 @@ impl Driver {
                 self.replica.snapshot_sent(to, false);
             }
         }
+    }
+
+    /// The writer to a member, started when first needed: at the address the cluster's
+    /// members record, or else the configured one.
+    fn peer(&mut self, id: NodeId) -> Option<&mpsc::Sender<Message>> {
+        if !self.peers.contains_key(&id) {
+            let address = self
+                .membership
+                .member(id)
+                .or_else(|| self.contacts.iter().find(|m| m.id == id))?;
+            let writer = (self.dial)(address.raft);
+            self.peers.insert(id, writer);
+        }
+        self.peers.get(&id)
     }
 
     fn publish(&mut self) {
@@ -627,6 +798,7 @@ impl Driver {
             },
             ready: self.replica.ready_to_serve(self.applied, self.applied_term),
             commit_latency: self.latency.summary(Instant::now()),
+            membership: self.membership.clone(),
             failed: None,
         };
         let before = self.status.borrow().clone();
@@ -642,6 +814,9 @@ impl Driver {
 
     /// Syncs what was applied and publishes the end.
     fn finish(&mut self, error: Option<String>) {
+        for (_, reply) in self.changes.drain() {
+            let _ = reply.send(Err("the Raft thread stopped".into()));
+        }
         for (_, (_, reply)) in self.waiting.drain() {
             let _ = reply.send(Err(ProposeFailure::Lost("the Raft thread stopped".into())));
         }

@@ -44,16 +44,18 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{Entry, EntryType, HardState};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
 use raft::prelude::{Message, MessageType};
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use log_store::LogStore;
 pub use log_store::Point;
+use settings::{MAX_MEMBERS, MemberAddress};
 
 /// raft-rs's message, entry and hard-state types, for drivers.
 pub mod raftpb {
-    pub use raft::eraftpb::{Entry, HardState, Message, MessageType};
+    pub use raft::eraftpb::{ConfState, Entry, HardState, Message, MessageType};
 }
 
 /// A node's id in its cluster (never 0).
@@ -76,13 +78,27 @@ pub const RETAIN_BYTES: u64 = 64 << 20;
 /// Bytes an entry counts for besides its data, towards [`ReplicaConfig::retain_bytes`].
 const ENTRY_OVERHEAD: u64 = 32;
 
+/// The point every member of a new cluster starts from: its store holds the first
+/// configuration there, and its log is compacted through it. A node that joins later has
+/// an empty log, which the leader's log cannot continue (it starts after this point), so
+/// it is sent the leader's store, configuration included, before any entry: a node never
+/// replays the log from a point where it would not know the members.
+pub const BOOTSTRAP: Point = (1, 1);
+
+/// Entries a learner may trail the commit index by and still be promoted to voter: close
+/// enough that, voting, it does not hold commits back while it catches up.
+pub const PROMOTE_WITHIN: u64 = 64;
+
 /// How a node is set up.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     /// This node.
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// Every voting member as of the last entry the store applied (the config's members
+    /// until a membership change is applied; none for a node waiting to join).
     pub members: Vec<NodeId>,
+    /// The learners as of then: members that take the log without voting yet.
+    pub learners: Vec<NodeId>,
     /// The least ticks without a leader's heartbeat before this node campaigns; each
     /// election timeout is drawn between this and twice this. Leader leases (check-quorum)
     /// last this long.
@@ -190,10 +206,43 @@ pub struct Committed {
     pub index: u64,
     /// The term it was proposed in.
     pub term: u64,
-    /// The batch (empty for the entry a new leader appends to commit its term).
+    /// The batch (empty for the entry a new leader appends to commit its term, and for a
+    /// membership change).
     pub data: Vec<u8>,
     /// The proposal id, when this node proposed it while leader.
     pub proposal: Option<u64>,
+    /// The membership change it carries, now in effect: the driver records the members
+    /// with the entry in its store.
+    pub change: Option<Change>,
+}
+
+/// A change of the cluster's members. Members change one at a time: a new member first
+/// joins as a learner, which takes the log and counts towards no majority, and the leader
+/// promotes it to voter once it has caught up, so that a member still copying the log
+/// never holds commits back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A node joins, as a learner, at this address.
+    AddLearner(MemberAddress),
+    /// A learner that caught up votes from now on (the leader proposes it by itself).
+    Promote(NodeId),
+    /// A member leaves.
+    Remove(NodeId),
+}
+
+impl Change {
+    /// The node it changes.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Change::AddLearner(m) => m.id,
+            Change::Promote(id) | Change::Remove(id) => *id,
+        }
+    }
+}
+
+/// The voters and learners of a configuration, as a snapshot's metadata carries them.
+pub fn conf_state(voters: &[NodeId], learners: &[NodeId]) -> ConfState {
+    ConfState::from((voters.to_vec(), learners.to_vec()))
 }
 
 /// What the driver must do.
@@ -253,6 +302,8 @@ pub enum ProposeError {
     },
     /// Too much proposed and not yet committed: the caller waits (flow control).
     Busy,
+    /// A membership change that cannot be made now, and why.
+    Refused(String),
 }
 
 /// Why a replica could not start.
@@ -315,6 +366,8 @@ pub struct Replica {
     compact_due: bool,
     retain_entries: u64,
     retain_bytes: u64,
+    /// This node has been in the configuration (a node waiting to join has not).
+    was_member: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -344,10 +397,14 @@ impl Replica {
         applied: u64,
         applied_term: u64,
     ) -> Result<Self, StartError> {
-        if cfg.id == 0 || !cfg.members.contains(&cfg.id) {
+        let member = cfg.members.contains(&cfg.id) || cfg.learners.contains(&cfg.id);
+        // A node with no members waits to be added by the cluster's leader.
+        let joining = cfg.members.is_empty() && cfg.learners.is_empty();
+        if cfg.id == 0 || !(member || joining) {
             return Err(StartError(format!(
-                "node id {} is not one of the members {:?}",
-                cfg.id, cfg.members
+                "node id {} is not one of the members {:?} (learners {:?}): it was removed \
+                 from the cluster, or its store belongs to another",
+                cfg.id, cfg.members, cfg.learners
             )));
         }
         check_log(log, applied, applied_term)?;
@@ -355,7 +412,7 @@ impl Replica {
         // What the store applied was committed, even when the commit index persisted with
         // the hard state is older.
         hs.commit = hs.commit.max(applied);
-        let mut storage = LogStore::new(cfg.members.clone(), log.compacted, hs);
+        let mut storage = LogStore::new(conf_state(&cfg.members, &cfg.learners), log.compacted, hs);
         storage.append(&log.entries);
         storage.set_applied((applied, applied_term));
         let config = Config {
@@ -388,6 +445,7 @@ impl Replica {
             compact_due: true,
             retain_entries: cfg.retain_entries,
             retain_bytes: cfg.retain_bytes,
+            was_member: member,
         };
         replica.draw_election_timeout();
         Ok(replica)
@@ -486,6 +544,173 @@ impl Replica {
     /// Proposals waiting for their commit.
     pub fn proposals_in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The voters of the configuration in effect here (the last one applied), in order.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The learners of the configuration in effect here, in order.
+    pub fn learners(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// This node was a member and a committed change removed it: it must stop (its store
+    /// no longer follows the cluster's).
+    pub fn removed(&self) -> bool {
+        let id = self.node.raft.id;
+        self.was_member && !self.voters().contains(&id) && !self.learners().contains(&id)
+    }
+
+    /// Whether a membership change is proposed and not yet applied here.
+    pub fn change_pending(&self) -> bool {
+        self.node.raft.has_pending_conf()
+    }
+
+    /// Proposes a membership change, when this node leads and no other change is pending.
+    /// `proposal` is reported back as for [`Replica::propose`]. A node is added as a
+    /// learner ([`Change::AddLearner`]); promotions are the leader's own.
+    pub fn propose_change(&mut self, proposal: u64, change: Change) -> Result<(), ProposeError> {
+        if self.node.raft.state != StateRole::Leader || self.node.raft.lead_transferee.is_some() {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if self.change_pending() {
+            return Err(ProposeError::Refused(
+                "another membership change is in progress; try again once it is applied".into(),
+            ));
+        }
+        if self.in_flight.len() >= MAX_PROPOSALS_IN_FLIGHT {
+            return Err(ProposeError::Busy);
+        }
+        let (voters, learners) = (self.voters(), self.learners());
+        let id = change.node();
+        let member = voters.contains(&id) || learners.contains(&id);
+        let refuse = |why: String| Err(ProposeError::Refused(why));
+        let (kind, context) = match &change {
+            Change::AddLearner(address) => {
+                if id == 0 {
+                    return refuse("node ids start at 1".into());
+                }
+                if member {
+                    return refuse(format!("node {id} is already a member"));
+                }
+                if voters.len() + learners.len() >= MAX_MEMBERS {
+                    return refuse(format!("a cluster has at most {MAX_MEMBERS} members"));
+                }
+                let context = serde_json::to_vec(address)
+                    .map_err(|e| ProposeError::Refused(e.to_string()))?;
+                (ConfChangeType::AddLearnerNode, context)
+            }
+            Change::Promote(_) => {
+                if !learners.contains(&id) {
+                    return refuse(format!("node {id} is not a learner"));
+                }
+                (ConfChangeType::AddNode, Vec::new())
+            }
+            Change::Remove(_) => {
+                if !member {
+                    return refuse(format!("node {id} is not a member"));
+                }
+                if id == self.node.raft.id {
+                    return refuse(format!(
+                        "node {id} leads the cluster: stop it, and remove it once another member \
+                         leads"
+                    ));
+                }
+                (ConfChangeType::RemoveNode, Vec::new())
+            }
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        let bytes = context.len() as u64;
+        let before = self.node.raft.raft_log.last_index();
+        match self.node.propose_conf_change(context, cc) {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => return Err(ProposeError::Busy),
+            Err(_) => {
+                return Err(ProposeError::NotLeader {
+                    leader: self.leader(),
+                });
+            }
+        }
+        let index = self.node.raft.raft_log.last_index();
+        assert_eq!(index, before + 1, "a membership change is one entry");
+        self.in_flight.insert(
+            index,
+            InFlight {
+                term: self.node.raft.term,
+                proposal,
+                bytes,
+            },
+        );
+        self.uncommitted_bytes += bytes;
+        Ok(())
+    }
+
+    /// On the leader: promotes a learner that has caught up (within [`PROMOTE_WITHIN`] of
+    /// the commit index), when no other change is pending.
+    fn maybe_promote(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+            || self.change_pending()
+        {
+            return;
+        }
+        let commit = raft.raft_log.committed;
+        let ready = self.learners().into_iter().find(|id| {
+            raft.prs()
+                .get(*id)
+                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_WITHIN >= commit)
+        });
+        if let Some(id) = ready {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = id;
+            // Refused only while proposals are over their bound: the next poll tries again.
+            let _ = self.node.propose_conf_change(Vec::new(), cc);
+        }
+    }
+
+    /// Applies a committed membership change to raft-rs's configuration, unless it does
+    /// not decode or no longer fits (it was checked when proposed, against the
+    /// configuration then; a change refused here changes nothing, on every member alike).
+    fn apply_change(&mut self, e: &Entry) -> Option<Change> {
+        let mut cc = ConfChange::default();
+        cc.merge_from_bytes(&e.data).ok()?;
+        let id = cc.node_id;
+        let (voters, learners) = (self.voters(), self.learners());
+        let member = voters.contains(&id) || learners.contains(&id);
+        let change = match cc.get_change_type() {
+            ConfChangeType::AddLearnerNode => {
+                let address: MemberAddress = serde_json::from_slice(&e.context).ok()?;
+                (address.id == id && id != 0 && !member).then_some(Change::AddLearner(address))?
+            }
+            ConfChangeType::AddNode => learners.contains(&id).then_some(Change::Promote(id))?,
+            ConfChangeType::RemoveNode => member.then_some(Change::Remove(id))?,
+        };
+        let cs = self.node.apply_conf_change(&cc).ok()?;
+        if cs.voters.contains(&self.node.raft.id) || cs.learners.contains(&self.node.raft.id) {
+            self.was_member = true;
+        }
+        self.node.mut_store().set_conf_state(cs);
+        Some(change)
     }
 
     /// Whether a broker may be started on this node now, from its store: it leads, its
@@ -598,6 +823,7 @@ impl Replica {
     /// Collects what the driver must do now.
     pub fn poll(&mut self, out: &mut Vec<Output>) {
         self.check_leadership(out);
+        self.maybe_promote();
         self.maybe_compact(out);
         if !self.node.has_ready() {
             return;
@@ -720,11 +946,17 @@ impl Replica {
         };
         let mut batch = Vec::with_capacity(entries.len());
         for e in entries {
-            assert_eq!(
-                e.get_entry_type(),
-                EntryType::EntryNormal,
-                "membership changes are not proposed"
-            );
+            let change = match e.get_entry_type() {
+                EntryType::EntryNormal => None,
+                EntryType::EntryConfChange => self.apply_change(&e),
+                // Never proposed by a member: changes nothing.
+                EntryType::EntryConfChangeV2 => None,
+            };
+            let data = if e.get_entry_type() == EntryType::EntryNormal {
+                e.data.to_vec()
+            } else {
+                Vec::new()
+            };
             let proposal = match self.in_flight.remove(&e.index) {
                 Some(f) => {
                     self.uncommitted_bytes -= f.bytes;
@@ -737,8 +969,9 @@ impl Replica {
             batch.push(Committed {
                 index: e.index,
                 term: e.term,
-                data: e.data.to_vec(),
+                data,
                 proposal,
+                change,
             });
         }
         self.node.advance_apply_to(last);

@@ -18,9 +18,9 @@
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{NodeId, RETAIN_ENTRIES};
+use super::{Change, NodeId, RETAIN_ENTRIES};
 
 /// Most members of a cluster: Raft's majorities grow with it, and past seven every commit
 /// waits on more fsyncs than it gains in safety.
@@ -32,8 +32,9 @@ pub const MAX_COOKIE_BYTES: usize = 255;
 /// Most entries a log may be set to keep behind its store ([`ClusterFile::log_retain_entries`]).
 pub const MAX_RETAIN_ENTRIES: u64 = 1_000_000;
 
-/// One member, as every member's config lists it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// One member, as every member's config lists it (and as a membership change carries it
+/// in the Raft log).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberAddress {
     /// Its node id (1 or more, unique in the cluster).
@@ -45,8 +46,83 @@ pub struct MemberAddress {
     /// Where its management HTTP API listens, to which a follower redirects HTTP
     /// clients; by default the IP of `amqp` with the `--http-port` of the node reading
     /// it (members on one IP with ports of their own must set it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+}
+
+/// The cluster's members as a member's store records them with the last entry it applied:
+/// the voters and learners of the configuration in effect, with every one's address.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    /// Members that vote, in order.
+    pub voters: Vec<NodeId>,
+    /// Members that take the log without voting yet, in order.
+    pub learners: Vec<NodeId>,
+    /// Every voter's and learner's addresses, by id.
+    pub members: Vec<MemberAddress>,
+}
+
+impl Membership {
+    /// A new cluster's: every configured member votes.
+    pub fn bootstrap(members: &[MemberAddress]) -> Self {
+        let mut m = Membership {
+            voters: members.iter().map(|m| m.id).collect(),
+            learners: Vec::new(),
+            members: members.to_vec(),
+        };
+        m.tidy();
+        m
+    }
+
+    /// The membership after a committed change (which the replica checked fits).
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::AddLearner(address) => {
+                self.members.retain(|m| m.id != address.id);
+                self.members.push(address.clone());
+                self.learners.push(address.id);
+            }
+            Change::Promote(id) => {
+                self.learners.retain(|l| l != id);
+                self.voters.push(*id);
+            }
+            Change::Remove(id) => {
+                self.voters.retain(|v| v != id);
+                self.learners.retain(|l| l != id);
+                self.members.retain(|m| m.id != *id);
+            }
+        }
+        self.tidy();
+    }
+
+    fn tidy(&mut self) {
+        self.voters.sort_unstable();
+        self.voters.dedup();
+        self.learners.sort_unstable();
+        self.learners.dedup();
+        self.members.sort_by_key(|m| m.id);
+    }
+
+    /// A member's addresses.
+    pub fn member(&self, id: NodeId) -> Option<&MemberAddress> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// The record a store keeps.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a membership encodes")
+    }
+
+    /// A store's record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("the store's cluster membership: {e}"))
+    }
 }
 
 /// The `[cluster]` section as written.
@@ -63,6 +139,11 @@ pub struct ClusterFile {
     /// Entries the Raft log keeps behind what the store holds durably, for members a
     /// little behind; a member further behind is sent the leader's store.
     pub log_retain_entries: Option<u64>,
+    /// This node joins a running cluster (`warren ctl join_cluster`, run against a
+    /// member) rather than starting a new one with `members`; once it has joined, its
+    /// store knows the members, and this is ignored.
+    #[serde(default)]
+    pub join: bool,
 }
 
 /// A checked cluster configuration.
@@ -76,6 +157,8 @@ pub struct ClusterSettings {
     pub members: Vec<MemberAddress>,
     /// Entries the Raft log keeps behind what the store holds durably.
     pub retain_entries: u64,
+    /// Wait to be added to a running cluster instead of starting one.
+    pub join: bool,
 }
 
 impl ClusterFile {
@@ -128,6 +211,7 @@ impl ClusterFile {
             cookie,
             members,
             retain_entries,
+            join: self.join,
         })
     }
 }
@@ -169,6 +253,7 @@ mod tests {
             cookie: Some("0123456789abcdef".into()),
             members,
             log_retain_entries: None,
+            join: false,
         }
     }
 

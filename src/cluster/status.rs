@@ -3,7 +3,7 @@
 
 use tokio::sync::watch;
 
-use super::settings::MemberAddress;
+use super::settings::{MemberAddress, Membership};
 use super::{NodeId, Role};
 
 /// What a member knows of the cluster, published after every round.
@@ -39,6 +39,8 @@ pub struct Status {
     pub ready: bool,
     /// On the leader: how long its batches took to commit.
     pub commit_latency: super::latency::CommitLatency,
+    /// The members as of the last entry applied here.
+    pub membership: Membership,
     /// Set when the thread stopped on an error: the node must stop.
     pub failed: Option<String>,
 }
@@ -46,10 +48,25 @@ pub struct Status {
 /// The HTTP API's view of the cluster: the members and this one's status.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
-    /// Every member, this node included.
-    pub members: Vec<MemberAddress>,
+    /// The configured members, this node included.
+    pub configured: Vec<MemberAddress>,
     /// This node's status.
     pub status: watch::Receiver<Status>,
+    /// The Raft thread's inbox, for membership changes.
+    pub inbox: std::sync::mpsc::SyncSender<super::member::MemberIn>,
+}
+
+impl ClusterView {
+    /// Every member with its addresses: the cluster's own list, or the configured one
+    /// while this node knows none (it waits to join).
+    pub fn members(&self) -> Vec<MemberAddress> {
+        let status = self.status.borrow();
+        if status.membership.members.is_empty() {
+            self.configured.clone()
+        } else {
+            status.membership.members.clone()
+        }
+    }
 }
 
 impl Role {

@@ -53,6 +53,7 @@ fn config(id: NodeId) -> ReplicaConfig {
     ReplicaConfig {
         id,
         members: vec![1, 2, 3],
+        learners: vec![],
         election_ticks: 10 + id as usize,
         heartbeat_ticks: 2,
         retain_entries: RETAIN_ENTRIES,
@@ -735,4 +736,175 @@ fn a_store_installed_before_the_log_recorded_the_snapshot_is_reconciled_at_resta
     // A store behind the compaction point lost what the log dropped.
     let err = Replica::start(&config(1), &fixed, 0, 0).expect_err("refused");
     assert!(err.to_string().contains("compacted through"), "{err}");
+}
+
+/// A member's addresses, for membership changes.
+fn address(id: NodeId) -> settings::MemberAddress {
+    settings::MemberAddress {
+        id,
+        raft: std::net::SocketAddr::from(([10, 0, 0, id as u8], 25672)),
+        amqp: std::net::SocketAddr::from(([10, 0, 0, id as u8], 5672)),
+        http: None,
+    }
+}
+
+/// A node as a new cluster starts it: its store and log at [`BOOTSTRAP`].
+fn bootstrapped(cfg: ReplicaConfig) -> Node {
+    let mut log = LogState::default();
+    log.install(BOOTSTRAP);
+    log.hard_state.term = BOOTSTRAP.1;
+    let replica = Replica::start(&cfg, &log, BOOTSTRAP.0, BOOTSTRAP.1).expect("start");
+    Node {
+        replica,
+        log,
+        applied: vec![Committed {
+            index: BOOTSTRAP.0,
+            term: BOOTSTRAP.1,
+            data: Vec::new(),
+            proposal: None,
+            change: None,
+        }],
+        waiting: Vec::new(),
+        hold_persists: false,
+        deposed: Vec::new(),
+        staged: None,
+        snapshots_sent: 0,
+        snapshots_installed: 0,
+    }
+}
+
+fn changes(applied: &[Committed]) -> Vec<Change> {
+    applied.iter().filter_map(|c| c.change.clone()).collect()
+}
+
+#[test]
+fn a_node_joins_as_a_learner_votes_once_caught_up_and_a_member_leaves() {
+    let mut net = Net {
+        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+        cut: Vec::new(),
+    };
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 1, 5);
+    // Node 4 waits to join: it knows no members, and never campaigns.
+    let joining = ReplicaConfig {
+        members: vec![],
+        ..config(4)
+    };
+    net.nodes.push(Node {
+        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
+        ..bootstrapped(config(1))
+    });
+    net.node(4).applied.clear();
+    net.node(4).log = LogState::default();
+    net.run_ticks(60);
+    assert_eq!(net.node(4).replica.role(), Role::Follower);
+    assert_eq!(net.node(4).replica.leader(), None);
+    assert!(net.node(4).replica.voters().is_empty());
+    // A follower refuses changes; the leader refuses a second change while one is pending,
+    // and removing itself.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    assert!(matches!(
+        net.node(follower)
+            .replica
+            .propose_change(100, Change::AddLearner(address(4))),
+        Err(ProposeError::NotLeader { .. })
+    ));
+    let r = &mut net.node(leader).replica;
+    r.propose_change(100, Change::AddLearner(address(4)))
+        .expect("the leader adds a learner");
+    assert!(matches!(
+        r.propose_change(101, Change::AddLearner(address(5))),
+        Err(ProposeError::Refused(_))
+    ));
+    net.run_ticks(30);
+    // It took the leader's store as a snapshot (the leader's log starts after the
+    // bootstrap point), caught up, and the leader promoted it.
+    assert_eq!(net.node(4).snapshots_installed, 1);
+    assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+    assert!(net.node(leader).replica.learners().is_empty());
+    for id in 1..=4 {
+        assert_eq!(net.node(id).replica.voters(), vec![1, 2, 3, 4], "node {id}");
+        assert_eq!(
+            batches(&net.node(id).applied).len(),
+            5,
+            "node {id} holds every batch"
+        );
+    }
+    let expected = vec![Change::AddLearner(address(4)), Change::Promote(4)];
+    for id in 1..=3 {
+        assert_eq!(changes(&net.node(id).applied), expected, "node {id}");
+    }
+    // The change the leader proposed is reported with its proposal id.
+    assert!(
+        net.node(leader)
+            .applied
+            .iter()
+            .any(|c| c.proposal == Some(100) && c.change == Some(Change::AddLearner(address(4))))
+    );
+    // The leader does not remove itself; it removes another member, which then counts for
+    // no majority: with it cut off, batches still commit on the other three.
+    assert!(matches!(
+        net.node(leader)
+            .replica
+            .propose_change(102, Change::Remove(leader)),
+        Err(ProposeError::Refused(_))
+    ));
+    let gone = (1..=3).find(|&id| id != leader).unwrap();
+    net.node(leader)
+        .replica
+        .propose_change(103, Change::Remove(gone))
+        .expect("remove a member");
+    net.settle();
+    let mut left: Vec<NodeId> = (1..=4).filter(|&id| id != gone).collect();
+    left.sort_unstable();
+    assert_eq!(net.node(leader).replica.voters(), left);
+    net.cut.push(gone);
+    let other = *left.iter().find(|&&id| id != leader && id != 4).unwrap();
+    net.cut.push(other);
+    // Two of the three voters left (the leader and node 4) are a majority.
+    net.node(leader)
+        .replica
+        .propose(200, b"after".to_vec())
+        .expect("propose");
+    net.settle();
+    assert!(
+        batches(&net.node(4).applied)
+            .iter()
+            .any(|(d, _)| d == b"after"),
+        "committed by the leader and the new member"
+    );
+    assert!(!net.node(leader).replica.removed());
+}
+
+#[test]
+fn a_removed_member_knows_it_and_does_not_restart_as_one() {
+    let mut net = Net {
+        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+        cut: Vec::new(),
+    };
+    let leader = net.tick_until_leader();
+    let gone = (1..=3).find(|&id| id != leader).unwrap();
+    // Hold the leader's persists so that the removal commits by the other two before the
+    // leader applies it and stops replicating to the member removed.
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::Remove(gone))
+        .expect("remove");
+    net.settle();
+    // Heartbeats carry the commit index to every member still replicated to.
+    net.run_ticks(5);
+    let left: Vec<NodeId> = (1..=3).filter(|&id| id != gone).collect();
+    assert_eq!(net.node(leader).replica.voters(), left);
+    if net.node(gone).replica.voters() == left {
+        assert!(net.node(gone).replica.removed());
+    }
+    // Its store records the members without it: it cannot start as a member again.
+    let cfg = ReplicaConfig {
+        members: left.clone(),
+        ..config(gone)
+    };
+    let n = net.node(gone);
+    let (applied, term) = n.applied.last().map(|c| (c.index, c.term)).unwrap();
+    let err = Replica::start(&cfg, &n.log, applied, term).unwrap_err();
+    assert!(err.to_string().contains("removed"), "{err}");
 }

@@ -101,12 +101,13 @@ fn hello(cookie: &str, from: NodeId) -> Vec<u8> {
 
 /// Listens on `listener` for the other members' messages and hands each one addressed to
 /// `me` from the member that opened the connection to `deliver`, reading nothing while
-/// its snapshot backlog is full.
+/// its snapshot backlog is full. Any node that presents the cookie is heard (members
+/// change, and the cookie is what makes a member); Raft ignores nodes outside its
+/// configuration.
 pub fn listen(
     listener: TcpListener,
     cookie: String,
     me: NodeId,
-    members: Vec<NodeId>,
     deliver: PeerInbox,
 ) -> tokio::task::JoinHandle<()> {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
@@ -123,10 +124,10 @@ pub fn listen(
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 continue;
             };
-            let (cookie, members, deliver) = (cookie.clone(), members.clone(), deliver.clone());
+            let (cookie, deliver) = (cookie.clone(), deliver.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = read_peer(stream, &cookie, me, &members, deliver).await {
+                if let Err(e) = read_peer(stream, &cookie, me, deliver).await {
                     tracing::debug!(%peer, error = %e, "Raft connection closed");
                 }
             });
@@ -138,7 +139,6 @@ async fn read_peer(
     mut stream: TcpStream,
     cookie: &str,
     me: NodeId,
-    members: &[NodeId],
     inbox: PeerInbox,
 ) -> std::io::Result<()> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
@@ -154,8 +154,8 @@ async fn read_peer(
     })
     .await
     .map_err(|_| bad("no opening in time"))??;
-    if from == me || !members.contains(&from) {
-        return Err(bad("not a member"));
+    if from == me || from == 0 {
+        return Err(bad("not another node"));
     }
     let mut buf = Vec::new();
     loop {
@@ -298,13 +298,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = sync_channel(16);
         let cookie = "0123456789abcdef".to_string();
-        let _server = listen(
-            listener,
-            cookie.clone(),
-            1,
-            vec![1, 2, 3],
-            PeerInbox::new(tx),
-        );
+        let _server = listen(listener, cookie.clone(), 1, PeerInbox::new(tx));
         let wrong = dial(addr, None, "fedcba9876543210".into(), 2);
         let right = dial(addr, Some([127, 0, 0, 1].into()), cookie, 2);
         wrong.send(message(1, 7)).await.unwrap();
@@ -323,7 +317,7 @@ mod tests {
         let inbox = PeerInbox::new(tx);
         let backlog = inbox.counter();
         let cookie = "0123456789abcdef".to_string();
-        let _server = listen(listener, cookie.clone(), 1, vec![1, 2, 3], inbox);
+        let _server = listen(listener, cookie.clone(), 1, inbox);
         let peer = dial(addr, None, cookie, 2);
         const CHUNK: usize = 1 << 20;
         let chunks = SNAPSHOT_BACKLOG_BYTES / CHUNK;

@@ -10,7 +10,6 @@
 //! close, and nothing not committed was confirmed.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,12 +19,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::admin::http::follower::{FollowerView, serve_follower};
 use crate::cluster::disk::FjallLog;
 use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedStore};
-use crate::cluster::settings::ClusterSettings;
+use crate::cluster::settings::{ClusterSettings, MemberAddress};
 use crate::cluster::status::{ClusterView, Status};
 use crate::cluster::{ReplicaConfig, Role, transport};
 use crate::proto::connection::{server_properties, truncate_shortstr};
@@ -53,7 +52,6 @@ pub async fn run(
     let (log, state) =
         FjallLog::open(&config.data_dir.join(LOG_DIR)).map_err(|e| err(e.to_string()))?;
     let me = cluster.me().clone();
-    let ids = cluster.ids();
     let raft_port = me.raft.port();
     let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, raft_port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -69,29 +67,34 @@ pub async fn run(
     // The transport runs on a thread of its own, so that a busy node runtime never holds
     // up heartbeats.
     let net = transport::NetThread::start()?;
-    let (listening, peers) = {
+    let listening = {
         let _on_net = net.handle().enter();
-        let listening = transport::listen(
+        transport::listen(
             TcpListener::from_std(listener)?,
             cluster.cookie.clone(),
             me.id,
-            ids.clone(),
             peer_inbox.clone(),
+        )
+    };
+    // The Raft thread starts a writer to each member it sends to, on the transport's
+    // runtime.
+    let dial: member::Dialer = {
+        let (handle, cookie, bind, id) = (
+            net.handle().clone(),
+            cluster.cookie.clone(),
+            config.bind,
+            me.id,
         );
-        let peers: HashMap<_, _> = cluster
-            .members
-            .iter()
-            .filter(|m| m.id != me.id)
-            .map(|m| {
-                let tx = transport::dial(m.raft, Some(config.bind), cluster.cookie.clone(), me.id);
-                (m.id, tx)
-            })
-            .collect();
-        (listening, peers)
+        Box::new(move |addr| {
+            let _on_net = handle.enter();
+            transport::dial(addr, Some(bind), cookie.clone(), id)
+        })
     };
     let cfg = ReplicaConfig {
         id: me.id,
-        members: ids,
+        // Set by the Raft thread from the store's record of the members.
+        members: Vec::new(),
+        learners: Vec::new(),
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: HEARTBEAT_TICKS,
         retain_entries: cluster.retain_entries,
@@ -104,7 +107,11 @@ pub async fn run(
         store,
         config.data_dir.join(member::SNAPSHOT_DIR),
         (&peer_inbox, inbox_rx),
-        peers,
+        member::Members {
+            configured: cluster.members.clone(),
+            join: cluster.join,
+            dial,
+        },
     )
     .map_err(err)?;
     tracing::info!(id = me.id, raft = %raft_local, members = cluster.members.len(), "cluster member started");
@@ -112,15 +119,16 @@ pub async fn run(
     let mut status = member.status.clone();
     // What the HTTP API shows of the cluster, leader or follower.
     let view = ClusterView {
-        members: cluster.members.clone(),
+        configured: cluster.members.clone(),
         status: member.status.clone(),
+        inbox: member.inbox.clone(),
     };
     tokio::pin!(shutdown);
     let result = loop {
         // Wait to lead, turning clients away meanwhile.
         let amqp = SocketAddr::new(config.bind, config.amqp_port);
         let refusing = match TcpListener::bind(amqp).await {
-            Ok(l) => Some(turn_clients_away(l, status.clone(), cluster.clone())),
+            Ok(l) => Some(turn_clients_away(l, view.clone())),
             Err(e) => {
                 tracing::warn!(address = %amqp, error = %e, "cannot listen to turn clients away");
                 None
@@ -214,13 +222,17 @@ const REFUSAL_INPUT_BYTES: usize = 64 * 1024;
 /// Most clients being turned away at once.
 const REFUSALS_AT_ONCE: usize = 256;
 
-/// Why this node turns clients away, with where to go instead.
-pub fn refusal_text(status: &Status, cluster: &ClusterSettings) -> String {
-    let leader = match status.leader.and_then(|id| cluster.member(id)) {
+/// Why this node turns clients away, with where to go instead (`members`: every member's
+/// addresses).
+pub fn refusal_text(status: &Status, members: &[MemberAddress]) -> String {
+    let leader = match status
+        .leader
+        .and_then(|id| members.iter().find(|m| m.id == id))
+    {
         Some(m) if m.id != status.id => format!("the leader is node {} (AMQP {})", m.id, m.amqp),
         _ => "no leader is known yet".to_string(),
     };
-    let members: Vec<String> = cluster.members.iter().map(|m| m.amqp.to_string()).collect();
+    let members: Vec<String> = members.iter().map(|m| m.amqp.to_string()).collect();
     truncate_shortstr(format!(
         "CONNECTION_FORCED - node {} does not lead the cluster; {leader}; members: {}",
         status.id,
@@ -231,11 +243,7 @@ pub fn refusal_text(status: &Status, cluster: &ClusterSettings) -> String {
 /// While this node follows: answers each AMQP client's handshake up to its
 /// `connection.open` (no login is checked: nothing is served), then closes the connection with [`CONNECTION_FORCED`] and [`refusal_text`], so that the client
 /// moves on to the next address it was given, and its user sees why.
-fn turn_clients_away(
-    listener: TcpListener,
-    status: watch::Receiver<Status>,
-    cluster: ClusterSettings,
-) -> tokio::task::JoinHandle<()> {
+fn turn_clients_away(listener: TcpListener, view: ClusterView) -> tokio::task::JoinHandle<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     tokio::spawn(async move {
         loop {
@@ -246,7 +254,8 @@ fn turn_clients_away(
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 continue;
             };
-            let text = refusal_text(&status.borrow(), &cluster);
+            let members = view.members();
+            let text = refusal_text(&view.status.borrow(), &members);
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, text)).await;

@@ -64,6 +64,9 @@ Commands (as rabbitmqctl's; -p VHOST, -q, -s, --formatter json may go anywhere):
   delete_queue [-p VHOST] QUEUE [--if-empty] [--if-unused]
   close_connection NAME|PID EXPLANATION
   status    ping    stop_app    start_app    reset    cluster_status
+  join_cluster NODE_ID RAFT_ADDR AMQP_ADDR [HTTP_ADDR]   (run against a member; the new
+                                    node runs with `join = true`)
+  forget_cluster_node NODE_ID|warren-ID@HOST
   export_definitions PATH|-         import_definitions PATH|-
   set_vhost_limits [-p VHOST] '{\"max-connections\":N,\"max-queues\":N}'
   clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST | --global]
@@ -276,6 +279,11 @@ impl<W: Write> Ctl<W> {
             ("close_connection", [name, why]) => self.close_connection(name, why),
             ("status", []) => self.status(),
             ("cluster_status", []) => self.cluster_status(),
+            ("join_cluster", [id, raft, amqp]) => self.join_cluster(id, raft, amqp, None),
+            ("join_cluster", [id, raft, amqp, http]) => {
+                self.join_cluster(id, raft, amqp, Some(http))
+            }
+            ("forget_cluster_node", [node]) => self.forget_cluster_node(node),
             ("ping", []) => self.ping(),
             ("stop_app", []) => self.app("stop_app", "Stopping warren application on node"),
             ("start_app", []) => self.app("start_app", "Starting node"),
@@ -664,6 +672,72 @@ impl<W: Write> Ctl<W> {
         ));
         self.client.get("/api/health/checks/alarms")?;
         self.say("Ping succeeded");
+        Ok(())
+    }
+
+    /// rabbitmqctl's join_cluster, turned round: Raft adds members on its leader, so this
+    /// runs against a member (the leader, or a follower that redirects) and names the new
+    /// node, which waits with `join = true`. It returns once the node votes.
+    fn join_cluster(&mut self, id: &str, raft: &str, amqp: &str, http: Option<&str>) -> CtlResult {
+        let addr = |what: &str, text: &str| {
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|_| Failure::usage(format!("{what} {text:?}: give IP:PORT")))
+        };
+        let id_n: u64 = id
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Failure::usage(format!("node id {id:?}: a whole number from 1")))?;
+        let mut body =
+            json!({ "raft": addr("raft address", raft)?, "amqp": addr("AMQP address", amqp)? });
+        if let Some(h) = http {
+            body["http"] = json!(addr("HTTP address", h)?);
+        }
+        let name = format!("warren-{id_n}@{}", addr("AMQP address", amqp)?.ip());
+        let to = self.client.node_name.clone();
+        self.info(format!("Clustering node {name} with {to}"));
+        self.client.must(
+            "PUT",
+            &format!("/api/cluster/members/{id_n}"),
+            Some(&body),
+            &[],
+        )?;
+        // It joined as a learner; the leader promotes it once it has caught up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let nodes = self.client.get("/api/nodes")?;
+            let voter = nodes.as_array().is_some_and(|all| {
+                all.iter().any(|n| {
+                    n["cluster_id"].as_u64() == Some(id_n)
+                        && n["raft_voter"].as_bool() == Some(true)
+                })
+            });
+            if voter {
+                self.info(format!("Node {name} caught up and votes"));
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Failure {
+                    code: EX_UNAVAILABLE,
+                    message: format!(
+                        "Error: node {name} joined as a learner but has not caught up within 120 s; is it running with `join = true` and reachable at {raft}?"
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// rabbitmqctl's forget_cluster_node: removes a member (run against another; the
+    /// node removed stops if it still runs).
+    fn forget_cluster_node(&mut self, node: &str) -> CtlResult {
+        self.info(format!("Removing node {node} from the cluster"));
+        self.client.must(
+            "DELETE",
+            &format!("/api/cluster/members/{}", seg(node)),
+            None,
+            &[],
+        )?;
         Ok(())
     }
 

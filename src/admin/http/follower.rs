@@ -68,17 +68,16 @@ async fn metrics(State(view): State<Arc<FollowerView>>) -> Response {
 
 async fn redirect(State(view): State<Arc<FollowerView>>, uri: Uri) -> Response {
     let status = view.cluster.status.borrow().clone();
-    let members: Vec<String> = view
-        .cluster
-        .members
+    let all = view.cluster.members();
+    let members: Vec<String> = all
         .iter()
         .map(|m| format!("http://{}", view.http_of(m)))
         .collect();
-    let me = view.cluster.members.iter().find(|m| m.id == status.id);
+    let me = all.iter().find(|m| m.id == status.id);
     let leader = status
         .leader
         .filter(|&id| id != status.id)
-        .and_then(|id| view.cluster.members.iter().find(|m| m.id == id));
+        .and_then(|id| all.iter().find(|m| m.id == id));
     // Members on one IP with their own ports need their `http` addresses configured: the
     // default would send a client back here.
     let unknown = leader.is_some_and(|l| me.is_some_and(|me| view.http_of(l) == view.http_of(me)));

@@ -236,6 +236,10 @@ fn status_routes(router: Router<Arc<Ctx>>) -> Router<Arc<Ctx>> {
         .route("/api/extensions", get(extensions))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
+        .route(
+            "/api/cluster/members/{id}",
+            axum::routing::put(join_member).delete(forget_member),
+        )
 }
 
 /// Virtual hosts, users, permissions and definitions.

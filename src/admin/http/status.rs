@@ -31,6 +31,7 @@ use super::{
 };
 pub(super) use cluster::cluster_metrics;
 use cluster::cluster_nodes;
+pub(super) use cluster::{forget_member, join_member};
 
 // ----- naming connections as RabbitMQ does -----
 

@@ -448,7 +448,14 @@ impl FjallStore {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| self.scan_error(Space::Meta, last.as_deref(), e))?;
-            if ![record::FORMAT_KEY, record::WRITES_KEY, record::APPLIED_KEY].contains(&&*key) {
+            if ![
+                record::FORMAT_KEY,
+                record::WRITES_KEY,
+                record::APPLIED_KEY,
+                record::MEMBERS_KEY,
+            ]
+            .contains(&&*key)
+            {
                 match catalog.load(&key, &value) {
                     Ok(()) => {}
                     // A vhost, user, permission, exchange, queue or binding that does not
@@ -522,13 +529,25 @@ impl FjallStore {
         }
     }
 
+    /// The cluster's members as this member's store last recorded them (see
+    /// [`FjallStore::write_applied`]), when it did.
+    pub fn members(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self
+            .keyspace(Space::Meta)
+            .get(record::MEMBERS_KEY)
+            .map_err(|e| self.read_error(Space::Meta, Some(record::MEMBERS_KEY), e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
     /// Applies a committed Raft entry's batch (not yet durable), recording its index and
-    /// term in the same atomic write ([`FjallStore::applied`]).
+    /// term in the same atomic write ([`FjallStore::applied`]), and the cluster's members
+    /// when the entry changed them (or set the first).
     pub fn write_applied(
         &mut self,
         ops: &[StoreOp],
         index: u64,
         term: u64,
+        members: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let mut staged = Staged::default();
         staged.put(
@@ -536,6 +555,9 @@ impl FjallStore {
             record::APPLIED_KEY.to_vec(),
             record::encode_applied(index, term),
         );
+        if let Some(members) = members {
+            staged.put(Space::Meta, record::MEMBERS_KEY.to_vec(), members.to_vec());
+        }
         self.write_staged(ops, staged)
     }
 

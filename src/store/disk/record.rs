@@ -40,6 +40,11 @@ pub const WRITES_KEY: &[u8] = b"\x00writes";
 /// a restarted member applies the log from exactly the entry after it.
 pub const APPLIED_KEY: &[u8] = b"\x00applied";
 
+/// The `meta` key of a cluster member's store holding the cluster's members as of the
+/// last entry applied (written with the entries that change them), so that a restarted
+/// member, and one that installs this store as a snapshot, knows them.
+pub const MEMBERS_KEY: &[u8] = b"\x00members";
+
 /// Tags of `meta` keys: the first byte says what the key names.
 pub mod tag {
     /// A vhost: tag, name.

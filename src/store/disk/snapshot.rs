@@ -125,6 +125,16 @@ impl FjallStore {
 }
 
 impl SnapshotSource {
+    /// The cluster's members the view's store recorded, when it did
+    /// ([`FjallStore::members`]).
+    pub fn members(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self
+            .view
+            .get(&self.keyspaces[0], record::MEMBERS_KEY)
+            .map_err(|e| self.read_error(Space::Meta, e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
     /// The Raft log index and term of the last entry applied to the store the view holds
     /// ((0, 0) before the first): the point a member that installs it resumes from.
     pub fn applied(&self) -> Result<(u64, u64), StoreError> {

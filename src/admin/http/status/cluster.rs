@@ -3,14 +3,124 @@
 //! latency.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
 
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Exposition;
-use crate::admin::http::Ctx;
-use crate::cluster::Role;
+use crate::admin::http::{ApiError, ApiResult, Ctx, State, authenticate, no_content};
 use crate::cluster::latency::WINDOW;
+use crate::cluster::member::MemberIn;
+use crate::cluster::settings::MemberAddress;
 use crate::cluster::status::ClusterView;
+use crate::cluster::{Change, NodeId, Role};
+
+/// How long a membership change may take to commit before the API gives up waiting (it
+/// may still take effect).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body of `PUT /api/cluster/members/{id}`: the new member's addresses, as a
+/// member's entry in the `[cluster]` section names them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    raft: SocketAddr,
+    amqp: SocketAddr,
+    #[serde(default)]
+    http: Option<SocketAddr>,
+}
+
+/// The id in a member's path: a node id, or a node name `warren-ID@HOST`.
+fn member_id(text: &str) -> Result<NodeId, ApiError> {
+    let digits = text
+        .strip_prefix("warren-")
+        .map_or(text, |rest| rest.split('@').next().unwrap_or(rest));
+    digits
+        .parse::<NodeId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{text:?} is not a member: give a node id (1 or more) or a name warren-ID@HOST"
+            ))
+        })
+}
+
+/// Hands a membership change to the Raft thread and waits for it to commit.
+async fn change_members(s: &Ctx, change: Change) -> Result<(), ApiError> {
+    let Some(view) = &s.cluster else {
+        return Err(ApiError::bad_request("this node is not a cluster member"));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if view
+        .inbox
+        .try_send(MemberIn::Change { change, reply })
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the Raft thread is busy or stopped; try again",
+        ));
+    }
+    match tokio::time::timeout(CHANGE_TIMEOUT, answer).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => Err(ApiError::bad_request(why)),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the Raft thread stopped",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "the change was not committed within {} s; it may still take effect",
+                CHANGE_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// `PUT /api/cluster/members/{id}`: adds a node, which must be running with `join` (it
+/// joins as a learner and votes once it has caught up).
+pub(in crate::admin::http) async fn join_member(
+    s: State,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    authenticate(&s, &headers).await?.require_admin()?;
+    let id = member_id(&id)?;
+    let body: JoinBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("a member's addresses: {e}")))?;
+    let member = MemberAddress {
+        id,
+        raft: body.raft,
+        amqp: body.amqp,
+        http: body.http,
+    };
+    change_members(&s, Change::AddLearner(member)).await?;
+    no_content()
+}
+
+/// `DELETE /api/cluster/members/{id}`: removes a member (rabbitmqctl's
+/// forget_cluster_node); not the leader itself.
+pub(in crate::admin::http) async fn forget_member(
+    s: State,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authenticate(&s, &headers).await?.require_admin()?;
+    let id = member_id(&id)?;
+    change_members(&s, Change::Remove(id)).await?;
+    no_content()
+}
 
 /// The fields a cluster member adds to its node object, and the other members' objects:
 /// each one's role, how far its Raft log matches the leader's, and how far behind it is.
@@ -20,7 +130,12 @@ pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
     };
     let status = view.status.borrow().clone();
     me["cluster_id"] = json!(status.id);
-    me["cluster_role"] = json!(status.role.name());
+    me["cluster_role"] = json!(if status.membership.learners.contains(&status.id) {
+        "learner"
+    } else {
+        status.role.name()
+    });
+    me["raft_voter"] = json!(status.membership.voters.contains(&status.id));
     me["raft_term"] = json!(status.term);
     me["raft_last_index"] = json!(status.last_index);
     me["raft_commit_index"] = json!(status.commit);
@@ -42,7 +157,7 @@ pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
         });
     }
     let mut others = Vec::new();
-    for m in view.members.iter().filter(|m| m.id != status.id) {
+    for m in view.members().iter().filter(|m| m.id != status.id) {
         let matched = status
             .progress
             .iter()
@@ -56,7 +171,14 @@ pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
             // election timeout.
             "running": status.active.contains(&m.id),
             "cluster_id": m.id,
-            "cluster_role": if status.leader == Some(m.id) { "leader" } else { "follower" },
+            "cluster_role": if status.leader == Some(m.id) {
+                "leader"
+            } else if status.membership.learners.contains(&m.id) {
+                "learner"
+            } else {
+                "follower"
+            },
+            "raft_voter": status.membership.voters.contains(&m.id),
             "raft_match_index": matched,
             "raft_lag": lag,
             "listeners": [{ "protocol": "amqp", "ip_address": m.amqp.ip().to_string(), "port": m.amqp.port() }],
@@ -121,6 +243,18 @@ impl Exposition {
                 "Store snapshots received and installed",
                 status.snapshots_installed,
             ),
+            (
+                "warren_raft_voters",
+                "gauge",
+                "Members that vote, as of the last entry applied here",
+                status.membership.voters.len() as u64,
+            ),
+            (
+                "warren_raft_learners",
+                "gauge",
+                "Members that take the log without voting yet (joining)",
+                status.membership.learners.len() as u64,
+            ),
         ]);
         if !leader {
             return;
@@ -144,7 +278,7 @@ impl Exposition {
         let _ = writeln!(self.text, "{name}_sum {}", seconds(l.sum_us));
         let _ = writeln!(self.text, "{name}_count {}", l.count);
         let lag: Vec<(String, f64)> = view
-            .members
+            .members()
             .iter()
             .filter(|m| m.id != status.id)
             .map(|m| {

@@ -117,7 +117,7 @@ fn populate(store: &mut FjallStore) {
             expires_at_ms: None,
         },
     ];
-    store.write_applied(&later, 42, 7).expect("write");
+    store.write_applied(&later, 42, 7, None).expect("write");
     // The sweep after the sync leaves most of the deleted queue's entries.
     store.gc_keys_per_sync = 10;
     store.sync().expect("sync");
@@ -144,7 +144,7 @@ fn populate_other(store: &mut FjallStore) {
         },
     ];
     ops.extend((0..30).map(|seq| inline(1, 1000 + seq, 1200)));
-    store.write_applied(&ops, 5, 1).expect("write");
+    store.write_applied(&ops, 5, 1, None).expect("write");
     store.sync().expect("sync");
 }
 
@@ -239,7 +239,7 @@ fn a_store_installed_elsewhere_recovers_the_same_queues_and_messages() {
 
     // The installed store goes on as any other, and reopens as it was left.
     target
-        .write_applied(&[inline(1, 500, 10)], 43, 7)
+        .write_applied(&[inline(1, 500, 10)], 43, 7, None)
         .expect("a write after the install");
     target.sync().expect("sync");
     drop(target);
@@ -291,7 +291,7 @@ fn writes_after_the_snapshot_is_taken_are_not_in_it() {
             id: 3,
         },
     ];
-    source.write_applied(&more, 50, 8).expect("write");
+    source.write_applied(&more, 50, 8, None).expect("write");
     source.sync().expect("sync");
     // Sweeps the deleted queues' keys, and deletes shared messages no entry refers to.
     recover_all(&mut source);
