@@ -26,10 +26,24 @@
 //! may undo that; a crash may land after a snapshot became the store and before the log
 //! recorded it (a restart mends the log with [`snapshot_to_restore`]).
 //!
+//! Membership, in half the seeds: the cluster starts at the bootstrap point (every member's
+//! store records the first members there, and its log is compacted through it) beside one
+//! more node that waits to join with an empty store and log. At a random time an operator
+//! asks whichever node leads to add it; it joins as a learner, taking the leader's store
+//! as a snapshot, and the leader promotes it to voter once it has caught up; then the
+//! operator removes another member (not the leader). Leaders refuse a change while
+//! another is pending, and the operator tries again. A member that applies its own removal
+//! stops for good, as its driver stops; one that never learns of it runs on outside the
+//! cluster. Crashes, partitions and message faults go on throughout.
+//!
 //! What the checker asserts, at every step:
 //! - an entry is applied (on any node; by its leader with its proposal id, which confirms
-//!   it) only when a majority of nodes hold it, same term and data, durably in their logs
-//!   or, once compacted from them, in their stores' synced part;
+//!   it) only when a majority of the voters in effect where it was committed hold it, same
+//!   term and data, durably in their logs or, once compacted from them, in their stores'
+//!   synced part (with a change not yet applied on the leader, the voters before it count:
+//!   one node apart, their majorities meet);
+//! - every node applies the same membership change at the same index, and a node that
+//!   joins is added at the addresses the operator gave;
 //! - at most one node leads in a term;
 //! - every node applies the same entry at the same index, with no gap (so a reader of any
 //!   node's store never sees an entry that was not committed);
@@ -41,15 +55,18 @@
 //! - a log compacts only what its store holds durably, and a crash leaves no gap between
 //!   what the store kept and what the log holds;
 //! - a leader's snapshot is never behind the point raft-rs asked for; the one a node
-//!   installs is the one it received with that point, and holds exactly the committed
-//!   log through it, whose last entry a majority holds durably;
+//!   installs is the one it received with that point (with the configuration its store
+//!   records), and holds exactly the committed log through it, whose last entry a
+//!   majority holds durably;
+//! - a leader ready to serve (its broker would start from its store) holds every batch
+//!   confirmed in its term or before;
 //!
 //! and at the end, after the faults stop and every node is back (but the one kept down):
-//! every client's batches were all confirmed, within the liveness budget; then the node
-//! kept down restarts and catches up, within the same budget; every confirmed batch is
-//! still held durably by a majority of the nodes' logs, at the index and term it was
-//! confirmed with; each client's batches first appear in the order it proposed them; every
-//! node applied the same log.
+//! every client's batches were all confirmed and the operator's changes made, within the
+//! liveness budget; then the node kept down restarts and catches up, within the same
+//! budget; every confirmed batch is still held durably by a majority of the final voters,
+//! at the index and term it was confirmed with; each client's batches first appear in the
+//! order it proposed them; every member left applied the same log.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -58,10 +75,11 @@ use std::hash::{Hash, Hasher};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use warren::cluster::raftpb::{Entry, HardState, Message};
+use warren::cluster::raftpb::{Entry, EntryType, HardState, Message};
+use warren::cluster::settings::MemberAddress;
 use warren::cluster::{
-    Committed, LogState, NodeId, Output, Point, ProposeError, RETAIN_BYTES, Replica, ReplicaConfig,
-    Role, snapshot_to_restore,
+    BOOTSTRAP, Change, Committed, LogState, NodeId, Output, Point, ProposeError, RETAIN_BYTES,
+    Replica, ReplicaConfig, Role, conf_state, snapshot_to_restore,
 };
 
 /// Nodes in the simulated cluster, unless told otherwise.
@@ -139,6 +157,10 @@ pub struct ClusterFaults {
     /// Bytes of entries a log keeps so ([`ReplicaConfig::retain_bytes`]): the production
     /// bound, or in a third of the seeds a few entries' worth.
     pub retain_bytes: u64,
+    /// When an operator starts changing the members, ms: a node waiting to join (one more
+    /// than the cluster's size, up from the start) is added, and once it votes, another
+    /// member is removed and stopped for good.
+    pub churn_after_ms: Option<u64>,
 }
 
 impl ClusterFaults {
@@ -151,6 +173,10 @@ impl ClusterFaults {
         // A node to lose for good needs a majority left without it.
         let kill = nodes >= 3 && rng.gen_bool(0.5);
         let kill_after_ms = rng.gen_range(0..=cfg.liveness_ms / 8);
+        let churn = nodes >= 3 && rng.gen_bool(0.5);
+        let churn_after_ms = rng.gen_range(0..cfg.safety_ms);
+        // The node that may join draws its clock and timeout too.
+        let nodes = nodes + 1;
         Self {
             drop: pick(rng, &[0.0, 0.01, 0.05, 0.2]),
             duplicate: pick(rng, &[0.0, 0.01, 0.1]),
@@ -187,13 +213,14 @@ impl ClusterFaults {
             } else {
                 RETAIN_BYTES
             },
+            churn_after_ms: churn.then_some(churn_after_ms),
         }
     }
 
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs{} election ticks {:?} sync ≤{}µs stall {} retain {} entries, {} bytes{}",
+            "drop {} dup {} delay ≤{}µs crash every {}ms partition every {}ms ticks {:?}µs{} election ticks {:?} sync ≤{}µs stall {} retain {} entries, {} bytes{}{}",
             self.drop,
             self.duplicate,
             self.max_delay_us,
@@ -208,6 +235,10 @@ impl ClusterFaults {
             self.retain_bytes,
             match self.kill_after_ms {
                 Some(ms) => format!(" leader crashed and kept down {ms}ms into the liveness phase"),
+                None => String::new(),
+            },
+            match self.churn_after_ms {
+                Some(ms) => format!(" members change from {ms}ms"),
                 None => String::new(),
             }
         )
@@ -263,6 +294,19 @@ pub struct ClusterStats {
     pub crashes_store_not_log: u64,
     /// Logs mended at a restart ([`snapshot_to_restore`]).
     pub logs_mended: u64,
+    /// Seeds whose members changed: a node joined and, once it voted, another was removed.
+    pub churned: u64,
+    /// Membership changes the operator proposed, and those the leader refused (another
+    /// pending, or no longer fitting).
+    pub changes_proposed: u64,
+    /// See `changes_proposed`.
+    pub changes_refused: u64,
+    /// Membership changes applied: learners added, promoted to voter, members removed.
+    pub learners_added: u64,
+    /// See `learners_added`.
+    pub promotions: u64,
+    /// See `learners_added`.
+    pub removals: u64,
 }
 
 /// How one seed ended.
@@ -314,6 +358,8 @@ enum Event {
     Partition,
     Heal,
     Liveness,
+    /// The operator's next step in changing the members.
+    Operate,
 }
 
 /// A persist handed to the disk.
@@ -386,7 +432,7 @@ impl Node {
             }
             for e in &p.entries {
                 if let Some(a) = self.applied.get((e.index - 1) as usize)
-                    && (a.term, &a.data[..]) != (e.term, &e.data[..])
+                    && (a.term, &a.data[..]) != (e.term, applied_data(e))
                 {
                     return Err(format!(
                         "node {id} rewrote index {} in its durable log with term {}, where its store applied term {}",
@@ -411,6 +457,24 @@ impl Node {
         if through > self.log.compacted.0 {
             self.log.compact(through, term);
         }
+    }
+
+    /// Whether this node holds an entry durably: in its durable log, or in its store's
+    /// synced part once the log dropped it.
+    ///
+    /// The store counts because it is what the log compacted into, and holds the entry
+    /// as well as the log did: it survives every crash (a crash keeps at least what the
+    /// store synced), a restart starts from it (the log's compaction point, or a snapshot
+    /// point [`snapshot_to_restore`] mends the log with, is never behind the entries it
+    /// dropped, so the node's last (index, term), which its vote goes by, still covers the
+    /// entry), and a leader serves it to a member behind as a snapshot. What quorum
+    /// intersection needs of a holder is exactly that: after any crash it can neither
+    /// lose the entry nor vote for a log without it.
+    fn holds(&self, index: u64, term: u64, data: &[u8]) -> bool {
+        self.log
+            .entry(index)
+            .is_some_and(|e| e.index == index && e.term == term && applied_data(e) == data)
+            || self.store_holds(index, term, data)
     }
 
     /// Whether the store holds, durably, this entry.
@@ -453,15 +517,60 @@ pub struct ClusterWorld {
     /// The node crashed in the liveness phase and kept down, the last term it knew of,
     /// and whether it was restarted once the others settled.
     kept_down: Option<(NodeId, u64, bool)>,
-    /// The committed log as seen by every node that applied it: index → (term, data).
-    committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// The committed log as seen by every node that applied it: index → (term, data,
+    /// membership change).
+    committed: BTreeMap<u64, (u64, Vec<u8>, Option<Change>)>,
+    /// The voters in effect from each index on (from 0: the first members).
+    configs: BTreeMap<u64, Vec<NodeId>>,
+    /// Members removed from the cluster (by a committed change).
+    removed: BTreeSet<NodeId>,
+    /// Members that applied their own removal and stopped for good, as the driver stops a
+    /// node then. One removed that never learns of it runs on, outside the cluster.
+    retired: BTreeSet<NodeId>,
+    /// Membership changes the operator proposed.
+    operations: u64,
     leaders: BTreeMap<u64, NodeId>,
     /// Confirmed batches: (client, seq) → (index, term).
     confirmed: BTreeMap<(u64, u64), (u64, u64)>,
-    /// The confirmed batch at the highest index: (index, term, client, seq).
-    newest_confirmed: Option<(u64, u64, u64, u64)>,
+    /// The confirmed batch at the highest index of each term: term → (index, client, seq).
+    newest_confirmed: BTreeMap<u64, (u64, u64, u64)>,
     trace: DefaultHasher,
     stats: ClusterStats,
+}
+
+/// Proposal ids of the operator's membership changes (clients' are below).
+const OPERATOR: u64 = 1 << 63;
+
+/// A simulated member's addresses.
+fn address(id: NodeId) -> MemberAddress {
+    let ip = [10, 0, (id >> 8) as u8, id as u8];
+    MemberAddress {
+        id,
+        raft: std::net::SocketAddr::from((ip, 25672)),
+        amqp: std::net::SocketAddr::from((ip, 5672)),
+        http: None,
+    }
+}
+
+/// The entry every member of a new cluster starts its store with ([`BOOTSTRAP`]).
+fn bootstrap_entry() -> Committed {
+    Committed {
+        index: BOOTSTRAP.0,
+        term: BOOTSTRAP.1,
+        data: Vec::new(),
+        proposal: None,
+        change: None,
+    }
+}
+
+/// A log entry's data as the store applies it: a membership change's entry applies no
+/// batch.
+fn applied_data(e: &Entry) -> &[u8] {
+    if e.get_entry_type() == EntryType::EntryNormal {
+        &e.data
+    } else {
+        &[]
+    }
 }
 
 fn encode(client: u64, seq: u64) -> Vec<u8> {
@@ -485,23 +594,41 @@ impl ClusterWorld {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0xc105_7e12);
         let faults = ClusterFaults::draw(&mut rng, &cfg);
         let members: Vec<NodeId> = (1..=cfg.nodes).collect();
-        let nodes = members
-            .iter()
-            .map(|&id| Node {
+        // With churn, one node more waits to join from the start (its store and log empty);
+        // the others start a new cluster, at the bootstrap point.
+        let total = cfg.nodes + u64::from(faults.churn_after_ms.is_some());
+        let mut first_log = LogState::default();
+        first_log.install(BOOTSTRAP);
+        first_log.hard_state.term = BOOTSTRAP.1;
+        let nodes = (1..=total)
+            .map(|id| {
+                let joins = id > cfg.nodes;
+                (id, joins)
+            })
+            .map(|(id, joins)| Node {
                 replica: None,
                 cfg: ReplicaConfig {
                     id,
-                    members: members.clone(),
+                    members: if joins { Vec::new() } else { members.clone() },
+                    learners: Vec::new(),
                     election_ticks: faults.election_ticks[(id - 1) as usize],
                     heartbeat_ticks: 2,
                     retain_entries: faults.retain_entries,
                     retain_bytes: faults.retain_bytes,
                 },
-                log: LogState::default(),
+                log: if joins {
+                    LogState::default()
+                } else {
+                    first_log.clone()
+                },
                 persisting: VecDeque::new(),
                 compacting: Vec::new(),
-                applied: Vec::new(),
-                synced: 0,
+                applied: if joins {
+                    Vec::new()
+                } else {
+                    vec![bootstrap_entry()]
+                },
+                synced: usize::from(!joins),
                 staged: None,
                 store_ahead: false,
                 life: 0,
@@ -531,16 +658,23 @@ impl ClusterWorld {
             cut: BTreeSet::new(),
             faults_on: true,
             kept_down: None,
-            committed: BTreeMap::new(),
+            committed: BTreeMap::from([(BOOTSTRAP.0, (BOOTSTRAP.1, Vec::new(), None))]),
+            configs: BTreeMap::from([(0, members.clone())]),
+            removed: BTreeSet::new(),
+            retired: BTreeSet::new(),
+            operations: 0,
             leaders: BTreeMap::new(),
             confirmed: BTreeMap::new(),
-            newest_confirmed: None,
+            newest_confirmed: BTreeMap::new(),
             trace: DefaultHasher::new(),
             stats: ClusterStats::default(),
         };
-        for id in 1..=cfg.nodes {
-            w.boot(id)
-                .expect("a node with an empty log and store boots");
+        for id in 1..=total {
+            w.boot(id).expect("a new node boots");
+        }
+        if let Some(ms) = w.faults.churn_after_ms {
+            w.stats.churned = 1;
+            w.at(ms * 1_000, Event::Operate);
         }
         for c in 0..CLIENTS {
             let at = w.rng.gen_range(0..5_000);
@@ -572,9 +706,60 @@ impl ClusterWorld {
         &mut self.nodes[(id - 1) as usize]
     }
 
-    /// Members in the cluster.
+    /// Nodes in the world: the cluster's first members, and the one that joins.
     fn size(&self) -> u64 {
-        self.cfg.nodes
+        self.nodes.len() as u64
+    }
+
+    /// The voters and learners a store's content records: the first members, changed by
+    /// each change it applied (none for an empty store: a node waiting to join).
+    fn config_of(&self, applied: &[Committed]) -> (Vec<NodeId>, Vec<NodeId>) {
+        if applied.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let mut voters: Vec<NodeId> = (1..=self.cfg.nodes).collect();
+        let mut learners = Vec::new();
+        for c in applied {
+            match &c.change {
+                Some(Change::AddLearner(m)) => learners.push(m.id),
+                Some(Change::Promote(id)) => {
+                    learners.retain(|l| l != id);
+                    voters.push(*id);
+                }
+                Some(Change::Remove(id)) => {
+                    voters.retain(|v| v != id);
+                    learners.retain(|l| l != id);
+                }
+                None => {}
+            }
+        }
+        voters.sort_unstable();
+        learners.sort_unstable();
+        (voters, learners)
+    }
+
+    /// Whether the nodes holding an entry durably (`holds`) are a majority of the voters in
+    /// effect where it was committed: those after every change before it, or, while the
+    /// last of those changes may not yet be applied on the leader, those before it (one
+    /// node apart: their majorities meet).
+    fn majority_holds(&self, index: u64, holds: impl Fn(&Node) -> bool) -> Result<(), String> {
+        let holders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| holds(n))
+            .map(|n| n.cfg.id)
+            .collect();
+        let majority =
+            |c: &Vec<NodeId>| holders.iter().filter(|h| c.contains(h)).count() * 2 > c.len();
+        let mut configs = self.configs.range(..=index).rev().map(|(_, v)| v);
+        let now = configs
+            .next()
+            .expect("the first members are in effect from index 0");
+        if majority(now) || configs.next().is_some_and(majority) {
+            Ok(())
+        } else {
+            Err(format!("held durably by {holders:?}, voters {now:?}"))
+        }
     }
 
     /// The member after `id`, round the cluster.
@@ -583,7 +768,21 @@ impl ClusterWorld {
     }
 
     fn boot(&mut self, id: NodeId) -> Result<(), String> {
+        // A member that applied its own removal is stopped for good; so is one whose store
+        // holds its removal (it crashed as it applied it).
+        let (voters, learners) = self.config_of(&self.nodes[(id - 1) as usize].applied);
+        let removed = !self.nodes[(id - 1) as usize].applied.is_empty()
+            && !voters.contains(&id)
+            && !learners.contains(&id);
+        if removed {
+            self.retired.insert(id);
+        }
+        if self.retired.contains(&id) {
+            return Ok(());
+        }
         let n = self.node(id);
+        n.cfg.members = voters;
+        n.cfg.learners = learners;
         n.life += 1;
         n.persisting.clear();
         let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
@@ -828,6 +1027,13 @@ impl ClusterWorld {
                     }
                 }
             }
+            Event::Operate => {
+                if !self.churn_done() {
+                    self.operate()?;
+                    let gap = self.rng.gen_range(20_000..100_000);
+                    self.at(gap, Event::Operate);
+                }
+            }
             Event::Liveness => {
                 self.faults_on = false;
                 self.cut.clear();
@@ -853,6 +1059,11 @@ impl ClusterWorld {
 
     fn outputs(&mut self, id: NodeId, out: Vec<Output>) -> Result<(), String> {
         for o in out {
+            // A node stopped meanwhile (removed from the cluster by an entry it applied)
+            // carries out nothing more.
+            if self.node(id).replica.is_none() {
+                break;
+            }
             match o {
                 Output::Persist {
                     number,
@@ -880,6 +1091,9 @@ impl ClusterWorld {
                 Output::Compact { through, term } => self.compact(id, (through, term))?,
                 Output::Apply(entries) => {
                     for c in entries {
+                        if self.node(id).replica.is_none() {
+                            break;
+                        }
                         self.apply(id, c)?;
                     }
                 }
@@ -950,7 +1164,7 @@ impl ClusterWorld {
             ));
         }
         for c in &content {
-            if self.committed.get(&c.index) != Some(&(c.term, c.data.clone())) {
+            if self.committed.get(&c.index) != Some(&(c.term, c.data.clone(), c.change.clone())) {
                 return Err(format!(
                     "node {id} received a snapshot holding index {} as term {} {:?}, not what was applied there ({:?})",
                     c.index,
@@ -961,11 +1175,10 @@ impl ClusterWorld {
             }
         }
         // The point was committed: a majority holds it durably, in its log or its store.
-        let holders = self.durable_holders(last.0, last.1, &content[content.len() - 1].data);
-        if holders * 2 <= self.size() as usize {
+        let data = content[content.len() - 1].data.clone();
+        if let Err(why) = self.majority_holds(last.0, |n| n.holds(last.0, last.1, &data)) {
             return Err(format!(
-                "node {id} is to install a snapshot at {point:?}, held durably by {holders} of {} nodes",
-                self.size()
+                "node {id} is to install a snapshot at {point:?}, {why}"
             ));
         }
         Ok(content)
@@ -977,7 +1190,10 @@ impl ClusterWorld {
         let (life, to) = (self.node(id).life, m.to);
         let content = self.node(id).applied.clone();
         let point = content.last().map_or((0, 0), |c| (c.index, c.term));
+        let (voters, learners) = self.config_of(&content);
         let meta = m.mut_snapshot().mut_metadata();
+        // The configuration travels with the store that records it.
+        meta.set_conf_state(conf_state(&voters, &learners));
         if point.0 < meta.index {
             return Err(format!(
                 "node {id} is to send a snapshot at index {} to node {to}, but its store holds only through {point:?}",
@@ -1093,37 +1309,27 @@ impl ClusterWorld {
     /// entry), and a leader serves it to a member behind as a snapshot. What quorum
     /// intersection needs of a holder is exactly that: after any crash it can neither
     /// lose the entry nor vote for a log without it.
-    fn durable_holders(&self, index: u64, term: u64, data: &[u8]) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| {
-                n.log
-                    .entry(index)
-                    .is_some_and(|e| e.index == index && e.term == term && e.data == data)
-                    || n.store_holds(index, term, data)
-            })
-            .count()
-    }
-
     fn apply(&mut self, id: NodeId, c: Committed) -> Result<(), String> {
         // First: any entry applied, and so any confirm (the leader applying its own
         // proposal), is durable on a majority.
-        let holders = self.durable_holders(c.index, c.term, &c.data);
-        if holders * 2 <= self.size() as usize {
+        if let Err(why) = self.majority_holds(c.index, |n| n.holds(c.index, c.term, &c.data)) {
             return Err(format!(
-                "node {id} applied index {} (term {}, {:?}{}) held durably by {holders} of {} nodes",
+                "node {id} applied index {} (term {}, {:?}{}{}) {why}",
                 c.index,
                 c.term,
                 String::from_utf8_lossy(&c.data),
+                c.change
+                    .as_ref()
+                    .map_or(String::new(), |ch| format!(", {ch:?}")),
                 if c.proposal.is_some() {
                     ", confirming it"
                 } else {
                     ""
                 },
-                self.size()
             ));
         }
-        if let Some(p) = c.proposal {
+        let client_proposal = c.proposal.filter(|p| p & OPERATOR == 0);
+        if let Some(p) = client_proposal {
             let (client, seq) = (p >> 32, p & 0xffff_ffff);
             if decode(&c.data) != Some((client, seq)) {
                 return Err(format!(
@@ -1153,30 +1359,42 @@ impl ClusterWorld {
         }
         self.stats.applied += 1;
         match self.committed.get(&c.index) {
-            Some((term, data)) if (*term, data) != (c.term, &c.data) => {
+            Some((term, data, change)) if (*term, data, change) != (c.term, &c.data, &c.change) => {
                 return Err(format!(
-                    "node {id} applied index {} as term {} {:?}, another node as term {term} {:?}",
+                    "node {id} applied index {} as term {} {:?} {:?}, another node as term {term} {:?} {change:?}",
                     c.index,
                     c.term,
                     String::from_utf8_lossy(&c.data),
+                    c.change,
                     String::from_utf8_lossy(data)
                 ));
             }
             Some(_) => {}
             None => {
-                self.committed.insert(c.index, (c.term, c.data.clone()));
+                self.committed
+                    .insert(c.index, (c.term, c.data.clone(), c.change.clone()));
+                if let Some(change) = &c.change {
+                    self.changed(c.index, change)?;
+                }
             }
         }
-        if let Some(p) = c.proposal {
+        // A node that applies its own removal stops for good, as its driver does.
+        if c.change == Some(Change::Remove(id)) {
+            self.retired.insert(id);
+            self.crash_node(id)?;
+            return Ok(());
+        }
+        if let Some(p) = client_proposal {
             let (client, seq) = (p >> 32, p & 0xffff_ffff);
             self.confirmed
                 .entry((client, seq))
                 .or_insert((c.index, c.term));
-            if self
+            let newest = self
                 .newest_confirmed
-                .is_none_or(|(index, ..)| index < c.index)
-            {
-                self.newest_confirmed = Some((c.index, c.term, client, seq));
+                .entry(c.term)
+                .or_insert((c.index, client, seq));
+            if newest.0 < c.index {
+                *newest = (c.index, client, seq);
             }
             let cl = &mut self.clients[client as usize];
             if cl.outstanding.remove(&seq).is_some() || cl.retry.remove(&seq) {
@@ -1187,9 +1405,102 @@ impl ClusterWorld {
         Ok(())
     }
 
+    /// A membership change first applied (by any node) at `index`: the voters from the
+    /// next index on; a member removed is stopped for good.
+    fn changed(&mut self, index: u64, change: &Change) -> Result<(), String> {
+        let mut voters = self
+            .configs
+            .values()
+            .next_back()
+            .cloned()
+            .expect("the first members");
+        match change {
+            Change::AddLearner(m) => {
+                self.stats.learners_added += 1;
+                if m != &address(m.id) {
+                    return Err(format!("node {} was added with the addresses {m:?}", m.id));
+                }
+            }
+            Change::Promote(id) => {
+                self.stats.promotions += 1;
+                voters.push(*id);
+            }
+            Change::Remove(id) => {
+                self.stats.removals += 1;
+                voters.retain(|v| v != id);
+                self.removed.insert(*id);
+            }
+        }
+        voters.sort_unstable();
+        self.configs.insert(index + 1, voters);
+        Ok(())
+    }
+
+    /// The operator's membership changes are done: the node that joined votes, and
+    /// another member was removed.
+    fn churn_done(&self) -> bool {
+        self.faults.churn_after_ms.is_none() || !self.removed.is_empty()
+    }
+
+    /// The operator's next step: add the node waiting to join; once it votes (the leader
+    /// promotes it), remove another member (not the leader). The leader refuses while
+    /// another change is pending.
+    fn operate(&mut self) -> Result<(), String> {
+        let joining = self.cfg.nodes + 1;
+        let Some(leader) = (1..=self.size()).find(|&id| {
+            self.nodes[(id - 1) as usize]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+        }) else {
+            return Ok(());
+        };
+        let voters = self
+            .configs
+            .values()
+            .next_back()
+            .cloned()
+            .expect("the first members");
+        let change = if !voters.contains(&joining) {
+            let r = self.nodes[(leader - 1) as usize]
+                .replica
+                .as_ref()
+                .expect("the leader is up");
+            if r.learners().contains(&joining) {
+                // Its promotion is the leader's to propose.
+                return Ok(());
+            }
+            Change::AddLearner(address(joining))
+        } else {
+            let pool: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|&v| v != leader && v != joining)
+                .collect();
+            Change::Remove(pool[self.rng.gen_range(0..pool.len())])
+        };
+        self.operations += 1;
+        let proposal = OPERATOR | self.operations;
+        let r = self
+            .node(leader)
+            .replica
+            .as_mut()
+            .expect("the leader is up");
+        match r.propose_change(proposal, change) {
+            Ok(()) => {
+                self.stats.changes_proposed += 1;
+                self.drive(leader)
+            }
+            Err(_) => {
+                self.stats.changes_refused += 1;
+                Ok(())
+            }
+        }
+    }
+
     /// Proposals a leader could not settle go back to their clients.
     fn uncertain(&mut self, id: NodeId, proposals: &[u64]) {
-        for &p in proposals {
+        for &p in proposals.iter().filter(|p| *p & OPERATOR == 0) {
             let (client, seq) = (p >> 32, p & 0xffff_ffff);
             let cl = &mut self.clients[client as usize];
             if cl.outstanding.get(&seq) == Some(&id) {
@@ -1232,7 +1543,7 @@ impl ClusterWorld {
                     self.clients[c as usize].target = leader.unwrap_or(next);
                     return Ok(());
                 }
-                Err(ProposeError::Busy) => return Ok(()),
+                Err(ProposeError::Busy | ProposeError::Refused(_)) => return Ok(()),
             }
         }
     }
@@ -1408,13 +1719,20 @@ impl ClusterWorld {
             if r.role() != Role::Leader {
                 continue;
             }
-            // A broker started now would recover from this store: every batch ever
-            // confirmed must be in it.
+            // A broker started now would recover from this store: every batch confirmed in
+            // this leader's term or before must be in it. (One confirmed in a later term, by
+            // a leader elected once this one's lease ran out on a majority, need not be: a
+            // leader that has not yet noticed it was replaced commits nothing more.)
             let (applied, applied_term) = n.applied.last().map_or((0, 0), |c| (c.index, c.term));
             if r.ready_to_serve(applied, applied_term) {
                 self.stats.ready_checks += 1;
+                let newest = self
+                    .newest_confirmed
+                    .range(..=r.term())
+                    .map(|(term, (index, client, seq))| (*index, *term, *client, *seq))
+                    .max();
                 if let Some((index, term, client, seq)) =
-                    self.newest_confirmed.filter(|(index, ..)| *index > applied)
+                    newest.filter(|(index, ..)| *index > applied)
                 {
                     return Err(format!(
                         "node {} may serve in term {} from a store that applied through index {applied}, without client {client}'s batch {seq}, confirmed at index {index} term {term}",
@@ -1452,8 +1770,9 @@ impl ClusterWorld {
             .map(|n| n.applied.len())
             .max()
             .unwrap_or(0);
-        // A node is to be crashed and kept down: not done before that.
-        if self.faults.kill_after_ms.is_some() && self.kept_down.is_none() {
+        // A node is to be crashed and kept down: not done before that; nor before the
+        // operator's membership changes are.
+        if self.faults.kill_after_ms.is_some() && self.kept_down.is_none() || !self.churn_done() {
             return false;
         }
         // The node kept down is left out until it is restarted, once the others have
@@ -1476,16 +1795,26 @@ impl ClusterWorld {
             && self
                 .nodes
                 .iter()
-                .filter(|n| Some(n.cfg.id) != kept_down)
+                .filter(|n| Some(n.cfg.id) != kept_down && !self.removed.contains(&n.cfg.id))
                 .all(|n| n.applied.len() == top && n.replica.is_some())
     }
 
     fn final_check(&self, settled: bool) -> Result<(), String> {
         // What was confirmed is still where it was confirmed, in what the nodes hold
         // durably (not in what they applied, which is where it was confirmed from).
+        let voters = self
+            .configs
+            .values()
+            .next_back()
+            .expect("the first members");
         for ((client, seq), (index, term)) in &self.confirmed {
-            let holders = self.durable_holders(*index, *term, &encode(*client, *seq));
-            if holders * 2 <= self.size() as usize {
+            let data = encode(*client, *seq);
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| voters.contains(&n.cfg.id) && n.holds(*index, *term, &data))
+                .count();
+            if holders * 2 <= voters.len() {
                 let there: Vec<Option<(u64, String)>> = self
                     .nodes
                     .iter()
@@ -1496,14 +1825,13 @@ impl ClusterWorld {
                     })
                     .collect();
                 return Err(format!(
-                    "client {client}'s batch {seq}, confirmed at index {index} term {term}, is held durably by {holders} of {} nodes (the nodes' logs there: {there:?})",
-                    self.size()
+                    "client {client}'s batch {seq}, confirmed at index {index} term {term}, is held durably by {holders} of the voters {voters:?} (the nodes' logs there: {there:?})"
                 ));
             }
         }
         let mut first_seen: BTreeMap<u64, u64> = BTreeMap::new();
         let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
-        for (index, (_, data)) in &self.committed {
+        for (index, (_, data, _)) in &self.committed {
             let Some((c, s)) = decode(data) else { continue };
             if seen.insert((c, s)) {
                 if let Some(&prev) = first_seen.get(&c)
@@ -1553,12 +1881,18 @@ impl ClusterWorld {
                 .map(|c| (c.index, c.term, c.data.clone()))
                 .collect()
         };
-        let reference = log(&self.nodes[0]);
-        for n in &self.nodes[1..] {
+        // Every member left (not those removed) applied the same log.
+        let mut left = self
+            .nodes
+            .iter()
+            .filter(|n| !self.removed.contains(&n.cfg.id));
+        let first = left.next().expect("members are left");
+        let reference = log(first);
+        for n in left {
             if log(n) != reference {
                 return Err(format!(
-                    "node {} applied a log other than node 1's",
-                    n.cfg.id
+                    "node {} applied a log other than node {}'s",
+                    n.cfg.id, first.cfg.id
                 ));
             }
         }

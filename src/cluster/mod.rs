@@ -55,7 +55,7 @@ use settings::{MAX_MEMBERS, MemberAddress};
 
 /// raft-rs's message, entry and hard-state types, for drivers.
 pub mod raftpb {
-    pub use raft::eraftpb::{ConfState, Entry, HardState, Message, MessageType};
+    pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
 }
 
 /// A node's id in its cluster (never 0).
