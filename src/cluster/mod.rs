@@ -612,6 +612,17 @@ impl Replica {
                 if voters.len() + learners.len() >= MAX_MEMBERS {
                     return refuse(format!("a cluster has at most {MAX_MEMBERS} members"));
                 }
+                // A node joining must be sent the leader's store, which records the
+                // members: a log that still starts at its first entry would be replayed
+                // to it from there, where it knows no members (a cluster started before
+                // stores recorded them, and not yet compacted).
+                if self.node.store().first() <= 1 {
+                    return refuse(
+                        "the leader's log still starts at its first entry; add members once \
+                         it has compacted"
+                            .into(),
+                    );
+                }
                 let context = serde_json::to_vec(address)
                     .map_err(|e| ProposeError::Refused(e.to_string()))?;
                 (ConfChangeType::AddLearnerNode, context)

@@ -238,6 +238,28 @@ impl ClusterSettings {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_membership_follows_its_changes_and_round_trips() {
+        let mut m = Membership::bootstrap(&[member(2, 20), member(1, 10)]);
+        assert_eq!(m.voters, vec![1, 2]);
+        m.apply(&Change::AddLearner(member(3, 30)));
+        assert_eq!(
+            (m.voters.clone(), m.learners.clone()),
+            (vec![1, 2], vec![3])
+        );
+        m.apply(&Change::Promote(3));
+        assert_eq!(
+            (m.voters.clone(), m.learners.clone()),
+            (vec![1, 2, 3], vec![])
+        );
+        m.apply(&Change::Remove(1));
+        assert_eq!(m.voters, vec![2, 3]);
+        assert!(m.member(1).is_none() && !m.contains(1));
+        assert_eq!(m.member(3).map(|a| a.raft.port()), Some(30));
+        assert_eq!(Membership::decode(&m.encode()).unwrap(), m);
+        assert!(Membership::decode(b"{}").is_err());
+    }
+
     fn member(id: NodeId, port: u16) -> MemberAddress {
         MemberAddress {
             id,
@@ -282,6 +304,11 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.clone().settings().unwrap().me().amqp.port(), 5672);
         assert_eq!(parsed.settings().unwrap().me().http, None);
+        let joining: ClusterFile = toml::from_str(
+            "node_id = 4\ncookie = \"0123456789abcdef\"\njoin = true\nmembers = [{ id = 4, raft = \"127.0.0.4:25672\", amqp = \"127.0.0.4:5672\" }]",
+        )
+        .unwrap();
+        assert!(joining.settings().unwrap().join);
         let parsed: ClusterFile = toml::from_str(
             "node_id = 1\ncookie = \"0123456789abcdef\"\nmembers = [{ id = 1, raft = \"127.0.0.1:25672\", amqp = \"127.0.0.1:5672\", http = \"127.0.0.1:15672\" }]",
         )

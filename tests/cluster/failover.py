@@ -11,7 +11,11 @@ consumer acks each delivery, both given all three addresses, while:
   * the leader is killed with SIGKILL, five times in a row, and restarted each time once
     another node leads (it rejoins as a follower);
   * then, twice, the leader's Raft traffic is dropped with iptables (its AMQP port stays
-    reachable), and let through again once another node leads.
+    reachable), and let through again once another node leads;
+  * then a fourth node, started with `join = true`, is added with `warren ctl
+    join_cluster` (it takes the leader's store and votes once caught up), a follower is
+    stopped and removed with `warren ctl forget_cluster_node`, and the leader is killed
+    once more: the node that joined must help elect the next leader.
 
 At the end every confirmed message must have been delivered, the old leader must have
 stopped its broker while cut off and turn clients away with CONNECTION_FORCED and the
@@ -65,7 +69,7 @@ def listening(host, port):
 
 
 class Node:
-    def __init__(self, root, warren, i, members):
+    def __init__(self, root, warren, i, members, join=False):
         self.i = i
         self.host = f"127.0.0.{i}"
         self.amqp = members[i]["amqp"]
@@ -83,7 +87,8 @@ class Node:
         )
         with open(self.config, "w") as f:
             f.write(f'[cluster]\nnode_id = {i}\ncookie = "{COOKIE}"\n'
-                    f'log_retain_entries = {RETAIN_ENTRIES}\nmembers = [\n{lines}\n]\n')
+                    f'log_retain_entries = {RETAIN_ENTRIES}\njoin = {str(join).lower()}\n'
+                    f'members = [\n{lines}\n]\n')
 
     def start(self):
         log = open(self.log, "a")
@@ -333,6 +338,85 @@ def snapshot_round(nodes):
     return follower.i, matched, first
 
 
+def metric(node, name):
+    """A single-valued family of this node's /metrics, or None."""
+    answer = node.http_get("/metrics")
+    if not answer or answer[0] != 200:
+        return None
+    for line in answer[2].decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def ctl(warren, leader, *command):
+    done = subprocess.run([warren, "ctl", "--data-dir", leader.dir, *command],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    return done.stdout
+
+
+def fail_over(nodes, ledger, kind, iptables_cut=None):
+    """Kills (or cuts off) the leader and waits for a confirm from another node; returns
+    (old, new, seconds to the first confirm, confirmed before)."""
+    old = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+    before = len(ledger.confirmed)
+    t0 = time.monotonic()
+    if kind == "kill":
+        old.kill()
+    else:
+        iptables_cut(old)
+    first = wait_for("a confirm after the failure",
+                     lambda: ledger.first_confirm_after(t0, old.host), FAILOVER_LIMIT_S)
+    new = wait_for("the new leader",
+                   lambda: next((n for n in nodes if n is not old and n.serving()), None),
+                   FAILOVER_LIMIT_S)
+    return old, new, first - t0, before
+
+
+def membership_round(root, warren, nodes, members, ledger, everyone):
+    """Adds node 4 (waiting with `join = true`), removes a stopped follower, and kills the
+    leader: the members left, node 4 among them, elect the next one."""
+    members[4] = {"raft": free_port("127.0.0.4"), "amqp": free_port("127.0.0.4"),
+                  "http": free_port("127.0.0.4")}
+    new = Node(root, warren, 4, members, join=True)
+    everyone.append(new)
+    new.start()
+    # Waiting to join, it knows no voters.
+    wait_for("node 4 to wait for the cluster",
+             lambda: metric(new, "warren_raft_voters") == 0, FAILOVER_LIMIT_S)
+    leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+    t0 = time.monotonic()
+    out = ctl(warren, leader, "join_cluster", "4", f"127.0.0.4:{new.raft}",
+              f"127.0.0.4:{new.amqp}", f"127.0.0.4:{new.http}")
+    joined = time.monotonic() - t0
+    assert "caught up and votes" in out, out
+    nodes.append(new)
+    listed = wait_for("four members running and in step", lambda: all_in_step(nodes), 60)
+    entry = member_entry(listed, new)
+    assert entry["raft_voter"] and entry["cluster_role"] in ("follower", "leader"), entry
+    installed = metric(new, "warren_raft_snapshots_installed_total")
+    assert installed and installed >= 1, f"node 4 installed no snapshot: {installed}"
+    print(f"join: node 4 joined and voted {joined:.2f} s after join_cluster, from "
+          f"{installed:.0f} snapshot(s) of the leader's store", flush=True)
+    leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
+    gone = next(n for n in nodes if n is not leader and n is not new)
+    gone.stop()
+    ctl(warren, leader, "forget_cluster_node", f"warren-{gone.i}@{gone.host}")
+    nodes.remove(gone)
+    listed = wait_for("three members in step after the removal", lambda: all_in_step(nodes), 60)
+    assert all(n["cluster_id"] != gone.i for n in listed), listed
+    print(f"forget: node {gone.i} removed; members now "
+          + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed), flush=True)
+    time.sleep(2)
+    old, elected, secs, before = fail_over(nodes, ledger, "kill")
+    old.start()
+    print(f"kill: node {old.i} -> node {elected.i} with node 4 voting: first confirm after "
+          f"{secs:.2f} s ({before} confirmed before)", flush=True)
+    wait_for("every member running and in step", lambda: all_in_step(nodes), 60)
+    return joined, gone, ("kill", old.i, elected.i, secs, before)
+
+
 def leader_of(nodes):
     serving = [n for n in nodes if n.serving()]
     return serving[0] if len(serving) == 1 else None
@@ -355,6 +439,8 @@ def main():
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--cuts", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the data and logs")
+    ap.add_argument("--no-membership", dest="membership", action="store_false",
+                    help="skip the round that adds a node and removes one")
     args = ap.parse_args()
     warren = os.path.abspath(args.warren)
     if args.cuts and not shutil.which("iptables"):
@@ -365,6 +451,8 @@ def main():
                    "http": free_port(f"127.0.0.{i}")}
                for i in (1, 2, 3)}
     nodes = [Node(root, warren, i, members) for i in (1, 2, 3)]
+    # Every node ever started, to stop and report on.
+    everyone = list(nodes)
     ledger = Ledger()
     done = threading.Event()
     rounds = []
@@ -381,21 +469,15 @@ def main():
         time.sleep(2)
         snapshot = snapshot_round(nodes)
         plan = ["kill"] * args.kills + ["cut"] * args.cuts
+
+        def cut_off(node):
+            nonlocal cut
+            iptables("-I", node, nodes)
+            cut = node
+
         for kind in plan:
             time.sleep(3)
-            old = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
-            before = len(ledger.confirmed)
-            t0 = time.monotonic()
-            if kind == "kill":
-                old.kill()
-            else:
-                iptables("-I", old, nodes)
-                cut = old
-            first = wait_for("a confirm after the failure",
-                             lambda: ledger.first_confirm_after(t0, old.host), FAILOVER_LIMIT_S)
-            new = wait_for("the new leader",
-                           lambda: next((n for n in nodes if n is not old and n.serving()), None),
-                           FAILOVER_LIMIT_S)
+            old, new, secs, before = fail_over(nodes, ledger, kind, cut_off)
             if kind == "kill":
                 old.start()
             else:
@@ -409,9 +491,9 @@ def main():
                 print(f"  node {old.i} turns clients away: {why}", flush=True)
                 iptables("-D", old, nodes)
                 cut = None
-            rounds.append((kind, old.i, new.i, first - t0, before))
+            rounds.append((kind, old.i, new.i, secs, before))
             print(f"{kind}: node {old.i} -> node {new.i}: first confirm after "
-                  f"{first - t0:.2f} s ({before} confirmed before)", flush=True)
+                  f"{secs:.2f} s ({before} confirmed before)", flush=True)
         # Every member is back, and the leader's /api/nodes says so once their logs match.
         listed = wait_for("every member running and in step", lambda: all_in_step(nodes),
                           FAILOVER_LIMIT_S)
@@ -423,12 +505,13 @@ def main():
               f"max {latency['max_us'] / 1000:.1f} ms ({latency['window_commits']} batches; "
               f"{latency['commits']} since it started)", flush=True)
         leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
-        ctl = subprocess.run([warren, "ctl", "--data-dir", leader.dir, "cluster_status"],
-                             capture_output=True, text=True, timeout=30)
-        assert ctl.returncode == 0, ctl.stderr
-        raft = [line for line in ctl.stdout.splitlines() if ", log index " in line]
-        assert len(raft) == len(nodes), ctl.stdout
-        assert "Commit latency on the leader" in ctl.stdout, ctl.stdout
+        status = ctl(warren, leader, "cluster_status")
+        raft = [line for line in status.splitlines() if ", log index " in line]
+        assert len(raft) == len(nodes), status
+        assert "Commit latency on the leader" in status, status
+        if args.membership:
+            joined, gone, last = membership_round(root, warren, nodes, members, ledger, everyone)
+            rounds.append(last)
         ledger.stop.set()
         threads[0].join(timeout=30)
         confirmed = set(ledger.confirmed)
@@ -451,6 +534,10 @@ def main():
         worst = max((r[3] for r in rounds), default=0.0)
         print(f"snapshot round: node {snapshot[0]} caught up from index {snapshot[1]} "
               f"with the leader's log starting at {snapshot[2]}")
+        if args.membership:
+            print(f"membership round: node 4 joined and voted {joined:.2f} s after "
+                  f"join_cluster; node {gone.i} removed; the last round above elected a "
+                  f"leader with node 4 voting")
         print(f"confirmed {len(confirmed)}, delivered {delivered} distinct "
               f"({redelivered} flagged redelivered), confirmed but never delivered "
               f"{len(missing)}; publisher reconnects {ledger.publish_errors}, consumer "
@@ -466,10 +553,11 @@ def main():
         ledger.stop.set()
         if cut is not None:
             iptables("-D", cut, nodes)
-        for n in nodes:
+        everyone.extend(n for n in nodes if n not in everyone)
+        for n in everyone:
             n.stop()
         if not ok:
-            for n in nodes:
+            for n in everyone:
                 print(f"--- node {n.i} log (last 30 lines)")
                 with open(n.log, errors="replace") as f:
                     print("".join(f.readlines()[-30:]))

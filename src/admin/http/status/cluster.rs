@@ -301,3 +301,18 @@ impl Exposition {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::member_id;
+
+    #[test]
+    fn a_member_is_named_by_its_id_or_its_node_name() {
+        assert_eq!(member_id("3").unwrap(), 3);
+        assert_eq!(member_id("warren-12@10.0.0.12").unwrap(), 12);
+        assert_eq!(member_id("warren-7").unwrap(), 7);
+        for bad in ["0", "", "x", "warren-@h", "-1", "99999999999999999999999"] {
+            assert!(member_id(bad).is_err(), "{bad}");
+        }
+    }
+}
