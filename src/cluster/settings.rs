@@ -14,7 +14,13 @@
 //! # Entries the Raft log keeps behind what the store holds durably (default 10000):
 //! # a member further behind is sent the leader's store instead.
 //! log_retain_entries = 10000
+//! # Wait to be added to a running cluster (`warren ctl join_cluster`, run against a
+//! # member) instead of starting a new one with `members` (default false).
+//! join = false
 //! ```
+//!
+//! Once a member's store records the cluster's members (from the first entry it applies,
+//! or the snapshot it installs), that record wins over `members` here.
 
 use std::net::SocketAddr;
 
