@@ -46,14 +46,29 @@ pub struct Status {
 }
 
 /// The HTTP API's view of the cluster: the members and this one's status.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterView {
     /// The configured members, this node included.
     pub configured: Vec<MemberAddress>,
     /// This node's status.
     pub status: watch::Receiver<Status>,
-    /// The Raft thread's inbox, for membership changes.
-    pub inbox: std::sync::mpsc::SyncSender<super::member::MemberIn>,
+    /// Hands a membership change to the Raft thread.
+    pub changes: ChangeSender,
+}
+
+/// Where a membership change goes, with where its outcome is to be sent: false when the
+/// Raft thread cannot take it now (busy or stopped).
+pub type ChangeSender = std::sync::Arc<
+    dyn Fn(super::Change, tokio::sync::oneshot::Sender<Result<(), String>>) -> bool + Send + Sync,
+>;
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView")
+            .field("configured", &self.configured)
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterView {

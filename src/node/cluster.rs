@@ -121,7 +121,14 @@ pub async fn run(
     let view = ClusterView {
         configured: cluster.members.clone(),
         status: member.status.clone(),
-        inbox: member.inbox.clone(),
+        changes: {
+            let inbox = member.inbox.clone();
+            std::sync::Arc::new(move |change, reply| {
+                inbox
+                    .try_send(member::MemberIn::Change { change, reply })
+                    .is_ok()
+            })
+        },
     };
     tokio::pin!(shutdown);
     let result = loop {

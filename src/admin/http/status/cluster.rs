@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use super::Exposition;
 use crate::admin::http::{ApiError, ApiResult, Ctx, State, authenticate, no_content};
 use crate::cluster::latency::WINDOW;
-use crate::cluster::member::MemberIn;
 use crate::cluster::settings::MemberAddress;
 use crate::cluster::status::ClusterView;
 use crate::cluster::{Change, NodeId, Role};
@@ -57,11 +56,7 @@ async fn change_members(s: &Ctx, change: Change) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("this node is not a cluster member"));
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if view
-        .inbox
-        .try_send(MemberIn::Change { change, reply })
-        .is_err()
-    {
+    if !(view.changes)(change, reply) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
