@@ -68,7 +68,7 @@ struct ServeArgs {
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The node's name, by which `warren ctl -n NAME` tells local nodes apart [default:
-    /// warren@<hostname>].
+    /// warren@<hostname>, or warren-ID@IP for a cluster member].
     #[arg(long, env = "WARREN_NODENAME")]
     node_name: Option<String>,
     /// When publisher confirms go out: "batch" waits for fdatasync (survives power loss),

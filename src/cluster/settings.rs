@@ -56,6 +56,20 @@ pub struct MemberAddress {
     pub http: Option<SocketAddr>,
 }
 
+impl MemberAddress {
+    /// The member's node name, `warren-ID@IP` (its AMQP address's IP): what `/api/nodes`,
+    /// `cluster_status` and `forget_cluster_node` call it, and its own name unless
+    /// `--node-name` gives another.
+    pub fn node_name(&self) -> String {
+        node_name(self.id, self.amqp.ip())
+    }
+}
+
+/// A member's node name from its id and the IP clients reach it on.
+pub fn node_name(id: NodeId, ip: std::net::IpAddr) -> String {
+    format!("warren-{id}@{ip}")
+}
+
 /// The cluster's members as a member's store records them with the last entry it applied:
 /// the voters and learners of the configuration in effect, with every one's address.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -52,6 +52,10 @@ pub async fn run(
     let (log, state) =
         FjallLog::open(&config.data_dir.join(LOG_DIR)).map_err(|e| err(e.to_string()))?;
     let me = cluster.me().clone();
+    // Every member names the others `warren-ID@IP`; it takes that name for itself too.
+    if config.node_name.is_none() {
+        config.node_name = Some(me.node_name());
+    }
     let raft_port = me.raft.port();
     let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, raft_port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))

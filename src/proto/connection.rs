@@ -477,9 +477,26 @@ impl Connection {
                         return;
                     }
                 }
-                _ => match self.decoder.decode(&mut self.input) {
-                    Ok(Some(frame)) => {
-                        if let Err(e) = self.handle_frame(frame, now_ms) {
+                _ => match self.decoder.decode_raw(&mut self.input).and_then(|raw| {
+                    // Methods and content headers are decoded where they are handled, not
+                    // moved through a `Frame` as large as its largest kind (a header's
+                    // properties): a header's properties move once, into the channel's
+                    // publish in progress.
+                    match raw {
+                        Some(raw) if raw.is_method() => raw.method().map(|method| {
+                            Some(self.handle_method_frame(raw.channel, method, now_ms))
+                        }),
+                        Some(raw) if raw.is_header() => raw
+                            .header()
+                            .map(|header| Some(self.handle_header_frame(raw.channel, header))),
+                        Some(raw) => raw
+                            .into_frame()
+                            .map(|frame| Some(self.handle_frame(frame, now_ms))),
+                        None => Ok(None),
+                    }
+                }) {
+                    Ok(Some(handled)) => {
+                        if let Err(e) = handled {
                             self.close_with(e, now_ms);
                         }
                     }
@@ -529,9 +546,35 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, frame: Frame, now_ms: u64) -> Result<(), ConnectionError> {
+        match frame {
+            Frame::Method { channel, method } => self.handle_method_frame(channel, method, now_ms),
+            Frame::Header { channel, header } => self.handle_header_frame(channel, header),
+            // After sending connection.close only close and close-ok matter.
+            _ if matches!(self.phase, Phase::Closing { .. }) => Ok(()),
+            Frame::Heartbeat { channel } => {
+                if channel != 0 {
+                    return Err(ConnectionError::new(
+                        UNEXPECTED_FRAME,
+                        format!("heartbeat frame on channel {channel}"),
+                    ));
+                }
+                Ok(())
+            }
+            _ if self.phase != Phase::Open => Err(not_open()),
+            Frame::Body { channel, payload } => self.handle_body(channel, payload),
+        }
+    }
+
+    /// A method frame, whatever the phase.
+    fn handle_method_frame(
+        &mut self,
+        channel: u16,
+        method: Method,
+        now_ms: u64,
+    ) -> Result<(), ConnectionError> {
         if let Phase::Closing { .. } = self.phase {
             // After sending connection.close only close and close-ok matter.
-            if let Frame::Method { channel: 0, method } = frame {
+            if channel == 0 {
                 match method {
                     Method::ConnectionCloseOk(_) => self.enter_closed(),
                     Method::ConnectionClose(_) => {
@@ -547,26 +590,26 @@ impl Connection {
             }
             return Ok(());
         }
-        match frame {
-            Frame::Heartbeat { channel } => {
-                if channel != 0 {
-                    return Err(ConnectionError::new(
-                        UNEXPECTED_FRAME,
-                        format!("heartbeat frame on channel {channel}"),
-                    ));
-                }
-                Ok(())
-            }
-            Frame::Method { channel: 0, method } => self.handle_connection_method(method, now_ms),
-            _ if self.phase != Phase::Open => Err(ConnectionError::new(
-                COMMAND_INVALID,
-                "connection is not open: expected a method on channel 0",
-            )),
-            Frame::Method { channel, method } => {
-                self.handle_channel_method(channel, method, now_ms)
-            }
-            Frame::Header { channel, header } => self.handle_header(channel, header),
-            Frame::Body { channel, payload } => self.handle_body(channel, payload),
+        if channel == 0 {
+            self.handle_connection_method(method, now_ms)
+        } else if self.phase != Phase::Open {
+            Err(not_open())
+        } else {
+            self.handle_channel_method(channel, method, now_ms)
+        }
+    }
+
+    /// A content header frame, whatever the phase: ignored while closing, refused before
+    /// the connection is open.
+    fn handle_header_frame(
+        &mut self,
+        channel: u16,
+        header: ContentHeader,
+    ) -> Result<(), ConnectionError> {
+        match self.phase {
+            Phase::Closing { .. } => Ok(()),
+            Phase::Open => self.handle_header(channel, header),
+            _ => Err(not_open()),
         }
     }
 
@@ -670,7 +713,9 @@ impl Connection {
             )
             .on(&method));
         }
-        match self.channels.remove(&channel) {
+        // Channel states change in place: a state holds a publish in progress, and moving
+        // it out of the map and back for every frame would copy it twice per frame.
+        match self.channels.get_mut(&channel) {
             None => match method {
                 Method::ChannelOpen(_) => {
                     // Like RabbitMQ, channel_max limits how many channels are open, not
@@ -696,11 +741,32 @@ impl Connection {
                 Method::ChannelCloseOk(_) => Ok(()),
                 m => Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'").on(&m)),
             },
-            Some(ChannelState::Open(Assembly::Idle)) => {
-                let state = self.channel_method(channel, method)?;
-                self.channels.insert(channel, state);
-                Ok(())
-            }
+            // A method on an open channel with no content in progress.
+            Some(state @ ChannelState::Open(Assembly::Idle)) => match method {
+                Method::ChannelOpen(_) => Err(ConnectionError::new(
+                    CHANNEL_ERROR,
+                    "second 'channel.open' seen",
+                )
+                .on(&method)),
+                Method::ChannelClose(_) => {
+                    *state = ChannelState::ClosingByClient;
+                    self.commands.push_back(Command::ChannelClose { channel });
+                    Ok(())
+                }
+                Method::BasicPublish(publish) => {
+                    *state = ChannelState::Open(Assembly::AwaitingHeader(publish));
+                    if !self.publishing {
+                        self.publishing = true;
+                        self.commands.push_back(Command::Publishing);
+                    }
+                    Ok(())
+                }
+                m => {
+                    self.commands
+                        .push_back(Command::Method { channel, method: m });
+                    Ok(())
+                }
+            },
             Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
                 "expected content header for class 60, got non content header frame instead",
             )),
@@ -719,47 +785,13 @@ impl Connection {
                         );
                         self.free_channel(channel);
                     }
-                    _ => {
-                        self.channels.insert(channel, ChannelState::ClosingByServer);
-                    }
+                    // Dropped until the client's close-ok.
+                    _ => {}
                 }
                 Ok(())
             }
-            Some(other) => {
-                // Closing by the client, or an error pending: drop what arrives.
-                self.channels.insert(channel, other);
-                Ok(())
-            }
-        }
-    }
-
-    /// A method on an open channel with no content in progress; returns the channel's
-    /// next state.
-    fn channel_method(
-        &mut self,
-        channel: u16,
-        method: Method,
-    ) -> Result<ChannelState, ConnectionError> {
-        match method {
-            Method::ChannelOpen(_) => {
-                Err(ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen").on(&method))
-            }
-            Method::ChannelClose(_) => {
-                self.commands.push_back(Command::ChannelClose { channel });
-                Ok(ChannelState::ClosingByClient)
-            }
-            Method::BasicPublish(publish) => {
-                if !self.publishing {
-                    self.publishing = true;
-                    self.commands.push_back(Command::Publishing);
-                }
-                Ok(ChannelState::Open(Assembly::AwaitingHeader(publish)))
-            }
-            m => {
-                self.commands
-                    .push_back(Command::Method { channel, method: m });
-                Ok(ChannelState::Open(Assembly::Idle))
-            }
+            // Closing by the client, or an error pending: drop what arrives.
+            Some(_) => Ok(()),
         }
     }
 
@@ -769,128 +801,141 @@ impl Connection {
         header: ContentHeader,
     ) -> Result<(), ConnectionError> {
         let max = self.config.max_message_bytes;
-        match self.channels.remove(&channel) {
-            Some(ChannelState::Open(Assembly::AwaitingHeader(publish))) => {
-                if header.class_id != CLASS_BASIC {
-                    return Err(publish_error(&format!(
-                        "expected content header for class 60, got one for class {} instead",
-                        header.class_id
-                    )));
-                }
-                if header.body_size > max {
-                    // Refuse the message on its channel; its body frames are dropped while
-                    // the close is pending.
-                    self.channels.insert(channel, ChannelState::ErrorPending);
-                    self.commands.push_back(Command::ChannelError {
-                        channel,
-                        close: ChannelClose {
-                            reply_code: PRECONDITION_FAILED,
-                            reply_text: format!(
-                                "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
-                                header.body_size, max
-                            ),
-                            class_id: CLASS_BASIC,
-                            method_id: BasicPublish::METHOD_ID,
-                        },
-                    });
-                    return Ok(());
-                }
-                let state = if header.body_size == 0 {
-                    self.publish(channel, publish, header.properties, Bytes::new());
-                    Assembly::Idle
-                } else {
-                    Assembly::AwaitingBody {
-                        publish,
-                        properties: header.properties,
-                        body_size: header.body_size,
-                        body: BodyParts::Empty,
-                    }
-                };
-                self.channels.insert(channel, ChannelState::Open(state));
-                Ok(())
+        let state = match self.channels.get_mut(&channel) {
+            Some(ChannelState::Open(Assembly::AwaitingHeader(_)))
+                if header.class_id != CLASS_BASIC =>
+            {
+                return Err(publish_error(&format!(
+                    "expected content header for class 60, got one for class {} instead",
+                    header.class_id
+                )));
             }
-            Some(ChannelState::Open(Assembly::AwaitingBody { .. })) => Err(publish_error(
-                "expected content body, got non content body frame instead",
-            )),
+            Some(state @ ChannelState::Open(Assembly::AwaitingHeader(_))) => state,
+            Some(ChannelState::Open(Assembly::AwaitingBody { .. })) => {
+                return Err(publish_error(
+                    "expected content body, got non content body frame instead",
+                ));
+            }
             Some(
-                state @ (ChannelState::ClosingByClient
+                ChannelState::ClosingByClient
                 | ChannelState::ClosingByServer
-                | ChannelState::ErrorPending),
-            ) => {
-                self.channels.insert(channel, state);
-                Ok(())
-            }
-            _ => Err(unexpected_non_method()),
+                | ChannelState::ErrorPending,
+            ) => return Ok(()),
+            _ => return Err(unexpected_non_method()),
+        };
+        if header.body_size > max {
+            // Refuse the message on its channel; its body frames are dropped while the
+            // close is pending.
+            *state = ChannelState::ErrorPending;
+            self.commands.push_back(Command::ChannelError {
+                channel,
+                close: ChannelClose {
+                    reply_code: PRECONDITION_FAILED,
+                    reply_text: format!(
+                        "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
+                        header.body_size, max
+                    ),
+                    class_id: CLASS_BASIC,
+                    method_id: BasicPublish::METHOD_ID,
+                },
+            });
+            return Ok(());
         }
+        let ChannelState::Open(assembly) = state else {
+            return Err(unexpected_non_method());
+        };
+        if header.body_size == 0 {
+            if let Assembly::AwaitingHeader(publish) = std::mem::replace(assembly, Assembly::Idle) {
+                self.publish(channel, publish, header.properties, Bytes::new());
+            }
+        } else if let Assembly::AwaitingHeader(publish) = assembly {
+            // The publish moves once, into the state that waits for its body.
+            let publish = std::mem::take(publish);
+            *assembly = Assembly::AwaitingBody {
+                publish,
+                properties: header.properties,
+                body_size: header.body_size,
+                body: BodyParts::Empty,
+            };
+        }
+        Ok(())
     }
 
     fn handle_body(&mut self, channel: u16, payload: Bytes) -> Result<(), ConnectionError> {
-        match self.channels.remove(&channel) {
-            Some(ChannelState::Open(Assembly::AwaitingBody {
-                publish,
-                properties,
-                body_size,
-                mut body,
-            })) => {
-                let have = body.len() + payload.len() as u64;
-                if have > body_size {
-                    return Err(ConnectionError::new(
-                        FRAME_ERROR,
-                        format!(
-                            "content body on channel {channel} is longer than the {body_size} bytes its header declared"
-                        ),
-                    ));
-                }
-                let limit = self.config.max_message_bytes;
-                if self.partial_body_bytes + payload.len() as u64 > limit {
-                    // Bodies in progress on all channels together stay within one
-                    // message's worth: a client cannot hold a partial message per channel.
-                    self.partial_body_bytes -= body.len();
-                    self.channels.insert(channel, ChannelState::ErrorPending);
-                    self.commands.push_back(Command::ChannelError {
-                        channel,
-                        close: ChannelClose {
-                            reply_code: PRECONDITION_FAILED,
-                            reply_text: format!(
-                                "PRECONDITION_FAILED - message bodies in progress on this connection exceed {limit} bytes"
-                            ),
-                            class_id: CLASS_BASIC,
-                            method_id: BasicPublish::METHOD_ID,
-                        },
-                    });
-                    return Ok(());
-                }
-                self.partial_body_bytes += payload.len() as u64;
-                body.push(payload, have == body_size);
-                let state = if have == body_size {
-                    self.partial_body_bytes -= have;
-                    self.publish(channel, publish, properties, body.into_bytes());
-                    Assembly::Idle
-                } else {
-                    Assembly::AwaitingBody {
-                        publish,
-                        properties,
-                        body_size,
-                        body,
-                    }
+        let (state, body_size, body) = match self.channels.get_mut(&channel) {
+            Some(state @ ChannelState::Open(Assembly::AwaitingBody { .. })) => {
+                let ChannelState::Open(Assembly::AwaitingBody {
+                    body_size, body, ..
+                }) = state
+                else {
+                    return Err(unexpected_non_method());
                 };
-                self.channels.insert(channel, ChannelState::Open(state));
-                debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
-                Ok(())
+                let (body_size, held) = (*body_size, body.len());
+                (state, body_size, held)
             }
-            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
-                "expected content header for class 60, got non content header frame instead",
-            )),
+            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => {
+                return Err(publish_error(
+                    "expected content header for class 60, got non content header frame instead",
+                ));
+            }
             Some(
-                state @ (ChannelState::ClosingByClient
+                ChannelState::ClosingByClient
                 | ChannelState::ClosingByServer
-                | ChannelState::ErrorPending),
-            ) => {
-                self.channels.insert(channel, state);
-                Ok(())
-            }
-            _ => Err(unexpected_non_method()),
+                | ChannelState::ErrorPending,
+            ) => return Ok(()),
+            _ => return Err(unexpected_non_method()),
+        };
+        let have = body + payload.len() as u64;
+        if have > body_size {
+            return Err(ConnectionError::new(
+                FRAME_ERROR,
+                format!(
+                    "content body on channel {channel} is longer than the {body_size} bytes its header declared"
+                ),
+            ));
         }
+        let limit = self.config.max_message_bytes;
+        if self.partial_body_bytes + payload.len() as u64 > limit {
+            // Bodies in progress on all channels together stay within one message's
+            // worth: a client cannot hold a partial message per channel.
+            self.partial_body_bytes -= body;
+            *state = ChannelState::ErrorPending;
+            self.commands.push_back(Command::ChannelError {
+                channel,
+                close: ChannelClose {
+                    reply_code: PRECONDITION_FAILED,
+                    reply_text: format!(
+                        "PRECONDITION_FAILED - message bodies in progress on this connection exceed {limit} bytes"
+                    ),
+                    class_id: CLASS_BASIC,
+                    method_id: BasicPublish::METHOD_ID,
+                },
+            });
+            return Ok(());
+        }
+        let complete = have == body_size;
+        if !complete {
+            self.partial_body_bytes += payload.len() as u64;
+            if let ChannelState::Open(Assembly::AwaitingBody { body, .. }) = state {
+                body.push(payload, false);
+            }
+            debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
+            return Ok(());
+        }
+        let done = std::mem::replace(state, ChannelState::Open(Assembly::Idle));
+        self.partial_body_bytes -= body;
+        if let ChannelState::Open(Assembly::AwaitingBody {
+            publish,
+            properties,
+            mut body,
+            ..
+        }) = done
+        {
+            body.push(payload, true);
+            self.publish(channel, publish, properties, body.into_bytes());
+        }
+        debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
+        Ok(())
     }
 
     /// Bytes of message bodies held by channels whose content is still arriving.
@@ -1020,6 +1065,14 @@ impl Connection {
     pub fn error(&self) -> Option<&ConnectionError> {
         self.error.as_ref()
     }
+}
+
+/// A frame other than a method on channel 0 before the connection is open.
+fn not_open() -> ConnectionError {
+    ConnectionError::new(
+        COMMAND_INVALID,
+        "connection is not open: expected a method on channel 0",
+    )
 }
 
 /// A content frame out of place while a `basic.publish` awaits its content; RabbitMQ names

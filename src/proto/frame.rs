@@ -180,6 +180,16 @@ impl FrameDecoder {
     /// if more bytes are needed. Works whatever the chunking, down to one byte at a time.
     /// Body payloads are zero-copy slices of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode_raw(buf)? {
+            Some(raw) => raw.into_frame().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Cuts one complete frame from the front of `buf`, checking its framing but not
+    /// decoding its payload; `Ok(None)` if more bytes are needed. A frame type the
+    /// protocol does not know is refused before its size is even read.
+    pub fn decode_raw(&mut self, buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
         // The type octet alone tells a stream that is not AMQP frames at all.
         let Some(&kind) = buf.first() else {
             return Ok(None);
@@ -217,7 +227,58 @@ impl FrameDecoder {
         let mut payload = buf.split_to(frame_size);
         payload.advance(FRAME_HEADER_SIZE);
         payload.truncate(payload_size as usize);
-        let frame = match kind {
+        Ok(Some(RawFrame {
+            kind,
+            channel,
+            payload,
+        }))
+    }
+}
+
+/// A frame cut from the stream with sound framing, its payload not yet decoded: small
+/// enough to pass around, so that a content header's properties are decoded where they
+/// are kept rather than moved through the frame dispatch.
+#[derive(Debug)]
+pub struct RawFrame {
+    /// The frame type: one of the four the protocol defines.
+    pub kind: u8,
+    /// The channel.
+    pub channel: u16,
+    /// The payload, without the frame's header and end octet.
+    pub payload: BytesMut,
+}
+
+impl RawFrame {
+    /// Whether this is a content header frame.
+    pub fn is_header(&self) -> bool {
+        self.kind == FRAME_HEADER
+    }
+
+    /// Decodes a content header frame's payload.
+    pub fn header(&self) -> Result<ContentHeader, FrameError> {
+        let channel = self.channel;
+        ContentHeader::decode(&self.payload).map_err(|error| FrameError::Header { channel, error })
+    }
+
+    /// Whether this is a method frame.
+    pub fn is_method(&self) -> bool {
+        self.kind == FRAME_METHOD
+    }
+
+    /// Decodes a method frame's payload.
+    pub fn method(&self) -> Result<Method, FrameError> {
+        let channel = self.channel;
+        Method::decode(&self.payload).map_err(|error| FrameError::Method { channel, error })
+    }
+
+    /// Decodes the payload.
+    pub fn into_frame(self) -> Result<Frame, FrameError> {
+        let RawFrame {
+            kind,
+            channel,
+            payload,
+        } = self;
+        Ok(match kind {
             FRAME_METHOD => Frame::Method {
                 channel,
                 method: Method::decode(&payload)
@@ -233,10 +294,11 @@ impl FrameDecoder {
                 payload: payload.freeze(),
             },
             // A heartbeat's payload is empty; RabbitMQ closes the connection otherwise.
-            _ if payload_size > 0 => return Err(FrameError::HeartbeatPayload(payload_size)),
+            _ if !payload.is_empty() => {
+                return Err(FrameError::HeartbeatPayload(payload.len() as u32));
+            }
             _ => Frame::Heartbeat { channel },
-        };
-        Ok(Some(frame))
+        })
     }
 }
 

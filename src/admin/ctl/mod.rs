@@ -693,7 +693,7 @@ impl<W: Write> Ctl<W> {
         if let Some(h) = http {
             body["http"] = json!(addr("HTTP address", h)?);
         }
-        let name = format!("warren-{id_n}@{}", addr("AMQP address", amqp)?.ip());
+        let name = crate::cluster::settings::node_name(id_n, addr("AMQP address", amqp)?.ip());
         let to = self.client.node_name.clone();
         self.info(format!("Clustering node {name} with {to}"));
         self.client.must(

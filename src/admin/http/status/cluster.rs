@@ -160,7 +160,7 @@ pub(super) fn cluster_nodes(s: &Ctx, me: &mut Value) -> Vec<Value> {
             .map(|(_, i)| *i);
         let lag = matched.map(|i| status.last_index.saturating_sub(i));
         others.push(json!({
-            "name": format!("warren-{}@{}", m.id, m.amqp.ip()),
+            "name": m.node_name(),
             "type": "disc",
             // What the leader can tell: whether it heard from the member within the last
             // election timeout.
