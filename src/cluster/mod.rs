@@ -152,11 +152,18 @@ impl LogState {
         }
     }
 
-    /// Replaces the log by a snapshot's point, which is committed.
+    /// Replaces the log by a snapshot's point, which is committed. The term is at least
+    /// the point's (a vote cast in an earlier term does not carry into it): a store
+    /// written at a point whose log was not yet persisted (a crash in between) restarts
+    /// with a log whose term covers its entries.
     pub fn install(&mut self, point: Point) {
         self.entries.clear();
         self.compacted = point;
         self.hard_state.commit = self.hard_state.commit.max(point.0);
+        if self.hard_state.term < point.1 {
+            self.hard_state.term = point.1;
+            self.hard_state.vote = 0;
+        }
     }
 
     /// Applies an [`Output::Compact`].

@@ -730,12 +730,27 @@ fn a_store_installed_before_the_log_recorded_the_snapshot_is_reconciled_at_resta
     fixed.install((10, 3));
     assert_eq!(fixed.last_index(), 10);
     assert_eq!(fixed.hard_state.commit, 10);
+    // The term covers the snapshot's; a vote from the older term does not carry over.
+    assert_eq!((fixed.hard_state.term, fixed.hard_state.vote), (3, 0));
     let r = Replica::start(&config(1), &fixed, 10, 3).expect("starts from the snapshot");
     assert_eq!(r.first_index(), 11);
     assert_eq!(r.commit_index(), 10);
     // A store behind the compaction point lost what the log dropped.
     let err = Replica::start(&config(1), &fixed, 0, 0).expect_err("refused");
     assert!(err.to_string().contains("compacted through"), "{err}");
+}
+
+#[test]
+fn a_new_member_that_stopped_between_its_store_and_its_log_restarts_in_a_term() {
+    // The store was written at the bootstrap point; the log stayed empty.
+    let log = LogState::default();
+    let point = snapshot_to_restore(&log, BOOTSTRAP.0, BOOTSTRAP.1).expect("mended");
+    let mut fixed = log.clone();
+    fixed.install(point);
+    assert_eq!(fixed.hard_state.term, BOOTSTRAP.1);
+    let r = Replica::start(&config(1), &fixed, BOOTSTRAP.0, BOOTSTRAP.1).expect("starts");
+    assert_eq!(r.term(), BOOTSTRAP.1);
+    assert_eq!(r.commit_index(), BOOTSTRAP.0);
 }
 
 /// A member's addresses, for membership changes.
