@@ -95,7 +95,7 @@ class Node:
         self.proc = subprocess.Popen(
             [self.warren, "serve", "--config", self.config, "--bind", self.host,
              "--amqp-port", str(self.amqp), "--http-port", str(self.http),
-             "--data-dir", self.dir, "--node-name", f"warren{self.i}@localhost",
+             "--data-dir", self.dir,
              "--log", "warn,warren::node=info"],
             stdout=log, stderr=log)
 
@@ -498,6 +498,9 @@ def main():
         listed = wait_for("every member running and in step", lambda: all_in_step(nodes),
                           FAILOVER_LIMIT_S)
         print("nodes: " + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed))
+        # Each member goes by the name the others give it: warren-ID@IP.
+        names = sorted(n["name"] for n in listed)
+        assert names == sorted(f"warren-{n.i}@{n.host}" for n in nodes), names
         check_follower_http(nodes)
         latency = wait_for("the leader's commit latency", lambda: commit_latency(nodes), 15)
         print(f"commit latency on the leader over {latency['window_s']} s: "
