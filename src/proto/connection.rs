@@ -27,7 +27,7 @@ use super::body::BodyParts;
 use super::command::{Command, Login, Message, Reply};
 use super::constants::*;
 use super::frame::{
-    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, encode_content,
+    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, RawFrame, encode_content,
     encode_content_zero_copy, encode_heartbeat, encode_method,
 };
 use super::method::*;
@@ -477,24 +477,11 @@ impl Connection {
                         return;
                     }
                 }
-                _ => match self.decoder.decode_raw(&mut self.input).and_then(|raw| {
-                    // Methods and content headers are decoded where they are handled, not
-                    // moved through a `Frame` as large as its largest kind (a header's
-                    // properties): a header's properties move once, into the channel's
-                    // publish in progress.
-                    match raw {
-                        Some(raw) if raw.is_method() => raw.method().map(|method| {
-                            Some(self.handle_method_frame(raw.channel, method, now_ms))
-                        }),
-                        Some(raw) if raw.is_header() => raw
-                            .header()
-                            .map(|header| Some(self.handle_header_frame(raw.channel, header))),
-                        Some(raw) => raw
-                            .into_frame()
-                            .map(|frame| Some(self.handle_frame(frame, now_ms))),
-                        None => Ok(None),
-                    }
-                }) {
+                _ => match self
+                    .decoder
+                    .decode_raw(&mut self.input)
+                    .and_then(|raw| raw.map(|raw| self.handle_raw(raw, now_ms)).transpose())
+                {
                     Ok(Some(handled)) => {
                         if let Err(e) = handled {
                             self.close_with(e, now_ms);
@@ -543,6 +530,23 @@ impl Connection {
         self.send_method(0, &Method::ConnectionStart(start), now_ms);
         self.phase = Phase::AwaitingStartOk;
         true
+    }
+
+    /// Decodes and handles a frame cut from the stream. Methods and content headers are
+    /// decoded where they are handled rather than moved through a `Frame`, which is as
+    /// large as its largest kind (a header's properties): the properties move once, into
+    /// the channel's publish in progress. The outer error: the payload did not decode.
+    fn handle_raw(
+        &mut self,
+        raw: RawFrame,
+        now_ms: u64,
+    ) -> Result<Result<(), ConnectionError>, FrameError> {
+        let channel = raw.channel;
+        Ok(match raw.kind {
+            FRAME_METHOD => self.handle_method_frame(channel, raw.method()?, now_ms),
+            FRAME_HEADER => self.handle_header_frame(channel, raw.header()?),
+            _ => self.handle_frame(raw.into_frame()?, now_ms),
+        })
     }
 
     fn handle_frame(&mut self, frame: Frame, now_ms: u64) -> Result<(), ConnectionError> {
@@ -801,28 +805,27 @@ impl Connection {
         header: ContentHeader,
     ) -> Result<(), ConnectionError> {
         let max = self.config.max_message_bytes;
-        let state = match self.channels.get_mut(&channel) {
-            Some(ChannelState::Open(Assembly::AwaitingHeader(_)))
-                if header.class_id != CLASS_BASIC =>
-            {
-                return Err(publish_error(&format!(
-                    "expected content header for class 60, got one for class {} instead",
-                    header.class_id
-                )));
-            }
-            Some(state @ ChannelState::Open(Assembly::AwaitingHeader(_))) => state,
-            Some(ChannelState::Open(Assembly::AwaitingBody { .. })) => {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return Err(unexpected_non_method());
+        };
+        let publish = match state {
+            ChannelState::Open(Assembly::AwaitingHeader(publish)) => publish,
+            ChannelState::Open(Assembly::AwaitingBody { .. }) => {
                 return Err(publish_error(
                     "expected content body, got non content body frame instead",
                 ));
             }
-            Some(
-                ChannelState::ClosingByClient
-                | ChannelState::ClosingByServer
-                | ChannelState::ErrorPending,
-            ) => return Ok(()),
-            _ => return Err(unexpected_non_method()),
+            ChannelState::Open(Assembly::Idle) => return Err(unexpected_non_method()),
+            ChannelState::ClosingByClient
+            | ChannelState::ClosingByServer
+            | ChannelState::ErrorPending => return Ok(()),
         };
+        if header.class_id != CLASS_BASIC {
+            return Err(publish_error(&format!(
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
+            )));
+        }
         if header.body_size > max {
             // Refuse the message on its channel; its body frames are dropped while the
             // close is pending.
@@ -841,51 +844,45 @@ impl Connection {
             });
             return Ok(());
         }
-        let ChannelState::Open(assembly) = state else {
-            return Err(unexpected_non_method());
-        };
+        let publish = std::mem::take(publish);
         if header.body_size == 0 {
-            if let Assembly::AwaitingHeader(publish) = std::mem::replace(assembly, Assembly::Idle) {
-                self.publish(channel, publish, header.properties, Bytes::new());
-            }
-        } else if let Assembly::AwaitingHeader(publish) = assembly {
+            *state = ChannelState::Open(Assembly::Idle);
+            self.publish(channel, publish, header.properties, Bytes::new());
+        } else {
             // The publish moves once, into the state that waits for its body.
-            let publish = std::mem::take(publish);
-            *assembly = Assembly::AwaitingBody {
+            *state = ChannelState::Open(Assembly::AwaitingBody {
                 publish,
                 properties: header.properties,
                 body_size: header.body_size,
                 body: BodyParts::Empty,
-            };
+            });
         }
         Ok(())
     }
 
     fn handle_body(&mut self, channel: u16, payload: Bytes) -> Result<(), ConnectionError> {
-        let (state, body_size, body) = match self.channels.get_mut(&channel) {
-            Some(state @ ChannelState::Open(Assembly::AwaitingBody { .. })) => {
-                let ChannelState::Open(Assembly::AwaitingBody {
-                    body_size, body, ..
-                }) = state
-                else {
-                    return Err(unexpected_non_method());
-                };
-                let (body_size, held) = (*body_size, body.len());
-                (state, body_size, held)
-            }
-            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return Err(unexpected_non_method());
+        };
+        let (publish, properties, body_size, body) = match state {
+            ChannelState::Open(Assembly::AwaitingBody {
+                publish,
+                properties,
+                body_size,
+                body,
+            }) => (publish, properties, *body_size, body),
+            ChannelState::Open(Assembly::AwaitingHeader(_)) => {
                 return Err(publish_error(
                     "expected content header for class 60, got non content header frame instead",
                 ));
             }
-            Some(
-                ChannelState::ClosingByClient
-                | ChannelState::ClosingByServer
-                | ChannelState::ErrorPending,
-            ) => return Ok(()),
-            _ => return Err(unexpected_non_method()),
+            ChannelState::Open(Assembly::Idle) => return Err(unexpected_non_method()),
+            ChannelState::ClosingByClient
+            | ChannelState::ClosingByServer
+            | ChannelState::ErrorPending => return Ok(()),
         };
-        let have = body + payload.len() as u64;
+        let held = body.len();
+        let have = held + payload.len() as u64;
         if have > body_size {
             return Err(ConnectionError::new(
                 FRAME_ERROR,
@@ -898,7 +895,7 @@ impl Connection {
         if self.partial_body_bytes + payload.len() as u64 > limit {
             // Bodies in progress on all channels together stay within one message's
             // worth: a client cannot hold a partial message per channel.
-            self.partial_body_bytes -= body;
+            self.partial_body_bytes -= held;
             *state = ChannelState::ErrorPending;
             self.commands.push_back(Command::ChannelError {
                 channel,
@@ -914,25 +911,15 @@ impl Connection {
             return Ok(());
         }
         let complete = have == body_size;
-        if !complete {
-            self.partial_body_bytes += payload.len() as u64;
-            if let ChannelState::Open(Assembly::AwaitingBody { body, .. }) = state {
-                body.push(payload, false);
-            }
-            debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
-            return Ok(());
-        }
-        let done = std::mem::replace(state, ChannelState::Open(Assembly::Idle));
-        self.partial_body_bytes -= body;
-        if let ChannelState::Open(Assembly::AwaitingBody {
-            publish,
-            properties,
-            mut body,
-            ..
-        }) = done
-        {
-            body.push(payload, true);
+        body.push(payload, complete);
+        if complete {
+            self.partial_body_bytes -= held;
+            let (publish, properties) = (std::mem::take(publish), std::mem::take(properties));
+            let body = std::mem::replace(body, BodyParts::Empty);
+            *state = ChannelState::Open(Assembly::Idle);
             self.publish(channel, publish, properties, body.into_bytes());
+        } else {
+            self.partial_body_bytes += have - held;
         }
         debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
         Ok(())

@@ -249,20 +249,10 @@ pub struct RawFrame {
 }
 
 impl RawFrame {
-    /// Whether this is a content header frame.
-    pub fn is_header(&self) -> bool {
-        self.kind == FRAME_HEADER
-    }
-
     /// Decodes a content header frame's payload.
     pub fn header(&self) -> Result<ContentHeader, FrameError> {
         let channel = self.channel;
         ContentHeader::decode(&self.payload).map_err(|error| FrameError::Header { channel, error })
-    }
-
-    /// Whether this is a method frame.
-    pub fn is_method(&self) -> bool {
-        self.kind == FRAME_METHOD
     }
 
     /// Decodes a method frame's payload.
@@ -273,29 +263,23 @@ impl RawFrame {
 
     /// Decodes the payload.
     pub fn into_frame(self) -> Result<Frame, FrameError> {
-        let RawFrame {
-            kind,
-            channel,
-            payload,
-        } = self;
-        Ok(match kind {
+        let channel = self.channel;
+        Ok(match self.kind {
             FRAME_METHOD => Frame::Method {
                 channel,
-                method: Method::decode(&payload)
-                    .map_err(|error| FrameError::Method { channel, error })?,
+                method: self.method()?,
             },
             FRAME_HEADER => Frame::Header {
                 channel,
-                header: ContentHeader::decode(&payload)
-                    .map_err(|error| FrameError::Header { channel, error })?,
+                header: self.header()?,
             },
             FRAME_BODY => Frame::Body {
                 channel,
-                payload: payload.freeze(),
+                payload: self.payload.freeze(),
             },
             // A heartbeat's payload is empty; RabbitMQ closes the connection otherwise.
-            _ if !payload.is_empty() => {
-                return Err(FrameError::HeartbeatPayload(payload.len() as u32));
+            _ if !self.payload.is_empty() => {
+                return Err(FrameError::HeartbeatPayload(self.payload.len() as u32));
             }
             _ => Frame::Heartbeat { channel },
         })
