@@ -158,9 +158,27 @@ pub struct ClusterFaults {
     /// bound, or in a third of the seeds a few entries' worth.
     pub retain_bytes: u64,
     /// When an operator starts changing the members, ms: a node waiting to join (one more
-    /// than the cluster's size, up from the start) is added, and once it votes, another
-    /// member is removed and stopped for good.
+    /// than the cluster's size, up from the start) is added, and a member is removed and
+    /// stopped for good, in the order `churn` says.
     pub churn_after_ms: Option<u64>,
+    /// What the operator does from `churn_after_ms` on.
+    pub churn: Churn,
+}
+
+/// The operator's membership changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Churn {
+    /// Add the node waiting to join; once it votes, remove another member (not the
+    /// leader).
+    AddThenRemove,
+    /// Remove a member other than the leader, whichever (one down or cut off included: the
+    /// leader must refuse a removal that leaves too few of the voters answering), then add
+    /// the node waiting to join. With a leader to be killed and kept down, the removal
+    /// waits for the kill, so that the members left are the ones that must answer.
+    RemoveThenAdd,
+    /// Add the node waiting to join, and remove it again as soon as it is a learner, most
+    /// often before it is promoted: it must stop once it hears of its removal.
+    AddThenRemoveIt,
 }
 
 impl ClusterFaults {
@@ -214,7 +232,20 @@ impl ClusterFaults {
                 RETAIN_BYTES
             },
             churn_after_ms: churn.then_some(churn_after_ms),
+            churn: Churn::AddThenRemove,
         }
+        .with_churn(rng)
+    }
+
+    /// Draws the operator's plan (after every other draw, so that a seed's other faults
+    /// stay what they were before plans were drawn).
+    fn with_churn(mut self, rng: &mut SmallRng) -> Self {
+        self.churn = [
+            Churn::AddThenRemove,
+            Churn::RemoveThenAdd,
+            Churn::AddThenRemoveIt,
+        ][rng.gen_range(0..3)];
+        self
     }
 
     /// One line for the report.
@@ -238,7 +269,7 @@ impl ClusterFaults {
                 None => String::new(),
             },
             match self.churn_after_ms {
-                Some(ms) => format!(" members change from {ms}ms"),
+                Some(ms) => format!(" members change from {ms}ms ({:?})", self.churn),
                 None => String::new(),
             }
         )
@@ -1436,15 +1467,27 @@ impl ClusterWorld {
         Ok(())
     }
 
-    /// The operator's membership changes are done: the node that joined votes, and
-    /// another member was removed.
+    /// The operator's membership changes are done: a member was removed, and the node that
+    /// joined votes (for [`Churn::AddThenRemoveIt`], the one removed is that node, unless it
+    /// was promoted and led).
     fn churn_done(&self) -> bool {
-        self.faults.churn_after_ms.is_none() || !self.removed.is_empty()
+        let joining = self.cfg.nodes + 1;
+        let votes = self
+            .configs
+            .values()
+            .next_back()
+            .is_some_and(|v| v.contains(&joining));
+        self.faults.churn_after_ms.is_none()
+            || match self.faults.churn {
+                Churn::AddThenRemove => !self.removed.is_empty(),
+                Churn::RemoveThenAdd => !self.removed.is_empty() && votes,
+                Churn::AddThenRemoveIt => !self.removed.is_empty(),
+            }
     }
 
-    /// The operator's next step: add the node waiting to join; once it votes (the leader
-    /// promotes it), remove another member (not the leader). The leader refuses while
-    /// another change is pending.
+    /// The operator's next step, by the seed's [`Churn`]. The leader refuses while another
+    /// change is pending, and a removal that would leave too few voters answering; the
+    /// operator tries again (another member, for a removal).
     fn operate(&mut self) -> Result<(), String> {
         let joining = self.cfg.nodes + 1;
         let Some(leader) = (1..=self.size()).find(|&id| {
@@ -1461,23 +1504,40 @@ impl ClusterWorld {
             .next_back()
             .cloned()
             .expect("the first members");
-        let change = if !voters.contains(&joining) {
-            let r = self.nodes[(leader - 1) as usize]
-                .replica
-                .as_ref()
-                .expect("the leader is up");
-            if r.learners().contains(&joining) {
-                // Its promotion is the leader's to propose.
-                return Ok(());
+        let learner = self.nodes[(leader - 1) as usize]
+            .replica
+            .as_ref()
+            .expect("the leader is up")
+            .learners()
+            .contains(&joining);
+        let add = (!voters.contains(&joining) && !learner && !self.removed.contains(&joining))
+            .then(|| Change::AddLearner(address(joining)));
+        let others: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader && v != joining)
+            .collect();
+        let remove_other = (self.removed.is_empty() && !others.is_empty())
+            .then(|| Change::Remove(others[self.rng.gen_range(0..others.len())]));
+        let change = match self.faults.churn {
+            // Its promotion is the leader's to propose.
+            Churn::AddThenRemove if learner => None,
+            Churn::AddThenRemove => add.or(remove_other),
+            Churn::RemoveThenAdd => {
+                let killed_first = self.faults.kill_after_ms.is_none() || self.kept_down.is_some();
+                if self.removed.is_empty() {
+                    remove_other.filter(|_| killed_first)
+                } else {
+                    add
+                }
             }
-            Change::AddLearner(address(joining))
-        } else {
-            let pool: Vec<NodeId> = voters
-                .iter()
-                .copied()
-                .filter(|&v| v != leader && v != joining)
-                .collect();
-            Change::Remove(pool[self.rng.gen_range(0..pool.len())])
+            // Promoted already and leading, it cannot be removed: another member is.
+            Churn::AddThenRemoveIt if leader == joining => remove_other,
+            Churn::AddThenRemoveIt => add
+                .or_else(|| (!self.removed.contains(&joining)).then_some(Change::Remove(joining))),
+        };
+        let Some(change) = change else {
+            return Ok(());
         };
         self.operations += 1;
         let proposal = OPERATOR | self.operations;
@@ -1540,7 +1600,11 @@ impl ClusterWorld {
                     self.drive(target)?;
                 }
                 Err(ProposeError::NotLeader { leader }) => {
-                    self.clients[c as usize].target = leader.unwrap_or(next);
+                    // The hint, mostly: a member removed without hearing of it may name a
+                    // leader that is gone for good, and a client that only followed hints
+                    // would go round between the two.
+                    let hint = leader.filter(|_| self.rng.gen_ratio(3, 4));
+                    self.clients[c as usize].target = hint.unwrap_or(next);
                     return Ok(());
                 }
                 Err(ProposeError::Busy | ProposeError::Refused(_)) => return Ok(()),
@@ -1857,7 +1921,13 @@ impl ClusterWorld {
                 .nodes
                 .iter()
                 .map(|n| match &n.replica {
-                    Some(r) => format!("{:?} in term {}", r.role(), r.term()),
+                    Some(r) => format!(
+                        "{:?} in term {}, voters {:?}, learners {:?}",
+                        r.role(),
+                        r.term(),
+                        r.voters(),
+                        r.learners()
+                    ),
                     None => "down".to_string(),
                 })
                 .collect();

@@ -101,11 +101,12 @@ impl LogStore {
         term
     }
 
-    /// Replaces the log by a snapshot's point: no entry is held, and the snapshot is
-    /// committed. The store's applied point moves there once the snapshot is durable
+    /// Replaces the log by a snapshot's point and configuration: no entry is held, and the
+    /// snapshot is committed. The store's applied point moves there once the snapshot is durable
     /// ([`LogStore::set_applied`]).
-    pub fn install(&mut self, point: Point) {
+    pub fn install(&mut self, point: Point, conf_state: ConfState) {
         self.entries.clear();
+        self.conf_state = conf_state;
         self.compacted = point;
         self.hard_state.commit = self.hard_state.commit.max(point.0);
         self.hard_state.term = self.hard_state.term.max(point.1);

@@ -25,6 +25,7 @@
 //! then the log is replaced by the snapshot's point.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -170,8 +171,8 @@ struct Driver {
     contacts: Vec<MemberAddress>,
     /// Starts the writer of messages to a member's Raft address.
     dial: Dialer,
-    /// A writer per member messages were sent to.
-    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+    /// A writer per member messages were sent to, with the address it writes to.
+    peers: HashMap<NodeId, (SocketAddr, mpsc::Sender<Message>)>,
     /// Proposals waiting to be applied: when each was proposed, and whom to tell.
     waiting: HashMap<u64, (Instant, SyncSender<Result<(), ProposeFailure>>)>,
     /// Membership changes waiting to be applied, and whom to tell.
@@ -185,7 +186,7 @@ struct Driver {
 }
 
 /// Starts the writer of Raft messages to an address (the transport's `dial`).
-pub type Dialer = Box<dyn Fn(std::net::SocketAddr) -> mpsc::Sender<Message> + Send>;
+pub type Dialer = Box<dyn Fn(SocketAddr) -> mpsc::Sender<Message> + Send>;
 
 /// Who the members are when a node starts.
 pub struct Members {
@@ -545,14 +546,20 @@ impl Driver {
                     }
                     if let Some(change) = &c.change {
                         tracing::warn!(?change, voters = ?self.membership.voters, learners = ?self.membership.learners, "the cluster's members changed");
-                        if let Change::Remove(id) = change {
-                            self.peers.remove(id);
+                        if matches!(change, Change::Remove(_)) {
+                            self.forget_former_members();
                         }
                         if let Some(reply) = c.proposal.and_then(|p| self.changes.remove(&p)) {
                             let _ = reply.send(Ok(()));
                         }
                     }
-                    if self.replica.removed() {
+                    // This entry removes this node: its membership record is written,
+                    // and made durable before the node stops, so that it never restarts
+                    // as a member.
+                    let me = self.replica.id();
+                    if matches!(&c.change, Some(Change::Remove(id)) if *id == me) {
+                        self.store.sync_all().map_err(|e| e.to_string())?;
+                        self.unsynced_store = false;
                         return Err(format!(
                             "node {} was removed from the cluster (forget_cluster_node): it stops; \
                              to join again, start it with an empty data directory and `join`",
@@ -672,8 +679,7 @@ impl Driver {
         self.snapshots_installed += 1;
         if let Some(bytes) = self.store.members().map_err(|e| e.to_string())? {
             self.membership = Membership::decode(&bytes)?;
-            let membership = &self.membership;
-            self.peers.retain(|id, _| membership.contains(*id));
+            self.forget_former_members();
         }
         tracing::warn!(
             index = point.0,
@@ -752,17 +758,32 @@ impl Driver {
     }
 
     /// The writer to a member, started when first needed: at the address the cluster's
-    /// members record, or else the configured one.
+    /// members record, or the configured one while this node knows no members (it waits
+    /// to join). A member re-added at another address gets a new writer.
     fn peer(&mut self, id: NodeId) -> Option<&mpsc::Sender<Message>> {
-        if !self.peers.contains_key(&id) {
-            let address = self
-                .membership
-                .member(id)
-                .or_else(|| self.contacts.iter().find(|m| m.id == id))?;
-            let writer = (self.dial)(address.raft);
-            self.peers.insert(id, writer);
+        let address = if self.membership.members.is_empty() {
+            self.contacts.iter().find(|m| m.id == id)
+        } else {
+            self.membership.member(id)
+        }?
+        .raft;
+        if self.peers.get(&id).is_none_or(|(at, _)| *at != address) {
+            let writer = (self.dial)(address);
+            self.peers.insert(id, (address, writer));
         }
-        self.peers.get(&id)
+        self.peers.get(&id).map(|(_, writer)| writer)
+    }
+
+    /// Drops the writers to nodes that are no longer members, and stops the snapshot
+    /// transfers to them.
+    fn forget_former_members(&mut self) {
+        let membership = &self.membership;
+        self.peers.retain(|id, _| membership.contains(*id));
+        for (id, cancel) in &self.sending {
+            if !membership.contains(*id) {
+                cancel.store(true, Relaxed);
+            }
+        }
     }
 
     fn publish(&mut self) {
@@ -821,7 +842,7 @@ impl Driver {
             let _ = reply.send(Err(ProposeFailure::Lost("the Raft thread stopped".into())));
         }
         if self.unsynced_store
-            && let Err(e) = self.store.sync()
+            && let Err(e) = self.store.sync_all()
         {
             tracing::warn!(error = %e, "cannot sync the store at stop");
         }

@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, VecDeque};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
 use raft::prelude::{Message, MessageType};
-use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
 
 use log_store::LogStore;
 pub use log_store::Point;
@@ -373,8 +373,10 @@ pub struct Replica {
     compact_due: bool,
     retain_entries: u64,
     retain_bytes: u64,
-    /// This node has been in the configuration (a node waiting to join has not).
-    was_member: bool,
+    /// Ticks counted since the start.
+    clock: u64,
+    /// The term and clock when each member was last heard from in a term; members only.
+    heard: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -452,7 +454,8 @@ impl Replica {
             compact_due: true,
             retain_entries: cfg.retain_entries,
             retain_bytes: cfg.retain_bytes,
-            was_member: member,
+            clock: 0,
+            heard: BTreeMap::new(),
         };
         replica.draw_election_timeout();
         Ok(replica)
@@ -575,11 +578,14 @@ impl Replica {
         all
     }
 
-    /// This node was a member and a committed change removed it: it must stop (its store
-    /// no longer follows the cluster's).
+    /// A committed change removed this node: it must stop (its store no longer follows the
+    /// cluster's). A node knows members once it is one (a node waiting to join knows none
+    /// until it takes the snapshot that makes it a learner), so a configuration without it
+    /// is one that removed it.
     pub fn removed(&self) -> bool {
         let id = self.node.raft.id;
-        self.was_member && !self.voters().contains(&id) && !self.learners().contains(&id)
+        let (voters, learners) = (self.voters(), self.learners());
+        !voters.is_empty() && !voters.contains(&id) && !learners.contains(&id)
     }
 
     /// Whether a membership change is proposed and not yet applied here.
@@ -650,6 +656,15 @@ impl Replica {
                          leads"
                     ));
                 }
+                // The voters left must still have a majority that answers, or the cluster
+                // could commit nothing more, this change's own completion included.
+                let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != id).collect();
+                if voters.contains(&id) && !self.alive_majority(&remaining) {
+                    return refuse(format!(
+                        "removing node {id} would leave too few of the other voters {remaining:?} \
+                         answering to commit: bring the members that are down back first"
+                    ));
+                }
                 (ConfChangeType::RemoveNode, Vec::new())
             }
         };
@@ -692,10 +707,16 @@ impl Replica {
             return;
         }
         let commit = raft.raft_log.committed;
-        let ready = self.learners().into_iter().find(|id| {
-            raft.prs()
-                .get(*id)
-                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_WITHIN >= commit)
+        let voters = self.voters();
+        // A learner that answers and takes the log as it grows, and whose promotion leaves
+        // a majority of the voters answering.
+        let ready = self.learners().into_iter().find(|&id| {
+            raft.prs().get(id).is_some_and(|p| {
+                p.matched > 0
+                    && p.matched + PROMOTE_WITHIN >= commit
+                    && p.state == ProgressState::Replicate
+            }) && self.alive(id)
+                && self.alive_majority(&[voters.as_slice(), &[id]].concat())
         });
         if let Some(id) = ready {
             let mut cc = ConfChange::default();
@@ -724,9 +745,6 @@ impl Replica {
             ConfChangeType::RemoveNode => member.then_some(Change::Remove(id))?,
         };
         let cs = self.node.apply_conf_change(&cc).ok()?;
-        if cs.voters.contains(&self.node.raft.id) || cs.learners.contains(&self.node.raft.id) {
-            self.was_member = true;
-        }
         self.node.mut_store().set_conf_state(cs);
         Some(change)
     }
@@ -753,8 +771,25 @@ impl Replica {
         if self.pending.iter().any(|p| p.snapshot.is_some()) {
             return;
         }
+        self.clock += 1;
         self.node.tick();
         self.draw_election_timeout();
+    }
+
+    /// Whether `id` is this node or was heard from in this term, within the least election
+    /// timeout (a new leader counts no member it heard from as a follower: the leader it
+    /// replaced may be down since).
+    fn alive(&self, id: NodeId) -> bool {
+        id == self.node.raft.id
+            || self.heard.get(&id).is_some_and(|&(term, at)| {
+                term == self.node.raft.term && at + self.election_ticks as u64 >= self.clock
+            })
+    }
+
+    /// Whether the members of `voters` that are alive are a majority of them.
+    fn alive_majority(&self, voters: &[NodeId]) -> bool {
+        let alive = voters.iter().filter(|&&v| self.alive(v)).count();
+        alive > voters.len() / 2
     }
 
     /// Takes a message from a peer. Messages from other terms or non-members are raft-rs's
@@ -764,6 +799,15 @@ impl Replica {
         // run no broker, and forward clients rather than proposals.
         if message.get_msg_type() == MessageType::MsgPropose {
             return;
+        }
+        // Only members are remembered: the map stays as small as the cluster.
+        let from = message.from;
+        if self.node.raft.prs().get(from).is_some() {
+            self.heard.insert(from, (message.term, self.clock));
+            if self.heard.len() > MAX_MEMBERS {
+                let prs = self.node.raft.prs();
+                self.heard.retain(|id, _| prs.get(*id).is_some());
+            }
         }
         let mut message = message;
         // A snapshot's content is the store, which the driver installs itself.
@@ -847,9 +891,12 @@ impl Replica {
             return;
         }
         let mut ready = self.node.ready();
-        let snapshot = {
+        let (snapshot, snapshot_conf) = {
             let meta = ready.snapshot().get_metadata();
-            (meta.index != 0).then_some((meta.index, meta.term))
+            (
+                (meta.index != 0).then_some((meta.index, meta.term)),
+                meta.get_conf_state().clone(),
+            )
         };
         out.extend(ready.take_messages().into_iter().map(outgoing));
         let committed = ready.take_committed_entries();
@@ -875,7 +922,7 @@ impl Replica {
         {
             let log = self.node.mut_store();
             if let Some(point) = snapshot {
-                log.install(point);
+                log.install(point, snapshot_conf);
             }
             log.append(&entries);
             if let Some(hs) = &hard_state {

@@ -923,3 +923,75 @@ fn a_removed_member_knows_it_and_does_not_restart_as_one() {
     let err = Replica::start(&cfg, &n.log, applied, term).unwrap_err();
     assert!(err.to_string().contains("removed"), "{err}");
 }
+
+#[test]
+fn a_voter_is_not_removed_while_too_few_of_the_others_answer() {
+    let mut net = Net {
+        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+        cut: Vec::new(),
+    };
+    let leader = net.tick_until_leader();
+    let followers: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    let (down, up) = (followers[0], followers[1]);
+    net.cut.push(down);
+    // Longer than any election timeout: the leader no longer counts it as answering.
+    net.run_ticks(40);
+    assert_eq!(net.node(leader).replica.role(), Role::Leader);
+    // Removing the member that answers would leave the leader and the one that does not:
+    // no majority answers, and nothing (this removal included) could commit.
+    let refused = net
+        .node(leader)
+        .replica
+        .propose_change(1, Change::Remove(up));
+    assert!(
+        matches!(&refused, Err(ProposeError::Refused(why)) if why.contains("answering")),
+        "{refused:?}"
+    );
+    // Removing the one that is down leaves two that answer.
+    net.node(leader)
+        .replica
+        .propose_change(2, Change::Remove(down))
+        .expect("the member that is down is removed");
+    net.settle();
+    let mut left = vec![leader, up];
+    left.sort_unstable();
+    assert_eq!(net.node(leader).replica.voters(), left);
+    assert_eq!(net.node(up).replica.voters(), left);
+}
+
+#[test]
+fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
+    let mut net = Net {
+        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+        cut: Vec::new(),
+    };
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 1, 3);
+    let joining = ReplicaConfig {
+        members: vec![],
+        ..config(4)
+    };
+    net.nodes.push(Node {
+        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
+        ..bootstrapped(config(1))
+    });
+    net.node(4).applied.clear();
+    net.node(4).log = LogState::default();
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::AddLearner(address(4)))
+        .expect("add a learner");
+    net.settle();
+    net.run_ticks(30);
+    assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+    // Node 4 became a member through a snapshot, not by applying its own addition: removed,
+    // it knows. A node waiting to join is not one removed.
+    assert!(!net.node(4).replica.removed());
+    net.node(leader)
+        .replica
+        .propose_change(2, Change::Remove(4))
+        .expect("remove the new member");
+    net.settle();
+    net.run_ticks(5);
+    assert!(net.node(4).replica.removed());
+}

@@ -402,6 +402,11 @@ def membership_round(root, warren, nodes, members, ledger, everyone):
     leader = wait_for("a single leader", lambda: leader_of(nodes), FAILOVER_LIMIT_S)
     gone = next(n for n in nodes if n is not leader and n is not new)
     gone.stop()
+    # A name whose host is not the member's names no member.
+    wrong = subprocess.run([warren, "ctl", "--data-dir", leader.dir, "forget_cluster_node",
+                            f"warren-{gone.i}@10.255.255.1"],
+                           capture_output=True, text=True, timeout=180)
+    assert wrong.returncode != 0 and "not a member" in wrong.stderr + wrong.stdout, wrong
     ctl(warren, leader, "forget_cluster_node", f"warren-{gone.i}@{gone.host}")
     nodes.remove(gone)
     listed = wait_for("three members in step after the removal", lambda: all_in_step(nodes), 60)

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::Exposition;
 use crate::admin::http::{ApiError, ApiResult, Ctx, State, authenticate, no_content};
 use crate::cluster::latency::WINDOW;
-use crate::cluster::settings::MemberAddress;
+use crate::cluster::settings::{MemberAddress, node_name};
 use crate::cluster::status::ClusterView;
 use crate::cluster::{Change, NodeId, Role};
 
@@ -34,12 +34,21 @@ struct JoinBody {
     http: Option<SocketAddr>,
 }
 
-/// The id in a member's path: a node id, or a node name `warren-ID@HOST`.
-fn member_id(text: &str) -> Result<NodeId, ApiError> {
-    let digits = text
-        .strip_prefix("warren-")
-        .map_or(text, |rest| rest.split('@').next().unwrap_or(rest));
-    digits
+/// The id in a member's path: a node id, or a node name `warren-ID@HOST`, which must be
+/// the name `name_of` gives that id (the node's name as its addresses make it, when they
+/// are known).
+fn member_id(
+    text: &str,
+    name_of: impl FnOnce(NodeId) -> Option<String>,
+) -> Result<NodeId, ApiError> {
+    let (digits, named) = match text.strip_prefix("warren-") {
+        Some(rest) => (
+            rest.split_once('@').map_or(rest, |(id, _)| id),
+            text.contains('@'),
+        ),
+        None => (text, false),
+    };
+    let id = digits
         .parse::<NodeId>()
         .ok()
         .filter(|id| *id > 0)
@@ -47,7 +56,23 @@ fn member_id(text: &str) -> Result<NodeId, ApiError> {
             ApiError::bad_request(format!(
                 "{text:?} is not a member: give a node id (1 or more) or a name warren-ID@HOST"
             ))
-        })
+        })?;
+    if named {
+        match name_of(id) {
+            Some(name) if name == text => {}
+            Some(name) => {
+                return Err(ApiError::bad_request(format!(
+                    "{text:?} is not a member's name: node {id} is {name}"
+                )));
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "{text:?} is not a member: no node {id} is known"
+                )));
+            }
+        }
+    }
+    Ok(id)
 }
 
 /// Hands a membership change to the Raft thread and waits for it to commit.
@@ -91,9 +116,9 @@ pub(in crate::admin::http) async fn join_member(
     body: Bytes,
 ) -> ApiResult {
     authenticate(&s, &headers).await?.require_admin()?;
-    let id = member_id(&id)?;
     let body: JoinBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("a member's addresses: {e}")))?;
+    let id = member_id(&id, |id| Some(node_name(id, body.amqp.ip())))?;
     let member = MemberAddress {
         id,
         raft: body.raft,
@@ -112,7 +137,10 @@ pub(in crate::admin::http) async fn forget_member(
     Path(id): Path<String>,
 ) -> ApiResult {
     authenticate(&s, &headers).await?.require_admin()?;
-    let id = member_id(&id)?;
+    let id = member_id(&id, |id| {
+        let members = s.cluster.as_ref()?.members();
+        members.iter().find(|m| m.id == id).map(|m| m.node_name())
+    })?;
     change_members(&s, Change::Remove(id)).await?;
     no_content()
 }
@@ -303,11 +331,15 @@ mod tests {
 
     #[test]
     fn a_member_is_named_by_its_id_or_its_node_name() {
-        assert_eq!(member_id("3").unwrap(), 3);
-        assert_eq!(member_id("warren-12@10.0.0.12").unwrap(), 12);
-        assert_eq!(member_id("warren-7").unwrap(), 7);
+        let known = |id| (id == 12).then(|| "warren-12@10.0.0.12".to_string());
+        assert_eq!(member_id("3", known).unwrap(), 3);
+        assert_eq!(member_id("warren-12@10.0.0.12", known).unwrap(), 12);
+        assert_eq!(member_id("warren-7", known).unwrap(), 7);
+        // The host must be the member's.
+        assert!(member_id("warren-12@10.0.0.13", known).is_err());
+        assert!(member_id("warren-7@10.0.0.7", known).is_err());
         for bad in ["0", "", "x", "warren-@h", "-1", "99999999999999999999999"] {
-            assert!(member_id(bad).is_err(), "{bad}");
+            assert!(member_id(bad, known).is_err(), "{bad}");
         }
     }
 }
