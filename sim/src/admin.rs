@@ -26,7 +26,7 @@ use warren::proto::method::Method;
 use warren::proto::table::FieldTable;
 use warren::store::{PermissionRecord, Recovered};
 
-use crate::checker::Violation;
+use crate::Violation;
 use crate::policies::PolicyBook;
 
 /// The operator's users and vhosts: names no other client uses.

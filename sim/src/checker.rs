@@ -17,19 +17,10 @@ use warren::proto::command::{Command, ConnId, Message, Reply};
 use warren::proto::method::Method;
 use warren::store::Recovered;
 
+use crate::Violation;
 use crate::client::{Observed, queue_of_tag};
 use crate::hostile::{Reserved, is_hostile_id, plan::strip_cr_lf};
 use crate::workload::{Kind, MsgKey, msg_id_text, parse_msg_id, topic_matches};
-
-/// A broken guarantee.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation(pub String);
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 type Check = Result<(), Violation>;
 

@@ -21,7 +21,7 @@ use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 use warren::store::Recovered;
 
-use crate::checker::Violation;
+use crate::Violation;
 
 /// The probe's exchange and queue: names no other client uses.
 pub const EXCHANGE: &str = "sim.later";

@@ -56,6 +56,16 @@ pub mod watchdog;
 pub mod workload;
 pub mod world;
 
+/// A broken guarantee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 use std::cell::RefCell;
 
 /// The command that replays `seed` with `bin`'s arguments: the phase lengths only when

@@ -498,7 +498,7 @@ fn print_hostile(r: &RunResult) {
     }
 }
 
-fn report_failure(r: &RunResult, v: &warren_sim::checker::Violation, args: &Args, cfg: RunConfig) {
+fn report_failure(r: &RunResult, v: &warren_sim::Violation, args: &Args, cfg: RunConfig) {
     println!(
         "seed {} FAILED at {}ms virtual (step {}): {v}",
         r.seed, r.now_ms, r.steps

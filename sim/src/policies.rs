@@ -19,7 +19,7 @@ use warren::broker::admin::{Actor, AdminErrorKind, AdminReply, AdminRequest, Adm
 use warren::proto::table::{FieldTable, FieldValue};
 use warren::store::{PolicyRecord, Recovered};
 
-use crate::checker::Violation;
+use crate::Violation;
 
 /// The policy on the workload's queues in `/`: `max-length` with `reject-publish`, which
 /// the message model applies (nothing is dropped, publishes past it are nacked).

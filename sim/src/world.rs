@@ -28,10 +28,11 @@ use warren::proto::command::{Command, ConnId, DrainReport};
 use warren::proto::connection::{Connection, ConnectionConfig};
 use warren::store::commit::{GroupCommit, StoreDone};
 
+use crate::Violation;
 use crate::actor::Actor;
 use crate::admin::{AdminStats, Operator};
 use crate::alarms::AlarmFaults;
-use crate::checker::{Model, Stats, Violation};
+use crate::checker::{Model, Stats};
 use crate::client::{Client, Observed, RunPhase};
 use crate::disk::{DiskFaults, VirtualDisk};
 use crate::faults::{Faults, derive_seed};

@@ -44,10 +44,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::prelude::{Message, MessageType};
-use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use log_store::LogStore;
 pub use log_store::Point;
@@ -556,199 +555,6 @@ impl Replica {
         self.in_flight.len()
     }
 
-    /// The voters of the configuration in effect here (the last one applied), in order.
-    pub fn voters(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self.node.raft.prs().conf().voters().ids().iter().collect();
-        all.sort_unstable();
-        all
-    }
-
-    /// The learners of the configuration in effect here, in order.
-    pub fn learners(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self
-            .node
-            .raft
-            .prs()
-            .conf()
-            .learners()
-            .iter()
-            .copied()
-            .collect();
-        all.sort_unstable();
-        all
-    }
-
-    /// A committed change removed this node: it must stop (its store no longer follows the
-    /// cluster's). A node knows members once it is one (a node waiting to join knows none
-    /// until it takes the snapshot that makes it a learner), so a configuration without it
-    /// is one that removed it.
-    pub fn removed(&self) -> bool {
-        let id = self.node.raft.id;
-        let (voters, learners) = (self.voters(), self.learners());
-        !voters.is_empty() && !voters.contains(&id) && !learners.contains(&id)
-    }
-
-    /// Whether a membership change is proposed and not yet applied here.
-    pub fn change_pending(&self) -> bool {
-        self.node.raft.has_pending_conf()
-    }
-
-    /// Proposes a membership change, when this node leads and no other change is pending.
-    /// `proposal` is reported back as for [`Replica::propose`]. A node is added as a
-    /// learner ([`Change::AddLearner`]); promotions are the leader's own.
-    pub fn propose_change(&mut self, proposal: u64, change: Change) -> Result<(), ProposeError> {
-        if self.node.raft.state != StateRole::Leader || self.node.raft.lead_transferee.is_some() {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader(),
-            });
-        }
-        if self.change_pending() {
-            return Err(ProposeError::Refused(
-                "another membership change is in progress; try again once it is applied".into(),
-            ));
-        }
-        if self.in_flight.len() >= MAX_PROPOSALS_IN_FLIGHT {
-            return Err(ProposeError::Busy);
-        }
-        let (voters, learners) = (self.voters(), self.learners());
-        let id = change.node();
-        let member = voters.contains(&id) || learners.contains(&id);
-        let refuse = |why: String| Err(ProposeError::Refused(why));
-        let (kind, context) = match &change {
-            Change::AddLearner(address) => {
-                if id == 0 {
-                    return refuse("node ids start at 1".into());
-                }
-                if member {
-                    return refuse(format!("node {id} is already a member"));
-                }
-                if voters.len() + learners.len() >= MAX_MEMBERS {
-                    return refuse(format!("a cluster has at most {MAX_MEMBERS} members"));
-                }
-                // A node joining must be sent the leader's store, which records the
-                // members: a log that still starts at its first entry would be replayed
-                // to it from there, where it knows no members (a cluster started before
-                // stores recorded them, and not yet compacted).
-                if self.node.store().first() <= 1 {
-                    return refuse(
-                        "the leader's log still starts at its first entry; add members once \
-                         it has compacted"
-                            .into(),
-                    );
-                }
-                let context = serde_json::to_vec(address)
-                    .map_err(|e| ProposeError::Refused(e.to_string()))?;
-                (ConfChangeType::AddLearnerNode, context)
-            }
-            Change::Promote(_) => {
-                if !learners.contains(&id) {
-                    return refuse(format!("node {id} is not a learner"));
-                }
-                (ConfChangeType::AddNode, Vec::new())
-            }
-            Change::Remove(_) => {
-                if !member {
-                    return refuse(format!("node {id} is not a member"));
-                }
-                if id == self.node.raft.id {
-                    return refuse(format!(
-                        "node {id} leads the cluster: stop it, and remove it once another member \
-                         leads"
-                    ));
-                }
-                // The voters left must still have a majority that answers, or the cluster
-                // could commit nothing more, this change's own completion included.
-                let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != id).collect();
-                if voters.contains(&id) && !self.alive_majority(&remaining) {
-                    return refuse(format!(
-                        "removing node {id} would leave too few of the other voters {remaining:?} \
-                         answering to commit: bring the members that are down back first"
-                    ));
-                }
-                (ConfChangeType::RemoveNode, Vec::new())
-            }
-        };
-        let mut cc = ConfChange::default();
-        cc.set_change_type(kind);
-        cc.node_id = id;
-        let bytes = context.len() as u64;
-        let before = self.node.raft.raft_log.last_index();
-        match self.node.propose_conf_change(context, cc) {
-            Ok(()) => {}
-            Err(raft::Error::ProposalDropped) => return Err(ProposeError::Busy),
-            Err(_) => {
-                return Err(ProposeError::NotLeader {
-                    leader: self.leader(),
-                });
-            }
-        }
-        let index = self.node.raft.raft_log.last_index();
-        assert_eq!(index, before + 1, "a membership change is one entry");
-        self.in_flight.insert(
-            index,
-            InFlight {
-                term: self.node.raft.term,
-                proposal,
-                bytes,
-            },
-        );
-        self.uncommitted_bytes += bytes;
-        Ok(())
-    }
-
-    /// On the leader: promotes a learner that has caught up (within [`PROMOTE_WITHIN`] of
-    /// the commit index), when no other change is pending.
-    fn maybe_promote(&mut self) {
-        let raft = &self.node.raft;
-        if raft.state != StateRole::Leader
-            || raft.lead_transferee.is_some()
-            || self.change_pending()
-        {
-            return;
-        }
-        let commit = raft.raft_log.committed;
-        let voters = self.voters();
-        // A learner that answers and takes the log as it grows, and whose promotion leaves
-        // a majority of the voters answering.
-        let ready = self.learners().into_iter().find(|&id| {
-            raft.prs().get(id).is_some_and(|p| {
-                p.matched > 0
-                    && p.matched + PROMOTE_WITHIN >= commit
-                    && p.state == ProgressState::Replicate
-            }) && self.alive(id)
-                && self.alive_majority(&[voters.as_slice(), &[id]].concat())
-        });
-        if let Some(id) = ready {
-            let mut cc = ConfChange::default();
-            cc.set_change_type(ConfChangeType::AddNode);
-            cc.node_id = id;
-            // Refused only while proposals are over their bound: the next poll tries again.
-            let _ = self.node.propose_conf_change(Vec::new(), cc);
-        }
-    }
-
-    /// Applies a committed membership change to raft-rs's configuration, unless it does
-    /// not decode or no longer fits (it was checked when proposed, against the
-    /// configuration then; a change refused here changes nothing, on every member alike).
-    fn apply_change(&mut self, e: &Entry) -> Option<Change> {
-        let mut cc = ConfChange::default();
-        cc.merge_from_bytes(&e.data).ok()?;
-        let id = cc.node_id;
-        let (voters, learners) = (self.voters(), self.learners());
-        let member = voters.contains(&id) || learners.contains(&id);
-        let change = match cc.get_change_type() {
-            ConfChangeType::AddLearnerNode => {
-                let address: MemberAddress = serde_json::from_slice(&e.context).ok()?;
-                (address.id == id && id != 0 && !member).then_some(Change::AddLearner(address))?
-            }
-            ConfChangeType::AddNode => learners.contains(&id).then_some(Change::Promote(id))?,
-            ConfChangeType::RemoveNode => member.then_some(Change::Remove(id))?,
-        };
-        let cs = self.node.apply_conf_change(&cc).ok()?;
-        self.node.mut_store().set_conf_state(cs);
-        Some(change)
-    }
-
     /// Whether a broker may be started on this node now, from its store: it leads, its
     /// store applied every committed entry (`applied` and `applied_term` are the last
     /// index and term the store applied), its own term's first among them, so that every
@@ -774,22 +580,6 @@ impl Replica {
         self.clock += 1;
         self.node.tick();
         self.draw_election_timeout();
-    }
-
-    /// Whether `id` is this node or was heard from in this term, within the least election
-    /// timeout (a new leader counts no member it heard from as a follower: the leader it
-    /// replaced may be down since).
-    fn alive(&self, id: NodeId) -> bool {
-        id == self.node.raft.id
-            || self.heard.get(&id).is_some_and(|&(term, at)| {
-                term == self.node.raft.term && at + self.election_ticks as u64 >= self.clock
-            })
-    }
-
-    /// Whether the members of `voters` that are alive are a majority of them.
-    fn alive_majority(&self, voters: &[NodeId]) -> bool {
-        let alive = voters.iter().filter(|&&v| self.alive(v)).count();
-        alive > voters.len() / 2
     }
 
     /// Takes a message from a peer. Messages from other terms or non-members are raft-rs's
@@ -1209,6 +999,7 @@ pub mod latency;
 mod log_store;
 #[cfg(not(madsim))]
 pub mod member;
+mod membership;
 pub mod settings;
 pub mod status;
 #[cfg(not(madsim))]

@@ -995,3 +995,69 @@ fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
     net.run_ticks(5);
     assert!(net.node(4).replica.removed());
 }
+
+#[test]
+fn a_learner_that_caught_up_and_stopped_answering_is_not_promoted() {
+    let mut net = Net {
+        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+        cut: Vec::new(),
+    };
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 1, 3);
+    let joining = ReplicaConfig {
+        members: vec![],
+        ..config(4)
+    };
+    net.nodes.push(Node {
+        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
+        ..bootstrapped(config(1))
+    });
+    net.node(4).applied.clear();
+    net.node(4).log = LogState::default();
+    // Node 4 is added while it cannot be reached.
+    net.cut.push(4);
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::AddLearner(address(4)))
+        .expect("add a learner");
+    net.settle();
+    assert_eq!(net.node(leader).replica.learners(), vec![4]);
+    // Another change, committed by the followers but not yet applied by the leader (its
+    // persists held), keeps the promotion back while node 4 catches up.
+    let gone = (1..=3).find(|&id| id != leader).unwrap();
+    net.node(leader).hold_persists = true;
+    net.node(leader)
+        .replica
+        .propose_change(2, Change::Remove(gone))
+        .expect("remove a member");
+    net.cut.clear();
+    net.run_ticks(5);
+    let matched = net
+        .node(leader)
+        .replica
+        .progress()
+        .into_iter()
+        .find(|(id, _)| *id == 4)
+        .map(|(_, m)| m);
+    assert!(
+        matched.is_some_and(|m| m + PROMOTE_WITHIN >= net.node(leader).replica.commit_index()),
+        "node 4 caught up: {matched:?}"
+    );
+    assert_eq!(net.node(leader).replica.learners(), vec![4]);
+    // Node 4 stops answering; once the removal applies, it is not promoted.
+    net.cut.push(4);
+    net.run_ticks(40);
+    net.node(leader).hold_persists = false;
+    net.run_ticks(5);
+    assert_eq!(net.node(leader).replica.role(), Role::Leader);
+    assert!(!net.node(leader).replica.voters().contains(&gone));
+    assert_eq!(
+        net.node(leader).replica.learners(),
+        vec![4],
+        "a learner that does not answer stays one"
+    );
+    // Back, it is promoted.
+    net.cut.clear();
+    net.run_ticks(10);
+    assert!(net.node(leader).replica.voters().contains(&4));
+}

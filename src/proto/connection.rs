@@ -19,20 +19,23 @@
 //! 6. once [`Connection::is_closed`] and everything is written, drop the socket.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::body::BodyParts;
-use super::command::{Command, Login, Message, Reply};
+use super::command::{Command, Reply};
 use super::constants::*;
 use super::frame::{
     ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, RawFrame, encode_content,
     encode_content_zero_copy, encode_heartbeat, encode_method,
 };
 use super::method::*;
-use super::props::BasicProperties;
-use super::table::{FieldTable, FieldValue};
+use super::table::FieldTable;
+
+mod content;
+mod handshake;
+
+use content::{Assembly, ChannelState, publish_error};
+pub use handshake::server_properties;
 
 /// Bodies this large are sent from the message's own buffer instead of being copied into
 /// the output (below it, one copy is cheaper than another buffer to write).
@@ -74,43 +77,6 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// The `server-properties` table warren sends in `connection.start`, advertising the
-/// RabbitMQ extensions it implements.
-pub fn server_properties(version: &str, cluster_name: &str) -> FieldTable {
-    let capabilities: FieldTable = [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "consumer_priorities",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "direct_reply_to",
-    ]
-    .into_iter()
-    .map(|name| (name.to_string(), FieldValue::Bool(true)))
-    .collect();
-    let text = |s: &str| FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()));
-    [
-        ("capabilities".to_string(), FieldValue::Table(capabilities)),
-        ("cluster_name".to_string(), text(cluster_name)),
-        (
-            "copyright".to_string(),
-            text("Copyright (c) the warren authors"),
-        ),
-        (
-            "information".to_string(),
-            text("Licensed under the Apache License 2.0"),
-        ),
-        ("platform".to_string(), text("Rust")),
-        ("product".to_string(), text("warren")),
-        ("version".to_string(), text(version)),
-    ]
-    .into_iter()
-    .collect()
-}
-
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -135,31 +101,6 @@ enum Phase {
     },
     /// Nothing more is read; the driver writes what is left and drops the socket.
     Closed,
-}
-
-/// Content being assembled on a channel.
-#[derive(Debug)]
-enum Assembly {
-    Idle,
-    AwaitingHeader(BasicPublish),
-    AwaitingBody {
-        publish: BasicPublish,
-        properties: BasicProperties,
-        body_size: u64,
-        body: BodyParts,
-    },
-}
-
-#[derive(Debug)]
-enum ChannelState {
-    Open(Assembly),
-    /// The client sent `channel.close`; the broker's `close-ok` frees the number.
-    ClosingByClient,
-    /// This layer found a channel error and asked the broker to close the channel; frames
-    /// are dropped until the broker's `channel.close` goes out.
-    ErrorPending,
-    /// The server sent `channel.close`; frames are dropped until the client's `close-ok`.
-    ClosingByServer,
 }
 
 /// A connection-level error: the reply code and text of the `connection.close` it causes,
@@ -617,93 +558,6 @@ impl Connection {
         }
     }
 
-    fn handle_connection_method(
-        &mut self,
-        method: Method,
-        now_ms: u64,
-    ) -> Result<(), ConnectionError> {
-        match (self.phase, method) {
-            (Phase::AwaitingStartOk, Method::ConnectionStartOk(ok)) => {
-                let login = parse_login(&ok)?;
-                self.commands.push_back(Command::Login(login));
-                self.phase = Phase::AwaitingLogin;
-                Ok(())
-            }
-            (Phase::AwaitingTuneOk, Method::ConnectionTuneOk(tune)) => self.apply_tune_ok(&tune),
-            (Phase::AwaitingOpen, Method::ConnectionOpen(open)) => {
-                self.commands.push_back(Command::OpenVhost {
-                    vhost: open.virtual_host,
-                });
-                self.phase = Phase::AwaitingOpenOk;
-                Ok(())
-            }
-            (_, Method::ConnectionClose(_)) => {
-                self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}), now_ms);
-                self.enter_draining(now_ms);
-                Ok(())
-            }
-            (Phase::Open, Method::ConnectionUpdateSecret(_)) => {
-                // Secrets are only meaningful to token-based authentication, which warren
-                // does not offer; the password a client logged in with stays valid.
-                self.send_method(
-                    0,
-                    &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}),
-                    now_ms,
-                );
-                Ok(())
-            }
-            // A close-ok nobody asked for is harmless.
-            (_, Method::ConnectionCloseOk(_)) => Ok(()),
-            (Phase::Open, m) => Err(ConnectionError::new(
-                CHANNEL_ERROR,
-                "unexpected method in connection state running",
-            )
-            .on(&m)),
-            (_, m) => Err(ConnectionError::new(
-                COMMAND_INVALID,
-                format!("unexpected method {} during the handshake", m.name()),
-            )
-            .on(&m)),
-        }
-    }
-
-    fn apply_tune_ok(&mut self, tune: &ConnectionTuneOk) -> Result<(), ConnectionError> {
-        let server_frame_max = self.config.frame_max_bytes;
-        if tune.frame_max != 0 && tune.frame_max < FRAME_MIN_SIZE {
-            return Err(ConnectionError::new(
-                NOT_ALLOWED,
-                format!("frame_max={} < {} min size", tune.frame_max, FRAME_MIN_SIZE),
-            ));
-        }
-        if tune.frame_max == 0 || tune.frame_max > server_frame_max {
-            return Err(ConnectionError::new(
-                NOT_ALLOWED,
-                format!(
-                    "negotiated frame_max = {} is higher than the maximum allowed value ({})",
-                    tune.frame_max, server_frame_max
-                ),
-            ));
-        }
-        if tune.channel_max == 0 || tune.channel_max > self.config.channel_max {
-            return Err(ConnectionError::new(
-                NOT_ALLOWED,
-                format!(
-                    "negotiated channel_max = {} is higher than the maximum allowed value ({})",
-                    tune.channel_max, self.config.channel_max
-                ),
-            ));
-        }
-        self.frame_max_bytes = tune.frame_max;
-        self.channel_max = tune.channel_max;
-        self.heartbeat_ms = u64::from(tune.heartbeat) * 1000;
-        // Like RabbitMQ, accept payloads of up to frame_max bytes (frames of frame_max + 8):
-        // several clients split bodies that way.
-        self.decoder
-            .set_max_frame_bytes(tune.frame_max.saturating_add(FRAME_OVERHEAD));
-        self.phase = Phase::AwaitingOpen;
-        Ok(())
-    }
-
     fn handle_channel_method(
         &mut self,
         channel: u16,
@@ -797,174 +651,6 @@ impl Connection {
             // Closing by the client, or an error pending: drop what arrives.
             Some(_) => Ok(()),
         }
-    }
-
-    fn handle_header(
-        &mut self,
-        channel: u16,
-        header: ContentHeader,
-    ) -> Result<(), ConnectionError> {
-        let max = self.config.max_message_bytes;
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return Err(unexpected_non_method());
-        };
-        let publish = match state {
-            ChannelState::Open(Assembly::AwaitingHeader(publish)) => publish,
-            ChannelState::Open(Assembly::AwaitingBody { .. }) => {
-                return Err(publish_error(
-                    "expected content body, got non content body frame instead",
-                ));
-            }
-            ChannelState::Open(Assembly::Idle) => return Err(unexpected_non_method()),
-            ChannelState::ClosingByClient
-            | ChannelState::ClosingByServer
-            | ChannelState::ErrorPending => return Ok(()),
-        };
-        if header.class_id != CLASS_BASIC {
-            return Err(publish_error(&format!(
-                "expected content header for class 60, got one for class {} instead",
-                header.class_id
-            )));
-        }
-        if header.body_size > max {
-            // Refuse the message on its channel; its body frames are dropped while the
-            // close is pending.
-            *state = ChannelState::ErrorPending;
-            self.commands.push_back(Command::ChannelError {
-                channel,
-                close: ChannelClose {
-                    reply_code: PRECONDITION_FAILED,
-                    reply_text: format!(
-                        "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
-                        header.body_size, max
-                    ),
-                    class_id: CLASS_BASIC,
-                    method_id: BasicPublish::METHOD_ID,
-                },
-            });
-            return Ok(());
-        }
-        let publish = std::mem::take(publish);
-        if header.body_size == 0 {
-            *state = ChannelState::Open(Assembly::Idle);
-            self.publish(channel, publish, header.properties, Bytes::new());
-        } else {
-            // The publish moves once, into the state that waits for its body.
-            *state = ChannelState::Open(Assembly::AwaitingBody {
-                publish,
-                properties: header.properties,
-                body_size: header.body_size,
-                body: BodyParts::Empty,
-            });
-        }
-        Ok(())
-    }
-
-    fn handle_body(&mut self, channel: u16, payload: Bytes) -> Result<(), ConnectionError> {
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return Err(unexpected_non_method());
-        };
-        let (publish, properties, body_size, body) = match state {
-            ChannelState::Open(Assembly::AwaitingBody {
-                publish,
-                properties,
-                body_size,
-                body,
-            }) => (publish, properties, *body_size, body),
-            ChannelState::Open(Assembly::AwaitingHeader(_)) => {
-                return Err(publish_error(
-                    "expected content header for class 60, got non content header frame instead",
-                ));
-            }
-            ChannelState::Open(Assembly::Idle) => return Err(unexpected_non_method()),
-            ChannelState::ClosingByClient
-            | ChannelState::ClosingByServer
-            | ChannelState::ErrorPending => return Ok(()),
-        };
-        let held = body.len();
-        let have = held + payload.len() as u64;
-        if have > body_size {
-            return Err(ConnectionError::new(
-                FRAME_ERROR,
-                format!(
-                    "content body on channel {channel} is longer than the {body_size} bytes its header declared"
-                ),
-            ));
-        }
-        let limit = self.config.max_message_bytes;
-        if self.partial_body_bytes + payload.len() as u64 > limit {
-            // Bodies in progress on all channels together stay within one message's
-            // worth: a client cannot hold a partial message per channel.
-            self.partial_body_bytes -= held;
-            *state = ChannelState::ErrorPending;
-            self.commands.push_back(Command::ChannelError {
-                channel,
-                close: ChannelClose {
-                    reply_code: PRECONDITION_FAILED,
-                    reply_text: format!(
-                        "PRECONDITION_FAILED - message bodies in progress on this connection exceed {limit} bytes"
-                    ),
-                    class_id: CLASS_BASIC,
-                    method_id: BasicPublish::METHOD_ID,
-                },
-            });
-            return Ok(());
-        }
-        let complete = have == body_size;
-        body.push(payload, complete);
-        if complete {
-            self.partial_body_bytes -= held;
-            let (publish, properties) = (std::mem::take(publish), std::mem::take(properties));
-            let body = std::mem::replace(body, BodyParts::Empty);
-            *state = ChannelState::Open(Assembly::Idle);
-            self.publish(channel, publish, properties, body.into_bytes());
-        } else {
-            self.partial_body_bytes += have - held;
-        }
-        debug_assert_eq!(self.partial_body_bytes, self.bodies_in_progress());
-        Ok(())
-    }
-
-    /// Bytes of message bodies held by channels whose content is still arriving.
-    fn bodies_in_progress(&self) -> u64 {
-        self.channels
-            .values()
-            .map(|state| match state {
-                ChannelState::Open(Assembly::AwaitingBody { body, .. }) => body.len(),
-                _ => 0,
-            })
-            .sum()
-    }
-
-    /// Sets a channel's state, forgetting the bytes of a body in progress that it drops.
-    fn replace_channel_state(&mut self, channel: u16, state: Option<ChannelState>) {
-        let old = match state {
-            Some(state) => self.channels.insert(channel, state),
-            None => self.channels.remove(&channel),
-        };
-        if let Some(ChannelState::Open(Assembly::AwaitingBody { body, .. })) = old {
-            self.partial_body_bytes -= body.len();
-        }
-    }
-
-    fn publish(
-        &mut self,
-        channel: u16,
-        publish: BasicPublish,
-        properties: BasicProperties,
-        body: Bytes,
-    ) {
-        let message = Arc::new(Message {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
-            properties,
-            body,
-        });
-        self.commands.push_back(Command::Publish {
-            channel,
-            publish,
-            message,
-        });
     }
 
     // ----- output -----
@@ -1062,24 +748,6 @@ fn not_open() -> ConnectionError {
     )
 }
 
-/// A content frame out of place while a `basic.publish` awaits its content; RabbitMQ names
-/// the publish as the failing method.
-fn publish_error(detail: &str) -> ConnectionError {
-    ConnectionError {
-        class_id: CLASS_BASIC,
-        method_id: BasicPublish::METHOD_ID,
-        ..ConnectionError::new(UNEXPECTED_FRAME, detail)
-    }
-}
-
-/// A content frame where a method was expected.
-fn unexpected_non_method() -> ConnectionError {
-    ConnectionError::new(
-        UNEXPECTED_FRAME,
-        "expected method frame, got non method frame instead",
-    )
-}
-
 /// Maps a decoding failure to the connection error RabbitMQ reports for it.
 fn frame_error(error: FrameError) -> ConnectionError {
     match error {
@@ -1132,57 +800,6 @@ fn frame_error(error: FrameError) -> ConnectionError {
             format!("malformed content header on channel {channel}: {error}"),
         ),
     }
-}
-
-/// Decodes the credentials of `connection.start-ok` for PLAIN and AMQPLAIN.
-fn parse_login(ok: &ConnectionStartOk) -> Result<Login, ConnectionError> {
-    let refused = |detail: &str| {
-        ConnectionError::new(ACCESS_REFUSED, detail).on(&Method::ConnectionStartOk(ok.clone()))
-    };
-    let (username, password) = match ok.mechanism.as_str() {
-        "PLAIN" => {
-            // authzid NUL authcid NUL password; the authorization identity is ignored.
-            let mut parts = ok.response.split(|b| *b == 0);
-            let _authzid = parts.next();
-            let user = parts
-                .next()
-                .ok_or_else(|| refused("malformed PLAIN response"))?;
-            let pass = parts
-                .next()
-                .ok_or_else(|| refused("malformed PLAIN response"))?;
-            (
-                String::from_utf8_lossy(user).into_owned(),
-                String::from_utf8_lossy(pass).into_owned(),
-            )
-        }
-        "AMQPLAIN" => {
-            // A field table without its length prefix.
-            let mut framed = BytesMut::with_capacity(ok.response.len() + 4);
-            framed.extend_from_slice(&(ok.response.len() as u32).to_be_bytes());
-            framed.extend_from_slice(&ok.response);
-            let table =
-                FieldTable::decode(&framed).map_err(|_| refused("malformed AMQPLAIN response"))?;
-            let field = |name: &str| match table.get(name) {
-                Some(FieldValue::LongStr(s)) => Some(String::from_utf8_lossy(s).into_owned()),
-                _ => None,
-            };
-            match (field("LOGIN"), field("PASSWORD")) {
-                (Some(u), Some(p)) => (u, p),
-                _ => return Err(refused("AMQPLAIN response lacks LOGIN or PASSWORD")),
-            }
-        }
-        other => {
-            return Err(refused(&format!(
-                "unsupported authentication mechanism '{other}'"
-            )));
-        }
-    };
-    Ok(Login {
-        mechanism: ok.mechanism.clone(),
-        username,
-        password,
-        client_properties: ok.client_properties.clone(),
-    })
 }
 
 /// Reply texts are shortstrs: keep them within 255 bytes, on a character boundary.

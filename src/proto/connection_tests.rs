@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::proto::frame::{encode_content, encode_method};
+use crate::proto::props::BasicProperties;
 
 fn open(config: ConnectionConfig) -> Connection {
     let mut c = Connection::new(config, 0);
