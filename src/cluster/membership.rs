@@ -9,9 +9,7 @@ use raft::StateRole;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry};
 
 use super::settings::{MAX_MEMBERS, MemberAddress};
-use super::{
-    Change, InFlight, MAX_PROPOSALS_IN_FLIGHT, NodeId, PROMOTE_WITHIN, ProposeError, Replica,
-};
+use super::{Change, MAX_PROPOSALS_IN_FLIGHT, NodeId, PROMOTE_WITHIN, ProposeError, Replica};
 
 impl Replica {
     /// The voters of the configuration in effect here (the last one applied), in order.
@@ -131,27 +129,8 @@ impl Replica {
         cc.node_id = id;
         let bytes = context.len() as u64;
         let before = self.node.raft.raft_log.last_index();
-        match self.node.propose_conf_change(context, cc) {
-            Ok(()) => {}
-            Err(raft::Error::ProposalDropped) => return Err(ProposeError::Busy),
-            Err(_) => {
-                return Err(ProposeError::NotLeader {
-                    leader: self.leader(),
-                });
-            }
-        }
-        let index = self.node.raft.raft_log.last_index();
-        assert_eq!(index, before + 1, "a membership change is one entry");
-        self.in_flight.insert(
-            index,
-            InFlight {
-                term: self.node.raft.term,
-                proposal,
-                bytes,
-            },
-        );
-        self.uncommitted_bytes += bytes;
-        Ok(())
+        let proposed = self.node.propose_conf_change(context, cc);
+        self.track(proposed, before, proposal, bytes)
     }
 
     /// On the leader: promotes a learner that has caught up (within [`PROMOTE_WITHIN`] of

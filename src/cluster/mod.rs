@@ -623,7 +623,20 @@ impl Replica {
             return Err(ProposeError::Busy);
         }
         let before = self.node.raft.raft_log.last_index();
-        match self.node.propose(vec![], data) {
+        let proposed = self.node.propose(vec![], data);
+        self.track(proposed, before, proposal, bytes)
+    }
+
+    /// Records a proposal raft-rs took (`proposed`) as the one entry after `before`, in
+    /// flight until it is committed; or maps raft-rs's refusal.
+    pub(super) fn track(
+        &mut self,
+        proposed: raft::Result<()>,
+        before: u64,
+        proposal: u64,
+        bytes: u64,
+    ) -> Result<(), ProposeError> {
+        match proposed {
             Ok(()) => {}
             Err(raft::Error::ProposalDropped) => return Err(ProposeError::Busy),
             Err(_) => {

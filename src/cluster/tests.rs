@@ -62,6 +62,21 @@ fn config(id: NodeId) -> ReplicaConfig {
 }
 
 impl Node {
+    /// A node started with an empty store and log.
+    fn empty(cfg: &ReplicaConfig) -> Self {
+        Node {
+            replica: Replica::start(cfg, &LogState::default(), 0, 0).expect("start"),
+            log: LogState::default(),
+            applied: Vec::new(),
+            waiting: Vec::new(),
+            hold_persists: false,
+            deposed: Vec::new(),
+            staged: None,
+            snapshots_sent: 0,
+            snapshots_installed: 0,
+        }
+    }
+
     /// A snapshot message with the store as of now.
     fn snapshot(&mut self, mut m: Message) -> (Message, Option<Vec<Committed>>) {
         let last = self
@@ -87,23 +102,29 @@ impl Net {
 
     /// Three members set up by `config`.
     fn with(config: impl Fn(NodeId) -> ReplicaConfig) -> Self {
-        let nodes = (1..=3)
-            .map(|id| Node {
-                replica: Replica::start(&config(id), &LogState::default(), 0, 0).expect("start"),
-                log: LogState::default(),
-                applied: Vec::new(),
-                waiting: Vec::new(),
-                hold_persists: false,
-                deposed: Vec::new(),
-                staged: None,
-                snapshots_sent: 0,
-                snapshots_installed: 0,
-            })
-            .collect();
+        let nodes = (1..=3).map(|id| Node::empty(&config(id))).collect();
         Self {
             nodes,
             cut: Vec::new(),
         }
+    }
+
+    /// Three members started at the bootstrap point, as a new cluster's are.
+    fn bootstrapped() -> Self {
+        Self {
+            nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
+            cut: Vec::new(),
+        }
+    }
+
+    /// Node `id` (the next) waits to join: empty store and log, knowing no members.
+    fn add_waiting_node(&mut self, id: NodeId) {
+        assert_eq!(id, self.nodes.len() as NodeId + 1);
+        let joining = ReplicaConfig {
+            members: vec![],
+            ..config(id)
+        };
+        self.nodes.push(Node::empty(&joining));
     }
 
     fn node(&mut self, id: NodeId) -> &mut Node {
@@ -768,9 +789,8 @@ fn bootstrapped(cfg: ReplicaConfig) -> Node {
     let mut log = LogState::default();
     log.install(BOOTSTRAP);
     log.hard_state.term = BOOTSTRAP.1;
-    let replica = Replica::start(&cfg, &log, BOOTSTRAP.0, BOOTSTRAP.1).expect("start");
     Node {
-        replica,
+        replica: Replica::start(&cfg, &log, BOOTSTRAP.0, BOOTSTRAP.1).expect("start"),
         log,
         applied: vec![Committed {
             index: BOOTSTRAP.0,
@@ -779,12 +799,7 @@ fn bootstrapped(cfg: ReplicaConfig) -> Node {
             proposal: None,
             change: None,
         }],
-        waiting: Vec::new(),
-        hold_persists: false,
-        deposed: Vec::new(),
-        staged: None,
-        snapshots_sent: 0,
-        snapshots_installed: 0,
+        ..Node::empty(&cfg)
     }
 }
 
@@ -794,23 +809,11 @@ fn changes(applied: &[Committed]) -> Vec<Change> {
 
 #[test]
 fn a_node_joins_as_a_learner_votes_once_caught_up_and_a_member_leaves() {
-    let mut net = Net {
-        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
-        cut: Vec::new(),
-    };
+    let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();
     propose_many(&mut net, leader, 1, 5);
     // Node 4 waits to join: it knows no members, and never campaigns.
-    let joining = ReplicaConfig {
-        members: vec![],
-        ..config(4)
-    };
-    net.nodes.push(Node {
-        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
-        ..bootstrapped(config(1))
-    });
-    net.node(4).applied.clear();
-    net.node(4).log = LogState::default();
+    net.add_waiting_node(4);
     net.run_ticks(60);
     assert_eq!(net.node(4).replica.role(), Role::Follower);
     assert_eq!(net.node(4).replica.leader(), None);
@@ -893,10 +896,7 @@ fn a_node_joins_as_a_learner_votes_once_caught_up_and_a_member_leaves() {
 
 #[test]
 fn a_removed_member_knows_it_and_does_not_restart_as_one() {
-    let mut net = Net {
-        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
-        cut: Vec::new(),
-    };
+    let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();
     let gone = (1..=3).find(|&id| id != leader).unwrap();
     // Hold the leader's persists so that the removal commits by the other two before the
@@ -926,10 +926,7 @@ fn a_removed_member_knows_it_and_does_not_restart_as_one() {
 
 #[test]
 fn a_voter_is_not_removed_while_too_few_of_the_others_answer() {
-    let mut net = Net {
-        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
-        cut: Vec::new(),
-    };
+    let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();
     let followers: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
     let (down, up) = (followers[0], followers[1]);
@@ -961,22 +958,10 @@ fn a_voter_is_not_removed_while_too_few_of_the_others_answer() {
 
 #[test]
 fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
-    let mut net = Net {
-        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
-        cut: Vec::new(),
-    };
+    let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();
     propose_many(&mut net, leader, 1, 3);
-    let joining = ReplicaConfig {
-        members: vec![],
-        ..config(4)
-    };
-    net.nodes.push(Node {
-        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
-        ..bootstrapped(config(1))
-    });
-    net.node(4).applied.clear();
-    net.node(4).log = LogState::default();
+    net.add_waiting_node(4);
     net.node(leader)
         .replica
         .propose_change(1, Change::AddLearner(address(4)))
@@ -998,22 +983,10 @@ fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
 
 #[test]
 fn a_learner_that_caught_up_and_stopped_answering_is_not_promoted() {
-    let mut net = Net {
-        nodes: (1..=3).map(|id| bootstrapped(config(id))).collect(),
-        cut: Vec::new(),
-    };
+    let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();
     propose_many(&mut net, leader, 1, 3);
-    let joining = ReplicaConfig {
-        members: vec![],
-        ..config(4)
-    };
-    net.nodes.push(Node {
-        replica: Replica::start(&joining, &LogState::default(), 0, 0).expect("start"),
-        ..bootstrapped(config(1))
-    });
-    net.node(4).applied.clear();
-    net.node(4).log = LogState::default();
+    net.add_waiting_node(4);
     // Node 4 is added while it cannot be reached.
     net.cut.push(4);
     net.node(leader)
