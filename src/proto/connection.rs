@@ -667,10 +667,8 @@ impl Connection {
                 };
                 self.report_closed();
             }
-            Method::ChannelClose(_) if channel != 0 => {
-                if self.channels.contains_key(&channel) {
-                    self.replace_channel_state(channel, Some(ChannelState::ClosingByServer));
-                }
+            Method::ChannelClose(_) if channel != 0 && self.channels.contains_key(&channel) => {
+                self.replace_channel_state(channel, Some(ChannelState::ClosingByServer));
             }
             Method::ChannelCloseOk(_) if channel != 0 => {
                 if let Some(ChannelState::ClosingByClient) = self.channels.get(&channel) {
