@@ -396,8 +396,8 @@ pub struct ClusterWorld {
     /// Directed links that are cut: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
-    /// The node crashed in the liveness phase and kept down, the last term it knew of,
-    /// and whether it was restarted once the others settled.
+    /// The node crashed in the liveness phase and kept down, the term whose successors
+    /// show the others settled without it, and whether it was restarted once they had.
     kept_down: Option<(NodeId, u64, bool)>,
     /// The committed log as seen by every node that applied it: index → (term, data,
     /// membership change).
@@ -846,11 +846,24 @@ impl ClusterWorld {
                         if leader.is_some() {
                             self.stats.leaders_killed += 1;
                         }
-                        let term = (1..=self.size())
+                        let highest = (1..=self.size())
                             .filter_map(|id| self.nodes[(id - 1) as usize].replica.as_ref())
                             .map(|r| r.term())
                             .max()
                             .unwrap_or(0);
+                        // The others settle once they apply an entry of a term after the
+                        // one recorded. After a leader's, which may be a stale one cut off
+                        // in an older term than another's; with no leader, a leader elected
+                        // into the highest term after the kill will do (as may an entry of
+                        // that term from a leader that stepped down before it: the node
+                        // only returns sooner).
+                        let term = match leader {
+                            Some(l) => self.nodes[(l - 1) as usize]
+                                .replica
+                                .as_ref()
+                                .map_or(highest, |r| r.term()),
+                            None => highest.saturating_sub(1),
+                        };
                         if self.node(id).replica.is_some() {
                             self.crash_node(id)?;
                         }

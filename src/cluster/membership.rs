@@ -112,10 +112,13 @@ impl Replica {
                          leads"
                     ));
                 }
-                // The voters left must still have a majority that answers, or the cluster
-                // could commit nothing more, this change's own completion included.
+                // The change commits under the current voters, and the voters left must
+                // still have a majority that answers, or the cluster could commit nothing
+                // more: both need an answering majority.
                 let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != id).collect();
-                if voters.contains(&id) && !self.alive_majority(&remaining) {
+                if voters.contains(&id)
+                    && !(self.alive_majority(&voters) && self.alive_majority(&remaining))
+                {
                     return refuse(format!(
                         "removing node {id} would leave too few of the other voters {remaining:?} \
                          answering to commit: bring the members that are down back first"

@@ -590,21 +590,24 @@ impl Replica {
         if message.get_msg_type() == MessageType::MsgPropose {
             return;
         }
-        // Only members are remembered: the map stays as small as the cluster.
-        let from = message.from;
-        if self.node.raft.prs().get(from).is_some() {
-            self.heard.insert(from, (message.term, self.clock));
-            if self.heard.len() > MAX_MEMBERS {
-                let prs = self.node.raft.prs();
-                self.heard.retain(|id, _| prs.get(*id).is_some());
-            }
-        }
+        let (from, term) = (message.from, message.term);
         let mut message = message;
         // A snapshot's content is the store, which the driver installs itself.
         if message.get_msg_type() == MessageType::MsgSnapshot {
             message.mut_snapshot().data = Default::default();
         }
         let _ = self.node.step(message);
+        // A member is heard by a message of the term in effect once it is stepped: a late
+        // one from an older term, or a pre-vote's of the next, says nothing of whether it
+        // answers now, and leaves its record alone. Only members are remembered: the map
+        // stays as small as the cluster.
+        if term == self.node.raft.term && self.node.raft.prs().get(from).is_some() {
+            self.heard.insert(from, (term, self.clock));
+            if self.heard.len() > MAX_MEMBERS {
+                let prs = self.node.raft.prs();
+                self.heard.retain(|id, _| prs.get(*id).is_some());
+            }
+        }
         self.draw_election_timeout();
     }
 

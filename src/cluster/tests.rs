@@ -957,6 +957,94 @@ fn a_voter_is_not_removed_while_too_few_of_the_others_answer() {
 }
 
 #[test]
+fn a_removal_the_current_voters_cannot_commit_is_refused() {
+    let mut net = Net::bootstrapped();
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 1, 3);
+    net.add_waiting_node(4);
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::AddLearner(address(4)))
+        .expect("add a learner");
+    net.run_ticks(30);
+    assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+    // Two of the four voters stop answering: the two left are no majority of four.
+    let down: Vec<NodeId> = (1..=4).filter(|&id| id != leader).take(2).collect();
+    net.cut.extend(&down);
+    // The leader counts them as down after the least election timeout, and steps down for
+    // want of a quorum at its next quorum check: try the removal in between.
+    let mut ticks = 0;
+    while down.iter().any(|&id| net.node(leader).replica.alive(id)) {
+        net.run_ticks(1);
+        ticks += 1;
+        assert!(ticks < 100, "the cut-off members still count as answering");
+    }
+    assert_eq!(net.node(leader).replica.role(), Role::Leader);
+    // Without one of them, the two that answer would be a majority of the three left,
+    // but the removal itself commits under the four, which cannot.
+    let refused = net
+        .node(leader)
+        .replica
+        .propose_change(2, Change::Remove(down[0]));
+    assert!(
+        matches!(&refused, Err(ProposeError::Refused(why)) if why.contains("answering")),
+        "{refused:?}"
+    );
+    net.cut.clear();
+    net.run_ticks(30);
+    let leader = net.tick_until_leader();
+    net.run_ticks(5);
+    let gone = *down.iter().find(|&&id| id != leader).unwrap();
+    net.node(leader)
+        .replica
+        .propose_change(3, Change::Remove(gone))
+        .expect("with every voter answering, the removal is taken");
+}
+
+#[test]
+fn a_late_message_from_an_older_term_does_not_make_a_member_look_down() {
+    let mut net = Net::bootstrapped();
+    let leader = net.tick_until_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    net.run_ticks(3);
+    let term = net.node(leader).replica.node.raft.term;
+    assert!(term > 1, "the bootstrap term is behind the election's");
+    assert!(net.node(leader).replica.alive(follower));
+    let mut late = Message::default();
+    late.set_msg_type(MessageType::MsgHeartbeatResponse);
+    late.from = follower;
+    late.to = leader;
+    late.term = term - 1;
+    net.node(leader).replica.step(late);
+    assert!(
+        net.node(leader).replica.alive(follower),
+        "a message from term {} outweighed the follower's answers in term {term}",
+        term - 1
+    );
+    // Nor does a pre-vote's, which carries the term its sender would campaign in: the
+    // leader, heard from by a quorum, ignores it and stays in its term.
+    let mut pre_vote = Message::default();
+    pre_vote.set_msg_type(MessageType::MsgRequestPreVote);
+    pre_vote.from = follower;
+    pre_vote.to = leader;
+    pre_vote.term = term + 1;
+    net.node(leader).replica.step(pre_vote);
+    assert_eq!(net.node(leader).replica.node.raft.term, term);
+    net.node(leader).replica.step(Message {
+        msg_type: MessageType::MsgHeartbeatResponse.into(),
+        from: follower,
+        to: leader,
+        term,
+        ..Default::default()
+    });
+    assert!(
+        net.node(leader).replica.alive(follower),
+        "a pre-vote for term {} outweighed the follower's answers in term {term}",
+        term + 1
+    );
+}
+
+#[test]
 fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
     let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();

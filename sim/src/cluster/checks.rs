@@ -162,7 +162,7 @@ impl ClusterWorld {
                 .collect();
             let kept_down = match self.kept_down {
                 Some((id, term, false)) => format!(
-                    "; node {id} crashed in it (in term {term}) and kept down, the others to elect a leader and settle"
+                    "; node {id} crashed in it and kept down, the others to elect a leader after term {term} and settle"
                 ),
                 Some((id, _, true)) => format!(
                     "; node {id} crashed in it, kept down until every batch was confirmed, then restarted"
