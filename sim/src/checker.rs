@@ -462,19 +462,14 @@ impl Model {
             }
             Command::Publish {
                 channel,
-                publish,
+                mandatory,
                 message,
+                ..
             } => {
                 if !self.has_channel(conn, *channel) {
                     return Ok(());
                 }
-                self.publish(
-                    conn,
-                    *channel,
-                    &publish.exchange,
-                    publish.mandatory,
-                    message,
-                )
+                self.publish(conn, *channel, &message.exchange, *mandatory, message)
             }
             Command::Method { channel, method } => {
                 if !self.has_channel(conn, *channel) {
@@ -1603,9 +1598,7 @@ impl Model {
             t.and_then(|v| v.as_str()).map(strip_cr_lf)
         };
         let touched = match command {
-            Command::Publish {
-                publish, message, ..
-            } => {
+            Command::Publish { message, .. } => {
                 if key_of(message).is_some()
                     || message
                         .properties
@@ -1618,7 +1611,7 @@ impl Model {
                         message.properties.message_id
                     ));
                 }
-                exchange(&publish.exchange) || queue(&message.routing_key)
+                exchange(&message.exchange) || queue(&message.routing_key)
             }
             Command::Method { method, .. } => match method {
                 Method::QueueDeclare(m) => {

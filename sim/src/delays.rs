@@ -143,11 +143,6 @@ impl DelayProbe {
                 },
                 body: Bytes::copy_from_slice(&id.to_be_bytes()),
             });
-            let publish = BasicPublish {
-                exchange: EXCHANGE.into(),
-                routing_key: "k".into(),
-                ..Default::default()
-            };
             self.pending.insert(self.next_seq, id);
             self.next_seq += 1;
             self.due.insert(id, now_ms + delay);
@@ -156,7 +151,8 @@ impl DelayProbe {
                 conn,
                 Command::Publish {
                     channel: 1,
-                    publish,
+                    mandatory: false,
+                    immediate: false,
                     message,
                 },
                 now_ms,

@@ -236,10 +236,8 @@ impl Harness {
                 };
                 self.command(Command::Publish {
                     channel: PUB,
-                    publish: BasicPublish {
-                        routing_key: QUEUES[queue].0.into(),
-                        ..Default::default()
-                    },
+                    mandatory: false,
+                    immediate: false,
                     message: std::sync::Arc::new(message),
                 })?;
             }

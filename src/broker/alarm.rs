@@ -253,7 +253,6 @@ mod tests {
     use super::*;
     use crate::broker::{BrokerConfig, ConnInfo, Output};
     use crate::proto::command::{Command, Login, Message, Reply};
-    use crate::proto::method::BasicPublish;
     use crate::proto::props::BasicProperties;
     use crate::proto::table::{FieldTable, FieldValue};
     use crate::store::Recovered;
@@ -313,15 +312,12 @@ mod tests {
             properties,
             body: Bytes::from_static(b"x"),
         });
-        let publish = BasicPublish {
-            routing_key: queue.into(),
-            ..Default::default()
-        };
         b.handle_command(
             conn,
             Command::Publish {
                 channel: 1,
-                publish,
+                mandatory: false,
+                immediate: false,
                 message,
             },
             0,
@@ -368,15 +364,12 @@ mod tests {
             properties: BasicProperties::default(),
             body: Bytes::from_static(b"x"),
         });
-        let publish = BasicPublish {
-            routing_key: "nowhere".into(),
-            ..Default::default()
-        };
         b.handle_command(
             conn,
             Command::Publish {
                 channel: 1,
-                publish,
+                mandatory: false,
+                immediate: false,
                 message,
             },
             0,

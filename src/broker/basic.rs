@@ -123,17 +123,18 @@ impl Broker {
         &mut self,
         conn: ConnId,
         channel: u16,
-        publish: BasicPublish,
+        mandatory: bool,
+        immediate: bool,
         message: Arc<Message>,
     ) -> AmqpResult<()> {
         let (vhost, user) = self.open_session(conn)?;
-        if publish.immediate {
+        if immediate {
             return Err(not_implemented("immediate=true"));
         }
-        let exchange = if publish.exchange == "amq.default" {
+        let exchange = if message.exchange == "amq.default" {
             ""
         } else {
-            publish.exchange.as_str()
+            message.exchange.as_str()
         };
         let x = self
             .topology
@@ -148,7 +149,7 @@ impl Broker {
             )));
         }
         self.check_access(conn, Access::Write, "exchange", exchange)?;
-        self.check_topic(&user, &vhost, Access::Write, exchange, &publish.routing_key)?;
+        self.check_topic(&user, &vhost, Access::Write, exchange, &message.routing_key)?;
         if let Err(why) = parse_expiration(&message) {
             return Err(precondition_failed(format!(
                 "invalid expiration '{}': {why}",
@@ -186,7 +187,7 @@ impl Broker {
                         "transaction holds more than {max_tx_bytes} bytes of messages"
                     )));
                 }
-                ops.push(TxOp::Publish(publish, message));
+                ops.push(TxOp::Publish { mandatory, message });
                 return Ok(());
             }
             Mode::Confirm { next_seq, .. } => {
@@ -196,7 +197,7 @@ impl Broker {
             }
             Mode::Plain => None,
         };
-        let outcome = self.route_and_enqueue(conn, channel, &vhost, &publish, message);
+        let outcome = self.route_and_enqueue(conn, channel, &vhost, mandatory, message);
         if let Some(seq) = seq {
             self.record_confirm(conn, channel, seq, outcome);
         }
@@ -236,31 +237,32 @@ impl Broker {
         conn: ConnId,
         channel: u16,
         vhost: &str,
-        publish: &BasicPublish,
+        mandatory: bool,
         message: Arc<Message>,
     ) -> Confirm {
         self.counters.totals.publish += 1;
-        if (publish.exchange.is_empty() || publish.exchange == "amq.default")
-            && super::reply_to::is_reply_address(&publish.routing_key)
-            && self.deliver_reply(vhost, &publish.routing_key, message.clone())
+        if (message.exchange.is_empty() || message.exchange == "amq.default")
+            && super::reply_to::is_reply_address(&message.routing_key)
+            && self.deliver_reply(vhost, &message.routing_key, message.clone())
         {
             return Confirm::Ack;
         }
-        if let Some(delay_ms) = self.delay_for(vhost, &publish.exchange, &message) {
-            return self.hold_delayed(vhost, &publish.exchange, message, delay_ms);
+        if let Some(delay_ms) = self.delay_for(vhost, &message.exchange, &message) {
+            let named = message.clone();
+            return self.hold_delayed(vhost, &named.exchange, message, delay_ms);
         }
-        let queues = self.route(vhost, &publish.exchange, &message);
+        let queues = self.route(vhost, &message.exchange, &message);
         if self.store_refuses(&queues, &message) {
             return Confirm::Nack;
         }
         if queues.is_empty() {
             self.counters.totals.unroutable += 1;
-            if publish.mandatory {
+            if mandatory {
                 let ret = BasicReturn {
                     reply_code: NO_ROUTE,
                     reply_text: "NO_ROUTE".into(),
-                    exchange: publish.exchange.clone(),
-                    routing_key: publish.routing_key.clone(),
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
                 };
                 self.send(
                     conn,
@@ -850,10 +852,10 @@ impl Broker {
         let mut waits_for_store = false;
         for op in ops {
             match op {
-                TxOp::Publish(publish, message) => {
+                TxOp::Publish { mandatory, message } => {
                     // Checked at publish time; the exchange may have gone since, which
                     // drops the message as unroutable.
-                    let outcome = self.route_and_enqueue(conn, channel, &vhost, &publish, message);
+                    let outcome = self.route_and_enqueue(conn, channel, &vhost, mandatory, message);
                     waits_for_store |= outcome == Confirm::Waiting;
                 }
                 TxOp::Settle { entries, how } => {

@@ -7,7 +7,6 @@ use super::HashMap;
 use std::sync::Arc;
 
 use crate::proto::command::Message;
-use crate::proto::method::BasicPublish;
 
 use super::exchange::QueueId;
 use super::queue::QueuedMessage;
@@ -158,8 +157,13 @@ pub enum Confirm {
 /// A publish or ack held back by a transaction until `tx.commit`.
 #[derive(Debug, Clone)]
 pub enum TxOp {
-    /// A publish.
-    Publish(BasicPublish, Arc<Message>),
+    /// A publish: its `mandatory` flag and its message.
+    Publish {
+        /// Return the message if no queue takes it.
+        mandatory: bool,
+        /// The message, with the exchange and routing key the publish named.
+        message: Arc<Message>,
+    },
     /// An ack or reject that already left the unacked list.
     Settle {
         /// The settled deliveries.

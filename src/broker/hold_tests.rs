@@ -45,16 +45,13 @@ fn publish(rig: &mut Rig, queue: &str, body: u32, persistent: bool) {
         },
         body: Bytes::copy_from_slice(&body.to_be_bytes()),
     });
-    let publish = BasicPublish {
-        routing_key: queue.into(),
-        ..Default::default()
-    };
     rig.now += 1;
     rig.broker.handle_command(
         1,
         Command::Publish {
             channel: 1,
-            publish,
+            mandatory: false,
+            immediate: false,
             message,
         },
         rig.now,

@@ -574,11 +574,8 @@ fn direct_replies_to_a_client_that_does_not_read_stop_at_the_limit() {
             conn,
             Command::Publish {
                 channel: 1,
-                publish: BasicPublish {
-                    routing_key: key.into(),
-                    mandatory: true,
-                    ..Default::default()
-                },
+                mandatory: true,
+                immediate: false,
                 message,
             },
         )

@@ -594,11 +594,12 @@ impl Broker {
             }
             Command::Publish {
                 channel,
-                publish,
+                mandatory,
+                immediate,
                 message,
             } => {
                 if self.has_channel(conn, channel) {
-                    if let Err(e) = self.publish(conn, channel, publish, message) {
+                    if let Err(e) = self.publish(conn, channel, mandatory, immediate, message) {
                         self.fail(conn, channel, e.on_ids(60, 40));
                     }
                     self.note_publisher(conn);

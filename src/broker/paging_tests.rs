@@ -352,10 +352,8 @@ fn unsynced_page_outs_weigh_their_headers_and_hold_back_input() {
             1,
             Command::Publish {
                 channel: 1,
-                publish: BasicPublish {
-                    routing_key: "q".into(),
-                    ..Default::default()
-                },
+                mandatory: false,
+                immediate: false,
                 message: message.clone(),
             },
             rig.now,

@@ -278,16 +278,12 @@ impl Rig {
             properties,
             body: Bytes::copy_from_slice(&body.to_be_bytes()),
         });
-        let publish = BasicPublish {
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
-            ..Default::default()
-        };
         let r = self.command(
             conn,
             Command::Publish {
                 channel: 1,
-                publish,
+                mandatory: false,
+                immediate: false,
                 message,
             },
         );

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::method::{BasicPublish, ChannelClose, Method};
+use super::method::{ChannelClose, Method};
 use super::props::BasicProperties;
 use super::table::FieldTable;
 
@@ -126,9 +126,12 @@ pub enum Command {
     Publish {
         /// The channel number.
         channel: u16,
-        /// The publish method's fields (mandatory, immediate, exchange, routing key).
-        publish: BasicPublish,
-        /// The message as it will be stored and delivered.
+        /// The publish's `mandatory` flag: a message no queue takes is returned.
+        mandatory: bool,
+        /// The publish's `immediate` flag (refused, as RabbitMQ does).
+        immediate: bool,
+        /// The message as it will be stored and delivered, with the exchange and routing
+        /// key the publish named.
         message: Arc<Message>,
     },
     /// The driver wrote this many bytes of replies to the socket. The broker counts the

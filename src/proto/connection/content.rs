@@ -200,15 +200,23 @@ impl Connection {
         properties: BasicProperties,
         body: Bytes,
     ) {
+        let BasicPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            immediate,
+            ..
+        } = publish;
         let message = Arc::new(Message {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
+            exchange,
+            routing_key,
             properties,
             body,
         });
         self.commands.push_back(Command::Publish {
             channel,
-            publish,
+            mandatory,
+            immediate,
             message,
         });
     }
