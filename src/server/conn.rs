@@ -66,6 +66,48 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// briefly (other connections' acks wait behind it).
 const MAX_COMMANDS_PER_BATCH: usize = 128;
 
+/// Commands not yet handed to the core, cut into batches as they arrive, so that handing
+/// one batch over moves none of the others.
+#[derive(Debug, Default)]
+struct Waiting {
+    batches: VecDeque<Vec<Command>>,
+}
+
+impl Waiting {
+    fn push(&mut self, command: Command) {
+        if let Some(last) = self.batches.back_mut()
+            && last.len() < MAX_COMMANDS_PER_BATCH
+        {
+            last.push(command);
+            return;
+        }
+        // Behind a full batch, a full one is likely to follow; otherwise a command or
+        // two (a publish and a report of bytes written) is the common batch.
+        let capacity = if self.batches.is_empty() {
+            4
+        } else {
+            MAX_COMMANDS_PER_BATCH
+        };
+        let mut batch = Vec::with_capacity(capacity);
+        batch.push(command);
+        self.batches.push_back(batch);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The next batch, in arrival order.
+    fn pop(&mut self) -> Option<Vec<Command>> {
+        self.batches.pop_front()
+    }
+
+    /// Every command left, as one batch.
+    fn take_all(&mut self) -> Vec<Command> {
+        self.batches.drain(..).flatten().collect()
+    }
+}
+
 /// The driver's own settings for connection tasks.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
@@ -161,7 +203,7 @@ struct ConnTask<T: Transport> {
     close_timeout: Duration,
     conn: Connection,
     /// Commands not yet handed to the core.
-    commands: Vec<Command>,
+    commands: Waiting,
     produced: Vec<Bytes>,
     out: Outgoing,
     /// Batches of commands the core may still be handling.
@@ -228,7 +270,7 @@ impl<T: Transport> ConnTask<T> {
             settings,
             close_timeout: Duration::from_millis(config.close_timeout_ms),
             conn: Connection::new(config, clock.now_ms()),
-            commands: Vec::new(),
+            commands: Waiting::default(),
             produced: Vec::new(),
             out: Outgoing::default(),
             in_flight: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
@@ -331,12 +373,12 @@ impl<T: Transport> ConnTask<T> {
             self.commands.is_empty(),
             self.in_flight.clone().try_acquire_owned(),
         ) {
-            let rest = self
-                .commands
-                .split_off(self.commands.len().min(MAX_COMMANDS_PER_BATCH));
+            let Some(commands) = self.commands.pop() else {
+                break;
+            };
             let batch = CoreMsg::Commands {
                 id: self.id,
-                commands: std::mem::replace(&mut self.commands, rest),
+                commands,
                 permit,
             };
             if self.core.send(batch).await.is_err() {
@@ -425,7 +467,7 @@ impl<T: Transport> ConnTask<T> {
         {
             let last = CoreMsg::Commands {
                 id: self.id,
-                commands: std::mem::take(&mut self.commands),
+                commands: self.commands.take_all(),
                 permit,
             };
             let _ = self.core.send(last).await;

@@ -13,16 +13,18 @@ use crate::proto::command::{Command, Message};
 use crate::proto::constants::*;
 use crate::proto::frame::ContentHeader;
 use crate::proto::method::*;
-use crate::proto::props::BasicProperties;
 
 /// Content being assembled on a channel.
 #[derive(Debug)]
 pub(super) enum Assembly {
     Idle,
     AwaitingHeader(BasicPublish),
+    /// The message is made when its header arrives (the properties move once, into it),
+    /// and takes its body when the last body frame does.
     AwaitingBody {
-        publish: BasicPublish,
-        properties: BasicProperties,
+        message: Arc<Message>,
+        mandatory: bool,
+        immediate: bool,
         body_size: u64,
         body: BodyParts,
     },
@@ -86,15 +88,27 @@ impl Connection {
             });
             return Ok(());
         }
-        let publish = std::mem::take(publish);
+        let BasicPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            immediate,
+            ..
+        } = std::mem::take(publish);
+        let message = Arc::new(Message {
+            exchange,
+            routing_key,
+            properties: header.properties,
+            body: Bytes::new(),
+        });
         if header.body_size == 0 {
             *state = ChannelState::Open(Assembly::Idle);
-            self.publish(channel, publish, header.properties, Bytes::new());
+            self.publish(channel, mandatory, immediate, message);
         } else {
-            // The publish moves once, into the state that waits for its body.
             *state = ChannelState::Open(Assembly::AwaitingBody {
-                publish,
-                properties: header.properties,
+                message,
+                mandatory,
+                immediate,
                 body_size: header.body_size,
                 body: BodyParts::Empty,
             });
@@ -110,13 +124,10 @@ impl Connection {
         let Some(state) = self.channels.get_mut(&channel) else {
             return Err(unexpected_non_method());
         };
-        let (publish, properties, body_size, body) = match state {
+        let (body_size, body) = match state {
             ChannelState::Open(Assembly::AwaitingBody {
-                publish,
-                properties,
-                body_size,
-                body,
-            }) => (publish, properties, *body_size, body),
+                body_size, body, ..
+            }) => (*body_size, body),
             ChannelState::Open(Assembly::AwaitingHeader(_)) => {
                 return Err(publish_error(
                     "expected content header for class 60, got non content header frame instead",
@@ -160,10 +171,18 @@ impl Connection {
         body.push(payload, complete);
         if complete {
             self.partial_body_bytes -= held;
-            let (publish, properties) = (std::mem::take(publish), std::mem::take(properties));
-            let body = std::mem::replace(body, BodyParts::Empty);
-            *state = ChannelState::Open(Assembly::Idle);
-            self.publish(channel, publish, properties, body.into_bytes());
+            if let ChannelState::Open(Assembly::AwaitingBody {
+                mut message,
+                mandatory,
+                immediate,
+                body,
+                ..
+            }) = std::mem::replace(state, ChannelState::Open(Assembly::Idle))
+            {
+                // Unshared until it is handed on: the body goes in place.
+                Arc::make_mut(&mut message).body = body.into_bytes();
+                self.publish(channel, mandatory, immediate, message);
+            }
         } else {
             self.partial_body_bytes += have - held;
         }
@@ -196,23 +215,10 @@ impl Connection {
     pub(super) fn publish(
         &mut self,
         channel: u16,
-        publish: BasicPublish,
-        properties: BasicProperties,
-        body: Bytes,
+        mandatory: bool,
+        immediate: bool,
+        message: Arc<Message>,
     ) {
-        let BasicPublish {
-            exchange,
-            routing_key,
-            mandatory,
-            immediate,
-            ..
-        } = publish;
-        let message = Arc::new(Message {
-            exchange,
-            routing_key,
-            properties,
-            body,
-        });
         self.commands.push_back(Command::Publish {
             channel,
             mandatory,
