@@ -1072,15 +1072,13 @@ impl Model {
         if self.hostile_conns.contains(&conn) {
             return self.hostile_reply(conn, reply);
         }
-        let (channel, method, message) = match reply {
-            Reply::LoginOk | Reply::PauseReading(_) => return Ok(()),
-            Reply::Disconnect => return fail(format!("connection {conn} refused")),
-            Reply::Method { channel, method } => (*channel, method, None),
-            Reply::Content {
-                channel,
-                method,
-                message,
-            } => (*channel, method, Some(message)),
+        let content = reply.content();
+        let (channel, method, message) = match (reply, &content) {
+            (Reply::LoginOk | Reply::PauseReading(_), _) => return Ok(()),
+            (Reply::Disconnect, _) => return fail(format!("connection {conn} refused")),
+            (Reply::Method { channel, method }, _) => (*channel, method, None),
+            (_, Some((channel, method, message))) => (*channel, method, Some(*message)),
+            (other, None) => return fail(format!("a reply of no known kind: {other:?}")),
         };
         if channel == 0 {
             return match method {
@@ -1649,20 +1647,18 @@ impl Model {
     /// A reply to a hostile client: not modelled, but no modelled message may reach it,
     /// and the broker must not fail internally.
     fn hostile_reply(&mut self, conn: ConnId, reply: &Reply) -> Check {
-        match reply {
-            Reply::Content {
-                method, message, ..
-            } => {
-                if let Some(key) = key_of(message) {
-                    return fail(format!(
-                        "isolation: {} ({}) of a modelled client sent to hostile connection {conn} [history: {}]",
-                        msg_id_text(key),
-                        method.name(),
-                        self.history_of(key)
-                    ));
-                }
-                Ok(())
+        if let Some((_, method, message)) = reply.content() {
+            if let Some(key) = key_of(message) {
+                return fail(format!(
+                    "isolation: {} ({}) of a modelled client sent to hostile connection {conn} [history: {}]",
+                    msg_id_text(key),
+                    method.name(),
+                    self.history_of(key)
+                ));
             }
+            return Ok(());
+        }
+        match reply {
             Reply::Method { method, .. } => {
                 let close = match method {
                     Method::ConnectionClose(c) => Some((c.reply_code, &c.reply_text)),

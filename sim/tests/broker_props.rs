@@ -183,11 +183,11 @@ impl Harness {
 
     fn observe(&mut self, r: Reply) {
         match r {
-            Reply::Content {
+            Reply::Deliver {
                 channel: CONSUME,
-                method: Method::BasicDeliver(d),
+                delivery_tag,
                 ..
-            } => self.unacked.push(d.delivery_tag),
+            } => self.unacked.push(delivery_tag),
             Reply::Content {
                 channel: CONSUME,
                 method: Method::BasicGetOk(g),

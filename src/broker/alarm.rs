@@ -504,15 +504,7 @@ mod tests {
         let (got, _) = outputs(&mut b);
         let delivered = got
             .iter()
-            .filter(|r| {
-                matches!(
-                    r,
-                    Reply::Content {
-                        method: Method::BasicDeliver(_),
-                        ..
-                    }
-                )
-            })
+            .filter(|r| matches!(r, Reply::Deliver { .. }))
             .count();
         assert_eq!(delivered, 3);
         method(

@@ -1,7 +1,7 @@
 //! Moving messages: dispatch to consumers, requeue, release, and publisher confirms.
 
 use crate::proto::command::{ConnId, Reply};
-use crate::proto::method::{BasicAck, BasicDeliver, BasicNack, Method};
+use crate::proto::method::{BasicAck, BasicNack, Method};
 
 use super::Broker;
 use super::channel::{Confirm, Mode, Unacked};
@@ -144,13 +144,7 @@ impl Broker {
         };
         let tag = ch.next_tag;
         ch.next_tag += 1;
-        let deliver = BasicDeliver {
-            consumer_tag: target.tag.to_string(),
-            delivery_tag: tag,
-            redelivered: entry.redelivered,
-            exchange: entry.message.exchange.clone(),
-            routing_key: entry.message.routing_key.clone(),
-        };
+        let redelivered = entry.redelivered;
         let message = entry.message.clone();
         q.stats.delivered(consumer.no_ack, entry.redelivered);
         ch.stats.delivered(consumer.no_ack, entry.redelivered);
@@ -174,9 +168,11 @@ impl Broker {
         };
         self.send(
             target.conn,
-            Reply::Content {
+            Reply::Deliver {
                 channel: target.channel,
-                method: Method::BasicDeliver(deliver),
+                consumer_tag: target.tag.clone(),
+                delivery_tag: tag,
+                redelivered,
                 message,
             },
         );

@@ -71,14 +71,14 @@ fn drain_unsynced(rig: &mut Rig) -> (Vec<u64>, Vec<(String, u32)>) {
             }
             Output::Replies { replies, .. } => {
                 for r in replies {
-                    if let Reply::Content {
-                        method: Method::BasicDeliver(d),
+                    if let Reply::Deliver {
+                        consumer_tag,
                         message,
                         ..
                     } = r
                     {
                         let body = u32::from_be_bytes(message.body.as_ref().try_into().unwrap());
-                        delivered.push((d.consumer_tag, body));
+                        delivered.push((consumer_tag.to_string(), body));
                     }
                 }
             }

@@ -473,7 +473,12 @@ fn a_get_waits_while_the_client_does_not_read_its_replies() {
     );
     let after: usize = r
         .iter()
-        .filter(|(_, r)| matches!(r, Reply::Content { .. } | Reply::Method { .. }))
+        .filter(|(_, r)| {
+            matches!(
+                r,
+                Reply::Content { .. } | Reply::Deliver { .. } | Reply::Method { .. }
+            )
+        })
         .count();
     assert!(after >= 1, "{r:?}");
     assert!(r.iter().any(|(_, r)| *r == Reply::PauseReading(false)));
@@ -596,7 +601,9 @@ fn direct_replies_to_a_client_that_does_not_read_stop_at_the_limit() {
     let address = got
         .iter()
         .find_map(|(_, r)| match r {
-            Reply::Content { message, .. } => message.properties.reply_to.clone(),
+            Reply::Content { message, .. } | Reply::Deliver { message, .. } => {
+                message.properties.reply_to.clone()
+            }
             _ => None,
         })
         .expect("the request with its reply address");

@@ -65,9 +65,9 @@ fn a_persistent_backlog_stays_in_the_store_and_consumers_get_it_in_order() {
     let mut got: Vec<u32> = r
         .iter()
         .filter_map(|(_, r)| match r {
-            Reply::Content { message, .. } => Some(u32::from_be_bytes(
-                message.body.as_ref().try_into().unwrap(),
-            )),
+            Reply::Content { message, .. } | Reply::Deliver { message, .. } => Some(
+                u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
+            ),
             _ => None,
         })
         .collect();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::method::{ChannelClose, Method};
+use super::method::{BasicDeliver, ChannelClose, Method};
 use super::props::BasicProperties;
 use super::table::FieldTable;
 
@@ -215,6 +215,20 @@ pub enum Reply {
         /// The message whose properties and body follow the method.
         message: Arc<Message>,
     },
+    /// A `basic.deliver` of `message` to a consumer, its exchange and routing key the
+    /// message's: nothing is copied for it until it is written.
+    Deliver {
+        /// The channel number.
+        channel: u16,
+        /// The consumer's tag.
+        consumer_tag: Arc<str>,
+        /// The delivery tag on the channel.
+        delivery_tag: u64,
+        /// Whether the message was delivered before.
+        redelivered: bool,
+        /// The message delivered.
+        message: Arc<Message>,
+    },
     /// The login was accepted; the protocol layer continues with `connection.tune`.
     LoginOk,
     /// Close the socket without a closing handshake (a refused login from a client that
@@ -227,11 +241,55 @@ pub enum Reply {
 
 impl Reply {
     /// Approximate bytes this reply occupies on the wire; used for write-backlog accounting.
+    /// A [`Reply::Deliver`]'s method, as it goes on the wire.
+    pub fn deliver_method(
+        consumer_tag: &str,
+        delivery_tag: u64,
+        redelivered: bool,
+        message: &Message,
+    ) -> BasicDeliver {
+        BasicDeliver {
+            consumer_tag: consumer_tag.to_string(),
+            delivery_tag,
+            redelivered,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        }
+    }
+
+    /// The method and message of a reply that carries content.
+    pub fn content(&self) -> Option<(u16, Method, &Arc<Message>)> {
+        match self {
+            Reply::Content {
+                channel,
+                method,
+                message,
+            } => Some((*channel, method.clone(), message)),
+            Reply::Deliver {
+                channel,
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                message,
+            } => Some((
+                *channel,
+                Method::BasicDeliver(Self::deliver_method(
+                    consumer_tag,
+                    *delivery_tag,
+                    *redelivered,
+                    message,
+                )),
+                message,
+            )),
+            _ => None,
+        }
+    }
+
     pub fn wire_size(&self) -> usize {
         match self {
             Reply::Method { .. } => 64,
             // Headers count: a message with an empty body can carry a large header.
-            Reply::Content { message, .. } => {
+            Reply::Content { message, .. } | Reply::Deliver { message, .. } => {
                 128 + message.body.len() + message.properties.encoded_len()
             }
             Reply::LoginOk | Reply::Disconnect | Reply::PauseReading(_) => 0,

@@ -22,11 +22,11 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-use super::command::{Command, Reply};
+use super::command::{Command, Message, Reply};
 use super::constants::*;
 use super::frame::{
-    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, RawFrame, encode_content,
-    encode_content_zero_copy, encode_heartbeat, encode_method,
+    ContentHeader, DecodeError, Frame, FrameDecoder, FrameError, RawFrame, encode_content_frames,
+    encode_content_frames_zero_copy, encode_deliver_method, encode_heartbeat, encode_method,
 };
 use super::method::*;
 use super::table::FieldTable;
@@ -281,7 +281,10 @@ impl Connection {
             return;
         }
         if matches!(self.phase, Phase::Closing { .. } | Phase::Draining { .. })
-            && matches!(reply, Reply::Method { .. } | Reply::Content { .. })
+            && matches!(
+                reply,
+                Reply::Method { .. } | Reply::Content { .. } | Reply::Deliver { .. }
+            )
         {
             // Nothing follows a connection.close or its close-ok on the wire: replies the
             // broker made for commands before the close are dropped, as RabbitMQ sends
@@ -322,33 +325,56 @@ impl Connection {
                 channel,
                 method,
                 message,
-            } if message.body.len() >= ZERO_COPY_BODY_BYTES => {
-                encode_content_zero_copy(
-                    channel,
-                    &method,
-                    &message.properties,
-                    &message.body,
-                    self.frame_max_bytes,
-                    &mut self.output,
-                    &mut self.chunks,
-                );
+            } => {
+                debug_assert!(method.has_content(), "{} carries no content", method.name());
+                encode_method(channel, &method, &mut self.output);
+                self.encode_content(channel, method.class_id(), &message);
                 self.last_send_ms = now_ms;
             }
-            Reply::Content {
+            Reply::Deliver {
                 channel,
-                method,
+                consumer_tag,
+                delivery_tag,
+                redelivered,
                 message,
             } => {
-                encode_content(
+                encode_deliver_method(
                     channel,
-                    &method,
-                    &message.properties,
-                    &message.body,
-                    self.frame_max_bytes,
+                    &consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    &message.exchange,
+                    &message.routing_key,
                     &mut self.output,
                 );
+                self.encode_content(channel, BasicDeliver::CLASS_ID, &message);
                 self.last_send_ms = now_ms;
             }
+        }
+    }
+
+    /// Writes a message's content header and body after its method; a large body is not
+    /// copied but queued as slices of its own buffer.
+    fn encode_content(&mut self, channel: u16, class_id: u16, message: &Message) {
+        if message.body.len() >= ZERO_COPY_BODY_BYTES {
+            encode_content_frames_zero_copy(
+                channel,
+                class_id,
+                &message.properties,
+                &message.body,
+                self.frame_max_bytes,
+                &mut self.output,
+                &mut self.chunks,
+            );
+        } else {
+            encode_content_frames(
+                channel,
+                class_id,
+                &message.properties,
+                &message.body,
+                self.frame_max_bytes,
+                &mut self.output,
+            );
         }
     }
 

@@ -339,9 +339,46 @@ pub fn encode_content(
 ) {
     debug_assert!(method.has_content(), "{} carries no content", method.name());
     encode_method(channel, method, out);
+    encode_content_frames(channel, method.class_id(), properties, body, frame_max, out);
+}
+
+/// Writes a `basic.deliver` method frame from borrowed fields (the same bytes as
+/// [`encode_method`] of the owned method); its content follows with
+/// [`encode_content_frames`].
+pub fn encode_deliver_method(
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    out: &mut BytesMut,
+) {
+    put_frame(out, FRAME_METHOD, channel, |out| {
+        Method::encode_deliver(
+            out,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        )
+    });
+}
+
+/// The content header frame and body frames that follow a content-bearing method of
+/// `class_id`, as [`encode_content`] writes them.
+pub fn encode_content_frames(
+    channel: u16,
+    class_id: u16,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+    out: &mut BytesMut,
+) {
     // The fields of a ContentHeader, written without cloning the properties into one.
     put_frame(out, FRAME_HEADER, channel, |out| {
-        out.put_u16(method.class_id());
+        out.put_u16(class_id);
         out.put_u16(0);
         out.put_u64(body.len() as u64);
         properties.encode(out);
@@ -353,22 +390,20 @@ pub fn encode_content(
     }
 }
 
-/// Like [`encode_content`], but the body is not copied: framing goes to `out`, and each
-/// body frame's payload is handed over as a slice of `body` between the bytes of `out`,
-/// which are cut into `chunks` around it. The bytes to send are `chunks` then `out`.
-pub fn encode_content_zero_copy(
+/// Like [`encode_content_frames`], but the body is not copied: framing goes to `out`, and
+/// each body frame's payload is handed over as a slice of `body` between the bytes of
+/// `out`, which are cut into `chunks` around it. The bytes to send are `chunks` then `out`.
+pub fn encode_content_frames_zero_copy(
     channel: u16,
-    method: &Method,
+    class_id: u16,
     properties: &BasicProperties,
     body: &Bytes,
     frame_max: u32,
     out: &mut BytesMut,
     chunks: &mut std::collections::VecDeque<Bytes>,
 ) {
-    debug_assert!(method.has_content(), "{} carries no content", method.name());
-    encode_method(channel, method, out);
     put_frame(out, FRAME_HEADER, channel, |out| {
-        out.put_u16(method.class_id());
+        out.put_u16(class_id);
         out.put_u16(0);
         out.put_u64(body.len() as u64);
         properties.encode(out);
@@ -435,7 +470,16 @@ mod tests {
             encode_content(3, &method, &props, &body, frame_max, &mut copied);
             let mut out = BytesMut::new();
             let mut chunks = std::collections::VecDeque::new();
-            encode_content_zero_copy(3, &method, &props, &body, frame_max, &mut out, &mut chunks);
+            encode_method(3, &method, &mut out);
+            encode_content_frames_zero_copy(
+                3,
+                method.class_id(),
+                &props,
+                &body,
+                frame_max,
+                &mut out,
+                &mut chunks,
+            );
             let mut joined = BytesMut::new();
             for c in &chunks {
                 joined.extend_from_slice(c);
@@ -450,6 +494,38 @@ mod tests {
                 .map(|c| c.len())
                 .sum();
             assert_eq!(from_body, body.len());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_delivery_from_borrowed_fields_is_the_same_bytes_as_the_owned_method(
+            consumer_tag in "[a-z.-]{0,40}",
+            delivery_tag in any::<u64>(),
+            redelivered in any::<bool>(),
+            exchange in "[a-z.]{0,30}",
+            routing_key in "[a-z.#*]{0,60}",
+        ) {
+            let method = Method::BasicDeliver(crate::proto::method::BasicDeliver {
+                consumer_tag: consumer_tag.clone(),
+                delivery_tag,
+                redelivered,
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+            });
+            let mut owned = BytesMut::new();
+            encode_method(7, &method, &mut owned);
+            let mut borrowed = BytesMut::new();
+            encode_deliver_method(
+                7,
+                &consumer_tag,
+                delivery_tag,
+                redelivered,
+                &exchange,
+                &routing_key,
+                &mut borrowed,
+            );
+            prop_assert_eq!(owned, borrowed);
         }
     }
 

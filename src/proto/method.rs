@@ -310,6 +310,27 @@ macro_rules! methods {
                 w.finish();
             }
 
+            /// Writes a `basic.deliver`'s payload from borrowed fields, as
+            /// `Method::BasicDeliver(..).encode` would from owned ones.
+            pub fn encode_deliver(
+                out: &mut BytesMut,
+                consumer_tag: &str,
+                delivery_tag: u64,
+                redelivered: bool,
+                exchange: &str,
+                routing_key: &str,
+            ) {
+                out.put_u16(BasicDeliver::CLASS_ID);
+                out.put_u16(BasicDeliver::METHOD_ID);
+                let mut w = ArgWriter::new(out);
+                w.shortstr(consumer_tag);
+                w.longlong(&delivery_tag);
+                w.bit(&redelivered);
+                w.shortstr(exchange);
+                w.shortstr(routing_key);
+                w.finish();
+            }
+
             /// Decodes a method frame's payload. Bytes after the last argument are ignored.
             pub fn decode(payload: &[u8]) -> Result<Method, DecodeError> {
                 let mut r = Reader::new(payload);
