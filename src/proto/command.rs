@@ -240,9 +240,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Approximate bytes this reply occupies on the wire; used for write-backlog accounting.
     /// A [`Reply::Deliver`]'s method, as it goes on the wire.
-    pub fn deliver_method(
+    fn deliver_method(
         consumer_tag: &str,
         delivery_tag: u64,
         redelivered: bool,
@@ -285,6 +284,7 @@ impl Reply {
         }
     }
 
+    /// Approximate bytes this reply occupies on the wire; used for write-backlog accounting.
     pub fn wire_size(&self) -> usize {
         match self {
             Reply::Method { .. } => 64,
