@@ -467,7 +467,8 @@ impl Harness {
                     }
                     Output::Replies { conn, replies } => {
                         for r in &replies {
-                            if let Reply::Content { message, .. } = r
+                            if let Reply::Content { message, .. }
+                            | Reply::Deliver { message, .. } = r
                                 && let Some(to) = &message.properties.reply_to
                                 && to.starts_with("amq.rabbitmq.reply-to.")
                             {
