@@ -248,8 +248,7 @@ impl Broker {
             return Confirm::Ack;
         }
         if let Some(delay_ms) = self.delay_for(vhost, &message.exchange, &message) {
-            let named = message.clone();
-            return self.hold_delayed(vhost, &named.exchange, message, delay_ms);
+            return self.hold_delayed(vhost, message, delay_ms);
         }
         let queues = self.route(vhost, &message.exchange, &message);
         if self.store_refuses(&queues, &message) {

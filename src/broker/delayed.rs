@@ -194,14 +194,15 @@ impl Broker {
         delayed.then_some(delay)
     }
 
-    /// Holds a published message for `delay_ms`; returns what its confirm says.
+    /// Holds a message published to its delayed exchange for `delay_ms`; returns what its
+    /// confirm says.
     pub(super) fn hold_delayed(
         &mut self,
         vhost: &str,
-        exchange: &str,
         message: Arc<Message>,
         delay_ms: u64,
     ) -> Confirm {
+        let exchange = message.exchange.as_str();
         let durable = self
             .topology
             .vhosts

@@ -407,7 +407,7 @@ impl Broker {
         let message = Arc::new(message);
         if let Some(delay_ms) = self.delay_for(vhost, exchange, &message) {
             // Held, not routed yet: "routed" says whether it was taken.
-            let taken = self.hold_delayed(vhost, exchange, message, delay_ms)
+            let taken = self.hold_delayed(vhost, message, delay_ms)
                 != crate::broker::channel::Confirm::Nack;
             return Ok(AdminReply::Routed(taken));
         }
