@@ -117,6 +117,29 @@ impl Net {
         }
     }
 
+    /// Three members, with a leader and a few batches, and node 4 waiting to join; the
+    /// leader's id.
+    fn with_node_waiting() -> (Self, NodeId) {
+        let mut net = Self::bootstrapped();
+        let leader = net.tick_until_leader();
+        propose_many(&mut net, leader, 1, 3);
+        net.add_waiting_node(4);
+        (net, leader)
+    }
+
+    /// [`Net::with_node_waiting`] once node 4 was added and promoted: four voters.
+    fn four_voters() -> (Self, NodeId) {
+        let (mut net, leader) = Self::with_node_waiting();
+        net.node(leader)
+            .replica
+            .propose_change(1, Change::AddLearner(address(4)))
+            .expect("add a learner");
+        net.settle();
+        net.run_ticks(30);
+        assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+        (net, leader)
+    }
+
     /// Node `id` (the next) waits to join: empty store and log, knowing no members.
     fn add_waiting_node(&mut self, id: NodeId) {
         assert_eq!(id, self.nodes.len() as NodeId + 1);
@@ -958,16 +981,7 @@ fn a_voter_is_not_removed_while_too_few_of_the_others_answer() {
 
 #[test]
 fn a_removal_the_current_voters_cannot_commit_is_refused() {
-    let mut net = Net::bootstrapped();
-    let leader = net.tick_until_leader();
-    propose_many(&mut net, leader, 1, 3);
-    net.add_waiting_node(4);
-    net.node(leader)
-        .replica
-        .propose_change(1, Change::AddLearner(address(4)))
-        .expect("add a learner");
-    net.run_ticks(30);
-    assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+    let (mut net, leader) = Net::four_voters();
     // Two of the four voters stop answering: the two left are no majority of four.
     let down: Vec<NodeId> = (1..=4).filter(|&id| id != leader).take(2).collect();
     net.cut.extend(&down);
@@ -1046,17 +1060,7 @@ fn a_late_message_from_an_older_term_does_not_make_a_member_look_down() {
 
 #[test]
 fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
-    let mut net = Net::bootstrapped();
-    let leader = net.tick_until_leader();
-    propose_many(&mut net, leader, 1, 3);
-    net.add_waiting_node(4);
-    net.node(leader)
-        .replica
-        .propose_change(1, Change::AddLearner(address(4)))
-        .expect("add a learner");
-    net.settle();
-    net.run_ticks(30);
-    assert_eq!(net.node(leader).replica.voters(), vec![1, 2, 3, 4]);
+    let (mut net, leader) = Net::four_voters();
     // Node 4 became a member through a snapshot, not by applying its own addition: removed,
     // it knows. A node waiting to join is not one removed.
     assert!(!net.node(4).replica.removed());
@@ -1071,10 +1075,7 @@ fn a_member_that_joined_through_a_snapshot_knows_when_it_is_removed() {
 
 #[test]
 fn a_learner_that_caught_up_and_stopped_answering_is_not_promoted() {
-    let mut net = Net::bootstrapped();
-    let leader = net.tick_until_leader();
-    propose_many(&mut net, leader, 1, 3);
-    net.add_waiting_node(4);
+    let (mut net, leader) = Net::with_node_waiting();
     // Node 4 is added while it cannot be reached.
     net.cut.push(4);
     net.node(leader)
