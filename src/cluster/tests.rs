@@ -1045,7 +1045,7 @@ fn a_late_message_from_an_older_term_does_not_make_a_member_look_down() {
     net.node(leader).replica.step(pre_vote);
     assert_eq!(net.node(leader).replica.node.raft.term, term);
     net.node(leader).replica.step(Message {
-        msg_type: MessageType::MsgHeartbeatResponse.into(),
+        msg_type: MessageType::MsgHeartbeatResponse,
         from: follower,
         to: leader,
         term,
