@@ -107,6 +107,10 @@ struct Deliveries {
     /// Deliveries not acked yet (batched acks).
     unacked: u32,
     last_tag: u64,
+    /// Body bytes of the message in progress still to come, and whether its first body
+    /// frame (which holds the timestamp) has come.
+    body_left: u64,
+    body_started: bool,
     /// With --unbatched, the deliveries to ack one write each.
     single_acks: Vec<u64>,
     unbatched: bool,
@@ -124,6 +128,8 @@ impl Deliveries {
             local: new_histogram(),
             unacked: 0,
             last_tag: 0,
+            body_left: 0,
+            body_started: false,
             single_acks: Vec::new(),
             unbatched: args.unbatched,
             out: BytesMut::new(),
@@ -140,14 +146,26 @@ impl Deliveries {
                     method: Method::BasicDeliver(d),
                     ..
                 } => self.last_tag = d.delivery_tag,
-                Frame::Body { payload, .. } => {
-                    got += 1;
-                    self.on_latency(&payload);
-                    self.on_delivered();
+                Frame::Header { header, .. } => {
+                    self.body_left = header.body_size;
+                    self.body_started = false;
+                    if header.body_size == 0 {
+                        got += 1;
+                        self.on_delivered();
+                    }
                 }
-                Frame::Header { header, .. } if header.body_size == 0 => {
-                    got += 1;
-                    self.on_delivered();
+                // A body larger than the frame size comes in several frames: the message
+                // is whole at the last of them.
+                Frame::Body { payload, .. } if self.body_left > 0 => {
+                    if !self.body_started {
+                        self.body_started = true;
+                        self.on_latency(&payload);
+                    }
+                    self.body_left = self.body_left.saturating_sub(payload.len() as u64);
+                    if self.body_left == 0 {
+                        got += 1;
+                        self.on_delivered();
+                    }
                 }
                 Frame::Method { method, .. } => {
                     if let Some(e) = close_error(&method) {
