@@ -7,17 +7,28 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 
-use crate::proto::frame::{Frame, encode_content};
+use crate::proto::connection::ZERO_COPY_BODY_BYTES;
+use crate::proto::frame::{Frame, encode_content, encode_content_frames_zero_copy, encode_method};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 
 use super::client::{Conn, FrameReader};
 use super::{PerfArgs, Shared, exchange_name, pace, routing_key, write_out};
+
+/// A batch of publishes stops growing at this many bytes, so that what it copies stays in
+/// the processor's caches (a batch of 256 large messages would be megabytes).
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
 
 /// Publishes until stopped (or the quota is reached), pipelining with a confirm window.
 pub(super) async fn produce(
@@ -59,7 +70,7 @@ pub(super) async fn produce(
         let Some(encoded) = publisher.encode(batch).await else {
             return Ok(());
         };
-        write_out(&mut wr, &mut publisher.out).await?;
+        publisher.write(&mut wr).await?;
         sent += encoded;
         shared
             .counters
@@ -160,7 +171,10 @@ async fn count_confirms(
 struct Publisher {
     publish: Method,
     props: BasicProperties,
+    /// The body, stamped with the time of each publish under --latency.
     body: Vec<u8>,
+    /// The body as sent without a copy, when it is large and not stamped.
+    shared_body: Bytes,
     frame_max: u32,
     confirm: bool,
     latency: bool,
@@ -168,8 +182,11 @@ struct Publisher {
     window: Arc<Semaphore>,
     /// With confirms and --latency, when each unconfirmed publish was encoded.
     sent_at: Option<SentAt>,
-    /// Encoded, not yet written.
+    /// Encoded, not yet written: `chunks` (large bodies between their framing), then `out`.
     out: BytesMut,
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    chunk_bytes: usize,
 }
 
 impl Publisher {
@@ -197,6 +214,7 @@ impl Publisher {
                 ..Default::default()
             },
             body: vec![0u8; size],
+            shared_body: Bytes::from(vec![0u8; size]),
             frame_max,
             confirm: args.confirm > 0,
             latency: args.latency,
@@ -204,19 +222,24 @@ impl Publisher {
             window,
             sent_at: None,
             out: BytesMut::with_capacity(256 * 1024),
+            chunks: VecDeque::new(),
+            chunk_bytes: 0,
         }
     }
 
-    /// Encodes up to `batch` publishes, each taking a place in the confirm window (waiting
-    /// for one only when nothing is encoded yet): how many it encoded, None once the window
-    /// is closed.
+    /// Encodes up to `batch` publishes (fewer once [`BATCH_BYTES`] are encoded), each
+    /// taking a place in the confirm window (waiting for one only when nothing is encoded
+    /// yet): how many it encoded, None once the window is closed.
     async fn encode(&mut self, batch: u64) -> Option<u64> {
         let mut encoded = 0u64;
         for _ in 0..batch {
+            if self.encoded_bytes() >= BATCH_BYTES {
+                break;
+            }
             if self.confirm {
                 match self.window.try_acquire() {
                     Ok(p) => p.forget(),
-                    Err(_) if self.out.is_empty() => match self.window.acquire().await {
+                    Err(_) if self.encoded_bytes() == 0 => match self.window.acquire().await {
                         Ok(p) => p.forget(),
                         Err(_) => return None,
                     },
@@ -230,16 +253,88 @@ impl Publisher {
                     q.push_back(now);
                 }
             }
-            encode_content(
-                1,
-                &self.publish,
-                &self.props,
-                &self.body,
-                self.frame_max,
-                &mut self.out,
-            );
+            if self.body.len() >= ZERO_COPY_BODY_BYTES {
+                self.encode_large();
+            } else {
+                encode_content(
+                    1,
+                    &self.publish,
+                    &self.props,
+                    &self.body,
+                    self.frame_max,
+                    &mut self.out,
+                );
+            }
             encoded += 1;
         }
         Some(encoded)
+    }
+
+    /// Encodes a publish whose body is sent from its own buffer, as the broker sends large
+    /// deliveries: the client then costs each broker no copy of its own beyond the socket's.
+    fn encode_large(&mut self) {
+        let body = if self.latency {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.shared_body.clone()
+        };
+        encode_method(1, &self.publish, &mut self.out);
+        let before = self.chunks.len();
+        encode_content_frames_zero_copy(
+            1,
+            self.publish.class_id(),
+            &self.props,
+            &body,
+            self.frame_max,
+            &mut self.out,
+            &mut self.chunks,
+        );
+        self.chunk_bytes += self
+            .chunks
+            .iter()
+            .skip(before)
+            .map(Bytes::len)
+            .sum::<usize>();
+    }
+
+    fn encoded_bytes(&self) -> usize {
+        self.chunk_bytes + self.out.len()
+    }
+
+    /// Writes everything encoded, large bodies with vectored writes.
+    async fn write(&mut self, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+        if self.chunks.is_empty() {
+            return write_out(wr, &mut self.out).await;
+        }
+        if !self.out.is_empty() {
+            let tail = self.out.split().freeze();
+            self.chunk_bytes += tail.len();
+            self.chunks.push_back(tail);
+        }
+        while self.chunk_bytes > 0 {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = iov.len().min(self.chunks.len());
+            for (slot, chunk) in iov.iter_mut().zip(&self.chunks) {
+                *slot = IoSlice::new(chunk);
+            }
+            let mut wrote = wr.write_vectored(&iov[..n]).await?;
+            if wrote == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.chunk_bytes -= wrote;
+            while wrote > 0 {
+                let Some(front) = self.chunks.front_mut() else {
+                    break;
+                };
+                if wrote >= front.len() {
+                    wrote -= front.len();
+                    self.chunks.pop_front();
+                } else {
+                    front.advance(wrote);
+                    wrote = 0;
+                }
+            }
+        }
+        Ok(())
     }
 }
