@@ -28,8 +28,8 @@ fn perf(server: &Server, args: &[&str]) -> serde_json::Value {
 
 fn counts(summary: &serde_json::Value) -> (u64, u64) {
     (
-        summary["published"].as_u64().unwrap(),
-        summary["consumed"].as_u64().unwrap(),
+        summary["published"].as_u64().expect("a published count"),
+        summary["consumed"].as_u64().expect("a consumed count"),
     )
 }
 
