@@ -35,9 +35,9 @@
 //! (whichever but the leader, one down included) and then add it; or to add it and remove
 //! it again while it is a learner. Leaders refuse a change while another is pending, and
 //! a removal that would leave too few of the voters answering; the operator tries again. A
-//! member that applies its own removal stops for good, as its driver stops; one that never
-//! learns of it runs on outside the cluster. Crashes, partitions and message faults go on
-//! throughout.
+//! member that applies its own removal stops for good, as its driver stops; one removed
+//! while down or cut off is told by a member when it next campaigns, and stops too. Crashes,
+//! partitions and message faults go on throughout.
 //!
 //! What the checker asserts, at every step:
 //! - an entry is applied (on any node; by its leader with its proposal id, which confirms
@@ -189,6 +189,8 @@ pub struct ClusterStats {
     pub promotions: u64,
     /// See `learners_added`.
     pub removals: u64,
+    /// Members removed while cut off or down, that stopped when a member told them.
+    pub told_removed: u64,
 }
 
 /// How one seed ended.
@@ -407,7 +409,7 @@ pub struct ClusterWorld {
     /// Members removed from the cluster (by a committed change).
     removed: BTreeSet<NodeId>,
     /// Members that applied their own removal and stopped for good, as the driver stops a
-    /// node then. One removed that never learns of it runs on, outside the cluster.
+    /// node then, and members told of their removal by another.
     retired: BTreeSet<NodeId>,
     /// Membership changes the operator proposed.
     operations: u64,
@@ -746,7 +748,34 @@ impl ClusterWorld {
                         if let Some(r) = self.node(to).replica.as_mut() {
                             r.step(m);
                         }
-                        self.drive(to)?;
+                        // Told by a member that it was removed, a change it never
+                        // applied: it stops for good, as its driver stops it.
+                        if self
+                            .node(to)
+                            .replica
+                            .as_ref()
+                            .is_some_and(|r| r.removal_notice().is_some())
+                        {
+                            let (by, index) = self
+                                .node(to)
+                                .replica
+                                .as_ref()
+                                .and_then(|r| r.removal_notice())
+                                .unwrap_or_default();
+                            let removed_at = self.committed.iter().find_map(|(i, (_, _, c))| {
+                                (*c == Some(Change::Remove(to))).then_some(*i)
+                            });
+                            if removed_at.is_none_or(|at| at > index) {
+                                return Err(format!(
+                                    "node {to} was told by node {by} that it was removed as of index {index}, and the committed log removed it at {removed_at:?}"
+                                ));
+                            }
+                            self.stats.told_removed += 1;
+                            self.retired.insert(to);
+                            self.crash_node(to)?;
+                        } else {
+                            self.drive(to)?;
+                        }
                     }
                 }
             }

@@ -406,7 +406,12 @@ impl Driver {
                 debug_assert!(before >= bytes, "snapshot backlog counted");
                 self.receive_snapshot(m)?;
             }
-            MemberIn::Peer(m) => self.replica.step(m),
+            MemberIn::Peer(m) => {
+                self.replica.step(m);
+                if let Some((by, index)) = self.replica.removal_notice() {
+                    return Err(self.stop_removed(by, index));
+                }
+            }
             MemberIn::SnapshotSent { to, sent } => {
                 self.sending.remove(&to);
                 if sent {
@@ -589,14 +594,43 @@ impl Driver {
         Ok(())
     }
 
+    /// A member told this node that the cluster removed it, a change this node never
+    /// applied (it was down or cut off): as when it applies its own removal, its store records a
+    /// membership without it, durably, so that it never restarts as a member, and it stops.
+    /// The error says why.
+    fn stop_removed(&mut self, by: NodeId, index: u64) -> String {
+        let me = self.replica.id();
+        self.membership.apply(&Change::Remove(me));
+        let record = self.membership.encode();
+        let written = self
+            .store
+            .write_applied(&[], self.applied, self.applied_term, Some(&record))
+            .and_then(|()| self.store.sync_all());
+        let why = format!(
+            "node {me} was removed from the cluster (forget_cluster_node) while it was down or cut off: \
+             node {by}, which applied the log through index {index}, says so; it stops; to \
+             join again, start it with an empty data directory and `join`"
+        );
+        match written {
+            Ok(()) => {
+                self.unsynced_store = false;
+                why
+            }
+            Err(e) => format!("{why} (its store could not record it: {e})"),
+        }
+    }
+
     /// The writer to a member, started when first needed: at the address the cluster's
     /// members record, or the configured one while this node knows no members (it waits
-    /// to join). A member re-added at another address gets a new writer.
+    /// to join). A member re-added at another address gets a new writer. A former member
+    /// is written to only to be told it was removed ([`Replica::removal_notice`]).
     fn peer(&mut self, id: NodeId) -> Option<&mpsc::Sender<Message>> {
         let address = if self.membership.members.is_empty() {
             self.contacts.iter().find(|m| m.id == id)
         } else {
-            self.membership.member(id)
+            self.membership
+                .member(id)
+                .or_else(|| self.membership.former(id))
         }?
         .raft;
         if self.peers.get(&id).is_none_or(|(at, _)| *at != address) {

@@ -6,10 +6,13 @@
 use protobuf::Message as _;
 use raft::ProgressState;
 use raft::StateRole;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
 
 use super::settings::{MAX_MEMBERS, MemberAddress};
 use super::{Change, MAX_PROPOSALS_IN_FLIGHT, NodeId, PROMOTE_WITHIN, ProposeError, Replica};
+
+/// The context that marks a notice of removal ([`Replica::removal_notice`]).
+const REMOVED_CONTEXT: &[u8] = b"warren: not a member";
 
 impl Replica {
     /// The voters of the configuration in effect here (the last one applied), in order.
@@ -38,10 +41,82 @@ impl Replica {
     /// cluster's). A node knows members once it is one (a node waiting to join knows none
     /// until it takes the snapshot that makes it a learner), so a configuration without it
     /// is one that removed it.
+    ///
+    /// A member's notice of removal counts too: a node removed while cut off never
+    /// applies its removal, and learns of it when it next campaigns.
     pub fn removed(&self) -> bool {
         let id = self.node.raft.id;
         let (voters, learners) = (self.voters(), self.learners());
-        !voters.is_empty() && !voters.contains(&id) && !learners.contains(&id)
+        self.removal_notice.is_some()
+            || !voters.is_empty() && !voters.contains(&id) && !learners.contains(&id)
+    }
+
+    /// The member that told this node it was removed, and the index through which that
+    /// member had applied the log: the driver stops the node, as it does when the node
+    /// applies its own removal.
+    pub fn removal_notice(&self) -> Option<(NodeId, u64)> {
+        self.removal_notice
+    }
+
+    /// Tells `from`, a node that sent a message and is neither voter nor learner in the
+    /// configuration applied here, that it is not a member, with the index through which
+    /// this node applied the log. Nothing is said while this node knows no members (it
+    /// waits to join) or is removed itself, and a node is told at most once an election
+    /// timeout.
+    pub(super) fn tell_if_removed(&mut self, from: NodeId) {
+        let id = self.node.raft.id;
+        if from == 0
+            || from == id
+            || self.node.raft.prs().get(from).is_some()
+            || self.voters().is_empty()
+            || self.removed()
+        {
+            return;
+        }
+        let clock = self.clock;
+        let timeout = self.election_ticks as u64;
+        if self
+            .told_removed
+            .get(&from)
+            .is_some_and(|&at| clock < at.saturating_add(timeout))
+        {
+            return;
+        }
+        // Only nodes with the cluster's cookie reach this; the map stays small anyway.
+        if self.told_removed.len() >= 4 * MAX_MEMBERS {
+            self.told_removed.clear();
+        }
+        self.told_removed.insert(from, clock);
+        let mut notice = Message::default();
+        notice.set_msg_type(MessageType::MsgUnreachable);
+        notice.from = id;
+        notice.to = from;
+        notice.index = self.node.raft.raft_log.applied;
+        notice.context = REMOVED_CONTEXT.into();
+        self.outbox.push(notice);
+    }
+
+    /// Takes `message` if it is a notice of removal: true if it was one, never to be
+    /// stepped. raft-rs keeps `MsgUnreachable` to a node itself and never sends it, so
+    /// one from a peer is a notice or nothing. A notice is believed when this node still
+    /// counts itself a member and the sender applied the log further than it: the
+    /// configuration there does not hold it, so a committed change removed it since.
+    /// A notice from a member behind this node (one that has not applied this node's
+    /// addition, or its return) says nothing.
+    pub(super) fn take_removal_notice(&mut self, message: &Message) -> bool {
+        if message.get_msg_type() != MessageType::MsgUnreachable {
+            return false;
+        }
+        let id = self.node.raft.id;
+        let member = self.voters().contains(&id) || self.learners().contains(&id);
+        if message.context.as_ref() == REMOVED_CONTEXT
+            && member
+            && message.index > self.node.raft.raft_log.applied
+            && self.removal_notice.is_none()
+        {
+            self.removal_notice = Some((message.from, message.index));
+        }
+        true
     }
 
     /// Whether a membership change is proposed and not yet applied here.

@@ -376,6 +376,14 @@ pub struct Replica {
     clock: u64,
     /// The term and clock when each member was last heard from in a term; members only.
     heard: BTreeMap<NodeId, (u64, u64)>,
+    /// Nodes outside the configuration that were told they are not members, with the
+    /// clock then: each is told at most once an election timeout.
+    told_removed: BTreeMap<NodeId, u64>,
+    /// Messages of this replica's own (notices of removal), sent at the next poll.
+    outbox: Vec<Message>,
+    /// A member's word that the configuration it applied, later than any this node
+    /// applied, does not hold this node: the member and its applied index.
+    removal_notice: Option<(NodeId, u64)>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -455,6 +463,9 @@ impl Replica {
             retain_bytes: cfg.retain_bytes,
             clock: 0,
             heard: BTreeMap::new(),
+            told_removed: BTreeMap::new(),
+            outbox: Vec::new(),
+            removal_notice: None,
         };
         replica.draw_election_timeout();
         Ok(replica)
@@ -583,14 +594,16 @@ impl Replica {
     }
 
     /// Takes a message from a peer. Messages from other terms or non-members are raft-rs's
-    /// to ignore; what it refuses is dropped, as a lost message would be.
+    /// to ignore; what it refuses is dropped, as a lost message would be. A node outside
+    /// the configuration is told so ([`Replica::removal_notice`]).
     pub fn step(&mut self, message: Message) {
         // A proposal from a peer would be one forwarded by a follower: warren's followers
         // run no broker, and forward clients rather than proposals.
-        if message.get_msg_type() == MessageType::MsgPropose {
+        if message.get_msg_type() == MessageType::MsgPropose || self.take_removal_notice(&message) {
             return;
         }
         let (from, term) = (message.from, message.term);
+        self.tell_if_removed(from);
         let mut message = message;
         // A snapshot's content is the store, which the driver installs itself.
         if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -690,6 +703,7 @@ impl Replica {
 
     /// Collects what the driver must do now.
     pub fn poll(&mut self, out: &mut Vec<Output>) {
+        out.extend(self.outbox.drain(..).map(Output::Send));
         self.check_leadership(out);
         self.maybe_promote();
         self.maybe_compact(out);

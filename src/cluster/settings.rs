@@ -81,7 +81,15 @@ pub struct Membership {
     pub learners: Vec<NodeId>,
     /// Every voter's and learner's addresses, by id.
     pub members: Vec<MemberAddress>,
+    /// The addresses of the last members removed (at most [`FORMER_MEMBERS_KEPT`], the
+    /// latest last), so that one that still runs, never having heard of its removal, can
+    /// be told when it next makes itself heard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former: Vec<MemberAddress>,
 }
+
+/// How many removed members' addresses a membership keeps.
+pub const FORMER_MEMBERS_KEPT: usize = 8;
 
 impl Membership {
     /// A new cluster's: every configured member votes.
@@ -90,6 +98,7 @@ impl Membership {
             voters: members.iter().map(|m| m.id).collect(),
             learners: Vec::new(),
             members: members.to_vec(),
+            former: Vec::new(),
         };
         m.tidy();
         m
@@ -102,6 +111,7 @@ impl Membership {
                 self.members.retain(|m| m.id != address.id);
                 self.members.push(address.clone());
                 self.learners.push(address.id);
+                self.former.retain(|m| m.id != address.id);
             }
             Change::Promote(id) => {
                 self.learners.retain(|l| l != id);
@@ -110,7 +120,14 @@ impl Membership {
             Change::Remove(id) => {
                 self.voters.retain(|v| v != id);
                 self.learners.retain(|l| l != id);
-                self.members.retain(|m| m.id != *id);
+                if let Some(at) = self.members.iter().position(|m| m.id == *id) {
+                    let gone = self.members.remove(at);
+                    self.former.retain(|m| m.id != *id);
+                    self.former.push(gone);
+                    if self.former.len() > FORMER_MEMBERS_KEPT {
+                        self.former.remove(0);
+                    }
+                }
             }
         }
         self.tidy();
@@ -127,6 +144,11 @@ impl Membership {
     /// A member's addresses.
     pub fn member(&self, id: NodeId) -> Option<&MemberAddress> {
         self.members.iter().find(|m| m.id == id)
+    }
+
+    /// A removed member's addresses, while they are kept.
+    pub fn former(&self, id: NodeId) -> Option<&MemberAddress> {
+        self.former.iter().find(|m| m.id == id)
     }
 
     /// Whether `id` is a voter or a learner.
@@ -276,8 +298,22 @@ mod tests {
         assert_eq!(m.voters, vec![2, 3]);
         assert!(m.member(1).is_none() && !m.contains(1));
         assert_eq!(m.member(3).map(|a| a.raft.port()), Some(30));
+        assert_eq!(m.former(1).map(|a| a.raft.port()), Some(10));
         assert_eq!(Membership::decode(&m.encode()).unwrap(), m);
         assert!(Membership::decode(b"{}").is_err());
+        // A record from before removed members were kept reads as keeping none.
+        let old = br#"{"voters":[2],"learners":[],"members":[]}"#;
+        assert!(Membership::decode(old).unwrap().former.is_empty());
+        // Coming back makes a node a member again, not a former one; and only the last
+        // few removed are kept.
+        m.apply(&Change::AddLearner(member(1, 11)));
+        assert!(m.former(1).is_none());
+        for id in 10..30 {
+            m.apply(&Change::AddLearner(member(id, 1000 + id as u16)));
+            m.apply(&Change::Remove(id));
+        }
+        assert_eq!(m.former.len(), FORMER_MEMBERS_KEPT);
+        assert!(m.former(29).is_some() && m.former(10).is_none());
     }
 
     fn member(id: NodeId, port: u16) -> MemberAddress {

@@ -1016,6 +1016,132 @@ fn a_removal_the_current_voters_cannot_commit_is_refused() {
 }
 
 #[test]
+fn a_member_removed_while_cut_off_is_told_when_it_next_campaigns() {
+    let mut net = Net::bootstrapped();
+    let leader = net.tick_until_leader();
+    let down = (1..=3).find(|&id| id != leader).unwrap();
+    net.cut.push(down);
+    net.run_ticks(40);
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::Remove(down))
+        .expect("the member that is down is removed");
+    net.settle();
+    assert!(!net.node(leader).replica.voters().contains(&down));
+    // It never heard of it: it still counts itself a voter, and campaigns.
+    assert!(net.node(down).replica.voters().contains(&down));
+    assert_eq!(net.node(down).replica.removal_notice(), None);
+    net.cut.clear();
+    let mut ticks = 0;
+    while net.node(down).replica.removal_notice().is_none() {
+        net.run_ticks(1);
+        ticks += 1;
+        assert!(ticks < 200, "the removed member was never told");
+    }
+    let (by, index) = net.node(down).replica.removal_notice().unwrap();
+    assert_ne!(by, down);
+    assert!(index > net.node(down).replica.node.raft.raft_log.applied);
+    assert!(net.node(down).replica.removed());
+    // The members left go on, and are not told anything themselves.
+    for id in (1..=3).filter(|&id| id != down) {
+        assert_eq!(net.node(id).replica.removal_notice(), None);
+        assert!(!net.node(id).replica.removed());
+    }
+}
+
+/// A notice of removal as `from` sends it, having applied the log through `applied`.
+fn removal_notice(from: NodeId, to: NodeId, applied: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgUnreachable);
+    m.from = from;
+    m.to = to;
+    m.index = applied;
+    m.context = b"warren: not a member".as_slice().into();
+    m
+}
+
+#[test]
+fn a_notice_of_removal_is_believed_only_from_a_member_further_along() {
+    let mut net = Net::bootstrapped();
+    let leader = net.tick_until_leader();
+    propose_many(&mut net, leader, 1, 3);
+    let node = (1..=3).find(|&id| id != leader).unwrap();
+    let applied = net.node(node).replica.node.raft.raft_log.applied;
+    assert!(applied > 0);
+    // A member that has not applied as much (one that has not yet applied this node's
+    // addition, or its return) says nothing of its membership now.
+    net.node(node)
+        .replica
+        .step(removal_notice(leader, node, applied));
+    assert_eq!(net.node(node).replica.removal_notice(), None);
+    // Nor does a message of that kind without the notice's mark (raft-rs never sends
+    // one), which is dropped rather than stepped.
+    let mut bare = removal_notice(leader, node, applied + 5);
+    bare.context = Default::default();
+    net.node(node).replica.step(bare);
+    assert_eq!(net.node(node).replica.removal_notice(), None);
+    // A node waiting to join knows no members, and believes nothing of the kind.
+    let (mut waiting, _) = Net::with_node_waiting();
+    waiting.node(4).replica.step(removal_notice(1, 4, 1_000));
+    assert_eq!(waiting.node(4).replica.removal_notice(), None);
+    // From a member that applied further, it is believed.
+    net.node(node)
+        .replica
+        .step(removal_notice(leader, node, applied + 1));
+    assert_eq!(
+        net.node(node).replica.removal_notice(),
+        Some((leader, applied + 1))
+    );
+}
+
+#[test]
+fn a_member_is_not_told_it_was_removed_and_a_former_one_is_told_once_a_timeout() {
+    let mut net = Net::bootstrapped();
+    let leader = net.tick_until_leader();
+    net.run_ticks(5);
+    // Heartbeats between members draw no notice.
+    for n in &mut net.nodes {
+        let mut out = Vec::new();
+        n.replica.poll(&mut out);
+        assert!(
+            !out.iter().any(
+                |o| matches!(o, Output::Send(m) if m.get_msg_type() == MessageType::MsgUnreachable)
+            ),
+            "a member was told it is not one"
+        );
+    }
+    // A node the configuration does not hold is told, once until an election timeout
+    // has passed.
+    let stranger = 9;
+    let mut pre_vote = Message::default();
+    pre_vote.set_msg_type(MessageType::MsgRequestPreVote);
+    pre_vote.from = stranger;
+    pre_vote.to = leader;
+    pre_vote.term = 100;
+    let notices = |net: &mut Net| -> Vec<Message> {
+        net.drive(leader)
+            .into_iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgUnreachable)
+            .collect()
+    };
+    net.node(leader).replica.step(pre_vote.clone());
+    let told = notices(&mut net);
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].from, told[0].to), (leader, stranger));
+    assert_eq!(
+        told[0].index,
+        net.node(leader).replica.node.raft.raft_log.applied
+    );
+    net.node(leader).replica.step(pre_vote.clone());
+    assert!(notices(&mut net).is_empty(), "told twice within a timeout");
+    for _ in 0..40 {
+        net.node(leader).replica.tick();
+    }
+    net.node(leader).replica.step(pre_vote);
+    assert_eq!(notices(&mut net).len(), 1);
+}
+
+#[test]
 fn a_late_message_from_an_older_term_does_not_make_a_member_look_down() {
     let mut net = Net::bootstrapped();
     let leader = net.tick_until_leader();

@@ -413,6 +413,25 @@ def membership_round(root, warren, nodes, members, ledger, everyone):
     assert all(n["cluster_id"] != gone.i for n in listed), listed
     print(f"forget: node {gone.i} removed; members now "
           + ", ".join(f"{n['name']} {n['cluster_role']}" for n in listed), flush=True)
+    # Stopped before its removal, it never applied it. Started again on its data, it
+    # counts itself a voter until a member it asks for a vote tells it, and then stops,
+    # recording that it is no member: a third start is refused.
+    gone.start()
+    t1 = time.monotonic()
+    wait_for(f"node {gone.i}, removed while stopped, to be told and stop",
+             lambda: gone.proc.poll() is not None, FAILOVER_LIMIT_S)
+    told = time.monotonic() - t1
+    with open(gone.log) as f:
+        log = f.read()
+    assert "was removed from the cluster" in log and "says so; it stops" in log, log[-3000:]
+    gone.start()
+    wait_for(f"node {gone.i} to refuse to start as a member",
+             lambda: gone.proc.poll() is not None, FAILOVER_LIMIT_S)
+    with open(gone.log) as f:
+        log = f.read()
+    assert gone.proc.returncode != 0 and "it was removed" in log, log[-3000:]
+    print(f"forget: node {gone.i}, started again on its data, was told it was removed and "
+          f"stopped after {told:.2f} s; a start after that is refused", flush=True)
     time.sleep(2)
     old, elected, secs, before = fail_over(nodes, ledger, "kill")
     old.start()

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     if passed > 1 {
         let t = &totals;
         println!(
-            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} steps at which a leader was ready to serve, each checked to hold every confirmed batch; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied; {} log compactions ({} undone by a crash); {} snapshots sent, {} installed ({} crashes between the store's install and the log's, {} logs mended at a restart); {} seeds changing members: {} changes proposed, {} refused, {} learners added, {} promoted, {} members removed",
+            "cluster: {passed} seeds; {} batches proposed, {} confirmed, {} left uncertain by a deposed or crashed leader and retried; {} terms with a leader; {} steps at which a leader was ready to serve, each checked to hold every confirmed batch; {} seeds of identical nodes; {} leaders crashed and kept down while the others settled; {} crashes ({} keeping unreported persists, {} entries re-applied after a store lost its tail); {} persists rewriting one still being written; {} partitions ({} isolating the leader); {} messages lost, {} duplicated; {} entries applied; {} log compactions ({} undone by a crash); {} snapshots sent, {} installed ({} crashes between the store's install and the log's, {} logs mended at a restart); {} seeds changing members: {} changes proposed, {} refused, {} learners added, {} promoted, {} members removed ({} told so by a member after missing their removal)",
             t.proposed,
             t.confirmed,
             t.uncertain,
@@ -100,7 +100,8 @@ fn main() -> ExitCode {
             t.changes_refused,
             t.learners_added,
             t.promotions,
-            t.removals
+            t.removals,
+            t.told_removed
         );
     }
     if args.run.keep_going && !failing.is_empty() {
@@ -239,4 +240,5 @@ fn add(t: &mut ClusterStats, s: &ClusterStats) {
     t.learners_added += s.learners_added;
     t.promotions += s.promotions;
     t.removals += s.removals;
+    t.told_removed += s.told_removed;
 }

@@ -64,8 +64,12 @@ impl ClusterWorld {
             .max()
             .unwrap_or(0);
         // A node is to be crashed and kept down: not done before that; nor before the
-        // operator's membership changes are.
-        if self.faults.kill_after_ms.is_some() && self.kept_down.is_none() || !self.churn_done() {
+        // operator's membership changes are; nor while a member removed without applying
+        // it runs on as a voter (it campaigns, and a member it asks tells it).
+        if self.faults.kill_after_ms.is_some() && self.kept_down.is_none()
+            || !self.churn_done()
+            || !self.removed_voters_running().is_empty()
+        {
             return false;
         }
         // The node kept down is left out until it is restarted, once the others have
@@ -90,6 +94,22 @@ impl ClusterWorld {
                 .iter()
                 .filter(|n| Some(n.cfg.id) != kept_down && !self.removed.contains(&n.cfg.id))
                 .all(|n| n.applied.len() == top && n.replica.is_some())
+    }
+
+    /// Members removed that still run and count themselves voters: they never applied
+    /// their removal.
+    pub(super) fn removed_voters_running(&self) -> Vec<NodeId> {
+        self.removed
+            .iter()
+            .copied()
+            .filter(|&id| {
+                !self.retired.contains(&id)
+                    && self.nodes[(id - 1) as usize]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.voters().contains(&id))
+            })
+            .collect()
     }
 
     pub(super) fn final_check(&self, settled: bool) -> Result<(), String> {
@@ -169,8 +189,14 @@ impl ClusterWorld {
                 ),
                 None => String::new(),
             };
+            let running = self.removed_voters_running();
+            let running = if running.is_empty() {
+                String::new()
+            } else {
+                format!("; removed but still running as voters, never told: {running:?}")
+            };
             return Err(format!(
-                "not settled {} ms after the faults stopped{kept_down}: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}, nodes {roles:?}",
+                "not settled {} ms after the faults stopped{kept_down}: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}, nodes {roles:?}{running}",
                 self.cfg.liveness_ms
             ));
         }
