@@ -595,9 +595,9 @@ impl Driver {
     }
 
     /// A member told this node that the cluster removed it, a change this node never
-    /// applied (it was down or cut off): as when it applies its own removal, its store records a
-    /// membership without it, durably, so that it never restarts as a member, and it stops.
-    /// The error says why.
+    /// applied (it was down or cut off): as when it applies its own removal, its store
+    /// records a membership without it, durably, so that it never restarts as a member,
+    /// and it stops. The error says why.
     fn stop_removed(&mut self, by: NodeId, index: u64) -> String {
         let me = self.replica.id();
         self.membership.apply(&Change::Remove(me));
