@@ -222,14 +222,19 @@ impl Replica {
             return;
         }
         let commit = raft.raft_log.committed;
+        let last = raft.raft_log.last_index();
         let voters = self.voters();
         // A learner that answers and takes the log as it grows, and whose promotion leaves
-        // a majority of the voters answering.
+        // a majority of the voters answering. One that holds the whole log counts too
+        // while raft-rs still probes it: after a snapshot that reached the leader's last
+        // entry, it is probed until an append with more succeeds, which an idle cluster
+        // never sends.
         let ready = self.learners().into_iter().find(|&id| {
             raft.prs().get(id).is_some_and(|p| {
                 p.matched > 0
                     && p.matched + PROMOTE_WITHIN >= commit
-                    && p.state == ProgressState::Replicate
+                    && (p.state == ProgressState::Replicate
+                        || p.state == ProgressState::Probe && p.matched >= last)
             }) && self.alive(id)
                 && self.alive_majority(&[voters.as_slice(), &[id]].concat())
         });
