@@ -750,29 +750,13 @@ impl ClusterWorld {
                         }
                         // Told by a member that it was removed, a change it never
                         // applied: it stops for good, as its driver stops it.
-                        if self
+                        let notice = self
                             .node(to)
                             .replica
                             .as_ref()
-                            .is_some_and(|r| r.removal_notice().is_some())
-                        {
-                            let (by, index) = self
-                                .node(to)
-                                .replica
-                                .as_ref()
-                                .and_then(|r| r.removal_notice())
-                                .unwrap_or_default();
-                            let removed_at = self.committed.iter().find_map(|(i, (_, _, c))| {
-                                (*c == Some(Change::Remove(to))).then_some(*i)
-                            });
-                            if removed_at.is_none_or(|at| at > index) {
-                                return Err(format!(
-                                    "node {to} was told by node {by} that it was removed as of index {index}, and the committed log removed it at {removed_at:?}"
-                                ));
-                            }
-                            self.stats.told_removed += 1;
-                            self.retired.insert(to);
-                            self.crash_node(to)?;
+                            .and_then(|r| r.removal_notice());
+                        if let Some((by, index)) = notice {
+                            self.told_removed(to, by, index)?;
                         } else {
                             self.drive(to)?;
                         }

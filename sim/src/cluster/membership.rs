@@ -90,6 +90,29 @@ impl ClusterWorld {
         Ok(())
     }
 
+    /// Node `to` was told by node `by` that it was removed, as of the index `index` through
+    /// which `by` applied the log: the committed log must have removed it by then. It
+    /// stops for good, as its driver stops it.
+    pub(super) fn told_removed(
+        &mut self,
+        to: NodeId,
+        by: NodeId,
+        index: u64,
+    ) -> Result<(), String> {
+        let removed_at = self
+            .committed
+            .iter()
+            .find_map(|(i, (_, _, c))| (*c == Some(Change::Remove(to))).then_some(*i));
+        if removed_at.is_none_or(|at| at > index) {
+            return Err(format!(
+                "node {to} was told by node {by} that it was removed as of index {index}, and the committed log removed it at {removed_at:?}"
+            ));
+        }
+        self.stats.told_removed += 1;
+        self.retired.insert(to);
+        self.crash_node(to)
+    }
+
     /// The operator's membership changes are done: a member was removed, and the node that
     /// joined votes (for [`Churn::AddThenRemoveIt`], the one removed is that node, unless it
     /// was promoted and led).
