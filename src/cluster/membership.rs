@@ -14,6 +14,13 @@ use super::{Change, MAX_PROPOSALS_IN_FLIGHT, NodeId, PROMOTE_WITHIN, ProposeErro
 /// The context that marks a notice of removal ([`Replica::removal_notice`]).
 const REMOVED_CONTEXT: &[u8] = b"warren: not a member";
 
+/// The context that marks a learner's question to the voters after hearing no leader for
+/// a while ([`Replica::ask_if_removed`]).
+const ASK_CONTEXT: &[u8] = b"warren: am I a member";
+
+/// Election timeouts without a word from a leader after which a learner asks.
+const LEARNER_ASKS_AFTER: u64 = 2;
+
 impl Replica {
     /// The voters of the configuration in effect here (the last one applied), in order.
     pub fn voters(&self) -> Vec<NodeId> {
@@ -96,16 +103,51 @@ impl Replica {
         self.outbox.push(notice);
     }
 
-    /// Takes `message` if it is a notice of removal: true if it was one, never to be
-    /// stepped. raft-rs keeps `MsgUnreachable` to a node itself and never sends it, so
-    /// one from a peer is a notice or nothing. A notice is believed when this node still
-    /// counts itself a member and the sender applied the log further than it: the
-    /// configuration there does not hold it, so a committed change removed it since.
+    /// A learner that has heard from no leader for [`LEARNER_ASKS_AFTER`] election
+    /// timeouts asks the voters it knows, once an election timeout, whether it is still a
+    /// member. A voter makes itself heard by campaigning; a learner never campaigns, so
+    /// without this a learner removed while cut off would hear nothing ever after. A member
+    /// answers a node outside its configuration as it answers any message from one
+    /// ([`Replica::tell_if_removed`]), and says nothing to a member.
+    pub(super) fn ask_if_removed(&mut self) {
+        let id = self.node.raft.id;
+        let timeout = self.election_ticks as u64;
+        let quiet = self.node.raft.election_elapsed as u64;
+        if timeout == 0
+            || quiet < LEARNER_ASKS_AFTER * timeout
+            || !quiet.is_multiple_of(timeout)
+            || self.removed()
+            || !self.learners().contains(&id)
+        {
+            return;
+        }
+        let applied = self.node.raft.raft_log.applied;
+        for voter in self.voters() {
+            let mut ask = Message::default();
+            ask.set_msg_type(MessageType::MsgUnreachable);
+            ask.from = id;
+            ask.to = voter;
+            ask.index = applied;
+            ask.context = ASK_CONTEXT.into();
+            self.outbox.push(ask);
+        }
+    }
+
+    /// Takes `message` if it is a notice of removal or a learner's question: true if it
+    /// was one, never to be stepped. raft-rs keeps `MsgUnreachable` to a node itself and
+    /// never sends it, so one from a peer is one of these or nothing. A question is
+    /// answered as any message from its sender would be. A notice is believed when this
+    /// node still counts itself a member and the sender applied the log further than it:
+    /// the configuration there does not hold it, so a committed change removed it since.
     /// A notice from a member behind this node (one that has not applied this node's
     /// addition, or its return) says nothing.
     pub(super) fn take_removal_notice(&mut self, message: &Message) -> bool {
         if message.get_msg_type() != MessageType::MsgUnreachable {
             return false;
+        }
+        if message.context.as_ref() == ASK_CONTEXT {
+            self.tell_if_removed(message.from);
+            return true;
         }
         let id = self.node.raft.id;
         let member = self.voters().contains(&id) || self.learners().contains(&id);

@@ -590,6 +590,7 @@ impl Replica {
         }
         self.clock += 1;
         self.node.tick();
+        self.ask_if_removed();
         self.draw_election_timeout();
     }
 

@@ -1049,6 +1049,122 @@ fn a_member_removed_while_cut_off_is_told_when_it_next_campaigns() {
     }
 }
 
+/// Node 4 a learner in every member's configuration, kept from promotion by a change
+/// the leader has not yet applied (node `gone` removed), then cut off; the removal of
+/// `gone` applied after. Returns the net, the leader and `gone`.
+fn learner_cut_off() -> (Net, NodeId, NodeId) {
+    let (mut net, leader) = Net::with_node_waiting();
+    net.cut.push(4);
+    net.node(leader)
+        .replica
+        .propose_change(1, Change::AddLearner(address(4)))
+        .expect("add a learner");
+    net.settle();
+    let gone = (1..=3).find(|&id| id != leader).unwrap();
+    net.node(leader).hold_persists = true;
+    net.node(leader)
+        .replica
+        .propose_change(2, Change::Remove(gone))
+        .expect("remove a member");
+    net.cut.clear();
+    let mut ticks = 0;
+    while !net.node(4).replica.learners().contains(&4) {
+        net.run_ticks(1);
+        ticks += 1;
+        assert!(ticks < 200, "node 4 never became a learner");
+    }
+    // Long enough for the leader to count it as not answering, which keeps it a learner.
+    net.cut.push(4);
+    net.run_ticks(40);
+    net.node(leader).hold_persists = false;
+    net.run_ticks(5);
+    assert!(!net.node(leader).replica.voters().contains(&gone));
+    assert_eq!(net.node(leader).replica.learners(), vec![4]);
+    assert!(net.node(4).replica.learners().contains(&4));
+    (net, leader, gone)
+}
+
+#[test]
+fn a_learner_removed_while_cut_off_asks_when_it_hears_no_leader_and_is_told() {
+    let (mut net, leader, gone) = learner_cut_off();
+    net.node(leader)
+        .replica
+        .propose_change(3, Change::Remove(4))
+        .expect("the learner that is cut off is removed");
+    net.settle();
+    assert!(net.node(leader).replica.learners().is_empty());
+    // It never heard of it, and a learner never campaigns.
+    assert!(net.node(4).replica.learners().contains(&4));
+    assert_eq!(net.node(4).replica.removal_notice(), None);
+    net.cut.clear();
+    let mut ticks = 0;
+    while net.node(4).replica.removal_notice().is_none() {
+        net.run_ticks(1);
+        ticks += 1;
+        assert!(ticks < 200, "the removed learner was never told");
+    }
+    let (by, index) = net.node(4).replica.removal_notice().unwrap();
+    assert!(by != 4 && by != gone, "told by {by}");
+    assert!(index > net.node(4).replica.node.raft.raft_log.applied);
+    assert!(net.node(4).replica.removed());
+    for id in (1..=3).filter(|&id| id != gone) {
+        assert_eq!(net.node(id).replica.removal_notice(), None, "node {id}");
+    }
+}
+
+#[test]
+fn a_learner_asks_only_after_hearing_no_leader_and_members_say_nothing_to_a_member() {
+    let (mut net, _, _) = learner_cut_off();
+    // Cut off, still a member: it is ticked alone and its messages are taken, from the
+    // moment it last heard its leader.
+    net.node(4).replica.node.raft.election_elapsed = 0;
+    let timeout = net.node(4).replica.election_ticks as u64;
+    let quiet0 = 0;
+    let voters = net.node(4).replica.voters();
+    let mut asked_at = Vec::new();
+    let mut asks = Vec::new();
+    for tick in 1..=6 * timeout {
+        net.node(4).replica.tick();
+        let sent: Vec<Message> = net
+            .drive(4)
+            .into_iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgUnreachable)
+            .collect();
+        if !sent.is_empty() {
+            let mut to: Vec<NodeId> = sent.iter().map(|m| m.to).collect();
+            to.sort_unstable();
+            assert_eq!(to, voters, "it asks every voter it knows, once each");
+            asked_at.push(quiet0 + tick);
+            asks.extend(sent);
+        }
+    }
+    assert!(
+        !asked_at.is_empty(),
+        "a learner that hears no leader never asked"
+    );
+    assert!(
+        asked_at[0] >= 2 * timeout,
+        "asked after {} ticks",
+        asked_at[0]
+    );
+    for pair in asked_at.windows(2) {
+        assert_eq!(pair[1] - pair[0], timeout, "asked more than once a timeout");
+    }
+    // The voters still count it a learner (and the member removed knows it was): they
+    // say nothing back.
+    for ask in asks {
+        let to = ask.to;
+        net.node(to).replica.step(ask);
+        let told = net
+            .drive(to)
+            .into_iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgUnreachable)
+            .count();
+        assert_eq!(told, 0, "node {to} told a member it is not one");
+    }
+    assert_eq!(net.node(4).replica.removal_notice(), None);
+}
+
 /// A notice of removal as `from` sends it, having applied the log through `applied`.
 fn removal_notice(from: NodeId, to: NodeId, applied: u64) -> Message {
     let mut m = Message::default();

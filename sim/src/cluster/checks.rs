@@ -65,10 +65,11 @@ impl ClusterWorld {
             .unwrap_or(0);
         // A node is to be crashed and kept down: not done before that; nor before the
         // operator's membership changes are; nor while a member removed without applying
-        // it runs on as a voter (it campaigns, and a member it asks tells it).
+        // it runs on as a member (a voter campaigns, a learner that hears no leader asks,
+        // and a member that hears either tells it).
         if self.faults.kill_after_ms.is_some() && self.kept_down.is_none()
             || !self.churn_done()
-            || !self.removed_voters_running().is_empty()
+            || !self.removed_members_running().is_empty()
         {
             return false;
         }
@@ -96,9 +97,9 @@ impl ClusterWorld {
                 .all(|n| n.applied.len() == top && n.replica.is_some())
     }
 
-    /// Members removed that still run and count themselves voters: they never applied
-    /// their removal.
-    pub(super) fn removed_voters_running(&self) -> Vec<NodeId> {
+    /// Members removed that still run and count themselves voters or learners: they never
+    /// applied their removal.
+    pub(super) fn removed_members_running(&self) -> Vec<NodeId> {
         self.removed
             .iter()
             .copied()
@@ -107,7 +108,7 @@ impl ClusterWorld {
                     && self.nodes[(id - 1) as usize]
                         .replica
                         .as_ref()
-                        .is_some_and(|r| r.voters().contains(&id))
+                        .is_some_and(|r| r.voters().contains(&id) || r.learners().contains(&id))
             })
             .collect()
     }
@@ -189,11 +190,11 @@ impl ClusterWorld {
                 ),
                 None => String::new(),
             };
-            let running = self.removed_voters_running();
+            let running = self.removed_members_running();
             let running = if running.is_empty() {
                 String::new()
             } else {
-                format!("; removed but still running as voters, never told: {running:?}")
+                format!("; removed but still running as members, never told: {running:?}")
             };
             return Err(format!(
                 "not settled {} ms after the faults stopped{kept_down}: confirmed per client {missing:?} of {BATCHES_PER_CLIENT}, applied per node {applied:?}, nodes {roles:?}{running}",
