@@ -11,8 +11,10 @@
 //!
 //! A session names a user, not the user's rights: each request looks the user up again, so
 //! a deleted user or a removed tag ends what the session may do at once. Sessions expire
-//! after [`IDLE`] without a request and [`LIFETIME`] after login; at most [`MAX_SESSIONS`]
-//! are kept (a login past that ends the oldest).
+//! after [`IDLE`] without a request and [`LIFETIME`] after login. A user keeps at most
+//! [`MAX_SESSIONS_PER_USER`] (a login past that ends the user's least recently used), and
+//! at most [`MAX_SESSIONS`] are kept in all: a login past that ends the least recently used
+//! session of the user holding the most, so that no user's logins end others' sessions.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +40,8 @@ pub const IDLE: Duration = Duration::from_secs(30 * 60);
 pub const LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
 /// Most sessions kept at once.
 pub const MAX_SESSIONS: usize = 4096;
+/// Most sessions one user keeps at once.
+pub const MAX_SESSIONS_PER_USER: usize = 64;
 /// An internal header carrying a valid session's user to the handlers; any value a client
 /// sent under this name is removed.
 pub(super) const SESSION_USER_HEADER: &str = "x-warren-session-user";
@@ -76,9 +80,26 @@ impl Sessions {
         let csrf = new_token()?;
         let mut map = self.lock();
         map.retain(|_, s| s.live(now));
-        if map.len() >= MAX_SESSIONS
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for s in map.values() {
+            *per_user.entry(s.user.as_str()).or_default() += 1;
+        }
+        // The user's own least recently used session makes room when it has its share;
+        // otherwise, when all are taken, that of the user holding the most.
+        let evict_from = if per_user.get(user).copied().unwrap_or(0) >= MAX_SESSIONS_PER_USER {
+            Some(user.to_string())
+        } else if map.len() >= MAX_SESSIONS {
+            per_user
+                .iter()
+                .max_by_key(|(u, n)| (**n, std::cmp::Reverse(**u)))
+                .map(|(u, _)| u.to_string())
+        } else {
+            None
+        };
+        if let Some(victim) = evict_from
             && let Some(oldest) = map
                 .iter()
+                .filter(|(_, s)| s.user == victim)
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone())
         {
@@ -94,6 +115,10 @@ impl Sessions {
             },
         );
         assert!(map.len() <= MAX_SESSIONS, "sessions are bounded");
+        debug_assert!(
+            map.values().filter(|s| s.user == user).count() <= MAX_SESSIONS_PER_USER,
+            "a user's sessions are bounded"
+        );
         Ok((id, csrf))
     }
 
@@ -265,6 +290,54 @@ mod tests {
             sessions.start(&format!("u{i}"), t0).unwrap();
         }
         assert_eq!(sessions.lock().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn one_users_logins_do_not_end_other_users_sessions() {
+        let sessions = Sessions::default();
+        let t0 = Instant::now();
+        let (ann, _) = sessions.start("ann", t0).unwrap();
+        let (bob, _) = sessions.start("bob", t0).unwrap();
+        // Many logins of one user end only that user's own least recently used sessions.
+        let mut mallory = Vec::new();
+        for i in 0..MAX_SESSIONS + 100 {
+            let t = t0 + Duration::from_millis(i as u64 + 1);
+            mallory.push(sessions.start("mallory", t).unwrap().0);
+        }
+        let now = t0 + Duration::from_secs(10);
+        assert!(
+            sessions.touch(&ann, now).is_some(),
+            "ann's session survived"
+        );
+        assert!(
+            sessions.touch(&bob, now).is_some(),
+            "bob's session survived"
+        );
+        let kept = mallory
+            .iter()
+            .filter(|id| sessions.lock().contains_key(*id))
+            .count();
+        assert_eq!(kept, MAX_SESSIONS_PER_USER);
+        assert!(
+            sessions.lock().contains_key(mallory.last().unwrap()),
+            "the newest is kept"
+        );
+        // With every place taken by many users, a login ends a session of the user holding
+        // the most, not the oldest session of all.
+        let sessions = Sessions::default();
+        let (ann, _) = sessions.start("ann", t0).unwrap();
+        let users = MAX_SESSIONS / MAX_SESSIONS_PER_USER;
+        for u in 0..users {
+            for i in 0..MAX_SESSIONS_PER_USER {
+                let t = t0 + Duration::from_millis((u * MAX_SESSIONS_PER_USER + i) as u64 + 1);
+                sessions.start(&format!("u{u}"), t).unwrap();
+            }
+        }
+        assert_eq!(sessions.lock().len(), MAX_SESSIONS);
+        assert!(
+            sessions.touch(&ann, now).is_some(),
+            "ann's one session survived"
+        );
     }
 
     #[test]
