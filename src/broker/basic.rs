@@ -737,7 +737,17 @@ impl Broker {
         }
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         if let Mode::Tx { ops, .. } = &mut ch.mode {
-            ops.push(TxOp::Settle { entries, how });
+            // A settle of nothing changes nothing at commit, and settles of one kind in a
+            // row are one: the transaction grows with what it settles, never with how
+            // often a client acks (an ack of nothing, repeated, would grow it forever).
+            match ops.last_mut() {
+                _ if entries.is_empty() => {}
+                Some(TxOp::Settle {
+                    entries: last,
+                    how: last_how,
+                }) if *last_how == how => last.extend(entries),
+                _ => ops.push(TxOp::Settle { entries, how }),
+            }
         } else {
             self.apply_settlement(entries, how);
         }

@@ -319,6 +319,31 @@ impl Channel {
             );
         }
         assert!(self.unacked.iter().all(|u| u.tag < self.next_tag));
+        if let Mode::Tx { ops, .. } = &self.mode {
+            // A transaction grows only with its publishes (bounded by their bytes) and
+            // with the deliveries it settles: no settle holds nothing, and settles of one
+            // kind in a row are one.
+            let mut last = None;
+            for op in ops {
+                let how = match op {
+                    TxOp::Settle { entries, how } => {
+                        assert!(
+                            !entries.is_empty(),
+                            "channel {}: an empty settle held by a transaction",
+                            self.number
+                        );
+                        Some(*how)
+                    }
+                    TxOp::Publish { .. } => None,
+                };
+                assert!(
+                    how.is_none() || how != last,
+                    "channel {}: two settles of one kind in a row held by a transaction",
+                    self.number
+                );
+                last = how;
+            }
+        }
         if let Mode::Confirm { next_seq, pending } = &self.mode {
             assert!(
                 pending

@@ -631,3 +631,66 @@ fn direct_replies_to_a_client_that_does_not_read_stop_at_the_limit() {
     );
     rig.broker.check_invariants();
 }
+
+/// The operations an open transaction on connection 1's channel 1 holds.
+fn tx_ops(rig: &Rig) -> usize {
+    let ch = &rig.broker.sessions.conns[&1].channels[&1];
+    match &ch.mode {
+        crate::broker::channel::Mode::Tx { ops, .. } => ops.len(),
+        _ => panic!("channel 1 is not transactional"),
+    }
+}
+
+#[test]
+fn acks_of_nothing_do_not_grow_a_transaction() {
+    let mut rig = rig();
+    rig.declare(1, "q", false);
+    ok(&rig.method(1, Method::TxSelect(TxSelect {})));
+    for _ in 0..10_000 {
+        ok(&rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: 0,
+                multiple: true,
+            }),
+        ));
+        ok(&rig.method(
+            1,
+            Method::BasicNack(BasicNack {
+                delivery_tag: 0,
+                multiple: true,
+                requeue: true,
+            }),
+        ));
+    }
+    assert_eq!(tx_ops(&rig), 0, "a settle of nothing is held");
+    // Deliveries acked one at a time are held as one settle.
+    for n in 0..3 {
+        rig.publish(1, "", "q", n, false);
+    }
+    ok(&rig.method(1, Method::TxCommit(TxCommit {})));
+    for _ in 0..3 {
+        rig.method(
+            1,
+            Method::BasicGet(BasicGet {
+                queue: "q".into(),
+                no_ack: false,
+                ..Default::default()
+            }),
+        );
+    }
+    for tag in 1..=3 {
+        ok(&rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: tag,
+                multiple: false,
+            }),
+        ));
+    }
+    assert_eq!(tx_ops(&rig), 1);
+    rig.broker.check_invariants();
+    ok(&rig.method(1, Method::TxCommit(TxCommit {})));
+    rig.broker.check_invariants();
+    assert_eq!(rig.message_count(1, "q"), 0);
+}

@@ -912,6 +912,16 @@ impl Broker {
                 for u in ch.unacked.iter() {
                     *unacked_per_queue.entry(u.queue).or_default() += 1;
                 }
+                // Settled in a transaction not yet committed: still unacked in the queue.
+                if let channel::Mode::Tx { ops, .. } = &ch.mode {
+                    for op in ops {
+                        if let channel::TxOp::Settle { entries, .. } = op {
+                            for u in entries {
+                                *unacked_per_queue.entry(u.queue).or_default() += 1;
+                            }
+                        }
+                    }
+                }
             }
         }
         for q in self.topology.queues.values() {

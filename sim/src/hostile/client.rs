@@ -56,6 +56,8 @@ struct Chan {
     consumers: Vec<String>,
     /// Content being assembled.
     partial: Option<Content>,
+    /// `tx.select` was sent: acks wait for a `tx.commit`.
+    tx: bool,
 }
 
 #[derive(Debug)]

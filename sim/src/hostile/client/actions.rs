@@ -35,6 +35,7 @@ impl HostileClient {
             for channel in [CH_PUB, CH_OTHER] {
                 self.ack_all(channel, now_ms);
             }
+            self.commit(now_ms);
             return;
         }
         let roll = self.g.rng.gen_range(0..100);
@@ -54,6 +55,7 @@ impl HostileClient {
             92..=93 => self.delete_exchange(now_ms),
             94 => self.close_channel(now_ms),
             95 if self.g.one_in(4) => self.close_connection(now_ms),
+            96..=97 => self.transact(now_ms),
             _ => {}
         }
     }
@@ -478,6 +480,64 @@ impl HostileClient {
             multiple: true,
         });
         s.send(channel, &m, now_ms);
+    }
+
+    /// Makes the second channel transactional and sends a run of acks and nacks of
+    /// everything held (of nothing, as often as not: a settle that settles nothing must
+    /// not grow the transaction), then sometimes commits.
+    fn transact(&mut self, now_ms: u64) {
+        let runs = self.g.rng.gen_range(1..=32);
+        let commit = self.g.one_in(3);
+        let mut methods = Vec::new();
+        {
+            let Some(s) = self.session.as_mut() else {
+                return;
+            };
+            if !s.open(CH_OTHER) {
+                return;
+            }
+            let Some(ch) = s.chan(CH_OTHER) else {
+                return;
+            };
+            if !ch.tx {
+                ch.tx = true;
+                methods.push(Method::TxSelect(TxSelect {}));
+            }
+            for i in 0..runs {
+                ch.unacked.clear();
+                methods.push(if i % 2 == 0 {
+                    Method::BasicAck(BasicAck {
+                        delivery_tag: 0,
+                        multiple: true,
+                    })
+                } else {
+                    Method::BasicNack(BasicNack {
+                        delivery_tag: 0,
+                        multiple: true,
+                        requeue: true,
+                    })
+                });
+            }
+        }
+        for m in methods {
+            self.send(CH_OTHER, m, now_ms);
+        }
+        if commit {
+            self.commit(now_ms);
+        }
+    }
+
+    /// Commits the second channel's transaction, if it is transactional.
+    fn commit(&mut self, now_ms: u64) {
+        let tx = self
+            .session
+            .as_mut()
+            .filter(|s| s.open(CH_OTHER))
+            .and_then(|s| s.chan(CH_OTHER))
+            .is_some_and(|ch| ch.tx);
+        if tx {
+            self.send(CH_OTHER, Method::TxCommit(TxCommit {}), now_ms);
+        }
     }
 
     fn get(&mut self, now_ms: u64) {
