@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::{RawClient, Server};
 use warren::proto::constants::*;
-use warren::proto::frame::Frame;
+use warren::proto::frame::{Frame, encode_method};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
@@ -209,6 +209,29 @@ fn frames_on_unopened_or_closed_channels_are_channel_errors() {
         c.expect_connection_close().reply_code,
         CHANNEL_ERROR,
         "second channel.open"
+    );
+
+    // A channel reopened in the same write as its close, before the close-ok: a second
+    // open, as RabbitMQ answers it, never an open that waits forever.
+    let mut c = RawClient::open(server.port);
+    c.open_channel(1);
+    let mut out = BytesMut::new();
+    encode_method(
+        1,
+        &Method::ChannelClose(ChannelClose {
+            reply_code: 200,
+            ..Default::default()
+        }),
+        &mut out,
+    );
+    encode_method(1, &Method::ChannelOpen(ChannelOpen::default()), &mut out);
+    c.send_raw(&out);
+    let close = c.expect_connection_close();
+    assert_eq!(close.reply_code, CHANNEL_ERROR);
+    assert!(
+        close.reply_text.contains("second 'channel.open' seen"),
+        "{}",
+        close.reply_text
     );
     assert_still_works(&mut other, "channels");
 }

@@ -73,9 +73,12 @@ impl Actor {
     }
 
     /// One action.
-    pub fn tick(&mut self, now_ms: u64, phase: RunPhase, spec: &Spec) {
+    pub fn tick(&mut self, now_ms: u64, phase: RunPhase, spec: &Spec) -> Result<(), String> {
         match self {
-            Actor::Modelled(c) => c.tick(now_ms, phase, spec),
+            Actor::Modelled(c) => {
+                c.tick(now_ms, phase, spec);
+                Ok(())
+            }
             Actor::Hostile(c) => c.tick(now_ms, phase),
         }
     }

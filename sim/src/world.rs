@@ -1090,7 +1090,9 @@ impl World {
         }
         let now = self.now_ms;
         let spec = Rc::clone(&self.spec);
-        self.clients[i].tick(now, self.phase, &spec);
+        self.clients[i]
+            .tick(now, self.phase, &spec)
+            .map_err(Violation)?;
         self.flush_client(i);
         Ok(())
     }

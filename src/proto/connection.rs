@@ -674,6 +674,12 @@ impl Connection {
                 }
                 Ok(())
             }
+            // A client that reopens a channel before its close-ok arrived: RabbitMQ refuses
+            // it as a second open, and so does warren rather than leave the client waiting
+            // for an open-ok that never comes.
+            Some(ChannelState::ClosingByClient) if matches!(method, Method::ChannelOpen(_)) => {
+                Err(ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen").on(&method))
+            }
             // Closing by the client, or an error pending: drop what arrives.
             Some(_) => Ok(()),
         }

@@ -46,6 +46,8 @@ enum ChanState {
     Opening,
     Open,
     Closing,
+    /// Closed and opened again in one write, before the close-ok.
+    Reopening,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +60,8 @@ struct Chan {
     partial: Option<Content>,
     /// `tx.select` was sent: acks wait for a `tx.commit`.
     tx: bool,
+    /// When the channel's `channel.open` was sent.
+    opened_ms: u64,
 }
 
 #[derive(Debug)]
@@ -331,7 +335,14 @@ impl HostileClient {
                     self.stats.channel_closes += 1;
                     reply = Some(Method::ChannelCloseOk(ChannelCloseOk {}));
                 }
-                Method::ChannelCloseOk(_) => *ch = Chan::default(),
+                Method::ChannelCloseOk(_) => {
+                    let reopening = ch.state == ChanState::Reopening;
+                    *ch = Chan::default();
+                    if reopening {
+                        ch.state = ChanState::Opening;
+                        ch.opened_ms = now_ms;
+                    }
+                }
                 Method::BasicCancel(c) => ch.consumers.retain(|t| *t != c.consumer_tag),
                 Method::BasicConsumeOk(ok) if !ch.consumers.contains(&ok.consumer_tag) => {
                     ch.consumers.push(ok.consumer_tag);
@@ -378,6 +389,7 @@ impl HostileClient {
             }
             if let Some(ch) = s.chan(channel) {
                 ch.state = ChanState::Opening;
+                ch.opened_ms = now_ms;
             }
         }
     }

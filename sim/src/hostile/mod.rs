@@ -2,7 +2,8 @@
 //! overflow mode, zero TTLs and lengths, alternate exchanges, exchange-to-exchange
 //! bindings, topic patterns of many `#`, long routing keys, headers bindings with many
 //! keys, nested tables past the depth limit, forged `x-death` histories, adversarial
-//! names), each seed choosing which of these it sends and how much.
+//! names, transactions of acks of nothing, channels reopened before their close-ok), each
+//! seed choosing which of these it sends and how much.
 //!
 //! Hostile clients stay in their own namespace: they never name a modelled queue or
 //! exchange, never publish with a modelled message id, and bind only their own queues and

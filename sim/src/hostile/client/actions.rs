@@ -19,15 +19,34 @@ use crate::workload::body_for;
 /// Marks the consumer tags of direct reply-to consumers.
 const REPLY_TAG: &str = "-reply-";
 
+/// How long a `channel.open` may go unanswered on a live connection.
+const OPEN_ANSWERED_WITHIN_MS: u64 = 3_000;
+
 impl HostileClient {
     /// One step of the hostile workload; in the liveness phase it only settles what it
     /// holds.
-    pub fn tick(&mut self, now_ms: u64, phase: RunPhase) {
+    ///
+    /// A channel whose `channel.open` went unanswered for [`OPEN_ANSWERED_WITHIN_MS`] on
+    /// a live connection is an error: the broker dropped it and the client would wait
+    /// forever.
+    pub fn tick(&mut self, now_ms: u64, phase: RunPhase) -> Result<(), String> {
         let Some(s) = self.session.as_mut() else {
-            return;
+            return Ok(());
         };
         if !s.link.is_open() {
-            return;
+            return Ok(());
+        }
+        for (i, ch) in s.channels.iter().enumerate() {
+            if matches!(ch.state, ChanState::Opening | ChanState::Reopening)
+                && now_ms.saturating_sub(ch.opened_ms) > OPEN_ANSWERED_WITHIN_MS
+            {
+                return Err(format!(
+                    "hostile client {}: channel {} sent channel.open at {} ms and has no answer at {now_ms} ms",
+                    self.id,
+                    i + 1,
+                    ch.opened_ms
+                ));
+            }
         }
         s.link.keep_alive(now_ms);
         self.open_channels(now_ms);
@@ -36,7 +55,7 @@ impl HostileClient {
                 self.ack_all(channel, now_ms);
             }
             self.commit(now_ms);
-            return;
+            return Ok(());
         }
         let roll = self.g.rng.gen_range(0..100);
         match roll {
@@ -58,6 +77,7 @@ impl HostileClient {
             96..=97 => self.transact(now_ms),
             _ => {}
         }
+        Ok(())
     }
 
     /// A channel that is open, drawn at random (`None` if neither is).
@@ -624,14 +644,25 @@ impl HostileClient {
         let Some(channel) = self.some_channel() else {
             return;
         };
+        // Now and then the channel is opened again in the same write, before the
+        // close-ok: the broker answers with an open-ok or a 504, never with nothing.
+        let reopen = self.g.one_in(4);
         if let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) {
-            ch.state = ChanState::Closing;
+            ch.state = if reopen {
+                ChanState::Reopening
+            } else {
+                ChanState::Closing
+            };
+            ch.opened_ms = now_ms;
         }
         self.send(
             channel,
             Method::ChannelClose(ChannelClose::default()),
             now_ms,
         );
+        if reopen {
+            self.send(channel, Method::ChannelOpen(ChannelOpen::default()), now_ms);
+        }
     }
 
     fn close_connection(&mut self, now_ms: u64) {
