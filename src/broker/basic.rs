@@ -636,7 +636,11 @@ impl Broker {
         let Some(q) = self.topology.queues.get_mut(&qid) else {
             return;
         };
-        let expired = q.messages.drop_expired(now);
+        // A get finds a message expired once its expiry time has come, as RabbitMQ does
+        // (`Now >= Expiry`): one published with a TTL of 0 is never got, even in the
+        // millisecond it arrived. Dispatch to a waiting consumer goes first in that
+        // millisecond, as RabbitMQ delivers such a message if it can at once.
+        let expired = q.messages.drop_expired(now.saturating_add(1));
         if !expired.is_empty() {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }

@@ -694,3 +694,73 @@ fn acks_of_nothing_do_not_grow_a_transaction() {
     rig.broker.check_invariants();
     assert_eq!(rig.message_count(1, "q"), 0);
 }
+
+#[test]
+fn a_message_with_a_ttl_of_zero_is_never_got_but_reaches_a_waiting_consumer() {
+    use crate::proto::command::{Command, Message};
+    use crate::proto::props::BasicProperties;
+    use std::sync::Arc;
+    let mut rig = rig();
+    declare_with(
+        &mut rig,
+        "zero",
+        args(&[("x-message-ttl", FieldValue::I32(0))]),
+    );
+    let publish = |body: &'static [u8]| Command::Publish {
+        channel: 1,
+        mandatory: false,
+        immediate: false,
+        message: Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "zero".into(),
+            properties: BasicProperties::default(),
+            body: Bytes::from_static(body),
+        }),
+    };
+    // Published and asked for in the same millisecond: expired already.
+    let now = rig.now + 1;
+    rig.broker.handle_command(1, publish(b"gone"), now);
+    let get = Method::BasicGet(BasicGet {
+        queue: "zero".into(),
+        no_ack: true,
+        ..Default::default()
+    });
+    rig.broker.handle_command(
+        1,
+        Command::Method {
+            channel: 1,
+            method: get,
+        },
+        now,
+    );
+    rig.now = now;
+    let r = rig.drain();
+    assert!(
+        r.iter().any(|(_, r)| matches!(
+            r,
+            Reply::Method {
+                method: Method::BasicGetEmpty(_),
+                ..
+            }
+        )),
+        "{r:?}"
+    );
+    rig.broker.check_invariants();
+    // A consumer waiting for it takes it at once.
+    ok(&rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "zero".into(),
+            consumer_tag: "c".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    ));
+    rig.drain();
+    let r = rig.command(1, publish(b"now"));
+    let delivered = r.iter().any(|(_, r)| matches!(r, Reply::Deliver { .. }));
+    assert!(
+        delivered,
+        "a waiting consumer gets a message with a TTL of 0: {r:?}"
+    );
+}
