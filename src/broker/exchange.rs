@@ -86,12 +86,14 @@ impl ExchangeKind {
         hash_on(arguments).map(|_| ())
     }
 
-    /// Checks a binding this type would take: for `x-consistent-hash`, a weight.
+    /// Checks a binding this type would take: for `x-consistent-hash`, a weight; for
+    /// `headers`, its `x-match` (RabbitMQ's texts).
     pub fn check_binding(self, binding: &Binding) -> Result<(), String> {
-        if self != ExchangeKind::ConsistentHash {
-            return Ok(());
+        match self {
+            ExchangeKind::ConsistentHash => weight(&binding.routing_key).map(|_| ()),
+            ExchangeKind::Headers => check_x_match(&binding.arguments),
+            _ => Ok(()),
         }
-        weight(&binding.routing_key).map(|_| ())
     }
 }
 
@@ -664,6 +666,33 @@ impl<'a> HeaderIndex<'a> {
     }
 }
 
+/// A headers binding's `x-match`, if it has one, must be one of the four modes, as a
+/// string.
+fn check_x_match(arguments: &FieldTable) -> Result<(), String> {
+    match arguments.get("x-match") {
+        None => Ok(()),
+        Some(FieldValue::LongStr(mode))
+            if matches!(&mode[..], b"all" | b"any" | b"all-with-x" | b"any-with-x") =>
+        {
+            Ok(())
+        }
+        Some(FieldValue::LongStr(other)) => Err(format!(
+            "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+            String::from_utf8_lossy(&other[..other.len().min(64)])
+        )),
+        Some(other) => {
+            let value = other
+                .as_i64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("{other:?}").chars().take(64).collect());
+            Err(format!(
+                "Invalid x-match field type {} (value {value}); expected longstr",
+                super::queue::type_name(other)
+            ))
+        }
+    }
+}
+
 /// The `x-match` mode of a headers binding: whether all entries must match, and whether
 /// `x-` entries take part.
 fn match_mode(binding_args: &FieldTable) -> (bool, bool) {
@@ -682,19 +711,22 @@ fn match_mode(binding_args: &FieldTable) -> (bool, bool) {
 /// Headers-exchange matching, as RabbitMQ does it: `x-match` is `all` (default), `any`,
 /// `all-with-x` or `any-with-x`; binding keys starting with `x-` are ignored unless the
 /// mode ends in `-with-x`; values must be of the same type class and equal, and a void
-/// pattern value matches a void header.
+/// pattern value matches any header of that name (its presence).
 pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) -> bool {
     HeaderIndex::new(headers).matches(binding_args)
 }
 
 fn values_match(pattern: &FieldValue, value: &FieldValue) -> bool {
+    // RabbitMQ reads a pattern with no value as the header's presence.
+    if matches!(pattern, FieldValue::Void) {
+        return true;
+    }
     match (pattern.as_i64(), value.as_i64()) {
         (Some(a), Some(b)) => return a == b,
         (Some(_), None) | (None, Some(_)) => return false,
         (None, None) => {}
     }
     match (pattern, value) {
-        (FieldValue::Void, FieldValue::Void) => true,
         (FieldValue::F32(a), FieldValue::F64(b)) | (FieldValue::F64(b), FieldValue::F32(a)) => {
             f64::from(*a) == *b
         }
@@ -739,6 +771,54 @@ mod tests {
         assert!(
             headers_match(&table(&[]), None),
             "no conditions: all matches"
+        );
+    }
+
+    #[test]
+    fn a_void_pattern_matches_the_headers_presence() {
+        let binding = table(&[("x-match", s("all")), ("a", FieldValue::Void)]);
+        for value in [FieldValue::I32(1), s("1"), FieldValue::Void] {
+            let headers = table(&[("a", value.clone())]);
+            assert!(headers_match(&binding, Some(&headers)), "{value:?}");
+        }
+        assert!(!headers_match(&binding, Some(&table(&[("b", s("1"))]))));
+        assert!(!headers_match(&binding, None));
+    }
+
+    #[test]
+    fn x_match_must_be_one_of_the_four_modes() {
+        let bind = |args: FieldTable| Binding {
+            destination: Destination::Exchange("e".into()),
+            routing_key: String::new(),
+            arguments: args,
+        };
+        for mode in ["all", "any", "all-with-x", "any-with-x"] {
+            let b = bind(table(&[("x-match", s(mode))]));
+            assert_eq!(ExchangeKind::Headers.check_binding(&b), Ok(()), "{mode}");
+        }
+        assert_eq!(
+            ExchangeKind::Headers.check_binding(&bind(FieldTable::new())),
+            Ok(())
+        );
+        assert_eq!(
+            ExchangeKind::Headers.check_binding(&bind(table(&[("x-match", s("bogus"))]))),
+            Err("Invalid x-match field value <<\"bogus\">>; expected all, any, all-with-x, or any-with-x".into())
+        );
+        for bad in ["", "ALL"] {
+            assert!(
+                ExchangeKind::Headers
+                    .check_binding(&bind(table(&[("x-match", s(bad))])))
+                    .is_err()
+            );
+        }
+        assert_eq!(
+            ExchangeKind::Headers.check_binding(&bind(table(&[("x-match", FieldValue::I32(5))]))),
+            Err("Invalid x-match field type signedint (value 5); expected longstr".into())
+        );
+        // Other exchange types leave binding arguments alone.
+        assert_eq!(
+            ExchangeKind::Direct.check_binding(&bind(table(&[("x-match", s("bogus"))]))),
+            Ok(())
         );
     }
 
