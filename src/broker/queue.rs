@@ -135,6 +135,20 @@ impl QueueSettings {
                 return Err(invalid(key, format!("{{value_too_large,{n}}}")));
             }
         }
+        // Read only to be checked: every classic queue here keeps its messages the same way.
+        match args.get("x-queue-mode") {
+            None => {}
+            Some(FieldValue::LongStr(mode)) if matches!(&mode[..], b"default" | b"lazy") => {}
+            Some(FieldValue::LongStr(_)) => {
+                return Err(invalid("x-queue-mode", "invalid_queue_mode".into()));
+            }
+            Some(v) => {
+                return Err(invalid(
+                    "x-queue-mode",
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                ));
+            }
+        }
         if settings.dead_letter_routing_key.is_some() && settings.dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",
@@ -487,6 +501,14 @@ mod tests {
     #[test]
     fn bad_arguments_get_rabbitmqs_reasons() {
         let cases: Vec<(Vec<(&str, FieldValue)>, &str)> = vec![
+            (
+                vec![("x-queue-mode", text("bogus"))],
+                "invalid arg 'x-queue-mode' for queue 'q' in vhost '/': invalid_queue_mode",
+            ),
+            (
+                vec![("x-queue-mode", FieldValue::I32(1))],
+                "invalid arg 'x-queue-mode' for queue 'q' in vhost '/': {unacceptable_type,signedint}",
+            ),
             (
                 vec![("x-message-ttl", text("abc"))],
                 "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\"",
