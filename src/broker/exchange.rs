@@ -687,7 +687,7 @@ fn check_x_match(arguments: &FieldTable) -> Result<(), String> {
                 .unwrap_or_else(|| format!("{other:?}").chars().take(64).collect());
             Err(format!(
                 "Invalid x-match field type {} (value {value}); expected longstr",
-                super::queue::type_name(other)
+                crate::proto::table::type_name(other)
             ))
         }
     }

@@ -251,28 +251,7 @@ fn invalid_arg(key: &str, why: String, queue: &str, vhost: &str) -> AmqpError {
 /// milliseconds: ten years.
 pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
 
-/// RabbitMQ's name for a field value's type, used in argument errors.
-pub fn type_name(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal(_) => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::Bytes(_) => "binary",
-    }
-}
+pub use crate::proto::table::type_name;
 
 /// What `queue.declare` said about a queue: its name, owner and settings.
 #[derive(Debug)]
