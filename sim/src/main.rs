@@ -269,6 +269,8 @@ struct Totals {
     hostile_channel_closes: u64,
     hostile_connection_closes: u64,
     hostile_direct_replies: u64,
+    hostile_probes: u64,
+    hostile_probes_delivered: u64,
     /// Seeds with each class of hostile input, in [`FEATURES`] order.
     hostile_features: [u64; FEATURES.len()],
     max_step_work: u64,
@@ -354,6 +356,8 @@ impl Totals {
             self.hostile_channel_closes += stats.channel_closes;
             self.hostile_connection_closes += stats.connection_closes;
             self.hostile_direct_replies += stats.direct_replies;
+            self.hostile_probes += stats.probes;
+            self.hostile_probes_delivered += stats.probes_delivered;
             for (s, on) in seen.iter_mut().zip(features(&plan.features)) {
                 *s |= on;
             }
@@ -418,13 +422,15 @@ impl Totals {
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
         println!(
-            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); the broker closed {} of their channels and {} connections; seeds per class: {}",
+            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); {} of {} probes of a queue with x-max-length 0 reached its consumer; the broker closed {} of their channels and {} connections; seeds per class: {}",
             self.hostile_clients,
             self.seeds_hostile,
             self.hostile_published,
             self.hostile_methods,
             self.hostile_received,
             self.hostile_direct_replies,
+            self.hostile_probes_delivered,
+            self.hostile_probes,
             self.hostile_channel_closes,
             self.hostile_connection_closes,
             per_feature.join(", "),
@@ -486,12 +492,14 @@ fn print_ok(r: &RunResult) {
 fn print_hostile(r: &RunResult) {
     for (plan, stats) in &r.hostile {
         println!(
-            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), channels closed {}, connections closed {})",
+            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), probes {}/{}, channels closed {}, connections closed {})",
             plan.describe(),
             stats.published,
             stats.methods,
             stats.received,
             stats.direct_replies,
+            stats.probes_delivered,
+            stats.probes,
             stats.channel_closes,
             stats.connection_closes
         );

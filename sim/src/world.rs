@@ -227,6 +227,7 @@ impl World {
                 plan,
                 rng,
                 reserved.clone(),
+                !faults.small_output_limit,
             )));
         }
         let n = clients.len();

@@ -418,7 +418,15 @@ impl Broker {
         if !q.consumers.is_empty() && q.messages.memory_bytes() >= queue_budget / 2 {
             self.round.flow_hot.push(qid);
         }
-        let dropped = q.enforce_limits();
+        if q.over_drop_head_limit() {
+            self.deliver_before_dropping(qid);
+        }
+        let dropped = self
+            .topology
+            .queues
+            .get_mut(&qid)
+            .map(|q| q.enforce_limits())
+            .unwrap_or_default();
         self.schedule_dispatch(qid);
         (durable, dropped)
     }

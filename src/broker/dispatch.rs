@@ -98,6 +98,43 @@ impl Broker {
         }
     }
 
+    /// Hands a drop-head queue's ready messages to consumers that can take one now, while
+    /// the queue is over its length limit, before the limit drops any: RabbitMQ offers a
+    /// published message to a waiting consumer before the queue counts it, so a queue
+    /// with `x-max-length` 0 still delivers to a consumer with room. Messages expired by
+    /// now are dead-lettered, not delivered; the caller routes the dead letters once the
+    /// publish is in every queue it reached.
+    pub(super) fn deliver_before_dropping(&mut self, queue: QueueId) {
+        let now = self.now_ms;
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
+            return;
+        };
+        let expired = q.messages.drop_expired(now);
+        self.queue_dead_letters(queue, expired, DeathReason::Expired);
+        // Each turn delivers one message or stops: bounded by the queue's ready count.
+        while self
+            .topology
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.over_drop_head_limit() && !q.messages.head_held())
+        {
+            let Some(target) = self.choose_consumer(queue) else {
+                return;
+            };
+            let Some(entry) = self
+                .topology
+                .queues
+                .get_mut(&queue)
+                .and_then(|q| q.messages.pop())
+            else {
+                return;
+            };
+            if !self.deliver(queue, &target, entry) {
+                return;
+            }
+        }
+    }
+
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {

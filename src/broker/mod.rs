@@ -28,6 +28,8 @@ mod hold_tests;
 #[cfg(test)]
 mod hostile_tests;
 mod limits;
+#[cfg(test)]
+mod overflow_tests;
 mod paging;
 #[cfg(test)]
 mod paging_tests;

@@ -414,21 +414,23 @@ impl Queue {
                 .is_some_and(|max| self.messages.ready_bytes() + body_len > max)
     }
 
+    /// Whether the queue holds more ready messages than a drop-head limit allows.
+    pub fn over_drop_head_limit(&self) -> bool {
+        let settings = &self.decl.settings;
+        settings.overflow == Overflow::DropHead
+            && (settings
+                .max_length
+                .is_some_and(|max| self.messages.ready_count() > max)
+                || settings
+                    .max_length_bytes
+                    .is_some_and(|max| self.messages.ready_bytes() > max))
+    }
+
     /// Drops ready messages from the front while a drop-head limit is exceeded; returns
     /// them.
     pub fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
-        let settings = &self.decl.settings;
-        if settings.overflow != Overflow::DropHead {
-            return dropped;
-        }
-        while settings
-            .max_length
-            .is_some_and(|max| self.messages.ready_count() > max)
-            || settings
-                .max_length_bytes
-                .is_some_and(|max| self.messages.ready_bytes() > max)
-        {
+        while self.over_drop_head_limit() {
             match self.messages.pop_head() {
                 Some(m) => dropped.push(m),
                 None => break,

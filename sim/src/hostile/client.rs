@@ -18,6 +18,7 @@ use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link, Phase};
 use crate::workload::{body_for, parse_msg_id};
 
 mod actions;
+mod probe;
 
 /// The direct reply-to pseudo-queue.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -28,6 +29,8 @@ const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 const CH_PUB: u16 = 1;
 /// The channel for everything else.
 const CH_OTHER: u16 = 2;
+/// The direct-delivery probe's channel ([`probe`]), which no other action uses.
+const CH_PROBE: u16 = 3;
 /// Most deliveries it remembers to settle per channel.
 const UNACKED_MAX: usize = 256;
 
@@ -67,8 +70,9 @@ struct Chan {
 #[derive(Debug)]
 struct Session {
     link: Link,
-    /// Channels 1 and 2.
-    channels: [Chan; 2],
+    /// Channels 1 to 3.
+    channels: [Chan; 3],
+    probe: probe::Probe,
 }
 
 impl Session {
@@ -102,6 +106,10 @@ pub struct HostileStats {
     pub connection_closes: u64,
     /// Direct replies received (deliveries routed to an `amq.rabbitmq.reply-to.…` address).
     pub direct_replies: u64,
+    /// Messages the direct-delivery probe published.
+    pub probes: u64,
+    /// Probe messages that arrived.
+    pub probes_delivered: u64,
 }
 
 /// A hostile client.
@@ -123,13 +131,22 @@ pub struct HostileClient {
     /// Direct reply-to addresses seen in the `reply_to` of what it received: it publishes
     /// replies to them, and to forged variants of them.
     reply_addresses: Vec<String>,
+    /// Whether it runs the direct-delivery probe ([`probe`]).
+    probe_on: bool,
     /// Counters.
     pub stats: HostileStats,
 }
 
 impl HostileClient {
-    /// A hostile client following `plan`, kept out of the `reserved` names.
-    pub fn new(id: usize, plan: HostilePlan, rng: SmallRng, reserved: Reserved) -> Self {
+    /// A hostile client following `plan`, kept out of the `reserved` names; `probe_on`:
+    /// it also runs the direct-delivery probe ([`probe`]).
+    pub fn new(
+        id: usize,
+        plan: HostilePlan,
+        rng: SmallRng,
+        reserved: Reserved,
+        probe_on: bool,
+    ) -> Self {
         HostileClient {
             id,
             g: Gen::new(id, plan, rng),
@@ -140,6 +157,7 @@ impl HostileClient {
             next_msg: 1,
             next_tag: 1,
             reply_addresses: Vec::new(),
+            probe_on,
             stats: HostileStats::default(),
         }
     }
@@ -166,6 +184,7 @@ impl HostileClient {
         self.session = Some(Session {
             link: Link::new(now_ms),
             channels: Default::default(),
+            probe: probe::Probe::default(),
         });
     }
 
@@ -289,6 +308,12 @@ impl HostileClient {
                 self.stats.direct_replies += 1;
             }
         }
+        if channel == CH_PROBE {
+            // Its consumer acks nothing: nothing to settle.
+            let msg_id = msg_id.to_string();
+            self.probe_delivered(&msg_id);
+            return Ok(());
+        }
         let tag = match method {
             Method::BasicDeliver(d) => Some(d.delivery_tag),
             Method::BasicGetOk(g) => Some(g.delivery_tag),
@@ -313,7 +338,10 @@ impl HostileClient {
             channel_max: 8,
         };
         match s.link.connection_method(method, &hello, now_ms) {
-            ConnectionEvent::Opened => self.open_channels(now_ms),
+            ConnectionEvent::Opened => {
+                self.open_channels(now_ms);
+                self.probe_setup(now_ms);
+            }
             ConnectionEvent::Closed { .. } => self.stats.connection_closes += 1,
             // Blocked, unblocked, and anything else: hostile clients take what comes.
             ConnectionEvent::Step | ConnectionEvent::Other(_) => {}
@@ -347,7 +375,10 @@ impl HostileClient {
                 Method::BasicConsumeOk(ok) if !ch.consumers.contains(&ok.consumer_tag) => {
                     ch.consumers.push(ok.consumer_tag);
                 }
-                Method::QueueDeclareOk(ok) if !self.queues.iter().any(|q| q.queue == ok.queue) => {
+                // The probe's queue is not one its actions may use.
+                Method::QueueDeclareOk(ok)
+                    if channel != CH_PROBE && !self.queues.iter().any(|q| q.queue == ok.queue) =>
+                {
                     let m = QueueDeclare {
                         queue: ok.queue,
                         passive: true,

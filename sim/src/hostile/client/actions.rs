@@ -50,6 +50,8 @@ impl HostileClient {
         }
         s.link.keep_alive(now_ms);
         self.open_channels(now_ms);
+        self.probe_setup(now_ms);
+        self.probe_tick(now_ms)?;
         if phase == RunPhase::Liveness {
             for channel in [CH_PUB, CH_OTHER] {
                 self.ack_all(channel, now_ms);
