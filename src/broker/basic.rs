@@ -156,6 +156,15 @@ impl Broker {
                 message.properties.expiration.as_deref().unwrap_or_default()
             )));
         }
+        if let Some(mode) = message
+            .properties
+            .delivery_mode
+            .filter(|m| !(1..=2).contains(m))
+        {
+            return Err(precondition_failed(format!(
+                "invalid message: {{delivery_mode_unknown,{mode}}}"
+            )));
+        }
         if let Some(Err(e)) = message
             .properties
             .headers
@@ -485,7 +494,17 @@ impl Broker {
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
-        if q.consumers.exclusive() || (m.exclusive && !q.consumers.is_empty()) {
+        // A classic single-active-consumer queue refuses exclusive consumers, as
+        // RabbitMQ 3.10's does, even with no other consumer.
+        let single_active_classic = q.decl.settings.single_active_consumer
+            && q.decl
+                .arguments
+                .get("x-queue-type")
+                .and_then(|v| v.as_str())
+                != Some("quorum");
+        if q.consumers.exclusive()
+            || (m.exclusive && (!q.consumers.is_empty() || single_active_classic))
+        {
             return Err(access_refused(format!(
                 "{} in exclusive use",
                 resource("queue", &name, &vhost)

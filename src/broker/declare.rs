@@ -428,10 +428,12 @@ impl Broker {
     ) -> AmqpResult<()> {
         let (vhost, _) = self.open_session(conn)?;
         let requested = strip_cr_lf(&m.queue);
+        // RabbitMQ answers a declare of the reply-to pseudo-queue, passive or not, as it
+        // answers a passive one.
+        if let Some(answer) = self.reply_declare(conn, channel, &requested, m.nowait) {
+            return answer;
+        }
         if m.passive {
-            if let Some(answer) = self.reply_declare(conn, channel, &requested, m.nowait) {
-                return answer;
-            }
             let name = self.expand_queue_name(conn, channel, &requested)?;
             let id = self.usable_queue(conn, &vhost, &name)?;
             return self.declare_ok(conn, channel, id, m.nowait);
@@ -1230,12 +1232,49 @@ fn queue_type(v: Option<&FieldValue>) -> &str {
     v.and_then(FieldValue::as_str).unwrap_or("classic")
 }
 
+/// Arguments of other queue types that RabbitMQ 3.10 refuses on a classic queue.
+const NOT_FOR_CLASSIC: &[&str] = &[
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-dead-letter-strategy",
+    "x-queue-leader-locator",
+];
+
+/// Classic-queue arguments that RabbitMQ 3.10 refuses on a quorum queue.
+const NOT_FOR_QUORUM: &[&str] = &["x-max-priority", "x-queue-mode", "x-queue-version"];
+
+/// Refuses the first argument of `refused` that the declare carries, in RabbitMQ's words
+/// for a queue of type `module`.
+fn refuse_foreign_arguments(
+    m: &QueueDeclare,
+    refused: &[&str],
+    module: &str,
+    name: &str,
+    vhost: &str,
+) -> AmqpResult<()> {
+    match refused.iter().find(|key| m.arguments.get(key).is_some()) {
+        None => Ok(()),
+        Some(key) => Err(precondition_failed(format!(
+            "invalid arg '{key}' for {} of queue type {module}",
+            resource("queue", name, vhost)
+        ))),
+    }
+}
+
 fn validate_queue_type(m: &QueueDeclare, name: &str, vhost: &str) -> AmqpResult<()> {
     match m.arguments.get("x-queue-type") {
-        None => Ok(()),
+        None => refuse_foreign_arguments(m, NOT_FOR_CLASSIC, "rabbit_classic_queue", name, vhost),
         Some(v) => match v.as_str() {
-            Some("classic") => Ok(()),
+            Some("classic") => {
+                refuse_foreign_arguments(m, NOT_FOR_CLASSIC, "rabbit_classic_queue", name, vhost)
+            }
             Some("quorum") => {
+                refuse_foreign_arguments(m, NOT_FOR_QUORUM, "rabbit_quorum_queue", name, vhost)?;
                 // Quorum queues are replicated and durable by design; warren runs them as
                 // classic durable queues and keeps RabbitMQ's restrictions on them.
                 let invalid = |what: &str| {

@@ -8,6 +8,8 @@
 
 pub mod admin;
 mod alarm;
+#[cfg(test)]
+mod answers_tests;
 mod auth;
 mod basic;
 mod channel;

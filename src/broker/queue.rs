@@ -149,6 +149,25 @@ impl QueueSettings {
                 ));
             }
         }
+        // Read only to be checked, as `x-queue-mode` is: RabbitMQ 3.10 knows versions 1 and 2.
+        match args.get("x-queue-version") {
+            None => {}
+            Some(v) => match v.as_i64() {
+                Some(1 | 2) => {}
+                Some(n) => {
+                    return Err(invalid(
+                        "x-queue-version",
+                        format!("\"unsupported queue version '{n}'\""),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "x-queue-version",
+                        format!("\"expected integer, got {}\"", type_name(v)),
+                    ));
+                }
+            },
+        }
         if settings.dead_letter_routing_key.is_some() && settings.dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",

@@ -233,9 +233,9 @@ impl Broker {
         true
     }
 
-    /// A passive `queue.declare` of `amq.rabbitmq.reply-to` succeeds, as in RabbitMQ (no
-    /// messages, one consumer); of a reply address, if its consumer is there. Returns
-    /// `None` for other names.
+    /// A `queue.declare` of `amq.rabbitmq.reply-to`, passive or not, succeeds, as in
+    /// RabbitMQ (no messages, one consumer); of a reply address, if its consumer is
+    /// there. Returns `None` for other names.
     pub(super) fn reply_declare(
         &mut self,
         conn: ConnId,

@@ -351,7 +351,14 @@ impl HostileClient {
             self.next_msg += 1;
             let persistent = self.g.rng.gen_bool(self.g.plan.persistent_prob);
             let props = BasicProperties {
-                delivery_mode: Some(if persistent { 2 } else { 1 }),
+                // Now and then a mode RabbitMQ refuses (406), as the broker must.
+                delivery_mode: Some(if self.g.one_in(40) {
+                    [0, 3, 7, 255][self.g.rng.gen_range(0..4)]
+                } else if persistent {
+                    2
+                } else {
+                    1
+                }),
                 message_id: Some(msg_id.clone()),
                 expiration: self.g.expiration(),
                 headers: self.g.message_headers(&queues),

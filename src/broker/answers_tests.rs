@@ -1,0 +1,290 @@
+//! Declares and consumes that RabbitMQ 3.10 answers in particular ways, answered the same
+//! way here: the reply code and text it gives.
+
+use bytes::Bytes;
+
+use crate::broker::BrokerConfig;
+use crate::broker::test_rig::Rig;
+use crate::proto::command::{ConnId, Reply};
+use crate::proto::method::*;
+use crate::proto::table::{FieldTable, FieldValue};
+
+fn rig() -> Rig {
+    let mut rig = Rig::new(BrokerConfig::default());
+    rig.open(1);
+    rig
+}
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn table(pairs: &[(&str, FieldValue)]) -> FieldTable {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// The channel.close in these replies: code and text.
+fn closed(r: &[(ConnId, Reply)]) -> Option<(u16, String)> {
+    r.iter().find_map(|(_, r)| match r {
+        Reply::Method {
+            method: Method::ChannelClose(c),
+            ..
+        } => Some((c.reply_code, c.reply_text.clone())),
+        _ => None,
+    })
+}
+
+/// Declares `queue` with these arguments on a fresh channel 1; the channel.close if any.
+fn declare(rig: &mut Rig, queue: &str, durable: bool, args: FieldTable) -> Option<(u16, String)> {
+    let r = rig.method(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: queue.into(),
+            durable,
+            arguments: args,
+            ..Default::default()
+        }),
+    );
+    let c = closed(&r);
+    if c.is_some() {
+        rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
+        rig.command(
+            1,
+            crate::proto::command::Command::ChannelOpen { channel: 1 },
+        );
+    } else {
+        assert!(
+            r.iter().any(|(_, r)| matches!(
+                r,
+                Reply::Method {
+                    method: Method::QueueDeclareOk(_),
+                    ..
+                }
+            )),
+            "{r:?}"
+        );
+    }
+    c
+}
+
+#[test]
+fn queue_versions_other_than_one_and_two_are_refused() {
+    let mut rig = rig();
+    for v in [1, 2] {
+        assert_eq!(
+            declare(
+                &mut rig,
+                &format!("v{v}"),
+                false,
+                table(&[("x-queue-version", FieldValue::I32(v))])
+            ),
+            None
+        );
+    }
+    assert_eq!(
+        declare(&mut rig, "v3", false, table(&[("x-queue-version", FieldValue::I32(3))])),
+        Some((
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-queue-version' for queue 'v3' in vhost '/': \"unsupported queue version '3'\"".into()
+        ))
+    );
+    assert_eq!(
+        declare(&mut rig, "vs", false, table(&[("x-queue-version", text("1"))])),
+        Some((
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-queue-version' for queue 'vs' in vhost '/': \"expected integer, got longstr\"".into()
+        ))
+    );
+}
+
+#[test]
+fn arguments_of_another_queue_type_are_refused() {
+    let mut rig = rig();
+    for key in ["x-delivery-limit", "x-max-age", "x-queue-leader-locator"] {
+        assert_eq!(
+            declare(&mut rig, "c", false, table(&[(key, FieldValue::I32(3))])),
+            Some((
+                406,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{key}' for queue 'c' in vhost '/' of queue type rabbit_classic_queue"
+                )
+            ))
+        );
+    }
+    // An argument no queue type knows is kept, as RabbitMQ keeps it.
+    assert_eq!(
+        declare(
+            &mut rig,
+            "c",
+            false,
+            table(&[("x-bogus", FieldValue::I32(3))])
+        ),
+        None
+    );
+    for key in ["x-max-priority", "x-queue-mode", "x-queue-version"] {
+        let value = if key == "x-queue-mode" {
+            text("lazy")
+        } else {
+            FieldValue::I32(2)
+        };
+        assert_eq!(
+            declare(
+                &mut rig,
+                "qq",
+                true,
+                table(&[("x-queue-type", text("quorum")), (key, value)])
+            ),
+            Some((
+                406,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{key}' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue"
+                )
+            ))
+        );
+    }
+    assert_eq!(
+        declare(
+            &mut rig,
+            "qq",
+            true,
+            table(&[
+                ("x-queue-type", text("quorum")),
+                ("x-delivery-limit", FieldValue::I32(3))
+            ])
+        ),
+        None
+    );
+}
+
+fn consume(rig: &mut Rig, queue: &str, exclusive: bool) -> Option<(u16, String)> {
+    let r = rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: queue.into(),
+            exclusive,
+            ..Default::default()
+        }),
+    );
+    closed(&r)
+}
+
+#[test]
+fn a_classic_single_active_consumer_queue_refuses_an_exclusive_consumer() {
+    let mut rig = rig();
+    let sac = table(&[("x-single-active-consumer", FieldValue::Bool(true))]);
+    assert_eq!(declare(&mut rig, "sac", false, sac.clone()), None);
+    assert_eq!(
+        consume(&mut rig, "sac", true),
+        Some((
+            403,
+            "ACCESS_REFUSED - queue 'sac' in vhost '/' in exclusive use".into()
+        ))
+    );
+    rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
+    rig.command(
+        1,
+        crate::proto::command::Command::ChannelOpen { channel: 1 },
+    );
+    assert_eq!(consume(&mut rig, "sac", false), None);
+    // A plain queue takes an exclusive consumer.
+    assert_eq!(
+        declare(&mut rig, "plain", false, FieldTable::default()),
+        None
+    );
+    assert_eq!(consume(&mut rig, "plain", true), None);
+}
+
+#[test]
+fn the_reply_to_pseudo_queue_is_declared_passive_or_not() {
+    let mut rig = rig();
+    for durable in [false, true] {
+        let r = rig.method(
+            1,
+            Method::QueueDeclare(QueueDeclare {
+                queue: "amq.rabbitmq.reply-to".into(),
+                durable,
+                ..Default::default()
+            }),
+        );
+        assert!(
+            matches!(
+                r.as_slice(),
+                [(
+                    _,
+                    Reply::Method {
+                        method: Method::QueueDeclareOk(QueueDeclareOk {
+                            message_count: 0,
+                            consumer_count: 1,
+                            ..
+                        }),
+                        ..
+                    }
+                )]
+            ),
+            "{r:?}"
+        );
+    }
+    // Another amq. name is still refused, and an address nobody holds is not found.
+    assert_eq!(
+        declare(&mut rig, "amq.foo", false, FieldTable::default()),
+        Some((
+            403,
+            "ACCESS_REFUSED - queue name 'amq.foo' contains reserved prefix 'amq.*'".into()
+        ))
+    );
+    assert_eq!(
+        declare(
+            &mut rig,
+            "amq.rabbitmq.reply-to.foo",
+            false,
+            FieldTable::default()
+        ),
+        Some((
+            404,
+            "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.foo' in vhost '/'".into()
+        ))
+    );
+}
+
+#[test]
+fn a_delivery_mode_other_than_one_or_two_is_refused() {
+    let mut rig = rig();
+    for mode in [0u8, 3, 7, 255] {
+        let message = std::sync::Arc::new(crate::proto::command::Message {
+            exchange: String::new(),
+            routing_key: "nowhere".into(),
+            properties: crate::proto::props::BasicProperties {
+                delivery_mode: Some(mode),
+                ..Default::default()
+            },
+            body: Bytes::new(),
+        });
+        let r = rig.command(
+            1,
+            crate::proto::command::Command::Publish {
+                channel: 1,
+                mandatory: false,
+                immediate: false,
+                message,
+            },
+        );
+        assert_eq!(
+            closed(&r),
+            Some((
+                406,
+                format!("PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}")
+            ))
+        );
+        rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
+        rig.command(
+            1,
+            crate::proto::command::Command::ChannelOpen { channel: 1 },
+        );
+    }
+    for mode in [1u8, 2] {
+        rig.publish(1, "", "nowhere", 0, mode == 2);
+    }
+}
