@@ -106,7 +106,7 @@ pub const MAX_HASH_WEIGHT: u64 = 1_000_000;
 /// A consistent-hash binding's weight: its binding key, an integer from 1 to
 /// [`MAX_HASH_WEIGHT`].
 fn weight(key: &str) -> Result<u64, String> {
-    match key.trim().parse::<i64>() {
+    match key.parse::<i64>() {
         Ok(n) if n < 1 => Err("The binding key must be greater than 0".into()),
         Ok(n) if n as u64 > MAX_HASH_WEIGHT => {
             Err(format!("The binding key must be at most {MAX_HASH_WEIGHT}"))
@@ -123,28 +123,19 @@ fn weight(key: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HashOn {
     RoutingKey,
-    /// A header's value (messages without it are not routed).
+    /// A header's value (messages without it all go to one binding, as in RabbitMQ).
     Header(String),
-    /// A message property (messages without it are not routed).
+    /// A message property (messages without it all go to one binding, as in RabbitMQ).
     Property(HashProperty),
 }
 
-/// The properties a consistent-hash exchange may hash on.
+/// The properties a consistent-hash exchange may hash on: RabbitMQ's plugin takes these
+/// three and refuses the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HashProperty {
     MessageId,
     CorrelationId,
     Timestamp,
-    AppId,
-    Type,
-    UserId,
-    ReplyTo,
-    ContentType,
-    ContentEncoding,
-    Priority,
-    DeliveryMode,
-    Expiration,
-    ClusterId,
 }
 
 impl HashProperty {
@@ -153,16 +144,6 @@ impl HashProperty {
             "message_id" => HashProperty::MessageId,
             "correlation_id" => HashProperty::CorrelationId,
             "timestamp" => HashProperty::Timestamp,
-            "app_id" => HashProperty::AppId,
-            "type" => HashProperty::Type,
-            "user_id" => HashProperty::UserId,
-            "reply_to" => HashProperty::ReplyTo,
-            "content_type" => HashProperty::ContentType,
-            "content_encoding" => HashProperty::ContentEncoding,
-            "priority" => HashProperty::Priority,
-            "delivery_mode" => HashProperty::DeliveryMode,
-            "expiration" => HashProperty::Expiration,
-            "cluster_id" => HashProperty::ClusterId,
             _ => return None,
         })
     }
@@ -184,7 +165,7 @@ fn hash_on(arguments: &FieldTable) -> Result<HashOn, String> {
         (Some(h), None) => Ok(HashOn::Header(h.to_string())),
         (None, Some(p)) => HashProperty::parse(p)
             .map(HashOn::Property)
-            .ok_or_else(|| format!("hash-property '{p}' is not a message property")),
+            .ok_or_else(|| format!("Unsupported property: {p}")),
         (None, None) => Ok(HashOn::RoutingKey),
     }
 }
@@ -224,13 +205,20 @@ impl HashRing {
         let total = self.ends.last()?.0;
         let key: std::borrow::Cow<'_, [u8]> = match &self.on {
             HashOn::RoutingKey => routing_key.as_bytes().into(),
-            HashOn::Header(h) => {
-                let value = headers?.get(h)?;
-                let mut out = bytes::BytesMut::new();
-                value.encode(&mut out);
-                out.to_vec().into()
-            }
-            HashOn::Property(p) => property_bytes(*p, message?)?.into(),
+            // A message without the value hashes as an empty key: all such messages go
+            // to one binding.
+            HashOn::Header(h) => match headers.and_then(|t| t.get(h)) {
+                Some(value) => {
+                    let mut out = bytes::BytesMut::new();
+                    value.encode(&mut out);
+                    out.to_vec().into()
+                }
+                None => (&[][..]).into(),
+            },
+            HashOn::Property(p) => message
+                .and_then(|m| property_bytes(*p, m))
+                .unwrap_or_default()
+                .into(),
         };
         let bucket = jump_hash(fnv1a(&key), total, work);
         let i = self.ends.partition_point(|(end, _)| *end <= bucket);
@@ -244,17 +232,7 @@ fn property_bytes(p: HashProperty, m: &crate::proto::props::BasicProperties) -> 
     match p {
         HashProperty::MessageId => s(&m.message_id),
         HashProperty::CorrelationId => s(&m.correlation_id),
-        HashProperty::AppId => s(&m.app_id),
-        HashProperty::Type => s(&m.kind),
-        HashProperty::UserId => s(&m.user_id),
-        HashProperty::ReplyTo => s(&m.reply_to),
-        HashProperty::ContentType => s(&m.content_type),
-        HashProperty::ContentEncoding => s(&m.content_encoding),
-        HashProperty::Expiration => s(&m.expiration),
-        HashProperty::ClusterId => s(&m.cluster_id),
         HashProperty::Timestamp => m.timestamp.map(|t| t.to_be_bytes().to_vec()),
-        HashProperty::Priority => m.priority.map(|p| vec![p]),
-        HashProperty::DeliveryMode => m.delivery_mode.map(|d| vec![d]),
     }
 }
 
