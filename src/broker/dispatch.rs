@@ -81,18 +81,7 @@ impl Broker {
                 // Dispatch resumes when the batch is synced (`release_held`).
                 return;
             }
-            let Some(target) = self.choose_consumer(queue) else {
-                return;
-            };
-            let Some(entry) = self
-                .topology
-                .queues
-                .get_mut(&queue)
-                .and_then(|q| q.messages.pop())
-            else {
-                return;
-            };
-            if !self.deliver(queue, &target, entry) {
+            if !self.deliver_next(queue) {
                 return;
             }
         }
@@ -118,21 +107,27 @@ impl Broker {
             .get(&queue)
             .is_some_and(|q| q.over_drop_head_limit() && !q.messages.head_held())
         {
-            let Some(target) = self.choose_consumer(queue) else {
-                return;
-            };
-            let Some(entry) = self
-                .topology
-                .queues
-                .get_mut(&queue)
-                .and_then(|q| q.messages.pop())
-            else {
-                return;
-            };
-            if !self.deliver(queue, &target, entry) {
+            if !self.deliver_next(queue) {
                 return;
             }
         }
+    }
+
+    /// Delivers the queue's next ready message to the consumer whose turn it is; false
+    /// when no consumer can take one now or no message is ready to go.
+    fn deliver_next(&mut self, queue: QueueId) -> bool {
+        let Some(target) = self.choose_consumer(queue) else {
+            return false;
+        };
+        let Some(entry) = self
+            .topology
+            .queues
+            .get_mut(&queue)
+            .and_then(|q| q.messages.pop())
+        else {
+            return false;
+        };
+        self.deliver(queue, &target, entry)
     }
 
     /// The consumer of `queue` that receives its next message, with the queue's
