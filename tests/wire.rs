@@ -638,3 +638,124 @@ fn full_reject_publish_queue_nacks_and_keeps_what_it_has() {
     };
     assert_eq!(ok.message_count, 2);
 }
+
+/// A frame of `kind` on `channel` around `payload`.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(FRAME_END);
+    out
+}
+
+/// A method frame's payload.
+fn method_payload(method: &Method) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_method(0, method, &mut out);
+    out[7..out.len() - 1].to_vec()
+}
+
+/// A class-60 content header payload with `weight`, `body_size`, no properties, then
+/// `trailing`.
+fn header_payload(weight: u16, body_size: u64, trailing: &[u8]) -> Vec<u8> {
+    let mut out = 60u16.to_be_bytes().to_vec();
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&body_size.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(trailing);
+    out
+}
+
+/// Frames RabbitMQ 3.10 refuses are refused with its codes, naming the method it names
+/// (checked side by side against it): bytes after a method's arguments 501, a content
+/// header with a weight 505, bytes after a header's properties 541, content methods only
+/// a server sends 503 once their content arrives, an unsolicited `connection.close-ok` 504.
+#[test]
+fn malformed_frames_get_rabbitmqs_answers() {
+    let server = Server::start();
+    let mut other = bystander(&server);
+    let publish = raw_frame(
+        FRAME_METHOD,
+        1,
+        &method_payload(&Method::BasicPublish(BasicPublish {
+            routing_key: "nowhere".into(),
+            ..Default::default()
+        })),
+    );
+    let mut qos = method_payload(&Method::BasicQos(BasicQos::default()));
+    qos.extend_from_slice(b"abc");
+    let deliver = raw_frame(
+        FRAME_METHOD,
+        1,
+        &method_payload(&Method::BasicDeliver(BasicDeliver {
+            consumer_tag: "x".into(),
+            delivery_tag: 1,
+            ..Default::default()
+        })),
+    );
+    // What is sent, the bytes, the reply code, the class and method the close names.
+    type Case = (&'static str, Vec<u8>, u16, (u16, u16));
+    let cases: Vec<Case> = vec![
+        (
+            "junk after basic.qos",
+            raw_frame(FRAME_METHOD, 1, &qos),
+            FRAME_ERROR,
+            (60, 10),
+        ),
+        (
+            "header weight",
+            [
+                &publish[..],
+                &raw_frame(FRAME_HEADER, 1, &header_payload(1, 0, b"")),
+            ]
+            .concat(),
+            UNEXPECTED_FRAME,
+            (60, 40),
+        ),
+        (
+            "bytes after the properties",
+            [
+                &publish[..],
+                &raw_frame(FRAME_HEADER, 1, &header_payload(0, 0, b"zz")),
+            ]
+            .concat(),
+            INTERNAL_ERROR,
+            (0, 0),
+        ),
+        (
+            "basic.deliver from a client",
+            [
+                &deliver[..],
+                &raw_frame(FRAME_HEADER, 1, &header_payload(0, 2, b"")),
+                &raw_frame(FRAME_BODY, 1, b"hi"),
+            ]
+            .concat(),
+            COMMAND_INVALID,
+            (60, 60),
+        ),
+        (
+            "connection.close-ok",
+            raw_frame(
+                FRAME_METHOD,
+                0,
+                &method_payload(&Method::ConnectionCloseOk(ConnectionCloseOk {})),
+            ),
+            CHANNEL_ERROR,
+            (10, 51),
+        ),
+    ];
+    for (what, bytes, code, failing) in cases {
+        let mut c = RawClient::open(server.port);
+        c.open_channel(1);
+        c.send_raw(&bytes);
+        let close = c.expect_connection_close();
+        assert_eq!(
+            (close.reply_code, (close.class_id, close.method_id)),
+            (code, failing),
+            "{what}: {}",
+            close.reply_text
+        );
+    }
+    assert_still_works(&mut other, "malformed");
+}

@@ -378,7 +378,7 @@ impl Client {
                 self.open_channel(CH_CONSUME, now_ms, spec);
                 self.open_channel(CH_MISC, now_ms, spec);
             }
-            ConnectionEvent::Closed { code, text } => {
+            ConnectionEvent::Closed { code, text, .. } => {
                 out.push(Observed::ConnectionClosed { code, text });
             }
             ConnectionEvent::Other(other) => out.push(Observed::Unexpected {

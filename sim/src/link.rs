@@ -51,6 +51,8 @@ pub enum ConnectionEvent {
         code: u16,
         /// Reply text.
         text: String,
+        /// The class and method the close names (0, 0 for none).
+        failing: (u16, u16),
     },
     /// A method the handshake does not expect now (blocked, unblocked, or a stray one).
     Other(Method),
@@ -174,6 +176,12 @@ impl Link {
     /// Queues a method.
     pub fn send(&mut self, channel: u16, method: &Method, now_ms: u64) {
         encode_method(channel, method, &mut self.output);
+        self.last_send_ms = now_ms;
+    }
+
+    /// Queues bytes as they are: frames a well-behaved client would not write.
+    pub fn send_raw(&mut self, bytes: &[u8], now_ms: u64) {
+        self.output.extend_from_slice(bytes);
         self.last_send_ms = now_ms;
     }
 
@@ -321,6 +329,7 @@ impl Link {
                 ConnectionEvent::Closed {
                     code: c.reply_code,
                     text: c.reply_text,
+                    failing: (c.class_id, c.method_id),
                 }
             }
             (_, other) => ConnectionEvent::Other(other),

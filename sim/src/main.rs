@@ -271,6 +271,8 @@ struct Totals {
     hostile_direct_replies: u64,
     hostile_probes: u64,
     hostile_probes_delivered: u64,
+    hostile_malformed: u64,
+    hostile_malformed_answered: u64,
     /// Seeds with each class of hostile input, in [`FEATURES`] order.
     hostile_features: [u64; FEATURES.len()],
     max_step_work: u64,
@@ -358,6 +360,8 @@ impl Totals {
             self.hostile_direct_replies += stats.direct_replies;
             self.hostile_probes += stats.probes;
             self.hostile_probes_delivered += stats.probes_delivered;
+            self.hostile_malformed += stats.malformed;
+            self.hostile_malformed_answered += stats.malformed_answered;
             for (s, on) in seen.iter_mut().zip(features(&plan.features)) {
                 *s |= on;
             }
@@ -422,7 +426,7 @@ impl Totals {
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
         println!(
-            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); {} of {} probes of a queue with x-max-length 0 reached its consumer; the broker closed {} of their channels and {} connections; seeds per class: {}",
+            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); {} of {} probes of a queue with x-max-length 0 reached its consumer; {} of {} malformed frames answered by a close naming them, with RabbitMQ's code; the broker closed {} of their channels and {} connections; seeds per class: {}",
             self.hostile_clients,
             self.seeds_hostile,
             self.hostile_published,
@@ -431,6 +435,8 @@ impl Totals {
             self.hostile_direct_replies,
             self.hostile_probes_delivered,
             self.hostile_probes,
+            self.hostile_malformed_answered,
+            self.hostile_malformed,
             self.hostile_channel_closes,
             self.hostile_connection_closes,
             per_feature.join(", "),
@@ -492,7 +498,7 @@ fn print_ok(r: &RunResult) {
 fn print_hostile(r: &RunResult) {
     for (plan, stats) in &r.hostile {
         println!(
-            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), probes {}/{}, channels closed {}, connections closed {})",
+            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), probes {}/{}, malformed frames answered {}/{}, channels closed {}, connections closed {})",
             plan.describe(),
             stats.published,
             stats.methods,
@@ -500,6 +506,8 @@ fn print_hostile(r: &RunResult) {
             stats.direct_replies,
             stats.probes_delivered,
             stats.probes,
+            stats.malformed_answered,
+            stats.malformed,
             stats.channel_closes,
             stats.connection_closes
         );

@@ -160,11 +160,21 @@ fn arguments_of_another_queue_type_are_refused() {
 }
 
 fn consume(rig: &mut Rig, queue: &str, exclusive: bool) -> Option<(u16, String)> {
+    consume_with(rig, queue, exclusive, FieldTable::default())
+}
+
+fn consume_with(
+    rig: &mut Rig,
+    queue: &str,
+    exclusive: bool,
+    arguments: FieldTable,
+) -> Option<(u16, String)> {
     let r = rig.method(
         1,
         Method::BasicConsume(BasicConsume {
             queue: queue.into(),
             exclusive,
+            arguments,
             ..Default::default()
         }),
     );
@@ -286,5 +296,120 @@ fn a_delivery_mode_other_than_one_or_two_is_refused() {
     }
     for mode in [1u8, 2] {
         rig.publish(1, "", "nowhere", 0, mode == 2);
+    }
+}
+
+/// Consumer arguments RabbitMQ 3.10 checks: another queue type's (406 "of queue type"),
+/// then `x-priority` an integer and `x-cancel-on-ha-failover` a boolean.
+#[test]
+fn consumer_arguments_are_checked_as_rabbitmq_checks_them() {
+    let mut rig = rig();
+    let quorum = table(&[("x-queue-type", text("quorum"))]);
+    assert_eq!(declare(&mut rig, "cq", false, FieldTable::default()), None);
+    assert_eq!(declare(&mut rig, "qq", true, quorum), None);
+    let cases: [(&str, &str, FieldValue, Option<&str>); 9] = [
+        ("cq", "x-priority", FieldValue::I8(3), None),
+        (
+            "cq",
+            "x-priority",
+            text("5"),
+            Some(
+                "invalid arg 'x-priority' for queue 'cq' in vhost '/': \"expected integer, got longstr\"",
+            ),
+        ),
+        (
+            "qq",
+            "x-priority",
+            FieldValue::F64(5.5),
+            Some(
+                "invalid arg 'x-priority' for queue 'qq' in vhost '/': \"expected integer, got double\"",
+            ),
+        ),
+        (
+            "cq",
+            "x-cancel-on-ha-failover",
+            FieldValue::Bool(true),
+            None,
+        ),
+        (
+            "cq",
+            "x-cancel-on-ha-failover",
+            FieldValue::I32(1),
+            Some(
+                "invalid arg 'x-cancel-on-ha-failover' for queue 'cq' in vhost '/': {unacceptable_type,signedint}",
+            ),
+        ),
+        (
+            "qq",
+            "x-cancel-on-ha-failover",
+            FieldValue::Bool(true),
+            Some(
+                "invalid arg 'x-cancel-on-ha-failover' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue",
+            ),
+        ),
+        (
+            "cq",
+            "x-stream-offset",
+            text("first"),
+            Some(
+                "invalid arg 'x-stream-offset' for queue 'cq' in vhost '/' of queue type rabbit_classic_queue",
+            ),
+        ),
+        (
+            "qq",
+            "x-stream-offset",
+            FieldValue::I64(5),
+            Some(
+                "invalid arg 'x-stream-offset' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue",
+            ),
+        ),
+        ("cq", "x-unknown", text("z"), None),
+    ];
+    for (queue, key, value, refused) in cases {
+        let got = consume_with(&mut rig, queue, false, table(&[(key, value.clone())]));
+        let want = refused.map(|t| (406, format!("PRECONDITION_FAILED - {t}")));
+        assert_eq!(got, want, "{queue} {key} {value:?}");
+        if got.is_some() {
+            rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
+            rig.command(
+                1,
+                crate::proto::command::Command::ChannelOpen { channel: 1 },
+            );
+        }
+    }
+}
+
+/// `channel.flow-ok` answers a `channel.flow` only a server sends, and warren sends none:
+/// RabbitMQ's 503 "unimplemented method", naming it. So for other methods only a server
+/// sends.
+#[test]
+fn methods_only_a_server_sends_are_unimplemented() {
+    for method in [
+        Method::ChannelFlowOk(ChannelFlowOk { active: true }),
+        Method::BasicConsumeOk(BasicConsumeOk {
+            consumer_tag: "x".into(),
+        }),
+        Method::QueueDeclareOk(QueueDeclareOk::default()),
+        Method::ChannelCloseOk(ChannelCloseOk {}),
+    ] {
+        let mut rig = rig();
+        let (class_id, method_id) = (method.class_id(), method.method_id());
+        let r = rig.method(1, method);
+        let close = r.iter().find_map(|(_, r)| match r {
+            Reply::Method {
+                method: Method::ConnectionClose(c),
+                ..
+            } => Some(c.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            close,
+            Some(ConnectionClose {
+                reply_code: 503,
+                reply_text: "COMMAND_INVALID - unimplemented method".into(),
+                class_id,
+                method_id,
+            })
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::proto::command::{Command, ConnId, Message, Reply};
 use crate::proto::constants::NO_ROUTE;
 use crate::proto::method::*;
-use crate::proto::table::FieldTable;
+use crate::proto::table::{FieldTable, type_name};
 
 use super::auth::Access;
 use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
@@ -27,7 +27,6 @@ impl Broker {
     ) -> AmqpResult<()> {
         match method {
             Method::ChannelFlow(m) => self.channel_flow(conn, channel, m.active),
-            Method::ChannelFlowOk(_) => Ok(()),
             Method::AccessRequest(_) => {
                 self.send_method(
                     conn,
@@ -89,10 +88,9 @@ impl Broker {
             Method::TxSelect(_) => self.tx_select(conn, channel),
             Method::TxCommit(_) => self.tx_commit(conn, channel),
             Method::TxRollback(_) => self.tx_rollback(conn, channel),
-            other => Err(command_invalid(format!(
-                "unexpected method {} from a client",
-                other.name()
-            ))),
+            // What only a server sends (warren never sends `channel.flow`, so a
+            // `channel.flow-ok` answers nothing): RabbitMQ's words.
+            _ => Err(command_invalid("unimplemented method")),
         }
     }
 
@@ -494,14 +492,16 @@ impl Broker {
             .queues
             .get_mut(&qid)
             .ok_or_else(|| not_found("queue vanished"))?;
+        let quorum = q
+            .decl
+            .arguments
+            .get("x-queue-type")
+            .and_then(|v| v.as_str())
+            == Some("quorum");
+        let priority = consumer_arguments(&m.arguments, quorum, &name, &vhost)?;
         // A classic single-active-consumer queue refuses exclusive consumers, as
         // RabbitMQ 3.10's does, even with no other consumer.
-        let single_active_classic = q.decl.settings.single_active_consumer
-            && q.decl
-                .arguments
-                .get("x-queue-type")
-                .and_then(|v| v.as_str())
-                != Some("quorum");
+        let single_active_classic = q.decl.settings.single_active_consumer && !quorum;
         if q.consumers.exclusive()
             || (m.exclusive && (!q.consumers.is_empty() || single_active_classic))
         {
@@ -510,7 +510,6 @@ impl Broker {
                 resource("queue", &name, &vhost)
             )));
         }
-        let priority = consumer_priority(&m.arguments, &name, &vhost)?;
         q.consumers.add(
             ConsumerRef {
                 conn,
@@ -945,14 +944,53 @@ impl Broker {
     }
 }
 
-/// A consumer's `x-priority` argument: an integer, 0 when absent.
-fn consumer_priority(arguments: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
+/// Checks a consumer's arguments as RabbitMQ 3.10 does, and returns its `x-priority`
+/// (0 when absent). An argument that only another queue type takes is refused
+/// (`x-stream-offset` on any queue here, `x-cancel-on-ha-failover` on a quorum queue);
+/// then `x-priority` must be an integer and `x-cancel-on-ha-failover` a boolean. Others
+/// are ignored, as RabbitMQ ignores them.
+fn consumer_arguments(
+    arguments: &FieldTable,
+    quorum: bool,
+    queue: &str,
+    vhost: &str,
+) -> AmqpResult<i64> {
+    let (foreign, module): (&[&str], &str) = if quorum {
+        (
+            &["x-stream-offset", "x-cancel-on-ha-failover"],
+            "rabbit_quorum_queue",
+        )
+    } else {
+        (&["x-stream-offset"], "rabbit_classic_queue")
+    };
+    let invalid = |key: &str| {
+        format!(
+            "invalid arg '{key}' for {}",
+            resource("queue", queue, vhost)
+        )
+    };
+    if let Some(key) = foreign.iter().find(|key| arguments.get(key).is_some()) {
+        return Err(precondition_failed(format!(
+            "{} of queue type {module}",
+            invalid(key)
+        )));
+    }
+    if let Some(v) = arguments.get("x-cancel-on-ha-failover")
+        && v.as_bool().is_none()
+    {
+        return Err(precondition_failed(format!(
+            "{}: {{unacceptable_type,{}}}",
+            invalid("x-cancel-on-ha-failover"),
+            type_name(v)
+        )));
+    }
     match arguments.get("x-priority") {
         None => Ok(0),
         Some(v) => v.as_i64().ok_or_else(|| {
             precondition_failed(format!(
-                "invalid arg 'x-priority' for consumer on {}",
-                resource("queue", queue, vhost)
+                "{}: \"expected integer, got {}\"",
+                invalid("x-priority"),
+                type_name(v)
             ))
         }),
     }

@@ -27,6 +27,8 @@ pub enum DecodeError {
     BadUtf8,
     /// Field tables and arrays are nested deeper than [`crate::proto::table::MAX_FIELD_DEPTH`].
     TooDeep,
+    /// Bytes were left after the last field: this many.
+    Trailing(usize),
 }
 
 impl fmt::Display for DecodeError {
@@ -43,6 +45,8 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::BadUtf8 => f.write_str("short string is not valid UTF-8"),
             DecodeError::TooDeep => f.write_str("field table nested too deeply"),
+            DecodeError::Trailing(1) => f.write_str("1 byte after the last field"),
+            DecodeError::Trailing(n) => write!(f, "{n} bytes after the last field"),
         }
     }
 }

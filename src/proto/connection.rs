@@ -637,6 +637,12 @@ impl Connection {
                     self.commands.push_back(Command::ChannelClose { channel });
                     Ok(())
                 }
+                // Content methods only a server sends: their content is read, then refused.
+                Method::BasicDeliver(_) | Method::BasicReturn(_) | Method::BasicGetOk(_) => {
+                    *state =
+                        ChannelState::Open(Assembly::AwaitingRefusedHeader(method.method_id()));
+                    Ok(())
+                }
                 Method::BasicPublish(publish) => {
                     *state = ChannelState::Open(Assembly::AwaitingHeader(publish));
                     if !self.publishing {
@@ -651,9 +657,9 @@ impl Connection {
                     Ok(())
                 }
             },
-            Some(ChannelState::Open(Assembly::AwaitingHeader(_))) => Err(publish_error(
-                "expected content header for class 60, got non content header frame instead",
-            )),
+            Some(ChannelState::Open(
+                assembly @ (Assembly::AwaitingHeader(_) | Assembly::AwaitingRefusedHeader(_)),
+            )) => Err(assembly.header_expected()),
             Some(ChannelState::Open(_)) => Err(publish_error(
                 "expected content body, got non content body frame instead",
             )),
@@ -799,34 +805,62 @@ fn frame_error(error: FrameError) -> ConnectionError {
             FRAME_ERROR,
             format!("heartbeat frame with a payload of {n} bytes"),
         ),
-        FrameError::Method { channel, error } => match error {
-            DecodeError::UnknownClass(class_id) => ConnectionError::new(
-                NOT_IMPLEMENTED,
-                format!("unknown class {class_id} on channel {channel}"),
-            ),
-            DecodeError::UnknownMethod {
-                class_id,
-                method_id,
-            } => ConnectionError {
-                class_id,
-                method_id,
-                ..ConnectionError::new(
+        FrameError::Method {
+            channel,
+            class_id,
+            method_id,
+            error,
+        } => {
+            let name = method_name(class_id, method_id).unwrap_or("method");
+            let (code, detail) = match error {
+                DecodeError::UnknownClass(class_id) => (
+                    NOT_IMPLEMENTED,
+                    format!("unknown class {class_id} on channel {channel}"),
+                ),
+                DecodeError::UnknownMethod {
+                    class_id,
+                    method_id,
+                } => (
                     NOT_IMPLEMENTED,
                     format!("unknown method {class_id}.{method_id} on channel {channel}"),
-                )
-            },
-            // RabbitMQ answers arguments cut short with 501 ("cannot decode").
-            DecodeError::Truncated => ConnectionError::new(
-                FRAME_ERROR,
-                format!("cannot decode method frame on channel {channel}: truncated arguments"),
-            ),
-            other => ConnectionError::new(
-                SYNTAX_ERROR,
-                format!("malformed method frame on channel {channel}: {other}"),
-            ),
-        },
+                ),
+                // RabbitMQ answers arguments cut short, and bytes after the last one, with
+                // 501 ("cannot decode"), naming the method.
+                DecodeError::Truncated => (
+                    FRAME_ERROR,
+                    format!("cannot decode {name} on channel {channel}: truncated arguments"),
+                ),
+                DecodeError::Trailing(n) => (
+                    FRAME_ERROR,
+                    format!(
+                        "cannot decode {name} on channel {channel}: {n} byte{} after its arguments",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                ),
+                DecodeError::BadUtf8 => (
+                    FRAME_ERROR,
+                    format!("malformed UTF-8 in a short string of {name} on channel {channel}"),
+                ),
+                other => (
+                    SYNTAX_ERROR,
+                    format!("malformed {name} on channel {channel}: {other}"),
+                ),
+            };
+            ConnectionError {
+                class_id,
+                method_id,
+                ..ConnectionError::new(code, detail)
+            }
+        }
+        // RabbitMQ fails with 541 on a content header it cannot parse (a property list cut
+        // short or followed by more bytes, a bad headers table); it does not check that
+        // short strings among the properties are UTF-8, which warren's properties must be.
         FrameError::Header { channel, error } => ConnectionError::new(
-            FRAME_ERROR,
+            if error == DecodeError::BadUtf8 {
+                FRAME_ERROR
+            } else {
+                INTERNAL_ERROR
+            },
             format!("malformed content header on channel {channel}: {error}"),
         ),
     }

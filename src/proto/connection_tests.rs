@@ -198,3 +198,141 @@ fn a_framing_error_after_the_servers_close_sends_no_second_close() {
     );
     assert!(c.poll_transmit().is_none_or(|b| b.is_empty()));
 }
+
+/// A frame of `kind` on `channel` with the payload as given.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(FRAME_END);
+    out
+}
+
+/// A content header payload: class, weight, body size, then `props` (flags and values).
+fn header_payload(class_id: u16, weight: u16, body_size: u64, props: &[u8]) -> Vec<u8> {
+    let mut out = class_id.to_be_bytes().to_vec();
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&body_size.to_be_bytes());
+    out.extend_from_slice(props);
+    out
+}
+
+/// The connection error (code, text, class, method) `bytes` cause on a fresh connection
+/// with channel 1 open, or `None` if they cause none.
+fn error_after(bytes: &[u8]) -> Option<(u16, String, u16, u16)> {
+    let mut c = open(ConnectionConfig::default());
+    channel_open(&mut c, 1);
+    c.handle_bytes(bytes, 0);
+    c.error()
+        .map(|e| (e.code, e.text.clone(), e.class_id, e.method_id))
+}
+
+fn method_bytes(channel: u16, method: Method) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_method(channel, &method, &mut out);
+    out.to_vec()
+}
+
+/// Malformed frames get RabbitMQ 3.10's answers: bytes after a method's arguments (501,
+/// naming the method), a content header with a weight (505), bytes after its properties
+/// or a property list cut short (541).
+#[test]
+fn malformed_frames_are_answered_as_rabbitmq_answers_them() {
+    let mut qos = method_bytes(1, Method::BasicQos(BasicQos::default()));
+    // Three junk bytes inside the frame, after the arguments.
+    let args_end = qos.len() - 1;
+    qos.splice(args_end..args_end, *b"abc");
+    let size = (qos.len() - 8) as u32;
+    qos[3..7].copy_from_slice(&size.to_be_bytes());
+    let (code, text, class_id, method_id) = error_after(&qos).expect("junk is refused");
+    assert_eq!((code, class_id, method_id), (FRAME_ERROR, 60, 10));
+    assert!(
+        text.starts_with("FRAME_ERROR - cannot decode basic.qos"),
+        "{text}"
+    );
+
+    let publish = method_bytes(1, Method::BasicPublish(BasicPublish::default()));
+    let with_header = |header: Vec<u8>| {
+        let mut out = publish.clone();
+        out.extend(raw_frame(FRAME_HEADER, 1, &header));
+        error_after(&out)
+    };
+    assert_eq!(
+        with_header(header_payload(60, 1, 2, &[0, 0])),
+        Some((
+            UNEXPECTED_FRAME,
+            "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead".into(),
+            60,
+            40
+        ))
+    );
+    let (code, ..) = with_header(header_payload(60, 0, 2, &[0, 0, b'z', b'z'])).unwrap();
+    assert_eq!(code, INTERNAL_ERROR);
+    // A message-id flagged but missing.
+    let (code, ..) = with_header(header_payload(60, 0, 2, &[0, 0x80])).unwrap();
+    assert_eq!(code, INTERNAL_ERROR);
+    // The continuation bit alone announces nothing, as in RabbitMQ.
+    assert_eq!(with_header(header_payload(60, 0, 2, &[0, 1])), None);
+    assert_eq!(with_header(header_payload(60, 0, 2, &[0, 0])), None);
+}
+
+/// Methods only a server sends get RabbitMQ's 503 "unimplemented method"; those that carry
+/// content are refused once their content header arrives, and a content frame that does
+/// not follow them is 505 naming them. An unsolicited `connection.close-ok` is 504.
+#[test]
+fn server_methods_from_a_client_are_refused_as_rabbitmq_refuses_them() {
+    let deliver = method_bytes(
+        1,
+        Method::BasicDeliver(BasicDeliver {
+            consumer_tag: "x".into(),
+            delivery_tag: 1,
+            ..Default::default()
+        }),
+    );
+    let mut with_header = deliver.clone();
+    with_header.extend(raw_frame(
+        FRAME_HEADER,
+        1,
+        &header_payload(60, 0, 2, &[0, 0]),
+    ));
+    with_header.extend(raw_frame(FRAME_BODY, 1, b"hi"));
+    assert_eq!(
+        error_after(&with_header),
+        Some((
+            COMMAND_INVALID,
+            "COMMAND_INVALID - unimplemented method".into(),
+            60,
+            60
+        ))
+    );
+    // The method alone waits for its content.
+    assert_eq!(error_after(&deliver), None);
+    let mut then_method = deliver.clone();
+    then_method.extend(method_bytes(1, Method::BasicQos(BasicQos::default())));
+    let (code, text, class_id, method_id) = error_after(&then_method).unwrap();
+    assert_eq!((code, class_id, method_id), (UNEXPECTED_FRAME, 60, 60));
+    assert!(
+        text.contains("expected content header for class 60"),
+        "{text}"
+    );
+
+    let get_ok = method_bytes(1, Method::BasicGetOk(BasicGetOk::default()));
+    let mut get_ok_then_body = get_ok.clone();
+    get_ok_then_body.extend(raw_frame(FRAME_BODY, 1, b"hi"));
+    let (code, _, _, method_id) = error_after(&get_ok_then_body).unwrap();
+    assert_eq!((code, method_id), (UNEXPECTED_FRAME, 71));
+
+    assert_eq!(
+        error_after(&method_bytes(
+            0,
+            Method::ConnectionCloseOk(ConnectionCloseOk {})
+        )),
+        Some((
+            CHANNEL_ERROR,
+            "CHANNEL_ERROR - unexpected method in connection state running".into(),
+            10,
+            51
+        ))
+    );
+}

@@ -43,15 +43,20 @@ impl ContentHeader {
         self.properties.encode(out);
     }
 
-    /// Decodes a header frame's payload. Bytes after the properties are ignored.
+    /// Decodes a header frame's payload. Bytes after the properties are an error
+    /// ([`DecodeError::Trailing`]).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(payload);
-        Ok(ContentHeader {
+        let header = ContentHeader {
             class_id: r.u16()?,
             weight: r.u16()?,
             body_size: r.u64()?,
             properties: BasicProperties::read(&mut r)?,
-        })
+        };
+        match r.rest().len() {
+            0 => Ok(header),
+            n => Err(DecodeError::Trailing(n)),
+        }
     }
 }
 
@@ -106,6 +111,10 @@ pub enum FrameError {
     Method {
         /// The frame's channel.
         channel: u16,
+        /// The class id the payload names (0 if it is shorter than that).
+        class_id: u16,
+        /// The method id the payload names (0 if it is shorter than that).
+        method_id: u16,
         /// What was wrong.
         error: DecodeError,
     },
@@ -127,7 +136,7 @@ impl fmt::Display for FrameError {
             FrameError::BadFrameEnd(octet) => write!(f, "bad frame end octet {octet:#04x}"),
             FrameError::UnknownFrameType(kind) => write!(f, "unknown frame type {kind}"),
             FrameError::HeartbeatPayload(n) => write!(f, "heartbeat frame with {n} payload bytes"),
-            FrameError::Method { channel, error } => {
+            FrameError::Method { channel, error, .. } => {
                 write!(f, "bad method frame on channel {channel}: {error}")
             }
             FrameError::Header { channel, error } => {
@@ -258,7 +267,19 @@ impl RawFrame {
     /// Decodes a method frame's payload.
     pub fn method(&self) -> Result<Method, FrameError> {
         let channel = self.channel;
-        Method::decode(&self.payload).map_err(|error| FrameError::Method { channel, error })
+        Method::decode(&self.payload).map_err(|error| {
+            let id = |at: usize| {
+                self.payload
+                    .get(at..at + 2)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+            };
+            FrameError::Method {
+                channel,
+                class_id: id(0),
+                method_id: id(2),
+                error,
+            }
+        })
     }
 
     /// Decodes the payload.
@@ -867,6 +888,8 @@ mod tests {
                 &[1, 0, 5, 0, 0, 0, 4, 0, 99, 0, 10, 0xCE],
                 FrameError::Method {
                     channel: 5,
+                    class_id: 99,
+                    method_id: 10,
                     error: DecodeError::UnknownClass(99),
                 },
             ),
@@ -874,6 +897,8 @@ mod tests {
                 &[1, 0, 6, 0, 0, 0, 4, 0, 60, 0, 41, 0xCE],
                 FrameError::Method {
                     channel: 6,
+                    class_id: 60,
+                    method_id: 41,
                     error: DecodeError::UnknownMethod {
                         class_id: 60,
                         method_id: 41,
@@ -885,6 +910,8 @@ mod tests {
                 &[1, 0, 0, 0, 0, 0, 6, 0, 10, 0, 30, 0, 1, 0xCE],
                 FrameError::Method {
                     channel: 0,
+                    class_id: 10,
+                    method_id: 30,
                     error: DecodeError::Truncated,
                 },
             ),
@@ -941,6 +968,8 @@ mod tests {
     fn errors_display() {
         let error = FrameError::Method {
             channel: 2,
+            class_id: 50,
+            method_id: 10,
             error: DecodeError::BadUtf8,
         };
         assert_eq!(

@@ -127,6 +127,14 @@ impl<'a> ArgReader<'a> {
         Ok(value)
     }
 
+    /// Fails if bytes are left after the last argument.
+    fn finish(&self) -> Result<(), DecodeError> {
+        match self.r.rest().len() {
+            0 => Ok(()),
+            n => Err(DecodeError::Trailing(n)),
+        }
+    }
+
     /// The reader for a non-bit argument, which ends any octet of bits.
     fn reader(&mut self) -> &mut Reader<'a> {
         self.bit_index = 8;
@@ -331,14 +339,19 @@ macro_rules! methods {
                 w.finish();
             }
 
-            /// Decodes a method frame's payload. Bytes after the last argument are ignored.
+            /// Decodes a method frame's payload. Bytes after the last argument are an error
+            /// ([`DecodeError::Trailing`]), as RabbitMQ refuses them.
             pub fn decode(payload: &[u8]) -> Result<Method, DecodeError> {
                 let mut r = Reader::new(payload);
                 let class_id = r.u16()?;
                 let method_id = r.u16()?;
                 let mut args = ArgReader::new(r);
                 match (class_id, method_id) {
-                    $(($class_id, $method_id) => Ok(Method::$Name($Name::decode_args(&mut args)?)),)*
+                    $(($class_id, $method_id) => {
+                        let method = $Name::decode_args(&mut args)?;
+                        args.finish()?;
+                        Ok(Method::$Name(method))
+                    })*
                     _ if is_known_class(class_id) => Err(DecodeError::UnknownMethod {
                         class_id,
                         method_id,
@@ -828,18 +841,38 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_ignored() {
+    fn trailing_bytes_are_refused() {
         assert_eq!(
             Method::decode(&[0, 90, 0, 10, 0xde, 0xad]),
-            Ok(Method::TxSelect(TxSelect))
+            Err(DecodeError::Trailing(2))
         );
+        // After a final octet of bits.
         assert_eq!(
             Method::decode(&[0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 9, 1, 0xff]),
+            Err(DecodeError::Trailing(1))
+        );
+        assert_eq!(
+            Method::decode(&[0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 9, 1]),
             Ok(Method::BasicAck(BasicAck {
                 delivery_tag: 9,
                 multiple: true
             }))
         );
+    }
+
+    proptest! {
+        /// Any method with bytes after its arguments is refused, whatever they are.
+        #[test]
+        fn any_method_with_trailing_bytes_is_refused(
+            (_, method) in proptest::sample::select(method_strategies())
+                .prop_flat_map(|(name, strategy)| (Just(name), strategy)),
+            junk in proptest::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let mut bytes = BytesMut::new();
+            method.encode(&mut bytes);
+            bytes.extend_from_slice(&junk);
+            prop_assert_eq!(Method::decode(&bytes), Err(DecodeError::Trailing(junk.len())));
+        }
     }
 
     /// A known class and method id followed by random argument bytes.

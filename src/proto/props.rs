@@ -56,8 +56,6 @@ const KIND: u16 = 1 << 5;
 const USER_ID: u16 = 1 << 4;
 const APP_ID: u16 = 1 << 3;
 const CLUSTER_ID: u16 = 1 << 2;
-/// Another flags word follows this one.
-const CONTINUATION: u16 = 1;
 
 /// The delivery mode of a persistent message.
 pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
@@ -153,19 +151,14 @@ impl BasicProperties {
         Self::read(&mut Reader::new(buf))
     }
 
-    /// Reads the flags word(s) and the properties they announce.
+    /// Reads the flags word and the properties it announces.
     ///
-    /// Flags words after the first (announced by bit 0) are read and ignored: the basic
-    /// class defines only 14 properties, all in the first word, so further words can only
-    /// announce properties this protocol version does not have. Their values, if any, are
-    /// left unread at the end. The unused bit 1 is ignored likewise.
+    /// The continuation bit (bit 0) and the unused bit 1 are ignored, as RabbitMQ ignores
+    /// them: the basic class defines only 14 properties, all in the first word, so no
+    /// client sends a second word, and one that did would leave it unread (a content
+    /// header then fails with [`DecodeError::Trailing`], as RabbitMQ refuses it).
     pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let flags = r.u16()?;
-        let mut more = flags & CONTINUATION != 0;
-        // Each extra word consumes two bytes of a bounded input, so this loop ends.
-        while more {
-            more = r.u16()? & CONTINUATION != 0;
-        }
         let has = |bit: u16| flags & bit != 0;
         let shortstr = |r: &mut Reader<'_>, bit: u16| -> Result<Option<String>, DecodeError> {
             if has(bit) {
@@ -343,9 +336,9 @@ mod tests {
     }
 
     #[test]
-    fn continuation_flag_words_are_skipped() {
-        // Priority, continuation bit; a second word (with its own continuation); a third.
-        let bytes: &[u8] = &[0x08, 0x01, 0x00, 0x01, 0x00, 0x00, 5];
+    fn the_continuation_bit_is_ignored() {
+        // Priority with the continuation bit: no second word is read.
+        let bytes: &[u8] = &[0x08, 0x01, 5];
         let props = BasicProperties::decode(bytes);
         assert_eq!(
             props,
@@ -354,10 +347,10 @@ mod tests {
                 ..Default::default()
             })
         );
-        // A continuation bit with no following word is truncated.
+        // A continuation bit with no following word is a complete, empty property list.
         assert_eq!(
             BasicProperties::decode(&[0x00, 0x01]),
-            Err(DecodeError::Truncated)
+            Ok(BasicProperties::default())
         );
     }
 }

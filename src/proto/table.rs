@@ -497,7 +497,6 @@ impl<K: Into<String>> FromIterator<(K, FieldValue)> for FieldTable {
     }
 }
 
-/// Proptest strategies for tables and values, shared by the other codec tests.
 /// RabbitMQ's name for a field value's type, used in argument errors.
 pub fn type_name(v: &FieldValue) -> &'static str {
     match v {
@@ -521,6 +520,7 @@ pub fn type_name(v: &FieldValue) -> &'static str {
     }
 }
 
+/// Proptest strategies for tables and values, shared by the other codec tests.
 #[cfg(test)]
 pub(crate) mod arb {
     use super::*;

@@ -1218,9 +1218,9 @@ def exchange_unbind(ch, destination, source, key=""):
                   + shortstr(key) + bits(False) + table({}))
 
 
-def basic_consume(ch, queue, tag="", no_ack=False, exclusive=False):
+def basic_consume(ch, queue, tag="", no_ack=False, exclusive=False, arguments=None):
     return method(ch, 60, 20, struct.pack(">H", 0) + shortstr(queue) + shortstr(tag)
-                  + bits(False, no_ack, exclusive, False) + table({}))
+                  + bits(False, no_ack, exclusive, False) + table(arguments or {}))
 
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -1412,6 +1412,93 @@ def p_reply_to_twice(ctx):
     c.expect_method("basic.consume-ok")
     c.mark()
     c.send(basic_consume(1, REPLY_TO, "rpc2", no_ack=True))
+    return _observe(c)
+
+
+@probe("30a. basic.qos on channel 1 with 3 bytes after its arguments")
+def p_junk_after_args(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(method(1, 60, 10, struct.pack(">IHB", 0, 1, 0) + b"abc"))
+    return _observe(c)
+
+
+@probe("30b. basic.publish, then a content header with weight 1")
+def p_header_weight(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(basic_publish(1, "", "probe-q")
+           + frame(FRAME_HEADER, 1, struct.pack(">HHQH", 60, 1, 0, 0)))
+    return _observe(c)
+
+
+@probe("30c. basic.publish, then a content header with 2 bytes after its properties")
+def p_header_trailing(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(basic_publish(1, "", "probe-q")
+           + frame(FRAME_HEADER, 1, struct.pack(">HHQH", 60, 0, 0, 0) + b"zz"))
+    return _observe(c)
+
+
+@probe("30d. basic.publish, then a content header with only the continuation flag set")
+def p_header_continuation(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(basic_publish(1, "", "probe-q") + content_header(1, 60, 0, flags=0x0001))
+    return _observe(c)
+
+
+@probe("30e. basic.deliver from the client, with its content header and body")
+def p_client_deliver(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    args = shortstr("x") + struct.pack(">Q", 1) + bits(False) + shortstr("") + shortstr("q")
+    c.send(method(1, 60, 60, args) + content_header(1, 60, 2) + body(1, b"hi"))
+    return _observe(c)
+
+
+@probe("30f. connection.close-ok from the client on a running connection")
+def p_unsolicited_close_ok(ctx):
+    c = _new(ctx)
+    c.mark()
+    c.send(connection_close_ok())
+    return _observe(c)
+
+
+@probe("30g. channel.flow-ok on open channel 1 (the broker sent no channel.flow)")
+def p_unsolicited_flow_ok(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.mark()
+    c.send(method(1, 20, 21, bits(True)))
+    return _observe(c)
+
+
+@probe("30h. basic.consume with x-priority \"5\" (a string)")
+def p_consume_priority_string(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(queue_declare(1, "probe-cq", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.mark()
+    c.send(basic_consume(1, "probe-cq", "c", arguments={"x-priority": "5"}))
+    return _observe(c)
+
+
+@probe("30i. basic.consume with x-stream-offset on a classic queue")
+def p_consume_stream_offset(ctx):
+    c = _new(ctx)
+    c.open_channel(1)
+    c.send(queue_declare(1, "probe-cq", auto_delete=True))
+    c.expect_method("queue.declare-ok")
+    c.mark()
+    c.send(basic_consume(1, "probe-cq", "c", arguments={"x-stream-offset": "first"}))
     return _observe(c)
 
 

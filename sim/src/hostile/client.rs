@@ -18,6 +18,7 @@ use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link, Phase};
 use crate::workload::{body_for, parse_msg_id};
 
 mod actions;
+mod malformed;
 mod probe;
 
 /// The direct reply-to pseudo-queue.
@@ -73,6 +74,8 @@ struct Session {
     /// Channels 1 to 3.
     channels: [Chan; 3],
     probe: probe::Probe,
+    /// The answer owed to the malformed frame that ended the session, if one was sent.
+    malformed: Option<malformed::Owed>,
 }
 
 impl Session {
@@ -110,6 +113,10 @@ pub struct HostileStats {
     pub probes: u64,
     /// Probe messages that arrived.
     pub probes_delivered: u64,
+    /// Malformed frames sent, each ending its session ([`malformed`]).
+    pub malformed: u64,
+    /// Malformed frames answered by a close naming them, with RabbitMQ's code.
+    pub malformed_answered: u64,
 }
 
 /// A hostile client.
@@ -185,6 +192,7 @@ impl HostileClient {
             link: Link::new(now_ms),
             channels: Default::default(),
             probe: probe::Probe::default(),
+            malformed: None,
         });
     }
 
@@ -225,10 +233,7 @@ impl HostileClient {
         };
         match frame {
             Frame::Heartbeat { .. } => Ok(()),
-            Frame::Method { channel: 0, method } => {
-                self.connection_method(method, now_ms);
-                Ok(())
-            }
+            Frame::Method { channel: 0, method } => self.connection_method(method, now_ms),
             Frame::Method { channel, method } => {
                 if method.has_content() {
                     if let Some(ch) = s.chan(channel) {
@@ -328,9 +333,9 @@ impl HostileClient {
         Ok(())
     }
 
-    fn connection_method(&mut self, method: Method, now_ms: u64) {
+    fn connection_method(&mut self, method: Method, now_ms: u64) -> Result<(), String> {
         let Some(s) = self.session.as_mut() else {
-            return;
+            return Ok(());
         };
         let hello = Hello {
             client_properties: FieldTable::new(),
@@ -342,10 +347,18 @@ impl HostileClient {
                 self.open_channels(now_ms);
                 self.probe_setup(now_ms);
             }
-            ConnectionEvent::Closed { .. } => self.stats.connection_closes += 1,
+            ConnectionEvent::Closed {
+                code,
+                text,
+                failing,
+            } => {
+                self.stats.connection_closes += 1;
+                return self.malformed_closed(code, &text, failing);
+            }
             // Blocked, unblocked, and anything else: hostile clients take what comes.
             ConnectionEvent::Step | ConnectionEvent::Other(_) => {}
         }
+        Ok(())
     }
 
     fn channel_method(&mut self, channel: u16, method: Method, now_ms: u64) {

@@ -508,6 +508,38 @@ impl Gen {
         t
     }
 
+    /// A consumer's arguments: now and then an `x-priority` (of any integer width, or of a
+    /// type RabbitMQ refuses), an `x-cancel-on-ha-failover` (a boolean, or not), or an
+    /// `x-stream-offset`, which no queue warren has takes.
+    pub fn consumer_arguments(&mut self) -> FieldTable {
+        let mut t = FieldTable::new();
+        if !self.one_in(4) {
+            return t;
+        }
+        match self.rng.gen_range(0..6) {
+            0 | 1 => {
+                let width = self.rng.gen_range(0..3);
+                let n = self.rng.gen_range(-3..10);
+                t.insert("x-priority", int_of_some_width(n, width));
+            }
+            2 => {
+                let odd = [
+                    FieldValue::LongStr(Bytes::from_static(b"5")),
+                    FieldValue::F64(1.5),
+                    FieldValue::Bool(true),
+                ];
+                t.insert("x-priority", odd[self.rng.gen_range(0..3)].clone());
+            }
+            3 => t.insert("x-cancel-on-ha-failover", FieldValue::Bool(self.one_in(2))),
+            4 => t.insert("x-cancel-on-ha-failover", FieldValue::I32(1)),
+            _ => t.insert(
+                "x-stream-offset",
+                FieldValue::LongStr(Bytes::from_static(b"first")),
+            ),
+        }
+        t
+    }
+
     /// A per-message `expiration`: 0, small, or not a number.
     pub fn expiration(&mut self) -> Option<String> {
         if !self.plan.features.ttl || self.one_in(2) {

@@ -19,6 +19,10 @@ use crate::proto::method::*;
 pub(super) enum Assembly {
     Idle,
     AwaitingHeader(BasicPublish),
+    /// A content-carrying method that only a server sends (`basic.deliver`,
+    /// `basic.return`, `basic.get-ok`, by its method id): like RabbitMQ, warren reads its
+    /// content header before refusing it as an unimplemented method (503).
+    AwaitingRefusedHeader(u16),
     /// The message is made when its header arrives (the properties move once, into it),
     /// and takes its body when the last body frame does.
     AwaitingBody {
@@ -52,8 +56,11 @@ impl Connection {
         let Some(state) = self.channels.get_mut(&channel) else {
             return Err(unexpected_non_method());
         };
-        let publish = match state {
-            ChannelState::Open(Assembly::AwaitingHeader(publish)) => publish,
+        let (publish, method_id) = match state {
+            ChannelState::Open(Assembly::AwaitingHeader(publish)) => {
+                (Some(publish), BasicPublish::METHOD_ID)
+            }
+            ChannelState::Open(Assembly::AwaitingRefusedHeader(method_id)) => (None, *method_id),
             ChannelState::Open(Assembly::AwaitingBody { .. }) => {
                 return Err(publish_error(
                     "expected content body, got non content body frame instead",
@@ -64,12 +71,26 @@ impl Connection {
             | ChannelState::ClosingByServer
             | ChannelState::ErrorPending => return Ok(()),
         };
-        if header.class_id != CLASS_BASIC {
-            return Err(publish_error(&format!(
-                "expected content header for class 60, got one for class {} instead",
-                header.class_id
-            )));
+        // RabbitMQ takes a header with a weight other than 0 for another kind of frame.
+        if header.weight != 0 {
+            return Err(content_error(method_id, HEADER_EXPECTED));
         }
+        if header.class_id != CLASS_BASIC {
+            return Err(content_error(
+                method_id,
+                &format!(
+                    "expected content header for class 60, got one for class {} instead",
+                    header.class_id
+                ),
+            ));
+        }
+        let Some(publish) = publish else {
+            return Err(ConnectionError {
+                class_id: CLASS_BASIC,
+                method_id,
+                ..ConnectionError::new(COMMAND_INVALID, "unimplemented method")
+            });
+        };
         if header.body_size > max {
             // Refuse the message on its channel; its body frames are dropped while the
             // close is pending.
@@ -128,10 +149,9 @@ impl Connection {
             ChannelState::Open(Assembly::AwaitingBody {
                 body_size, body, ..
             }) => (*body_size, body),
-            ChannelState::Open(Assembly::AwaitingHeader(_)) => {
-                return Err(publish_error(
-                    "expected content header for class 60, got non content header frame instead",
-                ));
+            ChannelState::Open(assembly @ Assembly::AwaitingHeader(_))
+            | ChannelState::Open(assembly @ Assembly::AwaitingRefusedHeader(_)) => {
+                return Err(assembly.header_expected());
             }
             ChannelState::Open(Assembly::Idle) => return Err(unexpected_non_method()),
             ChannelState::ClosingByClient
@@ -228,12 +248,32 @@ impl Connection {
     }
 }
 
+const HEADER_EXPECTED: &str =
+    "expected content header for class 60, got non content header frame instead";
+
+impl Assembly {
+    /// The error for a frame other than a content header while one is awaited (505,
+    /// naming the method whose content it is, as RabbitMQ does).
+    pub(super) fn header_expected(&self) -> ConnectionError {
+        let method_id = match self {
+            Assembly::AwaitingRefusedHeader(method_id) => *method_id,
+            _ => BasicPublish::METHOD_ID,
+        };
+        content_error(method_id, HEADER_EXPECTED)
+    }
+}
+
 /// A content frame out of place while a `basic.publish` awaits its content; RabbitMQ names
 /// the publish as the failing method.
 pub(super) fn publish_error(detail: &str) -> ConnectionError {
+    content_error(BasicPublish::METHOD_ID, detail)
+}
+
+/// A content frame out of place while the content of basic method `method_id` is awaited.
+fn content_error(method_id: u16, detail: &str) -> ConnectionError {
     ConnectionError {
         class_id: CLASS_BASIC,
-        method_id: BasicPublish::METHOD_ID,
+        method_id,
         ..ConnectionError::new(UNEXPECTED_FRAME, detail)
     }
 }

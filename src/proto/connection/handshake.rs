@@ -82,8 +82,9 @@ impl Connection {
                 );
                 Ok(())
             }
-            // A close-ok nobody asked for is harmless.
-            (_, Method::ConnectionCloseOk(_)) => Ok(()),
+            // A close-ok nobody asked for during the handshake is harmless; once the
+            // connection runs, RabbitMQ refuses it (504, below).
+            (phase, Method::ConnectionCloseOk(_)) if phase != Phase::Open => Ok(()),
             (Phase::Open, m) => Err(ConnectionError::new(
                 CHANNEL_ERROR,
                 "unexpected method in connection state running",

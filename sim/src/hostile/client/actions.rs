@@ -36,6 +36,10 @@ impl HostileClient {
         if !s.link.is_open() {
             return Ok(());
         }
+        if s.malformed.is_some() {
+            // It sends nothing after a malformed frame: the broker's close is owed.
+            return self.malformed_tick(now_ms);
+        }
         for (i, ch) in s.channels.iter().enumerate() {
             if matches!(ch.state, ChanState::Opening | ChanState::Reopening)
                 && now_ms.saturating_sub(ch.opened_ms) > OPEN_ANSWERED_WITHIN_MS
@@ -77,6 +81,7 @@ impl HostileClient {
             94 => self.close_channel(now_ms),
             95 if self.g.one_in(4) => self.close_connection(now_ms),
             96..=97 => self.transact(now_ms),
+            98 if self.g.one_in(4) => self.send_malformed(now_ms),
             _ => {}
         }
         Ok(())
@@ -446,6 +451,7 @@ impl HostileClient {
             consumer_tag,
             no_ack: self.g.one_in(3),
             exclusive: self.g.one_in(10),
+            arguments: self.g.consumer_arguments(),
             ..Default::default()
         };
         self.send(CH_OTHER, Method::BasicConsume(m), now_ms);
