@@ -102,18 +102,32 @@ pub async fn run(
         persist_tx,
         store_gone: false,
     };
+    // One timer, moved when the broker's next deadline moves: a timer made and dropped
+    // on every round would enter and leave the runtime's timer wheel once per message.
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     while !d.store_gone {
+        let deadline = broker.poll_timeout().map(|ms| clock.instant(ms));
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         tokio::select! {
             // While the store lags, connections wait (TCP holds their clients back).
             msg = rx.recv(), if broker.wants_input() => {
                 let Some(msg) = msg else { break };
-                d.handle(&mut broker, msg, &clock);
+                // One reading of the clock serves the round (milliseconds apart at most).
+                let now = clock.now_ms();
+                d.handle(&mut broker, msg, now);
                 for _ in 0..MAX_MESSAGES_PER_ROUND {
                     if !broker.wants_input() {
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(msg) => d.handle(&mut broker, msg, &clock),
+                        Ok(msg) => d.handle(&mut broker, msg, now),
                         Err(_) => break,
                     }
                 }
@@ -121,7 +135,8 @@ pub async fn run(
             _ = monitor_tick.tick() => {
                 broker.handle_resources(super::resources::read(&views.data_dir), clock.now_ms());
             }
-            _ = sleep_until(broker.poll_timeout().map(|ms| clock.instant(ms))) => {
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
                 broker.handle_timeout(clock.now_ms());
             }
             done = persisted_rx.recv() => match done {
@@ -179,8 +194,7 @@ async fn join_store_worker(
 }
 
 impl Driver {
-    fn handle(&mut self, broker: &mut Broker, msg: CoreMsg, clock: &Clock) {
-        let now = clock.now_ms();
+    fn handle(&mut self, broker: &mut Broker, msg: CoreMsg, now: u64) {
         match msg {
             CoreMsg::Connect { id, info, replies } => {
                 self.conns.insert(id, replies);
