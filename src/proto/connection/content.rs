@@ -1,6 +1,7 @@
 //! The assembly of `basic.publish` content on a channel: the publish method, its content
 //! header, then body frames up to the size the header declared, bounded per message and
-//! across the connection's channels together.
+//! across the connection's channels together. A content method only a server sends is
+//! followed to its content header, then refused, as RabbitMQ refuses it.
 
 use std::sync::Arc;
 
