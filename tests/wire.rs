@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::{RawClient, Server};
 use warren::proto::constants::*;
-use warren::proto::frame::{Frame, encode_method};
+use warren::proto::frame::{ContentHeader, Frame, encode_method, encode_raw_frame};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
@@ -641,30 +641,31 @@ fn full_reject_publish_queue_nacks_and_keeps_what_it_has() {
 
 /// A frame of `kind` on `channel` around `payload`.
 fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(FRAME_END);
-    out
+    let mut out = BytesMut::new();
+    encode_raw_frame(kind, channel, payload, &mut out);
+    out.to_vec()
 }
 
 /// A method frame's payload.
 fn method_payload(method: &Method) -> Vec<u8> {
     let mut out = BytesMut::new();
-    encode_method(0, method, &mut out);
-    out[7..out.len() - 1].to_vec()
+    method.encode(&mut out);
+    out.to_vec()
 }
 
 /// A class-60 content header payload with `weight`, `body_size`, no properties, then
 /// `trailing`.
 fn header_payload(weight: u16, body_size: u64, trailing: &[u8]) -> Vec<u8> {
-    let mut out = 60u16.to_be_bytes().to_vec();
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&body_size.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
+    let mut out = BytesMut::new();
+    let header = ContentHeader {
+        class_id: 60,
+        weight,
+        body_size,
+        properties: BasicProperties::default(),
+    };
+    header.encode(&mut out);
     out.extend_from_slice(trailing);
-    out
+    out.to_vec()
 }
 
 /// Frames RabbitMQ 3.10 refuses are refused with its codes, naming the method it names

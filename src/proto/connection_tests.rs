@@ -1,6 +1,6 @@
 //! The connection state machine driven with bytes, as a client would send them.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::*;
 use crate::proto::frame::{encode_content, encode_method};
@@ -201,21 +201,19 @@ fn a_framing_error_after_the_servers_close_sends_no_second_close() {
 
 /// A frame of `kind` on `channel` with the payload as given.
 fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(FRAME_END);
-    out
+    let mut out = BytesMut::new();
+    crate::proto::frame::encode_raw_frame(kind, channel, payload, &mut out);
+    out.to_vec()
 }
 
 /// A content header payload: class, weight, body size, then `props` (flags and values).
 fn header_payload(class_id: u16, weight: u16, body_size: u64, props: &[u8]) -> Vec<u8> {
-    let mut out = class_id.to_be_bytes().to_vec();
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&body_size.to_be_bytes());
+    let mut out = BytesMut::new();
+    out.put_u16(class_id);
+    out.put_u16(weight);
+    out.put_u64(body_size);
     out.extend_from_slice(props);
-    out
+    out.to_vec()
 }
 
 /// The connection error (code, text, class, method) `bytes` cause on a fresh connection
@@ -239,12 +237,11 @@ fn method_bytes(channel: u16, method: Method) -> Vec<u8> {
 /// or a property list cut short (541).
 #[test]
 fn malformed_frames_are_answered_as_rabbitmq_answers_them() {
-    let mut qos = method_bytes(1, Method::BasicQos(BasicQos::default()));
-    // Three junk bytes inside the frame, after the arguments.
-    let args_end = qos.len() - 1;
-    qos.splice(args_end..args_end, *b"abc");
-    let size = (qos.len() - 8) as u32;
-    qos[3..7].copy_from_slice(&size.to_be_bytes());
+    // Three junk bytes after the arguments.
+    let mut payload = BytesMut::new();
+    Method::BasicQos(BasicQos::default()).encode(&mut payload);
+    payload.extend_from_slice(b"abc");
+    let qos = raw_frame(FRAME_METHOD, 1, &payload);
     let (code, text, class_id, method_id) = error_after(&qos).expect("junk is refused");
     assert_eq!((code, class_id, method_id), (FRAME_ERROR, 60, 10));
     assert!(

@@ -341,6 +341,12 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
     }
 }
 
+/// Writes a frame of type `kind` around `payload` as given: for frames built byte by
+/// byte, such as the malformed ones tests and the simulator send.
+pub fn encode_raw_frame(kind: u8, channel: u16, payload: &[u8], out: &mut BytesMut) {
+    put_frame(out, kind, channel, |out| out.put_slice(payload));
+}
+
 /// Writes a method frame.
 pub fn encode_method(channel: u16, method: &Method, out: &mut BytesMut) {
     put_frame(out, FRAME_METHOD, channel, |out| method.encode(out));

@@ -18,8 +18,9 @@
 
 use rand::Rng;
 
-use warren::proto::constants::{FRAME_BODY, FRAME_END, FRAME_HEADER};
-use warren::proto::frame::encode_method;
+use bytes::BytesMut;
+use warren::proto::constants::{FRAME_BODY, FRAME_HEADER};
+use warren::proto::frame::{ContentHeader, encode_raw_frame};
 use warren::proto::method::*;
 
 use super::HostileClient;
@@ -44,31 +45,31 @@ pub(super) struct Owed {
 
 /// A frame of `kind` on `channel` around `payload`.
 fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(FRAME_END);
-    out
+    let mut out = BytesMut::new();
+    encode_raw_frame(kind, channel, payload, &mut out);
+    out.to_vec()
 }
 
 /// A content header payload for class 60 with `weight`, `body_size` and no properties,
 /// followed by `trailing`.
 fn header(weight: u16, body_size: u64, trailing: &[u8]) -> Vec<u8> {
-    let mut out = 60u16.to_be_bytes().to_vec();
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&body_size.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
+    let mut out = BytesMut::new();
+    let header = ContentHeader {
+        class_id: 60,
+        weight,
+        body_size,
+        properties: Default::default(),
+    };
+    header.encode(&mut out);
     out.extend_from_slice(trailing);
-    out
+    out.to_vec()
 }
 
 /// A method frame's payload.
 fn payload(method: &Method) -> Vec<u8> {
-    let mut out = bytes::BytesMut::new();
-    encode_method(0, method, &mut out);
-    // Past the 7-byte frame header, without the end octet.
-    out[7..out.len() - 1].to_vec()
+    let mut out = BytesMut::new();
+    method.encode(&mut out);
+    out.to_vec()
 }
 
 impl HostileClient {
