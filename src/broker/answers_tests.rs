@@ -37,6 +37,15 @@ fn closed(r: &[(ConnId, Reply)]) -> Option<(u16, String)> {
     })
 }
 
+/// Answers the broker's channel.close on channel 1 and opens the channel again.
+fn reopen(rig: &mut Rig) {
+    rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
+    rig.command(
+        1,
+        crate::proto::command::Command::ChannelOpen { channel: 1 },
+    );
+}
+
 /// Declares `queue` with these arguments on a fresh channel 1; the channel.close if any.
 fn declare(rig: &mut Rig, queue: &str, durable: bool, args: FieldTable) -> Option<(u16, String)> {
     let r = rig.method(
@@ -50,11 +59,7 @@ fn declare(rig: &mut Rig, queue: &str, durable: bool, args: FieldTable) -> Optio
     );
     let c = closed(&r);
     if c.is_some() {
-        rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
-        rig.command(
-            1,
-            crate::proto::command::Command::ChannelOpen { channel: 1 },
-        );
+        reopen(rig);
     } else {
         assert!(
             r.iter().any(|(_, r)| matches!(
@@ -193,11 +198,7 @@ fn a_classic_single_active_consumer_queue_refuses_an_exclusive_consumer() {
             "ACCESS_REFUSED - queue 'sac' in vhost '/' in exclusive use".into()
         ))
     );
-    rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
-    rig.command(
-        1,
-        crate::proto::command::Command::ChannelOpen { channel: 1 },
-    );
+    reopen(&mut rig);
     assert_eq!(consume(&mut rig, "sac", false), None);
     // A plain queue takes an exclusive consumer.
     assert_eq!(
@@ -288,11 +289,7 @@ fn a_delivery_mode_other_than_one_or_two_is_refused() {
                 format!("PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}")
             ))
         );
-        rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
-        rig.command(
-            1,
-            crate::proto::command::Command::ChannelOpen { channel: 1 },
-        );
+        reopen(&mut rig);
     }
     for mode in [1u8, 2] {
         rig.publish(1, "", "nowhere", 0, mode == 2);
@@ -370,11 +367,7 @@ fn consumer_arguments_are_checked_as_rabbitmq_checks_them() {
         let want = refused.map(|t| (406, format!("PRECONDITION_FAILED - {t}")));
         assert_eq!(got, want, "{queue} {key} {value:?}");
         if got.is_some() {
-            rig.method(1, Method::ChannelCloseOk(ChannelCloseOk {}));
-            rig.command(
-                1,
-                crate::proto::command::Command::ChannelOpen { channel: 1 },
-            );
+            reopen(&mut rig);
         }
     }
 }
