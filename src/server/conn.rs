@@ -16,12 +16,13 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::broker::ConnInfo;
@@ -61,6 +62,54 @@ fn next_read_chunk(chunk: usize, room: usize, read: usize, partial: usize) -> us
 /// work ahead of everyone else's (acks from consumers wait behind at most this many
 /// batches per connection), and a batch being parsed overlaps one being handled.
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A connection's batches handed to the core and not yet handled: at most
+/// [`BATCHES_IN_FLIGHT`], with a wake-up for the connection when a full count falls. (A
+/// semaphore would take a lock for every batch handled.)
+#[derive(Debug, Default)]
+struct Slots {
+    used: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    /// A slot for one more batch, if one is free.
+    fn try_take(self: &Arc<Self>) -> Option<BatchPermit> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < BATCHES_IN_FLIGHT).then_some(used + 1)
+            })
+            .ok()
+            .map(|_| BatchPermit(Arc::clone(self)))
+    }
+
+    /// A slot for one more batch, once one is free.
+    async fn take(self: &Arc<Self>) -> BatchPermit {
+        loop {
+            if let Some(permit) = self.try_take() {
+                return permit;
+            }
+            // A slot given back after the attempt above leaves a wake-up here.
+            self.freed.notified().await;
+        }
+    }
+}
+
+/// A batch's slot among its connection's, given back when the core drops it.
+#[derive(Debug)]
+pub struct BatchPermit(Arc<Slots>);
+
+impl Drop for BatchPermit {
+    fn drop(&mut self) {
+        let was = self.0.used.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(was > 0, "a batch slot given back twice");
+        // Only a connection that found every slot taken waits; a wake-up sent while it
+        // does not is kept by the `Notify` and costs it one extra turn at most.
+        if was == BATCHES_IN_FLIGHT {
+            self.0.freed.notify_one();
+        }
+    }
+}
 
 /// Most commands in one batch, so that one connection's batch keeps the core busy only
 /// briefly (other connections' acks wait behind it).
@@ -207,7 +256,7 @@ struct ConnTask<T: Transport> {
     produced: Vec<Bytes>,
     out: Outgoing,
     /// Batches of commands the core may still be handling.
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<Slots>,
     /// Reply bytes (as the broker counts them) handed to the protocol layer and not yet
     /// queued for the socket.
     pending_credit: usize,
@@ -226,6 +275,18 @@ struct ConnTask<T: Transport> {
     /// and is armed again: one timer per heartbeat interval instead of one per turn.
     timer: Pin<Box<tokio::time::Sleep>>,
     armed: Option<Instant>,
+    /// The time as last read: once per turn, when its wait ends.
+    now: Instant,
+}
+
+/// What ended a turn's wait.
+enum Event {
+    Read(std::io::Result<usize>),
+    Write(WriteStep),
+    Replies(Option<Vec<Reply>>),
+    Permit,
+    Timer,
+    SendCheck,
 }
 
 impl<T: Transport> ConnTask<T> {
@@ -273,7 +334,7 @@ impl<T: Transport> ConnTask<T> {
             commands: Waiting::default(),
             produced: Vec::new(),
             out: Outgoing::default(),
-            in_flight: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
+            in_flight: Arc::default(),
             pending_credit: 0,
             drain: DrainReport::new(settings.unflushed_limit),
             replies_open: true,
@@ -283,17 +344,22 @@ impl<T: Transport> ConnTask<T> {
             send_check,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
+            now: Instant::now(),
         })
     }
 
-    /// One turn: hands output to the socket queue and commands to the core, then waits
-    /// for the first of a read, a write, replies, a permit, a timer. Returns false once
-    /// the connection is done.
+    /// One turn: hands output to the socket queue (and to the socket, if it takes it) and
+    /// commands to the core, then waits for the first of a read, a write, replies, a
+    /// permit, a timer. Returns false once the connection is done.
     async fn turn(&mut self) -> bool {
         self.conn.poll_transmit_chunks(&mut self.produced);
         let credit = std::mem::take(&mut self.pending_credit);
-        self.out
-            .push(self.produced.drain(..), credit, Instant::now());
+        self.out.push(self.produced.drain(..), credit, self.now);
+        // Replies taken last turn are written now: waiting for the `select!` below to
+        // find the socket writable would take a turn of its own.
+        if !self.out.is_empty() {
+            self.write_now().await;
+        }
         while let Some(c) = self.conn.poll_command() {
             self.commands.push(c);
         }
@@ -316,7 +382,7 @@ impl<T: Transport> ConnTask<T> {
             (None, _) => {}
         }
         self.pause.output = self.out.len() >= READ_PAUSE_OUTPUT_BYTES;
-        self.pause.apply(&mut self.conn, self.clock.now_ms());
+        self.pause.apply(&mut self.conn, self.clock.ms_at(self.now));
         let reading = self.conn.wants_read();
         let mut buf = std::mem::take(self.conn.read_buf());
         buf.reserve(self.read_chunk);
@@ -324,44 +390,55 @@ impl<T: Transport> ConnTask<T> {
         let waiting_for_core = !self.commands.is_empty();
         // Writing is one branch among the others: while the peer does not read, timers,
         // replies and the core's permits are still handled.
-        tokio::select! {
-            r = self.rd.read_buf(&mut buf), if reading && !waiting_for_core => {
-                *self.conn.read_buf() = buf;
-                self.on_read(r, room);
-            }
+        let event = tokio::select! {
+            r = self.rd.read_buf(&mut buf), if reading && !waiting_for_core => Event::Read(r),
             step = write_or_flush(&mut self.wr, &self.out), if !self.out.is_empty() || self.unflushed => {
-                *self.conn.read_buf() = buf;
-                match step {
-                    WriteStep::Wrote(r) => self.on_written(r),
-                    WriteStep::Flushed(r) => {
-                        self.unflushed = false;
-                        if r.is_err() {
-                            self.conn.handle_eof();
-                        }
-                    }
-                }
+                Event::Write(step)
             }
-            replies = self.reply_rx.recv(), if self.replies_open => {
-                *self.conn.read_buf() = buf;
-                self.on_replies(replies);
-            }
+            replies = self.reply_rx.recv(), if self.replies_open => Event::Replies(replies),
             // The core handled a batch: the next turn sends the waiting one.
-            _ = self.in_flight.clone().acquire_owned(), if waiting_for_core => {
-                *self.conn.read_buf() = buf;
-            }
-            _ = self.timer.as_mut(), if self.armed.is_some() => {
-                *self.conn.read_buf() = buf;
-                self.armed = None;
-                self.conn.handle_timeout(self.clock.now_ms());
-            }
-            _ = self.send_check.tick(), if !self.out.is_empty() => {
-                *self.conn.read_buf() = buf;
-                self.check_send_timeout();
-            }
+            _ = self.in_flight.freed.notified(), if waiting_for_core => Event::Permit,
+            _ = self.timer.as_mut(), if self.armed.is_some() => Event::Timer,
+            _ = self.send_check.tick(), if !self.out.is_empty() => Event::SendCheck,
             // Nothing left to wait for: the core is gone and the socket is not read.
             else => return false,
+        };
+        *self.conn.read_buf() = buf;
+        // The one reading of the clock until the next wait (or a wait for the core).
+        self.now = Instant::now();
+        match event {
+            Event::Read(r) => self.on_read(r, room),
+            Event::Write(WriteStep::Wrote(r)) => self.on_written(r),
+            Event::Write(WriteStep::Flushed(r)) => {
+                self.unflushed = false;
+                if r.is_err() {
+                    self.conn.handle_eof();
+                }
+            }
+            Event::Replies(replies) => self.on_replies(replies),
+            Event::Permit => {}
+            Event::Timer => {
+                self.armed = None;
+                self.conn.handle_timeout(self.clock.ms_at(self.now));
+            }
+            Event::SendCheck => self.check_send_timeout(),
         }
         true
+    }
+
+    /// One write of queued output if the socket takes it without waiting; if not, the
+    /// write branch of the `select!` waits for it.
+    async fn write_now(&mut self) {
+        let (wr, out) = (&mut self.wr, &self.out);
+        let step = std::future::poll_fn(|cx| {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = out.io_slices(&mut iov);
+            Poll::Ready(Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..n]))
+        })
+        .await;
+        if let Poll::Ready(r) = step {
+            self.on_written(r);
+        }
     }
 
     /// Hands the waiting commands to the core, as many batches as it has room for.
@@ -369,10 +446,7 @@ impl<T: Transport> ConnTask<T> {
         if self.commands.is_empty() {
             return;
         }
-        while let (false, Ok(permit)) = (
-            self.commands.is_empty(),
-            self.in_flight.clone().try_acquire_owned(),
-        ) {
+        while let (false, Some(permit)) = (self.commands.is_empty(), self.in_flight.try_take()) {
             let Some(commands) = self.commands.pop() else {
                 break;
             };
@@ -381,8 +455,16 @@ impl<T: Transport> ConnTask<T> {
                 commands,
                 permit,
             };
-            if self.core.send(batch).await.is_err() {
-                break;
+            match self.core.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    if self.core.send(batch).await.is_err() {
+                        break;
+                    }
+                    // The wait for the core's room may have been long.
+                    self.now = Instant::now();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
     }
@@ -391,7 +473,7 @@ impl<T: Transport> ConnTask<T> {
         match r {
             Ok(0) | Err(_) => self.conn.handle_eof(),
             Ok(n) => {
-                self.conn.handle_read(self.clock.now_ms());
+                self.conn.handle_read(self.clock.ms_at(self.now));
                 // What is left is the start of a frame still arriving.
                 let partial = self.conn.read_buf().len();
                 self.read_chunk = next_read_chunk(self.read_chunk, room, n, partial);
@@ -405,7 +487,7 @@ impl<T: Transport> ConnTask<T> {
         // flush branch of `turn`.
         match r {
             Ok(n) if n > 0 => {
-                self.out.advance(n, Instant::now());
+                self.out.advance(n, self.now);
                 match flush_now(&mut self.wr) {
                     Poll::Ready(Ok(())) => self.unflushed = false,
                     Poll::Ready(Err(_)) => self.conn.handle_eof(),
@@ -423,7 +505,7 @@ impl<T: Transport> ConnTask<T> {
         };
         let mut taker = Taker {
             conn: &mut self.conn,
-            now: self.clock.now_ms(),
+            now: self.clock.ms_at(self.now),
             credit: &mut self.pending_credit,
             handshake: &mut self.handshake,
             pause: &mut self.pause,
@@ -436,10 +518,9 @@ impl<T: Transport> ConnTask<T> {
     }
 
     fn check_send_timeout(&mut self) {
-        let stalled_for = self
-            .out
-            .stalled_since()
-            .map_or(Duration::ZERO, |since| since.elapsed());
+        let stalled_for = self.out.stalled_since().map_or(Duration::ZERO, |since| {
+            self.now.saturating_duration_since(since)
+        });
         if stalled_for < self.settings.send_timeout {
             return;
         }
@@ -462,9 +543,8 @@ impl<T: Transport> ConnTask<T> {
         while let Some(c) = self.conn.poll_command() {
             self.commands.push(c);
         }
-        if !self.commands.is_empty()
-            && let Ok(permit) = self.in_flight.clone().acquire_owned().await
-        {
+        if !self.commands.is_empty() {
+            let permit = self.in_flight.take().await;
             let last = CoreMsg::Commands {
                 id: self.id,
                 commands: self.commands.take_all(),
@@ -697,6 +777,31 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_slots_are_bounded_and_a_full_count_falling_wakes_the_connection() {
+        let slots = Arc::new(Slots::default());
+        let held: Vec<_> = (0..BATCHES_IN_FLIGHT).map(|_| slots.try_take()).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(
+            slots.try_take().is_none(),
+            "more than BATCHES_IN_FLIGHT batches"
+        );
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut waiting = Box::pin(slots.take());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drop(held);
+        let Poll::Ready(taken) = waiting.as_mut().poll(&mut cx) else {
+            panic!("a connection waiting for a slot was not woken when two were freed");
+        };
+        // The slot `take` got is the only one held: one more fits, then none.
+        let another = slots.try_take();
+        assert!(another.is_some());
+        assert!(slots.try_take().is_none());
+        drop((taken, another));
+        assert_eq!(slots.used.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn read_room_grows_past_small_frames_only_for_large_partial_frames() {

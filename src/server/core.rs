@@ -42,7 +42,7 @@ pub enum CoreMsg {
         /// The commands.
         commands: Vec<Command>,
         /// Released once the core handled the batch, letting the connection send another.
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: super::conn::BatchPermit,
     },
     /// Close every connection; the server is stopping.
     Shutdown,

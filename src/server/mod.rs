@@ -119,7 +119,12 @@ impl Clock {
 
     /// Now, in broker time.
     pub fn now_ms(&self) -> u64 {
-        self.start_epoch_ms + self.start.elapsed().as_millis() as u64
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// The broker time of `at`, an instant read earlier.
+    pub fn ms_at(&self, at: tokio::time::Instant) -> u64 {
+        self.start_epoch_ms + at.saturating_duration_since(self.start).as_millis() as u64
     }
 
     /// The instant at broker time `ms`.
