@@ -16,13 +16,12 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::ConnInfo;
@@ -31,7 +30,7 @@ use crate::proto::connection::{Connection, ConnectionConfig};
 use crate::proto::method::Method;
 
 use super::Clock;
-use super::core::CoreMsg;
+use super::core::{BatchSlots, CoreMsg};
 use super::handshakes::HandshakeSlot;
 use super::transport::Transport;
 
@@ -62,54 +61,6 @@ fn next_read_chunk(chunk: usize, room: usize, read: usize, partial: usize) -> us
 /// work ahead of everyone else's (acks from consumers wait behind at most this many
 /// batches per connection), and a batch being parsed overlaps one being handled.
 const BATCHES_IN_FLIGHT: usize = 2;
-
-/// A connection's batches handed to the core and not yet handled: at most
-/// [`BATCHES_IN_FLIGHT`], with a wake-up for the connection when a full count falls. (A
-/// semaphore would take a lock for every batch handled.)
-#[derive(Debug, Default)]
-struct Slots {
-    used: AtomicUsize,
-    freed: Notify,
-}
-
-impl Slots {
-    /// A slot for one more batch, if one is free.
-    fn try_take(self: &Arc<Self>) -> Option<BatchPermit> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < BATCHES_IN_FLIGHT).then_some(used + 1)
-            })
-            .ok()
-            .map(|_| BatchPermit(Arc::clone(self)))
-    }
-
-    /// A slot for one more batch, once one is free.
-    async fn take(self: &Arc<Self>) -> BatchPermit {
-        loop {
-            if let Some(permit) = self.try_take() {
-                return permit;
-            }
-            // A slot given back after the attempt above leaves a wake-up here.
-            self.freed.notified().await;
-        }
-    }
-}
-
-/// A batch's slot among its connection's, given back when the core drops it.
-#[derive(Debug)]
-pub struct BatchPermit(Arc<Slots>);
-
-impl Drop for BatchPermit {
-    fn drop(&mut self) {
-        let was = self.0.used.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(was > 0, "a batch slot given back twice");
-        // Only a connection that found every slot taken waits; a wake-up sent while it
-        // does not is kept by the `Notify` and costs it one extra turn at most.
-        if was == BATCHES_IN_FLIGHT {
-            self.0.freed.notify_one();
-        }
-    }
-}
 
 /// Most commands in one batch, so that one connection's batch keeps the core busy only
 /// briefly (other connections' acks wait behind it).
@@ -256,7 +207,7 @@ struct ConnTask<T: Transport> {
     produced: Vec<Bytes>,
     out: Outgoing,
     /// Batches of commands the core may still be handling.
-    in_flight: Arc<Slots>,
+    in_flight: Arc<BatchSlots>,
     /// Reply bytes (as the broker counts them) handed to the protocol layer and not yet
     /// queued for the socket.
     pending_credit: usize,
@@ -334,7 +285,7 @@ impl<T: Transport> ConnTask<T> {
             commands: Waiting::default(),
             produced: Vec::new(),
             out: Outgoing::default(),
-            in_flight: Arc::default(),
+            in_flight: Arc::new(BatchSlots::new(BATCHES_IN_FLIGHT)),
             pending_credit: 0,
             drain: DrainReport::new(settings.unflushed_limit),
             replies_open: true,
@@ -397,7 +348,7 @@ impl<T: Transport> ConnTask<T> {
             }
             replies = self.reply_rx.recv(), if self.replies_open => Event::Replies(replies),
             // The core handled a batch: the next turn sends the waiting one.
-            _ = self.in_flight.freed.notified(), if waiting_for_core => Event::Permit,
+            _ = self.in_flight.freed(), if waiting_for_core => Event::Permit,
             _ = self.timer.as_mut(), if self.armed.is_some() => Event::Timer,
             _ = self.send_check.tick(), if !self.out.is_empty() => Event::SendCheck,
             // Nothing left to wait for: the core is gone and the socket is not read.
@@ -777,31 +728,6 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_slots_are_bounded_and_a_full_count_falling_wakes_the_connection() {
-        let slots = Arc::new(Slots::default());
-        let held: Vec<_> = (0..BATCHES_IN_FLIGHT).map(|_| slots.try_take()).collect();
-        assert!(held.iter().all(Option::is_some));
-        assert!(
-            slots.try_take().is_none(),
-            "more than BATCHES_IN_FLIGHT batches"
-        );
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut waiting = Box::pin(slots.take());
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        drop(held);
-        let Poll::Ready(taken) = waiting.as_mut().poll(&mut cx) else {
-            panic!("a connection waiting for a slot was not woken when two were freed");
-        };
-        // The slot `take` got is the only one held: one more fits, then none.
-        let another = slots.try_take();
-        assert!(another.is_some());
-        assert!(slots.try_take().is_none());
-        drop((taken, another));
-        assert_eq!(slots.used.load(Ordering::Acquire), 0);
-    }
 
     #[test]
     fn read_room_grows_past_small_frames_only_for_large_partial_frames() {

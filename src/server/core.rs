@@ -1,8 +1,11 @@
 //! The task that owns the broker core.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::broker::admin::{AdminId, AdminRequest, AdminResult};
 use crate::broker::{Broker, ConnInfo, Output};
@@ -42,7 +45,7 @@ pub enum CoreMsg {
         /// The commands.
         commands: Vec<Command>,
         /// Released once the core handled the batch, letting the connection send another.
-        permit: super::conn::BatchPermit,
+        permit: BatchPermit,
     },
     /// Close every connection; the server is stopping.
     Shutdown,
@@ -78,6 +81,69 @@ struct Driver {
     persist_tx: storage::JobSender,
     /// The store worker is gone.
     store_gone: bool,
+}
+
+/// A connection's batches of commands handed to the core and not yet handled: at most
+/// `limit`, with a wake-up for the connection when a full count falls. (A semaphore
+/// would take a lock for every batch handled.)
+#[derive(Debug)]
+pub struct BatchSlots {
+    used: AtomicUsize,
+    limit: usize,
+    freed: Notify,
+}
+
+impl BatchSlots {
+    /// Room for `limit` batches.
+    pub fn new(limit: usize) -> Self {
+        BatchSlots {
+            used: AtomicUsize::new(0),
+            limit,
+            freed: Notify::new(),
+        }
+    }
+
+    /// Waits until a batch is handled after every slot was found taken.
+    pub fn freed(&self) -> Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// A slot for one more batch, if one is free.
+    pub fn try_take(self: &Arc<Self>) -> Option<BatchPermit> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.limit).then_some(used + 1)
+            })
+            .ok()
+            .map(|_| BatchPermit(Arc::clone(self)))
+    }
+
+    /// A slot for one more batch, once one is free.
+    pub async fn take(self: &Arc<Self>) -> BatchPermit {
+        loop {
+            if let Some(permit) = self.try_take() {
+                return permit;
+            }
+            // A slot given back after the attempt above leaves a wake-up here.
+            self.freed.notified().await;
+        }
+    }
+}
+
+/// A batch's slot among its connection's, given back when the core drops it.
+#[derive(Debug)]
+pub struct BatchPermit(Arc<BatchSlots>);
+
+impl Drop for BatchPermit {
+    fn drop(&mut self) {
+        let was = self.0.used.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(was > 0, "a batch slot given back twice");
+        // Only a connection that found every slot taken waits; a wake-up sent while it
+        // does not is kept by the `Notify` and costs it one extra turn at most.
+        if was == self.0.limit {
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 /// How often memory and disk are checked.
@@ -270,5 +336,33 @@ pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll};
+
+    #[test]
+    fn batch_slots_are_bounded_and_a_full_count_falling_wakes_the_connection() {
+        let slots = Arc::new(BatchSlots::new(2));
+        let held: Vec<_> = (0..2).map(|_| slots.try_take()).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(slots.try_take().is_none(), "more than the limit");
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut waiting = Box::pin(slots.take());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drop(held);
+        let Poll::Ready(taken) = waiting.as_mut().poll(&mut cx) else {
+            panic!("a connection waiting for a slot was not woken when two were freed");
+        };
+        // The slot `take` got is the only one held: one more fits, then none.
+        let another = slots.try_take();
+        assert!(another.is_some());
+        assert!(slots.try_take().is_none());
+        drop((taken, another));
+        assert_eq!(slots.used.load(Ordering::Acquire), 0);
     }
 }
