@@ -19,6 +19,7 @@ mod admin;
 mod conn;
 mod core;
 pub mod descriptors;
+pub mod gather;
 mod handshakes;
 pub mod resources;
 mod storage;
