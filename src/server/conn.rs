@@ -380,13 +380,10 @@ impl<T: Transport> ConnTask<T> {
     /// One write of queued output if the socket takes it without waiting; if not, the
     /// write branch of the `select!` waits for it.
     async fn write_now(&mut self) {
-        let (wr, out) = (&mut self.wr, &self.out);
-        let step = std::future::poll_fn(|cx| {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = out.io_slices(&mut iov);
-            Poll::Ready(Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..n]))
-        })
-        .await;
+        let step = {
+            let mut write = std::pin::pin!(write_some(&mut self.wr, &self.out));
+            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+        };
         if let Poll::Ready(r) = step {
             self.on_written(r);
         }
