@@ -38,6 +38,7 @@ use warren::proto::constants::PROTOCOL_HEADER;
 use warren::proto::frame::{encode_content, encode_method};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
+use warren::proto::shortstr::ShortStr;
 use warren::proto::table::{FieldTable, FieldValue, MAX_FIELD_DEPTH};
 use warren::store::memory::MemoryStore;
 use warren::store::{PermissionRecord, Recovered, Store, StoreOp};
@@ -470,9 +471,10 @@ impl Harness {
                             if let Reply::Content { message, .. }
                             | Reply::Deliver { message, .. } = r
                                 && let Some(to) = &message.properties.reply_to
+                                && let Some(to) = to.as_str()
                                 && to.starts_with("amq.rabbitmq.reply-to.")
                             {
-                                self.last_reply_to.clone_from(to);
+                                self.last_reply_to = to.to_string();
                             }
                         }
                         if let Some((_, c)) = self.conns.iter_mut().find(|(id, _)| *id == conn) {
@@ -575,10 +577,16 @@ impl Harness {
                 }
                 let props = BasicProperties {
                     delivery_mode: Some(1 + u8::from(input.bit())),
-                    message_id: Some(self.next_msg.to_string()),
-                    expiration: input.bit().then(|| (input.u(50)).to_string()),
+                    message_id: Some(self.next_msg.to_string().into()),
+                    // Now and then bytes that are not UTF-8 (a short string is bytes): the
+                    // broker passes them on, or refuses an expiration that is no number.
+                    expiration: input.bit().then(|| match input.bit() {
+                        false => input.u(50).to_string().into(),
+                        true => ShortStr::from(input.take(4)),
+                    }),
+                    correlation_id: input.bit().then(|| ShortStr::from(input.take(8))),
                     priority: input.bit().then(|| input.u(10) as u8),
-                    reply_to: input.bit().then(|| "amq.rabbitmq.reply-to".to_string()),
+                    reply_to: input.bit().then(|| "amq.rabbitmq.reply-to".into()),
                     headers,
                     ..Default::default()
                 };

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use warren::broker::{Broker, Output};
 use warren::proto::command::{Command, ConnId, Message, Reply};
 use warren::proto::method::Method;
+use warren::proto::shortstr::ShortStr;
 use warren::store::Recovered;
 
 use crate::Violation;
@@ -226,7 +227,8 @@ fn key_of(message: &Message) -> Option<MsgKey> {
     message
         .properties
         .message_id
-        .as_deref()
+        .as_ref()
+        .and_then(ShortStr::as_str)
         .and_then(parse_msg_id)
 }
 
@@ -1601,7 +1603,8 @@ impl Model {
                     || message
                         .properties
                         .message_id
-                        .as_deref()
+                        .as_ref()
+                        .and_then(ShortStr::as_str)
                         .is_none_or(|id| !is_hostile_id(id))
                 {
                     return fail(format!(
@@ -1701,7 +1704,7 @@ impl Model {
                 }
                 if !intact {
                     return fail(format!(
-                        "client {client} received {} with a corrupt body",
+                        "client {client} received {} with a corrupt body or correlation id",
                         msg_id_text(*key)
                     ));
                 }

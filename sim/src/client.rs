@@ -12,10 +12,13 @@ use rand::rngs::SmallRng;
 use warren::proto::frame::Frame;
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
+use warren::proto::shortstr::ShortStr;
 use warren::proto::table::{FieldTable, FieldValue};
 
 use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link};
-use crate::workload::{ClientPlan, MsgKey, Spec, body_for, msg_id_text, msg_key, parse_msg_id};
+use crate::workload::{
+    ClientPlan, MsgKey, Spec, body_for, correlation_for, msg_id_text, msg_key, parse_msg_id,
+};
 
 /// The publishing channel.
 pub const CH_PUB: u16 = 1;
@@ -264,7 +267,11 @@ impl Client {
             properties: props,
             body,
         } = arrived;
-        let key = props.message_id.as_deref().and_then(parse_msg_id);
+        let key = props
+            .message_id
+            .as_ref()
+            .and_then(ShortStr::as_str)
+            .and_then(parse_msg_id);
         let Some(key) = key else {
             return Err(match props.message_id {
                 Some(id) => format!(
@@ -274,7 +281,9 @@ impl Client {
                 None => format!("client {}: content without a message id", self.id),
             });
         };
-        let intact = body_for(key, body.len()) == body[..];
+        // The body and the correlation id (bytes, most not UTF-8) as published.
+        let intact =
+            body_for(key, body.len()) == body[..] && props.correlation_id == correlation_for(key);
         match method {
             Method::BasicDeliver(d) => {
                 let queue = ch.consumers.get(&d.consumer_tag).map(|(q, _)| q.clone());
@@ -660,7 +669,8 @@ impl Client {
             let mandatory = self.rng.gen_bool(self.plan.mandatory_prob);
             let props = BasicProperties {
                 delivery_mode: Some(if persistent { 2 } else { 1 }),
-                message_id: Some(msg_id_text(key)),
+                message_id: Some(msg_id_text(key).into()),
+                correlation_id: correlation_for(key),
                 ..Default::default()
             };
             let body = body_for(key, len);

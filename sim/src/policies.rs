@@ -303,12 +303,13 @@ impl PolicyBook {
         let mut definition = user.map(|p| by_key(&p.definition)).unwrap_or_default();
         if let Some(op) = op {
             for (k, v) in op.definition.iter() {
+                let k = k.to_string();
                 // Numbers: the smaller of the two; anything else: the operator's.
-                let merged = match (definition.get(k).and_then(FieldValue::as_i64), v.as_i64()) {
+                let merged = match (definition.get(&k).and_then(FieldValue::as_i64), v.as_i64()) {
                     (Some(mine), Some(cap)) => FieldValue::I64(mine.min(cap)),
                     _ => v.clone(),
                 };
-                definition.insert(k.to_string(), merged);
+                definition.insert(k, merged);
             }
         }
         Expected {

@@ -3,6 +3,7 @@
 
 use rand::Rng;
 use rand::rngs::SmallRng;
+use warren::proto::shortstr::ShortStr;
 
 /// Exchange types the workload uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -229,6 +230,17 @@ pub fn body_for(key: MsgKey, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The correlation id of message `key`, derived from it so that a receiver can check it
+/// arrived unchanged: up to 40 bytes, most often not UTF-8 (a short string is bytes, and
+/// RabbitMQ passes any on), and none for a third of the messages.
+pub fn correlation_for(key: MsgKey) -> Option<ShortStr> {
+    if key % 3 == 0 {
+        return None;
+    }
+    let bytes = body_for(key ^ 0x00c0_ffee, (key % 40) as usize + 1);
+    Some(ShortStr::from(&bytes[..]))
 }
 
 /// Whether a topic binding key matches a routing key (`*` one word, `#` zero or more).

@@ -229,7 +229,7 @@ impl Harness {
                     routing_key: QUEUES[queue].0.into(),
                     properties: BasicProperties {
                         delivery_mode: Some(if persistent { 2 } else { 1 }),
-                        message_id: Some(msg_id_text(key)),
+                        message_id: Some(msg_id_text(key).into()),
                         ..Default::default()
                     },
                     body: bytes::Bytes::from_static(b"body"),

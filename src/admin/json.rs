@@ -13,6 +13,7 @@ use crate::broker::admin::{
     QueueDef, QueueInfo,
 };
 use crate::proto::props::BasicProperties;
+use crate::proto::shortstr::ShortStr;
 use crate::proto::table::{
     FieldTable, FieldValue, MAX_FIELD_DEPTH, MAX_TABLE_BYTES, TableLimitError,
 };
@@ -137,6 +138,11 @@ pub fn json_to_table(v: Option<&Value>, what: &str) -> Result<FieldTable, String
     Ok(table)
 }
 
+/// A property's short string as JSON text; bytes that are not UTF-8 are replaced.
+fn text_json(s: &ShortStr) -> Value {
+    Value::String(s.to_str_lossy().into_owned())
+}
+
 /// Message properties as the management API shows them.
 pub fn properties_to_json(p: &BasicProperties) -> Value {
     let mut m = Map::new();
@@ -145,26 +151,23 @@ pub fn properties_to_json(p: &BasicProperties) -> Value {
             m.insert(k.to_string(), v);
         }
     };
-    put("content_type", p.content_type.clone().map(Value::String));
+    put("content_type", p.content_type.as_ref().map(text_json));
     put(
         "content_encoding",
-        p.content_encoding.clone().map(Value::String),
+        p.content_encoding.as_ref().map(text_json),
     );
     put("headers", p.headers.as_ref().map(table_to_json));
     put("delivery_mode", p.delivery_mode.map(|v| json!(v)));
     put("priority", p.priority.map(|v| json!(v)));
-    put(
-        "correlation_id",
-        p.correlation_id.clone().map(Value::String),
-    );
-    put("reply_to", p.reply_to.clone().map(Value::String));
-    put("expiration", p.expiration.clone().map(Value::String));
-    put("message_id", p.message_id.clone().map(Value::String));
+    put("correlation_id", p.correlation_id.as_ref().map(text_json));
+    put("reply_to", p.reply_to.as_ref().map(text_json));
+    put("expiration", p.expiration.as_ref().map(text_json));
+    put("message_id", p.message_id.as_ref().map(text_json));
     put("timestamp", p.timestamp.map(|v| json!(v)));
-    put("type", p.kind.clone().map(Value::String));
-    put("user_id", p.user_id.clone().map(Value::String));
-    put("app_id", p.app_id.clone().map(Value::String));
-    put("cluster_id", p.cluster_id.clone().map(Value::String));
+    put("type", p.kind.as_ref().map(text_json));
+    put("user_id", p.user_id.as_ref().map(text_json));
+    put("app_id", p.app_id.as_ref().map(text_json));
+    put("cluster_id", p.cluster_id.as_ref().map(text_json));
     Value::Object(m)
 }
 
@@ -179,7 +182,7 @@ pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
             return Err(format!("invalid property {k}: longer than 255 bytes"));
         }
     }
-    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(ShortStr::from);
     let small = |k: &str| -> Result<Option<u8>, String> {
         match v.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -201,7 +204,7 @@ pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
         correlation_id: text("correlation_id"),
         reply_to: text("reply_to"),
         expiration: match v.get("expiration") {
-            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Number(n)) => Some(ShortStr::from(n.to_string())),
             _ => text("expiration"),
         },
         message_id: text("message_id"),
@@ -968,7 +971,7 @@ mod tests {
                        "expiration": "60000", "timestamp": 17});
         let p = json_to_properties(&v).unwrap();
         assert_eq!(p.delivery_mode, Some(2));
-        assert_eq!(p.kind.as_deref(), Some("t"));
+        assert_eq!(p.kind, Some("t".into()));
         assert_eq!(properties_to_json(&p), v);
         assert!(json_to_properties(&json!({"priority": 300})).is_err());
     }

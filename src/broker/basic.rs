@@ -149,9 +149,11 @@ impl Broker {
         self.check_access(conn, Access::Write, "exchange", exchange)?;
         self.check_topic(&user, &vhost, Access::Write, exchange, &message.routing_key)?;
         if let Err(why) = parse_expiration(&message) {
+            // Shown as RabbitMQ shows it, bytes that are not text escaped (`\xff`).
+            let text = message.properties.expiration.as_ref();
             return Err(precondition_failed(format!(
                 "invalid expiration '{}': {why}",
-                message.properties.expiration.as_deref().unwrap_or_default()
+                text.map(ToString::to_string).unwrap_or_default()
             )));
         }
         if let Some(mode) = message
@@ -172,7 +174,7 @@ impl Broker {
             return Err(precondition_failed(format!("invalid message headers: {e}")));
         }
         if let Some(claimed) = &message.properties.user_id {
-            if **claimed != *user {
+            if claimed.as_bytes() != user.as_bytes() {
                 return Err(precondition_failed(format!(
                     "user_id property set to '{claimed}' but authenticated user was '{user}'"
                 )));
@@ -1014,9 +1016,11 @@ fn refused(message: &Arc<Message>, allowance: Allowance) -> QueuedMessage {
 /// The per-message TTL from the `expiration` property: `Ok(None)` when absent, an error
 /// text (as RabbitMQ words it) when it is not a non-negative integer.
 pub(super) fn parse_expiration(message: &Message) -> Result<Option<u64>, String> {
-    let Some(text) = message.properties.expiration.as_deref() else {
+    let Some(raw) = message.properties.expiration.as_ref() else {
         return Ok(None);
     };
+    // Digits are ASCII: bytes that are not UTF-8 are never part of the number.
+    let text = &*raw.to_str_lossy();
     // As Erlang's `string:to_integer`, which RabbitMQ uses: an optional sign and digits,
     // and nothing after them.
     let (negative, unsigned) = match text.as_bytes().first() {

@@ -66,7 +66,8 @@ pub fn dead_lettered(
                 FieldValue::Array(vec![text(&message.routing_key)]),
             );
             if let Some(exp) = &message.properties.expiration {
-                t.insert("original-expiration", text(exp));
+                let exp = Bytes::copy_from_slice(exp.as_bytes());
+                t.insert("original-expiration", FieldValue::LongStr(exp));
             }
             t
         }
@@ -273,7 +274,7 @@ mod tests {
             exchange: "ex".into(),
             routing_key: "rk".into(),
             properties: BasicProperties {
-                expiration: expiration.map(str::to_string),
+                expiration: expiration.map(Into::into),
                 ..Default::default()
             },
             body: Bytes::from_static(b"x"),

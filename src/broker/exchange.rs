@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::HashMap;
 
+use crate::proto::shortstr::ShortStr;
 use crate::proto::table::{FieldTable, FieldValue};
 
 use super::topic::TopicTrie;
@@ -228,7 +229,7 @@ impl HashRing {
 
 /// A property's value as bytes, if the message has it.
 fn property_bytes(p: HashProperty, m: &crate::proto::props::BasicProperties) -> Option<Vec<u8>> {
-    let s = |v: &Option<String>| v.as_ref().map(|v| v.as_bytes().to_vec());
+    let s = |v: &Option<ShortStr>| v.as_ref().map(|v| v.as_bytes().to_vec());
     match p {
         HashProperty::MessageId => s(&m.message_id),
         HashProperty::CorrelationId => s(&m.correlation_id),
@@ -591,7 +592,7 @@ impl Exchange {
 /// per routing, so that matching a binding costs one lookup per binding entry.
 enum HeaderIndex<'a> {
     Scan(Option<&'a FieldTable>),
-    Hashed(HashMap<&'a str, &'a FieldValue>),
+    Hashed(HashMap<&'a [u8], &'a FieldValue>),
 }
 
 /// Headers tables up to this many entries are scanned rather than hashed.
@@ -603,7 +604,7 @@ impl<'a> HeaderIndex<'a> {
             Some(h) if h.len() > HEADER_SCAN_MAX => {
                 let mut map = HashMap::default();
                 for (k, v) in h.iter() {
-                    map.entry(k).or_insert(v);
+                    map.entry(k.as_bytes()).or_insert(v);
                 }
                 HeaderIndex::Hashed(map)
             }
@@ -618,9 +619,12 @@ impl<'a> HeaderIndex<'a> {
         }
     }
 
-    fn get(&self, key: &str) -> Option<&'a FieldValue> {
+    /// Keys are compared as bytes: a short string need not be UTF-8.
+    fn get(&self, key: &[u8]) -> Option<&'a FieldValue> {
         match self {
-            HeaderIndex::Scan(h) => h.and_then(|h| h.get(key)),
+            HeaderIndex::Scan(h) => {
+                h.and_then(|h| h.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, v)| v))
+            }
             HeaderIndex::Hashed(map) => map.get(key).copied(),
         }
     }
@@ -629,11 +633,11 @@ impl<'a> HeaderIndex<'a> {
         let (all, with_x) = match_mode(binding_args);
         let mut any_matched = false;
         for (key, pattern) in binding_args.iter() {
-            if key == "x-match" || (!with_x && key.starts_with("x-")) {
+            if *key == "x-match" || (!with_x && key.as_bytes().starts_with(b"x-")) {
                 continue;
             }
             let matched = self
-                .get(key)
+                .get(key.as_bytes())
                 .is_some_and(|value| values_match(pattern, value));
             if all && !matched {
                 return false;

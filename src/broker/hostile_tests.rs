@@ -601,9 +601,12 @@ fn direct_replies_to_a_client_that_does_not_read_stop_at_the_limit() {
     let address = got
         .iter()
         .find_map(|(_, r)| match r {
-            Reply::Content { message, .. } | Reply::Deliver { message, .. } => {
-                message.properties.reply_to.clone()
-            }
+            Reply::Content { message, .. } | Reply::Deliver { message, .. } => message
+                .properties
+                .reply_to
+                .as_ref()?
+                .as_str()
+                .map(str::to_string),
             _ => None,
         })
         .expect("the request with its reply address");

@@ -119,10 +119,11 @@ impl Definition {
         let unknown: Vec<String> = table
             .iter()
             .filter(|(k, _)| {
+                let k = &*k.to_str_lossy();
                 let known = if operator {
-                    OPERATOR_KEYS.contains(k)
+                    OPERATOR_KEYS.contains(&k)
                 } else {
-                    KEYS.contains(k)
+                    KEYS.contains(&k)
                 };
                 !known
             })
@@ -136,6 +137,8 @@ impl Definition {
         }
         let mut d = Definition::default();
         for (key, v) in table.iter() {
+            // Every key is one of KEYS (checked above), so text.
+            let key = &*key.to_str_lossy();
             let integer = |min: i64, max: u64, what: &str| -> Result<Option<u64>, String> {
                 match v.as_i64() {
                     Some(n) if n >= min && n as u64 <= max => Ok(Some(n as u64)),

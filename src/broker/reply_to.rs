@@ -17,6 +17,7 @@ use rand::RngCore as _;
 
 use crate::proto::command::{ConnId, Message, Reply};
 use crate::proto::method::*;
+use crate::proto::shortstr::ShortStr;
 
 use super::Broker;
 use super::error::*;
@@ -157,7 +158,7 @@ impl Broker {
         channel: u16,
         message: Arc<Message>,
     ) -> AmqpResult<Arc<Message>> {
-        if message.properties.reply_to.as_deref() != Some(REPLY_TO) {
+        if !matches!(&message.properties.reply_to, Some(r) if *r == REPLY_TO) {
             return Ok(message);
         }
         let address = self
@@ -166,7 +167,7 @@ impl Broker {
             .map(|r| r.address.clone())
             .ok_or_else(|| precondition_failed("fast reply consumer does not exist"))?;
         let mut rewritten = Message::clone(&message);
-        rewritten.properties.reply_to = Some(address);
+        rewritten.properties.reply_to = Some(ShortStr::from(address));
         Ok(Arc::new(rewritten))
     }
 

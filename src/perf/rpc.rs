@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::proto::frame::{Frame, encode_content, encode_method};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
+use crate::proto::shortstr::ShortStr;
 
 use super::client::{Conn, FrameReader, body_prefix, close_error};
 use super::{PerfArgs, Shared, pace, queue_name};
@@ -143,8 +144,8 @@ pub(super) async fn call(
         body[..8].copy_from_slice(&at.to_be_bytes());
         let id = sent.to_string();
         let props = BasicProperties {
-            reply_to: Some(reply_to.clone()),
-            correlation_id: Some(id.clone()),
+            reply_to: Some(ShortStr::from(reply_to.as_str())),
+            correlation_id: Some(ShortStr::from(id.as_str())),
             ..Default::default()
         };
         write_publish(&mut wr, &server_queue, &props, &body, frame_max).await?;
@@ -152,7 +153,7 @@ pub(super) async fn call(
         shared.counters.published.fetch_add(1, Ordering::Relaxed);
         // Answers to earlier calls cannot arrive: each call waits for its own.
         let answer = next_message(&mut rd, &mut reader).await?;
-        if answer.props.correlation_id.as_deref() != Some(id.as_str()) {
+        if !matches!(&answer.props.correlation_id, Some(c) if *c == id.as_str()) {
             return Err(io::Error::other(format!(
                 "answer to call {id} carries correlation id {:?}",
                 answer.props.correlation_id
@@ -198,7 +199,7 @@ pub(super) async fn serve(
     let (mut rd, mut reader, mut wr) = conn.split();
     while !shared.stop.load(Ordering::Relaxed) {
         let request = next_message(&mut rd, &mut reader).await?;
-        if let Some(reply_to) = request.props.reply_to.as_deref() {
+        if let Some(reply_to) = request.props.reply_to.as_ref().and_then(ShortStr::as_str) {
             let props = BasicProperties {
                 correlation_id: request.props.correlation_id.clone(),
                 ..Default::default()

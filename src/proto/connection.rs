@@ -853,14 +853,10 @@ fn frame_error(error: FrameError) -> ConnectionError {
             }
         }
         // RabbitMQ fails with 541 on a content header it cannot parse (a property list cut
-        // short or followed by more bytes, a bad headers table); it does not check that
-        // short strings among the properties are UTF-8, which warren's properties must be.
+        // short or followed by more bytes, a bad headers table). Short strings that are
+        // not UTF-8 pass, properties and table keys alike, as there.
         FrameError::Header { channel, error } => ConnectionError::new(
-            if error == DecodeError::BadUtf8 {
-                FRAME_ERROR
-            } else {
-                INTERNAL_ERROR
-            },
+            INTERNAL_ERROR,
             format!("malformed content header on channel {channel}: {error}"),
         ),
     }

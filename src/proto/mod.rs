@@ -8,4 +8,5 @@ pub mod constants;
 pub mod frame;
 pub mod method;
 pub mod props;
+pub mod shortstr;
 pub mod table;

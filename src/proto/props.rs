@@ -6,16 +6,17 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::codec::{self, DecodeError, Reader};
+use super::codec::{DecodeError, Reader};
+use super::shortstr::ShortStr;
 use super::table::FieldTable;
 
 /// The properties of a message, each optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BasicProperties {
     /// MIME content type.
-    pub content_type: Option<String>,
+    pub content_type: Option<ShortStr>,
     /// MIME content encoding.
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<ShortStr>,
     /// Application headers (also used by headers exchanges).
     pub headers: Option<FieldTable>,
     /// 1 = transient, 2 = persistent.
@@ -23,23 +24,23 @@ pub struct BasicProperties {
     /// Message priority, 0 to 9.
     pub priority: Option<u8>,
     /// Application correlation identifier.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<ShortStr>,
     /// Address to reply to.
-    pub reply_to: Option<String>,
+    pub reply_to: Option<ShortStr>,
     /// Per-message TTL in milliseconds, as decimal text.
-    pub expiration: Option<String>,
+    pub expiration: Option<ShortStr>,
     /// Application message identifier.
-    pub message_id: Option<String>,
+    pub message_id: Option<ShortStr>,
     /// Message timestamp, seconds since the epoch.
     pub timestamp: Option<u64>,
     /// Message type name (the spec's `type`).
-    pub kind: Option<String>,
+    pub kind: Option<ShortStr>,
     /// Creating user id (RabbitMQ checks it against the connection's user).
-    pub user_id: Option<String>,
+    pub user_id: Option<ShortStr>,
     /// Creating application id.
-    pub app_id: Option<String>,
+    pub app_id: Option<ShortStr>,
     /// Intra-cluster routing identifier (deprecated).
-    pub cluster_id: Option<String>,
+    pub cluster_id: Option<ShortStr>,
 }
 
 const CONTENT_TYPE: u16 = 1 << 15;
@@ -94,9 +95,11 @@ impl BasicProperties {
     /// Writes a single flags word, then the present properties.
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u16(self.flags());
-        let shortstr = |out: &mut BytesMut, value: &Option<String>| {
+        let shortstr = |out: &mut BytesMut, value: &Option<ShortStr>| {
             if let Some(s) = value {
-                codec::put_shortstr(out, s);
+                debug_assert!(s.len() <= 255, "a ShortStr holds at most 255 bytes");
+                out.put_u8(s.len() as u8);
+                out.put_slice(s.as_bytes());
             }
         };
         shortstr(out, &self.content_type);
@@ -125,11 +128,7 @@ impl BasicProperties {
 
     /// The number of bytes [`BasicProperties::encode`] writes.
     pub fn encoded_len(&self) -> usize {
-        let shortstr = |value: &Option<String>| {
-            value
-                .as_deref()
-                .map_or(0, |s| 1 + codec::shortstr_prefix(s).len())
-        };
+        let shortstr = |value: &Option<ShortStr>| value.as_ref().map_or(0, |s| 1 + s.len());
         2 + shortstr(&self.content_type)
             + shortstr(&self.content_encoding)
             + self.headers.as_ref().map_or(0, FieldTable::encoded_len)
@@ -160,9 +159,9 @@ impl BasicProperties {
     pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let flags = r.u16()?;
         let has = |bit: u16| flags & bit != 0;
-        let shortstr = |r: &mut Reader<'_>, bit: u16| -> Result<Option<String>, DecodeError> {
+        let shortstr = |r: &mut Reader<'_>, bit: u16| -> Result<Option<ShortStr>, DecodeError> {
             if has(bit) {
-                Ok(Some(r.shortstr()?.to_owned()))
+                Ok(Some(ShortStr::from(r.shortstr_bytes()?)))
             } else {
                 Ok(None)
             }
@@ -204,25 +203,33 @@ pub(crate) mod arb {
     use proptest::option::of;
     use proptest::prelude::*;
 
+    /// A property's short string: text, or any bytes (which RabbitMQ passes on too).
+    pub fn short() -> impl Strategy<Value = ShortStr> {
+        prop_oneof![
+            3 => table::shortstr().prop_map(ShortStr::from),
+            1 => proptest::collection::vec(any::<u8>(), 0..=255).prop_map(|b| ShortStr::from(&b[..])),
+        ]
+    }
+
     pub fn properties() -> impl Strategy<Value = BasicProperties> {
         (
             (
-                of(table::shortstr()),
-                of(table::shortstr()),
+                of(short()),
+                of(short()),
                 of(table::table()),
                 of(any::<u8>()),
                 of(any::<u8>()),
-                of(table::shortstr()),
-                of(table::shortstr()),
+                of(short()),
+                of(short()),
             ),
             (
-                of(table::shortstr()),
-                of(table::shortstr()),
+                of(short()),
+                of(short()),
                 of(any::<u64>()),
-                of(table::shortstr()),
-                of(table::shortstr()),
-                of(table::shortstr()),
-                of(table::shortstr()),
+                of(short()),
+                of(short()),
+                of(short()),
+                of(short()),
             ),
         )
             .prop_map(|(a, b)| BasicProperties {
@@ -259,7 +266,7 @@ mod tests {
     /// Properties holding exactly the fields whose bit is set in `mask` (bit 15 =
     /// content-type, as on the wire), each with a distinct value.
     fn with_mask(mask: u16) -> BasicProperties {
-        let s = |bit: u16, text: &str| (mask & bit != 0).then(|| text.to_owned());
+        let s = |bit: u16, text: &str| (mask & bit != 0).then(|| ShortStr::from(text));
         BasicProperties {
             content_type: s(CONTENT_TYPE, "text/plain"),
             content_encoding: s(CONTENT_ENCODING, "gzip"),
@@ -333,6 +340,22 @@ mod tests {
         assert_eq!(BasicProperties::decode(expected), Ok(props));
         assert!(!BasicProperties::default().is_persistent());
         assert_eq!(&encoded(&BasicProperties::default())[..], &[0, 0]);
+    }
+
+    #[test]
+    fn short_strings_that_are_not_utf8_are_kept_byte_for_byte() {
+        // content-type and correlation-id, neither of them UTF-8.
+        let bytes: &[u8] = &[0x84, 0x00, 2, 0xff, 0xfe, 3, b'a', 0x80, b'b'];
+        let props = BasicProperties::decode(bytes).expect("any bytes are a short string");
+        assert_eq!(
+            props.content_type.as_ref().map(ShortStr::as_bytes),
+            Some(&b"\xff\xfe"[..])
+        );
+        assert_eq!(
+            props.correlation_id.as_ref().map(ShortStr::as_bytes),
+            Some(&b"a\x80b"[..])
+        );
+        assert_eq!(&encoded(&props)[..], bytes);
     }
 
     #[test]

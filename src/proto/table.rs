@@ -11,6 +11,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{self, DecodeError, Reader};
+use super::shortstr::ShortStr;
 
 /// How deeply tables and arrays may nest: a top-level table is depth 1, a table inside it
 /// depth 2, and so on. Decoding anything deeper fails with [`DecodeError::TooDeep`], which
@@ -255,7 +256,7 @@ fn read_array(r: &mut Reader<'_>, depth: usize) -> Result<Vec<FieldValue>, Decod
 
 /// A field table: short-string keys to typed values, in wire order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct FieldTable(Vec<(String, FieldValue)>);
+pub struct FieldTable(Vec<(ShortStr, FieldValue)>);
 
 impl FieldTable {
     /// An empty table.
@@ -273,12 +274,12 @@ impl FieldTable {
             },
             "keys are distinct"
         );
-        FieldTable(entries)
+        FieldTable(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 
     /// The value of the first entry named `key`.
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Whether an entry named `key` exists.
@@ -288,7 +289,7 @@ impl FieldTable {
 
     /// Sets `key` to `value`, replacing the first existing entry of that name in place, or
     /// appending a new one.
-    pub fn insert(&mut self, key: impl Into<String>, value: FieldValue) {
+    pub fn insert(&mut self, key: impl Into<ShortStr>, value: FieldValue) {
         let key = key.into();
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, slot)) => *slot = value,
@@ -298,15 +299,15 @@ impl FieldTable {
 
     /// Removes every entry named `key`, returning the first one's value.
     pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
-        let index = self.0.iter().position(|(k, _)| k == key)?;
+        let index = self.0.iter().position(|(k, _)| *k == key)?;
         let (_, value) = self.0.remove(index);
-        self.0.retain(|(k, _)| k != key);
+        self.0.retain(|(k, _)| *k != key);
         Some(value)
     }
 
     /// The entries in wire order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&ShortStr, &FieldValue)> {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 
     /// The number of entries.
@@ -320,11 +321,11 @@ impl FieldTable {
     }
 
     /// Writes the table: a 32-bit byte length, then each key (short string) and value.
-    /// Keys longer than 255 bytes are truncated like any short string.
     pub fn encode(&self, out: &mut BytesMut) {
         let at = codec::begin_u32_len(out);
         for (key, value) in &self.0 {
-            codec::put_shortstr(out, key);
+            out.put_u8(key.len() as u8);
+            out.put_slice(key.as_bytes());
             value.encode(out);
         }
         codec::end_u32_len(out, at);
@@ -347,7 +348,7 @@ impl FieldTable {
         let mut inner = Reader::new(r.longstr()?);
         let mut entries = Vec::new();
         while !inner.is_empty() {
-            let key = inner.shortstr()?.to_owned();
+            let key = ShortStr::from(inner.shortstr_bytes()?);
             let value = FieldValue::read(&mut inner, depth)?;
             entries.push((key, value));
         }
@@ -401,9 +402,9 @@ fn own_encoded_len(value: &FieldValue) -> usize {
     }
 }
 
-/// Encoded bytes of a table key (a short string, truncated to 255 bytes on the wire).
-fn key_encoded_len(key: &str) -> usize {
-    1 + codec::shortstr_prefix(key).len()
+/// Encoded bytes of a table key (a short string).
+fn key_encoded_len(key: &ShortStr) -> usize {
+    1 + key.len()
 }
 
 impl FieldTable {
@@ -485,7 +486,7 @@ impl FieldTable {
     }
 }
 
-impl<K: Into<String>> FromIterator<(K, FieldValue)> for FieldTable {
+impl<K: Into<ShortStr>> FromIterator<(K, FieldValue)> for FieldTable {
     /// Collects entries with [`FieldTable::insert`]: a repeated key keeps its first position
     /// and its last value.
     fn from_iter<I: IntoIterator<Item = (K, FieldValue)>>(iter: I) -> Self {
@@ -566,7 +567,7 @@ pub(crate) mod arb {
         leaf().prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(FieldValue::Array),
-                proptest::collection::vec((shortstr(), inner), 0..6)
+                proptest::collection::vec((key(), inner), 0..6)
                     .prop_map(|entries| FieldValue::Table(FieldTable(entries))),
             ]
         })
@@ -574,7 +575,15 @@ pub(crate) mod arb {
 
     /// Tables with possibly repeated keys, as a peer may send them.
     pub fn table() -> impl Strategy<Value = FieldTable> {
-        proptest::collection::vec((shortstr(), value()), 0..6).prop_map(FieldTable)
+        proptest::collection::vec((key(), value()), 0..6).prop_map(FieldTable)
+    }
+
+    /// Table keys: text, or now and then any bytes (RabbitMQ takes those too).
+    pub fn key() -> impl Strategy<Value = ShortStr> {
+        prop_oneof![
+            4 => shortstr().prop_map(ShortStr::from),
+            1 => proptest::collection::vec(any::<u8>(), 0..=40).prop_map(|b| ShortStr::from(&b[..])),
+        ]
     }
 }
 
@@ -746,11 +755,16 @@ mod tests {
             FieldTable::decode(&[0, 0, 0, 3, 1, b'a', b'Z']),
             Err(DecodeError::BadFieldType(b'Z'))
         );
-        assert_eq!(
-            FieldTable::decode(&[0, 0, 0, 3, 1, 0xff, b'V']),
-            Err(DecodeError::BadUtf8)
-        );
         assert_eq!(FieldTable::decode(&[0, 0]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_are_kept() {
+        let bytes = [0, 0, 0, 4, 2, 0xff, 0xfe, b'V'];
+        let table = FieldTable::decode(&bytes).expect("a key is any short string");
+        let keys: Vec<&[u8]> = table.iter().map(|(k, _)| k.as_bytes()).collect();
+        assert_eq!(keys, [&b"\xff\xfe"[..]]);
+        assert_eq!(&encoded(&table)[..], &bytes[..]);
     }
 
     #[test]

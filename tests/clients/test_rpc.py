@@ -2,6 +2,8 @@
 without a reply queue): run against warren and against RabbitMQ, these pass on both."""
 from __future__ import annotations
 
+import ast
+
 import pika
 import pika.exceptions
 import pytest
@@ -127,3 +129,40 @@ def test_the_default_exchange_refuses_a_passive_declare(connect):
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
         ch.exchange_declare("", passive=True)
     assert err.value.reply_code == 403
+
+
+def test_properties_that_are_not_utf8_pass_unchanged(connect, uid):
+    """A short string is bytes: a Go client's binary correlation id, or pika given bytes
+    (for a property or a header's key), reaches the consumer byte for byte, as on RabbitMQ."""
+    ch = connect().channel()
+    queue = f"bytes-{uid}"
+    ch.queue_declare(queue, auto_delete=True)
+    raw = b"\xff\xfe\x00id\x80"
+    sent = pika.BasicProperties(
+        content_type=b"text/\xff", correlation_id=raw, message_id=raw, reply_to=raw,
+        type=raw, app_id=raw, headers={"k": raw, b"\xfekey": 1},
+    )
+    ch.basic_publish("", queue, b"body", sent)
+    _, got, body = _get_one(ch, queue, auto_ack=True)
+    assert body == b"body"
+    for name in ("content_type", "correlation_id", "message_id", "reply_to", "type", "app_id"):
+        assert getattr(got, name) == getattr(sent, name), name
+    assert got.headers == {"k": raw, b"\xfekey": 1}
+
+
+@pytest.mark.parametrize("field,text", [
+    ("expiration", "PRECONDITION_FAILED - invalid expiration '\\xff1': no_integer"),
+    ("user_id", "PRECONDITION_FAILED - user_id property set to '\\xff1' but authenticated user was 'guest'"),
+])
+def test_expiration_and_user_id_that_are_not_utf8_are_refused(connect, uid, field, text):
+    """The two properties the broker reads: what is not a number, or not the user, is a 406
+    naming the bytes (RabbitMQ puts them in its text raw, warren escaped)."""
+    ch = connect().channel()
+    ch.basic_publish("", f"nowhere-{uid}", b"x", pika.BasicProperties(**{field: b"\xff1"}))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        ch.queue_declare(f"after-{uid}", auto_delete=True)
+    assert err.value.reply_code == 406
+    reply = err.value.reply_text
+    if reply.startswith(('b"', "b'")):  # RabbitMQ's text is not UTF-8: pika gives repr(bytes)
+        reply = ast.literal_eval(reply).decode("ascii", "backslashreplace")
+    assert reply == text

@@ -202,6 +202,9 @@ fn reply_flood(ctx: &Ctx, count: usize, size: usize) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let Some(address) = address.as_str().map(str::to_string) else {
+        return Err(format!("reply_to is not text: {address:?}"));
+    };
     if !address.starts_with("amq.rabbitmq.reply-to.") {
         return Err(format!("reply_to was not rewritten: {address:?}"));
     }

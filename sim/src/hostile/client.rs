@@ -11,11 +11,12 @@ use rand::rngs::SmallRng;
 
 use warren::proto::frame::Frame;
 use warren::proto::method::*;
+use warren::proto::shortstr::ShortStr;
 use warren::proto::table::{FieldTable, FieldValue};
 
 use super::plan::{Gen, HostilePlan, Reserved};
 use crate::link::{Arrived, ConnectionEvent, Content, Hello, Link, Phase};
-use crate::workload::{body_for, parse_msg_id};
+use crate::workload::{body_for, correlation_for, parse_msg_id};
 
 mod actions;
 mod malformed;
@@ -277,7 +278,7 @@ impl HostileClient {
             body,
         } = arrived;
         let what = method.name();
-        let Some(msg_id) = props.message_id.as_deref() else {
+        let Some(msg_id) = props.message_id.as_ref().and_then(ShortStr::as_str) else {
             return Err(format!(
                 "hostile client {id} got a {what} without a message id"
             ));
@@ -297,11 +298,23 @@ impl HostileClient {
                 "hostile client {id} got {msg_id} with a corrupt body"
             ));
         }
+        let sent = correlation_for(hostile_key(msg_id));
+        if props.correlation_id != sent {
+            return Err(format!(
+                "hostile client {id} got {msg_id} with correlation id {:?}, sent as {sent:?}",
+                props.correlation_id
+            ));
+        }
         check_x_death(props.headers.as_ref())
             .map_err(|e| format!("hostile client {id} got {msg_id} ({what}): {e}"))?;
-        if let Some(to) = &props.reply_to {
+        if let Some(to) = props.reply_to.as_ref().and_then(ShortStr::as_str) {
             if to.starts_with(REPLY_TO_PREFIX) {
-                remember(&mut self.reply_addresses, to.clone(), 4, &mut self.g.rng);
+                remember(
+                    &mut self.reply_addresses,
+                    to.to_string(),
+                    4,
+                    &mut self.g.rng,
+                );
             } else if to == REPLY_TO {
                 return Err(format!(
                     "hostile client {id} got {msg_id} with reply_to still {REPLY_TO} (not rewritten)"

@@ -387,7 +387,7 @@ impl Broker {
             check_table(headers, "headers")?;
         }
         if let (Actor::User(user), Some(claimed)) = (actor, &properties.user_id)
-            && claimed != user
+            && claimed.as_bytes() != user.as_bytes()
         {
             return Err(precondition_failed(format!(
                 "user_id property set to '{claimed}' but authenticated user was '{user}'"

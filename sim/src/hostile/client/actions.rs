@@ -14,7 +14,7 @@ use super::{
 };
 use crate::client::RunPhase;
 use crate::hostile::plan::{AMQ_EXCHANGES, nested};
-use crate::workload::body_for;
+use crate::workload::{body_for, correlation_for};
 
 /// Marks the consumer tags of direct reply-to consumers.
 const REPLY_TAG: &str = "-reply-";
@@ -364,15 +364,16 @@ impl HostileClient {
                 } else {
                     1
                 }),
-                message_id: Some(msg_id.clone()),
-                expiration: self.g.expiration(),
+                message_id: Some(msg_id.as_str().into()),
+                correlation_id: correlation_for(hostile_key(&msg_id)),
+                expiration: self.g.expiration().map(Into::into),
                 headers: self.g.message_headers(&queues),
                 priority: self.g.one_in(4).then(|| self.g.rng.gen_range(0..=10)),
                 // Needs a reply consumer on the channel, or the broker closes it (406).
                 reply_to: self
                     .g
                     .one_in(if has_reply_consumer { 2 } else { 30 })
-                    .then(|| REPLY_TO.to_string()),
+                    .then(|| REPLY_TO.into()),
                 ..Default::default()
             };
             let len = self.g.rng.gen_range(0..=self.g.plan.body_max_bytes);

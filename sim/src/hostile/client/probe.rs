@@ -16,7 +16,7 @@ use warren::proto::props::BasicProperties;
 use warren::proto::table::{FieldTable, FieldValue};
 
 use super::{CH_PROBE, ChanState, HOSTILE_ID_PREFIX, HostileClient, hostile_key};
-use crate::workload::body_for;
+use crate::workload::{body_for, correlation_for};
 
 /// How long a probe message may take to arrive on a live connection. Memory and disk
 /// alarms block the publisher for up to 1.5 s a window.
@@ -111,7 +111,8 @@ impl HostileClient {
         self.next_msg += 1;
         let props = BasicProperties {
             delivery_mode: Some(1),
-            message_id: Some(msg_id.clone()),
+            message_id: Some(msg_id.as_str().into()),
+            correlation_id: correlation_for(hostile_key(&msg_id)),
             ..Default::default()
         };
         let body = body_for(hostile_key(&msg_id), 8);
