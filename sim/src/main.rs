@@ -269,6 +269,8 @@ struct Totals {
     hostile_channel_closes: u64,
     hostile_connection_closes: u64,
     hostile_direct_replies: u64,
+    hostile_gets: u64,
+    hostile_ttl_zero_delivered: u64,
     hostile_probes: u64,
     hostile_probes_delivered: u64,
     hostile_malformed: u64,
@@ -358,6 +360,8 @@ impl Totals {
             self.hostile_channel_closes += stats.channel_closes;
             self.hostile_connection_closes += stats.connection_closes;
             self.hostile_direct_replies += stats.direct_replies;
+            self.hostile_gets += stats.gets;
+            self.hostile_ttl_zero_delivered += stats.ttl_zero_delivered;
             self.hostile_probes += stats.probes;
             self.hostile_probes_delivered += stats.probes_delivered;
             self.hostile_malformed += stats.malformed;
@@ -426,13 +430,15 @@ impl Totals {
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
         println!(
-            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies); {} of {} probes of a queue with x-max-length 0 reached its consumer; {} of {} malformed frames answered by a close naming them, with RabbitMQ's code; the broker closed {} of their channels and {} connections; seeds per class: {}",
+            "hostile: {} clients in {} seeds; {} published, {} other methods, {} received ({} direct replies, {} by basic.get; {} with a TTL of 0 delivered, none got); {} of {} probes of a queue with x-max-length 0 reached its consumer; {} of {} malformed frames answered by a close naming them, with RabbitMQ's code; the broker closed {} of their channels and {} connections; seeds per class: {}",
             self.hostile_clients,
             self.seeds_hostile,
             self.hostile_published,
             self.hostile_methods,
             self.hostile_received,
             self.hostile_direct_replies,
+            self.hostile_gets,
+            self.hostile_ttl_zero_delivered,
             self.hostile_probes_delivered,
             self.hostile_probes,
             self.hostile_malformed_answered,
@@ -498,12 +504,14 @@ fn print_ok(r: &RunResult) {
 fn print_hostile(r: &RunResult) {
     for (plan, stats) in &r.hostile {
         println!(
-            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies), probes {}/{}, malformed frames answered {}/{}, channels closed {}, connections closed {})",
+            "  hostile: {} (published {}, other methods {}, received {} ({} direct replies, {} gets, {} with a TTL of 0), probes {}/{}, malformed frames answered {}/{}, channels closed {}, connections closed {})",
             plan.describe(),
             stats.published,
             stats.methods,
             stats.received,
             stats.direct_replies,
+            stats.gets,
+            stats.ttl_zero_delivered,
             stats.probes_delivered,
             stats.probes,
             stats.malformed_answered,

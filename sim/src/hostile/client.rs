@@ -110,6 +110,11 @@ pub struct HostileStats {
     pub connection_closes: u64,
     /// Direct replies received (deliveries routed to an `amq.rabbitmq.reply-to.…` address).
     pub direct_replies: u64,
+    /// Messages got with `basic.get`.
+    pub gets: u64,
+    /// Messages published with an `expiration` of 0 that reached a consumer (allowed in
+    /// the millisecond they arrive; a `basic.get` must never return one).
+    pub ttl_zero_delivered: u64,
     /// Messages the direct-delivery probe published.
     pub probes: u64,
     /// Probe messages that arrived.
@@ -326,6 +331,28 @@ impl HostileClient {
                 self.stats.direct_replies += 1;
             }
         }
+        // A message still carrying its `expiration` was not dead-lettered (that removes
+        // it): it came to this queue with a TTL of 0, so it expired the moment it arrived.
+        // RabbitMQ delivers it only to a consumer ready then; a get never finds it.
+        if props
+            .expiration
+            .as_ref()
+            .and_then(|e| parse_ttl(e.as_bytes()))
+            == Some(0)
+        {
+            match &method {
+                Method::BasicGetOk(_) => {
+                    return Err(format!(
+                        "hostile client {id} got {msg_id} by basic.get, published with a TTL of 0"
+                    ));
+                }
+                Method::BasicDeliver(_) => self.stats.ttl_zero_delivered += 1,
+                _ => {}
+            }
+        }
+        if let Method::BasicGetOk(_) = &method {
+            self.stats.gets += 1;
+        }
         if channel == CH_PROBE {
             // Its consumer acks nothing: nothing to settle.
             let msg_id = msg_id.to_string();
@@ -460,6 +487,14 @@ fn remember<T>(names: &mut Vec<T>, name: T, max: usize, rng: &mut SmallRng) {
     } else {
         names.push(name);
     }
+}
+
+/// An `expiration` the broker takes: digits, with leading zeros.
+fn parse_ttl(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// The body seed of a hostile message id.
