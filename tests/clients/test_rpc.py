@@ -166,3 +166,18 @@ def test_expiration_and_user_id_that_are_not_utf8_are_refused(connect, uid, fiel
     if reply.startswith(('b"', "b'")):  # RabbitMQ's text is not UTF-8: pika gives repr(bytes)
         reply = ast.literal_eval(reply).decode("ascii", "backslashreplace")
     assert reply == text
+
+
+def test_a_headers_binding_matches_keys_that_are_not_utf8(connect, uid):
+    """Headers exchange keys compare as bytes, as RabbitMQ compares them."""
+    ch = connect().channel()
+    exchange = f"hx-{uid}"
+    queue = f"hx-q-{uid}"
+    ch.exchange_declare(exchange, "headers", auto_delete=True)
+    ch.queue_declare(queue, auto_delete=True)
+    ch.queue_bind(queue, exchange, arguments={"x-match": "all", b"\xffk": b"\xfev"})
+    ch.basic_publish(exchange, "", b"match", pika.BasicProperties(headers={b"\xffk": b"\xfev"}))
+    ch.basic_publish(exchange, "", b"other", pika.BasicProperties(headers={b"\xfek": b"\xfev"}))
+    ch.basic_publish("", queue, b"last")
+    bodies = [_get_one(ch, queue, auto_ack=True)[2] for _ in range(2)]
+    assert bodies == [b"match", b"last"]
