@@ -165,7 +165,7 @@ impl Amqp {
 }
 
 fn id_of(props: &BasicProperties) -> Option<u64> {
-    props.message_id.as_deref()?.parse().ok()
+    props.message_id.as_ref()?.as_str()?.parse().ok()
 }
 
 /// Publishes persistent messages with confirms until `MESSAGES` are confirmed.
@@ -206,7 +206,7 @@ async fn publish_session(
             seq_to_id.push(*next);
             let props = BasicProperties {
                 delivery_mode: Some(2),
-                message_id: Some(next.to_string()),
+                message_id: Some(next.to_string().into()),
                 ..Default::default()
             };
             let publish = Method::BasicPublish(BasicPublish {
