@@ -337,8 +337,7 @@ impl HostileClient {
         if props
             .expiration
             .as_ref()
-            .and_then(|e| parse_ttl(e.as_bytes()))
-            == Some(0)
+            .is_some_and(|e| is_zero(e.as_bytes()))
         {
             match &method {
                 Method::BasicGetOk(_) => {
@@ -489,12 +488,9 @@ fn remember<T>(names: &mut Vec<T>, name: T, max: usize, rng: &mut SmallRng) {
     }
 }
 
-/// An `expiration` the broker takes: digits, with leading zeros.
-fn parse_ttl(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(text).ok()?.parse().ok()
+/// Whether an `expiration` is a TTL of 0: one zero or more.
+fn is_zero(text: &[u8]) -> bool {
+    !text.is_empty() && text.iter().all(|&b| b == b'0')
 }
 
 /// The body seed of a hostile message id.
