@@ -147,13 +147,6 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw).map_err(|_| DecodeError::BadUtf8)
     }
 
-    /// A short string's bytes, whatever they are (message properties: see
-    /// [`super::shortstr`]).
-    pub fn shortstr_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let len = self.u8()?;
-        self.bytes(usize::from(len))
-    }
-
     /// A long string: a 32-bit length, then that many bytes (any content).
     pub fn longstr(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()?;

@@ -97,9 +97,7 @@ impl BasicProperties {
         out.put_u16(self.flags());
         let shortstr = |out: &mut BytesMut, value: &Option<ShortStr>| {
             if let Some(s) = value {
-                debug_assert!(s.len() <= 255, "a ShortStr holds at most 255 bytes");
-                out.put_u8(s.len() as u8);
-                out.put_slice(s.as_bytes());
+                s.encode(out);
             }
         };
         shortstr(out, &self.content_type);
@@ -128,7 +126,7 @@ impl BasicProperties {
 
     /// The number of bytes [`BasicProperties::encode`] writes.
     pub fn encoded_len(&self) -> usize {
-        let shortstr = |value: &Option<ShortStr>| value.as_ref().map_or(0, |s| 1 + s.len());
+        let shortstr = |value: &Option<ShortStr>| value.as_ref().map_or(0, ShortStr::encoded_len);
         2 + shortstr(&self.content_type)
             + shortstr(&self.content_encoding)
             + self.headers.as_ref().map_or(0, FieldTable::encoded_len)
@@ -161,7 +159,7 @@ impl BasicProperties {
         let has = |bit: u16| flags & bit != 0;
         let shortstr = |r: &mut Reader<'_>, bit: u16| -> Result<Option<ShortStr>, DecodeError> {
             if has(bit) {
-                Ok(Some(ShortStr::from(r.shortstr_bytes()?)))
+                Ok(Some(ShortStr::read(r)?))
             } else {
                 Ok(None)
             }

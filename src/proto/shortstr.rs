@@ -9,7 +9,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::codec::{SHORTSTR_MAX_BYTES, shortstr_prefix};
+use bytes::{BufMut, BytesMut};
+
+use super::codec::{DecodeError, Reader, SHORTSTR_MAX_BYTES, shortstr_prefix};
 
 /// A short string's bytes: at most 255 of them, any content.
 #[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -40,6 +42,27 @@ impl ShortStr {
     /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Reads one from the wire: a length octet, then that many bytes of any content.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let len = r.u8()?;
+        Ok(ShortStr(r.bytes(usize::from(len))?.into()))
+    }
+
+    /// Writes it as [`ShortStr::read`] reads it.
+    pub fn encode(&self, out: &mut BytesMut) {
+        debug_assert!(
+            self.len() <= SHORTSTR_MAX_BYTES,
+            "a ShortStr holds at most 255 bytes"
+        );
+        out.put_u8(self.len() as u8);
+        out.put_slice(&self.0);
+    }
+
+    /// The number of bytes [`ShortStr::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        1 + self.len()
     }
 }
 

@@ -324,8 +324,7 @@ impl FieldTable {
     pub fn encode(&self, out: &mut BytesMut) {
         let at = codec::begin_u32_len(out);
         for (key, value) in &self.0 {
-            out.put_u8(key.len() as u8);
-            out.put_slice(key.as_bytes());
+            key.encode(out);
             value.encode(out);
         }
         codec::end_u32_len(out, at);
@@ -348,7 +347,7 @@ impl FieldTable {
         let mut inner = Reader::new(r.longstr()?);
         let mut entries = Vec::new();
         while !inner.is_empty() {
-            let key = ShortStr::from(inner.shortstr_bytes()?);
+            let key = ShortStr::read(&mut inner)?;
             let value = FieldValue::read(&mut inner, depth)?;
             entries.push((key, value));
         }
@@ -402,11 +401,6 @@ fn own_encoded_len(value: &FieldValue) -> usize {
     }
 }
 
-/// Encoded bytes of a table key (a short string).
-fn key_encoded_len(key: &ShortStr) -> usize {
-    1 + key.len()
-}
-
 impl FieldTable {
     /// Checks the limits every table that warren stores or routes on must keep: nesting of
     /// at most [`MAX_FIELD_DEPTH`] (what the decoder and the store read back) and at most
@@ -423,7 +417,7 @@ impl FieldTable {
         let mut total = 4;
         let mut stack: Vec<&FieldValue> = Vec::new();
         for (key, value) in &self.0 {
-            total += key_encoded_len(key);
+            total += key.encoded_len();
             stack.push(value);
         }
         while let Some(value) = stack.pop() {
@@ -432,7 +426,7 @@ impl FieldTable {
                 FieldValue::Array(values) => stack.extend(values.iter()),
                 FieldValue::Table(table) => {
                     for (key, value) in &table.0 {
-                        total += key_encoded_len(key);
+                        total += key.encoded_len();
                         stack.push(value);
                     }
                 }
@@ -449,7 +443,7 @@ impl FieldTable {
         // Values with the depth of the table or array holding them (the top table is 1).
         let mut stack: Vec<(&FieldValue, usize)> = Vec::new();
         for (key, value) in &self.0 {
-            total += key_encoded_len(key);
+            total += key.encoded_len();
             if total > max_bytes {
                 return Err(TableLimitError::TooLarge);
             }
@@ -472,7 +466,7 @@ impl FieldTable {
                         return Err(TableLimitError::TooDeep);
                     }
                     for (key, value) in &table.0 {
-                        total += key_encoded_len(key);
+                        total += key.encoded_len();
                         if total > max_bytes {
                             return Err(TableLimitError::TooLarge);
                         }
