@@ -74,6 +74,10 @@ pub struct FileConfig {
     /// `[cluster]`: this node is a member of a replicated cluster (see
     /// [`crate::cluster::settings`]).
     pub cluster: Option<ClusterFile>,
+    /// `[server_properties]`: strings sent in `connection.start` over the built-in ones
+    /// (`product`, `version`, `platform`, ...) or beside them, as RabbitMQ's
+    /// `server_properties` setting.
+    pub server_properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A `[tls]` or `[http_tls]` section: RabbitMQ's `ssl_options` names.
@@ -192,6 +196,12 @@ impl FileConfig {
         if let Some(v) = self.max_message_bytes {
             config.connection.max_message_bytes = v;
         }
+        if let Some(props) = &self.server_properties {
+            crate::proto::connection::override_server_properties(
+                &mut config.connection.server_properties,
+                props.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )?;
+        }
         if let Some(v) = self.default_vhost {
             config.broker.default_vhost = v;
         }
@@ -245,6 +255,42 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("amqp_prot = 1").is_err());
         let bad: FileConfig = toml::from_str("frame_max_bytes = 100").unwrap();
         assert!(bad.apply(&mut ServerConfig::default()).is_err());
+    }
+
+    #[test]
+    fn server_properties_override_the_built_in_ones_within_a_frame() {
+        let file: FileConfig = toml::from_str(
+            "[server_properties]\nproduct = \"RabbitMQ\"\nsupport = \"ops@example.com\"",
+        )
+        .unwrap();
+        let mut config = ServerConfig::default();
+        file.apply(&mut config).unwrap();
+        let props = &config.connection.server_properties;
+        let text = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        assert_eq!(text("product").as_deref(), Some("RabbitMQ"));
+        assert_eq!(text("support").as_deref(), Some("ops@example.com"));
+        assert_eq!(text("platform").as_deref(), Some("Rust"), "the rest stays");
+        assert_eq!(
+            props.iter().filter(|(k, _)| **k == "product").count(),
+            1,
+            "replaced, not added"
+        );
+        assert!(props.get("capabilities").is_some());
+        let long = format!(
+            "[server_properties]\ninformation = \"{}\"",
+            "x".repeat(4000)
+        );
+        for bad in [
+            "[server_properties]\ncapabilities = \"none\"",
+            "[server_properties]\n\"\" = \"x\"",
+            long.as_str(),
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(
+                file.apply(&mut ServerConfig::default()).is_err(),
+                "{bad:.60}"
+            );
+        }
     }
 
     #[test]

@@ -27,10 +27,11 @@ use crate::cluster::member::{self, ELECTION_TICKS, HEARTBEAT_TICKS, ReplicatedSt
 use crate::cluster::settings::{ClusterSettings, MemberAddress};
 use crate::cluster::status::{ClusterView, Status};
 use crate::cluster::{ReplicaConfig, Role, transport};
-use crate::proto::connection::{server_properties, truncate_shortstr};
+use crate::proto::connection::truncate_shortstr;
 use crate::proto::constants::{CONNECTION_FORCED, PROTOCOL_HEADER};
 use crate::proto::frame::{Frame, FrameDecoder, encode_method};
 use crate::proto::method::{ConnectionClose, ConnectionStart, ConnectionTune, Method};
+use crate::proto::table::FieldTable;
 use crate::server::ServerConfig;
 use crate::store::disk::FjallStore;
 
@@ -139,7 +140,11 @@ pub async fn run(
         // Wait to lead, turning clients away meanwhile.
         let amqp = SocketAddr::new(config.bind, config.amqp_port);
         let refusing = match TcpListener::bind(amqp).await {
-            Ok(l) => Some(turn_clients_away(l, view.clone())),
+            Ok(l) => Some(turn_clients_away(
+                l,
+                view.clone(),
+                config.connection.server_properties.clone(),
+            )),
             Err(e) => {
                 tracing::warn!(address = %amqp, error = %e, "cannot listen to turn clients away");
                 None
@@ -254,7 +259,11 @@ pub fn refusal_text(status: &Status, members: &[MemberAddress]) -> String {
 /// While this node follows: answers each AMQP client's handshake up to its
 /// `connection.open` (no login is checked: nothing is served), then closes the connection with [`CONNECTION_FORCED`] and [`refusal_text`], so that the client
 /// moves on to the next address it was given, and its user sees why.
-fn turn_clients_away(listener: TcpListener, view: ClusterView) -> tokio::task::JoinHandle<()> {
+fn turn_clients_away(
+    listener: TcpListener,
+    view: ClusterView,
+    server_properties: FieldTable,
+) -> tokio::task::JoinHandle<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     tokio::spawn(async move {
         loop {
@@ -267,15 +276,20 @@ fn turn_clients_away(listener: TcpListener, view: ClusterView) -> tokio::task::J
             };
             let members = view.members();
             let text = refusal_text(&view.status.borrow(), &members);
+            let props = server_properties.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, text)).await;
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, text, props)).await;
             });
         }
     })
 }
 
-async fn refuse(mut stream: TcpStream, text: String) -> std::io::Result<()> {
+async fn refuse(
+    mut stream: TcpStream,
+    text: String,
+    server_properties: FieldTable,
+) -> std::io::Result<()> {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await?;
     if header != PROTOCOL_HEADER {
@@ -285,7 +299,7 @@ async fn refuse(mut stream: TcpStream, text: String) -> std::io::Result<()> {
     let start = ConnectionStart {
         version_major: 0,
         version_minor: 9,
-        server_properties: server_properties(env!("CARGO_PKG_VERSION"), "warren"),
+        server_properties,
         mechanisms: Bytes::from_static(b"AMQPLAIN PLAIN"),
         locales: Bytes::from_static(b"en_US"),
     };

@@ -46,6 +46,46 @@ pub fn server_properties(version: &str, cluster_name: &str) -> FieldTable {
     .collect()
 }
 
+/// Largest encoded `server-properties` table. `connection.start` goes out before tuning,
+/// when a client need take frames of [`FRAME_MIN_SIZE`] bytes only; this leaves room for
+/// the method's other fields.
+pub const MAX_SERVER_PROPERTIES_BYTES: usize = FRAME_MIN_SIZE as usize - 512;
+
+/// Sets server properties from the config over the built-in ones, as RabbitMQ's
+/// `server_properties` setting does: each value is sent as a long string, replacing a
+/// built-in property of that name (`product`, `version`, `platform`, ...) or added after
+/// them. `capabilities` stays warren's own: it names what is implemented.
+pub fn override_server_properties<'a>(
+    table: &mut FieldTable,
+    overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    for (key, value) in overrides {
+        if key.is_empty() || key.len() > 255 {
+            return Err(format!(
+                "server property name '{key}' must be 1 to 255 bytes long"
+            ));
+        }
+        if key == "capabilities" {
+            return Err(
+                "server property 'capabilities' is warren's own: it lists what warren implements"
+                    .into(),
+            );
+        }
+        table.insert(
+            key,
+            FieldValue::LongStr(Bytes::copy_from_slice(value.as_bytes())),
+        );
+    }
+    let len = table.encoded_len();
+    if len > MAX_SERVER_PROPERTIES_BYTES {
+        return Err(format!(
+            "server properties take {len} bytes encoded, more than {MAX_SERVER_PROPERTIES_BYTES}: \
+             connection.start must fit in a {FRAME_MIN_SIZE}-byte frame"
+        ));
+    }
+    Ok(())
+}
+
 impl Connection {
     pub(super) fn handle_connection_method(
         &mut self,
