@@ -8,8 +8,9 @@
 # Steps: build (release, must be warning-free) · unit (cargo test: unit, property and
 # end-to-end tests against real warren processes) · hostile (the hostile-client suite,
 # tests/hostile: attacks on a real warren, each followed by liveness, bystander, memory and
-# ledger checks; prints a table of them) · clients (third-party client suites and pika
-# scenarios) · cluster (three warren processes as one cluster, pika publishing with
+# ledger checks; prints a table of them) · clients (third-party client suites: Python,
+# Node and the Go client, whose Debian packages golang-go and
+# golang-github-rabbitmq-amqp091-go-dev are installed if missing; and pika scenarios) · cluster (three warren processes as one cluster, pika publishing with
 # confirms and consuming while the leader is killed with SIGKILL and cut off with iptables,
 # installed if missing) · browser (the management web UI in headless Chromium: Debian's chromium
 # package, installed if missing, driven by Playwright for Python from .deps/ui-venv; its
@@ -109,10 +110,18 @@ if want hostile; then
   step "hostile-client suite"
   run hostile cargo test --release --test hostile -- --nocapture --test-threads=1 "$hostile_test"
 fi
+clients_test() {
+  # The Go client's suite: Debian's Go and the client's sources with their tests.
+  command -v go >/dev/null || install_package golang-go
+  [ -d /usr/share/gocode/src/github.com/rabbitmq/amqp091-go ] ||
+    install_package golang-github-rabbitmq-amqp091-go-dev
+  python3 tests/clients/run_suites.py \
+    --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
+}
+
 if want clients; then
   step "third-party client suites"
-  run clients python3 tests/clients/run_suites.py \
-    --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
+  run clients clients_test
 fi
 if want cluster; then
   step "cluster failover"

@@ -22,13 +22,20 @@ Suites (``--suites``, default all):
   amqplib    amqplib 2.2.0 npm tarball: node --test test/*.test.js
   rabbitpy   rabbitpy 3.0.2 sdist: unittest discover tests
   amqpstorm  amqpstorm 3.1.4 sdist: amqpstorm/tests/functional minus management/ and ssl/
+  amqp091-go the Go client (github.com/rabbitmq/amqp091-go 1.5.0, Debian's
+             golang-github-rabbitmq-amqp091-go-dev): its tests with -tags integration,
+             through go_test_runner.py. Its RabbitMQ-only tests run only against a broker
+             whose product is "RabbitMQ", so a warren started for it says so
+             ([server_properties] in its config, as RabbitMQ's server_properties).
   pika       ours: tests/clients/test_tutorials.py, test_bulk.py, test_rpc.py, test_delayed.py, test_admin.py
              (pika 1.4.4) and test_tls.py (pika and kombu over TLS, against a warren of its own)
 
 Everything is installed under ``--deps`` (default: <repo>/.deps, git-ignored):
 a venv with tests/clients/requirements.txt, the sdists of tests/clients/sdists.txt
 (hash-checked), and the amqplib tarball (integrity-checked) with the npm deps of
-tests/clients/npm/.  Installation is skipped when already done.
+tests/clients/npm/.  Installation is skipped when already done. The Go suite needs
+Debian's golang-go and golang-github-rabbitmq-amqp091-go-dev (scripts/test.sh installs
+them); its build cache goes to <deps>/go.
 
 Each suite runs under a wall-clock limit (killed and counted as failed when
 exceeded) and per-test timeouts.  Results are parsed from JUnit XML (pytest,
@@ -71,7 +78,18 @@ SDISTS = HERE / "sdists.txt"
 NPM_DIR = HERE / "npm"
 AMQPLIB = ("amqplib", "2.2.0",
            "sha512-VifzN9aHs/Q3zTruVHXh2yCisQyXexBN91CQ2E5iSyUKyNjH6ilYhJGte5AXZH/Bj1PaH7SwPhyuSf6Msd2udw==")
-ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "pika"]
+ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "amqp091-go", "pika"]
+# The Go client's import path, in Debian's GOPATH.
+GOPATH = Path("/usr/share/gocode")
+AMQP091_GO = "github.com/rabbitmq/amqp091-go"
+# Settings a suite needs from a warren started for it (config-file TOML).
+WARREN_CONFIG = {
+    # The Go client's tests of RabbitMQ's extensions (message TTL, basic.nack, a
+    # basic.recover it refuses...) run only against a broker whose product is "RabbitMQ";
+    # with any other name they return early, leaving a connection open that the suite's
+    # goroutine-leak check then fails on.
+    "amqp091-go": '[server_properties]\nproduct = "RabbitMQ"\n',
+}
 
 
 def log(msg: str) -> None:
@@ -126,6 +144,8 @@ class Installer:
             self._timed("sdists", self.ensure_sdists)
         if "amqplib" in suites:
             self._timed("amqplib", self.ensure_amqplib)
+        if "amqp091-go" in suites:
+            self._timed("amqp091-go", self.ensure_go)
 
     def ensure_venv(self) -> bool:
         stamp = self.venv / ".warren-requirements.sha256"
@@ -170,6 +190,14 @@ class Installer:
                 raise SystemExit(f"{tgz} did not unpack to {d}")
         stamp.write_text(want + "\n")
         return True
+
+    def ensure_go(self) -> bool:
+        if not shutil.which("go"):
+            raise SystemExit("go not found: the amqp091-go suite needs Debian's golang-go")
+        if not (GOPATH / "src" / AMQP091_GO).is_dir():
+            raise SystemExit(f"{GOPATH / 'src' / AMQP091_GO} not found: the amqp091-go suite needs "
+                             "Debian's golang-github-rabbitmq-amqp091-go-dev")
+        return False
 
     def amqplib_dir(self) -> Path:
         return self.npm / "amqplib"
@@ -268,8 +296,10 @@ class Target:
 
 class Broker:
     def __init__(self, template: str, host: str, workdir: Path, ready_timeout: float, keep_data: bool,
-                 probe_ports: bool = False):
+                 probe_ports: bool = False, warren_config: str | None = None):
         self.template, self.host, self.workdir = template, host, workdir
+        # A config file given to a warren broker (`--config`); other brokers get none.
+        self.warren_config = warren_config
         self.ready_timeout, self.keep_data = ready_timeout, keep_data
         # Ports probed free beforehand (racing other processes for them) instead of 0.
         self.probe_ports = probe_ports
@@ -298,6 +328,10 @@ class Broker:
         self.data_dir.mkdir(parents=True)
         cmd = self.template.format(port=port, http_port=http_port, dir=self.data_dir,
                                    data_dir=self.data_dir, host=self.host)
+        if self.warren_config is not None and Path(shlex.split(cmd)[0]).name == "warren":
+            config = self.workdir / "warren.toml"
+            config.write_text(self.warren_config)
+            cmd += f" --config {shlex.quote(str(config))}"
         # Append mode: the broker's stderr and the stdout reader both write to the log.
         self.logf = open(self.workdir / "broker.log", "a")
         self.logf.write(f"$ {cmd}\n")
@@ -479,7 +513,7 @@ class Outcome:
 
 
 DEFAULT_SUITE_TIMEOUT = {"kombu": 900, "pyamqp": 300, "amqplib": 600, "rabbitpy": 600,
-                         "amqpstorm": 900, "pika": 900}
+                         "amqpstorm": 900, "amqp091-go": 300, "pika": 900}
 
 
 def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
@@ -539,6 +573,13 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
                                      "--ignore=amqpstorm/tests/functional/management",
                                      "--ignore=amqpstorm/tests/functional/ssl"],
                     cwd, env, "junit-pytest", junit)
+    if name == "amqp091-go":
+        res = out / "results.json"
+        env = dict(base_env, AMQP_URL=f"amqp://guest:guest@{_url_host(t.host)}:{t.port}/")
+        return Spec([sys.executable, str(HERE / "go_test_runner.py"), "--package", AMQP091_GO,
+                     "--gopath", str(GOPATH), "--tags", "integration", "--work", str(inst.deps / "go"),
+                     "--json", str(res), "--timeout", str(args.test_timeout)],
+                    out, env, "unittest-json", res)
     if name == "pika":
         cwd = HERE
         env = dict(base_env, AMQP_HOST=t.host, AMQP_PORT=str(t.port))
@@ -666,7 +707,7 @@ def run_suite(name: str, inst: Installer, args, results_root: Path) -> Outcome:
     try:
         if args.broker_cmd:
             broker = Broker(args.broker_cmd, args.host, out_dir, args.broker_ready_timeout, args.keep_data,
-                            probe_ports=args.probe_free_ports)
+                            probe_ports=args.probe_free_ports, warren_config=WARREN_CONFIG.get(name))
             try:
                 target = broker.start()
             except RuntimeError as exc:
