@@ -22,6 +22,8 @@ Suites (``--suites``, default all):
   amqplib    amqplib 2.2.0 npm tarball: node --test test/*.test.js
   rabbitpy   rabbitpy 3.0.2 sdist: unittest discover tests
   amqpstorm  amqpstorm 3.1.4 sdist: amqpstorm/tests/functional minus management/ and ssl/
+  aio-pika   aio-pika 10.2.1 sdist: its tests/, with plugins/aio_pika_broker.py standing in
+             for the Docker container its conftest would start RabbitMQ in
   amqp091-go the Go client (github.com/rabbitmq/amqp091-go 1.5.0, Debian's
              golang-github-rabbitmq-amqp091-go-dev): its tests with -tags integration,
              through go_test_runner.py. Its RabbitMQ-only tests run only against a broker
@@ -78,17 +80,32 @@ SDISTS = HERE / "sdists.txt"
 NPM_DIR = HERE / "npm"
 AMQPLIB = ("amqplib", "2.2.0",
            "sha512-VifzN9aHs/Q3zTruVHXh2yCisQyXexBN91CQ2E5iSyUKyNjH6ilYhJGte5AXZH/Bj1PaH7SwPhyuSf6Msd2udw==")
-ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "amqp091-go", "pika"]
+ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "aio-pika", "amqp091-go", "pika"]
 # The Go client's import path, in Debian's GOPATH.
 GOPATH = Path("/usr/share/gocode")
 AMQP091_GO = "github.com/rabbitmq/amqp091-go"
-# Settings a suite needs from a warren started for it (config-file TOML).
+
+
+def tls_listener(inst: Installer, workdir: Path) -> tuple[str, list[str]]:
+    """A [tls] section with a certificate for localhost from a CA made now (trustme, in
+    the venv), and AMQPS on a port the kernel picks: for suites that connect over TLS
+    without checking the certificate."""
+    cert, key = workdir / "server.pem", workdir / "server.key"
+    run([str(inst.py), "-c", "import sys, trustme; c = trustme.CA().issue_cert('localhost', '127.0.0.1', '::1'); "
+         "c.cert_chain_pems[0].write_to_path(sys.argv[1]); c.private_key_pem.write_to_path(sys.argv[2])",
+         str(cert), str(key)])
+    return f'[tls]\ncertfile = "{cert}"\nkeyfile = "{key}"\n', ["--amqps-port", "0"]
+
+
+# What a suite needs from a warren started for it: config-file TOML and arguments.
 WARREN_CONFIG = {
     # The Go client's tests of RabbitMQ's extensions (message TTL, basic.nack, a
     # basic.recover it refuses...) run only against a broker whose product is "RabbitMQ";
     # with any other name they return early, leaving a connection open that the suite's
     # goroutine-leak check then fails on.
-    "amqp091-go": '[server_properties]\nproduct = "RabbitMQ"\n',
+    "amqp091-go": lambda inst, workdir: ('[server_properties]\nproduct = "RabbitMQ"\n', []),
+    # aio-pika's tests run once more over AMQPS (test_amqps.py).
+    "aio-pika": tls_listener,
 }
 
 
@@ -140,7 +157,7 @@ class Installer:
         self.deps.mkdir(parents=True, exist_ok=True)
         # Always: the Python suites, ours, and the pre-suite AMQP cleanups (pika) need it.
         self._timed("venv", self.ensure_venv)
-        if any(s in ("kombu", "pyamqp", "rabbitpy", "amqpstorm") for s in suites):
+        if any(s in ("kombu", "pyamqp", "rabbitpy", "amqpstorm", "aio-pika") for s in suites):
             self._timed("sdists", self.ensure_sdists)
         if "amqplib" in suites:
             self._timed("amqplib", self.ensure_amqplib)
@@ -164,7 +181,9 @@ class Installer:
         for line in SDISTS.read_text().splitlines():
             m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s]+)", line.strip())
             if m:
-                out[m.group(1).lower()] = self.src / f"{m.group(1).lower()}-{m.group(2)}"
+                # An sdist's file and folder spell its name with '_' for '-' (aio_pika-10.2.1).
+                name = m.group(1).lower()
+                out[name] = self.src / f"{name.replace('-', '_')}-{m.group(2)}"
         return out
 
     def ensure_sdists(self) -> bool:
@@ -252,11 +271,11 @@ def free_port(host: str) -> int:
 
 # What `warren serve` prints on stdout once a listener is bound (see listening_port in
 # tests/common/mod.rs): "warren: AMQP listening on 127.0.0.1:5672", "... on [::]:15672".
-LISTENING = re.compile(r"^warren: (AMQP|HTTP) listening on (\S+)$")
+LISTENING = re.compile(r"^warren: (AMQPS|AMQP|HTTPS|HTTP) listening on (\S+)$")
 
 
 def listening_port(line: str) -> tuple[str, int] | None:
-    """("AMQP" or "HTTP", port) of a `warren: <what> listening on <address>` line."""
+    """("AMQP", "AMQPS", "HTTP" or "HTTPS", port) of a `warren: <what> listening on <address>` line."""
     m = LISTENING.match(line.strip())
     if not m:
         return None
@@ -292,13 +311,16 @@ class Target:
     http_port: int
     # The broker's ctl command (rabbitmqctl's twin) as a command prefix, when known.
     ctl: list[str] | None = None
+    # AMQP over TLS, when the broker listens for it (a warren given --amqps-port).
+    amqps_port: int | None = None
 
 
 class Broker:
     def __init__(self, template: str, host: str, workdir: Path, ready_timeout: float, keep_data: bool,
-                 probe_ports: bool = False, warren_config: str | None = None):
+                 probe_ports: bool = False, warren_config: tuple[str, list[str]] | None = None):
         self.template, self.host, self.workdir = template, host, workdir
-        # A config file given to a warren broker (`--config`); other brokers get none.
+        # A config file given to a warren broker (`--config`), and more arguments; other
+        # brokers get neither.
         self.warren_config = warren_config
         self.ready_timeout, self.keep_data = ready_timeout, keep_data
         # Ports probed free beforehand (racing other processes for them) instead of 0.
@@ -329,9 +351,10 @@ class Broker:
         cmd = self.template.format(port=port, http_port=http_port, dir=self.data_dir,
                                    data_dir=self.data_dir, host=self.host)
         if self.warren_config is not None and Path(shlex.split(cmd)[0]).name == "warren":
+            text, more = self.warren_config
             config = self.workdir / "warren.toml"
-            config.write_text(self.warren_config)
-            cmd += f" --config {shlex.quote(str(config))}"
+            config.write_text(text)
+            cmd += f" --config {shlex.quote(str(config))} {shlex.join(more)}"
         # Append mode: the broker's stderr and the stdout reader both write to the log.
         self.logf = open(self.workdir / "broker.log", "a")
         self.logf.write(f"$ {cmd}\n")
@@ -353,7 +376,9 @@ class Broker:
                 binary = shlex.split(cmd)[0]
                 ctl = [binary, "ctl", "--data-dir", str(self.data_dir)] \
                     if Path(binary).name == "warren" else None
-                self.target = Target(self.host, port, http_port, ctl)
+                with self.announce:
+                    amqps_port = self.announced.get("AMQPS")
+                self.target = Target(self.host, port, http_port, ctl, amqps_port)
                 return self.target
             time.sleep(0.2)
         self.stop()
@@ -513,7 +538,7 @@ class Outcome:
 
 
 DEFAULT_SUITE_TIMEOUT = {"kombu": 900, "pyamqp": 300, "amqplib": 600, "rabbitpy": 600,
-                         "amqpstorm": 900, "amqp091-go": 300, "pika": 900}
+                         "amqpstorm": 900, "aio-pika": 900, "amqp091-go": 300, "pika": 900}
 
 
 def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
@@ -572,6 +597,12 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
         return Spec(pytest_common + ["-p", "amqpstorm_amqp_cleanup", "amqpstorm/tests/functional",
                                      "--ignore=amqpstorm/tests/functional/management",
                                      "--ignore=amqpstorm/tests/functional/ssl"],
+                    cwd, env, "junit-pytest", junit)
+    if name == "aio-pika":
+        cwd = src["aio-pika"]
+        env = dict(base_env, PYTHONPATH=f"{PLUGINS}:{cwd}", AMQP_HOST=t.host, AMQP_PORT=str(t.port),
+                   AMQPS_PORT=str(t.amqps_port or 0))
+        return Spec(pytest_common + ["-p", "aio_pika_broker", "-o", "log_cli=false", "tests"],
                     cwd, env, "junit-pytest", junit)
     if name == "amqp091-go":
         res = out / "results.json"
@@ -707,7 +738,8 @@ def run_suite(name: str, inst: Installer, args, results_root: Path) -> Outcome:
     try:
         if args.broker_cmd:
             broker = Broker(args.broker_cmd, args.host, out_dir, args.broker_ready_timeout, args.keep_data,
-                            probe_ports=args.probe_free_ports, warren_config=WARREN_CONFIG.get(name))
+                            probe_ports=args.probe_free_ports,
+                            warren_config=WARREN_CONFIG[name](inst, out_dir) if name in WARREN_CONFIG else None)
             try:
                 target = broker.start()
             except RuntimeError as exc:
