@@ -86,7 +86,7 @@ fn peer_fields(ctx: &Ctx, peer: &str) -> (String, u16, String, u16) {
 fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
     let (peer_host, peer_port, host, port) = peer_fields(ctx, &c.peer);
     let tls = ctx.core.tls_session(&c.peer);
-    json!({
+    let mut v = json!({
         "name": connection_name(ctx, &c.peer),
         "pid": format!("<{}.{}.0>", ctx.node, c.id),
         "node": ctx.node,
@@ -107,7 +107,17 @@ fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
         "ssl_cipher": tls.as_ref().map(|t| t.cipher.clone()),
         "client_properties": table_to_json(&c.client_properties),
         "connected_at": c.connected_at_ms,
-    })
+    });
+    // The name a client gave its connection (`connection_name` among its properties), as
+    // RabbitMQ lists it: clients and tools find their connection by it.
+    if let Some(given) = c
+        .client_properties
+        .get("connection_name")
+        .and_then(|n| n.as_str())
+    {
+        v["user_provided_name"] = json!(given);
+    }
+    v
 }
 
 fn channel_name(ctx: &Ctx, peer: &str, number: u16) -> String {
