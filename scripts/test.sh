@@ -10,7 +10,8 @@
 # tests/hostile: attacks on a real warren, each followed by liveness, bystander, memory and
 # ledger checks; prints a table of them) · clients (third-party client suites: Python,
 # Node and the Go client, whose Debian packages golang-go and
-# golang-github-rabbitmq-amqp091-go-dev are installed if missing; and pika scenarios) · cluster (three warren processes as one cluster, pika publishing with
+# golang-github-rabbitmq-amqp091-go-dev are installed if missing; and scenarios with pika
+# and the Java client, default-jdk-headless and librabbitmq-client-java) · cluster (three warren processes as one cluster, pika publishing with
 # confirms and consuming while the leader is killed with SIGKILL and cut off with iptables,
 # installed if missing) · browser (the management web UI in headless Chromium: Debian's chromium
 # package, installed if missing, driven by Playwright for Python from .deps/ui-venv; its
@@ -115,6 +116,9 @@ clients_test() {
   command -v go >/dev/null || install_package golang-go
   [ -d /usr/share/gocode/src/github.com/rabbitmq/amqp091-go ] ||
     install_package golang-github-rabbitmq-amqp091-go-dev
+  # The Java client's scenarios: a JDK and the client (with the logging API it needs).
+  command -v java >/dev/null || install_package default-jdk-headless
+  [ -f /usr/share/java/amqp-client.jar ] || install_package librabbitmq-client-java
   python3 tests/clients/run_suites.py \
     --broker-cmd "$root/target/release/warren serve --amqp-port {port} --http-port {http_port} --data-dir {dir}"
 }

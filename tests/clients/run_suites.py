@@ -29,6 +29,10 @@ Suites (``--suites``, default all):
              through go_test_runner.py. Its RabbitMQ-only tests run only against a broker
              whose product is "RabbitMQ", so a warren started for it says so
              ([server_properties] in its config, as RabbitMQ's server_properties).
+  java       ours: tests/clients/java/JavaClientTest.java, scenarios with the RabbitMQ Java
+             client (amqp-client 5.0.0, Debian's librabbitmq-client-java), run by Java 17
+             in source mode: tutorials, confirms, returns, tx, dead-lettering, errors,
+             cancel notifications, automatic recovery after a close over the HTTP API
   pika       ours: tests/clients/test_tutorials.py, test_bulk.py, test_rpc.py, test_delayed.py, test_admin.py
              (pika 1.4.4) and test_tls.py (pika and kombu over TLS, against a warren of its own)
 
@@ -36,8 +40,9 @@ Everything is installed under ``--deps`` (default: <repo>/.deps, git-ignored):
 a venv with tests/clients/requirements.txt, the sdists of tests/clients/sdists.txt
 (hash-checked), and the amqplib tarball (integrity-checked) with the npm deps of
 tests/clients/npm/.  Installation is skipped when already done. The Go suite needs
-Debian's golang-go and golang-github-rabbitmq-amqp091-go-dev (scripts/test.sh installs
-them); its build cache goes to <deps>/go.
+Debian's golang-go and golang-github-rabbitmq-amqp091-go-dev, the Java one
+default-jdk-headless and librabbitmq-client-java (scripts/test.sh installs them); the Go
+build cache goes to <deps>/go.
 
 Each suite runs under a wall-clock limit (killed and counted as failed when
 exceeded) and per-test timeouts.  Results are parsed from JUnit XML (pytest,
@@ -80,7 +85,9 @@ SDISTS = HERE / "sdists.txt"
 NPM_DIR = HERE / "npm"
 AMQPLIB = ("amqplib", "2.2.0",
            "sha512-VifzN9aHs/Q3zTruVHXh2yCisQyXexBN91CQ2E5iSyUKyNjH6ilYhJGte5AXZH/Bj1PaH7SwPhyuSf6Msd2udw==")
-ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "aio-pika", "amqp091-go", "pika"]
+ALL_SUITES = ["kombu", "pyamqp", "amqplib", "rabbitpy", "amqpstorm", "aio-pika", "amqp091-go", "java", "pika"]
+# The Java client and the logging API it needs, from Debian's packages.
+JAVA_CLASSPATH = [Path("/usr/share/java") / j for j in ("amqp-client.jar", "slf4j-api.jar", "slf4j-nop.jar")]
 # The Go client's import path, in Debian's GOPATH.
 GOPATH = Path("/usr/share/gocode")
 AMQP091_GO = "github.com/rabbitmq/amqp091-go"
@@ -163,6 +170,8 @@ class Installer:
             self._timed("amqplib", self.ensure_amqplib)
         if "amqp091-go" in suites:
             self._timed("amqp091-go", self.ensure_go)
+        if "java" in suites:
+            self._timed("java", self.ensure_java)
 
     def ensure_venv(self) -> bool:
         stamp = self.venv / ".warren-requirements.sha256"
@@ -216,6 +225,15 @@ class Installer:
         if not (GOPATH / "src" / AMQP091_GO).is_dir():
             raise SystemExit(f"{GOPATH / 'src' / AMQP091_GO} not found: the amqp091-go suite needs "
                              "Debian's golang-github-rabbitmq-amqp091-go-dev")
+        return False
+
+    def ensure_java(self) -> bool:
+        if not shutil.which("java"):
+            raise SystemExit("java not found: the java suite needs Debian's default-jdk-headless")
+        missing = [str(j) for j in JAVA_CLASSPATH if not j.exists()]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} not found: the java suite needs Debian's "
+                             "librabbitmq-client-java")
         return False
 
     def amqplib_dir(self) -> Path:
@@ -538,7 +556,7 @@ class Outcome:
 
 
 DEFAULT_SUITE_TIMEOUT = {"kombu": 900, "pyamqp": 300, "amqplib": 600, "rabbitpy": 600,
-                         "amqpstorm": 900, "aio-pika": 900, "amqp091-go": 300, "pika": 900}
+                         "amqpstorm": 900, "aio-pika": 900, "amqp091-go": 300, "java": 300, "pika": 900}
 
 
 def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
@@ -611,6 +629,11 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
                      "--gopath", str(GOPATH), "--tags", "integration", "--work", str(inst.deps / "go"),
                      "--json", str(res), "--timeout", str(args.test_timeout)],
                     out, env, "unittest-json", res)
+    if name == "java":
+        res = out / "results.json"
+        return Spec(["java", "-cp", ":".join(str(j) for j in JAVA_CLASSPATH), str(HERE / "java" / "JavaClientTest.java"),
+                     "--host", t.host, "--port", str(t.port), "--http-port", str(t.http_port), "--json", str(res)],
+                    out, base_env, "unittest-json", res)
     if name == "pika":
         cwd = HERE
         env = dict(base_env, AMQP_HOST=t.host, AMQP_PORT=str(t.port))
