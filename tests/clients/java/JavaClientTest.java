@@ -72,6 +72,16 @@ public class JavaClientTest {
         return got;
     }
 
+    /** `basic.get` from `queue` until a message comes, for up to 2 s (null if none). */
+    static GetResponse getWithin(Channel ch, String queue, boolean autoAck) throws Exception {
+        for (int i = 0; i < 100; i++) {
+            GetResponse r = ch.basicGet(queue, autoAck);
+            if (r != null) return r;
+            Thread.sleep(20);
+        }
+        return null;
+    }
+
     static String next(BlockingQueue<String> q) throws InterruptedException {
         String s = q.poll(WAIT_S, TimeUnit.SECONDS);
         check(s != null, "no delivery within " + WAIT_S + " s");
@@ -85,11 +95,7 @@ public class JavaClientTest {
             String q = unique("hello");
             ch.queueDeclare(q, false, false, true, null);
             ch.basicPublish("", q, null, bytes("Hello World!"));
-            GetResponse r = null;
-            for (int i = 0; i < 100 && r == null; i++) {
-                r = ch.basicGet(q, true);
-                if (r == null) Thread.sleep(20);
-            }
+            GetResponse r = getWithin(ch, q, true);
             check(r != null && text(r.getBody()).equals("Hello World!"), "basic.get returns the message");
         }
     }
@@ -146,11 +152,7 @@ public class JavaClientTest {
             });
             check(got.await(WAIT_S, TimeUnit.SECONDS), "first delivery");
             worker.close();
-            GetResponse r = null;
-            for (int i = 0; i < 100 && r == null; i++) {
-                r = ch.basicGet(q, true);
-                if (r == null) Thread.sleep(20);
-            }
+            GetResponse r = getWithin(ch, q, true);
             check(r != null && r.getEnvelope().isRedeliver(), "requeued with the redelivered flag");
             ch.queueDelete(q);
         }
@@ -286,18 +288,10 @@ public class JavaClientTest {
             ch.queueBind(dead, dlx, "");
             ch.queueDeclare(work, false, false, false, Map.of("x-dead-letter-exchange", dlx));
             ch.basicPublish("", work, null, bytes("poison"));
-            GetResponse r = null;
-            for (int i = 0; i < 100 && r == null; i++) {
-                r = ch.basicGet(work, false);
-                if (r == null) Thread.sleep(20);
-            }
+            GetResponse r = getWithin(ch, work, false);
             check(r != null, "got the message");
             ch.basicReject(r.getEnvelope().getDeliveryTag(), false);
-            GetResponse d = null;
-            for (int i = 0; i < 100 && d == null; i++) {
-                d = ch.basicGet(dead, true);
-                if (d == null) Thread.sleep(20);
-            }
+            GetResponse d = getWithin(ch, dead, true);
             check(d != null && text(d.getBody()).equals("poison"), "dead-lettered");
             Object deaths = d.getProps().getHeaders().get("x-death");
             check(deaths instanceof List && !((List<?>) deaths).isEmpty(), "x-death header: " + deaths);
@@ -325,11 +319,7 @@ public class JavaClientTest {
                     .headers(headers).contentType("application/octet-stream").priority(3)
                     .timestamp(new Date(1_700_000_000_000L)).messageId("m-1").build();
             ch.basicPublish("", q, props, body);
-            GetResponse r = null;
-            for (int i = 0; i < 100 && r == null; i++) {
-                r = ch.basicGet(q, true);
-                if (r == null) Thread.sleep(20);
-            }
+            GetResponse r = getWithin(ch, q, true);
             check(r != null && Arrays.equals(r.getBody(), body), "3 MiB body intact");
             Map<String, Object> h = r.getProps().getHeaders();
             check(((Number) h.get("int")).intValue() == 42 && ((Number) h.get("long")).longValue() == 1L << 40
