@@ -35,7 +35,7 @@ mod content;
 mod handshake;
 
 use content::{Assembly, ChannelState, publish_error};
-pub use handshake::{MAX_SERVER_PROPERTIES_BYTES, override_server_properties, server_properties};
+pub use handshake::{override_server_properties, server_properties};
 
 /// Bodies this large are sent from the message's own buffer instead of being copied into
 /// the output (below it, one copy is cheaper than another buffer to write).

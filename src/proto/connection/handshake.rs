@@ -49,7 +49,7 @@ pub fn server_properties(version: &str, cluster_name: &str) -> FieldTable {
 /// Largest encoded `server-properties` table. `connection.start` goes out before tuning,
 /// when a client need take frames of [`FRAME_MIN_SIZE`] bytes only; this leaves room for
 /// the method's other fields.
-pub const MAX_SERVER_PROPERTIES_BYTES: usize = FRAME_MIN_SIZE as usize - 512;
+const MAX_SERVER_PROPERTIES_BYTES: usize = FRAME_MIN_SIZE as usize - 512;
 
 /// Sets server properties from the config over the built-in ones, as RabbitMQ's
 /// `server_properties` setting does: each value is sent as a long string, replacing a

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Exposition;
+use super::metrics::Exposition;
 use crate::admin::http::{ApiError, ApiResult, Ctx, State, authenticate, no_content};
 use crate::cluster::latency::WINDOW;
 use crate::cluster::settings::{MemberAddress, node_name};
