@@ -516,7 +516,7 @@ fn expiration(text: &str) -> Result<Option<u64>, String> {
         },
         body: Bytes::new(),
     };
-    crate::broker::basic::parse_expiration(&message)
+    crate::broker::publish::parse_expiration(&message)
 }
 
 #[test]

@@ -400,7 +400,7 @@ impl Broker {
             properties,
             body,
         };
-        if let Err(why) = super::super::basic::parse_expiration(&message) {
+        if let Err(why) = super::super::publish::parse_expiration(&message) {
             return Err(bad_request(format!("invalid expiration: {why}")));
         }
         self.counters.totals.publish += 1;
