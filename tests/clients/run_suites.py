@@ -620,6 +620,9 @@ def suite_spec(name: str, inst: Installer, t: Target, out: Path, args) -> Spec:
         cwd = src["aio-pika"]
         env = dict(base_env, PYTHONPATH=f"{PLUGINS}:{cwd}", AMQP_HOST=t.host, AMQP_PORT=str(t.port),
                    AMQPS_PORT=str(t.amqps_port or 0))
+        if t.ctl:
+            # The recovery tests' own brokers, which they kill and restart (aio_pika_broker.py).
+            env["WARREN_BIN"] = t.ctl[0]
         return Spec(pytest_common + ["-p", "aio_pika_broker", "-o", "log_cli=false", "tests"],
                     cwd, env, "junit-pytest", junit)
     if name == "amqp091-go":
