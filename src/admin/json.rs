@@ -22,10 +22,7 @@ use crate::store::{
     PermissionRecord, PolicyRecord, TopicPermissionRecord, UserLimits, UserRecord, VhostLimits,
 };
 
-mod definitions;
-pub use definitions::{
-    definitions_from_json, definitions_to_json, marked_plain_password, parse_tags,
-};
+pub mod definitions;
 
 /// The version this API claims to be compatible with (clients check it).
 pub const RABBITMQ_VERSION: &str = "3.10.8";
@@ -542,6 +539,24 @@ pub fn binding_json(b: &BindingInfo) -> Value {
         "arguments": table_to_json(&b.arguments),
         "properties_key": properties_key(&b.routing_key, &b.arguments),
     })
+}
+
+/// Tags as RabbitMQ writes them: a list, or a comma-separated string (older versions).
+pub fn parse_tags(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Milliseconds since the epoch as RabbitMQ prints times: "2024-01-02 03:04:05" (UTC).

@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use crate::proto::command::ConnId;
 use crate::proto::method::*;
-use crate::proto::table::{FieldTable, FieldValue};
+use crate::proto::table::FieldTable;
 use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, StoreOp};
 
 use super::Broker;

@@ -8,9 +8,11 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::admin::json::definitions::{
+    definitions_from_json, definitions_to_json, marked_plain_password,
+};
 use crate::admin::json::{
-    HASHING_ALGORITHM, definitions_from_json, definitions_to_json, marked_plain_password,
-    message_stats, parse_tags, permission_json, user_json,
+    HASHING_ALGORITHM, message_stats, parse_tags, permission_json, user_json,
 };
 use crate::broker::admin::{AdminErrorKind, AdminReply, AdminRequest, Password, PutMode};
 use crate::store::PermissionRecord;

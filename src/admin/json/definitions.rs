@@ -124,24 +124,6 @@ fn bool_field(v: &Value, key: &str, default: bool) -> bool {
     }
 }
 
-/// Tags as RabbitMQ writes them: a list, or a comma-separated string (older versions).
-pub fn parse_tags(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split([',', ' '])
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Reads a definitions document. With `vhost` set (an import into one vhost), every
 /// object lands in that vhost and users, vhosts and permissions are ignored.
 pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definitions, String> {

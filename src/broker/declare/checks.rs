@@ -2,7 +2,12 @@
 //! what exists (inequivalent arguments and flags), exclusive use, queue types and the
 //! arguments each accepts, and the size of argument tables.
 
-use super::*;
+use crate::proto::method::*;
+use crate::proto::table::{FieldTable, FieldValue};
+
+use crate::broker::error::*;
+use crate::broker::exchange::{Exchange, ExchangeKind};
+use crate::broker::queue::Queue;
 
 /// Queue arguments whose values must match on redeclaration, as RabbitMQ checks them.
 const EQUIVALENT_QUEUE_ARGS: [&str; 12] = [
