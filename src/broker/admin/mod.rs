@@ -13,6 +13,7 @@
 //! as the node itself ([`Actor::Node`], `warren ctl` with the node's token) are not
 //! checked, like `rabbitmqctl`'s.
 
+mod bounds;
 mod definitions;
 mod inspect;
 mod limits;
@@ -605,6 +606,7 @@ impl Broker {
     }
 
     fn admin_dispatch(&mut self, request: AdminRequest) -> AdminResult {
+        request.check_name_sizes()?;
         // Each area takes its own requests and hands the others back.
         let request = match self.admin_accounts(request) {
             Ok(answer) => return answer,

@@ -8,7 +8,10 @@ use crate::proto::constants::CONNECTION_FORCED;
 use crate::proto::method::{ChannelOpen, Method, QueueDeclare};
 use crate::proto::props::BasicProperties;
 use crate::proto::table::FieldTable;
-use crate::store::{PermissionRecord, Recovered, StoreOp, UserLimits, VhostLimits};
+use crate::store::{
+    PermissionRecord, PolicyRecord, Recovered, StoreOp, TopicPermissionRecord, UserLimits,
+    VhostLimits,
+};
 
 use super::*;
 use crate::broker::test_rig::{AdminOutcome, admin_answer};
@@ -1211,3 +1214,78 @@ fn republish_sends_dead_letters_back_or_moves_nothing() {
 }
 
 mod policies;
+
+/// Names past AMQP's 255 bytes, from the HTTP API or a definitions document, are refused
+/// before anything changes: none could be used over AMQP, and some are part of the store's
+/// keys, which the disk limits to 64 KiB.
+#[test]
+fn names_past_255_bytes_are_refused_before_anything_changes() {
+    let mut h = Harness::new();
+    let long = "e".repeat(256);
+    let exchange = |name: &str| ExchangeDef {
+        vhost: "/".into(),
+        name: name.into(),
+        kind: "fanout".into(),
+        durable: true,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    };
+    let defs = Definitions {
+        exchanges: vec![exchange("fine"), exchange(&"e".repeat(70_000))],
+        ..Definitions::default()
+    };
+    let ops_before = h.ops.len();
+    let r = h.admin(AdminRequest::ImportDefinitions(Box::new(defs)));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    let listed = h.admin(AdminRequest::ListExchanges { vhost: None });
+    let Ok(AdminReply::Exchanges(xs)) = listed else {
+        panic!("{listed:?}")
+    };
+    assert!(
+        !xs.iter().any(|x| x.name == "fine"),
+        "nothing of the import happened"
+    );
+    let topic = TopicPermissionRecord {
+        user: "guest".into(),
+        vhost: "/".into(),
+        exchange: long.clone(),
+        write: ".*".into(),
+        read: ".*".into(),
+    };
+    let r = h.admin(AdminRequest::SetTopicPermissions(topic));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    let r = h.admin(AdminRequest::DeclareQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: long.clone(),
+        durable: true,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    });
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    let policy = PolicyRecord {
+        operator: false,
+        vhost: "/".into(),
+        name: long.clone(),
+        pattern: ".*".into(),
+        apply_to: "all".into(),
+        priority: 0,
+        definition: FieldTable::default(),
+    };
+    let r = h.admin(AdminRequest::SetPolicy(policy));
+    assert_eq!(r.unwrap_err().kind, AdminErrorKind::BadRequest);
+    assert_eq!(h.ops.len(), ops_before, "nothing was stored");
+    // 255 bytes is a name like any other.
+    let r = h.admin(AdminRequest::DeclareQueue {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        name: "q".repeat(255),
+        durable: true,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    });
+    assert!(r.is_ok(), "{r:?}");
+    h.drain();
+    h.broker.check_invariants();
+}

@@ -7,13 +7,11 @@ use crate::store::{PermissionRecord, StoreOp, TopicPermissionRecord, UserRecord}
 use super::super::auth::{Permissions, TopicPermission, hash_password};
 use super::super::vhost::VHost;
 use super::super::{Broker, QueueId};
+use super::bounds::MAX_NAME_BYTES;
 use super::{
     AdminError, AdminErrorKind, AdminReply, AdminResult, Password, PutMode, Whoami, bad_request,
     not_found,
 };
-
-/// Longest user or vhost name accepted, in bytes (AMQP short strings carry them).
-const MAX_NAME_BYTES: usize = 255;
 
 fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {

@@ -137,6 +137,8 @@ pub use self::record::RecordError;
 pub use super::SyncPolicy;
 use super::{LoadedEntry, Recovered, Store, StoreError, StoreOp};
 
+/// The longest key fjall takes, in bytes.
+const MAX_KEY_BYTES: usize = u16::MAX as usize;
 /// Values of this many bytes or more are kept in fjall's blob files; inline entries whose
 /// value would reach it keep their message in `bodies`.
 pub const BLOB_THRESHOLD_BYTES: u32 = 1024;
@@ -593,6 +595,19 @@ impl FjallStore {
         }
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db().clone(), staged.len());
         for ((space, key), value) in staged.into_writes() {
+            // fjall panics on a longer key. The broker bounds every name a key holds, so
+            // none is this long; if one were, the batch is refused (and the store fails as
+            // on a write error) rather than the node ending.
+            if key.len() > MAX_KEY_BYTES {
+                return Err(StoreError::new(
+                    super::StoreErrorKind::Other,
+                    format!(
+                        "store in {}: {what}: a key of {} bytes in {space:?}, over the {MAX_KEY_BYTES}-byte limit",
+                        self.dir.display(),
+                        key.len()
+                    ),
+                ));
+            }
             let keyspace = self.keyspace(space);
             match value {
                 Some(value) => batch.insert(keyspace, key, value),

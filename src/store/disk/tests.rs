@@ -1787,3 +1787,26 @@ proptest! {
         let _ = decode_batch(&damaged);
     }
 }
+
+/// A key past fjall's 64 KiB limit (which the broker never makes: it bounds the names keys
+/// hold) fails the batch instead of panicking the store's thread.
+#[test]
+fn a_key_past_the_limit_fails_the_batch_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let exchange = ExchangeRecord {
+        vhost: "/".into(),
+        name: "x".repeat(70_000),
+        kind: "fanout".into(),
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    };
+    let err = store
+        .write(&[StoreOp::PutExchange(exchange)])
+        .expect_err("the batch is refused");
+    assert!(
+        err.message().contains("over the 65535-byte limit"),
+        "{err:?}"
+    );
+}
