@@ -1,6 +1,7 @@
 //! Authorization gaps: a dead-letter or alternate exchange the user may not write to (and
 //! a declared queue or exchange it may not read), over AMQP and HTTP; another
-//! connection's exclusive queue over HTTP and AMQP.
+//! connection's exclusive queue over HTTP and AMQP; a policymaker that can also monitor
+//! setting policies in a vhost it has no permissions in.
 
 use serde_json::json;
 use warren::proto::method::{Method, QueueBind, QueueDelete, QueuePurge};
@@ -252,6 +253,79 @@ fn exclusive_over_amqp(ctx: &Ctx) -> Outcome {
     Ok("405 with RabbitMQ's text".into())
 }
 
+/// A user tagged policymaker and monitoring, with permissions in vhost "pm-own" only: the
+/// monitoring tag lets it see "/", but setting or clearing a policy there is refused (401,
+/// as RabbitMQ's `is_authorized_policies` refuses it), and "/"'s queue keeps its messages.
+/// In its own vhost the same policy is set.
+fn policy_outside_own_vhost(ctx: &Ctx) -> Outcome {
+    let user = "hostile-policymaker";
+    let _ = ctl(ctx, &["add_user", user, PASS]);
+    ctl_ok(ctx, &["set_user_tags", user, "policymaker", "monitoring"])?;
+    ctl_ok(ctx, &["add_vhost", "pm-own"])?;
+    ctl_ok(
+        ctx,
+        &["set_permissions", "-p", "pm-own", user, ".*", ".*", ".*"],
+    )?;
+    let mut guest = crate::deadletter::confirmed(ctx)?;
+    guest.queue(1, "pm-victim", false, FieldTable::default())?;
+    for _ in 0..5 {
+        guest.publish(1, "", "pm-victim", &BasicProperties::default(), b"keep");
+    }
+    guest.wait_confirms(1)?;
+    let policy =
+        json!({"pattern": "^pm-victim$", "definition": {"max-length": 0}, "priority": 999})
+            .to_string();
+    let json_body: &[(&str, &str)] = &[("content-type", "application/json")];
+    let put = |vhost: &str| {
+        http::request(
+            ctx,
+            "PUT",
+            &format!("/api/policies/{vhost}/pm-evil"),
+            Some((user, PASS)),
+            json_body,
+            Some(policy.clone()),
+        )
+    };
+    let r = put("%2F")?;
+    if r.status != 401 {
+        return Err(format!(
+            "PUT a policy in '/' without permissions there: {}; RabbitMQ: 401",
+            r.summary()
+        ));
+    }
+    let d = http::request(
+        ctx,
+        "DELETE",
+        "/api/policies/%2F/pm-evil",
+        Some((user, PASS)),
+        &[],
+        None,
+    )?;
+    if d.status != 401 {
+        return Err(format!(
+            "DELETE a policy in '/': {}; RabbitMQ: 401",
+            d.summary()
+        ));
+    }
+    let n = guest
+        .count(1, "pm-victim")
+        .map_err(|e| format!("the victim queue: {e}"))?;
+    if n != 5 {
+        return Err(format!(
+            "the victim queue in '/' holds {n} of its 5 messages"
+        ));
+    }
+    let own = put("pm-own")?;
+    if own.status != 201 {
+        return Err(format!("PUT a policy in its own vhost: {}", own.summary()));
+    }
+    guest.close();
+    Ok(format!(
+        "'/' {} and {}, own vhost {}",
+        r.status, d.status, own.status
+    ))
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
         Attack::new(
@@ -281,6 +355,13 @@ pub fn attacks() -> Vec<Attack> {
             32,
             30,
             exclusive_over_amqp,
+        ),
+        Attack::new(
+            CLASS,
+            "policymaker with monitoring: a policy in a vhost it has no permissions in",
+            32,
+            30,
+            policy_outside_own_vhost,
         ),
     ]
 }

@@ -613,6 +613,18 @@ impl Principal {
         }
     }
 
+    /// Fails unless the user has permissions in `vhost` (or is an administrator or the
+    /// node): what changing a vhost's settings, such as its policies, needs. Unlike
+    /// [`Principal::require_vhost`], the monitoring tag, which sees every vhost, does not
+    /// count (RabbitMQ's `user_matches_vhost`).
+    fn require_own_vhost(&self, vhost: &str) -> Result<(), ApiError> {
+        if self.is_admin() || self.vhosts.iter().any(|v| v == vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Access refused."))
+        }
+    }
+
     fn actor(&self) -> Actor {
         if self.node {
             Actor::Node

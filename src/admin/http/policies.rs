@@ -1,7 +1,8 @@
 //! Policies and operator policies: RabbitMQ's `/api/policies` and `/api/operator-policies`.
 //!
 //! Policies are read and changed by policymakers (and administrators) in the vhosts they
-//! may use; operator policies by administrators only, as in RabbitMQ.
+//! have permissions in (the monitoring tag, which sees every vhost, gives no more here);
+//! operator policies by administrators only, as in RabbitMQ.
 
 use axum::extract::Path;
 use axum::http::HeaderMap;
@@ -31,7 +32,7 @@ async fn list(s: State, headers: HeaderMap, operator: bool, vhost: Option<String
     let who = authenticate(&s, &headers).await?;
     require_policy_rights(&who, operator)?;
     if let Some(v) = &vhost {
-        who.require_vhost(v)?;
+        who.require_own_vhost(v)?;
     }
     let AdminReply::Policies(all) = s
         .call(AdminRequest::ListPolicies { operator, vhost })
@@ -41,7 +42,7 @@ async fn list(s: State, headers: HeaderMap, operator: bool, vhost: Option<String
     };
     let shown: Vec<Value> = all
         .iter()
-        .filter(|p| who.is_admin() || who.sees_vhost(&p.vhost))
+        .filter(|p| who.require_own_vhost(&p.vhost).is_ok())
         .map(policy_json)
         .collect();
     ok_json(Value::Array(shown))
@@ -56,7 +57,7 @@ async fn get_one(
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
     require_policy_rights(&who, operator)?;
-    who.require_vhost(&vhost)?;
+    who.require_own_vhost(&vhost)?;
     let request = AdminRequest::ListPolicies {
         operator,
         vhost: Some(vhost),
@@ -79,7 +80,7 @@ async fn put_one(
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
     require_policy_rights(&who, operator)?;
-    who.require_vhost(&vhost)?;
+    who.require_own_vhost(&vhost)?;
     let body = parse_body(&body)?;
     let record = policy_from_json(&body, operator, &vhost, &name).map_err(ApiError::bad_request)?;
     created_or_updated(s.call(AdminRequest::SetPolicy(record)).await?)
@@ -93,7 +94,7 @@ async fn delete_one(
 ) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
     require_policy_rights(&who, operator)?;
-    who.require_vhost(&vhost)?;
+    who.require_own_vhost(&vhost)?;
     s.call(AdminRequest::ClearPolicy {
         operator,
         vhost,
