@@ -1,6 +1,7 @@
 //! The management HTTP API as a browser-borne attacker would use it: state changes
 //! without a JSON content type or from another origin, the basic-auth challenge browsers
-//! cache, and password guessing.
+//! cache, and password guessing; names past AMQP's 255 bytes in API paths and bodies and in
+//! definitions documents.
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,50 @@ fn guessing(ctx: &Ctx, attempts: usize) -> Outcome {
     ))
 }
 
+/// Names AMQP could never carry: a queue of 4,000 bytes in the path, a topic permission
+/// and an imported exchange of 70,000 bytes (a store key past the disk's 64 KiB limit
+/// once ended the node). Each is refused with 400, nothing is created, and the broker
+/// goes on (a 255-byte queue name works).
+fn long_names(ctx: &Ctx) -> Outcome {
+    let mut statuses = Vec::new();
+    let long_queue = "q".repeat(4000);
+    let r = http::json(
+        ctx,
+        "PUT",
+        &format!("/api/queues/%2F/{long_queue}"),
+        &json!({"durable": true}),
+    )?;
+    statuses.push(r.status);
+    let huge = "e".repeat(70_000);
+    let r = http::json(
+        ctx,
+        "PUT",
+        "/api/topic-permissions/%2F/guest",
+        &json!({"exchange": huge, "write": ".*", "read": ".*"}),
+    )?;
+    statuses.push(r.status);
+    let defs = json!({"exchanges": [
+        {"name": "long-names-fine", "vhost": "/", "type": "fanout", "durable": true,
+         "auto_delete": false, "internal": false, "arguments": {}},
+        {"name": huge, "vhost": "/", "type": "fanout", "durable": true,
+         "auto_delete": false, "internal": false, "arguments": {}}]});
+    let r = http::json(ctx, "POST", "/api/definitions", &defs)?;
+    statuses.push(r.status);
+    if statuses != [400, 400, 400] {
+        return Err(format!("statuses {statuses:?}; expected 400 for each"));
+    }
+    if http::exchange_exists(ctx, "long-names-fine")? {
+        return Err("part of a refused import was applied".into());
+    }
+    let fine = "q".repeat(255);
+    let r = http::json(ctx, "PUT", &format!("/api/queues/%2F/{fine}"), &json!({}))?;
+    if r.status != 201 {
+        return Err(format!("a 255-byte queue name: {}", r.summary()));
+    }
+    http::delete(ctx, &format!("/api/queues/%2F/{fine}"))?;
+    Ok(format!("HTTP {statuses:?}"))
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
         Attack::new(
@@ -229,5 +274,12 @@ pub fn attacks() -> Vec<Attack> {
         Attack::new(CLASS, "30 failed logins in a row", 32, 60, |ctx| {
             guessing(ctx, 30)
         }),
+        Attack::new(
+            CLASS,
+            "names past 255 bytes in paths, bodies and definitions",
+            64,
+            30,
+            long_names,
+        ),
     ]
 }
