@@ -32,6 +32,9 @@ pub const MAX_POLICY_NAME_BYTES: usize = 255;
 
 /// The most memory one compiled pattern may take.
 const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 18;
+/// The most memory one pattern's matching cache may hold (the regex crate's default is
+/// 2 MiB, which a vhost's 200 policies would multiply to 400 MiB).
+const REGEX_DFA_CACHE_BYTES: usize = 1 << 16;
 
 /// What a policy applies to (`apply-to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +315,7 @@ impl Policy {
         }
         let regex = RegexBuilder::new(&record.pattern)
             .size_limit(REGEX_SIZE_LIMIT_BYTES)
+            .dfa_size_limit(REGEX_DFA_CACHE_BYTES)
             .build()
             .map_err(|e| {
                 let first = e.to_string();

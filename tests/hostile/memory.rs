@@ -1,5 +1,6 @@
 //! Memory accounting: what a message really costs (headers too), bodies that are declared
-//! huge and never finished, publishers under a memory alarm, transaction buffers.
+//! huge and never finished, publishers under a memory alarm, transaction buffers, the
+//! matching caches of policy patterns.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -302,6 +303,55 @@ fn transaction(
     ))
 }
 
+/// A vhost's 200 policies whose patterns are small but have exponentially many DFA states
+/// (`(a|b)*a(a|b){18}c0`), and 100 queues with random 255-byte names of a and b that every
+/// pattern is run over: each pattern's matching cache is bounded (the regex engine's own
+/// default, 2 MiB a pattern, came to about 700 MiB here).
+fn policy_match_caches(ctx: &Ctx) -> Outcome {
+    use serde_json::json;
+    let vhost = "hostile-policies";
+    crate::harness::ctl_ok(ctx, &["add_vhost", vhost])?;
+    crate::harness::ctl_ok(
+        ctx,
+        &["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+    )?;
+    for i in 0..200 {
+        let pattern = format!("(a|b)*a(a|b){{{}}}c{i}", 18 + i % 5);
+        let body = json!({"pattern": pattern, "definition": {"max-length": 1000 + i},
+                          "priority": i, "apply-to": "queues"});
+        let r = crate::http::json(ctx, "PUT", &format!("/api/policies/{vhost}/p{i:03}"), &body)?;
+        if !r.ok() {
+            return Err(format!("policy {i}: {}", r.summary()));
+        }
+    }
+    // A fixed generator: the names are the same every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for q in 0..100 {
+        let name: String = (0..255)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if state & 1 == 0 { 'a' } else { 'b' }
+            })
+            .collect();
+        let r = crate::http::json(
+            ctx,
+            "PUT",
+            &format!("/api/queues/{vhost}/{name}"),
+            &json!({}),
+        )?;
+        if r.status != 201 {
+            return Err(format!("queue {q}: {}", r.summary()));
+        }
+    }
+    let r = crate::http::delete(ctx, &format!("/api/vhosts/{vhost}"))?;
+    if !r.ok() {
+        return Err(format!("deleting the vhost: {}", r.summary()));
+    }
+    Ok("200 policies over 100 queues".into())
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
         Attack::new(
@@ -437,5 +487,12 @@ pub fn alarm_attacks() -> Vec<Attack> {
             |ctx| under_alarm(ctx, 10, 64 * MIB, Duration::from_secs(3)),
         )
         .fresh(),
+        Attack::new(
+            CLASS,
+            "200 policies with exponential-DFA patterns over 100 queues",
+            64,
+            120,
+            policy_match_caches,
+        ),
     ]
 }
