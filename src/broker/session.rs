@@ -1,8 +1,6 @@
 //! Connection and channel lifecycles: login, vhost access, opening and closing, and the
 //! first-start defaults and recovery of durable state.
 
-use std::sync::Arc;
-
 use rand::RngCore;
 
 use crate::proto::command::{ConnId, Login, Reply, capability};
@@ -422,11 +420,15 @@ impl Broker {
             return false;
         };
         self.channel_closed(conn);
-        let tags: Vec<Arc<str>> = ch.consumers.keys().cloned().collect();
-        for tag in tags {
-            if let Some(consumer) = ch.consumers.remove(&tag) {
-                self.detach_consumer(conn, channel, &tag, consumer.queue);
-            }
+        // Each queue the channel consumes from loses all of the channel's consumers in one
+        // pass; in queue id order, so that auto-deletes happen in the same order every run.
+        let queues: std::collections::BTreeSet<super::QueueId> =
+            ch.consumers.values().map(|c| c.queue).collect();
+        ch.consumers.clear();
+        for queue in queues {
+            self.detach_consumers(queue, |q| {
+                q.consumers.remove_channel(conn, channel);
+            });
         }
         // Settlements held by an open transaction were never committed: they return too.
         if let Mode::Tx { ops, .. } = std::mem::replace(&mut ch.mode, Mode::Plain) {
@@ -458,11 +460,19 @@ impl Broker {
         tag: &str,
         queue: super::QueueId,
     ) {
+        self.detach_consumers(queue, |q| {
+            q.consumers.remove(conn, channel, tag);
+        });
+    }
+
+    /// Removes consumers from `queue` with `remove`, then deletes it if it is auto-delete
+    /// and lost its last consumer, or lets the others take what the removed ones held.
+    fn detach_consumers(&mut self, queue: super::QueueId, remove: impl FnOnce(&mut super::Queue)) {
         let now = self.now_ms;
         let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
-        q.consumers.remove(conn, channel, tag);
+        remove(q);
         if q.consumers.is_empty() {
             q.expiry.touch(now);
         }

@@ -1,6 +1,6 @@
 //! Descriptors and connections: handshakes that never finish, many connections, churn,
-//! slowloris and idle sockets on the HTTP port, and a broker started with a low
-//! open-file limit.
+//! slowloris and idle sockets on the HTTP port, a broker started with a low open-file
+//! limit, and a channel of 100,000 consumers closed at once.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -334,8 +334,57 @@ pub fn exhausted_limit(limit: u64, connections: usize) -> Attack {
     )
 }
 
+/// One channel holds 100,000 consumers of one queue (sent as no-wait `basic.consume`s,
+/// cheap for the client), then closes. Its consumers leave the queue in one pass: a
+/// bystander that connects right after the close is served within a second (removing them
+/// one by one cost the square of their number, 10 s here, during which no one was served).
+fn many_consumers_closed(ctx: &Ctx) -> Outcome {
+    use bytes::BytesMut;
+    use warren::proto::frame::encode_method;
+    use warren::proto::method::{BasicConsume, ChannelClose, Method};
+    use warren::proto::table::FieldTable;
+    const N: usize = 100_000;
+    let mut c = Amqp::open(ctx.port)?;
+    c.open_channel(1)?;
+    c.queue(1, "many-consumers", false, FieldTable::default())
+        .map_err(|e| format!("declare: {e}"))?;
+    let mut out = BytesMut::new();
+    for i in 0..N {
+        let consume = BasicConsume {
+            queue: "many-consumers".into(),
+            consumer_tag: format!("c{i}").as_str().into(),
+            nowait: true,
+            ..Default::default()
+        };
+        encode_method(1, &Method::BasicConsume(consume), &mut out);
+    }
+    c.send_bytes(&out);
+    // A round trip after them: every consumer is in place.
+    c.count(1, "many-consumers")
+        .map_err(|e| format!("after the consumes: {e}"))?;
+    c.send(1, Method::ChannelClose(ChannelClose::default()));
+    let waited = bystander_during(ctx)?;
+    if waited > Duration::from_secs(1) {
+        return Err(format!(
+            "a bystander waited {} ms while the channel's {N} consumers were removed",
+            waited.as_millis()
+        ));
+    }
+    Ok(format!(
+        "{N} consumers; a bystander served in {} ms",
+        waited.as_millis()
+    ))
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
+        Attack::new(
+            CLASS,
+            "a channel of 100,000 consumers of one queue closes",
+            256,
+            60,
+            many_consumers_closed,
+        ),
         Attack::new(
             CLASS,
             "1,200 unfinished handshakes from one address",

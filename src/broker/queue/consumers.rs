@@ -90,6 +90,32 @@ impl Consumers {
         true
     }
 
+    /// Removes every consumer of channel `channel` on connection `conn` in one pass (a
+    /// channel may hold many thousands; removing them one by one would cost the square of
+    /// the queue's consumers); returns how many there were.
+    pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
+        let before = self.list.len();
+        let mut index = 0;
+        let mut removed_before_cursor = 0;
+        let next = self.next;
+        self.list.retain(|c| {
+            let gone = c.conn == conn && c.channel == channel;
+            if gone && index < next {
+                removed_before_cursor += 1;
+            }
+            index += 1;
+            !gone
+        });
+        self.next -= removed_before_cursor;
+        if self.next >= self.list.len() {
+            self.next = 0;
+        }
+        if self.list.is_empty() {
+            self.exclusive = false;
+        }
+        before - self.list.len()
+    }
+
     /// The consumers that may receive the next message, in the order to try them: with a
     /// single active consumer only the first; otherwise round-robin from the cursor.
     fn candidates(&self, single_active: bool) -> impl Iterator<Item = usize> + '_ {
@@ -149,5 +175,48 @@ impl<'a> IntoIterator for &'a Consumers {
 
     fn into_iter(self) -> Self::IntoIter {
         self.list.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(conn: ConnId, channel: u16, tag: &str) -> ConsumerRef {
+        ConsumerRef {
+            conn,
+            channel,
+            tag: tag.into(),
+            priority: 0,
+        }
+    }
+
+    /// A channel's consumers leave in one pass, and round-robin goes on from the consumer
+    /// that was next.
+    #[test]
+    fn a_channel_leaves_in_one_pass_and_the_cursor_keeps_its_place() {
+        let mut cs = Consumers::default();
+        for (conn, channel, tag) in [
+            (1, 1, "a"),
+            (2, 1, "b"),
+            (1, 1, "c"),
+            (3, 1, "d"),
+            (1, 1, "e"),
+        ] {
+            cs.add(consumer(conn, channel, tag), false);
+        }
+        // Deliver to a, b and c: d is next.
+        for _ in 0..3 {
+            cs.choose(false, |_| true);
+        }
+        assert_eq!(cs.remove_channel(1, 1), 3);
+        assert_eq!(cs.remove_channel(1, 1), 0);
+        let tags: Vec<&str> = cs.iter().map(|c| &*c.tag).collect();
+        assert_eq!(tags, ["b", "d"]);
+        assert_eq!(&*cs.choose(false, |_| true).unwrap().tag, "d");
+        cs.check_invariants("q");
+        assert_eq!(cs.remove_channel(2, 1) + cs.remove_channel(3, 1), 2);
+        assert!(cs.is_empty());
+        cs.check_invariants("q");
     }
 }
