@@ -161,6 +161,8 @@ impl Broker {
             debug_assert!(false, "delivery from a deleted queue");
             return false;
         };
+        q.last_delivery_ms = self.now_ms;
+        q.flow_stalled = false;
         let Some(ch) = self
             .sessions
             .conns

@@ -6,6 +6,14 @@
 //! back under a quarter of it (TCP holds the publisher back meanwhile). A queue without
 //! consumers still takes everything: absorbing bursts is what queues are for. Connections
 //! that consume are never paused this way, since their acks must keep flowing.
+//!
+//! Publishers are held only while the consumers make progress: a queue that delivers
+//! nothing for [`FLOW_STALL_MS`] while publishers wait has consumers that wait on their
+//! application (a prefetch window that is never acked), and holding publishers for them
+//! would let any consumer stop every publisher of the queue for good. Its publishers are
+//! read again, and the queue holds no one back until it delivers again (its messages
+//! page to the store meanwhile, and the memory alarm still applies), as RabbitMQ never
+//! holds publishers back for consumers.
 
 use crate::proto::command::{ConnId, Reply};
 
@@ -29,6 +37,12 @@ pub const PAUSED_BY_OUTPUT: u8 = 8;
 /// keeps a client that publishes and consumes on one connection from being stopped by
 /// its own deliveries.
 pub const OUTPUT_PAUSE_FACTOR: usize = 4;
+
+/// How long a queue may hold publishers back without delivering a message.
+pub const FLOW_STALL_MS: u64 = 1000;
+
+/// Flow checks handled in one call of [`Broker::handle_timeout`] at most.
+const FLOW_CHECKS_PER_ROUND: usize = 4096;
 
 impl Broker {
     /// Sets or clears one reason for not reading a connection; tells the connection when
@@ -67,10 +81,55 @@ impl Broker {
         if let Some(c) = self.sessions.conns.get_mut(&conn) {
             c.flow_queue = Some(queue);
         }
+        let now = self.now_ms;
         if let Some(q) = self.topology.queues.get_mut(&queue) {
+            if q.flow_waiters.is_empty() {
+                self.topology
+                    .flow_timers
+                    .push(std::cmp::Reverse((now + FLOW_STALL_MS, queue)));
+            }
             q.flow_waiters.push(conn);
         }
         self.set_paused(conn, PAUSED_BY_FLOW, true);
+    }
+
+    /// When the next flow check is due.
+    pub(super) fn next_flow_check_ms(&self) -> Option<u64> {
+        self.topology
+            .flow_timers
+            .peek()
+            .map(|std::cmp::Reverse((at, _))| *at)
+    }
+
+    /// Due flow checks: a queue that has delivered nothing for [`FLOW_STALL_MS`] while
+    /// publishers waited lets them go; one that delivered is checked again later.
+    pub(super) fn flow_checks(&mut self, now_ms: u64) {
+        for _ in 0..FLOW_CHECKS_PER_ROUND {
+            let Some(std::cmp::Reverse((at, queue))) = self.topology.flow_timers.peek().copied()
+            else {
+                return;
+            };
+            if at > now_ms {
+                return;
+            }
+            self.topology.flow_timers.pop();
+            let Some(q) = self.topology.queues.get_mut(&queue) else {
+                continue;
+            };
+            if q.flow_waiters.is_empty() {
+                continue;
+            }
+            let quiet_since = q.last_delivery_ms.max(at - FLOW_STALL_MS);
+            if now_ms.saturating_sub(quiet_since) < FLOW_STALL_MS {
+                self.topology
+                    .flow_timers
+                    .push(std::cmp::Reverse((quiet_since + FLOW_STALL_MS, queue)));
+                continue;
+            }
+            q.flow_stalled = true;
+            let waiters = std::mem::take(&mut q.flow_waiters);
+            self.release_waiters(queue, waiters);
+        }
     }
 
     /// Resumes the publishers waiting on a queue once it is back under a quarter of its

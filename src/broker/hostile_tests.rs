@@ -767,3 +767,100 @@ fn a_message_with_a_ttl_of_zero_is_never_got_but_reaches_a_waiting_consumer() {
         "a waiting consumer gets a message with a TTL of 0: {r:?}"
     );
 }
+
+/// A consumer that takes its prefetch window and never acks cannot hold the queue's
+/// publishers back for good: while it takes nothing, its queue holds them for at most
+/// `FLOW_STALL_MS`, then reads them again and no longer holds them back until it
+/// delivers. Once the consumer acks, holding back applies again.
+#[test]
+fn a_consumer_that_never_acks_holds_publishers_back_for_a_second_at_most() {
+    use crate::broker::flow::FLOW_STALL_MS;
+    use crate::proto::command::{Command, Message};
+    use crate::proto::props::BasicProperties;
+    use std::sync::Arc;
+    let mut rig = Rig::new(crate::broker::test_rig::small_budget());
+    rig.open(1);
+    rig.open(2);
+    declare_with(&mut rig, "slow", FieldTable::default());
+    ok(&rig.method(
+        2,
+        Method::BasicQos(crate::proto::method::BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    ok(&rig.method(
+        2,
+        Method::BasicConsume(BasicConsume {
+            queue: "slow".into(),
+            ..Default::default()
+        }),
+    ));
+    let message = Arc::new(Message {
+        exchange: String::new(),
+        routing_key: "slow".into(),
+        properties: BasicProperties {
+            headers: Some(args(&[("pad", text(&"x".repeat(1000)))])),
+            ..Default::default()
+        },
+        body: Bytes::new(),
+    });
+    let publish = |rig: &mut Rig| {
+        rig.command(
+            1,
+            Command::Publish {
+                channel: 1,
+                mandatory: false,
+                immediate: false,
+                message: message.clone(),
+            },
+        )
+    };
+    let paused_on = |r: &[(ConnId, Reply)], on: bool| {
+        r.iter()
+            .any(|(c, r)| *c == 1 && *r == Reply::PauseReading(on))
+    };
+    let mut paused = false;
+    for _ in 0..200 {
+        if paused_on(&publish(&mut rig), true) {
+            paused = true;
+            break;
+        }
+    }
+    assert!(paused, "the publisher was held back while the queue filled");
+    rig.now += FLOW_STALL_MS - 1;
+    rig.broker.handle_timeout(rig.now);
+    assert!(
+        !paused_on(&rig.drain(), false),
+        "held back until the stall time"
+    );
+    rig.now += 1;
+    rig.broker.handle_timeout(rig.now);
+    assert!(
+        paused_on(&rig.drain(), false),
+        "read again after the stall time"
+    );
+    for _ in 0..200 {
+        assert!(
+            !paused_on(&publish(&mut rig), true),
+            "held back again with nothing delivered"
+        );
+    }
+    // The consumer acks: the queue delivers again, and holds fast publishers back again.
+    let ack = |tag| {
+        Method::BasicAck(crate::proto::method::BasicAck {
+            delivery_tag: tag,
+            multiple: false,
+        })
+    };
+    rig.method(2, ack(1));
+    let mut again = false;
+    for _ in 0..200 {
+        if paused_on(&publish(&mut rig), true) {
+            again = true;
+            break;
+        }
+    }
+    assert!(again, "holding back applies again once the queue delivers");
+    rig.broker.check_invariants();
+}

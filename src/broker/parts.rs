@@ -28,6 +28,9 @@ pub(super) struct Topology {
     pub(super) next_shared_id: u64,
     /// Queue timers (message expiry, idle deletion), earliest first.
     pub(super) timers: BinaryHeap<Reverse<(u64, QueueId)>>,
+    /// When to check whether a queue that holds publishers back is still delivering,
+    /// earliest first (see `flow`).
+    pub(super) flow_timers: BinaryHeap<Reverse<(u64, QueueId)>>,
     /// Memory held by ready messages in all queues.
     pub(super) meter: MemoryMeter,
     /// Messages waiting in delayed-message exchanges.
@@ -42,6 +45,7 @@ impl Default for Topology {
             next_queue_id: 1,
             next_shared_id: 1,
             timers: BinaryHeap::new(),
+            flow_timers: BinaryHeap::new(),
             meter: MemoryMeter::default(),
             delayed: Default::default(),
         }

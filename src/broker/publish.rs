@@ -326,7 +326,10 @@ impl Broker {
                 allowance,
             });
         }
-        if !q.consumers.is_empty() && q.messages.memory_bytes() >= queue_budget / 2 {
+        if !q.consumers.is_empty()
+            && !q.flow_stalled
+            && q.messages.memory_bytes() >= queue_budget / 2
+        {
             self.round.flow_hot.push(qid);
         }
         if q.over_drop_head_limit() {

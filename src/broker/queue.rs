@@ -379,6 +379,12 @@ pub struct Queue {
     pub waiting_gets: VecDeque<WaitingGet>,
     /// Publishers paused until the queue's consumers catch up.
     pub flow_waiters: Vec<ConnId>,
+    /// When the queue last delivered a message.
+    pub last_delivery_ms: u64,
+    /// The queue delivered nothing for a while although publishers waited for it: its
+    /// consumers wait on their application (a prefetch window never acked), not on the
+    /// broker, and publishers are not held back for them until it delivers again.
+    pub flow_stalled: bool,
 }
 
 impl Queue {
@@ -400,6 +406,8 @@ impl Queue {
             stats: Default::default(),
             waiting_gets: VecDeque::new(),
             flow_waiters: Vec::new(),
+            last_delivery_ms: now_ms,
+            flow_stalled: false,
         }
     }
 

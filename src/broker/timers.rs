@@ -22,10 +22,14 @@ impl Broker {
             return Some(self.now_ms);
         }
         let queue_timer = self.topology.timers.peek().map(|Reverse((t, _))| *t);
-        [queue_timer, self.next_delayed_ms()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            queue_timer,
+            self.next_delayed_ms(),
+            self.next_flow_check_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Time has passed: expire messages and delete unused queues that are due.
@@ -33,6 +37,7 @@ impl Broker {
         self.now_ms = now_ms;
         self.route_dead_letters();
         self.release_delayed();
+        self.flow_checks(now_ms);
         // A bounded number of queues per round: due timers left over keep
         // `poll_timeout` in the past, so the driver calls again at once, between inputs.
         for _ in 0..TIMERS_PER_ROUND {
