@@ -342,6 +342,7 @@ impl Broker {
             return;
         };
         let remaining = q.ready_count() as u32;
+        let quorum = q.decl.settings.quorum;
         if !no_ack {
             q.messages.unacked += 1;
         }
@@ -370,7 +371,7 @@ impl Broker {
             routing_key: entry.message.routing_key.clone(),
             message_count: remaining,
         };
-        let message = entry.message.clone();
+        let message = entry.outgoing(quorum);
         if no_ack {
             self.release(qid, &entry);
         } else {

@@ -382,6 +382,7 @@ mod tests {
                 priority: 0,
                 shared: None,
                 allowance: crate::broker::death::Allowance::FRESH,
+                delivery_count: 0,
             },
         }
     }

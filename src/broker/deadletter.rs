@@ -94,7 +94,7 @@ pub fn dead_lettered(
 /// one in `queue` (its `x-death` history is ordered by recency) include no rejection.
 /// Dead letters of rejected messages are never cycles (a client decided each time).
 fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
-    if reason == DeathReason::Rejected {
+    if reason.by_client() {
         return false;
     }
     let Some(FieldValue::Array(deaths)) = message

@@ -10,14 +10,23 @@ pub enum DeathReason {
     Expired,
     /// Dropped from the head of a full queue.
     MaxLen,
+    /// Returned to a quorum queue more often than its `x-delivery-limit` allows.
+    DeliveryLimit,
 }
 
 impl DeathReason {
+    /// Whether a client's decision caused this death (a rejection, or returns past the
+    /// delivery limit): such a dead letter starts afresh and is never part of a cycle.
+    pub(super) fn by_client(self) -> bool {
+        matches!(self, DeathReason::Rejected | DeathReason::DeliveryLimit)
+    }
+
     pub(super) fn as_str(self) -> &'static str {
         match self {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -57,7 +66,7 @@ impl Allowance {
 
     /// The allowance of this message's dead letter, or `None` when it may not have one.
     pub(super) fn dead_letter(self, reason: DeathReason) -> Option<Allowance> {
-        if reason == DeathReason::Rejected {
+        if reason.by_client() {
             return Some(Allowance::FRESH);
         }
         let hops = self.hops + 1;

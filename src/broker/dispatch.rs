@@ -179,7 +179,7 @@ impl Broker {
         let tag = ch.next_tag;
         ch.next_tag += 1;
         let redelivered = entry.redelivered;
-        let message = entry.message.clone();
+        let message = entry.outgoing(q.decl.settings.quorum);
         q.stats.delivered(consumer.no_ack, entry.redelivered);
         ch.stats.delivered(consumer.no_ack, entry.redelivered);
         self.counters
@@ -223,7 +223,17 @@ impl Broker {
             Some(q) => {
                 debug_assert!(q.messages.unacked > 0);
                 q.messages.unacked -= 1;
-                q.messages.requeue(entry.message);
+                let mut message = entry.message;
+                if q.decl.settings.quorum {
+                    message.delivery_count = message.delivery_count.saturating_add(1);
+                }
+                if let Some(limit) = q.decl.settings.delivery_limit {
+                    if u64::from(message.delivery_count) > limit {
+                        self.dead_letter(entry.queue, vec![message], DeathReason::DeliveryLimit);
+                        return;
+                    }
+                }
+                q.messages.requeue(message);
                 self.schedule_dispatch(entry.queue);
             }
             // The queue's deletion dropped its stored entries.

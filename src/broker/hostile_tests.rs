@@ -864,3 +864,93 @@ fn a_consumer_that_never_acks_holds_publishers_back_for_a_second_at_most() {
     assert!(again, "holding back applies again once the queue delivers");
     rig.broker.check_invariants();
 }
+
+/// A quorum queue counts how often a message came back unacked, delivers the count as
+/// `x-delivery-count` (0 the first time), and with `x-delivery-limit` 1 dead-letters the
+/// message the second time it comes back, with reason `delivery_limit`, as RabbitMQ does:
+/// a poison message does not go round for ever.
+#[test]
+fn a_quorum_queue_dead_letters_past_its_delivery_limit() {
+    let mut rig = Rig::new(BrokerConfig::default());
+    rig.open(1);
+    declare_with(&mut rig, "poison-dlq", FieldTable::default());
+    let r = rig.method(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: "poison".into(),
+            durable: true,
+            arguments: args(&[
+                ("x-queue-type", text("quorum")),
+                ("x-delivery-limit", FieldValue::I32(1)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text("poison-dlq")),
+            ]),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    rig.publish(1, "", "poison", 7, true);
+    let get = |rig: &mut Rig| {
+        let r = rig.method(
+            1,
+            Method::BasicGet(BasicGet {
+                queue: "poison".into(),
+                ..Default::default()
+            }),
+        );
+        r.into_iter().find_map(|(_, r)| match r {
+            Reply::Content {
+                method: Method::BasicGetOk(ok),
+                message,
+                ..
+            } => Some((ok.delivery_tag, message)),
+            _ => None,
+        })
+    };
+    let mut counts = Vec::new();
+    while let Some((tag, message)) = get(&mut rig) {
+        let headers = message.properties.headers.clone().unwrap_or_default();
+        counts.push(headers.get("x-delivery-count").and_then(FieldValue::as_i64));
+        assert!(counts.len() <= 2, "delivered {counts:?} and again");
+        ok(&rig.method(
+            1,
+            Method::BasicNack(BasicNack {
+                delivery_tag: tag,
+                multiple: false,
+                requeue: true,
+            }),
+        ));
+    }
+    assert_eq!(counts, [Some(0), Some(1)]);
+    let r = rig.method(
+        1,
+        Method::BasicGet(BasicGet {
+            queue: "poison-dlq".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    );
+    let dead = r
+        .iter()
+        .find_map(|(_, r)| match r {
+            Reply::Content { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("the message was dead-lettered");
+    let Some(FieldValue::Array(deaths)) = dead
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-death"))
+    else {
+        panic!("no x-death: {:?}", dead.properties.headers)
+    };
+    let Some(FieldValue::Table(death)) = deaths.first() else {
+        panic!("{deaths:?}")
+    };
+    assert_eq!(
+        death.get("reason").and_then(FieldValue::as_str),
+        Some("delivery_limit")
+    );
+    rig.broker.check_invariants();
+}

@@ -89,6 +89,7 @@ impl Broker {
                     priority: 0,
                     shared: e.shared,
                     allowance: crate::broker::death::Allowance::FRESH,
+                    delivery_count: 0,
                 })
                 .collect();
             q.messages.take_loaded(taken);

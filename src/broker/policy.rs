@@ -258,6 +258,8 @@ impl Definition {
             dead_letter_routing_key,
             max_priority: declared.max_priority,
             single_active_consumer: declared.single_active_consumer,
+            quorum: declared.quorum,
+            delivery_limit: declared.delivery_limit,
         }
     }
 }

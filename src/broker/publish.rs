@@ -324,6 +324,7 @@ impl Broker {
                 priority: 0,
                 shared: shared.filter(|_| durable),
                 allowance,
+                delivery_count: 0,
             });
         }
         if !q.consumers.is_empty()
@@ -371,6 +372,7 @@ fn refused(message: &Arc<Message>, allowance: Allowance) -> QueuedMessage {
         priority: 0,
         shared: None,
         allowance,
+        delivery_count: 0,
     }
 }
 

@@ -38,6 +38,29 @@ pub struct QueuedMessage {
     pub shared: Option<u64>,
     /// What dead-lettering this message may still cause.
     pub allowance: super::death::Allowance,
+    /// How many times it came back unacked (counted in queues with a delivery limit;
+    /// delivered as `x-delivery-count`).
+    pub delivery_count: u32,
+}
+
+impl QueuedMessage {
+    /// The message as it is delivered: from a quorum queue with `x-delivery-count`, how
+    /// many times it came back unacked, as RabbitMQ adds it (0 the first time).
+    pub fn outgoing(&self, quorum: bool) -> Arc<Message> {
+        if !quorum {
+            return self.message.clone();
+        }
+        let mut message = (*self.message).clone();
+        message
+            .properties
+            .headers
+            .get_or_insert_with(FieldTable::default)
+            .insert(
+                "x-delivery-count",
+                FieldValue::I64(i64::from(self.delivery_count)),
+            );
+        Arc::new(message)
+    }
 }
 
 pub use crate::store::{MESSAGE_OVERHEAD_BYTES, memory_cost};
@@ -90,6 +113,12 @@ pub struct QueueSettings {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`: only the first consumer receives messages.
     pub single_active_consumer: bool,
+    /// A quorum queue (`x-queue-type`): its deliveries carry `x-delivery-count`, how many
+    /// times the message came back unacked.
+    pub quorum: bool,
+    /// `x-delivery-limit` (quorum queues): how many times a message may come back unacked
+    /// before it is dead-lettered (or dropped) instead of queued again.
+    pub delivery_limit: Option<u64>,
 }
 
 impl Default for QueueSettings {
@@ -104,6 +133,8 @@ impl Default for QueueSettings {
             dead_letter_routing_key: None,
             max_priority: None,
             single_active_consumer: false,
+            quorum: false,
+            delivery_limit: None,
         }
     }
 }
@@ -254,6 +285,8 @@ impl QueueSettings {
             dead_letter_routing_key,
             max_priority,
             single_active_consumer,
+            quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
+            delivery_limit: integer("x-delivery-limit", 0)?,
         })
     }
 }

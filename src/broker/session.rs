@@ -235,6 +235,7 @@ impl Broker {
                     priority: 0,
                     shared: e.shared,
                     allowance: crate::broker::death::Allowance::FRESH,
+                    delivery_count: 0,
                 });
             }
             let rest = content.count.saturating_sub(head_count);
