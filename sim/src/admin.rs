@@ -18,13 +18,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use warren::broker::admin::{AdminId, AdminReply, AdminRequest, AdminResult, Password, PutMode};
+use warren::broker::admin::{
+    AdminErrorKind, AdminId, AdminReply, AdminRequest, AdminResult, Definitions, ExchangeDef,
+    Password, PutMode,
+};
 use warren::broker::{Broker, ConnInfo};
 use warren::proto::command::{Command, ConnId, Login, Reply};
 use warren::proto::constants::CONNECTION_FORCED;
 use warren::proto::method::Method;
 use warren::proto::table::FieldTable;
-use warren::store::{PermissionRecord, Recovered};
+use warren::store::{
+    MAX_STORED_NAME_BYTES, PermissionRecord, PolicyRecord, Recovered, TopicPermissionRecord,
+};
 
 use crate::Violation;
 use crate::policies::PolicyBook;
@@ -57,6 +62,8 @@ pub struct AdminStats {
     pub policy_checks: u64,
     /// Changes of the workload's limit policy.
     pub limit_changes: u64,
+    /// Requests naming something past AMQP's 255 bytes, refused as they must be.
+    pub oversized_refused: u64,
 }
 
 /// One object the operator owns.
@@ -175,7 +182,9 @@ impl Operator {
         if self.session.is_none() && self.rng.gen_bool(0.4) {
             return Some(self.open_session(broker, now_ms));
         }
-        let request = if self.rng.gen_bool(0.35) {
+        let request = if self.rng.gen_bool(0.03) {
+            self.oversized()
+        } else if self.rng.gen_bool(0.35) {
             self.policies.pick(&mut self.rng, &VHOSTS)
         } else {
             self.pick()
@@ -191,6 +200,54 @@ impl Operator {
         self.in_flight = Some((id, request.clone()));
         broker.handle_admin(id, request, now_ms);
         None
+    }
+
+    /// A request naming something longer than AMQP's 255 bytes (up to past the 64 KiB the
+    /// disk allows a key), as the HTTP API and definitions documents can: the broker must
+    /// refuse it with 400 and store nothing.
+    fn oversized(&mut self) -> AdminRequest {
+        let len = if self.rng.gen_bool(0.5) {
+            self.rng.gen_range(256..1024)
+        } else {
+            self.rng.gen_range(65_000..70_000)
+        };
+        let long = "n".repeat(len);
+        let user = USERS[self.rng.gen_range(0..USERS.len())].to_string();
+        let vhost = VHOSTS[self.rng.gen_range(0..VHOSTS.len())].to_string();
+        match self.rng.gen_range(0..4) {
+            0 => AdminRequest::PutVhost {
+                name: long,
+                mode: PutMode::Upsert,
+            },
+            1 => AdminRequest::SetTopicPermissions(TopicPermissionRecord {
+                user,
+                vhost,
+                exchange: long,
+                write: ".*".into(),
+                read: ".*".into(),
+            }),
+            2 => AdminRequest::ImportDefinitions(Box::new(Definitions {
+                exchanges: vec![ExchangeDef {
+                    vhost,
+                    name: long,
+                    kind: "fanout".into(),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                }],
+                ..Definitions::default()
+            })),
+            _ => AdminRequest::SetPolicy(PolicyRecord {
+                operator: false,
+                vhost,
+                name: long,
+                pattern: "^q".into(),
+                apply_to: "queues".into(),
+                priority: 0,
+                definition: FieldTable::default(),
+            }),
+        }
     }
 
     fn pick(&mut self) -> AdminRequest {
@@ -374,6 +431,16 @@ impl Operator {
         request: &AdminRequest,
         result: &AdminResult,
     ) -> Result<bool, Violation> {
+        if oversized(request) {
+            if !matches!(result, Err(e) if e.kind == AdminErrorKind::BadRequest) {
+                return Err(Violation(format!(
+                    "operator: a request naming something past 255 bytes was not refused with 400: {}; got {result:?}",
+                    brief(request)
+                )));
+            }
+            self.stats.oversized_refused += 1;
+            return Ok(false);
+        }
         if PolicyBook::owns(request) {
             let (vhosts, doubtful) = (&self.vhosts, &self.doubtful);
             let known = |v: &str| {
@@ -566,6 +633,10 @@ impl Operator {
     pub fn crashed(&mut self) {
         self.session = None;
         if let Some((_, request)) = self.in_flight.take() {
+            if oversized(&request) {
+                // Refused before it changed anything.
+                return;
+            }
             self.policies.crashed(&request);
             match request {
                 AdminRequest::PutUser { name, .. } | AdminRequest::DeleteUser { name } => {
@@ -665,5 +736,26 @@ impl Operator {
         debug_assert!(self.doubtful.is_empty());
         self.doubtful.clear();
         self.policies.recovered(r)
+    }
+}
+
+/// Whether a request of [`Operator::oversized`]'s names something past 255 bytes.
+fn oversized(request: &AdminRequest) -> bool {
+    let long = |s: &str| s.len() > MAX_STORED_NAME_BYTES;
+    match request {
+        AdminRequest::PutVhost { name, .. } => long(name),
+        AdminRequest::SetTopicPermissions(p) => long(&p.exchange),
+        AdminRequest::ImportDefinitions(d) => d.exchanges.iter().any(|x| long(&x.name)),
+        AdminRequest::SetPolicy(p) => long(&p.name),
+        _ => false,
+    }
+}
+
+/// A request for a violation's text, its long names cut short.
+fn brief(request: &AdminRequest) -> String {
+    let text = format!("{request:?}");
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }

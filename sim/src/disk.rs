@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 
 use warren::store::memory::MemoryState;
 use warren::store::{
-    HeadLimit, LoadedEntry, Recovered, Store, StoreError, StoreErrorKind, StoreOp,
+    HeadLimit, LoadedEntry, MAX_STORED_NAME_BYTES, Recovered, Store, StoreError, StoreErrorKind,
+    StoreOp,
 };
 
 /// What the disk holds.
@@ -76,6 +77,16 @@ impl VirtualDisk {
 
     /// Appends a batch (not yet durable), unless writes fail: then nothing of it is kept.
     pub fn try_write_batch(&self, ops: &[StoreOp]) -> Result<(), StoreErrorKind> {
+        // Names are part of the real store's keys, which its disk limits to 64 KiB: the
+        // broker must refuse a longer name before it is stored.
+        for op in ops {
+            let longest = op.longest_name();
+            assert!(
+                longest <= MAX_STORED_NAME_BYTES,
+                "the broker stored a name of {longest} bytes (at most {MAX_STORED_NAME_BYTES}) in {}",
+                format!("{op:?}").chars().take(160).collect::<String>()
+            );
+        }
         let mut s = self.lock();
         if let Some(kind) = s.write_fault {
             return Err(kind);

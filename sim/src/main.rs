@@ -281,6 +281,7 @@ struct Totals {
     admin_requests: u64,
     admin_durable: u64,
     admin_forced_closes: u64,
+    admin_oversized_refused: u64,
     admin_recoveries: u64,
     seeds_admin_recoveries: u64,
     policy_changes: u64,
@@ -377,6 +378,7 @@ impl Totals {
         self.admin_requests += r.admin.answered;
         self.admin_durable += r.admin.durable;
         self.admin_forced_closes += r.admin.forced_closes;
+        self.admin_oversized_refused += r.admin.oversized_refused;
         self.admin_recoveries += r.admin.recoveries_checked;
         self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
         self.policy_changes += r.admin.policy_changes;
@@ -448,9 +450,10 @@ impl Totals {
             per_feature.join(", "),
         );
         println!(
-            "admin: {} requests answered and checked ({} durable changes answered after their sync), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds",
+            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds",
             self.admin_requests,
             self.admin_durable,
+            self.admin_oversized_refused,
             self.admin_forced_closes,
             self.admin_recoveries,
             self.seeds_admin_recoveries,

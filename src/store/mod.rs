@@ -336,6 +336,43 @@ pub enum StoreOp {
     },
 }
 
+/// The longest name a record may hold, in bytes: AMQP's short string. Names are part of
+/// the store's keys, which the disk limits to 64 KiB; the broker refuses longer names
+/// before they reach the store.
+pub const MAX_STORED_NAME_BYTES: usize = 255;
+
+impl StoreOp {
+    /// The length of the longest name (vhost, user, exchange, queue, policy, routing key)
+    /// this operation stores or names; 0 for those that name none.
+    pub fn longest_name(&self) -> usize {
+        let names: Vec<&str> = match self {
+            StoreOp::PutVhost(v) | StoreOp::DeleteVhost(v) | StoreOp::DeleteUser(v) => vec![v],
+            StoreOp::PutUser(u) => vec![&u.name],
+            StoreOp::PutPermission(p) => vec![&p.user, &p.vhost],
+            StoreOp::PutVhostLimits { vhost, .. } => vec![vhost],
+            StoreOp::PutUserLimits { user, .. } => vec![user],
+            StoreOp::PutTopicPermission(p) => vec![&p.user, &p.vhost, &p.exchange],
+            StoreOp::DeleteTopicPermission {
+                user,
+                vhost,
+                exchange,
+            } => vec![user, vhost, exchange],
+            StoreOp::PutPolicy(p) => vec![&p.vhost, &p.name],
+            StoreOp::DeletePolicy { vhost, name, .. } => vec![vhost, name],
+            StoreOp::DeletePermission { user, vhost } => vec![user, vhost],
+            StoreOp::PutExchange(x) => vec![&x.vhost, &x.name, &x.kind],
+            StoreOp::DeleteExchange { vhost, name } => vec![vhost, name],
+            StoreOp::PutQueue(q) => vec![&q.vhost, &q.name],
+            StoreOp::DeleteQueue { vhost, name, .. } => vec![vhost, name],
+            StoreOp::PutBinding(b) | StoreOp::DeleteBinding(b) => {
+                vec![&b.vhost, &b.source, &b.destination, &b.routing_key]
+            }
+            _ => Vec::new(),
+        };
+        names.iter().map(|n| n.len()).max().unwrap_or(0)
+    }
+}
+
 /// What a durable queue entry holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EntryBody {
