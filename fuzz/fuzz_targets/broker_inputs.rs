@@ -463,13 +463,22 @@ impl Harness {
                 moved = true;
                 match o {
                     Output::Persist { batch, ops } => {
+                        // Names are part of the real store's keys, which its disk limits
+                        // to 64 KiB: longer names are refused before they are stored.
+                        for op in &ops {
+                            assert!(
+                                op.longest_name() <= warren::store::MAX_STORED_NAME_BYTES,
+                                "a name of {} bytes stored",
+                                op.longest_name()
+                            );
+                        }
                         self.store.write(&ops).expect("memory store");
                         self.last_batch = batch;
                     }
                     Output::Replies { conn, replies } => {
                         for r in &replies {
-                            if let Reply::Content { message, .. }
-                            | Reply::Deliver { message, .. } = r
+                            if let Reply::Content { message, .. } | Reply::Deliver { message, .. } =
+                                r
                                 && let Some(to) = &message.properties.reply_to
                                 && let Some(to) = to.as_str()
                                 && to.starts_with("amq.rabbitmq.reply-to.")
@@ -486,7 +495,11 @@ impl Harness {
                     Output::Admin { id, .. } => {
                         let before = self.admin_waiting.len();
                         self.admin_waiting.retain(|w| *w != id);
-                        assert_eq!(self.admin_waiting.len() + 1, before, "answer {id} expected once");
+                        assert_eq!(
+                            self.admin_waiting.len() + 1,
+                            before,
+                            "answer {id} expected once"
+                        );
                     }
                     Output::Load {
                         queue,
@@ -495,7 +508,10 @@ impl Harness {
                         max_bytes,
                         epoch,
                     } => {
-                        let entries = self.store.load(queue, from_seq, max, max_bytes).expect("memory store");
+                        let entries = self
+                            .store
+                            .load(queue, from_seq, max, max_bytes)
+                            .expect("memory store");
                         self.broker
                             .handle_loaded(queue, epoch, entries, self.now_ms);
                     }
@@ -707,7 +723,8 @@ impl Harness {
                             "x-delayed-message",
                         ][input.u(6)];
                         if kind == "x-delayed-message" && input.bit() {
-                            let inner = ["direct", "topic", "x-delayed-message", "bogus"][input.u(4)];
+                            let inner =
+                                ["direct", "topic", "x-delayed-message", "bogus"][input.u(4)];
                             arguments.insert("x-delayed-type", text(inner));
                         }
                         if kind == "x-consistent-hash" && input.bit() {
@@ -837,7 +854,9 @@ impl Harness {
                     let total = 1u64 << 30;
                     let watermark = (limits.memory_high_watermark * total as f64) as u64;
                     let reading = warren::broker::ResourceReading {
-                        memory_used_bytes: input.bit().then(|| watermark - 512 + input.u(1024) as u64),
+                        memory_used_bytes: input
+                            .bit()
+                            .then(|| watermark - 512 + input.u(1024) as u64),
                         memory_total_bytes: Some(total),
                         disk_free_bytes: input
                             .bit()
@@ -863,6 +882,14 @@ impl Harness {
         const VHOSTS: [&str; 3] = ["/", "w", "队"];
         let user = USERS[input.u(USERS.len())].to_string();
         let vhost = VHOSTS[input.u(VHOSTS.len())].to_string();
+        // A name the HTTP API or a definitions document could carry and AMQP never can:
+        // past 255 bytes, and past the 64 KiB the disk allows a key.
+        fn name(input: &mut Input<'_>, menu: &[&str]) -> String {
+            match input.u(menu.len() + 1) {
+                i if i < menu.len() => menu[i].into(),
+                _ => "n".repeat(if input.bit() { 256 } else { 70_000 }),
+            }
+        }
         fn pattern(input: &mut Input<'_>) -> String {
             [".*", "^q", "", "(", "^amq\\.", "a{2,}"][input.u(6)].into()
         }
@@ -910,7 +937,11 @@ impl Harness {
             },
             // Positions near those messages get: some taken, some not, some twice.
             12 => AdminRequest::Republish {
-                actor: if input.bit() { Actor::Node } else { Actor::User(user) },
+                actor: if input.bit() {
+                    Actor::Node
+                } else {
+                    Actor::User(user)
+                },
                 vhost: "/".into(),
                 queue: QUEUES[input.u(QUEUES.len())].into(),
                 positions: (0..input.u(4)).map(|_| input.u(12) as u64).collect(),
@@ -920,31 +951,51 @@ impl Harness {
                 vhost: "/".into(),
                 queue: QUEUES[input.u(QUEUES.len())].into(),
                 count: input.u(3),
-                ack: [GetAck::Requeue, GetAck::Ack, GetAck::RejectRequeue, GetAck::Reject][input.u(4)],
+                ack: [
+                    GetAck::Requeue,
+                    GetAck::Ack,
+                    GetAck::RejectRequeue,
+                    GetAck::Reject,
+                ][input.u(4)],
             },
             // Policies over the queues the inputs publish to: any key, any value type, any
             // pattern, both kinds; limits and dead-lettering put in force on full queues.
             14 => {
                 const KEYS: [&str; 10] = [
-                    "max-length", "max-length-bytes", "message-ttl", "expires", "overflow",
-                    "dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange",
-                    "max-priority", "queue-mode",
+                    "max-length",
+                    "max-length-bytes",
+                    "message-ttl",
+                    "expires",
+                    "overflow",
+                    "dead-letter-exchange",
+                    "dead-letter-routing-key",
+                    "alternate-exchange",
+                    "max-priority",
+                    "queue-mode",
                 ];
-                const TEXTS: [&str; 5] = ["reject-publish", "drop-head", "reject-publish-dlx", "amq.fanout", ""];
+                const TEXTS: [&str; 5] = [
+                    "reject-publish",
+                    "drop-head",
+                    "reject-publish-dlx",
+                    "amq.fanout",
+                    "",
+                ];
                 let mut definition = warren::proto::table::FieldTable::default();
                 for _ in 0..1 + input.u(3) {
                     let key = KEYS[input.u(KEYS.len())];
                     let value = match input.u(3) {
                         0 => FieldValue::I64(input.u(6) as i64 - 1),
                         1 => FieldValue::I64(i64::MAX - input.u(2) as i64),
-                        _ => FieldValue::LongStr(TEXTS[input.u(TEXTS.len())].as_bytes().to_vec().into()),
+                        _ => FieldValue::LongStr(
+                            TEXTS[input.u(TEXTS.len())].as_bytes().to_vec().into(),
+                        ),
                     };
                     definition.insert(key, value);
                 }
                 AdminRequest::SetPolicy(warren::store::PolicyRecord {
                     operator: input.bit(),
                     vhost,
-                    name: ["p", "q", ""][input.u(3)].into(),
+                    name: name(input, &["p", "q", ""]),
                     pattern: pattern(input),
                     apply_to: ["queues", "exchanges", "all", "bogus"][input.u(4)].into(),
                     priority: input.u(5) as i64 - 2,
@@ -955,7 +1006,7 @@ impl Harness {
             16 => AdminRequest::SetTopicPermissions(warren::store::TopicPermissionRecord {
                 user,
                 vhost,
-                exchange: ["amq.topic", "x.topic", "amq.direct", ""][input.u(4)].into(),
+                exchange: name(input, &["amq.topic", "x.topic", "amq.direct", ""]),
                 write: pattern(input),
                 read: pattern(input),
             }),
