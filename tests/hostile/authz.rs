@@ -1,7 +1,8 @@
 //! Authorization gaps: a dead-letter or alternate exchange the user may not write to (and
 //! a declared queue or exchange it may not read), over AMQP and HTTP; another
 //! connection's exclusive queue over HTTP and AMQP; a policymaker that can also monitor
-//! setting policies in a vhost it has no permissions in.
+//! setting policies in a vhost it has no permissions in; what `/api/overview` shows a user
+//! without the monitoring tag.
 
 use serde_json::json;
 use warren::proto::method::{Method, QueueBind, QueueDelete, QueuePurge};
@@ -326,6 +327,50 @@ fn policy_outside_own_vhost(ctx: &Ctx) -> Outcome {
     ))
 }
 
+/// A management user with permissions in an empty vhost only: `/api/overview` totals its
+/// own vhosts (no queue, though "/" holds the ledger's) and shows nothing of the node (no
+/// listeners, node or contexts), as RabbitMQ shows users without the monitoring tag. A
+/// monitoring user sees the node.
+fn overview_of_own_vhosts(ctx: &Ctx) -> Outcome {
+    let (user, monitor) = ("hostile-lonely", "hostile-monitor");
+    let _ = ctl(ctx, &["add_user", user, PASS]);
+    ctl_ok(ctx, &["set_user_tags", user, "management"])?;
+    ctl_ok(ctx, &["add_vhost", "lonely-v"])?;
+    ctl_ok(
+        ctx,
+        &["set_permissions", "-p", "lonely-v", user, ".*", ".*", ".*"],
+    )?;
+    let _ = ctl(ctx, &["add_user", monitor, PASS]);
+    ctl_ok(ctx, &["set_user_tags", monitor, "monitoring"])?;
+    let get = |who: &str| {
+        let r = http::request(ctx, "GET", "/api/overview", Some((who, PASS)), &[], None)?;
+        if r.status != 200 {
+            return Err(format!("GET /api/overview as {who}: {}", r.summary()));
+        }
+        Ok(r.json())
+    };
+    let own = get(user)?;
+    let queues = own["object_totals"]["queues"].as_u64();
+    if queues != Some(0) {
+        return Err(format!("a user of an empty vhost sees {queues:?} queues"));
+    }
+    for key in ["listeners", "node", "contexts"] {
+        if own.get(key).is_some() {
+            return Err(format!("a management user sees '{key}': {}", own[key]));
+        }
+    }
+    let all = get(monitor)?;
+    if all["object_totals"]["queues"].as_u64().unwrap_or(0) == 0 || all.get("listeners").is_none() {
+        return Err(format!("a monitoring user does not see the node: {all}"));
+    }
+    Ok(format!(
+        "own vhosts: {} queues, {} exchanges; monitoring: {} queues",
+        own["object_totals"]["queues"],
+        own["object_totals"]["exchanges"],
+        all["object_totals"]["queues"]
+    ))
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
         Attack::new(
@@ -362,6 +407,13 @@ pub fn attacks() -> Vec<Attack> {
             32,
             30,
             policy_outside_own_vhost,
+        ),
+        Attack::new(
+            CLASS,
+            "management user: /api/overview of its own vhosts only",
+            32,
+            30,
+            overview_of_own_vhosts,
         ),
     ]
 }

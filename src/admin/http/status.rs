@@ -204,6 +204,9 @@ fn listeners(s: &Ctx) -> Value {
 
 pub(super) async fn overview(s: State, headers: HeaderMap) -> ApiResult {
     let who = authenticate(&s, &headers).await?;
+    if !who.is_monitor() {
+        return ok_json(own_overview(&s, &who).await?);
+    }
     let o = overview_of(&s).await?;
     let messages = o.messages_ready + o.messages_unacknowledged;
     let depth = [messages, o.messages_ready, o.messages_unacknowledged];
@@ -240,6 +243,67 @@ pub(super) async fn overview(s: State, headers: HeaderMap) -> ApiResult {
         "listeners": listeners(&s),
         "contexts": [{ "node": s.node, "description": "warren management", "path": "/",
                        "port": s.http.port().to_string() }],
+    }))
+}
+
+/// `/api/overview` for a user without the monitoring tag, as RabbitMQ's
+/// `get_overview(User, …)` has it: totals over the vhosts it has permissions in and over its
+/// own connections and channels, and nothing of the node (no listeners, contexts or
+/// node-wide message rates).
+async fn own_overview(s: &Ctx, who: &Principal) -> Result<Value, ApiError> {
+    let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0u64);
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for vhost in &who.vhosts {
+        let request = AdminRequest::ListQueues {
+            vhost: Some(vhost.clone()),
+        };
+        if let AdminReply::Queues(qs) = s.call(request).await? {
+            queues += qs.len();
+            for q in &qs {
+                ready += q.messages_ready;
+                unacked += q.messages_unacknowledged;
+                consumers += q.consumers;
+            }
+        }
+        let request = AdminRequest::ListExchanges {
+            vhost: Some(vhost.clone()),
+        };
+        if let AdminReply::Exchanges(xs) = s.call(request).await? {
+            exchanges += xs.len();
+        }
+    }
+    let mine = |user: Option<&str>| user == Some(who.name.as_str());
+    let connections = match s.call(AdminRequest::ListConnections).await? {
+        AdminReply::Connections(c) => c.iter().filter(|c| mine(c.user.as_deref())).count(),
+        _ => 0,
+    };
+    let channels = match s.call(AdminRequest::ListChannels).await? {
+        AdminReply::Channels(c) => c.iter().filter(|c| mine(Some(&c.user))).count(),
+        _ => 0,
+    };
+    Ok(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": s.node,
+        "rates_mode": "basic",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "user_tags": who.tags,
+        "message_stats": {},
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "object_totals": {
+            "connections": connections,
+            "channels": channels,
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
     }))
 }
 
