@@ -38,8 +38,8 @@ pub struct QueuedMessage {
     pub shared: Option<u64>,
     /// What dead-lettering this message may still cause.
     pub allowance: super::death::Allowance,
-    /// How many times it came back unacked (counted in queues with a delivery limit;
-    /// delivered as `x-delivery-count`).
+    /// How many times it came back unacked (counted in quorum queues, and delivered as
+    /// `x-delivery-count`).
     pub delivery_count: u32,
 }
 
