@@ -329,6 +329,8 @@ pub struct Exchange {
     alternate: Option<String>,
     /// The policy in force, by name.
     pub policy: Option<String>,
+    /// Every policy of the vhost that matches the exchange's name, by slot.
+    pub policy_matches: super::policy::PolicyMatches,
     /// An `x-delayed-message` exchange: messages with an `x-delay` header wait that long
     /// before `kind` routes them.
     pub delayed: bool,
@@ -371,6 +373,7 @@ impl Exchange {
             bound_from: BTreeSet::new(),
             alternate,
             policy: None,
+            policy_matches: Default::default(),
             delayed: false,
             bindings: Bindings::default(),
             index,

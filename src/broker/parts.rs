@@ -96,6 +96,10 @@ impl Topology {
                     x.policy, applied.policy,
                     "exchange {name} runs under a stale policy"
                 );
+                assert_eq!(
+                    x.policy_matches, applied.matches,
+                    "exchange {name} keeps stale policy matches"
+                );
             }
             for id in v.queues.values() {
                 assert!(

@@ -292,6 +292,8 @@ pub struct Policy {
     pub definition: Definition,
     apply_to: ApplyTo,
     regex: Regex,
+    /// Its place in [`PolicyMatches`], given by [`Policies::put`].
+    slot: usize,
 }
 
 impl Policy {
@@ -330,6 +332,7 @@ impl Policy {
             definition,
             apply_to,
             regex,
+            slot: 0,
         })
     }
 
@@ -355,6 +358,7 @@ impl Applied {
 
     /// Puts this in force on an exchange.
     pub fn apply_to_exchange(self, x: &mut super::exchange::Exchange) {
+        x.policy_matches = self.matches;
         x.apply(self.policy, self.definition.alternate_exchange);
     }
 
@@ -364,6 +368,7 @@ impl Applied {
             policy: self.policy.clone(),
             operator_policy: self.operator_policy.clone(),
             definition: self.definition.to_table(),
+            matches: self.matches,
         }
     }
 }
@@ -377,6 +382,32 @@ pub struct Applied {
     pub operator_policy: Option<String>,
     /// Their definitions merged.
     pub definition: Definition,
+    /// Every policy of the vhost that matches the name, the one in force or not.
+    pub matches: PolicyMatches,
+}
+
+/// Which of a vhost's policies match one queue's or exchange's name, one bit per policy
+/// slot. Each queue and exchange keeps its own, so a policy change matches every name
+/// against the changed policy only, not against all of the vhost's policies: a change
+/// costs one match per queue and exchange however many policies there are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyMatches([u64; MATCH_WORDS]);
+
+const MATCH_WORDS: usize = MAX_POLICIES_PER_VHOST.div_ceil(64);
+
+impl PolicyMatches {
+    fn get(&self, slot: usize) -> bool {
+        self.0[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn set(&mut self, slot: usize, on: bool) {
+        let bit = 1 << (slot % 64);
+        if on {
+            self.0[slot / 64] |= bit;
+        } else {
+            self.0[slot / 64] &= !bit;
+        }
+    }
 }
 
 /// A vhost's policies of both kinds, each kind in precedence order (priority, highest
@@ -409,9 +440,16 @@ impl Policies {
             .find(|p| p.record.operator == operator && p.record.name == name)
     }
 
-    /// Adds or replaces a policy.
-    pub fn put(&mut self, policy: Policy) {
-        self.remove(policy.record.operator, &policy.record.name);
+    /// Adds or replaces a policy; returns its slot, the bit of [`PolicyMatches`] that
+    /// says whether it matches (a replaced policy keeps its slot).
+    pub fn put(&mut self, mut policy: Policy) -> usize {
+        let slot = match self.remove(policy.record.operator, &policy.record.name) {
+            Some(slot) => slot,
+            None => (0..MAX_POLICIES_PER_VHOST)
+                .find(|s| self.list.iter().all(|p| p.slot != *s))
+                .expect("a free slot: policies past the vhost's limit"),
+        };
+        policy.slot = slot;
         self.list.push(policy);
         self.list
             .sort_by(|a, b| a.precedence().cmp(&b.precedence()));
@@ -419,22 +457,36 @@ impl Policies {
             self.list.len() <= MAX_POLICIES_PER_VHOST,
             "policies past the vhost's limit"
         );
+        slot
     }
 
-    /// Removes a policy; returns whether it existed.
-    pub fn remove(&mut self, operator: bool, name: &str) -> bool {
-        let before = self.list.len();
-        self.list
-            .retain(|p| !(p.record.operator == operator && p.record.name == name));
-        self.list.len() != before
-    }
-
-    /// The policy of one kind that applies to `name`.
-    fn matching(&self, operator: bool, name: &str, target: Target) -> Option<&Policy> {
-        self.list
+    /// Removes a policy; returns the slot it had, if it existed.
+    pub fn remove(&mut self, operator: bool, name: &str) -> Option<usize> {
+        let at = self
+            .list
             .iter()
-            .filter(|p| p.record.operator == operator)
-            .find(|p| p.matches(name, target))
+            .position(|p| p.record.operator == operator && p.record.name == name)?;
+        Some(self.list.remove(at).slot)
+    }
+
+    /// Which policies match the queue or exchange `name`: each policy is matched.
+    pub fn matches(&self, name: &str, target: Target) -> PolicyMatches {
+        let mut m = PolicyMatches::default();
+        for p in &self.list {
+            m.set(p.slot, p.matches(name, target));
+        }
+        m
+    }
+
+    /// Brings `m` up to date after the policy in `slot` was put or removed: only that
+    /// policy is matched.
+    pub fn rematch(&self, slot: usize, name: &str, target: Target, m: &mut PolicyMatches) {
+        let now = self
+            .list
+            .iter()
+            .find(|p| p.slot == slot)
+            .is_some_and(|p| p.matches(name, target));
+        m.set(slot, now);
     }
 
     /// What applies to the queue or exchange `name`.
@@ -442,9 +494,19 @@ impl Policies {
         if self.list.is_empty() {
             return Applied::default();
         }
-        let user = self.matching(false, name, target);
+        self.applied_from(self.matches(name, target), target)
+    }
+
+    /// What applies to a queue or exchange that the policies in `matches` match.
+    pub fn applied_from(&self, matches: PolicyMatches, target: Target) -> Applied {
+        let first = |operator: bool| {
+            self.list
+                .iter()
+                .find(|p| p.record.operator == operator && matches.get(p.slot))
+        };
+        let user = first(false);
         let operator = match target {
-            Target::Queue => self.matching(true, name, target),
+            Target::Queue => first(true),
             Target::Exchange => None,
         };
         Applied {
@@ -454,12 +516,18 @@ impl Policies {
                 user.map(|p| &p.definition),
                 operator.map(|p| &p.definition),
             ),
+            matches,
         }
     }
 
     /// Checks the order the lookups rely on.
     pub fn check_invariants(&self) {
         assert!(self.list.len() <= MAX_POLICIES_PER_VHOST);
+        let mut slots: Vec<usize> = self.list.iter().map(|p| p.slot).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), self.list.len(), "two policies in one slot");
+        assert!(slots.iter().all(|s| *s < MAX_POLICIES_PER_VHOST));
         for pair in self.list.windows(2) {
             assert!(
                 pair[0].precedence() < pair[1].precedence(),
@@ -610,7 +678,7 @@ mod tests {
         // Operator policies do not apply to exchanges.
         let x = ps.applied("q.x", Target::Exchange);
         assert_eq!(x.operator_policy, None);
-        assert!(ps.remove(false, "high"));
+        assert!(ps.remove(false, "high").is_some());
         assert_eq!(
             ps.applied("q.1", Target::Queue).policy.as_deref(),
             Some("low")
@@ -648,5 +716,47 @@ mod tests {
         assert_eq!(s.dead_letter_exchange.as_deref(), Some("policy-dlx"));
         // The empty definition changes nothing.
         assert_eq!(Definition::default().settle(&declared, &args), declared);
+    }
+
+    #[test]
+    fn kept_matches_follow_puts_and_removes_one_policy_at_a_time() {
+        let names = ["q.1", "qx", "orders", "q.orders", "x"];
+        let patterns = ["^q", "^q\\.", "orders$", ".*", "^x$", "nothing"];
+        let mut ps = Policies::default();
+        let mut kept: Vec<PolicyMatches> =
+            names.iter().map(|n| ps.matches(n, Target::Queue)).collect();
+        // Puts, replacements with other patterns, and removes, in a fixed order.
+        let mut state: u64 = 7;
+        let mut slots_seen = std::collections::BTreeSet::new();
+        for step in 0..300 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let which = (state >> 33) as usize;
+            let name = format!("p{}", which % 12);
+            let operator = which % 5 == 0;
+            let slot = if step % 3 == 2 {
+                match ps.remove(operator, &name) {
+                    Some(slot) => slot,
+                    None => continue,
+                }
+            } else {
+                let pattern = patterns[(which / 12) % patterns.len()];
+                let def = table(&[("max-length", FieldValue::I64(which as i64 % 100))]);
+                ps.put(policy(operator, &name, pattern, (which % 4) as i64, def))
+            };
+            slots_seen.insert(slot);
+            ps.check_invariants();
+            for (n, m) in names.iter().zip(kept.iter_mut()) {
+                ps.rematch(slot, n, Target::Queue, m);
+                assert_eq!(*m, ps.matches(n, Target::Queue), "{n} after step {step}");
+                assert_eq!(
+                    ps.applied_from(*m, Target::Queue),
+                    ps.applied(n, Target::Queue)
+                );
+            }
+        }
+        // Slots are reused: 24 names of two kinds never need more than 24.
+        assert!(slots_seen.iter().all(|s| *s < 24), "{slots_seen:?}");
     }
 }

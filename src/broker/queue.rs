@@ -338,6 +338,8 @@ pub struct PolicyNames {
     pub operator_policy: Option<String>,
     /// Their merged definition.
     pub definition: FieldTable,
+    /// Every policy of the vhost that matches the queue's name, by slot.
+    pub matches: super::policy::PolicyMatches,
 }
 
 impl Declaration {

@@ -90,7 +90,9 @@ impl Broker {
                 continue;
             }
             match Policy::new(p) {
-                Ok(p) => vhost.policies.put(p),
+                Ok(p) => {
+                    vhost.policies.put(p);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "a recovered policy is invalid; it is not applied")
                 }

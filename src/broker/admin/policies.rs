@@ -50,9 +50,9 @@ impl Broker {
                 "Validation failed\n\nvhost '{vhost}' has {MAX_POLICIES_PER_VHOST} policies, the most it may hold\n"
             )));
         }
-        v.policies.put(policy);
+        let slot = v.policies.put(policy);
         self.round.journal.push(StoreOp::PutPolicy(record));
-        self.refresh_policies(&vhost);
+        self.refresh_policies(&vhost, slot);
         Ok(AdminReply::Put { created: !replaces })
     }
 
@@ -60,32 +60,42 @@ impl Broker {
         let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return Err(not_found(format!("Virtual host '{vhost}' does not exist")));
         };
-        if !v.policies.remove(operator, name) {
+        let Some(slot) = v.policies.remove(operator, name) else {
             return Err(not_found("Parameter does not exist"));
-        }
+        };
         self.round.journal.push(StoreOp::DeletePolicy {
             operator,
             vhost: vhost.to_string(),
             name: name.to_string(),
         });
-        self.refresh_policies(vhost);
+        self.refresh_policies(vhost, slot);
         Ok(AdminReply::Done)
     }
 
-    /// Puts the vhost's policies in force on each of its exchanges and queues.
-    fn refresh_policies(&mut self, vhost: &str) {
+    /// Puts the vhost's policies in force on each of its exchanges and queues after the
+    /// policy in `slot` was put or removed. Each name is matched against that policy
+    /// only ([`PolicyMatches`](super::super::policy::PolicyMatches)): a change costs one
+    /// match per queue and exchange, not one per policy as well.
+    fn refresh_policies(&mut self, vhost: &str, slot: usize) {
         let Some(v) = self.topology.vhosts.get_mut(vhost) else {
             return;
         };
         for (name, x) in v.exchanges.iter_mut() {
+            let mut matches = x.policy_matches;
             v.policies
-                .applied(name, Target::Exchange)
+                .rematch(slot, name, Target::Exchange, &mut matches);
+            v.policies
+                .applied_from(matches, Target::Exchange)
                 .apply_to_exchange(x);
         }
         let mut queues: Vec<(QueueId, super::super::policy::Applied)> = v
             .queues
             .iter()
-            .map(|(name, id)| (*id, v.policies.applied(name, Target::Queue)))
+            .filter_map(|(name, id)| {
+                let mut matches = self.topology.queues.get(id)?.decl.policy.matches;
+                v.policies.rematch(slot, name, Target::Queue, &mut matches);
+                Some((*id, v.policies.applied_from(matches, Target::Queue)))
+            })
             .collect();
         self.counters.work += queues.len() as u64;
         // Queue ids are issued in order: dead letters go out in the same order every run.
