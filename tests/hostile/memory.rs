@@ -374,6 +374,98 @@ fn policy_match_caches(ctx: &Ctx) -> Outcome {
     ))
 }
 
+/// Eight requests at once take (and give back) 20 messages of 4 MiB of control bytes with
+/// `POST /api/queues/{vhost}/{name}/get`: the four the queue holds in memory (its 16 MiB
+/// budget; the rest are paged) make some 100 MiB of JSON a reply, a control byte being
+/// written `\u0001`. Replies are written as they are read, so memory holds the queue's
+/// 16 MiB and little more; building each reply whole first took RSS to about 1 GB.
+fn http_get_replies(ctx: &Ctx) -> Outcome {
+    const QUEUE: &str = "mem-http-get";
+    const COUNT: usize = 20;
+    const READERS: usize = 8;
+    let body = vec![1u8; 4 * MIB as usize];
+    let mut c = confirmed(ctx)?;
+    c.queue(1, QUEUE, false, FieldTable::default())?;
+    c.publish_many(1, "", QUEUE, &BasicProperties::default(), &body, COUNT, 4)?;
+    let rss0 = ctx.rss();
+    let started = Instant::now();
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let url = format!("{}/api/queues/%2F/{QUEUE}/get", ctx.http_url());
+            std::thread::spawn(move || read_get_reply(&url, COUNT))
+        })
+        .collect();
+    let mut least = u64::MAX;
+    for r in readers {
+        let n = r.join().map_err(|_| "a reader panicked".to_string())??;
+        least = least.min(n);
+    }
+    let took = started.elapsed();
+    // Every reply held the four payloads in memory, each escaped to six bytes a byte.
+    let want = (4 * body.len() * 6) as u64;
+    if least < want {
+        return Err(format!(
+            "a reply had {least} bytes, expected at least {want}"
+        ));
+    }
+    let n = c.count(1, QUEUE)?;
+    if n != COUNT as u32 {
+        return Err(format!(
+            "the queue holds {n} of {COUNT} after the gets gave them back"
+        ));
+    }
+    c.delete_queue(1, QUEUE)?;
+    c.close();
+    Ok(format!(
+        "{READERS} replies of {} MiB in {:.1}s; RSS {} MiB with the queue's 16 MiB in it",
+        least / MIB,
+        took.as_secs_f64(),
+        rss0 / MIB
+    ))
+}
+
+/// Reads one get reply to its end, keeping none of it; returns its length.
+fn read_get_reply(url: &str, count: usize) -> Result<u64, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let body = format!(r#"{{"count":{count},"ackmode":"ack_requeue_true","encoding":"auto"}}"#);
+    let response = agent
+        .post(url)
+        .header(
+            "authorization",
+            crate::http::basic("guest", "guest").as_str(),
+        )
+        .content_type("application/json")
+        .send(body)
+        .map_err(|e| format!("get: {e}"))?;
+    if response.status().as_u16() != 200 {
+        return Err(format!("get answered {}", response.status()));
+    }
+    let mut reader = response
+        .into_body()
+        .into_with_config()
+        .limit(u64::MAX)
+        .reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    let mut last = 0u8;
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        last = buf[n - 1];
+    }
+    if last != b']' {
+        return Err(format!("the reply ended with {:?}, not ]", last as char));
+    }
+    Ok(total)
+}
+
 pub fn attacks() -> Vec<Attack> {
     vec![
         Attack::new(
@@ -468,6 +560,14 @@ pub fn attacks() -> Vec<Attack> {
                     true,
                 )
             },
+        )
+        .fresh(),
+        Attack::new(
+            CLASS,
+            "8 HTTP gets at once of 20 messages of 4 MiB control bytes",
+            96,
+            120,
+            http_get_replies,
         )
         .fresh(),
         Attack::new(

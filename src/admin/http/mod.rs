@@ -13,6 +13,7 @@
 //! holds broker state except the rate history.
 
 pub mod follower;
+mod got;
 mod guard;
 mod limits;
 mod objects;

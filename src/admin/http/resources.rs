@@ -13,8 +13,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::admin::json::{
-    binding_json, exchange_json, json_to_properties, json_to_table, properties_key,
-    properties_to_json, queue_json,
+    binding_json, exchange_json, json_to_properties, json_to_table, properties_key, queue_json,
 };
 use crate::broker::admin::{
     AdminReply, AdminRequest, BindingInfo, ExchangeInfo, GetAck, MAX_REPUBLISH_COUNT, QueueInfo,
@@ -299,32 +298,22 @@ pub(super) async fn get_messages(
     let AdminReply::Messages(messages) = s.call(request).await? else {
         return Err(ApiError::not_found());
     };
-    let out: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let body = &m.message.body;
-            let shown = match truncate {
-                Some(n) if (n as usize) < body.len() => &body[..n as usize],
-                _ => &body[..],
-            };
-            let (payload, encoding) = match std::str::from_utf8(shown) {
-                Ok(text) if !base64_only => (text.to_string(), "string"),
-                _ => (BASE64.encode(shown), "base64"),
-            };
-            json!({
-                "payload_bytes": body.len(),
-                "redelivered": m.redelivered,
-                "exchange": m.message.exchange,
-                "routing_key": m.message.routing_key,
-                "message_count": m.message_count,
-                "position": m.position,
-                "properties": properties_to_json(&m.message.properties),
-                "payload": payload,
-                "payload_encoding": encoding,
-            })
-        })
-        .collect();
-    ok_json(Value::Array(out))
+    // Written piece by piece as the client reads it (see `got`).
+    let reply = super::got::GotReply::new(
+        messages,
+        super::got::Shape {
+            truncate: truncate.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            base64_only,
+        },
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        axum::body::Body::from_stream(futures_util::stream::iter(reply)),
+    )
+        .into_response())
 }
 
 /// `POST /api/queues/{vhost}/{name}/republish` with `{"positions": [...]}`: sends the dead
