@@ -406,3 +406,68 @@ fn methods_only_a_server_sends_are_unimplemented() {
         );
     }
 }
+
+#[test]
+fn quorum_only_arguments_are_checked_with_rabbitmqs_bounds() {
+    let mut rig = rig();
+    let quorum =
+        |key: &str, n: i64| table(&[("x-queue-type", text("quorum")), (key, FieldValue::I64(n))]);
+    for (key, n, why) in [
+        ("x-quorum-initial-group-size", 0, "{value_zero,0}"),
+        ("x-quorum-initial-group-size", -1, "{value_negative,-1}"),
+        ("x-max-in-memory-length", -5, "{value_negative,-5}"),
+        ("x-max-in-memory-bytes", -5, "{value_negative,-5}"),
+    ] {
+        assert_eq!(
+            declare(&mut rig, "qq", true, quorum(key, n)),
+            Some((
+                406,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{key}' for queue 'qq' in vhost '/': {why}"
+                )
+            )),
+            "{key} {n}"
+        );
+    }
+    for (key, n) in [
+        ("x-quorum-initial-group-size", 3),
+        ("x-max-in-memory-length", 0),
+        ("x-max-in-memory-bytes", 1000),
+    ] {
+        assert_eq!(
+            declare(&mut rig, &format!("qq-{key}"), true, quorum(key, n)),
+            None
+        );
+    }
+}
+
+#[test]
+fn an_exclusive_queue_redeclared_without_exclusive_is_locked() {
+    let mut rig = rig();
+    let exclusive = |rig: &mut Rig, queue: &str, exclusive: bool| {
+        let r = rig.method(
+            1,
+            Method::QueueDeclare(QueueDeclare {
+                queue: queue.into(),
+                exclusive,
+                ..Default::default()
+            }),
+        );
+        closed(&r)
+    };
+    let locked = |q: &str| {
+        Some((
+            405,
+            format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+            ),
+        ))
+    };
+    assert_eq!(exclusive(&mut rig, "mine", true), None);
+    assert_eq!(exclusive(&mut rig, "mine", true), None);
+    assert_eq!(exclusive(&mut rig, "mine", false), locked("mine"));
+    reopen(&mut rig);
+    // And a shared queue redeclared as exclusive.
+    assert_eq!(exclusive(&mut rig, "shared", false), None);
+    assert_eq!(exclusive(&mut rig, "shared", true), locked("shared"));
+}

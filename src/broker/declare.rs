@@ -453,9 +453,9 @@ impl Broker {
                     .queues
                     .get(&id)
                     .ok_or_else(|| not_found("queue vanished"))?;
-                if q.decl.exclusive_owner.is_some_and(|o| o != conn)
-                    || (m.exclusive && q.decl.exclusive_owner.is_none())
-                {
+                // RabbitMQ's strict check: the owner must be this connection if the
+                // declare says exclusive, and no one if it does not.
+                if q.decl.exclusive_owner != m.exclusive.then_some(conn) {
                     return Err(exclusive_lock_error(&name, &vhost));
                 }
                 assert_queue_equivalent(q, &m, &vhost)?;

@@ -199,6 +199,15 @@ impl QueueSettings {
                 }
             },
         }
+        // Read only to be checked, with RabbitMQ's bounds: a quorum queue here is one
+        // durable queue, whose messages are kept as a classic queue's are.
+        for (key, min) in [
+            ("x-quorum-initial-group-size", 1),
+            ("x-max-in-memory-length", 0),
+            ("x-max-in-memory-bytes", 0),
+        ] {
+            integer_arg(args, key, min, queue, vhost)?;
+        }
         if settings.dead_letter_routing_key.is_some() && settings.dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",
@@ -213,20 +222,7 @@ impl QueueSettings {
     /// day, and [`QueueSettings::from_arguments`] may have added some since.
     pub fn read(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Self> {
         let invalid = |key: &str, why: String| invalid_arg(key, why, queue, vhost);
-        let integer = |key: &str, min: i64| -> AmqpResult<Option<u64>> {
-            match args.get(key) {
-                None => Ok(None),
-                Some(v) => match v.as_i64() {
-                    Some(n) if n >= min => Ok(Some(n as u64)),
-                    Some(n) if n < 0 => Err(invalid(key, format!("{{value_negative,{n}}}"))),
-                    Some(n) => Err(invalid(key, format!("{{value_zero,{n}}}"))),
-                    None => Err(invalid(
-                        key,
-                        format!("\"expected integer, got {}\"", type_name(v)),
-                    )),
-                },
-            }
-        };
+        let integer = |key: &str, min: i64| integer_arg(args, key, min, queue, vhost);
         let string = |key: &str| -> AmqpResult<Option<String>> {
             match args.get(key) {
                 None => Ok(None),
@@ -288,6 +284,29 @@ impl QueueSettings {
             quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
             delivery_limit: integer("x-delivery-limit", 0)?,
         })
+    }
+}
+
+/// An integer argument of at least `min` (0 or 1), refused in RabbitMQ's words otherwise.
+fn integer_arg(
+    args: &FieldTable,
+    key: &str,
+    min: i64,
+    queue: &str,
+    vhost: &str,
+) -> AmqpResult<Option<u64>> {
+    let invalid = |why: String| invalid_arg(key, why, queue, vhost);
+    match args.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= min => Ok(Some(n as u64)),
+            Some(n) if n < 0 => Err(invalid(format!("{{value_negative,{n}}}"))),
+            Some(n) => Err(invalid(format!("{{value_zero,{n}}}"))),
+            None => Err(invalid(format!(
+                "\"expected integer, got {}\"",
+                type_name(v)
+            ))),
+        },
     }
 }
 
