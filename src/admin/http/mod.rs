@@ -878,67 +878,91 @@ fn name_filter(q: &HashMap<String, String>) -> Result<Option<NameFilter>, ApiErr
         return Ok(None);
     };
     if flag(q, "use_regex") {
+        // As RabbitMQ's: caseless, and an expression that does not compile matches nothing.
         let re = regex::RegexBuilder::new(name)
+            .case_insensitive(true)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+            .ok();
         Ok(Some(NameFilter::Regex(re)))
     } else {
-        Ok(Some(NameFilter::Contains(name.clone())))
+        Ok(Some(NameFilter::Contains(name.to_lowercase())))
     }
 }
 
-/// How a listing's `name` parameter selects items.
+/// How a listing's `name` parameter selects items, ignoring case as RabbitMQ's does.
 enum NameFilter {
-    /// Names containing this text.
+    /// Names containing this text (in lower case).
     Contains(String),
-    /// Names the expression matches.
-    Regex(regex::Regex),
+    /// Names the expression matches; none if it is not a valid expression.
+    Regex(Option<regex::Regex>),
 }
 
 impl NameFilter {
     fn accepts(&self, name: &str) -> bool {
         match self {
-            NameFilter::Contains(part) => name.contains(part.as_str()),
-            NameFilter::Regex(re) => re.is_match(name),
+            NameFilter::Contains(part) => name.to_lowercase().contains(part.as_str()),
+            NameFilter::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(name)),
         }
     }
 }
 
-/// The page a listing asks for (`page`, `page_size`, `pagination`), if it asks for one.
+/// The page a listing asks for (`page`, `page_size`), if it asks for one.
 #[derive(Debug, Clone, Copy)]
 struct PageRequest {
     page: usize,
     size: usize,
 }
 
-fn page_request(q: &HashMap<String, String>) -> Option<PageRequest> {
-    let paginate = q.contains_key("page") || flag(q, "pagination");
-    if !paginate {
-        return None;
+/// The most items a page holds, and how many one holds unless `page_size` says.
+const MAX_PAGE_SIZE: usize = 500;
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Reads `page` and `page_size` as RabbitMQ does: a listing is paged when `page` is given,
+/// and a page number below 1 or a size outside 1 to 500 is refused, not adjusted.
+fn page_request(q: &HashMap<String, String>) -> Result<Option<PageRequest>, ApiError> {
+    let Some(page) = q.get("page") else {
+        return Ok(None);
+    };
+    let integer = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| ApiError::bad_request("Pagination parameters are invalid"))
+    };
+    let page = integer(page)?;
+    let size = q.get("page_size").map(|s| integer(s)).transpose()?;
+    let valid = |n: i64, max: usize| usize::try_from(n).is_ok_and(|n| (1..=max).contains(&n));
+    if !valid(page, usize::MAX) || size.is_some_and(|n| !valid(n, MAX_PAGE_SIZE)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_pagination_parameters",
+            format!(
+                "Invalid pagination parameters: page number {page}, page size {}",
+                size.map_or_else(|| "undefined".to_string(), |n| n.to_string())
+            ),
+        ));
     }
-    let page = q
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1usize)
-        .max(1);
-    let size = q
-        .get("page_size")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(100usize)
-        .clamp(1, 500);
-    Some(PageRequest { page, size })
+    Ok(Some(PageRequest {
+        page: page as usize,
+        size: size.map_or(DEFAULT_PAGE_SIZE, |n| n as usize),
+    }))
 }
 
 impl PageRequest {
     /// The index range of this page among `total` items, and the page count; an error for a
-    /// page past the last.
+    /// page that starts past the last item (RabbitMQ's test: an empty listing has page 1).
     fn range(self, total: usize) -> Result<(std::ops::Range<usize>, usize), ApiError> {
-        let page_count = total.div_ceil(self.size).max(1);
-        if self.page > page_count {
-            return Err(ApiError::bad_request("page out of range"));
+        let page_count = total.div_ceil(self.size);
+        let start = (self.page - 1).saturating_mul(self.size);
+        if start > total {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "page_out_of_range",
+                format!(
+                    "Page out of range, page: {} page size: {}, len: {total}",
+                    self.page, self.size
+                ),
+            ));
         }
-        let start = (self.page - 1) * self.size;
         Ok((start..(start + self.size).min(total), page_count))
     }
 
@@ -964,7 +988,7 @@ fn pick_columns(items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
 }
 
 /// Applies `name` (+ `use_regex`), `sort` (+ `sort_reverse`), `columns` and pagination
-/// (`page`, `page_size`, `pagination`) to a listing, as RabbitMQ's API does.
+/// (`page`, `page_size`) to a listing, as RabbitMQ's API does.
 fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
     if let Some(filter) = name_filter(q)? {
         items.retain(|v| v["name"].as_str().is_some_and(|s| filter.accepts(s)));
@@ -990,7 +1014,7 @@ fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
         }
     }
     let items = pick_columns(items, q);
-    let Some(page) = page_request(q) else {
+    let Some(page) = page_request(q)? else {
         return ok_json(Value::Array(items));
     };
     let total = items.len();
@@ -1089,5 +1113,78 @@ mod tests {
         );
         let long: Vec<&str> = std::iter::repeat_n("message_stats", 200_000).collect();
         assert_eq!(only_columns(&v, &[long]), json!({}));
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// RabbitMQ 3.10's answers, as its API gave them.
+    #[test]
+    fn pages_are_refused_as_rabbitmq_refuses_them() {
+        let refused = |pairs: &[(&str, &str)]| {
+            let e = page_request(&query(pairs)).expect_err("refused");
+            (e.status.as_u16(), e.error, e.reason)
+        };
+        assert_eq!(
+            refused(&[("page", "abc")]),
+            (
+                400,
+                "bad_request",
+                "Pagination parameters are invalid".into()
+            )
+        );
+        assert_eq!(
+            refused(&[("page", "0")]),
+            (
+                400,
+                "invalid_pagination_parameters",
+                "Invalid pagination parameters: page number 0, page size undefined".into()
+            )
+        );
+        assert_eq!(
+            refused(&[("page", "1"), ("page_size", "501")]).2,
+            "Invalid pagination parameters: page number 1, page size 501"
+        );
+        assert_eq!(
+            refused(&[("page", "1"), ("page_size", "0")]).1,
+            "invalid_pagination_parameters"
+        );
+        // `page_size` alone, or `pagination` alone, asks for no page.
+        assert!(
+            page_request(&query(&[("page_size", "5"), ("pagination", "true")]))
+                .unwrap()
+                .is_none()
+        );
+        let page = |p: usize, size: usize| PageRequest { page: p, size };
+        // An empty listing has page 1 (of 0); page 2 of one item of size 1 is empty.
+        assert_eq!(
+            page(1, 100).range(0).map(|(r, n)| (r, n)).ok(),
+            Some((0..0, 0))
+        );
+        assert_eq!(page(2, 1).range(1).ok(), Some((1..1, 1)));
+        assert_eq!(page(2, 10).range(25).ok(), Some((10..20, 3)));
+        let e = page(2, 100).range(0).expect_err("out of range");
+        assert_eq!(
+            (e.error, e.reason.as_str()),
+            (
+                "page_out_of_range",
+                "Page out of range, page: 2 page size: 100, len: 0"
+            )
+        );
+        assert!(page(usize::MAX, 500).range(3).is_err());
+    }
+
+    #[test]
+    fn name_filters_ignore_case_and_a_bad_expression_matches_nothing() {
+        let filter = |pairs: &[(&str, &str)]| name_filter(&query(pairs)).unwrap().unwrap();
+        assert!(filter(&[("name", "casequeue")]).accepts("a.CaseQueue.b"));
+        assert!(!filter(&[("name", "other")]).accepts("CaseQueue"));
+        let re = filter(&[("name", "^case"), ("use_regex", "true")]);
+        assert!(re.accepts("CaseQueue") && !re.accepts("aCase"));
+        assert!(!filter(&[("name", "("), ("use_regex", "true")]).accepts("("));
     }
 }

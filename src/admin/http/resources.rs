@@ -109,7 +109,7 @@ pub(super) async fn list_queues(
         require_known_vhost(&s, vhost).await?;
     }
     let sort = q.get("sort").map_or("", String::as_str);
-    if let (Some(page), Some(order)) = (page_request(&q), queue_order(sort)) {
+    if let (Some(page), Some(order)) = (page_request(&q)?, queue_order(sort)) {
         return queue_page(&s, &who, vhost, &q, page, order).await;
     }
     listing(visible_queues(&s, &who, vhost).await?, &q)

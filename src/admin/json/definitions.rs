@@ -127,7 +127,10 @@ fn bool_field(v: &Value, key: &str, default: bool) -> bool {
 /// Reads a definitions document. With `vhost` set (an import into one vhost), every
 /// object lands in that vhost and users, vhosts and permissions are ignored.
 pub fn definitions_from_json(doc: &Value, vhost: Option<&str>) -> Result<Definitions, String> {
-    let mut d = Definitions::default();
+    let mut d = Definitions {
+        into_vhost: vhost.map(str::to_string),
+        ..Definitions::default()
+    };
     if vhost.is_none() {
         read_access_definitions(doc, &mut d)?;
     }

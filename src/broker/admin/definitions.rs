@@ -10,7 +10,7 @@ use crate::store::{
 use super::super::Broker;
 use super::super::exchange::ExchangeKind;
 use super::snapshot::BindingInfo;
-use super::{Actor, AdminReply, AdminResult, Password, PutMode, bad_request};
+use super::{Actor, AdminReply, AdminResult, Password, PutMode, bad_request, not_found};
 
 /// A queue in a definitions document.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +69,9 @@ pub struct Definitions {
     pub policies: Vec<PolicyRecord>,
     /// Topic permissions.
     pub topic_permissions: Vec<TopicPermissionRecord>,
+    /// The vhost a document imported into one vhost (`POST /api/definitions/{vhost}`) goes
+    /// to: it must exist.
+    pub into_vhost: Option<String>,
 }
 
 impl Broker {
@@ -265,6 +268,11 @@ impl Broker {
     }
 
     pub(super) fn import_definitions(&mut self, defs: Definitions) -> AdminResult {
+        if let Some(v) = &defs.into_vhost
+            && !self.topology.vhosts.contains_key(v)
+        {
+            return Err(not_found("vhost_not_found"));
+        }
         self.validate_definitions(&defs)?;
         for v in &defs.vhosts {
             self.put_vhost(v, PutMode::Upsert)?;
@@ -297,7 +305,9 @@ impl Broker {
                 q.arguments,
             )?;
         }
-        for b in defs.bindings {
+        // The default exchange's bindings are implicit (exports leave them out); RabbitMQ's
+        // import takes them without effect, and so does this one.
+        for b in defs.bindings.into_iter().filter(|b| !b.source.is_empty()) {
             self.admin_bind(&node, b, true)?;
         }
         // After the queues, as RabbitMQ's import does not hold a document's queues to the

@@ -795,6 +795,11 @@ impl Broker {
                 Ok(AdminReply::Done)
             }
             R::Reset => self.reset(),
+            R::ExportDefinitions { vhost: Some(v) }
+                if !self.topology.vhosts.contains_key(v.as_str()) =>
+            {
+                Err(bad_request("vhost_not_found"))
+            }
             R::ExportDefinitions { vhost } => Ok(AdminReply::Definitions(Box::new(
                 self.export_definitions(vhost.as_deref()),
             ))),

@@ -1289,3 +1289,56 @@ fn names_past_255_bytes_are_refused_before_anything_changes() {
     h.drain();
     h.broker.check_invariants();
 }
+
+#[test]
+fn definitions_of_a_missing_vhost_and_of_the_default_exchange_as_rabbitmq_answers() {
+    let mut h = Harness::new();
+    let export = h.admin(AdminRequest::ExportDefinitions {
+        vhost: Some("nosuch".into()),
+    });
+    let e = export.unwrap_err();
+    assert_eq!(
+        (e.kind, e.reason.as_str()),
+        (AdminErrorKind::BadRequest, "vhost_not_found")
+    );
+    let into_missing = Definitions {
+        into_vhost: Some("nosuch".into()),
+        ..Definitions::default()
+    };
+    let e = h
+        .admin(AdminRequest::ImportDefinitions(Box::new(into_missing)))
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.reason.as_str()),
+        (AdminErrorKind::NotFound, "vhost_not_found")
+    );
+    // A binding from the default exchange is taken without effect; the others apply.
+    let binding = |source: &str| BindingInfo {
+        vhost: "/".into(),
+        source: source.into(),
+        destination: "q".into(),
+        to_queue: true,
+        routing_key: "k".into(),
+        arguments: FieldTable::default(),
+    };
+    let defs = Definitions {
+        into_vhost: Some("/".into()),
+        queues: vec![QueueDef {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        }],
+        bindings: vec![binding(""), binding("amq.direct")],
+        ..Definitions::default()
+    };
+    h.admin(AdminRequest::ImportDefinitions(Box::new(defs)))
+        .unwrap();
+    let Ok(AdminReply::Definitions(back)) = h.admin(AdminRequest::ExportDefinitions {
+        vhost: Some("/".into()),
+    }) else {
+        panic!("an export");
+    };
+    assert_eq!(back.bindings, vec![binding("amq.direct")]);
+}

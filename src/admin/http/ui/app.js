@@ -613,7 +613,7 @@ async function queuesPage(vhost, name) {
     if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: shown.length, class: 'muted' }, 'No queues match.')));
     const pager = h('div', { class: 'pager' },
       h('button', { type: 'button', class: 'plain', disabled: v.page <= 1, onclick: () => { v.page--; load(); } }, 'Previous page'),
-      h('span', {}, `Page ${data.page} of ${data.page_count}`),
+      h('span', {}, `Page ${data.page} of ${Math.max(1, data.page_count)}`),
       h('button', { type: 'button', class: 'plain', disabled: v.page >= data.page_count, onclick: () => { v.page++; load(); } }, 'Next page'));
     holder.replaceChildren(h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, head), h('tbody', {}, rows))), pager);
     const ms = Math.round(performance.now() - t0);
