@@ -330,7 +330,7 @@ pub struct Exchange {
     /// The policy in force, by name.
     pub policy: Option<String>,
     /// Every policy of the vhost that matches the exchange's name, by slot.
-    pub policy_matches: super::policy::PolicyMatches,
+    pub policy_matches: super::policy_matches::PolicyMatches,
     /// An `x-delayed-message` exchange: messages with an `x-delay` header wait that long
     /// before `kind` routes them.
     pub delayed: bool,

@@ -37,6 +37,7 @@ mod paging;
 mod paging_tests;
 mod parts;
 pub mod policy;
+mod policy_matches;
 mod publish;
 mod queue;
 mod reply_to;

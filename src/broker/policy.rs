@@ -19,9 +19,7 @@ use crate::store::PolicyRecord;
 
 use super::queue::{MAX_EXPIRY_MS, Overflow, QueueSettings};
 
-/// The most policies of both kinds one vhost holds: every queue and exchange declared in
-/// it is matched against each of them, and so is every queue of the vhost when one changes.
-pub const MAX_POLICIES_PER_VHOST: usize = 200;
+pub use super::policy_matches::{MAX_POLICIES_PER_VHOST, PolicyMatches};
 
 /// The longest pattern accepted, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
@@ -384,30 +382,6 @@ pub struct Applied {
     pub definition: Definition,
     /// Every policy of the vhost that matches the name, the one in force or not.
     pub matches: PolicyMatches,
-}
-
-/// Which of a vhost's policies match one queue's or exchange's name, one bit per policy
-/// slot. Each queue and exchange keeps its own, so a policy change matches every name
-/// against the changed policy only, not against all of the vhost's policies: a change
-/// costs one match per queue and exchange however many policies there are.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicyMatches([u64; MATCH_WORDS]);
-
-const MATCH_WORDS: usize = MAX_POLICIES_PER_VHOST.div_ceil(64);
-
-impl PolicyMatches {
-    fn get(&self, slot: usize) -> bool {
-        self.0[slot / 64] & (1 << (slot % 64)) != 0
-    }
-
-    fn set(&mut self, slot: usize, on: bool) {
-        let bit = 1 << (slot % 64);
-        if on {
-            self.0[slot / 64] |= bit;
-        } else {
-            self.0[slot / 64] &= !bit;
-        }
-    }
 }
 
 /// A vhost's policies of both kinds, each kind in precedence order (priority, highest

@@ -358,7 +358,7 @@ pub struct PolicyNames {
     /// Their merged definition.
     pub definition: FieldTable,
     /// Every policy of the vhost that matches the queue's name, by slot.
-    pub matches: super::policy::PolicyMatches,
+    pub matches: super::policy_matches::PolicyMatches,
 }
 
 impl Declaration {
