@@ -150,7 +150,8 @@ impl Broker {
                 })
         };
         let single_active = q.decl.settings.single_active_consumer;
-        q.consumers.choose(single_active, can_take)
+        q.consumers
+            .choose(single_active, can_take, &mut self.counters.work)
     }
 
     /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless

@@ -954,3 +954,64 @@ fn a_quorum_queue_dead_letters_past_its_delivery_limit() {
     );
     rig.broker.check_invariants();
 }
+
+/// A queue whose consumers share one priority hands each message to the first of them, in
+/// round-robin order, that can take it: the search looks at the consumers it passes over,
+/// not at every consumer of the queue to find the highest priority (with 100,000 consumers
+/// that took 0.4 ms of the core for each message).
+#[test]
+fn a_delivery_among_many_consumers_looks_at_few_of_them() {
+    use crate::proto::command::{Command, Message};
+    let mut rig = rig();
+    declare_with(&mut rig, "many", FieldTable::default());
+    ok(&rig.method(
+        1,
+        Method::BasicQos(crate::proto::method::BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    let n = 10_000;
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: "many".into(),
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+                ..Default::default()
+            }),
+        );
+    }
+    rig.open(2);
+    let mut tags = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for _ in 0..n {
+        let before = rig.broker.work_done();
+        let message = std::sync::Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "many".into(),
+            properties: Default::default(),
+            body: bytes::Bytes::from_static(b"x"),
+        });
+        let r = rig.command(
+            2,
+            Command::Publish {
+                channel: 1,
+                mandatory: false,
+                immediate: false,
+                message,
+            },
+        );
+        most = most.max(rig.broker.work_done() - before);
+        for (_, reply) in r {
+            if let Reply::Deliver { consumer_tag, .. } = reply {
+                tags.insert(consumer_tag);
+            }
+        }
+        rig.command(1, Command::Drained { bytes: 1 << 20 });
+    }
+    assert_eq!(tags.len(), n, "each consumer got one message");
+    assert!(most < 20, "a publish took {most} steps among {n} consumers");
+    rig.broker.check_invariants();
+}

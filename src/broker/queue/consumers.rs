@@ -1,5 +1,6 @@
 //! The consumers of a queue, in round-robin order, and who holds it exclusively.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::proto::command::ConnId;
@@ -28,6 +29,10 @@ pub struct Consumers {
     exclusive: bool,
     /// Has ever had a consumer (auto-delete only applies after one).
     had_consumer: bool,
+    /// How many consumers have each priority: a candidate of the highest ends the search
+    /// for the next consumer, so it costs one step per consumer passed over, not one per
+    /// consumer of the queue.
+    priorities: BTreeMap<i64, usize>,
 }
 
 impl Consumers {
@@ -63,6 +68,7 @@ impl Consumers {
 
     /// Adds a consumer at the end of the round-robin order.
     pub fn add(&mut self, consumer: ConsumerRef, exclusive: bool) {
+        *self.priorities.entry(consumer.priority).or_default() += 1;
         self.list.push(consumer);
         self.had_consumer = true;
         self.exclusive = exclusive;
@@ -77,7 +83,8 @@ impl Consumers {
         else {
             return false;
         };
-        self.list.remove(pos);
+        let gone = self.list.remove(pos);
+        forget_priority(&mut self.priorities, gone.priority);
         if pos < self.next {
             self.next -= 1;
         }
@@ -98,10 +105,14 @@ impl Consumers {
         let mut index = 0;
         let mut removed_before_cursor = 0;
         let next = self.next;
+        let priorities = &mut self.priorities;
         self.list.retain(|c| {
             let gone = c.conn == conn && c.channel == channel;
             if gone && index < next {
                 removed_before_cursor += 1;
+            }
+            if gone {
+                forget_priority(priorities, c.priority);
             }
             index += 1;
             !gone
@@ -128,18 +139,26 @@ impl Consumers {
     /// Chooses the consumer for the next message and moves the cursor past it: the
     /// highest-priority candidate that `can_take` it, first in round-robin order among
     /// equals. None when no candidate can.
+    /// Adds the consumers it looked at to `steps`.
     pub fn choose(
         &mut self,
         single_active: bool,
         can_take: impl Fn(&ConsumerRef) -> bool,
+        steps: &mut u64,
     ) -> Option<ConsumerRef> {
         let mut chosen: Option<usize> = None;
+        let highest = self.priorities.last_key_value().map(|(p, _)| *p);
         for idx in self.candidates(single_active) {
+            *steps += 1;
             let c = &self.list[idx];
             if chosen.is_some_and(|best| self.list[best].priority >= c.priority) || !can_take(c) {
                 continue;
             }
             chosen = Some(idx);
+            // None later in the order has a higher priority, and ties go to the first.
+            if Some(c.priority) == highest {
+                break;
+            }
         }
         let idx = chosen?;
         self.next = (idx + 1) % self.list.len();
@@ -157,6 +176,24 @@ impl Consumers {
             !self.exclusive || self.list.len() == 1,
             "queue {queue} exclusive consumer not alone"
         );
+        let mut counted = BTreeMap::new();
+        for c in &self.list {
+            *counted.entry(c.priority).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counted, self.priorities,
+            "queue {queue} consumer priorities"
+        );
+    }
+}
+
+/// Takes one consumer of `priority` off the counts.
+fn forget_priority(priorities: &mut BTreeMap<i64, usize>, priority: i64) {
+    if let std::collections::btree_map::Entry::Occupied(mut e) = priorities.entry(priority) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
     }
 }
 
@@ -207,13 +244,13 @@ mod tests {
         }
         // Deliver to a, b and c: d is next.
         for _ in 0..3 {
-            cs.choose(false, |_| true);
+            cs.choose(false, |_| true, &mut 0);
         }
         assert_eq!(cs.remove_channel(1, 1), 3);
         assert_eq!(cs.remove_channel(1, 1), 0);
         let tags: Vec<&str> = cs.iter().map(|c| &*c.tag).collect();
         assert_eq!(tags, ["b", "d"]);
-        assert_eq!(&*cs.choose(false, |_| true).unwrap().tag, "d");
+        assert_eq!(&*cs.choose(false, |_| true, &mut 0).unwrap().tag, "d");
         cs.check_invariants("q");
         assert_eq!(cs.remove_channel(2, 1) + cs.remove_channel(3, 1), 2);
         assert!(cs.is_empty());
