@@ -97,6 +97,7 @@ impl Broker {
             .ok_or_else(|| command_invalid("no channel"))?;
         let resumed = active && !ch.flow_active;
         ch.flow_active = active;
+        ch.freed += 1;
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         self.send_method(
             conn,
@@ -128,6 +129,7 @@ impl Broker {
         } else {
             ch.consumer_prefetch = m.prefetch_count;
         }
+        ch.freed += 1;
         let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         for q in queues {
             self.schedule_dispatch(q);

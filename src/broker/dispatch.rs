@@ -133,25 +133,30 @@ impl Broker {
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
-        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
-        let unacked_limit = self.config.limits.max_unacked_per_channel;
+        let limits = (
+            self.config.limits.max_unflushed_bytes_per_connection,
+            self.config.limits.max_unacked_per_channel,
+        );
         let q = self.topology.queues.get_mut(&queue)?;
-        let conns = &self.sessions.conns;
-        let held = &self.sessions.held;
-        let can_take = |c: &ConsumerRef| {
-            // A connection whose get waits for the store gets nothing else meanwhile,
-            // as behind a synchronous get.
-            !held.contains_key(&c.conn)
-                && conns.get(&c.conn).is_some_and(|conn| {
-                    conn.unflushed_bytes < write_limit
-                        && conn.channels.get(&c.channel).is_some_and(|ch| {
-                            ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit
-                        })
-                })
-        };
+        let sessions = &self.sessions;
+        let work = &mut self.counters.work;
+        // Nothing that could let a consumer take more happened since a search found none.
+        if let Some(mark) = q.consumers.nobody_takes
+            && freed_mark(sessions, &q.consumers, work) == mark
+        {
+            return None;
+        }
         let single_active = q.decl.settings.single_active_consumer;
-        q.consumers
-            .choose(single_active, can_take, &mut self.counters.work)
+        let chosen = q.consumers.choose(
+            single_active,
+            |c| consumer_can_take(sessions, limits, c),
+            work,
+        );
+        q.consumers.nobody_takes = match chosen {
+            Some(_) => None,
+            None => Some(freed_mark(sessions, &q.consumers, work)),
+        };
+        chosen
     }
 
     /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless
@@ -337,5 +342,42 @@ fn ack(last: u64, count: u64) -> Method {
     Method::BasicAck(BasicAck {
         delivery_tag: last,
         multiple: count > 1,
+    })
+}
+
+/// Whether the consumer `c` can take one more message now: its connection has no parked
+/// get and not too much unwritten output, and its channel and its own prefetch have room.
+pub(super) fn consumer_can_take(
+    sessions: &super::parts::Sessions,
+    (write_limit, unacked_limit): (usize, usize),
+    c: &ConsumerRef,
+) -> bool {
+    // A connection whose get waits for the store gets nothing else meanwhile, as behind a
+    // synchronous get.
+    !sessions.held.contains_key(&c.conn)
+        && sessions.conns.get(&c.conn).is_some_and(|conn| {
+            conn.unflushed_bytes < write_limit
+                && conn
+                    .channels
+                    .get(&c.channel)
+                    .is_some_and(|ch| ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit)
+        })
+}
+
+/// The sum of the `freed` counters of the channels (and their connections) that have
+/// consumers in `consumers` (see [`super::queue::Consumers::nobody_takes`]); one step of
+/// `work` per channel.
+pub(super) fn freed_mark(
+    sessions: &super::parts::Sessions,
+    consumers: &super::queue::Consumers,
+    work: &mut u64,
+) -> u64 {
+    consumers.channels().fold(0u64, |sum, (conn, channel)| {
+        *work += 1;
+        let Some(c) = sessions.conns.get(&conn) else {
+            return sum;
+        };
+        let ch = c.channels.get(&channel).map_or(0, |ch| ch.freed);
+        sum.wrapping_add(c.freed).wrapping_add(ch)
     })
 }

@@ -958,7 +958,9 @@ fn a_quorum_queue_dead_letters_past_its_delivery_limit() {
 /// A queue whose consumers share one priority hands each message to the first of them, in
 /// round-robin order, that can take it: the search looks at the consumers it passes over,
 /// not at every consumer of the queue to find the highest priority (with 100,000 consumers
-/// that took 0.4 ms of the core for each message).
+/// that took 0.4 ms of the core for each message). And once a search finds that none of
+/// them can take one, the next publishes do not search again until something frees one
+/// (with 100,000 consumers that never ack, each publish took 3.3 ms of the core).
 #[test]
 fn a_delivery_among_many_consumers_looks_at_few_of_them() {
     use crate::proto::command::{Command, Message};
@@ -986,15 +988,14 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
     rig.open(2);
     let mut tags = std::collections::BTreeSet::new();
     let mut most = 0;
-    for _ in 0..n {
-        let before = rig.broker.work_done();
+    let publish = |rig: &mut Rig| {
         let message = std::sync::Arc::new(Message {
             exchange: String::new(),
             routing_key: "many".into(),
             properties: Default::default(),
             body: bytes::Bytes::from_static(b"x"),
         });
-        let r = rig.command(
+        rig.command(
             2,
             Command::Publish {
                 channel: 1,
@@ -1002,7 +1003,11 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
                 immediate: false,
                 message,
             },
-        );
+        )
+    };
+    for _ in 0..n {
+        let before = rig.broker.work_done();
+        let r = publish(&mut rig);
         most = most.max(rig.broker.work_done() - before);
         for (_, reply) in r {
             if let Reply::Deliver { consumer_tag, .. } = reply {
@@ -1013,5 +1018,39 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
     }
     assert_eq!(tags.len(), n, "each consumer got one message");
     assert!(most < 20, "a publish took {most} steps among {n} consumers");
+    rig.broker.check_invariants();
+    // Now none of them can take one: after one search finds that, publishes do not look
+    // at them again until something frees one.
+    let mut most = 0;
+    for i in 0..1000 {
+        let before = rig.broker.work_done();
+        let r = publish(&mut rig);
+        assert!(r.is_empty(), "{r:?}");
+        let work = rig.broker.work_done() - before;
+        if i > 0 {
+            most = most.max(work);
+        }
+    }
+    assert!(
+        most < 20,
+        "a publish took {most} steps among {n} blocked consumers"
+    );
+    rig.broker.check_invariants();
+    // An ack frees its consumer, which gets the next message at once.
+    let r = rig.method(
+        1,
+        Method::BasicAck(crate::proto::method::BasicAck {
+            delivery_tag: 77,
+            multiple: false,
+        }),
+    );
+    let got: Vec<&str> = r
+        .iter()
+        .filter_map(|(_, reply)| match reply {
+            Reply::Deliver { consumer_tag, .. } => Some(&**consumer_tag),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ["c76"], "the freed consumer takes the next message");
     rig.broker.check_invariants();
 }

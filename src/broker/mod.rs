@@ -335,6 +335,9 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// Bytes of replies produced and not yet reported written.
     unflushed_bytes: usize,
+    /// Counts what may let the connection's consumers take more (output written, a parked
+    /// get answered): see [`queue::Consumers::nobody_takes`].
+    freed: u64,
     /// Exclusive queues this connection owns.
     exclusive_queues: Vec<QueueId>,
     /// When the connection was accepted, in broker time.
@@ -541,6 +544,7 @@ impl Broker {
                 cancel_notify: false,
                 channels: HashMap::default(),
                 unflushed_bytes: 0,
+                freed: 0,
                 exclusive_queues: Vec::new(),
                 connected_at_ms: now_ms,
                 has_published: false,
@@ -623,6 +627,9 @@ impl Broker {
         let Some(mut waiting) = self.sessions.held.remove(&conn) else {
             return;
         };
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
+            c.freed += 1;
+        }
         self.set_paused(conn, flow::PAUSED_BY_GET, false);
         while let Some(command) = waiting.pop_front() {
             if !self.sessions.conns.contains_key(&conn) {
@@ -870,12 +877,30 @@ impl Broker {
         self.check_tenant_invariants();
         // What ties topology and sessions: exclusive owners, consumers registered on both
         // sides, unacked counts.
+        let limits = (
+            self.config.limits.max_unflushed_bytes_per_connection,
+            self.config.limits.max_unacked_per_channel,
+        );
         for q in self.topology.queues.values() {
             assert!(
                 !q.messages.holding() || self.round.holding.contains(&q.id),
                 "queue {} holds messages back unknown to the round",
                 q.decl.name
             );
+            // A queue that skips its search for a consumer has none that could take one.
+            if let Some(mark) = q.consumers.nobody_takes
+                && dispatch::freed_mark(&self.sessions, &q.consumers, &mut 0) == mark
+            {
+                assert!(
+                    !q.consumers.iter().any(|c| dispatch::consumer_can_take(
+                        &self.sessions,
+                        limits,
+                        c
+                    )),
+                    "queue {} skips its consumers though one can take a message",
+                    q.decl.name
+                );
+            }
             if let Some(owner) = q.decl.exclusive_owner {
                 assert!(
                     self.sessions.conns.contains_key(&owner),

@@ -363,6 +363,7 @@ impl Broker {
         };
         let was_over = c.unflushed_bytes >= limit;
         c.unflushed_bytes = c.unflushed_bytes.saturating_sub(bytes);
+        c.freed += 1;
         let resume_reading = c.paused & super::flow::PAUSED_BY_OUTPUT != 0
             && c.unflushed_bytes < limit * super::flow::OUTPUT_PAUSE_FACTOR / 2;
         let resume_get = c.get_waits_for_drain && c.unflushed_bytes < limit;

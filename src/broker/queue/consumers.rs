@@ -33,6 +33,16 @@ pub struct Consumers {
     /// for the next consumer, so it costs one step per consumer passed over, not one per
     /// consumer of the queue.
     priorities: BTreeMap<i64, usize>,
+    /// How many consumers each channel has here.
+    channels: BTreeMap<(ConnId, u16), usize>,
+    /// Set when a search found no consumer that could take a message: the sum of the
+    /// `freed` counters of the consumers' channels and connections then. Those counters
+    /// grow with everything that may let a consumer take more (a settlement, qos, flow
+    /// resumed, output written, a parked get answered); while the sum is unchanged and no
+    /// consumer came or went, nobody can take one still, and the search is skipped. A
+    /// queue with 100,000 consumers that do not ack would otherwise look at each of them
+    /// for every message published to it.
+    pub nobody_takes: Option<u64>,
 }
 
 impl Consumers {
@@ -49,6 +59,11 @@ impl Consumers {
     /// The consumers in round-robin order (from the start of the list, not the cursor).
     pub fn iter(&self) -> std::slice::Iter<'_, ConsumerRef> {
         self.list.iter()
+    }
+
+    /// The channels that have consumers here.
+    pub fn channels(&self) -> impl Iterator<Item = (ConnId, u16)> + '_ {
+        self.channels.keys().copied()
     }
 
     /// Whether a consumer holds exclusive access.
@@ -69,6 +84,11 @@ impl Consumers {
     /// Adds a consumer at the end of the round-robin order.
     pub fn add(&mut self, consumer: ConsumerRef, exclusive: bool) {
         *self.priorities.entry(consumer.priority).or_default() += 1;
+        *self
+            .channels
+            .entry((consumer.conn, consumer.channel))
+            .or_default() += 1;
+        self.nobody_takes = None;
         self.list.push(consumer);
         self.had_consumer = true;
         self.exclusive = exclusive;
@@ -84,7 +104,9 @@ impl Consumers {
             return false;
         };
         let gone = self.list.remove(pos);
-        forget_priority(&mut self.priorities, gone.priority);
+        forget(&mut self.priorities, gone.priority);
+        forget(&mut self.channels, (gone.conn, gone.channel));
+        self.nobody_takes = None;
         if pos < self.next {
             self.next -= 1;
         }
@@ -105,6 +127,8 @@ impl Consumers {
         let mut index = 0;
         let mut removed_before_cursor = 0;
         let next = self.next;
+        self.channels.remove(&(conn, channel));
+        self.nobody_takes = None;
         let priorities = &mut self.priorities;
         self.list.retain(|c| {
             let gone = c.conn == conn && c.channel == channel;
@@ -112,7 +136,7 @@ impl Consumers {
                 removed_before_cursor += 1;
             }
             if gone {
-                forget_priority(priorities, c.priority);
+                forget(priorities, c.priority);
             }
             index += 1;
             !gone
@@ -187,9 +211,9 @@ impl Consumers {
     }
 }
 
-/// Takes one consumer of `priority` off the counts.
-fn forget_priority(priorities: &mut BTreeMap<i64, usize>, priority: i64) {
-    if let std::collections::btree_map::Entry::Occupied(mut e) = priorities.entry(priority) {
+/// Takes one off the count of `key`, and the key with its last.
+fn forget<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
+    if let std::collections::btree_map::Entry::Occupied(mut e) = counts.entry(key) {
         *e.get_mut() -= 1;
         if *e.get() == 0 {
             e.remove();
