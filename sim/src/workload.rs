@@ -36,6 +36,9 @@ pub struct QueueSpec {
     pub durable: bool,
     /// `x-max-length` with `x-overflow: reject-publish`: publishes beyond it are nacked.
     pub max_length: Option<u32>,
+    /// `x-single-active-consumer`: only the first consumer receives messages, and a
+    /// search for a consumer tries it alone.
+    pub single_active: bool,
 }
 
 /// A binding of the topology.
@@ -109,6 +112,7 @@ impl Spec {
                 name: format!("q{i}"),
                 durable: rng.gen_bool(0.7),
                 max_length: rng.gen_bool(0.2).then(|| rng.gen_range(2..=20)),
+                single_active: rng.gen_bool(0.15),
             })
             .collect();
         let mut bindings = Vec::new();

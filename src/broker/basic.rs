@@ -482,8 +482,13 @@ impl Broker {
         for e in &entries {
             ch.settle_accounting(e);
         }
+        // Freed prefetch capacity lets the channel's consumers take more, from any queue.
+        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         for e in entries {
             self.requeue(e);
+        }
+        for q in queues {
+            self.schedule_dispatch(q);
         }
         Ok(())
     }

@@ -130,6 +130,29 @@ impl Broker {
         self.deliver(queue, &target, entry)
     }
 
+    /// Checks that a queue that skips its search for a consumer has none that could take
+    /// a message.
+    pub(super) fn check_skipped_searches(&self) {
+        let limits = (
+            self.config.limits.max_unflushed_bytes_per_connection,
+            self.config.limits.max_unacked_per_channel,
+        );
+        for q in self.topology.queues.values() {
+            if let Some(mark) = q.consumers.nobody_takes
+                && freed_mark(&self.sessions, &q.consumers, &mut 0) == mark
+            {
+                let single_active = q.decl.settings.single_active_consumer;
+                assert!(
+                    !q.consumers
+                        .candidates_of(single_active)
+                        .any(|c| consumer_can_take(&self.sessions, limits, c)),
+                    "queue {} skips its consumers though one can take a message",
+                    q.decl.name
+                );
+            }
+        }
+    }
+
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
@@ -347,7 +370,7 @@ fn ack(last: u64, count: u64) -> Method {
 
 /// Whether the consumer `c` can take one more message now: its connection has no parked
 /// get and not too much unwritten output, and its channel and its own prefetch have room.
-pub(super) fn consumer_can_take(
+fn consumer_can_take(
     sessions: &super::parts::Sessions,
     (write_limit, unacked_limit): (usize, usize),
     c: &ConsumerRef,
@@ -367,7 +390,7 @@ pub(super) fn consumer_can_take(
 /// The sum of the `freed` counters of the channels (and their connections) that have
 /// consumers in `consumers` (see [`super::queue::Consumers::nobody_takes`]); one step of
 /// `work` per channel.
-pub(super) fn freed_mark(
+fn freed_mark(
     sessions: &super::parts::Sessions,
     consumers: &super::queue::Consumers,
     work: &mut u64,

@@ -1054,3 +1054,75 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
     assert_eq!(got, ["c76"], "the freed consumer takes the next message");
     rig.broker.check_invariants();
 }
+
+/// With a single active consumer that is at its prefetch limit, the queue skips its search
+/// although a waiting consumer has room (only the active one is tried), and the active one
+/// gets the next message when it acks.
+#[test]
+fn a_single_active_consumer_at_its_limit_holds_the_queue_until_it_acks() {
+    use crate::proto::command::Command;
+    let mut rig = rig();
+    rig.open(2);
+    rig.open(3);
+    declare_with(
+        &mut rig,
+        "sac",
+        args(&[("x-single-active-consumer", FieldValue::Bool(true))]),
+    );
+    for (conn, tag) in [(1, "active"), (2, "waiting")] {
+        ok(&rig.method(
+            conn,
+            Method::BasicQos(crate::proto::method::BasicQos {
+                prefetch_count: 1,
+                ..Default::default()
+            }),
+        ));
+        rig.method(
+            conn,
+            Method::BasicConsume(BasicConsume {
+                queue: "sac".into(),
+                consumer_tag: tag.into(),
+                ..Default::default()
+            }),
+        );
+    }
+    let publish = |rig: &mut Rig| {
+        let message = std::sync::Arc::new(crate::proto::command::Message {
+            exchange: String::new(),
+            routing_key: "sac".into(),
+            properties: Default::default(),
+            body: bytes::Bytes::from_static(b"x"),
+        });
+        rig.command(
+            3,
+            Command::Publish {
+                channel: 1,
+                mandatory: false,
+                immediate: false,
+                message,
+            },
+        )
+    };
+    let delivered_to = |r: &[(ConnId, Reply)]| -> Vec<String> {
+        r.iter()
+            .filter_map(|(_, reply)| match reply {
+                Reply::Deliver { consumer_tag, .. } => Some(consumer_tag.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(delivered_to(&publish(&mut rig)), ["active"]);
+    for _ in 0..3 {
+        assert_eq!(delivered_to(&publish(&mut rig)), Vec::<String>::new());
+        rig.broker.check_invariants();
+    }
+    let r = rig.method(
+        1,
+        Method::BasicAck(crate::proto::method::BasicAck {
+            delivery_tag: 1,
+            multiple: false,
+        }),
+    );
+    assert_eq!(delivered_to(&r), ["active"]);
+    rig.broker.check_invariants();
+}

@@ -95,6 +95,9 @@ impl Client {
                 FieldValue::LongStr(Bytes::from_static(b"reject-publish")),
             );
         }
+        if qs.single_active {
+            arguments.insert("x-single-active-consumer", FieldValue::Bool(true));
+        }
         let m = QueueDeclare {
             queue: qs.name.clone(),
             durable: qs.durable,

@@ -151,6 +151,12 @@ impl Consumers {
         before - self.list.len()
     }
 
+    /// The consumers [`Consumers::choose`] tries (with a single active consumer, the
+    /// first only).
+    pub fn candidates_of(&self, single_active: bool) -> impl Iterator<Item = &ConsumerRef> {
+        self.candidates(single_active).map(|i| &self.list[i])
+    }
+
     /// The consumers that may receive the next message, in the order to try them: with a
     /// single active consumer only the first; otherwise round-robin from the cursor.
     fn candidates(&self, single_active: bool) -> impl Iterator<Item = usize> + '_ {
@@ -162,8 +168,7 @@ impl Consumers {
 
     /// Chooses the consumer for the next message and moves the cursor past it: the
     /// highest-priority candidate that `can_take` it, first in round-robin order among
-    /// equals. None when no candidate can.
-    /// Adds the consumers it looked at to `steps`.
+    /// equals. None when no candidate can. Adds the consumers it looked at to `steps`.
     pub fn choose(
         &mut self,
         single_active: bool,
@@ -208,6 +213,11 @@ impl Consumers {
             counted, self.priorities,
             "queue {queue} consumer priorities"
         );
+        let mut counted = BTreeMap::new();
+        for c in &self.list {
+            *counted.entry((c.conn, c.channel)).or_insert(0) += 1;
+        }
+        assert_eq!(counted, self.channels, "queue {queue} consumer channels");
     }
 }
 
