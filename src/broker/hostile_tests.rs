@@ -1126,3 +1126,75 @@ fn a_single_active_consumer_at_its_limit_holds_the_queue_until_it_acks() {
     assert_eq!(delivered_to(&r), ["active"]);
     rig.broker.check_invariants();
 }
+
+/// basic.recover frees the channel's shared prefetch for all of its consumers, not only
+/// for the queues its deliveries return to.
+#[test]
+fn recover_lets_the_channels_other_consumers_take_messages() {
+    use crate::proto::method::{BasicCancel, BasicQos, BasicRecover};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "first", FieldTable::default());
+    declare_with(&mut rig, "second", FieldTable::default());
+    ok(&rig.method(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 1,
+            global: true,
+            ..Default::default()
+        }),
+    ));
+    let consume = |rig: &mut Rig, queue: &str| {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: queue.into(),
+                consumer_tag: queue.into(),
+                ..Default::default()
+            }),
+        )
+    };
+    let delivered_to = |r: &[(ConnId, Reply)]| -> Vec<String> {
+        r.iter()
+            .filter_map(|(_, reply)| match reply {
+                Reply::Deliver { consumer_tag, .. } => Some(consumer_tag.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let publish = |rig: &mut Rig, queue: &str| {
+        let message = std::sync::Arc::new(crate::proto::command::Message {
+            exchange: String::new(),
+            routing_key: queue.into(),
+            properties: Default::default(),
+            body: bytes::Bytes::from_static(b"x"),
+        });
+        rig.command(
+            2,
+            crate::proto::command::Command::Publish {
+                channel: 1,
+                mandatory: false,
+                immediate: false,
+                message,
+            },
+        )
+    };
+    consume(&mut rig, "first");
+    assert_eq!(delivered_to(&publish(&mut rig, "first")), ["first"]);
+    rig.method(
+        1,
+        Method::BasicCancel(BasicCancel {
+            consumer_tag: "first".into(),
+            nowait: false,
+        }),
+    );
+    consume(&mut rig, "second");
+    // The channel's one unacked delivery fills its shared prefetch.
+    assert_eq!(
+        delivered_to(&publish(&mut rig, "second")),
+        Vec::<String>::new()
+    );
+    let r = rig.method(1, Method::BasicRecover(BasicRecover { requeue: true }));
+    assert_eq!(delivered_to(&r), ["second"]);
+    rig.broker.check_invariants();
+}
