@@ -955,6 +955,16 @@ fn a_quorum_queue_dead_letters_past_its_delivery_limit() {
     rig.broker.check_invariants();
 }
 
+/// The consumer tags these replies deliver to, in order.
+fn delivered_to(r: &[(ConnId, Reply)]) -> Vec<String> {
+    r.iter()
+        .filter_map(|(_, reply)| match reply {
+            Reply::Deliver { consumer_tag, .. } => Some(consumer_tag.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A queue whose consumers share one priority hands each message to the first of them, in
 /// round-robin order, that can take it: the search looks at the consumers it passes over,
 /// not at every consumer of the queue to find the highest priority (with 100,000 consumers
@@ -963,7 +973,7 @@ fn a_quorum_queue_dead_letters_past_its_delivery_limit() {
 /// (with 100,000 consumers that never ack, each publish took 3.3 ms of the core).
 #[test]
 fn a_delivery_among_many_consumers_looks_at_few_of_them() {
-    use crate::proto::command::{Command, Message};
+    use crate::proto::command::Command;
     let mut rig = rig();
     declare_with(&mut rig, "many", FieldTable::default());
     ok(&rig.method(
@@ -988,32 +998,12 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
     rig.open(2);
     let mut tags = std::collections::BTreeSet::new();
     let mut most = 0;
-    let publish = |rig: &mut Rig| {
-        let message = std::sync::Arc::new(Message {
-            exchange: String::new(),
-            routing_key: "many".into(),
-            properties: Default::default(),
-            body: bytes::Bytes::from_static(b"x"),
-        });
-        rig.command(
-            2,
-            Command::Publish {
-                channel: 1,
-                mandatory: false,
-                immediate: false,
-                message,
-            },
-        )
-    };
+    let publish = |rig: &mut Rig| rig.publish_replies(2, "", "many", 0, Default::default());
     for _ in 0..n {
         let before = rig.broker.work_done();
         let r = publish(&mut rig);
         most = most.max(rig.broker.work_done() - before);
-        for (_, reply) in r {
-            if let Reply::Deliver { consumer_tag, .. } = reply {
-                tags.insert(consumer_tag);
-            }
-        }
+        tags.extend(delivered_to(&r));
         rig.command(1, Command::Drained { bytes: 1 << 20 });
     }
     assert_eq!(tags.len(), n, "each consumer got one message");
@@ -1044,14 +1034,11 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
             multiple: false,
         }),
     );
-    let got: Vec<&str> = r
-        .iter()
-        .filter_map(|(_, reply)| match reply {
-            Reply::Deliver { consumer_tag, .. } => Some(&**consumer_tag),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(got, ["c76"], "the freed consumer takes the next message");
+    assert_eq!(
+        delivered_to(&r),
+        ["c76"],
+        "the freed consumer takes the next message"
+    );
     rig.broker.check_invariants();
 }
 
@@ -1060,7 +1047,6 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
 /// gets the next message when it acks.
 #[test]
 fn a_single_active_consumer_at_its_limit_holds_the_queue_until_it_acks() {
-    use crate::proto::command::Command;
     let mut rig = rig();
     rig.open(2);
     rig.open(3);
@@ -1086,31 +1072,7 @@ fn a_single_active_consumer_at_its_limit_holds_the_queue_until_it_acks() {
             }),
         );
     }
-    let publish = |rig: &mut Rig| {
-        let message = std::sync::Arc::new(crate::proto::command::Message {
-            exchange: String::new(),
-            routing_key: "sac".into(),
-            properties: Default::default(),
-            body: bytes::Bytes::from_static(b"x"),
-        });
-        rig.command(
-            3,
-            Command::Publish {
-                channel: 1,
-                mandatory: false,
-                immediate: false,
-                message,
-            },
-        )
-    };
-    let delivered_to = |r: &[(ConnId, Reply)]| -> Vec<String> {
-        r.iter()
-            .filter_map(|(_, reply)| match reply {
-                Reply::Deliver { consumer_tag, .. } => Some(consumer_tag.to_string()),
-                _ => None,
-            })
-            .collect()
-    };
+    let publish = |rig: &mut Rig| rig.publish_replies(3, "", "sac", 0, Default::default());
     assert_eq!(delivered_to(&publish(&mut rig)), ["active"]);
     for _ in 0..3 {
         assert_eq!(delivered_to(&publish(&mut rig)), Vec::<String>::new());
@@ -1154,31 +1116,8 @@ fn recover_lets_the_channels_other_consumers_take_messages() {
             }),
         )
     };
-    let delivered_to = |r: &[(ConnId, Reply)]| -> Vec<String> {
-        r.iter()
-            .filter_map(|(_, reply)| match reply {
-                Reply::Deliver { consumer_tag, .. } => Some(consumer_tag.to_string()),
-                _ => None,
-            })
-            .collect()
-    };
-    let publish = |rig: &mut Rig, queue: &str| {
-        let message = std::sync::Arc::new(crate::proto::command::Message {
-            exchange: String::new(),
-            routing_key: queue.into(),
-            properties: Default::default(),
-            body: bytes::Bytes::from_static(b"x"),
-        });
-        rig.command(
-            2,
-            crate::proto::command::Command::Publish {
-                channel: 1,
-                mandatory: false,
-                immediate: false,
-                message,
-            },
-        )
-    };
+    let publish =
+        |rig: &mut Rig, queue: &str| rig.publish_replies(2, "", queue, 0, Default::default());
     consume(&mut rig, "first");
     assert_eq!(delivered_to(&publish(&mut rig, "first")), ["first"]);
     rig.method(

@@ -76,21 +76,7 @@ fn delivered(replies: &[(ConnId, Reply)]) -> Vec<(u64, u32)> {
 
 /// Publishes a transient message with this body to "q"; returns the replies.
 fn publish(rig: &mut Rig, body: u32) -> Vec<(ConnId, Reply)> {
-    let message = std::sync::Arc::new(crate::proto::command::Message {
-        exchange: String::new(),
-        routing_key: "q".into(),
-        properties: Default::default(),
-        body: Bytes::copy_from_slice(&body.to_be_bytes()),
-    });
-    rig.command(
-        1,
-        crate::proto::command::Command::Publish {
-            channel: 1,
-            mandatory: false,
-            immediate: false,
-            message,
-        },
-    )
+    rig.publish_replies(1, "", "q", body, Default::default())
 }
 
 #[test]

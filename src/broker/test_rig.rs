@@ -272,13 +272,27 @@ impl Rig {
         body: u32,
         properties: BasicProperties,
     ) {
+        let r = self.publish_replies(conn, exchange, routing_key, body, properties);
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    /// Publishes a message whose body is `body` as 4 bytes on channel 1; returns every
+    /// reply it caused (deliveries to consumers among them).
+    pub fn publish_replies(
+        &mut self,
+        conn: ConnId,
+        exchange: &str,
+        routing_key: &str,
+        body: u32,
+        properties: BasicProperties,
+    ) -> Vec<(ConnId, Reply)> {
         let message = Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             properties,
             body: Bytes::copy_from_slice(&body.to_be_bytes()),
         });
-        let r = self.command(
+        self.command(
             conn,
             Command::Publish {
                 channel: 1,
@@ -286,8 +300,7 @@ impl Rig {
                 immediate: false,
                 message,
             },
-        );
-        assert!(r.is_empty(), "{r:?}");
+        )
     }
 
     /// A no-ack basic.get: the body as a number and its redelivered flag, or None.
