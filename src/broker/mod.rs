@@ -628,19 +628,10 @@ impl Broker {
             return;
         };
         // Its consumers were passed over while it waited: they may take messages again.
-        let queues: Vec<QueueId> = match self.sessions.conns.get_mut(&conn) {
-            Some(c) => {
-                c.freed += 1;
-                c.channels
-                    .values()
-                    .flat_map(|ch| ch.consumers.values().map(|x| x.queue))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        for q in queues {
-            self.schedule_dispatch(q);
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
+            c.freed += 1;
         }
+        self.offer_consumers_again(conn);
         self.set_paused(conn, flow::PAUSED_BY_GET, false);
         while let Some(command) = waiting.pop_front() {
             if !self.sessions.conns.contains_key(&conn) {

@@ -374,18 +374,30 @@ impl Broker {
         if resume_reading {
             self.set_paused(conn, super::flow::PAUSED_BY_OUTPUT, false);
         }
-        let Some(c) = self.sessions.conns.get_mut(&conn) else {
+        if was_over
+            && self
+                .sessions
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.unflushed_bytes < limit)
+        {
+            self.offer_consumers_again(conn);
+        }
+    }
+
+    /// Schedules a dispatch of every queue the connection consumes from: its consumers,
+    /// passed over while it could take nothing, may take messages again.
+    pub(super) fn offer_consumers_again(&mut self, conn: ConnId) {
+        let Some(c) = self.sessions.conns.get(&conn) else {
             return;
         };
-        if was_over && c.unflushed_bytes < limit {
-            let queues: Vec<_> = c
-                .channels
-                .values()
-                .flat_map(|ch| ch.consumers.values().map(|x| x.queue))
-                .collect();
-            for q in queues {
-                self.schedule_dispatch(q);
-            }
+        let queues: Vec<_> = c
+            .channels
+            .values()
+            .flat_map(|ch| ch.consumers.values().map(|x| x.queue))
+            .collect();
+        for q in queues {
+            self.schedule_dispatch(q);
         }
     }
 
