@@ -97,17 +97,13 @@ impl Broker {
             .ok_or_else(|| command_invalid("no channel"))?;
         let resumed = active && !ch.flow_active;
         ch.flow_active = active;
-        ch.freed += 1;
-        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         self.send_method(
             conn,
             channel,
             Method::ChannelFlowOk(ChannelFlowOk { active }),
         );
         if resumed {
-            for q in queues {
-                self.schedule_dispatch(q);
-            }
+            self.channel_freed(conn, channel);
         }
         Ok(())
     }
@@ -129,11 +125,7 @@ impl Broker {
         } else {
             ch.consumer_prefetch = m.prefetch_count;
         }
-        ch.freed += 1;
-        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
-        for q in queues {
-            self.schedule_dispatch(q);
-        }
+        self.channel_freed(conn, channel);
         self.send_method(conn, channel, Method::BasicQosOk(BasicQosOk {}));
         Ok(())
     }
@@ -428,7 +420,6 @@ impl Broker {
         if how == Settle::Ack {
             ch.stats.ack += entries.len() as u64;
         }
-        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         if let Mode::Tx { ops, .. } = &mut ch.mode {
             // A settle of nothing changes nothing at commit, and settles of one kind in a
             // row are one: the transaction grows with what it settles, never with how
@@ -445,9 +436,7 @@ impl Broker {
             self.apply_settlement(entries, how);
         }
         // Freed prefetch capacity lets the channel's consumers take more.
-        for q in queues {
-            self.schedule_dispatch(q);
-        }
+        self.channel_freed(conn, channel);
         Ok(())
     }
 
@@ -482,14 +471,11 @@ impl Broker {
         for e in &entries {
             ch.settle_accounting(e);
         }
-        // Freed prefetch capacity lets the channel's consumers take more, from any queue.
-        let queues: Vec<QueueId> = ch.consumers.values().map(|c| c.queue).collect();
         for e in entries {
             self.requeue(e);
         }
-        for q in queues {
-            self.schedule_dispatch(q);
-        }
+        // Freed prefetch capacity lets the channel's consumers take more, from any queue.
+        self.channel_freed(conn, channel);
         Ok(())
     }
 

@@ -224,9 +224,6 @@ pub struct Channel {
     pub channel_prefetch: u16,
     /// Unacked deliveries to consumers (not `basic.get`), for the shared limit.
     pub consumer_unacked: u32,
-    /// Counts what may let the channel's consumers take more (settlements, qos, flow
-    /// resumed): see [`super::queue::Consumers::nobody_takes`].
-    pub freed: u64,
     /// `channel.flow` from the client: deliveries paused when false.
     pub flow_active: bool,
     /// Confirm or transaction mode.
@@ -251,7 +248,6 @@ impl Channel {
             consumer_prefetch: 0,
             channel_prefetch: 0,
             consumer_unacked: 0,
-            freed: 0,
             flow_active: true,
             mode: Mode::Plain,
             last_queue: String::new(),
@@ -278,7 +274,6 @@ impl Channel {
 
     /// Takes a delivery's ack accounting off its consumer.
     pub fn settle_accounting(&mut self, entry: &Unacked) {
-        self.freed += 1;
         if entry.from_consumer {
             debug_assert!(self.consumer_unacked > 0);
             self.consumer_unacked = self.consumer_unacked.saturating_sub(1);

@@ -25,6 +25,7 @@ impl Broker {
         // them from hash maps), so that the outputs depend only on the inputs.
         self.round.to_dispatch.sort_unstable_by(|a, b| b.cmp(a));
         while let Some(queue) = self.round.to_dispatch.pop() {
+            self.counters.work += 1;
             if let Some(q) = self.topology.queues.get_mut(&queue) {
                 q.dispatch_scheduled = false;
             }
@@ -131,55 +132,136 @@ impl Broker {
     }
 
     /// Checks that a queue that skips its search for a consumer has none that could take
-    /// a message.
+    /// a message, and waits for every candidate's channel or connection to free room; and
+    /// that every queue a connection lists as waiting has a consumer on that channel (a
+    /// queue that found a consumer since may still be listed on its other channels: a
+    /// free there asks it for one more search).
     pub(super) fn check_skipped_searches(&self) {
-        let limits = (
-            self.config.limits.max_unflushed_bytes_per_connection,
-            self.config.limits.max_unacked_per_channel,
-        );
-        for q in self.topology.queues.values() {
-            if let Some(mark) = q.consumers.nobody_takes
-                && freed_mark(&self.sessions, &q.consumers, &mut 0) == mark
-            {
-                let single_active = q.decl.settings.single_active_consumer;
+        let limits = self.take_limits();
+        for (&id, q) in &self.topology.queues {
+            if !q.consumers.nobody_takes {
+                continue;
+            }
+            let single_active = q.decl.settings.single_active_consumer;
+            for c in q.consumers.candidates_of(single_active) {
                 assert!(
-                    !q.consumers
-                        .candidates_of(single_active)
-                        .any(|c| consumer_can_take(&self.sessions, limits, c)),
+                    !consumer_can_take(&self.sessions, limits, c),
                     "queue {} skips its consumers though one can take a message",
                     q.decl.name
+                );
+                assert!(
+                    self.sessions
+                        .conns
+                        .get(&c.conn)
+                        .is_some_and(|conn| conn.waiting.waits(c.channel, id)),
+                    "queue {} skips its consumers but is not waiting for channel {}",
+                    q.decl.name,
+                    c.channel
+                );
+            }
+        }
+        for (conn, c) in &self.sessions.conns {
+            for (channel, queue) in c.waiting.entries() {
+                let q = self.topology.queues.get(&queue);
+                assert!(
+                    q.is_some_and(|q| q.consumers.has_channel(*conn, channel)),
+                    "connection {conn} lists queue {queue} as waiting for channel {channel}, \
+                     which has no consumer there"
                 );
             }
         }
     }
 
+    /// The write and unacked limits [`consumer_can_take`] applies.
+    fn take_limits(&self) -> (usize, usize) {
+        (
+            self.config.limits.max_unflushed_bytes_per_connection,
+            self.config.limits.max_unacked_per_channel,
+        )
+    }
+
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
-        let limits = (
-            self.config.limits.max_unflushed_bytes_per_connection,
-            self.config.limits.max_unacked_per_channel,
-        );
+        let limits = self.take_limits();
         let q = self.topology.queues.get_mut(&queue)?;
-        let sessions = &self.sessions;
-        let work = &mut self.counters.work;
-        // Nothing that could let a consumer take more happened since a search found none.
-        if let Some(mark) = q.consumers.nobody_takes
-            && freed_mark(sessions, &q.consumers, work) == mark
-        {
+        // Nobody could take one, and nothing freed room for any of them since.
+        if q.consumers.nobody_takes {
             return None;
         }
+        let sessions = &self.sessions;
         let single_active = q.decl.settings.single_active_consumer;
         let chosen = q.consumers.choose(
             single_active,
             |c| consumer_can_take(sessions, limits, c),
-            work,
+            &mut self.counters.work,
         );
-        q.consumers.nobody_takes = match chosen {
-            Some(_) => None,
-            None => Some(freed_mark(sessions, &q.consumers, work)),
-        };
+        if chosen.is_none() {
+            self.wait_for_consumers(queue);
+        }
         chosen
+    }
+
+    /// None of `queue`'s consumers can take a message: it skips its search until one of
+    /// their channels or connections frees room, and waits on each of them.
+    fn wait_for_consumers(&mut self, queue: QueueId) {
+        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
+            return;
+        };
+        q.consumers.nobody_takes = true;
+        let single_active = q.decl.settings.single_active_consumer;
+        let waits_on: Vec<(ConnId, u16)> = if single_active {
+            q.consumers
+                .first()
+                .map(|c| (c.conn, c.channel))
+                .into_iter()
+                .collect()
+        } else {
+            q.consumers.channels().collect()
+        };
+        self.counters.work += waits_on.len() as u64;
+        for (conn, channel) in waits_on {
+            let held = self.sessions.held.contains_key(&conn);
+            if let Some(c) = self.sessions.conns.get_mut(&conn) {
+                let by_connection = held || c.unflushed_bytes >= write_limit;
+                c.waiting.note(channel, queue, by_connection);
+            }
+        }
+    }
+
+    /// The connection frees room (its output drained, its parked get was answered): the
+    /// queues that waited for it search for a consumer again.
+    pub(super) fn connection_freed(&mut self, conn: ConnId) {
+        let queues = self
+            .sessions
+            .conns
+            .get_mut(&conn)
+            .map(|c| c.waiting.take_connection())
+            .unwrap_or_default();
+        self.search_again(queues);
+    }
+
+    /// A channel frees room (a settlement, qos, recover, flow resumed): the queues that
+    /// waited for it search for a consumer again.
+    pub(super) fn channel_freed(&mut self, conn: ConnId, channel: u16) {
+        let queues = self
+            .sessions
+            .conns
+            .get_mut(&conn)
+            .map(|c| c.waiting.take_channel(channel))
+            .unwrap_or_default();
+        self.search_again(queues);
+    }
+
+    fn search_again(&mut self, queues: Vec<QueueId>) {
+        self.counters.work += queues.len() as u64;
+        for queue in queues {
+            if let Some(q) = self.topology.queues.get_mut(&queue) {
+                q.consumers.nobody_takes = false;
+            }
+            self.schedule_dispatch(queue);
+        }
     }
 
     /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless
@@ -385,22 +467,4 @@ fn consumer_can_take(
                     .get(&c.channel)
                     .is_some_and(|ch| ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit)
         })
-}
-
-/// The sum of the `freed` counters of the channels (and their connections) that have
-/// consumers in `consumers` (see [`super::queue::Consumers::nobody_takes`]); one step of
-/// `work` per channel.
-fn freed_mark(
-    sessions: &super::parts::Sessions,
-    consumers: &super::queue::Consumers,
-    work: &mut u64,
-) -> u64 {
-    consumers.channels().fold(0u64, |sum, (conn, channel)| {
-        *work += 1;
-        let Some(c) = sessions.conns.get(&conn) else {
-            return sum;
-        };
-        let ch = c.channels.get(&channel).map_or(0, |ch| ch.freed);
-        sum.wrapping_add(c.freed).wrapping_add(ch)
-    })
 }

@@ -48,6 +48,7 @@ mod test_rig;
 mod timers;
 pub mod topic;
 mod vhost;
+mod waiting;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -335,9 +336,9 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// Bytes of replies produced and not yet reported written.
     unflushed_bytes: usize,
-    /// Counts what may let the connection's consumers take more (output written, a parked
-    /// get answered): see [`queue::Consumers::nobody_takes`].
-    freed: u64,
+    /// Queues whose consumers on this connection could take nothing when they last
+    /// searched: they search again when it or one of its channels frees room.
+    waiting: waiting::WaitingQueues,
     /// Exclusive queues this connection owns.
     exclusive_queues: Vec<QueueId>,
     /// When the connection was accepted, in broker time.
@@ -544,7 +545,7 @@ impl Broker {
                 cancel_notify: false,
                 channels: HashMap::default(),
                 unflushed_bytes: 0,
-                freed: 0,
+                waiting: Default::default(),
                 exclusive_queues: Vec::new(),
                 connected_at_ms: now_ms,
                 has_published: false,
@@ -628,10 +629,7 @@ impl Broker {
             return;
         };
         // Its consumers were passed over while it waited: they may take messages again.
-        if let Some(c) = self.sessions.conns.get_mut(&conn) {
-            c.freed += 1;
-        }
-        self.offer_consumers_again(conn);
+        self.connection_freed(conn);
         self.set_paused(conn, flow::PAUSED_BY_GET, false);
         while let Some(command) = waiting.pop_front() {
             if !self.sessions.conns.contains_key(&conn) {

@@ -363,7 +363,6 @@ impl Broker {
         };
         let was_over = c.unflushed_bytes >= limit;
         c.unflushed_bytes = c.unflushed_bytes.saturating_sub(bytes);
-        c.freed += 1;
         let resume_reading = c.paused & super::flow::PAUSED_BY_OUTPUT != 0
             && c.unflushed_bytes < limit * super::flow::OUTPUT_PAUSE_FACTOR / 2;
         let resume_get = c.get_waits_for_drain && c.unflushed_bytes < limit;
@@ -381,23 +380,7 @@ impl Broker {
                 .get(&conn)
                 .is_some_and(|c| c.unflushed_bytes < limit)
         {
-            self.offer_consumers_again(conn);
-        }
-    }
-
-    /// Schedules a dispatch of every queue the connection consumes from: its consumers,
-    /// passed over while it could take nothing, may take messages again.
-    pub(super) fn offer_consumers_again(&mut self, conn: ConnId) {
-        let Some(c) = self.sessions.conns.get(&conn) else {
-            return;
-        };
-        let queues: Vec<_> = c
-            .channels
-            .values()
-            .flat_map(|ch| ch.consumers.values().map(|x| x.queue))
-            .collect();
-        for q in queues {
-            self.schedule_dispatch(q);
+            self.connection_freed(conn);
         }
     }
 
@@ -442,9 +425,12 @@ impl Broker {
             ch.consumers.values().map(|c| c.queue).collect();
         ch.consumers.clear();
         for queue in queues {
-            self.detach_consumers(queue, |q| {
+            self.detach_consumers(queue, conn, channel, |q| {
                 q.consumers.remove_channel(conn, channel);
             });
+        }
+        if let Some(c) = self.sessions.conns.get_mut(&conn) {
+            c.waiting.forget_channel(channel);
         }
         // Settlements held by an open transaction were never committed: they return too.
         if let Mode::Tx { ops, .. } = std::mem::replace(&mut ch.mode, Mode::Plain) {
@@ -476,19 +462,34 @@ impl Broker {
         tag: &str,
         queue: super::QueueId,
     ) {
-        self.detach_consumers(queue, |q| {
+        self.detach_consumers(queue, conn, channel, |q| {
             q.consumers.remove(conn, channel, tag);
         });
     }
 
-    /// Removes consumers from `queue` with `remove`, then deletes it if it is auto-delete
-    /// and lost its last consumer, or lets the others take what the removed ones held.
-    fn detach_consumers(&mut self, queue: super::QueueId, remove: impl FnOnce(&mut super::Queue)) {
+    /// Removes consumers of channel `channel` from `queue` with `remove`, then deletes it
+    /// if it is auto-delete and lost its last consumer, or lets the others take what the
+    /// removed ones held.
+    fn detach_consumers(
+        &mut self,
+        queue: super::QueueId,
+        conn: ConnId,
+        channel: u16,
+        remove: impl FnOnce(&mut super::Queue),
+    ) {
         let now = self.now_ms;
         let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
         remove(q);
+        if !q.consumers.has_channel(conn, channel)
+            && let Some(c) = self.sessions.conns.get_mut(&conn)
+        {
+            c.waiting.forget(channel, queue);
+        }
+        let Some(q) = self.topology.queues.get_mut(&queue) else {
+            return;
+        };
         if q.consumers.is_empty() {
             q.expiry.touch(now);
         }

@@ -151,6 +151,7 @@ impl Broker {
                 continue;
             };
             let notify = conn.cancel_notify;
+            conn.waiting.forget(c.channel, id);
             if let Some(ch) = conn.channels.get_mut(&c.channel) {
                 ch.consumers.remove(&c.tag);
                 ch.orphan_deliveries(&c.tag);

@@ -20,11 +20,21 @@ pub struct ConsumerRef {
 
 /// A queue's consumers in round-robin order, with the cursor where the next delivery
 /// attempt starts.
+///
+/// Each consumer has a sequence number, given when it arrives: the round-robin order is
+/// the order of those numbers, and the cursor is a number, so a consumer leaves in a
+/// lookup, not a search and a shift of the list (a queue may have hundreds of thousands).
 #[derive(Debug, Default)]
 pub struct Consumers {
-    list: Vec<ConsumerRef>,
-    /// Index in `list` where the next delivery attempt starts.
-    next: usize,
+    /// The consumers by sequence number.
+    list: BTreeMap<u64, ConsumerRef>,
+    /// Each consumer's sequence number, by connection, channel and tag.
+    index: BTreeMap<(ConnId, u16, Arc<str>), u64>,
+    /// The sequence number the next consumer gets.
+    next_seq: u64,
+    /// The next delivery attempt starts at the first consumer numbered this or more
+    /// (round the list when there is none).
+    next: u64,
     /// A consumer holds exclusive access.
     exclusive: bool,
     /// Has ever had a consumer (auto-delete only applies after one).
@@ -35,14 +45,13 @@ pub struct Consumers {
     priorities: BTreeMap<i64, usize>,
     /// How many consumers each channel has here.
     channels: BTreeMap<(ConnId, u16), usize>,
-    /// Set when a search found no consumer that could take a message: the sum of the
-    /// `freed` counters of the consumers' channels and connections then. Those counters
-    /// grow with everything that may let a consumer take more (a settlement, qos, flow
-    /// resumed, output written, a parked get answered); while the sum is unchanged and no
-    /// consumer came or went, nobody can take one still, and the search is skipped. A
-    /// queue with 100,000 consumers that do not ack would otherwise look at each of them
-    /// for every message published to it.
-    pub nobody_takes: Option<u64>,
+    /// Set when a search found no consumer that could take a message. The queue is then
+    /// on the waiting lists of its consumers' channels or connections
+    /// ([`super::super::waiting::WaitingQueues`]), and stays passed over until one of
+    /// them frees room (a settlement, qos, flow resumed, output written, a parked get
+    /// answered) or a consumer comes or goes. A queue with 100,000 consumers that do not
+    /// ack would otherwise look at each of them for every message published to it.
+    pub nobody_takes: bool,
 }
 
 impl Consumers {
@@ -57,13 +66,18 @@ impl Consumers {
     }
 
     /// The consumers in round-robin order (from the start of the list, not the cursor).
-    pub fn iter(&self) -> std::slice::Iter<'_, ConsumerRef> {
-        self.list.iter()
+    pub fn iter(&self) -> std::collections::btree_map::Values<'_, u64, ConsumerRef> {
+        self.list.values()
     }
 
     /// The channels that have consumers here.
     pub fn channels(&self) -> impl Iterator<Item = (ConnId, u16)> + '_ {
         self.channels.keys().copied()
+    }
+
+    /// Whether channel `channel` of connection `conn` has a consumer here.
+    pub fn has_channel(&self, conn: ConnId, channel: u16) -> bool {
+        self.channels.contains_key(&(conn, channel))
     }
 
     /// Whether a consumer holds exclusive access.
@@ -73,7 +87,13 @@ impl Consumers {
 
     /// The consumer holding exclusive access, if one does.
     pub fn exclusive_holder(&self) -> Option<&ConsumerRef> {
-        self.list.first().filter(|_| self.exclusive)
+        self.first().filter(|_| self.exclusive)
+    }
+
+    /// The first consumer in round-robin order (the active one of a single-active-consumer
+    /// queue).
+    pub fn first(&self) -> Option<&ConsumerRef> {
+        self.list.first_key_value().map(|(_, c)| c)
     }
 
     /// Whether the queue ever had a consumer.
@@ -88,82 +108,77 @@ impl Consumers {
             .channels
             .entry((consumer.conn, consumer.channel))
             .or_default() += 1;
-        self.nobody_takes = None;
-        self.list.push(consumer);
+        self.nobody_takes = false;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let old = self
+            .index
+            .insert((consumer.conn, consumer.channel, consumer.tag.clone()), seq);
+        debug_assert!(old.is_none(), "consumer tag added twice");
+        self.list.insert(seq, consumer);
         self.had_consumer = true;
         self.exclusive = exclusive;
     }
 
     /// Removes a consumer; returns whether it was there.
     pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
-        let Some(pos) = self
-            .list
-            .iter()
-            .position(|c| c.conn == conn && c.channel == channel && &*c.tag == tag)
-        else {
+        let Some(seq) = self.index.remove(&(conn, channel, Arc::from(tag))) else {
             return false;
         };
-        let gone = self.list.remove(pos);
-        forget(&mut self.priorities, gone.priority);
-        forget(&mut self.channels, (gone.conn, gone.channel));
-        self.nobody_takes = None;
-        if pos < self.next {
-            self.next -= 1;
-        }
-        if self.next >= self.list.len() {
-            self.next = 0;
-        }
-        if self.list.is_empty() {
-            self.exclusive = false;
-        }
+        self.forget(seq);
         true
     }
 
-    /// Removes every consumer of channel `channel` on connection `conn` in one pass (a
-    /// channel may hold many thousands; removing them one by one would cost the square of
-    /// the queue's consumers); returns how many there were.
-    pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
-        let before = self.list.len();
-        let mut index = 0;
-        let mut removed_before_cursor = 0;
-        let next = self.next;
-        self.channels.remove(&(conn, channel));
-        self.nobody_takes = None;
-        let priorities = &mut self.priorities;
-        self.list.retain(|c| {
-            let gone = c.conn == conn && c.channel == channel;
-            if gone && index < next {
-                removed_before_cursor += 1;
-            }
-            if gone {
-                forget(priorities, c.priority);
-            }
-            index += 1;
-            !gone
-        });
-        self.next -= removed_before_cursor;
-        if self.next >= self.list.len() {
-            self.next = 0;
-        }
+    /// Takes out the consumer numbered `seq`, whose index entry is gone already.
+    fn forget(&mut self, seq: u64) {
+        let Some(gone) = self.list.remove(&seq) else {
+            debug_assert!(false, "consumer index names a missing consumer");
+            return;
+        };
+        forget(&mut self.priorities, gone.priority);
+        forget(&mut self.channels, (gone.conn, gone.channel));
+        self.nobody_takes = false;
         if self.list.is_empty() {
             self.exclusive = false;
         }
-        before - self.list.len()
+    }
+
+    /// Removes every consumer of channel `channel` on connection `conn`; returns how many
+    /// there were. Costs a lookup per consumer of the channel, whatever the queue holds.
+    pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
+        let from = (conn, channel, Arc::<str>::from(""));
+        let seqs: Vec<(Arc<str>, u64)> = self
+            .index
+            .range(from..)
+            .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
+            .map(|((_, _, tag), seq)| (tag.clone(), *seq))
+            .collect();
+        for (tag, seq) in &seqs {
+            self.index.remove(&(conn, channel, tag.clone()));
+            self.forget(*seq);
+        }
+        seqs.len()
     }
 
     /// The consumers [`Consumers::choose`] tries (with a single active consumer, the
     /// first only).
     pub fn candidates_of(&self, single_active: bool) -> impl Iterator<Item = &ConsumerRef> {
-        self.candidates(single_active).map(|i| &self.list[i])
+        self.candidates(single_active).map(|(_, c)| c)
     }
 
-    /// The consumers that may receive the next message, in the order to try them: with a
-    /// single active consumer only the first; otherwise round-robin from the cursor.
-    fn candidates(&self, single_active: bool) -> impl Iterator<Item = usize> + '_ {
-        let n = self.list.len();
-        let count = if single_active { n.min(1) } else { n };
-        let start = if single_active { 0 } else { self.next };
-        (0..count).map(move |i| (start + i) % n)
+    /// The consumers that may receive the next message, with their sequence numbers, in
+    /// the order to try them: with a single active consumer only the first; otherwise
+    /// round-robin from the cursor.
+    fn candidates(&self, single_active: bool) -> impl Iterator<Item = (&u64, &ConsumerRef)> {
+        let (from, to) = if single_active {
+            (self.list.range(..).take(1), self.list.range(..0).take(0))
+        } else {
+            (
+                self.list.range(self.next..).take(usize::MAX),
+                self.list.range(..self.next).take(usize::MAX),
+            )
+        };
+        from.chain(to)
     }
 
     /// Chooses the consumer for the next message and moves the cursor past it: the
@@ -175,38 +190,52 @@ impl Consumers {
         can_take: impl Fn(&ConsumerRef) -> bool,
         steps: &mut u64,
     ) -> Option<ConsumerRef> {
-        let mut chosen: Option<usize> = None;
+        let mut chosen: Option<(u64, &ConsumerRef)> = None;
         let highest = self.priorities.last_key_value().map(|(p, _)| *p);
-        for idx in self.candidates(single_active) {
+        for (seq, c) in self.candidates(single_active) {
             *steps += 1;
-            let c = &self.list[idx];
-            if chosen.is_some_and(|best| self.list[best].priority >= c.priority) || !can_take(c) {
+            if chosen.is_some_and(|(_, best)| best.priority >= c.priority) || !can_take(c) {
                 continue;
             }
-            chosen = Some(idx);
+            chosen = Some((*seq, c));
             // None later in the order has a higher priority, and ties go to the first.
             if Some(c.priority) == highest {
                 break;
             }
         }
-        let idx = chosen?;
-        self.next = (idx + 1) % self.list.len();
-        Some(self.list[idx].clone())
+        let (seq, c) = chosen?;
+        let c = c.clone();
+        self.next = seq + 1;
+        Some(c)
     }
 
-    /// Checks that the cursor is within the list and that an exclusive consumer is alone.
-    /// `queue` names the queue in the panic message.
+    /// Checks that the index, the counts and the list agree, and that an exclusive
+    /// consumer is alone. `queue` names the queue in the panic message.
     pub fn check_invariants(&self, queue: &str) {
-        assert!(
-            self.list.is_empty() || self.next < self.list.len(),
-            "queue {queue} consumer cursor"
-        );
         assert!(
             !self.exclusive || self.list.len() == 1,
             "queue {queue} exclusive consumer not alone"
         );
+        assert_eq!(
+            self.index.len(),
+            self.list.len(),
+            "queue {queue} consumer index"
+        );
+        for ((conn, channel, tag), seq) in &self.index {
+            let c = self.list.get(seq);
+            assert!(
+                c.is_some_and(|c| (c.conn, c.channel, &c.tag) == (*conn, *channel, tag)),
+                "queue {queue} consumer index entry {tag} names another consumer"
+            );
+        }
+        assert!(
+            self.list
+                .last_key_value()
+                .is_none_or(|(seq, _)| *seq < self.next_seq),
+            "queue {queue} consumer numbers"
+        );
         let mut counted = BTreeMap::new();
-        for c in &self.list {
+        for c in self.list.values() {
             *counted.entry(c.priority).or_insert(0) += 1;
         }
         assert_eq!(
@@ -214,7 +243,7 @@ impl Consumers {
             "queue {queue} consumer priorities"
         );
         let mut counted = BTreeMap::new();
-        for c in &self.list {
+        for c in self.list.values() {
             *counted.entry((c.conn, c.channel)).or_insert(0) += 1;
         }
         assert_eq!(counted, self.channels, "queue {queue} consumer channels");
@@ -233,19 +262,19 @@ fn forget<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
 
 impl IntoIterator for Consumers {
     type Item = ConsumerRef;
-    type IntoIter = std::vec::IntoIter<ConsumerRef>;
+    type IntoIter = std::collections::btree_map::IntoValues<u64, ConsumerRef>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.list.into_iter()
+        self.list.into_values()
     }
 }
 
 impl<'a> IntoIterator for &'a Consumers {
     type Item = &'a ConsumerRef;
-    type IntoIter = std::slice::Iter<'a, ConsumerRef>;
+    type IntoIter = std::collections::btree_map::Values<'a, u64, ConsumerRef>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.list.iter()
+        self.list.values()
     }
 }
 
