@@ -178,6 +178,7 @@ impl Broker {
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
         let prefetch = ch.consumer_prefetch;
+        let id = ch.next_consumer_id();
         ch.consumers.insert(
             tag.clone(),
             Consumer {
@@ -185,6 +186,7 @@ impl Broker {
                 no_ack: m.no_ack,
                 prefetch,
                 unacked: 0,
+                id,
             },
         );
         ch.last_queue = name;
@@ -238,9 +240,7 @@ impl Broker {
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
         let removed = ch.consumers.remove(m.consumer_tag.as_str());
-        if removed.is_some() {
-            ch.orphan_deliveries(&m.consumer_tag);
-        } else {
+        if removed.is_none() {
             self.reply_cancel(conn, channel, &m.consumer_tag);
         }
         // The cancel-ok precedes the effects of the cancel (an auto-delete queue's
@@ -586,7 +586,7 @@ impl Broker {
                     if e.from_consumer {
                         ch.consumer_unacked += 1;
                     }
-                    if let Some(c) = e.consumer.as_ref().and_then(|t| ch.consumers.get_mut(t)) {
+                    if let Some(c) = ch.consumer_of(&e) {
                         c.unacked += 1;
                     }
                     ch.unacked.restore(e);

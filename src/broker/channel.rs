@@ -22,6 +22,9 @@ pub struct Consumer {
     pub prefetch: u16,
     /// Deliveries not yet acked.
     pub unacked: u32,
+    /// Tells this consumer from an earlier one of the same tag on the channel: a
+    /// cancelled consumer's deliveries, acked later, do not count against a new one.
+    pub id: u64,
 }
 
 /// A delivery awaiting its ack.
@@ -31,8 +34,9 @@ pub struct Unacked {
     pub tag: u64,
     /// Queue the message came from.
     pub queue: QueueId,
-    /// Consumer it went to; `None` for `basic.get`, or once the consumer is cancelled.
-    pub consumer: Option<Arc<str>>,
+    /// Consumer it went to, by tag and [`Consumer::id`]; `None` for `basic.get`. The
+    /// consumer may be gone (cancelled), or its tag taken by a new one of another id.
+    pub consumer: Option<(Arc<str>, u64)>,
     /// Delivered to a consumer (not `basic.get`): counts against the channel's prefetch.
     pub from_consumer: bool,
     /// The message, to requeue or release.
@@ -217,6 +221,8 @@ pub struct Channel {
     /// Deliveries awaiting ack.
     pub unacked: UnackedList,
     /// The next delivery tag.
+    /// Consumer ids given so far ([`Consumer::id`]).
+    pub consumer_ids: u64,
     pub next_tag: u64,
     /// `basic.qos` prefetch for consumers created from now on (global = false).
     pub consumer_prefetch: u16,
@@ -245,6 +251,7 @@ impl Channel {
             consumers: HashMap::default(),
             unacked: UnackedList::default(),
             next_tag: 1,
+            consumer_ids: 0,
             consumer_prefetch: 0,
             channel_prefetch: 0,
             consumer_unacked: 0,
@@ -278,24 +285,23 @@ impl Channel {
             debug_assert!(self.consumer_unacked > 0);
             self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
         }
-        if let Some(c) = entry
-            .consumer
-            .as_ref()
-            .and_then(|tag| self.consumers.get_mut(tag))
-        {
+        if let Some(c) = self.consumer_of(entry) {
             debug_assert!(c.unacked > 0);
             c.unacked = c.unacked.saturating_sub(1);
         }
     }
 
-    /// Forgets a cancelled consumer's name on its outstanding deliveries (they still count
-    /// against the channel until acked).
-    pub fn orphan_deliveries(&mut self, tag: &str) {
-        for u in self.unacked.iter_mut() {
-            if u.consumer.as_deref() == Some(tag) {
-                u.consumer = None;
-            }
-        }
+    /// The consumer a delivery went to, if it is still there (not cancelled, and not a new
+    /// consumer that took its tag since).
+    pub fn consumer_of(&mut self, entry: &Unacked) -> Option<&mut Consumer> {
+        let (tag, id) = entry.consumer.as_ref()?;
+        self.consumers.get_mut(tag).filter(|c| c.id == *id)
+    }
+
+    /// The id for the next consumer of the channel.
+    pub fn next_consumer_id(&mut self) -> u64 {
+        self.consumer_ids += 1;
+        self.consumer_ids
     }
 
     /// Checks the channel's own invariants.
@@ -310,7 +316,11 @@ impl Channel {
             let n = self
                 .unacked
                 .iter()
-                .filter(|u| u.consumer.as_deref() == Some(&**tag))
+                .filter(|u| {
+                    u.consumer
+                        .as_ref()
+                        .is_some_and(|(t, id)| t == tag && *id == c.id)
+                })
                 .count();
             assert_eq!(n as u32, c.unacked, "consumer {tag} unacked count");
             assert!(

@@ -139,11 +139,11 @@ impl Broker {
     pub(super) fn check_skipped_searches(&self) {
         let limits = self.take_limits();
         for (&id, q) in &self.topology.queues {
-            if !q.consumers.nobody_takes {
+            if !q.consumers.nobody_takes() {
                 continue;
             }
             let single_active = q.decl.settings.single_active_consumer;
-            for c in q.consumers.candidates_of(single_active) {
+            for c in q.consumers.waiting_candidates(single_active) {
                 assert!(
                     !consumer_can_take(&self.sessions, limits, c),
                     "queue {} skips its consumers though one can take a message",
@@ -181,47 +181,30 @@ impl Broker {
     }
 
     /// The consumer of `queue` that receives its next message, with the queue's
-    /// round-robin cursor moved past it; None when none of them can take one now.
+    /// round-robin cursor moved past it; None when none of them can take one now. The
+    /// queue waits on the channels or connections of those that cannot.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
         let limits = self.take_limits();
         let q = self.topology.queues.get_mut(&queue)?;
-        // Nobody could take one, and nothing freed room for any of them since.
-        if q.consumers.nobody_takes {
-            return None;
-        }
         let sessions = &self.sessions;
         let single_active = q.decl.settings.single_active_consumer;
+        let mut passed_over = Vec::new();
         let chosen = q.consumers.choose(
             single_active,
             |c| consumer_can_take(sessions, limits, c),
             &mut self.counters.work,
+            &mut passed_over,
         );
-        if chosen.is_none() {
-            self.wait_for_consumers(queue);
-        }
+        self.wait_on(queue, passed_over);
         chosen
     }
 
-    /// None of `queue`'s consumers can take a message: it skips its search until one of
-    /// their channels or connections frees room, and waits on each of them.
-    fn wait_for_consumers(&mut self, queue: QueueId) {
+    /// `queue` waits on these channels: their consumers could take nothing, because of the
+    /// channel or of its connection.
+    fn wait_on(&mut self, queue: QueueId, channels: Vec<(ConnId, u16)>) {
         let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
-        let Some(q) = self.topology.queues.get_mut(&queue) else {
-            return;
-        };
-        q.consumers.nobody_takes = true;
-        let single_active = q.decl.settings.single_active_consumer;
-        let waits_on: Vec<(ConnId, u16)> = if single_active {
-            q.consumers
-                .first()
-                .map(|c| (c.conn, c.channel))
-                .into_iter()
-                .collect()
-        } else {
-            q.consumers.channels().collect()
-        };
-        self.counters.work += waits_on.len() as u64;
-        for (conn, channel) in waits_on {
+        self.counters.work += channels.len() as u64;
+        for (conn, channel) in channels {
             let held = self.sessions.held.contains_key(&conn);
             if let Some(c) = self.sessions.conns.get_mut(&conn) {
                 let by_connection = held || c.unflushed_bytes >= write_limit;
@@ -258,7 +241,7 @@ impl Broker {
         self.counters.work += queues.len() as u64;
         for queue in queues {
             if let Some(q) = self.topology.queues.get_mut(&queue) {
-                q.consumers.nobody_takes = false;
+                q.consumers.search_again();
             }
             self.schedule_dispatch(queue);
         }
@@ -304,7 +287,7 @@ impl Broker {
             ch.unacked.push(Unacked {
                 tag,
                 queue,
-                consumer: Some(target.tag.clone()),
+                consumer: Some((target.tag.clone(), consumer.id)),
                 from_consumer: true,
                 message: entry,
             });

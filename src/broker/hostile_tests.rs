@@ -1296,3 +1296,182 @@ fn cancelling_each_of_many_consumers_is_a_lookup() {
     );
     rig.broker.check_invariants();
 }
+
+/// Cancelling each of 50,000 consumers that hold a delivery each costs a lookup, not a
+/// pass over the channel's unacked deliveries (each cancel looked at all of them to
+/// forget its tag on its own: 50,000 x 50,000 comparisons).
+#[test]
+fn cancelling_consumers_with_deliveries_outstanding_does_not_scan_them() {
+    use crate::proto::method::{BasicCancel, BasicQos};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "held", FieldTable::default());
+    ok(&rig.method(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    let n = 50_000;
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: "held".into(),
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+                ..Default::default()
+            }),
+        );
+    }
+    for _ in 0..n {
+        rig.publish_replies(2, "", "held", 0, Default::default());
+    }
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicCancel(BasicCancel {
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+            }),
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "cancelling {n} consumers with a delivery each took {took:?}"
+    );
+    rig.broker.check_invariants();
+}
+
+/// A cancelled consumer's delivery, acked after a new consumer took its tag, does not
+/// count against the new consumer: it stays at its prefetch until its own delivery is
+/// acked.
+#[test]
+fn an_ack_for_a_cancelled_consumer_does_not_free_a_new_one_of_its_tag() {
+    use crate::proto::method::{BasicAck, BasicCancel, BasicQos};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "reused", FieldTable::default());
+    ok(&rig.method(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    let consume = |rig: &mut Rig| {
+        ok(&rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: "reused".into(),
+                consumer_tag: "t".into(),
+                ..Default::default()
+            }),
+        ))
+    };
+    let publish = |rig: &mut Rig| rig.publish_replies(2, "", "reused", 0, Default::default());
+    let ack = |rig: &mut Rig, tag: u64| {
+        rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: tag,
+                multiple: false,
+            }),
+        )
+    };
+    consume(&mut rig);
+    assert_eq!(delivered_to(&publish(&mut rig)), ["t"]);
+    ok(&rig.method(
+        1,
+        Method::BasicCancel(BasicCancel {
+            consumer_tag: "t".into(),
+            nowait: false,
+        }),
+    ));
+    consume(&mut rig);
+    assert_eq!(delivered_to(&publish(&mut rig)), ["t"]);
+    // Delivery 1 went to the cancelled consumer.
+    assert_eq!(delivered_to(&ack(&mut rig, 1)), Vec::<String>::new());
+    rig.broker.check_invariants();
+    assert_eq!(delivered_to(&publish(&mut rig)), Vec::<String>::new());
+    assert_eq!(delivered_to(&ack(&mut rig, 2)), ["t"]);
+    rig.broker.check_invariants();
+}
+
+/// A queue whose 10,000 consumers hold all they may, with messages waiting: a consumer
+/// that comes takes messages at once, and neither its coming nor the others leaving costs
+/// a step per consumer (each `basic.consume` or `basic.cancel` made the queue look at all
+/// of them again).
+#[test]
+fn consumers_coming_to_and_leaving_a_blocked_queue_cost_a_few_steps() {
+    use crate::proto::command::Command;
+    use crate::proto::method::{BasicCancel, BasicQos};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "full", FieldTable::default());
+    ok(&rig.method(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    let n = 10_000;
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: "full".into(),
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+                ..Default::default()
+            }),
+        );
+    }
+    for _ in 0..n + 100 {
+        rig.publish_replies(2, "", "full", 0, Default::default());
+        rig.command(1, Command::Drained { bytes: 1 << 20 });
+    }
+    let work = |rig: &mut Rig, conn: ConnId, m: Method| {
+        let before = rig.broker.work_done();
+        let r = rig.method(conn, m);
+        (rig.broker.work_done() - before, r)
+    };
+    let (steps, _) = work(
+        &mut rig,
+        1,
+        Method::BasicCancel(BasicCancel {
+            consumer_tag: "c5000".into(),
+            nowait: true,
+        }),
+    );
+    assert!(
+        steps < 20,
+        "a cancel took {steps} steps among {n} blocked consumers"
+    );
+    ok(&rig.method(
+        2,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 3,
+            ..Default::default()
+        }),
+    ));
+    let (steps, r) = work(
+        &mut rig,
+        2,
+        Method::BasicConsume(BasicConsume {
+            queue: "full".into(),
+            consumer_tag: "late".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(delivered_to(&r), ["late", "late", "late"]);
+    assert!(
+        steps < 20,
+        "a consume took {steps} steps among {n} blocked consumers"
+    );
+    rig.broker.check_invariants();
+}

@@ -426,7 +426,8 @@ impl Broker {
         ch.consumers.clear();
         for queue in queues {
             self.detach_consumers(queue, conn, channel, |q| {
-                q.consumers.remove_channel(conn, channel);
+                let single_active = q.decl.settings.single_active_consumer;
+                q.consumers.remove_channel(conn, channel, single_active);
             });
         }
         if let Some(c) = self.sessions.conns.get_mut(&conn) {
@@ -463,7 +464,8 @@ impl Broker {
         queue: super::QueueId,
     ) {
         self.detach_consumers(queue, conn, channel, |q| {
-            q.consumers.remove(conn, channel, tag);
+            let single_active = q.decl.settings.single_active_consumer;
+            q.consumers.remove(conn, channel, tag, single_active);
         });
     }
 

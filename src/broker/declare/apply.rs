@@ -154,7 +154,6 @@ impl Broker {
             conn.waiting.forget(c.channel, id);
             if let Some(ch) = conn.channels.get_mut(&c.channel) {
                 ch.consumers.remove(&c.tag);
-                ch.orphan_deliveries(&c.tag);
             }
             if notify {
                 self.round.notices.push((

@@ -1,6 +1,6 @@
 //! The consumers of a queue, in round-robin order, and who holds it exclusively.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::proto::command::ConnId;
@@ -47,11 +47,18 @@ pub struct Consumers {
     channels: BTreeMap<(ConnId, u16), usize>,
     /// Set when a search found no consumer that could take a message. The queue is then
     /// on the waiting lists of its consumers' channels or connections
-    /// ([`super::super::waiting::WaitingQueues`]), and stays passed over until one of
+    /// ([`super::super::waiting::WaitingQueues`]), and searches again only when one of
     /// them frees room (a settlement, qos, flow resumed, output written, a parked get
-    /// answered) or a consumer comes or goes. A queue with 100,000 consumers that do not
-    /// ack would otherwise look at each of them for every message published to it.
-    pub nobody_takes: bool,
+    /// answered: [`Consumers::search_again`]). A queue with 100,000 consumers that do
+    /// not ack would otherwise look at each of them for every message published to it.
+    nobody_takes: bool,
+    /// While `nobody_takes`: the consumers that came since, which the search looks at
+    /// instead of all (a consumer that leaves frees nobody else, and one that comes may
+    /// take what the others could not: looking at all of them again would cost each
+    /// `basic.consume` and `basic.cancel` a step per consumer of the queue).
+    fresh: BTreeSet<u64>,
+    /// How many of `fresh` have each priority.
+    fresh_priorities: BTreeMap<i64, usize>,
 }
 
 impl Consumers {
@@ -108,9 +115,12 @@ impl Consumers {
             .channels
             .entry((consumer.conn, consumer.channel))
             .or_default() += 1;
-        self.nobody_takes = false;
         let seq = self.next_seq;
         self.next_seq += 1;
+        if self.nobody_takes {
+            self.fresh.insert(seq);
+            *self.fresh_priorities.entry(consumer.priority).or_default() += 1;
+        }
         let old = self
             .index
             .insert((consumer.conn, consumer.channel, consumer.tag.clone()), seq);
@@ -120,32 +130,54 @@ impl Consumers {
         self.exclusive = exclusive;
     }
 
-    /// Removes a consumer; returns whether it was there.
-    pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
+    /// Removes a consumer; returns whether it was there. `single_active`: the queue
+    /// serves its first consumer only.
+    pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str, single_active: bool) -> bool {
         let Some(seq) = self.index.remove(&(conn, channel, Arc::from(tag))) else {
             return false;
         };
-        self.forget(seq);
+        self.forget(seq, single_active);
         true
     }
 
     /// Takes out the consumer numbered `seq`, whose index entry is gone already.
-    fn forget(&mut self, seq: u64) {
+    fn forget(&mut self, seq: u64, single_active: bool) {
+        let was_first = self.list.first_key_value().is_some_and(|(s, _)| *s == seq);
         let Some(gone) = self.list.remove(&seq) else {
             debug_assert!(false, "consumer index names a missing consumer");
             return;
         };
         forget(&mut self.priorities, gone.priority);
         forget(&mut self.channels, (gone.conn, gone.channel));
-        self.nobody_takes = false;
+        if self.fresh.remove(&seq) {
+            forget(&mut self.fresh_priorities, gone.priority);
+        }
+        // The others could take nothing and still cannot, unless the one that left was
+        // the only one served.
+        if single_active && was_first {
+            self.search_again();
+        }
         if self.list.is_empty() {
             self.exclusive = false;
+            self.search_again();
         }
+    }
+
+    /// Whether the last search found nobody to take a message (see `nobody_takes`).
+    pub fn nobody_takes(&self) -> bool {
+        self.nobody_takes
+    }
+
+    /// Something freed room for a consumer: the next search looks at all of them.
+    pub fn search_again(&mut self) {
+        self.nobody_takes = false;
+        self.fresh.clear();
+        self.fresh_priorities.clear();
     }
 
     /// Removes every consumer of channel `channel` on connection `conn`; returns how many
     /// there were. Costs a lookup per consumer of the channel, whatever the queue holds.
-    pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
+    pub fn remove_channel(&mut self, conn: ConnId, channel: u16, single_active: bool) -> usize {
         let from = (conn, channel, Arc::<str>::from(""));
         let seqs: Vec<(Arc<str>, u64)> = self
             .index
@@ -155,7 +187,7 @@ impl Consumers {
             .collect();
         for (tag, seq) in &seqs {
             self.index.remove(&(conn, channel, tag.clone()));
-            self.forget(*seq);
+            self.forget(*seq, single_active);
         }
         seqs.len()
     }
@@ -181,31 +213,74 @@ impl Consumers {
         from.chain(to)
     }
 
+    /// The candidates a queue that skips its search waits on: all but those that came
+    /// since it began to skip.
+    pub fn waiting_candidates(&self, single_active: bool) -> impl Iterator<Item = &ConsumerRef> {
+        self.candidates(single_active)
+            .filter(|(seq, _)| !self.fresh.contains(seq))
+            .map(|(_, c)| c)
+    }
+
     /// Chooses the consumer for the next message and moves the cursor past it: the
     /// highest-priority candidate that `can_take` it, first in round-robin order among
-    /// equals. None when no candidate can. Adds the consumers it looked at to `steps`.
+    /// equals. None when no candidate can. Adds the consumers it looked at to `steps`,
+    /// and the channels of those it found could take nothing (and now waits on) to
+    /// `passed_over`.
+    ///
+    /// While nobody could take one, it looks only at the consumers that came since, and
+    /// those it passes over leave that set; the others wait until [`Self::search_again`].
     pub fn choose(
         &mut self,
         single_active: bool,
         can_take: impl Fn(&ConsumerRef) -> bool,
         steps: &mut u64,
+        passed_over: &mut Vec<(ConnId, u16)>,
     ) -> Option<ConsumerRef> {
-        let mut chosen: Option<(u64, &ConsumerRef)> = None;
-        let highest = self.priorities.last_key_value().map(|(p, _)| *p);
-        for (seq, c) in self.candidates(single_active) {
-            *steps += 1;
-            if chosen.is_some_and(|(_, best)| best.priority >= c.priority) || !can_take(c) {
-                continue;
+        if self.nobody_takes && single_active {
+            // The one candidate waits; those that came since are not served.
+            self.search_again();
+            self.nobody_takes = true;
+            return None;
+        }
+        let only_fresh = self.nobody_takes;
+        let mut unable = Vec::new();
+        let chosen = if only_fresh {
+            let highest = self.fresh_priorities.last_key_value().map(|(p, _)| *p);
+            let order = self
+                .fresh
+                .range(self.next..)
+                .chain(self.fresh.range(..self.next))
+                .filter_map(|seq| self.list.get(seq).map(|c| (*seq, c)));
+            pick(order, highest, &can_take, steps, &mut unable)
+        } else {
+            let highest = self.priorities.last_key_value().map(|(p, _)| *p);
+            let order = self.candidates(single_active).map(|(seq, c)| (*seq, c));
+            pick(order, highest, &can_take, steps, &mut unable)
+        };
+        let chosen = chosen.map(|(seq, c)| (seq, c.clone()));
+        if only_fresh {
+            for seq in &unable {
+                self.fresh.remove(seq);
+                if let Some(c) = self.list.get(seq) {
+                    forget(&mut self.fresh_priorities, c.priority);
+                    passed_over.push((c.conn, c.channel));
+                }
             }
-            chosen = Some((*seq, c));
-            // None later in the order has a higher priority, and ties go to the first.
-            if Some(c.priority) == highest {
-                break;
+        } else if chosen.is_none() {
+            self.search_again();
+            self.nobody_takes = true;
+            match self.list.first_key_value() {
+                Some((_, c)) if single_active => passed_over.push((c.conn, c.channel)),
+                _ => passed_over.extend(self.channels.keys().copied()),
             }
         }
         let (seq, c) = chosen?;
-        let c = c.clone();
-        self.next = seq + 1;
+        // Past the last consumer the order starts again from the first, whoever came since.
+        self.next = if self.list.range(seq + 1..).next().is_some() {
+            seq + 1
+        } else {
+            0
+        };
         Some(c)
     }
 
@@ -248,6 +323,35 @@ impl Consumers {
         }
         assert_eq!(counted, self.channels, "queue {queue} consumer channels");
     }
+}
+
+/// The highest-priority consumer in `order` that `can_take` a message, first among equals;
+/// stops at one of priority `highest`. Counts each consumer looked at in `steps`, and
+/// puts those that can take nothing in `unable`.
+fn pick<'a>(
+    order: impl Iterator<Item = (u64, &'a ConsumerRef)>,
+    highest: Option<i64>,
+    can_take: &impl Fn(&ConsumerRef) -> bool,
+    steps: &mut u64,
+    unable: &mut Vec<u64>,
+) -> Option<(u64, &'a ConsumerRef)> {
+    let mut chosen: Option<(u64, &ConsumerRef)> = None;
+    for (seq, c) in order {
+        *steps += 1;
+        if chosen.is_some_and(|(_, best)| best.priority >= c.priority) {
+            continue;
+        }
+        if !can_take(c) {
+            unable.push(seq);
+            continue;
+        }
+        chosen = Some((seq, c));
+        // None later in the order has a higher priority, and ties go to the first.
+        if Some(c.priority) == highest {
+            break;
+        }
+    }
+    chosen
 }
 
 /// Takes one off the count of `key`, and the key with its last.
@@ -307,16 +411,87 @@ mod tests {
         }
         // Deliver to a, b and c: d is next.
         for _ in 0..3 {
-            cs.choose(false, |_| true, &mut 0);
+            cs.choose(false, |_| true, &mut 0, &mut Vec::new());
         }
-        assert_eq!(cs.remove_channel(1, 1), 3);
-        assert_eq!(cs.remove_channel(1, 1), 0);
+        assert_eq!(cs.remove_channel(1, 1, false), 3);
+        assert_eq!(cs.remove_channel(1, 1, false), 0);
         let tags: Vec<&str> = cs.iter().map(|c| &*c.tag).collect();
         assert_eq!(tags, ["b", "d"]);
-        assert_eq!(&*cs.choose(false, |_| true, &mut 0).unwrap().tag, "d");
+        assert_eq!(
+            &*cs.choose(false, |_| true, &mut 0, &mut Vec::new())
+                .unwrap()
+                .tag,
+            "d"
+        );
         cs.check_invariants("q");
-        assert_eq!(cs.remove_channel(2, 1) + cs.remove_channel(3, 1), 2);
+        assert_eq!(
+            cs.remove_channel(2, 1, false) + cs.remove_channel(3, 1, false),
+            2
+        );
         assert!(cs.is_empty());
+        cs.check_invariants("q");
+    }
+
+    /// After the last consumer the order starts again from the first, not from one that
+    /// came meanwhile (RabbitMQ puts a new consumer behind the one served last).
+    #[test]
+    fn the_order_wraps_to_the_first_before_a_newcomer() {
+        let mut cs = Consumers::default();
+        let choose = |cs: &mut Consumers| {
+            cs.choose(false, |_| true, &mut 0, &mut Vec::new())
+                .map(|c| c.tag.to_string())
+        };
+        cs.add(consumer(1, 1, "a"), false);
+        cs.add(consumer(1, 1, "b"), false);
+        assert_eq!(choose(&mut cs).as_deref(), Some("a"));
+        assert_eq!(choose(&mut cs).as_deref(), Some("b"));
+        cs.add(consumer(1, 1, "c"), false);
+        assert_eq!(choose(&mut cs).as_deref(), Some("a"));
+        assert_eq!(choose(&mut cs).as_deref(), Some("b"));
+        assert_eq!(choose(&mut cs).as_deref(), Some("c"));
+        cs.check_invariants("q");
+    }
+
+    /// Once nobody can take a message, the search looks only at consumers that came since,
+    /// and one that leaves does not make it look at the others again.
+    #[test]
+    fn a_blocked_queue_looks_only_at_newcomers() {
+        let mut cs = Consumers::default();
+        for i in 0..1000 {
+            cs.add(consumer(1, 1, &format!("old{i}")), false);
+        }
+        let mut steps = 0;
+        let mut passed = Vec::new();
+        let old = |c: &ConsumerRef| !c.tag.starts_with("old");
+        assert!(cs.choose(false, old, &mut steps, &mut passed).is_none());
+        assert_eq!(
+            (steps, passed.len()),
+            (1000, 1),
+            "one search, one channel waited on"
+        );
+        assert!(cs.remove(1, 1, "old5", false));
+        cs.add(consumer(2, 1, "new"), false);
+        let mut steps = 0;
+        let mut passed = Vec::new();
+        let chosen = cs.choose(false, old, &mut steps, &mut passed);
+        assert_eq!(chosen.map(|c| c.tag.to_string()).as_deref(), Some("new"));
+        assert_eq!(steps, 1, "only the newcomer is looked at");
+        cs.check_invariants("q");
+        let mut steps = 0;
+        assert!(
+            cs.choose(false, |_| false, &mut steps, &mut passed)
+                .is_none()
+        );
+        assert_eq!(steps, 1);
+        assert_eq!(passed, [(2, 1)], "the newcomer's channel is waited on");
+        let mut steps = 0;
+        assert!(
+            cs.choose(false, |_| true, &mut steps, &mut passed)
+                .is_none()
+        );
+        assert_eq!(steps, 0, "nobody is looked at until something frees room");
+        cs.search_again();
+        assert!(cs.choose(false, |_| true, &mut 0, &mut passed).is_some());
         cs.check_invariants("q");
     }
 }
