@@ -984,17 +984,7 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
         }),
     ));
     let n = 10_000;
-    for i in 0..n {
-        rig.method(
-            1,
-            Method::BasicConsume(BasicConsume {
-                queue: "many".into(),
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-                ..Default::default()
-            }),
-        );
-    }
+    consume_many(&mut rig, "many", n);
     rig.open(2);
     let mut tags = std::collections::BTreeSet::new();
     let mut most = 0;
@@ -1263,31 +1253,12 @@ fn an_ack_searches_only_the_queues_that_waited_for_its_channel() {
 /// all held the core for some 15 s).
 #[test]
 fn cancelling_each_of_many_consumers_is_a_lookup() {
-    use crate::proto::method::BasicCancel;
     let mut rig = rig();
     declare_with(&mut rig, "crowd", FieldTable::default());
     let n = 100_000;
-    for i in 0..n {
-        rig.method(
-            1,
-            Method::BasicConsume(BasicConsume {
-                queue: "crowd".into(),
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-                ..Default::default()
-            }),
-        );
-    }
+    consume_many(&mut rig, "crowd", n);
     let started = std::time::Instant::now();
-    for i in (0..n).rev() {
-        rig.method(
-            1,
-            Method::BasicCancel(BasicCancel {
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-            }),
-        );
-    }
+    cancel_many(&mut rig, n, true);
     let took = started.elapsed();
     assert_eq!(rig.message_count(1, "crowd"), 0);
     assert!(
@@ -1302,7 +1273,7 @@ fn cancelling_each_of_many_consumers_is_a_lookup() {
 /// forget its tag on its own: 50,000 x 50,000 comparisons).
 #[test]
 fn cancelling_consumers_with_deliveries_outstanding_does_not_scan_them() {
-    use crate::proto::method::{BasicCancel, BasicQos};
+    use crate::proto::method::BasicQos;
     let mut rig = rig();
     rig.open(2);
     declare_with(&mut rig, "held", FieldTable::default());
@@ -1314,30 +1285,12 @@ fn cancelling_consumers_with_deliveries_outstanding_does_not_scan_them() {
         }),
     ));
     let n = 50_000;
-    for i in 0..n {
-        rig.method(
-            1,
-            Method::BasicConsume(BasicConsume {
-                queue: "held".into(),
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-                ..Default::default()
-            }),
-        );
-    }
+    consume_many(&mut rig, "held", n);
     for _ in 0..n {
         rig.publish_replies(2, "", "held", 0, Default::default());
     }
     let started = std::time::Instant::now();
-    for i in 0..n {
-        rig.method(
-            1,
-            Method::BasicCancel(BasicCancel {
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-            }),
-        );
-    }
+    cancel_many(&mut rig, n, false);
     let took = started.elapsed();
     assert!(
         took < std::time::Duration::from_secs(3),
@@ -1420,17 +1373,7 @@ fn consumers_coming_to_and_leaving_a_blocked_queue_cost_a_few_steps() {
         }),
     ));
     let n = 10_000;
-    for i in 0..n {
-        rig.method(
-            1,
-            Method::BasicConsume(BasicConsume {
-                queue: "full".into(),
-                consumer_tag: format!("c{i}"),
-                nowait: true,
-                ..Default::default()
-            }),
-        );
-    }
+    consume_many(&mut rig, "full", n);
     for _ in 0..n + 100 {
         rig.publish_replies(2, "", "full", 0, Default::default());
         rig.command(1, Command::Drained { bytes: 1 << 20 });
@@ -1474,4 +1417,33 @@ fn consumers_coming_to_and_leaving_a_blocked_queue_cost_a_few_steps() {
         "a consume took {steps} steps among {n} blocked consumers"
     );
     rig.broker.check_invariants();
+}
+
+/// Makes `n` no-wait consumers of `queue` on connection 1, channel 1, tagged c0, c1, ...
+fn consume_many(rig: &mut Rig, queue: &str, n: usize) {
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: queue.into(),
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+                ..Default::default()
+            }),
+        );
+    }
+}
+
+/// Cancels the consumers [`consume_many`] made, the last first if `last_first`.
+fn cancel_many(rig: &mut Rig, n: usize, last_first: bool) {
+    for k in 0..n {
+        let i = if last_first { n - 1 - k } else { k };
+        rig.method(
+            1,
+            Method::BasicCancel(BasicCancel {
+                consumer_tag: format!("c{i}"),
+                nowait: true,
+            }),
+        );
+    }
 }
