@@ -160,6 +160,28 @@ impl Broker {
                 );
             }
         }
+        // A queue that searches has searched: when it holds a message it could deliver now
+        // and no dispatch is on the way, none of its consumers can take it (otherwise an
+        // event that freed one did not ask it to search).
+        for q in self.topology.queues.values() {
+            if q.consumers.nobody_takes()
+                || q.dispatch_scheduled
+                || q.messages.in_memory_count() == 0
+                || q.messages.head_held()
+                || q.messages.head_expiry_ms().is_some_and(|t| t < self.now_ms)
+            {
+                continue;
+            }
+            let single_active = q.decl.settings.single_active_consumer;
+            assert!(
+                !q.consumers
+                    .candidates_of(single_active)
+                    .any(|c| consumer_can_take(&self.sessions, limits, c)),
+                "queue {} holds a message that one of its consumers can take, and no \
+                 dispatch is on the way",
+                q.decl.name
+            );
+        }
         for (conn, c) in &self.sessions.conns {
             for (channel, queue) in c.waiting.entries() {
                 let q = self.topology.queues.get(&queue);
