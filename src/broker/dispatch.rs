@@ -236,19 +236,21 @@ impl Broker {
     }
 
     /// The connection frees room (its output drained, its parked get was answered): the
-    /// queues that waited for it search for a consumer again.
+    /// queues that waited for it look at its consumers again.
     pub(super) fn connection_freed(&mut self, conn: ConnId) {
-        let queues = self
+        let waiting = self
             .sessions
             .conns
             .get_mut(&conn)
             .map(|c| c.waiting.take_connection())
             .unwrap_or_default();
-        self.search_again(queues);
+        for (channel, queue) in waiting {
+            self.wake(queue, conn, channel);
+        }
     }
 
     /// A channel frees room (a settlement, qos, recover, flow resumed): the queues that
-    /// waited for it search for a consumer again.
+    /// waited for it look at its consumers again.
     pub(super) fn channel_freed(&mut self, conn: ConnId, channel: u16) {
         let queues = self
             .sessions
@@ -256,17 +258,18 @@ impl Broker {
             .get_mut(&conn)
             .map(|c| c.waiting.take_channel(channel))
             .unwrap_or_default();
-        self.search_again(queues);
+        for queue in queues {
+            self.wake(queue, conn, channel);
+        }
     }
 
-    fn search_again(&mut self, queues: Vec<QueueId>) {
-        self.counters.work += queues.len() as u64;
-        for queue in queues {
-            if let Some(q) = self.topology.queues.get_mut(&queue) {
-                q.consumers.search_again();
-            }
-            self.schedule_dispatch(queue);
+    /// `queue` looks at the consumers of channel `channel` again, at its next dispatch.
+    fn wake(&mut self, queue: QueueId, conn: ConnId, channel: u16) {
+        self.counters.work += 1;
+        if let Some(q) = self.topology.queues.get_mut(&queue) {
+            self.counters.work += q.consumers.wake(conn, channel);
         }
+        self.schedule_dispatch(queue);
     }
 
     /// Sends a message taken from `queue` to a consumer, as unacked on its channel unless

@@ -1182,22 +1182,33 @@ fn blocked_consumers_on_many_channels_cost_a_publish_a_few_steps() {
         "a publish took {most} steps among {n} blocked channels"
     );
     rig.broker.check_invariants();
-    let r = rig.command(
-        1,
-        Command::Method {
-            channel: 700,
-            method: Method::BasicAck(crate::proto::method::BasicAck {
-                delivery_tag: 1,
-                multiple: false,
-            }),
-        },
-    );
-    assert_eq!(
-        delivered_to(&r),
-        ["c700"],
-        "the acking channel's consumer takes one"
-    );
-    rig.broker.check_invariants();
+    // An ack wakes its channel's consumer alone, which takes the next message; the
+    // queue does not look at the other channels again, then or at the next publish.
+    for channel in [700, 701, 1500] {
+        let before = rig.broker.work_done();
+        let r = rig.command(
+            1,
+            Command::Method {
+                channel,
+                method: Method::BasicAck(crate::proto::method::BasicAck {
+                    delivery_tag: 1,
+                    multiple: false,
+                }),
+            },
+        );
+        assert_eq!(
+            delivered_to(&r),
+            [format!("c{channel}")],
+            "the acking channel's consumer takes one"
+        );
+        assert_eq!(delivered_to(&publish(&mut rig)).len(), 0);
+        let work = rig.broker.work_done() - before;
+        assert!(
+            work < 40,
+            "an ack and a publish took {work} steps among {n} channels"
+        );
+        rig.broker.check_invariants();
+    }
 }
 
 /// A channel that consumes from 5,000 queues acks a message: the ack searches again only

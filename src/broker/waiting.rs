@@ -34,15 +34,11 @@ impl WaitingQueues {
         take_range(&mut self.on_channel, channel)
     }
 
-    /// Takes out the queues that wait for the connection.
-    pub fn take_connection(&mut self) -> Vec<QueueId> {
-        let mut queues: Vec<QueueId> = std::mem::take(&mut self.on_connection)
+    /// Takes out the queues that wait for the connection, with the channel each waits on.
+    pub fn take_connection(&mut self) -> Vec<(u16, QueueId)> {
+        std::mem::take(&mut self.on_connection)
             .into_iter()
-            .map(|(_, q)| q)
-            .collect();
-        queues.sort_unstable();
-        queues.dedup();
-        queues
+            .collect()
     }
 
     /// Forgets `queue` for channel `channel` (its last consumer there left).

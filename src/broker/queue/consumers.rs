@@ -45,20 +45,20 @@ pub struct Consumers {
     priorities: BTreeMap<i64, usize>,
     /// How many consumers each channel has here.
     channels: BTreeMap<(ConnId, u16), usize>,
-    /// Set when a search found no consumer that could take a message. The queue is then
-    /// on the waiting lists of its consumers' channels or connections
-    /// ([`super::super::waiting::WaitingQueues`]), and searches again only when one of
-    /// them frees room (a settlement, qos, flow resumed, output written, a parked get
-    /// answered: [`Consumers::search_again`]). A queue with 100,000 consumers that do
-    /// not ack would otherwise look at each of them for every message published to it.
+    /// Set when a search found no consumer that could take a message. From then on,
+    /// every consumer but those in `to_try` can take nothing, and the queue is on the
+    /// waiting list of its channel or connection
+    /// ([`super::super::waiting::WaitingQueues`]); the search looks at `to_try` only. A
+    /// queue with 100,000 consumers that do not ack would otherwise look at each of them
+    /// for every message published to it, or after every ack of one of them.
     nobody_takes: bool,
-    /// While `nobody_takes`: the consumers that came since, which the search looks at
-    /// instead of all (a consumer that leaves frees nobody else, and one that comes may
-    /// take what the others could not: looking at all of them again would cost each
-    /// `basic.consume` and `basic.cancel` a step per consumer of the queue).
-    fresh: BTreeSet<u64>,
-    /// How many of `fresh` have each priority.
-    fresh_priorities: BTreeMap<i64, usize>,
+    /// While `nobody_takes`: the consumers to look at, those that came since and those
+    /// whose channel or connection freed room since ([`Consumers::wake`]), as RabbitMQ
+    /// moves a channel's blocked consumers back when its limiter unblocks. A consumer
+    /// that leaves frees nobody else.
+    to_try: BTreeSet<u64>,
+    /// How many of `to_try` have each priority.
+    to_try_priorities: BTreeMap<i64, usize>,
 }
 
 impl Consumers {
@@ -118,8 +118,8 @@ impl Consumers {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.nobody_takes {
-            self.fresh.insert(seq);
-            *self.fresh_priorities.entry(consumer.priority).or_default() += 1;
+            self.to_try.insert(seq);
+            *self.to_try_priorities.entry(consumer.priority).or_default() += 1;
         }
         let old = self
             .index
@@ -149,8 +149,8 @@ impl Consumers {
         };
         forget(&mut self.priorities, gone.priority);
         forget(&mut self.channels, (gone.conn, gone.channel));
-        if self.fresh.remove(&seq) {
-            forget(&mut self.fresh_priorities, gone.priority);
+        if self.to_try.remove(&seq) {
+            forget(&mut self.to_try_priorities, gone.priority);
         }
         // The others could take nothing and still cannot, unless the one that left was
         // the only one served.
@@ -168,11 +168,34 @@ impl Consumers {
         self.nobody_takes
     }
 
-    /// Something freed room for a consumer: the next search looks at all of them.
-    pub fn search_again(&mut self) {
+    /// Channel `channel` of connection `conn` freed room: while nobody could take a
+    /// message, its consumers here are looked at again. Returns how many.
+    pub fn wake(&mut self, conn: ConnId, channel: u16) -> u64 {
+        if !self.nobody_takes {
+            return 0;
+        }
+        let from = (conn, channel, Arc::<str>::from(""));
+        let mut woken = 0;
+        for (_, seq) in self
+            .index
+            .range(from..)
+            .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
+        {
+            woken += 1;
+            if self.to_try.insert(*seq) {
+                if let Some(c) = self.list.get(seq) {
+                    *self.to_try_priorities.entry(c.priority).or_default() += 1;
+                }
+            }
+        }
+        woken
+    }
+
+    /// The next search looks at every consumer.
+    fn search_again(&mut self) {
         self.nobody_takes = false;
-        self.fresh.clear();
-        self.fresh_priorities.clear();
+        self.to_try.clear();
+        self.to_try_priorities.clear();
     }
 
     /// Removes every consumer of channel `channel` on connection `conn`; returns how many
@@ -217,7 +240,7 @@ impl Consumers {
     /// since it began to skip.
     pub fn waiting_candidates(&self, single_active: bool) -> impl Iterator<Item = &ConsumerRef> {
         self.candidates(single_active)
-            .filter(|(seq, _)| !self.fresh.contains(seq))
+            .filter(|(seq, _)| !self.to_try.contains(seq))
             .map(|(_, c)| c)
     }
 
@@ -227,8 +250,8 @@ impl Consumers {
     /// and the channels of those it found could take nothing (and now waits on) to
     /// `passed_over`.
     ///
-    /// While nobody could take one, it looks only at the consumers that came since, and
-    /// those it passes over leave that set; the others wait until [`Self::search_again`].
+    /// While nobody could take one, it looks only at the consumers to try (see
+    /// `nobody_takes`), and those it passes over leave that set.
     pub fn choose(
         &mut self,
         single_active: bool,
@@ -237,19 +260,35 @@ impl Consumers {
         passed_over: &mut Vec<(ConnId, u16)>,
     ) -> Option<ConsumerRef> {
         if self.nobody_takes && single_active {
-            // The one candidate waits; those that came since are not served.
+            // Only the first is served: it is looked at if it is to be tried, and the
+            // others wait for it to leave.
+            let first = self
+                .list
+                .first_key_value()
+                .map(|(seq, c)| (*seq, c.clone()));
+            let try_first = first
+                .as_ref()
+                .is_some_and(|(seq, _)| self.to_try.contains(seq));
             self.search_again();
             self.nobody_takes = true;
-            return None;
+            let (seq, c) = first.filter(|_| try_first)?;
+            *steps += 1;
+            if !can_take(&c) {
+                passed_over.push((c.conn, c.channel));
+                return None;
+            }
+            self.to_try.insert(seq);
+            *self.to_try_priorities.entry(c.priority).or_default() += 1;
+            return Some(c);
         }
-        let only_fresh = self.nobody_takes;
+        let only_to_try = self.nobody_takes;
         let mut unable = Vec::new();
-        let chosen = if only_fresh {
-            let highest = self.fresh_priorities.last_key_value().map(|(p, _)| *p);
+        let chosen = if only_to_try {
+            let highest = self.to_try_priorities.last_key_value().map(|(p, _)| *p);
             let order = self
-                .fresh
+                .to_try
                 .range(self.next..)
-                .chain(self.fresh.range(..self.next))
+                .chain(self.to_try.range(..self.next))
                 .filter_map(|seq| self.list.get(seq).map(|c| (*seq, c)));
             pick(order, highest, &can_take, steps, &mut unable)
         } else {
@@ -258,11 +297,11 @@ impl Consumers {
             pick(order, highest, &can_take, steps, &mut unable)
         };
         let chosen = chosen.map(|(seq, c)| (seq, c.clone()));
-        if only_fresh {
+        if only_to_try {
             for seq in &unable {
-                self.fresh.remove(seq);
+                self.to_try.remove(seq);
                 if let Some(c) = self.list.get(seq) {
-                    forget(&mut self.fresh_priorities, c.priority);
+                    forget(&mut self.to_try_priorities, c.priority);
                     passed_over.push((c.conn, c.channel));
                 }
             }
@@ -452,10 +491,11 @@ mod tests {
         cs.check_invariants("q");
     }
 
-    /// Once nobody can take a message, the search looks only at consumers that came since,
-    /// and one that leaves does not make it look at the others again.
+    /// Once nobody can take a message, the search looks only at consumers that came since
+    /// or whose channel freed room, and one that leaves does not make it look at the
+    /// others again.
     #[test]
-    fn a_blocked_queue_looks_only_at_newcomers() {
+    fn a_blocked_queue_looks_only_at_newcomers_and_woken_channels() {
         let mut cs = Consumers::default();
         for i in 0..1000 {
             cs.add(consumer(1, 1, &format!("old{i}")), false);
@@ -490,8 +530,14 @@ mod tests {
                 .is_none()
         );
         assert_eq!(steps, 0, "nobody is looked at until something frees room");
-        cs.search_again();
-        assert!(cs.choose(false, |_| true, &mut 0, &mut passed).is_some());
+        assert_eq!(cs.wake(2, 1), 1);
+        assert_eq!(
+            cs.choose(false, |_| true, &mut 0, &mut passed)
+                .map(|c| c.tag.to_string())
+                .as_deref(),
+            Some("new"),
+            "the woken channel's consumer is looked at, and no other"
+        );
         cs.check_invariants("q");
     }
 }
