@@ -120,12 +120,17 @@ impl Broker {
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
+        // The shared prefetch binds the channel's consumers; the other applies to
+        // consumers made from now on.
+        let shared_changed = m.global && ch.channel_prefetch != m.prefetch_count;
         if m.global {
             ch.channel_prefetch = m.prefetch_count;
         } else {
             ch.consumer_prefetch = m.prefetch_count;
         }
-        self.channel_freed(conn, channel);
+        if shared_changed {
+            self.channel_freed(conn, channel);
+        }
         self.send_method(conn, channel, Method::BasicQosOk(BasicQosOk {}));
         Ok(())
     }
@@ -414,9 +419,7 @@ impl Broker {
                 None => return Err(precondition_failed(format!("unknown delivery tag {tag}"))),
             }
         };
-        for e in &entries {
-            ch.settle_accounting(e);
-        }
+        let freed = settle_all(ch, &entries);
         if how == Settle::Ack {
             ch.stats.ack += entries.len() as u64;
         }
@@ -436,7 +439,7 @@ impl Broker {
             self.apply_settlement(entries, how);
         }
         // Freed prefetch capacity lets the channel's consumers take more.
-        self.channel_freed(conn, channel);
+        self.prefetch_freed(conn, channel, freed);
         Ok(())
     }
 
@@ -468,14 +471,12 @@ impl Broker {
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
         let entries = ch.unacked.take_all();
-        for e in &entries {
-            ch.settle_accounting(e);
-        }
+        let freed = settle_all(ch, &entries);
         for e in entries {
             self.requeue(e);
         }
         // Freed prefetch capacity lets the channel's consumers take more, from any queue.
-        self.channel_freed(conn, channel);
+        self.prefetch_freed(conn, channel, freed);
         Ok(())
     }
 
@@ -648,4 +649,23 @@ fn consumer_arguments(
             ))
         }),
     }
+}
+
+/// Takes the ack accounting of `entries` off the channel and their consumers; returns
+/// what that freed: None when nothing was settled, else the consumers still there (queue
+/// and tag, each once).
+fn settle_all(
+    ch: &mut super::channel::Channel,
+    entries: &[Unacked],
+) -> Option<Vec<(QueueId, Arc<str>)>> {
+    if entries.is_empty() {
+        return None;
+    }
+    let mut consumers: Vec<(QueueId, Arc<str>)> = entries
+        .iter()
+        .filter_map(|e| ch.settle_accounting(e))
+        .collect();
+    consumers.sort_unstable();
+    consumers.dedup();
+    Some(consumers)
 }

@@ -263,32 +263,36 @@ impl Channel {
         }
     }
 
-    /// Whether the consumer `tag` may receive one more delivery now.
-    pub fn can_deliver(&self, tag: &str) -> bool {
-        if !self.flow_active {
-            return false;
-        }
-        let Some(c) = self.consumers.get(tag) else {
-            return false;
-        };
-        if c.no_ack {
-            return true;
-        }
-        (c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
-            && (self.channel_prefetch == 0
-                || self.consumer_unacked < u32::from(self.channel_prefetch))
+    /// Whether the channel lets consumer `tag` take a message: flow is on and, unless the
+    /// consumer acks nothing, its shared prefetch has room.
+    pub fn channel_can_deliver(&self, tag: &str) -> bool {
+        self.flow_active
+            && self.consumers.get(tag).is_some_and(|c| {
+                c.no_ack
+                    || self.channel_prefetch == 0
+                    || self.consumer_unacked < u32::from(self.channel_prefetch)
+            })
     }
 
-    /// Takes a delivery's ack accounting off its consumer.
-    pub fn settle_accounting(&mut self, entry: &Unacked) {
+    /// Whether consumer `tag`'s own prefetch has room (a no-ack consumer always has).
+    pub fn consumer_can_deliver(&self, tag: &str) -> bool {
+        self.consumers
+            .get(tag)
+            .is_some_and(|c| c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
+    }
+
+    /// Takes a delivery's ack accounting off its consumer; returns the consumer (its queue
+    /// and tag) if it is still there.
+    pub fn settle_accounting(&mut self, entry: &Unacked) -> Option<(QueueId, Arc<str>)> {
         if entry.from_consumer {
             debug_assert!(self.consumer_unacked > 0);
             self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
         }
-        if let Some(c) = self.consumer_of(entry) {
-            debug_assert!(c.unacked > 0);
-            c.unacked = c.unacked.saturating_sub(1);
-        }
+        let c = self.consumer_of(entry)?;
+        debug_assert!(c.unacked > 0);
+        c.unacked = c.unacked.saturating_sub(1);
+        let queue = c.queue;
+        entry.consumer.as_ref().map(|(tag, _)| (queue, tag.clone()))
     }
 
     /// The consumer a delivery went to, if it is still there (not cancelled, and not a new

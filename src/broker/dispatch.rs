@@ -1,5 +1,7 @@
 //! Moving messages: dispatch to consumers, requeue, release, and publisher confirms.
 
+use std::sync::Arc;
+
 use crate::proto::command::{ConnId, Reply};
 use crate::proto::method::{BasicAck, BasicNack, Method};
 
@@ -131,41 +133,37 @@ impl Broker {
         self.deliver(queue, &target, entry)
     }
 
-    /// Checks that a queue that skips its search for a consumer has none that could take
-    /// a message, and waits for every candidate's channel or connection to free room; and
-    /// that every queue a connection lists as waiting has a consumer on that channel (a
-    /// queue that found a consumer since may still be listed on its other channels: a
-    /// free there asks it for one more search).
+    /// Checks that every consumer a queue does not try can take nothing and will be
+    /// woken when that may change (its queue is on its channel's or connection's waiting
+    /// list, or its own prefetch is full and a settlement wakes it); that a queue holding
+    /// a deliverable message with no dispatch on the way has no consumer that could take
+    /// it (otherwise an event that freed one did not ask it to search); and that every
+    /// queue a connection lists as waiting has a consumer on that channel (a queue whose
+    /// consumers were woken by other means may still be listed: a free there wakes them
+    /// once more).
     pub(super) fn check_skipped_searches(&self) {
         let limits = self.take_limits();
         for (&id, q) in &self.topology.queues {
-            if !q.consumers.nobody_takes() {
-                continue;
-            }
-            let single_active = q.decl.settings.single_active_consumer;
-            for c in q.consumers.waiting_candidates(single_active) {
+            for c in q.consumers.iter().filter(|c| !q.consumers.to_try(c)) {
                 assert!(
-                    !consumer_can_take(&self.sessions, limits, c),
-                    "queue {} skips its consumers though one can take a message",
-                    q.decl.name
-                );
-                assert!(
-                    self.sessions
-                        .conns
-                        .get(&c.conn)
-                        .is_some_and(|conn| conn.waiting.waits(c.channel, id)),
-                    "queue {} skips its consumers but is not waiting for channel {}",
+                    consumer_blocked(&self.sessions, limits, c).is_some(),
+                    "queue {} does not try consumer {} though it can take a message",
                     q.decl.name,
-                    c.channel
+                    c.tag
+                );
+                let listed = self
+                    .sessions
+                    .conns
+                    .get(&c.conn)
+                    .is_some_and(|conn| conn.waiting.waits(c.channel, id));
+                assert!(
+                    listed || own_prefetch_full(&self.sessions, c),
+                    "queue {} does not try consumer {} and nothing will wake it",
+                    q.decl.name,
+                    c.tag
                 );
             }
-        }
-        // A queue that searches has searched: when it holds a message it could deliver now
-        // and no dispatch is on the way, none of its consumers can take it (otherwise an
-        // event that freed one did not ask it to search).
-        for q in self.topology.queues.values() {
-            if q.consumers.nobody_takes()
-                || q.dispatch_scheduled
+            if q.dispatch_scheduled
                 || q.messages.in_memory_count() == 0
                 || q.messages.head_held()
                 || q.messages.head_expiry_ms().is_some_and(|t| t < self.now_ms)
@@ -176,7 +174,7 @@ impl Broker {
             assert!(
                 !q.consumers
                     .candidates_of(single_active)
-                    .any(|c| consumer_can_take(&self.sessions, limits, c)),
+                    .any(|c| consumer_blocked(&self.sessions, limits, c).is_none()),
                 "queue {} holds a message that one of its consumers can take, and no \
                  dispatch is on the way",
                 q.decl.name
@@ -194,7 +192,7 @@ impl Broker {
         }
     }
 
-    /// The write and unacked limits [`consumer_can_take`] applies.
+    /// The write and unacked limits [`consumer_blocked`] applies.
     fn take_limits(&self) -> (usize, usize) {
         (
             self.config.limits.max_unflushed_bytes_per_connection,
@@ -204,7 +202,7 @@ impl Broker {
 
     /// The consumer of `queue` that receives its next message, with the queue's
     /// round-robin cursor moved past it; None when none of them can take one now. The
-    /// queue waits on the channels or connections of those that cannot.
+    /// queue waits on what holds those that cannot.
     fn choose_consumer(&mut self, queue: QueueId) -> Option<ConsumerRef> {
         let limits = self.take_limits();
         let q = self.topology.queues.get_mut(&queue)?;
@@ -213,7 +211,7 @@ impl Broker {
         let mut passed_over = Vec::new();
         let chosen = q.consumers.choose(
             single_active,
-            |c| consumer_can_take(sessions, limits, c),
+            |c| consumer_blocked(sessions, limits, c),
             &mut self.counters.work,
             &mut passed_over,
         );
@@ -221,17 +219,41 @@ impl Broker {
         chosen
     }
 
-    /// `queue` waits on these channels: their consumers could take nothing, because of the
-    /// channel or of its connection.
-    fn wait_on(&mut self, queue: QueueId, channels: Vec<(ConnId, u16)>) {
-        let write_limit = self.config.limits.max_unflushed_bytes_per_connection;
-        self.counters.work += channels.len() as u64;
-        for (conn, channel) in channels {
-            let held = self.sessions.held.contains_key(&conn);
-            if let Some(c) = self.sessions.conns.get_mut(&conn) {
-                let by_connection = held || c.unflushed_bytes >= write_limit;
-                c.waiting.note(channel, queue, by_connection);
+    /// `queue` waits on what holds these consumers: their connection or channel lists it,
+    /// and a consumer held by its own prefetch is woken by a settlement of its deliveries.
+    fn wait_on(&mut self, queue: QueueId, passed_over: Vec<(ConsumerRef, Blocked)>) {
+        self.counters.work += passed_over.len() as u64;
+        for (c, why) in passed_over {
+            let by_connection = match why {
+                Blocked::Connection => true,
+                Blocked::Channel => false,
+                Blocked::Consumer => continue,
+            };
+            if let Some(conn) = self.sessions.conns.get_mut(&c.conn) {
+                conn.waiting.note(c.channel, queue, by_connection);
             }
+        }
+    }
+
+    /// Settled deliveries freed the channel's shared prefetch and unacked count, and the
+    /// own prefetch of `freed`'s consumers (None: nothing was settled): the queues waiting
+    /// on the channel, and each such consumer's queue, look at them again.
+    pub(super) fn prefetch_freed(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        freed: Option<Vec<(QueueId, Arc<str>)>>,
+    ) {
+        let Some(freed) = freed else {
+            return;
+        };
+        self.channel_freed(conn, channel);
+        for (queue, tag) in freed {
+            self.counters.work += 1;
+            if let Some(q) = self.topology.queues.get_mut(&queue) {
+                q.consumers.wake_one(conn, channel, &tag);
+            }
+            self.schedule_dispatch(queue);
         }
     }
 
@@ -458,21 +480,51 @@ fn ack(last: u64, count: u64) -> Method {
     })
 }
 
-/// Whether the consumer `c` can take one more message now: its connection has no parked
-/// get and not too much unwritten output, and its channel and its own prefetch have room.
-fn consumer_can_take(
+/// Why a consumer cannot take a message now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blocked {
+    /// Its connection: a parked get, or too much unwritten output.
+    Connection,
+    /// Its channel: flow paused, the shared prefetch or the unacked limit reached.
+    Channel,
+    /// Its own prefetch is full.
+    Consumer,
+}
+
+/// Why the consumer `c` cannot take one more message now; None when it can.
+fn consumer_blocked(
     sessions: &super::parts::Sessions,
     (write_limit, unacked_limit): (usize, usize),
     c: &ConsumerRef,
-) -> bool {
+) -> Option<Blocked> {
     // A connection whose get waits for the store gets nothing else meanwhile, as behind a
     // synchronous get.
-    !sessions.held.contains_key(&c.conn)
-        && sessions.conns.get(&c.conn).is_some_and(|conn| {
-            conn.unflushed_bytes < write_limit
-                && conn
-                    .channels
-                    .get(&c.channel)
-                    .is_some_and(|ch| ch.can_deliver(&c.tag) && ch.unacked.len() < unacked_limit)
-        })
+    if sessions.held.contains_key(&c.conn) {
+        return Some(Blocked::Connection);
+    }
+    let Some(conn) = sessions.conns.get(&c.conn) else {
+        return Some(Blocked::Connection);
+    };
+    if conn.unflushed_bytes >= write_limit {
+        return Some(Blocked::Connection);
+    }
+    let Some(ch) = conn.channels.get(&c.channel) else {
+        return Some(Blocked::Channel);
+    };
+    if !ch.channel_can_deliver(&c.tag) || ch.unacked.len() >= unacked_limit {
+        return Some(Blocked::Channel);
+    }
+    if !ch.consumer_can_deliver(&c.tag) {
+        return Some(Blocked::Consumer);
+    }
+    None
+}
+
+/// Whether the consumer's own prefetch is full.
+fn own_prefetch_full(sessions: &super::parts::Sessions, c: &ConsumerRef) -> bool {
+    sessions
+        .conns
+        .get(&c.conn)
+        .and_then(|conn| conn.channels.get(&c.channel))
+        .is_some_and(|ch| !ch.consumer_can_deliver(&c.tag))
 }

@@ -1016,7 +1016,9 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
         "a publish took {most} steps among {n} blocked consumers"
     );
     rig.broker.check_invariants();
-    // An ack frees its consumer, which gets the next message at once.
+    // An ack frees its consumer, which gets the next message at once; the queue looks
+    // at that consumer alone, not at the channel's 10,000.
+    let before = rig.broker.work_done();
     let r = rig.method(
         1,
         Method::BasicAck(crate::proto::method::BasicAck {
@@ -1024,11 +1026,13 @@ fn a_delivery_among_many_consumers_looks_at_few_of_them() {
             multiple: false,
         }),
     );
+    let work = rig.broker.work_done() - before;
     assert_eq!(
         delivered_to(&r),
         ["c76"],
         "the freed consumer takes the next message"
     );
+    assert!(work < 20, "an ack took {work} steps among {n} consumers");
     rig.broker.check_invariants();
 }
 
@@ -1457,4 +1461,73 @@ fn cancel_many(rig: &mut Rig, n: usize, last_first: bool) {
             }),
         );
     }
+}
+
+/// 10,000 consumers on a channel whose flow is off, and one consumer that takes
+/// everything: each publish looks at the one that takes it, not at the paused ones again
+/// (each message walked past all of them); and commands on the paused channel that free
+/// nothing (an ack of nothing, the same qos again) wake none of them.
+#[test]
+fn paused_consumers_beside_a_working_one_cost_a_publish_nothing() {
+    use crate::proto::method::{BasicAck, BasicQos, ChannelFlow};
+    let mut rig = rig();
+    rig.open(2);
+    rig.open(3);
+    declare_with(&mut rig, "mixed", FieldTable::default());
+    ok(&rig.method(1, Method::ChannelFlow(ChannelFlow { active: false })));
+    let n = 10_000;
+    consume_many(&mut rig, "mixed", n);
+    ok(&rig.method(
+        3,
+        Method::BasicConsume(BasicConsume {
+            queue: "mixed".into(),
+            consumer_tag: "worker".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    ));
+    let mut most = 0;
+    for i in 0..100 {
+        let before = rig.broker.work_done();
+        let r = rig.publish_replies(2, "", "mixed", 0, Default::default());
+        assert_eq!(delivered_to(&r), ["worker"]);
+        if i > 0 {
+            most = most.max(rig.broker.work_done() - before);
+        }
+    }
+    assert!(
+        most < 20,
+        "a publish took {most} steps beside {n} paused consumers"
+    );
+    let mut most = 0;
+    for _ in 0..100 {
+        let before = rig.broker.work_done();
+        ok(&rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: 0,
+                multiple: true,
+            }),
+        ));
+        ok(&rig.method(
+            1,
+            Method::BasicQos(BasicQos {
+                prefetch_count: 0,
+                global: true,
+                ..Default::default()
+            }),
+        ));
+        most = most.max(rig.broker.work_done() - before);
+    }
+    assert!(most < 20, "commands that free nothing took {most} steps");
+    rig.broker.check_invariants();
+    let r = rig.method(1, Method::ChannelFlow(ChannelFlow { active: true }));
+    assert!(delivered_to(&r).is_empty(), "nothing is waiting");
+    let r = rig.publish_replies(2, "", "mixed", 0, Default::default());
+    assert_eq!(
+        delivered_to(&r),
+        ["c0"],
+        "flow on wakes the channel's consumers"
+    );
+    rig.broker.check_invariants();
 }

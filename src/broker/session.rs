@@ -426,8 +426,7 @@ impl Broker {
         ch.consumers.clear();
         for queue in queues {
             self.detach_consumers(queue, conn, channel, |q| {
-                let single_active = q.decl.settings.single_active_consumer;
-                q.consumers.remove_channel(conn, channel, single_active);
+                q.consumers.remove_channel(conn, channel);
             });
         }
         if let Some(c) = self.sessions.conns.get_mut(&conn) {
@@ -464,8 +463,7 @@ impl Broker {
         queue: super::QueueId,
     ) {
         self.detach_consumers(queue, conn, channel, |q| {
-            let single_active = q.decl.settings.single_active_consumer;
-            q.consumers.remove(conn, channel, tag, single_active);
+            q.consumers.remove(conn, channel, tag);
         });
     }
 

@@ -45,17 +45,14 @@ pub struct Consumers {
     priorities: BTreeMap<i64, usize>,
     /// How many consumers each channel has here.
     channels: BTreeMap<(ConnId, u16), usize>,
-    /// Set when a search found no consumer that could take a message. From then on,
-    /// every consumer but those in `to_try` can take nothing, and the queue is on the
-    /// waiting list of its channel or connection
-    /// ([`super::super::waiting::WaitingQueues`]); the search looks at `to_try` only. A
-    /// queue with 100,000 consumers that do not ack would otherwise look at each of them
-    /// for every message published to it, or after every ack of one of them.
-    nobody_takes: bool,
-    /// While `nobody_takes`: the consumers to look at, those that came since and those
-    /// whose channel or connection freed room since ([`Consumers::wake`]), as RabbitMQ
-    /// moves a channel's blocked consumers back when its limiter unblocks. A consumer
-    /// that leaves frees nobody else.
+    /// The consumers a search looks at: all but those a search found could take
+    /// nothing, which wait to be woken ([`Consumers::wake`], [`Consumers::wake_one`]) by
+    /// what holds them: their channel or connection (the queue is then on its waiting
+    /// list, [`super::super::waiting::WaitingQueues`]) or their own prefetch (a
+    /// settlement of one of their deliveries). RabbitMQ likewise keeps blocked consumers
+    /// apart until their limiter unblocks. A search costs a step per consumer it looks
+    /// at, and a consumer that cannot take a message is looked at once per wake, not for
+    /// every message published to its queue.
     to_try: BTreeSet<u64>,
     /// How many of `to_try` have each priority.
     to_try_priorities: BTreeMap<i64, usize>,
@@ -117,10 +114,8 @@ impl Consumers {
             .or_default() += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.nobody_takes {
-            self.to_try.insert(seq);
-            *self.to_try_priorities.entry(consumer.priority).or_default() += 1;
-        }
+        self.to_try.insert(seq);
+        *self.to_try_priorities.entry(consumer.priority).or_default() += 1;
         let old = self
             .index
             .insert((consumer.conn, consumer.channel, consumer.tag.clone()), seq);
@@ -130,19 +125,18 @@ impl Consumers {
         self.exclusive = exclusive;
     }
 
-    /// Removes a consumer; returns whether it was there. `single_active`: the queue
-    /// serves its first consumer only.
-    pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str, single_active: bool) -> bool {
+    /// Removes a consumer; returns whether it was there.
+    pub fn remove(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
         let Some(seq) = self.index.remove(&(conn, channel, Arc::from(tag))) else {
             return false;
         };
-        self.forget(seq, single_active);
+        self.forget(seq);
         true
     }
 
-    /// Takes out the consumer numbered `seq`, whose index entry is gone already.
-    fn forget(&mut self, seq: u64, single_active: bool) {
-        let was_first = self.list.first_key_value().is_some_and(|(s, _)| *s == seq);
+    /// Takes out the consumer numbered `seq`, whose index entry is gone already. The
+    /// others are not looked at again: one leaving frees nobody.
+    fn forget(&mut self, seq: u64) {
         let Some(gone) = self.list.remove(&seq) else {
             debug_assert!(false, "consumer index names a missing consumer");
             return;
@@ -152,55 +146,58 @@ impl Consumers {
         if self.to_try.remove(&seq) {
             forget(&mut self.to_try_priorities, gone.priority);
         }
-        // The others could take nothing and still cannot, unless the one that left was
-        // the only one served.
-        if single_active && was_first {
-            self.search_again();
-        }
         if self.list.is_empty() {
             self.exclusive = false;
-            self.search_again();
         }
     }
 
-    /// Whether the last search found nobody to take a message (see `nobody_takes`).
-    pub fn nobody_takes(&self) -> bool {
-        self.nobody_takes
+    /// Whether a search would look at no consumer: each waits to be woken.
+    pub fn nobody_to_try(&self) -> bool {
+        self.to_try.is_empty()
     }
 
-    /// Channel `channel` of connection `conn` freed room: while nobody could take a
-    /// message, its consumers here are looked at again. Returns how many.
+    /// Whether the consumer is among those a search looks at.
+    pub fn to_try(&self, c: &ConsumerRef) -> bool {
+        self.index
+            .get(&(c.conn, c.channel, c.tag.clone()))
+            .is_some_and(|seq| self.to_try.contains(seq))
+    }
+
+    /// Channel `channel` of connection `conn` freed room: its consumers here are looked
+    /// at again. Returns how many.
     pub fn wake(&mut self, conn: ConnId, channel: u16) -> u64 {
-        if !self.nobody_takes {
-            return 0;
-        }
         let from = (conn, channel, Arc::<str>::from(""));
-        let mut woken = 0;
-        for (_, seq) in self
+        let seqs: Vec<u64> = self
             .index
             .range(from..)
             .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
-        {
-            woken += 1;
-            if self.to_try.insert(*seq) {
-                if let Some(c) = self.list.get(seq) {
-                    *self.to_try_priorities.entry(c.priority).or_default() += 1;
-                }
-            }
+            .map(|(_, seq)| *seq)
+            .collect();
+        for seq in &seqs {
+            self.try_again(*seq);
         }
-        woken
+        seqs.len() as u64
     }
 
-    /// The next search looks at every consumer.
-    fn search_again(&mut self) {
-        self.nobody_takes = false;
-        self.to_try.clear();
-        self.to_try_priorities.clear();
+    /// The consumer `tag` of channel `channel` on `conn` freed room (one of its
+    /// deliveries was settled): it is looked at again.
+    pub fn wake_one(&mut self, conn: ConnId, channel: u16, tag: &Arc<str>) {
+        if let Some(seq) = self.index.get(&(conn, channel, tag.clone())) {
+            self.try_again(*seq);
+        }
+    }
+
+    fn try_again(&mut self, seq: u64) {
+        if let Some(c) = self.list.get(&seq) {
+            if self.to_try.insert(seq) {
+                *self.to_try_priorities.entry(c.priority).or_default() += 1;
+            }
+        }
     }
 
     /// Removes every consumer of channel `channel` on connection `conn`; returns how many
     /// there were. Costs a lookup per consumer of the channel, whatever the queue holds.
-    pub fn remove_channel(&mut self, conn: ConnId, channel: u16, single_active: bool) -> usize {
+    pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
         let from = (conn, channel, Arc::<str>::from(""));
         let seqs: Vec<(Arc<str>, u64)> = self
             .index
@@ -210,7 +207,7 @@ impl Consumers {
             .collect();
         for (tag, seq) in &seqs {
             self.index.remove(&(conn, channel, tag.clone()));
-            self.forget(*seq, single_active);
+            self.forget(*seq);
         }
         seqs.len()
     }
@@ -236,90 +233,56 @@ impl Consumers {
         from.chain(to)
     }
 
-    /// The candidates a queue that skips its search waits on: all but those that came
-    /// since it began to skip.
-    pub fn waiting_candidates(&self, single_active: bool) -> impl Iterator<Item = &ConsumerRef> {
-        self.candidates(single_active)
-            .filter(|(seq, _)| !self.to_try.contains(seq))
-            .map(|(_, c)| c)
-    }
-
     /// Chooses the consumer for the next message and moves the cursor past it: the
-    /// highest-priority candidate that `can_take` it, first in round-robin order among
-    /// equals. None when no candidate can. Adds the consumers it looked at to `steps`,
-    /// and the channels of those it found could take nothing (and now waits on) to
-    /// `passed_over`.
-    ///
-    /// While nobody could take one, it looks only at the consumers to try (see
-    /// `nobody_takes`), and those it passes over leave that set.
-    pub fn choose(
+    /// highest-priority candidate that can take it, first in round-robin order among
+    /// equals, looking only at the consumers to try (see `to_try`): those not among them
+    /// can take nothing. `blocked` says why a consumer cannot take a message (None: it
+    /// can); the consumers found blocked stop being tried and go to `passed_over` with
+    /// the reason. None when no candidate can take one. Adds the consumers it looked at
+    /// to `steps`.
+    pub fn choose<R>(
         &mut self,
         single_active: bool,
-        can_take: impl Fn(&ConsumerRef) -> bool,
+        blocked: impl Fn(&ConsumerRef) -> Option<R>,
         steps: &mut u64,
-        passed_over: &mut Vec<(ConnId, u16)>,
+        passed_over: &mut Vec<(ConsumerRef, R)>,
     ) -> Option<ConsumerRef> {
-        if self.nobody_takes && single_active {
-            // Only the first is served: it is looked at if it is to be tried, and the
-            // others wait for it to leave.
+        let mut unable = Vec::new();
+        let chosen = if single_active {
+            // Only the first is served; the others are tried when it leaves.
             let first = self
                 .list
                 .first_key_value()
-                .map(|(seq, c)| (*seq, c.clone()));
-            let try_first = first
-                .as_ref()
-                .is_some_and(|(seq, _)| self.to_try.contains(seq));
-            self.search_again();
-            self.nobody_takes = true;
-            let (seq, c) = first.filter(|_| try_first)?;
-            *steps += 1;
-            if !can_take(&c) {
-                passed_over.push((c.conn, c.channel));
-                return None;
-            }
-            self.to_try.insert(seq);
-            *self.to_try_priorities.entry(c.priority).or_default() += 1;
-            return Some(c);
-        }
-        let only_to_try = self.nobody_takes;
-        let mut unable = Vec::new();
-        let chosen = if only_to_try {
+                .filter(|(seq, _)| self.to_try.contains(seq))
+                .map(|(seq, c)| (*seq, c));
+            pick(first.into_iter(), None, &blocked, steps, &mut unable)
+        } else {
             let highest = self.to_try_priorities.last_key_value().map(|(p, _)| *p);
             let order = self
                 .to_try
                 .range(self.next..)
                 .chain(self.to_try.range(..self.next))
                 .filter_map(|seq| self.list.get(seq).map(|c| (*seq, c)));
-            pick(order, highest, &can_take, steps, &mut unable)
-        } else {
-            let highest = self.priorities.last_key_value().map(|(p, _)| *p);
-            let order = self.candidates(single_active).map(|(seq, c)| (*seq, c));
-            pick(order, highest, &can_take, steps, &mut unable)
+            pick(order, highest, &blocked, steps, &mut unable)
         };
         let chosen = chosen.map(|(seq, c)| (seq, c.clone()));
-        if only_to_try {
-            for seq in &unable {
-                self.to_try.remove(seq);
-                if let Some(c) = self.list.get(seq) {
-                    forget(&mut self.to_try_priorities, c.priority);
-                    passed_over.push((c.conn, c.channel));
-                }
-            }
-        } else if chosen.is_none() {
-            self.search_again();
-            self.nobody_takes = true;
-            match self.list.first_key_value() {
-                Some((_, c)) if single_active => passed_over.push((c.conn, c.channel)),
-                _ => passed_over.extend(self.channels.keys().copied()),
+        for (seq, why) in unable {
+            self.to_try.remove(&seq);
+            if let Some(c) = self.list.get(&seq) {
+                forget(&mut self.to_try_priorities, c.priority);
+                passed_over.push((c.clone(), why));
             }
         }
         let (seq, c) = chosen?;
-        // Past the last consumer the order starts again from the first, whoever came since.
-        self.next = if self.list.range(seq + 1..).next().is_some() {
-            seq + 1
-        } else {
-            0
-        };
+        if !single_active {
+            // Past the last consumer the order starts again from the first, whoever came
+            // since.
+            self.next = if self.list.range(seq + 1..).next().is_some() {
+                seq + 1
+            } else {
+                0
+            };
+        }
         Some(c)
     }
 
@@ -364,15 +327,15 @@ impl Consumers {
     }
 }
 
-/// The highest-priority consumer in `order` that `can_take` a message, first among equals;
+/// The highest-priority consumer in `order` that is not `blocked`, first among equals;
 /// stops at one of priority `highest`. Counts each consumer looked at in `steps`, and
-/// puts those that can take nothing in `unable`.
-fn pick<'a>(
+/// puts those that are blocked in `unable`, with the reason.
+fn pick<'a, R>(
     order: impl Iterator<Item = (u64, &'a ConsumerRef)>,
     highest: Option<i64>,
-    can_take: &impl Fn(&ConsumerRef) -> bool,
+    blocked: &impl Fn(&ConsumerRef) -> Option<R>,
     steps: &mut u64,
-    unable: &mut Vec<u64>,
+    unable: &mut Vec<(u64, R)>,
 ) -> Option<(u64, &'a ConsumerRef)> {
     let mut chosen: Option<(u64, &ConsumerRef)> = None;
     for (seq, c) in order {
@@ -380,8 +343,8 @@ fn pick<'a>(
         if chosen.is_some_and(|(_, best)| best.priority >= c.priority) {
             continue;
         }
-        if !can_take(c) {
-            unable.push(seq);
+        if let Some(why) = blocked(c) {
+            unable.push((seq, why));
             continue;
         }
         chosen = Some((seq, c));
@@ -450,23 +413,20 @@ mod tests {
         }
         // Deliver to a, b and c: d is next.
         for _ in 0..3 {
-            cs.choose(false, |_| true, &mut 0, &mut Vec::new());
+            cs.choose(false, |_| None::<()>, &mut 0, &mut Vec::new());
         }
-        assert_eq!(cs.remove_channel(1, 1, false), 3);
-        assert_eq!(cs.remove_channel(1, 1, false), 0);
+        assert_eq!(cs.remove_channel(1, 1), 3);
+        assert_eq!(cs.remove_channel(1, 1), 0);
         let tags: Vec<&str> = cs.iter().map(|c| &*c.tag).collect();
         assert_eq!(tags, ["b", "d"]);
         assert_eq!(
-            &*cs.choose(false, |_| true, &mut 0, &mut Vec::new())
+            &*cs.choose(false, |_| None::<()>, &mut 0, &mut Vec::new())
                 .unwrap()
                 .tag,
             "d"
         );
         cs.check_invariants("q");
-        assert_eq!(
-            cs.remove_channel(2, 1, false) + cs.remove_channel(3, 1, false),
-            2
-        );
+        assert_eq!(cs.remove_channel(2, 1) + cs.remove_channel(3, 1), 2);
         assert!(cs.is_empty());
         cs.check_invariants("q");
     }
@@ -477,7 +437,7 @@ mod tests {
     fn the_order_wraps_to_the_first_before_a_newcomer() {
         let mut cs = Consumers::default();
         let choose = |cs: &mut Consumers| {
-            cs.choose(false, |_| true, &mut 0, &mut Vec::new())
+            cs.choose(false, |_| None::<()>, &mut 0, &mut Vec::new())
                 .map(|c| c.tag.to_string())
         };
         cs.add(consumer(1, 1, "a"), false);
@@ -491,53 +451,51 @@ mod tests {
         cs.check_invariants("q");
     }
 
-    /// Once nobody can take a message, the search looks only at consumers that came since
-    /// or whose channel freed room, and one that leaves does not make it look at the
-    /// others again.
+    /// A consumer found blocked is not looked at again until it is woken; one that comes
+    /// is looked at, and one that leaves makes the queue look at nobody else.
     #[test]
-    fn a_blocked_queue_looks_only_at_newcomers_and_woken_channels() {
+    fn blocked_consumers_are_looked_at_once_until_woken() {
         let mut cs = Consumers::default();
         for i in 0..1000 {
             cs.add(consumer(1, 1, &format!("old{i}")), false);
         }
+        let old = |c: &ConsumerRef| c.tag.starts_with("old").then_some(());
         let mut steps = 0;
         let mut passed = Vec::new();
-        let old = |c: &ConsumerRef| !c.tag.starts_with("old");
         assert!(cs.choose(false, old, &mut steps, &mut passed).is_none());
         assert_eq!(
             (steps, passed.len()),
-            (1000, 1),
-            "one search, one channel waited on"
+            (1000, 1000),
+            "each looked at and passed over once"
         );
-        assert!(cs.remove(1, 1, "old5", false));
+        let mut steps = 0;
+        assert!(cs.choose(false, old, &mut steps, &mut Vec::new()).is_none());
+        assert_eq!(steps, 0, "nobody is looked at until something wakes them");
+        assert!(cs.remove(1, 1, "old5"));
         cs.add(consumer(2, 1, "new"), false);
         let mut steps = 0;
-        let mut passed = Vec::new();
-        let chosen = cs.choose(false, old, &mut steps, &mut passed);
+        let chosen = cs.choose(false, old, &mut steps, &mut Vec::new());
         assert_eq!(chosen.map(|c| c.tag.to_string()).as_deref(), Some("new"));
         assert_eq!(steps, 1, "only the newcomer is looked at");
         cs.check_invariants("q");
         let mut steps = 0;
+        let mut passed = Vec::new();
         assert!(
-            cs.choose(false, |_| false, &mut steps, &mut passed)
+            cs.choose(false, |_| Some(()), &mut steps, &mut passed)
                 .is_none()
         );
         assert_eq!(steps, 1);
-        assert_eq!(passed, [(2, 1)], "the newcomer's channel is waited on");
-        let mut steps = 0;
-        assert!(
-            cs.choose(false, |_| true, &mut steps, &mut passed)
-                .is_none()
-        );
-        assert_eq!(steps, 0, "nobody is looked at until something frees room");
+        assert_eq!(passed.len(), 1);
         assert_eq!(cs.wake(2, 1), 1);
+        cs.wake_one(1, 1, &Arc::from("old7"));
+        let mut steps = 0;
+        let chosen = cs.choose(false, |_| None::<()>, &mut steps, &mut Vec::new());
         assert_eq!(
-            cs.choose(false, |_| true, &mut 0, &mut passed)
-                .map(|c| c.tag.to_string())
-                .as_deref(),
-            Some("new"),
-            "the woken channel's consumer is looked at, and no other"
+            chosen.map(|c| c.tag.to_string()).as_deref(),
+            Some("old7"),
+            "the woken consumers are looked at, in round-robin order, and no other"
         );
+        assert_eq!(steps, 1);
         cs.check_invariants("q");
     }
 }
