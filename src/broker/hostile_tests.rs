@@ -1531,3 +1531,46 @@ fn paused_consumers_beside_a_working_one_cost_a_publish_nothing() {
     );
     rig.broker.check_invariants();
 }
+
+/// 10,000 consumers of priority 0 that can always take a message, and one of priority 1:
+/// each message goes to the one above them and costs a step or two (the search walked
+/// past the 10,000 from the cursor to come back to it).
+#[test]
+fn consumers_below_a_higher_priority_cost_a_message_nothing() {
+    let mut rig = rig();
+    rig.open(2);
+    rig.open(3);
+    declare_with(&mut rig, "ranked", FieldTable::default());
+    let n = 10_000;
+    for i in 0..n {
+        rig.method(
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: "ranked".into(),
+                consumer_tag: format!("low{i}"),
+                no_ack: true,
+                nowait: true,
+                ..Default::default()
+            }),
+        );
+    }
+    ok(&rig.method(
+        3,
+        Method::BasicConsume(BasicConsume {
+            queue: "ranked".into(),
+            consumer_tag: "high".into(),
+            no_ack: true,
+            arguments: args(&[("x-priority", FieldValue::I32(1))]),
+            ..Default::default()
+        }),
+    ));
+    let mut most = 0;
+    for _ in 0..100 {
+        let before = rig.broker.work_done();
+        let r = rig.publish_replies(2, "", "ranked", 0, Default::default());
+        assert_eq!(delivered_to(&r), ["high"]);
+        most = most.max(rig.broker.work_done() - before);
+    }
+    assert!(most < 20, "a publish took {most} steps above {n} consumers");
+    rig.broker.check_invariants();
+}

@@ -53,9 +53,10 @@ pub struct Consumers {
     /// apart until their limiter unblocks. A search costs a step per consumer it looks
     /// at, and a consumer that cannot take a message is looked at once per wake, not for
     /// every message published to its queue.
-    to_try: BTreeSet<u64>,
-    /// How many of `to_try` have each priority.
-    to_try_priorities: BTreeMap<i64, usize>,
+    /// By priority: a search looks at the highest level only, down to the next when
+    /// each consumer there proves blocked, so consumers of a lower priority cost a
+    /// message nothing while one above them can take it.
+    to_try: BTreeMap<i64, BTreeSet<u64>>,
 }
 
 impl Consumers {
@@ -114,8 +115,10 @@ impl Consumers {
             .or_default() += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.to_try.insert(seq);
-        *self.to_try_priorities.entry(consumer.priority).or_default() += 1;
+        self.to_try
+            .entry(consumer.priority)
+            .or_default()
+            .insert(seq);
         let old = self
             .index
             .insert((consumer.conn, consumer.channel, consumer.tag.clone()), seq);
@@ -143,9 +146,7 @@ impl Consumers {
         };
         forget(&mut self.priorities, gone.priority);
         forget(&mut self.channels, (gone.conn, gone.channel));
-        if self.to_try.remove(&seq) {
-            forget(&mut self.to_try_priorities, gone.priority);
-        }
+        self.stop_trying(gone.priority, seq);
         if self.list.is_empty() {
             self.exclusive = false;
         }
@@ -160,7 +161,7 @@ impl Consumers {
     pub fn to_try(&self, c: &ConsumerRef) -> bool {
         self.index
             .get(&(c.conn, c.channel, c.tag.clone()))
-            .is_some_and(|seq| self.to_try.contains(seq))
+            .is_some_and(|seq| self.trying(c.priority, *seq))
     }
 
     /// Channel `channel` of connection `conn` freed room: its consumers here are looked
@@ -189,8 +190,24 @@ impl Consumers {
 
     fn try_again(&mut self, seq: u64) {
         if let Some(c) = self.list.get(&seq) {
-            if self.to_try.insert(seq) {
-                *self.to_try_priorities.entry(c.priority).or_default() += 1;
+            self.to_try.entry(c.priority).or_default().insert(seq);
+        }
+    }
+
+    /// Whether consumer `seq`, of priority `priority`, is to be tried.
+    fn trying(&self, priority: i64, seq: u64) -> bool {
+        self.to_try
+            .get(&priority)
+            .is_some_and(|level| level.contains(&seq))
+    }
+
+    /// Consumer `seq`, of priority `priority`, is not to be tried.
+    fn stop_trying(&mut self, priority: i64, seq: u64) {
+        if let std::collections::btree_map::Entry::Occupied(mut level) = self.to_try.entry(priority)
+        {
+            level.get_mut().remove(&seq);
+            if level.get().is_empty() {
+                level.remove();
             }
         }
     }
@@ -247,34 +264,54 @@ impl Consumers {
         steps: &mut u64,
         passed_over: &mut Vec<(ConsumerRef, R)>,
     ) -> Option<ConsumerRef> {
-        let mut unable = Vec::new();
-        let chosen = if single_active {
+        if single_active {
             // Only the first is served; the others are tried when it leaves.
-            let first = self
-                .list
-                .first_key_value()
-                .filter(|(seq, _)| self.to_try.contains(seq))
-                .map(|(seq, c)| (*seq, c));
-            pick(first.into_iter(), None, &blocked, steps, &mut unable)
-        } else {
-            let highest = self.to_try_priorities.last_key_value().map(|(p, _)| *p);
-            let order = self
-                .to_try
-                .range(self.next..)
-                .chain(self.to_try.range(..self.next))
-                .filter_map(|seq| self.list.get(seq).map(|c| (*seq, c)));
-            pick(order, highest, &blocked, steps, &mut unable)
-        };
-        let chosen = chosen.map(|(seq, c)| (seq, c.clone()));
-        for (seq, why) in unable {
-            self.to_try.remove(&seq);
-            if let Some(c) = self.list.get(&seq) {
-                forget(&mut self.to_try_priorities, c.priority);
-                passed_over.push((c.clone(), why));
+            let (seq, c) = self.list.first_key_value().map(|(s, c)| (*s, c.clone()))?;
+            if !self.trying(c.priority, seq) {
+                return None;
             }
+            *steps += 1;
+            return match blocked(&c) {
+                None => Some(c),
+                Some(why) => {
+                    self.stop_trying(c.priority, seq);
+                    passed_over.push((c, why));
+                    None
+                }
+            };
         }
-        let (seq, c) = chosen?;
-        if !single_active {
+        // The highest level first, in round-robin order from the cursor; each consumer
+        // looked at is chosen or stops being tried, and a level whose consumers are all
+        // blocked empties, so the search costs a step per consumer it passes over.
+        loop {
+            let (&priority, level) = self.to_try.last_key_value()?;
+            let mut unable = Vec::new();
+            let mut chosen = None;
+            for seq in level.range(self.next..).chain(level.range(..self.next)) {
+                *steps += 1;
+                let Some(c) = self.list.get(seq) else {
+                    debug_assert!(false, "a consumer to try is not in the list");
+                    continue;
+                };
+                match blocked(c) {
+                    None => {
+                        chosen = Some((*seq, c.clone()));
+                        break;
+                    }
+                    Some(why) => unable.push((*seq, why)),
+                }
+            }
+            for (seq, why) in unable {
+                self.stop_trying(priority, seq);
+                if let Some(c) = self.list.get(&seq) {
+                    passed_over.push((c.clone(), why));
+                }
+            }
+            let Some((seq, c)) = chosen else {
+                // Every consumer of this level is blocked: it is gone; try the next.
+                self.to_try.remove(&priority);
+                continue;
+            };
             // Past the last consumer the order starts again from the first, whoever came
             // since.
             self.next = if self.list.range(seq + 1..).next().is_some() {
@@ -282,8 +319,8 @@ impl Consumers {
             } else {
                 0
             };
+            return Some(c);
         }
-        Some(c)
     }
 
     /// Checks that the index, the counts and the list agree, and that an exclusive
@@ -311,6 +348,18 @@ impl Consumers {
                 .is_none_or(|(seq, _)| *seq < self.next_seq),
             "queue {queue} consumer numbers"
         );
+        for (priority, level) in &self.to_try {
+            assert!(
+                !level.is_empty(),
+                "queue {queue} keeps an empty level to try"
+            );
+            for seq in level {
+                assert!(
+                    self.list.get(seq).is_some_and(|c| c.priority == *priority),
+                    "queue {queue} tries a consumer that left, or at another priority"
+                );
+            }
+        }
         let mut counted = BTreeMap::new();
         for c in self.list.values() {
             *counted.entry(c.priority).or_insert(0) += 1;
@@ -325,35 +374,6 @@ impl Consumers {
         }
         assert_eq!(counted, self.channels, "queue {queue} consumer channels");
     }
-}
-
-/// The highest-priority consumer in `order` that is not `blocked`, first among equals;
-/// stops at one of priority `highest`. Counts each consumer looked at in `steps`, and
-/// puts those that are blocked in `unable`, with the reason.
-fn pick<'a, R>(
-    order: impl Iterator<Item = (u64, &'a ConsumerRef)>,
-    highest: Option<i64>,
-    blocked: &impl Fn(&ConsumerRef) -> Option<R>,
-    steps: &mut u64,
-    unable: &mut Vec<(u64, R)>,
-) -> Option<(u64, &'a ConsumerRef)> {
-    let mut chosen: Option<(u64, &ConsumerRef)> = None;
-    for (seq, c) in order {
-        *steps += 1;
-        if chosen.is_some_and(|(_, best)| best.priority >= c.priority) {
-            continue;
-        }
-        if let Some(why) = blocked(c) {
-            unable.push((seq, why));
-            continue;
-        }
-        chosen = Some((seq, c));
-        // None later in the order has a higher priority, and ties go to the first.
-        if Some(c.priority) == highest {
-            break;
-        }
-    }
-    chosen
 }
 
 /// Takes one off the count of `key`, and the key with its last.
