@@ -419,14 +419,16 @@ impl Broker {
                 None => return Err(precondition_failed(format!("unknown delivery tag {tag}"))),
             }
         };
-        let freed = settle_all(ch, &entries);
         if how == Settle::Ack {
             ch.stats.ack += entries.len() as u64;
         }
+        // In a transaction the settled deliveries hold their prefetch until it commits,
+        // as in RabbitMQ; they leave the channel's unacked list, which frees its limit.
         if let Mode::Tx { ops, .. } = &mut ch.mode {
             // A settle of nothing changes nothing at commit, and settles of one kind in a
             // row are one: the transaction grows with what it settles, never with how
             // often a client acks (an ack of nothing, repeated, would grow it forever).
+            let settled = !entries.is_empty();
             match ops.last_mut() {
                 _ if entries.is_empty() => {}
                 Some(TxOp::Settle {
@@ -435,11 +437,15 @@ impl Broker {
                 }) if *last_how == how => last.extend(entries),
                 _ => ops.push(TxOp::Settle { entries, how }),
             }
+            if settled {
+                self.channel_freed(conn, channel);
+            }
         } else {
+            let freed = settle_all(ch, &entries);
             self.apply_settlement(entries, how);
+            // Freed prefetch capacity lets the channel's consumers take more.
+            self.prefetch_freed(conn, channel, freed);
         }
-        // Freed prefetch capacity lets the channel's consumers take more.
-        self.prefetch_freed(conn, channel, freed);
         Ok(())
     }
 
@@ -553,7 +559,11 @@ impl Broker {
                     waits_for_store |= outcome == Confirm::Waiting;
                 }
                 TxOp::Settle { entries, how } => {
+                    let freed = self
+                        .channel_mut(conn, channel)
+                        .and_then(|ch| settle_all(ch, &entries));
                     self.apply_settlement(entries, how);
+                    self.prefetch_freed(conn, channel, freed);
                 }
             }
         }
@@ -584,12 +594,6 @@ impl Broker {
         for op in ops {
             if let TxOp::Settle { entries, .. } = op {
                 for e in entries {
-                    if e.from_consumer {
-                        ch.consumer_unacked += 1;
-                    }
-                    if let Some(c) = ch.consumer_of(&e) {
-                        c.unacked += 1;
-                    }
                     ch.unacked.restore(e);
                 }
             }

@@ -310,16 +310,27 @@ impl Channel {
 
     /// Checks the channel's own invariants.
     pub fn check_invariants(&self) {
-        let from_consumers = self.unacked.iter().filter(|u| u.from_consumer).count();
+        // Deliveries settled in an open transaction count against the prefetch until it
+        // commits, as in RabbitMQ.
+        let held: Vec<&Unacked> = match &self.mode {
+            Mode::Tx { ops, .. } => ops
+                .iter()
+                .flat_map(|op| match op {
+                    TxOp::Settle { entries, .. } => entries.as_slice(),
+                    TxOp::Publish { .. } => &[],
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let outstanding = || self.unacked.iter().chain(held.iter().copied());
+        let from_consumers = outstanding().filter(|u| u.from_consumer).count();
         assert_eq!(
             from_consumers as u32, self.consumer_unacked,
             "channel {} consumer unacked count",
             self.number
         );
         for (tag, c) in &self.consumers {
-            let n = self
-                .unacked
-                .iter()
+            let n = outstanding()
                 .filter(|u| {
                     u.consumer
                         .as_ref()

@@ -1574,3 +1574,62 @@ fn consumers_below_a_higher_priority_cost_a_message_nothing() {
     assert!(most < 20, "a publish took {most} steps above {n} consumers");
     rig.broker.check_invariants();
 }
+
+/// In a transaction an ack frees the consumer's prefetch when the transaction commits, as
+/// in RabbitMQ, and a rollback returns the delivery without taking the consumer past its
+/// prefetch (an ack freed it at once, so after a rollback the consumer held two
+/// deliveries against a prefetch of one).
+#[test]
+fn a_transactional_ack_frees_prefetch_at_commit() {
+    use crate::proto::method::{BasicAck, BasicQos, TxCommit, TxRollback, TxSelect};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "tx", FieldTable::default());
+    for _ in 0..3 {
+        rig.publish_replies(2, "", "tx", 0, Default::default());
+    }
+    ok(&rig.method(
+        1,
+        Method::BasicQos(BasicQos {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+    ));
+    ok(&rig.method(1, Method::TxSelect(TxSelect {})));
+    let r = rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "tx".into(),
+            consumer_tag: "t".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(delivered_to(&r), ["t"]);
+    let ack = |rig: &mut Rig, tag: u64| {
+        rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: tag,
+                multiple: false,
+            }),
+        )
+    };
+    assert!(
+        delivered_to(&ack(&mut rig, 1)).is_empty(),
+        "held until commit"
+    );
+    rig.broker.check_invariants();
+    assert_eq!(
+        delivered_to(&rig.method(1, Method::TxCommit(TxCommit {}))),
+        ["t"]
+    );
+    assert!(delivered_to(&ack(&mut rig, 2)).is_empty());
+    assert!(delivered_to(&rig.method(1, Method::TxRollback(TxRollback {}))).is_empty());
+    rig.broker.check_invariants();
+    assert!(delivered_to(&ack(&mut rig, 2)).is_empty());
+    assert_eq!(
+        delivered_to(&rig.method(1, Method::TxCommit(TxCommit {}))),
+        ["t"]
+    );
+    rig.broker.check_invariants();
+}
