@@ -284,7 +284,7 @@ impl Broker {
         let max_unacked = self.config.limits.max_unacked_per_channel;
         let over = self
             .channel_mut(conn, channel)
-            .is_some_and(|ch| ch.unacked.len() >= max_unacked);
+            .is_some_and(|ch| ch.outstanding() >= max_unacked);
         if over && !m.no_ack {
             return Err(precondition_failed(format!(
                 "channel has the maximum of {max_unacked} unacknowledged messages"
@@ -422,13 +422,14 @@ impl Broker {
         if how == Settle::Ack {
             ch.stats.ack += entries.len() as u64;
         }
-        // In a transaction the settled deliveries hold their prefetch until it commits,
-        // as in RabbitMQ; they leave the channel's unacked list, which frees its limit.
-        if let Mode::Tx { ops, .. } = &mut ch.mode {
+        // In a transaction the settled deliveries hold their prefetch, and their place
+        // under the channel's unacked limit, until it commits, as in RabbitMQ: nothing
+        // is freed yet.
+        if let Mode::Tx { ops, settled, .. } = &mut ch.mode {
             // A settle of nothing changes nothing at commit, and settles of one kind in a
             // row are one: the transaction grows with what it settles, never with how
             // often a client acks (an ack of nothing, repeated, would grow it forever).
-            let settled = !entries.is_empty();
+            *settled += entries.len();
             match ops.last_mut() {
                 _ if entries.is_empty() => {}
                 Some(TxOp::Settle {
@@ -436,9 +437,6 @@ impl Broker {
                     how: last_how,
                 }) if *last_how == how => last.extend(entries),
                 _ => ops.push(TxOp::Settle { entries, how }),
-            }
-            if settled {
-                self.channel_freed(conn, channel);
             }
         } else {
             let freed = settle_all(ch, &entries);
@@ -525,6 +523,7 @@ impl Broker {
                 ch.mode = Mode::Tx {
                     ops: Vec::new(),
                     bytes: 0,
+                    settled: 0,
                 }
             }
         }
@@ -538,8 +537,13 @@ impl Broker {
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
         match &mut ch.mode {
-            Mode::Tx { ops, bytes } => {
+            Mode::Tx {
+                ops,
+                bytes,
+                settled,
+            } => {
                 *bytes = 0;
+                *settled = 0;
                 Ok(std::mem::take(ops))
             }
             _ => Err(precondition_failed("channel is not transactional")),

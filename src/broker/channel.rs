@@ -206,6 +206,9 @@ pub enum Mode {
         ops: Vec<TxOp>,
         /// Bytes of message bodies held by `ops` (bounded).
         bytes: u64,
+        /// Deliveries settled by `ops`: they count against the channel's unacked limit
+        /// until the transaction ends, as they count against its prefetch.
+        settled: usize,
     },
 }
 
@@ -308,6 +311,16 @@ impl Channel {
         self.consumer_ids
     }
 
+    /// Deliveries the channel holds unacked, those settled by an open transaction
+    /// included: what the unacked limit bounds.
+    pub fn outstanding(&self) -> usize {
+        let settled = match &self.mode {
+            Mode::Tx { settled, .. } => *settled,
+            _ => 0,
+        };
+        self.unacked.len() + settled
+    }
+
     /// Checks the channel's own invariants.
     pub fn check_invariants(&self) {
         // Deliveries settled in an open transaction count against the prefetch until it
@@ -322,6 +335,14 @@ impl Channel {
                 .collect(),
             _ => Vec::new(),
         };
+        if let Mode::Tx { settled, .. } = &self.mode {
+            assert_eq!(
+                *settled,
+                held.len(),
+                "channel {} transaction settled count",
+                self.number
+            );
+        }
         let outstanding = || self.unacked.iter().chain(held.iter().copied());
         let from_consumers = outstanding().filter(|u| u.from_consumer).count();
         assert_eq!(

@@ -511,7 +511,7 @@ fn consumer_blocked(
     let Some(ch) = conn.channels.get(&c.channel) else {
         return Some(Blocked::Channel);
     };
-    if !ch.channel_can_deliver(&c.tag) || ch.unacked.len() >= unacked_limit {
+    if !ch.channel_can_deliver(&c.tag) || ch.outstanding() >= unacked_limit {
         return Some(Blocked::Channel);
     }
     if !ch.consumer_can_deliver(&c.tag) {

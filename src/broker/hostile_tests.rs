@@ -1633,3 +1633,87 @@ fn a_transactional_ack_frees_prefetch_at_commit() {
     );
     rig.broker.check_invariants();
 }
+
+/// In a transaction that acks and rolls back again and again, on a channel whose 10,000
+/// consumers are paused, nothing is freed and nobody is woken: each pair costs a few
+/// steps (an ack woke all 10,000, which the next dispatch walked again).
+#[test]
+fn acks_rolled_back_wake_nobody() {
+    use crate::proto::method::{BasicAck, BasicGet, ChannelFlow, TxRollback, TxSelect};
+    let mut rig = rig();
+    rig.open(2);
+    declare_with(&mut rig, "rolled", FieldTable::default());
+    for _ in 0..2 {
+        rig.publish_replies(2, "", "rolled", 0, Default::default());
+    }
+    let r = rig.method(
+        1,
+        Method::BasicGet(BasicGet {
+            queue: "rolled".into(),
+            no_ack: false,
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    ok(&rig.method(1, Method::ChannelFlow(ChannelFlow { active: false })));
+    let n = 10_000;
+    consume_many(&mut rig, "rolled", n);
+    rig.publish_replies(2, "", "rolled", 0, Default::default());
+    ok(&rig.method(1, Method::TxSelect(TxSelect {})));
+    let mut most = 0;
+    for _ in 0..50 {
+        let before = rig.broker.work_done();
+        ok(&rig.method(
+            1,
+            Method::BasicAck(BasicAck {
+                delivery_tag: 1,
+                multiple: false,
+            }),
+        ));
+        ok(&rig.method(1, Method::TxRollback(TxRollback {})));
+        most = most.max(rig.broker.work_done() - before);
+    }
+    assert!(most < 20, "an ack and a rollback took {most} steps");
+    rig.broker.check_invariants();
+}
+
+/// Deliveries settled in an open transaction still count against the channel's unacked
+/// limit, so acking without committing does not let a channel hold more than the limit.
+#[test]
+fn a_transaction_does_not_lift_the_unacked_limit() {
+    use crate::proto::method::{BasicAck, TxSelect};
+    let mut config = BrokerConfig::default();
+    config.limits.max_unacked_per_channel = 3;
+    let mut rig = Rig::new(config);
+    rig.open(1);
+    rig.open(2);
+    declare_with(&mut rig, "capped", FieldTable::default());
+    ok(&rig.method(1, Method::TxSelect(TxSelect {})));
+    let r = rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "capped".into(),
+            consumer_tag: "c".into(),
+            ..Default::default()
+        }),
+    );
+    ok(&r);
+    let mut delivered = 0;
+    for _ in 0..10 {
+        let r = rig.publish_replies(2, "", "capped", 0, Default::default());
+        delivered += delivered_to(&r).len();
+    }
+    assert_eq!(delivered, 3);
+    let r = rig.method(
+        1,
+        Method::BasicAck(BasicAck {
+            delivery_tag: 0,
+            multiple: true,
+        }),
+    );
+    assert!(delivered_to(&r).is_empty(), "held by the open transaction");
+    rig.broker.check_invariants();
+    let r = rig.method(1, Method::TxCommit(crate::proto::method::TxCommit {}));
+    assert_eq!(delivered_to(&r).len(), 3, "the commit frees the limit");
+    rig.broker.check_invariants();
+}

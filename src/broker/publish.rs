@@ -89,7 +89,7 @@ impl Broker {
             .ok_or_else(|| command_invalid("no channel"))?;
         ch.stats.publish += 1;
         let seq = match &mut ch.mode {
-            Mode::Tx { ops, bytes } => {
+            Mode::Tx { ops, bytes, .. } => {
                 // Charged like a queued message, headers and overhead included, so that
                 // neither many empty messages nor large headers escape the limit.
                 *bytes += super::queue::memory_cost(&message);
