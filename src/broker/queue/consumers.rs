@@ -97,7 +97,7 @@ impl Consumers {
 
     /// The first consumer in round-robin order (the active one of a single-active-consumer
     /// queue).
-    pub fn first(&self) -> Option<&ConsumerRef> {
+    fn first(&self) -> Option<&ConsumerRef> {
         self.list.first_key_value().map(|(_, c)| c)
     }
 
@@ -150,11 +150,6 @@ impl Consumers {
         if self.list.is_empty() {
             self.exclusive = false;
         }
-    }
-
-    /// Whether a search would look at no consumer: each waits to be woken.
-    pub fn nobody_to_try(&self) -> bool {
-        self.to_try.is_empty()
     }
 
     /// Whether the consumer is among those a search looks at.
