@@ -162,17 +162,22 @@ impl Consumers {
     /// Channel `channel` of connection `conn` freed room: its consumers here are looked
     /// at again. Returns how many.
     pub fn wake(&mut self, conn: ConnId, channel: u16) -> u64 {
-        let from = (conn, channel, Arc::<str>::from(""));
-        let seqs: Vec<u64> = self
-            .index
-            .range(from..)
-            .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
-            .map(|(_, seq)| *seq)
-            .collect();
-        for seq in &seqs {
+        let of_channel = self.of_channel(conn, channel);
+        for (_, seq) in &of_channel {
             self.try_again(*seq);
         }
-        seqs.len() as u64
+        of_channel.len() as u64
+    }
+
+    /// The tags and sequence numbers of channel `channel`'s consumers here, by a range of
+    /// the index.
+    fn of_channel(&self, conn: ConnId, channel: u16) -> Vec<(Arc<str>, u64)> {
+        let from = (conn, channel, Arc::<str>::from(""));
+        self.index
+            .range(from..)
+            .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
+            .map(|((_, _, tag), seq)| (tag.clone(), *seq))
+            .collect()
     }
 
     /// The consumer `tag` of channel `channel` on `conn` freed room (one of its
@@ -210,13 +215,7 @@ impl Consumers {
     /// Removes every consumer of channel `channel` on connection `conn`; returns how many
     /// there were. Costs a lookup per consumer of the channel, whatever the queue holds.
     pub fn remove_channel(&mut self, conn: ConnId, channel: u16) -> usize {
-        let from = (conn, channel, Arc::<str>::from(""));
-        let seqs: Vec<(Arc<str>, u64)> = self
-            .index
-            .range(from..)
-            .take_while(|((c, ch, _), _)| (*c, *ch) == (conn, channel))
-            .map(|((_, _, tag), seq)| (tag.clone(), *seq))
-            .collect();
+        let seqs = self.of_channel(conn, channel);
         for (tag, seq) in &seqs {
             self.index.remove(&(conn, channel, tag.clone()));
             self.forget(*seq);
