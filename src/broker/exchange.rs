@@ -196,32 +196,18 @@ impl HashRing {
     }
 
     /// The destination a message goes to, if any.
-    fn pick(
-        &self,
-        routing_key: &str,
-        message: Option<&crate::proto::props::BasicProperties>,
-        headers: Option<&FieldTable>,
-        work: &mut u64,
-    ) -> Option<&Destination> {
+    fn pick(&self, message: &mut Routing<'_>, work: &mut u64) -> Option<&Destination> {
         let total = self.ends.last()?.0;
-        let key: std::borrow::Cow<'_, [u8]> = match &self.on {
-            HashOn::RoutingKey => routing_key.as_bytes().into(),
+        let hash = match &self.on {
+            HashOn::RoutingKey => fnv1a(message.routing_key.as_bytes()),
             // A message without the value hashes as an empty key: all such messages go
             // to one binding.
-            HashOn::Header(h) => match headers.and_then(|t| t.get(h)) {
-                Some(value) => {
-                    let mut out = bytes::BytesMut::new();
-                    value.encode(&mut out);
-                    out.to_vec().into()
-                }
-                None => (&[][..]).into(),
-            },
-            HashOn::Property(p) => message
-                .and_then(|m| property_bytes(*p, m))
-                .unwrap_or_default()
-                .into(),
+            HashOn::Header(h) => message.header_hash(h.as_bytes(), work),
+            HashOn::Property(p) => {
+                fnv1a(&property_bytes(*p, message.properties).unwrap_or_default())
+            }
         };
-        let bucket = jump_hash(fnv1a(&key), total, work);
+        let bucket = jump_hash(hash, total, work);
         let i = self.ends.partition_point(|(end, _)| *end <= bucket);
         self.ends.get(i).map(|(_, d)| d)
     }
@@ -549,19 +535,19 @@ impl Exchange {
     /// destination may be reported more than once. Adds the routing steps taken (index
     /// nodes visited, bindings and header entries compared) to `work`. The cost is linear
     /// in what is visited: trie nodes times words for topic exchanges, binding entries
-    /// plus the message's headers for headers exchanges.
+    /// for headers exchanges; the message's headers are indexed, and a header's value
+    /// hashed, once per routing ([`Routing`]), however many exchanges read them.
     pub fn route<'a>(
         &'a self,
-        routing_key: &str,
-        properties: &crate::proto::props::BasicProperties,
+        message: &mut Routing<'_>,
         work: &mut u64,
         found: &mut impl FnMut(&'a Destination),
     ) {
         *work += 1;
-        let headers = properties.headers.as_ref();
+        let routing_key = message.routing_key;
         match &self.index {
             Index::Hash(ring) => {
-                if let Some(d) = ring.pick(routing_key, Some(properties), headers, work) {
+                if let Some(d) = ring.pick(message, work) {
                     found(d);
                 }
             }
@@ -577,8 +563,7 @@ impl Exchange {
             }
             Index::Topic(trie) => trie.matches(routing_key, work, found),
             Index::Headers => {
-                let headers = HeaderIndex::new(headers);
-                *work += headers.len() as u64;
+                let headers = message.headers(work);
                 for b in self.bindings.order.values() {
                     *work += 1 + b.arguments.len() as u64;
                     if headers.matches(&b.arguments) {
@@ -587,6 +572,53 @@ impl Exchange {
                 }
             }
         }
+    }
+}
+
+/// What routing reads of one message, shared by every exchange it visits: its headers are
+/// indexed, and a header's value hashed for a consistent-hash exchange, once per routing
+/// however many exchanges look at them.
+pub struct Routing<'m> {
+    /// The routing key.
+    pub routing_key: &'m str,
+    /// The message's properties.
+    pub properties: &'m crate::proto::props::BasicProperties,
+    headers: Option<HeaderIndex<'m>>,
+    /// Header values hashed so far, by the header's key as the message holds it.
+    hashed: HashMap<&'m [u8], u64>,
+}
+
+impl<'m> Routing<'m> {
+    /// A routing of a message with this routing key and these properties.
+    pub fn new(routing_key: &'m str, properties: &'m crate::proto::props::BasicProperties) -> Self {
+        Routing {
+            routing_key,
+            properties,
+            headers: None,
+            hashed: HashMap::default(),
+        }
+    }
+
+    /// The headers, indexed by the first visit that needs them.
+    fn headers(&mut self, work: &mut u64) -> &HeaderIndex<'m> {
+        self.headers.get_or_insert_with(|| {
+            let index = HeaderIndex::new(self.properties.headers.as_ref());
+            *work += index.len() as u64;
+            index
+        })
+    }
+
+    /// The hash of header `key`'s value as encoded (of nothing, if the message lacks it).
+    fn header_hash(&mut self, key: &[u8], work: &mut u64) -> u64 {
+        let Some((found, value)) = self.headers(work).get_entry(key) else {
+            return fnv1a(&[]);
+        };
+        *self.hashed.entry(found).or_insert_with(|| {
+            let mut out = bytes::BytesMut::new();
+            value.encode(&mut out);
+            *work += out.len() as u64;
+            fnv1a(&out)
+        })
     }
 }
 
@@ -624,11 +656,18 @@ impl<'a> HeaderIndex<'a> {
 
     /// Keys are compared as bytes: a short string need not be UTF-8.
     fn get(&self, key: &[u8]) -> Option<&'a FieldValue> {
+        self.get_entry(key).map(|(_, v)| v)
+    }
+
+    /// The entry of `key`, with the key as the table holds it.
+    fn get_entry(&self, key: &[u8]) -> Option<(&'a [u8], &'a FieldValue)> {
         match self {
-            HeaderIndex::Scan(h) => {
-                h.and_then(|h| h.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, v)| v))
-            }
-            HeaderIndex::Hashed(map) => map.get(key).copied(),
+            HeaderIndex::Scan(h) => h.and_then(|h| {
+                h.iter()
+                    .find(|(k, _)| k.as_bytes() == key)
+                    .map(|(k, v)| (k.as_bytes(), v))
+            }),
+            HeaderIndex::Hashed(map) => map.get_key_value(key).map(|(k, v)| (*k, *v)),
         }
     }
 
@@ -835,13 +874,14 @@ mod tests {
         assert!(x.bind(b.clone()));
         assert!(!x.bind(b.clone()));
         let mut hits = Vec::new();
-        x.route("k", &Default::default(), &mut 0, &mut |d| {
+        let props = Default::default();
+        x.route(&mut Routing::new("k", &props), &mut 0, &mut |d| {
             hits.push(d.clone())
         });
         assert_eq!(hits, [Destination::Queue(1)]);
         assert!(x.unbind(&b));
         hits.clear();
-        x.route("k", &Default::default(), &mut 0, &mut |d| {
+        x.route(&mut Routing::new("k", &props), &mut 0, &mut |d| {
             hits.push(d.clone())
         });
         assert!(hits.is_empty());

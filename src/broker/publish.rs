@@ -434,6 +434,7 @@ fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64)
     // Each exchange is visited once, as in RabbitMQ: the work is bounded by the
     // exchanges and bindings the vhost holds, however they are chained.
     let mut visited = Visited::default();
+    let mut routing = super::exchange::Routing::new(&message.routing_key, &message.properties);
     let mut pending: Vec<&str> = vec![exchange];
     while let Some(name) = pending.pop() {
         *work += 1;
@@ -445,18 +446,13 @@ fn route_in(v: &super::VHost, exchange: &str, message: &Message, work: &mut u64)
         };
         let before = queues.len();
         let mut reached_exchange = false;
-        x.route(
-            &message.routing_key,
-            &message.properties,
-            work,
-            &mut |d| match d {
-                Destination::Queue(id) => queues.push(*id),
-                Destination::Exchange(e) => {
-                    reached_exchange = true;
-                    pending.push(e.as_str());
-                }
-            },
-        );
+        x.route(&mut routing, work, &mut |d| match d {
+            Destination::Queue(id) => queues.push(*id),
+            Destination::Exchange(e) => {
+                reached_exchange = true;
+                pending.push(e.as_str());
+            }
+        });
         if queues.len() == before && !reached_exchange {
             if let Some(ae) = x.alternate_exchange() {
                 pending.push(ae);
