@@ -11,7 +11,7 @@ use super::channel::{Confirm, Consumer, Mode, Settle, TxOp, Unacked};
 use super::death::DeathReason;
 use super::error::*;
 use super::exchange::QueueId;
-use super::queue::{ConsumerRef, WaitingGet};
+use super::queue::{ConsumerRef, QueuedMessage, WaitingGet};
 use super::{Broker, Deferred};
 
 impl Broker {
@@ -448,22 +448,28 @@ impl Broker {
     }
 
     fn apply_settlement(&mut self, entries: Vec<Unacked>, how: Settle) {
+        let acked = match how {
+            Settle::Requeue => return self.requeue_all(entries),
+            Settle::Ack => true,
+            Settle::Discard => false,
+        };
+        // Rejected messages are dead-lettered a queue at a time, in queue order.
+        let mut rejected: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> =
+            Default::default();
         for e in entries {
-            match how {
-                Settle::Requeue => self.requeue(e),
-                Settle::Ack | Settle::Discard => {
-                    if let Some(q) = self.topology.queues.get_mut(&e.queue) {
-                        q.messages.unacked -= 1;
-                        q.stats.ack += u64::from(how == Settle::Ack);
-                    }
-                    self.counters.totals.ack += u64::from(how == Settle::Ack);
-                    if how == Settle::Discard {
-                        self.dead_letter(e.queue, vec![e.message], DeathReason::Rejected);
-                    } else {
-                        self.release(e.queue, &e.message);
-                    }
-                }
+            if let Some(q) = self.topology.queues.get_mut(&e.queue) {
+                q.messages.unacked -= 1;
+                q.stats.ack += u64::from(acked);
             }
+            self.counters.totals.ack += u64::from(acked);
+            if acked {
+                self.release(e.queue, &e.message);
+            } else {
+                rejected.entry(e.queue).or_default().push(e.message);
+            }
+        }
+        for (queue, messages) in rejected {
+            self.dead_letter(queue, messages, DeathReason::Rejected);
         }
     }
 
@@ -476,9 +482,7 @@ impl Broker {
             .ok_or_else(|| command_invalid("no channel"))?;
         let entries = ch.unacked.take_all();
         let freed = settle_all(ch, &entries);
-        for e in entries {
-            self.requeue(e);
-        }
+        self.requeue_all(entries);
         // Freed prefetch capacity lets the channel's consumers take more, from any queue.
         self.prefetch_freed(conn, channel, freed);
         Ok(())
@@ -595,13 +599,11 @@ impl Broker {
         let ch = self
             .channel_mut(conn, channel)
             .ok_or_else(|| command_invalid("no channel"))?;
-        for op in ops {
-            if let TxOp::Settle { entries, .. } = op {
-                for e in entries {
-                    ch.unacked.restore(e);
-                }
-            }
-        }
+        let settled = ops.into_iter().flat_map(|op| match op {
+            TxOp::Settle { entries, .. } => entries,
+            _ => Vec::new(),
+        });
+        ch.unacked.restore_many(settled.collect());
         self.send_method(conn, channel, Method::TxRollbackOk(TxRollbackOk {}));
         Ok(())
     }

@@ -43,6 +43,9 @@ pub struct Unacked {
     pub message: QueuedMessage,
 }
 
+/// Holes an unacked list keeps beyond as many as it has live entries.
+const HOLES_SWEPT_PAST: usize = 64;
+
 /// Unacked deliveries in tag order. Acks leave holes that are trimmed from the front, so
 /// in-order acks cost O(1) and out-of-order ones O(log n).
 #[derive(Debug, Default)]
@@ -85,6 +88,32 @@ impl UnackedList {
         self.live += 1;
     }
 
+    /// Puts back entries taken earlier (the acks a transaction rolls back), in one pass:
+    /// the cost of the list's front they go into plus theirs.
+    pub fn restore_many(&mut self, mut entries: Vec<Unacked>) {
+        if entries.len() < 2 {
+            entries.into_iter().for_each(|e| self.restore(e));
+            return;
+        }
+        self.live += entries.len();
+        entries.sort_unstable_by_key(|e| e.tag);
+        super::sorted::merge_front(
+            &mut self.slots,
+            entries.into_iter().map(|e| (e.tag, Some(e))).collect(),
+            |(tag, _)| *tag,
+            |hole, entry| {
+                debug_assert!(hole.1.is_none(), "restored twice");
+                match hole.1 {
+                    None => {
+                        hole.1 = entry.1;
+                        None
+                    }
+                    Some(_) => Some(entry),
+                }
+            },
+        );
+    }
+
     /// Whether `tag` awaits an ack.
     pub fn contains(&self, tag: u64) -> bool {
         self.find(tag).is_some()
@@ -119,6 +148,7 @@ impl UnackedList {
             }
         }
         self.live -= out.len();
+        self.sweep();
         out
     }
 
@@ -144,6 +174,34 @@ impl UnackedList {
         while matches!(self.slots.back(), Some((_, None))) {
             self.slots.pop_back();
         }
+        self.sweep();
+    }
+
+    /// Holes between live entries (deliveries acked out of order while an older and a
+    /// newer one stay unacked) are swept once they outnumber the live entries, so the
+    /// list holds at most about twice what awaits an ack, at an amortised O(1) an ack.
+    fn sweep(&mut self) {
+        if self.slots.len() > 2 * self.live + HOLES_SWEPT_PAST {
+            self.slots.retain(|(_, e)| e.is_some());
+        }
+    }
+
+    /// Tags increase, the live count is right, and holes are bounded.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.slots
+                .iter()
+                .zip(self.slots.iter().skip(1))
+                .all(|(a, b)| a.0 < b.0),
+            "unacked tags increase"
+        );
+        assert_eq!(self.iter().count(), self.live, "unacked live count");
+        assert!(
+            self.slots.len() <= 2 * self.live + HOLES_SWEPT_PAST,
+            "unacked list of {} slots for {} deliveries",
+            self.slots.len(),
+            self.live
+        );
     }
 }
 
@@ -343,6 +401,7 @@ impl Channel {
                 self.number
             );
         }
+        self.unacked.check_invariants();
         let outstanding = || self.unacked.iter().chain(held.iter().copied());
         let from_consumers = outstanding().filter(|u| u.from_consumer).count();
         assert_eq!(
@@ -450,5 +509,56 @@ mod tests {
         assert_eq!(l.iter().map(|u| u.tag).collect::<Vec<_>>(), [2, 5]);
         assert_eq!(l.take_all().len(), 2);
         assert!(l.is_empty());
+    }
+
+    /// A consumer that keeps its oldest and newest deliveries unacked and acks the rest
+    /// leaves holes between them; the list sweeps them instead of growing without end.
+    #[test]
+    fn holes_left_by_acks_out_of_order_are_swept() {
+        let mut l = UnackedList::default();
+        l.push(entry(1));
+        for t in 2..100_000 {
+            l.push(entry(t));
+            if t > 2 {
+                assert!(l.take(t - 1).is_some());
+            }
+            l.check_invariants();
+        }
+        assert_eq!(l.len(), 2);
+        assert!(
+            l.slots.len() <= 2 * 2 + HOLES_SWEPT_PAST,
+            "{}",
+            l.slots.len()
+        );
+        assert!(l.contains(1) && l.contains(99_999) && !l.contains(500));
+    }
+
+    /// Entries rolled back in bulk go back as they would one at a time, into their holes
+    /// or between the entries still there.
+    #[test]
+    fn restoring_many_is_restoring_each() {
+        let mut one = UnackedList::default();
+        let mut many = UnackedList::default();
+        for t in 1..=40 {
+            one.push(entry(t));
+            many.push(entry(t));
+        }
+        let pick = |t: &u64| t % 3 == 0 || (10..20).contains(t) || *t < 4;
+        let mut taken_one = Vec::new();
+        let mut taken_many = Vec::new();
+        for t in (1..=40).filter(pick) {
+            taken_one.extend(one.take(t));
+            taken_many.extend(many.take(t));
+        }
+        taken_many.reverse();
+        for e in taken_one {
+            one.restore(e);
+        }
+        many.restore_many(taken_many);
+        one.check_invariants();
+        many.check_invariants();
+        let tags = |l: &UnackedList| l.iter().map(|u| u.tag).collect::<Vec<_>>();
+        assert_eq!(tags(&many), (1..=40).collect::<Vec<_>>());
+        assert_eq!(tags(&one), tags(&many));
     }
 }

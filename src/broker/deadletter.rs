@@ -141,6 +141,17 @@ pub(super) struct DeadLetters {
     pending: std::collections::VecDeque<DeadLetter>,
     /// Being drained: new dead letters join the list instead of being routed at once.
     draining: bool,
+    /// Dead letters routed since the round began: the round's budget is shared by every
+    /// call that routes, so one input that rejects or expires many messages, each
+    /// dead-lettered on its own, still routes at most [`DEAD_LETTERS_PER_ROUND`].
+    routed: usize,
+}
+
+impl DeadLetters {
+    /// A new round: its budget is whole again.
+    pub(super) fn new_round(&mut self) {
+        self.routed = 0;
+    }
 }
 
 impl Broker {
@@ -233,10 +244,11 @@ impl Broker {
     fn drain_dead_letters(&mut self) {
         self.round.dead_letters.draining = true;
         let mut truncated = 0u64;
-        for _ in 0..DEAD_LETTERS_PER_ROUND {
+        while self.round.dead_letters.routed < DEAD_LETTERS_PER_ROUND {
             let Some(dl) = self.round.dead_letters.pending.pop_front() else {
                 break;
             };
+            self.round.dead_letters.routed += 1;
             self.counters.work += 1;
             let mut targets = self.route(&dl.vhost, &dl.exchange, &dl.message);
             targets.retain(|q| {

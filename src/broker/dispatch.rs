@@ -357,28 +357,41 @@ impl Broker {
         true
     }
 
-    /// Returns an unacked delivery to its queue at its original position, flagged
-    /// redelivered. If the queue is gone the message is dropped.
-    pub(super) fn requeue(&mut self, entry: Unacked) {
-        match self.topology.queues.get_mut(&entry.queue) {
-            Some(q) => {
-                debug_assert!(q.messages.unacked > 0);
-                q.messages.unacked -= 1;
-                let mut message = entry.message;
-                if q.decl.settings.quorum {
-                    message.delivery_count = message.delivery_count.saturating_add(1);
-                }
-                if let Some(limit) = q.decl.settings.delivery_limit {
-                    if u64::from(message.delivery_count) > limit {
-                        self.dead_letter(entry.queue, vec![message], DeathReason::DeliveryLimit);
-                        return;
-                    }
-                }
-                q.messages.requeue(message);
-                self.schedule_dispatch(entry.queue);
+    /// Returns unacked deliveries to their queues at their original positions, flagged
+    /// redelivered; those past a quorum queue's delivery limit are dead-lettered. A
+    /// message whose queue is gone is dropped (the deletion dropped its stored entries).
+    /// Each queue takes its deliveries back in one pass, so a `basic.recover` or a channel
+    /// close costs what comes back, not its square.
+    pub(super) fn requeue_all(&mut self, entries: Vec<Unacked>) {
+        let mut back: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> = Default::default();
+        let mut past_limit: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> =
+            Default::default();
+        for entry in entries {
+            let Some(q) = self.topology.queues.get_mut(&entry.queue) else {
+                continue;
+            };
+            debug_assert!(q.messages.unacked > 0);
+            q.messages.unacked -= 1;
+            let mut message = entry.message;
+            if q.decl.settings.quorum {
+                message.delivery_count = message.delivery_count.saturating_add(1);
             }
-            // The queue's deletion dropped its stored entries.
-            None => {}
+            match q.decl.settings.delivery_limit {
+                Some(limit) if u64::from(message.delivery_count) > limit => {
+                    past_limit.entry(entry.queue).or_default().push(message);
+                }
+                _ => back.entry(entry.queue).or_default().push(message),
+            }
+        }
+        for (queue, messages) in back {
+            self.counters.work += messages.len() as u64;
+            if let Some(q) = self.topology.queues.get_mut(&queue) {
+                q.messages.requeue_many(messages);
+            }
+            self.schedule_dispatch(queue);
+        }
+        for (queue, messages) in past_limit {
+            self.dead_letter(queue, messages, DeathReason::DeliveryLimit);
         }
     }
 

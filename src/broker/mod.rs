@@ -12,6 +12,8 @@ mod alarm;
 mod answers_tests;
 mod auth;
 mod basic;
+#[cfg(test)]
+mod bulk_tests;
 mod channel;
 pub(crate) mod deadletter;
 pub(crate) mod death;
@@ -42,6 +44,7 @@ mod publish;
 mod queue;
 mod reply_to;
 mod session;
+mod sorted;
 mod stats;
 #[cfg(test)]
 mod test_rig;
@@ -750,6 +753,7 @@ impl Broker {
         // Debug builds audit the whole state now and then (a full check is linear in the
         // number of messages, too slow for every round).
         self.counters.rounds += 1;
+        self.round.dead_letters.new_round();
         if cfg!(debug_assertions) && self.counters.rounds % 1024 == 0 {
             self.check_invariants();
         }

@@ -434,17 +434,13 @@ impl Broker {
         }
         // Settlements held by an open transaction were never committed: they return too.
         if let Mode::Tx { ops, .. } = std::mem::replace(&mut ch.mode, Mode::Plain) {
-            for op in ops {
-                if let super::channel::TxOp::Settle { entries, .. } = op {
-                    for e in entries {
-                        ch.unacked.restore(e);
-                    }
-                }
-            }
+            let settled = ops.into_iter().flat_map(|op| match op {
+                super::channel::TxOp::Settle { entries, .. } => entries,
+                _ => Vec::new(),
+            });
+            ch.unacked.restore_many(settled.collect());
         }
-        for entry in ch.unacked.take_all() {
-            self.requeue(entry);
-        }
+        self.requeue_all(ch.unacked.take_all());
         // Deferred replies for this channel can no longer be delivered.
         self.round.deferred.retain(|(_, d)| match d {
             Deferred::Confirm { uid, .. } | Deferred::Reply { uid, .. } => *uid != ch.uid,

@@ -336,6 +336,37 @@ impl Messages {
         self.insert_in_order(entry);
     }
 
+    /// Puts delivered messages back at their original positions, marked redelivered, in
+    /// one pass per priority level: the cost of the level's front they go into plus
+    /// theirs, however many come back at once.
+    pub fn requeue_many(&mut self, mut entries: Vec<QueuedMessage>) {
+        if entries.len() < 2 {
+            entries.into_iter().for_each(|e| self.requeue(e));
+            return;
+        }
+        let top = self.buckets.len() - 1;
+        for e in &mut entries {
+            e.redelivered = true;
+            e.priority = e.priority.min(u8::try_from(top).unwrap_or(u8::MAX));
+        }
+        for e in &entries {
+            self.charge(&e.message, true);
+        }
+        entries.sort_unstable_by_key(|e| (e.priority, e.seq));
+        while let Some(level) = entries.last().map(|e| e.priority) {
+            let group = entries.split_off(entries.partition_point(|e| e.priority < level));
+            super::super::sorted::merge_front(
+                &mut self.buckets[usize::from(level)],
+                group,
+                |m| m.seq,
+                |_, dup| {
+                    debug_assert!(false, "duplicate seq in queue");
+                    Some(dup)
+                },
+            );
+        }
+    }
+
     fn insert_in_order(&mut self, entry: QueuedMessage) {
         self.charge(&entry.message, true);
         let level = usize::from(entry.priority).min(self.buckets.len() - 1);
