@@ -31,7 +31,7 @@
 //! term. raft-rs's peer maps use a fixed hasher, so its message order is fixed.
 //!
 //! Bounds: proposals are refused while [`MAX_UNCOMMITTED_BYTES`] of proposed batches are
-//! not yet committed, and a message carries at most [`MAX_MESSAGE_BYTES`] of entries and
+//! not yet committed (a larger batch is taken alone, when nothing else is), and a message carries at most [`MAX_MESSAGE_BYTES`] of entries and
 //! [`MAX_INFLIGHT_MESSAGES`] appends are in flight per follower.
 //!
 //! Compaction and snapshots: a member's store is the snapshot of its log. Once the driver
@@ -634,8 +634,12 @@ impl Replica {
             });
         }
         let bytes = data.len() as u64;
+        // A batch larger than the bound on its own (one persistent message near
+        // `max_message_bytes`) is taken when nothing else is uncommitted, as raft-rs takes
+        // any proposal then: refusing it would refuse it for ever.
         if self.in_flight.len() >= MAX_PROPOSALS_IN_FLIGHT
-            || self.uncommitted_bytes.saturating_add(bytes) > MAX_UNCOMMITTED_BYTES
+            || (self.uncommitted_bytes > 0
+                && self.uncommitted_bytes.saturating_add(bytes) > MAX_UNCOMMITTED_BYTES)
         {
             return Err(ProposeError::Busy);
         }

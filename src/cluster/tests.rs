@@ -293,6 +293,34 @@ fn a_proposal_is_applied_on_every_member_and_confirmed_on_the_leader() {
     );
 }
 
+/// A batch over the bound on uncommitted bytes (a persistent message of 64 MiB or more)
+/// is taken once nothing else is uncommitted; refusing it would refuse it for ever, and
+/// the store would give up on the cluster and restart the broker.
+#[test]
+fn a_batch_larger_than_the_uncommitted_bound_is_taken_alone() {
+    let mut net = Net::new();
+    let leader = net.tick_until_leader();
+    let big = vec![7u8; MAX_UNCOMMITTED_BYTES as usize + 1];
+    let r = &mut net.node(leader).replica;
+    r.propose(1, big.clone())
+        .expect("taken when nothing is uncommitted");
+    assert_eq!(
+        r.propose(2, b"small".to_vec()),
+        Err(ProposeError::Busy),
+        "nothing more until it commits"
+    );
+    net.settle();
+    for n in &net.nodes {
+        let got = batches(&n.applied);
+        assert_eq!(got.len(), 1, "node {}", n.replica.id());
+        assert_eq!(got[0].0.len(), big.len());
+    }
+    net.node(leader)
+        .replica
+        .propose(3, b"small".to_vec())
+        .expect("taken once the large one committed");
+}
+
 #[test]
 fn nothing_is_applied_before_a_majority_persisted_it() {
     let mut net = Net::new();
