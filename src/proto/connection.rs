@@ -391,7 +391,12 @@ impl Connection {
                     return Some(send_at);
                 }
                 let dead_at = self.last_recv_ms + self.heartbeat_ms * 2;
-                Some(send_at.min(dead_at))
+                // Heartbeats keep an open connection alive, not a handshake: one that
+                // never sends `connection.open` is closed at the handshake deadline, as in
+                // RabbitMQ, whatever heartbeats it sends.
+                let handshake = (self.phase != Phase::Open)
+                    .then_some(self.opened_at_ms + self.config.handshake_timeout_ms);
+                Some(send_at.min(dead_at).min(handshake.unwrap_or(u64::MAX)))
             }
             Phase::Open => None,
             _ => Some(self.opened_at_ms + self.config.handshake_timeout_ms),
@@ -407,6 +412,11 @@ impl Connection {
                 if now_ms >= deadline_ms {
                     self.enter_closed();
                 }
+            }
+            Phase::AwaitingOpen | Phase::AwaitingOpenOk
+                if now_ms >= self.opened_at_ms + self.config.handshake_timeout_ms =>
+            {
+                self.enter_closed();
             }
             Phase::Open | Phase::AwaitingOpen | Phase::AwaitingOpenOk if self.heartbeat_ms > 0 => {
                 if now_ms >= self.last_recv_ms + self.heartbeat_ms * 2 && !self.paused {

@@ -142,6 +142,59 @@ fn bodies_in_progress_on_all_channels_stay_within_one_message() {
     assert_eq!(c.partial_body_bytes, c.bodies_in_progress());
 }
 
+/// A client that negotiates heartbeats and then sends them, but never `connection.open`,
+/// is closed at the handshake deadline, as RabbitMQ closes it: heartbeats do not hold a
+/// connection (and its place under the connection limits) that never opens.
+#[test]
+fn heartbeats_do_not_stretch_the_handshake() {
+    let config = ConnectionConfig::default();
+    let deadline = config.handshake_timeout_ms;
+    let mut c = Connection::new(config, 0);
+    c.handle_bytes(&PROTOCOL_HEADER, 0);
+    let mut out = BytesMut::new();
+    encode_method(
+        0,
+        &Method::ConnectionStartOk(ConnectionStartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+        }),
+        &mut out,
+    );
+    c.handle_bytes(&out, 0);
+    assert!(matches!(c.poll_command(), Some(Command::Login(_))));
+    c.handle_reply(Reply::LoginOk, 0);
+    let mut out = BytesMut::new();
+    encode_method(
+        0,
+        &Method::ConnectionTuneOk(ConnectionTuneOk {
+            channel_max: 16,
+            frame_max: 4096,
+            heartbeat: 1,
+        }),
+        &mut out,
+    );
+    c.handle_bytes(&out, 0);
+    let mut now = 0;
+    while now < deadline + 5_000 && !c.is_closed() {
+        now += 250;
+        let mut beat = BytesMut::new();
+        crate::proto::frame::encode_heartbeat(&mut beat);
+        c.handle_bytes(&beat, now);
+        let due = c.poll_timeout().expect("a timer runs");
+        assert!(
+            due <= deadline,
+            "timer at {due} ms, past the handshake deadline"
+        );
+        if due <= now {
+            c.handle_timeout(now);
+        }
+    }
+    assert!(c.is_closed(), "open at {now} ms");
+    assert!(now <= deadline + 250, "closed at {now} ms");
+}
+
 /// Nothing follows a `connection.close` on the wire: a reply the broker made for a command
 /// sent before a connection error (here the open-ok of a channel opened just before) is
 /// dropped, not written after the close.
