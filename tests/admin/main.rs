@@ -465,6 +465,32 @@ fn http_api_authenticates_and_checks_tags() {
     assert_eq!(all.body.as_array().unwrap().len(), 2);
     let denied = http("GET", &url("/api/queues/%2F"), Some(("mgmt", "pw")), None);
     assert_eq!(denied.status, 401);
+    assert_eq!(
+        denied.body["reason"],
+        "User not authorised to access virtual host"
+    );
+    // A vhost that does not exist is not found, for any user, as in RabbitMQ 3.10.
+    let missing = http("GET", &url("/api/queues/nope"), Some(("mgmt", "pw")), None);
+    assert_eq!(missing.status, 404);
+    // One vhost's record is for administrators only, even the user's own vhost.
+    for who in [("mgmt", "pw"), ("mon", "pw")] {
+        let one = http("GET", &url("/api/vhosts/other"), Some(who), None);
+        assert_eq!(one.status, 401, "{who:?}");
+        assert_eq!(one.body["reason"], "Not administrator user");
+    }
+    assert_eq!(
+        http("GET", &url("/api/vhosts/other"), GUEST, None).status,
+        200
+    );
+    // A request line past RabbitMQ's 8,000 bytes is refused before it is looked at.
+    let columns = "name,".repeat(2_000);
+    let long = http(
+        "GET",
+        &url(&format!("/api/queues?columns={columns}")),
+        GUEST,
+        None,
+    );
+    assert_eq!(long.status, 414);
 
     // Queues, publish and get, with RabbitMQ's shapes.
     let q = url("/api/queues/%2F/http-q");

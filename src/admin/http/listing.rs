@@ -132,8 +132,9 @@ pub(super) fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> Api
     }
     if let Some(key) = q.get("sort").filter(|k| !k.is_empty()) {
         let path: Vec<&str> = key.split('.').collect();
-        // Each item's key is looked up once, not at every comparison.
-        let mut keyed: Vec<(Value, Value)> = items
+        // Each item's key is looked up, and written out as text if it is compared as
+        // text, once, not at every comparison.
+        let mut keyed: Vec<(SortKey, Value)> = items
             .into_iter()
             .map(|v| {
                 let k = path
@@ -141,10 +142,10 @@ pub(super) fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> Api
                     .try_fold(&v, |v, k| v.get(k))
                     .cloned()
                     .unwrap_or(Value::Null);
-                (k, v)
+                (SortKey::new(k), v)
             })
             .collect();
-        keyed.sort_by(|a, b| compare_json(&a.0, &b.0));
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
         items = keyed.into_iter().map(|(_, v)| v).collect();
         if flag(q, "sort_reverse") {
             items.reverse();
@@ -164,17 +165,34 @@ pub(super) fn listing(mut items: Vec<Value>, q: &HashMap<String, String>) -> Api
     page.answer(slice, total, page_count)
 }
 
-fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal),
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
-        (Value::Null, _) => std::cmp::Ordering::Less,
-        (_, Value::Null) => std::cmp::Ordering::Greater,
-        _ => a.to_string().cmp(&b.to_string()),
+/// A listing's sort key: numbers compare as numbers, strings as strings, a missing key
+/// first, and anything else (mixed kinds, objects, arrays) as its JSON text, written once.
+struct SortKey {
+    value: Value,
+    text: String,
+}
+
+impl SortKey {
+    fn new(value: Value) -> Self {
+        let text = match &value {
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        SortKey { value, text }
+    }
+
+    fn cmp(&self, other: &SortKey) -> std::cmp::Ordering {
+        match (&self.value, &other.value) {
+            (Value::Number(x), Value::Number(y)) => x
+                .as_f64()
+                .partial_cmp(&y.as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal),
+            (Value::String(x), Value::String(y)) => x.cmp(y),
+            (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+            (Value::Null, _) => std::cmp::Ordering::Less,
+            (_, Value::Null) => std::cmp::Ordering::Greater,
+            _ => self.text.cmp(&other.text),
+        }
     }
 }
 

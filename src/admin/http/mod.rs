@@ -567,6 +567,9 @@ pub(crate) struct Principal {
     vhosts: Vec<String>,
 }
 
+/// RabbitMQ's reason for refusing a user a vhost it may not use.
+const VHOST_REFUSED: &str = "User not authorised to access virtual host";
+
 impl Principal {
     fn has(&self, tag: &str) -> bool {
         self.node || self.tags.iter().any(|t| t == tag)
@@ -611,7 +614,7 @@ impl Principal {
         if self.is_admin() || self.sees_vhost(vhost) {
             Ok(())
         } else {
-            Err(ApiError::not_authorised("Access refused."))
+            Err(ApiError::not_authorised(VHOST_REFUSED))
         }
     }
 
@@ -623,7 +626,7 @@ impl Principal {
         if self.is_admin() || self.vhosts.iter().any(|v| v == vhost) {
             Ok(())
         } else {
-            Err(ApiError::not_authorised("Access refused."))
+            Err(ApiError::not_authorised(VHOST_REFUSED))
         }
     }
 

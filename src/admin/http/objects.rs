@@ -223,9 +223,10 @@ pub(super) async fn list_vhosts(
     listing(all, &q)
 }
 
+/// `GET /api/vhosts/{vhost}`: administrators only, as in RabbitMQ 3.10 (other users list
+/// the vhosts they may use with `GET /api/vhosts`).
 pub(super) async fn get_vhost(s: State, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    let who = authenticate(&s, &headers).await?;
-    who.require_vhost(&name)?;
+    authenticate(&s, &headers).await?.require_admin()?;
     let mut found = vhost_json(&s, Some(&name)).await?;
     let v = found.pop().ok_or_else(ApiError::not_found)?;
     ok_json(v)
