@@ -143,6 +143,15 @@ impl BasicProperties {
             + shortstr(&self.cluster_id)
     }
 
+    /// About the bytes the properties take in memory: their encoded length, with the
+    /// headers counted as [`FieldTable::held_len`] counts them.
+    pub fn held_len(&self) -> usize {
+        match &self.headers {
+            Some(h) => self.encoded_len() - h.encoded_len() + h.held_len(),
+            None => self.encoded_len(),
+        }
+    }
+
     /// Decodes properties from the start of `buf`; bytes after them are ignored.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         Self::read(&mut Reader::new(buf))

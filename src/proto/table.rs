@@ -414,13 +414,30 @@ impl FieldTable {
     /// The number of bytes [`FieldTable::encode`] writes. Iterative; a table deeper than
     /// [`MAX_FIELD_DEPTH`] still measures correctly.
     pub fn encoded_len(&self) -> usize {
+        self.sizes().0
+    }
+
+    /// About the bytes the table takes in memory once decoded: what it encodes to, plus
+    /// each value's place in its vector, which its encoding does not show (a void value
+    /// in an array is 1 byte on the wire and a whole [`FieldValue`] in memory). What holds
+    /// a message's headers is charged for this, so that tables of many small values are
+    /// charged for what they take.
+    pub fn held_len(&self) -> usize {
+        let (encoded, values) = self.sizes();
+        encoded.saturating_add(values.saturating_mul(std::mem::size_of::<(ShortStr, FieldValue)>()))
+    }
+
+    /// The encoded length, and how many values the table holds at every depth.
+    fn sizes(&self) -> (usize, usize) {
         let mut total = 4;
+        let mut values = 0;
         let mut stack: Vec<&FieldValue> = Vec::new();
         for (key, value) in &self.0 {
             total += key.encoded_len();
             stack.push(value);
         }
         while let Some(value) = stack.pop() {
+            values += 1;
             total += own_encoded_len(value);
             match value {
                 FieldValue::Array(values) => stack.extend(values.iter()),
@@ -433,7 +450,7 @@ impl FieldTable {
                 _ => {}
             }
         }
-        total
+        (total, values)
     }
 
     /// The encoded length, failing once it passes `max_bytes` or the nesting passes
@@ -759,6 +776,25 @@ mod tests {
         let keys: Vec<&[u8]> = table.iter().map(|(k, _)| k.as_bytes()).collect();
         assert_eq!(keys, [&b"\xff\xfe"[..]]);
         assert_eq!(&encoded(&table)[..], &bytes[..]);
+    }
+
+    #[test]
+    fn tables_of_small_values_are_held_at_their_decoded_size() {
+        // 40,000 voids in an array: 40,005 bytes on the wire (under the 128 KiB limit).
+        let mut t = FieldTable::new();
+        t.insert("", FieldValue::Array(vec![FieldValue::Void; 40_000]));
+        assert!(t.check_limits().is_ok());
+        let per_value = std::mem::size_of::<FieldValue>();
+        assert!(t.encoded_len() < 41_000);
+        assert!(
+            t.held_len() >= 40_000 * per_value,
+            "{} bytes held for 40,000 values of {per_value} bytes",
+            t.held_len()
+        );
+        // A table of a few long strings is held at about its encoded size.
+        let mut big = FieldTable::new();
+        big.insert("k", FieldValue::LongStr(vec![7u8; 100_000].into()));
+        assert!(big.held_len() < big.encoded_len() + 200);
     }
 
     #[test]

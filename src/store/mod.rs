@@ -456,10 +456,12 @@ impl HeadLimit {
 pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
 
 /// Bytes of memory a message held in memory is charged for: its body, its properties
-/// (headers included, as encoded), and a fixed overhead. A message with an empty body and
-/// large headers weighs what its headers weigh.
+/// (headers included, as decoded: [`BasicProperties::held_len`]), and a fixed overhead.
+/// A message with an empty body and large headers weighs what its headers weigh.
+///
+/// [`BasicProperties::held_len`]: crate::proto::props::BasicProperties::held_len
 pub fn memory_cost(message: &Message) -> u64 {
-    message.body_len() + message.properties.encoded_len() as u64 + MESSAGE_OVERHEAD_BYTES
+    message.body_len() + message.properties.held_len() as u64 + MESSAGE_OVERHEAD_BYTES
 }
 
 /// What a loaded entry weighs against the `max_bytes` of [`Store::load`]: what the broker

@@ -208,7 +208,7 @@ impl Messages {
 
     /// Updates the counts of messages held in memory.
     fn charge(&mut self, message: &Message, add: bool) {
-        let properties = message.properties.encoded_len() as u64;
+        let properties = message.properties.held_len() as u64;
         let cost = message.body_len() + properties + MESSAGE_OVERHEAD_BYTES;
         debug_assert_eq!(cost, memory_cost(message));
         if add {
