@@ -347,3 +347,51 @@ fn a_chain_of_hash_exchanges_hashes_a_header_once() {
     );
     assert_eq!(ready(&rig, "end"), 1);
 }
+
+/// Ten dead letters whose client-supplied `x-death` holds 26,000 entries, routed to 5,000
+/// queues: the history is read once for each routing, not once per queue it reaches
+/// (130,000,000 entries looked at for each).
+#[test]
+fn a_long_death_history_is_read_once_per_dead_letter() {
+    const QUEUES: usize = 5_000;
+    let mut rig = rig();
+    exchange(&mut rig, "dlx", "fanout", FieldTable::default());
+    for i in 0..QUEUES {
+        let q = format!("d{i}");
+        declare(&mut rig, &q, &[]);
+        bind(&mut rig, &q, "dlx", "");
+    }
+    declare(
+        &mut rig,
+        "src",
+        &[
+            ("x-message-ttl", FieldValue::I32(0)),
+            ("x-dead-letter-exchange", text("dlx")),
+        ],
+    );
+    let deaths = FieldValue::Array(vec![FieldValue::Table(FieldTable::default()); 26_000]);
+    let headers: FieldTable = [("x-death".to_string(), deaths)].into_iter().collect();
+    assert!(headers.check_limits().is_ok());
+    let started = Instant::now();
+    for _ in 0..10 {
+        rig.publish_with(2, "", "src", headers.clone());
+    }
+    rig.now += 10;
+    while rig.broker.poll_timeout().is_some_and(|t| t <= rig.now) {
+        rig.broker.handle_timeout(rig.now);
+        rig.drain();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(300),
+        "dead-lettering to {QUEUES} queues took {took:?}"
+    );
+    let reached = (0..QUEUES)
+        .filter(|i| ready(&rig, &format!("d{i}")) == 10)
+        .count();
+    assert_eq!(
+        reached,
+        crate::broker::death::MAX_DEAD_LETTER_COPIES as usize,
+        "the allowance of copies"
+    );
+}

@@ -488,6 +488,7 @@ mod tests {
                 shared: None,
                 allowance: crate::broker::death::Allowance::FRESH,
                 delivery_count: 0,
+                cost: crate::store::MESSAGE_OVERHEAD_BYTES + 2,
             },
         }
     }

@@ -89,13 +89,15 @@ pub fn dead_lettered(
     }
 }
 
-/// Whether a dead-lettered message arriving at `queue` would go round a cycle with no
-/// client in it, as RabbitMQ decides: the most recent deaths up to and including the last
-/// one in `queue` (its `x-death` history is ordered by recency) include no rejection.
-/// Dead letters of rejected messages are never cycles (a client decided each time).
-fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
+/// The queues a dead-lettered message would go round a cycle with no client in it by
+/// arriving at, as RabbitMQ decides: those of the most recent deaths before the first
+/// rejection (its `x-death` history is ordered by recency). Dead letters of rejected
+/// messages are never cycles (a client decided each time). Read once per dead letter, so
+/// that checking its targets costs a lookup each, whatever the history's length.
+fn cycle_queues(message: &Message, reason: DeathReason) -> std::collections::HashSet<&str> {
+    let mut queues = std::collections::HashSet::new();
     if reason.by_client() {
-        return false;
+        return queues;
     }
     let Some(FieldValue::Array(deaths)) = message
         .properties
@@ -103,21 +105,21 @@ fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
         .as_ref()
         .and_then(|h| h.get("x-death"))
     else {
-        return false;
+        return queues;
     };
     for death in deaths {
         let FieldValue::Table(t) = death else {
             // Something a client put there: not a fully automatic cycle.
-            return false;
+            break;
         };
         if t.get("reason").and_then(FieldValue::as_str) == Some("rejected") {
-            return false;
+            break;
         }
-        if t.get("queue").and_then(FieldValue::as_str) == Some(queue) {
-            return true;
+        if let Some(queue) = t.get("queue").and_then(FieldValue::as_str) {
+            queues.insert(queue);
         }
     }
-    false
+    queues
 }
 
 /// Dead letters routed in one round at most.
@@ -251,12 +253,14 @@ impl Broker {
             self.round.dead_letters.routed += 1;
             self.counters.work += 1;
             let mut targets = self.route(&dl.vhost, &dl.exchange, &dl.message);
+            let cycles = cycle_queues(&dl.message, dl.reason);
             targets.retain(|q| {
                 self.topology
                     .queues
                     .get(q)
-                    .is_some_and(|q| !is_cycle(&dl.message, dl.reason, &q.decl.name))
+                    .is_some_and(|q| !cycles.contains(q.decl.name.as_str()))
             });
+            drop(cycles);
             let (allowed, inherited) = dl.allowance.split(targets.len());
             if allowed < targets.len() {
                 truncated += (targets.len() - allowed) as u64;
@@ -356,19 +360,19 @@ mod tests {
     #[test]
     fn cycles_without_rejection_are_detected() {
         let expired = dead_lettered(&msg(None), "q1", DeathReason::Expired, "dlx", None, 0);
-        assert!(is_cycle(&expired, DeathReason::Expired, "q1"));
-        assert!(!is_cycle(&expired, DeathReason::Expired, "q2"));
+        assert!(cycle_queues(&expired, DeathReason::Expired).contains("q1"));
+        assert!(!cycle_queues(&expired, DeathReason::Expired).contains("q2"));
         let rejected = dead_lettered(&expired, "q2", DeathReason::Rejected, "dlx", None, 0);
         assert!(
-            !is_cycle(&rejected, DeathReason::Rejected, "q1"),
+            !cycle_queues(&rejected, DeathReason::Rejected).contains("q1"),
             "a client rejected it: not a silent cycle"
         );
         // A rejection older than the last death in q1 does not break the cycle.
         let again = dead_lettered(&rejected, "q1", DeathReason::MaxLen, "dlx", None, 0);
         let later = dead_lettered(&again, "q3", DeathReason::Expired, "dlx", None, 0);
-        assert!(is_cycle(&later, DeathReason::Expired, "q1"));
+        assert!(cycle_queues(&later, DeathReason::Expired).contains("q1"));
         assert!(
-            !is_cycle(&later, DeathReason::Expired, "q2"),
+            !cycle_queues(&later, DeathReason::Expired).contains("q2"),
             "q2's death was a rejection"
         );
     }

@@ -389,6 +389,8 @@ enum Deferred {
 #[derive(Debug, Default)]
 struct Journal {
     ops: Vec<StoreOp>,
+    /// What `ops` weigh ([`op_bytes`]), added up as they come.
+    ops_bytes: u64,
     /// The number the next emitted batch will carry.
     next_batch: u64,
     /// Batches emitted and not yet synced, with their approximate size.
@@ -413,11 +415,24 @@ fn op_bytes(op: &StoreOp) -> u64 {
         } => crate::store::memory_cost(m),
         _ => 0,
     };
-    message + 128
+    message + OP_RECORD_BYTES
 }
+
+/// What a store operation weighs besides the message it holds.
+const OP_RECORD_BYTES: u64 = 128;
 
 impl Journal {
     fn push(&mut self, op: StoreOp) {
+        self.ops_bytes += op_bytes(&op);
+        self.ops.push(op);
+    }
+
+    /// Pushes an op that holds a message already weighed at `cost` ([`memory_cost`]):
+    /// weighing a message walks its headers, and one routed to many queues is weighed
+    /// once.
+    fn push_weighed(&mut self, op: StoreOp, cost: u64) {
+        debug_assert_eq!(op_bytes(&op), cost + OP_RECORD_BYTES);
+        self.ops_bytes += cost + OP_RECORD_BYTES;
         self.ops.push(op);
     }
 }
@@ -713,7 +728,7 @@ impl Broker {
         if !self.round.journal.ops.is_empty() {
             let batch = self.round.journal.next_batch;
             self.round.journal.next_batch += 1;
-            let bytes: u64 = self.round.journal.ops.iter().map(op_bytes).sum();
+            let bytes = std::mem::take(&mut self.round.journal.ops_bytes);
             self.round.journal.unsynced.push_back((batch, bytes));
             self.round.journal.unsynced_bytes += bytes;
             return Some(Output::Persist {

@@ -83,13 +83,14 @@ impl Broker {
                 .map(|e| QueuedMessage {
                     seq: e.seq,
                     redelivered: e.seq < redelivered_below,
-                    message: e.message,
                     stored: e.durable,
                     expires_at_ms: e.expires_at_ms,
                     priority: 0,
                     shared: e.shared,
                     allowance: crate::broker::death::Allowance::FRESH,
                     delivery_count: 0,
+                    cost: crate::store::memory_cost(&e.message),
+                    message: e.message,
                 })
                 .collect();
             q.messages.take_loaded(taken);

@@ -205,6 +205,8 @@ impl Broker {
     ) -> (bool, bool) {
         let message_ttl = parse_expiration(&message).ok().flatten();
         let body_len = message.body_len();
+        // Weighed once for every queue it reaches.
+        let cost = super::queue::memory_cost(&message);
         let shared = self.store_shared(&queues, &message);
         let mut rejected = false;
         let mut stored = false;
@@ -220,11 +222,12 @@ impl Broker {
                 rejected = true;
                 if q.decl.settings.overflow == Overflow::RejectPublishDlx {
                     // RabbitMQ dead-letters a refused publish as `maxlen`.
-                    dead.push((qid, vec![refused(&message, allowance)]));
+                    dead.push((qid, vec![refused(&message, allowance, cost)]));
                 }
                 continue;
             }
-            let (durable, dropped) = self.enqueue_in(qid, &message, message_ttl, shared, allowance);
+            let (durable, dropped) =
+                self.enqueue_in(qid, &message, cost, message_ttl, shared, allowance);
             stored |= durable;
             if !dropped.is_empty() {
                 dead.push((qid, dropped));
@@ -266,6 +269,7 @@ impl Broker {
         &mut self,
         qid: QueueId,
         message: &Arc<Message>,
+        cost: u64,
         message_ttl: Option<u64>,
         shared: Option<u64>,
         allowance: Allowance,
@@ -288,16 +292,17 @@ impl Broker {
         let seq = q.messages.take_seq();
         let durable = q.decl.durable && message.is_persistent();
         if durable {
-            let body = match shared {
-                Some(sid) => EntryBody::Shared(sid),
-                None => EntryBody::Inline(message.clone()),
+            let (body, weight) = match shared {
+                Some(sid) => (EntryBody::Shared(sid), 0),
+                None => (EntryBody::Inline(message.clone()), cost),
             };
-            self.round.journal.push(StoreOp::Enqueue {
+            let op = StoreOp::Enqueue {
                 queue: qid,
                 seq,
                 body,
                 expires_at_ms,
-            });
+            };
+            self.round.journal.push_weighed(op, weight);
             if self.config.deliver_after_sync {
                 q.messages.hold(seq, batch);
                 self.round.holding.insert(qid);
@@ -307,12 +312,13 @@ impl Broker {
             // The message lives in the store until consumers get near it.
             q.messages.page_out(seq, message.body_len());
             if !durable {
-                self.round.journal.push(StoreOp::PageOut {
+                let op = StoreOp::PageOut {
                     queue: qid,
                     seq,
                     message: message.clone(),
                     expires_at_ms,
-                });
+                };
+                self.round.journal.push_weighed(op, cost);
             }
         } else {
             q.messages.push(QueuedMessage {
@@ -325,6 +331,7 @@ impl Broker {
                 shared: shared.filter(|_| durable),
                 allowance,
                 delivery_count: 0,
+                cost,
             });
         }
         if !q.consumers.is_empty()
@@ -362,7 +369,7 @@ impl Broker {
 
 /// The entry a publish refused by a full `reject-publish-dlx` queue is dead-lettered as:
 /// it never took a position in the queue.
-fn refused(message: &Arc<Message>, allowance: Allowance) -> QueuedMessage {
+fn refused(message: &Arc<Message>, allowance: Allowance, cost: u64) -> QueuedMessage {
     QueuedMessage {
         seq: 0,
         message: message.clone(),
@@ -373,6 +380,7 @@ fn refused(message: &Arc<Message>, allowance: Allowance) -> QueuedMessage {
         shared: None,
         allowance,
         delivery_count: 0,
+        cost,
     }
 }
 

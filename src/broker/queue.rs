@@ -41,6 +41,9 @@ pub struct QueuedMessage {
     /// How many times it came back unacked (counted in quorum queues, and delivered as
     /// `x-delivery-count`).
     pub delivery_count: u32,
+    /// What the message is charged for in memory ([`memory_cost`]), worked out once for
+    /// all the queues it is routed to: weighing its headers takes a walk through them.
+    pub cost: u64,
 }
 
 impl QueuedMessage {

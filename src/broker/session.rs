@@ -12,6 +12,7 @@ use crate::store::{
     StoreOp, UserRecord,
 };
 
+use super::Broker;
 use super::auth::{Permissions, TopicPermission, hash_password};
 use super::channel::{Channel, Mode};
 use super::error::not_allowed;
@@ -19,7 +20,6 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::policy::{Policy, Target};
 use super::queue::{Declaration, Queue, QueueSettings, QueuedMessage};
 use super::vhost::VHost;
-use super::{Broker, Deferred};
 
 impl Broker {
     /// Creates the default vhost and user with full permissions, and persists them.
@@ -230,6 +230,7 @@ impl Broker {
                 last = Some(e.seq);
                 q.messages.restore(QueuedMessage {
                     seq: e.seq,
+                    cost: super::memory_cost(&e.message),
                     message: e.message,
                     redelivered: true,
                     stored: e.durable,
@@ -441,11 +442,10 @@ impl Broker {
             ch.unacked.restore_many(settled.collect());
         }
         self.requeue_all(ch.unacked.take_all());
-        // Deferred replies for this channel can no longer be delivered.
-        self.round.deferred.retain(|(_, d)| match d {
-            Deferred::Confirm { uid, .. } | Deferred::Reply { uid, .. } => *uid != ch.uid,
-            Deferred::Admin { .. } => true,
-        });
+        // Deferred replies for this channel can no longer be delivered: each names the
+        // channel's broker-wide uid, which no channel will have again, and is dropped when
+        // its batch syncs. Walking them here cost every close all clients' pending
+        // confirms.
         true
     }
 

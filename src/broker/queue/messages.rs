@@ -138,7 +138,7 @@ impl Messages {
     pub fn push(&mut self, mut entry: QueuedMessage) {
         entry.priority = self.priority_of(&entry.message);
         self.next_seq = self.next_seq.max(entry.seq + 1);
-        self.charge(&entry.message, true);
+        self.charge(&entry, true);
         let bucket = &mut self.buckets[usize::from(entry.priority)];
         debug_assert!(
             bucket.back().is_none_or(|m| m.seq < entry.seq),
@@ -207,10 +207,10 @@ impl Messages {
     }
 
     /// Updates the counts of messages held in memory.
-    fn charge(&mut self, message: &Message, add: bool) {
-        let properties = message.properties.held_len() as u64;
-        let cost = message.body_len() + properties + MESSAGE_OVERHEAD_BYTES;
+    fn charge(&mut self, entry: &QueuedMessage, add: bool) {
+        let (message, cost) = (&entry.message, entry.cost);
         debug_assert_eq!(cost, memory_cost(message));
+        let properties = cost - message.body_len() - MESSAGE_OVERHEAD_BYTES;
         if add {
             self.ready_len += 1;
             self.ready_bytes += message.body_len();
@@ -275,7 +275,7 @@ impl Messages {
     /// drops it).
     pub fn pop_head(&mut self) -> Option<QueuedMessage> {
         let m = self.buckets.iter_mut().rev().find_map(|b| b.pop_front())?;
-        self.charge(&m.message, false);
+        self.charge(&m, false);
         Some(m)
     }
 
@@ -298,7 +298,7 @@ impl Messages {
                 None
             }
         })?;
-        self.charge(&m.message, false);
+        self.charge(&m, false);
         Some(m)
     }
 
@@ -317,7 +317,7 @@ impl Messages {
             }
         }
         for m in &expired {
-            self.charge(&m.message, false);
+            self.charge(&m, false);
         }
         expired
     }
@@ -350,7 +350,7 @@ impl Messages {
             e.priority = e.priority.min(u8::try_from(top).unwrap_or(u8::MAX));
         }
         for e in &entries {
-            self.charge(&e.message, true);
+            self.charge(e, true);
         }
         entries.sort_unstable_by_key(|e| (e.priority, e.seq));
         while let Some(level) = entries.last().map(|e| e.priority) {
@@ -368,7 +368,7 @@ impl Messages {
     }
 
     fn insert_in_order(&mut self, entry: QueuedMessage) {
-        self.charge(&entry.message, true);
+        self.charge(&entry, true);
         let level = usize::from(entry.priority).min(self.buckets.len() - 1);
         let bucket = &mut self.buckets[level];
         // Requeued messages usually belong at or near the front.
@@ -408,7 +408,11 @@ impl Messages {
         assert_eq!(all.len(), self.ready_len, "queue {queue} length");
         let bytes: u64 = all.iter().map(|m| m.message.body_len()).sum();
         assert_eq!(bytes, self.ready_bytes, "queue {queue} byte count");
-        let cost: u64 = all.iter().map(|m| memory_cost(&m.message)).sum();
+        assert!(
+            all.iter().all(|m| m.cost == memory_cost(&m.message)),
+            "queue {queue}: a message's cost is what it weighs"
+        );
+        let cost: u64 = all.iter().map(|m| m.cost).sum();
         assert_eq!(cost, self.memory_bytes(), "queue {queue} memory charge");
         assert!(
             self.paged.count == 0 || all.iter().all(|m| m.seq < self.paged.from_seq),
