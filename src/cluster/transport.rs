@@ -31,8 +31,14 @@ pub const PEER_QUEUE: usize = 4096;
 const REDIAL: Duration = Duration::from_millis(200);
 /// How long a dial or the opening of a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most inbound connections at once (a few per member are plenty).
+/// Most inbound connections at once that presented the cookie (a few per member are
+/// plenty).
 const MAX_INBOUND: usize = 64;
+/// Most inbound connections at once still to present the cookie, and the most of those
+/// from one address: connections that say nothing hold these for [`CONNECT_TIMEOUT`], not
+/// the places of members that opened properly, and one address cannot hold them all.
+const MAX_OPENING: usize = 64;
+const MAX_OPENING_PER_ADDRESS: usize = 4;
 /// How often a connection paused for the snapshot backlog looks again.
 const BACKLOG_WAIT: Duration = Duration::from_millis(2);
 
@@ -111,6 +117,7 @@ pub fn listen(
     deliver: PeerInbox,
 ) -> tokio::task::JoinHandle<()> {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+    let opening = Opening::default();
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -121,13 +128,12 @@ pub fn listen(
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Some(slot) = opening.take(peer.ip()) else {
                 continue;
             };
-            let (cookie, deliver) = (cookie.clone(), deliver.clone());
+            let (cookie, deliver, permits) = (cookie.clone(), deliver.clone(), permits.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = read_peer(stream, &cookie, me, deliver).await {
+                if let Err(e) = read_peer(stream, &cookie, me, deliver, slot, &permits).await {
                     tracing::debug!(%peer, error = %e, "Raft connection closed");
                 }
             });
@@ -135,11 +141,62 @@ pub fn listen(
     })
 }
 
+/// Connections still to present the cookie, by address.
+#[derive(Debug, Clone, Default)]
+struct Opening(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// A connection's place among those opening, given back when dropped.
+#[derive(Debug)]
+struct OpeningSlot {
+    opening: Opening,
+    ip: IpAddr,
+}
+
+impl Opening {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for a connection from `ip`, if there is one.
+    fn take(&self, ip: IpAddr) -> Option<OpeningSlot> {
+        let mut map = self.lock();
+        let total: usize = map.values().sum();
+        let mine = map.entry(ip).or_default();
+        if total >= MAX_OPENING || *mine >= MAX_OPENING_PER_ADDRESS {
+            if *mine == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(OpeningSlot {
+            opening: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for OpeningSlot {
+    fn drop(&mut self) {
+        let mut map = self.opening.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn read_peer(
     mut stream: TcpStream,
     cookie: &str,
     me: NodeId,
     inbox: PeerInbox,
+    slot: OpeningSlot,
+    permits: &std::sync::Arc<tokio::sync::Semaphore>,
 ) -> std::io::Result<()> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let from = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -154,9 +211,13 @@ async fn read_peer(
     })
     .await
     .map_err(|_| bad("no opening in time"))??;
+    drop(slot);
     if from == me || from == 0 {
         return Err(bad("not another node"));
     }
+    let Ok(_permit) = permits.clone().try_acquire_owned() else {
+        return Err(bad("too many member connections"));
+    };
     let mut buf = Vec::new();
     loop {
         // While the Raft thread has snapshot chunks enough to write, nothing more is read:
@@ -307,6 +368,33 @@ mod tests {
         assert_eq!(m.term, 8);
         // Nothing from the dialler with the wrong cookie arrives.
         assert!(next(&rx, Duration::from_millis(300)).await.is_none());
+    }
+
+    /// Connections that never present the cookie, 64 of them from one address, do not
+    /// keep a member dialling from another address out (they held every place for the 2 s
+    /// each may take to open).
+    #[tokio::test]
+    async fn silent_connections_from_one_address_do_not_keep_members_out() {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = sync_channel(16);
+        let cookie = "0123456789abcdef".to_string();
+        let _server = listen(listener, cookie.clone(), 1, PeerInbox::new(tx));
+        let mut silent = Vec::new();
+        for _ in 0..MAX_INBOUND {
+            silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let member = dial(
+            SocketAddr::from(([127, 0, 0, 2], port)),
+            Some([127, 0, 0, 2].into()),
+            cookie,
+            2,
+        );
+        member.send(message(1, 9)).await.unwrap();
+        let m = next(&rx, CONNECT_TIMEOUT / 2).await;
+        assert_eq!(m.map(|m| m.term), Some(9), "the member was kept out");
+        drop(silent);
     }
 
     #[tokio::test]
