@@ -92,6 +92,10 @@ impl Faults {
             deliver_after_sync: self.deliver_after_sync,
             ..Default::default()
         };
+        // Gaps in a channel's unacked list are swept at once: a list that keeps more
+        // than its deliveries fails the invariant check within a few settles, where the
+        // default allowance would take more deliveries than a seed's clients hold.
+        base.limits.unacked_gaps_kept = 1;
         if self.small_output_limit {
             base.limits.max_unflushed_bytes_per_connection = SMALL_OUTPUT_LIMIT;
         }

@@ -43,18 +43,36 @@ pub struct Unacked {
     pub message: QueuedMessage,
 }
 
-/// Holes an unacked list keeps beyond as many as it has live entries.
-const HOLES_SWEPT_PAST: usize = 64;
+/// Holes an unacked list keeps beyond as many as it has live entries, by default
+/// ([`super::ClientLimits::unacked_gaps_kept`]).
+pub const UNACKED_GAPS_KEPT: usize = 64;
 
 /// Unacked deliveries in tag order. Acks leave holes that are trimmed from the front, so
 /// in-order acks cost O(1) and out-of-order ones O(log n).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UnackedList {
     slots: VecDeque<(u64, Option<Unacked>)>,
     live: usize,
+    /// Holes kept beyond `live` before they are swept.
+    gaps_kept: usize,
+}
+
+impl Default for UnackedList {
+    fn default() -> Self {
+        UnackedList::new(UNACKED_GAPS_KEPT)
+    }
 }
 
 impl UnackedList {
+    /// An empty list that sweeps its holes past `gaps_kept` beyond its live entries.
+    pub fn new(gaps_kept: usize) -> Self {
+        UnackedList {
+            slots: VecDeque::new(),
+            live: 0,
+            gaps_kept,
+        }
+    }
+
     /// Deliveries awaiting ack.
     pub fn len(&self) -> usize {
         self.live
@@ -181,7 +199,7 @@ impl UnackedList {
     /// newer one stay unacked) are swept once they outnumber the live entries, so the
     /// list holds at most about twice what awaits an ack, at an amortised O(1) an ack.
     fn sweep(&mut self) {
-        if self.slots.len() > 2 * self.live + HOLES_SWEPT_PAST {
+        if self.slots.len() > 2 * self.live + self.gaps_kept {
             self.slots.retain(|(_, e)| e.is_some());
         }
     }
@@ -197,7 +215,7 @@ impl UnackedList {
         );
         assert_eq!(self.iter().count(), self.live, "unacked live count");
         assert!(
-            self.slots.len() <= 2 * self.live + HOLES_SWEPT_PAST,
+            self.slots.len() <= 2 * self.live + self.gaps_kept,
             "unacked list of {} slots for {} deliveries",
             self.slots.len(),
             self.live
@@ -305,12 +323,12 @@ pub struct Channel {
 
 impl Channel {
     /// A freshly opened channel.
-    pub fn new(number: u16, uid: u64) -> Self {
+    pub fn new(number: u16, uid: u64, unacked_gaps_kept: usize) -> Self {
         Channel {
             number,
             uid,
             consumers: HashMap::default(),
-            unacked: UnackedList::default(),
+            unacked: UnackedList::new(unacked_gaps_kept),
             next_tag: 1,
             consumer_ids: 0,
             consumer_prefetch: 0,
@@ -527,7 +545,7 @@ mod tests {
         }
         assert_eq!(l.len(), 2);
         assert!(
-            l.slots.len() <= 2 * 2 + HOLES_SWEPT_PAST,
+            l.slots.len() <= 2 * 2 + UNACKED_GAPS_KEPT,
             "{}",
             l.slots.len()
         );

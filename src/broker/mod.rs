@@ -195,6 +195,9 @@ pub struct ClientLimits {
     pub max_consumers_per_connection: usize,
     /// Most unacked deliveries per channel when no prefetch limit is set.
     pub max_unacked_per_channel: usize,
+    /// Gaps (deliveries acked out of order) a channel's unacked list keeps beyond as many
+    /// as it has deliveries unacked before it sweeps them.
+    pub unacked_gaps_kept: usize,
 }
 
 impl Default for ClientLimits {
@@ -208,6 +211,7 @@ impl Default for ClientLimits {
             max_consumers_per_channel: 100_000,
             max_consumers_per_connection: 100_000,
             max_unacked_per_channel: 1_000_000,
+            unacked_gaps_kept: channel::UNACKED_GAPS_KEPT,
         }
     }
 }

@@ -400,7 +400,8 @@ impl Broker {
             !c.channels.contains_key(&channel),
             "channel {channel} opened twice"
         );
-        c.channels.insert(channel, Channel::new(channel, uid));
+        let gaps = self.config.limits.unacked_gaps_kept;
+        c.channels.insert(channel, Channel::new(channel, uid, gaps));
         self.channel_opened(conn);
         let ok = ChannelOpenOk {
             channel_id: bytes::Bytes::new(),

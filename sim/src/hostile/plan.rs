@@ -35,6 +35,10 @@ pub struct Features {
     pub x_death: bool,
     /// Adversarial names: empty, 255 bytes, unicode, dots and wildcards, `amq.` prefixes.
     pub names: bool,
+    /// Never settles the oldest delivery it holds on a channel, and settles the others one
+    /// at a time, out of order: the gaps this leaves in the broker's unacked list must not
+    /// pile up.
+    pub hoard: bool,
 }
 
 /// A hostile client's plan.
@@ -80,6 +84,7 @@ impl HostilePlan {
             nesting: on(),
             x_death: on(),
             names: on(),
+            hoard: on(),
         };
         HostilePlan {
             features,
@@ -126,7 +131,11 @@ impl HostilePlan {
         if f.nesting {
             on.push(format!("nesting(depth<={})", self.depth_max));
         }
-        for (flag, name) in [(f.x_death, "x-death"), (f.names, "names")] {
+        for (flag, name) in [
+            (f.x_death, "x-death"),
+            (f.names, "names"),
+            (f.hoard, "hoard"),
+        ] {
             if flag {
                 on.push(name.into());
             }

@@ -465,15 +465,18 @@ impl HostileClient {
         };
         let roll = self.g.rng.gen_range(0..4);
         let requeue = self.g.one_in(3);
-        let multiple = self.g.one_in(4);
+        let hoard = self.g.plan.features.hoard;
+        let multiple = self.g.one_in(4) && !hoard;
         let pick = self.g.rng.gen_range(0..UNACKED_MAX);
         let Some(ch) = self.session.as_mut().and_then(|s| s.chan(channel)) else {
             return;
         };
-        if ch.unacked.is_empty() {
+        // A hoarder keeps the oldest delivery it holds (tags come in order).
+        let keep = usize::from(hoard);
+        if ch.unacked.len() <= keep {
             return;
         }
-        let tag = ch.unacked[pick % ch.unacked.len()];
+        let tag = ch.unacked[keep + pick % (ch.unacked.len() - keep)];
         if multiple {
             ch.unacked.retain(|t| *t > tag);
         } else {
@@ -522,6 +525,10 @@ impl HostileClient {
     /// everything held (of nothing, as often as not: a settle that settles nothing must
     /// not grow the transaction), then sometimes commits.
     fn transact(&mut self, now_ms: u64) {
+        if self.g.plan.features.hoard {
+            // Its acks of everything held would settle the hoarded delivery.
+            return;
+        }
         let runs = self.g.rng.gen_range(1..=32);
         let commit = self.g.one_in(3);
         let mut methods = Vec::new();
