@@ -395,3 +395,49 @@ fn a_long_death_history_is_read_once_per_dead_letter() {
         "the allowance of copies"
     );
 }
+
+/// A consistent-hash exchange at its 1,000 bindings, all of one queue (each with its own
+/// arguments): a binding adds its buckets after the others' instead of making the ring
+/// again, and deleting the queue makes it again once, not once per binding removed (a
+/// million weights read). The ring stays what making it from the bindings gives (the
+/// exchange's invariant check).
+#[test]
+fn a_hash_exchange_full_of_one_queue_is_bound_and_unbound_in_step() {
+    const BINDINGS: usize = 1_000;
+    let mut rig = rig();
+    exchange(&mut rig, "ring", "x-consistent-hash", FieldTable::default());
+    declare(&mut rig, "many", &[]);
+    declare(&mut rig, "other", &[]);
+    bind(&mut rig, "other", "ring", "3");
+    for i in 0..BINDINGS - 1 {
+        ok(&rig.method(
+            1,
+            Method::QueueBind(QueueBind {
+                queue: "many".into(),
+                exchange: "ring".into(),
+                routing_key: (1 + i % 5).to_string(),
+                arguments: [("n".to_string(), FieldValue::I32(i as i32))]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+        ));
+        if i % 100 == 0 {
+            rig.broker.check_invariants();
+        }
+    }
+    rig.broker.check_invariants();
+    ok(&rig.method(
+        1,
+        Method::QueueDelete(QueueDelete {
+            queue: "many".into(),
+            ..Default::default()
+        }),
+    ));
+    rig.broker.check_invariants();
+    // Everything now goes to the one queue left.
+    for i in 0..20 {
+        rig.publish(2, "ring", &format!("k{i}"), i, false);
+    }
+    assert_eq!(ready(&rig, "other"), 20);
+}

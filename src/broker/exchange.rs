@@ -195,6 +195,15 @@ impl HashRing {
         }
     }
 
+    /// Adds the buckets of a binding that comes after all the others.
+    fn push(&mut self, binding: &Binding) {
+        let w = weight(&binding.routing_key).unwrap_or(0);
+        if w > 0 {
+            let end = self.ends.last().map_or(0, |(end, _)| *end) + w;
+            self.ends.push((end, binding.destination.clone()));
+        }
+    }
+
     /// The destination a message goes to, if any.
     fn pick(&self, message: &mut Routing<'_>, work: &mut u64) -> Option<&Destination> {
         let total = self.ends.last()?.0;
@@ -430,12 +439,13 @@ impl Exchange {
             .or_default()
             .insert(id);
         let binding = Arc::new(binding);
+        if let Index::Hash(ring) = &mut self.index {
+            // A new binding comes last in the order: its buckets follow the others'.
+            ring.push(&binding);
+        }
         b.order.insert(id, binding.clone());
         b.ids.insert(binding, id);
         debug_assert_eq!(b.ids.len(), b.order.len());
-        if let Index::Hash(ring) = &mut self.index {
-            ring.rebuild(&self.bindings.order);
-        }
         true
     }
 
@@ -462,14 +472,21 @@ impl Exchange {
             return Vec::new();
         };
         let mut gone = Vec::with_capacity(ids.len());
+        // A consistent-hash ring is made again once, not once per binding removed.
+        let hash = matches!(self.index, Index::Hash(_));
         for id in ids {
             let Some(binding) = self.bindings.order.remove(&id) else {
                 debug_assert!(false, "binding ordered but not indexed");
                 continue;
             };
             self.bindings.ids.remove(&binding);
-            self.unindex(&binding);
+            if !hash {
+                self.unindex(&binding);
+            }
             gone.push(Arc::unwrap_or_clone(binding));
+        }
+        if let Index::Hash(ring) = &mut self.index {
+            ring.rebuild(&self.bindings.order);
         }
         gone
     }
@@ -496,6 +513,14 @@ impl Exchange {
                 "exchange {} binding destinations",
                 self.name
             );
+        }
+        if let Index::Hash(ring) = &self.index {
+            let mut fresh = HashRing {
+                on: ring.on.clone(),
+                ends: Vec::new(),
+            };
+            fresh.rebuild(&b.order);
+            assert_eq!(fresh.ends, ring.ends, "exchange {} hash ring", self.name);
         }
         let listed: usize = b.by_destination.values().map(BTreeSet::len).sum();
         assert_eq!(
