@@ -35,6 +35,9 @@ use super::ApiError;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request, body included, must be answered within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a response may wait for the client to take any of it: a client that stops
+/// reading gives back its connection slot, and the answer it held, after this.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Most connections served at once for one peer (an IPv4 address or an IPv6 /64), so that
@@ -156,6 +159,101 @@ pub async fn serve(listener: Listener, app: Router, limits: Limits) {
     }
 }
 
+/// A connection whose writes fail once the client has taken nothing for `limit`: a write
+/// that cannot proceed arms a timer, and any progress disarms it.
+struct SendDeadline<IO> {
+    io: IO,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> SendDeadline<IO> {
+    fn new(io: IO, limit: Duration) -> Self {
+        SendDeadline {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// What a write that returned `step` comes to, the deadline considered.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        step: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match step {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took none of the response in time",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SendDeadline<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SendDeadline<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let step = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.deadline(cx, step)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let step = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.deadline(cx, step)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let step = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.deadline(cx, step)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Whether a request came over HTTPS (a request extension): the session cookie is then
 /// marked `Secure`, so that a browser never sends it to the plain HTTP port.
 #[derive(Debug, Clone, Copy)]
@@ -188,8 +286,45 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    let stream = SendDeadline::new(stream, SEND_TIMEOUT);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = connection.await {
         tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A response to a client that stops reading fails after the deadline, and one that
+    /// keeps reading, however slowly, goes on.
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_loses_its_connection() {
+        let limit = Duration::from_millis(200);
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = SendDeadline::new(server, limit);
+        let started = std::time::Instant::now();
+        let r = server.write_all(&[7u8; 4096]).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= limit);
+
+        let (server, mut reader) = tokio::io::duplex(64);
+        let mut server = SendDeadline::new(server, limit);
+        let slow = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 64];
+            while got < 1024 {
+                tokio::time::sleep(limit / 4).await;
+                got += reader.read(&mut buf).await.unwrap();
+            }
+        });
+        server
+            .write_all(&[7u8; 1024])
+            .await
+            .expect("a slow reader is served");
+        slow.await.unwrap();
+        drop(client.read(&mut [0u8; 1]).await);
     }
 }
