@@ -441,3 +441,33 @@ fn a_hash_exchange_full_of_one_queue_is_bound_and_unbound_in_step() {
     }
     assert_eq!(ready(&rig, "other"), 20);
 }
+
+/// Acks of a channel's two newest deliveries rolled back, 300 times, with 200,000 more
+/// unacked before them: they go back at the end of the unacked list, at the cost of two
+/// entries, not of the list (which a merge from its front moved whole each time).
+#[test]
+fn rolling_back_acks_of_the_newest_costs_what_comes_back() {
+    let mut rig = rig();
+    let n = 200_000;
+    held_and_ready(&mut rig, 1, 0, n, 0);
+    ok(&rig.method(1, Method::TxSelect(TxSelect {})));
+    let started = Instant::now();
+    for _ in 0..300 {
+        for tag in [n as u64, n as u64 - 1] {
+            ok(&rig.method(
+                1,
+                Method::BasicAck(BasicAck {
+                    delivery_tag: tag,
+                    multiple: false,
+                }),
+            ));
+        }
+        ok(&rig.method(1, Method::TxRollback(TxRollback {})));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "300 rollbacks took {took:?}"
+    );
+    rig.broker.check_invariants();
+}

@@ -115,7 +115,7 @@ impl UnackedList {
         }
         self.live += entries.len();
         entries.sort_unstable_by_key(|e| e.tag);
-        super::sorted::merge_front(
+        super::sorted::merge_into(
             &mut self.slots,
             entries.into_iter().map(|e| (e.tag, Some(e))).collect(),
             |(tag, _)| *tag,

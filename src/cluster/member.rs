@@ -426,8 +426,12 @@ impl Driver {
                     Ok(()) => {
                         self.waiting.insert(id, (Instant::now(), reply));
                     }
-                    Err(ProposeError::Busy | ProposeError::Refused(_)) => {
+                    Err(ProposeError::Busy) => {
                         let _ = reply.send(Err(ProposeFailure::Busy));
+                    }
+                    // Too large ever to be taken: waiting would not help.
+                    Err(ProposeError::Refused(why)) => {
+                        let _ = reply.send(Err(ProposeFailure::Lost(why)));
                     }
                     Err(ProposeError::NotLeader { leader }) => {
                         let _ = reply.send(Err(ProposeFailure::Lost(format!(

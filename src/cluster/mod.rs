@@ -64,6 +64,9 @@ pub type NodeId = u64;
 pub const MAX_UNCOMMITTED_BYTES: u64 = 64 << 20;
 /// Most bytes of entries in one append message.
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 20;
+/// Most bytes of one proposed batch: an entry travels whole in one message of the
+/// transport, which carries at most [`transport::MAX_FRAME_BYTES`].
+pub const MAX_ENTRY_BYTES: u64 = transport::MAX_FRAME_BYTES as u64 - (1 << 20);
 /// Most append messages in flight to one follower.
 pub const MAX_INFLIGHT_MESSAGES: usize = 256;
 /// Most proposals a leader tracks until they commit (each is a store batch, which already
@@ -634,6 +637,11 @@ impl Replica {
             });
         }
         let bytes = data.len() as u64;
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(ProposeError::Refused(format!(
+                "a batch of {bytes} bytes is larger than one Raft entry may be ({MAX_ENTRY_BYTES})"
+            )));
+        }
         // A batch larger than the bound on its own (one persistent message near
         // `max_message_bytes`) is taken when nothing else is uncommitted, as raft-rs takes
         // any proposal then: refusing it would refuse it for ever.

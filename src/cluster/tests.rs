@@ -319,6 +319,13 @@ fn a_batch_larger_than_the_uncommitted_bound_is_taken_alone() {
         .replica
         .propose(3, b"small".to_vec())
         .expect("taken once the large one committed");
+    net.settle();
+    // One larger than the transport carries is refused, not taken and stuck.
+    let huge = vec![0u8; MAX_ENTRY_BYTES as usize + 1];
+    assert!(matches!(
+        net.node(leader).replica.propose(4, huge),
+        Err(ProposeError::Refused(_))
+    ));
 }
 
 #[test]

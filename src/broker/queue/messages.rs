@@ -355,7 +355,7 @@ impl Messages {
         entries.sort_unstable_by_key(|e| (e.priority, e.seq));
         while let Some(level) = entries.last().map(|e| e.priority) {
             let group = entries.split_off(entries.partition_point(|e| e.priority < level));
-            super::super::sorted::merge_front(
+            super::super::sorted::merge_into(
                 &mut self.buckets[usize::from(level)],
                 group,
                 |m| m.seq,
