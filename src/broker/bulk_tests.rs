@@ -7,25 +7,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::hostile_tests::ok;
 use crate::broker::BrokerConfig;
 use crate::broker::test_rig::Rig;
-use crate::proto::command::{ConnId, Reply};
+use crate::proto::command::Reply;
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 use crate::proto::table::{FieldTable, FieldValue};
-
-fn ok(r: &[(ConnId, Reply)]) {
-    assert!(
-        !r.iter().any(|(_, r)| matches!(
-            r,
-            Reply::Method {
-                method: Method::ChannelClose(_) | Method::ConnectionClose(_),
-                ..
-            }
-        )),
-        "{r:?}"
-    );
-}
 
 fn rig() -> Rig {
     let mut config = BrokerConfig::default();

@@ -20,7 +20,8 @@ fn args(pairs: &[(&str, FieldValue)]) -> FieldTable {
         .collect()
 }
 
-fn ok(r: &[(ConnId, Reply)]) {
+/// Asserts that no channel or connection was closed among the replies `r`.
+pub(super) fn ok(r: &[(ConnId, Reply)]) {
     assert!(
         !r.iter().any(|(_, r)| matches!(
             r,

@@ -608,6 +608,23 @@ impl Principal {
         self.is_monitor() || self.vhosts.iter().any(|v| v == vhost)
     }
 
+    /// The vhosts a listing asks the core about: the one named, every one (`None`) for a
+    /// user who sees them all, or each of the user's own, in name order (the order of a
+    /// full listing). A user who sees one vhost costs the core a listing of that vhost,
+    /// not of the whole broker.
+    fn listing_scope(&self, vhost: Option<String>) -> Vec<Option<String>> {
+        match vhost {
+            Some(v) => vec![Some(v)],
+            None if self.is_monitor() => vec![None],
+            None => {
+                let mut own = self.vhosts.clone();
+                own.sort_unstable();
+                own.dedup();
+                own.into_iter().map(Some).collect()
+            }
+        }
+    }
+
     /// Fails unless the user may work in `vhost` (administrators and the node may work in
     /// any; permissions still apply to what they do there).
     fn require_vhost(&self, vhost: &str) -> Result<(), ApiError> {

@@ -91,7 +91,10 @@ async fn visible_queues(
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    let mut queues = queue_infos(s, vhost).await?;
+    let mut queues = Vec::new();
+    for scope in who.listing_scope(vhost) {
+        queues.extend(queue_infos(s, scope).await?);
+    }
     queues.retain(|q| who.sees_vhost(&q.vhost));
     Ok(queues_json(s, &queues))
 }
@@ -156,7 +159,10 @@ async fn queue_page(
         who.require_vhost(v)?;
     }
     let filter = name_filter(q)?;
-    let mut queues = queue_infos(s, vhost).await?;
+    let mut queues = Vec::new();
+    for scope in who.listing_scope(vhost) {
+        queues.extend(queue_infos(s, scope).await?);
+    }
     queues
         .retain(|x| who.sees_vhost(&x.vhost) && filter.as_ref().is_none_or(|f| f.accepts(&x.name)));
     queues.sort_by(order);
@@ -385,8 +391,11 @@ async fn visible_exchanges(
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    Ok(exchange_infos(s, vhost)
-        .await?
+    let mut exchanges = Vec::new();
+    for scope in who.listing_scope(vhost) {
+        exchanges.extend(exchange_infos(s, scope).await?);
+    }
+    Ok(exchanges
         .iter()
         .filter(|x| who.sees_vhost(&x.vhost))
         .map(exchange_json)
@@ -578,7 +587,10 @@ async fn visible_bindings(
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    let bindings = binding_infos(s, vhost).await?;
+    let mut bindings = Vec::new();
+    for scope in who.listing_scope(vhost) {
+        bindings.extend(binding_infos(s, scope).await?);
+    }
     Ok(bindings
         .iter()
         .filter(|b| who.sees_vhost(&b.vhost))

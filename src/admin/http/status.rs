@@ -510,9 +510,14 @@ async fn consumers(
     if let Some(v) = &vhost {
         who.require_vhost(v)?;
     }
-    let AdminReply::Consumers(list) = s.call(AdminRequest::ListConsumers { vhost }).await? else {
-        return Err(ApiError::not_found());
-    };
+    let mut list = Vec::new();
+    for vhost in who.listing_scope(vhost) {
+        let AdminReply::Consumers(some) = s.call(AdminRequest::ListConsumers { vhost }).await?
+        else {
+            return Err(ApiError::not_found());
+        };
+        list.extend(some);
+    }
     Ok(list
         .iter()
         .filter(|c| who.sees_vhost(&c.vhost))

@@ -248,12 +248,24 @@ impl Broker {
         out
     }
 
+    /// The queues of `vhost` (of every vhost when `None`), found through the vhost's own
+    /// index: a listing of one vhost costs that vhost's queues, not the broker's.
+    fn queues_of(&self, vhost: Option<&str>) -> Vec<&crate::broker::Queue> {
+        match vhost {
+            None => self.topology.queues.values().collect(),
+            Some(name) => self.topology.vhosts.get(name).map_or_else(Vec::new, |v| {
+                v.queues
+                    .values()
+                    .filter_map(|id| self.topology.queues.get(id))
+                    .collect()
+            }),
+        }
+    }
+
     pub(super) fn list_queues(&self, vhost: Option<&str>) -> Vec<QueueInfo> {
         let mut out: Vec<QueueInfo> = self
-            .topology
-            .queues
-            .values()
-            .filter(|q| in_vhost(vhost, &q.decl.vhost))
+            .queues_of(vhost)
+            .into_iter()
             .map(|q| QueueInfo {
                 vhost: q.decl.vhost.clone(),
                 name: q.decl.name.clone(),
@@ -401,10 +413,7 @@ impl Broker {
 
     pub(super) fn list_consumers(&self, vhost: Option<&str>) -> Vec<ConsumerInfo> {
         let mut out = Vec::new();
-        for q in self.topology.queues.values() {
-            if !in_vhost(vhost, &q.decl.vhost) {
-                continue;
-            }
+        for q in self.queues_of(vhost) {
             for r in &q.consumers {
                 let Some(c) = self.sessions.conns.get(&r.conn) else {
                     continue;
