@@ -106,8 +106,9 @@ impl UnackedList {
         self.live += 1;
     }
 
-    /// Puts back entries taken earlier (the acks a transaction rolls back), in one pass:
-    /// the cost of the list's front they go into plus theirs.
+    /// Puts back entries taken earlier (the acks a transaction rolls back), in one pass
+    /// ([`merge_into`](super::sorted::merge_into)): about the cost of what comes back,
+    /// not its square.
     pub fn restore_many(&mut self, mut entries: Vec<Unacked>) {
         if entries.len() < 2 {
             entries.into_iter().for_each(|e| self.restore(e));

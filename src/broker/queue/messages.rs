@@ -336,9 +336,11 @@ impl Messages {
         self.insert_in_order(entry);
     }
 
-    /// Puts delivered messages back at their original positions, marked redelivered, in
-    /// one pass per priority level: the cost of the level's front they go into plus
-    /// theirs, however many come back at once.
+    /// Puts delivered messages back at their original positions, marked redelivered, a
+    /// priority level at a time, each in one pass ([`merge_into`]): about the cost of
+    /// what comes back, not its square.
+    ///
+    /// [`merge_into`]: super::super::sorted::merge_into
     pub fn requeue_many(&mut self, mut entries: Vec<QueuedMessage>) {
         if entries.len() < 2 {
             entries.into_iter().for_each(|e| self.requeue(e));
