@@ -65,8 +65,9 @@ pub const MAX_UNCOMMITTED_BYTES: u64 = 64 << 20;
 /// Most bytes of entries in one append message.
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 20;
 /// Most bytes of one proposed batch: an entry travels whole in one message of the
-/// transport, which carries at most [`transport::MAX_FRAME_BYTES`].
-pub const MAX_ENTRY_BYTES: u64 = transport::MAX_FRAME_BYTES as u64 - (1 << 20);
+/// transport, which carries at most 256 MiB (`transport::MAX_FRAME_BYTES`), with room
+/// for the message around it.
+pub const MAX_ENTRY_BYTES: u64 = (256 << 20) - (1 << 20);
 /// Most append messages in flight to one follower.
 pub const MAX_INFLIGHT_MESSAGES: usize = 256;
 /// Most proposals a leader tracks until they commit (each is a store batch, which already

@@ -25,6 +25,8 @@ use super::raftpb::Message;
 /// [`super::MAX_MESSAGE_BYTES`] of entries, or one entry however large: a store batch,
 /// which the broker bounds by its unsynced-bytes credit.
 pub const MAX_FRAME_BYTES: u32 = 256 << 20;
+// A batch the Raft log takes fits one message.
+const _: () = assert!(super::MAX_ENTRY_BYTES < MAX_FRAME_BYTES as u64);
 /// Messages queued for one peer; more are dropped (Raft sends them again).
 pub const PEER_QUEUE: usize = 4096;
 /// How long a writer waits before dialling a peer again.
