@@ -6,7 +6,8 @@ use super::*;
 use crate::proto::frame::{encode_content, encode_method};
 use crate::proto::props::BasicProperties;
 
-fn open(config: ConnectionConfig) -> Connection {
+/// A connection past login, at time 0, before its `tune-ok`.
+fn logged_in(config: ConnectionConfig) -> Connection {
     let mut c = Connection::new(config, 0);
     c.handle_bytes(&PROTOCOL_HEADER, 0);
     let mut out = BytesMut::new();
@@ -23,16 +24,27 @@ fn open(config: ConnectionConfig) -> Connection {
     c.handle_bytes(&out, 0);
     assert!(matches!(c.poll_command(), Some(Command::Login(_))));
     c.handle_reply(Reply::LoginOk, 0);
+    c
+}
+
+/// A client's `tune-ok` asking for `heartbeat` seconds.
+fn tune_ok(heartbeat: u16) -> BytesMut {
     let mut out = BytesMut::new();
     encode_method(
         0,
         &Method::ConnectionTuneOk(ConnectionTuneOk {
             channel_max: 16,
             frame_max: 4096,
-            heartbeat: 0,
+            heartbeat,
         }),
         &mut out,
     );
+    out
+}
+
+fn open(config: ConnectionConfig) -> Connection {
+    let mut c = logged_in(config);
+    let mut out = tune_ok(0);
     encode_method(
         0,
         &Method::ConnectionOpen(ConnectionOpen::default()),
@@ -149,33 +161,8 @@ fn bodies_in_progress_on_all_channels_stay_within_one_message() {
 fn heartbeats_do_not_stretch_the_handshake() {
     let config = ConnectionConfig::default();
     let deadline = config.handshake_timeout_ms;
-    let mut c = Connection::new(config, 0);
-    c.handle_bytes(&PROTOCOL_HEADER, 0);
-    let mut out = BytesMut::new();
-    encode_method(
-        0,
-        &Method::ConnectionStartOk(ConnectionStartOk {
-            client_properties: FieldTable::default(),
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        }),
-        &mut out,
-    );
-    c.handle_bytes(&out, 0);
-    assert!(matches!(c.poll_command(), Some(Command::Login(_))));
-    c.handle_reply(Reply::LoginOk, 0);
-    let mut out = BytesMut::new();
-    encode_method(
-        0,
-        &Method::ConnectionTuneOk(ConnectionTuneOk {
-            channel_max: 16,
-            frame_max: 4096,
-            heartbeat: 1,
-        }),
-        &mut out,
-    );
-    c.handle_bytes(&out, 0);
+    let mut c = logged_in(config);
+    c.handle_bytes(&tune_ok(1), 0);
     let mut now = 0;
     while now < deadline + 5_000 && !c.is_closed() {
         now += 250;
