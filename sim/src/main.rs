@@ -295,6 +295,8 @@ struct Totals {
     seeds_limit_changes: u64,
     alarm_windows: u64,
     seeds_alarms: u64,
+    loads_stalled: u64,
+    seeds_loads_stalled: u64,
 }
 
 /// The classes of hostile input, for the coverage report.
@@ -396,6 +398,8 @@ impl Totals {
         self.late_gets += s.late_gets;
         self.alarm_windows += r.alarm_windows;
         self.seeds_alarms += u64::from(r.alarm_windows > 0);
+        self.loads_stalled += r.loads_stalled;
+        self.seeds_loads_stalled += u64::from(r.loads_stalled > 0);
     }
 
     fn print(&self) {
@@ -450,7 +454,7 @@ impl Totals {
             per_feature.join(", "),
         );
         println!(
-            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds",
+            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds, paged reads held back {} times in {} seeds (unacked deliveries over their queue's budget)",
             self.admin_requests,
             self.admin_durable,
             self.admin_oversized_refused,
@@ -459,6 +463,8 @@ impl Totals {
             self.seeds_admin_recoveries,
             self.alarm_windows,
             self.seeds_alarms,
+            self.loads_stalled,
+            self.seeds_loads_stalled,
         );
         println!(
             "policies: {} changes applied, {} queue listings checked against the rules; the workload's limit policy changed {} times in {} seeds",

@@ -97,6 +97,9 @@ pub struct RunResult {
     pub delays: crate::delays::DelayStats,
     /// Resource alarm windows (memory or disk short).
     pub alarm_windows: u64,
+    /// Times a queue stopped reading its paged backlog under the memory alarm, its unacked
+    /// deliveries over its budget ([`Broker::loads_stalled`]).
+    pub loads_stalled: u64,
 }
 
 /// One connection: the server's protocol state machine and the two pipes.
@@ -164,6 +167,8 @@ pub struct World {
     /// Enqueue/dequeue pairs cancelled by the group commits of earlier incarnations.
     cancelled_pairs: u64,
     loads: u64,
+    /// Times a queue's reads were held back under the memory alarm.
+    loads_stalled: u64,
     lossy_crashes: u64,
     max_step_work: u64,
 }
@@ -277,6 +282,7 @@ impl World {
             torn_crashes: 0,
             cancelled_pairs: 0,
             loads: 0,
+            loads_stalled: 0,
             lossy_crashes: 0,
             max_step_work: 0,
         }
@@ -339,6 +345,7 @@ impl World {
             admin: self.operator.stats,
             delays: self.delays.stats,
             alarm_windows: self.alarms.windows,
+            loads_stalled: self.loads_stalled,
         }
     }
 
@@ -526,12 +533,13 @@ impl World {
         let before = self
             .broker
             .as_ref()
-            .map(|b| (self.incarnation, b.work_done()));
+            .map(|b| (self.incarnation, b.work_done(), b.loads_stalled()));
         let result = self.step_unbudgeted(ev);
         // A crash or restart in the step replaces the broker and its count.
-        if let (Some((incarnation, work_before)), Some(b)) = (before, &self.broker)
+        if let (Some((incarnation, work_before, stalled_before)), Some(b)) = (before, &self.broker)
             && incarnation == self.incarnation
         {
+            self.loads_stalled += b.loads_stalled().saturating_sub(stalled_before);
             let work = b.work_done().saturating_sub(work_before);
             self.max_step_work = self.max_step_work.max(work);
             if work > WORK_BUDGET_PER_STEP {

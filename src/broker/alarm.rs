@@ -120,6 +120,9 @@ impl Broker {
         if !changed {
             return;
         }
+        if resource == Resource::Memory && !active {
+            self.topology.loads_recheck = true;
+        }
         let mut ids: Vec<ConnId> = self.sessions.conns.keys().copied().collect();
         ids.sort_unstable();
         if self.node.alarms.is_empty() {

@@ -343,7 +343,7 @@ impl Broker {
         let remaining = q.ready_count() as u32;
         let quorum = q.decl.settings.quorum;
         if !no_ack {
-            q.messages.unacked += 1;
+            q.messages.delivered_unacked(&entry);
         }
         q.stats.got(no_ack, entry.redelivered);
         self.counters.totals.got(no_ack, entry.redelivered);
@@ -355,7 +355,9 @@ impl Broker {
         else {
             // Cannot happen: callers check the channel. Keep the message rather than lose it.
             if let Some(q) = self.topology.queues.get_mut(&qid) {
-                q.messages.unacked -= u64::from(!no_ack);
+                if !no_ack {
+                    q.messages.settled_unacked(&entry);
+                }
                 q.messages.requeue(entry);
             }
             return;
@@ -448,6 +450,7 @@ impl Broker {
     }
 
     fn apply_settlement(&mut self, entries: Vec<Unacked>, how: Settle) {
+        self.topology.loads_recheck |= !self.topology.loads_stalled.is_empty();
         let acked = match how {
             Settle::Requeue => return self.requeue_all(entries),
             Settle::Ack => true,
@@ -458,7 +461,7 @@ impl Broker {
             Default::default();
         for e in entries {
             if let Some(q) = self.topology.queues.get_mut(&e.queue) {
-                q.messages.unacked -= 1;
+                q.messages.settled_unacked(&e.message);
                 q.stats.ack += u64::from(acked);
             }
             self.counters.totals.ack += u64::from(acked);

@@ -140,7 +140,8 @@ impl Broker {
     /// it (otherwise an event that freed one did not ask it to search); and that every
     /// queue a connection lists as waiting has a consumer on that channel (a queue whose
     /// consumers were woken by other means may still be listed: a free there wakes them
-    /// once more).
+    /// once more). A queue with nothing in memory and a consumer that could take its paged
+    /// messages has a read of them on the way, or is held back by the memory alarm.
     pub(super) fn check_skipped_searches(&self) {
         let limits = self.take_limits();
         for (&id, q) in &self.topology.queues {
@@ -163,6 +164,28 @@ impl Broker {
                     c.tag
                 );
             }
+            let single_active = q.decl.settings.single_active_consumer;
+            if !q.dispatch_scheduled
+                && q.messages.in_memory_count() == 0
+                && q.messages.paged.count > 0
+                && !q.messages.paged.loading
+            {
+                let held_back = self.topology.loads_stalled.contains(&id)
+                    && (self.topology.loads_recheck
+                        || (self.node.alarms.contains(&super::Resource::Memory)
+                            && q.messages.unacked_cost
+                                > self.config.memory.queue_memory_budget_bytes));
+                let wanted = !q.waiting_gets.is_empty()
+                    || q.consumers
+                        .candidates_of(single_active)
+                        .any(|c| consumer_blocked(&self.sessions, limits, c).is_none());
+                assert!(
+                    held_back || !wanted,
+                    "queue {} has paged messages one of its consumers can take, none in \
+                     memory, and no read of them on the way",
+                    q.decl.name
+                );
+            }
             if q.dispatch_scheduled
                 || q.messages.in_memory_count() == 0
                 || q.messages.head_held()
@@ -170,7 +193,6 @@ impl Broker {
             {
                 continue;
             }
-            let single_active = q.decl.settings.single_active_consumer;
             assert!(
                 !q.consumers
                     .candidates_of(single_active)
@@ -331,6 +353,7 @@ impl Broker {
         } else {
             consumer.unacked += 1;
             ch.consumer_unacked += 1;
+            q.messages.delivered_unacked(&entry);
             ch.unacked.push(Unacked {
                 tag,
                 queue,
@@ -338,7 +361,6 @@ impl Broker {
                 from_consumer: true,
                 message: entry,
             });
-            q.messages.unacked += 1;
             None
         };
         self.send(
@@ -363,6 +385,7 @@ impl Broker {
     /// Each queue takes its deliveries back in one pass, so a `basic.recover` or a channel
     /// close costs what comes back, not its square.
     pub(super) fn requeue_all(&mut self, entries: Vec<Unacked>) {
+        self.topology.loads_recheck |= !self.topology.loads_stalled.is_empty();
         let mut back: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> = Default::default();
         let mut past_limit: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> =
             Default::default();
@@ -370,8 +393,7 @@ impl Broker {
             let Some(q) = self.topology.queues.get_mut(&entry.queue) else {
                 continue;
             };
-            debug_assert!(q.messages.unacked > 0);
-            q.messages.unacked -= 1;
+            q.messages.settled_unacked(&entry.message);
             let mut message = entry.message;
             if q.decl.settings.quorum {
                 message.delivery_count = message.delivery_count.saturating_add(1);

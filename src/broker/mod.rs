@@ -727,6 +727,7 @@ impl Broker {
     /// confirms coalesce into one `multiple` ack.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        self.resume_stalled_loads();
         self.run_dispatch();
         self.flush_confirms();
         if !self.round.journal.ops.is_empty() {
@@ -929,7 +930,14 @@ impl Broker {
                 );
             }
         }
-        let mut unacked_per_queue: HashMap<QueueId, u64> = HashMap::default();
+        // Per queue: deliveries unacked, their bodies' bytes, the memory they hold.
+        let mut unacked_per_queue: HashMap<QueueId, (u64, u64, u64)> = HashMap::default();
+        let mut count = |u: &channel::Unacked| {
+            let e = unacked_per_queue.entry(u.queue).or_default();
+            e.0 += 1;
+            e.1 += u.message.message.body_len();
+            e.2 += u.message.cost;
+        };
         for (id, conn) in &self.sessions.conns {
             for ch in conn.channels.values() {
                 ch.check_invariants();
@@ -947,14 +955,14 @@ impl Broker {
                     );
                 }
                 for u in ch.unacked.iter() {
-                    *unacked_per_queue.entry(u.queue).or_default() += 1;
+                    count(u);
                 }
                 // Settled in a transaction not yet committed: still unacked in the queue.
                 if let channel::Mode::Tx { ops, .. } = &ch.mode {
                     for op in ops {
                         if let channel::TxOp::Settle { entries, .. } = op {
                             for u in entries {
-                                *unacked_per_queue.entry(u.queue).or_default() += 1;
+                                count(u);
                             }
                         }
                     }
@@ -963,9 +971,13 @@ impl Broker {
         }
         for q in self.topology.queues.values() {
             assert_eq!(
-                unacked_per_queue.get(&q.id).copied().unwrap_or(0),
-                q.messages.unacked,
-                "queue {} unacked count",
+                unacked_per_queue.get(&q.id).copied().unwrap_or_default(),
+                (
+                    q.messages.unacked,
+                    q.messages.unacked_bytes,
+                    q.messages.unacked_cost
+                ),
+                "queue {} unacked count, bytes and memory",
                 q.decl.name
             );
         }

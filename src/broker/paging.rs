@@ -4,9 +4,9 @@
 
 use crate::store::{LoadedEntry, StoreOp};
 
-use super::Broker;
 use super::exchange::QueueId;
 use super::queue::QueuedMessage;
+use super::{Broker, Resource};
 
 impl Broker {
     /// Memory charged for ready messages held in memory, across all queues.
@@ -20,6 +20,13 @@ impl Broker {
     /// back what fits in the queue's memory budget; for a queue nobody consumes from, also
     /// what fits in the broker's, so that backlogs waiting for consumers stay in the store.
     /// A `basic.get` waiting on an empty queue reads one message at least.
+    ///
+    /// Nothing is read while the memory alarm is on and the queue's unacked deliveries
+    /// hold more than its memory budget: a consumer that takes everything and acks
+    /// nothing (prefetch 0) would otherwise pull a backlog of any size out of the store
+    /// into memory, which the alarm, blocking only publishers, does not stop. The queue
+    /// is served again once the alarm clears or acks bring it back under its budget
+    /// ([`Broker::resume_stalled_loads`]).
     pub(super) fn request_load(&mut self, queue: QueueId) {
         let (low_water, batch) = (
             self.config.memory.page_in_low_water,
@@ -34,6 +41,12 @@ impl Broker {
             return;
         };
         if q.messages.paged.count == 0 || q.messages.paged.loading {
+            return;
+        }
+        if self.node.alarms.contains(&Resource::Memory) && q.messages.unacked_cost > queue_budget {
+            if self.topology.loads_stalled.insert(queue) {
+                self.counters.loads_stalled += 1;
+            }
             return;
         }
         let queue_room = queue_budget.saturating_sub(q.messages.memory_bytes());
@@ -51,6 +64,34 @@ impl Broker {
             self.round
                 .loads
                 .push((queue, paged.from_seq, batch, room.max(1), paged.epoch));
+        }
+    }
+
+    /// How many times a queue stopped reading its paged backlog because the memory alarm
+    /// was on and its unacked deliveries held more than its budget.
+    pub fn loads_stalled(&self) -> u64 {
+        self.counters.loads_stalled
+    }
+
+    /// Serves again the queues whose reads [`Broker::request_load`] held back, once the
+    /// memory alarm is off, their unacked deliveries are back under their budget, or they
+    /// are gone. Looks only after an event that may have ended a stall.
+    pub(super) fn resume_stalled_loads(&mut self) {
+        if !std::mem::take(&mut self.topology.loads_recheck) {
+            return;
+        }
+        let alarm = self.node.alarms.contains(&Resource::Memory);
+        let budget = self.config.memory.queue_memory_budget_bytes;
+        let stalled = std::mem::take(&mut self.topology.loads_stalled);
+        self.counters.work += stalled.len() as u64;
+        for queue in stalled {
+            match self.topology.queues.get(&queue) {
+                None => {}
+                Some(q) if alarm && q.messages.unacked_cost > budget => {
+                    self.topology.loads_stalled.insert(queue);
+                }
+                Some(_) => self.schedule_dispatch(queue),
+            }
         }
     }
 

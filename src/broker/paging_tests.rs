@@ -381,3 +381,165 @@ fn unsynced_page_outs_weigh_their_headers_and_hold_back_input() {
     assert_eq!(rig.message_count(1, "q") as u64, published);
     rig.broker.check_invariants();
 }
+
+/// The bodies of the deliveries among `replies`, with their delivery tags.
+fn delivered(replies: &[(crate::proto::command::ConnId, Reply)]) -> Vec<(u64, u32)> {
+    replies
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Reply::Deliver {
+                delivery_tag,
+                message,
+                ..
+            } => Some((
+                *delivery_tag,
+                u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_consumer_that_acks_nothing_stops_reading_the_backlog_into_memory_under_the_memory_alarm() {
+    use crate::broker::Resource;
+    let mut rig = Rig::new(small_budget());
+    let budget = rig.broker.config().memory.queue_memory_budget_bytes;
+    rig.open(1);
+    rig.open(2);
+    rig.declare(1, "hoard", false);
+    rig.declare(1, "other", false);
+    for i in 0..N {
+        rig.publish(1, "", "hoard", i, false);
+        rig.publish(1, "", "other", i, false);
+    }
+    assert!(
+        rig.store.state().paged_count() as u32 > N,
+        "both backlogs are paged"
+    );
+    rig.broker.handle_alarm(Resource::Memory, true, rig.now);
+    rig.drain();
+
+    // Prefetch 0 and manual acks: everything may go out, and nothing comes back.
+    let consume = |no_ack: bool, queue: &str| {
+        Method::BasicConsume(BasicConsume {
+            queue: queue.into(),
+            no_ack,
+            ..Default::default()
+        })
+    };
+    let mut got = delivered(&rig.method(2, consume(false, "hoard")));
+    let held = |rig: &Rig| {
+        rig.broker
+            .queue("/", "hoard")
+            .unwrap()
+            .messages
+            .unacked_cost
+    };
+    let one = held(&rig) / got.len() as u64;
+    assert!(
+        (got.len() as u32) < N && held(&rig) <= 2 * budget + one,
+        "under the alarm the backlog was read into unacked deliveries: {} of {N} delivered, {} bytes held against a budget of {budget}",
+        got.len(),
+        held(&rig)
+    );
+    assert!(held(&rig) > budget, "reads stopped only past the budget");
+
+    // Another queue's consumer, which holds nothing, still reads its backlog.
+    let others = delivered(&rig.method(1, consume(true, "other")));
+    assert_eq!(others.len() as u32, N, "the other queue is served whole");
+
+    // Acking brings the queue under its budget: reading resumes, and stops again.
+    let (last_tag, _) = *got.last().unwrap();
+    let more = delivered(&rig.method(
+        2,
+        Method::BasicAck(BasicAck {
+            delivery_tag: last_tag,
+            multiple: true,
+        }),
+    ));
+    assert!(!more.is_empty(), "acks let reading resume");
+    assert!(held(&rig) <= 2 * budget + one);
+    got.extend(more);
+    assert!((got.len() as u32) < N);
+
+    // Once the alarm clears the rest goes out, in order.
+    rig.broker.handle_alarm(Resource::Memory, false, rig.now);
+    got.extend(delivered(&rig.drain()));
+    let bodies: Vec<u32> = got.iter().map(|&(_, b)| b).collect();
+    assert_eq!(bodies, (0..N).collect::<Vec<_>>());
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn a_get_held_by_the_stall_is_answered_when_another_channel_acks() {
+    use crate::broker::Resource;
+    let mut rig = Rig::new(small_budget());
+    rig.open(1);
+    rig.open(2);
+    rig.declare(1, "q", false);
+    for i in 0..N {
+        rig.publish(1, "", "q", i, false);
+    }
+    rig.broker.handle_alarm(Resource::Memory, true, rig.now);
+    rig.drain();
+    // Connection 1 takes what it can and holds it; then it stops consuming.
+    let r = rig.method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            ..Default::default()
+        }),
+    );
+    let got = delivered(&r);
+    let (last_tag, _) = *got.last().unwrap();
+    rig.method(
+        1,
+        Method::BasicCancel(BasicCancel {
+            consumer_tag: "c".into(),
+            ..Default::default()
+        }),
+    );
+    // Connection 2's get finds nothing in memory and the reads stalled: it waits.
+    let r = rig.method(
+        2,
+        Method::BasicGet(BasicGet {
+            queue: "q".into(),
+            no_ack: true,
+            ..Default::default()
+        }),
+    );
+    assert!(
+        !r.iter().any(|(_, r)| matches!(
+            r,
+            Reply::Content { .. }
+                | Reply::Method {
+                    method: Method::BasicGetEmpty(_),
+                    ..
+                }
+        )),
+        "the get waits: {r:?}"
+    );
+    // Connection 1's ack brings the queue back under its budget: the get is answered.
+    let r = rig.method(
+        1,
+        Method::BasicAck(BasicAck {
+            delivery_tag: last_tag,
+            multiple: true,
+        }),
+    );
+    let answered = r.iter().find_map(|(conn, r)| match r {
+        Reply::Content {
+            method: Method::BasicGetOk(_),
+            message,
+            ..
+        } => Some((
+            *conn,
+            u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
+        )),
+        _ => None,
+    });
+    assert_eq!(answered, Some((2, got.len() as u32)), "{r:?}");
+    rig.broker.check_invariants();
+}

@@ -35,6 +35,14 @@ pub(super) struct Topology {
     pub(super) meter: MemoryMeter,
     /// Messages waiting in delayed-message exchanges.
     pub(super) delayed: super::delayed::DelayedMessages,
+    /// Queues that did not read their paged backlog back because the memory alarm is on
+    /// and their unacked deliveries hold more than their memory budget
+    /// ([`Broker::request_load`](super::Broker)); each is looked at again after every
+    /// input, and served once that no longer holds.
+    pub(super) loads_stalled: BTreeSet<QueueId>,
+    /// Something that may end a stall happened (the memory alarm cleared, a delivery was
+    /// settled): look at the stalled queues again.
+    pub(super) loads_recheck: bool,
 }
 
 impl Default for Topology {
@@ -48,6 +56,8 @@ impl Default for Topology {
             flow_timers: BinaryHeap::new(),
             meter: MemoryMeter::default(),
             delayed: Default::default(),
+            loads_stalled: BTreeSet::new(),
+            loads_recheck: false,
         }
     }
 }
@@ -321,4 +331,7 @@ pub(super) struct Counters {
     pub(super) work: u64,
     /// Message counters.
     pub(super) totals: MessageCounters,
+    /// Queues whose reads of their paged backlog were held back under the memory alarm
+    /// ([`super::Broker::loads_stalled`]).
+    pub(super) loads_stalled: u64,
 }

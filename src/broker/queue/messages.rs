@@ -46,6 +46,11 @@ pub struct Messages {
     pub redelivered_below_seq: u64,
     /// Messages delivered to consumers or basic.get and not yet acked.
     pub unacked: u64,
+    /// Their bodies' bytes.
+    pub unacked_bytes: u64,
+    /// The memory they hold ([`QueuedMessage::cost`]): an unacked delivery keeps its
+    /// message until it is settled.
+    pub unacked_cost: u64,
     /// Positions of stored messages whose store batch is not yet synced, with that batch,
     /// when the broker delivers only what is synced ([`Messages::hold`]): no message at
     /// or after the first of them is delivered. In position and batch order; one entry
@@ -68,6 +73,8 @@ impl Messages {
             paged: Paged::default(),
             redelivered_below_seq: 0,
             unacked: 0,
+            unacked_bytes: 0,
+            unacked_cost: 0,
             held: VecDeque::new(),
         }
     }
@@ -204,6 +211,21 @@ impl Messages {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         entry.priority = self.priority_of(&entry.message);
         self.insert_in_order(entry);
+    }
+
+    /// `entry` went out to be acked.
+    pub fn delivered_unacked(&mut self, entry: &QueuedMessage) {
+        self.unacked += 1;
+        self.unacked_bytes += entry.message.body_len();
+        self.unacked_cost += entry.cost;
+    }
+
+    /// An unacked delivery of `entry` was acked, rejected or put back.
+    pub fn settled_unacked(&mut self, entry: &QueuedMessage) {
+        debug_assert!(self.unacked > 0 && self.unacked_cost >= entry.cost);
+        self.unacked -= 1;
+        self.unacked_bytes -= entry.message.body_len();
+        self.unacked_cost -= entry.cost;
     }
 
     /// Updates the counts of messages held in memory.
