@@ -85,6 +85,17 @@ def test_add_user_tags_permissions_then_pika_works(user, uid, cleanup):
     # list_queues shows the queue with its message count.
     assert f"{queue}\t1" in queue_lines()
     assert f"{queue}\t1\t0" in queue_lines("name", "messages_ready", "messages_unacknowledged")
+    # A delivery held unacked is counted, bytes too, until its connection closes.
+    conn = pika.BlockingConnection(params(user, "123"))
+    try:
+        _m, _p, body = conn.channel().basic_get(queue, auto_ack=False)
+        assert body == b"m2"
+        cols = ("name", "messages_ready", "messages_unacknowledged", "message_bytes",
+                "message_bytes_ready", "message_bytes_unacknowledged")
+        assert f"{queue}\t0\t1\t2\t0\t2" in queue_lines(*cols)
+    finally:
+        conn.close()
+    assert f"{queue}\t1\t0\t2\t2\t0" in queue_lines(*cols)
 
 
 def test_user_without_write_permission_gets_403(user, uid, cleanup):

@@ -136,9 +136,15 @@ fn queue_order(key: &str) -> Option<fn(&QueueInfo, &QueueInfo) -> Ordering> {
         "messages_unacknowledged" => {
             |a, b| a.messages_unacknowledged.cmp(&b.messages_unacknowledged)
         }
-        "message_bytes" | "message_bytes_ready" => {
-            |a, b| a.message_bytes_ready.cmp(&b.message_bytes_ready)
-        }
+        "message_bytes" => |a, b| {
+            (a.message_bytes_ready + a.message_bytes_unacknowledged)
+                .cmp(&(b.message_bytes_ready + b.message_bytes_unacknowledged))
+        },
+        "message_bytes_ready" => |a, b| a.message_bytes_ready.cmp(&b.message_bytes_ready),
+        "message_bytes_unacknowledged" => |a, b| {
+            a.message_bytes_unacknowledged
+                .cmp(&b.message_bytes_unacknowledged)
+        },
         "consumers" => |a, b| a.consumers.cmp(&b.consumers),
         _ => return None,
     })

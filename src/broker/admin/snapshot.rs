@@ -43,6 +43,8 @@ pub struct QueueInfo {
     pub messages_unacknowledged: u64,
     /// Bytes of ready message bodies.
     pub message_bytes_ready: u64,
+    /// Bytes of the bodies delivered and not yet acknowledged.
+    pub message_bytes_unacknowledged: u64,
     /// Consumers.
     pub consumers: u64,
     /// The tag of an exclusive consumer.
@@ -276,6 +278,7 @@ impl Broker {
                 messages_ready: q.ready_count(),
                 messages_unacknowledged: q.messages.unacked,
                 message_bytes_ready: q.messages.ready_bytes(),
+                message_bytes_unacknowledged: q.messages.unacked_bytes,
                 consumers: q.consumers.len() as u64,
                 exclusive_consumer_tag: q.consumers.exclusive_holder().map(|c| c.tag.to_string()),
                 idle_since_ms: q.consumers.is_empty().then_some(q.expiry.last_used_ms),
