@@ -1,5 +1,7 @@
 //! Resource alarms on a real server: with the disk alarm in force from the start, a
-//! publisher is blocked after its first publish while a consumer keeps draining.
+//! publisher is blocked after its first publish while a consumer keeps draining; with the
+//! memory alarm in force, a consumer that acks nothing does not pull a paged backlog into
+//! memory.
 
 mod common;
 
@@ -112,5 +114,124 @@ fn alarms_show_in_the_health_check_and_metrics() {
     assert!(
         metrics.contains("rabbitmq_alarms_memory_used_watermark 0"),
         "{metrics}"
+    );
+}
+
+/// Deliveries that arrive on `client` until it has been quiet for `quiet`: their delivery
+/// tags, in order.
+fn deliveries_until_quiet(client: &mut RawClient, quiet: Duration) -> Vec<u64> {
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut tags = Vec::new();
+    loop {
+        match client.try_recv_frame() {
+            Ok(Some(warren::proto::frame::Frame::Method {
+                method: Method::BasicDeliver(d),
+                ..
+            })) => tags.push(d.delivery_tag),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the server closed the connection"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    tags
+}
+
+#[test]
+fn under_the_memory_alarm_a_consumer_that_acks_nothing_does_not_pull_the_paged_backlog() {
+    const BACKLOG: u64 = 6_000;
+    let mut budget = tempfile::NamedTempFile::new().unwrap();
+    writeln!(budget, "queue_memory_budget_bytes = 65536").unwrap();
+    let budget_path = budget.path().to_str().unwrap().to_string();
+    let server = Server::start_with(&["--config", &budget_path]);
+    let mut publisher = RawClient::open(server.port);
+    publisher.open_channel(1);
+    publisher.send_method(
+        1,
+        Method::QueueDeclare(QueueDeclare {
+            queue: "backlog".into(),
+            durable: true,
+            ..Default::default()
+        }),
+    );
+    assert!(matches!(
+        publisher.expect_method().1,
+        Method::QueueDeclareOk(_)
+    ));
+    publisher.send_method(1, Method::ConfirmSelect(ConfirmSelect::default()));
+    assert!(matches!(
+        publisher.expect_method().1,
+        Method::ConfirmSelectOk(_)
+    ));
+    let persistent = BasicProperties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    for _ in 0..BACKLOG {
+        publisher.publish(1, "", "backlog", persistent.clone(), &[7u8; 1024]);
+    }
+    loop {
+        match publisher.expect_method().1 {
+            Method::BasicAck(a) if a.delivery_tag == BACKLOG => break,
+            Method::BasicAck(_) => {}
+            other => panic!("expected confirms, got {other:?}"),
+        }
+    }
+    let (dir, _) = server.terminate(Duration::from_secs(10));
+
+    // Back up with the memory alarm in force from the first reading: the head of the
+    // queue is read back at start, the rest stays in the store until consumers near it.
+    let mut alarm = tempfile::NamedTempFile::new().unwrap();
+    writeln!(alarm, "queue_memory_budget_bytes = 65536").unwrap();
+    writeln!(alarm, "memory_high_watermark = 0.000001").unwrap();
+    let alarm_path = alarm.path().to_str().unwrap().to_string();
+    let server = Server::start_in(dir, &["--config", &alarm_path]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut hoarder = RawClient::open(server.port);
+    hoarder.open_channel(1);
+    hoarder.send_method(
+        1,
+        Method::BasicConsume(BasicConsume {
+            queue: "backlog".into(),
+            consumer_tag: "hoard".into(),
+            ..Default::default()
+        }),
+    );
+    let first = deliveries_until_quiet(&mut hoarder, Duration::from_millis(1500));
+    assert!(
+        !first.is_empty() && (first.len() as u64) < BACKLOG / 4,
+        "a consumer that acks nothing took {} of {BACKLOG} under the memory alarm",
+        first.len()
+    );
+    // Acking lets the queue read a little more, and then it holds back again.
+    hoarder.send_method(
+        1,
+        Method::BasicAck(BasicAck {
+            delivery_tag: *first.last().unwrap(),
+            multiple: true,
+        }),
+    );
+    let second = deliveries_until_quiet(&mut hoarder, Duration::from_millis(1500));
+    assert!(
+        !second.is_empty() && ((first.len() + second.len()) as u64) < BACKLOG / 2,
+        "after acking everything, {} more arrived of the {} left",
+        second.len(),
+        BACKLOG - first.len() as u64
+    );
+    println!(
+        "under the memory alarm: {} delivered, then {} more once they were acked, of {BACKLOG}",
+        first.len(),
+        second.len()
     );
 }
