@@ -141,7 +141,8 @@ impl Broker {
     /// queue a connection lists as waiting has a consumer on that channel (a queue whose
     /// consumers were woken by other means may still be listed: a free there wakes them
     /// once more). A queue with nothing in memory and a consumer that could take its paged
-    /// messages has a read of them on the way, or is held back by the memory alarm.
+    /// messages has a read of them on the way, or is held back by the memory alarm; one
+    /// with a get waiting has a read on the way.
     pub(super) fn check_skipped_searches(&self) {
         let limits = self.take_limits();
         for (&id, q) in &self.topology.queues {
@@ -175,10 +176,16 @@ impl Broker {
                         || (self.node.alarms.contains(&super::Resource::Memory)
                             && q.messages.unacked_cost
                                 > self.config.memory.queue_memory_budget_bytes));
-                let wanted = !q.waiting_gets.is_empty()
-                    || q.consumers
-                        .candidates_of(single_active)
-                        .any(|c| consumer_blocked(&self.sessions, limits, c).is_none());
+                assert!(
+                    q.waiting_gets.is_empty(),
+                    "queue {} has a get waiting, nothing in memory, and no read of its paged \
+                     messages on the way",
+                    q.decl.name
+                );
+                let wanted = q
+                    .consumers
+                    .candidates_of(single_active)
+                    .any(|c| consumer_blocked(&self.sessions, limits, c).is_none());
                 assert!(
                     held_back || !wanted,
                     "queue {} has paged messages one of its consumers can take, none in \

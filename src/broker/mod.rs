@@ -528,6 +528,8 @@ impl Broker {
     pub fn reload_config(&mut self, new: &BrokerConfig) {
         self.config.memory = new.memory.clone();
         self.config.alarms = new.alarms.clone();
+        // A new budget may end a stall of paged reads.
+        self.topology.loads_recheck = true;
         self.config.loopback_users = new.loopback_users.clone();
     }
 

@@ -21,12 +21,14 @@ impl Broker {
     /// what fits in the broker's, so that backlogs waiting for consumers stay in the store.
     /// A `basic.get` waiting on an empty queue reads one message at least.
     ///
-    /// Nothing is read while the memory alarm is on and the queue's unacked deliveries
-    /// hold more than its memory budget: a consumer that takes everything and acks
-    /// nothing (prefetch 0) would otherwise pull a backlog of any size out of the store
-    /// into memory, which the alarm, blocking only publishers, does not stop. The queue
-    /// is served again once the alarm clears or acks bring it back under its budget
-    /// ([`Broker::resume_stalled_loads`]).
+    /// Nothing is read for consumers while the memory alarm is on and the queue's unacked
+    /// deliveries hold more than its memory budget: a consumer that takes everything and
+    /// acks nothing (prefetch 0) would otherwise pull a backlog of any size out of the
+    /// store into memory, which the alarm, blocking only publishers, does not stop. The
+    /// queue's consumers are served again once the alarm clears or acks bring it back
+    /// under its budget ([`Broker::resume_stalled_loads`]). A waiting `basic.get` still
+    /// reads the one message it takes, since it holds its connection's input (its acks
+    /// too) until it is answered.
     pub(super) fn request_load(&mut self, queue: QueueId) {
         let (low_water, batch) = (
             self.config.memory.page_in_low_water,
@@ -43,12 +45,6 @@ impl Broker {
         if q.messages.paged.count == 0 || q.messages.paged.loading {
             return;
         }
-        if self.node.alarms.contains(&Resource::Memory) && q.messages.unacked_cost > queue_budget {
-            if self.topology.loads_stalled.insert(queue) {
-                self.counters.loads_stalled += 1;
-            }
-            return;
-        }
         let queue_room = queue_budget.saturating_sub(q.messages.memory_bytes());
         let active = !q.consumers.is_empty() || !q.waiting_gets.is_empty();
         let room = if active {
@@ -58,13 +54,26 @@ impl Broker {
         };
         let low = q.messages.in_memory_count() < low_water && room >= queue_budget / 2;
         let get_starved = !q.waiting_gets.is_empty() && q.messages.in_memory_count() == 0;
-        if low || get_starved {
-            let paged = &mut q.messages.paged;
-            paged.loading = true;
-            self.round
-                .loads
-                .push((queue, paged.from_seq, batch, room.max(1), paged.epoch));
+        if !(low || get_starved) {
+            return;
         }
+        let (mut batch, mut max_bytes) = (batch, room.max(1));
+        if self.node.alarms.contains(&Resource::Memory) && q.messages.unacked_cost > queue_budget {
+            if self.topology.loads_stalled.insert(queue) {
+                self.counters.loads_stalled += 1;
+            }
+            if !get_starved {
+                return;
+            }
+            // A waiting get holds its connection's input, the acks that would end the
+            // stall among it: it reads its one message.
+            (batch, max_bytes) = (1, 1);
+        }
+        let paged = &mut q.messages.paged;
+        paged.loading = true;
+        self.round
+            .loads
+            .push((queue, paged.from_seq, batch, max_bytes, paged.epoch));
     }
 
     /// How many times a queue stopped reading its paged backlog because the memory alarm

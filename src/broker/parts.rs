@@ -37,8 +37,8 @@ pub(super) struct Topology {
     pub(super) delayed: super::delayed::DelayedMessages,
     /// Queues that did not read their paged backlog back because the memory alarm is on
     /// and their unacked deliveries hold more than their memory budget
-    /// ([`Broker::request_load`](super::Broker)); each is looked at again after every
-    /// input, and served once that no longer holds.
+    /// ([`Broker::request_load`](super::Broker)); they are looked at again after an event
+    /// that may end that (`loads_recheck`), and served once it no longer holds.
     pub(super) loads_stalled: BTreeSet<QueueId>,
     /// Something that may end a stall happened (the memory alarm cleared, a delivery was
     /// settled): look at the stalled queues again.
