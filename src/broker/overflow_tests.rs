@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::broker::BrokerConfig;
-use crate::broker::test_rig::Rig;
+use crate::broker::test_rig::{Rig, delivered};
 use crate::proto::command::{ConnId, Reply};
 use crate::proto::method::*;
 use crate::proto::table::{FieldTable, FieldValue};
@@ -54,24 +54,6 @@ fn consume(rig: &mut Rig, prefetch: u16) {
             ..Default::default()
         }),
     );
-}
-
-/// The bodies delivered in these replies, with their delivery tags.
-fn delivered(replies: &[(ConnId, Reply)]) -> Vec<(u64, u32)> {
-    replies
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Reply::Deliver {
-                delivery_tag,
-                message,
-                ..
-            } => Some((
-                *delivery_tag,
-                u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Publishes a transient message with this body to "q"; returns the replies.

@@ -1,7 +1,7 @@
 //! Tests of paging and of the store contract, driving the broker with an in-memory store
 //! the way the server drives it with fjall.
 
-use crate::broker::test_rig::{Rig, small_budget};
+use crate::broker::test_rig::{Rig, delivered, small_budget};
 use crate::broker::{BrokerConfig, Output};
 use crate::proto::command::{Command, Reply};
 use crate::proto::method::*;
@@ -380,24 +380,6 @@ fn unsynced_page_outs_weigh_their_headers_and_hold_back_input() {
     assert!(rig.broker.wants_input());
     assert_eq!(rig.message_count(1, "q") as u64, published);
     rig.broker.check_invariants();
-}
-
-/// The bodies of the deliveries among `replies`, with their delivery tags.
-fn delivered(replies: &[(crate::proto::command::ConnId, Reply)]) -> Vec<(u64, u32)> {
-    replies
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Reply::Deliver {
-                delivery_tag,
-                message,
-                ..
-            } => Some((
-                *delivery_tag,
-                u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -365,3 +365,21 @@ impl Rig {
         }
     }
 }
+
+/// The bodies delivered in these replies, with their delivery tags.
+pub(super) fn delivered(replies: &[(ConnId, Reply)]) -> Vec<(u64, u32)> {
+    replies
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Reply::Deliver {
+                delivery_tag,
+                message,
+                ..
+            } => Some((
+                *delivery_tag,
+                u32::from_be_bytes(message.body.as_ref().try_into().unwrap()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
