@@ -450,12 +450,12 @@ impl Broker {
     }
 
     fn apply_settlement(&mut self, entries: Vec<Unacked>, how: Settle) {
-        self.topology.loads_recheck |= !self.topology.loads_stalled.is_empty();
         let acked = match how {
             Settle::Requeue => return self.requeue_all(entries),
             Settle::Ack => true,
             Settle::Discard => false,
         };
+        self.topology.loads_recheck |= !self.topology.loads_stalled.is_empty();
         // Rejected messages are dead-lettered a queue at a time, in queue order.
         let mut rejected: std::collections::BTreeMap<QueueId, Vec<QueuedMessage>> =
             Default::default();

@@ -145,6 +145,7 @@ impl Broker {
     /// with a get waiting has a read on the way.
     pub(super) fn check_skipped_searches(&self) {
         let limits = self.take_limits();
+        let stall_over = self.read_stall_budget();
         for (&id, q) in &self.topology.queues {
             for c in q.consumers.iter().filter(|c| !q.consumers.to_try(c)) {
                 assert!(
@@ -173,9 +174,7 @@ impl Broker {
             {
                 let held_back = self.topology.loads_stalled.contains(&id)
                     && (self.topology.loads_recheck
-                        || (self.node.alarms.contains(&super::Resource::Memory)
-                            && q.messages.unacked_cost
-                                > self.config.memory.queue_memory_budget_bytes));
+                        || stall_over.is_some_and(|over| q.messages.unacked_cost > over));
                 assert!(
                     q.waiting_gets.is_empty(),
                     "queue {} has a get waiting, nothing in memory, and no read of its paged \

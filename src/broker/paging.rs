@@ -39,6 +39,7 @@ impl Broker {
             self.config.memory.memory_budget_bytes,
         );
         let broker_room = broker_budget.saturating_sub(self.memory_bytes());
+        let stall_over = self.read_stall_budget();
         let Some(q) = self.topology.queues.get_mut(&queue) else {
             return;
         };
@@ -58,7 +59,7 @@ impl Broker {
             return;
         }
         let (mut batch, mut max_bytes) = (batch, room.max(1));
-        if self.node.alarms.contains(&Resource::Memory) && q.messages.unacked_cost > queue_budget {
+        if stall_over.is_some_and(|over| q.messages.unacked_cost > over) {
             if self.topology.loads_stalled.insert(queue) {
                 self.counters.loads_stalled += 1;
             }
@@ -76,6 +77,15 @@ impl Broker {
             .push((queue, paged.from_seq, batch, max_bytes, paged.epoch));
     }
 
+    /// While the memory alarm is on, the memory a queue's unacked deliveries may hold
+    /// before it stops reading its paged backlog for its consumers (its budget).
+    pub(super) fn read_stall_budget(&self) -> Option<u64> {
+        self.node
+            .alarms
+            .contains(&Resource::Memory)
+            .then_some(self.config.memory.queue_memory_budget_bytes)
+    }
+
     /// How many times a queue stopped reading its paged backlog because the memory alarm
     /// was on and its unacked deliveries held more than its budget.
     pub fn loads_stalled(&self) -> u64 {
@@ -89,14 +99,13 @@ impl Broker {
         if !std::mem::take(&mut self.topology.loads_recheck) {
             return;
         }
-        let alarm = self.node.alarms.contains(&Resource::Memory);
-        let budget = self.config.memory.queue_memory_budget_bytes;
+        let stall_over = self.read_stall_budget();
         let stalled = std::mem::take(&mut self.topology.loads_stalled);
         self.counters.work += stalled.len() as u64;
         for queue in stalled {
             match self.topology.queues.get(&queue) {
                 None => {}
-                Some(q) if alarm && q.messages.unacked_cost > budget => {
+                Some(q) if stall_over.is_some_and(|over| q.messages.unacked_cost > over) => {
                     self.topology.loads_stalled.insert(queue);
                 }
                 Some(_) => self.schedule_dispatch(queue),
