@@ -12,12 +12,20 @@ use common::{RawClient, Server};
 use warren::proto::method::*;
 use warren::proto::props::BasicProperties;
 
+/// A config file holding `text`, and its path (the file lives as long as the handle).
+fn config_file(text: &str) -> (tempfile::NamedTempFile, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "{text}").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    (file, path)
+}
+
+/// No file system has this much free space: the disk alarm is on from the first check.
+const DISK_ALARM: &str = "disk_free_limit_bytes = 4611686018427387904";
+
 #[test]
 fn disk_alarm_blocks_publishers_and_lets_consumers_drain() {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    // No file system has this much free space: the disk alarm is on from the first check.
-    writeln!(config, "disk_free_limit_bytes = {}", 1u64 << 62).unwrap();
-    let path = config.path().to_str().unwrap().to_string();
+    let (_config, path) = config_file(DISK_ALARM);
     let server = Server::start_with(&["--config", &path]);
     std::thread::sleep(Duration::from_millis(300));
 
@@ -79,9 +87,7 @@ fn disk_alarm_blocks_publishers_and_lets_consumers_drain() {
 #[test]
 fn alarms_show_in_the_health_check_and_metrics() {
     use base64::Engine;
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    writeln!(config, "disk_free_limit_bytes = {}", 1u64 << 62).unwrap();
-    let path = config.path().to_str().unwrap().to_string();
+    let (_config, path) = config_file(DISK_ALARM);
     let server = Server::start_with(&["--config", &path]);
     std::thread::sleep(Duration::from_millis(300));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -151,9 +157,7 @@ fn deliveries_until_quiet(client: &mut RawClient, quiet: Duration) -> Vec<u64> {
 #[test]
 fn under_the_memory_alarm_a_consumer_that_acks_nothing_does_not_pull_the_paged_backlog() {
     const BACKLOG: u64 = 6_000;
-    let mut budget = tempfile::NamedTempFile::new().unwrap();
-    writeln!(budget, "queue_memory_budget_bytes = 65536").unwrap();
-    let budget_path = budget.path().to_str().unwrap().to_string();
+    let (_budget, budget_path) = config_file("queue_memory_budget_bytes = 65536");
     let server = Server::start_with(&["--config", &budget_path]);
     let mut publisher = RawClient::open(server.port);
     publisher.open_channel(1);
@@ -192,10 +196,8 @@ fn under_the_memory_alarm_a_consumer_that_acks_nothing_does_not_pull_the_paged_b
 
     // Back up with the memory alarm in force from the first reading: the head of the
     // queue is read back at start, the rest stays in the store until consumers near it.
-    let mut alarm = tempfile::NamedTempFile::new().unwrap();
-    writeln!(alarm, "queue_memory_budget_bytes = 65536").unwrap();
-    writeln!(alarm, "memory_high_watermark = 0.000001").unwrap();
-    let alarm_path = alarm.path().to_str().unwrap().to_string();
+    let (_alarm, alarm_path) =
+        config_file("queue_memory_budget_bytes = 65536\nmemory_high_watermark = 0.000001");
     let server = Server::start_in(dir, &["--config", &alarm_path]);
     std::thread::sleep(Duration::from_millis(1500));
     let mut hoarder = RawClient::open(server.port);
