@@ -95,10 +95,11 @@ struct ServeArgs {
     threads: usize,
     /// With --threads 1: microseconds the thread waits before sleeping for events when its
     /// last sleep was under a millisecond and the wake since found less than this much
-    /// work, so that one wake-up serves several clients' messages (less CPU a message, up
-    /// to this much more latency a hop; none when idle, lightly loaded or saturated); 0
-    /// sleeps at once.
-    #[arg(long, env = "WARREN_WAKE_GATHER_US", default_value_t = 100,
+    /// work, so that one wake-up serves several clients' messages (up to this much more
+    /// latency a hop; none when idle, lightly loaded or saturated). Whether it saves CPU
+    /// depends on what a sleep costs on the machine: measure before setting it. 0 (the
+    /// default) sleeps at once.
+    #[arg(long, env = "WARREN_WAKE_GATHER_US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=warren::server::gather::MAX_GATHER_US))]
     wake_gather_us: u64,
 }
