@@ -292,14 +292,15 @@ impl Broker {
         }
         self.touch_queue(qid);
         let channel_uid = self.channel_uid(conn, channel).unwrap_or_default();
-        let q = self
-            .topology
-            .queues
-            .get_mut(&qid)
-            .ok_or_else(|| not_found("queue vanished"))?;
-        if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
-            // The queue is not empty, its next messages are in the store: answer once they
-            // are read back.
+        if !self.topology.queues.contains_key(&qid) {
+            return Err(not_found("queue vanished"));
+        }
+        if self.get_one(conn, channel, qid, m.no_ack) {
+            return Ok(());
+        }
+        // The queue is not empty, its next messages are in the store: answer once they
+        // are read back.
+        if let Some(q) = self.topology.queues.get_mut(&qid) {
             q.waiting_gets.push_back(WaitingGet {
                 conn,
                 channel,
@@ -309,17 +310,24 @@ impl Broker {
             self.sessions.held.entry(conn).or_default();
             self.set_paused(conn, super::flow::PAUSED_BY_GET, true);
             self.request_load(qid);
-            return Ok(());
         }
-        self.get_one(conn, channel, qid, m.no_ack);
         Ok(())
     }
 
-    /// Answers a `basic.get` from what the queue holds in memory.
-    pub(super) fn get_one(&mut self, conn: ConnId, channel: u16, qid: QueueId, no_ack: bool) {
+    /// Answers a `basic.get` from what the queue holds in memory. Returns false, answering
+    /// nothing, when nothing is left in memory (expired messages dropped) while its next
+    /// messages are in the store: the get must wait for them to be read back.
+    #[must_use]
+    pub(super) fn get_one(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        qid: QueueId,
+        no_ack: bool,
+    ) -> bool {
         let now = self.now_ms;
         let Some(q) = self.topology.queues.get_mut(&qid) else {
-            return;
+            return true;
         };
         // A get finds a message expired once its expiry time has come, as RabbitMQ does
         // (`Now >= Expiry`): one published with a TTL of 0 is never got, even in the
@@ -330,15 +338,21 @@ impl Broker {
             self.dead_letter(qid, expired, DeathReason::Expired);
         }
         let Some(q) = self.topology.queues.get_mut(&qid) else {
-            return;
+            return true;
         };
+        if q.messages.in_memory_count() == 0 && q.messages.paged.count > 0 {
+            return false;
+        }
         let Some(entry) = q.messages.pop() else {
+            if q.messages.paged.count > 0 && !q.messages.head_held() {
+                self.counters.gets_wrongly_empty += 1;
+            }
             self.send_method(
                 conn,
                 channel,
                 Method::BasicGetEmpty(BasicGetEmpty::default()),
             );
-            return;
+            return true;
         };
         let remaining = q.ready_count() as u32;
         let quorum = q.decl.settings.quorum;
@@ -360,7 +374,7 @@ impl Broker {
                 }
                 q.messages.requeue(entry);
             }
-            return;
+            return true;
         };
         let tag = ch.next_tag;
         ch.next_tag += 1;
@@ -393,6 +407,7 @@ impl Broker {
             },
         );
         self.schedule_dispatch(qid);
+        true
     }
 
     // ----- acknowledgements -----

@@ -904,6 +904,10 @@ impl Broker {
         // What ties topology and sessions: exclusive owners, consumers registered on both
         // sides, unacked counts.
         self.check_skipped_searches();
+        assert_eq!(
+            self.counters.gets_wrongly_empty, 0,
+            "a basic.get was answered get-empty while its queue had paged messages"
+        );
         for q in self.topology.queues.values() {
             assert!(
                 !q.messages.holding() || self.round.holding.contains(&q.id),

@@ -179,8 +179,14 @@ impl Broker {
             let Some(get) = q.waiting_gets.pop_front() else {
                 return;
             };
-            if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid) {
-                self.get_one(get.conn, get.channel, queue, get.no_ack);
+            if self.channel_uid(get.conn, get.channel) == Some(get.channel_uid)
+                && !self.get_one(get.conn, get.channel, queue, get.no_ack)
+            {
+                // What was read had expired: the get waits for the next batch.
+                if let Some(q) = self.topology.queues.get_mut(&queue) {
+                    q.waiting_gets.push_front(get);
+                }
+                continue;
             }
             self.sessions.to_resume.push(get.conn);
         }

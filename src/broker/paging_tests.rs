@@ -508,3 +508,39 @@ fn under_the_stall_a_get_reads_its_message_and_an_ack_frees_another_consumer() {
     assert_eq!(rest, (got.len() as u32 + 1..N).collect::<Vec<_>>());
     rig.broker.check_invariants();
 }
+
+#[test]
+fn a_get_whose_messages_in_memory_all_expired_reads_the_paged_ones() {
+    // The head of the backlog (in memory and the start of the paged part) expires; the
+    // rest does not. A get must skip the expired ones wherever they are, reading the
+    // paged part back as often as it takes, and not call the queue empty.
+    let mut rig = Rig::new(small_budget());
+    rig.open(1);
+    rig.declare(1, "q", false);
+    let expiring = N / 2;
+    for i in 0..N {
+        let properties = crate::proto::props::BasicProperties {
+            expiration: (i < expiring).then(|| "1000".into()),
+            ..Default::default()
+        };
+        rig.publish_props(1, "", "q", i, properties);
+    }
+    let counted = rig.message_count(1, "q");
+    assert!(
+        (rig.store.state().paged_count() as u32) > N - expiring,
+        "expiring messages are paged too"
+    );
+    rig.now += 2_000;
+    assert_eq!(
+        rig.get(1, "q"),
+        Some((expiring, false)),
+        "the first message that has not expired ({counted} counted)"
+    );
+    let mut next = expiring + 1;
+    while let Some((i, _)) = rig.get(1, "q") {
+        assert_eq!(i, next);
+        next += 1;
+    }
+    assert_eq!(next, N);
+    rig.broker.check_invariants();
+}
