@@ -344,7 +344,9 @@ impl Broker {
             return false;
         }
         let Some(entry) = q.messages.pop() else {
-            if q.messages.paged.count > 0 && !q.messages.head_held() {
+            // The answer's own rule, whatever the checks above: get-empty only for a queue
+            // with nothing ready, or whose head waits for its sync.
+            if q.messages.ready_count() > 0 && !q.messages.head_held() {
                 self.counters.gets_wrongly_empty += 1;
             }
             self.send_method(

@@ -906,7 +906,7 @@ impl Broker {
         self.check_skipped_searches();
         assert_eq!(
             self.counters.gets_wrongly_empty, 0,
-            "a basic.get was answered get-empty while its queue had paged messages"
+            "a basic.get was answered get-empty while its queue had ready messages"
         );
         for q in self.topology.queues.values() {
             assert!(

@@ -334,8 +334,8 @@ pub(super) struct Counters {
     /// Queues whose reads of their paged backlog were held back under the memory alarm
     /// ([`super::Broker::loads_stalled`]).
     pub(super) loads_stalled: u64,
-    /// `basic.get`s answered get-empty while the queue had messages a get could take
-    /// (in the store, its head not held back for a sync): none, as
+    /// `basic.get`s answered get-empty while the queue had ready messages (in memory or
+    /// in the store) and its head was not held back for a sync: none, as
     /// [`super::Broker::check_invariants`] asserts.
     pub(super) gets_wrongly_empty: u64,
 }
