@@ -37,67 +37,6 @@ fn first_publication(message: &Message) -> Option<(String, String)> {
 }
 
 impl Broker {
-    /// A get or peek reads what the queue holds in memory. One that asks for more while
-    /// the rest of the queue is in the store must first wait for reads of it: returns the
-    /// queue and how many messages the request wants in memory, expired ones dropped first.
-    pub(in crate::broker) fn admin_read_wanted(
-        &mut self,
-        request: &super::AdminRequest,
-    ) -> Option<(QueueId, u64)> {
-        let (actor, vhost, queue, count) = match request {
-            super::AdminRequest::Get {
-                actor,
-                vhost,
-                queue,
-                count,
-                ..
-            } => (
-                actor,
-                vhost,
-                queue,
-                (*count).min(super::topology::MAX_GET_COUNT),
-            ),
-            super::AdminRequest::Peek {
-                actor,
-                vhost,
-                queue,
-                count,
-            } => (actor, vhost, queue, (*count).min(MAX_PEEK_COUNT)),
-            _ => return None,
-        };
-        // Refusals are answered at once, by the request itself.
-        let qid = self.inspectable_queue(actor, vhost, queue).ok()?;
-        let now = self.now_ms;
-        let expired = self
-            .topology
-            .queues
-            .get_mut(&qid)
-            .map(|q| q.messages.drop_expired(now))
-            .unwrap_or_default();
-        self.dead_letter(qid, expired, super::super::death::DeathReason::Expired);
-        let q = self.topology.queues.get(&qid)?;
-        let want = count as u64;
-        (q.messages.paged.count > 0 && q.messages.in_memory_count() < want).then_some((qid, want))
-    }
-
-    /// Parks a get or peek that must wait for reads of the store ([`Self::admin_read_wanted`])
-    /// on its queue, or gives it back. `serve_waiting_gets` answers it once memory holds
-    /// what it wants or nothing more is paged.
-    pub(in crate::broker) fn wait_for_paged(
-        &mut self,
-        id: super::AdminId,
-        request: super::AdminRequest,
-    ) -> Option<super::AdminRequest> {
-        let Some((qid, want)) = self.admin_read_wanted(&request) else {
-            return Some(request);
-        };
-        let q = self.topology.queues.get_mut(&qid)?;
-        q.waiting_admin
-            .push_back(super::super::queue::WaitingAdmin { id, request, want });
-        self.request_load(qid);
-        None
-    }
-
     /// A queue a user may read from over the API: it exists, the actor has read permission,
     /// and no connection owns it.
     pub(super) fn inspectable_queue(
