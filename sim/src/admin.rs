@@ -19,8 +19,8 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use warren::broker::admin::{
-    AdminErrorKind, AdminId, AdminReply, AdminRequest, AdminResult, Definitions, ExchangeDef,
-    Password, PutMode,
+    Actor, AdminErrorKind, AdminId, AdminReply, AdminRequest, AdminResult, Definitions,
+    ExchangeDef, Password, PutMode,
 };
 use warren::broker::{Broker, ConnInfo};
 use warren::proto::command::{Command, ConnId, Login, Reply};
@@ -64,6 +64,10 @@ pub struct AdminStats {
     pub limit_changes: u64,
     /// Requests naming something past AMQP's 255 bytes, refused as they must be.
     pub oversized_refused: u64,
+    /// Peeks at the workload's queues answered and checked.
+    pub peeks: u64,
+    /// Messages they returned.
+    pub peeked: u64,
 }
 
 /// One object the operator owns.
@@ -184,6 +188,8 @@ impl Operator {
         }
         let request = if self.rng.gen_bool(0.03) {
             self.oversized()
+        } else if self.rng.gen_bool(0.1) {
+            self.peek()
         } else if self.rng.gen_bool(0.35) {
             self.policies.pick(&mut self.rng, &VHOSTS)
         } else {
@@ -247,6 +253,18 @@ impl Operator {
                 priority: 0,
                 definition: FieldTable::default(),
             }),
+        }
+    }
+
+    /// A look at the head of one of the workload's queues (maybe not declared yet), as the
+    /// management UI's get does: it changes nothing, and must hold as many messages as
+    /// it asked for when the queue has that many ready, paged ones included.
+    fn peek(&mut self) -> AdminRequest {
+        AdminRequest::Peek {
+            actor: Actor::Node,
+            vhost: "/".into(),
+            queue: format!("q{}", self.rng.gen_range(0..5)),
+            count: self.rng.gen_range(1..=300),
         }
     }
 
@@ -563,6 +581,29 @@ impl Operator {
                     .map(|p| ((p.user.clone(), p.vhost.clone()), p.configure.clone()))
                     .collect();
                 self.check_permissions(&seen)?;
+                Ok(false)
+            }
+            AdminRequest::Peek { count, .. } => {
+                let m = match result {
+                    Ok(AdminReply::Messages(m)) => m,
+                    Err(e) if e.kind == AdminErrorKind::NotFound => return Ok(false),
+                    _ => return fail("expected messages".into()),
+                };
+                self.stats.peeks += 1;
+                self.stats.peeked += m.len() as u64;
+                let ready = m.first().map_or(0, |m| m.message_count);
+                let want = (*count as u64).min(ready);
+                // The messages themselves are left out of the report: it names them by
+                // position.
+                let positions: Vec<u64> = m.iter().map(|m| m.position).collect();
+                if m.len() as u64 != want || !positions.is_sorted_by(|a, b| a < b) {
+                    return Err(Violation(format!(
+                        "operator: {}: {} messages for a peek of {count} with {ready} ready, \
+                         at positions {positions:?}",
+                        brief(request),
+                        m.len()
+                    )));
+                }
                 Ok(false)
             }
             other => Err(Violation(format!("operator: unexpected request {other:?}"))),

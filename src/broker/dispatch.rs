@@ -166,6 +166,12 @@ impl Broker {
                     c.tag
                 );
             }
+            assert!(
+                q.waiting_admin.is_empty() || q.messages.paged.loading,
+                "queue {} has a management get or peek waiting and no read of its paged \
+                 messages on the way",
+                q.decl.name
+            );
             let single_active = q.decl.settings.single_active_consumer;
             if !q.dispatch_scheduled
                 && q.messages.in_memory_count() == 0

@@ -47,18 +47,25 @@ impl Broker {
             return;
         }
         let queue_room = queue_budget.saturating_sub(q.messages.memory_bytes());
-        let active = !q.consumers.is_empty() || !q.waiting_gets.is_empty();
+        let active =
+            !q.consumers.is_empty() || !q.waiting_gets.is_empty() || !q.waiting_admin.is_empty();
         let room = if active {
             queue_room
         } else {
             queue_room.min(broker_room)
         };
         let low = q.messages.in_memory_count() < low_water && room >= queue_budget / 2;
-        let get_starved = !q.waiting_gets.is_empty() && q.messages.in_memory_count() == 0;
+        let get_starved = (!q.waiting_gets.is_empty() && q.messages.in_memory_count() == 0)
+            || !q.waiting_admin.is_empty();
         if !(low || get_starved) {
             return;
         }
         let (mut batch, mut max_bytes) = (batch, room.max(1));
+        // A management get or peek reads what it still lacks, within the budget's room.
+        if let Some(want) = q.waiting_admin.iter().map(|w| w.want).max() {
+            let short = want.saturating_sub(q.messages.in_memory_count());
+            batch = batch.max(usize::try_from(short).unwrap_or(usize::MAX));
+        }
         if stall_over.is_some_and(|over| q.messages.unacked_cost > over) {
             if self.topology.loads_stalled.insert(queue) {
                 self.counters.loads_stalled += 1;
@@ -167,6 +174,29 @@ impl Broker {
     /// Answers the `basic.get`s that waited for a batch (or for nothing, once the queue
     /// was purged), and lets their connections go on.
     pub(super) fn serve_waiting_gets(&mut self, queue: QueueId) {
+        // The management API's gets and peeks are answered once memory holds what they
+        // want, or nothing more is paged.
+        let admin = self
+            .topology
+            .queues
+            .get_mut(&queue)
+            .map(|q| std::mem::take(&mut q.waiting_admin))
+            .unwrap_or_default();
+        let mut still_waiting = false;
+        for waiting in admin {
+            if self.admin_read_wanted(&waiting.request, true).is_some()
+                && let Some(q) = self.topology.queues.get_mut(&queue)
+            {
+                q.waiting_admin.push_back(waiting);
+                still_waiting = true;
+                continue;
+            }
+            let result = self.admin_dispatch(waiting.request);
+            self.answer_admin(waiting.id, result);
+        }
+        if still_waiting {
+            self.request_load(queue);
+        }
         loop {
             let Some(q) = self.topology.queues.get_mut(&queue) else {
                 return;

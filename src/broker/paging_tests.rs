@@ -545,3 +545,235 @@ fn a_get_whose_messages_in_memory_all_expired_reads_the_paged_ones() {
     assert_eq!(next, N);
     rig.broker.check_invariants();
 }
+
+/// A read of the store the broker asked for and the test has not answered yet.
+type HeldRead = (u64, u64, usize, u64, u64);
+
+/// A management API request; the store's reads it causes are answered unless
+/// `hold_reads`. Returns its answer if it came, the reads held back and how many were
+/// answered.
+fn admin_request(
+    rig: &mut Rig,
+    request: crate::broker::admin::AdminRequest,
+    hold_reads: bool,
+) -> (
+    Option<crate::broker::admin::AdminResult>,
+    Vec<HeldRead>,
+    usize,
+) {
+    rig.now += 1;
+    rig.broker.handle_admin(9, request, rig.now);
+    admin_outputs(rig, hold_reads)
+}
+
+/// Runs the broker's outputs as [`admin_request`] does.
+fn admin_outputs(
+    rig: &mut Rig,
+    hold_reads: bool,
+) -> (
+    Option<crate::broker::admin::AdminResult>,
+    Vec<HeldRead>,
+    usize,
+) {
+    let (mut answer, mut held, mut served) = (None, Vec::new(), 0);
+    while let Some(out) = rig.broker.poll_output() {
+        match out {
+            Output::Persist { batch, ops } => {
+                rig.store.write(&ops).unwrap();
+                rig.store.sync().unwrap();
+                rig.broker.handle_persisted(batch);
+            }
+            Output::Load {
+                queue,
+                from_seq,
+                max,
+                max_bytes,
+                epoch,
+            } => {
+                if hold_reads {
+                    held.push((queue, from_seq, max, max_bytes, epoch));
+                } else {
+                    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
+                    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+                    served += 1;
+                }
+            }
+            Output::Admin { id, result } => {
+                assert_eq!(id, 9);
+                assert!(answer.is_none(), "answered twice");
+                answer = Some(result);
+            }
+            Output::Replies { .. } => {}
+        }
+    }
+    (answer, held, served)
+}
+
+/// Messages 0 to N/2 expire after a second, the rest do not; most are paged. Returns
+/// N/2, once they have expired.
+fn expiring_head(rig: &mut Rig) -> u32 {
+    rig.open(1);
+    rig.declare(1, "q", false);
+    let expiring = N / 2;
+    for i in 0..N {
+        let properties = crate::proto::props::BasicProperties {
+            expiration: (i < expiring).then(|| "1000".into()),
+            ..Default::default()
+        };
+        rig.publish_props(1, "", "q", i, properties);
+    }
+    rig.now += 2_000;
+    expiring
+}
+
+fn bodies(result: Option<crate::broker::admin::AdminResult>) -> Vec<u32> {
+    match result {
+        Some(Ok(crate::broker::admin::AdminReply::Messages(m))) => m
+            .iter()
+            .map(|m| u32::from_be_bytes(m.message.body.as_ref().try_into().unwrap()))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_management_get_or_peek_waits_for_the_paged_messages_it_asks_for_up_to_the_budget() {
+    use crate::broker::Resource;
+    use crate::broker::admin::{Actor, AdminRequest, GetAck};
+    let mut rig = Rig::new(small_budget());
+    let expiring = expiring_head(&mut rig);
+    let budget = rig.broker.config().memory.queue_memory_budget_bytes;
+    let peek = |count| AdminRequest::Peek {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count,
+    };
+    // Memory holds only expired messages: the peek waits for the read it starts...
+    let (answer, held, _) = admin_request(&mut rig, peek(1000), true);
+    assert!(answer.is_none(), "answered before the read: {answer:?}");
+    assert_eq!(held.len(), 1);
+    rig.broker.check_invariants();
+    // ...and, once the reads are in, has the first messages that have not expired, as
+    // many as the queue's memory budget holds: reads for it stop there.
+    let (queue, from_seq, max, max_bytes, epoch) = held[0];
+    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
+    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+    let (answer, ..) = admin_outputs(&mut rig, false);
+    let first = bodies(answer);
+    assert!(first.len() > 10 && first.len() < 1000, "{}", first.len());
+    assert_eq!(
+        first,
+        (expiring..expiring + first.len() as u32).collect::<Vec<_>>()
+    );
+    let held_bytes = rig.broker.memory_bytes();
+    assert!(held_bytes >= budget, "{held_bytes} against {budget}");
+    assert!(held_bytes < budget + 1024, "{held_bytes} against {budget}");
+    // What memory holds is answered at once.
+    let (answer, held, _) = admin_request(&mut rig, peek(5), true);
+    assert!(held.is_empty());
+    assert_eq!(bodies(answer), (expiring..expiring + 5).collect::<Vec<_>>());
+    let get = |count, ack| AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count,
+        ack,
+    };
+    // Nothing waits under the memory alarm: a get has what memory holds.
+    rig.broker.handle_alarm(Resource::Memory, true, rig.now);
+    let (answer, held, _) = admin_request(&mut rig, get(N as usize, GetAck::Requeue), true);
+    assert!(held.is_empty(), "{held:?}");
+    assert_eq!(bodies(answer), first);
+    rig.broker.handle_alarm(Resource::Memory, false, rig.now);
+    // Nor does a get that takes its messages (its requester may be gone by the time the
+    // reads are in).
+    let (answer, ..) = admin_request(&mut rig, get(N as usize, GetAck::Ack), false);
+    assert_eq!(bodies(answer), first);
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn a_waiting_management_get_finds_its_queue_gone_when_it_is_deleted_meanwhile() {
+    use crate::broker::admin::{Actor, AdminErrorKind, AdminRequest, GetAck};
+    let mut rig = Rig::new(small_budget());
+    expiring_head(&mut rig);
+    let get = AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 1,
+        ack: GetAck::Requeue,
+    };
+    let (answer, held, _) = admin_request(&mut rig, get, true);
+    assert!(answer.is_none() && held.len() == 1);
+    rig.now += 1;
+    rig.broker.handle_command(
+        1,
+        Command::Method {
+            channel: 1,
+            method: Method::QueueDelete(QueueDelete {
+                queue: "q".into(),
+                ..Default::default()
+            }),
+        },
+        rig.now,
+    );
+    let (answer, ..) = admin_outputs(&mut rig, false);
+    match answer {
+        Some(Err(e)) => assert_eq!(e.kind, AdminErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+    // The read that was in flight finds nothing to serve.
+    let (queue, from_seq, max, max_bytes, epoch) = held[0];
+    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
+    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
+    assert_eq!(admin_outputs(&mut rig, false).0.map(|_| ()), None);
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn management_gets_waiting_on_one_queue_are_bounded() {
+    use crate::broker::admin::{Actor, AdminRequest, MAX_WAITING_ADMIN};
+    let mut rig = Rig::new(small_budget());
+    expiring_head(&mut rig);
+    let peek = AdminRequest::Peek {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 10,
+    };
+    for _ in 0..MAX_WAITING_ADMIN {
+        let (answer, ..) = admin_request(&mut rig, peek.clone(), true);
+        assert!(answer.is_none());
+    }
+    // One more has what memory holds: nothing, all of it having expired.
+    let (answer, ..) = admin_request(&mut rig, peek, true);
+    assert_eq!(bodies(answer), Vec::<u32>::new());
+    rig.broker.check_invariants();
+}
+
+#[test]
+fn a_management_get_that_takes_or_any_under_the_memory_alarm_does_not_wait() {
+    use crate::broker::Resource;
+    use crate::broker::admin::{Actor, AdminRequest, GetAck};
+    let mut rig = Rig::new(small_budget());
+    expiring_head(&mut rig);
+    let get = |ack| AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 3,
+        ack,
+    };
+    // Memory holds nothing that has not expired; the rest is paged. A get that takes its
+    // messages is answered at once, from memory: its requester may be gone by the time
+    // reads are in, and nobody would see what it took.
+    let (answer, ..) = admin_request(&mut rig, get(GetAck::Ack), true);
+    assert_eq!(bodies(answer), Vec::<u32>::new());
+    // Under the memory alarm nothing waits to read more in.
+    rig.broker.handle_alarm(Resource::Memory, true, rig.now);
+    let (answer, ..) = admin_request(&mut rig, get(GetAck::Requeue), true);
+    assert_eq!(bodies(answer), Vec::<u32>::new());
+    rig.broker.check_invariants();
+}

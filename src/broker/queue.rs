@@ -68,6 +68,17 @@ impl QueuedMessage {
 
 pub use crate::store::{MESSAGE_OVERHEAD_BYTES, memory_cost};
 
+/// A management API get or peek waiting for reads of its queue's paged messages.
+#[derive(Debug)]
+pub struct WaitingAdmin {
+    /// The driver's number for the request.
+    pub id: super::admin::AdminId,
+    /// The request, run again once the reads are in.
+    pub request: super::admin::AdminRequest,
+    /// How many messages it wants in memory.
+    pub want: u64,
+}
+
 /// A `basic.get` answered once the queue's next paged batch is in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitingGet {
@@ -434,6 +445,9 @@ pub struct Queue {
     pub stats: super::stats::MessageCounters,
     /// `basic.get`s waiting for the next paged batch (memory was empty, the store not).
     pub waiting_gets: VecDeque<WaitingGet>,
+    /// Gets and peeks of the management API that asked for more than memory held while
+    /// the rest of the queue was paged: answered when the read they asked for is in.
+    pub waiting_admin: VecDeque<WaitingAdmin>,
     /// Publishers paused until the queue's consumers catch up.
     pub flow_waiters: Vec<ConnId>,
     /// When the queue last delivered a message.
@@ -462,6 +476,7 @@ impl Queue {
             bound_from: BTreeSet::new(),
             stats: Default::default(),
             waiting_gets: VecDeque::new(),
+            waiting_admin: VecDeque::new(),
             flow_waiters: Vec::new(),
             last_delivery_ms: now_ms,
             flow_stalled: false,

@@ -15,6 +15,9 @@ use super::{Actor, AdminError, AdminReply, AdminResult, GotMessage, bad_request,
 
 /// Most messages one peek reads.
 pub const MAX_PEEK_COUNT: usize = 1_000;
+/// Most gets and peeks of the management API that wait on one queue for reads of its
+/// paged messages; more are answered from what memory holds.
+pub const MAX_WAITING_ADMIN: usize = 8;
 /// Most messages one republish moves.
 pub const MAX_REPUBLISH_COUNT: usize = 1_000;
 
@@ -37,6 +40,81 @@ fn first_publication(message: &Message) -> Option<(String, String)> {
 }
 
 impl Broker {
+    /// A get or peek reads what the queue holds in memory. One that asks for more while
+    /// the rest of the queue is in the store first waits for reads of it, within bounds:
+    /// only a peek or a get that requeues (one whose requester may have given up by then
+    /// changes nothing), at most [`MAX_WAITING_ADMIN`] on a queue, never while the memory
+    /// alarm is on, and no further than the queue's memory budget. Returns the queue and
+    /// how many messages the request wants in memory, expired ones dropped first, if it
+    /// must wait.
+    pub(in crate::broker) fn admin_read_wanted(
+        &mut self,
+        request: &super::AdminRequest,
+        parked: bool,
+    ) -> Option<(QueueId, u64)> {
+        let (actor, vhost, queue, count) = match request {
+            super::AdminRequest::Get {
+                actor,
+                vhost,
+                queue,
+                count,
+                ack: super::GetAck::Requeue | super::GetAck::RejectRequeue,
+            } => (
+                actor,
+                vhost,
+                queue,
+                (*count).min(super::topology::MAX_GET_COUNT),
+            ),
+            super::AdminRequest::Peek {
+                actor,
+                vhost,
+                queue,
+                count,
+            } => (actor, vhost, queue, (*count).min(MAX_PEEK_COUNT)),
+            _ => return None,
+        };
+        if self.read_stall_budget().is_some() {
+            return None;
+        }
+        // Refusals are answered at once, by the request itself.
+        let qid = self.inspectable_queue(actor, vhost, queue).ok()?;
+        let budget = self.config.memory.queue_memory_budget_bytes;
+        let q = self.topology.queues.get_mut(&qid)?;
+        if q.messages.paged.count == 0 || (!parked && q.waiting_admin.len() >= MAX_WAITING_ADMIN) {
+            return None;
+        }
+        let expired = q.messages.drop_expired(self.now_ms);
+        self.dead_letter(qid, expired, super::super::death::DeathReason::Expired);
+        let q = self.topology.queues.get(&qid)?;
+        let want = count as u64;
+        (q.messages.paged.count > 0
+            && q.messages.in_memory_count() < want
+            && q.messages.memory_bytes() < budget)
+            .then_some((qid, want))
+    }
+
+    /// Parks a get or peek that must wait for reads of the store ([`Self::admin_read_wanted`])
+    /// on its queue, or gives it back. `serve_waiting_gets` answers it once memory holds
+    /// what it wants, or its budget's worth, or nothing more is paged.
+    pub(in crate::broker) fn wait_for_paged(
+        &mut self,
+        id: super::AdminId,
+        request: super::AdminRequest,
+    ) -> Option<super::AdminRequest> {
+        let Some((qid, want)) = self.admin_read_wanted(&request, false) else {
+            return Some(request);
+        };
+        let Some(q) = self.topology.queues.get_mut(&qid) else {
+            return Some(request);
+        };
+        q.waiting_admin
+            .push_back(super::super::queue::WaitingAdmin { id, request, want });
+        // Waiting is using the queue (`x-expires`).
+        self.touch_queue(qid);
+        self.request_load(qid);
+        None
+    }
+
     /// A queue a user may read from over the API: it exists, the actor has read permission,
     /// and no connection owns it.
     pub(super) fn inspectable_queue(

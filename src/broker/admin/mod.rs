@@ -39,7 +39,7 @@ use super::stats::MessageCounters;
 use super::{Broker, Deferred};
 
 pub use definitions::{Definitions, ExchangeDef, QueueDef};
-pub use inspect::{MAX_PEEK_COUNT, MAX_REPUBLISH_COUNT};
+pub use inspect::{MAX_PEEK_COUNT, MAX_REPUBLISH_COUNT, MAX_WAITING_ADMIN};
 pub use limits::{MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES};
 pub use snapshot::{
     BindingInfo, ChannelInfo, ConnectionInfo, ConsumerInfo, ExchangeInfo, Overview, QueueInfo,
@@ -580,11 +580,23 @@ impl Broker {
     ///
     /// The answer comes out of [`Broker::poll_output`] as [`Output::Admin`] carrying `id`:
     /// at once when nothing durable changed, otherwise once [`Broker::handle_persisted`]
-    /// reports the batch holding the changes, as publisher confirms wait.
+    /// reports the batch holding the changes, as publisher confirms wait. A get or peek
+    /// that asks for more messages than the queue holds in memory while the rest is paged
+    /// is answered once the read of the store it starts is in.
     pub fn handle_admin(&mut self, id: AdminId, request: AdminRequest, now_ms: u64) {
         self.now_ms = now_ms;
+        let Some(request) = self.wait_for_paged(id, request) else {
+            self.finish_round();
+            return;
+        };
         let result = self.admin_dispatch(request);
         self.finish_round();
+        self.answer_admin(id, result);
+    }
+
+    /// Sends an administrative answer, once the store batch holding the changes it made
+    /// (if any) is synced.
+    pub(in crate::broker) fn answer_admin(&mut self, id: AdminId, result: AdminResult) {
         if self.round.journal.ops.is_empty() {
             self.round.outbox.answers.push_back((id, result));
         } else {
@@ -605,7 +617,7 @@ impl Broker {
         self.counters.totals
     }
 
-    fn admin_dispatch(&mut self, request: AdminRequest) -> AdminResult {
+    pub(in crate::broker) fn admin_dispatch(&mut self, request: AdminRequest) -> AdminResult {
         request.check_name_sizes()?;
         // Each area takes its own requests and hands the others back.
         let request = match self.admin_accounts(request) {

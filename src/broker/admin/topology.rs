@@ -24,7 +24,7 @@ use super::{
 };
 
 /// Most messages one [`super::AdminRequest::Get`] takes.
-const MAX_GET_COUNT: usize = 10_000;
+pub(super) const MAX_GET_COUNT: usize = 10_000;
 
 impl Broker {
     /// Fails unless `actor` may have `access` to the named resource in `vhost`.

@@ -222,6 +222,11 @@ impl Broker {
                 id,
             });
         }
+        // The management API's gets and peeks waiting for reads find the queue gone.
+        for waiting in std::mem::take(&mut q.waiting_admin) {
+            let result = self.admin_dispatch(waiting.request);
+            self.answer_admin(waiting.id, result);
+        }
         count
     }
 
