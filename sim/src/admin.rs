@@ -68,6 +68,9 @@ pub struct AdminStats {
     pub peeks: u64,
     /// Messages they returned.
     pub peeked: u64,
+    /// Peeks that held fewer than they asked for and the queue had: stopped at the
+    /// queue's memory budget, or under the memory alarm.
+    pub peeks_short: u64,
 }
 
 /// One object the operator owns.
@@ -108,6 +111,15 @@ pub struct Operator {
     /// The workload's limit policy as the last request set it, for the message model.
     limit_change: Option<Option<(String, u64)>>,
     pub stats: AdminStats,
+}
+
+/// The broker's state an answer is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerTime {
+    /// The memory alarm is on.
+    pub memory_alarm: bool,
+    /// A queue's memory budget.
+    pub queue_budget: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -257,8 +269,9 @@ impl Operator {
     }
 
     /// A look at the head of one of the workload's queues (maybe not declared yet), as the
-    /// management UI's get does: it changes nothing, and must hold as many messages as
-    /// it asked for when the queue has that many ready, paged ones included.
+    /// management UI's get does: it takes nothing, and must hold as many messages as it
+    /// asked for when the queue has that many ready, paged ones included, unless what it
+    /// holds fills the queue's memory budget or the memory alarm is on.
     fn peek(&mut self) -> AdminRequest {
         AdminRequest::Peek {
             actor: Actor::Node,
@@ -417,6 +430,7 @@ impl Operator {
         id: AdminId,
         result: AdminResult,
         synced: u64,
+        at: AnswerTime,
     ) -> Result<(), Violation> {
         let Some((expected_id, request)) = self.in_flight.take() else {
             return Err(Violation(format!(
@@ -429,7 +443,7 @@ impl Operator {
             )));
         }
         self.stats.answered += 1;
-        let changed = self.check_answer(&request, &result)?;
+        let changed = self.check_answer(&request, &result, at)?;
         if changed {
             if !self.change_batch.is_some_and(|b| b <= synced) {
                 return Err(Violation(format!(
@@ -448,6 +462,7 @@ impl Operator {
         &mut self,
         request: &AdminRequest,
         result: &AdminResult,
+        at: AnswerTime,
     ) -> Result<bool, Violation> {
         if oversized(request) {
             if !matches!(result, Err(e) if e.kind == AdminErrorKind::BadRequest) {
@@ -593,15 +608,26 @@ impl Operator {
                 self.stats.peeked += m.len() as u64;
                 let ready = m.first().map_or(0, |m| m.message_count);
                 let want = (*count as u64).min(ready);
+                // A short answer holds every message in memory, so its cost is the queue's
+                // memory: it may stop at the queue's budget, or under the memory alarm.
+                let held: u64 = m
+                    .iter()
+                    .map(|m| warren::store::memory_cost(&m.message))
+                    .sum();
+                let short_allowed = at.memory_alarm || held >= at.queue_budget;
                 // The messages themselves are left out of the report: it names them by
                 // position.
                 let positions: Vec<u64> = m.iter().map(|m| m.position).collect();
-                if m.len() as u64 != want || !positions.is_sorted_by(|a, b| a < b) {
+                let short = (m.len() as u64) < want;
+                self.stats.peeks_short += u64::from(short);
+                let length_ok = m.len() as u64 == want || short && short_allowed;
+                if !length_ok || !positions.is_sorted_by(|a, b| a < b) {
                     return Err(Violation(format!(
-                        "operator: {}: {} messages for a peek of {count} with {ready} ready, \
-                         at positions {positions:?}",
+                        "operator: {}: {} messages ({held} bytes held against a budget of {}) \
+                         for a peek of {count} with {ready} ready, at positions {positions:?}",
                         brief(request),
-                        m.len()
+                        m.len(),
+                        at.queue_budget
                     )));
                 }
                 Ok(false)

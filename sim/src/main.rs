@@ -284,6 +284,7 @@ struct Totals {
     admin_oversized_refused: u64,
     admin_peeks: u64,
     admin_peeked: u64,
+    admin_peeks_short: u64,
     admin_recoveries: u64,
     seeds_admin_recoveries: u64,
     policy_changes: u64,
@@ -385,6 +386,7 @@ impl Totals {
         self.admin_oversized_refused += r.admin.oversized_refused;
         self.admin_peeks += r.admin.peeks;
         self.admin_peeked += r.admin.peeked;
+        self.admin_peeks_short += r.admin.peeks_short;
         self.admin_recoveries += r.admin.recoveries_checked;
         self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
         self.policy_changes += r.admin.policy_changes;
@@ -458,12 +460,13 @@ impl Totals {
             per_feature.join(", "),
         );
         println!(
-            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused, {} peeks at the workload's queues holding all they asked for: {} messages), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds, paged reads held back {} times in {} seeds (unacked deliveries over their queue's budget)",
+            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused, {} peeks at the workload's queues checked against what they asked for and the queue held: {} messages, {} stopped short at the queue's memory budget or the alarm), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds, paged reads held back {} times in {} seeds (unacked deliveries over their queue's budget)",
             self.admin_requests,
             self.admin_durable,
             self.admin_oversized_refused,
             self.admin_peeks,
             self.admin_peeked,
+            self.admin_peeks_short,
             self.admin_forced_closes,
             self.admin_recoveries,
             self.seeds_admin_recoveries,

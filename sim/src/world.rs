@@ -819,7 +819,12 @@ impl World {
                     self.run_store();
                 }
                 Output::Admin { id, result } => {
-                    self.operator.answered(id, result, self.synced_batch)?;
+                    let at = self.broker.as_ref().map(|b| crate::admin::AnswerTime {
+                        memory_alarm: b.alarms().any(|r| r == warren::broker::Resource::Memory),
+                        queue_budget: b.config().memory.queue_memory_budget_bytes,
+                    });
+                    let at = at.expect("an answer comes from a running broker");
+                    self.operator.answered(id, result, self.synced_batch, at)?;
                 }
                 Output::Replies { conn, replies } if self.delays.owns(conn) => {
                     for command in self.delays.replies(&replies, now)? {
