@@ -106,6 +106,8 @@ pub struct Operator {
     change_batch: Option<u64>,
     /// No more requests (the liveness phase).
     stopped: bool,
+    /// The memory alarm was on at some point while the request in flight waited.
+    alarm_seen: bool,
     /// Policies, operator policies and the queues they govern.
     policies: PolicyBook,
     /// The workload's limit policy as the last request set it, for the message model.
@@ -147,6 +149,7 @@ impl Operator {
             next_conn: 1 << 40,
             change_batch: None,
             stopped: false,
+            alarm_seen: false,
             policies: PolicyBook::default(),
             limit_change: None,
             stats: AdminStats::default(),
@@ -179,6 +182,12 @@ impl Operator {
     /// cleared): the broker applied it as it took the request.
     pub fn take_limit_change(&mut self) -> Option<Option<(String, u64)>> {
         self.limit_change.take()
+    }
+
+    /// The alarms the broker has in force now: a request in flight may be answered under
+    /// any of them.
+    pub fn alarms_now(&mut self, memory: bool) {
+        self.alarm_seen |= memory;
     }
 
     /// Whether `conn` is the operator's session.
@@ -216,6 +225,9 @@ impl Operator {
         self.stats.requests += 1;
         self.change_batch = None;
         self.in_flight = Some((id, request.clone()));
+        self.alarm_seen = broker
+            .alarms()
+            .any(|r| r == warren::broker::Resource::Memory);
         broker.handle_admin(id, request, now_ms);
         None
     }
@@ -614,7 +626,7 @@ impl Operator {
                     .iter()
                     .map(|m| warren::store::memory_cost(&m.message))
                     .sum();
-                let short_allowed = at.memory_alarm || held >= at.queue_budget;
+                let short_allowed = at.memory_alarm || self.alarm_seen || held >= at.queue_budget;
                 // The messages themselves are left out of the report: it names them by
                 // position.
                 let positions: Vec<u64> = m.iter().map(|m| m.position).collect();

@@ -703,6 +703,7 @@ impl World {
             b.handle_resources(reading, now);
             self.dirty = true;
             let raised: Vec<Resource> = b.alarms().filter(|r| *r != Resource::Store).collect();
+            self.operator.alarms_now(raised.contains(&Resource::Memory));
             if raised != self.alarms.expected() {
                 return Err(Violation(format!(
                     "alarms: the broker has {raised:?} in force after reading {reading:?}, expected {:?}",

@@ -183,8 +183,10 @@ impl Broker {
             .map(|q| std::mem::take(&mut q.waiting_admin))
             .unwrap_or_default();
         let mut still_waiting = false;
-        for waiting in admin {
-            if self.admin_read_wanted(&waiting.request, true).is_some()
+        for mut waiting in admin {
+            waiting.reads += 1;
+            if waiting.reads < super::admin::MAX_ADMIN_READS
+                && self.admin_read_wanted(&waiting.request, true).is_some()
                 && let Some(q) = self.topology.queues.get_mut(&queue)
             {
                 q.waiting_admin.push_back(waiting);

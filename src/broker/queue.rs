@@ -77,6 +77,8 @@ pub struct WaitingAdmin {
     pub request: super::admin::AdminRequest,
     /// How many messages it wants in memory.
     pub want: u64,
+    /// Reads it has waited for.
+    pub reads: usize,
 }
 
 /// A `basic.get` answered once the queue's next paged batch is in memory.

@@ -18,6 +18,9 @@ pub const MAX_PEEK_COUNT: usize = 1_000;
 /// Most gets and peeks of the management API that wait on one queue for reads of its
 /// paged messages; more are answered from what memory holds.
 pub const MAX_WAITING_ADMIN: usize = 8;
+/// Most reads one of them waits for: consumers taking messages as they come in could
+/// otherwise keep it waiting for ever.
+pub const MAX_ADMIN_READS: usize = 16;
 /// Most messages one republish moves.
 pub const MAX_REPUBLISH_COUNT: usize = 1_000;
 
@@ -43,8 +46,9 @@ impl Broker {
     /// A get or peek reads what the queue holds in memory. One that asks for more while
     /// the rest of the queue is in the store first waits for reads of it, within bounds:
     /// only a peek or a get that requeues (one whose requester may have given up by then
-    /// changes nothing), at most [`MAX_WAITING_ADMIN`] on a queue, never while the memory
-    /// alarm is on, and no further than the queue's memory budget. Returns the queue and
+    /// changes nothing), at most [`MAX_WAITING_ADMIN`] on a queue, for at most
+    /// [`MAX_ADMIN_READS`] reads, never while the memory alarm is on, and no further than
+    /// the queue's memory budget (as far as a consumer's reads go). Returns the queue and
     /// how many messages the request wants in memory, expired ones dropped first, if it
     /// must wait.
     pub(in crate::broker) fn admin_read_wanted(
@@ -108,7 +112,12 @@ impl Broker {
             return Some(request);
         };
         q.waiting_admin
-            .push_back(super::super::queue::WaitingAdmin { id, request, want });
+            .push_back(super::super::queue::WaitingAdmin {
+                id,
+                request,
+                want,
+                reads: 0,
+            });
         // Waiting is using the queue (`x-expires`).
         self.touch_queue(qid);
         self.request_load(qid);

@@ -39,7 +39,7 @@ use super::stats::MessageCounters;
 use super::{Broker, Deferred};
 
 pub use definitions::{Definitions, ExchangeDef, QueueDef};
-pub use inspect::{MAX_PEEK_COUNT, MAX_REPUBLISH_COUNT, MAX_WAITING_ADMIN};
+pub use inspect::{MAX_ADMIN_READS, MAX_PEEK_COUNT, MAX_REPUBLISH_COUNT, MAX_WAITING_ADMIN};
 pub use limits::{MAX_CHANNELS, MAX_CONNECTIONS, MAX_QUEUES};
 pub use snapshot::{
     BindingInfo, ChannelInfo, ConnectionInfo, ConsumerInfo, ExchangeInfo, Overview, QueueInfo,
