@@ -1,7 +1,7 @@
 //! Tests of paging and of the store contract, driving the broker with an in-memory store
 //! the way the server drives it with fjall.
 
-use crate::broker::test_rig::{Rig, delivered, small_budget};
+use crate::broker::test_rig::{HeldRead, Rig, delivered, small_budget};
 use crate::broker::{BrokerConfig, Output};
 use crate::proto::command::{Command, Reply};
 use crate::proto::method::*;
@@ -546,9 +546,6 @@ fn a_get_whose_messages_in_memory_all_expired_reads_the_paged_ones() {
     rig.broker.check_invariants();
 }
 
-/// A read of the store the broker asked for and the test has not answered yet.
-type HeldRead = (u64, u64, usize, u64, u64);
-
 /// A management API request; the store's reads it causes are answered unless
 /// `hold_reads`. Returns its answer if it came, the reads held back and how many were
 /// answered.
@@ -575,38 +572,13 @@ fn admin_outputs(
     Vec<HeldRead>,
     usize,
 ) {
-    let (mut answer, mut held, mut served) = (None, Vec::new(), 0);
-    while let Some(out) = rig.broker.poll_output() {
-        match out {
-            Output::Persist { batch, ops } => {
-                rig.store.write(&ops).unwrap();
-                rig.store.sync().unwrap();
-                rig.broker.handle_persisted(batch);
-            }
-            Output::Load {
-                queue,
-                from_seq,
-                max,
-                max_bytes,
-                epoch,
-            } => {
-                if hold_reads {
-                    held.push((queue, from_seq, max, max_bytes, epoch));
-                } else {
-                    let entries = rig.store.load(queue, from_seq, max, max_bytes).unwrap();
-                    rig.broker.handle_loaded(queue, epoch, entries, rig.now);
-                    served += 1;
-                }
-            }
-            Output::Admin { id, result } => {
-                assert_eq!(id, 9);
-                assert!(answer.is_none(), "answered twice");
-                answer = Some(result);
-            }
-            Output::Replies { .. } => {}
-        }
-    }
-    (answer, held, served)
+    let out = rig.run_outputs(hold_reads);
+    assert!(out.answers.len() <= 1, "answered twice: {:?}", out.answers);
+    let answer = out.answers.into_iter().next().map(|(id, result)| {
+        assert_eq!(id, 9);
+        result
+    });
+    (answer, out.held, out.reads)
 }
 
 /// Messages 0 to N/2 expire after a second, the rest do not; most are paged. Returns

@@ -13,6 +13,26 @@ use crate::proto::table::FieldTable;
 use crate::store::memory::MemoryStore;
 use crate::store::{Recovered, Store};
 
+/// A read of the store the broker asked for (queue, from position, most entries, most
+/// bytes, epoch), held back by the test.
+pub(super) type HeldRead = (u64, u64, usize, u64, u64);
+
+/// What [`Rig::run_outputs`] saw.
+#[derive(Debug, Default)]
+pub(super) struct Outputs {
+    /// Replies to connections.
+    pub replies: Vec<(ConnId, Reply)>,
+    /// Administrative answers.
+    pub answers: Vec<(
+        crate::broker::admin::AdminId,
+        crate::broker::admin::AdminResult,
+    )>,
+    /// Reads held back.
+    pub held: Vec<HeldRead>,
+    /// Reads answered.
+    pub reads: usize,
+}
+
 pub(super) struct Rig {
     pub broker: Broker,
     pub store: MemoryStore,
@@ -120,7 +140,13 @@ impl Rig {
     /// Runs the driver loop until the broker is idle: persists and syncs batches, answers
     /// reads, collects replies.
     pub fn drain(&mut self) -> Vec<(ConnId, Reply)> {
-        let mut replies = Vec::new();
+        self.run_outputs(false).replies
+    }
+
+    /// Runs the driver loop until the broker is idle, persisting and syncing batches and
+    /// answering reads of the store unless `hold_reads`; returns what came out.
+    pub fn run_outputs(&mut self, hold_reads: bool) -> Outputs {
+        let mut outputs = Outputs::default();
         while let Some(out) = self.broker.poll_output() {
             match out {
                 Output::Persist { batch, ops } => {
@@ -135,16 +161,21 @@ impl Rig {
                     max_bytes,
                     epoch,
                 } => {
-                    let entries = self.store.load(queue, from_seq, max, max_bytes).unwrap();
-                    self.broker.handle_loaded(queue, epoch, entries, self.now);
+                    if hold_reads {
+                        outputs.held.push((queue, from_seq, max, max_bytes, epoch));
+                    } else {
+                        let entries = self.store.load(queue, from_seq, max, max_bytes).unwrap();
+                        self.broker.handle_loaded(queue, epoch, entries, self.now);
+                        outputs.reads += 1;
+                    }
                 }
                 Output::Replies { conn, replies: r } => {
-                    replies.extend(r.into_iter().map(|x| (conn, x)))
+                    outputs.replies.extend(r.into_iter().map(|x| (conn, x)))
                 }
-                Output::Admin { .. } => {}
+                Output::Admin { id, result } => outputs.answers.push((id, result)),
             }
         }
-        replies
+        outputs
     }
 
     pub fn command(&mut self, conn: ConnId, c: Command) -> Vec<(ConnId, Reply)> {
