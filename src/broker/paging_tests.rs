@@ -598,6 +598,27 @@ fn expiring_head(rig: &mut Rig) -> u32 {
     expiring
 }
 
+/// A management peek at queue "q", as the node.
+fn q_peek(count: usize) -> crate::broker::admin::AdminRequest {
+    crate::broker::admin::AdminRequest::Peek {
+        actor: crate::broker::admin::Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count,
+    }
+}
+
+/// A management get from queue "q", as the node.
+fn q_get(count: usize, ack: crate::broker::admin::GetAck) -> crate::broker::admin::AdminRequest {
+    crate::broker::admin::AdminRequest::Get {
+        actor: crate::broker::admin::Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count,
+        ack,
+    }
+}
+
 fn bodies(result: Option<crate::broker::admin::AdminResult>) -> Vec<u32> {
     match result {
         Some(Ok(crate::broker::admin::AdminReply::Messages(m))) => m
@@ -611,18 +632,12 @@ fn bodies(result: Option<crate::broker::admin::AdminResult>) -> Vec<u32> {
 #[test]
 fn a_management_get_or_peek_waits_for_the_paged_messages_it_asks_for_up_to_the_budget() {
     use crate::broker::Resource;
-    use crate::broker::admin::{Actor, AdminRequest, GetAck};
+    use crate::broker::admin::GetAck;
     let mut rig = Rig::new(small_budget());
     let expiring = expiring_head(&mut rig);
     let budget = rig.broker.config().memory.queue_memory_budget_bytes;
-    let peek = |count| AdminRequest::Peek {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        queue: "q".into(),
-        count,
-    };
     // Memory holds only expired messages: the peek waits for the read it starts...
-    let (answer, held, _) = admin_request(&mut rig, peek(1000), true);
+    let (answer, held, _) = admin_request(&mut rig, q_peek(1000), true);
     assert!(answer.is_none(), "answered before the read: {answer:?}");
     assert_eq!(held.len(), 1);
     rig.broker.check_invariants();
@@ -642,41 +657,28 @@ fn a_management_get_or_peek_waits_for_the_paged_messages_it_asks_for_up_to_the_b
     assert!(held_bytes >= budget, "{held_bytes} against {budget}");
     assert!(held_bytes < budget + 1024, "{held_bytes} against {budget}");
     // What memory holds is answered at once.
-    let (answer, held, _) = admin_request(&mut rig, peek(5), true);
+    let (answer, held, _) = admin_request(&mut rig, q_peek(5), true);
     assert!(held.is_empty());
     assert_eq!(bodies(answer), (expiring..expiring + 5).collect::<Vec<_>>());
-    let get = |count, ack| AdminRequest::Get {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        queue: "q".into(),
-        count,
-        ack,
-    };
     // Nothing waits under the memory alarm: a get has what memory holds.
     rig.broker.handle_alarm(Resource::Memory, true, rig.now);
-    let (answer, held, _) = admin_request(&mut rig, get(N as usize, GetAck::Requeue), true);
+    let (answer, held, _) = admin_request(&mut rig, q_get(N as usize, GetAck::Requeue), true);
     assert!(held.is_empty(), "{held:?}");
     assert_eq!(bodies(answer), first);
     rig.broker.handle_alarm(Resource::Memory, false, rig.now);
     // Nor does a get that takes its messages (its requester may be gone by the time the
     // reads are in).
-    let (answer, ..) = admin_request(&mut rig, get(N as usize, GetAck::Ack), false);
+    let (answer, ..) = admin_request(&mut rig, q_get(N as usize, GetAck::Ack), false);
     assert_eq!(bodies(answer), first);
     rig.broker.check_invariants();
 }
 
 #[test]
 fn a_waiting_management_get_finds_its_queue_gone_when_it_is_deleted_meanwhile() {
-    use crate::broker::admin::{Actor, AdminErrorKind, AdminRequest, GetAck};
+    use crate::broker::admin::{AdminErrorKind, GetAck};
     let mut rig = Rig::new(small_budget());
     expiring_head(&mut rig);
-    let get = AdminRequest::Get {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        queue: "q".into(),
-        count: 1,
-        ack: GetAck::Requeue,
-    };
+    let get = q_get(1, GetAck::Requeue);
     let (answer, held, _) = admin_request(&mut rig, get, true);
     assert!(answer.is_none() && held.len() == 1);
     rig.now += 1;
@@ -706,15 +708,10 @@ fn a_waiting_management_get_finds_its_queue_gone_when_it_is_deleted_meanwhile() 
 
 #[test]
 fn management_gets_waiting_on_one_queue_are_bounded() {
-    use crate::broker::admin::{Actor, AdminRequest, MAX_WAITING_ADMIN};
+    use crate::broker::admin::MAX_WAITING_ADMIN;
     let mut rig = Rig::new(small_budget());
     expiring_head(&mut rig);
-    let peek = AdminRequest::Peek {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        queue: "q".into(),
-        count: 10,
-    };
+    let peek = q_peek(10);
     for _ in 0..MAX_WAITING_ADMIN {
         let (answer, ..) = admin_request(&mut rig, peek.clone(), true);
         assert!(answer.is_none());
@@ -728,16 +725,10 @@ fn management_gets_waiting_on_one_queue_are_bounded() {
 #[test]
 fn a_management_get_that_takes_or_any_under_the_memory_alarm_does_not_wait() {
     use crate::broker::Resource;
-    use crate::broker::admin::{Actor, AdminRequest, GetAck};
+    use crate::broker::admin::GetAck;
     let mut rig = Rig::new(small_budget());
     expiring_head(&mut rig);
-    let get = |ack| AdminRequest::Get {
-        actor: Actor::Node,
-        vhost: "/".into(),
-        queue: "q".into(),
-        count: 3,
-        ack,
-    };
+    let get = |ack| q_get(3, ack);
     // Memory holds nothing that has not expired; the rest is paged. A get that takes its
     // messages is answered at once, from memory: its requester may be gone by the time
     // reads are in, and nobody would see what it took.
