@@ -189,6 +189,12 @@ impl GroupCommit {
     /// While the last sync started less than the gap ago and the gap applies: when the
     /// next may start.
     fn gap_until(&self) -> Option<u64> {
+        self.gap().map(|(next, _)| next)
+    }
+
+    /// While the gap applies: when the next sync may start, and how many more ops end
+    /// the gap early (at least 1).
+    fn gap(&self) -> Option<(u64, usize)> {
         let next = self.last_sync_ms?.saturating_add(self.sync_gap_ms);
         if next <= self.now_ms || self.last_sync_batches < GAP_MIN_BATCHES {
             return None;
@@ -208,7 +214,19 @@ impl GroupCommit {
                 return None;
             }
         }
-        Some(next)
+        Some((next, GAP_MAX_OPS - held))
+    }
+
+    /// How many ops may arrive, while the driver sleeps until [`GroupCommit::wake_at`],
+    /// before it must wake: fewer would only be held by the next [`GroupCommit::run`]
+    /// for the gap between syncs, which ends at `wake_at` anyway. 0 when any job must wake
+    /// it (no deadline, no gap, or a store that is failing or syncing). A load always
+    /// must: a read is never held.
+    pub fn gap_room_ops(&self) -> usize {
+        if self.wake_at().is_none() || self.syncing.is_some() || self.fault.is_some() {
+            return 0;
+        }
+        self.gap().map_or(0, |(_, room)| room)
     }
 
     /// Queues a job behind the others.

@@ -403,3 +403,96 @@ fn a_broken_store_is_reopened_once_per_retry_interval() {
     assert_eq!(shared.0.lock().unwrap().written, [1, 2]);
     assert_eq!(w.wake_at(), None);
 }
+
+/// A driver of the blocking kind over `arrivals` (the ms each job comes in, in order),
+/// returning each report with the ms it came out, and the batches the store holds.
+/// An eager driver wakes for every job; a lazy one leaves jobs in its channel while
+/// they stay short of [`GroupCommit::gap_room_ops`] (and are not reads), as the store
+/// thread does, and wakes at [`GroupCommit::wake_at`] either way. A write failure
+/// between `fail` ms (inclusive) and the end of that range runs through the store.
+fn drive(
+    lazy: bool,
+    arrivals: &[(u64, StoreJob)],
+    fail: std::ops::Range<u64>,
+    end_ms: u64,
+) -> (Vec<(u64, String)>, Vec<u64>) {
+    let (shared, mut store, mut w) = fixture(GroupCommit::new(7).with_sync_gap(3));
+    let mut channel: VecDeque<StoreJob> = VecDeque::new();
+    let mut pending_ops = 0;
+    let mut room = w.gap_room_ops();
+    let mut reports = Vec::new();
+    let mut next = arrivals.iter().peekable();
+    for now in 0..=end_ms {
+        {
+            let mut s = shared.0.lock().unwrap();
+            s.fail_writes = fail.contains(&now).then_some(StoreErrorKind::Io);
+            s.ready = !fail.contains(&now);
+        }
+        let mut wake = w.wake_at().is_some_and(|at| at <= now);
+        while let Some((_, job)) = next.next_if(|(at, _)| *at == now) {
+            let (ops, load) = match job {
+                StoreJob::Write(b, ops) => {
+                    channel.push_back(StoreJob::Write(*b, ops.clone()));
+                    (ops.len(), false)
+                }
+                StoreJob::Load { queue, .. } => {
+                    channel.push_back(load(*queue));
+                    (0, true)
+                }
+            };
+            pending_ops += ops;
+            wake |= !lazy || load || pending_ops >= room;
+        }
+        if wake {
+            w.push_all(None, || channel.pop_front());
+            pending_ops = 0;
+            w.step(&mut store, now);
+            reports.extend(drain(&mut w).into_iter().map(|r| (now, r)));
+            room = w.gap_room_ops();
+        }
+        assert!(
+            !lazy || channel.iter().all(|j| !j.is_load()),
+            "a read is never left in the channel"
+        );
+    }
+    let written = shared.0.lock().unwrap().written.clone();
+    (reports, written)
+}
+
+proptest::proptest! {
+    /// Leaving jobs unread while the gap would only hold them changes nothing: every
+    /// write, sync, read and failure report comes out at the same time as when the
+    /// driver wakes for each job.
+    #[test]
+    fn jobs_left_unread_within_the_gap_room_change_no_report(
+        jobs in proptest::collection::vec(
+            (
+                proptest::prop_oneof![3 => proptest::strategy::Just(0u64), 1 => 1u64..4],
+                proptest::prop_oneof![1 => proptest::strategy::Just(1usize), 1 => 1usize..64],
+                proptest::bool::weighted(0.05),
+            ),
+            1..200,
+        ),
+        fail_at in 0u64..400,
+        fail_for in 0u64..20,
+    ) {
+        let mut at = 0;
+        let mut arrivals = Vec::new();
+        for (i, (gap, ops, is_load)) in jobs.into_iter().enumerate() {
+            at += gap;
+            let b = i as u64 + 1;
+            let job = if is_load && i > 0 {
+                load(b)
+            } else {
+                StoreJob::Write(b, (0..ops).map(|k| StoreOp::PutVhost(format!("{}", b * 1000 + k as u64))).collect())
+            };
+            arrivals.push((at, job));
+        }
+        let fail = fail_at..fail_at + fail_for;
+        let end = at + 40 + fail_for;
+        let eager = drive(false, &arrivals, fail.clone(), end);
+        let lazy = drive(true, &arrivals, fail, end);
+        proptest::prop_assert_eq!(&eager, &lazy);
+        proptest::prop_assert!(eager.0.iter().any(|(_, r)| r.starts_with("synced")));
+    }
+}
