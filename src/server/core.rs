@@ -218,6 +218,9 @@ pub async fn run(
         }
     }
     drop(d);
+    // The thread's last reports have nobody to read them: without this, a full report
+    // channel would keep it from finishing, and the join would wait for ever.
+    drop(persisted_rx);
     join_store_worker(worker).await
 }
 

@@ -4,13 +4,13 @@
 //!
 //! While the gap between syncs holds writes back, the thread sleeps until the gap ends and
 //! the core leaves further writes in the channel without waking it, up to the ops that
-//! would end the gap early ([`GroupCommit::gap_room_ops`]); a read always wakes it. With
+//! would end the gap early ([`GroupCommit::sleep_plan`]); a read always wakes it. With
 //! clients that publish one message at a time the core sends a batch every few messages,
 //! and waking the thread for each only to hold it cost two context switches.
 
 use tokio::sync::mpsc;
 
-use crate::store::commit::{GroupCommit, StoreDone, StoreJob};
+use crate::store::commit::{GroupCommit, StoreDone, StoreJob, WakeGate};
 use crate::store::{Store, StoreError};
 
 /// How often a failed store is retried.
@@ -27,53 +27,8 @@ const REPORTS_IN_FLIGHT: usize = 1024;
 pub struct JobSender {
     /// Taken only when the sender is dropped.
     tx: Option<std::sync::mpsc::Sender<StoreJob>>,
-    gate: std::sync::Arc<Gate>,
+    gate: std::sync::Arc<WakeGate>,
     thread: std::thread::Thread,
-}
-
-/// What the store thread and the core share about the thread's sleep.
-#[cfg(not(madsim))]
-#[derive(Debug, Default)]
-struct Gate {
-    /// Ops the core may send before it must wake the thread (0: any job wakes it).
-    room_ops: std::sync::atomic::AtomicUsize,
-    /// Ops sent since the thread last took the channel's jobs.
-    pending_ops: std::sync::atomic::AtomicUsize,
-    /// Jobs sent since then (`std`'s channel cannot be peeked at).
-    pending_jobs: std::sync::atomic::AtomicUsize,
-}
-
-/// The handshake, as a Dekker pair: the core counts a job in after putting it in the
-/// channel and then reads the room; the thread publishes its room and then reads the count.
-/// With a full fence between each side's write and read, one of the two reads sees the
-/// other side's write: the core wakes the thread, or the thread sees the job and does not
-/// sleep.
-#[cfg(not(madsim))]
-impl Gate {
-    /// The core sent a job of `ops` ops (a read if `load`): whether it must wake the thread.
-    fn sent(&self, ops: usize, load: bool) -> bool {
-        use std::sync::atomic::{Ordering, fence};
-        self.pending_jobs.fetch_add(1, Ordering::SeqCst);
-        let pending = self.pending_ops.fetch_add(ops, Ordering::SeqCst) + ops;
-        fence(Ordering::SeqCst);
-        load || pending >= self.room_ops.load(Ordering::SeqCst)
-    }
-
-    /// The thread is about to take every job in the channel.
-    fn taking(&self) {
-        use std::sync::atomic::Ordering;
-        self.pending_jobs.store(0, Ordering::SeqCst);
-        self.pending_ops.store(0, Ordering::SeqCst);
-    }
-
-    /// The thread would sleep with `room_ops` of room: whether it may, no job having come
-    /// in since it took them (one that did may not have woken it).
-    fn may_sleep(&self, room_ops: usize) -> bool {
-        use std::sync::atomic::{Ordering, fence};
-        self.room_ops.store(room_ops, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        self.pending_jobs.load(Ordering::SeqCst) == 0
-    }
 }
 
 #[cfg(not(madsim))]
@@ -81,10 +36,8 @@ impl JobSender {
     /// Sends `job`, waking the store thread unless it would only hold the job until it
     /// wakes anyway. Fails once the thread is gone.
     pub fn send(&self, job: StoreJob) -> Result<(), std::sync::mpsc::SendError<StoreJob>> {
-        let (ops, load) = match &job {
-            StoreJob::Write(_, ops) => (ops.len(), false),
-            StoreJob::Load { .. } => (0, true),
-        };
+        let ops = job.ops();
+        let load = job.is_load();
         match &self.tx {
             Some(tx) => tx.send(job)?,
             None => return Err(std::sync::mpsc::SendError(job)),
@@ -137,7 +90,7 @@ pub fn spawn(
 ) {
     let (tx, rx) = std::sync::mpsc::channel::<StoreJob>();
     let (done_tx, done_rx) = mpsc::channel::<StoreDone>(REPORTS_IN_FLIGHT);
-    let gate = std::sync::Arc::new(Gate::default());
+    let gate = std::sync::Arc::new(WakeGate::default());
     let thread_gate = std::sync::Arc::clone(&gate);
     let retry_ms = RETRY_INTERVAL.as_millis() as u64;
     let thread = std::thread::Builder::new()
@@ -170,7 +123,7 @@ pub fn spawn(
 fn take_jobs(
     commit: &mut GroupCommit,
     rx: &std::sync::mpsc::Receiver<StoreJob>,
-    gate: &Gate,
+    gate: &WakeGate,
 ) -> bool {
     use std::sync::mpsc::TryRecvError;
     gate.taking();
@@ -183,16 +136,17 @@ fn take_jobs(
     }
 }
 
-/// Sleeps until the state machine's deadline, or until the core wakes the thread: at
-/// once for a read or when no gap holds jobs back, otherwise once enough ops wait to end
-/// the gap early. Returns early (to look again) when a job came in meanwhile; a spurious
-/// wake-up only costs a look at the channel.
+/// Sleeps until the state machine's deadline, or until the core wakes the thread
+/// ([`WakeGate`]): at once for a read or when no gap holds jobs back, otherwise once enough
+/// ops wait to end the gap early. Returns at once (to look again) when a job came in since
+/// the thread took them; a spurious wake-up costs one more turn of the loop.
 #[cfg(not(madsim))]
-fn sleep(commit: &GroupCommit, gate: &Gate, now_ms: u64) {
-    if !gate.may_sleep(commit.gap_room_ops()) {
+fn sleep(commit: &GroupCommit, gate: &WakeGate, now_ms: u64) {
+    let (until, room_ops) = commit.sleep_plan();
+    if !gate.may_sleep(room_ops) {
         return;
     }
-    match commit.wake_at() {
+    match until {
         Some(at) => {
             let wait = at.saturating_sub(now_ms);
             if wait > 0 {
@@ -308,12 +262,19 @@ mod tests {
         StoreJob::Write(batch, ops)
     }
 
-    /// Waits for the report that batch `last` is synced, skipping others, within `limit`.
-    fn synced_within(rx: &mut mpsc::Receiver<StoreDone>, last: u64, limit: Duration) -> bool {
+    /// Waits for the report that batch `last` is synced within `limit`, counting the
+    /// reads answered on the way.
+    fn synced_within(
+        rx: &mut mpsc::Receiver<StoreDone>,
+        last: u64,
+        limit: Duration,
+        loaded: &mut usize,
+    ) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
             match rx.try_recv() {
                 Ok(StoreDone::Synced(b)) if b >= last => return true,
+                Ok(StoreDone::Loaded { .. }) => *loaded += 1,
                 Ok(_) => {}
                 Err(mpsc::error::TryRecvError::Empty) => {
                     std::thread::sleep(Duration::from_micros(200))
@@ -324,43 +285,26 @@ mod tests {
         false
     }
 
-    /// A job the core sends while the thread is between taking the channel's jobs and
-    /// going to sleep, judged against the room of the thread's last sleep, keeps the
-    /// thread awake; one sent once the thread sleeps wakes it unless the gap holds it.
-    #[test]
-    fn a_job_sent_as_the_store_thread_goes_to_sleep_is_never_slept_through() {
-        let gate = Gate::default();
-        assert!(gate.may_sleep(100), "nothing sent: the thread sleeps");
-        // It wakes at its deadline and takes the jobs; the core sends one against the
-        // room of that sleep and does not wake it.
-        gate.taking();
-        assert!(!gate.sent(3, false));
-        // Whatever room it would sleep with now, it looks again first.
-        assert!(!gate.may_sleep(0));
-        gate.taking();
-        assert!(gate.may_sleep(0), "no room: it sleeps until woken");
-        assert!(gate.sent(3, false), "any job wakes it");
-        gate.taking();
-        assert!(gate.may_sleep(10));
-        assert!(!gate.sent(9, false), "9 ops stay within the room of 10");
-        assert!(gate.sent(1, false), "the tenth op ends the gap");
-        assert!(gate.sent(0, true), "a read always wakes it");
-    }
-
     /// Batches sent at every pace (bursts, gaps shorter and longer than the gap between
-    /// syncs, reads among them) are all synced promptly: the thread sleeping through the
-    /// gap never sleeps through a job that needs it. Then dropping the sender ends the
-    /// thread, parked or not.
+    /// syncs, reads among them) are all synced and read: a thread asleep with no
+    /// deadline, having missed a job, would never sync it (the bound, 5 s, only tells a
+    /// missed wake from a slow machine). Then dropping the sender ends the thread, parked
+    /// or not.
     #[test]
     fn the_store_thread_syncs_every_batch_however_they_arrive_and_ends_with_its_sender() {
         let (tx, mut done, thread) = spawn(Box::new(Gapped::default()));
         let mut batch = 0;
+        let (mut reads, mut loaded) = (0, 0);
         // Pauses in µs between sends, cycling: bursts, sub-gap trickles and idle spells.
         let pauses = [0, 0, 0, 50, 300, 0, 900, 2_500, 0, 0, 150, 6_000];
         for round in 0..40u64 {
             for (i, pause) in pauses.iter().enumerate() {
                 batch += 1;
-                let ops = if (round + i as u64).is_multiple_of(7) { 60 } else { 3 };
+                let ops = if (round + i as u64).is_multiple_of(7) {
+                    60
+                } else {
+                    3
+                };
                 tx.send(write(batch, ops)).expect("the thread runs");
                 if round.is_multiple_of(5) && i == 3 {
                     let read = StoreJob::Load {
@@ -371,16 +315,21 @@ mod tests {
                         epoch: batch,
                     };
                     tx.send(read).expect("the thread runs");
+                    reads += 1;
                 }
                 std::thread::sleep(Duration::from_micros(*pause));
             }
             // Each round's last batch is synced within a generous bound (the gap is 2 ms):
             // a missed wake would leave it for ever, the thread parked with no deadline.
             assert!(
-                synced_within(&mut done, batch, Duration::from_secs(5)),
+                synced_within(&mut done, batch, Duration::from_secs(5), &mut loaded),
                 "batch {batch} was not synced"
             );
         }
+        assert_eq!(
+            loaded, reads,
+            "every read is answered before the batches behind it sync"
+        );
         drop(tx);
         let until = Instant::now() + Duration::from_secs(5);
         while !thread.is_finished() {

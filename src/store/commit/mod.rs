@@ -27,8 +27,10 @@ use std::collections::VecDeque;
 
 use super::{LoadedEntry, Store, StoreError, StoreErrorKind, StoreOp};
 use cancel::cancel_pairs;
+pub use wake::WakeGate;
 
 mod cancel;
+mod wake;
 
 /// Why the store fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +205,7 @@ impl GroupCommit {
         let written = self.unsynced[self.synced_prefix()..]
             .iter()
             .map(|w| w.merged);
-        let waiting = self.waiting.iter().map(|job| match job {
-            StoreJob::Write(_, ops) => ops.len(),
-            StoreJob::Load { .. } => 0,
-        });
+        let waiting = self.waiting.iter().map(StoreJob::ops);
         let mut held = 0;
         for n in written.chain(waiting) {
             held += n;
@@ -217,16 +216,21 @@ impl GroupCommit {
         Some((next, GAP_MAX_OPS - held))
     }
 
-    /// How many ops may arrive, while the driver sleeps until [`GroupCommit::wake_at`],
-    /// before it must wake: fewer would only be held by the next [`GroupCommit::run`]
-    /// for the gap between syncs, which ends at `wake_at` anyway. 0 when any job must wake
-    /// it (no deadline, no gap, or a store that is failing or syncing). A load always
-    /// must: a read is never held.
-    pub fn gap_room_ops(&self) -> usize {
-        if self.wake_at().is_none() || self.syncing.is_some() || self.fault.is_some() {
-            return 0;
+    /// How a driver whose calls block may sleep: until when (`None`: until a job comes),
+    /// and how many ops may arrive meanwhile before it must wake ([`WakeGate`]). While the
+    /// gap between syncs applies, it sleeps until the gap ends, and writes short of
+    /// ending it early would only be held by the next [`GroupCommit::run`], so they need
+    /// not wake it. Otherwise (no gap, or a store that is failing or syncing) it sleeps
+    /// until [`GroupCommit::wake_at`] and any job wakes it (room 0). A read always does.
+    pub fn sleep_plan(&self) -> (Option<u64>, usize) {
+        let wake_at = self.wake_at();
+        if self.syncing.is_some() || self.fault.is_some() {
+            return (wake_at, 0);
         }
-        self.gap().map_or(0, |(_, room)| room)
+        match self.gap() {
+            Some((end, room)) => (Some(wake_at.map_or(end, |at| at.min(end))), room),
+            None => (wake_at, 0),
+        }
     }
 
     /// Queues a job behind the others.
@@ -578,8 +582,17 @@ impl GroupCommit {
 }
 
 impl StoreJob {
-    fn is_load(&self) -> bool {
+    /// Whether this is a read.
+    pub fn is_load(&self) -> bool {
         matches!(self, StoreJob::Load { .. })
+    }
+
+    /// The ops a write holds (0 for a read), as the gap between syncs counts them.
+    pub fn ops(&self) -> usize {
+        match self {
+            StoreJob::Write(_, ops) => ops.len(),
+            StoreJob::Load { .. } => 0,
+        }
     }
 }
 

@@ -405,21 +405,23 @@ fn a_broken_store_is_reopened_once_per_retry_interval() {
 }
 
 /// A driver of the blocking kind over `arrivals` (the ms each job comes in, in order),
-/// returning each report with the ms it came out, and the batches the store holds.
-/// An eager driver wakes for every job; a lazy one leaves jobs in its channel while
-/// they stay short of [`GroupCommit::gap_room_ops`] (and are not reads), as the store
-/// thread does, and wakes at [`GroupCommit::wake_at`] either way. A write failure
-/// between `fail` ms (inclusive) and the end of that range runs through the store.
+/// returning each report with the ms it came out, the batches the store holds and how
+/// often it woke. An eager driver wakes for every job; a lazy one wakes when its
+/// [`WakeGate`] says so, as the store thread does, leaving the other jobs in its channel,
+/// and at the end of its [`GroupCommit::sleep_plan`]; the eager one at
+/// [`GroupCommit::wake_at`]. Writes fail through the `fail` range of ms.
 fn drive(
     lazy: bool,
     arrivals: &[(u64, StoreJob)],
     fail: std::ops::Range<u64>,
     end_ms: u64,
-) -> (Vec<(u64, String)>, Vec<u64>) {
+) -> (Vec<(u64, String)>, Vec<u64>, usize) {
     let (shared, mut store, mut w) = fixture(GroupCommit::new(7).with_sync_gap(3));
     let mut channel: VecDeque<StoreJob> = VecDeque::new();
-    let mut pending_ops = 0;
-    let mut room = w.gap_room_ops();
+    let gate = WakeGate::default();
+    let (mut until, room) = w.sleep_plan();
+    assert!(gate.may_sleep(room));
+    let mut wakes = 0;
     let mut reports = Vec::new();
     let mut next = arrivals.iter().peekable();
     for now in 0..=end_ms {
@@ -428,27 +430,26 @@ fn drive(
             s.fail_writes = fail.contains(&now).then_some(StoreErrorKind::Io);
             s.ready = !fail.contains(&now);
         }
-        let mut wake = w.wake_at().is_some_and(|at| at <= now);
+        let deadline = if lazy { until } else { w.wake_at() };
+        let mut wake = deadline.is_some_and(|at| at <= now);
         while let Some((_, job)) = next.next_if(|(at, _)| *at == now) {
-            let (ops, load) = match job {
-                StoreJob::Write(b, ops) => {
-                    channel.push_back(StoreJob::Write(*b, ops.clone()));
-                    (ops.len(), false)
-                }
-                StoreJob::Load { queue, .. } => {
-                    channel.push_back(load(*queue));
-                    (0, true)
-                }
+            let job = match job {
+                StoreJob::Write(b, ops) => StoreJob::Write(*b, ops.clone()),
+                StoreJob::Load { queue, .. } => load(*queue),
             };
-            pending_ops += ops;
-            wake |= !lazy || load || pending_ops >= room;
+            let (ops, is_load) = (job.ops(), job.is_load());
+            channel.push_back(job);
+            wake |= gate.sent(ops, is_load) || !lazy;
         }
         if wake {
+            wakes += 1;
+            gate.taking();
             w.push_all(None, || channel.pop_front());
-            pending_ops = 0;
             w.step(&mut store, now);
             reports.extend(drain(&mut w).into_iter().map(|r| (now, r)));
-            room = w.gap_room_ops();
+            let (next, room) = w.sleep_plan();
+            until = next;
+            assert!(gate.may_sleep(room), "one thread: nothing came in");
         }
         assert!(
             !lazy || channel.iter().all(|j| !j.is_load()),
@@ -456,7 +457,7 @@ fn drive(
         );
     }
     let written = shared.0.lock().unwrap().written.clone();
-    (reports, written)
+    (reports, written, wakes)
 }
 
 proptest::proptest! {
@@ -492,7 +493,32 @@ proptest::proptest! {
         let end = at + 40 + fail_for;
         let eager = drive(false, &arrivals, fail.clone(), end);
         let lazy = drive(true, &arrivals, fail, end);
-        proptest::prop_assert_eq!(&eager, &lazy);
+        proptest::prop_assert_eq!((&eager.0, &eager.1), (&lazy.0, &lazy.1));
         proptest::prop_assert!(eager.0.iter().any(|(_, r)| r.starts_with("synced")));
     }
+}
+
+/// Within the gap, the lazy driver wakes only for what ends it: writes that stay short of
+/// its room, arriving one by one, wait in the channel for the gap's end.
+#[test]
+fn a_driver_sleeps_through_writes_the_gap_would_only_hold() {
+    // Four batches at 0 ms: a sync of four, so a gap of 3 ms follows; then a write at each
+    // of 1 and 2 ms, held by the gap, written together at 3 ms. The lazy driver sleeps
+    // from the sync to the gap's end.
+    let arrivals: Vec<(u64, StoreJob)> = (1..=4)
+        .map(|b| (0, batch(b)))
+        .chain([(1, batch(5)), (2, batch(6))])
+        .collect();
+    let eager = drive(false, &arrivals, 0..0, 10);
+    let lazy = drive(true, &arrivals, 0..0, 10);
+    assert_eq!((&eager.0, &eager.1), (&lazy.0, &lazy.1));
+    assert_eq!(
+        eager.0,
+        [(0, "synced 4".to_string()), (3, "synced 6".to_string())]
+    );
+    assert_eq!(
+        (eager.2, lazy.2),
+        (4, 2),
+        "eager: 0, 1, 2, 3 ms; lazy: 0 and 3 ms"
+    );
 }
