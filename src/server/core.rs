@@ -218,10 +218,13 @@ pub async fn run(
         }
     }
     drop(d);
-    // The thread's last reports have nobody to read them: without this, a full report
-    // channel would keep it from finishing, and the join would wait for ever.
-    drop(persisted_rx);
-    join_store_worker(worker).await
+    // Keep taking the store's reports until it ends: it writes and syncs every job left
+    // in its channel first, and a full report channel would hold it (and the join) for
+    // ever, while a closed one would end it before its last writes.
+    let (result, ()) = tokio::join!(join_store_worker(worker), async {
+        while persisted_rx.recv().await.is_some() {}
+    });
+    result
 }
 
 /// Hands a store report to the broker.

@@ -105,6 +105,9 @@ pub fn spawn(
                 }
                 sleep(&commit, &thread_gate, elapsed_ms(start));
             }
+            // The core is gone: whatever it sent is still written (the loop may have
+            // ended on a report nobody took, with jobs left in the channel).
+            take_jobs(&mut commit, &rx, &thread_gate);
             let result = commit.finish(&mut *store, elapsed_ms(start));
             let _ = report(&mut commit, &done_tx);
             result
@@ -207,6 +210,9 @@ pub fn spawn(
                 }
             }
         }
+        while let Ok(job) = rx.try_recv() {
+            commit.push(job);
+        }
         let result = commit.finish(&mut *store, elapsed_ms(start));
         while let Some(d) = commit.poll_done() {
             let _ = done_tx.try_send(d);
@@ -224,9 +230,14 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::{HeadLimit, LoadedEntry, Recovered, StoreOp};
 
-    /// The memory store with a gap between syncs, as the disk store has by default.
+    /// The memory store with a gap between syncs, as the disk store has by default,
+    /// counting the ops it has synced.
     #[derive(Default)]
-    struct Gapped(MemoryStore);
+    struct Gapped(
+        MemoryStore,
+        std::sync::Arc<std::sync::Mutex<(usize, usize)>>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    );
 
     impl Store for Gapped {
         fn recover(&mut self, limit: HeadLimit) -> Result<Recovered, StoreError> {
@@ -242,9 +253,13 @@ mod tests {
             self.0.load(queue, from_seq, max, max_bytes)
         }
         fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.1.lock().expect("counts").0 += ops.len();
             self.0.write(ops)
         }
         fn sync(&mut self) -> Result<(), StoreError> {
+            let mut counts = self.1.lock().expect("counts");
+            counts.1 = counts.0;
             self.0.sync()
         }
         fn reopen(&mut self) -> Result<usize, StoreError> {
@@ -337,5 +352,49 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         thread.join().expect("no panic").expect("no store error");
+    }
+
+    /// Writes the core sent just before it went away are all written and synced before
+    /// the thread ends, whether or not anyone takes its reports: the thread is held in its
+    /// first write (of the first batch alone) until every other job is sent and the sender
+    /// dropped, so that they wait in the channel when its report fails (no reader) or
+    /// succeeds (a reader).
+    #[test]
+    fn every_write_sent_before_the_sender_goes_is_synced_when_the_thread_ends() {
+        for take_reports in [true, false] {
+            let store = Gapped::default();
+            let counts = std::sync::Arc::clone(&store.1);
+            let writes = std::sync::Arc::clone(&store.2);
+            let held = counts.lock().expect("counts");
+            let (tx, done, thread) = spawn(Box::new(store));
+            let reader = if take_reports {
+                Some(std::thread::spawn(move || {
+                    let mut done = done;
+                    while done.blocking_recv().is_some() {}
+                }))
+            } else {
+                drop(done);
+                None
+            };
+            let mut sent = 0;
+            for batch in 1..=60 {
+                tx.send(write(batch, 3)).expect("the thread runs");
+                sent += 3;
+                while batch == 1 && writes.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            drop(tx);
+            drop(held);
+            thread.join().expect("no panic").expect("no store error");
+            if let Some(reader) = reader {
+                reader.join().expect("the reader ends with the thread");
+            }
+            assert_eq!(
+                *counts.lock().expect("counts"),
+                (sent, sent),
+                "written and synced"
+            );
+        }
     }
 }
