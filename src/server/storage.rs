@@ -2,8 +2,8 @@
 //! group-commit state machine ([`GroupCommit`]) and reports back. Jobs that queue up while
 //! a sync runs are written together and share the next sync.
 //!
-//! While the gap between syncs holds writes back, the thread sleeps until the gap ends and
-//! the core leaves further writes in the channel without waking it, up to the ops that
+//! From a sync to the end of the gap after it, the thread sleeps and the core leaves
+//! further writes in the channel without waking it, up to the ops that
 //! would end the gap early ([`GroupCommit::sleep_plan`]); a read always wakes it. With
 //! clients that publish one message at a time the core sends a batch every few messages,
 //! and waking the thread for each only to hold it cost two context switches.
@@ -210,9 +210,7 @@ pub fn spawn(
                 }
             }
         }
-        while let Ok(job) = rx.try_recv() {
-            commit.push(job);
-        }
+        commit.push_all(None, || rx.try_recv().ok());
         let result = commit.finish(&mut *store, elapsed_ms(start));
         while let Some(d) = commit.poll_done() {
             let _ = done_tx.try_send(d);

@@ -228,7 +228,11 @@ impl GroupCommit {
             return (wake_at, 0);
         }
         match self.gap() {
-            Some((end, room)) => (Some(wake_at.map_or(end, |at| at.min(end))), room),
+            Some((end, room)) => {
+                // Healthy and not syncing, the only deadline is the gap's own end.
+                debug_assert!(wake_at.is_none_or(|at| at == end), "{wake_at:?} vs {end}");
+                (Some(end), room)
+            }
             None => (wake_at, 0),
         }
     }
