@@ -22,7 +22,7 @@ use warren::broker::admin::{
     Actor, AdminErrorKind, AdminId, AdminReply, AdminRequest, AdminResult, Definitions,
     ExchangeDef, Password, PutMode,
 };
-use warren::broker::{Broker, ConnInfo};
+use warren::broker::{Broker, ConnInfo, QueueId};
 use warren::proto::command::{Command, ConnId, Login, Reply};
 use warren::proto::constants::CONNECTION_FORCED;
 use warren::proto::method::Method;
@@ -69,8 +69,11 @@ pub struct AdminStats {
     /// Messages they returned.
     pub peeked: u64,
     /// Peeks that held fewer than they asked for and the queue had: stopped at the
-    /// queue's memory budget, or under the memory alarm.
+    /// queue's memory budget, under the memory alarm, or after `MAX_ADMIN_READS` reads
+    /// (consumers taking what came in).
     pub peeks_short: u64,
+    /// Of those, the ones that had waited for `MAX_ADMIN_READS` reads.
+    pub peeks_read_capped: u64,
 }
 
 /// One object the operator owns.
@@ -90,6 +93,9 @@ pub struct Operator {
     /// The request in flight: its number, the request, and whether it was answered
     /// before its batch was synced (set when the answer comes).
     in_flight: Option<(AdminId, AdminRequest)>,
+    /// The queue a peek in flight looks at, and the reads of it that came back while the
+    /// peek waited: the broker answers from memory after `MAX_ADMIN_READS` of them.
+    peek_reads: Option<(QueueId, usize)>,
     /// What answered requests left.
     users: BTreeSet<String>,
     vhosts: BTreeSet<String>,
@@ -141,6 +147,7 @@ impl Operator {
             next_at_ms: 50,
             next_id: 1,
             in_flight: None,
+            peek_reads: None,
             users: BTreeSet::new(),
             vhosts: BTreeSet::new(),
             permissions: BTreeMap::new(),
@@ -225,6 +232,12 @@ impl Operator {
         self.stats.requests += 1;
         self.change_batch = None;
         self.in_flight = Some((id, request.clone()));
+        self.peek_reads = match &request {
+            AdminRequest::Peek { vhost, queue, .. } => {
+                broker.queue(vhost, queue).map(|q| (q.id, 0))
+            }
+            _ => None,
+        };
         self.alarm_seen = broker
             .alarms()
             .any(|r| r == warren::broker::Resource::Memory);
@@ -626,12 +639,20 @@ impl Operator {
                     .iter()
                     .map(|m| warren::store::memory_cost(&m.message))
                     .sum();
-                let short_allowed = at.memory_alarm || self.alarm_seen || held >= at.queue_budget;
+                // Or it waited for as many reads as the broker allows one (consumers may
+                // take what each brings).
+                let capped = self
+                    .peek_reads
+                    .take()
+                    .is_some_and(|(_, reads)| reads >= warren::broker::admin::MAX_ADMIN_READS);
+                let short_allowed =
+                    at.memory_alarm || self.alarm_seen || held >= at.queue_budget || capped;
                 // The messages themselves are left out of the report: it names them by
                 // position.
                 let positions: Vec<u64> = m.iter().map(|m| m.position).collect();
                 let short = (m.len() as u64) < want;
                 self.stats.peeks_short += u64::from(short);
+                self.stats.peeks_read_capped += u64::from(short && capped);
                 let length_ok = m.len() as u64 == want || short && short_allowed;
                 if !length_ok || !positions.is_sorted_by(|a, b| a < b) {
                     return Err(Violation(format!(
@@ -707,10 +728,20 @@ impl Operator {
         Ok(())
     }
 
+    /// A read of `queue`'s paged messages came back to the broker.
+    pub fn read_done(&mut self, queue: QueueId) {
+        if let Some((id, reads)) = &mut self.peek_reads
+            && *id == queue
+        {
+            *reads += 1;
+        }
+    }
+
     /// The broker crashed: the session is gone, and the objects a request in flight
     /// touched are in doubt.
     pub fn crashed(&mut self) {
         self.session = None;
+        self.peek_reads = None;
         if let Some((_, request)) = self.in_flight.take() {
             if oversized(&request) {
                 // Refused before it changed anything.

@@ -52,6 +52,7 @@ pub mod hostile;
 pub mod link;
 pub mod net;
 pub mod policies;
+pub mod store_driver;
 pub mod watchdog;
 pub mod workload;
 pub mod world;

@@ -239,6 +239,8 @@ fn supervise(args: &Args, first: u64, cfg: RunConfig) -> ExitCode {
 struct Totals {
     seeds: u64,
     seeds_after_sync: u64,
+    seeds_lazy_store: u64,
+    slept_through: u64,
     synced_deliveries: u64,
     held_gets: u64,
     late_gets: u64,
@@ -285,6 +287,7 @@ struct Totals {
     admin_peeks: u64,
     admin_peeked: u64,
     admin_peeks_short: u64,
+    admin_peeks_read_capped: u64,
     admin_recoveries: u64,
     seeds_admin_recoveries: u64,
     policy_changes: u64,
@@ -387,6 +390,7 @@ impl Totals {
         self.admin_peeks += r.admin.peeks;
         self.admin_peeked += r.admin.peeked;
         self.admin_peeks_short += r.admin.peeks_short;
+        self.admin_peeks_read_capped += r.admin.peeks_read_capped;
         self.admin_recoveries += r.admin.recoveries_checked;
         self.seeds_admin_recoveries += u64::from(r.admin.recoveries_checked > 0);
         self.policy_changes += r.admin.policy_changes;
@@ -399,6 +403,8 @@ impl Totals {
         self.limit_changes += r.admin.limit_changes;
         self.seeds_limit_changes += u64::from(r.admin.limit_changes > 0);
         self.seeds_after_sync += u64::from(r.faults.deliver_after_sync);
+        self.seeds_lazy_store += u64::from(r.faults.lazy_store_wakes);
+        self.slept_through += r.slept_through;
         self.synced_deliveries += s.synced_deliveries;
         self.held_gets += s.held_gets;
         self.late_gets += s.late_gets;
@@ -436,6 +442,10 @@ impl Totals {
             "deliver after sync: {} seeds; {} stored messages delivered, each after its batch's sync; {} gets found the head waiting ({} answered after a read during which it was synced)",
             self.seeds_after_sync, self.synced_deliveries, self.held_gets, self.late_gets,
         );
+        println!(
+            "lazy store wakes: {} seeds; {} store jobs left unread in the driver's channel when sent, through the gap between syncs",
+            self.seeds_lazy_store, self.slept_through,
+        );
         let per_feature: Vec<String> = FEATURES
             .iter()
             .zip(self.hostile_features)
@@ -460,13 +470,14 @@ impl Totals {
             per_feature.join(", "),
         );
         println!(
-            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused, {} peeks at the workload's queues checked against what they asked for and the queue held: {} messages, {} stopped short at the queue's memory budget or the alarm), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds, paged reads held back {} times in {} seeds (unacked deliveries over their queue's budget)",
+            "admin: {} requests answered and checked ({} durable changes answered after their sync, {} naming something past 255 bytes refused, {} peeks at the workload's queues checked against what they asked for and the queue held: {} messages, {} stopped short at the queue's memory budget, the alarm or the read cap ({} at the cap)), {} sessions closed by deletes, users/vhosts/permissions checked after {} crashes in {} seeds; alarms: {} memory or disk windows in {} seeds, paged reads held back {} times in {} seeds (unacked deliveries over their queue's budget)",
             self.admin_requests,
             self.admin_durable,
             self.admin_oversized_refused,
             self.admin_peeks,
             self.admin_peeked,
             self.admin_peeks_short,
+            self.admin_peeks_read_capped,
             self.admin_forced_closes,
             self.admin_recoveries,
             self.seeds_admin_recoveries,

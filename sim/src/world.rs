@@ -6,7 +6,9 @@
 //! of inputs, replies go back through the connection's protocol state machine, store
 //! jobs go through the same group-commit state machine as the tokio store thread
 //! ([`GroupCommit`]) to the virtual disk, whose syncs take virtual time (a crash can fall
-//! inside one), and its reports reach the broker (`handle_persisted`, `handle_loaded`,
+//! inside one), taken as they come or, in half the seeds, as the store thread takes
+//! them, sleeping through the gap between syncs ([`StoreDriver`]), and its reports reach
+//! the broker (`handle_persisted`, `handle_loaded`,
 //! `handle_store_failed`, `handle_store_recovered`). `Command::Drained` reports reply
 //! bytes the client read. When the disk fails writes (its seed's [`DiskFaults`]), the
 //! state machine holds the jobs and retries every [`STORE_RETRY_MS`].
@@ -38,6 +40,7 @@ use crate::disk::{DiskFaults, VirtualDisk};
 use crate::faults::{Faults, derive_seed};
 use crate::hostile::{HostileClient, HostilePlan, HostileStats, Reserved};
 use crate::net::Pipe;
+use crate::store_driver::StoreDriver;
 use crate::workload::Spec;
 
 /// Length of a run.
@@ -85,6 +88,8 @@ pub struct RunResult {
     pub lossy_crashes: u64,
     /// Enqueues cancelled by their dequeue in the same store write.
     pub cancelled_pairs: u64,
+    /// Store jobs a lazy driver slept through when they were sent.
+    pub slept_through: u64,
     /// Reads of paged messages the broker asked for.
     pub loads: u64,
     /// The hostile clients' plans and what they did.
@@ -146,7 +151,9 @@ pub struct World {
     crash_in_sync: bool,
     disk: VirtualDisk,
     /// The current broker's store jobs, between it and the disk.
-    commit: GroupCommit,
+    store: StoreDriver,
+    /// Jobs the lazy store drivers of earlier incarnations slept through.
+    slept_through: u64,
     /// When the sync in flight completes.
     sync_at: Option<u64>,
     /// When the disk fails its writes.
@@ -194,8 +201,9 @@ impl World {
         let mut workload_rng = SmallRng::seed_from_u64(derive_seed(seed, 1));
         let mut fault_rng = SmallRng::seed_from_u64(derive_seed(seed, 2));
         let mut spec = Spec::generate(&mut workload_rng);
-        let faults = Faults::generate(&mut fault_rng);
-        let commit = new_commit(&faults);
+        let mut faults = Faults::generate(&mut fault_rng);
+        faults.lazy_store_wakes = crate::faults::lazy_store_wakes(seed);
+        let store = new_store(&faults);
         if faults.tiny_memory || faults.small_output_limit {
             // The model answers a basic.get when the broker receives it. A get that must
             // wait for paged messages, or for the connection's unwritten output to drain,
@@ -268,7 +276,8 @@ impl World {
             next_crash_ms: None,
             crash_in_sync: false,
             disk,
-            commit,
+            store,
+            slept_through: 0,
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
             synced_batch: 0,
@@ -332,7 +341,8 @@ impl World {
             torn_crashes: self.torn_crashes,
             loads: self.loads,
             lossy_crashes: self.lossy_crashes,
-            cancelled_pairs: self.cancelled_pairs + self.commit.cancelled_pairs(),
+            cancelled_pairs: self.cancelled_pairs + self.store.commit.cancelled_pairs(),
+            slept_through: self.slept_through + self.store.slept_through(),
             hostile: self
                 .clients
                 .iter()
@@ -403,8 +413,9 @@ impl World {
     fn quiescent(&self) -> bool {
         !self.dirty
             && self.sync_at.is_none()
-            && self.commit.backlog() == 0
-            && !self.commit.faulted()
+            && self.store.commit.backlog() == 0
+            && self.store.unread() == 0
+            && !self.store.commit.faulted()
             && !self.operator.waiting()
             && self.alarms.next_change_ms().is_none()
             && self
@@ -446,7 +457,7 @@ impl World {
         if self.disk_faults.next_change_ms().is_some_and(|t| t <= now) {
             due.push(Event::DiskFault);
         }
-        if self.broker.is_some() && self.commit.wake_at().is_some_and(|t| t <= now) {
+        if self.broker.is_some() && self.store.deadline().is_some_and(|t| t <= now) {
             due.push(Event::StoreRetry);
         }
         if self.broker.is_some() && self.operator.next_ms().is_some_and(|t| t <= now) {
@@ -501,7 +512,7 @@ impl World {
         times.extend(self.sync_at);
         times.extend(self.disk_faults.next_change_ms());
         if self.broker.is_some() {
-            times.extend(self.commit.wake_at());
+            times.extend(self.store.deadline());
             times.extend(self.operator.next_ms());
             times.extend(self.delays.next_ms());
         }
@@ -565,7 +576,7 @@ impl World {
                 Ok(())
             }
             Event::StoreRetry => {
-                self.run_store();
+                self.store_turn();
                 Ok(())
             }
             Event::Operator => {
@@ -639,8 +650,9 @@ impl World {
     /// A fresh group commit for the next broker; the old one's count of cancelled pairs
     /// is kept.
     fn replace_commit(&mut self) {
-        let fresh = new_commit(&self.faults);
-        self.cancelled_pairs += std::mem::replace(&mut self.commit, fresh).cancelled_pairs();
+        let old = std::mem::replace(&mut self.store, new_store(&self.faults));
+        self.cancelled_pairs += old.commit.cancelled_pairs();
+        self.slept_through += old.slept_through();
     }
 
     fn crash(&mut self) -> Result<(), Violation> {
@@ -649,7 +661,7 @@ impl World {
         self.sync_at = None;
         // The last batch of each write not yet synced: a crash keeps a prefix of the
         // writes, each whole (a write may hold several batches).
-        let writes: Vec<u64> = self.commit.unsynced_writes().collect();
+        let writes: Vec<u64> = self.store.commit.unsynced_writes().collect();
         // Held jobs die with the process, never written; the next broker hears of a
         // failing disk when its own first write fails.
         self.replace_commit();
@@ -721,9 +733,30 @@ impl World {
             return Ok(());
         }
         self.disk.complete_sync();
-        self.commit.sync_done(Ok(()));
+        self.store.commit.sync_done(Ok(()));
+        // The driver's step ends with its sync and a look at whether a failing store
+        // works again, before it turns to the jobs sent meanwhile.
         self.run_store();
+        if self.sync_at.is_none() && !self.store.sleep() {
+            self.store_turn();
+        }
         Ok(())
+    }
+
+    /// The store driver's turn: it takes the jobs in its channel (a lazy driver), runs
+    /// them, and unless a sync is now in flight (a lazy driver is blocked in it), goes
+    /// back to sleep.
+    fn store_turn(&mut self) {
+        self.store.take();
+        self.run_store();
+        if self.sync_at.is_none() {
+            // Jobs reach the driver only from drains, never during its turn, so it
+            // always finds its channel as it left it.
+            assert!(
+                self.store.sleep(),
+                "a store job came in during the driver's turn"
+            );
+        }
     }
 
     /// Runs the store jobs through the group commit, hands its reports to the broker and
@@ -733,12 +766,12 @@ impl World {
             return;
         }
         let now = self.now_ms;
-        let sync_due = self.commit.run(&mut self.disk, now);
-        while let Some(done) = self.commit.poll_done() {
+        let sync_due = self.store.commit.run(&mut self.disk, now);
+        while let Some(done) = self.store.commit.poll_done() {
             self.store_done(done);
         }
         if sync_due {
-            self.commit.begin_sync();
+            self.store.commit.begin_sync();
             self.disk.begin_sync();
             let (lo, hi) = self.faults.sync_latency_ms;
             self.sync_at = Some(self.now_ms + self.fault_rng.gen_range(lo..=hi));
@@ -765,6 +798,7 @@ impl World {
             } => {
                 self.loads += 1;
                 b.handle_loaded(queue, epoch, entries, now);
+                self.operator.read_done(queue);
                 self.mix(b"load", &queue.to_le_bytes());
             }
             StoreDone::Failed(fault) => {
@@ -812,12 +846,17 @@ impl World {
                         self.model.persist(*batch)?;
                         self.operator.batch_emitted(*batch);
                     }
-                    // Reads are served at once (after the writes held before them); the
-                    // next drain sees what they brought.
+                    // A read is served after the writes held before it: by an eager
+                    // driver at once, by a lazy one once it is not blocked in a sync
+                    // (a read always wakes it). The next drain sees what it brought.
                     if let Ok(job) = o.into_store_job() {
-                        self.commit.push(job);
+                        if self.store.send(job) {
+                            self.store_turn();
+                        }
+                        self.store
+                            .check(self.faults.sync_gap_ms)
+                            .map_err(|e| Violation(format!("store driver: {e}")))?;
                     }
-                    self.run_store();
                 }
                 Output::Admin { id, result } => {
                     let at = self.broker.as_ref().map(|b| crate::admin::AnswerTime {
@@ -864,7 +903,7 @@ impl World {
         if let Some(b) = &self.broker {
             b.check_invariants();
             self.model.compare(b)?;
-            check_store_weights(b, &self.commit)?;
+            check_store_weights(b, &self.store.commit)?;
         }
         Ok(())
     }
@@ -1207,9 +1246,10 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// A group commit as this seed's store driver runs it.
-fn new_commit(faults: &Faults) -> GroupCommit {
-    GroupCommit::new(STORE_RETRY_MS).with_sync_gap(faults.sync_gap_ms)
+/// A store driver as this seed runs it, with an empty channel and a fresh group commit.
+fn new_store(faults: &Faults) -> StoreDriver {
+    let commit = GroupCommit::new(STORE_RETRY_MS).with_sync_gap(faults.sync_gap_ms);
+    StoreDriver::new(commit, faults.lazy_store_wakes)
 }
 
 /// The broker holds back input once the batches it sent to the store and that are not yet
