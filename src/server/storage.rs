@@ -12,7 +12,9 @@
 
 use tokio::sync::mpsc;
 
-use crate::store::commit::{GroupCommit, StoreDone, StoreJob, WakeGate};
+#[cfg(not(madsim))]
+use crate::store::commit::WakeGate;
+use crate::store::commit::{GroupCommit, StoreDone, StoreJob};
 use crate::store::{Store, StoreError};
 
 /// How often a failed store is retried.
