@@ -40,7 +40,7 @@ impl Broker {
             .topology
             .vhosts
             .get(&*vhost)
-            .and_then(|v| v.exchanges.get(exchange))
+            .and_then(|v| v.exchange(exchange))
             .ok_or_else(|| not_found(format!("no {}", resource("exchange", exchange, &vhost))))?;
         if x.internal {
             return Err(access_refused(format!(
