@@ -423,7 +423,7 @@ impl Exchange {
         }
         match &mut self.index {
             Index::Direct(map) => {
-                *map.entry(binding.routing_key.clone())
+                *map.entry(super::name_key(binding.routing_key.clone()))
                     .or_default()
                     .entry(binding.destination.clone())
                     .or_insert(0) += 1;
@@ -577,7 +577,7 @@ impl Exchange {
                 }
             }
             Index::Direct(map) => {
-                if let Some(dests) = map.get(routing_key) {
+                if let Some(dests) = map.get(super::name_lookup(routing_key)) {
                     *work += dests.len() as u64;
                     dests.keys().for_each(found);
                 }
@@ -910,5 +910,41 @@ mod tests {
             hits.push(d.clone())
         });
         assert!(hits.is_empty());
+    }
+
+    #[test]
+    fn an_empty_binding_key_routes_and_is_stored_with_an_allocation() {
+        let mut x = Exchange::new(
+            "x",
+            ExchangeKind::Direct,
+            false,
+            false,
+            false,
+            FieldTable::default(),
+        );
+        let b = Binding {
+            destination: Destination::Queue(1),
+            routing_key: String::new(),
+            arguments: FieldTable::default(),
+        };
+        assert!(x.bind(b.clone()));
+        let Index::Direct(map) = &x.index else {
+            panic!("a direct exchange has a direct index")
+        };
+        let key = map.keys().next().expect("the binding's key");
+        assert!(key.is_empty() && key.capacity() > 0, "{key:?}");
+        let mut hits = Vec::new();
+        let props = Default::default();
+        x.route(
+            &mut Routing::new(&String::new(), &props),
+            &mut 0,
+            &mut |d| hits.push(d.clone()),
+        );
+        assert_eq!(hits, [Destination::Queue(1)]);
+        assert!(x.unbind(&b));
+        let Index::Direct(map) = &x.index else {
+            unreachable!()
+        };
+        assert!(map.is_empty(), "unbinding the empty key removes it");
     }
 }

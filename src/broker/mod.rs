@@ -84,6 +84,26 @@ use crate::store::{Recovered, StoreOp};
 /// depend only on the operations applied, which keeps simulated runs reproducible.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, HashState>;
 
+/// A map key for a name that may be empty (the default exchange, a direct binding's empty
+/// key). An empty `String` points at address 1, and comparing two strings of equal length
+/// calls `memcmp` even at length 0; glibc's AVX-512 `memcmp` reads its arguments with a
+/// masked load, and from an unmapped address that load takes a microcode assist, about
+/// 40 ns for each such argument. A key stored with [`name_key`] and looked up with
+/// [`name_lookup`] points into real memory on both sides. Per publish, the default
+/// exchange's lookup was 8% of the broker's CPU at a million messages a second.
+pub(crate) fn name_key(name: String) -> String {
+    if name.is_empty() {
+        String::with_capacity(1)
+    } else {
+        name
+    }
+}
+
+/// The name to look a [`name_key`] up by: `name`, or an empty string in real memory.
+pub(crate) fn name_lookup(name: &str) -> &str {
+    if name.is_empty() { &"-"[..0] } else { name }
+}
+
 /// The hash seed of this process, set by [`seed_hashes`].
 static HASH_SEED: std::sync::OnceLock<(u64, foldhash::SharedSeed)> = std::sync::OnceLock::new();
 

@@ -30,30 +30,11 @@ pub const PREDECLARED: [(&str, ExchangeKind); 7] = [
     ("amq.rabbitmq.trace", ExchangeKind::Topic),
 ];
 
-/// The name the default exchange is looked up by: empty, but pointing into a real
-/// string. An empty `String` points at address 1, and glibc's AVX-512 `memcmp` (which
-/// comparing two strings of equal length calls, even at length 0) reads its arguments
-/// with a masked load; from an unmapped address that load costs a microcode assist on
-/// every compare. The default exchange is looked up once per publish, and that assist
-/// was 8% of the broker's CPU at a million messages a second.
-fn default_exchange_name() -> &'static str {
-    &"amq.default"[..0]
-}
-
-/// The key the default exchange is stored under: empty, with an allocation behind it for
-/// the reason given at [`default_exchange_name`].
-fn default_exchange_key() -> String {
-    String::with_capacity(1)
-}
-
 impl VHost {
     /// The exchange called `name`; `""` and `"amq.default"` are the default exchange.
     pub fn exchange(&self, name: &str) -> Option<&Exchange> {
-        if name.is_empty() || name == "amq.default" {
-            self.exchanges.get(default_exchange_name())
-        } else {
-            self.exchanges.get(name)
-        }
+        let name = if name == "amq.default" { "" } else { name };
+        self.exchanges.get(super::name_lookup(name))
     }
 
     /// A vhost holding only the predeclared exchanges.
@@ -64,12 +45,7 @@ impl VHost {
                 let internal = *x == "amq.rabbitmq.trace";
                 let mut e = Exchange::new(x, *kind, true, false, internal, FieldTable::default());
                 e.builtin = true;
-                let key = if x.is_empty() {
-                    default_exchange_key()
-                } else {
-                    x.to_string()
-                };
-                (key, e)
+                (super::name_key(x.to_string()), e)
             })
             .collect();
         VHost {
