@@ -881,21 +881,24 @@ mod tests {
         assert!(!headers_match(&b, Some(&table(&[("n", s("5"))]))));
     }
 
+    fn direct_exchange() -> Exchange {
+        let args = FieldTable::default();
+        Exchange::new("x", ExchangeKind::Direct, false, false, false, args)
+    }
+
+    /// A binding of queue 1 by `key` (an empty key is a `String` with no allocation).
+    fn queue_binding(key: &str) -> Binding {
+        Binding {
+            destination: Destination::Queue(1),
+            routing_key: key.to_string(),
+            arguments: FieldTable::default(),
+        }
+    }
+
     #[test]
     fn direct_index_follows_bindings() {
-        let mut x = Exchange::new(
-            "x",
-            ExchangeKind::Direct,
-            false,
-            false,
-            false,
-            FieldTable::default(),
-        );
-        let b = Binding {
-            destination: Destination::Queue(1),
-            routing_key: "k".into(),
-            arguments: FieldTable::default(),
-        };
+        let mut x = direct_exchange();
+        let b = queue_binding("k");
         assert!(x.bind(b.clone()));
         assert!(!x.bind(b.clone()));
         let mut hits = Vec::new();
@@ -914,19 +917,8 @@ mod tests {
 
     #[test]
     fn an_empty_binding_key_routes_and_is_stored_with_an_allocation() {
-        let mut x = Exchange::new(
-            "x",
-            ExchangeKind::Direct,
-            false,
-            false,
-            false,
-            FieldTable::default(),
-        );
-        let b = Binding {
-            destination: Destination::Queue(1),
-            routing_key: String::new(),
-            arguments: FieldTable::default(),
-        };
+        let mut x = direct_exchange();
+        let b = queue_binding("");
         assert!(x.bind(b.clone()));
         let Index::Direct(map) = &x.index else {
             panic!("a direct exchange has a direct index")
