@@ -462,7 +462,7 @@ impl Harness {
             while let Some(o) = self.broker.poll_output() {
                 moved = true;
                 match o {
-                    Output::Persist { batch, ops } => {
+                    Output::Persist { batch, ops, .. } => {
                         // Names are part of the real store's keys, which its disk limits
                         // to 64 KiB: longer names are refused before they are stored.
                         for op in &ops {

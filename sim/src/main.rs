@@ -241,6 +241,7 @@ struct Totals {
     seeds_after_sync: u64,
     seeds_lazy_store: u64,
     slept_through: u64,
+    gap_ended: u64,
     synced_deliveries: u64,
     held_gets: u64,
     late_gets: u64,
@@ -405,6 +406,7 @@ impl Totals {
         self.seeds_after_sync += u64::from(r.faults.deliver_after_sync);
         self.seeds_lazy_store += u64::from(r.faults.lazy_store_wakes);
         self.slept_through += r.slept_through;
+        self.gap_ended += r.gap_ended;
         self.synced_deliveries += s.synced_deliveries;
         self.held_gets += s.held_gets;
         self.late_gets += s.late_gets;
@@ -443,8 +445,8 @@ impl Totals {
             self.seeds_after_sync, self.synced_deliveries, self.held_gets, self.late_gets,
         );
         println!(
-            "lazy store wakes: {} seeds; {} store jobs left unread in the driver's channel when sent, through the gap between syncs",
-            self.seeds_lazy_store, self.slept_through,
+            "lazy store wakes: {} seeds; {} store jobs left unread in the driver's channel when sent, through the gap between syncs; {} writes ended a gap early because every publisher waiting for confirms had sent all it could",
+            self.seeds_lazy_store, self.slept_through, self.gap_ended,
         );
         let per_feature: Vec<String> = FEATURES
             .iter()

@@ -4,8 +4,8 @@
 //!   flight (the simulator's driver before the lazy one);
 //! - lazy, as the tokio store thread (`src/server/storage.rs`): from a sync to the end of
 //!   the gap after it the driver sleeps, and jobs short of ending the gap early stay in
-//!   its channel unread ([`GroupCommit::sleep_plan`]); a read, enough ops
-//!   ([`WakeGate`]) or the plan's deadline wakes it. Jobs sent while it is blocked in a
+//!   its channel unread ([`GroupCommit::sleep_plan`]); a read, a write that ends the
+//!   gap, enough ops ([`WakeGate`]) or the plan's deadline wakes it. Jobs sent while it is blocked in a
 //!   sync wait for the sync's end, and jobs still in the channel die with the process.
 //!
 //! The rule itself (the plan and the handshake) is the library's; this module only plays
@@ -31,6 +31,9 @@ pub struct StoreDriver {
     asleep: bool,
     /// Jobs the driver slept through when they were sent.
     slept_through: u64,
+    /// Writes that woke it from the gap between syncs by saying that every waiting client
+    /// had sent all it could ([`StoreJob::is_urgent`]), short of the ops that end the gap.
+    gap_ended: u64,
 }
 
 impl StoreDriver {
@@ -42,6 +45,7 @@ impl StoreDriver {
             gate: WakeGate::default(),
             asleep: true,
             slept_through: 0,
+            gap_ended: 0,
         }
     }
 
@@ -54,7 +58,11 @@ impl StoreDriver {
             self.commit.push(job);
             return true;
         }
-        let wake = self.gate.sent(job.ops(), job.is_load());
+        let by_ops = self.gate.sent(job.ops(), false);
+        let wake = by_ops || job.wakes();
+        if self.asleep && !by_ops && job.is_urgent() {
+            self.gap_ended += 1;
+        }
         self.channel.push_back(job);
         if self.asleep && !wake {
             self.slept_through += 1;
@@ -99,7 +107,7 @@ impl StoreDriver {
     }
 
     /// What a sleeping driver may leave unread, checked without the plan's arithmetic: no
-    /// read (a read always wakes it), fewer ops than end the gap early on their own, and
+    /// read and no write that ends the gap (each always wakes it), fewer ops than end the gap early on their own, and
     /// nothing at all when the seed has no gap between syncs.
     pub fn check(&self, sync_gap_ms: u64) -> Result<(), String> {
         if !self.asleep || self.channel.is_empty() {
@@ -107,6 +115,9 @@ impl StoreDriver {
         }
         if self.channel.iter().any(StoreJob::is_load) {
             return Err("a read waits in the channel of a sleeping store driver".into());
+        }
+        if self.channel.iter().any(StoreJob::is_urgent) {
+            return Err("a write that ends the gap between syncs waits in the channel of a sleeping store driver".into());
         }
         let ops: usize = self.channel.iter().map(StoreJob::ops).sum();
         if ops >= GAP_MAX_OPS {
@@ -131,5 +142,10 @@ impl StoreDriver {
     /// Jobs it slept through when they were sent.
     pub fn slept_through(&self) -> u64 {
         self.slept_through
+    }
+
+    /// Urgent writes that woke it from the gap between syncs.
+    pub fn gap_ended(&self) -> u64 {
+        self.gap_ended
     }
 }

@@ -90,6 +90,8 @@ pub struct RunResult {
     pub cancelled_pairs: u64,
     /// Store jobs a lazy driver slept through when they were sent.
     pub slept_through: u64,
+    /// Urgent writes that woke a lazy driver from the gap between syncs.
+    pub gap_ended: u64,
     /// Reads of paged messages the broker asked for.
     pub loads: u64,
     /// The hostile clients' plans and what they did.
@@ -154,6 +156,8 @@ pub struct World {
     store: StoreDriver,
     /// Jobs the lazy store drivers of earlier incarnations slept through.
     slept_through: u64,
+    /// Urgent writes that woke the lazy store drivers of earlier incarnations.
+    gap_ended: u64,
     /// When the sync in flight completes.
     sync_at: Option<u64>,
     /// When the disk fails its writes.
@@ -278,6 +282,7 @@ impl World {
             disk,
             store,
             slept_through: 0,
+            gap_ended: 0,
             sync_at: None,
             disk_faults: DiskFaults::generate(derive_seed(seed, 4)),
             synced_batch: 0,
@@ -343,6 +348,7 @@ impl World {
             lossy_crashes: self.lossy_crashes,
             cancelled_pairs: self.cancelled_pairs + self.store.commit.cancelled_pairs(),
             slept_through: self.slept_through + self.store.slept_through(),
+            gap_ended: self.gap_ended + self.store.gap_ended(),
             hostile: self
                 .clients
                 .iter()
@@ -653,6 +659,7 @@ impl World {
         let old = std::mem::replace(&mut self.store, new_store(&self.faults));
         self.cancelled_pairs += old.commit.cancelled_pairs();
         self.slept_through += old.slept_through();
+        self.gap_ended += old.gap_ended();
     }
 
     fn crash(&mut self) -> Result<(), Violation> {

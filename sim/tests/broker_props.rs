@@ -153,7 +153,7 @@ impl Harness {
         self.model.outputs(&outputs).map_err(|v| v.0)?;
         for o in outputs {
             match o {
-                Output::Persist { batch, ops } => {
+                Output::Persist { batch, ops, .. } => {
                     self.model.persist(batch).map_err(|v| v.0)?;
                     self.disk.write_batch(&ops);
                     self.last_written = batch;

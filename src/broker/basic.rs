@@ -523,6 +523,7 @@ impl Broker {
                 ch.mode = Mode::Confirm {
                     next_seq: 1,
                     pending: Default::default(),
+                    peak: 0,
                 }
             }
         }

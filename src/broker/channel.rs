@@ -276,6 +276,8 @@ pub enum Mode {
         next_seq: u64,
         /// Publishes whose confirm has not been sent, in sequence order.
         pending: VecDeque<(u64, Confirm)>,
+        /// The most publishes the channel has had unconfirmed at once.
+        peak: usize,
     },
     /// `tx.select` was issued.
     Tx {
@@ -287,6 +289,62 @@ pub enum Mode {
         /// until the transaction ends, as they count against its prefetch.
         settled: usize,
     },
+}
+
+impl Mode {
+    /// Where a channel stands while its publishes wait for their confirms.
+    pub fn confirm_wait(&self) -> ConfirmWait {
+        match self {
+            Mode::Confirm { pending, peak, .. } if !pending.is_empty() => ConfirmWait {
+                waiting: true,
+                at_peak: pending.len() >= *peak,
+            },
+            _ => ConfirmWait::default(),
+        }
+    }
+}
+
+/// Where a channel in confirm mode stands: whether it has publishes unconfirmed, and
+/// whether it has as many as it ever had at once. A client that has sent all its confirm
+/// window allows is at its peak and sends no more publishes until a confirm comes; so is
+/// one that waits for each confirm (a peak of one). A client that publishes at its own
+/// pace, with room in its window, is seldom at its peak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfirmWait {
+    /// Publishes wait for their confirms.
+    pub waiting: bool,
+    /// As many as the channel ever had unconfirmed at once.
+    pub at_peak: bool,
+}
+
+/// How many channels have publishes waiting for confirms, and how many of those are at
+/// their peak ([`ConfirmWait`]), kept as channels change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfirmWaits {
+    /// Channels with unconfirmed publishes.
+    pub waiting: usize,
+    /// Of those, channels at their peak.
+    pub at_peak: usize,
+}
+
+impl ConfirmWaits {
+    /// A channel went from `before` to `after`.
+    pub fn change(&mut self, before: ConfirmWait, after: ConfirmWait) {
+        self.waiting = self.waiting + usize::from(after.waiting) - usize::from(before.waiting);
+        self.at_peak = self.at_peak + usize::from(after.at_peak) - usize::from(before.at_peak);
+        debug_assert!(self.at_peak <= self.waiting, "{self:?}");
+    }
+
+    /// A channel that stands as `wait`, counted in.
+    pub fn add(&mut self, wait: ConfirmWait) {
+        self.change(ConfirmWait::default(), wait);
+    }
+
+    /// Whether every channel waiting for confirms has sent all it will until one comes
+    /// (at least one waits): holding a sync back would then only hold them up.
+    pub fn all_at_peak(&self) -> bool {
+        self.waiting > 0 && self.at_peak == self.waiting
+    }
 }
 
 /// A channel as the broker sees it.
@@ -468,7 +526,17 @@ impl Channel {
                 last = how;
             }
         }
-        if let Mode::Confirm { next_seq, pending } = &self.mode {
+        if let Mode::Confirm {
+            next_seq,
+            pending,
+            peak,
+        } = &self.mode
+        {
+            assert!(
+                pending.len() <= *peak,
+                "{} unconfirmed above the peak {peak}",
+                pending.len()
+            );
             assert!(
                 pending
                     .iter()

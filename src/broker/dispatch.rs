@@ -484,11 +484,12 @@ impl Broker {
             let Some(ch) = self.channel_mut(conn, channel) else {
                 continue;
             };
+            let before = ch.mode.confirm_wait();
             let Mode::Confirm { pending, .. } = &mut ch.mode else {
                 continue;
             };
             let mut out = Vec::new();
-            let before = pending.len();
+            let before_len = pending.len();
             let mut run: Option<(u64, u64)> = None;
             while let Some(&(seq, state)) = pending.front() {
                 match state {
@@ -510,8 +511,10 @@ impl Broker {
             if let Some((last, n)) = run {
                 out.push(ack(last, n));
             }
-            let confirmed = (before - pending.len()) as u64;
+            let confirmed = (before_len - pending.len()) as u64;
             ch.stats.confirm += confirmed;
+            let after = ch.mode.confirm_wait();
+            self.sessions.confirm_waits.change(before, after);
             self.counters.totals.confirm += confirmed;
             for m in out {
                 self.send_method(conn, channel, m);

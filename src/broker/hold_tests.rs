@@ -65,7 +65,7 @@ fn drain_unsynced(rig: &mut Rig) -> (Vec<u64>, Vec<(String, u32)>) {
     let mut delivered = Vec::new();
     while let Some(out) = rig.broker.poll_output() {
         match out {
-            Output::Persist { batch, ops } => {
+            Output::Persist { batch, ops, .. } => {
                 rig.store.write(&ops).unwrap();
                 batches.push(batch);
             }

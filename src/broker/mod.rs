@@ -47,6 +47,8 @@ mod session;
 mod sorted;
 mod stats;
 #[cfg(test)]
+mod sync_wait_tests;
+#[cfg(test)]
 mod test_rig;
 mod timers;
 pub mod topic;
@@ -298,6 +300,9 @@ pub enum Output {
         batch: u64,
         /// The changes.
         ops: Vec<StoreOp>,
+        /// Every client waiting for a sync had sent all it could when the batch was made
+        /// ([`Broker::sync_awaited`]): a driver that holds syncs apart should sync now.
+        urgent: bool,
     },
     /// Read up to `max` entries of a queue from position `from_seq` on
     /// ([`crate::store::Store::load`]), after every batch emitted before this output, and
@@ -331,7 +336,7 @@ impl Output {
     pub fn into_store_job(self) -> Result<crate::store::commit::StoreJob, Output> {
         use crate::store::commit::StoreJob;
         match self {
-            Output::Persist { batch, ops } => Ok(StoreJob::Write(batch, ops)),
+            Output::Persist { batch, ops, urgent } => Ok(StoreJob::Write(batch, ops, urgent)),
             Output::Load {
                 queue,
                 from_seq,
@@ -742,6 +747,15 @@ impl Broker {
         self.finish_round();
     }
 
+    /// Whether every channel whose publishes wait for confirms has as many unconfirmed as
+    /// it ever had (at least one waits). Such clients send no more publishes until a sync
+    /// confirms some, so holding the next sync back to gather more (the store's gap
+    /// between syncs) would only hold them up: clients that wait for each confirm, or
+    /// that fill their confirm window, as against clients that publish at their own pace.
+    pub fn sync_awaited(&self) -> bool {
+        self.sessions.confirm_waits.all_at_peak()
+    }
+
     /// The next output for the driver: store batches first, then replies. Call it until it
     /// returns `None` after each batch of inputs, before [`Broker::poll_timeout`].
     ///
@@ -762,6 +776,7 @@ impl Broker {
             return Some(Output::Persist {
                 batch,
                 ops: std::mem::take(&mut self.round.journal.ops),
+                urgent: self.sync_awaited(),
             });
         }
         if let Some((queue, from_seq, max, max_bytes, epoch)) = self.round.loads.pop() {

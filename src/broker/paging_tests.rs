@@ -278,7 +278,7 @@ fn park_a_get(rig: &mut Rig) -> ((u64, u64, usize, u64, u64), u32) {
         let mut answered = false;
         while let Some(out) = rig.broker.poll_output() {
             match out {
-                Output::Persist { batch, ops } => {
+                Output::Persist { batch, ops, .. } => {
                     rig.store.write(&ops).unwrap();
                     rig.broker.handle_persisted(batch);
                 }
@@ -359,7 +359,7 @@ fn unsynced_page_outs_weigh_their_headers_and_hold_back_input() {
             rig.now,
         );
         while let Some(out) = rig.broker.poll_output() {
-            if let Output::Persist { batch, ops } = out {
+            if let Output::Persist { batch, ops, .. } = out {
                 held.push((batch, ops));
             }
         }

@@ -8,6 +8,7 @@ use crate::proto::command::{Command, ConnId};
 use crate::proto::method::Method;
 
 use super::auth::Users;
+use super::channel::ConfirmWaits;
 use super::exchange::{Destination, QueueId};
 use super::queue::{MemoryMeter, Queue};
 use super::stats::MessageCounters;
@@ -177,6 +178,8 @@ pub(super) struct Sessions {
     pub(super) held: HashMap<ConnId, VecDeque<Command>>,
     /// Held connections whose get was answered.
     pub(super) to_resume: Vec<ConnId>,
+    /// Channels whose publishes wait for confirms ([`Broker::sync_awaited`]).
+    pub(super) confirm_waits: ConfirmWaits,
 }
 
 impl Default for Sessions {
@@ -186,6 +189,7 @@ impl Default for Sessions {
             next_channel_uid: 1,
             held: HashMap::default(),
             to_resume: Vec::new(),
+            confirm_waits: ConfirmWaits::default(),
         }
     }
 }
@@ -199,11 +203,17 @@ impl Sessions {
                 "held work of a closed connection"
             );
         }
+        let mut waits = ConfirmWaits::default();
         for c in self.conns.values() {
             for ch in c.channels.values() {
                 assert!(ch.uid < self.next_channel_uid, "channel uid not yet issued");
+                waits.add(ch.mode.confirm_wait());
             }
         }
+        assert_eq!(
+            waits, self.confirm_waits,
+            "channels waiting for confirms, counted against the count kept"
+        );
     }
 }
 

@@ -123,9 +123,13 @@ impl Broker {
             return;
         };
         let uid = ch.uid;
-        if let Mode::Confirm { pending, .. } = &mut ch.mode {
+        let before = ch.mode.confirm_wait();
+        if let Mode::Confirm { pending, peak, .. } = &mut ch.mode {
             pending.push_back((seq, outcome));
+            *peak = (*peak).max(pending.len());
         }
+        let after = ch.mode.confirm_wait();
+        self.sessions.confirm_waits.change(before, after);
         if outcome == Confirm::Waiting {
             self.round.deferred.push_back((
                 batch,

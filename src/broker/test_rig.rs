@@ -78,7 +78,7 @@ pub(super) fn admin_answer(
         }
         while let Some(out) = broker.poll_output() {
             match out {
-                Output::Persist { batch, ops } => {
+                Output::Persist { batch, ops, .. } => {
                     outcome.ops.extend(ops);
                     last_batch = Some(batch);
                 }
@@ -149,7 +149,7 @@ impl Rig {
         let mut outputs = Outputs::default();
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Persist { batch, ops } => {
+                Output::Persist { batch, ops, .. } => {
                     self.store.write(&ops).unwrap();
                     self.store.sync().unwrap();
                     self.broker.handle_persisted(batch);

@@ -41,12 +41,12 @@ impl JobSender {
     /// wakes anyway. Fails once the thread is gone.
     pub fn send(&self, job: StoreJob) -> Result<(), std::sync::mpsc::SendError<StoreJob>> {
         let ops = job.ops();
-        let load = job.is_load();
+        let wake = job.wakes();
         match &self.tx {
             Some(tx) => tx.send(job)?,
             None => return Err(std::sync::mpsc::SendError(job)),
         }
-        if self.gate.sent(ops, load) {
+        if self.gate.sent(ops, wake) {
             self.thread.unpark();
         }
         Ok(())
@@ -276,7 +276,7 @@ mod tests {
         let ops = (0..ops)
             .map(|i| StoreOp::PutVhost(format!("v{batch}.{i}")))
             .collect();
-        StoreJob::Write(batch, ops)
+        StoreJob::Write(batch, ops, false)
     }
 
     /// Waits for the report that batch `last` is synced within `limit`, counting the

@@ -43,7 +43,7 @@ impl Harness {
         let mut replies = std::mem::take(&mut self.pending);
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Persist { batch, ops } => {
+                Output::Persist { batch, ops, .. } => {
                     self.ops.extend(ops);
                     self.broker.handle_persisted(batch);
                 }

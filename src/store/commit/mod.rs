@@ -53,8 +53,11 @@ impl From<StoreErrorKind> for StoreFault {
 /// Work for the store, in the order the core emitted it.
 #[derive(Debug)]
 pub enum StoreJob {
-    /// Write a batch (synced with the batches written around it).
-    Write(u64, Vec<StoreOp>),
+    /// Write a batch (synced with the batches written around it). The flag says that
+    /// every client waiting for a sync has sent all it can until one comes (see
+    /// [`crate::broker::Broker::sync_awaited`]): the gap between syncs would only hold
+    /// them up, so it ends.
+    Write(u64, Vec<StoreOp>, bool),
     /// Read a queue's paged entries.
     Load {
         /// Queue incarnation.
@@ -114,6 +117,8 @@ struct Write {
     /// The ops the batches held before enqueue/dequeue pairs were cancelled (what the
     /// gap between syncs counts, so that cancelling never brings a gap back).
     merged: usize,
+    /// One of the batches ends the gap between syncs ([`StoreJob::Write`]).
+    urgent: bool,
 }
 
 /// The group-commit state machine.
@@ -182,7 +187,8 @@ impl GroupCommit {
     /// wait after a sync that covered fewer than [`GAP_MIN_BATCHES`] batches (an idle
     /// store, or one client waiting for each confirm, whose next publish can only follow
     /// it), nor once [`GAP_MAX_OPS`] ops wait (a sync is worth its cost then: waiting would
-    /// only hold up publishers whose confirm windows are full).
+    /// only hold up publishers whose confirm windows are full), nor once a batch says that
+    /// every client waiting for a sync has sent all it can ([`StoreJob::Write`]).
     pub fn with_sync_gap(mut self, gap_ms: u64) -> Self {
         self.sync_gap_ms = gap_ms;
         self
@@ -202,9 +208,11 @@ impl GroupCommit {
             return None;
         }
         // Ops for the next sync: written since the last one started, or waiting.
-        let written = self.unsynced[self.synced_prefix()..]
-            .iter()
-            .map(|w| w.merged);
+        let written = &self.unsynced[self.synced_prefix()..];
+        if written.iter().any(|w| w.urgent) || self.waiting.iter().any(StoreJob::is_urgent) {
+            return None;
+        }
+        let written = written.iter().map(|w| w.merged);
         let waiting = self.waiting.iter().map(StoreJob::ops);
         let mut held = 0;
         for n in written.chain(waiting) {
@@ -290,7 +298,7 @@ impl GroupCommit {
     /// of batches it holds and its ops.
     pub fn held_batches(&self) -> impl Iterator<Item = (u64, u64, &[StoreOp])> + '_ {
         let waiting = self.waiting.iter().filter_map(|j| match j {
-            StoreJob::Write(batch, ops) => Some((*batch, *batch, ops.as_slice())),
+            StoreJob::Write(batch, ops, _) => Some((*batch, *batch, ops.as_slice())),
             StoreJob::Load { .. } => None,
         });
         self.unsynced
@@ -348,8 +356,8 @@ impl GroupCommit {
         }
         while let Some(job) = self.waiting.pop_front() {
             let done = match job {
-                StoreJob::Write(batch, ops) => {
-                    let write = self.merge_writes(batch, ops);
+                StoreJob::Write(batch, ops, urgent) => {
+                    let write = self.merge_writes(batch, ops, urgent);
                     self.write(store, write)
                 }
                 load => self.load(store, load),
@@ -364,17 +372,18 @@ impl GroupCommit {
 
     /// `ops`, batch `first`, and the write batches waiting right behind it, as one write
     /// (up to [`MAX_MERGED_OPS`]), with the enqueue/dequeue pairs within it cancelled.
-    fn merge_writes(&mut self, first: u64, mut ops: Vec<StoreOp>) -> Write {
+    fn merge_writes(&mut self, first: u64, mut ops: Vec<StoreOp>, mut urgent: bool) -> Write {
         let mut last = first;
-        while let Some(StoreJob::Write(_, next)) = self.waiting.front() {
+        while let Some(StoreJob::Write(_, next, _)) = self.waiting.front() {
             if ops.len() + next.len() > MAX_MERGED_OPS {
                 break;
             }
-            let Some(StoreJob::Write(batch, next)) = self.waiting.pop_front() else {
+            let Some(StoreJob::Write(batch, next, next_urgent)) = self.waiting.pop_front() else {
                 unreachable!("the front is a write");
             };
             debug_assert!(batch > last, "batches arrive in order");
             last = batch;
+            urgent |= next_urgent;
             ops.extend(next);
         }
         let merged = ops.len();
@@ -384,6 +393,7 @@ impl GroupCommit {
             last,
             ops,
             merged,
+            urgent,
         }
     }
 
@@ -591,10 +601,21 @@ impl StoreJob {
         matches!(self, StoreJob::Load { .. })
     }
 
+    /// Whether this is a write that ends the gap between syncs.
+    pub fn is_urgent(&self) -> bool {
+        matches!(self, StoreJob::Write(_, _, true))
+    }
+
+    /// Whether a driver sleeping through the gap between syncs must wake for this job: a
+    /// read, or a write that ends the gap.
+    pub fn wakes(&self) -> bool {
+        self.is_load() || self.is_urgent()
+    }
+
     /// The ops a write holds (0 for a read), as the gap between syncs counts them.
     pub fn ops(&self) -> usize {
         match self {
-            StoreJob::Write(_, ops) => ops.len(),
+            StoreJob::Write(_, ops, _) => ops.len(),
             StoreJob::Load { .. } => 0,
         }
     }

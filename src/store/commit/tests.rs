@@ -84,7 +84,7 @@ impl Store for Shared {
 }
 
 fn batch(n: u64) -> StoreJob {
-    StoreJob::Write(n, vec![StoreOp::PutVhost(n.to_string())])
+    StoreJob::Write(n, vec![StoreOp::PutVhost(n.to_string())], false)
 }
 
 /// A group commit over a test store, and a second handle on that store's state.
@@ -262,8 +262,73 @@ fn syncs_start_at_least_the_gap_apart_while_several_batches_share_them() {
     w.step(&mut store, 31);
     assert!(drain(&mut w).is_empty());
     let many = (0..GAP_MAX_OPS as u64).map(|i| StoreOp::PutVhost(format!("{}", 100 + i)));
-    w.push(StoreJob::Write(16, many.collect()));
+    w.push(StoreJob::Write(16, many.collect(), false));
     w.step(&mut store, 32);
+    assert_eq!(drain(&mut w), ["synced 16"]);
+}
+
+/// Clients that wait for each confirm: once every one of them has sent what it can, the
+/// core marks its batch, and the gap ends with it; the marked batch and those held
+/// before it are written and synced at once. An unmarked batch after the sync waits
+/// again.
+#[test]
+fn a_batch_sent_when_every_waiting_client_has_sent_all_it_can_ends_the_gap() {
+    let (shared, mut store, mut w) = fixture(GroupCommit::new(100).with_sync_gap(5));
+    for b in 1..5 {
+        w.push(batch(b));
+    }
+    w.step(&mut store, 10);
+    assert_eq!(drain(&mut w), ["synced 4"]);
+    w.push(batch(5));
+    w.step(&mut store, 11);
+    assert!(
+        drain(&mut w).is_empty(),
+        "an unmarked batch waits out the gap"
+    );
+    assert_eq!(w.sleep_plan(), (Some(15), GAP_MAX_OPS - 1));
+    let urgent = StoreJob::Write(6, vec![StoreOp::PutVhost("6".into())], true);
+    assert!(urgent.wakes(), "a marked batch wakes a sleeping driver");
+    w.push(urgent);
+    assert_eq!(w.wake_at(), None);
+    w.step(&mut store, 11);
+    assert_eq!(drain(&mut w), ["synced 6"]);
+    assert_eq!(shared.0.lock().unwrap().written, (1..7).collect::<Vec<_>>());
+    // That sync covered two batches, so no gap follows it; four more bring it back.
+    for b in 7..11 {
+        w.push(batch(b));
+    }
+    w.step(&mut store, 12);
+    assert_eq!(drain(&mut w), ["synced 10"]);
+    w.push(batch(11));
+    w.step(&mut store, 13);
+    assert!(drain(&mut w).is_empty());
+    assert_eq!(w.wake_at(), Some(17));
+    // A marked batch that arrives while a sync is in flight waits for it, then goes
+    // without the gap that sync (of four batches) would bring.
+    w.push(batch(12));
+    w.push(batch(13));
+    w.push(StoreJob::Write(
+        14,
+        vec![StoreOp::PutVhost("14".into())],
+        true,
+    ));
+    assert!(w.run(&mut store, 14));
+    w.begin_sync();
+    w.push(batch(15));
+    assert!(!w.run(&mut store, 14), "held for the sync in flight");
+    w.sync_done(Ok(()));
+    assert_eq!(drain(&mut w), ["synced 14"]);
+    assert!(
+        !w.run(&mut store, 14),
+        "an unmarked batch waits out the gap"
+    );
+    w.push(StoreJob::Write(
+        16,
+        vec![StoreOp::PutVhost("16".into())],
+        true,
+    ));
+    assert!(w.run(&mut store, 14), "the marked batch ends it");
+    w.sync_now(&mut store);
     assert_eq!(drain(&mut w), ["synced 16"]);
 }
 
@@ -281,7 +346,7 @@ fn cancelled_pairs_do_not_bring_the_gap_back() {
         .map(|s| enqueue(9, s))
         .collect();
     ops.extend((0..20).map(|s| dequeue(9, s, None)));
-    w.push(StoreJob::Write(5, ops));
+    w.push(StoreJob::Write(5, ops, false));
     assert!(w.run(&mut store, 11), "the sync is due at once");
     assert_eq!(w.cancelled_pairs(), 20);
 }
@@ -370,8 +435,12 @@ fn a_message_published_and_acked_between_two_syncs_is_never_written() {
     w.push(batch(1));
     assert!(w.run(&mut store, 0));
     w.begin_sync();
-    w.push(StoreJob::Write(2, vec![enqueue(4, 1), enqueue(4, 2)]));
-    w.push(StoreJob::Write(3, vec![dequeue(4, 1, None)]));
+    w.push(StoreJob::Write(
+        2,
+        vec![enqueue(4, 1), enqueue(4, 2)],
+        false,
+    ));
+    w.push(StoreJob::Write(3, vec![dequeue(4, 1, None)], false));
     assert!(!w.run(&mut store, 1));
     store.sync().unwrap();
     w.sync_done(Ok(()));
@@ -434,12 +503,12 @@ fn drive(
         let mut wake = deadline.is_some_and(|at| at <= now);
         while let Some((_, job)) = next.next_if(|(at, _)| *at == now) {
             let job = match job {
-                StoreJob::Write(b, ops) => StoreJob::Write(*b, ops.clone()),
+                StoreJob::Write(b, ops, urgent) => StoreJob::Write(*b, ops.clone(), *urgent),
                 StoreJob::Load { queue, .. } => load(*queue),
             };
-            let (ops, is_load) = (job.ops(), job.is_load());
+            let (ops, wakes) = (job.ops(), job.wakes());
             channel.push_back(job);
-            wake |= gate.sent(ops, is_load) || !lazy;
+            wake |= gate.sent(ops, wakes) || !lazy;
         }
         if wake {
             wakes += 1;
@@ -452,8 +521,8 @@ fn drive(
             assert!(gate.may_sleep(room), "one thread: nothing came in");
         }
         assert!(
-            !lazy || channel.iter().all(|j| !j.is_load()),
-            "a read is never left in the channel"
+            !lazy || channel.iter().all(|j| !j.wakes()),
+            "a read or a write that ends the gap is never left in the channel"
         );
     }
     let written = shared.0.lock().unwrap().written.clone();
@@ -471,6 +540,7 @@ proptest::proptest! {
                 proptest::prop_oneof![3 => proptest::strategy::Just(0u64), 1 => 1u64..4],
                 proptest::prop_oneof![1 => proptest::strategy::Just(1usize), 1 => 1usize..64],
                 proptest::bool::weighted(0.05),
+                proptest::bool::weighted(0.1),
             ),
             1..200,
         ),
@@ -479,13 +549,13 @@ proptest::proptest! {
     ) {
         let mut at = 0;
         let mut arrivals = Vec::new();
-        for (i, (gap, ops, is_load)) in jobs.into_iter().enumerate() {
+        for (i, (gap, ops, is_load, urgent)) in jobs.into_iter().enumerate() {
             at += gap;
             let b = i as u64 + 1;
             let job = if is_load && i > 0 {
                 load(b)
             } else {
-                StoreJob::Write(b, (0..ops).map(|k| StoreOp::PutVhost(format!("{}", b * 1000 + k as u64))).collect())
+                StoreJob::Write(b, (0..ops).map(|k| StoreOp::PutVhost(format!("{}", b * 1000 + k as u64))).collect(), urgent)
             };
             arrivals.push((at, job));
         }

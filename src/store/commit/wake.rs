@@ -3,7 +3,7 @@
 //! ([`GroupCommit::sleep_plan`](super::GroupCommit::sleep_plan)).
 //!
 //! The driver publishes the room it sleeps with; the core counts each job it sends and
-//! wakes the driver for a read, or once the ops sent since the driver last took its jobs
+//! wakes the driver for a read or a write that ends the gap, or once the ops sent since the driver last took its jobs
 //! reach the room (0: any job). The two sides form a Dekker pair: the core counts a job in
 //! after putting it in the channel and then reads the room; the driver publishes its room
 //! and then reads the count. With a full fence between each side's write and read, one of
@@ -24,13 +24,13 @@ pub struct WakeGate {
 }
 
 impl WakeGate {
-    /// The core put a job of `ops` ops in the channel (a read if `load`): whether it must
-    /// wake the driver.
-    pub fn sent(&self, ops: usize, load: bool) -> bool {
+    /// The core put a job of `ops` ops in the channel (one that always wakes the driver if
+    /// `wake`: [`StoreJob::wakes`](super::StoreJob::wakes)): whether it must wake the driver.
+    pub fn sent(&self, ops: usize, wake: bool) -> bool {
         self.pending_jobs.fetch_add(1, Ordering::SeqCst);
         let pending = self.pending_ops.fetch_add(ops, Ordering::SeqCst) + ops;
         fence(Ordering::SeqCst);
-        load || pending >= self.room_ops.load(Ordering::SeqCst)
+        wake || pending >= self.room_ops.load(Ordering::SeqCst)
     }
 
     /// The driver is about to take every job in the channel.

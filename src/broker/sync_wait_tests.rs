@@ -1,0 +1,105 @@
+//! Which store batches say that every publisher waiting for confirms has sent all it can
+//! ([`Broker::sync_awaited`](super::Broker::sync_awaited)), so that the store syncs them
+//! without waiting out its gap between syncs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::broker::test_rig::Rig;
+use crate::broker::{BrokerConfig, Output};
+use crate::proto::command::{Command, ConnId, Message};
+use crate::proto::method::*;
+use crate::proto::props::BasicProperties;
+use crate::store::Store;
+
+/// Publishes a persistent message to `queue` on channel 1 and drains the broker without
+/// syncing: the urgent flag of each store batch the publish made.
+fn publish(rig: &mut Rig, last: &mut u64, conn: ConnId, queue: &str) -> Vec<bool> {
+    let message = Arc::new(Message {
+        exchange: String::new(),
+        routing_key: queue.into(),
+        properties: BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        },
+        body: Bytes::from_static(b"m"),
+    });
+    rig.now += 1;
+    rig.broker.handle_command(
+        conn,
+        Command::Publish {
+            channel: 1,
+            mandatory: false,
+            immediate: false,
+            message,
+        },
+        rig.now,
+    );
+    let mut urgent = Vec::new();
+    while let Some(out) = rig.broker.poll_output() {
+        if let Output::Persist {
+            batch,
+            ops,
+            urgent: u,
+        } = out
+        {
+            rig.store.write(&ops).unwrap();
+            *last = batch;
+            urgent.push(u);
+        }
+    }
+    urgent
+}
+
+/// Syncs every batch written so far, up to `last_batch`; the confirms go out.
+fn sync(rig: &mut Rig, last_batch: u64) {
+    rig.store.sync().unwrap();
+    rig.broker.handle_persisted(last_batch);
+    rig.drain();
+}
+
+#[test]
+fn a_batch_is_urgent_while_every_channel_with_unconfirmed_publishes_has_its_most() {
+    let mut rig = Rig::new(BrokerConfig::default());
+    for conn in [1, 2] {
+        rig.open(conn);
+        rig.method(conn, Method::ConfirmSelect(ConfirmSelect { nowait: false }));
+    }
+    rig.declare(1, "q", true);
+    let mut last = 0;
+    // No one waits yet: each client's first publish is all it has out.
+    assert_eq!(publish(&mut rig, &mut last, 1, "q"), [true]);
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [true]);
+    assert!(rig.broker.sync_awaited());
+    sync(&mut rig, last);
+    assert!(!rig.broker.sync_awaited(), "nothing waits for a confirm");
+    // Client 1 sends two before a sync: its most is now two.
+    assert_eq!(publish(&mut rig, &mut last, 1, "q"), [true]);
+    assert_eq!(publish(&mut rig, &mut last, 1, "q"), [true]);
+    sync(&mut rig, last);
+    // One unconfirmed publish of client 1 is below its most: it may send more, so the
+    // batch is not urgent, whatever client 2 does.
+    assert_eq!(publish(&mut rig, &mut last, 1, "q"), [false]);
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [false]);
+    assert_eq!(
+        publish(&mut rig, &mut last, 1, "q"),
+        [true],
+        "client 1 is at its most again"
+    );
+    sync(&mut rig, last);
+    // A closed channel no longer counts.
+    assert_eq!(publish(&mut rig, &mut last, 1, "q"), [false]);
+    rig.method(
+        1,
+        Method::ChannelClose(ChannelClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }),
+    );
+    assert!(!rig.broker.sync_awaited());
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [true]);
+    rig.broker.check_invariants();
+}
