@@ -345,6 +345,12 @@ def scenarios(duration: int) -> list[Scenario]:
         Scenario("l-persistent", "lapin: same, persistent + confirms (window 20)",
                  ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "10000",
                   "--prefetch", "100", "--persistent", "--confirm", "20", *d], metric="latency", client="lapin"),
+        # Publishers that wait for each confirm before the next publish (as with pika's
+        # BlockingConnection or the Java client's waitForConfirms): throughput is set by
+        # how soon a sync follows the publishes it covers.
+        Scenario("l-sync", "lapin: 10 producers each waiting for every confirm, persistent, 10 consumers",
+                 ["--size", "16", "--producers", "10", "--consumers", "10", "--queues", "10", "--rate", "1000000",
+                  "--prefetch", "100", "--persistent", "--confirm", "1", *d], client="lapin"),
         Scenario("idle", "1,000 idle connections with a channel each: broker memory per connection",
                  ["--idle-connections", "1000", "--duration", "5"], metric="idle_rss"),
         Scenario("restart", "restart with 1,000,000 persistent messages queued",

@@ -445,7 +445,7 @@ impl Totals {
             self.seeds_after_sync, self.synced_deliveries, self.held_gets, self.late_gets,
         );
         println!(
-            "lazy store wakes: {} seeds; {} store jobs left unread in the driver's channel when sent, through the gap between syncs; {} writes ended a gap early because every publisher waiting for confirms had sent all it could",
+            "lazy store wakes: {} seeds; {} store jobs left unread in the driver's channel when sent, through the gap between syncs; {} writes ended a gap early because every client waiting for a sync (a confirm or a commit-ok) had sent all it could",
             self.seeds_lazy_store, self.slept_through, self.gap_ended,
         );
         let per_feature: Vec<String> = FEATURES

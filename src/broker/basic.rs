@@ -549,11 +549,30 @@ impl Broker {
                     ops: Vec::new(),
                     bytes: 0,
                     settled: 0,
+                    commits: 0,
                 }
             }
         }
         self.send_method(conn, channel, Method::TxSelectOk(TxSelectOk {}));
         Ok(())
+    }
+
+    /// A commit-ok on the channel begins (`waiting`) or ends its wait for a sync.
+    pub(super) fn count_commit(&mut self, conn: ConnId, channel: u16, waiting: bool) {
+        let Some(ch) = self.channel_mut(conn, channel) else {
+            return;
+        };
+        let before = ch.mode.sync_wait();
+        if let Mode::Tx { commits, .. } = &mut ch.mode {
+            if waiting {
+                *commits += 1;
+            } else {
+                debug_assert!(*commits > 0, "a commit-ok nobody waited for");
+                *commits = commits.saturating_sub(1);
+            }
+        }
+        let after = ch.mode.sync_wait();
+        self.sessions.sync_waits.change(before, after);
     }
 
     fn take_tx(&mut self, conn: ConnId, channel: u16) -> AmqpResult<Vec<TxOp>> {
@@ -566,6 +585,7 @@ impl Broker {
                 ops,
                 bytes,
                 settled,
+                ..
             } => {
                 *bytes = 0;
                 *settled = 0;
@@ -598,6 +618,7 @@ impl Broker {
         }
         let ok = Method::TxCommitOk(TxCommitOk {});
         if waits_for_store {
+            self.count_commit(conn, channel, true);
             let batch = self.current_batch();
             let uid = self.channel_uid(conn, channel).unwrap_or_default();
             self.round.deferred.push_back((

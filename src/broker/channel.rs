@@ -288,60 +288,70 @@ pub enum Mode {
         /// Deliveries settled by `ops`: they count against the channel's unacked limit
         /// until the transaction ends, as they count against its prefetch.
         settled: usize,
+        /// Commits whose `tx.commit-ok` waits for the sync of their batch.
+        commits: u32,
     },
 }
 
 impl Mode {
-    /// Where a channel stands while its publishes wait for their confirms.
-    pub fn confirm_wait(&self) -> ConfirmWait {
+    /// Where a channel stands while its client waits for a sync: publishes waiting for
+    /// their confirms, or a `tx.commit-ok`.
+    pub fn sync_wait(&self) -> SyncWait {
         match self {
-            Mode::Confirm { pending, peak, .. } if !pending.is_empty() => ConfirmWait {
+            Mode::Confirm { pending, peak, .. } if !pending.is_empty() => SyncWait {
                 waiting: true,
                 at_peak: pending.len() >= *peak,
             },
-            _ => ConfirmWait::default(),
+            // A client that commits waits for the commit-ok before it goes on.
+            Mode::Tx { commits, .. } if *commits > 0 => SyncWait {
+                waiting: true,
+                at_peak: true,
+            },
+            _ => SyncWait::default(),
         }
     }
 }
 
-/// Where a channel in confirm mode stands: whether it has publishes unconfirmed, and
-/// whether it has as many as it ever had at once. A client that has sent all its confirm
-/// window allows is at its peak and sends no more publishes until a confirm comes; so is
-/// one that waits for each confirm (a peak of one). A client that publishes at its own
-/// pace, with room in its window, is seldom at its peak.
+/// Where a channel stands toward the next sync: whether its client waits for one, and
+/// whether it has likely sent all it will until one comes (it is at its peak). A channel
+/// in confirm mode is at its peak with as many publishes unconfirmed as it ever had at
+/// once: a client that has sent all its confirm window allows sends no more publishes
+/// until a confirm comes, and neither does one that waits for each confirm (a peak of
+/// one); a client that publishes at its own pace, with room in its window, is seldom at
+/// its peak. A transaction waiting for its commit-ok always is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConfirmWait {
-    /// Publishes wait for their confirms.
+pub struct SyncWait {
+    /// The client waits for a sync.
     pub waiting: bool,
-    /// As many as the channel ever had unconfirmed at once.
+    /// It has likely sent all it will until one comes.
     pub at_peak: bool,
 }
 
-/// How many channels have publishes waiting for confirms, and how many of those are at
-/// their peak ([`ConfirmWait`]), kept as channels change.
+/// How many channels wait for a sync, and how many of those are at their peak
+/// ([`SyncWait`]), kept as channels change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConfirmWaits {
-    /// Channels with unconfirmed publishes.
+pub struct SyncWaits {
+    /// Channels whose clients wait for a sync.
     pub waiting: usize,
     /// Of those, channels at their peak.
     pub at_peak: usize,
 }
 
-impl ConfirmWaits {
+impl SyncWaits {
     /// A channel went from `before` to `after`.
-    pub fn change(&mut self, before: ConfirmWait, after: ConfirmWait) {
+    pub fn change(&mut self, before: SyncWait, after: SyncWait) {
         self.waiting = self.waiting + usize::from(after.waiting) - usize::from(before.waiting);
         self.at_peak = self.at_peak + usize::from(after.at_peak) - usize::from(before.at_peak);
         debug_assert!(self.at_peak <= self.waiting, "{self:?}");
     }
 
     /// A channel that stands as `wait`, counted in.
-    pub fn add(&mut self, wait: ConfirmWait) {
-        self.change(ConfirmWait::default(), wait);
+    pub fn add(&mut self, wait: SyncWait) {
+        self.change(SyncWait::default(), wait);
     }
 
-    /// Whether every channel waiting for confirms has sent all it will until one comes
-    /// (at least one waits): holding a sync back would then only hold them up.
+    /// Whether every channel waiting for a sync has sent all it will until one comes (at
+    /// least one waits): holding a sync back would then only hold them up.
     pub fn all_at_peak(&self) -> bool {
         self.waiting > 0 && self.at_peak == self.waiting
     }

@@ -484,7 +484,7 @@ impl Broker {
             let Some(ch) = self.channel_mut(conn, channel) else {
                 continue;
             };
-            let before = ch.mode.confirm_wait();
+            let before = ch.mode.sync_wait();
             let Mode::Confirm { pending, .. } = &mut ch.mode else {
                 continue;
             };
@@ -513,8 +513,8 @@ impl Broker {
             }
             let confirmed = (before_len - pending.len()) as u64;
             ch.stats.confirm += confirmed;
-            let after = ch.mode.confirm_wait();
-            self.sessions.confirm_waits.change(before, after);
+            let after = ch.mode.sync_wait();
+            self.sessions.sync_waits.change(before, after);
             self.counters.totals.confirm += confirmed;
             for m in out {
                 self.send_method(conn, channel, m);

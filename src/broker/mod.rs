@@ -738,6 +738,9 @@ impl Broker {
                     method,
                 } => {
                     if self.channel_uid(conn, channel) == Some(uid) {
+                        if matches!(method, Method::TxCommitOk(_)) {
+                            self.count_commit(conn, channel, false);
+                        }
                         self.send_method(conn, channel, method);
                     }
                 }
@@ -747,13 +750,16 @@ impl Broker {
         self.finish_round();
     }
 
-    /// Whether every channel whose publishes wait for confirms has as many unconfirmed as
-    /// it ever had (at least one waits). Such clients send no more publishes until a sync
-    /// confirms some, so holding the next sync back to gather more (the store's gap
-    /// between syncs) would only hold them up: clients that wait for each confirm, or
-    /// that fill their confirm window, as against clients that publish at their own pace.
+    /// Whether every channel whose client waits for a sync is at its peak ([`SyncWait`]):
+    /// with as many publishes unconfirmed as it ever had, or a transaction waiting for
+    /// its commit-ok (at least one channel waits). Such clients send nothing more until a
+    /// sync, so holding the next sync back to gather more (the store's gap between syncs)
+    /// would only hold them up: clients that wait for each confirm or commit, or that fill
+    /// their confirm window, as against clients that publish at their own pace.
+    ///
+    /// [`SyncWait`]: channel::SyncWait
     pub fn sync_awaited(&self) -> bool {
-        self.sessions.confirm_waits.all_at_peak()
+        self.sessions.sync_waits.all_at_peak()
     }
 
     /// The next output for the driver: store batches first, then replies. Call it until it

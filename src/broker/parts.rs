@@ -8,7 +8,7 @@ use crate::proto::command::{Command, ConnId};
 use crate::proto::method::Method;
 
 use super::auth::Users;
-use super::channel::ConfirmWaits;
+use super::channel::SyncWaits;
 use super::exchange::{Destination, QueueId};
 use super::queue::{MemoryMeter, Queue};
 use super::stats::MessageCounters;
@@ -179,7 +179,7 @@ pub(super) struct Sessions {
     /// Held connections whose get was answered.
     pub(super) to_resume: Vec<ConnId>,
     /// Channels whose publishes wait for confirms ([`Broker::sync_awaited`]).
-    pub(super) confirm_waits: ConfirmWaits,
+    pub(super) sync_waits: SyncWaits,
 }
 
 impl Default for Sessions {
@@ -189,7 +189,7 @@ impl Default for Sessions {
             next_channel_uid: 1,
             held: HashMap::default(),
             to_resume: Vec::new(),
-            confirm_waits: ConfirmWaits::default(),
+            sync_waits: SyncWaits::default(),
         }
     }
 }
@@ -203,15 +203,15 @@ impl Sessions {
                 "held work of a closed connection"
             );
         }
-        let mut waits = ConfirmWaits::default();
+        let mut waits = SyncWaits::default();
         for c in self.conns.values() {
             for ch in c.channels.values() {
                 assert!(ch.uid < self.next_channel_uid, "channel uid not yet issued");
-                waits.add(ch.mode.confirm_wait());
+                waits.add(ch.mode.sync_wait());
             }
         }
         assert_eq!(
-            waits, self.confirm_waits,
+            waits, self.sync_waits,
             "channels waiting for confirms, counted against the count kept"
         );
     }

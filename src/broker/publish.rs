@@ -123,13 +123,13 @@ impl Broker {
             return;
         };
         let uid = ch.uid;
-        let before = ch.mode.confirm_wait();
+        let before = ch.mode.sync_wait();
         if let Mode::Confirm { pending, peak, .. } = &mut ch.mode {
             pending.push_back((seq, outcome));
             *peak = (*peak).max(pending.len());
         }
-        let after = ch.mode.confirm_wait();
-        self.sessions.confirm_waits.change(before, after);
+        let after = ch.mode.sync_wait();
+        self.sessions.sync_waits.change(before, after);
         if outcome == Confirm::Waiting {
             self.round.deferred.push_back((
                 batch,

@@ -14,7 +14,7 @@ use crate::store::{
 
 use super::Broker;
 use super::auth::{Permissions, TopicPermission, hash_password};
-use super::channel::{Channel, ConfirmWait, Mode};
+use super::channel::{Channel, Mode, SyncWait};
 use super::error::not_allowed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::policy::{Policy, Target};
@@ -421,8 +421,8 @@ impl Broker {
             return false;
         };
         self.sessions
-            .confirm_waits
-            .change(ch.mode.confirm_wait(), ConfirmWait::default());
+            .sync_waits
+            .change(ch.mode.sync_wait(), SyncWait::default());
         self.channel_closed(conn);
         // Each queue the channel consumes from loses all of the channel's consumers in one
         // pass; in queue id order, so that auto-deletes happen in the same order every run.

@@ -103,3 +103,73 @@ fn a_batch_is_urgent_while_every_channel_with_unconfirmed_publishes_has_its_most
     assert_eq!(publish(&mut rig, &mut last, 2, "q"), [true]);
     rig.broker.check_invariants();
 }
+
+/// Commits channel 1's transaction and drains the broker without syncing: the urgent
+/// flag of each store batch the commit made. The commit-ok waits for the sync.
+fn commit(rig: &mut Rig, last: &mut u64, conn: ConnId) -> Vec<bool> {
+    rig.now += 1;
+    rig.broker.handle_command(
+        conn,
+        Command::Method {
+            channel: 1,
+            method: Method::TxCommit(TxCommit {}),
+        },
+        rig.now,
+    );
+    let mut urgent = Vec::new();
+    while let Some(out) = rig.broker.poll_output() {
+        match out {
+            Output::Persist {
+                batch,
+                ops,
+                urgent: u,
+            } => {
+                rig.store.write(&ops).unwrap();
+                *last = batch;
+                urgent.push(u);
+            }
+            Output::Replies { replies, .. } => assert!(
+                !replies
+                    .iter()
+                    .any(|r| format!("{r:?}").contains("TxCommitOk")),
+                "the commit-ok waits for the sync"
+            ),
+            _ => {}
+        }
+    }
+    urgent
+}
+
+/// A transaction waiting for its commit-ok waits for a sync with nothing more to send; a
+/// publisher with room in its confirm window keeps the batch from being urgent.
+#[test]
+fn a_commit_waiting_for_its_sync_is_at_its_peak_until_the_commit_ok() {
+    let mut rig = Rig::new(BrokerConfig::default());
+    rig.open(1);
+    rig.open(2);
+    rig.method(1, Method::TxSelect(TxSelect {}));
+    rig.method(2, Method::ConfirmSelect(ConfirmSelect { nowait: false }));
+    rig.declare(1, "q", true);
+    let mut last = 0;
+    assert!(
+        publish(&mut rig, &mut last, 1, "q").is_empty(),
+        "held by the transaction"
+    );
+    assert_eq!(commit(&mut rig, &mut last, 1), [true]);
+    assert!(rig.broker.sync_awaited());
+    rig.broker.check_invariants();
+    sync(&mut rig, last);
+    assert!(!rig.broker.sync_awaited(), "the commit-ok went out");
+    // The confirm channel's most becomes two; after a sync, one out is below it.
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [true]);
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [true]);
+    sync(&mut rig, last);
+    assert_eq!(publish(&mut rig, &mut last, 2, "q"), [false]);
+    // The transaction's next commit is at its peak; the confirm channel is not.
+    assert!(publish(&mut rig, &mut last, 1, "q").is_empty());
+    assert_eq!(commit(&mut rig, &mut last, 1), [false]);
+    rig.broker.check_invariants();
+    sync(&mut rig, last);
+    assert!(!rig.broker.sync_awaited());
+    rig.broker.check_invariants();
+}
