@@ -855,7 +855,8 @@ impl World {
                     }
                     // A read is served after the writes held before it: by an eager
                     // driver at once, by a lazy one once it is not blocked in a sync
-                    // (a read always wakes it). The next drain sees what it brought.
+                    // (a read always wakes it, as does an urgent write). The next drain
+                    // sees what it brought.
                     if let Ok(job) = o.into_store_job() {
                         if self.store.send(job) {
                             self.store_turn();

@@ -524,6 +524,7 @@ impl Broker {
                     next_seq: 1,
                     pending: Default::default(),
                     peak: 0,
+                    returning: 0,
                 }
             }
         }
@@ -550,6 +551,7 @@ impl Broker {
                     bytes: 0,
                     settled: 0,
                     commits: 0,
+                    returning: 0,
                 }
             }
         }
@@ -557,21 +559,31 @@ impl Broker {
         Ok(())
     }
 
-    /// A commit-ok on the channel begins (`waiting`) or ends its wait for a sync.
+    /// A commit-ok on the channel begins (`waiting`) or ends its wait for a sync. The
+    /// channel is returning from the commit-ok that leaves none waiting until it commits
+    /// again ([`super::channel::SyncWait`]).
     pub(super) fn count_commit(&mut self, conn: ConnId, channel: u16, waiting: bool) {
+        let round = self.sessions.sync_waits.round;
         let Some(ch) = self.channel_mut(conn, channel) else {
             return;
         };
-        let before = ch.mode.sync_wait();
-        if let Mode::Tx { commits, .. } = &mut ch.mode {
+        let before = ch.mode.sync_wait(round);
+        if let Mode::Tx {
+            commits, returning, ..
+        } = &mut ch.mode
+        {
             if waiting {
                 *commits += 1;
+                *returning = 0;
             } else {
                 debug_assert!(*commits > 0, "a commit-ok nobody waited for");
                 *commits = commits.saturating_sub(1);
+                if *commits == 0 {
+                    *returning = round;
+                }
             }
         }
-        let after = ch.mode.sync_wait();
+        let after = ch.mode.sync_wait(round);
         self.sessions.sync_waits.change(before, after);
     }
 

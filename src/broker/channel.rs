@@ -278,6 +278,9 @@ pub enum Mode {
         pending: VecDeque<(u64, Confirm)>,
         /// The most publishes the channel has had unconfirmed at once.
         peak: usize,
+        /// The sync round in which confirms left nothing unconfirmed, until the next
+        /// publish (0: none; [`SyncWait`]).
+        returning: u64,
     },
     /// `tx.select` was issued.
     Tx {
@@ -290,51 +293,87 @@ pub enum Mode {
         settled: usize,
         /// Commits whose `tx.commit-ok` waits for the sync of their batch.
         commits: u32,
+        /// The sync round in which the last commit-ok went out, until the next commit
+        /// (0: none; [`SyncWait`]).
+        returning: u64,
     },
 }
 
 impl Mode {
-    /// Where a channel stands while its client waits for a sync: publishes waiting for
-    /// their confirms, or a `tx.commit-ok`.
-    pub fn sync_wait(&self) -> SyncWait {
+    /// Where a channel stands toward the next sync, in sync round `round`
+    /// ([`SyncWaits::round`]).
+    pub fn sync_wait(&self, round: u64) -> SyncWait {
         match self {
-            Mode::Confirm { pending, peak, .. } if !pending.is_empty() => SyncWait {
-                waiting: true,
-                at_peak: pending.len() >= *peak,
+            Mode::Confirm {
+                pending,
+                peak,
+                returning,
+                ..
+            } => SyncWait {
+                waiting: !pending.is_empty(),
+                at_peak: !pending.is_empty() && pending.len() >= *peak,
+                returning: *returning == round,
             },
             // A client that commits waits for the commit-ok before it goes on.
-            Mode::Tx { commits, .. } if *commits > 0 => SyncWait {
-                waiting: true,
-                at_peak: true,
+            Mode::Tx {
+                commits, returning, ..
+            } => SyncWait {
+                waiting: *commits > 0,
+                at_peak: *commits > 0,
+                returning: *returning == round,
             },
-            _ => SyncWait::default(),
+            Mode::Plain => SyncWait::default(),
         }
     }
 }
 
-/// Where a channel stands toward the next sync: whether its client waits for one, and
-/// whether it has likely sent all it will until one comes (it is at its peak). A channel
-/// in confirm mode is at its peak with as many publishes unconfirmed as it ever had at
-/// once: a client that has sent all its confirm window allows sends no more publishes
-/// until a confirm comes, and neither does one that waits for each confirm (a peak of
-/// one); a client that publishes at its own pace, with room in its window, is seldom at
-/// its peak. A transaction waiting for its commit-ok always is.
+/// Where a channel stands toward the next sync.
+///
+/// - Waiting: its client waits for a sync (publishes waiting for their confirms, or a
+///   `tx.commit-ok`).
+/// - At its peak: it has likely sent all it will until a sync comes. A channel in confirm
+///   mode is at its peak with as many publishes unconfirmed as it ever had at once: a
+///   client that has sent all its confirm window allows sends no more publishes until a
+///   confirm comes, and neither does one that waits for each confirm (a peak of one). A
+///   transaction waiting for its commit-ok always is.
+/// - Returning: the last sync's confirms (or commit-ok) left it with nothing unconfirmed,
+///   and it has not published since. A client that waits for each confirm comes back at
+///   once; one that publishes at its own pace, now and then, comes back later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncWait {
     /// The client waits for a sync.
     pub waiting: bool,
     /// It has likely sent all it will until one comes.
     pub at_peak: bool,
+    /// The last sync answered all it waited for, and it has not published since.
+    pub returning: bool,
 }
 
-/// How many channels wait for a sync, and how many of those are at their peak
-/// ([`SyncWait`]), kept as channels change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many channels wait for a sync, how many of those are at their peak, and how many
+/// the last sync answered and have not published since ([`SyncWait`]), kept as channels
+/// change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncWaits {
     /// Channels whose clients wait for a sync.
     pub waiting: usize,
     /// Of those, channels at their peak.
     pub at_peak: usize,
+    /// Channels the last sync answered that have not published since.
+    pub returning: usize,
+    /// The sync round: one more with each sync the store reports. A channel marked with
+    /// an older round is no longer returning.
+    pub round: u64,
+}
+
+impl Default for SyncWaits {
+    fn default() -> Self {
+        SyncWaits {
+            waiting: 0,
+            at_peak: 0,
+            returning: 0,
+            round: 1,
+        }
+    }
 }
 
 impl SyncWaits {
@@ -342,6 +381,8 @@ impl SyncWaits {
     pub fn change(&mut self, before: SyncWait, after: SyncWait) {
         self.waiting = self.waiting + usize::from(after.waiting) - usize::from(before.waiting);
         self.at_peak = self.at_peak + usize::from(after.at_peak) - usize::from(before.at_peak);
+        self.returning =
+            self.returning + usize::from(after.returning) - usize::from(before.returning);
         debug_assert!(self.at_peak <= self.waiting, "{self:?}");
     }
 
@@ -350,10 +391,17 @@ impl SyncWaits {
         self.change(SyncWait::default(), wait);
     }
 
+    /// The store reported a sync: a new round, in which no channel is returning yet.
+    pub fn synced(&mut self) {
+        self.round += 1;
+        self.returning = 0;
+    }
+
     /// Whether every channel waiting for a sync has sent all it will until one comes (at
-    /// least one waits): holding a sync back would then only hold them up.
+    /// least one waits), and every channel the last sync answered has come back: holding
+    /// the next sync back would then only hold them up.
     pub fn all_at_peak(&self) -> bool {
-        self.waiting > 0 && self.at_peak == self.waiting
+        self.waiting > 0 && self.at_peak == self.waiting && self.returning == 0
     }
 }
 
@@ -540,6 +588,7 @@ impl Channel {
             next_seq,
             pending,
             peak,
+            ..
         } = &self.mode
         {
             assert!(

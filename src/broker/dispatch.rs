@@ -477,6 +477,7 @@ impl Broker {
         if self.round.confirm_dirty.is_empty() {
             return;
         }
+        let round = self.sessions.sync_waits.round;
         let mut dirty = std::mem::take(&mut self.round.confirm_dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -484,8 +485,11 @@ impl Broker {
             let Some(ch) = self.channel_mut(conn, channel) else {
                 continue;
             };
-            let before = ch.mode.sync_wait();
-            let Mode::Confirm { pending, .. } = &mut ch.mode else {
+            let before = ch.mode.sync_wait(round);
+            let Mode::Confirm {
+                pending, returning, ..
+            } = &mut ch.mode
+            else {
                 continue;
             };
             let mut out = Vec::new();
@@ -511,9 +515,13 @@ impl Broker {
             if let Some((last, n)) = run {
                 out.push(ack(last, n));
             }
+            if before_len > 0 && pending.is_empty() {
+                // Nothing left unconfirmed: the client may come back at once.
+                *returning = round;
+            }
             let confirmed = (before_len - pending.len()) as u64;
             ch.stats.confirm += confirmed;
-            let after = ch.mode.sync_wait();
+            let after = ch.mode.sync_wait(round);
             self.sessions.sync_waits.change(before, after);
             self.counters.totals.confirm += confirmed;
             for m in out {

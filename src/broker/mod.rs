@@ -709,6 +709,7 @@ impl Broker {
 
     /// The store synced every batch up to and including `batch`.
     pub fn handle_persisted(&mut self, batch: u64) {
+        self.sessions.sync_waits.synced();
         while let Some(&(b, bytes)) = self.round.journal.unsynced.front() {
             if b > batch {
                 break;
@@ -750,12 +751,14 @@ impl Broker {
         self.finish_round();
     }
 
-    /// Whether every channel whose client waits for a sync is at its peak ([`SyncWait`]):
-    /// with as many publishes unconfirmed as it ever had, or a transaction waiting for
-    /// its commit-ok (at least one channel waits). Such clients send nothing more until a
-    /// sync, so holding the next sync back to gather more (the store's gap between syncs)
-    /// would only hold them up: clients that wait for each confirm or commit, or that fill
-    /// their confirm window, as against clients that publish at their own pace.
+    /// Whether holding the next sync back to gather more (the store's gap between syncs)
+    /// would only hold clients up: every channel whose client waits for a sync is at its
+    /// peak ([`SyncWait`]), with as many publishes unconfirmed as it ever had or a
+    /// transaction waiting for its commit-ok (at least one channel waits), and every
+    /// channel the last sync answered in full has published or committed again. So it is
+    /// for clients that wait for each confirm or commit, or fill their confirm window, and
+    /// come back at once; clients that publish at their own pace, with room in their
+    /// window or now and then, keep the gap.
     ///
     /// [`SyncWait`]: channel::SyncWait
     pub fn sync_awaited(&self) -> bool {

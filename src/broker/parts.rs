@@ -178,7 +178,7 @@ pub(super) struct Sessions {
     pub(super) held: HashMap<ConnId, VecDeque<Command>>,
     /// Held connections whose get was answered.
     pub(super) to_resume: Vec<ConnId>,
-    /// Channels whose publishes wait for confirms ([`Broker::sync_awaited`]).
+    /// Channels whose clients wait for a sync ([`Broker::sync_awaited`]).
     pub(super) sync_waits: SyncWaits,
 }
 
@@ -203,16 +203,19 @@ impl Sessions {
                 "held work of a closed connection"
             );
         }
-        let mut waits = SyncWaits::default();
+        let mut waits = SyncWaits {
+            round: self.sync_waits.round,
+            ..SyncWaits::default()
+        };
         for c in self.conns.values() {
             for ch in c.channels.values() {
                 assert!(ch.uid < self.next_channel_uid, "channel uid not yet issued");
-                waits.add(ch.mode.sync_wait());
+                waits.add(ch.mode.sync_wait(waits.round));
             }
         }
         assert_eq!(
             waits, self.sync_waits,
-            "channels waiting for confirms, counted against the count kept"
+            "channels waiting for a sync, counted against the count kept"
         );
     }
 }

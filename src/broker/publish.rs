@@ -119,16 +119,24 @@ impl Broker {
     /// Records a confirm's outcome in publish order.
     fn record_confirm(&mut self, conn: ConnId, channel: u16, seq: u64, outcome: Confirm) {
         let batch = self.current_batch();
+        let round = self.sessions.sync_waits.round;
         let Some(ch) = self.channel_mut(conn, channel) else {
             return;
         };
         let uid = ch.uid;
-        let before = ch.mode.sync_wait();
-        if let Mode::Confirm { pending, peak, .. } = &mut ch.mode {
+        let before = ch.mode.sync_wait(round);
+        if let Mode::Confirm {
+            pending,
+            peak,
+            returning,
+            ..
+        } = &mut ch.mode
+        {
             pending.push_back((seq, outcome));
             *peak = (*peak).max(pending.len());
+            *returning = 0;
         }
-        let after = ch.mode.sync_wait();
+        let after = ch.mode.sync_wait(round);
         self.sessions.sync_waits.change(before, after);
         if outcome == Confirm::Waiting {
             self.round.deferred.push_back((

@@ -420,9 +420,10 @@ impl Broker {
         else {
             return false;
         };
+        let round = self.sessions.sync_waits.round;
         self.sessions
             .sync_waits
-            .change(ch.mode.sync_wait(), SyncWait::default());
+            .change(ch.mode.sync_wait(round), SyncWait::default());
         self.channel_closed(conn);
         // Each queue the channel consumes from loses all of the channel's consumers in one
         // pass; in queue id order, so that auto-deletes happen in the same order every run.

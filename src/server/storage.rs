@@ -4,7 +4,8 @@
 //!
 //! From a sync to the end of the gap after it, the thread sleeps and the core leaves
 //! further writes in the channel without waking it, up to the ops that
-//! would end the gap early ([`GroupCommit::sleep_plan`]); a read always wakes it. With
+//! would end the gap early ([`GroupCommit::sleep_plan`]); a read or a write that ends the
+//! gap ([`StoreJob::wakes`]) always wakes it. With
 //! clients that publish one message at a time the core sends a batch every few messages,
 //! and waking the thread for each only to hold it cost two context switches. The
 //! simulator plays this loop in virtual time in half its seeds (`sim/src/store_driver.rs`),
@@ -144,8 +145,8 @@ fn take_jobs(
 }
 
 /// Sleeps until the state machine's deadline, or until the core wakes the thread
-/// ([`WakeGate`]): at once for a read or when no gap holds jobs back, otherwise once enough
-/// ops wait to end the gap early. Returns at once (to look again) when a job came in since
+/// ([`WakeGate`]): at once for a read, for a write that ends the gap, or when no gap holds
+/// jobs back, otherwise once enough ops wait to end the gap early. Returns at once (to look again) when a job came in since
 /// the thread took them; a spurious wake-up costs one more turn of the loop.
 #[cfg(not(madsim))]
 fn sleep(commit: &GroupCommit, gate: &WakeGate, now_ms: u64) {

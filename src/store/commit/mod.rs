@@ -229,7 +229,8 @@ impl GroupCommit {
     /// gap between syncs applies, it sleeps until the gap ends, and writes short of
     /// ending it early would only be held by the next [`GroupCommit::run`], so they need
     /// not wake it. Otherwise (no gap, or a store that is failing or syncing) it sleeps
-    /// until [`GroupCommit::wake_at`] and any job wakes it (room 0). A read always does.
+    /// until [`GroupCommit::wake_at`] and any job wakes it (room 0). A read, and a write
+    /// that ends the gap, always do ([`StoreJob::wakes`]).
     pub fn sleep_plan(&self) -> (Option<u64>, usize) {
         let wake_at = self.wake_at();
         if self.syncing.is_some() || self.fault.is_some() {
