@@ -1,13 +1,9 @@
 //! Delivery only once the store batch holding a message is synced
 //! (`BrokerConfig::deliver_after_sync`, as a cluster's leader runs).
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-
 use crate::broker::test_rig::Rig;
 use crate::broker::{BrokerConfig, Output};
-use crate::proto::command::{Command, Message, Reply};
+use crate::proto::command::{Command, Reply};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 use crate::store::Store;
@@ -36,26 +32,11 @@ fn rig(deliver_after_sync: bool) -> Rig {
 
 /// Publishes without running the rig's driver loop (which syncs every batch).
 fn publish(rig: &mut Rig, queue: &str, body: u32, persistent: bool) {
-    let message = Arc::new(Message {
-        exchange: String::new(),
-        routing_key: queue.into(),
-        properties: BasicProperties {
-            delivery_mode: Some(if persistent { 2 } else { 1 }),
-            ..Default::default()
-        },
-        body: Bytes::copy_from_slice(&body.to_be_bytes()),
-    });
-    rig.now += 1;
-    rig.broker.handle_command(
-        1,
-        Command::Publish {
-            channel: 1,
-            mandatory: false,
-            immediate: false,
-            message,
-        },
-        rig.now,
-    );
+    let properties = BasicProperties {
+        delivery_mode: Some(if persistent { 2 } else { 1 }),
+        ..Default::default()
+    };
+    rig.send_publish(1, "", queue, body, properties);
 }
 
 /// Drains the outputs, writing store batches without syncing them: the batches written,

@@ -1,14 +1,11 @@
-//! Which store batches say that every publisher waiting for confirms has sent all it can
+//! Which store batches say that every client waiting for a sync (for confirms or a
+//! commit-ok) has sent all it will until one comes
 //! ([`Broker::sync_awaited`](super::Broker::sync_awaited)), so that the store syncs them
 //! without waiting out its gap between syncs.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-
 use crate::broker::test_rig::Rig;
 use crate::broker::{BrokerConfig, Output};
-use crate::proto::command::{Command, ConnId, Message};
+use crate::proto::command::{Command, ConnId};
 use crate::proto::method::*;
 use crate::proto::props::BasicProperties;
 use crate::store::Store;
@@ -16,37 +13,36 @@ use crate::store::Store;
 /// Publishes a persistent message to `queue` on channel 1 and drains the broker without
 /// syncing: the urgent flag of each store batch the publish made.
 fn publish(rig: &mut Rig, last: &mut u64, conn: ConnId, queue: &str) -> Vec<bool> {
-    let message = Arc::new(Message {
-        exchange: String::new(),
-        routing_key: queue.into(),
-        properties: BasicProperties {
-            delivery_mode: Some(2),
-            ..Default::default()
-        },
-        body: Bytes::from_static(b"m"),
-    });
-    rig.now += 1;
-    rig.broker.handle_command(
-        conn,
-        Command::Publish {
-            channel: 1,
-            mandatory: false,
-            immediate: false,
-            message,
-        },
-        rig.now,
-    );
+    let properties = BasicProperties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    rig.send_publish(conn, "", queue, 0, properties);
+    drain_unsynced(rig, last)
+}
+
+/// Drains the broker, writing store batches without syncing them: the urgent flag of
+/// each batch (the last one's number in `last`). A commit-ok must wait for the sync.
+fn drain_unsynced(rig: &mut Rig, last: &mut u64) -> Vec<bool> {
     let mut urgent = Vec::new();
     while let Some(out) = rig.broker.poll_output() {
-        if let Output::Persist {
-            batch,
-            ops,
-            urgent: u,
-        } = out
-        {
-            rig.store.write(&ops).unwrap();
-            *last = batch;
-            urgent.push(u);
+        match out {
+            Output::Persist {
+                batch,
+                ops,
+                urgent: u,
+            } => {
+                rig.store.write(&ops).unwrap();
+                *last = batch;
+                urgent.push(u);
+            }
+            Output::Replies { replies, .. } => assert!(
+                !replies
+                    .iter()
+                    .any(|r| format!("{r:?}").contains("TxCommitOk")),
+                "a commit-ok waits for the sync"
+            ),
+            _ => {}
         }
     }
     urgent
@@ -124,7 +120,7 @@ fn a_batch_is_urgent_once_every_waiting_channel_has_its_most_and_every_answered_
 }
 
 /// Commits channel 1's transaction and drains the broker without syncing: the urgent
-/// flag of each store batch the commit made. The commit-ok waits for the sync.
+/// flag of each store batch the commit made.
 fn commit(rig: &mut Rig, last: &mut u64, conn: ConnId) -> Vec<bool> {
     rig.now += 1;
     rig.broker.handle_command(
@@ -135,28 +131,7 @@ fn commit(rig: &mut Rig, last: &mut u64, conn: ConnId) -> Vec<bool> {
         },
         rig.now,
     );
-    let mut urgent = Vec::new();
-    while let Some(out) = rig.broker.poll_output() {
-        match out {
-            Output::Persist {
-                batch,
-                ops,
-                urgent: u,
-            } => {
-                rig.store.write(&ops).unwrap();
-                *last = batch;
-                urgent.push(u);
-            }
-            Output::Replies { replies, .. } => assert!(
-                !replies
-                    .iter()
-                    .any(|r| format!("{r:?}").contains("TxCommitOk")),
-                "the commit-ok waits for the sync"
-            ),
-            _ => {}
-        }
-    }
-    urgent
+    drain_unsynced(rig, last)
 }
 
 /// A transaction waiting for its commit-ok waits for a sync with nothing more to send,

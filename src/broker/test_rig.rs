@@ -317,13 +317,28 @@ impl Rig {
         body: u32,
         properties: BasicProperties,
     ) -> Vec<(ConnId, Reply)> {
+        self.send_publish(conn, exchange, routing_key, body, properties);
+        self.drain()
+    }
+
+    /// Hands the broker a publish of `body` (as 4 bytes) on channel 1, without running
+    /// the driver loop (which syncs every batch).
+    pub fn send_publish(
+        &mut self,
+        conn: ConnId,
+        exchange: &str,
+        routing_key: &str,
+        body: u32,
+        properties: BasicProperties,
+    ) {
         let message = Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             properties,
             body: Bytes::copy_from_slice(&body.to_be_bytes()),
         });
-        self.command(
+        self.now += 1;
+        self.broker.handle_command(
             conn,
             Command::Publish {
                 channel: 1,
@@ -331,7 +346,8 @@ impl Rig {
                 immediate: false,
                 message,
             },
-        )
+            self.now,
+        );
     }
 
     /// A no-ack basic.get: the body as a number and its redelivered flag, or None.
