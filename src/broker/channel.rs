@@ -293,8 +293,8 @@ pub enum Mode {
         settled: usize,
         /// Commits whose `tx.commit-ok` waits for the sync of their batch.
         commits: u32,
-        /// The sync round in which the last commit-ok went out, until the next commit
-        /// (0: none; [`SyncWait`]).
+        /// The sync round in which a commit-ok left no commit waiting, until a commit
+        /// that waits for the store (0: none; [`SyncWait`]).
         returning: u64,
     },
 }
@@ -336,16 +336,17 @@ impl Mode {
 ///   client that has sent all its confirm window allows sends no more publishes until a
 ///   confirm comes, and neither does one that waits for each confirm (a peak of one). A
 ///   transaction waiting for its commit-ok always is.
-/// - Returning: the last sync's confirms (or commit-ok) left it with nothing unconfirmed,
-///   and it has not published since. A client that waits for each confirm comes back at
-///   once; one that publishes at its own pace, now and then, comes back later.
+/// - Returning: since the last sync, confirms (or a commit-ok) left it with nothing
+///   waiting, and it has not published (or committed) since. A client that waits for each
+///   confirm comes back at once; one that publishes at its own pace, now and then, comes
+///   back later. Confirms that needed no sync count too, which can only keep the gap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncWait {
     /// The client waits for a sync.
     pub waiting: bool,
     /// It has likely sent all it will until one comes.
     pub at_peak: bool,
-    /// The last sync answered all it waited for, and it has not published since.
+    /// Since the last sync it has nothing waiting, and it has not come back since.
     pub returning: bool,
 }
 

@@ -300,8 +300,9 @@ pub enum Output {
         batch: u64,
         /// The changes.
         ops: Vec<StoreOp>,
-        /// Every client waiting for a sync had sent all it could when the batch was made
-        /// ([`Broker::sync_awaited`]): a driver that holds syncs apart should sync now.
+        /// When the batch was made, the clients waiting for a sync were likely to send
+        /// nothing more until one comes ([`Broker::sync_awaited`]): a driver that holds
+        /// syncs apart should sync now.
         urgent: bool,
     },
     /// Read up to `max` entries of a queue from position `from_seq` on

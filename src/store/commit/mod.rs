@@ -53,8 +53,8 @@ impl From<StoreErrorKind> for StoreFault {
 /// Work for the store, in the order the core emitted it.
 #[derive(Debug)]
 pub enum StoreJob {
-    /// Write a batch (synced with the batches written around it). The flag says that
-    /// every client waiting for a sync has sent all it can until one comes (see
+    /// Write a batch (synced with the batches written around it). The flag says that the
+    /// clients waiting for a sync are likely to send nothing more until one comes (see
     /// [`crate::broker::Broker::sync_awaited`]): the gap between syncs would only hold
     /// them up, so it ends.
     Write(u64, Vec<StoreOp>, bool),
