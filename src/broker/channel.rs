@@ -401,7 +401,7 @@ impl SyncWaits {
     /// Whether every channel waiting for a sync has sent all it will until one comes (at
     /// least one waits), and every channel the last sync answered has come back: holding
     /// the next sync back would then only hold them up.
-    pub fn all_at_peak(&self) -> bool {
+    pub fn nothing_more_coming(&self) -> bool {
         self.waiting > 0 && self.at_peak == self.waiting && self.returning == 0
     }
 }

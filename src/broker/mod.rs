@@ -763,7 +763,7 @@ impl Broker {
     ///
     /// [`SyncWait`]: channel::SyncWait
     pub fn sync_awaited(&self) -> bool {
-        self.sessions.sync_waits.all_at_peak()
+        self.sessions.sync_waits.nothing_more_coming()
     }
 
     /// The next output for the driver: store batches first, then replies. Call it until it
