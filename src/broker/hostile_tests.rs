@@ -1718,3 +1718,45 @@ fn a_transaction_does_not_lift_the_unacked_limit() {
     assert_eq!(delivered_to(&r).len(), 3, "the commit frees the limit");
     rig.broker.check_invariants();
 }
+
+/// Queues declared with a far `x-expires` and deleted again, and one queue whose head
+/// expiry keeps moving earlier, leave stale timers behind: the heap keeps to a bound set
+/// by the live queues, however many come and go.
+#[test]
+fn queue_timers_left_behind_by_deleted_queues_and_earlier_expiries_are_dropped() {
+    let mut rig = rig();
+    let far = FieldValue::I64(315_360_000_000);
+    for i in 0..500 {
+        let name = format!("gone-{i}");
+        declare_with(&mut rig, &name, args(&[("x-expires", far.clone())]));
+        let r = rig.method(
+            1,
+            Method::QueueDelete(QueueDelete {
+                queue: name.as_str().into(),
+                ..Default::default()
+            }),
+        );
+        ok(&r);
+    }
+    rig.broker.check_invariants();
+    let bound = super::timers::timers_bound(rig.broker.topology.queues.len());
+    assert!(rig.broker.topology.timers.len() <= bound);
+    // One queue of length one (drop-head): each message expires before the one it
+    // pushes out, so its timer moves earlier with every publish.
+    declare_with(
+        &mut rig,
+        "short",
+        args(&[("x-max-length", FieldValue::I64(1))]),
+    );
+    for i in 0..500u64 {
+        let properties = crate::proto::props::BasicProperties {
+            expiration: Some(format!("{}", 300_000_000 - 1_000 * i).into()),
+            ..Default::default()
+        };
+        rig.send_publish(1, "", "short", 0, properties);
+        rig.drain();
+    }
+    rig.broker.check_invariants();
+    let bound = super::timers::timers_bound(rig.broker.topology.queues.len());
+    assert!(rig.broker.topology.timers.len() <= bound);
+}

@@ -96,6 +96,23 @@ impl Topology {
                 q.decl.name
             );
         }
+        assert!(
+            self.timers.len() <= super::timers::timers_bound(self.queues.len()),
+            "{} queue timers for {} queues: stale ones pile up",
+            self.timers.len(),
+            self.queues.len()
+        );
+        let timers: std::collections::HashSet<_> =
+            self.timers.iter().map(|std::cmp::Reverse(t)| *t).collect();
+        for q in self.queues.values() {
+            if let Some(at) = q.expiry.pending() {
+                assert!(
+                    timers.contains(&(at, q.id)),
+                    "queue {} has a pending timer the heap does not hold",
+                    q.decl.name
+                );
+            }
+        }
         self.delayed.check_invariants();
         for v in self.vhosts.values() {
             v.policies.check_invariants();

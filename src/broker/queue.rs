@@ -414,6 +414,11 @@ impl Expiry {
         earlier
     }
 
+    /// The time of the pending timer, if one is scheduled.
+    pub fn pending(&self) -> Option<u64> {
+        self.timer_at_ms
+    }
+
     /// A timer scheduled for `at_ms` is due: returns whether it is the pending one (a
     /// timer moved earlier leaves stale ones behind), and if so clears it.
     pub fn fire(&mut self, at_ms: u64) -> bool {

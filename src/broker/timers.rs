@@ -1,8 +1,12 @@
 //! Time-driven work: message expiry (TTL) and deletion of unused `x-expires` queues.
 //!
 //! Each queue has at most one live timer, for the earlier of its head message's expiry
-//! and its idle deadline. The heap may hold stale entries (a queue's timer moved earlier);
-//! they are recognised by [`Expiry::fire`](super::queue::Expiry::fire) and skipped.
+//! and its idle deadline. The heap may hold stale entries (a queue's timer moved earlier,
+//! or its queue was deleted); they are recognised by
+//! [`Expiry::fire`](super::queue::Expiry::fire) and skipped, and the heap is rebuilt from
+//! the live ones once the stale ones could outnumber them ([`timers_bound`]), so that
+//! declaring and deleting queues, or publishing ever earlier expiries, cannot grow it
+//! without end.
 
 use std::cmp::Reverse;
 
@@ -12,6 +16,12 @@ use super::exchange::QueueId;
 
 /// Queue timers handled in one call of [`Broker::handle_timeout`] at most.
 const TIMERS_PER_ROUND: usize = 4096;
+
+/// The most entries the timer heap holds with `queues` queues: twice one live timer per
+/// queue, and some room so that rebuilding it is rare for a few queues.
+pub(super) fn timers_bound(queues: usize) -> usize {
+    2 * queues + 64
+}
 
 impl Broker {
     /// When [`Broker::handle_timeout`] should next be called.
@@ -94,7 +104,30 @@ impl Broker {
         if let Some(at) = next {
             if q.expiry.arm(at) {
                 self.topology.timers.push(Reverse((at, queue)));
+                if self.topology.timers.len() > timers_bound(self.topology.queues.len()) {
+                    self.drop_stale_timers();
+                }
             }
         }
+    }
+
+    /// Rebuilds the timer heap from its live entries: each queue's pending timer, once.
+    /// At most one entry per queue is left, so the next rebuild is at least as many
+    /// pushes away as there are queues (plus the bound's room): linear work, amortised.
+    fn drop_stale_timers(&mut self) {
+        let queues = &self.topology.queues;
+        let mut live: Vec<_> = std::mem::take(&mut self.topology.timers)
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse((at, queue))| {
+                queues
+                    .get(queue)
+                    .is_some_and(|q| q.expiry.pending() == Some(*at))
+            })
+            .collect();
+        live.sort_unstable();
+        live.dedup();
+        debug_assert!(live.len() <= queues.len());
+        self.topology.timers = live.into();
     }
 }
