@@ -1760,3 +1760,37 @@ fn queue_timers_left_behind_by_deleted_queues_and_earlier_expiries_are_dropped()
     let bound = super::timers::timers_bound(rig.broker.topology.queues.len());
     assert!(rig.broker.topology.timers.len() <= bound);
 }
+
+/// A queue's dead letters are routed with `x-dead-letter-routing-key`: longer than a
+/// publish's routing key can be, it would make topic matching as long as the client
+/// likes, so it is refused (406) where 255 bytes are taken.
+#[test]
+fn a_dead_letter_routing_key_longer_than_a_routing_key_is_refused() {
+    let mut rig = rig();
+    let declare = |rig: &mut Rig, name: &str, len: usize| {
+        rig.method(
+            1,
+            Method::QueueDeclare(QueueDeclare {
+                queue: name.into(),
+                arguments: args(&[
+                    ("x-dead-letter-exchange", text("amq.topic")),
+                    ("x-dead-letter-routing-key", text(&".".repeat(len))),
+                ]),
+                ..Default::default()
+            }),
+        )
+    };
+    ok(&declare(&mut rig, "fits", 255));
+    let r = declare(&mut rig, "too-long", 256);
+    assert_eq!(
+        close_code(&r),
+        Some((
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue \
+             'too-long' in vhost '/': routing key is 256 bytes long; routing keys are at \
+             most 255 bytes"
+                .into()
+        ))
+    );
+    rig.broker.check_invariants();
+}

@@ -170,7 +170,14 @@ impl Definition {
                     d.dead_letter_exchange = text("dead letter exchange name")?
                 }
                 "dead-letter-routing-key" => {
-                    d.dead_letter_routing_key = text("dead letter routing key")?
+                    d.dead_letter_routing_key = text("dead letter routing key")?;
+                    let len = d.dead_letter_routing_key.as_ref().map_or(0, String::len);
+                    if len > super::queue::MAX_ROUTING_KEY_BYTES {
+                        return Err(format!(
+                            "dead letter routing key is {len} bytes long; routing keys are at most {} bytes",
+                            super::queue::MAX_ROUTING_KEY_BYTES
+                        ));
+                    }
                 }
                 "alternate-exchange" => d.alternate_exchange = text("alternate exchange name")?,
                 other => unreachable!("key {other} passed the check of known keys"),

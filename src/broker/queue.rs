@@ -230,6 +230,19 @@ impl QueueSettings {
                 "routing_key_but_no_dlx_defined".into(),
             ));
         }
+        // A dead letter is routed with this key: held to a publish's bound (a short
+        // string), as topic matching and every other routing cost assume.
+        if let Some(key) = &settings.dead_letter_routing_key
+            && key.len() > MAX_ROUTING_KEY_BYTES
+        {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                format!(
+                    "routing key is {} bytes long; routing keys are at most {MAX_ROUTING_KEY_BYTES} bytes",
+                    key.len()
+                ),
+            ));
+        }
         Ok(settings)
     }
 
@@ -337,6 +350,11 @@ fn invalid_arg(key: &str, why: String, queue: &str, vhost: &str) -> AmqpError {
 /// The longest message TTL, queue expiry or per-message expiration RabbitMQ accepts, in
 /// milliseconds: ten years.
 pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// The longest routing key a queue's dead letters may be given (`x-dead-letter-routing-key`
+/// or a policy's `dead-letter-routing-key`): what a publish's routing key can hold, a
+/// short string.
+pub const MAX_ROUTING_KEY_BYTES: usize = 255;
 
 pub use crate::proto::table::type_name;
 

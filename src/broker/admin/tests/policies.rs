@@ -140,6 +140,21 @@ fn invalid_policies_are_refused_with_rabbitmqs_reasons_and_change_nothing() {
         e.reason.contains("pattern should be regular expression"),
         "{e:?}"
     );
+    // Dead letters are routed with this key: a publish's bound holds.
+    let mut long_key = policy(false, "p", "^q", 0, &[]);
+    if let AdminRequest::SetPolicy(p) = &mut long_key {
+        let key = bytes::Bytes::from("k".repeat(256));
+        p.definition
+            .insert("dead-letter-routing-key", FieldValue::LongStr(key));
+    }
+    let e = h.admin(long_key).unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::BadRequest);
+    assert!(
+        e.reason.contains(
+            "dead letter routing key is 256 bytes long; routing keys are at most 255 bytes"
+        ),
+        "{e:?}"
+    );
     assert_eq!(h.ops.len(), before, "nothing stored");
     assert_eq!(
         h.admin(AdminRequest::ListPolicies {
