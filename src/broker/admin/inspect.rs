@@ -11,6 +11,7 @@ use super::super::death::Allowance;
 use super::super::declare::exclusive_lock_error;
 use super::super::error::resource;
 use super::super::{Broker, QueueId};
+use super::bounds::MAX_NAME_BYTES;
 use super::{Actor, AdminError, AdminReply, AdminResult, GotMessage, bad_request, not_found};
 
 /// Most messages one peek reads.
@@ -221,6 +222,18 @@ impl Broker {
                 )));
             }
             self.admin_check(actor, vhost, Access::Write, "exchange", &exchange)?;
+            // The key comes from the message's headers, which its publisher wrote: held
+            // to a publish's bound and to the user's topic permissions, as a publish is.
+            if key.len() > MAX_NAME_BYTES {
+                return Err(bad_request(format!(
+                    "message {seq} names a routing key of {} bytes in its x-death; routing \
+                     keys are at most {MAX_NAME_BYTES} bytes",
+                    key.len()
+                )));
+            }
+            if let Actor::User(user) = actor {
+                self.check_topic(user, vhost, Access::Write, &exchange, &key)?;
+            }
             let message = Message {
                 exchange: exchange.clone(),
                 routing_key: key,
@@ -239,16 +252,20 @@ impl Broker {
             plan.push((seq, message, queues));
         }
         let mut moved = 0u64;
+        let mut seqs: Vec<u64> = plan.iter().map(|(seq, _, _)| *seq).collect();
+        seqs.sort_unstable();
+        let taken = self
+            .topology
+            .queues
+            .get_mut(&id)
+            .map(|q| q.messages.take_many(&seqs))
+            .unwrap_or_default();
         for (seq, message, queues) in plan {
-            let Some(entry) = self
-                .topology
-                .queues
-                .get_mut(&id)
-                .and_then(|q| q.messages.take(seq))
-            else {
+            let Ok(i) = taken.binary_search_by_key(&seq, |m| m.seq) else {
                 continue;
             };
-            self.release(id, &entry);
+            let entry = &taken[i];
+            self.release(id, entry);
             self.counters.totals.publish += 1;
             self.enqueue_routed(queues, Arc::new(message), Allowance::FRESH);
             moved += 1;

@@ -1342,3 +1342,132 @@ fn definitions_of_a_missing_vhost_and_of_the_default_exchange_as_rabbitmq_answer
     };
     assert_eq!(back.bindings, vec![binding("amq.direct")]);
 }
+
+/// A message whose `x-death` (written by its publisher) names `exchange` and `key`.
+fn forged_dead_letter(actor: Actor, queue: &str, exchange: &str, key: &str) -> AdminRequest {
+    use crate::proto::table::FieldValue;
+    let text = |s: &str| FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()));
+    let mut death = FieldTable::default();
+    death.insert("exchange", text(exchange));
+    death.insert("routing-keys", FieldValue::Array(vec![text(key)]));
+    let mut headers = FieldTable::default();
+    headers.insert("x-death", FieldValue::Array(vec![FieldValue::Table(death)]));
+    AdminRequest::Publish {
+        actor,
+        vhost: "/".into(),
+        exchange: "amq.default".into(),
+        routing_key: queue.into(),
+        properties: Box::new(BasicProperties {
+            headers: Some(headers),
+            ..BasicProperties::default()
+        }),
+        body: Bytes::from_static(b"forged"),
+    }
+}
+
+/// The exchange and routing key a republish uses come from headers the publisher wrote:
+/// the user's topic permissions and the bound on routing keys hold there as for any
+/// publish, and the messages chosen are the ones that move.
+#[test]
+fn republish_holds_forged_dead_letters_to_topic_permissions_and_key_bounds() {
+    let mut h = Harness::new();
+    h.add_user("u", "p", "/", [".*", ".*", ".*"]);
+    h.admin(AdminRequest::SetTopicPermissions(TopicPermissionRecord {
+        user: "u".into(),
+        vhost: "/".into(),
+        exchange: "amq.topic".into(),
+        write: "^allowed\\.".into(),
+        read: ".*".into(),
+    }))
+    .unwrap();
+    let user = || Actor::User("u".into());
+    h.declare_durable_queue(Actor::Node, "/", "parked");
+    h.declare_durable_queue(Actor::Node, "/", "sink");
+    h.admin(AdminRequest::Bind {
+        actor: Actor::Node,
+        binding: BindingInfo {
+            vhost: "/".into(),
+            source: "amq.topic".into(),
+            destination: "sink".into(),
+            to_queue: true,
+            routing_key: "#".into(),
+            arguments: FieldTable::default(),
+        },
+    })
+    .unwrap();
+    let long = "k".repeat(256);
+    for key in ["forbidden.key", "allowed.one", long.as_str(), "allowed.two"] {
+        h.admin(forged_dead_letter(user(), "parked", "amq.topic", key))
+            .unwrap();
+    }
+    h.drain();
+    let m = peek(&mut h, Actor::Node, "parked");
+    let at: Vec<u64> = m.iter().map(|m| m.position).collect();
+    let e = h
+        .admin(republish(user(), "parked", vec![at[0]]))
+        .unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::AccessRefused, "{}", e.reason);
+    assert!(e.reason.contains("forbidden.key"), "{}", e.reason);
+    let e = h
+        .admin(republish(user(), "parked", vec![at[2]]))
+        .unwrap_err();
+    assert_eq!(e.kind, AdminErrorKind::BadRequest);
+    assert!(e.reason.contains("256 bytes"), "{}", e.reason);
+    assert_eq!(ready(&mut h, "sink"), 0, "nothing moved");
+    // Two of four, given out of order: those two move, the others stay in order.
+    assert_eq!(
+        h.admin(republish(user(), "parked", vec![at[3], at[1]])),
+        Ok(AdminReply::Count(2))
+    );
+    h.drain();
+    let left: Vec<u64> = peek(&mut h, Actor::Node, "parked")
+        .iter()
+        .map(|m| m.position)
+        .collect();
+    assert_eq!(left, [at[0], at[2]]);
+    let moved: Vec<String> = peek(&mut h, Actor::Node, "sink")
+        .iter()
+        .map(|m| m.message.routing_key.clone())
+        .collect();
+    assert_eq!(moved, ["allowed.two", "allowed.one"]);
+    h.broker.check_invariants();
+}
+
+/// A get that requeues puts every message back where it was, marked redelivered, the
+/// rest of the queue untouched.
+#[test]
+fn a_get_that_requeues_leaves_the_queue_in_order() {
+    let mut h = Harness::new();
+    h.declare_durable_queue(Actor::Node, "/", "q");
+    let bodies: Vec<&'static [u8]> = (0..50u8)
+        .map(|i| &*Box::leak(vec![i].into_boxed_slice()))
+        .collect();
+    for body in &bodies {
+        h.admin(publish(Actor::Node, "q", body, false)).unwrap();
+    }
+    h.drain();
+    let Ok(AdminReply::Messages(got)) = h.admin(AdminRequest::Get {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 20,
+        ack: GetAck::Requeue,
+    }) else {
+        panic!("get failed")
+    };
+    assert_eq!(got.len(), 20);
+    h.drain();
+    let Ok(AdminReply::Messages(all)) = h.admin(AdminRequest::Peek {
+        actor: Actor::Node,
+        vhost: "/".into(),
+        queue: "q".into(),
+        count: 100,
+    }) else {
+        panic!("peek failed")
+    };
+    let order: Vec<u8> = all.iter().map(|m| m.message.body[0]).collect();
+    assert_eq!(order, (0..50).collect::<Vec<u8>>());
+    assert!(all[..20].iter().all(|m| m.redelivered));
+    assert!(all[20..].iter().all(|m| !m.redelivered));
+    h.broker.check_invariants();
+}

@@ -458,9 +458,8 @@ impl Broker {
         match ack {
             GetAck::Requeue | GetAck::RejectRequeue => {
                 if let Some(q) = self.topology.queues.get_mut(&id) {
-                    for entry in taken {
-                        q.messages.requeue(entry);
-                    }
+                    // In one pass: put back one by one, each would move the rest.
+                    q.messages.requeue_many(taken);
                 }
                 self.schedule_dispatch(id);
             }
