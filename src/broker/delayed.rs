@@ -9,7 +9,7 @@
 //! waits is bounded in count and bytes; past the bound a publish is refused (a confirming
 //! publisher gets `basic.nack`). Deleting the exchange or its vhost drops what waits in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::proto::command::Message;
@@ -63,14 +63,15 @@ pub struct Held {
     pub stored: bool,
 }
 
-/// Every message waiting in a delayed exchange, by due time then id.
+/// Every message waiting in a delayed exchange, by due time then id, and the keys of
+/// those in each exchange (so that deleting one exchange walks its own messages only).
 #[derive(Debug, Default)]
 pub struct DelayedMessages {
     by_due: BTreeMap<(u64, u64), Held>,
     next_id: u64,
     bytes: u64,
-    /// How many wait in each exchange, by (vhost, exchange).
-    counts: BTreeMap<(String, String), u64>,
+    /// The keys of `by_due` waiting in each exchange, by (vhost, exchange).
+    by_exchange: BTreeMap<(String, String), BTreeSet<(u64, u64)>>,
 }
 
 impl DelayedMessages {
@@ -86,21 +87,20 @@ impl DelayedMessages {
 
     /// How many wait in one exchange.
     pub fn count_in(&self, vhost: &str, exchange: &str) -> u64 {
-        self.counts
+        self.by_exchange
             .get(&(vhost.to_string(), exchange.to_string()))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |keys| keys.len() as u64)
     }
 
-    fn count(&mut self, held: &Held, up: bool) {
-        let key = (held.vhost.clone(), held.exchange.clone());
-        let n = self.counts.entry(key.clone()).or_default();
-        if up {
-            *n += 1;
-        } else {
-            *n -= 1;
-            if *n == 0 {
-                self.counts.remove(&key);
+    /// Files `key` (a message held as `held`) under its exchange, or takes it out.
+    fn index(&mut self, key: (u64, u64), held: &Held, add: bool) {
+        let exchange = (held.vhost.clone(), held.exchange.clone());
+        if add {
+            self.by_exchange.entry(exchange).or_default().insert(key);
+        } else if let Some(keys) = self.by_exchange.get_mut(&exchange) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_exchange.remove(&exchange);
             }
         }
     }
@@ -121,7 +121,7 @@ impl DelayedMessages {
         let id = id.unwrap_or(self.next_id);
         self.next_id = self.next_id.max(id + 1);
         self.bytes += crate::store::memory_cost(&held.message);
-        self.count(&held, true);
+        self.index((due_ms, id), &held, true);
         let old = self.by_due.insert((due_ms, id), held);
         assert!(old.is_none(), "delayed message {id} held twice");
         id
@@ -135,25 +135,33 @@ impl DelayedMessages {
         }
         let held = self.by_due.remove(&(due, id))?;
         self.bytes -= crate::store::memory_cost(&held.message);
-        self.count(&held, false);
+        self.index((due, id), &held, false);
         Some((id, held))
     }
 
-    /// Drops what waits in the exchanges `gone` says; returns the ids of those stored.
-    fn drop_where(&mut self, gone: impl Fn(&Held) -> bool) -> Vec<u64> {
-        let keys: Vec<(u64, u64)> = self
-            .by_due
-            .iter()
-            .filter(|(_, h)| gone(h))
-            .map(|(k, _)| *k)
-            .collect();
+    /// Drops what waits in one exchange of `vhost`, or in all of them (`exchange` None);
+    /// returns the ids of those stored. Walks only the messages it drops.
+    fn drop_in(&mut self, vhost: &str, exchange: Option<&str>) -> Vec<u64> {
+        let exchanges: Vec<(String, String)> = match exchange {
+            Some(x) => vec![(vhost.to_string(), x.to_string())],
+            None => self
+                .by_exchange
+                .range((vhost.to_string(), String::new())..)
+                .take_while(|((v, _), _)| v == vhost)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        };
         let mut stored = Vec::new();
-        for k in keys {
-            if let Some(h) = self.by_due.remove(&k) {
-                self.bytes -= crate::store::memory_cost(&h.message);
-                self.count(&h, false);
-                if h.stored {
-                    stored.push(k.1);
+        for exchange in exchanges {
+            let Some(keys) = self.by_exchange.remove(&exchange) else {
+                continue;
+            };
+            for k in keys {
+                if let Some(h) = self.by_due.remove(&k) {
+                    self.bytes -= crate::store::memory_cost(&h.message);
+                    if h.stored {
+                        stored.push(k.1);
+                    }
                 }
             }
         }
@@ -169,10 +177,21 @@ impl DelayedMessages {
             .sum();
         assert_eq!(bytes, self.bytes, "delayed bytes");
         assert_eq!(
-            self.counts.values().sum::<u64>(),
-            self.by_due.len() as u64,
-            "delayed counts per exchange"
+            self.by_exchange.values().map(BTreeSet::len).sum::<usize>(),
+            self.by_due.len(),
+            "delayed messages filed by exchange"
         );
+        for ((vhost, exchange), keys) in &self.by_exchange {
+            assert!(!keys.is_empty(), "an exchange filed with nothing waiting");
+            for k in keys {
+                let h = self.by_due.get(k).expect("a filed delayed message waits");
+                assert_eq!(
+                    (&h.vhost, &h.exchange),
+                    (vhost, exchange),
+                    "filed where it waits"
+                );
+            }
+        }
         assert!(self.by_due.len() <= MAX_DELAYED_MESSAGES);
         assert!(self.by_due.keys().all(|(_, id)| *id < self.next_id));
     }
@@ -273,15 +292,9 @@ impl Broker {
     /// Drops what waits in a deleted exchange (or in every exchange of a deleted vhost,
     /// `exchange` None; the store drops those with the vhost).
     pub(super) fn drop_delayed(&mut self, vhost: &str, exchange: Option<&str>) {
-        // Deleting a delayed exchange that holds nothing walks nothing: an exchange made
-        // and deleted in a loop costs nothing whatever other exchanges hold.
-        if exchange.is_some_and(|x| self.topology.delayed.count_in(vhost, x) == 0) {
-            return;
-        }
-        let stored = self
-            .topology
-            .delayed
-            .drop_where(|h| h.vhost == vhost && exchange.is_none_or(|x| h.exchange == x));
+        // Deleting a delayed exchange walks only what it holds: an exchange made, given a
+        // message and deleted in a loop costs that message, whatever others hold.
+        let stored = self.topology.delayed.drop_in(vhost, exchange);
         if exchange.is_some() {
             for id in stored {
                 self.round.journal.push(StoreOp::DeleteDelayed { id });

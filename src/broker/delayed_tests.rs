@@ -160,6 +160,61 @@ fn deleting_the_exchange_drops_what_waits_in_it() {
     );
 }
 
+/// Deleting one delayed exchange drops what waits in it and nothing of what waits in
+/// another, which is still delivered when due, across a restart.
+#[test]
+fn deleting_one_delayed_exchange_leaves_what_waits_in_others() {
+    let mut rig = setup();
+    let args: FieldTable = [("x-delayed-type".to_string(), text("direct"))]
+        .into_iter()
+        .collect();
+    assert_eq!(declare(&mut rig, "other", args), None);
+    let r = rig.method(
+        1,
+        Method::QueueBind(QueueBind {
+            queue: "q".into(),
+            exchange: "other".into(),
+            routing_key: "k".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(closed(&r), None);
+    let delay = |ms| {
+        let headers: FieldTable = [("x-delay".to_string(), FieldValue::I32(ms))]
+            .into_iter()
+            .collect();
+        BasicProperties {
+            delivery_mode: Some(2),
+            headers: Some(headers),
+            ..Default::default()
+        }
+    };
+    for (body, exchange) in [(1, "later"), (2, "other"), (3, "later"), (4, "other")] {
+        rig.publish_props(1, exchange, "k", body, delay(1_000 * body as i32));
+    }
+    assert_eq!(rig.broker.topology.delayed.count_in("/", "later"), 2);
+    let r = rig.method(
+        1,
+        Method::ExchangeDelete(ExchangeDelete {
+            exchange: "later".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(closed(&r), None);
+    assert_eq!(rig.broker.topology.delayed.len(), 2);
+    assert_eq!(rig.broker.topology.delayed.count_in("/", "later"), 0);
+    rig.broker.check_invariants();
+    let mut rig = rig.restart();
+    rig.open(1);
+    assert_eq!(rig.broker.topology.delayed.count_in("/", "other"), 2);
+    let t = rig.now + 10_000;
+    tick(&mut rig, t);
+    assert_eq!(rig.get(1, "q").map(|m| m.0), Some(2));
+    assert_eq!(rig.get(1, "q").map(|m| m.0), Some(4));
+    assert_eq!(rig.get(1, "q"), None);
+    rig.broker.check_invariants();
+}
+
 #[test]
 fn a_delayed_exchange_needs_an_existing_delayed_type() {
     let mut rig = Rig::new(BrokerConfig::default());
