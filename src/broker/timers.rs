@@ -101,12 +101,12 @@ impl Broker {
         .into_iter()
         .flatten()
         .min();
-        if let Some(at) = next {
-            if q.expiry.arm(at) {
-                self.topology.timers.push(Reverse((at, queue)));
-                if self.topology.timers.len() > timers_bound(self.topology.queues.len()) {
-                    self.drop_stale_timers();
-                }
+        if let Some(at) = next
+            && q.expiry.arm(at)
+        {
+            self.topology.timers.push(Reverse((at, queue)));
+            if self.topology.timers.len() > timers_bound(self.topology.queues.len()) {
+                self.drop_stale_timers();
             }
         }
     }

@@ -351,7 +351,7 @@ impl Messages {
             }
         }
         for m in &expired {
-            self.charge(&m, false);
+            self.charge(m, false);
         }
         expired
     }
