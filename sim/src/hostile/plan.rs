@@ -13,7 +13,8 @@ use warren::proto::table::{FieldTable, FieldValue, MAX_FIELD_DEPTH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
     /// `x-dead-letter-exchange` (including the default exchange `""`) and
-    /// `x-dead-letter-routing-key` (including one that routes back to the queue).
+    /// `x-dead-letter-routing-key` (including one that routes back to the queue, and one
+    /// longer than any routing key).
     pub dead_letter: bool,
     /// `x-max-length` (0 and small), `x-max-length-bytes` and every `x-overflow` mode.
     pub overflow: bool,
@@ -464,6 +465,15 @@ impl Gen {
                     t.insert(
                         "x-dead-letter-routing-key",
                         FieldValue::LongStr(Bytes::from(q)),
+                    );
+                }
+                // A key no publish could carry: thousands of empty words for topic
+                // matching (refused, 406).
+                3 if self.one_in(4) => {
+                    let key = ".".repeat(self.rng.gen_range(256..4096));
+                    t.insert(
+                        "x-dead-letter-routing-key",
+                        FieldValue::LongStr(Bytes::from(key)),
                     );
                 }
                 _ => {}
