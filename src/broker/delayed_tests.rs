@@ -84,22 +84,27 @@ fn tick(rig: &mut Rig, to_ms: u64) {
 fn setup() -> Rig {
     let mut rig = Rig::new(BrokerConfig::default());
     rig.open(1);
+    rig.declare(1, "q", true);
+    direct_delayed_to_q(&mut rig, "later");
+    rig
+}
+
+/// Declares `exchange`, a delayed exchange of type direct, bound to queue `q` with key `k`.
+fn direct_delayed_to_q(rig: &mut Rig, exchange: &str) {
     let args: FieldTable = [("x-delayed-type".to_string(), text("direct"))]
         .into_iter()
         .collect();
-    assert_eq!(declare(&mut rig, "later", args), None);
-    rig.declare(1, "q", true);
+    assert_eq!(declare(rig, exchange, args), None);
     let r = rig.method(
         1,
         Method::QueueBind(QueueBind {
             queue: "q".into(),
-            exchange: "later".into(),
+            exchange: exchange.into(),
             routing_key: "k".into(),
             ..Default::default()
         }),
     );
     assert_eq!(closed(&r), None);
-    rig
 }
 
 #[test]
@@ -165,20 +170,7 @@ fn deleting_the_exchange_drops_what_waits_in_it() {
 #[test]
 fn deleting_one_delayed_exchange_leaves_what_waits_in_others() {
     let mut rig = setup();
-    let args: FieldTable = [("x-delayed-type".to_string(), text("direct"))]
-        .into_iter()
-        .collect();
-    assert_eq!(declare(&mut rig, "other", args), None);
-    let r = rig.method(
-        1,
-        Method::QueueBind(QueueBind {
-            queue: "q".into(),
-            exchange: "other".into(),
-            routing_key: "k".into(),
-            ..Default::default()
-        }),
-    );
-    assert_eq!(closed(&r), None);
+    direct_delayed_to_q(&mut rig, "other");
     let delay = |ms| {
         let headers: FieldTable = [("x-delay".to_string(), FieldValue::I32(ms))]
             .into_iter()

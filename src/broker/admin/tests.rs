@@ -1352,17 +1352,11 @@ fn forged_dead_letter(actor: Actor, queue: &str, exchange: &str, key: &str) -> A
     death.insert("routing-keys", FieldValue::Array(vec![text(key)]));
     let mut headers = FieldTable::default();
     headers.insert("x-death", FieldValue::Array(vec![FieldValue::Table(death)]));
-    AdminRequest::Publish {
-        actor,
-        vhost: "/".into(),
-        exchange: "amq.default".into(),
-        routing_key: queue.into(),
-        properties: Box::new(BasicProperties {
-            headers: Some(headers),
-            ..BasicProperties::default()
-        }),
-        body: Bytes::from_static(b"forged"),
+    let mut request = publish(actor, queue, b"forged", false);
+    if let AdminRequest::Publish { properties, .. } = &mut request {
+        properties.headers = Some(headers);
     }
+    request
 }
 
 /// The exchange and routing key a republish uses come from headers the publisher wrote:
