@@ -351,10 +351,10 @@ fn invalid_arg(key: &str, why: String, queue: &str, vhost: &str) -> AmqpError {
 /// milliseconds: ten years.
 pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
 
-/// The longest routing key a queue's dead letters may be given (`x-dead-letter-routing-key`
-/// or a policy's `dead-letter-routing-key`): what a publish's routing key can hold, a
-/// short string.
-pub const MAX_ROUTING_KEY_BYTES: usize = 255;
+/// The longest routing key a queue's dead letters (`x-dead-letter-routing-key` or a
+/// policy's `dead-letter-routing-key`) or a republished message may be given: what a
+/// publish's routing key can hold, a short string.
+pub const MAX_ROUTING_KEY_BYTES: usize = crate::proto::codec::SHORTSTR_MAX_BYTES;
 
 pub use crate::proto::table::type_name;
 

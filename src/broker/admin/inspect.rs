@@ -10,8 +10,8 @@ use super::super::auth::Access;
 use super::super::death::Allowance;
 use super::super::declare::exclusive_lock_error;
 use super::super::error::resource;
+use super::super::queue::MAX_ROUTING_KEY_BYTES;
 use super::super::{Broker, QueueId};
-use super::bounds::MAX_NAME_BYTES;
 use super::{Actor, AdminError, AdminReply, AdminResult, GotMessage, bad_request, not_found};
 
 /// Most messages one peek reads.
@@ -224,10 +224,10 @@ impl Broker {
             self.admin_check(actor, vhost, Access::Write, "exchange", &exchange)?;
             // The key comes from the message's headers, which its publisher wrote: held
             // to a publish's bound and to the user's topic permissions, as a publish is.
-            if key.len() > MAX_NAME_BYTES {
+            if key.len() > MAX_ROUTING_KEY_BYTES {
                 return Err(bad_request(format!(
                     "message {seq} names a routing key of {} bytes in its x-death; routing \
-                     keys are at most {MAX_NAME_BYTES} bytes",
+                     keys are at most {MAX_ROUTING_KEY_BYTES} bytes",
                     key.len()
                 )));
             }
